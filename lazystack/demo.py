@@ -1,0 +1,300 @@
+"""``lazystack demo``: the main job on an embedded, generated dataset.
+
+The demo writes a synthetic multi-dimensional dataset in every format whose
+back end is installed (numpy memmap, TIFF, Zarr, OME-Zarr, CZI) to a
+temporary folder, opens it lazily, extracts random patches from every stack
+and prints one row per format: stacks, shapes, patches per second and bytes
+read against the dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .stack import LazyImageStack
+
+__all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass
+class DemoResult:
+    """One row of the demo's table.
+
+    Attributes
+    ----------
+    format : str
+        Format name.
+    n_stacks : int
+        Stacks opened.
+    shapes : str
+        Canonical shapes of the stacks.
+    n_patches : int
+        Patches extracted.
+    seconds : float
+        Time spent extracting.
+    bytes_read : int or None
+        Bytes read from storage by the process while extracting (from
+        ``/proc/self/io``; memory-mapped reads are not counted), None where
+        the OS does not tell.
+    dataset_bytes : int
+        Size of the dataset on disk.
+    note : str
+        Why a format was skipped, if it was.
+    """
+
+    format: str
+    n_stacks: int = 0
+    shapes: str = ""
+    n_patches: int = 0
+    seconds: float = 0.0
+    bytes_read: int | None = None
+    dataset_bytes: int = 0
+    note: str = ""
+
+    @property
+    def patches_per_second(self) -> float:
+        """Extraction throughput."""
+        return self.n_patches / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _synthetic(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Smooth blobs plus noise, uint16: compresses like real fluorescence data."""
+    rng = np.random.default_rng(seed)
+    grids = np.ogrid[tuple(slice(0, n) for n in shape[-2:])]
+    y, x = grids
+    img = np.zeros(shape[-2:], np.float32)
+    for _ in range(12):
+        cy, cx = rng.uniform(0, shape[-2]), rng.uniform(0, shape[-1])
+        r = rng.uniform(4, max(shape[-1] / 8, 5))
+        img += 1000 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))
+    lead = int(np.prod(shape[:-2], dtype=np.int64))
+    out = np.empty((lead, *shape[-2:]), np.uint16)
+    for i in range(lead):
+        out[i] = np.clip(np.roll(img, 3 * i, axis=-1) + rng.normal(100, 10, shape[-2:]), 0, 65535)
+    return out.reshape(shape)
+
+
+def _dir_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _read_bytes() -> int | None:
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+# -- one builder per format: write the data, return (paths, stacks) --------------------
+Builder = Callable[[Path, tuple[int, ...]], tuple[list[Path], list[LazyImageStack]]]
+
+
+def _build_npy(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
+    from .loaders import load_arrays
+
+    paths, arrays = [], []
+    for i in range(2):
+        p = folder / f"stack{i}.npy"
+        np.save(p, _synthetic(shape, i))
+        paths.append(p)
+        arrays.append(np.load(p, mmap_mode="r"))
+    return paths, load_arrays(arrays, "TCYX")
+
+
+def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
+    import tifffile
+
+    from .loaders import load_tiffs
+
+    paths = []
+    for i, compression in enumerate([None, "zlib"]):
+        p = folder / f"stack{i}.tif"
+        tifffile.imwrite(p, _synthetic(shape, i), tile=(128, 128), compression=compression, metadata={"axes": "TCYX"})
+        paths.append(p)
+    return paths, load_tiffs(paths, "TCYX")
+
+
+def _build_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
+    import zarr
+
+    from .loaders import load_zarrs
+
+    p = folder / "data.zarr"
+    group = zarr.open_group(p, mode="w")
+    for i in range(2):
+        arr = group.create_array(f"stack{i}", shape=shape, chunks=(1, 1, 128, 128), dtype="uint16")
+        arr[...] = _synthetic(shape, i)
+    return [p], load_zarrs([p], "TCYX")
+
+
+def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
+    from .loaders import load_zarrs
+    from .writing import write_ome_zarr
+
+    p = folder / "image.ome.zarr"
+    (base,) = _build_npy_stacks(shape)
+    write_ome_zarr(base, p, chunks=(128, 128), levels=2)
+    return [p], load_zarrs([p], "TCYX")
+
+
+def _build_npy_stacks(shape: tuple[int, ...]) -> list[LazyImageStack]:
+    from .loaders import load_arrays
+
+    return load_arrays([_synthetic(shape, 7)], "TCYX")
+
+
+def _build_czi(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
+    from .loaders import load_czis
+    from .sources.czi import write_demo_czi
+
+    p = folder / "scenes.czi"
+    write_demo_czi(p, _synthetic(shape, 3))
+    return [p], load_czis([p], "SCYX")
+
+
+BUILDERS: dict[str, Builder] = {
+    "numpy memmap": _build_npy,
+    "tiff": _build_tiff,
+    "zarr": _build_zarr,
+    "ome-zarr": _build_ome_zarr,
+    "czi": _build_czi,
+}
+
+
+def _extract(
+    stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any
+) -> int:
+    done = 0
+    for k in range(n_patches):
+        stack = stacks[k % len(stacks)]
+        spatial = stack.data_shape[2:]
+        size = [min(patch, n) for n in spatial]
+        coords = [int(rng.integers(-size[i] // 4, n - size[i] // 2)) for i, n in enumerate(spatial)]
+        stack.extract_patch(int(rng.integers(stack.n_samples)), None, coords, size)
+        done += 1
+        progress.update(1)
+    return done
+
+
+def run_demo(
+    *,
+    size: int = 1024,
+    n_patches: int = 2000,
+    patch: int = 64,
+    frames: int = 4,
+    formats: list[str] | None = None,
+    folder: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> list[DemoResult]:
+    """Generate a dataset, open it lazily and extract random patches.
+
+    Parameters
+    ----------
+    size : int
+        Height and width of each image plane.
+    n_patches : int
+        Patches to extract per format.
+    patch : int
+        Patch edge length.
+    frames : int
+        Time points per stack (axes ``TCYX`` with 2 channels).
+    formats : list of str, optional
+        Formats to run (default: every installed one, see ``BUILDERS``).
+    folder : path, optional
+        Where to write the dataset (default: a temporary folder, removed
+        afterwards).
+    progress : bool
+        Show a progress bar on stderr.
+    seed : int
+        Seed of the patch positions.
+
+    Returns
+    -------
+    list of DemoResult
+    """
+    from tqdm import tqdm
+
+    names = formats or list(BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        msg = f"unknown demo format(s) {unknown}; accepted: {list(BUILDERS)}"
+        raise ValueError(msg)
+    shape = (frames, 2, size, size)
+    tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
+    tmp.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    results = []
+    try:
+        for name in names:
+            result = DemoResult(name)
+            sub = tmp / name.replace(" ", "_")
+            sub.mkdir(exist_ok=True)
+            try:
+                paths, stacks = BUILDERS[name](sub, shape)
+            except ImportError as exc:
+                result.note = f"skipped: {exc}"
+                results.append(result)
+                continue
+            result.n_stacks = len(stacks)
+            result.shapes = ", ".join(sorted({str(s.data_shape) for s in stacks}))
+            result.dataset_bytes = sum(_dir_size(p) for p in paths)
+            before = _read_bytes()
+            with tqdm(total=n_patches, desc=f"{name:>12}", disable=not progress, file=sys.stderr, leave=False) as bar:
+                t0 = time.perf_counter()
+                result.n_patches = _extract(stacks, n_patches, patch, rng, bar)
+                result.seconds = time.perf_counter() - t0
+            after = _read_bytes()
+            result.bytes_read = after - before if before is not None and after is not None else None
+            for s in stacks:
+                s.close()
+            results.append(result)
+    finally:
+        if folder is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def format_table(results: list[DemoResult]) -> str:
+    """Render demo results as a plain-text table."""
+
+    def mib(n: int | None) -> str:
+        return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
+
+    head = ("format", "stacks", "canonical shapes", "patches", "patches/s", "read", "dataset")
+    rows = [head]
+    for r in results:
+        if r.note:
+            rows.append((r.format, "-", r.note, "-", "-", "-", "-"))
+            continue
+        rows.append(
+            (
+                r.format,
+                str(r.n_stacks),
+                r.shapes,
+                str(r.n_patches),
+                f"{r.patches_per_second:,.0f}",
+                mib(r.bytes_read),
+                mib(r.dataset_bytes),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Exception hierarchy of lazystack.
+
+Every exception derives from :class:`LazyStackError` *and* from the built-in a
+caller would naturally catch (``ValueError``, ``IndexError``,
+``FileNotFoundError`` ...), so ``except ValueError`` keeps working for code
+that does not know about lazystack. Messages name the offending value, the
+path where there is one, and what would have been accepted.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AxesError",
+    "ChannelIndexError",
+    "LazyStackError",
+    "MissingDependencyError",
+    "PatchError",
+    "SampleIndexError",
+    "SelectionError",
+    "ShapeMismatchError",
+    "SourceFormatError",
+    "SourceNotFoundError",
+    "SourceReadError",
+    "UnsupportedSourceError",
+]
+
+
+class LazyStackError(Exception):
+    """Base class of every error raised by lazystack."""
+
+
+class AxesError(LazyStackError, ValueError):
+    """An axes string is invalid (unknown, repeated or missing letters)."""
+
+
+class ShapeMismatchError(LazyStackError, ValueError):
+    """The axes do not describe the shape of the source (rank or declared axes)."""
+
+
+class PatchError(LazyStackError, ValueError):
+    """``coords`` / ``patch_size`` are inconsistent with each other or the stack."""
+
+
+class SampleIndexError(LazyStackError, IndexError):
+    """A sample index is outside ``range(n_samples)``."""
+
+
+class ChannelIndexError(LazyStackError, ValueError, IndexError):
+    """A channel index is outside ``range(n_channels)``."""
+
+
+class SelectionError(LazyStackError, ValueError, IndexError):
+    """A view selection (``isel``) names an unknown axis or an invalid index."""
+
+
+class SourceNotFoundError(LazyStackError, FileNotFoundError):
+    """A file, store, array, group, scene or series does not exist."""
+
+
+class SourceFormatError(LazyStackError, ValueError):
+    """A source exists but is not of the expected format, or its metadata is invalid."""
+
+
+class SourceReadError(LazyStackError, OSError):
+    """Reading pixel data failed (truncated file, corrupt chunk, network error)."""
+
+
+class UnsupportedSourceError(LazyStackError, ValueError):
+    """No loader accepts this kind of source (extension, URI scheme, object type)."""
+
+
+class MissingDependencyError(LazyStackError, ImportError):
+    """An optional dependency (an extra of lazystack) is not installed."""

@@ -1,0 +1,299 @@
+"""Loaders: a source plus an axes string in, a list of lazy image stacks out.
+
+Every loader follows the :class:`~lazystack.ImageStackLoader` protocol:
+``loader(source, axes, **options) -> list[LazyImageStack]``. Options say
+*how* to load, never *what*, so one call serves an input and a target
+source alike. The loaders are thin: a format back end in
+:mod:`lazystack.sources` opens the source and reads its metadata; the loader
+wraps what it returns in :class:`~lazystack.LazyImageStack`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .axes import validate_axes
+from .errors import UnsupportedSourceError
+from .sources.base import OpenedSource, is_array_like
+from .stack import LazyImageStack
+
+__all__ = [
+    "load_arrays",
+    "load_bioio",
+    "load_custom_file",
+    "load_czis",
+    "load_iter_tiff",
+    "load_tiffs",
+    "load_zarrs",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def _stacks(opened: Iterable[OpenedSource]) -> list[LazyImageStack]:
+    return [
+        LazyImageStack(o.reader, o.axes, source=o.source, format=o.format, coords=o.coords, attrs=o.attrs)
+        for o in opened
+    ]
+
+
+def as_source_list(source: PathLike | Sequence[PathLike], what: str = "paths") -> list[str]:
+    """Normalise one path/URI or a sequence of them into a list of strings.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or sequence of them
+        The source(s).
+    what : str
+        What the sources are, for the error message.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If ``source`` is neither a path nor a sequence of paths.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return [os.fspath(source)]
+    if isinstance(source, Iterable):
+        items = list(source)
+        bad = [s for s in items if not isinstance(s, (str, os.PathLike))]
+        if not bad:
+            return [os.fspath(s) for s in items]
+        msg = f"expected {what} (str or os.PathLike), got {type(bad[0]).__name__}: {bad[0]!r}"
+        raise UnsupportedSourceError(msg)
+    msg = f"expected {what} (str, os.PathLike or a sequence of them), got {type(source).__name__}: {source!r}"
+    raise UnsupportedSourceError(msg)
+
+
+def load_arrays(source: Any, axes: str) -> list[LazyImageStack]:
+    """Wrap array-likes in lazy stacks, without copying or casting.
+
+    Parameters
+    ----------
+    source : array-like or sequence of array-likes
+        numpy arrays, ``np.memmap``, dask arrays, ``zarr.Array``, h5py
+        datasets, ``xarray.DataArray`` ... (anything with ``shape``,
+        ``dtype`` and ``__getitem__``). A single array-like is one source.
+    axes : str
+        Axes of every array (e.g. ``"SYX"``, ``"TCZYX"``).
+
+    Returns
+    -------
+    list of LazyImageStack
+        One stack per array, with ``source == "array"``. Data is read (and
+        cast to float32) only when a patch is extracted. An in-memory numpy
+        array pickles with its data.
+
+    Raises
+    ------
+    AxesError
+        If ``axes`` is invalid.
+    ShapeMismatchError
+        If an array's rank differs from ``len(axes)``.
+    UnsupportedSourceError
+        If an item is not array-like.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import load_arrays
+    >>> (stack,) = load_arrays([np.arange(2 * 64 * 64).reshape(2, 64, 64)], "SYX")
+    >>> stack.data_shape
+    (2, 1, 64, 64)
+    >>> stack.extract_patch(1, None, (-8, 60), (16, 16)).shape
+    (1, 16, 16)
+    """
+    axes = validate_axes(axes)
+    items = [source] if is_array_like(source) else list(source)
+    if not items:
+        msg = "load_arrays got no arrays: pass a non-empty sequence of array-likes"
+        raise UnsupportedSourceError(msg)
+    stacks = []
+    for i, item in enumerate(items):
+        coords: dict[str, Any] = {}
+        reader = item
+        if type(item).__module__.startswith("xarray.") and hasattr(item, "dims"):
+            reader = item.data  # the wrapped numpy / dask array: no copy
+            for dim, letter in zip(item.dims, axes, strict=False):
+                if str(dim).upper() == letter and dim in item.coords:
+                    coords[letter] = item.coords[dim].values
+        if not is_array_like(reader):
+            msg = (
+                f"load_arrays: item {i} is a {type(item).__name__}, not an array-like; "
+                "accepted: numpy/dask/zarr/h5py arrays, np.memmap, xarray.DataArray (convert lists with np.asarray)"
+            )
+            raise UnsupportedSourceError(msg)
+        stacks.append(LazyImageStack(reader, axes, source="array", format="array", coords=coords))
+    return stacks
+
+
+def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+    """Open TIFF files lazily, one stack per file and image series.
+
+    Parameters
+    ----------
+    source : path or sequence of paths
+        TIFF files (``.tif``, ``.tiff``, OME-TIFF, ImageJ hyperstacks ...).
+        ``"file.tif@2"`` selects image series 2 alone.
+    axes : str
+        Axes of each image series (samples of RGB(A) pixels count as ``C``).
+
+    Returns
+    -------
+    list of LazyImageStack
+        Chunked by the file's own tiles, strips or pages; uncompressed
+        contiguous data is memory-mapped.
+    """
+    axes = validate_axes(axes)
+    from .sources import tiff
+
+    return _stacks(o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes))
+
+
+def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+    """Open TIFF files for file-by-file iteration: one dask chunk per file.
+
+    ``stack.load()`` reads the file whole and keeps it in memory until
+    ``stack.close()``; ``extract_patch`` works before (region read) and after
+    (from memory).
+
+    Parameters
+    ----------
+    source : path or sequence of paths
+        TIFF files.
+    axes : str
+        Axes of each file's image series.
+
+    Returns
+    -------
+    list of LazyImageStack
+    """
+    axes = validate_axes(axes)
+    from .sources import tiff
+
+    return _stacks(
+        o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes, whole_file_chunks=True)
+    )
+
+
+def load_custom_file(
+    source: PathLike | Sequence[PathLike],
+    axes: str,
+    *,
+    read_func: Callable[..., Any],
+    read_kwargs: Mapping[str, Any] | None = None,
+) -> list[LazyImageStack]:
+    """Open files of a custom type with a user-supplied reader, one stack per file.
+
+    Parameters
+    ----------
+    source : path or sequence of paths
+        The files.
+    axes : str
+        Axes of the arrays ``read_func`` returns.
+    read_func : callable
+        ``read_func(path, **read_kwargs)`` returning an array-like (see
+        :class:`lazystack.sources.custom.ReadFunc`). A lazy array-like
+        (``np.memmap``, ``zarr.Array``, ``h5py.Dataset``, dask array) keeps
+        the stack fully lazy; a plain ndarray is kept in a bounded
+        per-process cache once read.
+    read_kwargs : mapping, optional
+        Extra keyword arguments of ``read_func``.
+
+    Returns
+    -------
+    list of LazyImageStack
+    """
+    axes = validate_axes(axes)
+    from .sources import custom
+
+    return _stacks(
+        custom.open_custom(path, axes, read_func=read_func, read_kwargs=dict(read_kwargs or {}))
+        for path in as_source_list(source)
+    )
+
+
+def load_zarrs(
+    source: PathLike | Sequence[PathLike],
+    axes: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[LazyImageStack]:
+    """Open Zarr / OME-Zarr arrays, local or remote, lazily.
+
+    Parameters
+    ----------
+    source : path, URI or sequence of them
+        ``.zarr`` paths, ``file://`` URIs or any fsspec URI
+        (``http(s)://``, ``s3://``, ``zip://``, ``memory://`` ...) to a group
+        (one stack per array, sorted; one per multiscale level for an
+        OME-Zarr image) or to an array.
+    axes : str
+        Axes of each array (checked against OME-Zarr's own axes).
+    storage_options : mapping, optional
+        Passed to fsspec (credentials, timeouts ...).
+
+    Returns
+    -------
+    list of LazyImageStack
+    """
+    axes = validate_axes(axes)
+    from .sources import zarr as zarr_source
+
+    opts = dict(storage_options or {})
+    return _stacks(
+        o for path in as_source_list(source, "Zarr paths or URIs") for o in zarr_source.open_zarr(path, axes, opts)
+    )
+
+
+def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+    """Open Zeiss CZI files, one lazy stack per scene (needs the ``czi`` extra).
+
+    Parameters
+    ----------
+    source : path or sequence of paths
+        CZI files; ``"file.czi@2"`` selects scene 2 alone.
+    axes : str
+        ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"``.
+
+    Returns
+    -------
+    list of LazyImageStack
+    """
+    from .sources import czi
+
+    return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes))
+
+
+def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> list[LazyImageStack]:
+    """Open any file an installed bioio reader plugin reads, one stack per scene.
+
+    Parameters
+    ----------
+    source : path or sequence of paths
+        Files (OME-TIFF, ND2, LIF ... whatever plugins are installed).
+    axes : str
+        Axes of each scene, applied to the reader's dims with the same rules
+        as :func:`load_arrays`.
+    **reader_options
+        Passed to :class:`bioio.BioImage` (e.g. ``reader=``).
+
+    Returns
+    -------
+    list of LazyImageStack
+    """
+    axes = validate_axes(axes)
+    from .sources import bioio as bioio_source
+
+    return _stacks(
+        o
+        for path in as_source_list(source)
+        for o in bioio_source.open_bioio(path, axes, reader_options)
+    )
+

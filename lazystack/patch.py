@@ -1,0 +1,99 @@
+"""Patch geometry: clipping a requested patch to the image and placing it in the output.
+
+``extract_patch`` returns a patch of exactly ``patch_size``; the part of the
+request that falls outside the image is zero. This module computes, for one
+request, which region of the image to read and where it goes in the output.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import PatchError
+
+__all__ = ["PatchGeometry", "patch_geometry"]
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """Where a patch request meets the image.
+
+    Attributes
+    ----------
+    patch_size : tuple of int
+        Size of the output patch (spatial dims).
+    source : tuple of slice
+        Region of the image to read (clipped to the image, step 1).
+    target : tuple of slice
+        Where that region goes in the output patch.
+    empty : bool
+        True when the patch does not overlap the image at all.
+    """
+
+    patch_size: tuple[int, ...]
+    source: tuple[slice, ...]
+    target: tuple[slice, ...]
+    empty: bool
+
+
+def _as_int_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    try:
+        return tuple(operator.index(v) for v in values)
+    except TypeError:
+        msg = f"{name} must be a sequence of integers, got {values!r}"
+        raise PatchError(msg) from None
+
+
+def patch_geometry(
+    coords: Sequence[int], patch_size: Sequence[int], image_shape: Sequence[int], spatial_axes: str = ""
+) -> PatchGeometry:
+    """Clip a patch request to an image.
+
+    Parameters
+    ----------
+    coords : sequence of int
+        Top-left corner of the patch in the spatial dims; may be negative or
+        beyond the image.
+    patch_size : sequence of int
+        Size of the patch; every entry must be positive.
+    image_shape : sequence of int
+        Spatial shape of the image.
+    spatial_axes : str, optional
+        Names of the spatial dims, used in error messages.
+
+    Returns
+    -------
+    PatchGeometry
+
+    Raises
+    ------
+    PatchError
+        If the lengths differ from the number of spatial dims, or a size is
+        not positive.
+    """
+    coords_t = _as_int_tuple("coords", coords)
+    size_t = _as_int_tuple("patch_size", patch_size)
+    ndim = len(image_shape)
+    dims = f" ({spatial_axes})" if spatial_axes else ""
+    if len(coords_t) != ndim or len(size_t) != ndim:
+        msg = (
+            f"coords {coords_t} and patch_size {size_t} must each have {ndim} entries, "
+            f"one per spatial dim{dims} of an image of spatial shape {tuple(image_shape)}"
+        )
+        raise PatchError(msg)
+    if any(n <= 0 for n in size_t):
+        msg = f"patch_size {size_t} must be positive in every dim{dims}"
+        raise PatchError(msg)
+    source: list[slice] = []
+    target: list[slice] = []
+    empty = False
+    for c, n, extent in zip(coords_t, size_t, image_shape, strict=True):
+        lo, hi = max(c, 0), min(c + n, extent)
+        if hi <= lo:
+            empty = True
+            lo = hi = 0
+        source.append(slice(lo, hi))
+        target.append(slice(lo - c, hi - c) if not empty else slice(0, 0))
+    return PatchGeometry(size_t, tuple(source), tuple(target), empty)

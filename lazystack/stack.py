@@ -1,0 +1,665 @@
+"""The image-stack protocol and lazystack's one concrete lazy stack class.
+
+:class:`LazyImageStack` wraps a *chunk reader* (see :mod:`lazystack.sources.base`)
+over the source's original axes. It knows the axes model and nothing about
+formats: every loader returns it.
+"""
+
+from __future__ import annotations
+
+import html
+import operator
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .axes import AxesModel
+from .errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
+from .patch import patch_geometry
+from .sources.base import is_array_like, read_numpy, reader_chunks, reader_token
+
+if TYPE_CHECKING:
+    import dask.array
+    import xarray
+
+__all__ = ["GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack"]
+
+
+@runtime_checkable
+class ImageStack(Protocol):
+    """An image stack as CAREamics' patching code sees it (structural type).
+
+    Shapes are in the canonical order ``SC(Z)YX`` unless named *original*.
+    """
+
+    @property
+    def source(self) -> Any:
+        """What wholly determines the data: a path, a URI, ``"array"`` ..."""
+        ...
+
+    @property
+    def data_shape(self) -> Sequence[int]:
+        """Shape in canonical ``SC(Z)YX`` order."""
+        ...
+
+    @property
+    def data_dtype(self) -> DTypeLike:
+        """Dtype of the stored data."""
+        ...
+
+    @property
+    def original_axes(self) -> str:
+        """Axes of the source as the user described them."""
+        ...
+
+    @property
+    def original_data_shape(self) -> Sequence[int]:
+        """Shape of the source in :attr:`original_axes` order."""
+        ...
+
+    def extract_patch(
+        self,
+        sample_idx: int,
+        channels: Sequence[int] | None,
+        coords: Sequence[int],
+        patch_size: Sequence[int],
+    ) -> NDArray[Any]:
+        """Return a ``float32`` patch in ``C(Z)YX`` order, zero outside the image."""
+        ...
+
+
+GenericImageStack = TypeVar("GenericImageStack", bound=ImageStack, covariant=True)
+"""Type variable for the stack type a loader returns."""
+
+P = ParamSpec("P")
+
+
+class ImageStackLoader(Protocol[P, GenericImageStack]):
+    """A callable turning a source and an axes string into image stacks.
+
+    Extra arguments decide *how* data is loaded, never *what*: the same
+    arguments serve an input source and a target source.
+    """
+
+    def __call__(self, source: Any, axes: str, *args: P.args, **kwargs: P.kwargs) -> Sequence[GenericImageStack]:
+        """Load ``source`` described by ``axes`` into a sequence of stacks."""
+        ...
+
+
+Selection = tuple[int | range, ...]
+
+
+class LazyImageStack:
+    """A lazy view of an image source, in original and canonical ``SC(Z)YX`` axes.
+
+    Creating a stack reads nothing but metadata. ``extract_patch`` reads
+    only the region a patch overlaps, straight from the chunk reader (never
+    through the dask scheduler); :attr:`data` and :attr:`xarray` are dask-backed
+    views whose chunks follow the source's own.
+
+    Stacks are normally made by a loader (:func:`lazystack.load_arrays`,
+    :func:`lazystack.load_tiffs` ...), not directly.
+
+    Parameters
+    ----------
+    reader : array-like
+        Chunk reader over the source's original axes: anything with
+        ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask, zarr arrays, a
+        format back end's reader).
+    axes : str
+        Axes of ``reader`` (letters of ``STCZYX``, ``Y`` and ``X`` required).
+    source : str, optional
+        What wholly determines the data (path, URI, ``"array"``).
+    format : str, optional
+        Name of the format (``"array"``, ``"tiff"``, ``"zarr"`` ...).
+    coords : mapping, optional
+        Coordinates per original axis letter (1-D, one value per index),
+        e.g. channel names for ``"C"``.
+    attrs : mapping, optional
+        Metadata: ``physical_pixel_sizes`` (dict axis -> size), ``scene``,
+        ``scene_name``, ``level``, ``series`` ...
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If ``reader`` is not array-like.
+    AxesError, ShapeMismatchError
+        If ``axes`` is invalid or does not match ``reader.shape``.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        axes: str,
+        *,
+        source: Any = "array",
+        format: str = "array",  # noqa: A002 - the natural name for users
+        coords: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not is_array_like(reader):
+            msg = (
+                f"cannot make a stack from {type(reader).__name__!r} (source {source!r}): "
+                "expected an array-like with shape, dtype and __getitem__ "
+                "(numpy, dask, zarr, h5py arrays, np.memmap ...)"
+            )
+            raise UnsupportedSourceError(msg)
+        root = AxesModel(axes, tuple(reader.shape))
+        self._reader = reader
+        self._root = root
+        self._source = source
+        self._format = format
+        self._attrs: dict[str, Any] = dict(attrs or {})
+        self._coords = {a.upper(): np.asarray(v) for a, v in (coords or {}).items() if a.upper() in root.axes}
+        self._token = reader_token(reader)
+        self._selection: Selection = tuple(range(n) for n in root.shape)
+        self._dask_root: Any = None
+        self._set_view()
+
+    # -- construction helpers ------------------------------------------------
+    def _set_view(self) -> None:
+        view_axes = "".join(a for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range))
+        view_shape = tuple(len(s) for s in self._selection if isinstance(s, range))
+        self._model = AxesModel(view_axes, view_shape)
+        self._identity = all(isinstance(s, range) and s.step == 1 for s in self._selection) and (
+            view_shape == self._root.shape
+        )
+        self._memory: np.ndarray | None = None
+
+    def _derive(self, selection: Selection) -> LazyImageStack:
+        new = object.__new__(LazyImageStack)
+        new.__dict__.update(self.__dict__)
+        new._selection = selection
+        new._set_view()
+        return new
+
+    # -- pickling: the recipe, never an open handle or cached data -------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_memory"] = None
+        state["_dask_root"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # -- the protocol ----------------------------------------------------------
+    @property
+    def source(self) -> Any:
+        """What wholly determines the data (path, URI, ``"array"``)."""
+        return self._source
+
+    @property
+    def format(self) -> str:
+        """Name of the source format (``"array"``, ``"tiff"``, ``"zarr"`` ...)."""
+        return self._format
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape in canonical ``SC(Z)YX`` order."""
+        return self._model.canonical_shape
+
+    @property
+    def data_dtype(self) -> np.dtype[Any]:
+        """Dtype of the stored data (patches are float32)."""
+        return np.dtype(self._reader.dtype)
+
+    @property
+    def original_axes(self) -> str:
+        """Axes of this stack (of the view, for a view) in the source's order."""
+        return self._model.axes
+
+    @property
+    def original_data_shape(self) -> tuple[int, ...]:
+        """Shape in :attr:`original_axes` order."""
+        return self._model.shape
+
+    @property
+    def axes_model(self) -> AxesModel:
+        """The :class:`~lazystack.axes.AxesModel` of this stack (view)."""
+        return self._model
+
+    @property
+    def canonical_axes(self) -> str:
+        """``"SCZYX"`` or ``"SCYX"``."""
+        return self._model.canonical_axes
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (``S`` times ``T``)."""
+        return self._model.n_samples
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels."""
+        return self._model.n_channels
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Metadata from the source (a copy)."""
+        return dict(self._attrs)
+
+    @property
+    def physical_pixel_sizes(self) -> dict[str, float]:
+        """Physical size of a pixel per spatial axis the source declares (may be empty)."""
+        sizes = self._attrs.get("physical_pixel_sizes") or {}
+        return {a: float(v) for a, v in sizes.items() if a in self._model.axes}
+
+    @property
+    def channel_names(self) -> list[str] | None:
+        """Channel names, when the source declares them."""
+        if "C" not in self._coords or "C" not in self._model.axes:
+            return None
+        return [str(c) for c in self._coords["C"][self._as_slice(self._selection[self._root.axes.index("C")])]]
+
+    @property
+    def scene(self) -> int | None:
+        """Scene index (CZI) or None."""
+        return self._attrs.get("scene")
+
+    @property
+    def scene_name(self) -> str | None:
+        """Scene name as the file gives it, or None."""
+        return self._attrs.get("scene_name")
+
+    @property
+    def level(self) -> int | None:
+        """Multiscale level (OME-Zarr) or None."""
+        return self._attrs.get("level")
+
+    @property
+    def series(self) -> int | None:
+        """Image series (TIFF) or None."""
+        return self._attrs.get("series")
+
+    @property
+    def reader(self) -> Any:
+        """The chunk reader over the source's original (unviewed) axes."""
+        return self._reader
+
+    @property
+    def nbytes(self) -> int:
+        """Size of this stack's data in memory, in bytes."""
+        return int(np.prod(self._model.shape, dtype=np.int64)) * self.data_dtype.itemsize
+
+    # -- patches ----------------------------------------------------------------
+    def _channel_list(self, channels: Sequence[int] | int | None) -> list[int]:
+        n = self._model.n_channels
+        if channels is None:
+            return list(range(n))
+        if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+            channels = [int(channels)]
+        try:
+            chans = [operator.index(c) for c in channels]
+        except TypeError:
+            msg = f"channels must be None or a sequence of integers in range({n}), got {channels!r}"
+            raise ChannelIndexError(msg) from None
+        if not chans:
+            msg = f"channels must not be empty: give None for all {n} channel(s) or indices in range({n})"
+            raise ChannelIndexError(msg)
+        bad = [c for c in chans if not 0 <= c < n]
+        if bad:
+            msg = (
+                f"channel index {bad[0]} is out of range: the stack {self._source!r} has {n} channel(s); "
+                f"accepted indices are 0 to {n - 1}"
+            )
+            raise ChannelIndexError(msg)
+        return chans
+
+    def extract_patch(
+        self,
+        sample_idx: int,
+        channels: Sequence[int] | None,
+        coords: Sequence[int],
+        patch_size: Sequence[int],
+    ) -> NDArray[np.float32]:
+        """Read one patch as ``float32`` in ``C(Z)YX`` order.
+
+        Only the region the patch overlaps is read, straight from the source.
+        Where the patch leaves the image (negative ``coords``, overhang, or
+        entirely outside) it is zero.
+
+        Parameters
+        ----------
+        sample_idx : int
+            Canonical sample index, in ``range(n_samples)``.
+        channels : sequence of int or None
+            Channels to read, in the order wanted; None means all.
+        coords : sequence of int
+            Top-left corner of the patch in the spatial dims (``(Z)YX``).
+        patch_size : sequence of int
+            Size of the patch in the spatial dims, all positive.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float32`` array of shape ``(n_channels_requested, *patch_size)``.
+
+        Raises
+        ------
+        SampleIndexError
+            If ``sample_idx`` is out of range.
+        ChannelIndexError
+            If a channel index is out of range.
+        PatchError
+            If ``coords`` / ``patch_size`` do not match the spatial dims or a
+            size is not positive.
+        """
+        model = self._model
+        geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
+        chans = self._channel_list(channels)
+        model.sample_to_st(sample_idx)  # validates before anything is allocated
+        out = np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
+        if geometry.empty:
+            return out
+        lo, hi = min(chans), max(chans) + 1
+        block = self._read_canonical_patch(sample_idx, slice(lo, hi), geometry.source)
+        if chans == list(range(lo, hi)):
+            out[(slice(None), *geometry.target)] = block
+        else:
+            out[(slice(None), *geometry.target)] = block[[c - lo for c in chans]]
+        return out
+
+    def _read_canonical_patch(self, sample_idx: int, channels: slice, spatial: tuple[slice, ...]) -> np.ndarray:
+        """Read one sample's region as an array in ``C(Z)YX`` order (C always present)."""
+        model = self._model
+        key = model.original_key(sample_idx, channels, spatial)
+        block = self._read_view(key)
+        remaining = "".join(a for a, k in zip(model.axes, key, strict=True) if not isinstance(k, int))
+        block = block.transpose(model.patch_permutation(remaining))
+        if "C" not in remaining:
+            block = block[np.newaxis]
+        return block
+
+    def _read_view(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """Read ``key`` (in view axes) from memory or from the reader."""
+        if self._memory is not None:
+            return self._memory[key]
+        if self._identity:
+            return read_numpy(self._reader, key)
+        root_key, stride = self._compose(key)
+        out = read_numpy(self._reader, root_key)
+        return out[stride] if stride is not None else out
+
+    @staticmethod
+    def _as_slice(r: range) -> slice:
+        return slice(r.start, r.start + len(r) * r.step, r.step)
+
+    def _compose(self, key: tuple[int | slice, ...]) -> tuple[tuple[int | slice, ...], tuple[slice, ...] | None]:
+        """Map a key in view axes to a step-1 key in root axes plus a stride to apply after reading."""
+        root_key: list[int | slice] = []
+        stride: list[slice] = []
+        strided = False
+        it = iter(key)
+        for sel in self._selection:
+            if isinstance(sel, int):
+                root_key.append(sel)
+                continue
+            k = next(it)
+            if isinstance(k, slice):
+                r = sel[k]
+                if r.step != 1 and len(r) > 1:
+                    strided = True
+                    root_key.append(slice(r.start, r[-1] + 1))
+                    stride.append(slice(None, None, r.step))
+                else:
+                    root_key.append(slice(r.start, r.start + len(r)))
+                    stride.append(slice(None))
+            else:
+                root_key.append(sel[k])
+        return tuple(root_key), (tuple(stride) if strided else None)
+
+    # -- views --------------------------------------------------------------------
+    def isel(self, **indexers: int | slice) -> LazyImageStack:
+        """Select a view by original axis name (no data is read).
+
+        Parameters
+        ----------
+        **indexers : int or slice
+            One keyword per axis of :attr:`original_axes` (either case). An
+            int drops the axis; a slice (positive step) keeps it.
+
+        Returns
+        -------
+        LazyImageStack
+            A view; views compose, and a view's ``original_axes``,
+            ``original_data_shape`` and ``data_shape`` describe the view.
+
+        Raises
+        ------
+        SelectionError
+            For an axis the stack does not have, an index out of range, an
+            empty or reversed slice, or an int on ``Y`` / ``X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from lazystack import load_arrays
+        >>> (stack,) = load_arrays([np.zeros((4, 3, 32, 32))], "TCYX")
+        >>> stack.isel(T=slice(1, 3), C=0).original_axes
+        'TYX'
+        """
+        axes = self._model.axes
+        view_pos = [i for i, s in enumerate(self._selection) if isinstance(s, range)]
+        selection = list(self._selection)
+        for name, idx in indexers.items():
+            axis = name.upper()
+            if axis not in axes:
+                msg = f"cannot select on axis {name!r}: the stack has axes {axes!r} (select with one of {list(axes)})"
+                raise SelectionError(msg)
+            pos = view_pos[axes.index(axis)]
+            current = selection[pos]
+            assert isinstance(current, range)  # invariant: view axes hold ranges
+            n = len(current)
+            if isinstance(idx, slice):
+                if idx.step is not None and operator.index(idx.step) <= 0:
+                    msg = f"isel({axis}={idx!r}): only positive slice steps are supported"
+                    raise SelectionError(msg)
+                new = current[idx]
+                if len(new) == 0:
+                    msg = f"isel({axis}={idx!r}) selects nothing from an axis of size {n}"
+                    raise SelectionError(msg)
+                selection[pos] = new
+            elif isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
+                if axis in "YX":
+                    msg = f"isel({axis}={idx}): cannot drop spatial axis {axis!r}; a stack needs Y and X, use a slice"
+                    raise SelectionError(msg)
+                if not -n <= int(idx) < n:
+                    msg = f"isel({axis}={idx}) is out of range for axis {axis!r} of size {n}; accepted: {-n} to {n - 1}"
+                    raise SelectionError(msg)
+                selection[pos] = current[int(idx)]
+            else:
+                msg = f"isel({axis}={idx!r}): expected an int or a slice"
+                raise SelectionError(msg)
+        return self._derive(tuple(selection))
+
+    # -- dask / xarray / numpy ------------------------------------------------------
+    def _root_dask(self) -> dask.array.Array:
+        if self._dask_root is None:
+            import dask.array as da
+
+            reader = self._reader
+            if type(reader).__module__.startswith("dask."):
+                self._dask_root = reader
+            else:
+                ndim = len(self._root.shape)
+                self._dask_root = da.from_array(
+                    reader,
+                    chunks=reader_chunks(reader),
+                    name=f"lazystack-{self._token}",
+                    meta=np.empty((0,) * ndim, dtype=self.data_dtype),
+                    asarray=True,
+                    fancy=False,
+                    lock=False,
+                )
+        return self._dask_root
+
+    def _view_dask(self) -> dask.array.Array:
+        if self._memory is not None:
+            import dask.array as da
+
+            return da.from_array(self._memory, chunks=self._view_chunks(), name=False)
+        x = self._root_dask()
+        if self._identity:
+            return x
+        return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
+
+    def _view_chunks(self) -> tuple[tuple[int, ...], ...]:
+        x = self._root_dask()
+        return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)].chunks
+
+    @property
+    def data(self) -> dask.array.Array:
+        """dask array in canonical ``SC(Z)YX`` order; chunks follow the source's."""
+        return self._model.to_canonical(self._view_dask())
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of :attr:`data` (canonical order)."""
+        return self.data.chunks
+
+    @property
+    def coords(self) -> dict[str, np.ndarray]:
+        """Coordinates of the view per original axis (channel names, physical positions)."""
+        coords: dict[str, np.ndarray] = {}
+        sizes = self._attrs.get("physical_pixel_sizes") or {}
+        for axis, sel in zip(self._root.axes, self._selection, strict=True):
+            if isinstance(sel, int):
+                continue
+            if axis in self._coords:
+                coords[axis] = self._coords[axis][self._as_slice(sel)]
+            elif axis in sizes and axis in "ZYX":
+                coords[axis] = np.arange(sel.start, sel.stop, sel.step, dtype=np.float64) * float(sizes[axis])
+        return coords
+
+    @property
+    def xarray(self) -> xarray.DataArray:
+        """dask-backed :class:`xarray.DataArray` with dims = :attr:`original_axes`."""
+        import xarray as xr
+
+        attrs = {
+            "source": str(self._source),
+            "format": self._format,
+            **{k: v for k, v in self._attrs.items() if v is not None},
+        }
+        return xr.DataArray(
+            self._view_dask(),
+            dims=tuple(self._model.axes),
+            coords=self.coords,
+            attrs=attrs,
+            name=_short_name(self._source),
+        )
+
+    def compute(self) -> np.ndarray:
+        """Read the whole stack (view) into a numpy array in canonical order."""
+        if self._memory is not None:
+            return np.asarray(self._model.to_canonical(self._memory))
+        return np.asarray(self._model.to_canonical(self._read_all()))
+
+    def _read_all(self) -> np.ndarray:
+        key = tuple(slice(0, n) for n in self._model.shape)
+        return self._read_view(key)
+
+    # -- memory and handles ----------------------------------------------------------
+    def load(self) -> LazyImageStack:
+        """Read this stack's data into memory and keep it until :meth:`close`.
+
+        Returns
+        -------
+        LazyImageStack
+            ``self``, for chaining.
+        """
+        if self._memory is None:
+            self._memory = self._read_all()
+        return self
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the data is held in memory (after :meth:`load`)."""
+        return self._memory is not None
+
+    def close(self) -> None:
+        """Drop data held in memory and close the source's open handles.
+
+        The stack stays usable: it reopens its source lazily when read again.
+        """
+        self._memory = None
+        self._dask_root = None
+        close = getattr(self._reader, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> LazyImageStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- display ------------------------------------------------------------------------
+    def _facts(self) -> list[tuple[str, str]]:
+        m = self._model
+        facts = [
+            ("source", str(self._source)),
+            ("format", self._format),
+            ("original", f"{m.axes} {m.shape}"),
+            ("canonical", f"{m.canonical_axes} {m.canonical_shape}"),
+            ("dtype", str(self.data_dtype)),
+            ("chunks", str(tuple(c[0] if c else 0 for c in self._view_chunks()))),
+        ]
+        if not self._identity:
+            facts.append(("view of", f"{self._root.axes} {self._root.shape}"))
+        for key in ("scene", "scene_name", "series", "level"):
+            if self._attrs.get(key) is not None:
+                facts.append((key, str(self._attrs[key])))
+        if self.physical_pixel_sizes:
+            facts.append(("pixel sizes", str(self.physical_pixel_sizes)))
+        if self.channel_names:
+            facts.append(("channels", ", ".join(self.channel_names)))
+        if self.is_loaded:
+            facts.append(("loaded", "in memory"))
+        return facts
+
+    def __repr__(self) -> str:
+        body = "\n".join(f"  {k + ':':<12}{v}" for k, v in self._facts())
+        return f"<LazyImageStack\n{body}>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self._facts()
+        )
+        try:
+            body = self.xarray._repr_html_()
+        except Exception:  # pragma: no cover - the table alone still informs
+            body = ""
+        return f"<div class='lazystack'><b>LazyImageStack</b><table>{rows}</table>{body}</div>"
+
+
+def _short_name(source: Any) -> str:
+    text = str(source).rstrip("/")
+    return text.rsplit("/", 1)[-1] or text
+
+
+def check_rank(axes: str, shape: Sequence[int], where: str, declared: str | None = None) -> None:
+    """Raise a :class:`ShapeMismatchError` when ``axes`` does not fit ``shape``.
+
+    Parameters
+    ----------
+    axes : str
+        The user's axes.
+    shape : sequence of int
+        The source's shape.
+    where : str
+        The source (path, URI) named in the message.
+    declared : str, optional
+        Axes the source itself declares (OME, ImageJ, NGFF), quoted in the message.
+    """
+    if len(axes) != len(shape):
+        own = f"; the file declares axes {declared!r}" if declared else ""
+        msg = (
+            f"axes {axes!r} ({len(axes)} letters) do not match {where}: its data has "
+            f"{len(shape)} dimension(s), shape {tuple(shape)}{own}"
+        )
+        raise ShapeMismatchError(msg)
