@@ -1,0 +1,62 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dask
+import pytest
+
+#: Real microscope files written by other software, beside the checkout.
+SHARED_DATA = Path(os.environ.get("LAZYSTACK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _shared_dir(sub: str) -> Path:
+    folder = SHARED_DATA / sub
+    if not folder.is_dir():
+        pytest.skip(f"real data folder {folder} is absent (set LAZYSTACK_SHARED_DATA to point at shared/data)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_czi_dir() -> Path:
+    """``../shared/data/czi`` (skips when absent)."""
+    return _shared_dir("czi")
+
+
+@pytest.fixture(scope="session")
+def shared_tiff_dir() -> Path:
+    """``../shared/data/tiff`` (skips when absent)."""
+    return _shared_dir("tiff")
+
+
+def shared_files(sub: str, pattern: str) -> list[Path]:
+    """Real files for ``pytest.mark.parametrize`` (empty when the folder is absent)."""
+    folder = SHARED_DATA / sub
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+class ComputeForbiddenError(AssertionError):
+    """Raised by the scheduler of :func:`raise_if_dask_computes`."""
+
+
+@contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Fail on any dask compute inside the block (xarray's test idiom)."""
+
+    def scheduler(dsk, keys, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        msg = "a dask computation ran where nothing should be computed"
+        raise ComputeForbiddenError(msg)
+
+    with dask.config.set(scheduler=scheduler):
+        yield
+
+
+@pytest.fixture
+def no_dask_compute() -> Iterator[None]:
+    """Fixture form of :func:`raise_if_dask_computes`."""
+    with raise_if_dask_computes():
+        yield
