@@ -1,0 +1,652 @@
+"""TIFF back end: lazy chunk readers over the image series of TIFF files.
+
+One stack per image series (tifffile's ``TiffFile.series``): a plain or
+multi-page TIFF has one, a multi-series OME-TIFF several. The stack of
+series ``i > 0`` has the source ``"path@i"``, which re-opens that series
+alone (the mirror of CZI scenes). A pyramidal OME-TIFF gives its
+full-resolution level.
+
+Axes
+    The user's axes describe the array *as tifffile returns it*
+    (``tifffile.imread(path, series=i)``), one letter per dimension. Where
+    the file declares its own axes (OME-TIFF, ImageJ hyperstacks) only the
+    rank must agree; a mismatch is a :class:`~lazystack.ShapeMismatchError`
+    quoting the file's axes and shape. **Samples of RGB(A) pixels** are a
+    dimension of their own (tifffile calls it ``S``, usually last): name it
+    ``C`` so that the samples become channels, e.g. ``"YXC"`` for an RGB
+    image, ``"ZYXC"`` for an RGB z-stack. (lazystack's ``S`` is the sample
+    axis of a training set, not tifffile's samples-per-pixel.)
+
+Reading
+    * Uncompressed, contiguous series are memory-mapped (read-only) and
+      sliced: the fastest path.
+    * Any other series (deflate, LZW, zstd, JPEG ..., tiled or stripped) is
+      read segment by segment: a region decodes only the tiles, strips or
+      pages it overlaps, through tifffile's own decoders (``imagecodecs``).
+      The dask chunks follow that layout (whole tiles; runs of strips
+      merged up to about 1 MiB; pages).
+    * ``whole_file_chunks=True`` (:func:`lazystack.load_iter_tiff`) makes
+      the series one dask chunk, which a dask task reads whole with
+      tifffile; ``extract_patch`` still reads only its region.
+
+Handles
+    Readers pickle as a small recipe (path, series, layout), never with an
+    open file. Files are opened lazily per process through
+    :class:`~lazystack.sources.base.ProcessLocalFileManager` (xarray's bounded
+    LRU of open files, 128 by default: ``xarray.set_options(file_cache_maxsize=...)``),
+    so thousands of stacks do not exhaust file descriptors and a forked
+    child re-opens instead of sharing its parent's file offset. Reads of one
+    file by several threads are serialised on the file handle's lock
+    (seek + read); decoding runs outside the lock. ``close()`` releases the
+    handle; the reader re-opens when used again.
+
+Errors
+    A missing file is a :class:`~lazystack.SourceNotFoundError`; a directory,
+    an empty or non-TIFF file a :class:`~lazystack.SourceFormatError`; a
+    compression tifffile cannot decode here a
+    :class:`~lazystack.MissingDependencyError` (known codec, decoder not
+    installed) or :class:`~lazystack.SourceFormatError` (unknown codec),
+    raised when the stack is created. Pixel data cut short (a truncated
+    file) raises :class:`~lazystack.SourceReadError` naming the file when
+    the missing bytes are read, never zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
+from .base import OpenedSource, ProcessLocalFileManager
+
+__all__ = ["TiffReader", "open_tiff"]
+
+FORMAT = "tiff"
+#: Runs of strips are merged into dask chunks of about this many bytes.
+_STRIP_CHUNK_BYTES = 1 << 20
+#: Memory-mapped pages larger than this are split along rows for dask.
+_MEMMAP_CHUNK_BYTES = 64 << 20
+_SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
+
+
+def _tifffile() -> Any:
+    import tifffile
+
+    return tifffile
+
+
+# -- per-process open state ------------------------------------------------------------------
+class _MemmapHandle:
+    """An open read-only memory map of a contiguous series (one per process)."""
+
+    def __init__(self, path: str, offset: int, dtype: str, shape: tuple[int, ...]) -> None:
+        dt = np.dtype(dtype)
+        nbytes = math.prod(shape) * dt.itemsize
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            msg = f"cannot open TIFF file {path!r}: {exc}"
+            raise SourceReadError(msg) from exc
+        if offset + nbytes > size:
+            msg = (
+                f"TIFF file {path!r} is truncated: its image data need bytes {offset} to {offset + nbytes}, "
+                f"the file has {size} bytes"
+            )
+            raise SourceReadError(msg)
+        self.array: np.memmap[Any, Any] | None = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
+
+    def close(self) -> None:
+        # Dropping the reference unmaps once no read still uses the map (never closes under a reader).
+        self.array = None
+
+
+class _TiffHandle:
+    """An open ``TiffFile`` with the series to read and tifffile's chunk indexer (one per process)."""
+
+    def __init__(self, path: str, series: int) -> None:
+        tifffile = _tifffile()
+        from tifffile.zarr import ZarrTiffStore
+
+        self.path = path
+        self.tif = tifffile.TiffFile(path, mode="rb")
+        try:
+            self.series = self.tif.series[series].levels[0]
+            # The store is used only as an index: chunk key -> page, segment index, offset, byte count.
+            self.store = ZarrTiffStore(self.series, level=0, multiscales=False)
+            self.fh = self.tif.filehandle
+            self.lock = self.fh.lock
+            self.keyframe = self.series.keyframe
+            self.keyframe.decode  # noqa: B018 - build and cache the decode function now
+            zarray = json.loads(self.store._store[".zarray"])
+            self.chunkshape = tuple(int(c) for c in zarray["chunks"])
+            fill = zarray.get("fill_value")
+            self.fillvalue = fill if isinstance(fill, (int, float)) else 0
+            self.transform = self.series.transform
+        except Exception:
+            self.tif.close()
+            raise
+
+    def close(self) -> None:
+        self.tif.close()
+
+    def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
+        key = ".".join(str(i) for i in index)
+        with self.lock:
+            keyframe, page, segment, offset, bytecount = self.store._parse_key(key)
+        if page is None or not offset or not bytecount:
+            return None
+        if offset + bytecount > self.fh.size:
+            msg = (
+                f"TIFF file {self.path!r} is truncated: a segment of its image data spans bytes {offset} to "
+                f"{offset + bytecount}, the file has {self.fh.size} bytes"
+            )
+            raise SourceReadError(msg)
+        with self.lock:
+            self.fh.seek(offset)
+            data = self.fh.read(bytecount)
+        if len(data) != bytecount:
+            msg = f"TIFF file {self.path!r}: read {len(data)} of {bytecount} bytes at offset {offset} (truncated?)"
+            raise SourceReadError(msg)
+        kwargs: dict[str, Any] = {"_fullsize": True}
+        if page.jpegtables is not None:
+            kwargs["jpegtables"] = page.jpegtables
+        if keyframe.jpegheader is not None:
+            kwargs["jpegheader"] = keyframe.jpegheader
+        try:
+            decoded = keyframe.decode(data, segment, **kwargs)[0]
+        except Exception as exc:
+            msg = f"cannot decode a segment of TIFF file {self.path!r} at offset {offset}: {exc}"
+            raise SourceReadError(msg) from exc
+        if decoded is None:
+            return None
+        if self.transform is not None:
+            decoded = self.transform(decoded)
+        if decoded.size != math.prod(self.chunkshape):
+            msg = f"TIFF file {self.path!r}: a segment decoded to {decoded.size} values, expected {self.chunkshape}"
+            raise SourceReadError(msg)
+        return np.asarray(decoded.reshape(self.chunkshape), dtype=dtype)
+
+    def check_extent(self) -> None:
+        """Raise SourceReadError when any segment of the series lies beyond the end of the file."""
+        size = self.fh.size
+        with self.lock:
+            pages = list(self.series.pages)
+        for page in pages:
+            if page is None:
+                continue
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                if offset and count and offset + count > size:
+                    msg = (
+                        f"TIFF file {self.path!r} is truncated: a segment of its image data spans bytes {offset} "
+                        f"to {offset + count}, the file has {size} bytes"
+                    )
+                    raise SourceReadError(msg)
+
+    def read_all(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """Read the whole series with tifffile (one sequential pass over the file)."""
+        self.check_extent()
+        try:
+            with self.lock:
+                data = self.series.asarray(maxworkers=1)
+        except Exception as exc:
+            msg = f"cannot read image data of TIFF file {self.path!r}: {exc}"
+            raise SourceReadError(msg) from exc
+        return np.asarray(data, dtype=dtype).reshape(shape)
+
+
+# -- the chunk reader ------------------------------------------------------------------------------
+class TiffReader:
+    """Chunk reader over one image series of a TIFF file (see the module docs).
+
+    Made by :func:`open_tiff`; pickles as its recipe and re-opens lazily.
+
+    Parameters
+    ----------
+    path : str
+        The TIFF file.
+    series : int
+        Index of the image series.
+    shape : tuple of int
+        Shape of the series (as ``tifffile.imread(path, series=series)``).
+    dtype : str
+        Dtype of the data (native byte order).
+    chunks : tuple of tuple of int
+        dask chunks.
+    native_chunks : tuple of int
+        Shape of one tile / strip / page (memory map: the page).
+    memmap : tuple or None
+        ``(offset, file dtype)`` of a memory-mappable series, else None.
+    token : str
+        Name of the data (path, mtime, size, series, chunking).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        series: int,
+        *,
+        shape: tuple[int, ...],
+        dtype: str,
+        chunks: tuple[tuple[int, ...], ...],
+        native_chunks: tuple[int, ...],
+        memmap: tuple[int, str] | None,
+        token: str,
+    ) -> None:
+        self.path = path
+        self.series = series
+        self._shape = tuple(shape)
+        self._dtype = np.dtype(dtype)
+        self.chunks = chunks
+        self.native_chunks = tuple(native_chunks)
+        self.memmap = memmap
+        self.token = token
+        self._manager = self._make_manager()
+
+    def _make_manager(self) -> ProcessLocalFileManager:
+        if self.memmap is not None:
+            offset, file_dtype = self.memmap
+            return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape)
+        return ProcessLocalFileManager(_TiffHandle, self.path, self.series)
+
+    # pickling: the recipe only, a fresh manager on the other side
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {
+            "shape": self._shape,
+            "dtype": self._dtype.str,
+            "chunks": self.chunks,
+            "native_chunks": self.native_chunks,
+            "memmap": self.memmap,
+            "token": self.token,
+        }
+        return (_rebuild_reader, (self.path, self.series, kwargs))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the series."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the data (native byte order)."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self._shape)
+
+    @property
+    def is_memmapped(self) -> bool:
+        """Whether the series is read through a memory map."""
+        return self.memmap is not None
+
+    def close(self) -> None:
+        """Close this process's handle (re-opened when read again)."""
+        self._manager.close()
+
+    def __repr__(self) -> str:
+        how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
+        return f"TiffReader({self.path!r}, series={self.series}, shape={self._shape}, dtype={self._dtype}, {how})"
+
+    @contextmanager
+    def _acquire(self) -> Iterator[Any]:
+        try:
+            with self._manager.acquire_context() as handle:
+                yield handle
+        except FileNotFoundError as exc:
+            if isinstance(exc, SourceNotFoundError):
+                raise
+            msg = f"TIFF file {self.path!r} no longer exists: {exc}"
+            raise SourceNotFoundError(msg) from exc
+        except SourceReadError:
+            raise
+        except OSError as exc:
+            msg = f"cannot read TIFF file {self.path!r}: {exc}"
+            raise SourceReadError(msg) from exc
+
+    def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+        """Key -> (step-1 slices within bounds, axes to drop)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            msg = f"too many indices for TiffReader of {self.path!r} with shape {self._shape}: {key!r}"
+            raise IndexError(msg)
+        slices: list[slice] = []
+        drop: list[int] = []
+        for axis, (k, n) in enumerate(zip(key, self._shape, strict=True)):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    msg = f"TiffReader supports step-1 slices only, got {k!r}"
+                    raise IndexError(msg)
+                slices.append(slice(start, max(start, stop)))
+            else:
+                i = int(k)
+                if not -n <= i < n:
+                    msg = f"index {i} out of range for axis {axis} of size {n} in {self.path!r}"
+                    raise IndexError(msg)
+                i %= n
+                slices.append(slice(i, i + 1))
+                drop.append(axis)
+        return tuple(slices), tuple(drop)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read a region (ints and step-1 slices) as a numpy array."""
+        slices, drop = self._normalise(key)
+        out_shape = tuple(s.stop - s.start for s in slices)
+        if 0 in out_shape:
+            out = np.zeros(out_shape, dtype=self._dtype)
+        elif self.memmap is not None:
+            with self._acquire() as handle:
+                mm = handle.array
+                out = np.array(mm[slices], dtype=self._dtype)
+        else:
+            out = self._read_segments(slices, out_shape)
+        return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
+
+    def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+        whole = out_shape == self._shape
+        with self._acquire() as handle:
+            if whole and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
+                return handle.read_all(self._shape, self._dtype)
+            cs = handle.chunkshape
+            out = np.empty(out_shape, dtype=self._dtype)
+            ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(slices, cs, strict=True)]
+            for index in product(*ranges):
+                chunk = handle.read_chunk(index, self._dtype)
+                src: list[slice] = []
+                dst: list[slice] = []
+                for i, s, c in zip(index, slices, cs, strict=True):
+                    lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
+                    src.append(slice(lo - i * c, hi - i * c))
+                    dst.append(slice(lo - s.start, hi - s.start))
+                if chunk is None:
+                    out[tuple(dst)] = handle.fillvalue
+                else:
+                    out[tuple(dst)] = chunk[tuple(src)]
+            return out
+
+
+def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
+    return TiffReader(path, series, **kwargs)
+
+
+# -- opening -----------------------------------------------------------------------------------
+def _split_series(path: str) -> tuple[str, int | None]:
+    """``"file.tif@2"`` -> ``("file.tif", 2)`` unless a file of that exact name exists."""
+    m = _SERIES_SUFFIX.match(path)
+    if m is None or os.path.exists(path):
+        return path, None
+    return m["path"], int(m["series"])
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        msg = f"TIFF file not found: {path!r}"
+        raise SourceNotFoundError(msg)
+    if os.path.isdir(path):
+        msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
+        raise SourceFormatError(msg)
+    if os.path.getsize(path) == 0:
+        msg = f"TIFF file {path!r} is empty (0 bytes)"
+        raise SourceFormatError(msg)
+
+
+def _check_codec(path: str, keyframe: Any) -> None:
+    from tifffile import COMPRESSION
+    from tifffile.tifffile import TIFF
+
+    code = int(keyframe.compression)
+    if code in TIFF.DECOMPRESSORS:
+        return
+    try:
+        name = COMPRESSION(code).name
+    except ValueError:
+        msg = (
+            f"TIFF file {path!r} uses compression {code}, which tifffile does not know; "
+            "accepted: the codecs of tifffile / imagecodecs (none, deflate, LZW, zstd, JPEG, LZMA, PackBits ...)"
+        )
+        raise SourceFormatError(msg) from None
+    msg = (
+        f"TIFF file {path!r} is compressed with {name} ({code}), but no decoder for it is available: "
+        "install or update imagecodecs (pip install imagecodecs)"
+    )
+    raise MissingDependencyError(msg)
+
+
+def _token(path: str, series: int, mode: str) -> str:
+    st = os.stat(path)
+    text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
+    return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
+
+
+def _dask_chunks(
+    shape: tuple[int, ...], native: tuple[int, ...], itemsize: int, memmapped: bool, yaxis: int | None
+) -> tuple[tuple[int, ...], ...]:
+    """dask chunks: whole native segments (tiles, pages; runs of strips merged, huge mapped pages split)."""
+    from dask.array.core import normalize_chunks
+
+    chunk = list(native)
+    nbytes = math.prod(chunk) * itemsize
+    if yaxis is not None and 0 <= yaxis < len(shape) - 1:
+        xaxis = yaxis + 1
+        if memmapped and nbytes > _MEMMAP_CHUNK_BYTES:
+            chunk[yaxis] = max(1, (_MEMMAP_CHUNK_BYTES * chunk[yaxis]) // nbytes)
+        elif not memmapped and chunk[xaxis] == shape[xaxis] and chunk[yaxis] < shape[yaxis] and nbytes:
+            # strips (full width): merge runs of whole strips up to about 1 MiB; tiles keep their shape
+            factor = max(1, _STRIP_CHUNK_BYTES // nbytes)
+            chunk[yaxis] = min(shape[yaxis], chunk[yaxis] * factor)
+    return normalize_chunks(tuple(chunk), shape=shape)
+
+
+def _yaxis(shape: tuple[int, ...], keyframe: Any) -> int | None:
+    """Position of the image rows in the series shape (None when squeezed away)."""
+    contig_samples = keyframe.samplesperpixel > 1 and keyframe.planarconfig == 1
+    yaxis = len(shape) - (3 if contig_samples else 2)
+    if yaxis < 0 or shape[yaxis] != keyframe.imagelength:
+        return None
+    return yaxis
+
+
+def _memmap_recipe(series: Any, byteorder: str) -> tuple[int, str] | None:
+    keyframe = series.keyframe
+    if series.dataoffset is None or series.transform is not None:
+        return None
+    try:
+        if int(keyframe.compression) != 1 or not keyframe.is_memmappable or keyframe.fillorder != 1:
+            return None
+    except Exception:
+        return None
+    if keyframe.dtype is None or keyframe.bitspersample != keyframe.dtype.itemsize * 8:
+        return None
+    return int(series.dataoffset), np.dtype(byteorder + series.dtype.char).str
+
+
+def _metadata(tif: Any, series_index: int, series: Any, axes: str, shape: tuple[int, ...]) -> tuple[dict, dict]:
+    """Coordinates (channel names) and attrs (pixel sizes ...) the file declares."""
+    coords: dict[str, Any] = {}
+    attrs: dict[str, Any] = {"series": series_index, "file_axes": str(series.axes)}
+    if series.name:
+        attrs["series_name"] = str(series.name)
+    sizes: dict[str, float] = {}
+    file_axes = str(series.axes)
+    channel_names: list[str] | None = None
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            channel_names, sizes, units = _ome_metadata(tif.ome_metadata, series_index)
+            if units:
+                attrs["physical_pixel_units"] = units
+        except Exception:
+            channel_names, sizes = None, {}
+    elif tif.is_imagej and tif.imagej_metadata is not None:
+        sizes = _imagej_sizes(tif, series)
+        labels = tif.imagej_metadata.get("Labels")
+        if isinstance(labels, list) and "C" in file_axes and len(labels) == shape[file_axes.index("C")]:
+            channel_names = [str(x) for x in labels]
+    if channel_names and "C" in file_axes and len(file_axes) == len(axes):
+        pos = file_axes.index("C")
+        if axes[pos] == "C" and len(channel_names) == shape[pos]:
+            coords["C"] = channel_names
+    if sizes:
+        attrs["physical_pixel_sizes"] = sizes
+    return coords, attrs
+
+
+def _ome_metadata(xml: str, series_index: int) -> tuple[list[str] | None, dict[str, float], dict[str, str]]:
+    from tifffile import xml2dict
+
+    ome = xml2dict(xml).get("OME", {})
+    images = ome.get("Image", [])
+    if isinstance(images, dict):
+        images = [images]
+    if series_index >= len(images):
+        return None, {}, {}
+    pixels = images[series_index].get("Pixels", {})
+    sizes: dict[str, float] = {}
+    units: dict[str, str] = {}
+    for ax in "XYZ":
+        value = pixels.get(f"PhysicalSize{ax}")
+        if value is not None:
+            sizes[ax] = float(value)
+            units[ax] = str(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+    channels = pixels.get("Channel", [])
+    if isinstance(channels, dict):
+        channels = [channels]
+    names = [str(c.get("Name", "")) for c in channels]
+    return (names if names and all(names) else None), sizes, units
+
+
+def _imagej_sizes(tif: Any, series: Any) -> dict[str, float]:
+    sizes: dict[str, float] = {}
+    meta = tif.imagej_metadata or {}
+    if meta.get("spacing") is not None:
+        sizes["Z"] = float(meta["spacing"])
+    try:
+        xres, yres = series.keyframe.get_resolution()
+    except Exception:
+        return sizes
+    if xres and yres and (xres, yres) != (1.0, 1.0):
+        sizes["X"] = 1.0 / float(xres)
+        sizes["Y"] = 1.0 / float(yres)
+    return sizes
+
+
+def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[OpenedSource]:
+    """Open the image series of a TIFF file as chunk readers (metadata only).
+
+    Parameters
+    ----------
+    path : str
+        A TIFF file, or ``"file.tif@i"`` for series ``i`` alone.
+    axes : str
+        Validated axes of every series (as tifffile returns the array; RGB
+        samples are ``C``).
+    whole_file_chunks : bool, optional
+        One dask chunk per series (:func:`lazystack.load_iter_tiff`).
+
+    Returns
+    -------
+    list of OpenedSource
+        One per series (a single one for ``"file.tif@i"``).
+
+    Raises
+    ------
+    SourceNotFoundError
+        If the file or the requested series does not exist.
+    SourceFormatError
+        For a directory, an empty file, a file that is not a TIFF, or an
+        unknown compression.
+    MissingDependencyError
+        If the compression's decoder is not installed.
+    ShapeMismatchError
+        If ``axes`` does not have the rank of a series.
+    """
+    from ..stack import check_rank
+
+    tifffile = _tifffile()
+    file_path, wanted = _split_series(os.fspath(path))
+    _check_file(file_path)
+    try:
+        tif = tifffile.TiffFile(file_path, mode="rb")
+    except PermissionError as exc:
+        msg = f"cannot open TIFF file {file_path!r}: {exc}"
+        raise SourceReadError(msg) from exc
+    except Exception as exc:
+        msg = f"{file_path!r} is not a readable TIFF file: {exc}"
+        raise SourceFormatError(msg) from exc
+    with tif:
+        try:
+            all_series = list(tif.series)
+        except Exception as exc:
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {exc}"
+            raise SourceFormatError(msg) from exc
+        if not all_series:
+            msg = f"TIFF file {file_path!r} contains no image series"
+            raise SourceFormatError(msg)
+        if wanted is not None and wanted >= len(all_series):
+            msg = (
+                f"TIFF file {file_path!r} has no image series {wanted}: "
+                f"it has {len(all_series)} series, accepted '@0' to '@{len(all_series) - 1}'"
+            )
+            raise SourceNotFoundError(msg)
+        indices = [wanted] if wanted is not None else list(range(len(all_series)))
+        opened = []
+        for i in indices:
+            series = all_series[i].levels[0]
+            shape = tuple(int(n) for n in series.shape)
+            where = f"TIFF file {file_path!r}" + (f" series {i}" if len(all_series) > 1 else "")
+            declared = str(series.axes) if series.kind in {"ome", "imagej"} else None
+            check_rank(axes, shape, where, declared)
+            if series.keyframe.dtype is None or series.dtype is None:
+                msg = f"{where}: unsupported pixel type (tifffile cannot map it to a numpy dtype)"
+                raise SourceFormatError(msg)
+            _check_codec(file_path, series.keyframe)
+            memmap = _memmap_recipe(series, tif.byteorder)
+            if memmap is not None:
+                from tifffile.zarr import _chunks
+
+                native = tuple(int(n) for n in _chunks(series.keyframe.shape, shape, series.keyframe.shaped))
+            else:
+                store = series.aszarr(level=0, multiscales=False)
+                try:
+                    native = tuple(int(c) for c in json.loads(store._store[".zarray"])["chunks"])
+                finally:
+                    store.close()
+            dtype = np.dtype(series.dtype).newbyteorder("=")
+            if whole_file_chunks:
+                chunks: tuple[tuple[int, ...], ...] = tuple((n,) for n in shape)
+                mode = "whole"
+            else:
+                chunks = _dask_chunks(shape, native, dtype.itemsize, memmap is not None, _yaxis(shape, series.keyframe))
+                mode = "memmap" if memmap is not None else "segments"
+            reader = TiffReader(
+                file_path,
+                i,
+                shape=shape,
+                dtype=dtype.str,
+                chunks=chunks,
+                native_chunks=native,
+                memmap=memmap,
+                token=_token(file_path, i, mode),
+            )
+            coords, attrs = _metadata(tif, i, series, axes, shape)
+            # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i
+            source = file_path if wanted is None and i == 0 else f"{file_path}@{i}"
+            opened.append(
+                OpenedSource(reader=reader, source=source, format=FORMAT, axes=axes, coords=coords, attrs=attrs)
+            )
+    return opened
