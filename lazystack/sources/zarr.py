@@ -1,0 +1,745 @@
+"""Zarr and OME-Zarr back end: local paths, ``file://`` and fsspec URIs.
+
+A source names a *store* (the path component ending in ``.zarr``) and,
+optionally, a node inside it::
+
+    /data/store.zarr                      # a group (or a store that is an array)
+    file:///data/store.zarr/group/array   # a group or an array inside the store
+    http://host/data/image.ome.zarr/0     # one OME-Zarr level over HTTP
+    zip://store.zarr/raw::file:///data/archive.zip   # chained fsspec URL
+
+A group gives one stack per array at its first level (sorted by name); an
+OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
+multiscale level, level 0 first; a URI to an array gives that array alone (an
+OME-Zarr level keeps its level and scale metadata, found in the ancestor group
+that lists it).
+
+:class:`ZarrArrayReader` is the chunk reader: it holds a *recipe* (store URI,
+array path, storage options), opens the array lazily once per process (a
+forked child reopens, so aiohttp sessions and event loops are never shared)
+and pickles without any handle. Stores are always opened read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import numpy as np
+
+from ..errors import (
+    MissingDependencyError,
+    ShapeMismatchError,
+    SourceFormatError,
+    SourceNotFoundError,
+    SourceReadError,
+    UnsupportedSourceError,
+)
+from .base import OpenedSource
+
+if TYPE_CHECKING:
+    import zarr as zarr_lib
+    from zarr.abc.store import Store
+
+__all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
+
+#: Keyword arguments of :class:`aiohttp.ClientTimeout` used for ``http(s)://``
+#: stores unless ``storage_options["client_kwargs"]["timeout"]`` is given:
+#: a dead or silent server raises instead of hanging.
+DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 300.0, "sock_connect": 15.0, "sock_read": 60.0}
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_NUMERIC_KINDS = "biuf"
+_MAX_KEYS_SHOWN = 8
+
+
+# -- where a source points ----------------------------------------------------------------
+@dataclass(frozen=True)
+class ZarrLocation:
+    """A store and a node path inside it (the parsed form of a source string).
+
+    Attributes
+    ----------
+    protocol : str
+        ``"file"`` for local stores, else the fsspec protocol (``"http"``, ``"s3"`` ...).
+    root : str
+        Local absolute path of the store, or the URL of the store root
+        (first segment of a chained URL).
+    path : str
+        Node path inside the store (``""`` for the root), ``/``-separated.
+    chain : str
+        The rest of a chained fsspec URL (``"::file:///archive.zip"``) or ``""``.
+    storage_options : dict
+        The user's fsspec options (unused for local stores).
+    """
+
+    protocol: str
+    root: str
+    path: str = ""
+    chain: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the store is a local directory."""
+        return self.protocol == "file"
+
+    @property
+    def store_uri(self) -> str:
+        """URI of the store root."""
+        if self.is_local:
+            return "file://" + self.root
+        return self.root + self.chain
+
+    def uri(self, path: str | None = None) -> str:
+        """URI of the node ``path`` (default: this location's node) that re-creates it."""
+        path = self.path if path is None else path
+        base = "file://" + self.root if self.is_local else self.root
+        full = base.rstrip("/") + ("/" + path if path else "")
+        return full if self.is_local else full + self.chain
+
+    def child(self, path: str) -> ZarrLocation:
+        """The same store, node ``path``."""
+        return replace(self, path=path.strip("/"))
+
+    def open_store(self) -> Store:
+        """Open the store read-only (a new store object, in this process)."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.root, read_only=True)
+        url = self.root + self.chain
+        try:
+            return FsspecStore.from_url(url, storage_options=effective_storage_options(self), read_only=True)
+        except ImportError as exc:
+            msg = f"opening {url!r} needs the fsspec implementation of {self.protocol!r}: {exc}"
+            raise MissingDependencyError(msg) from exc
+        except FileNotFoundError as exc:  # e.g. a missing zip archive in a chained URL
+            msg = f"Zarr store {url!r} does not exist: {exc}"
+            raise SourceNotFoundError(msg) from exc
+
+
+def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
+    """The user's storage options plus lazystack's defaults (bounded HTTP timeouts).
+
+    Parameters
+    ----------
+    location : ZarrLocation
+        The store.
+
+    Returns
+    -------
+    dict
+        Options passed to fsspec; for ``http(s)`` an :class:`aiohttp.ClientTimeout`
+        built from :data:`DEFAULT_HTTP_TIMEOUT` unless the user gave one.
+    """
+    opts = dict(location.storage_options)
+    if location.protocol in ("http", "https"):
+        client_kwargs = dict(opts.get("client_kwargs") or {})
+        if "timeout" not in client_kwargs:
+            import aiohttp
+
+            client_kwargs["timeout"] = aiohttp.ClientTimeout(**DEFAULT_HTTP_TIMEOUT)
+        opts["client_kwargs"] = client_kwargs
+    return opts
+
+
+def _split_at_store(parts: Sequence[str]) -> int:
+    """Index just past the first component ending in ``.zarr`` (len(parts) when none)."""
+    for i, part in enumerate(parts):
+        if part.lower().endswith(".zarr"):
+            return i + 1
+    return len(parts)
+
+
+def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
+    """Split a path or URI into a store and a node path.
+
+    Parameters
+    ----------
+    source : str
+        Local path, ``file://`` URI or fsspec URI; the store is the path up to
+        the first component ending in ``.zarr`` (the whole path when none does).
+    storage_options : mapping, optional
+        fsspec options for remote stores.
+
+    Returns
+    -------
+    ZarrLocation
+
+    Raises
+    ------
+    UnsupportedSourceError
+        For a URI scheme fsspec does not know.
+    MissingDependencyError
+        For a known scheme whose implementation is not installed.
+    SourceNotFoundError
+        For a local path that does not exist.
+    SourceFormatError
+        For a local path that is a file, not a Zarr store directory.
+    """
+    opts = dict(storage_options or {})
+    match = _SCHEME.match(source)
+    if match is None or match.group(1).lower() == "file":
+        raw = source[len(match.group(0)) :] if match else source
+        return _parse_local(raw, source)
+    protocol = match.group(1).lower()
+    _check_protocol(protocol, source)
+    first, sep, rest = source.partition("::")
+    prefix = first[: len(match.group(0))]
+    body = first[len(match.group(0)) :]
+    parts = body.split("/")
+    cut = _split_at_store(parts)
+    root = prefix + "/".join(parts[:cut])
+    path = "/".join(p for p in parts[cut:] if p)
+    return ZarrLocation(protocol, root.rstrip("/") or root, path, sep + rest, opts)
+
+
+def _check_protocol(protocol: str, source: str) -> None:
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        known = sorted(set(fsspec.available_protocols()))
+        msg = (
+            f"unsupported URI scheme {protocol!r} in {source!r}: accepted are local paths, file:// "
+            f"and the fsspec protocols {known}"
+        )
+        raise UnsupportedSourceError(msg) from None
+    except ImportError as exc:
+        msg = f"the URI scheme {protocol!r} of {source!r} needs an extra package: {exc}"
+        raise MissingDependencyError(msg) from exc
+
+
+def _parse_local(raw: str, source: str) -> ZarrLocation:
+    candidates = [raw]
+    if "%" in raw:
+        candidates.append(unquote(raw))
+    location = None
+    for candidate in candidates:
+        full = os.path.abspath(os.path.expanduser(candidate))
+        parts = full.replace(os.sep, "/").split("/")
+        cut = _split_at_store(parts)
+        root = "/".join(parts[:cut]) or "/"
+        location = ZarrLocation("file", root, "/".join(p for p in parts[cut:] if p))
+        if os.path.exists(root):
+            break
+    assert location is not None  # candidates is never empty
+    if not os.path.exists(location.root):
+        msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
+        raise SourceNotFoundError(msg)
+    if not os.path.isdir(location.root):
+        msg = (
+            f"{location.root!r} is a file, not a Zarr store (source {source!r}): a Zarr store is a directory "
+            "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2); for a zipped store use a "
+            "zip://store.zarr::file:///path/archive.zip URI"
+        )
+        raise SourceFormatError(msg)
+    return location
+
+
+# -- the chunk reader ------------------------------------------------------------------------
+class ZarrArrayReader:
+    """Chunk reader over one Zarr array, reopened lazily in every process.
+
+    Parameters
+    ----------
+    location : ZarrLocation
+        Store and array path.
+    array : zarr.Array, optional
+        An already-open array (this process), reused until pickled or closed.
+
+    Attributes
+    ----------
+    shape, dtype : tuple of int, numpy.dtype
+        Of the array.
+    chunks : tuple of int
+        The array's (inner, for sharded arrays) chunk shape: dask chunks follow it.
+    shards : tuple of int or None
+        Shard shape of a sharded Zarr v3 array.
+    token : str
+        URI of the array (names the dask array).
+    """
+
+    def __init__(self, location: ZarrLocation, array: zarr_lib.Array | None = None) -> None:
+        if array is None:
+            array = _open_array(location)
+        self._location = location
+        self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
+        self.dtype: np.dtype[Any] = np.dtype(array.dtype)
+        try:
+            self.chunks: tuple[int, ...] = tuple(int(c) for c in array.chunks)
+            shards = array.shards
+        except NotImplementedError:  # irregular chunk grids
+            msg = f"Zarr array {location.uri()!r} does not use a regular chunk grid, which lazystack needs"
+            raise SourceFormatError(msg) from None
+        self.shards: tuple[int, ...] | None = None if shards is None else tuple(int(s) for s in shards)
+        self.zarr_format: int = int(array.metadata.zarr_format)
+        self.token: str = "zarr-" + location.uri()
+        self._array: zarr_lib.Array | None = array
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    # recipe, not handle
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_array"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def location(self) -> ZarrLocation:
+        """Store and array path of this reader."""
+        return self._location
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    def array(self) -> zarr_lib.Array:
+        """The open :class:`zarr.Array` of this process (opened on first use)."""
+        arr = self._array
+        if arr is None or self._pid != os.getpid():
+            with self._lock:
+                arr = self._array
+                if arr is None or self._pid != os.getpid():
+                    arr = _open_array(self._location)
+                    self._array, self._pid = arr, os.getpid()
+        return arr
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """Read ``key`` (ints and step-1 slices) as a numpy array."""
+        arr = self.array()
+        try:
+            return np.asarray(arr[key])
+        except (MemoryError, IndexError, TypeError):
+            raise
+        except Exception as exc:
+            raise self._read_error(key, exc) from exc
+
+    def close(self) -> None:
+        """Drop the open array (reopened transparently on the next read)."""
+        self._array = None
+
+    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
+        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            Region (ints and step-1 slices within bounds).
+
+        Returns
+        -------
+        list of str
+        """
+        import itertools
+
+        grid = self.shards or self.chunks
+        ranges = []
+        for k, c, n in zip(key, grid, self.shape, strict=False):
+            if isinstance(k, slice):
+                start, stop, _ = k.indices(n)
+                ranges.append(range(start // c, (stop - 1) // c + 1) if stop > start else range(0))
+            else:
+                i = int(k) % n if n else 0
+                ranges.append(range(i // c, i // c + 1))
+        ranges += [range(-(-n // c)) for c, n in zip(grid[len(key) :], self.shape[len(key) :], strict=True)]
+        arr = self._array
+        encode = arr.metadata.encode_chunk_key if arr is not None else (lambda t: ".".join(map(str, t)))
+        keys = []
+        for coords in itertools.product(*ranges):
+            keys.append(f"{self._location.path}/{encode(coords)}".lstrip("/"))
+            if len(keys) > _MAX_KEYS_SHOWN:
+                break
+        return keys
+
+    def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
+        keys = self.chunk_keys(key)
+        shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN]) + (" ..." if len(keys) > _MAX_KEYS_SHOWN else "")
+        what = "shard(s)" if self.shards else "chunk(s)"
+        hint = ""
+        if _is_timeout(exc):
+            hint = (
+                " (the server did not answer in time; set storage_options={'client_kwargs': "
+                "{'timeout': aiohttp.ClientTimeout(...)}} to change the limit)"
+            )
+        msg = (
+            f"reading region {_format_key(key)} of Zarr array {self._location.uri()!r} "
+            f"(store {self._location.store_uri!r}) failed in {what} {shown}: "
+            f"{type(exc).__name__}: {exc}{hint}"
+        )
+        return SourceReadError(msg)
+
+    def __repr__(self) -> str:
+        uri = self._location.uri()
+        return f"ZarrArrayReader({uri!r}, shape={self.shape}, dtype={self.dtype}, chunks={self.chunks})"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import asyncio
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(e).__name__:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _format_key(key: tuple[int | slice, ...]) -> str:
+    items = [f"{k.start}:{k.stop}" if isinstance(k, slice) else str(k) for k in key]
+    return "[" + ", ".join(items) + "]"
+
+
+# -- opening nodes ------------------------------------------------------------------------
+def _wrap_open_error(location: ZarrLocation, exc: Exception) -> Exception:
+    if isinstance(exc, (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError)):
+        return exc
+    msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
+    if _is_timeout(exc):
+        msg += " (the server did not answer in time)"
+    return SourceReadError(msg)
+
+
+def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.Array | zarr_lib.Group:
+    """Open the array or group at ``location`` read-only (metadata only)."""
+    import zarr as zarr_lib
+
+    store = store if store is not None else location.open_store()
+    try:
+        return zarr_lib.open(store=store, path=location.path, mode="r")
+    except FileNotFoundError as exc:  # zarr's NodeNotFoundError derives from it
+        raise _not_found(location, store) from exc
+    except Exception as exc:
+        raise _wrap_open_error(location, exc) from exc
+
+
+def _open_array(location: ZarrLocation) -> zarr_lib.Array:
+    import zarr as zarr_lib
+
+    node = _open_node(location)
+    if not isinstance(node, zarr_lib.Array):
+        msg = f"{location.uri()!r} is a Zarr group, not an array"
+        raise SourceFormatError(msg)
+    return node
+
+
+def _try_group(location: ZarrLocation, store: Store) -> zarr_lib.Group | None:
+    import zarr as zarr_lib
+
+    try:
+        node = zarr_lib.open_group(store=store, path=location.path, mode="r")
+    except Exception:  # not a group (or not reachable): the caller decides
+        return None
+    return node
+
+
+def _describe_members(group: zarr_lib.Group) -> str:
+    import zarr as zarr_lib
+
+    try:
+        members = sorted(group.members(), key=lambda m: m[0])
+    except Exception as exc:  # e.g. HTTP without directory listing
+        return f"(its members cannot be listed: {type(exc).__name__})"
+    if not members:
+        return "nothing (it is empty)"
+    items = [
+        f"{name!r} (array {tuple(node.shape)} {node.dtype})"
+        if isinstance(node, zarr_lib.Array)
+        else f"{name!r} (group)"
+        for name, node in members
+    ]
+    return ", ".join(items)
+
+
+def _not_found(location: ZarrLocation, store: Store) -> Exception:
+    parts = [p for p in location.path.split("/") if p]
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = location.child("/".join(parts[:depth]))
+        group = _try_group(parent, store)
+        if group is not None:
+            msg = (
+                f"no Zarr array or group {parts[depth]!r} in {parent.uri()!r} (source {location.uri()!r}); "
+                f"that group holds {_describe_members(group)}"
+            )
+            return SourceNotFoundError(msg)
+    if location.is_local:
+        msg = (
+            f"{location.root!r} is not a Zarr store: it holds no zarr.json (Zarr v3) or .zgroup/.zarray "
+            f"(Zarr v2) metadata (source {location.uri()!r})"
+        )
+        return SourceFormatError(msg)
+    msg = (
+        f"no Zarr store at {location.store_uri!r} (source {location.uri()!r}): no zarr.json, .zgroup or "
+        ".zarray metadata could be read there"
+    )
+    return SourceNotFoundError(msg)
+
+
+# -- OME-Zarr (NGFF) ------------------------------------------------------------------------
+@dataclass
+class _Multiscale:
+    version: str
+    axes_names: list[str]
+    axes_types: list[str | None]
+    units: dict[str, str]
+    datasets: list[Mapping[str, Any]]
+    global_scale: list[float] | None
+    channel_names: list[str] | None
+    name: str | None
+
+
+def _ngff(attrs: Mapping[str, Any]) -> tuple[list[Any], Mapping[str, Any], str]:
+    """(multiscales, the dict holding them, version) from group attrs (0.4 or 0.5)."""
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and "multiscales" in ome:
+        return list(ome["multiscales"]), ome, str(ome.get("version", "0.5"))
+    if "multiscales" in attrs:
+        ms = list(attrs["multiscales"])
+        version = str(ms[0].get("version", "0.4")) if ms and isinstance(ms[0], Mapping) else "0.4"
+        return ms, attrs, version
+    return [], attrs, ""
+
+
+def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
+    for t in transforms or []:
+        if isinstance(t, Mapping) and t.get("type") == "scale" and "scale" in t:
+            scale = [float(s) for s in t["scale"]]
+            if len(scale) == ndim:
+                return scale
+    return None
+
+
+def _translation_of(transforms: Any, ndim: int) -> list[float] | None:
+    for t in transforms or []:
+        if isinstance(t, Mapping) and t.get("type") == "translation" and "translation" in t:
+            tr = [float(s) for s in t["translation"]]
+            if len(tr) == ndim:
+                return tr
+    return None
+
+
+def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale]:
+    multiscales, holder, version = _ngff(attrs)
+    out = []
+    omero = holder.get("omero") if isinstance(holder.get("omero"), Mapping) else attrs.get("omero")
+    channel_names = None
+    if isinstance(omero, Mapping) and isinstance(omero.get("channels"), list):
+        labels = [c.get("label") if isinstance(c, Mapping) else None for c in omero["channels"]]
+        channel_names = [str(lab) if lab is not None else str(i) for i, lab in enumerate(labels)]
+    for ms in multiscales:
+        if not isinstance(ms, Mapping) or not isinstance(ms.get("datasets"), list) or "axes" not in ms:
+            msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale needs 'axes' and 'datasets', got {ms!r}"
+            raise SourceFormatError(msg)
+        names, types, units = [], [], {}
+        for ax in ms["axes"]:
+            if isinstance(ax, Mapping):
+                name = str(ax.get("name", ""))
+                types.append(ax.get("type"))
+                if ax.get("unit"):
+                    units[name.upper()] = str(ax["unit"])
+            else:  # NGFF 0.3: plain names
+                name = str(ax)
+                types.append(None)
+            names.append(name)
+        out.append(
+            _Multiscale(
+                version=version or str(ms.get("version", "")),
+                axes_names=names,
+                axes_types=types,
+                units=units,
+                datasets=[d for d in ms["datasets"] if isinstance(d, Mapping) and "path" in d],
+                global_scale=_scale_of(ms.get("coordinateTransformations"), len(names)),
+                channel_names=channel_names,
+                name=ms.get("name"),
+            )
+        )
+    return out
+
+
+def _level_source(
+    ms: _Multiscale,
+    level: int,
+    location: ZarrLocation,
+    array: zarr_lib.Array,
+    axes: str,
+) -> OpenedSource:
+    ngff_axes = "".join(n.upper() for n in ms.axes_names)
+    uri = location.uri()
+    if axes != ngff_axes:
+        msg = (
+            f"axes {axes!r} disagree with the OME-Zarr axes {ngff_axes!r} (NGFF names {ms.axes_names}) of {uri!r}: "
+            f"pass axes={ngff_axes!r}"
+        )
+        raise ShapeMismatchError(msg)
+    if len(array.shape) != len(ngff_axes):
+        msg = (
+            f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
+        )
+        raise SourceFormatError(msg)
+    ds = ms.datasets[level]
+    scale = _scale_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    if scale is not None and ms.global_scale is not None:
+        scale = [s * g for s, g in zip(scale, ms.global_scale, strict=True)]
+    elif scale is None:
+        scale = ms.global_scale
+    sizes: dict[str, float] = {}
+    translation: dict[str, float] = {}
+    tr = _translation_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
+        spatial = kind == "space" if kind is not None else letter in "ZYX"
+        if spatial and scale is not None:
+            sizes[letter] = scale[i]
+        if spatial and tr is not None:
+            translation[letter] = tr[i]
+    coords: dict[str, Any] = {}
+    if ms.channel_names is not None and "C" in ngff_axes:
+        n_c = int(array.shape[ngff_axes.index("C")])
+        if len(ms.channel_names) == n_c:
+            coords["C"] = np.asarray(ms.channel_names)
+    attrs: dict[str, Any] = {
+        "level": level,
+        "physical_pixel_sizes": sizes,
+        "ngff_axes": ngff_axes,
+        "ngff_version": ms.version,
+        "zarr_format": int(array.metadata.zarr_format),
+    }
+    if translation:
+        attrs["translation"] = translation
+    if ms.units:
+        attrs["units"] = dict(ms.units)
+    if ms.name:
+        attrs["multiscale_name"] = str(ms.name)
+    reader = _make_reader(location, array)
+    return OpenedSource(reader=reader, source=uri, format="ome-zarr", axes=axes, coords=coords, attrs=attrs)
+
+
+def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayReader:
+    kind = np.dtype(array.dtype).kind
+    if kind not in _NUMERIC_KINDS:
+        msg = (
+            f"Zarr array {location.uri()!r} has dtype {array.dtype}, which is not an image dtype; "
+            "accepted: bool, integer and floating-point arrays"
+        )
+        raise SourceFormatError(msg)
+    return ZarrArrayReader(location, array)
+
+
+def _image_levels(
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store
+) -> Iterator[OpenedSource]:
+    import zarr as zarr_lib
+
+    for ms in _parse_multiscales(group.attrs.asdict(), location.uri()):
+        for level, ds in enumerate(ms.datasets):
+            child = location.child(f"{location.path}/{str(ds['path']).strip('/')}")
+            node = _open_node(child, store)
+            if not isinstance(node, zarr_lib.Array):
+                msg = f"OME-Zarr level {level} of {location.uri()!r} at {child.uri()!r} is a group, not an array"
+                raise SourceFormatError(msg)
+            yield _level_source(ms, level, child, node, axes)
+
+
+def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int] | None:
+    """Find the multiscale (in an ancestor group) that lists the array at ``location``."""
+    parts = [p for p in location.path.split("/") if p]
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = location.child("/".join(parts[:depth]))
+        group = _try_group(parent, store)
+        if group is None:
+            continue
+        rel = "/".join(parts[depth:])
+        attrs = group.attrs.asdict()
+        for ms in _parse_multiscales(attrs, parent.uri()):
+            for level, ds in enumerate(ms.datasets):
+                if str(ds["path"]).strip("/") == rel:
+                    return ms, level
+    return None
+
+
+# -- entry point ------------------------------------------------------------------------------
+def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = None) -> list[OpenedSource]:
+    """Open a Zarr / OME-Zarr source: one :class:`OpenedSource` per stack.
+
+    Parameters
+    ----------
+    path : str
+        Local path, ``file://`` URI or fsspec URI of a store, group or array.
+    axes : str
+        Validated axes of every array (must equal the NGFF axes of an OME-Zarr image).
+    storage_options : mapping, optional
+        fsspec options for remote stores (credentials, ``client_kwargs`` ...).
+
+    Returns
+    -------
+    list of OpenedSource
+        A group: one per array at its first level, sorted by name; an OME-Zarr
+        image group: one per multiscale level, level 0 first; an array: itself.
+
+    Raises
+    ------
+    SourceNotFoundError
+        If the store, group or array does not exist (the message lists what is there).
+    SourceFormatError
+        If the path is not a Zarr store, a group has no arrays, or metadata is invalid.
+    ShapeMismatchError
+        If ``axes`` disagree with an OME-Zarr image's axes.
+    UnsupportedSourceError, MissingDependencyError
+        For an unknown or uninstalled URI scheme.
+    """
+    import zarr as zarr_lib
+
+    location = parse_zarr_source(path, storage_options)
+    store = location.open_store()
+    node = _open_node(location, store)
+    if isinstance(node, zarr_lib.Array):
+        found = _find_level(location, store) if location.path else None
+        if found is not None:
+            ms, level = found
+            return [_level_source(ms, level, location, node, axes)]
+        return [_plain_source(location, node, axes)]
+    if _ngff(node.attrs.asdict())[0]:
+        levels = list(_image_levels(node, location, axes, store))
+        if levels:
+            return levels
+    arrays = _first_level_arrays(node, location)
+    if not arrays:
+        msg = (
+            f"Zarr group {location.uri()!r} holds no arrays at its first level; it holds "
+            f"{_describe_members(node)}. Point at an array or a group of arrays "
+            f"(e.g. {location.uri().rstrip('/')}/<name>)"
+        )
+        raise SourceFormatError(msg)
+    return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+
+
+def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[tuple[str, zarr_lib.Array]]:
+    try:
+        return sorted(((str(name), arr) for name, arr in group.arrays()), key=lambda item: item[0])
+    except Exception as exc:
+        msg = (
+            f"cannot list the arrays of Zarr group {location.uri()!r}: {type(exc).__name__}: {exc}. "
+            "Over HTTP a group needs consolidated metadata or a server that lists directories; "
+            "otherwise point at each array"
+        )
+        raise SourceReadError(msg) from exc
+
+
+def _plain_source(location: ZarrLocation, array: zarr_lib.Array, axes: str) -> OpenedSource:
+    reader = _make_reader(location, array)
+    attrs = {"zarr_format": reader.zarr_format}
+    return OpenedSource(reader=reader, source=location.uri(), format="zarr", axes=axes, attrs=attrs)
