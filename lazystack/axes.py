@@ -67,7 +67,10 @@ def validate_axes(axes: str) -> str:
         raise AxesError(msg)
     missing = [c for c in "YX" if c not in upper]
     if missing:
-        msg = f"invalid axes {axes!r}: missing {''.join(missing)!r}; axes must contain both 'Y' and 'X'"
+        msg = (
+            f"invalid axes {axes!r}: missing {''.join(missing)!r}; axes must contain both 'Y' and 'X' "
+            f"(accepted letters: {VALID_AXES!r})"
+        )
         raise AxesError(msg)
     return upper
 

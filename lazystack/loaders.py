@@ -16,6 +16,7 @@ from typing import Any
 
 from .axes import validate_axes
 from .errors import UnsupportedSourceError
+from .sources.array import as_reader
 from .sources.base import OpenedSource, is_array_like
 from .stack import LazyImageStack
 
@@ -129,7 +130,7 @@ def load_arrays(source: Any, axes: str) -> list[LazyImageStack]:
                 "accepted: numpy/dask/zarr/h5py arrays, np.memmap, xarray.DataArray (convert lists with np.asarray)"
             )
             raise UnsupportedSourceError(msg)
-        stacks.append(LazyImageStack(reader, axes, source="array", format="array", coords=coords))
+        stacks.append(LazyImageStack(as_reader(reader), axes, source="array", format="array", coords=coords))
     return stacks
 
 

@@ -250,9 +250,8 @@ class LazyImageStack:
     @property
     def channel_names(self) -> list[str] | None:
         """Channel names, when the source declares them."""
-        if "C" not in self._coords or "C" not in self._model.axes:
-            return None
-        return [str(c) for c in self._coords["C"][self._as_slice(self._selection[self._root.axes.index("C")])]]
+        names = self.coords.get("C")
+        return None if names is None else [str(c) for c in names]
 
     @property
     def scene(self) -> int | None:
@@ -292,7 +291,7 @@ class LazyImageStack:
         if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
             channels = [int(channels)]
         try:
-            chans = [operator.index(c) for c in channels]
+            chans = [operator.index(c) for c in channels]  # type: ignore[union-attr]
         except TypeError:
             msg = f"channels must be None or a sequence of integers in range({n}), got {channels!r}"
             raise ChannelIndexError(msg) from None
@@ -626,9 +625,9 @@ class LazyImageStack:
         return f"<LazyImageStack\n{body}>"
 
     def _repr_html_(self) -> str:
+        cell = "style='text-align:left'"
         rows = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
-            for k, v in self._facts()
+            f"<tr><th {cell}>{html.escape(k)}</th><td {cell}>{html.escape(v)}</td></tr>" for k, v in self._facts()
         )
         try:
             body = self.xarray._repr_html_()

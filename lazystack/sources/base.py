@@ -115,7 +115,7 @@ def reader_token(reader: Any) -> str:
     return str(token) if token else uuid.uuid4().hex
 
 
-class ProcessLocalFileManager(CachingFileManager):  # type: ignore[type-arg]
+class ProcessLocalFileManager(CachingFileManager):  # type: ignore[type-arg,unused-ignore]
     """xarray's :class:`~xarray.backends.CachingFileManager`, one handle per process.
 
     The manager holds an opener and its arguments, opens lazily, keeps open

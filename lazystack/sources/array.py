@@ -1,0 +1,91 @@
+"""Array sources: numpy memory maps pickled as their file, not their data.
+
+Every other array-like (numpy, dask, zarr, h5py ...) is used as it is; an
+in-memory numpy array pickles with its data, which is expected. A top-level
+``np.memmap`` (as returned by ``np.memmap(...)`` or ``np.load(path,
+mmap_mode="r")``) is wrapped so that a stack pickles as ``(filename, dtype,
+offset, shape, order)`` and re-maps the file read-only in the process that
+unpickles it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MemmapReader", "as_reader"]
+
+
+class MemmapReader:
+    """Read-only view of a memory-mapped file that pickles as its recipe.
+
+    Parameters
+    ----------
+    filename : str
+        The mapped file.
+    dtype : numpy.dtype
+        Element type.
+    shape : tuple of int
+        Array shape.
+    offset : int
+        Byte offset of the data in the file.
+    order : {"C", "F"}
+        Memory layout.
+    """
+
+    def __init__(self, filename: str, dtype: Any, shape: tuple[int, ...], offset: int, order: str) -> None:
+        self.filename = filename
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.offset = int(offset)
+        self.order = order
+        self._array: np.memmap[Any, Any] | None = None
+        stat = os.stat(filename)
+        self.token = f"memmap-{filename}-{stat.st_mtime_ns}-{stat.st_size}-{offset}-{self.dtype.str}-{shape}"
+
+    @classmethod
+    def from_memmap(cls, arr: np.memmap[Any, Any]) -> MemmapReader:
+        """Wrap a top-level ``np.memmap``, reusing its mapping in this process."""
+        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        reader = cls(str(arr.filename), arr.dtype, arr.shape, arr.offset, order)
+        reader._array = arr
+        return reader
+
+    @property
+    def array(self) -> np.memmap[Any, Any]:
+        """The mapping (opened read-only on first use in each process)."""
+        if self._array is None:
+            self._array = np.memmap(
+                self.filename, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=self.order
+            )
+        return self._array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read a region (a copy, so the mapping can be closed safely)."""
+        return np.array(self.array[key])
+
+    def close(self) -> None:
+        """Drop the mapping (it is re-created on next use)."""
+        self._array = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def as_reader(arr: Any) -> Any:
+    """Return the chunk reader for an array-like given to ``load_arrays``.
+
+    A top-level ``np.memmap`` becomes a :class:`MemmapReader`; anything else
+    is returned unchanged.
+    """
+    if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
+        return MemmapReader.from_memmap(arr)
+    return arr
