@@ -410,6 +410,63 @@ class LazyImageStack:
                 root_key.append(sel[k])
         return tuple(root_key), (tuple(stride) if strided else None)
 
+    def extract_patches(
+        self, requests: Sequence[tuple[int, Sequence[int] | None, Sequence[int], Sequence[int]]]
+    ) -> list[NDArray[np.float32]]:
+        """Extract a batch of patches, reading each touched chunk once.
+
+        Parameters
+        ----------
+        requests : sequence of tuple
+            ``(sample_idx, channels, coords, patch_size)`` per patch, as for
+            :meth:`extract_patch`.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The same arrays as one :meth:`extract_patch` call per request.
+        """
+        from .batch import extract_patches
+
+        return extract_patches([(self, *r) for r in requests])
+
+    def normalized(self, stats: Any, **options: Any) -> LazyImageStack:
+        """A lazy view whose patches and dask array are normalised per channel.
+
+        Parameters
+        ----------
+        stats : ChannelStatistics
+            From :func:`lazystack.channel_statistics`.
+        **options
+            Passed to :func:`lazystack.normalize.normalized` (``method=`` ...).
+
+        Returns
+        -------
+        LazyImageStack
+            A float32 stack; nothing is computed until read.
+        """
+        from .normalize import normalized
+
+        return normalized(self, stats, **options)
+
+    def show(self, **options: Any) -> Any:
+        """Render a quick look at one plane with matplotlib (the ``plot`` extra).
+
+        Parameters
+        ----------
+        **options
+            Passed to :func:`lazystack.plot.show` (``sample=``, ``channel=``,
+            ``z=``, ``max_size=``, ``ax=``).
+
+        Returns
+        -------
+        matplotlib object
+            What :func:`lazystack.plot.show` returns.
+        """
+        from .plot import show
+
+        return show(self, **options)
+
     # -- views --------------------------------------------------------------------
     def isel(self, **indexers: int | slice) -> LazyImageStack:
         """Select a view by original axis name (no data is read).
