@@ -1,0 +1,444 @@
+"""One entry point for every source: :func:`load` picks the loader, :func:`propose_axes` reads declared axes.
+
+:func:`load` dispatches on the file extension or URI scheme of each source
+to the matching ``load_*`` function, which is handy in notebooks and is what
+the command line uses. :func:`propose_axes` reads the axes a file declares
+itself (OME / ImageJ TIFF via tifffile, OME-Zarr ``multiscales`` axes or Zarr
+dimension names, the dimensions of a CZI file), so that ``lazystack info``
+works without ``--axes`` where the file says what its axes are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .axes import VALID_AXES, validate_axes
+from .errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
+from .sources.base import is_array_like
+from .stack import LazyImageStack
+
+__all__ = ["ACCEPTED_EXTENSIONS", "ACCEPTED_SCHEMES", "load", "propose_axes", "source_kind"]
+
+Kind = Literal["tiff", "zarr", "czi", "npy"]
+
+#: File extensions :func:`load` recognises, and the loader each one goes to.
+ACCEPTED_EXTENSIONS: dict[str, Kind] = {
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".btf": "tiff",
+    ".tf8": "tiff",
+    ".zarr": "zarr",
+    ".czi": "czi",
+    ".npy": "npy",
+}
+
+#: URI schemes :func:`load` sends to :func:`lazystack.load_zarrs` (fsspec).
+ACCEPTED_SCHEMES = ("file", "http", "https", "s3", "gs", "gcs", "az", "abfs", "zip", "memory")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_AT_INDEX = re.compile(r"@(\d+)$")
+
+
+def _accepted() -> str:
+    exts = ", ".join(ACCEPTED_EXTENSIONS)
+    schemes = ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
+    return (
+        f"accepted: files ending in {exts} (a Zarr store may be any directory holding zarr metadata), "
+        f"URIs starting with {schemes}, or array-likes; other files: lazystack.load_custom_file or load_bioio"
+    )
+
+
+def _split_index(source: str) -> tuple[str, int | None]:
+    """Split ``"file.czi@2"`` into ``("file.czi", 2)``."""
+    m = _AT_INDEX.search(source)
+    if m is None:
+        return source, None
+    return source[: m.start()], int(m.group(1))
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _zarr_root_in(path: str) -> bool:
+    return any(part.lower().endswith(".zarr") for part in re.split(r"[/\\]", path))
+
+
+def source_kind(source: str | os.PathLike[str]) -> Kind:
+    """Name the loader :func:`load` would use for ``source``.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A path (optionally with an ``@N`` scene / series suffix) or a URI.
+
+    Returns
+    -------
+    {"tiff", "zarr", "czi", "npy"}
+
+    Raises
+    ------
+    SourceNotFoundError
+        If ``source`` is a local path that does not exist.
+    UnsupportedSourceError
+        If neither the extension nor the scheme is one lazystack reads.
+
+    Examples
+    --------
+    >>> source_kind("s3://bucket/image.ome.zarr")
+    'zarr'
+    """
+    text = os.fspath(source)
+    m = _SCHEME.match(text)
+    if m is not None:
+        scheme = m.group(1).lower()
+        if scheme == "file":
+            base, _ = _split_index(text[len("file://") :])
+            suffix = Path(base).suffix.lower()
+            if ACCEPTED_EXTENSIONS.get(suffix) in ("tiff", "czi", "npy"):
+                return ACCEPTED_EXTENSIONS[suffix]
+        if scheme in ACCEPTED_SCHEMES:
+            return "zarr"
+        msg = f"unsupported URI scheme {scheme!r} in {text!r}; {_accepted()}"
+        raise UnsupportedSourceError(msg)
+    base, _ = _split_index(text)
+    path = Path(base)
+    if _zarr_root_in(base):
+        root = base[: base.lower().rfind(".zarr") + len(".zarr")]
+        if not Path(root).exists():
+            msg = f"no such Zarr store: {root!r} (from source {text!r})"
+            raise SourceNotFoundError(msg)
+        if not path.exists():
+            msg = f"no such array or group {base!r} in Zarr store {root!r}"
+            raise SourceNotFoundError(msg)
+        return "zarr"
+    if not path.exists():
+        msg = f"no such file or directory: {base!r}"
+        raise SourceNotFoundError(msg)
+    kind = ACCEPTED_EXTENSIONS.get(path.suffix.lower())
+    if kind is not None:
+        return kind
+    if _is_zarr_dir(path):
+        return "zarr"
+    what = "directory" if path.is_dir() else f"extension {path.suffix!r}" if path.suffix else "file without extension"
+    msg = f"cannot tell the format of {text!r} ({what}); {_accepted()}"
+    raise UnsupportedSourceError(msg)
+
+
+def _as_sources(source: Any) -> list[Any]:
+    if isinstance(source, (str, os.PathLike)) or is_array_like(source):
+        return [source]
+    if isinstance(source, Sequence):
+        return list(source)
+    msg = f"expected a path, a URI, an array-like or a sequence of them, got {type(source).__name__}: {source!r}"
+    raise UnsupportedSourceError(msg)
+
+
+def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImageStack]:
+    """Open any source lazily, choosing the loader from its extension or URI scheme.
+
+    * ``.tif``, ``.tiff``, ``.btf``, ``.tf8`` (``path@N``: series ``N``): :func:`lazystack.load_tiffs`;
+    * ``.zarr`` paths, directories holding Zarr metadata, and fsspec URIs
+      (``file://``, ``http(s)://``, ``s3://``, ``gs://``, ``zip://``, ``memory://`` ...):
+      :func:`lazystack.load_zarrs`;
+    * ``.czi`` (``path@N``: scene ``N``): :func:`lazystack.load_czis`;
+    * ``.npy``: one stack over ``np.load(path, mmap_mode="r")`` (read-only, no copy);
+    * array-likes (numpy, dask, zarr, h5py ...): :func:`lazystack.load_arrays`.
+
+    Parameters
+    ----------
+    source : path, URI, array-like or a sequence of them
+        What to open. Sources of different kinds may be mixed.
+    axes : str, optional
+        Axes of every source (letters of ``STCZYX``). When omitted, the axes
+        each file declares are used (see :func:`propose_axes`).
+    **options
+        Passed to the loader (``storage_options=`` for Zarr ...).
+
+    Returns
+    -------
+    list of LazyImageStack
+        The stacks of every source, in order.
+
+    Raises
+    ------
+    SourceNotFoundError
+        If a local path does not exist.
+    UnsupportedSourceError
+        If a source is of no kind lazystack reads.
+    AxesError
+        If ``axes`` is invalid, or omitted for a source that declares none.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "frames.npy")
+    >>> np.save(path, np.zeros((3, 64, 64), np.uint16))
+    >>> (stack,) = load(path, "TYX")
+    >>> stack.data_shape, stack.format
+    ((3, 1, 64, 64), 'npy')
+    """
+    from . import loaders
+
+    if axes is not None:
+        axes = validate_axes(axes)
+    stacks: list[LazyImageStack] = []
+    for item in _as_sources(source):
+        if is_array_like(item):
+            if axes is None:
+                msg = f"axes are required for an array of shape {tuple(item.shape)}: give letters of {VALID_AXES!r}"
+                raise AxesError(msg)
+            stacks.extend(loaders.load_arrays([item], axes, **options))
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            msg = f"expected a path, a URI or an array-like, got {type(item).__name__}: {item!r}"
+            raise UnsupportedSourceError(msg)
+        text = os.fspath(item)
+        kind = source_kind(text)
+        item_axes = axes or propose_axes(text, **options)
+        if item_axes is None:
+            msg = (
+                f"{text!r} declares no axes lazystack can use: give them explicitly "
+                f"(axes=... in Python, --axes on the command line) as letters of {VALID_AXES!r}"
+            )
+            raise AxesError(msg)
+        if kind == "tiff":
+            stacks.extend(loaders.load_tiffs([_local(text)], item_axes, **options))
+        elif kind == "czi":
+            stacks.extend(loaders.load_czis([_local(text)], item_axes, **options))
+        elif kind == "zarr":
+            stacks.extend(loaders.load_zarrs([text], item_axes, **options))
+        elif kind == "npy":
+            stacks.append(_load_npy(_local(text), item_axes))
+        else:  # pragma: no cover - source_kind returns one of the kinds above
+            msg = f"unhandled source kind {kind!r}"
+            raise UnsupportedSourceError(msg)
+    return stacks
+
+
+def _local(text: str) -> str:
+    return text[len("file://") :] if text.lower().startswith("file://") else text
+
+
+def _load_npy(path: str, axes: str) -> LazyImageStack:
+    import numpy as np
+
+    from .errors import SourceFormatError
+
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        msg = f"{path!r} is not a readable .npy file: {exc}"
+        raise SourceFormatError(msg) from exc
+    return LazyImageStack(array, validate_axes(axes), source=str(path), format="npy")
+
+
+# -- declared axes ---------------------------------------------------------------------------
+
+
+def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
+    """Return the axes ``source`` declares itself, as a lazystack axes string, or None.
+
+    * TIFF: the axes tifffile reads from OME-XML, ImageJ or other metadata
+      for the series (``path@N``: series ``N``, else series 0); tifffile's
+      ``S`` (samples of RGB pixels) becomes ``C``. Axes tifffile does not
+      know (``Q``, ``I``) or that lazystack has no letter for give None.
+    * Zarr: the OME-Zarr ``multiscales`` axes of the image (or of the image
+      an array belongs to), else the arrays' dimension names
+      (``dimension_names`` in Zarr v3, ``_ARRAY_DIMENSIONS`` in v2) when all
+      arrays agree.
+    * CZI: ``SCZYX`` when the file has more than one Z plane, else
+      ``SCTYX`` when it has more than one time point, else ``SCYX``.
+    * ``.npy``: ``YX`` for a 2-D array, None otherwise (no metadata).
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A path or URI.
+    **options
+        ``storage_options=`` for remote Zarr stores; others are ignored.
+
+    Returns
+    -------
+    str or None
+        Validated axes, or None when the source declares none lazystack can use.
+
+    Raises
+    ------
+    SourceNotFoundError, UnsupportedSourceError
+        As :func:`source_kind`.
+    """
+    text = os.fspath(source)
+    kind = source_kind(text)
+    if kind == "tiff":
+        return _tiff_axes(_local(text))
+    if kind == "zarr":
+        return _zarr_axes(text, options.get("storage_options"))
+    if kind == "czi":
+        return _czi_axes(_local(text))
+    return _npy_axes(_local(text))
+
+
+def _checked(axes: str) -> str | None:
+    try:
+        return validate_axes(axes)
+    except AxesError:
+        return None
+
+
+def _tiff_axes(text: str) -> str | None:
+    import tifffile
+
+    from .errors import SourceFormatError
+
+    path, series = _split_index(text)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if series is not None and not 0 <= series < len(tif.series):
+                msg = f"{path!r} has {len(tif.series)} image series; series {series} does not exist"
+                raise SourceNotFoundError(msg)
+            declared = tif.series[series or 0].axes
+    except tifffile.TiffFileError as exc:
+        msg = f"{path!r} is not a readable TIFF file: {exc}"
+        raise SourceFormatError(msg) from exc
+    return tiff_axes_to_lazystack(declared)
+
+
+def tiff_axes_to_lazystack(declared: str) -> str | None:
+    """Translate tifffile's axes codes to lazystack's, None if impossible.
+
+    Parameters
+    ----------
+    declared : str
+        Axes as tifffile's ``TiffPageSeries.axes`` gives them.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> tiff_axes_to_lazystack("TZCYX"), tiff_axes_to_lazystack("YXS"), tiff_axes_to_lazystack("QYX")
+    ('TZCYX', 'YXC', None)
+    """
+    declared = declared.upper()
+    if "S" in declared and "C" in declared:
+        return None
+    return _checked(declared.replace("S", "C"))
+
+
+_NGFF_TYPES = {"time": "T", "channel": "C"}
+
+
+def _ngff_letter(axis: Any) -> str | None:
+    if isinstance(axis, str):
+        name, kind = axis, None
+    elif isinstance(axis, dict):
+        name, kind = str(axis.get("name", "")), axis.get("type")
+    else:
+        return None
+    if len(name) == 1 and name.upper() in VALID_AXES:
+        return name.upper()
+    return _NGFF_TYPES.get(str(kind)) if kind else None
+
+
+def _multiscale_axes(attrs: Any) -> str | None:
+    ome = attrs.get("ome") if hasattr(attrs, "get") else None
+    multiscales = (ome or {}).get("multiscales") or attrs.get("multiscales")
+    if not multiscales:
+        return None
+    axes = multiscales[0].get("axes")
+    if not axes:
+        return None
+    letters = [_ngff_letter(a) for a in axes]
+    if any(letter is None for letter in letters):
+        return None
+    return _checked("".join(letters))  # type: ignore[arg-type]
+
+
+def _array_dim_axes(array: Any) -> str | None:
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    if not names:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    if not names or any(not isinstance(n, str) or len(n) != 1 for n in names):
+        return None
+    return _checked("".join(names))
+
+
+def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
+    import zarr
+
+    from .errors import SourceFormatError
+
+    base, _ = _split_index(text)
+    kwargs: dict[str, Any] = {"mode": "r"}
+    if storage_options and _SCHEME.match(base):
+        kwargs["storage_options"] = dict(storage_options)
+    try:
+        node = zarr.open(base, **kwargs)
+    except FileNotFoundError as exc:
+        msg = f"no Zarr array or group at {base!r}"
+        raise SourceNotFoundError(msg) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"{base!r} is not a readable Zarr store: {exc}"
+        raise SourceFormatError(msg) from exc
+    if isinstance(node, zarr.Group):
+        declared = _multiscale_axes(node.attrs)
+        if declared is not None:
+            return declared
+        proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
+        return proposals.pop() if len(proposals) == 1 else None
+    # an array: the multiscales of its parent group, else its own dimension names
+    parent = base.rstrip("/").rsplit("/", 1)[0]
+    if parent and parent != base.rstrip("/"):
+        try:
+            group = zarr.open_group(parent, **kwargs)
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            group = None
+        if group is not None:
+            declared = _multiscale_axes(group.attrs)
+            if declared is not None:
+                return declared
+    return _array_dim_axes(node)
+
+
+def _czi_axes(text: str) -> str | None:
+    path, _ = _split_index(text)
+    try:
+        from pylibCZIrw import czi as pyczi
+    except ImportError as exc:
+        msg = "reading CZI files needs the optional 'czi' extra: pip install 'lazystack[czi]'"
+        raise MissingDependencyError(msg) from exc
+    from .errors import SourceFormatError
+
+    try:
+        with pyczi.open_czi(str(path)) as doc:
+            box = doc.total_bounding_box
+    except Exception as exc:  # pylibCZIrw raises plain RuntimeError on a bad file
+        msg = f"{path!r} is not a readable CZI file: {exc}"
+        raise SourceFormatError(msg) from exc
+
+    def size(dim: str) -> int:
+        lo, hi = box.get(dim, (0, 1))
+        return int(hi) - int(lo)
+
+    if size("Z") > 1:
+        return "SCZYX"
+    if size("T") > 1:
+        return "SCTYX"
+    return "SCYX"
+
+
+def _npy_axes(text: str) -> str | None:
+    import numpy as np
+
+    try:
+        array = np.load(text, mmap_mode="r", allow_pickle=False)
+    except ValueError:
+        return None
+    return "YX" if array.ndim == 2 else None

@@ -1,0 +1,293 @@
+"""How stacks show themselves: summaries, text tables and notebook HTML.
+
+:func:`stack_summary` gathers what a user asks first about a stack (the row
+of ``lazystack info``); :class:`StackList` is the list a loader returns, with
+a compact one-row-per-stack table as its repr in a terminal and in a
+notebook; :func:`stack_html` is a stack's own notebook repr, built on
+xarray's (which embeds dask's chunk picture) under a small table of facts.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stack import LazyImageStack
+
+__all__ = [
+    "StackList",
+    "format_bytes",
+    "format_table",
+    "source_disk_bytes",
+    "stack_html",
+    "stack_summary",
+    "summary_row",
+]
+
+#: Columns of the compact table (text and HTML), in order.
+COLUMNS = ("source", "format", "original", "canonical", "dtype", "chunks", "scene/level", "pixel size", "channels",
+           "memory", "disk")
+
+
+def format_bytes(n: int | None) -> str:
+    """Human-readable size in binary units.
+
+    Examples
+    --------
+    >>> format_bytes(0), format_bytes(1536), format_bytes(3 * 2**30), format_bytes(None)
+    ('0 B', '1.5 KiB', '3.0 GiB', '-')
+    """
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
+    """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
+
+    A ``path@N`` suffix (scene / series) is ignored: the size is the file's.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        Path or URI.
+
+    Returns
+    -------
+    int or None
+    """
+    text = os.fspath(source)
+    if text.lower().startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        return None
+    path = Path(text)
+    if not path.exists() and "@" in text:
+        path = Path(text.rsplit("@", 1)[0])
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def _chunk_shape(stack: LazyImageStack) -> tuple[int, ...]:
+    """Shape of the first chunk of each canonical axis (what a reader fetches at once)."""
+    return tuple(int(c[0]) if c else 0 for c in stack.data.chunks)
+
+
+def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> dict[str, Any]:
+    """The facts a user asks first about a stack, JSON-able.
+
+    Reads metadata only (building ``stack.data`` makes a graph, it computes
+    nothing).
+
+    Parameters
+    ----------
+    stack : LazyImageStack
+        The stack.
+    disk_bytes : int, optional
+        Size of the stack's file or store on disk (see :func:`source_disk_bytes`).
+
+    Returns
+    -------
+    dict
+        ``source``, ``format``, ``original_axes``, ``original_shape``,
+        ``canonical_axes``, ``canonical_shape``, ``dtype``, ``chunks``
+        (first chunk's shape, canonical order), ``scene``, ``scene_name``,
+        ``series``, ``level``, ``physical_pixel_sizes``, ``channel_names``,
+        ``memory_bytes`` and ``disk_bytes``.
+    """
+    return {
+        "source": str(stack.source),
+        "format": stack.format,
+        "original_axes": stack.original_axes,
+        "original_shape": list(stack.original_data_shape),
+        "canonical_axes": stack.canonical_axes,
+        "canonical_shape": list(stack.data_shape),
+        "dtype": str(stack.data_dtype),
+        "chunks": list(_chunk_shape(stack)),
+        "scene": stack.scene,
+        "scene_name": stack.scene_name,
+        "series": stack.series,
+        "level": stack.level,
+        "physical_pixel_sizes": {a: float(v) for a, v in stack.physical_pixel_sizes.items()},
+        "channel_names": stack.channel_names,
+        "memory_bytes": int(stack.nbytes),
+        "disk_bytes": disk_bytes,
+    }
+
+
+def _shape_text(axes: str, shape: Sequence[int]) -> str:
+    return f"{axes} {tuple(int(n) for n in shape)}"
+
+
+def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Render a :func:`stack_summary` as text cells, one per column of the compact table.
+
+    Parameters
+    ----------
+    summary : mapping
+        As returned by :func:`stack_summary`.
+
+    Returns
+    -------
+    dict of str to str
+        Keys are the column names (``source``, ``format``, ``original`` ...).
+    """
+    place = []
+    if summary.get("scene") is not None:
+        name = summary.get("scene_name")
+        place.append(f"scene {summary['scene']}" + (f" ({name})" if name else ""))
+    if summary.get("series") is not None:
+        place.append(f"series {summary['series']}")
+    if summary.get("level") is not None:
+        place.append(f"level {summary['level']}")
+    sizes = summary.get("physical_pixel_sizes") or {}
+    names = summary.get("channel_names")
+    return {
+        "source": str(summary["source"]),
+        "format": str(summary["format"]),
+        "original": _shape_text(summary["original_axes"], summary["original_shape"]),
+        "canonical": _shape_text(summary["canonical_axes"], summary["canonical_shape"]),
+        "dtype": str(summary["dtype"]),
+        "chunks": str(tuple(int(n) for n in summary["chunks"])),
+        "scene/level": ", ".join(place) or "-",
+        "pixel size": ", ".join(f"{a}={v:g}" for a, v in sizes.items()) or "-",
+        "channels": ", ".join(str(n) for n in names) if names else "-",
+        "memory": format_bytes(summary.get("memory_bytes")),
+        "disk": format_bytes(summary.get("disk_bytes")),
+    }
+
+
+def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COLUMNS) -> str:
+    """Plain-text table with aligned columns (columns empty in every row are dropped).
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        One mapping of column name to text per row (see :func:`summary_row`).
+    columns : sequence of str
+        Columns to show, in order.
+
+    Returns
+    -------
+    str
+    """
+    rows = list(rows)
+    shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)
+    table = [list(shown)] + [[str(r.get(c, "-")) for c in shown] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(shown))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index: bool = True) -> str:
+    left = "style='text-align:left'"
+    shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)
+    head = ("<th>#</th>" if index else "") + "".join(f"<th {left}>{html.escape(c)}</th>" for c in shown)
+    body = "".join(
+        "<tr>"
+        + (f"<td>{i}</td>" if index else "")
+        + "".join(f"<td {left}>{html.escape(str(r.get(c, '-')))}</td>" for c in shown)
+        + "</tr>"
+        for i, r in enumerate(rows)
+    )
+    return f"<table class='lazystack-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def stack_html(stack: LazyImageStack) -> str:
+    """Notebook HTML of one stack: a table of facts above xarray's own repr.
+
+    xarray's repr shows the original dims, coordinates (channel names,
+    physical positions) and attributes, and embeds dask's chunk diagram;
+    the table above adds the canonical shape, format and sizes.
+
+    Parameters
+    ----------
+    stack : LazyImageStack
+        The stack.
+
+    Returns
+    -------
+    str
+        An HTML fragment.
+    """
+    row = summary_row(stack_summary(stack, disk_bytes=source_disk_bytes(stack.source)))
+    left = "style='text-align:left'"
+    facts = "".join(
+        f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>" for k, v in row.items() if v != "-"
+    )
+    try:
+        body = stack.xarray._repr_html_()
+    except Exception:  # pragma: no cover - the facts alone still inform
+        body = ""
+    return (
+        f"<div class='lazystack-stack'><b>LazyImageStack</b>"
+        f"<table class='lazystack-facts'>{facts}</table>{body}</div>"
+    )
+
+
+class StackList(list):  # type: ignore[type-arg,unused-ignore]
+    """A list of stacks that shows itself as a compact table, one row per stack.
+
+    It is a plain :class:`list` in every other way (indexing, unpacking,
+    ``len`` ...): loaders return it so that a notebook cell ending in
+    ``load_tiffs(...)`` shows a readable table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import load_arrays
+    >>> stacks = StackList(load_arrays([np.zeros((2, 8, 8), np.uint8)], "ZYX"))
+    >>> print(stacks)
+    StackList of 1 stack
+    source  format  original       canonical              dtype  chunks           memory
+    ------  ------  -------------  ---------------------  -----  ---------------  ------
+    array   array   ZYX (2, 8, 8)  SCZYX (1, 1, 2, 8, 8)  uint8  (1, 1, 2, 8, 8)  128 B
+    """
+
+    #: Rows shown before the table is cut (the rest is summarised in one line).
+    max_rows = 50
+
+    def _rows(self) -> list[dict[str, str]]:
+        disk: dict[str, int | None] = {}
+        rows = []
+        for stack in self[: self.max_rows]:
+            if not hasattr(stack, "data_shape") or not hasattr(stack, "axes_model"):
+                rows.append({"source": repr(stack)})
+                continue
+            key = str(stack.source)
+            if key not in disk:
+                disk[key] = source_disk_bytes(key)
+            rows.append(summary_row(stack_summary(stack, disk_bytes=disk[key])))
+        return rows
+
+    def _title(self) -> str:
+        n = len(self)
+        return f"StackList of {n} stack{'s' if n != 1 else ''}"
+
+    def __repr__(self) -> str:
+        if not self:
+            return "StackList of 0 stacks"
+        more = len(self) - self.max_rows
+        tail = f"\n... and {more} more" if more > 0 else ""
+        return f"{self._title()}\n{format_table(self._rows())}{tail}"
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        more = len(self) - self.max_rows
+        tail = f"<p>... and {more} more</p>" if more > 0 else ""
+        table = _html_table(self._rows(), COLUMNS) if self else ""
+        return f"<div class='lazystack-list'><b>{html.escape(self._title())}</b>{table}{tail}</div>"
