@@ -1,0 +1,156 @@
+"""Test helpers for the Zarr back end: a real HTTP server that counts requests, store writers."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def is_metadata_request(path: str) -> bool:
+    """Whether an HTTP request path asks for Zarr metadata or a directory listing (not a chunk)."""
+    path = path.split("?", 1)[0]
+    return path.endswith("/") or path.rsplit("/", 1)[-1] in METADATA_NAMES
+
+
+@dataclass
+class ServerState:
+    """What the test server saw and how it misbehaves.
+
+    ``mode`` is ``"ok"``, ``"500"`` (chunk requests answer 500), ``"hang"``
+    (chunk requests never get an answer until the server stops) or ``"drop"``
+    (chunk requests see the connection closed without an answer).
+    """
+
+    root: Path
+    mode: str = "ok"
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def paths(self, method: str | None = "GET") -> list[str]:
+        """Paths requested so far (``method=None``: any method)."""
+        with self.lock:
+            return [p for m, p in self.requests if method is None or m == method]
+
+    def chunk_paths(self) -> list[str]:
+        """Requested paths that are chunks (neither metadata nor listings)."""
+        return [p for p in self.paths(None) if not is_metadata_request(p)]
+
+    def clear(self) -> None:
+        """Forget the requests seen so far."""
+        with self.lock:
+            self.requests.clear()
+
+
+def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(state.root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the server
+            pass
+
+        def _misbehave(self) -> bool:
+            if state.mode == "ok" or is_metadata_request(self.path):
+                return False
+            if state.mode == "500":
+                self.send_error(500, "test server error")
+                return True
+            if state.mode == "hang":
+                state.release.wait(30)
+                self.close_connection = True
+                return True
+            if state.mode == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return True
+            msg = f"unknown server mode {state.mode!r}"
+            raise ValueError(msg)
+
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests.append(("GET", self.path))
+            if not self._misbehave():
+                super().do_GET()
+
+        def do_HEAD(self) -> None:
+            with state.lock:
+                state.requests.append(("HEAD", self.path))
+            if not self._misbehave():
+                super().do_HEAD()
+
+    return Handler
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a free port) in a thread.
+
+    Yields
+    ------
+    (base_url, state)
+        ``base_url`` like ``"http://127.0.0.1:PORT"``; ``state`` counts requests.
+    """
+    import fsspec.implementations.http as fs_http
+
+    state = ServerState(root=Path(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        state.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        fs_http.HTTPFileSystem.clear_instance_cache()
+
+
+def write_plain_store(path: Path, zarr_format: int, *, shards: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write a group with two arrays (``"a"`` 3-D, ``"b"`` 3-D) and a subgroup, return the data.
+
+    Parameters
+    ----------
+    path : Path
+        Store directory.
+    zarr_format : int
+        2 or 3.
+    shards : bool
+        Shard the arrays (Zarr v3 only).
+    seed : int
+        Random seed.
+    """
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    data = {
+        "b": rng.integers(0, 60000, (3, 70, 90), dtype=np.uint16),
+        "a": rng.random((2, 50, 45), dtype=np.float32),
+    }
+    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
+    for name, arr in data.items():
+        kwargs: dict[str, Any] = {"chunks": (1, 16, 16)}
+        if shards:
+            kwargs["shards"] = (1, 32, 32)
+        z = root.create_array(name, shape=arr.shape, dtype=arr.dtype, **kwargs)
+        z[...] = arr
+    sub = root.create_group("nested")
+    sub.create_array("deep", shape=(4, 4), dtype="u1")[...] = 7
+    return data
+
+
+def store_file_count(path: Path) -> int:
+    """Number of files in a store directory (to prove nothing was written)."""
+    return sum(len(files) for _, _, files in os.walk(path))
