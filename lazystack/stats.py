@@ -1,0 +1,546 @@
+"""Per-channel statistics over many stacks, computed chunk by chunk with dask.
+
+:func:`channel_statistics` reduces any list of stacks (different shapes and
+dtypes allowed, the same number of channels) to per-channel mean, standard
+deviation, minimum, maximum, count and percentiles, on whatever dask
+scheduler is active (threads, processes, a :class:`distributed.Client`).
+
+How it is computed
+------------------
+Every chunk of every stack's canonical ``SC(Z)YX`` dask array becomes one
+task that returns small per-channel partial results; partials are merged in
+a tree (``split_every`` at a time), so no task ever holds more than one chunk
+and the graph carries no pixel data (only the stacks' chunk readers, which
+pickle as recipes).
+
+- **Mean and standard deviation**: each chunk gives ``(count, mean, M2)`` in
+  float64 (``M2`` is the sum of squared deviations from the chunk's own mean,
+  computed in slices of at most 4 Mi values); partials are merged with the
+  pairwise update of Chan, Golub & LeVeque (1979). There is no sum of squares,
+  so the result has float64 accuracy whatever the data's scale or offset.
+  ``std`` is the population standard deviation (``ddof=0``, as ``numpy.std``).
+- **Percentiles** use numpy's default definition (linear interpolation
+  between order statistics) and are computed from per-channel histograms:
+
+  * 8- and 16-bit integer (and bool) data: a bin per integer value, in the
+    same pass as the moments — **exact**;
+  * other integer data whose per-channel range spans at most ``bins``
+    values: a bin per integer value in a second pass — **exact**;
+  * floating-point data (and wider integer ranges): ``bins`` equal bins
+    between the channel's minimum and maximum in a second pass. An order
+    statistic is replaced by the centre of its bin (the extremes by the exact
+    minimum / maximum), so every percentile is within
+    ``percentile_error = (max - min) / bins`` of numpy's value (the actual
+    error is at most half that, plus float rounding).
+    :attr:`ChannelStatistics.percentile_error` gives the bound per channel
+    (0 where exact).
+
+Non-finite values (NaN, ±inf) of floating-point data are ignored, as
+``numpy.nanmean`` ignores NaN; ``count`` is the number of values used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ShapeMismatchError, UnsupportedSourceError
+from .progress import compute
+
+__all__ = ["ChannelStatistics", "channel_statistics"]
+
+#: Values handled at once per channel when computing moments (bounds float64 temporaries to 32 MiB).
+_SLICE = 1 << 22
+#: Dtypes whose every value gets its own histogram bin in the first pass.
+_SMALL_INT_KINDS = {np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.uint16, np.int16)}
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelStatistics:
+    """Per-channel statistics of one or more stacks (arrays of length ``C``).
+
+    Attributes
+    ----------
+    mean, std, min, max : numpy.ndarray
+        float64 arrays of length ``C``; ``std`` has ``ddof=0``.
+    count : numpy.ndarray
+        int64 array of length ``C``: values used per channel.
+    percentiles : dict of float to numpy.ndarray
+        Percentile level (0 to 100) to a float64 array of length ``C``.
+    percentile_error : numpy.ndarray
+        Bound on ``abs(percentile - numpy's exact percentile)`` per channel
+        (0 where the percentiles are exact). For a ``sample_fraction`` run
+        the bound holds against numpy's value *over the sampled chunks*.
+    sample_fraction : float or None
+        The fraction of chunks read (None: all of them).
+    n_stacks : int
+        Number of stacks reduced.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    count: np.ndarray
+    percentiles: dict[float, np.ndarray] = field(default_factory=dict)
+    percentile_error: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sample_fraction: float | None = None
+    n_stacks: int = 1
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels."""
+        return int(self.mean.shape[0])
+
+    @property
+    def percentile_levels(self) -> tuple[float, ...]:
+        """The percentile levels, in the order requested."""
+        return tuple(self.percentiles)
+
+    def percentile(self, q: float) -> np.ndarray:
+        """Return the per-channel values of percentile ``q``.
+
+        Raises
+        ------
+        KeyError
+            If ``q`` was not computed (the message lists those that were).
+        """
+        for level, values in self.percentiles.items():
+            if math.isclose(level, float(q)):
+                return values
+        msg = f"percentile {q} was not computed; available levels: {list(self.percentiles)}"
+        raise KeyError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (lists of floats; percentile levels as strings)."""
+        return {
+            "n_channels": self.n_channels,
+            "n_stacks": self.n_stacks,
+            "sample_fraction": self.sample_fraction,
+            "count": [int(v) for v in self.count],
+            "mean": _floats(self.mean),
+            "std": _floats(self.std),
+            "min": _floats(self.min),
+            "max": _floats(self.max),
+            "percentiles": {repr(float(q)): _floats(v) for q, v in self.percentiles.items()},
+            "percentile_error": _floats(self.percentile_error),
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON string (``kwargs`` go to :func:`json.dumps`)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelStatistics:
+        """Rebuild statistics from :meth:`to_dict` output."""
+
+        def arr(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
+
+        return cls(
+            mean=arr("mean"),
+            std=arr("std"),
+            min=arr("min"),
+            max=arr("max"),
+            count=np.asarray(data["count"], dtype=np.int64),
+            percentiles={
+                float(q): np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+                for q, vals in data.get("percentiles", {}).items()
+            },
+            percentile_error=arr("percentile_error") if "percentile_error" in data else np.zeros(len(data["mean"])),
+            sample_fraction=data.get("sample_fraction"),
+            n_stacks=int(data.get("n_stacks", 1)),
+        )
+
+    def __repr__(self) -> str:
+        def fmt(a: np.ndarray) -> str:
+            return np.array2string(np.asarray(a), precision=4, separator=", ")
+
+        lines = [f"<ChannelStatistics C={self.n_channels} stacks={self.n_stacks} count={fmt(self.count)}"]
+        for name in ("mean", "std", "min", "max"):
+            lines.append(f"  {name:<6}{fmt(getattr(self, name))}")
+        for q, v in self.percentiles.items():
+            lines.append(f"  p{q:<5g}{fmt(v)}")
+        return "\n".join(lines) + ">"
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+# -- per-chunk partial results ----------------------------------------------------------
+# A partial is a dict of per-channel arrays: n (int64), mean, m2, min, max (float64) and,
+# optionally, "hist": a list (one per channel) of (offset, counts) pairs -- counts[i] is the
+# number of values equal to offset + i (integer bins) or falling in bin offset + i.
+
+
+def _channels(block: np.ndarray) -> np.ndarray:
+    """View (or copy) a canonical ``SC(Z)YX`` block as ``(C, n)``."""
+    c = block.shape[1]
+    return np.moveaxis(block, 1, 0).reshape(c, -1)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        ok = np.isfinite(values)
+        if not ok.all():
+            return values[ok]
+    return values
+
+
+def _moments(values: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, M2) of a 1-D array, in float64 slices merged with Chan's update."""
+    n_tot, mean_tot, m2_tot = 0, 0.0, 0.0
+    for start in range(0, values.size, _SLICE):
+        part = values[start : start + _SLICE].astype(np.float64)
+        n = part.size
+        mean = float(part.sum()) / n
+        part -= mean
+        m2 = float(np.dot(part, part))
+        n_tot, mean_tot, m2_tot = _chan(n_tot, mean_tot, m2_tot, n, mean, m2)
+    return n_tot, mean_tot, m2_tot
+
+
+def _chan(na: Any, ma: Any, m2a: Any, nb: Any, mb: Any, m2b: Any) -> tuple[Any, Any, Any]:
+    """Chan et al.'s pairwise merge of (count, mean, M2); works on scalars and arrays."""
+    n = na + nb
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = mb - ma
+        frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
+        mean = ma + delta * frac
+        m2 = m2a + m2b + delta * delta * na * frac
+    if np.ndim(n) == 0:
+        return int(n), float(mean), float(m2)
+    return n, mean, m2
+
+
+def _block_partial(block: np.ndarray, c0: int, c: int, small_int: bool) -> dict[str, Any]:
+    """First pass over one chunk (channels ``c0...`` of ``c``): moments, min, max (+ small-int histograms)."""
+    values = _channels(np.asarray(block))
+    out: dict[str, Any] = {
+        "n": np.zeros(c, dtype=np.int64),
+        "mean": np.zeros(c),
+        "m2": np.zeros(c),
+        "min": np.full(c, np.inf),
+        "max": np.full(c, -np.inf),
+    }
+    hists: list[tuple[int, np.ndarray]] = [(0, np.zeros(0, dtype=np.int64))] * c
+    for ch in range(c0, c0 + values.shape[0]):
+        v = _finite(values[ch - c0])
+        if v.size == 0:
+            continue
+        n, mean, m2 = _moments(v)
+        lo, hi = v.min(), v.max()
+        out["n"][ch], out["mean"][ch], out["m2"][ch] = n, mean, m2
+        out["min"][ch], out["max"][ch] = float(lo), float(hi)
+        if small_int:
+            offset = int(lo)
+            hists[ch] = (offset, np.bincount((v.astype(np.int32) - offset).ravel()).astype(np.int64))
+    if small_int:
+        out["hist"] = hists
+    return out
+
+
+def _block_histogram(
+    block: np.ndarray, c0: int, c: int, lo: np.ndarray, hi: np.ndarray, bins: int, exact: bool
+) -> dict[str, Any]:
+    """Second pass over one chunk: per-channel histograms between the global min and max."""
+    values = _channels(np.asarray(block))
+    hists: list[tuple[int, np.ndarray]] = [(0, np.zeros(0, dtype=np.int64))] * c
+    for ch in range(c0, c0 + values.shape[0]):
+        v = _finite(values[ch - c0])
+        if not np.isfinite(lo[ch]):  # channel without values
+            continue
+        if exact:
+            offset = int(lo[ch])
+            counts = np.bincount((v.astype(np.int64) - offset).ravel(), minlength=int(hi[ch]) - offset + 1)
+            hists[ch] = (0, counts.astype(np.int64))
+        elif lo[ch] == hi[ch]:
+            hists[ch] = (0, np.array([v.size], dtype=np.int64))
+        else:
+            counts = np.zeros(bins, dtype=np.int64)
+            for start in range(0, v.size, _SLICE):  # float64 edges whatever the data's dtype
+                part = v[start : start + _SLICE].astype(np.float64)
+                counts += np.histogram(part, bins=bins, range=(float(lo[ch]), float(hi[ch])))[0]
+            hists[ch] = (0, counts)
+    return {"hist": hists}
+
+
+def _merge_hist(a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
+    (oa, ca), (ob, cb) = a, b
+    if ca.size == 0:
+        return b
+    if cb.size == 0:
+        return a
+    lo = min(oa, ob)
+    hi = max(oa + ca.size, ob + cb.size)
+    if lo == oa and hi == oa + ca.size:
+        out = ca.copy()
+    else:
+        out = np.zeros(hi - lo, dtype=np.int64)
+        out[oa - lo : oa - lo + ca.size] += ca
+    out[ob - lo : ob - lo + cb.size] += cb
+    return lo, out
+
+
+def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Merge partial results (associative, so it is applied as a tree)."""
+    acc = dict(parts[0])
+    for p in parts[1:]:
+        if "n" in acc:
+            acc["n"], acc["mean"], acc["m2"] = _chan(acc["n"], acc["mean"], acc["m2"], p["n"], p["mean"], p["m2"])
+            acc["min"] = np.minimum(acc["min"], p["min"])
+            acc["max"] = np.maximum(acc["max"], p["max"])
+        if "hist" in acc:
+            acc["hist"] = [_merge_hist(x, y) for x, y in zip(acc["hist"], p["hist"], strict=True)]
+    return acc
+
+
+# -- graph construction ------------------------------------------------------------------
+
+
+def _as_stack_list(stacks: Any) -> list[Any]:
+    if hasattr(stacks, "data") and hasattr(stacks, "data_shape"):
+        return [stacks]
+    if isinstance(stacks, (str, bytes)) or not isinstance(stacks, Sequence):
+        msg = f"channel_statistics expects a stack or a sequence of stacks, got {type(stacks).__name__}"
+        raise UnsupportedSourceError(msg)
+    items = list(stacks)
+    if not items:
+        msg = "channel_statistics got no stacks: pass a stack or a non-empty sequence of stacks"
+        raise ValueError(msg)
+    bad = [s for s in items if not (hasattr(s, "data") and hasattr(s, "data_shape"))]
+    if bad:
+        msg = f"channel_statistics expects lazystack stacks (with .data), got {type(bad[0]).__name__}: {bad[0]!r:.80}"
+        raise UnsupportedSourceError(msg)
+    return items
+
+
+def _check_channels(stacks: list[Any]) -> int:
+    counts = [int(s.data_shape[1]) for s in stacks]
+    if len(set(counts)) > 1:
+        detail = ", ".join(f"{s.source!r}: {n}" for s, n in list(zip(stacks, counts, strict=True))[:6])
+        msg = (
+            f"channel_statistics needs the same number of channels in every stack, got {sorted(set(counts))} "
+            f"({detail}{', ...' if len(stacks) > 6 else ''}); select channels with stack.isel(C=...) first"
+        )
+        raise ShapeMismatchError(msg)
+    for s in stacks:
+        kind = np.dtype(s.data_dtype).kind
+        if kind not in "biuf":
+            msg = f"channel_statistics supports bool, integer and float data; {s.source!r} has dtype {s.data_dtype}"
+            raise UnsupportedSourceError(msg)
+    return counts[0]
+
+
+def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) -> list[list[tuple[Any, int]]]:
+    """(delayed chunk, first channel) of each stack's canonical array (a reproducible subset if sampling)."""
+    rng = np.random.default_rng(seed)
+    selected: list[list[tuple[Any, int]]] = []
+    for s in stacks:
+        x = s.data
+        starts = np.concatenate([[0], np.cumsum(x.chunks[1])[:-1]]).astype(int)
+        grid = x.to_delayed(optimize_graph=False)
+        blocks = [(grid[idx], int(starts[idx[1]])) for idx in np.ndindex(grid.shape)]
+        if sample_fraction is not None:
+            k = max(1, round(sample_fraction * len(blocks)))
+            chosen = np.sort(rng.choice(len(blocks), size=k, replace=False))
+            blocks = [blocks[i] for i in chosen]
+        selected.append(blocks)
+    return selected
+
+
+def _tree(parts: list[Any], split_every: int) -> Any:
+    from dask import delayed
+
+    merge = delayed(_merge, pure=True)
+    while len(parts) > 1:
+        parts = [merge(*parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    return parts[0]
+
+
+def _reduce(
+    blocks: list[list[tuple[Any, int]]],
+    func: Callable[..., dict[str, Any]],
+    n_channels: int,
+    *args: Any,
+    split_every: int,
+) -> Any:
+    from dask import delayed
+
+    task = delayed(func, pure=True)
+    return _tree([task(b, c0, n_channels, *args) for per_stack in blocks for b, c0 in per_stack], split_every)
+
+
+def _validate_options(percentiles: Sequence[float], sample_fraction: float | None, bins: int) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(q) for q in percentiles)
+    except TypeError:
+        msg = f"percentiles must be a sequence of numbers between 0 and 100, got {percentiles!r}"
+        raise ValueError(msg) from None
+    bad = [q for q in levels if not 0 <= q <= 100]
+    if bad:
+        msg = f"percentile levels must be between 0 and 100, got {bad[0]}"
+        raise ValueError(msg)
+    if sample_fraction is not None and not 0 < sample_fraction <= 1:
+        msg = f"sample_fraction must be in (0, 1] or None (all chunks), got {sample_fraction!r}"
+        raise ValueError(msg)
+    if int(bins) < 2:
+        msg = f"bins must be an integer >= 2, got {bins!r}"
+        raise ValueError(msg)
+    return levels
+
+
+def channel_statistics(
+    stacks: Any,
+    *,
+    percentiles: Sequence[float] = (0.1, 1, 50, 99, 99.9),
+    sample_fraction: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    bins: int = 65536,
+    split_every: int = 8,
+) -> ChannelStatistics:
+    """Per-channel mean, std, min, max, count and percentiles over stacks.
+
+    Parameters
+    ----------
+    stacks : LazyImageStack or sequence of LazyImageStack
+        Any stacks (views included) with the same number of channels; shapes
+        and dtypes may differ.
+    percentiles : sequence of float
+        Percentile levels between 0 and 100 (numpy's linear definition);
+        empty for none (then a single pass over the data).
+    sample_fraction : float, optional
+        Read only this fraction of each stack's chunks (at least one chunk per
+        stack), chosen at random with ``seed``: a quick, reproducible estimate.
+    seed : int
+        Seed of the chunk sample.
+    progress : bool
+        Show a progress bar (see :mod:`lazystack.progress`).
+    bins : int
+        Number of histogram bins per channel for floating-point percentiles;
+        the error bound is ``(max - min) / bins``.
+    split_every : int
+        Partial results merged per task in the reduction tree.
+
+    Returns
+    -------
+    ChannelStatistics
+
+    Raises
+    ------
+    ShapeMismatchError
+        If the stacks do not all have the same number of channels.
+    UnsupportedSourceError
+        If an item is not a stack or its dtype is not bool, integer or float.
+    ValueError
+        For percentile levels outside 0..100, a ``sample_fraction`` outside
+        (0, 1] or fewer than 2 bins.
+
+    Notes
+    -----
+    Computations run on the active dask scheduler: a ``distributed.Client``
+    when one is the default, else dask's configured scheduler. The reduction
+    reads every selected chunk once, plus once more for the percentiles of
+    data that are not 8/16-bit integers (see the module documentation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import load_arrays
+    >>> from lazystack.stats import channel_statistics
+    >>> (stack,) = load_arrays([np.arange(2 * 3 * 4 * 4, dtype=np.uint16).reshape(2, 3, 4, 4)], "SCYX")
+    >>> stats = channel_statistics(stack, percentiles=(50,))
+    >>> stats.mean
+    array([23.5, 39.5, 55.5])
+    >>> stats.percentile(50)
+    array([23.5, 39.5, 55.5])
+    """
+    items = _as_stack_list(stacks)
+    levels = _validate_options(percentiles, sample_fraction, bins)
+    n_channels = _check_channels(items)
+    dtypes = {np.dtype(s.data_dtype) for s in items}
+    small_int = bool(levels) and dtypes <= _SMALL_INT_KINDS
+    blocks = _select_blocks(items, sample_fraction, seed)
+
+    (first,) = compute(_reduce(blocks, _block_partial, n_channels, small_int, split_every=split_every), progress=progress)
+    n = np.asarray(first["n"], dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, first["mean"], np.nan)
+        std = np.where(n > 0, np.sqrt(np.maximum(first["m2"], 0) / np.maximum(n, 1)), np.nan)
+    lo = np.where(n > 0, first["min"], np.nan)
+    hi = np.where(n > 0, first["max"], np.nan)
+
+    error = np.zeros(n_channels)
+    values: dict[float, np.ndarray] = {}
+    if levels:
+        if small_int:
+            hists = first["hist"]
+            grids = [offset + np.arange(c.size, dtype=np.float64) for offset, c in hists]
+        else:
+            exact = all(d.kind in "biu" for d in dtypes) and bool(np.all(np.nan_to_num(hi - lo) + 1 <= bins))
+            (second,) = compute(
+                _reduce(blocks, _block_histogram, n_channels, lo, hi, int(bins), exact, split_every=split_every),
+                progress=progress,
+            )
+            hists = second["hist"]
+            grids = []
+            for ch, (_, counts) in enumerate(hists):
+                if exact or not np.isfinite(lo[ch]) or lo[ch] == hi[ch]:
+                    grids.append(lo[ch] + np.arange(counts.size, dtype=np.float64))
+                else:
+                    width = (hi[ch] - lo[ch]) / bins
+                    edges = np.linspace(lo[ch], hi[ch], bins + 1)
+                    grids.append(np.clip(edges[:-1] + width / 2, lo[ch], hi[ch]))
+                    error[ch] = width
+        table = np.array(
+            [
+                _percentiles_from_counts(counts, grid, levels, lo[ch], hi[ch])
+                for ch, ((_, counts), grid) in enumerate(zip(hists, grids, strict=True))
+            ]
+        ).reshape(n_channels, len(levels))
+        values = {q: table[:, i].copy() for i, q in enumerate(levels)}
+
+    return ChannelStatistics(
+        mean=mean,
+        std=std,
+        min=lo,
+        max=hi,
+        count=n,
+        percentiles=values,
+        percentile_error=error,
+        sample_fraction=sample_fraction,
+        n_stacks=len(items),
+    )
+
+
+def _percentiles_from_counts(
+    counts: np.ndarray, grid: np.ndarray, levels: Sequence[float], lo: float, hi: float
+) -> list[float]:
+    """numpy's linear percentiles from a histogram (``grid[i]`` stands for bin ``i``)."""
+    total = int(counts.sum())
+    if total == 0:
+        return [math.nan] * len(levels)
+    cum = np.cumsum(counts)
+
+    def order_stat(i: int) -> float:
+        if i <= 0:
+            return float(lo)
+        if i >= total - 1:
+            return float(hi)
+        return float(grid[int(np.searchsorted(cum, i, side="right"))])
+
+    out = []
+    for q in levels:
+        h = (total - 1) * q / 100.0
+        i0 = math.floor(h)
+        frac = h - i0
+        a = order_stat(i0)
+        out.append(a if frac == 0 else a + frac * (order_stat(min(i0 + 1, total - 1)) - a))
+    return out
