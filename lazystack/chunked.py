@@ -1,0 +1,518 @@
+"""Read a region of a chunked source by decoding only the chunks it touches.
+
+The shared machinery under ``extract_patch`` for every chunked format
+(Zarr/OME-Zarr, TIFF tiles and strips, CZI subblocks): a back end says how
+to decode *whole chunks* (:meth:`ChunkedReader.fetch_chunks`); this module
+finds the chunks a region overlaps, takes the ones it already has from the
+per-process :class:`~lazystack.cache.ChunkCache`, fetches the others in one
+call (concurrently, in a small shared thread pool, when there are several),
+stores them in the cache and copies the overlapping parts into the output.
+No event loop, no task graph: the cost of a warm read is a dictionary look-up
+and a memory copy.
+
+A back end subclasses :class:`ChunkedReader`::
+
+    class MyReader(ChunkedReader):
+        def __init__(self, path):
+            shape, dtype, chunk_shape = read_metadata(path)
+            super().__init__(shape, dtype, chunk_shape, token=f"myformat:{path}:{mtime}")
+            self._path = path
+
+        def fetch_chunks(self, indices):
+            return fetch_concurrently(indices, self._decode_one)
+
+and gets ``__getitem__`` (the reader contract of :mod:`lazystack.sources.base`),
+``chunks``, ``token``, caching and batched reads (:mod:`lazystack.batch`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .cache import ChunkCache, get_chunk_cache
+
+__all__ = [
+    "ChunkGrid",
+    "ChunkIndex",
+    "ChunkedReader",
+    "FetchChunks",
+    "fetch_concurrently",
+    "get_chunks",
+    "normalize_key",
+    "read_region",
+    "shared_executor",
+]
+
+ChunkIndex = tuple[int, ...]
+"""Index of a chunk in the chunk grid (one int per axis)."""
+
+FetchChunks = Callable[[Sequence[ChunkIndex]], Mapping[ChunkIndex, np.ndarray]]
+"""Decodes whole chunks: ``fetch(indices) -> {index: array}`` (edge chunks may be cropped or full-size)."""
+
+
+# -- the shared thread pool -----------------------------------------------------------------
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+#: Worker threads of the shared pool (I/O bound work: a few per core).
+POOL_WORKERS = int(os.environ.get("LAZYSTACK_IO_THREADS", "0") or 0) or min(16, 4 * (os.cpu_count() or 1))
+
+
+def shared_executor() -> ThreadPoolExecutor:
+    """The per-process thread pool used to fetch and decode chunks concurrently.
+
+    Created on first use; a forked child gets a new one (threads do not
+    survive ``fork``). ``LAZYSTACK_IO_THREADS`` sets its size (default:
+    4 per core, at most 16).
+
+    Returns
+    -------
+    concurrent.futures.ThreadPoolExecutor
+    """
+    global _POOL
+    pool = _POOL
+    if pool is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="lazystack-io")
+            pool = _POOL
+    return pool
+
+
+def _reset_pool_after_fork() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL = None
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+
+
+def fetch_concurrently(
+    indices: Sequence[ChunkIndex], fetch_one: Callable[[ChunkIndex], np.ndarray]
+) -> dict[ChunkIndex, np.ndarray]:
+    """Call ``fetch_one`` for every index, in the shared pool when there are several.
+
+    Parameters
+    ----------
+    indices : sequence of tuple of int
+        Chunk indices.
+    fetch_one : callable
+        Reads and decodes one chunk (must be thread-safe).
+
+    Returns
+    -------
+    dict
+        ``{index: array}``. The first exception raised by ``fetch_one`` propagates.
+    """
+    if len(indices) <= 1:
+        return {idx: fetch_one(idx) for idx in indices}
+    pool = shared_executor()
+    if threading.current_thread().name.startswith("lazystack-io"):
+        # Already inside the pool (nested fetch): do not wait on ourselves.
+        return {idx: fetch_one(idx) for idx in indices}
+    futures = [pool.submit(fetch_one, idx) for idx in indices]
+    return {idx: f.result() for idx, f in zip(indices, futures, strict=True)}
+
+
+# -- keys and the chunk grid ------------------------------------------------------------------
+def normalize_key(key: Any, shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+    """Turn a reader key into step-1 slices inside the bounds, plus the axes to drop.
+
+    Parameters
+    ----------
+    key : int, slice, Ellipsis or tuple of them
+        One entry per axis (missing trailing axes mean "all"); ints drop
+        their axis; negative ints and slice bounds count from the end.
+    shape : sequence of int
+        Shape of the array.
+
+    Returns
+    -------
+    region : tuple of slice
+        ``slice(start, stop)`` per axis, ``0 <= start <= stop <= n``.
+    drop : tuple of int
+        Axes that an int selected (to squeeze from the result).
+
+    Raises
+    ------
+    IndexError
+        If an int is out of bounds, there are too many entries, or a slice
+        step is not 1.
+    TypeError
+        If an entry is neither an int nor a slice.
+    """
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        fill = (slice(None),) * (len(shape) - len(key) + 1)
+        key = key[:i] + fill + key[i + 1 :]
+    if len(key) > len(shape):
+        msg = f"too many indices ({len(key)}) for an array of shape {tuple(shape)}"
+        raise IndexError(msg)
+    key = key + (slice(None),) * (len(shape) - len(key))
+    region: list[slice] = []
+    drop: list[int] = []
+    for axis, (k, n) in enumerate(zip(key, shape, strict=True)):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                msg = f"only step-1 slices are supported, got {k!r} on axis {axis}"
+                raise IndexError(msg)
+            region.append(slice(start, max(start, stop)))
+        else:
+            try:
+                i = operator.index(k)
+            except TypeError:
+                msg = f"index {k!r} on axis {axis} must be an int or a slice"
+                raise TypeError(msg) from None
+            if not -n <= i < n:
+                msg = f"index {i} is out of bounds for axis {axis} of size {n}"
+                raise IndexError(msg)
+            i %= n
+            region.append(slice(i, i + 1))
+            drop.append(axis)
+    return tuple(region), tuple(drop)
+
+
+class ChunkGrid:
+    """A chunk grid: regular (one chunk shape) or irregular (dask-style chunks).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape of the array.
+    chunks : sequence of int, or sequence of sequences of int
+        A regular chunk shape (the last chunk along an axis may be cut by
+        the array's edge), or dask-style chunk sizes per axis.
+
+    Raises
+    ------
+    ValueError
+        If ``chunks`` does not fit ``shape``.
+    """
+
+    def __init__(self, shape: Sequence[int], chunks: Sequence[int] | Sequence[Sequence[int]]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        if len(chunks) != len(self.shape):
+            msg = f"chunks {chunks!r} must have one entry per axis of shape {self.shape}"
+            raise ValueError(msg)
+        self.regular = all(isinstance(c, (int, np.integer)) for c in chunks)
+        if self.regular:
+            self.chunk_shape: tuple[int, ...] = tuple(max(1, int(c)) for c in chunks)  # type: ignore[arg-type]
+            sizes = []
+            for n, c in zip(self.shape, self.chunk_shape, strict=True):
+                full, rest = divmod(n, c)
+                sizes.append((c,) * full + ((rest,) if rest else ()) if n else (0,))
+            self.sizes: tuple[tuple[int, ...], ...] = tuple(sizes)
+        else:
+            self.sizes = tuple(tuple(int(s) for s in c) for c in chunks)  # type: ignore[union-attr]
+            for n, sz in zip(self.shape, self.sizes, strict=True):
+                if sum(sz) != n:
+                    msg = f"chunks {chunks!r} do not add up to shape {self.shape}"
+                    raise ValueError(msg)
+            self.chunk_shape = tuple(max(c) if c else 0 for c in self.sizes)
+        self.bounds = tuple(np.concatenate([[0], np.cumsum(c, dtype=np.int64)]) for c in self.sizes)
+
+    @property
+    def dask_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """Chunks as dask expects them."""
+        return self.sizes
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Number of chunks along each axis."""
+        return tuple(len(c) for c in self.sizes)
+
+    def axis_range(self, axis: int, start: int, stop: int) -> range:
+        """Indices of the chunks along ``axis`` that ``[start, stop)`` overlaps."""
+        if stop <= start:
+            return range(0)
+        if self.regular:
+            c = self.chunk_shape[axis]
+            return range(start // c, (stop - 1) // c + 1)
+        b = self.bounds[axis]
+        lo = int(np.searchsorted(b, start, side="right")) - 1
+        hi = int(np.searchsorted(b, stop - 1, side="right"))
+        return range(lo, hi)
+
+    def touched(self, region: Sequence[slice]) -> list[ChunkIndex]:
+        """Indices of every chunk ``region`` overlaps (C order)."""
+        ranges = [self.axis_range(a, s.start, s.stop) for a, s in enumerate(region)]
+        return list(itertools.product(*ranges))
+
+    def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
+        """Array coordinates of the first element of chunk ``idx``."""
+        if self.regular:
+            return tuple(i * c for i, c in zip(idx, self.chunk_shape, strict=True))
+        return tuple(int(b[i]) for i, b in zip(idx, self.bounds, strict=True))
+
+    def chunk_region(self, idx: ChunkIndex) -> tuple[slice, ...]:
+        """The region of the array chunk ``idx`` covers (cut at the array's edge)."""
+        return tuple(slice(int(b[i]), int(b[i + 1])) for i, b in zip(idx, self.bounds, strict=True))
+
+    def chunk_nbytes(self, itemsize: int) -> int:
+        """Bytes of one full chunk of ``itemsize``-byte elements."""
+        return int(np.prod(self.chunk_shape, dtype=np.int64)) * itemsize
+
+
+# -- reading through the cache ----------------------------------------------------------------
+def get_chunks(
+    indices: Sequence[ChunkIndex],
+    fetch: FetchChunks,
+    *,
+    cache: ChunkCache | None,
+    token: str,
+) -> dict[ChunkIndex, np.ndarray]:
+    """Return decoded chunks, from the cache where it holds them, else from ``fetch`` (one call).
+
+    Parameters
+    ----------
+    indices : sequence of tuple of int
+        Chunks wanted (no duplicates needed).
+    fetch : callable
+        ``fetch(missing) -> {index: array}``.
+    cache : ChunkCache or None
+        Cache to consult and fill (None or disabled: always fetch).
+    token : str
+        Names the data; cache keys are ``(token, index)``.
+
+    Returns
+    -------
+    dict
+        ``{index: array}`` for every index (arrays from the cache are read-only).
+
+    Raises
+    ------
+    KeyError
+        If ``fetch`` did not return an index it was asked for.
+    """
+    unique = list(dict.fromkeys(indices))
+    found: dict[ChunkIndex, np.ndarray] = {}
+    missing = unique
+    use_cache = cache is not None and cache.enabled
+    if use_cache:
+        assert cache is not None
+        hits = cache.get_many([(token, idx) for idx in unique])
+        missing = []
+        for idx, hit in zip(unique, hits, strict=True):
+            if hit is None:
+                missing.append(idx)
+            else:
+                found[idx] = hit
+    if missing:
+        fetched = fetch(missing)
+        for idx in missing:
+            try:
+                array = fetched[idx]
+            except KeyError:
+                msg = f"chunk fetcher returned no chunk {idx} (token {token!r}); it returned {sorted(fetched)}"
+                raise KeyError(msg) from None
+            found[idx] = array
+            if use_cache:
+                assert cache is not None
+                cache.put((token, idx), array)
+    return found
+
+
+def _assemble(
+    region: tuple[slice, ...],
+    grid: ChunkGrid,
+    chunks: Mapping[ChunkIndex, np.ndarray],
+    touched: list[ChunkIndex],
+    dtype: np.dtype[Any],
+) -> np.ndarray:
+    out_shape = tuple(s.stop - s.start for s in region)
+    if len(touched) == 1:
+        # One chunk: a view of it (read-only when cached), no copy.
+        idx = touched[0]
+        start = grid.chunk_start(idx)
+        within = tuple(slice(s.start - c, s.stop - c) for s, c in zip(region, start, strict=True))
+        block = chunks[idx][within]
+        if block.shape != out_shape:
+            msg = f"chunk {idx} has shape {chunks[idx].shape}, too small for region {region} of grid {grid.sizes}"
+            raise ValueError(msg)
+        return block if block.dtype == dtype else block.astype(dtype)
+    out = np.empty(out_shape, dtype=dtype)
+    for idx in touched:
+        start = grid.chunk_start(idx)
+        cregion = grid.chunk_region(idx)
+        src: list[slice] = []
+        dst: list[slice] = []
+        for s, c, cr in zip(region, start, cregion, strict=True):
+            lo, hi = max(s.start, cr.start), min(s.stop, cr.stop)
+            src.append(slice(lo - c, hi - c))
+            dst.append(slice(lo - s.start, hi - s.start))
+        out[tuple(dst)] = chunks[idx][tuple(src)]
+    return out
+
+
+def read_region(
+    region: tuple[slice, ...],
+    grid: ChunkGrid,
+    fetch: FetchChunks,
+    *,
+    dtype: Any,
+    cache: ChunkCache | None,
+    token: str,
+) -> np.ndarray:
+    """Read ``region`` (step-1 slices inside the array) from whole chunks.
+
+    Parameters
+    ----------
+    region : tuple of slice
+        As returned by :func:`normalize_key`.
+    grid : ChunkGrid
+        The source's chunk grid.
+    fetch : callable
+        Decodes whole chunks (see :data:`FetchChunks`).
+    dtype : numpy dtype
+        Dtype of the result.
+    cache : ChunkCache or None
+        Cache to consult and fill.
+    token : str
+        Names the data (cache keys are ``(token, chunk index)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The region. When it lies in one chunk this is a view of the decoded
+        chunk, read-only when the chunk came from (or went into) the cache.
+    """
+    dtype = np.dtype(dtype)
+    out_shape = tuple(s.stop - s.start for s in region)
+    if 0 in out_shape:
+        return np.empty(out_shape, dtype=dtype)
+    touched = grid.touched(region)
+    chunks = get_chunks(touched, fetch, cache=cache, token=token)
+    return _assemble(region, grid, chunks, touched, dtype)
+
+
+class ChunkedReader(ABC):
+    """Base class of chunk readers: a back end implements :meth:`fetch_chunks`, this class the rest.
+
+    It fulfils the reader contract of :mod:`lazystack.sources.base`
+    (``shape``, ``dtype``, ``chunks``, ``token``, ``__getitem__``) and reads
+    through the per-process chunk cache. Subclasses must stay picklable as a
+    recipe (no handles, no data); this base class holds only plain metadata.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape of the source in its own axes.
+    dtype : numpy dtype
+        Dtype of the stored data.
+    chunks : sequence of int or of sequences of int
+        Regular chunk shape or dask-style chunks (see :class:`ChunkGrid`).
+    token : str
+        Names the data; readers with the same token share cache entries, so
+        it must change when the data does (include a modification time).
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: Any,
+        chunks: Sequence[int] | Sequence[Sequence[int]],
+        token: str,
+    ) -> None:
+        self._shape = tuple(int(n) for n in shape)
+        self._dtype = np.dtype(dtype)
+        self._grid = ChunkGrid(self._shape, chunks)
+        self._token = str(token)
+
+    # -- the reader contract ------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the source in its own axes."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the stored data."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self._shape)
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask-style chunks (the source's own chunk grid)."""
+        return self._grid.dask_chunks
+
+    @property
+    def chunk_grid(self) -> ChunkGrid:
+        """The chunk grid whole chunks are decoded on."""
+        return self._grid
+
+    @property
+    def token(self) -> str:
+        """Names the data (cache keys and the dask name)."""
+        return self._token
+
+    @property
+    def cache(self) -> ChunkCache | None:
+        """The chunk cache reads go through (the per-process one by default)."""
+        return get_chunk_cache()
+
+    @abstractmethod
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        """Read and decode whole chunks (the one method a back end implements).
+
+        Parameters
+        ----------
+        indices : sequence of tuple of int
+            Chunks to decode (all inside the grid, no duplicates).
+
+        Returns
+        -------
+        mapping
+            ``{index: array}``, each array the chunk's data: either cut at
+            the array's edge or full-size (only the part inside the array
+            is used). Missing chunks must come back filled with the fill
+            value. Use :func:`fetch_concurrently` to overlap I/O.
+        """
+
+    def read_chunks(self, indices: Iterable[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
+        """Return decoded chunks through the cache (one :meth:`fetch_chunks` call for the misses)."""
+        return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a normalised region (step-1 slices within bounds), possibly as a read-only view."""
+        return read_region(
+            region, self._grid, self.fetch_chunks, dtype=self._dtype, cache=self.cache, token=self._token
+        )
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read ``key`` (ints and step-1 slices) decoding only the touched chunks.
+
+        The result may be a read-only view of a cached chunk; copy it before
+        writing to it.
+        """
+        region, drop = normalize_key(key, self._shape)
+        out = self.read(region)
+        if drop:
+            out = out.reshape(tuple(n for a, n in enumerate(out.shape) if a not in drop))
+        return out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.array(self[...], copy=True)
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self) -> int:
+        return self._shape[0] if self._shape else 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} shape={self._shape} dtype={self._dtype} chunks={self._grid.chunk_shape}>"
