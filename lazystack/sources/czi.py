@@ -1,0 +1,661 @@
+"""Zeiss CZI back end: one lazy stack per scene, read by region with pylibCZIrw.
+
+Needs the ``czi`` extra (``pip install lazystack[czi]``: bioio, bioio-czi and
+pylibCZIrw); lazystack imports without it and raises
+:class:`~lazystack.errors.MissingDependencyError` when a CZI is opened.
+
+How a CZI maps onto a stack
+---------------------------
+The user gives ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"``; the third letter of a
+five-letter form is the *depth* axis, kept as the stack's spatial ``Z``
+(a ``T`` depth is exposed in the ``Z`` slot of the stack, its real name is in
+``attrs["depth_axis"]``). Of the file's other dimensions:
+
+* ``C`` is the channel axis; RGB pixel types (``Bgr24``, ``Bgr48``,
+  ``Bgr96Float``) turn each colour sample into a channel, in **R, G, B**
+  order (pylibCZIrw returns B, G, R; lazystack reorders);
+* ``T``, when it is not the depth axis, stays a ``T`` axis of the reader (the
+  stack merges it into the sample axis, ``S`` outer, ``T`` inner);
+* every other dimension of size > 1 (``Z`` when ``T`` is the depth, and the
+  rarer ``V``, ``H``, ``I``, ``R``, ``B``) is folded into the reader's ``S``
+  axis, in that order (C order, the last one varies fastest);
+* mosaic tiles (``M``) are stitched by libCZI into the scene's plane; the
+  plane spans the scene's layer-0 bounding box (offsets may be negative),
+  and pixels no tile covers are 0.
+
+``attrs["czi_dims"]`` and ``attrs["czi_shape"]`` record the file's own
+dimensions of the scene (unmerged), ``attrs["sample_dims"]`` the file
+dimensions merged into the canonical sample axis, outer to inner.
+
+Reads
+-----
+The reader asks pylibCZIrw for the rectangle a key covers, one plane (one
+``T``/``Z``/``C``/... coordinate) at a time, so ``extract_patch`` reads only
+the sub-blocks the patch overlaps. The dask chunks hold at most one plane,
+split into blocks of at most :data:`BLOCK` x :data:`BLOCK` pixels.
+
+Handles live in a :class:`~lazystack.sources.base.ProcessLocalFileManager`
+shared by the scenes of a file: a reader pickles as its recipe and reopens in
+the process that uses it. pylibCZIrw holds the GIL while it reads and does not
+document its handles as thread-safe, so reads on one handle are serialised
+with a lock (processes give the parallelism).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    AxesError,
+    MissingDependencyError,
+    ShapeMismatchError,
+    SourceFormatError,
+    SourceNotFoundError,
+    SourceReadError,
+)
+from .base import OpenedSource, ProcessLocalFileManager
+
+__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "write_demo_czi"]
+
+CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
+"""The accepted axes of :func:`lazystack.load_czis`."""
+
+BLOCK = 2048
+"""Largest height and width of a dask chunk; larger planes are split into blocks."""
+
+#: pixel type -> (numpy dtype, samples per pixel)
+PIXEL_TYPES: dict[str, tuple[str, int]] = {
+    "Gray8": ("uint8", 1),
+    "Gray16": ("uint16", 1),
+    "Gray32Float": ("float32", 1),
+    "Bgr24": ("uint8", 3),
+    "Bgr48": ("uint16", 3),
+    "Bgr96Float": ("float32", 3),
+}
+
+#: Dimensions folded into the reader's S axis, outer to inner (Z only when T is the depth).
+FOLD_ORDER = "VHIRBZ"
+
+_MAGIC = b"ZISRAWFILE"
+_SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
+
+
+def _import_pyczi() -> Any:
+    try:
+        from pylibCZIrw import czi as pyczi
+    except ImportError as exc:
+        msg = (
+            "reading CZI files needs pylibCZIrw (and bioio-czi), which are not installed: "
+            "install lazystack[czi] (pip install 'lazystack[czi]')"
+        )
+        raise MissingDependencyError(msg) from exc
+    return pyczi
+
+
+# -- the handle: a pylibCZIrw reader plus a lock ---------------------------------------------
+class _CziHandle:
+    """An open pylibCZIrw ``CziReader`` and the lock that serialises its reads."""
+
+    def __init__(self, path: str) -> None:
+        pyczi = _import_pyczi()
+        try:
+            self.doc = pyczi.CziReader(path)
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            msg = f"cannot open {path!r} as a CZI file (corrupt or truncated?): {exc}"
+            raise SourceFormatError(msg) from exc
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.doc.close()
+
+
+def _open_handle(path: str) -> _CziHandle:
+    return _CziHandle(path)
+
+
+# -- metadata, read once per file ------------------------------------------------------------
+@dataclass(frozen=True)
+class _FileInfo:
+    """What lazystack needs of a CZI file, read once when it is opened."""
+
+    dims: dict[str, tuple[int, int]]  # letter -> (start, size), every plane dimension the sub-blocks use
+    scenes: dict[int, tuple[int, int, int, int]]  # CZI scene index -> layer-0 (x, y, w, h); empty: no scenes
+    total_rect: tuple[int, int, int, int]
+    pixel_types: tuple[str, ...]  # per channel
+    scene_names: dict[int, str]
+    channel_names: tuple[str, ...] | None
+    pixel_sizes: dict[str, float]  # micrometres
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        msg = f"CZI file not found: {path!r}"
+        raise SourceNotFoundError(msg)
+    if os.path.isdir(path):
+        msg = f"{path!r} is a directory, not a CZI file"
+        raise SourceFormatError(msg)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head.startswith(_MAGIC):
+        msg = (
+            f"{path!r} is not a CZI file: it does not start with the {_MAGIC.decode()!r} header "
+            f"(got {head[:10]!r}); load_czis reads Zeiss .czi files "
+            "(use load_tiffs, load_zarrs or load_bioio for other formats)"
+        )
+        raise SourceFormatError(msg)
+
+
+def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
+    doc = handle.doc
+    lo: dict[str, int] = {}
+    hi: dict[str, int] = {}
+
+    def visit(_index: int, info: Any) -> bool:
+        for dim, value in info.coordinate.to_dict().items():
+            if dim in ("S", "M"):
+                continue
+            v = int(value)
+            if dim not in lo or v < lo[dim]:
+                lo[dim] = v
+            if dim not in hi or v > hi[dim]:
+                hi[dim] = v
+        return True
+
+    try:
+        with handle.lock:
+            doc.enumerate_subblocks(visit)
+            count = doc._stats.subBlockCount
+            scenes = {int(k): (r.x, r.y, r.w, r.h) for k, r in doc.scenes_bounding_rectangle_no_pyramid.items()}
+            t = doc.total_bounding_rectangle_no_pyramid
+            raw_xml = doc.raw_metadata
+            dims = {d: (lo[d], hi[d] - lo[d] + 1) for d in lo}
+            c_start, n_c = dims.get("C", (0, 1))
+            pixel_types = tuple(doc.get_channel_pixel_type(c_start + i) for i in range(n_c))
+    except (RuntimeError, MemoryError, ValueError) as exc:
+        msg = f"cannot read the structure of CZI file {path!r} (corrupt or truncated?): {exc}"
+        raise SourceFormatError(msg) from exc
+    if count == 0 or t.w <= 0 or t.h <= 0:
+        msg = f"CZI file {path!r} holds no image data (no sub-blocks)"
+        raise SourceFormatError(msg)
+    if pixel_types and pixel_types[0] == "Invalid":
+        pixel_types = ()
+    valid = [p for p in pixel_types if p != "Invalid"] or ["Invalid"]
+    pixel_types = tuple(p if p != "Invalid" else valid[0] for p in pixel_types)
+    for p in pixel_types:
+        if p not in PIXEL_TYPES:
+            msg = f"CZI file {path!r} has pixel type {p!r}, which lazystack cannot read; supported: {list(PIXEL_TYPES)}"
+            raise SourceFormatError(msg)
+    root = _parse_xml(raw_xml)
+    return _FileInfo(
+        dims=dims,
+        scenes=scenes,
+        total_rect=(t.x, t.y, t.w, t.h),
+        pixel_types=pixel_types,
+        scene_names=_scene_names(root),
+        channel_names=_channel_names(root, dims.get("C", (0, 1))[1]),
+        pixel_sizes=_pixel_sizes(root),
+    )
+
+
+def _parse_xml(raw: str) -> ET.Element | None:
+    try:
+        return ET.fromstring(raw)
+    except ET.ParseError:
+        return None
+
+
+def _scene_names(root: ET.Element | None) -> dict[int, str]:
+    if root is None:
+        return {}
+    names = {}
+    for scene in root.findall("./Metadata/Information/Image/Dimensions/S/Scenes/Scene"):
+        index, name = scene.get("Index"), scene.get("Name")
+        if index is not None and index.isdigit() and name:
+            names[int(index)] = name
+    return names
+
+
+def _channel_names(root: ET.Element | None, n_channels: int) -> tuple[str, ...] | None:
+    if root is None:
+        return None
+    channels = root.findall("./Metadata/Information/Image/Dimensions/Channels/Channel")
+    if len(channels) < n_channels or n_channels == 0:
+        return None
+    return tuple(ch.get("Name") or ch.get("Id") or f"C{i}" for i, ch in enumerate(channels[:n_channels]))
+
+
+def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
+    if root is None:
+        return {}
+    sizes = {}
+    for item in root.findall("./Metadata/Scaling/Items/Distance"):
+        axis, value = item.get("Id"), item.findtext("Value")
+        try:
+            size = float(value) if value is not None else 0.0
+        except ValueError:
+            continue
+        if axis in ("X", "Y", "Z") and size > 0:
+            sizes[axis] = size * 1e6  # metres -> micrometres
+    return sizes
+
+
+# -- the chunk reader ------------------------------------------------------------------------
+class CziSceneReader:
+    """Chunk reader over one scene of a CZI file (see :mod:`lazystack.sources.base`).
+
+    Its axes are ``S[T]C[Z]YX`` (:attr:`axes`): ``S`` folds the file's extra
+    dimensions, ``T`` is the file's time axis when it is not the depth, ``Z``
+    the depth axis (the file's Z or T). It pickles as a recipe (path, scene,
+    plane mapping) and reopens the file lazily.
+
+    Parameters
+    ----------
+    manager : ProcessLocalFileManager
+        Opens the file (shared by the scenes of a file).
+    path : str
+        The CZI file.
+    scene : int or None
+        CZI scene index, None for a file without scenes.
+    rect : tuple of int
+        ``(x, y, w, h)`` of the scene's plane in the file's pixel coordinates.
+    axes : str
+        The reader's axes.
+    plane_dims : dict
+        Per non-spatial, non-channel axis letter of ``axes``: the list of
+        ``(file dimension, start, size)`` it enumerates (C order).
+    channel : tuple
+        ``(start, n_file_channels, samples_per_pixel)``.
+    pixel_types : tuple of str
+        Pixel type per file channel.
+    dtype : numpy.dtype
+        Dtype of the data.
+    token : str
+        Identifies the data (path, size, mtime, scene, axes).
+    """
+
+    def __init__(
+        self,
+        manager: ProcessLocalFileManager,
+        path: str,
+        scene: int | None,
+        rect: tuple[int, int, int, int],
+        axes: str,
+        plane_dims: dict[str, list[tuple[str, int, int]]],
+        channel: tuple[int, int, int],
+        pixel_types: tuple[str, ...],
+        dtype: np.dtype[Any],
+        token: str,
+    ) -> None:
+        self._manager = manager
+        self.path = path
+        self.scene = scene
+        self.rect = rect
+        self.axes = axes
+        self._plane_dims = plane_dims
+        self._channel = channel
+        self._pixel_types = pixel_types
+        self._dtype = np.dtype(dtype)
+        self.token = token
+        sizes: dict[str, int] = {a: int(np.prod([n for _, _, n in dims])) for a, dims in plane_dims.items()}
+        sizes["C"] = channel[1] * channel[2]
+        sizes["Y"], sizes["X"] = rect[3], rect[2]
+        self._shape = tuple(sizes[a] for a in axes)
+
+    # -- array-like ----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape in :attr:`axes` order."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the stored pixels (per colour sample for RGB)."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self._shape)
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """One plane (one file channel for RGB) per chunk, in blocks of at most :data:`BLOCK` pixels."""
+        out = []
+        for a, n in zip(self.axes, self._shape, strict=True):
+            if a in "YX":
+                step = BLOCK if n > BLOCK else max(n, 1)
+            elif a == "C":
+                step = self._channel[2]
+            else:
+                step = 1
+            full, rest = divmod(n, step)
+            out.append((step,) * full + ((rest,) if rest else ()) if n else (0,))
+        return tuple(out)
+
+    def close(self) -> None:
+        """Close this file's handle in this process (it reopens when read again)."""
+        self._manager.close()
+
+    def __repr__(self) -> str:
+        where = self.path if self.scene is None else f"{self.path}@{self.scene}"
+        return f"CziSceneReader({where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
+
+    # -- reading -------------------------------------------------------------------------------
+    def _normalise(self, key: Any) -> list[int | slice]:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (len(self._shape) - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (len(self._shape) - len(key))
+        if len(key) != len(self._shape):
+            msg = f"too many indices ({len(key)}) for a CZI scene of shape {self._shape} (axes {self.axes!r})"
+            raise IndexError(msg)
+        out: list[int | slice] = []
+        for k, n in zip(key, self._shape, strict=True):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    msg = f"CziSceneReader supports step-1 slices only, got {k!r}"
+                    raise IndexError(msg)
+                out.append(slice(start, max(start, stop)))
+            else:
+                i = int(k)
+                if not -n <= i < n:
+                    msg = f"index {i} is out of range for an axis of size {n} (axes {self.axes!r}, shape {self._shape})"
+                    raise IndexError(msg)
+                out.append(i % n)
+        return out
+
+    def _plane_coords(self, axis: str, index: int) -> dict[str, int]:
+        dims = self._plane_dims[axis]
+        coords: dict[str, int] = {}
+        for dim, start, size in reversed(dims):
+            index, i = divmod(index, size)
+            coords[dim] = start + i
+        return coords
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read the region ``key`` (ints and step-1 slices, one per axis)."""
+        norm = self._normalise(key)
+        ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in norm]
+        out = np.zeros(tuple(len(r) for r in ranges), dtype=self._dtype)
+        squeeze = tuple(0 if isinstance(k, int) else slice(None) for k in norm)
+        if out.size == 0:
+            return out[squeeze]
+        pos = {a: i for i, a in enumerate(self.axes)}
+        ys, xs = ranges[pos["Y"]], ranges[pos["X"]]
+        x0, y0 = self.rect[0], self.rect[1]
+        roi = (x0 + xs.start, y0 + ys.start, len(xs), len(ys))
+        c_start, _, spp = self._channel
+        c_range = ranges[pos["C"]]
+        # file channels needed, and for each: (output index, sample) pairs
+        by_channel: dict[int, list[tuple[int, int]]] = {}
+        for j, cc in enumerate(c_range):
+            by_channel.setdefault(cc // spp, []).append((j, cc % spp))
+        loop_axes = [a for a in self.axes if a in self._plane_dims]
+        loops = [list(enumerate(ranges[pos[a]])) for a in loop_axes]
+        with self._manager.acquire_context() as handle, handle.lock:
+            for combo in itertools.product(*loops):
+                plane: dict[str, int] = {}
+                where: dict[str, int] = {}
+                for a, (j, idx) in zip(loop_axes, combo, strict=True):
+                    plane.update(self._plane_coords(a, idx))
+                    where[a] = j
+                for fc, targets in by_channel.items():
+                    plane["C"] = c_start + fc
+                    block = self._read(handle, plane, roi, self._pixel_types[fc])
+                    for j, sample in targets:
+                        where["C"] = j
+                        index = tuple(where.get(a, slice(None)) for a in self.axes)
+                        # pylibCZIrw returns colour samples as B, G, R: present R, G, B
+                        out[index] = block[..., spp - 1 - sample] if spp > 1 else block[..., 0]
+        return out[squeeze]
+
+    def _read(self, handle: _CziHandle, plane: dict[str, int], roi: tuple[int, int, int, int], ptype: str) -> Any:
+        try:
+            return handle.doc.read(plane=plane, roi=roi, scene=self.scene, pixel_type=ptype)
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            where = self.path if self.scene is None else f"{self.path}@{self.scene}"
+            msg = f"cannot read plane {plane} region (x, y, w, h)={roi} of CZI {where!r} (corrupt file?): {exc}"
+            raise SourceReadError(msg) from exc
+
+
+# -- opening -----------------------------------------------------------------------------------
+def _validate_czi_axes(axes: str) -> str:
+    if not isinstance(axes, str) or axes.upper() not in CZI_AXES:
+        msg = (
+            f"invalid axes {axes!r} for a CZI file: accepted are {', '.join(repr(a) for a in CZI_AXES)} "
+            "(either case; S and C are always given, possibly singleton; the third letter of a five-letter form "
+            "is the depth axis)"
+        )
+        raise AxesError(msg)
+    return axes.upper()
+
+
+def _split_scene(path: str) -> tuple[str, int | None]:
+    if os.path.exists(path):
+        return path, None
+    m = _SCENE_SUFFIX.match(path)
+    if m is None:
+        return path, None
+    return m.group("path"), int(m.group("scene"))
+
+
+def _token(path: str, scene: int | None, axes: str) -> str:
+    st = os.stat(path)
+    text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}"
+    return "czi-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _dims_text(dims: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{d}={n}" for d, (_, n) in dims.items()) or "none"
+
+
+def _layout(
+    path: str, axes: str, info: _FileInfo
+) -> tuple[str, dict[str, list[tuple[str, int, int]]], str, str, tuple[int, ...]]:
+    """The reader's axes, plane mapping, sample dims and the file's own dims of a scene."""
+    dims = {d: v for d, v in info.dims.items() if v[1] > 1}
+    depth = axes[2] if len(axes) == 5 else None
+    if depth is not None and depth not in dims:
+        size = info.dims.get(depth, (0, 1))[1]
+        other = "T" if depth == "Z" else "Z"
+        hint = f"; its {other} axis could be the depth: 'SC{other}YX'" if other in dims else ""
+        msg = (
+            f"axes {axes!r} ask for depth axis {depth!r}, but CZI file {path!r} has no {depth} dimension "
+            f"(size {size}; its dimensions: {_dims_text(info.dims)}): use 'SCYX' for 2-D planes{hint}"
+        )
+        raise ShapeMismatchError(msg)
+    folded = [d for d in FOLD_ORDER if d in dims and d != depth]
+    folded += sorted(d for d in dims if d not in FOLD_ORDER + "TCXY" and d not in folded)
+    keep_t = "T" in dims and depth != "T"
+    plane_dims: dict[str, list[tuple[str, int, int]]] = {"S": [(d, *dims[d]) for d in folded]}
+    reader_axes = "S"
+    if keep_t:
+        plane_dims["T"] = [("T", *dims["T"])]
+        reader_axes += "T"
+    reader_axes += "C"
+    if depth is not None:
+        plane_dims["Z"] = [(depth, *dims[depth])]
+        reader_axes += "Z"
+    reader_axes += "YX"
+    sample_dims = "".join(folded) + ("T" if keep_t else "")
+    own = [d for d in FOLD_ORDER + "T" if d in dims] + [d for d in dims if d not in FOLD_ORDER + "TC"]
+    own_dims = "".join(dict.fromkeys(own)) + "C"
+    own_shape = (*(dims[d][1] for d in own_dims[:-1]), info.dims.get("C", (0, 1))[1])
+    return reader_axes, plane_dims, sample_dims, own_dims, own_shape
+
+
+def open_czi(path: str, axes: str) -> list[OpenedSource]:
+    """Open a CZI file lazily, one :class:`OpenedSource` per scene.
+
+    Parameters
+    ----------
+    path : str
+        A ``.czi`` file; ``"file.czi@2"`` selects CZI scene 2 alone.
+    axes : str
+        ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"`` (either case).
+
+    Returns
+    -------
+    list of OpenedSource
+        One per scene in scene order (one for a file without scenes). Only
+        metadata is read, once for the whole file.
+
+    Raises
+    ------
+    AxesError
+        If ``axes`` is not one of :data:`CZI_AXES`.
+    MissingDependencyError
+        If pylibCZIrw is not installed (the ``czi`` extra).
+    SourceNotFoundError
+        If the file or the selected scene does not exist.
+    SourceFormatError
+        If the file is not a CZI, is corrupt or truncated.
+    ShapeMismatchError
+        If the depth axis the axes ask for is absent from the file.
+    """
+    axes = _validate_czi_axes(axes)
+    _import_pyczi()
+    path, wanted = _split_scene(os.fspath(path))
+    _check_file(path)
+    manager = ProcessLocalFileManager(_open_handle, path)
+    with manager.acquire_context() as handle:
+        info = _read_info(path, handle)
+    if wanted is not None and wanted not in info.scenes:
+        listed = ", ".join(f"{k} ({info.scene_names.get(k, 'unnamed')})" for k in sorted(info.scenes)) or "none"
+        msg = f"CZI file {path!r} has no scene {wanted}; its scenes: {listed}"
+        raise SourceNotFoundError(msg)
+    reader_axes, plane_dims, sample_dims, own_dims, own_shape = _layout(path, axes, info)
+    dtypes = {PIXEL_TYPES[p][0] for p in info.pixel_types}
+    spps = {PIXEL_TYPES[p][1] for p in info.pixel_types}
+    if len(spps) > 1:
+        msg = (
+            f"CZI file {path!r} mixes grey and colour channels ({list(info.pixel_types)}), which lazystack cannot read"
+        )
+        raise SourceFormatError(msg)
+    dtype = np.result_type(*sorted(dtypes))
+    spp = spps.pop()
+    c_start, n_c = info.dims.get("C", (0, 1))
+    coords: dict[str, Any] = {}
+    if info.channel_names is not None:
+        names = info.channel_names
+        coords["C"] = [f"{n}:{s}" for n in names for s in "RGB"] if spp == 3 else list(names)
+    elif spp == 3 and n_c == 1:
+        coords["C"] = ["R", "G", "B"]
+    depth = axes[2] if len(axes) == 5 else None
+    sizes = {a: v for a, v in info.pixel_sizes.items() if a in "XY" or (a == "Z" and depth == "Z")}
+    scenes: list[int | None] = [wanted] if wanted is not None else ([*sorted(info.scenes)] if info.scenes else [None])
+    opened = []
+    for scene in scenes:
+        rect = info.total_rect if scene is None else info.scenes[scene]
+        reader = CziSceneReader(
+            manager,
+            path,
+            scene,
+            rect,
+            reader_axes,
+            plane_dims,
+            (c_start, n_c, spp),
+            info.pixel_types,
+            dtype,
+            _token(path, scene, reader_axes),
+        )
+        source = path if scene is None else f"{path}@{scene}"
+        attrs = {
+            "scene": scene,
+            "scene_name": None if scene is None else info.scene_names.get(scene),
+            "physical_pixel_sizes": dict(sizes),
+            "depth_axis": depth,
+            "czi_dims": own_dims + (depth or "") + "YX",
+            "czi_shape": (*own_shape, *((plane_dims["Z"][0][2],) if depth else ()), rect[3], rect[2]),
+            "sample_dims": sample_dims,
+            "bounding_box": rect,
+            "pixel_type": info.pixel_types[0],
+        }
+        if depth is not None:
+            # the depth dimension is listed once, in the depth slot
+            attrs["czi_dims"] = own_dims.replace(depth, "") + depth + "YX"
+            own_wo = [n for d, n in zip(own_dims, own_shape, strict=True) if d != depth]
+            attrs["czi_shape"] = (*own_wo, plane_dims["Z"][0][2], rect[3], rect[2])
+        opened.append(OpenedSource(reader, source, "czi", reader_axes, coords=dict(coords), attrs=attrs))
+    return opened
+
+
+# -- writing the demo / test files ----------------------------------------------------------------
+def add_scene_metadata(path: str | os.PathLike[str], names: dict[int, str]) -> None:
+    """Record scene names in a CZI written by pylibCZIrw (whose writer leaves them out).
+
+    Parameters
+    ----------
+    path : path
+        A CZI file written by pylibCZIrw.
+    names : dict
+        CZI scene index -> scene name.
+    """
+    pyczi = _import_pyczi()
+    with pyczi.edit_czi(os.fspath(path)) as editor:
+        root = ET.fromstring(editor.read_metadata_xml())
+        image = root.find("./Metadata/Information/Image")
+        if image is None:
+            msg = f"{os.fspath(path)!r} has no Metadata/Information/Image element to record scenes in"
+            raise SourceFormatError(msg)
+        dimensions = image.find("Dimensions")
+        if dimensions is None:
+            dimensions = ET.SubElement(image, "Dimensions")
+        s = dimensions.find("S")
+        if s is None:
+            s = ET.SubElement(dimensions, "S")
+        scenes = s.find("Scenes")
+        if scenes is None:
+            scenes = ET.SubElement(s, "Scenes")
+        for index, name in sorted(names.items()):
+            ET.SubElement(scenes, "Scene", {"Index": str(index), "Name": name})
+        size_s = image.find("SizeS")
+        if size_s is None:
+            size_s = ET.SubElement(image, "SizeS")
+        size_s.text = str(len(names))
+        with editor.edit_session() as builder:
+            builder.set_xml(ET.tostring(root, encoding="unicode"))
+
+
+def write_demo_czi(path: str | os.PathLike[str], data: np.ndarray) -> None:
+    """Write a small two-scene CZI from a ``TCYX`` array (for ``lazystack demo`` and tests).
+
+    Scene 0 holds ``data``; scene 1 holds ``data`` flipped left-right, placed
+    to the right of scene 0 in the file's pixel coordinates. Each plane is
+    written as tiles of at most 512 x 512 pixels, as microscopes do.
+
+    Parameters
+    ----------
+    path : path
+        The file to create (overwritten if it exists).
+    data : numpy.ndarray
+        ``TCYX`` array of ``uint8``, ``uint16`` or ``float32``.
+    """
+    pyczi = _import_pyczi()
+    data = np.asarray(data)
+    if data.ndim != 4:
+        msg = f"write_demo_czi expects a TCYX array (4 dims), got shape {data.shape}"
+        raise ShapeMismatchError(msg)
+    n_t, n_c, h, w = data.shape
+    tile = 512
+    with pyczi.create_czi(os.fspath(path), exist_ok=True) as writer:
+        for scene, image in enumerate([data, data[..., ::-1]]):
+            x_offset = scene * (w + 64)
+            for t, c in itertools.product(range(n_t), range(n_c)):
+                for y, x in itertools.product(range(0, h, tile), range(0, w, tile)):
+                    block = np.ascontiguousarray(image[t, c, y : y + tile, x : x + tile])
+                    writer.write(block, plane={"T": t, "C": c}, scene=scene, location=(x_offset + x, y))
+        writer.write_metadata(document_name="lazystack demo", channel_names={c: f"ch{c}" for c in range(n_c)})
+    add_scene_metadata(path, {0: "left", 1: "right-flipped"})
