@@ -1,0 +1,235 @@
+"""Normalised views of stacks: per-channel affine transforms applied on read.
+
+:func:`normalized` wraps a stack (or a view of one) in a chunk reader that
+applies ``(x - offset[c]) * scale[c]`` to every region it reads, as float32.
+The result is an ordinary :class:`~lazystack.LazyImageStack`: its patches,
+dask array and xarray are normalised, nothing is computed until read, and it
+pickles as the original stack's recipe plus ``2 * C`` numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ShapeMismatchError
+
+if TYPE_CHECKING:
+    from .stack import LazyImageStack
+    from .stats import ChannelStatistics
+
+__all__ = ["METHODS", "NormalizedReader", "normalization_parameters", "normalized"]
+
+#: Accepted ``method`` values of :func:`normalized`.
+METHODS = ("zscore", "minmax", "percentile")
+
+
+class NormalizedReader:
+    """Chunk reader applying ``(x - offset[c]) * scale[c]`` to what a stack reads.
+
+    Parameters
+    ----------
+    stack : LazyImageStack
+        The stack (or view) to read from, in its original axes.
+    offset, scale : array-like of float
+        One value per channel of ``stack``.
+    clip : tuple of float, optional
+        ``(low, high)`` bounds applied after the transform.
+    """
+
+    def __init__(
+        self,
+        stack: LazyImageStack,
+        offset: Any,
+        scale: Any,
+        clip: tuple[float, float] | None = None,
+    ) -> None:
+        from dask.base import tokenize
+
+        self._stack = stack
+        self.offset = np.asarray(offset, dtype=np.float64).reshape(-1)
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.shape = tuple(stack.original_data_shape)
+        self.dtype = np.dtype(np.float32)
+        self.chunks = stack._view_chunks()
+        axes = stack.original_axes
+        self._c_axis = axes.index("C") if "C" in axes else None
+        self.token = "normalized-" + tokenize(
+            stack._token, stack._selection, self.offset.tobytes(), self.scale.tobytes(), self.clip
+        )
+
+    def _key(self, key: Any) -> tuple[int | slice, ...]:
+        if not isinstance(key, tuple):
+            key = (key,)
+        out: list[int | slice] = []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    msg = f"NormalizedReader reads step-1 slices only, got {k!r}"
+                    raise IndexError(msg)
+                out.append(slice(start, max(start, stop)))
+            else:
+                i = int(k)
+                out.append(i + n if i < 0 else i)
+        return tuple(out)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read ``key`` (ints and step-1 slices in the stack's original axes), normalised, as float32."""
+        key = self._key(key)
+        block = np.asarray(self._stack._read_view(key))
+        if self._c_axis is None:
+            off: Any = self.offset[0]
+            scale: Any = self.scale[0]
+        else:
+            k = key[self._c_axis]
+            off, scale = self.offset[k], self.scale[k]
+            if isinstance(k, slice):
+                pos = sum(1 for kk in key[: self._c_axis] if isinstance(kk, slice))
+                shape = [1] * block.ndim
+                shape[pos] = -1
+                off, scale = off.reshape(shape), scale.reshape(shape)
+        out = ((block - off) * scale).astype(np.float32)
+        if self.clip is not None:
+            np.clip(out, self.clip[0], self.clip[1], out=out)
+        return out
+
+    def close(self) -> None:
+        """Close the wrapped stack's handles (reopened on next read)."""
+        self._stack.close()
+
+
+def normalization_parameters(
+    stats: ChannelStatistics | Mapping[str, Any],
+    method: str = "zscore",
+    *,
+    lower: float = 1.0,
+    upper: float = 99.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(offset, scale)`` such that ``(x - offset) * scale`` is normalised.
+
+    Parameters
+    ----------
+    stats : ChannelStatistics or mapping
+        Statistics (or their :meth:`~lazystack.stats.ChannelStatistics.to_dict`).
+    method : {"zscore", "minmax", "percentile"}
+        ``zscore``: ``(x - mean) / std``; ``minmax``: ``(x - min) / (max - min)``;
+        ``percentile``: ``(x - p[lower]) / (p[upper] - p[lower])``.
+    lower, upper : float
+        Percentile levels for ``method="percentile"`` (must be in ``stats``).
+
+    Returns
+    -------
+    offset, scale : numpy.ndarray
+        float64 arrays of length ``C``. A channel whose spread is zero or
+        undefined gets ``scale = 1`` (it is only shifted).
+
+    Raises
+    ------
+    ValueError
+        For an unknown method.
+    KeyError
+        If a percentile level was not computed.
+    """
+    from .stats import ChannelStatistics
+
+    if isinstance(stats, Mapping):
+        stats = ChannelStatistics.from_dict(stats)
+    if method == "zscore":
+        offset, spread = stats.mean, stats.std
+    elif method == "minmax":
+        offset, spread = stats.min, stats.max - stats.min
+    elif method == "percentile":
+        lo, hi = stats.percentile(lower), stats.percentile(upper)
+        offset, spread = lo, hi - lo
+    else:
+        msg = f"unknown normalisation method {method!r}; accepted: {', '.join(METHODS)}"
+        raise ValueError(msg)
+    spread = np.asarray(spread, dtype=np.float64)
+    ok = np.isfinite(spread) & (spread != 0)
+    scale = np.where(ok, 1.0 / np.where(ok, spread, 1.0), 1.0)
+    offset = np.nan_to_num(np.asarray(offset, dtype=np.float64), nan=0.0)
+    return offset, scale
+
+
+def normalized(
+    stack: LazyImageStack,
+    stats: ChannelStatistics | Mapping[str, Any],
+    *,
+    method: str = "zscore",
+    lower: float = 1.0,
+    upper: float = 99.0,
+    clip: tuple[float, float] | None = None,
+) -> LazyImageStack:
+    """A lazy, normalised view of ``stack`` (float32), per channel.
+
+    Parameters
+    ----------
+    stack : LazyImageStack
+        Any stack or view.
+    stats : ChannelStatistics or mapping
+        Statistics with one value per channel of ``stack`` (e.g. from
+        :func:`~lazystack.stats.channel_statistics` over a training set).
+    method : {"zscore", "minmax", "percentile"}
+        See :func:`normalization_parameters`.
+    lower, upper : float
+        Percentile levels for ``method="percentile"``.
+    clip : tuple of float, optional
+        Clip the normalised values to ``(low, high)``.
+
+    Returns
+    -------
+    LazyImageStack
+        Same axes, shape, source, format, coordinates and attributes (plus
+        ``attrs["normalization"]``); dtype float32. Nothing is read until a
+        patch, the dask array or the xarray is computed.
+
+    Raises
+    ------
+    ShapeMismatchError
+        If ``stats`` has a different number of channels from ``stack``.
+    ValueError, KeyError
+        See :func:`normalization_parameters`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import load_arrays
+    >>> from lazystack.stats import channel_statistics
+    >>> (stack,) = load_arrays([np.arange(32, dtype=np.uint8).reshape(2, 4, 4)], "CYX")
+    >>> norm = normalized(stack, channel_statistics(stack), method="minmax")
+    >>> float(norm.extract_patch(0, None, (0, 0), (4, 4)).max())
+    1.0
+    """
+    from .stack import LazyImageStack
+
+    offset, scale = normalization_parameters(stats, method, lower=lower, upper=upper)
+    if offset.shape[0] != stack.n_channels:
+        msg = (
+            f"statistics have {offset.shape[0]} channel(s) but the stack {stack.source!r} has "
+            f"{stack.n_channels}; compute statistics over stacks with the same channels"
+        )
+        raise ShapeMismatchError(msg)
+    if clip is not None and not (len(clip) == 2 and not math.isnan(clip[0]) and clip[0] <= clip[1]):
+        msg = f"clip must be a (low, high) pair with low <= high, got {clip!r}"
+        raise ValueError(msg)
+    reader = NormalizedReader(stack, offset, scale, clip)
+    attrs = stack.attrs
+    attrs["normalization"] = {
+        "method": method,
+        "offset": [float(v) for v in offset],
+        "scale": [float(v) for v in scale],
+        **({"clip": list(reader.clip)} if reader.clip else {}),
+    }
+    return LazyImageStack(
+        reader,
+        stack.original_axes,
+        source=stack.source,
+        format=stack.format,
+        coords=stack.coords,
+        attrs=attrs,
+    )
