@@ -623,7 +623,7 @@ class ZarrArrayReader(ChunkedReader):
     >>> z[:] = np.arange(10000, dtype="uint16").reshape(100, 100)
     >>> reader = ZarrArrayReader(z, engine="direct")
     >>> int(reader[40:42, 50:52].sum())
-    16202
+    16402
     """
 
     def __init__(self, array: Any, *, engine: str | None = None, token: str | None = None) -> None:
