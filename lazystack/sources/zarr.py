@@ -56,6 +56,7 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 300.0, "sock_connect": 15.0, 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _NUMERIC_KINDS = "biuf"
 _MAX_KEYS_SHOWN = 8
+_MAX_PROBED = 64
 
 
 # -- where a source points ----------------------------------------------------------------
@@ -332,18 +333,8 @@ class ZarrArrayReader:
         """Drop the open array (reopened transparently on the next read)."""
         self._array = None
 
-    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
-        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
-
-        Parameters
-        ----------
-        key : tuple of int or slice
-            Region (ints and step-1 slices within bounds).
-
-        Returns
-        -------
-        list of str
-        """
+    def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
+        """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""
         import itertools
 
         grid = self.shards or self.chunks
@@ -356,28 +347,63 @@ class ZarrArrayReader:
                 i = int(k) % n if n else 0
                 ranges.append(range(i // c, i // c + 1))
         ranges += [range(-(-n // c)) for c, n in zip(grid[len(key) :], self.shape[len(key) :], strict=True)]
+        return list(itertools.islice(itertools.product(*ranges), limit + 1))
+
+    def _store_key(self, coords: tuple[int, ...]) -> str:
         arr = self._array
-        encode = arr.metadata.encode_chunk_key if arr is not None else (lambda t: ".".join(map(str, t)))
-        keys = []
-        for coords in itertools.product(*ranges):
-            keys.append(f"{self._location.path}/{encode(coords)}".lstrip("/"))
-            if len(keys) > _MAX_KEYS_SHOWN:
-                break
-        return keys
+        name = arr.metadata.encode_chunk_key(coords) if arr is not None else ".".join(map(str, coords))
+        return f"{self._location.path}/{name}".lstrip("/")
+
+    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
+        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            Region (ints and step-1 slices within bounds).
+
+        Returns
+        -------
+        list of str
+            At most ``_MAX_KEYS_SHOWN + 1`` keys (the first ones, in C order).
+        """
+        return [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
+
+    def _failing_keys(self, key: tuple[int | slice, ...]) -> list[str] | None:
+        """Read each touched chunk alone to find the failing one(s); None when too many to probe."""
+        coords_list = self._chunk_coords(key, _MAX_PROBED)
+        arr = self._array
+        if len(coords_list) > _MAX_PROBED or arr is None:
+            return None
+        grid = self.shards or self.chunks
+        failing = []
+        for coords in coords_list:
+            region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, grid, self.shape, strict=True))
+            try:
+                arr[region]
+            except Exception:
+                failing.append(self._store_key(coords))
+        return failing or None
 
     def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
-        keys = self.chunk_keys(key)
-        shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN]) + (" ..." if len(keys) > _MAX_KEYS_SHOWN else "")
-        what = "shard(s)" if self.shards else "chunk(s)"
+        what = "shard" if self.shards else "chunk"
+        timeout = _is_timeout(exc)
+        failing = None if timeout else self._failing_keys(key)
+        if failing:
+            where = f"corrupt {what}(s) {', '.join(repr(k) for k in failing)}"
+        else:
+            keys = self.chunk_keys(key)
+            shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
+            where = f"{what}(s) {shown}{' ...' if len(keys) > _MAX_KEYS_SHOWN else ''}"
         hint = ""
-        if _is_timeout(exc):
+        if timeout:
             hint = (
                 " (the server did not answer in time; set storage_options={'client_kwargs': "
                 "{'timeout': aiohttp.ClientTimeout(...)}} to change the limit)"
             )
         msg = (
             f"reading region {_format_key(key)} of Zarr array {self._location.uri()!r} "
-            f"(store {self._location.store_uri!r}) failed in {what} {shown}: "
+            f"(store {self._location.store_uri!r}) failed in {where}: "
             f"{type(exc).__name__}: {exc}{hint}"
         )
         return SourceReadError(msg)
