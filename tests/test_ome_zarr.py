@@ -79,7 +79,10 @@ WRITERS = {"ome-zarr-py": write_ome_zarr_py, "ngff-zarr": write_ngff_zarr, "bioi
 LEVEL_PATHS = {"ome-zarr-py": ["s0", "s1"], "ngff-zarr": ["scale0/image", "scale1/image"], "bioio": ["0", "1"]}
 
 
-@pytest.fixture(scope="module", params=[(w, v) for w in WRITERS for v in ("0.4", "0.5")], ids=lambda p: f"{p[0]}-{p[1]}")
+IMAGES = [(w, v) for w in WRITERS for v in ("0.4", "0.5")]
+
+
+@pytest.fixture(scope="module", params=IMAGES, ids=lambda p: f"{p[0]}-{p[1]}")
 def image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     writer, version = request.param
     path = tmp_path_factory.mktemp("ome") / f"{writer}-{version}.ome.zarr"
@@ -160,7 +163,8 @@ def test_axes_disagreement_quotes_both(image: Any) -> None:
     path, _, _ = image
     with pytest.raises(ShapeMismatchError) as info:
         load_zarrs([path], "ZCYX")
-    assert "'ZCYX'" in str(info.value) and "'CZYX'" in str(info.value)
+    assert "'ZCYX'" in str(info.value)
+    assert "'CZYX'" in str(info.value)
     with pytest.raises(ValueError, match="'CZYX'"):
         load_zarrs([f"{path}/{load_zarrs([path], 'CZYX')[1].source.split('.ome.zarr/')[1]}"], "TZYX")
 
@@ -169,7 +173,8 @@ def test_level_stacks_pickle(image: Any) -> None:
     path, _, _ = image
     stack = load_zarrs([path], "CZYX")[1]
     again = pickle.loads(pickle.dumps(stack))
-    assert again.level == 1 and again.physical_pixel_sizes == stack.physical_pixel_sizes
+    assert again.level == 1
+    assert again.physical_pixel_sizes == stack.physical_pixel_sizes
     np.testing.assert_array_equal(again.compute(), stack.compute())
 
 
@@ -178,7 +183,8 @@ def test_missing_level_lists_levels(tmp_path: Path) -> None:
     write_bioio(path, "0.5")
     with pytest.raises(SourceNotFoundError) as info:
         load_zarrs([f"file://{path}/7"], "CZYX")
-    assert "'0' (array" in str(info.value) and "'1' (array" in str(info.value)
+    assert "'0' (array" in str(info.value)
+    assert "'1' (array" in str(info.value)
 
 
 def test_global_scale_multiplies(tmp_path: Path) -> None:

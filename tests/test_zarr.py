@@ -310,7 +310,10 @@ def test_missing_array_lists_what_is_there(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFoundError) as info:
         load_zarrs([f"file://{path}/c"], "SYX")
     text = str(info.value)
-    assert "'c'" in text and "'a' (array" in text and "'b' (array" in text and "'nested' (group)" in text
+    assert "'c'" in text
+    assert "'a' (array" in text
+    assert "'b' (array" in text
+    assert "'nested' (group)" in text
     with pytest.raises(SourceNotFoundError, match="'deep' \\(array"):
         load_zarrs([f"{path}/nested/missing/deeper"], "YX")
 
@@ -327,7 +330,8 @@ def test_group_without_arrays(tmp_path: Path) -> None:
     root.create_group("sub2")
     with pytest.raises(SourceFormatError, match="holds no arrays") as info:
         load_zarrs([tmp_path / "g.zarr"], "YX")
-    assert "'sub1' (group)" in str(info.value) and "'sub2' (group)" in str(info.value)
+    assert "'sub1' (group)" in str(info.value)
+    assert "'sub2' (group)" in str(info.value)
     zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
     with pytest.raises(SourceFormatError, match="empty"):
         load_zarrs([tmp_path / "empty.zarr"], "YX")

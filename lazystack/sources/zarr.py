@@ -613,9 +613,7 @@ def _level_source(
         )
         raise ShapeMismatchError(msg)
     if len(array.shape) != len(ngff_axes):
-        msg = (
-            f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
-        )
+        msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
         raise SourceFormatError(msg)
     ds = ms.datasets[level]
     scale = _scale_of(ds.get("coordinateTransformations"), len(ngff_axes))
@@ -665,9 +663,7 @@ def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayRead
     return ZarrArrayReader(location, array)
 
 
-def _image_levels(
-    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store
-) -> Iterator[OpenedSource]:
+def _image_levels(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> Iterator[OpenedSource]:
     import zarr as zarr_lib
 
     for ms in _parse_multiscales(group.attrs.asdict(), location.uri()):
