@@ -207,18 +207,29 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
                 f"(axes=... in Python, --axes on the command line) as letters of {VALID_AXES!r}"
             )
             raise AxesError(msg)
-        if kind == "tiff":
-            stacks.extend(loaders.load_tiffs([_local(text)], item_axes, **options))
-        elif kind == "czi":
-            stacks.extend(loaders.load_czis([_local(text)], item_axes, **options))
-        elif kind == "zarr":
-            stacks.extend(loaders.load_zarrs([text], item_axes, **options))
-        elif kind == "npy":
-            stacks.append(_load_npy(_local(text), item_axes))
-        else:  # pragma: no cover - source_kind returns one of the kinds above
-            msg = f"unhandled source kind {kind!r}"
-            raise UnsupportedSourceError(msg)
+        try:
+            stacks.extend(_dispatch(kind, text, item_axes, options))
+        except MissingDependencyError:
+            raise
+        except ImportError as exc:
+            msg = f"cannot open {text!r}: the {kind} back end of lazystack could not be imported ({exc})"
+            raise MissingDependencyError(msg) from exc
     return stacks
+
+
+def _dispatch(kind: Kind, text: str, axes: str, options: dict[str, Any]) -> list[LazyImageStack]:
+    from . import loaders
+
+    if kind == "tiff":
+        return loaders.load_tiffs([_local(text)], axes, **options)
+    if kind == "czi":
+        return loaders.load_czis([_local(text)], axes, **options)
+    if kind == "zarr":
+        return loaders.load_zarrs([text], axes, **options)
+    if kind == "npy":
+        return [_load_npy(_local(text), axes)]
+    msg = f"unhandled source kind {kind!r}"  # pragma: no cover - source_kind returns one of the kinds above
+    raise UnsupportedSourceError(msg)  # pragma: no cover
 
 
 def _local(text: str) -> str:
