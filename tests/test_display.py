@@ -116,7 +116,7 @@ def test_format_bytes_and_disk_size(tmp_path: Path) -> None:
 
 def test_stacklist_is_a_list() -> None:
     stacks = StackList(load_arrays([np.zeros((2, 8, 8)), np.zeros((3, 8, 8))], "ZYX"))
-    first, second = stacks
+    _first, second = stacks
     assert isinstance(stacks, list)
     assert len(stacks) == 2
     assert stacks[1] is second
@@ -157,7 +157,7 @@ def test_stacklist_html_escapes_and_cuts() -> None:
     stacks.max_rows = 2
     markup = stacks._repr_html_()
     assert "<script>" not in markup
-    header, *rows = parse(markup).tables[0]
+    _header, *rows = parse(markup).tables[0]
     assert len(rows) == 2
     assert "and 1 more" in markup
     assert "and 1 more" in repr(stacks)
