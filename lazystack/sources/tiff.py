@@ -250,6 +250,7 @@ class TiffReader:
         self.native_chunks = tuple(native_chunks)
         self.memmap = memmap
         self.token = token
+        self._pid = os.getpid()
         self._manager = self._make_manager()
 
     def _make_manager(self) -> ProcessLocalFileManager:
@@ -300,6 +301,10 @@ class TiffReader:
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
+        if self._pid != os.getpid():
+            # forked: the manager's cache key still names the parent; never touch the parent's handle
+            self._pid = os.getpid()
+            self._manager = self._make_manager()
         try:
             with self._manager.acquire_context() as handle:
                 yield handle
@@ -462,10 +467,12 @@ def _yaxis(shape: tuple[int, ...], keyframe: Any) -> int | None:
     return yaxis
 
 
-def _memmap_recipe(series: Any, byteorder: str) -> tuple[int, str] | None:
+def _memmap_recipe(series: Any, byteorder: str, file_size: int) -> tuple[int, str] | None:
     keyframe = series.keyframe
     if series.dataoffset is None or series.transform is not None:
         return None
+    if series.dataoffset + series.size * series.dtype.itemsize > file_size:
+        return None  # truncated: read segment by segment, so that the intact part stays readable
     try:
         if int(keyframe.compression) != 1 or not keyframe.is_memmappable or keyframe.fillorder != 1:
             return None
@@ -615,7 +622,7 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
                 msg = f"{where}: unsupported pixel type (tifffile cannot map it to a numpy dtype)"
                 raise SourceFormatError(msg)
             _check_codec(file_path, series.keyframe)
-            memmap = _memmap_recipe(series, tif.byteorder)
+            memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
             if memmap is not None:
                 from tifffile.zarr import _chunks
 

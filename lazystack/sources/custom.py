@@ -1,0 +1,461 @@
+"""Custom-file back end: files of any type, read by a user-supplied function.
+
+``read_func(path, **read_kwargs)`` (a :class:`ReadFunc`) returns an
+array-like for one file. What it returns decides how lazy the stack is:
+
+* **a lazy array-like** (``np.memmap``, ``np.load(..., mmap_mode="r")``,
+  ``zarr.Array``, ``h5py.Dataset``, a dask array, any object with ``shape``,
+  ``dtype`` and ``__getitem__`` that is not a plain ``numpy.ndarray``): the
+  stack stays fully lazy; a patch reads only its region through the object.
+  The object is kept per process in xarray's bounded LRU of open files
+  (``xarray.set_options(file_cache_maxsize=...)``, 128 by default); an
+  evicted object is dropped (an ``h5py`` file closed) and ``read_func`` is
+  called again when the file is next read.
+* **a plain** ``numpy.ndarray`` (the file was read whole): ``read_func`` is
+  called once when the stack is created, to learn shape and dtype. Whole-file
+  results are kept in a bounded, per-process LRU cache, so random patches
+  from one file do not re-read it and memory stays bounded across thousands
+  of files. The bound is :data:`DEFAULT_CACHE_BYTES` (1 GiB), set by the
+  environment variable ``LAZYSTACK_CUSTOM_CACHE_BYTES`` or
+  :func:`set_cache_bytes`; ``0`` disables the cache (each patch calls
+  ``read_func``). An array larger than the bound is never cached. A forked
+  child starts with an empty cache. The dask array of such a stack has one
+  chunk per file.
+
+Pickling and processes: a stack pickles as ``(path, read_func, read_kwargs)``
+and calls ``read_func`` again in the process that unpickles it, so
+``read_func`` must be picklable (a module-level function or a
+``functools.partial`` of one, not a lambda or a local function) for process
+pools, spawn DataLoader workers and dask clusters. Thread or fork workers have
+no such limit.
+
+Errors: a ``read_func`` that raises is reported as
+:class:`~lazystack.SourceReadError` (or :class:`~lazystack.SourceNotFoundError`
+for a ``FileNotFoundError``) naming the file and the function, the original
+exception chained; a result that is not array-like is an
+:class:`~lazystack.UnsupportedSourceError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
+from .base import OpenedSource, ProcessLocalFileManager, is_array_like, read_numpy, reader_chunks
+
+__all__ = [
+    "CACHE_ENV_VAR",
+    "DEFAULT_CACHE_BYTES",
+    "CustomReader",
+    "ReadFunc",
+    "cache_info",
+    "clear_cache",
+    "open_custom",
+    "set_cache_bytes",
+]
+
+FORMAT = "custom"
+#: Default bound of the per-process whole-file cache, in bytes (1 GiB).
+DEFAULT_CACHE_BYTES = 1 << 30
+#: Environment variable overriding :data:`DEFAULT_CACHE_BYTES` (an integer number of bytes).
+CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
+
+
+@runtime_checkable
+class ReadFunc(Protocol):
+    """Reads one file: ``read_func(path, **read_kwargs) -> array-like``.
+
+    The result has ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask,
+    zarr arrays, ``np.memmap``, ``h5py.Dataset`` ...) with one dimension per
+    letter of the loader's axes, and the same shape and dtype every time it is
+    called for the same file. To use stacks in other processes the function
+    must be picklable (module level).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> def read_npy(path: str, *, mmap: bool = True) -> np.ndarray:
+    ...     return np.load(path, mmap_mode="r" if mmap else None)
+    """
+
+    def __call__(self, path: str, /, **kwargs: Any) -> Any:
+        """Return the array-like stored in ``path``."""
+        ...
+
+
+# -- the bounded whole-file cache ------------------------------------------------------------------
+def _env_cache_bytes() -> int:
+    text = os.environ.get(CACHE_ENV_VAR)
+    if text is None or not text.strip():
+        return DEFAULT_CACHE_BYTES
+    try:
+        value = int(float(text))
+    except ValueError:
+        msg = f"{CACHE_ENV_VAR}={text!r} is not a number of bytes; accepted: a non-negative integer such as 1073741824"
+        raise ValueError(msg) from None
+    if value < 0:
+        msg = f"{CACHE_ENV_VAR}={text!r} is negative; accepted: a non-negative integer (0 disables the cache)"
+        raise ValueError(msg)
+    return value
+
+
+class _WholeFileCache:
+    """Thread-safe LRU of whole-file arrays, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        size = int(value.nbytes)
+        with self._lock:
+            if size > self.max_bytes:
+                return
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._nbytes -= int(old.nbytes)
+            self._data[key] = value
+            self._nbytes += size
+            self._shrink()
+
+    def _shrink(self) -> None:
+        while self._nbytes > self.max_bytes and self._data:
+            _, old = self._data.popitem(last=False)
+            self._nbytes -= int(old.nbytes)
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._shrink()
+
+    def clear(self) -> None:
+        # a fresh lock too: after fork the parent's lock may have been held by another thread
+        self._lock = threading.Lock()
+        self._data = OrderedDict()
+        self._nbytes = 0
+        self.hits = self.misses = 0
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "max_bytes": self.max_bytes,
+                "nbytes": self._nbytes,
+                "entries": len(self._data),
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+
+_CACHE = _WholeFileCache(_env_cache_bytes())
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_CACHE.clear)
+
+
+def set_cache_bytes(max_bytes: int) -> None:
+    """Set the bound of this process's whole-file cache (evicting as needed).
+
+    Parameters
+    ----------
+    max_bytes : int
+        Bound in bytes; ``0`` disables the cache.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+        msg = f"max_bytes must be a non-negative integer number of bytes, got {max_bytes!r}"
+        raise ValueError(msg)
+    _CACHE.resize(int(max_bytes))
+
+
+def clear_cache() -> None:
+    """Empty this process's whole-file cache."""
+    _CACHE.clear()
+
+
+def cache_info() -> dict[str, int]:
+    """Bound, current size, entries, hits and misses of this process's whole-file cache."""
+    return _CACHE.info()
+
+
+# -- lazy results: kept per process as an "open file" ---------------------------------------------------
+class _Recipe:
+    """(path, read_func, read_kwargs), hashable by identity (kwargs need not be hashable)."""
+
+    __slots__ = ("path", "read_func", "read_kwargs")
+
+    def __init__(self, path: str, read_func: Any, read_kwargs: dict[str, Any]) -> None:
+        self.path = path
+        self.read_func = read_func
+        self.read_kwargs = read_kwargs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Recipe, (self.path, self.read_func, self.read_kwargs))
+
+
+def _func_name(func: Any) -> str:
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return f"{module}.{name}" if module else str(name)
+
+
+def _call(recipe: _Recipe) -> Any:
+    """Call ``read_func`` and check its result is array-like."""
+    where = f"read_func {_func_name(recipe.read_func)} on {recipe.path!r}"
+    try:
+        result = recipe.read_func(recipe.path, **recipe.read_kwargs)
+    except FileNotFoundError as exc:
+        msg = f"file not found: {recipe.path!r} ({where} raised {type(exc).__name__}: {exc})"
+        raise SourceNotFoundError(msg) from exc
+    except Exception as exc:
+        msg = f"{where} raised {type(exc).__name__}: {exc}"
+        raise SourceReadError(msg) from exc
+    if not is_array_like(result):
+        msg = (
+            f"{where} returned a {type(result).__name__}, not an array-like; accepted: an object with shape, "
+            "dtype and __getitem__ (numpy/dask/zarr arrays, np.memmap, h5py.Dataset)"
+        )
+        raise UnsupportedSourceError(msg)
+    return result
+
+
+class _LazyHandle:
+    """A lazy array-like returned by ``read_func``, held like an open file."""
+
+    def __init__(self, recipe: _Recipe, array: Any = None) -> None:
+        self.array = _call(recipe) if array is None else array
+
+    def close(self) -> None:
+        array, self.array = self.array, None
+        if type(array).__module__.startswith("h5py"):
+            with contextlib.suppress(Exception):
+                array.file.close()
+
+
+def _is_eager(result: Any) -> bool:
+    """A plain in-memory ndarray (the file was read whole), not a memmap or another lazy array-like."""
+    return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
+
+
+class CustomReader:
+    """Chunk reader over one file read by a :class:`ReadFunc` (see the module docs).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    read_func : ReadFunc
+        The reader function.
+    read_kwargs : dict
+        Its keyword arguments.
+    shape : tuple of int
+        Shape of the array ``read_func`` returns.
+    dtype : str
+        Its dtype.
+    chunks : tuple of tuple of int
+        dask chunks.
+    eager : bool
+        Whether ``read_func`` reads the file whole (plain ndarray).
+    token : str
+        Name of the data.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        read_func: Any,
+        read_kwargs: dict[str, Any],
+        *,
+        shape: tuple[int, ...],
+        dtype: str,
+        chunks: tuple[tuple[int, ...], ...],
+        eager: bool,
+        token: str,
+    ) -> None:
+        self.path = path
+        self.read_func = read_func
+        self.read_kwargs = dict(read_kwargs)
+        self._shape = tuple(shape)
+        self._dtype = np.dtype(dtype)
+        self.chunks = chunks
+        self.eager = eager
+        self.token = token
+        self._recipe = _Recipe(path, read_func, self.read_kwargs)
+        self._pid = os.getpid()
+        self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {
+            "shape": self._shape,
+            "dtype": self._dtype.str,
+            "chunks": self.chunks,
+            "eager": self.eager,
+            "token": self.token,
+        }
+        return (_rebuild_reader, (self.path, self.read_func, self.read_kwargs, kwargs))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the file's array."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the file's array."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self._shape)
+
+    def __repr__(self) -> str:
+        how = "whole-file, cached" if self.eager else "lazy"
+        return (
+            f"CustomReader({self.path!r}, read_func={_func_name(self.read_func)}, shape={self._shape}, "
+            f"dtype={self._dtype}, {how})"
+        )
+
+    def _seed(self, result: Any) -> None:
+        """Keep the result of the call made at creation (no second call for the first read)."""
+        if self.eager:
+            _CACHE.put(self.token, np.asarray(result))
+        else:
+            assert self._manager is not None
+            with self._manager._lock:
+                self._manager._cache[self._manager._key] = _LazyHandle(self._recipe, result)
+
+    def _check(self, result: Any) -> None:
+        shape, dtype = tuple(int(n) for n in result.shape), np.dtype(result.dtype)
+        if shape != self._shape or dtype != self._dtype:
+            msg = (
+                f"read_func {_func_name(self.read_func)} on {self.path!r} returned shape {shape} dtype {dtype}, "
+                f"but {self._shape} {self._dtype} when the stack was created (has the file changed?)"
+            )
+            raise SourceReadError(msg)
+
+    def _whole(self) -> np.ndarray:
+        data = _CACHE.get(self.token)
+        if data is None:
+            result = _call(self._recipe)
+            self._check(result)
+            data = np.asarray(result)
+            _CACHE.put(self.token, data)
+        return data
+
+    def __getitem__(self, key: Any) -> Any:
+        """Read a region (ints and step-1 slices) as a numpy array."""
+        if self.eager:
+            return np.array(self._whole()[key])
+        if self._pid != os.getpid():
+            # forked: the manager's cache key still names the parent; never share the parent's handle
+            self._pid = os.getpid()
+            self._manager = ProcessLocalFileManager(_LazyHandle, self._recipe)
+        assert self._manager is not None
+        with self._manager.acquire_context() as handle:
+            array = handle.array
+            if array is None:  # closed between acquiring and reading: read through a fresh call
+                array = _call(self._recipe)
+            return read_numpy(array, key if isinstance(key, tuple) else (key,))
+
+    def close(self) -> None:
+        """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
+        if self._manager is not None:
+            self._manager.close()
+
+
+def _rebuild_reader(path: str, read_func: Any, read_kwargs: dict[str, Any], kwargs: dict[str, Any]) -> CustomReader:
+    return CustomReader(path, read_func, read_kwargs, **kwargs)
+
+
+def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
+    try:
+        st = os.stat(path)
+        stamp = f"{st.st_mtime_ns}|{st.st_size}"
+    except OSError:
+        stamp = "-"
+    text = f"{os.path.abspath(path)}|{stamp}|{_func_name(read_func)}|{sorted(read_kwargs.items())!r}"
+    return f"custom-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
+
+
+def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[str, Any]) -> OpenedSource:
+    """Open one file with ``read_func`` (called once now, to learn shape and dtype).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    axes : str
+        Validated axes of the array ``read_func`` returns.
+    read_func : ReadFunc
+        ``read_func(path, **read_kwargs) -> array-like``.
+    read_kwargs : dict
+        Keyword arguments of ``read_func`` (may be empty).
+
+    Returns
+    -------
+    OpenedSource
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If ``read_func`` is not callable or returns something that is not
+        array-like.
+    SourceNotFoundError
+        If ``read_func`` raises ``FileNotFoundError``.
+    SourceReadError
+        If ``read_func`` raises anything else.
+    ShapeMismatchError
+        If ``axes`` does not have the rank of the array.
+    """
+    from ..stack import check_rank
+
+    if not callable(read_func):
+        msg = f"read_func must be callable as read_func(path, **read_kwargs), got {type(read_func).__name__}"
+        raise UnsupportedSourceError(msg)
+    if not isinstance(read_kwargs, dict):
+        msg = f"read_kwargs must be a dict of keyword arguments, got {type(read_kwargs).__name__}"
+        raise UnsupportedSourceError(msg)
+    path = os.fspath(path)
+    recipe = _Recipe(path, read_func, dict(read_kwargs))
+    result = _call(recipe)
+    shape = tuple(int(n) for n in result.shape)
+    check_rank(axes, shape, f"the array read_func {_func_name(read_func)} returned for {path!r}")
+    dtype = np.dtype(result.dtype)
+    if dtype.hasobject:
+        msg = f"read_func {_func_name(read_func)} on {path!r} returned dtype {dtype}; accepted: numeric dtypes"
+        raise UnsupportedSourceError(msg)
+    eager = _is_eager(result)
+    chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
+    reader = CustomReader(
+        path,
+        read_func,
+        dict(read_kwargs),
+        shape=shape,
+        dtype=dtype.str,
+        chunks=chunks,
+        eager=eager,
+        token=_token(path, read_func, dict(read_kwargs)),
+    )
+    reader._seed(result)
+    return OpenedSource(
+        reader=reader, source=path, format=FORMAT, axes=axes, attrs={"read_func": _func_name(read_func)}
+    )
