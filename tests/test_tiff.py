@@ -50,7 +50,9 @@ def patch_reference(canonical: np.ndarray, sample: int, coords: tuple[int, ...],
     img = canonical[sample].astype(np.float32)
     pad = [(0, 0)] + [(max(0, -c) + n, max(0, c + n) + n) for c, n in zip(coords, size, strict=True)]
     padded = np.pad(img, pad)
-    key = tuple(slice(c + pad[i + 1][0], c + pad[i + 1][0] + n) for i, (c, n) in enumerate(zip(coords, size, strict=True)))
+    key = tuple(
+        slice(c + pad[i + 1][0], c + pad[i + 1][0] + n) for i, (c, n) in enumerate(zip(coords, size, strict=True))
+    )
     return padded[(slice(None), *key)]
 
 
@@ -105,8 +107,18 @@ VARIANTS: dict[str, tuple[tuple[int, ...], str, str, dict[str, Any]]] = {
         "YXC",
         {"photometric": "rgb", "tile": (16, 16), "compression": "zlib", "extrasamples": ["unassalpha"]},
     ),
-    "rgb-stack-lzw-strips": ((3, 30, 20, 3), "uint16", "ZYXC", {"photometric": "rgb", "rowsperstrip": 4, "compression": "lzw"}),
-    "rgb-planar-deflate": ((3, 30, 40), "uint8", "CYX", {"photometric": "rgb", "planarconfig": "separate", "compression": "zlib"}),
+    "rgb-stack-lzw-strips": (
+        (3, 30, 20, 3),
+        "uint16",
+        "ZYXC",
+        {"photometric": "rgb", "rowsperstrip": 4, "compression": "lzw"},
+    ),
+    "rgb-planar-deflate": (
+        (3, 30, 40),
+        "uint8",
+        "CYX",
+        {"photometric": "rgb", "planarconfig": "separate", "compression": "zlib"},
+    ),
     "imagej-hyperstack": ((2, 3, 2, 25, 30), "uint16", "TZCYX", {"imagej": True, "metadata": {"axes": "TZCYX"}}),
     "ome-czyx-deflate": (
         (2, 3, 40, 36),
@@ -143,7 +155,7 @@ def variant(request: pytest.FixtureRequest, variant_dir: Path) -> tuple[Path, np
 
 # -- correctness against tifffile ---------------------------------------------------------------------
 def test_variant_whole_array_and_patches(variant: tuple[Path, np.ndarray, str]) -> None:
-    path, data, axes = variant
+    path, _, axes = variant
     ref = tifffile.imread(path)
     with raise_if_dask_computes():
         (stack,) = load_tiffs(path, axes)
@@ -335,7 +347,7 @@ def test_plain_file_rank_mismatch(variant_dir: Path) -> None:
 # -- bad input -------------------------------------------------------------------------------------------
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.tif"
-    with pytest.raises(SourceNotFoundError, match="nope.tif"):
+    with pytest.raises(SourceNotFoundError, match=r"nope\.tif"):
         load_tiffs(path, "YX")
     with pytest.raises(FileNotFoundError):
         load_iter_tiff([path], "YX")
@@ -361,7 +373,7 @@ def test_not_a_tiff(tmp_path: Path) -> None:
     npy = tmp_path / "array.tif"
     np.save(npy.with_suffix(".npy"), np.zeros((4, 4)))
     shutil.move(npy.with_suffix(".npy"), npy)
-    with pytest.raises(ValueError, match="array.tif"):
+    with pytest.raises(ValueError, match=r"array\.tif"):
         load_tiffs(npy, "YX")
 
 
@@ -575,7 +587,7 @@ def test_threads_share_one_stack(variant_dir: Path) -> None:
                 sample = int(rng.integers(0, 3))
                 got = stack.extract_patch(sample, None, coords, size)
                 np.testing.assert_array_equal(got, patch_reference(canonical, sample, coords, size))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
@@ -640,7 +652,7 @@ def test_close_and_context_manager_release_handles(variant_dir: Path) -> None:
 
 
 def test_dask_graph_of_many_files_computes(variant_dir: Path) -> None:
-    path, data, axes = write_variant(variant_dir, "zstd-tiled-uint8")
+    path, data, _ = write_variant(variant_dir, "zstd-tiled-uint8")
     stacks = load_tiffs([path, path, path], "YX")
     total = sum(s.data.sum() for s in stacks)
     with dask.config.set(scheduler="threads"):
