@@ -1,0 +1,317 @@
+"""Generic bioio back end: any file an installed bioio reader plugin opens.
+
+:func:`lazystack.load_bioio` is the escape hatch for microscope formats
+without a dedicated loader (ND2, LIF, OME-TIFF through bioio-ome-tiff ...).
+It needs ``bioio`` and a plugin for the format (the ``czi`` extra installs
+bioio; other plugins are installed separately, e.g. ``bioio-nd2``).
+
+Axes rules
+----------
+bioio presents every scene as ``TCZYX`` (plus ``S`` for the colour samples
+of RGB pixels, which is *not* lazystack's sample axis). The user's axes
+apply to those dims, like :func:`lazystack.load_arrays` applies them to an
+array's dims, with the letters matched by name:
+
+* ``T``, ``C``, ``Z``, ``Y``, ``X`` are the bioio dims of the same name;
+* ``C`` takes bioio's colour samples when bioio's ``C`` is a singleton and
+  the pixels are RGB (three samples become three channels, in the order
+  bioio gives them: **B, G, R for a CZI, R, G, B for a TIFF**);
+* ``S`` has no bioio counterpart (scenes are separate stacks): it is a
+  singleton axis, accepted so that ``"SCYX"``-style axes keep working;
+* every bioio dim the axes do not name must be a singleton; it is dropped.
+  A non-singleton dim the axes leave out is a
+  :class:`~lazystack.errors.ShapeMismatchError` that quotes bioio's dims and
+  shape.
+
+One stack per scene, in bioio's scene order; ``stack.source`` is the path
+for a single-scene file and ``path@i`` otherwise (``load_bioio("f.lif@2")``
+re-creates it). Reads go through the scene's bioio dask array, computed
+with the synchronous scheduler: only the chunks a patch overlaps are read,
+but a chunk is whatever the plugin makes it (often a whole plane). The
+reader pickles as its recipe (path, scene, reader options) and reopens the
+file with bioio in the process that unpickles it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ShapeMismatchError, SourceFormatError, SourceNotFoundError
+from .base import OpenedSource, ProcessLocalFileManager
+
+__all__ = ["BioioSceneReader", "open_bioio"]
+
+BIOIO_DIMS = "TCZYX"
+_SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
+
+
+def _import_bioio() -> Any:
+    try:
+        import bioio  # the bioio package (absolute import), not this module
+    except ImportError as exc:
+        msg = "load_bioio needs bioio and a reader plugin for the format: install lazystack[czi] or pip install bioio"
+        raise MissingDependencyError(msg) from exc
+    return bioio
+
+
+class _Options:
+    """Reader options made hashable for the file manager's cache key."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = dict(options)
+        try:
+            self._key = pickle.dumps(sorted(self.options.items(), key=lambda kv: kv[0]))
+        except Exception:  # unpicklable options: identity
+            self._key = repr(id(self))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Options) and other._key == self._key
+
+
+class _SceneHandle:
+    """A :class:`bioio.BioImage` set to one scene, and its scene's dask array."""
+
+    def __init__(self, path: str, scene: int, options: _Options) -> None:
+        bioio = _import_bioio()
+        self.image = bioio.BioImage(path, **options.options)
+        self.image.set_scene(scene)
+        self.data = self.image.dask_data
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        close = getattr(self.image, "close", None)
+        if callable(close):
+            close()
+
+
+def _open_scene(path: str, scene: int, options: _Options) -> _SceneHandle:
+    return _SceneHandle(path, scene, options)
+
+
+class BioioSceneReader:
+    """Chunk reader over one scene of a file read by bioio (see :mod:`lazystack.sources.base`).
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    scene : int
+        bioio scene index.
+    options : dict
+        Keyword arguments of :class:`bioio.BioImage`.
+    dims : str
+        bioio's dims of the scene (``"TCZYX"`` or ``"TCZYXS"``).
+    plan : tuple
+        Per user axis, the bioio dim it reads (None for a singleton ``S``).
+    shape : tuple of int
+        Shape in the user's axes.
+    dtype : numpy.dtype
+        Dtype of the data.
+    chunks : tuple of tuple of int
+        bioio's chunks, in the user's axes.
+    token : str
+        Identifies the data.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        scene: int,
+        options: dict[str, Any],
+        dims: str,
+        plan: tuple[str | None, ...],
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        chunks: tuple[tuple[int, ...], ...],
+        token: str,
+    ) -> None:
+        self.path = path
+        self.scene = scene
+        self._dims = dims
+        self._plan = plan
+        self._shape = tuple(int(n) for n in shape)
+        self._dtype = np.dtype(dtype)
+        self.chunks = chunks
+        self.token = token
+        self._manager = ProcessLocalFileManager(_open_scene, path, scene, _Options(options))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape in the user's axes."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the data."""
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self._shape)
+
+    def close(self) -> None:
+        """Drop this process's open bioio image (it reopens when read again)."""
+        self._manager.close()
+
+    def __repr__(self) -> str:
+        return f"BioioSceneReader({self.path!r}, scene={self.scene}, shape={self._shape}, dtype={self._dtype})"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read the region ``key`` (ints and step-1 slices, one per user axis)."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (len(self._shape) - len(key))
+        if len(key) != len(self._shape):
+            msg = f"too many indices ({len(key)}) for a bioio scene of shape {self._shape}"
+            raise IndexError(msg)
+        bioio_key: list[int | slice] = [0] * len(self._dims)
+        kept: list[str] = []  # bioio dims kept in the result, in bioio order
+        singleton: list[int] = []  # user positions of the S singleton kept as an axis
+        for i, (k, dim) in enumerate(zip(key, self._plan, strict=True)):
+            if dim is None:  # the S singleton
+                if isinstance(k, slice):
+                    singleton.append(i)
+                elif int(k) not in (0, -1):
+                    msg = f"index {k} is out of range for axis S of size 1"
+                    raise IndexError(msg)
+                continue
+            bioio_key[self._dims.index(dim)] = k
+        for dim, k in zip(self._dims, bioio_key, strict=True):
+            if isinstance(k, slice):
+                kept.append(dim)
+        with self._manager.acquire_context() as handle:
+            block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
+        # order of the kept dims in the user's axes
+        user_order = [d for d, k in zip(self._plan, key, strict=True) if d is not None and isinstance(k, slice)]
+        block = block.transpose([kept.index(d) for d in user_order])
+        for i in singleton:
+            block = np.expand_dims(block, i)
+        return block
+
+
+def _split_scene(path: str) -> tuple[str, int | None]:
+    if os.path.exists(path):
+        return path, None
+    m = _SCENE_SUFFIX.match(path)
+    if m is None:
+        return path, None
+    return m.group("path"), int(m.group("scene"))
+
+
+def _plan(axes: str, dims: str, shape: tuple[int, ...], where: str) -> tuple[str | None, ...]:
+    """Which bioio dim each user axis reads (None: the S singleton)."""
+    size = dict(zip(dims, shape, strict=True))
+    plan: list[str | None] = []
+    for a in axes:
+        if a == "S":
+            plan.append(None)
+        elif a == "C" and size.get("S", 1) > 1 and size.get("C", 1) == 1:
+            plan.append("S")  # RGB samples become channels
+        else:
+            plan.append(a)
+    used = {d for d in plan if d is not None}
+    extra = [d for d in dims if d not in used and size[d] > 1]
+    if extra:
+        what = ", ".join(f"{d}={size[d]}" for d in extra)
+        hint = " (bioio's S is the colour samples of RGB pixels, read them as C)" if "S" in extra else ""
+        msg = (
+            f"axes {axes!r} do not name {what} of {where}: bioio reads it with dims {dims!r}, shape {shape}{hint}; "
+            f"name every non-singleton dim in the axes (letters of {BIOIO_DIMS!r} plus a singleton 'S')"
+        )
+        raise ShapeMismatchError(msg)
+    return tuple(plan)
+
+
+def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[OpenedSource]:
+    """Open a file with bioio, one :class:`OpenedSource` per scene.
+
+    Parameters
+    ----------
+    path : str
+        The file; ``"file@2"`` selects scene 2 alone.
+    axes : str
+        Validated axes (see the module docs for how they meet bioio's dims).
+    reader_options : dict
+        Keyword arguments of :class:`bioio.BioImage` (``reader=`` ...).
+
+    Returns
+    -------
+    list of OpenedSource
+
+    Raises
+    ------
+    MissingDependencyError
+        If bioio is not installed.
+    SourceNotFoundError
+        If the file or the selected scene does not exist.
+    SourceFormatError
+        If no installed bioio plugin reads the file.
+    ShapeMismatchError
+        If the axes leave out a non-singleton dim.
+    """
+    bioio = _import_bioio()
+    path, wanted = _split_scene(os.fspath(path))
+    if not os.path.exists(path):
+        msg = f"file not found: {path!r}"
+        raise SourceNotFoundError(msg)
+    try:
+        image = bioio.BioImage(path, **reader_options)
+        scenes = list(image.scenes)
+    except Exception as exc:
+        msg = f"no installed bioio reader plugin reads {path!r}: {exc}"
+        raise SourceFormatError(msg) from exc
+    if wanted is not None and not 0 <= wanted < len(scenes):
+        listed = ", ".join(f"{i} ({s})" for i, s in enumerate(scenes))
+        msg = f"{path!r} has no scene {wanted}; its scenes: {listed}"
+        raise SourceNotFoundError(msg)
+    indices = [wanted] if wanted is not None else list(range(len(scenes)))
+    st = os.stat(path)
+    opened = []
+    for i in indices:
+        image.set_scene(i)
+        data = image.dask_data
+        dims = "".join(image.dims.order)
+        shape = tuple(int(n) for n in data.shape)
+        where = f"{path!r} scene {i} ({scenes[i]})"
+        plan = _plan(axes, dims, shape, where)
+        size = dict(zip(dims, shape, strict=True))
+        user_shape = tuple(1 if d is None else size[d] for d in plan)
+        chunk_of = dict(zip(dims, data.chunks, strict=True))
+        chunks = tuple((1,) if d is None else tuple(int(c) for c in chunk_of[d]) for d in plan)
+        source = path if len(scenes) == 1 else f"{path}@{i}"
+        text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
+        token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+        reader = BioioSceneReader(path, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
+        coords: dict[str, Any] = {}
+        try:
+            names = image.channel_names
+        except Exception:  # metadata some plugins cannot parse
+            names = None
+        if "C" in axes and plan[axes.index("C")] == "C" and names is not None and len(names) == size.get("C"):
+            coords["C"] = [str(n) for n in names]
+        try:
+            pps = image.physical_pixel_sizes
+            sizes = {a: float(v) for a, v in zip("ZYX", pps, strict=True) if v is not None and a in axes}
+        except Exception:  # metadata some plugins cannot parse
+            sizes = {}
+        attrs = {
+            "scene": i,
+            "scene_name": str(scenes[i]),
+            "physical_pixel_sizes": sizes,
+            "bioio_dims": dims,
+            "bioio_shape": shape,
+            "bioio_reader": type(image.reader).__module__,
+        }
+        opened.append(OpenedSource(reader, source, "bioio", axes, coords=coords, attrs=attrs))
+    return opened
