@@ -67,7 +67,7 @@ class _Options:
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = dict(options)
         try:
-            self._key = pickle.dumps(sorted(self.options.items(), key=lambda kv: kv[0]))
+            self._key: bytes | str = pickle.dumps(sorted(self.options.items(), key=lambda kv: kv[0]))
         except Exception:  # unpicklable options: identity
             self._key = repr(id(self))
 
