@@ -1,0 +1,390 @@
+"""Write stacks as OME-Zarr 0.5 (Zarr v3) images with a multiscale pyramid, through dask.
+
+:func:`write_ome_zarr` streams a stack chunk by chunk into a Zarr v3 store:
+nothing but one chunk per task is ever in memory, and the computation runs on
+the active dask scheduler (threads, processes or a distributed cluster).
+
+Layout
+------
+One stack becomes one OME-Zarr image::
+
+    out.zarr/zarr.json          group, attributes["ome"] = {"version": "0.5", "multiscales": [...]}
+    out.zarr/0, 1, 2 ...        one array per resolution level
+
+A list of stacks becomes a group of images in the ``bioformats2raw.layout``
+of the NGFF specification (``out.zarr/0``, ``out.zarr/1`` ... each an image
+as above; the root's ``attributes["ome"]`` holds ``"bioformats2raw.layout": 3``).
+
+Axes
+----
+The image keeps the stack's axes, reordered as NGFF requires: ``T`` first,
+then ``S``, ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a ``"XYC"``
+stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S`` is not an
+NGFF axis type: it is written as an axis named ``"s"`` of the custom type
+``"sample"`` (ome-zarr-py and NGFF readers accept one custom axis; strictly,
+NGFF 0.5 allows a custom axis only when there is no channel axis). Open the
+result with ``load_zarrs(path, ome_axes(stack.original_axes))``.
+
+Pyramid
+-------
+Level ``l`` halves (``downscale``) ``Y`` and ``X`` ``l`` times by a block
+mean (``dask.array.coarsen``; trailing rows/columns that do not fill a block
+are dropped; integer data is rounded back to its dtype); ``Z`` and the other
+axes are kept. ``scale`` metadata is the stack's physical pixel size (1 when
+unknown) times the factor, with the matching half-pixel ``translation``.
+
+Crash safety
+------------
+Everything is written to a hidden sibling folder (``.out.zarr.partial-<id>``),
+pixel data first and the ``ome`` metadata last; only a complete image is
+renamed to ``path``. An interrupted write leaves no ``path`` (or the previous
+one, untouched, with ``overwrite=True``), so a store at ``path`` is always
+complete. A failed write removes its partial folder; a killed process leaves
+it behind, hidden, for the user to delete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import UnsupportedSourceError
+from .progress import compute
+
+if TYPE_CHECKING:
+    import dask.array
+
+    from .stack import LazyImageStack
+
+__all__ = ["NGFF_ORDER", "ome_axes", "write_ome_zarr"]
+
+#: Order of axes in a written image (NGFF: time, then channel/custom, then space).
+NGFF_ORDER = "TSCZYX"
+_TYPES = {"T": "time", "S": "sample", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+_DEFAULT_CHUNKS = {"T": 1, "S": 1, "C": 1, "Z": 32, "Y": 512, "X": 512}
+
+
+def ome_axes(axes: str) -> str:
+    """The axes string of the image :func:`write_ome_zarr` writes for a stack with ``axes``.
+
+    Parameters
+    ----------
+    axes : str
+        A stack's ``original_axes``.
+
+    Returns
+    -------
+    str
+        The same letters in NGFF order (``T``, ``S``, ``C``, ``Z``, ``Y``, ``X``).
+
+    Examples
+    --------
+    >>> ome_axes("XYCT")
+    'TCYX'
+    """
+    upper = axes.upper()
+    return "".join(a for a in NGFF_ORDER if a in upper)
+
+
+def _local_path(path: str | os.PathLike[str]) -> Path:
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        msg = (
+            f"write_ome_zarr writes to local paths only (renaming a finished store is what keeps it crash-safe); "
+            f"got {text!r}: write locally, then copy"
+        )
+        raise UnsupportedSourceError(msg)
+    return Path(text).expanduser().absolute()
+
+
+def _target_chunks(written: str, shape: tuple[int, ...], chunks: Any) -> tuple[int, ...]:
+    if chunks is None:
+        sizes = dict(_DEFAULT_CHUNKS)
+    elif isinstance(chunks, int) and not isinstance(chunks, bool):
+        sizes = dict(_DEFAULT_CHUNKS, Y=chunks, X=chunks)
+    elif isinstance(chunks, Mapping):
+        bad = [k for k in chunks if str(k).upper() not in written]
+        if bad:
+            msg = f"chunks names axis {bad[0]!r}, which the written image (axes {written!r}) does not have"
+            raise ValueError(msg)
+        sizes = dict(_DEFAULT_CHUNKS, **{str(k).upper(): v for k, v in chunks.items()})
+    elif isinstance(chunks, Sequence) and len(chunks) == len(written):
+        sizes = dict(zip(written, chunks, strict=True))
+    else:
+        msg = (
+            f"chunks must be None, an int (Y and X), a dict {{axis: size}} or a tuple of {len(written)} "
+            f"sizes in the written order {written!r}; got {chunks!r}"
+        )
+        raise ValueError(msg)
+    out = []
+    for axis, n in zip(written, shape, strict=True):
+        size = sizes[axis]
+        if not (isinstance(size, (int, np.integer)) and not isinstance(size, bool)) or (size < 1 and size != -1):
+            msg = f"chunk size for axis {axis!r} must be a positive int (or -1 for the whole axis), got {size!r}"
+            raise ValueError(msg)
+        out.append(n if size == -1 else max(1, min(int(size), n)))
+    return tuple(out)
+
+
+def _downsample(x: dask.array.Array, factors: dict[int, int], dtype: np.dtype[Any]) -> dask.array.Array:
+    import dask.array as da
+
+    out = da.coarsen(np.mean, x, factors, trim_excess=True, dtype=np.float64)
+    if dtype.kind in "biu":
+        out = da.rint(out)
+    return out.astype(dtype)
+
+
+def _pyramid(x: dask.array.Array, written: str, levels: int, downscale: int) -> list[dask.array.Array]:
+    spatial = [written.index(a) for a in "YX"]
+    out = [x]
+    for _ in range(1, levels):
+        prev = out[-1]
+        if any(prev.shape[i] // downscale < 1 for i in spatial):
+            break
+        out.append(_downsample(prev, dict.fromkeys(spatial, downscale), x.dtype))
+    return out
+
+
+def _axes_metadata(written: str, sizes: Mapping[str, float]) -> list[dict[str, Any]]:
+    axes = []
+    for a in written:
+        entry: dict[str, Any] = {"name": a.lower(), "type": _TYPES[a]}
+        if a in "ZYX" and a in sizes:
+            entry["unit"] = "micrometer"
+        axes.append(entry)
+    return axes
+
+
+def _dataset_metadata(written: str, sizes: Mapping[str, float], level: int, downscale: int) -> dict[str, Any]:
+    scale, translation = [], []
+    for a in written:
+        base = float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0
+        factor = downscale**level if a in "YX" else 1
+        scale.append(base * factor)
+        translation.append(base * (factor - 1) / 2)
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if level > 0:
+        transforms.append({"type": "translation", "translation": translation})
+    return {"path": str(level), "coordinateTransformations": transforms}
+
+
+def _image_metadata(stack: LazyImageStack, written: str, n_levels: int, downscale: int) -> dict[str, Any]:
+    sizes = stack.physical_pixel_sizes
+    multiscale: dict[str, Any] = {
+        "name": _image_name(stack),
+        "axes": _axes_metadata(written, sizes),
+        "datasets": [_dataset_metadata(written, sizes, level, downscale) for level in range(n_levels)],
+        "type": "mean",
+        "metadata": {
+            "description": f"block mean over Y and X by a factor {downscale} per level (dask.array.coarsen)",
+            "method": "lazystack.write_ome_zarr",
+        },
+    }
+    ome: dict[str, Any] = {"version": "0.5", "multiscales": [multiscale]}
+    names = stack.channel_names
+    if names and "C" in written:
+        ome["omero"] = {"channels": [{"label": str(n), "active": True} for n in names]}
+    return ome
+
+
+def _image_name(stack: LazyImageStack) -> str:
+    text = str(stack.source).rstrip("/")
+    return text.rsplit("/", 1)[-1] or text
+
+
+def _plan_image(
+    group: Any, stack: LazyImageStack, *, chunks: Any, levels: int, downscale: int, compressors: Any
+) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata)."""
+    import zarr
+
+    axes = stack.original_axes
+    written = ome_axes(axes)
+    x = stack.xarray.data.transpose([axes.index(a) for a in written])
+    target_chunks = _target_chunks(written, tuple(x.shape), chunks)
+    sources, targets = [], []
+    for level, data in enumerate(_pyramid(x, written, levels, downscale)):
+        level_chunks = tuple(min(c, n) for c, n in zip(target_chunks, data.shape, strict=True))
+        array = zarr.create_array(
+            group.store,
+            name=f"{group.path}/{level}" if group.path else str(level),
+            shape=data.shape,
+            chunks=level_chunks,
+            dtype=data.dtype,
+            compressors=compressors,
+            fill_value=0,
+            dimension_names=[a.lower() for a in written],
+            zarr_format=3,
+        )
+        sources.append(data.rechunk(level_chunks))
+        targets.append(array)
+    meta = _image_metadata(stack, written, len(sources), downscale)
+    return sources, targets, meta
+
+
+def write_ome_zarr(
+    stacks: LazyImageStack | Sequence[LazyImageStack],
+    path: str | os.PathLike[str],
+    *,
+    chunks: Any = None,
+    levels: int = 3,
+    downscale: int = 2,
+    overwrite: bool = False,
+    progress: bool = False,
+    compressors: Any = "auto",
+) -> str:
+    """Write a stack (or a list of stacks) as an OME-Zarr 0.5 image (Zarr v3) with a pyramid.
+
+    Parameters
+    ----------
+    stacks : LazyImageStack or sequence of LazyImageStack
+        One stack gives one image at ``path``; a sequence gives a group with
+        one image per stack (``path/0``, ``path/1`` ...), even for one item.
+    path : str or os.PathLike
+        Local folder to create (``.zarr`` by convention; ``file://`` accepted).
+    chunks : None, int, dict or tuple
+        Zarr chunk shape: None for 1 along ``T``/``S``/``C``, 32 along ``Z``
+        and 512 along ``Y``/``X``; an int for ``Y`` and ``X``; a dict
+        ``{axis: size}`` (``-1`` for a whole axis); or a tuple in the written
+        order (:func:`ome_axes`). Sizes are capped at the image's shape.
+    levels : int
+        Number of resolution levels, full resolution included (fewer when
+        ``Y`` or ``X`` would shrink below one pixel).
+    downscale : int
+        Factor between levels along ``Y`` and ``X``.
+    overwrite : bool
+        Replace an existing ``path`` (only once the new image is complete).
+    progress : bool
+        Show a progress bar.
+    compressors : optional
+        Passed to :func:`zarr.create_array` (``"auto"``: zarr's default, Zstandard).
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    UnsupportedSourceError
+        For a remote URI (write locally, then copy) or an item that is not a stack.
+    ValueError
+        For invalid ``chunks``, ``levels`` or ``downscale``.
+
+    Notes
+    -----
+    The pixels go through dask (``dask.array.store``) on the active
+    scheduler: each task reads one source chunk region and writes whole Zarr
+    chunks, so a worker lost mid-way is simply replaced and its chunks are
+    rewritten with the same bytes. See the module documentation for the
+    layout, the axes order and crash safety.
+    """
+    import dask.array as da
+    import zarr
+
+    many = isinstance(stacks, Sequence) and not isinstance(stacks, (str, bytes))
+    items: list[LazyImageStack] = list(stacks) if many else [stacks]  # type: ignore[arg-type,list-item]
+    if not items:
+        msg = "write_ome_zarr got no stacks: pass a stack or a non-empty sequence of stacks"
+        raise ValueError(msg)
+    bad = [s for s in items if not hasattr(s, "original_axes")]
+    if bad:
+        msg = f"write_ome_zarr expects lazystack stacks, got {type(bad[0]).__name__}"
+        raise UnsupportedSourceError(msg)
+    if not (isinstance(levels, int) and levels >= 1):
+        msg = f"levels must be an int >= 1 (1 = full resolution only), got {levels!r}"
+        raise ValueError(msg)
+    if not (isinstance(downscale, int) and downscale >= 2):
+        msg = f"downscale must be an int >= 2, got {downscale!r}"
+        raise ValueError(msg)
+
+    final = _local_path(path)
+    if final.exists() and not overwrite:
+        msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"
+        raise FileExistsError(msg)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+
+    try:
+        root = zarr.open_group(str(partial), mode="w-", zarr_format=3)
+        sources: list[Any] = []
+        targets: list[Any] = []
+        metadata: list[tuple[Any, dict[str, Any]]] = []
+        for i, stack in enumerate(items):
+            group = root.create_group(str(i)) if many else root
+            src, tgt, meta = _plan_image(
+                group, stack, chunks=chunks, levels=levels, downscale=downscale, compressors=compressors
+            )
+            sources += src
+            targets += tgt
+            metadata.append((group, meta))
+        stored = da.store(sources, targets, lock=False, compute=False)
+        compute(stored, progress=progress)
+        # metadata last: only now does the store describe an image
+        for group, meta in metadata:
+            group.attrs.update({"ome": meta})
+        if many:
+            root.attrs.update({"ome": {"version": "0.5", "bioformats2raw.layout": 3}})
+        _replace(partial, final, overwrite)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return str(final)
+
+
+def _replace(partial: Path, final: Path, overwrite: bool) -> None:
+    """Move the finished store into place (the old one, if any, is removed only afterwards)."""
+    old = None
+    if final.exists():
+        if not overwrite:  # created meanwhile by someone else
+            msg = f"{str(final)!r} appeared during the write; pass overwrite=True to replace it"
+            raise FileExistsError(msg)
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+        final.rename(old)
+    try:
+        partial.rename(final)
+    except BaseException:
+        if old is not None:
+            old.rename(final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def pyramid_shapes(shape: Sequence[int], axes: str, levels: int = 3, downscale: int = 2) -> list[tuple[int, ...]]:
+    """Shapes of the levels :func:`write_ome_zarr` writes for a stack of ``shape`` (written order).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape in the order of ``axes``.
+    axes : str
+        The stack's original axes.
+    levels, downscale : int
+        As in :func:`write_ome_zarr`.
+
+    Returns
+    -------
+    list of tuple of int
+    """
+    written = ome_axes(axes)
+    base = [int(shape[axes.upper().index(a)]) for a in written]
+    out = [tuple(base)]
+    for level in range(1, levels):
+        f = downscale**level
+        if any(base[written.index(a)] // f < 1 for a in "YX"):
+            break
+        out.append(tuple(n // f if a in "YX" else n for a, n in zip(written, base, strict=True)))
+    return out
+
