@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -264,7 +265,7 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
       (``dimension_names`` in Zarr v3, ``_ARRAY_DIMENSIONS`` in v2) when all
       arrays agree.
     * CZI: ``SCZYX`` when the file has more than one Z plane, else
-      ``SCTYX`` when it has more than one time point, else ``SCYX``.
+      ``SCYX`` (time points and other CZI dimensions become samples).
     * ``.npy``: ``YX`` for a 2-D array, None otherwise (no metadata).
 
     Parameters
@@ -310,11 +311,14 @@ def _tiff_axes(text: str) -> str | None:
     path, series = _split_index(text)
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                msg = f"{path!r} holds no image series tifffile can read"
+                raise SourceFormatError(msg)
             if series is not None and not 0 <= series < len(tif.series):
                 msg = f"{path!r} has {len(tif.series)} image series; series {series} does not exist"
                 raise SourceNotFoundError(msg)
             declared = tif.series[series or 0].axes
-    except tifffile.TiffFileError as exc:
+    except (tifffile.TiffFileError, struct.error, IndexError, KeyError) as exc:
         msg = f"{path!r} is not a readable TIFF file: {exc}"
         raise SourceFormatError(msg) from exc
     return tiff_axes_to_lazystack(declared)
@@ -438,11 +442,7 @@ def _czi_axes(text: str) -> str | None:
         lo, hi = box.get(dim, (0, 1))
         return int(hi) - int(lo)
 
-    if size("Z") > 1:
-        return "SCZYX"
-    if size("T") > 1:
-        return "SCTYX"
-    return "SCYX"
+    return "SCZYX" if size("Z") > 1 else "SCYX"
 
 
 def _npy_axes(text: str) -> str | None:

@@ -251,8 +251,8 @@ def test_propose_axes_czi_matches_bioio(path: Path) -> None:
     pytest.importorskip("bioio_czi")
     image = bioio.BioImage(path)
     dims = image.dims
-    z, t = dims.Z if "Z" in dims.order else 1, dims.T if "T" in dims.order else 1
-    expected = "SCZYX" if z > 1 else "SCTYX" if t > 1 else "SCYX"
+    z = dims.Z if "Z" in dims.order else 1
+    expected = "SCZYX" if z > 1 else "SCYX"
     assert propose_axes(path) == expected
 
 

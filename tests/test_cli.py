@@ -1,0 +1,339 @@
+"""The ``lazystack`` command line: every subcommand, help, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import shared_files
+
+from lazystack.cli import build_parser, main
+
+HAS_PREPROCESS = importlib.util.find_spec("lazystack.cli_preprocess") is not None
+SUBCOMMANDS = ["info", "demo"] + (["stats", "convert"] if HAS_PREPROCESS else [])
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the command line in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: --help, usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def npy(tmp_path: Path) -> Path:
+    path = tmp_path / "frames.npy"
+    np.save(path, np.arange(3 * 2 * 16 * 12, dtype=np.uint16).reshape(3, 2, 16, 12))
+    return path
+
+
+# -- help and usage errors (exit 2) ----------------------------------------------------------------
+
+
+def test_help_of_main_and_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for name in ("info", "demo"):
+        assert name in out
+    for name in SUBCOMMANDS:
+        code, out, _ = run([name, "--help"], capsys)
+        assert code == 0, name
+        assert f"usage: lazystack {name}" in out
+
+
+def test_parser_lists_expected_subcommands() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(SUBCOMMANDS) <= set(sub.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["info"], ["info", "x.tif", "--bogus"], ["demo", "--size", "big"], ["info", "--json"]],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert "usage:" in err
+    assert "Traceback" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.startswith("lazystack ")
+
+
+# -- info ---------------------------------------------------------------------------------------------
+
+
+def test_info_table(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["info", str(npy), "--axes", "TCYX"], capsys)
+    assert code == 0, err
+    header, rule, row = out.strip().splitlines()
+    assert header.split()[:4] == ["source", "format", "original", "canonical"]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert str(npy) in row
+    assert "TCYX (3, 2, 16, 12)" in row
+    assert "SCYX (3, 2, 16, 12)" in row
+    assert "uint16" in row
+
+
+def test_info_json(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["info", str(npy), str(npy), "--axes", "tcyx", "--json"], capsys)
+    assert code == 0
+    records = json.loads(out)
+    assert len(records) == 2
+    rec = records[0]
+    assert rec["source"] == str(npy)
+    assert rec["format"] == "npy"
+    assert rec["original_axes"] == "TCYX"
+    assert rec["original_shape"] == [3, 2, 16, 12]
+    assert rec["canonical_shape"] == [3, 2, 16, 12]
+    assert rec["dtype"] == "uint16"
+    assert rec["memory_bytes"] == 3 * 2 * 16 * 12 * 2
+    assert rec["disk_bytes"] == npy.stat().st_size
+    assert rec["axes_from"] == "--axes"
+
+
+def test_info_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["info", str(tmp_path / "missing.tif"), "--axes", "YX"], capsys)
+    assert code == 1
+    assert out == ""
+    assert_one_line_error(err, "lazystack info: error:", "missing.tif")
+
+
+def test_info_bad_axes_exits_1(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["info", str(npy), "--axes", "QCYX"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "'Q'", "STCZYX")
+    code, _, err = run(["info", str(npy), "--axes", "CYX"], capsys)  # valid letters, wrong rank
+    assert code == 1
+    assert_one_line_error(err, "CYX")
+
+
+def test_info_unknown_format_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    code, _, err = run(["info", str(tmp_path / "notes.txt"), "--axes", "YX"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "notes.txt", ".tif", ".czi", ".zarr")
+
+
+def test_info_without_declared_axes_asks_for_them(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["info", str(npy)], capsys)
+    assert code == 1
+    assert_one_line_error(err, "--axes", "frames.npy")
+
+
+def test_info_corrupt_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    code, _, err = run(["info", str(tmp_path / "broken.tif")], capsys)
+    assert code == 1
+    assert_one_line_error(err, "broken.tif")
+
+
+def test_debug_shows_the_exception(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "info", str(tmp_path / "missing.npy"), "--axes", "YX"])
+
+
+def test_bad_storage_option_exits_1(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["info", str(npy), "--axes", "TCYX", "--storage-option", "novalue"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "KEY=VALUE")
+
+
+def test_real_process_exit_codes(npy: Path, tmp_path: Path) -> None:
+    """The installed entry point behaves the same in a fresh process."""
+    cmd = [sys.executable, "-m", "lazystack.cli"]
+    ok = subprocess.run([*cmd, "info", str(npy), "--axes", "TCYX", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)[0]["canonical_shape"] == [3, 2, 16, 12]
+    bad = subprocess.run([*cmd, "info", str(tmp_path / "nope.czi")], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert_one_line_error(bad.stderr, "nope.czi")
+    usage = subprocess.run([*cmd, "info"], capture_output=True, text=True)
+    assert usage.returncode == 2
+
+
+# -- info on generated files of every format ---------------------------------------------------------------
+
+
+def test_info_tiff_declared_axes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.tiff")
+    import tifffile
+
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, np.zeros((3, 4, 2, 16, 16), np.uint16), imagej=True, metadata={"axes": "TZCYX"})
+    code, out, err = run(["info", str(path), "--json"], capsys)
+    assert code == 0, err
+    (rec,) = json.loads(out)
+    assert rec["original_axes"] == "TZCYX"
+    assert rec["canonical_axes"] == "SCZYX"
+    assert rec["canonical_shape"] == [3, 2, 4, 16, 16]
+    assert rec["axes_from"] == "file"
+    code, out, _ = run(["info", str(path)], capsys)
+    assert code == 0
+    assert "declare" in out
+
+
+def test_info_zarr_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    import zarr
+
+    group = zarr.open_group(tmp_path / "data.zarr", mode="w")
+    for name in ("b", "a"):
+        group.create_array(name, shape=(2, 32, 16), chunks=(1, 16, 16), dtype="float32")
+    code, out, err = run(["info", str(tmp_path / "data.zarr"), "--axes", "ZYX", "--json"], capsys)
+    assert code == 0, err
+    records = json.loads(out)
+    assert len(records) == 2
+    assert [r["original_shape"] for r in records] == [[2, 32, 16]] * 2
+    assert all(r["dtype"] == "float32" for r in records)
+    assert records[0]["chunks"][-2:] == [16, 16]
+
+
+def test_info_ome_zarr_levels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    writer = pytest.importorskip("ome_zarr.writer")
+    import zarr
+
+    path = tmp_path / "image.ome.zarr"
+    group = zarr.open_group(path, mode="w")
+    writer.write_image(np.zeros((2, 64, 64), np.uint8), group, axes="cyx")
+    code, out, err = run(["info", str(path), "--json"], capsys)  # axes from the NGFF metadata
+    assert code == 0, err
+    records = json.loads(out)
+    assert records[0]["original_axes"] == "CYX"
+    assert records[0]["original_shape"] == [2, 64, 64]
+    assert all(r["axes_from"] == "file" for r in records)
+
+
+# -- info on the real files in ../shared/data -------------------------------------------------------------------
+
+
+def _ome_pixel_sizes(xml: str | None) -> dict[str, float]:
+    if not xml:
+        return {}
+    root = ET.fromstring(xml)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return {}
+    return {a: float(pixels.attrib[f"PhysicalSize{a}"]) for a in "ZYX" if f"PhysicalSize{a}" in pixels.attrib}
+
+
+@pytest.mark.parametrize("path", shared_files("tiff", "*.tif*"), ids=lambda p: p.name)
+def test_info_real_tiff_matches_tifffile(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.tiff")
+    import tifffile
+
+    code, out, err = run(["info", str(path), "--json"], capsys)
+    assert code == 0, err
+    records = json.loads(out)
+    with tifffile.TiffFile(path) as tif:
+        series = list(tif.series)
+        ome = _ome_pixel_sizes(tif.ome_metadata) if tif.is_ome else {}
+    assert len(records) == len(series)
+    for rec, s in zip(records, series, strict=True):
+        assert rec["original_axes"] == s.axes.replace("S", "C")
+        assert rec["original_shape"] == list(s.shape)
+        assert rec["dtype"] == str(s.dtype)
+        assert rec["memory_bytes"] == s.size * s.dtype.itemsize
+        assert rec["disk_bytes"] == path.stat().st_size
+        for axis, size in ome.items():
+            if axis in rec["original_axes"]:
+                assert rec["physical_pixel_sizes"][axis] == pytest.approx(size)
+
+
+_CZI_DTYPES = {"Gray8": "uint8", "Gray16": "uint16", "Gray32Float": "float32", "Bgr24": "uint8", "Bgr48": "uint16"}
+
+
+@pytest.mark.parametrize("path", shared_files("czi", "*.czi"), ids=lambda p: p.name)
+def test_info_real_czi_matches_pylibczirw(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.czi")
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+
+    code, out, err = run(["info", str(path), "--json"], capsys)
+    assert code == 0, err
+    records = json.loads(out)
+    with pyczi.open_czi(str(path)) as doc:
+        box = doc.total_bounding_box
+        scenes = doc.scenes_bounding_rectangle
+        pixel_types = set(doc.pixel_types.values())
+
+    def size(dim: str) -> int:
+        lo, hi = box.get(dim, (0, 1))
+        return hi - lo
+
+    assert len(records) == max(1, len(scenes))
+    spp = 3 if any(t.startswith("Bgr") for t in pixel_types) else 1
+    depth = "Z" if size("Z") > 1 else None
+    n_samples = int(np.prod([hi - lo for d, (lo, hi) in box.items() if d not in ("C", "X", "Y", depth)]))
+    for rec in records:
+        assert rec["canonical_axes"] == ("SCZYX" if depth else "SCYX")
+        assert rec["dtype"] in {_CZI_DTYPES[t] for t in pixel_types}
+        assert rec["canonical_shape"][:2] == [n_samples, size("C") * spp]
+        if depth:
+            assert rec["canonical_shape"][2] == size("Z")
+        assert rec["disk_bytes"] == path.stat().st_size
+    if scenes:
+        got = sorted((r["original_shape"][-2], r["original_shape"][-1]) for r in records)
+        assert got == sorted((rect.h, rect.w) for rect in scenes.values())
+    else:
+        (rec,) = records
+        assert rec["original_shape"][-2:] == [size("Y"), size("X")]
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+
+
+def test_demo_small_run_covers_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from lazystack.demo import BUILDERS
+
+    code, out, err = run(["demo", "--size", "64", "--patches", "12", "--patch-size", "16", "--frames", "2", "--quiet"],
+                         capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split()[0] == "format"
+    rows = {line.split("  ")[0].strip(): line for line in lines[2:]}
+    assert set(rows) == set(BUILDERS)
+    assert "12" in rows["numpy memmap"]  # patches extracted
+
+
+def test_demo_unknown_format_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["demo", "--format", "bmp", "--quiet"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "bmp", "numpy memmap")
+
+
+# -- stats / convert (registered from lazystack.cli_preprocess when present) --------------------------------------
+
+
+@pytest.mark.skipif(not HAS_PREPROCESS, reason="lazystack.cli_preprocess (stats / convert) is not part of this tree")
+@pytest.mark.parametrize("command", ["stats", "convert"])
+def test_preprocess_missing_file_exits_1(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra: list[Any] = ["--output", str(tmp_path / "out.zarr")] if command == "convert" else []
+    argv = [command, str(tmp_path / "missing.tif"), "--axes", "YX", *extra]
+    code, _, err = run(argv, capsys)
+    if code == 2 and command == "convert":  # the output argument is spelled differently
+        pytest.skip(f"convert usage differs: {err.strip().splitlines()[-1]}")
+    assert code == 1, err
+    assert_one_line_error(err, "missing.tif")
