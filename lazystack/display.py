@@ -29,8 +29,19 @@ __all__ = [
 ]
 
 #: Columns of the compact table (text and HTML), in order.
-COLUMNS = ("source", "format", "original", "canonical", "dtype", "chunks", "scene/level", "pixel size", "channels",
-           "memory", "disk")
+COLUMNS = (
+    "source",
+    "format",
+    "original",
+    "canonical",
+    "dtype",
+    "chunks",
+    "scene/level",
+    "pixel size",
+    "channels",
+    "memory",
+    "disk",
+)
 
 
 def format_bytes(n: int | None) -> str:
@@ -233,8 +244,7 @@ def stack_html(stack: LazyImageStack) -> str:
     except Exception:  # pragma: no cover - the facts alone still inform
         body = ""
     return (
-        f"<div class='lazystack-stack'><b>LazyImageStack</b>"
-        f"<table class='lazystack-facts'>{facts}</table>{body}</div>"
+        f"<div class='lazystack-stack'><b>LazyImageStack</b><table class='lazystack-facts'>{facts}</table>{body}</div>"
     )
 
 

@@ -308,8 +308,9 @@ def test_info_real_czi_matches_pylibczirw(path: Path, capsys: pytest.CaptureFixt
 def test_demo_small_run_covers_every_format(capsys: pytest.CaptureFixture[str]) -> None:
     from lazystack.demo import BUILDERS
 
-    code, out, err = run(["demo", "--size", "64", "--patches", "12", "--patch-size", "16", "--frames", "2", "--quiet"],
-                         capsys)
+    code, out, err = run(
+        ["demo", "--size", "64", "--patches", "12", "--patch-size", "16", "--frames", "2", "--quiet"], capsys
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].split()[0] == "format"
