@@ -1,0 +1,269 @@
+"""The generic chunked region reader, checked against numpy slicing."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazystack import LazyImageStack
+from lazystack.cache import ChunkCache, get_chunk_cache, set_chunk_cache_size
+from lazystack.chunked import (
+    ChunkedReader,
+    ChunkGrid,
+    ChunkIndex,
+    fetch_concurrently,
+    get_chunks,
+    normalize_key,
+    read_region,
+)
+
+
+class NumpyChunks(ChunkedReader):
+    """A chunked reader over a numpy array that records what it was asked to decode."""
+
+    def __init__(self, data: np.ndarray, chunks: Sequence[int] | Sequence[Sequence[int]], *, pad: bool = False) -> None:
+        super().__init__(data.shape, data.dtype, chunks, token=f"numpy-test-{id(self)}")
+        self.data = data
+        self.pad = pad
+        self.calls: list[list[ChunkIndex]] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _one(self, idx: ChunkIndex) -> np.ndarray:
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        block = self.data[self.chunk_grid.chunk_region(idx)].copy()
+        if self.pad:  # a full-size edge chunk, as zarr stores them, padded with garbage
+            full = np.full(self.chunk_grid.chunk_shape, 99, dtype=self.data.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            return full
+        return block
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        self.calls.append(list(indices))
+        return fetch_concurrently(indices, self._one)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+@pytest.fixture(params=["cache", "no-cache"])
+def cache_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    previous = set_chunk_cache_size(32 * 2**20 if request.param == "cache" else 0)
+    get_chunk_cache().clear()
+    yield request.param
+    get_chunk_cache().clear()
+    set_chunk_cache_size(previous)
+
+
+# -- keys ------------------------------------------------------------------------------------
+def test_normalize_key_forms() -> None:
+    shape = (4, 10, 20)
+    assert normalize_key((1, slice(2, 5), slice(None)), shape) == ((slice(1, 2), slice(2, 5), slice(0, 20)), (0,))
+    assert normalize_key((-1,), shape) == ((slice(3, 4), slice(0, 10), slice(0, 20)), (0,))
+    assert normalize_key((Ellipsis, 3), shape) == ((slice(0, 4), slice(0, 10), slice(3, 4)), (2,))
+    assert normalize_key(np.int64(2), shape)[0][0] == slice(2, 3)
+    assert normalize_key((slice(-3, None), slice(8, 2)), shape)[0][:2] == (slice(1, 4), slice(8, 8))
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "match"),
+    [
+        ((4,), IndexError, "out of bounds for axis 0 of size 4"),
+        ((0, 0, 0, 0), IndexError, "too many indices"),
+        ((slice(0, 4, 2),), IndexError, "step-1"),
+        (("a",), TypeError, "must be an int or a slice"),
+    ],
+)
+def test_normalize_key_rejects(key: tuple[object, ...], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        normalize_key(key, (4, 10, 20))
+
+
+# -- the grid --------------------------------------------------------------------------------
+def _brute_touched(grid: ChunkGrid, region: Sequence[slice]) -> list[ChunkIndex]:
+    out = []
+    for idx in itertools.product(*(range(n) for n in grid.grid_shape)):
+        cr = grid.chunk_region(idx)
+        if all(max(r.start, c.start) < min(r.stop, c.stop) for r, c in zip(region, cr, strict=True)):
+            out.append(idx)
+    return out
+
+
+@pytest.mark.parametrize("chunks", [(3, 4), ((2, 5, 3), (1, 1, 6, 4))])
+def test_grid_touched_matches_brute_force(chunks: Sequence[int] | Sequence[Sequence[int]]) -> None:
+    grid = ChunkGrid((10, 12), chunks)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lo = rng.integers(0, (10, 12))
+        hi = lo + rng.integers(1, 8, size=2)
+        region = tuple(slice(int(a), int(min(b, n))) for a, b, n in zip(lo, hi, (10, 12), strict=True))
+        assert grid.touched(region) == _brute_touched(grid, region)
+
+
+def test_grid_shapes_and_errors() -> None:
+    grid = ChunkGrid((10, 7), (4, 7))
+    assert grid.dask_chunks == ((4, 4, 2), (7,))
+    assert grid.chunk_region((2, 0)) == (slice(8, 10), slice(0, 7))
+    assert grid.chunk_nbytes(2) == 4 * 7 * 2
+    assert grid.touched((slice(3, 3), slice(0, 7))) == []
+    with pytest.raises(ValueError, match="do not add up"):
+        ChunkGrid((10,), ((3, 3),))
+    with pytest.raises(ValueError, match="one entry per axis"):
+        ChunkGrid((10, 10), (3,))
+
+
+# -- reading ---------------------------------------------------------------------------------
+def _regions(rng: np.random.Generator, shape: Sequence[int], n: int) -> Iterator[tuple[slice, ...]]:
+    for _ in range(n):
+        lo = [int(rng.integers(0, s)) for s in shape]
+        yield tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip(lo, shape, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "pad"),
+    [
+        ((37, 41), (8, 16), False),
+        ((37, 41), (8, 16), True),
+        ((5, 30, 33), (2, 7, 10), False),
+        ((5, 30, 33), (2, 7, 10), True),
+        ((23, 19), ((5, 10, 8), (19,)), False),
+        ((50,), (50,), False),
+    ],
+)
+def test_reads_match_numpy(cache_mode: str, shape: tuple[int, ...], chunks: tuple[int, ...], pad: bool) -> None:
+    rng = np.random.default_rng(sum(shape))
+    data = rng.integers(0, 1000, size=shape).astype(np.uint16)
+    reader = NumpyChunks(data, chunks, pad=pad)
+    for region in _regions(rng, shape, 60):
+        got = reader[region]
+        np.testing.assert_array_equal(got, data[region])
+        assert got.dtype == data.dtype
+    np.testing.assert_array_equal(reader[...], data)
+    np.testing.assert_array_equal(np.asarray(reader), data)
+
+
+def test_ints_drop_axes_like_numpy(cache_mode: str) -> None:
+    data = np.arange(4 * 9 * 10).reshape(4, 9, 10)
+    reader = NumpyChunks(data, (1, 4, 4))
+    for key in [(2, slice(1, 7), 3), (0,), (-1, -1, -1), (slice(None), 5)]:
+        np.testing.assert_array_equal(reader[key], data[key])
+
+
+def test_only_touched_chunks_are_fetched_once_with_cache() -> None:
+    data = np.arange(100 * 100, dtype=np.int32).reshape(100, 100)
+    reader = NumpyChunks(data, (10, 10))
+    cache = ChunkCache(10**6)
+    out = read_region(
+        (slice(15, 35), slice(5, 12)), reader.chunk_grid, reader.fetch_chunks, dtype=data.dtype, cache=cache, token="t"
+    )
+    np.testing.assert_array_equal(out, data[15:35, 5:12])
+    assert len(reader.calls) == 1
+    assert sorted(reader.calls[0]) == [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    # overlapping region: only the new chunks are fetched
+    read_region(
+        (slice(25, 45), slice(5, 12)), reader.chunk_grid, reader.fetch_chunks, dtype=data.dtype, cache=cache, token="t"
+    )
+    assert sorted(reader.calls[1]) == [(4, 0), (4, 1)]
+    # same region again: no fetch at all
+    read_region(
+        (slice(25, 45), slice(5, 12)), reader.chunk_grid, reader.fetch_chunks, dtype=data.dtype, cache=cache, token="t"
+    )
+    assert len(reader.calls) == 2
+    assert cache.hits >= 6
+
+
+def test_cached_single_chunk_read_is_a_read_only_view(cache_mode: str) -> None:
+    data = np.arange(64, dtype=np.float32).reshape(8, 8)
+    reader = NumpyChunks(data, (4, 4))
+    reader[0:2, 0:2]
+    block = reader[0:2, 0:2]
+    np.testing.assert_array_equal(block, data[0:2, 0:2])
+    if cache_mode == "cache":
+        assert not block.flags.writeable
+        assert len(reader.calls) == 1
+    else:
+        assert len(reader.calls) == 2
+
+
+def test_several_chunks_are_fetched_in_the_shared_pool() -> None:
+    data = np.zeros((40, 40), dtype=np.uint8)
+    reader = NumpyChunks(data, (10, 10))
+    got = fetch_concurrently([(i, j) for i in range(4) for j in range(4)], reader._one)
+    assert len(got) == 16
+    assert any(name.startswith("lazystack-io") for name in reader.threads)
+    single = NumpyChunks(data, (10, 10))
+    fetch_concurrently([(0, 0)], single._one)
+    assert single.threads == {threading.current_thread().name}
+
+
+def test_a_fetcher_that_forgets_a_chunk_is_an_error() -> None:
+    with pytest.raises(KeyError, match=r"returned no chunk \(1,\)"):
+        get_chunks([(0,), (1,)], lambda idx: {(0,): np.zeros(3)}, cache=None, token="bad")
+
+
+def test_empty_region_reads_nothing() -> None:
+    reader = NumpyChunks(np.zeros((10, 10)), (5, 5))
+    assert reader[3:3, :].shape == (0, 10)
+    assert reader.calls == []
+
+
+def test_reader_contract_and_pickle(cache_mode: str) -> None:
+    data = np.arange(2 * 3 * 20 * 30, dtype=np.uint8).reshape(2, 3, 20, 30)
+    reader = NumpyChunks(data, (1, 1, 8, 8))
+    assert reader.shape == data.shape
+    assert reader.dtype == data.dtype
+    assert reader.chunks == ((1, 1), (1, 1, 1), (8, 8, 4), (8, 8, 8, 6))
+    assert reader.token.startswith("numpy-test")
+    clone = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(clone[1, 2, 3:17, 5:29], data[1, 2, 3:17, 5:29])
+
+
+def test_stack_over_a_chunked_reader_matches_a_numpy_stack(cache_mode: str) -> None:
+    rng = np.random.default_rng(5)
+    data = rng.random((3, 2, 40, 50)).astype(np.float32)
+    lazy = LazyImageStack(NumpyChunks(data, (1, 2, 16, 16)), "TCYX")
+    ref = LazyImageStack(data, "TCYX")
+    for _ in range(30):
+        s = int(rng.integers(0, 3))
+        coords = (int(rng.integers(-10, 45)), int(rng.integers(-10, 45)))
+        np.testing.assert_array_equal(
+            lazy.extract_patch(s, [1, 0], coords, (16, 24)), ref.extract_patch(s, [1, 0], coords, (16, 24))
+        )
+    np.testing.assert_array_equal(lazy.data.compute(scheduler="sync"), ref.data.compute(scheduler="sync"))
+    view = lazy.isel(X=slice(3, 40, 2))
+    np.testing.assert_array_equal(
+        view.extract_patch(2, None, (1, 1), (8, 8)), ref.isel(X=slice(3, 40, 2)).extract_patch(2, None, (1, 1), (8, 8))
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    chunks=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    data=st.data(),
+)
+def test_property_any_region_any_grid(shape: tuple[int, int], chunks: tuple[int, int], data: st.DataObject) -> None:
+    arr = np.arange(shape[0] * shape[1], dtype=np.int64).reshape(shape)
+    reader = NumpyChunks(arr, chunks)
+    cache = ChunkCache(10**6) if data.draw(st.booleans()) else None
+    region = []
+    for n in shape:
+        a = data.draw(st.integers(0, n))
+        b = data.draw(st.integers(a, n))
+        region.append(slice(a, b))
+    out = read_region(tuple(region), reader.chunk_grid, reader.fetch_chunks, dtype=arr.dtype, cache=cache, token="prop")
+    np.testing.assert_array_equal(out, arr[tuple(region)])
