@@ -1,0 +1,314 @@
+"""``lazystack stats`` and ``lazystack convert``: distributed preprocessing from the shell.
+
+``lazystack stats SOURCE... --axes AXES`` prints per-channel statistics of all
+stacks of all sources (``--json`` for machine-readable output);
+``lazystack convert SOURCE... --axes AXES --out OUT.zarr`` writes them as
+OME-Zarr 0.5 (one image, or a group of images for several stacks).
+
+Both run on the scheduler given by ``--scheduler``: ``threads`` (default),
+``processes``, ``synchronous``, or the address of a running
+``dask.distributed`` scheduler (``tcp://host:8786``). Progress bars are shown
+on stderr unless ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .errors import AxesError, MissingDependencyError, UnsupportedSourceError
+
+if TYPE_CHECKING:
+    from .stack import LazyImageStack
+
+__all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
+
+_LOCAL = ("threads", "processes", "synchronous", "sync")
+
+
+def _scheduler_arg(text: str) -> str:
+    if text in _LOCAL or "://" in text:
+        return text
+    if ":" in text and text.rsplit(":", 1)[1].isdigit():  # host:port
+        return f"tcp://{text}"
+    msg = f"invalid scheduler {text!r}: use threads, processes, synchronous or an address like tcp://host:8786"
+    raise argparse.ArgumentTypeError(msg)
+
+
+@contextmanager
+def scheduler(spec: str) -> Iterator[Any]:
+    """Run the block on the scheduler named by ``spec``.
+
+    Parameters
+    ----------
+    spec : str
+        ``"threads"``, ``"processes"``, ``"synchronous"`` (``"sync"``) or the
+        address of a running distributed scheduler (``tcp://host:port``).
+
+    Yields
+    ------
+    distributed.Client or None
+        The client connected for an address, else None.
+
+    Raises
+    ------
+    MissingDependencyError
+        For an address when ``distributed`` is not installed.
+    OSError
+        If the scheduler at the address cannot be reached.
+    """
+    import dask
+
+    if spec in _LOCAL:
+        with dask.config.set(scheduler="synchronous" if spec == "sync" else spec):
+            yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:  # pragma: no cover - distributed is installed in the test environment
+        msg = f"--scheduler {spec} needs dask.distributed: pip install 'lazystack[distributed]'"
+        raise MissingDependencyError(msg) from exc
+    try:
+        client = Client(spec, timeout="10s", set_as_default=True)
+    except (OSError, TimeoutError) as exc:
+        msg = f"cannot connect to the dask scheduler at {spec!r}: {exc}"
+        raise OSError(msg) from exc
+    with client:
+        yield client
+
+
+def _open_sources(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
+    """Open sources with :func:`lazystack.api.load` (or a small fallback dispatch if it is absent)."""
+    try:
+        from .api import load
+    except ImportError:
+        return _fallback_open(paths, axes)
+    return load(list(paths), axes)
+
+
+def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
+    # fallback: dispatch by extension (to be removed once lazystack.load is always present)
+    from . import loaders
+
+    if axes is None:
+        msg = "--axes is required (letters of STCZYX describing every source)"
+        raise AxesError(msg)
+    stacks: list[LazyImageStack] = []
+    for path in paths:
+        lower = path.lower().rstrip("/")
+        if lower.endswith((".tif", ".tiff")):
+            stacks += loaders.load_tiffs([path], axes)
+        elif lower.endswith(".czi"):
+            stacks += loaders.load_czis([path], axes)
+        elif lower.endswith(".zarr") or "://" in lower:
+            stacks += loaders.load_zarrs([path], axes)
+        elif lower.endswith(".npy"):
+            import numpy as np
+
+            stacks += loaders.load_arrays([np.load(path, mmap_mode="r")], axes)
+        else:
+            msg = f"cannot tell the format of {path!r}: accepted .tif/.tiff, .zarr (or a URI), .czi, .npy"
+            raise UnsupportedSourceError(msg)
+    return stacks
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, folders or URIs (TIFF, Zarr, CZI, .npy)")
+    p.add_argument("--axes", help="axes of every source, letters of STCZYX (default: as the files declare)")
+    p.add_argument(
+        "--scheduler",
+        type=_scheduler_arg,
+        default="threads",
+        metavar="SCHED",
+        help="threads (default), processes, synchronous, or a distributed scheduler address (tcp://host:8786)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _percentile_list(text: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        msg = f"invalid percentiles {text!r}: give comma-separated numbers between 0 and 100, e.g. 1,50,99"
+        raise argparse.ArgumentTypeError(msg) from None
+    if any(not 0 <= q <= 100 for q in levels):
+        msg = f"percentiles must be between 0 and 100, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return levels
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        msg = f"invalid sample fraction {text!r}: give a number in (0, 1]"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def add_stats_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``stats`` subcommand to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse subparsers action
+        From ``parser.add_subparsers()``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The new subparser (its ``handler`` default runs the command).
+    """
+    p = sub.add_parser(
+        "stats",
+        help="per-channel statistics (mean, std, min, max, percentiles) over all stacks",
+        description="Compute per-channel mean, std, min, max, count and percentiles over every stack of every "
+        "source, chunk by chunk with dask.",
+    )
+    _add_common(p)
+    p.add_argument(
+        "--percentiles",
+        type=_percentile_list,
+        default=(0.1, 1.0, 50.0, 99.0, 99.9),
+        metavar="Q,Q,...",
+        help="percentile levels (default 0.1,1,50,99,99.9)",
+    )
+    p.add_argument("--sample-fraction", type=_fraction, metavar="F", help="read only this fraction of the chunks")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample-fraction (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--output", metavar="FILE", help="also write the statistics as JSON to FILE")
+    p.set_defaults(handler=_cmd_stats)
+    return p
+
+
+def add_convert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``convert`` subcommand to ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse subparsers action
+        From ``parser.add_subparsers()``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The new subparser (its ``handler`` default runs the command).
+    """
+    p = sub.add_parser(
+        "convert",
+        help="write sources as OME-Zarr 0.5 with a multiscale pyramid",
+        description="Write every stack of every source to an OME-Zarr 0.5 (Zarr v3) store with a multiscale "
+        "pyramid: one image for one stack, a group of images (OUT/0, OUT/1 ...) for several.",
+    )
+    _add_common(p)
+    p.add_argument("--out", required=True, metavar="OUT.zarr", help="output folder")
+    p.add_argument("--levels", type=int, default=3, help="resolution levels, full resolution included (default 3)")
+    p.add_argument("--downscale", type=int, default=2, help="factor along Y and X between levels (default 2)")
+    p.add_argument(
+        "--chunks",
+        metavar="SPEC",
+        help="chunk shape: an int for Y and X, or AXIS=SIZE pairs like Z=16,Y=256,X=256 (default Z=32,Y=X=512)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT once the new store is complete")
+    p.set_defaults(handler=_cmd_convert)
+    return p
+
+
+def _parse_chunks(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return int(text)
+        out = {}
+        for part in text.split(","):
+            axis, size = part.split("=")
+            out[axis.strip().upper()] = int(size)
+    except ValueError:
+        msg = f"invalid --chunks {text!r}: give an int (Y and X) or AXIS=SIZE pairs like Z=16,Y=256,X=256"
+        raise ValueError(msg) from None
+    return out
+
+
+def _format_table(stats: Any) -> str:
+    columns = ["count", "mean", "std", "min", "max", *[f"p{q:g}" for q in stats.percentiles]]
+    rows = []
+    for c in range(stats.n_channels):
+        values = [stats.count[c], stats.mean[c], stats.std[c], stats.min[c], stats.max[c]]
+        values += [v[c] for v in stats.percentiles.values()]
+        rows.append([str(c)] + [f"{int(values[0])}"] + [f"{float(v):.6g}" for v in values[1:]])
+    header = ["channel", *columns]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    if stats.sample_fraction is not None:
+        lines.append(f"(estimate from a {stats.sample_fraction:g} fraction of the chunks)")
+    if any(stats.percentile_error > 0):
+        bound = ", ".join(f"{e:.3g}" for e in stats.percentile_error)
+        lines.append(f"(percentiles within {bound} of exact, per channel)")
+    return "\n".join(lines)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import channel_statistics
+
+    stacks = _open_sources(args.sources, args.axes)
+    with scheduler(args.scheduler):
+        stats = channel_statistics(
+            stacks,
+            percentiles=args.percentiles,
+            sample_fraction=args.sample_fraction,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(stats.to_dict(), f, indent=2)
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+    else:
+        print(f"{len(stacks)} stack(s), {stats.n_channels} channel(s)")
+        print(_format_table(stats))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .writing import ome_axes, write_ome_zarr
+
+    chunks = _parse_chunks(args.chunks)
+    stacks = _open_sources(args.sources, args.axes)
+    target: Any = stacks[0] if len(stacks) == 1 else stacks
+    with scheduler(args.scheduler):
+        path = write_ome_zarr(
+            target,
+            args.out,
+            chunks=chunks,
+            levels=args.levels,
+            downscale=args.downscale,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    axes = sorted({ome_axes(s.original_axes) for s in stacks})
+    what = "1 image" if len(stacks) == 1 else f"{len(stacks)} images (groups 0..{len(stacks) - 1})"
+    print(f"wrote {what} to {path} (axes {', '.join(axes)})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the lead wires these into lazystack.cli
+    """Stand-alone entry point with just ``stats`` and ``convert`` (for testing without ``lazystack.cli``)."""
+    parser = argparse.ArgumentParser(prog="lazystack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_stats_parser(sub)
+    add_convert_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
