@@ -53,11 +53,14 @@ Errors
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import product
@@ -75,6 +78,8 @@ FORMAT = "tiff"
 _STRIP_CHUNK_BYTES = 1 << 20
 #: Memory-mapped pages larger than this are split along rows for dask.
 _MEMMAP_CHUNK_BYTES = 64 << 20
+#: After about this many bytes read through a memory map, its resident pages are released.
+_MEMMAP_RELEASE_BYTES = 64 << 20
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
 
 
@@ -86,7 +91,14 @@ def _tifffile() -> Any:
 
 # -- per-process open state ------------------------------------------------------------------
 class _MemmapHandle:
-    """An open read-only memory map of a contiguous series (one per process)."""
+    """An open read-only memory map of a contiguous series (one per process).
+
+    Pages of a file mapping count in the process's resident memory once
+    touched. After about :data:`_MEMMAP_RELEASE_BYTES` of reads the map is
+    told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
+    cache, a later read faults them back in), so random patches over a
+    huge file keep the resident memory bounded.
+    """
 
     def __init__(self, path: str, offset: int, dtype: str, shape: tuple[int, ...]) -> None:
         dt = np.dtype(dtype)
@@ -103,6 +115,30 @@ class _MemmapHandle:
             )
             raise SourceReadError(msg)
         self.array: np.memmap[Any, Any] | None = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
+        self._touched = 0
+        self._lock = threading.Lock()
+
+    def read(self, key: tuple[slice, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """Copy the region ``key`` out of the map (native byte order)."""
+        mm = self.array
+        if mm is None:  # closed by another thread meanwhile: map again just for this read
+            msg = "memory map closed"
+            raise ValueError(msg)
+        out = np.array(mm[key], dtype=dtype)
+        rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
+        row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
+        touched = rows * (row_bytes // mmap.PAGESIZE + 2) * mmap.PAGESIZE
+        with self._lock:
+            self._touched += min(touched, mm.nbytes)
+            release = self._touched > _MEMMAP_RELEASE_BYTES
+            if release:
+                self._touched = 0
+        if release:
+            raw = getattr(mm, "_mmap", None)
+            if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                with contextlib.suppress(OSError, ValueError):
+                    raw.madvise(mmap.MADV_DONTNEED)
+        return out
 
     def close(self) -> None:
         # Dropping the reference unmaps once no read still uses the map (never closes under a reader).
@@ -357,8 +393,7 @@ class TiffReader:
             out = np.zeros(out_shape, dtype=self._dtype)
         elif self.memmap is not None:
             with self._acquire() as handle:
-                mm = handle.array
-                out = np.array(mm[slices], dtype=self._dtype)
+                out = handle.read(slices, self._dtype)
         else:
             out = self._read_segments(slices, out_shape)
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
