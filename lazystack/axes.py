@@ -99,7 +99,7 @@ class AxesModel:
     >>> m.canonical_axes, m.canonical_shape
     ('SCYX', (12, 2, 64, 64))
     >>> m.sample_to_st(5)
-    (1, 1)
+    (1, 2)
     """
 
     axes: str
