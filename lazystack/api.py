@@ -388,19 +388,19 @@ def _array_dim_axes(array: Any) -> str | None:
 def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
     import zarr
 
-    from .errors import SourceFormatError
+    from .sources.zarr import parse_zarr_source
 
-    base, _ = _split_index(text)
-    kwargs: dict[str, Any] = {"mode": "r"}
-    if storage_options and _SCHEME.match(base):
-        kwargs["storage_options"] = dict(storage_options)
+    location = parse_zarr_source(text, dict(storage_options or {}))
+    store = location.open_store()
     try:
-        node = zarr.open(base, **kwargs)
+        node = zarr.open(store=store, path=location.path, mode="r")
     except FileNotFoundError as exc:
-        msg = f"no Zarr array or group at {base!r}"
+        msg = f"no Zarr array or group at {text!r}"
         raise SourceNotFoundError(msg) from exc
     except (ValueError, KeyError, TypeError) as exc:
-        msg = f"{base!r} is not a readable Zarr store: {exc}"
+        from .errors import SourceFormatError
+
+        msg = f"{text!r} is not a readable Zarr store: {exc}"
         raise SourceFormatError(msg) from exc
     if isinstance(node, zarr.Group):
         declared = _multiscale_axes(node.attrs)
@@ -408,17 +408,16 @@ def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
             return declared
         proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
         return proposals.pop() if len(proposals) == 1 else None
-    # an array: the multiscales of its parent group, else its own dimension names
-    parent = base.rstrip("/").rsplit("/", 1)[0]
-    if parent and parent != base.rstrip("/"):
+    # an array: the multiscales of the nearest ancestor group that has them, else its own dimension names
+    parts = location.path.strip("/").split("/") if location.path else []
+    for depth in range(len(parts) - 1, -1, -1):
         try:
-            group = zarr.open_group(parent, **kwargs)
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            group = None
-        if group is not None:
-            declared = _multiscale_axes(group.attrs)
-            if declared is not None:
-                return declared
+            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
+        except Exception:  # not a group: look further up
+            continue
+        declared = _multiscale_axes(group.attrs)
+        if declared is not None:
+            return declared
     return _array_dim_axes(node)
 
 
