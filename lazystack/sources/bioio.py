@@ -94,7 +94,8 @@ class _SceneHandle:
             close()
 
 
-def _open_scene(path: str, scene: int, options: _Options) -> _SceneHandle:
+def _open_scene(path: str, scene: int, options: _Options, mode: str = "r") -> _SceneHandle:
+    # ``mode`` is passed explicitly: xarray's manager loses its "no mode" marker when pickled
     return _SceneHandle(path, scene, options)
 
 
@@ -143,7 +144,9 @@ class BioioSceneReader:
         self._dtype = np.dtype(dtype)
         self.chunks = chunks
         self.token = token
-        self._manager = ProcessLocalFileManager(_open_scene, path, scene, _Options(options))
+        self._options = _Options(options)
+        self._pid = os.getpid()
+        self._manager = ProcessLocalFileManager(_open_scene, path, scene, self._options, mode="r")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -162,7 +165,14 @@ class BioioSceneReader:
 
     def close(self) -> None:
         """Drop this process's open bioio image (it reopens when read again)."""
-        self._manager.close()
+        self._process_manager().close()
+
+    def _process_manager(self) -> ProcessLocalFileManager:
+        """The file manager of this process: a forked child never uses its parent's handle."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._manager = ProcessLocalFileManager(_open_scene, self.path, self.scene, self._options, mode="r")
+        return self._manager
 
     def __repr__(self) -> str:
         return f"BioioSceneReader({self.path!r}, scene={self.scene}, shape={self._shape}, dtype={self._dtype})"
@@ -190,7 +200,7 @@ class BioioSceneReader:
         for dim, k in zip(self._dims, bioio_key, strict=True):
             if isinstance(k, slice):
                 kept.append(dim)
-        with self._manager.acquire_context() as handle:
+        with self._process_manager().acquire_context() as handle:
             block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
         # order of the kept dims in the user's axes
         user_order = [d for d, k in zip(self._plan, key, strict=True) if d is not None and isinstance(k, slice)]

@@ -118,7 +118,8 @@ class _CziHandle:
         self.doc.close()
 
 
-def _open_handle(path: str) -> _CziHandle:
+def _open_handle(path: str, mode: str = "r") -> _CziHandle:
+    # ``mode`` is passed explicitly: xarray's manager loses its "no mode" marker when pickled
     return _CziHandle(path)
 
 
@@ -296,6 +297,7 @@ class CziSceneReader:
         token: str,
     ) -> None:
         self._manager = manager
+        self._pid = os.getpid()
         self.path = path
         self.scene = scene
         self.rect = rect
@@ -343,7 +345,14 @@ class CziSceneReader:
 
     def close(self) -> None:
         """Close this file's handle in this process (it reopens when read again)."""
-        self._manager.close()
+        self._process_manager().close()
+
+    def _process_manager(self) -> ProcessLocalFileManager:
+        """The file manager of this process: a forked child never uses its parent's handle."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._manager = ProcessLocalFileManager(_open_handle, self.path, mode="r")
+        return self._manager
 
     def __repr__(self) -> str:
         where = self.path if self.scene is None else f"{self.path}@{self.scene}"
@@ -404,7 +413,7 @@ class CziSceneReader:
             by_channel.setdefault(cc // spp, []).append((j, cc % spp))
         loop_axes = [a for a in self.axes if a in self._plane_dims]
         loops = [list(enumerate(ranges[pos[a]])) for a in loop_axes]
-        with self._manager.acquire_context() as handle, handle.lock:
+        with self._process_manager().acquire_context() as handle, handle.lock:
             for combo in itertools.product(*loops):
                 plane: dict[str, int] = {}
                 where: dict[str, int] = {}
@@ -529,7 +538,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     _import_pyczi()
     path, wanted = _split_scene(os.fspath(path))
     _check_file(path)
-    manager = ProcessLocalFileManager(_open_handle, path)
+    manager = ProcessLocalFileManager(_open_handle, path, mode="r")
     with manager.acquire_context() as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
