@@ -105,7 +105,10 @@ def set_zarr_engine(name: str | None) -> str:
     >>> _ = set_zarr_engine(None)
     """
     global _ENGINE_SETTING
-    previous = get_zarr_engine()
+    try:
+        previous = get_zarr_engine()
+    except ValueError:  # an invalid environment variable is being overridden
+        previous = "auto"
     _ENGINE_SETTING = None if name is None else _check_engine(name)
     return previous
 

@@ -1,0 +1,431 @@
+"""Zarr fetch engines: every engine returns what ``zarr.Array[...]`` returns.
+
+Arrays cover zarr v2 and v3, sharding (index at the end and at the start),
+missing chunks and fill values, many dtypes and codecs, F order, big-endian
+data, arrays inside groups, and remote stores over a local HTTP server.
+Each test runs with the chunk cache on and off.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import re
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import (
+    BloscCodec,
+    BytesCodec,
+    Crc32cCodec,
+    GzipCodec,
+    ShardingCodec,
+    TransposeCodec,
+    ZstdCodec,
+)
+
+from lazystack import LazyImageStack
+from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+from lazystack.engines import (
+    ENV_ZARR_ENGINE,
+    DirectEngine,
+    TensorstoreEngine,
+    ZarrArrayReader,
+    available_engines,
+    get_zarr_engine,
+    make_engine,
+    set_zarr_engine,
+)
+
+ENGINE_NAMES = ["direct", "tensorstore", "zarr"]
+
+
+def _data(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        return rng.random(shape) > 0.5
+    if dt.kind == "f":
+        return (rng.random(shape) * 100).astype(dt)
+    if dt.kind == "c":
+        return (rng.random(shape) + 1j * rng.random(shape)).astype(dt)
+    info = np.iinfo(dt)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), size=shape, endpoint=True).astype(dt)
+
+
+def _partial(z: Any, data: np.ndarray) -> np.ndarray:
+    """Write only part of ``data`` (other chunks stay missing) and return what the array holds."""
+    sl = tuple(slice(0, max(1, n // 2)) for n in data.shape)
+    z[sl] = data[sl]
+    return np.asarray(z[...])
+
+
+def _v3_zstd(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(70, 90), chunks=(16, 32), dtype="uint16", compressors=ZstdCodec(level=1))
+    z[...] = _data((70, 90), "uint16")
+    return z
+
+
+def _v3_raw_3d(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(9, 40, 45), chunks=(4, 16, 16), dtype="float32", compressors=None)
+    z[...] = _data((9, 40, 45), "float32")
+    return z
+
+
+def _v3_sharded(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(100, 75), chunks=(10, 15), shards=(40, 30), dtype="int32", fill_value=-3)
+    _partial(z, _data((100, 75), "int32"))
+    return z
+
+
+def _v3_sharded_start(p: Path) -> Any:
+    codec = ShardingCodec(chunk_shape=(8, 8), codecs=[BytesCodec(), GzipCodec(level=1)], index_location="start")
+    z = zarr.create_array(p, shape=(50, 61), chunks=(24, 16), dtype="int16", serializer=codec, compressors=None)
+    z[...] = _data((50, 61), "int16")
+    return z
+
+
+def _v3_transpose_crc_nan(p: Path) -> Any:
+    z = zarr.create_array(
+        p,
+        shape=(33, 47),
+        chunks=(10, 10),
+        dtype="float64",
+        filters=[TransposeCodec(order=(1, 0))],
+        compressors=[BloscCodec(cname="lz4"), Crc32cCodec()],
+        fill_value=np.nan,
+    )
+    _partial(z, _data((33, 47), "float64"))
+    return z
+
+
+def _v3_big_endian_bool_group(p: Path) -> Any:
+    root = zarr.open_group(p, mode="w")
+    z = root.create_array("sub/arr", shape=(30, 20), chunks=(7, 9), dtype="bool", fill_value=True)
+    _partial(z, _data((30, 20), "bool"))
+    return z
+
+
+def _v3_big_endian(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(25, 26), chunks=(8, 8), dtype="uint64", serializer=BytesCodec(endian="big"))
+    z[...] = _data((25, 26), "uint64")
+    return z
+
+
+def _v3_uint8_4d(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(2, 3, 20, 21), chunks=(1, 2, 8, 8), dtype="uint8", fill_value=5)
+    _partial(z, _data((2, 3, 20, 21), "uint8"))
+    return z
+
+
+def _v2_zstd_fill_none(p: Path) -> Any:
+    z = zarr.create_array(
+        p, shape=(60, 50), chunks=(16, 16), dtype="int16", zarr_format=2, compressors=numcodecs.Zstd(), fill_value=None
+    )
+    _partial(z, _data((60, 50), "int16"))
+    return z
+
+
+def _v2_fortran_big_endian_delta(p: Path) -> Any:
+    z = zarr.create_array(
+        p,
+        shape=(41, 37),
+        chunks=(16, 16),
+        dtype=">i4",
+        zarr_format=2,
+        compressors=numcodecs.Blosc(cname="zstd"),
+        filters=[numcodecs.Delta(dtype=">i4")],
+        order="F",
+        fill_value=11,
+    )
+    _partial(z, _data((41, 37), ">i4"))
+    return z
+
+
+def _v2_slash_separator_complex(p: Path) -> Any:
+    z = zarr.create_array(
+        p,
+        shape=(20, 30),
+        chunks=(8, 8),
+        dtype="complex64",
+        zarr_format=2,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    z[...] = _data((20, 30), "complex64")
+    return z
+
+
+BUILDERS: dict[str, Callable[[Path], Any]] = {
+    "v3-zstd-uint16": _v3_zstd,
+    "v3-raw-3d-float32": _v3_raw_3d,
+    "v3-sharded-missing": _v3_sharded,
+    "v3-sharded-index-start": _v3_sharded_start,
+    "v3-transpose-blosc-crc-nan": _v3_transpose_crc_nan,
+    "v3-group-bool-missing": _v3_big_endian_bool_group,
+    "v3-big-endian-uint64": _v3_big_endian,
+    "v3-uint8-4d-missing": _v3_uint8_4d,
+    "v2-zstd-fill-none": _v2_zstd_fill_none,
+    "v2-F-bigendian-delta-blosc": _v2_fortran_big_endian_delta,
+    "v2-slash-complex64": _v2_slash_separator_complex,
+}
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str | None]]:
+    """Build every array once; return where to reopen it read-only (store path, array path)."""
+    root = tmp_path_factory.mktemp("zarrs")
+    out: dict[str, tuple[Path, str | None]] = {}
+    for name, build in BUILDERS.items():
+        p = root / f"{name}.zarr"
+        z = build(p)
+        out[name] = (p, z.path or None)
+    return out
+
+
+def _open(where: tuple[Path | str, str | None]) -> Any:
+    store, path = where
+    return zarr.open_array(str(store), path=path or "", mode="r")
+
+
+@pytest.fixture(params=["cache-on", "cache-off"])
+def cache_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    previous = set_chunk_cache_size(64 * 2**20 if request.param == "cache-on" else 0)
+    get_chunk_cache().clear()
+    yield request.param
+    get_chunk_cache().clear()
+    set_chunk_cache_size(previous)
+
+
+def _regions(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> Iterator[tuple[int | slice, ...]]:
+    for i in range(n):
+        key: list[int | slice] = []
+        for s in shape:
+            if i % 5 == 4 and s > 1:
+                key.append(int(rng.integers(0, s)))
+            else:
+                a = int(rng.integers(0, s))
+                key.append(slice(a, int(rng.integers(a + 1, s + 1))))
+        yield tuple(key)
+
+
+def _same(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)  # NaN == NaN here
+
+
+#: (array, engine) pairs an engine refuses (it raises NotImplementedError; "auto" picks another).
+UNSUPPORTED = {("v2-F-bigendian-delta-blosc", "tensorstore")}  # tensorstore has no numcodecs Delta filter
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_engine_matches_zarr_on_random_regions(arrays: dict[str, Any], name: str, engine: str, cache_mode: str) -> None:
+    z = _open(arrays[name])
+    if (name, engine) in UNSUPPORTED:
+        assert engine not in available_engines(z)
+        with pytest.raises(NotImplementedError, match=engine):
+            make_engine(z, engine)
+        return
+    reader = ZarrArrayReader(z, engine=engine)
+    assert reader.engine_name == engine
+    assert reader.shape == z.shape
+    assert reader.dtype == z.dtype
+    rng = np.random.default_rng(len(name))
+    for key in _regions(rng, z.shape, 25):
+        got = reader[key]
+        _same(got, np.asarray(z[key]))
+        assert got.dtype == z.dtype
+    _same(reader[...], np.asarray(z[...]))
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_direct_engine_supports_every_test_array(arrays: dict[str, Any], name: str) -> None:
+    z = _open(arrays[name])
+    assert "direct" in available_engines(z)
+    assert make_engine(z, "auto").name == "direct"
+
+
+def test_fetch_unit_is_the_inner_chunk_of_a_sharded_array(arrays: dict[str, Any]) -> None:
+    z = _open(arrays["v3-sharded-missing"])
+    reader = ZarrArrayReader(z, engine="direct")
+    assert reader.chunk_grid.chunk_shape == (10, 15)
+    chunks = reader.engine.fetch([(0, 0), (9, 4), (5, 2)])
+    _same(chunks[(9, 4)], np.asarray(z[90:100, 60:75]))  # a missing chunk: fill value
+    assert (chunks[(9, 4)] == -3).all()
+    _same(chunks[(0, 0)], np.asarray(z[0:10, 0:15]))
+
+
+def test_missing_store_objects_come_back_as_fill_value(tmp_path: Path) -> None:
+    z = zarr.create_array(tmp_path / "empty.zarr", shape=(20, 20), chunks=(5, 5), dtype="float32", fill_value=2.5)
+    z = zarr.open_array(tmp_path / "empty.zarr", mode="r")
+    for engine in available_engines(z):
+        out = ZarrArrayReader(z, engine=engine)[3:17, 0:20]
+        assert (out == 2.5).all(), engine
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_property_engines_agree(arrays: dict[str, Any], data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(["v3-sharded-missing", "v2-F-bigendian-delta-blosc", "v3-uint8-4d-missing"]))
+    z = _open(arrays[name])
+    key = []
+    for n in z.shape:
+        a = data.draw(st.integers(0, n - 1))
+        key.append(slice(a, data.draw(st.integers(a + 1, n))))
+    want = np.asarray(z[tuple(key)])
+    for engine in available_engines(z):
+        _same(ZarrArrayReader(z, engine=engine)[tuple(key)], want)
+
+
+# -- selection -------------------------------------------------------------------------------
+def test_engine_setting_and_environment(monkeypatch: pytest.MonkeyPatch, arrays: dict[str, Any]) -> None:
+    z = _open(arrays["v3-zstd-uint16"])
+    monkeypatch.delenv(ENV_ZARR_ENGINE, raising=False)
+    previous = set_zarr_engine(None)
+    try:
+        assert get_zarr_engine() == "auto"
+        monkeypatch.setenv(ENV_ZARR_ENGINE, "zarr")
+        assert get_zarr_engine() == "zarr"
+        assert ZarrArrayReader(z).engine_name == "zarr"
+        set_zarr_engine("tensorstore")  # the Python setting wins over the environment
+        assert ZarrArrayReader(z).engine_name == "tensorstore"
+        set_zarr_engine(None)
+        monkeypatch.setenv(ENV_ZARR_ENGINE, "fastest")
+        with pytest.raises(ValueError, match=f"unknown {ENV_ZARR_ENGINE} 'fastest'; accepted: 'auto', 'direct'"):
+            get_zarr_engine()
+    finally:
+        set_zarr_engine(previous if previous != "auto" else None)
+    with pytest.raises(ValueError, match="unknown zarr engine 'numpy'"):
+        set_zarr_engine("numpy")
+    with pytest.raises(ValueError, match="unknown zarr engine"):
+        ZarrArrayReader(z, engine="nope")
+
+
+def test_tensorstore_refuses_a_memory_store() -> None:
+    z = zarr.create_array(store={}, shape=(10, 10), chunks=(5, 5), dtype="uint8")
+    with pytest.raises(NotImplementedError, match="MemoryStore"):
+        TensorstoreEngine(z)
+    assert available_engines(z) == ["direct", "zarr"]
+    assert isinstance(make_engine(z), DirectEngine)
+
+
+def test_corrupt_chunk_is_a_clear_read_error(tmp_path: Path) -> None:
+    z = zarr.create_array(tmp_path / "c.zarr", shape=(10, 10), chunks=(5, 5), dtype="uint16")
+    z[...] = 1
+    (tmp_path / "c.zarr" / "c" / "0" / "1").write_bytes(b"not zstd at all")
+    reader = ZarrArrayReader(zarr.open_array(tmp_path / "c.zarr", mode="r"), engine="direct")
+    with pytest.raises(OSError, match=r"cannot decode chunk \(0, 1\)"):
+        reader[0:10, 0:10]
+
+
+# -- pickling, processes, stacks -----------------------------------------------------------
+def test_reader_pickles_as_a_recipe(arrays: dict[str, Any], cache_mode: str) -> None:
+    z = _open(arrays["v3-sharded-index-start"])
+    reader = ZarrArrayReader(z, engine="direct")
+    reader[0:5, 0:5]  # builds the engine
+    blob = pickle.dumps(reader)
+    assert len(blob) < 20_000
+    clone = pickle.loads(blob)
+    assert clone._engine is None
+    assert clone.token == reader.token
+    _same(clone[3:44, 7:60], np.asarray(z[3:44, 7:60]))
+
+
+def _child_read(reader: ZarrArrayReader, key: tuple[slice, ...], queue: Any) -> None:
+    queue.put(np.asarray(reader[key]).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_reader_used_in_a_forked_child(arrays: dict[str, Any], engine: str) -> None:
+    z = _open(arrays["v3-zstd-uint16"])
+    reader = ZarrArrayReader(z, engine=engine)
+    key = (slice(5, 40), slice(10, 70))
+    want = np.asarray(z[key])
+    _same(reader[key], want)  # engine and cache live in the parent
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_read, args=(reader, key, queue))
+    proc.start()
+    got = np.asarray(queue.get(timeout=60), dtype=want.dtype)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    _same(got, want)
+
+
+def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> None:
+    z = _open(arrays["v3-uint8-4d-missing"])
+    full = np.asarray(z[...])
+    ref = LazyImageStack(full, "TCYX")
+    rng = np.random.default_rng(3)
+    for engine in available_engines(z):
+        stack = LazyImageStack(ZarrArrayReader(z, engine=engine), "TCYX")
+        for _ in range(10):
+            args = (int(rng.integers(0, 2)), [2, 0], (int(rng.integers(-5, 20)), int(rng.integers(-5, 20))), (9, 7))
+            _same(stack.extract_patch(*args), ref.extract_patch(*args))
+        _same(stack.data.compute(scheduler="sync"), ref.data.compute(scheduler="sync"))
+
+
+# -- remote --------------------------------------------------------------------------------------
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """A static file handler that honours ``Range: bytes=...`` (as object stores do)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if rng is None or not path.is_file():
+            super().do_GET()
+            return
+        data = path.read_bytes()
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if m is None:
+            self.send_error(416)
+            return
+        a, b = m.groups()
+        if a == "":
+            start, stop = max(0, len(data) - int(b)), len(data)
+        else:
+            start, stop = int(a), (int(b) + 1 if b else len(data))
+        body = data[start:stop]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def http_root(arrays: dict[str, Any]) -> Iterator[str]:
+    root = next(iter(arrays.values()))[0].parent
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("name", ["v3-zstd-uint16", "v3-sharded-missing", "v2-zstd-fill-none"])
+def test_remote_http_store(arrays: dict[str, Any], http_root: str, name: str, engine: str, cache_mode: str) -> None:
+    local = _open(arrays[name])
+    remote = zarr.open_array(f"{http_root}/{name}.zarr", mode="r")
+    reader = ZarrArrayReader(remote, engine=engine)
+    assert reader.engine_name == engine
+    rng = np.random.default_rng(7)
+    for key in _regions(rng, local.shape, 8):
+        _same(reader[key], np.asarray(local[key]))
