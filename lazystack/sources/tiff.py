@@ -37,7 +37,8 @@ Handles
     so thousands of stacks do not exhaust file descriptors and a forked
     child re-opens instead of sharing its parent's file offset. Reads of one
     file by several threads are serialised on the file handle's lock
-    (seek + read); decoding runs outside the lock. ``close()`` releases the
+    (seek + read), or read with ``os.pread``, which needs no lock and moves no
+    file offset; decoding runs outside the lock. ``close()`` releases the
     handle; the reader re-opens when used again.
 
 Errors
@@ -79,7 +80,8 @@ _STRIP_CHUNK_BYTES = 1 << 20
 #: Memory-mapped pages larger than this are split along rows for dask.
 _MEMMAP_CHUNK_BYTES = 64 << 20
 #: After about this many bytes read through a memory map, its resident pages are released.
-_MEMMAP_RELEASE_BYTES = 64 << 20
+_MEMMAP_RELEASE_BYTES = 32 << 20
+_FAULT_AROUND_BYTES = 64 << 10
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
 
 
@@ -94,7 +96,7 @@ class _MemmapHandle:
     """An open read-only memory map of a contiguous series (one per process).
 
     Pages of a file mapping count in the process's resident memory once
-    touched. After about :data:`_MEMMAP_RELEASE_BYTES` of reads the map is
+    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (32 MiB) of reads the map is
     told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
     cache, a later read faults them back in), so random patches over a
     huge file keep the resident memory bounded.
@@ -127,7 +129,8 @@ class _MemmapHandle:
         out = np.array(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
-        touched = rows * (row_bytes // mmap.PAGESIZE + 2) * mmap.PAGESIZE
+        # each row faults in its pages plus the kernel's fault-around window (64 KiB by default)
+        touched = rows * (row_bytes + _FAULT_AROUND_BYTES)
         with self._lock:
             self._touched += min(touched, mm.nbytes)
             release = self._touched > _MEMMAP_RELEASE_BYTES
@@ -160,6 +163,10 @@ class _TiffHandle:
             self.store = ZarrTiffStore(self.series, level=0, multiscales=False)
             self.fh = self.tif.filehandle
             self.lock = self.fh.lock
+            self.fd: int | None = None
+            if self.fh.is_file and hasattr(os, "pread"):
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    self.fd = self.fh._fh.fileno()
             self.keyframe = self.series.keyframe
             self.keyframe.decode  # noqa: B018 - build and cache the decode function now
             zarray = json.loads(self.store._store[".zarray"])
@@ -187,9 +194,12 @@ class _TiffHandle:
                 f"{offset + bytecount}, the file has {self.fh.size} bytes"
             )
             raise SourceReadError(msg)
-        with self.lock:
-            self.fh.seek(offset)
-            data = self.fh.read(bytecount)
+        if self.fd is not None:
+            data = os.pread(self.fd, bytecount, offset)  # no shared file offset, no lock
+        else:
+            with self.lock:
+                self.fh.seek(offset)
+                data = self.fh.read(bytecount)
         if len(data) != bytecount:
             msg = f"TIFF file {self.path!r}: read {len(data)} of {bytecount} bytes at offset {offset} (truncated?)"
             raise SourceReadError(msg)

@@ -1,0 +1,1 @@
+"""Benchmarks of lazystack: ``python -m benchmarks.bench_<name> [--quick]``."""
