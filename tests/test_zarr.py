@@ -281,7 +281,7 @@ def test_corrupt_chunk_names_key_and_store(tmp_path: Path, kind: str) -> None:
     stack.extract_patch(1, None, (0, 0), (16, 16))  # other chunks still read
     with pytest.raises(SourceReadError) as info:
         stack.extract_patch(0, None, (20, 35), (20, 20))  # touches 4 chunks (2 shards), one of them corrupt
-    assert f"corrupt {'shard' if kind == 'v3-sharded' else 'chunk'}(s) {key!r}:" in str(info.value)
+    assert f"failing {'shard' if kind == 'v3-sharded' else 'chunk'}(s) {key!r}:" in str(info.value)
     assert f"store 'file://{path}'" in str(info.value)
     assert isinstance(info.value, OSError)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +37,8 @@ class ServerState:
     root: Path
     mode: str = "ok"
     requests: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    connections: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -46,16 +51,29 @@ class ServerState:
         """Requested paths that are chunks (neither metadata nor listings)."""
         return [p for p in self.paths(None) if not is_metadata_request(p)]
 
+    def headers_seen(self, name: str) -> set[str]:
+        """Values of the request header ``name`` seen so far (case-insensitive name)."""
+        with self.lock:
+            return {v for h in self.headers for k, v in h.items() if k.lower() == name.lower()}
+
     def clear(self) -> None:
         """Forget the requests seen so far."""
         with self.lock:
             self.requests.clear()
+            self.headers.clear()
 
 
 def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
     class Handler(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(state.root), **kwargs)
+
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections.append(self.connection)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the server
             pass
@@ -80,12 +98,42 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
         def do_GET(self) -> None:
             with state.lock:
                 state.requests.append(("GET", self.path))
-            if not self._misbehave():
-                super().do_GET()
+                state.headers.append(dict(self.headers.items()))
+            if self._misbehave():
+                return
+            if self.headers.get("Range") and self._send_range():
+                return
+            super().do_GET()
+
+        def _send_range(self) -> bool:
+            """Answer a single ``bytes=`` range with 206 (as real servers do; http.server does not)."""
+            match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers["Range"].strip())
+            path = Path(self.translate_path(self.path))
+            if match is None or not path.is_file():
+                return False
+            blob = path.read_bytes()
+            first, last = match.groups()
+            if first == "":
+                start, stop = max(0, len(blob) - int(last)), len(blob)
+            else:
+                start, stop = int(first), (int(last) + 1 if last else len(blob))
+            stop = min(stop, len(blob))
+            if start >= len(blob) or start >= stop:
+                self.send_error(416, "range not satisfiable")
+                return True
+            body = blob[start:stop]
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(blob)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return True
 
         def do_HEAD(self) -> None:
             with state.lock:
                 state.requests.append(("HEAD", self.path))
+                state.headers.append(dict(self.headers.items()))
             if not self._misbehave():
                 super().do_HEAD()
 
@@ -114,6 +162,10 @@ def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
         state.release.set()
         server.shutdown()
         server.server_close()
+        with state.lock:  # a server that is gone closes its kept-alive connections too
+            for conn in state.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
         thread.join(5)
         fs_http.HTTPFileSystem.clear_instance_cache()
 

@@ -390,7 +390,7 @@ class ZarrArrayReader:
         timeout = _is_timeout(exc)
         failing = None if timeout else self._failing_keys(key)
         if failing:
-            where = f"corrupt {what}(s) {', '.join(repr(k) for k in failing)}"
+            where = f"failing {what}(s) {', '.join(repr(k) for k in failing)}"
         else:
             keys = self.chunk_keys(key)
             shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])

@@ -1,0 +1,274 @@
+"""load_zarrs over HTTP: a real server on 127.0.0.1 that counts requests and can misbehave.
+
+Values are compared with zarr-python's read of the same store on disk; the
+request log proves that opening reads metadata only and that a patch fetches
+exactly the chunks (shards) it overlaps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import operator
+import pickle
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import zarr
+from conftest import raise_if_dask_computes
+from reference import canonical_reference, patch_reference
+from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
+
+from lazystack import load_zarrs
+from lazystack.errors import SourceNotFoundError, SourceReadError
+from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
+
+KINDS = {"v2": (2, False), "v3": (3, False), "v3-sharded": (3, True)}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerState, Path]]:
+    root = tmp_path_factory.mktemp("http")
+    for kind, (fmt, shards) in KINDS.items():
+        write_plain_store(root / f"{kind}.zarr", fmt, shards=shards)
+    from test_ome_zarr import write_bioio, write_ome_zarr_py
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_ome_zarr_py(root / "omezarrpy.ome.zarr", "0.4")
+        write_bioio(root / "bioio.ome.zarr", "0.5")
+    with serve_directory(root) as (url, state):
+        yield url, state, root
+
+
+@pytest.fixture
+def server(served: tuple[str, ServerState, Path]) -> Iterator[tuple[str, ServerState, Path]]:
+    url, state, root = served
+    state.mode = "ok"
+    state.clear()
+    yield url, state, root
+    state.mode = "ok"
+
+
+def _local(root: Path, kind: str, name: str) -> np.ndarray:
+    return zarr.open_array(str(root / f"{kind}.zarr"), path=name, mode="r")[...]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_group_over_http_equals_zarr(server: Any, kind: str) -> None:
+    url, _, root = server
+    stacks = load_zarrs([f"{url}/{kind}.zarr"], "SYX")
+    assert [s.source for s in stacks] == [f"{url}/{kind}.zarr/a", f"{url}/{kind}.zarr/b"]
+    rng = np.random.default_rng(5)
+    for stack, name in zip(stacks, "ab", strict=True):
+        full = _local(root, kind, name)
+        canon = canonical_reference(full, "SYX")
+        np.testing.assert_array_equal(stack.compute(), canon)
+        np.testing.assert_array_equal(stack.data.compute(), canon)
+        for _ in range(8):
+            sample = int(rng.integers(stack.n_samples))
+            coords = [int(rng.integers(-5, n)) for n in full.shape[1:]]
+            size = [int(rng.integers(1, 30)) for _ in full.shape[1:]]
+            got = stack.extract_patch(sample, None, coords, size)
+            np.testing.assert_array_equal(got, patch_reference(canon, sample, None, coords, size))
+        view = stack.isel(Y=slice(2, 33, 3))
+        np.testing.assert_array_equal(view.compute(), canonical_reference(full[:, 2:33:3], "SYX"))
+        (again,) = load_zarrs([stack.source], "SYX")
+        np.testing.assert_array_equal(
+            again.extract_patch(1, None, (4, 4), (9, 9)), stack.extract_patch(1, None, (4, 4), (9, 9))
+        )
+
+
+@pytest.mark.parametrize("name", ["omezarrpy.ome.zarr", "bioio.ome.zarr"])
+def test_ome_zarr_levels_over_http(server: Any, name: str) -> None:
+    url, _, root = server
+    stacks = load_zarrs([f"{url}/{name}"], "CZYX")
+    assert [s.level for s in stacks] == [0, 1]
+    assert stacks[0].physical_pixel_sizes == {"Z": 2.0, "Y": 0.5, "X": 0.25}
+    assert stacks[0].channel_names == ["DAPI", "GFP"]
+    for stack in stacks:
+        level_path = stack.source.removeprefix(f"{url}/{name}/")
+        full = zarr.open_array(str(root / name), path=level_path, mode="r")[...]
+        np.testing.assert_array_equal(stack.compute(), canonical_reference(full, "CZYX"))
+        (alone,) = load_zarrs([stack.source], "CZYX")
+        assert alone.level == stack.level
+        assert alone.attrs == stack.attrs
+        np.testing.assert_array_equal(alone.extract_patch(0, [1], (1, 3, 2), (2, 10, 10))[0], full[1, 1:3, 3:13, 2:12])
+
+
+def _expected_chunk_paths(kind: str, sample: int, coords: tuple[int, int], size: tuple[int, int]) -> set[str]:
+    grid = 32 if kind == "v3-sharded" else 16
+    rows = range(coords[0] // grid, (coords[0] + size[0] - 1) // grid + 1)
+    cols = range(coords[1] // grid, (coords[1] + size[1] - 1) // grid + 1)
+    if kind == "v2":
+        return {f"/{kind}.zarr/b/{sample}.{i}.{j}" for i, j in itertools.product(rows, cols)}
+    return {f"/{kind}.zarr/b/c/{sample}/{i}/{j}" for i, j in itertools.product(rows, cols)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_reads_metadata_only_and_patch_reads_only_its_chunks(server: Any, kind: str) -> None:
+    url, state, root = server
+    with raise_if_dask_computes():
+        (stack,) = load_zarrs([f"{url}/{kind}.zarr/b"], "SYX")
+        _ = stack.data, stack.xarray
+    assert state.paths(None), "opening must read the array's metadata"
+    assert state.chunk_paths() == [], "opening must not fetch any chunk"
+    full = _local(root, kind, "b")
+    for sample, coords, size in [(1, (20, 40), (30, 9)), (2, (0, 0), (5, 5)), (0, (60, 70), (10, 20))]:
+        state.clear()
+        got = stack.extract_patch(sample, None, coords, size)
+        np.testing.assert_array_equal(
+            got[0], full[sample, coords[0] : coords[0] + size[0], coords[1] : coords[1] + size[1]]
+        )
+        requested = state.chunk_paths()
+        assert set(requested) == _expected_chunk_paths(kind, sample, coords, size)
+        assert [p for p in state.paths(None) if p not in requested] == [], "a patch reads no metadata again"
+        if kind != "v3-sharded":  # a sharded read fetches the shard index, then the inner chunks (byte ranges)
+            assert len(requested) == len(set(requested)), "each chunk is fetched once"
+
+
+def test_missing_chunk_over_http_reads_fill_value(server: Any, tmp_path: Path) -> None:
+    url, state, root = server
+    folder = root / "holes.zarr"
+    z = zarr.create_array(str(folder), shape=(32, 32), chunks=(16, 16), dtype="i2", fill_value=-9)
+    z[...] = np.ones((32, 32), dtype="i2")
+    (folder / "c" / "0" / "1").unlink()
+    (stack,) = load_zarrs([f"{url}/holes.zarr"], "YX")
+    got = stack.compute()[0, 0]
+    np.testing.assert_array_equal(got, zarr.open_array(str(folder), mode="r")[...])
+    assert (got[:16, 16:] == -9).all()
+    assert "/holes.zarr/c/0/1" in state.chunk_paths()
+
+
+def test_missing_array_over_http_lists_members(server: Any) -> None:
+    url, _, _ = server
+    with pytest.raises(SourceNotFoundError) as info:
+        load_zarrs([f"{url}/v3.zarr/zzz"], "SYX")
+    assert "'a' (array" in str(info.value)
+    assert f"{url}/v3.zarr" in str(info.value)
+    with pytest.raises(SourceNotFoundError, match="no Zarr store"):
+        load_zarrs([f"{url}/absent.zarr"], "SYX")
+
+
+def test_server_error_500_is_a_read_error(server: Any) -> None:
+    url, state, _ = server
+    (stack,) = load_zarrs([f"{url}/v3.zarr/b"], "SYX")
+    state.mode = "500"
+    with pytest.raises(SourceReadError) as info:
+        stack.extract_patch(0, None, (0, 20), (8, 8))
+    assert "failing chunk(s) 'b/c/0/0/1'" in str(info.value)
+    assert f"store '{url}/v3.zarr'" in str(info.value)
+    assert "500" in str(info.value)
+    state.mode = "ok"
+    np.testing.assert_array_equal(
+        stack.extract_patch(0, None, (0, 20), (8, 8))[0], _local(server[2], "v3", "b")[0, :8, 20:28]
+    )
+
+
+@pytest.mark.timeout(60)
+def test_silent_server_times_out(server: Any) -> None:
+    url, state, _ = server
+    opts = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=1.0)}}
+    (stack,) = load_zarrs([f"{url}/v2.zarr/b"], "SYX", storage_options=opts)
+    state.mode = "hang"
+    with pytest.raises(SourceReadError, match="did not answer in time") as info:
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+    assert "chunk(s) 'b/0.0.0'" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_connection_dropped_mid_read(server: Any) -> None:
+    url, state, _ = server
+    (stack,) = load_zarrs([f"{url}/v3.zarr/a"], "SYX")
+    state.mode = "drop"
+    with pytest.raises(SourceReadError, match=r"v3\.zarr/a"):
+        stack.extract_patch(1, None, (0, 0), (20, 20))
+
+
+@pytest.mark.timeout(60)
+def test_server_gone(tmp_path: Path) -> None:
+    write_plain_store(tmp_path / "gone.zarr", 3)
+    with serve_directory(tmp_path) as (url, _):
+        (stack,) = load_zarrs([f"{url}/gone.zarr/b"], "SYX")
+    with pytest.raises(SourceReadError, match=r"gone\.zarr/b"):
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+    with pytest.raises((SourceReadError, SourceNotFoundError)):
+        load_zarrs([f"{url}/gone.zarr/a"], "SYX")
+
+
+def test_default_timeout_is_bounded_and_user_timeout_wins() -> None:
+    loc = parse_zarr_source("http://127.0.0.1:1/x.zarr/a")
+    timeout = effective_storage_options(loc)["client_kwargs"]["timeout"]
+    assert isinstance(timeout, aiohttp.ClientTimeout)
+    assert timeout.total == DEFAULT_HTTP_TIMEOUT["total"]
+    assert timeout.sock_read == DEFAULT_HTTP_TIMEOUT["sock_read"]
+    mine = aiohttp.ClientTimeout(total=3)
+    loc = parse_zarr_source("https://h/x.zarr", {"client_kwargs": {"timeout": mine, "trust_env": True}})
+    assert effective_storage_options(loc)["client_kwargs"] == {"timeout": mine, "trust_env": True}
+    assert "client_kwargs" not in effective_storage_options(parse_zarr_source("memory://x.zarr"))
+
+
+def test_storage_options_reach_the_server(server: Any) -> None:
+    url, state, root = server
+    (stack,) = load_zarrs([f"{url}/v2.zarr/a"], "SYX", storage_options={"headers": {"X-Lazystack-Test": "42"}})
+    stack.extract_patch(0, None, (0, 0), (4, 4))
+    assert state.headers_seen("X-Lazystack-Test") == {"42"}
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).compute()[:, 0], _local(root, "v2", "a"))
+
+
+def _patch_in_child(stack: Any, queue: Any) -> None:
+    queue.put(stack.extract_patch(2, None, (10, 11), (12, 13)))
+
+
+@pytest.mark.timeout(120)
+def test_fork_after_http_use(server: Any) -> None:
+    url, _, root = server
+    (stack,) = load_zarrs([f"{url}/v3-sharded.zarr/b"], "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))  # the parent's aiohttp session and event loop are live
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_patch_in_child, args=(stack, queue))
+    proc.start()
+    got = queue.get(timeout=60)
+    proc.join(30)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(got[0], _local(root, "v3-sharded", "b")[2, 10:22, 11:24])
+    stack.extract_patch(1, None, (0, 0), (8, 8))  # the parent still reads
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_pool_over_http(server: Any, method: str) -> None:
+    url, _, root = server
+    stacks = load_zarrs([f"{url}/v2.zarr"], "SYX")
+    with mp.get_context(method).Pool(2) as pool:
+        results = pool.map(operator.methodcaller("extract_patch", 1, None, (3, 4), (16, 16)), stacks)
+    np.testing.assert_array_equal(results[0][0], _local(root, "v2", "a")[1, 3:19, 4:20])
+    np.testing.assert_array_equal(results[1][0], _local(root, "v2", "b")[1, 3:19, 4:20])
+
+
+@pytest.mark.timeout(120)
+def test_dask_distributed_over_http(server: Any) -> None:
+    distributed = pytest.importorskip("distributed")
+    url, _, root = server
+    (stack,) = load_zarrs([f"{url}/bioio.ome.zarr/1"], "CZYX")
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        total = client.compute(stack.data.sum(dtype=np.int64)).result()
+    assert total == zarr.open_array(str(root / "bioio.ome.zarr"), path="1", mode="r")[...].sum(dtype=np.int64)
+
+
+def test_http_sources_are_never_written(server: Any) -> None:
+    url, state, root = server
+    before = store_file_count(root / "v3.zarr")
+    for stack in load_zarrs([f"{url}/v3.zarr"], "SYX"):
+        stack.compute()
+    assert {m for m, _ in state.requests} <= {"GET", "HEAD"}
+    assert store_file_count(root / "v3.zarr") == before
