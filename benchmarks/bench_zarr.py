@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ref[t, y : y + PATCH, x : x + PATCH]
 
         def plain_f32(t: int, y: int, x: int) -> None:
-            ref[t, y : y + PATCH, x : x + PATCH].astype(np.float32)
+            np.asarray(ref[t, y : y + PATCH, x : x + PATCH]).astype(np.float32)
 
         def dask_compute(t: int, y: int, x: int) -> None:
             darr[t, y : y + PATCH, x : x + PATCH].compute()
