@@ -23,7 +23,8 @@ pickle as recipes).
   between order statistics) and are computed from per-channel histograms:
 
   * 8- and 16-bit integer (and bool) data: a bin per integer value, in the
-    same pass as the moments — **exact**;
+    same pass as the moments (which are then computed from the histogram,
+    exactly, in float64) — **exact**;
   * other integer data whose per-channel range spans at most ``bins``
     values: a bin per integer value in a second pass — **exact**;
   * floating-point data (and wider integer ranges): ``bins`` equal bins
@@ -219,8 +220,35 @@ def _chan(na: Any, ma: Any, m2a: Any, nb: Any, mb: Any, m2b: Any) -> tuple[Any, 
     return n, mean, m2
 
 
+def _small_int_counts(v: np.ndarray) -> tuple[int, np.ndarray]:
+    """Exact histogram of 8/16-bit integers (or bools): (offset, counts), trimmed to the occupied range."""
+    if v.dtype.kind == "i":  # order-preserving map onto the unsigned type of the same size
+        bits = 8 * v.dtype.itemsize
+        u = v.view(f"u{v.dtype.itemsize}") ^ np.array(1 << (bits - 1), dtype=f"u{v.dtype.itemsize}")
+        base = -(1 << (bits - 1))
+    else:
+        u, base = (v.view(np.uint8) if v.dtype.kind == "b" else v), 0
+    counts = np.bincount(u.ravel())
+    nonzero = np.flatnonzero(counts)
+    first = int(nonzero[0])
+    return base + first, counts[first : int(nonzero[-1]) + 1].astype(np.int64)
+
+
+def _moments_from_counts(offset: int, counts: np.ndarray) -> tuple[int, float, float]:
+    values = offset + np.arange(counts.size, dtype=np.float64)
+    n = int(counts.sum())
+    w = counts.astype(np.float64)
+    mean = float(w @ values) / n
+    d = values - mean
+    return n, mean, float(w @ (d * d))
+
+
 def _block_partial(block: np.ndarray, c0: int, c: int, small_int: bool) -> dict[str, Any]:
-    """First pass over one chunk (channels ``c0...`` of ``c``): moments, min, max (+ small-int histograms)."""
+    """First pass over one chunk (channels ``c0...`` of ``c``): moments, min, max (+ small-int histograms).
+
+    For 8/16-bit integers the moments come from the chunk's exact histogram
+    (one ``bincount`` per channel); otherwise from float64 slices of the values.
+    """
     values = _channels(np.asarray(block))
     out: dict[str, Any] = {
         "n": np.zeros(c, dtype=np.int64),
@@ -234,13 +262,16 @@ def _block_partial(block: np.ndarray, c0: int, c: int, small_int: bool) -> dict[
         v = _finite(values[ch - c0])
         if v.size == 0:
             continue
-        n, mean, m2 = _moments(v)
-        lo, hi = v.min(), v.max()
+        if small_int:
+            offset, counts = _small_int_counts(np.ascontiguousarray(v))
+            hists[ch] = (offset, counts)
+            n, mean, m2 = _moments_from_counts(offset, counts)
+            lo, hi = offset, offset + counts.size - 1
+        else:
+            n, mean, m2 = _moments(v)
+            lo, hi = v.min(), v.max()
         out["n"][ch], out["mean"][ch], out["m2"][ch] = n, mean, m2
         out["min"][ch], out["max"][ch] = float(lo), float(hi)
-        if small_int:
-            offset = int(lo)
-            hists[ch] = (offset, np.bincount((v.astype(np.int32) - offset).ravel()).astype(np.int64))
     if small_int:
         out["hist"] = hists
     return out
@@ -379,8 +410,10 @@ def _reduce(
 
 def _validate_options(percentiles: Sequence[float], sample_fraction: float | None, bins: int) -> tuple[float, ...]:
     try:
+        if isinstance(percentiles, (str, bytes)):
+            raise TypeError
         levels = tuple(float(q) for q in percentiles)
-    except TypeError:
+    except (TypeError, ValueError):
         msg = f"percentiles must be a sequence of numbers between 0 and 100, got {percentiles!r}"
         raise ValueError(msg) from None
     bad = [q for q in levels if not 0 <= q <= 100]
@@ -466,10 +499,11 @@ def channel_statistics(
     levels = _validate_options(percentiles, sample_fraction, bins)
     n_channels = _check_channels(items)
     dtypes = {np.dtype(s.data_dtype) for s in items}
-    small_int = bool(levels) and dtypes <= _SMALL_INT_KINDS
+    small_int = dtypes <= _SMALL_INT_KINDS
     blocks = _select_blocks(items, sample_fraction, seed)
 
-    (first,) = compute(_reduce(blocks, _block_partial, n_channels, small_int, split_every=split_every), progress=progress)
+    first_pass = _reduce(blocks, _block_partial, n_channels, small_int, split_every=split_every)
+    (first,) = compute(first_pass, progress=progress)
     n = np.asarray(first["n"], dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, first["mean"], np.nan)

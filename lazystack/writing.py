@@ -387,4 +387,3 @@ def pyramid_shapes(shape: Sequence[int], axes: str, levels: int = 3, downscale: 
             break
         out.append(tuple(n // f if a in "YX" else n for a, n in zip(written, base, strict=True)))
     return out
-
