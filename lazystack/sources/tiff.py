@@ -188,18 +188,19 @@ class _TiffHandle:
             keyframe, page, segment, offset, bytecount = self.store._parse_key(key)
         if page is None or not offset or not bytecount:
             return None
-        if offset + bytecount > self.fh.size:
+        fh = page.parent.filehandle  # another file for a multi-file OME-TIFF series
+        if offset + bytecount > fh.size:
             msg = (
-                f"TIFF file {self.path!r} is truncated: a segment of its image data spans bytes {offset} to "
-                f"{offset + bytecount}, the file has {self.fh.size} bytes"
+                f"TIFF file {fh.path!r} is truncated: a segment of its image data spans bytes {offset} to "
+                f"{offset + bytecount}, the file has {fh.size} bytes"
             )
             raise SourceReadError(msg)
-        if self.fd is not None:
+        if self.fd is not None and fh is self.fh:
             data = os.pread(self.fd, bytecount, offset)  # no shared file offset, no lock
         else:
-            with self.lock:
-                self.fh.seek(offset)
-                data = self.fh.read(bytecount)
+            with fh.lock:
+                fh.seek(offset)
+                data = fh.read(bytecount)
         if len(data) != bytecount:
             msg = f"TIFF file {self.path!r}: read {len(data)} of {bytecount} bytes at offset {offset} (truncated?)"
             raise SourceReadError(msg)
@@ -224,12 +225,12 @@ class _TiffHandle:
 
     def check_extent(self) -> None:
         """Raise SourceReadError when any segment of the series lies beyond the end of the file."""
-        size = self.fh.size
         with self.lock:
             pages = list(self.series.pages)
         for page in pages:
             if page is None:
                 continue
+            size = page.parent.filehandle.size
             for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
                 if offset and count and offset + count > size:
                     msg = (
