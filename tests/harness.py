@@ -259,9 +259,9 @@ def _make_zarr_v3_sharded(tmp: Path) -> Made:
     data = make_ndarray((2, 3, 50, 45), "float32", 12)
     path = tmp / "v3.zarr"
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array("img", shape=data.shape, dtype=data.dtype, chunks=(1, 1, 16, 16), shards=(1, 1, 32, 32))[
-        ...
-    ] = data
+    root.create_array("img", shape=data.shape, dtype=data.dtype, chunks=(1, 1, 16, 16), shards=(1, 1, 32, 32))[...] = (
+        data
+    )
     ref = np.asarray(zarr.open_array(str(path / "img"), mode="r")[...])
     return Made([f"file://{path}/img"], "CZYX", ref, "CZYX", _load_zarrs, [path])
 

@@ -45,14 +45,16 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def _assert_patches(stack: Any, canonical: np.ndarray, n: int, seed: int) -> None:
     requests = random_requests(canonical.shape, n, seed)
-    for req, got, want in zip(requests, extract_many(stack, requests), reference_patches(canonical, requests), strict=True):
+    for req, got, want in zip(
+        requests, extract_many(stack, requests), reference_patches(canonical, requests), strict=True
+    ):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want, err_msg=f"request {req}")
 
 
 # -- values -----------------------------------------------------------------------------------------
 def test_metadata(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     assert stack.original_axes == made.original_axes
     assert stack.original_data_shape == made.reference.shape
@@ -62,12 +64,12 @@ def test_metadata(case: tuple[FormatCase, Made]) -> None:
 
 
 def test_patches_equal_reference(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     _assert_patches(made.open(), made.canonical, 60, seed=1)
 
 
 def test_patch_wholly_outside_is_zero(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     spatial = stack.data_shape[2:]
     size = [2] * len(spatial)
@@ -78,7 +80,7 @@ def test_patch_wholly_outside_is_zero(case: tuple[FormatCase, Made]) -> None:
 
 
 def test_compute_data_xarray(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     np.testing.assert_array_equal(stack.compute(), made.canonical)
     np.testing.assert_array_equal(stack.data.compute(scheduler="sync"), made.canonical)
@@ -88,7 +90,7 @@ def test_compute_data_xarray(case: tuple[FormatCase, Made]) -> None:
 
 
 def test_views(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     axes = stack.original_axes
     ref = made.reference
@@ -140,7 +142,7 @@ def spawn_pool() -> Iterator[Any]:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_process_pools(case: tuple[FormatCase, Made], method: str, spawn_pool: Any) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     stack.extract_patch(0, None, [0] * (len(stack.data_shape) - 2), [4] * (len(stack.data_shape) - 2))  # open now
     requests = random_requests(stack.data_shape, 12, seed=4)
@@ -170,7 +172,7 @@ def dask_client() -> Iterator[Any]:
 
 
 def test_dask_distributed(case: tuple[FormatCase, Made], dask_client: Any) -> None:
-    fc, made = case
+    _fc, made = case
     stack = made.open()
     total = dask_client.compute(stack.data.astype(np.float64).sum()).result(timeout=60)
     np.testing.assert_allclose(total, made.canonical.astype(np.float64).sum(), rtol=1e-9)
@@ -184,7 +186,7 @@ def test_dask_distributed(case: tuple[FormatCase, Made], dask_client: Any) -> No
 
 # -- laziness, handles, read-only -----------------------------------------------------------------------
 def test_no_compute_at_creation(case: tuple[FormatCase, Made]) -> None:
-    fc, made = case
+    _fc, made = case
     with raise_if_dask_computes():
         stack = made.open()
         stack.data  # noqa: B018
