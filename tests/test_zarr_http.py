@@ -182,6 +182,16 @@ def test_silent_server_times_out(server: Any) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_silent_server_at_open_times_out(server: Any) -> None:
+    url, state, _ = server
+    state.mode = "hang-all"
+    opts = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=1.0)}}
+    with pytest.raises(SourceReadError, match="did not answer in time") as info:
+        load_zarrs([f"{url}/v3.zarr/a"], "SYX", storage_options=opts)
+    assert f"{url}/v3.zarr/a" in str(info.value)
+
+
+@pytest.mark.timeout(60)
 def test_connection_dropped_mid_read(server: Any) -> None:
     url, state, _ = server
     (stack,) = load_zarrs([f"{url}/v3.zarr/a"], "SYX")
@@ -218,7 +228,12 @@ def test_storage_options_reach_the_server(server: Any) -> None:
     (stack,) = load_zarrs([f"{url}/v2.zarr/a"], "SYX", storage_options={"headers": {"X-Lazystack-Test": "42"}})
     stack.extract_patch(0, None, (0, 0), (4, 4))
     assert state.headers_seen("X-Lazystack-Test") == {"42"}
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).compute()[:, 0], _local(root, "v2", "a"))
+    state.clear()
+    again = pickle.loads(pickle.dumps(stack))  # the recipe keeps the options
+    np.testing.assert_array_equal(again.compute()[:, 0], _local(root, "v2", "a"))
+    with state.lock:
+        assert state.headers
+        assert all(h.get("X-Lazystack-Test") == "42" for h in state.headers)
 
 
 def _patch_in_child(stack: Any, queue: Any) -> None:

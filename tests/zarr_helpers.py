@@ -30,7 +30,8 @@ class ServerState:
     """What the test server saw and how it misbehaves.
 
     ``mode`` is ``"ok"``, ``"500"`` (chunk requests answer 500), ``"hang"``
-    (chunk requests never get an answer until the server stops) or ``"drop"``
+    (chunk requests never get an answer until the server stops), ``"hang-all"``
+    (no request gets an answer) or ``"drop"``
     (chunk requests see the connection closed without an answer).
     """
 
@@ -79,12 +80,12 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
             pass
 
         def _misbehave(self) -> bool:
-            if state.mode == "ok" or is_metadata_request(self.path):
+            if state.mode == "ok" or (is_metadata_request(self.path) and state.mode != "hang-all"):
                 return False
             if state.mode == "500":
                 self.send_error(500, "test server error")
                 return True
-            if state.mode == "hang":
+            if state.mode in ("hang", "hang-all"):
                 state.release.wait(30)
                 self.close_connection = True
                 return True
