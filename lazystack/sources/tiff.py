@@ -82,6 +82,8 @@ _MEMMAP_CHUNK_BYTES = 64 << 20
 #: After about this many bytes read through a memory map, its resident pages are released.
 _MEMMAP_RELEASE_BYTES = 32 << 20
 _FAULT_AROUND_BYTES = 64 << 10
+#: Located segments (offsets of tiles / strips) remembered per open file.
+_LOCATED_MAX = 1 << 16
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
 
 
@@ -174,6 +176,8 @@ class _TiffHandle:
             fill = zarray.get("fill_value")
             self.fillvalue = fill if isinstance(fill, (int, float)) else 0
             self.transform = self.series.transform
+            # chunk index -> (keyframe, page, segment, offset, byte count), bounded
+            self._located: dict[tuple[int, ...], tuple[Any, ...]] = {}
         except Exception:
             self.tif.close()
             raise
@@ -183,9 +187,14 @@ class _TiffHandle:
 
     def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
         """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
-        key = ".".join(str(i) for i in index)
-        with self.lock:
-            keyframe, page, segment, offset, bytecount = self.store._parse_key(key)
+        located = self._located.get(index)
+        if located is None:
+            with self.lock:
+                located = self.store._parse_key(".".join(str(i) for i in index))
+            if len(self._located) >= _LOCATED_MAX:
+                self._located.clear()
+            self._located[index] = located
+        keyframe, page, segment, offset, bytecount = located
         if page is None or not offset or not bytecount:
             return None
         fh = page.parent.filehandle  # another file for a multi-file OME-TIFF series
