@@ -18,6 +18,8 @@ import pytest
 import tifffile
 import xarray as xr
 from conftest import raise_if_dask_computes, shared_files
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lazystack import (
     MissingDependencyError,
@@ -687,3 +689,35 @@ def test_real_tiff_files(path: Path | None, shared_tiff_dir: Path) -> None:
     (it,) = load_iter_tiff(path, axes)
     np.testing.assert_array_equal(it.data.compute(scheduler="sync"), canonical)
     assert sha(path) == before
+
+
+# -- property: any region of any layout equals numpy slicing ---------------------------------------------------
+
+
+@st.composite
+def _layouts(draw: st.DrawFn) -> tuple[tuple[int, int, int], dict[str, Any], tuple[slice, ...]]:
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 70)), draw(st.integers(1, 70)))
+    layout = draw(st.sampled_from(["tiles", "strips", "raw"]))
+    kwargs: dict[str, Any] = {"photometric": "minisblack"}
+    if layout == "tiles":
+        kwargs.update(tile=(draw(st.sampled_from([16, 32])), draw(st.sampled_from([16, 48]))), compression="zlib")
+    elif layout == "strips":
+        kwargs.update(rowsperstrip=draw(st.integers(1, 9)), compression=draw(st.sampled_from(["lzw", "zlib", None])))
+    key = []
+    for n in shape:
+        a = draw(st.integers(0, n - 1))
+        key.append(slice(a, draw(st.integers(a + 1, n))))
+    return shape, kwargs, tuple(key)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=_layouts())
+def test_property_regions_equal_numpy(tmp_path: Path, layout: tuple[Any, dict[str, Any], tuple[slice, ...]]) -> None:
+    shape, kwargs, key = layout
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape) * np.uint16(7)
+    path = tmp_path / "prop.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    for loader in (load_tiffs, load_iter_tiff):
+        (stack,) = loader(path, "TYX")
+        np.testing.assert_array_equal(stack.reader[key], data[key])
+        stack.close()
