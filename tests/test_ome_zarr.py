@@ -16,7 +16,7 @@ import zarr
 from reference import canonical_reference, patch_reference
 
 from lazystack import load_zarrs
-from lazystack.errors import ShapeMismatchError, SourceNotFoundError
+from lazystack.errors import ShapeMismatchError, SourceFormatError, SourceNotFoundError
 
 SHAPE = (2, 3, 64, 48)  # C Z Y X
 SCALE = {"c": 1.0, "z": 2.0, "y": 0.5, "x": 0.25}
@@ -204,3 +204,18 @@ def test_global_scale_multiplies(tmp_path: Path) -> None:
     assert stack.physical_pixel_sizes == {"Y": 1.0, "X": 30.0}
     assert stack.attrs["units"] == {"Y": "micrometer"}
     np.testing.assert_array_equal(stack.compute()[0, 0], np.full((8, 8), 1.5, dtype=np.float32))
+
+
+def test_ngff_02_without_axes_is_tczyx(tmp_path: Path) -> None:
+    path = tmp_path / "old.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(1, 2, 1, 8, 8), dtype="u1")[...] = 3
+    root.attrs["multiscales"] = [{"version": "0.2", "datasets": [{"path": "0"}]}]
+    (stack,) = load_zarrs([path], "TCZYX")
+    assert stack.level == 0
+    assert stack.physical_pixel_sizes == {}
+    with pytest.raises(ShapeMismatchError, match="'TCZYX'"):
+        load_zarrs([path], "CZYX")
+    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
+    with pytest.raises(SourceFormatError, match="needs 'axes'"):
+        load_zarrs([path], "TCZYX")

@@ -22,6 +22,7 @@ from zarr_helpers import store_file_count, write_plain_store
 
 from lazystack import load_zarrs
 from lazystack.errors import (
+    MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
@@ -251,7 +252,7 @@ def test_dask_distributed_workers(tmp_path: Path) -> None:
     path, data = _write(tmp_path, "v3")
     stack = load_zarrs([path / "b"], "SYX")[0]
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster,
         distributed.Client(cluster) as client,
     ):
         total = client.compute(stack.data.sum(dtype=np.int64)).result()
@@ -322,6 +323,16 @@ def test_unsupported_scheme() -> None:
     with pytest.raises(UnsupportedSourceError, match="unsupported URI scheme 'nosuchproto'") as info:
         load_zarrs(["nosuchproto://host/x.zarr"], "YX")
     assert "http" in str(info.value)
+
+
+def test_scheme_without_its_package() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed: gs:// is supported here")
+    with pytest.raises(MissingDependencyError, match="gcsfs") as info:
+        load_zarrs(["gs://bucket/x.zarr"], "YX")
+    assert isinstance(info.value, ImportError)
 
 
 def test_group_without_arrays(tmp_path: Path) -> None:

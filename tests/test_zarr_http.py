@@ -273,7 +273,7 @@ def test_dask_distributed_over_http(server: Any) -> None:
     url, _, root = server
     (stack,) = load_zarrs([f"{url}/bioio.ome.zarr/1"], "CZYX")
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster,
         distributed.Client(cluster) as client,
     ):
         total = client.compute(stack.data.sum(dtype=np.int64)).result()

@@ -568,11 +568,17 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
         labels = [c.get("label") if isinstance(c, Mapping) else None for c in omero["channels"]]
         channel_names = [str(lab) if lab is not None else str(i) for i, lab in enumerate(labels)]
     for ms in multiscales:
-        if not isinstance(ms, Mapping) or not isinstance(ms.get("datasets"), list) or "axes" not in ms:
-            msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale needs 'axes' and 'datasets', got {ms!r}"
+        if not isinstance(ms, Mapping) or not isinstance(ms.get("datasets"), list):
+            msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale needs 'datasets', got {ms!r}"
             raise SourceFormatError(msg)
+        axes = ms.get("axes")
+        if axes is None:
+            if str(ms.get("version", version)) not in ("0.1", "0.2"):
+                msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale of NGFF >= 0.3 needs 'axes', got {ms!r}"
+                raise SourceFormatError(msg)
+            axes = list("tczyx")  # NGFF 0.1 / 0.2 images are always 5-D TCZYX
         names, types, units = [], [], {}
-        for ax in ms["axes"]:
+        for ax in axes:
             if isinstance(ax, Mapping):
                 name = str(ax.get("name", ""))
                 types.append(ax.get("type"))
