@@ -37,8 +37,8 @@ Handles
     so thousands of stacks do not exhaust file descriptors and a forked
     child re-opens instead of sharing its parent's file offset. Reads of one
     file by several threads are serialised on the file handle's lock
-    (seek + read), or read with ``os.pread``, which needs no lock and moves no
-    file offset; decoding runs outside the lock. ``close()`` releases the
+    (``os.pread``, which moves no shared file offset, or seek + read);
+    decoding runs outside the lock, in parallel. ``close()`` releases the
     handle; the reader re-opens when used again.
 
 Errors
@@ -118,6 +118,7 @@ class _MemmapHandle:
                 f"the file has {size} bytes"
             )
             raise SourceReadError(msg)
+        self.path = path
         self.array: np.memmap[Any, Any] | None = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
         self._touched = 0
         self._lock = threading.Lock()
@@ -125,9 +126,9 @@ class _MemmapHandle:
     def read(self, key: tuple[slice, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """Copy the region ``key`` out of the map (native byte order)."""
         mm = self.array
-        if mm is None:  # closed by another thread meanwhile: map again just for this read
-            msg = "memory map closed"
-            raise ValueError(msg)
+        if mm is None:
+            msg = f"TIFF file {self.path!r} was closed by another thread during a read; read again"
+            raise SourceReadError(msg)
         out = np.array(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
@@ -158,6 +159,7 @@ class _TiffHandle:
         from tifffile.zarr import ZarrTiffStore
 
         self.path = path
+        self.closed = False
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
             self.series = self.tif.series[series].levels[0]
@@ -183,7 +185,10 @@ class _TiffHandle:
             raise
 
     def close(self) -> None:
-        self.tif.close()
+        # under the lock: a read in flight finishes first, so its descriptor is never reused under it
+        with self.lock:
+            self.closed = True
+            self.tif.close()
 
     def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
         """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
@@ -204,10 +209,13 @@ class _TiffHandle:
                 f"{offset + bytecount}, the file has {fh.size} bytes"
             )
             raise SourceReadError(msg)
-        if self.fd is not None and fh is self.fh:
-            data = os.pread(self.fd, bytecount, offset)  # no shared file offset, no lock
-        else:
-            with fh.lock:
+        with fh.lock:
+            if self.closed:
+                msg = f"TIFF file {self.path!r} was closed by another thread during a read; read again"
+                raise SourceReadError(msg)
+            if self.fd is not None and fh is self.fh:
+                data = os.pread(self.fd, bytecount, offset)  # moves no shared file offset
+            else:
                 fh.seek(offset)
                 data = fh.read(bytecount)
         if len(data) != bytecount:
