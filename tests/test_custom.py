@@ -324,3 +324,12 @@ def test_threads_share_one_stack(npy_files: list[tuple[Path, np.ndarray]]) -> No
 def test_read_func_protocol() -> None:
     assert isinstance(read_npy, custom.ReadFunc)
     assert isinstance(np.load, custom.ReadFunc)
+
+
+def test_different_lambdas_on_one_file_do_not_share_data(npy_files: list[tuple[Path, np.ndarray]]) -> None:
+    path, data = npy_files[0]
+    (a,) = load_custom_file(path, "TYX", read_func=lambda p: np.load(p))
+    (b,) = load_custom_file(path, "TYX", read_func=lambda p: np.load(p) * 2)
+    assert a.data.name != b.data.name
+    np.testing.assert_array_equal(a.compute()[:, 0], data)
+    np.testing.assert_array_equal(b.compute()[:, 0], data * 2)

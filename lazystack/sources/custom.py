@@ -392,7 +392,11 @@ def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
         stamp = f"{st.st_mtime_ns}|{st.st_size}"
     except OSError:
         stamp = "-"
-    text = f"{os.path.abspath(path)}|{stamp}|{_func_name(read_func)}|{sorted(read_kwargs.items())!r}"
+    name = _func_name(read_func)
+    if "<" in name or not hasattr(read_func, "__qualname__"):
+        # lambdas, local functions, partials, callable objects: their name does not identify them
+        name = f"{name}@{id(read_func):x}|{read_func!r}"
+    text = f"{os.path.abspath(path)}|{stamp}|{name}|{sorted(read_kwargs.items())!r}"
     return f"custom-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
 
