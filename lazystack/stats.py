@@ -370,19 +370,26 @@ def _check_channels(stacks: list[Any]) -> int:
 
 
 def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) -> list[list[tuple[Any, int]]]:
-    """(delayed chunk, first channel) of each stack's canonical array (a reproducible subset if sampling)."""
-    rng = np.random.default_rng(seed)
+    """(delayed chunk, first channel) of each stack's canonical array.
+
+    With ``sample_fraction``, a reproducible random subset of all the chunks
+    (over every stack together, at least one chunk in all) is kept.
+    """
     selected: list[list[tuple[Any, int]]] = []
     for s in stacks:
         x = s.data
         starts = np.concatenate([[0], np.cumsum(x.chunks[1])[:-1]]).astype(int)
         grid = x.to_delayed(optimize_graph=False)
-        blocks = [(grid[idx], int(starts[idx[1]])) for idx in np.ndindex(grid.shape)]
-        if sample_fraction is not None:
-            k = max(1, round(sample_fraction * len(blocks)))
-            chosen = np.sort(rng.choice(len(blocks), size=k, replace=False))
-            blocks = [blocks[i] for i in chosen]
-        selected.append(blocks)
+        selected.append([(grid[idx], int(starts[idx[1]])) for idx in np.ndindex(grid.shape)])
+    if sample_fraction is not None:
+        total = sum(len(b) for b in selected)
+        k = max(1, round(sample_fraction * total))
+        chosen = set(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist())
+        flat_index = 0
+        for i, blocks in enumerate(selected):
+            keep = [b for j, b in enumerate(blocks) if flat_index + j in chosen]
+            flat_index += len(blocks)
+            selected[i] = keep
     return selected
 
 
@@ -450,8 +457,9 @@ def channel_statistics(
         Percentile levels between 0 and 100 (numpy's linear definition);
         empty for none (then a single pass over the data).
     sample_fraction : float, optional
-        Read only this fraction of each stack's chunks (at least one chunk per
-        stack), chosen at random with ``seed``: a quick, reproducible estimate.
+        Read only this fraction of all the stacks' chunks (at least one),
+        chosen at random with ``seed``: a quick, reproducible estimate. Small
+        stacks may be left out entirely.
     seed : int
         Seed of the chunk sample.
     progress : bool

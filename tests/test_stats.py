@@ -190,11 +190,14 @@ def test_sample_fraction_is_reproducible_and_reads_a_subset() -> None:
     np.testing.assert_allclose(full.mean, [x.mean(dtype=np.float64)], rtol=1e-12)
 
 
-def test_every_stack_is_sampled_at_least_once() -> None:
-    stacks = load_arrays([np.full((4, 4), v, dtype=np.uint8) for v in range(5)], "YX")
-    stats = channel_statistics(stacks, sample_fraction=0.01)
-    assert stats.count.tolist() == [5 * 16]
-    assert stats.mean.tolist() == [2.0]
+def test_sample_fraction_is_taken_over_all_chunks_of_all_stacks() -> None:
+    stacks = load_arrays([np.full((4, 4), v, dtype=np.uint8) for v in range(10)], "YX")  # one chunk each
+    stats = channel_statistics(stacks, sample_fraction=0.3, seed=5)
+    assert stats.count.tolist() == [3 * 16]
+    picked = np.sort(np.random.default_rng(5).choice(10, size=3, replace=False))
+    assert stats.mean.tolist() == [picked.mean()]
+    tiny = channel_statistics(stacks, sample_fraction=0.001)
+    assert tiny.count.tolist() == [16]  # at least one chunk
 
 
 def test_channel_count_mismatch_is_a_clear_error() -> None:
@@ -368,3 +371,78 @@ def test_czi_stacks_match_numpy(shared_czi_dir) -> None:
     stack = stacks[0]
     stats = channel_statistics(stack, percentiles=(1, 50, 99))
     check_against_numpy(stats, canonical_values([stack]), levels=(1, 50, 99))
+
+
+# -- normalised views ---------------------------------------------------------------------------
+
+
+def test_normalized_zscore_patches_and_dask_match_numpy() -> None:
+    from lazystack.normalize import normalized
+
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 4000, (3, 2, 40, 30)).astype(np.uint16)
+    (stack,) = load_arrays([da.from_array(x, chunks=(1, 1, 20, 30))], "TCYX")
+    stats = channel_statistics(stack)
+    with raise_if_dask_computes():
+        norm = normalized(stack, stats)
+        assert norm.data.chunks == stack.data.chunks
+    mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    expected = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+    assert norm.data_dtype == np.float32
+    np.testing.assert_allclose(norm.data.compute(), expected, rtol=1e-5, atol=1e-6)
+    patch = norm.extract_patch(2, [1], (-3, 10), (8, 8))
+    ref = np.zeros((1, 8, 8), np.float32)
+    ref[0, 3:] = expected[2, 1, 0:5, 10:18]
+    np.testing.assert_allclose(patch, ref, rtol=1e-5, atol=1e-6)
+    assert norm.attrs["normalization"]["method"] == "zscore"
+    assert norm.source == stack.source
+    assert norm.original_axes == "TCYX"
+
+
+def test_normalized_view_minmax_percentile_and_clip() -> None:
+    from lazystack.normalize import normalized
+
+    rng = np.random.default_rng(10)
+    x = rng.normal(100, 20, (4, 3, 16, 20)).astype(np.float32)
+    stack = LazyImageStack(x, "TCYX", coords={"C": ["a", "b", "c"]})
+    view = stack.isel(C=2, T=slice(1, 4))
+    stats = channel_statistics(view, percentiles=(1, 99))
+    v = x[1:4, 2].astype(np.float64)
+    mm = normalized(view, stats, method="minmax")
+    np.testing.assert_allclose(mm.compute()[:, 0], (v - v.min()) / (v.max() - v.min()), rtol=1e-5, atol=1e-6)
+    pc = normalized(view, stats, method="percentile", lower=1, upper=99, clip=(0.0, 1.0))
+    lo, hi = stats.percentile(1)[0], stats.percentile(99)[0]
+    np.testing.assert_allclose(pc.compute()[:, 0], np.clip((v - lo) / (hi - lo), 0, 1), rtol=1e-5, atol=1e-6)
+    two = normalized(stack.isel(C=slice(1, 3)), channel_statistics(stack.isel(C=slice(1, 3))))
+    assert two.channel_names == ["b", "c"]
+    np.testing.assert_allclose(two.compute()[:, 1], (x[:, 2] - x[:, 2].mean()) / x[:, 2].std(), rtol=1e-4, atol=1e-5)
+
+
+def test_normalized_errors_and_degenerate_channels() -> None:
+    from lazystack.normalize import normalized
+
+    x = np.zeros((2, 8, 8), np.uint8)
+    x[1] = np.arange(64).reshape(8, 8)
+    (stack,) = load_arrays([x], "CYX")
+    stats = channel_statistics(stack, percentiles=(50,))
+    norm = normalized(stack, stats.to_dict())  # a dict (e.g. read from JSON) works too
+    np.testing.assert_array_equal(norm.compute()[0, 0], np.zeros((8, 8)))  # zero std: only centred
+    with pytest.raises(ShapeMismatchError, match="statistics have 2 channel"):
+        normalized(stack.isel(C=0), stats)
+    with pytest.raises(ValueError, match="accepted: zscore, minmax, percentile"):
+        normalized(stack, stats, method="robust")
+    with pytest.raises(KeyError, match="available levels"):
+        normalized(stack, stats, method="percentile", lower=1, upper=99)
+    with pytest.raises(ValueError, match="clip must be"):
+        normalized(stack, stats, clip=(1.0, 0.0))
+
+
+def test_normalized_stack_pickles_as_a_recipe(tmp_path) -> None:
+    from lazystack.normalize import normalized
+
+    (stack,) = _file_stacks(tmp_path, 1, shape=(2, 2, 256, 256))
+    norm = normalized(stack, channel_statistics(stack))
+    blob = pickle.dumps(norm)
+    assert len(blob) < 20_000 < stack.nbytes
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(back.compute(), norm.compute())
