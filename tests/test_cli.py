@@ -8,7 +8,6 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -328,13 +327,56 @@ def test_demo_unknown_format_exits_1(capsys: pytest.CaptureFixture[str]) -> None
 # -- stats / convert (registered from lazystack.cli_preprocess when present) --------------------------------------
 
 
-@pytest.mark.skipif(not HAS_PREPROCESS, reason="lazystack.cli_preprocess (stats / convert) is not part of this tree")
+needs_preprocess = pytest.mark.skipif(
+    not HAS_PREPROCESS, reason="lazystack.cli_preprocess (stats / convert) is not part of this tree"
+)
+
+
+@needs_preprocess
 @pytest.mark.parametrize("command", ["stats", "convert"])
 def test_preprocess_missing_file_exits_1(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    extra: list[Any] = ["--output", str(tmp_path / "out.zarr")] if command == "convert" else []
-    argv = [command, str(tmp_path / "missing.tif"), "--axes", "YX", *extra]
-    code, _, err = run(argv, capsys)
-    if code == 2 and command == "convert":  # the output argument is spelled differently
-        pytest.skip(f"convert usage differs: {err.strip().splitlines()[-1]}")
+    extra = ["--out", str(tmp_path / "out.zarr")] if command == "convert" else []
+    code, _, err = run([command, str(tmp_path / "missing.tif"), "--axes", "YX", "--quiet", *extra], capsys)
     assert code == 1, err
-    assert_one_line_error(err, "missing.tif")
+    assert_one_line_error(err, f"lazystack {command}: error:", "missing.tif")
+
+
+@needs_preprocess
+@pytest.mark.parametrize("command", ["stats", "convert"])
+def test_preprocess_bad_axes_and_format_exit_1(
+    command: str, npy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--out", str(tmp_path / "out.zarr")] if command == "convert" else []
+    code, _, err = run([command, str(npy), "--axes", "TCYXQ", "--quiet", *extra], capsys)
+    assert code == 1, err
+    assert_one_line_error(err, "'Q'")
+    (tmp_path / "notes.txt").write_text("x")
+    code, _, err = run([command, str(tmp_path / "notes.txt"), "--axes", "YX", "--quiet", *extra], capsys)
+    assert code == 1, err
+    assert_one_line_error(err, "notes.txt")
+
+
+@needs_preprocess
+def test_stats_json_matches_numpy(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["stats", str(npy), "--axes", "TCYX", "--json", "--quiet", "--percentiles", "50"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    data = np.load(npy).astype(np.float64)
+    np.testing.assert_allclose(result["mean"], data.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(result["max"], data.max(axis=(0, 2, 3)))
+
+
+@needs_preprocess
+def test_convert_round_trip(npy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    from lazystack import load_zarrs
+
+    out_path = tmp_path / "frames.ome.zarr"
+    code, out, err = run(["convert", str(npy), "--axes", "TCYX", "--out", str(out_path), "--quiet"], capsys)
+    assert code == 0, err
+    assert str(out_path) in out
+    levels = load_zarrs(out_path, "TCYX")
+    np.testing.assert_array_equal(levels[0].compute(), np.load(npy))
+    code, _, err = run(["convert", str(npy), "--axes", "TCYX", "--out", str(out_path), "--quiet"], capsys)
+    assert code == 1  # exists, no --overwrite
+    assert_one_line_error(err, "exists")

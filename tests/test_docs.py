@@ -80,7 +80,11 @@ def test_docs_examples_run(page: Path, tmp_path: Path) -> None:
     rel = page.relative_to(ROOT).as_posix()
     script = "".join(f"# --- {rel}, block at line {line} ---\n{code}\n" for line, code in blocks)
     (tmp_path / "docs_example.py").write_text(script, encoding="utf-8")
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
         [sys.executable, "docs_example.py"],
         cwd=tmp_path,
