@@ -380,3 +380,31 @@ def test_convert_round_trip(npy: Path, tmp_path: Path, capsys: pytest.CaptureFix
     code, _, err = run(["convert", str(npy), "--axes", "TCYX", "--out", str(out_path), "--quiet"], capsys)
     assert code == 1  # exists, no --overwrite
     assert_one_line_error(err, "exists")
+
+
+@pytest.mark.parametrize("path", shared_files("czi", "*.czi"), ids=lambda p: p.name)
+def test_info_real_czi_metadata_matches_bioio(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Channel names and pixel sizes agree with bioio-czi wherever bioio-czi reads them."""
+    pytest.importorskip("lazystack.sources.czi")
+    bioio = pytest.importorskip("bioio")
+    pytest.importorskip("bioio_czi")
+    code, out, err = run(["info", str(path), "--json"], capsys)
+    assert code == 0, err
+    rec = json.loads(out)[0]
+    image = bioio.BioImage(path)
+    try:
+        names = [str(n) for n in image.channel_names]
+        sizes = image.physical_pixel_sizes
+    except Exception as exc:  # bioio-czi cannot read this file's metadata: nothing to compare against
+        pytest.skip(f"bioio-czi cannot read the metadata of {path.name}: {type(exc).__name__}")
+    checked = 0
+    if all(names) and rec["channel_names"] and len(names) == rec["canonical_shape"][1]:
+        assert rec["channel_names"] == names
+        checked += 1
+    for axis in "YX":
+        value = getattr(sizes, axis)
+        if value:
+            assert rec["physical_pixel_sizes"][axis] == pytest.approx(value, rel=1e-6)
+            checked += 1
+    if not checked:
+        pytest.skip(f"bioio-czi declares no channel names or pixel sizes for {path.name}")
