@@ -159,8 +159,11 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
     doc = handle.doc
     lo: dict[str, int] = {}
     hi: dict[str, int] = {}
+    count = 0
 
     def visit(_index: int, info: Any) -> bool:
+        nonlocal count
+        count += 1
         for dim, value in info.coordinate.to_dict().items():
             if dim in ("S", "M"):
                 continue
@@ -174,7 +177,6 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
     try:
         with handle.lock:
             doc.enumerate_subblocks(visit)
-            count = doc._stats.subBlockCount
             scenes = {int(k): (r.x, r.y, r.w, r.h) for k, r in doc.scenes_bounding_rectangle_no_pyramid.items()}
             t = doc.total_bounding_rectangle_no_pyramid
             raw_xml = doc.raw_metadata
