@@ -149,7 +149,7 @@ def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], l
 
     p = folder / "image.ome.zarr"
     (base,) = _build_npy_stacks(shape)
-    write_ome_zarr(base, p, chunks=(128, 128), levels=2)
+    write_ome_zarr(base, p, chunks=128, levels=2)
     return [p], load_zarrs([p], "TCYX")
 
 
