@@ -162,8 +162,9 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
 
     Returns
     -------
-    list of LazyImageStack
-        The stacks of every source, in order.
+    StackList of LazyImageStack
+        The stacks of every source, in order (a list that shows itself as a
+        table, see :class:`lazystack.display.StackList`).
 
     Raises
     ------
@@ -185,10 +186,11 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
     ((3, 1, 64, 64), 'npy')
     """
     from . import loaders
+    from .display import StackList
 
     if axes is not None:
         axes = validate_axes(axes)
-    stacks: list[LazyImageStack] = []
+    stacks: list[LazyImageStack] = StackList()
     for item in _as_sources(source):
         if is_array_like(item):
             if axes is None:

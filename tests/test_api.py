@@ -258,3 +258,26 @@ def test_propose_axes_czi_matches_bioio(path: Path) -> None:
 
 def test_shared_czi_folder_has_files(shared_czi_dir: Path) -> None:
     assert shared_files("czi", "*.czi"), f"no .czi files in {shared_czi_dir}"
+
+
+def test_load_returns_a_stacklist(tmp_path: Path) -> None:
+    from lazystack.display import StackList
+
+    np.save(tmp_path / "x.npy", _data((8, 8)))
+    stacks = load([tmp_path / "x.npy", tmp_path / "x.npy"])
+    assert isinstance(stacks, StackList)
+    assert "StackList of 2 stacks" in repr(stacks)
+
+
+def test_load_memory_uri(tmp_path: Path) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    fsspec = pytest.importorskip("fsspec")
+    zarr = pytest.importorskip("zarr")
+    data = _data((2, 16, 16))
+    arr = zarr.create_array("memory://lazystack-test-api/x.zarr", shape=data.shape, chunks=(1, 8, 8), dtype=data.dtype)
+    arr[...] = data
+    try:
+        (stack,) = load("memory://lazystack-test-api/x.zarr", "ZYX")
+        np.testing.assert_array_equal(stack.compute()[0, 0], data)
+    finally:
+        fsspec.filesystem("memory").rm("/lazystack-test-api", recursive=True)
