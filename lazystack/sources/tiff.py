@@ -80,7 +80,7 @@ _STRIP_CHUNK_BYTES = 1 << 20
 #: Memory-mapped pages larger than this are split along rows for dask.
 _MEMMAP_CHUNK_BYTES = 64 << 20
 #: After about this many bytes read through a memory map, its resident pages are released.
-_MEMMAP_RELEASE_BYTES = 32 << 20
+_MEMMAP_RELEASE_BYTES = 64 << 20
 _FAULT_AROUND_BYTES = 64 << 10
 #: Located segments (offsets of tiles / strips) remembered per open file.
 _LOCATED_MAX = 1 << 16
@@ -98,7 +98,7 @@ class _MemmapHandle:
     """An open read-only memory map of a contiguous series (one per process).
 
     Pages of a file mapping count in the process's resident memory once
-    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (32 MiB) of reads the map is
+    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (64 MiB) of mapped pages the map is
     told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
     cache, a later read faults them back in), so random patches over a
     huge file keep the resident memory bounded.
@@ -132,7 +132,7 @@ class _MemmapHandle:
         out = np.array(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
-        # each row faults in its pages plus the kernel's fault-around window (64 KiB by default)
+        # each row maps its pages plus the kernel's fault-around window (64 KiB by default) of cached pages
         touched = rows * (row_bytes + _FAULT_AROUND_BYTES)
         with self._lock:
             self._touched += min(touched, mm.nbytes)
