@@ -1,0 +1,134 @@
+"""Bad-input corpus: every generated broken input ends in a clear lazystack error (or a correct read).
+
+The corpus (``tests/corpus.py``) is generated once per session; each format's
+cases run in one subprocess (a native crash is caught, a hang bounded by a
+timeout). ``python tests/corpus.py`` prints the same results as a table.
+
+Each case must end ``clear`` (a :class:`~lazystack.LazyStackError` naming the
+file), ``ok`` (a valid extreme input read correctly) or ``tolerated`` (damaged
+metadata the reader ignores, values equal to the format library's own read),
+and must leave every file of the source unchanged. Known loader bugs are
+strict xfails whose reason says what is wrong; the lead removes the mark
+when the loader is fixed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import corpus
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+#: (format group, case) -> what is wrong today. Each is a strict xfail: fixing the loader makes it pass.
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    **{
+        (loader, "huge-declared-length"): (
+            "BUG: a TIFF whose ImageLength (2**31-1) disagrees with its one strip opens, then a patch raises a raw "
+            "KeyError from tifffile.zarr's _parse_key (tiff.py _TiffHandle.read_chunk); expected SourceFormatError "
+            "at open naming the file and the declared vs stored segment count"
+        )
+        for loader in ("tiff", "iter_tiff")
+    },
+    **{
+        (loader, "zero-width"): (
+            "BUG: a TIFF with ImageWidth=0 opens silently as an empty stack of shape (1, 1, 64, 0); expected "
+            "SourceFormatError at open (tiff.py open_tiff: reject a series with a zero-sized dimension)"
+        )
+        for loader in ("tiff", "iter_tiff")
+    },
+    ("czi", "subblock-pixeltype-unknown"): (
+        "BUG: a CZI whose subblocks declare an unknown pixel type raises a raw ValueError from np.result_type() "
+        "in czi.py open_czi (empty dtype set); expected SourceFormatError naming the file and the pixel type"
+    ),
+    ("zarr", "v2-zero-chunk"): (
+        "BUG: a Zarr v2 array with a 0 in its chunk shape raises ZeroDivisionError in zarr.py "
+        "ZarrArrayReader._chunk_coords (called from _failing_keys); expected SourceFormatError at open"
+    ),
+    ("zarr", "v3-zero-chunk"): (
+        "BUG: a Zarr v3 array with a 0 in its chunk_shape raises ZeroDivisionError in zarr.py "
+        "ZarrArrayReader._chunk_coords (called from _failing_keys); expected SourceFormatError at open"
+    ),
+    ("zarr", "v2-truncated-chunk"): (
+        "BUG (upstream numcodecs/blosc): a blosc chunk cut in half decodes without error to bytes that differ "
+        "from run to run (blosc reads past the buffer); zarr itself does the same. lazystack could check the "
+        "blosc header's compressed size against the chunk's length"
+    ),
+    ("ome-zarr", "datasets-path-missing"): (
+        "BUG: an OME-Zarr dataset entry without 'path' is silently dropped (zarr.py _parse_multiscales filters "
+        "them), so level 1 (s1, half size) is returned as level 0; expected SourceFormatError naming the entry"
+    ),
+    ("bioio", "ome-sizex-lies"): (
+        "BUG: an OME-TIFF whose OME-XML SizeX disagrees with its pages raises a raw IndexError from dask "
+        "slicing inside bioio.py open_bioio (image.dask_data); expected SourceFormatError naming the file"
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def corpus_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[corpus.BadCase], dict[tuple[str, str], Any]]:
+    root = tmp_path_factory.mktemp("corpus")
+    cases = corpus.generate(root)
+    rows = corpus.run_corpus(root, cases)
+    print("\n" + corpus.table(rows))
+    return cases, {(r["fmt"], r["name"]): r for r in rows}
+
+
+def test_every_case_ran(corpus_results: Any) -> None:
+    cases, rows = corpus_results
+    assert {(c.fmt, c.name) for c in cases} == set(rows)
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c.fmt] = counts.get(c.fmt, 0) + 1
+    # the corpus covers every format, with a meaningful number of cases each
+    assert set(counts) == {"tiff", "iter_tiff", "czi", "zarr", "ome-zarr", "custom_eager", "custom_mmap", "bioio"}
+    assert min(counts.values()) >= 10, counts
+
+
+def test_no_crash_no_hang_no_modified_file(corpus_results: Any) -> None:
+    _, rows = corpus_results
+    bad = [r for r in rows.values() if r["outcome"] in ("crash", "hang") or r["modified"]]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(
+    "fmt", ["bioio", "czi", "custom_eager", "custom_mmap", "iter_tiff", "ome-zarr", "tiff", "zarr"]
+)
+def test_every_case_clear_or_correct(corpus_results: Any, fmt: str) -> None:
+    """Every case except the known bugs (tested one by one below) ends clear, ok or tolerated."""
+    _, rows = corpus_results
+    bad = [
+        f"{r['name']}: {r['outcome']}: {r['detail']}"
+        for (f, name), r in rows.items()
+        if f == fmt and (f, name) not in KNOWN_BUGS and r["outcome"] not in ("clear", "ok", "tolerated")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=reason), id="/".join(k))
+        for k, reason in KNOWN_BUGS.items()
+    ],
+)
+def test_known_bug(corpus_results: Any, key: tuple[str, str]) -> None:
+    _, rows = corpus_results
+    row = rows[key]
+    assert row["outcome"] in ("clear", "ok", "tolerated"), f"{row['outcome']}: {row['detail']}"
+
+
+def test_runner_reports_crash_and_hang(tmp_path: Path) -> None:
+    """The runner itself can fail: a dying interpreter is a crash, a stuck case a hang, the rest still run."""
+    cases = [
+        corpus.BadCase("selftest", "segfault", "x", "selftest-crash", "YX"),
+        corpus.BadCase("selftest", "sleeps", "x", "selftest-hang", "YX"),
+        corpus.BadCase("selftest", "missing", "missing.tif", "tiff", "YX", names=["missing.tif"]),
+    ]
+    corpus.save_cases(tmp_path, cases)
+    rows = {r["name"]: r for r in corpus.run_corpus(tmp_path, cases, format_timeout=20, case_timeout=8)}
+    assert rows["segfault"]["outcome"] == "crash"
+    assert rows["sleeps"]["outcome"] == "hang"
+    assert rows["missing"]["outcome"] == "clear"
