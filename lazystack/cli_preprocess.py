@@ -40,7 +40,7 @@ def _scheduler_arg(text: str) -> str:
 
 
 @contextmanager
-def scheduler(spec: str) -> Iterator[Any]:
+def scheduler(spec: str, *, timeout: str = "10s") -> Iterator[Any]:
     """Run the block on the scheduler named by ``spec``.
 
     Parameters
@@ -48,6 +48,8 @@ def scheduler(spec: str) -> Iterator[Any]:
     spec : str
         ``"threads"``, ``"processes"``, ``"synchronous"`` (``"sync"``) or the
         address of a running distributed scheduler (``tcp://host:port``).
+    timeout : str
+        How long to try to connect to a distributed scheduler.
 
     Yields
     ------
@@ -73,7 +75,7 @@ def scheduler(spec: str) -> Iterator[Any]:
         msg = f"--scheduler {spec} needs dask.distributed: pip install 'lazystack[distributed]'"
         raise MissingDependencyError(msg) from exc
     try:
-        client = Client(spec, timeout="10s", set_as_default=True)
+        client = Client(spec, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError) as exc:
         msg = f"cannot connect to the dask scheduler at {spec!r}: {exc}"
         raise OSError(msg) from exc

@@ -499,9 +499,9 @@ def channel_statistics(
     >>> (stack,) = load_arrays([np.arange(2 * 3 * 4 * 4, dtype=np.uint16).reshape(2, 3, 4, 4)], "SCYX")
     >>> stats = channel_statistics(stack, percentiles=(50,))
     >>> stats.mean
-    array([23.5, 39.5, 55.5])
+    array([31.5, 47.5, 63.5])
     >>> stats.percentile(50)
-    array([23.5, 39.5, 55.5])
+    array([31.5, 47.5, 63.5])
     """
     items = _as_stack_list(stacks)
     levels = _validate_options(percentiles, sample_fraction, bins)

@@ -105,11 +105,17 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys: Any, argv: list[
     assert message in capsys.readouterr().err
 
 
-def test_unreachable_scheduler_is_a_clear_error(npy_files: tuple[list[str], np.ndarray]) -> None:
+def test_unreachable_scheduler_is_a_clear_error() -> None:
     pytest.importorskip("distributed")
-    paths, _ = npy_files
-    with pytest.raises(OSError, match=r"cannot connect to the dask scheduler at 'tcp://127\.0\.0\.1:1'"):
-        run(["stats", *paths, "--axes", "TCYX", "--quiet", "--scheduler", "127.0.0.1:1"])
+    from lazystack.cli_preprocess import _scheduler_arg, scheduler
+
+    spec = _scheduler_arg("127.0.0.1:1")
+    assert spec == "tcp://127.0.0.1:1"
+    with (
+        pytest.raises(OSError, match=r"cannot connect to the dask scheduler at 'tcp://127\.0\.0\.1:1'"),
+        scheduler(spec, timeout="1s"),
+    ):
+        pass
 
 
 def test_convert_one_source_writes_one_image(tmp_path: Path, capsys: Any) -> None:

@@ -319,7 +319,8 @@ def test_progress_bar_is_off_by_default_and_on_when_asked(capsys) -> None:
 # -- stacks from the file-format back ends (run once the back ends are present) -------------
 
 
-def test_tiff_stacks_match_numpy(tmp_path) -> None:
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_tiff_stacks_match_numpy(tmp_path, scheduler: str) -> None:
     pytest.importorskip("lazystack.sources.tiff")
     import tifffile
 
@@ -333,12 +334,15 @@ def test_tiff_stacks_match_numpy(tmp_path) -> None:
     sa = load_tiffs([tmp_path / "a.tif"], "TCYX")
     sb = load_tiffs([tmp_path / "b.tif"], "CYX")
     ref_a = np.moveaxis(tifffile.imread(tmp_path / "a.tif"), 1, 0).reshape(2, -1).astype(np.float64)
-    check_against_numpy(channel_statistics(sa), ref_a, levels=(0.1, 1, 50, 99, 99.9))
     ref_b = tifffile.imread(tmp_path / "b.tif").reshape(2, -1).astype(np.float64)
-    check_against_numpy(channel_statistics(sb), ref_b, levels=(0.1, 1, 50, 99, 99.9))
+    with dask.config.set(scheduler=scheduler):
+        stats_a, stats_b = channel_statistics(sa), channel_statistics(sb)
+    check_against_numpy(stats_a, ref_a, levels=(0.1, 1, 50, 99, 99.9))
+    check_against_numpy(stats_b, ref_b, levels=(0.1, 1, 50, 99, 99.9))
 
 
-def test_zarr_stacks_match_numpy(tmp_path) -> None:
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_zarr_stacks_match_numpy(tmp_path, scheduler: str) -> None:
     pytest.importorskip("lazystack.sources.zarr")
     import zarr
 
@@ -350,10 +354,13 @@ def test_zarr_stacks_match_numpy(tmp_path) -> None:
     arr[:] = data
     stacks = load_zarrs([tmp_path / "x.zarr"], "TCYX")
     ref = np.moveaxis(zarr.open_array(str(tmp_path / "x.zarr"), mode="r")[:], 1, 0).reshape(2, -1).astype(float)
-    check_against_numpy(channel_statistics(stacks), ref, levels=(0.1, 1, 50, 99, 99.9))
+    with dask.config.set(scheduler=scheduler):
+        stats = channel_statistics(stacks)
+    check_against_numpy(stats, ref, levels=(0.1, 1, 50, 99, 99.9))
 
 
-def test_czi_stacks_match_numpy(shared_czi_dir) -> None:
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_czi_stacks_match_numpy(shared_czi_dir, scheduler: str) -> None:
     pytest.importorskip("lazystack.sources.czi")
     from lazystack import load_czis
 
@@ -369,7 +376,8 @@ def test_czi_stacks_match_numpy(shared_czi_dir) -> None:
     if not stacks:
         pytest.skip("no small 2-D CZI file in the shared data")
     stack = stacks[0]
-    stats = channel_statistics(stack, percentiles=(1, 50, 99))
+    with dask.config.set(scheduler=scheduler):
+        stats = channel_statistics(stack, percentiles=(1, 50, 99))
     check_against_numpy(stats, canonical_values([stack]), levels=(1, 50, 99))
 
 
