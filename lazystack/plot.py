@@ -40,8 +40,9 @@ def thumbnail(
     z: int | None = None,
     *,
     max_size: int = 512,
+    use_levels: bool = True,
 ) -> tuple[np.ndarray, int]:
-    """Read one plane, strided so that neither side exceeds ``max_size``.
+    """Read one plane at reduced resolution, so that neither side exceeds ``max_size``.
 
     Parameters
     ----------
@@ -55,13 +56,19 @@ def thumbnail(
         Z plane (default: the middle one); ignored for stacks without ``Z``.
     max_size : int
         Largest number of pixels along Y or X in the result.
+    use_levels : bool
+        When the stack is one level of an OME-Zarr pyramid (and not a view),
+        read the coarsest level that still has at least ``max_size`` pixels
+        along its longer side (or the coarsest one, for a small image).
 
     Returns
     -------
     plane : numpy.ndarray
-        ``stack.data[sample, channel, (z,) ::step, ::step]`` in the stored dtype.
+        ``data[sample, channel, (z,) ::step, ::step]`` of the level read, in
+        the stored dtype.
     step : int
-        The stride used along Y and X (1 when the plane is small enough).
+        The reduction factor along Y and X against the stack's own
+        resolution, rounded (1 when the plane is read whole).
 
     Raises
     ------
@@ -83,14 +90,78 @@ def thumbnail(
     n_samples, n_channels, *spatial = stack.data_shape
     sample = _check_index("sample", sample, n_samples)
     channel = _check_index("channel", channel, n_channels)
+    if len(spatial) == 3:
+        z = spatial[0] // 2 if z is None else _check_index("z", z, spatial[0])
     height, width = spatial[-2:]
-    step = max(1, math.ceil(max(height, width) / int(max_size)))
+    source = _coarser_level(stack, int(max_size)) if use_levels else None
+    plane = _strided_plane(source or stack, sample, channel, z, int(max_size))
+    factor = max(1, round(max(height, width) / max(plane.shape)))
+    return plane, factor
+
+
+def _strided_plane(stack: LazyImageStack, sample: int, channel: int, z: int | None, max_size: int) -> np.ndarray:
+    spatial = stack.data_shape[2:]
+    height, width = spatial[-2:]
+    step = max(1, math.ceil(max(height, width) / max_size))
     key: list[Any] = [sample, channel]
     if len(spatial) == 3:
-        key.append(spatial[0] // 2 if z is None else _check_index("z", z, spatial[0]))
+        key.append(z)
     key += [slice(None, None, step), slice(None, None, step)]
-    plane = stack.data[tuple(key)].compute()
-    return np.asarray(plane), step
+    return np.asarray(stack.data[tuple(key)].compute())
+
+
+def _coarser_level(stack: LazyImageStack, max_size: int) -> LazyImageStack | None:
+    """The coarsest level of the stack's OME-Zarr pyramid with at least ``max_size`` pixels a side, if any.
+
+    Only for a whole level (not a view) whose other levels keep every axis
+    but ``Y`` and ``X``; anything unexpected gives None (then the plane is strided).
+    """
+    if stack.level is None or not isinstance(stack.source, str) or "zarr" not in stack.format.lower():
+        return None
+    if tuple(stack.original_data_shape) != tuple(stack.reader.shape):
+        return None  # a view: its indices do not carry over to other levels
+    try:
+        levels = _pyramid(stack)
+    except Exception:  # an optimisation only: fall back to striding
+        return None
+    axes = stack.original_axes
+    keep = [i for i, a in enumerate(axes) if a not in "YX"]
+    current = max(stack.data_shape[-2:])
+    best = None
+    for level in levels:
+        shape = level.original_data_shape
+        if level.original_axes != axes or any(shape[i] != stack.original_data_shape[i] for i in keep):
+            continue
+        side = max(level.data_shape[-2:])
+        if side >= min(max_size, current) and side < current and (best is None or side < max(best.data_shape[-2:])):
+            best = level
+    return best
+
+
+def _pyramid(stack: LazyImageStack) -> list[LazyImageStack]:
+    """Every level of the multiscale image listing ``stack``'s array (empty if none is found)."""
+    import zarr
+
+    from .loaders import load_zarrs
+    from .sources.zarr import parse_zarr_source
+
+    location = parse_zarr_source(stack.source)
+    store = location.open_store()
+    parts = [p for p in location.path.split("/") if p]
+    for depth in range(len(parts) - 1, -1, -1):
+        try:
+            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
+        except Exception:  # not a group: look further up
+            continue
+        attrs: dict[str, Any] = dict(group.attrs.asdict())
+        ome: dict[str, Any] = attrs.get("ome") or {}
+        multiscales: list[Any] = ome.get("multiscales") or attrs.get("multiscales") or []
+        rel = "/".join(parts[depth:])
+        for ms in multiscales:
+            paths = [str(d.get("path", "")).strip("/") for d in ms.get("datasets", [])]
+            if rel in paths:
+                return [load_zarrs(location.uri("/".join([*parts[:depth], p])), stack.original_axes)[0] for p in paths]
+    return []
 
 
 def show(
@@ -100,6 +171,7 @@ def show(
     z: int | None = None,
     *,
     max_size: int = 512,
+    use_levels: bool = True,
     ax: Axes | None = None,
     cmap: str = "gray",
     robust: bool = True,
@@ -122,6 +194,9 @@ def show(
         Z plane (default: the middle one) for stacks with ``Z``.
     max_size : int
         Largest number of pixels read along Y or X.
+    use_levels : bool
+        Read a coarser level of an OME-Zarr pyramid when there is one (see
+        :func:`thumbnail`).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new figure).
     cmap : str
@@ -151,7 +226,7 @@ def show(
     except ImportError as exc:
         msg = "stack.show() needs matplotlib, the optional 'plot' extra: pip install 'lazystack[plot]'"
         raise MissingDependencyError(msg) from exc
-    plane, step = thumbnail(stack, sample, channel, z, max_size=max_size)
+    plane, step = thumbnail(stack, sample, channel, z, max_size=max_size, use_levels=use_levels)
     height, width = stack.data_shape[-2:]
     if ax is None:
         _, ax = plt.subplots()
@@ -167,7 +242,7 @@ def show(
     if len(stack.data_shape) == 5:
         where += f", z {stack.data_shape[2] // 2 if z is None else z}"
     if step > 1:
-        where += f", every {step}th pixel"
+        where += f", 1/{step} resolution"
     source = str(stack.source)
     ax.set_title(f"{source if len(source) <= 60 else '...' + source[-57:]}\n{where}", fontsize="small")
     ax.set_xlabel("X (pixels)")

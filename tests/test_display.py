@@ -284,3 +284,35 @@ def test_show_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(MissingDependencyError, match=r"lazystack\[plot\]"):
         show(_stack((8, 8), "YX"))
+
+
+def test_thumbnail_reads_a_coarser_ome_zarr_level(tmp_path: Path) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    writing = pytest.importorskip("lazystack.writing")
+    import zarr
+
+    from lazystack import load_zarrs
+
+    data = np.random.default_rng(0).integers(0, 255, (2, 512, 512), dtype=np.uint8)
+    (source,) = load_arrays([data], "CYX")
+    path = tmp_path / "pyramid.ome.zarr"
+    writing.write_ome_zarr(source, path, levels=3)
+    levels = load_zarrs(path, "CYX")
+    assert [s.data_shape[-1] for s in levels] == [512, 256, 128]
+    level1 = zarr.open_array(path / "1", mode="r")[1]
+    level2 = zarr.open_array(path / "2", mode="r")[1]
+
+    plane, step = thumbnail(levels[0], channel=1, max_size=256)  # level 1 (256) is the coarsest with >= 256
+    assert step == 2
+    np.testing.assert_array_equal(plane, level1)
+    plane, step = thumbnail(levels[0], channel=1, max_size=200)  # level 1, strided to fit
+    assert step == 4
+    np.testing.assert_array_equal(plane, level1[::2, ::2])
+    plane, step = thumbnail(levels[0], channel=1, max_size=128)
+    assert step == 4
+    np.testing.assert_array_equal(plane, level2)
+    plane, _ = thumbnail(levels[0], channel=1, max_size=128, use_levels=False)  # plain striding
+    np.testing.assert_array_equal(plane, data[1, ::4, ::4])
+    view = levels[0].isel(Y=slice(0, 256))  # a view: no level change
+    plane, _ = thumbnail(view, channel=1, max_size=128)
+    np.testing.assert_array_equal(plane, data[1, :256:4, ::4])
