@@ -173,7 +173,7 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
         "dtype": str(summary["dtype"]),
         "chunks": str(tuple(int(n) for n in summary["chunks"])),
         "scene/level": ", ".join(place) or "-",
-        "pixel size": ", ".join(f"{a}={v:g}" for a, v in sizes.items()) or "-",
+        "pixel size": ", ".join(f"{a}={sizes[a]:g}" for a in sorted(sizes, key="TZYX".find)) or "-",
         "channels": ", ".join(str(n) for n in names) if names else "-",
         "memory": format_bytes(summary.get("memory_bytes")),
         "disk": format_bytes(summary.get("disk_bytes")),

@@ -93,7 +93,7 @@ def test_summary_row_text() -> None:
     assert row["original"] == "TCYX (3, 2, 40, 30)"
     assert row["canonical"] == "SCYX (3, 2, 40, 30)"
     assert row["channels"] == "DAPI, GFP"
-    assert row["pixel size"] == "Y=0.25, X=0.5"
+    assert row["pixel size"] == "Y=0.25, X=0.5"  # Z, Y, X order
     assert row["scene/level"] == "series 0"
     assert row["disk"] == "-"
 
