@@ -396,7 +396,7 @@ def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) 
 def _tree(parts: list[Any], split_every: int) -> Any:
     from dask import delayed
 
-    merge = delayed(_merge, pure=True)
+    merge = delayed(_merge, pure=False)
     while len(parts) > 1:
         parts = [merge(*parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
     return parts[0]
@@ -411,7 +411,7 @@ def _reduce(
 ) -> Any:
     from dask import delayed
 
-    task = delayed(func, pure=True)
+    task = delayed(func, pure=False)  # fresh keys: a repeated call recomputes
     return _tree([task(b, c0, n_channels, *args) for per_stack in blocks for b, c0 in per_stack], split_every)
 
 
