@@ -721,3 +721,21 @@ def test_property_regions_equal_numpy(tmp_path: Path, layout: tuple[Any, dict[st
         (stack,) = loader(path, "TYX")
         np.testing.assert_array_equal(stack.reader[key], data[key])
         stack.close()
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "match"),
+    [
+        ("ImageWidth", 0, "empty dimension"),
+        ("ImageLength", 2**31 - 1, r"declares \d+ segment\(s\).*stores 1 offset"),
+    ],
+)
+def test_inconsistent_tags_rejected_at_open(tmp_path: Path, tag: str, value: int, match: str) -> None:
+    path = tmp_path / f"bad-{tag}.tif"
+    tifffile.imwrite(path, _data((64, 64), "uint8"), metadata=None)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags[tag].overwrite(value)
+    for loader in (load_tiffs, load_iter_tiff):
+        with pytest.raises(SourceFormatError, match=match) as info:
+            loader(path, "YX")
+        assert str(path) in str(info.value)

@@ -194,8 +194,12 @@ class _TiffHandle:
         """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
         located = self._located.get(index)
         if located is None:
-            with self.lock:
-                located = self.store._parse_key(".".join(str(i) for i in index))
+            try:
+                with self.lock:
+                    located = self.store._parse_key(".".join(str(i) for i in index))
+            except (KeyError, IndexError, RuntimeError, ValueError) as exc:
+                msg = f"TIFF file {self.path!r}: cannot locate segment {index} of its image data ({exc!r})"
+                raise SourceReadError(msg) from exc
             if len(self._located) >= _LOCATED_MAX:
                 self._located.clear()
             self._located[index] = located
@@ -496,6 +500,22 @@ def _check_codec(path: str, keyframe: Any) -> None:
     raise MissingDependencyError(msg)
 
 
+def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
+    """Reject empty series and pages whose tags declare more segments than they store."""
+    if 0 in shape:
+        msg = f"{where}: image series has an empty dimension, shape {shape} (ImageWidth / ImageLength 0?)"
+        raise SourceFormatError(msg)
+    expected = math.prod(int(n) for n in keyframe.chunked)
+    stored = len(keyframe.dataoffsets)
+    if stored != expected or len(keyframe.databytecounts) != stored:
+        msg = (
+            f"{where}: the first page declares {expected} segment(s) (image {keyframe.imagelength} x "
+            f"{keyframe.imagewidth}, segments {keyframe.chunks}) but stores {stored} offset(s) and "
+            f"{len(keyframe.databytecounts)} byte count(s): the tags are inconsistent"
+        )
+        raise SourceFormatError(msg)
+
+
 def _token(path: str, series: int, mode: str) -> str:
     st = os.stat(path)
     text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
@@ -685,6 +705,7 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
                 msg = f"{where}: unsupported pixel type (tifffile cannot map it to a numpy dtype)"
                 raise SourceFormatError(msg)
             _check_codec(file_path, series.keyframe)
+            _check_layout(where, shape, series.keyframe)
             memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
             if memmap is not None:
                 from tifffile.zarr import _chunks
