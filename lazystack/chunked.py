@@ -48,6 +48,7 @@ __all__ = [
     "fetch_concurrently",
     "get_chunks",
     "normalize_key",
+    "PARALLEL_MIN_CHUNKS",
     "read_region",
     "shared_executor",
 ]
@@ -97,10 +98,22 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 
+#: Fewest chunks decoded in the pool rather than in the calling thread (``LAZYSTACK_PARALLEL_MIN_CHUNKS``).
+#: Handing a chunk to another thread costs tens of microseconds (more on a busy machine): for
+#: one to three local chunks the caller decoding them in turn is faster.
+PARALLEL_MIN_CHUNKS = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_CHUNKS", "0") or 0) or 4
+
+
 def fetch_concurrently(
-    indices: Sequence[ChunkIndex], fetch_one: Callable[[ChunkIndex], np.ndarray]
-) -> dict[ChunkIndex, np.ndarray]:
-    """Call ``fetch_one`` for every index, in the shared pool when there are several.
+    indices: Sequence[ChunkIndex],
+    fetch_one: Callable[[ChunkIndex], Any],
+    *,
+    min_parallel: int | None = None,
+) -> dict[ChunkIndex, Any]:
+    """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
+
+    The calling thread takes the first index itself while the pool works on
+    the others.
 
     Parameters
     ----------
@@ -108,20 +121,26 @@ def fetch_concurrently(
         Chunk indices.
     fetch_one : callable
         Reads and decodes one chunk (must be thread-safe).
+    min_parallel : int, optional
+        Fewest indices for which the pool is used (default
+        :data:`PARALLEL_MIN_CHUNKS`; pass 2 for I/O-bound work such as
+        remote reads).
 
     Returns
     -------
     dict
-        ``{index: array}``. The first exception raised by ``fetch_one`` propagates.
+        ``{index: result}``. The first exception raised by ``fetch_one`` propagates.
     """
-    if len(indices) <= 1:
+    limit = PARALLEL_MIN_CHUNKS if min_parallel is None else max(2, min_parallel)
+    if len(indices) < limit or threading.current_thread().name.startswith("lazystack-io"):
+        # Few chunks, or already inside the pool (nested fetch: never wait on ourselves).
         return {idx: fetch_one(idx) for idx in indices}
     pool = shared_executor()
-    if threading.current_thread().name.startswith("lazystack-io"):
-        # Already inside the pool (nested fetch): do not wait on ourselves.
-        return {idx: fetch_one(idx) for idx in indices}
-    futures = [pool.submit(fetch_one, idx) for idx in indices]
-    return {idx: f.result() for idx, f in zip(indices, futures, strict=True)}
+    futures = [pool.submit(fetch_one, idx) for idx in indices[1:]]
+    first = fetch_one(indices[0])
+    out = {indices[0]: first}
+    out.update((idx, f.result()) for idx, f in zip(indices[1:], futures, strict=True))
+    return out
 
 
 # -- keys and the chunk grid ------------------------------------------------------------------

@@ -66,6 +66,8 @@ ENGINES = ("auto", "direct", "tensorstore", "zarr")
 ENV_ZARR_ENGINE = "LAZYSTACK_ZARR_ENGINE"
 
 _AUTO_ORDER = ("direct", "tensorstore", "zarr")
+_MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
+_Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
 
 
 def _check_engine(name: str, where: str = "zarr engine") -> str:
@@ -127,6 +129,17 @@ def _tensorstore() -> Any:
     except ImportError:  # pragma: no cover - depends on the environment
         return None
     return ts
+
+
+# tensorstore's thread pools do not survive fork(): a child forked after its
+# parent used tensorstore can hang on its first read. Such a child uses the
+# direct engine instead (identical results).
+_TS_STARTED_IN: int | None = None
+
+
+def _tensorstore_forked() -> bool:
+    """Whether tensorstore was started in a parent of this (forked) process."""
+    return _TS_STARTED_IN is not None and os.getpid() != _TS_STARTED_IN
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -378,13 +391,7 @@ class DirectEngine(ZarrEngine):
 
     def _read_many(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
         if self._local_root is not None:
-            if len(requests) == 1:
-                return [self._read_local(*requests[0])]
-            got = fetch_concurrently(
-                [(i,) for i in range(len(requests))],
-                lambda i: self._read_local(*requests[i[0]]),  # type: ignore[arg-type,return-value]
-            )
-            return [got[(i,)] for i in range(len(requests))]  # type: ignore[misc]
+            return [self._read_local(*r) for r in requests]
         return self._read_remote(requests)
 
     # -- decoding ------------------------------------------------------------------------
@@ -432,36 +439,42 @@ class DirectEngine(ZarrEngine):
                     self._indexes.popitem(last=False)
         return out
 
-    def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
-        """Read the encoded chunks (one batched read) and decode them (concurrently when several)."""
-        indices = list(indices)
-        raw: list[bytes | None]
+    def _locate(self, idx: ChunkIndex, indexes: Mapping[tuple[int, ...], np.ndarray | None]) -> _Request | None:
+        """Where chunk ``idx``'s bytes are: ``(key, byte range, None)``, or None when it is missing."""
         if self._sharding is None:
-            raw = self._read_many([(self._key(idx), None, None) for idx in indices])
-        else:
-            cps = self._cps
-            shard_of = [tuple(i // c for i, c in zip(idx, cps, strict=True)) for idx in indices]
-            indexes = self._shard_indexes(list(dict.fromkeys(shard_of)))
-            reqs: list[tuple[str, tuple[int, int] | None, int | None]] = []
-            where: list[int] = []
-            for n, (idx, s) in enumerate(zip(indices, shard_of, strict=True)):
-                index = indexes[s]
-                if index is None:
-                    continue
-                local = tuple(i % c for i, c in zip(idx, cps, strict=True))
-                start, length = (int(v) for v in index[local])
-                if start == 2**64 - 1 and length == 2**64 - 1:
-                    continue
-                reqs.append((self._key(s), (start, start + length), None))
-                where.append(n)
-            got = self._read_many(reqs) if reqs else []
-            raw = [None] * len(indices)
-            for n, data in zip(where, got, strict=True):
-                raw[n] = data
-        if len(indices) == 1:
-            return {indices[0]: self._decode(raw[0], indices[0])}
-        pos = {idx: n for n, idx in enumerate(indices)}
-        return fetch_concurrently(indices, lambda idx: self._decode(raw[pos[idx]], idx))
+            return (self._key(idx), None, None)
+        cps = self._cps
+        shard = tuple(i // c for i, c in zip(idx, cps, strict=True))
+        index = indexes[shard]
+        if index is None:
+            return None
+        start, length = (int(v) for v in index[tuple(i % c for i, c in zip(idx, cps, strict=True))])
+        if start == _MISSING and length == _MISSING:
+            return None
+        return (self._key(shard), (start, start + length), None)
+
+    def _shards_of(self, indices: Sequence[ChunkIndex]) -> dict[tuple[int, ...], np.ndarray | None]:
+        if self._sharding is None:
+            return {}
+        shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
+        return self._shard_indexes(list(dict.fromkeys(shards)))
+
+    def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
+        """Read and decode chunks: local stores chunk by chunk, remote ones in one concurrent request batch."""
+        indices = list(indices)
+        indexes = self._shards_of(indices)
+        if self._local_root is not None:
+
+            def one(idx: ChunkIndex) -> np.ndarray:
+                where = self._locate(idx, indexes)
+                return self._decode(None if where is None else self._read_local(*where), idx)
+
+            return fetch_concurrently(indices, one)
+        wheres = [self._locate(idx, indexes) for idx in indices]
+        reqs = [w for w in wheres if w is not None]
+        got = iter(self._read_remote(reqs) if reqs else [])
+        raw = {idx: (None if w is None else next(got)) for idx, w in zip(indices, wheres, strict=True)}
+        return fetch_concurrently(indices, lambda idx: self._decode(raw[idx], idx))
 
 
 class TensorstoreEngine(ZarrEngine):
@@ -479,6 +492,9 @@ class TensorstoreEngine(ZarrEngine):
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
+        if _tensorstore_forked():
+            msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
+            raise NotImplementedError(msg)
         ts = _tensorstore()
         if ts is None:
             msg = "the tensorstore engine needs tensorstore: pip install 'lazystack[tensorstore]'"
@@ -503,6 +519,9 @@ class TensorstoreEngine(ZarrEngine):
         driver = "zarr3" if aa.metadata.zarr_format == 3 else "zarr"
         spec = {"driver": driver, "kvstore": kvstore}
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        global _TS_STARTED_IN
+        if _TS_STARTED_IN is None:
+            _TS_STARTED_IN = os.getpid()
         try:
             handle = ts.open(spec, read=True, context=context).result()
         except Exception as e:
@@ -570,6 +589,8 @@ def make_engine(array: Any, name: str | None = None) -> ZarrEngine:
         If the engine asked for cannot read this array (``auto`` never raises this).
     """
     choice = _check_engine(name) if name is not None else get_zarr_engine()
+    if choice == "tensorstore" and _tensorstore_forked():
+        return DirectEngine(array)  # see _TS_STARTED_IN: same results, no hang
     if choice != "auto":
         return _ENGINE_CLASSES[choice](array)
     for candidate in _AUTO_ORDER:

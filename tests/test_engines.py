@@ -343,7 +343,7 @@ def test_reader_pickles_as_a_recipe(arrays: dict[str, Any], cache_mode: str) -> 
 
 
 def _child_read(reader: ZarrArrayReader, key: tuple[slice, ...], queue: Any) -> None:
-    queue.put(np.asarray(reader[key]).tolist())
+    queue.put((np.asarray(reader[key]).tolist(), reader.engine_name))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
@@ -354,14 +354,17 @@ def test_reader_used_in_a_forked_child(arrays: dict[str, Any], engine: str) -> N
     key = (slice(5, 40), slice(10, 70))
     want = np.asarray(z[key])
     _same(reader[key], want)  # engine and cache live in the parent
+    assert reader.engine_name == engine  # built here even when the read was a cache hit
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child_read, args=(reader, key, queue))
     proc.start()
-    got = np.asarray(queue.get(timeout=60), dtype=want.dtype)
+    values, child_engine = queue.get(timeout=60)
     proc.join(timeout=60)
     assert proc.exitcode == 0
-    _same(got, want)
+    _same(np.asarray(values, dtype=want.dtype), want)
+    # tensorstore's threads do not survive fork: a forked child reads with the direct engine
+    assert child_engine == ("direct" if engine == "tensorstore" else engine)
 
 
 def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> None:
