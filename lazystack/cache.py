@@ -226,12 +226,15 @@ class ChunkCache:
         )
 
     # -- operations ------------------------------------------------------------------
-    def get(self, key: Hashable) -> np.ndarray | None:
-        """Return the chunk stored under ``key`` (read-only) or None, and count a hit or a miss."""
+    def get(self, key: Hashable, *, count_miss: bool = True) -> np.ndarray | None:
+        """Return the chunk stored under ``key`` (read-only) or None, and count a hit or a miss.
+
+        ``count_miss=False`` leaves a miss uncounted (for a look-up that is retried).
+        """
         with self._lock:
             array = self._data.get(key)
             if array is None:
-                self._misses += 1
+                self._misses += count_miss
                 return None
             self._data.move_to_end(key)
             self._hits += 1

@@ -172,6 +172,22 @@ def normalize_key(key: Any, shape: Sequence[int]) -> tuple[tuple[slice, ...], tu
     """
     if not isinstance(key, tuple):
         key = (key,)
+    if len(key) == len(shape):  # fast path: the stack's keys (step-1 slices and ints inside the bounds)
+        fast: list[slice] = []
+        dropped: list[int] = []
+        for axis, (k, n) in enumerate(zip(key, shape, strict=True)):
+            if type(k) is slice:
+                a, b = k.start, k.stop
+                if k.step not in (None, 1) or type(a) is not int or type(b) is not int or not 0 <= a <= b <= n:
+                    break
+                fast.append(k)
+            elif type(k) is int and 0 <= k < n:
+                fast.append(slice(k, k + 1))
+                dropped.append(axis)
+            else:
+                break
+        else:
+            return tuple(fast), tuple(dropped)
     if any(k is Ellipsis for k in key):
         i = next(i for i, k in enumerate(key) if k is Ellipsis)
         fill = (slice(None),) * (len(shape) - len(key) + 1)
@@ -510,9 +526,26 @@ class ChunkedReader(ABC):
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a normalised region (step-1 slices within bounds), possibly as a read-only view."""
-        return read_region(
-            region, self._grid, self.fetch_chunks, dtype=self._dtype, cache=self.cache, token=self._token
-        )
+        cache = self.cache
+        grid = self._grid
+        if cache is not None and cache.enabled and grid.regular:
+            # Fast path for the common warm case: the region lies in one cached chunk.
+            idx = []
+            for s, c in zip(region, grid.chunk_shape, strict=True):
+                i = s.start // c
+                if s.stop <= s.start or (s.stop - 1) // c != i:
+                    break
+                idx.append(i)
+            else:
+                hit = cache.get((self._token, tuple(idx)), count_miss=False)
+                if hit is not None and hit.dtype == self._dtype:
+                    return hit[
+                        tuple(
+                            slice(s.start - i * c, s.stop - i * c)
+                            for s, i, c in zip(region, idx, grid.chunk_shape, strict=True)
+                        )
+                    ]
+        return read_region(region, grid, self.fetch_chunks, dtype=self._dtype, cache=cache, token=self._token)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) decoding only the touched chunks.

@@ -267,3 +267,20 @@ def test_property_any_region_any_grid(shape: tuple[int, int], chunks: tuple[int,
         region.append(slice(a, b))
     out = read_region(tuple(region), reader.chunk_grid, reader.fetch_chunks, dtype=arr.dtype, cache=cache, token="prop")
     np.testing.assert_array_equal(out, arr[tuple(region)])
+
+
+def test_cache_counters_on_the_single_chunk_fast_path() -> None:
+    previous = set_chunk_cache_size(2**20)
+    cache = get_chunk_cache()
+    cache.clear()
+    try:
+        data = np.arange(400, dtype=np.uint16).reshape(20, 20)
+        reader = NumpyChunks(data, (10, 10))
+        np.testing.assert_array_equal(reader[2:5, 3:9], data[2:5, 3:9])  # miss, fetched, stored
+        np.testing.assert_array_equal(reader[1:9, 0:10], data[1:9, 0:10])  # hit on the fast path
+        np.testing.assert_array_equal(reader[5:15, 5:8], data[5:15, 5:8])  # two chunks: one hit, one miss
+        assert (cache.hits, cache.misses) == (2, 2)
+        assert len(reader.calls) == 2
+    finally:
+        cache.clear()
+        set_chunk_cache_size(previous)
