@@ -47,6 +47,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 
@@ -243,13 +244,12 @@ def _moments_from_counts(offset: int, counts: np.ndarray) -> tuple[int, float, f
     return n, mean, float(w @ (d * d))
 
 
-def _block_partial(block: np.ndarray, c0: int, c: int, small_int: bool) -> dict[str, Any]:
-    """First pass over one chunk (channels ``c0...`` of ``c``): moments, min, max (+ small-int histograms).
+def _block_partial(values: np.ndarray, c0: int, c: int, small_int: bool) -> dict[str, Any]:
+    """First pass over one chunk's ``(channels, values)`` (channels ``c0...`` of ``c``): moments, min, max.
 
     For 8/16-bit integers the moments come from the chunk's exact histogram
     (one ``bincount`` per channel); otherwise from float64 slices of the values.
     """
-    values = _channels(np.asarray(block))
     out: dict[str, Any] = {
         "n": np.zeros(c, dtype=np.int64),
         "mean": np.zeros(c),
@@ -278,10 +278,9 @@ def _block_partial(block: np.ndarray, c0: int, c: int, small_int: bool) -> dict[
 
 
 def _block_histogram(
-    block: np.ndarray, c0: int, c: int, lo: np.ndarray, hi: np.ndarray, bins: int, exact: bool
+    values: np.ndarray, c0: int, c: int, lo: np.ndarray, hi: np.ndarray, bins: int, exact: bool
 ) -> dict[str, Any]:
     """Second pass over one chunk: per-channel histograms between the global min and max."""
-    values = _channels(np.asarray(block))
     hists: list[tuple[int, np.ndarray]] = [(0, np.zeros(0, dtype=np.int64))] * c
     for ch in range(c0, c0 + values.shape[0]):
         v = _finite(values[ch - c0])
@@ -369,18 +368,62 @@ def _check_channels(stacks: list[Any]) -> int:
     return counts[0]
 
 
-def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) -> list[list[tuple[Any, int]]]:
-    """(delayed chunk, first channel) of each stack's canonical array.
+Block = tuple[Any, Any, Any, int]
+"""A chunk to reduce: (source, key, channel axis, first channel).
 
-    With ``sample_fraction``, a reproducible random subset of all the chunks
-    (over every stack together, at least one chunk in all) is kept.
+``key`` None: ``source`` is a (delayed) canonical ``SC(Z)YX`` block. Otherwise
+``source`` is a (delayed) stack read with ``stack._read_view(key)`` in its own
+axes, whose channel axis is at position ``channel axis`` (None: one channel).
+"""
+
+
+def _values(source: Any, key: Any, cpos: int | None) -> np.ndarray:
+    """The ``(channels, n)`` values of one chunk."""
+    if key is None:
+        return _channels(np.asarray(source))
+    block = np.asarray(source._read_view(key))
+    if cpos is None:
+        return block.reshape(1, -1)
+    return np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
+
+
+def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int | None, *args: Any) -> dict[str, Any]:
+    return func(_values(source, key, cpos), *args)
+
+
+def _stack_blocks(stack: Any) -> list[Block]:
+    """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
+    from dask import delayed
+
+    axes = stack.original_axes
+    cpos = axes.index("C") if "C" in axes else None
+    # the stack enters the graph once, under a fresh name (no hashing of its data)
+    source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in stack._view_chunks()]
+    blocks: list[Block] = []
+    for idx in np.ndindex(*(len(b) - 1 for b in bounds)):
+        key = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
+        c0 = 0 if cpos is None else int(bounds[cpos][idx[cpos]])
+        blocks.append((source, key, cpos, c0))
+    return blocks
+
+
+def _dask_blocks(stack: Any) -> list[Block]:
+    """One block per chunk of ``stack.data`` (for stacks that are not :class:`LazyImageStack`)."""
+    x = stack.data
+    starts = np.concatenate([[0], np.cumsum(x.chunks[1])[:-1]]).astype(int)
+    grid = x.to_delayed(optimize_graph=False)
+    return [(grid[idx], None, None, int(starts[idx[1]])) for idx in np.ndindex(grid.shape)]
+
+
+def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) -> list[list[Block]]:
+    """The chunks of every stack; with ``sample_fraction`` a reproducible random subset of them all.
+
+    The subset is drawn over every stack's chunks together (at least one chunk in all).
     """
-    selected: list[list[tuple[Any, int]]] = []
-    for s in stacks:
-        x = s.data
-        starts = np.concatenate([[0], np.cumsum(x.chunks[1])[:-1]]).astype(int)
-        grid = x.to_delayed(optimize_graph=False)
-        selected.append([(grid[idx], int(starts[idx[1]])) for idx in np.ndindex(grid.shape)])
+    selected = [
+        _stack_blocks(s) if hasattr(s, "_read_view") and hasattr(s, "_view_chunks") else _dask_blocks(s) for s in stacks
+    ]
     if sample_fraction is not None:
         total = sum(len(b) for b in selected)
         k = max(1, round(sample_fraction * total))
@@ -403,7 +446,7 @@ def _tree(parts: list[Any], split_every: int) -> Any:
 
 
 def _reduce(
-    blocks: list[list[tuple[Any, int]]],
+    blocks: list[list[Block]],
     func: Callable[..., dict[str, Any]],
     n_channels: int,
     *args: Any,
@@ -411,8 +454,13 @@ def _reduce(
 ) -> Any:
     from dask import delayed
 
-    task = delayed(func, pure=False)  # fresh keys: a repeated call recomputes
-    return _tree([task(b, c0, n_channels, *args) for per_stack in blocks for b, c0 in per_stack], split_every)
+    task = delayed(_run, pure=False)  # fresh keys: a repeated call recomputes
+    parts = [
+        task(func, source, key, cpos, c0, n_channels, *args, dask_key_name=f"{func.__name__}-{uuid4()}")
+        for per_stack in blocks
+        for source, key, cpos, c0 in per_stack
+    ]
+    return _tree(parts, split_every)
 
 
 def _validate_options(percentiles: Sequence[float], sample_fraction: float | None, bins: int) -> tuple[float, ...]:
