@@ -333,9 +333,9 @@ class DirectEngine(ZarrEngine):
 
         self._fill = fill_value_or_default(spec)
         self._spec_shape = tuple(int(n) for n in spec.shape)
-        self._local_root: Path | None = None
+        self._local_root: str | None = None
         if isinstance(self._store, LocalStore):
-            self._local_root = Path(self._store.root)
+            self._local_root = os.fspath(self._store.root)
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:
@@ -346,7 +346,7 @@ class DirectEngine(ZarrEngine):
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
     ) -> bytes | None:
         assert self._local_root is not None
-        path = self._local_root / key
+        path = self._local_root + "/" + key
         try:
             with open(path, "rb") as f:
                 if suffix is not None:
