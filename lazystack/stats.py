@@ -7,11 +7,14 @@ scheduler is active (threads, processes, a :class:`distributed.Client`).
 
 How it is computed
 ------------------
-Every chunk of every stack's canonical ``SC(Z)YX`` dask array becomes one
-task that returns small per-channel partial results; partials are merged in
-a tree (``split_every`` at a time), so no task ever holds more than one chunk
-and the graph carries no pixel data (only the stacks' chunk readers, which
-pickle as recipes).
+Every chunk of every stack (the chunks of its dask array, in the stack's own
+axes) becomes one task that reads the chunk straight from the stack and
+returns small per-channel partial results; partials are merged in a tree
+(``split_every`` at a time), so no task holds more than one chunk and the graph
+carries no pixel data: each stack enters it once, as its pickled recipe (a
+file-backed stack pickles as its path and options). Stack-likes other than
+:class:`~lazystack.LazyImageStack` are reduced over the chunks of their
+canonical ``.data``.
 
 - **Mean and standard deviation**: each chunk gives ``(count, mean, M2)`` in
   float64 (``M2`` is the sum of squared deviations from the chunk's own mean,
