@@ -319,3 +319,37 @@ def test_tiff_source_converts(tmp_path: Path) -> None:
     (stack,) = load_tiffs([tmp_path / "t.tif"], "ZYX")
     group = zarr.open_group(write_ome_zarr(stack, tmp_path / "t.zarr", levels=2), mode="r")
     np.testing.assert_array_equal(group["0"][:], tifffile.imread(tmp_path / "t.tif"))
+
+
+class RecordingReader:
+    """A numpy-backed reader recording the size of every region read."""
+
+    def __init__(self, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+        self.data, self.shape, self.dtype, self.chunks = data, data.shape, data.dtype, chunks
+        self.sizes: list[int] = []
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        out = self.data[key]
+        self.sizes.append(out.size)
+        return out
+
+
+def test_the_image_is_streamed_chunk_by_chunk(tmp_path: Path) -> None:
+    data = np.random.default_rng(8).integers(0, 1000, (6, 128, 128)).astype(np.uint16)
+    reader = RecordingReader(data, (1, 64, 64))
+    path = write_ome_zarr(LazyImageStack(reader, "TYX"), tmp_path / "s.zarr", chunks=64, levels=3)
+    assert max(reader.sizes) <= 64 * 64  # no read larger than one chunk, never the whole image
+    assert sum(reader.sizes) == data.size  # and every pixel read once for all levels
+    np.testing.assert_array_equal(zarr.open_group(path, mode="r")["0"][:], data)
+
+
+def test_group_members_reopen_with_load_zarrs(tmp_path: Path) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    from lazystack import load_zarrs
+
+    rng = np.random.default_rng(9)
+    arrays = [rng.integers(0, 99, (2, 20, 30)).astype(np.uint8), rng.integers(0, 99, (2, 12, 16)).astype(np.uint8)]
+    path = write_ome_zarr(load_arrays(arrays, "CYX"), tmp_path / "g.zarr", levels=2)
+    for i, data in enumerate(arrays):
+        stacks = load_zarrs([f"{path}/{i}"], "CYX")
+        np.testing.assert_array_equal(stacks[0].compute()[0], data)
