@@ -36,7 +36,7 @@ def cluster() -> Iterator[Any]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit="768MiB",
         silence_logs=logging.ERROR,
     ) as cluster:
