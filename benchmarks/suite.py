@@ -149,7 +149,7 @@ def _lazystack_zarr_stack(path_or_url: str, axes: str, engine: str | None) -> tu
     import zarr
 
     from lazystack import LazyImageStack
-    from lazystack.chunked import ChunkedReader
+    from lazystack.chunked import as_chunked_reader
     from lazystack.engines import ZarrArrayReader
 
     loader_stack = None
@@ -159,7 +159,7 @@ def _lazystack_zarr_stack(path_or_url: str, axes: str, engine: str | None) -> tu
         (loader_stack,) = load_zarrs(path_or_url, axes)
     except Exception:
         loader_stack = None
-    if loader_stack is not None and isinstance(loader_stack.reader, ChunkedReader):
+    if loader_stack is not None and as_chunked_reader(loader_stack.reader) is not None:
         return loader_stack, "load_zarrs", None
     z = zarr.open_array(path_or_url, mode="r")
     reader = ZarrArrayReader(z, engine=engine)

@@ -7,8 +7,9 @@ the decoded chunks. The result is exactly what one
 :meth:`~lazystack.LazyImageStack.extract_patch` call per request returns.
 
 Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
-(in-memory arrays, dask arrays, custom readers) or that are loaded in
-memory are served one by one, in order.
+and has no ``as_chunked()`` (see :func:`~lazystack.chunked.as_chunked_reader`),
+such as in-memory arrays, dask arrays or custom readers, or that are loaded
+in memory are served one by one, in order.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .chunked import ChunkedReader, ChunkIndex, normalize_key
+from .chunked import ChunkedReader, ChunkIndex, as_chunked_reader, normalize_key
 from .errors import PatchError
 from .patch import patch_geometry
 
@@ -85,8 +86,7 @@ def _chunked_reader(stack: Any) -> ChunkedReader | None:
 
     if not isinstance(stack, LazyImageStack) or stack.is_loaded:
         return None
-    reader = stack.reader
-    return reader if isinstance(reader, ChunkedReader) else None
+    return as_chunked_reader(stack.reader)
 
 
 def _plan(stack: Any, reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex]:

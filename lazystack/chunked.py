@@ -44,6 +44,8 @@ __all__ = [
     "ChunkGrid",
     "ChunkIndex",
     "ChunkedReader",
+    "FunctionChunkedReader",
+    "as_chunked_reader",
     "FetchChunks",
     "fetch_concurrently",
     "get_chunks",
@@ -568,3 +570,89 @@ class ChunkedReader(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} shape={self._shape} dtype={self._dtype} chunks={self._grid.chunk_shape}>"
+
+
+class FunctionChunkedReader(ChunkedReader):
+    """A :class:`ChunkedReader` whose chunks come from a function: no subclass needed.
+
+    For a back end that keeps its own reader class (with its own pickling
+    and error messages) and builds one of these per process, returning it
+    from ``as_chunked()`` (see :func:`as_chunked_reader`).
+
+    Parameters
+    ----------
+    shape, dtype, chunks, token
+        As for :class:`ChunkedReader`.
+    fetch_one : callable, optional
+        ``fetch_one(index) -> array``: decodes one chunk (thread-safe);
+        several are fetched with :func:`fetch_concurrently`.
+    fetch_many : callable, optional
+        ``fetch_many(indices) -> {index: array}``: decodes several chunks
+        at once (its own concurrency). Give exactly one of the two.
+
+    Raises
+    ------
+    TypeError
+        If neither or both of ``fetch_one`` and ``fetch_many`` are given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = np.arange(100).reshape(10, 10)
+    >>> reader = FunctionChunkedReader(
+    ...     data.shape, data.dtype, (4, 4), "doc-example",
+    ...     fetch_one=lambda idx: data[idx[0] * 4 : idx[0] * 4 + 4, idx[1] * 4 : idx[1] * 4 + 4],
+    ... )
+    >>> reader[3:6, 2:4].tolist()
+    [[32, 33], [42, 43], [52, 53]]
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: Any,
+        chunks: Sequence[int] | Sequence[Sequence[int]],
+        token: str,
+        *,
+        fetch_one: Callable[[ChunkIndex], np.ndarray] | None = None,
+        fetch_many: FetchChunks | None = None,
+    ) -> None:
+        if (fetch_one is None) == (fetch_many is None):
+            msg = "FunctionChunkedReader needs exactly one of fetch_one= and fetch_many="
+            raise TypeError(msg)
+        super().__init__(shape, dtype, chunks, token)
+        self._fetch_one = fetch_one
+        self._fetch_many = fetch_many
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        """Decode chunks with the function given at construction."""
+        if self._fetch_many is not None:
+            return self._fetch_many(indices)
+        assert self._fetch_one is not None
+        return fetch_concurrently(indices, self._fetch_one)
+
+
+def as_chunked_reader(reader: Any) -> ChunkedReader | None:
+    """The :class:`ChunkedReader` behind a reader, or None.
+
+    A reader is either a :class:`ChunkedReader` itself, or has a method
+    ``as_chunked()`` returning one (over the same axes, shape and dtype) or
+    None. Batched extraction (:mod:`lazystack.batch`) uses it.
+
+    Parameters
+    ----------
+    reader : object
+        A stack's reader.
+
+    Returns
+    -------
+    ChunkedReader or None
+    """
+    if isinstance(reader, ChunkedReader):
+        return reader
+    method = getattr(reader, "as_chunked", None)
+    if callable(method):
+        inner = method()
+        if isinstance(inner, ChunkedReader):
+            return inner
+    return None

@@ -18,10 +18,12 @@ An *engine* decodes whole chunks of one zarr array (opened read-only):
     plain ``array[region]`` through zarr-python, chunk by chunk: always
     correct, slowest.
 
-``auto`` (the default) picks ``direct``, else ``tensorstore``, else
-``zarr`` (``direct`` measured fastest for chunk-sized reads; see
-``benchmarks/``). Choose with ``LAZYSTACK_ZARR_ENGINE`` or
-:func:`set_zarr_engine`; every engine returns identical arrays.
+``auto`` (the default) uses :class:`AutoEngine` when both ``direct`` and
+``tensorstore`` can read the array (``direct`` for fetches of a few chunks,
+where its low overhead wins; tensorstore's parallel C++ decoding for many),
+else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
+Choose with ``LAZYSTACK_ZARR_ENGINE`` or :func:`set_zarr_engine`; every
+engine returns identical arrays.
 
 :class:`ZarrArrayReader` is the :class:`~lazystack.chunked.ChunkedReader` a
 Zarr back end wraps around a ``zarr.Array``: chunk cache, concurrent
@@ -48,6 +50,7 @@ from .errors import MissingDependencyError, SourceReadError
 __all__ = [
     "ENGINES",
     "ENV_ZARR_ENGINE",
+    "AutoEngine",
     "DirectEngine",
     "TensorstoreEngine",
     "ZarrArrayReader",
@@ -66,6 +69,7 @@ ENGINES = ("auto", "direct", "tensorstore", "zarr")
 ENV_ZARR_ENGINE = "LAZYSTACK_ZARR_ENGINE"
 
 _AUTO_ORDER = ("direct", "tensorstore", "zarr")
+_AUTO_HYBRID = True  # "auto" mixes direct and tensorstore (see AutoEngine) when both can read an array
 _MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
 _Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
 
@@ -546,6 +550,33 @@ class TensorstoreEngine(ZarrEngine):
         return np.asarray(self._ts[region].read().result())
 
 
+class AutoEngine(ZarrEngine):
+    """``auto`` when both engines can read the array: direct for a few chunks, tensorstore for many.
+
+    The direct engine has the least overhead per call; tensorstore decodes
+    many chunks in parallel in its own (C++) threads, which Python threads
+    match only partly. Fetches of at least ``min_tensorstore`` chunks
+    (default :data:`lazystack.chunked.PARALLEL_MIN_CHUNKS`) go to tensorstore.
+    """
+
+    name = "auto"
+
+    def __init__(self, array: Any, *, min_tensorstore: int | None = None) -> None:
+        super().__init__(array)
+        from . import chunked
+
+        self.direct = DirectEngine(array)
+        self.tensorstore = TensorstoreEngine(array)
+        self.chunk_shape = self.direct.chunk_shape
+        self.min_tensorstore = min_tensorstore or chunked.PARALLEL_MIN_CHUNKS
+
+    def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
+        """Direct for fewer than ``min_tensorstore`` chunks, else tensorstore."""
+        if len(indices) >= self.min_tensorstore:
+            return self.tensorstore.fetch(indices)
+        return self.direct.fetch(indices)
+
+
 _ENGINE_CLASSES: dict[str, type[ZarrEngine]] = {
     "direct": DirectEngine,
     "tensorstore": TensorstoreEngine,
@@ -593,6 +624,11 @@ def make_engine(array: Any, name: str | None = None) -> ZarrEngine:
         return DirectEngine(array)  # see _TS_STARTED_IN: same results, no hang
     if choice != "auto":
         return _ENGINE_CLASSES[choice](array)
+    if _AUTO_HYBRID:
+        try:
+            return AutoEngine(array)
+        except (NotImplementedError, MissingDependencyError):
+            pass
     for candidate in _AUTO_ORDER:
         try:
             return _ENGINE_CLASSES[candidate](array)

@@ -157,3 +157,27 @@ def test_patches_entirely_outside_are_zero_and_read_nothing() -> None:
     assert patch.shape == (1, 5, 5)
     assert not patch.any()
     assert reader.calls == 0
+
+
+class WrappingReader:
+    """A back end's own reader class that hands out a chunked reader with ``as_chunked()``."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.shape, self.dtype, self.data = data.shape, data.dtype, data
+        self.inner = CountingReader(data, (1, 16, 16))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.inner[key]
+
+    def as_chunked(self) -> ChunkedReader:
+        return self.inner
+
+
+def test_readers_exposing_as_chunked_are_batched(cache_mode: str) -> None:
+    data = np.random.default_rng(6).random((2, 50, 60)).astype(np.float32)
+    wrapper = WrappingReader(data)
+    stack = LazyImageStack(wrapper, "SYX")
+    reqs = _requests(np.random.default_rng(7), stack, 40, (20, 20))
+    _assert_same(extract_patches([(stack, *r) for r in reqs]), _one_by_one(LazyImageStack(data, "SYX"), reqs))
+    assert wrapper.inner.calls == 1
+    assert max(wrapper.inner.decoded.values()) == 1

@@ -284,3 +284,27 @@ def test_cache_counters_on_the_single_chunk_fast_path() -> None:
     finally:
         cache.clear()
         set_chunk_cache_size(previous)
+
+
+def test_function_chunked_reader_and_as_chunked_reader(cache_mode: str) -> None:
+    from lazystack.chunked import FunctionChunkedReader, as_chunked_reader
+
+    data = np.arange(30 * 40, dtype=np.int16).reshape(30, 40)
+    grid = ChunkGrid(data.shape, (8, 16))
+    one = FunctionChunkedReader(data.shape, data.dtype, (8, 16), "f1", fetch_one=lambda i: data[grid.chunk_region(i)])
+    many = FunctionChunkedReader(
+        data.shape, data.dtype, (8, 16), "f2", fetch_many=lambda ii: {i: data[grid.chunk_region(i)] for i in ii}
+    )
+    for region in _regions(np.random.default_rng(9), data.shape, 30):
+        np.testing.assert_array_equal(one[region], data[region])
+        np.testing.assert_array_equal(many[region], data[region])
+    with pytest.raises(TypeError, match="exactly one"):
+        FunctionChunkedReader(data.shape, data.dtype, (8, 16), "f3")
+
+    class Wrapper:
+        def as_chunked(self) -> ChunkedReader:
+            return one
+
+    assert as_chunked_reader(one) is one
+    assert as_chunked_reader(Wrapper()) is one
+    assert as_chunked_reader(data) is None

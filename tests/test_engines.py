@@ -39,6 +39,7 @@ from lazystack import LazyImageStack
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 from lazystack.engines import (
     ENV_ZARR_ENGINE,
+    AutoEngine,
     DirectEngine,
     TensorstoreEngine,
     ZarrArrayReader,
@@ -48,7 +49,7 @@ from lazystack.engines import (
     set_zarr_engine,
 )
 
-ENGINE_NAMES = ["direct", "tensorstore", "zarr"]
+ENGINE_NAMES = ["auto", "direct", "tensorstore", "zarr"]
 
 
 def _data(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
@@ -224,6 +225,13 @@ def _same(got: np.ndarray, want: np.ndarray) -> None:
     np.testing.assert_array_equal(got, want)  # NaN == NaN here
 
 
+def _expected_name(z: Any, engine: str) -> str:
+    """``auto`` is the hybrid when tensorstore can read the array too, else ``direct``."""
+    if engine == "auto":
+        return "auto" if "tensorstore" in available_engines(z) else "direct"
+    return engine
+
+
 #: (array, engine) pairs an engine refuses (it raises NotImplementedError; "auto" picks another).
 UNSUPPORTED = {("v2-F-bigendian-delta-blosc", "tensorstore")}  # tensorstore has no numcodecs Delta filter
 
@@ -238,7 +246,7 @@ def test_engine_matches_zarr_on_random_regions(arrays: dict[str, Any], name: str
             make_engine(z, engine)
         return
     reader = ZarrArrayReader(z, engine=engine)
-    assert reader.engine_name == engine
+    assert reader.engine_name == _expected_name(reader.array, engine)
     assert reader.shape == z.shape
     assert reader.dtype == z.dtype
     rng = np.random.default_rng(len(name))
@@ -253,7 +261,12 @@ def test_engine_matches_zarr_on_random_regions(arrays: dict[str, Any], name: str
 def test_direct_engine_supports_every_test_array(arrays: dict[str, Any], name: str) -> None:
     z = _open(arrays[name])
     assert "direct" in available_engines(z)
-    assert make_engine(z, "auto").name == "direct"
+    auto = make_engine(z, "auto")
+    if "tensorstore" in available_engines(z):
+        assert isinstance(auto, AutoEngine)
+        assert auto.direct.chunk_shape == auto.tensorstore.chunk_shape == tuple(z.chunks)
+    else:
+        assert isinstance(auto, DirectEngine)
 
 
 def test_fetch_unit_is_the_inner_chunk_of_a_sharded_array(arrays: dict[str, Any]) -> None:
@@ -264,6 +277,24 @@ def test_fetch_unit_is_the_inner_chunk_of_a_sharded_array(arrays: dict[str, Any]
     _same(chunks[(9, 4)], np.asarray(z[90:100, 60:75]))  # a missing chunk: fill value
     assert (chunks[(9, 4)] == -3).all()
     _same(chunks[(0, 0)], np.asarray(z[0:10, 0:15]))
+
+
+def test_auto_engine_sends_few_chunks_to_direct_and_many_to_tensorstore(arrays: dict[str, Any]) -> None:
+    z = _open(arrays["v3-sharded-missing"])
+    auto = make_engine(z, "auto")
+    assert isinstance(auto, AutoEngine)
+    calls: list[str] = []
+    for part in (auto.direct, auto.tensorstore):
+        original = part.fetch
+        part.fetch = lambda idx, _o=original, _n=part.name: (calls.append(_n), _o(idx))[1]  # type: ignore[method-assign]
+    few = [(0, 0), (9, 4)]
+    many = [(i, j) for i in range(3) for j in range(3)]
+    got = {**auto.fetch(few), **auto.fetch(many)}
+    assert calls == ["direct", "tensorstore"]
+    for idx, chunk in got.items():
+        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, z.chunks, z.shape, strict=True))
+        want = np.asarray(z[region])
+        _same(chunk[tuple(slice(0, n) for n in want.shape)], want)
 
 
 def test_missing_store_objects_come_back_as_fill_value(tmp_path: Path) -> None:
@@ -354,7 +385,7 @@ def test_reader_used_in_a_forked_child(arrays: dict[str, Any], engine: str) -> N
     key = (slice(5, 40), slice(10, 70))
     want = np.asarray(z[key])
     _same(reader[key], want)  # engine and cache live in the parent
-    assert reader.engine_name == engine  # built here even when the read was a cache hit
+    assert reader.engine_name == _expected_name(z, engine)  # built here even when the read was a cache hit
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child_read, args=(reader, key, queue))
@@ -364,7 +395,7 @@ def test_reader_used_in_a_forked_child(arrays: dict[str, Any], engine: str) -> N
     assert proc.exitcode == 0
     _same(np.asarray(values, dtype=want.dtype), want)
     # tensorstore's threads do not survive fork: a forked child reads with the direct engine
-    assert child_engine == ("direct" if engine == "tensorstore" else engine)
+    assert child_engine == ("direct" if engine in ("auto", "tensorstore") else engine)
 
 
 def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> None:
@@ -428,7 +459,7 @@ def test_remote_http_store(arrays: dict[str, Any], http_root: str, name: str, en
     local = _open(arrays[name])
     remote = zarr.open_array(f"{http_root}/{name}.zarr", mode="r")
     reader = ZarrArrayReader(remote, engine=engine)
-    assert reader.engine_name == engine
+    assert reader.engine_name == _expected_name(reader.array, engine)
     rng = np.random.default_rng(7)
     for key in _regions(rng, local.shape, 8):
         _same(reader[key], np.asarray(local[key]))
