@@ -73,7 +73,7 @@ class Config:
     def make(cls, quick: bool, engine: str | None, tmp: Path) -> Config:
         if quick:
             return cls(True, engine, 150, 25, 4096, (32, 1024, 1024), (4, 4096, 4096), 32 * 2**20, 1000, tmp)
-        return cls(False, engine, 1000, 100, 8192, (64, 2048, 2048), (32, 8192, 8192), 256 * 2**20, 5000, tmp)
+        return cls(False, engine, 1000, 100, 8192, (64, 2048, 2048), (52, 8192, 8192), 256 * 2**20, 5000, tmp)
 
 
 # -- timing helpers ---------------------------------------------------------------------------------
@@ -328,6 +328,8 @@ def _speedup_over_dask(table: Table) -> None:
 def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded: bool = False) -> Table:
     import dask.array as da
 
+    from lazystack.cache import get_chunk_cache
+
     if ndim == 2:
         shape: tuple[int, ...] = (cfg.side2d, cfg.side2d)
         chunks: tuple[int, ...] = (256, 256)
@@ -359,6 +361,8 @@ def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded
     with _cache_size(0):
         table.rows["lazystack cold"] = _median_us(lazy, regions)
     with _cache_size(2**31):
+        cache = get_chunk_cache()
+        table.rows["lazystack first touch (cache on)"] = _median_us(lambda r: (cache.clear(), lazy(r)), regions)
         for r in regions:
             lazy(*r)
         table.rows["lazystack warm"] = _median_us(lazy, regions, warmup=0)

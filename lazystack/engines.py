@@ -18,9 +18,10 @@ An *engine* decodes whole chunks of one zarr array (opened read-only):
     plain ``array[region]`` through zarr-python, chunk by chunk: always
     correct, slowest.
 
-``auto`` (the default) uses :class:`AutoEngine` when both ``direct`` and
-``tensorstore`` can read the array (``direct`` for fetches of a few chunks,
-where its low overhead wins; tensorstore's parallel C++ decoding for many),
+``auto`` (the default) uses :class:`AutoEngine` for a local array that both
+``direct`` and ``tensorstore`` can read (``direct`` for fetches of a few
+chunks, where its low overhead wins; tensorstore's parallel C++ decoding for
+many, and for region reads of many chunks when the chunk cache is off),
 else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
 Choose with ``LAZYSTACK_ZARR_ENGINE`` or :func:`set_zarr_engine`; every
 engine returns identical arrays.
@@ -551,7 +552,7 @@ class TensorstoreEngine(ZarrEngine):
 
 
 class AutoEngine(ZarrEngine):
-    """``auto`` when both engines can read the array: direct for a few chunks, tensorstore for many.
+    """``auto`` for a local array both engines read: direct for a few chunks, tensorstore for many.
 
     The direct engine has the least overhead per call; tensorstore decodes
     many chunks in parallel in its own (C++) threads, which Python threads
@@ -566,6 +567,10 @@ class AutoEngine(ZarrEngine):
         from . import chunked
 
         self.direct = DirectEngine(array)
+        if self.direct._local_root is None:
+            # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
+            msg = "auto engine: tensorstore is only mixed in for local stores"
+            raise NotImplementedError(msg)
         self.tensorstore = TensorstoreEngine(array)
         self.chunk_shape = self.direct.chunk_shape
         self.min_tensorstore = min_tensorstore or chunked.PARALLEL_MIN_CHUNKS
@@ -727,10 +732,15 @@ class ZarrArrayReader(ChunkedReader):
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a region: through the chunk cache, or straight from tensorstore when the cache is off."""
         cache = self.cache
-        if (cache is None or not cache.enabled) and isinstance(self.engine, TensorstoreEngine):
-            if 0 in (s.stop - s.start for s in region):
-                return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-            return self.engine.read_region(region).astype(self.dtype, copy=False)
+        if cache is None or not cache.enabled:
+            engine = self.engine
+            ts = engine if isinstance(engine, TensorstoreEngine) else None
+            if isinstance(engine, AutoEngine) and len(self.chunk_grid.touched(region)) >= engine.min_tensorstore:
+                ts = engine.tensorstore
+            if ts is not None:
+                if 0 in (s.stop - s.start for s in region):
+                    return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
+                return ts.read_region(region).astype(self.dtype, copy=False)
         return super().read(region)
 
     def close(self) -> None:

@@ -226,9 +226,10 @@ def _same(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def _expected_name(z: Any, engine: str) -> str:
-    """``auto`` is the hybrid when tensorstore can read the array too, else ``direct``."""
+    """``auto`` is the hybrid for a local array tensorstore can read too, else ``direct``."""
     if engine == "auto":
-        return "auto" if "tensorstore" in available_engines(z) else "direct"
+        local = isinstance(z.store, zarr.storage.LocalStore)
+        return "auto" if local and "tensorstore" in available_engines(z) else "direct"
     return engine
 
 
