@@ -353,3 +353,16 @@ def test_group_members_reopen_with_load_zarrs(tmp_path: Path) -> None:
     for i, data in enumerate(arrays):
         stacks = load_zarrs([f"{path}/{i}"], "CYX")
         np.testing.assert_array_equal(stacks[0].compute()[0], data)
+
+
+def test_write_on_the_process_scheduler(tmp_path: Path) -> None:
+    import dask
+
+    data = np.random.default_rng(10).integers(0, 1000, (2, 3, 40, 40)).astype(np.uint16)
+    np.save(tmp_path / "src.npy", data)
+    (stack,) = load_arrays([np.load(tmp_path / "src.npy", mmap_mode="r")], "TCYX")
+    with dask.config.set(scheduler="processes", num_workers=2):
+        path = write_ome_zarr(stack, tmp_path / "p.zarr", chunks=16, levels=2)
+    group = zarr.open_group(path, mode="r")
+    np.testing.assert_array_equal(group["0"][:], data)
+    np.testing.assert_array_equal(group["1"][:], block_mean(data, "TCYX", 2, np.uint16))
