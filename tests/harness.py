@@ -82,6 +82,9 @@ class Made:
     load: Callable[[Any, str], list[lazystack.LazyImageStack]]
     files: list[Path] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return f"Made(axes={self.axes!r}, shape={self.reference.shape}, files={[p.name for p in self.files]})"
+
     def open(self) -> lazystack.LazyImageStack:
         """Load the sources and return the one stack they make."""
         stacks = self.load(self.sources, self.axes)
