@@ -609,7 +609,10 @@ def make_engine(array: Any, name: str | None = None) -> ZarrEngine:
     array : zarr.Array
         The array, opened read-only.
     name : str, optional
-        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``.
+        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine
+        named here that cannot read the array raises; the process-wide
+        setting (``name=None``) is a preference: arrays its engine cannot
+        read get ``"auto"``'s choice.
 
     Returns
     -------
@@ -628,7 +631,12 @@ def make_engine(array: Any, name: str | None = None) -> ZarrEngine:
     if choice == "tensorstore" and _tensorstore_forked():
         return DirectEngine(array)  # see _TS_STARTED_IN: same results, no hang
     if choice != "auto":
-        return _ENGINE_CLASSES[choice](array)
+        try:
+            return _ENGINE_CLASSES[choice](array)
+        except (NotImplementedError, MissingDependencyError):
+            if name is not None:
+                raise
+            # the process-wide setting is a preference: arrays it cannot read use "auto"
     if _AUTO_HYBRID:
         try:
             return AutoEngine(array)

@@ -348,8 +348,16 @@ def test_tensorstore_refuses_a_memory_store() -> None:
     z = zarr.create_array(store={}, shape=(10, 10), chunks=(5, 5), dtype="uint8")
     with pytest.raises(NotImplementedError, match="MemoryStore"):
         TensorstoreEngine(z)
+    with pytest.raises(NotImplementedError, match="MemoryStore"):
+        make_engine(z, "tensorstore")  # asked for by name: strict
     assert available_engines(z) == ["direct", "zarr"]
-    assert isinstance(make_engine(z), DirectEngine)
+    assert isinstance(make_engine(z, "auto"), DirectEngine)
+    previous = set_zarr_engine("tensorstore")
+    try:  # the process-wide setting is a preference: this array gets auto's choice
+        assert isinstance(make_engine(z), DirectEngine)
+        assert ZarrArrayReader(z).engine_name == "direct"
+    finally:
+        set_zarr_engine(previous)
 
 
 def test_corrupt_chunk_is_a_clear_read_error(tmp_path: Path) -> None:
