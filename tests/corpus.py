@@ -571,6 +571,36 @@ def gen_bioio(root: Path) -> list[BadCase]:
     return [BadCase("bioio", n, f"bioio/{n}.ome.tif", "bioio", "TZYX", names=[f"{n}.ome.tif"]) for n in names]
 
 
+#: Real microscope files beside the checkout (read-only; only truncated copies are written, into the corpus).
+SHARED_DATA = Path(os.environ.get("LAZYSTACK_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
+
+
+def gen_real(root: Path) -> list[BadCase]:
+    """Truncated copies of the real CZI and TIFF files in ``../shared/data`` (none when the folder is absent)."""
+    import tifffile
+
+    cases: list[BadCase] = []
+    d = root / "real"
+    d.mkdir(parents=True, exist_ok=True)
+    for src in sorted((SHARED_DATA / "czi").glob("*.czi")) if (SHARED_DATA / "czi").is_dir() else []:
+        raw = src.read_bytes()
+        for frac in (0.3, 0.7, 0.95):
+            name = f"{src.stem}-{int(frac * 100)}pct"
+            (d / f"{name}.czi").write_bytes(raw[: int(len(raw) * frac)])
+            cases.append(BadCase("czi-real", name, f"real/{name}.czi", "czi", "SCYX", names=[f"{name}.czi"]))
+    tiffs = sorted((SHARED_DATA / "tiff").glob("*.tif*")) if (SHARED_DATA / "tiff").is_dir() else []
+    for src in tiffs:
+        with tifffile.TiffFile(src) as tif:
+            rank = len(tif.series[0].shape)
+        axes = ["YX", "ZYX", "CZYX", "TCZYX", "STCZYX"][rank - 2]
+        raw = src.read_bytes()
+        for frac in (0.5, 0.95):
+            name = f"{src.name.split('.')[0]}-{int(frac * 100)}pct"
+            (d / f"{name}.tif").write_bytes(raw[: int(len(raw) * frac)])
+            cases.append(BadCase("tiff-real", name, f"real/{name}.tif", "tiff", axes, names=[f"{name}.tif"]))
+    return cases
+
+
 GENERATORS: dict[str, Callable[[Path], list[BadCase]]] = {
     "tiff": gen_tiff,
     "czi": gen_czi,
@@ -578,6 +608,7 @@ GENERATORS: dict[str, Callable[[Path], list[BadCase]]] = {
     "ome-zarr": gen_ome_zarr,
     "custom": gen_custom,
     "bioio": gen_bioio,
+    "real": gen_real,
 }
 
 
