@@ -121,7 +121,7 @@ def _tiff_tag_offset(path: Path, tag_code: int) -> tuple[int, int]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        tag = tif.pages[0].tags[tag_code]
+        tag = tif.pages.first.tags[tag_code]
         return tag.valueoffset, tag.dtype
 
 
@@ -164,12 +164,12 @@ def gen_tiff(root: Path) -> list[BadCase]:
         _scramble(p, o + 2, max(c - 2, 1), seed=10 + i)
     p = add("tile-bytecount-lies")
     shutil.copy(tiled, p)
-    with tifffile.TiffFile(p, mode="r+b") as tif:
-        tif.pages[0].tags["TileByteCounts"].overwrite([1] * len(counts))
+    with tifffile.TiffFile(p, mode="r+") as tif:
+        tif.pages.first.tags["TileByteCounts"].overwrite([1] * len(counts))
     p = add("tile-offset-beyond-eof")
     shutil.copy(tiled, p)
-    with tifffile.TiffFile(p, mode="r+b") as tif:
-        tif.pages[0].tags["TileOffsets"].overwrite([10**9] * len(offsets))
+    with tifffile.TiffFile(p, mode="r+") as tif:
+        tif.pages.first.tags["TileOffsets"].overwrite([10**9] * len(offsets))
     # metadata that lies about shapes
     one = d / "base-one.tif"
     tifffile.imwrite(one, _data((64, 64), seed=2), metadata=None)
@@ -184,8 +184,8 @@ def gen_tiff(root: Path) -> list[BadCase]:
     ):
         p = add(name, "YX")
         shutil.copy(one, p)
-        with tifffile.TiffFile(p, mode="r+b") as tif:
-            tif.pages[0].tags[tagname].overwrite(value)
+        with tifffile.TiffFile(p, mode="r+") as tif:
+            tif.pages.first.tags[tagname].overwrite(value)
     p = add("ifd-offset-beyond-eof")
     shutil.copy(plain, p)
     _patch_bytes(p, 4, struct.pack("<I", 10**9))
@@ -197,16 +197,16 @@ def gen_tiff(root: Path) -> list[BadCase]:
     (d / "a-directory.tif").mkdir(exist_ok=True)
     made["a-directory"] = "ZYX"
     made["missing-file"] = "ZYX"
-    cases = []
+    cases: list[BadCase] = []
     for loader in ("tiff", "iter_tiff"):
         for name, axes in made.items():
             src = f"tiff/{name}.tif"
             cases.append(BadCase(loader, name, src, loader, axes, names=[f"{name}.tif"]))
     # a loop of IFDs is valid data (tifffile stops at the loop): the first page reads correctly
-    for c in cases:
-        if c.name == "ifd-loop":
+    for bc in cases:
+        if bc.name == "ifd-loop":
             np.save(d / "ifd-loop.expected.npy", tifffile.imread(one))
-            c.expect, c.ok_npy = "error-or-ok", "tiff/ifd-loop.expected.npy"
+            bc.expect, bc.ok_npy = "error-or-ok", "tiff/ifd-loop.expected.npy"
     return cases
 
 
@@ -279,7 +279,7 @@ def gen_czi(root: Path) -> list[BadCase]:
     p.write_bytes(bytes(body))
     # directory entries that lie: find "DV" entries inside the directory segment
     dstart = seg["ZISRAWDIRECTORY"]
-    entries = []
+    entries: list[int] = []
     at = raw.find(b"DV", dstart + 32 + 128)
     while at >= 0 and len(entries) < 4:
         entries.append(at)
@@ -555,7 +555,7 @@ def gen_bioio(root: Path) -> list[BadCase]:
     for frac in (0.01, 0.3, 0.7):
         _truncate(base, add(f"truncated-{int(frac * 100)}pct"), int(size * frac))
     with tifffile.TiffFile(base) as tif:
-        xml = tif.pages[0].description
+        xml = tif.pages.first.description
     for name, new in (
         ("ome-xml-broken", xml[: len(xml) // 2]),
         ("ome-sizez-lies", xml.replace('SizeZ="3"', 'SizeZ="9"')),
@@ -564,8 +564,8 @@ def gen_bioio(root: Path) -> list[BadCase]:
     ):
         p = add(name)
         shutil.copy(base, p)
-        with tifffile.TiffFile(p, mode="r+b") as tif:
-            tif.pages[0].tags["ImageDescription"].overwrite(new)
+        with tifffile.TiffFile(p, mode="r+") as tif:
+            tif.pages.first.tags["ImageDescription"].overwrite(new)
     (d / "a-directory.ome.tif").mkdir(exist_ok=True)
     names += ["a-directory", "missing-file"]
     return [BadCase("bioio", n, f"bioio/{n}.ome.tif", "bioio", "TZYX", names=[f"{n}.ome.tif"]) for n in names]

@@ -76,8 +76,10 @@ def _ref_patch(canonical: np.ndarray, s: int, chans: list[int], coords: list[int
 
 
 # -- extract_patch ------------------------------------------------------------------------------------
-ints = st.one_of(st.integers(-5, 80), st.integers(-(2**62), 2**62), st.sampled_from([np.int64(3), np.int32(-1)]))
-channel_arg = st.one_of(
+ints: st.SearchStrategy[Any] = st.one_of(
+    st.integers(-5, 80), st.integers(-(2**62), 2**62), st.sampled_from([np.int64(3), np.int32(-1)])
+)
+channel_arg: st.SearchStrategy[Any] = st.one_of(
     st.none(),
     st.integers(-2, 5),
     st.lists(st.integers(-2, 5), max_size=4),

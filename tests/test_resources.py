@@ -53,7 +53,7 @@ def _write_many(folder: Path, kind: str) -> list[str]:
         data = _file_data(i)
         if kind.startswith("tiff"):
             path = folder / f"f{i:04d}.tif"
-            kwargs = {"compression": "zlib"} if kind == "tiff-zlib" else {}
+            kwargs: dict[str, Any] = {"compression": "zlib"} if kind == "tiff-zlib" else {}
             tifffile.imwrite(path, data, metadata=None, photometric="minisblack", **kwargs)
         else:
             path = folder / f"f{i:04d}.npy"
