@@ -118,6 +118,23 @@ def test_views(case: tuple[FormatCase, Made]) -> None:
     np.testing.assert_array_equal(inner.compute(), canonical[..., 2:9])
 
 
+def test_batch_and_loaded_equal_reference(case: tuple[FormatCase, Made]) -> None:
+    _fc, made = case
+    stack = made.open()
+    requests = random_requests(made.canonical.shape, 30, seed=11)
+    want = reference_patches(made.canonical, requests)
+    for got, w in zip(stack.extract_patches(requests), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+    assert stack.load() is stack
+    assert stack.is_loaded
+    for got, w in zip(extract_many(stack, requests), want, strict=True):
+        np.testing.assert_array_equal(got, w)
+    np.testing.assert_array_equal(stack.data.compute(scheduler="sync"), made.canonical)
+    stack.close()
+    assert not stack.is_loaded
+    _assert_patches(stack, made.canonical, 5, seed=12)
+
+
 # -- pickling and processes -------------------------------------------------------------------------------
 def test_pickle_round_trip(case: tuple[FormatCase, Made]) -> None:
     fc, made = case
