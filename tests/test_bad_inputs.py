@@ -24,10 +24,6 @@ pytestmark = pytest.mark.timeout(300)
 
 #: (format group, case) -> what is wrong today. Each is a strict xfail: fixing the loader makes it pass.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("czi", "subblock-pixeltype-unknown"): (
-        "BUG: a CZI whose subblocks declare an unknown pixel type raises a raw ValueError from np.result_type() "
-        "in czi.py open_czi (empty dtype set); expected SourceFormatError naming the file and the pixel type"
-    ),
     ("zarr", "v2-zero-chunk"): (
         "BUG: a Zarr v2 array with a 0 in its chunk shape raises ZeroDivisionError in zarr.py "
         "ZarrArrayReader._chunk_coords (called from _failing_keys); expected SourceFormatError at open"

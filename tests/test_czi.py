@@ -534,3 +534,23 @@ def test_lazystack_works_without_the_extra() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "MISSING" in run.stdout
     assert "lazystack[czi]" in run.stdout
+
+
+def test_unknown_pixel_type_names_the_file_and_the_supported_types(tmp_path: Path) -> None:
+    import struct
+
+    from pylibCZIrw import czi as pyczi
+
+    path = tmp_path / "ptype.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as w:
+        for c in range(2):
+            w.write(np.full((16, 12), c, dtype=np.uint16), plane={"C": c})
+    raw = bytearray(path.read_bytes())
+    entry = raw.find(b"DV", raw.find(b"ZISRAWDIRECTORY") + 32 + 128)
+    assert entry > 0
+    while entry >= 0:  # every directory entry ("DV" schema): pixel type 77, which no CZI defines
+        raw[entry + 2 : entry + 6] = struct.pack("<i", 77)
+        entry = raw.find(b"DV", entry + 2)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SourceFormatError, match=r"ptype\.czi.*pixel type.*'Gray16'"):
+        load_czis(path, "SCYX")

@@ -189,9 +189,15 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
     if count == 0 or t.w <= 0 or t.h <= 0:
         msg = f"CZI file {path!r} holds no image data (no sub-blocks)"
         raise SourceFormatError(msg)
-    if pixel_types and pixel_types[0] == "Invalid":
-        pixel_types = ()
-    valid = [p for p in pixel_types if p != "Invalid"] or ["Invalid"]
+    valid = [p for p in pixel_types if p != "Invalid"]
+    if not valid:
+        msg = (
+            f"CZI file {path!r} declares no valid pixel type for its channels (pylibCZIrw reports "
+            f"{list(pixel_types) or 'none'}: unknown pixel type code in the sub-blocks, corrupt file?); "
+            f"lazystack reads the pixel types {list(PIXEL_TYPES)}"
+        )
+        raise SourceFormatError(msg)
+    # a channel without sub-blocks reports "Invalid": it is read with the type of the others
     pixel_types = tuple(p if p != "Invalid" else valid[0] for p in pixel_types)
     for p in pixel_types:
         if p not in PIXEL_TYPES:
