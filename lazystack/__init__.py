@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .api import load, propose_axes
 from .axes import VALID_AXES, AxesModel, validate_axes
+from .batch import extract_patches
+from .cache import get_chunk_cache, set_chunk_cache_size
+from .display import StackList
+from .engines import set_zarr_engine
 from .errors import (
     AxesError,
     ChannelIndexError,
@@ -34,7 +39,11 @@ from .loaders import (
     load_tiffs,
     load_zarrs,
 )
+from .normalize import normalized
+from .sources.custom import ReadFunc
 from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
+from .stats import ChannelStatistics, channel_statistics
+from .writing import write_ome_zarr
 
 try:
     __version__ = version("lazystack")
@@ -45,6 +54,7 @@ __all__ = [
     "VALID_AXES",
     "AxesError",
     "AxesModel",
+    "ChannelStatistics",
     "ChannelIndexError",
     "GenericImageStack",
     "ImageStack",
@@ -53,14 +63,20 @@ __all__ = [
     "LazyStackError",
     "MissingDependencyError",
     "PatchError",
+    "ReadFunc",
     "SampleIndexError",
     "SelectionError",
     "ShapeMismatchError",
     "SourceFormatError",
     "SourceNotFoundError",
     "SourceReadError",
+    "StackList",
     "UnsupportedSourceError",
     "__version__",
+    "channel_statistics",
+    "extract_patches",
+    "get_chunk_cache",
+    "load",
     "load_arrays",
     "load_bioio",
     "load_custom_file",
@@ -68,5 +84,10 @@ __all__ = [
     "load_iter_tiff",
     "load_tiffs",
     "load_zarrs",
+    "normalized",
+    "propose_axes",
+    "set_chunk_cache_size",
+    "set_zarr_engine",
     "validate_axes",
+    "write_ome_zarr",
 ]

@@ -249,7 +249,9 @@ def _load_npy(path: str, axes: str) -> LazyImageStack:
     except ValueError as exc:
         msg = f"{path!r} is not a readable .npy file: {exc}"
         raise SourceFormatError(msg) from exc
-    return LazyImageStack(array, validate_axes(axes), source=str(path), format="npy")
+    from .sources.array import as_reader
+
+    return LazyImageStack(as_reader(array), validate_axes(axes), source=str(path), format="npy")
 
 
 # -- declared axes ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .axes import validate_axes
+from .display import StackList
 from .errors import UnsupportedSourceError
 from .sources.array import as_reader
 from .sources.base import OpenedSource, is_array_like
@@ -33,11 +34,11 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 
-def _stacks(opened: Iterable[OpenedSource]) -> list[LazyImageStack]:
-    return [
+def _stacks(opened: Iterable[OpenedSource]) -> StackList:
+    return StackList(
         LazyImageStack(o.reader, o.axes, source=o.source, format=o.format, coords=o.coords, attrs=o.attrs)
         for o in opened
-    ]
+    )
 
 
 def as_source_list(source: PathLike | Sequence[PathLike], what: str = "paths") -> list[str]:
@@ -72,7 +73,7 @@ def as_source_list(source: PathLike | Sequence[PathLike], what: str = "paths") -
     raise UnsupportedSourceError(msg)
 
 
-def load_arrays(source: Any, axes: str) -> list[LazyImageStack]:
+def load_arrays(source: Any, axes: str) -> StackList:
     """Wrap array-likes in lazy stacks, without copying or casting.
 
     Parameters
@@ -86,7 +87,8 @@ def load_arrays(source: Any, axes: str) -> list[LazyImageStack]:
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
         One stack per array, with ``source == "array"``. Data is read (and
         cast to float32) only when a patch is extracted. An in-memory numpy
         array pickles with its data.
@@ -131,10 +133,10 @@ def load_arrays(source: Any, axes: str) -> list[LazyImageStack]:
             )
             raise UnsupportedSourceError(msg)
         stacks.append(LazyImageStack(as_reader(reader), axes, source="array", format="array", coords=coords))
-    return stacks
+    return StackList(stacks)
 
 
-def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     """Open TIFF files lazily, one stack per file and image series.
 
     Parameters
@@ -147,7 +149,8 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyIma
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
         Chunked by the file's own tiles, strips or pages; uncompressed
         contiguous data is memory-mapped.
     """
@@ -157,7 +160,7 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyIma
     return _stacks(o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes))
 
 
-def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     """Open TIFF files for file-by-file iteration: one dask chunk per file.
 
     ``stack.load()`` reads the file whole and keeps it in memory until
@@ -173,7 +176,8 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> list[Laz
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
     from .sources import tiff
@@ -189,7 +193,7 @@ def load_custom_file(
     *,
     read_func: Callable[..., Any],
     read_kwargs: Mapping[str, Any] | None = None,
-) -> list[LazyImageStack]:
+) -> StackList:
     """Open files of a custom type with a user-supplied reader, one stack per file.
 
     Parameters
@@ -209,7 +213,8 @@ def load_custom_file(
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
     from .sources import custom
@@ -225,7 +230,7 @@ def load_zarrs(
     axes: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
-) -> list[LazyImageStack]:
+) -> StackList:
     """Open Zarr / OME-Zarr arrays, local or remote, lazily.
 
     Parameters
@@ -242,7 +247,8 @@ def load_zarrs(
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
     from .sources import zarr as zarr_source
@@ -253,7 +259,7 @@ def load_zarrs(
     )
 
 
-def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImageStack]:
+def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     """Open Zeiss CZI files, one lazy stack per scene (needs the ``czi`` extra).
 
     Parameters
@@ -265,14 +271,15 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> list[LazyImag
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
     """
     from .sources import czi
 
     return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes))
 
 
-def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> list[LazyImageStack]:
+def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> StackList:
     """Open any file an installed bioio reader plugin reads, one stack per scene.
 
     Parameters
@@ -287,7 +294,8 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
 
     Returns
     -------
-    list of LazyImageStack
+    StackList
+        A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
     from .sources import bioio as bioio_source

@@ -498,6 +498,11 @@ class LazyImageStack:
         'TYX'
         """
         axes = self._model.axes
+        names = [name.upper() for name in indexers]
+        dup = next((a for a in names if names.count(a) > 1), None)
+        if dup is not None:
+            msg = f"isel got axis {dup!r} more than once ({list(indexers)}); give each axis once"
+            raise SelectionError(msg)
         view_pos = [i for i, s in enumerate(self._selection) if isinstance(s, range)]
         selection = list(self._selection)
         for name, idx in indexers.items():

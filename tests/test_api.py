@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,8 @@ def test_load_npy_is_memory_mapped_and_correct(tmp_path: Path) -> None:
     data = _data((3, 2, 16, 12))
     np.save(tmp_path / "x.npy", data)
     (stack,) = load(tmp_path / "x.npy", "TCYX")
-    assert isinstance(stack.reader, np.memmap)
+    assert isinstance(stack.reader.array, np.memmap)
+    assert len(pickle.dumps(stack)) < 4096  # pickles as its file, not its data
     assert stack.source == str(tmp_path / "x.npy")
     assert stack.format == "npy"
     assert stack.data_shape == (3, 2, 16, 12)
@@ -97,7 +100,9 @@ def test_load_npy_never_writes(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", _data((8, 8)))
     (stack,) = load(tmp_path / "x.npy", "YX")
     with pytest.raises(ValueError, match="read-only"):
-        stack.reader[0, 0] = 1
+        stack.reader.array[0, 0] = 1  # mapped read-only
+    with pytest.raises(TypeError):
+        stack.reader[0, 0] = 1  # the reader has no way to write at all
 
 
 def test_load_npy_without_axes(tmp_path: Path) -> None:

@@ -230,16 +230,6 @@ def test_axes_argument(case: Any, axes: Any) -> None:
         assert out.shape == (n_c, *([3] * len(spatial)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: stack.py LazyImageStack.isel: the same axis given twice in two cases (isel(t=0, T=1)) hits "
-        "'assert isinstance(current, range)' (a bare AssertionError; python -O would index an int); "
-        "isel(t=slice(1, 3), T=slice(0, 1)) silently composes. Fix: before the loop, "
-        "upper = [n.upper() for n in indexers]; if len(set(upper)) != len(upper): raise SelectionError("
-        "f'isel got axis {dup!r} more than once ({names}); give each axis once')"
-    ),
-)
 def test_isel_same_axis_twice() -> None:
     (stack,) = lazystack.load_arrays(np.zeros((4, 3, 8, 8)), "TCYX")
     for indexers in ({"t": 0, "T": 1}, {"t": slice(1, 3), "T": slice(0, 1)}):

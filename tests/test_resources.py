@@ -304,11 +304,6 @@ _REOPENED_OTHER_FILE = (
     "when _TiffHandle/_MemmapHandle opens; raise SourceReadError('... changed since the stack was opened')"
 )
 CHANGE_BUGS: dict[tuple[str, str, bool], str] = {
-    ("tiff-memmap", "truncated", True): _SIGBUS.format(where="tiff.py _MemmapHandle.read"),
-    ("custom-mmap", "truncated", True): _SIGBUS.format(where="custom.py CustomReader.__getitem__ (np.load mmap)"),
-    ("custom-mmap", "truncated", False): _SIGBUS.format(where="custom.py CustomReader.__getitem__ (np.load mmap)"),
-    ("arrays-memmap", "truncated", True): _SIGBUS.format(where="sources/array.py MemmapReader.__getitem__"),
-    ("arrays-memmap", "truncated", False): _SIGBUS.format(where="sources/array.py MemmapReader.__getitem__"),
     ("tiff-memmap", "replaced", False): _REOPENED_OTHER_FILE,
     ("tiff-zlib", "replaced", False): _REOPENED_OTHER_FILE,
     ("iter-tiff", "replaced", False): _REOPENED_OTHER_FILE,

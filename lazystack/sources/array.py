@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from ..errors import SourceReadError
 
 __all__ = ["MemmapReader", "as_reader"]
 
@@ -36,20 +38,23 @@ class MemmapReader:
         Memory layout.
     """
 
-    def __init__(self, filename: str, dtype: Any, shape: tuple[int, ...], offset: int, order: str) -> None:
+    def __init__(
+        self, filename: str, dtype: Any, shape: tuple[int, ...], offset: int, order: Literal["C", "F"]
+    ) -> None:
         self.filename = filename
         self.dtype = np.dtype(dtype)
         self.shape = tuple(shape)
         self.offset = int(offset)
         self.order = order
         self._array: np.memmap[Any, Any] | None = None
+        self._end = self.offset + self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
         stat = os.stat(filename)
         self.token = f"memmap-{filename}-{stat.st_mtime_ns}-{stat.st_size}-{offset}-{self.dtype.str}-{shape}"
 
     @classmethod
     def from_memmap(cls, arr: np.memmap[Any, Any]) -> MemmapReader:
         """Wrap a top-level ``np.memmap``, reusing its mapping in this process."""
-        order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+        order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         reader = cls(str(arr.filename), arr.dtype, arr.shape, arr.offset, order)
         reader._array = arr
         return reader
@@ -64,8 +69,23 @@ class MemmapReader:
         return self._array
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """Read a region (a copy, so the mapping can be closed safely)."""
-        return np.array(self.array[key])
+        """Read a region (a copy, so the mapping can be closed safely).
+
+        Raises
+        ------
+        SourceReadError
+            If the file was truncated since it was mapped (reading the lost
+            pages would kill the interpreter with SIGBUS).
+        """
+        array = self.array
+        mapping = getattr(array, "_mmap", None)
+        if mapping is not None and mapping.size() < self._end:
+            msg = (
+                f"memory-mapped file {self.filename!r} was truncated since it was opened: it holds "
+                f"{mapping.size()} bytes, the array needs {self._end}"
+            )
+            raise SourceReadError(msg)
+        return np.array(array[key])
 
     def close(self) -> None:
         """Drop the mapping (it is re-created on next use)."""
