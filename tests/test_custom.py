@@ -333,3 +333,27 @@ def test_different_lambdas_on_one_file_do_not_share_data(npy_files: list[tuple[P
     assert a.data.name != b.data.name
     np.testing.assert_array_equal(a.compute()[:, 0], data)
     np.testing.assert_array_equal(b.compute()[:, 0], data * 2)
+
+
+def _truncate_then_read_npy(path: str, read_first: bool) -> str:
+    (stack,) = load_custom_file(path, "ZYX", read_func=read_npy, read_kwargs={"mmap_mode": "r"})
+    if read_first:
+        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
+    os.truncate(path, os.path.getsize(path) // 2)
+    try:
+        stack.extract_patch(0, None, (3, 0, 0), (1, 64, 64))
+    except SourceReadError as exc:
+        return f"SourceReadError: {exc}"
+    return "no error"
+
+
+@pytest.mark.parametrize("read_first", [True, False], ids=["after-a-read", "before-any-read"])
+def test_memmap_truncated_after_open_is_an_error_not_sigbus(tmp_path: Path, read_first: bool) -> None:
+    path = tmp_path / "mapped.npy"
+    np.save(path, np.ones((4, 64, 64), np.uint16))
+    ctx = multiprocessing.get_context("fork")  # a SIGBUS kills the child, not the test session
+    with ctx.Pool(1) as pool:
+        outcome = pool.apply_async(_truncate_then_read_npy, (str(path), read_first)).get(timeout=60)
+    assert outcome.startswith("SourceReadError"), outcome
+    assert "mapped.npy" in outcome
+    assert "truncated" in outcome

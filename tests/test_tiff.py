@@ -739,3 +739,45 @@ def test_inconsistent_tags_rejected_at_open(tmp_path: Path, tag: str, value: int
         with pytest.raises(SourceFormatError, match=match) as info:
             loader(path, "YX")
         assert str(path) in str(info.value)
+
+
+def _in_fork(func: Any, *args: Any) -> str:
+    """Run ``func(*args)`` in a forked child; return what it returns, or how it died (a SIGBUS is caught)."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def target() -> None:
+        try:
+            child.send(str(func(*args)))
+        except BaseException as exc:
+            child.send(f"{type(exc).__name__}: {exc}")
+
+    proc = ctx.Process(target=target)
+    proc.start()
+    child.close()
+    result = parent.recv() if parent.poll(60) else None
+    proc.join(10)
+    return result if result is not None else f"died (exit code {proc.exitcode})"
+
+
+def _truncate_then_read(path: str, read_first: bool) -> str:
+    (stack,) = load_tiffs(path, "ZYX")
+    assert stack.reader.is_memmapped
+    if read_first:
+        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
+    os.truncate(path, os.path.getsize(path) // 2)
+    try:
+        stack.extract_patch(0, None, (3, 0, 0), (1, 64, 64))
+    except SourceReadError as exc:
+        return f"SourceReadError: {exc}"
+    return "no error"
+
+
+@pytest.mark.parametrize("read_first", [True, False], ids=["after-a-read", "before-any-read"])
+def test_memmap_truncated_after_open_is_an_error_not_sigbus(tmp_path: Path, read_first: bool) -> None:
+    path = tmp_path / "mapped.tif"
+    tifffile.imwrite(path, np.ones((4, 64, 64), np.uint16), metadata=None, photometric="minisblack")
+    outcome = _in_fork(_truncate_then_read, str(path), read_first)
+    assert outcome.startswith("SourceReadError"), outcome
+    assert "mapped.tif" in outcome
+    assert "truncated" in outcome

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -49,6 +50,7 @@ import numpy as np
 
 from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from .base import OpenedSource, ProcessLocalFileManager, is_array_like, read_numpy, reader_chunks
+from .tiff import check_mapped_size
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -250,6 +252,16 @@ class _LazyHandle:
                 array.file.close()
 
 
+def _check_memmap(array: np.memmap[Any, Any], path: str) -> None:
+    """Raise SourceReadError when the file under ``array`` was truncated (reading it would SIGBUS)."""
+    raw = getattr(array, "_mmap", None)
+    if raw is None:
+        return
+    offset = int(getattr(array, "offset", 0) or 0)
+    end = offset - offset % mmap.ALLOCATIONGRANULARITY + len(raw)  # the file bytes the mapping covers
+    check_mapped_size(raw, end, f"file {path!r} (memory-mapped by read_func)")
+
+
 def _is_eager(result: Any) -> bool:
     """A plain in-memory ndarray (the file was read whole), not a memmap or another lazy array-like."""
     return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
@@ -374,6 +386,8 @@ class CustomReader:
             array = handle.array
             if array is None:  # closed between acquiring and reading: read through a fresh call
                 array = _call(self._recipe)
+            if isinstance(array, np.memmap):
+                _check_memmap(array, self.path)
             return read_numpy(array, key if isinstance(key, tuple) else (key,))
 
     def close(self) -> None:

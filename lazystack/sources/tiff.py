@@ -94,6 +94,34 @@ def _tifffile() -> Any:
 
 
 # -- per-process open state ------------------------------------------------------------------
+def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
+    """Raise SourceReadError when the file under a memory map is now shorter than ``end`` bytes.
+
+    Reading a mapped page past the end of a file truncated after it was
+    mapped kills the process with SIGBUS; ``mmap.size()`` is an ``fstat`` of
+    the mapping's own descriptor (about a microsecond).
+
+    Parameters
+    ----------
+    raw : mmap.mmap
+        The mapping (``np.memmap._mmap``).
+    end : int
+        Offset in the file just past the mapped data.
+    what : str
+        Names the file in the message.
+    """
+    try:
+        size = raw.size()
+    except (OSError, ValueError):  # closed mapping: numpy raises its own error on access
+        return
+    if size < end:
+        msg = (
+            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has "
+            f"{size} bytes"
+        )
+        raise SourceReadError(msg)
+
+
 class _MemmapHandle:
     """An open read-only memory map of a contiguous series (one per process).
 
@@ -120,6 +148,9 @@ class _MemmapHandle:
             raise SourceReadError(msg)
         self.path = path
         self.array: np.memmap[Any, Any] | None = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
+        #: the mapping (its own descriptor: ``size()`` is an fstat of the file as it is now)
+        self._raw: mmap.mmap | None = getattr(self.array, "_mmap", None)
+        self._end = offset + nbytes
         self._touched = 0
         self._lock = threading.Lock()
 
@@ -129,6 +160,9 @@ class _MemmapHandle:
         if mm is None:
             msg = f"TIFF file {self.path!r} was closed by another thread during a read; read again"
             raise SourceReadError(msg)
+        raw = self._raw
+        if raw is not None:
+            check_mapped_size(raw, self._end, f"TIFF file {self.path!r}")
         out = np.array(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
@@ -139,11 +173,9 @@ class _MemmapHandle:
             release = self._touched > _MEMMAP_RELEASE_BYTES
             if release:
                 self._touched = 0
-        if release:
-            raw = getattr(mm, "_mmap", None)
-            if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                with contextlib.suppress(OSError, ValueError):
-                    raw.madvise(mmap.MADV_DONTNEED)
+        if release and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                raw.madvise(mmap.MADV_DONTNEED)
         return out
 
     def close(self) -> None:
