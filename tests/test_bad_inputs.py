@@ -41,10 +41,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
         "BUG: an OME-Zarr dataset entry without 'path' is silently dropped (zarr.py _parse_multiscales filters "
         "them), so level 1 (s1, half size) is returned as level 0; expected SourceFormatError naming the entry"
     ),
-    ("bioio", "ome-sizex-lies"): (
-        "BUG: an OME-TIFF whose OME-XML SizeX disagrees with its pages raises a raw IndexError from dask "
-        "slicing inside bioio.py open_bioio (image.dask_data); expected SourceFormatError naming the file"
-    ),
 }
 
 

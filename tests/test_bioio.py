@@ -26,6 +26,7 @@ from lazystack.errors import (  # noqa: E402
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
+    SourceReadError,
 )
 
 
@@ -206,3 +207,31 @@ def test_missing_bioio_names_it(ome: Any, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "bioio", None)
     with pytest.raises(MissingDependencyError, match="bioio"):
         load_bioio(path, "TCZYX")
+
+
+def test_ome_size_that_disagrees_with_the_pages_names_the_file_and_scene(ome: Any, tmp_path: Path) -> None:
+    path, _ = ome
+    bad = tmp_path / "lies.ome.tif"
+    bad.write_bytes(path.read_bytes())
+    with tifffile.TiffFile(bad, mode="r+") as tif:
+        tag = tif.pages.first.tags["ImageDescription"]
+        assert 'SizeX="90"' in tag.value
+        tag.overwrite(tag.value.replace('SizeX="90"', 'SizeX="90000"'))
+    with pytest.raises(SourceFormatError, match=r"scene 0 of .*lies\.ome\.tif"):
+        load_bioio(bad, "TCZYX")
+
+
+def test_read_error_names_the_file_and_scene(ome: Any, tmp_path: Path) -> None:
+    path, data = ome
+    copy = tmp_path / "cut.ome.tif"
+    raw = path.read_bytes()
+    copy.write_bytes(raw)
+    (stack,) = load_bioio(copy, "TCZYX")
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (4, 70, 90)), data[0, :, :, :, :])
+    with open(copy, "r+b") as f:  # the open file loses the pixels of its later planes under the reader
+        f.truncate(len(raw) // 3)
+    with pytest.raises(SourceReadError, match=r"cut\.ome\.tif' scene 0"):
+        stack.compute()
+    stack.close()
+    with pytest.raises(SourceFormatError, match=r"cut\.ome\.tif"):  # and reopening it fails clearly too
+        stack.compute()

@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ShapeMismatchError, SourceFormatError, SourceNotFoundError
+from ..errors import (
+    LazyStackError,
+    MissingDependencyError,
+    ShapeMismatchError,
+    SourceFormatError,
+    SourceNotFoundError,
+    SourceReadError,
+)
 from .base import OpenedSource, ProcessLocalFileManager
 
 __all__ = ["BioioSceneReader", "open_bioio"]
@@ -83,9 +90,12 @@ class _SceneHandle:
 
     def __init__(self, path: str, scene: int, options: _Options) -> None:
         bioio = _import_bioio()
-        self.image = bioio.BioImage(path, **options.options)
-        self.image.set_scene(scene)
-        self.data = self.image.dask_data
+        try:
+            self.image = bioio.BioImage(path, **options.options)
+        except Exception as exc:
+            msg = f"bioio cannot reopen {path!r} (changed or removed since it was opened?): {exc}"
+            raise SourceFormatError(msg) from exc
+        self.image, self.data, _dims = _scene_data(self.image, path, scene)
         self.lock = threading.Lock()
 
     def close(self) -> None:
@@ -178,7 +188,11 @@ class BioioSceneReader:
         return f"BioioSceneReader({self.path!r}, scene={self.scene}, shape={self._shape}, dtype={self._dtype})"
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """Read the region ``key`` (ints and step-1 slices, one per user axis)."""
+        """Read the region ``key`` (ints and step-1 slices, one per user axis).
+
+        The plugin's read errors become a :class:`~lazystack.errors.SourceReadError`
+        naming the file and the scene.
+        """
         if not isinstance(key, tuple):
             key = (key,)
         key = key + (slice(None),) * (len(self._shape) - len(key))
@@ -201,13 +215,46 @@ class BioioSceneReader:
             if isinstance(k, slice):
                 kept.append(dim)
         with self._process_manager().acquire_context() as handle:
-            block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
+            try:
+                block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
+            except LazyStackError:
+                raise
+            except Exception as exc:  # the plugin's own errors: corrupt data, metadata that lie ...
+                msg = (
+                    f"bioio cannot read region {tuple(bioio_key)} (dims {self._dims!r}) of {self.path!r} "
+                    f"scene {self.scene}: {type(exc).__name__}: {exc}"
+                )
+                raise SourceReadError(msg) from exc
         # order of the kept dims in the user's axes
         user_order = [d for d, k in zip(self._plan, key, strict=True) if d is not None and isinstance(k, slice)]
         block = block.transpose([kept.index(d) for d in user_order])
         for i in singleton:
             block = np.expand_dims(block, i)
         return block
+
+
+def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
+    """Set ``image`` to ``scene``; return it, the scene's dask array and its dims.
+
+    A plugin's errors here (metadata that disagree with the pixels, a broken
+    scene) become a :class:`~lazystack.errors.SourceFormatError` naming the file and the scene.
+    """
+    try:
+        image.set_scene(scene)
+        data = image.dask_data
+        dims = "".join(image.dims.order)
+        if len(dims) != data.ndim:
+            msg = f"dims {dims!r} for an array of {data.ndim} dimensions {tuple(data.shape)}"
+            raise ValueError(msg)
+    except LazyStackError:
+        raise
+    except Exception as exc:
+        msg = (
+            f"bioio cannot present scene {scene} of {path!r} as an array (its metadata may disagree with "
+            f"its pixels, e.g. an OME-XML size that does not match the pages): {type(exc).__name__}: {exc}"
+        )
+        raise SourceFormatError(msg) from exc
+    return image, data, dims
 
 
 def _split_scene(path: str) -> tuple[str, int | None]:
@@ -266,7 +313,8 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     SourceNotFoundError
         If the file or the selected scene does not exist.
     SourceFormatError
-        If no installed bioio plugin reads the file.
+        If no installed bioio plugin reads the file, or a scene cannot be
+        presented as an array (e.g. its metadata disagree with its pixels).
     ShapeMismatchError
         If the axes leave out a non-singleton dim.
     """
@@ -289,9 +337,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     st = os.stat(path)
     opened = []
     for i in indices:
-        image.set_scene(i)
-        data = image.dask_data
-        dims = "".join(image.dims.order)
+        image, data, dims = _scene_data(image, path, i)
         shape = tuple(int(n) for n in data.shape)
         where = f"{path!r} scene {i} ({scenes[i]})"
         plan = _plan(axes, dims, shape, where)
