@@ -25,6 +25,7 @@ from reference import canonical_reference, patch_reference
 from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
 
 from lazystack import load_zarrs
+from lazystack.cache import get_chunk_cache
 from lazystack.errors import SourceNotFoundError, SourceReadError
 from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
 
@@ -51,6 +52,7 @@ def server(served: tuple[str, ServerState, Path]) -> Iterator[tuple[str, ServerS
     url, state, root = served
     state.mode = "ok"
     state.clear()
+    get_chunk_cache().clear()  # every test starts cold: request counts and corrupt-mode reads see the server
     yield url, state, root
     state.mode = "ok"
 
@@ -130,6 +132,11 @@ def test_open_reads_metadata_only_and_patch_reads_only_its_chunks(server: Any, k
         assert [p for p in state.paths(None) if p not in requested] == [], "a patch reads no metadata again"
         if kind != "v3-sharded":  # a sharded read fetches the shard index, then the inner chunks (byte ranges)
             assert len(requested) == len(set(requested)), "each chunk is fetched once"
+        if get_chunk_cache().enabled:
+            state.clear()
+            again = stack.extract_patch(sample, None, coords, size)
+            np.testing.assert_array_equal(again, got)
+            assert state.chunk_paths() == [], "a repeated patch is served by the chunk cache"
 
 
 def test_missing_chunk_over_http_reads_fill_value(server: Any, tmp_path: Path) -> None:

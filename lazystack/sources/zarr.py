@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     import zarr as zarr_lib
     from zarr.abc.store import Store
 
+    from ..chunked import ChunkedReader
+
 __all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
 
 #: Keyword arguments of :class:`aiohttp.ClientTimeout` used for ``http(s)://``
@@ -284,6 +286,7 @@ class ZarrArrayReader:
         self.zarr_format: int = int(array.metadata.zarr_format)
         self.token: str = "zarr-" + location.uri()
         self._array: zarr_lib.Array | None = array
+        self._fast: ChunkedReader | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -291,6 +294,7 @@ class ZarrArrayReader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_array"] = None
+        state["_fast"] = None
         state["_lock"] = None
         return state
 
@@ -319,11 +323,31 @@ class ZarrArrayReader:
                     self._array, self._pid = arr, os.getpid()
         return arr
 
-    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read ``key`` (ints and step-1 slices) as a numpy array."""
+    def as_chunked(self) -> ChunkedReader:
+        """The fast chunk reader of this process's array (chunk engine and per-process chunk cache).
+
+        Returns
+        -------
+        lazystack.chunked.ChunkedReader
+            A :class:`lazystack.engines.ZarrArrayReader` over :meth:`array`, rebuilt
+            when the array is reopened (after a fork or :meth:`close`).
+        """
+        from ..engines import ZarrArrayReader as FastReader
+
         arr = self.array()
+        fast = self._fast
+        if fast is None or getattr(fast, "array", None) is not arr:
+            fast = FastReader(arr)  # engine from the setting/env; token = store + path + metadata mtime
+            self._fast = fast
+        return fast
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """Read ``key`` (ints and step-1 slices) as a numpy array.
+
+        The result may be a read-only view of a cached chunk: copy it before writing to it.
+        """
         try:
-            return np.asarray(arr[key])
+            return self.as_chunked()[key]
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
@@ -331,7 +355,13 @@ class ZarrArrayReader:
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
+        fast = self._fast
+        self._fast = None
         self._array = None
+        if fast is not None:
+            close = getattr(fast, "close", None)
+            if callable(close):
+                close()
 
     def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
         """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""
