@@ -297,25 +297,7 @@ _SIGBUS = (
     "mapped file's current size (np.memmap._mmap.size() does an fstat of the mapping's own descriptor) with "
     "offset + nbytes and raise SourceReadError when it shrank"
 )
-_REOPENED_OTHER_FILE = (
-    "BUG: tiff.py TiffReader: a file replaced (renamed over) after load_tiffs() but before the first read is "
-    "opened lazily and read as if it were the same file: the stack returns the new file's data without notice. "
-    "Fix: record (st_ino, st_size, st_mtime_ns) at open (the token has mtime and size already) and check them "
-    "when _TiffHandle/_MemmapHandle opens; raise SourceReadError('... changed since the stack was opened')"
-)
 CHANGE_BUGS: dict[tuple[str, str, bool], str] = {
-    ("tiff-memmap", "replaced", False): _REOPENED_OTHER_FILE,
-    ("tiff-zlib", "replaced", False): _REOPENED_OTHER_FILE,
-    ("iter-tiff", "replaced", False): _REOPENED_OTHER_FILE,
-    **{
-        ("zarr", "deleted", r): (
-            "BUG: zarr.py ZarrArrayReader: a local store deleted after opening reads as all fill value (zeros) "
-            "without error, since zarr treats missing chunks as fill. Fix: when every chunk a read touches is "
-            "missing, check that the array's metadata document (zarr.json / .zarray) still exists and raise "
-            "SourceNotFoundError naming the store when it does not"
-        )
-        for r in (True, False)
-    },
     **{
         ("zarr", "replaced", r): (
             "BUG/DESIGN: zarr.py: a store replaced after opening is read with the new store's chunks (no handle "

@@ -781,3 +781,20 @@ def test_memmap_truncated_after_open_is_an_error_not_sigbus(tmp_path: Path, read
     assert outcome.startswith("SourceReadError"), outcome
     assert "mapped.tif" in outcome
     assert "truncated" in outcome
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memmap", "zlib"])
+@pytest.mark.parametrize("loader", [load_tiffs, load_iter_tiff], ids=["load_tiffs", "load_iter_tiff"])
+def test_file_replaced_before_first_read_is_an_error(tmp_path: Path, compression: str | None, loader: Any) -> None:
+    path = tmp_path / "replaced.tif"
+    old, new = np.zeros((3, 32, 32), np.uint16), np.full((3, 32, 32), 7, np.uint16)
+    tifffile.imwrite(path, old, metadata=None, photometric="minisblack", compression=compression)
+    (stack,) = loader(path, "ZYX")
+    pickled = pickle.dumps(stack)
+    tifffile.imwrite(tmp_path / "new.tif", new, metadata=None, photometric="minisblack", compression=compression)
+    os.replace(tmp_path / "new.tif", path)  # a new inode under the same name
+    for s in (stack, pickle.loads(pickled)):  # a stale pickled stack too
+        with pytest.raises(SourceReadError, match="replaced.tif.*changed since the stack was opened"):
+            s.extract_patch(0, None, (0, 0, 0), (1, 8, 8))
+    (fresh,) = loader(path, "ZYX")  # loading again reads the new file
+    np.testing.assert_array_equal(fresh.extract_patch(0, None, (0, 0, 0), (1, 8, 8))[0, 0], new[0, :8, :8])

@@ -39,7 +39,11 @@ Handles
     file by several threads are serialised on the file handle's lock
     (``os.pread``, which moves no shared file offset, or seek + read);
     decoding runs outside the lock, in parallel. ``close()`` releases the
-    handle; the reader re-opens when used again.
+    handle; the reader re-opens when used again. The file's
+    ``(st_ino, st_size, st_mtime_ns)`` is part of the recipe: a handle
+    (re)opened on a file replaced or rewritten since :func:`open_tiff`
+    raises :class:`~lazystack.SourceReadError` ("changed since the stack was
+    opened") instead of reading other data, also for stale pickled stacks.
 
 Errors
     A missing file is a :class:`~lazystack.SourceNotFoundError`; a directory,
@@ -94,6 +98,37 @@ def _tifffile() -> Any:
 
 
 # -- per-process open state ------------------------------------------------------------------
+def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
+    return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
+
+
+def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
+    """Raise SourceReadError when the file now at ``path`` is not the one the stack was opened on.
+
+    A file replaced (renamed over: new inode) or rewritten (new size or
+    modification time) after :func:`open_tiff` would otherwise be read as if
+    it were the same file, silently returning other data.
+    """
+    if stamp is None:
+        return
+    now = file_stamp(st)
+    if tuple(stamp) != now:
+        what = [n for n, a, b in zip(("inode", "size", "mtime_ns"), stamp, now, strict=True) if a != b]
+        msg = (
+            f"TIFF file {path!r} changed since the stack was opened ({', '.join(what)}: {tuple(stamp)} -> {now}, "
+            "as (inode, size, mtime_ns)); load it again to read the new file"
+        )
+        raise SourceReadError(msg)
+
+
+def _fstat(fh: Any, path: str) -> os.stat_result:
+    """stat of the file tifffile opened (its descriptor), else of the path."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        return os.fstat(fh._fh.fileno())
+    return os.stat(path)
+
+
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
     """Raise SourceReadError when the file under a memory map is now shorter than ``end`` bytes.
 
@@ -132,22 +167,29 @@ class _MemmapHandle:
     huge file keep the resident memory bounded.
     """
 
-    def __init__(self, path: str, offset: int, dtype: str, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, path: str, offset: int, dtype: str, shape: tuple[int, ...], stamp: tuple[int, int, int] | None = None
+    ) -> None:
         dt = np.dtype(dtype)
         nbytes = math.prod(shape) * dt.itemsize
         try:
-            size = os.path.getsize(path)
+            fh = open(path, "rb")  # noqa: SIM115 - closed below; the map keeps its own descriptor
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             msg = f"cannot open TIFF file {path!r}: {exc}"
             raise SourceReadError(msg) from exc
-        if offset + nbytes > size:
-            msg = (
-                f"TIFF file {path!r} is truncated: its image data need bytes {offset} to {offset + nbytes}, "
-                f"the file has {size} bytes"
-            )
-            raise SourceReadError(msg)
+        with fh:
+            st = os.fstat(fh.fileno())
+            check_stamp(path, stamp, st)
+            if offset + nbytes > st.st_size:
+                msg = (
+                    f"TIFF file {path!r} is truncated: its image data need bytes {offset} to {offset + nbytes}, "
+                    f"the file has {st.st_size} bytes"
+                )
+                raise SourceReadError(msg)
+            self.array: np.memmap[Any, Any] | None = np.memmap(fh, dtype=dt, mode="r", offset=offset, shape=shape)
         self.path = path
-        self.array: np.memmap[Any, Any] | None = np.memmap(path, dtype=dt, mode="r", offset=offset, shape=shape)
         #: the mapping (its own descriptor: ``size()`` is an fstat of the file as it is now)
         self._raw: mmap.mmap | None = getattr(self.array, "_mmap", None)
         self._end = offset + nbytes
@@ -186,7 +228,7 @@ class _MemmapHandle:
 class _TiffHandle:
     """An open ``TiffFile`` with the series to read and tifffile's chunk indexer (one per process)."""
 
-    def __init__(self, path: str, series: int) -> None:
+    def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None) -> None:
         tifffile = _tifffile()
         from tifffile.zarr import ZarrTiffStore
 
@@ -194,6 +236,7 @@ class _TiffHandle:
         self.closed = False
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
+            check_stamp(path, stamp, _fstat(self.tif.filehandle, path))
             self.series = self.tif.series[series].levels[0]
             # The store is used only as an index: chunk key -> page, segment index, offset, byte count.
             self.store = ZarrTiffStore(self.series, level=0, multiscales=False)
@@ -328,6 +371,10 @@ class TiffReader:
         ``(offset, file dtype)`` of a memory-mappable series, else None.
     token : str
         Name of the data (path, mtime, size, series, chunking).
+    stamp : tuple of int, optional
+        ``(st_ino, st_size, st_mtime_ns)`` of the file when the stack was
+        opened; a handle opened later on another file raises
+        :class:`~lazystack.SourceReadError` (None: not checked).
     """
 
     def __init__(
@@ -341,6 +388,7 @@ class TiffReader:
         native_chunks: tuple[int, ...],
         memmap: tuple[int, str] | None,
         token: str,
+        stamp: tuple[int, int, int] | None = None,
     ) -> None:
         self.path = path
         self.series = series
@@ -350,14 +398,15 @@ class TiffReader:
         self.native_chunks = tuple(native_chunks)
         self.memmap = memmap
         self.token = token
+        self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
         self._pid = os.getpid()
         self._manager = self._make_manager()
 
     def _make_manager(self) -> ProcessLocalFileManager:
         if self.memmap is not None:
             offset, file_dtype = self.memmap
-            return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape)
-        return ProcessLocalFileManager(_TiffHandle, self.path, self.series)
+            return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape, self.stamp)
+        return ProcessLocalFileManager(_TiffHandle, self.path, self.series, self.stamp)
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
@@ -368,6 +417,7 @@ class TiffReader:
             "native_chunks": self.native_chunks,
             "memmap": self.memmap,
             "token": self.token,
+            "stamp": self.stamp,
         }
         return (_rebuild_reader, (self.path, self.series, kwargs))
 
@@ -548,8 +598,7 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
         raise SourceFormatError(msg)
 
 
-def _token(path: str, series: int, mode: str) -> str:
-    st = os.stat(path)
+def _token(path: str, series: int, mode: str, st: os.stat_result) -> str:
     text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
@@ -711,6 +760,7 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
         msg = f"{file_path!r} is not a readable TIFF file: {exc}"
         raise SourceFormatError(msg) from exc
     with tif:
+        st = _fstat(tif.filehandle, file_path)
         try:
             all_series = list(tif.series)
         except Exception as exc:
@@ -764,7 +814,8 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
                 chunks=chunks,
                 native_chunks=native,
                 memmap=memmap,
-                token=_token(file_path, i, mode),
+                token=_token(file_path, i, mode, st),
+                stamp=file_stamp(st),
             )
             coords, attrs = _metadata(tif, i, series, axes, shape)
             # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i
