@@ -59,7 +59,6 @@ CLOSE_RACE = {
     "tiff-tiled-zlib": "tiff.py",
     "tiff-strips-zlib": "tiff.py",
     "iter-tiff": "tiff.py",
-    "czi": "czi.py",
 }
 
 

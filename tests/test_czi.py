@@ -9,6 +9,7 @@ file's metadata), reordered by :func:`_bioio_reference` below.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import operator
 import pickle
@@ -418,6 +419,45 @@ def test_close_then_read_again(multi_scene: Any) -> None:
     stack = load_czis(path, "SCZYX")[1]
     first = stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70))
     stack.close()
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70)), first)
+
+
+def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
+    multi_scene: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _, _ = multi_scene
+    stack = load_czis(path, "SCZYX")[1]
+    first = stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70))
+    manager = stack.reader._process_manager()
+    with manager.acquire_context() as handle:
+        pass
+    closer = threading.Thread(target=stack.close)
+    with handle.lock:  # a read in flight on the handle
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive(), "close() did not wait for the read in flight"
+        assert not handle.closed
+    closer.join(10)
+    assert handle.closed
+    assert not closer.is_alive()
+    # a read that was handed the old handle before close() finds it closed and asks again
+    calls = []
+    real = manager.acquire_context
+
+    @contextlib.contextmanager
+    def stale_first(needs_lock: bool = True) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            yield handle
+        else:
+            with real(needs_lock) as f:
+                yield f
+
+    monkeypatch.setattr(manager, "acquire_context", stale_first)
+    with czi._live_handle(manager, str(path)) as fresh:
+        assert fresh is not handle
+        assert not fresh.closed
+    assert len(calls) == 2
     np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70)), first)
 
 

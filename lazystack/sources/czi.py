@@ -49,6 +49,8 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +105,12 @@ def _import_pyczi() -> Any:
 
 # -- the handle: a pylibCZIrw reader plus a lock ---------------------------------------------
 class _CziHandle:
-    """An open pylibCZIrw ``CziReader`` and the lock that serialises its reads."""
+    """An open pylibCZIrw ``CziReader`` and the lock that serialises its reads.
+
+    :meth:`close` takes the lock, so it waits for an in-flight read, and marks
+    the handle closed: a reader that then gets the lock finds :attr:`closed`
+    and asks the file manager for a fresh handle instead of using a closed one.
+    """
 
     def __init__(self, path: str) -> None:
         pyczi = _import_pyczi()
@@ -113,14 +120,40 @@ class _CziHandle:
             msg = f"cannot open {path!r} as a CZI file (corrupt or truncated?): {exc}"
             raise SourceFormatError(msg) from exc
         self.lock = threading.Lock()
+        self.closed = False
 
     def close(self) -> None:
-        self.doc.close()
+        """Close the file once the read in flight (if any) is done."""
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.doc.close()
 
 
 def _open_handle(path: str, mode: str = "r") -> _CziHandle:
     # ``mode`` is passed explicitly: xarray's manager loses its "no mode" marker when pickled
     return _CziHandle(path)
+
+
+#: How many times a read asks for a fresh handle when another thread keeps closing the one it got.
+_REOPEN_TRIES = 20
+
+
+@contextmanager
+def _live_handle(manager: ProcessLocalFileManager, where: str) -> Iterator[_CziHandle]:
+    """This process's open handle of the file, with its lock held.
+
+    A handle closed by another thread (``close()``, or xarray's LRU evicting
+    it) between the manager handing it out and the lock being taken is
+    dropped and the manager asked again (it reopens the file).
+    """
+    for _ in range(_REOPEN_TRIES):
+        with manager.acquire_context() as handle, handle.lock:
+            if not handle.closed:
+                yield handle
+                return
+    msg = f"the handle of CZI {where!r} was closed by another thread {_REOPEN_TRIES} times in a row during a read"
+    raise SourceReadError(msg)
 
 
 # -- metadata, read once per file ------------------------------------------------------------
@@ -156,6 +189,7 @@ def _check_file(path: str) -> None:
 
 
 def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
+    # the caller holds the handle's lock
     doc = handle.doc
     lo: dict[str, int] = {}
     hi: dict[str, int] = {}
@@ -175,14 +209,13 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         return True
 
     try:
-        with handle.lock:
-            doc.enumerate_subblocks(visit)
-            scenes = {int(k): (r.x, r.y, r.w, r.h) for k, r in doc.scenes_bounding_rectangle_no_pyramid.items()}
-            t = doc.total_bounding_rectangle_no_pyramid
-            raw_xml = doc.raw_metadata
-            dims = {d: (lo[d], hi[d] - lo[d] + 1) for d in lo}
-            c_start, n_c = dims.get("C", (0, 1))
-            pixel_types = tuple(doc.get_channel_pixel_type(c_start + i) for i in range(n_c))
+        doc.enumerate_subblocks(visit)
+        scenes = {int(k): (r.x, r.y, r.w, r.h) for k, r in doc.scenes_bounding_rectangle_no_pyramid.items()}
+        t = doc.total_bounding_rectangle_no_pyramid
+        raw_xml = doc.raw_metadata
+        dims = {d: (lo[d], hi[d] - lo[d] + 1) for d in lo}
+        c_start, n_c = dims.get("C", (0, 1))
+        pixel_types = tuple(doc.get_channel_pixel_type(c_start + i) for i in range(n_c))
     except (RuntimeError, MemoryError, ValueError) as exc:
         msg = f"cannot read the structure of CZI file {path!r} (corrupt or truncated?): {exc}"
         raise SourceFormatError(msg) from exc
@@ -362,9 +395,12 @@ class CziSceneReader:
             self._manager = ProcessLocalFileManager(_open_handle, self.path, mode="r")
         return self._manager
 
+    @property
+    def _where(self) -> str:
+        return self.path if self.scene is None else f"{self.path}@{self.scene}"
+
     def __repr__(self) -> str:
-        where = self.path if self.scene is None else f"{self.path}@{self.scene}"
-        return f"CziSceneReader({where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
+        return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
 
     # -- reading -------------------------------------------------------------------------------
     def _normalise(self, key: Any) -> list[int | slice]:
@@ -421,7 +457,7 @@ class CziSceneReader:
             by_channel.setdefault(cc // spp, []).append((j, cc % spp))
         loop_axes = [a for a in self.axes if a in self._plane_dims]
         loops = [list(enumerate(ranges[pos[a]])) for a in loop_axes]
-        with self._process_manager().acquire_context() as handle, handle.lock:
+        with _live_handle(self._process_manager(), self._where) as handle:
             for combo in itertools.product(*loops):
                 plane: dict[str, int] = {}
                 where: dict[str, int] = {}
@@ -442,8 +478,7 @@ class CziSceneReader:
         try:
             return handle.doc.read(plane=plane, roi=roi, scene=self.scene, pixel_type=ptype)
         except (RuntimeError, MemoryError, ValueError) as exc:
-            where = self.path if self.scene is None else f"{self.path}@{self.scene}"
-            msg = f"cannot read plane {plane} region (x, y, w, h)={roi} of CZI {where!r} (corrupt file?): {exc}"
+            msg = f"cannot read plane {plane} region (x, y, w, h)={roi} of CZI {self._where!r} (corrupt file?): {exc}"
             raise SourceReadError(msg) from exc
 
 
@@ -547,7 +582,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     path, wanted = _split_scene(os.fspath(path))
     _check_file(path)
     manager = ProcessLocalFileManager(_open_handle, path, mode="r")
-    with manager.acquire_context() as handle:
+    with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
         listed = ", ".join(f"{k} ({info.scene_names.get(k, 'unnamed')})" for k in sorted(info.scenes)) or "none"
