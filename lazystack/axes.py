@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .errors import AxesError, SampleIndexError, ShapeMismatchError
@@ -132,32 +133,32 @@ class AxesModel:
         """Return whether the source has ``axis``."""
         return axis in self._index
 
-    @property
+    @cached_property
     def n_samples(self) -> int:
         """Number of canonical samples, ``n_S * n_T``."""
         return self.size("S") * self.size("T")
 
-    @property
+    @cached_property
     def n_channels(self) -> int:
         """Number of channels (1 when the source has no ``C``)."""
         return self.size("C")
 
-    @property
+    @cached_property
     def spatial_axes(self) -> str:
         """``"ZYX"`` when the source has ``Z``, else ``"YX"``."""
         return "ZYX" if self.has("Z") else "YX"
 
-    @property
+    @cached_property
     def spatial_shape(self) -> tuple[int, ...]:
         """Sizes of :attr:`spatial_axes`."""
         return tuple(self.size(a) for a in self.spatial_axes)
 
-    @property
+    @cached_property
     def canonical_axes(self) -> str:
         """``"SCZYX"`` or ``"SCYX"``."""
         return "SC" + self.spatial_axes
 
-    @property
+    @cached_property
     def canonical_shape(self) -> tuple[int, ...]:
         """Shape in :attr:`canonical_axes` order."""
         return (self.n_samples, self.n_channels, *self.spatial_shape)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import PatchError
 
 __all__ = ["PatchGeometry", "patch_geometry"]
 
 
-@dataclass(frozen=True)
-class PatchGeometry:
+class PatchGeometry(NamedTuple):
     """Where a patch request meets the image.
 
     Attributes
@@ -40,7 +39,7 @@ class PatchGeometry:
 
 def _as_int_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
     try:
-        return tuple(operator.index(v) for v in values)
+        return tuple(map(operator.index, values))
     except TypeError:
         msg = f"{name} must be a sequence of integers, got {values!r}"
         raise PatchError(msg) from None
@@ -88,12 +87,12 @@ def patch_geometry(
         raise PatchError(msg)
     source: list[slice] = []
     target: list[slice] = []
-    empty = False
     for c, n, extent in zip(coords_t, size_t, image_shape, strict=True):
-        lo, hi = max(c, 0), min(c + n, extent)
+        lo = c if c > 0 else 0
+        hi = c + n if c + n < extent else extent
         if hi <= lo:
-            empty = True
-            lo = hi = 0
+            empty = tuple(slice(0, 0) for _ in range(ndim))
+            return PatchGeometry(size_t, empty, empty, True)
         source.append(slice(lo, hi))
-        target.append(slice(lo - c, hi - c) if not empty else slice(0, 0))
-    return PatchGeometry(size_t, tuple(source), tuple(target), empty)
+        target.append(slice(lo - c, hi - c))
+    return PatchGeometry(size_t, tuple(source), tuple(target), False)

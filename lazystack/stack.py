@@ -162,11 +162,21 @@ class LazyImageStack:
     def _set_view(self) -> None:
         view_axes = "".join(a for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range))
         view_shape = tuple(len(s) for s in self._selection if isinstance(s, range))
-        self._model = AxesModel(view_axes, view_shape)
+        model = AxesModel(view_axes, view_shape)
+        self._model = model
         self._identity = all(isinstance(s, range) and s.step == 1 for s in self._selection) and (
             view_shape == self._root.shape
         )
         self._memory: np.ndarray | None = None
+        # precomputed once per view: extract_patch runs tens of thousands of times
+        self._key_plan: tuple[str | int, ...] = tuple(
+            a if a in "STC" else model.spatial_axes.index(a) for a in view_axes
+        )
+        remaining = "".join(a for a in view_axes if a not in "ST")
+        perm = model.patch_permutation(remaining)
+        self._patch_perm: tuple[int, ...] | None = None if perm == tuple(range(len(perm))) else perm
+        self._patch_has_c = "C" in remaining
+        self._all_channels = list(range(model.n_channels))
 
     def _derive(self, selection: Selection) -> LazyImageStack:
         new = object.__new__(LazyImageStack)
@@ -348,27 +358,31 @@ class LazyImageStack:
         """
         model = self._model
         geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
-        chans = self._channel_list(channels)
-        model.sample_to_st(sample_idx)  # validates before anything is allocated
-        out = np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
+        chans = self._all_channels if channels is None else self._channel_list(channels)
+        s, t = model.sample_to_st(sample_idx)  # validates before anything is allocated
         if geometry.empty:
-            return out
+            return np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
         lo, hi = min(chans), max(chans) + 1
-        block = self._read_canonical_patch(sample_idx, slice(lo, hi), geometry.source)
-        if chans == list(range(lo, hi)):
-            out[(slice(None), *geometry.target)] = block
-        else:
-            out[(slice(None), *geometry.target)] = block[[c - lo for c in chans]]
+        block = self._read_patch_region(s, t, slice(lo, hi), geometry.source)
+        if not (hi - lo == len(chans) and chans[0] == lo and (len(chans) < 3 or chans == list(range(lo, hi)))):
+            block = block[[c - lo for c in chans]]
+        if block.shape[1:] == geometry.patch_size:  # inside the image: one cast, no zero fill
+            return block.astype(np.float32, order="C")
+        out = np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
+        out[(slice(None), *geometry.target)] = block
         return out
 
-    def _read_canonical_patch(self, sample_idx: int, channels: slice, spatial: tuple[slice, ...]) -> np.ndarray:
+    def _patch_key(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> tuple[int | slice, ...]:
+        """Key in view axes for one sample's region (``S``/``T`` ints, channel slice, spatial slices)."""
+        by_role: dict[str, int | slice] = {"S": s, "T": t, "C": channels}
+        return tuple(by_role[k] if isinstance(k, str) else spatial[k] for k in self._key_plan)
+
+    def _read_patch_region(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> np.ndarray:
         """Read one sample's region as an array in ``C(Z)YX`` order (C always present)."""
-        model = self._model
-        key = model.original_key(sample_idx, channels, spatial)
-        block = self._read_view(key)
-        remaining = "".join(a for a, k in zip(model.axes, key, strict=True) if not isinstance(k, int))
-        block = block.transpose(model.patch_permutation(remaining))
-        if "C" not in remaining:
+        block = self._read_view(self._patch_key(s, t, channels, spatial))
+        if self._patch_perm is not None:
+            block = block.transpose(self._patch_perm)
+        if not self._patch_has_c:
             block = block[np.newaxis]
         return block
 
