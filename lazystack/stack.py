@@ -629,9 +629,10 @@ class LazyImageStack:
 
     def compute(self) -> np.ndarray:
         """Read the whole stack (view) into a numpy array in canonical order."""
-        if self._memory is not None:
-            return np.asarray(self._model.to_canonical(self._memory))
-        return np.asarray(self._model.to_canonical(self._read_all()))
+        data = self._memory if self._memory is not None else self._read_all()
+        out = np.asarray(self._model.to_canonical(data))
+        # never hand out a view of cached chunks or of the loaded copy
+        return out.copy() if (not out.flags.writeable or data is self._memory) else out
 
     def _read_all(self) -> np.ndarray:
         key = tuple(slice(0, n) for n in self._model.shape)
