@@ -24,22 +24,10 @@ pytestmark = pytest.mark.timeout(300)
 
 #: (format group, case) -> what is wrong today. Each is a strict xfail: fixing the loader makes it pass.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("zarr", "v2-zero-chunk"): (
-        "BUG: a Zarr v2 array with a 0 in its chunk shape raises ZeroDivisionError in zarr.py "
-        "ZarrArrayReader._chunk_coords (called from _failing_keys); expected SourceFormatError at open"
-    ),
-    ("zarr", "v3-zero-chunk"): (
-        "BUG: a Zarr v3 array with a 0 in its chunk_shape raises ZeroDivisionError in zarr.py "
-        "ZarrArrayReader._chunk_coords (called from _failing_keys); expected SourceFormatError at open"
-    ),
     ("zarr", "v2-truncated-chunk"): (
         "BUG (upstream numcodecs/blosc): a blosc chunk cut in half decodes without error to bytes that differ "
         "from run to run (blosc reads past the buffer); zarr itself does the same. lazystack could check the "
         "blosc header's compressed size against the chunk's length"
-    ),
-    ("ome-zarr", "datasets-path-missing"): (
-        "BUG: an OME-Zarr dataset entry without 'path' is silently dropped (zarr.py _parse_multiscales filters "
-        "them), so level 1 (s1, half size) is returned as level 0; expected SourceFormatError naming the entry"
     ),
 }
 

@@ -298,14 +298,6 @@ _SIGBUS = (
     "offset + nbytes and raise SourceReadError when it shrank"
 )
 CHANGE_BUGS: dict[tuple[str, str, bool], str] = {
-    **{
-        ("zarr", "replaced", r): (
-            "BUG/DESIGN: zarr.py: a store replaced after opening is read with the new store's chunks (no handle "
-            "pins the old data). Either check the metadata document's mtime/size recorded at open when a read "
-            "starts (one stat per read, local stores only) or document zarr as 'reads what the store holds now'"
-        )
-        for r in (True, False)
-    },
 }
 
 SCENARIOS = [

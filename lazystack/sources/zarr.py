@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from ..engines import ZarrArrayReader as _EngineReader
 from ..errors import (
     MissingDependencyError,
     ShapeMismatchError,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     import zarr as zarr_lib
     from zarr.abc.store import Store
 
-    from ..chunked import ChunkedReader
+    from ..chunked import ChunkIndex
 
 __all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
 
@@ -59,6 +60,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _NUMERIC_KINDS = "biuf"
 _MAX_KEYS_SHOWN = 8
 _MAX_PROBED = 64
+_MAX_FAST_GRID = 1 << 22
 
 
 # -- where a source points ----------------------------------------------------------------
@@ -283,10 +285,20 @@ class ZarrArrayReader:
             msg = f"Zarr array {location.uri()!r} does not use a regular chunk grid, which lazystack needs"
             raise SourceFormatError(msg) from None
         self.shards: tuple[int, ...] | None = None if shards is None else tuple(int(s) for s in shards)
+        for what, grid in (("chunks", self.chunks), ("shards", self.shards)):
+            if grid is not None and (len(grid) != len(self.shape) or any(c <= 0 for c in grid)):
+                msg = (
+                    f"Zarr array {location.uri()!r} has {what} {grid} for shape {self.shape}: "
+                    "every chunk dimension must be positive, one per array dimension"
+                )
+                raise SourceFormatError(msg)
         self.zarr_format: int = int(array.metadata.zarr_format)
         self.token: str = "zarr-" + location.uri()
+        # the fast path keeps per-axis chunk tables: arrays with astronomically many chunks read through zarr
+        self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
+        self._opened_stat = _stat_of(self._metadata_file())
         self._array: zarr_lib.Array | None = array
-        self._fast: ChunkedReader | None = None
+        self._fast: _FastReader | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -323,7 +335,7 @@ class ZarrArrayReader:
                     self._array, self._pid = arr, os.getpid()
         return arr
 
-    def as_chunked(self) -> ChunkedReader:
+    def as_chunked(self) -> _FastReader:
         """The fast chunk reader of this process's array (chunk engine and per-process chunk cache).
 
         Returns
@@ -332,14 +344,19 @@ class ZarrArrayReader:
             A :class:`lazystack.engines.ZarrArrayReader` over :meth:`array`, rebuilt
             when the array is reopened (after a fork or :meth:`close`).
         """
-        from ..engines import ZarrArrayReader as FastReader
-
         arr = self.array()
         fast = self._fast
-        if fast is None or getattr(fast, "array", None) is not arr:
-            fast = FastReader(arr)  # engine from the setting/env; token = store + path + metadata mtime
+        if fast is None or fast.array is not arr:
+            fast = _FastReader(arr, self._metadata_file(), self._opened_stat)  # engine from the setting/env
             self._fast = fast
         return fast
+
+    def _metadata_file(self) -> str | None:
+        """Local path of the array's metadata document (None for remote stores)."""
+        if not self._location.is_local:
+            return None
+        name = "zarr.json" if self.zarr_format == 3 else ".zarray"
+        return os.path.join(self._location.root, *[p for p in self._location.path.split("/") if p], name)
 
     def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) as a numpy array.
@@ -347,9 +364,26 @@ class ZarrArrayReader:
         The result may be a read-only view of a cached chunk: copy it before writing to it.
         """
         try:
-            return self.as_chunked()[key]
+            if self._use_fast:
+                return self.as_chunked()[key]
+            out = np.asarray(self.array()[key])
+            _check_unchanged(self._metadata_file(), self._opened_stat)
+            return out
         except (MemoryError, IndexError, TypeError):
             raise
+        except _StoreChangedError as exc:
+            uri, store = self._location.uri(), self._location.store_uri
+            if exc.deleted:
+                msg = (
+                    f"Zarr store {store!r} no longer holds the array {uri!r}: its metadata document "
+                    f"{exc.path!r} was deleted after the stack was opened"
+                )
+                raise SourceNotFoundError(msg) from None
+            msg = (
+                f"Zarr array {uri!r} (store {store!r}) changed after the stack was opened: its metadata document "
+                f"{exc.path!r} was rewritten; open the source again to read the new data"
+            )
+            raise SourceReadError(msg) from None
         except Exception as exc:
             raise self._read_error(key, exc) from exc
 
@@ -441,6 +475,69 @@ class ZarrArrayReader:
     def __repr__(self) -> str:
         uri = self._location.uri()
         return f"ZarrArrayReader({uri!r}, shape={self.shape}, dtype={self.dtype}, chunks={self.chunks})"
+
+
+class _StoreChangedError(Exception):
+    """The metadata document of a local array was deleted or rewritten after opening (internal)."""
+
+    def __init__(self, path: str, deleted: bool) -> None:
+        super().__init__(path)
+        self.path = path
+        self.deleted = deleted
+
+
+def _stat_of(path: str | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a local file, None for remote stores or when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> None:
+    """Raise :class:`_StoreChangedError` when a local array's metadata document is gone or rewritten."""
+    if path is None or opened is None:
+        return
+    now = _stat_of(path)
+    if now is None:
+        raise _StoreChangedError(path, deleted=True)
+    if now != opened:
+        raise _StoreChangedError(path, deleted=False)
+
+
+class _FastReader(_EngineReader):
+    """The engines' chunk reader, checking that a local store is unchanged whenever chunks are fetched.
+
+    Zarr reads a missing chunk as the fill value, so a store deleted after opening
+    would read as all zeros, and a rewritten one would mix cached old chunks with
+    new ones: one ``stat`` of the metadata document per fetch (cache misses only)
+    turns both into errors.
+    """
+
+    def __init__(self, array: zarr_lib.Array, metadata_file: str | None, opened: tuple[int, int, int] | None) -> None:
+        super().__init__(array)
+        self._metadata_file = metadata_file
+        self._opened = opened
+
+    def _check_exists(self) -> None:
+        _check_unchanged(self._metadata_file, self._opened)
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        """Decode whole chunks, then check the store is still there."""
+        out = super().fetch_chunks(indices)
+        self._check_exists()
+        return out
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a region; without a chunk cache (reads may bypass :meth:`fetch_chunks`) check the store first."""
+        out = super().read(region)
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            self._check_exists()
+        return out
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -607,6 +704,14 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale of NGFF >= 0.3 needs 'axes', got {ms!r}"
                 raise SourceFormatError(msg)
             axes = list("tczyx")  # NGFF 0.1 / 0.2 images are always 5-D TCZYX
+        for i, d in enumerate(ms["datasets"]):
+            path = d.get("path") if isinstance(d, Mapping) else None
+            if not isinstance(path, (str, int)) or isinstance(path, bool) or not str(path).strip("/"):
+                msg = (
+                    f"invalid OME-Zarr metadata in {where!r}: dataset {i} of a multiscale is {d!r}; "
+                    "every dataset needs a 'path' naming its array (e.g. {'path': 's0', ...})"
+                )
+                raise SourceFormatError(msg)
         names, types, units = [], [], {}
         for ax in axes:
             if isinstance(ax, Mapping):
@@ -624,7 +729,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 axes_names=names,
                 axes_types=types,
                 units=units,
-                datasets=[d for d in ms["datasets"] if isinstance(d, Mapping) and "path" in d],
+                datasets=list(ms["datasets"]),
                 global_scale=_scale_of(ms.get("coordinateTransformations"), len(names)),
                 channel_names=channel_names,
                 name=ms.get("name"),
