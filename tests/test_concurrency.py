@@ -56,9 +56,6 @@ def test_threads_share_one_stack(case: tuple[FormatCase, Made]) -> None:
 
 #: Formats whose close() from another thread makes an in-flight read fail (a clear error, but a failed read).
 CLOSE_RACE = {
-    "tiff-tiled-zlib": "tiff.py",
-    "tiff-strips-zlib": "tiff.py",
-    "iter-tiff": "tiff.py",
 }
 
 

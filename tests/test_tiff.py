@@ -9,6 +9,7 @@ import pickle
 import shutil
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -794,7 +795,40 @@ def test_file_replaced_before_first_read_is_an_error(tmp_path: Path, compression
     tifffile.imwrite(tmp_path / "new.tif", new, metadata=None, photometric="minisblack", compression=compression)
     os.replace(tmp_path / "new.tif", path)  # a new inode under the same name
     for s in (stack, pickle.loads(pickled)):  # a stale pickled stack too
-        with pytest.raises(SourceReadError, match="replaced.tif.*changed since the stack was opened"):
+        with pytest.raises(SourceReadError, match=r"replaced\.tif.*changed since the stack was opened"):
             s.extract_patch(0, None, (0, 0, 0), (1, 8, 8))
     (fresh,) = loader(path, "ZYX")  # loading again reads the new file
     np.testing.assert_array_equal(fresh.extract_patch(0, None, (0, 0, 0), (1, 8, 8))[0, 0], new[0, :8, :8])
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memmap", "zlib"])
+def test_close_from_another_thread_never_fails_a_read(tmp_path: Path, compression: str | None) -> None:
+    path = tmp_path / "closing.tif"
+    data = RNG.integers(0, 60000, (4, 64, 64), dtype=np.uint16)
+    tile = (16, 16) if compression else None
+    tifffile.imwrite(path, data, metadata=None, photometric="minisblack", compression=compression, tile=tile)
+    (stack,) = load_tiffs(path, "ZYX")
+    stop = threading.Event()
+
+    def closer() -> None:
+        while not stop.is_set():
+            stack.close()
+            stop.wait(0.0005)
+
+    def reader(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        bad = 0
+        for _ in range(150):
+            z, y, x = int(rng.integers(0, 4)), int(rng.integers(0, 40)), int(rng.integers(0, 40))
+            got = stack.extract_patch(0, None, (z, y, x), (1, 24, 24))[0, 0]
+            bad += not np.array_equal(got, data[z, y : y + 24, x : x + 24])
+        return bad
+
+    t = threading.Thread(target=closer)
+    t.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(reader, range(4))) == [0] * 4  # no exception, no wrong data
+    finally:
+        stop.set()
+        t.join()

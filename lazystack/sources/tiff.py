@@ -66,10 +66,10 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import product
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -77,6 +77,8 @@ from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundEr
 from .base import OpenedSource, ProcessLocalFileManager
 
 __all__ = ["TiffReader", "open_tiff"]
+
+_T = TypeVar("_T")
 
 FORMAT = "tiff"
 #: Runs of strips are merged into dask chunks of about this many bytes.
@@ -98,6 +100,14 @@ def _tifffile() -> Any:
 
 
 # -- per-process open state ------------------------------------------------------------------
+class _HandleClosedError(Exception):
+    """The handle a read was using was closed by another thread: the reader acquires a fresh one."""
+
+
+#: A read whose handle keeps being closed under it gives up after this many fresh handles.
+_REOPEN_ATTEMPTS = 50
+
+
 def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
     """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
     return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
@@ -151,8 +161,7 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
         return
     if size < end:
         msg = (
-            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has "
-            f"{size} bytes"
+            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
         )
         raise SourceReadError(msg)
 
@@ -200,8 +209,7 @@ class _MemmapHandle:
         """Copy the region ``key`` out of the map (native byte order)."""
         mm = self.array
         if mm is None:
-            msg = f"TIFF file {self.path!r} was closed by another thread during a read; read again"
-            raise SourceReadError(msg)
+            raise _HandleClosedError(self.path)
         raw = self._raw
         if raw is not None:
             check_mapped_size(raw, self._end, f"TIFF file {self.path!r}")
@@ -233,7 +241,10 @@ class _TiffHandle:
         from tifffile.zarr import ZarrTiffStore
 
         self.path = path
-        self.closed = False
+        self.closed = False  # close requested
+        self.released = False  # file actually closed
+        self._users = 0
+        self._state = threading.Lock()
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
             check_stamp(path, stamp, _fstat(self.tif.filehandle, path))
@@ -259,10 +270,33 @@ class _TiffHandle:
             self.tif.close()
             raise
 
+    def enter(self) -> bool:
+        """Register a read in flight; False when the handle is already closed (acquire a fresh one)."""
+        with self._state:
+            if self.closed:
+                return False
+            self._users += 1
+            return True
+
+    def exit(self) -> None:
+        """End a read; the last one out performs a close requested meanwhile."""
+        with self._state:
+            self._users -= 1
+            close = self.closed and self._users == 0
+        if close:
+            self._close_file()
+
     def close(self) -> None:
-        # under the lock: a read in flight finishes first, so its descriptor is never reused under it
-        with self.lock:
+        """Close now, or once the reads in flight have finished (their handle never closes under them)."""
+        with self._state:
             self.closed = True
+            close = self._users == 0
+        if close:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        with self.lock:  # a locked read of another caller finishes first
+            self.released = True
             self.tif.close()
 
     def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
@@ -271,6 +305,8 @@ class _TiffHandle:
         if located is None:
             try:
                 with self.lock:
+                    if self.released:
+                        raise _HandleClosedError(self.path)
                     located = self.store._parse_key(".".join(str(i) for i in index))
             except (KeyError, IndexError, RuntimeError, ValueError) as exc:
                 msg = f"TIFF file {self.path!r}: cannot locate segment {index} of its image data ({exc!r})"
@@ -289,9 +325,8 @@ class _TiffHandle:
             )
             raise SourceReadError(msg)
         with fh.lock:
-            if self.closed:
-                msg = f"TIFF file {self.path!r} was closed by another thread during a read; read again"
-                raise SourceReadError(msg)
+            if self.released:
+                raise _HandleClosedError(self.path)
             if self.fd is not None and fh is self.fh:
                 data = os.pread(self.fd, bytecount, offset)  # moves no shared file offset
             else:
@@ -322,6 +357,8 @@ class _TiffHandle:
     def check_extent(self) -> None:
         """Raise SourceReadError when any segment of the series lies beyond the end of the file."""
         with self.lock:
+            if self.released:
+                raise _HandleClosedError(self.path)
             pages = list(self.series.pages)
         for page in pages:
             if page is None:
@@ -340,7 +377,11 @@ class _TiffHandle:
         self.check_extent()
         try:
             with self.lock:
+                if self.released:
+                    raise _HandleClosedError(self.path)
                 data = self.series.asarray(maxworkers=1)
+        except _HandleClosedError:
+            raise
         except Exception as exc:
             msg = f"cannot read image data of TIFF file {self.path!r}: {exc}"
             raise SourceReadError(msg) from exc
@@ -469,6 +510,28 @@ class TiffReader:
             msg = f"cannot read TIFF file {self.path!r}: {exc}"
             raise SourceReadError(msg) from exc
 
+    def _with_handle(self, func: Callable[[Any], _T]) -> _T:
+        """``func(handle)`` on this process's handle; again on a fresh one if another thread closed it."""
+        for _ in range(_REOPEN_ATTEMPTS):
+            try:
+                with self._acquire() as handle:
+                    enter = getattr(handle, "enter", None)
+                    if enter is None:
+                        return func(handle)
+                    if not enter():
+                        continue
+                    try:
+                        return func(handle)
+                    finally:
+                        handle.exit()
+            except _HandleClosedError:
+                continue
+        msg = (
+            f"TIFF file {self.path!r}: another thread closed the file {_REOPEN_ATTEMPTS} times during one read; "
+            "read again"
+        )
+        raise SourceReadError(msg)
+
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
         """Key -> (step-1 slices within bounds, axes to drop)."""
         if not isinstance(key, tuple):
@@ -506,33 +569,34 @@ class TiffReader:
         if 0 in out_shape:
             out = np.zeros(out_shape, dtype=self._dtype)
         elif self.memmap is not None:
-            with self._acquire() as handle:
-                out = handle.read(slices, self._dtype)
+            out = self._with_handle(lambda handle: handle.read(slices, self._dtype))
         else:
             out = self._read_segments(slices, out_shape)
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
 
     def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+        return self._with_handle(lambda handle: self._read_segments_from(handle, slices, out_shape))
+
+    def _read_segments_from(self, handle: Any, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
         whole = out_shape == self._shape
-        with self._acquire() as handle:
-            if whole and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
-                return handle.read_all(self._shape, self._dtype)
-            cs = handle.chunkshape
-            out = np.empty(out_shape, dtype=self._dtype)
-            ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(slices, cs, strict=True)]
-            for index in product(*ranges):
-                chunk = handle.read_chunk(index, self._dtype)
-                src: list[slice] = []
-                dst: list[slice] = []
-                for i, s, c in zip(index, slices, cs, strict=True):
-                    lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                    src.append(slice(lo - i * c, hi - i * c))
-                    dst.append(slice(lo - s.start, hi - s.start))
-                if chunk is None:
-                    out[tuple(dst)] = handle.fillvalue
-                else:
-                    out[tuple(dst)] = chunk[tuple(src)]
-            return out
+        if whole and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
+            return handle.read_all(self._shape, self._dtype)
+        cs = handle.chunkshape
+        out = np.empty(out_shape, dtype=self._dtype)
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(slices, cs, strict=True)]
+        for index in product(*ranges):
+            chunk = handle.read_chunk(index, self._dtype)
+            src: list[slice] = []
+            dst: list[slice] = []
+            for i, s, c in zip(index, slices, cs, strict=True):
+                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
+                src.append(slice(lo - i * c, hi - i * c))
+                dst.append(slice(lo - s.start, hi - s.start))
+            if chunk is None:
+                out[tuple(dst)] = handle.fillvalue
+            else:
+                out[tuple(dst)] = chunk[tuple(src)]
+        return out
 
 
 def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
