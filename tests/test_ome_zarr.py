@@ -219,3 +219,37 @@ def test_ngff_02_without_axes_is_tczyx(tmp_path: Path) -> None:
     root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
     with pytest.raises(SourceFormatError, match="needs 'axes'"):
         load_zarrs([path], "TCZYX")
+
+
+def test_dataset_without_path_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "nopath.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(8, 8), dtype="u1")[...] = 1
+    root.create_array("1", shape=(4, 4), dtype="u1")[...] = 2
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    scale: Any = [{"type": "scale", "scale": [1.0, 1.0]}]
+    root.attrs["multiscales"] = [
+        {"version": "0.4", "axes": axes, "datasets": [{"coordinateTransformations": scale}, {"path": "1"}]}
+    ]
+    with pytest.raises(SourceFormatError, match=r"dataset 0 .* needs a 'path'") as info:
+        load_zarrs([path], "YX")
+    assert str(path) in str(info.value)
+
+
+def test_bioformats2raw_layout_gives_every_image_level(tmp_path: Path) -> None:
+    from lazystack import load_arrays
+    from lazystack.writing import write_ome_zarr
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 1000, (2, 40, 36), dtype=np.uint16), rng.integers(0, 1000, (2, 24, 30), dtype=np.uint16)]
+    stacks = [load_arrays(img, "CYX")[0] for img in images]
+    path = write_ome_zarr(stacks, tmp_path / "many.ome.zarr", levels=2, chunks=16)
+    loaded = load_zarrs([path], "CYX")
+    assert [(s.attrs["image"], s.level) for s in loaded] == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
+    for stack in loaded:
+        name, level = stack.attrs["image"], stack.level
+        full = np.asarray(zarr.open_array(str(Path(path) / name / str(level)), mode="r")[...])
+        np.testing.assert_array_equal(stack.compute(), canonical_reference(full, "CYX"))
+    np.testing.assert_array_equal(loaded[2].compute(), canonical_reference(images[1], "CYX"))
+    (alone,) = load_zarrs([f"{path}/1/1"], "CYX")
+    assert alone.level == 1

@@ -368,3 +368,65 @@ def test_parse_source_splits_at_the_store() -> None:
     loc = parse_zarr_source("zip://in.zarr/g::s3://bucket/a.zip")
     assert (loc.root, loc.path, loc.chain) == ("zip://in.zarr", "g", "::s3://bucket/a.zip")
     assert loc.uri() == "zip://in.zarr/g::s3://bucket/a.zip"
+
+
+# -- hardening: invalid chunk grids, stores changed after opening, the fast read path ---------------
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zero_chunk_dimension_is_rejected_at_open(tmp_path: Path, zarr_format: int) -> None:
+    import json
+
+    path = tmp_path / "zero.zarr"
+    zarr.create_array(str(path), shape=(4, 8), chunks=(2, 4), dtype="u1", zarr_format=zarr_format)[...] = 1  # type: ignore[arg-type]
+    meta_file = path / ("zarr.json" if zarr_format == 3 else ".zarray")
+    meta = json.loads(meta_file.read_text())
+    if zarr_format == 3:
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = [2, 0]
+    else:
+        meta["chunks"] = [2, 0]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(SourceFormatError, match="every chunk dimension must be positive") as info:
+        load_zarrs([path], "YX")
+    assert str(path) in str(info.value)
+    assert "(2, 0)" in str(info.value)
+
+
+def test_store_deleted_after_opening_is_not_read_as_zeros(tmp_path: Path) -> None:
+    path, data = _write(tmp_path, "v3")
+    (stack,) = load_zarrs([path / "b"], "SYX")
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (4, 4))[0], data["b"][0, :4, :4])
+    shutil.rmtree(path)
+    with pytest.raises(SourceNotFoundError, match="was deleted after the stack was opened") as info:
+        stack.extract_patch(2, None, (30, 30), (8, 8))  # chunks never read before: zarr would give the fill value
+    assert f"file://{path}" in str(info.value)
+
+
+def test_store_replaced_after_opening_raises(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path, "v2")
+    (stack,) = load_zarrs([path / "b"], "SYX")
+    new = tmp_path / "new.zarr"
+    write_plain_store(new, 2, seed=1)
+    shutil.rmtree(path)
+    os.replace(new, path)
+    with pytest.raises(SourceReadError, match="changed after the stack was opened"):
+        stack.extract_patch(1, None, (0, 0), (8, 8))
+
+
+def test_reads_go_through_the_chunk_cache_and_never_hand_out_cache_memory(tmp_path: Path) -> None:
+    from lazystack.cache import get_chunk_cache
+
+    path, data = _write(tmp_path, "v3")
+    (stack,) = load_zarrs([path / "b"], "SYX")
+    reader = ZarrArrayReader(parse_zarr_source(str(path / "b")))
+    np.testing.assert_array_equal(reader[1, 3:40, 5:60], data["b"][1, 3:40, 5:60])
+    np.testing.assert_array_equal(reader[(1, slice(3, 40), slice(5, 60))], data["b"][1, 3:40, 5:60])
+    patch = stack.extract_patch(1, None, (3, 5), (10, 10))
+    assert patch.flags.writeable
+    patch[...] = -1  # the caller's own copy: the next read is unchanged
+    np.testing.assert_array_equal(stack.extract_patch(1, None, (3, 5), (10, 10))[0], data["b"][1, 3:13, 5:15])
+    if get_chunk_cache().enabled:
+        assert reader.as_chunked() is reader.as_chunked()
+        assert get_chunk_cache().nbytes > 0
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._fast is None
+    assert clone._array is None
+    np.testing.assert_array_equal(clone[2, 60:70, 80:90], data["b"][2, 60:70, 80:90])

@@ -10,7 +10,10 @@ optionally, a node inside it::
 
 A group gives one stack per array at its first level (sorted by name); an
 OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
-multiscale level, level 0 first; a URI to an array gives that array alone (an
+multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
+:func:`lazystack.write_ome_zarr` writes for a list of stacks) gives every level of
+its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
+a URI to an array gives that array alone (an
 OME-Zarr level keeps its level and scale metadata, found in the ancestor group
 that lists it).
 
@@ -61,6 +64,7 @@ _NUMERIC_KINDS = "biuf"
 _MAX_KEYS_SHOWN = 8
 _MAX_PROBED = 64
 _MAX_FAST_GRID = 1 << 22
+_MAX_LAYOUT_PROBED = 10_000
 
 
 # -- where a source points ----------------------------------------------------------------
@@ -851,7 +855,8 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
     -------
     list of OpenedSource
         A group: one per array at its first level, sorted by name; an OME-Zarr
-        image group: one per multiscale level, level 0 first; an array: itself.
+        image group: one per multiscale level, level 0 first; a ``bioformats2raw.layout``
+        group: the levels of image ``0``, then of image ``1`` ...; an array: itself.
 
     Raises
     ------
@@ -875,10 +880,13 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
             ms, level = found
             return [_level_source(ms, level, location, node, axes)]
         return [_plain_source(location, node, axes)]
-    if _ngff(node.attrs.asdict())[0]:
+    attrs = node.attrs.asdict()
+    if _ngff(attrs)[0]:
         levels = list(_image_levels(node, location, axes, store))
         if levels:
             return levels
+    if _is_bioformats2raw(attrs):
+        return _layout_images(node, location, axes, store)
     arrays = _first_level_arrays(node, location)
     if not arrays:
         msg = (
@@ -888,6 +896,42 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
         )
         raise SourceFormatError(msg)
     return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+
+
+def _is_bioformats2raw(attrs: Mapping[str, Any]) -> bool:
+    ome = attrs.get("ome")
+    return "bioformats2raw.layout" in attrs or (isinstance(ome, Mapping) and "bioformats2raw.layout" in ome)
+
+
+def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
+    """Names of the numbered image groups of a bioformats2raw layout, in numeric order."""
+    try:
+        names = [str(name) for name in group.group_keys()]
+    except Exception:  # no directory listing (plain HTTP): the images are numbered 0, 1, 2 ... without gaps
+        names = []
+        while len(names) < _MAX_LAYOUT_PROBED and _try_group(location.child(f"{location.path}/{len(names)}"), store):
+            names.append(str(len(names)))
+    return sorted((n for n in names if n.isdigit()), key=int)
+
+
+def _layout_images(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> list[OpenedSource]:
+    """Every level of every image of a ``bioformats2raw.layout`` group (image 0's levels first)."""
+    out: list[OpenedSource] = []
+    for name in _image_names(group, location, store):
+        child = location.child(f"{location.path}/{name}")
+        image = _try_group(child, store)
+        if image is None or not _ngff(image.attrs.asdict())[0]:
+            continue  # e.g. a plate or label group: not an image
+        for opened in _image_levels(image, child, axes, store):
+            opened.attrs["image"] = name
+            out.append(opened)
+    if not out:
+        msg = (
+            f"Zarr group {location.uri()!r} declares the bioformats2raw.layout but none of its numbered groups "
+            f"is an OME-Zarr image; it holds {_describe_members(group)}"
+        )
+        raise SourceFormatError(msg)
+    return out
 
 
 def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[tuple[str, zarr_lib.Array]]:
