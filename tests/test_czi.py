@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import operator
+import os
 import pickle
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from lazystack.errors import (  # noqa: E402
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
+    SourceReadError,
 )
 from lazystack.sources import czi  # noqa: E402
 
@@ -216,7 +218,21 @@ class _ReadSpy:
         monkeypatch.setattr(pyczi.CziReader, "read", read)
 
 
-def test_extract_patch_reads_only_the_patch_region(multi_scene: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def cache_size(request: pytest.FixtureRequest) -> Any:
+    """Sets this process's chunk cache to ``request.param`` bytes (emptied), restored afterwards."""
+    from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+
+    previous = set_chunk_cache_size(request.param)
+    get_chunk_cache().clear()
+    yield request.param
+    set_chunk_cache_size(previous)
+
+
+@pytest.mark.parametrize("cache_size", [0], indirect=True)
+def test_extract_patch_reads_only_the_patch_region(
+    multi_scene: Any, monkeypatch: pytest.MonkeyPatch, cache_size: int
+) -> None:
     path, a, _ = multi_scene
     stack = load_czis(path, "SCZYX")[0]
     spy = _ReadSpy(monkeypatch)
@@ -226,7 +242,63 @@ def test_extract_patch_reads_only_the_patch_region(multi_scene: Any, monkeypatch
     assert spy.rois == [(-300 + 40, -50, 10, 5)] * 2
 
 
-def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cache_size", [64 << 20], indirect=True)
+def test_cached_blocks_are_read_once(multi_scene: Any, monkeypatch: pytest.MonkeyPatch, cache_size: int) -> None:
+    path, a, _ = multi_scene
+    stack = load_czis(path, "SCZYX")[0]
+    assert stack.reader._cache_block == (czi.CACHE_BLOCK, czi.CACHE_BLOCK)  # its 40 x 25 tiles are too small
+    spy = _ReadSpy(monkeypatch)
+    patch = stack.extract_patch(1, [0], (1, -3, 40), (2, 8, 16))
+    np.testing.assert_array_equal(patch[0, :, 3:, :10], a[1, 1:3, 0, 0:5, 40:50])
+    # one block per Z plane of the one channel: the whole 50 x 40 plane (smaller than a block)
+    assert spy.rois == [(-300, -50, 50, 40)] * 2
+    again = stack.extract_patch(1, [0], (1, 0, 0), (2, 40, 50))  # inside the cached blocks: no read
+    np.testing.assert_array_equal(again[0], a[1, 1:3, 0])
+    assert len(spy.rois) == 2
+
+
+@pytest.mark.parametrize("cache_size", [64 << 20], indirect=True)
+def test_file_changed_after_a_cached_read_is_a_clear_error(multi_scene: Any, tmp_path: Path, cache_size: int) -> None:
+    path, a, _ = multi_scene
+    copy = tmp_path / "copy.czi"
+    copy.write_bytes(path.read_bytes())
+    stack = load_czis(copy, "SCZYX")[0]
+    np.testing.assert_array_equal(stack.extract_patch(0, [0], (0, 0, 0), (3, 40, 50))[0], a[0, :, 0])
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # cached blocks may no longer be the file's
+    with pytest.raises(SourceReadError, match=r"copy\.czi@0.*changed since the stack was opened"):
+        stack.extract_patch(0, [0], (0, 0, 0), (3, 40, 50))
+
+
+@pytest.mark.parametrize("cache_size", [64 << 20], indirect=True)
+def test_regular_tiles_are_the_cache_unit(big_plane: Any, cache_size: int) -> None:
+    path, data = big_plane
+    (stack,) = load_czis(path, "SCYX")
+    reader = stack.reader
+    assert reader._cache_block == (256, 256)  # written as 256 x 256 tiles
+    chunked = reader.as_chunked()
+    assert chunked is not None
+    assert chunked.chunk_grid.chunk_shape == (1, 1, 256, 256)
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (250, 250), (300, 20))[0], data[250:550, 250:270])
+
+
+@pytest.mark.parametrize("cache_size", [0, 64 << 20, 100_000], indirect=True)
+def test_same_patches_with_the_cache_on_and_off(multi_scene: Any, big_plane: Any, cache_size: int) -> None:
+    """Random patches (reread twice: cold then warm) equal numpy slicing, whatever the cache size."""
+    path, a, b = multi_scene
+    for axes in ("SCZYX", "SCYX"):
+        for stack, tzcyx in zip(load_czis(path, axes), (a, b), strict=True):
+            for _ in range(2):  # cold, then warm
+                _random_patches(stack, _canonical(tzcyx, axes), np.random.default_rng(3), size=20)
+    bpath, data = big_plane
+    (big,) = load_czis(bpath, "SCYX")
+    for _ in range(2):
+        np.testing.assert_array_equal(big.extract_patch(0, None, (500, 300), (600, 500))[0], data[500:1100, 300:800])
+    np.testing.assert_array_equal(big.compute()[0, 0], data)
+
+
+@pytest.mark.parametrize("cache_size", [0], indirect=True)
+def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest.MonkeyPatch, cache_size: int) -> None:
     path, data = big_plane
     monkeypatch.setattr(czi, "BLOCK", 512)
     (stack,) = load_czis(path, "SCYX")

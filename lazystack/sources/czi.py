@@ -49,6 +49,7 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import get_chunk_cache
+from ..chunked import FunctionChunkedReader
 from ..errors import (
     AxesError,
     MissingDependencyError,
@@ -73,6 +76,12 @@ CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
 
 BLOCK = 2048
 """Largest height and width of a dask chunk; larger planes are split into blocks."""
+
+CACHE_BLOCK = 512
+"""Height and width of the unit kept in the decoded-chunk cache when the file's tile size is unusual."""
+
+#: Tile sizes (h and w) used as the cache unit: the most common sub-block size, when within this range.
+_CACHE_TILE_RANGE = (64, 1024)
 
 #: pixel type -> (numpy dtype, samples per pixel)
 PIXEL_TYPES: dict[str, tuple[str, int]] = {
@@ -168,6 +177,7 @@ class _FileInfo:
     scene_names: dict[int, str]
     channel_names: tuple[str, ...] | None
     pixel_sizes: dict[str, float]  # micrometres
+    tile: tuple[int, int] | None = None  # most common (h, w) of the layer-0 sub-blocks (the tile size)
 
 
 def _check_file(path: str) -> None:
@@ -193,11 +203,15 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
     doc = handle.doc
     lo: dict[str, int] = {}
     hi: dict[str, int] = {}
+    tiles: Counter[tuple[int, int]] = Counter()
     count = 0
 
     def visit(_index: int, info: Any) -> bool:
         nonlocal count
         count += 1
+        rect, size = info.logicalRect, info.physicalSize
+        if rect.w == size.w and rect.h == size.h:  # layer 0 (not a pyramid level)
+            tiles[(int(rect.h), int(rect.w))] += 1
         for dim, value in info.coordinate.to_dict().items():
             if dim in ("S", "M"):
                 continue
@@ -245,6 +259,7 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         scene_names=_scene_names(root),
         channel_names=_channel_names(root, dims.get("C", (0, 1))[1]),
         pixel_sizes=_pixel_sizes(root),
+        tile=tiles.most_common(1)[0][0] if tiles else None,
     )
 
 
@@ -322,6 +337,18 @@ class CziSceneReader:
         Dtype of the data.
     token : str
         Identifies the data (path, size, mtime, scene, axes).
+    cache_block : tuple of int, optional
+        ``(h, w)`` of the spatial blocks of one plane kept in the shared
+        decoded-chunk cache (:func:`lazystack.cache.get_chunk_cache`): the
+        file's most common sub-block size when between 64 and 1024, else
+        :data:`CACHE_BLOCK`.
+        With the cache disabled (``LAZYSTACK_CHUNK_CACHE_BYTES=0``) a read
+        asks pylibCZIrw for exactly the rectangle of the key.
+    stamp : tuple of int, optional
+        ``(st_ino, st_size, st_mtime_ns)`` of the file when it was opened: a
+        cached read first checks the file still has it (cached blocks of a
+        file rewritten since must not mix with new reads) and raises
+        :class:`~lazystack.errors.SourceReadError` when it changed.
     """
 
     def __init__(
@@ -336,8 +363,13 @@ class CziSceneReader:
         pixel_types: tuple[str, ...],
         dtype: np.dtype[Any],
         token: str,
+        cache_block: tuple[int, int] = (CACHE_BLOCK, CACHE_BLOCK),
+        stamp: tuple[int, int, int] | None = None,
     ) -> None:
         self._manager = manager
+        self._stamp = stamp
+        self._cache_block = (int(cache_block[0]), int(cache_block[1]))
+        self._chunked: FunctionChunkedReader | None = None
         self._pid = os.getpid()
         self.path = path
         self.scene = scene
@@ -383,6 +415,48 @@ class CziSceneReader:
             full, rest = divmod(n, step)
             out.append((step,) * full + ((rest,) if rest else ()) if n else (0,))
         return tuple(out)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_chunked"] = None  # per process, rebuilt on use
+        return state
+
+    def as_chunked(self) -> FunctionChunkedReader | None:
+        """The cached block reader (see :mod:`lazystack.chunked`), None when the chunk cache is disabled."""
+        if not get_chunk_cache().enabled:
+            return None
+        chunked = self._chunked
+        if chunked is None:
+            bh, bw = self._cache_block
+            cache_chunks = tuple({"Y": bh, "X": bw, "C": self._channel[2]}.get(a, 1) for a in self.axes)
+            chunked = FunctionChunkedReader(
+                self._shape, self._dtype, cache_chunks, f"{self.token}|blocks-{bh}x{bw}", fetch_one=self._fetch_block
+            )
+            self._chunked = chunked
+        return chunked
+
+    def _check_unchanged(self) -> None:
+        """Raise SourceReadError when the file is not the one the stack was opened on (cached blocks are stale)."""
+        if self._stamp is None:
+            return
+        try:
+            st = os.stat(self.path)
+            now = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
+        except OSError as exc:
+            msg = f"CZI file {self._where!r} cannot be read any more ({exc}); load it again if it was moved"
+            raise SourceReadError(msg) from exc
+        if now != self._stamp:
+            msg = (
+                f"CZI file {self._where!r} changed since the stack was opened ((inode, size, mtime_ns) "
+                f"{self._stamp} -> {now}); load it again to read the new file"
+            )
+            raise SourceReadError(msg)
+
+    def _fetch_block(self, index: tuple[int, ...]) -> np.ndarray:
+        """One cache block: its rectangle of one plane (one file channel), cut at the scene's edge."""
+        chunked = self._chunked
+        assert chunked is not None  # built before any fetch
+        return self._read_exact(list(chunked.chunk_grid.chunk_region(index)))
 
     def close(self) -> None:
         """Close this file's handle in this process (it reopens when read again)."""
@@ -438,8 +512,22 @@ class CziSceneReader:
         return coords
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """Read the region ``key`` (ints and step-1 slices, one per axis)."""
+        """Read the region ``key`` (ints and step-1 slices, one per axis).
+
+        With the chunk cache enabled, through cached blocks (the result may
+        be a read-only view of one); else the exact rectangle.
+        """
         norm = self._normalise(key)
+        chunked = self.as_chunked()
+        if chunked is None:
+            return self._read_exact(norm)
+        self._check_unchanged()
+        region = tuple(slice(k, k + 1) if isinstance(k, int) else k for k in norm)
+        out = chunked.read(region)
+        return out[tuple(0 if isinstance(k, int) else slice(None) for k in norm)]
+
+    def _read_exact(self, norm: list[int | slice]) -> np.ndarray:
+        """Read a normalised key's exact rectangle from the file, one plane at a time."""
         ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in norm]
         out = np.zeros(tuple(len(r) for r in ranges), dtype=self._dtype)
         squeeze = tuple(0 if isinstance(k, int) else slice(None) for k in norm)
@@ -507,6 +595,14 @@ def _token(path: str, scene: int | None, axes: str) -> str:
     st = os.stat(path)
     text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}"
     return "czi-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _cache_block(tile: tuple[int, int] | None) -> tuple[int, int]:
+    """The cache unit: the file's (most common) tile size when usual, else :data:`CACHE_BLOCK` square."""
+    lo, hi = _CACHE_TILE_RANGE
+    if tile is not None and all(lo <= n <= hi for n in tile):
+        return tile
+    return (CACHE_BLOCK, CACHE_BLOCK)
 
 
 def _dims_text(dims: dict[str, tuple[int, int]]) -> str:
@@ -607,6 +703,8 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
         coords["C"] = ["R", "G", "B"]
     depth = axes[2] if len(axes) == 5 else None
     sizes = {a: v for a, v in info.pixel_sizes.items() if a in "XY" or (a == "Z" and depth == "Z")}
+    st = os.stat(path)
+    stamp = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
     scenes: list[int | None] = [wanted] if wanted is not None else ([*sorted(info.scenes)] if info.scenes else [None])
     opened = []
     for scene in scenes:
@@ -622,6 +720,8 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             info.pixel_types,
             dtype,
             _token(path, scene, reader_axes),
+            cache_block=_cache_block(info.tile),
+            stamp=stamp,
         )
         source = path if scene is None else f"{path}@{scene}"
         attrs = {
