@@ -19,6 +19,9 @@ and measures:
 - ``bioio dask``: the same patch sliced from ``BioImage.dask_data`` (for
   this tiled file bioio-czi's chunks are the 512 x 512 tiles, so this reads
   only the tiles the patch overlaps);
+- ``lazystack revisit`` / ``lazystack no cache``: the same patches again (their tiles
+  now in the decoded-chunk cache), and with the cache disabled (every patch
+  read as its exact rectangle);
 - ``pylibCZIrw roi``: the floor, ``CziReader.read(roi=...)`` on an open
   document;
 - open time: ``load_czis`` of the multi-scene file (every scene's stack and
@@ -101,6 +104,7 @@ def _patches(path: Path, size: int, n: int, n_bioio: int) -> dict[str, Any]:
     from pylibCZIrw import czi as pyczi
 
     from lazystack import load_czis
+    from lazystack.cache import set_chunk_cache_size
 
     rng = np.random.default_rng(2)
     positions = [
@@ -119,6 +123,24 @@ def _patches(path: Path, size: int, n: int, n_bioio: int) -> dict[str, Any]:
 
     times, lazy_out = _time(lazy, n)
     out["lazystack"] = times
+    # the same patches again: the tiles they overlap are in the decoded-chunk cache
+    it = iter(positions)
+    times, warm_out = _time(lazy, n)
+    out["lazystack revisit"] = times
+    # the chunk cache disabled: every patch asks pylibCZIrw for its exact rectangle
+    previous = set_chunk_cache_size(0)
+    try:
+        (uncached,) = load_czis(path, "SCYX")
+        it = iter(positions)
+
+        def exact() -> np.ndarray:
+            c, y, x = next(it)
+            return uncached.extract_patch(0, [c], (y, x), (PATCH, PATCH))[0]
+
+        times, exact_out = _time(exact, n)
+        out["lazystack no cache"] = times
+    finally:
+        set_chunk_cache_size(previous)
 
     doc = pyczi.CziReader(str(path))
     x0, y0 = doc.total_bounding_rectangle.x, doc.total_bounding_rectangle.y
@@ -158,7 +180,13 @@ def _patches(path: Path, size: int, n: int, n_bioio: int) -> dict[str, Any]:
         times, dask_out = _time(dask_patch, n_bioio)
         out["bioio dask"] = times
 
-    for name, got in (("pylibCZIrw roi", floor_out), ("bioio plane", plane_out), ("bioio dask", dask_out)):
+    for name, got in (
+        ("lazystack revisit", warm_out),
+        ("lazystack no cache", exact_out),
+        ("pylibCZIrw roi", floor_out),
+        ("bioio plane", plane_out),
+        ("bioio dask", dask_out),
+    ):
         for a, b in zip(lazy_out, got, strict=False):
             if not np.array_equal(a, b):
                 msg = f"{name} returned a different patch than lazystack"
@@ -226,9 +254,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opens = _open_times(scenes, repeat)
     med = {k: statistics.median(v) for k, v in times.items() if isinstance(v, list)}
     results["median_ms"] = {k: 1e3 * v for k, v in med.items()}
+    results["mean_ms"] = {k: 1e3 * statistics.fmean(v) for k, v in times.items() if isinstance(v, list)}
     results["speedup_vs_bioio_plane"] = med["bioio plane"] / med["lazystack"]
     results["speedup_vs_bioio_dask"] = med["bioio dask"] / med["lazystack"]
     results["overhead_vs_pylibczirw_roi"] = med["lazystack"] / med["pylibCZIrw roi"]
+    results["revisit_speedup"] = med["lazystack"] / med["lazystack revisit"]
+    results["cache_off_vs_first_pass"] = med["lazystack no cache"] / med["lazystack"]
     results["open_ms"] = {k: 1e3 * statistics.median(v) for k, v in opens.items()}
     results["open_speedup_vs_bioio"] = statistics.median(opens["bioio"]) / statistics.median(opens["lazystack"])
     results["lazystack_open_ms_one_file"] = 1e3 * times["lazystack_open_s"]
@@ -254,6 +285,20 @@ def _print_table(r: dict[str, Any]) -> None:
     ]
     for name, t, ratio in rows:
         print(f"{name:<34}{t:>15.3f} ms{ratio:>19.1f}x")
+    mean = r["mean_ms"]
+    print("\ndecoded-chunk cache (tiles of one plane, LAZYSTACK_CHUNK_CACHE_BYTES):")
+    print(
+        f"  mean per patch: first pass {mean['lazystack']:.3f} ms (cold tiles included), "
+        f"again {mean['lazystack revisit']:.3f} ms, cache disabled {mean['lazystack no cache']:.3f} ms"
+    )
+    print(
+        f"  same patches again (warm cache) {ms['lazystack revisit']:.3f} ms"
+        f" -> {r['revisit_speedup']:.1f}x faster than the first pass"
+    )
+    print(
+        f"  cache disabled (exact rectangle per patch) {ms['lazystack no cache']:.3f} ms"
+        f" = {r['cache_off_vs_first_pass']:.2f}x the first pass"
+    )
     print(f"\nopen a {r['n_scenes']}-scene CZI (all scenes' shapes):")
     print(f"  lazystack load_czis {r['open_ms']['lazystack']:.1f} ms, bioio BioImage {r['open_ms']['bioio']:.1f} ms")
     print(f"  -> lazystack opens {r['open_speedup_vs_bioio']:.1f}x faster")
