@@ -31,6 +31,7 @@ from lazystack import (
     load_iter_tiff,
     load_tiffs,
 )
+from lazystack.cache import get_chunk_cache
 from lazystack.sources import tiff as tiff_source
 
 RNG = np.random.default_rng(1234)
@@ -652,6 +653,7 @@ def test_close_and_context_manager_release_handles(variant_dir: Path) -> None:
         stack.extract_patch(0, None, (0, 0), (8, 8))
         assert open_on_path() >= 1
     assert open_on_path() == 0
+    get_chunk_cache().clear()  # else the tile comes from the decoded-chunk cache, without the file
     stack.extract_patch(0, None, (0, 0), (8, 8))  # reopens transparently
     assert open_on_path() >= 1
     stack.close()

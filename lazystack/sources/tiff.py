@@ -66,13 +66,13 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import product
 from typing import Any, TypeVar
 
 import numpy as np
 
+from ..chunked import FunctionChunkedReader, fetch_concurrently
 from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from .base import OpenedSource, ProcessLocalFileManager
 
@@ -243,6 +243,7 @@ class _TiffHandle:
         self.path = path
         self.closed = False  # close requested
         self.released = False  # file actually closed
+        self.stamp = stamp
         self._users = 0
         self._state = threading.Lock()
         self.tif = tifffile.TiffFile(path, mode="rb")
@@ -269,6 +270,11 @@ class _TiffHandle:
         except Exception:
             self.tif.close()
             raise
+
+    def check_unchanged(self) -> None:
+        """Raise SourceReadError when the open file was rewritten in place (size or mtime changed)."""
+        if self.stamp is not None and self.fd is not None:
+            check_stamp(self.path, self.stamp, os.fstat(self.fd))
 
     def enter(self) -> bool:
         """Register a read in flight; False when the handle is already closed (acquire a fresh one)."""
@@ -374,6 +380,7 @@ class _TiffHandle:
 
     def read_all(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """Read the whole series with tifffile (one sequential pass over the file)."""
+        self.check_unchanged()
         self.check_extent()
         try:
             with self.lock:
@@ -442,6 +449,7 @@ class TiffReader:
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
         self._pid = os.getpid()
         self._manager = self._make_manager()
+        self._chunked: FunctionChunkedReader | None = None
 
     def _make_manager(self) -> ProcessLocalFileManager:
         if self.memmap is not None:
@@ -485,6 +493,46 @@ class TiffReader:
     def close(self) -> None:
         """Close this process's handle (re-opened when read again)."""
         self._manager.close()
+
+    def as_chunked(self) -> FunctionChunkedReader | None:
+        """The chunk reader over the decoded segments (tiles, strips, pages), through the chunk cache.
+
+        Decoded segments are kept in the per-process chunk cache
+        (:func:`lazystack.cache.get_chunk_cache`, ``LAZYSTACK_CHUNK_CACHE_BYTES``;
+        0 disables it) under this reader's token (path, mtime, size, series),
+        so repeated patches over the same tiles decode them once. None for a
+        memory-mapped series (slicing the map is already the fastest read).
+
+        Returns
+        -------
+        lazystack.chunked.FunctionChunkedReader or None
+        """
+        if self.memmap is not None:
+            return None
+        chunked = self._chunked
+        if chunked is None:
+            chunked = FunctionChunkedReader(
+                self._shape, self._dtype, self.native_chunks, self.token, fetch_many=self._fetch_segments
+            )
+            self._chunked = chunked
+        return chunked
+
+    def _fetch_segments(self, indices: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+        """Decode whole segments (full size; a missing one is the fill value), several in the shared pool."""
+
+        def run(handle: _TiffHandle) -> dict[tuple[int, ...], np.ndarray]:
+            handle.check_unchanged()
+            if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
+                return {index: handle.read_all(self._shape, self._dtype) for index in indices}
+            shape = handle.chunkshape
+
+            def one(index: tuple[int, ...]) -> np.ndarray:
+                chunk = handle.read_chunk(index, self._dtype)
+                return np.full(shape, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
+
+            return fetch_concurrently(indices, one)
+
+        return self._with_handle(run)
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
@@ -575,28 +623,13 @@ class TiffReader:
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
 
     def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
-        return self._with_handle(lambda handle: self._read_segments_from(handle, slices, out_shape))
-
-    def _read_segments_from(self, handle: Any, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
-        whole = out_shape == self._shape
-        if whole and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
-            return handle.read_all(self._shape, self._dtype)
-        cs = handle.chunkshape
-        out = np.empty(out_shape, dtype=self._dtype)
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(slices, cs, strict=True)]
-        for index in product(*ranges):
-            chunk = handle.read_chunk(index, self._dtype)
-            src: list[slice] = []
-            dst: list[slice] = []
-            for i, s, c in zip(index, slices, cs, strict=True):
-                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                src.append(slice(lo - i * c, hi - i * c))
-                dst.append(slice(lo - s.start, hi - s.start))
-            if chunk is None:
-                out[tuple(dst)] = handle.fillvalue
-            else:
-                out[tuple(dst)] = chunk[tuple(src)]
-        return out
+        if out_shape == self._shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
+            # one dask chunk (load_iter_tiff): tifffile reads the series in one sequential pass
+            return self._with_handle(lambda handle: handle.read_all(self._shape, self._dtype))
+        chunked = self.as_chunked()
+        assert chunked is not None
+        # a region in one segment is a (read-only when cached) view of it; several are assembled into a new array
+        return chunked.read(slices)
 
 
 def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
@@ -660,6 +693,17 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
             f"{len(keyframe.databytecounts)} byte count(s): the tags are inconsistent"
         )
         raise SourceFormatError(msg)
+
+
+def _store_can_locate(store: Any, shape: tuple[int, ...], native: tuple[int, ...]) -> bool:
+    """Whether tifffile's zarr index locates the first and last segments (it fails on some squeezed layouts)."""
+    last = tuple(max(0, -(-n // c) - 1) for n, c in zip(shape, native, strict=True))
+    try:
+        for index in ((0,) * len(shape), last):
+            store._parse_key(".".join(str(i) for i in index))
+    except (KeyError, IndexError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _token(path: str, series: int, mode: str, st: os.stat_result) -> str:
@@ -861,6 +905,8 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
                 store = series.aszarr(level=0, multiscales=False)
                 try:
                     native = tuple(int(c) for c in json.loads(store._store[".zarray"])["chunks"])
+                    if not _store_can_locate(store, shape, native):
+                        native = shape  # tifffile cannot index this layout's segments: one chunk, read whole
                 finally:
                     store.close()
             dtype = np.dtype(series.dtype).newbyteorder("=")
