@@ -201,12 +201,40 @@ class _NeedsLoopError(Exception):
     pass
 
 
+def check_blosc_frame(raw: Any) -> None:
+    """Refuse a blosc frame shorter or longer than its header says.
+
+    c-blosc does not check the frame length itself: a chunk cut short decodes
+    without error to whatever lies past the buffer. The header's bytes 12-16
+    hold the frame's total compressed size.
+
+    Raises
+    ------
+    ValueError
+        If the frame is shorter than a header or its length disagrees with it.
+    """
+    view = memoryview(raw).cast("B")
+    if len(view) < 16:
+        msg = f"blosc chunk of {len(view)} bytes is shorter than its 16-byte header (truncated)"
+        raise ValueError(msg)
+    declared = int.from_bytes(view[12:16], "little")
+    if declared != len(view):
+        msg = f"blosc chunk holds {len(view)} bytes but its header declares {declared} (truncated or corrupt)"
+        raise ValueError(msg)
+
+
+def _is_blosc(codec: Any) -> bool:
+    return type(codec).__name__ in ("Blosc", "BloscCodec")
+
+
 def _decode_with(codec: Any, data: Any, spec: Any) -> Any:
     """Run one codec's decode synchronously (its ``_decode_sync`` or its coroutine without a loop)."""
     from zarr.codecs._v2 import V2Codec
 
     if isinstance(codec, V2Codec):
         return _decode_v2(codec, data, spec)
+    if _is_blosc(codec):
+        check_blosc_frame(data.as_numpy_array())
     fn = getattr(codec, "_decode_sync", None)
     if fn is not None:
         return fn(data, spec)
@@ -231,6 +259,8 @@ def _decode_v2(codec: Any, data: Any, spec: Any) -> Any:
 
     chunk = data.as_array_like()
     if codec.compressor:
+        if _is_blosc(codec.compressor):
+            check_blosc_frame(np.asarray(chunk))
         chunk = codec.compressor.decode(chunk)
     if codec.filters:
         for f in reversed(codec.filters):

@@ -23,13 +23,7 @@ import pytest
 pytestmark = pytest.mark.timeout(300)
 
 #: (format group, case) -> what is wrong today. Each is a strict xfail: fixing the loader makes it pass.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("zarr", "v2-truncated-chunk"): (
-        "BUG (upstream numcodecs/blosc): a blosc chunk cut in half decodes without error to bytes that differ "
-        "from run to run (blosc reads past the buffer); zarr itself does the same. lazystack could check the "
-        "blosc header's compressed size against the chunk's length"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="session")

@@ -472,3 +472,31 @@ def test_remote_http_store(arrays: dict[str, Any], http_root: str, name: str, en
     rng = np.random.default_rng(7)
     for key in _regions(rng, local.shape, 8):
         _same(reader[key], np.asarray(local[key]))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("engine", ["direct", "auto"])
+def test_truncated_blosc_chunk_is_an_error_not_garbage(tmp_path: Path, zarr_format: int, engine: str) -> None:
+    import numcodecs
+
+    from lazystack.engines import ZarrArrayReader
+    from lazystack.errors import SourceReadError
+
+    compressors = numcodecs.Blosc() if zarr_format == 2 else zarr.codecs.BloscCodec()
+    path = tmp_path / "b.zarr"
+    arr = zarr.create_array(path, shape=(64, 64), chunks=(32, 32), dtype="uint16", zarr_format=zarr_format, compressors=compressors)
+    arr[...] = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    key = path / ("0.0" if zarr_format == 2 else "c/0/0")
+    raw = key.read_bytes()
+    key.write_bytes(raw[: len(raw) // 2])
+    reader = ZarrArrayReader(zarr.open_array(path, mode="r"), engine=engine)
+    with pytest.raises(SourceReadError, match=r"chunk \(0, 0\).*blosc chunk holds"):
+        reader[(slice(0, 8), slice(0, 8))]
+    np.testing.assert_array_equal(reader[(slice(32, 64), slice(0, 8))], np.asarray(arr[32:64, 0:8]))
+
+
+def test_check_blosc_frame_rejects_short_frames() -> None:
+    from lazystack.engines import check_blosc_frame
+
+    with pytest.raises(ValueError, match="shorter than its 16-byte header"):
+        check_blosc_frame(b"\x02\x01")
