@@ -72,7 +72,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..chunked import FunctionChunkedReader, fetch_concurrently
+from ..chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from .base import OpenedSource, ProcessLocalFileManager
 
@@ -201,18 +201,21 @@ class _MemmapHandle:
         self.path = path
         #: the mapping (its own descriptor: ``size()`` is an fstat of the file as it is now)
         self._raw: mmap.mmap | None = getattr(self.array, "_mmap", None)
+        #: a plain ndarray view of the map (slicing an np.memmap costs a Python-level __array_finalize__)
+        self.plain: np.ndarray | None = self.array.view(np.ndarray)
+        self._what = f"TIFF file {path!r}"
         self._end = offset + nbytes
         self._touched = 0
         self._lock = threading.Lock()
 
     def read(self, key: tuple[slice, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """Copy the region ``key`` out of the map (native byte order)."""
-        mm = self.array
+        mm = self.plain
         if mm is None:
             raise _HandleClosedError(self.path)
         raw = self._raw
         if raw is not None:
-            check_mapped_size(raw, self._end, f"TIFF file {self.path!r}")
+            check_mapped_size(raw, self._end, self._what)
         out = np.array(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
@@ -230,7 +233,8 @@ class _MemmapHandle:
 
     def close(self) -> None:
         # Dropping the reference unmaps once no read still uses the map (never closes under a reader).
-        self.array = None
+        self.array = self.plain = None
+        self._raw = None  # the mapping holds a descriptor of its own
 
 
 class _TiffHandle:
@@ -450,6 +454,7 @@ class TiffReader:
         self._pid = os.getpid()
         self._manager = self._make_manager()
         self._chunked: FunctionChunkedReader | None = None
+        self._mm_handle: _MemmapHandle | None = None
 
     def _make_manager(self) -> ProcessLocalFileManager:
         if self.memmap is not None:
@@ -582,6 +587,9 @@ class TiffReader:
 
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
         """Key -> (step-1 slices within bounds, axes to drop)."""
+        if type(key) is tuple and len(key) == len(self._shape):
+            with contextlib.suppress(IndexError, TypeError):  # the stack's keys; anything else: checked below
+                return normalize_key(key, self._shape)
         if not isinstance(key, tuple):
             key = (key,)
         if any(k is Ellipsis for k in key):
@@ -617,10 +625,24 @@ class TiffReader:
         if 0 in out_shape:
             out = np.zeros(out_shape, dtype=self._dtype)
         elif self.memmap is not None:
-            out = self._with_handle(lambda handle: handle.read(slices, self._dtype))
+            out = self._read_memmap(slices)
         else:
             out = self._read_segments(slices, out_shape)
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
+
+    def _read_memmap(self, slices: tuple[slice, ...]) -> np.ndarray:
+        # Fast path: the map this reader used last, while it is open (close() and the LRU's eviction close
+        # it, then the manager gives a fresh one); saves the manager's lock and context managers per patch.
+        handle = self._mm_handle
+        if handle is not None and self._pid == os.getpid():
+            with contextlib.suppress(_HandleClosedError):
+                return handle.read(slices, self._dtype)
+
+        def run(handle: _MemmapHandle) -> np.ndarray:
+            self._mm_handle = handle
+            return handle.read(slices, self._dtype)
+
+        return self._with_handle(run)
 
     def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
         if out_shape == self._shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
