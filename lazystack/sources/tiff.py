@@ -308,6 +308,7 @@ class _TiffHandle:
         with self.lock:  # a locked read of another caller finishes first
             self.released = True
             self.tif.close()
+            self._located = {}  # a reader may keep this object: hold no page metadata
 
     def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
         """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
@@ -455,6 +456,7 @@ class TiffReader:
         self._manager = self._make_manager()
         self._chunked: FunctionChunkedReader | None = None
         self._mm_handle: _MemmapHandle | None = None
+        self._last_handle: _TiffHandle | None = None
 
     def _make_manager(self) -> ProcessLocalFileManager:
         if self.memmap is not None:
@@ -565,6 +567,16 @@ class TiffReader:
 
     def _with_handle(self, func: Callable[[Any], _T]) -> _T:
         """``func(handle)`` on this process's handle; again on a fresh one if another thread closed it."""
+        last = self._last_handle
+        if last is not None and self._pid == os.getpid() and last.enter():
+            # Fast path: the handle of the previous read, still open (close() or the LRU's eviction
+            # closes it, and enter() then fails): no manager lock and context managers per read.
+            try:
+                return func(last)
+            except _HandleClosedError:
+                pass
+            finally:
+                last.exit()
         for _ in range(_REOPEN_ATTEMPTS):
             try:
                 with self._acquire() as handle:
@@ -573,6 +585,7 @@ class TiffReader:
                         return func(handle)
                     if not enter():
                         continue
+                    self._last_handle = handle
                     try:
                         return func(handle)
                     finally:
