@@ -24,7 +24,13 @@ Reading
       read segment by segment: a region decodes only the tiles, strips or
       pages it overlaps, through tifffile's own decoders (``imagecodecs``).
       The dask chunks follow that layout (whole tiles; runs of strips
-      merged up to about 1 MiB; pages).
+      merged up to about 1 MiB; pages). Decoded segments go through the
+      per-process chunk cache (:mod:`lazystack.cache`,
+      ``LAZYSTACK_CHUNK_CACHE_BYTES``, 0 disables it) keyed by the reader's
+      token (path, mtime, size, series), so patches over the same tiles
+      decode them once; several segments of one read decode in the shared
+      thread pool (:meth:`TiffReader.as_chunked`). A region inside one
+      segment may come back as a read-only view of the cached segment.
     * ``whole_file_chunks=True`` (:func:`lazystack.load_iter_tiff`) makes
       the series one dask chunk, which a dask task reads whole with
       tifffile; ``extract_patch`` still reads only its region.
