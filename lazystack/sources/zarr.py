@@ -36,6 +36,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from ..engines import ZarrArrayReader as _EngineReader
+from ..engines import get_zarr_engine
 from ..errors import (
     MissingDependencyError,
     ShapeMismatchError,
@@ -351,7 +352,12 @@ class ZarrArrayReader:
         arr = self.array()
         fast = self._fast
         if fast is None or fast.array is not arr:
-            fast = _FastReader(arr, self._metadata_file(), self._opened_stat)  # engine from the setting/env
+            engine = None  # the setting in force (set_zarr_engine / LAZYSTACK_ZARR_ENGINE)
+            if not self._location.is_local and get_zarr_engine() == "tensorstore":
+                # tensorstore's own HTTP client ignores storage_options (headers, credentials, timeouts)
+                # and retries a dead server for minutes: remote stores keep fsspec's client
+                engine = "direct"
+            fast = _FastReader(arr, self._metadata_file(), self._opened_stat, engine=engine)
             self._fast = fast
         return fast
 
@@ -521,8 +527,15 @@ class _FastReader(_EngineReader):
     turns both into errors.
     """
 
-    def __init__(self, array: zarr_lib.Array, metadata_file: str | None, opened: tuple[int, int, int] | None) -> None:
-        super().__init__(array)
+    def __init__(
+        self,
+        array: zarr_lib.Array,
+        metadata_file: str | None,
+        opened: tuple[int, int, int] | None,
+        *,
+        engine: str | None = None,
+    ) -> None:
+        super().__init__(array, engine=engine)
         self._metadata_file = metadata_file
         self._opened = opened
 
