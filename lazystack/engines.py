@@ -461,8 +461,14 @@ class DirectEngine(ZarrEngine):
                 reqs = [(self._key(s), None, self._index_size) for s in todo]
             raw = self._read_many(reqs)
             for s, data in zip(todo, raw, strict=True):
-                if data is None or len(data) < self._index_size:
+                if data is None:  # a missing shard: every inner chunk reads as the fill value
                     index = None
+                elif len(data) < self._index_size:
+                    msg = (
+                        f"shard {self._key(s)!r} is shorter than its index ({len(data)} < {self._index_size} bytes): "
+                        "truncated or corrupt"
+                    )
+                    raise SourceReadError(msg)
                 else:
                     buf = self._prototype.buffer.from_bytes(data)
                     index = self._index_stages.decode(buf)

@@ -298,6 +298,11 @@ _SIGBUS = (
     "offset + nbytes and raise SourceReadError when it shrank"
 )
 CHANGE_BUGS: dict[tuple[str, str, bool], str] = {
+    ("zarr", "rewritten", True): (
+        "DESIGN LIMIT (documented in docs/configuration.md): the decoded-chunk cache keeps serving chunks read "
+        "before chunk files were rewritten in place (same inode, metadata untouched); detecting it would cost a "
+        "stat per touched chunk on every cache hit. Deleted or replaced stores are detected."
+    ),
 }
 
 SCENARIOS = [
