@@ -267,5 +267,6 @@ class AxesModel:
             return x.reshape(shape, merge_chunks=False)
         return x.reshape(shape)
 
+
 def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask.")

@@ -177,9 +177,7 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def _extract(
-    stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any
-) -> int:
+def _extract(stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any) -> int:
     done = 0
     for k in range(n_patches):
         stack = stacks[k % len(stacks)]

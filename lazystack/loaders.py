@@ -300,9 +300,4 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
     axes = validate_axes(axes)
     from .sources import bioio as bioio_source
 
-    return _stacks(
-        o
-        for path in as_source_list(source)
-        for o in bioio_source.open_bioio(path, axes, reader_options)
-    )
-
+    return _stacks(o for path in as_source_list(source) for o in bioio_source.open_bioio(path, axes, reader_options))

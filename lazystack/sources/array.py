@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import SourceReadError
+from .base import check_mapped_size
 
 __all__ = ["MemmapReader", "as_reader"]
 
@@ -79,12 +79,8 @@ class MemmapReader:
         """
         array = self.array
         mapping = getattr(array, "_mmap", None)
-        if mapping is not None and mapping.size() < self._end:
-            msg = (
-                f"memory-mapped file {self.filename!r} was truncated since it was opened: it holds "
-                f"{mapping.size()} bytes, the array needs {self._end}"
-            )
-            raise SourceReadError(msg)
+        if mapping is not None:
+            check_mapped_size(mapping, self._end, f"memory-mapped file {self.filename!r}")
         return np.array(array[key])
 
     def close(self) -> None:

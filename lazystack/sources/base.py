@@ -18,6 +18,7 @@ array. Optional members the stack uses when present:
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import uuid
@@ -31,8 +32,11 @@ from dask.array.core import normalize_chunks
 from xarray.backends import file_manager as _file_manager
 from xarray.backends.file_manager import CachingFileManager
 
+from ..errors import SourceReadError
+
 __all__ = [
     "ChunkReader",
+    "check_mapped_size",
     "OpenedSource",
     "ProcessLocalFileManager",
     "is_array_like",
@@ -170,6 +174,33 @@ class ProcessLocalFileManager(CachingFileManager):  # type: ignore[type-arg,unus
         if repr(mode) == repr(_file_manager._OMIT_MODE):  # the sentinel is copied by pickle
             mode = _file_manager._OMIT_MODE
         super().__setstate__((opener, args, mode, kwargs, lock, manager_id))
+
+
+def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
+    """Raise SourceReadError when the file under a memory map is now shorter than ``end`` bytes.
+
+    Reading a mapped page past the end of a file truncated after it was
+    mapped kills the process with SIGBUS; ``mmap.size()`` is an ``fstat`` of
+    the mapping's own descriptor (about a microsecond).
+
+    Parameters
+    ----------
+    raw : mmap.mmap
+        The mapping (``np.memmap._mmap``).
+    end : int
+        Offset in the file just past the mapped data.
+    what : str
+        Names the file in the message.
+    """
+    try:
+        size = raw.size()
+    except (OSError, ValueError):  # closed mapping: numpy raises its own error on access
+        return
+    if size < end:
+        msg = (
+            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
+        )
+        raise SourceReadError(msg)
 
 
 @dataclass

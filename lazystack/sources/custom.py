@@ -49,8 +49,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
-from .base import OpenedSource, ProcessLocalFileManager, is_array_like, read_numpy, reader_chunks
-from .tiff import check_mapped_size
+from .base import (
+    OpenedSource,
+    ProcessLocalFileManager,
+    check_mapped_size,
+    is_array_like,
+    read_numpy,
+    reader_chunks,
+)
 
 __all__ = [
     "CACHE_ENV_VAR",

@@ -80,7 +80,7 @@ import numpy as np
 
 from ..chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
-from .base import OpenedSource, ProcessLocalFileManager
+from .base import OpenedSource, ProcessLocalFileManager, check_mapped_size
 
 __all__ = ["TiffReader", "open_tiff"]
 
@@ -143,33 +143,6 @@ def _fstat(fh: Any, path: str) -> os.stat_result:
     with contextlib.suppress(AttributeError, OSError, ValueError):
         return os.fstat(fh._fh.fileno())
     return os.stat(path)
-
-
-def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
-    """Raise SourceReadError when the file under a memory map is now shorter than ``end`` bytes.
-
-    Reading a mapped page past the end of a file truncated after it was
-    mapped kills the process with SIGBUS; ``mmap.size()`` is an ``fstat`` of
-    the mapping's own descriptor (about a microsecond).
-
-    Parameters
-    ----------
-    raw : mmap.mmap
-        The mapping (``np.memmap._mmap``).
-    end : int
-        Offset in the file just past the mapped data.
-    what : str
-        Names the file in the message.
-    """
-    try:
-        size = raw.size()
-    except (OSError, ValueError):  # closed mapping: numpy raises its own error on access
-        return
-    if size < end:
-        msg = (
-            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
-        )
-        raise SourceReadError(msg)
 
 
 class _MemmapHandle:
