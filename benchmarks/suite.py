@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,11 +41,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.http_range import RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
@@ -594,35 +595,6 @@ def scenario_tiff_raw(cfg: Config) -> Table:
 
 
 # -- remote zarr over a local HTTP server ---------------------------------------------------------------
-class RangeHandler(SimpleHTTPRequestHandler):
-    """Static files with ``Range: bytes=`` support (as object stores serve them)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if rng is None or not path.is_file():
-            super().do_GET()
-            return
-        data = path.read_bytes()
-        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-        if m is None:
-            self.send_error(416)
-            return
-        a, b = m.groups()
-        start, stop = (max(0, len(data) - int(b)), len(data)) if a == "" else (int(a), int(b) + 1 if b else len(data))
-        body = data[start:stop]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 def serve(directory: str) -> None:
     """Serve ``directory`` on 127.0.0.1 (a free port, printed on stdout) until stdin closes."""
     from functools import partial

@@ -11,11 +11,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import re
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from zarr.codecs import (
     ZstdCodec,
 )
 
+from benchmarks.http_range import RangeHandler
 from lazystack import LazyImageStack
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 from lazystack.engines import (
@@ -421,40 +421,10 @@ def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> No
 
 
 # -- remote --------------------------------------------------------------------------------------
-class _RangeHandler(SimpleHTTPRequestHandler):
-    """A static file handler that honours ``Range: bytes=...`` (as object stores do)."""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if rng is None or not path.is_file():
-            super().do_GET()
-            return
-        data = path.read_bytes()
-        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
-        if m is None:
-            self.send_error(416)
-            return
-        a, b = m.groups()
-        if a == "":
-            start, stop = max(0, len(data) - int(b)), len(data)
-        else:
-            start, stop = int(a), (int(b) + 1 if b else len(data))
-        body = data[start:stop]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def http_root(arrays: dict[str, Any]) -> Iterator[str]:
     root = next(iter(arrays.values()))[0].parent
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -484,7 +454,9 @@ def test_truncated_blosc_chunk_is_an_error_not_garbage(tmp_path: Path, zarr_form
 
     compressors = numcodecs.Blosc() if zarr_format == 2 else zarr.codecs.BloscCodec()
     path = tmp_path / "b.zarr"
-    arr = zarr.create_array(path, shape=(64, 64), chunks=(32, 32), dtype="uint16", zarr_format=zarr_format, compressors=compressors)
+    arr = zarr.create_array(
+        path, shape=(64, 64), chunks=(32, 32), dtype="uint16", zarr_format=zarr_format, compressors=compressors
+    )
     arr[...] = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
     key = path / ("0.0" if zarr_format == 2 else "c/0/0")
     raw = key.read_bytes()

@@ -1,0 +1,43 @@
+"""A static-file HTTP handler with ``Range: bytes=`` support, as object stores serve files.
+
+Python's ``SimpleHTTPRequestHandler`` ignores ``Range``; zarr's sharded reads
+need it. Used by the remote-Zarr benchmark and by the engine tests.
+"""
+
+from __future__ import annotations
+
+import re
+from http.server import SimpleHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RangeHandler"]
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with ``Range: bytes=`` support (as object stores serve them)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if rng is None or not path.is_file():
+            super().do_GET()
+            return
+        data = path.read_bytes()
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+        if m is None:
+            self.send_error(416)
+            return
+        a, b = m.groups()
+        start, stop = (max(0, len(data) - int(b)), len(data)) if a == "" else (int(a), int(b) + 1 if b else len(data))
+        body = data[start:stop]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
