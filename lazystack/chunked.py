@@ -101,9 +101,13 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
 
 
 #: Fewest chunks decoded in the pool rather than in the calling thread (``LAZYSTACK_PARALLEL_MIN_CHUNKS``).
-#: Handing a chunk to another thread costs tens of microseconds (more on a busy machine): for
-#: one to three local chunks the caller decoding them in turn is faster.
-PARALLEL_MIN_CHUNKS = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_CHUNKS", "0") or 0) or 4
+#: Handing work to another thread costs tens of microseconds, and waking an idle core (on a virtual
+#: machine especially) can cost more than decoding a chunk: for fewer local chunks than this the
+#: caller decoding them in turn is faster (``benchmarks/``).
+PARALLEL_MIN_CHUNKS = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_CHUNKS", "0") or 0) or 8
+
+#: Cores the CPU-bound work of one read is split over (decoding: more threads than cores only adds switches).
+CPU_WORKERS = max(1, min(POOL_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
 def fetch_concurrently(
@@ -114,8 +118,12 @@ def fetch_concurrently(
 ) -> dict[ChunkIndex, Any]:
     """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
 
-    The calling thread takes the first index itself while the pool works on
-    the others.
+    By default the work is taken to be CPU-bound (decoding local chunks):
+    from :data:`PARALLEL_MIN_CHUNKS` indices on, it is split into one
+    contiguous share per core (:data:`CPU_WORKERS`), the calling thread
+    taking the first share, so each thread hand-off carries many chunks.
+    With ``min_parallel`` the work is taken to be I/O-bound (remote reads):
+    every index is its own task, so slow requests overlap.
 
     Parameters
     ----------
@@ -124,24 +132,40 @@ def fetch_concurrently(
     fetch_one : callable
         Reads and decodes one chunk (must be thread-safe).
     min_parallel : int, optional
-        Fewest indices for which the pool is used (default
-        :data:`PARALLEL_MIN_CHUNKS`; pass 2 for I/O-bound work such as
-        remote reads).
+        For I/O-bound work: fewest indices for which the pool is used, one
+        task per index (at least 2).
 
     Returns
     -------
     dict
         ``{index: result}``. The first exception raised by ``fetch_one`` propagates.
     """
-    limit = PARALLEL_MIN_CHUNKS if min_parallel is None else max(2, min_parallel)
-    if len(indices) < limit or threading.current_thread().name.startswith("lazystack-io"):
-        # Few chunks, or already inside the pool (nested fetch: never wait on ourselves).
+    io_bound = min_parallel is not None
+    limit = max(2, min_parallel) if min_parallel is not None else PARALLEL_MIN_CHUNKS
+    n = len(indices)
+    if n < limit or (not io_bound and CPU_WORKERS < 2) or threading.current_thread().name.startswith("lazystack-io"):
+        # Few chunks, one core, or already inside the pool (nested fetch: never wait on ourselves).
         return {idx: fetch_one(idx) for idx in indices}
     pool = shared_executor()
-    futures = [pool.submit(fetch_one, idx) for idx in indices[1:]]
-    first = fetch_one(indices[0])
-    out = {indices[0]: first}
-    out.update((idx, f.result()) for idx, f in zip(indices[1:], futures, strict=True))
+    if io_bound:
+        shares = [[idx] for idx in indices]
+    else:
+        k = min(CPU_WORKERS, n)
+        shares = [list(indices[i * n // k : (i + 1) * n // k]) for i in range(k)]
+
+    def run(share: list[ChunkIndex]) -> list[Any]:
+        return [fetch_one(idx) for idx in share]
+
+    futures = [pool.submit(run, share) for share in shares[1:]]
+    try:
+        first = run(shares[0])
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    out = dict(zip(shares[0], first, strict=True))
+    for share, f in zip(shares[1:], futures, strict=True):
+        out.update(zip(share, f.result(), strict=True))
     return out
 
 
@@ -522,16 +546,34 @@ class ChunkedReader(ABC):
             value. Use :func:`fetch_concurrently` to overlap I/O.
         """
 
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        """Read and decode one whole chunk (default: :meth:`fetch_chunks` of one index).
+
+        Back ends with a cheaper single-chunk path override it: a patch that
+        lies in one chunk (the common case) is read through it.
+
+        Raises
+        ------
+        KeyError
+            If :meth:`fetch_chunks` did not return the chunk.
+        """
+        fetched = self.fetch_chunks([idx])
+        try:
+            return fetched[idx]
+        except KeyError:
+            msg = f"chunk fetcher returned no chunk {idx} (token {self._token!r}); it returned {sorted(fetched)}"
+            raise KeyError(msg) from None
+
     def read_chunks(self, indices: Iterable[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Return decoded chunks through the cache (one :meth:`fetch_chunks` call for the misses)."""
         return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a normalised region (step-1 slices within bounds), possibly as a read-only view."""
-        cache = self.cache
         grid = self._grid
-        if cache is not None and cache.enabled and grid.regular:
-            # Fast path for the common warm case: the region lies in one cached chunk.
+        if grid.regular:
+            # The common case, warm or cold: the region lies in one chunk. One cache look-up, at
+            # most one fetch, and a view of the chunk (no copy, no intermediate lists or dicts).
             idx = []
             for s, c in zip(region, grid.chunk_shape, strict=True):
                 i = s.start // c
@@ -539,15 +581,30 @@ class ChunkedReader(ABC):
                     break
                 idx.append(i)
             else:
-                hit = cache.get((self._token, tuple(idx)), count_miss=False)
-                if hit is not None and hit.dtype == self._dtype:
-                    return hit[
-                        tuple(
-                            slice(s.start - i * c, s.stop - i * c)
-                            for s, i, c in zip(region, idx, grid.chunk_shape, strict=True)
-                        )
-                    ]
-        return read_region(region, grid, self.fetch_chunks, dtype=self._dtype, cache=cache, token=self._token)
+                return self._read_in_chunk(region, tuple(idx))
+        return read_region(region, grid, self.fetch_chunks, dtype=self._dtype, cache=self.cache, token=self._token)
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The optional ``read_region`` of the reader contract: :meth:`read`."""
+        return self.read(region)
+
+    def _read_in_chunk(self, region: tuple[slice, ...], idx: ChunkIndex) -> np.ndarray:
+        """Read ``region``, which lies inside chunk ``idx``, as a view of that chunk."""
+        cache = self.cache
+        if cache is not None and cache.enabled:
+            key = (self._token, idx)
+            chunk = cache.get(key)
+            if chunk is None:
+                chunk = self.fetch_chunk(idx)
+                cache.put(key, chunk)
+        else:
+            chunk = self.fetch_chunk(idx)
+        shape = self._grid.chunk_shape
+        block = chunk[tuple(slice(s.start - i * c, s.stop - i * c) for s, i, c in zip(region, idx, shape, strict=True))]
+        if block.shape != tuple(s.stop - s.start for s in region):
+            msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {self._grid.sizes}"
+            raise ValueError(msg)
+        return block if block.dtype == self._dtype else block.astype(self._dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) decoding only the touched chunks.

@@ -38,7 +38,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,8 @@ ENV_ZARR_ENGINE = "LAZYSTACK_ZARR_ENGINE"
 
 _AUTO_ORDER = ("direct", "tensorstore", "zarr")
 _AUTO_HYBRID = True  # "auto" mixes direct and tensorstore (see AutoEngine) when both can read an array
+#: ``auto``: fewest chunks of one fetch that go to tensorstore rather than the direct engine.
+TENSORSTORE_MIN_CHUNKS = 6
 _MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
 _Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
 
@@ -182,6 +184,10 @@ class ZarrEngine(ABC):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode the chunks ``indices`` (full-size or cut at the edge; missing ones filled)."""
 
+    def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
+        """Decode one chunk (default: :meth:`fetch` of one index)."""
+        return self.fetch([idx])[idx]
+
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a region straight through the engine (no cache). Default: ``array[region]``."""
         return np.asarray(self.array[region])
@@ -291,11 +297,80 @@ class _Stages:
         self.stages = stages
         self.spec = spec
 
+        self._fast = _plain_decoder(stages, spec)
+
     def decode(self, data: Any) -> np.ndarray:
         x = data
         for codec, spec in self.stages:
             x = _decode_with(codec, x, spec)
         return np.asarray(x.as_numpy_array())
+
+    def decode_bytes(self, data: bytes, prototype: Any) -> np.ndarray:
+        """Decode a chunk's encoded bytes (the plain-codec shortcut when there is one)."""
+        if self._fast is not None:
+            return self._fast(data)
+        return self.decode(prototype.buffer.from_bytes(data))
+
+
+def _numcodecs_of(codec: Any) -> Any:
+    """The numcodecs codec a zarr v3 bytes-to-bytes codec delegates to, or None."""
+    name = type(codec).__name__
+    attr = {"ZstdCodec": "_zstd_codec", "BloscCodec": "_blosc_codec", "GzipCodec": "_gzip_codec"}.get(name)
+    return getattr(codec, attr, None) if attr else None
+
+
+def _plain_decoder(stages: list[tuple[Any, Any]], spec: Any) -> Callable[[bytes], np.ndarray] | None:
+    """A decoder calling numcodecs directly for the common chains, or None.
+
+    Covers zarr v3 ``bytes`` plus any of zstd / blosc / gzip, and zarr v2
+    with a compressor and no filters: the same numcodecs calls zarr makes,
+    without wrapping every step in zarr buffers. Anything else (transpose,
+    checksums, filters, object dtypes ...) goes through zarr's codecs.
+    """
+    from zarr.codecs import BytesCodec
+    from zarr.codecs._v2 import V2Codec
+
+    shape = tuple(int(n) for n in spec.shape)
+    decoders: list[Callable[[Any], Any]] = []
+    if len(stages) == 1 and isinstance(stages[0][0], V2Codec):
+        codec = stages[0][0]
+        if codec.filters or spec.dtype.dtype_cls is np.dtypes.ObjectDType or spec.order != "C":
+            return None
+        if codec.compressor is not None:
+            if _is_blosc(codec.compressor):
+                decoders.append(check_blosc_frame)
+            decoders.append(codec.compressor.decode)
+        dtype = np.dtype(spec.dtype.to_native_dtype())
+    else:
+        *bb, (ab, ab_spec) = stages
+        if not isinstance(ab, BytesCodec):
+            return None  # array-to-array codecs (transpose ...) or another array-to-bytes codec
+        for codec, _ in bb:
+            inner = _numcodecs_of(codec)
+            if inner is None:
+                return None
+            if _is_blosc(codec):
+                decoders.append(check_blosc_frame)
+            decoders.append(inner.decode)
+        dtype = np.dtype(ab_spec.dtype.to_native_dtype())
+        if ab.endian is not None and dtype.itemsize > 1:
+            dtype = dtype.newbyteorder("<" if ab.endian.value == "little" else ">")
+    if dtype.hasobject or dtype.itemsize == 0:
+        return None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def decode(data: bytes) -> np.ndarray:
+        x: Any = data
+        for fn in decoders:
+            out = fn(x)
+            x = x if out is None else out  # check_blosc_frame returns None
+        flat = np.frombuffer(x, dtype=np.uint8) if not isinstance(x, np.ndarray) else x.reshape(-1).view(np.uint8)
+        if flat.nbytes != nbytes:
+            msg = f"decoded chunk holds {flat.nbytes} bytes, expected {nbytes} for shape {shape} of {dtype}"
+            raise ValueError(msg)
+        return flat.view(dtype).reshape(shape)
+
+    return decode
 
 
 class DirectEngine(ZarrEngine):
@@ -433,9 +508,8 @@ class DirectEngine(ZarrEngine):
     def _decode(self, data: bytes | None, idx: ChunkIndex) -> np.ndarray:
         if data is None:
             return np.full(self._spec_shape, self._fill, dtype=self.dtype)
-        buf = self._prototype.buffer.from_bytes(data)
         try:
-            out = self._stages.decode(buf)
+            out = self._stages.decode_bytes(data, self._prototype)
         except Exception as e:
             msg = f"cannot decode chunk {idx} of the zarr array {self._store}/{self._prefix}: {e}"
             raise SourceReadError(msg) from e
@@ -499,6 +573,16 @@ class DirectEngine(ZarrEngine):
             return {}
         shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
         return self._shard_indexes(list(dict.fromkeys(shards)))
+
+    def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
+        """Read and decode one chunk (a local store: one file read, no thread hand-off)."""
+        if self._local_root is None:
+            return self.fetch([idx])[idx]
+        if self._sharding is None:
+            where: _Request | None = (self._key(idx), None, None)
+        else:
+            where = self._locate(idx, self._shards_of([idx]))
+        return self._decode(None if where is None else self._read_local(*where), idx)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Read and decode chunks: local stores chunk by chunk, remote ones in one concurrent request batch."""
@@ -593,15 +677,13 @@ class AutoEngine(ZarrEngine):
     The direct engine has the least overhead per call; tensorstore decodes
     many chunks in parallel in its own (C++) threads, which Python threads
     match only partly. Fetches of at least ``min_tensorstore`` chunks
-    (default :data:`lazystack.chunked.PARALLEL_MIN_CHUNKS`) go to tensorstore.
+    (default :data:`TENSORSTORE_MIN_CHUNKS`) go to tensorstore.
     """
 
     name = "auto"
 
     def __init__(self, array: Any, *, min_tensorstore: int | None = None) -> None:
         super().__init__(array)
-        from . import chunked
-
         self.direct = DirectEngine(array)
         if self.direct._local_root is None:
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
@@ -609,13 +691,17 @@ class AutoEngine(ZarrEngine):
             raise NotImplementedError(msg)
         self.tensorstore = TensorstoreEngine(array)
         self.chunk_shape = self.direct.chunk_shape
-        self.min_tensorstore = min_tensorstore or chunked.PARALLEL_MIN_CHUNKS
+        self.min_tensorstore = min_tensorstore or TENSORSTORE_MIN_CHUNKS
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Direct for fewer than ``min_tensorstore`` chunks, else tensorstore."""
         if len(indices) >= self.min_tensorstore:
             return self.tensorstore.fetch(indices)
         return self.direct.fetch(indices)
+
+    def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
+        """One chunk: direct."""
+        return self.direct.fetch_one(idx)
 
 
 _ENGINE_CLASSES: dict[str, type[ZarrEngine]] = {
@@ -773,19 +859,32 @@ class ZarrArrayReader(ChunkedReader):
         """Decode whole chunks with this process's engine."""
         return self.engine.fetch(indices)
 
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        """Decode one whole chunk with this process's engine."""
+        return self.engine.fetch_one(idx)
+
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a region: through the chunk cache, or straight from tensorstore when the cache is off."""
         cache = self.cache
         if cache is None or not cache.enabled:
             engine = self.engine
             ts = engine if isinstance(engine, TensorstoreEngine) else None
-            if isinstance(engine, AutoEngine) and len(self.chunk_grid.touched(region)) >= engine.min_tensorstore:
-                ts = engine.tensorstore
+            if isinstance(engine, AutoEngine):
+                n = 1
+                for s, c in zip(region, self.chunk_grid.chunk_shape, strict=True):
+                    n *= (s.stop - 1) // c - s.start // c + 1 if s.stop > s.start else 0
+                if n >= engine.min_tensorstore:
+                    ts = engine.tensorstore
             if ts is not None:
                 if 0 in (s.stop - s.start for s in region):
                     return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-                return ts.read_region(region).astype(self.dtype, copy=False)
+                out = ts.read_region(region).astype(self.dtype, copy=False)
+                self._after_direct_read()
+                return out
         return super().read(region)
+
+    def _after_direct_read(self) -> None:
+        """Hook run after a region read that bypassed :meth:`fetch_chunks` (tensorstore, cache off)."""
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""

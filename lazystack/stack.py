@@ -8,6 +8,7 @@ formats: every loader returns it.
 from __future__ import annotations
 
 import html
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -89,6 +90,10 @@ class ImageStackLoader(Protocol[P, GenericImageStack]):
 
 
 Selection = tuple[int | range, ...]
+
+
+#: Containers of ``coords`` / ``patch_size`` the fast patch path takes (others go the general path).
+_SEQUENCES = (tuple, list, np.ndarray)
 
 
 class LazyImageStack:
@@ -177,6 +182,85 @@ class LazyImageStack:
         self._patch_perm: tuple[int, ...] | None = None if perm == tuple(range(len(perm))) else perm
         self._patch_has_c = "C" in remaining
         self._all_channels = list(range(model.n_channels))
+        self._fast = self._fast_plan()
+
+    def _fast_plan(self) -> tuple[Any, ...] | None:
+        """What the fast path of :meth:`extract_patch` needs, for an identity view (else None).
+
+        ``(template, s_pos, t_pos, spatial_pos, spatial_shape, n_t, n_samples, perm, n_channels, chunked)``:
+        a key over the root axes with every channel selected, the positions of ``S``, ``T`` and
+        the spatial axes in it, the permutation to ``STC(Z)YX`` and whether the reader is a
+        reader has ``read_region`` (in-bounds step-1 slices, no key normalisation; see
+        :mod:`lazystack.sources.base`).
+        """
+        if not self._identity:
+            return None
+        model = self._model
+        axes = model.axes
+        template = [slice(0, model.n_channels) if a == "C" else slice(None) for a in axes]
+        spatial_pos = tuple(axes.index(a) for a in model.spatial_axes)
+        order = [axes.index(a) for a in "STCZYX" if a in axes]
+        perm = None if order == list(range(len(axes))) else tuple(order)
+        return (
+            template,
+            axes.index("S") if "S" in axes else None,
+            axes.index("T") if "T" in axes else None,
+            spatial_pos,
+            model.spatial_shape,
+            model.size("T"),
+            model.n_samples,
+            perm,
+            model.n_channels,
+            callable(getattr(self._reader, "read_region", None)),
+        )
+
+    def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
+        """:meth:`extract_patch` with every channel for a patch wholly inside the image, else None.
+
+        The common request of a training loop, served with the least work:
+        one key, one read, one cast. Anything unusual (a view, a channel
+        list, a patch that leaves the image, a bad argument) returns None and
+        takes the general path, which validates and reports errors.
+        """
+        fast = self._fast
+        if fast is None or self._memory is not None:
+            return None
+        if type(sample_idx) is not int:
+            if not isinstance(sample_idx, np.integer):
+                return None
+            sample_idx = int(sample_idx)
+        if type(coords) not in _SEQUENCES or type(patch_size) not in _SEQUENCES:
+            return None
+        template, s_pos, t_pos, spatial_pos, shape, n_t, n_samples, perm, n_c, has_read_region = fast
+        if not 0 <= sample_idx < n_samples or len(coords) != len(shape) or len(patch_size) != len(shape):
+            return None
+        key = list(template)
+        size = []
+        for pos, c, n, extent in zip(spatial_pos, coords, patch_size, shape, strict=True):
+            if type(c) is not int:
+                if not isinstance(c, np.integer):
+                    return None
+                c = int(c)
+            if type(n) is not int:
+                if not isinstance(n, np.integer):
+                    return None
+                n = int(n)
+            if c < 0 or n <= 0 or c + n > extent:
+                return None
+            key[pos] = slice(c, c + n)
+            size.append(n)
+        s, t = divmod(sample_idx, n_t)
+        if s_pos is not None:
+            key[s_pos] = slice(s, s + 1)
+        if t_pos is not None:
+            key[t_pos] = slice(t, t + 1)
+        region = tuple(key)
+        block = self._reader.read_region(region) if has_read_region else read_numpy(self._reader, region)
+        if perm is not None:
+            block = block.transpose(perm)
+        if block.size != n_c * math.prod(size):
+            return None  # a reader that returned the wrong shape: the general path reports it
+        return block.reshape((n_c, *size)).astype(np.float32, order="C")
 
     def _derive(self, selection: Selection) -> LazyImageStack:
         new = object.__new__(LazyImageStack)
@@ -356,6 +440,10 @@ class LazyImageStack:
             If ``coords`` / ``patch_size`` do not match the spatial dims or a
             size is not positive.
         """
+        if channels is None:
+            fast = self._extract_inside(sample_idx, coords, patch_size)
+            if fast is not None:
+                return fast
         model = self._model
         geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
         chans = self._all_channels if channels is None else self._channel_list(channels)

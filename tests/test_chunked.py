@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazystack import LazyImageStack
+from lazystack import LazyImageStack, chunked
 from lazystack.cache import ChunkCache, get_chunk_cache, set_chunk_cache_size
 from lazystack.chunked import (
     ChunkedReader,
@@ -199,15 +199,121 @@ def test_cached_single_chunk_read_is_a_read_only_view(cache_mode: str) -> None:
         assert len(reader.calls) == 2
 
 
-def test_several_chunks_are_fetched_in_the_shared_pool() -> None:
-    data = np.zeros((40, 40), dtype=np.uint8)
+def test_several_chunks_are_fetched_in_the_shared_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+    data = np.arange(1600, dtype=np.int32).reshape(40, 40)
     reader = NumpyChunks(data, (10, 10))
-    got = fetch_concurrently([(i, j) for i in range(4) for j in range(4)], reader._one)
-    assert len(got) == 16
+    indices = [(i, j) for i in range(4) for j in range(4)]
+    got = fetch_concurrently(indices, reader._one)
+    assert list(got) == indices
+    for idx, block in got.items():
+        np.testing.assert_array_equal(block, data[reader.chunk_grid.chunk_region(idx)])
     assert any(name.startswith("lazystack-io") for name in reader.threads)
+    assert threading.current_thread().name in reader.threads  # the caller decodes its own share
     single = NumpyChunks(data, (10, 10))
     fetch_concurrently([(0, 0)], single._one)
     assert single.threads == {threading.current_thread().name}
+
+
+def test_cpu_bound_work_is_split_into_one_share_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+    monkeypatch.setattr(chunked, "PARALLEL_MIN_CHUNKS", 4)
+    seen: dict[ChunkIndex, str] = {}
+
+    def one(idx: ChunkIndex) -> int:
+        seen[idx] = threading.current_thread().name
+        return idx[0]
+
+    got = fetch_concurrently([(i,) for i in range(10)], one)
+    assert got == {(i,): i for i in range(10)}
+    first, second = {seen[(i,)] for i in range(5)}, {seen[(i,)] for i in range(5, 10)}
+    assert first == {threading.current_thread().name}  # contiguous shares: the caller takes the first
+    assert len(second) == 1
+    assert next(iter(second)).startswith("lazystack-io")
+    # fewer chunks than the threshold, or a single core: all in the calling thread
+    seen.clear()
+    fetch_concurrently([(i,) for i in range(3)], one)
+    assert set(seen.values()) == {threading.current_thread().name}
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 1)
+    seen.clear()
+    fetch_concurrently([(i,) for i in range(10)], one)
+    assert set(seen.values()) == {threading.current_thread().name}
+
+
+def test_io_bound_work_gives_every_index_its_own_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 1)  # ignored for I/O-bound work
+    barrier = threading.Barrier(4, timeout=10)
+
+    def one(idx: ChunkIndex) -> int:
+        barrier.wait()  # only returns once four indices are being fetched at the same time
+        return idx[0]
+
+    assert fetch_concurrently([(i,) for i in range(4)], one, min_parallel=2) == {(i,): i for i in range(4)}
+
+
+def test_an_error_in_a_share_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+
+    def one(idx: ChunkIndex) -> int:
+        if idx == (15,):
+            msg = "chunk 15 is corrupt"
+            raise ValueError(msg)
+        return 0
+
+    with pytest.raises(ValueError, match="chunk 15 is corrupt"):
+        fetch_concurrently([(i,) for i in range(16)], one)
+
+
+class _CountingChunks(NumpyChunks):
+    """Records single-chunk fetches separately."""
+
+    def __init__(self, data: np.ndarray, chunks: Sequence[int]) -> None:
+        super().__init__(data, chunks)
+        self.single: list[ChunkIndex] = []
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        self.single.append(idx)
+        return self._one(idx)
+
+
+def test_a_region_in_one_chunk_takes_the_single_chunk_path(cache_mode: str) -> None:
+    data = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30)
+    reader = _CountingChunks(data, (16, 16))
+    cache = get_chunk_cache()
+    np.testing.assert_array_equal(reader[17:30, 2:14], data[17:30, 2:14])
+    np.testing.assert_array_equal(reader[33:40, 20:30], data[33:40, 20:30])  # an edge chunk, cut by the array
+    assert reader.single == [(1, 0), (2, 1)]
+    assert reader.calls == []  # no batched fetch for one chunk
+    np.testing.assert_array_equal(reader[18:20, 3:4], data[18:20, 3:4])
+    if cache_mode == "cache":
+        assert reader.single == [(1, 0), (2, 1)]  # served from the cache
+        stats = cache.stats()
+        assert (stats.hits, stats.misses) == (1, 2)
+    else:
+        assert reader.single == [(1, 0), (2, 1), (1, 0)]
+    np.testing.assert_array_equal(reader[10:20, 10:20], data[10:20, 10:20])  # four chunks: the batched path
+    assert len(reader.calls) == 1
+
+
+def test_the_default_fetch_chunk_goes_through_fetch_chunks() -> None:
+    data = np.arange(100, dtype=np.int64).reshape(10, 10)
+    reader = NumpyChunks(data, (4, 4))
+    np.testing.assert_array_equal(reader.fetch_chunk((1, 2)), data[4:8, 8:10])
+    assert reader.calls == [[(1, 2)]]
+
+    class Forgetful(NumpyChunks):
+        def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+            return {}
+
+    with pytest.raises(KeyError, match=r"returned no chunk \(0, 0\)"):
+        Forgetful(data, (4, 4)).fetch_chunk((0, 0))
+
+
+def test_read_region_is_read() -> None:
+    data = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    reader = NumpyChunks(data, (3, 3))
+    region = (slice(1, 7), slice(2, 5))
+    np.testing.assert_array_equal(reader.read_region(region), data[1:7, 2:5])
 
 
 def test_a_fetcher_that_forgets_a_chunk_is_an_error() -> None:

@@ -8,6 +8,7 @@ Each test runs with the chunk cache on and off.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -124,6 +125,12 @@ def _v3_big_endian(p: Path) -> Any:
     return z
 
 
+def _v3_blosc_float(p: Path) -> Any:
+    z = zarr.create_array(p, shape=(31, 44), chunks=(12, 12), dtype="<f4", compressors=BloscCodec(cname="zstd"))
+    z[...] = _data((31, 44), "float32")
+    return z
+
+
 def _v3_uint8_4d(p: Path) -> Any:
     z = zarr.create_array(p, shape=(2, 3, 20, 21), chunks=(1, 2, 8, 8), dtype="uint8", fill_value=5)
     _partial(z, _data((2, 3, 20, 21), "uint8"))
@@ -176,6 +183,7 @@ BUILDERS: dict[str, Callable[[Path], Any]] = {
     "v3-group-bool-missing": _v3_big_endian_bool_group,
     "v3-big-endian-uint64": _v3_big_endian,
     "v3-uint8-4d-missing": _v3_uint8_4d,
+    "v3-blosc-float32": _v3_blosc_float,
     "v2-zstd-fill-none": _v2_zstd_fill_none,
     "v2-F-bigendian-delta-blosc": _v2_fortran_big_endian_delta,
     "v2-slash-complex64": _v2_slash_separator_complex,
@@ -358,6 +366,60 @@ def test_tensorstore_refuses_a_memory_store() -> None:
         assert ZarrArrayReader(z).engine_name == "direct"
     finally:
         set_zarr_engine(previous)
+
+
+#: Arrays whose chunks the direct engine decodes with numcodecs straight from the bytes (no zarr buffers).
+PLAIN = {
+    "v3-zstd-uint16",
+    "v3-raw-3d-float32",
+    "v3-sharded-missing",
+    "v3-sharded-index-start",
+    "v3-group-bool-missing",
+    "v3-big-endian-uint64",
+    "v3-uint8-4d-missing",
+    "v3-blosc-float32",
+    "v2-zstd-fill-none",
+    "v2-slash-complex64",
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_plain_decoder_and_zarr_codecs_agree_on_every_chunk(arrays: dict[str, Any], name: str) -> None:
+    """The numcodecs shortcut is taken exactly for the plain chains, and decodes as zarr's own codecs do."""
+    z = _open(arrays[name])
+    engine = DirectEngine(z)
+    stages = engine._stages
+    assert (stages._fast is not None) == (name in PLAIN)
+    grid = [range(-(-n // c)) for n, c in zip(z.shape, engine.chunk_shape, strict=True)]
+    indices = list(itertools.product(*grid))
+    batched = engine.fetch(indices)
+    for idx in indices:
+        region = tuple(
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, engine.chunk_shape, z.shape, strict=True)
+        )
+        want = np.asarray(z[region])
+        one = engine.fetch_one(idx)
+        for got in (one, batched[idx]):
+            assert got.dtype == z.dtype
+            _same(got[tuple(slice(0, n) for n in want.shape)], want)
+    if stages._fast is not None:  # the generic path of the same chunk gives the same array
+        where = engine._locate(indices[0], engine._shards_of(indices[:1]))
+        if where is not None:
+            raw = engine._read_local(*where)
+            assert raw is not None
+            generic = stages.decode(engine._prototype.buffer.from_bytes(raw))
+            _same(stages.decode_bytes(raw, engine._prototype), generic)
+
+
+def test_a_chunk_of_the_wrong_decoded_size_is_a_read_error(tmp_path: Path) -> None:
+    z = zarr.create_array(tmp_path / "r.zarr", shape=(8, 8), chunks=(4, 4), dtype="uint16", compressors=None)
+    z[...] = 3
+    (tmp_path / "r.zarr" / "c" / "1" / "1").write_bytes(b"\x00" * 30)  # 30 bytes, a chunk holds 32
+    reader = ZarrArrayReader(zarr.open_array(tmp_path / "r.zarr", mode="r"), engine="direct")
+    assert reader.engine._stages._fast is not None
+    np.testing.assert_array_equal(reader[0:4, 0:4], 3)
+    with pytest.raises(OSError, match=r"cannot decode chunk \(1, 1\).*holds 30 bytes, expected 32"):
+        reader[5:6, 5:6]
 
 
 def test_corrupt_chunk_is_a_clear_read_error(tmp_path: Path) -> None:

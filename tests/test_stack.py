@@ -140,6 +140,81 @@ def test_extract_patch_reads_only_the_overlapping_region(data: np.ndarray) -> No
     assert not out.any()
 
 
+class _RegionReader:
+    """A numpy-backed reader with ``read_region``, recording which entry point each read used."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.shape = arr.shape
+        self.dtype = arr.dtype
+        self.calls: list[str] = []
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        self.calls.append("getitem")
+        return self.arr[key]
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        assert all(
+            type(s) is slice and s.step is None and 0 <= s.start <= s.stop <= n
+            for s, n in zip(region, self.shape, strict=True)
+        )
+        self.calls.append("read_region")
+        return self.arr[region]
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape"),
+    [
+        ("YX", (30, 40)),
+        ("SYXC", (2, 30, 40, 3)),
+        ("CTZXYS", (2, 3, 4, 20, 25, 2)),
+        ("XYS", (40, 30, 3)),
+        ("ZCYX", (6, 2, 30, 40)),
+    ],
+)
+def test_the_fast_patch_path_matches_the_reference(axes: str, shape: tuple[int, ...]) -> None:
+    """Patches wholly inside the image with every channel take ``read_region``; all others ``__getitem__``."""
+    arr = np.random.default_rng(3).integers(0, 1000, shape).astype(np.int32)
+    reader = _RegionReader(arr)
+    (stack,) = load_arrays([reader], axes)
+    (plain,) = load_arrays([arr], axes)
+    spatial = [a for a in "ZYX" if a in axes]
+    size = tuple(min(5, arr.shape[axes.index(a)]) for a in spatial)
+    rng = np.random.default_rng(4)
+    for i in range(20):
+        sample = int(rng.integers(0, stack.n_samples))
+        coords = tuple(
+            int(rng.integers(0, arr.shape[axes.index(a)] - n + 1)) for a, n in zip(spatial, size, strict=True)
+        )
+        reader.calls.clear()
+        got = stack.extract_patch(sample, None, list(coords) if i % 2 else coords, size)
+        assert reader.calls == ["read_region"]
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+        want = patch_reference(canonical_reference(arr, axes), sample, None, coords, size)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(plain.extract_patch(sample, None, coords, size), want)
+    # not the fast path: a channel list, a patch leaving the image, a bool or float coordinate
+    reader.calls.clear()
+    stack.extract_patch(0, [0], (0,) * len(spatial), size)
+    stack.extract_patch(0, None, (-1,) * len(spatial), size)
+    stack.extract_patch(0, None, (True,) * len(spatial), size)
+    with pytest.raises(PatchError):
+        stack.extract_patch(0, None, (0.0,) * len(spatial), size)
+    assert reader.calls == ["getitem"] * 3
+
+
+def test_the_fast_patch_path_leaves_errors_to_the_general_path(data: np.ndarray) -> None:
+    (stack,) = load_arrays([_RegionReader(data)], AXES)
+    with pytest.raises(SampleIndexError):
+        stack.extract_patch(3 * 1, None, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(PatchError):
+        stack.extract_patch(0, None, (0, 0), (1, 1, 1))
+    with pytest.raises(PatchError):
+        stack.extract_patch(0, None, (0, 0, 0), (1, 0, 1))
+    with pytest.raises(PatchError):
+        stack.extract_patch(0, None, (0, 0.5, 0), (1, 1, 1))
+
+
 def test_extract_patch_zero_padding(data: np.ndarray) -> None:
     (stack,) = load_arrays([data], AXES)
     patch = stack.extract_patch(0, [0], (-2, -3, 45), (4, 6, 10))
@@ -252,7 +327,9 @@ def test_views_compose_and_read_only_their_region(data: np.ndarray) -> None:
     np.testing.assert_array_equal(view.xarray.values, sub)
     reader.keys.clear()
     patch = view.extract_patch(1, None, (0, 1, 2), (2, 3, 4))
-    np.testing.assert_array_equal(patch, patch_reference(canonical_reference(sub, "TZYX"), 1, None, (0, 1, 2), (2, 3, 4)))
+    np.testing.assert_array_equal(
+        patch, patch_reference(canonical_reference(sub, "TZYX"), 1, None, (0, 1, 2), (2, 3, 4))
+    )
     # one read, confined to the view: T=2, C=1, Y from 5+2+1, X from 10+3*2 (bounding slice, then strided)
     assert reader.keys == [(2, 1, slice(0, 2), slice(8, 11), slice(16, 26))]
 
@@ -375,7 +452,9 @@ def test_threads_share_a_stack(data: np.ndarray) -> None:
             for _ in range(200):
                 s = int(rng.integers(3))
                 c = [int(rng.integers(-2, 4)), int(rng.integers(-5, 35)), int(rng.integers(-5, 45))]
-                np.testing.assert_array_equal(stack.extract_patch(s, None, c, (2, 8, 8)), patch_reference(ref, s, None, c, (2, 8, 8)))
+                np.testing.assert_array_equal(
+                    stack.extract_patch(s, None, c, (2, 8, 8)), patch_reference(ref, s, None, c, (2, 8, 8))
+                )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 

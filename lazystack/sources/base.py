@@ -14,6 +14,10 @@ array. Optional members the stack uses when present:
 ``close()``
     release open handles (the reader must reopen transparently when used
     again).
+``read_region(region)``
+    read a tuple of step-1 slices, one per axis, already inside the bounds
+    (no ints, no normalisation): the patch fast path calls it instead of
+    ``__getitem__`` to skip key checks. It may return a read-only view.
 """
 
 from __future__ import annotations

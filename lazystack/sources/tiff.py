@@ -622,6 +622,12 @@ class TiffReader:
             out = self._read_segments(slices, out_shape)
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
 
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read step-1 slices inside the bounds, one per axis (no key normalisation; may be a read-only view)."""
+        if self.memmap is not None:
+            return self._read_memmap(region)
+        return self._read_segments(region, tuple(s.stop - s.start for s in region))
+
     def _read_memmap(self, slices: tuple[slice, ...]) -> np.ndarray:
         # Fast path: the map this reader used last, while it is open (close() and the LRU's eviction close
         # it, then the manager gives a fresh one); saves the manager's lock and context managers per patch.

@@ -381,21 +381,36 @@ class ZarrArrayReader:
             return out
         except (MemoryError, IndexError, TypeError):
             raise
-        except _StoreChangedError as exc:
-            uri, store = self._location.uri(), self._location.store_uri
-            if exc.deleted:
-                msg = (
-                    f"Zarr store {store!r} no longer holds the array {uri!r}: its metadata document "
-                    f"{exc.path!r} was deleted after the stack was opened"
-                )
-                raise SourceNotFoundError(msg) from None
-            msg = (
-                f"Zarr array {uri!r} (store {store!r}) changed after the stack was opened: its metadata document "
-                f"{exc.path!r} was rewritten; open the source again to read the new data"
-            )
-            raise SourceReadError(msg) from None
         except Exception as exc:
-            raise self._read_error(key, exc) from exc
+            raise self._translate(key, exc) from _cause(exc)
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read step-1 slices inside the bounds, one per axis (the patch fast path; may be a read-only view)."""
+        if not self._use_fast:
+            return self[region]
+        try:
+            return self.as_chunked().read(region)
+        except (MemoryError, IndexError, TypeError):
+            raise
+        except Exception as exc:
+            raise self._translate(region, exc) from _cause(exc)
+
+    def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
+        """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
+        if not isinstance(exc, _StoreChangedError):
+            return self._read_error(key, exc)
+        uri, store = self._location.uri(), self._location.store_uri
+        if exc.deleted:
+            msg = (
+                f"Zarr store {store!r} no longer holds the array {uri!r}: its metadata document "
+                f"{exc.path!r} was deleted after the stack was opened"
+            )
+            return SourceNotFoundError(msg)
+        msg = (
+            f"Zarr array {uri!r} (store {store!r}) changed after the stack was opened: its metadata document "
+            f"{exc.path!r} was rewritten; open the source again to read the new data"
+        )
+        return SourceReadError(msg)
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
@@ -548,13 +563,19 @@ class _FastReader(_EngineReader):
         self._check_exists()
         return out
 
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region; without a chunk cache (reads may bypass :meth:`fetch_chunks`) check the store first."""
-        out = super().read(region)
-        cache = self.cache
-        if cache is None or not cache.enabled:
-            self._check_exists()
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        """Decode one whole chunk, then check the store is still there."""
+        out = super().fetch_chunk(idx)
+        self._check_exists()
         return out
+
+    def _after_direct_read(self) -> None:
+        self._check_exists()
+
+
+def _cause(exc: Exception) -> Exception | None:
+    """The cause to chain a translated read error to (none for a store change: the message says it all)."""
+    return None if isinstance(exc, _StoreChangedError) else exc
 
 
 def _is_timeout(exc: BaseException) -> bool:
