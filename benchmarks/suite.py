@@ -248,13 +248,19 @@ class Table:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
 
-    def check(self, label: str, num: str, den: str, limit: float, *, at_most: bool = True) -> None:
+    def check(
+        self, label: str, num: str, den: str, limit: float, *, at_most: bool = True, informative: bool = False
+    ) -> None:
+        """Record ``rows[num] / rows[den]`` against ``limit``; ``informative`` ones are no target of the issue."""
         if num not in self.rows or den not in self.rows:
             return
         ratio = self.rows[num] / self.rows[den]
         ok = ratio <= limit if at_most else ratio >= limit
         op = "<=" if at_most else ">="
-        self.checks.append({"target": label, "ratio": round(ratio, 3), "op": op, "limit": limit, "pass": bool(ok)})
+        check = {"target": label, "ratio": round(ratio, 3), "op": op, "limit": limit, "pass": bool(ok)}
+        if informative:
+            check["informative"] = True
+        self.checks.append(check)
 
     def as_dict(self) -> dict[str, Any]:
         main = self.rows.get(self.main)
@@ -284,7 +290,7 @@ class Table:
             ratio = "" if k == self.main or not main else f"{main / v:.2f}x"
             lines.append(f"   {k:<{width}}{v:>12.1f}{ratio:>30}")
         for c in self.checks:
-            mark = "PASS" if c["pass"] else "MISS"
+            mark = ("PASS" if c["pass"] else "MISS") + (" (informative, not a target)" if c.get("informative") else "")
             op = c.get("op", "<=")
             lines.append(f"   target {c['target']}: {c['ratio']:.2f} ({op} {c['limit']}) {mark}")
         lines.extend(f"   note: {n}" for n in self.notes)
@@ -390,7 +396,14 @@ def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded
     table.rows["cold floor (touched chunks read+decode)"] = _median_us(floor.read, regions)
     _warm_floors(table, data, axes, regions, patch)
     del zeros
-    table.check("cold <= 1.3x touched-chunk floor", "lazystack cold", "cold floor (touched chunks read+decode)", 1.3)
+    # The issue's cold target is for compressed zarr; for raw chunks the floor is a bare file read.
+    table.check(
+        "cold <= 1.3x touched-chunk floor",
+        "lazystack cold",
+        "cold floor (touched chunks read+decode)",
+        1.3,
+        informative=not compressed,
+    )
     _speedup_over_dask(table)
     return table
 
@@ -547,7 +560,11 @@ def _tiff(cfg: Config, name: str, *, compressed: bool) -> Table:
     else:
         table.check("cold <= 2x tifffile.memmap", "lazystack cold", "tifffile.memmap", 2.0)
         table.check(
-            "cold <= 2x tifffile.memmap in a stack", "lazystack cold", "tifffile.memmap in a stack (load_arrays)", 2.0
+            "cold <= 2x tifffile.memmap in a stack",
+            "lazystack cold",
+            "tifffile.memmap in a stack (load_arrays)",
+            2.0,
+            informative=True,
         )
     _speedup_over_dask(table)
     del da
@@ -850,7 +867,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"total {results['seconds']} s; results written to {out}")
+    print(_summary(results))
     return results
+
+
+def _summary(results: dict[str, Any]) -> str:
+    """One line per missed target, after the count of targets met (informative checks left out)."""
+    targets = [
+        (name, c) for name, d in results["scenarios"].items() for c in d.get("targets", []) if not c.get("informative")
+    ]
+    missed = [(name, c) for name, c in targets if not c["pass"]]
+    lines = [f"targets met: {len(targets) - len(missed)} of {len(targets)}"]
+    lines += [f"  missed: {name}: {c['target']}: {c['ratio']} ({c['op']} {c['limit']})" for name, c in missed]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -288,10 +288,15 @@ def test_fetch_unit_is_the_inner_chunk_of_a_sharded_array(arrays: dict[str, Any]
     _same(chunks[(0, 0)], np.asarray(z[0:10, 0:15]))
 
 
-def test_auto_engine_sends_few_chunks_to_direct_and_many_to_tensorstore(arrays: dict[str, Any]) -> None:
-    z = _open(arrays["v3-sharded-missing"])
+def test_auto_engine_sends_little_work_to_direct_and_much_to_tensorstore(arrays: dict[str, Any]) -> None:
+    z = _open(arrays["v3-sharded-missing"])  # inner chunks of 10 x 15 int32: 600 bytes
     auto = make_engine(z, "auto")
     assert isinstance(auto, AutoEngine)
+    assert not auto.prefers_tensorstore(1)
+    assert not auto.prefers_tensorstore(9)  # 5.4 kB: not worth tensorstore's hand-off
+    assert auto.prefers_tensorstore(auto.min_tensorstore_bytes // 600 + 1)
+    auto = AutoEngine(z, min_tensorstore=3, min_tensorstore_bytes=0)
+    assert [auto.prefers_tensorstore(n) for n in (1, 2, 3, 9)] == [False, False, True, True]
     calls: list[str] = []
     for part in (auto.direct, auto.tensorstore):
         original = part.fetch

@@ -92,7 +92,7 @@ _STRIP_CHUNK_BYTES = 1 << 20
 #: Memory-mapped pages larger than this are split along rows for dask.
 _MEMMAP_CHUNK_BYTES = 64 << 20
 #: After about this many bytes read through a memory map, its resident pages are released.
-_MEMMAP_RELEASE_BYTES = 64 << 20
+_MEMMAP_RELEASE_BYTES = 256 << 20
 _FAULT_AROUND_BYTES = 64 << 10
 #: Located segments (offsets of tiles / strips) remembered per open file.
 _LOCATED_MAX = 1 << 16
@@ -149,8 +149,8 @@ class _MemmapHandle:
     """An open read-only memory map of a contiguous series (one per process).
 
     Pages of a file mapping count in the process's resident memory once
-    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (64 MiB) of mapped pages the map is
-    told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
+    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (256 MiB, the chunk
+    cache's default) of mapped pages the map is told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
     cache, a later read faults them back in), so random patches over a
     huge file keep the resident memory bounded.
     """
@@ -187,19 +187,29 @@ class _MemmapHandle:
         self._touched = 0
         self._lock = threading.Lock()
 
-    def read(self, key: tuple[slice, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        """Copy the region ``key`` out of the map (native byte order)."""
+    def read(self, key: tuple[slice, ...], dtype: np.dtype[Any], *, copy: bool = True) -> np.ndarray:
+        """The region ``key`` of the map in native byte order: a copy, or (``copy=False``) a view when possible.
+
+        A view must be consumed at once (the patch fast path casts it to
+        float32 straight away): the file's size is checked here, and a
+        file truncated later makes reading the view's pages fail.
+        """
         mm = self.plain
         if mm is None:
             raise _HandleClosedError(self.path)
         raw = self._raw
         if raw is not None:
             check_mapped_size(raw, self._end, self._what)
-        out = np.array(mm[key], dtype=dtype)
+        out = np.array(mm[key], dtype=dtype) if copy else np.asarray(mm[key], dtype=dtype)
         rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
         row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
-        # each row maps its pages plus the kernel's fault-around window (64 KiB by default) of cached pages
-        touched = rows * (row_bytes + _FAULT_AROUND_BYTES)
+        # Each row maps its pages plus the kernel's fault-around window (64 KiB by default) of cached
+        # pages, and rows closer than that window share it: at most the bytes from the region's first
+        # to its last element, plus one window.
+        first = sum(k.start * st for k, st in zip(key, mm.strides, strict=False))
+        last = sum((k.stop - 1) * st for k, st in zip(key, mm.strides, strict=False))
+        span = max(0, last - first) + mm.itemsize
+        touched = min(rows * (row_bytes + _FAULT_AROUND_BYTES), span + _FAULT_AROUND_BYTES)
         with self._lock:
             self._touched += min(touched, mm.nbytes)
             release = self._touched > _MEMMAP_RELEASE_BYTES
@@ -623,22 +633,26 @@ class TiffReader:
         return out.reshape(tuple(n for i, n in enumerate(out_shape) if i not in drop)) if drop else out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read step-1 slices inside the bounds, one per axis (no key normalisation; may be a read-only view)."""
+        """Read step-1 slices inside the bounds, one per axis, for immediate use.
+
+        No key normalisation; the result may be a read-only view of a cached
+        segment or of the memory map (cast or copy it at once).
+        """
         if self.memmap is not None:
-            return self._read_memmap(region)
+            return self._read_memmap(region, copy=False)
         return self._read_segments(region, tuple(s.stop - s.start for s in region))
 
-    def _read_memmap(self, slices: tuple[slice, ...]) -> np.ndarray:
+    def _read_memmap(self, slices: tuple[slice, ...], *, copy: bool = True) -> np.ndarray:
         # Fast path: the map this reader used last, while it is open (close() and the LRU's eviction close
         # it, then the manager gives a fresh one); saves the manager's lock and context managers per patch.
         handle = self._mm_handle
         if handle is not None and self._pid == os.getpid():
             with contextlib.suppress(_HandleClosedError):
-                return handle.read(slices, self._dtype)
+                return handle.read(slices, self._dtype, copy=copy)
 
         def run(handle: _MemmapHandle) -> np.ndarray:
             self._mm_handle = handle
-            return handle.read(slices, self._dtype)
+            return handle.read(slices, self._dtype, copy=copy)
 
         return self._with_handle(run)
 
