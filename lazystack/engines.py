@@ -291,6 +291,22 @@ def _decode_v2(codec: Any, data: Any, spec: Any) -> Any:
     return get_ndbuffer_class().from_ndarray_like(chunk)
 
 
+def _pread_all(fd: int, offset: int, length: int) -> bytes:
+    """Read up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 class _Stages:
     """A codec pipeline resolved for one chunk spec, in decode order."""
 
@@ -463,22 +479,26 @@ class DirectEngine(ZarrEngine):
         assert self._local_root is not None
         path = self._local_root + "/" + key
         try:
-            with open(path, "rb") as f:
-                if suffix is not None:
-                    size = os.fstat(f.fileno()).st_size
-                    f.seek(max(0, size - suffix))
-                    return f.read()
-                if byte_range is not None:
-                    f.seek(byte_range[0])
-                    return f.read(byte_range[1] - byte_range[0])
-                return f.read()
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
+            raise SourceReadError(msg) from e
+        try:
+            if byte_range is not None:
+                start, stop = byte_range
+            else:
+                size = os.fstat(fd).st_size
+                start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
+            return _pread_all(fd, start, stop - start)
         except IsADirectoryError:
             return None
         except OSError as e:
             msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
             raise SourceReadError(msg) from e
+        finally:
+            os.close(fd)
 
     def _read_remote(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
         import asyncio
