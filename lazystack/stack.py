@@ -11,7 +11,7 @@ import html
 import math
 import operator
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -94,6 +94,21 @@ Selection = tuple[int | range, ...]
 
 #: Containers of ``coords`` / ``patch_size`` the fast patch path takes (others go the general path).
 _SEQUENCES = (tuple, list, np.ndarray)
+
+
+class _FastPlan(NamedTuple):
+    """Precomputed per view for :meth:`LazyImageStack._extract_inside`."""
+
+    template: list[slice]  # a key over the root axes, every channel selected
+    s_pos: int | None  # positions of S, T and the spatial axes in that key
+    t_pos: int | None
+    spatial_pos: tuple[int, ...]
+    spatial_shape: tuple[int, ...]
+    n_t: int
+    n_samples: int
+    perm: tuple[int, ...] | None  # root axes -> STC(Z)YX, None when already in that order
+    n_channels: int
+    has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
 
 
 class LazyImageStack:
@@ -184,34 +199,24 @@ class LazyImageStack:
         self._all_channels = list(range(model.n_channels))
         self._fast = self._fast_plan()
 
-    def _fast_plan(self) -> tuple[Any, ...] | None:
-        """What the fast path of :meth:`extract_patch` needs, for an identity view (else None).
-
-        ``(template, s_pos, t_pos, spatial_pos, spatial_shape, n_t, n_samples, perm, n_channels, chunked)``:
-        a key over the root axes with every channel selected, the positions of ``S``, ``T`` and
-        the spatial axes in it, the permutation to ``STC(Z)YX`` and whether the reader is a
-        reader has ``read_region`` (in-bounds step-1 slices, no key normalisation; see
-        :mod:`lazystack.sources.base`).
-        """
+    def _fast_plan(self) -> _FastPlan | None:
+        """What the fast path of :meth:`extract_patch` needs, for an identity view (else None)."""
         if not self._identity:
             return None
         model = self._model
         axes = model.axes
-        template = [slice(0, model.n_channels) if a == "C" else slice(None) for a in axes]
-        spatial_pos = tuple(axes.index(a) for a in model.spatial_axes)
         order = [axes.index(a) for a in "STCZYX" if a in axes]
-        perm = None if order == list(range(len(axes))) else tuple(order)
-        return (
-            template,
-            axes.index("S") if "S" in axes else None,
-            axes.index("T") if "T" in axes else None,
-            spatial_pos,
-            model.spatial_shape,
-            model.size("T"),
-            model.n_samples,
-            perm,
-            model.n_channels,
-            callable(getattr(self._reader, "read_region", None)),
+        return _FastPlan(
+            template=[slice(0, model.n_channels) if a == "C" else slice(None) for a in axes],
+            s_pos=axes.index("S") if "S" in axes else None,
+            t_pos=axes.index("T") if "T" in axes else None,
+            spatial_pos=tuple(axes.index(a) for a in model.spatial_axes),
+            spatial_shape=model.spatial_shape,
+            n_t=model.size("T"),
+            n_samples=model.n_samples,
+            perm=None if order == list(range(len(axes))) else tuple(order),
+            n_channels=model.n_channels,
+            has_read_region=callable(getattr(self._reader, "read_region", None)),
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
