@@ -28,6 +28,7 @@ and gets ``__getitem__`` (the reader contract of :mod:`lazystack.sources.base`),
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import os
 import threading
@@ -306,6 +307,10 @@ class ChunkGrid:
         lo = int(np.searchsorted(b, start, side="right")) - 1
         hi = int(np.searchsorted(b, stop - 1, side="right"))
         return range(lo, hi)
+
+    def n_touched(self, region: Sequence[slice]) -> int:
+        """Number of chunks ``region`` overlaps."""
+        return math.prod(len(self.axis_range(a, s.start, s.stop)) for a, s in enumerate(region))
 
     def touched(self, region: Sequence[slice]) -> list[ChunkIndex]:
         """Indices of every chunk ``region`` overlaps (C order)."""

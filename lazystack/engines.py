@@ -340,6 +340,18 @@ def _numcodecs_of(codec: Any) -> Any:
     return getattr(codec, attr, None) if attr else None
 
 
+def _checked_decode(codec: Any) -> Callable[[Any], Any]:
+    """``codec.decode``, refusing a blosc frame whose length disagrees with its header first."""
+    if not _is_blosc(codec):
+        return codec.decode
+
+    def decode(data: Any) -> Any:
+        check_blosc_frame(data)
+        return codec.decode(data)
+
+    return decode
+
+
 def _plain_decoder(stages: list[tuple[Any, Any]], spec: Any) -> Callable[[bytes], np.ndarray] | None:
     """A decoder calling numcodecs directly for the common chains, or None.
 
@@ -358,9 +370,7 @@ def _plain_decoder(stages: list[tuple[Any, Any]], spec: Any) -> Callable[[bytes]
         if codec.filters or spec.dtype.dtype_cls is np.dtypes.ObjectDType or spec.order != "C":
             return None
         if codec.compressor is not None:
-            if _is_blosc(codec.compressor):
-                decoders.append(check_blosc_frame)
-            decoders.append(codec.compressor.decode)
+            decoders.append(_checked_decode(codec.compressor))
         dtype = np.dtype(spec.dtype.to_native_dtype())
     else:
         *bb, (ab, ab_spec) = stages
@@ -370,9 +380,7 @@ def _plain_decoder(stages: list[tuple[Any, Any]], spec: Any) -> Callable[[bytes]
             inner = _numcodecs_of(codec)
             if inner is None:
                 return None
-            if _is_blosc(codec):
-                decoders.append(check_blosc_frame)
-            decoders.append(inner.decode)
+            decoders.append(_checked_decode(inner))
         dtype = np.dtype(ab_spec.dtype.to_native_dtype())
         if ab.endian is not None and dtype.itemsize > 1:
             dtype = dtype.newbyteorder("<" if ab.endian.value == "little" else ">")
@@ -383,8 +391,7 @@ def _plain_decoder(stages: list[tuple[Any, Any]], spec: Any) -> Callable[[bytes]
     def decode(data: bytes) -> np.ndarray:
         x: Any = data
         for fn in decoders:
-            out = fn(x)
-            x = x if out is None else out  # check_blosc_frame returns None
+            x = fn(x)
         flat = np.frombuffer(x, dtype=np.uint8) if not isinstance(x, np.ndarray) else x.reshape(-1).view(np.uint8)
         if flat.nbytes != nbytes:
             msg = f"decoded chunk holds {flat.nbytes} bytes, expected {nbytes} for shape {shape} of {dtype}"
@@ -913,12 +920,8 @@ class ZarrArrayReader(ChunkedReader):
         if cache is None or not cache.enabled:
             engine = self.engine
             ts = engine if isinstance(engine, TensorstoreEngine) else None
-            if isinstance(engine, AutoEngine):
-                n = 1
-                for s, c in zip(region, self.chunk_grid.chunk_shape, strict=True):
-                    n *= (s.stop - 1) // c - s.start // c + 1 if s.stop > s.start else 0
-                if engine.prefers_tensorstore(n):
-                    ts = engine.tensorstore
+            if isinstance(engine, AutoEngine) and engine.prefers_tensorstore(self.chunk_grid.n_touched(region)):
+                ts = engine.tensorstore
             if ts is not None:
                 if 0 in (s.stop - s.start for s in region):
                     return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)

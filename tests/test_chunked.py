@@ -112,6 +112,7 @@ def test_grid_touched_matches_brute_force(chunks: Sequence[int] | Sequence[Seque
         hi = lo + rng.integers(1, 8, size=2)
         region = tuple(slice(int(a), int(min(b, n))) for a, b, n in zip(lo, hi, (10, 12), strict=True))
         assert grid.touched(region) == _brute_touched(grid, region)
+        assert grid.n_touched(region) == len(_brute_touched(grid, region))
 
 
 def test_grid_shapes_and_errors() -> None:
