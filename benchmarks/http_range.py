@@ -1,17 +1,30 @@
 """A static-file HTTP handler with ``Range: bytes=`` support, as object stores serve files.
 
 Python's ``SimpleHTTPRequestHandler`` ignores ``Range``; zarr's sharded reads
-need it. Used by the remote-Zarr benchmark and by the engine tests.
+need it. Used by the remote-Zarr benchmark and by the engine tests, with
+:class:`LocalHTTPServer`.
 """
 
 from __future__ import annotations
 
 import re
-from http.server import SimpleHTTPRequestHandler
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RangeHandler"]
+__all__ = ["LocalHTTPServer", "RangeHandler"]
+
+
+class LocalHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server whose listen backlog takes a client's burst of parallel connections.
+
+    socketserver's default backlog of 5 drops connection attempts when aiohttp
+    opens dozens at once (zarr's concurrent chunk reads), and the client then
+    waits for its read timeout.
+    """
+
+    request_queue_size = 128
+    daemon_threads = True
 
 
 class RangeHandler(SimpleHTTPRequestHandler):

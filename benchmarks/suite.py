@@ -41,13 +41,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.http_range import RangeHandler
+from benchmarks.http_range import LocalHTTPServer, RangeHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
@@ -616,8 +615,7 @@ def serve(directory: str) -> None:
     """Serve ``directory`` on 127.0.0.1 (a free port, printed on stdout) until stdin closes."""
     from functools import partial
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=directory))
-    server.daemon_threads = True
+    server = LocalHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=directory))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(server.server_address[1], flush=True)
     sys.stdin.read()

@@ -15,7 +15,6 @@ import pickle
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from zarr.codecs import (
     ZstdCodec,
 )
 
-from benchmarks.http_range import RangeHandler
+from benchmarks.http_range import LocalHTTPServer, RangeHandler
 from lazystack import LazyImageStack
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 from lazystack.engines import (
@@ -491,7 +490,7 @@ def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> No
 @pytest.fixture(scope="module")
 def http_root(arrays: dict[str, Any]) -> Iterator[str]:
     root = next(iter(arrays.values()))[0].parent
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(root)))
+    server = LocalHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.http_range import LocalHTTPServer
+
 METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
 
@@ -141,17 +143,6 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
     return Handler
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    """A threaded test server whose listen backlog takes a client's burst of parallel connections.
-
-    socketserver's default backlog of 5 drops connection attempts when aiohttp opens dozens at once,
-    and the client then waits for its read timeout.
-    """
-
-    request_queue_size = 128
-    daemon_threads = True
-
-
 @contextmanager
 def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
     """Serve ``root`` over HTTP on 127.0.0.1 (a free port) in a thread.
@@ -164,8 +155,7 @@ def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
     import fsspec.implementations.http as fs_http
 
     state = ServerState(root=Path(root))
-    server = _Server(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
+    server = LocalHTTPServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
