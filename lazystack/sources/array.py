@@ -62,11 +62,13 @@ class MemmapReader:
     @property
     def array(self) -> np.memmap[Any, Any]:
         """The mapping (opened read-only on first use in each process)."""
-        if self._array is None:
-            self._array = np.memmap(
+        array = self._array  # one read: close() in another thread may reset the attribute at any time
+        if array is None:
+            array = np.memmap(
                 self.filename, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=self.order
             )
-        return self._array
+            self._array = array
+        return array
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read a region (a copy, so the mapping can be closed safely).
