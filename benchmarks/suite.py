@@ -459,6 +459,19 @@ def scenario_batch64(cfg: Config) -> Table:
     with _cache_size(0):
         table.rows[table.main] = _median_us(batch, [(b,) for b in batches], warmup=1) / 64
         table.rows["lazystack one-by-one cold"] = _median_us(one_by_one, [(b,) for b in batches], warmup=1) / 64
+    from lazystack.cache import get_chunk_cache
+
+    def emptied(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run(pos: Any) -> Any:
+            get_chunk_cache().clear()
+            return fn(pos)
+
+        return run
+
+    with _cache_size(256 * 2**20):  # the cache on, emptied before every batch
+        on_batch, on_single = "cache on, emptied: extract_patches", "cache on, emptied: one-by-one"
+        table.rows[on_batch] = _median_us(emptied(batch), [(b,) for b in batches], warmup=1) / 64
+        table.rows[on_single] = _median_us(emptied(one_by_one), [(b,) for b in batches], warmup=1) / 64
     table.rows["zarr-python one-by-one"] = (
         _median_us(lambda pos: [z[_region(p, patch)] for p in pos], [(b,) for b in batches[:2]], warmup=0) / 64
     )
@@ -475,6 +488,7 @@ def scenario_batch64(cfg: Config) -> Table:
         _median_us(lambda pos: [floor.read(_region(p, patch)) for p in pos], [(b,) for b in batches], warmup=0) / 64
     )
     table.check("batch <= 0.5x one-by-one cold", table.main, "lazystack one-by-one cold", 0.5)
+    table.check("batch <= 0.5x one-by-one, cache on and emptied", on_batch, on_single, 0.5, informative=True)
     return table
 
 

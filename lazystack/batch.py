@@ -1,10 +1,24 @@
 """Batched patch extraction: read each touched chunk once for a whole batch.
 
 :func:`extract_patches` takes many patch requests, over one stack or many,
-works out every chunk the batch touches, reads the chunks of each source in
-one concurrent fetch (through the chunk cache), then cuts the patches out of
-the decoded chunks. The result is exactly what one
-:meth:`~lazystack.LazyImageStack.extract_patch` call per request returns.
+works out every chunk the batch touches and reads each of them once (through
+the chunk cache), then cuts the patches out of the decoded chunks. The result
+is exactly what one :meth:`~lazystack.LazyImageStack.extract_patch` call per
+request returns.
+
+How the chunks are read depends on where they live:
+
+- **local** sources (files, memory): the requests are split into groups that
+  share no chunk, the groups are spread over the cores
+  (:data:`~lazystack.chunked.CPU_WORKERS`), and each core streams through its
+  requests, decoding a chunk when a request first needs it and dropping it
+  after its last use. Decoding runs in parallel (the codecs release the GIL),
+  and few decoded chunks are alive at once: a batch does not fault in fresh
+  memory for every chunk it touches, which on a virtual machine costs about
+  as much as decoding.
+- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`): all
+  the chunks a batch touches are fetched in one concurrent round (up to
+  ``max_batch_bytes`` of them at once), so the round trips overlap.
 
 Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
 and has no ``as_chunked()`` (see :func:`~lazystack.chunked.as_chunked_reader`),
@@ -16,6 +30,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .chunked import ChunkedReader, ChunkIndex, as_chunked_reader, normalize_key
+from .chunked import CPU_WORKERS, ChunkedReader, ChunkIndex, as_chunked_reader, fetch_concurrently, normalize_key
 from .errors import PatchError
 from .patch import patch_geometry
 
@@ -89,19 +104,44 @@ def _chunked_reader(stack: Any) -> ChunkedReader | None:
     return as_chunked_reader(stack.reader)
 
 
-def _plan(stack: Any, reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex]:
-    """The chunks one request touches (validating it exactly as ``extract_patch`` does)."""
+class _RegionReader(_PrefetchedReader):
+    """A reader that serves one region already read for the request in hand (its source for anything else)."""
+
+    def __init__(self, source: ChunkedReader) -> None:
+        super().__init__(source, {})
+        self._key: tuple[tuple[int, int], ...] | None = None
+        self._data: np.ndarray | None = None
+
+    def hold(self, region: tuple[slice, ...], data: np.ndarray) -> None:
+        """Serve ``data`` for reads of exactly ``region`` (until the next call)."""
+        self._key = tuple((s.start, s.stop) for s in region)
+        self._data = data
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        if self._data is not None and tuple((s.start, s.stop) for s in region) == self._key:
+            return self._data
+        return self._source.read(region)
+
+
+def _plan(
+    stack: Any, reader: ChunkedReader, request: tuple[Any, ...]
+) -> tuple[tuple[slice, ...] | None, list[ChunkIndex]]:
+    """The source region one request reads and the chunks it touches (validating it as ``extract_patch`` does)."""
     sample_idx, channels, coords, patch_size = request
     model = stack._model
     geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
     chans = stack._channel_list(channels)
     model.sample_to_st(sample_idx)
     if geometry.empty:
-        return []
+        return None, []
     key = model.original_key(sample_idx, slice(min(chans), max(chans) + 1), geometry.source)
     root_key = key if stack._identity else stack._compose(key)[0]
     region, _ = normalize_key(root_key, reader.shape)
-    return reader.chunk_grid.touched(region)
+    return region, reader.chunk_grid.touched(region)
+
+
+def _extent(region: tuple[slice, ...] | None) -> tuple[int, ...]:
+    return () if region is None else tuple(s.stop - s.start for s in region)
 
 
 def _with_reader(stack: Any, reader: ChunkedReader) -> Any:
@@ -127,6 +167,79 @@ def _split(
         seen.update(new)
     if group:
         yield group
+
+
+_Item = tuple[int, list[ChunkIndex]]
+"""A request's position in the batch and the chunks it touches."""
+
+
+def _components(items: list[_Item]) -> list[list[_Item]]:
+    """Group requests that share a chunk (transitively), in batch order: no chunk is in two groups."""
+    parent: dict[ChunkIndex, ChunkIndex] = {}
+
+    def find(c: ChunkIndex) -> ChunkIndex:
+        root = c
+        while parent[root] != root:
+            root = parent[root]
+        while parent[c] != root:
+            parent[c], c = root, parent[c]
+        return root
+
+    for _, touched in items:
+        for c in touched:
+            parent.setdefault(c, c)
+        for c in touched[1:]:
+            a, b = find(touched[0]), find(c)
+            if a != b:
+                parent[b] = a
+    groups: dict[ChunkIndex | None, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(find(item[1][0]) if item[1] else None, []).append(item)
+    return list(groups.values())
+
+
+def _shares(items: list[_Item], k: int) -> list[list[_Item]]:
+    """Deal the chunk-disjoint groups of ``items`` to at most ``k`` workers, balancing their chunk counts."""
+    groups = _components(items)
+    if k < 2 or len(groups) < 2:
+        return [items]
+    loads = [0] * k
+    shares: list[list[_Item]] = [[] for _ in range(k)]
+    for group in sorted(groups, key=lambda g: -len({c for _, touched in g for c in touched})):
+        j = loads.index(min(loads))
+        shares[j].extend(group)
+        loads[j] += len({c for _, touched in group for c in touched})
+    return [share for share in shares if share]
+
+
+def _stream(
+    reader: ChunkedReader,
+    share: list[_Item],
+    extract: Any,
+    max_bytes: int,
+) -> None:
+    """Serve ``share`` in order, each chunk read when first needed and dropped after its last use."""
+    uses = Counter(c for _, touched in share for c in touched)
+    nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
+    live: dict[ChunkIndex, np.ndarray] = {}
+    proxy = _PrefetchedReader(reader, live)
+    for i, touched in share:
+        need = [c for c in touched if c not in live]
+        if need and live and (len(live) + len(need)) * nbytes > max_bytes:
+            # Over the bound (a long chain of overlapping requests): keep only this request's chunks.
+            # A dropped chunk needed again later is read again (from the cache when it holds it).
+            kept = {c: live[c] for c in touched if c in live}
+            live.clear()
+            live.update(kept)
+        if len(need) == 1:
+            live[need[0]] = reader.read_chunk(need[0])
+        elif need:
+            live.update(reader.read_chunks(need))
+        extract(i, proxy)
+        for c in touched:
+            uses[c] -= 1
+            if not uses[c]:
+                live.pop(c, None)
 
 
 def extract_patches(
@@ -176,27 +289,58 @@ def extract_patches(
             )
             raise PatchError(msg)
     out: list[NDArray[np.float32] | None] = [None] * len(reqs)
-    groups: dict[int, tuple[ChunkedReader, list[tuple[int, list[ChunkIndex]]]]] = {}
+    groups: dict[int, tuple[ChunkedReader, list[_Item]]] = {}
+    regions: dict[int, tuple[slice, ...] | None] = {}
     for i, r in enumerate(reqs):
         reader = _chunked_reader(r[0])
         if reader is None:
             continue
-        touched = _plan(r[0], reader, tuple(r[1:]))
+        regions[i], touched = _plan(r[0], reader, tuple(r[1:]))
         groups.setdefault(id(reader), (reader, []))[1].append((i, touched))
 
-    def serve(reader: ChunkedReader, items: list[tuple[int, list[ChunkIndex]]]) -> None:
+    def extract(i: int, proxy: ChunkedReader, views: dict[tuple[int, int], Any]) -> None:
+        stack = reqs[i][0]
+        view = views.get((id(stack), id(proxy)))
+        if view is None:
+            view = views[(id(stack), id(proxy))] = _with_reader(stack, proxy)
+        out[i] = view.extract_patch(*reqs[i][1:])
+
+    def serve(reader: ChunkedReader, items: list[_Item]) -> None:
+        read_regions = getattr(reader, "read_regions", None)
+        wanted = [(i, regions[i]) for i, _ in items if regions[i] is not None and 0 not in _extent(regions[i])]
+        results = read_regions([r for _, r in wanted]) if read_regions is not None and wanted else None
+        if results is not None:
+            # Straight from an engine that reads regions in its own threads (tensorstore, cache off).
+            proxy = _RegionReader(reader)
+            views: dict[tuple[int, int], Any] = {}
+            done = set()
+            for (i, region), data in zip(wanted, results, strict=True):
+                proxy.hold(region, data)
+                extract(i, proxy, views)
+                done.add(i)
+            for i, _ in items:
+                if i not in done:
+                    extract(i, proxy, views)
+            return
+        if not reader.remote:
+            shares = _shares(items, CPU_WORKERS)
+            bound = max(1, max_batch_bytes // len(shares))
+
+            def run(j: int) -> None:
+                views: dict[tuple[int, int], Any] = {}
+                _stream(reader, shares[j], lambda i, proxy: extract(i, proxy, views), bound)
+
+            fetch_concurrently(range(len(shares)), run, min_parallel=2)
+            return
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
+        views: dict[tuple[int, int], Any] = {}
         for group in _split(items, nbytes, max_batch_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
             chunks = reader.read_chunks(wanted) if wanted else {}
             proxy = _PrefetchedReader(reader, chunks)
-            views: dict[int, Any] = {}
             for i, _ in group:
-                stack = reqs[i][0]
-                view = views.get(id(stack))
-                if view is None:
-                    view = views[id(stack)] = _with_reader(stack, proxy)
-                out[i] = view.extract_patch(*reqs[i][1:])
+                extract(i, proxy, views)
+            views.clear()
 
     work = list(groups.values())
     if len(work) == 1:

@@ -33,9 +33,9 @@ import operator
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -111,12 +111,15 @@ PARALLEL_MIN_CHUNKS = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_CHUNKS", "0") o
 CPU_WORKERS = max(1, min(POOL_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
+_K = TypeVar("_K", bound=Hashable)
+
+
 def fetch_concurrently(
-    indices: Sequence[ChunkIndex],
-    fetch_one: Callable[[ChunkIndex], Any],
+    indices: Sequence[_K],
+    fetch_one: Callable[[_K], Any],
     *,
     min_parallel: int | None = None,
-) -> dict[ChunkIndex, Any]:
+) -> dict[_K, Any]:
     """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
 
     By default the work is taken to be CPU-bound (decoding local chunks):
@@ -154,7 +157,7 @@ def fetch_concurrently(
         k = min(CPU_WORKERS, n)
         shares = [list(indices[i * n // k : (i + 1) * n // k]) for i in range(k)]
 
-    def run(share: list[ChunkIndex]) -> list[Any]:
+    def run(share: list[_K]) -> list[Any]:
         return [fetch_one(idx) for idx in share]
 
     futures = [pool.submit(run, share) for share in shares[1:]]
@@ -533,6 +536,16 @@ class ChunkedReader(ABC):
         """The chunk cache reads go through (the per-process one by default)."""
         return get_chunk_cache()
 
+    @property
+    def remote(self) -> bool:
+        """Whether fetching a chunk waits on a network (default False: a local file or memory).
+
+        Batched extraction (:mod:`lazystack.batch`) fetches all the chunks of
+        a remote source in one concurrent round, so the round trips overlap,
+        and streams a local one chunk by chunk over the cores.
+        """
+        return False
+
     @abstractmethod
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Read and decode whole chunks (the one method a back end implements).
@@ -593,17 +606,21 @@ class ChunkedReader(ABC):
         """The optional ``read_region`` of the reader contract: :meth:`read`."""
         return self.read(region)
 
+    def read_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        """Return one decoded chunk through the cache (one look-up, at most one :meth:`fetch_chunk`)."""
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            return self.fetch_chunk(idx)
+        key = (self._token, idx)
+        chunk = cache.get(key)
+        if chunk is None:
+            chunk = self.fetch_chunk(idx)
+            cache.put(key, chunk)
+        return chunk
+
     def _read_in_chunk(self, region: tuple[slice, ...], idx: ChunkIndex) -> np.ndarray:
         """Read ``region``, which lies inside chunk ``idx``, as a view of that chunk."""
-        cache = self.cache
-        if cache is not None and cache.enabled:
-            key = (self._token, idx)
-            chunk = cache.get(key)
-            if chunk is None:
-                chunk = self.fetch_chunk(idx)
-                cache.put(key, chunk)
-        else:
-            chunk = self.fetch_chunk(idx)
+        chunk = self.read_chunk(idx)
         shape = self._grid.chunk_shape
         block = chunk[tuple(slice(s.start - i * c, s.stop - i * c) for s, i, c in zip(region, idx, shape, strict=True))]
         if block.shape != tuple(s.stop - s.start for s in region):

@@ -39,7 +39,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -331,6 +331,10 @@ class _Stages:
         if self._fast is not None:
             return self._fast(data)
         return self.decode(prototype.buffer.from_bytes(data))
+
+
+def _format_region(region: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
 
 
 def _numcodecs_of(codec: Any) -> Any:
@@ -702,6 +706,29 @@ class TensorstoreEngine(ZarrEngine):
         """One tensorstore read of the region."""
         return np.asarray(self._ts[region].read().result())
 
+    def read_regions(self, regions: Sequence[tuple[slice, ...]]) -> Iterator[np.ndarray]:
+        """Start one tensorstore read per region, all at once; the results, in order, as they are taken.
+
+        Tensorstore decodes in its own threads while the caller works on the
+        results already there.
+
+        Raises
+        ------
+        SourceReadError
+            When a result is taken whose read failed.
+        """
+        futures = [self._ts[r].read() for r in regions]
+
+        def results() -> Iterator[np.ndarray]:
+            for region, f in zip(regions, futures, strict=True):
+                try:
+                    yield np.asarray(f.result())
+                except Exception as e:
+                    msg = f"tensorstore failed to read region {_format_region(region)} of {self._ts.kvstore}: {e}"
+                    raise SourceReadError(msg) from e
+
+        return results()
+
 
 class AutoEngine(ZarrEngine):
     """``auto`` for a local array both engines read: direct for little work, tensorstore for much.
@@ -902,6 +929,13 @@ class ZarrArrayReader(ChunkedReader):
         return engine
 
     @property
+    def remote(self) -> bool:
+        """True unless the array lives in a local directory or in memory (see :attr:`ChunkedReader.remote`)."""
+        from zarr.storage import LocalStore, MemoryStore
+
+        return not isinstance(self._array.store, (LocalStore, MemoryStore))
+
+    @property
     def engine_name(self) -> str:
         """Name of the engine in use (builds it if needed)."""
         return self.engine.name
@@ -929,6 +963,47 @@ class ZarrArrayReader(ChunkedReader):
                 self._after_direct_read()
                 return out
         return super().read(region)
+
+    def read_regions(self, regions: Sequence[tuple[slice, ...]]) -> Iterator[np.ndarray] | None:
+        """Start reading many regions at once straight from tensorstore, as :meth:`read` does for one; or None.
+
+        Only with the chunk cache off and the ``tensorstore`` engine, or the
+        ``auto`` engine when the regions' chunks are enough work for tensorstore
+        (:meth:`AutoEngine.prefers_tensorstore`). Batched extraction
+        (:mod:`lazystack.batch`) uses it: tensorstore decodes in its own threads
+        while the caller cuts patches out of the regions already read.
+
+        Parameters
+        ----------
+        regions : sequence of tuple of slice
+            Normalised regions (step-1 slices within bounds), none of them empty.
+
+        Returns
+        -------
+        iterator of numpy.ndarray or None
+            Each region's data, in order (a failed read raises
+            :class:`~lazystack.errors.SourceReadError` when its result is
+            taken); None when the regions are to be read chunk by chunk instead.
+        """
+        cache = self.cache
+        if cache is not None and cache.enabled:
+            return None
+        engine = self.engine
+        ts = engine if isinstance(engine, TensorstoreEngine) else None
+        if isinstance(engine, AutoEngine):
+            n = sum(self.chunk_grid.n_touched(r) for r in regions)
+            if engine.prefers_tensorstore(n):
+                ts = engine.tensorstore
+        if ts is None:
+            return None
+        results = ts.read_regions(regions)
+
+        def checked() -> Iterator[np.ndarray]:
+            for out in results:
+                yield out.astype(self.dtype, copy=False)
+            self._after_direct_read()
+
+        return checked()
 
     def _after_direct_read(self) -> None:
         """Hook run after a region read that bypassed :meth:`fetch_chunks` (tensorstore, cache off)."""
