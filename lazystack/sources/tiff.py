@@ -185,7 +185,9 @@ class _MemmapHandle:
         self._what = f"TIFF file {path!r}"
         self._end = offset + nbytes
         self._touched = 0
-        self._lock = threading.Lock()
+        self._strides = self.plain.strides
+        self._itemsize = self.plain.itemsize
+        self._nbytes = self.plain.nbytes
 
     def read(self, key: tuple[slice, ...], dtype: np.dtype[Any], *, copy: bool = True) -> np.ndarray:
         """The region ``key`` of the map in native byte order: a copy, or (``copy=False``) a view when possible.
@@ -201,20 +203,22 @@ class _MemmapHandle:
         if raw is not None:
             check_mapped_size(raw, self._end, self._what)
         out = np.array(mm[key], dtype=dtype) if copy else np.asarray(mm[key], dtype=dtype)
-        rows = math.prod(out.shape[:-1]) if out.ndim > 1 else 1
-        row_bytes = (out.shape[-1] if out.ndim else 1) * mm.itemsize
         # Each row maps its pages plus the kernel's fault-around window (64 KiB by default) of cached
         # pages, and rows closer than that window share it: at most the bytes from the region's first
-        # to its last element, plus one window.
-        first = sum(k.start * st for k, st in zip(key, mm.strides, strict=False))
-        last = sum((k.stop - 1) * st for k, st in zip(key, mm.strides, strict=False))
-        span = max(0, last - first) + mm.itemsize
-        touched = min(rows * (row_bytes + _FAULT_AROUND_BYTES), span + _FAULT_AROUND_BYTES)
-        with self._lock:
-            self._touched += min(touched, mm.nbytes)
-            release = self._touched > _MEMMAP_RELEASE_BYTES
-            if release:
-                self._touched = 0
+        # to its last element, plus one window. (Runs per patch: plain loops, no generators.)
+        first = last = 0
+        for k, st in zip(key, self._strides, strict=False):
+            first += k.start * st
+            last += (k.stop - 1) * st
+        itemsize = self._itemsize
+        row = out.shape[-1] if out.ndim else 1
+        rows = out.size // row if row else 0
+        row_bytes = row * itemsize
+        touched = min(rows * (row_bytes + _FAULT_AROUND_BYTES), max(0, last - first) + itemsize + _FAULT_AROUND_BYTES)
+        # An estimate, so no lock: two threads racing here at worst release the pages a little early or late.
+        total = self._touched + min(touched, self._nbytes)
+        release = total > _MEMMAP_RELEASE_BYTES
+        self._touched = 0 if release else total
         if release and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             with contextlib.suppress(OSError, ValueError):
                 raw.madvise(mmap.MADV_DONTNEED)
@@ -647,8 +651,10 @@ class TiffReader:
         # it, then the manager gives a fresh one); saves the manager's lock and context managers per patch.
         handle = self._mm_handle
         if handle is not None and self._pid == os.getpid():
-            with contextlib.suppress(_HandleClosedError):
+            try:
                 return handle.read(slices, self._dtype, copy=copy)
+            except _HandleClosedError:
+                pass
 
         def run(handle: _MemmapHandle) -> np.ndarray:
             self._mm_handle = handle
