@@ -834,3 +834,37 @@ def test_close_from_another_thread_never_fails_a_read(tmp_path: Path, compressio
     finally:
         stop.set()
         t.join()
+
+
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, inside = 0, False
+    target = str(path.resolve())
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split(maxsplit=5)
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+                inside = len(head) == 6 and head[5].strip() == target
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_memory_mapped_pages_are_released_after_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bound = 4 << 20
+    monkeypatch.setattr(tiff_source, "_MEMMAP_RELEASE_BYTES", bound)
+    data = np.random.default_rng(11).integers(0, 60000, (8, 1024, 2048), dtype=np.uint16)  # 32 MiB
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    (stack,) = load_tiffs(str(path), "TYX")
+    assert stack.reader.memmap is not None
+    peak = 0
+    rng = np.random.default_rng(12)
+    for _ in range(400):
+        t, y, x = int(rng.integers(0, 8)), int(rng.integers(0, 1024 - 64)), int(rng.integers(0, 2048 - 64))
+        np.testing.assert_array_equal(stack.extract_patch(t, None, (y, x), (64, 64))[0], data[t, y : y + 64, x : x + 64])
+        peak = max(peak, _mapped_rss(path))
+    assert peak > 0  # the pages were mapped, and counted here
+    # Without the release the 400 patches would leave most of the 32 MiB file resident.
+    assert peak <= bound + (2 << 20), f"{peak / 2**20:.1f} MiB of the file resident, bound {bound / 2**20:.0f} MiB"

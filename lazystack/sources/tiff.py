@@ -91,9 +91,24 @@ FORMAT = "tiff"
 _STRIP_CHUNK_BYTES = 1 << 20
 #: Memory-mapped pages larger than this are split along rows for dask.
 _MEMMAP_CHUNK_BYTES = 64 << 20
-#: After about this many bytes read through a memory map, its resident pages are released.
+#: Once this many bytes of a memory map may be resident, its pages are released.
 _MEMMAP_RELEASE_BYTES = 256 << 20
-_FAULT_AROUND_BYTES = 64 << 10
+
+
+def _pmd_bytes() -> int:
+    """The span of one last-level page table (2 MiB with 4 KiB pages): the most one page fault maps.
+
+    Fault-around and large page-cache folios map many pages per fault, but
+    never beyond the page-table block around the faulting address.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as fh:
+        return int(fh.read())
+    page = mmap.PAGESIZE
+    return page * (page // 8)  # a page of 8-byte entries
+
+
+#: Granule of the resident-memory bound of memory maps (see :class:`_MemmapHandle`).
+_MAP_GRANULE = _pmd_bytes()
 #: Located segments (offsets of tiles / strips) remembered per open file.
 _LOCATED_MAX = 1 << 16
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
@@ -149,10 +164,14 @@ class _MemmapHandle:
     """An open read-only memory map of a contiguous series (one per process).
 
     Pages of a file mapping count in the process's resident memory once
-    touched. After about :data:`_MEMMAP_RELEASE_BYTES` (256 MiB, the chunk
-    cache's default) of mapped pages the map is told to drop them (``madvise(MADV_DONTNEED)``: they stay in the page
-    cache, a later read faults them back in), so random patches over a
-    huge file keep the resident memory bounded.
+    touched, and one page fault may map a whole page-table block around the
+    address (:data:`_MAP_GRANULE`, 2 MiB with 4 KiB pages: fault-around,
+    large page-cache folios). The map remembers which blocks its reads
+    touched; once they could hold more than :data:`_MEMMAP_RELEASE_BYTES`
+    (256 MiB, the chunk cache's default) it drops its pages
+    (``madvise(MADV_DONTNEED)``: they stay in the page cache, a later read
+    faults them back in), so random patches over a huge file keep the
+    resident memory bounded.
     """
 
     def __init__(
@@ -184,10 +203,10 @@ class _MemmapHandle:
         self.plain: np.ndarray | None = self.array.view(np.ndarray)
         self._what = f"TIFF file {path!r}"
         self._end = offset + nbytes
-        self._touched = 0
+        #: page-table blocks (address // _MAP_GRANULE) read since the pages were last dropped
+        self._blocks: set[int] = set()
+        self._address = int(self.plain.__array_interface__["data"][0])
         self._strides = self.plain.strides
-        self._itemsize = self.plain.itemsize
-        self._nbytes = self.plain.nbytes
 
     def read(self, key: tuple[slice, ...], dtype: np.dtype[Any], *, copy: bool = True) -> np.ndarray:
         """The region ``key`` of the map in native byte order: a copy, or (``copy=False``) a view when possible.
@@ -203,22 +222,20 @@ class _MemmapHandle:
         if raw is not None:
             check_mapped_size(raw, self._end, self._what)
         out = np.array(mm[key], dtype=dtype) if copy else np.asarray(mm[key], dtype=dtype)
-        # Each row maps its pages plus the kernel's fault-around window (64 KiB by default) of cached
-        # pages, and rows closer than that window share it: at most the bytes from the region's first
-        # to its last element, plus one window. (Runs per patch: plain loops, no generators.)
-        first = last = 0
+        # The blocks from the region's first to its last byte (runs per patch: a plain loop).
+        first = last = self._address
         for k, st in zip(key, self._strides, strict=False):
             first += k.start * st
             last += (k.stop - 1) * st
-        itemsize = self._itemsize
-        row = out.shape[-1] if out.ndim else 1
-        rows = out.size // row if row else 0
-        row_bytes = row * itemsize
-        touched = min(rows * (row_bytes + _FAULT_AROUND_BYTES), max(0, last - first) + itemsize + _FAULT_AROUND_BYTES)
-        # An estimate, so no lock: two threads racing here at worst release the pages a little early or late.
-        total = self._touched + min(touched, self._nbytes)
-        release = total > _MEMMAP_RELEASE_BYTES
-        self._touched = 0 if release else total
+        granule = _MAP_GRANULE
+        blocks = self._blocks
+        mine = range(first // granule, last // granule + 1)
+        blocks.update(mine)
+        # No lock: set updates are atomic, and a race on the size check only shifts one release.
+        release = len(blocks) * granule > _MEMMAP_RELEASE_BYTES
+        if release:
+            blocks.clear()
+            blocks.update(mine)  # the caller is about to read this region (a view faults it back in)
         if release and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             with contextlib.suppress(OSError, ValueError):
                 raw.madvise(mmap.MADV_DONTNEED)
