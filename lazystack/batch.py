@@ -140,10 +140,6 @@ def _plan(
     return region, reader.chunk_grid.touched(region)
 
 
-def _extent(region: tuple[slice, ...] | None) -> tuple[int, ...]:
-    return () if region is None else tuple(s.stop - s.start for s in region)
-
-
 def _with_reader(stack: Any, reader: ChunkedReader) -> Any:
     view = object.__new__(type(stack))
     view.__dict__.update(stack.__dict__)
@@ -242,6 +238,77 @@ def _stream(
                 live.pop(c, None)
 
 
+class _Batch:
+    """One :func:`extract_patches` call: the requests, their results, and how each source serves its share."""
+
+    def __init__(
+        self,
+        reqs: list[Any],
+        out: list[NDArray[np.float32] | None],
+        regions: Mapping[int, tuple[slice, ...] | None],
+        max_bytes: int,
+    ) -> None:
+        self.reqs, self.out, self.regions, self.max_bytes = reqs, out, regions, max_bytes
+
+    def extract(self, i: int, proxy: ChunkedReader, views: dict[tuple[int, int], Any]) -> None:
+        """Serve request ``i`` through ``proxy`` (a view of its stack over the proxy, made once per stack)."""
+        stack = self.reqs[i][0]
+        view = views.get((id(stack), id(proxy)))
+        if view is None:
+            view = views[(id(stack), id(proxy))] = _with_reader(stack, proxy)
+        self.out[i] = view.extract_patch(*self.reqs[i][1:])
+
+    def serve(self, reader: ChunkedReader, items: list[_Item]) -> None:
+        """Serve the requests ``items`` of one source."""
+        if self._serve_regions(reader, items):
+            return
+        if reader.remote:
+            self._serve_remote(reader, items)
+            return
+        shares = _shares(items, CPU_WORKERS)
+        bound = max(1, self.max_bytes // len(shares))
+
+        def run(j: int) -> None:
+            views: dict[tuple[int, int], Any] = {}
+            _stream(reader, shares[j], lambda i, proxy: self.extract(i, proxy, views), bound)
+
+        fetch_concurrently(range(len(shares)), run, min_parallel=2)
+
+    def _serve_regions(self, reader: ChunkedReader, items: list[_Item]) -> bool:
+        """Serve from an engine that reads whole regions in its own threads (tensorstore, cache off), if any."""
+        read_regions = getattr(reader, "read_regions", None)
+        if read_regions is None:
+            return False
+        wanted: list[tuple[int, tuple[slice, ...]]] = []
+        for i, _ in items:
+            region = self.regions[i]
+            if region is not None and all(s.stop > s.start for s in region):
+                wanted.append((i, region))
+        results = read_regions([r for _, r in wanted]) if wanted else None
+        if results is None:
+            return False
+        proxy = _RegionReader(reader)
+        views: dict[tuple[int, int], Any] = {}
+        for (i, region), data in zip(wanted, results, strict=True):
+            proxy.hold(region, data)
+            self.extract(i, proxy, views)
+        done = {i for i, _ in wanted}
+        for i, _ in items:
+            if i not in done:
+                self.extract(i, proxy, views)
+        return True
+
+    def _serve_remote(self, reader: ChunkedReader, items: list[_Item]) -> None:
+        """All the chunks of a round in one concurrent fetch, rounds bounded by ``max_bytes``."""
+        nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
+        for group in _split(items, nbytes, self.max_bytes):
+            wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
+            proxy = _PrefetchedReader(reader, reader.read_chunks(wanted) if wanted else {})
+            views: dict[tuple[int, int], Any] = {}
+            for i, _ in group:
+                self.extract(i, proxy, views)
+
+
 def extract_patches(
     requests: Iterable[PatchRequest], *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
 ) -> list[NDArray[np.float32]]:
@@ -253,8 +320,10 @@ def extract_patches(
         ``(stack, sample_idx, channels, coords, patch_size)`` per patch; the
         last four as for :meth:`~lazystack.LazyImageStack.extract_patch`.
     max_batch_bytes : int, optional
-        Bound on the decoded chunk bytes held at once for one source; a
-        larger batch is served in several rounds (default 512 MiB).
+        Bound on the decoded chunk bytes held at once for one source
+        (default 512 MiB): a remote source's batch is fetched in several
+        rounds, a local one drops chunks early (a chunk dropped and needed
+        again is read again, from the cache if it holds it).
 
     Returns
     -------
@@ -298,55 +367,12 @@ def extract_patches(
         regions[i], touched = _plan(r[0], reader, tuple(r[1:]))
         groups.setdefault(id(reader), (reader, []))[1].append((i, touched))
 
-    def extract(i: int, proxy: ChunkedReader, views: dict[tuple[int, int], Any]) -> None:
-        stack = reqs[i][0]
-        view = views.get((id(stack), id(proxy)))
-        if view is None:
-            view = views[(id(stack), id(proxy))] = _with_reader(stack, proxy)
-        out[i] = view.extract_patch(*reqs[i][1:])
-
-    def serve(reader: ChunkedReader, items: list[_Item]) -> None:
-        read_regions = getattr(reader, "read_regions", None)
-        wanted = [(i, regions[i]) for i, _ in items if regions[i] is not None and 0 not in _extent(regions[i])]
-        results = read_regions([r for _, r in wanted]) if read_regions is not None and wanted else None
-        if results is not None:
-            # Straight from an engine that reads regions in its own threads (tensorstore, cache off).
-            proxy = _RegionReader(reader)
-            views: dict[tuple[int, int], Any] = {}
-            done = set()
-            for (i, region), data in zip(wanted, results, strict=True):
-                proxy.hold(region, data)
-                extract(i, proxy, views)
-                done.add(i)
-            for i, _ in items:
-                if i not in done:
-                    extract(i, proxy, views)
-            return
-        if not reader.remote:
-            shares = _shares(items, CPU_WORKERS)
-            bound = max(1, max_batch_bytes // len(shares))
-
-            def run(j: int) -> None:
-                views: dict[tuple[int, int], Any] = {}
-                _stream(reader, shares[j], lambda i, proxy: extract(i, proxy, views), bound)
-
-            fetch_concurrently(range(len(shares)), run, min_parallel=2)
-            return
-        nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
-        views: dict[tuple[int, int], Any] = {}
-        for group in _split(items, nbytes, max_batch_bytes):
-            wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
-            chunks = reader.read_chunks(wanted) if wanted else {}
-            proxy = _PrefetchedReader(reader, chunks)
-            for i, _ in group:
-                extract(i, proxy, views)
-            views.clear()
-
+    batch = _Batch(reqs, out, regions, max_batch_bytes)
     work = list(groups.values())
     if len(work) == 1:
-        serve(*work[0])
+        batch.serve(*work[0])
     elif work:
-        futures = [_group_pool().submit(serve, reader, items) for reader, items in work]
+        futures = [_group_pool().submit(batch.serve, reader, items) for reader, items in work]
         for f in futures:
             f.result()
     for i, r in enumerate(reqs):
