@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -292,8 +293,57 @@ def test_a_region_in_one_chunk_takes_the_single_chunk_path(cache_mode: str) -> N
         assert (stats.hits, stats.misses) == (1, 2)
     else:
         assert reader.single == [(1, 0), (2, 1), (1, 0)]
-    np.testing.assert_array_equal(reader[10:20, 10:20], data[10:20, 10:20])  # four chunks: the batched path
-    assert len(reader.calls) == 1
+    before = len(reader.single)
+    np.testing.assert_array_equal(reader[10:20, 10:20], data[10:20, 10:20])  # four chunks
+    if cache_mode == "cache":
+        assert len(reader.calls) == 1  # the batched path, through the cache
+    else:
+        assert reader.calls == []  # streamed: each chunk fetched, copied into place and dropped
+        assert sorted(reader.single[before:]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+class _AliveChunks(NumpyChunks):
+    """Counts the fetched chunks still referenced somewhere."""
+
+    def __init__(self, data: np.ndarray, chunks: Sequence[int], *, short: bool = False) -> None:
+        super().__init__(data, chunks)
+        self.alive = self.peak = 0
+        self.short = short
+        self._lock = threading.Lock()
+
+    def _gone(self) -> None:
+        with self._lock:
+            self.alive -= 1
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        out = self._one(idx).copy()
+        if self.short:
+            out = out[:-1]
+        with self._lock:
+            self.alive += 1
+            self.peak = max(self.peak, self.alive)
+        weakref.finalize(out, self._gone)
+        return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_region_over_many_chunks_with_the_cache_off_is_streamed(
+    monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(chunked, "CPU_WORKERS", workers)
+    monkeypatch.setattr(chunked, "PARALLEL_MIN_BYTES", 1)
+    previous = set_chunk_cache_size(0)
+    try:
+        data = np.random.default_rng(3).random((6, 50, 70)).astype(np.float32)
+        reader = _AliveChunks(data, (2, 8, 8))
+        np.testing.assert_array_equal(reader[1:6, 3:47, 5:69], data[1:6, 3:47, 5:69])  # 3 x 6 x 9 chunks
+        assert reader.calls == []
+        assert 1 <= reader.peak <= workers  # one chunk in hand per thread, never the 162 of the region
+        assert reader.alive == 0
+        with pytest.raises(ValueError, match=r"chunk \(0, 0, 0\) has shape \(1, 8, 8\), too small"):
+            _AliveChunks(data, (2, 8, 8), short=True)[0:2, 0:10, 0:10]
+    finally:
+        set_chunk_cache_size(previous)
 
 
 def test_the_default_fetch_chunk_goes_through_fetch_chunks() -> None:
