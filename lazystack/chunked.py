@@ -550,6 +550,16 @@ class ChunkedReader(ABC):
         return get_chunk_cache()
 
     @property
+    def compressed(self) -> bool:
+        """Whether decoding a chunk is real CPU work (default True).
+
+        False for raw bytes: reading them is a memory copy, which sharing
+        over the cores only slows down (measured), so a region read with
+        the cache off stays in the calling thread.
+        """
+        return True
+
+    @property
     def remote(self) -> bool:
         """Whether fetching a chunk waits on a network (default False: a local file or memory).
 
@@ -648,7 +658,7 @@ class ChunkedReader(ABC):
                 raise ValueError(msg)
             target[...] = block
 
-        parallel = len(touched) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
+        parallel = self.compressed and len(touched) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
         fetch_concurrently(touched, place, parallel=parallel)
         return out
 

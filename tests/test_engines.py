@@ -35,7 +35,7 @@ from zarr.codecs import (
 )
 
 from benchmarks.http_range import LocalHTTPServer, RangeHandler
-from lazystack import LazyImageStack
+from lazystack import LazyImageStack, chunked
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 from lazystack.engines import (
     ENV_ZARR_ENGINE,
@@ -285,6 +285,35 @@ def test_fetch_unit_is_the_inner_chunk_of_a_sharded_array(arrays: dict[str, Any]
     _same(chunks[(9, 4)], np.asarray(z[90:100, 60:75]))  # a missing chunk: fill value
     assert (chunks[(9, 4)] == -3).all()
     _same(chunks[(0, 0)], np.asarray(z[0:10, 0:15]))
+
+
+def test_uncompressed_arrays_stay_direct_and_in_the_calling_thread(
+    arrays: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _open(arrays["v3-raw-3d-float32"])
+    assert not ZarrArrayReader(raw).compressed
+    assert ZarrArrayReader(_open(arrays["v3-zstd-uint16"])).compressed
+    assert ZarrArrayReader(_open(arrays["v3-sharded-missing"])).compressed
+    auto = AutoEngine(raw, min_tensorstore=2, min_tensorstore_bytes=0)
+    assert not auto.prefers_tensorstore(1000)  # a memory copy: tensorstore's hand-off only costs
+    # With the cache off a region over many raw chunks is copied in the calling thread.
+    threads: set[str] = set()
+    reader = ZarrArrayReader(raw, engine="direct")
+    original = reader.fetch_chunk
+
+    def spy(idx: tuple[int, ...]) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return original(idx)
+
+    monkeypatch.setattr(reader, "fetch_chunk", spy)
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+    monkeypatch.setattr(chunked, "PARALLEL_MIN_BYTES", 1)
+    previous = set_chunk_cache_size(0)
+    try:
+        _same(reader[...], np.asarray(raw[...]))
+    finally:
+        set_chunk_cache_size(previous)
+    assert threads == {threading.current_thread().name}
 
 
 def test_auto_engine_sends_little_work_to_direct_and_much_to_tensorstore(arrays: dict[str, Any]) -> None:
