@@ -239,16 +239,36 @@ def _stream(
 
 
 class _Batch:
-    """One :func:`extract_patches` call: the requests, their results, and how each source serves its share."""
+    """One :func:`extract_patches` call: the requests, their plans and results, and how each source serves its share.
 
-    def __init__(
-        self,
-        reqs: list[Any],
-        out: list[NDArray[np.float32] | None],
-        regions: Mapping[int, tuple[slice, ...] | None],
-        max_bytes: int,
-    ) -> None:
-        self.reqs, self.out, self.regions, self.max_bytes = reqs, out, regions, max_bytes
+    A request for all channels wholly inside an identity view is planned by
+    the stack's own fast path (its source region and patch size); any other
+    is planned by :func:`_plan`, which validates it as ``extract_patch`` does.
+    """
+
+    def __init__(self, reqs: list[Any], max_bytes: int) -> None:
+        self.reqs, self.max_bytes = reqs, max_bytes
+        self.out: list[NDArray[np.float32] | None] = [None] * len(reqs)
+        self.regions: dict[int, tuple[slice, ...] | None] = {}
+        self.sizes: dict[int, list[int]] = {}  # requests on the stack's fast path
+        self._touched: dict[int, list[ChunkIndex]] = {}
+
+    def plan(self, i: int, reader: ChunkedReader) -> None:
+        """Work out (and check) the source region of request ``i``."""
+        stack, sample_idx, channels, coords, patch_size = self.reqs[i]
+        inside = stack._inside_region(sample_idx, coords, patch_size) if channels is None else None
+        if inside is not None:
+            self.regions[i], self.sizes[i] = inside
+        else:
+            self.regions[i], self._touched[i] = _plan(stack, reader, (sample_idx, channels, coords, patch_size))
+
+    def touched(self, i: int, reader: ChunkedReader) -> list[ChunkIndex]:
+        """The chunks request ``i`` touches."""
+        found = self._touched.get(i)
+        if found is None:
+            region = self.regions[i]
+            found = self._touched[i] = reader.chunk_grid.touched(region) if region is not None else []
+        return found
 
     def extract(self, i: int, proxy: ChunkedReader, views: dict[tuple[int, int], Any]) -> None:
         """Serve request ``i`` through ``proxy`` (a view of its stack over the proxy, made once per stack)."""
@@ -258,10 +278,11 @@ class _Batch:
             view = views[(id(stack), id(proxy))] = _with_reader(stack, proxy)
         self.out[i] = view.extract_patch(*self.reqs[i][1:])
 
-    def serve(self, reader: ChunkedReader, items: list[_Item]) -> None:
-        """Serve the requests ``items`` of one source."""
-        if self._serve_regions(reader, items):
+    def serve(self, reader: ChunkedReader, indices: list[int]) -> None:
+        """Serve the requests ``indices``, all on the source ``reader``."""
+        if self._serve_regions(reader, indices):
             return
+        items = [(i, self.touched(i, reader)) for i in indices]
         if reader.remote:
             self._serve_remote(reader, items)
             return
@@ -274,13 +295,13 @@ class _Batch:
 
         fetch_concurrently(range(len(shares)), run, min_parallel=2)
 
-    def _serve_regions(self, reader: ChunkedReader, items: list[_Item]) -> bool:
+    def _serve_regions(self, reader: ChunkedReader, indices: list[int]) -> bool:
         """Serve from an engine that reads whole regions in its own threads (tensorstore, cache off), if any."""
         read_regions = getattr(reader, "read_regions", None)
         if read_regions is None:
             return False
         wanted: list[tuple[int, tuple[slice, ...]]] = []
-        for i, _ in items:
+        for i in indices:
             region = self.regions[i]
             if region is not None and all(s.stop > s.start for s in region):
                 wanted.append((i, region))
@@ -290,10 +311,15 @@ class _Batch:
         proxy = _RegionReader(reader)
         views: dict[tuple[int, int], Any] = {}
         for (i, region), data in zip(wanted, results, strict=True):
-            proxy.hold(region, data)
-            self.extract(i, proxy, views)
+            size = self.sizes.get(i)
+            patch = None if size is None else self.reqs[i][0]._finish_inside(data, size)
+            if patch is not None:
+                self.out[i] = patch
+            else:
+                proxy.hold(region, data)
+                self.extract(i, proxy, views)
         done = {i for i, _ in wanted}
-        for i, _ in items:
+        for i in indices:
             if i not in done:
                 self.extract(i, proxy, views)
         return True
@@ -357,17 +383,20 @@ def extract_patches(
                 "for one stack use stack.extract_patches([(sample_idx, channels, coords, patch_size), ...])"
             )
             raise PatchError(msg)
-    out: list[NDArray[np.float32] | None] = [None] * len(reqs)
-    groups: dict[int, tuple[ChunkedReader, list[_Item]]] = {}
-    regions: dict[int, tuple[slice, ...] | None] = {}
+    batch = _Batch(reqs, max_batch_bytes)
+    groups: dict[int, tuple[ChunkedReader, list[int]]] = {}
+    readers: dict[int, ChunkedReader | None] = {}
     for i, r in enumerate(reqs):
-        reader = _chunked_reader(r[0])
+        key = id(r[0])
+        if key not in readers:
+            readers[key] = _chunked_reader(r[0])
+        reader = readers[key]
         if reader is None:
             continue
-        regions[i], touched = _plan(r[0], reader, tuple(r[1:]))
-        groups.setdefault(id(reader), (reader, []))[1].append((i, touched))
+        batch.plan(i, reader)
+        groups.setdefault(id(reader), (reader, []))[1].append(i)
 
-    batch = _Batch(reqs, out, regions, max_batch_bytes)
+    out = batch.out
     work = list(groups.values())
     if len(work) == 1:
         batch.serve(*work[0])

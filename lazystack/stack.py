@@ -227,6 +227,19 @@ class LazyImageStack:
         list, a patch that leaves the image, a bad argument) returns None and
         takes the general path, which validates and reports errors.
         """
+        plan = self._inside_region(sample_idx, coords, patch_size)
+        if plan is None:
+            return None
+        region, size = plan
+        fast = self._fast
+        assert fast is not None
+        block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
+        return self._finish_inside(block, size)
+
+    def _inside_region(
+        self, sample_idx: Any, coords: Any, patch_size: Any
+    ) -> tuple[tuple[slice, ...], list[int]] | None:
+        """The reader region and patch size of a fast-path request (see :meth:`_extract_inside`), else None."""
         fast = self._fast
         if fast is None or self._memory is not None:
             return None
@@ -236,7 +249,7 @@ class LazyImageStack:
             sample_idx = int(sample_idx)
         if type(coords) not in _SEQUENCES or type(patch_size) not in _SEQUENCES:
             return None
-        template, s_pos, t_pos, spatial_pos, shape, n_t, n_samples, perm, n_c, has_read_region = fast
+        template, s_pos, t_pos, spatial_pos, shape, n_t, n_samples = fast[:7]
         if not 0 <= sample_idx < n_samples or len(coords) != len(shape) or len(patch_size) != len(shape):
             return None
         key = list(template)
@@ -259,10 +272,15 @@ class LazyImageStack:
             key[s_pos] = slice(s, s + 1)
         if t_pos is not None:
             key[t_pos] = slice(t, t + 1)
-        region = tuple(key)
-        block = self._reader.read_region(region) if has_read_region else read_numpy(self._reader, region)
-        if perm is not None:
-            block = block.transpose(perm)
+        return tuple(key), size
+
+    def _finish_inside(self, block: np.ndarray, size: list[int]) -> NDArray[np.float32] | None:
+        """The ``float32`` ``C(Z)YX`` patch from the block read for :meth:`_inside_region` (None: wrong shape)."""
+        fast = self._fast
+        assert fast is not None
+        if fast.perm is not None:
+            block = block.transpose(fast.perm)
+        n_c = fast.n_channels
         if block.size != n_c * math.prod(size):
             return None  # a reader that returned the wrong shape: the general path reports it
         return block.reshape((n_c, *size)).astype(np.float32, order="C")
