@@ -616,13 +616,21 @@ class ChunkedReader(ABC):
             # The common case, warm or cold: the region lies in one chunk. One cache look-up, at
             # most one fetch, and a view of the chunk (no copy, no intermediate lists or dicts).
             idx = []
+            within = []
             for s, c in zip(region, grid.chunk_shape, strict=True):
                 i = s.start // c
                 if s.stop <= s.start or (s.stop - 1) // c != i:
                     break
                 idx.append(i)
+                within.append(slice(s.start - i * c, s.stop - i * c))
             else:
-                return self._read_in_chunk(region, tuple(idx))
+                chunk = self.read_chunk(tuple(idx))
+                block = chunk[tuple(within)]
+                if block.shape != tuple(s.stop - s.start for s in region):
+                    msg = f"chunk {tuple(idx)} has shape {chunk.shape}, too small for region {region}"
+                    msg += f" of grid {grid.sizes}"
+                    raise ValueError(msg)
+                return block if block.dtype == self._dtype else block.astype(self._dtype)
         cache = self.cache
         if (cache is None or not cache.enabled) and not self.remote:
             return self._read_streamed(region)
@@ -678,16 +686,6 @@ class ChunkedReader(ABC):
             cache.put(key, chunk)
         return chunk
 
-    def _read_in_chunk(self, region: tuple[slice, ...], idx: ChunkIndex) -> np.ndarray:
-        """Read ``region``, which lies inside chunk ``idx``, as a view of that chunk."""
-        chunk = self.read_chunk(idx)
-        shape = self._grid.chunk_shape
-        block = chunk[tuple(slice(s.start - i * c, s.stop - i * c) for s, i, c in zip(region, idx, shape, strict=True))]
-        if block.shape != tuple(s.stop - s.start for s in region):
-            msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {self._grid.sizes}"
-            raise ValueError(msg)
-        return block if block.dtype == self._dtype else block.astype(self._dtype)
-
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) decoding only the touched chunks.
 
@@ -724,15 +722,16 @@ class FunctionChunkedReader(ChunkedReader):
         As for :class:`ChunkedReader`.
     fetch_one : callable, optional
         ``fetch_one(index) -> array``: decodes one chunk (thread-safe);
-        several are fetched with :func:`fetch_concurrently`.
+        without ``fetch_many`` several are fetched with :func:`fetch_concurrently`.
     fetch_many : callable, optional
         ``fetch_many(indices) -> {index: array}``: decodes several chunks
-        at once (its own concurrency). Give exactly one of the two.
+        at once (its own concurrency). Give one of the two, or both (then
+        ``fetch_one`` serves the single chunks, the most common read).
 
     Raises
     ------
     TypeError
-        If neither or both of ``fetch_one`` and ``fetch_many`` are given.
+        If neither ``fetch_one`` nor ``fetch_many`` is given.
 
     Examples
     --------
@@ -756,8 +755,8 @@ class FunctionChunkedReader(ChunkedReader):
         fetch_one: Callable[[ChunkIndex], np.ndarray] | None = None,
         fetch_many: FetchChunks | None = None,
     ) -> None:
-        if (fetch_one is None) == (fetch_many is None):
-            msg = "FunctionChunkedReader needs exactly one of fetch_one= and fetch_many="
+        if fetch_one is None and fetch_many is None:
+            msg = "FunctionChunkedReader needs fetch_one=, fetch_many= or both"
             raise TypeError(msg)
         super().__init__(shape, dtype, chunks, token)
         self._fetch_one = fetch_one
@@ -769,6 +768,12 @@ class FunctionChunkedReader(ChunkedReader):
             return self._fetch_many(indices)
         assert self._fetch_one is not None
         return fetch_concurrently(indices, self._fetch_one)
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        """Decode one chunk: ``fetch_one`` when given, else ``fetch_many`` of one index."""
+        if self._fetch_one is not None:
+            return self._fetch_one(idx)
+        return super().fetch_chunk(idx)
 
 
 def as_chunked_reader(reader: Any) -> ChunkedReader | None:

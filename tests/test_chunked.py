@@ -455,7 +455,7 @@ def test_function_chunked_reader_and_as_chunked_reader(cache_mode: str) -> None:
     for region in _regions(np.random.default_rng(9), data.shape, 30):
         np.testing.assert_array_equal(one[region], data[region])
         np.testing.assert_array_equal(many[region], data[region])
-    with pytest.raises(TypeError, match="exactly one"):
+    with pytest.raises(TypeError, match="fetch_one=, fetch_many= or both"):
         FunctionChunkedReader(data.shape, data.dtype, (8, 16), "f3")
 
     class Wrapper:

@@ -529,7 +529,12 @@ class TiffReader:
         chunked = self._chunked
         if chunked is None:
             chunked = FunctionChunkedReader(
-                self._shape, self._dtype, self.native_chunks, self.token, fetch_many=self._fetch_segments
+                self._shape,
+                self._dtype,
+                self.native_chunks,
+                self.token,
+                fetch_one=self._fetch_segment,
+                fetch_many=self._fetch_segments,
             )
             self._chunked = chunked
         return chunked
@@ -539,17 +544,24 @@ class TiffReader:
 
         def run(handle: _TiffHandle) -> dict[tuple[int, ...], np.ndarray]:
             handle.check_unchanged()
-            if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
-                return {index: handle.read_all(self._shape, self._dtype) for index in indices}
-            shape = handle.chunkshape
-
-            def one(index: tuple[int, ...]) -> np.ndarray:
-                chunk = handle.read_chunk(index, self._dtype)
-                return np.full(shape, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
-
-            return fetch_concurrently(indices, one)
+            return fetch_concurrently(indices, lambda index: self._segment(handle, index))
 
         return self._with_handle(run)
+
+    def _fetch_segment(self, index: tuple[int, ...]) -> np.ndarray:
+        """Decode one whole segment (the read of most patches: no pool, no dict)."""
+
+        def run(handle: _TiffHandle) -> np.ndarray:
+            handle.check_unchanged()
+            return self._segment(handle, index)
+
+        return self._with_handle(run)
+
+    def _segment(self, handle: _TiffHandle, index: tuple[int, ...]) -> np.ndarray:
+        if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
+            return handle.read_all(self._shape, self._dtype)
+        chunk = handle.read_chunk(index, self._dtype)
+        return np.full(handle.chunkshape, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
