@@ -16,9 +16,13 @@ How the chunks are read depends on where they live:
   and few decoded chunks are alive at once: a batch does not fault in fresh
   memory for every chunk it touches, which on a virtual machine costs about
   as much as decoding.
-- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`): all
-  the chunks a batch touches are fetched in one concurrent round (up to
-  ``max_batch_bytes`` of them at once), so the round trips overlap.
+- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`), and
+  sources whose fetch decodes many chunks in native threads
+  (:meth:`~lazystack.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
+  the chunks a batch touches are fetched in one round (up to
+  ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
+- with the chunk cache off, a Zarr array on tensorstore reads one region per
+  patch, all issued at once (:meth:`~lazystack.engines.ZarrArrayReader.read_regions`).
 
 Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
 and has no ``as_chunked()`` (see :func:`~lazystack.chunked.as_chunked_reader`),
@@ -283,8 +287,8 @@ class _Batch:
         if self._serve_regions(reader, indices):
             return
         items = [(i, self.touched(i, reader)) for i in indices]
-        if reader.remote:
-            self._serve_remote(reader, items)
+        if reader.remote or reader.parallel_fetch(len({c for _, touched in items for c in touched})):
+            self._serve_rounds(reader, items)
             return
         shares = _shares(items, CPU_WORKERS)
         bound = max(1, self.max_bytes // len(shares))
@@ -324,8 +328,8 @@ class _Batch:
                 self.extract(i, proxy, views)
         return True
 
-    def _serve_remote(self, reader: ChunkedReader, items: list[_Item]) -> None:
-        """All the chunks of a round in one concurrent fetch, rounds bounded by ``max_bytes``."""
+    def _serve_rounds(self, reader: ChunkedReader, items: list[_Item]) -> None:
+        """All the chunks of a round in one fetch (concurrent I/O or native threads), at most ``max_bytes`` a round."""
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
         for group in _split(items, nbytes, self.max_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))

@@ -559,6 +559,15 @@ class ChunkedReader(ABC):
         """
         return True
 
+    def parallel_fetch(self, n_chunks: int) -> bool:
+        """Whether one :meth:`fetch_chunks` call of ``n_chunks`` chunks decodes them in parallel outside Python.
+
+        Default False. A back end that hands many chunks to native threads
+        (tensorstore) says True: batched extraction then fetches all of a
+        batch's chunks in one call instead of decoding them in Python threads.
+        """
+        return False
+
     @property
     def remote(self) -> bool:
         """Whether fetching a chunk waits on a network (default False: a local file or memory).

@@ -941,6 +941,13 @@ class ZarrArrayReader(ChunkedReader):
                 engine = self._engine
         return engine
 
+    def parallel_fetch(self, n_chunks: int) -> bool:
+        """True when this process's engine sends ``n_chunks`` chunks to tensorstore (see :class:`AutoEngine`)."""
+        engine = self.engine
+        if isinstance(engine, AutoEngine):
+            return engine.prefers_tensorstore(n_chunks)
+        return isinstance(engine, TensorstoreEngine)
+
     @property
     def compressed(self) -> bool:
         """Whether the array has compressors or filters (see :attr:`ChunkedReader.compressed`)."""

@@ -238,6 +238,45 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
         set_chunk_cache_size(previous)
 
 
+def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_round(
+    zarr_arrays: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.engines import TensorstoreEngine
+
+    fetched: list[int] = []
+    original = TensorstoreEngine.fetch
+
+    def spy(self: TensorstoreEngine, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
+        fetched.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(TensorstoreEngine, "fetch", spy)
+    reader = ZarrArrayReader(zarr_arrays["syx"], engine="tensorstore")
+    assert reader.parallel_fetch(2)
+    assert not ZarrArrayReader(zarr_arrays["syx"], engine="direct").parallel_fetch(1000)
+    stack = LazyImageStack(reader, "SYX")
+    reqs = _requests(np.random.default_rng(11), stack, 30, (24, 24))
+    previous = set_chunk_cache_size(2**24)
+    try:
+        get_chunk_cache().clear()
+        want = [LazyImageStack(np.asarray(zarr_arrays["syx"]), "SYX").extract_patch(*r) for r in reqs]
+        _assert_same(stack.extract_patches(reqs), want)
+        assert len(fetched) == 1  # one round: tensorstore decodes them all in its own threads
+        assert fetched[0] == len({c for r in reqs for c in _touched_syx(stack, r)})
+    finally:
+        get_chunk_cache().clear()
+        set_chunk_cache_size(previous)
+
+
+def _touched_syx(stack: LazyImageStack, request: tuple[Any, ...]) -> list[ChunkIndex]:
+    sample, _, (y, x), (h, w) = request
+    shape = stack.reader.shape
+    if y >= shape[1] or x >= shape[2] or y + h <= 0 or x + w <= 0:
+        return []
+    region = (slice(sample, sample + 1), slice(max(y, 0), min(y + h, shape[1])), slice(max(x, 0), min(x + w, shape[2])))
+    return stack.reader.chunk_grid.touched(region)
+
+
 def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:
     from lazystack.errors import SourceReadError
 
