@@ -221,7 +221,8 @@ class _MemmapHandle:
         raw = self._raw
         if raw is not None:
             check_mapped_size(raw, self._end, self._what)
-        out = np.array(mm[key], dtype=dtype) if copy else np.asarray(mm[key], dtype=dtype)
+        view = mm[key]
+        out = np.array(view, dtype=dtype) if copy else (view if view.dtype == dtype else view.astype(dtype))
         # The blocks from the region's first to its last byte (runs per patch: a plain loop).
         first = last = self._address
         for k, st in zip(key, self._strides, strict=False):
@@ -230,7 +231,10 @@ class _MemmapHandle:
         granule = _MAP_GRANULE
         blocks = self._blocks
         mine = range(first // granule, last // granule + 1)
-        blocks.update(mine)
+        if len(mine) == 1:
+            blocks.add(mine[0])
+        else:
+            blocks.update(mine)
         # No lock: set updates are atomic, and a race on the size check only shifts one release.
         release = len(blocks) * granule > _MEMMAP_RELEASE_BYTES
         if release:
