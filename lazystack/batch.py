@@ -22,7 +22,8 @@ How the chunks are read depends on where they live:
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
 - with the chunk cache off, a Zarr array on tensorstore reads one region per
-  patch, all issued at once (:meth:`~lazystack.engines.ZarrArrayReader.read_regions`).
+  patch, each started as soon as its request is planned
+  (:meth:`~lazystack.engines.ZarrArrayReader.region_reads`).
 
 Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
 and has no ``as_chunked()`` (see :func:`~lazystack.chunked.as_chunked_reader`),
@@ -256,15 +257,31 @@ class _Batch:
         self.regions: dict[int, tuple[slice, ...] | None] = {}
         self.sizes: dict[int, list[int]] = {}  # requests on the stack's fast path
         self._touched: dict[int, list[ChunkIndex]] = {}
+        # Per source (id of its reader): region reads started as requests are planned, or None.
+        self._region_reads: dict[int, Any] = {}
+        self._started: dict[int, list[int]] = {}
 
     def plan(self, i: int, reader: ChunkedReader) -> None:
-        """Work out (and check) the source region of request ``i``."""
+        """Work out (and check) the source region of request ``i``; start reading it if the source reads regions."""
         stack, sample_idx, channels, coords, patch_size = self.reqs[i]
         inside = stack._inside_region(sample_idx, coords, patch_size) if channels is None else None
         if inside is not None:
-            self.regions[i], self.sizes[i] = inside
+            region, self.sizes[i] = inside
         else:
-            self.regions[i], self._touched[i] = _plan(stack, reader, (sample_idx, channels, coords, patch_size))
+            region, self._touched[i] = _plan(stack, reader, (sample_idx, channels, coords, patch_size))
+        self.regions[i] = region
+        if region is None or any(s.stop <= s.start for s in region):
+            return
+        key = id(reader)
+        reads = self._region_reads.get(key, False)
+        if reads is False:
+            # Decided once per source, from this request's chunks times the requests left.
+            make = getattr(reader, "region_reads", None)
+            n_chunks = reader.chunk_grid.n_touched(region) * (len(self.reqs) - i)
+            reads = self._region_reads[key] = make(n_chunks) if make is not None else None
+        if reads is not None:
+            reads.start(region)
+            self._started.setdefault(key, []).append(i)
 
     def touched(self, i: int, reader: ChunkedReader) -> list[ChunkIndex]:
         """The chunks request ``i`` touches."""
@@ -300,29 +317,24 @@ class _Batch:
         fetch_concurrently(range(len(shares)), run, min_parallel=2)
 
     def _serve_regions(self, reader: ChunkedReader, indices: list[int]) -> bool:
-        """Serve from an engine that reads whole regions in its own threads (tensorstore, cache off), if any."""
-        read_regions = getattr(reader, "read_regions", None)
-        if read_regions is None:
+        """Serve from the region reads started while planning (tensorstore, cache off), if any."""
+        reads = self._region_reads.get(id(reader))
+        if not reads:
             return False
-        wanted: list[tuple[int, tuple[slice, ...]]] = []
-        for i in indices:
-            region = self.regions[i]
-            if region is not None and all(s.stop > s.start for s in region):
-                wanted.append((i, region))
-        results = read_regions([r for _, r in wanted]) if wanted else None
-        if results is None:
-            return False
+        started = self._started.get(id(reader), [])
         proxy = _RegionReader(reader)
         views: dict[tuple[int, int], Any] = {}
-        for (i, region), data in zip(wanted, results, strict=True):
+        for i, data in zip(started, reads.results(), strict=True):
             size = self.sizes.get(i)
             patch = None if size is None else self.reqs[i][0]._finish_inside(data, size)
             if patch is not None:
                 self.out[i] = patch
             else:
+                region = self.regions[i]
+                assert region is not None
                 proxy.hold(region, data)
                 self.extract(i, proxy, views)
-        done = {i for i, _ in wanted}
+        done = set(started)
         for i in indices:
             if i not in done:
                 self.extract(i, proxy, views)

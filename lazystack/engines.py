@@ -714,28 +714,50 @@ class TensorstoreEngine(ZarrEngine):
         """One tensorstore read of the region."""
         return np.asarray(self._ts[region].read().result())
 
-    def read_regions(self, regions: Sequence[tuple[slice, ...]]) -> Iterator[np.ndarray]:
-        """Start one tensorstore read per region, all at once; the results, in order, as they are taken.
+    def start_read(self, region: tuple[slice, ...]) -> Any:
+        """Start a read of ``region`` in tensorstore's threads; its future, for :meth:`take`."""
+        return self._ts[region].read()
 
-        Tensorstore decodes in its own threads while the caller works on the
-        results already there.
+    def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
+        """The result of :meth:`start_read` (waits for it).
 
         Raises
         ------
         SourceReadError
-            When a result is taken whose read failed.
+            If the read failed.
         """
-        futures = [self._ts[r].read() for r in regions]
+        try:
+            return np.asarray(future.result())
+        except Exception as e:
+            msg = f"tensorstore failed to read region {_format_region(region)} of {self._ts.kvstore}: {e}"
+            raise SourceReadError(msg) from e
 
-        def results() -> Iterator[np.ndarray]:
-            for region, f in zip(regions, futures, strict=True):
-                try:
-                    yield np.asarray(f.result())
-                except Exception as e:
-                    msg = f"tensorstore failed to read region {_format_region(region)} of {self._ts.kvstore}: {e}"
-                    raise SourceReadError(msg) from e
 
-        return results()
+class RegionReads:
+    """Region reads started one at a time in tensorstore's threads, their results taken in order.
+
+    Made by :meth:`ZarrArrayReader.region_reads`. Batched extraction
+    (:mod:`lazystack.batch`) starts a read as soon as it has planned a
+    request, so tensorstore decodes while Python plans the next requests and
+    cuts the patches already read.
+    """
+
+    def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], after: Callable[[], None]) -> None:
+        self._engine = engine
+        self._dtype = dtype
+        self._after = after
+        self._started: list[tuple[tuple[slice, ...], Any]] = []
+
+    def start(self, region: tuple[slice, ...]) -> None:
+        """Start reading ``region`` (normalised, not empty)."""
+        self._started.append((region, self._engine.start_read(region)))
+
+    def results(self) -> Iterator[np.ndarray]:
+        """The started regions' data, in the order started (a failed read raises SourceReadError here)."""
+        for region, future in self._started:
+            out = self._engine.take(region, future)
+            yield out if out.dtype == self._dtype else out.astype(self._dtype)
+        self._after()
 
 
 class AutoEngine(ZarrEngine):
@@ -989,46 +1011,33 @@ class ZarrArrayReader(ChunkedReader):
                 return out
         return super().read(region)
 
-    def read_regions(self, regions: Sequence[tuple[slice, ...]]) -> Iterator[np.ndarray] | None:
-        """Start reading many regions at once straight from tensorstore, as :meth:`read` does for one; or None.
+    def region_reads(self, n_chunks: int) -> RegionReads | None:
+        """Region reads straight from tensorstore, as :meth:`read` makes one; or None.
 
         Only with the chunk cache off and the ``tensorstore`` engine, or the
-        ``auto`` engine when the regions' chunks are enough work for tensorstore
-        (:meth:`AutoEngine.prefers_tensorstore`). Batched extraction
-        (:mod:`lazystack.batch`) uses it: tensorstore decodes in its own threads
-        while the caller cuts patches out of the regions already read.
+        ``auto`` engine when ``n_chunks`` chunks are enough work for
+        tensorstore (:meth:`AutoEngine.prefers_tensorstore`). Batched
+        extraction (:mod:`lazystack.batch`) uses them: tensorstore decodes in
+        its own threads while the caller plans and cuts patches.
 
         Parameters
         ----------
-        regions : sequence of tuple of slice
-            Normalised regions (step-1 slices within bounds), none of them empty.
+        n_chunks : int
+            About how many chunks the reads will touch in all.
 
         Returns
         -------
-        iterator of numpy.ndarray or None
-            Each region's data, in order (a failed read raises
-            :class:`~lazystack.errors.SourceReadError` when its result is
-            taken); None when the regions are to be read chunk by chunk instead.
+        RegionReads or None
+            None when the regions are to be read chunk by chunk instead.
         """
         cache = self.cache
         if cache is not None and cache.enabled:
             return None
         engine = self.engine
         ts = engine if isinstance(engine, TensorstoreEngine) else None
-        if isinstance(engine, AutoEngine):
-            n = sum(self.chunk_grid.n_touched(r) for r in regions)
-            if engine.prefers_tensorstore(n):
-                ts = engine.tensorstore
-        if ts is None:
-            return None
-        results = ts.read_regions(regions)
-
-        def checked() -> Iterator[np.ndarray]:
-            for out in results:
-                yield out.astype(self.dtype, copy=False)
-            self._after_direct_read()
-
-        return checked()
+        if isinstance(engine, AutoEngine) and engine.prefers_tensorstore(n_chunks):
+            ts = engine.tensorstore
+        return None if ts is None else RegionReads(ts, self.dtype, self._after_direct_read)
 
     def _after_direct_read(self) -> None:
         """Hook run after a region read that bypassed :meth:`fetch_chunks` (tensorstore, cache off)."""
