@@ -8,16 +8,18 @@ request returns.
 
 How the chunks are read depends on where they live:
 
-- **local** sources (files, memory): the requests are split into groups that
-  share no chunk, the groups are spread over the cores
+- **local** sources (files, memory) that decode one chunk on their own
+  (:attr:`~lazystack.chunked.ChunkedReader.has_fetch_chunk`): the requests
+  are split into groups that share no chunk, the groups are spread over the cores
   (:data:`~lazystack.chunked.CPU_WORKERS`), and each core streams through its
   requests, decoding a chunk when a request first needs it and dropping it
   after its last use. Decoding runs in parallel (the codecs release the GIL),
   and few decoded chunks are alive at once: a batch does not fault in fresh
   memory for every chunk it touches, which on a virtual machine costs about
   as much as decoding.
-- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`), and
-  sources whose fetch decodes many chunks in native threads
+- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`),
+  sources that only fetch chunks in groups, and sources whose fetch decodes
+  many chunks in native threads
   (:meth:`~lazystack.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
@@ -304,7 +306,8 @@ class _Batch:
         if self._serve_regions(reader, indices):
             return
         items = [(i, self.touched(i, reader)) for i in indices]
-        if reader.remote or reader.parallel_fetch(len({c for _, touched in items for c in touched})):
+        n_chunks = len({c for _, touched in items for c in touched})
+        if reader.remote or not reader.has_fetch_chunk or reader.parallel_fetch(n_chunks):
             self._serve_rounds(reader, items)
             return
         shares = _shares(items, CPU_WORKERS)
@@ -363,9 +366,10 @@ def extract_patches(
         last four as for :meth:`~lazystack.LazyImageStack.extract_patch`.
     max_batch_bytes : int, optional
         Bound on the decoded chunk bytes held at once for one source
-        (default 512 MiB): a remote source's batch is fetched in several
-        rounds, a local one drops chunks early (a chunk dropped and needed
-        again is read again, from the cache if it holds it).
+        (default 512 MiB): a batch fetched in rounds takes several, a
+        streamed one drops chunks early (a chunk dropped and needed again is
+        read again, from the cache if it holds it). Region reads
+        (tensorstore, cache off) hold no chunks and are not bounded by it.
 
     Returns
     -------

@@ -10,6 +10,12 @@ stores them in the cache and copies the overlapping parts into the output.
 No event loop, no task graph: the cost of a warm read is a dictionary look-up
 and a memory copy.
 
+A back end that also decodes one chunk on its own (it overrides
+:meth:`ChunkedReader.fetch_chunk`) and is local gets two more paths: a region
+inside one chunk is one ``fetch_chunk`` call, and with the cache off a
+region over several chunks is streamed (each chunk decoded, copied into
+place and dropped, so decoded chunks never pile up in memory).
+
 A back end subclasses :class:`ChunkedReader`::
 
     class MyReader(ChunkedReader):
@@ -559,6 +565,16 @@ class ChunkedReader(ABC):
         """
         return True
 
+    @property
+    def has_fetch_chunk(self) -> bool:
+        """Whether the back end decodes a single chunk on its own (it overrides :meth:`fetch_chunk`).
+
+        If not, several chunks are always fetched in one :meth:`fetch_chunks`
+        call (the back end's own concurrency, or its remote round trips, stay
+        whole): no streamed reads, and batches fetch in rounds.
+        """
+        return type(self).fetch_chunk is not ChunkedReader.fetch_chunk
+
     def parallel_fetch(self, n_chunks: int) -> bool:
         """Whether one :meth:`fetch_chunks` call of ``n_chunks`` chunks decodes them in parallel outside Python.
 
@@ -641,7 +657,7 @@ class ChunkedReader(ABC):
                     raise ValueError(msg)
                 return block if block.dtype == self._dtype else block.astype(self._dtype)
         cache = self.cache
-        if (cache is None or not cache.enabled) and not self.remote:
+        if (cache is None or not cache.enabled) and not self.remote and self.has_fetch_chunk:
             return self._read_streamed(region)
         return read_region(region, grid, self.fetch_chunks, dtype=self._dtype, cache=cache, token=self._token)
 
@@ -734,8 +750,10 @@ class FunctionChunkedReader(ChunkedReader):
         without ``fetch_many`` several are fetched with :func:`fetch_concurrently`.
     fetch_many : callable, optional
         ``fetch_many(indices) -> {index: array}``: decodes several chunks
-        at once (its own concurrency). Give one of the two, or both (then
-        ``fetch_one`` serves the single chunks, the most common read).
+        at once (its own concurrency). Give one of the two, or both: then
+        ``fetch_one`` serves the reads that take chunks one at a time (a
+        region inside one chunk; with the cache off, every chunk of a local
+        source) and ``fetch_many`` the reads of several chunks at once.
 
     Raises
     ------
@@ -783,6 +801,11 @@ class FunctionChunkedReader(ChunkedReader):
         if self._fetch_one is not None:
             return self._fetch_one(idx)
         return super().fetch_chunk(idx)
+
+    @property
+    def has_fetch_chunk(self) -> bool:
+        """Whether ``fetch_one`` was given (see :attr:`ChunkedReader.has_fetch_chunk`)."""
+        return self._fetch_one is not None
 
 
 def as_chunked_reader(reader: Any) -> ChunkedReader | None:

@@ -55,6 +55,9 @@ class CountingReader(ChunkedReader):
         self.calls += 1
         return fetch_concurrently(indices, self._one)
 
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        return self._one(idx)
+
 
 @pytest.fixture(params=["cache-on", "cache-off"])
 def cache_mode(request: pytest.FixtureRequest) -> Iterator[str]:
@@ -179,14 +182,28 @@ def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monk
     import lazystack.batch as batch_module
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 4)
+    monkeypatch.setattr(batch_module, "_shares", _shuffled_shares(batch_module._shares))
     data = np.arange(60 * 300, dtype=np.float32).reshape(60, 300)
     reader = CountingReader(data, (10, 10))
     stack = LazyImageStack(reader, "YX")
     # Chains of overlapping patches along rows: every chain is one group, whole.
     reqs = [(0, None, (row, x), (10, 25)) for row in (0, 20, 40) for x in range(0, 280, 15)]
-    _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
+    previous = set_chunk_cache_size(0)  # no cache to hide a chunk decoded by two shares
+    try:
+        _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
+    finally:
+        set_chunk_cache_size(previous)
     assert max(reader.decoded.values()) == 1
     assert sum(reader.decoded.values()) == len({c for r in reqs for c in _touched(reader, r)})
+
+
+def _shuffled_shares(shares: Any) -> Any:
+    """``_shares``, each share's requests reversed (a share serves its groups in any order)."""
+
+    def run(items: Any, k: int) -> Any:
+        return [list(reversed(share)) for share in shares(items, k)]
+
+    return run
 
 
 def _touched(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex]:
@@ -195,18 +212,52 @@ def _touched(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex
     return reader.chunk_grid.touched(region)
 
 
-def test_local_byte_bound_caps_the_chunks_alive() -> None:
+def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lazystack.batch as batch_module
+
+    monkeypatch.setattr(batch_module, "CPU_WORKERS", 1)
+    data = np.arange(10 * 400, dtype=np.float32).reshape(10, 400)
+    # 40 requests on 40 chunks, then the same 40 again: every chunk stays needed until its second use.
+    reqs = [(0, None, (2, 10 * k + 2), (5, 5)) for k in range(40)] * 2
+    want = _one_by_one(LazyImageStack(data, "YX"), reqs)
     previous = set_chunk_cache_size(0)
     try:
-        data = np.arange(40 * 400, dtype=np.float32).reshape(40, 400)
-        reader = CountingReader(data, (10, 10))
-        stack = LazyImageStack(reader, "YX")
-        reqs = [(0, None, (5, x), (10, 15)) for x in range(0, 380, 10)]  # one long chain of overlaps
-        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=6 * 10 * 10 * 4)
+        unbounded = CountingReader(data, (10, 10))
+        _assert_same(extract_patches([(LazyImageStack(unbounded, "YX"), *r) for r in reqs]), want)
+        bounded = CountingReader(data, (10, 10))
+        got = extract_patches([(LazyImageStack(bounded, "YX"), *r) for r in reqs], max_batch_bytes=6 * 10 * 10 * 4)
     finally:
         set_chunk_cache_size(previous)
-    _assert_same(got, _one_by_one(LazyImageStack(data, "YX"), reqs))
-    assert reader.peak_alive <= 6 + 4  # the bound, plus the chunks of the request in hand
+    _assert_same(got, want)
+    assert unbounded.peak_alive == 40  # all kept for their second use
+    assert max(unbounded.decoded.values()) == 1
+    assert bounded.peak_alive <= 6 + 1  # the bound, plus the chunk of the request in hand
+    assert max(bounded.decoded.values()) == 2  # dropped chunks are read again
+
+
+def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
+    from lazystack.chunked import FunctionChunkedReader
+
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    calls: list[int] = []
+
+    def many(indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
+        calls.append(len(indices))  # a back end with its own concurrent or remote I/O
+        return {i: data[i[0] * 8 : i[0] * 8 + 8, i[1] * 8 : i[1] * 8 + 8] for i in indices}
+
+    reader = FunctionChunkedReader(data.shape, data.dtype, (8, 8), f"many-{id(calls)}", fetch_many=many)
+    assert not reader.has_fetch_chunk
+    previous = set_chunk_cache_size(0)
+    try:
+        np.testing.assert_array_equal(reader[3:30, 5:40], data[3:30, 5:40])
+        assert calls == [4 * 5]  # one call for the 20 chunks, not 20 calls
+        calls.clear()
+        stack = LazyImageStack(reader, "YX")
+        reqs = [(0, None, (8 * k, 8 * k), (8, 8)) for k in range(8)]
+        _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
+        assert calls == [8]  # the batch in one round
+    finally:
+        set_chunk_cache_size(previous)
 
 
 def test_tensorstore_batches_read_regions_with_the_cache_off(
