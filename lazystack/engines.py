@@ -199,13 +199,49 @@ class ZarrEngine(ABC):
 
 
 class ZarrPythonEngine(ZarrEngine):
-    """``array[chunk region]`` through zarr-python, one call per chunk (the reference)."""
+    """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
+
+    zarr-python hands blosc frames to c-blosc unchecked, and c-blosc decodes
+    a chunk cut short into whatever lies past its buffer (silently wrong,
+    and different from run to run). When blosc is the outermost codec, each
+    chunk's stored bytes are therefore read first and their frame checked
+    (:func:`check_blosc_frame`): twice the reads, for a correct error.
+    """
 
     name = "zarr"
 
+    def __init__(self, array: Any) -> None:
+        super().__init__(array)
+        self._frames: DirectEngine | None = None
+        if _outer_codec_is_blosc(array):
+            try:
+                self._frames = DirectEngine(array)
+            except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
+                self._frames = None
+
+    def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if self._frames is not None:
+            raw = self._frames.raw_chunk(idx)
+            if raw is not None:
+                try:
+                    check_blosc_frame(raw)
+                except ValueError as e:
+                    msg = f"chunk {idx} of the zarr array {self.array.store_path}: {e}"
+                    raise SourceReadError(msg) from e
+        return np.asarray(self.array[self.chunk_region(idx)])
+
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode chunks with ``array[region]`` (concurrently when several)."""
-        return fetch_concurrently(indices, lambda idx: np.asarray(self.array[self.chunk_region(idx)]))
+        return fetch_concurrently(indices, self._one)
+
+
+def _outer_codec_is_blosc(array: Any) -> bool:
+    """Whether the stored bytes of a chunk (an inner chunk when sharded) are a blosc frame."""
+    try:
+        compressors = array.compressors
+    except Exception:  # an array type without the property
+        return False
+    return bool(compressors) and _is_blosc(compressors[-1])
 
 
 class _NeedsLoopError(Exception):
@@ -618,6 +654,11 @@ class DirectEngine(ZarrEngine):
         shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
         return self._shard_indexes(list(dict.fromkeys(shards)))
 
+    def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
+        """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
+        where = self._locate(idx, self._shards_of([idx]))
+        return None if where is None else self._read_many([where])[0]
+
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
         """Read and decode one chunk (a local store: one file read, no thread hand-off)."""
         if self._local_root is None:
@@ -685,6 +726,8 @@ class TensorstoreEngine(ZarrEngine):
         else:
             msg = f"tensorstore engine: store {type(store).__name__} is not supported (local or http only)"
             raise NotImplementedError(msg)
+        #: where the array lives, for error messages
+        self.location = kvstore.get("path") or kvstore.get("base_url") or str(kvstore)
         driver = "zarr3" if aa.metadata.zarr_format == 3 else "zarr"
         spec = {"driver": driver, "kvstore": kvstore}
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
@@ -707,7 +750,7 @@ class TensorstoreEngine(ZarrEngine):
         try:
             return {idx: np.asarray(f.result()) for idx, f in zip(indices, futures, strict=True)}
         except Exception as e:
-            msg = f"tensorstore failed to read chunks {list(indices)[:4]}...: {e}"
+            msg = f"cannot read chunks {list(indices)[:4]}... of the zarr array at {self.location!r} (tensorstore): {e}"
             raise SourceReadError(msg) from e
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -729,7 +772,9 @@ class TensorstoreEngine(ZarrEngine):
         try:
             return np.asarray(future.result())
         except Exception as e:
-            msg = f"tensorstore failed to read region {_format_region(region)} of {self._ts.kvstore}: {e}"
+            msg = (
+                f"cannot read region {_format_region(region)} of the zarr array at {self.location!r} (tensorstore): {e}"
+            )
             raise SourceReadError(msg) from e
 
 

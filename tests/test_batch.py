@@ -337,10 +337,35 @@ def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:
     stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "YX")
     previous = set_chunk_cache_size(0)
     try:
-        with pytest.raises(SourceReadError, match=r"32:40, 0:8"):
+        with pytest.raises(SourceReadError, match=r"32:40, 0:8") as info:
             stack.extract_patches([(0, None, (0, 0), (8, 8)), (0, None, (32, 0), (8, 8))])
+        assert str(tmp_path / "a.zarr") in str(info.value)
     finally:
         set_chunk_cache_size(previous)
+
+
+@pytest.mark.parametrize("engine", ["direct", "tensorstore"])
+@pytest.mark.parametrize("cache", [0, 2**20])
+def test_a_store_deleted_after_opening_raises_a_public_error_in_a_batch(
+    tmp_path: Path, engine: str, cache: int
+) -> None:
+    import shutil
+
+    from lazystack import SourceNotFoundError, load_zarrs, set_zarr_engine
+
+    z = zarr.create_array(tmp_path / "a.zarr", shape=(64, 64), chunks=(16, 16), dtype="uint16")
+    z[...] = 3
+    previous_engine = set_zarr_engine(engine)
+    previous = set_chunk_cache_size(cache)
+    try:
+        (stack,) = load_zarrs(str(tmp_path / "a.zarr"), "YX")
+        shutil.rmtree(tmp_path / "a.zarr")
+        get_chunk_cache().clear()
+        with pytest.raises(SourceNotFoundError, match="deleted after the stack was opened"):
+            stack.extract_patches([(0, None, (8 * k, 8 * k), (8, 8)) for k in range(6)])
+    finally:
+        set_chunk_cache_size(previous)
+        set_zarr_engine(previous_engine)
 
 
 def test_other_stacks_fall_back_to_one_by_one(tmp_path: Path) -> None:

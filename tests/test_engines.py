@@ -540,7 +540,7 @@ def test_remote_http_store(arrays: dict[str, Any], http_root: str, name: str, en
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
-@pytest.mark.parametrize("engine", ["direct", "auto"])
+@pytest.mark.parametrize("engine", ["direct", "auto", "zarr"])
 def test_truncated_blosc_chunk_is_an_error_not_garbage(tmp_path: Path, zarr_format: int, engine: str) -> None:
     import numcodecs
 

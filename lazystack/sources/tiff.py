@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import mmap
@@ -107,8 +108,10 @@ def _pmd_bytes() -> int:
     return page * (page // 8)  # a page of 8-byte entries
 
 
-#: Granule of the resident-memory bound of memory maps (see :class:`_MemmapHandle`).
-_MAP_GRANULE = _pmd_bytes()
+#: Granule of the resident-memory bound of memory maps (see :class:`_MemmapHandle`). Capped at 16 MiB:
+#: with 64 KiB pages a page-table block spans 512 MiB, more than the whole bound, and folios that large
+#: are not what a patch read maps in practice.
+_MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 #: Located segments (offsets of tiles / strips) remembered per open file.
 _LOCATED_MAX = 1 << 16
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
@@ -207,6 +210,7 @@ class _MemmapHandle:
         self._blocks: set[int] = set()
         self._address = int(self.plain.__array_interface__["data"][0])
         self._strides = self.plain.strides
+        self._split = max(0, self.plain.ndim - 2)  # axes before a plane's rows
 
     def read(self, key: tuple[slice, ...], dtype: np.dtype[Any], *, copy: bool = True) -> np.ndarray:
         """The region ``key`` of the map in native byte order: a copy, or (``copy=False``) a view when possible.
@@ -223,20 +227,11 @@ class _MemmapHandle:
             check_mapped_size(raw, self._end, self._what)
         view = mm[key]
         out = np.array(view, dtype=dtype) if copy else (view if view.dtype == dtype else view.astype(dtype))
-        # The blocks from the region's first to its last byte (runs per patch: a plain loop).
-        first = last = self._address
-        for k, st in zip(key, self._strides, strict=False):
-            first += k.start * st
-            last += (k.stop - 1) * st
-        granule = _MAP_GRANULE
+        mine = self._blocks_of(key)
         blocks = self._blocks
-        mine = range(first // granule, last // granule + 1)
-        if len(mine) == 1:
-            blocks.add(mine[0])
-        else:
-            blocks.update(mine)
+        blocks.update(mine)
         # No lock: set updates are atomic, and a race on the size check only shifts one release.
-        release = len(blocks) * granule > _MEMMAP_RELEASE_BYTES
+        release = len(blocks) * _MAP_GRANULE > _MEMMAP_RELEASE_BYTES
         if release:
             blocks.clear()
             blocks.update(mine)  # the caller is about to read this region (a view faults it back in)
@@ -244,6 +239,35 @@ class _MemmapHandle:
             with contextlib.suppress(OSError, ValueError):
                 raw.madvise(mmap.MADV_DONTNEED)
         return out
+
+    def _blocks_of(self, key: tuple[slice, ...]) -> range | set[int]:
+        """The page-table blocks (address // :data:`_MAP_GRANULE`) that reading ``key`` maps.
+
+        The last two axes of a region span one run of bytes (its rows); the
+        axes before them repeat that run, at offsets far apart in a large
+        file (a 3D patch: one run per plane), so each run counts on its own.
+        Runs per patch: plain loops, the common single run first.
+        """
+        granule = _MAP_GRANULE
+        split = self._split
+        first = last = self._address
+        for k, st in zip(key, self._strides, strict=False):
+            first += k.start * st
+            last += (k.stop - 1) * st
+        runs = 1
+        for i in range(split):
+            runs *= key[i].stop - key[i].start
+        if runs == 1 or runs > 64:  # one run, or so many that the whole span is the honest count
+            return range(first // granule, last // granule + 1)
+        outer = key[:split]
+        strides = self._strides
+        run_first = first - sum(k.start * st for k, st in zip(outer, strides, strict=False))
+        run_last = last - sum((k.stop - 1) * st for k, st in zip(outer, strides, strict=False))
+        blocks: set[int] = set()
+        for index in itertools.product(*(range(k.start, k.stop) for k in outer)):
+            offset = sum(i * st for i, st in zip(index, strides, strict=False))
+            blocks.update(range((run_first + offset) // granule, (run_last + offset) // granule + 1))
+        return blocks
 
     def close(self) -> None:
         # Dropping the reference unmaps once no read still uses the map (never closes under a reader).

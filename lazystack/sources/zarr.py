@@ -38,6 +38,7 @@ import numpy as np
 from ..engines import ZarrArrayReader as _EngineReader
 from ..engines import get_zarr_engine
 from ..errors import (
+    LazyStackError,
     MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
@@ -502,13 +503,30 @@ class ZarrArrayReader:
         return f"ZarrArrayReader({uri!r}, shape={self.shape}, dtype={self.dtype}, chunks={self.chunks})"
 
 
-class _StoreChangedError(Exception):
-    """The metadata document of a local array was deleted or rewritten after opening (internal)."""
+class _StoreChangedError(LazyStackError):
+    """The metadata document of a local array was deleted or rewritten after opening (internal base).
 
-    def __init__(self, path: str, deleted: bool) -> None:
-        super().__init__(path)
-        self.path = path
-        self.deleted = deleted
+    Raised as :class:`_StoreDeletedError` or :class:`_StoreRewrittenError`:
+    public error types whose message names the document, for the paths that
+    read chunks directly (batched extraction). A stack's reader rewords them
+    with the array's URI (:meth:`ZarrArrayReader._translate`).
+    """
+
+    path: str
+    deleted: bool
+
+
+class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the Zarr metadata document {path!r} was deleted after the stack was opened")
+        self.path, self.deleted = path, True
+
+
+class _StoreRewrittenError(_StoreChangedError, SourceReadError):
+    def __init__(self, path: str) -> None:
+        msg = f"the Zarr metadata document {path!r} was rewritten after the stack was opened; open the source again"
+        super().__init__(msg)
+        self.path, self.deleted = path, False
 
 
 def _stat_of(path: str | None) -> tuple[int, int, int] | None:
@@ -528,9 +546,9 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
         return
     now = _stat_of(path)
     if now is None:
-        raise _StoreChangedError(path, deleted=True)
+        raise _StoreDeletedError(path)
     if now != opened:
-        raise _StoreChangedError(path, deleted=False)
+        raise _StoreRewrittenError(path)
 
 
 class _FastReader(_EngineReader):
