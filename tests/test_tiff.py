@@ -863,8 +863,28 @@ def test_memory_mapped_pages_are_released_after_the_bound(tmp_path: Path, monkey
     rng = np.random.default_rng(12)
     for _ in range(400):
         t, y, x = int(rng.integers(0, 8)), int(rng.integers(0, 1024 - 64)), int(rng.integers(0, 2048 - 64))
-        np.testing.assert_array_equal(stack.extract_patch(t, None, (y, x), (64, 64))[0], data[t, y : y + 64, x : x + 64])
+        np.testing.assert_array_equal(
+            stack.extract_patch(t, None, (y, x), (64, 64))[0], data[t, y : y + 64, x : x + 64]
+        )
         peak = max(peak, _mapped_rss(path))
     assert peak > 0  # the pages were mapped, and counted here
     # Without the release the 400 patches would leave most of the 32 MiB file resident.
     assert peak <= bound + (2 << 20), f"{peak / 2**20:.1f} MiB of the file resident, bound {bound / 2**20:.0f} MiB"
+
+
+def test_memory_map_counts_each_plane_of_a_3d_region_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.zeros((16, 256, 256), dtype=np.uint16)  # planes of 128 KiB
+    path = tmp_path / "zyx.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    (stack,) = load_tiffs(str(path), "ZYX")
+    stack.extract_patch(0, None, (0, 0, 0), (2, 2, 2))
+    handle = stack.reader._mm_handle
+    assert handle is not None
+    monkeypatch.setattr(tiff_source, "_MAP_GRANULE", 1 << 14)
+    region = (slice(0, 16), slice(0, 8), slice(0, 8))  # 8 rows of 512 bytes in each of 16 planes
+    blocks = handle._blocks_of(region)
+    assert 16 <= len(blocks) <= 32  # one block per plane (two where a run straddles), not the span's 128
+    whole = handle._blocks_of((slice(0, 16), slice(0, 256), slice(0, 256)))
+    assert len(whole) == (16 * 256 * 256 * 2) // (1 << 14) + (handle._address % (1 << 14) != 0)
