@@ -203,9 +203,12 @@ class ZarrPythonEngine(ZarrEngine):
 
     zarr-python hands blosc frames to c-blosc unchecked, and c-blosc decodes
     a chunk cut short into whatever lies past its buffer (silently wrong,
-    and different from run to run). When blosc is the outermost codec, each
-    chunk's stored bytes are therefore read first and their frame checked
-    (:func:`check_blosc_frame`): twice the reads, for a correct error.
+    and different from run to run). When blosc is the outermost codec of a
+    local array, each chunk's stored bytes are therefore read first and
+    their frame checked (:func:`check_blosc_frame`): a second read, from the
+    page cache, for a correct error. Remote arrays are not checked (that
+    would double the requests): there the default engines, which decode the
+    bytes they fetched, are the safe choice.
     """
 
     name = "zarr"
@@ -215,9 +218,10 @@ class ZarrPythonEngine(ZarrEngine):
         self._frames: DirectEngine | None = None
         if _outer_codec_is_blosc(array):
             try:
-                self._frames = DirectEngine(array)
+                frames = DirectEngine(array)
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
-                self._frames = None
+                frames = None
+            self._frames = frames if frames is not None and frames._local_root is not None else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._frames is not None:
