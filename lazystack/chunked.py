@@ -433,16 +433,30 @@ def _assemble(
         return block if block.dtype == dtype else block.astype(dtype)
     out = np.empty(out_shape, dtype=dtype)
     for idx in touched:
-        start = grid.chunk_start(idx)
-        cregion = grid.chunk_region(idx)
-        src: list[slice] = []
-        dst: list[slice] = []
-        for s, c, cr in zip(region, start, cregion, strict=True):
-            lo, hi = max(s.start, cr.start), min(s.stop, cr.stop)
-            src.append(slice(lo - c, hi - c))
-            dst.append(slice(lo - s.start, hi - s.start))
-        out[tuple(dst)] = chunks[idx][tuple(src)]
+        _copy_chunk(out, region, grid, idx, chunks[idx])
     return out
+
+
+def _copy_chunk(
+    out: np.ndarray, region: tuple[slice, ...], grid: ChunkGrid, idx: ChunkIndex, chunk: np.ndarray
+) -> None:
+    """Copy the part of chunk ``idx`` inside ``region`` into ``out`` (the region's array).
+
+    The chunk may be cut at the array's edge or full-size; one too small for
+    its grid cell is an error (never broadcast into the output).
+    """
+    src: list[slice] = []
+    dst: list[slice] = []
+    for s, cr in zip(region, grid.chunk_region(idx), strict=True):
+        lo, hi = max(s.start, cr.start), min(s.stop, cr.stop)
+        src.append(slice(lo - cr.start, hi - cr.start))
+        dst.append(slice(lo - s.start, hi - s.start))
+    block = chunk[tuple(src)]
+    target = out[tuple(dst)]
+    if block.shape != target.shape:
+        msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {grid.sizes}"
+        raise ValueError(msg)
+    target[...] = block
 
 
 def read_region(
@@ -677,19 +691,7 @@ class ChunkedReader(ABC):
         out = np.empty(out_shape, dtype=self._dtype)
 
         def place(idx: ChunkIndex) -> None:
-            src: list[slice] = []
-            dst: list[slice] = []
-            for s, cr in zip(region, grid.chunk_region(idx), strict=True):
-                lo, hi = max(s.start, cr.start), min(s.stop, cr.stop)
-                src.append(slice(lo - cr.start, hi - cr.start))
-                dst.append(slice(lo - s.start, hi - s.start))
-            chunk = self.fetch_chunk(idx)
-            block = chunk[tuple(src)]
-            target = out[tuple(dst)]
-            if block.shape != target.shape:
-                msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {grid.sizes}"
-                raise ValueError(msg)
-            target[...] = block
+            _copy_chunk(out, region, grid, idx, self.fetch_chunk(idx))
 
         parallel = self.compressed and len(touched) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
         fetch_concurrently(touched, place, parallel=parallel)
