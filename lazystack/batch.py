@@ -208,10 +208,11 @@ def _shares(items: list[_Item], k: int) -> list[list[_Item]]:
         return [items]
     loads = [0] * k
     shares: list[list[_Item]] = [[] for _ in range(k)]
-    for group in sorted(groups, key=lambda g: -len({c for _, touched in g for c in touched})):
+    sized = [(len({c for _, touched in g for c in touched}), g) for g in groups]
+    for n_chunks, group in sorted(sized, key=lambda t: -t[0]):
         j = loads.index(min(loads))
         shares[j].extend(group)
-        loads[j] += len({c for _, touched in group for c in touched})
+        loads[j] += n_chunks
     return [share for share in shares if share]
 
 

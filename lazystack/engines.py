@@ -993,6 +993,11 @@ class ZarrArrayReader(ChunkedReader):
         self._engine_lock = threading.Lock()
         unit = _read_unit(array)
         super().__init__(array.shape, array.dtype, unit, token or _array_token(array))
+        from zarr.storage import LocalStore, MemoryStore
+
+        # fixed for the array's lifetime: worked out once, not on every read
+        self._compressed = _is_compressed(array)
+        self._remote = not isinstance(array.store, (LocalStore, MemoryStore))
 
     @property
     def array(self) -> Any:
@@ -1022,14 +1027,12 @@ class ZarrArrayReader(ChunkedReader):
     @property
     def compressed(self) -> bool:
         """Whether the array has compressors or filters (see :attr:`ChunkedReader.compressed`)."""
-        return _is_compressed(self._array)
+        return self._compressed
 
     @property
     def remote(self) -> bool:
         """True unless the array lives in a local directory or in memory (see :attr:`ChunkedReader.remote`)."""
-        from zarr.storage import LocalStore, MemoryStore
-
-        return not isinstance(self._array.store, (LocalStore, MemoryStore))
+        return self._remote
 
     @property
     def engine_name(self) -> str:
