@@ -491,3 +491,19 @@ def mapped_files(roots: Sequence[Path]) -> list[str]:
 def is_clear_error(exc: BaseException, names: Sequence[str]) -> bool:
     """Whether ``exc`` is a lazystack error whose message names one of ``names``."""
     return isinstance(exc, errors.LazyStackError) and any(n in str(exc) for n in names)
+
+
+def truncate_then_read(stack: lazystack.LazyImageStack, path: str, read_first: bool) -> str:
+    """Cut the file under an open memory-mapped ``stack`` to half, then read a patch past the cut.
+
+    Run it in a forked child: a read of a mapped page past the end of the
+    file is a SIGBUS. Returns ``"SourceReadError: <message>"`` or ``"no error"``.
+    """
+    if read_first:
+        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
+    os.truncate(path, os.path.getsize(path) // 2)
+    try:
+        stack.extract_patch(0, None, (3, 0, 0), (1, 64, 64))
+    except errors.SourceReadError as exc:
+        return f"SourceReadError: {exc}"
+    return "no error"

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import raise_if_dask_computes
+from harness import truncate_then_read
 
 from lazystack import (
     ShapeMismatchError,
@@ -337,14 +338,7 @@ def test_different_lambdas_on_one_file_do_not_share_data(npy_files: list[tuple[P
 
 def _truncate_then_read_npy(path: str, read_first: bool) -> str:
     (stack,) = load_custom_file(path, "ZYX", read_func=read_npy, read_kwargs={"mmap_mode": "r"})
-    if read_first:
-        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
-    os.truncate(path, os.path.getsize(path) // 2)
-    try:
-        stack.extract_patch(0, None, (3, 0, 0), (1, 64, 64))
-    except SourceReadError as exc:
-        return f"SourceReadError: {exc}"
-    return "no error"
+    return truncate_then_read(stack, path, read_first)
 
 
 @pytest.mark.parametrize("read_first", [True, False], ids=["after-a-read", "before-any-read"])

@@ -19,6 +19,7 @@ import pytest
 import tifffile
 import xarray as xr
 from conftest import raise_if_dask_computes, shared_files
+from harness import truncate_then_read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -766,14 +767,7 @@ def _in_fork(func: Any, *args: Any) -> str:
 def _truncate_then_read(path: str, read_first: bool) -> str:
     (stack,) = load_tiffs(path, "ZYX")
     assert stack.reader.is_memmapped
-    if read_first:
-        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
-    os.truncate(path, os.path.getsize(path) // 2)
-    try:
-        stack.extract_patch(0, None, (3, 0, 0), (1, 64, 64))
-    except SourceReadError as exc:
-        return f"SourceReadError: {exc}"
-    return "no error"
+    return truncate_then_read(stack, path, read_first)
 
 
 @pytest.mark.parametrize("read_first", [True, False], ids=["after-a-read", "before-any-read"])
