@@ -339,6 +339,37 @@ class ChunkGrid:
         ranges = [self.axis_range(a, s.start, s.stop) for a, s in enumerate(region)]
         return list(itertools.product(*ranges))
 
+    def pieces(self, region: Sequence[slice]) -> list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]]:
+        """Every chunk ``region`` overlaps (C order), with the part of it inside ``region``.
+
+        Parameters
+        ----------
+        region : sequence of slice
+            Step-1 slices inside the array.
+
+        Returns
+        -------
+        list of (index, src, dst)
+            ``chunk[src]`` (``src`` counted from the chunk's first element) is
+            ``region_array[dst]``. Worked out with integer arithmetic on a
+            regular grid: this runs on every read of several chunks.
+        """
+        per_axis: list[list[tuple[int, slice, slice]]] = []
+        for a, s in enumerate(region):
+            start, stop = s.start, s.stop
+            axis: list[tuple[int, slice, slice]] = []
+            for i in self.axis_range(a, start, stop):
+                if self.regular:
+                    lo = i * self.chunk_shape[a]
+                    hi = lo + self.chunk_shape[a]
+                else:
+                    lo, hi = int(self.bounds[a][i]), int(self.bounds[a][i + 1])
+                first = start if start > lo else lo
+                last = stop if stop < hi else hi
+                axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
+            per_axis.append(axis)
+        return [tuple(zip(*combo, strict=True)) for combo in itertools.product(*per_axis)]
+
     def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
         """Array coordinates of the first element of chunk ``idx``."""
         if self.regular:
@@ -417,42 +448,39 @@ def _assemble(
     region: tuple[slice, ...],
     grid: ChunkGrid,
     chunks: Mapping[ChunkIndex, np.ndarray],
-    touched: list[ChunkIndex],
+    pieces: list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]],
     dtype: np.dtype[Any],
 ) -> np.ndarray:
-    out_shape = tuple(s.stop - s.start for s in region)
-    if len(touched) == 1:
+    if len(pieces) == 1:
         # One chunk: a view of it (read-only when cached), no copy.
-        idx = touched[0]
-        start = grid.chunk_start(idx)
-        within = tuple(slice(s.start - c, s.stop - c) for s, c in zip(region, start, strict=True))
-        block = chunks[idx][within]
-        if block.shape != out_shape:
+        idx, src, _ = pieces[0]
+        block = chunks[idx][src]
+        if block.shape != tuple(s.stop - s.start for s in region):
             msg = f"chunk {idx} has shape {chunks[idx].shape}, too small for region {region} of grid {grid.sizes}"
             raise ValueError(msg)
         return block if block.dtype == dtype else block.astype(dtype)
-    out = np.empty(out_shape, dtype=dtype)
-    for idx in touched:
-        _copy_chunk(out, region, grid, idx, chunks[idx])
+    out = np.empty(tuple(s.stop - s.start for s in region), dtype=dtype)
+    for idx, src, dst in pieces:
+        _copy_chunk(out, idx, chunks[idx], src, dst, region, grid)
     return out
 
 
 def _copy_chunk(
-    out: np.ndarray, region: tuple[slice, ...], grid: ChunkGrid, idx: ChunkIndex, chunk: np.ndarray
+    out: np.ndarray,
+    idx: ChunkIndex,
+    chunk: np.ndarray,
+    src: tuple[slice, ...],
+    dst: tuple[slice, ...],
+    region: tuple[slice, ...],
+    grid: ChunkGrid,
 ) -> None:
-    """Copy the part of chunk ``idx`` inside ``region`` into ``out`` (the region's array).
+    """Copy ``chunk[src]`` into ``out[dst]`` (one of :meth:`ChunkGrid.pieces`; ``out`` is ``region``'s array).
 
     The chunk may be cut at the array's edge or full-size; one too small for
     its grid cell is an error (never broadcast into the output).
     """
-    src: list[slice] = []
-    dst: list[slice] = []
-    for s, cr in zip(region, grid.chunk_region(idx), strict=True):
-        lo, hi = max(s.start, cr.start), min(s.stop, cr.stop)
-        src.append(slice(lo - cr.start, hi - cr.start))
-        dst.append(slice(lo - s.start, hi - s.start))
-    block = chunk[tuple(src)]
-    target = out[tuple(dst)]
+    block = chunk[src]
+    target = out[dst]
     if block.shape != target.shape:
         msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {grid.sizes}"
         raise ValueError(msg)
@@ -495,9 +523,9 @@ def read_region(
     out_shape = tuple(s.stop - s.start for s in region)
     if 0 in out_shape:
         return np.empty(out_shape, dtype=dtype)
-    touched = grid.touched(region)
-    chunks = get_chunks(touched, fetch, cache=cache, token=token)
-    return _assemble(region, grid, chunks, touched, dtype)
+    pieces = grid.pieces(region)
+    chunks = get_chunks([p[0] for p in pieces], fetch, cache=cache, token=token)
+    return _assemble(region, grid, chunks, pieces, dtype)
 
 
 class ChunkedReader(ABC):
@@ -687,14 +715,15 @@ class ChunkedReader(ABC):
         out_shape = tuple(s.stop - s.start for s in region)
         if 0 in out_shape:
             return np.empty(out_shape, dtype=self._dtype)
-        touched = grid.touched(region)
+        pieces = grid.pieces(region)
         out = np.empty(out_shape, dtype=self._dtype)
 
-        def place(idx: ChunkIndex) -> None:
-            _copy_chunk(out, region, grid, idx, self.fetch_chunk(idx))
+        def place(k: int) -> None:
+            idx, src, dst = pieces[k]
+            _copy_chunk(out, idx, self.fetch_chunk(idx), src, dst, region, grid)
 
-        parallel = self.compressed and len(touched) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
-        fetch_concurrently(touched, place, parallel=parallel)
+        parallel = self.compressed and len(pieces) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
+        fetch_concurrently(range(len(pieces)), place, parallel=parallel)
         return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:

@@ -116,6 +116,32 @@ def test_grid_touched_matches_brute_force(chunks: Sequence[int] | Sequence[Seque
         assert grid.n_touched(region) == len(_brute_touched(grid, region))
 
 
+@pytest.mark.parametrize(
+    ("shape", "chunks"),
+    [((10, 12), (3, 4)), ((10, 12), ((2, 5, 3), (1, 1, 6, 4))), ((7, 10, 12), (3, 4, 5)), ((5, 9), (5, 9))],
+)
+def test_grid_pieces_cut_each_touched_chunk_into_its_place(
+    shape: tuple[int, ...], chunks: Sequence[int] | Sequence[Sequence[int]]
+) -> None:
+    """pieces() against numpy: every touched chunk once, in C order, its part landing where it belongs."""
+    grid = ChunkGrid(shape, chunks)
+    arr = np.arange(np.prod(shape)).reshape(shape)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        lo = rng.integers(0, shape)
+        hi = lo + rng.integers(1, 9, size=len(shape))
+        region = tuple(slice(int(a), int(min(b, n))) for a, b, n in zip(lo, hi, shape, strict=True))
+        pieces = grid.pieces(region)
+        assert [p[0] for p in pieces] == _brute_touched(grid, region)
+        out = np.full(tuple(s.stop - s.start for s in region), -1)
+        for idx, src, dst in pieces:
+            chunk = arr[grid.chunk_region(idx)]
+            assert (out[dst] == -1).all(), f"{idx} overlaps another piece"
+            out[dst] = chunk[src]
+        np.testing.assert_array_equal(out, arr[region])
+    assert grid.pieces((slice(3, 3),) + (slice(0, 4),) * (len(shape) - 1)) == []  # an empty region touches nothing
+
+
 def test_grid_shapes_and_errors() -> None:
     grid = ChunkGrid((10, 7), (4, 7))
     assert grid.dask_chunks == ((4, 4, 2), (7,))
