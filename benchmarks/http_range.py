@@ -31,6 +31,10 @@ class RangeHandler(SimpleHTTPRequestHandler):
     """Static files with ``Range: bytes=`` support (as object stores serve them)."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes. With Nagle's algorithm on, the
+    # body's last segment waits for the client's delayed ACK of the headers (40 ms
+    # on Linux) on a kept-alive connection; object stores do not stall like that.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args: Any) -> None:
         pass

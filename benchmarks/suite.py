@@ -638,9 +638,10 @@ def serve(directory: str) -> None:
 
 def scenario_remote_http(cfg: Config) -> Table:
     """Random 64x64 patches from a zstd zarr v3 array served over HTTP on the loopback interface."""
+    import http.client
+
     import dask.array as da
     import numcodecs
-    import requests
     import zarr
 
     shape, chunks, patch = (cfg.side2d // 2, cfg.side2d // 2), (256, 256), (64, 64)
@@ -680,14 +681,24 @@ def scenario_remote_http(cfg: Config) -> Table:
             table.rows["tensorstore"] = _median_us(lambda r: ts[r].read().result(), regions)
         x = da.from_zarr(z)
         _dask_row(table, lambda r: x[r].compute(), regions[: cfg.n_slow])
-        session = requests.Session()
+        # The floor: one kept-alive stdlib connection, no per-request work beyond HTTP itself.
+        # (requests.Session measured 0.5-0.7 ms more per 100 KB GET than this on the 2-core VM.)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         codec = numcodecs.Zstd()
+
+        def get(path: str) -> bytes:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: HTTP {response.status}")
+            return body
 
         def floor(r: tuple[slice, ...]) -> np.ndarray:
             out = np.empty(patch, np.uint16)
             for cy in range(r[0].start // 256, (r[0].stop - 1) // 256 + 1):
                 for cx in range(r[1].start // 256, (r[1].stop - 1) // 256 + 1):
-                    raw = session.get(f"{url}/c/{cy}/{cx}", timeout=30).content
+                    raw = get(f"/remote.zarr/c/{cy}/{cx}")
                     chunk = np.frombuffer(codec.decode(raw), np.uint16).reshape(256, 256)
                     y0, y1 = max(r[0].start, cy * 256), min(r[0].stop, (cy + 1) * 256)
                     x0, x1 = max(r[1].start, cx * 256), min(r[1].stop, (cx + 1) * 256)

@@ -69,6 +69,7 @@ class ServerState:
 def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
     class Handler(http.server.SimpleHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+        disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between headers and body
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(state.root), **kwargs)
