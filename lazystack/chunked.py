@@ -382,7 +382,7 @@ class ChunkGrid:
 
     def chunk_nbytes(self, itemsize: int) -> int:
         """Bytes of one full chunk of ``itemsize``-byte elements."""
-        return int(np.prod(self.chunk_shape, dtype=np.int64)) * itemsize
+        return math.prod(self.chunk_shape) * itemsize  # Python ints: no overflow, no numpy call per read
 
 
 # -- reading through the cache ----------------------------------------------------------------
