@@ -47,7 +47,7 @@ class ComputeForbiddenError(AssertionError):
 def raise_if_dask_computes() -> Iterator[None]:
     """Fail on any dask compute inside the block (xarray's test idiom)."""
 
-    def scheduler(dsk, keys, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def scheduler(dsk, keys, **kwargs):
         msg = "a dask computation ran where nothing should be computed"
         raise ComputeForbiddenError(msg)
 

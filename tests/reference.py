@@ -34,5 +34,7 @@ def patch_reference(
         img = img[list(channels)]
     pad = [(0, 0)] + [(max(0, -c) + n, max(0, c + n) + n) for c, n in zip(coords, size, strict=True)]
     padded = np.pad(img.astype(np.float32), pad)
-    key = tuple(slice(c + pad[i + 1][0], c + pad[i + 1][0] + n) for i, (c, n) in enumerate(zip(coords, size, strict=True)))
+    key = tuple(
+        slice(c + pad[i + 1][0], c + pad[i + 1][0] + n) for i, (c, n) in enumerate(zip(coords, size, strict=True))
+    )
     return padded[(slice(None), *key)]

@@ -32,7 +32,7 @@ def test_validate_axes_accepts_and_upper_cases(axes: str, expected: str) -> None
     ],
 )
 def test_validate_axes_rejects_with_a_message_naming_the_problem(axes: str, fragment: str) -> None:
-    with pytest.raises(AxesError, match="STCZYX|empty") as info:
+    with pytest.raises(AxesError, match=r"STCZYX|empty") as info:
         validate_axes(axes)
     assert fragment in str(info.value)
     assert isinstance(info.value, ValueError)
@@ -59,7 +59,9 @@ def test_shape_must_match_axes() -> None:
         ("ZYXS", (7, 5, 6, 2), "SCZYX", (2, 1, 7, 5, 6)),
     ],
 )
-def test_canonical_shape(axes: str, shape: tuple[int, ...], canonical_axes: str, canonical_shape: tuple[int, ...]) -> None:
+def test_canonical_shape(
+    axes: str, shape: tuple[int, ...], canonical_axes: str, canonical_shape: tuple[int, ...]
+) -> None:
     m = AxesModel(axes, shape)
     assert m.canonical_axes == canonical_axes
     assert m.canonical_shape == canonical_shape

@@ -55,8 +55,7 @@ def test_threads_share_one_stack(case: tuple[FormatCase, Made]) -> None:
 
 
 #: Formats whose close() from another thread makes an in-flight read fail (a clear error, but a failed read).
-CLOSE_RACE = {
-}
+CLOSE_RACE = {}
 
 
 def _read_while_closing(

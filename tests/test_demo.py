@@ -42,4 +42,5 @@ def test_demo_command_line() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert "patches/s" in out.stdout and "numpy memmap" in out.stdout
+    assert "patches/s" in out.stdout
+    assert "numpy memmap" in out.stdout

@@ -12,7 +12,7 @@ from lazystack.sources.base import ProcessLocalFileManager
 
 
 def _open_binary(path: str, mode: str = "rb") -> object:
-    return open(path, mode)  # noqa: SIM115 - the manager closes it
+    return open(path, mode)
 
 
 @pytest.fixture

@@ -41,7 +41,9 @@ def stacks_and_views(draw: st.DrawFn) -> tuple[np.ndarray, str, dict[str, Any]]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=stacks_and_views(), data=st.data())
-def test_extract_patch_and_views_match_reference(case: tuple[np.ndarray, str, dict[str, Any]], data: st.DataObject) -> None:
+def test_extract_patch_and_views_match_reference(
+    case: tuple[np.ndarray, str, dict[str, Any]], data: st.DataObject
+) -> None:
     arr, axes, indexers = case
     reader = CountingReader(arr)  # asserts the reader contract: step-1, in-bounds keys
     (stack,) = load_arrays([reader], axes.lower())
