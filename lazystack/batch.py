@@ -151,6 +151,7 @@ def _with_reader(stack: Any, reader: ChunkedReader) -> Any:
     view = object.__new__(type(stack))
     view.__dict__.update(stack.__dict__)
     view._reader = reader
+    view._fast = view._fast_plan()  # its reads go to ``reader``, never to the stack's own
     return view
 
 

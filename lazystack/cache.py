@@ -254,6 +254,22 @@ class ChunkCache:
                 out.append(array)
         return out
 
+    def get_all(self, keys: list[Hashable]) -> list[np.ndarray] | None:
+        """Every chunk of ``keys`` (counted as hits), or None when any is missing (nothing counted or reordered).
+
+        For a read served from memory alone: a caller that gets None reads
+        through :meth:`get_many` instead, which counts the misses.
+        """
+        with self._lock:
+            data = self._data
+            found = [data.get(key) for key in keys]
+            if any(array is None for array in found):
+                return None
+            for key in keys:
+                data.move_to_end(key)
+            self._hits += len(keys)
+        return found  # type: ignore[return-value]  # no None left
+
     def put(self, key: Hashable, array: Any) -> None:
         """Store ``array`` under ``key`` (as a read-only view), evicting least recently used chunks.
 

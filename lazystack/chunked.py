@@ -676,28 +676,39 @@ class ChunkedReader(ABC):
         """Return decoded chunks through the cache (one :meth:`fetch_chunks` call for the misses)."""
         return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
 
+    def _in_one_chunk(self, region: tuple[slice, ...]) -> tuple[ChunkIndex, tuple[slice, ...]] | None:
+        """``(chunk index, region within that chunk)`` when ``region`` lies in one chunk of a regular grid."""
+        grid = self._grid
+        if not grid.regular:
+            return None
+        idx = []
+        within = []
+        for s, c in zip(region, grid.chunk_shape, strict=True):
+            i = s.start // c
+            if s.stop <= s.start or (s.stop - 1) // c != i:
+                return None
+            idx.append(i)
+            within.append(slice(s.start - i * c, s.stop - i * c))
+        return tuple(idx), tuple(within)
+
+    def _cut(
+        self, chunk: np.ndarray, idx: ChunkIndex, within: tuple[slice, ...], region: tuple[slice, ...]
+    ) -> np.ndarray:
+        block = chunk[within]
+        if block.shape != tuple(s.stop - s.start for s in region):
+            msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {self._grid.sizes}"
+            raise ValueError(msg)
+        return block if block.dtype == self._dtype else block.astype(self._dtype)
+
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a normalised region (step-1 slices within bounds), possibly as a read-only view."""
-        grid = self._grid
-        if grid.regular:
+        one = self._in_one_chunk(region)
+        if one is not None:
             # The common case, warm or cold: the region lies in one chunk. One cache look-up, at
             # most one fetch, and a view of the chunk (no copy, no intermediate lists or dicts).
-            idx = []
-            within = []
-            for s, c in zip(region, grid.chunk_shape, strict=True):
-                i = s.start // c
-                if s.stop <= s.start or (s.stop - 1) // c != i:
-                    break
-                idx.append(i)
-                within.append(slice(s.start - i * c, s.stop - i * c))
-            else:
-                chunk = self.read_chunk(tuple(idx))
-                block = chunk[tuple(within)]
-                if block.shape != tuple(s.stop - s.start for s in region):
-                    msg = f"chunk {tuple(idx)} has shape {chunk.shape}, too small for region {region}"
-                    msg += f" of grid {grid.sizes}"
-                    raise ValueError(msg)
-                return block if block.dtype == self._dtype else block.astype(self._dtype)
+            idx, within = one
+            return self._cut(self.read_chunk(idx), idx, within, region)
+        grid = self._grid
         cache = self.cache
         if (cache is None or not cache.enabled) and not self.remote and self.has_fetch_chunk:
             return self._read_streamed(region)
@@ -729,6 +740,55 @@ class ChunkedReader(ABC):
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """The optional ``read_region`` of the reader contract: :meth:`read`."""
         return self.read(region)
+
+    def read_cached(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+        """The optional ``read_cached`` of the reader contract: ``region`` from the chunk cache alone, or None.
+
+        When the cache holds every chunk ``region`` touches, the region comes
+        back as :meth:`read` would return it (a read-only view when it lies
+        in one chunk), or written into ``out``. Otherwise (a chunk not
+        cached, the cache off) the result is None and nothing is read or
+        counted: the caller then calls :meth:`read`. A warm patch is this
+        one look-up.
+
+        Parameters
+        ----------
+        region : tuple of slice
+            Step-1 slices inside the bounds, one per axis.
+        out : numpy.ndarray, optional
+            An array of the region's shape to write into, of any dtype the
+            data casts to (the patch path passes its ``float32`` patch, so
+            the chunks are cast as they are copied).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            ``out`` when given, else the region; None when not all cached.
+        """
+        cache = self.cache
+        if cache is None or not cache.enabled:
+            return None
+        one = self._in_one_chunk(region)
+        if one is not None:
+            idx, within = one
+            chunk = cache.get((self._token, idx), count_miss=False)
+            if chunk is None:
+                return None
+            block = self._cut(chunk, idx, within, region)
+            if out is None:
+                return block
+            out[...] = block
+            return out
+        grid = self._grid
+        pieces = grid.pieces(region)
+        chunks = cache.get_all([(self._token, p[0]) for p in pieces])
+        if chunks is None:
+            return None
+        if out is None:
+            out = np.empty(tuple(s.stop - s.start for s in region), dtype=self._dtype)
+        for (idx, src, dst), chunk in zip(pieces, chunks, strict=True):
+            _copy_chunk(out, idx, chunk, src, dst, region, grid)
+        return out
 
     def read_chunk(self, idx: ChunkIndex) -> np.ndarray:
         """Return one decoded chunk through the cache (one look-up, at most one :meth:`fetch_chunk`)."""

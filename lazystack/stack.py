@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -109,6 +109,7 @@ class _FastPlan(NamedTuple):
     perm: tuple[int, ...] | None  # root axes -> STC(Z)YX, None when already in that order
     n_channels: int
     has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
+    read_cached: Callable[..., np.ndarray | None] | None  # the reader's cache-only read, if any (sources/base.py)
 
 
 class LazyImageStack:
@@ -217,6 +218,7 @@ class LazyImageStack:
             perm=None if order == list(range(len(axes))) else tuple(order),
             n_channels=model.n_channels,
             has_read_region=callable(getattr(self._reader, "read_region", None)),
+            read_cached=read_cached if callable(read_cached := getattr(self._reader, "read_cached", None)) else None,
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
@@ -233,6 +235,16 @@ class LazyImageStack:
         region, size = plan
         fast = self._fast
         assert fast is not None
+        if fast.read_cached is not None:
+            if fast.perm is None:
+                # Axes already in STC(Z)YX order: the cached chunks are cast straight into the patch.
+                patch = np.empty((fast.n_channels, *size), dtype=np.float32)
+                if fast.read_cached(region, patch.reshape(tuple(s.stop - s.start for s in region))) is not None:
+                    return patch
+            else:
+                cached = fast.read_cached(region)
+                if cached is not None:
+                    return self._finish_inside(cached, size)
         block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
         return self._finish_inside(block, size)
 
@@ -297,10 +309,12 @@ class LazyImageStack:
         state = dict(self.__dict__)
         state["_memory"] = None
         state["_dask_root"] = None
+        state["_fast"] = None  # holds a method of the reader: rebuilt on arrival
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._fast = self._fast_plan()
 
     # -- the protocol ----------------------------------------------------------
     @property

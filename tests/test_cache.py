@@ -55,6 +55,22 @@ def test_byte_bound_is_respected_and_lru_order() -> None:
     assert cache.stats().evictions == 3
 
 
+def test_get_all_is_all_or_nothing() -> None:
+    """get_all: every chunk (hits counted, LRU refreshed), or None with nothing counted or reordered."""
+    cache = ChunkCache(1000)
+    for i in range(3):
+        cache.put(i, np.full(300, i, dtype=np.uint8))
+    assert cache.get_all([0, 7]) is None
+    assert (cache.hits, cache.misses) == (0, 0)
+    assert list(cache._data) == [0, 1, 2]  # a failed look-up leaves the LRU order alone
+    got = cache.get_all([1, 0])
+    assert got is not None
+    assert [int(a[0]) for a in got] == [1, 0]
+    assert (cache.hits, cache.misses) == (2, 0)
+    assert list(cache._data) == [2, 1, 0]
+    assert cache.get_all([]) == []
+
+
 def test_random_sizes_never_exceed_bound() -> None:
     rng = np.random.default_rng(1)
     cache = ChunkCache(50_000)

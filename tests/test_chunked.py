@@ -227,6 +227,60 @@ def test_cached_single_chunk_read_is_a_read_only_view(cache_mode: str) -> None:
         assert len(reader.calls) == 2
 
 
+@pytest.mark.parametrize("pad", [False, True])
+def test_read_cached_serves_only_what_the_cache_holds(cache_mode: str, pad: bool) -> None:
+    """read_cached: None (nothing fetched, nothing counted) unless every touched chunk is cached; then read()'s data."""
+    data = np.arange(30 * 22, dtype=np.uint16).reshape(30, 22)
+    reader = NumpyChunks(data, (8, 6), pad=pad)
+    cache = get_chunk_cache()
+    one, four, edge = (slice(17, 23), slice(13, 17)), (slice(5, 12), slice(4, 9)), (slice(26, 30), slice(19, 22))
+    for region in (one, four, edge):
+        assert reader.read_cached(region) is None
+    assert reader.calls == []
+    assert (cache.hits, cache.misses) == (0, 0)
+    reader.read(four)  # caches chunks (0..1, 0..1) only, when the cache is on
+    fetched = len(reader.calls)
+    if cache_mode == "no-cache":
+        assert reader.read_cached(four) is None
+        return
+    hits = cache.hits
+    got = reader.read_cached(four)
+    assert got is not None
+    np.testing.assert_array_equal(got, data[four])
+    assert cache.hits == hits + 4
+    assert reader.read_cached((slice(5, 12), slice(4, 13))) is None  # chunk column 2 not cached
+    assert cache.misses == 4  # only read()'s own misses
+    reader.read(one)
+    reader.read(edge)
+    for region in (one, edge):
+        view = reader.read_cached(region)
+        assert view is not None
+        assert not view.flags.writeable  # a view of the cached chunk, as read() returns it
+        np.testing.assert_array_equal(view, data[region])
+        out = np.full((region[0].stop - region[0].start, region[1].stop - region[1].start), -1, np.float32)
+        assert reader.read_cached(region, out) is out
+        np.testing.assert_array_equal(out, data[region].astype(np.float32))
+    out = np.empty((7, 5), np.float32)
+    assert reader.read_cached(four, out) is out
+    np.testing.assert_array_equal(out, data[four])
+    assert len(reader.calls) == fetched + 2  # read_cached itself never fetched
+
+
+def test_read_cached_refuses_a_chunk_too_small_for_its_cell() -> None:
+    previous = set_chunk_cache_size(2**20)
+    try:
+        reader = NumpyChunks(np.zeros((8, 8), np.uint8), (4, 4))
+        get_chunk_cache().put((reader.token, (0, 0)), np.zeros((4, 1), np.uint8))
+        with pytest.raises(ValueError, match="too small"):
+            reader.read_cached((slice(0, 4), slice(0, 4)))
+        get_chunk_cache().put((reader.token, (0, 1)), np.zeros((1, 4), np.uint8))
+        with pytest.raises(ValueError, match="too small"):
+            reader.read_cached((slice(0, 2), slice(2, 6)))
+    finally:
+        get_chunk_cache().clear()
+        set_chunk_cache_size(previous)
+
+
 def test_several_chunks_are_fetched_in_the_shared_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
     data = np.arange(1600, dtype=np.int32).reshape(40, 40)

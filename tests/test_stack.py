@@ -51,7 +51,8 @@ class CountingReader:
         self.closed = 0
 
     def __getitem__(self, key: tuple[Any, ...]) -> np.ndarray:
-        assert isinstance(key, tuple) and len(key) == self.arr.ndim
+        assert isinstance(key, tuple)
+        assert len(key) == self.arr.ndim
         for k, n in zip(key, self.shape, strict=True):
             if isinstance(k, slice):
                 assert k.step in (None, 1), f"reader got a stepped slice {k}"
@@ -189,7 +190,9 @@ def test_the_fast_patch_path_matches_the_reference(axes: str, shape: tuple[int, 
         reader.calls.clear()
         got = stack.extract_patch(sample, None, list(coords) if i % 2 else coords, size)
         assert reader.calls == ["read_region"]
-        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+        assert got.dtype == np.float32
+        assert got.flags.c_contiguous
+        assert got.flags.writeable
         want = patch_reference(canonical_reference(arr, axes), sample, None, coords, size)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(plain.extract_patch(sample, None, coords, size), want)
@@ -201,6 +204,66 @@ def test_the_fast_patch_path_matches_the_reference(axes: str, shape: tuple[int, 
     with pytest.raises(PatchError):
         stack.extract_patch(0, None, (0.0,) * len(spatial), size)
     assert reader.calls == ["getitem"] * 3
+
+
+class _CachedRegions(lazystack.chunked.ChunkedReader):
+    """A chunked numpy reader that records its fetches and every ``read_region`` call."""
+
+    def __init__(self, arr: np.ndarray, chunks: tuple[int, ...]) -> None:
+        super().__init__(arr.shape, arr.dtype, chunks, token=f"cached-regions-{id(self)}")
+        self.arr = arr
+        self.fetched: list[tuple[int, ...]] = []
+        self.region_reads = 0
+
+    def fetch_chunks(self, indices: Any) -> dict[tuple[int, ...], np.ndarray]:
+        self.fetched.extend(indices)
+        return {idx: self.arr[self.chunk_grid.chunk_region(idx)].copy() for idx in indices}
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        self.region_reads += 1
+        return super().read_region(region)
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape", "chunks"), [("SCYX", (2, 3, 30, 40), (1, 3, 8, 16)), ("YXS", (30, 40, 2), (8, 16, 1))]
+)
+def test_a_warm_patch_comes_from_the_cache_alone(axes: str, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+    """Every chunk cached: no read_region, no fetch, the reference's values in a fresh writable array."""
+    previous = lazystack.set_chunk_cache_size(2**24)
+    try:
+        arr = np.random.default_rng(5).integers(0, 60000, shape).astype(np.uint16)
+        reader = _CachedRegions(arr, chunks)
+        (stack,) = load_arrays([reader], axes)
+        ref = canonical_reference(arr, axes)
+        rng = np.random.default_rng(6)
+        requests = [
+            (int(rng.integers(0, 2)), (int(rng.integers(0, 25)), int(rng.integers(0, 31))), (5, 9)) for _ in range(40)
+        ]
+        for sample, coords, size in requests:  # cold: through read_region, filling the cache
+            np.testing.assert_array_equal(
+                stack.extract_patch(sample, None, coords, size), patch_reference(ref, sample, None, coords, size)
+            )
+        reads, fetched = reader.region_reads, len(reader.fetched)
+        assert 0 < reads < len(requests)  # later requests already found all their chunks cached
+        spans = 0
+        for sample, coords, size in requests:  # warm: one cache look-up each, one chunk or several
+            got = stack.extract_patch(sample, None, coords, size)
+            np.testing.assert_array_equal(got, patch_reference(ref, sample, None, coords, size))
+            assert got.dtype == np.float32
+            assert got.flags.c_contiguous
+            assert got.flags.writeable
+            spans += reader.chunk_grid.n_touched(stack._inside_region(sample, coords, size)[0]) > 1
+        assert spans > 0, "no warm patch spanned several chunks"
+        assert (reader.region_reads, len(reader.fetched)) == (reads, fetched)
+        # a patch over one cached and one uncached chunk: the cache alone cannot serve it, read_region does
+        lazystack.get_chunk_cache().clear()
+        stack.extract_patch(0, None, (0, 0), (5, 9))
+        got = stack.extract_patch(0, None, (0, 10), (5, 9))
+        np.testing.assert_array_equal(got, patch_reference(ref, 0, None, (0, 10), (5, 9)))
+        assert reader.region_reads == reads + 2
+    finally:
+        lazystack.get_chunk_cache().clear()
+        lazystack.set_chunk_cache_size(previous)
 
 
 def test_the_fast_patch_path_leaves_errors_to_the_general_path(data: np.ndarray) -> None:
@@ -219,7 +282,9 @@ def test_extract_patch_zero_padding(data: np.ndarray) -> None:
     (stack,) = load_arrays([data], AXES)
     patch = stack.extract_patch(0, [0], (-2, -3, 45), (4, 6, 10))
     assert patch.shape == (1, 4, 6, 10)
-    assert not patch[:, :2].any() and not patch[:, :, :3].any() and not patch[..., 5:].any()
+    assert not patch[:, :2].any()
+    assert not patch[:, :, :3].any()
+    assert not patch[..., 5:].any()
     np.testing.assert_array_equal(patch[0, 2:, 3:, :5], data[0, 0, 0:2, 0:3, 45:50])
 
 
@@ -382,7 +447,8 @@ def test_load_and_close(data: np.ndarray) -> None:
     np.testing.assert_array_equal(patch[0], data[1, 1])
     np.testing.assert_array_equal(view.data.compute()[:, 0], data[:, 1])
     view.close()
-    assert not view.is_loaded and reader.closed == 1
+    assert not view.is_loaded
+    assert reader.closed == 1
     view.extract_patch(1, None, (0, 0, 0), (1, 1, 1))
     assert len(reader.keys) == 1  # lazy again
 
@@ -391,7 +457,8 @@ def test_context_manager_closes(data: np.ndarray) -> None:
     reader = CountingReader(data)
     with load_arrays([reader], AXES)[0] as stack:
         stack.load()
-    assert reader.closed == 1 and not stack.is_loaded
+    assert reader.closed == 1
+    assert not stack.is_loaded
 
 
 def test_repr_and_html(data: np.ndarray) -> None:
@@ -401,7 +468,9 @@ def test_repr_and_html(data: np.ndarray) -> None:
     for fact in ["array", "CZYX (2, 5, 40, 50)", "SCZYX (1, 2, 5, 40, 50)", "uint16", "view of", "channels:   a, b"]:
         assert fact in text
     page = view._repr_html_()
-    assert "SCZYX (1, 2, 5, 40, 50)" in page and "uint16" in page and "xr-" in page
+    assert "SCZYX (1, 2, 5, 40, 50)" in page
+    assert "uint16" in page
+    assert "xr-" in page
 
 
 def test_physical_pixel_sizes_become_coordinates() -> None:
@@ -455,7 +524,7 @@ def test_threads_share_a_stack(data: np.ndarray) -> None:
                 np.testing.assert_array_equal(
                     stack.extract_patch(s, None, c, (2, 8, 8)), patch_reference(ref, s, None, c, (2, 8, 8))
                 )
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

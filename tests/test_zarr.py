@@ -417,6 +417,15 @@ def test_reads_go_through_the_chunk_cache_and_never_hand_out_cache_memory(tmp_pa
     path, data = _write(tmp_path, "v3")
     (stack,) = load_zarrs([path / "b"], "SYX")
     reader = ZarrArrayReader(parse_zarr_source(str(path / "b")))
+    region = (slice(1, 2), slice(3, 40), slice(5, 60))
+    assert reader.read_cached(region) is None  # nothing read yet: the cache-only read reads nothing
+    reader.read_region(region)
+    cached = reader.read_cached(region)
+    if get_chunk_cache().enabled:
+        assert cached is not None
+        np.testing.assert_array_equal(cached, data["b"][region])
+    else:
+        assert cached is None
     np.testing.assert_array_equal(reader[1, 3:40, 5:60], data["b"][1, 3:40, 5:60])
     np.testing.assert_array_equal(reader[(1, slice(3, 40), slice(5, 60))], data["b"][1, 3:40, 5:60])
     patch = stack.extract_patch(1, None, (3, 5), (10, 10))

@@ -396,6 +396,16 @@ class ZarrArrayReader:
         except Exception as exc:
             raise self._translate(region, exc) from _cause(exc)
 
+    def read_cached(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
+
+        Reads nothing: None until this process has read through its fast reader.
+        """
+        fast = self._fast
+        if fast is None or self._pid != os.getpid():
+            return None
+        return fast.read_cached(region, out)
+
     def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
         """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
         if not isinstance(exc, _StoreChangedError):
