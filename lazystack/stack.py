@@ -109,7 +109,7 @@ class _FastPlan(NamedTuple):
     perm: tuple[int, ...] | None  # root axes -> STC(Z)YX, None when already in that order
     n_channels: int
     has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
-    read_cached: Callable[..., np.ndarray | None] | None  # the reader's cache-only read, if any (sources/base.py)
+    read_cached: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # cache-only read, if any (sources/base.py)
 
 
 class LazyImageStack:
@@ -235,17 +235,9 @@ class LazyImageStack:
         region, size = plan
         fast = self._fast
         assert fast is not None
-        if fast.read_cached is not None:
-            if fast.perm is None:
-                # Axes already in STC(Z)YX order: the cached chunks are cast straight into the patch.
-                patch = np.empty((fast.n_channels, *size), dtype=np.float32)
-                if fast.read_cached(region, patch.reshape(tuple(s.stop - s.start for s in region))) is not None:
-                    return patch
-            else:
-                cached = fast.read_cached(region)
-                if cached is not None:
-                    return self._finish_inside(cached, size)
-        block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
+        block = fast.read_cached(region) if fast.read_cached is not None else None
+        if block is None:  # not all in memory: read it
+            block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
         return self._finish_inside(block, size)
 
     def _inside_region(

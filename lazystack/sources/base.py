@@ -18,12 +18,11 @@ array. Optional members the stack uses when present:
     read a tuple of step-1 slices, one per axis, already inside the bounds
     (no ints, no normalisation): the patch fast path calls it instead of
     ``__getitem__`` to skip key checks. It may return a read-only view.
-``read_cached(region, out=None)``
+``read_cached(region)``
     the same region when it can be served from memory alone (every chunk it
     touches is in the chunk cache), else None; it must never read the
-    source. With ``out`` (an array of the region's shape) the data is
-    written there, cast to its dtype. The patch fast path tries it before
-    ``read_region``: a warm patch is one cache look-up and one copy.
+    source. The patch fast path tries it before ``read_region``: a warm
+    patch is one cache look-up.
 """
 
 from __future__ import annotations

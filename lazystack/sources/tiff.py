@@ -703,7 +703,7 @@ class TiffReader:
             return self._read_memmap(region, copy=False)
         return self._read_segments(region, tuple(s.stop - s.start for s in region))
 
-    def read_cached(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+    def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
 
         Reads nothing: always None for a memory-mapped series, whose reads skip the cache.
@@ -711,7 +711,7 @@ class TiffReader:
         chunked = self._chunked
         if chunked is None or self.memmap is not None:
             return None
-        return chunked.read_cached(region, out)
+        return chunked.read_cached(region)
 
     def _read_memmap(self, slices: tuple[slice, ...], *, copy: bool = True) -> np.ndarray:
         # Fast path: the map this reader used last, while it is open (close() and the LRU's eviction close

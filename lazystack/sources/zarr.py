@@ -396,7 +396,7 @@ class ZarrArrayReader:
         except Exception as exc:
             raise self._translate(region, exc) from _cause(exc)
 
-    def read_cached(self, region: tuple[slice, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+    def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
 
         Reads nothing: None until this process has read through its fast reader.
@@ -404,7 +404,7 @@ class ZarrArrayReader:
         fast = self._fast
         if fast is None or self._pid != os.getpid():
             return None
-        return fast.read_cached(region, out)
+        return fast.read_cached(region)
 
     def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
         """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
