@@ -88,6 +88,34 @@ def _median_us(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], warmup: 
     return float(np.median(times) * 1e6)
 
 
+def _paired_us(
+    fns: dict[str, Callable[..., Any]], args: Sequence[tuple[Any, ...]], rounds: int = 4, warmup: int = 3
+) -> dict[str, float]:
+    """Median µs per call of each of ``fns`` over ``args``, measured in interleaved rounds.
+
+    The args are cut into ``rounds`` blocks; every method runs each block,
+    in turn, in an order that reverses from one block to the next (ABBA...).
+    The methods a target compares thus share the same stretches of time, so
+    a slow spell of the shared machine weighs on both instead of on
+    whichever happened to run then.
+    """
+    for fn in fns.values():
+        for a in args[:warmup]:
+            fn(*a)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    n = len(args)
+    for k in range(rounds):
+        block = args[k * n // rounds : (k + 1) * n // rounds]
+        for name in names if k % 2 == 0 else names[::-1]:
+            fn = fns[name]
+            for a in block:
+                t = time.perf_counter()
+                fn(*a)
+                times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(ts) * 1e6) for name, ts in times.items()}
+
+
 def _positions(shape: Sequence[int], patch: Sequence[int], n: int, seed: int = SEED) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
     cols = [rng.integers(0, s - p + 1, n) for s, p in zip(shape, patch, strict=True)]
@@ -298,15 +326,23 @@ class Table:
 
 WARM_NUMPY = "warm floor: numpy slice -> float32"
 WARM_STACK = "warm floor: in-memory stack (load_arrays)"
+ZARR_FLOOR = "cold floor (touched chunks read+decode)"
+TILE_FLOOR = "cold floor (touched tiles read+decode)"
+HTTP_FLOOR = "cold floor (sequential GETs + decode)"
 
 
 def _warm_floors(
-    table: Table, data: np.ndarray, axes: str, regions: Sequence[tuple[tuple[slice, ...]]], patch: Sequence[int]
+    table: Table,
+    data: np.ndarray,
+    axes: str,
+    regions: Sequence[tuple[tuple[slice, ...]]],
+    patch: Sequence[int],
+    warm: Callable[..., Any],
 ) -> None:
-    """The two warm floors: a bare numpy slice cast to float32, and extract_patch on an in-memory numpy stack."""
+    """The two warm floors, a bare numpy slice cast to float32 and extract_patch on an in-memory numpy stack,
+    measured interleaved with ``warm`` (lazystack with every chunk cached; call with the cache filled)."""
     from lazystack import LazyImageStack
 
-    table.rows[WARM_NUMPY] = _median_us(lambda r: np.array(data[r], dtype=np.float32), regions)
     mem = LazyImageStack(data, axes)
     n_lead = len(axes) - len(patch)
 
@@ -314,7 +350,12 @@ def _warm_floors(
         sample = r[0] if n_lead else 0
         return mem.extract_patch(sample, None, tuple(s.start for s in r[n_lead:]), patch)
 
-    table.rows[WARM_STACK] = _median_us(in_memory, regions)
+    got = _paired_us(
+        {"lazystack warm": warm, WARM_NUMPY: lambda r: np.array(data[r], dtype=np.float32), WARM_STACK: in_memory},
+        regions,
+        warmup=0,
+    )
+    table.rows.update(got)
     table.check("warm <= 3x in-memory stack", "lazystack warm", WARM_STACK, 3.0)
     table.check("warm <= 3x bare numpy slice", "lazystack warm", WARM_NUMPY, 3.0)
 
@@ -371,14 +412,17 @@ def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded
 
     check = lazy(regions[0][0])
     np.testing.assert_array_equal(check[0], data[regions[0][0]])
+    floor = ZarrFloor(z, path)
+    np.testing.assert_array_equal(floor.read(regions[0][0]), data[regions[0][0]])
     with _cache_size(0):
-        table.rows["lazystack cold"] = _median_us(lazy, regions)
+        cold = _paired_us({"lazystack cold": lazy, ZARR_FLOOR: floor.read}, regions)
+    table.rows["lazystack cold"] = cold["lazystack cold"]
     with _cache_size(2**31):
         cache = get_chunk_cache()
         table.rows["lazystack first touch (cache on)"] = _median_us(lambda r: (cache.clear(), lazy(r)), regions)
         for r in regions:
             lazy(*r)
-        table.rows["lazystack warm"] = _median_us(lazy, regions, warmup=0)
+        _warm_floors(table, data, axes, regions, patch, lazy)
     if loader_stack is not None:
         with _cache_size(0):
             table.rows["load_zarrs (current back end)"] = _median_us(
@@ -390,16 +434,13 @@ def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded
         table.rows["tensorstore"] = _median_us(lambda r: ts[r].read().result(), regions)
     x = da.from_zarr(z)
     _dask_row(table, lambda r: x[r].compute(), regions[: cfg.n_slow])
-    floor = ZarrFloor(z, path)
-    np.testing.assert_array_equal(floor.read(regions[0][0]), data[regions[0][0]])
-    table.rows["cold floor (touched chunks read+decode)"] = _median_us(floor.read, regions)
-    _warm_floors(table, data, axes, regions, patch)
+    table.rows[ZARR_FLOOR] = cold[ZARR_FLOOR]
     del zeros
     # The issue's cold target is for compressed zarr; for raw chunks the floor is a bare file read.
     table.check(
         "cold <= 1.3x touched-chunk floor",
         "lazystack cold",
-        "cold floor (touched chunks read+decode)",
+        ZARR_FLOOR,
         1.3,
         informative=not compressed,
     )
@@ -529,33 +570,42 @@ def _tiff(cfg: Config, name: str, *, compressed: bool) -> Table:
         return stack.extract_patch(t, None, yx, patch)
 
     np.testing.assert_array_equal(lazy(*args[0])[0], data[args[0][0]][_region(args[0][1], patch)])
+    mm = None if compressed else tifffile.memmap(path, mode="r")
+    # the reference the cold target compares with, measured interleaved with lazystack
+    reference, reference_fn = (
+        (TILE_FLOOR, _tile_floor(path, patch))
+        if mm is None
+        else ("tifffile.memmap", lambda t, yx: np.array(mm[(t, *_region(yx, patch))], dtype=np.float32))
+    )
     with _cache_size(0):
-        table.rows["lazystack cold"] = _median_us(lazy, args)
+        cold = _paired_us({"lazystack cold": lazy, reference: reference_fn}, args)
+    table.rows["lazystack cold"] = cold["lazystack cold"]
+    t0 = time.perf_counter()
+    full = tifffile.imread(path)
+    load_us = (time.perf_counter() - t0) * 1e6
     with _cache_size(2**31):
         for a in args:
             lazy(*a)
-        table.rows["lazystack warm"] = _median_us(lazy, args, warmup=0)
-    if not compressed:
-        mm = tifffile.memmap(path, mode="r")
-        table.rows["tifffile.memmap"] = _median_us(
-            lambda t, yx: np.array(mm[(t, *_region(yx, patch))], dtype=np.float32), args
+        _warm_floors(
+            table,
+            full,
+            "TYX",
+            [((t, *_region(yx, patch)),) for t, yx in args],
+            patch,
+            lambda r: lazy(r[0], tuple(s.start for s in r[1:])),
         )
+    table.rows[reference] = cold[reference]
+    if mm is not None:
         from lazystack import LazyImageStack
 
         mm_stack = LazyImageStack(mm, "TYX")
         table.rows["tifffile.memmap in a stack (load_arrays)"] = _median_us(
             lambda t, yx: mm_stack.extract_patch(t, None, yx, patch), args
         )
-    else:
-        table.rows["cold floor (touched tiles read+decode)"] = _median_us(_tile_floor(path, patch), args)
-    t0 = time.perf_counter()
-    full = tifffile.imread(path)
-    load_us = (time.perf_counter() - t0) * 1e6
     table.rows["full load: imread once, amortised"] = load_us / len(args) + _median_us(
         lambda t, yx: np.array(full[(t, *_region(yx, patch))], dtype=np.float32), args
     )
     table.notes.append(f"full load reads the whole file once in {load_us / 1e3:.0f} ms (amortised over {len(args)})")
-    _warm_floors(table, full, "TYX", [((t, *_region(yx, patch)),) for t, yx in args], patch)
     try:
         import zarr
 
@@ -569,7 +619,7 @@ def _tiff(cfg: Config, name: str, *, compressed: bool) -> Table:
     x = stack.data
     _dask_row(table, lambda t, yx: x[(t, 0, *_region(yx, patch))].compute(), args[: cfg.n_slow])
     if compressed:
-        table.check("cold <= 1.3x touched-tile floor", "lazystack cold", "cold floor (touched tiles read+decode)", 1.3)
+        table.check("cold <= 1.3x touched-tile floor", "lazystack cold", TILE_FLOOR, 1.3)
     else:
         table.check("cold <= 2x tifffile.memmap", "lazystack cold", "tifffile.memmap", 2.0)
         table.check(
@@ -668,19 +718,6 @@ def scenario_remote_http(cfg: Config) -> Table:
             return stack.extract_patch(0, None, tuple(s.start for s in r), patch)
 
         np.testing.assert_array_equal(lazy(regions[0][0])[0], data[regions[0][0]])
-        with _cache_size(0):
-            table.rows["lazystack cold"] = _median_us(lazy, regions)
-        with _cache_size(2**31):
-            for r in regions:
-                lazy(*r)
-            table.rows["lazystack warm"] = _median_us(lazy, regions, warmup=0)
-        z = zarr.open_array(url, mode="r")
-        table.rows["zarr-python arr[...]"] = _median_us(lambda r: z[r], regions[: cfg.n_slow * 2])
-        ts = _tensorstore_open({"driver": "http", "base_url": url})
-        if ts is not None:
-            table.rows["tensorstore"] = _median_us(lambda r: ts[r].read().result(), regions)
-        x = da.from_zarr(z)
-        _dask_row(table, lambda r: x[r].compute(), regions[: cfg.n_slow])
         # The floor: one kept-alive stdlib connection, no per-request work beyond HTTP itself.
         # (requests.Session measured 0.5-0.7 ms more per 100 KB GET than this on the 2-core VM.)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -708,9 +745,22 @@ def scenario_remote_http(cfg: Config) -> Table:
             return out
 
         np.testing.assert_array_equal(floor(regions[0][0]), data[regions[0][0]])
-        table.rows["cold floor (sequential GETs + decode)"] = _median_us(floor, regions)
-        _warm_floors(table, data, "YX", regions, patch)
-        table.check("cold <= 1.3x touched-chunk floor", "lazystack cold", "cold floor (sequential GETs + decode)", 1.3)
+        with _cache_size(0):
+            cold = _paired_us({"lazystack cold": lazy, HTTP_FLOOR: floor}, regions)
+        table.rows["lazystack cold"] = cold["lazystack cold"]
+        with _cache_size(2**31):
+            for r in regions:
+                lazy(*r)
+            _warm_floors(table, data, "YX", regions, patch, lazy)
+        z = zarr.open_array(url, mode="r")
+        table.rows["zarr-python arr[...]"] = _median_us(lambda r: z[r], regions[: cfg.n_slow * 2])
+        ts = _tensorstore_open({"driver": "http", "base_url": url})
+        if ts is not None:
+            table.rows["tensorstore"] = _median_us(lambda r: ts[r].read().result(), regions)
+        x = da.from_zarr(z)
+        _dask_row(table, lambda r: x[r].compute(), regions[: cfg.n_slow])
+        table.rows[HTTP_FLOOR] = cold[HTTP_FLOOR]
+        table.check("cold <= 1.3x touched-chunk floor", "lazystack cold", HTTP_FLOOR, 1.3)
         _speedup_over_dask(table)
     finally:
         if proc.stdin is not None:
