@@ -444,6 +444,25 @@ def get_chunks(
     return found
 
 
+def _block(
+    chunk: np.ndarray,
+    idx: ChunkIndex,
+    src: tuple[slice, ...],
+    shape: tuple[int, ...],
+    region: tuple[slice, ...],
+    grid: ChunkGrid,
+) -> np.ndarray:
+    """``chunk[src]``, checked to have ``shape``: a chunk too small for its grid cell is an error, never broadcast.
+
+    The chunk may be cut at the array's edge or full-size.
+    """
+    block = chunk[src]
+    if block.shape != shape:
+        msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {grid.sizes}"
+        raise ValueError(msg)
+    return block
+
+
 def _assemble(
     region: tuple[slice, ...],
     grid: ChunkGrid,
@@ -451,15 +470,13 @@ def _assemble(
     pieces: list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]],
     dtype: np.dtype[Any],
 ) -> np.ndarray:
+    shape = tuple(s.stop - s.start for s in region)
     if len(pieces) == 1:
         # One chunk: a view of it (read-only when cached), no copy.
         idx, src, _ = pieces[0]
-        block = chunks[idx][src]
-        if block.shape != tuple(s.stop - s.start for s in region):
-            msg = f"chunk {idx} has shape {chunks[idx].shape}, too small for region {region} of grid {grid.sizes}"
-            raise ValueError(msg)
+        block = _block(chunks[idx], idx, src, shape, region, grid)
         return block if block.dtype == dtype else block.astype(dtype)
-    out = np.empty(tuple(s.stop - s.start for s in region), dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
     for idx, src, dst in pieces:
         _copy_chunk(out, idx, chunks[idx], src, dst, region, grid)
     return out
@@ -474,17 +491,9 @@ def _copy_chunk(
     region: tuple[slice, ...],
     grid: ChunkGrid,
 ) -> None:
-    """Copy ``chunk[src]`` into ``out[dst]`` (one of :meth:`ChunkGrid.pieces`; ``out`` is ``region``'s array).
-
-    The chunk may be cut at the array's edge or full-size; one too small for
-    its grid cell is an error (never broadcast into the output).
-    """
-    block = chunk[src]
+    """Copy ``chunk[src]`` into ``out[dst]`` (one of :meth:`ChunkGrid.pieces`; ``out`` is ``region``'s array)."""
     target = out[dst]
-    if block.shape != target.shape:
-        msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {grid.sizes}"
-        raise ValueError(msg)
-    target[...] = block
+    target[...] = _block(chunk, idx, src, target.shape, region, grid)
 
 
 def read_region(
@@ -694,10 +703,7 @@ class ChunkedReader(ABC):
     def _cut(
         self, chunk: np.ndarray, idx: ChunkIndex, within: tuple[slice, ...], region: tuple[slice, ...]
     ) -> np.ndarray:
-        block = chunk[within]
-        if block.shape != tuple(s.stop - s.start for s in region):
-            msg = f"chunk {idx} has shape {chunk.shape}, too small for region {region} of grid {self._grid.sizes}"
-            raise ValueError(msg)
+        block = _block(chunk, idx, within, tuple(s.stop - s.start for s in region), region, self._grid)
         return block if block.dtype == self._dtype else block.astype(self._dtype)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
