@@ -498,8 +498,10 @@ def scenario_batch64(cfg: Config) -> Table:
     for g, p in zip(got, batches[0], strict=True):
         np.testing.assert_array_equal(g[0], data[_region(p, patch)])
     with _cache_size(0):
-        table.rows[table.main] = _median_us(batch, [(b,) for b in batches], warmup=1) / 64
-        table.rows["lazystack one-by-one cold"] = _median_us(one_by_one, [(b,) for b in batches], warmup=1) / 64
+        got = _paired_us(
+            {table.main: batch, "lazystack one-by-one cold": one_by_one}, [(b,) for b in batches], warmup=1
+        )
+        table.rows.update({name: us / 64 for name, us in got.items()})
     from lazystack.cache import get_chunk_cache
 
     def emptied(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
