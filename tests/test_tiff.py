@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import multiprocessing
 import os
 import pickle
@@ -209,6 +211,52 @@ def test_variant_views(variant: tuple[Path, np.ndarray, str]) -> None:
         np.testing.assert_array_equal(
             view.extract_patch(0, None, coords, size), patch_reference(canonical, 0, coords, size)
         )
+
+
+def _where(located: tuple[Any, ...]) -> tuple[Any, ...]:
+    keyframe, page, segment, offset, bytecount = located
+    missing = page is None or not offset or not bytecount
+    return (keyframe.index, None if page is None else page.index, segment, None if missing else (offset, bytecount))
+
+
+def _locations_match_tifffile(path: Path) -> bool:
+    """Every chunk of series 0: the handle's locate() against tifffile's own key parsing; True if strides were used."""
+    handle = tiff_source._TiffHandle(str(path), 0)
+    try:
+        zarray = json.loads(handle.store._store[".zarray"])
+        grid = [-(-n // c) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True)]
+        for index in itertools.product(*(range(g) for g in grid)):
+            expected = handle.store._parse_key(".".join(map(str, index)))
+            assert _where(handle.locate(index)) == _where(expected), (path.name, index)
+        return handle._strides is not None
+    finally:
+        handle.close()
+
+
+def test_segments_located_as_tifffile_does(variant: tuple[Path, np.ndarray, str]) -> None:
+    path = variant[0]
+    with tifffile.TiffFile(path) as tif:
+        contiguous = tif.series[0].dataoffset is not None
+    # the stride mapping serves every segmented layout; a contiguous series keeps tifffile's parsing
+    assert _locations_match_tifffile(path) is not contiguous
+
+
+def test_segment_strides_refuse_a_mapping_they_cannot_confirm(variant_dir: Path) -> None:
+    path, _, _ = write_variant(variant_dir, "deflate-tiled-uint16")
+    handle = tiff_source._TiffHandle(str(path), 0)
+    try:
+        real = handle.store._indices
+
+        def skewed(key: str, series: Any) -> tuple[int, int]:
+            frame, strile = real(key, series)
+            return frame, strile + (1 if key.split(".")[-1] == "1" and key.split(".")[0] == "2" else 0)
+
+        handle.store._indices = skewed  # not linear in the index: the check at the last chunk must catch it
+        zarray = json.loads(handle.store._store[".zarray"])
+        grid = tuple(-(-n // c) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True))
+        assert tiff_source._segment_strides(handle.store, handle.series, grid) is None
+    finally:
+        handle.close()
 
 
 def test_rgb_samples_become_channels(variant_dir: Path) -> None:
@@ -693,6 +741,7 @@ def test_real_tiff_files(path: Path | None, shared_tiff_dir: Path) -> None:
         )
     (it,) = load_iter_tiff(path, axes)
     np.testing.assert_array_equal(it.data.compute(scheduler="sync"), canonical)
+    _locations_match_tifffile(path)
     assert sha(path) == before
 
 

@@ -307,7 +307,11 @@ class _TiffHandle:
             fill = zarray.get("fill_value")
             self.fillvalue = fill if isinstance(fill, (int, float)) else 0
             self.transform = self.series.transform
-            # chunk index -> (keyframe, page, segment, offset, byte count), bounded
+            grid = tuple(-(-int(n) // c) for n, c in zip(zarray["shape"], self.chunkshape, strict=True))
+            self._strides = _segment_strides(self.store, self.series, grid)
+            # page index -> (keyframe, page, segment offsets, byte counts), bounded; for _strides
+            self._pages: dict[int, tuple[Any, ...]] = {}
+            # chunk index -> (keyframe, page, segment, offset, byte count), bounded; without _strides
             self._located: dict[tuple[int, ...], tuple[Any, ...]] = {}
         except Exception:
             self.tif.close()
@@ -347,9 +351,44 @@ class _TiffHandle:
             self.released = True
             self.tif.close()
             self._located = {}  # a reader may keep this object: hold no page metadata
+            self._pages = {}
 
-    def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
-        """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
+    def locate(self, index: tuple[int, ...]) -> tuple[Any, Any, int | None, int | None, int | None]:
+        """Where the chunk at grid ``index`` is stored: ``(keyframe, page, segment, offset, byte count)``.
+
+        As tifffile's ``ZarrTiffStore`` locates it (a missing page or segment has
+        ``page`` None or offset 0). With :func:`_segment_strides` the page and
+        segment numbers are two dot products and each page's offsets are
+        looked up once; random patches rarely revisit a tile, and tifffile's
+        own key parsing cost as much as a tenth of decoding one.
+        """
+        strides = self._strides
+        if strides is None:
+            return self._parse_key(index)
+        frame, strile = _page_and_segment(index, strides)
+        entry = self._pages.get(frame)
+        if entry is None:
+            with self.lock:
+                if self.released:
+                    raise _HandleClosedError(self.path)
+                page = self.series[frame]
+            if page is None or page.keyframe is None:
+                entry = (self.keyframe, None, (), ())
+            else:
+                entry = (page.keyframe, page, page.dataoffsets, page.databytecounts)
+            if len(self._pages) >= _LOCATED_MAX:
+                self._pages.clear()
+            self._pages[frame] = entry
+        keyframe, page, offsets, counts = entry
+        if page is None or strile >= len(offsets):  # tifffile: missing page, or segments missing (Philips)
+            return keyframe, page, strile, 0, 0
+        if strile >= len(counts):
+            msg = f"TIFF file {self.path!r}: segment {strile} of page {frame} has no byte count (chunk {index})"
+            raise SourceReadError(msg)
+        return keyframe, page, strile, offsets[strile], counts[strile]
+
+    def _parse_key(self, index: tuple[int, ...]) -> tuple[Any, Any, int | None, int | None, int | None]:
+        """:meth:`locate` through tifffile's ``ZarrTiffStore`` key parsing (memoised, bounded)."""
         located = self._located.get(index)
         if located is None:
             try:
@@ -363,7 +402,11 @@ class _TiffHandle:
             if len(self._located) >= _LOCATED_MAX:
                 self._located.clear()
             self._located[index] = located
-        keyframe, page, segment, offset, bytecount = located
+        return located
+
+    def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
+        keyframe, page, segment, offset, bytecount = self.locate(index)
         if page is None or not offset or not bytecount:
             return None
         fh = page.parent.filehandle  # another file for a multi-file OME-TIFF series
@@ -737,6 +780,45 @@ class TiffReader:
         assert chunked is not None
         # a region in one segment is a (read-only when cached) view of it; several are assembled into a new array
         return chunked.read(slices)
+
+
+def _segment_strides(store: Any, series: Any, grid: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """How one step along each chunk-grid axis moves tifffile's (page, segment) numbers, or None.
+
+    tifffile's ``ZarrTiffStore`` maps a chunk index to a page number and a
+    segment number with two row-major ravels over disjoint axes, so both
+    numbers are linear in the index. The steps are read off tifffile's own
+    mapping, one unit index per axis, and checked at the grid's last chunk.
+    None (use tifffile's key parsing for every chunk) for a contiguous
+    series, one chunk per page, or a mapping the check does not confirm.
+    """
+    if series.dataoffset is not None or getattr(store, "_chunkmode", None) or not hasattr(store, "_indices"):
+        return None
+
+    def probe(index: Sequence[int]) -> tuple[int, int]:
+        frame, strile = store._indices(".".join(str(i) for i in index), series)
+        return int(frame), int(strile)
+
+    n = len(grid)
+    try:
+        if probe([0] * n) != (0, 0):
+            return None
+        strides = [probe([int(j == k) for j in range(n)]) if grid[k] > 1 else (0, 0) for k in range(n)]
+        last = tuple(g - 1 for g in grid)
+        if probe(last) != _page_and_segment(last, strides):
+            return None
+    except Exception:  # any surprise in tifffile's private mapping: use its key parsing
+        return None
+    return strides
+
+
+def _page_and_segment(index: tuple[int, ...], strides: list[tuple[int, int]]) -> tuple[int, int]:
+    """tifffile's (page, segment) numbers of a chunk index, from :func:`_segment_strides`."""
+    frame = strile = 0
+    for i, (f, s) in zip(index, strides, strict=True):
+        frame += i * f
+        strile += i * s
+    return frame, strile
 
 
 def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
