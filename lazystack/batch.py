@@ -284,7 +284,7 @@ class _Batch:
             n_chunks = reader.chunk_grid.n_touched(region) * (len(self.reqs) - i)
             reads = self._region_reads[key] = make(n_chunks) if make is not None else None
         if reads is not None:
-            reads.start(region)
+            reads.start(region, as_float32=inside is not None)  # its patch is the region as float32
             self._started.setdefault(key, []).append(i)
 
     def touched(self, i: int, reader: ChunkedReader) -> list[ChunkIndex]:
@@ -331,7 +331,7 @@ class _Batch:
         views: dict[tuple[int, int], Any] = {}
         for i, data in zip(started, reads.results(), strict=True):
             size = self.sizes.get(i)
-            patch = None if size is None else self.reqs[i][0]._finish_inside(data, size)
+            patch = None if size is None else self.reqs[i][0]._finish_inside(data, size, fresh=True)
             if patch is not None:
                 self.out[i] = patch
             else:

@@ -747,6 +747,7 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"tensorstore sees shape {handle.shape} / {handle.dtype}, zarr {self.shape} / {self.dtype}"
             raise NotImplementedError(msg)
         self._ts = handle
+        self._ts_float32: Any = None  # a float32 view of it, made on first use (RegionReads)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
@@ -761,9 +762,24 @@ class TensorstoreEngine(ZarrEngine):
         """One tensorstore read of the region."""
         return np.asarray(self._ts[region].read().result())
 
-    def start_read(self, region: tuple[slice, ...]) -> Any:
-        """Start a read of ``region`` in tensorstore's threads; its future, for :meth:`take`."""
+    def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
+        """Start a read of ``region`` in tensorstore's threads; its future, for :meth:`take`.
+
+        With ``as_float32`` tensorstore's threads also convert the values to
+        ``float32`` (only for dtypes it holds exactly: see :attr:`exact_float32`).
+        """
+        if as_float32:
+            view = self._ts_float32
+            if view is None:
+                view = self._ts_float32 = _tensorstore().cast(self._ts, "float32")
+            return view[region].read()
         return self._ts[region].read()
+
+    @property
+    def exact_float32(self) -> bool:
+        """Whether every value of this array's dtype is a ``float32`` (8- and 16-bit integers, float16/32)."""
+        kind, size = self.dtype.kind, self.dtype.itemsize
+        return (kind in "iu" and size <= 2) or (kind == "f" and size <= 4)
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
         """The result of :meth:`start_read` (waits for it).
@@ -782,6 +798,9 @@ class TensorstoreEngine(ZarrEngine):
             raise SourceReadError(msg) from e
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
@@ -795,17 +814,28 @@ class RegionReads:
         self._engine = engine
         self._dtype = dtype
         self._after = after
-        self._started: list[tuple[tuple[slice, ...], Any]] = []
+        self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
 
-    def start(self, region: tuple[slice, ...]) -> None:
-        """Start reading ``region`` (normalised, not empty)."""
-        self._started.append((region, self._engine.start_read(region)))
+    def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
+        """Start reading ``region`` (normalised, not empty).
+
+        With ``as_float32`` (for a request whose patch is the region cast to
+        ``float32``) the result comes as a new ``float32`` array, converted
+        in tensorstore's threads, when that conversion is exact for the
+        dtype; else in the array's dtype, as without it.
+        """
+        exact = as_float32 and self._engine.exact_float32
+        dtype = _FLOAT32 if exact else self._dtype
+        self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
 
     def results(self) -> Iterator[np.ndarray]:
-        """The started regions' data, in the order started (a failed read raises SourceReadError here)."""
-        for region, future in self._started:
+        """The started regions' data, in the order started (a failed read raises SourceReadError here).
+
+        Each is a new array, in the array's dtype or ``float32`` (see :meth:`start`).
+        """
+        for region, future, dtype in self._started:
             out = self._engine.take(region, future)
-            yield out if out.dtype == self._dtype else out.astype(self._dtype)
+            yield out if out.dtype == dtype else out.astype(dtype)
         self._after()
 
 

@@ -278,8 +278,13 @@ class LazyImageStack:
             key[t_pos] = slice(t, t + 1)
         return tuple(key), size
 
-    def _finish_inside(self, block: np.ndarray, size: list[int]) -> NDArray[np.float32] | None:
-        """The ``float32`` ``C(Z)YX`` patch from the block read for :meth:`_inside_region` (None: wrong shape)."""
+    def _finish_inside(self, block: np.ndarray, size: list[int], *, fresh: bool = False) -> NDArray[np.float32] | None:
+        """The ``float32`` ``C(Z)YX`` patch from the block read for :meth:`_inside_region` (None: wrong shape).
+
+        ``fresh``: ``block`` is a new array nobody else holds, returned as the
+        patch itself when it is already ``float32`` in the right layout (else
+        it may be a view of a source or a cached chunk, and is always copied).
+        """
         fast = self._fast
         assert fast is not None
         if fast.perm is not None:
@@ -287,7 +292,7 @@ class LazyImageStack:
         n_c = fast.n_channels
         if block.size != n_c * math.prod(size):
             return None  # a reader that returned the wrong shape: the general path reports it
-        return block.reshape((n_c, *size)).astype(np.float32, order="C")
+        return block.reshape((n_c, *size)).astype(np.float32, order="C", copy=not fresh)
 
     def _derive(self, selection: Selection) -> LazyImageStack:
         new = object.__new__(LazyImageStack)

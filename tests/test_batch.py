@@ -272,9 +272,9 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
     started: list[tuple[slice, ...]] = []
     original = TensorstoreEngine.start_read
 
-    def spy(self: TensorstoreEngine, region: tuple[slice, ...]) -> Any:
+    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
         started.append(region)
-        return original(self, region)
+        return original(self, region, as_float32=as_float32)
 
     monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
     stack = LazyImageStack(ZarrArrayReader(zarr_arrays["syx"], engine="tensorstore"), "SYX")
@@ -291,6 +291,46 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
         assert not started  # with the cache on, chunks go through the cache
     finally:
         set_chunk_cache_size(previous)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", ">u2", "float32", "int32", "float64", "uint32"])
+def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
+    tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.engines import TensorstoreEngine
+
+    rng = np.random.default_rng(4)
+    if np.dtype(dtype).kind == "f":
+        data = (rng.standard_normal((2, 90, 80)) * 1e6).astype(dtype)  # float64: values float32 must round
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, (2, 90, 80), endpoint=True).astype(dtype)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype)
+    z[...] = data
+    converted: list[bool] = []
+    original = TensorstoreEngine.start_read
+
+    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
+        converted.append(as_float32)
+        return original(self, region, as_float32=as_float32)
+
+    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
+    stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "SYX")
+    inside = [(0, None, (0, 0), (20, 24)), (1, None, (50, 40), (20, 24)), (0, None, (30, 33), (20, 24))]
+    edge = [(1, None, (80, 70), (20, 24)), (0, [0], (10, 10), (20, 24))]  # leaves the image; a channel list
+    reqs = inside + edge
+    want = [LazyImageStack(data, "SYX").extract_patch(*r) for r in reqs]
+    previous = set_chunk_cache_size(0)
+    try:
+        got = stack.extract_patches(reqs)
+    finally:
+        set_chunk_cache_size(previous)
+    _assert_same(got, want)
+    exact = np.dtype(dtype).itemsize <= 2 or dtype == "float32"
+    # converted by tensorstore: the requests whose patch is the region as float32, for an exact dtype
+    assert converted == [exact] * len(inside) + [False] * len(edge)
+    got[0][...] = -1  # every patch is its own array
+    np.testing.assert_array_equal(stack.extract_patches(reqs[:1])[0], want[0])
 
 
 def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_round(
