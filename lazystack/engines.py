@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from . import thread_loop
 from .chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from .errors import MissingDependencyError, SourceReadError
 
@@ -526,6 +527,8 @@ class DirectEngine(ZarrEngine):
         self._local_root: str | None = None
         if isinstance(self._store, LocalStore):
             self._local_root = os.fspath(self._store.root)
+        # plain HTTP(S) stores: awaited on the calling thread's own loop (no hand-off to zarr's loop thread)
+        self._thread_loop = self._local_root is None and thread_loop.serves(getattr(self._store, "fs", None))
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:
@@ -578,6 +581,10 @@ class DirectEngine(ZarrEngine):
             return list(await asyncio.gather(*(one(*r) for r in requests)))
 
         try:
+            if self._thread_loop:
+                got = thread_loop.cat_ranges(self._store, requests)
+                if got is not None:
+                    return got
             return sync(gather())
         except (OSError, TimeoutError) as e:
             msg = f"cannot read chunks of the zarr array {self._store}/{self._prefix}: {e}"
