@@ -528,7 +528,7 @@ class DirectEngine(ZarrEngine):
         if isinstance(self._store, LocalStore):
             self._local_root = os.fspath(self._store.root)
         # plain HTTP(S) stores: awaited on the calling thread's own loop (no hand-off to zarr's loop thread)
-        self._thread_loop = self._local_root is None and thread_loop.serves(getattr(self._store, "fs", None))
+        self._thread_loop = self._local_root is None and thread_loop.serves(self._store)
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:

@@ -12,13 +12,17 @@ suffix) concurrently on this thread's own event loop, through an
 asynchronous twin of the store's filesystem: the same fsspec class, made
 with the same ``storage_options`` (headers, credentials, timeouts), bound to
 that loop. Each thread has one loop and one twin per filesystem; a forked
-child starts with none (its parent's sockets are never shared). The twins'
-sessions and the loop are closed when the thread ends.
+child starts with none, and keeps its parent's loops (lazystack's, zarr's
+and fsspec's) referenced and untouched: collecting one there would
+unregister sockets from the epoll instance it shares with the parent. The
+twins' sessions and the loop are closed when the thread ends. The first
+request that fails cancels the others; so does an interruption.
 
-It serves plain ``HTTPFileSystem`` stores only, and never a thread that is
-already running an event loop (a Jupyter kernel's main thread, a coroutine):
-there :func:`cat_ranges` returns None and the caller goes through zarr's
-store as before.
+It serves a plain zarr ``FsspecStore`` over fsspec's ``HTTPFileSystem``
+only (:func:`serves`), and never a thread that is already running an event
+loop (a Jupyter kernel's main thread, a coroutine): there
+:func:`cat_ranges` returns None and the caller goes through zarr's store as
+before.
 """
 
 from __future__ import annotations
@@ -52,27 +56,69 @@ _STATE = _ThreadState()
 #: collecting them there (a connector's ``__del__`` closes its transports, which unregisters their
 #: sockets from the shared epoll) would stall the parent's reads. The child keeps them, untouched.
 _LIVE: dict[int, tuple[asyncio.AbstractEventLoop, dict[int, tuple[Any, Any]]]] = {}
-_INHERITED: list[dict[int, Any]] = []
+_INHERITED: list[Any] = []
+
+
+#: zarr's and fsspec's event loops and cached HTTP filesystems, referenced across a fork (see below).
+_AT_FORK: list[Any] = []
+
+
+def _hold_before_fork() -> None:
+    """Reference the parent's zarr/fsspec event loops and HTTP filesystems before a fork.
+
+    zarr and fsspec drop their loops and cached filesystems in a forked child.
+    Collected there, a loop closes itself, which unregisters its wake-up pipe
+    from the epoll instance it shares with the parent, and a session closes its
+    pooled connections the same way: the parent's next read through that loop
+    then waits for its timeout (seen once the parent also read on loops of its
+    own). The child keeps them referenced, unused, instead.
+    """
+    import sys
+
+    held: list[Any] = []
+    for name in ("zarr.core.sync", "fsspec.asyn"):
+        module = sys.modules.get(name)
+        if module is not None:
+            held += [getattr(module, "loop", [None])[0], getattr(module, "iothread", [None])[0]]
+    http = sys.modules.get("fsspec.implementations.http")
+    if http is not None:
+        held += list(http.HTTPFileSystem._cache.values())
+    _AT_FORK[:] = held
+
+
+def _release_after_fork_in_parent() -> None:
+    _AT_FORK.clear()
 
 
 def _reset_after_fork() -> None:
     global _STATE, _LIVE
     _INHERITED.append(_LIVE)  # the parent's loops and sessions: never used, closed or collected here
+    _INHERITED.append(list(_AT_FORK))  # and zarr's and fsspec's (see _hold_before_fork)
+    _AT_FORK.clear()
     _LIVE = {}
     _STATE = _ThreadState()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    # zarr's and fsspec's own after-fork hooks drop their loops in the child: the references taken
+    # here, before the fork, keep those objects alive there.
+    os.register_at_fork(
+        before=_hold_before_fork, after_in_parent=_release_after_fork_in_parent, after_in_child=_reset_after_fork
+    )
 
 
-def serves(fs: Any) -> bool:
-    """Whether :func:`cat_ranges` reads from ``fs`` (a plain fsspec ``HTTPFileSystem``).
+def serves(store: Any) -> bool:
+    """Whether :func:`cat_ranges` reads from ``store``.
+
+    A zarr ``FsspecStore`` itself (not a subclass, which may read otherwise)
+    over a plain fsspec ``HTTPFileSystem`` made from keyword options only,
+    none of them a connection pool of its own (``client_kwargs["connector"]``
+    belongs to one event loop). Anything else is read through zarr.
 
     Parameters
     ----------
-    fs : fsspec.AbstractFileSystem
-        The filesystem of a zarr ``FsspecStore``.
+    store : zarr.abc.store.Store
+        A zarr store.
 
     Returns
     -------
@@ -80,9 +126,30 @@ def serves(fs: Any) -> bool:
     """
     try:
         from fsspec.implementations.http import HTTPFileSystem
+        from zarr.storage import FsspecStore
     except ImportError:  # pragma: no cover - fsspec comes with zarr's remote stores
         return False
-    return type(fs) is HTTPFileSystem
+    if type(store) is not FsspecStore or type(store.fs) is not HTTPFileSystem:
+        return False
+    fs = store.fs
+    client_kwargs = fs.storage_options.get("client_kwargs") or {}
+    return not getattr(fs, "storage_args", ()) and "connector" not in client_kwargs
+
+
+async def _close_sessions(twins: list[Any]) -> None:
+    for twin in twins:
+        session = getattr(twin, "_session", None)
+        if session is not None:
+            await session.close()
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel whatever is still pending on ``loop`` (not running) and let it finish."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 def _close(pid: int, loop: asyncio.AbstractEventLoop, twins: dict[int, tuple[Any, Any]]) -> None:
@@ -92,13 +159,14 @@ def _close(pid: int, loop: asyncio.AbstractEventLoop, twins: dict[int, tuple[Any
     _LIVE.pop(id(loop), None)
     if loop.is_closed() or loop.is_running():
         return
-    sessions = [s for _, twin in twins.values() if (s := getattr(twin, "_session", None)) is not None]
+    found = [twin for _, twin in twins.values()]
     twins.clear()
-    for session in sessions:
-        if asyncio._get_running_loop() is None:
-            loop.run_until_complete(session.close())  # the finished thread's loop, idle: run here to close
-        else:  # collected inside another running loop: close the connections without the loop
-            connector = getattr(session, "_connector", None)
+    if asyncio._get_running_loop() is None:
+        _drain(loop)
+        loop.run_until_complete(_close_sessions(found))  # the finished thread's loop, idle: run here to close
+    else:  # collected inside another running loop: close the connections without the loop
+        for twin in found:
+            connector = getattr(getattr(twin, "_session", None), "_connector", None)
             if connector is not None:
                 connector._close()
     loop.close()
@@ -115,19 +183,26 @@ def _loop(state: _ThreadState) -> asyncio.AbstractEventLoop:
         state.twins = {}
         state.sentinel = sentinel = _Sentinel()
         _LIVE[id(loop)] = (loop, state.twins)
-        weakref.finalize(sentinel, _close, os.getpid(), loop, state.twins)
+        finalizer = weakref.finalize(sentinel, _close, os.getpid(), loop, state.twins)
+        # At exit only the main thread's own state is closed: another thread may still be using its loop.
+        finalizer.atexit = threading.current_thread() is threading.main_thread()
     return loop
 
 
 def _twin(state: _ThreadState, fs: Any, loop: asyncio.AbstractEventLoop) -> Any:
     """This thread's asynchronous copy of ``fs``, bound to ``loop`` (made once per thread and filesystem)."""
-    found = state.twins.get(id(fs))
+    twins = state.twins
+    found = twins.get(id(fs))
     if found is not None and found[0]() is fs:
         return found[1]
+    # a new filesystem: first close the twins of those collected since (their id may be fs's)
+    dead = [key for key, (ref, _) in twins.items() if ref() is None]
+    if dead:
+        loop.run_until_complete(_close_sessions([twins.pop(key)[1] for key in dead]))
     options = {**fs.storage_options, "asynchronous": True, "loop": loop, "skip_instance_cache": True}
     twin = type(fs)(**options)
     # a weak reference: the store's filesystem lives (and is collected) as it would without us
-    state.twins[id(fs)] = (weakref.ref(fs), twin)
+    twins[id(fs)] = (weakref.ref(fs), twin)
     return twin
 
 
@@ -137,7 +212,7 @@ def cat_ranges(store: Any, requests: Sequence[Request]) -> list[bytes | None] | 
     Parameters
     ----------
     store : zarr.storage.FsspecStore
-        The store (its ``fs`` must pass :func:`serves`).
+        The store (it must pass :func:`serves`).
     requests : sequence of (key, byte range, suffix)
         A key relative to the store's root, with the half-open byte range
         ``(start, stop)`` to read, or the length of the suffix to read, or
@@ -154,7 +229,10 @@ def cat_ranges(store: Any, requests: Sequence[Request]) -> list[bytes | None] | 
     Raises
     ------
     OSError, TimeoutError
-        What the filesystem raises for a failed request.
+        What the filesystem raises for the first request that fails; the
+        others still in flight are cancelled. An interruption
+        (``KeyboardInterrupt``) cancels them all too: nothing is left
+        pending on the loop.
     """
     if asyncio._get_running_loop() is not None:
         return None  # run_until_complete cannot nest: let zarr's own loop thread serve it
@@ -176,12 +254,25 @@ def cat_ranges(store: Any, requests: Sequence[Request]) -> list[bytes | None] | 
                 return b""
             raise
 
-    async def gather() -> list[bytes | BaseException | None]:
-        # every request finishes before this returns: none is left pending on the loop after a failure
-        return list(await asyncio.gather(*(one(*r) for r in requests), return_exceptions=True))
+    async def gather() -> list[bytes | None]:
+        tasks = [asyncio.ensure_future(one(*r)) for r in requests]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            errors = {t: t.exception() for t in done if not t.cancelled()}  # every one retrieved
+            failed = next((t for t in tasks if errors.get(t) is not None), None)
+            if failed is not None:
+                raise errors[failed]  # type: ignore[misc]  # the first failure, as asyncio.gather
+            return [t.result() for t in tasks]
+        finally:  # a failure or a cancellation: the requests still in flight are not needed
+            rest = [t for t in tasks if not t.done()]
+            for t in rest:
+                t.cancel()
+            if rest:
+                await asyncio.wait(rest)
 
-    results = loop.run_until_complete(gather())
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results  # type: ignore[return-value]  # no exception left
+    try:
+        return loop.run_until_complete(gather())
+    except BaseException:
+        if not loop.is_running():
+            _drain(loop)  # interrupted (KeyboardInterrupt): cancel what was left behind
+        raise

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +58,7 @@ def _zarr_get(store: FsspecStore, key: str, byte_range: Any = None) -> bytes | N
 def test_reads_what_zarrs_store_reads(served: tuple[str, ServerState, Path]) -> None:
     url, _, _ = served
     store = _store(url)
-    assert thread_loop.serves(store.fs)
+    assert thread_loop.serves(store)
     key = "a/zarr.json"
     got = thread_loop.cat_ranges(
         store, [(key, None, None), (key, (3, 17), None), (key, None, 9), ("a/nope", None, None)]
@@ -165,3 +167,94 @@ def test_a_failed_request_leaves_nothing_pending(served: tuple[str, ServerState,
     assert loop is not None
     assert not asyncio.all_tasks(loop)
     assert thread_loop.cat_ranges(store, [("a/zarr.json", (0, 4), None)]) == [_zarr_get(store, "a/zarr.json")[:4]]
+
+
+def test_only_plain_http_stores_are_served(served: tuple[str, ServerState, Path]) -> None:
+    url, _, _ = served
+
+    class Wrapped(FsspecStore):
+        pass
+
+    assert thread_loop.serves(_store(url))
+    assert not thread_loop.serves(Wrapped(_store(url).fs, path=_store(url).path, read_only=True))
+    own_pool = FsspecStore.from_url(
+        f"{url}/v3.zarr", read_only=True, storage_options={"client_kwargs": {"connector": 1}}
+    )
+    assert not thread_loop.serves(own_pool)  # a connection pool belongs to one event loop
+    assert not thread_loop.serves(zarr.storage.MemoryStore())
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)")
+def test_an_interrupted_read_leaves_nothing_pending(served: tuple[str, ServerState, Path]) -> None:
+    url, state, _ = served
+    store = _store(url)
+    keys = [("a/c/0/0/0", None, None), ("a/c/1/0/0", None, None), ("a/c/0/1/0", None, None)]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    state.release.clear()
+    state.mode = "hang"  # the server holds every chunk request
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            thread_loop.cat_ranges(store, keys)
+        assert time.monotonic() - started < 20
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        state.mode = "ok"
+        state.release.set()
+    loop = thread_loop._STATE.loop
+    assert loop is not None
+    assert not [t for t in asyncio.all_tasks(loop) if not t.done()]  # the requests were cancelled
+    want = [_zarr_get(store, key) for key, _, _ in keys]
+    assert thread_loop.cat_ranges(store, keys) == want  # and the loop reads on
+
+
+def test_twins_of_collected_filesystems_are_closed(served: tuple[str, ServerState, Path]) -> None:
+    url, _, _ = served
+    sessions = []
+    for _ in range(3):
+        store = FsspecStore.from_url(f"{url}/v3.zarr", read_only=True, storage_options={"skip_instance_cache": True})
+        assert thread_loop.cat_ranges(store, [("a/zarr.json", (0, 2), None)]) is not None
+        twin = thread_loop._STATE.twins[id(store.fs)][1]
+        sessions.append(twin._session)
+        del store, twin
+        gc.collect()
+    kept = [twin._session for _, twin in thread_loop._STATE.twins.values()]
+    # a new filesystem's twin drops the twins of those collected before it, their sessions closed
+    assert not any(s in kept for s in sessions[:-1])
+    assert all(s.closed for s in sessions[:-1])
+    assert sessions[-1] in kept  # the last one waits for the next new filesystem (or the thread's end)
+
+
+def _parent_loops_kept(queue: Any) -> None:
+    import zarr.core.sync as zsync
+
+    kept = [obj for held in thread_loop._INHERITED for obj in (held if isinstance(held, list) else [])]
+    loops = [obj for obj in kept if isinstance(obj, asyncio.AbstractEventLoop)]
+    queue.put((zsync.loop[0] is None, bool(loops) and not any(loop.is_closed() for loop in loops)))
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_keeps_its_parents_loops_untouched(served: tuple[str, ServerState, Path]) -> None:
+    import multiprocessing as mp
+
+    url, _, _ = served
+    _zarr_get(_store(url), "a/zarr.json")  # zarr's loop thread runs in the parent
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_parent_loops_kept, args=(queue,))
+    proc.start()
+    dropped_by_zarr, kept_open = queue.get(timeout=30)
+    proc.join(30)
+    assert proc.exitcode == 0
+    # zarr drops its loop in the child; lazystack keeps a reference, so it is never collected (and
+    # closed, which would unregister its wake-up pipe from the epoll it shares with the parent)
+    assert dropped_by_zarr
+    assert kept_open
+    assert not thread_loop._AT_FORK  # the parent holds nothing after the fork
+    assert _zarr_get(_store(url), "a/zarr.json")  # and reads on
