@@ -125,8 +125,10 @@ def _paired_us(
 
 def _cold_vs_floor(
     table: Table, lazy: Callable[..., Any], floor_name: str, floor: Callable[..., Any], args: Sequence[tuple[Any, ...]]
-) -> None:
-    """``lazystack cold`` and ``floor_name`` measured interleaved, plus a note on their same-patch ratio.
+) -> float:
+    """``lazystack cold`` (a row) and the floor measured interleaved; a note on their same-patch ratio.
+
+    Returns the floor's median µs, for the caller to list among the references.
 
     The targets compare medians. When patches fall into groups of very
     different cost (2D patches in one chunk, or in two to four) the median of
@@ -136,13 +138,14 @@ def _cold_vs_floor(
     """
     times: dict[str, list[float]] = {}
     got = _paired_us({"lazystack cold": lazy, floor_name: floor}, args, samples=times)
-    table.rows.update(got)
+    table.rows["lazystack cold"] = got["lazystack cold"]
     per_patch = np.asarray(times["lazystack cold"]) / np.asarray(times[floor_name])
     p10, p50, p90 = np.percentile(per_patch, [10, 50, 90])
     table.notes.append(
         f"same patch, lazystack cold / {floor_name.split(' (')[0]}: median {p50:.2f} (10th-90th percentile "
         f"{p10:.2f}-{p90:.2f}) over {len(per_patch)} patches"
     )
+    return got[floor_name]
 
 
 def _positions(shape: Sequence[int], patch: Sequence[int], n: int, seed: int = SEED) -> list[tuple[int, ...]]:
@@ -444,8 +447,7 @@ def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded
     floor = ZarrFloor(z, path)
     np.testing.assert_array_equal(floor.read(regions[0][0]), data[regions[0][0]])
     with _cache_size(0):
-        _cold_vs_floor(table, lazy, ZARR_FLOOR, floor.read, regions)
-    floor_us = table.rows.pop(ZARR_FLOOR)  # listed after the references, as before
+        floor_us = _cold_vs_floor(table, lazy, ZARR_FLOOR, floor.read, regions)
     with _cache_size(2**31):
         cache = get_chunk_cache()
         table.rows["lazystack first touch (cache on)"] = _median_us(lambda r: (cache.clear(), lazy(r)), regions)
@@ -609,8 +611,7 @@ def _tiff(cfg: Config, name: str, *, compressed: bool) -> Table:
         else ("tifffile.memmap", lambda t, yx: np.array(mm[(t, *_region(yx, patch))], dtype=np.float32))
     )
     with _cache_size(0):
-        _cold_vs_floor(table, lazy, reference, reference_fn, args)
-    reference_us = table.rows.pop(reference)  # listed after the warm floors, as before
+        reference_us = _cold_vs_floor(table, lazy, reference, reference_fn, args)
     t0 = time.perf_counter()
     full = tifffile.imread(path)
     load_us = (time.perf_counter() - t0) * 1e6
@@ -777,8 +778,7 @@ def scenario_remote_http(cfg: Config) -> Table:
 
         np.testing.assert_array_equal(floor(regions[0][0]), data[regions[0][0]])
         with _cache_size(0):
-            _cold_vs_floor(table, lazy, HTTP_FLOOR, floor, regions)
-        floor_us = table.rows.pop(HTTP_FLOOR)  # listed after the references, as before
+            floor_us = _cold_vs_floor(table, lazy, HTTP_FLOOR, floor, regions)
         with _cache_size(2**31):
             for r in regions:
                 lazy(*r)

@@ -355,21 +355,13 @@ class ChunkGrid:
             regular grid: this runs on every read of several chunks.
         """
         per_axis: list[list[tuple[int, slice, slice]]] = []
-        regular = self.regular
         for a, s in enumerate(region):
             start, stop = s.start, s.stop
-            if regular:
-                c = self.chunk_shape[a]
-                i = start // c
-                if stop > start and (stop - 1) // c == i:  # most axes: the region stays in one chunk
-                    lo = i * c
-                    per_axis.append([(i, slice(start - lo, stop - lo), slice(0, stop - start))])
-                    continue
             axis: list[tuple[int, slice, slice]] = []
             for i in self.axis_range(a, start, stop):
-                if regular:
-                    lo = i * c
-                    hi = lo + c
+                if self.regular:
+                    lo = i * self.chunk_shape[a]
+                    hi = lo + self.chunk_shape[a]
                 else:
                     lo, hi = int(self.bounds[a][i]), int(self.bounds[a][i + 1])
                 first = start if start > lo else lo

@@ -563,6 +563,15 @@ class DirectEngine(ZarrEngine):
             os.close(fd)
 
     def _read_remote(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
+        try:
+            got = thread_loop.cat_ranges(self._store, requests) if self._thread_loop else None
+            return got if got is not None else self._read_through_zarr(requests)
+        except (OSError, TimeoutError) as e:
+            msg = f"cannot read chunks of the zarr array {self._store}/{self._prefix}: {e}"
+            raise SourceReadError(msg) from e
+
+    def _read_through_zarr(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
+        """The requests through zarr's store, on zarr's event-loop thread."""
         import asyncio
 
         from zarr.abc.store import RangeByteRequest, SuffixByteRequest
@@ -580,15 +589,7 @@ class DirectEngine(ZarrEngine):
         async def gather() -> list[bytes | None]:
             return list(await asyncio.gather(*(one(*r) for r in requests)))
 
-        try:
-            if self._thread_loop:
-                got = thread_loop.cat_ranges(self._store, requests)
-                if got is not None:
-                    return got
-            return sync(gather())
-        except (OSError, TimeoutError) as e:
-            msg = f"cannot read chunks of the zarr array {self._store}/{self._prefix}: {e}"
-            raise SourceReadError(msg) from e
+        return sync(gather())
 
     def _read_many(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
         if self._local_root is not None:
@@ -821,6 +822,7 @@ class RegionReads:
         self._engine = engine
         self._dtype = dtype
         self._after = after
+        self._exact = engine.exact_float32
         self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
@@ -831,7 +833,7 @@ class RegionReads:
         in tensorstore's threads, when that conversion is exact for the
         dtype; else in the array's dtype, as without it.
         """
-        exact = as_float32 and self._engine.exact_float32
+        exact = as_float32 and self._exact
         dtype = _FLOAT32 if exact else self._dtype
         self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
 

@@ -51,31 +51,30 @@ class _ThreadState(threading.local):
 
 _STATE = _ThreadState()
 
-#: Every open loop of this process and its twins, by id of the loop. A forked child inherits these
-#: objects and the epoll instances and sockets under them, shared with the parent: closing or merely
-#: collecting them there (a connector's ``__del__`` closes its transports, which unregisters their
-#: sockets from the shared epoll) would stall the parent's reads. The child keeps them, untouched.
+#: Every open loop of this process (lazystack's, one per reading thread) and its twins, by id of the loop.
 _LIVE: dict[int, tuple[asyncio.AbstractEventLoop, dict[int, tuple[Any, Any]]]] = {}
+#: The parent's objects a forked child keeps referenced, unused, for good (see _hold_before_fork).
 _INHERITED: list[Any] = []
-
-
-#: zarr's and fsspec's event loops and cached HTTP filesystems, referenced across a fork (see below).
+#: The snapshot taken just before a fork.
 _AT_FORK: list[Any] = []
 
 
 def _hold_before_fork() -> None:
-    """Reference the parent's zarr/fsspec event loops and HTTP filesystems before a fork.
+    """Reference the event loops and HTTP sessions of this process just before a fork.
 
-    zarr and fsspec drop their loops and cached filesystems in a forked child.
-    Collected there, a loop closes itself, which unregisters its wake-up pipe
-    from the epoll instance it shares with the parent, and a session closes its
-    pooled connections the same way: the parent's next read through that loop
-    then waits for its timeout (seen once the parent also read on loops of its
-    own). The child keeps them referenced, unused, instead.
+    A forked child shares the epoll instances and sockets under them with the
+    parent. Collected there (our threads' state is freed, zarr and fsspec drop
+    their loops and cached filesystems in their own after-fork hooks), a loop
+    closes itself, which unregisters its wake-up pipe from the shared epoll,
+    and a session closes its pooled connections the same way: the parent's
+    next read through that loop then waits for its timeout (seen in the fork
+    tests once the parent also read on loops of its own). The child keeps
+    them referenced instead: lazystack's loops, zarr's and fsspec's, and the
+    cached HTTP filesystems.
     """
     import sys
 
-    held: list[Any] = []
+    held: list[Any] = list(_LIVE.values())
     for name in ("zarr.core.sync", "fsspec.asyn"):
         module = sys.modules.get(name)
         if module is not None:
@@ -92,16 +91,13 @@ def _release_after_fork_in_parent() -> None:
 
 def _reset_after_fork() -> None:
     global _STATE, _LIVE
-    _INHERITED.append(_LIVE)  # the parent's loops and sessions: never used, closed or collected here
-    _INHERITED.append(list(_AT_FORK))  # and zarr's and fsspec's (see _hold_before_fork)
+    _INHERITED.append(list(_AT_FORK))  # the parent's loops and sessions: never used, closed or collected here
     _AT_FORK.clear()
     _LIVE = {}
     _STATE = _ThreadState()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    # zarr's and fsspec's own after-fork hooks drop their loops in the child: the references taken
-    # here, before the fork, keep those objects alive there.
     os.register_at_fork(
         before=_hold_before_fork, after_in_parent=_release_after_fork_in_parent, after_in_child=_reset_after_fork
     )

@@ -234,7 +234,7 @@ def test_twins_of_collected_filesystems_are_closed(served: tuple[str, ServerStat
 def _parent_loops_kept(queue: Any) -> None:
     import zarr.core.sync as zsync
 
-    kept = [obj for held in thread_loop._INHERITED for obj in (held if isinstance(held, list) else [])]
+    kept = [obj for held in thread_loop._INHERITED for obj in held]
     loops = [obj for obj in kept if isinstance(obj, asyncio.AbstractEventLoop)]
     queue.put((zsync.loop[0] is None, bool(loops) and not any(loop.is_closed() for loop in loops)))
 
