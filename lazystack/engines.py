@@ -34,6 +34,7 @@ pickles as its store and metadata; engines are rebuilt per process).
 
 from __future__ import annotations
 
+import http.client
 import math
 import os
 import threading
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from . import thread_loop
+from . import plain_http, thread_loop
 from .chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from .errors import MissingDependencyError, SourceReadError
 
@@ -527,7 +528,9 @@ class DirectEngine(ZarrEngine):
         self._local_root: str | None = None
         if isinstance(self._store, LocalStore):
             self._local_root = os.fspath(self._store.root)
-        # plain HTTP(S) stores: awaited on the calling thread's own loop (no hand-off to zarr's loop thread)
+        # plain HTTP(S) stores: kept-alive standard-library connections where they send what fsspec would,
+        # else aiohttp awaited on the calling thread's own loop (no hand-off to zarr's loop thread)
+        self._http = None if self._local_root is not None else plain_http.endpoint(self._store)
         self._thread_loop = self._local_root is None and thread_loop.serves(self._store)
 
     # -- bytes ---------------------------------------------------------------------------
@@ -564,9 +567,14 @@ class DirectEngine(ZarrEngine):
 
     def _read_remote(self, requests: list[tuple[str, tuple[int, int] | None, int | None]]) -> list[bytes | None]:
         try:
+            if self._http is not None:
+                got = self._http.cat_ranges(requests)
+                if got is not None:
+                    return got
+                self._http = None  # the server redirects or encodes: read through aiohttp from now on
             got = thread_loop.cat_ranges(self._store, requests) if self._thread_loop else None
             return got if got is not None else self._read_through_zarr(requests)
-        except (OSError, TimeoutError) as e:
+        except (OSError, TimeoutError, http.client.HTTPException) as e:
             msg = f"cannot read chunks of the zarr array {self._store}/{self._prefix}: {e}"
             raise SourceReadError(msg) from e
 

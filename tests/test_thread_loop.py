@@ -1,5 +1,8 @@
 """Remote reads awaited on the calling thread's own event loop (lazystack.thread_loop).
 
+Stacks here read through it as they do for stores lazystack.plain_http does
+not serve (its ``endpoint`` is patched to serve none).
+
 Compared with zarr's own ``FsspecStore.get`` (through zarr's loop thread) on a
 real HTTP server on 127.0.0.1; the fall-back inside a running event loop,
 threads with a loop each, and the clean-up when a thread ends.
@@ -26,7 +29,7 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 from zarr_helpers import ServerState, serve_directory, write_plain_store
 
-from lazystack import load_zarrs, thread_loop
+from lazystack import load_zarrs, plain_http, thread_loop
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 
 
@@ -36,6 +39,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
     write_plain_store(root / "v3.zarr", 3)
     with serve_directory(root) as (url, state):
         yield url, state, root
+
+
+@pytest.fixture(autouse=True)
+def through_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacks read through the thread loop, as for a store lazystack.plain_http does not serve."""
+    monkeypatch.setattr(plain_http, "endpoint", lambda store: None)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from conftest import raise_if_dask_computes
 from reference import canonical_reference, patch_reference
 from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
 
-from lazystack import load_zarrs
+from lazystack import load_zarrs, plain_http
 from lazystack.cache import get_chunk_cache
 from lazystack.errors import SourceNotFoundError, SourceReadError
 from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
@@ -47,8 +47,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
         yield url, state, root
 
 
-@pytest.fixture
-def server(served: tuple[str, ServerState, Path]) -> Iterator[tuple[str, ServerState, Path]]:
+@pytest.fixture(params=["http.client", "aiohttp"])
+def server(
+    request: pytest.FixtureRequest, served: tuple[str, ServerState, Path], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, ServerState, Path]]:
+    """The server, reset; chunks read by lazystack.plain_http or (a store it does not serve) by aiohttp.
+
+    The switch holds in this process and a forked child; spawned workers read through plain_http.
+    """
+    if request.param == "aiohttp":
+        monkeypatch.setattr(plain_http, "endpoint", lambda store: None)
     url, state, root = served
     state.mode = "ok"
     state.clear()
@@ -142,7 +150,7 @@ def test_open_reads_metadata_only_and_patch_reads_only_its_chunks(server: Any, k
 def test_missing_chunk_over_http_reads_fill_value(server: Any, tmp_path: Path) -> None:
     url, state, root = server
     folder = root / "holes.zarr"
-    z = zarr.create_array(str(folder), shape=(32, 32), chunks=(16, 16), dtype="i2", fill_value=-9)
+    z = zarr.create_array(str(folder), shape=(32, 32), chunks=(16, 16), dtype="i2", fill_value=-9, overwrite=True)
     z[...] = np.ones((32, 32), dtype="i2")
     (folder / "c" / "0" / "1").unlink()
     (stack,) = load_zarrs([f"{url}/holes.zarr"], "YX")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.server
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,8 +35,13 @@ class ServerState:
 
     ``mode`` is ``"ok"``, ``"500"`` (chunk requests answer 500), ``"hang"``
     (chunk requests never get an answer until the server stops), ``"hang-all"``
-    (no request gets an answer) or ``"drop"``
-    (chunk requests see the connection closed without an answer).
+    (no request gets an answer), ``"drop"``
+    (chunk requests see the connection closed without an answer), and for
+    answers an HTTP client must handle: ``"no-range"`` (``Range`` ignored:
+    200 with the whole file), ``"wrong-range"`` (206 whose ``Content-Range``
+    starts one byte later than asked), ``"redirect"`` (302 to the same path
+    with ``?moved=1``, served as usual) and ``"gzip"`` (gzip-encoded chunks and
+    ranges, whatever the client accepts).
     """
 
     root: Path
@@ -85,6 +92,16 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
         def _misbehave(self) -> bool:
             if state.mode == "ok" or (is_metadata_request(self.path) and state.mode != "hang-all"):
                 return False
+            if state.mode in ("no-range", "wrong-range", "gzip"):
+                return False  # answered by do_GET / _send_range
+            if state.mode == "redirect":
+                if self.path.endswith("?moved=1"):
+                    return False
+                self.send_response(302)
+                self.send_header("Location", self.path + "?moved=1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return True
             if state.mode == "500":
                 self.send_error(500, "test server error")
                 return True
@@ -105,9 +122,21 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
                 state.headers.append(dict(self.headers.items()))
             if self._misbehave():
                 return
-            if self.headers.get("Range") and self._send_range():
+            chunk = not is_metadata_request(self.path)
+            if self.headers.get("Range") and not (chunk and state.mode == "no-range") and self._send_range():
+                return
+            if chunk and state.mode == "gzip":
+                self._send_gzip()
                 return
             super().do_GET()
+
+        def _send_gzip(self) -> None:
+            body = gzip.compress(Path(self.translate_path(self.path)).read_bytes())
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def _send_range(self) -> bool:
             """Answer a single ``bytes=`` range with 206 (as real servers do; http.server does not)."""
@@ -125,9 +154,14 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
             if start >= len(blob) or start >= stop:
                 self.send_error(416, "range not satisfiable")
                 return True
+            if state.mode == "wrong-range" and not is_metadata_request(self.path):
+                start += 1
             body = blob[start:stop]
             self.send_response(206)
             self.send_header("Content-Type", "application/octet-stream")
+            if state.mode == "gzip" and not is_metadata_request(self.path):
+                body = gzip.compress(body)
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(blob)}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -145,8 +179,10 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
 
 
 @contextmanager
-def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
+def serve_directory(root: Path, tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, ServerState]]:
     """Serve ``root`` over HTTP on 127.0.0.1 (a free port) in a thread.
+
+    ``tls``: a server-side context to serve HTTPS with instead.
 
     Yields
     ------
@@ -157,10 +193,12 @@ def serve_directory(root: Path) -> Iterator[tuple[str, ServerState]]:
 
     state = ServerState(root=Path(root))
     server = LocalHTTPServer(("127.0.0.1", 0), _handler(state))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", state
     finally:
         state.release.set()
         server.shutdown()
