@@ -18,13 +18,18 @@ would, minus aiohttp's content negotiation (:func:`endpoint`):
   the ``Range`` header built as fsspec's ``_process_limits``;
 * the session's and the request's ``headers`` and ``auth``
   (:class:`aiohttp.BasicAuth`), request options overriding session ones;
-* :class:`aiohttp.ClientTimeout` limits: ``sock_connect`` / ``connect`` on
-  connecting, ``sock_read`` on every read, ``total`` from sending a request
-  to its last byte (checked before each read, each of which is bounded);
-* ``Accept-Encoding: identity``: the body is the stored bytes.
+* :class:`aiohttp.ClientTimeout` limits (aiohttp's default when none is
+  given): ``sock_connect`` / ``connect`` on connecting, ``sock_read`` on
+  every read, ``total`` from sending a request to its last byte (a watchdog
+  thread shuts the socket down at the deadline, so a server trickling bytes
+  cannot stretch it);
+* aiohttp's ``User-Agent``, and ``Accept-Encoding: identity``: the body is
+  the stored bytes.
 
 A store with any other option (cookies, ``trust_env`` proxies, ``ssl``
-settings, a custom client, positional arguments ...) is read by the caller
+settings, a custom client, positional arguments, an ``Authorization``
+header together with ``auth``, ``allowed_exceptions`` beyond zarr's
+default ...) is read by the caller
 through aiohttp, and so is one whose server answers a redirect or an encoded
 body (:meth:`Endpoint.cat_ranges` returns None; the caller keeps to aiohttp
 for that store from then on). Answers mirror zarr's ``FsspecStore.get``: a
@@ -34,32 +39,44 @@ for that store from then on). Answers mirror zarr's ``FsspecStore.get``: a
 206 whose ``Content-Range`` starts elsewhere raises.
 
 Each thread has its own connections (a forked child opens new ones); they
-are closed when the thread ends. A kept-alive connection the server closed
-meanwhile is reopened once, as GET is idempotent.
+are closed when the thread ends, and one idle for :data:`IDLE_SECONDS` is
+closed instead of reused. A kept-alive connection the server closed
+meanwhile is reopened once, as GET is idempotent. Failures name the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import http.client
+import itertools
 import os
+import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["MAX_CONNECTIONS", "Endpoint", "HTTPStatusError", "endpoint"]
+__all__ = ["IDLE_SECONDS", "MAX_CONNECTIONS", "Endpoint", "HTTPStatusError", "endpoint"]
 
 #: (store key, byte range ``(start, stop)`` or None, suffix length or None), as :mod:`lazystack.thread_loop`
 Request = tuple[str, tuple[int, int] | None, int | None]
 
 #: Connections per thread and server: a read of more keys sends them in waves of this many.
 MAX_CONNECTIONS = 16
-_PIECE = 1 << 20  # bytes read per socket read once a body is larger (the total timeout is checked between pieces)
+#: Seconds a kept-alive connection may sit idle before it is closed rather than reused (aiohttp's keep-alive).
+IDLE_SECONDS = 15.0
 _CLIENT_OPTIONS = frozenset({"timeout", "headers", "auth"})
 _REQUEST_OPTIONS = frozenset({"headers", "auth"})
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# a kept-alive connection the server closed meanwhile: the GET is sent once more on a new one
+_STALE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+)
 
 
 class HTTPStatusError(Exception):
@@ -84,11 +101,94 @@ class _UnservedError(Exception):
     """An answer this client does not follow (a redirect, an encoded body): the caller reads through aiohttp."""
 
 
+class _HTTPConnection(http.client.HTTPConnection):
+    last_used = 0.0  # time.monotonic() when its last answer was read
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    last_used = 0.0
+
+
+_Connection = _HTTPConnection | _HTTPSConnection
+
+
+class _Timer:
+    """One request's deadline: ``fired`` once the watchdog shut its socket down."""
+
+    __slots__ = ("active", "conn", "fired")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn, self.active, self.fired = conn, True, False
+
+
+class _Watchdog:
+    """Shuts down the socket of a request not answered in full by its deadline (aiohttp's ``total``).
+
+    A socket timeout bounds each read, not a request: a server trickling a
+    byte now and then would keep one going for ever. One daemon thread per
+    process sleeps until the earliest deadline; a request that ends first
+    just marks its timer inactive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._order = itertools.count()
+        self._inactive = 0
+        self._pid: int | None = None
+
+    def start(self, deadline: float, conn: _Connection) -> _Timer:
+        timer = _Timer(conn)
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this process (a forked child has no watchdog thread)
+                self._pid, self._heap, self._inactive = os.getpid(), [], 0
+                threading.Thread(target=self._run, name="lazystack-http-watchdog", daemon=True).start()
+            earlier = not self._heap or deadline < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline, next(self._order), timer))
+            if earlier:
+                self._wake.notify()
+        return timer
+
+    def stop(self, timer: _Timer) -> bool:
+        """End ``timer``'s watch; whether it fired."""
+        with self._lock:
+            if timer.active:
+                timer.active = False
+                self._inactive += 1
+                if self._inactive > 1000 and self._inactive * 2 > len(self._heap):  # drop ended watches
+                    self._heap = [entry for entry in self._heap if entry[2].active]
+                    heapq.heapify(self._heap)
+                    self._inactive = 0
+            return timer.fired
+
+    def _run(self) -> None:
+        heap = self._heap
+        with self._lock:
+            while True:
+                heap = self._heap
+                now = time.monotonic()
+                while heap and heap[0][0] <= now:
+                    _, _, timer = heapq.heappop(heap)
+                    if not timer.active:
+                        self._inactive -= 1
+                        continue
+                    timer.active, timer.fired = False, True
+                    sock = timer.conn.sock
+                    if sock is not None:  # wakes the reading thread; socket.socket's shutdown, also for TLS
+                        with contextlib.suppress(OSError):
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                self._wake.wait(heap[0][0] - now if heap else None)
+
+
+_WATCHDOG = _Watchdog()
+
+
 class _Connections:
     """One thread's connections to one server; closed when the thread's pool is dropped."""
 
     def __init__(self) -> None:
-        self.items: list[http.client.HTTPConnection] = []
+        self.items: list[_Connection] = []
 
     def __del__(self) -> None:
         for conn in self.items:
@@ -149,6 +249,10 @@ def endpoint(store: Any) -> Endpoint | None:
         return None
     if type(store) is not FsspecStore or type(store.fs) is not HTTPFileSystem:
         return None
+    from zarr.storage._fsspec import ALLOWED_EXCEPTIONS
+
+    if not set(store.allowed_exceptions) <= set(ALLOWED_EXCEPTIONS):
+        return None  # zarr would turn other failures into a missing key
     fs = store.fs
     client = dict(fs.client_kwargs)
     request = dict(fs.kwargs)
@@ -159,8 +263,8 @@ def endpoint(store: Any) -> Endpoint | None:
     root = yarl.URL(str(store.path).rstrip("/") or "/", encoded=fs.encoded)
     if root.scheme not in ("http", "https") or not root.host or root.user is not None or root.query_string:
         return None
-    timeout = client.get("timeout")
-    if timeout is not None and type(timeout) is not aiohttp.ClientTimeout:
+    timeout = client.get("timeout") or aiohttp.client.DEFAULT_TIMEOUT
+    if type(timeout) is not aiohttp.ClientTimeout:
         return None
     headers: dict[str, str] = {"Accept": "*/*", "Accept-Encoding": "identity"}
     try:
@@ -172,14 +276,15 @@ def endpoint(store: Any) -> Endpoint | None:
                 for old in [k for k in headers if k.lower() == str(name).lower()]:
                     del headers[old]
                 headers[str(name)] = value
-            if options.get("auth") is not None:
-                headers["Authorization"] = _auth_header(options["auth"])
+        auth = request.get("auth") or client.get("auth")
+        if auth is not None:
+            if any(k.lower() == "authorization" for k in headers):
+                return None  # aiohttp refuses an Authorization header together with auth
+            headers["Authorization"] = _auth_header(auth)
     except TypeError:
         return None
     if not any(k.lower() == "user-agent" for k in headers):
-        from . import __version__
-
-        headers["User-Agent"] = f"Python/{sys.version_info[0]}.{sys.version_info[1]} lazystack/{__version__}"
+        headers["User-Agent"] = aiohttp.http.SERVER_SOFTWARE  # what aiohttp sends
     return Endpoint(store, root, headers, timeout)
 
 
@@ -197,8 +302,8 @@ class Endpoint:
         The store's root URL.
     headers : dict of str
         Headers sent with every request.
-    timeout : aiohttp.ClientTimeout or None
-        The limits (None: none).
+    timeout : aiohttp.ClientTimeout
+        The limits.
     """
 
     def __init__(self, store: Any, root: Any, headers: dict[str, str], timeout: Any) -> None:
@@ -207,16 +312,16 @@ class Endpoint:
         self._server = (str(root.scheme), str(root.raw_host), int(root.port))
         self._headers = headers
         self._allowed = tuple(store.allowed_exceptions)
-        self._total = None if timeout is None else timeout.total
-        connect = [] if timeout is None else [timeout.sock_connect, timeout.connect, timeout.total]
-        self._connect = min((t for t in connect if t is not None), default=None)
-        self._sock_read = None if timeout is None else timeout.sock_read
+        self._total = timeout.total
+        connect = [t for t in (timeout.sock_connect, timeout.connect, timeout.total) if t is not None]
+        self._connect = min(connect, default=None)
+        self._sock_read = timeout.sock_read
 
     def __repr__(self) -> str:
         return f"Endpoint({self._root!r})"
 
     # -- connections -----------------------------------------------------------------------
-    def _connections(self, n: int) -> list[http.client.HTTPConnection]:
+    def _connections(self, n: int) -> list[_Connection]:
         pool = _POOL
         if pool.pid != os.getpid():  # a forked child: the parent's sockets are not ours to use
             pool.pid, pool.servers = os.getpid(), {}
@@ -227,21 +332,14 @@ class Endpoint:
         scheme, host, port = self._server
         while len(items) < n:
             if scheme == "https":
-                items.append(http.client.HTTPSConnection(host, port, context=_ssl_context()))
+                items.append(_HTTPSConnection(host, port, context=_ssl_context()))
             else:
-                items.append(http.client.HTTPConnection(host, port))
+                items.append(_HTTPConnection(host, port))
+        stale = time.monotonic() - IDLE_SECONDS
+        for conn in items[:n]:
+            if conn.sock is not None and conn.last_used < stale:
+                conn.close()  # idle too long: the server has likely dropped it, open a new one
         return items[:n]
-
-    def _limit(self, conn: http.client.HTTPConnection, deadline: float | None, url: str) -> None:
-        """Bound the next socket read by ``sock_read`` and what is left of ``total``."""
-        limit = self._sock_read
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"GET {url}: no complete answer within the total limit of {self._total} s")
-            limit = left if limit is None else min(limit, left)
-        if conn.sock is not None:
-            conn.sock.settimeout(limit)
 
     # -- one request -----------------------------------------------------------------------
     def _range(self, rng: tuple[int, int] | None, suffix: int | None) -> str | None:
@@ -252,7 +350,7 @@ class Endpoint:
             return f"bytes=-{suffix}" if suffix > 0 else "bytes=0-"
         return None
 
-    def _send(self, conn: http.client.HTTPConnection, target: str, span: str | None) -> bool:
+    def _send(self, conn: _Connection, target: str, span: str | None) -> bool:
         """Send one GET; whether it went over a connection kept from before (which the server may have closed)."""
         kept = conn.sock is not None
         conn.timeout = self._connect  # used when (re)connecting
@@ -264,43 +362,27 @@ class Endpoint:
                 raise
             conn.close()
             conn.request("GET", target, headers=headers)
-            return False
+            kept = False
+        if conn.sock is not None:
+            conn.sock.settimeout(self._sock_read)  # every read of the answer
         return kept
 
     def _receive(
-        self,
-        conn: http.client.HTTPConnection,
-        url: str,
-        target: str,
-        span: str | None,
-        kept: bool,
-        deadline: float | None,
+        self, conn: _Connection, url: str, target: str, span: str | None, kept: bool, timer: _Timer | None
     ) -> bytes | None:
         try:
-            self._limit(conn, deadline, url)
             response = conn.getresponse()
         except _STALE:
-            if not kept:
+            if not kept or (timer is not None and timer.fired):  # not the watchdog's shutdown either
                 raise
             conn.close()  # closed by the server while kept alive: once more on a new connection
             self._send(conn, target, span)
-            self._limit(conn, deadline, url)
             response = conn.getresponse()
         status = response.status
         if 300 <= status < 400 or response.getheader("Content-Encoding", "identity").lower() != "identity":
             raise _UnservedError
-        if response.length is not None and response.length <= _PIECE:
-            self._limit(conn, deadline, url)
-            body = response.read()
-        else:
-            pieces = []
-            while True:
-                self._limit(conn, deadline, url)
-                piece = response.read(_PIECE)
-                if not piece:
-                    break
-                pieces.append(piece)
-            body = b"".join(pieces)
+        body = response.read()
+        conn.last_used = time.monotonic()
         if status == 404:
             missing = FileNotFoundError(url)  # as fsspec raises it, and zarr's store takes it
             if isinstance(missing, self._allowed):
@@ -337,10 +419,12 @@ class Endpoint:
         ------
         HTTPStatusError
             For an answer with an error status other than 404.
-        OSError, TimeoutError, http.client.HTTPException
-            For a connection that fails, or a server that does not answer
-            within the store's limits. The connections of the failed read
-            are closed.
+        TimeoutError
+            For a server that does not answer within the store's limits.
+        ConnectionError
+            For a connection that fails (refused, reset, truncated answer,
+            TLS verification ...), the original error as its cause. The
+            connections of a failed read are closed.
         """
         import yarl
 
@@ -354,27 +438,42 @@ class Endpoint:
         for first in range(0, len(todo), MAX_CONNECTIONS):
             wave = todo[first : first + MAX_CONNECTIONS]
             conns = self._connections(len(wave))
+            timers: list[_Timer] = []
+            url = self._root
             try:
                 sent = []
                 for i, conn in zip(wave, conns, strict=True):
                     key, rng, suffix = requests[i]
-                    path = f"{self._root}/{key}".rstrip("/")  # as zarr's _dereference_path
-                    target = yarl.URL(path, encoded=self._encoded).raw_path_qs
+                    url = f"{self._root}/{key}".rstrip("/")  # as zarr's _dereference_path
+                    target = yarl.URL(url, encoded=self._encoded).raw_path_qs
                     span = self._range(rng, suffix)
-                    start = time.monotonic()
-                    kept = self._send(conn, target, span)
-                    sent.append((i, conn, path, target, span, kept, start))
-                for i, conn, path, target, span, kept, start in sent:
-                    deadline = None if self._total is None else start + self._total
-                    out[i] = self._receive(conn, path, target, span, kept, deadline)
+                    if self._total is not None:
+                        timers.append(_WATCHDOG.start(time.monotonic() + self._total, conn))
+                    sent.append((i, conn, url, target, span, self._send(conn, target, span)))
+                for k, (i, conn, url, target, span, kept) in enumerate(sent):
+                    out[i] = self._receive(conn, url, target, span, kept, timers[k] if timers else None)
+                    if timers and _WATCHDOG.stop(timers[k]):
+                        raise TimeoutError("the answer came as its socket was shut at the deadline")
             except _UnservedError:
                 for conn in conns:
                     conn.close()
                 return None
-            except BaseException:
+            except BaseException as e:
                 for conn in conns:  # answers left unread: these connections are in no state to reuse
                     conn.close()
+                if isinstance(e, HTTPStatusError | FileNotFoundError) or not isinstance(e, Exception):
+                    raise
+                if any(_WATCHDOG.stop(timer) for timer in timers):
+                    msg = f"GET {url}: no complete answer within aiohttp.ClientTimeout(total={self._total}) s"
+                    raise TimeoutError(msg) from e
+                if isinstance(e, TimeoutError):
+                    raise TimeoutError(f"GET {url}: {e or 'timed out'} (sock_read={self._sock_read} s)") from e
+                if isinstance(e, OSError | http.client.HTTPException):
+                    raise ConnectionError(f"GET {url}: {type(e).__name__}: {e}") from e
                 raise
+            finally:
+                for timer in timers:
+                    _WATCHDOG.stop(timer)
         return out
 
 
@@ -396,7 +495,7 @@ def _check_content_range(header: str | None, span: str, url: str) -> None:
         got, _, size = rest.partition("/")
         got_first, _, got_last = got.partition("-")
         start, end = int(got_first), int(got_last)
-        ok = unit == "bytes" and (int(first) == start if first else size == "*" or end + 1 == int(size))
+        ok = unit.lower() == "bytes" and (int(first) == start if first else size == "*" or end + 1 == int(size))
     except ValueError:
         ok = False
     if not ok:

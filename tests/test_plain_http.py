@@ -101,6 +101,7 @@ def _reference(root: Path) -> np.ndarray:
         ({"ssl": False}, False),  # a request option it does not honour
         ({"params": {"sig": "x"}}, False),
         ({"headers": {"X-A": 1}}, False),  # a header that is not text
+        ({"headers": {"authorization": "Bearer T"}, "client_kwargs": {"auth": _basic_auth("u", "p")}}, False),
     ],
 )
 def test_serves_plain_stores_whose_every_option_it_honours(
@@ -108,6 +109,16 @@ def test_serves_plain_stores_whose_every_option_it_honours(
 ) -> None:
     url, _, _ = served
     assert (plain_http.endpoint(_store(url, **options)) is not None) is served_
+
+
+def test_limits_default_to_aiohttps_and_other_allowed_exceptions_are_refused(
+    served: tuple[str, ServerState, Path],
+) -> None:
+    url, _, _ = served
+    store = _store(url)
+    assert _endpoint(url)._total == aiohttp.client.DEFAULT_TIMEOUT.total  # no timeout given: aiohttp's default
+    wider = FsspecStore(store.fs, read_only=True, path=store.path, allowed_exceptions=(FileNotFoundError, OSError))
+    assert plain_http.endpoint(wider) is None  # zarr would read any OSError as a missing key: left to zarr
 
 
 def test_serves_only_plain_http_urls_and_fsspec_stores(served: tuple[str, ServerState, Path], tmp_path: Path) -> None:
@@ -187,7 +198,7 @@ def test_headers_and_basic_auth_reach_the_server(server: tuple[str, ServerState,
     assert seen["Authorization"] == "Basic " + base64.b64encode(b"u:p").decode()
     assert seen["Accept-Encoding"] == "identity"
     assert seen["Range"] == "bytes=0-9"
-    assert "lazystack" in seen["User-Agent"]
+    assert seen["User-Agent"] == aiohttp.http.SERVER_SOFTWARE  # as aiohttp would send
 
 
 def test_a_server_ignoring_range_still_gives_the_bytes_asked_for(server: tuple[str, ServerState, Path]) -> None:
@@ -268,6 +279,43 @@ def test_a_silent_server_times_out(server: tuple[str, ServerState, Path], timeou
     with pytest.raises(TimeoutError):
         _endpoint(url, client_kwargs={"timeout": timeout}).cat_ranges([(CHUNK, None, None)] * 3)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.timeout(60)
+def test_a_trickling_server_cannot_stretch_the_total_limit(server: tuple[str, ServerState, Path]) -> None:
+    url, state, _ = server
+    state.mode = "trickle"  # a byte every 0.2 s: each read well within sock_read
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"GET .*/v3\.zarr/b/c/0/0/0: no complete answer .*total=1\.0"):
+        _endpoint(url, client_kwargs={"timeout": aiohttp.ClientTimeout(total=1.0, sock_read=5)}).cat_ranges(
+            [(CHUNK, None, None)]
+        )
+    assert time.monotonic() - start < 4
+
+
+def test_failures_name_the_url(tmp_path: Path) -> None:
+    with serve_directory(tmp_path) as (url, _):
+        endpoint = _endpoint(url)
+    with pytest.raises(ConnectionError, match=f"GET {url}/v3.zarr/b/c/1/2/3: ConnectionRefusedError"):
+        endpoint.cat_ranges([("b/c/1/2/3", None, None)])
+
+
+def test_connections_idle_too_long_are_replaced(
+    server: tuple[str, ServerState, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, state, root = server
+    endpoint = _endpoint(url)
+    blob = (root / "v3.zarr" / CHUNK).read_bytes()
+    assert endpoint.cat_ranges([(CHUNK, None, None)]) == [blob]
+    with state.lock:
+        before = len(state.connections)
+    assert endpoint.cat_ranges([(CHUNK, None, None)]) == [blob]
+    with state.lock:
+        assert len(state.connections) == before  # kept alive
+    monkeypatch.setattr(plain_http, "IDLE_SECONDS", 0.0)
+    assert endpoint.cat_ranges([(CHUNK, None, None)]) == [blob]
+    with state.lock:
+        assert len(state.connections) == before + 1  # idle too long: closed, a new one opened
 
 
 def test_threads_have_connections_of_their_own_closed_when_they_end(server: tuple[str, ServerState, Path]) -> None:
@@ -351,8 +399,9 @@ def test_https_reads_verify_the_server(
     url, trusting = https_served
     root = served[2]
     assert url.startswith("https://")
-    with pytest.raises(ssl.SSLCertVerificationError):  # a certificate nobody vouches for is refused
+    with pytest.raises(ConnectionError, match=f"GET {url}/v3.zarr/{CHUNK}") as info:
         _endpoint(url).cat_ranges([(CHUNK, None, None)])
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)  # nobody vouches for it: refused
     monkeypatch.setattr(plain_http, "_SSL", [trusting])
     monkeypatch.setattr(plain_http._POOL, "servers", {})  # connections keep the context they were made with
     got = _endpoint(url).cat_ranges([(CHUNK, None, None), (CHUNK, (3, 17), None)])

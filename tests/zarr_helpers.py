@@ -41,7 +41,8 @@ class ServerState:
     200 with the whole file), ``"wrong-range"`` (206 whose ``Content-Range``
     starts one byte later than asked), ``"redirect"`` (302 to the same path
     with ``?moved=1``, served as usual) and ``"gzip"`` (gzip-encoded chunks and
-    ranges, whatever the client accepts).
+    ranges, whatever the client accepts); ``"trickle"`` sends a chunk's
+    headers, then one byte of its body every 0.2 s.
     """
 
     root: Path
@@ -94,6 +95,20 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
                 return False
             if state.mode in ("no-range", "wrong-range", "gzip"):
                 return False  # answered by do_GET / _send_range
+            if state.mode == "trickle":  # headers at once, then a byte every 0.2 s
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                for _ in range(100):
+                    if state.release.wait(0.2):
+                        break
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:
+                        break
+                self.close_connection = True
+                return True
             if state.mode == "redirect":
                 if self.path.endswith("?moved=1"):
                     return False
