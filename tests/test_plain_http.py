@@ -255,6 +255,20 @@ def test_error_status_raises_and_names_it(server: tuple[str, ServerState, Path])
     assert _endpoint(url).cat_ranges([(CHUNK, (0, 4), None)]) == [(server[2] / "v3.zarr" / CHUNK).read_bytes()[:4]]
 
 
+def test_a_failure_in_a_later_wave_leaves_the_connections_reusable(server: tuple[str, ServerState, Path]) -> None:
+    url, state, root = server
+    folder = root / "v3.zarr"
+    keys = sorted(str(p.relative_to(folder)) for p in (folder / "a" / "c").rglob("*") if p.is_file())
+    keys = (keys * 3)[: plain_http.MAX_CONNECTIONS + 2]
+    failing = "a/c/9/9/9"  # served 500: a key of the second wave, before its last
+    endpoint = _endpoint(url)
+    state.mode = "500:" + failing
+    with pytest.raises(plain_http.HTTPStatusError, match=failing):
+        endpoint.cat_ranges([(k, None, None) for k in [*keys, failing, keys[0]]])
+    state.mode = "ok"
+    assert endpoint.cat_ranges([(k, None, None) for k in keys]) == [(folder / k).read_bytes() for k in keys]
+
+
 def test_a_kept_alive_connection_the_server_closed_is_reopened(server: tuple[str, ServerState, Path]) -> None:
     url, state, root = server
     (stack,) = load_zarrs([f"{url}/v3.zarr/b"], "SYX")
@@ -407,3 +421,24 @@ def test_https_reads_verify_the_server(
     got = _endpoint(url).cat_ranges([(CHUNK, None, None), (CHUNK, (3, 17), None)])
     blob = (root / "v3.zarr" / CHUNK).read_bytes()
     assert got == [blob, blob[3:17]]
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_odd_paths_are_requested_as_aiohttp_requests_them(server: tuple[str, ServerState, Path], encoded: bool) -> None:
+    url, state, root = server
+    folder = root / "odd name ü" / "c" / "0 1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "x%41").write_bytes(b"literal percent")
+    (folder / "xA").write_bytes(b"unreserved A")  # what yarl makes of %41
+    base = f"{url}/odd%20name%20%C3%BC" if encoded else f"{url}/odd name ü"
+    key = "c/0%201/x%41" if encoded else "c/0 1/x%41"
+    store = FsspecStore.from_url(base, read_only=True, storage_options={"encoded": encoded})
+    endpoint = plain_http.endpoint(store)
+    assert endpoint is not None
+    state.clear()
+    got = endpoint.cat_ranges([(key, None, None)])
+    assert got is not None
+    assert got[0] is not None
+    assert got == thread_loop.cat_ranges(store, [(key, None, None)])  # fsspec's aiohttp reads the same file
+    first, second = state.paths()
+    assert first == second  # with the same request line

@@ -33,16 +33,17 @@ def is_metadata_request(path: str) -> bool:
 class ServerState:
     """What the test server saw and how it misbehaves.
 
-    ``mode`` is ``"ok"``, ``"500"`` (chunk requests answer 500), ``"hang"``
-    (chunk requests never get an answer until the server stops), ``"hang-all"``
-    (no request gets an answer), ``"drop"``
-    (chunk requests see the connection closed without an answer), and for
-    answers an HTTP client must handle: ``"no-range"`` (``Range`` ignored:
-    200 with the whole file), ``"wrong-range"`` (206 whose ``Content-Range``
-    starts one byte later than asked), ``"redirect"`` (302 to the same path
-    with ``?moved=1``, served as usual) and ``"gzip"`` (gzip-encoded chunks and
-    ranges, whatever the client accepts); ``"trickle"`` sends a chunk's
-    headers, then one byte of its body every 0.2 s.
+        ``mode`` is ``"ok"``, ``"500"`` (chunk requests answer 500; ``"500:SUFFIX"``
+    only those whose path ends with SUFFIX), ``"hang"``
+        (chunk requests never get an answer until the server stops), ``"hang-all"``
+        (no request gets an answer), ``"drop"``
+        (chunk requests see the connection closed without an answer), and for
+        answers an HTTP client must handle: ``"no-range"`` (``Range`` ignored:
+        200 with the whole file), ``"wrong-range"`` (206 whose ``Content-Range``
+        starts one byte later than asked), ``"redirect"`` (302 to the same path
+        with ``?moved=1``, served as usual) and ``"gzip"`` (gzip-encoded chunks and
+        ranges, whatever the client accepts); ``"trickle"`` sends a chunk's
+        headers, then one byte of its body every 0.2 s.
     """
 
     root: Path
@@ -117,9 +118,11 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return True
-            if state.mode == "500":
+            if state.mode == "500" or (state.mode.startswith("500:") and self.path.endswith(state.mode[4:])):
                 self.send_error(500, "test server error")
                 return True
+            if state.mode.startswith("500:"):
+                return False
             if state.mode in ("hang", "hang-all"):
                 state.release.wait(30)
                 self.close_connection = True
