@@ -34,7 +34,6 @@ pickles as its store and metadata; engines are rebuilt per process).
 
 from __future__ import annotations
 
-import http.client
 import math
 import os
 import threading
@@ -574,7 +573,7 @@ class DirectEngine(ZarrEngine):
                 self._http = None  # the server redirects or encodes: read through aiohttp from now on
             got = thread_loop.cat_ranges(self._store, requests) if self._thread_loop else None
             return got if got is not None else self._read_through_zarr(requests)
-        except (OSError, TimeoutError, http.client.HTTPException) as e:
+        except (OSError, TimeoutError) as e:
             msg = f"cannot read chunks of the zarr array {self._store}/{self._prefix}: {e}"
             raise SourceReadError(msg) from e
 

@@ -58,10 +58,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "MAX_CONNECTIONS", "Endpoint", "HTTPStatusError", "endpoint"]
+from .thread_loop import Request, serves
 
-#: (store key, byte range ``(start, stop)`` or None, suffix length or None), as :mod:`lazystack.thread_loop`
-Request = tuple[str, tuple[int, int] | None, int | None]
+__all__ = ["IDLE_SECONDS", "MAX_CONNECTIONS", "Endpoint", "HTTPStatusError", "endpoint"]
 
 #: Connections per thread and server: a read of more keys sends them in waves of this many.
 MAX_CONNECTIONS = 16
@@ -150,20 +149,20 @@ class _Watchdog:
                 self._wake.notify()
         return timer
 
-    def stop(self, timer: _Timer) -> bool:
-        """End ``timer``'s watch; whether it fired."""
+    def stop(self, *timers: _Timer) -> bool:
+        """End the watch of ``timers`` (those still watched); whether any of them fired."""
         with self._lock:
-            if timer.active:
-                timer.active = False
-                self._inactive += 1
-                if self._inactive > 1000 and self._inactive * 2 > len(self._heap):  # drop ended watches
-                    self._heap = [entry for entry in self._heap if entry[2].active]
-                    heapq.heapify(self._heap)
-                    self._inactive = 0
-            return timer.fired
+            for timer in timers:
+                if timer.active:
+                    timer.active = False
+                    self._inactive += 1
+            if self._inactive > 1000 and self._inactive * 2 > len(self._heap):  # drop ended watches
+                self._heap = [entry for entry in self._heap if entry[2].active]
+                heapq.heapify(self._heap)
+                self._inactive = 0
+            return any(timer.fired for timer in timers)
 
     def _run(self) -> None:
-        heap = self._heap
         with self._lock:
             while True:
                 heap = self._heap
@@ -224,9 +223,9 @@ def _auth_header(auth: Any) -> str:
 def endpoint(store: Any) -> Endpoint | None:
     """The :class:`Endpoint` reading ``store``'s keys, or None when it does not serve that store.
 
-    It serves a zarr ``FsspecStore`` itself over fsspec's own
-    ``HTTPFileSystem`` class, made from keyword options only, at an
-    ``http://`` or ``https://`` URL without user info, whose options are
+    It serves a store :func:`lazystack.thread_loop.serves` (a zarr
+    ``FsspecStore`` itself over fsspec's own ``HTTPFileSystem`` class, made
+    from keyword options only) at an ``http://`` or ``https://`` URL without user info, whose options are
     ``client_kwargs`` of ``timeout`` (an :class:`aiohttp.ClientTimeout`),
     ``headers`` and ``auth`` (an :class:`aiohttp.BasicAuth`), and request
     options ``headers`` and ``auth``; nothing else.
@@ -240,23 +239,22 @@ def endpoint(store: Any) -> Endpoint | None:
     -------
     Endpoint or None
     """
-    try:
-        import aiohttp
-        import yarl
-        from fsspec.implementations.http import HTTPFileSystem, get_client
-        from zarr.storage import FsspecStore
-    except ImportError:  # pragma: no cover - fsspec's HTTP comes with aiohttp and yarl
+    if not serves(store):
         return None
-    if type(store) is not FsspecStore or type(store.fs) is not HTTPFileSystem:
-        return None
-    from zarr.storage._fsspec import ALLOWED_EXCEPTIONS
+    import aiohttp
+    import yarl
+    from fsspec.implementations.http import get_client
 
+    try:
+        from zarr.storage._fsspec import ALLOWED_EXCEPTIONS
+    except ImportError:  # pragma: no cover - moved in another zarr: judge no store's exceptions
+        return None
     if not set(store.allowed_exceptions) <= set(ALLOWED_EXCEPTIONS):
         return None  # zarr would turn other failures into a missing key
     fs = store.fs
     client = dict(fs.client_kwargs)
     request = dict(fs.kwargs)
-    if getattr(fs, "storage_args", ()) or fs.get_client is not get_client:
+    if fs.get_client is not get_client:
         return None
     if not set(client) <= _CLIENT_OPTIONS or not set(request) <= _REQUEST_OPTIONS:
         return None
@@ -404,9 +402,7 @@ class Endpoint:
         Parameters
         ----------
         requests : sequence of (key, byte range, suffix)
-            A key relative to the store's root, with the half-open byte range
-            ``(start, stop)`` to read, or the length of the suffix to read, or
-            neither (the whole value).
+            As for :func:`lazystack.thread_loop.cat_ranges`.
 
         Returns
         -------
@@ -454,16 +450,15 @@ class Endpoint:
                     out[i] = self._receive(conn, url, target, span, kept, timers[k] if timers else None)
                     if timers and _WATCHDOG.stop(timers[k]):
                         raise TimeoutError("the answer came as its socket was shut at the deadline")
-            except _UnservedError:
-                for conn in conns:
-                    conn.close()
-                return None
             except BaseException as e:
+                fired = _WATCHDOG.stop(*timers)  # (those of the answers read are stopped already)
                 for conn in conns:  # answers left unread: these connections are in no state to reuse
                     conn.close()
+                if isinstance(e, _UnservedError):
+                    return None
                 if isinstance(e, HTTPStatusError | FileNotFoundError) or not isinstance(e, Exception):
                     raise
-                if any(_WATCHDOG.stop(timer) for timer in timers):
+                if fired:
                     msg = f"GET {url}: no complete answer within aiohttp.ClientTimeout(total={self._total}) s"
                     raise TimeoutError(msg) from e
                 if isinstance(e, TimeoutError):
@@ -471,9 +466,6 @@ class Endpoint:
                 if isinstance(e, OSError | http.client.HTTPException):
                     raise ConnectionError(f"GET {url}: {type(e).__name__}: {e}") from e
                 raise
-            finally:
-                for timer in timers:
-                    _WATCHDOG.stop(timer)
         return out
 
 
