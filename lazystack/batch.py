@@ -9,22 +9,32 @@ request returns.
 How the chunks are read depends on where they live:
 
 - **local** sources (files, memory) that decode one chunk on their own
-  (:attr:`~lazystack.chunked.ChunkedReader.has_fetch_chunk`): the requests
-  are split into groups that share no chunk, the groups are spread over the cores
-  (:data:`~lazystack.chunked.CPU_WORKERS`), and each core streams through its
-  requests, decoding a chunk when a request first needs it and dropping it
-  after its last use. Decoding runs in parallel (the codecs release the GIL),
-  and few decoded chunks are alive at once: a batch does not fault in fresh
-  memory for every chunk it touches, which on a virtual machine costs about
-  as much as decoding.
+  (:attr:`~lazystack.chunked.ChunkedReader.has_fetch_chunk`):
+
+  - requests for every channel wholly inside an identity view (a training
+    loop's) are *scattered*: the chunks they touch are shared over the cores
+    (:data:`~lazystack.chunked.CPU_WORKERS`) in grid order, and each chunk
+    is decoded once, copied (cast to ``float32``) straight into every patch
+    it feeds, and dropped;
+  - the others (a channel list, a patch leaving the image, a view), and any
+    request sharing a chunk with them, are split into groups that share no
+    chunk, the groups are spread over the cores, and each core streams
+    through its requests, decoding a chunk when a request first needs it and
+    dropping it after its last use.
+
+  Decoding runs in parallel (the codecs release the GIL), and few decoded
+  chunks are alive at once: a batch does not fault in fresh memory for every
+  chunk it touches, which on a virtual machine costs about as much as
+  decoding.
 - **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`),
-  sources that only fetch chunks in groups, and sources whose fetch decodes
-  many chunks in native threads
+  sources that only fetch chunks in groups, and, with the chunk cache on,
+  sources whose fetch decodes many chunks in native threads
   (:meth:`~lazystack.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
-- with the chunk cache off, a Zarr array on tensorstore reads one region per
-  patch, each started as soon as its request is planned
+- with the chunk cache off, a Zarr array on tensorstore (or on ``auto``
+  over compressed chunks of 256 KiB and up) reads one region per patch, each
+  started as soon as its request is planned
   (:meth:`~lazystack.engines.ZarrArrayReader.region_reads`).
 
 Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
@@ -45,7 +55,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .chunked import CPU_WORKERS, ChunkedReader, ChunkIndex, as_chunked_reader, fetch_concurrently, normalize_key
+from .chunked import (
+    CPU_WORKERS,
+    ChunkedReader,
+    ChunkIndex,
+    as_chunked_reader,
+    copy_piece,
+    fetch_concurrently,
+    normalize_key,
+)
 from .errors import PatchError
 from .patch import patch_geometry
 
@@ -279,10 +297,8 @@ class _Batch:
         key = id(reader)
         reads = self._region_reads.get(key, False)
         if reads is False:
-            # Decided once per source, from this request's chunks times the requests left.
-            make = getattr(reader, "region_reads", None)
-            n_chunks = reader.chunk_grid.n_touched(region) * (len(self.reqs) - i)
-            reads = self._region_reads[key] = make(n_chunks) if make is not None else None
+            make = getattr(reader, "region_reads", None)  # decided once per source
+            reads = self._region_reads[key] = make() if make is not None else None
         if reads is not None:
             reads.start(region, as_float32=inside is not None)  # its patch is the region as float32
             self._started.setdefault(key, []).append(i)
@@ -307,11 +323,80 @@ class _Batch:
         """Serve the requests ``indices``, all on the source ``reader``."""
         if self._serve_regions(reader, indices):
             return
-        items = [(i, self.touched(i, reader)) for i in indices]
-        n_chunks = len({c for _, touched in items for c in touched})
-        if reader.remote or not reader.has_fetch_chunk or reader.parallel_fetch(n_chunks):
-            self._serve_rounds(reader, items)
+        if reader.remote or not reader.has_fetch_chunk or self._parallel_rounds(reader, indices):
+            self._serve_rounds(reader, [(i, self.touched(i, reader)) for i in indices])
             return
+        scattered, streamed = self._split_fast(reader, indices)
+        if scattered:
+            self._scatter(reader, scattered)
+        if streamed:
+            self._stream(reader, [(i, self.touched(i, reader)) for i in streamed])
+
+    def _parallel_rounds(self, reader: ChunkedReader, indices: list[int]) -> bool:
+        """Whether to fetch in rounds because the source decodes a round's chunks in parallel (tensorstore).
+
+        Only with the cache on: a round's chunks are alive together, which
+        the cache keeps anyway; with it off, their fresh memory costs more
+        than the parallel decode gains (measured), and a source that prefers
+        tensorstore for these requests already reads them as regions.
+        """
+        cache = reader.cache
+        if cache is None or not cache.enabled:
+            return False
+        return reader.parallel_fetch(len({c for i in indices for c in self.touched(i, reader)}))
+
+    def _split_fast(self, reader: ChunkedReader, indices: list[int]) -> tuple[list[int], list[int]]:
+        """Split ``indices`` into requests to scatter and requests to stream, sharing no chunk.
+
+        Fast-path requests (every channel, wholly inside, an identity view)
+        are scattered, unless they share a chunk (transitively) with another
+        request: a chunk is read once either way.
+        """
+        fast = [i for i in indices if i in self.sizes]
+        if len(fast) == len(indices) or not fast:
+            return fast, [i for i in indices if i not in self.sizes]
+        scattered: list[int] = []
+        streamed: list[int] = []
+        for group in _components([(i, self.touched(i, reader)) for i in indices]):
+            to = scattered if all(i in self.sizes for i, _ in group) else streamed
+            to.extend(i for i, _ in group)
+        return scattered, streamed
+
+    def _scatter(self, reader: ChunkedReader, indices: list[int]) -> None:
+        """Serve fast-path requests chunk by chunk: each chunk read once and copied into every patch it feeds.
+
+        The chunks are read in grid order, one contiguous share per core
+        (raw chunks, a memory copy, in the calling thread), each copied
+        (cast to ``float32``) straight into the patches and then dropped:
+        one decoded chunk per core is alive at a time, and no request goes
+        through a read of its own.
+        """
+        grid = reader.chunk_grid
+        dtype = reader.dtype
+        regions = self.regions
+        blocks: dict[int, np.ndarray] = {}
+        uses: dict[ChunkIndex, list[tuple[int, tuple[slice, ...], tuple[slice, ...]]]] = {}
+        for i in indices:
+            region = regions[i]
+            assert region is not None
+            blocks[i] = np.empty(tuple(s.stop - s.start for s in region), dtype=np.float32)
+            for idx, src, dst in grid.pieces(region):
+                uses.setdefault(idx, []).append((i, src, dst))
+
+        def place(idx: ChunkIndex) -> None:
+            chunk = reader.read_chunk(idx)
+            if chunk.dtype != dtype:
+                chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
+            for i, src, dst in uses[idx]:
+                copy_piece(blocks[i], idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]
+
+        fetch_concurrently(sorted(uses), place, parallel=reader.compressed)
+        for i, block in blocks.items():
+            # None (a reader returning the wrong shape) is left to extract_patch, which reports it
+            self.out[i] = self.reqs[i][0]._finish_inside(block, self.sizes[i], fresh=True)
+
+    def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
+        """Serve requests through their stacks, each core streaming through a chunk-disjoint share."""
         shares = _shares(items, CPU_WORKERS)
         bound = max(1, self.max_bytes // len(shares))
 

@@ -51,6 +51,7 @@ __all__ = [
     "ChunkGrid",
     "ChunkIndex",
     "ChunkedReader",
+    "copy_piece",
     "FunctionChunkedReader",
     "as_chunked_reader",
     "FetchChunks",
@@ -478,11 +479,11 @@ def _assemble(
         return block if block.dtype == dtype else block.astype(dtype)
     out = np.empty(shape, dtype=dtype)
     for idx, src, dst in pieces:
-        _copy_chunk(out, idx, chunks[idx], src, dst, region, grid)
+        copy_piece(out, idx, chunks[idx], src, dst, region, grid)
     return out
 
 
-def _copy_chunk(
+def copy_piece(
     out: np.ndarray,
     idx: ChunkIndex,
     chunk: np.ndarray,
@@ -491,7 +492,28 @@ def _copy_chunk(
     region: tuple[slice, ...],
     grid: ChunkGrid,
 ) -> None:
-    """Copy ``chunk[src]`` into ``out[dst]`` (one of :meth:`ChunkGrid.pieces`; ``out`` is ``region``'s array)."""
+    """Copy ``chunk[src]`` into ``out[dst]``, cast to ``out``'s dtype (one of :meth:`ChunkGrid.pieces`).
+
+    Parameters
+    ----------
+    out : numpy.ndarray
+        The array of ``region``.
+    idx : tuple of int
+        The chunk's index (for the error message).
+    chunk : numpy.ndarray
+        The decoded chunk, full-size or cut at the array's edge.
+    src, dst : tuple of slice
+        As :meth:`ChunkGrid.pieces` gives them.
+    region : tuple of slice
+        The region ``out`` holds (for the error message).
+    grid : ChunkGrid
+        The source's chunk grid (for the error message).
+
+    Raises
+    ------
+    ValueError
+        If the chunk is too small for its grid cell (never broadcast).
+    """
     target = out[dst]
     target[...] = _block(chunk, idx, src, target.shape, region, grid)
 
@@ -737,7 +759,7 @@ class ChunkedReader(ABC):
 
         def place(k: int) -> None:
             idx, src, dst = pieces[k]
-            _copy_chunk(out, idx, self.fetch_chunk(idx), src, dst, region, grid)
+            copy_piece(out, idx, self.fetch_chunk(idx), src, dst, region, grid)
 
         parallel = self.compressed and len(pieces) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
         fetch_concurrently(range(len(pieces)), place, parallel=parallel)
@@ -782,7 +804,7 @@ class ChunkedReader(ABC):
         # assembled in the stored dtype, cast once by the caller: measured faster than casting piece by piece
         out = np.empty(tuple(s.stop - s.start for s in region), dtype=self._dtype)
         for (idx, src, dst), chunk in zip(pieces, chunks, strict=True):
-            _copy_chunk(out, idx, chunk, src, dst, region, grid)
+            copy_piece(out, idx, chunk, src, dst, region, grid)
         return out
 
     def read_chunk(self, idx: ChunkIndex) -> np.ndarray:

@@ -161,8 +161,10 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import lazystack.batch as batch_module
+    import lazystack.chunked as chunked_module
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 2)
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", 2)
     previous = set_chunk_cache_size(0)
     try:
         data = np.random.default_rng(8).integers(0, 1000, (400, 400)).astype(np.uint16)
@@ -222,7 +224,8 @@ def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 1)
     data = np.arange(10 * 400, dtype=np.float32).reshape(10, 400)
     # 40 requests on 40 chunks, then the same 40 again: every chunk stays needed until its second use.
-    reqs = [(0, None, (2, 10 * k + 2), (5, 5)) for k in range(40)] * 2
+    # A channel list keeps them off the scattered fast path: they stream through their stack.
+    reqs = [(0, [0], (2, 10 * k + 2), (5, 5)) for k in range(40)] * 2
     want = _one_by_one(LazyImageStack(data, "YX"), reqs)
     previous = set_chunk_cache_size(0)
     try:
@@ -237,6 +240,126 @@ def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch)
     assert max(unbounded.decoded.values()) == 1
     assert bounded.peak_alive <= 6 + 1  # the bound, plus the chunk of the request in hand
     assert max(bounded.decoded.values()) == 2  # dropped chunks are read again
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scattered_requests_decode_each_chunk_once_and_hold_one_per_core(
+    monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    import lazystack.chunked as chunked_module
+
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", workers)
+    data = np.random.default_rng(12).integers(0, 2**16, (2, 90, 400), dtype=np.uint16)
+    # every request is on the fast path (all channels, inside); each chunk is fed to many patches,
+    # some of them twice over (the same request again, in another order)
+    reqs = [(s, None, (y, x), (23, 37)) for s in (0, 1) for y in (0, 20, 61) for x in range(0, 360, 30)]
+    reqs += reqs[::-3]
+    reader = CountingReader(data, (1, 16, 32))
+    previous = set_chunk_cache_size(0)
+    try:
+        got = LazyImageStack(reader, "SYX").extract_patches(reqs)
+    finally:
+        set_chunk_cache_size(previous)
+    _assert_same(got, _one_by_one(LazyImageStack(data, "SYX"), reqs))
+    assert set(reader.decoded) == {c for r in reqs for c in _touched(reader, r)}
+    assert max(reader.decoded.values()) == 1
+    assert len(reader.threads) == workers
+    assert reader.peak_alive <= workers  # one chunk in hand per core
+    assert reader.alive == 0
+    # every patch is its own array
+    assert not any(np.may_share_memory(a, b) for k, a in enumerate(got) for b in got[k + 1 :])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", ">u2", "int32", "uint32", "float64", "int64", "bool"])
+def test_scattered_patches_cast_as_one_by_one(dtype: str) -> None:
+    rng = np.random.default_rng(13)
+    if dtype == "bool":
+        data = rng.random((70, 90)) < 0.5
+    elif np.dtype(dtype).kind == "f":
+        data = (rng.standard_normal((70, 90)) * 1e9).astype(dtype)  # values float32 must round
+    else:
+        info = np.iinfo(dtype)
+        data = rng.integers(info.min, info.max, (70, 90), endpoint=True, dtype=np.dtype(dtype).newbyteorder("="))
+        data = data.astype(dtype)
+    reader = CountingReader(data, (16, 16))
+    reqs = [(0, None, (y, x), (20, 30)) for y in range(0, 50, 7) for x in range(0, 60, 11)]
+    previous = set_chunk_cache_size(0)
+    try:
+        got = LazyImageStack(reader, "YX").extract_patches(reqs)
+    finally:
+        set_chunk_cache_size(previous)
+    _assert_same(got, _one_by_one(LazyImageStack(data, "YX"), reqs))
+    assert max(reader.decoded.values()) == 1
+
+
+def test_requests_sharing_chunks_with_slow_path_requests_are_still_decoded_once(
+    cache_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lazystack.batch as batch_module
+
+    scattered: list[int] = []
+    original = batch_module._Batch._scatter
+
+    def spy(self: Any, reader: ChunkedReader, indices: list[int]) -> None:
+        scattered.extend(indices)
+        original(self, reader, indices)
+
+    monkeypatch.setattr(batch_module._Batch, "_scatter", spy)
+    data = np.random.default_rng(14).random((2, 3, 80, 120)).astype(np.float32)
+    reader = CountingReader(data, (1, 3, 16, 16))
+    stack = LazyImageStack(reader, "SCYX")
+    inside = [(s, None, (y, x), (20, 20)) for s in (0, 1) for y in (0, 30, 60) for x in (0, 45, 90)]
+    # a channel list, a patch leaving the image, next to and overlapping the fast ones
+    slow = [(0, [2, 0], (25, 40), (20, 20)), (1, None, (70, 110), (20, 20)), (1, [1], (0, 0), (8, 8))]
+    reqs = [r for pair in zip(inside, slow * 6, strict=False) for r in pair] + inside[len(slow) :]
+    _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "SCYX"), reqs))
+    assert max(reader.decoded.values()) == 1
+    assert set(reader.decoded) == {c for r in reqs for c in _touched_c(reader, r)}
+    # the fast requests clear of the others were scattered; none that shares a chunk with them was
+    assert scattered
+    slow_chunks = {c for r in reqs if r[1] is not None or r[2] == (70, 110) for c in _touched_c(reader, r)}
+    assert all(not slow_chunks & set(_touched_c(reader, reqs[i])) for i in scattered)
+    assert len(scattered) < sum(r[1] is None and r[2] != (70, 110) for r in reqs)
+
+
+def _touched_c(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex]:
+    """The chunks a request on an SCYX reader touches."""
+    sample, chans, (y, x), (h, w) = request
+    _, n_c, ny, nx = reader.shape
+    c = range(n_c) if chans is None else chans
+    inside = (slice(max(y, 0), min(y + h, ny)), slice(max(x, 0), min(x + w, nx)))
+    return reader.chunk_grid.touched((slice(sample, sample + 1), slice(min(c), max(c) + 1), *inside))
+
+
+def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.engines import TensorstoreEngine
+
+    pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
+    started: list[tuple[slice, ...]] = []
+    original = TensorstoreEngine.start_read
+
+    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
+        started.append(region)
+        return original(self, region, as_float32=as_float32)
+
+    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
+    data = np.random.default_rng(15).integers(0, 4000, (2, 600, 1100), dtype=np.uint16)
+    reqs = [(s, None, (y, x), (96, 96)) for s in (0, 1) for y in (0, 200, 480) for x in (100, 460, 900)]
+    want = _one_by_one(LazyImageStack(data, "SYX"), reqs)
+    previous = set_chunk_cache_size(0)
+    try:
+        for chunks, regions in [((1, 64, 64), False), ((1, 256, 512), True)]:  # 8 KiB and 256 KiB chunks
+            z = zarr.create_array(tmp_path / f"{chunks[1]}.zarr", shape=data.shape, chunks=chunks, dtype=data.dtype)
+            z[...] = data
+            stack = LazyImageStack(ZarrArrayReader(zarr.open_array(z.store, mode="r"), engine="auto"), "SYX")
+            started.clear()
+            _assert_same(stack.extract_patches(reqs), want)
+            # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
+            assert len(started) == (len(reqs) if regions else 0)
+    finally:
+        set_chunk_cache_size(previous)
 
 
 def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
