@@ -1105,21 +1105,57 @@ class ZarrArrayReader(ChunkedReader):
         """Decode one whole chunk with this process's engine."""
         return self.engine.fetch_one(idx)
 
+    def _region_engine(self, region: tuple[slice, ...]) -> TensorstoreEngine | None:
+        """The tensorstore engine that reads ``region`` whole (the cache off), or None: chunk by chunk."""
+        cache = self.cache
+        if cache is not None and cache.enabled:
+            return None
+        engine = self.engine
+        if isinstance(engine, TensorstoreEngine):
+            ts: TensorstoreEngine | None = engine
+        elif isinstance(engine, AutoEngine) and engine.prefers_tensorstore(self.chunk_grid.n_touched(region)):
+            ts = engine.tensorstore
+        else:
+            return None
+        return ts
+
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read a region: through the chunk cache, or straight from tensorstore when the cache is off."""
-        cache = self.cache
-        if cache is None or not cache.enabled:
-            engine = self.engine
-            ts = engine if isinstance(engine, TensorstoreEngine) else None
-            if isinstance(engine, AutoEngine) and engine.prefers_tensorstore(self.chunk_grid.n_touched(region)):
-                ts = engine.tensorstore
-            if ts is not None:
-                if 0 in (s.stop - s.start for s in region):
-                    return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-                out = ts.read_region(region).astype(self.dtype, copy=False)
-                self._after_direct_read()
-                return out
-        return super().read(region)
+        ts = self._region_engine(region)
+        if ts is None:
+            return super().read(region)
+        if 0 in (s.stop - s.start for s in region):
+            return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
+        out = ts.read_region(region).astype(self.dtype, copy=False)
+        self._after_direct_read()
+        return out
+
+    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
+
+        Only when :meth:`read` would read the region whole from tensorstore
+        (the chunk cache off) and every value of the dtype is a ``float32``
+        (8- and 16-bit integers, float16/32): the patch then needs no cast
+        and no copy in Python. None otherwise: the caller reads with
+        :meth:`read` and casts. Measured on 2 cores (``benchmarks/``): a
+        cold 16x64x64 uint16 patch over six zstd chunks 2-5 % faster (its
+        cast and copy are about 40 µs of 750).
+
+        Parameters
+        ----------
+        region : tuple of slice
+            Step-1 slices inside the bounds, one per axis.
+
+        Returns
+        -------
+        numpy.ndarray or None
+        """
+        ts = self._region_engine(region)
+        if ts is None or not ts.exact_float32 or 0 in (s.stop - s.start for s in region):
+            return None
+        out = ts.take(region, ts.start_read(region, as_float32=True))
+        self._after_direct_read()
+        return out
 
     def region_reads(self) -> RegionReads | None:
         """Region reads straight from tensorstore, as :meth:`read` makes one, for a batch; or None.

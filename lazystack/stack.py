@@ -110,6 +110,7 @@ class _FastPlan(NamedTuple):
     n_channels: int
     has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
     read_cached: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # cache-only read, if any (sources/base.py)
+    read_float32: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # a new float32 region, if any (same)
 
 
 class LazyImageStack:
@@ -219,6 +220,7 @@ class LazyImageStack:
             n_channels=model.n_channels,
             has_read_region=callable(getattr(self._reader, "read_region", None)),
             read_cached=read_cached if callable(read_cached := getattr(self._reader, "read_cached", None)) else None,
+            read_float32=as_f32 if callable(as_f32 := getattr(self._reader, "read_float32", None)) else None,
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
@@ -237,6 +239,10 @@ class LazyImageStack:
         assert fast is not None
         block = fast.read_cached(region) if fast.read_cached is not None else None
         if block is None:  # not all in memory: read it
+            if fast.read_float32 is not None:
+                as_f32 = fast.read_float32(region)
+                if as_f32 is not None:  # a new float32 array: the patch itself, no copy
+                    return self._finish_inside(as_f32, size, fresh=True)
             block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
         return self._finish_inside(block, size)
 

@@ -515,6 +515,67 @@ def test_stack_over_a_zarr_reader(arrays: dict[str, Any], cache_mode: str) -> No
         _same(stack.data.compute(scheduler="sync"), ref.data.compute(scheduler="sync"))
 
 
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_read_float32_is_the_cast_region_or_none(
+    arrays: dict[str, Any], name: str, engine: str, cache_mode: str
+) -> None:
+    z = _open(arrays[name])
+    if engine not in available_engines(z) and engine != "auto":
+        return
+    reader = ZarrArrayReader(z, engine=engine)
+    # every region read whole by tensorstore: auto sends it any read of two chunks or more
+    if isinstance(reader.engine, AutoEngine):
+        reader.engine.min_tensorstore_bytes = 0
+    rng = np.random.default_rng(len(name) + 7)
+    served = 0
+    for _ in range(15):
+        region = tuple(
+            slice(a, int(rng.integers(a + 1, n + 1))) for a, n in ((int(rng.integers(0, n)), n) for n in z.shape)
+        )
+        got = reader.read_float32(region)
+        touched = reader.chunk_grid.n_touched(region)
+        exact = (z.dtype.kind in "iu" and z.dtype.itemsize <= 2) or (z.dtype.kind == "f" and z.dtype.itemsize <= 4)
+        by_ts = engine == "tensorstore" or (engine == "auto" and reader.engine_name == "auto" and touched >= 2)
+        if cache_mode == "cache-off" and by_ts and exact and reader.compressed:
+            assert got is not None, region
+        if got is None:
+            continue
+        served += 1
+        assert cache_mode == "cache-off", "with the cache on a region comes through the cache, never like this"
+        assert got.dtype == np.float32
+        assert got.flags.writeable  # a new array, the patch itself
+        assert got.flags.c_contiguous
+        _same(got, np.asarray(z[region]).astype(np.float32))
+    if engine in ("direct", "zarr") or cache_mode == "cache-on":
+        assert served == 0
+
+
+def test_patches_come_as_float32_from_tensorstore_with_the_cache_off(
+    arrays: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    z = _open(arrays["v3-zstd-uint16"])
+    full = np.asarray(z[...])
+    reader = ZarrArrayReader(z, engine="tensorstore")
+    calls: list[tuple[slice, ...]] = []
+    original = reader.read_float32
+    monkeypatch.setattr(reader, "read_float32", lambda r: (calls.append(r), original(r))[1])
+    stack = LazyImageStack(reader, "YX")  # the fast plan takes the reader's methods as they are now
+    previous = set_chunk_cache_size(0)
+    try:
+        patch = stack.extract_patch(0, None, (3, 5), (40, 50))
+        outside = stack.extract_patch(0, None, (-3, 60), (20, 40))  # leaves the image: the general path
+    finally:
+        set_chunk_cache_size(previous)
+    _same(patch, full[None, 3:43, 5:55].astype(np.float32))
+    assert patch.flags.writeable
+    assert patch.dtype == np.float32
+    want = np.zeros((1, 20, 40), np.float32)
+    want[0, 3:, :30] = full[0:17, 60:90]
+    _same(outside, want)
+    assert calls == [(slice(3, 43), slice(5, 55))]
+
+
 # -- remote --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def http_root(arrays: dict[str, Any]) -> Iterator[str]:

@@ -23,6 +23,12 @@ array. Optional members the stack uses when present:
     touches is in the chunk cache), else None; it must never read the
     source. The patch fast path tries it before ``read_region``: a warm
     patch is one cache look-up.
+``read_float32(region)``
+    the same region as a *new* ``float32`` array (values exactly those of
+    a cast), when the reader produces it more cheaply than ``read_region``
+    plus a cast (tensorstore converts while it decodes), else None. The
+    patch fast path tries it after ``read_cached`` and returns the array as
+    the patch without another copy.
 """
 
 from __future__ import annotations

@@ -396,6 +396,20 @@ class ZarrArrayReader:
         except Exception as exc:
             raise self._translate(region, exc) from _cause(exc)
 
+    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """``region`` as a new ``float32`` array when the engine converts it itself, else None.
+
+        See :meth:`lazystack.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off).
+        """
+        if not self._use_fast:
+            return None
+        try:
+            return self.as_chunked().read_float32(region)
+        except (MemoryError, IndexError, TypeError):
+            raise
+        except Exception as exc:
+            raise self._translate(region, exc) from _cause(exc)
+
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
 
