@@ -356,19 +356,26 @@ class ChunkGrid:
             regular grid: this runs on every read of several chunks.
         """
         per_axis: list[list[tuple[int, slice, slice]]] = []
+        regular = self.regular
         for a, s in enumerate(region):
             start, stop = s.start, s.stop
             axis: list[tuple[int, slice, slice]] = []
-            for i in self.axis_range(a, start, stop):
-                if self.regular:
-                    lo = i * self.chunk_shape[a]
-                    hi = lo + self.chunk_shape[a]
-                else:
+            if regular:
+                c = self.chunk_shape[a]
+                for i in range(start // c, (stop - 1) // c + 1) if stop > start else ():
+                    lo = i * c
+                    first = start if start > lo else lo
+                    last = stop if stop < lo + c else lo + c
+                    axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
+            else:
+                for i in self.axis_range(a, start, stop):
                     lo, hi = int(self.bounds[a][i]), int(self.bounds[a][i + 1])
-                first = start if start > lo else lo
-                last = stop if stop < hi else hi
-                axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
+                    first = start if start > lo else lo
+                    last = stop if stop < hi else hi
+                    axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
             per_axis.append(axis)
+        if len(per_axis) == 2:  # 2D regions (most patches): the product without a zip per piece
+            return [((a[0], b[0]), (a[1], b[1]), (a[2], b[2])) for a in per_axis[0] for b in per_axis[1]]
         return [tuple(zip(*combo, strict=True)) for combo in itertools.product(*per_axis)]
 
     def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
@@ -708,18 +715,23 @@ class ChunkedReader(ABC):
         return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
 
     def _in_one_chunk(self, region: tuple[slice, ...]) -> tuple[ChunkIndex, tuple[slice, ...]] | None:
-        """``(chunk index, region within that chunk)`` when ``region`` lies in one chunk of a regular grid."""
+        """``(chunk index, region within that chunk)`` when ``region`` lies in one chunk of a regular grid.
+
+        On every patch, warm or cold: plain loops over the axes, nothing else.
+        """
         grid = self._grid
         if not grid.regular:
             return None
         idx = []
         within = []
         for s, c in zip(region, grid.chunk_shape, strict=True):
-            i = s.start // c
-            if s.stop <= s.start or (s.stop - 1) // c != i:
+            start, stop = s.start, s.stop
+            i = start // c
+            if stop <= start or (stop - 1) // c != i:
                 return None
+            lo = i * c
             idx.append(i)
-            within.append(slice(s.start - i * c, s.stop - i * c))
+            within.append(slice(start - lo, stop - lo))
         return tuple(idx), tuple(within)
 
     def _cut(

@@ -413,12 +413,12 @@ class ZarrArrayReader:
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
 
-        Reads nothing: None until this process has read through its fast reader.
+        Reads nothing: None until a fast reader exists. It looks at this
+        process's chunk cache alone (emptied in a forked child), never at a
+        handle, so a fast reader made before a fork is safe to ask here.
         """
         fast = self._fast
-        if fast is None or self._pid != os.getpid():
-            return None
-        return fast.read_cached(region)
+        return None if fast is None else fast.read_cached(region)
 
     def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
         """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
