@@ -91,6 +91,22 @@ def _assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.fixture
+def region_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[slice, ...], bool]]:
+    """Every region read started in tensorstore during the test: ``(region, as_float32)``."""
+    from lazystack.engines import TensorstoreEngine
+
+    started: list[tuple[tuple[slice, ...], bool]] = []
+    original = TensorstoreEngine.start_read
+
+    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
+        started.append((region, as_float32))
+        return original(self, region, as_float32=as_float32)
+
+    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
+    return started
+
+
 @pytest.fixture(scope="module")
 def zarr_arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("batch")
@@ -332,19 +348,9 @@ def _touched_c(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkInd
 
 
 def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, region_reads: list[tuple[tuple[slice, ...], bool]]
 ) -> None:
-    from lazystack.engines import TensorstoreEngine
-
     pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
-    started: list[tuple[slice, ...]] = []
-    original = TensorstoreEngine.start_read
-
-    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        started.append(region)
-        return original(self, region, as_float32=as_float32)
-
-    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
     data = np.random.default_rng(15).integers(0, 4000, (2, 600, 1100), dtype=np.uint16)
     reqs = [(s, None, (y, x), (96, 96)) for s in (0, 1) for y in (0, 200, 480) for x in (100, 460, 900)]
     want = _one_by_one(LazyImageStack(data, "SYX"), reqs)
@@ -354,10 +360,10 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
             z = zarr.create_array(tmp_path / f"{chunks[1]}.zarr", shape=data.shape, chunks=chunks, dtype=data.dtype)
             z[...] = data
             stack = LazyImageStack(ZarrArrayReader(zarr.open_array(z.store, mode="r"), engine="auto"), "SYX")
-            started.clear()
+            region_reads.clear()
             _assert_same(stack.extract_patches(reqs), want)
             # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
-            assert len(started) == (len(reqs) if regions else 0)
+            assert len(region_reads) == (len(reqs) if regions else 0)
     finally:
         set_chunk_cache_size(previous)
 
@@ -388,18 +394,8 @@ def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> Non
 
 
 def test_tensorstore_batches_read_regions_with_the_cache_off(
-    zarr_arrays: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    zarr_arrays: dict[str, Any], region_reads: list[tuple[tuple[slice, ...], bool]]
 ) -> None:
-    from lazystack.engines import TensorstoreEngine
-
-    started: list[tuple[slice, ...]] = []
-    original = TensorstoreEngine.start_read
-
-    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        started.append(region)
-        return original(self, region, as_float32=as_float32)
-
-    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
     stack = LazyImageStack(ZarrArrayReader(zarr_arrays["syx"], engine="tensorstore"), "SYX")
     reqs = _requests(np.random.default_rng(10), stack, 30, (24, 24))
     want = [LazyImageStack(np.asarray(zarr_arrays["syx"]), "SYX").extract_patch(*r) for r in reqs]
@@ -407,21 +403,19 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
     try:
         _assert_same(stack.extract_patches(reqs), want)
         inside = [r for r in reqs if _touched(stack.reader, r)]
-        assert len(started) == len(inside)  # one region read per patch that overlaps the image
+        assert len(region_reads) == len(inside)  # one region read per patch that overlaps the image
         set_chunk_cache_size(2**20)
-        started.clear()
+        region_reads.clear()
         _assert_same(stack.extract_patches(reqs), want)
-        assert not started  # with the cache on, chunks go through the cache
+        assert not region_reads  # with the cache on, chunks go through the cache
     finally:
         set_chunk_cache_size(previous)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", ">u2", "float32", "int32", "float64", "uint32"])
 def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
-    tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dtype: str, region_reads: list[tuple[tuple[slice, ...], bool]]
 ) -> None:
-    from lazystack.engines import TensorstoreEngine
-
     rng = np.random.default_rng(4)
     if np.dtype(dtype).kind == "f":
         data = (rng.standard_normal((2, 90, 80)) * 1e6).astype(dtype)  # float64: values float32 must round
@@ -430,14 +424,6 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
         data = rng.integers(info.min, info.max, (2, 90, 80), endpoint=True).astype(dtype)
     z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype)
     z[...] = data
-    converted: list[bool] = []
-    original = TensorstoreEngine.start_read
-
-    def spy(self: TensorstoreEngine, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        converted.append(as_float32)
-        return original(self, region, as_float32=as_float32)
-
-    monkeypatch.setattr(TensorstoreEngine, "start_read", spy)
     stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "SYX")
     inside = [(0, None, (0, 0), (20, 24)), (1, None, (50, 40), (20, 24)), (0, None, (30, 33), (20, 24))]
     edge = [(1, None, (80, 70), (20, 24)), (0, [0], (10, 10), (20, 24))]  # leaves the image; a channel list
@@ -451,7 +437,7 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
     _assert_same(got, want)
     exact = np.dtype(dtype).itemsize <= 2 or dtype == "float32"
     # converted by tensorstore: the requests whose patch is the region as float32, for an exact dtype
-    assert converted == [exact] * len(inside) + [False] * len(edge)
+    assert [f32 for _, f32 in region_reads] == [exact] * len(inside) + [False] * len(edge)
     got[0][...] = -1  # every patch is its own array
     np.testing.assert_array_equal(stack.extract_patches(reqs[:1])[0], want[0])
 

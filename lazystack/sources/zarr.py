@@ -28,9 +28,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 import numpy as np
@@ -67,6 +67,7 @@ _MAX_KEYS_SHOWN = 8
 _MAX_PROBED = 64
 _MAX_FAST_GRID = 1 << 22
 _MAX_LAYOUT_PROBED = 10_000
+_T = TypeVar("_T")
 
 
 # -- where a source points ----------------------------------------------------------------
@@ -389,12 +390,7 @@ class ZarrArrayReader:
         """Read step-1 slices inside the bounds, one per axis (the patch fast path; may be a read-only view)."""
         if not self._use_fast:
             return self[region]
-        try:
-            return self.as_chunked().read(region)
-        except (MemoryError, IndexError, TypeError):
-            raise
-        except Exception as exc:
-            raise self._translate(region, exc) from _cause(exc)
+        return self._fast_read(_FastReader.read, region)
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array when the engine converts it itself, else None.
@@ -403,8 +399,12 @@ class ZarrArrayReader:
         """
         if not self._use_fast:
             return None
+        return self._fast_read(_FastReader.read_float32, region)
+
+    def _fast_read(self, method: Callable[[_FastReader, tuple[slice, ...]], _T], region: tuple[slice, ...]) -> _T:
+        """``method(fast reader, region)``, its failures translated as every read's (see :meth:`_translate`)."""
         try:
-            return self.as_chunked().read_float32(region)
+            return method(self.as_chunked(), region)
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
