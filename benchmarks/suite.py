@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,17 +160,10 @@ def _region(pos: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(p, p + s) for p, s in zip(pos, patch, strict=True))
 
 
-@contextlib.contextmanager
-def _cache_size(nbytes: int) -> Iterator[None]:
-    from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+def _cache_size(nbytes: int) -> contextlib.AbstractContextManager[Any]:
+    from lazystack.cache import chunk_cache_size
 
-    previous = set_chunk_cache_size(nbytes)
-    get_chunk_cache().clear()
-    try:
-        yield
-    finally:
-        get_chunk_cache().clear()
-        set_chunk_cache_size(previous)
+    return chunk_cache_size(nbytes)
 
 
 def _rng_image(shape: Sequence[int], seed: int = SEED) -> np.ndarray:

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .api import load, propose_axes
 from .axes import VALID_AXES, AxesModel, validate_axes
 from .batch import extract_patches
-from .cache import get_chunk_cache, set_chunk_cache_size
+from .cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from .display import StackList
 from .engines import set_zarr_engine
 from .errors import (
@@ -74,6 +74,7 @@ __all__ = [
     "UnsupportedSourceError",
     "__version__",
     "channel_statistics",
+    "chunk_cache_size",
     "extract_patches",
     "get_chunk_cache",
     "load",

@@ -28,7 +28,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "ENV_CHUNK_CACHE_BYTES",
     "CacheStats",
     "ChunkCache",
+    "chunk_cache_size",
     "get_chunk_cache",
     "parse_size",
     "set_chunk_cache_size",
@@ -367,6 +369,43 @@ def set_chunk_cache_size(max_bytes: int | str) -> int:
     previous = _CACHE.max_bytes
     _CACHE.resize(max_bytes)
     return previous
+
+
+@contextmanager
+def chunk_cache_size(max_bytes: int | str) -> Iterator[ChunkCache]:
+    """Give this process's chunk cache the bound ``max_bytes`` inside a ``with`` block.
+
+    The cache is emptied on entering and on leaving the block, and its
+    previous bound comes back on leaving (also on an exception): timing cold
+    reads (``chunk_cache_size(0)``), or a pass over data that should not
+    evict what the rest of the program cached.
+
+    Parameters
+    ----------
+    max_bytes : int or str
+        As for :func:`set_chunk_cache_size` (``0`` disables the cache).
+
+    Yields
+    ------
+    ChunkCache
+        This process's cache.
+
+    Examples
+    --------
+    >>> before = get_chunk_cache().max_bytes
+    >>> with chunk_cache_size(0) as cache:
+    ...     cache.enabled
+    False
+    >>> get_chunk_cache().max_bytes == before
+    True
+    """
+    previous = set_chunk_cache_size(max_bytes)
+    _CACHE.clear()
+    try:
+        yield _CACHE
+    finally:
+        _CACHE.clear()
+        set_chunk_cache_size(previous)
 
 
 def _after_fork_in_child() -> None:

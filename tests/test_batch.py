@@ -15,7 +15,7 @@ import zarr
 
 from lazystack import LazyImageStack, PatchError, SampleIndexError
 from lazystack.batch import extract_patches
-from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+from lazystack.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from lazystack.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from lazystack.engines import ZarrArrayReader, available_engines
 
@@ -181,15 +181,12 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked_module, "CPU_WORKERS", 2)
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         data = np.random.default_rng(8).integers(0, 1000, (400, 400)).astype(np.uint16)
         reader = CountingReader(data, (20, 20))
         stack = LazyImageStack(reader, "YX")
         reqs = _sparse_requests(np.random.default_rng(9), 64)
         _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
-    finally:
-        set_chunk_cache_size(previous)
     assert sum(reader.decoded.values()) == 64
     assert len(reader.threads) == 2  # the caller and one pool thread, one share each
     assert reader.peak_alive <= 2  # one chunk in hand per thread, not the 64 of the batch
@@ -206,11 +203,8 @@ def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monk
     stack = LazyImageStack(reader, "YX")
     # Chains of overlapping patches along rows: every chain is one group, whole.
     reqs = [(0, None, (row, x), (10, 25)) for row in (0, 20, 40) for x in range(0, 280, 15)]
-    previous = set_chunk_cache_size(0)  # no cache to hide a chunk decoded by two shares
-    try:
+    with chunk_cache_size(0):  # no cache to hide a chunk decoded by two shares
         _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
-    finally:
-        set_chunk_cache_size(previous)
     assert max(reader.decoded.values()) == 1
     assert sum(reader.decoded.values()) == len({c for r in reqs for c in _touched(reader, r)})
 
@@ -243,14 +237,11 @@ def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch)
     # A channel list keeps them off the scattered fast path: they stream through their stack.
     reqs = [(0, [0], (2, 10 * k + 2), (5, 5)) for k in range(40)] * 2
     want = _one_by_one(LazyImageStack(data, "YX"), reqs)
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         unbounded = CountingReader(data, (10, 10))
         _assert_same(extract_patches([(LazyImageStack(unbounded, "YX"), *r) for r in reqs]), want)
         bounded = CountingReader(data, (10, 10))
         got = extract_patches([(LazyImageStack(bounded, "YX"), *r) for r in reqs], max_batch_bytes=6 * 10 * 10 * 4)
-    finally:
-        set_chunk_cache_size(previous)
     _assert_same(got, want)
     assert unbounded.peak_alive == 40  # all kept for their second use
     assert max(unbounded.decoded.values()) == 1
@@ -271,11 +262,8 @@ def test_scattered_requests_decode_each_chunk_once_and_hold_one_per_core(
     reqs = [(s, None, (y, x), (23, 37)) for s in (0, 1) for y in (0, 20, 61) for x in range(0, 360, 30)]
     reqs += reqs[::-3]
     reader = CountingReader(data, (1, 16, 32))
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         got = LazyImageStack(reader, "SYX").extract_patches(reqs)
-    finally:
-        set_chunk_cache_size(previous)
     _assert_same(got, _one_by_one(LazyImageStack(data, "SYX"), reqs))
     assert set(reader.decoded) == {c for r in reqs for c in _touched(reader, r)}
     assert max(reader.decoded.values()) == 1
@@ -299,11 +287,8 @@ def test_scattered_patches_cast_as_one_by_one(dtype: str) -> None:
         data = data.astype(dtype)
     reader = CountingReader(data, (16, 16))
     reqs = [(0, None, (y, x), (20, 30)) for y in range(0, 50, 7) for x in range(0, 60, 11)]
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         got = LazyImageStack(reader, "YX").extract_patches(reqs)
-    finally:
-        set_chunk_cache_size(previous)
     _assert_same(got, _one_by_one(LazyImageStack(data, "YX"), reqs))
     assert max(reader.decoded.values()) == 1
 
@@ -354,8 +339,7 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
     data = np.random.default_rng(15).integers(0, 4000, (2, 600, 1100), dtype=np.uint16)
     reqs = [(s, None, (y, x), (96, 96)) for s in (0, 1) for y in (0, 200, 480) for x in (100, 460, 900)]
     want = _one_by_one(LazyImageStack(data, "SYX"), reqs)
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         for chunks, regions in [((1, 64, 64), False), ((1, 256, 512), True)]:  # 8 KiB and 256 KiB chunks
             z = zarr.create_array(tmp_path / f"{chunks[1]}.zarr", shape=data.shape, chunks=chunks, dtype=data.dtype)
             z[...] = data
@@ -364,8 +348,6 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
             _assert_same(stack.extract_patches(reqs), want)
             # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
             assert len(region_reads) == (len(reqs) if regions else 0)
-    finally:
-        set_chunk_cache_size(previous)
 
 
 def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
@@ -380,8 +362,7 @@ def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> Non
 
     reader = FunctionChunkedReader(data.shape, data.dtype, (8, 8), f"many-{id(calls)}", fetch_many=many)
     assert not reader.has_fetch_chunk
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         np.testing.assert_array_equal(reader[3:30, 5:40], data[3:30, 5:40])
         assert calls == [4 * 5]  # one call for the 20 chunks, not 20 calls
         calls.clear()
@@ -389,8 +370,6 @@ def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> Non
         reqs = [(0, None, (8 * k, 8 * k), (8, 8)) for k in range(8)]
         _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
         assert calls == [8]  # the batch in one round
-    finally:
-        set_chunk_cache_size(previous)
 
 
 def test_tensorstore_batches_read_regions_with_the_cache_off(
@@ -399,8 +378,7 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
     stack = LazyImageStack(ZarrArrayReader(zarr_arrays["syx"], engine="tensorstore"), "SYX")
     reqs = _requests(np.random.default_rng(10), stack, 30, (24, 24))
     want = [LazyImageStack(np.asarray(zarr_arrays["syx"]), "SYX").extract_patch(*r) for r in reqs]
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         _assert_same(stack.extract_patches(reqs), want)
         inside = [r for r in reqs if _touched(stack.reader, r)]
         assert len(region_reads) == len(inside)  # one region read per patch that overlaps the image
@@ -408,8 +386,6 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
         region_reads.clear()
         _assert_same(stack.extract_patches(reqs), want)
         assert not region_reads  # with the cache on, chunks go through the cache
-    finally:
-        set_chunk_cache_size(previous)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", ">u2", "float32", "int32", "float64", "uint32"])
@@ -429,11 +405,8 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
     edge = [(1, None, (80, 70), (20, 24)), (0, [0], (10, 10), (20, 24))]  # leaves the image; a channel list
     reqs = inside + edge
     want = [LazyImageStack(data, "SYX").extract_patch(*r) for r in reqs]
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         got = stack.extract_patches(reqs)
-    finally:
-        set_chunk_cache_size(previous)
     _assert_same(got, want)
     exact = np.dtype(dtype).itemsize <= 2 or dtype == "float32"
     # converted by tensorstore: the requests whose patch is the region as float32, for an exact dtype
@@ -479,13 +452,10 @@ def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:
     z[...] = 7
     (tmp_path / "a.zarr" / "c" / "1" / "0").write_bytes(b"not zstd at all")
     stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "YX")
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         with pytest.raises(SourceReadError, match=r"32:40, 0:8") as info:
             stack.extract_patches([(0, None, (0, 0), (8, 8)), (0, None, (32, 0), (8, 8))])
         assert str(tmp_path / "a.zarr") in str(info.value)
-    finally:
-        set_chunk_cache_size(previous)
 
 
 @pytest.mark.parametrize("engine", ["direct", "tensorstore"])

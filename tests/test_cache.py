@@ -15,6 +15,7 @@ from lazystack.cache import (
     DEFAULT_CHUNK_CACHE_BYTES,
     ENV_CHUNK_CACHE_BYTES,
     ChunkCache,
+    chunk_cache_size,
     get_chunk_cache,
     parse_size,
     set_chunk_cache_size,
@@ -137,6 +138,36 @@ def test_set_chunk_cache_size_returns_previous_and_validates() -> None:
         assert not cache.enabled
         with pytest.raises(ValueError, match="expected a number of bytes"):
             set_chunk_cache_size("lots")
+    finally:
+        set_chunk_cache_size(previous)
+
+
+def test_chunk_cache_size_block_empties_and_restores_even_on_error() -> None:
+    cache = get_chunk_cache()
+    previous = set_chunk_cache_size("4MiB")
+    try:
+        cache.put(("outside", (0,)), np.zeros(10))
+        with chunk_cache_size("1MiB") as inside:
+            assert inside is cache
+            assert cache.max_bytes == 2**20
+            assert len(cache) == 0  # emptied on entry: nothing cached before leaks into the block
+            cache.put(("inside", (0,)), np.zeros(10))
+        assert cache.max_bytes == 4 * 2**20
+        assert len(cache) == 0  # emptied on exit: nothing read with another bound stays
+        seen: list[bool] = []
+
+        def fail_inside() -> None:
+            with chunk_cache_size(0):
+                seen.append(cache.enabled)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            fail_inside()
+        assert seen == [False]
+        assert cache.max_bytes == 4 * 2**20
+        with pytest.raises(ValueError, match="expected a number of bytes"), chunk_cache_size("lots"):
+            pass
+        assert cache.max_bytes == 4 * 2**20  # a bad size changes nothing
     finally:
         set_chunk_cache_size(previous)
 

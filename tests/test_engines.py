@@ -36,7 +36,7 @@ from zarr.codecs import (
 
 from benchmarks.http_range import LocalHTTPServer, RangeHandler
 from lazystack import LazyImageStack, chunked
-from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+from lazystack.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from lazystack.engines import (
     ENV_ZARR_ENGINE,
     AutoEngine,
@@ -308,11 +308,8 @@ def test_uncompressed_arrays_stay_direct_and_in_the_calling_thread(
     monkeypatch.setattr(reader, "fetch_chunk", spy)
     monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked, "PARALLEL_MIN_BYTES", 1)
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         _same(reader[...], np.asarray(raw[...]))
-    finally:
-        set_chunk_cache_size(previous)
     assert threads == {threading.current_thread().name}
 
 
@@ -561,12 +558,9 @@ def test_patches_come_as_float32_from_tensorstore_with_the_cache_off(
     original = reader.read_float32
     monkeypatch.setattr(reader, "read_float32", lambda r: (calls.append(r), original(r))[1])
     stack = LazyImageStack(reader, "YX")  # the fast plan takes the reader's methods as they are now
-    previous = set_chunk_cache_size(0)
-    try:
+    with chunk_cache_size(0):
         patch = stack.extract_patch(0, None, (3, 5), (40, 50))
         outside = stack.extract_patch(0, None, (-3, 60), (20, 40))  # leaves the image: the general path
-    finally:
-        set_chunk_cache_size(previous)
     _same(patch, full[None, 3:43, 5:55].astype(np.float32))
     assert patch.flags.writeable
     assert patch.dtype == np.float32
