@@ -349,8 +349,8 @@ class _Batch:
         """Split ``indices`` into requests to scatter and requests to stream, sharing no chunk.
 
         Fast-path requests (every channel, wholly inside, an identity view)
-        are scattered, unless they share a chunk (transitively) with another
-        request: a chunk is read once either way.
+        are scattered, unless they share a chunk (transitively) with a
+        request off the fast path: a chunk is read once either way.
         """
         fast = [i for i in indices if i in self.sizes]
         if len(fast) == len(indices) or not fast:

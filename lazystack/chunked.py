@@ -659,8 +659,10 @@ class ChunkedReader(ABC):
         """Whether one :meth:`fetch_chunks` call of ``n_chunks`` chunks decodes them in parallel outside Python.
 
         Default False. A back end that hands many chunks to native threads
-        (tensorstore) says True: batched extraction then fetches all of a
-        batch's chunks in one call instead of decoding them in Python threads.
+        (tensorstore) says True: with the chunk cache on, batched extraction
+        then fetches all of a batch's chunks in one call instead of decoding
+        them in Python threads (with it off, a batch decodes each chunk once
+        and drops it after its copies, or reads regions: see :mod:`lazystack.batch`).
         """
         return False
 

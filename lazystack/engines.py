@@ -905,8 +905,9 @@ class AutoEngine(ZarrEngine):
         """Whether a batch with the cache off reads its patches from tensorstore (else it decodes directly).
 
         A batch decodes many chunks on all the cores either way, so only the
-        size of a chunk counts: compressed chunks of at least
-        :data:`TENSORSTORE_MIN_CHUNK_BYTES`. Measured on 2 cores
+        size of a chunk counts (not ``min_tensorstore`` nor
+        ``min_tensorstore_bytes``, which judge one fetch): compressed chunks
+        of at least :data:`TENSORSTORE_MIN_CHUNK_BYTES`. Measured on 2 cores
         (``benchmarks/``, 64 random patches): 256 KiB zstd chunks of 3D
         patches 5-10 % faster in tensorstore; 128 KiB ones of 2D patches
         5-10 % faster decoded directly.

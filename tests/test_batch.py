@@ -201,8 +201,9 @@ def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monk
     data = np.arange(60 * 300, dtype=np.float32).reshape(60, 300)
     reader = CountingReader(data, (10, 10))
     stack = LazyImageStack(reader, "YX")
-    # Chains of overlapping patches along rows: every chain is one group, whole.
-    reqs = [(0, None, (row, x), (10, 25)) for row in (0, 20, 40) for x in range(0, 280, 15)]
+    # Chains of overlapping patches along rows: every chain is one group, whole. A channel list takes the
+    # requests off the fast path (which scatters chunks instead of sharing groups of requests out).
+    reqs = [(0, [0], (row, x), (10, 25)) for row in (0, 20, 40) for x in range(0, 280, 15)]
     with chunk_cache_size(0):  # no cache to hide a chunk decoded by two shares
         _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
     assert max(reader.decoded.values()) == 1
@@ -291,6 +292,25 @@ def test_scattered_patches_cast_as_one_by_one(dtype: str) -> None:
         got = LazyImageStack(reader, "YX").extract_patches(reqs)
     _assert_same(got, _one_by_one(LazyImageStack(data, "YX"), reqs))
     assert max(reader.decoded.values()) == 1
+
+
+class WideReader(CountingReader):
+    """A back end whose decoded chunks come wider than the stored dtype (int64 values for uint8 data)."""
+
+    def _one(self, idx: ChunkIndex) -> np.ndarray:
+        return super()._one(idx).astype(np.int64) + 250
+
+
+def test_scattered_chunks_are_cast_to_the_stored_dtype_first() -> None:
+    data = np.random.default_rng(16).integers(0, 256, (70, 90), dtype=np.uint8)
+    reqs = [(0, None, (y, x), (20, 30)) for y in range(0, 50, 7) for x in range(0, 60, 11)]
+    with chunk_cache_size(0):
+        got = LazyImageStack(WideReader(data, (16, 16)), "YX").extract_patches(reqs)
+        one_by_one = _one_by_one(LazyImageStack(WideReader(data, (16, 16)), "YX"), reqs)
+    # as a read casts a chunk to the stored dtype (uint8 wraps), then to float32
+    stored = (data.astype(np.int64) + 250).astype(np.uint8)
+    _assert_same(got, _one_by_one(LazyImageStack(stored, "YX"), reqs))
+    _assert_same(got, one_by_one)
 
 
 def test_requests_sharing_chunks_with_slow_path_requests_are_still_decoded_once(
@@ -443,6 +463,33 @@ def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_rou
     finally:
         get_chunk_cache().clear()
         set_chunk_cache_size(previous)
+
+
+def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.engines import AutoEngine
+
+    pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
+    data = np.random.default_rng(17).integers(0, 4000, (512, 1024), dtype=np.uint16)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(32, 32), dtype=data.dtype)  # 2 KiB each
+    z[...] = data
+    reader = ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="auto")
+    assert isinstance(reader.engine, AutoEngine)
+    reader.engine.min_tensorstore_bytes = 0  # any fetch of two chunks or more would suit tensorstore
+    rounds: list[int] = []
+    original = reader.fetch_chunks
+    monkeypatch.setattr(reader, "fetch_chunks", lambda indices: (rounds.append(len(indices)), original(indices))[1])
+    stack = LazyImageStack(reader, "YX")
+    reqs = [(0, None, (y, x), (40, 40)) for y in range(0, 460, 50) for x in range(0, 980, 70)]
+    want = _one_by_one(LazyImageStack(data, "YX"), reqs)
+    touched = len({c for r in reqs for c in _touched(reader, r)})
+    with chunk_cache_size(0):  # no round: each chunk decoded once, directly, and dropped after its copies
+        _assert_same(stack.extract_patches(reqs), want)
+        assert rounds == []
+    with chunk_cache_size(2**24):  # the chunks are kept anyway: one round, decoded in tensorstore's threads
+        _assert_same(stack.extract_patches(reqs), want)
+        assert rounds == [touched]
 
 
 def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:

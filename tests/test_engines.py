@@ -536,6 +536,8 @@ def test_read_float32_is_the_cast_region_or_none(
         by_ts = engine == "tensorstore" or (engine == "auto" and reader.engine_name == "auto" and touched >= 2)
         if cache_mode == "cache-off" and by_ts and exact and reader.compressed:
             assert got is not None, region
+        if not exact:
+            assert got is None, region  # tensorstore's cast would round (int32, float64) or is no cast (complex)
         if got is None:
             continue
         served += 1

@@ -28,7 +28,8 @@ array. Optional members the stack uses when present:
     a cast), when the reader produces it more cheaply than ``read_region``
     plus a cast (tensorstore converts while it decodes), else None. The
     patch fast path tries it after ``read_cached`` and returns the array as
-    the patch without another copy.
+    the patch, without another copy when the source's axes are already in
+    ``C(Z)YX`` order (else one transposing copy).
 """
 
 from __future__ import annotations
