@@ -93,19 +93,22 @@ def _median_us(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], warmup: 
 def _paired_us(
     fns: dict[str, Callable[..., Any]],
     args: Sequence[tuple[Any, ...]],
-    rounds: int = 4,
+    rounds: int = 10,
     warmup: int = 3,
     samples: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Median µs per call of each of ``fns`` over ``args``, measured in interleaved rounds.
 
-    The args are cut into ``rounds`` blocks; every method runs each block,
-    in turn, in an order that reverses from one block to the next (ABBA...).
-    The methods a target compares thus share the same stretches of time, so
-    a slow spell of the shared machine weighs on both instead of on
-    whichever happened to run then. ``samples``, if given, receives every
-    call's seconds per method, in the order of ``args``.
+    The args are cut into ``rounds`` blocks (at most as many as args);
+    every method runs each block, in turn, in an order that reverses from
+    one block to the next (ABBA...). The methods a target compares thus
+    share the same stretches of time, so a slow spell of the shared machine
+    weighs on both instead of on whichever happened to run then (ten blocks:
+    a spell of a few seconds falls on both sides of more of them than with
+    four). ``samples``, if given, receives every call's seconds per method,
+    in the order of ``args``.
     """
+    rounds = max(1, min(rounds, len(args)))
     for fn in fns.values():
         for a in args[:warmup]:
             fn(*a)
