@@ -60,3 +60,15 @@ def no_dask_compute() -> Iterator[None]:
     """Fixture form of :func:`raise_if_dask_computes`."""
     with raise_if_dask_computes():
         yield
+
+
+@pytest.fixture
+def direct_zarr_engine() -> Iterator[None]:
+    """The ``direct`` Zarr engine, whatever ``LAZYSTACK_ZARR_ENGINE`` says: for tests of its own HTTP clients."""
+    from lazystack.engines import set_zarr_engine
+
+    previous = set_zarr_engine("direct")
+    try:
+        yield
+    finally:
+        set_zarr_engine(previous)

@@ -40,6 +40,9 @@ from lazystack import load_zarrs, plain_http, thread_loop
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 from lazystack.errors import SourceReadError
 
+# What is tested here is the direct engine's way to the server (the zarr engine reads through zarr's store).
+pytestmark = pytest.mark.usefixtures("direct_zarr_engine")
+
 CHUNK = "b/c/0/0/0"  # a shard of the sharded array: ranges and suffixes are real reads of it
 
 

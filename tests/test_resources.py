@@ -32,6 +32,7 @@ from harness import mapped_files, open_fds_to
 from reference import patch_reference
 
 import lazystack
+from lazystack.cache import get_chunk_cache
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -312,7 +313,9 @@ SCENARIOS = [
 
 def _bug_marks(key: tuple[str, str, bool]) -> list[Any]:
     reason = CHANGE_BUGS.get(key)
-    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    if reason is None or ("cache" in reason and not get_chunk_cache().enabled):
+        return []  # a limit of the chunk cache: with the cache off (LAZYSTACK_CHUNK_CACHE_BYTES=0) the new data is read
+    return [pytest.mark.xfail(strict=True, reason=reason)]
 
 
 @pytest.mark.parametrize(

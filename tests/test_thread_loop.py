@@ -32,6 +32,9 @@ from zarr_helpers import ServerState, serve_directory, write_plain_store
 from lazystack import load_zarrs, plain_http, thread_loop
 from lazystack.cache import get_chunk_cache, set_chunk_cache_size
 
+# What is tested here is the direct engine's way to the server (the zarr engine reads through zarr's store).
+pytestmark = pytest.mark.usefixtures("direct_zarr_engine")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerState, Path]]:
