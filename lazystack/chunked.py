@@ -716,16 +716,17 @@ class ChunkedReader(ABC):
         """Return decoded chunks through the cache (one :meth:`fetch_chunks` call for the misses)."""
         return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
 
-    def _in_one_chunk(self, region: tuple[slice, ...]) -> tuple[ChunkIndex, tuple[slice, ...]] | None:
-        """``(chunk index, region within that chunk)`` when ``region`` lies in one chunk of a regular grid.
+    def _in_one_chunk(self, region: tuple[slice, ...]) -> tuple[ChunkIndex, tuple[slice, ...], tuple[int, ...]] | None:
+        """``(chunk index, region within that chunk, region shape)`` when ``region`` lies in one chunk.
 
-        On every patch, warm or cold: plain loops over the axes, nothing else.
+        Only on a regular grid. On every patch, warm or cold: plain loops over the axes, nothing else.
         """
         grid = self._grid
         if not grid.regular:
             return None
         idx = []
         within = []
+        shape = []
         for s, c in zip(region, grid.chunk_shape, strict=True):
             start, stop = s.start, s.stop
             i = start // c
@@ -734,12 +735,21 @@ class ChunkedReader(ABC):
             lo = i * c
             idx.append(i)
             within.append(slice(start - lo, stop - lo))
-        return tuple(idx), tuple(within)
+            shape.append(stop - start)
+        return tuple(idx), tuple(within), tuple(shape)
 
     def _cut(
-        self, chunk: np.ndarray, idx: ChunkIndex, within: tuple[slice, ...], region: tuple[slice, ...]
+        self,
+        chunk: np.ndarray,
+        idx: ChunkIndex,
+        within: tuple[slice, ...],
+        shape: tuple[int, ...],
+        region: tuple[slice, ...],
     ) -> np.ndarray:
-        block = _block(chunk, idx, within, tuple(s.stop - s.start for s in region), region, self._grid)
+        """``chunk[within]`` in the stored dtype (a chunk too small for ``shape`` raises, see :func:`_block`)."""
+        block = chunk[within]
+        if block.shape != shape:
+            _block(chunk, idx, within, shape, region, self._grid)  # raises: never broadcast
         return block if block.dtype == self._dtype else block.astype(self._dtype)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -748,8 +758,8 @@ class ChunkedReader(ABC):
         if one is not None:
             # The common case, warm or cold: the region lies in one chunk. One cache look-up, at
             # most one fetch, and a view of the chunk (no copy, no intermediate lists or dicts).
-            idx, within = one
-            return self._cut(self.read_chunk(idx), idx, within, region)
+            idx, within, shape = one
+            return self._cut(self.read_chunk(idx), idx, within, shape, region)
         grid = self._grid
         cache = self.cache
         if (cache is None or not cache.enabled) and not self.remote and self.has_fetch_chunk:
@@ -807,18 +817,23 @@ class ChunkedReader(ABC):
             return None
         one = self._in_one_chunk(region)
         if one is not None:
-            idx, within = one
+            idx, within, shape = one
             chunk = cache.get((self._token, idx), count_miss=False)
-            return None if chunk is None else self._cut(chunk, idx, within, region)
+            return None if chunk is None else self._cut(chunk, idx, within, shape, region)
         grid = self._grid
         pieces = grid.pieces(region)
-        chunks = cache.get_all([(self._token, p[0]) for p in pieces])
+        token = self._token
+        chunks = cache.get_all([(token, p[0]) for p in pieces])
         if chunks is None:
             return None
         # assembled in the stored dtype, cast once by the caller: measured faster than casting piece by piece
-        out = np.empty(tuple(s.stop - s.start for s in region), dtype=self._dtype)
+        out = np.empty(tuple([s.stop - s.start for s in region]), dtype=self._dtype)
         for (idx, src, dst), chunk in zip(pieces, chunks, strict=True):
-            copy_piece(out, idx, chunk, src, dst, region, grid)
+            block = chunk[src]  # copy_piece written out
+            target = out[dst]
+            if block.shape != target.shape:
+                _block(chunk, idx, src, target.shape, region, grid)  # raises: never broadcast
+            target[...] = block
         return out
 
     def read_chunk(self, idx: ChunkIndex) -> np.ndarray:
