@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,26 +276,31 @@ class ZarrFloor:
         with open(self.path / ("c/" + "/".join(map(str, idx))), "rb") as f:
             return self._decode(f.read())
 
+    def _touched(self, region: tuple[slice, ...]) -> Iterator[tuple[int, ...]]:
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(region, self.chunks, strict=True)]
+        return itertools.product(*ranges)
+
+    def _copy(self, out: np.ndarray, region: tuple[slice, ...], cidx: tuple[int, ...], chunk: np.ndarray) -> None:
+        """Copy the part of chunk ``cidx`` inside ``region`` into ``out`` (the region's patch)."""
+        src, dst = [], []
+        for s, i, c in zip(region, cidx, self.chunks, strict=True):
+            lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
+            src.append(slice(lo - i * c, hi - i * c))
+            dst.append(slice(lo - s.start, hi - s.start))
+        out[tuple(dst)] = chunk[tuple(src)]
+
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         out = np.empty(tuple(s.stop - s.start for s in region), np.float32)  # the patch a caller wants
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(region, self.chunks, strict=True)]
-        for idx in np.ndindex(*[len(r) for r in ranges]):
-            cidx = tuple(r[i] for r, i in zip(ranges, idx, strict=True))
-            chunk = self._chunk(cidx)
-            src, dst = [], []
-            for s, i, c in zip(region, cidx, self.chunks, strict=True):
-                lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                src.append(slice(lo - i * c, hi - i * c))
-                dst.append(slice(lo - s.start, hi - s.start))
-            out[tuple(dst)] = chunk[tuple(src)]
+        for cidx in self._touched(region):
+            self._copy(out, region, cidx, self._chunk(cidx))
         return out
 
     def raw_batch(self, regions: Sequence[tuple[slice, ...]]) -> dict[tuple[int, ...], bytes]:
         """The stored bytes of every distinct chunk a batch of regions touches (read ahead for decode_batch)."""
+        assert not self.sharded, "a batch floor over whole chunk files"
         raws: dict[tuple[int, ...], bytes] = {}
         for region in regions:
-            ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(region, self.chunks, strict=True)]
-            for idx in itertools.product(*ranges):
+            for idx in self._touched(region):
                 if idx not in raws:
                     with open(self.path / ("c/" + "/".join(map(str, idx))), "rb") as f:
                         raws[idx] = f.read()
@@ -313,20 +318,14 @@ class ZarrFloor:
         outs = [np.empty(tuple(s.stop - s.start for s in r), np.float32) for r in regions]
         uses: dict[tuple[int, ...], list[int]] = {}
         for k, region in enumerate(regions):
-            ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(region, self.chunks, strict=True)]
-            for idx in itertools.product(*ranges):
+            for idx in self._touched(region):
                 uses.setdefault(idx, []).append(k)
 
         def run(share: list[tuple[int, ...]]) -> None:
             for cidx in share:
                 chunk = self._decode(raws[cidx])
                 for k in uses[cidx]:
-                    src, dst = [], []
-                    for s, i, c in zip(regions[k], cidx, self.chunks, strict=True):
-                        lo, hi = max(s.start, i * c), min(s.stop, (i + 1) * c)
-                        src.append(slice(lo - i * c, hi - i * c))
-                        dst.append(slice(lo - s.start, hi - s.start))
-                    outs[k][tuple(dst)] = chunk[tuple(src)]
+                    self._copy(outs[k], regions[k], cidx, chunk)
 
         order = sorted(uses)
         n, w = len(order), 1 if pool is None else pool._max_workers + 1

@@ -355,28 +355,39 @@ class ChunkGrid:
             ``region_array[dst]``. Worked out with integer arithmetic on a
             regular grid: this runs on every read of several chunks.
         """
-        per_axis: list[list[tuple[int, slice, slice]]] = []
-        regular = self.regular
+        # per axis: the chunk numbers, and each one's part as slices of the chunk and of the region;
+        # the pieces are their products, taken alike (C order) and zipped
+        idxs: list[list[int]] = []
+        srcs: list[list[slice]] = []
+        dsts: list[list[slice]] = []
         for a, s in enumerate(region):
             start, stop = s.start, s.stop
-            axis: list[tuple[int, slice, slice]] = []
-            if regular:
+            ia: list[int] = []
+            sa: list[slice] = []
+            da: list[slice] = []
+            if self.regular:
                 c = self.chunk_shape[a]
                 for i in range(start // c, (stop - 1) // c + 1) if stop > start else ():
                     lo = i * c
                     first = start if start > lo else lo
                     last = stop if stop < lo + c else lo + c
-                    axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
+                    ia.append(i)
+                    sa.append(slice(first - lo, last - lo))
+                    da.append(slice(first - start, last - start))
             else:
+                b = self.bounds[a]
                 for i in self.axis_range(a, start, stop):
-                    lo, hi = int(self.bounds[a][i]), int(self.bounds[a][i + 1])
+                    lo, hi = int(b[i]), int(b[i + 1])
                     first = start if start > lo else lo
                     last = stop if stop < hi else hi
-                    axis.append((i, slice(first - lo, last - lo), slice(first - start, last - start)))
-            per_axis.append(axis)
-        if len(per_axis) == 2:  # 2D regions (most patches): the product without a zip per piece
-            return [((a[0], b[0]), (a[1], b[1]), (a[2], b[2])) for a in per_axis[0] for b in per_axis[1]]
-        return [tuple(zip(*combo, strict=True)) for combo in itertools.product(*per_axis)]
+                    ia.append(i)
+                    sa.append(slice(first - lo, last - lo))
+                    da.append(slice(first - start, last - start))
+            idxs.append(ia)
+            srcs.append(sa)
+            dsts.append(da)
+        product = itertools.product
+        return list(zip(product(*idxs), product(*srcs), product(*dsts), strict=True))
 
     def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
         """Array coordinates of the first element of chunk ``idx``."""
@@ -822,18 +833,13 @@ class ChunkedReader(ABC):
             return None if chunk is None else self._cut(chunk, idx, within, shape, region)
         grid = self._grid
         pieces = grid.pieces(region)
-        token = self._token
-        chunks = cache.get_all([(token, p[0]) for p in pieces])
+        chunks = cache.get_all([(self._token, p[0]) for p in pieces])
         if chunks is None:
             return None
         # assembled in the stored dtype, cast once by the caller: measured faster than casting piece by piece
-        out = np.empty(tuple([s.stop - s.start for s in region]), dtype=self._dtype)
+        out = np.empty(tuple(s.stop - s.start for s in region), dtype=self._dtype)
         for (idx, src, dst), chunk in zip(pieces, chunks, strict=True):
-            block = chunk[src]  # copy_piece written out
-            target = out[dst]
-            if block.shape != target.shape:
-                _block(chunk, idx, src, target.shape, region, grid)  # raises: never broadcast
-            target[...] = block
+            copy_piece(out, idx, chunk, src, dst, region, grid)
         return out
 
     def read_chunk(self, idx: ChunkIndex) -> np.ndarray:

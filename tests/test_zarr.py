@@ -439,3 +439,35 @@ def test_reads_go_through_the_chunk_cache_and_never_hand_out_cache_memory(tmp_pa
     assert clone._fast is None
     assert clone._array is None
     np.testing.assert_array_equal(clone[2, 60:70, 80:90], data["b"][2, 60:70, 80:90])
+
+
+def test_cold_patches_through_the_loader_come_as_float32_from_tensorstore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.cache import chunk_cache_size
+    from lazystack.engines import ZarrArrayReader as EngineReader
+    from lazystack.engines import set_zarr_engine
+    from lazystack.errors import SourceNotFoundError
+
+    pytest.importorskip("tensorstore", reason="the float32 reads come from tensorstore")
+    data = np.random.default_rng(5).integers(0, 4000, (2, 90, 120), dtype=np.uint16)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype)
+    z[...] = data
+    served: list[bool] = []
+    original = EngineReader.read_float32
+    monkeypatch.setattr(EngineReader, "read_float32", lambda self, r: (served.append(True), original(self, r))[1])
+    previous = set_zarr_engine("tensorstore")
+    try:
+        (stack,) = load_zarrs(str(tmp_path / "a.zarr"), "SYX")
+        with chunk_cache_size(0):
+            first = stack.extract_patch(1, None, (3, 5), (40, 50))  # opens the fast reader: read_region
+            assert served == []
+            second = stack.extract_patch(0, None, (50, 60), (40, 50))
+            assert served == [True]
+            np.testing.assert_array_equal(first, data[None, 1, 3:43, 5:55].astype(np.float32))
+            np.testing.assert_array_equal(second, data[None, 0, 50:90, 60:110].astype(np.float32))
+            shutil.rmtree(tmp_path / "a.zarr")  # a failure in the float32 read is named as every read's
+            with pytest.raises(SourceNotFoundError, match="deleted after the stack was opened"):
+                stack.extract_patch(0, None, (0, 0), (40, 50))
+    finally:
+        set_zarr_engine(previous)

@@ -395,16 +395,24 @@ class ZarrArrayReader:
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array when the engine converts it itself, else None.
 
-        See :meth:`lazystack.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off).
+        See :meth:`lazystack.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off). Tried on
+        every patch the cache does not serve, so it asks the fast reader this process already has and
+        opens nothing: None before the first read (which :meth:`read_region` makes).
         """
-        if not self._use_fast:
+        fast = self._fast
+        if fast is None or not self._use_fast or self._pid != os.getpid():
             return None
-        return self._fast_read(_FastReader.read_float32, region)
+        return self._fast_read(_FastReader.read_float32, region, fast)
 
-    def _fast_read(self, method: Callable[[_FastReader, tuple[slice, ...]], _T], region: tuple[slice, ...]) -> _T:
+    def _fast_read(
+        self,
+        method: Callable[[_FastReader, tuple[slice, ...]], _T],
+        region: tuple[slice, ...],
+        fast: _FastReader | None = None,
+    ) -> _T:
         """``method(fast reader, region)``, its failures translated as every read's (see :meth:`_translate`)."""
         try:
-            return method(self.as_chunked(), region)
+            return method(self.as_chunked() if fast is None else fast, region)
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
