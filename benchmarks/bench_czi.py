@@ -104,7 +104,7 @@ def _patches(path: Path, size: int, n: int, n_bioio: int) -> dict[str, Any]:
     from pylibCZIrw import czi as pyczi
 
     from lazystack import load_czis
-    from lazystack.cache import set_chunk_cache_size
+    from lazystack.io.cache import set_chunk_cache_size
 
     rng = np.random.default_rng(2)
     positions = [

@@ -11,7 +11,7 @@ only file names) and measures, in the same run:
 - ``numpy bincount``: one process, the same algorithm as lazystack without
   dask (one ``np.bincount`` per frame and channel, statistics from the
   counts) — the reference for dask's overhead;
-- ``cluster-1`` / ``cluster-2``: :func:`lazystack.stats.channel_statistics`
+- ``cluster-1`` / ``cluster-2``: :func:`lazystack.ops.stats.channel_statistics`
   on a ``distributed.LocalCluster`` with 1 and 2 single-threaded worker
   processes.
 
@@ -193,7 +193,7 @@ def _cluster_runs(stacks: list[Any], percentiles: Sequence[float], repeat: int) 
 
     from distributed import Client, LocalCluster
 
-    from lazystack.stats import channel_statistics
+    from lazystack.ops.stats import channel_statistics
 
     best: dict[int, tuple[float, Any]] = {}
     with ExitStack() as stack:

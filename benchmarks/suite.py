@@ -18,8 +18,8 @@ lazystack
     reads and decodes); warm = the same positions again with the cache
     holding every touched chunk. Zarr stacks come from
     :func:`lazystack.load_zarrs` once its reader is a
-    :class:`~lazystack.chunked.ChunkedReader`; until then from
-    :class:`lazystack.engines.ZarrArrayReader` directly (the table header
+    :class:`~lazystack.io.chunked.ChunkedReader`; until then from
+    :class:`lazystack.sources.zarr.engines.ZarrArrayReader` directly (the table header
     says which), and the current ``load_zarrs`` stack is timed as an extra
     row. Choose the zarr engine with ``--engine`` (or ``LAZYSTACK_ZARR_ENGINE``).
 
@@ -164,7 +164,7 @@ def _region(pos: Sequence[int], patch: Sequence[int]) -> tuple[slice, ...]:
 
 
 def _cache_size(nbytes: int) -> contextlib.AbstractContextManager[Any]:
-    from lazystack.cache import chunk_cache_size
+    from lazystack.io.cache import chunk_cache_size
 
     return chunk_cache_size(nbytes)
 
@@ -207,8 +207,8 @@ def _lazystack_zarr_stack(path_or_url: str, axes: str, engine: str | None) -> tu
     import zarr
 
     from lazystack import LazyImageStack
-    from lazystack.chunked import as_chunked_reader
-    from lazystack.engines import ZarrArrayReader
+    from lazystack.io.chunked import as_chunked_reader
+    from lazystack.sources.zarr.engines import ZarrArrayReader
 
     loader_stack = None
     try:
@@ -239,7 +239,7 @@ class ZarrFloor:
     def __init__(self, z: Any, path: Path) -> None:
         import numcodecs
 
-        from lazystack.engines import DirectEngine
+        from lazystack.sources.zarr.engines import DirectEngine
 
         self.z = z
         self.path = path
@@ -464,7 +464,7 @@ def _speedup_over_dask(table: Table, floor: str | None = None) -> None:
 def _zarr_random(cfg: Config, name: str, *, ndim: int, compressed: bool, sharded: bool = False) -> Table:
     import dask.array as da
 
-    from lazystack.cache import get_chunk_cache
+    from lazystack.io.cache import get_chunk_cache
 
     if ndim == 2:
         shape: tuple[int, ...] = (cfg.side2d, cfg.side2d)
@@ -556,7 +556,7 @@ def scenario_zarr_sharded(cfg: Config) -> Table:
 
 def scenario_batch64(cfg: Config) -> Table:
     """A batch of 64 random 64x64 patches (extract_patches) against 64 one-by-one calls, cold."""
-    from lazystack.batch import extract_patches
+    from lazystack.ops.batch import extract_patches
 
     shape, chunks, patch = (cfg.side2d, cfg.side2d), (256, 256), (64, 64)
     table = Table("batch64", f"batch of 64 random 64x64 patches, uint16 {shape[0]}x{shape[1]} zstd, 256x256 chunks")
@@ -583,7 +583,7 @@ def scenario_batch64(cfg: Config) -> Table:
             {table.main: batch, "lazystack one-by-one cold": one_by_one}, [(b,) for b in batches], warmup=1
         )
         table.rows.update({name: us / 64 for name, us in got.items()})
-    from lazystack.cache import get_chunk_cache
+    from lazystack.io.cache import get_chunk_cache
 
     def emptied(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def run(pos: Any) -> Any:
@@ -612,7 +612,7 @@ def scenario_batch64(cfg: Config) -> Table:
         _median_us(lambda pos: [floor.read(_region(p, patch)) for p in pos], [(b,) for b in batches], warmup=0) / 64
     )
     # What the cores allow: the batch's chunks, their bytes already in memory, decoded on one core and on all.
-    from lazystack.chunked import CPU_WORKERS
+    from lazystack.io.chunked import CPU_WORKERS
 
     raws = {id(b): floor.raw_batch([_region(p, patch) for p in b]) for b in batches}
     on_one, on_all = "decode only, one core", f"decode only, {CPU_WORKERS} cores"
@@ -899,7 +899,7 @@ def ltc_worker(path: str, n: int, cache_bytes: int, engine: str | None) -> None:
     import psutil
 
     os.environ["LAZYSTACK_CHUNK_CACHE_BYTES"] = str(cache_bytes)
-    from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+    from lazystack.io.cache import get_chunk_cache, set_chunk_cache_size
 
     set_chunk_cache_size(cache_bytes)
     stack, how, _ = _lazystack_zarr_stack(path, "SYX", engine)
@@ -1020,7 +1020,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name:<20}{(fn.__doc__ or '').strip()}")
         return {}
     if args.engine is not None:
-        from lazystack.engines import set_zarr_engine
+        from lazystack.sources.zarr.engines import set_zarr_engine
 
         set_zarr_engine(args.engine)
     names = args.scenario or list(SCENARIOS)

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .api import load, propose_axes
-from .axes import VALID_AXES, AxesModel, validate_axes
-from .batch import extract_patches
-from .cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
-from .display import StackList
-from .engines import set_zarr_engine
-from .errors import (
+from .core.axes import VALID_AXES, AxesModel, validate_axes
+from .core.errors import (
     AxesError,
     ChannelIndexError,
     LazyStackError,
@@ -30,7 +25,9 @@ from .errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
-from .loaders import (
+from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+from .loading.auto import load, propose_axes
+from .loading.loaders import (
     load_arrays,
     load_bioio,
     load_custom_file,
@@ -39,11 +36,14 @@ from .loaders import (
     load_tiffs,
     load_zarrs,
 )
-from .normalize import normalized
+from .loading.stacklist import StackList
+from .ops.batch import extract_patches
+from .ops.normalize import normalized
+from .ops.stats import ChannelStatistics, channel_statistics
+from .ops.writing import write_ome_zarr
 from .sources.custom import ReadFunc
+from .sources.zarr.engines import set_zarr_engine
 from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
-from .stats import ChannelStatistics, channel_statistics
-from .writing import write_ome_zarr
 
 try:
     __version__ = version("lazystack")

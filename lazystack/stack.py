@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar,
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .axes import AxesModel
-from .errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
-from .patch import patch_geometry
-from .sources.base import is_array_like, read_numpy, reader_chunks, reader_token
+from .core.axes import AxesModel
+from .core.errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
+from .core.patch import patch_geometry
+from .io.handles import is_array_like, read_numpy, reader_chunks, reader_token
 
 if TYPE_CHECKING:
     import dask.array
@@ -568,7 +568,7 @@ class LazyImageStack:
         list of numpy.ndarray
             The same arrays as one :meth:`extract_patch` call per request.
         """
-        from .batch import extract_patches
+        from .ops.batch import extract_patches
 
         return extract_patches([(self, *r) for r in requests])
 
@@ -587,7 +587,7 @@ class LazyImageStack:
         LazyImageStack
             A float32 stack; nothing is computed until read.
         """
-        from .normalize import normalized
+        from .ops.normalize import normalized
 
         return normalized(self, stats, **options)
 
@@ -605,7 +605,7 @@ class LazyImageStack:
         matplotlib object
             What :func:`lazystack.plot.show` returns.
         """
-        from .plot import show
+        from .frontends.plot import show
 
         return show(self, **options)
 

@@ -65,7 +65,7 @@ def no_dask_compute() -> Iterator[None]:
 @pytest.fixture
 def direct_zarr_engine() -> Iterator[None]:
     """The ``direct`` Zarr engine, whatever ``LAZYSTACK_ZARR_ENGINE`` says: for tests of its own HTTP clients."""
-    from lazystack.engines import set_zarr_engine
+    from lazystack.sources.zarr.engines import set_zarr_engine
 
     previous = set_zarr_engine("direct")
     try:

@@ -31,7 +31,7 @@ import numpy as np
 from reference import canonical_reference, patch_reference
 
 import lazystack
-from lazystack import errors
+from lazystack.core import errors
 
 __all__ = [
     "CASES",

@@ -10,7 +10,7 @@ import pytest
 from conftest import shared_files
 
 from lazystack import AxesError, SourceNotFoundError, UnsupportedSourceError
-from lazystack.api import load, propose_axes, source_kind, tiff_axes_to_lazystack
+from lazystack.loading.auto import load, propose_axes, source_kind, tiff_axes_to_lazystack
 
 
 def _data(shape: tuple[int, ...], dtype: str = "uint16") -> np.ndarray:
@@ -265,7 +265,7 @@ def test_shared_czi_folder_has_files(shared_czi_dir: Path) -> None:
 
 
 def test_load_returns_a_stacklist(tmp_path: Path) -> None:
-    from lazystack.display import StackList
+    from lazystack.loading.stacklist import StackList
 
     np.save(tmp_path / "x.npy", _data((8, 8)))
     stacks = load([tmp_path / "x.npy", tmp_path / "x.npy"])

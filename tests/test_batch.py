@@ -14,10 +14,10 @@ import pytest
 import zarr
 
 from lazystack import LazyImageStack, PatchError, SampleIndexError
-from lazystack.batch import extract_patches
-from lazystack.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
-from lazystack.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
-from lazystack.engines import ZarrArrayReader, available_engines
+from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+from lazystack.io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
+from lazystack.ops.batch import extract_patches
+from lazystack.sources.zarr.engines import ZarrArrayReader, available_engines
 
 
 class CountingReader(ChunkedReader):
@@ -94,7 +94,7 @@ def _assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
 @pytest.fixture
 def region_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[slice, ...], bool]]:
     """Every region read started in tensorstore during the test: ``(region, as_float32)``."""
-    from lazystack.engines import TensorstoreEngine
+    from lazystack.sources.zarr.engines import TensorstoreEngine
 
     started: list[tuple[tuple[slice, ...], bool]] = []
     original = TensorstoreEngine.start_read
@@ -176,8 +176,8 @@ def _sparse_requests(rng: np.random.Generator, n: int) -> list[tuple[Any, ...]]:
 def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import lazystack.batch as batch_module
-    import lazystack.chunked as chunked_module
+    import lazystack.io.chunked as chunked_module
+    import lazystack.ops.batch as batch_module
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked_module, "CPU_WORKERS", 2)
@@ -194,7 +194,7 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
 
 
 def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lazystack.batch as batch_module
+    import lazystack.ops.batch as batch_module
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 4)
     monkeypatch.setattr(batch_module, "_shares", _shuffled_shares(batch_module._shares))
@@ -230,7 +230,7 @@ def _touched(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex
 
 
 def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lazystack.batch as batch_module
+    import lazystack.ops.batch as batch_module
 
     monkeypatch.setattr(batch_module, "CPU_WORKERS", 1)
     data = np.arange(10 * 400, dtype=np.float32).reshape(10, 400)
@@ -254,7 +254,7 @@ def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch)
 def test_scattered_requests_decode_each_chunk_once_and_hold_one_per_core(
     monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
-    import lazystack.chunked as chunked_module
+    import lazystack.io.chunked as chunked_module
 
     monkeypatch.setattr(chunked_module, "CPU_WORKERS", workers)
     data = np.random.default_rng(12).integers(0, 2**16, (2, 90, 400), dtype=np.uint16)
@@ -316,7 +316,7 @@ def test_scattered_chunks_are_cast_to_the_stored_dtype_first() -> None:
 def test_requests_sharing_chunks_with_slow_path_requests_are_still_decoded_once(
     cache_mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lazystack.batch as batch_module
+    import lazystack.ops.batch as batch_module
 
     scattered: list[int] = []
     original = batch_module._Batch._scatter
@@ -371,7 +371,7 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
 
 
 def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
-    from lazystack.chunked import FunctionChunkedReader
+    from lazystack.io.chunked import FunctionChunkedReader
 
     data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
     calls: list[int] = []
@@ -438,7 +438,7 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
 def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_round(
     zarr_arrays: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lazystack.engines import TensorstoreEngine
+    from lazystack.sources.zarr.engines import TensorstoreEngine
 
     fetched: list[int] = []
     original = TensorstoreEngine.fetch
@@ -468,7 +468,7 @@ def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_rou
 def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lazystack.engines import AutoEngine
+    from lazystack.sources.zarr.engines import AutoEngine
 
     pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
     data = np.random.default_rng(17).integers(0, 4000, (512, 1024), dtype=np.uint16)
@@ -493,7 +493,7 @@ def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
 
 
 def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:
-    from lazystack.errors import SourceReadError
+    from lazystack.core.errors import SourceReadError
 
     z = zarr.create_array(tmp_path / "a.zarr", shape=(64, 64), chunks=(32, 32), dtype="uint16")
     z[...] = 7

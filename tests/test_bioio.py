@@ -20,7 +20,7 @@ from conftest import raise_if_dask_computes  # noqa: E402
 from reference import canonical_reference, patch_reference  # noqa: E402
 
 from lazystack import load_bioio  # noqa: E402
-from lazystack.errors import (  # noqa: E402
+from lazystack.core.errors import (  # noqa: E402
     AxesError,
     MissingDependencyError,
     ShapeMismatchError,

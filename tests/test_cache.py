@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from lazystack.cache import (
+from lazystack.io.cache import (
     DEFAULT_CHUNK_CACHE_BYTES,
     ENV_CHUNK_CACHE_BYTES,
     ChunkCache,
@@ -183,7 +183,7 @@ def _run(code: str, env_value: str | None) -> subprocess.CompletedProcess[str]:
 
 
 def test_environment_variable_sets_the_size() -> None:
-    code = "from lazystack.cache import get_chunk_cache; print(get_chunk_cache().max_bytes)"
+    code = "from lazystack.io.cache import get_chunk_cache; print(get_chunk_cache().max_bytes)"
     assert _run(code, "3MiB").stdout.strip() == str(3 * 2**20)
     assert _run(code, "0").stdout.strip() == "0"
     assert _run(code, None).stdout.strip() == str(DEFAULT_CHUNK_CACHE_BYTES)

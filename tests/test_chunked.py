@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazystack import LazyImageStack, chunked
-from lazystack.cache import ChunkCache, get_chunk_cache, set_chunk_cache_size
-from lazystack.chunked import (
+from lazystack.io.cache import ChunkCache, get_chunk_cache, set_chunk_cache_size
+from lazystack.io.chunked import (
     ChunkedReader,
     ChunkGrid,
     ChunkIndex,
@@ -522,7 +522,7 @@ def test_cache_counters_on_the_single_chunk_fast_path() -> None:
 
 
 def test_function_chunked_reader_and_as_chunked_reader(cache_mode: str) -> None:
-    from lazystack.chunked import FunctionChunkedReader, as_chunked_reader
+    from lazystack.io.chunked import FunctionChunkedReader, as_chunked_reader
 
     data = np.arange(30 * 40, dtype=np.int16).reshape(30, 40)
     grid = ChunkGrid(data.shape, (8, 16))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import shared_files
 
-from lazystack.cli import build_parser, main
+from lazystack.frontends.cli import build_parser, main
 
-HAS_PREPROCESS = importlib.util.find_spec("lazystack.cli_preprocess") is not None
+HAS_PREPROCESS = importlib.util.find_spec("lazystack.frontends.cli_preprocess") is not None
 SUBCOMMANDS = ["info", "demo"] + (["stats", "convert"] if HAS_PREPROCESS else [])
 
 
@@ -162,7 +162,7 @@ def test_bad_storage_option_exits_1(npy: Path, capsys: pytest.CaptureFixture[str
 
 def test_real_process_exit_codes(npy: Path, tmp_path: Path) -> None:
     """The installed entry point behaves the same in a fresh process."""
-    cmd = [sys.executable, "-m", "lazystack.cli"]
+    cmd = [sys.executable, "-m", "lazystack.frontends.cli"]
     ok = subprocess.run([*cmd, "info", str(npy), "--axes", "TCYX", "--json"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)[0]["canonical_shape"] == [3, 2, 16, 12]
@@ -305,7 +305,7 @@ def test_info_real_czi_matches_pylibczirw(path: Path, capsys: pytest.CaptureFixt
 
 
 def test_demo_small_run_covers_every_format(capsys: pytest.CaptureFixture[str]) -> None:
-    from lazystack.demo import BUILDERS
+    from lazystack.frontends.demo import BUILDERS
 
     code, out, err = run(
         ["demo", "--size", "64", "--patches", "12", "--patch-size", "16", "--frames", "2", "--quiet"], capsys
@@ -324,11 +324,11 @@ def test_demo_unknown_format_exits_1(capsys: pytest.CaptureFixture[str]) -> None
     assert_one_line_error(err, "bmp", "numpy memmap")
 
 
-# -- stats / convert (registered from lazystack.cli_preprocess when present) --------------------------------------
+# -- stats / convert (from lazystack.frontends.cli_preprocess when present) --------------------------------------
 
 
 needs_preprocess = pytest.mark.skipif(
-    not HAS_PREPROCESS, reason="lazystack.cli_preprocess (stats / convert) is not part of this tree"
+    not HAS_PREPROCESS, reason="lazystack.frontends.cli_preprocess (stats / convert) is not part of this tree"
 )
 
 

@@ -1,4 +1,4 @@
-"""The ``stats`` and ``convert`` subcommands, run through a parser built like lazystack.cli's."""
+"""The ``stats`` and ``convert`` subcommands, run through a parser built like lazystack.frontends.cli's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from lazystack import UnsupportedSourceError
-from lazystack.cli_preprocess import _fallback_open, add_convert_parser, add_stats_parser
+from lazystack.frontends.cli_preprocess import _fallback_open, add_convert_parser, add_stats_parser
 
 
 def run(argv: list[str]) -> int:
@@ -107,7 +107,7 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path, capsys: Any, argv: list[
 
 def test_unreachable_scheduler_is_a_clear_error() -> None:
     pytest.importorskip("distributed")
-    from lazystack.cli_preprocess import _scheduler_arg, scheduler
+    from lazystack.frontends.cli_preprocess import _scheduler_arg, scheduler
 
     spec = _scheduler_arg("127.0.0.1:1")
     assert spec == "tcp://127.0.0.1:1"

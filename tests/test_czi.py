@@ -31,7 +31,7 @@ from reference import patch_reference  # noqa: E402
 
 import lazystack  # noqa: E402
 from lazystack import load_czis  # noqa: E402
-from lazystack.errors import (  # noqa: E402
+from lazystack.core.errors import (  # noqa: E402
     AxesError,
     ChannelIndexError,
     MissingDependencyError,
@@ -221,7 +221,7 @@ class _ReadSpy:
 @pytest.fixture
 def cache_size(request: pytest.FixtureRequest) -> Any:
     """Sets this process's chunk cache to ``request.param`` bytes (emptied), restored afterwards."""
-    from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+    from lazystack.io.cache import get_chunk_cache, set_chunk_cache_size
 
     previous = set_chunk_cache_size(request.param)
     get_chunk_cache().clear()
@@ -559,7 +559,7 @@ def test_not_a_czi(tmp_path: Path) -> None:
 _CORRUPT_SCRIPT = """
 import sys
 from lazystack import load_czis
-from lazystack.errors import LazyStackError
+from lazystack.core.errors import LazyStackError
 try:
     stacks = load_czis(sys.argv[1], "SCZYX")
     for s in stacks:
@@ -639,7 +639,7 @@ def test_lazystack_works_without_the_extra() -> None:
         "assert s.extract_patch(1, None, (0, 0), (4, 4)).sum() == 16\n"
         "try:\n"
         "    lazystack.load_czis('x.czi', 'SCYX')\n"
-        "except lazystack.errors.MissingDependencyError as exc:\n"
+        "except lazystack.core.errors.MissingDependencyError as exc:\n"
         "    print('MISSING', exc)\n"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

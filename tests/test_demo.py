@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lazystack.demo import BUILDERS, format_table, run_demo
+from lazystack.frontends.demo import BUILDERS, format_table, run_demo
 
 
 @pytest.mark.timeout(240)
@@ -35,7 +35,19 @@ def test_demo_rejects_unknown_format() -> None:
 @pytest.mark.timeout(240)
 def test_demo_command_line() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lazystack.cli", "demo", "--size", "128", "--patches", "20", "--frames", "1", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "lazystack.frontends.cli",
+            "demo",
+            "--size",
+            "128",
+            "--patches",
+            "20",
+            "--frames",
+            "1",
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=200,

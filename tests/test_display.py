@@ -13,8 +13,15 @@ import pytest
 from conftest import raise_if_dask_computes
 
 from lazystack import LazyImageStack, MissingDependencyError, SelectionError, load_arrays
-from lazystack.display import StackList, format_bytes, source_disk_bytes, stack_html, stack_summary, summary_row
-from lazystack.plot import show, thumbnail
+from lazystack.frontends.plot import show, thumbnail
+from lazystack.loading.stacklist import (
+    StackList,
+    format_bytes,
+    source_disk_bytes,
+    stack_html,
+    stack_summary,
+    summary_row,
+)
 
 
 class TableParser(HTMLParser):
@@ -288,7 +295,7 @@ def test_show_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch
 
 def test_thumbnail_reads_a_coarser_ome_zarr_level(tmp_path: Path) -> None:
     pytest.importorskip("lazystack.sources.zarr")
-    writing = pytest.importorskip("lazystack.writing")
+    writing = pytest.importorskip("lazystack.ops.writing")
     import zarr
 
     from lazystack import load_zarrs

@@ -21,8 +21,8 @@ import pytest
 import zarr
 
 from lazystack import LazyImageStack, load_arrays
-from lazystack.stats import channel_statistics
-from lazystack.writing import write_ome_zarr
+from lazystack.ops.stats import channel_statistics
+from lazystack.ops.writing import write_ome_zarr
 
 distributed = pytest.importorskip("distributed")
 
@@ -126,7 +126,7 @@ def test_czi_statistics_on_the_cluster(client: Any, shared_czi_dir: Path, name: 
 
 
 def test_normalized_and_written_on_the_cluster(client: Any, tmp_path: Path) -> None:
-    from lazystack.normalize import normalized
+    from lazystack.ops.normalize import normalized
 
     stacks = npy_stacks(tmp_path, 2, (2, 2, 40, 40))
     stats = channel_statistics(stacks)
@@ -200,7 +200,7 @@ def test_write_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
 
 
 def test_progress_bar_with_a_client(client: Any, capsys: Any) -> None:
-    from lazystack.progress import active_client, progress_bar
+    from lazystack.ops.progress import active_client, progress_bar
 
     assert active_client() is client
     stacks = load_arrays([np.zeros((2, 16, 16), np.uint8)], "TYX")
@@ -218,7 +218,7 @@ def test_cli_stats_on_a_running_scheduler(cluster: Any, tmp_path: Path, capsys: 
     import argparse
     import json
 
-    from lazystack.cli_preprocess import add_stats_parser
+    from lazystack.frontends.cli_preprocess import add_stats_parser
 
     data = np.random.default_rng(5).integers(0, 100, (3, 2, 16, 16)).astype(np.uint8)
     np.save(tmp_path / "x.npy", data)

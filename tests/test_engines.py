@@ -36,8 +36,8 @@ from zarr.codecs import (
 
 from benchmarks.http_range import LocalHTTPServer, RangeHandler
 from lazystack import LazyImageStack, chunked
-from lazystack.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
-from lazystack.engines import (
+from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+from lazystack.sources.zarr.engines import (
     ENV_ZARR_ENGINE,
     AutoEngine,
     DirectEngine,
@@ -601,8 +601,8 @@ def test_remote_http_store(arrays: dict[str, Any], http_root: str, name: str, en
 def test_truncated_blosc_chunk_is_an_error_not_garbage(tmp_path: Path, zarr_format: int, engine: str) -> None:
     import numcodecs
 
-    from lazystack.engines import ZarrArrayReader
-    from lazystack.errors import SourceReadError
+    from lazystack.core.errors import SourceReadError
+    from lazystack.sources.zarr.engines import ZarrArrayReader
 
     compressors = numcodecs.Blosc() if zarr_format == 2 else zarr.codecs.BloscCodec()
     path = tmp_path / "b.zarr"
@@ -620,7 +620,7 @@ def test_truncated_blosc_chunk_is_an_error_not_garbage(tmp_path: Path, zarr_form
 
 
 def test_check_blosc_frame_rejects_short_frames() -> None:
-    from lazystack.engines import check_blosc_frame
+    from lazystack.sources.zarr.engines import check_blosc_frame
 
     with pytest.raises(ValueError, match="shorter than its 16-byte header"):
         check_blosc_frame(b"\x02\x01")

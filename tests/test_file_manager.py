@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lazystack.sources.base import ProcessLocalFileManager
+from lazystack.io.handles import ProcessLocalFileManager
 
 
 def _open_binary(path: str, mode: str = "rb") -> object:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lazystack
-from lazystack import errors
+from lazystack.core import errors
 
 pytestmark = pytest.mark.timeout(180)
 

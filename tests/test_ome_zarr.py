@@ -16,7 +16,7 @@ import zarr
 from reference import canonical_reference, patch_reference
 
 from lazystack import load_zarrs
-from lazystack.errors import ShapeMismatchError, SourceFormatError, SourceNotFoundError
+from lazystack.core.errors import ShapeMismatchError, SourceFormatError, SourceNotFoundError
 
 SHAPE = (2, 3, 64, 48)  # C Z Y X
 SCALE = {"c": 1.0, "z": 2.0, "y": 0.5, "x": 0.25}
@@ -238,7 +238,7 @@ def test_dataset_without_path_is_rejected(tmp_path: Path) -> None:
 
 def test_bioformats2raw_layout_gives_every_image_level(tmp_path: Path) -> None:
     from lazystack import load_arrays
-    from lazystack.writing import write_ome_zarr
+    from lazystack.ops.writing import write_ome_zarr
 
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 1000, (2, 40, 36), dtype=np.uint16), rng.integers(0, 1000, (2, 24, 30), dtype=np.uint16)]

@@ -1,4 +1,4 @@
-"""Chunk GETs on kept-alive standard-library connections (lazystack.plain_http).
+"""Chunk GETs on kept-alive standard-library connections (lazystack.sources.zarr.plain_http).
 
 Compared with zarr's own ``FsspecStore.get`` (fsspec and aiohttp) and with the
 files on disk, on a real HTTP server on 127.0.0.1 that can misbehave: a
@@ -37,8 +37,8 @@ from zarr.storage import FsspecStore
 from zarr_helpers import ServerState, serve_directory, write_plain_store
 
 from lazystack import load_zarrs, plain_http, thread_loop
-from lazystack.cache import get_chunk_cache, set_chunk_cache_size
-from lazystack.errors import SourceReadError
+from lazystack.core.errors import SourceReadError
+from lazystack.io.cache import get_chunk_cache, set_chunk_cache_size
 
 # What is tested here is the direct engine's way to the server (the zarr engine reads through zarr's store).
 pytestmark = pytest.mark.usefixtures("direct_zarr_engine")

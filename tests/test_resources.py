@@ -32,7 +32,7 @@ from harness import mapped_files, open_fds_to
 from reference import patch_reference
 
 import lazystack
-from lazystack.cache import get_chunk_cache
+from lazystack.io.cache import get_chunk_cache
 
 pytestmark = pytest.mark.timeout(180)
 

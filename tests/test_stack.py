@@ -206,7 +206,7 @@ def test_the_fast_patch_path_matches_the_reference(axes: str, shape: tuple[int, 
     assert reader.calls == ["getitem"] * 3
 
 
-class _CachedRegions(lazystack.chunked.ChunkedReader):
+class _CachedRegions(lazystack.io.chunked.ChunkedReader):
     """A chunked numpy reader that records its fetches and every ``read_region`` call."""
 
     def __init__(self, arr: np.ndarray, chunks: tuple[int, ...]) -> None:

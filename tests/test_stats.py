@@ -13,7 +13,7 @@ import pytest
 from conftest import raise_if_dask_computes
 
 from lazystack import LazyImageStack, ShapeMismatchError, UnsupportedSourceError, load_arrays
-from lazystack.stats import ChannelStatistics, _reduce, _select_blocks, channel_statistics
+from lazystack.ops.stats import ChannelStatistics, _reduce, _select_blocks, channel_statistics
 
 LEVELS = (0.1, 1.0, 25.0, 50.0, 99.0, 99.9)
 
@@ -384,7 +384,7 @@ def test_czi_stacks_match_numpy(shared_czi_dir, name: str, scheduler: str) -> No
 
 
 def test_normalized_zscore_patches_and_dask_match_numpy() -> None:
-    from lazystack.normalize import normalized
+    from lazystack.ops.normalize import normalized
 
     rng = np.random.default_rng(9)
     x = rng.integers(0, 4000, (3, 2, 40, 30)).astype(np.uint16)
@@ -407,7 +407,7 @@ def test_normalized_zscore_patches_and_dask_match_numpy() -> None:
 
 
 def test_normalized_view_minmax_percentile_and_clip() -> None:
-    from lazystack.normalize import normalized
+    from lazystack.ops.normalize import normalized
 
     rng = np.random.default_rng(10)
     x = rng.normal(100, 20, (4, 3, 16, 20)).astype(np.float32)
@@ -426,7 +426,7 @@ def test_normalized_view_minmax_percentile_and_clip() -> None:
 
 
 def test_normalized_errors_and_degenerate_channels() -> None:
-    from lazystack.normalize import normalized
+    from lazystack.ops.normalize import normalized
 
     x = np.zeros((2, 8, 8), np.uint8)
     x[1] = np.arange(64).reshape(8, 8)
@@ -445,7 +445,7 @@ def test_normalized_errors_and_degenerate_channels() -> None:
 
 
 def test_normalized_stack_pickles_as_a_recipe(tmp_path) -> None:
-    from lazystack.normalize import normalized
+    from lazystack.ops.normalize import normalized
 
     (stack,) = _file_stacks(tmp_path, 1, shape=(2, 2, 256, 256))
     norm = normalized(stack, channel_statistics(stack))

@@ -1,6 +1,6 @@
-"""Remote reads awaited on the calling thread's own event loop (lazystack.thread_loop).
+"""Remote reads awaited on the calling thread's own event loop (lazystack.sources.zarr.thread_loop).
 
-Stacks here read through it as they do for stores lazystack.plain_http does
+Stacks here read through it as they do for stores lazystack.sources.zarr.plain_http does
 not serve (its ``endpoint`` is patched to serve none).
 
 Compared with zarr's own ``FsspecStore.get`` (through zarr's loop thread) on a
@@ -30,7 +30,7 @@ from zarr.storage import FsspecStore
 from zarr_helpers import ServerState, serve_directory, write_plain_store
 
 from lazystack import load_zarrs, plain_http, thread_loop
-from lazystack.cache import get_chunk_cache, set_chunk_cache_size
+from lazystack.io.cache import get_chunk_cache, set_chunk_cache_size
 
 # What is tested here is the direct engine's way to the server (the zarr engine reads through zarr's store).
 pytestmark = pytest.mark.usefixtures("direct_zarr_engine")
@@ -46,7 +46,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
 
 @pytest.fixture(autouse=True)
 def through_aiohttp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stacks read through the thread loop, as for a store lazystack.plain_http does not serve."""
+    """Stacks read through the thread loop, as for a store lazystack.sources.zarr.plain_http does not serve."""
     monkeypatch.setattr(plain_http, "endpoint", lambda store: None)
 
 

@@ -34,7 +34,7 @@ from lazystack import (
     load_iter_tiff,
     load_tiffs,
 )
-from lazystack.cache import get_chunk_cache
+from lazystack.io.cache import get_chunk_cache
 from lazystack.sources import tiff as tiff_source
 
 RNG = np.random.default_rng(1234)

@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from lazystack import LazyImageStack, UnsupportedSourceError, load_arrays
-from lazystack.writing import ome_axes, pyramid_shapes, write_ome_zarr
+from lazystack.ops.writing import ome_axes, pyramid_shapes, write_ome_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,7 +249,7 @@ def test_a_killed_writer_leaves_no_store_at_path(tmp_path: Path) -> None:
         import dask
         from benchmarks.bench_stats import NpyChunkReader
         from lazystack import LazyImageStack
-        from lazystack.writing import write_ome_zarr
+        from lazystack.ops.writing import write_ome_zarr
         reader = NpyChunkReader({str(tmp_path / "src.npy")!r}, chunks=(1, 64, 64), delay=0.2)
         with dask.config.set(scheduler="threads", num_workers=1):
             write_ome_zarr(LazyImageStack(reader, "TYX"), {str(out)!r}, chunks=(1, 64, 64))
@@ -278,8 +278,8 @@ def test_a_killed_writer_leaves_no_store_at_path(tmp_path: Path) -> None:
 
 
 def test_normalized_stack_is_written_as_float32(tmp_path: Path) -> None:
-    from lazystack.normalize import normalized
-    from lazystack.stats import channel_statistics
+    from lazystack.ops.normalize import normalized
+    from lazystack.ops.stats import channel_statistics
 
     data = np.random.default_rng(5).integers(0, 4000, (2, 24, 24)).astype(np.uint16)
     (stack,) = load_arrays([data], "CYX")

@@ -21,7 +21,7 @@ from reference import canonical_reference, patch_reference
 from zarr_helpers import store_file_count, write_plain_store
 
 from lazystack import load_zarrs
-from lazystack.errors import (
+from lazystack.core.errors import (
     MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
@@ -412,7 +412,7 @@ def test_store_replaced_after_opening_raises(tmp_path: Path) -> None:
 
 
 def test_reads_go_through_the_chunk_cache_and_never_hand_out_cache_memory(tmp_path: Path) -> None:
-    from lazystack.cache import get_chunk_cache
+    from lazystack.io.cache import get_chunk_cache
 
     path, data = _write(tmp_path, "v3")
     (stack,) = load_zarrs([path / "b"], "SYX")
@@ -444,10 +444,10 @@ def test_reads_go_through_the_chunk_cache_and_never_hand_out_cache_memory(tmp_pa
 def test_cold_patches_through_the_loader_come_as_float32_from_tensorstore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lazystack.cache import chunk_cache_size
-    from lazystack.engines import ZarrArrayReader as EngineReader
-    from lazystack.engines import set_zarr_engine
-    from lazystack.errors import SourceNotFoundError
+    from lazystack.core.errors import SourceNotFoundError
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.sources.zarr.engines import ZarrArrayReader as EngineReader
+    from lazystack.sources.zarr.engines import set_zarr_engine
 
     pytest.importorskip("tensorstore", reason="the float32 reads come from tensorstore")
     data = np.random.default_rng(5).integers(0, 4000, (2, 90, 120), dtype=np.uint16)

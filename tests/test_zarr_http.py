@@ -25,8 +25,8 @@ from reference import canonical_reference, patch_reference
 from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
 
 from lazystack import load_zarrs, plain_http
-from lazystack.cache import get_chunk_cache
-from lazystack.errors import SourceNotFoundError, SourceReadError
+from lazystack.core.errors import SourceNotFoundError, SourceReadError
+from lazystack.io.cache import get_chunk_cache
 from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
 
 KINDS = {"v2": (2, False), "v3": (3, False), "v3-sharded": (3, True)}
@@ -51,7 +51,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
 def server(
     request: pytest.FixtureRequest, served: tuple[str, ServerState, Path], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, ServerState, Path]]:
-    """The server, reset; chunks read by lazystack.plain_http or (a store it does not serve) by aiohttp.
+    """The server, reset; chunks read by lazystack.sources.zarr.plain_http or (a store it does not serve) by aiohttp.
 
     The switch holds in this process and a forked child; spawned workers read through plain_http.
     """

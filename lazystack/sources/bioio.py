@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (
+from ..core.errors import (
     LazyStackError,
     MissingDependencyError,
     ShapeMismatchError,
@@ -51,7 +51,7 @@ from ..errors import (
     SourceNotFoundError,
     SourceReadError,
 )
-from .base import OpenedSource, ProcessLocalFileManager
+from ..io.handles import OpenedSource, ProcessLocalFileManager
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 

@@ -48,8 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
-from .base import (
+from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
+from ..io.handles import (
     OpenedSource,
     ProcessLocalFileManager,
     check_mapped_size,

@@ -57,9 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import get_chunk_cache
-from ..chunked import FunctionChunkedReader
-from ..errors import (
+from ..core.errors import (
     AxesError,
     MissingDependencyError,
     ShapeMismatchError,
@@ -67,7 +65,9 @@ from ..errors import (
     SourceNotFoundError,
     SourceReadError,
 )
-from .base import OpenedSource, ProcessLocalFileManager
+from ..io.cache import get_chunk_cache
+from ..io.chunked import FunctionChunkedReader
+from ..io.handles import OpenedSource, ProcessLocalFileManager
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "write_demo_czi"]
 

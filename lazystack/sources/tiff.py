@@ -79,9 +79,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
-from .base import OpenedSource, ProcessLocalFileManager, check_mapped_size
+from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
+from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
+from ..io.handles import OpenedSource, ProcessLocalFileManager, check_mapped_size
 
 __all__ = ["TiffReader", "open_tiff"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
 __all__ = [
     "StackList",

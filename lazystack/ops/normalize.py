@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ShapeMismatchError
+from ..core.errors import ShapeMismatchError
 
 if TYPE_CHECKING:
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
     from .stats import ChannelStatistics
 
 __all__ = ["METHODS", "NormalizedReader", "normalization_parameters", "normalized"]
@@ -205,7 +205,7 @@ def normalized(
     >>> float(norm.extract_patch(0, None, (0, 0), (4, 4)).max())
     1.0
     """
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
     offset, scale = normalization_parameters(stats, method, lower=lower, upper=upper)
     if offset.shape[0] != stack.n_channels:

@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .axes import validate_axes
-from .display import StackList
-from .errors import UnsupportedSourceError
-from .sources.array import as_reader
-from .sources.base import OpenedSource, is_array_like
-from .stack import LazyImageStack
+from ..core.axes import validate_axes
+from ..core.errors import UnsupportedSourceError
+from ..io.handles import OpenedSource, is_array_like
+from ..sources.array import as_reader
+from ..stack import LazyImageStack
+from .stacklist import StackList
 
 __all__ = [
     "load_arrays",
@@ -155,7 +155,7 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
         contiguous data is memory-mapped.
     """
     axes = validate_axes(axes)
-    from .sources import tiff
+    from ..sources import tiff
 
     return _stacks(o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes))
 
@@ -180,7 +180,7 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
         A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
-    from .sources import tiff
+    from ..sources import tiff
 
     return _stacks(
         o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes, whole_file_chunks=True)
@@ -217,7 +217,7 @@ def load_custom_file(
         A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
-    from .sources import custom
+    from ..sources import custom
 
     return _stacks(
         custom.open_custom(path, axes, read_func=read_func, read_kwargs=dict(read_kwargs or {}))
@@ -251,7 +251,7 @@ def load_zarrs(
         A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
-    from .sources import zarr as zarr_source
+    from ..sources import zarr as zarr_source
 
     opts = dict(storage_options or {})
     return _stacks(
@@ -274,7 +274,7 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     StackList
         A list of :class:`LazyImageStack` with a table repr.
     """
-    from .sources import czi
+    from ..sources import czi
 
     return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes))
 
@@ -298,6 +298,6 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
         A list of :class:`LazyImageStack` with a table repr.
     """
     axes = validate_axes(axes)
-    from .sources import bioio as bioio_source
+    from ..sources import bioio as bioio_source
 
     return _stacks(o for path in as_source_list(source) for o in bioio_source.open_bioio(path, axes, reader_options))

@@ -55,7 +55,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .chunked import (
+from ..core.errors import PatchError
+from ..core.patch import patch_geometry
+from ..io.chunked import (
     CPU_WORKERS,
     ChunkedReader,
     ChunkIndex,
@@ -64,8 +66,6 @@ from .chunked import (
     fetch_concurrently,
     normalize_key,
 )
-from .errors import PatchError
-from .patch import patch_geometry
 
 __all__ = ["PatchRequest", "extract_patches"]
 
@@ -122,7 +122,7 @@ class _PrefetchedReader(ChunkedReader):
 
 
 def _chunked_reader(stack: Any) -> ChunkedReader | None:
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
     if not isinstance(stack, LazyImageStack) or stack.is_loaded:
         return None

@@ -54,7 +54,7 @@ from uuid import uuid4
 
 import numpy as np
 
-from .errors import ShapeMismatchError, UnsupportedSourceError
+from ..core.errors import ShapeMismatchError, UnsupportedSourceError
 from .progress import compute
 
 __all__ = ["ChannelStatistics", "channel_statistics"]

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import LazyStackError
+from ..core.errors import LazyStackError
 
 __all__ = ["add_source_arguments", "build_parser", "main", "resolve_stacks"]
 
@@ -128,9 +128,9 @@ def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[
     SourceNotFoundError, UnsupportedSourceError, SourceFormatError ...
         As :func:`lazystack.load`.
     """
-    from .api import load, propose_axes
-    from .axes import validate_axes
-    from .errors import AxesError
+    from ..core.axes import validate_axes
+    from ..core.errors import AxesError
+    from ..loading.auto import load, propose_axes
 
     sources = args.source if isinstance(args.source, list) else [args.source]
     axes = validate_axes(args.axes) if args.axes else None
@@ -153,7 +153,7 @@ def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .display import format_table, source_disk_bytes, stack_summary, summary_row
+    from ..loading.stacklist import format_table, source_disk_bytes, stack_summary, summary_row
 
     records = []
     declared_any = False
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"lazystack {__version__}")

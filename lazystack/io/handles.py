@@ -48,7 +48,7 @@ from dask.array.core import normalize_chunks
 from xarray.backends import file_manager as _file_manager
 from xarray.backends.file_manager import CachingFileManager
 
-from ..errors import SourceReadError
+from ..core.errors import SourceReadError
 
 __all__ = [
     "ChunkReader",

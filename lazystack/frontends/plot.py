@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import MissingDependencyError, SelectionError
+from ..core.errors import MissingDependencyError, SelectionError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
 __all__ = ["show", "thumbnail"]
 
@@ -142,8 +142,8 @@ def _pyramid(stack: LazyImageStack) -> list[LazyImageStack]:
     """Every level of the multiscale image listing ``stack``'s array (empty if none is found)."""
     import zarr
 
-    from .loaders import load_zarrs
-    from .sources.zarr import parse_zarr_source
+    from ..loading.loaders import load_zarrs
+    from ..sources.zarr import parse_zarr_source
 
     location = parse_zarr_source(stack.source)
     store = location.open_store()

@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from ...core.errors import MissingDependencyError, SourceReadError
+from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from . import plain_http, thread_loop
-from .chunked import ChunkedReader, ChunkIndex, fetch_concurrently
-from .errors import MissingDependencyError, SourceReadError
 
 __all__ = [
     "ENGINES",

@@ -54,13 +54,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import UnsupportedSourceError
+from ..core.errors import UnsupportedSourceError
 from .progress import compute
 
 if TYPE_CHECKING:
     import dask.array
 
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
 __all__ = ["NGFF_ORDER", "ome_axes", "write_ome_zarr"]
 

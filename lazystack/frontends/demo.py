@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .stack import LazyImageStack
+from ..stack import LazyImageStack
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -106,7 +106,7 @@ Builder = Callable[[Path, tuple[int, ...]], tuple[list[Path], list[LazyImageStac
 
 
 def _build_npy(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
-    from .loaders import load_arrays
+    from ..loading.loaders import load_arrays
 
     paths, arrays = [], []
     for i in range(2):
@@ -120,7 +120,7 @@ def _build_npy(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[L
 def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
     import tifffile
 
-    from .loaders import load_tiffs
+    from ..loading.loaders import load_tiffs
 
     paths = []
     for i, compression in enumerate([None, "zlib"]):
@@ -133,7 +133,7 @@ def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 def _build_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
     import zarr
 
-    from .loaders import load_zarrs
+    from ..loading.loaders import load_zarrs
 
     p = folder / "data.zarr"
     group = zarr.open_group(p, mode="w")
@@ -144,8 +144,8 @@ def _build_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 
 
 def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
-    from .loaders import load_zarrs
-    from .writing import write_ome_zarr
+    from ..loading.loaders import load_zarrs
+    from ..ops.writing import write_ome_zarr
 
     p = folder / "image.ome.zarr"
     (base,) = _build_npy_stacks(shape)
@@ -154,14 +154,14 @@ def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], l
 
 
 def _build_npy_stacks(shape: tuple[int, ...]) -> list[LazyImageStack]:
-    from .loaders import load_arrays
+    from ..loading.loaders import load_arrays
 
     return load_arrays([_synthetic(shape, 7)], "TCYX")
 
 
 def _build_czi(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
-    from .loaders import load_czis
-    from .sources.czi import write_demo_czi
+    from ..loading.loaders import load_czis
+    from ..sources.czi import write_demo_czi
 
     p = folder / "scenes.czi"
     write_demo_czi(p, _synthetic(shape, 3))

@@ -20,10 +20,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import AxesError, MissingDependencyError, UnsupportedSourceError
+from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
-    from .stack import LazyImageStack
+    from ..stack import LazyImageStack
 
 __all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
 
@@ -86,7 +86,7 @@ def scheduler(spec: str, *, timeout: str = "10s") -> Iterator[Any]:
 def _open_sources(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
     """Open sources with :func:`lazystack.api.load` (or a small fallback dispatch if it is absent)."""
     try:
-        from .api import load
+        from ..loading.auto import load
     except ImportError:
         return _fallback_open(paths, axes)
     return load(list(paths), axes)
@@ -94,7 +94,7 @@ def _open_sources(paths: Sequence[str], axes: str | None) -> list[LazyImageStack
 
 def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
     # fallback: dispatch by extension (to be removed once lazystack.load is always present)
-    from . import loaders
+    from ..loading import loaders
 
     if axes is None:
         msg = "--axes is required (letters of STCZYX describing every source)"
@@ -258,7 +258,7 @@ def _format_table(stats: Any) -> str:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import channel_statistics
+    from ..ops.stats import channel_statistics
 
     stacks = _open_sources(args.sources, args.axes)
     with scheduler(args.scheduler):
@@ -281,7 +281,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .writing import ome_axes, write_ome_zarr
+    from ..ops.writing import ome_axes, write_ome_zarr
 
     chunks = _parse_chunks(args.chunks)
     stacks = _open_sources(args.sources, args.axes)

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .axes import VALID_AXES, validate_axes
-from .errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
-from .sources.base import is_array_like
-from .stack import LazyImageStack
+from ..core.axes import VALID_AXES, validate_axes
+from ..core.errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
+from ..io.handles import is_array_like
+from ..stack import LazyImageStack
 
 __all__ = ["ACCEPTED_EXTENSIONS", "ACCEPTED_SCHEMES", "load", "propose_axes", "source_kind"]
 
@@ -186,7 +186,7 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
     ((3, 1, 64, 64), 'npy')
     """
     from . import loaders
-    from .display import StackList
+    from .stacklist import StackList
 
     if axes is not None:
         axes = validate_axes(axes)
@@ -242,14 +242,14 @@ def _local(text: str) -> str:
 def _load_npy(path: str, axes: str) -> LazyImageStack:
     import numpy as np
 
-    from .errors import SourceFormatError
+    from ..core.errors import SourceFormatError
 
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         msg = f"{path!r} is not a readable .npy file: {exc}"
         raise SourceFormatError(msg) from exc
-    from .sources.array import as_reader
+    from ..sources.array import as_reader
 
     return LazyImageStack(as_reader(array), validate_axes(axes), source=str(path), format="npy")
 
@@ -310,7 +310,7 @@ def _checked(axes: str) -> str | None:
 def _tiff_axes(text: str) -> str | None:
     import tifffile
 
-    from .errors import SourceFormatError
+    from ..core.errors import SourceFormatError
 
     path, series = _split_index(text)
     try:
@@ -392,7 +392,7 @@ def _array_dim_axes(array: Any) -> str | None:
 def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
     import zarr
 
-    from .sources.zarr import parse_zarr_source
+    from ..sources.zarr import parse_zarr_source
 
     location = parse_zarr_source(text, dict(storage_options or {}))
     store = location.open_store()
@@ -402,7 +402,7 @@ def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
         msg = f"no Zarr array or group at {text!r}"
         raise SourceNotFoundError(msg) from exc
     except (ValueError, KeyError, TypeError) as exc:
-        from .errors import SourceFormatError
+        from ..core.errors import SourceFormatError
 
         msg = f"{text!r} is not a readable Zarr store: {exc}"
         raise SourceFormatError(msg) from exc
@@ -432,7 +432,7 @@ def _czi_axes(text: str) -> str | None:
     except ImportError as exc:
         msg = "reading CZI files needs the optional 'czi' extra: pip install 'lazystack[czi]'"
         raise MissingDependencyError(msg) from exc
-    from .errors import SourceFormatError
+    from ..core.errors import SourceFormatError
 
     try:
         with pyczi.open_czi(str(path)) as doc:

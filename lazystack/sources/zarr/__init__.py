@@ -35,9 +35,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from ..engines import ZarrArrayReader as _EngineReader
-from ..engines import get_zarr_engine
-from ..errors import (
+from ...core.errors import (
     LazyStackError,
     MissingDependencyError,
     ShapeMismatchError,
@@ -46,13 +44,15 @@ from ..errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
-from .base import OpenedSource
+from ...io.handles import OpenedSource
+from .engines import ZarrArrayReader as _EngineReader
+from .engines import get_zarr_engine
 
 if TYPE_CHECKING:
     import zarr as zarr_lib
     from zarr.abc.store import Store
 
-    from ..chunked import ChunkIndex
+    from ...io.chunked import ChunkIndex
 
 __all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
 

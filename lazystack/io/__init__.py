@@ -1,0 +1,1 @@
+"""Reading: the chunked-reader contract and chunk grid, the decoded-chunk cache, per-process file handles."""

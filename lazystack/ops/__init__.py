@@ -1,0 +1,1 @@
+"""Operations on stacks: batched patches, channel statistics, normalisation, OME-Zarr writing."""
