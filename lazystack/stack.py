@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .core.axes import AxesModel
-from .core.errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
+from .core.errors import ChannelIndexError, SelectionError, UnsupportedSourceError
 from .core.patch import patch_geometry
 from .io.handles import is_array_like, read_numpy, reader_chunks, reader_token
 
@@ -844,26 +844,3 @@ class LazyImageStack:
 def _short_name(source: Any) -> str:
     text = str(source).rstrip("/")
     return text.rsplit("/", 1)[-1] or text
-
-
-def check_rank(axes: str, shape: Sequence[int], where: str, declared: str | None = None) -> None:
-    """Raise a :class:`ShapeMismatchError` when ``axes`` does not fit ``shape``.
-
-    Parameters
-    ----------
-    axes : str
-        The user's axes.
-    shape : sequence of int
-        The source's shape.
-    where : str
-        The source (path, URI) named in the message.
-    declared : str, optional
-        Axes the source itself declares (OME, ImageJ, NGFF), quoted in the message.
-    """
-    if len(axes) != len(shape):
-        own = f"; the file declares axes {declared!r}" if declared else ""
-        msg = (
-            f"axes {axes!r} ({len(axes)} letters) do not match {where}: its data has "
-            f"{len(shape)} dimension(s), shape {tuple(shape)}{own}"
-        )
-        raise ShapeMismatchError(msg)

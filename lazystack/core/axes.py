@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import AxesError, SampleIndexError, ShapeMismatchError
 
-__all__ = ["VALID_AXES", "AxesModel", "validate_axes"]
+__all__ = ["VALID_AXES", "AxesModel", "check_rank", "validate_axes"]
 
 VALID_AXES = "STCZYX"
 """The accepted axis letters, in canonical order."""
@@ -74,6 +74,29 @@ def validate_axes(axes: str) -> str:
         )
         raise AxesError(msg)
     return upper
+
+
+def check_rank(axes: str, shape: Sequence[int], where: str, declared: str | None = None) -> None:
+    """Raise a :class:`ShapeMismatchError` when ``axes`` does not fit ``shape``.
+
+    Parameters
+    ----------
+    axes : str
+        The user's axes.
+    shape : sequence of int
+        The source's shape.
+    where : str
+        The source (path, URI) named in the message.
+    declared : str, optional
+        Axes the source itself declares (OME, ImageJ, NGFF), quoted in the message.
+    """
+    if len(axes) != len(shape):
+        own = f"; the file declares axes {declared!r}" if declared else ""
+        msg = (
+            f"axes {axes!r} ({len(axes)} letters) do not match {where}: its data has "
+            f"{len(shape)} dimension(s), shape {tuple(shape)}{own}"
+        )
+        raise ShapeMismatchError(msg)
 
 
 @dataclass(frozen=True)

@@ -450,7 +450,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     ShapeMismatchError
         If ``axes`` does not have the rank of the array.
     """
-    from ..stack import check_rank
+    from ..core.axes import check_rank
 
     if not callable(read_func):
         msg = f"read_func must be callable as read_func(path, **read_kwargs), got {type(read_func).__name__}"

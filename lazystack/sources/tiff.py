@@ -1043,7 +1043,7 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
     ShapeMismatchError
         If ``axes`` does not have the rank of a series.
     """
-    from ..stack import check_rank
+    from ..core.axes import check_rank
 
     tifffile = _tifffile()
     file_path, wanted = _split_series(os.fspath(path))
