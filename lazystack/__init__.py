@@ -25,6 +25,8 @@ from .core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
+from .core.extensions import provide as _provide
+from .frontends.plot import show, thumbnail
 from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from .loading.auto import load, propose_axes
 from .loading.loaders import (
@@ -44,6 +46,12 @@ from .ops.writing import write_ome_zarr
 from .sources.custom import ReadFunc
 from .sources.zarr.engines import set_zarr_engine
 from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
+
+# The stack's convenience methods (extract_patches, normalized, show) are
+# functions of the layers above it: registered here, looked up by the stack.
+_provide("extract_patches", extract_patches)
+_provide("normalized", normalized)
+_provide("show", show)
 
 try:
     __version__ = version("lazystack")
@@ -89,6 +97,8 @@ __all__ = [
     "propose_axes",
     "set_chunk_cache_size",
     "set_zarr_engine",
+    "show",
+    "thumbnail",
     "validate_axes",
     "write_ome_zarr",
 ]

@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .core.axes import AxesModel
 from .core.errors import ChannelIndexError, SelectionError, UnsupportedSourceError
+from .core.extensions import provided
 from .core.patch import patch_geometry
 from .io.handles import is_array_like, read_numpy, reader_chunks, reader_token
 
@@ -567,10 +568,14 @@ class LazyImageStack:
         -------
         list of numpy.ndarray
             The same arrays as one :meth:`extract_patch` call per request.
-        """
-        from .ops.batch import extract_patches
 
-        return extract_patches([(self, *r) for r in requests])
+        Notes
+        -----
+        :func:`lazystack.extract_patches` (the operations layer) does the
+        work, for patches of several stacks too; see
+        :mod:`lazystack.core.extensions` for how the method reaches it.
+        """
+        return provided("extract_patches")([(self, *r) for r in requests])
 
     def normalized(self, stats: Any, **options: Any) -> LazyImageStack:
         """A lazy view whose patches and dask array are normalised per channel.
@@ -580,16 +585,19 @@ class LazyImageStack:
         stats : ChannelStatistics
             From :func:`lazystack.channel_statistics`.
         **options
-            Passed to :func:`lazystack.normalize.normalized` (``method=`` ...).
+            Passed to :func:`lazystack.normalized` (``method=`` ...).
 
         Returns
         -------
         LazyImageStack
             A float32 stack; nothing is computed until read.
-        """
-        from .ops.normalize import normalized
 
-        return normalized(self, stats, **options)
+        Notes
+        -----
+        The same as ``lazystack.normalized(stack, stats, **options)`` (the
+        operations layer; see :mod:`lazystack.core.extensions`).
+        """
+        return provided("normalized")(self, stats, **options)
 
     def show(self, **options: Any) -> Any:
         """Render a quick look at one plane with matplotlib (the ``plot`` extra).
@@ -597,17 +605,20 @@ class LazyImageStack:
         Parameters
         ----------
         **options
-            Passed to :func:`lazystack.plot.show` (``sample=``, ``channel=``,
+            Passed to :func:`lazystack.show` (``sample=``, ``channel=``,
             ``z=``, ``max_size=``, ``ax=``).
 
         Returns
         -------
         matplotlib object
-            What :func:`lazystack.plot.show` returns.
-        """
-        from .frontends.plot import show
+            What :func:`lazystack.show` returns.
 
-        return show(self, **options)
+        Notes
+        -----
+        The same as ``lazystack.show(stack, **options)`` (the front-end
+        layer; see :mod:`lazystack.core.extensions`).
+        """
+        return provided("show")(self, **options)
 
     # -- views --------------------------------------------------------------------
     def isel(self, **indexers: int | slice) -> LazyImageStack:
