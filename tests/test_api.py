@@ -10,7 +10,8 @@ import pytest
 from conftest import shared_files
 
 from lazystack import AxesError, SourceNotFoundError, UnsupportedSourceError
-from lazystack.loading.auto import load, propose_axes, source_kind, tiff_axes_to_lazystack
+from lazystack.loading.auto import load, propose_axes, source_kind
+from lazystack.sources.tiff import tiff_axes_to_lazystack
 
 
 def _data(shape: tuple[int, ...], dtype: str = "uint16") -> np.ndarray:

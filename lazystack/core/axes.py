@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import AxesError, SampleIndexError, ShapeMismatchError
 
-__all__ = ["VALID_AXES", "AxesModel", "check_rank", "validate_axes"]
+__all__ = ["VALID_AXES", "AxesModel", "axes_or_none", "check_rank", "validate_axes"]
 
 VALID_AXES = "STCZYX"
 """The accepted axis letters, in canonical order."""
@@ -74,6 +74,29 @@ def validate_axes(axes: str) -> str:
         )
         raise AxesError(msg)
     return upper
+
+
+def axes_or_none(axes: str) -> str | None:
+    """Return ``validate_axes(axes)``, or None when ``axes`` is not valid (for axes a file declares).
+
+    Parameters
+    ----------
+    axes : str
+        Axes as a file declares them.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> axes_or_none("tzyx"), axes_or_none("QYX")
+    ('TZYX', None)
+    """
+    try:
+        return validate_axes(axes)
+    except AxesError:
+        return None
 
 
 def check_rank(axes: str, shape: Sequence[int], where: str, declared: str | None = None) -> None:

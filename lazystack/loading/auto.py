@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -292,167 +291,17 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
     text = os.fspath(source)
     kind = source_kind(text)
     if kind == "tiff":
-        return _tiff_axes(_local(text))
+        from ..sources import tiff
+
+        return tiff.propose_axes(_local(text))
     if kind == "zarr":
-        return _zarr_axes(text, options.get("storage_options"))
+        from ..sources.zarr.axes import propose_axes as zarr_axes
+
+        return zarr_axes(text, options.get("storage_options"))
     if kind == "czi":
-        return _czi_axes(_local(text))
-    return _npy_axes(_local(text))
+        from ..sources import czi
 
+        return czi.propose_axes(_local(text))
+    from ..sources import array
 
-def _checked(axes: str) -> str | None:
-    try:
-        return validate_axes(axes)
-    except AxesError:
-        return None
-
-
-def _tiff_axes(text: str) -> str | None:
-    import tifffile
-
-    from ..core.errors import SourceFormatError
-
-    path, series = _split_index(text)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                msg = f"{path!r} holds no image series tifffile can read"
-                raise SourceFormatError(msg)
-            if series is not None and not 0 <= series < len(tif.series):
-                msg = f"{path!r} has {len(tif.series)} image series; series {series} does not exist"
-                raise SourceNotFoundError(msg)
-            declared = tif.series[series or 0].axes
-    except (tifffile.TiffFileError, struct.error, IndexError, KeyError) as exc:
-        msg = f"{path!r} is not a readable TIFF file: {exc}"
-        raise SourceFormatError(msg) from exc
-    return tiff_axes_to_lazystack(declared)
-
-
-def tiff_axes_to_lazystack(declared: str) -> str | None:
-    """Translate tifffile's axes codes to lazystack's, None if impossible.
-
-    Parameters
-    ----------
-    declared : str
-        Axes as tifffile's ``TiffPageSeries.axes`` gives them.
-
-    Returns
-    -------
-    str or None
-
-    Examples
-    --------
-    >>> tiff_axes_to_lazystack("TZCYX"), tiff_axes_to_lazystack("YXS"), tiff_axes_to_lazystack("QYX")
-    ('TZCYX', 'YXC', None)
-    """
-    declared = declared.upper()
-    if "S" in declared and "C" in declared:
-        return None
-    return _checked(declared.replace("S", "C"))
-
-
-_NGFF_TYPES = {"time": "T", "channel": "C"}
-
-
-def _ngff_letter(axis: Any) -> str | None:
-    if isinstance(axis, str):
-        name, kind = axis, None
-    elif isinstance(axis, dict):
-        name, kind = str(axis.get("name", "")), axis.get("type")
-    else:
-        return None
-    if len(name) == 1 and name.upper() in VALID_AXES:
-        return name.upper()
-    return _NGFF_TYPES.get(str(kind)) if kind else None
-
-
-def _multiscale_axes(attrs: Any) -> str | None:
-    ome = attrs.get("ome") if hasattr(attrs, "get") else None
-    multiscales = (ome or {}).get("multiscales") or attrs.get("multiscales")
-    if not multiscales:
-        return None
-    axes = multiscales[0].get("axes")
-    if not axes:
-        return None
-    letters = [_ngff_letter(a) for a in axes]
-    if any(letter is None for letter in letters):
-        return None
-    return _checked("".join(letters))  # type: ignore[arg-type]
-
-
-def _array_dim_axes(array: Any) -> str | None:
-    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
-    if not names:
-        names = array.attrs.get("_ARRAY_DIMENSIONS")
-    if not names or any(not isinstance(n, str) or len(n) != 1 for n in names):
-        return None
-    return _checked("".join(names))
-
-
-def _zarr_axes(text: str, storage_options: Any = None) -> str | None:
-    import zarr
-
-    from ..sources.zarr import parse_zarr_source
-
-    location = parse_zarr_source(text, dict(storage_options or {}))
-    store = location.open_store()
-    try:
-        node = zarr.open(store=store, path=location.path, mode="r")
-    except FileNotFoundError as exc:
-        msg = f"no Zarr array or group at {text!r}"
-        raise SourceNotFoundError(msg) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        from ..core.errors import SourceFormatError
-
-        msg = f"{text!r} is not a readable Zarr store: {exc}"
-        raise SourceFormatError(msg) from exc
-    if isinstance(node, zarr.Group):
-        declared = _multiscale_axes(node.attrs)
-        if declared is not None:
-            return declared
-        proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
-        return proposals.pop() if len(proposals) == 1 else None
-    # an array: the multiscales of the nearest ancestor group that has them, else its own dimension names
-    parts = location.path.strip("/").split("/") if location.path else []
-    for depth in range(len(parts) - 1, -1, -1):
-        try:
-            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
-        except Exception:  # not a group: look further up
-            continue
-        declared = _multiscale_axes(group.attrs)
-        if declared is not None:
-            return declared
-    return _array_dim_axes(node)
-
-
-def _czi_axes(text: str) -> str | None:
-    path, _ = _split_index(text)
-    try:
-        from pylibCZIrw import czi as pyczi
-    except ImportError as exc:
-        msg = "reading CZI files needs the optional 'czi' extra: pip install 'lazystack[czi]'"
-        raise MissingDependencyError(msg) from exc
-    from ..core.errors import SourceFormatError
-
-    try:
-        with pyczi.open_czi(str(path)) as doc:
-            box = doc.total_bounding_box
-    except Exception as exc:  # pylibCZIrw raises plain RuntimeError on a bad file
-        msg = f"{path!r} is not a readable CZI file: {exc}"
-        raise SourceFormatError(msg) from exc
-
-    def size(dim: str) -> int:
-        lo, hi = box.get(dim, (0, 1))
-        return int(hi) - int(lo)
-
-    return "SCZYX" if size("Z") > 1 else "SCYX"
-
-
-def _npy_axes(text: str) -> str | None:
-    import numpy as np
-
-    try:
-        array = np.load(text, mmap_mode="r", allow_pickle=False)
-    except ValueError:
-        return None
-    return "YX" if array.ndim == 2 else None
+    return array.propose_axes(_local(text))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io.handles import check_mapped_size
 
-__all__ = ["MemmapReader", "as_reader"]
+__all__ = ["MemmapReader", "as_reader", "propose_axes"]
 
 
 class MemmapReader:
@@ -107,3 +107,22 @@ def as_reader(arr: Any) -> Any:
     if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
         return MemmapReader.from_memmap(arr)
     return arr
+
+
+def propose_axes(path: str | os.PathLike[str]) -> str | None:
+    """``YX`` for a 2-D ``.npy`` file, else None (a ``.npy`` declares no axes).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npy`` file.
+
+    Returns
+    -------
+    str or None
+    """
+    try:
+        array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+    except ValueError:
+        return None
+    return "YX" if array.ndim == 2 else None

@@ -69,7 +69,7 @@ from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
 from ..io.handles import OpenedSource, ProcessLocalFileManager
 
-__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "write_demo_czi"]
+__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes", "write_demo_czi"]
 
 CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
 """The accepted axes of :func:`lazystack.load_czis`."""
@@ -742,6 +742,44 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             attrs["czi_shape"] = (*own_wo, plane_dims["Z"][0][2], rect[3], rect[2])
         opened.append(OpenedSource(reader, source, "czi", reader_axes, coords=dict(coords), attrs=attrs))
     return opened
+
+
+# -- axes the file declares ---------------------------------------------------------------------
+def propose_axes(path: str | os.PathLike[str]) -> str | None:
+    """The axes to load a CZI with: ``SCZYX`` with more than one Z plane, else ``SCYX``.
+
+    Time points and other CZI dimensions become samples.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A CZI file (``"file.czi@i"``: the file ``file.czi``).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    MissingDependencyError
+        Without pylibCZIrw (the ``czi`` extra).
+    SourceFormatError
+        When the file is not a readable CZI.
+    """
+    file_path, _ = _split_scene(os.fspath(path))
+    pyczi = _import_pyczi()
+    try:
+        with pyczi.open_czi(str(file_path)) as doc:
+            box = doc.total_bounding_box
+    except Exception as exc:  # pylibCZIrw raises plain RuntimeError on a bad file
+        msg = f"{file_path!r} is not a readable CZI file: {exc}"
+        raise SourceFormatError(msg) from exc
+
+    def size(dim: str) -> int:
+        lo, hi = box.get(dim, (0, 1))
+        return int(hi) - int(lo)
+
+    return "SCZYX" if size("Z") > 1 else "SCYX"
 
 
 # -- writing the demo / test files ----------------------------------------------------------------

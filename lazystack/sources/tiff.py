@@ -72,6 +72,7 @@ import math
 import mmap
 import os
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -79,11 +80,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..io.handles import OpenedSource, ProcessLocalFileManager, check_mapped_size
 
-__all__ = ["TiffReader", "open_tiff"]
+__all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
 
 _T = TypeVar("_T")
 
@@ -1123,3 +1125,67 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
                 OpenedSource(reader=reader, source=source, format=FORMAT, axes=axes, coords=coords, attrs=attrs)
             )
     return opened
+
+
+# -- axes the file declares ---------------------------------------------------------------------
+def propose_axes(path: str | os.PathLike[str]) -> str | None:
+    """The axes a TIFF declares for a series, as a lazystack axes string, or None.
+
+    The axes tifffile reads from OME-XML, ImageJ or other metadata for the
+    series (``path@N``: series ``N``, else series 0), translated by
+    :func:`tiff_axes_to_lazystack`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF file, or ``"file.tif@i"`` for series ``i``.
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    SourceFormatError
+        When the file is not a readable TIFF.
+    SourceNotFoundError
+        When series ``i`` does not exist.
+    """
+    tifffile = _tifffile()
+    file_path, series = _split_series(os.fspath(path))
+    try:
+        with tifffile.TiffFile(file_path) as tif:
+            if not tif.series:
+                msg = f"{file_path!r} holds no image series tifffile can read"
+                raise SourceFormatError(msg)
+            if series is not None and not 0 <= series < len(tif.series):
+                msg = f"{file_path!r} has {len(tif.series)} image series; series {series} does not exist"
+                raise SourceNotFoundError(msg)
+            declared = tif.series[series or 0].axes
+    except (tifffile.TiffFileError, struct.error, IndexError, KeyError) as exc:
+        msg = f"{file_path!r} is not a readable TIFF file: {exc}"
+        raise SourceFormatError(msg) from exc
+    return tiff_axes_to_lazystack(declared)
+
+
+def tiff_axes_to_lazystack(declared: str) -> str | None:
+    """Translate tifffile's axes codes to lazystack's, None if impossible.
+
+    Parameters
+    ----------
+    declared : str
+        Axes as tifffile's ``TiffPageSeries.axes`` gives them.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> tiff_axes_to_lazystack("TZCYX"), tiff_axes_to_lazystack("YXS"), tiff_axes_to_lazystack("QYX")
+    ('TZCYX', 'YXC', None)
+    """
+    declared = declared.upper()
+    if "S" in declared and "C" in declared:
+        return None
+    return axes_or_none(declared.replace("S", "C"))

@@ -1,0 +1,108 @@
+"""The axes a Zarr store declares: OME-Zarr (NGFF) multiscales axes, else dimension names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ...core.axes import VALID_AXES, axes_or_none
+from ...core.errors import SourceFormatError, SourceNotFoundError
+
+__all__ = ["propose_axes"]
+
+_NGFF_TYPES = {"time": "T", "channel": "C"}
+
+
+def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The axes a Zarr array or group declares, as a lazystack axes string, or None.
+
+    The OME-Zarr ``multiscales`` axes of the image (or of the image an array
+    belongs to), else the arrays' dimension names (``dimension_names`` in
+    Zarr v3, ``_ARRAY_DIMENSIONS`` in v2) when all arrays agree.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A local path or URI of a Zarr array or group.
+    storage_options : mapping, optional
+        fsspec options for remote stores.
+
+    Returns
+    -------
+    str or None
+
+    Raises
+    ------
+    SourceNotFoundError
+        When nothing is at ``source``.
+    SourceFormatError
+        When ``source`` is not a readable Zarr store.
+    """
+    import zarr
+
+    from . import parse_zarr_source
+
+    text = os.fspath(source)
+    location = parse_zarr_source(text, dict(storage_options or {}))
+    store = location.open_store()
+    try:
+        node = zarr.open(store=store, path=location.path, mode="r")
+    except FileNotFoundError as exc:
+        msg = f"no Zarr array or group at {text!r}"
+        raise SourceNotFoundError(msg) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"{text!r} is not a readable Zarr store: {exc}"
+        raise SourceFormatError(msg) from exc
+    if isinstance(node, zarr.Group):
+        declared = _multiscale_axes(node.attrs)
+        if declared is not None:
+            return declared
+        proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
+        return proposals.pop() if len(proposals) == 1 else None
+    # an array: the multiscales of the nearest ancestor group that has them, else its own dimension names
+    parts = location.path.strip("/").split("/") if location.path else []
+    for depth in range(len(parts) - 1, -1, -1):
+        try:
+            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
+        except Exception:  # not a group: look further up
+            continue
+        declared = _multiscale_axes(group.attrs)
+        if declared is not None:
+            return declared
+    return _array_dim_axes(node)
+
+
+def _ngff_letter(axis: Any) -> str | None:
+    if isinstance(axis, str):
+        name, kind = axis, None
+    elif isinstance(axis, dict):
+        name, kind = str(axis.get("name", "")), axis.get("type")
+    else:
+        return None
+    if len(name) == 1 and name.upper() in VALID_AXES:
+        return name.upper()
+    return _NGFF_TYPES.get(str(kind)) if kind else None
+
+
+def _multiscale_axes(attrs: Any) -> str | None:
+    ome = attrs.get("ome") if hasattr(attrs, "get") else None
+    multiscales = (ome or {}).get("multiscales") or attrs.get("multiscales")
+    if not multiscales:
+        return None
+    axes = multiscales[0].get("axes")
+    if not axes:
+        return None
+    letters = [_ngff_letter(a) for a in axes]
+    if any(letter is None for letter in letters):
+        return None
+    return axes_or_none("".join(letters))  # type: ignore[arg-type]
+
+
+def _array_dim_axes(array: Any) -> str | None:
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    if not names:
+        names = array.attrs.get("_ARRAY_DIMENSIONS")
+    if not names or any(not isinstance(n, str) or len(n) != 1 for n in names):
+        return None
+    return axes_or_none("".join(names))
