@@ -77,7 +77,7 @@ def write_scenes(path: Path, n_scenes: int, size: int = 256) -> None:
     """Write ``n_scenes`` scenes of T=3, C=2 planes of ``size`` x ``size``, with scene names."""
     from pylibCZIrw import czi as pyczi
 
-    from lazystack.sources.czi import add_scene_metadata
+    from lazystack.frontends.samples import add_scene_metadata
 
     rng = np.random.default_rng(1)
     with pyczi.create_czi(str(path), exist_ok=True) as writer:

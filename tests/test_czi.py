@@ -40,6 +40,7 @@ from lazystack.core.errors import (  # noqa: E402
     SourceNotFoundError,
     SourceReadError,
 )
+from lazystack.frontends import samples as sample_files  # noqa: E402
 from lazystack.sources import czi  # noqa: E402
 
 REAL = shared_files("czi", "*.czi")
@@ -62,7 +63,7 @@ def multi_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
                     w.write(a[t, z, c, :, 25:], plane=plane, scene=0, location=(-275, -50))
                     w.write(b[t, z, c], plane=plane, scene=1, location=(1000, 2000))
         w.write_metadata(channel_names={0: "dapi", 1: "gfp"})
-    czi.add_scene_metadata(path, {0: "left", 1: "right"})
+    sample_files.add_scene_metadata(path, {0: "left", 1: "right"})
     return path, a, b
 
 
@@ -535,7 +536,7 @@ def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
 
 def test_write_demo_czi_round_trip(tmp_path: Path) -> None:
     data = np.random.default_rng(6).integers(0, 60000, (2, 2, 600, 530), dtype=np.uint16)
-    czi.write_demo_czi(tmp_path / "demo.czi", data)
+    sample_files.write_demo_czi(tmp_path / "demo.czi", data)
     left, right = load_czis(tmp_path / "demo.czi", "SCYX")
     assert (left.scene_name, right.scene_name) == ("left", "right-flipped")
     np.testing.assert_array_equal(left.compute(), data)

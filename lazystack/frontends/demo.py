@@ -161,7 +161,7 @@ def _build_npy_stacks(shape: tuple[int, ...]) -> list[LazyImageStack]:
 
 def _build_czi(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
     from ..loading.loaders import load_czis
-    from ..sources.czi import write_demo_czi
+    from .samples import write_demo_czi
 
     p = folder / "scenes.czi"
     write_demo_czi(p, _synthetic(shape, 3))

@@ -69,7 +69,7 @@ from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
 from ..io.handles import OpenedSource, ProcessLocalFileManager
 
-__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes", "write_demo_czi"]
+__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 
 CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
 """The accepted axes of :func:`lazystack.load_czis`."""
@@ -780,72 +780,3 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
         return int(hi) - int(lo)
 
     return "SCZYX" if size("Z") > 1 else "SCYX"
-
-
-# -- writing the demo / test files ----------------------------------------------------------------
-def add_scene_metadata(path: str | os.PathLike[str], names: dict[int, str]) -> None:
-    """Record scene names in a CZI written by pylibCZIrw (whose writer leaves them out).
-
-    Parameters
-    ----------
-    path : path
-        A CZI file written by pylibCZIrw.
-    names : dict
-        CZI scene index -> scene name.
-    """
-    pyczi = _import_pyczi()
-    with pyczi.edit_czi(os.fspath(path)) as editor:
-        root = ET.fromstring(editor.read_metadata_xml())
-        image = root.find("./Metadata/Information/Image")
-        if image is None:
-            msg = f"{os.fspath(path)!r} has no Metadata/Information/Image element to record scenes in"
-            raise SourceFormatError(msg)
-        dimensions = image.find("Dimensions")
-        if dimensions is None:
-            dimensions = ET.SubElement(image, "Dimensions")
-        s = dimensions.find("S")
-        if s is None:
-            s = ET.SubElement(dimensions, "S")
-        scenes = s.find("Scenes")
-        if scenes is None:
-            scenes = ET.SubElement(s, "Scenes")
-        for index, name in sorted(names.items()):
-            ET.SubElement(scenes, "Scene", {"Index": str(index), "Name": name})
-        size_s = image.find("SizeS")
-        if size_s is None:
-            size_s = ET.SubElement(image, "SizeS")
-        size_s.text = str(len(names))
-        with editor.edit_session() as builder:
-            builder.set_xml(ET.tostring(root, encoding="unicode"))
-
-
-def write_demo_czi(path: str | os.PathLike[str], data: np.ndarray) -> None:
-    """Write a small two-scene CZI from a ``TCYX`` array (for ``lazystack demo`` and tests).
-
-    Scene 0 holds ``data``; scene 1 holds ``data`` flipped left-right, placed
-    to the right of scene 0 in the file's pixel coordinates. Each plane is
-    written as tiles of at most 512 x 512 pixels, as microscopes do.
-
-    Parameters
-    ----------
-    path : path
-        The file to create (overwritten if it exists).
-    data : numpy.ndarray
-        ``TCYX`` array of ``uint8``, ``uint16`` or ``float32``.
-    """
-    pyczi = _import_pyczi()
-    data = np.asarray(data)
-    if data.ndim != 4:
-        msg = f"write_demo_czi expects a TCYX array (4 dims), got shape {data.shape}"
-        raise ShapeMismatchError(msg)
-    n_t, n_c, h, w = data.shape
-    tile = 512
-    with pyczi.create_czi(os.fspath(path), exist_ok=True) as writer:
-        for scene, image in enumerate([data, data[..., ::-1]]):
-            x_offset = scene * (w + 64)
-            for t, c in itertools.product(range(n_t), range(n_c)):
-                for y, x in itertools.product(range(0, h, tile), range(0, w, tile)):
-                    block = np.ascontiguousarray(image[t, c, y : y + tile, x : x + tile])
-                    writer.write(block, plane={"T": t, "C": c}, scene=scene, location=(x_offset + x, y))
-        writer.write_metadata(document_name="lazystack demo", channel_names={c: f"ch{c}" for c in range(n_c)})
-    add_scene_metadata(path, {0: "left", 1: "right-flipped"})
