@@ -4,13 +4,19 @@ A loader turns a source (arrays, TIFF, Zarr / OME-Zarr, CZI, custom files)
 and an axes string into a list of :class:`LazyImageStack`. A stack is a view:
 ``extract_patch`` reads only the region asked for, ``stack.data`` is a dask
 array in canonical ``SC(Z)YX`` order and ``stack.xarray`` a labelled one.
+
+The names in ``__all__`` are the public API; the subpackages (``core``,
+``io``, ``sources``, ``loading``, ``ops``, ``frontends``) are internal and may
+change. ``import lazystack`` is cheap: each name is imported on first use
+(Scientific Python's SPEC 1), so dask.array, xarray, pandas, zarr and
+tifffile load only when something needs them.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .core.axes import VALID_AXES, AxesModel, validate_axes
 from .core.errors import (
     AxesError,
     ChannelIndexError,
@@ -26,44 +32,115 @@ from .core.errors import (
     UnsupportedSourceError,
 )
 from .core.extensions import provide as _provide
-from .frontends.plot import show, thumbnail
-from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
-from .loading.auto import load, propose_axes
-from .loading.loaders import (
-    load_arrays,
-    load_bioio,
-    load_custom_file,
-    load_czis,
-    load_iter_tiff,
-    load_tiffs,
-    load_zarrs,
-)
-from .loading.stacklist import StackList
-from .ops.batch import extract_patches
-from .ops.normalize import normalized
-from .ops.stats import ChannelStatistics, channel_statistics
-from .ops.writing import write_ome_zarr
-from .sources.custom import ReadFunc
-from .sources.zarr.engines import set_zarr_engine
-from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
+from .core.version import __version__
 
-# The stack's convenience methods (extract_patches, normalized, show) are
-# functions of the layers above it: registered here, looked up by the stack.
-_provide("extract_patches", extract_patches)
-_provide("normalized", normalized)
-_provide("show", show)
+if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time, __getattr__ below
+    from .core.axes import VALID_AXES, AxesModel, validate_axes
+    from .frontends.plot import show, thumbnail
+    from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+    from .loading.auto import load, propose_axes
+    from .loading.loaders import (
+        load_arrays,
+        load_bioio,
+        load_custom_file,
+        load_czis,
+        load_iter_tiff,
+        load_tiffs,
+        load_zarrs,
+    )
+    from .loading.stacklist import StackList
+    from .ops.batch import extract_patches
+    from .ops.normalize import normalized
+    from .ops.stats import ChannelStatistics, channel_statistics
+    from .ops.writing import write_ome_zarr
+    from .sources.custom import ReadFunc
+    from .sources.zarr.engines import set_zarr_engine
+    from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
 
-try:
-    __version__ = version("lazystack")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+#: Public name -> the internal module that defines it (imported on first use).
+_LAZY = {
+    "VALID_AXES": "core.axes",
+    "AxesModel": "core.axes",
+    "validate_axes": "core.axes",
+    "show": "frontends.plot",
+    "thumbnail": "frontends.plot",
+    "chunk_cache_size": "io.cache",
+    "get_chunk_cache": "io.cache",
+    "set_chunk_cache_size": "io.cache",
+    "load": "loading.auto",
+    "propose_axes": "loading.auto",
+    "load_arrays": "loading.loaders",
+    "load_bioio": "loading.loaders",
+    "load_custom_file": "loading.loaders",
+    "load_czis": "loading.loaders",
+    "load_iter_tiff": "loading.loaders",
+    "load_tiffs": "loading.loaders",
+    "load_zarrs": "loading.loaders",
+    "StackList": "loading.stacklist",
+    "extract_patches": "ops.batch",
+    "normalized": "ops.normalize",
+    "ChannelStatistics": "ops.stats",
+    "channel_statistics": "ops.stats",
+    "write_ome_zarr": "ops.writing",
+    "ReadFunc": "sources.custom",
+    "set_zarr_engine": "sources.zarr.engines",
+    "GenericImageStack": "stack",
+    "ImageStack": "stack",
+    "ImageStackLoader": "stack",
+    "LazyImageStack": "stack",
+}
+
+#: Internal subpackages, importable as attributes (``lazystack.sources`` ...).
+_SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sources", "stack"})
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+
+
+# The stack's convenience methods are functions of the layers above it: the
+# stack (which imports no operation) looks them up in core.extensions, where
+# they are registered here, importing their modules only when first called.
+def _stack_extract_patches(requests: Any) -> Any:
+    from .ops.batch import extract_patches
+
+    return extract_patches(requests)
+
+
+def _stack_normalized(stack: Any, stats: Any, **options: Any) -> Any:
+    from .ops.normalize import normalized
+
+    return normalized(stack, stats, **options)
+
+
+def _stack_show(stack: Any, **options: Any) -> Any:
+    from .frontends.plot import show
+
+    return show(stack, **options)
+
+
+_provide("extract_patches", _stack_extract_patches)
+_provide("normalized", _stack_normalized)
+_provide("show", _stack_show)
 
 __all__ = [
     "VALID_AXES",
     "AxesError",
     "AxesModel",
-    "ChannelStatistics",
     "ChannelIndexError",
+    "ChannelStatistics",
     "GenericImageStack",
     "ImageStack",
     "ImageStackLoader",

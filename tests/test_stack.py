@@ -29,6 +29,7 @@ from lazystack import (
     UnsupportedSourceError,
     load_arrays,
 )
+from lazystack.io.chunked import ChunkedReader
 
 AXES = "TCZYX"
 SHAPE = (3, 2, 5, 40, 50)
@@ -206,7 +207,7 @@ def test_the_fast_patch_path_matches_the_reference(axes: str, shape: tuple[int, 
     assert reader.calls == ["getitem"] * 3
 
 
-class _CachedRegions(lazystack.io.chunked.ChunkedReader):
+class _CachedRegions(ChunkedReader):
     """A chunked numpy reader that records its fetches and every ``read_region`` call."""
 
     def __init__(self, arr: np.ndarray, chunks: tuple[int, ...]) -> None:

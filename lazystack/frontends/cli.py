@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
     )
-    from .. import __version__
+    from ..core.version import __version__
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"lazystack {__version__}")
