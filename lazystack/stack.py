@@ -1,6 +1,6 @@
 """The image-stack protocol and lazystack's one concrete lazy stack class.
 
-:class:`LazyImageStack` wraps a *chunk reader* (see :mod:`lazystack.sources.base`)
+:class:`LazyImageStack` wraps a *chunk reader* (see :mod:`lazystack.io.handles`)
 over the source's original axes. It knows the axes model and nothing about
 formats: every loader returns it.
 """
@@ -353,7 +353,7 @@ class LazyImageStack:
 
     @property
     def axes_model(self) -> AxesModel:
-        """The :class:`~lazystack.axes.AxesModel` of this stack (view)."""
+        """The :class:`~lazystack.AxesModel` of this stack (view)."""
         return self._model
 
     @property

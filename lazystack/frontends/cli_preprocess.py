@@ -84,7 +84,7 @@ def scheduler(spec: str, *, timeout: str = "10s") -> Iterator[Any]:
 
 
 def _open_sources(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
-    """Open sources with :func:`lazystack.api.load` (or a small fallback dispatch if it is absent)."""
+    """Open sources with :func:`lazystack.load` (or a small fallback dispatch if it is absent)."""
     try:
         from ..loading.auto import load
     except ImportError:
@@ -302,8 +302,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the lead wires these into lazystack.cli
-    """Stand-alone entry point with just ``stats`` and ``convert`` (for testing without ``lazystack.cli``)."""
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - frontends/cli.py registers these
+    """Stand-alone entry point with just ``stats`` and ``convert`` (for testing without ``lazystack.frontends.cli``)."""
     parser = argparse.ArgumentParser(prog="lazystack")
     sub = parser.add_subparsers(dest="command", required=True)
     add_stats_parser(sub)

@@ -4,7 +4,7 @@ The shared machinery under ``extract_patch`` for every chunked format
 (Zarr/OME-Zarr, TIFF tiles and strips, CZI subblocks): a back end says how
 to decode *whole chunks* (:meth:`ChunkedReader.fetch_chunks`); this module
 finds the chunks a region overlaps, takes the ones it already has from the
-per-process :class:`~lazystack.cache.ChunkCache`, fetches the others in one
+per-process :class:`~lazystack.io.cache.ChunkCache`, fetches the others in one
 call (concurrently, in a small shared thread pool, when there are several),
 stores them in the cache and copies the overlapping parts into the output.
 No event loop, no task graph: the cost of a warm read is a dictionary look-up
@@ -27,8 +27,8 @@ A back end subclasses :class:`ChunkedReader`::
         def fetch_chunks(self, indices):
             return fetch_concurrently(indices, self._decode_one)
 
-and gets ``__getitem__`` (the reader contract of :mod:`lazystack.sources.base`),
-``chunks``, ``token``, caching and batched reads (:mod:`lazystack.batch`).
+and gets ``__getitem__`` (the reader contract of :mod:`lazystack.io.handles`),
+``chunks``, ``token``, caching and batched reads (:mod:`lazystack.ops.batch`).
 """
 
 from __future__ import annotations
@@ -580,7 +580,7 @@ def read_region(
 class ChunkedReader(ABC):
     """Base class of chunk readers: a back end implements :meth:`fetch_chunks`, this class the rest.
 
-    It fulfils the reader contract of :mod:`lazystack.sources.base`
+    It fulfils the reader contract of :mod:`lazystack.io.handles`
     (``shape``, ``dtype``, ``chunks``, ``token``, ``__getitem__``) and reads
     through the per-process chunk cache. Subclasses must stay picklable as a
     recipe (no handles, no data); this base class holds only plain metadata.
@@ -673,7 +673,7 @@ class ChunkedReader(ABC):
         (tensorstore) says True: with the chunk cache on, batched extraction
         then fetches all of a batch's chunks in one call instead of decoding
         them in Python threads (with it off, a batch decodes each chunk once
-        and drops it after its copies, or reads regions: see :mod:`lazystack.batch`).
+        and drops it after its copies, or reads regions: see :mod:`lazystack.ops.batch`).
         """
         return False
 
@@ -681,7 +681,7 @@ class ChunkedReader(ABC):
     def remote(self) -> bool:
         """Whether fetching a chunk waits on a network (default False: a local file or memory).
 
-        Batched extraction (:mod:`lazystack.batch`) fetches all the chunks of
+        Batched extraction (:mod:`lazystack.ops.batch`) fetches all the chunks of
         a remote source in one concurrent round, so the round trips overlap,
         and streams a local one chunk by chunk over the cores.
         """
@@ -956,7 +956,7 @@ def as_chunked_reader(reader: Any) -> ChunkedReader | None:
 
     A reader is either a :class:`ChunkedReader` itself, or has a method
     ``as_chunked()`` returning one (over the same axes, shape and dtype) or
-    None. Batched extraction (:mod:`lazystack.batch`) uses it.
+    None. Batched extraction (:mod:`lazystack.ops.batch`) uses it.
 
     Parameters
     ----------

@@ -163,7 +163,7 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
     -------
     StackList of LazyImageStack
         The stacks of every source, in order (a list that shows itself as a
-        table, see :class:`lazystack.display.StackList`).
+        table, see :class:`lazystack.StackList`).
 
     Raises
     ------

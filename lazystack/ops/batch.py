@@ -9,11 +9,11 @@ request returns.
 How the chunks are read depends on where they live:
 
 - **local** sources (files, memory) that decode one chunk on their own
-  (:attr:`~lazystack.chunked.ChunkedReader.has_fetch_chunk`):
+  (:attr:`~lazystack.io.chunked.ChunkedReader.has_fetch_chunk`):
 
   - requests for every channel wholly inside an identity view (a training
     loop's) are *scattered*: the chunks they touch are shared over the cores
-    (:data:`~lazystack.chunked.CPU_WORKERS`) in grid order, and each chunk
+    (:data:`~lazystack.io.chunked.CPU_WORKERS`) in grid order, and each chunk
     is decoded once, copied (cast to ``float32``) straight into every patch
     it feeds, and dropped;
   - the others (a channel list, a patch leaving the image, a view), and any
@@ -26,19 +26,19 @@ How the chunks are read depends on where they live:
   chunks are alive at once: a batch does not fault in fresh memory for every
   chunk it touches, which on a virtual machine costs about as much as
   decoding.
-- **remote** sources (:attr:`~lazystack.chunked.ChunkedReader.remote`),
+- **remote** sources (:attr:`~lazystack.io.chunked.ChunkedReader.remote`),
   sources that only fetch chunks in groups, and, with the chunk cache on,
   sources whose fetch decodes many chunks in native threads
-  (:meth:`~lazystack.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
+  (:meth:`~lazystack.io.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
 - with the chunk cache off, a Zarr array on tensorstore (or on ``auto``
   over compressed chunks of 256 KiB and up) reads one region per patch, each
   started as soon as its request is planned
-  (:meth:`~lazystack.engines.ZarrArrayReader.region_reads`).
+  (:meth:`~lazystack.sources.zarr.engines.ZarrArrayReader.region_reads`).
 
-Stacks whose reader is not a :class:`~lazystack.chunked.ChunkedReader`
-and has no ``as_chunked()`` (see :func:`~lazystack.chunked.as_chunked_reader`),
+Stacks whose reader is not a :class:`~lazystack.io.chunked.ChunkedReader`
+and has no ``as_chunked()`` (see :func:`~lazystack.io.chunked.as_chunked_reader`),
 such as in-memory arrays, dask arrays or custom readers, or that are loaded
 in memory are served one by one, in order.
 """
@@ -474,7 +474,7 @@ def extract_patches(
     --------
     >>> import numpy as np, zarr
     >>> from lazystack import LazyImageStack
-    >>> from lazystack.engines import ZarrArrayReader
+    >>> from lazystack.sources.zarr.engines import ZarrArrayReader
     >>> z = zarr.create_array(store={}, shape=(2, 100, 100), chunks=(1, 32, 32), dtype="uint8")
     >>> z[:] = 7
     >>> stack = LazyImageStack(ZarrArrayReader(z), "SYX")

@@ -115,7 +115,7 @@ def normalization_parameters(
     Parameters
     ----------
     stats : ChannelStatistics or mapping
-        Statistics (or their :meth:`~lazystack.stats.ChannelStatistics.to_dict`).
+        Statistics (or their :meth:`~lazystack.ChannelStatistics.to_dict`).
     method : {"zscore", "minmax", "percentile"}
         ``zscore``: ``(x - mean) / std``; ``minmax``: ``(x - min) / (max - min)``;
         ``percentile``: ``(x - p[lower]) / (p[upper] - p[lower])``.
@@ -173,7 +173,7 @@ def normalized(
         Any stack or view.
     stats : ChannelStatistics or mapping
         Statistics with one value per channel of ``stack`` (e.g. from
-        :func:`~lazystack.stats.channel_statistics` over a training set).
+        :func:`~lazystack.channel_statistics` over a training set).
     method : {"zscore", "minmax", "percentile"}
         See :func:`normalization_parameters`.
     lower, upper : float
@@ -199,7 +199,7 @@ def normalized(
     --------
     >>> import numpy as np
     >>> from lazystack import load_arrays
-    >>> from lazystack.stats import channel_statistics
+    >>> from lazystack.ops.stats import channel_statistics
     >>> (stack,) = load_arrays([np.arange(32, dtype=np.uint8).reshape(2, 4, 4)], "CYX")
     >>> norm = normalized(stack, channel_statistics(stack), method="minmax")
     >>> float(norm.extract_patch(0, None, (0, 0), (4, 4)).max())

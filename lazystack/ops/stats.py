@@ -514,7 +514,7 @@ def channel_statistics(
     seed : int
         Seed of the chunk sample.
     progress : bool
-        Show a progress bar (see :mod:`lazystack.progress`).
+        Show a progress bar (see :mod:`lazystack.ops.progress`).
     bins : int
         Number of histogram bins per channel for floating-point percentiles;
         the error bound is ``(max - min) / bins``.
@@ -546,7 +546,7 @@ def channel_statistics(
     --------
     >>> import numpy as np
     >>> from lazystack import load_arrays
-    >>> from lazystack.stats import channel_statistics
+    >>> from lazystack.ops.stats import channel_statistics
     >>> (stack,) = load_arrays([np.arange(2 * 3 * 4 * 4, dtype=np.uint16).reshape(2, 3, 4, 4)], "SCYX")
     >>> stats = channel_statistics(stack, percentiles=(50,))
     >>> stats.mean

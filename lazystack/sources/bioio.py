@@ -20,7 +20,7 @@ array's dims, with the letters matched by name:
   singleton axis, accepted so that ``"SCYX"``-style axes keep working;
 * every bioio dim the axes do not name must be a singleton; it is dropped.
   A non-singleton dim the axes leave out is a
-  :class:`~lazystack.errors.ShapeMismatchError` that quotes bioio's dims and
+  :class:`~lazystack.ShapeMismatchError` that quotes bioio's dims and
   shape.
 
 One stack per scene, in bioio's scene order; ``stack.source`` is the path
@@ -110,7 +110,7 @@ def _open_scene(path: str, scene: int, options: _Options, mode: str = "r") -> _S
 
 
 class BioioSceneReader:
-    """Chunk reader over one scene of a file read by bioio (see :mod:`lazystack.sources.base`).
+    """Chunk reader over one scene of a file read by bioio (see :mod:`lazystack.io.handles`).
 
     Parameters
     ----------
@@ -190,7 +190,7 @@ class BioioSceneReader:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read the region ``key`` (ints and step-1 slices, one per user axis).
 
-        The plugin's read errors become a :class:`~lazystack.errors.SourceReadError`
+        The plugin's read errors become a :class:`~lazystack.SourceReadError`
         naming the file and the scene.
         """
         if not isinstance(key, tuple):
@@ -237,7 +237,7 @@ def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
     """Set ``image`` to ``scene``; return it, the scene's dask array and its dims.
 
     A plugin's errors here (metadata that disagree with the pixels, a broken
-    scene) become a :class:`~lazystack.errors.SourceFormatError` naming the file and the scene.
+    scene) become a :class:`~lazystack.SourceFormatError` naming the file and the scene.
     """
     try:
         image.set_scene(scene)

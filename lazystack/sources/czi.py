@@ -2,7 +2,7 @@
 
 Needs the ``czi`` extra (``pip install lazystack[czi]``: bioio, bioio-czi and
 pylibCZIrw); lazystack imports without it and raises
-:class:`~lazystack.errors.MissingDependencyError` when a CZI is opened.
+:class:`~lazystack.MissingDependencyError` when a CZI is opened.
 
 How a CZI maps onto a stack
 ---------------------------
@@ -34,7 +34,7 @@ The reader asks pylibCZIrw for the rectangle a key covers, one plane (one
 the sub-blocks the patch overlaps. The dask chunks hold at most one plane,
 split into blocks of at most :data:`BLOCK` x :data:`BLOCK` pixels.
 
-Handles live in a :class:`~lazystack.sources.base.ProcessLocalFileManager`
+Handles live in a :class:`~lazystack.io.handles.ProcessLocalFileManager`
 shared by the scenes of a file: a reader pickles as its recipe and reopens in
 the process that uses it. pylibCZIrw holds the GIL while it reads and does not
 document its handles as thread-safe, so reads on one handle are serialised
@@ -307,7 +307,7 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 # -- the chunk reader ------------------------------------------------------------------------
 class CziSceneReader:
-    """Chunk reader over one scene of a CZI file (see :mod:`lazystack.sources.base`).
+    """Chunk reader over one scene of a CZI file (see :mod:`lazystack.io.handles`).
 
     Its axes are ``S[T]C[Z]YX`` (:attr:`axes`): ``S`` folds the file's extra
     dimensions, ``T`` is the file's time axis when it is not the depth, ``Z``
@@ -339,7 +339,7 @@ class CziSceneReader:
         Identifies the data (path, size, mtime, scene, axes).
     cache_block : tuple of int, optional
         ``(h, w)`` of the spatial blocks of one plane kept in the shared
-        decoded-chunk cache (:func:`lazystack.cache.get_chunk_cache`): the
+        decoded-chunk cache (:func:`lazystack.get_chunk_cache`): the
         file's most common sub-block size when between 64 and 1024, else
         :data:`CACHE_BLOCK`.
         With the cache disabled (``LAZYSTACK_CHUNK_CACHE_BYTES=0``) a read
@@ -348,7 +348,7 @@ class CziSceneReader:
         ``(st_ino, st_size, st_mtime_ns)`` of the file when it was opened: a
         cached read first checks the file still has it (cached blocks of a
         file rewritten since must not mix with new reads) and raises
-        :class:`~lazystack.errors.SourceReadError` when it changed.
+        :class:`~lazystack.SourceReadError` when it changed.
     """
 
     def __init__(
@@ -422,7 +422,7 @@ class CziSceneReader:
         return state
 
     def as_chunked(self) -> FunctionChunkedReader | None:
-        """The cached block reader (see :mod:`lazystack.chunked`), None when the chunk cache is disabled."""
+        """The cached block reader (see :mod:`lazystack.io.chunked`), None when the chunk cache is disabled."""
         if not get_chunk_cache().enabled:
             return None
         chunked = self._chunked

@@ -25,7 +25,7 @@ Reading
       pages it overlaps, through tifffile's own decoders (``imagecodecs``).
       The dask chunks follow that layout (whole tiles; runs of strips
       merged up to about 1 MiB; pages). Decoded segments go through the
-      per-process chunk cache (:mod:`lazystack.cache`,
+      per-process chunk cache (:mod:`lazystack.io.cache`,
       ``LAZYSTACK_CHUNK_CACHE_BYTES``, 0 disables it) keyed by the reader's
       token (path, mtime, size, series), so patches over the same tiles
       decode them once; several segments of one read decode in the shared
@@ -38,7 +38,7 @@ Reading
 Handles
     Readers pickle as a small recipe (path, series, layout), never with an
     open file. Files are opened lazily per process through
-    :class:`~lazystack.sources.base.ProcessLocalFileManager` (xarray's bounded
+    :class:`~lazystack.io.handles.ProcessLocalFileManager` (xarray's bounded
     LRU of open files, 128 by default: ``xarray.set_options(file_cache_maxsize=...)``),
     so thousands of stacks do not exhaust file descriptors and a forked
     child re-opens instead of sharing its parent's file offset. Reads of one
@@ -588,14 +588,14 @@ class TiffReader:
         """The chunk reader over the decoded segments (tiles, strips, pages), through the chunk cache.
 
         Decoded segments are kept in the per-process chunk cache
-        (:func:`lazystack.cache.get_chunk_cache`, ``LAZYSTACK_CHUNK_CACHE_BYTES``;
+        (:func:`lazystack.get_chunk_cache`, ``LAZYSTACK_CHUNK_CACHE_BYTES``;
         0 disables it) under this reader's token (path, mtime, size, series),
         so repeated patches over the same tiles decode them once. None for a
         memory-mapped series (slicing the map is already the fastest read).
 
         Returns
         -------
-        lazystack.chunked.FunctionChunkedReader or None
+        lazystack.io.chunked.FunctionChunkedReader or None
         """
         if self.memmap is not None:
             return None
@@ -749,7 +749,7 @@ class TiffReader:
         return self._read_segments(region, tuple(s.stop - s.start for s in region))
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
+        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.io.chunked.ChunkedReader.read_cached`).
 
         Reads nothing: always None for a memory-mapped series, whose reads skip the cache.
         """

@@ -347,8 +347,8 @@ class ZarrArrayReader:
 
         Returns
         -------
-        lazystack.chunked.ChunkedReader
-            A :class:`lazystack.engines.ZarrArrayReader` over :meth:`array`, rebuilt
+        lazystack.io.chunked.ChunkedReader
+            A :class:`lazystack.sources.zarr.engines.ZarrArrayReader` over :meth:`array`, rebuilt
             when the array is reopened (after a fork or :meth:`close`).
         """
         arr = self.array()
@@ -395,7 +395,7 @@ class ZarrArrayReader:
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array when the engine converts it itself, else None.
 
-        See :meth:`lazystack.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off). Tried on
+        See :meth:`lazystack.sources.zarr.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off). Tried on
         every patch the cache does not serve, so it asks the fast reader this process already has and
         opens nothing: None before the first read (which :meth:`read_region` makes).
         """
@@ -419,7 +419,7 @@ class ZarrArrayReader:
             raise self._translate(region, exc) from _cause(exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.chunked.ChunkedReader.read_cached`).
+        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.io.chunked.ChunkedReader.read_cached`).
 
         Reads nothing: None until a fast reader exists. It looks at this
         process's chunk cache alone (emptied in a forked child), never at a

@@ -26,7 +26,7 @@ else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
 Choose with ``LAZYSTACK_ZARR_ENGINE`` or :func:`set_zarr_engine`; every
 engine returns identical arrays.
 
-:class:`ZarrArrayReader` is the :class:`~lazystack.chunked.ChunkedReader` a
+:class:`ZarrArrayReader` is the :class:`~lazystack.io.chunked.ChunkedReader` a
 Zarr back end wraps around a ``zarr.Array``: chunk cache, concurrent
 fetches, batched reads, and pickling as a recipe (the zarr array, which
 pickles as its store and metadata; engines are rebuilt per process).
@@ -820,7 +820,7 @@ class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
     Made by :meth:`ZarrArrayReader.region_reads`. Batched extraction
-    (:mod:`lazystack.batch`) starts a read as soon as it has planned a
+    (:mod:`lazystack.ops.batch`) starts a read as soon as it has planned a
     request, so tensorstore decodes while Python plans the next requests and
     cuts the patches already read.
     """
@@ -1164,7 +1164,7 @@ class ZarrArrayReader(ChunkedReader):
         Only with the chunk cache off, and the ``tensorstore`` engine or the
         ``auto`` engine over chunks big enough that tensorstore decodes them
         faster (:meth:`AutoEngine.prefers_tensorstore_for_batches`).
-        Batched extraction (:mod:`lazystack.batch`) uses them: tensorstore
+        Batched extraction (:mod:`lazystack.ops.batch`) uses them: tensorstore
         decodes in its own threads while the caller plans and cuts patches.
         Otherwise a batch decodes each chunk once, directly, on all the cores.
 

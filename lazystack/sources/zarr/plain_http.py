@@ -2,7 +2,7 @@
 
 An fsspec/aiohttp GET of a 100 KB chunk from a server on 127.0.0.1 measured
 about 280 µs on the shared two-core machine, even awaited on the calling
-thread's own loop (:mod:`lazystack.thread_loop`); the same GET on a kept-alive
+thread's own loop (:mod:`lazystack.sources.zarr.thread_loop`); the same GET on a kept-alive
 ``http.client`` connection measured about 200 µs. Most of the difference is
 aiohttp's per-request work in Python (the request and response objects, the
 stream reader, an event-loop turn per read), paid on every cold patch.
@@ -223,7 +223,7 @@ def _auth_header(auth: Any) -> str:
 def endpoint(store: Any) -> Endpoint | None:
     """The :class:`Endpoint` reading ``store``'s keys, or None when it does not serve that store.
 
-    It serves a store :func:`lazystack.thread_loop.serves` (a zarr
+    It serves a store :func:`lazystack.sources.zarr.thread_loop.serves` (a zarr
     ``FsspecStore`` itself over fsspec's own ``HTTPFileSystem`` class, made
     from keyword options only) at an ``http://`` or ``https://`` URL without user info, whose options are
     ``client_kwargs`` of ``timeout`` (an :class:`aiohttp.ClientTimeout`),
@@ -402,7 +402,7 @@ class Endpoint:
         Parameters
         ----------
         requests : sequence of (key, byte range, suffix)
-            As for :func:`lazystack.thread_loop.cat_ranges`.
+            As for :func:`lazystack.sources.zarr.thread_loop.cat_ranges`.
 
         Returns
         -------

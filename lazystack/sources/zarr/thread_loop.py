@@ -19,7 +19,7 @@ twins' sessions and the loop are closed when the thread ends. The first
 request that fails cancels the others; so does an interruption.
 
 It serves a plain zarr ``FsspecStore`` over fsspec's ``HTTPFileSystem``
-only (:func:`serves`), for the stores and answers :mod:`lazystack.plain_http`
+only (:func:`serves`), for the stores and answers :mod:`lazystack.sources.zarr.plain_http`
 leaves to aiohttp, and never a thread that is already running an event
 loop (a Jupyter kernel's main thread, a coroutine): there
 :func:`cat_ranges` returns None and the caller goes through zarr's store as
