@@ -32,10 +32,10 @@ from .core.errors import (
     UnsupportedSourceError,
 )
 from .core.extensions import provide as _provide
-from .core.version import __version__
 
 if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time, __getattr__ below
     from .core.axes import VALID_AXES, AxesModel, validate_axes
+    from .core.version import __version__
     from .frontends.plot import show, thumbnail
     from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
     from .loading.auto import load, propose_axes
@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
 
 #: Public name -> the internal module that defines it (imported on first use).
 _LAZY = {
+    "__version__": "core.version",
     "VALID_AXES": "core.axes",
     "AxesModel": "core.axes",
     "validate_axes": "core.axes",
