@@ -20,7 +20,7 @@ from .core.axes import AxesModel
 from .core.errors import ChannelIndexError, SelectionError, UnsupportedSourceError
 from .core.extensions import provided
 from .core.patch import patch_geometry
-from .io.handles import is_array_like, read_numpy, reader_chunks, reader_token
+from .io.reader import is_array_like, read_numpy, reader_chunks, reader_token
 
 if TYPE_CHECKING:
     import dask.array

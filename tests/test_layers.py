@@ -199,3 +199,21 @@ def test_stack_methods_reach_the_operations_from_a_fresh_process() -> None:
         """
     )
     assert _fresh_python(code).strip() == "['lazystack', 'lazystack', 'lazystack']"
+
+
+def test_a_stack_and_its_patches_load_no_heavy_module() -> None:
+    """What a spawned DataLoader worker imports to unpickle a stack and read patches: no dask, xarray, pandas."""
+    code = textwrap.dedent(
+        f"""
+        import json, pickle, sys
+        import numpy as np
+        from lazystack import LazyImageStack
+
+        data = np.arange(2 * 16 * 16, dtype=np.uint8).reshape(2, 16, 16)
+        stack = pickle.loads(pickle.dumps(LazyImageStack(data, "ZYX")))
+        patch = stack.extract_patch(0, None, (0, 4, 4), (2, 8, 8))
+        assert np.array_equal(patch[0], data[:, 4:12, 4:12].astype(np.float32))
+        print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))
+        """
+    )
+    assert json.loads(_fresh_python(code)) == []

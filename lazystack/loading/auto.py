@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..core.axes import VALID_AXES, validate_axes
 from ..core.errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
-from ..io.handles import is_array_like
+from ..io.reader import is_array_like
 from ..stack import LazyImageStack
 
 __all__ = ["ACCEPTED_EXTENSIONS", "ACCEPTED_SCHEMES", "load", "propose_axes", "source_kind"]

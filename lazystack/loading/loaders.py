@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.axes import validate_axes
 from ..core.errors import UnsupportedSourceError
-from ..io.handles import OpenedSource, is_array_like
+from ..io.reader import OpenedSource, is_array_like
 from ..sources.array import as_reader
 from ..stack import LazyImageStack
 from .stacklist import StackList

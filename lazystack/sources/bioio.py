@@ -51,7 +51,8 @@ from ..core.errors import (
     SourceNotFoundError,
     SourceReadError,
 )
-from ..io.handles import OpenedSource, ProcessLocalFileManager
+from ..io.handles import ProcessLocalFileManager
+from ..io.reader import OpenedSource
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 

@@ -67,7 +67,8 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
-from ..io.handles import OpenedSource, ProcessLocalFileManager
+from ..io.handles import ProcessLocalFileManager
+from ..io.reader import OpenedSource
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 

@@ -44,7 +44,7 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
-from ...io.handles import OpenedSource
+from ...io.reader import OpenedSource
 from .engines import ZarrArrayReader as _EngineReader
 from .engines import get_zarr_engine
 
