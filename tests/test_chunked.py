@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazystack import LazyImageStack, chunked
+from lazystack import LazyImageStack
+from lazystack.io import chunked
 from lazystack.io.cache import ChunkCache, get_chunk_cache, set_chunk_cache_size
 from lazystack.io.chunked import (
     ChunkedReader,

@@ -35,7 +35,8 @@ from zarr.codecs import (
 )
 
 from benchmarks.http_range import LocalHTTPServer, RangeHandler
-from lazystack import LazyImageStack, chunked
+from lazystack import LazyImageStack
+from lazystack.io import chunked
 from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from lazystack.sources.zarr.engines import (
     ENV_ZARR_ENGINE,

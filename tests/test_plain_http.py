@@ -36,9 +36,10 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 from zarr_helpers import ServerState, serve_directory, write_plain_store
 
-from lazystack import load_zarrs, plain_http, thread_loop
+from lazystack import load_zarrs
 from lazystack.core.errors import SourceReadError
 from lazystack.io.cache import get_chunk_cache, set_chunk_cache_size
+from lazystack.sources.zarr import plain_http, thread_loop
 
 # What is tested here is the direct engine's way to the server (the zarr engine reads through zarr's store).
 pytestmark = pytest.mark.usefixtures("direct_zarr_engine")

@@ -24,10 +24,10 @@ from conftest import raise_if_dask_computes
 from reference import canonical_reference, patch_reference
 from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
 
-from lazystack import load_zarrs, plain_http
+from lazystack import load_zarrs
 from lazystack.core.errors import SourceNotFoundError, SourceReadError
 from lazystack.io.cache import get_chunk_cache
-from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
+from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source, plain_http
 
 KINDS = {"v2": (2, False), "v3": (3, False), "v3-sharded": (3, True)}
 
