@@ -1,29 +1,52 @@
-"""Per-process file handles: xarray's caching file manager, reopened after a fork.
+"""What every format back end shares: the chunk-reader contract and file handles.
 
-The reader contract (:mod:`lazystack.io.reader`) is re-exported here for the
-modules that still import it from this one.
+The contract a back end fulfils is small (the pattern of xarray's backend
+arrays): ``shape``, ``dtype`` and ``__getitem__`` taking a tuple with one
+``int`` or step-1 ``slice`` per axis, inside the bounds, returning a numpy
+array. Optional members the stack uses when present:
+
+``chunks``
+    dask-style chunks (tuple of tuples) or a regular chunk shape (tuple of
+    int); the stack's dask array follows them.
+``token``
+    a string identifying the data (source, modification time ...), used to
+    name the dask array without hashing pixel data.
+``close()``
+    release open handles (the reader must reopen transparently when used
+    again).
+``read_region(region)``
+    read a tuple of step-1 slices, one per axis, already inside the bounds
+    (no ints, no normalisation): the patch fast path calls it instead of
+    ``__getitem__`` to skip key checks. It may return a read-only view.
+``read_cached(region)``
+    the same region when it can be served from memory alone (every chunk it
+    touches is in the chunk cache), else None; it must never read the
+    source. The patch fast path tries it before ``read_region``: a warm
+    patch is one cache look-up.
+``read_float32(region)``
+    the same region as a *new* ``float32`` array (values exactly those of
+    a cast), when the reader produces it more cheaply than ``read_region``
+    plus a cast (tensorstore converts while it decodes), else None. The
+    patch fast path tries it after ``read_cached`` and returns the array as
+    the patch, without another copy when the source's axes are already in
+    ``C(Z)YX`` order (else one transposing copy).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from xarray.backends import file_manager as _file_manager
 from xarray.backends.file_manager import CachingFileManager
 
-from .reader import (
-    ChunkReader,
-    OpenedSource,
-    check_mapped_size,
-    is_array_like,
-    read_numpy,
-    reader_chunks,
-    reader_token,
-)
+from ..core.errors import SourceReadError
+from .reader import OpenedSource, is_array_like, read_numpy, reader_chunks, reader_token
 
 __all__ = [
     "ChunkReader",
@@ -35,6 +58,25 @@ __all__ = [
     "reader_chunks",
     "reader_token",
 ]
+
+
+@runtime_checkable
+class ChunkReader(Protocol):
+    """An array-like over the original axes of a source (see the module docs)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the source in its own axes."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the stored data."""
+        ...
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> Any:
+        """Read the region ``key`` (ints and step-1 slices, within bounds)."""
+        ...
 
 
 class ProcessLocalFileManager(CachingFileManager):  # type: ignore[type-arg,unused-ignore]
@@ -88,3 +130,30 @@ class ProcessLocalFileManager(CachingFileManager):  # type: ignore[type-arg,unus
         if repr(mode) == repr(_file_manager._OMIT_MODE):  # the sentinel is copied by pickle
             mode = _file_manager._OMIT_MODE
         super().__setstate__((opener, args, mode, kwargs, lock, manager_id))
+
+
+def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
+    """Raise SourceReadError when the file under a memory map is now shorter than ``end`` bytes.
+
+    Reading a mapped page past the end of a file truncated after it was
+    mapped kills the process with SIGBUS; ``mmap.size()`` is an ``fstat`` of
+    the mapping's own descriptor (about a microsecond).
+
+    Parameters
+    ----------
+    raw : mmap.mmap
+        The mapping (``np.memmap._mmap``).
+    end : int
+        Offset in the file just past the mapped data.
+    what : str
+        Names the file in the message.
+    """
+    try:
+        size = raw.size()
+    except (OSError, ValueError):  # closed mapping: numpy raises its own error on access
+        return
+    if size < end:
+        msg = (
+            f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
+        )
+        raise SourceReadError(msg)

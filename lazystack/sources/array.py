@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..io.reader import check_mapped_size
+from ..io.handles import check_mapped_size
 
 __all__ = ["MemmapReader", "as_reader", "propose_axes"]
 

@@ -49,8 +49,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
-from ..io.handles import ProcessLocalFileManager
-from ..io.reader import OpenedSource, check_mapped_size, is_array_like, read_numpy, reader_chunks
+from ..io.handles import ProcessLocalFileManager, check_mapped_size
+from ..io.reader import OpenedSource, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
     "CACHE_ENV_VAR",

@@ -83,8 +83,8 @@ import numpy as np
 from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import ProcessLocalFileManager
-from ..io.reader import OpenedSource, check_mapped_size
+from ..io.handles import ProcessLocalFileManager, check_mapped_size
+from ..io.reader import OpenedSource
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
 
