@@ -46,6 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         formats=args.format or None,
         folder=args.keep,
         progress=not args.quiet,
+        cache_bytes=args.cache_bytes,
     )
     print(format_table(results))
     return 0
@@ -71,6 +72,11 @@ def _add_demo(sub: SubParsers) -> None:
         help=f"run only this format (repeatable; one of: {', '.join(BUILDERS)})",
     )
     p.add_argument("--keep", metavar="DIR", help="write the dataset to DIR and keep it (default: a temporary folder)")
+    p.add_argument(
+        "--cache-bytes",
+        metavar="SIZE",
+        help="bound of the chunk cache, e.g. 0 (off) or 512MiB (default: LAZYSTACK_CHUNK_CACHE_BYTES or 256MiB)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
     p.set_defaults(handler=_cmd_demo)
 

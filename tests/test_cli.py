@@ -454,10 +454,11 @@ def test_demo_small_run_covers_every_format(capsys: pytest.CaptureFixture[str]) 
     )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split()[0] == "format"
-    rows = {line.split("  ")[0].strip(): line for line in lines[2:]}
+    start = next(i for i, line in enumerate(lines) if line.startswith("format "))
+    rows = {line.split("  ")[0].strip(): line for line in lines[start + 2 : start + 2 + len(BUILDERS)]}
     assert set(rows) == set(BUILDERS)
-    assert "12" in rows["numpy memmap"]  # patches extracted
+    assert "12" in rows["numpy memmap"].split()  # patches extracted
+    assert "2x16x16" in rows["numpy memmap"]  # the patch shape
 
 
 def test_demo_unknown_format_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
