@@ -217,7 +217,7 @@ def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple
 def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[Any]]]:
     """Open the sources of a subcommand made with :func:`add_source_arguments`.
 
-    Folders are expanded first (see :func:`expand_sources`).
+    Folders are expanded first (see [`expand_sources`][lazystack.cli.expand_sources]).
 
     Parameters
     ----------
@@ -235,7 +235,7 @@ def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[
     AxesError
         If ``--axes`` is invalid, or missing for a source that declares none.
     SourceNotFoundError, UnsupportedSourceError, SourceFormatError ...
-        As :func:`lazystack.load`.
+        As [`lazystack.load`][lazystack.api.load].
     """
     axes, load_opts = _axes_and_options(args)
     sources = args.source if isinstance(args.source, list) else [args.source]
