@@ -135,9 +135,55 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (tmp_path / "site" / "index.html").is_file()
-    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    site = tmp_path / "site"
+    assert (site / "index.html").is_file()
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "extract_patch" in api  # generated from the docstrings
+    # a docstring cross-reference in mkdocstrings' syntax renders as a link to its object's anchor
+    assert 'href="#lazystack.cli.expand_sources"' in api
+    assert 'href="#lazystack.api.load"' in api
+    assert 'id="lazystack.cli.expand_sources"' in api
+    # long code lines wrap instead of being clipped
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert "pre-wrap" in css
+    assert "stylesheets/extra.css" in api
+    assert not (site / "hooks").exists()  # the build's hook is not published
+
+    # the gallery: pictures and HTML reprs made by the build, not committed
+    gallery = (site / "gallery" / "index.html").read_text(encoding="utf-8")
+    pngs = sorted(p.name for p in (site / "gallery").glob("*.png"))
+    assert pngs == ["ome-zarr-levels.png", "plate-positions.png", "show-one-channel.png"]
+    for name in pngs:
+        data = (site / "gallery" / name).read_bytes()
+        assert data.startswith(b"\x89PNG")
+        assert len(data) > 10_000  # a drawn figure, not an empty canvas
+        assert f'src="{name}"' in gallery
+    assert not list(DOCS.rglob("*.png"))
+    assert "GALLERYHTML" not in gallery  # every placeholder was replaced
+    assert gallery.count('class="gallery-repr"') == 3
+    assert "StackList of 6 stacks" in gallery  # the list's HTML repr
+    assert "xr-wrap" in gallery  # xarray's own HTML repr inside the stack's
+    assert "well B2" in gallery or "plate.ome.tif@4" in gallery
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """``(heading, body)`` of every ``## `` section (the part before the first is named "")."""
+    parts = re.split(r"^## (.*)$", text, flags=re.MULTILINE)
+    return [("", parts[0])] + list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_readme_code_lines_fit_without_scrolling() -> None:
+    """GitHub shows the README without the site's CSS: its code blocks wrap at 79 columns.
+
+    The "Quick start" section's one-line install commands are left to their own section's owner.
+    """
+    long = []
+    for heading, body in _sections(README.read_text(encoding="utf-8")):
+        if heading.lower().startswith("quick start"):
+            continue
+        for block in re.findall(r"^```[^\n]*\n(.*?)^```", body, flags=re.MULTILINE | re.DOTALL):
+            long += [line for line in block.splitlines() if len(line) > 79]
+    assert not long, long
 
 
 # -- every name a page uses exists where the page says ---------------------------------------------------------
