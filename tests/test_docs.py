@@ -169,7 +169,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 def _sections(text: str) -> list[tuple[str, str]]:
     """``(heading, body)`` of every ``## `` section (the part before the first is named "")."""
     parts = re.split(r"^## (.*)$", text, flags=re.MULTILINE)
-    return [("", parts[0])] + list(zip(parts[1::2], parts[2::2], strict=True))
+    return [("", parts[0]), *zip(parts[1::2], parts[2::2], strict=True)]
 
 
 def test_readme_code_lines_fit_without_scrolling() -> None:
@@ -240,7 +240,10 @@ def names_used(text: str) -> list[tuple[int, str, str]]:
 
 
 def test_names_used_are_found() -> None:
-    text = "from lazystack import load, x as y\n```\nfrom lazystack.cli import (\n  main,\n)\n```\nsee `lazystack.api.load`.\n"
+    text = (
+        "from lazystack import load, x as y\n```\nfrom lazystack.cli import (\n  main,\n)\n```\n"
+        "see `lazystack.api.load`.\n"
+    )
     assert [(n, how) for _, n, how in names_used(text)] == [
         ("lazystack.load", "from-import"),
         ("lazystack.x", "from-import"),

@@ -40,10 +40,9 @@ def _run(text: str) -> tuple[dict[str, bytes], dict[str, str]]:
     figures: dict[str, bytes] = {}
     html: dict[str, str] = {}
     namespace: dict[str, Any] = {"__name__": "__gallery__"}
-    items = sorted(
-        [(m.start(), "code", m) for m in FENCE.finditer(text)] + [(m.start(), "marker", m) for m in MARKER.finditer(text)],
-        key=lambda item: item[0],
-    )
+    code_blocks = [(m.start(), "code", m) for m in FENCE.finditer(text)]
+    markers = [(m.start(), "marker", m) for m in MARKER.finditer(text)]
+    items = sorted(code_blocks + markers, key=lambda item: item[0])
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="lazystack-gallery-") as tmp:
         os.chdir(tmp)
@@ -52,14 +51,14 @@ def _run(text: str) -> tuple[dict[str, bytes], dict[str, str]]:
                 line = text.count("\n", 0, start) + 1
                 if kind == "code":
                     code = compile(m.group(1), f"docs/{PAGE}, block at line {line}", "exec")
-                    exec(code, namespace)  # noqa: S102 - the documentation's own examples
+                    exec(code, namespace)  # the documentation's own examples
                 elif m.group(1) == "figure":
                     buffer = io.BytesIO()
                     plt.gcf().savefig(buffer, format="png", dpi=96, bbox_inches="tight")
                     plt.close("all")
                     figures[m.group(2)] = buffer.getvalue()
                 else:
-                    value = eval(m.group(2), namespace)  # noqa: S307 - the documentation's own expression
+                    value = eval(m.group(2), namespace)  # the documentation's own expression
                     html[f"GALLERYHTML{len(html)}"] = value._repr_html_()
         finally:
             os.chdir(cwd)
