@@ -140,10 +140,18 @@ def _is_zarr_store(path: Path) -> bool:
     return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
 
 
-def _readable_in(folder: Path) -> Iterator[str]:
-    """Readable sources under ``folder``, sorted: files by extension, Zarr stores whole."""
+def _readable_in(folder: Path, seen: set[Path] | None = None) -> Iterator[str]:
+    """Readable sources under ``folder``, sorted: files by extension, Zarr stores whole.
+
+    A folder reached twice (a symbolic link back up the tree) is searched once.
+    """
     from .api import ACCEPTED_EXTENSIONS
 
+    seen = set() if seen is None else seen
+    real = folder.resolve()
+    if real in seen:
+        return
+    seen.add(real)
     files = {suffix for suffix, kind in ACCEPTED_EXTENSIONS.items() if kind != "zarr"}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
@@ -152,7 +160,7 @@ def _readable_in(folder: Path) -> Iterator[str]:
             if _is_zarr_store(entry):
                 yield str(entry)
             else:
-                yield from _readable_in(entry)
+                yield from _readable_in(entry, seen)
         elif entry.suffix.lower() in files:
             yield str(entry)
 

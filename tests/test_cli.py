@@ -237,6 +237,16 @@ def test_info_accepts_folders(folder: tuple[Path, dict[str, np.ndarray]], capsys
         assert rec["original_shape"] == list(data[name].shape)
 
 
+def test_folder_with_a_link_loop_is_searched_once(tmp_path: Path) -> None:
+    from lazystack.cli import expand_sources
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    np.save(root / "sub" / "x.npy", np.zeros((4, 4), np.uint8))
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # data/sub/up -> data
+    assert expand_sources([str(root)]) == [str(root / "sub" / "x.npy")]
+
+
 def test_info_empty_folder_is_named(tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
