@@ -75,7 +75,7 @@ def _add_demo(sub: SubParsers) -> None:
     p.add_argument(
         "--cache-bytes",
         metavar="SIZE",
-        help="bound of the chunk cache, e.g. 0 (off) or 512MiB (default: LAZYSTACK_CHUNK_CACHE_BYTES or 256MiB)",
+        help="bound of the chunk cache, e.g. 0 (off) or 512MiB (default LAZYSTACK_CHUNK_CACHE_BYTES, else 256MiB)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
     p.set_defaults(handler=_cmd_demo)
