@@ -59,9 +59,43 @@ def test_help_of_main_and_every_subcommand(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_parser_lists_expected_subcommands() -> None:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(SUBCOMMANDS) <= set(sub.choices)  # type: ignore[arg-type]
+    listed = build_parser().format_help()
+    for name in SUBCOMMANDS:
+        assert f"    {name} " in listed, name
+
+
+def test_help_texts_are_consistent(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every subcommand: a one-line lower-case summary without a final period, a description that is a
+    sentence, the same SOURCE / --axes help wherever they appear, and every default stated as "(default ...)"."""
+    main_help = build_parser().format_help()
+    summaries = {}
+    for line in main_help.splitlines():
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[0] in SUBCOMMANDS and line.startswith("    "):
+            summaries[parts[0]] = parts[1]
+    assert set(summaries) == set(SUBCOMMANDS)
+    for name, summary in summaries.items():
+        assert summary[0].islower(), (name, summary)
+        assert not summary.endswith("."), (name, summary)
+    source_help = set()
+    for name in SUBCOMMANDS:
+        code, out, _ = run([name, "--help"], capsys)
+        assert code == 0
+        text = " ".join(out.split())
+        assert "default:" not in text.replace("default: the axes", "").replace("default: a temporary", ""), name
+        if "SOURCE [SOURCE ...]" in out:
+            start = text.index("SOURCE a file")
+            source_help.add(text[start : text.index(" options:", start)])
+            assert "folder" in text[start:], name
+    assert len(source_help) == 1, source_help  # info, stats and convert describe SOURCE the same way
+
+
+def test_no_private_argparse_names() -> None:
+    import lazystack.frontends.cli as cli
+
+    for module in ("cli", "cli_preprocess"):
+        source = (Path(cli.__file__).parent / f"{module}.py").read_text(encoding="utf-8")
+        assert "argparse._" not in source, module
 
 
 @pytest.mark.parametrize(
@@ -76,9 +110,11 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import lazystack
+
     code, out, _ = run(["--version"], capsys)
     assert code == 0
-    assert out.startswith("lazystack ")
+    assert out.strip() == f"lazystack {lazystack.__version__}"
 
 
 # -- info ---------------------------------------------------------------------------------------------
@@ -118,6 +154,122 @@ def test_info_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1
     assert out == ""
     assert_one_line_error(err, "lazystack info: error:", "missing.tif")
+
+
+def test_info_reports_every_good_file_and_names_each_failure(
+    npy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.czi"
+    broken.write_bytes(b"not a czi file")
+    missing = tmp_path / "missing.tif"
+    argv = ["info", str(missing), str(npy), str(broken), str(npy), "--axes", "TCYX"]
+    code, out, err = run(argv, capsys)
+    assert code == 1  # some sources failed
+    rows = out.strip().splitlines()[2:]
+    assert len(rows) == 2
+    assert all(str(npy) in r and "TCYX (3, 2, 16, 12)" in r for r in rows)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert len(lines) == 3, err
+    assert lines[0].startswith("lazystack info: error:")
+    assert str(missing) in lines[0]
+    assert lines[1].startswith("lazystack info: error:")
+    assert str(broken) in lines[1]
+    assert lines[2] == "lazystack info: 2 of 4 sources failed"
+
+    code, out, err = run([*argv, "--json"], capsys)
+    assert code == 1
+    records = json.loads(out)  # stdout stays valid JSON: the records of the good sources
+    assert [r["input"] for r in records] == [str(npy), str(npy)]
+    assert str(missing) in err
+    assert str(broken) in err
+
+
+def test_info_failure_names_source_when_message_does_not(
+    npy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["info", str(npy), str(tmp_path / "x.npy"), "--axes", "TCYX", "--json"], capsys)
+    assert code == 1
+    assert all(("x.npy" in line) or "1 of 2" in line for line in err.strip().splitlines()), err
+
+
+def _tiff(path: Path, data: np.ndarray, axes: str) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": axes})
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A folder as a microscope leaves it: TIFFs, a nested folder, a Zarr store, unrelated files."""
+    pytest.importorskip("lazystack.sources.tiff")
+    import zarr
+
+    root = tmp_path / "experiment"
+    rng = np.random.default_rng(3)
+    data = {
+        "b.tif": rng.integers(0, 500, (2, 16, 16), dtype=np.uint16),
+        "a.tif": rng.integers(0, 500, (3, 16, 16), dtype=np.uint16),
+        "day2/c.tif": rng.integers(0, 500, (1, 16, 16), dtype=np.uint16),
+        "day2/d.zarr": rng.integers(0, 500, (2, 16, 16), dtype=np.uint16),
+    }
+    for name, arr in data.items():
+        if name.endswith(".zarr"):
+            z = zarr.create_array(root / name, shape=arr.shape, chunks=(1, 8, 8), dtype=arr.dtype)
+            z[...] = arr
+        else:
+            _tiff(root / name, arr, "TYX")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.tif").write_bytes(b"ignored")
+    return root, data
+
+
+def test_info_accepts_folders(folder: tuple[Path, dict[str, np.ndarray]], capsys: pytest.CaptureFixture[str]) -> None:
+    root, data = folder
+    code, out, err = run(["info", str(root), "--axes", "TYX", "--json"], capsys)
+    assert code == 0, err
+    records = json.loads(out)
+    expected = sorted(data)  # sorted by path; the Zarr store is one source, not searched inside
+    assert [Path(r["input"]).relative_to(root).as_posix() for r in records] == expected
+    for rec in records:
+        name = Path(rec["input"]).relative_to(root).as_posix()
+        assert rec["original_shape"] == list(data[name].shape)
+
+
+def test_folder_with_a_link_loop_is_searched_once(tmp_path: Path) -> None:
+    from lazystack.frontends.cli import expand_sources
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    np.save(root / "sub" / "x.npy", np.zeros((4, 4), np.uint8))
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)  # data/sub/up -> data
+    assert expand_sources([str(root)]) == [str(root / "sub" / "x.npy")]
+
+
+def test_info_empty_folder_is_named(tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    code, out, err = run(["info", str(empty), str(npy), "--axes", "TCYX"], capsys)
+    assert code == 1
+    assert str(npy) in out
+    assert "holds no source" in err
+    assert str(empty) in err
+    assert ".czi" in err
+
+
+def test_expand_sources_keeps_files_stores_and_uris(folder: tuple[Path, dict[str, np.ndarray]]) -> None:
+    from lazystack.frontends.cli import expand_sources
+
+    root, _ = folder
+    store = str(root / "day2" / "d.zarr")
+    assert expand_sources([store, "s3://bucket/x.zarr", str(root / "a.tif")]) == [
+        store,
+        "s3://bucket/x.zarr",
+        str(root / "a.tif"),
+    ]
+    assert expand_sources([str(root / "day2")]) == [str(root / "day2" / "c.tif"), store]
 
 
 def test_info_bad_axes_exits_1(npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,10 +464,11 @@ def test_demo_small_run_covers_every_format(capsys: pytest.CaptureFixture[str]) 
     )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].split()[0] == "format"
-    rows = {line.split("  ")[0].strip(): line for line in lines[2:]}
+    start = next(i for i, line in enumerate(lines) if line.startswith("format "))
+    rows = {line.split("  ")[0].strip(): line for line in lines[start + 2 : start + 2 + len(BUILDERS)]}
     assert set(rows) == set(BUILDERS)
-    assert "12" in rows["numpy memmap"]  # patches extracted
+    assert "12" in rows["numpy memmap"].split()  # patches extracted
+    assert "2x16x16" in rows["numpy memmap"]  # the patch shape
 
 
 def test_demo_unknown_format_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -364,6 +517,30 @@ def test_stats_json_matches_numpy(npy: Path, capsys: pytest.CaptureFixture[str])
     data = np.load(npy).astype(np.float64)
     np.testing.assert_allclose(result["mean"], data.mean(axis=(0, 2, 3)))
     np.testing.assert_allclose(result["max"], data.max(axis=(0, 2, 3)))
+
+
+@needs_preprocess
+def test_stats_and_convert_accept_folders(
+    folder: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("lazystack.sources.zarr")
+    from lazystack import load_zarrs
+
+    root, data = folder
+    code, out, err = run(["stats", str(root), "--axes", "TYX", "--json", "--quiet"], capsys)
+    assert code == 0, err
+    every = np.concatenate([data[k].ravel() for k in sorted(data)]).astype(np.float64)
+    result = json.loads(out)
+    np.testing.assert_allclose(result["mean"], [every.mean()])
+    assert result["max"] == [every.max()]
+
+    out_path = tmp_path / "all.ome.zarr"
+    code, out, err = run(["convert", str(root), "--axes", "TYX", "--out", str(out_path), "--quiet"], capsys)
+    assert code == 0, err
+    assert "4 images" in out
+    for i, name in enumerate(sorted(data)):
+        level0 = load_zarrs(out_path / str(i), "TYX")[0]
+        np.testing.assert_array_equal(level0.compute()[:, 0], data[name])  # canonical SCYX, one channel
 
 
 @needs_preprocess

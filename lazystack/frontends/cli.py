@@ -11,15 +11,28 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-from ..core.errors import LazyStackError
+from ..core.errors import LazyStackError, UnsupportedSourceError
 
-__all__ = ["add_source_arguments", "build_parser", "main", "resolve_stacks"]
+__all__ = ["SubParsers", "add_source_arguments", "build_parser", "expand_sources", "main", "resolve_stacks"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: Errors a data subcommand reports in one line (exit status 1) instead of a traceback.
+DATA_ERRORS = (LazyStackError, OSError, ValueError)
+
+
+class SubParsers(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as the subcommands use it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add a subcommand and return its parser."""
+        ...
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -33,25 +46,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         formats=args.format or None,
         folder=args.keep,
         progress=not args.quiet,
+        cache_bytes=args.cache_bytes,
     )
     print(format_table(results))
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_demo(sub: SubParsers) -> None:
+    from .demo import BUILDERS
+
     p = sub.add_parser(
         "demo",
         help="generate a dataset in every installed format and extract random patches from it",
         description="Write a synthetic TCYX dataset in every installed format to a temporary folder, "
         "open it lazily, extract random patches and print a table of throughput and bytes read.",
     )
-    p.add_argument("--size", type=int, default=1024, help="height and width of each plane (default 1024)")
-    p.add_argument("--patches", type=int, default=2000, help="patches per format (default 2000)")
-    p.add_argument("--patch-size", type=int, default=64, help="patch edge length (default 64)")
-    p.add_argument("--frames", type=int, default=4, help="time points per stack (default 4)")
-    p.add_argument("--format", action="append", help="run only this format (repeatable)")
-    p.add_argument("--keep", metavar="DIR", help="write the dataset to DIR and keep it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--size", type=int, default=1024, metavar="N", help="height and width of each plane (default 1024)")
+    p.add_argument("--patches", type=int, default=2000, metavar="N", help="patches per format (default 2000)")
+    p.add_argument("--patch-size", type=int, default=64, metavar="N", help="patch edge length (default 64)")
+    p.add_argument("--frames", type=int, default=4, metavar="N", help="time points per stack (default 4)")
+    p.add_argument(
+        "--format",
+        action="append",
+        metavar="NAME",
+        help=f"run only this format (repeatable; one of: {', '.join(BUILDERS)})",
+    )
+    p.add_argument("--keep", metavar="DIR", help="write the dataset to DIR and keep it (default: a temporary folder)")
+    p.add_argument(
+        "--cache-bytes",
+        metavar="SIZE",
+        help="bound of the chunk cache, e.g. 0 (off) or 512MiB (default LAZYSTACK_CHUNK_CACHE_BYTES, else 256MiB)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
     p.set_defaults(handler=_cmd_demo)
 
 
@@ -76,8 +102,9 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True) 
         "source",
         nargs="+" if many else None,
         metavar="SOURCE",
-        help="a file (.tif/.tiff/.btf, .czi, .npy; 'path@N' for series / scene N), a .zarr store "
-        "or an fsspec URI (file://, http(s)://, s3://, gs://, zip://, memory:// ...)",
+        help="a file (.tif/.tiff/.btf/.tf8, .czi, .npy; 'path@N' for series / scene N), a Zarr store, "
+        "an fsspec URI (file://, http(s)://, s3://, gs://, zip://, memory:// ...) or a folder "
+        "(every such file and Zarr store in it, recursively)",
     )
     parser.add_argument(
         "--axes",
@@ -107,8 +134,98 @@ def _storage_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def _is_zarr_store(path: Path) -> bool:
+    if path.suffix.lower() == ".zarr":
+        return True
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _readable_in(folder: Path, seen: set[Path] | None = None) -> Iterator[str]:
+    """Readable sources under ``folder``, sorted: files by extension, Zarr stores whole.
+
+    A folder reached twice (a symbolic link back up the tree) is searched once.
+    """
+    from ..loading.auto import ACCEPTED_EXTENSIONS
+
+    seen = set() if seen is None else seen
+    real = folder.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    files = {suffix for suffix, kind in ACCEPTED_EXTENSIONS.items() if kind != "zarr"}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if _is_zarr_store(entry):
+                yield str(entry)
+            else:
+                yield from _readable_in(entry, seen)
+        elif entry.suffix.lower() in files:
+            yield str(entry)
+
+
+def expand_sources(sources: Sequence[str]) -> list[str]:
+    """Replace every local folder that is not a Zarr store by the sources inside it.
+
+    A folder is searched recursively (hidden entries skipped, sorted by
+    name) for the files :func:`lazystack.load` reads (``.tif``, ``.tiff``,
+    ``.btf``, ``.tf8``, ``.czi``, ``.npy``) and for Zarr stores, which are
+    taken whole. Files, Zarr stores and URIs are kept as given.
+
+    Parameters
+    ----------
+    sources : sequence of str
+        Paths and URIs from the command line.
+
+    Returns
+    -------
+    list of str
+        The sources with every folder expanded, in order.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If a folder holds no source lazystack reads.
+    """
+    from ..loading.auto import ACCEPTED_EXTENSIONS
+
+    out: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if "://" in source or not path.is_dir() or _is_zarr_store(path):
+            out.append(source)
+            continue
+        found = list(_readable_in(path))
+        if not found:
+            accepted = ", ".join(ACCEPTED_EXTENSIONS)
+            msg = (
+                f"folder {source!r} holds no source lazystack reads: "
+                f"accepted files ending in {accepted} and Zarr stores (folders with zarr metadata)"
+            )
+            raise UnsupportedSourceError(msg)
+        out.extend(found)
+    return out
+
+
+def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple[str, bool, list[Any]]:
+    from ..loading.auto import load, propose_axes
+    from ..core.errors import AxesError
+
+    used = axes or propose_axes(source, **load_opts)
+    if used is None:
+        msg = (
+            f"{source!r} does not declare its axes: give them with --axes "
+            "(letters of STCZYX, e.g. --axes TYX, --axes CZYX)"
+        )
+        raise AxesError(msg)
+    return used, axes is None, load(source, used, **load_opts)
+
+
 def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[Any]]]:
     """Open the sources of a subcommand made with :func:`add_source_arguments`.
+
+    Folders are expanded first (see [`expand_sources`][lazystack.frontends.cli.expand_sources]).
 
     Parameters
     ----------
@@ -126,69 +243,104 @@ def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[
     AxesError
         If ``--axes`` is invalid, or missing for a source that declares none.
     SourceNotFoundError, UnsupportedSourceError, SourceFormatError ...
-        As :func:`lazystack.load`.
+        As [`lazystack.load`][lazystack.loading.auto.load].
     """
-    from ..core.axes import validate_axes
-    from ..core.errors import AxesError
-    from ..loading.auto import load, propose_axes
-
+    axes, load_opts = _axes_and_options(args)
     sources = args.source if isinstance(args.source, list) else [args.source]
+    return [(source, *_open_one(source, axes, load_opts)) for source in expand_sources(sources)]
+
+
+def _axes_and_options(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    from ..core.axes import validate_axes
+
     axes = validate_axes(args.axes) if args.axes else None
     opts = _storage_options(getattr(args, "storage_option", []) or [])
-    load_opts = {"storage_options": opts} if opts else {}
-    out = []
-    for source in sources:
-        used = axes or propose_axes(source, **load_opts)
-        if used is None:
-            msg = (
-                f"{source!r} does not declare its axes: give them with --axes "
-                "(letters of STCZYX, e.g. --axes TYX, --axes CZYX)"
-            )
-            raise AxesError(msg)
-        out.append((source, used, axes is None, load(source, used, **load_opts)))
-    return out
+    return axes, ({"storage_options": opts} if opts else {})
+
+
+def _error_text(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # -- info ------------------------------------------------------------------------------------
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    from ..loading.stacklist import format_table, source_disk_bytes, stack_summary, summary_row
+def _info_records(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    from ..loading.stacklist import source_disk_bytes, stack_summary
 
+    _used, declared, stacks = _open_one(source, axes, load_opts)
+    disk = source_disk_bytes(source)
     records = []
-    declared_any = False
-    for source, _axes, declared, stacks in resolve_stacks(args):
-        disk = source_disk_bytes(source)
-        declared_any |= declared
+    try:
         for stack in stacks:
             summary = stack_summary(stack, disk_bytes=disk)
             summary["input"] = source
             summary["axes_from"] = "file" if declared else "--axes"
             records.append(summary)
+    finally:
+        for stack in stacks:
             stack.close()
+    return records, declared
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Describe every source it can; name each one that fails (exit 1 if any did)."""
+    from ..loading.stacklist import format_table, summary_row
+
+    axes, load_opts = _axes_and_options(args)  # a bad --axes or option fails every source: stop here
+    records: list[dict[str, Any]] = []
+    failures: list[tuple[str, BaseException]] = []
+    declared_any = False
+    opened = 0
+    for given in args.source:
+        try:
+            sources = expand_sources([given])
+        except DATA_ERRORS as exc:
+            if args.debug:
+                raise
+            failures.append((given, exc))
+            continue
+        for source in sources:
+            try:
+                found, declared = _info_records(source, axes, load_opts)
+            except DATA_ERRORS as exc:
+                if args.debug:
+                    raise
+                failures.append((source, exc))
+                continue
+            opened += 1
+            records += found
+            declared_any |= declared
     if args.json:
         print(json.dumps(records, indent=2))
-        return 0
-    print(format_table(summary_row(r) for r in records))
-    if declared_any:
-        print("\naxes as the files declare them (give --axes to override); disk = size of the whole file or store")
-    return 0
+    elif records:
+        print(format_table(summary_row(r) for r in records))
+        if declared_any:
+            print("\naxes as the files declare them (give --axes to override); disk = size of the whole file or store")
+    for source, error in failures:
+        text = _error_text(error)
+        named = text if os.fspath(source) in text else f"{source}: {text}"
+        print(f"lazystack info: error: {named}", file=sys.stderr)
+    if failures and opened:
+        print(f"lazystack info: {len(failures)} of {len(failures) + opened} sources failed", file=sys.stderr)
+    return 1 if failures else 0
 
 
-def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_info(sub: SubParsers) -> None:
     p = sub.add_parser(
         "info",
-        help="describe the stacks in files and stores (shapes, axes, dtype, chunks, sizes)",
+        help="describe the stacks in files, stores and folders (shapes, axes, dtype, chunks, sizes)",
         description="Open each SOURCE lazily (metadata only) and print one row per stack: source, format, "
         "original axes and shape, canonical SC(Z)YX shape, dtype, chunks, scene / series / level, "
-        "physical pixel sizes, channel names, size in memory and on disk.",
+        "physical pixel sizes, channel names, size in memory and on disk. A source that cannot be opened "
+        "is named on stderr and the others are still described; the exit status is then 1.",
     )
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of records, one per stack")
     p.set_defaults(handler=_cmd_info)
 
 
-def _add_preprocess(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_preprocess(sub: SubParsers) -> None:
     """Register ``stats`` and ``convert`` when their module is part of this installation."""
     if importlib.util.find_spec(f"{__package__}.cli_preprocess") is None:
         return
@@ -209,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
+        epilog="Run 'lazystack COMMAND --help' for the options of a command. Exit status: 0 on success, "
+        "1 on data errors (one line on stderr per error), 2 on usage errors.",
     )
     from ..core.version import __version__
 
@@ -244,11 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (LazyStackError, OSError, ValueError) as exc:
+    except DATA_ERRORS as exc:
         if args.debug:
             raise
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"lazystack {args.command}: error: {text}", file=sys.stderr)
+        print(f"lazystack {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
+    from .cli import SubParsers
     from ..stack import LazyImageStack
 
 __all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
@@ -83,13 +84,11 @@ def scheduler(spec: str, *, timeout: str = "10s") -> Iterator[Any]:
         yield client
 
 
-def _open_sources(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
-    """Open sources with :func:`lazystack.load` (or a small fallback dispatch if it is absent)."""
-    try:
-        from ..loading.auto import load
-    except ImportError:
-        return _fallback_open(paths, axes)
-    return load(list(paths), axes)
+def _open_sources(args: argparse.Namespace) -> list[LazyImageStack]:
+    """Open every source (folders expanded) as ``lazystack info`` does, with the same errors."""
+    from .cli import resolve_stacks
+
+    return [stack for _source, _axes, _declared, stacks in resolve_stacks(args) for stack in stacks]
 
 
 def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
@@ -119,8 +118,9 @@ def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStac
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, folders or URIs (TIFF, Zarr, CZI, .npy)")
-    p.add_argument("--axes", help="axes of every source, letters of STCZYX (default: as the files declare)")
+    from .cli import add_source_arguments
+
+    add_source_arguments(p)
     p.add_argument(
         "--scheduler",
         type=_scheduler_arg,
@@ -128,7 +128,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="SCHED",
         help="threads (default), processes, synchronous, or a distributed scheduler address (tcp://host:8786)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _percentile_list(text: str) -> tuple[float, ...]:
@@ -154,7 +154,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_stats_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``stats`` subcommand to ``sub``.
 
     Parameters
@@ -169,7 +169,7 @@ def add_stats_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """
     p = sub.add_parser(
         "stats",
-        help="per-channel statistics (mean, std, min, max, percentiles) over all stacks",
+        help="compute per-channel statistics (mean, std, min, max, percentiles) over all stacks",
         description="Compute per-channel mean, std, min, max, count and percentiles over every stack of every "
         "source, chunk by chunk with dask.",
     )
@@ -182,14 +182,14 @@ def add_stats_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="percentile levels (default 0.1,1,50,99,99.9)",
     )
     p.add_argument("--sample-fraction", type=_fraction, metavar="F", help="read only this fraction of the chunks")
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample-fraction (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --sample-fraction (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--output", metavar="FILE", help="also write the statistics as JSON to FILE")
     p.set_defaults(handler=_cmd_stats)
     return p
 
 
-def add_convert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_convert_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``convert`` subcommand to ``sub``.
 
     Parameters
@@ -204,14 +204,18 @@ def add_convert_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     """
     p = sub.add_parser(
         "convert",
-        help="write sources as OME-Zarr 0.5 with a multiscale pyramid",
+        help="write the stacks as OME-Zarr 0.5 with a multiscale pyramid",
         description="Write every stack of every source to an OME-Zarr 0.5 (Zarr v3) store with a multiscale "
         "pyramid: one image for one stack, a group of images (OUT/0, OUT/1 ...) for several.",
     )
     _add_common(p)
-    p.add_argument("--out", required=True, metavar="OUT.zarr", help="output folder")
-    p.add_argument("--levels", type=int, default=3, help="resolution levels, full resolution included (default 3)")
-    p.add_argument("--downscale", type=int, default=2, help="factor along Y and X between levels (default 2)")
+    p.add_argument("--out", required=True, metavar="OUT.zarr", help="the OME-Zarr store to write (a folder)")
+    p.add_argument(
+        "--levels", type=int, default=3, metavar="N", help="resolution levels, full resolution included (default 3)"
+    )
+    p.add_argument(
+        "--downscale", type=int, default=2, metavar="N", help="factor along Y and X between levels (default 2)"
+    )
     p.add_argument(
         "--chunks",
         metavar="SPEC",
@@ -260,7 +264,7 @@ def _format_table(stats: Any) -> str:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.stats import channel_statistics
 
-    stacks = _open_sources(args.sources, args.axes)
+    stacks = _open_sources(args)
     with scheduler(args.scheduler):
         stats = channel_statistics(
             stacks,
@@ -284,7 +288,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from ..ops.writing import ome_axes, write_ome_zarr
 
     chunks = _parse_chunks(args.chunks)
-    stacks = _open_sources(args.sources, args.axes)
+    stacks = _open_sources(args)
     target: Any = stacks[0] if len(stacks) == 1 else stacks
     with scheduler(args.scheduler):
         path = write_ome_zarr(

@@ -3,8 +3,16 @@
 The demo writes a synthetic multi-dimensional dataset in every format whose
 back end is installed (numpy memmap, TIFF, Zarr, OME-Zarr, CZI) to a
 temporary folder, opens it lazily, extracts random patches from every stack
-and prints one row per format: stacks, shapes, patches per second and bytes
-read against the dataset's size.
+and prints one row per format: stacks, shapes, patch shape, patches per
+second, chunk-cache hits and bytes read against the dataset's size. Every
+phase prints a step line on stderr (writing, extracting with a progress bar)
+unless ``progress=False``.
+
+"Bytes read" is what the process read through ``read()``-like system calls
+while extracting (Linux ``/proc/self/io``, ``rchar``): file reads of the
+chunks, tiles and planes that were not in the chunk cache. A memory-mapped
+file (the numpy row) is read by page faults, which that counter does not
+see: that row says so instead of showing a misleading 0.
 """
 
 from __future__ import annotations
@@ -37,19 +45,34 @@ class DemoResult:
     n_stacks : int
         Stacks opened.
     shapes : str
-        Canonical shapes of the stacks.
+        Canonical shapes of the stacks (``SxCxYxX``).
     n_patches : int
         Patches extracted.
     seconds : float
         Time spent extracting.
     bytes_read : int or None
-        Bytes read from storage by the process while extracting (from
-        ``/proc/self/io``; memory-mapped reads are not counted), None where
-        the OS does not tell.
+        Bytes the process read through system calls while extracting (from
+        ``/proc/self/io``); None where the OS does not tell or where the data
+        is memory-mapped (see ``memory_mapped``).
     dataset_bytes : int
         Size of the dataset on disk.
     note : str
         Why a format was skipped, if it was.
+    patch_shape : tuple of int
+        Shape of each patch, ``C(Z)YX`` (every channel is extracted).
+    write_seconds : float
+        Time spent writing the format's dataset.
+    cache_hits, cache_misses : int
+        Chunk-cache look-ups during extraction that found / did not find
+        their chunk.
+    memory_mapped : bool
+        The format is read through a memory map (its reads are page faults,
+        not counted in ``bytes_read``).
+    cache_max_bytes : int
+        Bound of the chunk cache during extraction (0: disabled).
+    first_patch_seconds : float
+        Time of a first small patch from every stack, before the timed
+        extraction: the back end's lazy imports and opening the files.
     """
 
     format: str
@@ -60,6 +83,13 @@ class DemoResult:
     bytes_read: int | None = None
     dataset_bytes: int = 0
     note: str = ""
+    patch_shape: tuple[int, ...] = ()
+    write_seconds: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    memory_mapped: bool = False
+    cache_max_bytes: int = 0
+    first_patch_seconds: float = 0.0
 
     @property
     def patches_per_second(self) -> float:
@@ -177,17 +207,40 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def _extract(stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any) -> int:
+#: Formats whose stacks read a memory-mapped file (page faults, not ``read()`` calls).
+MEMORY_MAPPED = frozenset({"numpy memmap"})
+
+
+def _extract(
+    stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any
+) -> tuple[int, tuple[int, ...]]:
     done = 0
+    shape: tuple[int, ...] = ()
     for k in range(n_patches):
         stack = stacks[k % len(stacks)]
         spatial = stack.data_shape[2:]
         size = [min(patch, n) for n in spatial]
         coords = [int(rng.integers(-size[i] // 4, n - size[i] // 2)) for i, n in enumerate(spatial)]
-        stack.extract_patch(int(rng.integers(stack.n_samples)), None, coords, size)
+        shape = stack.extract_patch(int(rng.integers(stack.n_samples)), None, coords, size).shape
         done += 1
         progress.update(1)
-    return done
+    return done, shape
+
+
+class _Steps:
+    """Step lines on stderr (``[2/5] tiff: ...``), kept clear of the progress bar."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def __call__(self, index: int, name: str, text: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            prefix = f"[{index}/{self.total}] {name}: " if index else ""
+            tqdm.write(prefix + text, file=sys.stderr)
+            sys.stderr.flush()
 
 
 def run_demo(
@@ -200,6 +253,7 @@ def run_demo(
     folder: str | os.PathLike[str] | None = None,
     progress: bool = True,
     seed: int = 0,
+    cache_bytes: int | str | None = None,
 ) -> list[DemoResult]:
     """Generate a dataset, open it lazily and extract random patches.
 
@@ -219,15 +273,23 @@ def run_demo(
         Where to write the dataset (default: a temporary folder, removed
         afterwards).
     progress : bool
-        Show a progress bar on stderr.
+        Print a step line per phase and a progress bar while extracting, on
+        stderr.
     seed : int
         Seed of the patch positions.
+    cache_bytes : int or str, optional
+        Bound of the chunk cache during the demo (``0`` disables it; default:
+        the process's setting, see :func:`lazystack.chunk_cache_size`).
 
     Returns
     -------
     list of DemoResult
     """
+    from contextlib import nullcontext
+
     from tqdm import tqdm
+
+    from .cache import chunk_cache_size, get_chunk_cache
 
     names = formats or list(BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
@@ -238,31 +300,56 @@ def run_demo(
     tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
     tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    step = _Steps(progress, len(names))
     results = []
+    cache_scope = nullcontext() if cache_bytes is None else chunk_cache_size(cache_bytes)
     try:
-        for name in names:
-            result = DemoResult(name)
-            sub = tmp / name.replace(" ", "_")
-            sub.mkdir(exist_ok=True)
-            try:
-                paths, stacks = BUILDERS[name](sub, shape)
-            except ImportError as exc:
-                result.note = f"skipped: {exc}"
-                results.append(result)
-                continue
-            result.n_stacks = len(stacks)
-            result.shapes = ", ".join(sorted({str(s.data_shape) for s in stacks}))
-            result.dataset_bytes = sum(_dir_size(p) for p in paths)
-            before = _read_bytes()
-            with tqdm(total=n_patches, desc=f"{name:>12}", disable=not progress, file=sys.stderr, leave=False) as bar:
+        with cache_scope:
+            cache = get_chunk_cache()
+            step(0, "", f"lazystack demo: TCYX {shape} uint16 stacks in {len(names)} formats, in {tmp}")
+            for index, name in enumerate(names, 1):
+                result = DemoResult(name, memory_mapped=name in MEMORY_MAPPED, cache_max_bytes=cache.max_bytes)
+                sub = tmp / name.replace(" ", "_")
+                sub.mkdir(exist_ok=True)
+                step(index, name, "writing the dataset ...")
                 t0 = time.perf_counter()
-                result.n_patches = _extract(stacks, n_patches, patch, rng, bar)
-                result.seconds = time.perf_counter() - t0
-            after = _read_bytes()
-            result.bytes_read = after - before if before is not None and after is not None else None
-            for s in stacks:
-                s.close()
-            results.append(result)
+                try:
+                    paths, stacks = BUILDERS[name](sub, shape)
+                except ImportError as exc:
+                    result.note = f"skipped: {exc}"
+                    step(index, name, result.note)
+                    results.append(result)
+                    continue
+                result.write_seconds = time.perf_counter() - t0
+                result.n_stacks = len(stacks)
+                result.shapes = ", ".join(sorted({"x".join(map(str, s.data_shape)) for s in stacks}))
+                result.dataset_bytes = sum(_dir_size(p) for p in paths)
+                step(
+                    index,
+                    name,
+                    f"wrote {result.n_stacks} stack(s), {result.dataset_bytes / 2**20:,.1f} MiB, "
+                    f"in {result.write_seconds:.1f} s; "
+                    f"opening it and extracting {n_patches} patches of {patch} x {patch}",
+                )
+                t0 = time.perf_counter()
+                for stack in stacks:  # first patch: the back end's lazy imports and opening the files
+                    stack.extract_patch(0, None, [0] * (len(stack.data_shape) - 2), [min(patch, 8)] * 2)
+                result.first_patch_seconds = time.perf_counter() - t0
+                before, hits, misses = _read_bytes(), cache.hits, cache.misses
+                with tqdm(
+                    total=n_patches, desc=f"{name:>12}", disable=not progress, file=sys.stderr, leave=False
+                ) as bar:
+                    t0 = time.perf_counter()
+                    result.n_patches, result.patch_shape = _extract(stacks, n_patches, patch, rng, bar)
+                    result.seconds = time.perf_counter() - t0
+                after = _read_bytes()
+                result.cache_hits, result.cache_misses = cache.hits - hits, cache.misses - misses
+                if before is not None and after is not None and not result.memory_mapped:
+                    result.bytes_read = after - before
+                step(index, name, f"{result.patches_per_second:,.0f} patches/s ({result.seconds:.1f} s)")
+                for s in stacks:
+                    s.close()
+                results.append(result)
     finally:
         if folder is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -270,29 +357,80 @@ def run_demo(
 
 
 def format_table(results: list[DemoResult]) -> str:
-    """Render demo results as a plain-text table."""
+    """Render demo results as a plain-text table with a title and notes.
+
+    The title states the patch shape and the chunk-cache setting; the notes
+    say what the ``read`` column counts.
+
+    Parameters
+    ----------
+    results : list of DemoResult
+        From :func:`run_demo`.
+
+    Returns
+    -------
+    str
+    """
 
     def mib(n: int | None) -> str:
         return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
-    head = ("format", "stacks", "canonical shapes", "patches", "patches/s", "read", "dataset")
+    def read(r: DemoResult) -> str:
+        return "n/a (mmap)" if r.memory_mapped else mib(r.bytes_read)
+
+    def hit_rate(r: DemoResult) -> str:
+        looked = r.cache_hits + r.cache_misses
+        return f"{100 * r.cache_hits / looked:.0f}%" if looked else "-"
+
+    head = (
+        "format",
+        "stacks",
+        "canonical shapes",
+        "open",
+        "patch",
+        "patches",
+        "patches/s",
+        "cache hits",
+        "read",
+        "dataset",
+    )
     rows = [head]
     for r in results:
         if r.note:
-            rows.append((r.format, "-", r.note, "-", "-", "-", "-"))
+            rows.append((r.format, "-", r.note, "-", "-", "-", "-", "-", "-", "-"))
             continue
         rows.append(
             (
                 r.format,
                 str(r.n_stacks),
                 r.shapes,
+                f"{r.first_patch_seconds:.2f} s",
+                "x".join(map(str, r.patch_shape)) or "-",
                 str(r.n_patches),
                 f"{r.patches_per_second:,.0f}",
-                mib(r.bytes_read),
+                hit_rate(r),
+                read(r),
                 mib(r.dataset_bytes),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    done = [r for r in results if not r.note]
+    cache = done[0].cache_max_bytes if done else None
+    cache_text = "off" if cache == 0 else "?" if cache is None else f"{mib(cache)} per process"
+    title = [
+        "patch: CxYxX float32, every channel, at a random position of a random sample",
+        f"chunk cache: {cache_text} (LAZYSTACK_CHUNK_CACHE_BYTES; --cache-bytes 0 turns it off)",
+        "",
+    ]
+    notes = [
+        "",
+        "open: a first patch from every stack, not timed in patches/s (lazy imports, opening files)",
+        "cache hits: chunk look-ups served by the cache of decoded chunks",
+        "read: bytes read from files by read() calls while extracting (Linux /proc/self/io rchar),",
+        "      i.e. the chunks, tiles and planes not yet cached; dataset: size on disk",
+    ]
+    if any(r.memory_mapped for r in done):
+        notes.append("n/a (mmap): a memory-mapped file is read by page faults, which that counter does not see")
+    return "\n".join(title + lines + notes)
