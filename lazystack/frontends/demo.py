@@ -289,7 +289,7 @@ def run_demo(
 
     from tqdm import tqdm
 
-    from .cache import chunk_cache_size, get_chunk_cache
+    from ..io.cache import chunk_cache_size, get_chunk_cache
 
     names = formats or list(BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
