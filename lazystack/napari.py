@@ -363,10 +363,7 @@ def _contrast_limits(coarsest: Any, c_pos: int, n_channels: int) -> list[list[fl
         sample = sample[tuple(key)]
         c_pos = -1 if c_pos < 0 else sum(1 for i in range(c_pos) if isinstance(key[i], slice))
     values = np.asarray(sample.compute())
-    if c_pos >= 0:
-        values = np.moveaxis(values, c_pos, 0)
-    else:
-        values = values[np.newaxis]
+    values = np.moveaxis(values, c_pos, 0) if c_pos >= 0 else values[np.newaxis]
     limits = []
     for plane in values:
         finite = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane

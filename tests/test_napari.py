@@ -34,13 +34,15 @@ import zarr
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # npe2's pydantic-v1-style fields, at import
-    npe2 = pytest.importorskip("npe2", reason="the napari extra (npe2) is not installed: pip install 'lazystack[napari]'")
+    npe2 = pytest.importorskip(
+        "npe2", reason="the napari extra (npe2) is not installed: pip install 'lazystack[napari]'"
+    )
 
-from conftest import shared_files  # noqa: E402
+from conftest import shared_files
 
-import lazystack  # noqa: E402
-from lazystack import napari as plugin  # noqa: E402
-from lazystack.errors import LazyStackError  # noqa: E402
+import lazystack
+from lazystack import napari as plugin
+from lazystack.errors import LazyStackError
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "lazystack" / "napari.yaml"
@@ -91,7 +93,8 @@ def test_entry_point_ships_the_manifest() -> None:
     assert installed[0].value == "lazystack:napari.yaml"
     package, _, resource = installed[0].value.partition(":")
     spec = importlib.util.find_spec(package)
-    assert spec is not None and spec.origin is not None
+    assert spec is not None
+    assert spec.origin is not None
     assert (Path(spec.origin).parent / resource).is_file()
 
 
@@ -113,7 +116,7 @@ def test_get_reader_declines_what_lazystack_does_not_open(tmp_path: Path, ome_za
 def test_unreadable_file_names_the_path(tmp_path: Path, manifest: Any) -> None:
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00 not really a tiff")
-    with pytest.raises(LazyStackError, match="broken.tif"):
+    with pytest.raises(LazyStackError, match=r"broken\.tif"):
         plugin.read(str(bad))
 
 
@@ -267,7 +270,8 @@ def test_contrast_of_a_big_single_level_image_reads_a_window(
     reader_class = type(lazystack.load(path)[0].reader)
     with reader_calls(monkeypatch, reader_class) as calls:
         ((layer, kwargs, _),) = read(path, manifest)
-    assert isinstance(layer, da.Array) and layer.shape == data.shape
+    assert isinstance(layer, da.Array)
+    assert layer.shape == data.shape
     window = data[768:1792, 512:1536]
     assert kwargs["contrast_limits"] == [float(window.min()), float(window.max())] == [1.0, 250.0]
     # the tiles under the window (4 x 4 of 10 x 8), each read once
@@ -429,35 +433,87 @@ def _viewer_or_skip() -> Any:
     return viewer
 
 
-def _screenshot(viewer: Any, tmp_path: Path, name: str) -> np.ndarray:
+def _settle() -> None:
+    """Let Qt process pending events (grid layout, camera) before a screenshot."""
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(10):
+        QApplication.processEvents()
+
+
+def _screenshot(viewer: Any, name: str) -> np.ndarray:
+    viewer.scale_bar.visible = True  # in the layers' units (micrometres here)
+    _settle()
     viewer.reset_view()
+    _settle()
     image = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
-    if SCREENSHOT_DIR:
+    if SCREENSHOT_DIR:  # the whole window (layer list, sliders), for people to look at
         import imageio.v3 as iio
 
-        iio.imwrite(Path(SCREENSHOT_DIR) / name, image)
+        iio.imwrite(Path(SCREENSHOT_DIR) / name, np.asarray(viewer.screenshot(canvas_only=False, flash=False)))
     return image
 
 
 def _assert_rendered(image: np.ndarray) -> None:
     rgb = image[..., :3].astype(np.int64)
-    assert rgb.ndim == 3 and rgb.shape[0] > 100 and rgb.shape[1] > 100
+    assert rgb.ndim == 3
+    assert min(rgb.shape[:2]) > 100
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, "the canvas shows no image (blank screenshot)"
 
 
+def _real_cells_ome_zarr(folder: Path) -> tuple[Path, list[str], dict[str, float]] | None:
+    """The real CellDivision CZI (TCZYX, 2 channels) written as an OME-Zarr by ome-zarr-py, or None."""
+    found = [p for p in REAL_CZI if p.name == "CellDivision_T3_Z5_CH2_X240_Y170.czi"]
+    if not found:
+        return None
+    (stack,) = lazystack.load(found[0])
+    tczyx = stack.compute()  # S (= T) C Z Y X: small (3 x 2 x 5 x 170 x 240)
+    sizes = stack.physical_pixel_sizes
+    scale = {"t": 1.0, "c": 1.0, **{a.lower(): v for a, v in sizes.items()}}
+    names = stack.channel_names or ["0", "1"]
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    path = folder / "CellDivision.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    window = {"min": 0, "max": 65535, "start": 0, "end": 65535}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_image(
+            tczyx,
+            root,
+            axes="tczyx",
+            fmt=FormatV04(),
+            scale_factors=(2, 4),
+            scale=scale,
+            storage_options={"chunks": (1, 1, 1, 64, 64)},
+            omero={"channels": [{"label": n, "color": "FFFFFF", "window": window} for n in names]},
+        )
+    return path, names, sizes
+
+
 def test_viewer_opens_ome_zarr(ome_zarr: Any, tmp_path: Path, manifest: Any) -> None:
+    """An OME-Zarr (real cells when shared/data is there) opens as one multiscale layer per channel."""
     viewer = _viewer_or_skip()
     try:
-        path, data = ome_zarr
+        real = _real_cells_ome_zarr(tmp_path)
+        if real is not None:
+            path, channels, sizes = real
+            scale = (1.0, sizes["Z"], sizes["Y"], sizes["X"])
+            labels = ("T", "Z", "Y", "X")
+        else:
+            path, channels = ome_zarr[0], OME_CHANNELS
+            scale, labels = (OME_SCALE["z"], OME_SCALE["y"], OME_SCALE["x"]), ("Z", "Y", "X")
         layers = viewer.open(str(path), plugin="lazystack")
-        assert [layer.name for layer in layers] == [f"cells.ome.zarr [{c}]" for c in OME_CHANNELS]
+        assert [layer.name for layer in layers] == [f"{path.name} [{c}]" for c in channels]
         for layer in layers:
             assert layer.multiscale
             assert len(layer.data) == 3
             assert all(isinstance(level, da.Array) for level in layer.data)
-            assert tuple(layer.scale) == (OME_SCALE["z"], OME_SCALE["y"], OME_SCALE["x"])
-            assert tuple(layer.axis_labels) == ("Z", "Y", "X")
-        _assert_rendered(_screenshot(viewer, tmp_path, "napari-ome-zarr.png"))
+            assert tuple(layer.scale) == pytest.approx(scale)
+            assert tuple(layer.axis_labels) == labels
+        viewer.dims.set_point(0, 1)  # a middle time point
+        _assert_rendered(_screenshot(viewer, "napari-ome-zarr.png"))
     finally:
         viewer.close()
 
@@ -474,7 +530,8 @@ def test_viewer_opens_multiscene_czi(czi_scenes: Any, tmp_path: Path, manifest: 
         path = real if real is not None else czi_scenes[0]
         stacks = lazystack.load(path)
         layers = viewer.open(str(path), plugin="lazystack")
-        assert len(layers) == sum(s.n_channels for s in stacks) and len(stacks) == 2
+        assert len(stacks) == 2
+        assert len(layers) == sum(s.n_channels for s in stacks)
         for layer in layers:
             assert isinstance(layer.data, da.Array)
             assert not layer.multiscale
@@ -482,6 +539,6 @@ def test_viewer_opens_multiscene_czi(czi_scenes: Any, tmp_path: Path, manifest: 
             f"{path.name} scene {s.scene} ({s.scene_name})" for s in stacks
         }
         viewer.canvas.grid.enabled = True  # scenes side by side
-        _assert_rendered(_screenshot(viewer, tmp_path, "napari-czi-scenes.png"))
+        _assert_rendered(_screenshot(viewer, "napari-czi-scenes.png"))
     finally:
         viewer.close()
