@@ -175,6 +175,7 @@ def test_ome_zarr_levels_are_one_multiscale_layer_per_channel(ome_zarr: Any, man
         assert kwargs["metadata"]["lazystack_channel"] == OME_CHANNELS[c]
     assert [kw["colormap"] for _, kw, _ in layers] == ["magenta", "green"]
     assert [kw["blending"] for _, kw, _ in layers] == ["translucent_no_depth", "additive"]
+    _napari_builds(layers)
 
 
 @contextmanager
@@ -279,6 +280,38 @@ def test_contrast_of_a_big_single_level_image_reads_a_window(
     assert kwargs["multiscale"] is False
 
 
+def test_ome_zarr_over_http_reads_only_the_coarsest_level(ome_zarr: Any, manifest: Any) -> None:
+    """A URL goes through the plugin too; the chunks requested are the coarsest level's, each once."""
+    from zarr_helpers import serve_directory
+
+    path, data = ome_zarr
+    with lazystack.chunk_cache_size(0), serve_directory(path.parent) as (url, state):
+        target = f"{url}/{path.name}"
+        assert plugin.get_reader(target) is plugin.read
+        layers = read(target, manifest)
+        chunks = state.chunk_paths()
+        np.testing.assert_array_equal(_levels(layers[1][0])[0][2, :64, :64].compute(), data[1, 2, :64, :64])
+    assert [kw["name"] for _, kw, _ in layers] == [f"cells.ome.zarr [{c}]" for c in OME_CHANNELS]
+    s2 = zarr.open_array(str(path / "s2"), mode="r")
+    assert chunks, "the coarsest level was requested over HTTP"
+    assert all(f"/{path.name}/s2/" in c for c in chunks), chunks
+    assert len(chunks) == len(set(chunks)) == int(np.prod(s2.cdata_shape))
+
+
+def _napari_builds(layers: list[tuple[Any, dict[str, Any], str]]) -> None:
+    """napari itself accepts every layer's data and keyword arguments (no viewer, no Qt)."""
+    if importlib.util.find_spec("napari") is None:
+        return
+    from napari.layers import Image
+
+    for data, kwargs, kind in layers:
+        assert kind == "image"
+        layer = Image(data, **kwargs)
+        assert layer.multiscale is kwargs["multiscale"]
+        assert list(layer.scale) == pytest.approx(kwargs["scale"])
+        assert list(layer.contrast_limits) == pytest.approx(kwargs["contrast_limits"])
+
+
 # -- CZI: scenes as layers, channels split --------------------------------------------------------
 @pytest.fixture(scope="module")
 def czi_scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -321,6 +354,7 @@ def test_czi_scenes_and_channels_are_layers(czi_scenes: Any, manifest: Any) -> N
         assert kwargs["multiscale"] is False
         np.testing.assert_array_equal(layer[1, 2].compute(), expected[1, 2])
         assert kwargs["contrast_limits"] == [float(expected.min()), float(expected.max())]
+    _napari_builds(layers)
 
 
 @pytest.mark.parametrize("path", REAL_CZI, ids=lambda p: p.name)
@@ -344,6 +378,7 @@ def test_real_czi(path: Path, manifest: Any) -> None:
                 assert kwargs["name"].endswith(f"[{names[c]}]")
             if stack.scene_name:
                 assert f"({stack.scene_name})" in kwargs["name"]
+    _napari_builds(layers)
     if path.name == "RGB-8bit.czi":
         assert [kw["colormap"] for _, kw, _ in layers] == ["red", "green", "blue"]
     if path.name == "WellD6-7_S2.czi":
