@@ -164,12 +164,28 @@ def _load(path: str) -> list[LazyImageStack]:
 
 
 def _guess_tiff_axes(path: str) -> str | None:
-    """Axes for a TIFF whose own axes lazystack cannot use: planes become samples (``S``, ``Z``, ``T``)."""
+    """Axes for a TIFF whose own axes lazystack cannot use: unknown axes become ``S``, ``T``, ``Z``.
+
+    tifffile names axes it cannot tell ``Q`` (or ``I``, ``E`` ...); for viewing, such an axis is a
+    slider like any other. None when there are not enough letters, or for RGB samples beside channels.
+    """
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        ndim = len(tif.series[0].shape) if tif.series else 0
-    return {2: "YX", 3: "SYX", 4: "SZYX", 5: "STZYX"}.get(ndim)
+        declared = str(tif.series[0].axes).upper() if tif.series else ""
+    if not declared or ("S" in declared and "C" in declared):
+        return None
+    declared = declared.replace("S", "C")  # tifffile's S: the samples of RGB pixels
+    free = [a for a in "STZ" if a not in declared]
+    axes = ""
+    for a in declared:
+        if a in "TCZYX" and a not in axes:
+            axes += a
+        elif free:
+            axes += free.pop(0)
+        else:
+            return None
+    return axes if "Y" in axes and "X" in axes else None
 
 
 def _display_name(path: str) -> str:

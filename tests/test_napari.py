@@ -402,15 +402,22 @@ def test_imagej_hyperstack(tmp_path: Path, manifest: Any) -> None:
         assert kwargs["contrast_limits"] == [float(data[:, :, c].min()), float(data[:, :, c].max())]
 
 
-def test_tiff_without_axes_gets_sample_planes(tmp_path: Path, manifest: Any) -> None:
-    data = np.random.default_rng(8).integers(0, 255, (5, 32, 48), dtype=np.uint8)
+@pytest.mark.parametrize(("shape", "labels"), [((5, 32, 48), ["S", "Y", "X"]), ((2, 3, 32, 48), ["S", "T", "Y", "X"])])
+def test_tiff_without_axes_gets_sample_planes(
+    tmp_path: Path, manifest: Any, shape: tuple[int, ...], labels: list[str]
+) -> None:
+    data = np.random.default_rng(8).integers(0, 255, shape, dtype=np.uint8)
     path = tmp_path / "planes.tif"
-    tifffile.imwrite(path, data, metadata=None)
-    assert lazystack.propose_axes(path) is None  # tifffile calls the first axis Q: lazystack has no letter for it
+    # no metadata: tifffile reads pages (axes IYX); shaped metadata: tifffile's axes are QQYX
+    tifffile.imwrite(path, data, metadata=None if len(shape) == 3 else {}, photometric="minisblack")
+    assert lazystack.propose_axes(path) is None  # lazystack has no letter for I or Q
     ((layer, kwargs, _),) = read(path, manifest)
-    assert layer.shape == data.shape
-    np.testing.assert_array_equal(layer.compute(), data)
-    assert kwargs["scale"] == [1.0, 1.0, 1.0]
+    # canonical order merges S and T into one sample axis (S outer, T inner): numpy's reshape
+    expected = data.reshape(-1, *shape[-2:]) if len(shape) == 4 else data
+    assert layer.shape == expected.shape
+    np.testing.assert_array_equal(layer.compute(), expected)
+    assert kwargs["scale"] == [1.0] * expected.ndim
+    assert kwargs["axis_labels"] == ["S", "Y", "X"]
     assert "units" not in kwargs
 
 
