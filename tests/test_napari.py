@@ -80,6 +80,7 @@ def test_manifest_names_the_reader(manifest: Any) -> None:
     (command,) = [c for c in manifest.contributions.commands if c.id == reader.command]
     module, _, attr = command.python_name.partition(":")
     assert getattr(importlib.import_module(module), attr) is plugin.get_reader
+    manifest.validate_imports()  # what `npe2 validate --imports` checks: every python_name resolves
 
 
 def test_entry_point_ships_the_manifest() -> None:
