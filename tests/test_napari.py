@@ -532,6 +532,11 @@ def _real_cells_ome_zarr(folder: Path) -> tuple[Path, list[str], dict[str, float
             storage_options={"chunks": (1, 1, 1, 64, 64)},
             omero={"channels": [{"label": n, "color": "FFFFFF", "window": window} for n in names]},
         )
+    multiscales = root.attrs["multiscales"]  # ome-zarr-py writes no units: add NGFF's "unit" to Z, Y, X
+    for axis in multiscales[0]["axes"]:
+        if axis["name"] in "zyx":
+            axis["unit"] = "micrometer"
+    root.attrs["multiscales"] = multiscales
     return path, names, sizes
 
 
@@ -544,9 +549,11 @@ def test_viewer_opens_ome_zarr(ome_zarr: Any, tmp_path: Path, manifest: Any) -> 
             path, channels, sizes = real
             scale = (1.0, sizes["Z"], sizes["Y"], sizes["X"])
             labels = ("T", "Z", "Y", "X")
+            units: tuple[str, ...] | None = ("pixel", "micrometer", "micrometer", "micrometer")
         else:
             path, channels = ome_zarr[0], OME_CHANNELS
             scale, labels = (OME_SCALE["z"], OME_SCALE["y"], OME_SCALE["x"]), ("Z", "Y", "X")
+            units = None
         layers = viewer.open(str(path), plugin="lazystack")
         assert [layer.name for layer in layers] == [f"{path.name} [{c}]" for c in channels]
         for layer in layers:
@@ -555,6 +562,8 @@ def test_viewer_opens_ome_zarr(ome_zarr: Any, tmp_path: Path, manifest: Any) -> 
             assert all(isinstance(level, da.Array) for level in layer.data)
             assert tuple(layer.scale) == pytest.approx(scale)
             assert tuple(layer.axis_labels) == labels
+            if units is not None:
+                assert tuple(str(u) for u in layer.units) == units
         viewer.dims.set_point(0, 1)  # a middle time point
         _assert_rendered(_screenshot(viewer, "napari-ome-zarr.png"))
     finally:
