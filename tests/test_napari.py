@@ -182,6 +182,9 @@ def test_ome_zarr_levels_are_one_multiscale_layer_per_channel(ome_zarr: Any, man
 @contextmanager
 def files_opened(under: Path) -> Iterator[list[str]]:
     """Paths below ``under`` that this process opens inside the block (the ``open`` audit event)."""
+    if not _AUDIT_INSTALLED:
+        sys.addaudithook(_audit)  # audit hooks cannot be removed: installed once, a no-op outside this block
+        _AUDIT_INSTALLED.append(True)
     seen: list[str] = []
     _AUDIT.append((str(under), seen))
     try:
@@ -192,6 +195,7 @@ def files_opened(under: Path) -> Iterator[list[str]]:
 
 _AUDIT: list[tuple[str, list[str]]] = []
 _AUDIT_LOCK = threading.Lock()
+_AUDIT_INSTALLED: list[bool] = []
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -202,9 +206,6 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         for root, seen in _AUDIT:
             if path.startswith(root):
                 seen.append(path)
-
-
-sys.addaudithook(_audit)  # audit hooks cannot be removed; it is a no-op outside files_opened()
 
 
 @contextmanager
