@@ -53,6 +53,18 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .ops.normalize import normalized
     from .ops.stats import ChannelStatistics, channel_statistics
     from .ops.writing import write_ome_zarr
+    from .sampling import (
+        FixedSampler,
+        GridSampler,
+        PatchSpec,
+        RandomSampler,
+        Sampler,
+        Stitcher,
+        StratifiedSampler,
+        WholeSampleSampler,
+        read_manifest,
+        write_manifest,
+    )
     from .sources.custom import ReadFunc
     from .sources.zarr.engines import set_zarr_engine
     from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
@@ -83,6 +95,16 @@ _LAZY = {
     "ChannelStatistics": "ops.stats",
     "channel_statistics": "ops.stats",
     "write_ome_zarr": "ops.writing",
+    "FixedSampler": "sampling",
+    "GridSampler": "sampling",
+    "PatchSpec": "sampling",
+    "RandomSampler": "sampling",
+    "Sampler": "sampling",
+    "Stitcher": "sampling",
+    "StratifiedSampler": "sampling",
+    "WholeSampleSampler": "sampling",
+    "read_manifest": "sampling",
+    "write_manifest": "sampling",
     "ReadFunc": "sources.custom",
     "set_zarr_engine": "sources.zarr.engines",
     "GenericImageStack": "stack",
@@ -92,7 +114,7 @@ _LAZY = {
 }
 
 #: Internal subpackages, importable as attributes (``lazystack.sources`` ...).
-_SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sources", "stack"})
+_SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sampling", "sources", "stack", "torch"})
 
 
 def __getattr__(name: str) -> Any:
@@ -142,22 +164,30 @@ __all__ = [
     "AxesModel",
     "ChannelIndexError",
     "ChannelStatistics",
+    "FixedSampler",
     "GenericImageStack",
+    "GridSampler",
     "ImageStack",
     "ImageStackLoader",
     "LazyImageStack",
     "LazyStackError",
     "MissingDependencyError",
     "PatchError",
+    "PatchSpec",
+    "RandomSampler",
     "ReadFunc",
     "SampleIndexError",
+    "Sampler",
     "SelectionError",
     "ShapeMismatchError",
     "SourceFormatError",
     "SourceNotFoundError",
     "SourceReadError",
     "StackList",
+    "Stitcher",
+    "StratifiedSampler",
     "UnsupportedSourceError",
+    "WholeSampleSampler",
     "__version__",
     "channel_statistics",
     "chunk_cache_size",
@@ -173,10 +203,12 @@ __all__ = [
     "load_zarrs",
     "normalized",
     "propose_axes",
+    "read_manifest",
     "set_chunk_cache_size",
     "set_zarr_engine",
     "show",
     "thumbnail",
     "validate_axes",
+    "write_manifest",
     "write_ome_zarr",
 ]
