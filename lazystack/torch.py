@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 from torch.utils.data import Sampler as TorchSampler
 
 from .core.errors import ChannelIndexError
-from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import _channels
 from .ops.batch import extract_patches
+from .sampling import PatchSpec, Sampler, check_pairs, geometry
+from .sampling.samplers import resolve_channels
 
 __all__ = ["EpochSampler", "PatchDataset"]
 
@@ -100,15 +100,15 @@ class PatchDataset(Dataset[Item]):
             if channels != "spec":
                 msg = f"channels must be 'spec' or a sequence of channel indices, got {channels!r}"
                 raise ValueError(msg)
-            self.channels: tuple[int, ...] | None | str = "spec"
+            self.channels: tuple[int, ...] | str | None = "spec"
             if getattr(sampler, "channels", None) is None:
-                _channels(None, [geometry(s) for s in self.stacks], self.stacks)
+                resolve_channels(None, [geometry(s) for s in self.stacks], self.stacks)
         else:
-            self.channels = _channels(channels, [geometry(s) for s in self.stacks], self.stacks)
+            self.channels = resolve_channels(channels, [geometry(s) for s in self.stacks], self.stacks)
         for name, group in (("target", self.targets), ("mask", self.masks)):
             if group is not None:
                 try:
-                    _channels(None, [geometry(s) for s in group], group)
+                    resolve_channels(None, [geometry(s) for s in group], group)
                 except ChannelIndexError as err:
                     msg = f"{name} stacks: {err}"
                     raise ChannelIndexError(msg) from None
@@ -136,7 +136,7 @@ class PatchDataset(Dataset[Item]):
         else:
             epoch, i = self.epoch, operator.index(index)
         spec = self.sampler.spec(i, epoch)
-        if self.channels != "spec":
+        if not isinstance(self.channels, str):
             spec = spec._replace(channels=self.channels)
         return spec
 

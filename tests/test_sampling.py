@@ -75,7 +75,9 @@ def test_random_stays_within_valid_positions_and_reaches_the_edges() -> None:
         assert 0 <= s.sample < shape[0]
         for c, n, extent in zip(s.coords, s.patch_size, shape[2:], strict=True):
             assert 0 <= c <= extent - n
-        hit_max.update((s.stack, d) for d, (c, n, e) in enumerate(zip(s.coords, (9, 20), shape[2:])) if c == e - n)
+        hit_max.update(
+            (s.stack, d) for d, (c, n, e) in enumerate(zip(s.coords, (9, 20), shape[2:], strict=True)) if c == e - n
+        )
     assert {(0, 0), (0, 1), (1, 0), (1, 1)} <= hit_max  # the last valid corner is drawn
     arrays = list(_arrays())
     patches = read_specs(stacks, specs[:40])
@@ -204,7 +206,9 @@ def test_manifest_replays_bit_identically(tmp_path: Path) -> None:
     replay = read_manifest(path, stacks, epoch=1)
     assert replay.epoch_specs() == sampler.epoch_specs(1)
     again = load_zarrs(str(tmp_path / "a.zarr"), "SCYX") + load_tiffs(str(tmp_path / "b.tif"), "CYX")
-    for x, y, spec in zip(read_specs(again, replay.epoch_specs()), read_specs(stacks, sampler.epoch_specs(1)), replay):
+    for x, y, spec in zip(
+        read_specs(again, replay.epoch_specs()), read_specs(stacks, sampler.epoch_specs(1)), replay, strict=True
+    ):
         assert x.tobytes() == y.tobytes()
         np.testing.assert_array_equal(x, _reference(arrays, spec))
     assert len(read_manifest(path, stacks)) == 50

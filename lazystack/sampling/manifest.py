@@ -221,7 +221,7 @@ def read_manifest(
                 )
                 raise ManifestMismatchError(msg)
             now = source_identity(stacks[k])
-            changed = [c for c in COLUMNS[7:] if rec[c] and now[c] != rec[c] or c == "source" and now[c] != rec[c]]
+            changed = [c for c in COLUMNS[7:] if (rec[c] and now[c] != rec[c]) or (c == "source" and now[c] != rec[c])]
             if changed:
                 detail = ", ".join(f"{c} {rec[c]!r} -> {now[c]!r}" for c in changed)
                 msg = (

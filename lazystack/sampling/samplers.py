@@ -35,6 +35,7 @@ __all__ = [
     "WholeSampleSampler",
     "check_pairs",
     "geometry",
+    "resolve_channels",
     "spec_rng",
 ]
 
@@ -62,7 +63,9 @@ class PatchSpec(NamedTuple):
     coords: tuple[int, ...]
     patch_size: tuple[int, ...]
 
-    def request(self, stacks: Sequence[Any]) -> tuple[Any, int, tuple[int, ...] | None, tuple[int, ...], tuple[int, ...]]:
+    def request(
+        self, stacks: Sequence[Any]
+    ) -> tuple[Any, int, tuple[int, ...] | None, tuple[int, ...], tuple[int, ...]]:
         """The ``extract_patches`` request of this spec over ``stacks``.
 
         Parameters
@@ -147,8 +150,30 @@ def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, 
     return out
 
 
-def _channels(channels: Sequence[int] | int | None, geoms: Sequence[StackGeometry], stacks: Sequence[Any]) -> Any:
-    """Validate a channel selection for every stack; without one, every stack must have as many channels."""
+def resolve_channels(
+    channels: Sequence[int] | int | None, geoms: Sequence[StackGeometry], stacks: Sequence[Any]
+) -> Any:
+    """Validate a channel selection for every stack; without one, every stack must have as many channels.
+
+    Parameters
+    ----------
+    channels : int, sequence of int or None
+        The selection (None: all channels).
+    geoms : sequence of StackGeometry
+        The stacks' geometries.
+    stacks : sequence of ImageStack
+        The stacks (named in errors).
+
+    Returns
+    -------
+    tuple of int or None
+        The selection as a tuple, or None.
+
+    Raises
+    ------
+    ChannelIndexError
+        For an index out of range in some stack, or (no selection) different channel counts.
+    """
     if channels is None:
         counts = {g.n_channels for g in geoms}
         if len(counts) > 1:
@@ -305,16 +330,20 @@ class RandomSampler(Sampler):
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
-        self.channels = _channels(channels, self.geometries, stacks)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
         positions = []
         for i, (s, g) in enumerate(zip(stacks, self.geometries, strict=True)):
-            if len(g.spatial_shape) != ndim or any(p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)):
+            if len(g.spatial_shape) != ndim or any(
+                p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)
+            ):
                 msg = (
                     f"patch_size {self.patch_size} does not fit in stack {i} ({getattr(s, 'source', '?')!r}) "
                     f"of spatial shape {g.spatial_shape}: a random patch must lie inside the image"
                 )
                 raise PatchError(msg)
-            positions.append(g.n_samples * math.prod(n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size)))
+            positions.append(
+                g.n_samples * math.prod(n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size, strict=True))
+            )
         if isinstance(weights, str):
             if weights == "size":
                 w = [float(g.n_samples * math.prod(g.spatial_shape)) for g in self.geometries]
@@ -398,7 +427,7 @@ class StratifiedSampler(Sampler):
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
-        self.channels = _channels(channels, self.geometries, stacks)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
         if not regions:
             msg = "StratifiedSampler needs at least one region, got an empty sequence"
             raise ValueError(msg)
@@ -411,7 +440,7 @@ class StratifiedSampler(Sampler):
             lo = _int_tuple("region start", start, ndim)
             hi = _int_tuple("region stop", stop, ndim)
             bad = not 0 <= sample < g.n_samples or any(
-                not (0 <= a and b <= n and b - a >= p)
+                not (a >= 0 and b <= n and b - a >= p)
                 for a, b, n, p in zip(lo, hi, g.spatial_shape, self.patch_size, strict=True)
             )
             if bad:
@@ -467,7 +496,7 @@ class WholeSampleSampler(Sampler):
 
     def __init__(self, stacks: Sequence[Any], *, channels: int | Sequence[int] | None = None) -> None:
         self.geometries = [geometry(s) for s in stacks]
-        self.channels = _channels(channels, self.geometries, stacks)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
         self._offsets = np.cumsum([0] + [g.n_samples for g in self.geometries])
 
     def __len__(self) -> int:

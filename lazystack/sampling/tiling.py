@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core.errors import PatchError, ShapeMismatchError
-from .samplers import PatchSpec, Sampler, StackGeometry, _channels, _int_tuple, geometry
+from .samplers import PatchSpec, Sampler, StackGeometry, _int_tuple, geometry, resolve_channels
 
 __all__ = ["GridSampler", "Stitcher", "Tile", "tile_starts"]
 
@@ -65,7 +65,7 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     if size >= extent:
         return [(0, 0, extent)]
     step = size - overlap
-    starts = list(range(0, extent - size, step)) + [extent - size]
+    starts = [*range(0, extent - size, step), extent - size]
     if len(starts) > 1 and starts[-1] == starts[-2]:
         starts.pop()
     bounds = [0] + [(starts[j + 1] + starts[j] + size) // 2 for j in range(len(starts) - 1)] + [extent]
@@ -114,14 +114,16 @@ class GridSampler(Sampler):
         if any(p <= 0 or not 0 <= o < p for p, o in zip(self.patch_size, self.overlap, strict=True)):
             msg = f"overlap {self.overlap} must be >= 0 and smaller than the positive patch_size {self.patch_size}"
             raise PatchError(msg)
-        self.channels = _channels(channels, self.geometries, stacks)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
         self._axes: list[list[list[tuple[int, int, int]]]] = []
         counts = []
         for i, g in enumerate(self.geometries):
             if len(g.spatial_shape) != ndim:
                 msg = f"stack {i} has {len(g.spatial_shape)} spatial dims; the grid has {ndim}"
                 raise PatchError(msg)
-            per_dim = [tile_starts(n, p, o) for n, p, o in zip(g.spatial_shape, self.patch_size, self.overlap)]
+            per_dim = [
+                tile_starts(n, p, o) for n, p, o in zip(g.spatial_shape, self.patch_size, self.overlap, strict=True)
+            ]
             self._axes.append(per_dim)
             counts.append(g.n_samples * math.prod(len(t) for t in per_dim))
         self._offsets = np.cumsum([0, *counts])
