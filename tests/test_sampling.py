@@ -17,6 +17,7 @@ import zarr
 from lazystack import ChannelIndexError, LazyImageStack, PatchError, ShapeMismatchError, load_tiffs, load_zarrs
 from lazystack.sampling import (
     FixedSampler,
+    ForegroundSampler,
     GridSampler,
     ManifestMismatchError,
     PatchSpec,
@@ -268,3 +269,27 @@ def test_paired_stacks_read_at_the_same_specs() -> None:
     for spec, x, y in zip(specs, read_specs(inputs, specs), read_specs(targets, specs, channels=None), strict=True):
         np.testing.assert_array_equal(x, _reference(list(arrays), spec))
         np.testing.assert_array_equal(y, _reference(target_arrays, spec))
+
+
+# -- foreground ---------------------------------------------------------------------------
+def test_foreground_rejection_respects_its_threshold_and_bound() -> None:
+    stacks, arrays = _stacks(), _arrays()
+    mask_arrays = [np.zeros((a.shape[0], 1, *a.shape[2:]), np.uint8) for a in arrays]
+    mask_arrays[0][1, 0, 20:30, 30:40] = 1  # a small foreground island in one sample
+    masks = [LazyImageStack(m, "SCYX") for m in mask_arrays]
+    sampler = ForegroundSampler(stacks, masks, 8, 60, min_foreground=0.25, max_attempts=50, seed=3)
+    draws = [sampler.draw(i, 2) for i in range(60)]
+    assert sum(d[2] >= 0.25 for d in draws) > 30  # without rejection, about 1 in 200 would be
+    for spec, attempts, fraction in draws:
+        assert 1 <= attempts <= 50
+        region = mask_arrays[spec.stack][(spec.sample, 0, *(slice(c, c + 8) for c in spec.coords))]
+        assert fraction == pytest.approx(np.count_nonzero(region) / 64)
+        if fraction >= 0.25:
+            assert (spec.stack, spec.sample) == (0, 1)
+        else:
+            assert attempts == 50  # gave up only after the bound
+    assert [sampler.spec(i, 2) for i in range(60)] == [d[0] for d in draws]  # pure
+    stingy = ForegroundSampler(stacks, masks, 8, 20, min_foreground=1.0, max_attempts=2, seed=3)
+    assert all(stingy.draw(i)[1] <= 2 for i in range(20))
+    with pytest.raises(ShapeMismatchError, match="masks stack 1"):
+        ForegroundSampler(stacks, [masks[0], LazyImageStack(np.zeros((70, 22)), "YX")], 8, 5)

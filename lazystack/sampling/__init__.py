@@ -16,6 +16,7 @@ from ..ops.batch import extract_patches
 from .manifest import ManifestMismatchError, read_manifest, source_identity, write_manifest
 from .samplers import (
     FixedSampler,
+    ForegroundSampler,
     PatchSpec,
     RandomSampler,
     Sampler,
@@ -30,6 +31,7 @@ from .tiling import GridSampler, Stitcher, Tile, tile_starts
 
 __all__ = [
     "FixedSampler",
+    "ForegroundSampler",
     "GridSampler",
     "ManifestMismatchError",
     "PatchSpec",

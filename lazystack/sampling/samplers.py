@@ -27,6 +27,7 @@ from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
 
 __all__ = [
     "FixedSampler",
+    "ForegroundSampler",
     "PatchSpec",
     "RandomSampler",
     "Sampler",
@@ -546,3 +547,108 @@ def check_pairs(*groups: Sequence[Any], names: Sequence[str] | None = None) -> N
                     f"{gb.n_samples} of {gb.spatial_shape}: paired stacks must match in samples and spatial shape"
                 )
                 raise ShapeMismatchError(msg)
+
+
+class ForegroundSampler(RandomSampler):
+    """Random patches with at least some foreground in a mask, found by bounded rejection.
+
+    Index ``i`` of epoch ``e`` tries the random specs of
+    ``spec_rng(seed, e, i, attempt)`` for ``attempt = 0, 1, ...`` and keeps
+    the first whose mask patch has a foreground fraction (mask > 0) of at
+    least ``min_foreground``; after ``max_attempts`` it keeps the attempt
+    with the most foreground. The result is still a pure function of the
+    seed, epoch and index (the masks are read, never a shared state).
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to sample.
+    masks : sequence of ImageStack
+        One mask stack per stack (same samples and spatial shape; its first channel is used).
+    patch_size : int or sequence of int
+        Patch size in the spatial dims.
+    length : int
+        Patches per epoch.
+    min_foreground : float
+        Fraction of mask pixels > 0 a patch needs, in ``[0, 1]``.
+    max_attempts : int
+        Bound on the specs tried per index (>= 1).
+    seed : int
+        Non-negative seed.
+    weights : "size", "positions" or sequence of float
+        How stacks are drawn (as for :class:`RandomSampler`).
+    channels : int or sequence of int, optional
+        Channels of every patch.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        masks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        min_foreground: float = 0.1,
+        max_attempts: int = 10,
+        seed: int = 0,
+        weights: str | Sequence[float] = "size",
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels)
+        check_pairs(stacks, masks, names=["stacks", "masks"])
+        if not 0 <= min_foreground <= 1:
+            msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}"
+            raise ValueError(msg)
+        if operator.index(max_attempts) < 1:
+            msg = f"max_attempts must be at least 1, got {max_attempts!r}"
+            raise ValueError(msg)
+        self.masks = list(masks)
+        self.min_foreground = float(min_foreground)
+        self.max_attempts = operator.index(max_attempts)
+
+    def foreground(self, spec: PatchSpec) -> float:
+        """Fraction of the mask's pixels > 0 under a spec (first mask channel).
+
+        Parameters
+        ----------
+        spec : PatchSpec
+            A spec of this sampler.
+
+        Returns
+        -------
+        float
+        """
+        patch = self.masks[spec.stack].extract_patch(spec.sample, [0], spec.coords, spec.patch_size)
+        return float(np.count_nonzero(patch)) / patch.size
+
+    def draw(self, index: int, epoch: int = 0) -> tuple[PatchSpec, int, float]:
+        """The spec of ``index`` in ``epoch`` with the attempts it took and its foreground fraction.
+
+        Parameters
+        ----------
+        index : int
+            In ``range(len(self))``.
+        epoch : int
+            Epoch number.
+
+        Returns
+        -------
+        tuple
+            ``(spec, attempts, foreground fraction)``.
+        """
+        i = self._check_index(index)
+        e = _check_seed("epoch", epoch)
+        best: tuple[PatchSpec, float] | None = None
+        for attempt in range(self.max_attempts):
+            spec = self._draw(spec_rng(self.seed, e, i, attempt))
+            fraction = self.foreground(spec)
+            if fraction >= self.min_foreground:
+                return spec, attempt + 1, fraction
+            if best is None or fraction > best[1]:
+                best = (spec, fraction)
+        assert best is not None
+        return best[0], self.max_attempts, best[1]
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see :meth:`draw`)."""
+        return self.draw(index, epoch)[0]
