@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .ops.writing import write_ome_zarr
     from .sampling import (
         FixedSampler,
+        ForegroundSampler,
         GridSampler,
         PatchSpec,
         RandomSampler,
@@ -96,6 +97,7 @@ _LAZY = {
     "channel_statistics": "ops.stats",
     "write_ome_zarr": "ops.writing",
     "FixedSampler": "sampling",
+    "ForegroundSampler": "sampling",
     "GridSampler": "sampling",
     "PatchSpec": "sampling",
     "RandomSampler": "sampling",
@@ -165,6 +167,7 @@ __all__ = [
     "ChannelIndexError",
     "ChannelStatistics",
     "FixedSampler",
+    "ForegroundSampler",
     "GenericImageStack",
     "GridSampler",
     "ImageStack",
