@@ -21,11 +21,17 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torch.utils.data import Sampler as TorchSampler
 
-from .core.errors import ChannelIndexError
+from .core.errors import ChannelIndexError, MissingDependencyError
+
+try:
+    import torch
+    from torch.utils.data import Dataset
+    from torch.utils.data import Sampler as TorchSampler
+except ImportError as err:  # pragma: no cover - depends on the environment
+    msg = f"lazystack.torch needs PyTorch ({err}): install it, e.g. pip install 'lazystack[torch]'"
+    raise MissingDependencyError(msg) from err
+
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
 from .sampling.samplers import resolve_channels
