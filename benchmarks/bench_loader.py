@@ -24,6 +24,7 @@ array; the default is small for a loaded machine).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument(
+        "--cache-mib", type=int, default=None, help="lazystack chunk cache size (default: the library's, 256 MiB)"
+    )
+    parser.add_argument(
         "--context",
         default="spawn",
         choices=["spawn", "forkserver", "fork"],
@@ -162,9 +166,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import zarr
 
-    from lazystack import RandomSampler, load_zarrs
+    from lazystack import RandomSampler, load_zarrs, set_chunk_cache_size
     from lazystack.torch import PatchDataset
 
+    if args.cache_mib is not None:
+        os.environ["LAZYSTACK_CHUNK_CACHE_BYTES"] = str(args.cache_mib * 2**20)  # for spawned workers
+        set_chunk_cache_size(args.cache_mib * 2**20)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.zarr"
         shape = write_store(path, args.mib)
