@@ -20,6 +20,7 @@ from lazystack.sampling import (
     ForegroundSampler,
     GridSampler,
     ManifestMismatchError,
+    MaskWeightedSampler,
     PatchSpec,
     RandomSampler,
     Stitcher,
@@ -293,3 +294,24 @@ def test_foreground_rejection_respects_its_threshold_and_bound() -> None:
     assert all(stingy.draw(i)[1] <= 2 for i in range(20))
     with pytest.raises(ShapeMismatchError, match="masks stack 1"):
         ForegroundSampler(stacks, [masks[0], LazyImageStack(np.zeros((70, 22)), "YX")], 8, 5)
+
+
+def test_mask_weighted_patches_hold_foreground_in_proportion() -> None:
+    stacks = _stacks()
+    mask_arrays = [np.zeros((a.shape[0], 1, *a.shape[2:]), np.uint8) for a in _arrays()]
+    mask_arrays[0][2, 0, 30:37, 40:45] = 1  # 35 pixels in the corner of stack 0, sample 2
+    mask_arrays[1][0, 0, 0:35, 0:3] = 1  # 105 pixels along the left edge of stack 1
+    masks = [LazyImageStack(m, "SCYX") for m in mask_arrays]
+    sampler = MaskWeightedSampler(stacks, masks, 8, 400, seed=5, cell=4)
+    specs = sampler.epoch_specs(1)
+    for s in specs:
+        shape = stacks[s.stack].data_shape[2:]
+        assert all(0 <= c <= n - 8 for c, n in zip(s.coords, shape, strict=True))
+        cell_box = mask_arrays[s.stack][(s.sample, 0, *(slice(c, c + 8) for c in s.coords))]
+        assert cell_box.any()  # cells are 4 px, patches 8: the drawn cell's foreground is inside
+    share = sum(s.stack == 1 for s in specs) / len(specs)
+    assert abs(share - 105 / 140) < 0.08
+    assert specs == MaskWeightedSampler(stacks, masks, 8, 400, seed=5, cell=4).epoch_specs(1)
+    empty = [LazyImageStack(np.zeros_like(m), "SCYX") for m in mask_arrays]
+    with pytest.raises(ValueError, match="no foreground"):
+        MaskWeightedSampler(stacks, empty, 8, 4)

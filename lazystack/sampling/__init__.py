@@ -17,6 +17,7 @@ from .manifest import ManifestMismatchError, read_manifest, source_identity, wri
 from .samplers import (
     FixedSampler,
     ForegroundSampler,
+    MaskWeightedSampler,
     PatchSpec,
     RandomSampler,
     Sampler,
@@ -34,6 +35,7 @@ __all__ = [
     "ForegroundSampler",
     "GridSampler",
     "ManifestMismatchError",
+    "MaskWeightedSampler",
     "PatchSpec",
     "RandomSampler",
     "Sampler",

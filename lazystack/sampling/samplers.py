@@ -28,6 +28,7 @@ from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
 __all__ = [
     "FixedSampler",
     "ForegroundSampler",
+    "MaskWeightedSampler",
     "PatchSpec",
     "RandomSampler",
     "Sampler",
@@ -652,3 +653,94 @@ class ForegroundSampler(RandomSampler):
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see :meth:`draw`)."""
         return self.draw(index, epoch)[0]
+
+
+class MaskWeightedSampler(Sampler):
+    """Random patches placed where a mask has foreground, in proportion to it (at cell resolution).
+
+    At construction each mask is summarised (with dask, in parallel) into
+    foreground counts (mask > 0, first channel) per cell of a coarse grid.
+    Index ``i`` of epoch ``e`` draws, from ``spec_rng(seed, e, i)``, a cell
+    with probability proportional to its count, a pixel uniformly in that
+    cell, and the valid patch position that centres on the pixel (moved
+    inside the image at the edges): every patch contains foreground cells'
+    pixels, and regions are drawn by how much foreground they hold.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to sample.
+    masks : sequence of ImageStack
+        One mask per stack (same samples and spatial shape).
+    patch_size : int or sequence of int
+        Patch size in the spatial dims (must fit in every stack).
+    length : int
+        Patches per epoch.
+    cell : int or sequence of int, optional
+        Cell size of the coarse grid (default: the patch size).
+    seed : int
+        Non-negative seed.
+    channels : int or sequence of int, optional
+        Channels of every patch.
+
+    Raises
+    ------
+    ValueError
+        If no mask has any foreground.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        masks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        cell: int | Sequence[int] | None = None,
+        seed: int = 0,
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        import dask
+        import dask.array as da
+
+        base = RandomSampler(stacks, patch_size, max(1, operator.index(length)), seed=seed, channels=channels)
+        check_pairs(stacks, masks, names=["stacks", "masks"])
+        self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
+        self.length = _check_seed("length", length)
+        self.seed = base.seed
+        ndim = len(self.patch_size)
+        self.cell = self.patch_size if cell is None else _int_tuple("cell", cell, ndim)
+        if any(c <= 0 for c in self.cell):
+            msg = f"cell {self.cell} must be positive in every dim"
+            raise PatchError(msg)
+        summaries = []
+        for m in masks:
+            fg = m.data[:, 0] > 0
+            pad = [(0, 0)] + [(0, -n % c) for n, c in zip(fg.shape[1:], self.cell, strict=True)]
+            fg = da.pad(fg, pad) if any(p for _, p in pad) else fg
+            summaries.append(da.coarsen(np.sum, fg, {1 + d: c for d, c in enumerate(self.cell)}))
+        counts = dask.compute(*summaries)
+        self.cell_counts = [np.asarray(c, dtype=np.int64) for c in counts]
+        self._cumulative = np.cumsum(np.concatenate([c.ravel() for c in self.cell_counts]))
+        if self._cumulative.size == 0 or self._cumulative[-1] == 0:
+            msg = "the masks have no foreground (no pixel > 0): nothing to sample"
+            raise ValueError(msg)
+        self._offsets = np.cumsum([0] + [c.size for c in self.cell_counts])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see the class description)."""
+        i = self._check_index(index)
+        rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
+        flat = int(np.searchsorted(self._cumulative, rng.integers(int(self._cumulative[-1])), side="right"))
+        k = int(np.searchsorted(self._offsets, flat, side="right")) - 1
+        where = np.unravel_index(flat - int(self._offsets[k]), self.cell_counts[k].shape)
+        sample, cells = int(where[0]), [int(w) for w in where[1:]]
+        coords = []
+        for j, n, c, p in zip(cells, self.geometries[k].spatial_shape, self.cell, self.patch_size, strict=True):
+            lo, hi = j * c, min((j + 1) * c, n)
+            pixel = lo + int(rng.integers(hi - lo))
+            coords.append(min(max(pixel - p // 2, 0), n - p))
+        return PatchSpec(k, sample, self.channels, tuple(coords), self.patch_size)
