@@ -1,6 +1,6 @@
 """PyTorch datasets over lazystack stacks and a sampler (the ``torch`` extra).
 
-:class:`PatchDataset` is a map-style :class:`torch.utils.data.Dataset`:
+:class:`PatchDataset` is a map-style dataset for :class:`torch.utils.data.DataLoader`:
 index ``i`` of epoch ``e`` is the patch of ``sampler.spec(i, e)``, read with
 :func:`lazystack.extract_patches` for a whole batch at once
 (``__getitems__``). Because a spec is a pure function of the seed, the epoch
@@ -18,30 +18,35 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .core.errors import ChannelIndexError, MissingDependencyError
-
-try:
-    import torch
-    from torch.utils.data import Dataset
-    from torch.utils.data import Sampler as TorchSampler
-except ImportError as err:  # pragma: no cover - depends on the environment
-    msg = f"lazystack.torch needs PyTorch ({err}): install it, e.g. pip install 'lazystack[torch]'"
-    raise MissingDependencyError(msg) from err
-
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
 from .sampling.samplers import resolve_channels
 
+if TYPE_CHECKING:
+    import torch
+
+
+def _torch() -> Any:
+    """Import torch on first use (this module imports without it, e.g. for doctest collection)."""
+    try:
+        import torch
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        msg = f"lazystack.torch needs PyTorch ({err}): install it, e.g. pip install 'lazystack[torch]'"
+        raise MissingDependencyError(msg) from err
+    return torch
+
+
 __all__ = ["EpochSampler", "PatchDataset"]
 
-Item = dict[str, torch.Tensor]
+Item = dict[str, "torch.Tensor"]
 
 
-class PatchDataset(Dataset[Item]):
+class PatchDataset:
     """Patches of stacks at a sampler's specs, with optional targets and masks read at the same specs.
 
     Each item is a dict: ``"input"`` (``float32`` ``C(Z)YX`` tensor), and
@@ -76,6 +81,10 @@ class PatchDataset(Dataset[Item]):
 
     Notes
     -----
+    It is a :class:`torch.utils.data.Dataset` by protocol (``__len__``,
+    ``__getitem__``, ``__getitems__``), not by inheritance, so that this
+    module imports without torch.
+
     An index is an ``int`` (of the dataset's current epoch) or an ``(epoch,
     index)`` pair (what :class:`EpochSampler` yields). With persistent
     workers, use :class:`EpochSampler` and its ``set_epoch``: the workers'
@@ -95,6 +104,7 @@ class PatchDataset(Dataset[Item]):
         return_spec: bool = False,
         epoch: int = 0,
     ) -> None:
+        _torch()
         self.stacks = list(stacks)
         self.sampler = sampler
         self.targets = None if targets is None else list(targets)
@@ -158,6 +168,7 @@ class PatchDataset(Dataset[Item]):
             if group is not None:
                 requests += [(group[s.stack], s.sample, None, s.coords, s.patch_size) for s in specs]
         patches = extract_patches(requests)
+        torch = _torch()
         items: list[Any] = []
         for j, s in enumerate(specs):
             item: Item = {"input": torch.from_numpy(patches[j])}
@@ -172,7 +183,7 @@ class PatchDataset(Dataset[Item]):
         return items
 
 
-class EpochSampler(TorchSampler[tuple[int, int]]):
+class EpochSampler:
     """DataLoader index sampler: ``(epoch, index)`` pairs of one epoch, this rank's share.
 
     Parameters
