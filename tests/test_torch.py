@@ -72,7 +72,9 @@ def _expected(sampler: RandomSampler, arrays: list[np.ndarray], epoch: int, indi
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-@pytest.mark.parametrize(("workers", "context"), [(0, None), (1, "fork"), (2, "fork"), (3, "fork"), (2, "spawn")])
+@pytest.mark.parametrize(
+    ("workers", "context"), [(0, None), (1, "fork"), (2, "fork"), (3, "fork"), (2, "spawn"), (2, "forkserver")]
+)
 def test_an_epoch_is_identical_for_any_workers_and_start_method(sources, workers: int, context: str | None) -> None:
     stacks, arrays = sources
     sampler = RandomSampler(stacks, 12, N, seed=9)
