@@ -11,7 +11,9 @@ normalisation), and every patch and its region (data index, sample, coords)
 must be equal.
 
 Needs ``careamics`` (0.3.5 tested; ``pip install --no-deps careamics`` plus
-its listed dependencies): the module is skipped with the reason otherwise.
+its listed dependencies, see ``.ci/careamics-requirements.txt``): the module is
+skipped with the reason otherwise, or fails when the environment variable
+``LAZYSTACK_REQUIRE_CAREAMICS`` is set (``.ci/run``'s CAREamics step).
 CAREamics imports ``torchvision`` when the package is imported, for its LVAE
 models only; where torchvision cannot be installed (its pin does not match the
 installed torch), an empty stand-in module is registered so that CAREamics
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -75,6 +78,8 @@ def _import_careamics() -> str | None:
 
 _REASON = _import_careamics()
 if _REASON is not None:
+    if os.environ.get("LAZYSTACK_REQUIRE_CAREAMICS"):  # .ci/run's CAREamics step: a skip would hide a broken install
+        raise RuntimeError(_REASON)
     pytest.skip(_REASON, allow_module_level=True)
 
 import torch  # noqa: E402
