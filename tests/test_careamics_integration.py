@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA
 
 
@@ -84,8 +83,7 @@ if _REASON is not None:
 
 import torch  # noqa: E402
 from careamics.config.data.data_config import DataConfig  # noqa: E402
-from careamics.dataset.factory import create_dataset  # noqa: E402
-from careamics.dataset.factory import factory  # noqa: E402
+from careamics.dataset.factory import create_dataset, factory  # noqa: E402
 from careamics.dataset.factory.factory import ImageStackLoading, ReadFuncLoading  # noqa: E402
 from careamics.lightning.prediction import decollate_image_region_data  # noqa: E402
 

@@ -340,7 +340,7 @@ def test_load_zarrs_takes_paths_uris_and_store_paths(tmp_path: Path) -> None:
     # a store that cannot be reopened by name in another process: a clear error
     from zarr.storage import MemoryStore
 
-    with pytest.raises(UnsupportedSourceError, match="MemoryStore.*LocalStore or an FsspecStore"):
+    with pytest.raises(UnsupportedSourceError, match=r"MemoryStore.*LocalStore or an FsspecStore"):
         load_zarrs([StorePath(MemoryStore(), "x")], "YX")
 
 
