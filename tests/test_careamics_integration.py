@@ -349,3 +349,39 @@ def test_same_patches_as_careamics_loaders(
     )
     print(f"\n| {case.name} | {case.route} | {patching} | {len(want)} | {equal} |")
     assert equal == len(want), f"{case.name}, {patching}: {equal} of {len(want)} patches equal"
+
+
+REAL_CZI = sorted(CZI.glob("*.czi")) if CZI.is_dir() else []
+
+
+@pytest.mark.parametrize("path", REAL_CZI, ids=[p.name for p in REAL_CZI])
+def test_every_real_czi_axes_form_matches_careamics(path: Path) -> None:
+    """Every real file, every axes form CAREamics accepts for it: same stacks, axes, shapes and samples."""
+    from careamics.dataset.image_stack_loader import load_czis as careamics_load_czis
+
+    for axes in ("SCYX", "SCZYX", "SCTYX"):
+        try:
+            theirs = careamics_load_czis([path], axes)
+        except RuntimeError:  # no such depth in this file: lazystack refuses it too
+            with pytest.raises(lazystack.ShapeMismatchError):
+                lazystack.load_czis([path], axes)
+            continue
+        ours = lazystack.load_czis([path], axes)
+        assert [str(s.source) for s in ours] == [str(s.source) for s in theirs]
+        for mine, own in zip(ours, theirs, strict=True):
+            assert (mine.original_axes, mine.data_shape[0]) == (own.original_axes, own.data_shape[0])
+            if mine.attrs["pixel_type"].startswith("Bgr"):  # CAREamics refuses RGB pixels (see the docs' table)
+                with pytest.raises(ValueError, match="RGB"):
+                    own.extract_patch(0, None, [0] * (len(axes) - 2), [8] * (len(axes) - 2))
+                continue
+            assert (tuple(mine.original_data_shape), tuple(mine.data_shape)) == (
+                tuple(own.original_data_shape),
+                tuple(own.data_shape),
+            )
+            spatial = list(mine.data_shape[2:])
+            for s in range(mine.data_shape[0]):
+                np.testing.assert_array_equal(
+                    mine.extract_patch(s, None, [0] * len(spatial), spatial),
+                    own.extract_patch(s, None, [0] * len(spatial), spatial),
+                    err_msg=f"{path.name} {axes} sample {s}",
+                )
