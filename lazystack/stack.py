@@ -400,21 +400,31 @@ class LazyImageStack:
         return "".join(axes), tuple(shape)
 
     def _model_axis(self, name: str) -> str:
-        """The letter of :attr:`axes_model` that :meth:`isel` selects for an :attr:`original_axes` name."""
+        """The letter of :attr:`axes_model` that :meth:`isel` selects for an :attr:`original_axes` name.
+
+        Of the dimensions merged into ``S``, the one above size 1 (the first
+        when all have size 1) stands for ``S``; when several are above size 1
+        only ``S`` itself selects samples.
+        """
         merged, depth = self._merged(), self._attrs.get("depth_axis")
         if depth and name == depth:
             return "Z"
-        if merged is not None and name in merged[0]:
+        if merged is not None:
             dims, sizes = merged
             big = [d for d, k in zip(dims, sizes, strict=True) if k > 1]
-            if big == [name]:
-                return "S"  # S is this dimension
-            msg = (
-                f"cannot select on {name!r} alone: the dimensions {dims!r} (sizes {sizes}) are merged into the "
-                f"sample axis S: select samples with isel(S=...), a sample index being the C-order index "
-                f"over {dims!r} ({dims[0]} outermost)"
-            )
-            raise SelectionError(msg)
+            stands_for_s = big[0] if len(big) == 1 else (dims[0] if not big else None)
+            if name == stands_for_s:
+                return "S"
+            if name in dims:
+                how = "isel(S=...)" if stands_for_s is None else f"isel({stands_for_s}=...)"
+                msg = (
+                    f"cannot select on {name!r} alone: the dimensions {dims!r} (sizes {sizes}) are merged into the "
+                    f"sample axis S (a sample index is the C-order index over them, {dims[0]} outermost); "
+                    f"select samples with {how}"
+                )
+                raise SelectionError(msg)
+            if name == "S" and stands_for_s is not None and "S" not in self.original_axes:
+                return "?"  # S goes by the name of the dimension that stands for it
         if name == "Z" and depth and depth != "Z":
             return "?"  # the Z slot is named by the depth: Z itself is not an axis of this stack
         return name
@@ -687,8 +697,8 @@ class LazyImageStack:
         **indexers : int or slice
             One keyword per axis of :attr:`original_axes` (either case). An
             int drops the axis; a slice (positive step) keeps it. Of the
-            dimensions a CZI merges into ``S``, one can be selected by name
-            when the others have size 1; else select samples with ``S``.
+            dimensions a CZI merges into ``S``, the one above size 1 selects
+            samples by its name; when several are above size 1, ``S`` does.
 
         Returns
         -------
