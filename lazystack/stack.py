@@ -142,7 +142,12 @@ class LazyImageStack:
         e.g. channel names for ``"C"``.
     attrs : mapping, optional
         Metadata: ``physical_pixel_sizes`` (dict axis -> size), ``scene``,
-        ``scene_name``, ``level``, ``series`` ...
+        ``scene_name``, ``level``, ``series`` ... Three keys name the
+        source's real dimensions in :attr:`original_axes` (a CZI's, as
+        CAREamics does): ``sample_dims`` (a string) and ``sample_shape`` (their
+        sizes, whose product is the size of ``S``) replace a whole ``S`` axis
+        by the dimensions merged into it, outer to inner; ``depth_axis``
+        names the dimension in the ``Z`` slot.
 
     Raises
     ------
@@ -343,13 +348,87 @@ class LazyImageStack:
 
     @property
     def original_axes(self) -> str:
-        """Axes of this stack (of the view, for a view) in the source's order."""
-        return self._model.axes
+        """Axes of this stack (of the view, for a view) in the source's order.
+
+        These are the letters of :attr:`axes_model` unless the source names
+        its real dimensions (a CZI: ``S`` replaced by the dimensions merged
+        into it, the ``Z`` slot named by the depth axis, as CAREamics
+        reports them; see :mod:`lazystack.sources.czi`). A view that keeps
+        part of ``S`` shows it as ``S``.
+        """
+        return self._named()[0]
 
     @property
     def original_data_shape(self) -> tuple[int, ...]:
         """Shape in :attr:`original_axes` order."""
-        return self._model.shape
+        return self._named()[1]
+
+    def _merged(self) -> tuple[str, tuple[int, ...]] | None:
+        """The source dimensions merged into the root's ``S`` and their sizes (``attrs``), else None."""
+        dims, shape = self._attrs.get("sample_dims"), self._attrs.get("sample_shape")
+        if not dims or shape is None or "S" not in self._root.axes or len(dims) != len(shape):
+            return None
+        shape = tuple(int(n) for n in shape)
+        return (dims, shape) if math.prod(shape) == self._root.size("S") else None
+
+    def _named(self) -> tuple[str, tuple[int, ...]]:
+        """:attr:`original_axes` and :attr:`original_data_shape`: the model's, with the source's dimension names.
+
+        ``S`` is replaced by the merged dimensions when the view keeps all of
+        it, or when at most one of them has a size above 1 (``S`` then is
+        that dimension, and a view's part of it is a part of that dimension).
+        """
+        model = self._model
+        merged, depth = self._merged(), self._attrs.get("depth_axis")
+        if merged is None and not depth:
+            return model.axes, model.shape
+        axes: list[str] = []
+        shape: list[int] = []
+        for a, n in zip(model.axes, model.shape, strict=True):
+            if a == "S" and merged is not None:
+                dims, sizes = merged
+                big = [i for i, k in enumerate(sizes) if k > 1]
+                if self._selection[self._root.axes.index("S")] == range(self._root.size("S")):
+                    axes.extend(dims)
+                    shape.extend(sizes)
+                    continue
+                if len(big) == 1:
+                    axes.extend(dims)
+                    shape.extend(n if i == big[0] else 1 for i in range(len(dims)))
+                    continue
+            axes.append(depth if a == "Z" and depth else a)
+            shape.append(n)
+        return "".join(axes), tuple(shape)
+
+    def _model_axis(self, name: str) -> str:
+        """The letter of :attr:`axes_model` that :meth:`isel` selects for an :attr:`original_axes` name.
+
+        Of the dimensions merged into ``S``, the one above size 1 (the first
+        when all have size 1) stands for ``S``; when several are above size 1
+        only ``S`` itself selects samples.
+        """
+        merged, depth = self._merged(), self._attrs.get("depth_axis")
+        if depth and name == depth:
+            return "Z"
+        if merged is not None:
+            dims, sizes = merged
+            big = [d for d, k in zip(dims, sizes, strict=True) if k > 1]
+            stands_for_s = big[0] if len(big) == 1 else (dims[0] if not big else None)
+            if name == stands_for_s:
+                return "S"
+            if name in dims:
+                how = "isel(S=...)" if stands_for_s is None else f"isel({stands_for_s}=...)"
+                msg = (
+                    f"cannot select on {name!r} alone: the dimensions {dims!r} (sizes {sizes}) are merged into the "
+                    f"sample axis S (a sample index is the C-order index over them, {dims[0]} outermost); "
+                    f"select samples with {how}"
+                )
+                raise SelectionError(msg)
+            if name == "S" and stands_for_s is not None and "S" not in self.original_axes:
+                return "?"  # S goes by the name of the dimension that stands for it
+        if name == "Z" and depth and depth != "Z":
+            return "?"  # the Z slot is named by the depth: Z itself is not an axis of this stack
+        return name
 
     @property
     def axes_model(self) -> AxesModel:
@@ -628,7 +707,9 @@ class LazyImageStack:
         ----------
         **indexers : int or slice
             One keyword per axis of :attr:`original_axes` (either case). An
-            int drops the axis; a slice (positive step) keeps it.
+            int drops the axis; a slice (positive step) keeps it. Of the
+            dimensions a CZI merges into ``S``, the one above size 1 selects
+            samples by its name; when several are above size 1, ``S`` does.
 
         Returns
         -------
@@ -651,17 +732,17 @@ class LazyImageStack:
         'TYX'
         """
         axes = self._model.axes
-        names = [name.upper() for name in indexers]
+        names = [self._model_axis(name.upper()) for name in indexers]
         dup = next((a for a in names if names.count(a) > 1), None)
         if dup is not None:
             msg = f"isel got axis {dup!r} more than once ({list(indexers)}); give each axis once"
             raise SelectionError(msg)
         view_pos = [i for i, s in enumerate(self._selection) if isinstance(s, range)]
         selection = list(self._selection)
-        for name, idx in indexers.items():
-            axis = name.upper()
+        for (name, idx), axis in zip(indexers.items(), names, strict=True):
             if axis not in axes:
-                msg = f"cannot select on axis {name!r}: the stack has axes {axes!r} (select with one of {list(axes)})"
+                shown = self.original_axes
+                msg = f"cannot select on axis {name!r}: the stack has axes {shown!r} (select with one of {list(shown)})"
                 raise SelectionError(msg)
             pos = view_pos[axes.index(axis)]
             current = selection[pos]
@@ -758,10 +839,14 @@ class LazyImageStack:
             "format": self._format,
             **{k: v for k, v in self._attrs.items() if v is not None},
         }
+        axes, shape = self._named()
+        depth = self._attrs.get("depth_axis") or "Z"
+        coords = {depth if a == "Z" else a: v for a, v in self.coords.items() if a != "S" or "S" in axes}
+        data = self._view_dask()
         return xr.DataArray(
-            self._view_dask(),
-            dims=tuple(self._model.axes),
-            coords=self.coords,
+            data if shape == data.shape else data.reshape(shape),
+            dims=tuple(axes),
+            coords=coords,
             attrs=attrs,
             name=_short_name(self._source),
         )

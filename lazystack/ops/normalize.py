@@ -53,10 +53,10 @@ class NormalizedReader:
         self.offset = np.asarray(offset, dtype=np.float64).reshape(-1)
         self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        self.shape = tuple(stack.original_data_shape)
+        self.shape = tuple(stack.axes_model.shape)
         self.dtype = np.dtype(np.float32)
         self.chunks = stack._view_chunks()
-        axes = stack.original_axes
+        axes = stack.axes_model.axes
         self._c_axis = axes.index("C") if "C" in axes else None
         self.token = "normalized-" + tokenize(
             stack._token, stack._selection, self.offset.tobytes(), self.scale.tobytes(), self.clip
@@ -227,7 +227,7 @@ def normalized(
     }
     return LazyImageStack(
         reader,
-        stack.original_axes,
+        stack.axes_model.axes,
         source=stack.source,
         format=stack.format,
         coords=stack.coords,

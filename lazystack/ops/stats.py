@@ -398,7 +398,7 @@ def _stack_blocks(stack: Any) -> list[Block]:
     """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
     from dask import delayed
 
-    axes = stack.original_axes
+    axes = stack.axes_model.axes
     cpos = axes.index("C") if "C" in axes else None
     # the stack enters the graph once, under a fresh name (no hashing of its data)
     source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)

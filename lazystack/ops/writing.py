@@ -23,7 +23,7 @@ stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S`` is not an
 NGFF axis type: it is written as an axis named ``"s"`` of the custom type
 ``"sample"`` (ome-zarr-py and NGFF readers accept one custom axis; strictly,
 NGFF 0.5 allows a custom axis only when there is no channel axis). Open the
-result with ``load_zarrs(path, ome_axes(stack.original_axes))``.
+result with ``load_zarrs(path, ome_axes(stack.axes_model.axes))``.
 
 Pyramid
 -------
@@ -76,7 +76,7 @@ def ome_axes(axes: str) -> str:
     Parameters
     ----------
     axes : str
-        A stack's ``original_axes``.
+        A stack's ``axes_model.axes`` (its ``original_axes`` but for a CZI).
 
     Returns
     -------
@@ -207,9 +207,9 @@ def _plan_image(
     """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata)."""
     import zarr
 
-    axes = stack.original_axes
+    axes = stack.axes_model.axes  # the reader's letters (a CZI's original_axes name file dims OME has no axis for)
     written = ome_axes(axes)
-    x = stack.xarray.data.transpose([axes.index(a) for a in written])
+    x = stack.xarray.data.reshape(stack.axes_model.shape).transpose([axes.index(a) for a in written])
     target_chunks = _target_chunks(written, tuple(x.shape), chunks)
     sources, targets = [], []
     for level, data in enumerate(_pyramid(x, written, levels, downscale)):

@@ -54,7 +54,15 @@ if TYPE_CHECKING:
 
     from ...io.chunked import ChunkIndex
 
-__all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
+__all__ = [
+    "DEFAULT_HTTP_TIMEOUT",
+    "ZarrArrayReader",
+    "ZarrLocation",
+    "is_store_path",
+    "open_zarr",
+    "parse_zarr_source",
+    "store_path_location",
+]
 
 #: Keyword arguments of :class:`aiohttp.ClientTimeout` used for ``http(s)://``
 #: stores unless ``storage_options["client_kwargs"]["timeout"]`` is given:
@@ -210,6 +218,62 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     root = prefix + "/".join(parts[:cut])
     path = "/".join(p for p in parts[cut:] if p)
     return ZarrLocation(protocol, root.rstrip("/") or root, path, sep + rest, opts)
+
+
+def is_store_path(source: Any) -> bool:
+    """Whether ``source`` is a :class:`zarr.storage.StorePath` (zarr itself is imported only if loaded)."""
+    import sys
+
+    storage = sys.modules.get("zarr.storage")
+    return storage is not None and isinstance(source, storage.StorePath)
+
+
+def store_path_location(source: Any, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
+    """The location of a :class:`zarr.storage.StorePath` (as CAREamics' ``load_zarrs`` accepts).
+
+    A stack pickles as its recipe and reopens its store in the process that
+    reads it, so the store must be one that can be named: a ``LocalStore``
+    (its root directory) or an ``FsspecStore`` (its filesystem's URL, with the
+    filesystem's own storage options under the given ones).
+
+    Parameters
+    ----------
+    source : zarr.storage.StorePath
+        A store and a node path in it.
+    storage_options : mapping, optional
+        fsspec options; they win over the filesystem's own.
+
+    Returns
+    -------
+    ZarrLocation
+
+    Raises
+    ------
+    UnsupportedSourceError
+        For a store of another kind (``MemoryStore``, ``ZipStore`` ...).
+    """
+    from zarr.storage import FsspecStore, LocalStore
+
+    store, path = source.store, str(source.path).strip("/")
+    if isinstance(store, LocalStore):
+        location = _parse_local(str(store.root), str(source))
+        return replace(location, path="/".join(p for p in (location.path, path) if p))
+    if isinstance(store, FsspecStore):
+        fs = store.fs
+        url = fs.unstrip_protocol(str(store.path).rstrip("/"))
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if protocol == "file":
+            location = _parse_local(url[len("file://") :] if url.startswith("file://") else url, url)
+            return replace(location, path="/".join(p for p in (location.path, path) if p))
+        opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
+        opts.update(storage_options or {})
+        return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
+    msg = (
+        f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another process; "
+        "accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory zarr arrays "
+        "to load_arrays)"
+    )
+    raise UnsupportedSourceError(msg)
 
 
 def _check_protocol(protocol: str, source: str) -> None:
@@ -923,13 +987,14 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int]
 
 
 # -- entry point ------------------------------------------------------------------------------
-def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = None) -> list[OpenedSource]:
+def open_zarr(path: Any, axes: str, storage_options: Mapping[str, Any] | None = None) -> list[OpenedSource]:
     """Open a Zarr / OME-Zarr source: one :class:`OpenedSource` per stack.
 
     Parameters
     ----------
-    path : str
-        Local path, ``file://`` URI or fsspec URI of a store, group or array.
+    path : str or zarr.storage.StorePath
+        Local path, ``file://`` URI or fsspec URI of a store, group or array;
+        or a ``StorePath`` (see :func:`store_path_location`).
     axes : str
         Validated axes of every array (must equal the NGFF axes of an OME-Zarr image).
     storage_options : mapping, optional
@@ -955,7 +1020,9 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
     """
     import zarr as zarr_lib
 
-    location = parse_zarr_source(path, storage_options)
+    location = (
+        store_path_location(path, storage_options) if is_store_path(path) else parse_zarr_source(path, storage_options)
+    )
     store = location.open_store()
     node = _open_node(location, store)
     if isinstance(node, zarr_lib.Array):
