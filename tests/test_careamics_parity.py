@@ -42,7 +42,7 @@ from lazystack import (  # noqa: E402
     load_tiffs,
     load_zarrs,
 )
-from lazystack.errors import SelectionError, UnsupportedSourceError  # noqa: E402
+from lazystack import SelectionError, UnsupportedSourceError  # noqa: E402
 
 REAL = shared_files("czi", "*.czi")
 H, W = 20, 30
