@@ -24,7 +24,7 @@ from conftest import raise_if_dask_computes
 from reference import canonical_reference, patch_reference
 from zarr_helpers import ServerState, serve_directory, store_file_count, write_plain_store
 
-from lazystack import load_zarrs, plain_http
+from lazystack import load_zarrs
 from lazystack.cache import get_chunk_cache
 from lazystack.errors import SourceNotFoundError, SourceReadError
 from lazystack.sources.zarr import DEFAULT_HTTP_TIMEOUT, effective_storage_options, parse_zarr_source
@@ -47,16 +47,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
         yield url, state, root
 
 
-@pytest.fixture(params=["http.client", "aiohttp"])
-def server(
-    request: pytest.FixtureRequest, served: tuple[str, ServerState, Path], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, ServerState, Path]]:
-    """The server, reset; chunks read by lazystack.plain_http or (a store it does not serve) by aiohttp.
-
-    The switch holds in this process and a forked child; spawned workers read through plain_http.
-    """
-    if request.param == "aiohttp":
-        monkeypatch.setattr(plain_http, "endpoint", lambda store: None)
+@pytest.fixture
+def server(served: tuple[str, ServerState, Path]) -> Iterator[tuple[str, ServerState, Path]]:
+    """The server, reset (chunks read through zarr's FsspecStore, i.e. fsspec's HTTP client on aiohttp)."""
     url, state, root = served
     state.mode = "ok"
     state.clear()
