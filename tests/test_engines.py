@@ -599,3 +599,42 @@ def test_check_blosc_frame_rejects_short_frames() -> None:
 
     with pytest.raises(ValueError, match="shorter than its 16-byte header"):
         check_blosc_frame(b"\x02\x01")
+
+
+def _own_private_names() -> set[str]:
+    """Underscore names lazystack itself defines (functions, classes, attributes it assigns, parameters)."""
+    import ast
+
+    names: set[str] = set()
+    for path in Path(chunked.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {n for n in names if n.startswith("_")}
+
+
+def _is_foreign_private(name: str, own: set[str]) -> bool:
+    return name.startswith("_") and not name.startswith("__") and name not in own
+
+
+@pytest.mark.parametrize("module", ["engines.py", "sources/zarr.py"])
+def test_zarr_reading_uses_no_private_name_of_another_package(module: str) -> None:
+    """Issue 19: no ``_private`` module or attribute of zarr, numcodecs, fsspec or asyncio in the Zarr path."""
+    import ast
+
+    source = Path(chunked.__file__).parent / module
+    own = _own_private_names()
+    foreign = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        module_parts = (node.module or "").split(".") if isinstance(node, ast.ImportFrom) else []
+        if any(_is_foreign_private(p, set()) for p in module_parts):
+            foreign.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            foreign += [a.name for a in node.names if any(_is_foreign_private(p, set()) for p in a.name.split("."))]
+        elif isinstance(node, ast.Attribute) and _is_foreign_private(node.attr, own):
+            foreign.append(f"line {node.lineno}: .{node.attr}")
+    assert foreign == []
