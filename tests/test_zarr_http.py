@@ -7,6 +7,7 @@ exactly the chunks (shards) it overlaps.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import operator
@@ -43,7 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Serv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         write_ome_zarr_py(root / "omezarrpy.ome.zarr", "0.4")
-        write_bioio(root / "bioio.ome.zarr", "0.5")
+        with contextlib.suppress(ImportError):  # a bioio-ome-zarr without OMEZarrWriter (zarr 3.0 resolves to one)
+            write_bioio(root / "bioio.ome.zarr", "0.5")
     with serve_directory(root) as (url, state):
         yield url, state, root
 
@@ -59,6 +61,11 @@ def server(served: tuple[str, ServerState, Path]) -> Iterator[tuple[str, ServerS
     get_chunk_cache().clear()  # every test starts cold: request counts and corrupt-mode reads see the server
     yield url, state, root
     state.mode = "ok"
+
+
+def _needs(store: Path) -> None:
+    if not store.exists():
+        pytest.skip(f"{store.name} was not written (its writer is not installed)")
 
 
 def _local(root: Path, kind: str, name: str) -> np.ndarray:
@@ -93,6 +100,7 @@ def test_group_over_http_equals_zarr(server: Any, kind: str) -> None:
 @pytest.mark.parametrize("name", ["omezarrpy.ome.zarr", "bioio.ome.zarr"])
 def test_ome_zarr_levels_over_http(server: Any, name: str) -> None:
     url, _, root = server
+    _needs(root / name)
     stacks = load_zarrs([f"{url}/{name}"], "CZYX")
     assert [s.level for s in stacks] == [0, 1]
     assert stacks[0].physical_pixel_sizes == {"Z": 2.0, "Y": 0.5, "X": 0.25}
@@ -282,6 +290,7 @@ def test_worker_pool_over_http(server: Any, method: str) -> None:
 def test_dask_distributed_over_http(server: Any) -> None:
     distributed = pytest.importorskip("distributed")
     url, _, root = server
+    _needs(root / "bioio.ome.zarr")
     (stack,) = load_zarrs([f"{url}/bioio.ome.zarr/1"], "CZYX")
     with (
         distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster,
