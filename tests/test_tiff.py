@@ -258,6 +258,37 @@ def test_segment_layout_of_a_series_it_cannot_explain_is_none() -> None:
     assert tiff_source._segment_layout(Series(keyframe=page, shape=(2, 6, 8), n_pages=2)) is None
 
 
+def test_missing_segments_read_as_tifffile_fills_them(tmp_path: Path) -> None:
+    """Tiles with offset or byte count 0 (sparse files): the fill value, as tifffile reads them."""
+    path = tmp_path / "sparse.tif"
+    data = RNG.integers(1, 60000, (2, 64, 96), dtype=np.uint16)
+    tifffile.imwrite(path, data, tile=(32, 32), compression="zlib", photometric="minisblack", metadata=None)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        offsets = tif.pages[1].tags["TileOffsets"]
+        offsets.overwrite(tuple(0 if i == 4 else v for i, v in enumerate(offsets.value)))  # page 1, row 1, col 1
+    ref = tifffile.imread(path)
+    assert (ref[1, 32:64, 32:64] == 0).all()
+    assert (ref[1, :32] != 0).all()
+    (stack,) = load_tiffs(path, "TYX")
+    np.testing.assert_array_equal(stack.compute()[:, 0], ref)
+    np.testing.assert_array_equal(stack.extract_patch(1, None, (20, 20), (30, 40))[0], ref[1, 20:50, 20:60])
+    _segments_match_tifffile(path)
+
+
+def test_jpeg_tiles_decode_as_tifffile_does(tmp_path: Path) -> None:
+    """Lossy JPEG tiles (RGB, YCbCr): compared with tifffile's own reading of the file."""
+    path = tmp_path / "jpeg.tif"
+    yy, xx = np.mgrid[0:80, 0:112]
+    rgb = np.stack([(yy * 3) % 256, (xx * 2) % 256, (yy + xx) % 256], axis=-1).astype(np.uint8)
+    tifffile.imwrite(path, rgb, tile=(32, 48), compression="jpeg", photometric="rgb")
+    ref = tifffile.imread(path)
+    (stack,) = load_tiffs(path, "YXC")
+    np.testing.assert_array_equal(stack.compute()[0], np.moveaxis(ref, -1, 0))
+    patch = stack.extract_patch(0, None, (30, 40), (40, 50))
+    np.testing.assert_array_equal(patch, np.moveaxis(ref[30:70, 40:90], -1, 0).astype(np.float32))
+    _segments_match_tifffile(path)
+
+
 def test_rgb_samples_become_channels(variant_dir: Path) -> None:
     path, data, _ = write_variant(variant_dir, "rgb-uint8")
     (stack,) = load_tiffs(path, "YXC")

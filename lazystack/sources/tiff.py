@@ -23,7 +23,12 @@ Reading
     * Any other series (deflate, LZW, zstd, JPEG ..., tiled or stripped) is
       read segment by segment: a region decodes only the tiles, strips or
       pages it overlaps, through tifffile's own decoders (``imagecodecs``).
-      The dask chunks follow that layout (whole tiles; runs of strips
+      Segments are located with tifffile's public page attributes
+      (``shaped``, tile / strip shape, ``dataoffsets``, ``databytecounts``),
+      read with ``os.pread`` and decoded with ``TiffPage.decode``; a series
+      whose shape does not split into pages of segments is read whole. An
+      uncompressed series in a truncated file is read page by page. The
+      dask chunks follow that layout (whole tiles; runs of strips
       merged up to about 1 MiB; pages). Decoded segments go through the
       per-process chunk cache (:mod:`lazystack.cache`,
       ``LAZYSTACK_CHUNK_CACHE_BYTES``, 0 disables it) keyed by the reader's
@@ -41,10 +46,11 @@ Handles
     :class:`~lazystack.sources.base.ProcessLocalFileManager` (xarray's bounded
     LRU of open files, 128 by default: ``xarray.set_options(file_cache_maxsize=...)``),
     so thousands of stacks do not exhaust file descriptors and a forked
-    child re-opens instead of sharing its parent's file offset. Reads of one
-    file by several threads are serialised on the file handle's lock
-    (``os.pread``, which moves no shared file offset, or seek + read);
-    decoding runs outside the lock, in parallel. ``close()`` releases the
+    child re-opens instead of sharing its parent's file offset. Several
+    threads read one file with ``os.pread``, which moves no shared file
+    offset; tifffile's own seek + read (loading a page's tags, other files
+    of a multi-file OME-TIFF) is serialised on a lock. Decoding runs
+    outside it, in parallel. ``close()`` releases the
     handle; the reader re-opens when used again. The file's
     ``(st_ino, st_size, st_mtime_ns)`` is part of the recipe: a handle
     (re)opened on a file replaced or rewritten since :func:`open_tiff`
@@ -683,37 +689,11 @@ class TiffReader:
         raise SourceReadError(msg)
 
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
-        """Key -> (step-1 slices within bounds, axes to drop)."""
-        if type(key) is tuple and len(key) == len(self._shape):
-            with contextlib.suppress(IndexError, TypeError):  # the stack's keys; anything else: checked below
-                return normalize_key(key, self._shape)
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) != self.ndim:
-            msg = f"too many indices for TiffReader of {self.path!r} with shape {self._shape}: {key!r}"
-            raise IndexError(msg)
-        slices: list[slice] = []
-        drop: list[int] = []
-        for axis, (k, n) in enumerate(zip(key, self._shape, strict=True)):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    msg = f"TiffReader supports step-1 slices only, got {k!r}"
-                    raise IndexError(msg)
-                slices.append(slice(start, max(start, stop)))
-            else:
-                i = int(k)
-                if not -n <= i < n:
-                    msg = f"index {i} out of range for axis {axis} of size {n} in {self.path!r}"
-                    raise IndexError(msg)
-                i %= n
-                slices.append(slice(i, i + 1))
-                drop.append(axis)
-        return tuple(slices), tuple(drop)
+        """Key -> (step-1 slices within bounds, axes to drop); a bad key's error names the file."""
+        try:
+            return normalize_key(key, self._shape)
+        except (IndexError, TypeError) as exc:
+            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self._shape})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read a region (ints and step-1 slices) as a numpy array."""
@@ -787,8 +767,8 @@ class _Layout(NamedTuple):
 def _page_split(series: Any) -> int | None:
     """Where the series shape splits into the grid of its pages and one page's shape (None if it does not).
 
-    As tifffile's own zarr view finds it: the shortest trailing run of axes
-    holding one page's values; the axes before it number the pages.
+    The shortest trailing run of axes holding one page's values (as
+    tifffile's own zarr view splits it); the axes before it number the pages.
     """
     shape = tuple(int(n) for n in series.shape)
     size = math.prod(int(n) for n in series.keyframe.shaped)
