@@ -89,7 +89,7 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.reader import OpenedSource
+from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
 
@@ -482,8 +482,10 @@ class _TiffHandle:
 
 
 # -- the chunk reader ------------------------------------------------------------------------------
-class TiffReader:
+class TiffReader(Reader):
     """Chunk reader over one image series of a TIFF file (see the module docs).
+
+    It fulfils the reader contract of :mod:`lazystack.io.reader`.
 
     Made by :func:`open_tiff`; pickles as its recipe and re-opens lazily.
 
@@ -511,6 +513,10 @@ class TiffReader:
         :class:`~lazystack.SourceReadError` (None: not checked).
     """
 
+    chunks: tuple[tuple[int, ...], ...]
+    token: str
+    capabilities: ReaderCapabilities
+
     def __init__(
         self,
         path: str,
@@ -533,6 +539,7 @@ class TiffReader:
         self.memmap = memmap
         self.token = token
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
+        self.capabilities = ReaderCapabilities(memory_mapped=memmap is not None, compressed=memmap is None)
         self._pid = os.getpid()
         self._manager = self._make_manager()
         self._chunked: FunctionChunkedReader | None = None

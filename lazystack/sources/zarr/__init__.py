@@ -44,9 +44,9 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
-from ...io.reader import OpenedSource
+from ...io.reader import OpenedSource, Reader, ReaderCapabilities
+from .engines import RetryPolicy, _is_compressed, get_zarr_engine
 from .engines import ZarrArrayReader as _EngineReader
-from .engines import RetryPolicy, get_zarr_engine
 
 if TYPE_CHECKING:
     import zarr as zarr_lib
@@ -301,8 +301,10 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
 
 
 # -- the chunk reader ------------------------------------------------------------------------
-class ZarrArrayReader:
+class ZarrArrayReader(Reader):
     """Chunk reader over one Zarr array, reopened lazily in every process.
+
+    It fulfils the reader contract of :mod:`lazystack.io.reader`.
 
     Parameters
     ----------
@@ -322,6 +324,8 @@ class ZarrArrayReader:
     token : str
         URI of the array (names the dask array).
     """
+
+    capabilities: ReaderCapabilities
 
     def __init__(self, location: ZarrLocation, array: zarr_lib.Array | None = None) -> None:
         if array is None:
@@ -345,6 +349,7 @@ class ZarrArrayReader:
                 raise SourceFormatError(msg)
         self.zarr_format: int = int(array.metadata.zarr_format)
         self.token: str = "zarr-" + location.uri()
+        self.capabilities = ReaderCapabilities(remote=not location.is_local, compressed=_is_compressed(array))
         # the fast path keeps per-axis chunk tables: arrays with astronomically many chunks read through zarr
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
         self._opened_stat = _stat_of(self._metadata_file())
@@ -496,9 +501,7 @@ class ZarrArrayReader:
         self._fast = None
         self._array = None
         if fast is not None:
-            close = getattr(fast, "close", None)
-            if callable(close):
-                close()
+            fast.close()
 
     def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
         """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""

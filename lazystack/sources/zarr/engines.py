@@ -54,6 +54,7 @@ import numpy as np
 
 from ...core.errors import MissingDependencyError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
+from ...io.reader import ReaderCapabilities
 
 __all__ = [
     "ENGINES",
@@ -1214,12 +1215,13 @@ class ZarrArrayReader(ChunkedReader):
         self._engine_pid = -1
         self._engine_lock = threading.Lock()
         unit = _read_unit(array)
-        super().__init__(array.shape, array.dtype, unit, token or _array_token(array))
         from zarr.storage import LocalStore, MemoryStore
 
         # fixed for the array's lifetime: worked out once, not on every read
-        self._compressed = _is_compressed(array)
-        self._remote = not isinstance(array.store, (LocalStore, MemoryStore))
+        capabilities = ReaderCapabilities(
+            remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
+        )
+        super().__init__(array.shape, array.dtype, unit, token or _array_token(array), capabilities=capabilities)
 
     @property
     def array(self) -> Any:
@@ -1245,16 +1247,6 @@ class ZarrArrayReader(ChunkedReader):
         if isinstance(engine, AutoEngine):
             return engine.prefers_tensorstore(n_chunks)
         return isinstance(engine, TensorstoreEngine)
-
-    @property
-    def compressed(self) -> bool:
-        """Whether the array has compressors or filters (see :attr:`ChunkedReader.compressed`)."""
-        return self._compressed
-
-    @property
-    def remote(self) -> bool:
-        """True unless the array lives in a local directory or in memory (see :attr:`ChunkedReader.remote`)."""
-        return self._remote
 
     @property
     def engine_name(self) -> str:
