@@ -1,8 +1,10 @@
 """The image-stack protocol and lazystack's one concrete lazy stack class.
 
-:class:`LazyImageStack` wraps a *chunk reader* (see :mod:`lazystack.io.handles`)
-over the source's original axes. It knows the axes model and nothing about
-formats: every loader returns it.
+:class:`LazyImageStack` wraps one *reader* (the contract of
+:mod:`lazystack.io.reader`) over the source's original axes. It knows the
+axes model and nothing about formats: every loader returns it. Every read
+takes one path: a cache-only read (``read_cached``), else a region read in
+the stored dtype (``read_region``); the ``float32`` patch is made here.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .core.axes import AxesModel
-from .core.errors import ChannelIndexError, SelectionError, UnsupportedSourceError
+from .core.errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
 from .core.extensions import provided
 from .core.patch import patch_geometry
-from .io.reader import is_array_like, read_numpy, reader_chunks, reader_token
+from .io.reader import Reader, as_reader, reader_chunks, reader_token
 
 if TYPE_CHECKING:
     import dask.array
     import xarray
 
-__all__ = ["GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack"]
+__all__ = ["GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack", "PatchPlan"]
 
 
 @runtime_checkable
@@ -109,9 +111,27 @@ class _FastPlan(NamedTuple):
     n_samples: int
     perm: tuple[int, ...] | None  # root axes -> STC(Z)YX, None when already in that order
     n_channels: int
-    has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
-    read_cached: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # cache-only read, if any (sources/base.py)
-    read_float32: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # a new float32 region, if any (same)
+    read_region: Callable[[tuple[slice, ...]], np.ndarray]  # the reader's methods (io/reader.py), bound once
+    read_cached: Callable[[tuple[slice, ...]], np.ndarray | None]
+    read_float32: Callable[[tuple[slice, ...]], np.ndarray | None]
+
+
+class PatchPlan(NamedTuple):
+    """What one patch request reads (:meth:`LazyImageStack.plan_patch`).
+
+    Attributes
+    ----------
+    region : tuple of slice or None
+        Step-1 slices in the reader's (root) axes, inside the bounds; None
+        when the patch lies wholly outside the image (it is all zeros).
+    size : list of int or None
+        The patch's spatial size when the patch is exactly ``region`` cast
+        to ``float32`` (every channel, wholly inside an identity view):
+        :meth:`LazyImageStack.patch_from_region` makes it. None otherwise.
+    """
+
+    region: tuple[slice, ...] | None
+    size: list[int] | None
 
 
 class LazyImageStack:
@@ -127,10 +147,11 @@ class LazyImageStack:
 
     Parameters
     ----------
-    reader : array-like
-        Chunk reader over the source's original axes: anything with
-        ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask, zarr arrays, a
-        format back end's reader).
+    reader : Reader or array-like
+        Reader over the source's original axes (:mod:`lazystack.io.reader`),
+        or anything with ``shape``, ``dtype`` and ``__getitem__`` (numpy,
+        dask, zarr, h5py arrays, ``np.memmap``), adapted here once into an
+        :class:`~lazystack.io.reader.ArrayReader`.
     axes : str
         Axes of ``reader`` (letters of ``STCZYX``, ``Y`` and ``X`` required).
     source : str, optional
@@ -167,15 +188,17 @@ class LazyImageStack:
         coords: Mapping[str, Any] | None = None,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        if not is_array_like(reader):
+        adapted = as_reader(reader)
+        if adapted is None:
             msg = (
                 f"cannot make a stack from {type(reader).__name__!r} (source {source!r}): "
                 "expected an array-like with shape, dtype and __getitem__ "
                 "(numpy, dask, zarr, h5py arrays, np.memmap ...)"
             )
             raise UnsupportedSourceError(msg)
+        reader = adapted
         root = AxesModel(axes, tuple(reader.shape))
-        self._reader = reader
+        self._reader: Reader = reader
         self._root = root
         self._source = source
         self._format = format
@@ -214,6 +237,7 @@ class LazyImageStack:
         model = self._model
         axes = model.axes
         order = [axes.index(a) for a in "STCZYX" if a in axes]
+        reader = self._reader
         return _FastPlan(
             template=[slice(0, model.n_channels) if a == "C" else slice(None) for a in axes],
             s_pos=axes.index("S") if "S" in axes else None,
@@ -224,9 +248,9 @@ class LazyImageStack:
             n_samples=model.n_samples,
             perm=None if order == list(range(len(axes))) else tuple(order),
             n_channels=model.n_channels,
-            has_read_region=callable(getattr(self._reader, "read_region", None)),
-            read_cached=read_cached if callable(read_cached := getattr(self._reader, "read_cached", None)) else None,
-            read_float32=as_f32 if callable(as_f32 := getattr(self._reader, "read_float32", None)) else None,
+            read_region=reader.read_region,
+            read_cached=reader.read_cached,
+            read_float32=reader.read_float32,
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
@@ -243,14 +267,20 @@ class LazyImageStack:
         region, size = plan
         fast = self._fast
         assert fast is not None
-        block = fast.read_cached(region) if fast.read_cached is not None else None
+        # the one read path (see _read_region), inlined: a call saved on every patch
+        block = fast.read_cached(region)
         if block is None:  # not all in memory: read it
-            if fast.read_float32 is not None:
-                as_f32 = fast.read_float32(region)
-                if as_f32 is not None:  # a new float32 array: the patch itself, no copy
-                    return self._finish_inside(as_f32, size, fresh=True)
-            block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
+            as_f32 = fast.read_float32(region)
+            if as_f32 is not None:  # a new float32 array: the patch itself, no copy
+                return self._finish_inside(as_f32, size, fresh=True)
+            block = fast.read_region(region)
         return self._finish_inside(block, size)
+
+    def _read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a region of the reader (step-1 slices inside the bounds): from the cache alone, else from the source."""
+        reader = self._reader
+        block = reader.read_cached(region)
+        return reader.read_region(region) if block is None else block
 
     def _inside_region(
         self, sample_idx: Any, coords: Any, patch_size: Any
@@ -306,10 +336,13 @@ class LazyImageStack:
             return None  # a reader that returned the wrong shape: the general path reports it
         return block.reshape((n_c, *size)).astype(np.float32, order="C", copy=not fresh)
 
-    def _derive(self, selection: Selection) -> LazyImageStack:
+    def _derive(self, selection: Selection, reader: Reader | None = None) -> LazyImageStack:
         new = object.__new__(LazyImageStack)
         new.__dict__.update(self.__dict__)
         new._selection = selection
+        if reader is not None:
+            new._reader = reader
+            new._dask_root = None
         new._set_view()
         return new
 
@@ -488,8 +521,8 @@ class LazyImageStack:
         return self._attrs.get("series")
 
     @property
-    def reader(self) -> Any:
-        """The chunk reader over the source's original (unviewed) axes."""
+    def reader(self) -> Reader:
+        """The reader over the source's original (unviewed) axes (see :mod:`lazystack.io.reader`)."""
         return self._reader
 
     @property
@@ -595,14 +628,32 @@ class LazyImageStack:
         return block
 
     def _read_view(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read ``key`` (in view axes) from memory or from the reader."""
+        """Read ``key`` (in view axes: ints and step-1 slices inside the bounds) from memory or from the reader."""
         if self._memory is not None:
             return self._memory[key]
-        if self._identity:
-            return read_numpy(self._reader, key)
-        root_key, stride = self._compose(key)
-        out = read_numpy(self._reader, root_key)
+        root_key, stride = (key, None) if self._identity else self._compose(key)
+        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
+        out = self._read_region(region)
+        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
+            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
         return out[stride] if stride is not None else out
+
+    def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """Read a region of this stack (view) in :attr:`original_axes` order, in the stored dtype.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            One ``int`` or step-1 ``slice`` (explicit ``start`` and ``stop``)
+            per axis of :attr:`original_axes`, inside the bounds; an int drops
+            its axis.
+
+        Returns
+        -------
+        numpy.ndarray
+            May be a read-only view of cached data: copy it before writing.
+        """
+        return self._read_view(key)
 
     @staticmethod
     def _as_slice(r: range) -> slice:
@@ -631,6 +682,90 @@ class LazyImageStack:
             else:
                 root_key.append(sel[k])
         return tuple(root_key), (tuple(stride) if strided else None)
+
+    # -- the public surface batched extraction (lazystack.ops.batch) works through ----------
+    def plan_patch(
+        self,
+        sample_idx: int,
+        channels: Sequence[int] | None,
+        coords: Sequence[int],
+        patch_size: Sequence[int],
+    ) -> PatchPlan:
+        """The reader region one :meth:`extract_patch` request reads, validated as it validates it.
+
+        Parameters
+        ----------
+        sample_idx, channels, coords, patch_size
+            As for :meth:`extract_patch`.
+
+        Returns
+        -------
+        PatchPlan
+            The region in the reader's (root) axes, and the patch size when
+            the patch is exactly that region as ``float32``.
+
+        Raises
+        ------
+        SampleIndexError, ChannelIndexError, PatchError
+            As :meth:`extract_patch` raises them.
+        """
+        if channels is None:
+            inside = self._inside_region(sample_idx, coords, patch_size)
+            if inside is not None:
+                return PatchPlan(*inside)
+        model = self._model
+        geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
+        chans = self._channel_list(channels)
+        model.sample_to_st(sample_idx)
+        if geometry.empty:
+            return PatchPlan(None, None)
+        key = model.original_key(sample_idx, slice(min(chans), max(chans) + 1), geometry.source)
+        root_key = key if self._identity else self._compose(key)[0]
+        return PatchPlan(tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key), None)
+
+    def patch_from_region(self, block: np.ndarray, size: Sequence[int]) -> NDArray[np.float32] | None:
+        """The patch of a :class:`PatchPlan` with a ``size``, from its region's data (None: wrong size).
+
+        Parameters
+        ----------
+        block : numpy.ndarray
+            The plan's region as read (a *new* array: a ``float32`` one in
+            ``C(Z)YX`` order is returned as the patch itself).
+        size : sequence of int
+            The plan's ``size``.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The ``float32`` ``C(Z)YX`` patch, as :meth:`extract_patch`
+            returns it.
+        """
+        return self._finish_inside(block, list(size), fresh=True)
+
+    def with_reader(self, reader: Reader) -> LazyImageStack:
+        """The same stack (view) reading through another reader of the same data.
+
+        Batched extraction serves a batch's patches through readers holding
+        chunks it already fetched.
+
+        Parameters
+        ----------
+        reader : Reader
+            Over the same (root) axes, shape and dtype as :attr:`reader`.
+
+        Returns
+        -------
+        LazyImageStack
+
+        Raises
+        ------
+        ShapeMismatchError
+            If ``reader``'s shape differs from :attr:`reader`'s.
+        """
+        if tuple(reader.shape) != self._root.shape:
+            msg = f"with_reader: the reader's shape {tuple(reader.shape)} is not the stack's {self._root.shape}"
+            raise ShapeMismatchError(msg)
+        return self._derive(self._selection, reader)
 
     def extract_patches(
         self, requests: Sequence[tuple[int, Sequence[int] | None, Sequence[int], Sequence[int]]]
@@ -776,8 +911,9 @@ class LazyImageStack:
             import dask.array as da
 
             reader = self._reader
-            if type(reader).__module__.startswith("dask."):
-                self._dask_root = reader
+            own = reader.as_dask()
+            if own is not None:
+                self._dask_root = own
             else:
                 ndim = len(self._root.shape)
                 self._dask_root = da.from_array(
@@ -814,6 +950,16 @@ class LazyImageStack:
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask chunks of :attr:`data` (canonical order)."""
         return self.data.chunks
+
+    @property
+    def token(self) -> str:
+        """Names this stack's (view's) data without hashing it: the reader's token and the view's selection."""
+        return f"{self._token}:{self._selection!r}"
+
+    @property
+    def original_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of this stack (view) in :attr:`original_axes` order (the source's own grid)."""
+        return self._view_chunks()
 
     @property
     def coords(self) -> dict[str, np.ndarray]:
@@ -872,7 +1018,9 @@ class LazyImageStack:
             ``self``, for chaining.
         """
         if self._memory is None:
-            self._memory = self._read_all()
+            data = self._read_all()
+            # a read-only result is a view of a cached chunk or a memory map: hold a copy of its own
+            self._memory = data if data.flags.writeable else data.copy()
         return self
 
     @property
@@ -887,9 +1035,7 @@ class LazyImageStack:
         """
         self._memory = None
         self._dask_root = None
-        close = getattr(self._reader, "close", None)
-        if callable(close):
-            close()
+        self._reader.close()
 
     def __enter__(self) -> LazyImageStack:
         return self

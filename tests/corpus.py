@@ -381,6 +381,13 @@ def gen_zarr(root: Path) -> list[BadCase]:
                 child.unlink()
         _edit_json(arr / meta, lambda m: m.update(shape=[3, 2**40, 2**40]))
         _edit_json(add(f"v{v}-fill-value-wrong-type", v) / meta, lambda m: m.update(fill_value="not a number"))
+        # issue 22: a huge declared chunk (1 x 2^19 x 2^19 uint16, 512 GiB) whose file is missing: the fill value,
+        # read without allocating the declared chunk
+        arr = add(f"v{v}-huge-chunk-missing", v, "error-or-ok", "zeros")
+        for child in list(arr.rglob("*")):
+            if child.is_file() and child.name not in (".zarray", "zarr.json", ".zattrs"):
+                child.unlink()
+        _edit_json(arr / meta, _huge_chunks(v))
     # sharded v3: corrupt shard index, truncated shard
     shard = v3_chunk(add("v3-shard-truncated", 3, shards=True))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
@@ -390,6 +397,16 @@ def gen_zarr(root: Path) -> list[BadCase]:
     shard.write_bytes(_random_with(b"", shard.stat().st_size, 10))
     cases.append(BadCase("zarr", "missing-store", "zarr/missing-store.zarr", "zarr", "SYX", names=["missing-store"]))
     return cases
+
+
+def _huge_chunks(v: int) -> Callable[[dict[str, Any]], None]:
+    def edit(m: dict[str, Any]) -> None:
+        if v == 2:
+            m["chunks"] = [1, 2**19, 2**19]
+        else:
+            m["chunk_grid"]["configuration"]["chunk_shape"] = [1, 2**19, 2**19]
+
+    return edit
 
 
 def _rank_mismatch(v: int) -> Callable[[dict[str, Any]], None]:

@@ -471,3 +471,40 @@ def test_cold_patches_through_the_loader_come_as_float32_from_tensorstore(
                 stack.extract_patch(0, None, (0, 0), (40, 50))
     finally:
         set_zarr_engine(previous)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 64 * 2**20])
+@pytest.mark.parametrize("engine", ["direct", "auto", "zarr"])
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_huge_declared_chunk_with_no_file_reads_its_fill_value_without_allocating_it(
+    tmp_path: Path, engine: str, zarr_format: int, cache_bytes: int
+) -> None:
+    """Issue 22: a 16x16 image in one declared 500000x500000 uint32 chunk (931 GiB) that was never written.
+
+    zarr-python reads the 16x16 fill value (the reference); so must every patch, the whole stack and a
+    dask compute, without allocating the declared chunk (numpy's MemoryError before).
+    """
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.sources.zarr.engines import set_zarr_engine
+
+    path = tmp_path / "huge-chunk.zarr"
+    zarr.create_array(
+        str(path),
+        shape=(2, 16, 16),
+        chunks=(1, 500_000, 500_000),
+        dtype="uint32",
+        fill_value=7,
+        zarr_format=zarr_format,
+    )
+    assert not [p for p in path.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")]
+    reference = np.asarray(zarr.open_array(str(path), mode="r")[...])
+    np.testing.assert_array_equal(reference, 7)
+    previous = set_zarr_engine(engine)
+    try:
+        with chunk_cache_size(cache_bytes):
+            (stack,) = load_zarrs(str(path), "SYX")
+            np.testing.assert_array_equal(stack.extract_patch(1, None, (3, 4), (8, 8))[0], reference[1, 3:11, 4:12])
+            np.testing.assert_array_equal(stack.compute()[:, 0], reference)
+            np.testing.assert_array_equal(stack.data.compute()[:, 0], reference)
+    finally:
+        set_zarr_engine(previous)

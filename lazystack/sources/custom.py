@@ -52,7 +52,7 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.reader import OpenedSource, is_array_like, read_numpy, reader_chunks
+from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -271,7 +271,7 @@ def _is_eager(result: Any) -> bool:
     return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
 
 
-class CustomReader:
+class CustomReader(Reader):
     """Chunk reader over one file read by a :class:`ReadFunc` (see the module docs).
 
     Parameters
@@ -293,6 +293,9 @@ class CustomReader:
     token : str
         Name of the data.
     """
+
+    chunks: Any
+    token: str
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ from ..core.errors import (
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
 from ..io.handles import ProcessLocalFileManager
-from ..io.reader import OpenedSource
+from ..io.reader import OpenedSource, Reader
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 
@@ -330,7 +330,7 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 
 # -- the chunk reader ------------------------------------------------------------------------
-class CziSceneReader:
+class CziSceneReader(Reader):
     """Chunk reader over one scene of a CZI file (see :mod:`lazystack.io.handles`).
 
     Its axes are ``SC[Z]YX`` (:attr:`axes`): ``S`` enumerates the file's
@@ -374,6 +374,8 @@ class CziSceneReader:
         file rewritten since must not mix with new reads) and raises
         :class:`~lazystack.SourceReadError` when it changed.
     """
+
+    token: str
 
     def __init__(
         self,
