@@ -958,7 +958,7 @@ class LazyImageStack:
 
     @property
     def original_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of this stack (view) in :attr:`original_axes` order (the source's own grid)."""
+        """dask chunks of this stack (view) in [`axes_model`][lazystack.LazyImageStack.axes_model] order (the source's own grid)."""
         return self._view_chunks()
 
     @property
