@@ -68,6 +68,7 @@ from ..errors import (
     SourceReadError,
 )
 from .base import OpenedSource, ProcessLocalFileManager
+from .czi_check import check_czi_structure
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "write_demo_czi"]
 
@@ -677,6 +678,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     _import_pyczi()
     path, wanted = _split_scene(os.fspath(path))
     _check_file(path)
+    check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
     manager = ProcessLocalFileManager(_open_handle, path, mode="r")
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
