@@ -17,7 +17,13 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .axes import AxesModel
-from .errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
+from .errors import (
+    ChannelIndexError,
+    SelectionError,
+    ShapeMismatchError,
+    SourceFormatError,
+    UnsupportedSourceError,
+)
 from .patch import patch_geometry
 from .sources.base import dask_chunks, is_array_like, read_numpy, reader_token
 
@@ -149,6 +155,10 @@ class LazyImageStack:
     ------
     UnsupportedSourceError
         If ``reader`` is not array-like.
+    SourceFormatError
+        If ``reader.dtype`` is not bool, integer or floating point (complex
+        data included: patches are ``float32``, and a silent cast would drop
+        the imaginary part).
     AxesError, ShapeMismatchError
         If ``axes`` is invalid or does not match ``reader.shape``.
     """
@@ -170,6 +180,7 @@ class LazyImageStack:
                 "(numpy, dask, zarr, h5py arrays, np.memmap ...)"
             )
             raise UnsupportedSourceError(msg)
+        check_image_dtype(reader.dtype, source, format)
         root = AxesModel(axes, tuple(reader.shape))
         self._reader = reader
         self._root = root
@@ -1002,6 +1013,46 @@ class _SlicingReader:
             if not (isinstance(sel, slice) and sel == slice(None)):
                 out = out[(slice(None),) * axis + (sel,)]
         return out
+
+
+#: dtype kinds a stack holds: bool, signed and unsigned integers, floating point.
+IMAGE_KINDS = "biuf"
+
+
+def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A002 - the natural name
+    """Raise a :class:`SourceFormatError` unless ``dtype`` is bool, integer or floating point.
+
+    The one check every format goes through (every loader builds a
+    :class:`LazyImageStack`): complex data would otherwise reach the
+    ``float32`` patches as its real part only, with nothing but numpy's
+    ``ComplexWarning``.
+
+    Parameters
+    ----------
+    dtype : numpy dtype-like
+        The reader's dtype.
+    source : Any
+        Named in the message (path, URI, ``"array"``).
+    format : str
+        Named in the message.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is not None and dt.kind in IMAGE_KINDS:
+        return
+    hint = (
+        "; complex data has no single float32 value per pixel: convert it explicitly, e.g. "
+        "load_arrays([np.abs(x)], axes) for the magnitude or np.stack([x.real, x.imag]) as two channels"
+        if dt is not None and dt.kind == "c"
+        else ""
+    )
+    msg = (
+        f"{format} source {str(source)!r} has dtype {dtype}, which lazystack cannot read as an image; "
+        f"accepted: bool, integer and floating-point data{hint}"
+    )
+    raise SourceFormatError(msg)
 
 
 def _short_name(source: Any) -> str:
