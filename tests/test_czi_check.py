@@ -186,3 +186,44 @@ def test_checked_mode(tmp_path: Path) -> None:
     check_czi_structure(path)  # the sizes are consistent: the structure check cannot see it
     with pytest.raises(SourceFormatError, match=r"payload\.czi.*cannot be decoded"):
         check_czi_decodes(path)
+
+
+# -- a CZI deleted or replaced after opening: what docs/configuration.md promises ------------------------------
+@pytest.mark.parametrize("cache_bytes", [256 * 2**20, 0], ids=["cache-on", "cache-off"])
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize("read_first", [True, False], ids=["after-a-read", "before-any-read"])
+def test_czi_deleted_or_replaced_raises_source_read_error(
+    tmp_path: Path, how: str, read_first: bool, cache_bytes: int
+) -> None:
+    from lazystack.errors import SourceReadError
+
+    with lazystack.chunk_cache_size(cache_bytes):
+        _deleted_or_replaced(tmp_path, how, read_first, SourceReadError)
+
+
+def _deleted_or_replaced(tmp_path: Path, how: str, read_first: bool, error: type[Exception]) -> None:
+    path = tmp_path / "moving.czi"
+    _write(path)
+    (stack,) = lazystack.load_czis(str(path), "SCZYX")
+    if read_first:
+        stack.extract_patch(0, None, (0, 0, 0), (1, 8, 8))
+    if how == "deleted":
+        path.unlink()
+    else:  # a new file renamed over the old one
+        new = tmp_path / "new.czi"
+        with pyczi.create_czi(str(new), exist_ok=True) as w:
+            for z in range(2):
+                for c in range(2):
+                    w.write(np.zeros((48, 40), np.uint16), plane={"Z": z, "C": c})
+        os.replace(new, path)
+    for sample in range(stack.n_samples):  # every read, cached block or not
+        with pytest.raises(error, match=r"moving\.czi.*(changed since the stack was opened|cannot be read)"):
+            stack.extract_patch(sample, None, (0, 0, 0), (1, 8, 8))
+
+
+def test_configuration_docs_state_the_czi_behaviour() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    section = text.split("## Files that change while stacks read them", 1)[1].split("\n## ", 1)[0]
+    bullet = section.split("**Deleted or replaced by a rename**", 1)[1].split("\n- **", 1)[0]
+    assert "A **CZI** stack raises `SourceReadError`" in bullet
+    assert "TIFF, `.npy`/memmap or custom-file stack keeps serving" in bullet

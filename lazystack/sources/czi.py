@@ -519,10 +519,10 @@ class CziSceneReader:
         be a read-only view of one); else the exact rectangle.
         """
         norm = self._normalise(key)
+        self._check_unchanged()  # deleted or replaced: an error, with the chunk cache on or off
         chunked = self.as_chunked()
         if chunked is None:
             return self._read_exact(norm)
-        self._check_unchanged()
         region = tuple(slice(k, k + 1) if isinstance(k, int) else k for k in norm)
         out = chunked.read(region)
         return out[tuple(0 if isinstance(k, int) else slice(None) for k in norm)]
