@@ -58,8 +58,8 @@ import shutil
 import socket
 import uuid
 import warnings
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,9 +236,8 @@ def _plan_image(
     group: Any, stack: LazyImageStack, *, chunks: Any, levels: int, downscale: int, compressors: Any
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata)."""
-    import zarr
-
     import dask.array as da
+    import zarr
 
     axes = stack.original_axes
     written = ome_axes(axes)

@@ -54,6 +54,11 @@ CASES: dict[str, tuple[Any, Any]] = {
 }
 
 
+def _load_and_read(load: Any, source: Any) -> None:
+    for stack in load(source):  # a loader that opens lazily must fail at the first read at the latest
+        stack.extract_patch(0, None, (0, 0), (4, 4))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_complex_is_refused_clearly(name: str, tmp_path: Path) -> None:
     make, load = CASES[name]
@@ -61,9 +66,7 @@ def test_complex_is_refused_clearly(name: str, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # never numpy's ComplexWarning: an error before any cast
         with pytest.raises(SourceFormatError, match=MESSAGE) as info:
-            stacks = load(source)
-            for stack in stacks:  # a loader that opens lazily must fail at the first read at the latest
-                stack.extract_patch(0, None, (0, 0), (4, 4))
+            _load_and_read(load, source)
     if isinstance(source, str):
         assert Path(source).name in str(info.value)
 

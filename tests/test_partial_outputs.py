@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -68,9 +67,11 @@ def _killed_write(target: Path) -> Path:
 def test_next_write_removes_a_killed_writers_partial_output(tmp_path: Path) -> None:
     target = tmp_path / "out.zarr"
     leftover = _killed_write(target)
-    assert leftover.is_dir() and not target.exists()
+    assert leftover.is_dir()
+    assert not target.exists()
     (found,) = stale_partial_outputs(target)
-    assert found.path == leftover and found.abandoned
+    assert found.path == leftover
+    assert found.abandoned
     data = np.arange(2 * 32 * 32, dtype=np.uint16).reshape(2, 32, 32)
     (stack,) = lazystack.load_arrays([data], "ZYX")
     with warnings.catch_warnings(record=True) as record:
@@ -111,7 +112,8 @@ def test_partials_not_provably_abandoned_are_kept_and_reported(tmp_path: Path, c
         (stack,) = lazystack.load_arrays([np.zeros((1, 8, 8), np.uint8)], "ZYX")
         with pytest.warns(PartialOutputWarning, match=rf"{folder.name}"):
             write_ome_zarr(stack, target, levels=1)
-        assert folder.is_dir() and (folder / "zarr.json").exists()  # untouched
+        assert folder.is_dir()
+        assert (folder / "zarr.json").exists()
         assert target.is_dir()
     finally:
         sleeper.kill()
@@ -123,7 +125,7 @@ def test_a_reused_pid_is_not_the_writer(tmp_path: Path) -> None:
 
     target = tmp_path / "out.zarr"
     # this process is alive, but it started at another time than the marker says: the writer is gone
-    folder = _partial(target, {"host": socket.gethostname(), "pid": os.getpid(), "start_time": "1"})
+    _partial(target, {"host": socket.gethostname(), "pid": os.getpid(), "start_time": "1"})
     (found,) = stale_partial_outputs(target)
     assert found.abandoned == Path("/proc/self/stat").exists()
 
@@ -135,12 +137,23 @@ def test_convert_reports_what_it_leaves(tmp_path: Path) -> None:
 
     tifffile.imwrite(tmp_path / "in.tif", np.zeros((2, 8, 8), np.uint8), metadata=None)
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from lazystack.cli import main; sys.exit(main(sys.argv[1:]))", "convert"]
-        + [str(tmp_path / "in.tif"), "--axes", "ZYX", "--out", str(target), "--quiet"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from lazystack.cli import main; sys.exit(main(sys.argv[1:]))",
+            "convert",
+            str(tmp_path / "in.tif"),
+            "--axes",
+            "ZYX",
+            "--out",
+            str(target),
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         env=_env(),
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert folder.name in proc.stderr and "PartialOutputWarning" in proc.stderr
+    assert folder.name in proc.stderr
+    assert "PartialOutputWarning" in proc.stderr

@@ -140,7 +140,9 @@ def _entries(path: str, body: bytes, base: int, count: int, size: int) -> Iterat
         if schema != b"DV":
             raise _fail(path, where, f"SchemaType is {schema!r}, expected b'DV'")
         if ptype not in PIXEL_BYTES:
-            raise _fail(path, where, f"PixelType {ptype} is not a known pixel type; accepted: {list(PIXEL_NAMES.values())}")
+            raise _fail(
+                path, where, f"PixelType {ptype} is not a known pixel type; accepted: {list(PIXEL_NAMES.values())}"
+            )
         if not 2 <= n_dims <= MAX_DIMENSIONS:
             raise _fail(path, where, f"DimensionCount {n_dims} is not in 2..{MAX_DIMENSIONS}")
         end = off + ENTRY_FIXED + DIMENSION_ENTRY * n_dims
