@@ -809,8 +809,8 @@ class LazyImageStack:
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of :attr:`data` (canonical order)."""
-        return self.data.chunks
+        """dask chunks of :attr:`data` (canonical order), worked out without building it."""
+        return self._canonical_chunks()
 
     @property
     def coords(self) -> dict[str, np.ndarray]:
