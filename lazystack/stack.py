@@ -19,10 +19,16 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .core.axes import AxesModel
-from .core.errors import ChannelIndexError, SelectionError, ShapeMismatchError, UnsupportedSourceError
+from .core.errors import (
+    ChannelIndexError,
+    SelectionError,
+    ShapeMismatchError,
+    SourceFormatError,
+    UnsupportedSourceError,
+)
 from .core.extensions import provided
 from .core.patch import patch_geometry
-from .io.reader import Reader, as_reader, reader_chunks, reader_token
+from .io.reader import Reader, as_reader, dask_chunks, read_numpy, reader_token
 
 if TYPE_CHECKING:
     import dask.array
@@ -140,7 +146,9 @@ class LazyImageStack:
     Creating a stack reads nothing but metadata. ``extract_patch`` reads
     only the region a patch overlaps, straight from the chunk reader (never
     through the dask scheduler); :attr:`data` and :attr:`xarray` are dask-backed
-    views whose chunks follow the source's own.
+    views whose chunks are whole numbers of the source's own chunks, merged
+    to about dask's ``array.chunk-size`` (so the number of tasks depends on
+    the data's size, not on how finely the source is chunked).
 
     Stacks are normally made by a loader (:func:`lazystack.load_arrays`,
     :func:`lazystack.load_tiffs` ...), not directly.
@@ -174,6 +182,10 @@ class LazyImageStack:
     ------
     UnsupportedSourceError
         If ``reader`` is not array-like.
+    SourceFormatError
+        If ``reader.dtype`` is not bool, integer or floating point (complex
+        data included: patches are ``float32``, and a silent cast would drop
+        the imaginary part).
     AxesError, ShapeMismatchError
         If ``axes`` is invalid or does not match ``reader.shape``.
     """
@@ -197,6 +209,7 @@ class LazyImageStack:
             )
             raise UnsupportedSourceError(msg)
         reader = adapted
+        check_image_dtype(reader.dtype, source, format)
         root = AxesModel(axes, tuple(reader.shape))
         self._reader: Reader = reader
         self._root = root
@@ -207,6 +220,7 @@ class LazyImageStack:
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
         self._dask_root: Any = None
+        self._chunks_root: tuple[tuple[int, ...], ...] | None = None
         self._set_view()
 
     # -- construction helpers ------------------------------------------------
@@ -639,13 +653,13 @@ class LazyImageStack:
         return out[stride] if stride is not None else out
 
     def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read a region of this stack (view) in :attr:`original_axes` order, in the stored dtype.
+        """Read a region of this stack (view) in :attr:`axes_model` order, in the stored dtype.
 
         Parameters
         ----------
         key : tuple of int or slice
             One ``int`` or step-1 ``slice`` (explicit ``start`` and ``stop``)
-            per axis of :attr:`original_axes`, inside the bounds; an int drops
+            per axis of :attr:`axes_model`, inside the bounds; an int drops
             its axis.
 
         Returns
@@ -906,6 +920,25 @@ class LazyImageStack:
         return self._derive(tuple(selection))
 
     # -- dask / xarray / numpy ------------------------------------------------------
+    def _root_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks over the root axes: the reader's chunks merged to dask's ``array.chunk-size``.
+
+        Worked out from the chunk sizes alone (no dask array is built), once
+        per stack. ``S`` is never merged when ``T`` is present: the canonical
+        view reshapes ``(S, T)`` into one axis, which needs ``S`` in chunks of 1.
+        """
+        chunks = self.__dict__.get("_chunks_root")
+        if chunks is None:
+            reader = self._reader
+            if type(reader).__module__.startswith("dask."):
+                chunks = tuple(tuple(int(n) for n in c) for c in reader.chunks)
+            else:
+                axes = self._root.axes
+                unit = (axes.index("S"),) if "S" in axes and "T" in axes else ()
+                chunks = dask_chunks(reader, unit_axes=unit)
+            self._chunks_root = chunks
+        return chunks
+
     def _root_dask(self) -> dask.array.Array:
         if self._dask_root is None:
             import dask.array as da
@@ -916,13 +949,15 @@ class LazyImageStack:
                 self._dask_root = own
             else:
                 ndim = len(self._root.shape)
+                # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
+                # fancy=False), so a small slice of a big merged chunk reads only the slice
                 self._dask_root = da.from_array(
-                    reader,
-                    chunks=reader_chunks(reader),
+                    _SlicingReader(reader),
+                    chunks=self._root_chunks(),
                     name=f"lazystack-{self._token}",
                     meta=np.empty((0,) * ndim, dtype=self.data_dtype),
                     asarray=True,
-                    fancy=False,
+                    fancy=True,
                     lock=False,
                 )
         return self._dask_root
@@ -938,18 +973,72 @@ class LazyImageStack:
         return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
 
     def _view_chunks(self) -> tuple[tuple[int, ...], ...]:
-        x = self._root_dask()
-        return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)].chunks
+        """dask chunks of the view in its original axes, worked out without building a dask array.
+
+        The same as dask's own slicing of the root array: per root chunk, the
+        number of selected indices in it (chunks left empty are dropped).
+        """
+        out = []
+        for sizes, sel in zip(self._root_chunks(), self._selection, strict=True):
+            if isinstance(sel, int):
+                continue
+            if sel.step == 1 and sel.start == 0 and len(sel) == sum(sizes):
+                out.append(sizes)
+                continue
+            bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            lo = np.maximum(bounds[:-1], sel.start)
+            hi = np.minimum(bounds[1:], sel.start + len(sel) * sel.step)
+            # indices start + k*step in [lo, hi): ceil((hi - start)/step) - ceil((lo - start)/step)
+            counts = -((sel.start - hi) // sel.step) - (-((sel.start - lo) // sel.step))
+            counts = np.where(hi > lo, counts, 0)
+            picked = tuple(int(c) for c in counts if c > 0)
+            out.append(picked or (0,))
+        return tuple(out)
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Shape of the first dask chunk of :attr:`data` (canonical order), without building it.
+
+        What ``repr``, :func:`lazystack.loading.stacklist.stack_summary` and
+        ``lazystack info`` show: a chunk is a whole number of the source's
+        own chunks (pages, tiles) of about dask's ``array.chunk-size``.
+        """
+        return tuple(c[0] if c else 0 for c in self._canonical_chunks())
+
+    def _canonical_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of :attr:`data` (canonical order), from :meth:`_view_chunks`."""
+        by_axis = dict(zip(self._model.axes, self._view_chunks(), strict=True))
+        if "T" in by_axis:  # S and T merge into one axis: T's chunks once per S index
+            by_axis["S"] = by_axis.pop("T") * self._model.size("S")
+        return tuple(by_axis.get(a, (1,)) for a in self._model.canonical_axes)
 
     @property
     def data(self) -> dask.array.Array:
-        """dask array in canonical ``SC(Z)YX`` order; chunks follow the source's."""
-        return self._model.to_canonical(self._view_dask())
+        """dask array in canonical ``SC(Z)YX`` order.
+
+        Its chunks group the source's own chunks (pages, tiles, zarr chunks)
+        up to dask's ``array.chunk-size`` (``dask.config.set({"array.chunk-size": "32 MiB"})``
+        before the array is first built); see :func:`lazystack.io.reader.dask_chunks`.
+        """
+        import dask.array as da
+        from dask.base import tokenize
+
+        # one read per chunk straight in canonical order (no transpose / reshape layers), so dask
+        # fuses a slice of the array into the read: a small slice reads only itself
+        return da.from_array(
+            _SlicingReader(_CanonicalRegions(self)),
+            chunks=self._canonical_chunks(),
+            name=f"lazystack-canonical-{tokenize(self._token, self._selection, self._memory is not None)}",
+            meta=np.empty((0,) * len(self._model.canonical_axes), dtype=self.data_dtype),
+            asarray=True,
+            fancy=True,
+            lock=False,
+        )
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of :attr:`data` (canonical order)."""
-        return self.data.chunks
+        """dask chunks of :attr:`data` (canonical order), worked out without building it."""
+        return self._canonical_chunks()
 
     @property
     def token(self) -> str:
@@ -958,7 +1047,7 @@ class LazyImageStack:
 
     @property
     def original_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of this stack (view) in [`axes_model`][lazystack.LazyImageStack.axes_model] order (the source's own grid)."""
+        """dask chunks of this stack (view) in the order of [`axes_model`][lazystack.LazyImageStack.axes_model]."""
         return self._view_chunks()
 
     @property
@@ -1081,6 +1170,131 @@ class LazyImageStack:
         except Exception:  # pragma: no cover - the table alone still informs
             body = ""
         return f"<div class='lazystack'><b>LazyImageStack</b><table>{rows}</table>{body}</div>"
+
+
+class _CanonicalRegions:
+    """A stack (view) read in canonical ``SC(Z)YX`` order: ints and step-1 slices per canonical axis."""
+
+    def __init__(self, stack: LazyImageStack) -> None:
+        self.stack = stack
+        model = stack.axes_model
+        self.shape = model.canonical_shape
+        self.dtype = stack.data_dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        stack = self.stack
+        model = stack.axes_model
+        axes = model.axes
+        n_t = model.size("T")
+        spans = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in key]
+        s_span, c_span, *spatial = spans
+        parts = []
+        # the canonical sample axis is S x T: read each S index's run of T at once
+        s_runs: list[tuple[int, range]] = []
+        for i in s_span:
+            s, t = divmod(i, n_t)
+            if s_runs and s_runs[-1][0] == s and s_runs[-1][1].stop == t:
+                s_runs[-1] = (s, range(s_runs[-1][1].start, t + 1))
+            else:
+                s_runs.append((s, range(t, t + 1)))
+        by_role = {"C": c_span, **dict(zip(model.spatial_axes, spatial, strict=True))}
+        order = [axes.index(a) for a in "STCZYX" if a in axes]
+        for s, t_run in s_runs:
+            spans_view = {**by_role, "S": range(s, s + 1), "T": t_run}
+            view_key = tuple(slice(spans_view[a].start, spans_view[a].stop) for a in axes)
+            block = np.asarray(stack._read_view(view_key)).transpose(order)
+            parts.append(block.reshape((len(t_run), len(c_span), *(len(r) for r in spatial))))
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        drop = tuple(0 if isinstance(k, int) else slice(None) for k in key)
+        return out[drop]
+
+
+class _SlicingReader:
+    """What dask reads a stack's chunks through: any numpy basic/outer key over a chunk reader.
+
+    dask fuses a slice of a chunk into the chunk's read, so keys may carry
+    steps, negative indices or integer lists; the reader is asked for the
+    bounding step-1 region only (its contract) and the rest is applied to
+    the result in numpy.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.shape = tuple(int(n) for n in reader.shape)
+        self.dtype = np.dtype(reader.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = (*key, *(slice(None),) * (self.ndim - len(key)))
+        region: list[int | slice] = []
+        after: list[Any] = []  # per kept axis: what to apply to the step-1 region read
+        out_shape: list[int] = []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, (int, np.integer)):
+                region.append(operator.index(k) % n)
+                continue
+            if isinstance(k, slice):
+                r = range(*k.indices(n))
+                lo = min(r[0], r[-1]) if len(r) else 0
+                region.append(slice(lo, lo + (abs(r[-1] - r[0]) + 1 if len(r) else 0)))
+                after.append(slice(None) if r.step == 1 else slice(r[0] - lo if len(r) else 0, None, r.step))
+                out_shape.append(len(r))
+            else:  # an integer list / array: outer indexing, one axis at a time
+                idx = np.asarray(k, dtype=np.int64).reshape(-1) % max(n, 1)
+                lo = int(idx.min()) if idx.size else 0
+                region.append(slice(lo, int(idx.max()) + 1 if idx.size else 0))
+                after.append(idx - lo)
+                out_shape.append(int(idx.size))
+        if 0 in out_shape:
+            return np.empty(out_shape, dtype=self.dtype)
+        out = read_numpy(self.reader, tuple(region))
+        for axis, sel in enumerate(after):
+            if not (isinstance(sel, slice) and sel == slice(None)):
+                out = out[(slice(None),) * axis + (sel,)]
+        return out
+
+
+#: dtype kinds a stack holds: bool, signed and unsigned integers, floating point.
+IMAGE_KINDS = "biuf"
+
+
+def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A002 - the natural name
+    """Raise a :class:`SourceFormatError` unless ``dtype`` is bool, integer or floating point.
+
+    The one check every format goes through (every loader builds a
+    :class:`LazyImageStack`): complex data would otherwise reach the
+    ``float32`` patches as its real part only, with nothing but numpy's
+    ``ComplexWarning``.
+
+    Parameters
+    ----------
+    dtype : numpy dtype-like
+        The reader's dtype.
+    source : Any
+        Named in the message (path, URI, ``"array"``).
+    format : str
+        Named in the message.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is not None and dt.kind in IMAGE_KINDS:
+        return
+    hint = (
+        "; complex data has no single float32 value per pixel: convert it explicitly, e.g. "
+        "load_arrays([np.abs(x)], axes) for the magnitude or np.stack([x.real, x.imag]) as two channels"
+        if dt is not None and dt.kind == "c"
+        else ""
+    )
+    msg = (
+        f"{format} source {str(source)!r} has dtype {dtype}, which lazystack cannot read as an image; "
+        f"accepted: bool, integer and floating-point data{hint}"
+    )
+    raise SourceFormatError(msg)
 
 
 def _short_name(source: Any) -> str:

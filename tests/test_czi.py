@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 
@@ -306,6 +307,7 @@ def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest
     path, data = big_plane
     monkeypatch.setattr(czi, "BLOCK", 512)
     (stack,) = load_czis(path, "SCYX")
+    monkeypatch.setitem(dask.config.config["array"], "chunk-size", "1B")  # a target below one block: no merging
     assert stack.chunks == ((1,), (1,), (512, 512, 76), (512, 388))
     spy = _ReadSpy(monkeypatch)
     np.testing.assert_array_equal(stack.data.compute(scheduler="threads")[0, 0], data)
@@ -316,7 +318,8 @@ def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest
 def test_chunks_per_plane(multi_scene: Any) -> None:
     path, _, _ = multi_scene
     stack = load_czis(path, "SCZYX")[1]
-    assert stack.chunks == ((1, 1), (1, 1), (1, 1, 1), (30,), (70,))
+    with dask.config.set({"array.chunk-size": "1B"}):  # a target below one plane: no merging
+        assert stack.chunks == ((1, 1), (1, 1), (1, 1, 1), (30,), (70,))
 
 
 def test_opening_reads_metadata_once_per_file_and_no_pixels(multi_scene: Any, monkeypatch: pytest.MonkeyPatch) -> None:

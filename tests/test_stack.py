@@ -7,6 +7,7 @@ import pickle
 import threading
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -433,8 +434,9 @@ def test_dask_chunks_follow_the_source(data: np.ndarray, tmp_path: Any) -> None:
     z = zarr.create_array(tmp_path / "c.zarr", shape=data.shape, chunks=(1, 1, 5, 16, 32), dtype=data.dtype)
     z[...] = data
     (stack,) = load_arrays([zarr.open_array(tmp_path / "c.zarr", mode="r")], AXES)
-    assert stack.data.chunks == ((1, 1, 1), (1, 1), (5,), (16, 16, 8), (32, 18))
-    assert stack.xarray.chunks == ((1, 1, 1), (1, 1), (5,), (16, 16, 8), (32, 18))
+    with dask.config.set({"array.chunk-size": "1B"}):  # a target below one chunk: no merging
+        assert stack.data.chunks == ((1, 1, 1), (1, 1), (5,), (16, 16, 8), (32, 18))
+        assert stack.xarray.chunks == ((1, 1, 1), (1, 1), (5,), (16, 16, 8), (32, 18))
 
 
 # -- memory, handles, display ------------------------------------------------------------------

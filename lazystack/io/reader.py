@@ -56,6 +56,7 @@ adapted once, by :func:`as_reader` where a stack is built, into an
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,7 @@ __all__ = [
     "Reader",
     "ReaderCapabilities",
     "as_reader",
+    "dask_chunks",
     "is_array_like",
     "read_numpy",
     "reader_chunks",
@@ -302,6 +304,104 @@ def reader_chunks(reader: Any) -> tuple[tuple[int, ...], ...]:
     if chunks is None or callable(chunks):
         chunks = "auto"
     return normalize_chunks(chunks, shape=shape, dtype=np.dtype(reader.dtype))
+
+
+#: Most chunks a stack's dask array gets: past it, chunks grow beyond the target size so that
+#: a graph stays small enough to build (a slice of a big chunk still reads only the slice).
+MAX_DASK_CHUNKS = 100_000
+
+
+def _storage_grid(reader: Any, shape: tuple[int, ...]) -> list[int | tuple[int, ...]] | None:
+    """Per axis: the reader's regular chunk size (int) or its chunk sizes (tuple); None without chunks."""
+    chunks = getattr(reader, "chunks", None)
+    if chunks is None or callable(chunks) or isinstance(chunks, (str, int)) or len(chunks) != len(shape):
+        return None
+    grid: list[int | tuple[int, ...]] = []
+    for n, c in zip(shape, chunks, strict=True):
+        if isinstance(c, (int, np.integer)):
+            grid.append(max(1, min(int(c), n)))
+        else:
+            sizes = tuple(int(v) for v in c)
+            if sum(sizes) != n:
+                return None
+            grid.append(sizes)
+    return grid
+
+
+def dask_chunks(
+    reader: Any, *, limit: int | str | None = None, unit_axes: tuple[int, ...] = ()
+) -> tuple[tuple[int, ...], ...]:
+    """dask chunks of a stack: the reader's own chunks merged up to a target size.
+
+    Consecutive storage chunks (zarr chunks, TIFF pages or tiles, CZI blocks)
+    are grouped along each axis, so every dask chunk is a whole number of
+    storage chunks of about ``limit`` bytes (dask's ``array.chunk-size``
+    setting, 128 MiB by default): the number of tasks depends on the data's
+    size, not on how finely it is stored. A storage chunk larger than the
+    target is kept whole (never split). Past :data:`MAX_DASK_CHUNKS` chunks
+    the groups grow beyond the target, so that the graph of an astronomically
+    large declared shape stays buildable. Works on the chunk sizes alone,
+    without expanding a regular grid into per-chunk tuples.
+
+    Parameters
+    ----------
+    reader : array-like
+        A chunk reader; ``chunks`` as dask-style tuples or a regular chunk
+        shape. Without ``chunks``, dask's ``"auto"`` choice.
+    limit : int or str, optional
+        Target bytes per chunk (``"64 MiB"``, ``2**26`` ...); default
+        ``dask.config.get("array.chunk-size")``.
+    unit_axes : tuple of int
+        Axes whose storage chunks are never grouped.
+
+    Returns
+    -------
+    tuple of tuple of int
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    shape = tuple(int(n) for n in reader.shape)
+    dtype = np.dtype(reader.dtype)
+    target = parse_bytes(limit if limit is not None else dask.config.get("array.chunk-size"))
+    grid = _storage_grid(reader, shape)
+    if grid is None or 0 in shape:
+        return reader_chunks(reader)
+    n_chunks = [-(-n // g) if isinstance(g, int) else len(g) for n, g in zip(shape, grid, strict=True)]
+    typical = [g if isinstance(g, int) else max(g) for g in grid]
+    groups = [1] * len(shape)
+
+    def extent(axis: int) -> int:
+        return min(typical[axis] * groups[axis], shape[axis])
+
+    def nbytes() -> int:
+        return math.prod(extent(a) for a in range(len(shape))) * dtype.itemsize
+
+    growable = [a for a in range(len(shape)) if a not in unit_axes]
+    while True:  # double the group of the smallest growable axis while the chunk stays under the target
+        for axis in sorted(growable, key=lambda a: (extent(a), -a)):
+            if groups[axis] >= n_chunks[axis]:
+                continue
+            before = groups[axis]
+            groups[axis] = min(2 * before, n_chunks[axis])
+            if nbytes() <= target:
+                break
+            groups[axis] = before
+        else:
+            break
+    while math.prod(-(-k // g) for k, g in zip(n_chunks, groups, strict=True)) > MAX_DASK_CHUNKS:
+        axis = max(range(len(shape)), key=lambda a: -(-n_chunks[a] // groups[a]))
+        groups[axis] *= 2
+    out = []
+    for n, g, k in zip(shape, grid, groups, strict=True):
+        if isinstance(g, int):
+            size = g * k
+            full, rest = divmod(n, size)
+            out.append((size,) * full + ((rest,) if rest else ()))
+        else:
+            sums = np.add.reduceat(np.asarray(g, dtype=np.int64), np.arange(0, len(g), k))
+            out.append(tuple(int(v) for v in sums))
+    return tuple(out)
 
 
 def reader_token(reader: Any) -> str:

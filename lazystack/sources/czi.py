@@ -77,6 +77,7 @@ from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
 from ..io.handles import ProcessLocalFileManager
 from ..io.reader import OpenedSource, Reader
+from .czi_check import check_czi_structure
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 
@@ -544,10 +545,10 @@ class CziSceneReader(Reader):
         be a read-only view of one); else the exact rectangle.
         """
         norm = self._normalise(key)
+        self._check_unchanged()  # deleted or replaced: an error, with the chunk cache on or off
         chunked = self.as_chunked()
         if chunked is None:
             return self._read_exact(norm)
-        self._check_unchanged()
         region = tuple(slice(k, k + 1) if isinstance(k, int) else k for k in norm)
         out = chunked.read(region)
         return out[tuple(0 if isinstance(k, int) else slice(None) for k in norm)]
@@ -700,6 +701,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     _import_pyczi()
     path, wanted = _split_scene(os.fspath(path))
     _check_file(path)
+    check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
     manager = ProcessLocalFileManager(_open_handle, path, mode="r")
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)

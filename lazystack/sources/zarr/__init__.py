@@ -76,7 +76,7 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "
 #: lazystack's own keys in ``storage_options`` (not passed to fsspec): retries of a
 #: failed remote chunk read (5xx answers, reset connections), and the first
 #: wait between attempts in seconds (doubled each time); see
-#: :class:`lazystack.engines.RetryPolicy` for the defaults.
+#: :class:`lazystack.sources.zarr.engines.RetryPolicy` for the defaults.
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -189,7 +189,7 @@ def retry_policy(location: ZarrLocation) -> RetryPolicy:
 
     Returns
     -------
-    lazystack.engines.RetryPolicy
+    lazystack.sources.zarr.engines.RetryPolicy
 
     Raises
     ------
