@@ -34,7 +34,9 @@ pyczi = pytest.importorskip("pylibCZIrw.czi", reason="the czi extra (pylibCZIrw)
 
 from conftest import shared_files  # noqa: E402
 
-from lazystack import (  # noqa: E402
+from lazystack import (  # noqa: E402  # noqa: E402
+    SelectionError,
+    UnsupportedSourceError,
     load_arrays,
     load_custom_file,
     load_czis,
@@ -42,7 +44,6 @@ from lazystack import (  # noqa: E402
     load_tiffs,
     load_zarrs,
 )
-from lazystack import SelectionError, UnsupportedSourceError  # noqa: E402
 
 REAL = shared_files("czi", "*.czi")
 H, W = 20, 30

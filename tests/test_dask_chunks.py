@@ -21,8 +21,8 @@ from dask.callbacks import Callback
 
 import lazystack
 from lazystack import LazyImageStack, channel_statistics, load_arrays, load_tiffs, load_zarrs
-from lazystack.loading.stacklist import stack_summary
 from lazystack.io.reader import MAX_DASK_CHUNKS, dask_chunks
+from lazystack.loading.stacklist import stack_summary
 
 
 class Reader:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
-    from .cli import SubParsers
     from ..stack import LazyImageStack
+    from .cli import SubParsers
 
 __all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
 
