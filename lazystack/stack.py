@@ -930,8 +930,9 @@ class LazyImageStack:
         chunks = self.__dict__.get("_chunks_root")
         if chunks is None:
             reader = self._reader
-            if type(reader).__module__.startswith("dask."):
-                chunks = tuple(tuple(int(n) for n in c) for c in reader.chunks)
+            own = reader.as_dask()
+            if own is not None:  # a dask array keeps its own graph, and so its own chunks
+                chunks = tuple(tuple(int(n) for n in c) for c in own.chunks)
             else:
                 axes = self._root.axes
                 unit = (axes.index("S"),) if "S" in axes and "T" in axes else ()
