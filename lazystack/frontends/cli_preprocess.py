@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
-    from .cli import SubParsers
     from ..stack import LazyImageStack
+    from .cli import SubParsers
 
 __all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
 
@@ -300,7 +300,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    axes = sorted({ome_axes(s.original_axes) for s in stacks})
+    axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})
     what = "1 image" if len(stacks) == 1 else f"{len(stacks)} images (groups 0..{len(stacks) - 1})"
     print(f"wrote {what} to {path} (axes {', '.join(axes)})")
     return 0
