@@ -45,7 +45,6 @@ in memory are served one by one, in order.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,6 +65,7 @@ from .chunked import (
 )
 from .errors import PatchError
 from .patch import patch_geometry
+from .process import at_fork
 
 __all__ = ["PatchRequest", "extract_patches"]
 
@@ -93,8 +93,7 @@ def _reset_after_fork() -> None:
     _GROUP_LOCK = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_reset_after_fork)
+at_fork(after_in_child=_reset_after_fork)
 
 
 class _PrefetchedReader(ChunkedReader):

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .process import at_fork
+
 __all__ = [
     "DEFAULT_CHUNK_CACHE_BYTES",
     "ENV_CHUNK_CACHE_BYTES",
@@ -412,5 +414,4 @@ def _after_fork_in_child() -> None:
     _CACHE._reset_after_fork()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

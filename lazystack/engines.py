@@ -49,6 +49,7 @@ import numpy as np
 from . import plain_http, thread_loop
 from .chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from .errors import MissingDependencyError, SourceReadError
+from .process import current_pid
 
 __all__ = [
     "ENGINES",
@@ -152,7 +153,7 @@ _TS_STARTED_IN: int | None = None
 
 def _tensorstore_forked() -> bool:
     """Whether tensorstore was started in a parent of this (forked) process."""
-    return _TS_STARTED_IN is not None and os.getpid() != _TS_STARTED_IN
+    return _TS_STARTED_IN is not None and current_pid() != _TS_STARTED_IN
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -752,7 +753,7 @@ class TensorstoreEngine(ZarrEngine):
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
         global _TS_STARTED_IN
         if _TS_STARTED_IN is None:
-            _TS_STARTED_IN = os.getpid()
+            _TS_STARTED_IN = current_pid()
         try:
             handle = ts.open(spec, read=True, context=context).result()
         except Exception as e:
@@ -1066,7 +1067,7 @@ class ZarrArrayReader(ChunkedReader):
     @property
     def engine(self) -> ZarrEngine:
         """This process's engine (built on first use)."""
-        pid = os.getpid()
+        pid = current_pid()
         engine = self._engine
         if engine is None or self._engine_pid != pid:
             with self._engine_lock:

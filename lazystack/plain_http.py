@@ -50,7 +50,6 @@ import contextlib
 import heapq
 import http.client
 import itertools
-import os
 import socket
 import ssl
 import threading
@@ -58,6 +57,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .process import current_pid
 from .thread_loop import Request, serves
 
 __all__ = ["IDLE_SECONDS", "MAX_CONNECTIONS", "Endpoint", "HTTPStatusError", "endpoint"]
@@ -140,8 +140,8 @@ class _Watchdog:
     def start(self, deadline: float, conn: _Connection) -> _Timer:
         timer = _Timer(conn)
         with self._lock:
-            if self._pid != os.getpid():  # first use in this process (a forked child has no watchdog thread)
-                self._pid, self._heap, self._inactive = os.getpid(), [], 0
+            if self._pid != current_pid():  # first use in this process (a forked child has no watchdog thread)
+                self._pid, self._heap, self._inactive = current_pid(), [], 0
                 threading.Thread(target=self._run, name="lazystack-http-watchdog", daemon=True).start()
             earlier = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), timer))
@@ -198,7 +198,7 @@ class _Pool(threading.local):
     """This thread's connections, by ``(scheme, host, port)``, for the process that opened them."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.servers: dict[tuple[str, str, int], _Connections] = {}
 
 
@@ -321,8 +321,8 @@ class Endpoint:
     # -- connections -----------------------------------------------------------------------
     def _connections(self, n: int) -> list[_Connection]:
         pool = _POOL
-        if pool.pid != os.getpid():  # a forked child: the parent's sockets are not ours to use
-            pool.pid, pool.servers = os.getpid(), {}
+        if pool.pid != current_pid():  # a forked child: the parent's sockets are not ours to use
+            pool.pid, pool.servers = current_pid(), {}
         conns = pool.servers.get(self._server)
         if conns is None:
             conns = pool.servers[self._server] = _Connections()

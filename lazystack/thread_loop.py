@@ -29,11 +29,12 @@ before.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
+
+from .process import at_fork, current_pid
 
 __all__ = ["cat_ranges", "serves"]
 
@@ -98,10 +99,7 @@ def _reset_after_fork() -> None:
     _STATE = _ThreadState()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(
-        before=_hold_before_fork, after_in_parent=_release_after_fork_in_parent, after_in_child=_reset_after_fork
-    )
+at_fork(before=_hold_before_fork, after_in_parent=_release_after_fork_in_parent, after_in_child=_reset_after_fork)
 
 
 def serves(store: Any) -> bool:
@@ -151,7 +149,7 @@ def _drain(loop: asyncio.AbstractEventLoop) -> None:
 
 def _close(pid: int, loop: asyncio.AbstractEventLoop, twins: dict[int, tuple[Any, Any]]) -> None:
     """Close a finished thread's twins' sessions and its loop (from whichever thread collects them)."""
-    if os.getpid() != pid:
+    if current_pid() != pid:
         return  # a forked child collecting its parent's state: see _LIVE
     _LIVE.pop(id(loop), None)
     if loop.is_closed() or loop.is_running():
@@ -180,7 +178,7 @@ def _loop(state: _ThreadState) -> asyncio.AbstractEventLoop:
         state.twins = {}
         state.sentinel = sentinel = _Sentinel()
         _LIVE[id(loop)] = (loop, state.twins)
-        finalizer = weakref.finalize(sentinel, _close, os.getpid(), loop, state.twins)
+        finalizer = weakref.finalize(sentinel, _close, current_pid(), loop, state.twins)
         # At exit only the main thread's own state is closed: another thread may still be using its loop.
         finalizer.atexit = threading.current_thread() is threading.main_thread()
     return loop

@@ -7,8 +7,8 @@ array-like for one file. What it returns decides how lazy the stack is:
   ``zarr.Array``, ``h5py.Dataset``, a dask array, any object with ``shape``,
   ``dtype`` and ``__getitem__`` that is not a plain ``numpy.ndarray``): the
   stack stays fully lazy; a patch reads only its region through the object.
-  The object is kept per process in xarray's bounded LRU of open files
-  (``xarray.set_options(file_cache_maxsize=...)``, 128 by default); an
+  The object is kept per process in lazystack's bounded LRU of open files
+  (:func:`lazystack.process.max_open_files`); an
   evicted object is dropped (an ``h5py`` file closed) and ``read_func`` is
   called again when the file is next read.
 * **a plain** ``numpy.ndarray`` (the file was read whole): ``read_func`` is
@@ -49,6 +49,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
+from ..process import at_fork
 from .base import (
     OpenedSource,
     ProcessLocalFileManager,
@@ -176,8 +177,7 @@ class _WholeFileCache:
 
 
 _CACHE = _WholeFileCache(_env_cache_bytes())
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_CACHE.clear)
+at_fork(after_in_child=_CACHE.clear)
 
 
 def set_cache_bytes(max_bytes: int) -> None:
@@ -317,7 +317,6 @@ class CustomReader:
         self.eager = eager
         self.token = token
         self._recipe = _Recipe(path, read_func, self.read_kwargs)
-        self._pid = os.getpid()
         self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -358,8 +357,7 @@ class CustomReader:
             _CACHE.put(self.token, np.asarray(result))
         else:
             assert self._manager is not None
-            with self._manager._lock:
-                self._manager._cache[self._manager._key] = _LazyHandle(self._recipe, result)
+            self._manager.seed(_LazyHandle(self._recipe, result))
 
     def _check(self, result: Any) -> None:
         shape, dtype = tuple(int(n) for n in result.shape), np.dtype(result.dtype)
@@ -383,10 +381,6 @@ class CustomReader:
         """Read a region (ints and step-1 slices) as a numpy array."""
         if self.eager:
             return np.array(self._whole()[key])
-        if self._pid != os.getpid():
-            # forked: the manager's cache key still names the parent; never share the parent's handle
-            self._pid = os.getpid()
-            self._manager = ProcessLocalFileManager(_LazyHandle, self._recipe)
         assert self._manager is not None
         with self._manager.acquire_context() as handle:
             array = handle.array
