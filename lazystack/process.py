@@ -218,7 +218,9 @@ class _Table:
         self.inherited = inherited
 
     def bound(self) -> int:
-        return max(_FLOOR, max_open_files() - self.inherited)
+        limit = max_open_files()
+        # a forked child counts the handles it inherited, but may always open a few of its own
+        return max(min(_FLOOR, limit), limit - self.inherited)
 
     def shrink(self) -> list[Any]:
         """Drop handles past the bound (under the lock); the caller closes them without it."""
