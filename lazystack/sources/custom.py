@@ -42,12 +42,11 @@ import contextlib
 import hashlib
 import mmap
 import os
-import threading
-from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..cache import ChunkCache
 from ..errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..process import at_fork
 from .base import (
@@ -115,69 +114,9 @@ def _env_cache_bytes() -> int:
     return value
 
 
-class _WholeFileCache:
-    """Thread-safe LRU of whole-file arrays, bounded in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        size = int(value.nbytes)
-        with self._lock:
-            if size > self.max_bytes:
-                return
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._nbytes -= int(old.nbytes)
-            self._data[key] = value
-            self._nbytes += size
-            self._shrink()
-
-    def _shrink(self) -> None:
-        while self._nbytes > self.max_bytes and self._data:
-            _, old = self._data.popitem(last=False)
-            self._nbytes -= int(old.nbytes)
-
-    def resize(self, max_bytes: int) -> None:
-        with self._lock:
-            self.max_bytes = max_bytes
-            self._shrink()
-
-    def clear(self) -> None:
-        # a fresh lock too: after fork the parent's lock may have been held by another thread
-        self._lock = threading.Lock()
-        self._data = OrderedDict()
-        self._nbytes = 0
-        self.hits = self.misses = 0
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "max_bytes": self.max_bytes,
-                "nbytes": self._nbytes,
-                "entries": len(self._data),
-                "hits": self.hits,
-                "misses": self.misses,
-            }
-
-
-_CACHE = _WholeFileCache(_env_cache_bytes())
-at_fork(after_in_child=_CACHE.clear)
+#: The whole-file arrays: the same bounded, thread-safe LRU as the chunk cache (a separate instance and bound).
+_CACHE = ChunkCache(_env_cache_bytes())
+at_fork(after_in_child=_CACHE._reset_after_fork)
 
 
 def set_cache_bytes(max_bytes: int) -> None:
@@ -201,7 +140,14 @@ def clear_cache() -> None:
 
 def cache_info() -> dict[str, int]:
     """Bound, current size, entries, hits and misses of this process's whole-file cache."""
-    return _CACHE.info()
+    stats = _CACHE.stats()
+    return {
+        "max_bytes": stats.max_bytes,
+        "nbytes": stats.nbytes,
+        "entries": stats.entries,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
 
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
