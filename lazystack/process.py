@@ -381,7 +381,12 @@ class FileManager:
                 if handle is not _OMIT:
                     table.handles.move_to_end(key)
                     return handle
-            handle = self._open()  # outside the table's lock: other files open meanwhile
+            try:
+                handle = self._open()  # outside the table's lock: other files open meanwhile
+            except BaseException:
+                with table.lock:
+                    table.opening.pop(key, None)
+                raise
             orphans = []
             with table.lock:
                 table.handles[key] = handle

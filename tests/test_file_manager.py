@@ -301,3 +301,14 @@ def test_three_hundred_tiffs_under_an_open_file_limit_of_64(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok"), done.stdout
     assert "Too many open files" not in done.stderr
+
+
+def test_an_opener_error_reaches_the_caller_and_the_next_use_tries_again(tmp_path: Path) -> None:
+    missing = tmp_path / "later.bin"
+    manager = FileManager(_open_binary, str(missing))
+    with pytest.raises(FileNotFoundError, match=r"later\.bin"):
+        manager.acquire()
+    assert process.open_file_count() == 0 or manager._key not in process._STATE.handles
+    missing.write_bytes(b"xyz")
+    assert manager.acquire().read() == b"xyz"
+    manager.close()
