@@ -312,3 +312,16 @@ def test_an_opener_error_reaches_the_caller_and_the_next_use_tries_again(tmp_pat
     missing.write_bytes(b"xyz")
     assert manager.acquire().read() == b"xyz"
     manager.close()
+
+
+def test_the_environment_variable_sets_the_bound_and_a_bad_value_is_named(
+    monkeypatch: pytest.MonkeyPatch, bound: Any
+) -> None:
+    monkeypatch.setenv("LAZYSTACK_MAX_OPEN_FILES", "7")
+    assert max_open_files() == 7
+    bound(3)  # the function wins over the variable
+    assert max_open_files() == 3
+    bound(None)
+    monkeypatch.setenv("LAZYSTACK_MAX_OPEN_FILES", "many")
+    with pytest.raises(ValueError, match=r"LAZYSTACK_MAX_OPEN_FILES='many'.*positive integer"):
+        max_open_files()
