@@ -325,3 +325,4 @@ def test_the_environment_variable_sets_the_bound_and_a_bad_value_is_named(
     monkeypatch.setenv("LAZYSTACK_MAX_OPEN_FILES", "many")
     with pytest.raises(ValueError, match=r"LAZYSTACK_MAX_OPEN_FILES='many'.*positive integer"):
         max_open_files()
+    monkeypatch.delenv("LAZYSTACK_MAX_OPEN_FILES")  # before the bound fixture restores (and applies) the bound
