@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .core.version import __version__
     from .frontends.plot import show, thumbnail
     from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+    from .io.process import set_max_open_files
     from .io.reader import Reader, ReaderCapabilities
     from .loading.auto import load, propose_axes
     from .loading.loaders import (
@@ -84,6 +85,7 @@ _LAZY = {
     "chunk_cache_size": "io.cache",
     "get_chunk_cache": "io.cache",
     "set_chunk_cache_size": "io.cache",
+    "set_max_open_files": "io.process",
     "Reader": "io.reader",
     "ReaderCapabilities": "io.reader",
     "load": "loading.auto",
@@ -222,6 +224,7 @@ __all__ = [
     "propose_axes",
     "read_manifest",
     "set_chunk_cache_size",
+    "set_max_open_files",
     "set_zarr_engine",
     "show",
     "stale_partial_outputs",
