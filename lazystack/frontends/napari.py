@@ -283,7 +283,7 @@ def _image_layers(levels: list[LazyImageStack], name: str) -> list[LayerData]:
     translate = _translate(first, spatial)
     labels = [_label(first, a) for a in spatial]
     units = _units(first, spatial)
-    limits = _contrast_limits(arrays[-1], c_pos, n_channels)
+    limits = _contrast_limits(levels[-1], arrays[-1], c_pos, n_channels)
     names = first.channel_names if c_pos >= 0 else None
     multiscale = len(arrays) > 1
     metadata = {
@@ -362,23 +362,23 @@ def _colormap(channel: str, index: int, n_channels: int) -> str:
     return _CYCLE[index % len(_CYCLE)]
 
 
-def _contrast_limits(coarsest: Any, c_pos: int, n_channels: int) -> list[list[float]]:
-    """Per-channel ``[min, max]`` of the coarsest level, or of a window of its middle plane if it is big."""
-    sample = coarsest
-    per_channel = int(np.prod(sample.shape)) // max(n_channels, 1)
+def _contrast_limits(stack: LazyImageStack, coarsest: Any, c_pos: int, n_channels: int) -> list[list[float]]:
+    """Per-channel ``[min, max]`` of the coarsest level, or of a window of its middle plane if it is big.
+
+    The window is read with ``extract_patch`` (only the chunks it touches), not through the
+    level's dask array, whose chunks may group many stored chunks.
+    """
+    per_channel = int(np.prod(coarsest.shape)) // max(n_channels, 1)
     if per_channel > _SAMPLE_ELEMENTS:
-        key: list[Any] = []
-        for i, n in enumerate(sample.shape):
-            if i == c_pos:
-                key.append(slice(None))
-            elif i >= sample.ndim - 2:
-                start = max(0, (n - _WINDOW) // 2)
-                key.append(slice(start, start + _WINDOW))
-            else:
-                key.append(n // 2)  # the middle sample / plane
-        sample = sample[tuple(key)]
-        c_pos = -1 if c_pos < 0 else sum(1 for i in range(c_pos) if isinstance(key[i], slice))
-    values = np.asarray(sample.compute())
+        shape = stack.data_shape  # S C (Z) Y X
+        spatial = shape[2:]
+        coords = [n // 2 for n in spatial[:-2]] + [max(0, (n - _WINDOW) // 2) for n in spatial[-2:]]
+        size = [1] * (len(spatial) - 2) + [min(_WINDOW, n) for n in spatial[-2:]]
+        patch = stack.extract_patch(shape[0] // 2, None, coords, size)  # the middle sample and plane
+        values = patch.reshape(patch.shape[0], -1)
+        c_pos = 0
+    else:
+        values = np.asarray(coarsest.compute())
     values = np.moveaxis(values, c_pos, 0) if c_pos >= 0 else values[np.newaxis]
     limits = []
     for plane in values:
