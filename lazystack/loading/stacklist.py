@@ -270,22 +270,79 @@ class StackList(list):  # type: ignore[type-arg,unused-ignore]
     #: Rows shown before the table is cut (the rest is summarised in one line).
     max_rows = 50
 
+    def images(self) -> list[StackList]:
+        """The stacks grouped by image: the levels of one pyramid together, finest first.
+
+        A stack that is not one level of a multiscale image (``level`` None)
+        is an image of its own.
+
+        Returns
+        -------
+        list of StackList
+            One list per image, in the order the images first appear.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from lazystack import load_arrays, load_zarrs, write_ome_zarr
+        >>> (image,) = load_arrays([np.zeros((64, 64), np.uint8)], "YX")
+        >>> path = write_ome_zarr(image, os.path.join(tempfile.mkdtemp(), "x.ome.zarr"), levels=3)
+        >>> [[s.level for s in group] for group in load_zarrs(path, "YX").images()]
+        [[0, 1, 2]]
+        """
+        from ..core.levels import group_levels
+
+        return [StackList(group) for group in group_levels(self)]
+
+    def at_level(self, levels: Any = 0) -> StackList:
+        """The stacks at the given resolution level(s) (stacks without a pyramid count as level 0).
+
+        Parameters
+        ----------
+        levels : None, "all", int, sequence of int or str
+            As ``levels=`` of :func:`lazystack.load` (default: full resolution).
+
+        Returns
+        -------
+        StackList
+        """
+        from ..core.levels import select_levels
+
+        return StackList(select_levels(self, levels))
+
     def _rows(self) -> list[dict[str, str]]:
+        from ..core.levels import image_key
+
         disk: dict[str, int | None] = {}
         rows = []
+        previous: str | None = None
         for stack in self[: self.max_rows]:
             if not hasattr(stack, "data_shape") or not hasattr(stack, "axes_model"):
                 rows.append({"source": repr(stack)})
+                previous = None
                 continue
             key = str(stack.source)
             if key not in disk:
                 disk[key] = source_disk_bytes(key)
-            rows.append(summary_row(stack_summary(stack, disk_bytes=disk[key])))
+            row = summary_row(stack_summary(stack, disk_bytes=disk[key]))
+            image = image_key(stack) if stack.level is not None else None
+            if image is not None and image == previous:
+                # a further level of the image of the row above: shown under it
+                row["source"] = "  └ " + (key[len(image) :].lstrip("/") if key.startswith(image) else key)
+            rows.append(row)
+            previous = image
         return rows
 
     def _title(self) -> str:
         n = len(self)
-        return f"StackList of {n} stack{'s' if n != 1 else ''}"
+        title = f"StackList of {n} stack{'s' if n != 1 else ''}"
+        if any(getattr(s, "level", None) is not None for s in self):
+            groups = self.images()
+            pyramids = sum(1 for g in groups if len(g) > 1)
+            if pyramids:
+                title += f" ({len(groups)} image{'s' if len(groups) != 1 else ''}, levels of one image grouped)"
+        return title
 
     def __repr__(self) -> str:
         if not self:

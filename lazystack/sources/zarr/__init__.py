@@ -892,20 +892,36 @@ def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayRead
     return ZarrArrayReader(location, array)
 
 
-def _image_levels(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> Iterator[OpenedSource]:
+def _image_levels(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> Iterator[OpenedSource]:
     import zarr as zarr_lib
 
     for ms in _parse_multiscales(group.attrs.asdict(), location.uri()):
+        if levels is not None and levels[-1] >= len(ms.datasets):
+            msg = (
+                f"OME-Zarr image {location.uri()!r} has {len(ms.datasets)} resolution level(s) "
+                f"(0 to {len(ms.datasets) - 1}), not level {levels[-1]} asked for by levels={list(levels)}"
+            )
+            raise SourceNotFoundError(msg)
         for level, ds in enumerate(ms.datasets):
+            if levels is not None and level not in levels:
+                continue
             child = location.child(f"{location.path}/{str(ds['path']).strip('/')}")
             node = _open_node(child, store)
             if not isinstance(node, zarr_lib.Array):
                 msg = f"OME-Zarr level {level} of {location.uri()!r} at {child.uri()!r} is a group, not an array"
                 raise SourceFormatError(msg)
-            yield _level_source(ms, level, child, node, axes)
+            opened = _level_source(ms, level, child, node, axes)
+            opened.attrs["image_uri"] = location.uri()
+            yield opened
 
 
-def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int] | None:
+def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int, str] | None:
     """Find the multiscale (in an ancestor group) that lists the array at ``location``."""
     parts = [p for p in location.path.split("/") if p]
     for depth in range(len(parts) - 1, -1, -1):
@@ -918,12 +934,17 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int]
         for ms in _parse_multiscales(attrs, parent.uri()):
             for level, ds in enumerate(ms.datasets):
                 if str(ds["path"]).strip("/") == rel:
-                    return ms, level
+                    return ms, level, parent.uri()
     return None
 
 
 # -- entry point ------------------------------------------------------------------------------
-def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = None) -> list[OpenedSource]:
+def open_zarr(
+    path: str,
+    axes: str,
+    storage_options: Mapping[str, Any] | None = None,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
     """Open a Zarr / OME-Zarr source: one :class:`OpenedSource` per stack.
 
     Parameters
@@ -934,18 +955,26 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
         Validated axes of every array (must equal the NGFF axes of an OME-Zarr image).
     storage_options : mapping, optional
         fsspec options for remote stores (credentials, ``client_kwargs`` ...).
+    levels : tuple of int, optional
+        Resolution levels to open of every OME-Zarr image (sorted, as
+        :func:`lazystack.core.levels.parse_levels` returns them); None for all.
+        A path to one array is opened whatever ``levels`` says (the path is
+        the selection).
 
     Returns
     -------
     list of OpenedSource
         A group: one per array at its first level, sorted by name; an OME-Zarr
-        image group: one per multiscale level, level 0 first; a ``bioformats2raw.layout``
-        group: the levels of image ``0``, then of image ``1`` ...; an array: itself.
+        image group: one per (selected) multiscale level, level 0 first; a
+        ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
+        ``1`` ...; an array: itself. Level stacks carry ``attrs["level"]`` and
+        ``attrs["image_uri"]`` (the image group's URI).
 
     Raises
     ------
     SourceNotFoundError
-        If the store, group or array does not exist (the message lists what is there).
+        If the store, group or array does not exist (the message lists what is there),
+        or an image has no level of ``levels``.
     SourceFormatError
         If the path is not a Zarr store, a group has no arrays, or metadata is invalid.
     ShapeMismatchError
@@ -961,16 +990,18 @@ def open_zarr(path: str, axes: str, storage_options: Mapping[str, Any] | None = 
     if isinstance(node, zarr_lib.Array):
         found = _find_level(location, store) if location.path else None
         if found is not None:
-            ms, level = found
-            return [_level_source(ms, level, location, node, axes)]
+            ms, level, image_uri = found
+            opened = _level_source(ms, level, location, node, axes)
+            opened.attrs["image_uri"] = image_uri
+            return [opened]
         return [_plain_source(location, node, axes)]
     attrs = node.attrs.asdict()
     if _ngff(attrs)[0]:
-        levels = list(_image_levels(node, location, axes, store))
-        if levels:
-            return levels
+        found_levels = list(_image_levels(node, location, axes, store, levels))
+        if found_levels:
+            return found_levels
     if _is_bioformats2raw(attrs):
-        return _layout_images(node, location, axes, store)
+        return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
     if not arrays:
         msg = (
@@ -998,7 +1029,13 @@ def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) ->
     return sorted((n for n in names if n.isdigit()), key=int)
 
 
-def _layout_images(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> list[OpenedSource]:
+def _layout_images(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
     """Every level of every image of a ``bioformats2raw.layout`` group (image 0's levels first)."""
     out: list[OpenedSource] = []
     for name in _image_names(group, location, store):
@@ -1006,7 +1043,7 @@ def _layout_images(group: zarr_lib.Group, location: ZarrLocation, axes: str, sto
         image = _try_group(child, store)
         if image is None or not _ngff(image.attrs.asdict())[0]:
             continue  # e.g. a plate or label group: not an image
-        for opened in _image_levels(image, child, axes, store):
+        for opened in _image_levels(image, child, axes, store, levels):
             opened.attrs["image"] = name
             out.append(opened)
     if not out:
