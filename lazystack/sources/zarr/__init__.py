@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +38,7 @@ import numpy as np
 
 from ...core.errors import (
     LazyStackError,
+    MetadataWarning,
     MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
@@ -774,18 +776,75 @@ def _translation_of(transforms: Any, ndim: int) -> list[float] | None:
     return None
 
 
+def _bad_metadata(where: str, field: str, problem: str) -> SourceFormatError:
+    return SourceFormatError(f"invalid OME-Zarr metadata in {where!r}: {field} {problem}")
+
+
+def _check_transforms(transforms: Any, axes: Sequence[str], where: str, field: str) -> None:
+    """Check the ``scale`` / ``translation`` of a ``coordinateTransformations`` list against the axes.
+
+    Structure errors (not a list, a value that is not a number, a length that is not the number of
+    axes) raise; a scale that is zero, negative or not finite warns (the stack then has no physical
+    size along that axis).
+    """
+    if transforms is None:
+        return
+    if not isinstance(transforms, list):
+        raise _bad_metadata(where, field, f"must be a list of transformations, got {transforms!r}")
+    for j, t in enumerate(transforms):
+        kind = t.get("type") if isinstance(t, Mapping) else None
+        if kind not in ("scale", "translation") or kind not in t:
+            continue  # other types ("identity", "path" ...) are not read
+        name = f"{field}[{j}].{kind}"
+        values = t[kind]
+        if not isinstance(values, list):
+            raise _bad_metadata(where, name, f"must be a list of {len(axes)} numbers, got {values!r}")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise _bad_metadata(where, name, f"= {values!r} holds {bad[0]!r}, which is not a number")
+        if len(values) != len(axes):
+            raise _bad_metadata(
+                where, name, f"= {values!r} has {len(values)} values for the {len(axes)} axes {list(axes)}"
+            )
+        odd = [(a, v) for a, v in zip(axes, values, strict=True) if not np.isfinite(v) or (kind == "scale" and v <= 0)]
+        if odd and kind == "scale":
+            warnings.warn(
+                f"OME-Zarr metadata in {where!r}: {name} = {values!r} is not a positive size along "
+                f"{', '.join(repr(a) for a, _ in odd)}; the physical pixel size along it is left out",
+                MetadataWarning,
+                stacklevel=2,
+            )
+        elif odd:
+            raise _bad_metadata(where, name, f"= {values!r} is not finite along {odd[0][0]!r}")
+
+
 def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale]:
     multiscales, holder, version = _ngff(attrs)
+    if "multiscales" in holder and not isinstance(holder["multiscales"], list):
+        got = holder.get("multiscales")
+        raise _bad_metadata(
+            where, "'multiscales'", f"must be a list of multiscale objects, got a {type(got).__name__}: {got!r:.200}"
+        )
     out = []
     omero = holder.get("omero") if isinstance(holder.get("omero"), Mapping) else attrs.get("omero")
     channel_names = None
     if isinstance(omero, Mapping) and isinstance(omero.get("channels"), list):
         labels = [c.get("label") if isinstance(c, Mapping) else None for c in omero["channels"]]
         channel_names = [str(lab) if lab is not None else str(i) for i, lab in enumerate(labels)]
-    for ms in multiscales:
-        if not isinstance(ms, Mapping) or not isinstance(ms.get("datasets"), list):
-            msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale needs 'datasets', got {ms!r}"
-            raise SourceFormatError(msg)
+    for k, ms in enumerate(multiscales):
+        if not isinstance(ms, Mapping):
+            raise _bad_metadata(where, f"multiscales[{k}]", f"must be an object, got {ms!r:.200}")
+        if not isinstance(ms.get("datasets"), list):
+            raise _bad_metadata(
+                where,
+                f"multiscales[{k}].datasets",
+                f"must be a list of {{'path': ..., 'coordinateTransformations': ...}} objects, "
+                f"got {ms.get('datasets')!r:.200} (keys of the multiscale: {sorted(ms)})",
+            )
+        if not ms["datasets"]:
+            raise _bad_metadata(
+                where, f"multiscales[{k}].datasets", "is empty: an image needs at least one resolution level"
+            )
         axes = ms.get("axes")
         if axes is None:
             if str(ms.get("version", version)) not in ("0.1", "0.2"):
@@ -811,6 +870,12 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 name = str(ax)
                 types.append(None)
             names.append(name)
+        _check_transforms(
+            ms.get("coordinateTransformations"), names, where, f"multiscales[{k}].coordinateTransformations"
+        )
+        for i, d in enumerate(ms["datasets"]):
+            field = f"multiscales[{k}].datasets[{i}].coordinateTransformations"
+            _check_transforms(d.get("coordinateTransformations"), names, where, field)
         out.append(
             _Multiscale(
                 version=version or str(ms.get("version", "")),
@@ -855,7 +920,7 @@ def _level_source(
     tr = _translation_of(ds.get("coordinateTransformations"), len(ngff_axes))
     for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
-        if spatial and scale is not None:
+        if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
             sizes[letter] = scale[i]
         if spatial and tr is not None:
             translation[letter] = tr[i]
