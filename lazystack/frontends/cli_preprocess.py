@@ -320,7 +320,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     axes = sorted({ome_axes(s.original_axes) for s in stacks})
-    what = "1 image" if len(stacks) == 1 else f"{len(stacks)} images (groups 0..{len(stacks) - 1})"
+    # a stack with several samples (S) is written as one image per sample
+    n = sum(int(s.original_data_shape[s.original_axes.index("S")]) if "S" in s.original_axes else 1 for s in stacks)
+    what = "1 image" if n == 1 else f"{n} images (groups 0..{n - 1})"
     print(f"wrote {what} to {path} (axes {', '.join(axes)})")
     note = _level_note(len(left_out), "--input-levels")
     if note:

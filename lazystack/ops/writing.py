@@ -11,19 +11,27 @@ One stack becomes one OME-Zarr image::
     out.zarr/zarr.json          group, attributes["ome"] = {"version": "0.5", "multiscales": [...]}
     out.zarr/0, 1, 2 ...        one array per resolution level
 
-A list of stacks becomes a group of images in the ``bioformats2raw.layout``
-of the NGFF specification (``out.zarr/0``, ``out.zarr/1`` ... each an image
-as above; the root's ``attributes["ome"]`` holds ``"bioformats2raw.layout": 3``).
+A list of stacks, and a stack whose ``S`` axis has more than one sample
+(several positions, scenes, tiles ...), become a *collection*: a group of
+images in the ``bioformats2raw.layout`` of the NGFF specification
+(``out.zarr/0``, ``out.zarr/1`` ... each an image as above; the root's
+``attributes["ome"]`` holds ``"bioformats2raw.layout": 3``), one image per
+sample of every stack, in order (stack 0's samples first). Each image's
+multiscale ``metadata`` names where it comes from (``"source"``, and
+``"sample"`` for a sample of a stack with an ``S`` axis). lazystack, ome-zarr-py,
+bioio-ome-zarr and ngff-zarr open each image by its path ``out.zarr/N``;
+:func:`lazystack.load_zarrs` on ``out.zarr`` gives the levels of every image
+(``attrs["image"]`` is ``"N"``).
 
 Axes
 ----
-The image keeps the stack's axes, reordered as NGFF requires: ``T`` first,
-then ``S``, ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a ``"XYC"``
-stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S`` is not an
-NGFF axis type: it is written as an axis named ``"s"`` of the custom type
-``"sample"`` (ome-zarr-py and NGFF readers accept one custom axis; strictly,
-NGFF 0.5 allows a custom axis only when there is no channel axis). Open the
-result with ``load_zarrs(path, ome_axes(stack.original_axes))``.
+The image keeps the stack's axes except ``S``, reordered as NGFF requires:
+``T`` first, then ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a
+``"XYC"`` stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S``
+is not an NGFF axis type and NGFF allows at most five axes: samples become
+separate images (see above), so every written image has at most the five axes
+``TCZYX`` and validates against NGFF 0.5. Open the result with
+``load_zarrs(path, ome_axes(stack.original_axes))``.
 
 Pyramid
 -------
@@ -64,8 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NGFF_ORDER", "ome_axes", "write_ome_zarr"]
 
-#: Order of axes in a written image (NGFF: time, then channel/custom, then space).
-NGFF_ORDER = "TSCZYX"
+#: Order of axes in a written image (NGFF: time, then channel, then space; samples become separate images).
+NGFF_ORDER = "TCZYX"
 _TYPES = {"T": "time", "S": "sample", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 _DEFAULT_CHUNKS = {"T": 1, "S": 1, "C": 1, "Z": 32, "Y": 512, "X": 512}
 
@@ -81,12 +89,13 @@ def ome_axes(axes: str) -> str:
     Returns
     -------
     str
-        The same letters in NGFF order (``T``, ``S``, ``C``, ``Z``, ``Y``, ``X``).
+        The same letters in NGFF order (``T``, ``C``, ``Z``, ``Y``, ``X``),
+        without ``S`` (each sample is an image of its own).
 
     Examples
     --------
-    >>> ome_axes("XYCT")
-    'TCYX'
+    >>> ome_axes("XYCT"), ome_axes("STCZYX")
+    ('TCYX', 'TCZYX')
     """
     upper = axes.upper()
     return "".join(a for a in NGFF_ORDER if a in upper)
@@ -111,7 +120,7 @@ def _target_chunks(written: str, shape: tuple[int, ...], chunks: Any) -> tuple[i
     elif isinstance(chunks, int) and not isinstance(chunks, bool):
         sizes = dict(_DEFAULT_CHUNKS, Y=chunks, X=chunks)
     elif isinstance(chunks, Mapping):
-        bad = [k for k in chunks if str(k).upper() not in written]
+        bad = [k for k in chunks if str(k).upper() not in written + "S"]  # S: one image per sample
         if bad:
             msg = f"chunks names axis {bad[0]!r}, which the written image (axes {written!r}) does not have"
             raise ValueError(msg)
@@ -177,16 +186,22 @@ def _dataset_metadata(written: str, sizes: Mapping[str, float], level: int, down
     return {"path": str(level), "coordinateTransformations": transforms}
 
 
-def _image_metadata(stack: LazyImageStack, written: str, n_levels: int, downscale: int) -> dict[str, Any]:
+def _image_metadata(
+    stack: LazyImageStack, written: str, n_levels: int, downscale: int, sample: int | None = None
+) -> dict[str, Any]:
     sizes = stack.physical_pixel_sizes
+    origin: dict[str, Any] = {"source": str(stack.source)}
+    if sample is not None:
+        origin["sample"] = sample
     multiscale: dict[str, Any] = {
-        "name": _image_name(stack),
+        "name": _image_name(stack) + ("" if sample is None else f" sample {sample}"),
         "axes": _axes_metadata(written, sizes),
         "datasets": [_dataset_metadata(written, sizes, level, downscale) for level in range(n_levels)],
         "type": "mean",
         "metadata": {
             "description": f"block mean over Y and X by a factor {downscale} per level (dask.array.coarsen)",
             "method": "lazystack.write_ome_zarr",
+            **origin,
         },
     }
     ome: dict[str, Any] = {"version": "0.5", "multiscales": [multiscale]}
@@ -201,15 +216,39 @@ def _image_name(stack: LazyImageStack) -> str:
     return text.rsplit("/", 1)[-1] or text
 
 
+def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int | None]]:
+    """The images to write: (stack, sample index) per sample of a stack with ``S``, (stack, None) otherwise."""
+    out: list[tuple[LazyImageStack, int | None]] = []
+    for stack in stacks:
+        axes = stack.original_axes
+        n = int(stack.original_data_shape[axes.index("S")]) if "S" in axes else 0
+        out += [(stack, s) for s in range(n)] if n > 1 else [(stack, 0 if n == 1 else None)]
+    return out
+
+
 def _plan_image(
-    group: Any, stack: LazyImageStack, *, chunks: Any, levels: int, downscale: int, compressors: Any
+    group: Any,
+    stack: LazyImageStack,
+    *,
+    chunks: Any,
+    levels: int,
+    downscale: int,
+    compressors: Any,
+    sample: int | None = None,
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata)."""
+    """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata).
+
+    ``sample``: the index along ``S`` of the image, for a stack with an ``S`` axis.
+    """
     import zarr
 
     axes = stack.original_axes
     written = ome_axes(axes)
-    x = stack.xarray.data.transpose([axes.index(a) for a in written])
+    data = stack.xarray.data
+    if "S" in axes:
+        data = data[tuple(sample if a == "S" else slice(None) for a in axes)]
+        axes = axes.replace("S", "")
+    x = data.transpose([axes.index(a) for a in written])
     target_chunks = _target_chunks(written, tuple(x.shape), chunks)
     sources, targets = [], []
     for level, data in enumerate(_pyramid(x, written, levels, downscale)):
@@ -227,7 +266,8 @@ def _plan_image(
         )
         sources.append(data.rechunk(level_chunks))
         targets.append(array)
-    meta = _image_metadata(stack, written, len(sources), downscale)
+    many_samples = sample is not None and int(stack.original_data_shape[stack.original_axes.index("S")]) > 1
+    meta = _image_metadata(stack, written, len(sources), downscale, sample if many_samples else None)
     return sources, targets, meta
 
 
@@ -249,6 +289,8 @@ def write_ome_zarr(
     stacks : LazyImageStack or sequence of LazyImageStack
         One stack gives one image at ``path``; a sequence gives a group with
         one image per stack (``path/0``, ``path/1`` ...), even for one item.
+        A stack with several samples (``S`` axis) gives one image per sample
+        (a group, as for a sequence): NGFF images have at most five axes.
     path : str or os.PathLike
         Local folder to create (``.zarr`` by convention; ``file://`` accepted).
     chunks : None, int, dict or tuple
@@ -321,10 +363,18 @@ def write_ome_zarr(
         sources: list[Any] = []
         targets: list[Any] = []
         metadata: list[tuple[Any, dict[str, Any]]] = []
-        for i, stack in enumerate(items):
+        images = _images(items)
+        many = many or len(images) > 1
+        for i, (stack, sample) in enumerate(images):
             group = root.create_group(str(i)) if many else root
             src, tgt, meta = _plan_image(
-                group, stack, chunks=chunks, levels=levels, downscale=downscale, compressors=compressors
+                group,
+                stack,
+                chunks=chunks,
+                levels=levels,
+                downscale=downscale,
+                compressors=compressors,
+                sample=sample,
             )
             sources += src
             targets += tgt
