@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import zarr
 
 from lazystack import load_arrays, load_zarrs, write_ome_zarr

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.units import format_sizes
+
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
 
@@ -115,7 +117,8 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         ``source``, ``format``, ``original_axes``, ``original_shape``,
         ``canonical_axes``, ``canonical_shape``, ``dtype``, ``chunks``
         (first chunk's shape, canonical order), ``scene``, ``scene_name``,
-        ``series``, ``level``, ``physical_pixel_sizes``, ``channel_names``,
+        ``series``, ``level``, ``physical_pixel_sizes``, ``units`` (axis to
+        unit name, for the axes whose unit the source declares), ``channel_names``,
         ``memory_bytes`` and ``disk_bytes``.
     """
     return {
@@ -132,6 +135,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "series": stack.series,
         "level": stack.level,
         "physical_pixel_sizes": {a: float(v) for a, v in stack.physical_pixel_sizes.items()},
+        "units": {a: str(u) for a, u in (stack.attrs.get("units") or {}).items() if a in stack.physical_pixel_sizes},
         "channel_names": stack.channel_names,
         "memory_bytes": int(stack.nbytes),
         "disk_bytes": disk_bytes,
@@ -173,7 +177,7 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
         "dtype": str(summary["dtype"]),
         "chunks": str(tuple(int(n) for n in summary["chunks"])),
         "scene/level": ", ".join(place) or "-",
-        "pixel size": ", ".join(f"{a}={sizes[a]:g}" for a in sorted(sizes, key="TZYX".find)) or "-",
+        "pixel size": format_sizes(sizes, summary.get("units"), sep="=") or "-",
         "channels": ", ".join(str(n) for n in names) if names else "-",
         "memory": format_bytes(summary.get("memory_bytes")),
         "disk": format_bytes(summary.get("disk_bytes")),

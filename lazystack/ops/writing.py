@@ -39,7 +39,11 @@ Level ``l`` halves (``downscale``) ``Y`` and ``X`` ``l`` times by a block
 mean (``dask.array.coarsen``; trailing rows/columns that do not fill a block
 are dropped; integer data is rounded back to its dtype); ``Z`` and the other
 axes are kept. ``scale`` metadata is the stack's physical pixel size (1 when
-unknown) times the factor, with the matching half-pixel ``translation``.
+unknown) times the factor, with the matching half-pixel ``translation`` added
+to the position of the stack's first pixel (its OME-Zarr ``translation`` and
+the offset of a view), so that the written image lies where the stack's
+xarray coordinates say. Units are the source's NGFF unit names when it declares
+them, else ``micrometer``.
 
 Crash safety
 ------------
@@ -63,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UnsupportedSourceError
+from ..core.units import UNIT_SYMBOLS
 from .progress import compute
 
 if TYPE_CHECKING:
@@ -163,25 +168,36 @@ def _pyramid(x: dask.array.Array, written: str, levels: int, downscale: int) -> 
     return out
 
 
-def _axes_metadata(written: str, sizes: Mapping[str, float]) -> list[dict[str, Any]]:
+def _axes_metadata(
+    written: str, sizes: Mapping[str, float], units: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     axes = []
     for a in written:
         entry: dict[str, Any] = {"name": a.lower(), "type": _TYPES[a]}
         if a in "ZYX" and a in sizes:
-            entry["unit"] = "micrometer"
+            # the source's own NGFF unit name when it declares one, else micrometres (TIFF, CZI)
+            unit = str((units or {}).get(a, "")).lower()
+            entry["unit"] = unit if unit in UNIT_SYMBOLS and unit != "micron" else "micrometer"
         axes.append(entry)
     return axes
 
 
-def _dataset_metadata(written: str, sizes: Mapping[str, float], level: int, downscale: int) -> dict[str, Any]:
+def _dataset_metadata(
+    written: str,
+    sizes: Mapping[str, float],
+    level: int,
+    downscale: int,
+    origin: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     scale, translation = [], []
+    origin = origin or {}
     for a in written:
         base = float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0
         factor = downscale**level if a in "YX" else 1
         scale.append(base * factor)
-        translation.append(base * (factor - 1) / 2)
+        translation.append(float(origin.get(a, 0.0)) + base * (factor - 1) / 2)
     transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if level > 0:
+    if level > 0 or any(translation):
         transforms.append({"type": "translation", "translation": translation})
     return {"path": str(level), "coordinateTransformations": transforms}
 
@@ -190,13 +206,16 @@ def _image_metadata(
     stack: LazyImageStack, written: str, n_levels: int, downscale: int, sample: int | None = None
 ) -> dict[str, Any]:
     sizes = stack.physical_pixel_sizes
+    # physical position of the first pixel (the source's translation, plus the offset of a view)
+    coords = stack.coords
+    first = {a: float(coords[a][0]) for a in "ZYX" if a in sizes and a in coords and len(coords[a])}
     origin: dict[str, Any] = {"source": str(stack.source)}
     if sample is not None:
         origin["sample"] = sample
     multiscale: dict[str, Any] = {
         "name": _image_name(stack) + ("" if sample is None else f" sample {sample}"),
-        "axes": _axes_metadata(written, sizes),
-        "datasets": [_dataset_metadata(written, sizes, level, downscale) for level in range(n_levels)],
+        "axes": _axes_metadata(written, sizes, stack.attrs.get("units")),
+        "datasets": [_dataset_metadata(written, sizes, level, downscale, first) for level in range(n_levels)],
         "type": "mean",
         "metadata": {
             "description": f"block mean over Y and X by a factor {downscale} per level (dask.array.coarsen)",
