@@ -136,3 +136,62 @@ def test_nanometer_units_are_written_as_given(tmp_path: Path) -> None:
     out = write_ome_zarr(stack, tmp_path / "nm-copy.ome.zarr", levels=1)
     axes = zarr.open_group(out, mode="r").attrs["ome"]["multiscales"][0]["axes"]
     assert [a.get("unit") for a in axes] == ["nanometer", "nanometer"]
+
+
+def test_ome_tiff_units_become_ngff_names(tmp_path: Path) -> None:
+    import tifffile
+
+    path = tmp_path / "nm.ome.tif"
+    metadata = {"axes": "CYX", "PhysicalSizeX": 65.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 65.0}
+    tifffile.imwrite(path, DATA[:, 0], ome=True, metadata=metadata)
+    (stack,) = load_arrays([DATA[:, 0]], "CYX")  # a stack without metadata has no units
+    assert "units" not in stack.attrs
+    from lazystack import load_tiffs
+
+    (tif,) = load_tiffs(str(path), "CYX")
+    assert tif.physical_pixel_sizes == {"X": 65.0, "Y": 65.0}
+    # OME's default unit is µm; tifffile writes the units it was given
+    with tifffile.TiffFile(path) as f:
+        declared = f.ome_metadata
+    assert 'PhysicalSizeXUnit="nm"' in declared
+    assert tif.attrs["units"]["X"] == "nanometer"
+    assert tif.xarray.coords["X"].attrs["units"] == "nanometer"
+    np.testing.assert_allclose(tif.xarray.coords["X"].values, np.arange(48) * 65.0)
+    assert "X 65 nm" in repr(tif)
+
+
+def test_imagej_unit_becomes_ngff_name(tmp_path: Path) -> None:
+    import tifffile
+
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(
+        path,
+        DATA[0],
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.25),
+        metadata={"unit": "micron", "spacing": 2.0, "axes": "ZYX"},
+    )
+    from lazystack import load_tiffs
+
+    (tif,) = load_tiffs(str(path), "ZYX")
+    with tifffile.TiffFile(path) as f:
+        assert f.imagej_metadata["unit"] == "micron"
+    assert tif.physical_pixel_sizes == pytest.approx({"Z": 2.0, "Y": 0.25, "X": 0.25})
+    assert tif.attrs["units"] == {"Z": "micrometer", "Y": "micrometer", "X": "micrometer"}
+    assert tif.xarray.coords["Z"].attrs["units"] == "micrometer"
+
+
+def test_czi_coordinates_are_in_micrometres(shared_czi_dir: Path) -> None:
+    from pylibCZIrw import czi as pyczi
+
+    from lazystack import load_czis
+
+    path = shared_czi_dir / "100x100.czi"
+    stack = load_czis(str(path), "SCYX")[0]
+    with pyczi.open_czi(str(path)) as doc:
+        items = doc.metadata["ImageDocument"]["Metadata"]["Scaling"]["Items"]["Distance"]
+    metres = {d["@Id"]: float(d["Value"]) for d in (items if isinstance(items, list) else [items])}
+    scaling = metres["X"] * 1e6  # the file's scaling is in metres per pixel
+    assert stack.physical_pixel_sizes["X"] == pytest.approx(scaling)
+    assert stack.xarray.coords["X"].attrs["units"] == "micrometer"
+    assert f"X {scaling:.4g} µm" in repr(stack)

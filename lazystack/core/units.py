@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["UNIT_SYMBOLS", "format_quantity", "format_sizes", "unit_symbol"]
+__all__ = ["UNIT_SYMBOLS", "format_quantity", "format_sizes", "unit_name", "unit_symbol"]
 
 #: Symbol of each unit name OME-NGFF allows for space and time axes (and a few common aliases).
 UNIT_SYMBOLS: dict[str, str] = {
@@ -65,6 +65,41 @@ UNIT_SYMBOLS: dict[str, str] = {
     "zeptosecond": "zs",
     "zettasecond": "Zs",
 }
+
+
+_ALIASES = {
+    "um": "micrometer",
+    "\u03bcm": "micrometer",  # Greek mu (OME-XML and ImageJ write either mu)
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "\\u00b5m": "micrometer",  # ImageJ's escaped micro sign
+    "a": "angstrom",
+    "sec": "second",
+    "\u03bcs": "microsecond",
+    "us": "microsecond",
+}
+
+
+def unit_name(unit: str | None) -> str | None:
+    """The OME-NGFF (UDUNITS-2) name of a unit given by name or symbol, None when unknown.
+
+    Accepts what OME-XML (``PhysicalSizeXUnit="µm"``), ImageJ (``unit=micron``)
+    and NGFF (``"micrometer"``) write.
+
+    Examples
+    --------
+    >>> unit_name("µm"), unit_name("micron"), unit_name("nm"), unit_name("Micrometer"), unit_name("pixel")
+    ('micrometer', 'micrometer', 'nanometer', 'micrometer', None)
+    """
+    if not unit:
+        return None
+    text = str(unit).strip()
+    if text.lower() in UNIT_SYMBOLS:
+        return "micrometer" if text.lower() == "micron" else text.lower()
+    for name, symbol in UNIT_SYMBOLS.items():
+        if text == symbol and name != "micron":
+            return name
+    return _ALIASES.get(text.lower())
 
 
 def unit_symbol(unit: str | None) -> str:

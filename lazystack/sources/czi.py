@@ -729,6 +729,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             "scene": scene,
             "scene_name": None if scene is None else info.scene_names.get(scene),
             "physical_pixel_sizes": dict(sizes),
+            "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
             "depth_axis": depth,
             "czi_dims": own_dims + (depth or "") + "YX",
             "czi_shape": (*own_shape, *((plane_dims["Z"][0][2],) if depth else ()), rect[3], rect[2]),
