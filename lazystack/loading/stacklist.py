@@ -117,7 +117,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         ``source``, ``format``, ``original_axes``, ``original_shape``,
         ``canonical_axes``, ``canonical_shape``, ``dtype``, ``chunks``
         (first chunk's shape, canonical order), ``scene``, ``scene_name``,
-        ``series``, ``level``, ``physical_pixel_sizes``, ``units`` (axis to
+        ``series``, ``level``, ``well`` and ``field`` (HCS plates), ``physical_pixel_sizes``, ``units`` (axis to
         unit name, for the axes whose unit the source declares), ``channel_names``,
         ``memory_bytes`` and ``disk_bytes``.
     """
@@ -134,6 +134,8 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "scene_name": stack.scene_name,
         "series": stack.series,
         "level": stack.level,
+        "well": stack.attrs.get("well"),
+        "field": stack.attrs.get("field"),
         "physical_pixel_sizes": {a: float(v) for a, v in stack.physical_pixel_sizes.items()},
         "units": {a: str(u) for a, u in (stack.attrs.get("units") or {}).items() if a in stack.physical_pixel_sizes},
         "channel_names": stack.channel_names,
@@ -165,6 +167,8 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
         place.append(f"scene {summary['scene']}" + (f" ({name})" if name else ""))
     if summary.get("series") is not None:
         place.append(f"series {summary['series']}")
+    if summary.get("well") is not None:
+        place.append(f"well {summary['well']} field {summary.get('field')}")
     if summary.get("level") is not None:
         place.append(f"level {summary['level']}")
     sizes = summary.get("physical_pixel_sizes") or {}

@@ -13,6 +13,8 @@ OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
 multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
 :func:`lazystack.write_ome_zarr` writes for a list of stacks) gives every level of
 its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
+an HCS plate gives every level of every field of every well (attrs ``plate``,
+``well``, ``row``, ``column``, ``field``); ``levels=`` selects resolution levels;
 a URI to an array gives that array alone (an
 OME-Zarr level keeps its level and scale metadata, found in the ancestor group
 that lists it).
@@ -1032,7 +1034,9 @@ def open_zarr(
         A group: one per array at its first level, sorted by name; an OME-Zarr
         image group: one per (selected) multiscale level, level 0 first; a
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
-        ``1`` ...; an array: itself. Level stacks carry ``attrs["level"]`` and
+        ``1`` ...; an HCS plate: the levels of every field of every well, in the
+        plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
+        ``field``); an array: itself. Level stacks carry ``attrs["level"]`` and
         ``attrs["image_uri"]`` (the image group's URI).
 
     Raises
@@ -1065,6 +1069,8 @@ def open_zarr(
         found_levels = list(_image_levels(node, location, axes, store, levels))
         if found_levels:
             return found_levels
+    if _plate_of(attrs) is not None:
+        return _plate_fields(node, location, axes, store, levels)
     if _is_bioformats2raw(attrs):
         return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
@@ -1076,6 +1082,69 @@ def open_zarr(
         )
         raise SourceFormatError(msg)
     return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+
+
+def _ome_holder(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The dict holding NGFF keys: ``attrs["ome"]`` (0.5) or the attrs themselves (0.4)."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, Mapping) else attrs
+
+
+def _plate_of(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    plate = _ome_holder(attrs).get("plate")
+    return plate if isinstance(plate, Mapping) else None
+
+
+def _plate_fields(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
+    """Every (selected) level of every field of every well of an HCS plate, in the plate's well order.
+
+    Each stack's attrs name the ``plate``, ``well`` (``"A/1"``), ``row``, ``column`` and ``field``
+    (index in the well); its source URI is ``<plate>/<row>/<column>/<field>/<level path>``.
+    """
+    where = location.uri()
+    plate = _plate_of(group.attrs.asdict()) or {}
+    wells = plate.get("wells")
+    if not isinstance(wells, list) or not wells:
+        raise _bad_metadata(
+            where, "plate.wells", f"must be a non-empty list of {{'path': 'A/1', ...}}, got {wells!r:.200}"
+        )
+    plate_name = str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+    out: list[OpenedSource] = []
+    for i, well in enumerate(wells):
+        well_path = well.get("path") if isinstance(well, Mapping) else None
+        if not isinstance(well_path, str) or not well_path.strip("/"):
+            raise _bad_metadata(where, f"plate.wells[{i}]", f"needs a 'path' like 'A/1', got {well!r:.200}")
+        well_path = well_path.strip("/")
+        well_loc = location.child(f"{location.path}/{well_path}")
+        well_group = _try_group(well_loc, store)
+        if well_group is None:
+            msg = f"well {well_path!r} listed in the plate metadata of {where!r} is not a group at {well_loc.uri()!r}"
+            raise SourceNotFoundError(msg)
+        images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
+        if not isinstance(images, list):
+            raise _bad_metadata(
+                well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}"
+            )
+        row, _, column = well_path.partition("/")
+        for f, image in enumerate(images):
+            image_path = image.get("path") if isinstance(image, Mapping) else None
+            if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
+                raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
+            field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
+            field_group = _try_group(field_loc, store)
+            if field_group is None:
+                msg = f"field {image_path!r} of well {well_path!r} of {where!r} is not a group at {field_loc.uri()!r}"
+                raise SourceNotFoundError(msg)
+            for opened in _image_levels(field_group, field_loc, axes, store, levels):
+                opened.attrs.update(plate=plate_name, well=well_path, row=row, column=column, field=f)
+                out.append(opened)
+    return out
 
 
 def _is_bioformats2raw(attrs: Mapping[str, Any]) -> bool:
