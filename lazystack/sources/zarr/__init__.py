@@ -14,7 +14,10 @@ multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
 :func:`lazystack.write_ome_zarr` writes for a list of stacks) gives every level of
 its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
 an HCS plate gives every level of every field of every well (attrs ``plate``,
-``well``, ``row``, ``column``, ``field``); ``levels=`` selects resolution levels;
+``well``, ``row``, ``column``, ``field``); a label image (``<image>/labels/<name>``)
+or the ``labels`` group of an image gives the label images' levels, with attrs
+``label_name`` and ``label_of`` (the URI of the image they label);
+``levels=`` selects resolution levels;
 a URI to an array gives that array alone (an
 OME-Zarr level keeps its level and scale metadata, found in the ancestor group
 that lists it).
@@ -1068,7 +1071,12 @@ def open_zarr(
     if _ngff(attrs)[0]:
         found_levels = list(_image_levels(node, location, axes, store, levels))
         if found_levels:
+            if "image-label" in _ome_holder(attrs):
+                _link_label(found_levels, location)
             return found_levels
+    label_names = _ome_holder(attrs).get("labels")
+    if isinstance(label_names, list) and label_names:
+        return _labels(label_names, location, axes, store, levels)
     if _plate_of(attrs) is not None:
         return _plate_fields(node, location, axes, store, levels)
     if _is_bioformats2raw(attrs):
@@ -1088,6 +1096,38 @@ def _ome_holder(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     """The dict holding NGFF keys: ``attrs["ome"]`` (0.5) or the attrs themselves (0.4)."""
     ome = attrs.get("ome")
     return ome if isinstance(ome, Mapping) else attrs
+
+
+def _link_label(opened: list[OpenedSource], location: ZarrLocation) -> None:
+    """Mark the level stacks of a label image (``<image>/labels/<name>``) with their name and image."""
+    parts = [p for p in location.path.split("/") if p]
+    name = parts[-1] if parts else location.root.rsplit("/", 1)[-1]
+    image = location.child("/".join(parts[:-2])).uri() if len(parts) >= 2 and parts[-2] == "labels" else None
+    for o in opened:
+        o.attrs["label_name"] = name
+        if image is not None:
+            o.attrs["label_of"] = image
+
+
+def _labels(
+    names: list[Any], location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
+) -> list[OpenedSource]:
+    """The level stacks of every label image listed by a ``labels`` group, in its order."""
+    import zarr as zarr_lib
+
+    out: list[OpenedSource] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip("/"):
+            raise _bad_metadata(location.uri(), f"labels[{i}]", f"must name a label image, got {name!r}")
+        child = location.child(f"{location.path}/{name.strip('/')}")
+        node = _try_group(child, store)
+        if not isinstance(node, zarr_lib.Group) or not _ngff(node.attrs.asdict())[0]:
+            msg = f"label {name!r} listed by {location.uri()!r} is not an OME-Zarr image at {child.uri()!r}"
+            raise SourceNotFoundError(msg)
+        found = list(_image_levels(node, child, axes, store, levels))
+        _link_label(found, child)
+        out += found
+    return out
 
 
 def _plate_of(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:

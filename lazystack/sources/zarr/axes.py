@@ -112,7 +112,7 @@ def _array_dim_axes(array: Any) -> str | None:
 
 
 def _first_image(group: Any) -> Any:
-    """The first image group of an HCS plate (first well, first field) or of a bioformats2raw layout, or None."""
+    """The first image of a plate (first well, first field), a bioformats2raw layout or a labels group, or None."""
     holder = group.attrs.get("ome") if isinstance(group.attrs.get("ome"), dict) else group.attrs
     try:
         plate = holder.get("plate")
@@ -122,6 +122,9 @@ def _first_image(group: Any) -> Any:
             return well[str(well_holder["well"]["images"][0]["path"]).strip("/")]
         if "bioformats2raw.layout" in holder:
             return group["0"]
+        labels = holder.get("labels")
+        if isinstance(labels, list) and labels:
+            return group[str(labels[0]).strip("/")]
     except Exception:  # metadata that does not lead to an image: no proposal (opening it says why)
         return None
     return None
