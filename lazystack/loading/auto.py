@@ -35,6 +35,7 @@ ACCEPTED_EXTENSIONS: dict[str, Kind] = {
     ".zarr": "zarr",
     ".czi": "czi",
     ".npy": "npy",
+    ".zip": "zarr",  # a zipped Zarr / OME-Zarr store
 }
 
 #: URI schemes :func:`load` sends to :func:`lazystack.load_zarrs` (fsspec).
@@ -108,6 +109,10 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
         raise UnsupportedSourceError(msg)
     base, _ = _split_index(text)
     path = Path(base)
+    from ..sources.zarr import zip_archive_of
+
+    if not path.exists() and zip_archive_of(base) is not None:  # a node inside a zipped store
+        return "zarr"
     if _zarr_root_in(base):
         root = base[: base.lower().rfind(".zarr") + len(".zarr")]
         if not Path(root).exists():

@@ -119,6 +119,8 @@ class ZarrLocation:
         """URI of the node ``path`` (default: this location's node) that re-creates it."""
         path = self.path if path is None else path
         base = "file://" + self.root if self.is_local else self.root
+        if base.endswith("://"):  # the store is the root of a chained archive (zip://::file:///x.zip)
+            return base + path + self.chain
         full = base.rstrip("/") + ("/" + path if path else "")
         return full if self.is_local else full + self.chain
 
@@ -216,7 +218,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     cut = _split_at_store(parts)
     root = prefix + "/".join(parts[:cut])
     path = "/".join(p for p in parts[cut:] if p)
-    return ZarrLocation(protocol, root.rstrip("/") or root, path, sep + rest, opts)
+    root = root if root == prefix else root.rstrip("/")  # "zip://": a store at the archive's root
+    return ZarrLocation(protocol, root, path, sep + rest, opts)
 
 
 def _check_protocol(protocol: str, source: str) -> None:
@@ -236,6 +239,41 @@ def _check_protocol(protocol: str, source: str) -> None:
         raise MissingDependencyError(msg) from exc
 
 
+def zip_archive_of(path: str) -> tuple[str, str] | None:
+    """Split a local path into a zip archive and a node path inside it, or None when no component is a zip file.
+
+    Parameters
+    ----------
+    path : str
+        A local path such as ``/data/image.ome.zarr.zip`` or ``/data/plate.zip/A/1/0``.
+
+    Returns
+    -------
+    tuple of (str, str) or None
+        Absolute path of the archive and the ``/``-separated path inside it.
+    """
+    import zipfile
+
+    full = os.path.abspath(os.path.expanduser(path))
+    parts = full.replace(os.sep, "/").split("/")
+    for i in range(1, len(parts) + 1):
+        candidate = "/".join(parts[:i]) or "/"
+        if os.path.isfile(candidate):
+            if candidate.lower().endswith(".zip") and zipfile.is_zipfile(candidate):
+                return candidate, "/".join(p for p in parts[i:] if p)
+            return None
+    return None
+
+
+def _zip_location(raw: str) -> ZarrLocation | None:
+    """A zipped store given by its local path: the ``zip://<inner>::file://<archive>`` location."""
+    found = zip_archive_of(raw)
+    if found is None:
+        return None
+    archive, inner = found
+    return ZarrLocation("zip", "zip://", inner, "::file://" + archive)
+
+
 def _parse_local(raw: str, source: str) -> ZarrLocation:
     candidates = [raw]
     if "%" in raw:
@@ -250,14 +288,16 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
         if os.path.exists(root):
             break
     assert location is not None  # candidates is never empty
+    zipped = _zip_location(raw)
+    if zipped is not None:
+        return zipped
     if not os.path.exists(location.root):
         msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
         raise SourceNotFoundError(msg)
     if not os.path.isdir(location.root):
         msg = (
             f"{location.root!r} is a file, not a Zarr store (source {source!r}): a Zarr store is a directory "
-            "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2); for a zipped store use a "
-            "zip://store.zarr::file:///path/archive.zip URI"
+            "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2), or a .zip archive of one"
         )
         raise SourceFormatError(msg)
     return location
