@@ -91,3 +91,21 @@ def test_plate_without_wells_is_invalid(tmp_path: Path) -> None:
     root.attrs["ome"] = {"version": "0.5", "plate": {"rows": [], "columns": [], "wells": []}}
     with pytest.raises(SourceFormatError, match=r"plate\.wells must be a non-empty list"):
         load_zarrs(str(tmp_path / "empty.ome.zarr"), "CYX")
+
+
+def test_info_draws_the_wells(plate: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from lazystack.frontends.cli import main
+
+    partial = tmp_path / "partial.ome.zarr"
+    shutil.copytree(plate, partial)
+    # drop well B/2 from the plate (and its folder): the map shows it empty
+    meta = zarr.open_group(str(partial), mode="r+")
+    ome = meta.attrs.asdict()["ome"]
+    ome["plate"]["wells"] = [w for w in ome["plate"]["wells"] if w["path"] != "B/2"]
+    meta.attrs["ome"] = ome
+    shutil.rmtree(partial / "B" / "2")
+    assert main(["info", str(partial), "--levels", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "plate screen-1: 5 wells, fields per well\n   1  2  3\nA  2  2  2\nB  2  .  2\n" in out

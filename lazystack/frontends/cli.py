@@ -303,7 +303,7 @@ def _info_records(source: str, axes: str | None, load_opts: dict[str, Any]) -> t
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Describe every source it can; name each one that fails (exit 1 if any did)."""
-    from ..loading.stacklist import format_table, summary_row
+    from ..loading.stacklist import format_table, plate_map, summary_row
 
     axes, load_opts = _axes_and_options(args)  # a bad --axes or option fails every source: stop here
     records: list[dict[str, Any]] = []
@@ -333,6 +333,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
     elif records:
         print(format_table(summary_row(r) for r in records))
+        plates = plate_map(records)
+        if plates:
+            print("\n" + plates)
         if declared_any:
             print("\naxes as the files declare them (give --axes to override); disk = size of the whole file or store")
     for source, error in failures:

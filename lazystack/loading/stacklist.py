@@ -24,6 +24,7 @@ __all__ = [
     "StackList",
     "format_bytes",
     "format_table",
+    "plate_map",
     "source_disk_bytes",
     "stack_html",
     "stack_summary",
@@ -134,6 +135,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "scene_name": stack.scene_name,
         "series": stack.series,
         "level": stack.level,
+        "plate": stack.attrs.get("plate"),
         "well": stack.attrs.get("well"),
         "field": stack.attrs.get("field"),
         "physical_pixel_sizes": {a: float(v) for a, v in stack.physical_pixel_sizes.items()},
@@ -209,6 +211,50 @@ def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COL
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def plate_map(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """A text map of the wells of every HCS plate among the summaries: fields per well, ``.`` for none.
+
+    Parameters
+    ----------
+    summaries : iterable of mapping
+        :func:`stack_summary` records (those without ``well`` are ignored).
+
+    Returns
+    -------
+    str
+        One map per plate, or ``""`` when no record is a plate field.
+
+    Examples
+    --------
+    >>> records = [{"plate": "p", "well": w, "field": f} for w in ("A/1", "A/2", "B/2") for f in (0, 1)]
+    >>> print(plate_map(records))
+    plate p: 3 wells, fields per well
+       1  2
+    A  2  2
+    B  .  2
+    """
+    plates: dict[str, dict[tuple[str, str], set[Any]]] = {}
+    for r in summaries:
+        well = r.get("well")
+        if well is None:
+            continue
+        row, _, column = str(well).partition("/")
+        plates.setdefault(str(r.get("plate") or "-"), {}).setdefault((row, column), set()).add(r.get("field"))
+    blocks = []
+    for name, wells in plates.items():
+        rows = sorted({w[0] for w in wells}, key=lambda t: (len(t), t))
+        columns = sorted({w[1] for w in wells}, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
+        width = max(len(c) for c in columns + [str(len(f)) for f in wells.values()])
+        label = max(len(r) for r in rows)
+        lines = [f"plate {name}: {len(wells)} well{'s' if len(wells) != 1 else ''}, fields per well"]
+        lines.append(" " * label + "".join("  " + c.rjust(width) for c in columns))
+        for row in rows:
+            cells = [str(len(wells[(row, c)])) if (row, c) in wells else "." for c in columns]
+            lines.append(row.ljust(label) + "".join("  " + v.rjust(width) for v in cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index: bool = True) -> str:
