@@ -106,7 +106,7 @@ def write_file(path: Path, shape: tuple[int, int, int], compressed: bool) -> Non
 # -- workers (each in its own subprocess) -------------------------------------------------------------
 def _worker_lazystack(path: str, n: int) -> dict[str, Any]:
     import dask.array  # noqa: F401 - one-off imports are not part of opening a file
-    import tifffile.zarr  # noqa: F401
+    import tifffile  # noqa: F401
     import xarray  # noqa: F401
 
     from lazystack import load_tiffs

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .core.version import __version__
     from .frontends.plot import show, thumbnail
     from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+    from .io.reader import Reader, ReaderCapabilities
     from .loading.auto import load, propose_axes
     from .loading.loaders import (
         load_arrays,
@@ -53,8 +54,9 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .ops.batch import extract_patches
     from .ops.normalize import normalized
     from .ops.stats import ChannelStatistics, channel_statistics
-    from .ops.writing import write_ome_zarr
+    from .ops.writing import PartialOutputWarning, stale_partial_outputs, write_ome_zarr
     from .sources.custom import ReadFunc
+    from .sources.czi_check import check_czi_decodes
     from .sources.zarr.engines import set_zarr_engine
     from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
 
@@ -69,6 +71,8 @@ _LAZY = {
     "chunk_cache_size": "io.cache",
     "get_chunk_cache": "io.cache",
     "set_chunk_cache_size": "io.cache",
+    "Reader": "io.reader",
+    "ReaderCapabilities": "io.reader",
     "load": "loading.auto",
     "propose_axes": "loading.auto",
     "load_arrays": "loading.loaders",
@@ -84,6 +88,9 @@ _LAZY = {
     "ChannelStatistics": "ops.stats",
     "channel_statistics": "ops.stats",
     "write_ome_zarr": "ops.writing",
+    "PartialOutputWarning": "ops.writing",
+    "stale_partial_outputs": "ops.writing",
+    "check_czi_decodes": "sources.czi_check",
     "ReadFunc": "sources.custom",
     "set_zarr_engine": "sources.zarr.engines",
     "GenericImageStack": "stack",
@@ -152,6 +159,9 @@ __all__ = [
     "MissingDependencyError",
     "PatchError",
     "ReadFunc",
+    "PartialOutputWarning",
+    "Reader",
+    "ReaderCapabilities",
     "SampleIndexError",
     "SelectionError",
     "ShapeMismatchError",
@@ -162,6 +172,7 @@ __all__ = [
     "UnsupportedSourceError",
     "__version__",
     "channel_statistics",
+    "check_czi_decodes",
     "chunk_cache_size",
     "extract_patches",
     "get_chunk_cache",
@@ -178,6 +189,7 @@ __all__ = [
     "set_chunk_cache_size",
     "set_zarr_engine",
     "show",
+    "stale_partial_outputs",
     "thumbnail",
     "validate_axes",
     "write_ome_zarr",

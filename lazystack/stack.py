@@ -1,8 +1,10 @@
 """The image-stack protocol and lazystack's one concrete lazy stack class.
 
-:class:`LazyImageStack` wraps a *chunk reader* (see :mod:`lazystack.io.handles`)
-over the source's original axes. It knows the axes model and nothing about
-formats: every loader returns it.
+:class:`LazyImageStack` wraps one *reader* (the contract of
+:mod:`lazystack.io.reader`) over the source's original axes. It knows the
+axes model and nothing about formats: every loader returns it. Every read
+takes one path: a cache-only read (``read_cached``), else a region read in
+the stored dtype (``read_region``); the ``float32`` patch is made here.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .core.axes import AxesModel
-from .core.errors import ChannelIndexError, SelectionError, UnsupportedSourceError
+from .core.errors import (
+    ChannelIndexError,
+    SelectionError,
+    ShapeMismatchError,
+    SourceFormatError,
+    UnsupportedSourceError,
+)
 from .core.extensions import provided
 from .core.patch import patch_geometry
 from .core.units import format_sizes
-from .io.reader import is_array_like, read_numpy, reader_chunks, reader_token
+from .io.reader import Reader, as_reader, dask_chunks, read_numpy, reader_token
 
 if TYPE_CHECKING:
     import dask.array
     import xarray
 
-__all__ = ["GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack"]
+__all__ = ["GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack", "PatchPlan"]
 
 
 @runtime_checkable
@@ -110,9 +118,27 @@ class _FastPlan(NamedTuple):
     n_samples: int
     perm: tuple[int, ...] | None  # root axes -> STC(Z)YX, None when already in that order
     n_channels: int
-    has_read_region: bool  # the reader takes in-bounds step-1 slices via read_region (sources/base.py)
-    read_cached: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # cache-only read, if any (sources/base.py)
-    read_float32: Callable[[tuple[slice, ...]], np.ndarray | None] | None  # a new float32 region, if any (same)
+    read_region: Callable[[tuple[slice, ...]], np.ndarray]  # the reader's methods (io/reader.py), bound once
+    read_cached: Callable[[tuple[slice, ...]], np.ndarray | None]
+    read_float32: Callable[[tuple[slice, ...]], np.ndarray | None]
+
+
+class PatchPlan(NamedTuple):
+    """What one patch request reads (:meth:`LazyImageStack.plan_patch`).
+
+    Attributes
+    ----------
+    region : tuple of slice or None
+        Step-1 slices in the reader's (root) axes, inside the bounds; None
+        when the patch lies wholly outside the image (it is all zeros).
+    size : list of int or None
+        The patch's spatial size when the patch is exactly ``region`` cast
+        to ``float32`` (every channel, wholly inside an identity view):
+        :meth:`LazyImageStack.patch_from_region` makes it. None otherwise.
+    """
+
+    region: tuple[slice, ...] | None
+    size: list[int] | None
 
 
 class LazyImageStack:
@@ -121,17 +147,20 @@ class LazyImageStack:
     Creating a stack reads nothing but metadata. ``extract_patch`` reads
     only the region a patch overlaps, straight from the chunk reader (never
     through the dask scheduler); :attr:`data` and :attr:`xarray` are dask-backed
-    views whose chunks follow the source's own.
+    views whose chunks are whole numbers of the source's own chunks, merged
+    to about dask's ``array.chunk-size`` (so the number of tasks depends on
+    the data's size, not on how finely the source is chunked).
 
     Stacks are normally made by a loader (:func:`lazystack.load_arrays`,
     :func:`lazystack.load_tiffs` ...), not directly.
 
     Parameters
     ----------
-    reader : array-like
-        Chunk reader over the source's original axes: anything with
-        ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask, zarr arrays, a
-        format back end's reader).
+    reader : Reader or array-like
+        Reader over the source's original axes (:mod:`lazystack.io.reader`),
+        or anything with ``shape``, ``dtype`` and ``__getitem__`` (numpy,
+        dask, zarr, h5py arrays, ``np.memmap``), adapted here once into an
+        :class:`~lazystack.io.reader.ArrayReader`.
     axes : str
         Axes of ``reader`` (letters of ``STCZYX``, ``Y`` and ``X`` required).
     source : str, optional
@@ -143,12 +172,21 @@ class LazyImageStack:
         e.g. channel names for ``"C"``.
     attrs : mapping, optional
         Metadata: ``physical_pixel_sizes`` (dict axis -> size), ``scene``,
-        ``scene_name``, ``level``, ``series`` ...
+        ``scene_name``, ``level``, ``series`` ... Three keys name the
+        source's real dimensions in :attr:`original_axes` (a CZI's, as
+        CAREamics does): ``sample_dims`` (a string) and ``sample_shape`` (their
+        sizes, whose product is the size of ``S``) replace a whole ``S`` axis
+        by the dimensions merged into it, outer to inner; ``depth_axis``
+        names the dimension in the ``Z`` slot.
 
     Raises
     ------
     UnsupportedSourceError
         If ``reader`` is not array-like.
+    SourceFormatError
+        If ``reader.dtype`` is not bool, integer or floating point (complex
+        data included: patches are ``float32``, and a silent cast would drop
+        the imaginary part).
     AxesError, ShapeMismatchError
         If ``axes`` is invalid or does not match ``reader.shape``.
     """
@@ -163,15 +201,18 @@ class LazyImageStack:
         coords: Mapping[str, Any] | None = None,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        if not is_array_like(reader):
+        adapted = as_reader(reader)
+        if adapted is None:
             msg = (
                 f"cannot make a stack from {type(reader).__name__!r} (source {source!r}): "
                 "expected an array-like with shape, dtype and __getitem__ "
                 "(numpy, dask, zarr, h5py arrays, np.memmap ...)"
             )
             raise UnsupportedSourceError(msg)
+        reader = adapted
+        check_image_dtype(reader.dtype, source, format)
         root = AxesModel(axes, tuple(reader.shape))
-        self._reader = reader
+        self._reader: Reader = reader
         self._root = root
         self._source = source
         self._format = format
@@ -180,6 +221,7 @@ class LazyImageStack:
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
         self._dask_root: Any = None
+        self._chunks_root: tuple[tuple[int, ...], ...] | None = None
         self._set_view()
 
     # -- construction helpers ------------------------------------------------
@@ -210,6 +252,7 @@ class LazyImageStack:
         model = self._model
         axes = model.axes
         order = [axes.index(a) for a in "STCZYX" if a in axes]
+        reader = self._reader
         return _FastPlan(
             template=[slice(0, model.n_channels) if a == "C" else slice(None) for a in axes],
             s_pos=axes.index("S") if "S" in axes else None,
@@ -220,9 +263,9 @@ class LazyImageStack:
             n_samples=model.n_samples,
             perm=None if order == list(range(len(axes))) else tuple(order),
             n_channels=model.n_channels,
-            has_read_region=callable(getattr(self._reader, "read_region", None)),
-            read_cached=read_cached if callable(read_cached := getattr(self._reader, "read_cached", None)) else None,
-            read_float32=as_f32 if callable(as_f32 := getattr(self._reader, "read_float32", None)) else None,
+            read_region=reader.read_region,
+            read_cached=reader.read_cached,
+            read_float32=reader.read_float32,
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
@@ -239,14 +282,20 @@ class LazyImageStack:
         region, size = plan
         fast = self._fast
         assert fast is not None
-        block = fast.read_cached(region) if fast.read_cached is not None else None
+        # the one read path (see _read_region), inlined: a call saved on every patch
+        block = fast.read_cached(region)
         if block is None:  # not all in memory: read it
-            if fast.read_float32 is not None:
-                as_f32 = fast.read_float32(region)
-                if as_f32 is not None:  # a new float32 array: the patch itself, no copy
-                    return self._finish_inside(as_f32, size, fresh=True)
-            block = self._reader.read_region(region) if fast.has_read_region else read_numpy(self._reader, region)
+            as_f32 = fast.read_float32(region)
+            if as_f32 is not None:  # a new float32 array: the patch itself, no copy
+                return self._finish_inside(as_f32, size, fresh=True)
+            block = fast.read_region(region)
         return self._finish_inside(block, size)
+
+    def _read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a region of the reader (step-1 slices inside the bounds): from the cache alone, else from the source."""
+        reader = self._reader
+        block = reader.read_cached(region)
+        return reader.read_region(region) if block is None else block
 
     def _inside_region(
         self, sample_idx: Any, coords: Any, patch_size: Any
@@ -302,10 +351,13 @@ class LazyImageStack:
             return None  # a reader that returned the wrong shape: the general path reports it
         return block.reshape((n_c, *size)).astype(np.float32, order="C", copy=not fresh)
 
-    def _derive(self, selection: Selection) -> LazyImageStack:
+    def _derive(self, selection: Selection, reader: Reader | None = None) -> LazyImageStack:
         new = object.__new__(LazyImageStack)
         new.__dict__.update(self.__dict__)
         new._selection = selection
+        if reader is not None:
+            new._reader = reader
+            new._dask_root = None
         new._set_view()
         return new
 
@@ -344,13 +396,87 @@ class LazyImageStack:
 
     @property
     def original_axes(self) -> str:
-        """Axes of this stack (of the view, for a view) in the source's order."""
-        return self._model.axes
+        """Axes of this stack (of the view, for a view) in the source's order.
+
+        These are the letters of :attr:`axes_model` unless the source names
+        its real dimensions (a CZI: ``S`` replaced by the dimensions merged
+        into it, the ``Z`` slot named by the depth axis, as CAREamics
+        reports them; see :mod:`lazystack.sources.czi`). A view that keeps
+        part of ``S`` shows it as ``S``.
+        """
+        return self._named()[0]
 
     @property
     def original_data_shape(self) -> tuple[int, ...]:
         """Shape in :attr:`original_axes` order."""
-        return self._model.shape
+        return self._named()[1]
+
+    def _merged(self) -> tuple[str, tuple[int, ...]] | None:
+        """The source dimensions merged into the root's ``S`` and their sizes (``attrs``), else None."""
+        dims, shape = self._attrs.get("sample_dims"), self._attrs.get("sample_shape")
+        if not dims or shape is None or "S" not in self._root.axes or len(dims) != len(shape):
+            return None
+        shape = tuple(int(n) for n in shape)
+        return (dims, shape) if math.prod(shape) == self._root.size("S") else None
+
+    def _named(self) -> tuple[str, tuple[int, ...]]:
+        """:attr:`original_axes` and :attr:`original_data_shape`: the model's, with the source's dimension names.
+
+        ``S`` is replaced by the merged dimensions when the view keeps all of
+        it, or when at most one of them has a size above 1 (``S`` then is
+        that dimension, and a view's part of it is a part of that dimension).
+        """
+        model = self._model
+        merged, depth = self._merged(), self._attrs.get("depth_axis")
+        if merged is None and not depth:
+            return model.axes, model.shape
+        axes: list[str] = []
+        shape: list[int] = []
+        for a, n in zip(model.axes, model.shape, strict=True):
+            if a == "S" and merged is not None:
+                dims, sizes = merged
+                big = [i for i, k in enumerate(sizes) if k > 1]
+                if self._selection[self._root.axes.index("S")] == range(self._root.size("S")):
+                    axes.extend(dims)
+                    shape.extend(sizes)
+                    continue
+                if len(big) == 1:
+                    axes.extend(dims)
+                    shape.extend(n if i == big[0] else 1 for i in range(len(dims)))
+                    continue
+            axes.append(depth if a == "Z" and depth else a)
+            shape.append(n)
+        return "".join(axes), tuple(shape)
+
+    def _model_axis(self, name: str) -> str:
+        """The letter of :attr:`axes_model` that :meth:`isel` selects for an :attr:`original_axes` name.
+
+        Of the dimensions merged into ``S``, the one above size 1 (the first
+        when all have size 1) stands for ``S``; when several are above size 1
+        only ``S`` itself selects samples.
+        """
+        merged, depth = self._merged(), self._attrs.get("depth_axis")
+        if depth and name == depth:
+            return "Z"
+        if merged is not None:
+            dims, sizes = merged
+            big = [d for d, k in zip(dims, sizes, strict=True) if k > 1]
+            stands_for_s = big[0] if len(big) == 1 else (dims[0] if not big else None)
+            if name == stands_for_s:
+                return "S"
+            if name in dims:
+                how = "isel(S=...)" if stands_for_s is None else f"isel({stands_for_s}=...)"
+                msg = (
+                    f"cannot select on {name!r} alone: the dimensions {dims!r} (sizes {sizes}) are merged into the "
+                    f"sample axis S (a sample index is the C-order index over them, {dims[0]} outermost); "
+                    f"select samples with {how}"
+                )
+                raise SelectionError(msg)
+            if name == "S" and stands_for_s is not None and "S" not in self.original_axes:
+                return "?"  # S goes by the name of the dimension that stands for it
+        if name == "Z" and depth and depth != "Z":
+            return "?"  # the Z slot is named by the depth: Z itself is not an axis of this stack
+        return name
 
     @property
     def axes_model(self) -> AxesModel:
@@ -410,8 +536,8 @@ class LazyImageStack:
         return self._attrs.get("series")
 
     @property
-    def reader(self) -> Any:
-        """The chunk reader over the source's original (unviewed) axes."""
+    def reader(self) -> Reader:
+        """The reader over the source's original (unviewed) axes (see :mod:`lazystack.io.reader`)."""
         return self._reader
 
     @property
@@ -517,14 +643,32 @@ class LazyImageStack:
         return block
 
     def _read_view(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read ``key`` (in view axes) from memory or from the reader."""
+        """Read ``key`` (in view axes: ints and step-1 slices inside the bounds) from memory or from the reader."""
         if self._memory is not None:
             return self._memory[key]
-        if self._identity:
-            return read_numpy(self._reader, key)
-        root_key, stride = self._compose(key)
-        out = read_numpy(self._reader, root_key)
+        root_key, stride = (key, None) if self._identity else self._compose(key)
+        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
+        out = self._read_region(region)
+        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
+            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
         return out[stride] if stride is not None else out
+
+    def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """Read a region of this stack (view) in :attr:`axes_model` order, in the stored dtype.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            One ``int`` or step-1 ``slice`` (explicit ``start`` and ``stop``)
+            per axis of :attr:`axes_model`, inside the bounds; an int drops
+            its axis.
+
+        Returns
+        -------
+        numpy.ndarray
+            May be a read-only view of cached data: copy it before writing.
+        """
+        return self._read_view(key)
 
     @staticmethod
     def _as_slice(r: range) -> slice:
@@ -553,6 +697,90 @@ class LazyImageStack:
             else:
                 root_key.append(sel[k])
         return tuple(root_key), (tuple(stride) if strided else None)
+
+    # -- the public surface batched extraction (lazystack.ops.batch) works through ----------
+    def plan_patch(
+        self,
+        sample_idx: int,
+        channels: Sequence[int] | None,
+        coords: Sequence[int],
+        patch_size: Sequence[int],
+    ) -> PatchPlan:
+        """The reader region one :meth:`extract_patch` request reads, validated as it validates it.
+
+        Parameters
+        ----------
+        sample_idx, channels, coords, patch_size
+            As for :meth:`extract_patch`.
+
+        Returns
+        -------
+        PatchPlan
+            The region in the reader's (root) axes, and the patch size when
+            the patch is exactly that region as ``float32``.
+
+        Raises
+        ------
+        SampleIndexError, ChannelIndexError, PatchError
+            As :meth:`extract_patch` raises them.
+        """
+        if channels is None:
+            inside = self._inside_region(sample_idx, coords, patch_size)
+            if inside is not None:
+                return PatchPlan(*inside)
+        model = self._model
+        geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
+        chans = self._channel_list(channels)
+        model.sample_to_st(sample_idx)
+        if geometry.empty:
+            return PatchPlan(None, None)
+        key = model.original_key(sample_idx, slice(min(chans), max(chans) + 1), geometry.source)
+        root_key = key if self._identity else self._compose(key)[0]
+        return PatchPlan(tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key), None)
+
+    def patch_from_region(self, block: np.ndarray, size: Sequence[int]) -> NDArray[np.float32] | None:
+        """The patch of a :class:`PatchPlan` with a ``size``, from its region's data (None: wrong size).
+
+        Parameters
+        ----------
+        block : numpy.ndarray
+            The plan's region as read (a *new* array: a ``float32`` one in
+            ``C(Z)YX`` order is returned as the patch itself).
+        size : sequence of int
+            The plan's ``size``.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The ``float32`` ``C(Z)YX`` patch, as :meth:`extract_patch`
+            returns it.
+        """
+        return self._finish_inside(block, list(size), fresh=True)
+
+    def with_reader(self, reader: Reader) -> LazyImageStack:
+        """The same stack (view) reading through another reader of the same data.
+
+        Batched extraction serves a batch's patches through readers holding
+        chunks it already fetched.
+
+        Parameters
+        ----------
+        reader : Reader
+            Over the same (root) axes, shape and dtype as :attr:`reader`.
+
+        Returns
+        -------
+        LazyImageStack
+
+        Raises
+        ------
+        ShapeMismatchError
+            If ``reader``'s shape differs from :attr:`reader`'s.
+        """
+        if tuple(reader.shape) != self._root.shape:
+            msg = f"with_reader: the reader's shape {tuple(reader.shape)} is not the stack's {self._root.shape}"
+            raise ShapeMismatchError(msg)
+        return self._derive(self._selection, reader)
 
     def extract_patches(
         self, requests: Sequence[tuple[int, Sequence[int] | None, Sequence[int], Sequence[int]]]
@@ -629,7 +857,9 @@ class LazyImageStack:
         ----------
         **indexers : int or slice
             One keyword per axis of :attr:`original_axes` (either case). An
-            int drops the axis; a slice (positive step) keeps it.
+            int drops the axis; a slice (positive step) keeps it. Of the
+            dimensions a CZI merges into ``S``, the one above size 1 selects
+            samples by its name; when several are above size 1, ``S`` does.
 
         Returns
         -------
@@ -652,17 +882,17 @@ class LazyImageStack:
         'TYX'
         """
         axes = self._model.axes
-        names = [name.upper() for name in indexers]
+        names = [self._model_axis(name.upper()) for name in indexers]
         dup = next((a for a in names if names.count(a) > 1), None)
         if dup is not None:
             msg = f"isel got axis {dup!r} more than once ({list(indexers)}); give each axis once"
             raise SelectionError(msg)
         view_pos = [i for i, s in enumerate(self._selection) if isinstance(s, range)]
         selection = list(self._selection)
-        for name, idx in indexers.items():
-            axis = name.upper()
+        for (name, idx), axis in zip(indexers.items(), names, strict=True):
             if axis not in axes:
-                msg = f"cannot select on axis {name!r}: the stack has axes {axes!r} (select with one of {list(axes)})"
+                shown = self.original_axes
+                msg = f"cannot select on axis {name!r}: the stack has axes {shown!r} (select with one of {list(shown)})"
                 raise SelectionError(msg)
             pos = view_pos[axes.index(axis)]
             current = selection[pos]
@@ -691,22 +921,45 @@ class LazyImageStack:
         return self._derive(tuple(selection))
 
     # -- dask / xarray / numpy ------------------------------------------------------
+    def _root_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks over the root axes: the reader's chunks merged to dask's ``array.chunk-size``.
+
+        Worked out from the chunk sizes alone (no dask array is built), once
+        per stack. ``S`` is never merged when ``T`` is present: the canonical
+        view reshapes ``(S, T)`` into one axis, which needs ``S`` in chunks of 1.
+        """
+        chunks = self.__dict__.get("_chunks_root")
+        if chunks is None:
+            reader = self._reader
+            own = reader.as_dask()
+            if own is not None:  # a dask array keeps its own graph, and so its own chunks
+                chunks = tuple(tuple(int(n) for n in c) for c in own.chunks)
+            else:
+                axes = self._root.axes
+                unit = (axes.index("S"),) if "S" in axes and "T" in axes else ()
+                chunks = dask_chunks(reader, unit_axes=unit)
+            self._chunks_root = chunks
+        return chunks
+
     def _root_dask(self) -> dask.array.Array:
         if self._dask_root is None:
             import dask.array as da
 
             reader = self._reader
-            if type(reader).__module__.startswith("dask."):
-                self._dask_root = reader
+            own = reader.as_dask()
+            if own is not None:
+                self._dask_root = own
             else:
                 ndim = len(self._root.shape)
+                # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
+                # fancy=False), so a small slice of a big merged chunk reads only the slice
                 self._dask_root = da.from_array(
-                    reader,
-                    chunks=reader_chunks(reader),
+                    _SlicingReader(reader),
+                    chunks=self._root_chunks(),
                     name=f"lazystack-{self._token}",
                     meta=np.empty((0,) * ndim, dtype=self.data_dtype),
                     asarray=True,
-                    fancy=False,
+                    fancy=True,
                     lock=False,
                 )
         return self._dask_root
@@ -722,18 +975,82 @@ class LazyImageStack:
         return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
 
     def _view_chunks(self) -> tuple[tuple[int, ...], ...]:
-        x = self._root_dask()
-        return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)].chunks
+        """dask chunks of the view in its original axes, worked out without building a dask array.
+
+        The same as dask's own slicing of the root array: per root chunk, the
+        number of selected indices in it (chunks left empty are dropped).
+        """
+        out = []
+        for sizes, sel in zip(self._root_chunks(), self._selection, strict=True):
+            if isinstance(sel, int):
+                continue
+            if sel.step == 1 and sel.start == 0 and len(sel) == sum(sizes):
+                out.append(sizes)
+                continue
+            bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            lo = np.maximum(bounds[:-1], sel.start)
+            hi = np.minimum(bounds[1:], sel.start + len(sel) * sel.step)
+            # indices start + k*step in [lo, hi): ceil((hi - start)/step) - ceil((lo - start)/step)
+            counts = -((sel.start - hi) // sel.step) - (-((sel.start - lo) // sel.step))
+            counts = np.where(hi > lo, counts, 0)
+            picked = tuple(int(c) for c in counts if c > 0)
+            out.append(picked or (0,))
+        return tuple(out)
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Shape of the first dask chunk of :attr:`data` (canonical order), without building it.
+
+        What ``repr``, :func:`lazystack.loading.stacklist.stack_summary` and
+        ``lazystack info`` show: a chunk is a whole number of the source's
+        own chunks (pages, tiles) of about dask's ``array.chunk-size``.
+        """
+        return tuple(c[0] if c else 0 for c in self._canonical_chunks())
+
+    def _canonical_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of :attr:`data` (canonical order), from :meth:`_view_chunks`."""
+        by_axis = dict(zip(self._model.axes, self._view_chunks(), strict=True))
+        if "T" in by_axis:  # S and T merge into one axis: T's chunks once per S index
+            by_axis["S"] = by_axis.pop("T") * self._model.size("S")
+        return tuple(by_axis.get(a, (1,)) for a in self._model.canonical_axes)
 
     @property
     def data(self) -> dask.array.Array:
-        """dask array in canonical ``SC(Z)YX`` order; chunks follow the source's."""
-        return self._model.to_canonical(self._view_dask())
+        """dask array in canonical ``SC(Z)YX`` order.
+
+        Its chunks group the source's own chunks (pages, tiles, zarr chunks)
+        up to dask's ``array.chunk-size`` (``dask.config.set({"array.chunk-size": "32 MiB"})``
+        before the array is first built); see :func:`lazystack.io.reader.dask_chunks`.
+        """
+        import dask.array as da
+        from dask.base import tokenize
+
+        # one read per chunk straight in canonical order (no transpose / reshape layers), so dask
+        # fuses a slice of the array into the read: a small slice reads only itself
+        return da.from_array(
+            _SlicingReader(_CanonicalRegions(self)),
+            chunks=self._canonical_chunks(),
+            name=f"lazystack-canonical-{tokenize(self._token, self._selection, self._memory is not None)}",
+            meta=np.empty((0,) * len(self._model.canonical_axes), dtype=self.data_dtype),
+            asarray=True,
+            fancy=True,
+            lock=False,
+        )
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of :attr:`data` (canonical order)."""
-        return self.data.chunks
+        """dask chunks of :attr:`data` (canonical order), worked out without building it."""
+        return self._canonical_chunks()
+
+    @property
+    def token(self) -> str:
+        """Names this stack's (view's) data without hashing it: the reader's token and the view's selection."""
+        return f"{self._token}:{self._selection!r}"
+
+    @property
+    def original_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of this stack (view) in the order of [`axes_model`][lazystack.LazyImageStack.axes_model]."""
+        return self._view_chunks()
 
     @property
     def coords(self) -> dict[str, np.ndarray]:
@@ -765,16 +1082,22 @@ class LazyImageStack:
             "format": self._format,
             **{k: v for k, v in self._attrs.items() if v is not None},
         }
+        axes, shape = self._named()
+        depth = self._attrs.get("depth_axis") or "Z"
         units = self._attrs.get("units") or {}
         sizes = self._attrs.get("physical_pixel_sizes") or {}
-        coords: dict[str, Any] = {
+        coords: dict[str, Any] = {}
+        for a, v in self.coords.items():
+            if a == "S" and "S" not in axes:
+                continue
+            name = depth if a == "Z" else a
             # physical positions carry their unit (CF / pint convention: a "units" attribute)
-            a: ((a,), v, {"units": str(units[a])}) if a in units and a in sizes and a not in self._coords else v
-            for a, v in self.coords.items()
-        }
+            physical = a in units and a in sizes and a not in self._coords
+            coords[name] = ((name,), v, {"units": str(units[a])}) if physical else v
+        data = self._view_dask()
         return xr.DataArray(
-            self._view_dask(),
-            dims=tuple(self._model.axes),
+            data if shape == data.shape else data.reshape(shape),
+            dims=tuple(axes),
             coords=coords,
             attrs=attrs,
             name=_short_name(self._source),
@@ -801,7 +1124,9 @@ class LazyImageStack:
             ``self``, for chaining.
         """
         if self._memory is None:
-            self._memory = self._read_all()
+            data = self._read_all()
+            # a read-only result is a view of a cached chunk or a memory map: hold a copy of its own
+            self._memory = data if data.flags.writeable else data.copy()
         return self
 
     @property
@@ -816,9 +1141,7 @@ class LazyImageStack:
         """
         self._memory = None
         self._dask_root = None
-        close = getattr(self._reader, "close", None)
-        if callable(close):
-            close()
+        self._reader.close()
 
     def __enter__(self) -> LazyImageStack:
         return self
@@ -864,6 +1187,131 @@ class LazyImageStack:
         except Exception:  # pragma: no cover - the table alone still informs
             body = ""
         return f"<div class='lazystack'><b>LazyImageStack</b><table>{rows}</table>{body}</div>"
+
+
+class _CanonicalRegions:
+    """A stack (view) read in canonical ``SC(Z)YX`` order: ints and step-1 slices per canonical axis."""
+
+    def __init__(self, stack: LazyImageStack) -> None:
+        self.stack = stack
+        model = stack.axes_model
+        self.shape = model.canonical_shape
+        self.dtype = stack.data_dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        stack = self.stack
+        model = stack.axes_model
+        axes = model.axes
+        n_t = model.size("T")
+        spans = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in key]
+        s_span, c_span, *spatial = spans
+        parts = []
+        # the canonical sample axis is S x T: read each S index's run of T at once
+        s_runs: list[tuple[int, range]] = []
+        for i in s_span:
+            s, t = divmod(i, n_t)
+            if s_runs and s_runs[-1][0] == s and s_runs[-1][1].stop == t:
+                s_runs[-1] = (s, range(s_runs[-1][1].start, t + 1))
+            else:
+                s_runs.append((s, range(t, t + 1)))
+        by_role = {"C": c_span, **dict(zip(model.spatial_axes, spatial, strict=True))}
+        order = [axes.index(a) for a in "STCZYX" if a in axes]
+        for s, t_run in s_runs:
+            spans_view = {**by_role, "S": range(s, s + 1), "T": t_run}
+            view_key = tuple(slice(spans_view[a].start, spans_view[a].stop) for a in axes)
+            block = np.asarray(stack._read_view(view_key)).transpose(order)
+            parts.append(block.reshape((len(t_run), len(c_span), *(len(r) for r in spatial))))
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        drop = tuple(0 if isinstance(k, int) else slice(None) for k in key)
+        return out[drop]
+
+
+class _SlicingReader:
+    """What dask reads a stack's chunks through: any numpy basic/outer key over a chunk reader.
+
+    dask fuses a slice of a chunk into the chunk's read, so keys may carry
+    steps, negative indices or integer lists; the reader is asked for the
+    bounding step-1 region only (its contract) and the rest is applied to
+    the result in numpy.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.shape = tuple(int(n) for n in reader.shape)
+        self.dtype = np.dtype(reader.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = (*key, *(slice(None),) * (self.ndim - len(key)))
+        region: list[int | slice] = []
+        after: list[Any] = []  # per kept axis: what to apply to the step-1 region read
+        out_shape: list[int] = []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, (int, np.integer)):
+                region.append(operator.index(k) % n)
+                continue
+            if isinstance(k, slice):
+                r = range(*k.indices(n))
+                lo = min(r[0], r[-1]) if len(r) else 0
+                region.append(slice(lo, lo + (abs(r[-1] - r[0]) + 1 if len(r) else 0)))
+                after.append(slice(None) if r.step == 1 else slice(r[0] - lo if len(r) else 0, None, r.step))
+                out_shape.append(len(r))
+            else:  # an integer list / array: outer indexing, one axis at a time
+                idx = np.asarray(k, dtype=np.int64).reshape(-1) % max(n, 1)
+                lo = int(idx.min()) if idx.size else 0
+                region.append(slice(lo, int(idx.max()) + 1 if idx.size else 0))
+                after.append(idx - lo)
+                out_shape.append(int(idx.size))
+        if 0 in out_shape:
+            return np.empty(out_shape, dtype=self.dtype)
+        out = read_numpy(self.reader, tuple(region))
+        for axis, sel in enumerate(after):
+            if not (isinstance(sel, slice) and sel == slice(None)):
+                out = out[(slice(None),) * axis + (sel,)]
+        return out
+
+
+#: dtype kinds a stack holds: bool, signed and unsigned integers, floating point.
+IMAGE_KINDS = "biuf"
+
+
+def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A002 - the natural name
+    """Raise a :class:`SourceFormatError` unless ``dtype`` is bool, integer or floating point.
+
+    The one check every format goes through (every loader builds a
+    :class:`LazyImageStack`): complex data would otherwise reach the
+    ``float32`` patches as its real part only, with nothing but numpy's
+    ``ComplexWarning``.
+
+    Parameters
+    ----------
+    dtype : numpy dtype-like
+        The reader's dtype.
+    source : Any
+        Named in the message (path, URI, ``"array"``).
+    format : str
+        Named in the message.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is not None and dt.kind in IMAGE_KINDS:
+        return
+    hint = (
+        "; complex data has no single float32 value per pixel: convert it explicitly, e.g. "
+        "load_arrays([np.abs(x)], axes) for the magnitude or np.stack([x.real, x.imag]) as two channels"
+        if dt is not None and dt.kind == "c"
+        else ""
+    )
+    msg = (
+        f"{format} source {str(source)!r} has dtype {dtype}, which lazystack cannot read as an image; "
+        f"accepted: bool, integer and floating-point data{hint}"
+    )
+    raise SourceFormatError(msg)
 
 
 def _short_name(source: Any) -> str:

@@ -194,6 +194,12 @@ def gen_tiff(root: Path) -> list[BadCase]:
     first = struct.unpack("<I", p.read_bytes()[4:8])[0]
     n_tags = struct.unpack("<H", p.read_bytes()[first : first + 2])[0]
     _patch_bytes(p, first + 2 + 12 * n_tags, struct.pack("<I", first))
+    # complex data: a clear error, never the real part as float32 (issue 22)
+    tifffile.imwrite(add("complex64"), (_data((2, 16, 16)) * (1 + 1j)).astype(np.complex64), metadata=None)
+    # 65,535 pages, one per plane: valid; reading it builds a few dask chunks, not one per page (issue 22)
+    pages = (np.arange(65535, dtype=np.uint32)[:, None, None] % 251 + np.zeros((1, 4, 4), np.uint32)).astype(np.uint8)
+    tifffile.imwrite(add("pages-65535"), pages, metadata=None, photometric="minisblack")
+    np.save(d / "pages-65535.expected.npy", pages)
     (d / "a-directory.tif").mkdir(exist_ok=True)
     made["a-directory"] = "ZYX"
     made["missing-file"] = "ZYX"
@@ -207,6 +213,8 @@ def gen_tiff(root: Path) -> list[BadCase]:
         if bc.name == "ifd-loop":
             np.save(d / "ifd-loop.expected.npy", tifffile.imread(one))
             bc.expect, bc.ok_npy = "error-or-ok", "tiff/ifd-loop.expected.npy"
+        if bc.name == "pages-65535":
+            bc.expect, bc.ok_npy = "error-or-ok", "tiff/pages-65535.expected.npy"
     return cases
 
 
@@ -306,6 +314,23 @@ def gen_czi(root: Path) -> list[BadCase]:
                     if bytes(body[de : de + 1]) in (b"X", b"Y"):
                         body[de + 8 : de + 12] = struct.pack("<i", value)
         p.write_bytes(bytes(body))
+    # issue 22: a sub-block DataSize of 2**40 (libCZI dies with SIGSEGV on the zstd one), 40 random bytes
+    # in the sub-block directory, a complex pixel type
+    for base, tag in ((plain, "plain"), (packed, "zstd")):
+        body = bytearray(base.read_bytes())
+        struct.pack_into("<q", body, body.find(b"ZISRAWSUBBLOCK") + 32 + 8, 2**40)
+        add(f"subblock-datasize-2pow40-{tag}").write_bytes(bytes(body))
+    dused = struct.unpack_from("<q", raw, dstart + 24)[0]
+    for k in range(4):
+        body = bytearray(raw)
+        rng = np.random.default_rng(40 + k)
+        at = dstart + 32 + 128 + int(rng.integers(0, dused - 128 - 40))
+        body[at : at + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+        add(f"directory-40-random-bytes-{k}").write_bytes(bytes(body))
+    body = bytearray(raw)
+    for e in entries:
+        body[e + 2 : e + 6] = struct.pack("<i", 10)  # Gray64ComplexFloat
+    add("complex-pixel-type").write_bytes(bytes(body))
     (d / "a-directory.czi").mkdir(exist_ok=True)
     names.append("a-directory")
     names.append("missing-file")
@@ -381,6 +406,13 @@ def gen_zarr(root: Path) -> list[BadCase]:
                 child.unlink()
         _edit_json(arr / meta, lambda m: m.update(shape=[3, 2**40, 2**40]))
         _edit_json(add(f"v{v}-fill-value-wrong-type", v) / meta, lambda m: m.update(fill_value="not a number"))
+        # issue 22: a huge declared chunk (1 x 2^19 x 2^19 uint16, 512 GiB) whose file is missing: the fill value,
+        # read without allocating the declared chunk
+        arr = add(f"v{v}-huge-chunk-missing", v, "error-or-ok", "zeros")
+        for child in list(arr.rglob("*")):
+            if child.is_file() and child.name not in (".zarray", "zarr.json", ".zattrs"):
+                child.unlink()
+        _edit_json(arr / meta, _huge_chunks(v))
     # sharded v3: corrupt shard index, truncated shard
     shard = v3_chunk(add("v3-shard-truncated", 3, shards=True))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
@@ -388,8 +420,33 @@ def gen_zarr(root: Path) -> list[BadCase]:
     _scramble(shard, shard.stat().st_size - 40, 36, seed=9)
     shard = v3_chunk(add("v3-shard-random", 3, shards=True))
     shard.write_bytes(_random_with(b"", shard.stat().st_size, 10))
+    # issue 22: complex data is refused; a 200-byte metadata declaring 2 * 10**12 chunks opens, prints and
+    # reads patches (the fill value) without a graph of a task per chunk
+    import zarr
+
+    for name, kwargs in (
+        ("v3-complex64", {"shape": (2, 32, 32), "chunks": (1, 16, 16), "dtype": "complex64"}),
+        ("v3-trillion-chunks", {"shape": (2, 10**6, 10**6), "chunks": (1, 1, 1), "dtype": "uint8"}),
+    ):
+        store = d / f"{name}.zarr"
+        if store.exists():
+            shutil.rmtree(store)
+        zarr.open_group(str(store), mode="w", zarr_format=3).create_array("img", fill_value=0, **kwargs)
+        ok = name == "v3-trillion-chunks"
+        expect, npy = ("error-or-ok", "zeros") if ok else ("error", None)
+        cases.append(BadCase("zarr", name, f"zarr/{name}.zarr/img", "zarr", "SYX", expect, npy, [f"{name}.zarr"]))
     cases.append(BadCase("zarr", "missing-store", "zarr/missing-store.zarr", "zarr", "SYX", names=["missing-store"]))
     return cases
+
+
+def _huge_chunks(v: int) -> Callable[[dict[str, Any]], None]:
+    def edit(m: dict[str, Any]) -> None:
+        if v == 2:
+            m["chunks"] = [1, 2**19, 2**19]
+        else:
+            m["chunk_grid"]["configuration"]["chunk_shape"] = [1, 2**19, 2**19]
+
+    return edit
 
 
 def _rank_mismatch(v: int) -> Callable[[dict[str, Any]], None]:
@@ -524,6 +581,7 @@ def gen_custom(root: Path) -> list[BadCase]:
     add("object-dtype").write_bytes(
         header("{'descr': '|O', 'fortran_order': False, 'shape': (2, 40, 40), }") + raw[header_len:]
     )
+    np.save(add("complex64"), (_data((2, 40, 40)) * (1 + 1j)).astype(np.complex64))  # issue 22
     (d / "a-directory.npy").mkdir(exist_ok=True)
     names += ["a-directory", "missing-file"]
     return [
@@ -720,7 +778,10 @@ def _exercise(case: BadCase, root: Path) -> tuple[str, str]:
     full = case.expect == "error"
     try:
         stacks = _load(case, source)
+        repr(stacks)
         for stack in stacks:
+            if len(stack.data.__dask_graph__()) > 200_000:  # a graph of a task per stored chunk
+                return "hang", f"stack.data has {len(stack.data.__dask_graph__())} tasks"
             n_s = stack.data_shape[0]
             spatial = list(stack.data_shape[2:])
             if 0 in spatial:

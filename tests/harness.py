@@ -312,8 +312,8 @@ def _make_czi(tmp: Path) -> Made:
                 for c in range(2):
                     ref[t, z, c] = r.read(plane={"T": t, "Z": z, "C": c}, roi=box)[..., 0]
     np.testing.assert_array_equal(ref, tzcyx)
-    # the stack's own axes are STCZYX (S = scenes folded, a singleton here)
-    return Made([str(path)], "SCZYX", ref.transpose(0, 2, 1, 3, 4)[None], "STCZYX", _load_czis, [path])
+    # the stack's original axes are CAREamics': S replaced by the file's T (the one dimension merged into it)
+    return Made([str(path)], "SCZYX", ref.transpose(0, 2, 1, 3, 4), "TCZYX", _load_czis, [path])
 
 
 def _make_bioio_ome_tiff(tmp: Path) -> Made:

@@ -16,6 +16,7 @@ import zarr
 from lazystack import LazyImageStack, PatchError, SampleIndexError
 from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from lazystack.io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
+from lazystack.io.reader import Reader, ReaderCapabilities
 from lazystack.ops.batch import extract_patches
 from lazystack.sources.zarr.engines import ZarrArrayReader, available_engines
 
@@ -24,18 +25,15 @@ class CountingReader(ChunkedReader):
     """Chunked reader over numpy data that counts every chunk it decodes, the threads and the chunks alive."""
 
     def __init__(self, data: np.ndarray, chunks: Sequence[int], *, remote: bool = False) -> None:
-        super().__init__(data.shape, data.dtype, chunks, token=f"counting-{id(self)}")
+        super().__init__(
+            data.shape, data.dtype, chunks, token=f"counting-{id(self)}", capabilities=ReaderCapabilities(remote=remote)
+        )
         self.data = data
         self.decoded: Counter[ChunkIndex] = Counter()
         self.calls = 0
         self.threads: set[str] = set()
         self.alive = self.peak_alive = 0
-        self._remote = remote
         self._lock = threading.Lock()
-
-    @property
-    def remote(self) -> bool:
-        return self._remote
 
     def _released(self) -> None:
         with self._lock:
@@ -381,7 +379,7 @@ def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> Non
         return {i: data[i[0] * 8 : i[0] * 8 + 8, i[1] * 8 : i[1] * 8 + 8] for i in indices}
 
     reader = FunctionChunkedReader(data.shape, data.dtype, (8, 8), f"many-{id(calls)}", fetch_many=many)
-    assert not reader.has_fetch_chunk
+    assert reader.capabilities.fetches_in_groups
     with chunk_cache_size(0):
         np.testing.assert_array_equal(reader[3:30, 5:40], data[3:30, 5:40])
         assert calls == [4 * 5]  # one call for the 20 chunks, not 20 calls
@@ -559,8 +557,8 @@ def test_patches_entirely_outside_are_zero_and_read_nothing() -> None:
     assert reader.calls == 0
 
 
-class WrappingReader:
-    """A back end's own reader class that hands out a chunked reader with ``as_chunked()``."""
+class WrappingReader(Reader):
+    """A back end's own reader class that hands out a chunked reader with ``as_chunked()`` (the reader contract)."""
 
     def __init__(self, data: np.ndarray) -> None:
         self.shape, self.dtype, self.data = data.shape, data.dtype, data

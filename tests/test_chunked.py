@@ -25,6 +25,7 @@ from lazystack.io.chunked import (
     normalize_key,
     read_region,
 )
+from lazystack.io.reader import Reader
 
 
 class NumpyChunks(ChunkedReader):
@@ -537,7 +538,7 @@ def test_function_chunked_reader_and_as_chunked_reader(cache_mode: str) -> None:
     with pytest.raises(TypeError, match="fetch_one=, fetch_many= or both"):
         FunctionChunkedReader(data.shape, data.dtype, (8, 16), "f3")
 
-    class Wrapper:
+    class Wrapper(Reader):
         def as_chunked(self) -> ChunkedReader:
             return one
 

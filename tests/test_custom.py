@@ -31,34 +31,34 @@ from lazystack.sources import custom
 
 RNG = np.random.default_rng(99)
 
-CALLS: list[str] = []
+CALLS: list[Path] = []
 
 
-def read_npy(path: str, *, mmap_mode: str | None = None, scale: int = 1) -> Any:
+def read_npy(path: Path, *, mmap_mode: str | None = None, scale: int = 1) -> Any:
     """Module-level (picklable) reader that records its calls."""
     CALLS.append(path)
     arr = np.load(path, mmap_mode=mmap_mode)
     return arr * scale if scale != 1 else arr
 
 
-def read_zarr(path: str) -> Any:
+def read_zarr(path: Path) -> Any:
     return zarr.open_array(path, mode="r")
 
 
-def read_h5(path: str, *, name: str = "data") -> Any:
+def read_h5(path: Path, *, name: str = "data") -> Any:
     return h5py.File(path, "r")[name]
 
 
-def read_dask(path: str) -> Any:
+def read_dask(path: Path) -> Any:
     return da.from_array(np.load(path, mmap_mode="r"), chunks=(1, 16, 16))
 
 
-def read_raises(path: str) -> Any:
+def read_raises(path: Path) -> Any:
     msg = f"cannot parse {path}"
     raise RuntimeError(msg)
 
 
-def read_list(path: str) -> Any:
+def read_list(path: Path) -> Any:
     return [[1, 2], [3, 4]]
 
 
@@ -94,7 +94,7 @@ def test_eager_reader_called_once_then_cached(npy_files: list[tuple[Path, np.nda
     paths = [p for p, _ in npy_files]
     with raise_if_dask_computes():
         stacks = load_custom_file(paths, "TYX", read_func=read_npy)
-    assert [str(p) for p in paths] == CALLS  # once each, at creation (shape and dtype)
+    assert [Path(p) for p in paths] == CALLS  # once each, at creation (shape and dtype), with a Path
     for stack, (path, data) in zip(stacks, npy_files, strict=True):
         assert stack.source == str(path)
         assert stack.format == "custom"

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 
@@ -96,7 +97,7 @@ def _canonical(tzcyx: np.ndarray, axes: str) -> np.ndarray:
         return tzcyx.transpose(0, 2, 1, 3, 4)
     if axes == "SCTYX":  # S = Z, depth = T
         return tzcyx.transpose(1, 2, 0, 3, 4)
-    return tzcyx.transpose(1, 0, 2, 3, 4).reshape(n_z * n_t, n_c, h, w)  # SCYX: S = (Z outer, T inner)
+    return tzcyx.reshape(n_t * n_z, n_c, h, w)  # SCYX: S = (T outer, Z inner), CAREamics' order
 
 
 def _random_patches(
@@ -144,16 +145,19 @@ def test_fixture_scenes_of_different_sizes(multi_scene: Any, axes: str) -> None:
 def test_fixture_axes_models(multi_scene: Any) -> None:
     path, _a, _ = multi_scene
     s2d = load_czis(path, "SCYX")[0]
-    assert (s2d.original_axes, s2d.original_data_shape) == ("STCYX", (3, 2, 2, 40, 50))
-    assert s2d.attrs["sample_dims"] == "ZT"
+    assert (s2d.original_axes, s2d.original_data_shape) == ("TZCYX", (2, 3, 2, 40, 50))
+    assert s2d.axes_model.axes == "SCYX"
+    assert (s2d.attrs["sample_dims"], s2d.attrs["sample_shape"]) == ("TZ", (2, 3))
+    assert s2d.xarray.dims == ("T", "Z", "C", "Y", "X")
     s3d = load_czis(path, "SCZYX")[0]
-    assert (s3d.original_axes, s3d.original_data_shape) == ("STCZYX", (1, 2, 2, 3, 40, 50))
-    assert s3d.attrs["czi_dims"] == "TCZYX"
-    assert s3d.attrs["czi_shape"] == (2, 2, 3, 40, 50)
+    assert (s3d.original_axes, s3d.original_data_shape) == ("TCZYX", (2, 2, 3, 40, 50))
+    assert s3d.attrs["czi_dims"] == "TZCYX"
+    assert s3d.attrs["czi_shape"] == (2, 3, 2, 40, 50)
     st = load_czis(path, "SCTYX")[0]
-    assert (st.original_axes, st.data_shape) == ("SCZYX", (3, 2, 2, 40, 50))  # the T depth sits in the Z slot
+    assert (st.original_axes, st.data_shape) == ("ZCTYX", (3, 2, 2, 40, 50))  # the T depth sits in the Z slot
+    assert st.axes_model.axes == "SCZYX"
     assert st.attrs["depth_axis"] == "T"
-    assert st.attrs["czi_dims"] == "ZCTYX"
+    assert st.xarray.dims == ("Z", "C", "T", "Y", "X")
 
 
 def test_source_recreates_the_stack(multi_scene: Any) -> None:
@@ -303,6 +307,7 @@ def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest
     path, data = big_plane
     monkeypatch.setattr(czi, "BLOCK", 512)
     (stack,) = load_czis(path, "SCYX")
+    monkeypatch.setitem(dask.config.config["array"], "chunk-size", "1B")  # a target below one block: no merging
     assert stack.chunks == ((1,), (1,), (512, 512, 76), (512, 388))
     spy = _ReadSpy(monkeypatch)
     np.testing.assert_array_equal(stack.data.compute(scheduler="threads")[0, 0], data)
@@ -313,7 +318,8 @@ def test_chunks_one_plane_and_spatial_blocks(big_plane: Any, monkeypatch: pytest
 def test_chunks_per_plane(multi_scene: Any) -> None:
     path, _, _ = multi_scene
     stack = load_czis(path, "SCZYX")[1]
-    assert stack.chunks == ((1, 1), (1, 1), (1, 1, 1), (30,), (70,))
+    with dask.config.set({"array.chunk-size": "1B"}):  # a target below one plane: no merging
+        assert stack.chunks == ((1, 1), (1, 1), (1, 1, 1), (30,), (70,))
 
 
 def test_opening_reads_metadata_once_per_file_and_no_pixels(multi_scene: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,7 +355,7 @@ def _bioio_reference(path: Path, scene_index: int, axes: str) -> np.ndarray:
 
     bioio-czi names colour samples ``S`` (in B, G, R order); lazystack makes
     them channels in R, G, B order. Every dim other than C, the depth, Y and
-    X is a sample dim: ``V H I R B`` and the non-depth of Z/T, then T last.
+    X is a sample dim, in CAREamics' order: T, Z (unless the depth), then ``R I H V B``.
     """
     import xarray as xr
     from bioio_czi import Reader
@@ -376,7 +382,7 @@ def _bioio_reference(path: Path, scene_index: int, axes: str) -> np.ndarray:
     else:
         x = x.expand_dims("CH")
     depth = axes[2] if len(axes) == 5 else None
-    samples = [d for d in "VHIRBZ" if d in x.dims and d != depth] + (["T"] if "T" in x.dims and depth != "T" else [])
+    samples = [d for d in "TZRIHVB" if d in x.dims and d != depth]
     order = [*samples, "CH", *([depth] if depth else []), "Y", "X"]
     x = x.transpose(*order)
     arr = x.values

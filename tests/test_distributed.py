@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -84,7 +85,8 @@ def test_statistics_on_the_cluster_match_numpy(client: Any, tmp_path: Path) -> N
     np.save(tmp_path / "f.npy", floats)
     (fstack,) = load_arrays([np.load(tmp_path / "f.npy", mmap_mode="r")], "TCYX")  # memmap: pickled as its file
 
-    with distributed.get_task_stream(client) as stream:
+    # a target below one chunk: one task per stored chunk (they are merged by default)
+    with distributed.get_task_stream(client) as stream, dask.config.set({"array.chunk-size": "1B"}):
         stats = channel_statistics(stacks, percentiles=LEVELS)
     check(stats, values_of(stacks))
     fstats = channel_statistics(fstack, percentiles=LEVELS)
@@ -181,7 +183,10 @@ def _kill_one_worker_during(client: Any, job: Any, *, after_tasks: int) -> tuple
 
 def test_statistics_survive_a_killed_worker(client: Any, tmp_path: Path) -> None:
     stacks = npy_stacks(tmp_path, 4, (6, 2, 32, 32), delay=0.08, seed=3)  # 48 slow chunks
-    stats, _ = _kill_one_worker_during(client, lambda: channel_statistics(stacks, percentiles=LEVELS), after_tasks=8)
+    with dask.config.set({"array.chunk-size": "1B"}):  # one task per stored chunk, not merged
+        stats, _ = _kill_one_worker_during(
+            client, lambda: channel_statistics(stacks, percentiles=LEVELS), after_tasks=8
+        )
     check(stats, values_of(stacks))
 
 

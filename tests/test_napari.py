@@ -41,8 +41,8 @@ with warnings.catch_warnings():
 from conftest import shared_files
 
 import lazystack
-from lazystack.frontends import napari as plugin
 from lazystack import LazyStackError
+from lazystack.frontends import napari as plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "lazystack" / "napari.yaml"

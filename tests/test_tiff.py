@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import pickle
@@ -213,50 +212,81 @@ def test_variant_views(variant: tuple[Path, np.ndarray, str]) -> None:
         )
 
 
-def _where(located: tuple[Any, ...]) -> tuple[Any, ...]:
-    keyframe, page, segment, offset, bytecount = located
-    missing = page is None or not offset or not bytecount
-    return (keyframe.index, None if page is None else page.index, segment, None if missing else (offset, bytecount))
-
-
-def _locations_match_tifffile(path: Path) -> bool:
-    """Every chunk of series 0: the handle's locate() against tifffile's own key parsing; True if strides were used."""
-    handle = tiff_source._TiffHandle(str(path), 0)
+def _segments_match_tifffile(path: Path, series: int = 0) -> None:
+    """Every segment of a series, decoded alone by the handle, equals its region of tifffile's whole read."""
+    ref = tifffile.imread(path, series=series, level=0)
+    handle = tiff_source._TiffHandle(str(path), series)
     try:
-        zarray = json.loads(handle.store._store[".zarray"])
-        grid = [-(-n // c) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True)]
-        for index in itertools.product(*(range(g) for g in grid)):
-            expected = handle.store._parse_key(".".join(map(str, index)))
-            assert _where(handle.locate(index)) == _where(expected), (path.name, index)
-        return handle._strides is not None
+        chunks = handle.chunks
+        assert handle.steps, path.name  # located: segments, or the pages of raw data
+        for index in itertools.product(*(range(-(-n // c)) for n, c in zip(ref.shape, chunks, strict=True))):
+            region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, ref.shape, strict=True))
+            chunk = handle.read_chunk(index, ref.dtype)
+            if chunk is None:  # a missing segment: tifffile fills it too
+                assert (ref[region] == handle.fillvalue).all(), (path.name, index)
+                continue
+            assert all(n >= s.stop - s.start for n, s in zip(chunk.shape, region, strict=True)), (path.name, index)
+            within = tuple(slice(0, s.stop - s.start) for s in region)
+            np.testing.assert_array_equal(chunk[within], ref[region], err_msg=f"{path.name} chunk {index}")
     finally:
         handle.close()
 
 
-def test_segments_located_as_tifffile_does(variant: tuple[Path, np.ndarray, str]) -> None:
-    path = variant[0]
-    with tifffile.TiffFile(path) as tif:
-        contiguous = tif.series[0].dataoffset is not None
-    # the stride mapping serves every segmented layout; a contiguous series keeps tifffile's parsing
-    assert _locations_match_tifffile(path) is not contiguous
+def test_segments_located_as_tifffile_reads_them(variant: tuple[Path, np.ndarray, str]) -> None:
+    _segments_match_tifffile(variant[0])
 
 
-def test_segment_strides_refuse_a_mapping_they_cannot_confirm(variant_dir: Path) -> None:
-    path, _, _ = write_variant(variant_dir, "deflate-tiled-uint16")
-    handle = tiff_source._TiffHandle(str(path), 0)
-    try:
-        real = handle.store._indices
+def test_segment_layout_of_a_series_it_cannot_explain_is_none() -> None:
+    from types import SimpleNamespace
 
-        def skewed(key: str, series: Any) -> tuple[int, int]:
-            frame, strile = real(key, series)
-            return frame, strile + (1 if key.split(".")[-1] == "1" and key.split(".")[0] == "2" else 0)
+    page = SimpleNamespace(shaped=(1, 1, 8, 6, 1), is_tiled=True, tiledepth=1, tilelength=4, tilewidth=3)
 
-        handle.store._indices = skewed  # not linear in the index: the check at the last chunk must catch it
-        zarray = json.loads(handle.store._store[".zarray"])
-        grid = tuple(-(-n // c) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True))
-        assert tiff_source._segment_strides(handle.store, handle.series, grid) is None
-    finally:
-        handle.close()
+    class Series(SimpleNamespace):
+        def __len__(self) -> int:
+            return self.n_pages
+
+    assert tiff_source._segment_layout(Series(keyframe=page, shape=(2, 8, 6), n_pages=2)) == (
+        (1, 4, 3),
+        ((1, 0), (0, 2), (0, 1)),
+        (None, 2, 3),
+    )
+    # the pages' grid does not number the pages tifffile lists
+    assert tiff_source._segment_layout(Series(keyframe=page, shape=(2, 8, 6), n_pages=3)) is None
+    # no trailing run of axes holds one page (48 values)
+    assert tiff_source._segment_layout(Series(keyframe=page, shape=(4, 24), n_pages=1)) is None
+    # a page's axes in another order
+    assert tiff_source._segment_layout(Series(keyframe=page, shape=(2, 6, 8), n_pages=2)) is None
+
+
+def test_missing_segments_read_as_tifffile_fills_them(tmp_path: Path) -> None:
+    """Tiles with offset or byte count 0 (sparse files): the fill value, as tifffile reads them."""
+    path = tmp_path / "sparse.tif"
+    data = RNG.integers(1, 60000, (2, 64, 96), dtype=np.uint16)
+    tifffile.imwrite(path, data, tile=(32, 32), compression="zlib", photometric="minisblack", metadata=None)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        offsets = tif.pages[1].tags["TileOffsets"]
+        offsets.overwrite(tuple(0 if i == 4 else v for i, v in enumerate(offsets.value)))  # page 1, row 1, col 1
+    ref = tifffile.imread(path)
+    assert (ref[1, 32:64, 32:64] == 0).all()
+    assert (ref[1, :32] != 0).all()
+    (stack,) = load_tiffs(path, "TYX")
+    np.testing.assert_array_equal(stack.compute()[:, 0], ref)
+    np.testing.assert_array_equal(stack.extract_patch(1, None, (20, 20), (30, 40))[0], ref[1, 20:50, 20:60])
+    _segments_match_tifffile(path)
+
+
+def test_jpeg_tiles_decode_as_tifffile_does(tmp_path: Path) -> None:
+    """Lossy JPEG tiles (RGB, YCbCr): compared with tifffile's own reading of the file."""
+    path = tmp_path / "jpeg.tif"
+    yy, xx = np.mgrid[0:80, 0:112]
+    rgb = np.stack([(yy * 3) % 256, (xx * 2) % 256, (yy + xx) % 256], axis=-1).astype(np.uint8)
+    tifffile.imwrite(path, rgb, tile=(32, 48), compression="jpeg", photometric="rgb")
+    ref = tifffile.imread(path)
+    (stack,) = load_tiffs(path, "YXC")
+    np.testing.assert_array_equal(stack.compute()[0], np.moveaxis(ref, -1, 0))
+    patch = stack.extract_patch(0, None, (30, 40), (40, 50))
+    np.testing.assert_array_equal(patch, np.moveaxis(ref[30:70, 40:90], -1, 0).astype(np.float32))
+    _segments_match_tifffile(path)
 
 
 def test_rgb_samples_become_channels(variant_dir: Path) -> None:
@@ -275,7 +305,8 @@ def test_chunks_follow_tiles(variant_dir: Path) -> None:
     assert not reader.is_memmapped
     assert reader.native_chunks == (1, 32, 48)
     assert reader.chunks == ((1, 1, 1), (32, 32, 6), (48, 42))
-    assert stack.data.chunks[-2:] == ((32, 32, 6), (48, 42))
+    with dask.config.set({"array.chunk-size": "1B"}):  # a target below one tile: no merging
+        assert stack.data.chunks[-2:] == ((32, 32, 6), (48, 42))
 
 
 def test_chunks_strips_are_whole_strips(variant_dir: Path) -> None:
@@ -741,7 +772,7 @@ def test_real_tiff_files(path: Path | None, shared_tiff_dir: Path) -> None:
         )
     (it,) = load_iter_tiff(path, axes)
     np.testing.assert_array_equal(it.data.compute(scheduler="sync"), canonical)
-    _locations_match_tifffile(path)
+    _segments_match_tifffile(path)
     assert sha(path) == before
 
 

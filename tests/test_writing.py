@@ -213,14 +213,14 @@ def test_existing_path_needs_overwrite(tmp_path: Path) -> None:
 
 
 class FailingReader:
-    """Reads zeros, but fails on the chunk that starts at row ``fail_at``."""
+    """Reads ones, but fails on any read that covers row ``fail_at``."""
 
     def __init__(self, shape: tuple[int, ...], fail_at: int) -> None:
         self.shape, self.dtype, self.fail_at = shape, np.dtype(np.uint16), fail_at
         self.chunks = (8, shape[1])
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        if key[0].start == self.fail_at:
+        if key[0].start <= self.fail_at < key[0].stop:
             msg = "disk on fire"
             raise OSError(msg)
         return np.ones(tuple(k.stop - k.start for k in key), self.dtype)

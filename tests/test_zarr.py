@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -89,8 +90,9 @@ def test_dask_chunks_follow_inner_chunks(store: Any) -> None:
     ref = zarr_read(path, "b")
     assert stack.reader.chunks == ref.chunks == (1, 16, 16)
     assert stack.reader.shards == ((1, 32, 32) if kind == "v3-sharded" else None)
-    assert stack.data.chunks[2:] == ((16, 16, 16, 16, 6), (16,) * 5 + (10,))
-    np.testing.assert_array_equal(stack.data.blocks[2, 0, 1, 3].compute()[0, 0], data["b"][2, 16:32, 48:64])
+    with dask.config.set({"array.chunk-size": "1B"}):  # a target below one chunk: no merging
+        assert stack.data.chunks[2:] == ((16, 16, 16, 16, 6), (16,) * 5 + (10,))
+        np.testing.assert_array_equal(stack.data.blocks[2, 0, 1, 3].compute()[0, 0], data["b"][2, 16:32, 48:64])
 
 
 def test_array_at_store_root_and_nested_path(tmp_path: Path) -> None:
@@ -469,5 +471,42 @@ def test_cold_patches_through_the_loader_come_as_float32_from_tensorstore(
             shutil.rmtree(tmp_path / "a.zarr")  # a failure in the float32 read is named as every read's
             with pytest.raises(SourceNotFoundError, match="deleted after the stack was opened"):
                 stack.extract_patch(0, None, (0, 0), (40, 50))
+    finally:
+        set_zarr_engine(previous)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 64 * 2**20])
+@pytest.mark.parametrize("engine", ["direct", "auto", "zarr"])
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_huge_declared_chunk_with_no_file_reads_its_fill_value_without_allocating_it(
+    tmp_path: Path, engine: str, zarr_format: int, cache_bytes: int
+) -> None:
+    """Issue 22: a 16x16 image in one declared 500000x500000 uint32 chunk (931 GiB) that was never written.
+
+    zarr-python reads the 16x16 fill value (the reference); so must every patch, the whole stack and a
+    dask compute, without allocating the declared chunk (numpy's MemoryError before).
+    """
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.sources.zarr.engines import set_zarr_engine
+
+    path = tmp_path / "huge-chunk.zarr"
+    zarr.create_array(
+        str(path),
+        shape=(2, 16, 16),
+        chunks=(1, 500_000, 500_000),
+        dtype="uint32",
+        fill_value=7,
+        zarr_format=zarr_format,
+    )
+    assert not [p for p in path.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")]
+    reference = np.asarray(zarr.open_array(str(path), mode="r")[...])
+    np.testing.assert_array_equal(reference, 7)
+    previous = set_zarr_engine(engine)
+    try:
+        with chunk_cache_size(cache_bytes):
+            (stack,) = load_zarrs(str(path), "SYX")
+            np.testing.assert_array_equal(stack.extract_patch(1, None, (3, 4), (8, 8))[0], reference[1, 3:11, 4:12])
+            np.testing.assert_array_equal(stack.compute()[:, 0], reference)
+            np.testing.assert_array_equal(stack.data.compute()[:, 0], reference)
     finally:
         set_zarr_engine(previous)

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,11 @@ class ServerState:
         starts one byte later than asked), ``"redirect"`` (302 to the same path
         with ``?moved=1``, served as usual) and ``"gzip"`` (gzip-encoded chunks and
         ranges, whatever the client accepts); ``"trickle"`` sends a chunk's
-        headers, then one byte of its body every 0.2 s.
+        headers, then one byte of its body every ``trickle_interval`` seconds
+        (0.2 s). ``"503-once"`` and ``"drop-once"`` answer the next chunk
+        request with a 503 / a closed connection, then go back to ``"ok"``.
+        ``latency`` seconds are waited before answering any request (an
+        injected round trip).
     """
 
     root: Path
@@ -53,6 +58,8 @@ class ServerState:
     connections: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
+    trickle_interval: float = 0.2
+    latency: float = 0.0
 
     def paths(self, method: str | None = "GET") -> list[str]:
         """Paths requested so far (``method=None``: any method)."""
@@ -96,12 +103,21 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
                 return False
             if state.mode in ("no-range", "wrong-range", "gzip"):
                 return False  # answered by do_GET / _send_range
-            if state.mode == "trickle":  # headers at once, then a byte every 0.2 s
+            if state.mode in ("503-once", "drop-once"):
+                with state.lock:
+                    mode, state.mode = state.mode, "ok"
+                if mode == "503-once":
+                    self.send_error(503, "test server busy")
+                else:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                return True
+            if state.mode == "trickle":  # headers at once, then a byte every trickle_interval seconds
                 self.send_response(200)
                 self.send_header("Content-Length", "100")
                 self.end_headers()
                 for _ in range(100):
-                    if state.release.wait(0.2):
+                    if state.release.wait(state.trickle_interval):
                         break
                     try:
                         self.wfile.write(b"x")
@@ -138,6 +154,8 @@ def _handler(state: ServerState) -> type[http.server.SimpleHTTPRequestHandler]:
             with state.lock:
                 state.requests.append(("GET", self.path))
                 state.headers.append(dict(self.headers.items()))
+            if state.latency:
+                time.sleep(state.latency)
             if self._misbehave():
                 return
             chunk = not is_metadata_request(self.path)

@@ -220,8 +220,8 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
 
 
 def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple[str, bool, list[Any]]:
-    from ..loading.auto import load, propose_axes
     from ..core.errors import AxesError
+    from ..loading.auto import load, propose_axes
 
     used = axes or propose_axes(source, **load_opts)
     if used is None:

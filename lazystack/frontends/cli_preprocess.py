@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
-    from .cli import SubParsers
     from ..stack import LazyImageStack
+    from .cli import SubParsers
 
 __all__ = ["add_convert_parser", "add_stats_parser", "scheduler"]
 
@@ -319,9 +319,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    axes = sorted({ome_axes(s.original_axes) for s in stacks})
+    axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})
     # a stack with several samples (S) is written as one image per sample
-    n = sum(int(s.original_data_shape[s.original_axes.index("S")]) if "S" in s.original_axes else 1 for s in stacks)
+    n = sum(int(s.axes_model.shape[s.axes_model.axes.index("S")]) if "S" in s.axes_model.axes else 1 for s in stacks)
     what = "1 image" if n == 1 else f"{n} images (groups 0..{n - 1})"
     print(f"wrote {what} to {path} (axes {', '.join(axes)})")
     note = _level_note(len(left_out), "--input-levels")

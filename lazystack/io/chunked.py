@@ -27,8 +27,9 @@ A back end subclasses :class:`ChunkedReader`::
         def fetch_chunks(self, indices):
             return fetch_concurrently(indices, self._decode_one)
 
-and gets ``__getitem__`` (the reader contract of :mod:`lazystack.io.handles`),
-``chunks``, ``token``, caching and batched reads (:mod:`lazystack.ops.batch`).
+and gets the reader contract of :mod:`lazystack.io.reader` (``__getitem__``,
+``read_region``, ``read_cached``, ``chunks``, ``token``, ``capabilities``),
+caching and batched reads (:mod:`lazystack.ops.batch`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .cache import ChunkCache, get_chunk_cache
+from .reader import Reader, ReaderCapabilities
 
 __all__ = [
     "ChunkGrid",
@@ -577,13 +579,14 @@ def read_region(
     return _assemble(region, grid, chunks, pieces, dtype)
 
 
-class ChunkedReader(ABC):
+class ChunkedReader(Reader, ABC):
     """Base class of chunk readers: a back end implements :meth:`fetch_chunks`, this class the rest.
 
-    It fulfils the reader contract of :mod:`lazystack.io.handles`
-    (``shape``, ``dtype``, ``chunks``, ``token``, ``__getitem__``) and reads
-    through the per-process chunk cache. Subclasses must stay picklable as a
-    recipe (no handles, no data); this base class holds only plain metadata.
+    It fulfils the reader contract of :mod:`lazystack.io.reader`
+    (``shape``, ``dtype``, ``chunks``, ``token``, ``capabilities``,
+    ``__getitem__``, ``read_region``, ``read_cached``) and reads through the
+    per-process chunk cache. Subclasses must stay picklable as a recipe (no
+    handles, no data); this base class holds only plain metadata.
 
     Parameters
     ----------
@@ -596,7 +599,12 @@ class ChunkedReader(ABC):
     token : str
         Names the data; readers with the same token share cache entries, so
         it must change when the data does (include a modification time).
+    capabilities : ReaderCapabilities, optional
+        What the back end is (remote, compressed, fetches only in groups);
+        default: a local, compressed source that decodes one chunk on its own.
     """
+
+    capabilities: ReaderCapabilities
 
     def __init__(
         self,
@@ -604,11 +612,14 @@ class ChunkedReader(ABC):
         dtype: Any,
         chunks: Sequence[int] | Sequence[Sequence[int]],
         token: str,
+        *,
+        capabilities: ReaderCapabilities | None = None,
     ) -> None:
         self._shape = tuple(int(n) for n in shape)
         self._dtype = np.dtype(dtype)
         self._grid = ChunkGrid(self._shape, chunks)
         self._token = str(token)
+        self.capabilities = ReaderCapabilities() if capabilities is None else capabilities
 
     # -- the reader contract ------------------------------------------------------------------
     @property
@@ -646,26 +657,6 @@ class ChunkedReader(ABC):
         """The chunk cache reads go through (the per-process one by default)."""
         return get_chunk_cache()
 
-    @property
-    def compressed(self) -> bool:
-        """Whether decoding a chunk is real CPU work (default True).
-
-        False for raw bytes: reading them is a memory copy, which sharing
-        over the cores only slows down (measured), so a region read with
-        the cache off stays in the calling thread.
-        """
-        return True
-
-    @property
-    def has_fetch_chunk(self) -> bool:
-        """Whether the back end decodes a single chunk on its own (it overrides :meth:`fetch_chunk`).
-
-        If not, several chunks are always fetched in one :meth:`fetch_chunks`
-        call (the back end's own concurrency, or its remote round trips, stay
-        whole): no streamed reads, and batches fetch in rounds.
-        """
-        return type(self).fetch_chunk is not ChunkedReader.fetch_chunk
-
     def parallel_fetch(self, n_chunks: int) -> bool:
         """Whether one :meth:`fetch_chunks` call of ``n_chunks`` chunks decodes them in parallel outside Python.
 
@@ -677,15 +668,19 @@ class ChunkedReader(ABC):
         """
         return False
 
-    @property
-    def remote(self) -> bool:
-        """Whether fetching a chunk waits on a network (default False: a local file or memory).
+    def region_reads(self) -> Any:
+        """Region reads a batch starts as it plans its requests, or None (default: chunk by chunk).
 
-        Batched extraction (:mod:`lazystack.ops.batch`) fetches all the chunks of
-        a remote source in one concurrent round, so the round trips overlap,
-        and streams a local one chunk by chunk over the cores.
+        A back end whose engine reads whole regions in its own threads
+        (tensorstore, cache off) returns an object with ``start(region, *,
+        as_float32=False)`` and ``results()`` (see
+        :class:`lazystack.sources.zarr.engines.RegionReads`).
         """
-        return False
+        return None
+
+    def as_chunked(self) -> ChunkedReader:
+        """This reader itself (see :func:`as_chunked_reader`)."""
+        return self
 
     @abstractmethod
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
@@ -773,7 +768,8 @@ class ChunkedReader(ABC):
             return self._cut(self.read_chunk(idx), idx, within, shape, region)
         grid = self._grid
         cache = self.cache
-        if (cache is None or not cache.enabled) and not self.remote and self.has_fetch_chunk:
+        caps = self.capabilities
+        if (cache is None or not cache.enabled) and not caps.remote and not caps.fetches_in_groups:
             return self._read_streamed(region)
         return read_region(region, grid, self.fetch_chunks, dtype=self._dtype, cache=cache, token=self._token)
 
@@ -796,16 +792,18 @@ class ChunkedReader(ABC):
             idx, src, dst = pieces[k]
             copy_piece(out, idx, self.fetch_chunk(idx), src, dst, region, grid)
 
-        parallel = self.compressed and len(pieces) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
+        parallel = (
+            self.capabilities.compressed and len(pieces) * grid.chunk_nbytes(self._dtype.itemsize) >= PARALLEL_MIN_BYTES
+        )
         fetch_concurrently(range(len(pieces)), place, parallel=parallel)
         return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The optional ``read_region`` of the reader contract: :meth:`read`."""
+        """``read_region`` of the reader contract: :meth:`read`."""
         return self.read(region)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """The optional ``read_cached`` of the reader contract: ``region`` from the chunk cache alone, or None.
+        """``read_cached`` of the reader contract: ``region`` from the chunk cache alone, or None.
 
         When the cache holds every chunk ``region`` touches, the region comes
         back as :meth:`read` would return it: a read-only view when it lies
@@ -928,7 +926,9 @@ class FunctionChunkedReader(ChunkedReader):
         if fetch_one is None and fetch_many is None:
             msg = "FunctionChunkedReader needs fetch_one=, fetch_many= or both"
             raise TypeError(msg)
-        super().__init__(shape, dtype, chunks, token)
+        super().__init__(
+            shape, dtype, chunks, token, capabilities=ReaderCapabilities(fetches_in_groups=fetch_one is None)
+        )
         self._fetch_one = fetch_one
         self._fetch_many = fetch_many
 
@@ -945,18 +945,13 @@ class FunctionChunkedReader(ChunkedReader):
             return self._fetch_one(idx)
         return super().fetch_chunk(idx)
 
-    @property
-    def has_fetch_chunk(self) -> bool:
-        """Whether ``fetch_one`` was given (see :attr:`ChunkedReader.has_fetch_chunk`)."""
-        return self._fetch_one is not None
-
 
 def as_chunked_reader(reader: Any) -> ChunkedReader | None:
     """The :class:`ChunkedReader` behind a reader, or None.
 
-    A reader is either a :class:`ChunkedReader` itself, or has a method
-    ``as_chunked()`` returning one (over the same axes, shape and dtype) or
-    None. Batched extraction (:mod:`lazystack.ops.batch`) uses it.
+    A :class:`~lazystack.io.reader.Reader`'s own ``as_chunked()`` (a
+    :class:`ChunkedReader` returns itself); None for anything else.
+    Batched extraction (:mod:`lazystack.ops.batch`) uses it.
 
     Parameters
     ----------
@@ -967,11 +962,5 @@ def as_chunked_reader(reader: Any) -> ChunkedReader | None:
     -------
     ChunkedReader or None
     """
-    if isinstance(reader, ChunkedReader):
-        return reader
-    method = getattr(reader, "as_chunked", None)
-    if callable(method):
-        inner = method()
-        if isinstance(inner, ChunkedReader):
-            return inner
-    return None
+    inner = reader.as_chunked() if isinstance(reader, Reader) else None
+    return inner if isinstance(inner, ChunkedReader) else None

@@ -1,35 +1,10 @@
-"""What every format back end shares: the chunk-reader contract and file handles.
+"""What every format back end shares: per-process file handles.
 
-The contract a back end fulfils is small (the pattern of xarray's backend
-arrays): ``shape``, ``dtype`` and ``__getitem__`` taking a tuple with one
-``int`` or step-1 ``slice`` per axis, inside the bounds, returning a numpy
-array. Optional members the stack uses when present:
-
-``chunks``
-    dask-style chunks (tuple of tuples) or a regular chunk shape (tuple of
-    int); the stack's dask array follows them.
-``token``
-    a string identifying the data (source, modification time ...), used to
-    name the dask array without hashing pixel data.
-``close()``
-    release open handles (the reader must reopen transparently when used
-    again).
-``read_region(region)``
-    read a tuple of step-1 slices, one per axis, already inside the bounds
-    (no ints, no normalisation): the patch fast path calls it instead of
-    ``__getitem__`` to skip key checks. It may return a read-only view.
-``read_cached(region)``
-    the same region when it can be served from memory alone (every chunk it
-    touches is in the chunk cache), else None; it must never read the
-    source. The patch fast path tries it before ``read_region``: a warm
-    patch is one cache look-up.
-``read_float32(region)``
-    the same region as a *new* ``float32`` array (values exactly those of
-    a cast), when the reader produces it more cheaply than ``read_region``
-    plus a cast (tensorstore converts while it decodes), else None. The
-    patch fast path tries it after ``read_cached`` and returns the array as
-    the patch, without another copy when the source's axes are already in
-    ``C(Z)YX`` order (else one transposing copy).
+The reader contract itself (shape, dtype, chunk grid, region reads,
+capabilities as data) is :class:`lazystack.io.reader.Reader`, described in
+:mod:`lazystack.io.reader`; its helpers are re-exported here. ``ChunkReader``
+is the structural minimum (``shape``, ``dtype``, ``__getitem__``) that
+:func:`lazystack.io.reader.as_reader` adapts.
 """
 
 from __future__ import annotations

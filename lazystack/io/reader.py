@@ -1,18 +1,259 @@
-"""The cheap half of the reader contract: what the stack and the loaders need (no xarray, no dask).
+"""The reader contract: the one object every source hands the stack.
 
-The contract itself is described in :mod:`lazystack.io.handles`, which
-re-exports these names beside the per-process file manager.
+A source (a format back end, or :func:`as_reader` for a plain array) gives
+:class:`~lazystack.LazyImageStack` one :class:`Reader` over the source's own
+axes. The stack uses nothing else, and probes nothing: every member below
+exists on every reader, with the default given when a reader does not
+override it.
+
+``shape``, ``dtype``
+    Shape in the source's axes; dtype of the stored data.
+``chunks``
+    The chunk grid: dask-style chunks (tuple of tuples) or a regular chunk
+    shape (tuple of int); default None (no grid of its own: dask picks one).
+``token``
+    A string naming the data (path, modification time ...), used to name
+    the dask array without hashing pixel data; default None (a random name).
+``capabilities``
+    A frozen :class:`ReaderCapabilities`: what the reader *is* (remote,
+    memory-mapped, compressed, fetches chunks only in groups), declared as
+    data. Default: all False but ``compressed``.
+``__getitem__(key)``
+    A tuple with one ``int`` or step-1 ``slice`` per axis, inside the
+    bounds; returns a numpy array in the stored dtype.
+``read_region(region)``
+    A tuple of step-1 slices, one per axis, already inside the bounds (no
+    ints, no normalisation): the one read the stack's patch and view paths
+    make. It may return a read-only view (of a cached chunk, of a memory
+    map). Default: ``numpy.asarray(self[region])``.
+``read_cached(region)``
+    The same region when it can be served from memory alone (every chunk it
+    touches is in the chunk cache), else None; it never reads the source.
+    The stack tries it before ``read_region``: a warm patch is one cache
+    look-up. Default: None.
+``read_float32(region)``
+    The same region as a *new* ``float32`` array (values exactly those of a
+    cast) when the reader produces it more cheaply than ``read_region`` plus
+    a cast (tensorstore converts while it decodes), else None. Default: None.
+    Every other ``float32`` conversion of a patch happens in the stack.
+``as_chunked()``
+    The :class:`~lazystack.io.chunked.ChunkedReader` serving this reader's
+    chunks (same axes, shape and dtype), for batched extraction
+    (:mod:`lazystack.ops.batch`), or None: the batch then reads patch by
+    patch. Default: None.
+``as_dask()``
+    A dask array to use as is for the stack's dask view, or None (default):
+    the stack wraps the reader with ``dask.array.from_array``.
+``close()``
+    Release open handles; the reader reopens transparently when used again.
+    Default: nothing to release.
+
+Readers must pickle as a recipe (no open handle, no pixel data for files).
+Plain array-likes (numpy, dask, zarr and h5py arrays, ``np.memmap``) are
+adapted once, by :func:`as_reader` where a stack is built, into an
+:class:`ArrayReader`.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["OpenedSource", "is_array_like", "read_numpy", "reader_chunks", "reader_token"]
+if TYPE_CHECKING:
+    import dask.array
+
+__all__ = [
+    "ArrayReader",
+    "OpenedSource",
+    "Reader",
+    "ReaderCapabilities",
+    "as_reader",
+    "dask_chunks",
+    "is_array_like",
+    "read_numpy",
+    "reader_chunks",
+    "reader_token",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderCapabilities:
+    """What a reader is, declared as data (see the module docs).
+
+    Attributes
+    ----------
+    remote : bool
+        Fetching a chunk waits on a network: batches fetch all of a batch's
+        chunks in concurrent rounds, so the round trips overlap.
+    memory_mapped : bool
+        Reads slice a memory map (no decode, no chunk cache).
+    compressed : bool
+        Decoding a chunk is real CPU work (False for raw bytes: a memory
+        copy, which sharing over the cores only slows down).
+    fetches_in_groups : bool
+        The back end decodes chunks only several at once (its own
+        concurrency or round trips): no chunk-by-chunk streaming, batches
+        fetch in rounds.
+    """
+
+    remote: bool = False
+    memory_mapped: bool = False
+    compressed: bool = True
+    fetches_in_groups: bool = False
+
+
+_DEFAULT_CAPABILITIES = ReaderCapabilities()
+
+
+class Reader:
+    """Base class of the reader contract (see the module docs for every member and its default).
+
+    A subclass sets ``shape`` and ``dtype`` (attributes or properties) and
+    implements ``__getitem__``; everything else has a default it may
+    override.
+    """
+
+    if TYPE_CHECKING:  # read-only for users; a subclass sets them as attributes or properties
+
+        @property
+        def shape(self) -> tuple[int, ...]:
+            """Shape in the source's own axes."""
+
+        @property
+        def dtype(self) -> np.dtype[Any]:
+            """Dtype of the stored data."""
+
+        @property
+        def chunks(self) -> Any:
+            """dask-style chunks or a regular chunk shape; None: no grid of its own."""
+
+        @property
+        def token(self) -> str | None:
+            """Names the data (None: a random name per stack)."""
+
+        @property
+        def capabilities(self) -> ReaderCapabilities:
+            """What the reader is (:class:`ReaderCapabilities`)."""
+
+    else:  # the defaults
+        chunks = None
+        token = None
+        capabilities = _DEFAULT_CAPABILITIES
+
+    def __getitem__(self, key: Any) -> Any:
+        """Read ``key`` (ints and step-1 slices, within bounds) in the stored dtype."""
+        raise NotImplementedError
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read step-1 slices inside the bounds, one per axis, in the stored dtype (may be a read-only view)."""
+        return read_numpy(self, region)
+
+    def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """``region`` from memory alone, or None (default: None; never reads the source)."""
+        return None
+
+    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """``region`` as a new ``float32`` array when the reader converts more cheaply, else None (default)."""
+        return None
+
+    def as_chunked(self) -> Reader | None:
+        """The :class:`~lazystack.io.chunked.ChunkedReader` behind this reader, for batches, or None (default)."""
+        return None
+
+    def as_dask(self) -> dask.array.Array | None:
+        """A dask array the stack uses as is, or None (default: the stack wraps the reader)."""
+        return None
+
+    def close(self) -> None:
+        """Release open handles (default: none held)."""
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.array(self.read_region(tuple(slice(0, int(n)) for n in self.shape)), copy=True)
+        return out if dtype is None else out.astype(dtype)
+
+
+class ArrayReader(Reader):
+    """A plain array-like (numpy, dask, zarr or h5py array, ``np.memmap`` ...) adapted to the reader contract.
+
+    Made by :func:`as_reader` where a stack is built; the wrapped object's
+    ``chunks`` and ``token`` are looked up once, here.
+
+    Parameters
+    ----------
+    array : array-like
+        Anything with ``shape``, ``dtype`` and ``__getitem__``.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    chunks: Any
+    token: str | None
+    capabilities: ReaderCapabilities
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+        self._is_numpy = isinstance(array, np.ndarray)
+        self._is_dask = _is_dask_array(array)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        chunks = getattr(array, "chunks", None)
+        self.chunks = None if chunks is None or callable(chunks) else chunks
+        token = getattr(array, "token", None)
+        self.token = str(token) if token else None
+        self.capabilities = ReaderCapabilities(
+            memory_mapped=isinstance(array, np.memmap), compressed=not self._is_numpy
+        )
+
+    @property
+    def array(self) -> Any:
+        """The wrapped array-like."""
+        return self._array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """``array[key]`` as a numpy array (a dask result computed in place)."""
+        return read_numpy(self._array, key)
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """``array[region]`` as a numpy array (a view for numpy arrays)."""
+        if self._is_numpy:
+            return self._array[region]
+        return read_numpy(self._array, region)
+
+    def as_dask(self) -> dask.array.Array | None:
+        """The wrapped dask array (None for other arrays)."""
+        return self._array if self._is_dask else None
+
+    def close(self) -> None:
+        """Close the wrapped array when it has a ``close()`` (an h5py file ...)."""
+        close = getattr(self._array, "close", None)
+        if callable(close):
+            close()
+
+    def __repr__(self) -> str:
+        return f"ArrayReader({type(self._array).__name__}, shape={self.shape}, dtype={self.dtype})"
+
+
+def as_reader(obj: Any) -> Reader | None:
+    """``obj`` under the reader contract: a :class:`Reader` as is, an array-like adapted, else None.
+
+    Parameters
+    ----------
+    obj : object
+        A source's reader or a plain array-like.
+
+    Returns
+    -------
+    Reader or None
+    """
+    if isinstance(obj, Reader):
+        return obj
+    if is_array_like(obj):
+        return ArrayReader(obj)
+    return None
 
 
 def is_array_like(obj: object) -> bool:
@@ -59,10 +300,108 @@ def reader_chunks(reader: Any) -> tuple[tuple[int, ...], ...]:
     from dask.array.core import normalize_chunks  # dask.array loads on first use, not with the stack
 
     shape = tuple(int(n) for n in reader.shape)
-    chunks = getattr(reader, "chunks", None)
+    chunks = reader.chunks if isinstance(reader, Reader) else getattr(reader, "chunks", None)
     if chunks is None or callable(chunks):
         chunks = "auto"
     return normalize_chunks(chunks, shape=shape, dtype=np.dtype(reader.dtype))
+
+
+#: Most chunks a stack's dask array gets: past it, chunks grow beyond the target size so that
+#: a graph stays small enough to build (a slice of a big chunk still reads only the slice).
+MAX_DASK_CHUNKS = 100_000
+
+
+def _storage_grid(reader: Any, shape: tuple[int, ...]) -> list[int | tuple[int, ...]] | None:
+    """Per axis: the reader's regular chunk size (int) or its chunk sizes (tuple); None without chunks."""
+    chunks = getattr(reader, "chunks", None)
+    if chunks is None or callable(chunks) or isinstance(chunks, (str, int)) or len(chunks) != len(shape):
+        return None
+    grid: list[int | tuple[int, ...]] = []
+    for n, c in zip(shape, chunks, strict=True):
+        if isinstance(c, (int, np.integer)):
+            grid.append(max(1, min(int(c), n)))
+        else:
+            sizes = tuple(int(v) for v in c)
+            if sum(sizes) != n:
+                return None
+            grid.append(sizes)
+    return grid
+
+
+def dask_chunks(
+    reader: Any, *, limit: int | str | None = None, unit_axes: tuple[int, ...] = ()
+) -> tuple[tuple[int, ...], ...]:
+    """dask chunks of a stack: the reader's own chunks merged up to a target size.
+
+    Consecutive storage chunks (zarr chunks, TIFF pages or tiles, CZI blocks)
+    are grouped along each axis, so every dask chunk is a whole number of
+    storage chunks of about ``limit`` bytes (dask's ``array.chunk-size``
+    setting, 128 MiB by default): the number of tasks depends on the data's
+    size, not on how finely it is stored. A storage chunk larger than the
+    target is kept whole (never split). Past :data:`MAX_DASK_CHUNKS` chunks
+    the groups grow beyond the target, so that the graph of an astronomically
+    large declared shape stays buildable. Works on the chunk sizes alone,
+    without expanding a regular grid into per-chunk tuples.
+
+    Parameters
+    ----------
+    reader : array-like
+        A chunk reader; ``chunks`` as dask-style tuples or a regular chunk
+        shape. Without ``chunks``, dask's ``"auto"`` choice.
+    limit : int or str, optional
+        Target bytes per chunk (``"64 MiB"``, ``2**26`` ...); default
+        ``dask.config.get("array.chunk-size")``.
+    unit_axes : tuple of int
+        Axes whose storage chunks are never grouped.
+
+    Returns
+    -------
+    tuple of tuple of int
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    shape = tuple(int(n) for n in reader.shape)
+    dtype = np.dtype(reader.dtype)
+    target = parse_bytes(limit if limit is not None else dask.config.get("array.chunk-size"))
+    grid = _storage_grid(reader, shape)
+    if grid is None or 0 in shape:
+        return reader_chunks(reader)
+    n_chunks = [-(-n // g) if isinstance(g, int) else len(g) for n, g in zip(shape, grid, strict=True)]
+    typical = [g if isinstance(g, int) else max(g) for g in grid]
+    groups = [1] * len(shape)
+
+    def extent(axis: int) -> int:
+        return min(typical[axis] * groups[axis], shape[axis])
+
+    def nbytes() -> int:
+        return math.prod(extent(a) for a in range(len(shape))) * dtype.itemsize
+
+    growable = [a for a in range(len(shape)) if a not in unit_axes]
+    while True:  # double the group of the smallest growable axis while the chunk stays under the target
+        for axis in sorted(growable, key=lambda a: (extent(a), -a)):
+            if groups[axis] >= n_chunks[axis]:
+                continue
+            before = groups[axis]
+            groups[axis] = min(2 * before, n_chunks[axis])
+            if nbytes() <= target:
+                break
+            groups[axis] = before
+        else:
+            break
+    while math.prod(-(-k // g) for k, g in zip(n_chunks, groups, strict=True)) > MAX_DASK_CHUNKS:
+        axis = max(range(len(shape)), key=lambda a: -(-n_chunks[a] // groups[a]))
+        groups[axis] *= 2
+    out = []
+    for n, g, k in zip(shape, grid, groups, strict=True):
+        if isinstance(g, int):
+            size = g * k
+            full, rest = divmod(n, size)
+            out.append((size,) * full + ((rest,) if rest else ()))
+        else:
+            sums = np.add.reduceat(np.asarray(g, dtype=np.int64), np.arange(0, len(g), k))
+            out.append(tuple(int(v) for v in sums))
+    return tuple(out)
 
 
 def reader_token(reader: Any) -> str:
@@ -71,7 +410,7 @@ def reader_token(reader: Any) -> str:
     A reader's own ``token`` wins; otherwise a random one (unique per stack,
     kept when the stack is pickled).
     """
-    token = getattr(reader, "token", None)
+    token = reader.token if isinstance(reader, Reader) else getattr(reader, "token", None)
     return str(token) if token else uuid.uuid4().hex
 
 
@@ -81,8 +420,9 @@ class OpenedSource:
 
     Attributes
     ----------
-    reader : array-like
-        Chunk reader over the source's own axes (see the module docs).
+    reader : Reader or array-like
+        Reader over the source's own axes (see the module docs); a plain
+        array-like is adapted by :func:`as_reader`.
     source : str
         Path or URI that re-creates exactly this stack (``path@series``,
         ``file.czi@2``, ``file://store.zarr/0`` ...).

@@ -227,7 +227,7 @@ def load_custom_file(
 
 
 def load_zarrs(
-    source: PathLike | Sequence[PathLike],
+    source: Any,
     axes: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
@@ -237,11 +237,12 @@ def load_zarrs(
 
     Parameters
     ----------
-    source : path, URI or sequence of them
+    source : path, URI, zarr StorePath or sequence of them
         ``.zarr`` paths, ``file://`` URIs or any fsspec URI
         (``http(s)://``, ``s3://``, ``zip://``, ``memory://`` ...) to a group
         (one stack per array, sorted; one per multiscale level for an
-        OME-Zarr image) or to an array.
+        OME-Zarr image) or to an array; or a :class:`zarr.storage.StorePath`
+        on a ``LocalStore`` or an ``FsspecStore`` (as CAREamics accepts).
     axes : str
         Axes of each array (checked against OME-Zarr's own axes).
     storage_options : mapping, optional
@@ -281,11 +282,15 @@ def load_zarrs(
 
     opts = dict(storage_options or {})
     chosen = parse_levels(levels)
-    return _stacks(
-        o
-        for path in as_source_list(source, "Zarr paths or URIs")
-        for o in zarr_source.open_zarr(path, axes, opts, levels=chosen)
-    )
+    if zarr_source.is_store_path(source):
+        items: list[Any] = [source]
+    elif isinstance(source, Iterable) and not isinstance(source, (str, os.PathLike)):
+        items = list(source)
+        paths = as_source_list([s for s in items if not zarr_source.is_store_path(s)], "Zarr paths, URIs or StorePaths")
+        items = [s if zarr_source.is_store_path(s) else paths.pop(0) for s in items]
+    else:
+        items = as_source_list(source, "Zarr paths, URIs or StorePaths")
+    return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts, levels=chosen))
 
 
 def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:

@@ -96,14 +96,16 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
 
 def _chunk_shape(stack: LazyImageStack) -> tuple[int, ...]:
     """Shape of the first chunk of each canonical axis (what a reader fetches at once)."""
+    own = getattr(stack, "chunk_shape", None)  # worked out without building a dask array
+    if own is not None:
+        return tuple(int(n) for n in own)
     return tuple(int(c[0]) if c else 0 for c in stack.data.chunks)
 
 
 def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> dict[str, Any]:
     """The facts a user asks first about a stack, JSON-able.
 
-    Reads metadata only (building ``stack.data`` makes a graph, it computes
-    nothing).
+    Reads metadata only (and builds no dask array).
 
     Parameters
     ----------

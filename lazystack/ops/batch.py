@@ -9,7 +9,7 @@ request returns.
 How the chunks are read depends on where they live:
 
 - **local** sources (files, memory) that decode one chunk on their own
-  (:attr:`~lazystack.io.chunked.ChunkedReader.has_fetch_chunk`):
+  (not :attr:`~lazystack.io.reader.ReaderCapabilities.fetches_in_groups`):
 
   - requests for every channel wholly inside an identity view (a training
     loop's) are *scattered*: the chunks they touch are shared over the cores
@@ -26,7 +26,7 @@ How the chunks are read depends on where they live:
   chunks are alive at once: a batch does not fault in fresh memory for every
   chunk it touches, which on a virtual machine costs about as much as
   decoding.
-- **remote** sources (:attr:`~lazystack.io.chunked.ChunkedReader.remote`),
+- **remote** sources (:attr:`~lazystack.io.reader.ReaderCapabilities.remote`),
   sources that only fetch chunks in groups, and, with the chunk cache on,
   sources whose fetch decodes many chunks in native threads
   (:meth:`~lazystack.io.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
@@ -35,12 +35,16 @@ How the chunks are read depends on where they live:
 - with the chunk cache off, a Zarr array on tensorstore (or on ``auto``
   over compressed chunks of 256 KiB and up) reads one region per patch, each
   started as soon as its request is planned
-  (:meth:`~lazystack.sources.zarr.engines.ZarrArrayReader.region_reads`).
+  (:meth:`~lazystack.io.chunked.ChunkedReader.region_reads`).
 
-Stacks whose reader is not a :class:`~lazystack.io.chunked.ChunkedReader`
-and has no ``as_chunked()`` (see :func:`~lazystack.io.chunked.as_chunked_reader`),
-such as in-memory arrays, dask arrays or custom readers, or that are loaded
-in memory are served one by one, in order.
+Everything goes through public interfaces: a stack's
+:meth:`~lazystack.LazyImageStack.plan_patch`,
+:meth:`~lazystack.LazyImageStack.patch_from_region` and
+:meth:`~lazystack.LazyImageStack.with_reader`, and its reader's
+``as_chunked()`` and ``capabilities`` (the contract of
+:mod:`lazystack.io.reader`). Stacks whose reader has no chunk reader
+(``as_chunked()`` is None: in-memory arrays, dask arrays, custom readers)
+or that are loaded in memory are served one by one, in order.
 """
 
 from __future__ import annotations
@@ -56,16 +60,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..core.errors import PatchError
-from ..core.patch import patch_geometry
 from ..io.chunked import (
     CPU_WORKERS,
     ChunkedReader,
     ChunkIndex,
-    as_chunked_reader,
     copy_piece,
     fetch_concurrently,
-    normalize_key,
 )
+from ..io.reader import ReaderCapabilities
 
 __all__ = ["PatchRequest", "extract_patches"]
 
@@ -106,6 +108,10 @@ class _PrefetchedReader(ChunkedReader):
         self._dtype = source.dtype
         self._grid = source.chunk_grid
         self._token = source.token
+        # only fetch_chunks: several chunks are read at once, from the chunks held
+        self.capabilities = ReaderCapabilities(
+            remote=source.capabilities.remote, compressed=source.capabilities.compressed, fetches_in_groups=True
+        )
         self._source = source
         self._chunks = chunks
 
@@ -126,7 +132,8 @@ def _chunked_reader(stack: Any) -> ChunkedReader | None:
 
     if not isinstance(stack, LazyImageStack) or stack.is_loaded:
         return None
-    return as_chunked_reader(stack.reader)
+    chunked = stack.reader.as_chunked()
+    return chunked if isinstance(chunked, ChunkedReader) else None
 
 
 class _RegionReader(_PrefetchedReader):
@@ -146,31 +153,6 @@ class _RegionReader(_PrefetchedReader):
         if self._data is not None and tuple((s.start, s.stop) for s in region) == self._key:
             return self._data
         return self._source.read(region)
-
-
-def _plan(
-    stack: Any, reader: ChunkedReader, request: tuple[Any, ...]
-) -> tuple[tuple[slice, ...] | None, list[ChunkIndex]]:
-    """The source region one request reads and the chunks it touches (validating it as ``extract_patch`` does)."""
-    sample_idx, channels, coords, patch_size = request
-    model = stack._model
-    geometry = patch_geometry(coords, patch_size, model.spatial_shape, model.spatial_axes)
-    chans = stack._channel_list(channels)
-    model.sample_to_st(sample_idx)
-    if geometry.empty:
-        return None, []
-    key = model.original_key(sample_idx, slice(min(chans), max(chans) + 1), geometry.source)
-    root_key = key if stack._identity else stack._compose(key)[0]
-    region, _ = normalize_key(root_key, reader.shape)
-    return region, reader.chunk_grid.touched(region)
-
-
-def _with_reader(stack: Any, reader: ChunkedReader) -> Any:
-    view = object.__new__(type(stack))
-    view.__dict__.update(stack.__dict__)
-    view._reader = reader
-    view._fast = view._fast_plan()  # its reads go to ``reader``, never to the stack's own
-    return view
 
 
 def _split(
@@ -285,22 +267,19 @@ class _Batch:
 
     def plan(self, i: int, reader: ChunkedReader) -> None:
         """Work out (and check) the source region of request ``i``; start reading it if the source reads regions."""
-        stack, sample_idx, channels, coords, patch_size = self.reqs[i]
-        inside = stack._inside_region(sample_idx, coords, patch_size) if channels is None else None
-        if inside is not None:
-            region, self.sizes[i] = inside
-        else:
-            region, self._touched[i] = _plan(stack, reader, (sample_idx, channels, coords, patch_size))
+        stack = self.reqs[i][0]
+        region, size = stack.plan_patch(*self.reqs[i][1:])
+        if size is not None:
+            self.sizes[i] = size
         self.regions[i] = region
         if region is None or any(s.stop <= s.start for s in region):
             return
         key = id(reader)
         reads = self._region_reads.get(key, False)
         if reads is False:
-            make = getattr(reader, "region_reads", None)  # decided once per source
-            reads = self._region_reads[key] = make() if make is not None else None
+            reads = self._region_reads[key] = reader.region_reads()  # decided once per source
         if reads is not None:
-            reads.start(region, as_float32=inside is not None)  # its patch is the region as float32
+            reads.start(region, as_float32=size is not None)  # its patch is the region as float32
             self._started.setdefault(key, []).append(i)
 
     def touched(self, i: int, reader: ChunkedReader) -> list[ChunkIndex]:
@@ -316,14 +295,15 @@ class _Batch:
         stack = self.reqs[i][0]
         view = views.get((id(stack), id(proxy)))
         if view is None:
-            view = views[(id(stack), id(proxy))] = _with_reader(stack, proxy)
+            view = views[(id(stack), id(proxy))] = stack.with_reader(proxy)  # its reads go to ``proxy``
         self.out[i] = view.extract_patch(*self.reqs[i][1:])
 
     def serve(self, reader: ChunkedReader, indices: list[int]) -> None:
         """Serve the requests ``indices``, all on the source ``reader``."""
         if self._serve_regions(reader, indices):
             return
-        if reader.remote or not reader.has_fetch_chunk or self._parallel_rounds(reader, indices):
+        caps = reader.capabilities
+        if caps.remote or caps.fetches_in_groups or self._parallel_rounds(reader, indices):
             self._serve_rounds(reader, [(i, self.touched(i, reader)) for i in indices])
             return
         scattered, streamed = self._split_fast(reader, indices)
@@ -390,10 +370,10 @@ class _Batch:
             for i, src, dst in uses[idx]:
                 copy_piece(blocks[i], idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]
 
-        fetch_concurrently(sorted(uses), place, parallel=reader.compressed)
+        fetch_concurrently(sorted(uses), place, parallel=reader.capabilities.compressed)
         for i, block in blocks.items():
             # None (a reader returning the wrong shape) is left to extract_patch, which reports it
-            self.out[i] = self.reqs[i][0]._finish_inside(block, self.sizes[i], fresh=True)
+            self.out[i] = self.reqs[i][0].patch_from_region(block, self.sizes[i])
 
     def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
         """Serve requests through their stacks, each core streaming through a chunk-disjoint share."""
@@ -416,7 +396,7 @@ class _Batch:
         views: dict[tuple[int, int], Any] = {}
         for i, data in zip(started, reads.results(), strict=True):
             size = self.sizes.get(i)
-            patch = None if size is None else self.reqs[i][0]._finish_inside(data, size, fresh=True)
+            patch = None if size is None else self.reqs[i][0].patch_from_region(data, size)
             if patch is not None:
                 self.out[i] = patch
             else:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import ShapeMismatchError
+from ..io.reader import Reader
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -27,8 +28,8 @@ __all__ = ["METHODS", "NormalizedReader", "normalization_parameters", "normalize
 METHODS = ("zscore", "minmax", "percentile")
 
 
-class NormalizedReader:
-    """Chunk reader applying ``(x - offset[c]) * scale[c]`` to what a stack reads.
+class NormalizedReader(Reader):
+    """Chunk reader applying ``(x - offset[c]) * scale[c]`` to what a stack reads (see :mod:`lazystack.io.reader`).
 
     Parameters
     ----------
@@ -39,6 +40,11 @@ class NormalizedReader:
     clip : tuple of float, optional
         ``(low, high)`` bounds applied after the transform.
     """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    chunks: tuple[tuple[int, ...], ...]
+    token: str
 
     def __init__(
         self,
@@ -53,14 +59,12 @@ class NormalizedReader:
         self.offset = np.asarray(offset, dtype=np.float64).reshape(-1)
         self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
-        self.shape = tuple(stack.original_data_shape)
+        self.shape = tuple(stack.axes_model.shape)
         self.dtype = np.dtype(np.float32)
-        self.chunks = stack._view_chunks()
-        axes = stack.original_axes
+        self.chunks = stack.original_chunks
+        axes = stack.axes_model.axes
         self._c_axis = axes.index("C") if "C" in axes else None
-        self.token = "normalized-" + tokenize(
-            stack._token, stack._selection, self.offset.tobytes(), self.scale.tobytes(), self.clip
-        )
+        self.token = "normalized-" + tokenize(stack.token, self.offset.tobytes(), self.scale.tobytes(), self.clip)
 
     def _key(self, key: Any) -> tuple[int | slice, ...]:
         if not isinstance(key, tuple):
@@ -81,7 +85,7 @@ class NormalizedReader:
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices in the stack's original axes), normalised, as float32."""
         key = self._key(key)
-        block = np.asarray(self._stack._read_view(key))
+        block = np.asarray(self._stack.read(key))
         if self._c_axis is None:
             off: Any = self.offset[0]
             scale: Any = self.scale[0]
@@ -227,7 +231,7 @@ def normalized(
     }
     return LazyImageStack(
         reader,
-        stack.original_axes,
+        stack.axes_model.axes,
         source=stack.source,
         format=stack.format,
         coords=stack.coords,

@@ -56,6 +56,7 @@ import numpy as np
 
 from ..core.errors import ShapeMismatchError, UnsupportedSourceError
 from ..core.levels import finest_levels, select_levels
+from ..stack import LazyImageStack
 from .progress import compute
 
 __all__ = ["ChannelStatistics", "channel_statistics"]
@@ -383,7 +384,7 @@ Block = tuple[Any, Any, Any, int]
 """A chunk to reduce: (source, key, channel axis, first channel).
 
 ``key`` None: ``source`` is a (delayed) canonical ``SC(Z)YX`` block. Otherwise
-``source`` is a (delayed) stack read with ``stack._read_view(key)`` in its own
+``source`` is a (delayed) stack read with ``stack.read(key)`` in its own
 axes, whose channel axis is at position ``channel axis`` (None: one channel).
 """
 
@@ -392,7 +393,7 @@ def _values(source: Any, key: Any, cpos: int | None) -> np.ndarray:
     """The ``(channels, n)`` values of one chunk."""
     if key is None:
         return _channels(np.asarray(source))
-    block = np.asarray(source._read_view(key))
+    block = np.asarray(source.read(key))
     if cpos is None:
         return block.reshape(1, -1)
     return np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
@@ -406,11 +407,11 @@ def _stack_blocks(stack: Any) -> list[Block]:
     """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
     from dask import delayed
 
-    axes = stack.original_axes
+    axes = stack.axes_model.axes
     cpos = axes.index("C") if "C" in axes else None
     # the stack enters the graph once, under a fresh name (no hashing of its data)
     source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in stack._view_chunks()]
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in stack.original_chunks]
     blocks: list[Block] = []
     for idx in np.ndindex(*(len(b) - 1 for b in bounds)):
         key = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
@@ -432,9 +433,7 @@ def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) 
 
     The subset is drawn over every stack's chunks together (at least one chunk in all).
     """
-    selected = [
-        _stack_blocks(s) if hasattr(s, "_read_view") and hasattr(s, "_view_chunks") else _dask_blocks(s) for s in stacks
-    ]
+    selected = [_stack_blocks(s) if isinstance(s, LazyImageStack) else _dask_blocks(s) for s in stacks]
     if sample_fraction is not None:
         total = sum(len(b) for b in selected)
         k = max(1, round(sample_fraction * total))

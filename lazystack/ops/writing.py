@@ -31,7 +31,7 @@ The image keeps the stack's axes except ``S``, reordered as NGFF requires:
 is not an NGFF axis type and NGFF allows at most five axes: samples become
 separate images (see above), so every written image has at most the five axes
 ``TCZYX`` and validates against NGFF 0.5. Open the result with
-``load_zarrs(path, ome_axes(stack.original_axes))``.
+``load_zarrs(path, ome_axes(stack.axes_model.axes))``.
 
 Pyramid
 -------
@@ -51,16 +51,27 @@ Everything is written to a hidden sibling folder (``.out.zarr.partial-<id>``),
 pixel data first and the ``ome`` metadata last; only a complete image is
 renamed to ``path``. An interrupted write leaves no ``path`` (or the previous
 one, untouched, with ``overwrite=True``), so a store at ``path`` is always
-complete. A failed write removes its partial folder; a killed process leaves
-it behind, hidden, for the user to delete.
+complete. A failed write removes its partial folder. A process killed
+outright (``SIGKILL``, power loss) cannot: its partial folder holds a marker
+file (``.lazystack-writer.json``: host, process id and the process's start
+time), and the next :func:`write_ome_zarr` to the same ``path`` removes every
+partial folder of that path whose writer provably is gone (same host, no
+live process with that id and start time). Partial folders it cannot prove
+stale (another host, a live writer, no marker) are left alone and reported
+with a :class:`PartialOutputWarning` (``lazystack convert`` prints it);
+:func:`stale_partial_outputs` lists them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +86,14 @@ if TYPE_CHECKING:
 
     from ..stack import LazyImageStack
 
-__all__ = ["NGFF_ORDER", "ome_axes", "write_ome_zarr"]
+__all__ = [
+    "NGFF_ORDER",
+    "PartialOutput",
+    "PartialOutputWarning",
+    "ome_axes",
+    "stale_partial_outputs",
+    "write_ome_zarr",
+]
 
 #: Order of axes in a written image (NGFF: time, then channel, then space; samples become separate images).
 NGFF_ORDER = "TCZYX"
@@ -89,7 +107,7 @@ def ome_axes(axes: str) -> str:
     Parameters
     ----------
     axes : str
-        A stack's ``original_axes``.
+        A stack's ``axes_model.axes`` (its ``original_axes`` but for a CZI).
 
     Returns
     -------
@@ -239,10 +257,23 @@ def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int 
     """The images to write: (stack, sample index) per sample of a stack with ``S``, (stack, None) otherwise."""
     out: list[tuple[LazyImageStack, int | None]] = []
     for stack in stacks:
-        axes = stack.original_axes
-        n = int(stack.original_data_shape[axes.index("S")]) if "S" in axes else 0
+        axes = stack.axes_model.axes
+        n = int(stack.axes_model.shape[axes.index("S")]) if "S" in axes else 0
         out += [(stack, s) for s in range(n)] if n > 1 else [(stack, 0 if n == 1 else None)]
     return out
+
+
+class _ViewReader:
+    """A stack (view) read in its axes model's order: what the writer's tasks read from."""
+
+    def __init__(self, stack: LazyImageStack) -> None:
+        self.stack = stack
+        self.shape = tuple(stack.axes_model.shape)
+        self.dtype = np.dtype(stack.data_dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        return np.asarray(self.stack.read(key))
 
 
 def _plan_image(
@@ -259,16 +290,28 @@ def _plan_image(
 
     ``sample``: the index along ``S`` of the image, for a stack with an ``S`` axis.
     """
+    import dask.array as da
     import zarr
 
-    axes = stack.original_axes
+    axes = stack.axes_model.axes  # the reader's letters (a CZI's original_axes name file dims OME has no axis for)
     written = ome_axes(axes)
-    data = stack.xarray.data
-    if "S" in axes:
-        data = data[tuple(sample if a == "S" else slice(None) for a in axes)]
+    shape = tuple(stack.axes_model.shape)
+    target_chunks = _target_chunks(written, tuple(shape[axes.index(a)] for a in written), chunks)
+    # one task reads exactly one written chunk straight from the stack (not the stack's own
+    # dask chunks, which group many source chunks): reads stay the size of a written chunk
+    x = da.from_array(
+        _ViewReader(stack),
+        chunks=tuple(1 if a == "S" else target_chunks[written.index(a)] for a in axes),
+        name=f"lazystack-write-{uuid.uuid4().hex}",
+        meta=np.empty((0,) * len(axes), dtype=stack.data_dtype),
+        asarray=True,
+        fancy=False,
+        lock=False,
+    )
+    if "S" in axes:  # one image per sample: NGFF images have no sample axis
+        x = x[tuple(sample if a == "S" else slice(None) for a in axes)]
         axes = axes.replace("S", "")
-    x = data.transpose([axes.index(a) for a in written])
-    target_chunks = _target_chunks(written, tuple(x.shape), chunks)
+    x = x.transpose([axes.index(a) for a in written])
     sources, targets = [], []
     for level, data in enumerate(_pyramid(x, written, levels, downscale)):
         level_chunks = tuple(min(c, n) for c, n in zip(target_chunks, data.shape, strict=True))
@@ -285,7 +328,7 @@ def _plan_image(
         )
         sources.append(data.rechunk(level_chunks))
         targets.append(array)
-    many_samples = sample is not None and int(stack.original_data_shape[stack.original_axes.index("S")]) > 1
+    many_samples = sample is not None and int(stack.axes_model.shape[stack.axes_model.axes.index("S")]) > 1
     meta = _image_metadata(stack, written, len(sources), downscale, sample if many_samples else None)
     return sources, targets, meta
 
@@ -343,6 +386,13 @@ def write_ome_zarr(
     ValueError
         For invalid ``chunks``, ``levels`` or ``downscale``.
 
+    Warns
+    -----
+    PartialOutputWarning
+        For a hidden partial folder of an earlier write to ``path`` that is
+        not provably abandoned (left in place; abandoned ones are removed,
+        see the module documentation).
+
     Notes
     -----
     The pixels go through dask (``dask.array.store``) on the active
@@ -375,10 +425,12 @@ def write_ome_zarr(
         msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"
         raise FileExistsError(msg)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_partials(final)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
 
     try:
         root = zarr.open_group(str(partial), mode="w-", zarr_format=3)
+        (partial / MARKER).write_text(json.dumps(_writer_marker()), encoding="utf-8")
         sources: list[Any] = []
         targets: list[Any] = []
         metadata: list[tuple[Any, dict[str, Any]]] = []
@@ -405,11 +457,114 @@ def write_ome_zarr(
             group.attrs.update({"ome": meta})
         if many:
             root.attrs.update({"ome": {"version": "0.5", "bioformats2raw.layout": 3}})
+        (partial / MARKER).unlink()
         _replace(partial, final, overwrite)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return str(final)
+
+
+#: Marker file inside a partial folder: who is writing it.
+MARKER = ".lazystack-writer.json"
+
+
+class PartialOutputWarning(UserWarning):
+    """A hidden partial output of an earlier write is left in place (not provably abandoned)."""
+
+
+@dataclass(frozen=True)
+class PartialOutput:
+    """A hidden partial folder of a write to some ``path``.
+
+    Attributes
+    ----------
+    path : Path
+        The folder (``.name.zarr.partial-<id>`` beside the target).
+    abandoned : bool
+        True when its writer provably is gone: the marker names this host and
+        no live process has its id and start time. Only these are removed.
+    reason : str
+        Why it is (or is not) considered abandoned.
+    """
+
+    path: Path
+    abandoned: bool
+    reason: str
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[-1].split()[19]  # field 22 of proc(5), after the command name
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    now = _start_time(pid)
+    return not (started is not None and now is not None and now != started)  # a reused id is another process
+
+
+def _writer_marker() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start_time": _start_time(pid)}
+
+
+def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
+    """Hidden partial folders left beside ``path`` by earlier :func:`write_ome_zarr` calls.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The target of the writes (a local folder; need not exist).
+
+    Returns
+    -------
+    list of PartialOutput
+        One per ``.name.partial-*`` folder, with whether its writer provably is gone.
+    """
+    final = _local_path(path)
+    if not final.parent.is_dir():
+        return []
+    found = []
+    for folder in sorted(final.parent.glob(f".{final.name}.partial-*")):
+        if not folder.is_dir():
+            continue
+        try:
+            marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+            host, pid, started = str(marker["host"]), int(marker["pid"]), marker.get("start_time")
+        except (OSError, ValueError, KeyError, TypeError):
+            found.append(PartialOutput(folder, False, "no readable writer marker (not written by this version?)"))
+            continue
+        if host != socket.gethostname():
+            found.append(PartialOutput(folder, False, f"written from host {host!r}, cannot check its process"))
+        elif _alive(pid, started):
+            found.append(PartialOutput(folder, False, f"its writer (process {pid}) is still running"))
+        else:
+            found.append(PartialOutput(folder, True, f"its writer (process {pid} on this host) is gone"))
+    return found
+
+
+def _clean_partials(final: Path) -> None:
+    """Remove the abandoned partial folders of ``final``; warn about the others."""
+    for leftover in stale_partial_outputs(final):
+        if leftover.abandoned:
+            shutil.rmtree(leftover.path, ignore_errors=True)
+        else:
+            msg = (
+                f"left in place a hidden partial output of an earlier write to {str(final)!r}: "
+                f"{str(leftover.path)!r} ({leftover.reason}); delete it once no write is running"
+            )
+            warnings.warn(msg, PartialOutputWarning, stacklevel=3)
 
 
 def _replace(partial: Path, final: Path, overwrite: bool) -> None:

@@ -17,12 +17,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..io.handles import check_mapped_size
+from ..io.reader import Reader, ReaderCapabilities
 
 __all__ = ["MemmapReader", "as_reader", "propose_axes"]
 
 
-class MemmapReader:
-    """Read-only view of a memory-mapped file that pickles as its recipe.
+class MemmapReader(Reader):
+    """Read-only view of a memory-mapped file that pickles as its recipe (a reader, see :mod:`lazystack.io.reader`).
 
     Parameters
     ----------
@@ -38,6 +39,11 @@ class MemmapReader:
         Memory layout.
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    token: str
+    capabilities: ReaderCapabilities
+
     def __init__(
         self, filename: str, dtype: Any, shape: tuple[int, ...], offset: int, order: Literal["C", "F"]
     ) -> None:
@@ -50,6 +56,7 @@ class MemmapReader:
         self._end = self.offset + self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
         stat = os.stat(filename)
         self.token = f"memmap-{filename}-{stat.st_mtime_ns}-{stat.st_size}-{offset}-{self.dtype.str}-{shape}"
+        self.capabilities = ReaderCapabilities(memory_mapped=True, compressed=False)
 
     @classmethod
     def from_memmap(cls, arr: np.memmap[Any, Any]) -> MemmapReader:

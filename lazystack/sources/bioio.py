@@ -52,7 +52,7 @@ from ..core.errors import (
     SourceReadError,
 )
 from ..io.handles import ProcessLocalFileManager
-from ..io.reader import OpenedSource
+from ..io.reader import OpenedSource, Reader
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 
@@ -110,7 +110,7 @@ def _open_scene(path: str, scene: int, options: _Options, mode: str = "r") -> _S
     return _SceneHandle(path, scene, options)
 
 
-class BioioSceneReader:
+class BioioSceneReader(Reader):
     """Chunk reader over one scene of a file read by bioio (see :mod:`lazystack.io.handles`).
 
     Parameters
@@ -134,6 +134,9 @@ class BioioSceneReader:
     token : str
         Identifies the data.
     """
+
+    chunks: Any
+    token: str
 
     def __init__(
         self,

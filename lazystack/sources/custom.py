@@ -1,7 +1,8 @@
 """Custom-file back end: files of any type, read by a user-supplied function.
 
 ``read_func(path, **read_kwargs)`` (a :class:`ReadFunc`) returns an
-array-like for one file. What it returns decides how lazy the stack is:
+array-like for one file; ``path`` is a :class:`pathlib.Path`, as CAREamics'
+``ReadFunc`` receives it (CAREamics' own readers use ``path.suffix``). What it returns decides how lazy the stack is:
 
 * **a lazy array-like** (``np.memmap``, ``np.load(..., mmap_mode="r")``,
   ``zarr.Array``, ``h5py.Dataset``, a dask array, any object with ``shape``,
@@ -44,13 +45,14 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.reader import OpenedSource, is_array_like, read_numpy, reader_chunks
+from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -74,6 +76,7 @@ CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
 class ReadFunc(Protocol):
     """Reads one file: ``read_func(path, **read_kwargs) -> array-like``.
 
+    ``path`` is a :class:`pathlib.Path` (CAREamics' ``ReadFunc`` contract).
     The result has ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask,
     zarr arrays, ``np.memmap``, ``h5py.Dataset`` ...) with one dimension per
     letter of the loader's axes, and the same shape and dtype every time it is
@@ -83,11 +86,12 @@ class ReadFunc(Protocol):
     Examples
     --------
     >>> import numpy as np
-    >>> def read_npy(path: str, *, mmap: bool = True) -> np.ndarray:
+    >>> from pathlib import Path
+    >>> def read_npy(path: Path, *, mmap: bool = True) -> np.ndarray:
     ...     return np.load(path, mmap_mode="r" if mmap else None)
     """
 
-    def __call__(self, path: str, /, **kwargs: Any) -> Any:
+    def __call__(self, path: Path, /, **kwargs: Any) -> Any:
         """Return the array-like stored in ``path``."""
         ...
 
@@ -223,7 +227,7 @@ def _call(recipe: _Recipe) -> Any:
     """Call ``read_func`` and check its result is array-like."""
     where = f"read_func {_func_name(recipe.read_func)} on {recipe.path!r}"
     try:
-        result = recipe.read_func(recipe.path, **recipe.read_kwargs)
+        result = recipe.read_func(Path(recipe.path), **recipe.read_kwargs)
     except FileNotFoundError as exc:
         msg = f"file not found: {recipe.path!r} ({where} raised {type(exc).__name__}: {exc})"
         raise SourceNotFoundError(msg) from exc
@@ -267,7 +271,7 @@ def _is_eager(result: Any) -> bool:
     return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
 
 
-class CustomReader:
+class CustomReader(Reader):
     """Chunk reader over one file read by a :class:`ReadFunc` (see the module docs).
 
     Parameters
@@ -289,6 +293,9 @@ class CustomReader:
     token : str
         Name of the data.
     """
+
+    chunks: Any
+    token: str
 
     def __init__(
         self,

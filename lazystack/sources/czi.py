@@ -14,18 +14,26 @@ five-letter form is the *depth* axis, kept as the stack's spatial ``Z``
 * ``C`` is the channel axis; RGB pixel types (``Bgr24``, ``Bgr48``,
   ``Bgr96Float``) turn each colour sample into a channel, in **R, G, B**
   order (pylibCZIrw returns B, G, R; lazystack reorders);
-* ``T``, when it is not the depth axis, stays a ``T`` axis of the reader (the
-  stack merges it into the sample axis, ``S`` outer, ``T`` inner);
-* every other dimension of size > 1 (``Z`` when ``T`` is the depth, and the
-  rarer ``V``, ``H``, ``I``, ``R``, ``B``) is folded into the reader's ``S``
-  axis, in that order (C order, the last one varies fastest);
+* every other dimension (``T`` and ``Z`` unless one is the depth, and the
+  rarer ``R``, ``I``, ``H``, ``V``, ``B``) is merged into the sample axis
+  ``S``, exactly as CAREamics' ``CziImageStack`` does: in the order of
+  pylibCZIrw's ``total_bounding_box`` (``T``, ``Z``, then the others as the
+  file has them), size-1 dimensions included, and a sample index unravels
+  over them in C order, so ``T`` is outermost: with ``T`` and ``Z`` merged,
+  ``sample = t * n_Z + z``;
 * mosaic tiles (``M``) are stitched by libCZI into the scene's plane; the
   plane spans the scene's layer-0 bounding box (offsets may be negative),
   and pixels no tile covers are 0.
 
-``attrs["czi_dims"]`` and ``attrs["czi_shape"]`` record the file's own
-dimensions of the scene (unmerged), ``attrs["sample_dims"]`` the file
-dimensions merged into the canonical sample axis, outer to inner.
+The stack's :attr:`~lazystack.LazyImageStack.original_axes` and
+``original_data_shape`` are CAREamics': the given axes with ``S`` replaced
+by the merged dimensions and their sizes, e.g. ``"TZBCYX"`` and
+``(3, 5, 1, 2, 170, 240)`` for a file with 3 time points, 5 planes and a
+size-1 ``B`` read as ``"SCYX"``; ``"ZCTYX"`` for ``"SCTYX"``. The stack's
+xarray has these dims. ``attrs["sample_dims"]`` and ``attrs["sample_shape"]``
+hold the merged dimensions, outer to inner; ``attrs["czi_dims"]`` and
+``attrs["czi_shape"]`` all of the file's own dimensions of the scene in the
+bounding box's order (``C`` included, the scene's ``Y`` and ``X`` last).
 
 Reads
 -----
@@ -68,7 +76,8 @@ from ..core.errors import (
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
 from ..io.handles import ProcessLocalFileManager
-from ..io.reader import OpenedSource
+from ..io.reader import OpenedSource, Reader
+from .czi_check import check_czi_structure
 
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 
@@ -93,9 +102,6 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
     "Bgr48": ("uint16", 3),
     "Bgr96Float": ("float32", 3),
 }
-
-#: Dimensions folded into the reader's S axis, outer to inner (Z only when T is the depth).
-FOLD_ORDER = "VHIRBZ"
 
 _MAGIC = b"ZISRAWFILE"
 _SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
@@ -179,6 +185,9 @@ class _FileInfo:
     channel_names: tuple[str, ...] | None
     pixel_sizes: dict[str, float]  # micrometres
     tile: tuple[int, int] | None = None  # most common (h, w) of the layer-0 sub-blocks (the tile size)
+    # (letter, size) of every non-spatial dimension in the order of pylibCZIrw's total_bounding_box
+    # (T, Z, C always, size 1 when absent; then R, I, H, V, B as present): the order CAREamics merges them in
+    order: tuple[tuple[str, int], ...] = ()
 
 
 def _check_file(path: str) -> None:
@@ -227,6 +236,7 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         doc.enumerate_subblocks(visit)
         scenes = {int(k): (r.x, r.y, r.w, r.h) for k, r in doc.scenes_bounding_rectangle_no_pyramid.items()}
         t = doc.total_bounding_rectangle_no_pyramid
+        bbox = doc.total_bounding_box_no_pyramid
         raw_xml = doc.raw_metadata
         dims = {d: (lo[d], hi[d] - lo[d] + 1) for d in lo}
         c_start, n_c = dims.get("C", (0, 1))
@@ -261,7 +271,21 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         channel_names=_channel_names(root, dims.get("C", (0, 1))[1]),
         pixel_sizes=_pixel_sizes(root),
         tile=tiles.most_common(1)[0][0] if tiles else None,
+        order=_dims_order(bbox, dims),
     )
+
+
+def _dims_order(bbox: dict[str, tuple[int, int]], dims: dict[str, tuple[int, int]]) -> tuple[tuple[str, int], ...]:
+    """The file's non-spatial dimensions with their sizes, in pylibCZIrw's ``total_bounding_box`` order.
+
+    Sizes are those of the sub-blocks' coordinates (what is read); a dimension
+    the sub-blocks do not use (pylibCZIrw always lists ``T``, ``Z`` and ``C``)
+    has size 1. A dimension the sub-blocks use but the bounding box omits
+    (none in libCZI's current dimension set) goes last.
+    """
+    order = [d for d in bbox if d not in ("X", "Y", "S", "M")]
+    order += [d for d in dims if d not in order]
+    return tuple((d, dims[d][1] if d in dims else 1) for d in order)
 
 
 def _parse_xml(raw: str) -> ET.Element | None:
@@ -307,12 +331,12 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 
 # -- the chunk reader ------------------------------------------------------------------------
-class CziSceneReader:
+class CziSceneReader(Reader):
     """Chunk reader over one scene of a CZI file (see :mod:`lazystack.io.handles`).
 
-    Its axes are ``S[T]C[Z]YX`` (:attr:`axes`): ``S`` folds the file's extra
-    dimensions, ``T`` is the file's time axis when it is not the depth, ``Z``
-    the depth axis (the file's Z or T). It pickles as a recipe (path, scene,
+    Its axes are ``SC[Z]YX`` (:attr:`axes`): ``S`` enumerates the file's
+    merged dimensions (C order, ``T`` outermost), ``Z`` is the depth axis
+    (the file's Z or T). It pickles as a recipe (path, scene,
     plane mapping) and reopens the file lazily.
 
     Parameters
@@ -351,6 +375,8 @@ class CziSceneReader:
         file rewritten since must not mix with new reads) and raises
         :class:`~lazystack.SourceReadError` when it changed.
     """
+
+    token: str
 
     def __init__(
         self,
@@ -519,10 +545,10 @@ class CziSceneReader:
         be a read-only view of one); else the exact rectangle.
         """
         norm = self._normalise(key)
+        self._check_unchanged()  # deleted or replaced: an error, with the chunk cache on or off
         chunked = self.as_chunked()
         if chunked is None:
             return self._read_exact(norm)
-        self._check_unchanged()
         region = tuple(slice(k, k + 1) if isinstance(k, int) else k for k in norm)
         out = chunked.read(region)
         return out[tuple(0 if isinstance(k, int) else slice(None) for k in norm)]
@@ -612,8 +638,15 @@ def _dims_text(dims: dict[str, tuple[int, int]]) -> str:
 
 def _layout(
     path: str, axes: str, info: _FileInfo
-) -> tuple[str, dict[str, list[tuple[str, int, int]]], str, str, tuple[int, ...]]:
-    """The reader's axes, plane mapping, sample dims and the file's own dims of a scene."""
+) -> tuple[str, dict[str, list[tuple[str, int, int]]], tuple[tuple[str, int], ...]]:
+    """The reader's axes, its plane mapping and the file dimensions merged into ``S`` (with sizes).
+
+    As CAREamics' ``CziImageStack`` does: every dimension of the file's
+    bounding box that is not in ``axes`` (``C``, ``Y``, ``X`` and the depth
+    are) is merged into ``S``, size-1 ones included, in the bounding box's
+    order, and a sample index unravels over them in C order (the first,
+    ``T`` when merged, outermost).
+    """
     dims = {d: v for d, v in info.dims.items() if v[1] > 1}
     depth = axes[2] if len(axes) == 5 else None
     if depth is not None and depth not in dims:
@@ -625,24 +658,14 @@ def _layout(
             f"(size {size}; its dimensions: {_dims_text(info.dims)}): use 'SCYX' for 2-D planes{hint}"
         )
         raise ShapeMismatchError(msg)
-    folded = [d for d in FOLD_ORDER if d in dims and d != depth]
-    folded += sorted(d for d in dims if d not in FOLD_ORDER + "TCXY" and d not in folded)
-    keep_t = "T" in dims and depth != "T"
-    plane_dims: dict[str, list[tuple[str, int, int]]] = {"S": [(d, *dims[d]) for d in folded]}
-    reader_axes = "S"
-    if keep_t:
-        plane_dims["T"] = [("T", *dims["T"])]
-        reader_axes += "T"
-    reader_axes += "C"
+    merged = tuple((d, n) for d, n in info.order if d not in axes)
+    # size-1 dimensions add nothing to the unravelling; only dimensions the sub-blocks use are read by coordinate
+    plane_dims: dict[str, list[tuple[str, int, int]]] = {"S": [(d, *dims[d]) for d, _ in merged if d in dims]}
+    reader_axes = "SC"
     if depth is not None:
         plane_dims["Z"] = [(depth, *dims[depth])]
         reader_axes += "Z"
-    reader_axes += "YX"
-    sample_dims = "".join(folded) + ("T" if keep_t else "")
-    own = [d for d in FOLD_ORDER + "T" if d in dims] + [d for d in dims if d not in FOLD_ORDER + "TC"]
-    own_dims = "".join(dict.fromkeys(own)) + "C"
-    own_shape = (*(dims[d][1] for d in own_dims[:-1]), info.dims.get("C", (0, 1))[1])
-    return reader_axes, plane_dims, sample_dims, own_dims, own_shape
+    return reader_axes + "YX", plane_dims, merged
 
 
 def open_czi(path: str, axes: str) -> list[OpenedSource]:
@@ -678,6 +701,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     _import_pyczi()
     path, wanted = _split_scene(os.fspath(path))
     _check_file(path)
+    check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
     manager = ProcessLocalFileManager(_open_handle, path, mode="r")
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
@@ -685,7 +709,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
         listed = ", ".join(f"{k} ({info.scene_names.get(k, 'unnamed')})" for k in sorted(info.scenes)) or "none"
         msg = f"CZI file {path!r} has no scene {wanted}; its scenes: {listed}"
         raise SourceNotFoundError(msg)
-    reader_axes, plane_dims, sample_dims, own_dims, own_shape = _layout(path, axes, info)
+    reader_axes, plane_dims, merged = _layout(path, axes, info)
     dtypes = {PIXEL_TYPES[p][0] for p in info.pixel_types}
     spps = {PIXEL_TYPES[p][1] for p in info.pixel_types}
     if len(spps) > 1:
@@ -720,7 +744,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             (c_start, n_c, spp),
             info.pixel_types,
             dtype,
-            _token(path, scene, reader_axes),
+            _token(path, scene, axes),  # the user's axes: SCZYX and SCTYX share reader axes
             cache_block=_cache_block(info.tile),
             stamp=stamp,
         )
@@ -731,17 +755,13 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             "physical_pixel_sizes": dict(sizes),
             "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
             "depth_axis": depth,
-            "czi_dims": own_dims + (depth or "") + "YX",
-            "czi_shape": (*own_shape, *((plane_dims["Z"][0][2],) if depth else ()), rect[3], rect[2]),
-            "sample_dims": sample_dims,
+            "czi_dims": "".join(d for d, _ in info.order) + "YX",
+            "czi_shape": (*(n for _, n in info.order), rect[3], rect[2]),
+            "sample_dims": "".join(d for d, _ in merged),
+            "sample_shape": tuple(n for _, n in merged),
             "bounding_box": rect,
             "pixel_type": info.pixel_types[0],
         }
-        if depth is not None:
-            # the depth dimension is listed once, in the depth slot
-            attrs["czi_dims"] = own_dims.replace(depth, "") + depth + "YX"
-            own_wo = [n for d, n in zip(own_dims, own_shape, strict=True) if d != depth]
-            attrs["czi_shape"] = (*own_wo, plane_dims["Z"][0][2], rect[3], rect[2])
         opened.append(OpenedSource(reader, source, "czi", reader_axes, coords=dict(coords), attrs=attrs))
     return opened
 

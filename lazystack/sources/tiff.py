@@ -23,7 +23,12 @@ Reading
     * Any other series (deflate, LZW, zstd, JPEG ..., tiled or stripped) is
       read segment by segment: a region decodes only the tiles, strips or
       pages it overlaps, through tifffile's own decoders (``imagecodecs``).
-      The dask chunks follow that layout (whole tiles; runs of strips
+      Segments are located with tifffile's public page attributes
+      (``shaped``, tile / strip shape, ``dataoffsets``, ``databytecounts``),
+      read with ``os.pread`` and decoded with ``TiffPage.decode``; a series
+      whose shape does not split into pages of segments is read whole. An
+      uncompressed series in a truncated file is read page by page. The
+      dask chunks follow that layout (whole tiles; runs of strips
       merged up to about 1 MiB; pages). Decoded segments go through the
       per-process chunk cache (:mod:`lazystack.io.cache`,
       ``LAZYSTACK_CHUNK_CACHE_BYTES``, 0 disables it) keyed by the reader's
@@ -41,10 +46,11 @@ Handles
     :class:`~lazystack.io.handles.ProcessLocalFileManager` (xarray's bounded
     LRU of open files, 128 by default: ``xarray.set_options(file_cache_maxsize=...)``),
     so thousands of stacks do not exhaust file descriptors and a forked
-    child re-opens instead of sharing its parent's file offset. Reads of one
-    file by several threads are serialised on the file handle's lock
-    (``os.pread``, which moves no shared file offset, or seek + read);
-    decoding runs outside the lock, in parallel. ``close()`` releases the
+    child re-opens instead of sharing its parent's file offset. Several
+    threads read one file with ``os.pread``, which moves no shared file
+    offset; tifffile's own seek + read (loading a page's tags, other files
+    of a multi-file OME-TIFF) is serialised on a lock. Decoding runs
+    outside it, in parallel. ``close()`` releases the
     handle; the reader re-opens when used again. The file's
     ``(st_ino, st_size, st_mtime_ns)`` is part of the recipe: a handle
     (re)opened on a file replaced or rewritten since :func:`open_tiff`
@@ -67,7 +73,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import math
 import mmap
 import os
@@ -76,7 +81,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -85,7 +90,7 @@ from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFo
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.reader import OpenedSource
+from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
 
@@ -116,8 +121,8 @@ def _pmd_bytes() -> int:
 #: with 64 KiB pages a page-table block spans 512 MiB, more than the whole bound, and folios that large
 #: are not what a patch read maps in practice.
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
-#: Located segments (offsets of tiles / strips) remembered per open file.
-_LOCATED_MAX = 1 << 16
+#: Pages whose segment offsets are remembered per open file.
+_PAGES_MAX = 1 << 16
 _SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
 
 
@@ -163,7 +168,7 @@ def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_resul
 def _fstat(fh: Any, path: str) -> os.stat_result:
     """stat of the file tifffile opened (its descriptor), else of the path."""
     with contextlib.suppress(AttributeError, OSError, ValueError):
-        return os.fstat(fh._fh.fileno())
+        return os.fstat(fh.fileno())
     return os.stat(path)
 
 
@@ -202,12 +207,13 @@ class _MemmapHandle:
                     f"the file has {st.st_size} bytes"
                 )
                 raise SourceReadError(msg)
-            self.array: np.memmap[Any, Any] | None = np.memmap(fh, dtype=dt, mode="r", offset=offset, shape=shape)
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            raw = mmap.mmap(fh.fileno(), offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
         self.path = path
         #: the mapping (its own descriptor: ``size()`` is an fstat of the file as it is now)
-        self._raw: mmap.mmap | None = getattr(self.array, "_mmap", None)
-        #: a plain ndarray view of the map (slicing an np.memmap costs a Python-level __array_finalize__)
-        self.plain: np.ndarray | None = self.array.view(np.ndarray)
+        self._raw: mmap.mmap | None = raw
+        #: a read-only ndarray over the mapping (it keeps the mapping alive while a view of it is in use)
+        self.plain: np.ndarray | None = np.frombuffer(raw, dt, math.prod(shape), offset - start).reshape(shape)
         self._what = f"TIFF file {path!r}"
         self._end = offset + nbytes
         #: page-table blocks (address // _MAP_GRANULE) read since the pages were last dropped
@@ -274,49 +280,48 @@ class _MemmapHandle:
         return blocks
 
     def close(self) -> None:
-        # Dropping the reference unmaps once no read still uses the map (never closes under a reader).
-        self.array = self.plain = None
+        # Dropping the references unmaps once no read still uses the map (never closes under a reader).
+        self.plain = None
         self._raw = None  # the mapping holds a descriptor of its own
 
 
 class _TiffHandle:
-    """An open ``TiffFile`` with the series to read and tifffile's chunk indexer (one per process)."""
+    """An open ``TiffFile`` with the series to read and where its segments are (one per process)."""
 
     def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None) -> None:
         tifffile = _tifffile()
-        from tifffile.zarr import ZarrTiffStore
-
         self.path = path
         self.closed = False  # close requested
         self.released = False  # file actually closed
         self.stamp = stamp
         self._users = 0
         self._state = threading.Lock()
+        #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
+        self.lock = threading.RLock()
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
-            check_stamp(path, stamp, _fstat(self.tif.filehandle, path))
-            self.series = self.tif.series[series].levels[0]
-            # The store is used only as an index: chunk key -> page, segment index, offset, byte count.
-            self.store = ZarrTiffStore(self.series, level=0, multiscales=False)
             self.fh = self.tif.filehandle
-            self.lock = self.fh.lock
+            check_stamp(path, stamp, _fstat(self.fh, path))
             self.fd: int | None = None
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
-                    self.fd = self.fh._fh.fileno()
+                    self.fd = self.fh.fileno()
+            self.series = self.tif.series[series].levels[0]
             self.keyframe = self.series.keyframe
             self.keyframe.decode  # noqa: B018 - build and cache the decode function now
-            zarray = json.loads(self.store._store[".zarray"])
-            self.chunkshape = tuple(int(c) for c in zarray["chunks"])
-            fill = zarray.get("fill_value")
-            self.fillvalue = fill if isinstance(fill, (int, float)) else 0
+            nodata = self.keyframe.nodata
+            self.fillvalue = nodata if isinstance(nodata, (int, float)) else 0
             self.transform = self.series.transform
-            grid = tuple(-(-int(n) // c) for n, c in zip(zarray["shape"], self.chunkshape, strict=True))
-            self._strides = _segment_strides(self.store, self.series, grid)
-            # page index -> (keyframe, page, segment offsets, byte counts), bounded; for _strides
+            self.page_cut = tuple(slice(0, int(n)) for n in self.keyframe.shaped[1:])
+            #: (offset, file dtype) of a series stored as one uncompressed block (read page by page)
+            self.raw = _raw_recipe(self.series, self.tif.byteorder)
+            layout = _segment_layout(self.series, raw=self.raw is not None)
+            self.chunks = tuple(self.series.shape) if layout is None else layout.chunks
+            #: per axis of the series: (page step, segment step) and the page dimension it is (see _segment_layout)
+            self.steps: tuple[tuple[int, int], ...] = () if layout is None else layout.steps
+            self.page_axes: tuple[int | None, ...] = () if layout is None else layout.page_axes
+            # page index -> (keyframe, page, segment offsets, byte counts, decode keywords), bounded
             self._pages: dict[int, tuple[Any, ...]] = {}
-            # chunk index -> (keyframe, page, segment, offset, byte count), bounded; without _strides
-            self._located: dict[tuple[int, ...], tuple[Any, ...]] = {}
         except Exception:
             self.tif.close()
             raise
@@ -354,101 +359,93 @@ class _TiffHandle:
         with self.lock:  # a locked read of another caller finishes first
             self.released = True
             self.tif.close()
-            self._located = {}  # a reader may keep this object: hold no page metadata
-            self._pages = {}
+            self._pages = {}  # a reader may keep this object: hold no page metadata
 
-    def locate(self, index: tuple[int, ...]) -> tuple[Any, Any, int | None, int | None, int | None]:
-        """Where the chunk at grid ``index`` is stored: ``(keyframe, page, segment, offset, byte count)``.
-
-        As tifffile's ``ZarrTiffStore`` locates it (a missing page or segment has
-        ``page`` None or offset 0). With :func:`_segment_strides` the page and
-        segment numbers are two dot products and each page's offsets are
-        looked up once; random patches rarely revisit a tile, and tifffile's
-        own key parsing cost as much as a tenth of decoding one.
-        """
-        strides = self._strides
-        if strides is None:
-            return self._parse_key(index)
-        frame, strile = _page_and_segment(index, strides)
+    def _page(self, frame: int) -> tuple[Any, ...]:
+        """``(keyframe, page, offsets, byte counts, decode keywords)`` of page ``frame`` of the series (memoised)."""
         entry = self._pages.get(frame)
         if entry is None:
             with self.lock:
                 if self.released:
                     raise _HandleClosedError(self.path)
                 page = self.series[frame]
-            if page is None or page.keyframe is None:
-                entry = (self.keyframe, None, (), ())
+            if page is None or page.keyframe is None:  # a page missing from the file (OME): the fill value
+                entry = (self.keyframe, None, (), (), {})
             else:
-                entry = (page.keyframe, page, page.dataoffsets, page.databytecounts)
-            if len(self._pages) >= _LOCATED_MAX:
+                keyframe = page.keyframe
+                kwargs = {}
+                if page.jpegtables is not None:
+                    kwargs["jpegtables"] = page.jpegtables
+                if keyframe.jpegheader is not None:
+                    kwargs["jpegheader"] = keyframe.jpegheader
+                entry = (keyframe, page, page.dataoffsets, page.databytecounts, kwargs)
+            if len(self._pages) >= _PAGES_MAX:
                 self._pages.clear()
             self._pages[frame] = entry
-        keyframe, page, offsets, counts = entry
-        if page is None or strile >= len(offsets):  # tifffile: missing page, or segments missing (Philips)
-            return keyframe, page, strile, 0, 0
-        if strile >= len(counts):
-            msg = f"TIFF file {self.path!r}: segment {strile} of page {frame} has no byte count (chunk {index})"
-            raise SourceReadError(msg)
-        return keyframe, page, strile, offsets[strile], counts[strile]
-
-    def _parse_key(self, index: tuple[int, ...]) -> tuple[Any, Any, int | None, int | None, int | None]:
-        """:meth:`locate` through tifffile's ``ZarrTiffStore`` key parsing (memoised, bounded)."""
-        located = self._located.get(index)
-        if located is None:
-            try:
-                with self.lock:
-                    if self.released:
-                        raise _HandleClosedError(self.path)
-                    located = self.store._parse_key(".".join(str(i) for i in index))
-            except (KeyError, IndexError, RuntimeError, ValueError) as exc:
-                msg = f"TIFF file {self.path!r}: cannot locate segment {index} of its image data ({exc!r})"
-                raise SourceReadError(msg) from exc
-            if len(self._located) >= _LOCATED_MAX:
-                self._located.clear()
-            self._located[index] = located
-        return located
+        return entry
 
     def read_chunk(self, index: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
-        """Decode the chunk (tile / strip / page) at grid ``index``; None for a missing one."""
-        keyframe, page, segment, offset, bytecount = self.locate(index)
-        if page is None or not offset or not bytecount:
+        """Decode the chunk (tile / strip, or page of a raw series) at grid ``index``; None for a missing one.
+
+        The chunk is one segment of one page: the page number and the
+        segment number are dot products of ``index`` with :attr:`steps`. The
+        last strip of a page comes back cut at the image's edge.
+        """
+        frame = segment = 0
+        for i, (page_step, segment_step) in zip(index, self.steps, strict=True):
+            frame += i * page_step
+            segment += i * segment_step
+        if self.raw is not None:  # pages one after the other from the series' offset
+            bytecount = math.prod(self.chunks) * np.dtype(self.raw[1]).itemsize
+            data = self._read(self.fh, self.raw[0] + frame * bytecount, bytecount)
+            return np.frombuffer(data, self.raw[1]).reshape(self.chunks).astype(dtype)
+        keyframe, page, offsets, counts, kwargs = self._page(frame)
+        if page is None or segment >= len(offsets):  # as tifffile: missing page, or segments missing (Philips)
             return None
-        fh = page.parent.filehandle  # another file for a multi-file OME-TIFF series
+        if segment >= len(counts):
+            msg = f"TIFF file {self.path!r}: segment {segment} of page {frame} has no byte count (chunk {index})"
+            raise SourceReadError(msg)
+        offset, bytecount = offsets[segment], counts[segment]
+        if not offset or not bytecount:
+            return None
+        data = self._read(page.parent.filehandle, offset, bytecount)  # another file for a multi-file OME-TIFF
+        try:
+            decoded = keyframe.decode(data, segment, **kwargs)[0]
+            if decoded is None:
+                return None
+            if self.transform is not None:
+                decoded = self.transform(decoded)
+            # (depth, length, width, samples) -> the series' axes; a tile larger than the image is cut to it
+            decoded = decoded[self.page_cut]
+            shaped = (1, *decoded.shape)
+            decoded = decoded.reshape(tuple(1 if j is None else shaped[j] for j in self.page_axes))
+        except Exception as exc:
+            msg = f"cannot decode a segment of TIFF file {self.path!r} at offset {offset}: {exc}"
+            raise SourceReadError(msg) from exc
+        return np.asarray(decoded, dtype=dtype)
+
+    def _read(self, fh: Any, offset: int, bytecount: int) -> bytes:
+        """``bytecount`` bytes at ``offset`` of ``fh`` (tifffile's file handle); a short read raises."""
         if offset + bytecount > fh.size:
             msg = (
                 f"TIFF file {fh.path!r} is truncated: a segment of its image data spans bytes {offset} to "
                 f"{offset + bytecount}, the file has {fh.size} bytes"
             )
             raise SourceReadError(msg)
-        with fh.lock:
+        if self.fd is not None and fh is self.fh:
             if self.released:
                 raise _HandleClosedError(self.path)
-            if self.fd is not None and fh is self.fh:
-                data = os.pread(self.fd, bytecount, offset)  # moves no shared file offset
-            else:
+            data = os.pread(self.fd, bytecount, offset)  # moves no shared file offset: no lock
+        else:
+            with self.lock:
+                if self.released:
+                    raise _HandleClosedError(self.path)
                 fh.seek(offset)
                 data = fh.read(bytecount)
         if len(data) != bytecount:
             msg = f"TIFF file {self.path!r}: read {len(data)} of {bytecount} bytes at offset {offset} (truncated?)"
             raise SourceReadError(msg)
-        kwargs: dict[str, Any] = {"_fullsize": True}
-        if page.jpegtables is not None:
-            kwargs["jpegtables"] = page.jpegtables
-        if keyframe.jpegheader is not None:
-            kwargs["jpegheader"] = keyframe.jpegheader
-        try:
-            decoded = keyframe.decode(data, segment, **kwargs)[0]
-        except Exception as exc:
-            msg = f"cannot decode a segment of TIFF file {self.path!r} at offset {offset}: {exc}"
-            raise SourceReadError(msg) from exc
-        if decoded is None:
-            return None
-        if self.transform is not None:
-            decoded = self.transform(decoded)
-        if decoded.size != math.prod(self.chunkshape):
-            msg = f"TIFF file {self.path!r}: a segment decoded to {decoded.size} values, expected {self.chunkshape}"
-            raise SourceReadError(msg)
-        return np.asarray(decoded.reshape(self.chunkshape), dtype=dtype)
+        return data
 
     def check_extent(self) -> None:
         """Raise SourceReadError when any segment of the series lies beyond the end of the file."""
@@ -486,8 +483,10 @@ class _TiffHandle:
 
 
 # -- the chunk reader ------------------------------------------------------------------------------
-class TiffReader:
+class TiffReader(Reader):
     """Chunk reader over one image series of a TIFF file (see the module docs).
+
+    It fulfils the reader contract of :mod:`lazystack.io.reader`.
 
     Made by :func:`open_tiff`; pickles as its recipe and re-opens lazily.
 
@@ -515,6 +514,10 @@ class TiffReader:
         :class:`~lazystack.SourceReadError` (None: not checked).
     """
 
+    chunks: tuple[tuple[int, ...], ...]
+    token: str
+    capabilities: ReaderCapabilities
+
     def __init__(
         self,
         path: str,
@@ -537,6 +540,7 @@ class TiffReader:
         self.memmap = memmap
         self.token = token
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
+        self.capabilities = ReaderCapabilities(memory_mapped=memmap is not None, compressed=memmap is None)
         self._pid = os.getpid()
         self._manager = self._make_manager()
         self._chunked: FunctionChunkedReader | None = None
@@ -636,7 +640,7 @@ class TiffReader:
         if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
             return handle.read_all(self._shape, self._dtype)
         chunk = handle.read_chunk(index, self._dtype)
-        return np.full(handle.chunkshape, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
+        return np.full(self.native_chunks, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
@@ -696,37 +700,11 @@ class TiffReader:
         raise SourceReadError(msg)
 
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
-        """Key -> (step-1 slices within bounds, axes to drop)."""
-        if type(key) is tuple and len(key) == len(self._shape):
-            with contextlib.suppress(IndexError, TypeError):  # the stack's keys; anything else: checked below
-                return normalize_key(key, self._shape)
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) != self.ndim:
-            msg = f"too many indices for TiffReader of {self.path!r} with shape {self._shape}: {key!r}"
-            raise IndexError(msg)
-        slices: list[slice] = []
-        drop: list[int] = []
-        for axis, (k, n) in enumerate(zip(key, self._shape, strict=True)):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    msg = f"TiffReader supports step-1 slices only, got {k!r}"
-                    raise IndexError(msg)
-                slices.append(slice(start, max(start, stop)))
-            else:
-                i = int(k)
-                if not -n <= i < n:
-                    msg = f"index {i} out of range for axis {axis} of size {n} in {self.path!r}"
-                    raise IndexError(msg)
-                i %= n
-                slices.append(slice(i, i + 1))
-                drop.append(axis)
-        return tuple(slices), tuple(drop)
+        """Key -> (step-1 slices within bounds, axes to drop); a bad key's error names the file."""
+        try:
+            return normalize_key(key, self._shape)
+        except (IndexError, TypeError) as exc:
+            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self._shape})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read a region (ints and step-1 slices) as a numpy array."""
@@ -786,43 +764,80 @@ class TiffReader:
         return chunked.read(slices)
 
 
-def _segment_strides(store: Any, series: Any, grid: tuple[int, ...]) -> list[tuple[int, int]] | None:
-    """How one step along each chunk-grid axis moves tifffile's (page, segment) numbers, or None.
+class _Layout(NamedTuple):
+    """Where the segments (tiles / strips) of a series lie: see :func:`_segment_layout`."""
 
-    tifffile's ``ZarrTiffStore`` maps a chunk index to a page number and a
-    segment number with two row-major ravels over disjoint axes, so both
-    numbers are linear in the index. The steps are read off tifffile's own
-    mapping, one unit index per axis, and checked at the grid's last chunk.
-    None (use tifffile's key parsing for every chunk) for a contiguous
-    series, one chunk per page, or a mapping the check does not confirm.
+    #: one segment's shape in the series' axes
+    chunks: tuple[int, ...]
+    #: per axis: how one step along it moves the page number and the segment number
+    steps: tuple[tuple[int, int], ...]
+    #: per axis: its dimension of tifffile's normalised page shape, None for an axis of pages or of length 1
+    page_axes: tuple[int | None, ...]
+
+
+def _page_split(series: Any) -> int | None:
+    """Where the series shape splits into the grid of its pages and one page's shape (None if it does not).
+
+    The shortest trailing run of axes holding one page's values (as
+    tifffile's own zarr view splits it); the axes before it number the pages.
     """
-    if series.dataoffset is not None or getattr(store, "_chunkmode", None) or not hasattr(store, "_indices"):
+    shape = tuple(int(n) for n in series.shape)
+    size = math.prod(int(n) for n in series.keyframe.shaped)
+    return next((k for k in range(len(shape), -1, -1) if math.prod(shape[k:]) == size), None)
+
+
+def _segment_layout(series: Any, raw: bool = False) -> _Layout | None:
+    """Where the segments of a series lie, from tifffile's public page attributes; None if it cannot tell.
+
+    A page's normalised shape ``keyframe.shaped`` is (separate samples,
+    depth, length, width, contiguous samples); its segments tile that shape
+    in row-major order, TIFF's order and the order ``keyframe.decode``
+    numbers them by. The series shape is the grid of pages followed by the
+    page's normalised shape without (some of) its dimensions of length 1.
+    So the page number and the segment number of a chunk are dot products
+    of its index with per-axis steps. None (the series is read whole) for
+    a shape this does not explain.
+
+    With ``raw`` (:func:`_raw_recipe`: one uncompressed block of values,
+    where a truncated file may list only its first page) a chunk is a page.
+    """
+    keyframe = series.keyframe
+    shape = tuple(int(n) for n in series.shape)
+    shaped = tuple(int(n) for n in keyframe.shaped)
+    split = _page_split(series)
+    if split is None:
         return None
-
-    def probe(index: Sequence[int]) -> tuple[int, int]:
-        frame, strile = store._indices(".".join(str(i) for i in index), series)
-        return int(frame), int(strile)
-
-    n = len(grid)
-    try:
-        if probe([0] * n) != (0, 0):
-            return None
-        strides = [probe([int(j == k) for j in range(n)]) if grid[k] > 1 else (0, 0) for k in range(n)]
-        last = tuple(g - 1 for g in grid)
-        if probe(last) != _page_and_segment(last, strides):
-            return None
-    except Exception:  # any surprise in tifffile's private mapping: use its key parsing
+    page_steps = [(math.prod(shape[k + 1 : split]), 0) for k in range(split)]
+    if raw:
+        return _Layout((1,) * split + shape[split:], tuple(page_steps + [(0, 0)] * (len(shape) - split)), ())
+    if math.prod(shape[:split]) != len(series):
         return None
-    return strides
-
-
-def _page_and_segment(index: tuple[int, ...], strides: list[tuple[int, int]]) -> tuple[int, int]:
-    """tifffile's (page, segment) numbers of a chunk index, from :func:`_segment_strides`."""
-    frame = strile = 0
-    for i, (f, s) in zip(index, strides, strict=True):
-        frame += i * f
-        strile += i * s
-    return frame, strile
+    tiled = keyframe.is_tiled
+    segment = (
+        1,
+        keyframe.tiledepth if tiled else 1,
+        keyframe.tilelength if tiled else keyframe.rowsperstrip,
+        keyframe.tilewidth if tiled else keyframe.imagewidth,
+        shaped[4],
+    )
+    if min(segment) < 1:
+        return None
+    segment = tuple(min(s, n) for s, n in zip(segment, shaped, strict=True))
+    grid = [-(-n // s) for n, s in zip(shaped, segment, strict=True)]
+    page_axes: list[int | None] = [None] * len(shape)
+    j = len(shaped) - 1
+    for k in range(len(shape) - 1, split - 1, -1):
+        if shape[k] == 1:
+            continue
+        while j >= 0 and shaped[j] == 1:
+            j -= 1
+        if j < 0 or shaped[j] != shape[k]:
+            return None
+        page_axes[k] = j
+        j -= 1
+    steps = page_steps + [(0, 0 if j is None else math.prod(grid[j + 1 :])) for j in page_axes[split:]]
+    chunks = tuple(1 if j is None else segment[j] for j in page_axes)
+    return _Layout(chunks, tuple(steps), tuple(page_axes))
 
 
 def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
@@ -851,8 +866,7 @@ def _check_file(path: str) -> None:
 
 
 def _check_codec(path: str, keyframe: Any) -> None:
-    from tifffile import COMPRESSION
-    from tifffile.tifffile import TIFF
+    from tifffile import COMPRESSION, TIFF
 
     code = int(keyframe.compression)
     if code in TIFF.DECOMPRESSORS:
@@ -886,17 +900,6 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
             f"{len(keyframe.databytecounts)} byte count(s): the tags are inconsistent"
         )
         raise SourceFormatError(msg)
-
-
-def _store_can_locate(store: Any, shape: tuple[int, ...], native: tuple[int, ...]) -> bool:
-    """Whether tifffile's zarr index locates the first and last segments (it fails on some squeezed layouts)."""
-    last = tuple(max(0, -(-n // c) - 1) for n, c in zip(shape, native, strict=True))
-    try:
-        for index in ((0,) * len(shape), last):
-            store._parse_key(".".join(str(i) for i in index))
-    except (KeyError, IndexError, RuntimeError, ValueError):
-        return False
-    return True
 
 
 def _token(path: str, series: int, mode: str, st: os.stat_result) -> str:
@@ -933,11 +936,18 @@ def _yaxis(shape: tuple[int, ...], keyframe: Any) -> int | None:
 
 
 def _memmap_recipe(series: Any, byteorder: str, file_size: int) -> tuple[int, str] | None:
+    """``(offset, file dtype)`` of a series to memory-map: :func:`_raw_recipe`, if the file holds all of it."""
+    raw = _raw_recipe(series, byteorder)
+    if raw is None or raw[0] + series.size * series.dtype.itemsize > file_size:
+        return None  # truncated: read page by page, so that the intact part stays readable
+    return raw
+
+
+def _raw_recipe(series: Any, byteorder: str) -> tuple[int, str] | None:
+    """``(offset, file dtype)`` of a series stored as one uncompressed block of whole values, else None."""
     keyframe = series.keyframe
     if series.dataoffset is None or series.transform is not None:
         return None
-    if series.dataoffset + series.size * series.dtype.itemsize > file_size:
-        return None  # truncated: read segment by segment, so that the intact part stays readable
     try:
         if int(keyframe.compression) != 1 or not keyframe.is_memmappable or keyframe.fillorder != 1:
             return None
@@ -1095,18 +1105,12 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
             _check_codec(file_path, series.keyframe)
             _check_layout(where, shape, series.keyframe)
             memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
-            if memmap is not None:
-                from tifffile.zarr import _chunks
-
-                native = tuple(int(n) for n in _chunks(series.keyframe.shape, shape, series.keyframe.shaped))
-            else:
-                store = series.aszarr(level=0, multiscales=False)
-                try:
-                    native = tuple(int(c) for c in json.loads(store._store[".zarray"])["chunks"])
-                    if not _store_can_locate(store, shape, native):
-                        native = shape  # tifffile cannot index this layout's segments: one chunk, read whole
-                finally:
-                    store.close()
+            if memmap is not None:  # one page per chunk
+                split = _page_split(series)
+                native = shape if split is None else (1,) * split + shape[split:]
+            else:  # one segment (page of a raw series) per chunk; a layout it cannot explain: one chunk
+                layout = _segment_layout(series, raw=_raw_recipe(series, tif.byteorder) is not None)
+                native = shape if layout is None else layout.chunks
             dtype = np.dtype(series.dtype).newbyteorder("=")
             if whole_file_chunks:
                 chunks: tuple[tuple[int, ...], ...] = tuple((n,) for n in shape)

@@ -51,9 +51,9 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
-from ...io.reader import OpenedSource
+from ...io.reader import OpenedSource, Reader, ReaderCapabilities
+from .engines import RetryPolicy, _is_compressed, get_zarr_engine
 from .engines import ZarrArrayReader as _EngineReader
-from .engines import get_zarr_engine
 
 if TYPE_CHECKING:
     import zarr as zarr_lib
@@ -61,12 +61,30 @@ if TYPE_CHECKING:
 
     from ...io.chunked import ChunkIndex
 
-__all__ = ["DEFAULT_HTTP_TIMEOUT", "ZarrArrayReader", "ZarrLocation", "open_zarr", "parse_zarr_source"]
+__all__ = [
+    "DEFAULT_HTTP_TIMEOUT",
+    "RETRY_OPTIONS",
+    "ZarrArrayReader",
+    "ZarrLocation",
+    "is_store_path",
+    "open_zarr",
+    "parse_zarr_source",
+    "retry_policy",
+    "store_path_location",
+]
 
 #: Keyword arguments of :class:`aiohttp.ClientTimeout` used for ``http(s)://``
 #: stores unless ``storage_options["client_kwargs"]["timeout"]`` is given:
-#: a dead or silent server raises instead of hanging.
-DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 300.0, "sock_connect": 15.0, "sock_read": 60.0}
+#: a dead, silent or trickling server raises instead of hanging. ``total``
+#: bounds one request (a chunk or an inner chunk of a shard, rarely more
+#: than a few MB), ``sock_read`` the wait for any byte (headers included).
+DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "sock_read": 20.0}
+
+#: lazystack's own keys in ``storage_options`` (not passed to fsspec): retries of a
+#: failed remote chunk read (5xx answers, reset connections), and the first
+#: wait between attempts in seconds (doubled each time); see
+#: :class:`lazystack.sources.zarr.engines.RetryPolicy` for the defaults.
+RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _NUMERIC_KINDS = "biuf"
@@ -159,7 +177,7 @@ def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
         Options passed to fsspec; for ``http(s)`` an :class:`aiohttp.ClientTimeout`
         built from :data:`DEFAULT_HTTP_TIMEOUT` unless the user gave one.
     """
-    opts = dict(location.storage_options)
+    opts = {k: v for k, v in location.storage_options.items() if k not in RETRY_OPTIONS}
     if location.protocol in ("http", "https"):
         client_kwargs = dict(opts.get("client_kwargs") or {})
         if "timeout" not in client_kwargs:
@@ -168,6 +186,34 @@ def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
             client_kwargs["timeout"] = aiohttp.ClientTimeout(**DEFAULT_HTTP_TIMEOUT)
         opts["client_kwargs"] = client_kwargs
     return opts
+
+
+def retry_policy(location: ZarrLocation) -> RetryPolicy:
+    """The retries of remote chunk reads ``storage_options`` asks for (:data:`RETRY_OPTIONS`).
+
+    Parameters
+    ----------
+    location : ZarrLocation
+        The store.
+
+    Returns
+    -------
+    lazystack.sources.zarr.engines.RetryPolicy
+
+    Raises
+    ------
+    ValueError
+        If ``retries`` is not an integer >= 0 or ``retry_backoff`` not a number of seconds >= 0.
+    """
+    opts = location.storage_options
+    default = RetryPolicy()
+    try:
+        return RetryPolicy(
+            retries=opts.get("retries", default.retries), backoff=opts.get("retry_backoff", default.backoff)
+        )
+    except ValueError as e:
+        msg = f"storage_options of {location.store_uri!r}: {e} (keys 'retries' and 'retry_backoff')"
+        raise ValueError(msg) from None
 
 
 def _split_at_store(parts: Sequence[str]) -> int:
@@ -220,6 +266,62 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     path = "/".join(p for p in parts[cut:] if p)
     root = root if root == prefix else root.rstrip("/")  # "zip://": a store at the archive's root
     return ZarrLocation(protocol, root, path, sep + rest, opts)
+
+
+def is_store_path(source: Any) -> bool:
+    """Whether ``source`` is a :class:`zarr.storage.StorePath` (zarr itself is imported only if loaded)."""
+    import sys
+
+    storage = sys.modules.get("zarr.storage")
+    return storage is not None and isinstance(source, storage.StorePath)
+
+
+def store_path_location(source: Any, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
+    """The location of a :class:`zarr.storage.StorePath` (as CAREamics' ``load_zarrs`` accepts).
+
+    A stack pickles as its recipe and reopens its store in the process that
+    reads it, so the store must be one that can be named: a ``LocalStore``
+    (its root directory) or an ``FsspecStore`` (its filesystem's URL, with the
+    filesystem's own storage options under the given ones).
+
+    Parameters
+    ----------
+    source : zarr.storage.StorePath
+        A store and a node path in it.
+    storage_options : mapping, optional
+        fsspec options; they win over the filesystem's own.
+
+    Returns
+    -------
+    ZarrLocation
+
+    Raises
+    ------
+    UnsupportedSourceError
+        For a store of another kind (``MemoryStore``, ``ZipStore`` ...).
+    """
+    from zarr.storage import FsspecStore, LocalStore
+
+    store, path = source.store, str(source.path).strip("/")
+    if isinstance(store, LocalStore):
+        location = _parse_local(str(store.root), str(source))
+        return replace(location, path="/".join(p for p in (location.path, path) if p))
+    if isinstance(store, FsspecStore):
+        fs = store.fs
+        url = fs.unstrip_protocol(str(store.path).rstrip("/"))
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if protocol == "file":
+            location = _parse_local(url[len("file://") :] if url.startswith("file://") else url, url)
+            return replace(location, path="/".join(p for p in (location.path, path) if p))
+        opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
+        opts.update(storage_options or {})
+        return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
+    msg = (
+        f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another process; "
+        "accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory zarr arrays "
+        "to load_arrays)"
+    )
+    raise UnsupportedSourceError(msg)
 
 
 def _check_protocol(protocol: str, source: str) -> None:
@@ -304,8 +406,10 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
 
 
 # -- the chunk reader ------------------------------------------------------------------------
-class ZarrArrayReader:
+class ZarrArrayReader(Reader):
     """Chunk reader over one Zarr array, reopened lazily in every process.
+
+    It fulfils the reader contract of :mod:`lazystack.io.reader`.
 
     Parameters
     ----------
@@ -325,6 +429,8 @@ class ZarrArrayReader:
     token : str
         URI of the array (names the dask array).
     """
+
+    capabilities: ReaderCapabilities
 
     def __init__(self, location: ZarrLocation, array: zarr_lib.Array | None = None) -> None:
         if array is None:
@@ -348,6 +454,7 @@ class ZarrArrayReader:
                 raise SourceFormatError(msg)
         self.zarr_format: int = int(array.metadata.zarr_format)
         self.token: str = "zarr-" + location.uri()
+        self.capabilities = ReaderCapabilities(remote=not location.is_local, compressed=_is_compressed(array))
         # the fast path keeps per-axis chunk tables: arrays with astronomically many chunks read through zarr
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
         self._opened_stat = _stat_of(self._metadata_file())
@@ -406,7 +513,8 @@ class ZarrArrayReader:
                 # tensorstore's own HTTP client ignores storage_options (headers, credentials, timeouts)
                 # and retries a dead server for minutes: remote stores keep fsspec's client
                 engine = "direct"
-            fast = _FastReader(arr, self._metadata_file(), self._opened_stat, engine=engine)
+            retry = None if self._location.is_local else retry_policy(self._location)
+            fast = _FastReader(arr, self._metadata_file(), self._opened_stat, engine=engine, retry=retry)
             self._fast = fast
         return fast
 
@@ -498,9 +606,7 @@ class ZarrArrayReader:
         self._fast = None
         self._array = None
         if fast is not None:
-            close = getattr(fast, "close", None)
-            if callable(close):
-                close()
+            fast.close()
 
     def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
         """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""
@@ -646,8 +752,9 @@ class _FastReader(_EngineReader):
         opened: tuple[int, int, int] | None,
         *,
         engine: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(array, engine=engine)
+        super().__init__(array, engine=engine, retry=retry)
         self._metadata_file = metadata_file
         self._opened = opened
 
@@ -1050,7 +1157,7 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int,
 
 # -- entry point ------------------------------------------------------------------------------
 def open_zarr(
-    path: str,
+    path: Any,
     axes: str,
     storage_options: Mapping[str, Any] | None = None,
     levels: tuple[int, ...] | None = None,
@@ -1059,12 +1166,15 @@ def open_zarr(
 
     Parameters
     ----------
-    path : str
-        Local path, ``file://`` URI or fsspec URI of a store, group or array.
+    path : str or zarr.storage.StorePath
+        Local path, ``file://`` URI or fsspec URI of a store, group or array;
+        or a ``StorePath`` (see :func:`store_path_location`).
     axes : str
         Validated axes of every array (must equal the NGFF axes of an OME-Zarr image).
     storage_options : mapping, optional
-        fsspec options for remote stores (credentials, ``client_kwargs`` ...).
+        fsspec options for remote stores (credentials, ``client_kwargs`` with an
+        :class:`aiohttp.ClientTimeout` ...; :data:`DEFAULT_HTTP_TIMEOUT` otherwise),
+        plus lazystack's ``retries`` and ``retry_backoff`` (:data:`RETRY_OPTIONS`).
     levels : tuple of int, optional
         Resolution levels to open of every OME-Zarr image (sorted, as
         :func:`lazystack.core.levels.parse_levels` returns them); None for all.
@@ -1096,7 +1206,11 @@ def open_zarr(
     """
     import zarr as zarr_lib
 
-    location = parse_zarr_source(path, storage_options)
+    location = (
+        store_path_location(path, storage_options) if is_store_path(path) else parse_zarr_source(path, storage_options)
+    )
+    if not location.is_local:
+        retry_policy(location)  # bad retry options fail here, not on the first read
     store = location.open_store()
     node = _open_node(location, store)
     if isinstance(node, zarr_lib.Array):
