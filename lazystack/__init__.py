@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .core.version import __version__
     from .frontends.plot import show, thumbnail
     from .io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
+    from .io.process import set_max_open_files
     from .io.reader import Reader, ReaderCapabilities
     from .loading.auto import load, propose_axes
     from .loading.loaders import (
@@ -55,6 +56,20 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .ops.normalize import normalized
     from .ops.stats import ChannelStatistics, channel_statistics
     from .ops.writing import PartialOutputWarning, stale_partial_outputs, write_ome_zarr
+    from .sampling import (
+        FixedSampler,
+        ForegroundSampler,
+        GridSampler,
+        MaskWeightedSampler,
+        PatchSpec,
+        RandomSampler,
+        Sampler,
+        Stitcher,
+        StratifiedSampler,
+        WholeSampleSampler,
+        read_manifest,
+        write_manifest,
+    )
     from .sources.custom import ReadFunc
     from .sources.czi_check import check_czi_decodes
     from .sources.zarr.engines import set_zarr_engine
@@ -71,6 +86,7 @@ _LAZY = {
     "chunk_cache_size": "io.cache",
     "get_chunk_cache": "io.cache",
     "set_chunk_cache_size": "io.cache",
+    "set_max_open_files": "io.process",
     "Reader": "io.reader",
     "ReaderCapabilities": "io.reader",
     "load": "loading.auto",
@@ -91,6 +107,18 @@ _LAZY = {
     "PartialOutputWarning": "ops.writing",
     "stale_partial_outputs": "ops.writing",
     "check_czi_decodes": "sources.czi_check",
+    "FixedSampler": "sampling",
+    "ForegroundSampler": "sampling",
+    "GridSampler": "sampling",
+    "MaskWeightedSampler": "sampling",
+    "PatchSpec": "sampling",
+    "RandomSampler": "sampling",
+    "Sampler": "sampling",
+    "Stitcher": "sampling",
+    "StratifiedSampler": "sampling",
+    "WholeSampleSampler": "sampling",
+    "read_manifest": "sampling",
+    "write_manifest": "sampling",
     "ReadFunc": "sources.custom",
     "set_zarr_engine": "sources.zarr.engines",
     "GenericImageStack": "stack",
@@ -100,7 +128,7 @@ _LAZY = {
 }
 
 #: Internal subpackages, importable as attributes (``lazystack.sources`` ...).
-_SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sources", "stack"})
+_SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sampling", "sources", "stack", "torch"})
 
 
 def __getattr__(name: str) -> Any:
@@ -150,26 +178,36 @@ __all__ = [
     "AxesModel",
     "ChannelIndexError",
     "ChannelStatistics",
+    "FixedSampler",
+    "ForegroundSampler",
     "GenericImageStack",
+    "GridSampler",
     "ImageStack",
     "ImageStackLoader",
     "LazyImageStack",
     "LazyStackError",
+    "MaskWeightedSampler",
     "MetadataWarning",
     "MissingDependencyError",
     "PatchError",
+    "PatchSpec",
+    "RandomSampler",
     "ReadFunc",
     "PartialOutputWarning",
     "Reader",
     "ReaderCapabilities",
     "SampleIndexError",
+    "Sampler",
     "SelectionError",
     "ShapeMismatchError",
     "SourceFormatError",
     "SourceNotFoundError",
     "SourceReadError",
     "StackList",
+    "Stitcher",
+    "StratifiedSampler",
     "UnsupportedSourceError",
+    "WholeSampleSampler",
     "__version__",
     "channel_statistics",
     "check_czi_decodes",
@@ -186,11 +224,14 @@ __all__ = [
     "load_zarrs",
     "normalized",
     "propose_axes",
+    "read_manifest",
     "set_chunk_cache_size",
+    "set_max_open_files",
     "set_zarr_engine",
     "show",
     "stale_partial_outputs",
     "thumbnail",
     "validate_axes",
+    "write_manifest",
     "write_ome_zarr",
 ]

@@ -233,3 +233,99 @@ def test_dask_distributed_two_workers(case: tuple[FormatCase, Made], cluster_cli
         want = reference_patches(made.canonical, random_requests(made.canonical.shape, 25, seed, max_size=16))
         for g, w in zip(patches, want, strict=True):
             np.testing.assert_array_equal(g, w)
+
+
+# -- nothing printed at shutdown (forked DataLoader workers, threads on a CZI stack) ------------------------
+_QUIET_SCRIPT = r'''
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tifffile
+
+import lazystack
+
+mode, czi_dir, tiff_path = sys.argv[1:4]
+data = np.arange(4 * 96 * 96, dtype=np.uint16).reshape(4, 96, 96)
+tifffile.imwrite(tiff_path, data, tile=(32, 32), compression="zlib")
+czis = [f"{czi_dir}/DAPI_GFP.czi", f"{czi_dir}/CellDivision_T3_Z5_CH2_X240_Y170.czi"]
+stacks = lazystack.load_czis(czis, "SCYX") + lazystack.load_tiffs([tiff_path], "SYX")
+N = 48
+
+
+def patch(i):
+    stack = stacks[i % len(stacks)]
+    return stack.extract_patch(i % stack.data_shape[0], [0], (i % 40, (3 * i) % 40), (32, 32))
+
+
+def reference(i):
+    """The same patch cut from the whole stack read at once (numpy slicing, zero padding)."""
+    stack = stacks[i % len(stacks)]
+    whole = np.asarray(stack.data[i % stack.data_shape[0], 0], dtype=np.float32)
+    out = np.zeros((32, 32), np.float32)
+    y, x = i % 40, (3 * i) % 40
+    part = whole[y : y + 32, x : x + 32]
+    out[: part.shape[0], : part.shape[1]] = part
+    return out[None]
+
+
+want = [reference(i) for i in range(N)]  # opens every file in the parent before any fork
+if mode == "dataloader":
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Patches(Dataset):
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            return i, torch.from_numpy(patch(i))
+
+    for epoch in range(2):
+        seen = 0
+        loader = DataLoader(
+            Patches(), batch_size=4, num_workers=2, persistent_workers=False, multiprocessing_context="fork"
+        )
+        for index, batch in loader:
+            for i, got in zip(index.tolist(), batch.numpy()):
+                assert np.array_equal(got, want[i]), (epoch, i)
+                seen += 1
+        assert seen == N, seen
+else:
+    on_czi = [i for i in range(N) if i % len(stacks) == 1]  # the CellDivision stack
+    with ThreadPoolExecutor(8) as pool:
+        for rnd in range(3):
+            for i, got in zip(on_czi, pool.map(patch, on_czi * 4)):
+                assert np.array_equal(got, want[i]), (rnd, i)
+            stacks[1].close()  # the next round reopens while threads race for the handle
+print("ok", flush=True)
+'''
+
+
+@pytest.mark.parametrize("mode", ["dataloader", "threads"])
+@pytest.mark.timeout(300)
+def test_nothing_printed_at_shutdown(mode: str, shared_czi_dir: Any, tmp_path: Any) -> None:
+    """A forked torch DataLoader (2 non-persistent workers, 2 epochs) over CZI and TIFF stacks, and 8 threads
+    on a CZI stack: right patches, and the stderr of the whole process tree holds no exception (issue 18.4:
+    ``Exception ignored in: CachingFileManager.__del__ ... release unlocked lock`` once per worker per epoch).
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if mode == "dataloader":
+        pytest.importorskip("torch")
+    pytest.importorskip("pylibCZIrw")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(lazystack.__file__).parents[1]), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", _QUIET_SCRIPT, mode, str(shared_czi_dir), str(tmp_path / "t.tif")],
+        capture_output=True,  # the workers inherit these pipes: their stderr is captured too
+        text=True,
+        env=env,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "ok"
+    for word in ("Exception", "Traceback", "Error", "release unlocked lock"):
+        assert word not in done.stderr, done.stderr[-4000:]

@@ -34,6 +34,7 @@ from lazystack import (
     load_tiffs,
 )
 from lazystack.io.cache import get_chunk_cache
+from lazystack.io.process import max_open_files
 from lazystack.sources import tiff as tiff_source
 
 RNG = np.random.default_rng(1234)
@@ -700,7 +701,7 @@ def test_two_thousand_files_keep_fds_bounded(tmp_path: Path) -> None:
         kwargs: dict[str, Any] = {"compression": "zlib", "tile": (16, 16)} if i % 2 else {}
         tifffile.imwrite(path, small + i, **kwargs)
         paths.append(path)
-    maxsize = xr.get_options()["file_cache_maxsize"]
+    maxsize = max_open_files()
     baseline = _open_fds()
     stacks = load_tiffs(paths, "TYX")
     peak = _open_fds()

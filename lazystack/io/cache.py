@@ -25,7 +25,6 @@ Processes
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
@@ -34,6 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from dask.utils import parse_bytes
+
+from .process import at_fork
 
 __all__ = [
     "DEFAULT_CHUNK_CACHE_BYTES",
@@ -52,32 +54,14 @@ DEFAULT_CHUNK_CACHE_BYTES = 256 * 2**20
 #: Environment variable setting the size of the per-process chunk cache.
 ENV_CHUNK_CACHE_BYTES = "LAZYSTACK_CHUNK_CACHE_BYTES"
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 2**10,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 2**20,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 2**30,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 2**40,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*$")
-
 
 def parse_size(value: int | str, what: str = "cache size") -> int:
-    """Parse a size in bytes: an int, or a string with an optional unit.
+    """Parse a size in bytes: an int, or a string with an optional unit (:func:`dask.utils.parse_bytes`).
 
     Parameters
     ----------
     value : int or str
-        ``268435456``, ``"256MiB"``, ``"1.5 GB"``, ``"0"`` ...
+        ``268435456``, ``"256MiB"``, ``"1.5 GB"``, ``"4k"``, ``"0"`` ...
     what : str
         What the size is for, named in the error message.
 
@@ -89,7 +73,8 @@ def parse_size(value: int | str, what: str = "cache size") -> int:
     Raises
     ------
     ValueError
-        If ``value`` is negative or not a size.
+        If ``value`` is negative or not a size (the message names it and
+        what is accepted).
 
     Examples
     --------
@@ -98,23 +83,19 @@ def parse_size(value: int | str, what: str = "cache size") -> int:
     >>> parse_size(1000)
     1000
     """
-    if isinstance(value, bool):
-        msg = f"invalid {what} {value!r}: expected a number of bytes (int) or a string such as '256MiB'"
-        raise ValueError(msg)
-    if isinstance(value, (int, np.integer)):
+    n: int | None = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         n = int(value)
-    elif isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            msg = (
-                f"invalid {what} {value!r}: expected a number of bytes with an optional unit "
-                f"({', '.join(u for u in ('KiB', 'MiB', 'GiB', 'kB', 'MB', 'GB'))}), e.g. '256MiB'"
-            )
-            raise ValueError(msg)
-        n = int(float(m.group(1)) * _UNITS[unit])
-    else:
-        msg = f"invalid {what} {value!r}: expected a number of bytes (int) or a string such as '256MiB'"
+    elif isinstance(value, str) and any(c.isdigit() for c in value):  # dask reads a bare unit ("MiB") as 1 of it
+        try:
+            n = int(parse_bytes(value))
+        except ValueError:
+            n = None
+    if n is None:
+        msg = (
+            f"invalid {what} {value!r}: expected a number of bytes (int) or a string with an optional unit "
+            "(kB, MB, GB, KiB, MiB, GiB ...), e.g. '256MiB'"
+        )
         raise ValueError(msg)
     if n < 0:
         msg = f"invalid {what} {value!r}: must be >= 0 (0 disables the cache)"
@@ -412,5 +393,4 @@ def _after_fork_in_child() -> None:
     _CACHE._reset_after_fork()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_after_fork_in_child)

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .cache import ChunkCache, get_chunk_cache
+from .process import at_fork
 from .reader import Reader, ReaderCapabilities
 
 __all__ = [
@@ -106,8 +107,7 @@ def _reset_pool_after_fork() -> None:
     _POOL_LOCK = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+at_fork(after_in_child=_reset_pool_after_fork)
 
 
 #: Fewest chunks decoded in the pool rather than in the calling thread (``LAZYSTACK_PARALLEL_MIN_CHUNKS``).

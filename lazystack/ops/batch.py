@@ -49,7 +49,6 @@ or that are loaded in memory are served one by one, in order.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,6 +66,7 @@ from ..io.chunked import (
     copy_piece,
     fetch_concurrently,
 )
+from ..io.process import at_fork
 from ..io.reader import ReaderCapabilities
 
 __all__ = ["PatchRequest", "extract_patches"]
@@ -95,8 +95,7 @@ def _reset_after_fork() -> None:
     _GROUP_LOCK = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_reset_after_fork)
+at_fork(after_in_child=_reset_after_fork)
 
 
 class _PrefetchedReader(ChunkedReader):

@@ -159,7 +159,6 @@ class BioioSceneReader(Reader):
         self.chunks = chunks
         self.token = token
         self._options = _Options(options)
-        self._pid = os.getpid()
         self._manager = ProcessLocalFileManager(_open_scene, path, scene, self._options, mode="r")
 
     @property
@@ -182,10 +181,7 @@ class BioioSceneReader(Reader):
         self._process_manager().close()
 
     def _process_manager(self) -> ProcessLocalFileManager:
-        """The file manager of this process: a forked child never uses its parent's handle."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._manager = ProcessLocalFileManager(_open_scene, self.path, self.scene, self._options, mode="r")
+        """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
         return self._manager
 
     def __repr__(self) -> str:

@@ -8,8 +8,8 @@ array-like for one file; ``path`` is a :class:`pathlib.Path`, as CAREamics'
   ``zarr.Array``, ``h5py.Dataset``, a dask array, any object with ``shape``,
   ``dtype`` and ``__getitem__`` that is not a plain ``numpy.ndarray``): the
   stack stays fully lazy; a patch reads only its region through the object.
-  The object is kept per process in xarray's bounded LRU of open files
-  (``xarray.set_options(file_cache_maxsize=...)``, 128 by default); an
+  The object is kept per process in lazystack's bounded LRU of open files
+  (:func:`lazystack.io.process.max_open_files`); an
   evicted object is dropped (an ``h5py`` file closed) and ``read_func`` is
   called again when the file is next read.
 * **a plain** ``numpy.ndarray`` (the file was read whole): ``read_func`` is
@@ -43,15 +43,15 @@ import contextlib
 import hashlib
 import mmap
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
+from ..io.cache import ChunkCache
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
+from ..io.process import at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
@@ -112,70 +112,9 @@ def _env_cache_bytes() -> int:
     return value
 
 
-class _WholeFileCache:
-    """Thread-safe LRU of whole-file arrays, bounded in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        size = int(value.nbytes)
-        with self._lock:
-            if size > self.max_bytes:
-                return
-            old = self._data.pop(key, None)
-            if old is not None:
-                self._nbytes -= int(old.nbytes)
-            self._data[key] = value
-            self._nbytes += size
-            self._shrink()
-
-    def _shrink(self) -> None:
-        while self._nbytes > self.max_bytes and self._data:
-            _, old = self._data.popitem(last=False)
-            self._nbytes -= int(old.nbytes)
-
-    def resize(self, max_bytes: int) -> None:
-        with self._lock:
-            self.max_bytes = max_bytes
-            self._shrink()
-
-    def clear(self) -> None:
-        # a fresh lock too: after fork the parent's lock may have been held by another thread
-        self._lock = threading.Lock()
-        self._data = OrderedDict()
-        self._nbytes = 0
-        self.hits = self.misses = 0
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "max_bytes": self.max_bytes,
-                "nbytes": self._nbytes,
-                "entries": len(self._data),
-                "hits": self.hits,
-                "misses": self.misses,
-            }
-
-
-_CACHE = _WholeFileCache(_env_cache_bytes())
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_CACHE.clear)
+#: The whole-file arrays: the same bounded, thread-safe LRU as the chunk cache (a separate instance and bound).
+_CACHE = ChunkCache(_env_cache_bytes())
+at_fork(after_in_child=_CACHE._reset_after_fork)
 
 
 def set_cache_bytes(max_bytes: int) -> None:
@@ -199,7 +138,14 @@ def clear_cache() -> None:
 
 def cache_info() -> dict[str, int]:
     """Bound, current size, entries, hits and misses of this process's whole-file cache."""
-    return _CACHE.info()
+    stats = _CACHE.stats()
+    return {
+        "max_bytes": stats.max_bytes,
+        "nbytes": stats.nbytes,
+        "entries": stats.entries,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
 
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
@@ -318,7 +264,6 @@ class CustomReader(Reader):
         self.eager = eager
         self.token = token
         self._recipe = _Recipe(path, read_func, self.read_kwargs)
-        self._pid = os.getpid()
         self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -359,8 +304,7 @@ class CustomReader(Reader):
             _CACHE.put(self.token, np.asarray(result))
         else:
             assert self._manager is not None
-            with self._manager._lock:
-                self._manager._cache[self._manager._key] = _LazyHandle(self._recipe, result)
+            self._manager.seed(_LazyHandle(self._recipe, result))
 
     def _check(self, result: Any) -> None:
         shape, dtype = tuple(int(n) for n in result.shape), np.dtype(result.dtype)
@@ -384,10 +328,6 @@ class CustomReader(Reader):
         """Read a region (ints and step-1 slices) as a numpy array."""
         if self.eager:
             return np.array(self._whole()[key])
-        if self._pid != os.getpid():
-            # forked: the manager's cache key still names the parent; never share the parent's handle
-            self._pid = os.getpid()
-            self._manager = ProcessLocalFileManager(_LazyHandle, self._recipe)
         assert self._manager is not None
         with self._manager.acquire_context() as handle:
             array = handle.array

@@ -397,7 +397,6 @@ class CziSceneReader(Reader):
         self._stamp = stamp
         self._cache_block = (int(cache_block[0]), int(cache_block[1]))
         self._chunked: FunctionChunkedReader | None = None
-        self._pid = os.getpid()
         self.path = path
         self.scene = scene
         self.rect = rect
@@ -490,10 +489,7 @@ class CziSceneReader(Reader):
         self._process_manager().close()
 
     def _process_manager(self) -> ProcessLocalFileManager:
-        """The file manager of this process: a forked child never uses its parent's handle."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._manager = ProcessLocalFileManager(_open_handle, self.path, mode="r")
+        """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
         return self._manager
 
     @property

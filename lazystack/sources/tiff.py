@@ -43,8 +43,8 @@ Reading
 Handles
     Readers pickle as a small recipe (path, series, layout), never with an
     open file. Files are opened lazily per process through
-    :class:`~lazystack.io.handles.ProcessLocalFileManager` (xarray's bounded
-    LRU of open files, 128 by default: ``xarray.set_options(file_cache_maxsize=...)``),
+    :class:`~lazystack.io.handles.ProcessLocalFileManager` (a per-process bounded
+    LRU of open files that follows the open-file limit: :func:`lazystack.io.process.max_open_files`),
     so thousands of stacks do not exhaust file descriptors and a forked
     child re-opens instead of sharing its parent's file offset. Several
     threads read one file with ``os.pread``, which moves no shared file
@@ -90,6 +90,7 @@ from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFo
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
+from ..io.process import current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
@@ -541,7 +542,7 @@ class TiffReader(Reader):
         self.token = token
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
         self.capabilities = ReaderCapabilities(memory_mapped=memmap is not None, compressed=memmap is None)
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._manager = self._make_manager()
         self._chunked: FunctionChunkedReader | None = None
         self._mm_handle: _MemmapHandle | None = None
@@ -648,9 +649,9 @@ class TiffReader(Reader):
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             # forked: the manager's cache key still names the parent; never touch the parent's handle
-            self._pid = os.getpid()
+            self._pid = current_pid()
             self._manager = self._make_manager()
         try:
             with self._manager.acquire_context() as handle:
@@ -669,7 +670,7 @@ class TiffReader(Reader):
     def _with_handle(self, func: Callable[[Any], _T]) -> _T:
         """``func(handle)`` on this process's handle; again on a fresh one if another thread closed it."""
         last = self._last_handle
-        if last is not None and self._pid == os.getpid() and last.enter():
+        if last is not None and self._pid == current_pid() and last.enter():
             # Fast path: the handle of the previous read, still open (close() or the LRU's eviction
             # closes it, and enter() then fails): no manager lock and context managers per read.
             try:
@@ -742,7 +743,7 @@ class TiffReader(Reader):
         # Fast path: the map this reader used last, while it is open (close() and the LRU's eviction close
         # it, then the manager gives a fresh one); saves the manager's lock and context managers per patch.
         handle = self._mm_handle
-        if handle is not None and self._pid == os.getpid():
+        if handle is not None and self._pid == current_pid():
             try:
                 return handle.read(slices, self._dtype, copy=copy)
             except _HandleClosedError:

@@ -51,6 +51,7 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
+from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import RetryPolicy, _is_compressed, get_zarr_engine
 from .engines import ZarrArrayReader as _EngineReader
@@ -460,7 +461,7 @@ class ZarrArrayReader(Reader):
         self._opened_stat = _stat_of(self._metadata_file())
         self._array: zarr_lib.Array | None = array
         self._fast: _FastReader | None = None
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._lock = threading.Lock()
 
     # recipe, not handle
@@ -488,12 +489,12 @@ class ZarrArrayReader(Reader):
     def array(self) -> zarr_lib.Array:
         """The open :class:`zarr.Array` of this process (opened on first use)."""
         arr = self._array
-        if arr is None or self._pid != os.getpid():
+        if arr is None or self._pid != current_pid():
             with self._lock:
                 arr = self._array
-                if arr is None or self._pid != os.getpid():
+                if arr is None or self._pid != current_pid():
                     arr = _open_array(self._location)
-                    self._array, self._pid = arr, os.getpid()
+                    self._array, self._pid = arr, current_pid()
         return arr
 
     def as_chunked(self) -> _FastReader:
@@ -555,7 +556,7 @@ class ZarrArrayReader(Reader):
         opens nothing: None before the first read (which :meth:`read_region` makes).
         """
         fast = self._fast
-        if fast is None or not self._use_fast or self._pid != os.getpid():
+        if fast is None or not self._use_fast or self._pid != current_pid():
             return None
         return self._fast_read(_FastReader.read_float32, region, fast)
 

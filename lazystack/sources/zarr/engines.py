@@ -54,6 +54,7 @@ import numpy as np
 
 from ...core.errors import MissingDependencyError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
+from ...io.process import current_pid
 from ...io.reader import ReaderCapabilities
 
 __all__ = [
@@ -160,7 +161,7 @@ _TS_STARTED_IN: int | None = None
 
 def _tensorstore_forked() -> bool:
     """Whether tensorstore was started in a parent of this (forked) process."""
-    return _TS_STARTED_IN is not None and os.getpid() != _TS_STARTED_IN
+    return _TS_STARTED_IN is not None and current_pid() != _TS_STARTED_IN
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -876,7 +877,7 @@ class TensorstoreEngine(ZarrEngine):
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
         global _TS_STARTED_IN
         if _TS_STARTED_IN is None:
-            _TS_STARTED_IN = os.getpid()
+            _TS_STARTED_IN = current_pid()
         try:
             handle = ts.open(spec, read=True, context=context).result()
         except Exception as e:
@@ -1231,7 +1232,7 @@ class ZarrArrayReader(ChunkedReader):
     @property
     def engine(self) -> ZarrEngine:
         """This process's engine (built on first use)."""
-        pid = os.getpid()
+        pid = current_pid()
         engine = self._engine
         if engine is None or self._engine_pid != pid:
             with self._engine_lock:

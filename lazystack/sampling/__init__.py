@@ -1,0 +1,82 @@
+"""Reproducible patch sampling: specs, samplers, tiling and stitching, manifests.
+
+See :mod:`lazystack.sampling.samplers` for why an epoch is the same for any
+number of workers or ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..ops.batch import extract_patches
+from .manifest import ManifestMismatchError, read_manifest, source_identity, write_manifest
+from .samplers import (
+    FixedSampler,
+    ForegroundSampler,
+    MaskWeightedSampler,
+    PatchSpec,
+    RandomSampler,
+    Sampler,
+    StackGeometry,
+    StratifiedSampler,
+    WholeSampleSampler,
+    check_pairs,
+    geometry,
+    spec_rng,
+)
+from .tiling import GridSampler, Stitcher, Tile, tile_starts
+
+__all__ = [
+    "FixedSampler",
+    "ForegroundSampler",
+    "GridSampler",
+    "ManifestMismatchError",
+    "MaskWeightedSampler",
+    "PatchSpec",
+    "RandomSampler",
+    "Sampler",
+    "StackGeometry",
+    "Stitcher",
+    "StratifiedSampler",
+    "Tile",
+    "WholeSampleSampler",
+    "check_pairs",
+    "geometry",
+    "read_manifest",
+    "read_specs",
+    "source_identity",
+    "spec_rng",
+    "tile_starts",
+    "write_manifest",
+]
+
+
+def read_specs(
+    stacks: Sequence[Any], specs: Sequence[PatchSpec], *, channels: Any = "spec"
+) -> list[NDArray[np.float32]]:
+    """Read the patches of some specs in one batch (:func:`lazystack.extract_patches`).
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks the specs index (or stacks paired with them: same samples
+        and spatial shapes).
+    specs : sequence of PatchSpec
+        The patches to read.
+    channels : "spec", None or sequence of int
+        The channels to read: the spec's (default), all (None), or these.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One ``float32`` ``C(Z)YX`` patch per spec.
+    """
+    requests = [
+        (stacks[s.stack], s.sample, s.channels if isinstance(channels, str) else channels, s.coords, s.patch_size)
+        for s in specs
+    ]
+    return extract_patches(requests)

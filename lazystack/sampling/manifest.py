@@ -1,0 +1,232 @@
+"""Manifests: the exact specs of an epoch in a CSV file, with each source's identity.
+
+One row per patch: ``epoch, index, stack, sample, channels, coords,
+patch_size`` (tuples as ``;``-separated integers, empty channels for all)
+and the identity of the patch's source: ``source`` (path or URI),
+``source_bytes`` and ``source_mtime_ns`` for a local file or folder (the
+total size and latest modification of its files), ``source_sha256`` of the
+data for a source that is not a file (an in-memory array), and the stack's
+``data_shape``. ``pandas.read_csv`` reads it as it is.
+
+:func:`read_manifest` gives the specs back as a :class:`FixedSampler` after
+checking that the stacks it is given are the ones recorded: a source whose
+size, modification time, content or shape changed is an error that names it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import LazyStackError, SourceFormatError
+from .samplers import FixedSampler, PatchSpec, Sampler
+
+__all__ = ["ManifestMismatchError", "read_manifest", "source_identity", "write_manifest"]
+
+COLUMNS = (
+    "epoch",
+    "index",
+    "stack",
+    "sample",
+    "channels",
+    "coords",
+    "patch_size",
+    "source",
+    "data_shape",
+    "source_bytes",
+    "source_mtime_ns",
+    "source_sha256",
+)
+
+#: Sources that are not files are hashed when their data is at most this large.
+MAX_HASH_BYTES = 256 * 2**20
+
+
+class ManifestMismatchError(LazyStackError, ValueError):
+    """The stacks given to replay a manifest are not the ones it recorded."""
+
+
+def _local_path(source: Any) -> Path | None:
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        return None
+    path = Path(text)
+    return path if path.exists() else None
+
+
+def _hash_stack(stack: Any) -> str:
+    shape = tuple(stack.data_shape)
+    digest = hashlib.sha256()
+    for s in range(shape[0]):
+        patch = stack.extract_patch(s, None, (0,) * (len(shape) - 2), shape[2:])
+        digest.update(patch.tobytes())
+    return digest.hexdigest()
+
+
+def source_identity(stack: Any) -> dict[str, str]:
+    """What identifies a stack's data: source, shape, and file size and time or a content hash.
+
+    Parameters
+    ----------
+    stack : ImageStack
+        A stack with ``source`` and ``data_shape``.
+
+    Returns
+    -------
+    dict of str
+        ``source``, ``data_shape``, ``source_bytes``, ``source_mtime_ns``
+        (local files and folders) and ``source_sha256`` (other sources up
+        to 256 MiB); fields that do not apply are empty.
+    """
+    source = getattr(stack, "source", "")
+    shape = ";".join(str(int(n)) for n in stack.data_shape)
+    ident = {"source": str(source), "data_shape": shape, "source_bytes": "", "source_mtime_ns": "", "source_sha256": ""}
+    path = _local_path(source)
+    if path is not None:
+        if path.is_dir():
+            size, mtime = 0, path.stat().st_mtime_ns
+            for root, _dirs, files in os.walk(path):
+                for name in files:
+                    st = os.stat(os.path.join(root, name))
+                    size += st.st_size
+                    mtime = max(mtime, st.st_mtime_ns)
+        else:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        ident["source_bytes"], ident["source_mtime_ns"] = str(size), str(mtime)
+    elif int(getattr(stack, "nbytes", MAX_HASH_BYTES + 1)) <= MAX_HASH_BYTES:
+        ident["source_sha256"] = _hash_stack(stack)
+    return ident
+
+
+def _fmt(values: Sequence[int] | None) -> str:
+    return "" if values is None else ";".join(str(int(v)) for v in values)
+
+
+def _parse(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(";")) if text else ()
+
+
+def write_manifest(
+    path: str | os.PathLike[str],
+    sampler: Sampler,
+    stacks: Sequence[Any],
+    *,
+    epochs: Sequence[int] = (0,),
+    indices: Sequence[int] | None = None,
+) -> Path:
+    """Write the specs of one or more epochs, with their sources' identity, to a CSV file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to write (replaced if it exists).
+    sampler : Sampler
+        The sampler.
+    stacks : sequence of ImageStack
+        The stacks the sampler was built over.
+    epochs : sequence of int
+        Epochs to record (default: epoch 0).
+    indices : sequence of int, optional
+        Indices to record (default: the whole epoch).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    identities = [source_identity(s) for s in stacks]
+    out = Path(path)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for epoch in epochs:
+            idx = range(len(sampler)) if indices is None else indices
+            for i in idx:
+                spec = sampler.spec(i, epoch)
+                ident = identities[spec.stack]
+                writer.writerow(
+                    [
+                        epoch,
+                        i,
+                        spec.stack,
+                        spec.sample,
+                        _fmt(spec.channels),
+                        _fmt(spec.coords),
+                        _fmt(spec.patch_size),
+                        *(ident[c] for c in COLUMNS[7:]),
+                    ]
+                )
+    return out
+
+
+def read_manifest(
+    path: str | os.PathLike[str], stacks: Sequence[Any], *, epoch: int | None = None, check: bool = True
+) -> FixedSampler:
+    """Read a manifest back as a :class:`FixedSampler`, checking the stacks are the recorded ones.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`write_manifest`.
+    stacks : sequence of ImageStack
+        The stacks to replay it over, in the recorded order.
+    epoch : int, optional
+        The epoch to replay when the file holds several (default: all rows, in order).
+    check : bool
+        Compare each recorded source's identity with the stack's now (default True).
+
+    Returns
+    -------
+    FixedSampler
+        The recorded specs, in the file's order.
+
+    Raises
+    ------
+    ManifestMismatchError
+        If a stack is missing or its source, shape, size, modification time
+        or content differs from the record (the message names the source).
+    SourceFormatError
+        If the file is not a manifest.
+    """
+    p = Path(path)
+    with p.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(COLUMNS) - set(rows[0]):
+        missing = sorted(set(COLUMNS) - set(rows[0]))
+        msg = f"{str(p)!r} is not a lazystack manifest: columns {missing} are missing (expected {list(COLUMNS)})"
+        raise SourceFormatError(msg)
+    if epoch is not None:
+        rows = [r for r in rows if int(r["epoch"]) == epoch]
+    specs = []
+    recorded: dict[int, dict[str, str]] = {}
+    for r in rows:
+        k = int(r["stack"])
+        channels = _parse(r["channels"])
+        specs.append(PatchSpec(k, int(r["sample"]), channels or None, _parse(r["coords"]), _parse(r["patch_size"])))
+        recorded.setdefault(k, {c: r[c] for c in COLUMNS[7:]})
+    if check:
+        for k, rec in sorted(recorded.items()):
+            if k >= len(stacks):
+                msg = (
+                    f"manifest {str(p)!r} uses stack {k} ({rec['source']!r}) but only {len(stacks)} stack(s) were given"
+                )
+                raise ManifestMismatchError(msg)
+            now = source_identity(stacks[k])
+            changed = [c for c in COLUMNS[7:] if (rec[c] and now[c] != rec[c]) or (c == "source" and now[c] != rec[c])]
+            if changed:
+                detail = ", ".join(f"{c} {rec[c]!r} -> {now[c]!r}" for c in changed)
+                msg = (
+                    f"stack {k}'s source {rec['source']!r} changed since manifest {str(p)!r} was written ({detail}): "
+                    "replaying it would not give the recorded patches"
+                )
+                raise ManifestMismatchError(msg)
+    return FixedSampler(specs)

@@ -1,0 +1,746 @@
+"""Patch specs and reproducible samplers.
+
+A :class:`PatchSpec` names one patch: which stack, which sample, which
+channels, where and how large. A sampler maps ``(index, epoch)`` to a spec as
+a *pure* function of its seed, the epoch and the index: the random state of
+index ``i`` is ``numpy.random.default_rng([seed, epoch, i])`` (a
+:class:`numpy.random.SeedSequence` of the three), never a generator shared
+by (and copied into) worker processes. So an epoch is the same list of specs
+whatever the number of DataLoader workers, their start method, or how the
+indices are split over distributed ranks, and each worker computes only the
+specs of the indices it is given.
+
+Samplers hold only the geometry of the stacks (shapes), not the stacks: they
+are small and pickle cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
+
+__all__ = [
+    "FixedSampler",
+    "ForegroundSampler",
+    "MaskWeightedSampler",
+    "PatchSpec",
+    "RandomSampler",
+    "Sampler",
+    "StackGeometry",
+    "StratifiedSampler",
+    "WholeSampleSampler",
+    "check_pairs",
+    "geometry",
+    "resolve_channels",
+    "spec_rng",
+]
+
+
+class PatchSpec(NamedTuple):
+    """One patch: the arguments of ``extract_patch`` plus the stack it comes from.
+
+    Attributes
+    ----------
+    stack : int
+        Index of the stack in the list the sampler was built over.
+    sample : int
+        Sample index (``S`` times ``T``) in that stack.
+    channels : tuple of int or None
+        Channels to read; None for all.
+    coords : tuple of int
+        Top-left corner in the spatial dims (``(Z)YX``).
+    patch_size : tuple of int
+        Size in the spatial dims.
+    """
+
+    stack: int
+    sample: int
+    channels: tuple[int, ...] | None
+    coords: tuple[int, ...]
+    patch_size: tuple[int, ...]
+
+    def request(
+        self, stacks: Sequence[Any]
+    ) -> tuple[Any, int, tuple[int, ...] | None, tuple[int, ...], tuple[int, ...]]:
+        """The ``extract_patches`` request of this spec over ``stacks``.
+
+        Parameters
+        ----------
+        stacks : sequence of LazyImageStack
+            The stacks the sampler was built over (or stacks of the same shapes).
+
+        Returns
+        -------
+        tuple
+            ``(stack, sample, channels, coords, patch_size)``.
+        """
+        return (stacks[self.stack], self.sample, self.channels, self.coords, self.patch_size)
+
+
+class StackGeometry(NamedTuple):
+    """What a sampler needs to know of a stack.
+
+    Attributes
+    ----------
+    n_samples : int
+        Number of samples.
+    n_channels : int
+        Number of channels.
+    spatial_shape : tuple of int
+        Shape of the spatial dims (``(Z)YX``).
+    """
+
+    n_samples: int
+    n_channels: int
+    spatial_shape: tuple[int, ...]
+
+
+def geometry(stack: Any) -> StackGeometry:
+    """The :class:`StackGeometry` of a stack, from its canonical ``SC(Z)YX`` ``data_shape``.
+
+    Parameters
+    ----------
+    stack : ImageStack
+        Any object with a ``data_shape`` in ``SC(Z)YX`` order.
+
+    Returns
+    -------
+    StackGeometry
+    """
+    shape = tuple(int(n) for n in stack.data_shape)
+    if len(shape) not in (4, 5):
+        msg = f"stack {getattr(stack, 'source', stack)!r} has data_shape {shape}: expected SCYX or SCZYX"
+        raise ShapeMismatchError(msg)
+    return StackGeometry(shape[0], shape[1], shape[2:])
+
+
+def spec_rng(seed: int, epoch: int, index: int, *extra: int) -> np.random.Generator:
+    """The random generator of one index of one epoch: a pure function of its arguments.
+
+    Parameters
+    ----------
+    seed, epoch, index : int
+        Non-negative integers.
+    *extra : int
+        Further non-negative integers (an attempt number ...).
+
+    Returns
+    -------
+    numpy.random.Generator
+        ``numpy.random.default_rng([seed, epoch, index, *extra])``.
+    """
+    return np.random.default_rng([seed, epoch, index, *extra])
+
+
+def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+    if isinstance(values, (int, np.integer)):
+        values = (int(values),) * ndim
+    try:
+        out = tuple(operator.index(v) for v in values)
+    except TypeError:
+        msg = f"{name} must be an int or a sequence of {ndim} ints, got {values!r}"
+        raise PatchError(msg) from None
+    if len(out) != ndim:
+        msg = f"{name} {out} must have {ndim} entries, one per spatial dim"
+        raise PatchError(msg)
+    return out
+
+
+def resolve_channels(
+    channels: Sequence[int] | int | None, geoms: Sequence[StackGeometry], stacks: Sequence[Any]
+) -> Any:
+    """Validate a channel selection for every stack; without one, every stack must have as many channels.
+
+    Parameters
+    ----------
+    channels : int, sequence of int or None
+        The selection (None: all channels).
+    geoms : sequence of StackGeometry
+        The stacks' geometries.
+    stacks : sequence of ImageStack
+        The stacks (named in errors).
+
+    Returns
+    -------
+    tuple of int or None
+        The selection as a tuple, or None.
+
+    Raises
+    ------
+    ChannelIndexError
+        For an index out of range in some stack, or (no selection) different channel counts.
+    """
+    if channels is None:
+        counts = {g.n_channels for g in geoms}
+        if len(counts) > 1:
+            listing = ", ".join(
+                f"stack {i} ({getattr(s, 'source', '?')!r}): {g.n_channels}"
+                for i, (s, g) in enumerate(zip(stacks, geoms, strict=True))
+            )
+            msg = (
+                f"the stacks have different channel counts ({listing}): patches would not batch together; "
+                "pass channels=[...] with indices valid in every stack, or sample the stacks separately"
+            )
+            raise ChannelIndexError(msg)
+        return None
+    if isinstance(channels, (int, np.integer)):
+        channels = (int(channels),)
+    chans = tuple(operator.index(c) for c in channels)
+    if not chans:
+        msg = "channels must not be empty: give None for all channels or a sequence of indices"
+        raise ChannelIndexError(msg)
+    for i, (s, g) in enumerate(zip(stacks, geoms, strict=True)):
+        bad = [c for c in chans if not 0 <= c < g.n_channels]
+        if bad:
+            msg = (
+                f"channel {bad[0]} is out of range for stack {i} ({getattr(s, 'source', '?')!r}), "
+                f"which has {g.n_channels} channel(s): accepted indices are 0 to {g.n_channels - 1}"
+            )
+            raise ChannelIndexError(msg)
+    return chans
+
+
+def _check_seed(name: str, value: int) -> int:
+    v = operator.index(value)
+    if v < 0:
+        msg = f"{name} must be a non-negative integer, got {value!r}"
+        raise ValueError(msg)
+    return v
+
+
+class Sampler:
+    """Base class: ``len(sampler)`` specs per epoch, ``sampler.spec(index, epoch)`` each.
+
+    Subclasses implement :meth:`spec` as a pure function of ``(seed, epoch,
+    index)`` and ``__len__``.
+    """
+
+    seed: int = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch``.
+
+        Parameters
+        ----------
+        index : int
+            In ``range(len(self))``.
+        epoch : int
+            Epoch number (non-negative).
+
+        Returns
+        -------
+        PatchSpec
+        """
+        raise NotImplementedError
+
+    def _check_index(self, index: int) -> int:
+        i = operator.index(index)
+        n = len(self)
+        if not 0 <= i < n:
+            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch"
+            raise IndexError(msg)
+        return i
+
+    def epoch_specs(self, epoch: int = 0, indices: Sequence[int] | None = None) -> list[PatchSpec]:
+        """The specs of an epoch (or of some of its indices), in order.
+
+        Parameters
+        ----------
+        epoch : int
+            Epoch number.
+        indices : sequence of int, optional
+            Indices to compute; all of ``range(len(self))`` by default.
+
+        Returns
+        -------
+        list of PatchSpec
+        """
+        idx = range(len(self)) if indices is None else indices
+        return [self.spec(i, epoch) for i in idx]
+
+    def __iter__(self) -> Iterator[PatchSpec]:
+        return iter(self.epoch_specs(0))
+
+
+class RandomSampler(Sampler):
+    """Patches drawn uniformly over every valid position, a fixed number per epoch.
+
+    A valid position puts the whole patch inside the image. The stack of an
+    index is drawn with probability proportional to ``weights``; then a
+    sample and a corner are drawn uniformly.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to sample (only their ``data_shape`` is kept).
+    patch_size : int or sequence of int
+        Patch size in the spatial dims (an int for every dim).
+    length : int
+        Number of patches per epoch.
+    seed : int
+        Non-negative seed.
+    weights : "size", "positions" or sequence of float
+        ``"size"`` (default): proportional to a stack's pixel count (samples
+        times spatial size); ``"positions"``: to its number of valid
+        positions; or one non-negative weight per stack.
+    channels : int or sequence of int, optional
+        Channels of every patch; None (all) requires equal channel counts.
+
+    Raises
+    ------
+    PatchError
+        If the patch does not fit in a stack, or ``patch_size`` has the wrong length.
+    ChannelIndexError
+        For channels out of range, or stacks with different channel counts and no selection.
+    ValueError
+        For invalid weights, length or seed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import LazyImageStack
+    >>> stack = LazyImageStack(np.zeros((2, 64, 64), np.uint8), "SYX")
+    >>> sampler = RandomSampler([stack], 16, length=4, seed=1)
+    >>> sampler.spec(3, epoch=2) == RandomSampler([stack], 16, length=4, seed=1).spec(3, epoch=2)
+    True
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        seed: int = 0,
+        weights: str | Sequence[float] = "size",
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        if not stacks:
+            msg = "RandomSampler needs at least one stack, got an empty sequence"
+            raise ValueError(msg)
+        self.geometries = [geometry(s) for s in stacks]
+        ndim = len(self.geometries[0].spatial_shape)
+        self.patch_size = _int_tuple("patch_size", patch_size, ndim)
+        self.length = _check_seed("length", length)
+        self.seed = _check_seed("seed", seed)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
+        positions = []
+        for i, (s, g) in enumerate(zip(stacks, self.geometries, strict=True)):
+            if len(g.spatial_shape) != ndim or any(
+                p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)
+            ):
+                msg = (
+                    f"patch_size {self.patch_size} does not fit in stack {i} ({getattr(s, 'source', '?')!r}) "
+                    f"of spatial shape {g.spatial_shape}: a random patch must lie inside the image"
+                )
+                raise PatchError(msg)
+            positions.append(
+                g.n_samples * math.prod(n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size, strict=True))
+            )
+        if isinstance(weights, str):
+            if weights == "size":
+                w = [float(g.n_samples * math.prod(g.spatial_shape)) for g in self.geometries]
+            elif weights == "positions":
+                w = [float(p) for p in positions]
+            else:
+                msg = f"weights must be 'size', 'positions' or one number per stack, got {weights!r}"
+                raise ValueError(msg)
+        else:
+            w = [float(x) for x in weights]
+            if len(w) != len(stacks) or any(not x >= 0 for x in w):
+                msg = f"weights {weights!r} must be {len(stacks)} non-negative numbers, one per stack"
+                raise ValueError(msg)
+        total = sum(w)
+        if not total > 0:
+            msg = f"weights {weights!r} sum to {total}: at least one stack needs a positive weight"
+            raise ValueError(msg)
+        self.weights = tuple(x / total for x in w)
+        self._cumulative = np.cumsum(self.weights)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see :meth:`Sampler.spec`)."""
+        i = self._check_index(index)
+        rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
+        return self._draw(rng)
+
+    def _draw(self, rng: np.random.Generator) -> PatchSpec:
+        k = int(np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right"))
+        k = min(k, len(self.geometries) - 1)
+        while self.weights[k] == 0:  # a zero-weight stack is never drawn (edge of the cumulative sum)
+            k -= 1
+        g = self.geometries[k]
+        sample = int(rng.integers(g.n_samples))
+        coords = tuple(int(rng.integers(n - p + 1)) for n, p in zip(g.spatial_shape, self.patch_size, strict=True))
+        return PatchSpec(k, sample, self.channels, coords, self.patch_size)
+
+
+class StratifiedSampler(Sampler):
+    """Random patches drawn in turn from given regions, so every region gets its share.
+
+    Index ``i`` of an epoch draws from region ``i % len(regions)``, uniformly
+    over the positions whose patch lies inside the region.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks the regions refer to.
+    regions : sequence of (stack, sample, start, stop)
+        Each region: a stack index, a sample index, and the corner and end
+        (exclusive) of a box in the spatial dims.
+    patch_size : int or sequence of int
+        Patch size in the spatial dims.
+    length : int
+        Number of patches per epoch.
+    seed : int
+        Non-negative seed.
+    channels : int or sequence of int, optional
+        Channels of every patch.
+
+    Raises
+    ------
+    PatchError
+        If a region is outside its stack or smaller than the patch.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        regions: Sequence[tuple[int, int, Sequence[int], Sequence[int]]],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        seed: int = 0,
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        self.geometries = [geometry(s) for s in stacks]
+        ndim = len(self.geometries[0].spatial_shape)
+        self.patch_size = _int_tuple("patch_size", patch_size, ndim)
+        self.length = _check_seed("length", length)
+        self.seed = _check_seed("seed", seed)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
+        if not regions:
+            msg = "StratifiedSampler needs at least one region, got an empty sequence"
+            raise ValueError(msg)
+        self.regions: list[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = []
+        for r, (k, sample, start, stop) in enumerate(regions):
+            if not 0 <= k < len(self.geometries):
+                msg = f"region {r} names stack {k}: accepted are 0 to {len(self.geometries) - 1}"
+                raise PatchError(msg)
+            g = self.geometries[k]
+            lo = _int_tuple("region start", start, ndim)
+            hi = _int_tuple("region stop", stop, ndim)
+            bad = not 0 <= sample < g.n_samples or any(
+                not (a >= 0 and b <= n and b - a >= p)
+                for a, b, n, p in zip(lo, hi, g.spatial_shape, self.patch_size, strict=True)
+            )
+            if bad:
+                msg = (
+                    f"region {r} (stack {k}, sample {sample}, {lo} to {hi}) must lie inside the stack "
+                    f"({g.n_samples} samples, spatial shape {g.spatial_shape}) and hold a patch of {self.patch_size}"
+                )
+                raise PatchError(msg)
+            self.regions.append((k, int(sample), lo, hi))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see :meth:`Sampler.spec`)."""
+        i = self._check_index(index)
+        k, sample, lo, hi = self.regions[i % len(self.regions)]
+        rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
+        coords = tuple(int(a + rng.integers(b - a - p + 1)) for a, b, p in zip(lo, hi, self.patch_size, strict=True))
+        return PatchSpec(k, sample, self.channels, coords, self.patch_size)
+
+
+class FixedSampler(Sampler):
+    """A fixed list of specs, the same every epoch (a manifest replayed, a validation set).
+
+    Parameters
+    ----------
+    specs : sequence of PatchSpec
+        The specs, in order.
+    """
+
+    def __init__(self, specs: Sequence[PatchSpec]) -> None:
+        self.specs = [PatchSpec(*s) for s in specs]
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` (every epoch alike)."""
+        return self.specs[self._check_index(index)]
+
+
+class WholeSampleSampler(Sampler):
+    """One spec per sample of every stack: the whole image.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks.
+    channels : int or sequence of int, optional
+        Channels of every patch.
+    """
+
+    def __init__(self, stacks: Sequence[Any], *, channels: int | Sequence[int] | None = None) -> None:
+        self.geometries = [geometry(s) for s in stacks]
+        self.channels = resolve_channels(channels, self.geometries, stacks)
+        self._offsets = np.cumsum([0] + [g.n_samples for g in self.geometries])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index``: stack and sample in order (every epoch alike)."""
+        i = self._check_index(index)
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        g = self.geometries[k]
+        return PatchSpec(k, i - int(self._offsets[k]), self.channels, (0,) * len(g.spatial_shape), g.spatial_shape)
+
+
+def check_pairs(*groups: Sequence[Any], names: Sequence[str] | None = None) -> None:
+    """Check that stacks to be sampled at the same specs (input / target / mask) match.
+
+    Every group must hold as many stacks, and the stacks at one position the
+    same number of samples and the same spatial shape (channel counts may
+    differ).
+
+    Parameters
+    ----------
+    *groups : sequence of ImageStack
+        Lists of stacks, e.g. inputs and targets.
+    names : sequence of str, optional
+        Names of the groups for error messages (``"input"``, ``"target"`` ...).
+
+    Raises
+    ------
+    ShapeMismatchError
+        Naming the groups, the position and the shapes that differ.
+    """
+    labels = list(names) if names is not None else [f"group {i}" for i in range(len(groups))]
+    if len(groups) < 2:
+        return
+    first = groups[0]
+    for label, group in zip(labels[1:], groups[1:], strict=True):
+        if len(group) != len(first):
+            msg = f"{labels[0]} has {len(first)} stack(s) but {label} has {len(group)}: pairs need equal counts"
+            raise ShapeMismatchError(msg)
+        for i, (a, b) in enumerate(zip(first, group, strict=True)):
+            ga, gb = geometry(a), geometry(b)
+            if ga.n_samples != gb.n_samples or ga.spatial_shape != gb.spatial_shape:
+                msg = (
+                    f"{labels[0]} stack {i} ({getattr(a, 'source', '?')!r}) has {ga.n_samples} sample(s) of "
+                    f"spatial shape {ga.spatial_shape} but {label} stack {i} ({getattr(b, 'source', '?')!r}) has "
+                    f"{gb.n_samples} of {gb.spatial_shape}: paired stacks must match in samples and spatial shape"
+                )
+                raise ShapeMismatchError(msg)
+
+
+class ForegroundSampler(RandomSampler):
+    """Random patches with at least some foreground in a mask, found by bounded rejection.
+
+    Index ``i`` of epoch ``e`` tries the random specs of
+    ``spec_rng(seed, e, i, attempt)`` for ``attempt = 0, 1, ...`` and keeps
+    the first whose mask patch has a foreground fraction (mask > 0) of at
+    least ``min_foreground``; after ``max_attempts`` it keeps the attempt
+    with the most foreground. The result is still a pure function of the
+    seed, epoch and index (the masks are read, never a shared state).
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to sample.
+    masks : sequence of ImageStack
+        One mask stack per stack (same samples and spatial shape; its first channel is used).
+    patch_size : int or sequence of int
+        Patch size in the spatial dims.
+    length : int
+        Patches per epoch.
+    min_foreground : float
+        Fraction of mask pixels > 0 a patch needs, in ``[0, 1]``.
+    max_attempts : int
+        Bound on the specs tried per index (>= 1).
+    seed : int
+        Non-negative seed.
+    weights : "size", "positions" or sequence of float
+        How stacks are drawn (as for :class:`RandomSampler`).
+    channels : int or sequence of int, optional
+        Channels of every patch.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        masks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        min_foreground: float = 0.1,
+        max_attempts: int = 10,
+        seed: int = 0,
+        weights: str | Sequence[float] = "size",
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels)
+        check_pairs(stacks, masks, names=["stacks", "masks"])
+        if not 0 <= min_foreground <= 1:
+            msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}"
+            raise ValueError(msg)
+        if operator.index(max_attempts) < 1:
+            msg = f"max_attempts must be at least 1, got {max_attempts!r}"
+            raise ValueError(msg)
+        self.masks = list(masks)
+        self.min_foreground = float(min_foreground)
+        self.max_attempts = operator.index(max_attempts)
+
+    def foreground(self, spec: PatchSpec) -> float:
+        """Fraction of the mask's pixels > 0 under a spec (first mask channel).
+
+        Parameters
+        ----------
+        spec : PatchSpec
+            A spec of this sampler.
+
+        Returns
+        -------
+        float
+        """
+        patch = self.masks[spec.stack].extract_patch(spec.sample, [0], spec.coords, spec.patch_size)
+        return float(np.count_nonzero(patch)) / patch.size
+
+    def draw(self, index: int, epoch: int = 0) -> tuple[PatchSpec, int, float]:
+        """The spec of ``index`` in ``epoch`` with the attempts it took and its foreground fraction.
+
+        Parameters
+        ----------
+        index : int
+            In ``range(len(self))``.
+        epoch : int
+            Epoch number.
+
+        Returns
+        -------
+        tuple
+            ``(spec, attempts, foreground fraction)``.
+        """
+        i = self._check_index(index)
+        e = _check_seed("epoch", epoch)
+        best: tuple[PatchSpec, float] | None = None
+        for attempt in range(self.max_attempts):
+            spec = self._draw(spec_rng(self.seed, e, i, attempt))
+            fraction = self.foreground(spec)
+            if fraction >= self.min_foreground:
+                return spec, attempt + 1, fraction
+            if best is None or fraction > best[1]:
+                best = (spec, fraction)
+        assert best is not None
+        return best[0], self.max_attempts, best[1]
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see :meth:`draw`)."""
+        return self.draw(index, epoch)[0]
+
+
+class MaskWeightedSampler(Sampler):
+    """Random patches placed where a mask has foreground, in proportion to it (at cell resolution).
+
+    At construction each mask is summarised (with dask, in parallel) into
+    foreground counts (mask > 0, first channel) per cell of a coarse grid.
+    Index ``i`` of epoch ``e`` draws, from ``spec_rng(seed, e, i)``, a cell
+    with probability proportional to its count, a pixel uniformly in that
+    cell, and the valid patch position that centres on the pixel (moved
+    inside the image at the edges): every patch contains foreground cells'
+    pixels, and regions are drawn by how much foreground they hold.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to sample.
+    masks : sequence of ImageStack
+        One mask per stack (same samples and spatial shape).
+    patch_size : int or sequence of int
+        Patch size in the spatial dims (must fit in every stack).
+    length : int
+        Patches per epoch.
+    cell : int or sequence of int, optional
+        Cell size of the coarse grid (default: the patch size).
+    seed : int
+        Non-negative seed.
+    channels : int or sequence of int, optional
+        Channels of every patch.
+
+    Raises
+    ------
+    ValueError
+        If no mask has any foreground.
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        masks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        *,
+        cell: int | Sequence[int] | None = None,
+        seed: int = 0,
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        import dask
+        import dask.array as da
+
+        base = RandomSampler(stacks, patch_size, max(1, operator.index(length)), seed=seed, channels=channels)
+        check_pairs(stacks, masks, names=["stacks", "masks"])
+        self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
+        self.length = _check_seed("length", length)
+        self.seed = base.seed
+        ndim = len(self.patch_size)
+        self.cell = self.patch_size if cell is None else _int_tuple("cell", cell, ndim)
+        if any(c <= 0 for c in self.cell):
+            msg = f"cell {self.cell} must be positive in every dim"
+            raise PatchError(msg)
+        summaries = []
+        for m in masks:
+            fg = m.data[:, 0] > 0
+            pad = [(0, 0)] + [(0, -n % c) for n, c in zip(fg.shape[1:], self.cell, strict=True)]
+            fg = da.pad(fg, pad) if any(p for _, p in pad) else fg
+            summaries.append(da.coarsen(np.sum, fg, {1 + d: c for d, c in enumerate(self.cell)}))
+        counts = dask.compute(*summaries)
+        self.cell_counts = [np.asarray(c, dtype=np.int64) for c in counts]
+        self._cumulative = np.cumsum(np.concatenate([c.ravel() for c in self.cell_counts]))
+        if self._cumulative.size == 0 or self._cumulative[-1] == 0:
+            msg = "the masks have no foreground (no pixel > 0): nothing to sample"
+            raise ValueError(msg)
+        self._offsets = np.cumsum([0] + [c.size for c in self.cell_counts])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of ``index`` in ``epoch`` (see the class description)."""
+        i = self._check_index(index)
+        rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
+        flat = int(np.searchsorted(self._cumulative, rng.integers(int(self._cumulative[-1])), side="right"))
+        k = int(np.searchsorted(self._offsets, flat, side="right")) - 1
+        where = np.unravel_index(flat - int(self._offsets[k]), self.cell_counts[k].shape)
+        sample, cells = int(where[0]), [int(w) for w in where[1:]]
+        coords = []
+        for j, n, c, p in zip(cells, self.geometries[k].spatial_shape, self.cell, self.patch_size, strict=True):
+            lo, hi = j * c, min((j + 1) * c, n)
+            pixel = lo + int(rng.integers(hi - lo))
+            coords.append(min(max(pixel - p // 2, 0), n - p))
+        return PatchSpec(k, sample, self.channels, tuple(coords), self.patch_size)

@@ -1,0 +1,250 @@
+"""Tiled prediction: a grid of overlapping tiles and a stitcher that assembles their predictions.
+
+:class:`GridSampler` covers every pixel of every sample of every stack with
+tiles of one size, overlapping by at least ``overlap``; the last tile of a
+row is moved back so that it ends at the image's edge (tiles never leave an
+image at least as large as a tile). Each tile keeps, for stitching, only the
+part of it closest to its own centre: neighbours meet in the middle of their
+overlap, so the kept parts partition the image.
+
+:class:`Stitcher` writes each tile's kept part of a prediction into output
+arrays (numpy by default, or any array accepting slice assignment: a Zarr
+array, e.g. one written then as OME-Zarr) as tiles arrive, in any order.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..core.errors import PatchError, ShapeMismatchError
+from .samplers import PatchSpec, Sampler, StackGeometry, _int_tuple, geometry, resolve_channels
+
+__all__ = ["GridSampler", "Stitcher", "Tile", "tile_starts"]
+
+
+class Tile(NamedTuple):
+    """A grid tile and what stitching needs of it.
+
+    Attributes
+    ----------
+    spec : PatchSpec
+        The patch to read.
+    image_region : tuple of slice
+        Region of the image (spatial dims) this tile's prediction fills.
+    patch_region : tuple of slice
+        The same region in the tile's own coordinates.
+    """
+
+    spec: PatchSpec
+    image_region: tuple[slice, ...]
+    patch_region: tuple[slice, ...]
+
+
+def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Tiles along one dim: ``(start, keep_start, keep_stop)`` each, in image coordinates.
+
+    Parameters
+    ----------
+    extent : int
+        Length of the dim.
+    size : int
+        Tile length.
+    overlap : int
+        Minimum overlap of neighbouring tiles, ``0 <= overlap < size``.
+
+    Returns
+    -------
+    list of tuple of int
+        The kept ranges partition ``range(extent)``.
+    """
+    if size >= extent:
+        return [(0, 0, extent)]
+    step = size - overlap
+    starts = [*range(0, extent - size, step), extent - size]
+    if len(starts) > 1 and starts[-1] == starts[-2]:
+        starts.pop()
+    bounds = [0] + [(starts[j + 1] + starts[j] + size) // 2 for j in range(len(starts) - 1)] + [extent]
+    return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
+
+
+class GridSampler(Sampler):
+    """Overlapping tiles covering every pixel of every sample of every stack, in order.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks to tile.
+    patch_size : int or sequence of int
+        Tile size in the spatial dims. Along a dim shorter than the tile, one
+        tile starts at 0 and its overhang reads as zeros.
+    overlap : int or sequence of int
+        Minimum overlap of neighbouring tiles (``0 <= overlap < patch_size``).
+    channels : int or sequence of int, optional
+        Channels to read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import LazyImageStack
+    >>> grid = GridSampler([LazyImageStack(np.zeros((10, 10), np.uint8), "YX")], 6, overlap=2)
+    >>> len(grid), grid.spec(3).coords
+    (4, (4, 4))
+    """
+
+    def __init__(
+        self,
+        stacks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        *,
+        overlap: int | Sequence[int] = 0,
+        channels: int | Sequence[int] | None = None,
+    ) -> None:
+        if not stacks:
+            msg = "GridSampler needs at least one stack, got an empty sequence"
+            raise ValueError(msg)
+        self.geometries: list[StackGeometry] = [geometry(s) for s in stacks]
+        ndim = len(self.geometries[0].spatial_shape)
+        self.patch_size = _int_tuple("patch_size", patch_size, ndim)
+        self.overlap = _int_tuple("overlap", overlap, ndim)
+        if any(p <= 0 or not 0 <= o < p for p, o in zip(self.patch_size, self.overlap, strict=True)):
+            msg = f"overlap {self.overlap} must be >= 0 and smaller than the positive patch_size {self.patch_size}"
+            raise PatchError(msg)
+        self.channels = resolve_channels(channels, self.geometries, stacks)
+        self._axes: list[list[list[tuple[int, int, int]]]] = []
+        counts = []
+        for i, g in enumerate(self.geometries):
+            if len(g.spatial_shape) != ndim:
+                msg = f"stack {i} has {len(g.spatial_shape)} spatial dims; the grid has {ndim}"
+                raise PatchError(msg)
+            per_dim = [
+                tile_starts(n, p, o) for n, p, o in zip(g.spatial_shape, self.patch_size, self.overlap, strict=True)
+            ]
+            self._axes.append(per_dim)
+            counts.append(g.n_samples * math.prod(len(t) for t in per_dim))
+        self._offsets = np.cumsum([0, *counts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def tile(self, index: int) -> Tile:
+        """The tile of ``index``: its spec and the region it fills when stitched.
+
+        Parameters
+        ----------
+        index : int
+            In ``range(len(self))``.
+
+        Returns
+        -------
+        Tile
+        """
+        i = self._check_index(index)
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        rest = i - int(self._offsets[k])
+        per_dim = self._axes[k]
+        picks = []
+        for tiles in reversed(per_dim):  # last dim fastest
+            rest, j = divmod(rest, len(tiles))
+            picks.append(tiles[j])
+        picks.reverse()
+        coords = tuple(s for s, _, _ in picks)
+        image = tuple(slice(a, b) for _, a, b in picks)
+        patch = tuple(slice(a - s, b - s) for s, a, b in picks)
+        return Tile(PatchSpec(k, rest, self.channels, coords, self.patch_size), image, patch)
+
+    def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+        """The spec of tile ``index`` (every epoch alike)."""
+        return self.tile(index).spec
+
+
+class Stitcher:
+    """Assemble per-tile predictions of a :class:`GridSampler` into whole images.
+
+    Parameters
+    ----------
+    grid : GridSampler
+        The grid the tiles come from.
+    n_channels : int
+        Channels of a prediction (``C(Z)YX`` per tile).
+    out : sequence of array-like, optional
+        One output per stack, of shape ``(n_samples, n_channels, *spatial)``
+        and accepting slice assignment (numpy, Zarr ...). Default: new
+        ``float32`` numpy arrays.
+    dtype : numpy dtype
+        Dtype of the default outputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazystack import LazyImageStack
+    >>> image = np.arange(100, dtype=np.float32).reshape(10, 10)
+    >>> stack = LazyImageStack(image, "YX")
+    >>> grid = GridSampler([stack], 6, overlap=2)
+    >>> stitcher = Stitcher(grid, n_channels=1)
+    >>> for i in range(len(grid)):
+    ...     stitcher.add(i, stack.extract_patch(*grid.spec(i)[1:]))
+    >>> bool(np.array_equal(stitcher.outputs[0][0, 0], image)), stitcher.complete
+    (True, True)
+    """
+
+    def __init__(
+        self, grid: GridSampler, n_channels: int, *, out: Sequence[Any] | None = None, dtype: Any = np.float32
+    ) -> None:
+        self.grid = grid
+        self.n_channels = operator.index(n_channels)
+        shapes = [(g.n_samples, self.n_channels, *g.spatial_shape) for g in grid.geometries]
+        if out is None:
+            self.outputs: list[Any] = [np.zeros(s, dtype=dtype) for s in shapes]
+        else:
+            self.outputs = list(out)
+            if len(self.outputs) != len(shapes):
+                msg = f"out has {len(self.outputs)} array(s); the grid covers {len(shapes)} stack(s)"
+                raise ShapeMismatchError(msg)
+            for i, (o, s) in enumerate(zip(self.outputs, shapes, strict=True)):
+                if tuple(o.shape) != s:
+                    msg = f"out[{i}] has shape {tuple(o.shape)}; stack {i}'s predictions need {s}"
+                    raise ShapeMismatchError(msg)
+        self._added: set[int] = set()
+
+    def add(self, index: int, prediction: Any) -> None:
+        """Write the kept part of tile ``index``'s prediction.
+
+        Parameters
+        ----------
+        index : int
+            Tile index in the grid.
+        prediction : array-like
+            ``C(Z)YX`` of the tile's size (a torch tensor is converted with ``numpy()``).
+
+        Raises
+        ------
+        ShapeMismatchError
+            If the prediction's shape is not ``(n_channels, *patch_size)``.
+        """
+        tile = self.grid.tile(index)
+        if hasattr(prediction, "detach"):
+            prediction = prediction.detach().cpu().numpy()
+        pred = np.asarray(prediction)
+        expected = (self.n_channels, *tile.spec.patch_size)
+        if pred.shape != expected:
+            msg = f"prediction of tile {index} has shape {pred.shape}; expected {expected} (C(Z)YX)"
+            raise ShapeMismatchError(msg)
+        self.outputs[tile.spec.stack][(tile.spec.sample, slice(None), *tile.image_region)] = pred[
+            (slice(None), *tile.patch_region)
+        ]
+        self._added.add(int(index))
+
+    def add_batch(self, indices: Sequence[int], predictions: Any) -> None:
+        """:meth:`add` for each index and the matching prediction of a batch (``N C (Z)YX``)."""
+        for i, p in zip(indices, predictions, strict=True):
+            self.add(int(i), p)
+
+    @property
+    def complete(self) -> bool:
+        """True once every tile of the grid has been added."""
+        return len(self._added) == len(self.grid)
