@@ -28,6 +28,7 @@ from .core.errors import (
 )
 from .core.extensions import provided
 from .core.patch import patch_geometry
+from .core.units import format_sizes
 from .io.reader import Reader, as_reader, dask_chunks, read_numpy, reader_token
 
 if TYPE_CHECKING:
@@ -1053,16 +1054,22 @@ class LazyImageStack:
 
     @property
     def coords(self) -> dict[str, np.ndarray]:
-        """Coordinates of the view per original axis (channel names, physical positions)."""
+        """Coordinates of the view per original axis (channel names, physical positions).
+
+        A spatial axis with a physical pixel size gets positions ``index * size + translation``
+        (the OME-Zarr ``scale`` and ``translation``), in the unit of ``attrs["units"]`` when declared.
+        """
         coords: dict[str, np.ndarray] = {}
         sizes = self._attrs.get("physical_pixel_sizes") or {}
+        offsets = self._attrs.get("translation") or {}
         for axis, sel in zip(self._root.axes, self._selection, strict=True):
             if isinstance(sel, int):
                 continue
             if axis in self._coords:
                 coords[axis] = self._coords[axis][self._as_slice(sel)]
             elif axis in sizes and axis in "ZYX":
-                coords[axis] = np.arange(sel.start, sel.stop, sel.step, dtype=np.float64) * float(sizes[axis])
+                position = np.arange(sel.start, sel.stop, sel.step, dtype=np.float64) * float(sizes[axis])
+                coords[axis] = position + float(offsets.get(axis, 0.0))
         return coords
 
     @property
@@ -1077,7 +1084,16 @@ class LazyImageStack:
         }
         axes, shape = self._named()
         depth = self._attrs.get("depth_axis") or "Z"
-        coords = {depth if a == "Z" else a: v for a, v in self.coords.items() if a != "S" or "S" in axes}
+        units = self._attrs.get("units") or {}
+        sizes = self._attrs.get("physical_pixel_sizes") or {}
+        coords: dict[str, Any] = {}
+        for a, v in self.coords.items():
+            if a == "S" and "S" not in axes:
+                continue
+            name = depth if a == "Z" else a
+            # physical positions carry their unit (CF / pint convention: a "units" attribute)
+            physical = a in units and a in sizes and a not in self._coords
+            coords[name] = ((name,), v, {"units": str(units[a])}) if physical else v
         data = self._view_dask()
         return xr.DataArray(
             data if shape == data.shape else data.reshape(shape),
@@ -1150,7 +1166,7 @@ class LazyImageStack:
             if self._attrs.get(key) is not None:
                 facts.append((key, str(self._attrs[key])))
         if self.physical_pixel_sizes:
-            facts.append(("pixel sizes", str(self.physical_pixel_sizes)))
+            facts.append(("pixel size", format_sizes(self.physical_pixel_sizes, self._attrs.get("units"))))
         if self.channel_names:
             facts.append(("channels", ", ".join(self.channel_names)))
         if self.is_loaded:

@@ -100,7 +100,7 @@ def test_read_by_ngff_zarr(tmp_path: Path) -> None:
     [
         ("XYC", (40, 30, 3), "CYX"),
         ("YX", (33, 17), "YX"),
-        ("STCYX", (2, 3, 2, 16, 20), "TSCYX"),
+        ("CYXT", (2, 16, 20, 3), "TCYX"),
         ("ZCYXT", (4, 2, 24, 24, 3), "TCZYX"),
     ],
 )

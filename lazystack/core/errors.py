@@ -13,6 +13,7 @@ __all__ = [
     "AxesError",
     "ChannelIndexError",
     "LazyStackError",
+    "MetadataWarning",
     "MissingDependencyError",
     "PatchError",
     "SampleIndexError",
@@ -71,3 +72,11 @@ class UnsupportedSourceError(LazyStackError, ValueError):
 
 class MissingDependencyError(LazyStackError, ImportError):
     """An optional dependency (an extra of lazystack) is not installed."""
+
+
+class MetadataWarning(UserWarning):
+    """A source's metadata is odd but the pixels are still readable (e.g. a zero or negative pixel size).
+
+    The message names the file and the metadata field; the odd value is left out.
+    Turn these into errors with ``warnings.simplefilter("error", lazystack.MetadataWarning)``.
+    """

@@ -84,11 +84,12 @@ def _add_demo(sub: SubParsers) -> None:
 # -- shared source / axes parsing ---------------------------------------------------------
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, level_option: str = "--levels") -> None:
     """Add the source and axes arguments every data subcommand shares.
 
-    Adds positional ``SOURCE`` (one or more when ``many``), ``--axes`` and
-    ``--storage-option KEY=VALUE`` (repeatable, for remote Zarr stores).
+    Adds positional ``SOURCE`` (one or more when ``many``), ``--axes``,
+    ``--storage-option KEY=VALUE`` (repeatable, for remote Zarr stores) and
+    the resolution-level selection (``--levels``, stored as ``source_levels``).
     Read them back with :func:`resolve_stacks`.
 
     Parameters
@@ -97,6 +98,9 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True) 
         The subcommand's parser.
     many : bool
         Accept several sources.
+    level_option : str
+        Name of the level-selection option (``convert`` uses ``--input-levels``,
+        its ``--levels`` being the number of levels it writes).
     """
     parser.add_argument(
         "source",
@@ -117,6 +121,13 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True) 
         default=[],
         metavar="KEY=VALUE",
         help="fsspec storage option for remote Zarr stores (repeatable; VALUE parsed as JSON when it can be)",
+    )
+    parser.add_argument(
+        level_option,
+        dest="source_levels",
+        metavar="LEVELS",
+        help="resolution levels of multiscale images (OME-Zarr pyramids) to open: 'all', a level "
+        "(0 = full resolution) or a list like 0,2 (default all; stats and convert: the full resolution of each image)",
     )
 
 
@@ -255,7 +266,14 @@ def _axes_and_options(args: argparse.Namespace) -> tuple[str | None, dict[str, A
 
     axes = validate_axes(args.axes) if args.axes else None
     opts = _storage_options(getattr(args, "storage_option", []) or [])
-    return axes, ({"storage_options": opts} if opts else {})
+    load_opts: dict[str, Any] = {"storage_options": opts} if opts else {}
+    levels = getattr(args, "source_levels", None)
+    if levels is not None:
+        from ..core.levels import parse_levels
+
+        option = "--input-levels" if getattr(args, "command", None) == "convert" else "--levels"
+        load_opts["levels"] = parse_levels(levels, option)
+    return axes, load_opts
 
 
 def _error_text(exc: BaseException) -> str:
@@ -285,7 +303,7 @@ def _info_records(source: str, axes: str | None, load_opts: dict[str, Any]) -> t
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Describe every source it can; name each one that fails (exit 1 if any did)."""
-    from ..loading.stacklist import format_table, summary_row
+    from ..loading.stacklist import format_table, plate_map, summary_row
 
     axes, load_opts = _axes_and_options(args)  # a bad --axes or option fails every source: stop here
     records: list[dict[str, Any]] = []
@@ -315,6 +333,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
     elif records:
         print(format_table(summary_row(r) for r in records))
+        plates = plate_map(records)
+        if plates:
+            print("\n" + plates)
         if declared_any:
             print("\naxes as the files declare them (give --axes to override); disk = size of the whole file or store")
     for source, error in failures:

@@ -117,10 +117,10 @@ def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStac
     return stacks
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, level_option: str = "--levels") -> None:
     from .cli import add_source_arguments
 
-    add_source_arguments(p)
+    add_source_arguments(p, level_option=level_option)
     p.add_argument(
         "--scheduler",
         type=_scheduler_arg,
@@ -208,7 +208,7 @@ def add_convert_parser(sub: SubParsers) -> argparse.ArgumentParser:
         description="Write every stack of every source to an OME-Zarr 0.5 (Zarr v3) store with a multiscale "
         "pyramid: one image for one stack, a group of images (OUT/0, OUT/1 ...) for several.",
     )
-    _add_common(p)
+    _add_common(p, level_option="--input-levels")
     p.add_argument("--out", required=True, metavar="OUT.zarr", help="the OME-Zarr store to write (a folder)")
     p.add_argument(
         "--levels", type=int, default=3, metavar="N", help="resolution levels, full resolution included (default 3)"
@@ -261,6 +261,15 @@ def _format_table(stats: Any) -> str:
     return "\n".join(lines)
 
 
+def _level_note(n_left_out: int, option: str) -> str:
+    """The line saying that coarser pyramid levels were left out (empty when none were)."""
+    if not n_left_out:
+        return ""
+    return (
+        f"full resolution only: {n_left_out} stack(s) of coarser pyramid levels left out ({option} all to include them)"
+    )
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.stats import channel_statistics
 
@@ -272,23 +281,33 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             sample_fraction=args.sample_fraction,
             seed=args.seed,
             progress=not args.quiet,
+            # --levels chose what was opened: use all of it; else the full resolution of each image
+            levels="finest" if getattr(args, "source_levels", None) is None else "all",
         )
+    note = _level_note(stats.levels_left_out, "--levels")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(stats.to_dict(), f, indent=2)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:
-        print(f"{len(stacks)} stack(s), {stats.n_channels} channel(s)")
+        print(f"{stats.n_stacks} stack(s), {stats.n_channels} channel(s)")
         print(_format_table(stats))
+    if note:
+        print(note, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from ..core.levels import finest_levels
     from ..ops.writing import ome_axes, write_ome_zarr
 
     chunks = _parse_chunks(args.chunks)
     stacks = _open_sources(args)
+    left_out: list[Any] = []
+    if getattr(args, "source_levels", None) is None:
+        # convert builds its own pyramid: the full resolution of each image is what it needs
+        stacks, left_out = finest_levels(stacks)
     target: Any = stacks[0] if len(stacks) == 1 else stacks
     with scheduler(args.scheduler):
         path = write_ome_zarr(
@@ -301,8 +320,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})
-    what = "1 image" if len(stacks) == 1 else f"{len(stacks)} images (groups 0..{len(stacks) - 1})"
+    # a stack with several samples (S) is written as one image per sample
+    n = sum(int(s.axes_model.shape[s.axes_model.axes.index("S")]) if "S" in s.axes_model.axes else 1 for s in stacks)
+    what = "1 image" if n == 1 else f"{n} images (groups 0..{n - 1})"
     print(f"wrote {what} to {path} (axes {', '.join(axes)})")
+    note = _level_note(len(left_out), "--input-levels")
+    if note:
+        print(note)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ..core.axes import VALID_AXES, validate_axes
 from ..core.errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
+from ..core.levels import Levels, parse_levels, select_levels
 from ..io.reader import is_array_like
 from ..stack import LazyImageStack
 
@@ -34,6 +35,7 @@ ACCEPTED_EXTENSIONS: dict[str, Kind] = {
     ".zarr": "zarr",
     ".czi": "czi",
     ".npy": "npy",
+    ".zip": "zarr",  # a zipped Zarr / OME-Zarr store
 }
 
 #: URI schemes :func:`load` sends to :func:`lazystack.load_zarrs` (fsspec).
@@ -107,6 +109,10 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
         raise UnsupportedSourceError(msg)
     base, _ = _split_index(text)
     path = Path(base)
+    from ..sources.zarr import zip_archive_of
+
+    if not path.exists() and zip_archive_of(base) is not None:  # a node inside a zipped store
+        return "zarr"
     if _zarr_root_in(base):
         root = base[: base.lower().rfind(".zarr") + len(".zarr")]
         if not Path(root).exists():
@@ -138,7 +144,7 @@ def _as_sources(source: Any) -> list[Any]:
     raise UnsupportedSourceError(msg)
 
 
-def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImageStack]:
+def load(source: Any, axes: str | None = None, *, levels: Levels = None, **options: Any) -> list[LazyImageStack]:
     """Open any source lazily, choosing the loader from its extension or URI scheme.
 
     * ``.tif``, ``.tiff``, ``.btf``, ``.tf8`` (``path@N``: series ``N``): :func:`lazystack.load_tiffs`;
@@ -156,6 +162,12 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
     axes : str, optional
         Axes of every source (letters of ``STCZYX``). When omitted, the axes
         each file declares are used (see :func:`propose_axes`).
+    levels : None, "all", int, sequence of int or str
+        Resolution levels of multiscale images (OME-Zarr pyramids) to open,
+        0 = full resolution: None or ``"all"`` (default) for all of them,
+        one stack per level. Sources without a pyramid count as level 0
+        (they are left out when ``levels`` excludes 0). See
+        :func:`lazystack.load_zarrs` and :mod:`lazystack.core.levels`.
     **options
         Passed to the loader (``storage_options=`` for Zarr ...).
 
@@ -173,6 +185,8 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
         If a source is of no kind lazystack reads.
     AxesError
         If ``axes`` is invalid, or omitted for a source that declares none.
+    SelectionError
+        If ``levels`` is invalid.
 
     Examples
     --------
@@ -189,13 +203,14 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
 
     if axes is not None:
         axes = validate_axes(axes)
+    chosen = parse_levels(levels)
     stacks: list[LazyImageStack] = StackList()
     for item in _as_sources(source):
         if is_array_like(item):
             if axes is None:
                 msg = f"axes are required for an array of shape {tuple(item.shape)}: give letters of {VALID_AXES!r}"
                 raise AxesError(msg)
-            stacks.extend(loaders.load_arrays([item], axes, **options))
+            stacks.extend(select_levels(loaders.load_arrays([item], axes, **options), chosen))
             continue
         if not isinstance(item, (str, os.PathLike)):
             msg = f"expected a path, a URI or an array-like, got {type(item).__name__}: {item!r}"
@@ -210,7 +225,10 @@ def load(source: Any, axes: str | None = None, **options: Any) -> list[LazyImage
             )
             raise AxesError(msg)
         try:
-            stacks.extend(_dispatch(kind, text, item_axes, options))
+            if kind == "zarr":
+                stacks.extend(loaders.load_zarrs([text], item_axes, levels=chosen, **options))
+            else:
+                stacks.extend(select_levels(_dispatch(kind, text, item_axes, options), chosen))
         except MissingDependencyError:
             raise
         except ImportError as exc:

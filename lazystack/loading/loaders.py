@@ -16,6 +16,7 @@ from typing import Any
 
 from ..core.axes import validate_axes
 from ..core.errors import UnsupportedSourceError
+from ..core.levels import Levels, parse_levels
 from ..io.reader import OpenedSource, is_array_like
 from ..sources.array import as_reader
 from ..stack import LazyImageStack
@@ -230,6 +231,7 @@ def load_zarrs(
     axes: str,
     *,
     storage_options: Mapping[str, Any] | None = None,
+    levels: Levels = None,
 ) -> StackList:
     """Open Zarr / OME-Zarr arrays, local or remote, lazily.
 
@@ -245,16 +247,41 @@ def load_zarrs(
         Axes of each array (checked against OME-Zarr's own axes).
     storage_options : mapping, optional
         Passed to fsspec (credentials, timeouts ...).
+    levels : None, "all", int, sequence of int or str
+        Resolution levels of every OME-Zarr image to open (0 = full
+        resolution): None or ``"all"`` (default) for every level, ``0`` for
+        full resolution only, ``[0, 2]`` or ``"0,2"`` for those. Each level is
+        one stack (``stack.level``); a path to one level's array is opened as
+        given. See :mod:`lazystack.core.levels`.
 
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of :class:`LazyImageStack` with a table repr (the levels of
+        one image are shown grouped, see :meth:`StackList.images`).
+
+    Raises
+    ------
+    SelectionError
+        For an invalid ``levels``.
+    SourceNotFoundError
+        If a store, group or array does not exist, or an image has no level of ``levels``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from lazystack import load_arrays, write_ome_zarr
+    >>> (image,) = load_arrays([np.zeros((64, 64), np.uint8)], "YX")
+    >>> path = write_ome_zarr(image, os.path.join(tempfile.mkdtemp(), "x.ome.zarr"), levels=3)
+    >>> [s.level for s in load_zarrs(path, "YX")], [s.level for s in load_zarrs(path, "YX", levels=0)]
+    ([0, 1, 2], [0])
     """
     axes = validate_axes(axes)
     from ..sources import zarr as zarr_source
 
     opts = dict(storage_options or {})
+    chosen = parse_levels(levels)
     if zarr_source.is_store_path(source):
         items: list[Any] = [source]
     elif isinstance(source, Iterable) and not isinstance(source, (str, os.PathLike)):
@@ -263,7 +290,7 @@ def load_zarrs(
         items = [s if zarr_source.is_store_path(s) else paths.pop(0) for s in items]
     else:
         items = as_source_list(source, "Zarr paths, URIs or StorePaths")
-    return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts))
+    return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts, levels=chosen))
 
 
 def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:

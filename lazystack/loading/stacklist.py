@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.units import format_sizes
+
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
 
@@ -22,6 +24,7 @@ __all__ = [
     "StackList",
     "format_bytes",
     "format_table",
+    "plate_map",
     "source_disk_bytes",
     "stack_html",
     "stack_summary",
@@ -117,7 +120,8 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         ``source``, ``format``, ``original_axes``, ``original_shape``,
         ``canonical_axes``, ``canonical_shape``, ``dtype``, ``chunks``
         (first chunk's shape, canonical order), ``scene``, ``scene_name``,
-        ``series``, ``level``, ``physical_pixel_sizes``, ``channel_names``,
+        ``series``, ``level``, ``well`` and ``field`` (HCS plates), ``physical_pixel_sizes``, ``units`` (axis to
+        unit name, for the axes whose unit the source declares), ``channel_names``,
         ``memory_bytes`` and ``disk_bytes``.
     """
     return {
@@ -133,7 +137,11 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "scene_name": stack.scene_name,
         "series": stack.series,
         "level": stack.level,
+        "plate": stack.attrs.get("plate"),
+        "well": stack.attrs.get("well"),
+        "field": stack.attrs.get("field"),
         "physical_pixel_sizes": {a: float(v) for a, v in stack.physical_pixel_sizes.items()},
+        "units": {a: str(u) for a, u in (stack.attrs.get("units") or {}).items() if a in stack.physical_pixel_sizes},
         "channel_names": stack.channel_names,
         "memory_bytes": int(stack.nbytes),
         "disk_bytes": disk_bytes,
@@ -163,6 +171,8 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
         place.append(f"scene {summary['scene']}" + (f" ({name})" if name else ""))
     if summary.get("series") is not None:
         place.append(f"series {summary['series']}")
+    if summary.get("well") is not None:
+        place.append(f"well {summary['well']} field {summary.get('field')}")
     if summary.get("level") is not None:
         place.append(f"level {summary['level']}")
     sizes = summary.get("physical_pixel_sizes") or {}
@@ -175,7 +185,7 @@ def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
         "dtype": str(summary["dtype"]),
         "chunks": str(tuple(int(n) for n in summary["chunks"])),
         "scene/level": ", ".join(place) or "-",
-        "pixel size": ", ".join(f"{a}={sizes[a]:g}" for a in sorted(sizes, key="TZYX".find)) or "-",
+        "pixel size": format_sizes(sizes, summary.get("units"), sep="=") or "-",
         "channels": ", ".join(str(n) for n in names) if names else "-",
         "memory": format_bytes(summary.get("memory_bytes")),
         "disk": format_bytes(summary.get("disk_bytes")),
@@ -203,6 +213,50 @@ def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COL
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def plate_map(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """A text map of the wells of every HCS plate among the summaries: fields per well, ``.`` for none.
+
+    Parameters
+    ----------
+    summaries : iterable of mapping
+        :func:`stack_summary` records (those without ``well`` are ignored).
+
+    Returns
+    -------
+    str
+        One map per plate, or ``""`` when no record is a plate field.
+
+    Examples
+    --------
+    >>> records = [{"plate": "p", "well": w, "field": f} for w in ("A/1", "A/2", "B/2") for f in (0, 1)]
+    >>> print(plate_map(records))
+    plate p: 3 wells, fields per well
+       1  2
+    A  2  2
+    B  .  2
+    """
+    plates: dict[str, dict[tuple[str, str], set[Any]]] = {}
+    for r in summaries:
+        well = r.get("well")
+        if well is None:
+            continue
+        row, _, column = str(well).partition("/")
+        plates.setdefault(str(r.get("plate") or "-"), {}).setdefault((row, column), set()).add(r.get("field"))
+    blocks = []
+    for name, wells in plates.items():
+        rows = sorted({w[0] for w in wells}, key=lambda t: (len(t), t))
+        columns = sorted({w[1] for w in wells}, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
+        width = max(len(c) for c in columns + [str(len(f)) for f in wells.values()])
+        label = max(len(r) for r in rows)
+        lines = [f"plate {name}: {len(wells)} well{'s' if len(wells) != 1 else ''}, fields per well"]
+        lines.append(" " * label + "".join("  " + c.rjust(width) for c in columns))
+        for row in rows:
+            cells = [str(len(wells[(row, c)])) if (row, c) in wells else "." for c in columns]
+            lines.append(row.ljust(label) + "".join("  " + v.rjust(width) for v in cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index: bool = True) -> str:
@@ -272,22 +326,79 @@ class StackList(list):  # type: ignore[type-arg,unused-ignore]
     #: Rows shown before the table is cut (the rest is summarised in one line).
     max_rows = 50
 
+    def images(self) -> list[StackList]:
+        """The stacks grouped by image: the levels of one pyramid together, finest first.
+
+        A stack that is not one level of a multiscale image (``level`` None)
+        is an image of its own.
+
+        Returns
+        -------
+        list of StackList
+            One list per image, in the order the images first appear.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from lazystack import load_arrays, load_zarrs, write_ome_zarr
+        >>> (image,) = load_arrays([np.zeros((64, 64), np.uint8)], "YX")
+        >>> path = write_ome_zarr(image, os.path.join(tempfile.mkdtemp(), "x.ome.zarr"), levels=3)
+        >>> [[s.level for s in group] for group in load_zarrs(path, "YX").images()]
+        [[0, 1, 2]]
+        """
+        from ..core.levels import group_levels
+
+        return [StackList(group) for group in group_levels(self)]
+
+    def at_level(self, levels: Any = 0) -> StackList:
+        """The stacks at the given resolution level(s) (stacks without a pyramid count as level 0).
+
+        Parameters
+        ----------
+        levels : None, "all", int, sequence of int or str
+            As ``levels=`` of :func:`lazystack.load` (default: full resolution).
+
+        Returns
+        -------
+        StackList
+        """
+        from ..core.levels import select_levels
+
+        return StackList(select_levels(self, levels))
+
     def _rows(self) -> list[dict[str, str]]:
+        from ..core.levels import image_key
+
         disk: dict[str, int | None] = {}
         rows = []
+        previous: str | None = None
         for stack in self[: self.max_rows]:
             if not hasattr(stack, "data_shape") or not hasattr(stack, "axes_model"):
                 rows.append({"source": repr(stack)})
+                previous = None
                 continue
             key = str(stack.source)
             if key not in disk:
                 disk[key] = source_disk_bytes(key)
-            rows.append(summary_row(stack_summary(stack, disk_bytes=disk[key])))
+            row = summary_row(stack_summary(stack, disk_bytes=disk[key]))
+            image = image_key(stack) if stack.level is not None else None
+            if image is not None and image == previous:
+                # a further level of the image of the row above: shown under it
+                row["source"] = "  └ " + (key[len(image) :].lstrip("/") if key.startswith(image) else key)
+            rows.append(row)
+            previous = image
         return rows
 
     def _title(self) -> str:
         n = len(self)
-        return f"StackList of {n} stack{'s' if n != 1 else ''}"
+        title = f"StackList of {n} stack{'s' if n != 1 else ''}"
+        if any(getattr(s, "level", None) is not None for s in self):
+            groups = self.images()
+            pyramids = sum(1 for g in groups if len(g) > 1)
+            if pyramids:
+                title += f" ({len(groups)} image{'s' if len(groups) != 1 else ''}, levels of one image grouped)"
+        return title
 
     def __repr__(self) -> str:
         if not self:

@@ -55,6 +55,7 @@ from uuid import uuid4
 import numpy as np
 
 from ..core.errors import ShapeMismatchError, UnsupportedSourceError
+from ..core.levels import finest_levels, select_levels
 from ..stack import LazyImageStack
 from .progress import compute
 
@@ -86,6 +87,10 @@ class ChannelStatistics:
         The fraction of chunks read (None: all of them).
     n_stacks : int
         Number of stacks reduced.
+    levels_left_out : int
+        Number of stacks given but left out as coarser resolution levels of an
+        image whose finer level was given too (see ``levels`` of
+        :func:`channel_statistics`).
     """
 
     mean: np.ndarray
@@ -97,6 +102,7 @@ class ChannelStatistics:
     percentile_error: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sample_fraction: float | None = None
     n_stacks: int = 1
+    levels_left_out: int = 0
 
     @property
     def n_channels(self) -> int:
@@ -127,6 +133,7 @@ class ChannelStatistics:
         return {
             "n_channels": self.n_channels,
             "n_stacks": self.n_stacks,
+            "levels_left_out": self.levels_left_out,
             "sample_fraction": self.sample_fraction,
             "count": [int(v) for v in self.count],
             "mean": _floats(self.mean),
@@ -161,6 +168,7 @@ class ChannelStatistics:
             percentile_error=arr("percentile_error") if "percentile_error" in data else np.zeros(len(data["mean"])),
             sample_fraction=data.get("sample_fraction"),
             n_stacks=int(data.get("n_stacks", 1)),
+            levels_left_out=int(data.get("levels_left_out", 0)),
         )
 
     def __repr__(self) -> str:
@@ -495,6 +503,7 @@ def channel_statistics(
     progress: bool = False,
     bins: int = 65536,
     split_every: int = 8,
+    levels: Any = "finest",
 ) -> ChannelStatistics:
     """Per-channel mean, std, min, max, count and percentiles over stacks.
 
@@ -519,6 +528,14 @@ def channel_statistics(
         the error bound is ``(max - min) / bins``.
     split_every : int
         Partial results merged per task in the reduction tree.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels of multiscale images (OME-Zarr pyramids) to reduce.
+        ``"finest"`` (default): the finest level given of each image (full
+        resolution for a whole pyramid), so that the downsampled copies do not
+        bias the statistics; the number of stacks left out is
+        :attr:`ChannelStatistics.levels_left_out`. ``"all"``: every stack
+        given; an int or sequence: those levels (stacks without a pyramid
+        count as level 0). See :mod:`lazystack.core.levels`.
 
     Returns
     -------
@@ -553,8 +570,16 @@ def channel_statistics(
     >>> stats.percentile(50)
     array([31.5, 47.5, 63.5])
     """
-    items = _as_stack_list(stacks)
-    levels = _validate_options(percentiles, sample_fraction, bins)
+    given = _as_stack_list(stacks)
+    if isinstance(levels, str) and levels.lower() == "finest":
+        items, left_out = finest_levels(given)
+    else:
+        items = select_levels(given, levels)
+        left_out = [s for s in given if all(s is not k for k in items)]
+        if not items:
+            msg = f"channel_statistics: levels={levels!r} selects none of the {len(given)} stack(s) given"
+            raise ValueError(msg)
+    q_levels = _validate_options(percentiles, sample_fraction, bins)
     n_channels = _check_channels(items)
     dtypes = {np.dtype(s.data_dtype) for s in items}
     small_int = dtypes <= _SMALL_INT_KINDS
@@ -571,7 +596,7 @@ def channel_statistics(
 
     error = np.zeros(n_channels)
     values: dict[float, np.ndarray] = {}
-    if levels:
+    if q_levels:
         if small_int:
             hists = first["hist"]
             grids = [offset + np.arange(c.size, dtype=np.float64) for offset, c in hists]
@@ -593,11 +618,11 @@ def channel_statistics(
                     error[ch] = width
         table = np.array(
             [
-                _percentiles_from_counts(counts, grid, levels, lo[ch], hi[ch])
+                _percentiles_from_counts(counts, grid, q_levels, lo[ch], hi[ch])
                 for ch, ((_, counts), grid) in enumerate(zip(hists, grids, strict=True))
             ]
-        ).reshape(n_channels, len(levels))
-        values = {q: table[:, i].copy() for i, q in enumerate(levels)}
+        ).reshape(n_channels, len(q_levels))
+        values = {q: table[:, i].copy() for i, q in enumerate(q_levels)}
 
     return ChannelStatistics(
         mean=mean,
@@ -609,6 +634,7 @@ def channel_statistics(
         percentile_error=error,
         sample_fraction=sample_fraction,
         n_stacks=len(items),
+        levels_left_out=len(left_out),
     )
 
 

@@ -11,19 +11,27 @@ One stack becomes one OME-Zarr image::
     out.zarr/zarr.json          group, attributes["ome"] = {"version": "0.5", "multiscales": [...]}
     out.zarr/0, 1, 2 ...        one array per resolution level
 
-A list of stacks becomes a group of images in the ``bioformats2raw.layout``
-of the NGFF specification (``out.zarr/0``, ``out.zarr/1`` ... each an image
-as above; the root's ``attributes["ome"]`` holds ``"bioformats2raw.layout": 3``).
+A list of stacks, and a stack whose ``S`` axis has more than one sample
+(several positions, scenes, tiles ...), become a *collection*: a group of
+images in the ``bioformats2raw.layout`` of the NGFF specification
+(``out.zarr/0``, ``out.zarr/1`` ... each an image as above; the root's
+``attributes["ome"]`` holds ``"bioformats2raw.layout": 3``), one image per
+sample of every stack, in order (stack 0's samples first). Each image's
+multiscale ``metadata`` names where it comes from (``"source"``, and
+``"sample"`` for a sample of a stack with an ``S`` axis). lazystack, ome-zarr-py,
+bioio-ome-zarr and ngff-zarr open each image by its path ``out.zarr/N``;
+:func:`lazystack.load_zarrs` on ``out.zarr`` gives the levels of every image
+(``attrs["image"]`` is ``"N"``).
 
 Axes
 ----
-The image keeps the stack's axes, reordered as NGFF requires: ``T`` first,
-then ``S``, ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a ``"XYC"``
-stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S`` is not an
-NGFF axis type: it is written as an axis named ``"s"`` of the custom type
-``"sample"`` (ome-zarr-py and NGFF readers accept one custom axis; strictly,
-NGFF 0.5 allows a custom axis only when there is no channel axis). Open the
-result with ``load_zarrs(path, ome_axes(stack.axes_model.axes))``.
+The image keeps the stack's axes except ``S``, reordered as NGFF requires:
+``T`` first, then ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a
+``"XYC"`` stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S``
+is not an NGFF axis type and NGFF allows at most five axes: samples become
+separate images (see above), so every written image has at most the five axes
+``TCZYX`` and validates against NGFF 0.5. Open the result with
+``load_zarrs(path, ome_axes(stack.axes_model.axes))``.
 
 Pyramid
 -------
@@ -31,7 +39,11 @@ Level ``l`` halves (``downscale``) ``Y`` and ``X`` ``l`` times by a block
 mean (``dask.array.coarsen``; trailing rows/columns that do not fill a block
 are dropped; integer data is rounded back to its dtype); ``Z`` and the other
 axes are kept. ``scale`` metadata is the stack's physical pixel size (1 when
-unknown) times the factor, with the matching half-pixel ``translation``.
+unknown) times the factor, with the matching half-pixel ``translation`` added
+to the position of the stack's first pixel (its OME-Zarr ``translation`` and
+the offset of a view), so that the written image lies where the stack's
+xarray coordinates say. Units are the source's NGFF unit names when it declares
+them, else ``micrometer``.
 
 Crash safety
 ------------
@@ -66,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import UnsupportedSourceError
+from ..core.units import UNIT_SYMBOLS
 from .progress import compute
 
 if TYPE_CHECKING:
@@ -82,8 +95,8 @@ __all__ = [
     "write_ome_zarr",
 ]
 
-#: Order of axes in a written image (NGFF: time, then channel/custom, then space).
-NGFF_ORDER = "TSCZYX"
+#: Order of axes in a written image (NGFF: time, then channel, then space; samples become separate images).
+NGFF_ORDER = "TCZYX"
 _TYPES = {"T": "time", "S": "sample", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 _DEFAULT_CHUNKS = {"T": 1, "S": 1, "C": 1, "Z": 32, "Y": 512, "X": 512}
 
@@ -99,12 +112,13 @@ def ome_axes(axes: str) -> str:
     Returns
     -------
     str
-        The same letters in NGFF order (``T``, ``S``, ``C``, ``Z``, ``Y``, ``X``).
+        The same letters in NGFF order (``T``, ``C``, ``Z``, ``Y``, ``X``),
+        without ``S`` (each sample is an image of its own).
 
     Examples
     --------
-    >>> ome_axes("XYCT")
-    'TCYX'
+    >>> ome_axes("XYCT"), ome_axes("STCZYX")
+    ('TCYX', 'TCZYX')
     """
     upper = axes.upper()
     return "".join(a for a in NGFF_ORDER if a in upper)
@@ -129,7 +143,7 @@ def _target_chunks(written: str, shape: tuple[int, ...], chunks: Any) -> tuple[i
     elif isinstance(chunks, int) and not isinstance(chunks, bool):
         sizes = dict(_DEFAULT_CHUNKS, Y=chunks, X=chunks)
     elif isinstance(chunks, Mapping):
-        bad = [k for k in chunks if str(k).upper() not in written]
+        bad = [k for k in chunks if str(k).upper() not in written + "S"]  # S: one image per sample
         if bad:
             msg = f"chunks names axis {bad[0]!r}, which the written image (axes {written!r}) does not have"
             raise ValueError(msg)
@@ -172,39 +186,59 @@ def _pyramid(x: dask.array.Array, written: str, levels: int, downscale: int) -> 
     return out
 
 
-def _axes_metadata(written: str, sizes: Mapping[str, float]) -> list[dict[str, Any]]:
+def _axes_metadata(
+    written: str, sizes: Mapping[str, float], units: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     axes = []
     for a in written:
         entry: dict[str, Any] = {"name": a.lower(), "type": _TYPES[a]}
         if a in "ZYX" and a in sizes:
-            entry["unit"] = "micrometer"
+            # the source's own NGFF unit name when it declares one, else micrometres (TIFF, CZI)
+            unit = str((units or {}).get(a, "")).lower()
+            entry["unit"] = unit if unit in UNIT_SYMBOLS and unit != "micron" else "micrometer"
         axes.append(entry)
     return axes
 
 
-def _dataset_metadata(written: str, sizes: Mapping[str, float], level: int, downscale: int) -> dict[str, Any]:
+def _dataset_metadata(
+    written: str,
+    sizes: Mapping[str, float],
+    level: int,
+    downscale: int,
+    origin: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     scale, translation = [], []
+    origin = origin or {}
     for a in written:
         base = float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0
         factor = downscale**level if a in "YX" else 1
         scale.append(base * factor)
-        translation.append(base * (factor - 1) / 2)
+        translation.append(float(origin.get(a, 0.0)) + base * (factor - 1) / 2)
     transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if level > 0:
+    if level > 0 or any(translation):
         transforms.append({"type": "translation", "translation": translation})
     return {"path": str(level), "coordinateTransformations": transforms}
 
 
-def _image_metadata(stack: LazyImageStack, written: str, n_levels: int, downscale: int) -> dict[str, Any]:
+def _image_metadata(
+    stack: LazyImageStack, written: str, n_levels: int, downscale: int, sample: int | None = None
+) -> dict[str, Any]:
     sizes = stack.physical_pixel_sizes
+    # physical position of the first pixel (the source's translation, plus the offset of a view)
+    coords = stack.coords
+    first = {a: float(coords[a][0]) for a in "ZYX" if a in sizes and a in coords and len(coords[a])}
+    origin: dict[str, Any] = {"source": str(stack.source)}
+    if sample is not None:
+        origin["sample"] = sample
     multiscale: dict[str, Any] = {
-        "name": _image_name(stack),
-        "axes": _axes_metadata(written, sizes),
-        "datasets": [_dataset_metadata(written, sizes, level, downscale) for level in range(n_levels)],
+        "name": _image_name(stack) + ("" if sample is None else f" sample {sample}"),
+        "axes": _axes_metadata(written, sizes, stack.attrs.get("units")),
+        "datasets": [_dataset_metadata(written, sizes, level, downscale, first) for level in range(n_levels)],
         "type": "mean",
         "metadata": {
             "description": f"block mean over Y and X by a factor {downscale} per level (dask.array.coarsen)",
             "method": "lazystack.write_ome_zarr",
+            **origin,
         },
     }
     ome: dict[str, Any] = {"version": "0.5", "multiscales": [multiscale]}
@@ -217,6 +251,16 @@ def _image_metadata(stack: LazyImageStack, written: str, n_levels: int, downscal
 def _image_name(stack: LazyImageStack) -> str:
     text = str(stack.source).rstrip("/")
     return text.rsplit("/", 1)[-1] or text
+
+
+def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int | None]]:
+    """The images to write: (stack, sample index) per sample of a stack with ``S``, (stack, None) otherwise."""
+    out: list[tuple[LazyImageStack, int | None]] = []
+    for stack in stacks:
+        axes = stack.axes_model.axes
+        n = int(stack.axes_model.shape[axes.index("S")]) if "S" in axes else 0
+        out += [(stack, s) for s in range(n)] if n > 1 else [(stack, 0 if n == 1 else None)]
+    return out
 
 
 class _ViewReader:
@@ -233,9 +277,19 @@ class _ViewReader:
 
 
 def _plan_image(
-    group: Any, stack: LazyImageStack, *, chunks: Any, levels: int, downscale: int, compressors: Any
+    group: Any,
+    stack: LazyImageStack,
+    *,
+    chunks: Any,
+    levels: int,
+    downscale: int,
+    compressors: Any,
+    sample: int | None = None,
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata)."""
+    """Create one image's arrays in ``group``; return (dask sources, zarr targets, ome metadata).
+
+    ``sample``: the index along ``S`` of the image, for a stack with an ``S`` axis.
+    """
     import dask.array as da
     import zarr
 
@@ -247,13 +301,17 @@ def _plan_image(
     # dask chunks, which group many source chunks): reads stay the size of a written chunk
     x = da.from_array(
         _ViewReader(stack),
-        chunks=tuple(target_chunks[written.index(a)] for a in axes),
+        chunks=tuple(1 if a == "S" else target_chunks[written.index(a)] for a in axes),
         name=f"lazystack-write-{uuid.uuid4().hex}",
         meta=np.empty((0,) * len(axes), dtype=stack.data_dtype),
         asarray=True,
         fancy=False,
         lock=False,
-    ).transpose([axes.index(a) for a in written])
+    )
+    if "S" in axes:  # one image per sample: NGFF images have no sample axis
+        x = x[tuple(sample if a == "S" else slice(None) for a in axes)]
+        axes = axes.replace("S", "")
+    x = x.transpose([axes.index(a) for a in written])
     sources, targets = [], []
     for level, data in enumerate(_pyramid(x, written, levels, downscale)):
         level_chunks = tuple(min(c, n) for c, n in zip(target_chunks, data.shape, strict=True))
@@ -270,7 +328,8 @@ def _plan_image(
         )
         sources.append(data.rechunk(level_chunks))
         targets.append(array)
-    meta = _image_metadata(stack, written, len(sources), downscale)
+    many_samples = sample is not None and int(stack.axes_model.shape[stack.axes_model.axes.index("S")]) > 1
+    meta = _image_metadata(stack, written, len(sources), downscale, sample if many_samples else None)
     return sources, targets, meta
 
 
@@ -292,6 +351,8 @@ def write_ome_zarr(
     stacks : LazyImageStack or sequence of LazyImageStack
         One stack gives one image at ``path``; a sequence gives a group with
         one image per stack (``path/0``, ``path/1`` ...), even for one item.
+        A stack with several samples (``S`` axis) gives one image per sample
+        (a group, as for a sequence): NGFF images have at most five axes.
     path : str or os.PathLike
         Local folder to create (``.zarr`` by convention; ``file://`` accepted).
     chunks : None, int, dict or tuple
@@ -373,10 +434,18 @@ def write_ome_zarr(
         sources: list[Any] = []
         targets: list[Any] = []
         metadata: list[tuple[Any, dict[str, Any]]] = []
-        for i, stack in enumerate(items):
+        images = _images(items)
+        many = many or len(images) > 1
+        for i, (stack, sample) in enumerate(images):
             group = root.create_group(str(i)) if many else root
             src, tgt, meta = _plan_image(
-                group, stack, chunks=chunks, levels=levels, downscale=downscale, compressors=compressors
+                group,
+                stack,
+                chunks=chunks,
+                levels=levels,
+                downscale=downscale,
+                compressors=compressors,
+                sample=sample,
             )
             sources += src
             targets += tgt

@@ -749,6 +749,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
             "scene": scene,
             "scene_name": None if scene is None else info.scene_names.get(scene),
             "physical_pixel_sizes": dict(sizes),
+            "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
             "depth_axis": depth,
             "czi_dims": "".join(d for d, _ in info.order) + "YX",
             "czi_shape": (*(n for _, n in info.order), rect[3], rect[2]),

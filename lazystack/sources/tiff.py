@@ -87,6 +87,7 @@ import numpy as np
 
 from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
+from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
 from ..io.process import current_pid
@@ -972,10 +973,15 @@ def _metadata(tif: Any, series_index: int, series: Any, axes: str, shape: tuple[
             channel_names, sizes, units = _ome_metadata(tif.ome_metadata, series_index)
             if units:
                 attrs["physical_pixel_units"] = units
+                # the NGFF names of the units (what OME-Zarr stacks carry): xarray coordinates' "units"
+                attrs["units"] = {a: n for a, u in units.items() if (n := unit_name(u)) is not None}
         except Exception:
             channel_names, sizes = None, {}
     elif tif.is_imagej and tif.imagej_metadata is not None:
         sizes = _imagej_sizes(tif, series)
+        unit = unit_name(tif.imagej_metadata.get("unit"))
+        if sizes and unit is not None:
+            attrs["units"] = dict.fromkeys(sizes, unit)
         labels = tif.imagej_metadata.get("Labels")
         if isinstance(labels, list) and "C" in file_axes and len(labels) == shape[file_axes.index("C")]:
             channel_names = [str(x) for x in labels]

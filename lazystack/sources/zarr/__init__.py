@@ -13,6 +13,11 @@ OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
 multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
 :func:`lazystack.write_ome_zarr` writes for a list of stacks) gives every level of
 its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
+an HCS plate gives every level of every field of every well (attrs ``plate``,
+``well``, ``row``, ``column``, ``field``); a label image (``<image>/labels/<name>``)
+or the ``labels`` group of an image gives the label images' levels, with attrs
+``label_name`` and ``label_of`` (the URI of the image they label);
+``levels=`` selects resolution levels;
 a URI to an array gives that array alone (an
 OME-Zarr level keeps its level and scale metadata, found in the ancestor group
 that lists it).
@@ -28,6 +33,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +43,7 @@ import numpy as np
 
 from ...core.errors import (
     LazyStackError,
+    MetadataWarning,
     MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
@@ -131,6 +138,8 @@ class ZarrLocation:
         """URI of the node ``path`` (default: this location's node) that re-creates it."""
         path = self.path if path is None else path
         base = "file://" + self.root if self.is_local else self.root
+        if base.endswith("://"):  # the store is the root of a chained archive (zip://::file:///x.zip)
+            return base + path + self.chain
         full = base.rstrip("/") + ("/" + path if path else "")
         return full if self.is_local else full + self.chain
 
@@ -256,7 +265,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     cut = _split_at_store(parts)
     root = prefix + "/".join(parts[:cut])
     path = "/".join(p for p in parts[cut:] if p)
-    return ZarrLocation(protocol, root.rstrip("/") or root, path, sep + rest, opts)
+    root = root if root == prefix else root.rstrip("/")  # "zip://": a store at the archive's root
+    return ZarrLocation(protocol, root, path, sep + rest, opts)
 
 
 def is_store_path(source: Any) -> bool:
@@ -332,6 +342,41 @@ def _check_protocol(protocol: str, source: str) -> None:
         raise MissingDependencyError(msg) from exc
 
 
+def zip_archive_of(path: str) -> tuple[str, str] | None:
+    """Split a local path into a zip archive and a node path inside it, or None when no component is a zip file.
+
+    Parameters
+    ----------
+    path : str
+        A local path such as ``/data/image.ome.zarr.zip`` or ``/data/plate.zip/A/1/0``.
+
+    Returns
+    -------
+    tuple of (str, str) or None
+        Absolute path of the archive and the ``/``-separated path inside it.
+    """
+    import zipfile
+
+    full = os.path.abspath(os.path.expanduser(path))
+    parts = full.replace(os.sep, "/").split("/")
+    for i in range(1, len(parts) + 1):
+        candidate = "/".join(parts[:i]) or "/"
+        if os.path.isfile(candidate):
+            if candidate.lower().endswith(".zip") and zipfile.is_zipfile(candidate):
+                return candidate, "/".join(p for p in parts[i:] if p)
+            return None
+    return None
+
+
+def _zip_location(raw: str) -> ZarrLocation | None:
+    """A zipped store given by its local path: the ``zip://<inner>::file://<archive>`` location."""
+    found = zip_archive_of(raw)
+    if found is None:
+        return None
+    archive, inner = found
+    return ZarrLocation("zip", "zip://", inner, "::file://" + archive)
+
+
 def _parse_local(raw: str, source: str) -> ZarrLocation:
     candidates = [raw]
     if "%" in raw:
@@ -346,14 +391,16 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
         if os.path.exists(root):
             break
     assert location is not None  # candidates is never empty
+    zipped = _zip_location(raw)
+    if zipped is not None:
+        return zipped
     if not os.path.exists(location.root):
         msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
         raise SourceNotFoundError(msg)
     if not os.path.isdir(location.root):
         msg = (
             f"{location.root!r} is a file, not a Zarr store (source {source!r}): a Zarr store is a directory "
-            "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2); for a zipped store use a "
-            "zip://store.zarr::file:///path/archive.zip URI"
+            "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2), or a .zip archive of one"
         )
         raise SourceFormatError(msg)
     return location
@@ -882,18 +929,75 @@ def _translation_of(transforms: Any, ndim: int) -> list[float] | None:
     return None
 
 
+def _bad_metadata(where: str, field: str, problem: str) -> SourceFormatError:
+    return SourceFormatError(f"invalid OME-Zarr metadata in {where!r}: {field} {problem}")
+
+
+def _check_transforms(transforms: Any, axes: Sequence[str], where: str, field: str) -> None:
+    """Check the ``scale`` / ``translation`` of a ``coordinateTransformations`` list against the axes.
+
+    Structure errors (not a list, a value that is not a number, a length that is not the number of
+    axes) raise; a scale that is zero, negative or not finite warns (the stack then has no physical
+    size along that axis).
+    """
+    if transforms is None:
+        return
+    if not isinstance(transforms, list):
+        raise _bad_metadata(where, field, f"must be a list of transformations, got {transforms!r}")
+    for j, t in enumerate(transforms):
+        kind = t.get("type") if isinstance(t, Mapping) else None
+        if kind not in ("scale", "translation") or kind not in t:
+            continue  # other types ("identity", "path" ...) are not read
+        name = f"{field}[{j}].{kind}"
+        values = t[kind]
+        if not isinstance(values, list):
+            raise _bad_metadata(where, name, f"must be a list of {len(axes)} numbers, got {values!r}")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            raise _bad_metadata(where, name, f"= {values!r} holds {bad[0]!r}, which is not a number")
+        if len(values) != len(axes):
+            raise _bad_metadata(
+                where, name, f"= {values!r} has {len(values)} values for the {len(axes)} axes {list(axes)}"
+            )
+        odd = [(a, v) for a, v in zip(axes, values, strict=True) if not np.isfinite(v) or (kind == "scale" and v <= 0)]
+        if odd and kind == "scale":
+            warnings.warn(
+                f"OME-Zarr metadata in {where!r}: {name} = {values!r} is not a positive size along "
+                f"{', '.join(repr(a) for a, _ in odd)}; the physical pixel size along it is left out",
+                MetadataWarning,
+                stacklevel=2,
+            )
+        elif odd:
+            raise _bad_metadata(where, name, f"= {values!r} is not finite along {odd[0][0]!r}")
+
+
 def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale]:
     multiscales, holder, version = _ngff(attrs)
+    if "multiscales" in holder and not isinstance(holder["multiscales"], list):
+        got = holder.get("multiscales")
+        raise _bad_metadata(
+            where, "'multiscales'", f"must be a list of multiscale objects, got a {type(got).__name__}: {got!r:.200}"
+        )
     out = []
     omero = holder.get("omero") if isinstance(holder.get("omero"), Mapping) else attrs.get("omero")
     channel_names = None
     if isinstance(omero, Mapping) and isinstance(omero.get("channels"), list):
         labels = [c.get("label") if isinstance(c, Mapping) else None for c in omero["channels"]]
         channel_names = [str(lab) if lab is not None else str(i) for i, lab in enumerate(labels)]
-    for ms in multiscales:
-        if not isinstance(ms, Mapping) or not isinstance(ms.get("datasets"), list):
-            msg = f"invalid OME-Zarr metadata in {where!r}: a multiscale needs 'datasets', got {ms!r}"
-            raise SourceFormatError(msg)
+    for k, ms in enumerate(multiscales):
+        if not isinstance(ms, Mapping):
+            raise _bad_metadata(where, f"multiscales[{k}]", f"must be an object, got {ms!r:.200}")
+        if not isinstance(ms.get("datasets"), list):
+            raise _bad_metadata(
+                where,
+                f"multiscales[{k}].datasets",
+                f"must be a list of {{'path': ..., 'coordinateTransformations': ...}} objects, "
+                f"got {ms.get('datasets')!r:.200} (keys of the multiscale: {sorted(ms)})",
+            )
+        if not ms["datasets"]:
+            raise _bad_metadata(
+                where, f"multiscales[{k}].datasets", "is empty: an image needs at least one resolution level"
+            )
         axes = ms.get("axes")
         if axes is None:
             if str(ms.get("version", version)) not in ("0.1", "0.2"):
@@ -919,6 +1023,12 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 name = str(ax)
                 types.append(None)
             names.append(name)
+        _check_transforms(
+            ms.get("coordinateTransformations"), names, where, f"multiscales[{k}].coordinateTransformations"
+        )
+        for i, d in enumerate(ms["datasets"]):
+            field = f"multiscales[{k}].datasets[{i}].coordinateTransformations"
+            _check_transforms(d.get("coordinateTransformations"), names, where, field)
         out.append(
             _Multiscale(
                 version=version or str(ms.get("version", "")),
@@ -963,7 +1073,7 @@ def _level_source(
     tr = _translation_of(ds.get("coordinateTransformations"), len(ngff_axes))
     for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
-        if spatial and scale is not None:
+        if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
             sizes[letter] = scale[i]
         if spatial and tr is not None:
             translation[letter] = tr[i]
@@ -1000,20 +1110,36 @@ def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayRead
     return ZarrArrayReader(location, array)
 
 
-def _image_levels(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> Iterator[OpenedSource]:
+def _image_levels(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> Iterator[OpenedSource]:
     import zarr as zarr_lib
 
     for ms in _parse_multiscales(group.attrs.asdict(), location.uri()):
+        if levels is not None and levels[-1] >= len(ms.datasets):
+            msg = (
+                f"OME-Zarr image {location.uri()!r} has {len(ms.datasets)} resolution level(s) "
+                f"(0 to {len(ms.datasets) - 1}), not level {levels[-1]} asked for by levels={list(levels)}"
+            )
+            raise SourceNotFoundError(msg)
         for level, ds in enumerate(ms.datasets):
+            if levels is not None and level not in levels:
+                continue
             child = location.child(f"{location.path}/{str(ds['path']).strip('/')}")
             node = _open_node(child, store)
             if not isinstance(node, zarr_lib.Array):
                 msg = f"OME-Zarr level {level} of {location.uri()!r} at {child.uri()!r} is a group, not an array"
                 raise SourceFormatError(msg)
-            yield _level_source(ms, level, child, node, axes)
+            opened = _level_source(ms, level, child, node, axes)
+            opened.attrs["image_uri"] = location.uri()
+            yield opened
 
 
-def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int] | None:
+def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int, str] | None:
     """Find the multiscale (in an ancestor group) that lists the array at ``location``."""
     parts = [p for p in location.path.split("/") if p]
     for depth in range(len(parts) - 1, -1, -1):
@@ -1026,12 +1152,17 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int]
         for ms in _parse_multiscales(attrs, parent.uri()):
             for level, ds in enumerate(ms.datasets):
                 if str(ds["path"]).strip("/") == rel:
-                    return ms, level
+                    return ms, level, parent.uri()
     return None
 
 
 # -- entry point ------------------------------------------------------------------------------
-def open_zarr(path: Any, axes: str, storage_options: Mapping[str, Any] | None = None) -> list[OpenedSource]:
+def open_zarr(
+    path: Any,
+    axes: str,
+    storage_options: Mapping[str, Any] | None = None,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
     """Open a Zarr / OME-Zarr source: one :class:`OpenedSource` per stack.
 
     Parameters
@@ -1045,18 +1176,28 @@ def open_zarr(path: Any, axes: str, storage_options: Mapping[str, Any] | None = 
         fsspec options for remote stores (credentials, ``client_kwargs`` with an
         :class:`aiohttp.ClientTimeout` ...; :data:`DEFAULT_HTTP_TIMEOUT` otherwise),
         plus lazystack's ``retries`` and ``retry_backoff`` (:data:`RETRY_OPTIONS`).
+    levels : tuple of int, optional
+        Resolution levels to open of every OME-Zarr image (sorted, as
+        :func:`lazystack.core.levels.parse_levels` returns them); None for all.
+        A path to one array is opened whatever ``levels`` says (the path is
+        the selection).
 
     Returns
     -------
     list of OpenedSource
         A group: one per array at its first level, sorted by name; an OME-Zarr
-        image group: one per multiscale level, level 0 first; a ``bioformats2raw.layout``
-        group: the levels of image ``0``, then of image ``1`` ...; an array: itself.
+        image group: one per (selected) multiscale level, level 0 first; a
+        ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
+        ``1`` ...; an HCS plate: the levels of every field of every well, in the
+        plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
+        ``field``); an array: itself. Level stacks carry ``attrs["level"]`` and
+        ``attrs["image_uri"]`` (the image group's URI).
 
     Raises
     ------
     SourceNotFoundError
-        If the store, group or array does not exist (the message lists what is there).
+        If the store, group or array does not exist (the message lists what is there),
+        or an image has no level of ``levels``.
     SourceFormatError
         If the path is not a Zarr store, a group has no arrays, or metadata is invalid.
     ShapeMismatchError
@@ -1076,16 +1217,25 @@ def open_zarr(path: Any, axes: str, storage_options: Mapping[str, Any] | None = 
     if isinstance(node, zarr_lib.Array):
         found = _find_level(location, store) if location.path else None
         if found is not None:
-            ms, level = found
-            return [_level_source(ms, level, location, node, axes)]
+            ms, level, image_uri = found
+            opened = _level_source(ms, level, location, node, axes)
+            opened.attrs["image_uri"] = image_uri
+            return [opened]
         return [_plain_source(location, node, axes)]
     attrs = node.attrs.asdict()
     if _ngff(attrs)[0]:
-        levels = list(_image_levels(node, location, axes, store))
-        if levels:
-            return levels
+        found_levels = list(_image_levels(node, location, axes, store, levels))
+        if found_levels:
+            if "image-label" in _ome_holder(attrs):
+                _link_label(found_levels, location)
+            return found_levels
+    label_names = _ome_holder(attrs).get("labels")
+    if isinstance(label_names, list) and label_names:
+        return _labels(label_names, location, axes, store, levels)
+    if _plate_of(attrs) is not None:
+        return _plate_fields(node, location, axes, store, levels)
     if _is_bioformats2raw(attrs):
-        return _layout_images(node, location, axes, store)
+        return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
     if not arrays:
         msg = (
@@ -1095,6 +1245,101 @@ def open_zarr(path: Any, axes: str, storage_options: Mapping[str, Any] | None = 
         )
         raise SourceFormatError(msg)
     return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+
+
+def _ome_holder(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The dict holding NGFF keys: ``attrs["ome"]`` (0.5) or the attrs themselves (0.4)."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, Mapping) else attrs
+
+
+def _link_label(opened: list[OpenedSource], location: ZarrLocation) -> None:
+    """Mark the level stacks of a label image (``<image>/labels/<name>``) with their name and image."""
+    parts = [p for p in location.path.split("/") if p]
+    name = parts[-1] if parts else location.root.rsplit("/", 1)[-1]
+    image = location.child("/".join(parts[:-2])).uri() if len(parts) >= 2 and parts[-2] == "labels" else None
+    for o in opened:
+        o.attrs["label_name"] = name
+        if image is not None:
+            o.attrs["label_of"] = image
+
+
+def _labels(
+    names: list[Any], location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
+) -> list[OpenedSource]:
+    """The level stacks of every label image listed by a ``labels`` group, in its order."""
+    import zarr as zarr_lib
+
+    out: list[OpenedSource] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip("/"):
+            raise _bad_metadata(location.uri(), f"labels[{i}]", f"must name a label image, got {name!r}")
+        child = location.child(f"{location.path}/{name.strip('/')}")
+        node = _try_group(child, store)
+        if not isinstance(node, zarr_lib.Group) or not _ngff(node.attrs.asdict())[0]:
+            msg = f"label {name!r} listed by {location.uri()!r} is not an OME-Zarr image at {child.uri()!r}"
+            raise SourceNotFoundError(msg)
+        found = list(_image_levels(node, child, axes, store, levels))
+        _link_label(found, child)
+        out += found
+    return out
+
+
+def _plate_of(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    plate = _ome_holder(attrs).get("plate")
+    return plate if isinstance(plate, Mapping) else None
+
+
+def _plate_fields(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
+    """Every (selected) level of every field of every well of an HCS plate, in the plate's well order.
+
+    Each stack's attrs name the ``plate``, ``well`` (``"A/1"``), ``row``, ``column`` and ``field``
+    (index in the well); its source URI is ``<plate>/<row>/<column>/<field>/<level path>``.
+    """
+    where = location.uri()
+    plate = _plate_of(group.attrs.asdict()) or {}
+    wells = plate.get("wells")
+    if not isinstance(wells, list) or not wells:
+        raise _bad_metadata(
+            where, "plate.wells", f"must be a non-empty list of {{'path': 'A/1', ...}}, got {wells!r:.200}"
+        )
+    plate_name = str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+    out: list[OpenedSource] = []
+    for i, well in enumerate(wells):
+        well_path = well.get("path") if isinstance(well, Mapping) else None
+        if not isinstance(well_path, str) or not well_path.strip("/"):
+            raise _bad_metadata(where, f"plate.wells[{i}]", f"needs a 'path' like 'A/1', got {well!r:.200}")
+        well_path = well_path.strip("/")
+        well_loc = location.child(f"{location.path}/{well_path}")
+        well_group = _try_group(well_loc, store)
+        if well_group is None:
+            msg = f"well {well_path!r} listed in the plate metadata of {where!r} is not a group at {well_loc.uri()!r}"
+            raise SourceNotFoundError(msg)
+        images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
+        if not isinstance(images, list):
+            raise _bad_metadata(
+                well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}"
+            )
+        row, _, column = well_path.partition("/")
+        for f, image in enumerate(images):
+            image_path = image.get("path") if isinstance(image, Mapping) else None
+            if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
+                raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
+            field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
+            field_group = _try_group(field_loc, store)
+            if field_group is None:
+                msg = f"field {image_path!r} of well {well_path!r} of {where!r} is not a group at {field_loc.uri()!r}"
+                raise SourceNotFoundError(msg)
+            for opened in _image_levels(field_group, field_loc, axes, store, levels):
+                opened.attrs.update(plate=plate_name, well=well_path, row=row, column=column, field=f)
+                out.append(opened)
+    return out
 
 
 def _is_bioformats2raw(attrs: Mapping[str, Any]) -> bool:
@@ -1113,7 +1358,13 @@ def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) ->
     return sorted((n for n in names if n.isdigit()), key=int)
 
 
-def _layout_images(group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store) -> list[OpenedSource]:
+def _layout_images(
+    group: zarr_lib.Group,
+    location: ZarrLocation,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None = None,
+) -> list[OpenedSource]:
     """Every level of every image of a ``bioformats2raw.layout`` group (image 0's levels first)."""
     out: list[OpenedSource] = []
     for name in _image_names(group, location, store):
@@ -1121,7 +1372,7 @@ def _layout_images(group: zarr_lib.Group, location: ZarrLocation, axes: str, sto
         image = _try_group(child, store)
         if image is None or not _ngff(image.attrs.asdict())[0]:
             continue  # e.g. a plate or label group: not an image
-        for opened in _image_levels(image, child, axes, store):
+        for opened in _image_levels(image, child, axes, store, levels):
             opened.attrs["image"] = name
             out.append(opened)
     if not out:

@@ -58,6 +58,9 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
         declared = _multiscale_axes(node.attrs)
         if declared is not None:
             return declared
+        first = _first_image(node)  # a plate or a bioformats2raw collection: the axes of its first image
+        if first is not None:
+            return _multiscale_axes(first.attrs)
         proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
         return proposals.pop() if len(proposals) == 1 else None
     # an array: the multiscales of the nearest ancestor group that has them, else its own dimension names
@@ -106,3 +109,22 @@ def _array_dim_axes(array: Any) -> str | None:
     if not names or any(not isinstance(n, str) or len(n) != 1 for n in names):
         return None
     return axes_or_none("".join(names))
+
+
+def _first_image(group: Any) -> Any:
+    """The first image of a plate (first well, first field), a bioformats2raw layout or a labels group, or None."""
+    holder = group.attrs.get("ome") if isinstance(group.attrs.get("ome"), dict) else group.attrs
+    try:
+        plate = holder.get("plate")
+        if isinstance(plate, dict):
+            well = group[str(plate["wells"][0]["path"]).strip("/")]
+            well_holder = well.attrs.get("ome") if isinstance(well.attrs.get("ome"), dict) else well.attrs
+            return well[str(well_holder["well"]["images"][0]["path"]).strip("/")]
+        if "bioformats2raw.layout" in holder:
+            return group["0"]
+        labels = holder.get("labels")
+        if isinstance(labels, list) and labels:
+            return group[str(labels[0]).strip("/")]
+    except Exception:  # metadata that does not lead to an image: no proposal (opening it says why)
+        return None
+    return None
