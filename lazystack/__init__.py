@@ -1,7 +1,7 @@
 """lazystack: lazy, Dask-backed access to microscopy image stacks.
 
 A loader turns a source (arrays, TIFF, Zarr / OME-Zarr, CZI, custom files)
-and an axes string into a list of :class:`LazyImageStack`. A stack is a view:
+and an axes string into a list of [`LazyImageStack`][LazyImageStack]. A stack is a view:
 ``extract_patch`` reads only the region asked for, ``stack.data`` is a dask
 array in canonical ``SC(Z)YX`` order and ``stack.xarray`` a labelled one.
 

@@ -1,7 +1,7 @@
 """The image-stack protocol and lazystack's one concrete lazy stack class.
 
-:class:`LazyImageStack` wraps one *reader* (the contract of
-:mod:`lazystack.io.reader`) over the source's original axes. It knows the
+[`LazyImageStack`][LazyImageStack] wraps one *reader* (the contract of
+`lazystack.io.reader`) over the source's original axes. It knows the
 axes model and nothing about formats: every loader returns it. Every read
 takes one path: a cache-only read (``read_cached``), else a region read in
 the stored dtype (``read_region``); the ``float32`` patch is made here.
@@ -67,7 +67,7 @@ class ImageStack(Protocol):
 
     @property
     def original_data_shape(self) -> Sequence[int]:
-        """Shape of the source in :attr:`original_axes` order."""
+        """Shape of the source in [`original_axes`][original_axes] order."""
         ...
 
     def extract_patch(
@@ -107,7 +107,7 @@ _SEQUENCES = (tuple, list, np.ndarray)
 
 
 class _FastPlan(NamedTuple):
-    """Precomputed per view for :meth:`LazyImageStack._extract_inside`."""
+    """Precomputed per view for [`LazyImageStack._extract_inside()`][LazyImageStack._extract_inside]."""
 
     template: list[slice]  # a key over the root axes, every channel selected
     s_pos: int | None  # positions of S, T and the spatial axes in that key
@@ -124,7 +124,7 @@ class _FastPlan(NamedTuple):
 
 
 class PatchPlan(NamedTuple):
-    """What one patch request reads (:meth:`LazyImageStack.plan_patch`).
+    """What one patch request reads ([`LazyImageStack.plan_patch()`][LazyImageStack.plan_patch]).
 
     Attributes
     ----------
@@ -134,7 +134,7 @@ class PatchPlan(NamedTuple):
     size : list of int or None
         The patch's spatial size when the patch is exactly ``region`` cast
         to ``float32`` (every channel, wholly inside an identity view):
-        :meth:`LazyImageStack.patch_from_region` makes it. None otherwise.
+        [`LazyImageStack.patch_from_region()`][LazyImageStack.patch_from_region] makes it. None otherwise.
     """
 
     region: tuple[slice, ...] | None
@@ -146,21 +146,21 @@ class LazyImageStack:
 
     Creating a stack reads nothing but metadata. ``extract_patch`` reads
     only the region a patch overlaps, straight from the chunk reader (never
-    through the dask scheduler); :attr:`data` and :attr:`xarray` are dask-backed
+    through the dask scheduler); [`data`][data] and [`xarray`][xarray] are dask-backed
     views whose chunks are whole numbers of the source's own chunks, merged
     to about dask's ``array.chunk-size`` (so the number of tasks depends on
     the data's size, not on how finely the source is chunked).
 
-    Stacks are normally made by a loader (:func:`lazystack.load_arrays`,
-    :func:`lazystack.load_tiffs` ...), not directly.
+    Stacks are normally made by a loader ([`lazystack.load_arrays()`][lazystack.load_arrays],
+    [`lazystack.load_tiffs()`][lazystack.load_tiffs] ...), not directly.
 
     Parameters
     ----------
     reader : Reader or array-like
-        Reader over the source's original axes (:mod:`lazystack.io.reader`),
+        Reader over the source's original axes (`lazystack.io.reader`),
         or anything with ``shape``, ``dtype`` and ``__getitem__`` (numpy,
         dask, zarr, h5py arrays, ``np.memmap``), adapted here once into an
-        :class:`~lazystack.io.reader.ArrayReader`.
+        `ArrayReader`.
     axes : str
         Axes of ``reader`` (letters of ``STCZYX``, ``Y`` and ``X`` required).
     source : str, optional
@@ -173,7 +173,7 @@ class LazyImageStack:
     attrs : mapping, optional
         Metadata: ``physical_pixel_sizes`` (dict axis -> size), ``scene``,
         ``scene_name``, ``level``, ``series`` ... Three keys name the
-        source's real dimensions in :attr:`original_axes` (a CZI's, as
+        source's real dimensions in [`original_axes`][original_axes] (a CZI's, as
         CAREamics does): ``sample_dims`` (a string) and ``sample_shape`` (their
         sizes, whose product is the size of ``S``) replace a whole ``S`` axis
         by the dimensions merged into it, outer to inner; ``depth_axis``
@@ -246,7 +246,7 @@ class LazyImageStack:
         self._fast = self._fast_plan()
 
     def _fast_plan(self) -> _FastPlan | None:
-        """What the fast path of :meth:`extract_patch` needs, for an identity view (else None)."""
+        """What the fast path of [`extract_patch()`][extract_patch] needs, for an identity view (else None)."""
         if not self._identity:
             return None
         model = self._model
@@ -269,7 +269,7 @@ class LazyImageStack:
         )
 
     def _extract_inside(self, sample_idx: Any, coords: Any, patch_size: Any) -> NDArray[np.float32] | None:
-        """:meth:`extract_patch` with every channel for a patch wholly inside the image, else None.
+        """[`extract_patch()`][extract_patch] with every channel for a patch wholly inside the image, else None.
 
         The common request of a training loop, served with the least work:
         one key, one read, one cast. Anything unusual (a view, a channel
@@ -300,7 +300,8 @@ class LazyImageStack:
     def _inside_region(
         self, sample_idx: Any, coords: Any, patch_size: Any
     ) -> tuple[tuple[slice, ...], list[int]] | None:
-        """The reader region and patch size of a fast-path request (see :meth:`_extract_inside`), else None."""
+        """The reader region and patch size of a fast-path request (see [`_extract_inside()`][_extract_inside]),
+        else None."""
         fast = self._fast
         if fast is None or self._memory is not None:
             return None
@@ -336,7 +337,8 @@ class LazyImageStack:
         return tuple(key), size
 
     def _finish_inside(self, block: np.ndarray, size: list[int], *, fresh: bool = False) -> NDArray[np.float32] | None:
-        """The ``float32`` ``C(Z)YX`` patch from the block read for :meth:`_inside_region` (None: wrong shape).
+        """The ``float32`` ``C(Z)YX`` patch from the block read for [`_inside_region()`][_inside_region] (None:
+        wrong shape).
 
         ``fresh``: ``block`` is a new array nobody else holds, returned as the
         patch itself when it is already ``float32`` in the right layout (else
@@ -398,17 +400,17 @@ class LazyImageStack:
     def original_axes(self) -> str:
         """Axes of this stack (of the view, for a view) in the source's order.
 
-        These are the letters of :attr:`axes_model` unless the source names
+        These are the letters of [`axes_model`][axes_model] unless the source names
         its real dimensions (a CZI: ``S`` replaced by the dimensions merged
         into it, the ``Z`` slot named by the depth axis, as CAREamics
-        reports them; see :mod:`lazystack.sources.czi`). A view that keeps
+        reports them; see `lazystack.sources.czi`). A view that keeps
         part of ``S`` shows it as ``S``.
         """
         return self._named()[0]
 
     @property
     def original_data_shape(self) -> tuple[int, ...]:
-        """Shape in :attr:`original_axes` order."""
+        """Shape in [`original_axes`][original_axes] order."""
         return self._named()[1]
 
     def _merged(self) -> tuple[str, tuple[int, ...]] | None:
@@ -420,7 +422,8 @@ class LazyImageStack:
         return (dims, shape) if math.prod(shape) == self._root.size("S") else None
 
     def _named(self) -> tuple[str, tuple[int, ...]]:
-        """:attr:`original_axes` and :attr:`original_data_shape`: the model's, with the source's dimension names.
+        """[`original_axes`][original_axes] and [`original_data_shape`][original_data_shape]: the model's, with the
+        source's dimension names.
 
         ``S`` is replaced by the merged dimensions when the view keeps all of
         it, or when at most one of them has a size above 1 (``S`` then is
@@ -449,7 +452,8 @@ class LazyImageStack:
         return "".join(axes), tuple(shape)
 
     def _model_axis(self, name: str) -> str:
-        """The letter of :attr:`axes_model` that :meth:`isel` selects for an :attr:`original_axes` name.
+        """The letter of [`axes_model`][axes_model] that [`isel()`][isel] selects for an
+        [`original_axes`][original_axes] name.
 
         Of the dimensions merged into ``S``, the one above size 1 (the first
         when all have size 1) stands for ``S``; when several are above size 1
@@ -480,7 +484,7 @@ class LazyImageStack:
 
     @property
     def axes_model(self) -> AxesModel:
-        """The :class:`~lazystack.AxesModel` of this stack (view)."""
+        """The [`AxesModel`][lazystack.AxesModel] of this stack (view)."""
         return self._model
 
     @property
@@ -537,7 +541,7 @@ class LazyImageStack:
 
     @property
     def reader(self) -> Reader:
-        """The reader over the source's original (unviewed) axes (see :mod:`lazystack.io.reader`)."""
+        """The reader over the source's original (unviewed) axes (see `lazystack.io.reader`)."""
         return self._reader
 
     @property
@@ -654,13 +658,13 @@ class LazyImageStack:
         return out[stride] if stride is not None else out
 
     def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read a region of this stack (view) in :attr:`axes_model` order, in the stored dtype.
+        """Read a region of this stack (view) in [`axes_model`][axes_model] order, in the stored dtype.
 
         Parameters
         ----------
         key : tuple of int or slice
             One ``int`` or step-1 ``slice`` (explicit ``start`` and ``stop``)
-            per axis of :attr:`axes_model`, inside the bounds; an int drops
+            per axis of [`axes_model`][axes_model], inside the bounds; an int drops
             its axis.
 
         Returns
@@ -706,12 +710,12 @@ class LazyImageStack:
         coords: Sequence[int],
         patch_size: Sequence[int],
     ) -> PatchPlan:
-        """The reader region one :meth:`extract_patch` request reads, validated as it validates it.
+        """The reader region one [`extract_patch()`][extract_patch] request reads, validated as it validates it.
 
         Parameters
         ----------
         sample_idx, channels, coords, patch_size
-            As for :meth:`extract_patch`.
+            As for [`extract_patch()`][extract_patch].
 
         Returns
         -------
@@ -722,7 +726,7 @@ class LazyImageStack:
         Raises
         ------
         SampleIndexError, ChannelIndexError, PatchError
-            As :meth:`extract_patch` raises them.
+            As [`extract_patch()`][extract_patch] raises them.
         """
         if channels is None:
             inside = self._inside_region(sample_idx, coords, patch_size)
@@ -739,7 +743,7 @@ class LazyImageStack:
         return PatchPlan(tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key), None)
 
     def patch_from_region(self, block: np.ndarray, size: Sequence[int]) -> NDArray[np.float32] | None:
-        """The patch of a :class:`PatchPlan` with a ``size``, from its region's data (None: wrong size).
+        """The patch of a `PatchPlan` with a ``size``, from its region's data (None: wrong size).
 
         Parameters
         ----------
@@ -752,7 +756,7 @@ class LazyImageStack:
         Returns
         -------
         numpy.ndarray or None
-            The ``float32`` ``C(Z)YX`` patch, as :meth:`extract_patch`
+            The ``float32`` ``C(Z)YX`` patch, as [`extract_patch()`][extract_patch]
             returns it.
         """
         return self._finish_inside(block, list(size), fresh=True)
@@ -766,7 +770,7 @@ class LazyImageStack:
         Parameters
         ----------
         reader : Reader
-            Over the same (root) axes, shape and dtype as :attr:`reader`.
+            Over the same (root) axes, shape and dtype as `reader`.
 
         Returns
         -------
@@ -775,7 +779,7 @@ class LazyImageStack:
         Raises
         ------
         ShapeMismatchError
-            If ``reader``'s shape differs from :attr:`reader`'s.
+            If ``reader``'s shape differs from `reader`'s.
         """
         if tuple(reader.shape) != self._root.shape:
             msg = f"with_reader: the reader's shape {tuple(reader.shape)} is not the stack's {self._root.shape}"
@@ -791,18 +795,18 @@ class LazyImageStack:
         ----------
         requests : sequence of tuple
             ``(sample_idx, channels, coords, patch_size)`` per patch, as for
-            :meth:`extract_patch`.
+            [`extract_patch()`][extract_patch].
 
         Returns
         -------
         list of numpy.ndarray
-            The same arrays as one :meth:`extract_patch` call per request.
+            The same arrays as one [`extract_patch()`][extract_patch] call per request.
 
         Notes
         -----
-        :func:`lazystack.extract_patches` (the operations layer) does the
+        [`lazystack.extract_patches()`][lazystack.extract_patches] (the operations layer) does the
         work, for patches of several stacks too; see
-        :mod:`lazystack.core.extensions` for how the method reaches it.
+        `lazystack.core.extensions` for how the method reaches it.
         """
         return provided("extract_patches")([(self, *r) for r in requests])
 
@@ -812,9 +816,9 @@ class LazyImageStack:
         Parameters
         ----------
         stats : ChannelStatistics
-            From :func:`lazystack.channel_statistics`.
+            From [`lazystack.channel_statistics()`][lazystack.channel_statistics].
         **options
-            Passed to :func:`lazystack.normalized` (``method=`` ...).
+            Passed to [`lazystack.normalized()`][lazystack.normalized] (``method=`` ...).
 
         Returns
         -------
@@ -824,7 +828,7 @@ class LazyImageStack:
         Notes
         -----
         The same as ``lazystack.normalized(stack, stats, **options)`` (the
-        operations layer; see :mod:`lazystack.core.extensions`).
+        operations layer; see `lazystack.core.extensions`).
         """
         return provided("normalized")(self, stats, **options)
 
@@ -834,18 +838,18 @@ class LazyImageStack:
         Parameters
         ----------
         **options
-            Passed to :func:`lazystack.show` (``sample=``, ``channel=``,
+            Passed to [`lazystack.show()`][lazystack.show] (``sample=``, ``channel=``,
             ``z=``, ``max_size=``, ``ax=``).
 
         Returns
         -------
         matplotlib object
-            What :func:`lazystack.show` returns.
+            What [`lazystack.show()`][lazystack.show] returns.
 
         Notes
         -----
         The same as ``lazystack.show(stack, **options)`` (the front-end
-        layer; see :mod:`lazystack.core.extensions`).
+        layer; see `lazystack.core.extensions`).
         """
         return provided("show")(self, **options)
 
@@ -856,7 +860,7 @@ class LazyImageStack:
         Parameters
         ----------
         **indexers : int or slice
-            One keyword per axis of :attr:`original_axes` (either case). An
+            One keyword per axis of [`original_axes`][original_axes] (either case). An
             int drops the axis; a slice (positive step) keeps it. Of the
             dimensions a CZI merges into ``S``, the one above size 1 selects
             samples by its name; when several are above size 1, ``S`` does.
@@ -999,16 +1003,16 @@ class LazyImageStack:
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
-        """Shape of the first dask chunk of :attr:`data` (canonical order), without building it.
+        """Shape of the first dask chunk of [`data`][data] (canonical order), without building it.
 
-        What ``repr``, :func:`lazystack.loading.stacklist.stack_summary` and
+        What ``repr``, `lazystack.loading.stacklist.stack_summary()` and
         ``lazystack info`` show: a chunk is a whole number of the source's
         own chunks (pages, tiles) of about dask's ``array.chunk-size``.
         """
         return tuple(c[0] if c else 0 for c in self._canonical_chunks())
 
     def _canonical_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of :attr:`data` (canonical order), from :meth:`_view_chunks`."""
+        """dask chunks of [`data`][data] (canonical order), from [`_view_chunks()`][_view_chunks]."""
         by_axis = dict(zip(self._model.axes, self._view_chunks(), strict=True))
         if "T" in by_axis:  # S and T merge into one axis: T's chunks once per S index
             by_axis["S"] = by_axis.pop("T") * self._model.size("S")
@@ -1020,7 +1024,7 @@ class LazyImageStack:
 
         Its chunks group the source's own chunks (pages, tiles, zarr chunks)
         up to dask's ``array.chunk-size`` (``dask.config.set({"array.chunk-size": "32 MiB"})``
-        before the array is first built); see :func:`lazystack.io.reader.dask_chunks`.
+        before the array is first built); see `lazystack.io.reader.dask_chunks()`.
         """
         import dask.array as da
         from dask.base import tokenize
@@ -1039,7 +1043,7 @@ class LazyImageStack:
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of :attr:`data` (canonical order), worked out without building it."""
+        """dask chunks of [`data`][data] (canonical order), worked out without building it."""
         return self._canonical_chunks()
 
     @property
@@ -1074,7 +1078,7 @@ class LazyImageStack:
 
     @property
     def xarray(self) -> xarray.DataArray:
-        """dask-backed :class:`xarray.DataArray` with dims = :attr:`original_axes`."""
+        """dask-backed `xarray.DataArray` with dims = [`original_axes`][original_axes]."""
         import xarray as xr
 
         attrs = {
@@ -1116,7 +1120,7 @@ class LazyImageStack:
 
     # -- memory and handles ----------------------------------------------------------
     def load(self) -> LazyImageStack:
-        """Read this stack's data into memory and keep it until :meth:`close`.
+        """Read this stack's data into memory and keep it until [`close()`][close].
 
         Returns
         -------
@@ -1131,7 +1135,7 @@ class LazyImageStack:
 
     @property
     def is_loaded(self) -> bool:
-        """Whether the data is held in memory (after :meth:`load`)."""
+        """Whether the data is held in memory (after [`load()`][load])."""
         return self._memory is not None
 
     def close(self) -> None:
@@ -1279,10 +1283,10 @@ IMAGE_KINDS = "biuf"
 
 
 def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A002 - the natural name
-    """Raise a :class:`SourceFormatError` unless ``dtype`` is bool, integer or floating point.
+    """Raise a [`SourceFormatError`][SourceFormatError] unless ``dtype`` is bool, integer or floating point.
 
     The one check every format goes through (every loader builds a
-    :class:`LazyImageStack`): complex data would otherwise reach the
+    [`LazyImageStack`][LazyImageStack]): complex data would otherwise reach the
     ``float32`` patches as its real part only, with nothing but numpy's
     ``ComplexWarning``.
 

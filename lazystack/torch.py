@@ -1,17 +1,17 @@
 """PyTorch datasets over lazystack stacks and a sampler (the ``torch`` extra).
 
-:class:`PatchDataset` is a map-style dataset for :class:`torch.utils.data.DataLoader`:
+[`PatchDataset`][PatchDataset] is a map-style dataset for [`torch.utils.data.DataLoader`][torch.utils.data.DataLoader]:
 index ``i`` of epoch ``e`` is the patch of ``sampler.spec(i, e)``, read with
-:func:`lazystack.extract_patches` for a whole batch at once
+[`lazystack.extract_patches()`][lazystack.extract_patches] for a whole batch at once
 (``__getitems__``). Because a spec is a pure function of the seed, the epoch
 and the index, an epoch is the same batches for any ``num_workers``, start
 method (fork, spawn, forkserver: the dataset pickles as the stacks' recipes
 and the sampler's geometry) and any split over distributed ranks.
 
-:class:`EpochSampler` is the DataLoader's index sampler: it yields
+[`EpochSampler`][EpochSampler] is the DataLoader's index sampler: it yields
 ``(epoch, index)`` pairs, so that ``set_epoch`` reaches persistent workers
 (which keep their own copy of the dataset), and shards an epoch over
-``world_size`` ranks like :class:`torch.utils.data.distributed.DistributedSampler`.
+``world_size`` ranks like `torch.utils.data.distributed.DistributedSampler`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class PatchDataset:
     stacks : sequence of ImageStack
         The input stacks the sampler was built over.
     sampler : Sampler
-        A :class:`~lazystack.sampling.Sampler` (random, grid, a manifest's ...).
+        A [`Sampler`][lazystack.sampling.Sampler] (random, grid, a manifest's ...).
     targets, masks : sequence of ImageStack, optional
         Stacks paired with ``stacks`` (same count, samples and spatial
         shapes; any channel count), read at the same specs, all channels.
@@ -69,7 +69,7 @@ class PatchDataset:
     return_spec : bool
         Add the ``"spec"`` tensor to each item.
     epoch : int
-        Epoch used for plain integer indices (see :meth:`set_epoch`).
+        Epoch used for plain integer indices (see [`set_epoch()`][set_epoch]).
 
     Raises
     ------
@@ -81,14 +81,14 @@ class PatchDataset:
 
     Notes
     -----
-    It is a :class:`torch.utils.data.Dataset` by protocol (``__len__``,
+    It is a `torch.utils.data.Dataset` by protocol (``__len__``,
     ``__getitem__``, ``__getitems__``), not by inheritance, so that this
     module imports without torch.
 
     An index is an ``int`` (of the dataset's current epoch) or an ``(epoch,
-    index)`` pair (what :class:`EpochSampler` yields). With persistent
-    workers, use :class:`EpochSampler` and its ``set_epoch``: the workers'
-    copies of the dataset do not see :meth:`set_epoch` calls made later in
+    index)`` pair (what [`EpochSampler`][EpochSampler] yields). With persistent
+    workers, use [`EpochSampler`][EpochSampler] and its ``set_epoch``: the workers'
+    copies of the dataset do not see [`set_epoch()`][set_epoch] calls made later in
     the main process.
     """
 
@@ -160,7 +160,7 @@ class PatchDataset:
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
-        """Read a batch of items in one :func:`lazystack.extract_patches` call."""
+        """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
         specs = [self.spec(i) for i in indices]
         requests = [(self.stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         n = len(specs)
@@ -201,7 +201,7 @@ class EpochSampler:
         Seed of the shuffle.
     pad : bool
         Repeat indices from the start so every rank gets the same count
-        (as :class:`~torch.utils.data.distributed.DistributedSampler`);
+        (as `DistributedSampler`);
         otherwise the last ranks may get one fewer.
     epoch : int
         Starting epoch.

@@ -100,7 +100,7 @@ def axes_or_none(axes: str) -> str | None:
 
 
 def check_rank(axes: str, shape: Sequence[int], where: str, declared: str | None = None) -> None:
-    """Raise a :class:`ShapeMismatchError` when ``axes`` does not fit ``shape``.
+    """Raise a [`ShapeMismatchError`][ShapeMismatchError] when ``axes`` does not fit ``shape``.
 
     Parameters
     ----------
@@ -129,7 +129,7 @@ class AxesModel:
     Parameters
     ----------
     axes : str
-        The source's axes (validated with :func:`validate_axes`).
+        The source's axes (validated with [`validate_axes()`][validate_axes]).
     shape : tuple of int
         The source's shape, one entry per letter of ``axes``.
 
@@ -196,7 +196,7 @@ class AxesModel:
 
     @cached_property
     def spatial_shape(self) -> tuple[int, ...]:
-        """Sizes of :attr:`spatial_axes`."""
+        """Sizes of [`spatial_axes`][spatial_axes]."""
         return tuple(self.size(a) for a in self.spatial_axes)
 
     @cached_property
@@ -206,7 +206,7 @@ class AxesModel:
 
     @cached_property
     def canonical_shape(self) -> tuple[int, ...]:
-        """Shape in :attr:`canonical_axes` order."""
+        """Shape in [`canonical_axes`][canonical_axes] order."""
         return (self.n_samples, self.n_channels, *self.spatial_shape)
 
     # -- sample index <-> (s, t) --------------------------------------------
@@ -261,7 +261,7 @@ class AxesModel:
         channels : slice or int
             Channel selection (ignored when the source has no ``C``).
         spatial : sequence of slice
-            One slice per letter of :attr:`spatial_axes`.
+            One slice per letter of [`spatial_axes`][spatial_axes].
 
         Returns
         -------
@@ -293,12 +293,12 @@ class AxesModel:
         Parameters
         ----------
         x : array-like
-            Array of shape :attr:`shape` in the order of :attr:`axes`.
+            Array of shape `shape` in the order of `axes`.
 
         Returns
         -------
         array-like
-            The same type as ``x``, of shape :attr:`canonical_shape`.
+            The same type as ``x``, of shape [`canonical_shape`][canonical_shape].
         """
         present = [a for a in VALID_AXES if a in self._index]
         x = x.transpose([self._index[a] for a in present])

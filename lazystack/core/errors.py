@@ -1,6 +1,6 @@
 """Exception hierarchy of lazystack.
 
-Every exception derives from :class:`LazyStackError` *and* from the built-in a
+Every exception derives from [`LazyStackError`][LazyStackError] *and* from the built-in a
 caller would naturally catch (``ValueError``, ``IndexError``,
 ``FileNotFoundError`` ...), so ``except ValueError`` keeps working for code
 that does not know about lazystack. Messages name the offending value, the

@@ -2,11 +2,11 @@
 
 ``LazyImageStack.extract_patches``, ``.normalized`` and ``.show`` are
 conveniences over functions of the operations and front-end layers
-(:func:`lazystack.extract_patches`, :func:`lazystack.normalized` and
-:func:`lazystack.show`). The stack sits below those layers and imports none
+([`lazystack.extract_patches()`][lazystack.extract_patches], [`lazystack.normalized()`][lazystack.normalized] and
+[`lazystack.show()`][lazystack.show]). The stack sits below those layers and imports none
 of them: the package's ``__init__`` (the top of the import graph) registers
-the implementations here with :func:`provide`, and the stack's methods look
-them up with :func:`provided` when called. Every ``import lazystack...``
+the implementations here with [`provide()`][provide], and the stack's methods look
+them up with [`provided()`][provided] when called. Every ``import lazystack...``
 runs the package's ``__init__`` first, so the registrations are always there
 (also in dask workers and DataLoader processes that unpickle a stack).
 """

@@ -6,7 +6,7 @@ such stack has ``stack.level`` (0 = full resolution) and
 not part of a pyramid (``level`` None) counts as its own full resolution,
 level 0.
 
-``levels=`` (on :func:`lazystack.load_zarrs`, :func:`lazystack.load` and the
+``levels=`` (on [`lazystack.load_zarrs()`][lazystack.load_zarrs], [`lazystack.load()`][lazystack.load] and the
 command line's ``--levels``) accepts:
 
 * ``None`` or ``"all"``: every level;
@@ -15,7 +15,7 @@ command line's ``--levels``) accepts:
 
 Operations that aggregate over stacks (channel statistics, ``lazystack stats``,
 ``lazystack convert``) keep only the finest level given of each image
-(:func:`finest_levels`) unless told otherwise.
+([`finest_levels()`][finest_levels]) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
     stacks : iterable of LazyImageStack
         The stacks.
     levels : None, "all", int, sequence of int or str
-        As :func:`parse_levels`.
+        As [`parse_levels()`][parse_levels].
 
     Returns
     -------
@@ -135,7 +135,7 @@ def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
 
 
 def group_levels(stacks: Iterable[_S]) -> list[list[_S]]:
-    """Group stacks by image (see :func:`image_key`), each group's levels finest first.
+    """Group stacks by image (see [`image_key()`][image_key]), each group's levels finest first.
 
     Parameters
     ----------

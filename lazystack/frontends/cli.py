@@ -90,7 +90,7 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, 
     Adds positional ``SOURCE`` (one or more when ``many``), ``--axes``,
     ``--storage-option KEY=VALUE`` (repeatable, for remote Zarr stores) and
     the resolution-level selection (``--levels``, stored as ``source_levels``).
-    Read them back with :func:`resolve_stacks`.
+    Read them back with [`resolve_stacks()`][resolve_stacks].
 
     Parameters
     ----------
@@ -180,7 +180,7 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
     """Replace every local folder that is not a Zarr store by the sources inside it.
 
     A folder is searched recursively (hidden entries skipped, sorted by
-    name) for the files :func:`lazystack.load` reads (``.tif``, ``.tiff``,
+    name) for the files [`lazystack.load()`][lazystack.load] reads (``.tif``, ``.tiff``,
     ``.btf``, ``.tf8``, ``.czi``, ``.npy``) and for Zarr stores, which are
     taken whole. Files, Zarr stores and URIs are kept as given.
 
@@ -234,7 +234,7 @@ def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple
 
 
 def resolve_stacks(args: argparse.Namespace) -> list[tuple[str, str, bool, list[Any]]]:
-    """Open the sources of a subcommand made with :func:`add_source_arguments`.
+    """Open the sources of a subcommand made with [`add_source_arguments()`][add_source_arguments].
 
     Folders are expanded first (see [`expand_sources`][lazystack.frontends.cli.expand_sources]).
 

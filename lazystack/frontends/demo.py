@@ -279,7 +279,7 @@ def run_demo(
         Seed of the patch positions.
     cache_bytes : int or str, optional
         Bound of the chunk cache during the demo (``0`` disables it; default:
-        the process's setting, see :func:`lazystack.chunk_cache_size`).
+        the process's setting, see [`lazystack.chunk_cache_size()`][lazystack.chunk_cache_size]).
 
     Returns
     -------
@@ -365,7 +365,7 @@ def format_table(results: list[DemoResult]) -> str:
     Parameters
     ----------
     results : list of DemoResult
-        From :func:`run_demo`.
+        From [`run_demo()`][run_demo].
 
     Returns
     -------

@@ -1,11 +1,11 @@
 """napari reader plugin (npe2): CZI, TIFF and Zarr / OME-Zarr paths as lazy layers.
 
-The manifest ``lazystack/napari.yaml`` registers :func:`get_reader` for
+The manifest ``lazystack/napari.yaml`` registers [`get_reader()`][get_reader] for
 ``*.czi``, ``*.tif``, ``*.tiff``, ``*.btf``, ``*.tf8`` files and for
 directories (Zarr stores and groups, ``*.zarr``). Opening a path gives one
 image layer per stack and channel:
 
-* every layer wraps the stack's dask array (:attr:`LazyImageStack.data`), so
+* every layer wraps the stack's dask array ([`LazyImageStack.data`][LazyImageStack.data]), so
   napari reads only the chunks of the planes it shows;
 * the levels of an OME-Zarr image become one multiscale layer (level 0
   first); the scenes of a CZI and the images of a ``bioformats2raw.layout``
@@ -20,7 +20,7 @@ image layer per stack and channel:
   of a bounded window of its middle plane, so opening reads no more than the
   coarsest level (or that window) plus metadata.
 
-Nothing here imports napari: :func:`read` returns plain layer-data tuples
+Nothing here imports napari: [`read()`][read] returns plain layer-data tuples
 ``(data, kwargs, "image")``, which napari (or ``npe2.read``) turns into layers.
 """
 
@@ -80,7 +80,7 @@ _CYCLE = ("magenta", "green", "cyan", "yellow", "blue", "red")
 
 
 def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
-    """Return :func:`read` if lazystack opens every path, else None (napari's ``get_reader``).
+    """Return [`read()`][read] if lazystack opens every path, else None (napari's ``get_reader``).
 
     Only the paths are looked at (extension, Zarr metadata files): nothing is
     opened, so napari can ask every plugin cheaply.
@@ -93,7 +93,7 @@ def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
     Returns
     -------
     callable or None
-        :func:`read`, or None when a path is not a CZI, TIFF or Zarr source.
+        [`read()`][read], or None when a path is not a CZI, TIFF or Zarr source.
 
     Examples
     --------
@@ -141,7 +141,7 @@ def read(path: str | Sequence[str]) -> list[LayerData]:
     Raises
     ------
     LazyStackError
-        As :func:`lazystack.load` (a missing file, an unreadable format ...).
+        As [`lazystack.load()`][lazystack.load] (a missing file, an unreadable format ...).
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[LayerData] = []

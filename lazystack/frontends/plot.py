@@ -1,9 +1,9 @@
 """A quick look at one plane of a stack with matplotlib (the optional ``plot`` extra).
 
-:func:`thumbnail` reads one plane (sample, channel, z) at reduced resolution
+[`thumbnail()`][thumbnail] reads one plane (sample, channel, z) at reduced resolution
 by striding through the stack's dask array chunk by chunk, so memory stays
 bounded by the source's chunks and the result by ``max_size``;
-:func:`show` draws it. matplotlib is imported only when :func:`show` runs.
+[`show()`][show] draws it. matplotlib is imported only when [`show()`][show] runs.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def show(
     """Draw one plane of ``stack`` with matplotlib (needs the ``plot`` extra).
 
     Only that plane is read, strided to at most ``max_size`` pixels a side
-    (see :func:`thumbnail`). Axis ticks are in pixels of the full-resolution
+    (see [`thumbnail()`][thumbnail]). Axis ticks are in pixels of the full-resolution
     plane; the title names the source, sample, channel (and its name) and z.
 
     Parameters
@@ -196,7 +196,7 @@ def show(
         Largest number of pixels read along Y or X.
     use_levels : bool
         Read a coarser level of an OME-Zarr pyramid when there is one (see
-        :func:`thumbnail`).
+        [`thumbnail()`][thumbnail]).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new figure).
     cmap : str
@@ -207,7 +207,7 @@ def show(
     colorbar : bool
         Add a colour bar.
     **imshow_kwargs
-        Passed to :meth:`matplotlib.axes.Axes.imshow`.
+        Passed to `matplotlib.axes.Axes.imshow()`.
 
     Returns
     -------

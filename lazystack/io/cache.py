@@ -9,8 +9,8 @@ share entries.
 
 Size
     ``LAZYSTACK_CHUNK_CACHE_BYTES`` (read when the module is imported) or
-    :func:`set_chunk_cache_size` at run time. The default is
-    :data:`DEFAULT_CHUNK_CACHE_BYTES` (256 MiB). ``0`` disables the cache.
+    [`set_chunk_cache_size()`][set_chunk_cache_size] at run time. The default is
+    [`DEFAULT_CHUNK_CACHE_BYTES`][DEFAULT_CHUNK_CACHE_BYTES] (256 MiB). ``0`` disables the cache.
     Sizes accept a plain number of bytes or a unit: ``"512MiB"``, ``"2G"``,
     ``"100 kB"``.
 Threads
@@ -56,7 +56,8 @@ ENV_CHUNK_CACHE_BYTES = "LAZYSTACK_CHUNK_CACHE_BYTES"
 
 
 def parse_size(value: int | str, what: str = "cache size") -> int:
-    """Parse a size in bytes: an int, or a string with an optional unit (:func:`dask.utils.parse_bytes`).
+    """Parse a size in bytes: an int, or a string with an optional unit
+    ([`dask.utils.parse_bytes()`][dask.utils.parse_bytes]).
 
     Parameters
     ----------
@@ -105,7 +106,7 @@ def parse_size(value: int | str, what: str = "cache size") -> int:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """A snapshot of a :class:`ChunkCache`'s counters.
+    """A snapshot of a [`ChunkCache`][ChunkCache]'s counters.
 
     Attributes
     ----------
@@ -141,7 +142,7 @@ class ChunkCache:
     Notes
     -----
     Arrays are stored read-only (a read-only view of the array given to
-    :meth:`put`, no copy): a caller that needs to write must copy. A chunk
+    [`put()`][put], no copy): a caller that needs to write must copy. A chunk
     larger than ``max_bytes`` is not stored.
 
     Examples
@@ -224,7 +225,7 @@ class ChunkCache:
             return array
 
     def get_many(self, keys: list[Hashable]) -> list[np.ndarray | None]:
-        """:meth:`get` for several keys under one lock acquisition."""
+        """[`get()`][get] for several keys under one lock acquisition."""
         out: list[np.ndarray | None] = []
         with self._lock:
             for key in keys:
@@ -241,7 +242,7 @@ class ChunkCache:
         """Every chunk of ``keys`` (counted as hits), or None when any is missing (nothing counted or reordered).
 
         For a read served from memory alone: a caller that gets None reads
-        through :meth:`get_many` instead, which counts the misses.
+        through [`get_many()`][get_many] instead, which counts the misses.
         """
         with self._lock:
             data = self._data
@@ -364,7 +365,7 @@ def chunk_cache_size(max_bytes: int | str) -> Iterator[ChunkCache]:
     Parameters
     ----------
     max_bytes : int or str
-        As for :func:`set_chunk_cache_size` (``0`` disables the cache).
+        As for [`set_chunk_cache_size()`][set_chunk_cache_size] (``0`` disables the cache).
 
     Yields
     ------

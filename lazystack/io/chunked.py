@@ -2,21 +2,21 @@
 
 The shared machinery under ``extract_patch`` for every chunked format
 (Zarr/OME-Zarr, TIFF tiles and strips, CZI subblocks): a back end says how
-to decode *whole chunks* (:meth:`ChunkedReader.fetch_chunks`); this module
+to decode *whole chunks* ([`ChunkedReader.fetch_chunks()`][ChunkedReader.fetch_chunks]); this module
 finds the chunks a region overlaps, takes the ones it already has from the
-per-process :class:`~lazystack.io.cache.ChunkCache`, fetches the others in one
+per-process [`ChunkCache`][lazystack.io.cache.ChunkCache], fetches the others in one
 call (concurrently, in a small shared thread pool, when there are several),
 stores them in the cache and copies the overlapping parts into the output.
 No event loop, no task graph: the cost of a warm read is a dictionary look-up
 and a memory copy.
 
 A back end that also decodes one chunk on its own (it overrides
-:meth:`ChunkedReader.fetch_chunk`) and is local gets two more paths: a region
+[`ChunkedReader.fetch_chunk()`][ChunkedReader.fetch_chunk]) and is local gets two more paths: a region
 inside one chunk is one ``fetch_chunk`` call, and with the cache off a
 region over several chunks is streamed (each chunk decoded, copied into
 place and dropped, so decoded chunks never pile up in memory).
 
-A back end subclasses :class:`ChunkedReader`::
+A back end subclasses [`ChunkedReader`][ChunkedReader]::
 
     class MyReader(ChunkedReader):
         def __init__(self, path):
@@ -27,9 +27,9 @@ A back end subclasses :class:`ChunkedReader`::
         def fetch_chunks(self, indices):
             return fetch_concurrently(indices, self._decode_one)
 
-and gets the reader contract of :mod:`lazystack.io.reader` (``__getitem__``,
+and gets the reader contract of [`lazystack.io.reader`][lazystack.io.reader] (``__getitem__``,
 ``read_region``, ``read_cached``, ``chunks``, ``token``, ``capabilities``),
-caching and batched reads (:mod:`lazystack.ops.batch`).
+caching and batched reads ([`lazystack.ops.batch`][lazystack.ops.batch]).
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def fetch_concurrently(
     """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
 
     By default the work is taken to be CPU-bound (decoding local chunks):
-    from :data:`PARALLEL_MIN_CHUNKS` indices on, it is split into one
-    contiguous share per core (:data:`CPU_WORKERS`), the calling thread
+    from [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS] indices on, it is split into one
+    contiguous share per core ([`CPU_WORKERS`][CPU_WORKERS]), the calling thread
     taking the first share, so each thread hand-off carries many chunks.
     With ``min_parallel`` the work is taken to be I/O-bound (remote reads):
     every index is its own task, so slow requests overlap.
@@ -153,7 +153,7 @@ def fetch_concurrently(
         task per index (at least 2).
     parallel : bool, optional
         For CPU-bound work, the caller's judgement instead of
-        :data:`PARALLEL_MIN_CHUNKS`: True shares even two indices over the
+        [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS]: True shares even two indices over the
         cores (each is much work), False keeps them all in the calling thread.
 
     Returns
@@ -512,7 +512,7 @@ def copy_piece(
     region: tuple[slice, ...],
     grid: ChunkGrid,
 ) -> None:
-    """Copy ``chunk[src]`` into ``out[dst]``, cast to ``out``'s dtype (one of :meth:`ChunkGrid.pieces`).
+    """Copy ``chunk[src]`` into ``out[dst]``, cast to ``out``'s dtype (one of [`ChunkGrid.pieces()`][ChunkGrid.pieces]).
 
     Parameters
     ----------
@@ -523,7 +523,7 @@ def copy_piece(
     chunk : numpy.ndarray
         The decoded chunk, full-size or cut at the array's edge.
     src, dst : tuple of slice
-        As :meth:`ChunkGrid.pieces` gives them.
+        As [`ChunkGrid.pieces()`][ChunkGrid.pieces] gives them.
     region : tuple of slice
         The region ``out`` holds (for the error message).
     grid : ChunkGrid
@@ -552,11 +552,11 @@ def read_region(
     Parameters
     ----------
     region : tuple of slice
-        As returned by :func:`normalize_key`.
+        As returned by [`normalize_key()`][normalize_key].
     grid : ChunkGrid
         The source's chunk grid.
     fetch : callable
-        Decodes whole chunks (see :data:`FetchChunks`).
+        Decodes whole chunks (see [`FetchChunks`][FetchChunks]).
     dtype : numpy dtype
         Dtype of the result.
     cache : ChunkCache or None
@@ -580,9 +580,9 @@ def read_region(
 
 
 class ChunkedReader(Reader, ABC):
-    """Base class of chunk readers: a back end implements :meth:`fetch_chunks`, this class the rest.
+    """Base class of chunk readers: a back end implements [`fetch_chunks()`][fetch_chunks], this class the rest.
 
-    It fulfils the reader contract of :mod:`lazystack.io.reader`
+    It fulfils the reader contract of [`lazystack.io.reader`][lazystack.io.reader]
     (``shape``, ``dtype``, ``chunks``, ``token``, ``capabilities``,
     ``__getitem__``, ``read_region``, ``read_cached``) and reads through the
     per-process chunk cache. Subclasses must stay picklable as a recipe (no
@@ -595,7 +595,7 @@ class ChunkedReader(Reader, ABC):
     dtype : numpy dtype
         Dtype of the stored data.
     chunks : sequence of int or of sequences of int
-        Regular chunk shape or dask-style chunks (see :class:`ChunkGrid`).
+        Regular chunk shape or dask-style chunks (see [`ChunkGrid`][ChunkGrid]).
     token : str
         Names the data; readers with the same token share cache entries, so
         it must change when the data does (include a modification time).
@@ -658,13 +658,14 @@ class ChunkedReader(Reader, ABC):
         return get_chunk_cache()
 
     def parallel_fetch(self, n_chunks: int) -> bool:
-        """Whether one :meth:`fetch_chunks` call of ``n_chunks`` chunks decodes them in parallel outside Python.
+        """Whether one [`fetch_chunks()`][fetch_chunks] call of ``n_chunks`` chunks decodes them in parallel outside
+        Python.
 
         Default False. A back end that hands many chunks to native threads
         (tensorstore) says True: with the chunk cache on, batched extraction
         then fetches all of a batch's chunks in one call instead of decoding
         them in Python threads (with it off, a batch decodes each chunk once
-        and drops it after its copies, or reads regions: see :mod:`lazystack.ops.batch`).
+        and drops it after its copies, or reads regions: see [`lazystack.ops.batch`][lazystack.ops.batch]).
         """
         return False
 
@@ -674,12 +675,12 @@ class ChunkedReader(Reader, ABC):
         A back end whose engine reads whole regions in its own threads
         (tensorstore, cache off) returns an object with ``start(region, *,
         as_float32=False)`` and ``results()`` (see
-        :class:`lazystack.sources.zarr.engines.RegionReads`).
+        [`lazystack.sources.zarr.engines.RegionReads`][lazystack.sources.zarr.engines.RegionReads]).
         """
         return None
 
     def as_chunked(self) -> ChunkedReader:
-        """This reader itself (see :func:`as_chunked_reader`)."""
+        """This reader itself (see [`as_chunked_reader()`][as_chunked_reader])."""
         return self
 
     @abstractmethod
@@ -697,11 +698,11 @@ class ChunkedReader(Reader, ABC):
             ``{index: array}``, each array the chunk's data: either cut at
             the array's edge or full-size (only the part inside the array
             is used). Missing chunks must come back filled with the fill
-            value. Use :func:`fetch_concurrently` to overlap I/O.
+            value. Use [`fetch_concurrently()`][fetch_concurrently] to overlap I/O.
         """
 
     def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Read and decode one whole chunk (default: :meth:`fetch_chunks` of one index).
+        """Read and decode one whole chunk (default: [`fetch_chunks()`][fetch_chunks] of one index).
 
         Back ends with a cheaper single-chunk path override it: a patch that
         lies in one chunk (the common case) is read through it.
@@ -709,7 +710,7 @@ class ChunkedReader(Reader, ABC):
         Raises
         ------
         KeyError
-            If :meth:`fetch_chunks` did not return the chunk.
+            If [`fetch_chunks()`][fetch_chunks] did not return the chunk.
         """
         fetched = self.fetch_chunks([idx])
         try:
@@ -719,7 +720,7 @@ class ChunkedReader(Reader, ABC):
             raise KeyError(msg) from None
 
     def read_chunks(self, indices: Iterable[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
-        """Return decoded chunks through the cache (one :meth:`fetch_chunks` call for the misses)."""
+        """Return decoded chunks through the cache (one [`fetch_chunks()`][fetch_chunks] call for the misses)."""
         return get_chunks(list(indices), self.fetch_chunks, cache=self.cache, token=self._token)
 
     def _in_one_chunk(self, region: tuple[slice, ...]) -> tuple[ChunkIndex, tuple[slice, ...], tuple[int, ...]] | None:
@@ -752,7 +753,7 @@ class ChunkedReader(Reader, ABC):
         shape: tuple[int, ...],
         region: tuple[slice, ...],
     ) -> np.ndarray:
-        """``chunk[within]`` in the stored dtype (a chunk too small for ``shape`` raises, see :func:`_block`)."""
+        """``chunk[within]`` in the stored dtype (a chunk too small for ``shape`` raises, see [`_block()`][_block])."""
         block = chunk[within]
         if block.shape != shape:
             _block(chunk, idx, within, shape, region, self._grid)  # raises: never broadcast
@@ -799,17 +800,17 @@ class ChunkedReader(Reader, ABC):
         return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """``read_region`` of the reader contract: :meth:`read`."""
+        """``read_region`` of the reader contract: [`read()`][read]."""
         return self.read(region)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``read_cached`` of the reader contract: ``region`` from the chunk cache alone, or None.
 
         When the cache holds every chunk ``region`` touches, the region comes
-        back as :meth:`read` would return it: a read-only view when it lies
+        back as [`read()`][read] would return it: a read-only view when it lies
         in one chunk, else a new array assembled from the chunks. Otherwise
         (a chunk not cached, the cache off) the result is None and nothing
-        is read or counted: the caller then calls :meth:`read`. A warm patch
+        is read or counted: the caller then calls [`read()`][read]. A warm patch
         is this one look-up.
 
         Parameters
@@ -841,7 +842,7 @@ class ChunkedReader(Reader, ABC):
         return out
 
     def read_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Return one decoded chunk through the cache (one look-up, at most one :meth:`fetch_chunk`)."""
+        """Return one decoded chunk through the cache (one look-up, at most one [`fetch_chunk()`][fetch_chunk])."""
         cache = self.cache
         if cache is None or not cache.enabled:
             return self.fetch_chunk(idx)
@@ -876,19 +877,19 @@ class ChunkedReader(Reader, ABC):
 
 
 class FunctionChunkedReader(ChunkedReader):
-    """A :class:`ChunkedReader` whose chunks come from a function: no subclass needed.
+    """A [`ChunkedReader`][ChunkedReader] whose chunks come from a function: no subclass needed.
 
     For a back end that keeps its own reader class (with its own pickling
     and error messages) and builds one of these per process, returning it
-    from ``as_chunked()`` (see :func:`as_chunked_reader`).
+    from ``as_chunked()`` (see [`as_chunked_reader()`][as_chunked_reader]).
 
     Parameters
     ----------
     shape, dtype, chunks, token
-        As for :class:`ChunkedReader`.
+        As for [`ChunkedReader`][ChunkedReader].
     fetch_one : callable, optional
         ``fetch_one(index) -> array``: decodes one chunk (thread-safe);
-        without ``fetch_many`` several are fetched with :func:`fetch_concurrently`.
+        without ``fetch_many`` several are fetched with [`fetch_concurrently()`][fetch_concurrently].
     fetch_many : callable, optional
         ``fetch_many(indices) -> {index: array}``: decodes several chunks
         at once (its own concurrency). Give one of the two, or both: then
@@ -947,11 +948,11 @@ class FunctionChunkedReader(ChunkedReader):
 
 
 def as_chunked_reader(reader: Any) -> ChunkedReader | None:
-    """The :class:`ChunkedReader` behind a reader, or None.
+    """The [`ChunkedReader`][ChunkedReader] behind a reader, or None.
 
-    A :class:`~lazystack.io.reader.Reader`'s own ``as_chunked()`` (a
-    :class:`ChunkedReader` returns itself); None for anything else.
-    Batched extraction (:mod:`lazystack.ops.batch`) uses it.
+    A [`Reader`][lazystack.io.reader.Reader]'s own ``as_chunked()`` (a
+    [`ChunkedReader`][ChunkedReader] returns itself); None for anything else.
+    Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses it.
 
     Parameters
     ----------

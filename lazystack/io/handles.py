@@ -1,10 +1,10 @@
 """What every format back end shares: per-process file handles.
 
 The reader contract itself (shape, dtype, chunk grid, region reads,
-capabilities as data) is :class:`lazystack.io.reader.Reader`, described in
-:mod:`lazystack.io.reader`; its helpers are re-exported here. ``ChunkReader``
+capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Reader], described in
+[`lazystack.io.reader`][lazystack.io.reader]; its helpers are re-exported here. ``ChunkReader``
 is the structural minimum (``shape``, ``dtype``, ``__getitem__``) that
-:func:`lazystack.io.reader.as_reader` adapts.
+[`lazystack.io.reader.as_reader()`][lazystack.io.reader.as_reader] adapts.
 """
 
 from __future__ import annotations

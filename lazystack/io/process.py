@@ -3,15 +3,15 @@
 Threads, locks held by other threads and open file offsets do not survive
 ``fork()`` in a usable state. Everything in lazystack that must be renewed in
 a forked child (thread pools, caches, open handles, event loops) registers
-with :func:`at_fork` here, which installs one ``os.register_at_fork`` hook for
-the package, and asks :func:`current_pid` (kept up to date by that hook, no
+with [`at_fork()`][at_fork] here, which installs one ``os.register_at_fork`` hook for
+the package, and asks [`current_pid()`][current_pid] (kept up to date by that hook, no
 system call) when it needs to know whether an object was made in this
 process.
 
-:class:`FileManager` opens files lazily from an opener and its arguments and
+[`FileManager`][FileManager] opens files lazily from an opener and its arguments and
 keeps the open handles in one least-recently-used table per process. Its
 bound follows the process's open-file limit (``RLIMIT_NOFILE``, see
-:func:`max_open_files`), a forked child opens its own handles (it never
+`max_open_files()`), a forked child opens its own handles (it never
 shares a file offset with its parent, and never closes or locks the handles
 it inherited: another thread of the parent may have been using them at the
 moment of the fork), and a pickled manager carries its recipe only.
@@ -50,7 +50,7 @@ def at_fork(
     after_in_parent: Callable[[], None] | None = None,
     after_in_child: Callable[[], None] | None = None,
 ) -> None:
-    """Register functions to run around ``fork()``, as :func:`os.register_at_fork` does.
+    """Register functions to run around ``fork()``, as [`os.register_at_fork()`][os.register_at_fork] does.
 
     lazystack's one ``os.register_at_fork`` hook calls them: ``before``
     functions in reverse order of registration, ``after_*`` functions in
@@ -65,7 +65,7 @@ def at_fork(
     after_in_parent : callable, optional
         Called in the parent after the fork.
     after_in_child : callable, optional
-        Called in the child after the fork, after :func:`current_pid` was
+        Called in the child after the fork, after [`current_pid()`][current_pid] was
         updated and this module's handle table renewed.
     """
     if before is not None:
@@ -108,8 +108,8 @@ def current_pid() -> int:
     Returns
     -------
     int
-        Equal to :func:`os.getpid` in every process lazystack runs in
-        (children forked with :func:`os.fork`, ``multiprocessing`` or a
+        Equal to [`os.getpid()`][os.getpid] in every process lazystack runs in
+        (children forked with [`os.fork()`][os.fork], ``multiprocessing`` or a
         torch ``DataLoader`` run the at-fork hook).
 
     Examples
@@ -160,7 +160,7 @@ def _env_bound() -> int | None:
 def max_open_files() -> int:
     """How many file handles this process keeps open at most.
 
-    :func:`set_max_open_files` or ``LAZYSTACK_MAX_OPEN_FILES`` set it;
+    [`set_max_open_files()`][set_max_open_files] or ``LAZYSTACK_MAX_OPEN_FILES`` set it;
     otherwise it is a quarter of the process's soft open-file limit
     (``resource.getrlimit(resource.RLIMIT_NOFILE)``, read on each call so a
     changed limit applies), at least 4 and at most 128. In a forked child
@@ -186,7 +186,7 @@ def set_max_open_files(n: int | None) -> int | None:
     ----------
     n : int or None
         A positive number of handles, or None for the default of
-        :func:`max_open_files`.
+        `max_open_files()`.
 
     Returns
     -------
@@ -293,7 +293,7 @@ class FileManager:
     a mode is given) on first use, in each process separately: a process
     forked after the parent opened it opens its own handle (a file offset is
     never shared between processes). Open handles of all managers live in one
-    per-process least-recently-used table bounded by :func:`max_open_files`;
+    per-process least-recently-used table bounded by `max_open_files()`;
     an evicted handle is closed and reopened on next use. A pickled manager
     carries the opener and its arguments only.
 
@@ -400,7 +400,7 @@ class FileManager:
 
     @contextmanager
     def acquire_context(self, needs_lock: bool = True) -> Iterator[Any]:
-        """Context manager giving this process's open handle (see :meth:`acquire`).
+        """Context manager giving this process's open handle (see [`acquire()`][acquire]).
 
         Parameters
         ----------

@@ -1,7 +1,7 @@
 """The reader contract: the one object every source hands the stack.
 
-A source (a format back end, or :func:`as_reader` for a plain array) gives
-:class:`~lazystack.LazyImageStack` one :class:`Reader` over the source's own
+A source (a format back end, or [`as_reader()`][as_reader] for a plain array) gives
+[`LazyImageStack`][lazystack.LazyImageStack] one [`Reader`][Reader] over the source's own
 axes. The stack uses nothing else, and probes nothing: every member below
 exists on every reader, with the default given when a reader does not
 override it.
@@ -15,7 +15,7 @@ override it.
     A string naming the data (path, modification time ...), used to name
     the dask array without hashing pixel data; default None (a random name).
 ``capabilities``
-    A frozen :class:`ReaderCapabilities`: what the reader *is* (remote,
+    A frozen [`ReaderCapabilities`][ReaderCapabilities]: what the reader *is* (remote,
     memory-mapped, compressed, fetches chunks only in groups), declared as
     data. Default: all False but ``compressed``.
 ``__getitem__(key)``
@@ -37,9 +37,9 @@ override it.
     a cast (tensorstore converts while it decodes), else None. Default: None.
     Every other ``float32`` conversion of a patch happens in the stack.
 ``as_chunked()``
-    The :class:`~lazystack.io.chunked.ChunkedReader` serving this reader's
+    The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] serving this reader's
     chunks (same axes, shape and dtype), for batched extraction
-    (:mod:`lazystack.ops.batch`), or None: the batch then reads patch by
+    ([`lazystack.ops.batch`][lazystack.ops.batch]), or None: the batch then reads patch by
     patch. Default: None.
 ``as_dask()``
     A dask array to use as is for the stack's dask view, or None (default):
@@ -50,8 +50,8 @@ override it.
 
 Readers must pickle as a recipe (no open handle, no pixel data for files).
 Plain array-likes (numpy, dask, zarr and h5py arrays, ``np.memmap``) are
-adapted once, by :func:`as_reader` where a stack is built, into an
-:class:`ArrayReader`.
+adapted once, by [`as_reader()`][as_reader] where a stack is built, into an
+[`ArrayReader`][ArrayReader].
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class Reader:
 
         @property
         def capabilities(self) -> ReaderCapabilities:
-            """What the reader is (:class:`ReaderCapabilities`)."""
+            """What the reader is ([`ReaderCapabilities`][ReaderCapabilities])."""
 
     else:  # the defaults
         chunks = None
@@ -161,7 +161,8 @@ class Reader:
         return None
 
     def as_chunked(self) -> Reader | None:
-        """The :class:`~lazystack.io.chunked.ChunkedReader` behind this reader, for batches, or None (default)."""
+        """The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] behind this reader, for batches, or None
+        (default)."""
         return None
 
     def as_dask(self) -> dask.array.Array | None:
@@ -179,7 +180,7 @@ class Reader:
 class ArrayReader(Reader):
     """A plain array-like (numpy, dask, zarr or h5py array, ``np.memmap`` ...) adapted to the reader contract.
 
-    Made by :func:`as_reader` where a stack is built; the wrapped object's
+    Made by [`as_reader()`][as_reader] where a stack is built; the wrapped object's
     ``chunks`` and ``token`` are looked up once, here.
 
     Parameters
@@ -238,7 +239,7 @@ class ArrayReader(Reader):
 
 
 def as_reader(obj: Any) -> Reader | None:
-    """``obj`` under the reader contract: a :class:`Reader` as is, an array-like adapted, else None.
+    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None.
 
     Parameters
     ----------
@@ -338,7 +339,7 @@ def dask_chunks(
     storage chunks of about ``limit`` bytes (dask's ``array.chunk-size``
     setting, 128 MiB by default): the number of tasks depends on the data's
     size, not on how finely it is stored. A storage chunk larger than the
-    target is kept whole (never split). Past :data:`MAX_DASK_CHUNKS` chunks
+    target is kept whole (never split). Past [`MAX_DASK_CHUNKS`][MAX_DASK_CHUNKS] chunks
     the groups grow beyond the target, so that the graph of an astronomically
     large declared shape stays buildable. Works on the chunk sizes alone,
     without expanding a regular grid into per-chunk tuples.
@@ -422,7 +423,7 @@ class OpenedSource:
     ----------
     reader : Reader or array-like
         Reader over the source's own axes (see the module docs); a plain
-        array-like is adapted by :func:`as_reader`.
+        array-like is adapted by [`as_reader()`][as_reader].
     source : str
         Path or URI that re-creates exactly this stack (``path@series``,
         ``file.czi@2``, ``file://store.zarr/0`` ...).

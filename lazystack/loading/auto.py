@@ -1,8 +1,9 @@
-"""One entry point for every source: :func:`load` picks the loader, :func:`propose_axes` reads declared axes.
+"""One entry point for every source: [`load()`][load] picks the loader, [`propose_axes()`][propose_axes] reads
+declared axes.
 
-:func:`load` dispatches on the file extension or URI scheme of each source
+[`load()`][load] dispatches on the file extension or URI scheme of each source
 to the matching ``load_*`` function, which is handy in notebooks and is what
-the command line uses. :func:`propose_axes` reads the axes a file declares
+the command line uses. [`propose_axes()`][propose_axes] reads the axes a file declares
 itself (OME / ImageJ TIFF via tifffile, OME-Zarr ``multiscales`` axes or Zarr
 dimension names, the dimensions of a CZI file), so that ``lazystack info``
 works without ``--axes`` where the file says what its axes are.
@@ -26,7 +27,7 @@ __all__ = ["ACCEPTED_EXTENSIONS", "ACCEPTED_SCHEMES", "load", "propose_axes", "s
 
 Kind = Literal["tiff", "zarr", "czi", "npy"]
 
-#: File extensions :func:`load` recognises, and the loader each one goes to.
+#: File extensions [`load()`][load] recognises, and the loader each one goes to.
 ACCEPTED_EXTENSIONS: dict[str, Kind] = {
     ".tif": "tiff",
     ".tiff": "tiff",
@@ -38,7 +39,7 @@ ACCEPTED_EXTENSIONS: dict[str, Kind] = {
     ".zip": "zarr",  # a zipped Zarr / OME-Zarr store
 }
 
-#: URI schemes :func:`load` sends to :func:`lazystack.load_zarrs` (fsspec).
+#: URI schemes [`load()`][load] sends to [`lazystack.load_zarrs()`][lazystack.load_zarrs] (fsspec).
 ACCEPTED_SCHEMES = ("file", "http", "https", "s3", "gs", "gcs", "az", "abfs", "zip", "memory")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -71,7 +72,7 @@ def _zarr_root_in(path: str) -> bool:
 
 
 def source_kind(source: str | os.PathLike[str]) -> Kind:
-    """Name the loader :func:`load` would use for ``source``.
+    """Name the loader [`load()`][load] would use for ``source``.
 
     Parameters
     ----------
@@ -147,13 +148,14 @@ def _as_sources(source: Any) -> list[Any]:
 def load(source: Any, axes: str | None = None, *, levels: Levels = None, **options: Any) -> list[LazyImageStack]:
     """Open any source lazily, choosing the loader from its extension or URI scheme.
 
-    * ``.tif``, ``.tiff``, ``.btf``, ``.tf8`` (``path@N``: series ``N``): :func:`lazystack.load_tiffs`;
+    * ``.tif``, ``.tiff``, ``.btf``, ``.tf8`` (``path@N``: series ``N``):
+    [`lazystack.load_tiffs()`][lazystack.load_tiffs];
     * ``.zarr`` paths, directories holding Zarr metadata, and fsspec URIs
       (``file://``, ``http(s)://``, ``s3://``, ``gs://``, ``zip://``, ``memory://`` ...):
-      :func:`lazystack.load_zarrs`;
-    * ``.czi`` (``path@N``: scene ``N``): :func:`lazystack.load_czis`;
+      [`lazystack.load_zarrs()`][lazystack.load_zarrs];
+    * ``.czi`` (``path@N``: scene ``N``): [`lazystack.load_czis()`][lazystack.load_czis];
     * ``.npy``: one stack over ``np.load(path, mmap_mode="r")`` (read-only, no copy);
-    * array-likes (numpy, dask, zarr, h5py ...): :func:`lazystack.load_arrays`.
+    * array-likes (numpy, dask, zarr, h5py ...): [`lazystack.load_arrays()`][lazystack.load_arrays].
 
     Parameters
     ----------
@@ -161,13 +163,13 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         What to open. Sources of different kinds may be mixed.
     axes : str, optional
         Axes of every source (letters of ``STCZYX``). When omitted, the axes
-        each file declares are used (see :func:`propose_axes`).
+        each file declares are used (see [`propose_axes()`][propose_axes]).
     levels : None, "all", int, sequence of int or str
         Resolution levels of multiscale images (OME-Zarr pyramids) to open,
         0 = full resolution: None or ``"all"`` (default) for all of them,
         one stack per level. Sources without a pyramid count as level 0
         (they are left out when ``levels`` excludes 0). See
-        :func:`lazystack.load_zarrs` and :mod:`lazystack.core.levels`.
+        [`lazystack.load_zarrs()`][lazystack.load_zarrs] and `lazystack.core.levels`.
     **options
         Passed to the loader (``storage_options=`` for Zarr ...).
 
@@ -175,7 +177,7 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
     -------
     StackList of LazyImageStack
         The stacks of every source, in order (a list that shows itself as a
-        table, see :class:`lazystack.StackList`).
+        table, see [`lazystack.StackList`][lazystack.StackList]).
 
     Raises
     ------
@@ -304,7 +306,7 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
     Raises
     ------
     SourceNotFoundError, UnsupportedSourceError
-        As :func:`source_kind`.
+        As `source_kind()`.
     """
     text = os.fspath(source)
     kind = source_kind(text)

@@ -1,11 +1,11 @@
 """Loaders: a source plus an axes string in, a list of lazy image stacks out.
 
-Every loader follows the :class:`~lazystack.ImageStackLoader` protocol:
+Every loader follows the [`ImageStackLoader`][lazystack.ImageStackLoader] protocol:
 ``loader(source, axes, **options) -> list[LazyImageStack]``. Options say
 *how* to load, never *what*, so one call serves an input and a target
 source alike. The loaders are thin: a format back end in
-:mod:`lazystack.sources` opens the source and reads its metadata; the loader
-wraps what it returns in :class:`~lazystack.LazyImageStack`.
+[`lazystack.sources`][lazystack.sources] opens the source and reads its metadata; the loader
+wraps what it returns in [`LazyImageStack`][lazystack.LazyImageStack].
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def load_arrays(source: Any, axes: str) -> StackList:
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
         One stack per array, with ``source == "array"``. Data is read (and
         cast to float32) only when a patch is extracted. An in-memory numpy
         array pickles with its data.
@@ -151,7 +151,7 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
         Chunked by the file's own tiles, strips or pages; uncompressed
         contiguous data is memory-mapped.
     """
@@ -178,7 +178,7 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
     """
     axes = validate_axes(axes)
     from ..sources import tiff
@@ -205,7 +205,7 @@ def load_custom_file(
         Axes of the arrays ``read_func`` returns.
     read_func : callable
         ``read_func(path, **read_kwargs)`` returning an array-like (see
-        :class:`lazystack.sources.custom.ReadFunc`). A lazy array-like
+        [`lazystack.sources.custom.ReadFunc`][lazystack.sources.custom.ReadFunc]). A lazy array-like
         (``np.memmap``, ``zarr.Array``, ``h5py.Dataset``, dask array) keeps
         the stack fully lazy; a plain ndarray is kept in a bounded
         per-process cache once read.
@@ -215,7 +215,7 @@ def load_custom_file(
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
     """
     axes = validate_axes(axes)
     from ..sources import custom
@@ -241,7 +241,7 @@ def load_zarrs(
         ``.zarr`` paths, ``file://`` URIs or any fsspec URI
         (``http(s)://``, ``s3://``, ``zip://``, ``memory://`` ...) to a group
         (one stack per array, sorted; one per multiscale level for an
-        OME-Zarr image) or to an array; or a :class:`zarr.storage.StorePath`
+        OME-Zarr image) or to an array; or a `zarr.storage.StorePath`
         on a ``LocalStore`` or an ``FsspecStore`` (as CAREamics accepts).
     axes : str
         Axes of each array (checked against OME-Zarr's own axes).
@@ -252,13 +252,13 @@ def load_zarrs(
         resolution): None or ``"all"`` (default) for every level, ``0`` for
         full resolution only, ``[0, 2]`` or ``"0,2"`` for those. Each level is
         one stack (``stack.level``); a path to one level's array is opened as
-        given. See :mod:`lazystack.core.levels`.
+        given. See `lazystack.core.levels`.
 
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr (the levels of
-        one image are shown grouped, see :meth:`StackList.images`).
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr (the levels of
+        one image are shown grouped, see [`StackList.images()`][StackList.images]).
 
     Raises
     ------
@@ -306,7 +306,7 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
     """
     from ..sources import czi
 
@@ -322,14 +322,14 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
         Files (OME-TIFF, ND2, LIF ... whatever plugins are installed).
     axes : str
         Axes of each scene, applied to the reader's dims with the same rules
-        as :func:`load_arrays`.
+        as [`load_arrays()`][load_arrays].
     **reader_options
-        Passed to :class:`bioio.BioImage` (e.g. ``reader=``).
+        Passed to `bioio.BioImage` (e.g. ``reader=``).
 
     Returns
     -------
     StackList
-        A list of :class:`LazyImageStack` with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
     """
     axes = validate_axes(axes)
     from ..sources import bioio as bioio_source

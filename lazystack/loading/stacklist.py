@@ -1,9 +1,9 @@
 """How stacks show themselves: summaries, text tables and notebook HTML.
 
-:func:`stack_summary` gathers what a user asks first about a stack (the row
-of ``lazystack info``); :class:`StackList` is the list a loader returns, with
+[`stack_summary()`][stack_summary] gathers what a user asks first about a stack (the row
+of ``lazystack info``); [`StackList`][StackList] is the list a loader returns, with
 a compact one-row-per-stack table as its repr in a terminal and in a
-notebook; :func:`stack_html` is a stack's own notebook repr, built on
+notebook; [`stack_html()`][stack_html] is a stack's own notebook repr, built on
 xarray's (which embeds dask's chunk picture) under a small table of facts.
 """
 
@@ -112,7 +112,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
     stack : LazyImageStack
         The stack.
     disk_bytes : int, optional
-        Size of the stack's file or store on disk (see :func:`source_disk_bytes`).
+        Size of the stack's file or store on disk (see [`source_disk_bytes()`][source_disk_bytes]).
 
     Returns
     -------
@@ -153,12 +153,12 @@ def _shape_text(axes: str, shape: Sequence[int]) -> str:
 
 
 def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
-    """Render a :func:`stack_summary` as text cells, one per column of the compact table.
+    """Render a [`stack_summary()`][stack_summary] as text cells, one per column of the compact table.
 
     Parameters
     ----------
     summary : mapping
-        As returned by :func:`stack_summary`.
+        As returned by [`stack_summary()`][stack_summary].
 
     Returns
     -------
@@ -198,7 +198,7 @@ def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COL
     Parameters
     ----------
     rows : iterable of mapping
-        One mapping of column name to text per row (see :func:`summary_row`).
+        One mapping of column name to text per row (see [`summary_row()`][summary_row]).
     columns : sequence of str
         Columns to show, in order.
 
@@ -221,7 +221,7 @@ def plate_map(summaries: Iterable[Mapping[str, Any]]) -> str:
     Parameters
     ----------
     summaries : iterable of mapping
-        :func:`stack_summary` records (those without ``well`` are ignored).
+        [`stack_summary()`][stack_summary] records (those without ``well`` are ignored).
 
     Returns
     -------
@@ -307,7 +307,7 @@ def stack_html(stack: LazyImageStack) -> str:
 class StackList(list):  # type: ignore[type-arg,unused-ignore]
     """A list of stacks that shows itself as a compact table, one row per stack.
 
-    It is a plain :class:`list` in every other way (indexing, unpacking,
+    It is a plain `list` in every other way (indexing, unpacking,
     ``len`` ...): loaders return it so that a notebook cell ending in
     ``load_tiffs(...)`` shows a readable table.
 
@@ -357,7 +357,7 @@ class StackList(list):  # type: ignore[type-arg,unused-ignore]
         Parameters
         ----------
         levels : None, "all", int, sequence of int or str
-            As ``levels=`` of :func:`lazystack.load` (default: full resolution).
+            As ``levels=`` of [`lazystack.load()`][lazystack.load] (default: full resolution).
 
         Returns
         -------

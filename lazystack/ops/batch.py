@@ -1,19 +1,19 @@
 """Batched patch extraction: read each touched chunk once for a whole batch.
 
-:func:`extract_patches` takes many patch requests, over one stack or many,
+[`extract_patches()`][extract_patches] takes many patch requests, over one stack or many,
 works out every chunk the batch touches and reads each of them once (through
 the chunk cache), then cuts the patches out of the decoded chunks. The result
-is exactly what one :meth:`~lazystack.LazyImageStack.extract_patch` call per
+is exactly what one [`extract_patch()`][lazystack.LazyImageStack.extract_patch] call per
 request returns.
 
 How the chunks are read depends on where they live:
 
 - **local** sources (files, memory) that decode one chunk on their own
-  (not :attr:`~lazystack.io.reader.ReaderCapabilities.fetches_in_groups`):
+  (not [`fetches_in_groups`][lazystack.io.reader.ReaderCapabilities.fetches_in_groups]):
 
   - requests for every channel wholly inside an identity view (a training
     loop's) are *scattered*: the chunks they touch are shared over the cores
-    (:data:`~lazystack.io.chunked.CPU_WORKERS`) in grid order, and each chunk
+    ([`CPU_WORKERS`][lazystack.io.chunked.CPU_WORKERS]) in grid order, and each chunk
     is decoded once, copied (cast to ``float32``) straight into every patch
     it feeds, and dropped;
   - the others (a channel list, a patch leaving the image, a view), and any
@@ -26,23 +26,23 @@ How the chunks are read depends on where they live:
   chunks are alive at once: a batch does not fault in fresh memory for every
   chunk it touches, which on a virtual machine costs about as much as
   decoding.
-- **remote** sources (:attr:`~lazystack.io.reader.ReaderCapabilities.remote`),
+- **remote** sources ([`remote`][lazystack.io.reader.ReaderCapabilities.remote]),
   sources that only fetch chunks in groups, and, with the chunk cache on,
   sources whose fetch decodes many chunks in native threads
-  (:meth:`~lazystack.io.chunked.ChunkedReader.parallel_fetch`: tensorstore): all
+  ([`parallel_fetch()`][lazystack.io.chunked.ChunkedReader.parallel_fetch]: tensorstore): all
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
 - with the chunk cache off, a Zarr array on tensorstore (or on ``auto``
   over compressed chunks of 256 KiB and up) reads one region per patch, each
   started as soon as its request is planned
-  (:meth:`~lazystack.io.chunked.ChunkedReader.region_reads`).
+  ([`region_reads()`][lazystack.io.chunked.ChunkedReader.region_reads]).
 
 Everything goes through public interfaces: a stack's
-:meth:`~lazystack.LazyImageStack.plan_patch`,
-:meth:`~lazystack.LazyImageStack.patch_from_region` and
-:meth:`~lazystack.LazyImageStack.with_reader`, and its reader's
+[`plan_patch()`][lazystack.LazyImageStack.plan_patch],
+[`patch_from_region()`][lazystack.LazyImageStack.patch_from_region] and
+[`with_reader()`][lazystack.LazyImageStack.with_reader], and its reader's
 ``as_chunked()`` and ``capabilities`` (the contract of
-:mod:`lazystack.io.reader`). Stacks whose reader has no chunk reader
+[`lazystack.io.reader`][lazystack.io.reader]). Stacks whose reader has no chunk reader
 (``as_chunked()`` is None: in-memory arrays, dask arrays, custom readers)
 or that are loaded in memory are served one by one, in order.
 """
@@ -247,11 +247,12 @@ def _stream(
 
 
 class _Batch:
-    """One :func:`extract_patches` call: the requests, their plans and results, and how each source serves its share.
+    """One [`extract_patches()`][extract_patches] call: the requests, their plans and results, and how each source
+    serves its share.
 
     A request for all channels wholly inside an identity view is planned by
     the stack's own fast path (its source region and patch size); any other
-    is planned by :func:`_plan`, which validates it as ``extract_patch`` does.
+    is planned by [`_plan()`][_plan], which validates it as ``extract_patch`` does.
     """
 
     def __init__(self, reqs: list[Any], max_bytes: int) -> None:
@@ -429,7 +430,7 @@ def extract_patches(
     ----------
     requests : iterable of tuple
         ``(stack, sample_idx, channels, coords, patch_size)`` per patch; the
-        last four as for :meth:`~lazystack.LazyImageStack.extract_patch`.
+        last four as for [`extract_patch()`][lazystack.LazyImageStack.extract_patch].
     max_batch_bytes : int, optional
         Bound on the decoded chunk bytes held at once for one source
         (default 512 MiB): a batch fetched in rounds takes several, a

@@ -1,8 +1,8 @@
 """Normalised views of stacks: per-channel affine transforms applied on read.
 
-:func:`normalized` wraps a stack (or a view of one) in a chunk reader that
+[`normalized()`][normalized] wraps a stack (or a view of one) in a chunk reader that
 applies ``(x - offset[c]) * scale[c]`` to every region it reads, as float32.
-The result is an ordinary :class:`~lazystack.LazyImageStack`: its patches,
+The result is an ordinary [`LazyImageStack`][lazystack.LazyImageStack]: its patches,
 dask array and xarray are normalised, nothing is computed until read, and it
 pickles as the original stack's recipe plus ``2 * C`` numbers.
 """
@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 
 __all__ = ["METHODS", "NormalizedReader", "normalization_parameters", "normalized"]
 
-#: Accepted ``method`` values of :func:`normalized`.
+#: Accepted ``method`` values of [`normalized()`][normalized].
 METHODS = ("zscore", "minmax", "percentile")
 
 
 class NormalizedReader(Reader):
-    """Chunk reader applying ``(x - offset[c]) * scale[c]`` to what a stack reads (see :mod:`lazystack.io.reader`).
+    """Chunk reader applying ``(x - offset[c]) * scale[c]`` to what a stack reads (see
+    [`lazystack.io.reader`][lazystack.io.reader]).
 
     Parameters
     ----------
@@ -119,7 +120,7 @@ def normalization_parameters(
     Parameters
     ----------
     stats : ChannelStatistics or mapping
-        Statistics (or their :meth:`~lazystack.ChannelStatistics.to_dict`).
+        Statistics (or their [`to_dict()`][lazystack.ChannelStatistics.to_dict]).
     method : {"zscore", "minmax", "percentile"}
         ``zscore``: ``(x - mean) / std``; ``minmax``: ``(x - min) / (max - min)``;
         ``percentile``: ``(x - p[lower]) / (p[upper] - p[lower])``.
@@ -177,9 +178,9 @@ def normalized(
         Any stack or view.
     stats : ChannelStatistics or mapping
         Statistics with one value per channel of ``stack`` (e.g. from
-        :func:`~lazystack.channel_statistics` over a training set).
+        [`channel_statistics()`][lazystack.channel_statistics] over a training set).
     method : {"zscore", "minmax", "percentile"}
-        See :func:`normalization_parameters`.
+        See `normalization_parameters()`.
     lower, upper : float
         Percentile levels for ``method="percentile"``.
     clip : tuple of float, optional
@@ -197,7 +198,7 @@ def normalized(
     ShapeMismatchError
         If ``stats`` has a different number of channels from ``stack``.
     ValueError, KeyError
-        See :func:`normalization_parameters`.
+        See `normalization_parameters()`.
 
     Examples
     --------

@@ -4,10 +4,10 @@ The library is quiet by default; the command line turns progress on. Two
 kinds of bar, chosen by the scheduler dask would use right now:
 
 - a local scheduler (threads, processes, synchronous): dask's
-  :class:`dask.diagnostics.ProgressBar`;
-- a :class:`distributed.Client` (the default client, or the scheduler set with
+  [`dask.diagnostics.ProgressBar`][dask.diagnostics.ProgressBar];
+- a [`distributed.Client`][distributed.Client] (the default client, or the scheduler set with
   ``dask.config.set(scheduler=client)``): the computation is submitted to the
-  client and :func:`distributed.progress` follows the futures.
+  client and [`distributed.progress()`][distributed.progress] follows the futures.
 
 ``dask.distributed`` is an optional dependency: it is imported only when a
 client is active, which implies it is installed.
@@ -29,7 +29,7 @@ _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("lazystack_progr
 
 
 def active_client() -> Any | None:
-    """Return the :class:`distributed.Client` dask would compute on now, or None.
+    """Return the [`distributed.Client`][distributed.Client] dask would compute on now, or None.
 
     Returns
     -------
@@ -53,10 +53,10 @@ def active_client() -> Any | None:
 def progress_bar(enabled: bool = True) -> Iterator[None]:
     """Show a progress bar for the computations run inside the block.
 
-    With a local scheduler, dask's :class:`~dask.diagnostics.ProgressBar` is
+    With a local scheduler, dask's [`ProgressBar`][dask.diagnostics.ProgressBar] is
     registered for the block (it reports every ``dask.compute`` inside). With a
-    distributed client, :func:`compute` (used by every lazystack computation)
-    shows :func:`distributed.progress` for its futures.
+    distributed client, [`compute()`][compute] (used by every lazystack computation)
+    shows [`distributed.progress()`][distributed.progress] for its futures.
 
     Parameters
     ----------
@@ -91,7 +91,7 @@ def compute(*collections: Any, progress: bool = False) -> tuple[Any, ...]:
     *collections : dask collections
         What to compute (arrays, delayed objects ...).
     progress : bool
-        Show a bar (also shown when called inside :func:`progress_bar`).
+        Show a bar (also shown when called inside [`progress_bar()`][progress_bar]).
 
     Returns
     -------

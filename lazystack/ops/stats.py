@@ -1,9 +1,9 @@
 """Per-channel statistics over many stacks, computed chunk by chunk with dask.
 
-:func:`channel_statistics` reduces any list of stacks (different shapes and
+[`channel_statistics()`][channel_statistics] reduces any list of stacks (different shapes and
 dtypes allowed, the same number of channels) to per-channel mean, standard
 deviation, minimum, maximum, count and percentiles, on whatever dask
-scheduler is active (threads, processes, a :class:`distributed.Client`).
+scheduler is active (threads, processes, a [`distributed.Client`][distributed.Client]).
 
 How it is computed
 ------------------
@@ -13,7 +13,7 @@ returns small per-channel partial results; partials are merged in a tree
 (``split_every`` at a time), so no task holds more than one chunk and the graph
 carries no pixel data: each stack enters it once, as its pickled recipe (a
 file-backed stack pickles as its path and options). Stack-likes other than
-:class:`~lazystack.LazyImageStack` are reduced over the chunks of their
+[`LazyImageStack`][lazystack.LazyImageStack] are reduced over the chunks of their
 canonical ``.data``.
 
 - **Mean and standard deviation**: each chunk gives ``(count, mean, M2)`` in
@@ -36,7 +36,7 @@ canonical ``.data``.
     minimum / maximum), so every percentile is within
     ``percentile_error = (max - min) / bins`` of numpy's value (the actual
     error is at most half that, plus float rounding).
-    :attr:`ChannelStatistics.percentile_error` gives the bound per channel
+    [`ChannelStatistics.percentile_error`][ChannelStatistics.percentile_error] gives the bound per channel
     (0 where exact).
 
 Non-finite values (NaN, ±inf) of floating-point data are ignored, as
@@ -90,7 +90,7 @@ class ChannelStatistics:
     levels_left_out : int
         Number of stacks given but left out as coarser resolution levels of an
         image whose finer level was given too (see ``levels`` of
-        :func:`channel_statistics`).
+        [`channel_statistics()`][channel_statistics]).
     """
 
     mean: np.ndarray
@@ -145,12 +145,12 @@ class ChannelStatistics:
         }
 
     def to_json(self, **kwargs: Any) -> str:
-        """:meth:`to_dict` as a JSON string (``kwargs`` go to :func:`json.dumps`)."""
+        """[`to_dict()`][to_dict] as a JSON string (``kwargs`` go to `json.dumps()`)."""
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChannelStatistics:
-        """Rebuild statistics from :meth:`to_dict` output."""
+        """Rebuild statistics from [`to_dict()`][to_dict] output."""
 
         def arr(key: str) -> np.ndarray:
             return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
@@ -421,7 +421,7 @@ def _stack_blocks(stack: Any) -> list[Block]:
 
 
 def _dask_blocks(stack: Any) -> list[Block]:
-    """One block per chunk of ``stack.data`` (for stacks that are not :class:`LazyImageStack`)."""
+    """One block per chunk of ``stack.data`` (for stacks that are not [`LazyImageStack`][LazyImageStack])."""
     x = stack.data
     starts = np.concatenate([[0], np.cumsum(x.chunks[1])[:-1]]).astype(int)
     grid = x.to_delayed(optimize_graph=False)
@@ -522,7 +522,7 @@ def channel_statistics(
     seed : int
         Seed of the chunk sample.
     progress : bool
-        Show a progress bar (see :mod:`lazystack.ops.progress`).
+        Show a progress bar (see `lazystack.ops.progress`).
     bins : int
         Number of histogram bins per channel for floating-point percentiles;
         the error bound is ``(max - min) / bins``.
@@ -533,9 +533,9 @@ def channel_statistics(
         ``"finest"`` (default): the finest level given of each image (full
         resolution for a whole pyramid), so that the downsampled copies do not
         bias the statistics; the number of stacks left out is
-        :attr:`ChannelStatistics.levels_left_out`. ``"all"``: every stack
+        `ChannelStatistics.levels_left_out`. ``"all"``: every stack
         given; an int or sequence: those levels (stacks without a pyramid
-        count as level 0). See :mod:`lazystack.core.levels`.
+        count as level 0). See `lazystack.core.levels`.
 
     Returns
     -------

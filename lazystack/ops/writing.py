@@ -1,6 +1,6 @@
 """Write stacks as OME-Zarr 0.5 (Zarr v3) images with a multiscale pyramid, through dask.
 
-:func:`write_ome_zarr` streams a stack chunk by chunk into a Zarr v3 store:
+[`write_ome_zarr()`][write_ome_zarr] streams a stack chunk by chunk into a Zarr v3 store:
 nothing but one chunk per task is ever in memory, and the computation runs on
 the active dask scheduler (threads, processes or a distributed cluster).
 
@@ -20,14 +20,14 @@ sample of every stack, in order (stack 0's samples first). Each image's
 multiscale ``metadata`` names where it comes from (``"source"``, and
 ``"sample"`` for a sample of a stack with an ``S`` axis). lazystack, ome-zarr-py,
 bioio-ome-zarr and ngff-zarr open each image by its path ``out.zarr/N``;
-:func:`lazystack.load_zarrs` on ``out.zarr`` gives the levels of every image
+[`lazystack.load_zarrs()`][lazystack.load_zarrs] on ``out.zarr`` gives the levels of every image
 (``attrs["image"]`` is ``"N"``).
 
 Axes
 ----
 The image keeps the stack's axes except ``S``, reordered as NGFF requires:
 ``T`` first, then ``C``, then the space axes ``Z``, ``Y``, ``X`` (e.g. a
-``"XYC"`` stack is written ``"CYX"``; :func:`ome_axes` gives the order). ``S``
+``"XYC"`` stack is written ``"CYX"``; `ome_axes()` gives the order). ``S``
 is not an NGFF axis type and NGFF allows at most five axes: samples become
 separate images (see above), so every written image has at most the five axes
 ``TCZYX`` and validates against NGFF 0.5. Open the result with
@@ -54,12 +54,12 @@ one, untouched, with ``overwrite=True``), so a store at ``path`` is always
 complete. A failed write removes its partial folder. A process killed
 outright (``SIGKILL``, power loss) cannot: its partial folder holds a marker
 file (``.lazystack-writer.json``: host, process id and the process's start
-time), and the next :func:`write_ome_zarr` to the same ``path`` removes every
+time), and the next [`write_ome_zarr()`][write_ome_zarr] to the same ``path`` removes every
 partial folder of that path whose writer provably is gone (same host, no
 live process with that id and start time). Partial folders it cannot prove
 stale (another host, a live writer, no marker) are left alone and reported
-with a :class:`PartialOutputWarning` (``lazystack convert`` prints it);
-:func:`stale_partial_outputs` lists them.
+with a [`PartialOutputWarning`][PartialOutputWarning] (``lazystack convert`` prints it);
+[`stale_partial_outputs()`][stale_partial_outputs] lists them.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ _DEFAULT_CHUNKS = {"T": 1, "S": 1, "C": 1, "Z": 32, "Y": 512, "X": 512}
 
 
 def ome_axes(axes: str) -> str:
-    """The axes string of the image :func:`write_ome_zarr` writes for a stack with ``axes``.
+    """The axes string of the image [`write_ome_zarr()`][write_ome_zarr] writes for a stack with ``axes``.
 
     Parameters
     ----------
@@ -359,7 +359,7 @@ def write_ome_zarr(
         Zarr chunk shape: None for 1 along ``T``/``S``/``C``, 32 along ``Z``
         and 512 along ``Y``/``X``; an int for ``Y`` and ``X``; a dict
         ``{axis: size}`` (``-1`` for a whole axis); or a tuple in the written
-        order (:func:`ome_axes`). Sizes are capped at the image's shape.
+        order (`ome_axes()`). Sizes are capped at the image's shape.
     levels : int
         Number of resolution levels, full resolution included (fewer when
         ``Y`` or ``X`` would shrink below one pixel).
@@ -370,7 +370,7 @@ def write_ome_zarr(
     progress : bool
         Show a progress bar.
     compressors : optional
-        Passed to :func:`zarr.create_array` (``"auto"``: zarr's default, Zstandard).
+        Passed to `zarr.create_array()` (``"auto"``: zarr's default, Zstandard).
 
     Returns
     -------
@@ -520,7 +520,7 @@ def _writer_marker() -> dict[str, Any]:
 
 
 def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
-    """Hidden partial folders left beside ``path`` by earlier :func:`write_ome_zarr` calls.
+    """Hidden partial folders left beside ``path`` by earlier [`write_ome_zarr()`][write_ome_zarr] calls.
 
     Parameters
     ----------
@@ -587,7 +587,7 @@ def _replace(partial: Path, final: Path, overwrite: bool) -> None:
 
 
 def pyramid_shapes(shape: Sequence[int], axes: str, levels: int = 3, downscale: int = 2) -> list[tuple[int, ...]]:
-    """Shapes of the levels :func:`write_ome_zarr` writes for a stack of ``shape`` (written order).
+    """Shapes of the levels [`write_ome_zarr()`][write_ome_zarr] writes for a stack of ``shape`` (written order).
 
     Parameters
     ----------
@@ -596,7 +596,7 @@ def pyramid_shapes(shape: Sequence[int], axes: str, levels: int = 3, downscale: 
     axes : str
         The stack's original axes.
     levels, downscale : int
-        As in :func:`write_ome_zarr`.
+        As in [`write_ome_zarr()`][write_ome_zarr].
 
     Returns
     -------

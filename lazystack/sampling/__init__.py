@@ -1,6 +1,6 @@
 """Reproducible patch sampling: specs, samplers, tiling and stitching, manifests.
 
-See :mod:`lazystack.sampling.samplers` for why an epoch is the same for any
+See [`lazystack.sampling.samplers`][lazystack.sampling.samplers] for why an epoch is the same for any
 number of workers or ranks.
 """
 
@@ -58,7 +58,7 @@ __all__ = [
 def read_specs(
     stacks: Sequence[Any], specs: Sequence[PatchSpec], *, channels: Any = "spec"
 ) -> list[NDArray[np.float32]]:
-    """Read the patches of some specs in one batch (:func:`lazystack.extract_patches`).
+    """Read the patches of some specs in one batch ([`lazystack.extract_patches()`][lazystack.extract_patches]).
 
     Parameters
     ----------

@@ -8,7 +8,7 @@ total size and latest modification of its files), ``source_sha256`` of the
 data for a source that is not a file (an in-memory array), and the stack's
 ``data_shape``. ``pandas.read_csv`` reads it as it is.
 
-:func:`read_manifest` gives the specs back as a :class:`FixedSampler` after
+[`read_manifest()`][read_manifest] gives the specs back as a [`FixedSampler`][FixedSampler] after
 checking that the stacks it is given are the ones recorded: a source whose
 size, modification time, content or shape changed is an error that names it.
 """
@@ -171,12 +171,12 @@ def write_manifest(
 def read_manifest(
     path: str | os.PathLike[str], stacks: Sequence[Any], *, epoch: int | None = None, check: bool = True
 ) -> FixedSampler:
-    """Read a manifest back as a :class:`FixedSampler`, checking the stacks are the recorded ones.
+    """Read a manifest back as a [`FixedSampler`][FixedSampler], checking the stacks are the recorded ones.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A file written by :func:`write_manifest`.
+        A file written by [`write_manifest()`][write_manifest].
     stacks : sequence of ImageStack
         The stacks to replay it over, in the recorded order.
     epoch : int, optional

@@ -1,10 +1,10 @@
 """Patch specs and reproducible samplers.
 
-A :class:`PatchSpec` names one patch: which stack, which sample, which
+A [`PatchSpec`][PatchSpec] names one patch: which stack, which sample, which
 channels, where and how large. A sampler maps ``(index, epoch)`` to a spec as
 a *pure* function of its seed, the epoch and the index: the random state of
 index ``i`` is ``numpy.random.default_rng([seed, epoch, i])`` (a
-:class:`numpy.random.SeedSequence` of the three), never a generator shared
+[`numpy.random.SeedSequence`][numpy.random.SeedSequence] of the three), never a generator shared
 by (and copied into) worker processes. So an epoch is the same list of specs
 whatever the number of DataLoader workers, their start method, or how the
 indices are split over distributed ranks, and each worker computes only the
@@ -102,7 +102,7 @@ class StackGeometry(NamedTuple):
 
 
 def geometry(stack: Any) -> StackGeometry:
-    """The :class:`StackGeometry` of a stack, from its canonical ``SC(Z)YX`` ``data_shape``.
+    """The [`StackGeometry`][StackGeometry] of a stack, from its canonical ``SC(Z)YX`` ``data_shape``.
 
     Parameters
     ----------
@@ -217,7 +217,7 @@ def _check_seed(name: str, value: int) -> int:
 class Sampler:
     """Base class: ``len(sampler)`` specs per epoch, ``sampler.spec(index, epoch)`` each.
 
-    Subclasses implement :meth:`spec` as a pure function of ``(seed, epoch,
+    Subclasses implement [`spec()`][spec] as a pure function of ``(seed, epoch,
     index)`` and ``__len__``.
     """
 
@@ -370,7 +370,7 @@ class RandomSampler(Sampler):
         return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
-        """The spec of ``index`` in ``epoch`` (see :meth:`Sampler.spec`)."""
+        """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec])."""
         i = self._check_index(index)
         rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
         return self._draw(rng)
@@ -457,7 +457,7 @@ class StratifiedSampler(Sampler):
         return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
-        """The spec of ``index`` in ``epoch`` (see :meth:`Sampler.spec`)."""
+        """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec])."""
         i = self._check_index(index)
         k, sample, lo, hi = self.regions[i % len(self.regions)]
         rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
@@ -577,7 +577,7 @@ class ForegroundSampler(RandomSampler):
     seed : int
         Non-negative seed.
     weights : "size", "positions" or sequence of float
-        How stacks are drawn (as for :class:`RandomSampler`).
+        How stacks are drawn (as for [`RandomSampler`][RandomSampler]).
     channels : int or sequence of int, optional
         Channels of every patch.
     """
@@ -651,7 +651,7 @@ class ForegroundSampler(RandomSampler):
         return best[0], self.max_attempts, best[1]
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
-        """The spec of ``index`` in ``epoch`` (see :meth:`draw`)."""
+        """The spec of ``index`` in ``epoch`` (see [`draw()`][draw])."""
         return self.draw(index, epoch)[0]
 
 

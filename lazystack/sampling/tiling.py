@@ -1,13 +1,13 @@
 """Tiled prediction: a grid of overlapping tiles and a stitcher that assembles their predictions.
 
-:class:`GridSampler` covers every pixel of every sample of every stack with
+[`GridSampler`][GridSampler] covers every pixel of every sample of every stack with
 tiles of one size, overlapping by at least ``overlap``; the last tile of a
 row is moved back so that it ends at the image's edge (tiles never leave an
 image at least as large as a tile). Each tile keeps, for stitching, only the
 part of it closest to its own centre: neighbours meet in the middle of their
 overlap, so the kept parts partition the image.
 
-:class:`Stitcher` writes each tile's kept part of a prediction into output
+[`Stitcher`][Stitcher] writes each tile's kept part of a prediction into output
 arrays (numpy by default, or any array accepting slice assignment: a Zarr
 array, e.g. one written then as OME-Zarr) as tiles arrive, in any order.
 """
@@ -163,7 +163,7 @@ class GridSampler(Sampler):
 
 
 class Stitcher:
-    """Assemble per-tile predictions of a :class:`GridSampler` into whole images.
+    """Assemble per-tile predictions of a [`GridSampler`][GridSampler] into whole images.
 
     Parameters
     ----------
@@ -240,7 +240,7 @@ class Stitcher:
         self._added.add(int(index))
 
     def add_batch(self, indices: Sequence[int], predictions: Any) -> None:
-        """:meth:`add` for each index and the matching prediction of a batch (``N C (Z)YX``)."""
+        """[`add()`][add] for each index and the matching prediction of a batch (``N C (Z)YX``)."""
         for i, p in zip(indices, predictions, strict=True):
             self.add(int(i), p)
 

@@ -23,7 +23,8 @@ __all__ = ["MemmapReader", "as_reader", "propose_axes"]
 
 
 class MemmapReader(Reader):
-    """Read-only view of a memory-mapped file that pickles as its recipe (a reader, see :mod:`lazystack.io.reader`).
+    """Read-only view of a memory-mapped file that pickles as its recipe (a reader, see
+    [`lazystack.io.reader`][lazystack.io.reader]).
 
     Parameters
     ----------
@@ -108,7 +109,7 @@ class MemmapReader(Reader):
 def as_reader(arr: Any) -> Any:
     """Return the chunk reader for an array-like given to ``load_arrays``.
 
-    A top-level ``np.memmap`` becomes a :class:`MemmapReader`; anything else
+    A top-level ``np.memmap`` becomes a [`MemmapReader`][MemmapReader]; anything else
     is returned unchanged.
     """
     if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:

@@ -1,6 +1,6 @@
 """Generic bioio back end: any file an installed bioio reader plugin opens.
 
-:func:`lazystack.load_bioio` is the escape hatch for microscope formats
+[`lazystack.load_bioio()`][lazystack.load_bioio] is the escape hatch for microscope formats
 without a dedicated loader (ND2, LIF, OME-TIFF through bioio-ome-tiff ...).
 It needs ``bioio`` and a plugin for the format (the ``czi`` extra installs
 bioio; other plugins are installed separately, e.g. ``bioio-nd2``).
@@ -9,7 +9,7 @@ Axes rules
 ----------
 bioio presents every scene as ``TCZYX`` (plus ``S`` for the colour samples
 of RGB pixels, which is *not* lazystack's sample axis). The user's axes
-apply to those dims, like :func:`lazystack.load_arrays` applies them to an
+apply to those dims, like [`lazystack.load_arrays()`][lazystack.load_arrays] applies them to an
 array's dims, with the letters matched by name:
 
 * ``T``, ``C``, ``Z``, ``Y``, ``X`` are the bioio dims of the same name;
@@ -20,7 +20,7 @@ array's dims, with the letters matched by name:
   singleton axis, accepted so that ``"SCYX"``-style axes keep working;
 * every bioio dim the axes do not name must be a singleton; it is dropped.
   A non-singleton dim the axes leave out is a
-  :class:`~lazystack.ShapeMismatchError` that quotes bioio's dims and
+  [`ShapeMismatchError`][lazystack.ShapeMismatchError] that quotes bioio's dims and
   shape.
 
 One stack per scene, in bioio's scene order; ``stack.source`` is the path
@@ -87,7 +87,7 @@ class _Options:
 
 
 class _SceneHandle:
-    """A :class:`bioio.BioImage` set to one scene, and its scene's dask array."""
+    """A [`bioio.BioImage`][bioio.BioImage] set to one scene, and its scene's dask array."""
 
     def __init__(self, path: str, scene: int, options: _Options) -> None:
         bioio = _import_bioio()
@@ -111,7 +111,7 @@ def _open_scene(path: str, scene: int, options: _Options, mode: str = "r") -> _S
 
 
 class BioioSceneReader(Reader):
-    """Chunk reader over one scene of a file read by bioio (see :mod:`lazystack.io.handles`).
+    """Chunk reader over one scene of a file read by bioio (see [`lazystack.io.handles`][lazystack.io.handles]).
 
     Parameters
     ----------
@@ -120,7 +120,7 @@ class BioioSceneReader(Reader):
     scene : int
         bioio scene index.
     options : dict
-        Keyword arguments of :class:`bioio.BioImage`.
+        Keyword arguments of [`bioio.BioImage`][bioio.BioImage].
     dims : str
         bioio's dims of the scene (``"TCZYX"`` or ``"TCZYXS"``).
     plan : tuple
@@ -190,7 +190,7 @@ class BioioSceneReader(Reader):
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read the region ``key`` (ints and step-1 slices, one per user axis).
 
-        The plugin's read errors become a :class:`~lazystack.SourceReadError`
+        The plugin's read errors become a [`SourceReadError`][lazystack.SourceReadError]
         naming the file and the scene.
         """
         if not isinstance(key, tuple):
@@ -237,7 +237,7 @@ def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
     """Set ``image`` to ``scene``; return it, the scene's dask array and its dims.
 
     A plugin's errors here (metadata that disagree with the pixels, a broken
-    scene) become a :class:`~lazystack.SourceFormatError` naming the file and the scene.
+    scene) become a [`SourceFormatError`][lazystack.SourceFormatError] naming the file and the scene.
     """
     try:
         image.set_scene(scene)
@@ -291,7 +291,7 @@ def _plan(axes: str, dims: str, shape: tuple[int, ...], where: str) -> tuple[str
 
 
 def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[OpenedSource]:
-    """Open a file with bioio, one :class:`OpenedSource` per scene.
+    """Open a file with bioio, one [`OpenedSource`][OpenedSource] per scene.
 
     Parameters
     ----------
@@ -300,7 +300,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     axes : str
         Validated axes (see the module docs for how they meet bioio's dims).
     reader_options : dict
-        Keyword arguments of :class:`bioio.BioImage` (``reader=`` ...).
+        Keyword arguments of [`bioio.BioImage`][bioio.BioImage] (``reader=`` ...).
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Custom-file back end: files of any type, read by a user-supplied function.
 
-``read_func(path, **read_kwargs)`` (a :class:`ReadFunc`) returns an
-array-like for one file; ``path`` is a :class:`pathlib.Path`, as CAREamics'
+``read_func(path, **read_kwargs)`` (a [`ReadFunc`][ReadFunc]) returns an
+array-like for one file; ``path`` is a `pathlib.Path`, as CAREamics'
 ``ReadFunc`` receives it (CAREamics' own readers use ``path.suffix``). What it returns decides how lazy the stack is:
 
 * **a lazy array-like** (``np.memmap``, ``np.load(..., mmap_mode="r")``,
@@ -9,16 +9,16 @@ array-like for one file; ``path`` is a :class:`pathlib.Path`, as CAREamics'
   ``dtype`` and ``__getitem__`` that is not a plain ``numpy.ndarray``): the
   stack stays fully lazy; a patch reads only its region through the object.
   The object is kept per process in lazystack's bounded LRU of open files
-  (:func:`lazystack.io.process.max_open_files`); an
+  ([`lazystack.io.process.max_open_files()`][lazystack.io.process.max_open_files]); an
   evicted object is dropped (an ``h5py`` file closed) and ``read_func`` is
   called again when the file is next read.
 * **a plain** ``numpy.ndarray`` (the file was read whole): ``read_func`` is
   called once when the stack is created, to learn shape and dtype. Whole-file
   results are kept in a bounded, per-process LRU cache, so random patches
   from one file do not re-read it and memory stays bounded across thousands
-  of files. The bound is :data:`DEFAULT_CACHE_BYTES` (1 GiB), set by the
+  of files. The bound is [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (1 GiB), set by the
   environment variable ``LAZYSTACK_CUSTOM_CACHE_BYTES`` or
-  :func:`set_cache_bytes`; ``0`` disables the cache (each patch calls
+  [`set_cache_bytes()`][set_cache_bytes]; ``0`` disables the cache (each patch calls
   ``read_func``). An array larger than the bound is never cached. A forked
   child starts with an empty cache. The dask array of such a stack has one
   chunk per file.
@@ -31,10 +31,10 @@ pools, spawn DataLoader workers and dask clusters. Thread or fork workers have
 no such limit.
 
 Errors: a ``read_func`` that raises is reported as
-:class:`~lazystack.SourceReadError` (or :class:`~lazystack.SourceNotFoundError`
+[`SourceReadError`][lazystack.SourceReadError] (or [`SourceNotFoundError`][lazystack.SourceNotFoundError]
 for a ``FileNotFoundError``) naming the file and the function, the original
 exception chained; a result that is not array-like is an
-:class:`~lazystack.UnsupportedSourceError`.
+[`UnsupportedSourceError`][lazystack.UnsupportedSourceError].
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ __all__ = [
 FORMAT = "custom"
 #: Default bound of the per-process whole-file cache, in bytes (1 GiB).
 DEFAULT_CACHE_BYTES = 1 << 30
-#: Environment variable overriding :data:`DEFAULT_CACHE_BYTES` (an integer number of bytes).
+#: Environment variable overriding [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (an integer number of bytes).
 CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
 
 
@@ -76,7 +76,7 @@ CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
 class ReadFunc(Protocol):
     """Reads one file: ``read_func(path, **read_kwargs) -> array-like``.
 
-    ``path`` is a :class:`pathlib.Path` (CAREamics' ``ReadFunc`` contract).
+    ``path`` is a `pathlib.Path` (CAREamics' ``ReadFunc`` contract).
     The result has ``shape``, ``dtype`` and ``__getitem__`` (numpy, dask,
     zarr arrays, ``np.memmap``, ``h5py.Dataset`` ...) with one dimension per
     letter of the loader's axes, and the same shape and dtype every time it is
@@ -218,7 +218,7 @@ def _is_eager(result: Any) -> bool:
 
 
 class CustomReader(Reader):
-    """Chunk reader over one file read by a :class:`ReadFunc` (see the module docs).
+    """Chunk reader over one file read by a [`ReadFunc`][ReadFunc] (see the module docs).
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Needs the ``czi`` extra (``pip install lazystack[czi]``: bioio, bioio-czi and
 pylibCZIrw); lazystack imports without it and raises
-:class:`~lazystack.MissingDependencyError` when a CZI is opened.
+[`MissingDependencyError`][lazystack.MissingDependencyError] when a CZI is opened.
 
 How a CZI maps onto a stack
 ---------------------------
@@ -25,7 +25,7 @@ five-letter form is the *depth* axis, kept as the stack's spatial ``Z``
   plane spans the scene's layer-0 bounding box (offsets may be negative),
   and pixels no tile covers are 0.
 
-The stack's :attr:`~lazystack.LazyImageStack.original_axes` and
+The stack's [`original_axes`][lazystack.LazyImageStack.original_axes] and
 ``original_data_shape`` are CAREamics': the given axes with ``S`` replaced
 by the merged dimensions and their sizes, e.g. ``"TZBCYX"`` and
 ``(3, 5, 1, 2, 170, 240)`` for a file with 3 time points, 5 planes and a
@@ -40,9 +40,9 @@ Reads
 The reader asks pylibCZIrw for the rectangle a key covers, one plane (one
 ``T``/``Z``/``C``/... coordinate) at a time, so ``extract_patch`` reads only
 the sub-blocks the patch overlaps. The dask chunks hold at most one plane,
-split into blocks of at most :data:`BLOCK` x :data:`BLOCK` pixels.
+split into blocks of at most [`BLOCK`][BLOCK] x [`BLOCK`][BLOCK] pixels.
 
-Handles live in a :class:`~lazystack.io.handles.ProcessLocalFileManager`
+Handles live in a [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager]
 shared by the scenes of a file: a reader pickles as its recipe and reopens in
 the process that uses it. pylibCZIrw holds the GIL while it reads and does not
 document its handles as thread-safe, so reads on one handle are serialised
@@ -82,7 +82,7 @@ from .czi_check import check_czi_structure
 __all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
 
 CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
-"""The accepted axes of :func:`lazystack.load_czis`."""
+"""The accepted axes of [`lazystack.load_czis()`][lazystack.load_czis]."""
 
 BLOCK = 2048
 """Largest height and width of a dask chunk; larger planes are split into blocks."""
@@ -123,8 +123,8 @@ def _import_pyczi() -> Any:
 class _CziHandle:
     """An open pylibCZIrw ``CziReader`` and the lock that serialises its reads.
 
-    :meth:`close` takes the lock, so it waits for an in-flight read, and marks
-    the handle closed: a reader that then gets the lock finds :attr:`closed`
+    [`close()`][close] takes the lock, so it waits for an in-flight read, and marks
+    the handle closed: a reader that then gets the lock finds [`closed`][closed]
     and asks the file manager for a fresh handle instead of using a closed one.
     """
 
@@ -332,9 +332,9 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 # -- the chunk reader ------------------------------------------------------------------------
 class CziSceneReader(Reader):
-    """Chunk reader over one scene of a CZI file (see :mod:`lazystack.io.handles`).
+    """Chunk reader over one scene of a CZI file (see [`lazystack.io.handles`][lazystack.io.handles]).
 
-    Its axes are ``SC[Z]YX`` (:attr:`axes`): ``S`` enumerates the file's
+    Its axes are ``SC[Z]YX`` ([`axes`][axes]): ``S`` enumerates the file's
     merged dimensions (C order, ``T`` outermost), ``Z`` is the depth axis
     (the file's Z or T). It pickles as a recipe (path, scene,
     plane mapping) and reopens the file lazily.
@@ -364,16 +364,16 @@ class CziSceneReader(Reader):
         Identifies the data (path, size, mtime, scene, axes).
     cache_block : tuple of int, optional
         ``(h, w)`` of the spatial blocks of one plane kept in the shared
-        decoded-chunk cache (:func:`lazystack.get_chunk_cache`): the
+        decoded-chunk cache ([`lazystack.get_chunk_cache()`][lazystack.get_chunk_cache]): the
         file's most common sub-block size when between 64 and 1024, else
-        :data:`CACHE_BLOCK`.
+        [`CACHE_BLOCK`][CACHE_BLOCK].
         With the cache disabled (``LAZYSTACK_CHUNK_CACHE_BYTES=0``) a read
         asks pylibCZIrw for exactly the rectangle of the key.
     stamp : tuple of int, optional
         ``(st_ino, st_size, st_mtime_ns)`` of the file when it was opened: a
         cached read first checks the file still has it (cached blocks of a
         file rewritten since must not mix with new reads) and raises
-        :class:`~lazystack.SourceReadError` when it changed.
+        [`SourceReadError`][lazystack.SourceReadError] when it changed.
     """
 
     token: str
@@ -414,7 +414,7 @@ class CziSceneReader(Reader):
     # -- array-like ----------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape in :attr:`axes` order."""
+        """Shape in [`axes`][axes] order."""
         return self._shape
 
     @property
@@ -429,7 +429,7 @@ class CziSceneReader(Reader):
 
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """One plane (one file channel for RGB) per chunk, in blocks of at most :data:`BLOCK` pixels."""
+        """One plane (one file channel for RGB) per chunk, in blocks of at most [`BLOCK`][BLOCK] pixels."""
         out = []
         for a, n in zip(self.axes, self._shape, strict=True):
             if a in "YX":
@@ -448,7 +448,8 @@ class CziSceneReader(Reader):
         return state
 
     def as_chunked(self) -> FunctionChunkedReader | None:
-        """The cached block reader (see :mod:`lazystack.io.chunked`), None when the chunk cache is disabled."""
+        """The cached block reader (see [`lazystack.io.chunked`][lazystack.io.chunked]), None when the chunk cache
+        is disabled."""
         if not get_chunk_cache().enabled:
             return None
         chunked = self._chunked
@@ -621,7 +622,7 @@ def _token(path: str, scene: int | None, axes: str) -> str:
 
 
 def _cache_block(tile: tuple[int, int] | None) -> tuple[int, int]:
-    """The cache unit: the file's (most common) tile size when usual, else :data:`CACHE_BLOCK` square."""
+    """The cache unit: the file's (most common) tile size when usual, else [`CACHE_BLOCK`][CACHE_BLOCK] square."""
     lo, hi = _CACHE_TILE_RANGE
     if tile is not None and all(lo <= n <= hi for n in tile):
         return tile
@@ -665,7 +666,7 @@ def _layout(
 
 
 def open_czi(path: str, axes: str) -> list[OpenedSource]:
-    """Open a CZI file lazily, one :class:`OpenedSource` per scene.
+    """Open a CZI file lazily, one [`OpenedSource`][OpenedSource] per scene.
 
     Parameters
     ----------
@@ -683,7 +684,7 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     Raises
     ------
     AxesError
-        If ``axes`` is not one of :data:`CZI_AXES`.
+        If ``axes`` is not one of [`CZI_AXES`][CZI_AXES].
     MissingDependencyError
         If pylibCZIrw is not installed (the ``czi`` extra).
     SourceNotFoundError

@@ -3,10 +3,10 @@
 libCZI trusts the sizes and offsets a CZI file declares: a sub-block whose
 ``DataSize`` is 2**40, or a sub-block directory overwritten with random bytes,
 can kill the interpreter with ``SIGSEGV`` instead of raising an exception. So
-:func:`check_czi_structure` reads the file's segment headers itself (with
-:mod:`struct`, a few small reads) and checks every declared size and offset
+`check_czi_structure()` reads the file's segment headers itself (with
+[`struct`][struct], a few small reads) and checks every declared size and offset
 against the file size and against each other, raising
-:class:`~lazystack.SourceFormatError` naming the file, the sub-block and
+[`SourceFormatError`][lazystack.SourceFormatError] naming the file, the sub-block and
 the field. What it reads (Zeiss' published CZI file format, ZISRAW 1.x):
 
 * the file header segment ``ZISRAWFILE``: ``DirectoryPosition``,
@@ -23,9 +23,9 @@ the field. What it reads (Zeiss' published CZI file format, ZISRAW 1.x):
 The pixel payload is not decoded: a compressed payload (zstd, JPEG XR) that is
 corrupt *inside* consistent sizes is left to the codec, which reports an error
 in the cases the bad-input corpus covers. For untrusted files,
-:func:`check_czi_decodes` is an opt-in *checked mode*: it decodes every
+[`check_czi_decodes()`][check_czi_decodes] is an opt-in *checked mode*: it decodes every
 sub-block once in a child process, so a crash of the native decoder becomes a
-:class:`~lazystack.SourceFormatError` instead of the death of the
+[`SourceFormatError`][lazystack.SourceFormatError] instead of the death of the
 caller.
 """
 
@@ -300,14 +300,14 @@ with pyczi.open_czi(sys.argv[1]) as doc:
 def check_czi_decodes(path: str | os.PathLike[str], timeout: float = 600.0) -> None:
     """Checked mode for untrusted CZI files: decode every plane once in a child process.
 
-    :func:`check_czi_structure` (run whenever lazystack opens a CZI) rules out
+    `check_czi_structure()` (run whenever lazystack opens a CZI) rules out
     the declared sizes and offsets that crash libCZI; a compressed payload
     that is corrupt inside consistent sizes is decoded by the native codec,
     which lazystack cannot vet without decoding. This function reads every
     plane of every scene in a separate Python process (``sys.executable``
     running pylibCZIrw), so a native crash fails the check instead of the
     caller. It costs one full read of the file; call it once on files from
-    an untrusted origin before :func:`lazystack.load_czis`.
+    an untrusted origin before [`lazystack.load_czis()`][lazystack.load_czis].
 
     Parameters
     ----------

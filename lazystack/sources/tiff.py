@@ -10,7 +10,7 @@ Axes
     The user's axes describe the array *as tifffile returns it*
     (``tifffile.imread(path, series=i)``), one letter per dimension. Where
     the file declares its own axes (OME-TIFF, ImageJ hyperstacks) only the
-    rank must agree; a mismatch is a :class:`~lazystack.ShapeMismatchError`
+    rank must agree; a mismatch is a [`ShapeMismatchError`][lazystack.ShapeMismatchError]
     quoting the file's axes and shape. **Samples of RGB(A) pixels** are a
     dimension of their own (tifffile calls it ``S``, usually last): name it
     ``C`` so that the samples become channels, e.g. ``"YXC"`` for an RGB
@@ -30,21 +30,22 @@ Reading
       uncompressed series in a truncated file is read page by page. The
       dask chunks follow that layout (whole tiles; runs of strips
       merged up to about 1 MiB; pages). Decoded segments go through the
-      per-process chunk cache (:mod:`lazystack.io.cache`,
+      per-process chunk cache ([`lazystack.io.cache`][lazystack.io.cache],
       ``LAZYSTACK_CHUNK_CACHE_BYTES``, 0 disables it) keyed by the reader's
       token (path, mtime, size, series), so patches over the same tiles
       decode them once; several segments of one read decode in the shared
-      thread pool (:meth:`TiffReader.as_chunked`). A region inside one
+      thread pool ([`TiffReader.as_chunked()`][TiffReader.as_chunked]). A region inside one
       segment may come back as a read-only view of the cached segment.
-    * ``whole_file_chunks=True`` (:func:`lazystack.load_iter_tiff`) makes
+    * ``whole_file_chunks=True`` ([`lazystack.load_iter_tiff()`][lazystack.load_iter_tiff]) makes
       the series one dask chunk, which a dask task reads whole with
       tifffile; ``extract_patch`` still reads only its region.
 
 Handles
     Readers pickle as a small recipe (path, series, layout), never with an
     open file. Files are opened lazily per process through
-    :class:`~lazystack.io.handles.ProcessLocalFileManager` (a per-process bounded
-    LRU of open files that follows the open-file limit: :func:`lazystack.io.process.max_open_files`),
+    [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager] (a per-process bounded
+    LRU of open files that follows the open-file limit:
+    [`lazystack.io.process.max_open_files()`][lazystack.io.process.max_open_files]),
     so thousands of stacks do not exhaust file descriptors and a forked
     child re-opens instead of sharing its parent's file offset. Several
     threads read one file with ``os.pread``, which moves no shared file
@@ -53,18 +54,18 @@ Handles
     outside it, in parallel. ``close()`` releases the
     handle; the reader re-opens when used again. The file's
     ``(st_ino, st_size, st_mtime_ns)`` is part of the recipe: a handle
-    (re)opened on a file replaced or rewritten since :func:`open_tiff`
-    raises :class:`~lazystack.SourceReadError` ("changed since the stack was
+    (re)opened on a file replaced or rewritten since [`open_tiff()`][open_tiff]
+    raises [`SourceReadError`][lazystack.SourceReadError] ("changed since the stack was
     opened") instead of reading other data, also for stale pickled stacks.
 
 Errors
-    A missing file is a :class:`~lazystack.SourceNotFoundError`; a directory,
-    an empty or non-TIFF file a :class:`~lazystack.SourceFormatError`; a
+    A missing file is a [`SourceNotFoundError`][lazystack.SourceNotFoundError]; a directory,
+    an empty or non-TIFF file a [`SourceFormatError`][lazystack.SourceFormatError]; a
     compression tifffile cannot decode here a
-    :class:`~lazystack.MissingDependencyError` (known codec, decoder not
-    installed) or :class:`~lazystack.SourceFormatError` (unknown codec),
+    [`MissingDependencyError`][lazystack.MissingDependencyError] (known codec, decoder not
+    installed) or [`SourceFormatError`][lazystack.SourceFormatError] (unknown codec),
     raised when the stack is created. Pixel data cut short (a truncated
-    file) raises :class:`~lazystack.SourceReadError` naming the file when
+    file) raises [`SourceReadError`][lazystack.SourceReadError] naming the file when
     the missing bytes are read, never zeros.
 """
 
@@ -118,7 +119,7 @@ def _pmd_bytes() -> int:
     return page * (page // 8)  # a page of 8-byte entries
 
 
-#: Granule of the resident-memory bound of memory maps (see :class:`_MemmapHandle`). Capped at 16 MiB:
+#: Granule of the resident-memory bound of memory maps (see [`_MemmapHandle`][_MemmapHandle]). Capped at 16 MiB:
 #: with 64 KiB pages a page-table block spans 512 MiB, more than the whole bound, and folios that large
 #: are not what a patch read maps in practice.
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
@@ -151,7 +152,7 @@ def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_resul
     """Raise SourceReadError when the file now at ``path`` is not the one the stack was opened on.
 
     A file replaced (renamed over: new inode) or rewritten (new size or
-    modification time) after :func:`open_tiff` would otherwise be read as if
+    modification time) after [`open_tiff()`][open_tiff] would otherwise be read as if
     it were the same file, silently returning other data.
     """
     if stamp is None:
@@ -178,9 +179,9 @@ class _MemmapHandle:
 
     Pages of a file mapping count in the process's resident memory once
     touched, and one page fault may map a whole page-table block around the
-    address (:data:`_MAP_GRANULE`, 2 MiB with 4 KiB pages: fault-around,
+    address ([`_MAP_GRANULE`][_MAP_GRANULE], 2 MiB with 4 KiB pages: fault-around,
     large page-cache folios). The map remembers which blocks its reads
-    touched; once they could hold more than :data:`_MEMMAP_RELEASE_BYTES`
+    touched; once they could hold more than [`_MEMMAP_RELEASE_BYTES`][_MEMMAP_RELEASE_BYTES]
     (256 MiB, the chunk cache's default) it drops its pages
     (``madvise(MADV_DONTNEED)``: they stay in the page cache, a later read
     faults them back in), so random patches over a huge file keep the
@@ -252,7 +253,7 @@ class _MemmapHandle:
         return out
 
     def _blocks_of(self, key: tuple[slice, ...]) -> range | set[int]:
-        """The page-table blocks (address // :data:`_MAP_GRANULE`) that reading ``key`` maps.
+        """The page-table blocks (address // [`_MAP_GRANULE`][_MAP_GRANULE]) that reading ``key`` maps.
 
         The last two axes of a region span one run of bytes (its rows); the
         axes before them repeat that run, at offsets far apart in a large
@@ -389,7 +390,7 @@ class _TiffHandle:
         """Decode the chunk (tile / strip, or page of a raw series) at grid ``index``; None for a missing one.
 
         The chunk is one segment of one page: the page number and the
-        segment number are dot products of ``index`` with :attr:`steps`. The
+        segment number are dot products of ``index`` with [`steps`][steps]. The
         last strip of a page comes back cut at the image's edge.
         """
         frame = segment = 0
@@ -487,9 +488,9 @@ class _TiffHandle:
 class TiffReader(Reader):
     """Chunk reader over one image series of a TIFF file (see the module docs).
 
-    It fulfils the reader contract of :mod:`lazystack.io.reader`.
+    It fulfils the reader contract of [`lazystack.io.reader`][lazystack.io.reader].
 
-    Made by :func:`open_tiff`; pickles as its recipe and re-opens lazily.
+    Made by [`open_tiff()`][open_tiff]; pickles as its recipe and re-opens lazily.
 
     Parameters
     ----------
@@ -512,7 +513,7 @@ class TiffReader(Reader):
     stamp : tuple of int, optional
         ``(st_ino, st_size, st_mtime_ns)`` of the file when the stack was
         opened; a handle opened later on another file raises
-        :class:`~lazystack.SourceReadError` (None: not checked).
+        [`SourceReadError`][lazystack.SourceReadError] (None: not checked).
     """
 
     chunks: tuple[tuple[int, ...], ...]
@@ -595,7 +596,7 @@ class TiffReader(Reader):
         """The chunk reader over the decoded segments (tiles, strips, pages), through the chunk cache.
 
         Decoded segments are kept in the per-process chunk cache
-        (:func:`lazystack.get_chunk_cache`, ``LAZYSTACK_CHUNK_CACHE_BYTES``;
+        ([`lazystack.get_chunk_cache()`][lazystack.get_chunk_cache], ``LAZYSTACK_CHUNK_CACHE_BYTES``;
         0 disables it) under this reader's token (path, mtime, size, series),
         so repeated patches over the same tiles decode them once. None for a
         memory-mapped series (slicing the map is already the fastest read).
@@ -730,7 +731,8 @@ class TiffReader(Reader):
         return self._read_segments(region, tuple(s.stop - s.start for s in region))
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.io.chunked.ChunkedReader.read_cached`).
+        """``region`` from the chunk cache alone, or None (see
+        [`lazystack.io.chunked.ChunkedReader.read_cached()`][lazystack.io.chunked.ChunkedReader.read_cached]).
 
         Reads nothing: always None for a memory-mapped series, whose reads skip the cache.
         """
@@ -766,7 +768,7 @@ class TiffReader(Reader):
 
 
 class _Layout(NamedTuple):
-    """Where the segments (tiles / strips) of a series lie: see :func:`_segment_layout`."""
+    """Where the segments (tiles / strips) of a series lie: see [`_segment_layout()`][_segment_layout]."""
 
     #: one segment's shape in the series' axes
     chunks: tuple[int, ...]
@@ -799,7 +801,7 @@ def _segment_layout(series: Any, raw: bool = False) -> _Layout | None:
     of its index with per-axis steps. None (the series is read whole) for
     a shape this does not explain.
 
-    With ``raw`` (:func:`_raw_recipe`: one uncompressed block of values,
+    With ``raw`` ([`_raw_recipe()`][_raw_recipe]: one uncompressed block of values,
     where a truncated file may list only its first page) a chunk is a page.
     """
     keyframe = series.keyframe
@@ -937,7 +939,8 @@ def _yaxis(shape: tuple[int, ...], keyframe: Any) -> int | None:
 
 
 def _memmap_recipe(series: Any, byteorder: str, file_size: int) -> tuple[int, str] | None:
-    """``(offset, file dtype)`` of a series to memory-map: :func:`_raw_recipe`, if the file holds all of it."""
+    """``(offset, file dtype)`` of a series to memory-map: [`_raw_recipe()`][_raw_recipe], if the file holds all of
+    it."""
     raw = _raw_recipe(series, byteorder)
     if raw is None or raw[0] + series.size * series.dtype.itemsize > file_size:
         return None  # truncated: read page by page, so that the intact part stays readable
@@ -1044,7 +1047,7 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
         Validated axes of every series (as tifffile returns the array; RGB
         samples are ``C``).
     whole_file_chunks : bool, optional
-        One dask chunk per series (:func:`lazystack.load_iter_tiff`).
+        One dask chunk per series ([`lazystack.load_iter_tiff()`][lazystack.load_iter_tiff]).
 
     Returns
     -------
@@ -1145,7 +1148,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
 
     The axes tifffile reads from OME-XML, ImageJ or other metadata for the
     series (``path@N``: series ``N``, else series 0), translated by
-    :func:`tiff_axes_to_lazystack`.
+    [`tiff_axes_to_lazystack()`][tiff_axes_to_lazystack].
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ optionally, a node inside it::
 A group gives one stack per array at its first level (sorted by name); an
 OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
 multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
-:func:`lazystack.write_ome_zarr` writes for a list of stacks) gives every level of
+[`lazystack.write_ome_zarr()`][lazystack.write_ome_zarr] writes for a list of stacks) gives every level of
 its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
 an HCS plate gives every level of every field of every well (attrs ``plate``,
 ``well``, ``row``, ``column``, ``field``); a label image (``<image>/labels/<name>``)
@@ -22,7 +22,7 @@ a URI to an array gives that array alone (an
 OME-Zarr level keeps its level and scale metadata, found in the ancestor group
 that lists it).
 
-:class:`ZarrArrayReader` is the chunk reader: it holds a *recipe* (store URI,
+[`ZarrArrayReader`][ZarrArrayReader] is the chunk reader: it holds a *recipe* (store URI,
 array path, storage options), opens the array lazily once per process (a
 forked child reopens, so aiohttp sessions and event loops are never shared)
 and pickles without any handle. Stores are always opened read-only.
@@ -74,7 +74,7 @@ __all__ = [
     "store_path_location",
 ]
 
-#: Keyword arguments of :class:`aiohttp.ClientTimeout` used for ``http(s)://``
+#: Keyword arguments of [`aiohttp.ClientTimeout`][aiohttp.ClientTimeout] used for ``http(s)://``
 #: stores unless ``storage_options["client_kwargs"]["timeout"]`` is given:
 #: a dead, silent or trickling server raises instead of hanging. ``total``
 #: bounds one request (a chunk or an inner chunk of a shard, rarely more
@@ -84,7 +84,7 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "
 #: lazystack's own keys in ``storage_options`` (not passed to fsspec): retries of a
 #: failed remote chunk read (5xx answers, reset connections), and the first
 #: wait between attempts in seconds (doubled each time); see
-#: :class:`lazystack.sources.zarr.engines.RetryPolicy` for the defaults.
+#: [`lazystack.sources.zarr.engines.RetryPolicy`][lazystack.sources.zarr.engines.RetryPolicy] for the defaults.
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -175,8 +175,8 @@ def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
     Returns
     -------
     dict
-        Options passed to fsspec; for ``http(s)`` an :class:`aiohttp.ClientTimeout`
-        built from :data:`DEFAULT_HTTP_TIMEOUT` unless the user gave one.
+        Options passed to fsspec; for ``http(s)`` an [`aiohttp.ClientTimeout`][aiohttp.ClientTimeout]
+        built from [`DEFAULT_HTTP_TIMEOUT`][DEFAULT_HTTP_TIMEOUT] unless the user gave one.
     """
     opts = {k: v for k, v in location.storage_options.items() if k not in RETRY_OPTIONS}
     if location.protocol in ("http", "https"):
@@ -190,7 +190,7 @@ def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
 
 
 def retry_policy(location: ZarrLocation) -> RetryPolicy:
-    """The retries of remote chunk reads ``storage_options`` asks for (:data:`RETRY_OPTIONS`).
+    """The retries of remote chunk reads ``storage_options`` asks for ([`RETRY_OPTIONS`][RETRY_OPTIONS]).
 
     Parameters
     ----------
@@ -270,7 +270,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
 
 
 def is_store_path(source: Any) -> bool:
-    """Whether ``source`` is a :class:`zarr.storage.StorePath` (zarr itself is imported only if loaded)."""
+    """Whether ``source`` is a [`zarr.storage.StorePath`][zarr.storage.StorePath] (zarr itself is imported only if
+    loaded)."""
     import sys
 
     storage = sys.modules.get("zarr.storage")
@@ -278,7 +279,7 @@ def is_store_path(source: Any) -> bool:
 
 
 def store_path_location(source: Any, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
-    """The location of a :class:`zarr.storage.StorePath` (as CAREamics' ``load_zarrs`` accepts).
+    """The location of a [`zarr.storage.StorePath`][zarr.storage.StorePath] (as CAREamics' ``load_zarrs`` accepts).
 
     A stack pickles as its recipe and reopens its store in the process that
     reads it, so the store must be one that can be named: a ``LocalStore``
@@ -410,7 +411,7 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
 class ZarrArrayReader(Reader):
     """Chunk reader over one Zarr array, reopened lazily in every process.
 
-    It fulfils the reader contract of :mod:`lazystack.io.reader`.
+    It fulfils the reader contract of [`lazystack.io.reader`][lazystack.io.reader].
 
     Parameters
     ----------
@@ -487,7 +488,7 @@ class ZarrArrayReader(Reader):
         return len(self.shape)
 
     def array(self) -> zarr_lib.Array:
-        """The open :class:`zarr.Array` of this process (opened on first use)."""
+        """The open [`zarr.Array`][zarr.Array] of this process (opened on first use)."""
         arr = self._array
         if arr is None or self._pid != current_pid():
             with self._lock:
@@ -503,8 +504,9 @@ class ZarrArrayReader(Reader):
         Returns
         -------
         lazystack.io.chunked.ChunkedReader
-            A :class:`lazystack.sources.zarr.engines.ZarrArrayReader` over :meth:`array`, rebuilt
-            when the array is reopened (after a fork or :meth:`close`).
+            A [`lazystack.sources.zarr.engines.ZarrArrayReader`][lazystack.sources.zarr.engines.ZarrArrayReader]
+            over [`array()`][array], rebuilt
+            when the array is reopened (after a fork or [`close()`][close]).
         """
         arr = self.array()
         fast = self._fast
@@ -551,9 +553,9 @@ class ZarrArrayReader(Reader):
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array when the engine converts it itself, else None.
 
-        See :meth:`lazystack.sources.zarr.engines.ZarrArrayReader.read_float32` (tensorstore, chunk cache off). Tried on
+        See the engine reader's `read_float32()` (tensorstore, chunk cache off). Tried on
         every patch the cache does not serve, so it asks the fast reader this process already has and
-        opens nothing: None before the first read (which :meth:`read_region` makes).
+        opens nothing: None before the first read (which [`read_region()`][read_region] makes).
         """
         fast = self._fast
         if fast is None or not self._use_fast or self._pid != current_pid():
@@ -566,7 +568,8 @@ class ZarrArrayReader(Reader):
         region: tuple[slice, ...],
         fast: _FastReader | None = None,
     ) -> _T:
-        """``method(fast reader, region)``, its failures translated as every read's (see :meth:`_translate`)."""
+        """``method(fast reader, region)``, its failures translated as every read's (see
+        [`_translate()`][_translate])."""
         try:
             return method(self.as_chunked() if fast is None else fast, region)
         except (MemoryError, IndexError, TypeError):
@@ -575,7 +578,8 @@ class ZarrArrayReader(Reader):
             raise self._translate(region, exc) from _cause(exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see :meth:`lazystack.io.chunked.ChunkedReader.read_cached`).
+        """``region`` from the chunk cache alone, or None (see
+        [`lazystack.io.chunked.ChunkedReader.read_cached()`][lazystack.io.chunked.ChunkedReader.read_cached]).
 
         Reads nothing: None until a fast reader exists. It looks at this
         process's chunk cache alone (emptied in a forked child), never at a
@@ -692,10 +696,10 @@ class ZarrArrayReader(Reader):
 class _StoreChangedError(LazyStackError):
     """The metadata document of a local array was deleted or rewritten after opening (internal base).
 
-    Raised as :class:`_StoreDeletedError` or :class:`_StoreRewrittenError`:
+    Raised as [`_StoreDeletedError`][_StoreDeletedError] or [`_StoreRewrittenError`][_StoreRewrittenError]:
     public error types whose message names the document, for the paths that
     read chunks directly (batched extraction). A stack's reader rewords them
-    with the array's URI (:meth:`ZarrArrayReader._translate`).
+    with the array's URI ([`ZarrArrayReader._translate()`][ZarrArrayReader._translate]).
     """
 
     path: str
@@ -727,7 +731,7 @@ def _stat_of(path: str | None) -> tuple[int, int, int] | None:
 
 
 def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> None:
-    """Raise :class:`_StoreChangedError` when a local array's metadata document is gone or rewritten."""
+    """Raise [`_StoreChangedError`][_StoreChangedError] when a local array's metadata document is gone or rewritten."""
     if path is None or opened is None:
         return
     now = _stat_of(path)
@@ -1163,22 +1167,22 @@ def open_zarr(
     storage_options: Mapping[str, Any] | None = None,
     levels: tuple[int, ...] | None = None,
 ) -> list[OpenedSource]:
-    """Open a Zarr / OME-Zarr source: one :class:`OpenedSource` per stack.
+    """Open a Zarr / OME-Zarr source: one [`OpenedSource`][OpenedSource] per stack.
 
     Parameters
     ----------
     path : str or zarr.storage.StorePath
         Local path, ``file://`` URI or fsspec URI of a store, group or array;
-        or a ``StorePath`` (see :func:`store_path_location`).
+        or a ``StorePath`` (see [`store_path_location()`][store_path_location]).
     axes : str
         Validated axes of every array (must equal the NGFF axes of an OME-Zarr image).
     storage_options : mapping, optional
         fsspec options for remote stores (credentials, ``client_kwargs`` with an
-        :class:`aiohttp.ClientTimeout` ...; :data:`DEFAULT_HTTP_TIMEOUT` otherwise),
-        plus lazystack's ``retries`` and ``retry_backoff`` (:data:`RETRY_OPTIONS`).
+        [`aiohttp.ClientTimeout`][aiohttp.ClientTimeout] ...; [`DEFAULT_HTTP_TIMEOUT`][DEFAULT_HTTP_TIMEOUT] otherwise),
+        plus lazystack's ``retries`` and ``retry_backoff`` ([`RETRY_OPTIONS`][RETRY_OPTIONS]).
     levels : tuple of int, optional
         Resolution levels to open of every OME-Zarr image (sorted, as
-        :func:`lazystack.core.levels.parse_levels` returns them); None for all.
+        [`lazystack.core.levels.parse_levels()`][lazystack.core.levels.parse_levels] returns them); None for all.
         A path to one array is opened whatever ``levels`` says (the path is
         the selection).
 

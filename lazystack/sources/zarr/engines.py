@@ -21,15 +21,15 @@ An *engine* decodes whole chunks of one zarr array (opened read-only):
     plain ``array[region]`` through zarr-python, chunk by chunk: always
     correct, slowest.
 
-``auto`` (the default) uses :class:`AutoEngine` for a local array that both
+``auto`` (the default) uses [`AutoEngine`][AutoEngine] for a local array that both
 ``direct`` and ``tensorstore`` can read (``direct`` for fetches of a few
 chunks, where its low overhead wins; tensorstore's parallel C++ decoding for
 many, and for region reads of many chunks when the chunk cache is off),
 else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
-Choose with ``LAZYSTACK_ZARR_ENGINE`` or :func:`set_zarr_engine`; every
+Choose with ``LAZYSTACK_ZARR_ENGINE`` or [`set_zarr_engine()`][set_zarr_engine]; every
 engine returns identical arrays.
 
-:class:`ZarrArrayReader` is the :class:`~lazystack.io.chunked.ChunkedReader` a
+[`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] a
 Zarr back end wraps around a ``zarr.Array``: chunk cache, concurrent
 fetches, batched reads, and pickling as a recipe (the zarr array, which
 pickles as its store and metadata; engines are rebuilt per process).
@@ -138,7 +138,8 @@ def set_zarr_engine(name: str | None) -> str:
 
 
 def get_zarr_engine() -> str:
-    """The engine in force: :func:`set_zarr_engine`'s, else ``LAZYSTACK_ZARR_ENGINE``, else ``"auto"``."""
+    """The engine in force: [`set_zarr_engine()`][set_zarr_engine]'s, else ``LAZYSTACK_ZARR_ENGINE``, else
+    ``"auto"``."""
     if _ENGINE_SETTING is not None:
         return _ENGINE_SETTING
     raw = os.environ.get(ENV_ZARR_ENGINE, "").strip()
@@ -200,7 +201,7 @@ class ZarrEngine(ABC):
         """Decode the chunks ``indices`` (full-size or cut at the edge; missing ones filled)."""
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
-        """Decode one chunk (default: :meth:`fetch` of one index)."""
+        """Decode one chunk (default: [`fetch()`][fetch] of one index)."""
         return self.fetch([idx])[idx]
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -215,7 +216,7 @@ class ZarrPythonEngine(ZarrEngine):
     a chunk cut short into whatever lies past its buffer (silently wrong,
     and different from run to run). When blosc is the outermost codec of a
     local array, each chunk's stored bytes are therefore read first and
-    their frame checked (:func:`check_blosc_frame`): a second read, from the
+    their frame checked ([`check_blosc_frame()`][check_blosc_frame]): a second read, from the
     page cache, for a correct error. Remote arrays are not checked (that
     would double the requests): there the default engines, which decode the
     bytes they fetched, are the safe choice.
@@ -521,7 +522,7 @@ class RetryPolicy:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether a failed request is worth another attempt (see :class:`RetryPolicy`)."""
+    """Whether a failed request is worth another attempt (see [`RetryPolicy`][RetryPolicy])."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return False
     status = getattr(exc, "status", None)
@@ -548,14 +549,14 @@ class DirectEngine(ZarrEngine):
     chunk (a ``pathlib`` path, a buffered file, a zarr buffer), a third of a
     cold 2D patch. Remote stores are read through ``store.get`` on zarr's
     event-loop thread, all requests of a fetch at once, each retried as
-    :class:`RetryPolicy` says.
+    [`RetryPolicy`][RetryPolicy] says.
 
     Parameters
     ----------
     array : zarr.Array
         The array, opened read-only.
     retry : RetryPolicy, optional
-        Retries of remote reads (default: :class:`RetryPolicy`'s defaults).
+        Retries of remote reads (default: [`RetryPolicy`][RetryPolicy]'s defaults).
 
     Raises
     ------
@@ -683,7 +684,7 @@ class DirectEngine(ZarrEngine):
         return None if buf is None else buf.to_bytes()
 
     async def _get(self, key: str, rng: tuple[int, int] | None, suffix: int | None) -> bytes | None:
-        """One store ``get``, retried as :attr:`retry` says; failures name the key's URL."""
+        """One store ``get``, retried as [`retry`][retry] says; failures name the key's URL."""
         byte_range = self._byte_request(rng, suffix)
         attempt = 0
         while True:
@@ -903,10 +904,10 @@ class TensorstoreEngine(ZarrEngine):
         return np.asarray(self._ts[region].read().result())
 
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        """Start a read of ``region`` in tensorstore's threads; its future, for :meth:`take`.
+        """Start a read of ``region`` in tensorstore's threads; its future, for [`take()`][take].
 
         With ``as_float32`` tensorstore's threads also convert the values to
-        ``float32`` (only for dtypes it holds exactly: see :attr:`exact_float32`).
+        ``float32`` (only for dtypes it holds exactly: see [`exact_float32`][exact_float32]).
         """
         if as_float32:
             view = self._ts_float32
@@ -922,7 +923,7 @@ class TensorstoreEngine(ZarrEngine):
         return (kind in "iu" and size <= 2) or (kind == "f" and size <= 4)
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
-        """The result of :meth:`start_read` (waits for it).
+        """The result of [`start_read()`][start_read] (waits for it).
 
         Raises
         ------
@@ -944,8 +945,8 @@ _FLOAT32 = np.dtype(np.float32)
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
-    Made by :meth:`ZarrArrayReader.region_reads`. Batched extraction
-    (:mod:`lazystack.ops.batch`) starts a read as soon as it has planned a
+    Made by [`ZarrArrayReader.region_reads()`][ZarrArrayReader.region_reads]. Batched extraction
+    ([`lazystack.ops.batch`][lazystack.ops.batch]) starts a read as soon as it has planned a
     request, so tensorstore decodes while Python plans the next requests and
     cuts the patches already read.
     """
@@ -972,7 +973,7 @@ class RegionReads:
     def results(self) -> Iterator[np.ndarray]:
         """The started regions' data, in the order started (a failed read raises SourceReadError here).
 
-        Each is a new array, in the array's dtype or ``float32`` (see :meth:`start`).
+        Each is a new array, in the array's dtype or ``float32`` (see [`start()`][start]).
         """
         for region, future, dtype in self._started:
             out = self._engine.take(region, future)
@@ -987,10 +988,10 @@ class AutoEngine(ZarrEngine):
     several chunks in parallel in its own (C++) threads, which Python threads
     match only partly, but each of its reads costs a hand-off to those
     threads. A fetch goes to tensorstore when it has at least
-    ``min_tensorstore`` chunks (default :data:`TENSORSTORE_MIN_CHUNKS`) and
-    either each chunk decodes to at least :data:`TENSORSTORE_MIN_CHUNK_BYTES`
+    ``min_tensorstore`` chunks (default [`TENSORSTORE_MIN_CHUNKS`][TENSORSTORE_MIN_CHUNKS]) and
+    either each chunk decodes to at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]
     or all of them to at least ``min_tensorstore_bytes`` (default
-    :data:`TENSORSTORE_MIN_BYTES`), and the array is compressed. Measured on
+    [`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]), and the array is compressed. Measured on
     2 cores (``benchmarks/``): the six or so zstd 256 KiB chunks of a 3D
     patch decode about as fast in tensorstore as directly in two Python
     threads (each chunk dropped after its copy), 1.6x faster than in one;
@@ -1037,7 +1038,7 @@ class AutoEngine(ZarrEngine):
         A batch decodes many chunks on all the cores either way, so only the
         size of a chunk counts (not ``min_tensorstore`` nor
         ``min_tensorstore_bytes``, which judge one fetch): compressed chunks
-        of at least :data:`TENSORSTORE_MIN_CHUNK_BYTES`. Measured on 2 cores
+        of at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores
         (``benchmarks/``, 64 random patches): 256 KiB zstd chunks of 3D
         patches 5-10 % faster in tensorstore; 128 KiB ones of 2D patches
         5-10 % faster decoded directly.
@@ -1045,7 +1046,7 @@ class AutoEngine(ZarrEngine):
         return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
-        """Tensorstore for enough work (see :meth:`prefers_tensorstore`), else direct."""
+        """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
         if self.prefers_tensorstore(len(indices)):
             return self.tensorstore.fetch(indices)
         return self.direct.fetch(indices)
@@ -1093,7 +1094,7 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
         read get ``"auto"``'s choice.
 
     retry : RetryPolicy, optional
-        Retries of the direct engine's remote reads (default: :class:`RetryPolicy`'s).
+        Retries of the direct engine's remote reads (default: [`RetryPolicy`][RetryPolicy]'s).
 
     Returns
     -------
@@ -1179,13 +1180,13 @@ class ZarrArrayReader(ChunkedReader):
         The array, opened read-only (``zarr.open_array(..., mode="r")``).
     engine : str, optional
         ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``; default:
-        the setting in force (:func:`set_zarr_engine`, ``LAZYSTACK_ZARR_ENGINE``)
+        the setting in force ([`set_zarr_engine()`][set_zarr_engine], ``LAZYSTACK_ZARR_ENGINE``)
         when the reader is first used in a process.
     token : str, optional
         Names the data (default: store URL, array path and the metadata
         file's modification time).
     retry : RetryPolicy, optional
-        Retries of remote chunk reads (default: :class:`RetryPolicy`'s).
+        Retries of remote chunk reads (default: [`RetryPolicy`][RetryPolicy]'s).
 
     Notes
     -----
@@ -1243,7 +1244,7 @@ class ZarrArrayReader(ChunkedReader):
         return engine
 
     def parallel_fetch(self, n_chunks: int) -> bool:
-        """True when this process's engine sends ``n_chunks`` chunks to tensorstore (see :class:`AutoEngine`)."""
+        """True when this process's engine sends ``n_chunks`` chunks to tensorstore (see [`AutoEngine`][AutoEngine])."""
         engine = self.engine
         if isinstance(engine, AutoEngine):
             return engine.prefers_tensorstore(n_chunks)
@@ -1290,11 +1291,11 @@ class ZarrArrayReader(ChunkedReader):
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
 
-        Only when :meth:`read` would read the region whole from tensorstore
+        Only when [`read()`][read] would read the region whole from tensorstore
         (the chunk cache off) and every value of the dtype is a ``float32``
         (8- and 16-bit integers, float16/32): the patch then needs no cast
         and no copy in Python. None otherwise: the caller reads with
-        :meth:`read` and casts. Measured on 2 cores (``benchmarks/``): a
+        [`read()`][read] and casts. Measured on 2 cores (``benchmarks/``): a
         cold 16x64x64 uint16 patch over six zstd chunks 2-5 % faster (its
         cast and copy are about 40 µs of 750).
 
@@ -1315,12 +1316,12 @@ class ZarrArrayReader(ChunkedReader):
         return out
 
     def region_reads(self) -> RegionReads | None:
-        """Region reads straight from tensorstore, as :meth:`read` makes one, for a batch; or None.
+        """Region reads straight from tensorstore, as [`read()`][read] makes one, for a batch; or None.
 
         Only with the chunk cache off, and the ``tensorstore`` engine or the
         ``auto`` engine over chunks big enough that tensorstore decodes them
-        faster (:meth:`AutoEngine.prefers_tensorstore_for_batches`).
-        Batched extraction (:mod:`lazystack.ops.batch`) uses them: tensorstore
+        faster ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]).
+        Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses them: tensorstore
         decodes in its own threads while the caller plans and cuts patches.
         Otherwise a batch decodes each chunk once, directly, on all the cores.
 
@@ -1339,7 +1340,7 @@ class ZarrArrayReader(ChunkedReader):
         return None if ts is None else RegionReads(ts, self.dtype, self._after_direct_read)
 
     def _after_direct_read(self) -> None:
-        """Hook run after a region read that bypassed :meth:`fetch_chunks` (tensorstore, cache off)."""
+        """Hook run after a region read that bypassed [`fetch_chunks()`][fetch_chunks] (tensorstore, cache off)."""
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""
