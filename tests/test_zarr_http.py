@@ -256,6 +256,12 @@ def test_storage_options_reach_the_server(server: Any) -> None:
 
 
 def _patch_in_child(stack: Any, queue: Any) -> None:
+    import gc
+
+    # zarr and fsspec drop their event loops in a forked child; collecting them here (a loop sits in
+    # reference cycles, so only the cyclic collector frees it) must not unregister the parent's sockets
+    # and self-pipe from the epoll instance the two processes share
+    gc.collect()
     queue.put(stack.extract_patch(2, None, (10, 11), (12, 13)))
 
 

@@ -41,6 +41,7 @@ import asyncio
 import itertools
 import math
 import os
+import sys
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -54,7 +55,7 @@ import numpy as np
 
 from ...core.errors import MissingDependencyError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
-from ...io.process import current_pid
+from ...io.process import at_fork, current_pid
 from ...io.reader import ReaderCapabilities
 
 __all__ = [
@@ -90,6 +91,50 @@ TENSORSTORE_MIN_CHUNK_BYTES = 256 * 2**10
 TENSORSTORE_MIN_BYTES = 2**20
 _MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
 _Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
+
+
+#: zarr's and fsspec's event loops and their threads, held across a fork (see _hold_loops_before_fork).
+_LOOPS_HELD_AT_FORK: list[Any] = []
+
+
+def _hold_loops_before_fork() -> None:
+    """Keep zarr's and fsspec's event loops referenced while a child forks.
+
+    A forked child shares the parent's epoll instance. zarr and fsspec drop
+    their loops in the child (their own at-fork resets); were the child to
+    collect such a loop, closing it would unregister the parent's self-pipe
+    and sockets from the shared epoll, and the parent's next remote read
+    would wait for its socket-read timeout. The child keeps them (unused)
+    for its lifetime; the parent lets go after the fork. Both modules
+    publish ``loop`` and ``iothread`` as one-item lists.
+    """
+    for name in ("zarr.core.sync", "fsspec.asyn"):
+        module = sys.modules.get(name)
+        if module is not None:
+            held = [obj for obj in (*getattr(module, "loop", ()), *getattr(module, "iothread", ())) if obj is not None]
+            _LOOPS_HELD_AT_FORK.extend(held)
+
+
+def _freeze_inherited_objects_in_child() -> None:
+    """In a child forked after remote reads: exempt every inherited object from the cyclic collector.
+
+    The parent's aiohttp sessions, connectors and transports sit in reference
+    cycles that point at the shared epoll instance; collecting one in the
+    child unregisters the parent's sockets. ``gc.freeze()`` (the standard
+    library's tool for forked children) leaves the inherited objects alone;
+    what the child creates itself is collected as usual.
+    """
+    if _LOOPS_HELD_AT_FORK:
+        import gc
+
+        gc.freeze()
+
+
+at_fork(
+    before=_hold_loops_before_fork,
+    after_in_parent=_LOOPS_HELD_AT_FORK.clear,
+    after_in_child=_freeze_inherited_objects_in_child,
+)
 
 
 def _check_engine(name: str, where: str = "zarr engine") -> str:
