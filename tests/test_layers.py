@@ -37,13 +37,15 @@ def _env(*paths: Path) -> dict[str, str]:
 
 
 def _lint_imports(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import sys\n"
-        "from importlinter.cli import lint_imports\n"
-        f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True))\n"
-    )
+    # import-linter's documented command line (its Python entry point's keywords differ between releases)
+    exe = Path(sys.executable).with_name("lint-imports")
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=240
+        [str(exe), "--config", str(config), "--no-cache"],
+        cwd=cwd,
+        env=_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
