@@ -633,11 +633,6 @@ class ChunkedReader(Reader, ABC):
         return self._dtype
 
     @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return len(self._shape)
-
-    @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask-style chunks (the source's own chunk grid)."""
         return self._grid.dask_chunks

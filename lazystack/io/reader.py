@@ -144,6 +144,11 @@ class Reader:
         token = None
         capabilities = _DEFAULT_CAPABILITIES
 
+    @property
+    def ndim(self) -> int:
+        """Number of axes (``len(shape)``)."""
+        return len(self.shape)
+
     def __getitem__(self, key: Any) -> Any:
         """Read ``key`` (ints and step-1 slices, within bounds) in the stored dtype."""
         raise NotImplementedError

@@ -171,11 +171,6 @@ class BioioSceneReader(Reader):
         """Dtype of the data."""
         return self._dtype
 
-    @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return len(self._shape)
-
     def close(self) -> None:
         """Drop this process's open bioio image (it reopens when read again)."""
         self._process_manager().close()

@@ -286,11 +286,6 @@ class CustomReader(Reader):
         """Dtype of the file's array."""
         return self._dtype
 
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions."""
-        return len(self._shape)
-
     def __repr__(self) -> str:
         how = "whole-file, cached" if self.eager else "lazy"
         return (

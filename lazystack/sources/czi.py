@@ -423,11 +423,6 @@ class CziSceneReader(Reader):
         return self._dtype
 
     @property
-    def ndim(self) -> int:
-        """Number of axes."""
-        return len(self._shape)
-
-    @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """One plane (one file channel for RGB) per chunk, in blocks of at most [`BLOCK`][BLOCK] pixels."""
         out = []

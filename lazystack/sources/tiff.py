@@ -579,11 +579,6 @@ class TiffReader(Reader):
         return self._dtype
 
     @property
-    def ndim(self) -> int:
-        """Number of dimensions."""
-        return len(self._shape)
-
-    @property
     def is_memmapped(self) -> bool:
         """Whether the series is read through a memory map."""
         return self.memmap is not None

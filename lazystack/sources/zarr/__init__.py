@@ -482,11 +482,6 @@ class ZarrArrayReader(Reader):
         """Store and array path of this reader."""
         return self._location
 
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions."""
-        return len(self.shape)
-
     def array(self) -> zarr_lib.Array:
         """The open [`zarr.Array`][zarr.Array] of this process (opened on first use)."""
         arr = self._array
