@@ -117,14 +117,14 @@ def _strided_plane(
     spatial = stack.data_shape[2:]
     height, width = spatial[-2:]
     step = max(1, math.ceil(max(height, width) / max_size))
-    index: int | list[int] | slice = channel
-    if isinstance(channel, list) and channel == list(range(channel[0], channel[0] + len(channel))):
-        index = slice(channel[0], channel[0] + len(channel))  # consecutive channels: a plain slice
-    key: list[Any] = [sample, index]
-    if len(spatial) == 3:
-        key.append(z)
-    key += [slice(None, None, step), slice(None, None, step)]
-    return np.asarray(stack.data[tuple(key)].compute())
+    rest: list[Any] = [z] if len(spatial) == 3 else []
+    rest += [slice(None, None, step), slice(None, None, step)]
+    data = stack.data
+    if isinstance(channel, list):
+        # one computation per channel: dask then fuses each plane's slice into the read of its chunk,
+        # where a single graph sharing a chunk between channels would read the whole chunk
+        return np.stack([np.asarray(data[(sample, c, *rest)].compute()) for c in channel])
+    return np.asarray(data[(sample, channel, *rest)].compute())
 
 
 def _coarser_level(stack: LazyImageStack, max_size: int) -> LazyImageStack | None:
@@ -471,7 +471,7 @@ def _scalebar_location(scalebar: bool | str) -> str | None:
         return None
     if isinstance(scalebar, str) and scalebar in SCALEBAR_LOCATIONS:
         return scalebar
-    msg = f"scalebar must be True, False or a location, one of {list(SCALEBAR_LOCATIONS)}; got {scalebar!r}"
+    msg = f"scalebar={scalebar!r} is not accepted: give True, False or a location, one of {list(SCALEBAR_LOCATIONS)}"
     raise SelectionError(msg)
 
 
@@ -673,6 +673,14 @@ def _extent(stack: LazyImageStack, ticks: str) -> tuple[tuple[float, float, floa
     return (x0, x1, y1, y0), (names[0], names[1])
 
 
+def _y_step(stack: LazyImageStack) -> float:
+    """Distance between two rows in physical units (1 without a Y size)."""
+    positions = stack.coords.get("Y")
+    if positions is not None and len(positions) > 1 and np.issubdtype(np.asarray(positions).dtype, np.number):
+        return abs(float(positions[1] - positions[0]))
+    return float(stack.physical_pixel_sizes.get("Y", 1.0))
+
+
 def _legend(ax: Axes, shown: list[str], colours: list[Any]) -> None:
     from matplotlib.patches import Patch
 
@@ -688,6 +696,7 @@ def _add_scalebar(ax: Axes, stack: LazyImageStack, location: str, *, physical: b
         return
     size, unit = scale
     length, label = scale_bar_length(size, unit, stack.data_shape[-1])
+    thickness = max(stack.data_shape[-2] / 150, 0.5)  # in pixels: a visible bar at any size
     bar = AnchoredSizeBar(
         ax.transData,
         length * size if physical else length,
@@ -698,7 +707,7 @@ def _add_scalebar(ax: Axes, stack: LazyImageStack, location: str, *, physical: b
         sep=3,
         color="white",
         frameon=True,
-        size_vertical=0,
+        size_vertical=thickness * _y_step(stack) if physical else thickness,
         label_top=True,
         fontproperties={"size": "small"},
     )
