@@ -97,7 +97,8 @@ def test_show_draws_a_scale_bar_of_the_right_length() -> None:
     assert bar.loc == 4  # matplotlib's code of "lower right"
     ax.figure.canvas.draw()
     box, axes_box = bar.get_window_extent(), ax.get_window_extent()
-    assert box.x0 > (axes_box.x0 + axes_box.x1) / 2 and box.y1 < (axes_box.y0 + axes_box.y1) / 2
+    assert box.x0 > (axes_box.x0 + axes_box.x1) / 2
+    assert box.y1 < (axes_box.y0 + axes_box.y1) / 2
 
 
 def test_show_scale_bar_elsewhere_and_off() -> None:
@@ -106,7 +107,8 @@ def test_show_scale_bar_elsewhere_and_off() -> None:
     ax.figure.canvas.draw()
     (bar,) = _bars(ax)
     box, axes_box = bar.get_window_extent(), ax.get_window_extent()
-    assert box.x1 < (axes_box.x0 + axes_box.x1) / 2 and box.y0 > (axes_box.y0 + axes_box.y1) / 2
+    assert box.x1 < (axes_box.x0 + axes_box.x1) / 2
+    assert box.y0 > (axes_box.y0 + axes_box.y1) / 2
     assert _bars(show(stack, scalebar=False)) == []
     with pytest.raises(SelectionError, match=r"'bottom'.*lower right"):
         show(stack, scalebar="bottom")
@@ -318,7 +320,8 @@ def test_composite_reads_only_the_shown_planes() -> None:
     ax = show(stack, sample=1, channel=[3, 1], z=2, max_size=32, colorbar=False)
     for key in reader.keys:
         t, c, z = (k.start if isinstance(k, slice) else k for k in key[:3])
-        assert (t, z) == (1, 2) and c in (1, 3), key
+        assert (t, z) == (1, 2), key
+        assert c in (1, 3), key
     assert reader.elements <= 2 * 96 * 64  # at most the two planes (strided: fewer)
     planes = data[1, [3, 1], 2, ::3, ::3]
     limits = [tuple(np.percentile(p, [2, 98])) for p in planes]
