@@ -500,18 +500,23 @@ def show(
     the source, sample, channel(s) (and their names) and z.
 
     * **One channel** (an index or a name) is drawn with ``cmap``.
-    * **Several channels** (a list, or ``"all"``) are blended additively, each
-      in its colour and contrast-stretched on its own (see
-      [`composite()`][lazystack.frontends.plot.composite]), as napari and Fiji
-      show composites.
-    * **RGB(A) pixels** (see [`is_rgb()`][lazystack.frontends.plot.is_rgb]) are
-      shown in true colour: ``uint8`` as stored, other integers divided by the
-      dtype's maximum, floats clipped to ``[0, 1]``.
-    * A **scale bar** (1, 2 or 5 times a power of ten in nm, µm or mm, at most a quarter of
-      the width; see [`scale_bar_length()`][lazystack.frontends.plot.scale_bar_length])
-      is drawn when the stack has a physical pixel size along X with a unit
-      (OME-Zarr scale and units, OME-TIFF ``PhysicalSizeX``, ImageJ, CZI); there
-      is none otherwise.
+    * **Several channels** (a list, or ``"all"``) are blended additively, as
+      napari and Fiji show composites: channel ``i``, stretched between its
+      limits and clipped, ``n_i = clip((plane_i - lo_i) / (hi_i - lo_i), 0, 1)``
+      (NaN as 0), adds ``n_i`` times the RGB of its colour; the sum is clipped
+      to ``[0, 1]``.
+    * **RGB(A) pixels** are shown in true colour: ``uint8`` as stored, other
+      integers divided by the dtype's maximum, floats clipped to ``[0, 1]``.
+      3 (or 4) channels are RGB(A) when their names end in ``R``, ``G``, ``B``
+      (``A``) in that order (a CZI's ``Bgr24`` pixels: ``"R"``, ``"G"``,
+      ``"B"``), when the source declares colour samples (a TIFF whose axes, as
+      tifffile reads them, have ``S``), or when they are unnamed ``uint8``.
+    * A **scale bar** is drawn when the stack has a physical pixel size along
+      X with a unit (OME-Zarr scale and units, OME-TIFF ``PhysicalSizeX``,
+      ImageJ, CZI), and none otherwise: its length is 1, 2 or 5 times a power
+      of ten, at most a quarter of the plane's width (at least a tenth), and
+      its label is in nm, µm, mm, m or km, whichever gives a value of at least
+      1 (``500 nm``, not ``0.5 µm``).
 
     Parameters
     ----------
@@ -541,15 +546,17 @@ def show(
         Add a colour bar (one channel) or a legend of the channels' colours (a composite).
     rgb : bool, optional
         Show 3 or 4 channels as RGB(A) samples (True) or as a composite (False);
-        default: when [`is_rgb()`][lazystack.frontends.plot.is_rgb] says so.
+        default: when they are RGB(A), as described above.
     colors : sequence, optional
         A matplotlib colour per channel of a composite; default: red, lime
-        (pure green), blue for channels named R, G, B, else
-        [`COMPOSITE_COLORS`][lazystack.frontends.plot.COMPOSITE_COLORS] in turn.
+        (pure green), blue for channels named R, G, B, else magenta, lime,
+        cyan, yellow, red, blue in turn (the napari front end's order).
     scalebar : bool or str
         Draw a scale bar (``True``: in the lower right corner), none
-        (``False``), or its corner, one of
-        [`SCALEBAR_LOCATIONS`][lazystack.frontends.plot.SCALEBAR_LOCATIONS].
+        (``False``), or draw it at a location matplotlib names: ``"lower
+        right"``, ``"lower left"``, ``"upper right"``, ``"upper left"``,
+        ``"lower center"``, ``"upper center"``, ``"center left"``, ``"center
+        right"``, ``"right"``, ``"center"``.
     ticks : {"pixels", "physical"}
         Axis ticks in pixels of the full-resolution plane (default), or at the
         stack's physical positions (its xarray coordinates, with their units;
