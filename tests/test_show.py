@@ -326,3 +326,27 @@ def test_composite_reads_only_the_shown_planes() -> None:
     planes = data[1, [3, 1], 2, ::3, ::3]
     limits = [tuple(np.percentile(p, [2, 98])) for p in planes]
     np.testing.assert_allclose(ax.get_images()[0].get_array(), composite(planes, ["magenta", "lime"], limits))
+
+
+def test_ome_zarr_scale_bar_and_composite_from_a_coarser_level(tmp_path: Path) -> None:
+    import zarr
+
+    from lazystack import load_zarrs, write_ome_zarr
+    from lazystack.frontends.plot import thumbnail
+
+    stack, data = _physical((2, 256, 320), size=0.2)
+    path = write_ome_zarr(stack, tmp_path / "img.ome.zarr", levels=3)
+    levels = load_zarrs(path, "CYX")
+    assert levels[0].attrs["units"]["X"] == "micrometer"
+    level2 = zarr.open_array(f"{path}/2", mode="r")[:]
+    planes, step = thumbnail(levels[0], channel=[1, 0], max_size=80)  # level 2 (80 pixels wide)
+    assert step == 4
+    np.testing.assert_array_equal(planes, level2[[1, 0]])
+    ax = show(levels[0], channel=[1, 0], max_size=80, robust=False)
+    limits = [(float(p.min()), float(p.max())) for p in level2[[1, 0]]]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), composite(level2[[1, 0]], ["magenta", "lime"], limits))
+    label, width = _bar_facts(_bars(ax)[0])
+    assert (label, width) == ("10 µm", pytest.approx(10 / 0.2))  # 64 µm wide; full-resolution pixels
+    np.testing.assert_array_equal(thumbnail(levels[0], channel=[0], use_levels=False)[0], data[[0]])
+    with pytest.raises(SelectionError, match="non-empty sequence"):
+        thumbnail(levels[0], channel=[])
