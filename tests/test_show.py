@@ -235,6 +235,9 @@ def test_rgb_uint8_is_shown_as_stored() -> None:
     strided = show(stack, max_size=35).get_images()[0].get_array()
     np.testing.assert_array_equal(strided, data[::2, ::2])
     single = show(stack, rgb=False).get_images()[0].get_array()  # rgb=False: channel 0 alone
+    forced = LazyImageStack(data.transpose(2, 0, 1).astype(np.uint16) * 257, "CYX", coords={"C": ["a", "b", "c"]})
+    assert not is_rgb(forced)
+    np.testing.assert_allclose(show(forced, rgb=True).get_images()[0].get_array(), data / 255)
     np.testing.assert_array_equal(single, data[..., 0])
     rgba = np.random.default_rng(5).integers(0, 256, (20, 20, 4), dtype=np.uint8)
     (four,) = load_arrays([rgba], "YXC")

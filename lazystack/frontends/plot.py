@@ -592,7 +592,8 @@ def show(
         msg = f"rgb must be True, False or None (decide from the stack), got {rgb!r}"
         raise SelectionError(msg)
     if channel is None:
-        channels = list(range(stack.data_shape[1])) if rgb is not False and is_rgb(stack) else [0]
+        every = rgb is True or (rgb is None and is_rgb(stack))
+        channels = list(range(stack.data_shape[1])) if every else [0]
         several = len(channels) > 1
     else:
         channels = _channel_list(stack, channel)
