@@ -118,7 +118,7 @@ class CoarseForegroundSampler(Sampler):
     ``scale`` and ``translation``), or, for an image given at one level only,
     a thumbnail averaged over blocks of ``factor`` pixels with dask. All
     coarse views are read in one parallel dask computation when the sampler
-    is built, and kept in [`thumbnails`][lazystack.CoarseForegroundSampler.thumbnails]
+    is built, and kept in ``thumbnails``
     keyed by the stack's token (a stack given twice is reduced once;
     workers receive them with the pickled sampler and read nothing).
 

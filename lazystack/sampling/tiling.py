@@ -191,7 +191,7 @@ class Stitcher:
         and accepting slice assignment (numpy, Zarr ...). Default: new
         ``float32`` numpy arrays. A stack the grid leaves out (its
         ``levels_left_out``) gets no output: None in
-        [`outputs`][lazystack.Stitcher.outputs] (anything given there is ignored).
+        ``outputs`` (anything given there is ignored).
     dtype : numpy dtype
         Dtype of the default outputs.
 
