@@ -146,7 +146,7 @@ def test_grid_tiles_and_stitches_full_resolution_only(pyramids: tuple[list[Any],
 
 
 def test_whole_sample_stratified_and_mask_samplers_use_full_resolution(
-    pyramids: tuple[list[Any], list[np.ndarray]],
+    pyramids: tuple[list[Any], list[np.ndarray]], caplog: pytest.LogCaptureFixture
 ) -> None:
     stacks, _ = pyramids
     whole = WholeSampleSampler(stacks)
@@ -157,7 +157,9 @@ def test_whole_sample_stratified_and_mask_samplers_use_full_resolution(
     ok = StratifiedSampler(stacks, [(1, 0, (0, 0), (16, 16))], 8, 10, levels="all")
     assert {s.stack for s in ok.epoch_specs()} == {1}
     masks = [LazyImageStack((np.asarray(s.data) > 500).astype(np.uint8), "SCYX") for s in stacks]
-    weighted = MaskWeightedSampler(stacks, masks, 8, 200, cell=4, seed=2)
+    with caplog.at_level(logging.INFO, logger="lazystack.sampling"):
+        weighted = MaskWeightedSampler(stacks, masks, 8, 200, cell=4, seed=2)
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["MaskWeightedSampler"]
     assert weighted.levels_left_out == (1, 2, 4, 5)
     assert {s.stack for s in weighted.epoch_specs()} == {0, 3}  # the plain stack has no pixel > 500
     rejecting = ForegroundSampler(stacks, masks, 8, 50, min_foreground=0.5, seed=2)
@@ -200,6 +202,56 @@ def test_coarse_level_foreground_maps_cells_through_the_scale(pyramids: tuple[li
     assert fg1 is not None
     assert fg1.shape == (1, 32, 48)
     assert fg1.sum() == 8 * 12
+
+
+def _write_ngff_zarr(path: Path) -> None:
+    import ngff_zarr as nz
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = nz.to_ngff_image(_image(3), dims=["c", "y", "x"], scale={"y": 0.5, "x": 0.5})
+        pyramid = nz.to_multiscales(image, scale_factors=[2, 4], chunks=32, method=nz.Methods.ITKWASM_BIN_SHRINK)
+        nz.to_ngff_zarr(str(path), pyramid, version="0.5")
+
+
+def _write_without_translation(path: Path) -> None:
+    """NGFF 0.5 written by hand: levels 0 and 1 (block means of 4 x 4), scales only (corner-aligned)."""
+    image = _image(4)
+    coarse = image.reshape(1, 16, 4, 24, 4).mean(axis=(2, 4)).astype(np.uint16)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    datasets = [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1.0, f, f]}]}
+        for i, f in enumerate((0.25, 1.0))
+    ]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+    for i, level in enumerate((image, coarse)):
+        root.create_array(str(i), shape=level.shape, dtype=level.dtype, chunks=level.shape)[...] = level
+
+
+WRITERS = {
+    "lazystack": _write_lazystack,
+    "ome-zarr-py": _write_ome_zarr_py,
+    "ngff-zarr": _write_ngff_zarr,
+    "no-translation": _write_without_translation,
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_coarse_cells_land_on_the_full_resolution_block(writer: str, tmp_path: Path) -> None:
+    """Every writer's pyramid: patches are centred on the block, and on all of it (no shifted cells)."""
+    path = tmp_path / "image.ome.zarr"
+    WRITERS[writer](path)
+    stacks = load_zarrs(str(path), "CYX")
+    level0 = np.asarray(zarr.open_array(stacks[0].source, mode="r")[...])
+    assert level0.shape == SHAPE
+    sampler = CoarseForegroundSampler(stacks, 8, 1500, threshold=400, seed=2)
+    assert sampler.coarse_source[0] == f"level {len(stacks) - 1}"
+    centres = np.array([[c + 4 for c in s.coords] for s in sampler.epoch_specs(0)])
+    assert {s.stack for s in sampler.epoch_specs(0)} == {0}
+    assert (level0[0][centres[:, 0], centres[:, 1]] >= 900).all()  # every centre on the bright block
+    assert centres.min(axis=0).tolist() == [32, 48]  # ... and its first and last rows and columns reached
+    assert centres.max(axis=0).tolist() == [47, 71]
 
 
 def test_thumbnail_when_no_coarse_level() -> None:

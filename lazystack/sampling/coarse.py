@@ -22,10 +22,10 @@ from ..core.errors import PatchError, ShapeMismatchError
 from ..core.levels import image_key
 from .samplers import (
     PatchSpec,
-    RandomSampler,
     Sampler,
     _check_seed,
     _int_tuple,
+    _random_base,
     geometry,
     spec_rng,
 )
@@ -206,9 +206,7 @@ class CoarseForegroundSampler(Sampler):
         import dask
         import dask.array as da
 
-        base = RandomSampler(
-            stacks, patch_size, max(1, operator.index(length)), seed=seed, channels=channels, levels=levels
-        )
+        base = _random_base(stacks, patch_size, length, seed, channels, levels, "CoarseForegroundSampler")
         self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
         self.levels_left_out = base.levels_left_out
         self.length = _check_seed("length", length)

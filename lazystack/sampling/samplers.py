@@ -272,7 +272,9 @@ def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = 
             "%s samples %s: %d stack(s) left out as other resolution levels (indices %s); "
             "pass levels='all' or the levels to sample them",
             who,
-            "full resolution (the finest level of each image)" if levels == "finest" else f"levels={levels!r}",
+            "full resolution (the finest level of each image)"
+            if isinstance(levels, str) and levels.strip().lower() == "finest"
+            else f"levels={levels!r}",
             len(out),
             out,
         )
@@ -282,6 +284,21 @@ def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = 
 def _left_out(n: int, kept: Iterable[int]) -> tuple[int, ...]:
     keep = set(kept)
     return tuple(i for i in range(n) if i not in keep)
+
+
+def _random_base(
+    stacks: Sequence[Any],
+    patch_size: int | Sequence[int],
+    length: int,
+    seed: int,
+    channels: int | Sequence[int] | None,
+    levels: Any,
+    who: str,
+) -> RandomSampler:
+    """A RandomSampler's validation of stacks, patch size, seed, channels and levels, on behalf of ``who``."""
+    base = RandomSampler.__new__(RandomSampler)
+    base._setup(stacks, patch_size, max(1, operator.index(length)), seed, "size", channels, levels, who)
+    return base
 
 
 class Sampler:
@@ -419,11 +436,24 @@ class RandomSampler(Sampler):
         channels: int | Sequence[int] | None = None,
         levels: Any = "finest",
     ) -> None:
+        self._setup(stacks, patch_size, length, seed, weights, channels, levels, type(self).__name__)
+
+    def _setup(
+        self,
+        stacks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        seed: int,
+        weights: str | Sequence[float],
+        channels: int | Sequence[int] | None,
+        levels: Any,
+        who: str,
+    ) -> None:
         if not stacks:
-            msg = "RandomSampler needs at least one stack, got an empty sequence"
+            msg = f"{who} needs at least one stack, got an empty sequence"
             raise ValueError(msg)
         self.geometries = [geometry(s) for s in stacks]
-        sampled = set(sampled_stacks(stacks, levels, who=type(self).__name__))
+        sampled = set(sampled_stacks(stacks, levels, who=who))
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[min(sampled)].spatial_shape)
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
@@ -838,9 +868,7 @@ class MaskWeightedSampler(Sampler):
         import dask
         import dask.array as da
 
-        base = RandomSampler(
-            stacks, patch_size, max(1, operator.index(length)), seed=seed, channels=channels, levels=levels
-        )
+        base = _random_base(stacks, patch_size, length, seed, channels, levels, "MaskWeightedSampler")
         self.levels_left_out = base.levels_left_out
         check_pairs(stacks, masks, names=["stacks", "masks"])
         self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
