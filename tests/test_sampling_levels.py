@@ -1,0 +1,386 @@
+"""Samplers and resolution levels: full resolution by default, foreground found on a coarse level or thumbnail.
+
+Pyramids are written by lazystack's own writer and by ome-zarr-py; references are zarr-python's
+read of each level's array and numpy slicing of the data written.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from dask.callbacks import Callback
+
+from lazystack import (
+    CoarseForegroundSampler,
+    ForegroundSampler,
+    GridSampler,
+    LazyImageStack,
+    MaskWeightedSampler,
+    PatchError,
+    RandomSampler,
+    SelectionError,
+    Stitcher,
+    StratifiedSampler,
+    WholeSampleSampler,
+    load_zarrs,
+    otsu_threshold,
+    write_ome_zarr,
+)
+from lazystack.sampling import read_specs
+
+SHAPE = (1, 64, 96)  # C Y X of level 0
+
+
+def _image(seed: int) -> np.ndarray:
+    """Background ~10, a bright 16 x 24 block at rows 32:48, columns 48:72 (aligned to 4-pixel cells)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(5, 15, SHAPE).astype(np.uint16)
+    image[:, 32:48, 48:72] = rng.integers(900, 1000, (1, 16, 24))
+    return image
+
+
+def _write_lazystack(path: Path) -> None:
+    write_ome_zarr(LazyImageStack(_image(1), "CYX"), str(path), levels=3)
+
+
+def _write_ome_zarr_py(path: Path) -> None:
+    from ome_zarr.writer import write_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = zarr.open_group(str(path), mode="w")
+        write_image(_image(2), root, axes="cyx", scale_factors=(2, 4), scale={"y": 0.5, "x": 0.5})
+
+
+@pytest.fixture(scope="module")
+def pyramids(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], list[np.ndarray]]:
+    """Two 3-level images (lazystack, ome-zarr-py) and a plain in-memory stack; level arrays read by zarr."""
+    root = tmp_path_factory.mktemp("pyramids")
+    _write_lazystack(root / "ls.ome.zarr")
+    _write_ome_zarr_py(root / "oz.ome.zarr")
+    stacks = load_zarrs(str(root / "ls.ome.zarr"), "CYX") + load_zarrs(str(root / "oz.ome.zarr"), "CYX")
+    plain = np.random.default_rng(5).integers(0, 100, (2, 1, 40, 40)).astype(np.uint16)
+    stacks = [*stacks, LazyImageStack(plain, "SCYX")]
+    arrays = []
+    for s in stacks[:6]:
+        a = np.asarray(zarr.open_array(s.source, mode="r")[...])
+        arrays.append(a[None])  # S C Y X
+    arrays.append(plain)
+    return stacks, arrays
+
+
+def _reference(arrays: list[np.ndarray], spec: Any) -> np.ndarray:
+    region = tuple(slice(c, c + n) for c, n in zip(spec.coords, spec.patch_size, strict=True))
+    return arrays[spec.stack][(spec.sample, slice(None), *region)].astype(np.float32)
+
+
+# -- 1. full resolution by default ------------------------------------------------------------------------------
+def test_the_fixture_holds_two_pyramids(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    stacks, arrays = pyramids
+    assert [s.level for s in stacks] == [0, 1, 2, 0, 1, 2, None]
+    assert [a.shape[2:] for a in arrays[:3]] == [(64, 96), (32, 48), (16, 24)]
+
+
+def test_random_sampler_draws_full_resolution_only_and_says_so(
+    pyramids: tuple[list[Any], list[np.ndarray]], caplog: pytest.LogCaptureFixture
+) -> None:
+    stacks, arrays = pyramids
+    with caplog.at_level(logging.INFO, logger="lazystack.sampling"):
+        sampler = RandomSampler(stacks, 32, 300, seed=4)  # 32 does not fit level 2 (16 x 24): not needed
+    assert sampler.levels_left_out == (1, 2, 4, 5)
+    records = [r for r in caplog.records if r.name == "lazystack.sampling"]
+    assert len(records) == 1
+    assert "left out" in records[0].getMessage()
+    assert "[1, 2, 4, 5]" in records[0].getMessage()
+    specs = sampler.epoch_specs(1)
+    assert {s.stack for s in specs} == {0, 3, 6}
+    for s, patch in zip(specs[:30], read_specs(stacks, specs[:30]), strict=True):
+        np.testing.assert_array_equal(patch, _reference(arrays, s))
+    # without pyramids nothing is left out, and nothing is logged
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lazystack.sampling"):
+        assert RandomSampler(stacks[6:], 8, 4).levels_left_out == ()
+    assert not caplog.records
+
+
+def test_levels_opt_in(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    stacks, arrays = pyramids
+    every = RandomSampler(stacks, 8, 2000, seed=1, levels="all")
+    assert every.levels_left_out == ()
+    assert {s.stack for s in every.epoch_specs()} == set(range(7))
+    level_one = RandomSampler(stacks, 8, 200, seed=1, levels=1)
+    assert level_one.levels_left_out == (0, 2, 3, 5, 6)  # the plain stack counts as level 0
+    specs = level_one.epoch_specs()
+    assert {s.stack for s in specs} == {1, 4}
+    for s, patch in zip(specs[:20], read_specs(stacks, specs[:20]), strict=True):
+        np.testing.assert_array_equal(patch, _reference(arrays, s))
+    with pytest.raises(PatchError, match=r"does not fit in stack 2 .*\(16, 24\)"):
+        RandomSampler(stacks, 32, 5, levels="all")  # the coarse levels are really sampled now
+    with pytest.raises(SelectionError, match="selects none"):
+        RandomSampler(stacks, 8, 5, levels=7)
+    with pytest.raises(SelectionError, match="invalid level"):
+        RandomSampler(stacks, 8, 5, levels=[-1])
+
+
+def test_grid_tiles_and_stitches_full_resolution_only(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    stacks, arrays = pyramids
+    grid = GridSampler(stacks, 24, overlap=4)
+    assert grid.levels_left_out == (1, 2, 4, 5)
+    tiles = [grid.tile(i) for i in range(len(grid))]
+    assert {t.spec.stack for t in tiles} == {0, 3, 6}
+    stitcher = Stitcher(grid, n_channels=1)
+    for i, patch in enumerate(read_specs(stacks, [t.spec for t in tiles])):
+        stitcher.add(i, patch)
+    assert stitcher.complete
+    assert [o is None for o in stitcher.outputs] == [False, True, True, False, True, True, False]
+    for k in (0, 3, 6):
+        np.testing.assert_array_equal(stitcher.outputs[k], arrays[k].astype(np.float32))
+    assert len(GridSampler(stacks, 8, levels="all")) > len(GridSampler(stacks, 8))
+
+
+def test_whole_sample_stratified_and_mask_samplers_use_full_resolution(
+    pyramids: tuple[list[Any], list[np.ndarray]], caplog: pytest.LogCaptureFixture
+) -> None:
+    stacks, _ = pyramids
+    whole = WholeSampleSampler(stacks)
+    assert [(s.stack, s.sample) for s in whole] == [(0, 0), (3, 0), (6, 0), (6, 1)]
+    assert len(WholeSampleSampler(stacks, levels="all")) == 8
+    with pytest.raises(SelectionError, match=r"region 1 names stack 1 .*level 1.*levels='all'"):
+        StratifiedSampler(stacks, [(0, 0, (0, 0), (16, 16)), (1, 0, (0, 0), (16, 16))], 8, 10)
+    ok = StratifiedSampler(stacks, [(1, 0, (0, 0), (16, 16))], 8, 10, levels="all")
+    assert {s.stack for s in ok.epoch_specs()} == {1}
+    masks = [LazyImageStack((np.asarray(s.data) > 500).astype(np.uint8), "SCYX") for s in stacks]
+    with caplog.at_level(logging.INFO, logger="lazystack.sampling"):
+        weighted = MaskWeightedSampler(stacks, masks, 8, 200, cell=4, seed=2)
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["MaskWeightedSampler"]
+    assert weighted.levels_left_out == (1, 2, 4, 5)
+    assert {s.stack for s in weighted.epoch_specs()} == {0, 3}  # the plain stack has no pixel > 500
+    rejecting = ForegroundSampler(stacks, masks, 8, 50, min_foreground=0.5, seed=2)
+    assert {s.stack for s in rejecting.epoch_specs()} <= {0, 3, 6}
+
+
+# -- 2. foreground from a coarse level or a thumbnail -------------------------------------------------------------
+def _foreground_box(spec: Any, lo: tuple[int, int], hi: tuple[int, int]) -> bool:
+    """Whether the patch overlaps the box [lo, hi)."""
+    return all(c < b and c + n > a for c, n, a, b in zip(spec.coords, spec.patch_size, lo, hi, strict=True))
+
+
+def test_coarse_level_foreground_maps_cells_through_the_scale(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    stacks, arrays = pyramids
+    sampler = CoarseForegroundSampler(stacks[:6], 8, 400, threshold=400, seed=3)
+    assert sampler.coarse_source == ["level 2", None, None, "level 2", None, None]
+    # level 2 (16 x 24) of a 64 x 96 image: the block at rows 32:48, columns 48:72 is coarse cells 8:12, 12:18
+    for k in (0, 3):
+        fg = sampler.foreground[k]
+        assert fg is not None
+        expected = np.zeros((1, 16, 24), bool)
+        expected[0, 8:12, 12:18] = True
+        np.testing.assert_array_equal(fg, expected)
+    assert sampler.foreground_fraction() == [pytest.approx(16 * 24 / (64 * 96)), None, None] * 2
+    specs = sampler.epoch_specs(2)
+    assert {s.stack for s in specs} == {0, 3}
+    for s in specs:
+        # the patch is centred on a foreground pixel: its centre lies in the full-resolution block
+        centre = [c + n // 2 for c, n in zip(s.coords, s.patch_size, strict=True)]
+        assert 32 <= centre[0] < 48
+        assert 48 <= centre[1] < 72
+        patch = _reference(arrays, s)
+        assert patch.max() >= 900
+    centres = {tuple(c + 4 for c in s.coords) for s in specs}
+    assert min(c[0] for c in centres) == 32  # the whole block is reached, not a shifted one
+    assert max(c[0] for c in centres) == 47
+    level_one = CoarseForegroundSampler(stacks[:6], 8, 50, threshold=400, level=1, seed=3)
+    assert level_one.coarse_source[0] == "level 1"
+    fg1 = level_one.foreground[0]
+    assert fg1 is not None
+    assert fg1.shape == (1, 32, 48)
+    assert fg1.sum() == 8 * 12
+
+
+def _write_ngff_zarr(path: Path) -> None:
+    import ngff_zarr as nz
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = nz.to_ngff_image(_image(3), dims=["c", "y", "x"], scale={"y": 0.5, "x": 0.5})
+        pyramid = nz.to_multiscales(image, scale_factors=[2, 4], chunks=32, method=nz.Methods.ITKWASM_BIN_SHRINK)
+        nz.to_ngff_zarr(str(path), pyramid, version="0.5")
+
+
+def _write_without_translation(path: Path) -> None:
+    """NGFF 0.5 written by hand: levels 0 and 1 (block means of 4 x 4), scales only (corner-aligned)."""
+    image = _image(4)
+    coarse = image.reshape(1, 16, 4, 24, 4).mean(axis=(2, 4)).astype(np.uint16)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    datasets = [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1.0, f, f]}]}
+        for i, f in enumerate((0.25, 1.0))
+    ]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+    for i, level in enumerate((image, coarse)):
+        root.create_array(str(i), shape=level.shape, dtype=level.dtype, chunks=level.shape)[...] = level
+
+
+WRITERS = {
+    "lazystack": _write_lazystack,
+    "ome-zarr-py": _write_ome_zarr_py,
+    "ngff-zarr": _write_ngff_zarr,
+    "no-translation": _write_without_translation,
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_coarse_cells_land_on_the_full_resolution_block(writer: str, tmp_path: Path) -> None:
+    """Every writer's pyramid: patches are centred on the block, and on all of it (no shifted cells)."""
+    path = tmp_path / "image.ome.zarr"
+    WRITERS[writer](path)
+    stacks = load_zarrs(str(path), "CYX")
+    level0 = np.asarray(zarr.open_array(stacks[0].source, mode="r")[...])
+    assert level0.shape == SHAPE
+    sampler = CoarseForegroundSampler(stacks, 8, 1500, threshold=400, seed=2)
+    assert sampler.coarse_source[0] == f"level {len(stacks) - 1}"
+    centres = np.array([[c + 4 for c in s.coords] for s in sampler.epoch_specs(0)])
+    assert {s.stack for s in sampler.epoch_specs(0)} == {0}
+    assert (level0[0][centres[:, 0], centres[:, 1]] >= 900).all()  # every centre on the bright block
+    assert centres.min(axis=0).tolist() == [32, 48]  # ... and its first and last rows and columns reached
+    assert centres.max(axis=0).tolist() == [47, 71]
+
+
+def test_thumbnail_when_no_coarse_level() -> None:
+    image = np.full((2, 1, 50, 70), 10, np.uint16)
+    image[0, 0, 8:16, 40:56] = 1000  # sample 0 only
+    image[1, 0, 44:50, 0:4] = 1000  # sample 1, in the edge cells of a 50 x 70 image (padded to 56 x 72)
+    stack = LazyImageStack(image, "SCYX")
+    sampler = CoarseForegroundSampler([stack], 6, 600, factor=8, threshold=200, seed=1)
+    assert sampler.coarse_source == ["thumbnail 8x8"]
+    fg = sampler.foreground[0]
+    assert fg is not None
+    # reference: numpy block means over the image padded with its edge values to 56 x 72
+    padded = np.pad(image[:, 0].astype(np.float64), [(0, 0), (0, 6), (0, 2)], mode="edge")
+    means = padded.reshape(2, 7, 8, 9, 8).mean(axis=(2, 4))
+    np.testing.assert_array_equal(fg, means > 200)
+    assert fg.sum() == 4  # two cells in sample 0, the two edge cells in sample 1
+    specs = sampler.epoch_specs(0)
+    assert {s.sample for s in specs} == {0, 1}
+    for s in specs:
+        centre = [c + 3 for c in s.coords]
+        assert 0 <= s.coords[0] <= 44
+        assert 0 <= s.coords[1] <= 64
+        assert fg[(s.sample, centre[0] // 8, centre[1] // 8)]  # centred in a foreground cell
+        if s.sample == 0:  # its foreground cells are foreground throughout
+            assert image[0, 0, centre[0], centre[1]] == 1000
+
+
+class _CountingArray:
+    """An array-like counting the reads a stack makes of it."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.reads = 0
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        self.reads += 1
+        return self.array[key]
+
+
+def test_thumbnail_is_computed_once_and_specs_read_nothing() -> None:
+    image = np.full((64, 64), 10, np.float32)
+    image[16:32, 40:56] = 500
+    source = _CountingArray(image)
+    stack = LazyImageStack(source, "YX")
+    computes = []
+    with Callback(start=lambda dsk: computes.append(len(dsk))):
+        sampler = CoarseForegroundSampler([stack, stack], 8, 100, factor=4, seed=9)  # the same stack twice
+    assert len(computes) == 1  # one dask computation for every coarse view
+    assert len(sampler.thumbnails) == 1  # keyed by the stack's token: reduced once
+    assert next(iter(sampler.thumbnails)).startswith(stack.token)
+    reads = source.reads
+    assert reads >= 1
+    with Callback(start=lambda dsk: computes.append(len(dsk))):
+        first = sampler.epoch_specs(0) + sampler.epoch_specs(1)
+        copy = pickle.loads(pickle.dumps(sampler))
+        again = copy.epoch_specs(0) + copy.epoch_specs(1)
+    assert first == again
+    assert len(computes) == 1
+    assert source.reads == reads  # drawing specs never reads the image
+    for s in first:
+        assert _foreground_box(s, (16, 40), (32, 56))
+
+
+def test_coarse_foreground_is_a_pure_function_and_validates() -> None:
+    image = np.zeros((40, 40), np.uint8)
+    image[0:8, 0:8] = 200
+    stack = LazyImageStack(image, "YX")
+    a = CoarseForegroundSampler([stack], 4, 30, factor=4, seed=2)
+    assert [a.spec(i, 5) for i in reversed(range(30))] == a.epoch_specs(5)[::-1]
+    assert a.epoch_specs(5) != a.epoch_specs(6)
+    by_rule = CoarseForegroundSampler([stack], 4, 30, factor=4, seed=2, threshold=lambda v: v > 100)
+    assert by_rule.epoch_specs(5) == a.epoch_specs(5)
+    with pytest.raises(ValueError, match="no foreground"):
+        CoarseForegroundSampler([LazyImageStack(np.zeros((40, 40), np.uint8), "YX")], 4, 3)
+    with pytest.raises(ValueError, match="threshold must be"):
+        CoarseForegroundSampler([stack], 4, 3, threshold="mean")
+    with pytest.raises(PatchError, match="factor"):
+        CoarseForegroundSampler([stack], 4, 3, factor=0)
+    with pytest.raises(PatchError, match="channel 1 is out of range"):
+        CoarseForegroundSampler([stack], 4, 3, channel=1)
+    with pytest.raises(PatchError, match="does not fit"):
+        CoarseForegroundSampler([stack], 41, 3)
+
+
+def test_otsu_threshold_matches_scikit_image() -> None:
+    filters = pytest.importorskip("skimage.filters")
+    rng = np.random.default_rng(0)
+    for values in (
+        np.concatenate([rng.normal(10, 1, 5000), rng.normal(100, 5, 500)]),
+        rng.integers(0, 4000, (30, 40)).astype(np.float32),
+        np.array([1.0, 1.0, 2.0, 9.0, 10.0, 10.0]),
+    ):
+        assert otsu_threshold(values) == pytest.approx(filters.threshold_otsu(values), rel=1e-6)
+    assert otsu_threshold(np.full(10, 3.0)) == 3.0
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_coarse_foreground_epochs_equal_with_0_and_2_workers(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, arrays = pyramids
+    sampler = CoarseForegroundSampler(stacks, 16, 24, threshold=400, seed=11)
+    dataset = PatchDataset(stacks, sampler, return_spec=True)
+
+    def epoch(workers: int) -> tuple[list[tuple[int, ...]], Any]:
+        epochs = EpochSampler(dataset)
+        epochs.set_epoch(1)
+        loader = DataLoader(
+            dataset,
+            batch_size=5,
+            sampler=epochs,
+            num_workers=workers,
+            multiprocessing_context="fork" if workers else None,
+        )
+        specs, patches = [], []
+        for batch in loader:
+            specs += [tuple(int(v) for v in row) for row in batch["spec"]]
+            patches.append(batch["input"])
+        return specs, torch.cat(patches)
+
+    specs0, patches0 = epoch(0)
+    specs2, patches2 = epoch(2)
+    assert specs0 == specs2
+    assert torch.equal(patches0, patches2)
+    expected = [sampler.spec(i, 1) for i in range(24)]
+    assert specs0 == [(s.stack, s.sample, *s.coords, *s.patch_size) for s in expected]
+    for s, patch in zip(expected, patches0, strict=True):
+        np.testing.assert_array_equal(patch.numpy(), _reference(arrays, s))
