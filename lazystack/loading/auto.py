@@ -232,10 +232,10 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         try:
             if kind == "zarr":
                 stacks.extend(loaders.load_zarrs([text], item_axes, levels=chosen, **options))
-            elif kind == "tiff":
-                stacks.extend(loaders.load_tiffs([_local(text)], item_axes, levels=chosen, **options))
-            elif kind == "czi":
-                stacks.extend(loaders.load_czis([_local(text)], item_axes, levels=chosen, **options))
+            elif kind in ("tiff", "czi"):  # their loaders default to full resolution (CAREamics'); here: all
+                load_kind = loaders.load_tiffs if kind == "tiff" else loaders.load_czis
+                every = "all" if chosen is None else chosen
+                stacks.extend(load_kind([_local(text)], item_axes, levels=every, **options))
             else:
                 stacks.extend(select_levels(_dispatch(kind, text, item_axes, options), chosen))
         except MissingDependencyError:

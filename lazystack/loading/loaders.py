@@ -137,7 +137,7 @@ def load_arrays(source: Any, axes: str) -> StackList:
     return StackList(stacks)
 
 
-def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = None) -> StackList:
+def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
     """Open TIFF files lazily, one stack per file, image series and resolution level.
 
     Parameters
@@ -150,8 +150,11 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Leve
         Axes of each image series (samples of RGB(A) pixels count as ``C``).
     levels : None, "all", int, sequence of int or str
         Resolution levels of every pyramidal series (OME-TIFF SubIFDs ...) to
-        open, as for [`load_zarrs()`][load_zarrs] (0 = full resolution; None or
-        ``"all"``, the default, for every level). Each level is one stack
+        open, as for [`load_zarrs()`][load_zarrs]: None or ``"all"`` for every
+        level, ``[0, 2]`` or ``"0,2"`` for those. Default ``0``, full
+        resolution only: one stack per series, what CAREamics'
+        ``load_tiffs`` returns ([`lazystack.load()`][lazystack.load] and the command line
+        open every level by default, as for OME-Zarr). Each level is one stack
         (``stack.level``, pixel sizes scaled by the level's downsampling); a
         series without a pyramid is level 0. See `lazystack.sources.tiff`.
 
@@ -314,7 +317,7 @@ def load_zarrs(
     return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts, levels=chosen))
 
 
-def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = None) -> StackList:
+def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
     """Open Zeiss CZI files, one lazy stack per scene and pyramid level (needs the ``czi`` extra).
 
     Parameters
@@ -325,10 +328,13 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Level
     axes : str
         ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"``.
     levels : None, "all", int, sequence of int or str
-        Pyramid levels of every scene to open, as for [`load_zarrs()`][load_zarrs]
-        (0 = full resolution; None or ``"all"``, the default, for every level
-        the file stores). Each level is one stack (``stack.level``); a scene
-        without pyramid sub-blocks is level 0. See `lazystack.sources.czi`.
+        Pyramid levels of every scene to open, as for [`load_zarrs()`][load_zarrs]:
+        None or ``"all"`` for every level the file stores, ``[0, 1]`` or
+        ``"0,1"`` for those. Default ``0``, full resolution only: one stack per
+        scene, what CAREamics' ``load_czis`` returns ([`lazystack.load()`][lazystack.load]
+        and the command line open every level by default, as for OME-Zarr).
+        Each level is one stack (``stack.level``); a scene without pyramid
+        sub-blocks is level 0. See `lazystack.sources.czi`.
 
     Returns
     -------
@@ -346,9 +352,7 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Level
     from ..sources import czi
 
     chosen = parse_levels(levels)
-    return _stacks(
-        o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes, levels=chosen)
-    )
+    return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes, levels=chosen))
 
 
 def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> StackList:

@@ -664,8 +664,8 @@ class TiffReader(Reader):
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
-        level = f", level={self.level}" if self.level else ""
-        return f"TiffReader({self.path!r}, series={self.series}{level}, shape={self._shape}, dtype={self._dtype}, {how})"
+        where = f"series={self.series}" + (f", level={self.level}" if self.level else "")
+        return f"TiffReader({self.path!r}, {where}, shape={self._shape}, dtype={self._dtype}, {how})"
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
@@ -928,7 +928,8 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
 
 
 def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0) -> str:
-    text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}" + (f"|level{level}" if level else "")
+    text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
+    text += f"|level{level}" if level else ""
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
 
@@ -1140,9 +1141,7 @@ def open_tiff(
                 raise SourceNotFoundError(msg)
             for level in range(len(pyramid)) if asked is None else asked:
                 opened.append(
-                    _open_series(
-                        tif, file_path, i, level, pyramid, axes, whole_file_chunks, st, whole=wanted is None
-                    )
+                    _open_series(tif, file_path, i, level, pyramid, axes, whole_file_chunks, st, whole=wanted is None)
                 )
     return opened
 
@@ -1203,10 +1202,9 @@ def _open_series(
     )
     coords, attrs = _metadata(tif, i, series, axes, shape)
     # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i, "file@i#level=k" its level k
-    if level:
-        source = f"{file_path}@{i}#level={level}"
-    else:
-        source = file_path if whole and i == 0 else f"{file_path}@{i}"
+    source = f"{file_path}@{i}" + (f"#level={level}" if level else "")
+    if whole and i == 0 and not level:
+        source = file_path
     if len(pyramid) > 1:
         attrs.update(_level_attrs(pyramid, level, f"{file_path}@{i}", attrs.get("physical_pixel_sizes")))
     return OpenedSource(reader=reader, source=source, format=FORMAT, axes=axes, coords=coords, attrs=attrs)
