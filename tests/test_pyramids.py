@@ -336,3 +336,15 @@ def test_czi_written_by_pylibczirw_has_no_levels(tmp_path: Path) -> None:
     (stack,) = load_czis(path, "SCYX", levels="all")
     assert stack.level is None
     np.testing.assert_array_equal(stack.compute()[0, 0], data)
+
+
+def test_napari_layers_of_tiff_and_czi_levels_are_multiscale(pyramid: Path, well: Path) -> None:
+    from lazystack.frontends.napari import layer_data
+
+    layers = layer_data(load(pyramid), "slide")
+    assert [kw["name"] for _, kw, _ in layers] == ["slide [a]", "slide [b]"]  # one layer per channel, all levels
+    for data, kw, _ in layers:
+        assert kw["multiscale"] is True
+        assert [tuple(level.shape) for level in data] == [(3, 65, 97), (3, 33, 49), (3, 17, 25)]
+    layers = layer_data(load(well), "well")
+    assert [(kw["name"], len(data)) for data, kw, _ in layers] == [("well scene 0 (D6)", 2), ("well scene 1 (D7)", 2)]

@@ -56,7 +56,7 @@ def _accepted() -> str:
 
 
 def _split_index(source: str) -> tuple[str, int | None]:
-    """Split ``"file.czi@2"`` into ``("file.czi", 2)``."""
+    """Split ``"file.czi@2"`` into ``("file.czi", 2)`` (a ``#level=k`` suffix, one pyramid level, is dropped)."""
     m = _AT_INDEX.search(source)
     if m is None:
         return source, None
