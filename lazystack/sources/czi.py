@@ -33,8 +33,9 @@ writes them for large scans; ``PyramidInfo`` in the metadata). Their zoom
 layer minified 2 x) gives the scene's levels: level 0 is full resolution,
 level ``k`` the ``k``-th coarser downsample factor ``f`` the scene's
 sub-blocks store (``round(1 / zoom)``: 2, 4 ... or 3, 9 ...), ordered by
-factor. ``levels=`` selects them as for OME-Zarr
-([`lazystack.load_czis()`][lazystack.load_czis]; default: every level). A level stack has
+factor. ``levels=`` selects them as for OME-Zarr (every level by default
+in [`lazystack.load()`][lazystack.load] and the command line, full resolution in
+[`lazystack.load_czis()`][lazystack.load_czis], as CAREamics' ``load_czis``). A level stack has
 ``stack.level``, ``attrs["image_uri"]`` (the scene's source, grouping its
 levels), ``attrs["downsample"]`` (``{"Y": f, "X": f}``) and X / Y pixel
 sizes multiplied by ``f``; its plane is ``ceil(h / f) x ceil(w / f)``

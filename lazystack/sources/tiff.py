@@ -8,14 +8,18 @@ alone (the mirror of CZI scenes).
 Pyramids
     A series with several resolution levels (tifffile's
     ``TiffPageSeries.levels``: OME-TIFF SubIFDs, SVS, NDPI ... pages)
-    gives one stack per level selected by ``levels=`` (as for OME-Zarr,
-    [`lazystack.load_zarrs()`][lazystack.load_zarrs]; default: every level), each read through
+    gives one stack per level selected by ``levels=`` (as for OME-Zarr:
+    every level by default in [`lazystack.load()`][lazystack.load] and the command
+    line, full resolution in [`lazystack.load_tiffs()`][lazystack.load_tiffs], as CAREamics'
+    ``load_tiffs``), each read through
     the same segment (or memory-map) path as full resolution. A level stack
     has ``stack.level`` (0 = full resolution), ``attrs["image_uri"]``
     (``"file.tif@i"``: the series, what groups the levels of one image,
     see [`StackList.images()`][lazystack.StackList.images]) and
-    ``attrs["downsample"]`` (per axis of the file: full-resolution size /
-    level size, e.g. ``{"Y": 2.0, "X": 2.0}``); its physical pixel sizes
+    ``attrs["downsample"]`` (per axis of the file, e.g.
+    ``{"Z": 1.0, "Y": 2.0, "X": 2.0}``: the integer factor whose division,
+    rounded up or down, gives the level's size, else the ratio of the
+    sizes); its physical pixel sizes
     are the series' multiplied by that factor (the OME-XML declares level 0
     only). Level ``k > 0`` has the source ``"file.tif@i#level=k"``, which
     re-opens that level alone whatever ``levels=`` says. A series without
