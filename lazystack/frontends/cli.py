@@ -126,7 +126,7 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, 
         level_option,
         dest="source_levels",
         metavar="LEVELS",
-        help="resolution levels of multiscale images (OME-Zarr pyramids) to open: 'all', a level "
+        help="resolution levels of multiscale images (OME-Zarr, OME-TIFF and CZI pyramids) to open: 'all', a level "
         "(0 = full resolution) or a list like 0,2 (default all; stats and convert: the full resolution of each image)",
     )
 
