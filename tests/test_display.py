@@ -18,7 +18,6 @@ from lazystack.loading.stacklist import (
     StackList,
     format_bytes,
     source_disk_bytes,
-    stack_html,
     stack_summary,
     summary_row,
 )
@@ -176,7 +175,7 @@ def test_stacklist_html_escapes_and_cuts() -> None:
 def test_stack_html_builds_on_xarray_repr() -> None:
     stack = _named_stack()
     with raise_if_dask_computes():
-        markup = stack_html(stack)
+        markup = stack._repr_html_()
     parsed = parse(markup)
     assert "xr-wrap" in parsed.classes  # xarray's own repr is embedded
     facts = {row[0]: row[1] for row in parsed.tables[0] if len(row) == 2}

@@ -312,11 +312,6 @@ class ChunkGrid:
         self.bounds = tuple(np.concatenate([[0], np.cumsum(c, dtype=np.int64)]) for c in self.sizes)
 
     @property
-    def dask_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """Chunks as dask expects them."""
-        return self.sizes
-
-    @property
     def grid_shape(self) -> tuple[int, ...]:
         """Number of chunks along each axis."""
         return tuple(len(c) for c in self.sizes)
@@ -390,12 +385,6 @@ class ChunkGrid:
             dsts.append(da)
         product = itertools.product
         return list(zip(product(*idxs), product(*srcs), product(*dsts), strict=True))
-
-    def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
-        """Array coordinates of the first element of chunk ``idx``."""
-        if self.regular:
-            return tuple(i * c for i, c in zip(idx, self.chunk_shape, strict=True))
-        return tuple(int(b[i]) for i, b in zip(idx, self.bounds, strict=True))
 
     def chunk_region(self, idx: ChunkIndex) -> tuple[slice, ...]:
         """The region of the array chunk ``idx`` covers (cut at the array's edge)."""
@@ -635,7 +624,7 @@ class ChunkedReader(Reader, ABC):
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask-style chunks (the source's own chunk grid)."""
-        return self._grid.dask_chunks
+        return self._grid.sizes
 
     @property
     def chunk_grid(self) -> ChunkGrid:

@@ -3,8 +3,7 @@
 [`stack_summary()`][stack_summary] gathers what a user asks first about a stack (the row
 of ``lazystack info``); [`StackList`][StackList] is the list a loader returns, with
 a compact one-row-per-stack table as its repr in a terminal and in a
-notebook; [`stack_html()`][stack_html] is a stack's own notebook repr, built on
-xarray's (which embeds dask's chunk picture) under a small table of facts.
+notebook.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ __all__ = [
     "format_table",
     "plate_map",
     "source_disk_bytes",
-    "stack_html",
     "stack_summary",
     "summary_row",
 ]
@@ -271,37 +269,6 @@ def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index
         for i, r in enumerate(rows)
     )
     return f"<table class='lazystack-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def stack_html(stack: LazyImageStack) -> str:
-    """Notebook HTML of one stack: a table of facts above xarray's own repr.
-
-    xarray's repr shows the original dims, coordinates (channel names,
-    physical positions) and attributes, and embeds dask's chunk diagram;
-    the table above adds the canonical shape, format and sizes.
-
-    Parameters
-    ----------
-    stack : LazyImageStack
-        The stack.
-
-    Returns
-    -------
-    str
-        An HTML fragment.
-    """
-    row = summary_row(stack_summary(stack, disk_bytes=source_disk_bytes(stack.source)))
-    left = "style='text-align:left'"
-    facts = "".join(
-        f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>" for k, v in row.items() if v != "-"
-    )
-    try:
-        body = stack.xarray._repr_html_()
-    except Exception:  # pragma: no cover - the facts alone still inform
-        body = ""
-    return (
-        f"<div class='lazystack-stack'><b>LazyImageStack</b><table class='lazystack-facts'>{facts}</table>{body}</div>"
-    )
 
 
 class StackList(list):  # type: ignore[type-arg,unused-ignore]
