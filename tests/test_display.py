@@ -105,7 +105,7 @@ def test_summary_row_text() -> None:
 
 
 def test_format_bytes_and_disk_size(tmp_path: Path) -> None:
-    assert format_bytes(2**20) == "1.0 MiB"
+    assert format_bytes(2**20) == "1.00 MiB"
     (tmp_path / "f.bin").write_bytes(b"x" * 100)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a").write_bytes(b"x" * 10)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..loading.stacklist import source_disk_bytes
 from ..stack import LazyImageStack
 
 __all__ = ["DemoResult", "run_demo"]
@@ -112,12 +113,6 @@ def _synthetic(shape: tuple[int, ...], seed: int) -> np.ndarray:
     for i in range(lead):
         out[i] = np.clip(np.roll(img, 3 * i, axis=-1) + rng.normal(100, 10, shape[-2:]), 0, 65535)
     return out.reshape(shape)
-
-
-def _dir_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _read_bytes() -> int | None:
@@ -323,7 +318,7 @@ def run_demo(
                 result.write_seconds = time.perf_counter() - t0
                 result.n_stacks = len(stacks)
                 result.shapes = ", ".join(sorted({"x".join(map(str, s.data_shape)) for s in stacks}))
-                result.dataset_bytes = sum(_dir_size(p) for p in paths)
+                result.dataset_bytes = sum(source_disk_bytes(p) or 0 for p in paths)
                 step(
                     index,
                     name,

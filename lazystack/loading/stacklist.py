@@ -46,21 +46,16 @@ COLUMNS = (
 
 
 def format_bytes(n: int | None) -> str:
-    """Human-readable size in binary units.
+    """Human-readable size ([`dask.utils.format_bytes()`][dask.utils.format_bytes]), ``"-"`` for None.
 
     Examples
     --------
     >>> format_bytes(0), format_bytes(1536), format_bytes(3 * 2**30), format_bytes(None)
-    ('0 B', '1.5 KiB', '3.0 GiB', '-')
+    ('0 B', '1.50 kiB', '3.00 GiB', '-')
     """
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+    from dask.utils import format_bytes as dask_format_bytes
+
+    return "-" if n is None else dask_format_bytes(int(n))
 
 
 def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:

@@ -49,7 +49,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
-from ..io.cache import ChunkCache
+from ..io.cache import ChunkCache, parse_size
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
 from ..io.process import at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
@@ -68,7 +68,7 @@ __all__ = [
 FORMAT = "custom"
 #: Default bound of the per-process whole-file cache, in bytes (1 GiB).
 DEFAULT_CACHE_BYTES = 1 << 30
-#: Environment variable overriding [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (an integer number of bytes).
+#: Environment variable overriding [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (bytes, or a size like ``512MiB``).
 CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
 
 
@@ -97,38 +97,21 @@ class ReadFunc(Protocol):
 
 
 # -- the bounded whole-file cache ------------------------------------------------------------------
-def _env_cache_bytes() -> int:
-    text = os.environ.get(CACHE_ENV_VAR)
-    if text is None or not text.strip():
-        return DEFAULT_CACHE_BYTES
-    try:
-        value = int(float(text))
-    except ValueError:
-        msg = f"{CACHE_ENV_VAR}={text!r} is not a number of bytes; accepted: a non-negative integer such as 1073741824"
-        raise ValueError(msg) from None
-    if value < 0:
-        msg = f"{CACHE_ENV_VAR}={text!r} is negative; accepted: a non-negative integer (0 disables the cache)"
-        raise ValueError(msg)
-    return value
-
-
+_ENV = os.environ.get(CACHE_ENV_VAR, "").strip()
 #: The whole-file arrays: the same bounded, thread-safe LRU as the chunk cache (a separate instance and bound).
-_CACHE = ChunkCache(_env_cache_bytes())
+_CACHE = ChunkCache(parse_size(_ENV, f"{CACHE_ENV_VAR}={_ENV!r}: cache size") if _ENV else DEFAULT_CACHE_BYTES)
 at_fork(after_in_child=_CACHE._reset_after_fork)
 
 
-def set_cache_bytes(max_bytes: int) -> None:
+def set_cache_bytes(max_bytes: int | str) -> None:
     """Set the bound of this process's whole-file cache (evicting as needed).
 
     Parameters
     ----------
-    max_bytes : int
-        Bound in bytes; ``0`` disables the cache.
+    max_bytes : int or str
+        Bound in bytes (or a size like ``"512MiB"``); ``0`` disables the cache.
     """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
-        msg = f"max_bytes must be a non-negative integer number of bytes, got {max_bytes!r}"
-        raise ValueError(msg)
-    _CACHE.resize(int(max_bytes))
+    _CACHE.resize(parse_size(max_bytes, "whole-file cache size"))
 
 
 def clear_cache() -> None:
@@ -139,13 +122,7 @@ def clear_cache() -> None:
 def cache_info() -> dict[str, int]:
     """Bound, current size, entries, hits and misses of this process's whole-file cache."""
     stats = _CACHE.stats()
-    return {
-        "max_bytes": stats.max_bytes,
-        "nbytes": stats.nbytes,
-        "entries": stats.entries,
-        "hits": stats.hits,
-        "misses": stats.misses,
-    }
+    return {k: getattr(stats, k) for k in ("max_bytes", "nbytes", "entries", "hits", "misses")}
 
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
