@@ -43,6 +43,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -217,6 +218,8 @@ class CustomReader(Reader):
         Name of the data.
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     chunks: Any
     token: str
 
@@ -235,8 +238,8 @@ class CustomReader(Reader):
         self.path = path
         self.read_func = read_func
         self.read_kwargs = dict(read_kwargs)
-        self._shape = tuple(shape)
-        self._dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
         self.chunks = chunks
         self.eager = eager
         self.token = token
@@ -244,30 +247,14 @@ class CustomReader(Reader):
         self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {
-            "shape": self._shape,
-            "dtype": self._dtype.str,
-            "chunks": self.chunks,
-            "eager": self.eager,
-            "token": self.token,
-        }
-        return (_rebuild_reader, (self.path, self.read_func, self.read_kwargs, kwargs))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the file's array."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the file's array."""
-        return self._dtype
+        recipe = {"shape": self.shape, "dtype": self.dtype.str, "chunks": self.chunks, "eager": self.eager}
+        return (partial(CustomReader, **recipe, token=self.token), (self.path, self.read_func, self.read_kwargs))
 
     def __repr__(self) -> str:
         how = "whole-file, cached" if self.eager else "lazy"
         return (
-            f"CustomReader({self.path!r}, read_func={_func_name(self.read_func)}, shape={self._shape}, "
-            f"dtype={self._dtype}, {how})"
+            f"CustomReader({self.path!r}, read_func={_func_name(self.read_func)}, shape={self.shape}, "
+            f"dtype={self.dtype}, {how})"
         )
 
     def _seed(self, result: Any) -> None:
@@ -280,10 +267,10 @@ class CustomReader(Reader):
 
     def _check(self, result: Any) -> None:
         shape, dtype = tuple(int(n) for n in result.shape), np.dtype(result.dtype)
-        if shape != self._shape or dtype != self._dtype:
+        if shape != self.shape or dtype != self.dtype:
             msg = (
                 f"read_func {_func_name(self.read_func)} on {self.path!r} returned shape {shape} dtype {dtype}, "
-                f"but {self._shape} {self._dtype} when the stack was created (has the file changed?)"
+                f"but {self.shape} {self.dtype} when the stack was created (has the file changed?)"
             )
             raise SourceReadError(msg)
 
@@ -313,10 +300,6 @@ class CustomReader(Reader):
         """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
         if self._manager is not None:
             self._manager.close()
-
-
-def _rebuild_reader(path: str, read_func: Any, read_kwargs: dict[str, Any], kwargs: dict[str, Any]) -> CustomReader:
-    return CustomReader(path, read_func, read_kwargs, **kwargs)
 
 
 def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
