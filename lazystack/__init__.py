@@ -150,27 +150,9 @@ def __dir__() -> list[str]:
 # The stack's convenience methods are functions of the layers above it: the
 # stack (which imports no operation) looks them up in core.extensions, where
 # they are registered here, importing their modules only when first called.
-def _stack_extract_patches(requests: Any) -> Any:
-    from .ops.batch import extract_patches
-
-    return extract_patches(requests)
-
-
-def _stack_normalized(stack: Any, stats: Any, **options: Any) -> Any:
-    from .ops.normalize import normalized
-
-    return normalized(stack, stats, **options)
-
-
-def _stack_show(stack: Any, **options: Any) -> Any:
-    from .frontends.plot import show
-
-    return show(stack, **options)
-
-
-_provide("extract_patches", _stack_extract_patches)
-_provide("normalized", _stack_normalized)
-_provide("show", _stack_show)
+for _method in ("extract_patches", "normalized", "show"):
+    _provide(_method, lambda *args, _name=_method, **kwargs: __getattr__(_name)(*args, **kwargs))
+del _method
 
 __all__ = [
     "VALID_AXES",

@@ -26,6 +26,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 __all__ = [
@@ -85,14 +86,6 @@ def _run(funcs: list[Callable[[], None]]) -> None:
             error = error or exc
     if error is not None:
         raise error
-
-
-def _before_fork() -> None:
-    _run(_BEFORE[::-1])
-
-
-def _after_fork_in_parent() -> None:
-    _run(list(_AFTER_IN_PARENT))
 
 
 def _after_fork_in_child() -> None:
@@ -347,8 +340,8 @@ class FileManager:
         return f"FileManager({name}, {', '.join(map(repr, self._args))})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        given = self._mode is not _OMIT
-        return (_rebuild, (self._opener, self._args, given, self._mode if given else None, self._kwargs))
+        mode = {} if self._mode is _OMIT else {"mode": self._mode}
+        return (partial(FileManager, self._opener, *self._args, **mode, kwargs=self._kwargs), ())
 
     def _open(self) -> Any:
         kwargs = self._kwargs if self._mode is _OMIT else {**self._kwargs, "mode": self._mode}
@@ -445,13 +438,9 @@ class FileManager:
         _close_all(table.shrink())
 
 
-def _rebuild(
-    opener: Callable[..., Any], args: tuple[Any, ...], mode_given: bool, mode: Any, kwargs: dict[str, Any]
-) -> FileManager:
-    if mode_given:
-        return FileManager(opener, *args, mode=mode, kwargs=kwargs)
-    return FileManager(opener, *args, kwargs=kwargs)
-
-
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=lambda: _run(_BEFORE[::-1]),
+        after_in_parent=lambda: _run(list(_AFTER_IN_PARENT)),
+        after_in_child=_after_fork_in_child,
+    )

@@ -102,9 +102,6 @@ class MemmapReader(Reader):
         state["_array"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
 
 def as_reader(arr: Any) -> Any:
     """Return the chunk reader for an array-like given to ``load_arrays``.
