@@ -169,19 +169,13 @@ def _build_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 
 
 def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
-    from ..loading.loaders import load_zarrs
+    from ..loading.loaders import load_arrays, load_zarrs
     from ..ops.writing import write_ome_zarr
 
     p = folder / "image.ome.zarr"
-    (base,) = _build_npy_stacks(shape)
+    (base,) = load_arrays([_synthetic(shape, 7)], "TCYX")
     write_ome_zarr(base, p, chunks=128, levels=2)
     return [p], load_zarrs([p], "TCYX")
-
-
-def _build_npy_stacks(shape: tuple[int, ...]) -> list[LazyImageStack]:
-    from ..loading.loaders import load_arrays
-
-    return load_arrays([_synthetic(shape, 7)], "TCYX")
 
 
 def _build_czi(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
@@ -220,22 +214,6 @@ def _extract(
         done += 1
         progress.update(1)
     return done, shape
-
-
-class _Steps:
-    """Step lines on stderr (``[2/5] tiff: ...``), kept clear of the progress bar."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-
-    def __call__(self, index: int, name: str, text: str) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            prefix = f"[{index}/{self.total}] {name}: " if index else ""
-            tqdm.write(prefix + text, file=sys.stderr)
-            sys.stderr.flush()
 
 
 def run_demo(
@@ -295,7 +273,13 @@ def run_demo(
     tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
     tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    step = _Steps(progress, len(names))
+
+    def step(index: int, name: str, text: str) -> None:
+        """A step line on stderr (``[2/5] tiff: ...``), kept clear of the progress bar."""
+        if progress:
+            tqdm.write((f"[{index}/{len(names)}] {name}: " if index else "") + text, file=sys.stderr)
+            sys.stderr.flush()
+
     results = []
     cache_scope = nullcontext() if cache_bytes is None else chunk_cache_size(cache_bytes)
     try:

@@ -252,15 +252,12 @@ def plate_map(summaries: Iterable[Mapping[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
-def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index: bool = True) -> str:
+def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> str:
     left = "style='text-align:left'"
     shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)
-    head = ("<th>#</th>" if index else "") + "".join(f"<th {left}>{html.escape(c)}</th>" for c in shown)
+    head = "<th>#</th>" + "".join(f"<th {left}>{html.escape(c)}</th>" for c in shown)
     body = "".join(
-        "<tr>"
-        + (f"<td>{i}</td>" if index else "")
-        + "".join(f"<td {left}>{html.escape(str(r.get(c, '-')))}</td>" for c in shown)
-        + "</tr>"
+        f"<tr><td>{i}</td>" + "".join(f"<td {left}>{html.escape(str(r.get(c, '-')))}</td>" for c in shown) + "</tr>"
         for i, r in enumerate(rows)
     )
     return f"<table class='lazystack-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -190,11 +190,6 @@ def _check_memmap(array: np.memmap[Any, Any], path: str) -> None:
     check_mapped_size(raw, end, f"file {path!r} (memory-mapped by read_func)")
 
 
-def _is_eager(result: Any) -> bool:
-    """A plain in-memory ndarray (the file was read whole), not a memmap or another lazy array-like."""
-    return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
-
-
 class CustomReader(Reader):
     """Chunk reader over one file read by a [`ReadFunc`][ReadFunc] (see the module docs).
 
@@ -363,7 +358,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     if dtype.hasobject:
         msg = f"read_func {_func_name(read_func)} on {path!r} returned dtype {dtype}; accepted: numeric dtypes"
         raise UnsupportedSourceError(msg)
-    eager = _is_eager(result)
+    eager = isinstance(result, np.ndarray) and not isinstance(result, np.memmap)  # the file was read whole
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
         path,
