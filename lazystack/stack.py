@@ -623,7 +623,12 @@ class LazyImageStack:
         if geometry.empty:
             return np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
         lo, hi = min(chans), max(chans) + 1
-        block = self._read_patch_region(s, t, slice(lo, hi), geometry.source)
+        by_role: dict[str, int | slice] = {"S": s, "T": t, "C": slice(lo, hi)}
+        block = self.read(tuple(by_role[k] if isinstance(k, str) else geometry.source[k] for k in self._key_plan))
+        if self._patch_perm is not None:
+            block = block.transpose(self._patch_perm)
+        if not self._patch_has_c:
+            block = block[np.newaxis]
         if not (hi - lo == len(chans) and chans[0] == lo and (len(chans) < 3 or chans == list(range(lo, hi)))):
             block = block[[c - lo for c in chans]]
         if block.shape[1:] == geometry.patch_size:  # inside the image: one cast, no zero fill
@@ -632,33 +637,10 @@ class LazyImageStack:
         out[(slice(None), *geometry.target)] = block
         return out
 
-    def _patch_key(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> tuple[int | slice, ...]:
-        """Key in view axes for one sample's region (``S``/``T`` ints, channel slice, spatial slices)."""
-        by_role: dict[str, int | slice] = {"S": s, "T": t, "C": channels}
-        return tuple(by_role[k] if isinstance(k, str) else spatial[k] for k in self._key_plan)
-
-    def _read_patch_region(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> np.ndarray:
-        """Read one sample's region as an array in ``C(Z)YX`` order (C always present)."""
-        block = self._read_view(self._patch_key(s, t, channels, spatial))
-        if self._patch_perm is not None:
-            block = block.transpose(self._patch_perm)
-        if not self._patch_has_c:
-            block = block[np.newaxis]
-        return block
-
-    def _read_view(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read ``key`` (in view axes: ints and step-1 slices inside the bounds) from memory or from the reader."""
-        if self._memory is not None:
-            return self._memory[key]
-        root_key, stride = (key, None) if self._identity else self._compose(key)
-        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
-        out = self._read_region(region)
-        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
-            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
-        return out[stride] if stride is not None else out
-
     def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
         """Read a region of this stack (view) in [`axes_model`][axes_model] order, in the stored dtype.
+
+        From memory after [`load()`][load], else from the reader.
 
         Parameters
         ----------
@@ -672,7 +654,14 @@ class LazyImageStack:
         numpy.ndarray
             May be a read-only view of cached data: copy it before writing.
         """
-        return self._read_view(key)
+        if self._memory is not None:
+            return self._memory[key]
+        root_key, stride = (key, None) if self._identity else self._compose(key)
+        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
+        out = self._read_region(region)
+        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
+            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
+        return out[stride] if stride is not None else out
 
     @staticmethod
     def _as_slice(r: range) -> slice:
@@ -1116,7 +1105,7 @@ class LazyImageStack:
 
     def _read_all(self) -> np.ndarray:
         key = tuple(slice(0, n) for n in self._model.shape)
-        return self._read_view(key)
+        return self.read(key)
 
     # -- memory and handles ----------------------------------------------------------
     def load(self) -> LazyImageStack:
@@ -1224,7 +1213,7 @@ class _CanonicalRegions:
         for s, t_run in s_runs:
             spans_view = {**by_role, "S": range(s, s + 1), "T": t_run}
             view_key = tuple(slice(spans_view[a].start, spans_view[a].stop) for a in axes)
-            block = np.asarray(stack._read_view(view_key)).transpose(order)
+            block = np.asarray(stack.read(view_key)).transpose(order)
             parts.append(block.reshape((len(t_run), len(c_span), *(len(r) for r in spatial))))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         drop = tuple(0 if isinstance(k, int) else slice(None) for k in key)
