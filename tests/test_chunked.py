@@ -99,7 +99,7 @@ def test_normalize_key_rejects(key: tuple[object, ...], error: type[Exception], 
 # -- the grid --------------------------------------------------------------------------------
 def _brute_touched(grid: ChunkGrid, region: Sequence[slice]) -> list[ChunkIndex]:
     out = []
-    for idx in itertools.product(*(range(n) for n in grid.grid_shape)):
+    for idx in itertools.product(*(range(n) for n in map(len, grid.sizes))):
         cr = grid.chunk_region(idx)
         if all(max(r.start, c.start) < min(r.stop, c.stop) for r, c in zip(region, cr, strict=True)):
             out.append(idx)

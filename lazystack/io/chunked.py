@@ -311,11 +311,6 @@ class ChunkGrid:
             self.chunk_shape = tuple(max(c) if c else 0 for c in self.sizes)
         self.bounds = tuple(np.concatenate([[0], np.cumsum(c, dtype=np.int64)]) for c in self.sizes)
 
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        """Number of chunks along each axis."""
-        return tuple(len(c) for c in self.sizes)
-
     def axis_range(self, axis: int, start: int, stop: int) -> range:
         """Indices of the chunks along ``axis`` that ``[start, stop)`` overlaps."""
         if stop <= start:
@@ -473,25 +468,6 @@ def _block(
     return block
 
 
-def _assemble(
-    region: tuple[slice, ...],
-    grid: ChunkGrid,
-    chunks: Mapping[ChunkIndex, np.ndarray],
-    pieces: list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]],
-    dtype: np.dtype[Any],
-) -> np.ndarray:
-    shape = tuple(s.stop - s.start for s in region)
-    if len(pieces) == 1:
-        # One chunk: a view of it (read-only when cached), no copy.
-        idx, src, _ = pieces[0]
-        block = _block(chunks[idx], idx, src, shape, region, grid)
-        return block if block.dtype == dtype else block.astype(dtype)
-    out = np.empty(shape, dtype=dtype)
-    for idx, src, dst in pieces:
-        copy_piece(out, idx, chunks[idx], src, dst, region, grid)
-    return out
-
-
 def copy_piece(
     out: np.ndarray,
     idx: ChunkIndex,
@@ -565,7 +541,14 @@ def read_region(
         return np.empty(out_shape, dtype=dtype)
     pieces = grid.pieces(region)
     chunks = get_chunks([p[0] for p in pieces], fetch, cache=cache, token=token)
-    return _assemble(region, grid, chunks, pieces, dtype)
+    if len(pieces) == 1:  # one chunk: a view of it (read-only when cached), no copy
+        idx, src, _ = pieces[0]
+        block = _block(chunks[idx], idx, src, out_shape, region, grid)
+        return block if block.dtype == dtype else block.astype(dtype)
+    out = np.empty(out_shape, dtype=dtype)
+    for idx, src, dst in pieces:
+        copy_piece(out, idx, chunks[idx], src, dst, region, grid)
+    return out
 
 
 class ChunkedReader(Reader, ABC):
