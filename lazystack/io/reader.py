@@ -2,56 +2,13 @@
 
 A source (a format back end, or [`as_reader()`][as_reader] for a plain array) gives
 [`LazyImageStack`][lazystack.LazyImageStack] one [`Reader`][Reader] over the source's own
-axes. The stack uses nothing else, and probes nothing: every member below
-exists on every reader, with the default given when a reader does not
-override it.
-
-``shape``, ``dtype``
-    Shape in the source's axes; dtype of the stored data.
-``chunks``
-    The chunk grid: dask-style chunks (tuple of tuples) or a regular chunk
-    shape (tuple of int); default None (no grid of its own: dask picks one).
-``token``
-    A string naming the data (path, modification time ...), used to name
-    the dask array without hashing pixel data; default None (a random name).
-``capabilities``
-    A frozen [`ReaderCapabilities`][ReaderCapabilities]: what the reader *is* (remote,
-    memory-mapped, compressed, fetches chunks only in groups), declared as
-    data. Default: all False but ``compressed``.
-``__getitem__(key)``
-    A tuple with one ``int`` or step-1 ``slice`` per axis, inside the
-    bounds; returns a numpy array in the stored dtype.
-``read_region(region)``
-    A tuple of step-1 slices, one per axis, already inside the bounds (no
-    ints, no normalisation): the one read the stack's patch and view paths
-    make. It may return a read-only view (of a cached chunk, of a memory
-    map). Default: ``numpy.asarray(self[region])``.
-``read_cached(region)``
-    The same region when it can be served from memory alone (every chunk it
-    touches is in the chunk cache), else None; it never reads the source.
-    The stack tries it before ``read_region``: a warm patch is one cache
-    look-up. Default: None.
-``read_float32(region)``
-    The same region as a *new* ``float32`` array (values exactly those of a
-    cast) when the reader produces it more cheaply than ``read_region`` plus
-    a cast (tensorstore converts while it decodes), else None. Default: None.
-    Every other ``float32`` conversion of a patch happens in the stack.
-``as_chunked()``
-    The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] serving this reader's
-    chunks (same axes, shape and dtype), for batched extraction
-    ([`lazystack.ops.batch`][lazystack.ops.batch]), or None: the batch then reads patch by
-    patch. Default: None.
-``as_dask()``
-    A dask array to use as is for the stack's dask view, or None (default):
-    the stack wraps the reader with ``dask.array.from_array``.
-``close()``
-    Release open handles; the reader reopens transparently when used again.
-    Default: nothing to release.
-
-Readers must pickle as a recipe (no open handle, no pixel data for files).
-Plain array-likes (numpy, dask, zarr and h5py arrays, ``np.memmap``) are
-adapted once, by [`as_reader()`][as_reader] where a stack is built, into an
-[`ArrayReader`][ArrayReader].
+axes. The stack uses nothing else, and probes nothing: every member of
+[`Reader`][Reader] exists on every reader, with the default the base class gives
+when a reader does not override it (docs/api.md, "The reader contract",
+tabulates them). Readers must pickle as a recipe (no open handle, no pixel
+data for files). Plain array-likes (numpy, dask, zarr and h5py arrays,
+``np.memmap``) are adapted once, by [`as_reader()`][as_reader] where a stack is
+built, into an [`ArrayReader`][ArrayReader].
 """
 
 from __future__ import annotations
@@ -110,11 +67,14 @@ _DEFAULT_CAPABILITIES = ReaderCapabilities()
 
 
 class Reader:
-    """Base class of the reader contract (see the module docs for every member and its default).
+    """Base class of the reader contract: every member, with its default.
 
     A subclass sets ``shape`` and ``dtype`` (attributes or properties) and
     implements ``__getitem__``; everything else has a default it may
-    override.
+    override. ``chunks`` is the chunk grid (dask-style chunks or a regular
+    chunk shape; None: dask picks one), ``token`` a string naming the data
+    without hashing pixels (None: a random name), ``capabilities`` a frozen
+    [`ReaderCapabilities`][ReaderCapabilities] (default: all False but ``compressed``).
     """
 
     if TYPE_CHECKING:  # read-only for users; a subclass sets them as attributes or properties
@@ -150,24 +110,37 @@ class Reader:
         return len(self.shape)
 
     def __getitem__(self, key: Any) -> Any:
-        """Read ``key`` (ints and step-1 slices, within bounds) in the stored dtype."""
+        """Read ``key`` (one int or step-1 slice per axis, within bounds) in the stored dtype."""
         raise NotImplementedError
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read step-1 slices inside the bounds, one per axis, in the stored dtype (may be a read-only view)."""
+        """Read step-1 slices inside the bounds, one per axis, in the stored dtype (default: ``self[region]``).
+
+        The one read the stack's patch and view paths make; it may return a
+        read-only view (of a cached chunk, of a memory map).
+        """
         return read_numpy(self, region)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from memory alone, or None (default: None; never reads the source)."""
+        """``region`` when every chunk it touches is in memory, else None (default); never reads the source.
+
+        The stack tries it before ``read_region``: a warm patch is one cache look-up.
+        """
         return None
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` as a new ``float32`` array when the reader converts more cheaply, else None (default)."""
+        """``region`` as a *new* ``float32`` array when the reader converts more cheaply, else None (default).
+
+        Values are exactly those of a cast (tensorstore converts while it
+        decodes); every other ``float32`` conversion of a patch happens in the stack.
+        """
         return None
 
     def as_chunked(self) -> Reader | None:
-        """The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] behind this reader, for batches, or None
-        (default)."""
+        """The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] serving this reader's chunks, or None (default).
+
+        Same axes, shape and dtype, for batched extraction; with None a batch reads patch by patch.
+        """
         return None
 
     def as_dask(self) -> dask.array.Array | None:
@@ -175,7 +148,7 @@ class Reader:
         return None
 
     def close(self) -> None:
-        """Release open handles (default: none held)."""
+        """Release open handles; the reader reopens when used again (default: none held)."""
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = np.array(self.read_region(tuple(slice(0, int(n)) for n in self.shape)), copy=True)
