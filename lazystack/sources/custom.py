@@ -45,7 +45,7 @@ import mmap
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -127,18 +127,12 @@ def cache_info() -> dict[str, int]:
 
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
-class _Recipe:
-    """(path, read_func, read_kwargs), hashable by identity (kwargs need not be hashable)."""
+class _Recipe(NamedTuple):
+    """What one call of ``read_func`` needs (the lazy handle's opener argument)."""
 
-    __slots__ = ("path", "read_func", "read_kwargs")
-
-    def __init__(self, path: str, read_func: Any, read_kwargs: dict[str, Any]) -> None:
-        self.path = path
-        self.read_func = read_func
-        self.read_kwargs = read_kwargs
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Recipe, (self.path, self.read_func, self.read_kwargs))
+    path: str
+    read_func: Any
+    read_kwargs: dict[str, Any]
 
 
 def _func_name(func: Any) -> str:
