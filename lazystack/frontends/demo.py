@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..loading.stacklist import format_table as format_rows
 from ..loading.stacklist import source_disk_bytes
 from ..stack import LazyImageStack
 
@@ -361,40 +362,17 @@ def format_table(results: list[DemoResult]) -> str:
         looked = r.cache_hits + r.cache_misses
         return f"{100 * r.cache_hits / looked:.0f}%" if looked else "-"
 
-    head = (
-        "format",
-        "stacks",
-        "canonical shapes",
-        "open",
-        "patch",
-        "patches",
-        "patches/s",
-        "cache hits",
-        "read",
-        "dataset",
-    )
-    rows = [head]
-    for r in results:
+    head = ("format", "stacks", "canonical shapes", "open", "patch", "patches", "patches/s", "cache hits", "read")
+    head += ("dataset",)
+
+    def cells(r: DemoResult) -> tuple[str, ...]:
         if r.note:
-            rows.append((r.format, "-", r.note, "-", "-", "-", "-", "-", "-", "-"))
-            continue
-        rows.append(
-            (
-                r.format,
-                str(r.n_stacks),
-                r.shapes,
-                f"{r.first_patch_seconds:.2f} s",
-                "x".join(map(str, r.patch_shape)) or "-",
-                str(r.n_patches),
-                f"{r.patches_per_second:,.0f}",
-                hit_rate(r),
-                read(r),
-                mib(r.dataset_bytes),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+            return (r.format, "-", r.note, *["-"] * 7)
+        shape = "x".join(map(str, r.patch_shape)) or "-"
+        opened = (r.format, str(r.n_stacks), r.shapes, f"{r.first_patch_seconds:.2f} s", shape)
+        return (*opened, str(r.n_patches), f"{r.patches_per_second:,.0f}", hit_rate(r), read(r), mib(r.dataset_bytes))
+
+    lines = [format_rows([dict(zip(head, cells(r), strict=True)) for r in results], head)]
     done = [r for r in results if not r.note]
     cache = done[0].cache_max_bytes if done else None
     cache_text = "off" if cache == 0 else "?" if cache is None else f"{mib(cache)} per process"
