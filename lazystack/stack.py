@@ -1278,15 +1278,6 @@ def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A0
     [`LazyImageStack`][LazyImageStack]): complex data would otherwise reach the
     ``float32`` patches as its real part only, with nothing but numpy's
     ``ComplexWarning``.
-
-    Parameters
-    ----------
-    dtype : numpy dtype-like
-        The reader's dtype.
-    source : Any
-        Named in the message (path, URI, ``"array"``).
-    format : str
-        Named in the message.
     """
     try:
         dt = np.dtype(dtype)

@@ -98,17 +98,7 @@ def _level(stack: Any) -> int:
 
 
 def image_key(stack: Any) -> str:
-    """The image a stack belongs to: its pyramid's group URI, else its own source.
-
-    Parameters
-    ----------
-    stack : LazyImageStack
-        Any stack (duck-typed: ``attrs`` and ``source`` are read).
-
-    Returns
-    -------
-    str
-    """
+    """The image a stack belongs to: its pyramid's group URI, else its own source."""
     attrs = getattr(stack, "attrs", None) or {}
     key = attrs.get("image_uri") if getattr(stack, "level", None) is not None else None
     return str(key) if key is not None else str(getattr(stack, "source", id(stack)))

@@ -359,12 +359,7 @@ def _add_info(sub: SubParsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-    """
+    """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",

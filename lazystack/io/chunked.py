@@ -86,10 +86,6 @@ def shared_executor() -> ThreadPoolExecutor:
     Created on first use; a forked child gets a new one (threads do not
     survive ``fork``). ``LAZYSTACK_IO_THREADS`` sets its size (default:
     4 per core, at most 16).
-
-    Returns
-    -------
-    concurrent.futures.ThreadPoolExecutor
     """
     global _POOL
     pool = _POOL
@@ -920,15 +916,6 @@ def as_chunked_reader(reader: Any) -> ChunkedReader | None:
     A [`Reader`][lazystack.io.reader.Reader]'s own ``as_chunked()`` (a
     [`ChunkedReader`][ChunkedReader] returns itself); None for anything else.
     Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses it.
-
-    Parameters
-    ----------
-    reader : object
-        A stack's reader.
-
-    Returns
-    -------
-    ChunkedReader or None
     """
     inner = reader.as_chunked() if isinstance(reader, Reader) else None
     return inner if isinstance(inner, ChunkedReader) else None

@@ -159,10 +159,6 @@ def max_open_files() -> int:
     changed limit applies), at least 4 and at most 128. In a forked child
     the handles inherited from the parent (kept open, never used) count
     against it, but the child may always open 4 of its own.
-
-    Returns
-    -------
-    int
     """
     if _MAX_OPEN is not None:
         return _MAX_OPEN
@@ -242,12 +238,7 @@ def _renew_handles() -> None:
 
 
 def open_file_count() -> int:
-    """How many handles this process's managers hold open (not counting inherited ones).
-
-    Returns
-    -------
-    int
-    """
+    """How many handles this process's managers hold open (not counting inherited ones)."""
     return len(_STATE.handles)
 
 

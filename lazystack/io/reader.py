@@ -217,17 +217,7 @@ class ArrayReader(Reader):
 
 
 def as_reader(obj: Any) -> Reader | None:
-    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None.
-
-    Parameters
-    ----------
-    obj : object
-        A source's reader or a plain array-like.
-
-    Returns
-    -------
-    Reader or None
-    """
+    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None."""
     if isinstance(obj, Reader):
         return obj
     if is_array_like(obj):
@@ -245,19 +235,7 @@ def _is_dask_array(x: object) -> bool:
 
 
 def read_numpy(reader: Any, key: tuple[int | slice, ...]) -> np.ndarray:
-    """Read ``reader[key]`` as a numpy array (computing a dask result in place).
-
-    Parameters
-    ----------
-    reader : array-like
-        Chunk reader or any array-like.
-    key : tuple of int or slice
-        Region in the reader's axes.
-
-    Returns
-    -------
-    numpy.ndarray
-    """
+    """Read ``reader[key]`` as a numpy array (computing a dask result in place)."""
     out = reader[key]
     if _is_dask_array(out):
         out = out.compute(scheduler="sync")
@@ -265,17 +243,7 @@ def read_numpy(reader: Any, key: tuple[int | slice, ...]) -> np.ndarray:
 
 
 def reader_chunks(reader: Any) -> tuple[tuple[int, ...], ...]:
-    """dask-style chunks of a reader: its own, else dask's ``"auto"`` choice.
-
-    Parameters
-    ----------
-    reader : array-like
-        A chunk reader, numpy / dask / zarr array, h5py dataset ...
-
-    Returns
-    -------
-    tuple of tuple of int
-    """
+    """dask-style chunks of a reader: its own, else dask's ``"auto"`` choice."""
     from dask.array.core import normalize_chunks  # dask.array loads on first use, not with the stack
 
     shape = tuple(int(n) for n in reader.shape)

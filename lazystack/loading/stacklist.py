@@ -62,15 +62,6 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
 
     A ``path@N`` suffix (scene / series) is ignored: the size is the file's.
-
-    Parameters
-    ----------
-    source : str or os.PathLike
-        Path or URI.
-
-    Returns
-    -------
-    int or None
     """
     text = os.fspath(source)
     if text.lower().startswith("file://"):

@@ -187,24 +187,8 @@ def _check_memmap(array: np.memmap[Any, Any], path: str) -> None:
 class CustomReader(Reader):
     """Chunk reader over one file read by a [`ReadFunc`][ReadFunc] (see the module docs).
 
-    Parameters
-    ----------
-    path : str
-        The file.
-    read_func : ReadFunc
-        The reader function.
-    read_kwargs : dict
-        Its keyword arguments.
-    shape : tuple of int
-        Shape of the array ``read_func`` returns.
-    dtype : str
-        Its dtype.
-    chunks : tuple of tuple of int
-        dask chunks.
-    eager : bool
-        Whether ``read_func`` reads the file whole (plain ndarray).
-    token : str
-        Name of the data.
+    Made by [`open_custom()`][open_custom]; ``eager``: ``read_func`` reads the file
+    whole (a plain ndarray, kept in the whole-file cache).
     """
 
     shape: tuple[int, ...]
