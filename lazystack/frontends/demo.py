@@ -362,8 +362,8 @@ def format_table(results: list[DemoResult]) -> str:
         looked = r.cache_hits + r.cache_misses
         return f"{100 * r.cache_hits / looked:.0f}%" if looked else "-"
 
-    head = ("format", "stacks", "canonical shapes", "open", "patch", "patches", "patches/s", "cache hits", "read")
-    head += ("dataset",)
+    head: tuple[str, ...] = ("format", "stacks", "canonical shapes", "open", "patch", "patches", "patches/s")
+    head += ("cache hits", "read", "dataset")
 
     def cells(r: DemoResult) -> tuple[str, ...]:
         if r.note:
