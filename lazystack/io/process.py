@@ -291,10 +291,6 @@ class FileManager:
         Passed as ``mode=`` when given.
     kwargs : dict, optional
         Its keyword arguments.
-    lock, manager_id : optional
-        Accepted for compatibility with xarray's ``CachingFileManager`` and
-        ignored: every manager has its own key and this module does the
-        locking.
 
     Examples
     --------
@@ -315,8 +311,6 @@ class FileManager:
         *args: Any,
         mode: Any = _OMIT,
         kwargs: dict[str, Any] | None = None,
-        lock: Any = None,
-        manager_id: Any = None,
     ) -> None:
         self._opener = opener
         self._args = args
@@ -338,19 +332,8 @@ class FileManager:
         kwargs = self._kwargs if self._mode is _OMIT else {**self._kwargs, "mode": self._mode}
         return self._opener(*self._args, **kwargs)
 
-    def acquire(self, needs_lock: bool = True) -> Any:
-        """This process's open handle (opened now if it is not).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature): the table is always locked.
-
-        Returns
-        -------
-        object
-            What the opener returned.
-        """
+    def acquire(self) -> Any:
+        """This process's open handle, i.e. what the opener returned (opened now if it is not)."""
         table = _STATE
         key = self._key
         with table.lock:
@@ -383,29 +366,12 @@ class FileManager:
         return handle
 
     @contextmanager
-    def acquire_context(self, needs_lock: bool = True) -> Iterator[Any]:
-        """Context manager giving this process's open handle (see [`acquire()`][acquire]).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature).
-
-        Yields
-        ------
-        object
-            What the opener returned.
-        """
+    def acquire_context(self) -> Iterator[Any]:
+        """Context manager giving this process's open handle (see [`acquire()`][acquire])."""
         yield self.acquire()
 
-    def close(self, needs_lock: bool = True) -> None:
-        """Close this process's handle, if open (the next use reopens it).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature).
-        """
+    def close(self) -> None:
+        """Close this process's handle, if open (the next use reopens it)."""
         table = _STATE
         with table.lock:
             handle = table.handles.pop(self._key, _OMIT)
