@@ -107,13 +107,6 @@ def image_key(stack: Any) -> str:
 def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
     """The stacks at the selected levels (a stack without a pyramid counts as level 0).
 
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
-    levels : None, "all", int, sequence of int or str
-        As [`parse_levels()`][parse_levels].
-
     Returns
     -------
     list of LazyImageStack
@@ -126,11 +119,6 @@ def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
 
 def group_levels(stacks: Iterable[_S]) -> list[list[_S]]:
     """Group stacks by image (see [`image_key()`][image_key]), each group's levels finest first.
-
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
 
     Returns
     -------
@@ -145,11 +133,6 @@ def group_levels(stacks: Iterable[_S]) -> list[list[_S]]:
 
 def finest_levels(stacks: Iterable[_S]) -> tuple[list[_S], list[_S]]:
     """Keep the finest level given of each image: what aggregating operations use by default.
-
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
 
     Returns
     -------

@@ -341,15 +341,6 @@ def format_table(results: list[DemoResult]) -> str:
 
     The title states the patch shape and the chunk-cache setting; the notes
     say what the ``read`` column counts.
-
-    Parameters
-    ----------
-    results : list of DemoResult
-        From [`run_demo()`][run_demo].
-
-    Returns
-    -------
-    str
     """
 
     def mib(n: int | None) -> str:

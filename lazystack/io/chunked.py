@@ -475,21 +475,6 @@ def copy_piece(
 ) -> None:
     """Copy ``chunk[src]`` into ``out[dst]``, cast to ``out``'s dtype (one of [`ChunkGrid.pieces()`][ChunkGrid.pieces]).
 
-    Parameters
-    ----------
-    out : numpy.ndarray
-        The array of ``region``.
-    idx : tuple of int
-        The chunk's index (for the error message).
-    chunk : numpy.ndarray
-        The decoded chunk, full-size or cut at the array's edge.
-    src, dst : tuple of slice
-        As [`ChunkGrid.pieces()`][ChunkGrid.pieces] gives them.
-    region : tuple of slice
-        The region ``out`` holds (for the error message).
-    grid : ChunkGrid
-        The source's chunk grid (for the error message).
-
     Raises
     ------
     ValueError
@@ -509,21 +494,6 @@ def read_region(
     token: str,
 ) -> np.ndarray:
     """Read ``region`` (step-1 slices inside the array) from whole chunks.
-
-    Parameters
-    ----------
-    region : tuple of slice
-        As returned by [`normalize_key()`][normalize_key].
-    grid : ChunkGrid
-        The source's chunk grid.
-    fetch : callable
-        Decodes whole chunks (see [`FetchChunks`][FetchChunks]).
-    dtype : numpy dtype
-        Dtype of the result.
-    cache : ChunkCache or None
-        Cache to consult and fill.
-    token : str
-        Names the data (cache keys are ``(token, chunk index)``).
 
     Returns
     -------
@@ -775,15 +745,6 @@ class ChunkedReader(Reader, ABC):
         (a chunk not cached, the cache off) the result is None and nothing
         is read or counted: the caller then calls [`read()`][read]. A warm patch
         is this one look-up.
-
-        Parameters
-        ----------
-        region : tuple of slice
-            Step-1 slices inside the bounds, one per axis.
-
-        Returns
-        -------
-        numpy.ndarray or None
         """
         cache = self.cache
         if cache is None or not cache.enabled:

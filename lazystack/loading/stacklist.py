@@ -139,11 +139,6 @@ def _shape_text(axes: str, shape: Sequence[int]) -> str:
 def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
     """Render a [`stack_summary()`][stack_summary] as text cells, one per column of the compact table.
 
-    Parameters
-    ----------
-    summary : mapping
-        As returned by [`stack_summary()`][stack_summary].
-
     Returns
     -------
     dict of str to str
