@@ -131,11 +131,6 @@ def _fraction(text: str) -> float:
 def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``stats`` subcommand to ``sub``.
 
-    Parameters
-    ----------
-    sub : argparse subparsers action
-        From ``parser.add_subparsers()``.
-
     Returns
     -------
     argparse.ArgumentParser
@@ -165,11 +160,6 @@ def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
 
 def add_convert_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``convert`` subcommand to ``sub``.
-
-    Parameters
-    ----------
-    sub : argparse subparsers action
-        From ``parser.add_subparsers()``.
 
     Returns
     -------

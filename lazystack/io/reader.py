@@ -160,11 +160,6 @@ class ArrayReader(Reader):
 
     Made by [`as_reader()`][as_reader] where a stack is built; the wrapped object's
     ``chunks`` and ``token`` are looked up once, here.
-
-    Parameters
-    ----------
-    array : array-like
-        Anything with ``shape``, ``dtype`` and ``__getitem__``.
     """
 
     shape: tuple[int, ...]

@@ -62,10 +62,6 @@ def progress_bar(enabled: bool = True) -> Iterator[None]:
     ----------
     enabled : bool
         False makes the block a no-op (the library's default is quiet).
-
-    Yields
-    ------
-    None
     """
     if not enabled:
         yield

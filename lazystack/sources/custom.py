@@ -292,21 +292,6 @@ def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
 def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[str, Any]) -> OpenedSource:
     """Open one file with ``read_func`` (called once now, to learn shape and dtype).
 
-    Parameters
-    ----------
-    path : str
-        The file.
-    axes : str
-        Validated axes of the array ``read_func`` returns.
-    read_func : ReadFunc
-        ``read_func(path, **read_kwargs) -> array-like``.
-    read_kwargs : dict
-        Keyword arguments of ``read_func`` (may be empty).
-
-    Returns
-    -------
-    OpenedSource
-
     Raises
     ------
     UnsupportedSourceError

@@ -199,16 +199,6 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
     Reads the file header, the sub-block directory once and 112 bytes of
     every sub-block (one ``pread`` each), never pixel data.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A local ``.czi`` file (its ``ZISRAWFILE`` magic already checked or not).
-
-    Returns
-    -------
-    list of SubBlockEntry
-        The checked directory entries.
-
     Raises
     ------
     SourceFormatError
