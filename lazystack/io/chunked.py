@@ -433,16 +433,20 @@ def get_chunks(
     if missing:
         fetched = fetch(missing)
         for idx in missing:
-            try:
-                array = fetched[idx]
-            except KeyError:
-                msg = f"chunk fetcher returned no chunk {idx} (token {token!r}); it returned {sorted(fetched)}"
-                raise KeyError(msg) from None
-            found[idx] = array
+            found[idx] = array = _fetched(fetched, idx, token)
             if use_cache:
                 assert cache is not None
                 cache.put((token, idx), array)
     return found
+
+
+def _fetched(fetched: Mapping[ChunkIndex, np.ndarray], idx: ChunkIndex, token: str) -> np.ndarray:
+    """``fetched[idx]``, or a KeyError naming what the fetcher returned instead."""
+    try:
+        return fetched[idx]
+    except KeyError:
+        msg = f"chunk fetcher returned no chunk {idx} (token {token!r}); it returned {sorted(fetched)}"
+        raise KeyError(msg) from None
 
 
 def _block(
@@ -645,12 +649,7 @@ class ChunkedReader(Reader, ABC):
         KeyError
             If [`fetch_chunks()`][fetch_chunks] did not return the chunk.
         """
-        fetched = self.fetch_chunks([idx])
-        try:
-            return fetched[idx]
-        except KeyError:
-            msg = f"chunk fetcher returned no chunk {idx} (token {self._token!r}); it returned {sorted(fetched)}"
-            raise KeyError(msg) from None
+        return _fetched(self.fetch_chunks([idx]), idx, self._token)
 
     def read_chunks(self, indices: Iterable[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Return decoded chunks through the cache (one [`fetch_chunks()`][fetch_chunks] call for the misses)."""
