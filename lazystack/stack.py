@@ -13,6 +13,7 @@ import html
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -221,7 +222,6 @@ class LazyImageStack:
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
         self._dask_root: Any = None
-        self._chunks_root: tuple[tuple[int, ...], ...] | None = None
         self._set_view()
 
     # -- construction helpers ------------------------------------------------
@@ -914,6 +914,7 @@ class LazyImageStack:
         return self._derive(tuple(selection))
 
     # -- dask / xarray / numpy ------------------------------------------------------
+    @cached_property
     def _root_chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask chunks over the root axes: the reader's chunks merged to dask's ``array.chunk-size``.
 
@@ -921,18 +922,11 @@ class LazyImageStack:
         per stack. ``S`` is never merged when ``T`` is present: the canonical
         view reshapes ``(S, T)`` into one axis, which needs ``S`` in chunks of 1.
         """
-        chunks = self.__dict__.get("_chunks_root")
-        if chunks is None:
-            reader = self._reader
-            own = reader.as_dask()
-            if own is not None:  # a dask array keeps its own graph, and so its own chunks
-                chunks = tuple(tuple(int(n) for n in c) for c in own.chunks)
-            else:
-                axes = self._root.axes
-                unit = (axes.index("S"),) if "S" in axes and "T" in axes else ()
-                chunks = dask_chunks(reader, unit_axes=unit)
-            self._chunks_root = chunks
-        return chunks
+        own = self._reader.as_dask()
+        if own is not None:  # a dask array keeps its own graph, and so its own chunks
+            return tuple(tuple(int(n) for n in c) for c in own.chunks)
+        axes = self._root.axes
+        return dask_chunks(self._reader, unit_axes=(axes.index("S"),) if "S" in axes and "T" in axes else ())
 
     def _root_dask(self) -> dask.array.Array:
         if self._dask_root is None:
@@ -948,7 +942,7 @@ class LazyImageStack:
                 # fancy=False), so a small slice of a big merged chunk reads only the slice
                 self._dask_root = da.from_array(
                     _SlicingReader(reader),
-                    chunks=self._root_chunks(),
+                    chunks=self._root_chunks,
                     name=f"lazystack-{self._token}",
                     meta=np.empty((0,) * ndim, dtype=self.data_dtype),
                     asarray=True,
@@ -974,7 +968,7 @@ class LazyImageStack:
         number of selected indices in it (chunks left empty are dropped).
         """
         out = []
-        for sizes, sel in zip(self._root_chunks(), self._selection, strict=True):
+        for sizes, sel in zip(self._root_chunks, self._selection, strict=True):
             if isinstance(sel, int):
                 continue
             if sel.step == 1 and sel.start == 0 and len(sel) == sum(sizes):
