@@ -172,7 +172,7 @@ def test_stacklist_html_escapes_and_cuts() -> None:
 # -- one stack's HTML -----------------------------------------------------------------------------
 
 
-def test_stack_html_builds_on_xarray_repr() -> None:
+def test_stack_repr_html_builds_on_xarray_repr() -> None:
     stack = _named_stack()
     with raise_if_dask_computes():
         markup = stack._repr_html_()
