@@ -430,11 +430,9 @@ def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) 
         total = sum(len(b) for b in selected)
         k = max(1, round(sample_fraction * total))
         chosen = set(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist())
-        flat_index = 0
-        for i, blocks in enumerate(selected):
-            keep = [b for j, b in enumerate(blocks) if flat_index + j in chosen]
-            flat_index += len(blocks)
-            selected[i] = keep
+        starts = np.cumsum([0] + [len(b) for b in selected[:-1]]).tolist()  # each stack's first chunk
+        pairs = zip(selected, starts, strict=True)
+        selected = [[b for j, b in enumerate(blocks, start) if j in chosen] for blocks, start in pairs]
     return selected
 
 
