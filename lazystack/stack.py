@@ -221,7 +221,6 @@ class LazyImageStack:
         self._coords = {a.upper(): np.asarray(v) for a, v in (coords or {}).items() if a.upper() in root.axes}
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
-        self._dask_root: Any = None
         self._set_view()
 
     # -- construction helpers ------------------------------------------------
@@ -359,7 +358,7 @@ class LazyImageStack:
         new._selection = selection
         if reader is not None:
             new._reader = reader
-            new._dask_root = None
+            new.__dict__.pop("_root_dask", None)
         new._set_view()
         return new
 
@@ -367,7 +366,7 @@ class LazyImageStack:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None
-        state["_dask_root"] = None
+        state.pop("_root_dask", None)
         state["_fast"] = None  # holds a method of the reader: rebuilt on arrival
         return state
 
@@ -928,35 +927,32 @@ class LazyImageStack:
         axes = self._root.axes
         return dask_chunks(self._reader, unit_axes=(axes.index("S"),) if "S" in axes and "T" in axes else ())
 
+    @cached_property
     def _root_dask(self) -> dask.array.Array:
-        if self._dask_root is None:
-            import dask.array as da
+        """The dask array over the root axes (the reader's own, else one chunk read per merged chunk)."""
+        import dask.array as da
 
-            reader = self._reader
-            own = reader.as_dask()
-            if own is not None:
-                self._dask_root = own
-            else:
-                ndim = len(self._root.shape)
-                # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
-                # fancy=False), so a small slice of a big merged chunk reads only the slice
-                self._dask_root = da.from_array(
-                    _SlicingReader(reader),
-                    chunks=self._root_chunks,
-                    name=f"lazystack-{self._token}",
-                    meta=np.empty((0,) * ndim, dtype=self.data_dtype),
-                    asarray=True,
-                    fancy=True,
-                    lock=False,
-                )
-        return self._dask_root
+        own = self._reader.as_dask()
+        if own is not None:
+            return own
+        # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
+        # fancy=False), so a small slice of a big merged chunk reads only the slice
+        return da.from_array(
+            _SlicingReader(self._reader),
+            chunks=self._root_chunks,
+            name=f"lazystack-{self._token}",
+            meta=np.empty((0,) * len(self._root.shape), dtype=self.data_dtype),
+            asarray=True,
+            fancy=True,
+            lock=False,
+        )
 
     def _view_dask(self) -> dask.array.Array:
         if self._memory is not None:
             import dask.array as da
 
             return da.from_array(self._memory, chunks=self._view_chunks(), name=False)
-        x = self._root_dask()
+        x = self._root_dask
         if self._identity:
             return x
         return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
@@ -1127,7 +1123,7 @@ class LazyImageStack:
         The stack stays usable: it reopens its source lazily when read again.
         """
         self._memory = None
-        self._dask_root = None
+        self.__dict__.pop("_root_dask", None)
         self._reader.close()
 
     def __enter__(self) -> LazyImageStack:
