@@ -254,10 +254,6 @@ def run_demo(
     cache_bytes : int or str, optional
         Bound of the chunk cache during the demo (``0`` disables it; default:
         the process's setting, see [`lazystack.chunk_cache_size()`][lazystack.chunk_cache_size]).
-
-    Returns
-    -------
-    list of DemoResult
     """
     from contextlib import nullcontext
 

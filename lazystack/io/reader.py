@@ -295,10 +295,6 @@ def dask_chunks(
         ``dask.config.get("array.chunk-size")``.
     unit_axes : tuple of int
         Axes whose storage chunks are never grouped.
-
-    Returns
-    -------
-    tuple of tuple of int
     """
     import dask
     from dask.utils import parse_bytes

@@ -180,10 +180,6 @@ def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COL
         One mapping of column name to text per row (see [`summary_row()`][summary_row]).
     columns : sequence of str
         Columns to show, in order.
-
-    Returns
-    -------
-    str
     """
     rows = list(rows)
     shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)

@@ -259,10 +259,6 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     reader_options : dict
         Keyword arguments of [`bioio.BioImage`][bioio.BioImage] (``reader=`` ...).
 
-    Returns
-    -------
-    list of OpenedSource
-
     Raises
     ------
     MissingDependencyError
