@@ -50,6 +50,7 @@ from ..core.errors import (
     SourceNotFoundError,
     SourceReadError,
 )
+from ..io.chunked import normalize_key
 from ..io.handles import ProcessLocalFileManager
 from ..io.reader import OpenedSource, Reader
 
@@ -153,24 +154,11 @@ class BioioSceneReader(Reader):
         The plugin's read errors become a [`SourceReadError`][lazystack.SourceReadError]
         naming the file and the scene.
         """
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (len(self.shape) - len(key))
-        if len(key) != len(self.shape):
-            msg = f"too many indices ({len(key)}) for a bioio scene of shape {self.shape}"
-            raise IndexError(msg)
-        bioio_key: list[int | slice] = [0] * len(self._dims)
-        singleton: list[int] = []  # user positions of the S singleton kept as an axis
-        for i, (k, dim) in enumerate(zip(key, self._plan, strict=True)):
-            if dim is None:  # the S singleton
-                if isinstance(k, slice):
-                    singleton.append(i)
-                elif int(k) not in (0, -1):
-                    msg = f"index {k} is out of range for axis S of size 1"
-                    raise IndexError(msg)
-                continue
-            bioio_key[self._dims.index(dim)] = k
-        kept = [d for d, k in zip(self._dims, bioio_key, strict=True) if isinstance(k, slice)]  # in bioio order
+        region, drop = normalize_key(key, self.shape)
+        bioio_key: list[int | slice] = [0] * len(self._dims)  # bioio dims the axes leave out are singletons
+        for r, dim in zip(region, self._plan, strict=True):
+            if dim is not None:  # None: the S singleton, no bioio dim
+                bioio_key[self._dims.index(dim)] = r
         with self._manager.acquire_context() as handle:
             try:
                 block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
@@ -182,12 +170,10 @@ class BioioSceneReader(Reader):
                     f"scene {self.scene}: {type(exc).__name__}: {exc}"
                 )
                 raise SourceReadError(msg) from exc
-        # order of the kept dims in the user's axes
-        user_order = [d for d, k in zip(self._plan, key, strict=True) if d is not None and isinstance(k, slice)]
-        block = block.transpose([kept.index(d) for d in user_order])
-        for i in singleton:
-            block = np.expand_dims(block, i)
-        return block
+        kept = [d for d in self._dims if d in self._plan]  # in bioio order
+        block = block.transpose([kept.index(d) for d in self._plan if d is not None])
+        # the S singleton back in place and the axes given as ints dropped: one reshape (S has size 1)
+        return block.reshape([r.stop - r.start for i, r in enumerate(region) if i not in drop])
 
 
 def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
