@@ -788,10 +788,6 @@ class ChunkedReader(Reader, ABC):
             out = out.reshape(tuple(n for a, n in enumerate(out.shape) if a not in drop))
         return out
 
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = np.array(self[...], copy=True)
-        return out if dtype is None else out.astype(dtype)
-
     def __len__(self) -> int:
         return self._shape[0] if self._shape else 0
 

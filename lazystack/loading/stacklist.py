@@ -78,14 +78,6 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     return None
 
 
-def _chunk_shape(stack: LazyImageStack) -> tuple[int, ...]:
-    """Shape of the first chunk of each canonical axis (what a reader fetches at once)."""
-    own = getattr(stack, "chunk_shape", None)  # worked out without building a dask array
-    if own is not None:
-        return tuple(int(n) for n in own)
-    return tuple(int(c[0]) if c else 0 for c in stack.data.chunks)
-
-
 def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> dict[str, Any]:
     """The facts a user asks first about a stack, JSON-able.
 
@@ -116,7 +108,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "canonical_axes": stack.canonical_axes,
         "canonical_shape": list(stack.data_shape),
         "dtype": str(stack.data_dtype),
-        "chunks": list(_chunk_shape(stack)),
+        "chunks": list(stack.chunk_shape),  # worked out without building a dask array
         "scene": stack.scene,
         "scene_name": stack.scene_name,
         "series": stack.series,
