@@ -143,7 +143,10 @@ def test_physical_ticks() -> None:
     )
     ax = show(stack, ticks="physical")
     (image,) = ax.get_images()
-    assert image.get_extent() == pytest.approx([-2.0, -2.0 + 80 * 0.25, 10.0 + 40 * 0.5, 10.0])
+    # pixel centres on the coordinates (-2 + 0.25 i, 10 + 0.5 j): edges half a pixel out
+    assert image.get_extent() == pytest.approx([-2.125, -2.125 + 80 * 0.25, 9.75 + 40 * 0.5, 9.75])
+    reference = stack.xarray.plot.imshow(ax=plt.subplots()[1])  # xarray draws pixels centred on its coordinates
+    assert image.get_extent() == pytest.approx(list(reference.get_extent()))
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("X (µm)", "Y (µm)")
     label, width = _bar_facts(_bars(ax)[0])
     assert (label, width) == ("5 µm", pytest.approx(5.0))  # 20 µm wide: a 5 µm bar, in µm

@@ -580,9 +580,11 @@ def show(
         ``"lower center"``, ``"upper center"``, ``"center left"``, ``"center
         right"``, ``"right"``, ``"center"``.
     ticks : {"pixels", "physical"}
-        Axis ticks in pixels of the full-resolution plane (default), or at the
-        stack's physical positions (its xarray coordinates, with their units;
-        needs physical pixel sizes along Y and X).
+        Axis ticks in pixels of the full-resolution plane (default; pixel ``i``
+        spans ``[i, i + 1)``), or at the stack's physical positions (its xarray
+        coordinates, with their units, as pixel centres: pixel ``i`` is centred
+        on its coordinate, as xarray's ``plot.imshow`` draws it; needs physical
+        pixel sizes along Y and X).
     **imshow_kwargs
         Passed to `matplotlib.axes.Axes.imshow()`. For a composite, ``vmin`` and
         ``vmax`` may be one number or one per channel; for RGB they rescale
@@ -699,7 +701,8 @@ def _extent(stack: LazyImageStack, ticks: str) -> tuple[tuple[float, float, floa
     for axis, n in (("Y", height), ("X", width)):
         positions = np.asarray(coords[axis], dtype=np.float64)
         step = (positions[-1] - positions[0]) / (n - 1) if n > 1 else float(sizes[axis])
-        spans.append((float(positions[0]), float(positions[0] + n * step)))
+        # positions are pixel centres (OME-NGFF's scale and translation; xarray's imshow draws them so)
+        spans.append((float(positions[0] - step / 2), float(positions[0] + (n - 0.5) * step)))
     (y0, y1), (x0, x1) = spans
     names = tuple(f"{a} ({unit_symbol(units[a])})" if a in units else a for a in "YX")
     return (x0, x1, y1, y0), (names[0], names[1])
