@@ -426,3 +426,16 @@ def test_constant_image_with_otsu_says_why_nothing_is_foreground() -> None:
     coords = np.array([s.coords for s in everything.epoch_specs(0)])
     assert coords.min(axis=0).tolist() == [0, 0]  # all foreground: every position is reached
     assert coords.max(axis=0).tolist() == [32, 32]
+
+
+def test_numpy_numbers_as_threshold_and_level(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    """A threshold computed with numpy (np.float32, np.int64) and a numpy level are numbers like any other."""
+    stacks, _ = pyramids
+    reference = CoarseForegroundSampler(stacks[:3], 8, 50, threshold=400, level=1, seed=3)
+    for threshold in (np.float32(400), np.int64(400), np.uint16(400)):
+        same = CoarseForegroundSampler(stacks[:3], 8, 50, threshold=threshold, level=np.int64(1), seed=3)
+        assert same.coarse_source == reference.coarse_source == ["level 1", None, None]
+        assert same.epoch_specs(0) == reference.epoch_specs(0)
+    for bad in (float("nan"), True, "mean", [400]):
+        with pytest.raises(ValueError, match=r"threshold must be a number \(not NaN\), 'otsu' or a function"):
+            CoarseForegroundSampler(stacks[:3], 8, 5, threshold=bad)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -154,7 +155,8 @@ class CoarseForegroundSampler(Sampler):
     length : int
         Patches per epoch.
     threshold : float, "otsu" or callable
-        Foreground is where the coarse view of ``channel`` is above a number,
+        Foreground is where the coarse view of ``channel`` is above a number
+        (Python or NumPy, not NaN),
         above its Otsu threshold ([`otsu_threshold`][lazystack.otsu_threshold],
         per stack; the default), or where a function of the coarse view
         (``float32``, samples first: ``S(Z)YX``) returns True.
@@ -233,14 +235,23 @@ class CoarseForegroundSampler(Sampler):
         if any(f <= 0 for f in self.factor):
             msg = f"factor {self.factor} must be positive in every dim"
             raise PatchError(msg)
-        if not (level == "coarsest" or (isinstance(level, int) and not isinstance(level, bool) and level >= 0)):
+        integral = isinstance(level, numbers.Integral) and not isinstance(level, bool)
+        if not ((isinstance(level, str) and level == "coarsest") or (integral and int(level) >= 0)):
             msg = f"level must be 'coarsest' or a level number >= 0, got {level!r}"
             raise ValueError(msg)
-        if not isinstance(threshold, (int, float, str)) and not callable(threshold):
-            msg = f"threshold must be a number, 'otsu' or a function of the coarse image, got {threshold!r}"
-            raise ValueError(msg)
-        if isinstance(threshold, str) and threshold != "otsu":
-            msg = f"threshold must be a number, 'otsu' or a function of the coarse image, got {threshold!r}"
+        level = level if isinstance(level, str) else int(level)
+        number = None
+        if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+            number = float(threshold)
+        if not (
+            (number is not None and not math.isnan(number))
+            or (isinstance(threshold, str) and threshold == "otsu")
+            or (number is None and callable(threshold))
+        ):
+            msg = (
+                f"threshold must be a number (not NaN), 'otsu' or a function of the coarse image, "
+                f"got {threshold!r} ({type(threshold).__name__})"
+            )
             raise ValueError(msg)
         self.channel = operator.index(channel)
         n_channels = {g.n_channels for g in self.geometries}
