@@ -439,3 +439,28 @@ def test_numpy_numbers_as_threshold_and_level(pyramids: tuple[list[Any], list[np
     for bad in (float("nan"), True, "mean", [400]):
         with pytest.raises(ValueError, match=r"threshold must be a number \(not NaN\), 'otsu' or a function"):
             CoarseForegroundSampler(stacks[:3], 8, 5, threshold=bad)  # type: ignore[arg-type]
+
+
+def test_coarse_foreground_specs_equal_in_a_fresh_process(
+    pyramids: tuple[list[Any], list[np.ndarray]], tmp_path: Path
+) -> None:
+    """A pickled sampler gives the same specs in another interpreter (another hash seed, nothing shared)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import lazystack
+
+    stacks, _ = pyramids
+    sampler = CoarseForegroundSampler(stacks, 8, 40, threshold=400, seed=5)
+    blob = tmp_path / "sampler.pkl"
+    blob.write_bytes(pickle.dumps(sampler))
+    code = (
+        "import json, pickle, sys; s = pickle.load(open(sys.argv[1], 'rb')); "
+        "print(json.dumps([[x.stack, x.sample, *x.coords] for x in s.epoch_specs(2)]))"
+    )
+    root = str(Path(lazystack.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": root, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [[x.stack, x.sample, *x.coords] for x in sampler.epoch_specs(2)]
