@@ -464,3 +464,20 @@ def test_coarse_foreground_specs_equal_in_a_fresh_process(
     env = {**os.environ, "PYTHONPATH": root, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code, str(blob)], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [[x.stack, x.sample, *x.coords] for x in sampler.epoch_specs(2)]
+
+
+def test_non_integer_seed_length_index_and_channel_are_named() -> None:
+    stack = LazyImageStack(np.arange(1600, dtype=np.float32).reshape(40, 40), "YX")
+    with pytest.raises(TypeError, match=r"seed must be an integer, got 1.5 \(float\)"):
+        RandomSampler([stack], 8, 4, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"length must be an integer, got 2.5"):
+        RandomSampler([stack], 8, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"channel must be an integer, got 0.5"):
+        CoarseForegroundSampler([stack], 8, 4, channel=0.5)  # type: ignore[arg-type]
+    sampler = RandomSampler([stack], 8, 4)
+    with pytest.raises(TypeError, match=r"index must be an integer, got 1.5"):
+        sampler.spec(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"epoch must be an integer, got '1'"):
+        sampler.spec(0, "1")  # type: ignore[arg-type]
+    with pytest.raises(IndexError, match=r"index 4 is out of range .* 4 specs per epoch: accepted 0 to 3"):
+        sampler.spec(4)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..core.levels import image_key
 from .samplers import (
     PatchSpec,
     Sampler,
+    _as_int,
     _check_seed,
     _int_tuple,
     _random_base,
@@ -253,7 +253,7 @@ class CoarseForegroundSampler(Sampler):
                 f"got {threshold!r} ({type(threshold).__name__})"
             )
             raise ValueError(msg)
-        self.channel = operator.index(channel)
+        self.channel = _as_int("channel", channel)
         n_channels = {g.n_channels for g in self.geometries}
         if not 0 <= self.channel < min(n_channels):
             msg = (
