@@ -18,6 +18,7 @@ import zarr
 from dask.callbacks import Callback
 
 from lazystack import (
+    ChannelIndexError,
     CoarseForegroundSampler,
     ForegroundSampler,
     GridSampler,
@@ -331,7 +332,7 @@ def test_coarse_foreground_is_a_pure_function_and_validates() -> None:
         CoarseForegroundSampler([stack], 4, 3, threshold="mean")
     with pytest.raises(PatchError, match="factor"):
         CoarseForegroundSampler([stack], 4, 3, factor=0)
-    with pytest.raises(PatchError, match="channel 1 is out of range"):
+    with pytest.raises(ChannelIndexError, match=r"channel 1 is out of range.*accepted are 0 to 0"):
         CoarseForegroundSampler([stack], 4, 3, channel=1)
     with pytest.raises(PatchError, match="does not fit"):
         CoarseForegroundSampler([stack], 41, 3)
@@ -384,3 +385,99 @@ def test_coarse_foreground_epochs_equal_with_0_and_2_workers(pyramids: tuple[lis
     assert specs0 == [(s.stack, s.sample, *s.coords, *s.patch_size) for s in expected]
     for s, patch in zip(expected, patches0, strict=True):
         np.testing.assert_array_equal(patch.numpy(), _reference(arrays, s))
+
+
+# -- review regressions -------------------------------------------------------------------------------------------
+def test_view_of_a_level_is_judged_on_its_own_thumbnail(tmp_path: Path) -> None:
+    """A crop (isel) of level 0 is not pixel-aligned with levels 1, 2: its patches sit on its own bright block."""
+    _write_lazystack(tmp_path / "image.ome.zarr")
+    stacks = load_zarrs(str(tmp_path / "image.ome.zarr"), "CYX")
+    image = np.asarray(zarr.open_array(stacks[0].source, mode="r")[...])
+    crop = stacks[0].isel(Y=slice(16, 64), X=slice(8, 96))
+    sampler = CoarseForegroundSampler([crop, *stacks[1:]], 8, 1000, threshold=400, factor=4, seed=0)
+    assert sampler.coarse_source == ["thumbnail 4x4", None, None]
+    centres = np.array([[c + 4 for c in s.coords] for s in sampler.epoch_specs(0)])
+    # the block at rows 32:48, columns 48:72 of level 0 is at rows 16:32, columns 40:64 of the crop
+    assert (image[0, 16:, 8:][centres[:, 0], centres[:, 1]] >= 900).all()
+    assert centres.min(axis=0).tolist() == [16, 40]
+    assert centres.max(axis=0).tolist() == [31, 63]
+
+
+def test_odd_sized_pyramid_every_full_resolution_pixel_is_in_a_cell(tmp_path: Path) -> None:
+    """Level 0 of 65 x 97 over levels of 32 x 48 and 16 x 24: the last row and column are still drawn."""
+    data = np.random.default_rng(3).integers(0, 1000, (1, 65, 97)).astype(np.uint16)
+    write_ome_zarr(LazyImageStack(data, "CYX"), str(tmp_path / "odd.ome.zarr"), levels=3)
+    stacks = load_zarrs(str(tmp_path / "odd.ome.zarr"), "CYX")
+    assert [tuple(s.data_shape[2:]) for s in stacks] == [(65, 97), (32, 48), (16, 24)]
+    sampler = CoarseForegroundSampler(stacks, 1, 4000, threshold=-1, seed=1)  # everything is foreground
+    assert sampler.coarse_source[0] == "level 2"
+    assert sampler.foreground_fraction()[0] == 1.0
+    coords = np.array([s.coords for s in sampler.epoch_specs(0)])
+    assert (coords[:, 0] == 64).any()
+    assert (coords[:, 1] == 96).any()
+
+
+def test_constant_image_with_otsu_says_why_nothing_is_foreground() -> None:
+    stack = LazyImageStack(np.full((40, 40), 200, np.uint8), "YX")
+    with pytest.raises(ValueError, match=r"stack\(s\) \[0\] is constant.*pass threshold=<a number>"):
+        CoarseForegroundSampler([stack], 8, 5)
+    everything = CoarseForegroundSampler([stack], 8, 500, threshold=100, factor=4, seed=0)
+    assert everything.foreground_fraction() == [1.0]
+    coords = np.array([s.coords for s in everything.epoch_specs(0)])
+    assert coords.min(axis=0).tolist() == [0, 0]  # all foreground: every position is reached
+    assert coords.max(axis=0).tolist() == [32, 32]
+
+
+def test_numpy_numbers_as_threshold_and_level(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    """A threshold computed with numpy (np.float32, np.int64) and a numpy level are numbers like any other."""
+    stacks, _ = pyramids
+    reference = CoarseForegroundSampler(stacks[:3], 8, 50, threshold=400, level=1, seed=3)
+    for threshold in (np.float32(400), np.int64(400), np.uint16(400)):
+        same = CoarseForegroundSampler(stacks[:3], 8, 50, threshold=threshold, level=np.int64(1), seed=3)
+        assert same.coarse_source == reference.coarse_source == ["level 1", None, None]
+        assert same.epoch_specs(0) == reference.epoch_specs(0)
+    for bad in (float("nan"), True, "mean", [400]):
+        with pytest.raises(ValueError, match=r"threshold must be a number \(not NaN\), 'otsu' or a function"):
+            CoarseForegroundSampler(stacks[:3], 8, 5, threshold=bad)  # type: ignore[arg-type]
+
+
+def test_coarse_foreground_specs_equal_in_a_fresh_process(
+    pyramids: tuple[list[Any], list[np.ndarray]], tmp_path: Path
+) -> None:
+    """A pickled sampler gives the same specs in another interpreter (another hash seed, nothing shared)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import lazystack
+
+    stacks, _ = pyramids
+    sampler = CoarseForegroundSampler(stacks, 8, 40, threshold=400, seed=5)
+    blob = tmp_path / "sampler.pkl"
+    blob.write_bytes(pickle.dumps(sampler))
+    code = (
+        "import json, pickle, sys; s = pickle.load(open(sys.argv[1], 'rb')); "
+        "print(json.dumps([[x.stack, x.sample, *x.coords] for x in s.epoch_specs(2)]))"
+    )
+    root = str(Path(lazystack.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": root, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [[x.stack, x.sample, *x.coords] for x in sampler.epoch_specs(2)]
+
+
+def test_non_integer_seed_length_index_and_channel_are_named() -> None:
+    stack = LazyImageStack(np.arange(1600, dtype=np.float32).reshape(40, 40), "YX")
+    with pytest.raises(TypeError, match=r"seed must be an integer, got 1.5 \(float\)"):
+        RandomSampler([stack], 8, 4, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"length must be an integer, got 2.5"):
+        RandomSampler([stack], 8, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"channel must be an integer, got 0.5"):
+        CoarseForegroundSampler([stack], 8, 4, channel=0.5)  # type: ignore[arg-type]
+    sampler = RandomSampler([stack], 8, 4)
+    with pytest.raises(TypeError, match=r"index must be an integer, got 1.5"):
+        sampler.spec(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"epoch must be an integer, got '1'"):
+        sampler.spec(0, "1")  # type: ignore[arg-type]
+    with pytest.raises(IndexError, match=r"index 4 is out of range .* 4 specs per epoch: accepted 0 to 3"):
+        sampler.spec(4)

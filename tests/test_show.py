@@ -143,7 +143,10 @@ def test_physical_ticks() -> None:
     )
     ax = show(stack, ticks="physical")
     (image,) = ax.get_images()
-    assert image.get_extent() == pytest.approx([-2.0, -2.0 + 80 * 0.25, 10.0 + 40 * 0.5, 10.0])
+    # pixel centres on the coordinates (-2 + 0.25 i, 10 + 0.5 j): edges half a pixel out
+    assert image.get_extent() == pytest.approx([-2.125, -2.125 + 80 * 0.25, 9.75 + 40 * 0.5, 9.75])
+    reference = stack.xarray.plot.imshow(ax=plt.subplots()[1])  # xarray draws pixels centred on its coordinates
+    assert image.get_extent() == pytest.approx(list(reference.get_extent()))
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("X (µm)", "Y (µm)")
     label, width = _bar_facts(_bars(ax)[0])
     assert (label, width) == ("5 µm", pytest.approx(5.0))  # 20 µm wide: a 5 µm bar, in µm
@@ -353,3 +356,55 @@ def test_ome_zarr_scale_bar_and_composite_from_a_coarser_level(tmp_path: Path) -
     np.testing.assert_array_equal(thumbnail(levels[0], channel=[0], use_levels=False)[0], data[[0]])
     with pytest.raises(SelectionError, match="non-empty sequence"):
         thumbnail(levels[0], channel=[])
+
+
+# -- review regressions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("top", "divisor"), [(4095, 4095), (1000, 1023), (16000, 16383), (40000, 65535)])
+def test_rgb_uint16_of_a_camera_bit_depth_is_not_black(top: int, divisor: int) -> None:
+    """12-bit (10-, 14-bit) RGB stored as uint16 is divided by its bit depth's maximum, not by 65535."""
+    data = np.random.default_rng(8).integers(0, top, (3, 20, 30), dtype=np.uint16)
+    data[0, 0, 0] = top
+    stack = LazyImageStack(data, "CYX", coords={"C": ["R", "G", "B"]})
+    (image,) = show(stack).get_images()
+    np.testing.assert_allclose(image.get_array(), np.moveaxis(data, 0, -1) / divisor)
+
+
+def test_rgb_signed_samples_are_clipped_to_zero() -> None:
+    data = np.arange(-300, 300, dtype=np.int16).reshape(3, 10, 20)
+    stack = LazyImageStack(data, "CYX", coords={"C": ["R", "G", "B"]})
+    shown = show(stack).get_images()[0].get_array()
+    np.testing.assert_allclose(shown, np.clip(np.moveaxis(data, 0, -1) / 1023, 0, 1))
+
+
+def test_all_channels_of_a_one_channel_stack_is_that_channel() -> None:
+    data = np.random.default_rng(9).integers(0, 4000, (1, 30, 40)).astype(np.uint16)
+    stack = LazyImageStack(data, "CYX")
+    ax = show(stack, channel="all", cmap="magma")
+    (image,) = ax.get_images()
+    np.testing.assert_array_equal(image.get_array(), data[0])  # one channel, drawn with the colour map
+    assert image.get_cmap().name == "magma"
+    assert len(ax.figure.axes) == 2  # ... and a colour bar, not a legend
+    assert ax.get_legend() is None
+    assert "channel 0" in ax.get_title()
+
+
+@pytest.mark.parametrize("channel", [0, "all", [0, 1]])
+def test_reversed_vmin_vmax_name_the_values(channel: Any) -> None:
+    stack, _ = _physical()
+    with pytest.raises(SelectionError, match=r"vmin must be below vmax, got vmin=50, vmax=10"):
+        show(stack, channel=channel, vmin=50, vmax=10)
+    rgb = LazyImageStack(np.zeros((3, 8, 8), np.uint16), "CYX", coords={"C": ["R", "G", "B"]})
+    with pytest.raises(SelectionError, match=r"vmin must be below vmax for RGB samples, got vmin=50.0, vmax=10.0"):
+        show(rgb, vmin=50, vmax=10)
+
+
+def test_thumbnail_step_ignores_the_channel_count() -> None:
+    from lazystack.frontends.plot import thumbnail
+
+    data = np.zeros((40, 30, 30), np.uint16)
+    stack = LazyImageStack(data, "CYX")
+    plane, step = thumbnail(stack, channel=list(range(40)), max_size=15)
+    assert plane.shape == (40, 15, 15)
+    assert step == 2

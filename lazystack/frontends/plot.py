@@ -107,7 +107,7 @@ def thumbnail(
     height, width = spatial[-2:]
     source = _coarser_level(stack, int(max_size)) if use_levels else None
     plane = _strided_plane(source or stack, sample, channels, z, int(max_size))
-    factor = max(1, round(max(height, width) / max(plane.shape)))
+    factor = max(1, round(max(height, width) / max(plane.shape[-2:])))
     return plane, factor
 
 
@@ -378,6 +378,9 @@ def _limits(plane: np.ndarray, robust: bool, vmin: float | None, vmax: float | N
         lo, hi = np.percentile(finite, [2, 98]) if robust else (finite.min(), finite.max())
     else:
         lo, hi = 0.0, 1.0
+    if vmin is not None and vmax is not None and not float(vmax) > float(vmin):
+        msg = f"vmin must be below vmax, got vmin={vmin!r}, vmax={vmax!r}"
+        raise SelectionError(msg)
     lo = float(lo) if vmin is None else float(vmin)
     hi = float(hi) if vmax is None else float(vmax)
     return lo, hi if hi > lo else lo + 1
@@ -445,13 +448,27 @@ def _true_colour(planes: np.ndarray, vmin: float | None, vmax: float | None) -> 
     pixels = np.moveaxis(planes, 0, -1)
     if vmin is not None or vmax is not None:
         lo = 0.0 if vmin is None else float(vmin)
-        hi = (float(np.iinfo(pixels.dtype).max) if pixels.dtype.kind in "ui" else 1.0) if vmax is None else float(vmax)
-        return np.clip((pixels.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        hi = (_integer_top(pixels) if pixels.dtype.kind in "ui" else 1.0) if vmax is None else float(vmax)
+        if not hi > lo:
+            msg = f"vmin must be below vmax for RGB samples, got vmin={lo!r}, vmax={hi!r}"
+            raise SelectionError(msg)
+        return np.clip(np.nan_to_num((pixels.astype(np.float64) - lo) / (hi - lo)), 0, 1)
     if pixels.dtype == np.uint8:
         return pixels
     if pixels.dtype.kind in "ui":
-        return pixels.astype(np.float64) / np.iinfo(pixels.dtype).max
+        return np.clip(pixels.astype(np.float64) / _integer_top(pixels), 0, 1)
     return np.clip(np.nan_to_num(pixels.astype(np.float64)), 0, 1)
+
+
+#: Bit depths of integer RGB samples (cameras store 10, 12 or 14 bits in uint16).
+_BIT_DEPTHS = (8, 10, 12, 14, 16, 32, 64)
+
+
+def _integer_top(pixels: np.ndarray) -> float:
+    """The largest value of the smallest common bit depth holding ``pixels`` (4095 for 12-bit data)."""
+    top = int(pixels.max()) if pixels.size else 0
+    bits = next((b for b in _BIT_DEPTHS if top < 2**b), _BIT_DEPTHS[-1])
+    return float(min(2**bits - 1, np.iinfo(pixels.dtype).max))
 
 
 def _per_channel(name: str, value: Any, n: int) -> list[Any]:
@@ -500,13 +517,17 @@ def show(
     the source, sample, channel(s) (and their names) and z.
 
     * **One channel** (an index or a name) is drawn with ``cmap``.
-    * **Several channels** (a list, or ``"all"``) are blended additively, as
+    * **Several channels** (a list, or ``"all"`` of a stack with more than
+      one channel; ``"all"`` of one channel is that channel) are blended additively, as
       napari and Fiji show composites: channel ``i``, stretched between its
       limits and clipped, ``n_i = clip((plane_i - lo_i) / (hi_i - lo_i), 0, 1)``
       (NaN as 0), adds ``n_i`` times the RGB of its colour; the sum is clipped
       to ``[0, 1]``.
     * **RGB(A) pixels** are shown in true colour: ``uint8`` as stored, other
-      integers divided by the dtype's maximum, floats clipped to ``[0, 1]``.
+      integers divided by the largest value of the smallest bit depth of 8,
+      10, 12, 14, 16 (32, 64) bits that holds the plane (12-bit camera data
+      stored as ``uint16`` by 4095, full-range ``uint16`` by 65535), floats
+      clipped to ``[0, 1]``.
       3 (or 4) channels are RGB(A) when their names end in ``R``, ``G``, ``B``
       (``A``) in that order (a CZI's ``Bgr24`` pixels: ``"R"``, ``"G"``,
       ``"B"``), when the source declares colour samples (a TIFF whose axes, as
@@ -525,7 +546,8 @@ def show(
     sample : int
         Canonical sample index.
     channel : int, str, sequence or "all", optional
-        A channel index or name; a list of them, or ``"all"``, for a composite.
+        A channel index or name; a list of them, or ``"all"``, for a composite
+        (``"all"`` of a one-channel stack draws that channel with ``cmap``).
         Default: every channel of an RGB(A) stack, else channel 0.
     z : int, optional
         Z plane (default: the middle one) for stacks with ``Z``.
@@ -558,9 +580,11 @@ def show(
         ``"lower center"``, ``"upper center"``, ``"center left"``, ``"center
         right"``, ``"right"``, ``"center"``.
     ticks : {"pixels", "physical"}
-        Axis ticks in pixels of the full-resolution plane (default), or at the
-        stack's physical positions (its xarray coordinates, with their units;
-        needs physical pixel sizes along Y and X).
+        Axis ticks in pixels of the full-resolution plane (default; pixel ``i``
+        spans ``[i, i + 1)``), or at the stack's physical positions (its xarray
+        coordinates, with their units, as pixel centres: pixel ``i`` is centred
+        on its coordinate, as xarray's ``plot.imshow`` draws it; needs physical
+        pixel sizes along Y and X).
     **imshow_kwargs
         Passed to `matplotlib.axes.Axes.imshow()`. For a composite, ``vmin`` and
         ``vmax`` may be one number or one per channel; for RGB they rescale
@@ -577,7 +601,8 @@ def show(
         If matplotlib is not installed.
     SelectionError
         If an index or channel name is out of range, ``rgb=True`` is asked for
-        other than 3 or 4 channels, or an option is not one of those accepted.
+        other than 3 or 4 channels, ``vmin`` is not below ``vmax``, or an option is
+        not one of those accepted.
     """
     try:
         import matplotlib.pyplot as plt
@@ -598,7 +623,8 @@ def show(
     else:
         channels = _channel_list(stack, channel)
         as_list = isinstance(channel, Sequence) and not isinstance(channel, str)
-        several = as_list or (channel == "all" and "all" not in (stack.channel_names or []))
+        every = isinstance(channel, str) and channel == "all" and "all" not in (stack.channel_names or [])
+        several = as_list or (every and len(channels) > 1)
     if rgb is True and len(channels) not in (3, 4):
         msg = f"rgb=True needs 3 (RGB) or 4 (RGBA) channels, got channel={channel!r}: {len(channels)} channel(s)"
         raise SelectionError(msg)
@@ -675,7 +701,8 @@ def _extent(stack: LazyImageStack, ticks: str) -> tuple[tuple[float, float, floa
     for axis, n in (("Y", height), ("X", width)):
         positions = np.asarray(coords[axis], dtype=np.float64)
         step = (positions[-1] - positions[0]) / (n - 1) if n > 1 else float(sizes[axis])
-        spans.append((float(positions[0]), float(positions[0] + n * step)))
+        # positions are pixel centres (OME-NGFF's scale and translation; xarray's imshow draws them so)
+        spans.append((float(positions[0] - step / 2), float(positions[0] + (n - 0.5) * step)))
     (y0, y1), (x0, x1) = spans
     names = tuple(f"{a} ({unit_symbol(units[a])})" if a in units else a for a in "YX")
     return (x0, x1, y1, y0), (names[0], names[1])

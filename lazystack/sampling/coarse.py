@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core.errors import PatchError, ShapeMismatchError
+from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
 from ..core.levels import image_key
 from .samplers import (
     PatchSpec,
     Sampler,
+    _as_int,
     _check_seed,
     _int_tuple,
     _random_base,
@@ -78,6 +79,15 @@ def otsu_threshold(values: NDArray[Any], bins: int = 256) -> float:
     return float(centres[int(np.argmax(between))])  # the centre of the last background bin, as scikit-image's
 
 
+def _is_view(stack: Any) -> bool:
+    """Whether ``stack`` is a view (``isel``) of its source: its shape is not the stored array's."""
+    reader = getattr(stack, "reader", None)
+    shape = getattr(stack, "original_data_shape", None)
+    if reader is None or shape is None:
+        return False
+    return tuple(int(n) for n in shape) != tuple(int(n) for n in reader.shape)
+
+
 def _spatial_letters(ndim: int) -> str:
     return "ZYX"[3 - ndim :]
 
@@ -91,6 +101,9 @@ def _cell_bounds(
     ``scale``), else of their shapes. A coarse level with a ``translation``
     is placed by it, NGFF's pixel-centre convention (a level written without
     one is taken as corner-aligned with level 0, as its block means are).
+    The last cell reaches the end of the image when less than one cell is
+    left over (a level 0 of 65 rows over a level 2 of 16: its last cell
+    covers rows 60 to 64), so every full-resolution pixel belongs to a cell.
     """
     out = []
     full_sizes = getattr(full, "physical_pixel_sizes", None) or {}
@@ -105,6 +118,8 @@ def _cell_bounds(
             offset = (float(coarse_tr[axis]) - float(full_tr.get(axis, 0.0))) / float(sf) - (factor - 1) / 2
         j = np.arange(m + 1, dtype=np.float64)
         edges = np.clip(np.floor(offset + j * factor + 0.5), 0, n).astype(np.int64)
+        if n - edges[-1] < factor:  # the rows a flooring downsampler dropped belong to the last cell
+            edges[-1] = n
         out.append((edges[:-1], edges[1:]))
     return out
 
@@ -115,8 +130,9 @@ class CoarseForegroundSampler(Sampler):
     For each full-resolution image, the foreground is found on a coarse view
     of it: a coarser level of its pyramid given among ``stacks`` (an
     OME-Zarr level, mapped to full-resolution pixels through the levels'
-    ``scale`` and ``translation``), or, for an image given at one level only,
-    a thumbnail averaged over blocks of ``factor`` pixels with dask. All
+    ``scale`` and ``translation``), or, for an image given at one level only
+    and for a view (``isel``) of a level (not pixel-aligned with the other
+    levels), a thumbnail averaged over blocks of ``factor`` pixels with dask. All
     coarse views are read in one parallel dask computation when the sampler
     is built, and kept in ``thumbnails``
     keyed by the stack's token (a stack given twice is reduced once;
@@ -139,7 +155,8 @@ class CoarseForegroundSampler(Sampler):
     length : int
         Patches per epoch.
     threshold : float, "otsu" or callable
-        Foreground is where the coarse view of ``channel`` is above a number,
+        Foreground is where the coarse view of ``channel`` is above a number
+        (Python or NumPy, not NaN),
         above its Otsu threshold ([`otsu_threshold`][lazystack.otsu_threshold],
         per stack; the default), or where a function of the coarse view
         (``float32``, samples first: ``S(Z)YX``) returns True.
@@ -173,6 +190,8 @@ class CoarseForegroundSampler(Sampler):
     ------
     PatchError
         If the patch does not fit in a stack sampled.
+    ChannelIndexError
+        If ``channel`` is not a channel of every stack.
     ShapeMismatchError
         If a coarse level has another number of samples than its full resolution.
     ValueError
@@ -216,20 +235,32 @@ class CoarseForegroundSampler(Sampler):
         if any(f <= 0 for f in self.factor):
             msg = f"factor {self.factor} must be positive in every dim"
             raise PatchError(msg)
-        if not (level == "coarsest" or (isinstance(level, int) and not isinstance(level, bool) and level >= 0)):
+        integral = isinstance(level, numbers.Integral) and not isinstance(level, bool)
+        if not ((isinstance(level, str) and level == "coarsest") or (integral and int(level) >= 0)):
             msg = f"level must be 'coarsest' or a level number >= 0, got {level!r}"
             raise ValueError(msg)
-        if not isinstance(threshold, (int, float, str)) and not callable(threshold):
-            msg = f"threshold must be a number, 'otsu' or a function of the coarse image, got {threshold!r}"
+        level = level if isinstance(level, str) else int(level)
+        number = None
+        if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+            number = float(threshold)
+        if not (
+            (number is not None and not math.isnan(number))
+            or (isinstance(threshold, str) and threshold == "otsu")
+            or (number is None and callable(threshold))
+        ):
+            msg = (
+                f"threshold must be a number (not NaN), 'otsu' or a function of the coarse image, "
+                f"got {threshold!r} ({type(threshold).__name__})"
+            )
             raise ValueError(msg)
-        if isinstance(threshold, str) and threshold != "otsu":
-            msg = f"threshold must be a number, 'otsu' or a function of the coarse image, got {threshold!r}"
-            raise ValueError(msg)
-        self.channel = operator.index(channel)
+        self.channel = _as_int("channel", channel)
         n_channels = {g.n_channels for g in self.geometries}
         if not 0 <= self.channel < min(n_channels):
-            msg = f"channel {channel!r} is out of range: the stacks have {sorted(n_channels)} channel(s)"
-            raise PatchError(msg)
+            msg = (
+                f"channel {channel!r} is out of range: the stacks have {sorted(n_channels)} channel(s); "
+                f"accepted are 0 to {min(n_channels) - 1}"
+            )
+            raise ChannelIndexError(msg)
 
         def level_of(s: Any) -> int:
             return int(getattr(s, "level", None) or 0)
@@ -246,7 +277,9 @@ class CoarseForegroundSampler(Sampler):
                 plans.append(None)
                 self.coarse_source.append(None)
                 continue
-            others = [o for o in images[image_key(s)] if level_of(o) > level_of(s)]
+            # a view (isel) is not pixel-aligned with the other levels of its pyramid: it gets a thumbnail
+            others = [] if _is_view(s) else [o for o in images[image_key(s)] if level_of(o) > level_of(s)]
+            others = [o for o in others if not _is_view(o)]
             if level != "coarsest":
                 others = [o for o in others if level_of(o) == level]
             coarse = max(others, key=level_of) if others else None
@@ -279,6 +312,7 @@ class CoarseForegroundSampler(Sampler):
         self.foreground: list[NDArray[np.bool_] | None] = []
         self._bounds: list[list[tuple[NDArray[np.int64], NDArray[np.int64]]] | None] = []
         weights = []
+        constant: list[int] = []  # stacks whose coarse view Otsu's threshold cannot split
         for k, (s, plan) in enumerate(zip(stacks, plans, strict=True)):
             if plan is None:
                 self.foreground.append(None)
@@ -303,6 +337,9 @@ class CoarseForegroundSampler(Sampler):
             else:
                 cut = otsu_threshold(view) if isinstance(threshold, str) else float(threshold)
                 fg = view > cut
+                finite = view[np.isfinite(view)]
+                if isinstance(threshold, str) and (finite.size == 0 or finite.min() == finite.max()):
+                    constant.append(k)
             self.foreground.append(fg)
             self._bounds.append(bounds)
             sizes = [hi - lo for lo, hi in bounds]
@@ -316,6 +353,11 @@ class CoarseForegroundSampler(Sampler):
                 f"no foreground in the coarse views of the stacks (threshold {threshold!r} on channel "
                 f"{self.channel}; judged on {', '.join(c for c in self.coarse_source if c)}): nothing to sample"
             )
+            if constant:
+                msg += (
+                    f"; the coarse view of stack(s) {constant} is constant (or NaN), which Otsu's threshold "
+                    "cannot split: pass threshold=<a number> (foreground is above it)"
+                )
             raise ValueError(msg)
         self._offsets = np.cumsum([0] + [w.size for w in weights])
         self._mass = [None if b is None else int(w.sum()) for b, w in zip(self._bounds, weights, strict=True)]

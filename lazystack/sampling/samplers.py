@@ -222,8 +222,17 @@ def resolve_channels(
     return chans
 
 
+def _as_int(name: str, value: Any) -> int:
+    """``operator.index(value)``, with an error naming the parameter and the value."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        msg = f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg) from None
+
+
 def _check_seed(name: str, value: int) -> int:
-    v = operator.index(value)
+    v = _as_int(name, value)
     if v < 0:
         msg = f"{name} must be a non-negative integer, got {value!r}"
         raise ValueError(msg)
@@ -350,10 +359,10 @@ class Sampler:
         raise NotImplementedError
 
     def _check_index(self, index: int) -> int:
-        i = operator.index(index)
+        i = _as_int("index", index)
         n = len(self)
         if not 0 <= i < n:
-            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch"
+            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
             raise IndexError(msg)
         return i
 
