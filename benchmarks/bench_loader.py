@@ -432,7 +432,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--mib", type=int, default=None, help="size of each array in MiB (default 256; issue: 2048)")
-    parser.add_argument("--batches", type=int, default=None, help="timed batch intervals per round (default 40)")
+    parser.add_argument(
+        "--batches", type=int, default=None, help="timed batch intervals per round, 2-D patches (default 40)"
+    )
+    parser.add_argument(
+        "--batches-3d", type=int, default=None, help="timed batch intervals per round, 3-D patches (default 15)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default 3)")
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
     parser.add_argument(
@@ -452,18 +457,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lazystack-bench" / "loader",
         help="where the data is written once and reused (default ~/.cache/lazystack-bench/loader)",
     )
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "loader.json")
+    parser.add_argument(
+        "--json",
+        default=str(Path(__file__).parent / "results" / "loader.json"),
+        help="where the results go (default benchmarks/results/loader.json; '' for nowhere)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 MiB arrays, 4 batches, 1 round, 3 import rounds")
     parser.add_argument("--write-only", action="store_true", help="write (or check) the data and stop")
     args = parser.parse_args(argv)
     quick = args.quick
     mib = args.mib if args.mib is not None else (16 if quick else 256)
     batches = args.batches if args.batches is not None else (4 if quick else 40)
+    batches_3d = args.batches_3d if args.batches_3d is not None else min(batches, 15)
     rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
     configs = args.configs or [_parse_config(c) for c in ("0", "2:fork", "2:spawn")]
     small = args.small_cache_mib if args.small_cache_mib is not None else max(1, min(64, mib // 8))
     import_rounds = args.import_rounds if args.import_rounds is not None else (3 if quick else 15)
-    length = BATCH * (batches + 1)
     wall = time.perf_counter()
     if args.write_only:
         for cell in args.cells:
@@ -475,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "mib": mib,
         "batch": BATCH,
-        "batches": batches,
+        "batches": {"2d": batches, "3d": batches_3d},
         "rounds": rounds,
         "small_cache_mib": small,
         "default_cache_mib": lazystack.get_chunk_cache().max_bytes / MIB,
@@ -486,7 +495,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": [],
     }
     print(
-        f"bench_loader: batch {BATCH}, {batches} timed batches x {rounds} round(s), arrays of ~{mib} MiB, "
+        f"bench_loader: batch {BATCH}, {batches} (2-D) / {batches_3d} (3-D) timed batches x {rounds} round(s), "
+        f"arrays of ~{mib} MiB, "
         f"lazystack cache default {results['default_cache_mib']:.0f} MiB / small {small} MiB, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "configs": {},
         }
         results["cells"][cell] = cell_res
+        length = BATCH * ((batches if len(patch) == 2 else batches_3d) + 1)
         specs_by_round = [_specs(cell, path, r, length) for r in range(rounds)]
         expected = [expected_batch(cell, path, s[:BATCH]) for s in specs_by_round]
         print(f"\n== {cell}: {fmt} {axes} {shape} uint16 zstd, chunks/tiles {chunks}, patch {patch}", flush=True)
@@ -569,8 +580,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["wall_s"] = time.perf_counter() - wall
     print(f"\nwall time {results['wall_s']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
         print(f"results: {args.json}")
     return results
 
