@@ -87,7 +87,10 @@ REFERENCE = {"zarr": "tensorstore", "tiff": "tifffile+zarr"}
 def _frames(frame: tuple[int, ...], t: int) -> Any:
     """Yield ``t`` frames (smooth data plus noise, so zstd has work to do)."""
     grids = np.ogrid[tuple(slice(0, n) for n in frame)]
-    base = (sum(g // (3 + 2 * i) for i, g in enumerate(grids)) % 4096).astype(np.uint16)
+    base = np.zeros(frame, np.int64)
+    for i, g in enumerate(grids):
+        base = base + g // (3 + 2 * i)
+    base = (base % 4096).astype(np.uint16)
     rng = np.random.default_rng(0)
     for i in range(t):
         yield base + rng.integers(0, 64, frame, dtype=np.uint16) + np.uint16(i)
