@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    results["lazystack_file"] = lazystack.__file__
+    print(f"lazystack from {lazystack.__file__}")
     print(results["reference_note"])
     for cell in args.cells:
         fmt, axes, _, chunks, patch = CELLS[cell]
