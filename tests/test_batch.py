@@ -227,6 +227,15 @@ def _touched(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex
     return reader.chunk_grid.touched(tuple(slice(sample, sample + 1) for _ in lead) + inside)
 
 
+def _region_of(reader: ChunkedReader, request: tuple[Any, ...]) -> tuple[tuple[slice, ...], bool]:
+    """The source region (and whether it is read as float32) of a request on a SYX reader."""
+    sample, _, (y, x), (h, w) = request
+    _, ny, nx = reader.shape
+    inside = (slice(max(y, 0), min(y + h, ny)), slice(max(x, 0), min(x + w, nx)))
+    whole = y >= 0 and x >= 0 and y + h <= ny and x + w <= nx
+    return (slice(sample, sample + 1), *inside), whole
+
+
 def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     import lazystack.ops.batch as batch_module
 
@@ -365,7 +374,19 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
             region_reads.clear()
             _assert_same(stack.extract_patches(reqs), want)
             # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
-            assert len(region_reads) == (len(reqs) if regions else 0)
+            # that shares no chunk with another request (the others: each shared chunk decoded once)
+            def chunks_of(r: tuple[Any, ...], c: tuple[int, int, int] = chunks) -> set[tuple[int, int, int]]:
+                (y, x), (h, w) = r[2], r[3]
+                ys = range(y // c[1], (y + h - 1) // c[1] + 1)
+                xs = range(x // c[2], (x + w - 1) // c[2] + 1)
+                return {(r[0], a, b) for a in ys for b in xs}
+
+            for batch in (reqs, [reqs[i] for i in (0, 1, 8, 12)]):
+                region_reads.clear()
+                _assert_same(stack.extract_patches(batch), [want[reqs.index(r)] for r in batch])
+                lone = [r for r in batch if not any(chunks_of(r) & chunks_of(o) for o in batch if o is not r)]
+                assert len(region_reads) == (len(lone) if regions else 0)
+            assert not regions or len(lone) == 2  # the second batch mixes both kinds
 
 
 def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
@@ -398,8 +419,11 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
     want = [LazyImageStack(np.asarray(zarr_arrays["syx"]), "SYX").extract_patch(*r) for r in reqs]
     with chunk_cache_size(0):
         _assert_same(stack.extract_patches(reqs), want)
-        inside = [r for r in reqs if _touched(stack.reader, r)]
-        assert len(region_reads) == len(inside)  # one region read per patch that overlaps the image
+        uses = Counter(c for r in reqs for c in _touched(stack.reader, r))
+        lone = [r for r in reqs if _touched(stack.reader, r) and all(uses[c] == 1 for c in _touched(stack.reader, r))]
+        assert 0 < len(lone) < len(reqs)
+        # one region read per patch that overlaps the image and shares no chunk with another request
+        assert sorted(region_reads) == sorted(_region_of(stack.reader, r) for r in lone)
         set_chunk_cache_size(2**20)
         region_reads.clear()
         _assert_same(stack.extract_patches(reqs), want)
@@ -420,7 +444,7 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
     z[...] = data
     stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "SYX")
     inside = [(0, None, (0, 0), (20, 24)), (1, None, (50, 40), (20, 24)), (0, None, (30, 33), (20, 24))]
-    edge = [(1, None, (80, 70), (20, 24)), (0, [0], (10, 10), (20, 24))]  # leaves the image; a channel list
+    edge = [(1, None, (80, 70), (20, 24)), (0, [0], (64, 0), (20, 24))]  # leaves the image; a channel list
     reqs = inside + edge
     want = [LazyImageStack(data, "SYX").extract_patch(*r) for r in reqs]
     with chunk_cache_size(0):
