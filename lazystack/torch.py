@@ -479,12 +479,14 @@ class ChunkLocalSampler(Sampler):
     index ``a`` is the base sampler's spec of ``a``, unchanged (the
     *anchor*), and each other index of the group is a patch of the same
     stack, sample, channels and size whose corner is drawn uniformly (a pure
-    function of ``seed``, the epoch and ``i``) from the cell of the
-    ``window`` grid that holds the anchor's corner. With ``window`` the
-    chunk shape and patches no larger than a chunk, every patch of a group
-    lies in the (at most ``2**ndim``) chunks from that cell's chunk on, so a
-    group decodes those chunks once where ``per_chunk`` independent patches
-    decode about ``per_chunk`` times as many.
+    function of ``seed``, the epoch and ``i``) from the anchor's *cell*: in
+    each spatial dim, the corners of the anchor's ``window`` whose patch
+    stays inside that window, or those whose patch reaches into the next one,
+    whichever holds the anchor's corner. With ``window`` the chunk shape, a
+    group's patches touch exactly the chunks of the anchor's cell: one chunk
+    for most groups, two or four for those over a chunk border, about as many
+    as one patch, where ``per_chunk`` independent patches decode about
+    ``per_chunk`` times as many.
 
     Parameters
     ----------
@@ -512,13 +514,13 @@ class ChunkLocalSampler(Sampler):
     What it costs in diversity: a batch of ``B`` patches comes from about
     ``B / per_chunk`` places instead of ``B``, and the patches of a group
     overlap one another more often than independent ones (measured for 64x64
-    patches, 256x256 chunks, batch 32, ``per_chunk=8``: 5 to 16 distinct
-    chunks a batch instead of about 50). What it keeps: when the base
+    patches, 256x256 chunks, batch 32, ``per_chunk=8``: 5.7 distinct
+    chunks a batch on average instead of 47). What it keeps: when the base
     sampler's corners are uniform over the valid positions (``RandomSampler``),
-    so is every patch's corner (its cell is drawn as the anchor's, in
-    proportion to the cell's valid corners, then the corner uniformly within
-    it): over an epoch, positions cover the image as uniformly as the base
-    sampler's (the tests check it). Keep ``per_chunk`` well below the batch
+    so is every patch's corner (the cells split the valid corners, a cell is
+    drawn as the anchor's, in proportion to its size, then the corner
+    uniformly within it): over an epoch, positions cover the image as
+    uniformly as the base sampler's (the tests check it). Keep ``per_chunk`` well below the batch
     size so that a batch mixes several places.
 
     Examples
@@ -571,9 +573,23 @@ class ChunkLocalSampler(Sampler):
             if not 0 <= c <= n - p:  # an anchor leaving the image (padded grids): keep its position
                 coords.append(c)
                 continue
-            lo = c // w * w  # the cell of the window grid the anchor's corner is in
-            coords.append(int(rng.integers(lo, min(lo + w, n - p + 1))))
+            lo, hi = _cell(c, p, w)
+            coords.append(int(rng.integers(lo, min(hi, n - p) + 1)))
         return anchor._replace(coords=tuple(coords))
+
+
+def _cell(corner: int, patch: int, window: int) -> tuple[int, int]:
+    """The cell ``[lo, hi]`` of corners holding ``corner``: the corners whose patch lies in the same windows.
+
+    Window ``k`` splits its corners ``[k * window, (k + 1) * window)`` into
+    those whose patch stays inside window ``k`` and those whose patch reaches
+    into window ``k + 1`` (a patch larger than a window: one cell).
+    """
+    lo = corner // window * window
+    split = lo + window - patch  # the last corner whose patch stays in this window
+    if patch > window:
+        return lo, lo + window - 1
+    return (lo, split) if corner <= split else (split + 1, lo + window - 1)
 
 
 def _window(window: int | Sequence[int], ndim: int) -> tuple[int, ...]:

@@ -267,15 +267,13 @@ def test_chunk_local_patches_are_correct_and_share_chunks(tmp_path: Path) -> Non
         for b in range(0, 640, 32):
             specs = [sampler.spec(i, 0) for i in range(b, b + 32)]
             per_batch[name].append(len(set().union(*map(chunks_of, specs))))
-    # each group of 8 lies in its anchor's chunks: at most 4 groups x 4 chunks a batch
+    # each group of 8 touches its anchor's chunks: at most 4 groups x 4 chunks a batch, as many as 4 patches
     assert max(per_batch["local"]) <= 16
-    assert np.mean(per_batch["local"]) * 3 < np.mean(per_batch["random"])
+    assert np.mean(per_batch["local"]) * 6 < np.mean(per_batch["random"])
     for g in range(0, 640, 8):
         anchor = local.spec(g)
         assert anchor == base.spec(g)
-        t, (cy, cx) = anchor.sample, (c // 128 for c in anchor.coords)
-        block = {(t, a, b) for a in (cy, cy + 1) for b in (cx, cx + 1)}  # the anchor corner's chunk and next ones
-        assert all(chunks_of(local.spec(i)) <= block for i in range(g, g + 8))
+        assert all(chunks_of(local.spec(i)) == chunks_of(anchor) for i in range(g, g + 8))  # its cell's chunks
     items = dataset.__getitems__([(0, i) for i in range(64)])
     for item in items:
         _, t, y, x, h, w = (int(v) for v in item["spec"])
