@@ -549,6 +549,7 @@ class ChunkLocalSampler(Sampler):
             raise ValueError(msg)
         self.seed = operator.index(seed)
         self.channels = getattr(base, "channels", None)
+        self._anchor: tuple[tuple[int, int], PatchSpec] | None = None
         self.spatial_shapes = [geometry(s).spatial_shape for s in stacks]
         if window is None:
             self.windows = [_chunk_window(s, len(g)) for s, g in zip(stacks, self.spatial_shapes, strict=True)]
@@ -562,7 +563,13 @@ class ChunkLocalSampler(Sampler):
         """The spec of ``index`` in ``epoch`` (see the class description)."""
         i = self._check_index(index)
         anchor_index = i - i % self.per_chunk
-        anchor = self.base.spec(anchor_index, epoch)
+        key = (anchor_index, operator.index(epoch))
+        memo = self._anchor  # the group's anchor, computed once for its consecutive indices
+        if memo is not None and memo[0] == key:
+            anchor = memo[1]
+        else:
+            anchor = self.base.spec(anchor_index, epoch)
+            self._anchor = (key, anchor)
         if i == anchor_index:
             return anchor
         rng = spec_rng(self.seed, operator.index(epoch), i)
