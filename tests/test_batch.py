@@ -373,6 +373,7 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
             stack = LazyImageStack(ZarrArrayReader(zarr.open_array(z.store, mode="r"), engine="auto"), "SYX")
             region_reads.clear()
             _assert_same(stack.extract_patches(reqs), want)
+
             # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
             # that shares no chunk with another request (the others: each shared chunk decoded once)
             def chunks_of(r: tuple[Any, ...], c: tuple[int, int, int] = chunks) -> set[tuple[int, int, int]]:
@@ -487,7 +488,7 @@ def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_rou
         set_chunk_cache_size(previous)
 
 
-def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
+def test_auto_engine_fetches_a_batch_in_one_round_when_tensorstore_suits_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lazystack.sources.zarr.engines import AutoEngine
@@ -498,7 +499,6 @@ def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
     z[...] = data
     reader = ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="auto")
     assert isinstance(reader.engine, AutoEngine)
-    reader.engine.min_tensorstore_bytes = 0  # any fetch of two chunks or more would suit tensorstore
     rounds: list[int] = []
     original = reader.fetch_chunks
     monkeypatch.setattr(reader, "fetch_chunks", lambda indices: (rounds.append(len(indices)), original(indices))[1])
@@ -506,12 +506,16 @@ def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
     reqs = [(0, None, (y, x), (40, 40)) for y in range(0, 460, 50) for x in range(0, 980, 70)]
     want = _one_by_one(LazyImageStack(data, "YX"), reqs)
     touched = len({c for r in reqs for c in _touched(reader, r)})
-    with chunk_cache_size(0):  # no round: each chunk decoded once, directly, and dropped after its copies
-        _assert_same(stack.extract_patches(reqs), want)
-        assert rounds == []
-    with chunk_cache_size(2**24):  # the chunks are kept anyway: one round, decoded in tensorstore's threads
-        _assert_same(stack.extract_patches(reqs), want)
-        assert rounds == [touched]
+    for cache in (0, 2**24):
+        with chunk_cache_size(cache) as chunk_cache:
+            reader.engine.min_tensorstore_bytes = 2**40  # tensorstore does not suit: each chunk decoded directly
+            rounds.clear()
+            _assert_same(stack.extract_patches(reqs), want)
+            assert rounds == []
+            reader.engine.min_tensorstore_bytes = 0  # any fetch of two chunks or more suits tensorstore
+            chunk_cache.clear()
+            _assert_same(stack.extract_patches(reqs), want)
+            assert rounds == [touched]  # one round, decoded in tensorstore's threads, cache on or off
 
 
 def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:
