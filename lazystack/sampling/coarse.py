@@ -138,7 +138,9 @@ def _merge_cells(
 
 def _extra_factor(n_samples: int, shape: Sequence[int], max_pixels: int) -> int:
     """The smallest factor ``f >= 1`` with ``n_samples * prod(ceil(shape / f)) <= max_pixels``."""
-    f = 1
+    # ceil(n / f) >= n / f: no f below the ndim-th root of the excess fits; start just below it
+    excess = n_samples * math.prod(shape) / max_pixels
+    f = max(1, int(excess ** (1 / max(len(shape), 1))) - 1)
     while n_samples * math.prod(-(-n // f) for n in shape) > max_pixels:
         f += 1
     return f
