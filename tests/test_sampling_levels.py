@@ -481,3 +481,107 @@ def test_non_integer_seed_length_index_and_channel_are_named() -> None:
         sampler.spec(0, "1")  # type: ignore[arg-type]
     with pytest.raises(IndexError, match=r"index 4 is out of range .* 4 specs per epoch: accepted 0 to 3"):
         sampler.spec(4)
+
+
+# -- a bound on the coarse view -----------------------------------------------------------------------------------
+def _big_two_level_pyramid(path: Path) -> np.ndarray:
+    """Level 0 of 512 x 768 (background ~10, a bright block at rows 100:200, columns 300:500) and level 1."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(5, 15, (1, 512, 768)).astype(np.uint16)
+    image[:, 100:200, 300:500] = rng.integers(900, 1000, (1, 100, 200))
+    write_ome_zarr(LazyImageStack(image, "CYX"), str(path), levels=2)
+    return image
+
+
+def test_a_coarse_level_above_max_pixels_is_averaged_further_in_one_compute(tmp_path: Path) -> None:
+    image = _big_two_level_pyramid(tmp_path / "big.ome.zarr")
+    stacks = load_zarrs(str(tmp_path / "big.ome.zarr"), "CYX")
+    level1 = np.asarray(zarr.open_array(stacks[1].source, mode="r")[...]).astype(np.float64)
+    assert level1.shape == (1, 256, 384)  # 98304 pixels: above the bound of 4096
+    computes = []
+    with Callback(start=lambda dsk: computes.append(len(dsk))):
+        sampler = CoarseForegroundSampler(stacks, 8, 3000, threshold=400, seed=4, max_pixels=4096)
+    assert len(computes) == 1
+    # 5 x 5 blocks is the least that fits: 52 x 77 = 4004 <= 4096 (4 x 4 gives 64 x 96 = 6144)
+    assert sampler.coarse_source == ["level 1, mean over 5x5", None]
+    fg = sampler.foreground[0]
+    assert fg is not None
+    assert fg.shape == (1, 52, 77)
+    assert fg.size <= 4096
+    assert all(v.size <= 4096 and v.nbytes <= 4 * 4096 for v in sampler.thumbnails.values())
+    # reference: numpy block means of level 1 (read by zarr) padded with its edge values to 260 x 385
+    padded = np.pad(level1[0], [(0, 4), (0, 1)], mode="edge")
+    np.testing.assert_array_equal(fg[0], padded.reshape(52, 5, 77, 5).mean(axis=(1, 3)) > 400)
+    # the block at full resolution is level 1 rows 50:100, columns 150:250: reduced cells 10:20, 30:50
+    assert fg.sum() == 10 * 20
+    centres = np.array([[c + 4 for c in s.coords] for s in sampler.epoch_specs(0)])
+    assert (image[0][centres[:, 0], centres[:, 1]] >= 900).all()  # every centre on the bright block
+    assert centres.min(axis=0).tolist() == [100, 300]  # ... and all of it: the mapping is exact
+    assert centres.max(axis=0).tolist() == [199, 499]
+    # what a DataLoader worker receives is bounded by max_pixels, unlike the full level 1
+    small = len(pickle.dumps(sampler))
+    full = len(pickle.dumps(CoarseForegroundSampler(stacks, 8, 3000, threshold=400, seed=4)))
+    assert small <= 21 * 4096 + 32_768
+    assert full > 4 * level1.size > 3 * small
+
+
+def test_a_thumbnail_above_max_pixels_is_averaged_over_bigger_blocks() -> None:
+    image = np.full((2, 300, 400), 10, np.uint16)
+    image[0, 32:96, 64:128] = 1000
+    image[1, 288:300, 384:400] = 1000  # in the edge cells (the image is padded to 304 x 400)
+    stack = LazyImageStack(image, "SYX")
+    computes = []
+    with Callback(start=lambda dsk: computes.append(len(dsk))):
+        sampler = CoarseForegroundSampler([stack], 8, 2000, factor=4, threshold=200, seed=2, max_pixels=1000)
+    assert len(computes) == 1
+    # 2 x 75 x 100 cells of 4 x 4 are above 1000; blocks of 16 x 16 give 2 x 19 x 25 = 950
+    assert sampler.coarse_source == ["thumbnail 16x16"]
+    fg = sampler.foreground[0]
+    assert fg is not None
+    assert fg.size <= 1000
+    padded = np.pad(image.astype(np.float64), [(0, 0), (0, 4), (0, 0)], mode="edge")
+    np.testing.assert_array_equal(fg, padded.reshape(2, 19, 16, 25, 16).mean(axis=(2, 4)) > 200)
+    for s in sampler.epoch_specs(0):
+        centre = [c + 4 for c in s.coords]
+        assert fg[(s.sample, centre[0] // 16, centre[1] // 16)]  # centred in a foreground cell
+        if s.sample == 0:
+            assert image[0, centre[0], centre[1]] == 1000
+
+
+def test_odd_sized_pyramid_above_max_pixels_still_covers_every_pixel(tmp_path: Path) -> None:
+    """Level 2 (16 x 24) of a 65 x 97 image merged in 3 x 3 blocks (6 x 8): every row and column is drawn."""
+    data = np.random.default_rng(3).integers(0, 1000, (1, 65, 97)).astype(np.uint16)
+    write_ome_zarr(LazyImageStack(data, "CYX"), str(tmp_path / "odd.ome.zarr"), levels=3)
+    stacks = load_zarrs(str(tmp_path / "odd.ome.zarr"), "CYX")
+    sampler = CoarseForegroundSampler(stacks, 1, 8000, threshold=-1, seed=1, max_pixels=50)
+    assert sampler.coarse_source[0] == "level 2, mean over 3x3"
+    fg = sampler.foreground[0]
+    assert fg is not None
+    assert fg.shape == (1, 6, 8)
+    assert sampler.foreground_fraction()[0] == 1.0
+    coords = np.array([s.coords for s in sampler.epoch_specs(0)])
+    assert set(coords[:, 0].tolist()) == set(range(65))
+    assert set(coords[:, 1].tolist()) == set(range(97))
+
+
+def test_coarse_views_within_max_pixels_are_used_as_they_are(pyramids: tuple[list[Any], list[np.ndarray]]) -> None:
+    stacks, _ = pyramids
+    default = CoarseForegroundSampler(stacks[:3], 8, 200, threshold=400, seed=3)
+    at_bound = CoarseForegroundSampler(stacks[:3], 8, 200, threshold=400, seed=3, max_pixels=np.int64(16 * 24))
+    assert default.coarse_source == at_bound.coarse_source == ["level 2", None, None]
+    assert at_bound.epoch_specs(0) == default.epoch_specs(0)
+    below = CoarseForegroundSampler(stacks[:3], 8, 200, threshold=400, seed=3, max_pixels=16 * 24 - 1)
+    assert below.coarse_source[0] == "level 2, mean over 2x2"
+
+
+def test_bad_max_pixels_is_named() -> None:
+    stack = LazyImageStack(np.arange(3 * 40 * 40, dtype=np.float32).reshape(3, 40, 40), "SYX")
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=rf"max_pixels must be an integer >= 1 .*got {bad}"):
+            CoarseForegroundSampler([stack], 8, 4, max_pixels=bad)
+    for wrong in (1.5, "big", True, None):
+        with pytest.raises(TypeError, match=r"max_pixels must be an integer"):
+            CoarseForegroundSampler([stack], 8, 4, max_pixels=wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stack 0 has 3 samples.*max_pixels=2.*pass max_pixels >= 3"):
+        CoarseForegroundSampler([stack], 8, 4, max_pixels=2)
+    assert CoarseForegroundSampler([stack], 8, 4, max_pixels=3).foreground[0].shape == (3, 1, 1)  # type: ignore[union-attr]

@@ -124,6 +124,28 @@ def _cell_bounds(
     return out
 
 
+def _merge_cells(
+    bounds: list[tuple[NDArray[np.int64], NDArray[np.int64]]], extra: int
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """The bounds of cells merging ``extra`` consecutive cells per dim (the last one takes what is left)."""
+    out = []
+    for lo, hi in bounds:
+        m = lo.size
+        first = np.arange(0, m, extra)
+        out.append((lo[first], hi[np.minimum(first + extra, m) - 1]))
+    return out
+
+
+def _extra_factor(n_samples: int, shape: Sequence[int], max_pixels: int) -> int:
+    """The smallest factor ``f >= 1`` with ``n_samples * prod(ceil(shape / f)) <= max_pixels``."""
+    # ceil(n / f) >= n / f: no f below the ndim-th root of the excess fits; start just below it
+    excess = n_samples * math.prod(shape) / max_pixels
+    f = max(1, int(excess ** (1 / max(len(shape), 1))) - 1)
+    while n_samples * math.prod(-(-n // f) for n in shape) > max_pixels:
+        f += 1
+    return f
+
+
 class CoarseForegroundSampler(Sampler):
     """Random patches placed on the foreground of a coarse view of each image.
 
@@ -174,6 +196,16 @@ class CoarseForegroundSampler(Sampler):
         Channels of every patch.
     levels : "finest", "all", int or sequence of int
         Resolution levels to sample (by default full resolution).
+    max_pixels : int
+        Bound on each stack's coarse view, in pixels (samples times spatial
+        pixels; default ``2**20``). A coarse level or thumbnail bigger than
+        this is averaged further over blocks of ``f`` coarse pixels in every
+        spatial dim, ``f`` the smallest integer that brings it within the
+        bound, in the same dask computation (``coarse_source`` then says so:
+        ``"level 1, mean over 5x5"``, ``"thumbnail 40x40"``). The kept
+        foreground takes 1 byte and the coarse view 4 bytes per pixel, so
+        this bounds what the pickled sampler sends to every DataLoader worker.
+        Coarse views within the bound are used as they are.
 
     Attributes
     ----------
@@ -195,7 +227,10 @@ class CoarseForegroundSampler(Sampler):
     ShapeMismatchError
         If a coarse level has another number of samples than its full resolution.
     ValueError
-        If no stack has any foreground.
+        If no stack has any foreground, if ``max_pixels`` is below 1, or if
+        a stack has more samples than ``max_pixels``.
+    TypeError
+        If ``max_pixels`` is not an integer.
 
     Examples
     --------
@@ -221,6 +256,7 @@ class CoarseForegroundSampler(Sampler):
         seed: int = 0,
         channels: int | Sequence[int] | None = None,
         levels: Any = "finest",
+        max_pixels: int = 2**20,
     ) -> None:
         import dask
         import dask.array as da
@@ -253,6 +289,13 @@ class CoarseForegroundSampler(Sampler):
                 f"got {threshold!r} ({type(threshold).__name__})"
             )
             raise ValueError(msg)
+        if isinstance(max_pixels, bool):
+            msg = f"max_pixels must be an integer >= 1, got {max_pixels!r} (bool)"
+            raise TypeError(msg)
+        self.max_pixels = _as_int("max_pixels", max_pixels)
+        if self.max_pixels < 1:
+            msg = f"max_pixels must be an integer >= 1 (pixels of a coarse view), got {max_pixels!r}"
+            raise ValueError(msg)
         self.channel = _as_int("channel", channel)
         n_channels = {g.n_channels for g in self.geometries}
         if not 0 <= self.channel < min(n_channels):
@@ -270,7 +313,7 @@ class CoarseForegroundSampler(Sampler):
             images.setdefault(image_key(s), []).append(s)
         self.thumbnails: dict[str, NDArray[np.float32]] = {}
         self.coarse_source: list[str | None] = []
-        plans: list[tuple[str, Any, Any] | None] = []  # (cache key, coarse stack or None, dask array)
+        plans: list[tuple[str, Any, tuple[int, ...], int] | None] = []  # (key, coarse stack, factor, extra)
         pending: dict[str, Any] = {}
         for k, s in enumerate(stacks):
             if k in self.levels_left_out:
@@ -285,26 +328,44 @@ class CoarseForegroundSampler(Sampler):
             coarse = max(others, key=level_of) if others else None
             read = coarse if coarse is not None else s
             token = str(getattr(read, "token", None) or f"id-{id(read)}")
+            n_samples = self.geometries[k].n_samples
+            if n_samples > self.max_pixels:
+                msg = (
+                    f"stack {k} has {n_samples} samples: its coarse view cannot be within max_pixels="
+                    f"{self.max_pixels} pixels (one per sample at least); pass max_pixels >= {n_samples}"
+                )
+                raise ValueError(msg)
             if coarse is not None:
-                key = f"{token}|channel {self.channel}"
-                self.coarse_source.append(f"level {level_of(coarse)}")
-                if geometry(coarse).n_samples != self.geometries[k].n_samples:
+                if geometry(coarse).n_samples != n_samples:
                     msg = (
                         f"level {level_of(coarse)} ({getattr(coarse, 'source', '?')!r}) has "
                         f"{geometry(coarse).n_samples} sample(s) but its full resolution "
-                        f"({getattr(s, 'source', '?')!r}) has {self.geometries[k].n_samples}"
+                        f"({getattr(s, 'source', '?')!r}) has {n_samples}"
                     )
                     raise ShapeMismatchError(msg)
+                factor = tuple(1 for _ in self.factor)
+                extra = _extra_factor(n_samples, geometry(coarse).spatial_shape, self.max_pixels)
+                key = f"{token}|channel {self.channel}"
+                source = f"level {level_of(coarse)}"
+                if extra > 1:
+                    key += f"|mean over {'x'.join([str(extra)] * ndim)}"
+                    source += f", mean over {'x'.join([str(extra)] * ndim)}"
             else:
-                key = f"{token}|channel {self.channel}|mean over {'x'.join(map(str, self.factor))}"
-                self.coarse_source.append(f"thumbnail {'x'.join(map(str, self.factor))}")
-            plans.append((key, coarse, None))
+                cells = [-(-n // f) for n, f in zip(self.geometries[k].spatial_shape, self.factor, strict=True)]
+                extra = _extra_factor(n_samples, cells, self.max_pixels)
+                factor = tuple(f * extra for f in self.factor)
+                extra = 1  # a thumbnail is averaged over the bigger blocks at once
+                key = f"{token}|channel {self.channel}|mean over {'x'.join(map(str, factor))}"
+                source = f"thumbnail {'x'.join(map(str, factor))}"
+            self.coarse_source.append(source)
+            plans.append((key, coarse, factor, extra))
             if key not in self.thumbnails and key not in pending:
                 x = read.data[:, self.channel].astype(np.float32)
-                if coarse is None:
-                    pad = [(0, 0)] + [(0, -n % f) for n, f in zip(x.shape[1:], self.factor, strict=True)]
+                blocks = factor if coarse is None else tuple(extra for _ in factor)
+                if any(b > 1 for b in blocks):
+                    pad = [(0, 0)] + [(0, -n % b) for n, b in zip(x.shape[1:], blocks, strict=True)]
                     x = da.pad(x, pad, mode="edge") if any(p for _, p in pad) else x
-                    x = da.coarsen(np.mean, x, {1 + d: f for d, f in enumerate(self.factor)})
+                    x = da.coarsen(np.mean, x, {1 + d: b for d, b in enumerate(blocks)})
                 pending[key] = x
         if pending:
             self.thumbnails.update(zip(pending, dask.compute(*pending.values()), strict=True))
@@ -319,16 +380,18 @@ class CoarseForegroundSampler(Sampler):
                 self._bounds.append(None)
                 weights.append(np.zeros(0, np.int64))
                 continue
-            key, coarse, _ = plan
+            key, coarse, factor, extra = plan
             view = np.asarray(self.thumbnails[key], dtype=np.float32)
             spatial = self.geometries[k].spatial_shape
             if coarse is None:
                 bounds = [
                     (np.arange(0, n, f, dtype=np.int64), np.minimum(np.arange(f, n + f, f, dtype=np.int64), n))
-                    for n, f in zip(spatial, self.factor, strict=True)
+                    for n, f in zip(spatial, factor, strict=True)
                 ]
             else:
-                bounds = _cell_bounds(s, coarse, spatial, view.shape[1:])
+                bounds = _cell_bounds(s, coarse, spatial, geometry(coarse).spatial_shape)
+                if extra > 1:
+                    bounds = _merge_cells(bounds, extra)
             if callable(threshold):
                 fg = np.asarray(threshold(view), dtype=bool)
                 if fg.shape != view.shape:
@@ -344,10 +407,13 @@ class CoarseForegroundSampler(Sampler):
             self._bounds.append(bounds)
             sizes = [hi - lo for lo, hi in bounds]
             volume = sizes[0]
-            for extra in sizes[1:]:
-                volume = np.multiply.outer(volume, extra)
+            for more in sizes[1:]:
+                volume = np.multiply.outer(volume, more)
             weights.append((fg * volume[None]).astype(np.int64).ravel())
-        self._cumulative = np.cumsum(np.concatenate(weights))
+        every = np.concatenate(weights)
+        # only the cells that can be drawn (foreground) are kept: their flat index and cumulative weight
+        self._cells = np.flatnonzero(every)
+        self._cumulative = np.cumsum(every[self._cells])
         if self._cumulative.size == 0 or self._cumulative[-1] == 0:
             msg = (
                 f"no foreground in the coarse views of the stacks (threshold {threshold!r} on channel "
@@ -385,7 +451,8 @@ class CoarseForegroundSampler(Sampler):
         """The spec of ``index`` in ``epoch`` (see the class description)."""
         i = self._check_index(index)
         rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
-        flat = int(np.searchsorted(self._cumulative, rng.integers(int(self._cumulative[-1])), side="right"))
+        drawn = int(np.searchsorted(self._cumulative, rng.integers(int(self._cumulative[-1])), side="right"))
+        flat = int(self._cells[drawn])
         k = int(np.searchsorted(self._offsets, flat, side="right")) - 1
         fg = self.foreground[k]
         bounds = self._bounds[k]
