@@ -1,4 +1,6 @@
-"""What every format back end shares: per-process file handles and a guard for memory maps.
+"""A guard for memory maps every format back end that maps files uses.
+
+Per-process file handles are [`FileManager`][lazystack.io.process.FileManager]s.
 
 The reader contract itself (shape, dtype, chunk grid, region reads,
 capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Reader].
@@ -9,12 +11,8 @@ from __future__ import annotations
 import mmap
 
 from ..core.errors import SourceReadError
-from .process import FileManager
 
-__all__ = ["ProcessLocalFileManager", "check_mapped_size"]
-
-#: The per-process file-handle manager every back end uses (see [`FileManager`][lazystack.io.process.FileManager]).
-ProcessLocalFileManager = FileManager
+__all__ = ["check_mapped_size"]
 
 
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:

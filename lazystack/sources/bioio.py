@@ -44,14 +44,14 @@ import numpy as np
 
 from ..core.errors import (
     LazyStackError,
-    MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
     SourceReadError,
+    import_optional,
 )
 from ..io.chunked import normalize_key
-from ..io.handles import ProcessLocalFileManager
+from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 
 __all__ = ["BioioSceneReader", "open_bioio"]
@@ -61,12 +61,7 @@ _SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
 
 
 def _import_bioio() -> Any:
-    try:
-        import bioio  # the bioio package (absolute import), not this module
-    except ImportError as exc:
-        msg = "load_bioio needs bioio and a reader plugin for the format: install lazystack[czi] or pip install bioio"
-        raise MissingDependencyError(msg) from exc
-    return bioio
+    return import_optional("bioio", "load_bioio", "lazystack[czi] or pip install bioio")
 
 
 class _SceneHandle:
@@ -89,7 +84,7 @@ class _SceneHandle:
 
 
 class BioioSceneReader(Reader):
-    """Chunk reader over one scene of a file read by bioio (see [`lazystack.io.handles`][lazystack.io.handles]).
+    """Chunk reader over one scene of a file read by bioio (see [`lazystack.io.process`][lazystack.io.process]).
 
     Parameters
     ----------
@@ -139,7 +134,7 @@ class BioioSceneReader(Reader):
         self.chunks = chunks
         self.token = token
         # one handle per process: a forked child never uses its parent's
-        self._manager = ProcessLocalFileManager(_SceneHandle, path, scene, dict(options))
+        self._manager = FileManager(_SceneHandle, path, scene, dict(options))
 
     def close(self) -> None:
         """Drop this process's open bioio image (it reopens when read again)."""

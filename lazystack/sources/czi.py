@@ -66,7 +66,7 @@ The reader asks pylibCZIrw for the rectangle a key covers, one plane (one
 the sub-blocks the patch overlaps. The dask chunks hold at most one plane,
 split into blocks of at most [`BLOCK`][BLOCK] x [`BLOCK`][BLOCK] pixels.
 
-Handles live in a [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager]
+Handles live in a [`FileManager`][lazystack.io.process.FileManager]
 shared by the scenes of a file: a reader pickles as its recipe and reopens in
 the process that uses it. pylibCZIrw holds the GIL while it reads and does not
 document its handles as thread-safe, so reads on one handle are serialised
@@ -91,15 +91,15 @@ import numpy as np
 
 from ..core.errors import (
     AxesError,
-    MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
     SourceReadError,
+    import_optional,
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader
-from ..io.handles import ProcessLocalFileManager
+from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
 
@@ -132,15 +132,7 @@ _SCENE_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<scene>\d+))?(?:#level=(?P<lev
 
 
 def _import_pyczi() -> Any:
-    try:
-        from pylibCZIrw import czi as pyczi
-    except ImportError as exc:
-        msg = (
-            "reading CZI files needs pylibCZIrw (and bioio-czi), which are not installed: "
-            "install lazystack[czi] (pip install 'lazystack[czi]')"
-        )
-        raise MissingDependencyError(msg) from exc
-    return pyczi
+    return import_optional("pylibCZIrw.czi", "reading CZI files", "lazystack[czi] (pip install 'lazystack[czi]')")
 
 
 # -- the handle: a pylibCZIrw reader plus a lock ---------------------------------------------
@@ -180,7 +172,7 @@ _REOPEN_TRIES = 20
 
 
 @contextmanager
-def _live_handle(manager: ProcessLocalFileManager, where: str) -> Iterator[_CziHandle]:
+def _live_handle(manager: FileManager, where: str) -> Iterator[_CziHandle]:
     """This process's open handle of the file, with its lock held.
 
     A handle closed by another thread (``close()``, or xarray's LRU evicting
@@ -366,7 +358,7 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 # -- the chunk reader ------------------------------------------------------------------------
 class CziSceneReader(Reader):
-    """Chunk reader over one scene of a CZI file (see [`lazystack.io.handles`][lazystack.io.handles]).
+    """Chunk reader over one scene of a CZI file (see [`lazystack.io.process`][lazystack.io.process]).
 
     Its axes are ``SC[Z]YX`` ([`axes`][axes]): ``S`` enumerates the file's
     merged dimensions (C order, ``T`` outermost), ``Z`` is the depth axis
@@ -375,7 +367,7 @@ class CziSceneReader(Reader):
 
     Parameters
     ----------
-    manager : ProcessLocalFileManager
+    manager : FileManager
         Opens the file (shared by the scenes of a file).
     path : str
         The CZI file.
@@ -414,11 +406,13 @@ class CziSceneReader(Reader):
         pylibCZIrw's ``zoom=1 / factor`` (see the module documentation, *Pyramids*).
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     token: str
 
     def __init__(
         self,
-        manager: ProcessLocalFileManager,
+        manager: FileManager,
         path: str,
         scene: int | None,
         rect: tuple[int, int, int, int],
@@ -444,29 +438,19 @@ class CziSceneReader(Reader):
         self._plane_dims = plane_dims
         self._channel = channel
         self._pixel_types = pixel_types
-        self._dtype = np.dtype(dtype)
+        self.dtype = np.dtype(dtype)
         self.token = token
         sizes: dict[str, int] = {a: int(np.prod([n for _, _, n in dims])) for a, dims in plane_dims.items()}
         sizes["C"] = channel[1] * channel[2]
         sizes["Y"], sizes["X"] = -(-rect[3] // self.factor), -(-rect[2] // self.factor)
-        self._shape = tuple(sizes[a] for a in axes)
+        self.shape = tuple(sizes[a] for a in axes)
 
     # -- array-like ----------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape in [`axes`][axes] order."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the stored pixels (per colour sample for RGB)."""
-        return self._dtype
-
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """One plane (one file channel for RGB) per chunk, in blocks of at most [`BLOCK`][BLOCK] pixels."""
         out = []
-        for a, n in zip(self.axes, self._shape, strict=True):
+        for a, n in zip(self.axes, self.shape, strict=True):
             if a in "YX":
                 step = BLOCK if n > BLOCK else max(n, 1)
             elif a == "C":
@@ -492,7 +476,7 @@ class CziSceneReader(Reader):
             bh, bw = self._cache_block
             cache_chunks = tuple({"Y": bh, "X": bw, "C": self._channel[2]}.get(a, 1) for a in self.axes)
             chunked = FunctionChunkedReader(
-                self._shape, self._dtype, cache_chunks, f"{self.token}|blocks-{bh}x{bw}", fetch_one=self._fetch_block
+                self.shape, self.dtype, cache_chunks, f"{self.token}|blocks-{bh}x{bw}", fetch_one=self._fetch_block
             )
             self._chunked = chunked
         return chunked
@@ -524,7 +508,7 @@ class CziSceneReader(Reader):
         """Close this file's handle in this process (it reopens when read again)."""
         self._process_manager().close()
 
-    def _process_manager(self) -> ProcessLocalFileManager:
+    def _process_manager(self) -> FileManager:
         """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
         return self._manager
 
@@ -534,7 +518,7 @@ class CziSceneReader(Reader):
         return where if self.factor == 1 else f"{where} (pyramid level with downsample factor {self.factor})"
 
     def __repr__(self) -> str:
-        return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
+        return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self.shape}, dtype={self.dtype})"
 
     # -- reading -------------------------------------------------------------------------------
     def _normalise(self, key: Any) -> list[int | slice]:
@@ -542,13 +526,13 @@ class CziSceneReader(Reader):
             key = (key,)
         if Ellipsis in key:
             i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (len(self._shape) - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (len(self._shape) - len(key))
-        if len(key) != len(self._shape):
-            msg = f"too many indices ({len(key)}) for a CZI scene of shape {self._shape} (axes {self.axes!r})"
+            key = key[:i] + (slice(None),) * (len(self.shape) - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        if len(key) != len(self.shape):
+            msg = f"too many indices ({len(key)}) for a CZI scene of shape {self.shape} (axes {self.axes!r})"
             raise IndexError(msg)
         out: list[int | slice] = []
-        for k, n in zip(key, self._shape, strict=True):
+        for k, n in zip(key, self.shape, strict=True):
             if isinstance(k, slice):
                 start, stop, step = k.indices(n)
                 if step != 1:
@@ -558,7 +542,7 @@ class CziSceneReader(Reader):
             else:
                 i = int(k)
                 if not -n <= i < n:
-                    msg = f"index {i} is out of range for an axis of size {n} (axes {self.axes!r}, shape {self._shape})"
+                    msg = f"index {i} is out of range for an axis of size {n} (axes {self.axes!r}, shape {self.shape})"
                     raise IndexError(msg)
                 out.append(i % n)
         return out
@@ -589,7 +573,7 @@ class CziSceneReader(Reader):
     def _read_exact(self, norm: list[int | slice]) -> np.ndarray:
         """Read a normalised key's exact rectangle from the file, one plane at a time."""
         ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in norm]
-        out = np.zeros(tuple(len(r) for r in ranges), dtype=self._dtype)
+        out = np.zeros(tuple(len(r) for r in ranges), dtype=self.dtype)
         squeeze = tuple(0 if isinstance(k, int) else slice(None) for k in norm)
         if out.size == 0:
             return out[squeeze]
@@ -759,7 +743,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     path, wanted, wanted_level = _split_scene(given)
     _check_file(path)
     check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
-    manager = ProcessLocalFileManager(_open_handle, path, mode="r")
+    manager = FileManager(_open_handle, path, mode="r")
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:

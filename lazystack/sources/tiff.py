@@ -65,7 +65,7 @@ Reading
 Handles
     Readers pickle as a small recipe (path, series, layout), never with an
     open file. Files are opened lazily per process through
-    [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager] (a per-process bounded
+    [`FileManager`][lazystack.io.process.FileManager] (a per-process bounded
     LRU of open files that follows the open-file limit:
     [`lazystack.io.process.max_open_files()`][lazystack.io.process.max_open_files]),
     so thousands of stacks do not exhaust file descriptors and a forked
@@ -112,8 +112,8 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.process import current_pid
+from ..io.handles import check_mapped_size
+from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
@@ -540,6 +540,8 @@ class TiffReader(Reader):
         Resolution level of the series (tifffile's ``series.levels[level]``; 0 = full resolution).
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     chunks: tuple[tuple[int, ...], ...]
     token: str
     capabilities: ReaderCapabilities
@@ -561,8 +563,8 @@ class TiffReader(Reader):
         self.path = path
         self.series = series
         self.level = int(level)
-        self._shape = tuple(shape)
-        self._dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
         self.chunks = chunks
         self.native_chunks = tuple(native_chunks)
         self.memmap = memmap
@@ -575,17 +577,17 @@ class TiffReader(Reader):
         self._mm_handle: _MemmapHandle | None = None
         self._last_handle: _TiffHandle | None = None
 
-    def _make_manager(self) -> ProcessLocalFileManager:
+    def _make_manager(self) -> FileManager:
         if self.memmap is not None:
             offset, file_dtype = self.memmap
-            return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape, self.stamp)
-        return ProcessLocalFileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
+            return FileManager(_MemmapHandle, self.path, offset, file_dtype, self.shape, self.stamp)
+        return FileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
         kwargs = {
-            "shape": self._shape,
-            "dtype": self._dtype.str,
+            "shape": self.shape,
+            "dtype": self.dtype.str,
             "chunks": self.chunks,
             "native_chunks": self.native_chunks,
             "memmap": self.memmap,
@@ -594,16 +596,6 @@ class TiffReader(Reader):
             "level": self.level,
         }
         return (_rebuild_reader, (self.path, self.series, kwargs))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the series."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the data (native byte order)."""
-        return self._dtype
 
     @property
     def is_memmapped(self) -> bool:
@@ -632,8 +624,8 @@ class TiffReader(Reader):
         chunked = self._chunked
         if chunked is None:
             chunked = FunctionChunkedReader(
-                self._shape,
-                self._dtype,
+                self.shape,
+                self.dtype,
                 self.native_chunks,
                 self.token,
                 fetch_one=self._fetch_segment,
@@ -661,15 +653,15 @@ class TiffReader(Reader):
         return self._with_handle(run)
 
     def _segment(self, handle: _TiffHandle, index: tuple[int, ...]) -> np.ndarray:
-        if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
-            return handle.read_all(self._shape, self._dtype)
-        chunk = handle.read_chunk(index, self._dtype)
-        return np.full(self.native_chunks, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
+        if self.native_chunks == self.shape:  # one segment grid cell: the whole series, read by tifffile
+            return handle.read_all(self.shape, self.dtype)
+        chunk = handle.read_chunk(index, self.dtype)
+        return np.full(self.native_chunks, handle.fillvalue, dtype=self.dtype) if chunk is None else chunk
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
         where = f"series={self.series}" + (f", level={self.level}" if self.level else "")
-        return f"TiffReader({self.path!r}, {where}, shape={self._shape}, dtype={self._dtype}, {how})"
+        return f"TiffReader({self.path!r}, {where}, shape={self.shape}, dtype={self.dtype}, {how})"
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
@@ -727,16 +719,16 @@ class TiffReader(Reader):
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
         """Key -> (step-1 slices within bounds, axes to drop); a bad key's error names the file."""
         try:
-            return normalize_key(key, self._shape)
+            return normalize_key(key, self.shape)
         except (IndexError, TypeError) as exc:
-            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self._shape})") from None
+            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self.shape})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read a region (ints and step-1 slices) as a numpy array."""
         slices, drop = self._normalise(key)
         out_shape = tuple(s.stop - s.start for s in slices)
         if 0 in out_shape:
-            out = np.zeros(out_shape, dtype=self._dtype)
+            out = np.zeros(out_shape, dtype=self.dtype)
         elif self.memmap is not None:
             out = self._read_memmap(slices)
         else:
@@ -770,20 +762,20 @@ class TiffReader(Reader):
         handle = self._mm_handle
         if handle is not None and self._pid == current_pid():
             try:
-                return handle.read(slices, self._dtype, copy=copy)
+                return handle.read(slices, self.dtype, copy=copy)
             except _HandleClosedError:
                 pass
 
         def run(handle: _MemmapHandle) -> np.ndarray:
             self._mm_handle = handle
-            return handle.read(slices, self._dtype, copy=copy)
+            return handle.read(slices, self.dtype, copy=copy)
 
         return self._with_handle(run)
 
     def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
-        if out_shape == self._shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
+        if out_shape == self.shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
             # one dask chunk (load_iter_tiff): tifffile reads the series in one sequential pass
-            return self._with_handle(lambda handle: handle.read_all(self._shape, self._dtype))
+            return self._with_handle(lambda handle: handle.read_all(self.shape, self.dtype))
         chunked = self.as_chunked()
         assert chunked is not None
         # a region in one segment is a (read-only when cached) view of it; several are assembled into a new array
