@@ -1083,7 +1083,7 @@ class LazyImageStack:
             dims=tuple(axes),
             coords=coords,
             attrs=attrs,
-            name=_short_name(self._source),
+            name=short_name(self._source),
         )
 
     def compute(self) -> np.ndarray:
@@ -1138,7 +1138,7 @@ class LazyImageStack:
         facts = [
             ("source", str(self._source)),
             ("format", self._format),
-            ("original", f"{m.axes} {m.shape}"),
+            ("original", f"{self.original_axes} {self.original_data_shape}"),
             ("canonical", f"{m.canonical_axes} {m.canonical_shape}"),
             ("dtype", str(self.data_dtype)),
             ("chunks", str(tuple(c[0] if c else 0 for c in self._view_chunks()))),
@@ -1288,6 +1288,7 @@ def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A0
     raise SourceFormatError(msg)
 
 
-def _short_name(source: Any) -> str:
+def short_name(source: Any) -> str:
+    """The last path component of ``source`` (the source itself when it has none): an image's display name."""
     text = str(source).rstrip("/")
     return text.rsplit("/", 1)[-1] or text
