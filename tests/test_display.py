@@ -112,6 +112,8 @@ def test_format_bytes_and_disk_size(tmp_path: Path) -> None:
     (tmp_path / "d" / "b").write_bytes(b"x" * 5)
     assert source_disk_bytes(tmp_path / "f.bin") == 100
     assert source_disk_bytes(f"{tmp_path / 'f.bin'}@2") == 100
+    assert source_disk_bytes(f"{tmp_path / 'f.bin'}#level=1") == 100  # a scene-less CZI level
+    assert source_disk_bytes(f"{tmp_path / 'f.bin'}@2#level=3") == 100  # a TIFF series level
     assert source_disk_bytes(f"file://{tmp_path / 'd'}") == 15
     assert source_disk_bytes("s3://bucket/x.zarr") is None
     assert source_disk_bytes(tmp_path / "missing") is None

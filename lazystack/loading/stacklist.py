@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,8 @@ def format_bytes(n: int | None) -> str:
 def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
 
-    A ``path@N`` suffix (scene / series) is ignored: the size is the file's.
+    A ``path@N`` (scene / series) and a ``#level=k`` (pyramid level) suffix
+    are ignored: the size is the file's.
     """
     text = os.fspath(source)
     if text.lower().startswith("file://"):
@@ -69,8 +71,8 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     elif "://" in text:
         return None
     path = Path(text)
-    if not path.exists() and "@" in text:
-        path = Path(text.rsplit("@", 1)[0])
+    if not path.exists():
+        path = Path(re.sub(r"(@\d+)?(#level=\d+)?$", "", text, count=1))
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():
