@@ -287,6 +287,29 @@ def test_show_draws_on_given_axes_and_stack_method() -> None:
         plt.close(fig)
 
 
+def test_stack_show_takes_and_forwards_every_option_of_lazystack_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from lazystack.core import extensions
+
+    # the method documents and accepts lazystack.show's options (scalebar=, ticks=, colors=, rgb= ...)
+    method = list(inspect.signature(LazyImageStack.show).parameters.values())[1:]
+    function = list(inspect.signature(show).parameters.values())[1:]
+    assert [(p.name, p.kind, p.default) for p in method] == [(p.name, p.kind, p.default) for p in function]
+    doc = inspect.getdoc(LazyImageStack.show) or ""
+    for p in function:
+        assert f"{p.name} :" in doc or p.kind is p.VAR_KEYWORD, p.name
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setitem(extensions._PROVIDED, "show", lambda *a, **k: calls.append((a, k)))
+    stack = _stack((3, 8, 8), "CYX")
+    stack.show(0, ["all"], ticks="physical", scalebar="upper left", colors=["red"], rgb=False, vmin=1)
+    ((args, kwargs),) = calls
+    assert args == (stack, 0, ["all"], None)
+    expected = {"ticks": "physical", "scalebar": "upper left", "colors": ["red"], "rgb": False, "vmin": 1}
+    assert {k: kwargs[k] for k in expected} == expected
+    assert kwargs["max_size"] == 512
+
+
 def test_show_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
