@@ -507,7 +507,7 @@ def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
     path, _, _ = multi_scene
     stack = load_czis(path, "SCZYX")[1]
     first = stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70))
-    manager = stack.reader._process_manager()
+    manager = stack.reader._manager
     with manager.acquire_context() as handle:
         pass
     closer = threading.Thread(target=stack.close)

@@ -1,4 +1,4 @@
-"""A guard for memory maps every format back end that maps files uses.
+"""What file back ends share: the stamp of an opened file and a guard for memory maps.
 
 Per-process file handles are [`FileManager`][lazystack.io.process.FileManager]s.
 
@@ -9,10 +9,11 @@ capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Read
 from __future__ import annotations
 
 import mmap
+import os
 
 from ..core.errors import SourceReadError
 
-__all__ = ["check_mapped_size"]
+__all__ = ["check_mapped_size", "file_stamp"]
 
 
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
@@ -40,3 +41,8 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
             f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
         )
         raise SourceReadError(msg)
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
+    return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)

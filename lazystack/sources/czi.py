@@ -98,7 +98,8 @@ from ..core.errors import (
     import_optional,
 )
 from ..io.cache import get_chunk_cache
-from ..io.chunked import FunctionChunkedReader
+from ..io.chunked import FunctionChunkedReader, normalize_key
+from ..io.handles import file_stamp
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -486,8 +487,7 @@ class CziSceneReader(Reader):
         if self._stamp is None:
             return
         try:
-            st = os.stat(self.path)
-            now = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
+            now = file_stamp(os.stat(self.path))
         except OSError as exc:
             msg = f"CZI file {self._where!r} cannot be read any more ({exc}); load it again if it was moved"
             raise SourceReadError(msg) from exc
@@ -506,11 +506,7 @@ class CziSceneReader(Reader):
 
     def close(self) -> None:
         """Close this file's handle in this process (it reopens when read again)."""
-        self._process_manager().close()
-
-    def _process_manager(self) -> FileManager:
-        """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
-        return self._manager
+        self._manager.close()
 
     @property
     def _where(self) -> str:
@@ -522,30 +518,12 @@ class CziSceneReader(Reader):
 
     # -- reading -------------------------------------------------------------------------------
     def _normalise(self, key: Any) -> list[int | slice]:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if Ellipsis in key:
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (len(self.shape) - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (len(self.shape) - len(key))
-        if len(key) != len(self.shape):
-            msg = f"too many indices ({len(key)}) for a CZI scene of shape {self.shape} (axes {self.axes!r})"
-            raise IndexError(msg)
-        out: list[int | slice] = []
-        for k, n in zip(key, self.shape, strict=True):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    msg = f"CziSceneReader supports step-1 slices only, got {k!r}"
-                    raise IndexError(msg)
-                out.append(slice(start, max(start, stop)))
-            else:
-                i = int(k)
-                if not -n <= i < n:
-                    msg = f"index {i} is out of range for an axis of size {n} (axes {self.axes!r}, shape {self.shape})"
-                    raise IndexError(msg)
-                out.append(i % n)
-        return out
+        """Key -> a step-1 slice within bounds per axis, an int where the key drops the axis."""
+        try:
+            region, drop = normalize_key(key, self.shape)
+        except (IndexError, TypeError) as exc:
+            raise type(exc)(f"{exc} (CZI scene {self._where!r}, axes {self.axes!r}, shape {self.shape})") from None
+        return [r.start if axis in drop else r for axis, r in enumerate(region)]
 
     def _plane_coords(self, axis: str, index: int) -> dict[str, int]:
         dims = self._plane_dims[axis]
@@ -589,7 +567,7 @@ class CziSceneReader(Reader):
             by_channel.setdefault(cc // spp, []).append((j, cc % spp))
         loop_axes = [a for a in self.axes if a in self._plane_dims]
         loops = [list(enumerate(ranges[pos[a]])) for a in loop_axes]
-        with _live_handle(self._process_manager(), self._where) as handle:
+        with _live_handle(self._manager, self._where) as handle:
             for combo in itertools.product(*loops):
                 plane: dict[str, int] = {}
                 where: dict[str, int] = {}
@@ -770,7 +748,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     depth = axes[2] if len(axes) == 5 else None
     sizes = {a: v for a, v in info.pixel_sizes.items() if a in "XY" or (a == "Z" and depth == "Z")}
     st = os.stat(path)
-    stamp = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
+    stamp = file_stamp(st)
     scenes: list[int | None] = [wanted] if wanted is not None else ([*sorted(info.scenes)] if info.scenes else [None])
     opened = []
     for scene in scenes:

@@ -112,7 +112,7 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size
+from ..io.handles import check_mapped_size, file_stamp
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -163,11 +163,6 @@ class _HandleClosedError(Exception):
 
 #: A read whose handle keeps being closed under it gives up after this many fresh handles.
 _REOPEN_ATTEMPTS = 50
-
-
-def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
-    """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
-    return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
 
 
 def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
