@@ -13,7 +13,7 @@ import os
 
 from ..core.errors import SourceReadError
 
-__all__ = ["check_mapped_size", "file_stamp"]
+__all__ = ["check_mapped_size", "check_stamp", "file_stamp"]
 
 
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
@@ -46,3 +46,32 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
 def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
     """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
     return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
+
+
+def check_stamp(what: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
+    """Raise SourceReadError when the file ``st`` describes is not the one a stack was opened on.
+
+    A file replaced (renamed over: new inode) or rewritten (new size or
+    modification time) after it was opened would otherwise be read as if it
+    were the same file, silently returning other data (or mixing cached
+    chunks of the old file with reads of the new one).
+
+    Parameters
+    ----------
+    what : str
+        Names the file in the message (``"TIFF file 'a.tif'"``).
+    stamp : tuple of int or None
+        [`file_stamp()`][file_stamp] when the stack was opened (None: not checked).
+    st : os.stat_result
+        The file now.
+    """
+    if stamp is None:
+        return
+    now = file_stamp(st)
+    if tuple(stamp) != now:
+        changed = [n for n, a, b in zip(("inode", "size", "mtime_ns"), stamp, now, strict=True) if a != b]
+        msg = (
+            f"{what} changed since the stack was opened ({', '.join(changed)}: {tuple(stamp)} -> {now}, "
+            "as (inode, size, mtime_ns)); load it again to read the new file"
+        )
+        raise SourceReadError(msg)

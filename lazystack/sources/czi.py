@@ -99,7 +99,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import file_stamp
+from ..io.handles import check_stamp, file_stamp
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -487,16 +487,11 @@ class CziSceneReader(Reader):
         if self._stamp is None:
             return
         try:
-            now = file_stamp(os.stat(self.path))
+            st = os.stat(self.path)
         except OSError as exc:
             msg = f"CZI file {self._where!r} cannot be read any more ({exc}); load it again if it was moved"
             raise SourceReadError(msg) from exc
-        if now != self._stamp:
-            msg = (
-                f"CZI file {self._where!r} changed since the stack was opened ((inode, size, mtime_ns) "
-                f"{self._stamp} -> {now}); load it again to read the new file"
-            )
-            raise SourceReadError(msg)
+        check_stamp(f"CZI file {self._where!r}", self._stamp, st)
 
     def _fetch_block(self, index: tuple[int, ...]) -> np.ndarray:
         """One cache block: its rectangle of one plane (one file channel), cut at the scene's edge."""

@@ -112,7 +112,7 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size, file_stamp
+from ..io.handles import check_mapped_size, check_stamp, file_stamp
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -165,25 +165,6 @@ class _HandleClosedError(Exception):
 _REOPEN_ATTEMPTS = 50
 
 
-def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
-    """Raise SourceReadError when the file now at ``path`` is not the one the stack was opened on.
-
-    A file replaced (renamed over: new inode) or rewritten (new size or
-    modification time) after [`open_tiff()`][open_tiff] would otherwise be read as if
-    it were the same file, silently returning other data.
-    """
-    if stamp is None:
-        return
-    now = file_stamp(st)
-    if tuple(stamp) != now:
-        what = [n for n, a, b in zip(("inode", "size", "mtime_ns"), stamp, now, strict=True) if a != b]
-        msg = (
-            f"TIFF file {path!r} changed since the stack was opened ({', '.join(what)}: {tuple(stamp)} -> {now}, "
-            "as (inode, size, mtime_ns)); load it again to read the new file"
-        )
-        raise SourceReadError(msg)
-
-
 def _fstat(fh: Any, path: str) -> os.stat_result:
     """stat of the file tifffile opened (its descriptor), else of the path."""
     with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -219,7 +200,7 @@ class _MemmapHandle:
             raise SourceReadError(msg) from exc
         with fh:
             st = os.fstat(fh.fileno())
-            check_stamp(path, stamp, st)
+            check_stamp(f"TIFF file {path!r}", stamp, st)
             if offset + nbytes > st.st_size:
                 msg = (
                     f"TIFF file {path!r} is truncated: its image data need bytes {offset} to {offset + nbytes}, "
@@ -320,7 +301,7 @@ class _TiffHandle:
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
             self.fh = self.tif.filehandle
-            check_stamp(path, stamp, _fstat(self.fh, path))
+            check_stamp(f"TIFF file {path!r}", stamp, _fstat(self.fh, path))
             self.fd: int | None = None
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -348,7 +329,7 @@ class _TiffHandle:
     def check_unchanged(self) -> None:
         """Raise SourceReadError when the open file was rewritten in place (size or mtime changed)."""
         if self.stamp is not None and self.fd is not None:
-            check_stamp(self.path, self.stamp, os.fstat(self.fd))
+            check_stamp(f"TIFF file {self.path!r}", self.stamp, os.fstat(self.fd))
 
     def enter(self) -> bool:
         """Register a read in flight; False when the handle is already closed (acquire a fresh one)."""
