@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 
 from ..core.errors import SourceReadError
 
-__all__ = ["check_mapped_size", "check_stamp", "file_stamp"]
+__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "split_source"]
+
+_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
@@ -75,3 +78,15 @@ def check_stamp(what: str, stamp: tuple[int, int, int] | None, st: os.stat_resul
             "as (inode, size, mtime_ns)); load it again to read the new file"
         )
         raise SourceReadError(msg)
+
+
+def split_source(path: str) -> tuple[str, int | None, int | None]:
+    """``"file@2#level=1"`` -> ``("file", 2, 1)`` (scene / series index and level optional).
+
+    A path that exists as given is returned whole, ``(path, None, None)``.
+    """
+    m = _SUFFIX.match(path)
+    if m is None or os.path.exists(path):
+        return path, None, None
+    index, level = m["index"], m["level"]
+    return m["path"], None if index is None else int(index), None if level is None else int(level)

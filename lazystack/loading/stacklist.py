@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import html
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.units import format_sizes
+from ..io.handles import split_source
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -70,9 +70,7 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
         text = text[len("file://") :]
     elif "://" in text:
         return None
-    path = Path(text)
-    if not path.exists():
-        path = Path(re.sub(r"(@\d+)?(#level=\d+)?$", "", text, count=1))
+    path = Path(split_source(text)[0])
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from typing import Any
 
@@ -51,13 +50,13 @@ from ..core.errors import (
     import_optional,
 )
 from ..io.chunked import normalize_key
+from ..io.handles import split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 
 BIOIO_DIMS = "TCZYX"
-_SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
 
 
 def _import_bioio() -> Any:
@@ -196,12 +195,8 @@ def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
 
 
 def _split_scene(path: str) -> tuple[str, int | None]:
-    if os.path.exists(path):
-        return path, None
-    m = _SCENE_SUFFIX.match(path)
-    if m is None:
-        return path, None
-    return m.group("path"), int(m.group("scene"))
+    base, scene, level = split_source(path)
+    return (path, None) if scene is None or level is not None else (base, scene)
 
 
 def _plan(axes: str, dims: str, shape: tuple[int, ...], where: str) -> tuple[str | None, ...]:

@@ -78,7 +78,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -99,7 +98,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import check_stamp, file_stamp
+from ..io.handles import check_stamp, file_stamp, split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -129,7 +128,6 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
 }
 
 _MAGIC = b"ZISRAWFILE"
-_SCENE_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<scene>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
 def _import_pyczi() -> Any:
@@ -610,17 +608,6 @@ def _validate_czi_axes(axes: str) -> str:
     return axes.upper()
 
 
-def _split_scene(path: str) -> tuple[str, int | None, int | None]:
-    """``"file.czi@2#level=1"`` -> ``("file.czi", 2, 1)`` (scene and level optional), unless that file exists."""
-    if os.path.exists(path):
-        return path, None, None
-    m = _SCENE_SUFFIX.match(path)
-    if m is None:
-        return path, None, None
-    scene, level = m.group("scene"), m.group("level")
-    return m.group("path"), None if scene is None else int(scene), None if level is None else int(level)
-
-
 def _token(path: str, scene: int | None, axes: str, factor: int = 1) -> str:
     st = os.stat(path)
     text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}" + (
@@ -713,7 +700,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     axes = _validate_czi_axes(axes)
     _import_pyczi()
     given = os.fspath(path)
-    path, wanted, wanted_level = _split_scene(given)
+    path, wanted, wanted_level = split_source(given)
     _check_file(path)
     check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
     manager = FileManager(_open_handle, path, mode="r")
@@ -818,7 +805,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     SourceFormatError
         When the file is not a readable CZI.
     """
-    file_path, _, _ = _split_scene(os.fspath(path))
+    file_path, _, _ = split_source(os.fspath(path))
     pyczi = _import_pyczi()
     try:
         with pyczi.open_czi(str(file_path)) as doc:

@@ -99,7 +99,6 @@ import itertools
 import math
 import mmap
 import os
-import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -112,7 +111,7 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size, check_stamp, file_stamp
+from ..io.handles import check_mapped_size, check_stamp, file_stamp, split_source
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -147,7 +146,6 @@ def _pmd_bytes() -> int:
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 #: Pages whose segment offsets are remembered per open file.
 _PAGES_MAX = 1 << 16
-_SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)(?:#level=(?P<level>\d+))?$")
 
 
 def _tifffile() -> Any:
@@ -840,14 +838,9 @@ def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReade
 
 # -- opening -----------------------------------------------------------------------------------
 def _split_series(path: str) -> tuple[str, int | None, int | None]:
-    """``"file.tif@2"`` -> ``("file.tif", 2, None)``, ``"file.tif@2#level=1"`` -> ``("file.tif", 2, 1)``.
-
-    Unless a file of that exact name exists.
-    """
-    m = _SERIES_SUFFIX.match(path)
-    if m is None or os.path.exists(path):
-        return path, None, None
-    return m["path"], int(m["series"]), None if m["level"] is None else int(m["level"])
+    """``"file.tif@2"`` -> ``("file.tif", 2, None)``, ``"file.tif@2#level=1"`` -> ``("file.tif", 2, 1)``."""
+    base, series, level = split_source(path)
+    return (path, None, None) if series is None else (base, series, level)
 
 
 def _check_file(path: str) -> None:
