@@ -820,26 +820,100 @@ class LazyImageStack:
         """
         return provided("normalized")(self, stats, **options)
 
-    def show(self, **options: Any) -> Any:
-        """Render a quick look at one plane with matplotlib (the ``plot`` extra).
+    def show(
+        self,
+        sample: int = 0,
+        channel: int | str | Sequence[int | str] | None = None,
+        z: int | None = None,
+        *,
+        max_size: int = 512,
+        use_levels: bool = True,
+        ax: Any = None,
+        cmap: str = "gray",
+        robust: bool = True,
+        colorbar: bool = True,
+        rgb: bool | None = None,
+        colors: Sequence[Any] | None = None,
+        scalebar: bool | str = True,
+        ticks: str = "pixels",
+        **imshow_kwargs: Any,
+    ) -> Any:
+        """Draw one plane with matplotlib (the ``plot`` extra): [`lazystack.show()`][lazystack.show] of this stack.
+
+        Only that plane is read, for the channels shown, at most ``max_size``
+        pixels a side. One channel is drawn with ``cmap``; several (a list or
+        ``"all"``) are blended additively in ``colors``; RGB(A) pixels are
+        shown in true colour. A scale bar is drawn when the stack has a
+        physical pixel size along X with a unit.
 
         Parameters
         ----------
-        **options
-            Passed to [`lazystack.show()`][lazystack.show] (``sample=``, ``channel=``,
-            ``z=``, ``max_size=``, ``ax=``).
+        sample : int
+            Canonical sample index.
+        channel : int, str, sequence or "all", optional
+            A channel index or name; a list of them, or ``"all"``, for a
+            composite. Default: every channel of an RGB(A) stack, else channel 0.
+        z : int, optional
+            Z plane (default: the middle one) for stacks with ``Z``.
+        max_size : int
+            Largest number of pixels read along Y or X.
+        use_levels : bool
+            Read a coarser level of an OME-Zarr pyramid when there is one.
+        ax : matplotlib.axes.Axes, optional
+            Where to draw (default: a new figure).
+        cmap : str
+            Colour map of one channel.
+        robust : bool
+            Stretch each channel's contrast between its 2nd and 98th
+            percentiles instead of its minimum and maximum (unless ``vmin`` /
+            ``vmax`` are given).
+        colorbar : bool
+            Add a colour bar (one channel) or a legend of the channels' colours (a composite).
+        rgb : bool, optional
+            Show 3 or 4 channels as RGB(A) samples (True) or as a composite
+            (False); default: when they are RGB(A) (names ending in R, G, B
+            (A), colour samples declared by the source, or unnamed ``uint8``).
+        colors : sequence, optional
+            A matplotlib colour per channel of a composite; default: red,
+            lime, blue for channels named R, G, B, else magenta, lime, cyan,
+            yellow, red, blue in turn.
+        scalebar : bool or str
+            Draw a scale bar (``True``: lower right), none (``False``), or at
+            a matplotlib location name (``"upper left"`` ...).
+        ticks : {"pixels", "physical"}
+            Axis ticks in pixels of the full-resolution plane, or at the
+            stack's physical positions (needs pixel sizes along Y and X).
+        **imshow_kwargs
+            Passed to `matplotlib.axes.Axes.imshow()`; for a composite,
+            ``vmin`` / ``vmax`` may be one number or one per channel.
 
         Returns
         -------
-        matplotlib object
-            What [`lazystack.show()`][lazystack.show] returns.
+        matplotlib.axes.Axes
+            The axes drawn on (its figure is ``ax.figure``).
 
         Notes
         -----
-        The same as ``lazystack.show(stack, **options)`` (the front-end
-        layer; see `lazystack.core.extensions`).
+        The same as ``lazystack.show(stack, ...)`` (the front-end layer; see
+        `lazystack.core.extensions`), which documents the colour and scale-bar rules in full.
         """
-        return provided("show")(self, **options)
+        return provided("show")(
+            self,
+            sample,
+            channel,
+            z,
+            max_size=max_size,
+            use_levels=use_levels,
+            ax=ax,
+            cmap=cmap,
+            robust=robust,
+            colorbar=colorbar,
+            rgb=rgb,
+            colors=colors,
+            scalebar=scalebar,
+            ticks=ticks,
+            **imshow_kwargs,
+        )
 
     # -- views --------------------------------------------------------------------
     def isel(self, **indexers: int | slice) -> LazyImageStack:
@@ -1083,7 +1157,7 @@ class LazyImageStack:
             dims=tuple(axes),
             coords=coords,
             attrs=attrs,
-            name=_short_name(self._source),
+            name=short_name(self._source),
         )
 
     def compute(self) -> np.ndarray:
@@ -1138,7 +1212,7 @@ class LazyImageStack:
         facts = [
             ("source", str(self._source)),
             ("format", self._format),
-            ("original", f"{m.axes} {m.shape}"),
+            ("original", f"{self.original_axes} {self.original_data_shape}"),
             ("canonical", f"{m.canonical_axes} {m.canonical_shape}"),
             ("dtype", str(self.data_dtype)),
             ("chunks", str(tuple(c[0] if c else 0 for c in self._view_chunks()))),
@@ -1288,6 +1362,7 @@ def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A0
     raise SourceFormatError(msg)
 
 
-def _short_name(source: Any) -> str:
+def short_name(source: Any) -> str:
+    """The last path component of ``source`` (the source itself when it has none): an image's display name."""
     text = str(source).rstrip("/")
     return text.rsplit("/", 1)[-1] or text

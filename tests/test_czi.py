@@ -507,7 +507,7 @@ def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
     path, _, _ = multi_scene
     stack = load_czis(path, "SCZYX")[1]
     first = stack.extract_patch(0, None, (0, 0, 0), (3, 30, 70))
-    manager = stack.reader._process_manager()
+    manager = stack.reader._manager
     with manager.acquire_context() as handle:
         pass
     closer = threading.Thread(target=stack.close)
@@ -673,3 +673,15 @@ def test_unknown_pixel_type_names_the_file_and_the_supported_types(tmp_path: Pat
     path.write_bytes(bytes(raw))
     with pytest.raises(SourceFormatError, match=r"ptype\.czi.*pixel type.*'Gray16'"):
         load_czis(path, "SCYX")
+
+
+def test_stack_repr_shows_the_original_axes_the_stacklist_shows(shared_czi_dir: Path) -> None:
+    # original_axes names a CZI's merged dimensions (TB here, not S): the stack's own facts
+    # table, its text repr and the StackList row all show that, not the reader's SCZYX
+    (stack,) = load_czis([shared_czi_dir / "CellDivision_T3_Z5_CH2_X240_Y170.czi"], "SCZYX")
+    assert (stack.original_axes, stack.original_data_shape) == ("TBCZYX", (3, 1, 2, 5, 170, 240))
+    shown = "TBCZYX (3, 1, 2, 5, 170, 240)"
+    row = lazystack.StackList([stack])._rows()[0]
+    assert row["original"] == shown
+    assert f"original:   {shown}" in repr(stack)
+    assert f"<th style='text-align:left'>original</th><td style='text-align:left'>{shown}</td>" in stack._repr_html_()

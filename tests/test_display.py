@@ -112,6 +112,8 @@ def test_format_bytes_and_disk_size(tmp_path: Path) -> None:
     (tmp_path / "d" / "b").write_bytes(b"x" * 5)
     assert source_disk_bytes(tmp_path / "f.bin") == 100
     assert source_disk_bytes(f"{tmp_path / 'f.bin'}@2") == 100
+    assert source_disk_bytes(f"{tmp_path / 'f.bin'}#level=1") == 100  # a scene-less CZI level
+    assert source_disk_bytes(f"{tmp_path / 'f.bin'}@2#level=3") == 100  # a TIFF series level
     assert source_disk_bytes(f"file://{tmp_path / 'd'}") == 15
     assert source_disk_bytes("s3://bucket/x.zarr") is None
     assert source_disk_bytes(tmp_path / "missing") is None
@@ -283,6 +285,29 @@ def test_show_draws_on_given_axes_and_stack_method() -> None:
             plt.close(ax.figure)
     finally:
         plt.close(fig)
+
+
+def test_stack_show_takes_and_forwards_every_option_of_lazystack_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from lazystack.core import extensions
+
+    # the method documents and accepts lazystack.show's options (scalebar=, ticks=, colors=, rgb= ...)
+    method = list(inspect.signature(LazyImageStack.show).parameters.values())[1:]
+    function = list(inspect.signature(show).parameters.values())[1:]
+    assert [(p.name, p.kind, p.default) for p in method] == [(p.name, p.kind, p.default) for p in function]
+    doc = inspect.getdoc(LazyImageStack.show) or ""
+    for p in function:
+        assert f"{p.name} :" in doc or p.kind is p.VAR_KEYWORD, p.name
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setitem(extensions._PROVIDED, "show", lambda *a, **k: calls.append((a, k)))
+    stack = _stack((3, 8, 8), "CYX")
+    stack.show(0, ["all"], ticks="physical", scalebar="upper left", colors=["red"], rgb=False, vmin=1)
+    ((args, kwargs),) = calls
+    assert args == (stack, 0, ["all"], None)
+    expected = {"ticks": "physical", "scalebar": "upper left", "colors": ["red"], "rgb": False, "vmin": 1}
+    assert {k: kwargs[k] for k in expected} == expected
+    assert kwargs["max_size"] == 512
 
 
 def test_show_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from lazystack.io import process
-from lazystack.io.handles import ProcessLocalFileManager
 from lazystack.io.process import FileManager, at_fork, current_pid, max_open_files, set_max_open_files
 
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -60,10 +59,6 @@ def path(tmp_path: Path) -> str:
     p = tmp_path / "f.bin"
     p.write_bytes(bytes(range(256)))
     return str(p)
-
-
-def test_the_sources_use_this_manager() -> None:
-    assert ProcessLocalFileManager is FileManager
 
 
 def test_opens_lazily_once_and_reopens_after_close(log: Any) -> None:
@@ -156,7 +151,7 @@ def test_default_bound_follows_the_open_file_limit() -> None:
 @needs_fork
 @pytest.mark.timeout(60)
 def test_forked_child_reopens_instead_of_sharing_the_offset(path: str) -> None:
-    manager = ProcessLocalFileManager(open, path, kwargs={"mode": "rb"})
+    manager = FileManager(open, path, kwargs={"mode": "rb"})
     parent = manager.acquire()
     parent.seek(10)
     pid = os.fork()
@@ -193,7 +188,7 @@ def test_forked_child_never_waits_on_a_lock_held_in_the_parent(log: Any) -> None
 
 
 def test_pickles_without_the_handle_and_keeps_an_omitted_mode(path: str) -> None:
-    manager = ProcessLocalFileManager(_open_binary, path)
+    manager = FileManager(_open_binary, path)
     manager.acquire().read(1)
     blob = pickle.dumps(manager)
     assert len(blob) < 500  # the recipe, not the file

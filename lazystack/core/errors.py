@@ -9,6 +9,9 @@ path where there is one, and what would have been accepted.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __all__ = [
     "AxesError",
     "ChannelIndexError",
@@ -23,6 +26,7 @@ __all__ = [
     "SourceNotFoundError",
     "SourceReadError",
     "UnsupportedSourceError",
+    "import_optional",
 ]
 
 
@@ -80,3 +84,33 @@ class MetadataWarning(UserWarning):
     The message names the file and the metadata field; the odd value is left out.
     Turn these into errors with ``warnings.simplefilter("error", lazystack.MetadataWarning)``.
     """
+
+
+def import_optional(module: str, needed_for: str, install: str) -> Any:
+    """Import the optional dependency ``module`` or raise an error that says how to install it.
+
+    Parameters
+    ----------
+    module : str
+        Absolute module name (``"pylibCZIrw.czi"``, ``"bioio"``).
+    needed_for : str
+        What needs it, the start of the message (``"reading CZI files"``).
+    install : str
+        What to install (``"lazystack[czi] (pip install 'lazystack[czi]')"``).
+
+    Returns
+    -------
+    module
+        The imported module.
+
+    Raises
+    ------
+    MissingDependencyError
+        When ``module`` cannot be imported; the message names the module, the
+        import error and ``install``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"{needed_for} needs {module}, which cannot be imported ({exc}): install {install}"
+        raise MissingDependencyError(msg) from exc

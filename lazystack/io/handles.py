@@ -1,4 +1,6 @@
-"""What every format back end shares: per-process file handles and a guard for memory maps.
+"""What file back ends share: the stamp of an opened file and a guard for memory maps.
+
+Per-process file handles are [`FileManager`][lazystack.io.process.FileManager]s.
 
 The reader contract itself (shape, dtype, chunk grid, region reads,
 capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Reader].
@@ -7,14 +9,14 @@ capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Read
 from __future__ import annotations
 
 import mmap
+import os
+import re
 
 from ..core.errors import SourceReadError
-from .process import FileManager
 
-__all__ = ["ProcessLocalFileManager", "check_mapped_size"]
+__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "split_source"]
 
-#: The per-process file-handle manager every back end uses (see [`FileManager`][lazystack.io.process.FileManager]).
-ProcessLocalFileManager = FileManager
+_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
 def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
@@ -42,3 +44,49 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
             f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
         )
         raise SourceReadError(msg)
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
+    return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
+
+
+def check_stamp(what: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
+    """Raise SourceReadError when the file ``st`` describes is not the one a stack was opened on.
+
+    A file replaced (renamed over: new inode) or rewritten (new size or
+    modification time) after it was opened would otherwise be read as if it
+    were the same file, silently returning other data (or mixing cached
+    chunks of the old file with reads of the new one).
+
+    Parameters
+    ----------
+    what : str
+        Names the file in the message (``"TIFF file 'a.tif'"``).
+    stamp : tuple of int or None
+        [`file_stamp()`][file_stamp] when the stack was opened (None: not checked).
+    st : os.stat_result
+        The file now.
+    """
+    if stamp is None:
+        return
+    now = file_stamp(st)
+    if tuple(stamp) != now:
+        changed = [n for n, a, b in zip(("inode", "size", "mtime_ns"), stamp, now, strict=True) if a != b]
+        msg = (
+            f"{what} changed since the stack was opened ({', '.join(changed)}: {tuple(stamp)} -> {now}, "
+            "as (inode, size, mtime_ns)); load it again to read the new file"
+        )
+        raise SourceReadError(msg)
+
+
+def split_source(path: str) -> tuple[str, int | None, int | None]:
+    """``"file@2#level=1"`` -> ``("file", 2, 1)`` (scene / series index and level optional).
+
+    A path that exists as given is returned whole, ``(path, None, None)``.
+    """
+    m = _SUFFIX.match(path)
+    if m is None or os.path.exists(path):
+        return path, None, None
+    index, level = m["index"], m["level"]
+    return m["path"], None if index is None else int(index), None if level is None else int(level)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.units import format_sizes
+from ..io.handles import split_source
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -61,16 +62,15 @@ def format_bytes(n: int | None) -> str:
 def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
 
-    A ``path@N`` suffix (scene / series) is ignored: the size is the file's.
+    A ``path@N`` (scene / series) and a ``#level=k`` (pyramid level) suffix
+    are ignored: the size is the file's.
     """
     text = os.fspath(source)
     if text.lower().startswith("file://"):
         text = text[len("file://") :]
     elif "://" in text:
         return None
-    path = Path(text)
-    if not path.exists() and "@" in text:
-        path = Path(text.rsplit("@", 1)[0])
+    path = Path(split_source(text)[0])
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():

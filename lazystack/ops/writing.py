@@ -79,6 +79,7 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
+from ..stack import short_name
 from .progress import compute
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def _image_metadata(
     if sample is not None:
         origin["sample"] = sample
     multiscale: dict[str, Any] = {
-        "name": _image_name(stack) + ("" if sample is None else f" sample {sample}"),
+        "name": short_name(stack.source) + ("" if sample is None else f" sample {sample}"),
         "axes": _axes_metadata(written, sizes, stack.attrs.get("units")),
         "datasets": [_dataset_metadata(written, sizes, level, downscale, first) for level in range(n_levels)],
         "type": "mean",
@@ -246,11 +247,6 @@ def _image_metadata(
     if names and "C" in written:
         ome["omero"] = {"channels": [{"label": str(n), "active": True} for n in names]}
     return ome
-
-
-def _image_name(stack: LazyImageStack) -> str:
-    text = str(stack.source).rstrip("/")
-    return text.rsplit("/", 1)[-1] or text
 
 
 def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int | None]]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from typing import Any
 
@@ -44,29 +43,24 @@ import numpy as np
 
 from ..core.errors import (
     LazyStackError,
-    MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
     SourceReadError,
+    import_optional,
 )
 from ..io.chunked import normalize_key
-from ..io.handles import ProcessLocalFileManager
+from ..io.handles import split_source
+from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 
 BIOIO_DIMS = "TCZYX"
-_SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
 
 
 def _import_bioio() -> Any:
-    try:
-        import bioio  # the bioio package (absolute import), not this module
-    except ImportError as exc:
-        msg = "load_bioio needs bioio and a reader plugin for the format: install lazystack[czi] or pip install bioio"
-        raise MissingDependencyError(msg) from exc
-    return bioio
+    return import_optional("bioio", "load_bioio", "lazystack[czi] or pip install bioio")
 
 
 class _SceneHandle:
@@ -89,7 +83,7 @@ class _SceneHandle:
 
 
 class BioioSceneReader(Reader):
-    """Chunk reader over one scene of a file read by bioio (see [`lazystack.io.handles`][lazystack.io.handles]).
+    """Chunk reader over one scene of a file read by bioio (see [`lazystack.io.process`][lazystack.io.process]).
 
     Parameters
     ----------
@@ -139,7 +133,7 @@ class BioioSceneReader(Reader):
         self.chunks = chunks
         self.token = token
         # one handle per process: a forked child never uses its parent's
-        self._manager = ProcessLocalFileManager(_SceneHandle, path, scene, dict(options))
+        self._manager = FileManager(_SceneHandle, path, scene, dict(options))
 
     def close(self) -> None:
         """Drop this process's open bioio image (it reopens when read again)."""
@@ -201,12 +195,8 @@ def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
 
 
 def _split_scene(path: str) -> tuple[str, int | None]:
-    if os.path.exists(path):
-        return path, None
-    m = _SCENE_SUFFIX.match(path)
-    if m is None:
-        return path, None
-    return m.group("path"), int(m.group("scene"))
+    base, scene, level = split_source(path)
+    return (path, None) if scene is None or level is not None else (base, scene)
 
 
 def _plan(axes: str, dims: str, shape: tuple[int, ...], where: str) -> tuple[str | None, ...]:

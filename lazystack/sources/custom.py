@@ -51,8 +51,8 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.cache import ChunkCache, parse_size
-from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.process import at_fork
+from ..io.handles import check_mapped_size
+from ..io.process import FileManager, at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
@@ -217,7 +217,7 @@ class CustomReader(Reader):
         self.eager = eager
         self.token = token
         self._recipe = _Recipe(path, read_func, self.read_kwargs)
-        self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
+        self._manager = None if eager else FileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
         recipe = {"shape": self.shape, "dtype": self.dtype.str, "chunks": self.chunks, "eager": self.eager}

@@ -66,7 +66,7 @@ The reader asks pylibCZIrw for the rectangle a key covers, one plane (one
 the sub-blocks the patch overlaps. The dask chunks hold at most one plane,
 split into blocks of at most [`BLOCK`][BLOCK] x [`BLOCK`][BLOCK] pixels.
 
-Handles live in a [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager]
+Handles live in a [`FileManager`][lazystack.io.process.FileManager]
 shared by the scenes of a file: a reader pickles as its recipe and reopens in
 the process that uses it. pylibCZIrw holds the GIL while it reads and does not
 document its handles as thread-safe, so reads on one handle are serialised
@@ -78,7 +78,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import re
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -91,15 +90,16 @@ import numpy as np
 
 from ..core.errors import (
     AxesError,
-    MissingDependencyError,
     ShapeMismatchError,
     SourceFormatError,
     SourceNotFoundError,
     SourceReadError,
+    import_optional,
 )
 from ..io.cache import get_chunk_cache
-from ..io.chunked import FunctionChunkedReader
-from ..io.handles import ProcessLocalFileManager
+from ..io.chunked import FunctionChunkedReader, normalize_key
+from ..io.handles import check_stamp, file_stamp, split_source
+from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
 
@@ -128,19 +128,10 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
 }
 
 _MAGIC = b"ZISRAWFILE"
-_SCENE_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<scene>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
 def _import_pyczi() -> Any:
-    try:
-        from pylibCZIrw import czi as pyczi
-    except ImportError as exc:
-        msg = (
-            "reading CZI files needs pylibCZIrw (and bioio-czi), which are not installed: "
-            "install lazystack[czi] (pip install 'lazystack[czi]')"
-        )
-        raise MissingDependencyError(msg) from exc
-    return pyczi
+    return import_optional("pylibCZIrw.czi", "reading CZI files", "lazystack[czi] (pip install 'lazystack[czi]')")
 
 
 # -- the handle: a pylibCZIrw reader plus a lock ---------------------------------------------
@@ -180,7 +171,7 @@ _REOPEN_TRIES = 20
 
 
 @contextmanager
-def _live_handle(manager: ProcessLocalFileManager, where: str) -> Iterator[_CziHandle]:
+def _live_handle(manager: FileManager, where: str) -> Iterator[_CziHandle]:
     """This process's open handle of the file, with its lock held.
 
     A handle closed by another thread (``close()``, or xarray's LRU evicting
@@ -366,7 +357,7 @@ def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
 
 # -- the chunk reader ------------------------------------------------------------------------
 class CziSceneReader(Reader):
-    """Chunk reader over one scene of a CZI file (see [`lazystack.io.handles`][lazystack.io.handles]).
+    """Chunk reader over one scene of a CZI file (see [`lazystack.io.process`][lazystack.io.process]).
 
     Its axes are ``SC[Z]YX`` ([`axes`][axes]): ``S`` enumerates the file's
     merged dimensions (C order, ``T`` outermost), ``Z`` is the depth axis
@@ -375,7 +366,7 @@ class CziSceneReader(Reader):
 
     Parameters
     ----------
-    manager : ProcessLocalFileManager
+    manager : FileManager
         Opens the file (shared by the scenes of a file).
     path : str
         The CZI file.
@@ -414,11 +405,13 @@ class CziSceneReader(Reader):
         pylibCZIrw's ``zoom=1 / factor`` (see the module documentation, *Pyramids*).
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     token: str
 
     def __init__(
         self,
-        manager: ProcessLocalFileManager,
+        manager: FileManager,
         path: str,
         scene: int | None,
         rect: tuple[int, int, int, int],
@@ -444,29 +437,19 @@ class CziSceneReader(Reader):
         self._plane_dims = plane_dims
         self._channel = channel
         self._pixel_types = pixel_types
-        self._dtype = np.dtype(dtype)
+        self.dtype = np.dtype(dtype)
         self.token = token
         sizes: dict[str, int] = {a: int(np.prod([n for _, _, n in dims])) for a, dims in plane_dims.items()}
         sizes["C"] = channel[1] * channel[2]
         sizes["Y"], sizes["X"] = -(-rect[3] // self.factor), -(-rect[2] // self.factor)
-        self._shape = tuple(sizes[a] for a in axes)
+        self.shape = tuple(sizes[a] for a in axes)
 
     # -- array-like ----------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape in [`axes`][axes] order."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the stored pixels (per colour sample for RGB)."""
-        return self._dtype
-
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """One plane (one file channel for RGB) per chunk, in blocks of at most [`BLOCK`][BLOCK] pixels."""
         out = []
-        for a, n in zip(self.axes, self._shape, strict=True):
+        for a, n in zip(self.axes, self.shape, strict=True):
             if a in "YX":
                 step = BLOCK if n > BLOCK else max(n, 1)
             elif a == "C":
@@ -492,7 +475,7 @@ class CziSceneReader(Reader):
             bh, bw = self._cache_block
             cache_chunks = tuple({"Y": bh, "X": bw, "C": self._channel[2]}.get(a, 1) for a in self.axes)
             chunked = FunctionChunkedReader(
-                self._shape, self._dtype, cache_chunks, f"{self.token}|blocks-{bh}x{bw}", fetch_one=self._fetch_block
+                self.shape, self.dtype, cache_chunks, f"{self.token}|blocks-{bh}x{bw}", fetch_one=self._fetch_block
             )
             self._chunked = chunked
         return chunked
@@ -503,16 +486,10 @@ class CziSceneReader(Reader):
             return
         try:
             st = os.stat(self.path)
-            now = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
         except OSError as exc:
             msg = f"CZI file {self._where!r} cannot be read any more ({exc}); load it again if it was moved"
             raise SourceReadError(msg) from exc
-        if now != self._stamp:
-            msg = (
-                f"CZI file {self._where!r} changed since the stack was opened ((inode, size, mtime_ns) "
-                f"{self._stamp} -> {now}); load it again to read the new file"
-            )
-            raise SourceReadError(msg)
+        check_stamp(f"CZI file {self._where!r}", self._stamp, st)
 
     def _fetch_block(self, index: tuple[int, ...]) -> np.ndarray:
         """One cache block: its rectangle of one plane (one file channel), cut at the scene's edge."""
@@ -522,11 +499,7 @@ class CziSceneReader(Reader):
 
     def close(self) -> None:
         """Close this file's handle in this process (it reopens when read again)."""
-        self._process_manager().close()
-
-    def _process_manager(self) -> ProcessLocalFileManager:
-        """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
-        return self._manager
+        self._manager.close()
 
     @property
     def _where(self) -> str:
@@ -534,34 +507,16 @@ class CziSceneReader(Reader):
         return where if self.factor == 1 else f"{where} (pyramid level with downsample factor {self.factor})"
 
     def __repr__(self) -> str:
-        return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
+        return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self.shape}, dtype={self.dtype})"
 
     # -- reading -------------------------------------------------------------------------------
     def _normalise(self, key: Any) -> list[int | slice]:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if Ellipsis in key:
-            i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (len(self._shape) - len(key) + 1) + key[i + 1 :]
-        key = key + (slice(None),) * (len(self._shape) - len(key))
-        if len(key) != len(self._shape):
-            msg = f"too many indices ({len(key)}) for a CZI scene of shape {self._shape} (axes {self.axes!r})"
-            raise IndexError(msg)
-        out: list[int | slice] = []
-        for k, n in zip(key, self._shape, strict=True):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    msg = f"CziSceneReader supports step-1 slices only, got {k!r}"
-                    raise IndexError(msg)
-                out.append(slice(start, max(start, stop)))
-            else:
-                i = int(k)
-                if not -n <= i < n:
-                    msg = f"index {i} is out of range for an axis of size {n} (axes {self.axes!r}, shape {self._shape})"
-                    raise IndexError(msg)
-                out.append(i % n)
-        return out
+        """Key -> a step-1 slice within bounds per axis, an int where the key drops the axis."""
+        try:
+            region, drop = normalize_key(key, self.shape)
+        except (IndexError, TypeError) as exc:
+            raise type(exc)(f"{exc} (CZI scene {self._where!r}, axes {self.axes!r}, shape {self.shape})") from None
+        return [r.start if axis in drop else r for axis, r in enumerate(region)]
 
     def _plane_coords(self, axis: str, index: int) -> dict[str, int]:
         dims = self._plane_dims[axis]
@@ -589,7 +544,7 @@ class CziSceneReader(Reader):
     def _read_exact(self, norm: list[int | slice]) -> np.ndarray:
         """Read a normalised key's exact rectangle from the file, one plane at a time."""
         ranges = [range(k, k + 1) if isinstance(k, int) else range(k.start, k.stop) for k in norm]
-        out = np.zeros(tuple(len(r) for r in ranges), dtype=self._dtype)
+        out = np.zeros(tuple(len(r) for r in ranges), dtype=self.dtype)
         squeeze = tuple(0 if isinstance(k, int) else slice(None) for k in norm)
         if out.size == 0:
             return out[squeeze]
@@ -605,7 +560,7 @@ class CziSceneReader(Reader):
             by_channel.setdefault(cc // spp, []).append((j, cc % spp))
         loop_axes = [a for a in self.axes if a in self._plane_dims]
         loops = [list(enumerate(ranges[pos[a]])) for a in loop_axes]
-        with _live_handle(self._process_manager(), self._where) as handle:
+        with _live_handle(self._manager, self._where) as handle:
             for combo in itertools.product(*loops):
                 plane: dict[str, int] = {}
                 where: dict[str, int] = {}
@@ -651,17 +606,6 @@ def _validate_czi_axes(axes: str) -> str:
         )
         raise AxesError(msg)
     return axes.upper()
-
-
-def _split_scene(path: str) -> tuple[str, int | None, int | None]:
-    """``"file.czi@2#level=1"`` -> ``("file.czi", 2, 1)`` (scene and level optional), unless that file exists."""
-    if os.path.exists(path):
-        return path, None, None
-    m = _SCENE_SUFFIX.match(path)
-    if m is None:
-        return path, None, None
-    scene, level = m.group("scene"), m.group("level")
-    return m.group("path"), None if scene is None else int(scene), None if level is None else int(level)
 
 
 def _token(path: str, scene: int | None, axes: str, factor: int = 1) -> str:
@@ -756,10 +700,10 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     axes = _validate_czi_axes(axes)
     _import_pyczi()
     given = os.fspath(path)
-    path, wanted, wanted_level = _split_scene(given)
+    path, wanted, wanted_level = split_source(given)
     _check_file(path)
     check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
-    manager = ProcessLocalFileManager(_open_handle, path, mode="r")
+    manager = FileManager(_open_handle, path, mode="r")
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
@@ -786,7 +730,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     depth = axes[2] if len(axes) == 5 else None
     sizes = {a: v for a, v in info.pixel_sizes.items() if a in "XY" or (a == "Z" and depth == "Z")}
     st = os.stat(path)
-    stamp = (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
+    stamp = file_stamp(st)
     scenes: list[int | None] = [wanted] if wanted is not None else ([*sorted(info.scenes)] if info.scenes else [None])
     opened = []
     for scene in scenes:
@@ -861,7 +805,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     SourceFormatError
         When the file is not a readable CZI.
     """
-    file_path, _, _ = _split_scene(os.fspath(path))
+    file_path, _, _ = split_source(os.fspath(path))
     pyczi = _import_pyczi()
     try:
         with pyczi.open_czi(str(file_path)) as doc:

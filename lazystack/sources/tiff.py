@@ -65,7 +65,7 @@ Reading
 Handles
     Readers pickle as a small recipe (path, series, layout), never with an
     open file. Files are opened lazily per process through
-    [`ProcessLocalFileManager`][lazystack.io.handles.ProcessLocalFileManager] (a per-process bounded
+    [`FileManager`][lazystack.io.process.FileManager] (a per-process bounded
     LRU of open files that follows the open-file limit:
     [`lazystack.io.process.max_open_files()`][lazystack.io.process.max_open_files]),
     so thousands of stacks do not exhaust file descriptors and a forked
@@ -99,7 +99,6 @@ import itertools
 import math
 import mmap
 import os
-import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -112,8 +111,8 @@ from ..core.axes import axes_or_none
 from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import ProcessLocalFileManager, check_mapped_size
-from ..io.process import current_pid
+from ..io.handles import check_mapped_size, check_stamp, file_stamp, split_source
+from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
 __all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
@@ -147,7 +146,6 @@ def _pmd_bytes() -> int:
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 #: Pages whose segment offsets are remembered per open file.
 _PAGES_MAX = 1 << 16
-_SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)(?:#level=(?P<level>\d+))?$")
 
 
 def _tifffile() -> Any:
@@ -163,30 +161,6 @@ class _HandleClosedError(Exception):
 
 #: A read whose handle keeps being closed under it gives up after this many fresh handles.
 _REOPEN_ATTEMPTS = 50
-
-
-def file_stamp(st: os.stat_result) -> tuple[int, int, int]:
-    """``(st_ino, st_size, st_mtime_ns)``: what identifies the file a stack was opened on."""
-    return int(st.st_ino), int(st.st_size), int(st.st_mtime_ns)
-
-
-def check_stamp(path: str, stamp: tuple[int, int, int] | None, st: os.stat_result) -> None:
-    """Raise SourceReadError when the file now at ``path`` is not the one the stack was opened on.
-
-    A file replaced (renamed over: new inode) or rewritten (new size or
-    modification time) after [`open_tiff()`][open_tiff] would otherwise be read as if
-    it were the same file, silently returning other data.
-    """
-    if stamp is None:
-        return
-    now = file_stamp(st)
-    if tuple(stamp) != now:
-        what = [n for n, a, b in zip(("inode", "size", "mtime_ns"), stamp, now, strict=True) if a != b]
-        msg = (
-            f"TIFF file {path!r} changed since the stack was opened ({', '.join(what)}: {tuple(stamp)} -> {now}, "
-            "as (inode, size, mtime_ns)); load it again to read the new file"
-        )
-        raise SourceReadError(msg)
 
 
 def _fstat(fh: Any, path: str) -> os.stat_result:
@@ -224,7 +198,7 @@ class _MemmapHandle:
             raise SourceReadError(msg) from exc
         with fh:
             st = os.fstat(fh.fileno())
-            check_stamp(path, stamp, st)
+            check_stamp(f"TIFF file {path!r}", stamp, st)
             if offset + nbytes > st.st_size:
                 msg = (
                     f"TIFF file {path!r} is truncated: its image data need bytes {offset} to {offset + nbytes}, "
@@ -325,7 +299,7 @@ class _TiffHandle:
         self.tif = tifffile.TiffFile(path, mode="rb")
         try:
             self.fh = self.tif.filehandle
-            check_stamp(path, stamp, _fstat(self.fh, path))
+            check_stamp(f"TIFF file {path!r}", stamp, _fstat(self.fh, path))
             self.fd: int | None = None
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -353,7 +327,7 @@ class _TiffHandle:
     def check_unchanged(self) -> None:
         """Raise SourceReadError when the open file was rewritten in place (size or mtime changed)."""
         if self.stamp is not None and self.fd is not None:
-            check_stamp(self.path, self.stamp, os.fstat(self.fd))
+            check_stamp(f"TIFF file {self.path!r}", self.stamp, os.fstat(self.fd))
 
     def enter(self) -> bool:
         """Register a read in flight; False when the handle is already closed (acquire a fresh one)."""
@@ -540,6 +514,8 @@ class TiffReader(Reader):
         Resolution level of the series (tifffile's ``series.levels[level]``; 0 = full resolution).
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     chunks: tuple[tuple[int, ...], ...]
     token: str
     capabilities: ReaderCapabilities
@@ -561,8 +537,8 @@ class TiffReader(Reader):
         self.path = path
         self.series = series
         self.level = int(level)
-        self._shape = tuple(shape)
-        self._dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
         self.chunks = chunks
         self.native_chunks = tuple(native_chunks)
         self.memmap = memmap
@@ -575,17 +551,17 @@ class TiffReader(Reader):
         self._mm_handle: _MemmapHandle | None = None
         self._last_handle: _TiffHandle | None = None
 
-    def _make_manager(self) -> ProcessLocalFileManager:
+    def _make_manager(self) -> FileManager:
         if self.memmap is not None:
             offset, file_dtype = self.memmap
-            return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape, self.stamp)
-        return ProcessLocalFileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
+            return FileManager(_MemmapHandle, self.path, offset, file_dtype, self.shape, self.stamp)
+        return FileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
         kwargs = {
-            "shape": self._shape,
-            "dtype": self._dtype.str,
+            "shape": self.shape,
+            "dtype": self.dtype.str,
             "chunks": self.chunks,
             "native_chunks": self.native_chunks,
             "memmap": self.memmap,
@@ -594,16 +570,6 @@ class TiffReader(Reader):
             "level": self.level,
         }
         return (_rebuild_reader, (self.path, self.series, kwargs))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the series."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the data (native byte order)."""
-        return self._dtype
 
     @property
     def is_memmapped(self) -> bool:
@@ -632,8 +598,8 @@ class TiffReader(Reader):
         chunked = self._chunked
         if chunked is None:
             chunked = FunctionChunkedReader(
-                self._shape,
-                self._dtype,
+                self.shape,
+                self.dtype,
                 self.native_chunks,
                 self.token,
                 fetch_one=self._fetch_segment,
@@ -661,15 +627,15 @@ class TiffReader(Reader):
         return self._with_handle(run)
 
     def _segment(self, handle: _TiffHandle, index: tuple[int, ...]) -> np.ndarray:
-        if self.native_chunks == self._shape:  # one segment grid cell: the whole series, read by tifffile
-            return handle.read_all(self._shape, self._dtype)
-        chunk = handle.read_chunk(index, self._dtype)
-        return np.full(self.native_chunks, handle.fillvalue, dtype=self._dtype) if chunk is None else chunk
+        if self.native_chunks == self.shape:  # one segment grid cell: the whole series, read by tifffile
+            return handle.read_all(self.shape, self.dtype)
+        chunk = handle.read_chunk(index, self.dtype)
+        return np.full(self.native_chunks, handle.fillvalue, dtype=self.dtype) if chunk is None else chunk
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
         where = f"series={self.series}" + (f", level={self.level}" if self.level else "")
-        return f"TiffReader({self.path!r}, {where}, shape={self._shape}, dtype={self._dtype}, {how})"
+        return f"TiffReader({self.path!r}, {where}, shape={self.shape}, dtype={self.dtype}, {how})"
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
@@ -727,16 +693,16 @@ class TiffReader(Reader):
     def _normalise(self, key: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
         """Key -> (step-1 slices within bounds, axes to drop); a bad key's error names the file."""
         try:
-            return normalize_key(key, self._shape)
+            return normalize_key(key, self.shape)
         except (IndexError, TypeError) as exc:
-            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self._shape})") from None
+            raise type(exc)(f"{exc} (TiffReader of {self.path!r}, shape {self.shape})") from None
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read a region (ints and step-1 slices) as a numpy array."""
         slices, drop = self._normalise(key)
         out_shape = tuple(s.stop - s.start for s in slices)
         if 0 in out_shape:
-            out = np.zeros(out_shape, dtype=self._dtype)
+            out = np.zeros(out_shape, dtype=self.dtype)
         elif self.memmap is not None:
             out = self._read_memmap(slices)
         else:
@@ -770,20 +736,20 @@ class TiffReader(Reader):
         handle = self._mm_handle
         if handle is not None and self._pid == current_pid():
             try:
-                return handle.read(slices, self._dtype, copy=copy)
+                return handle.read(slices, self.dtype, copy=copy)
             except _HandleClosedError:
                 pass
 
         def run(handle: _MemmapHandle) -> np.ndarray:
             self._mm_handle = handle
-            return handle.read(slices, self._dtype, copy=copy)
+            return handle.read(slices, self.dtype, copy=copy)
 
         return self._with_handle(run)
 
     def _read_segments(self, slices: tuple[slice, ...], out_shape: tuple[int, ...]) -> np.ndarray:
-        if out_shape == self._shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
+        if out_shape == self.shape and len(self.chunks) and all(len(c) == 1 for c in self.chunks):
             # one dask chunk (load_iter_tiff): tifffile reads the series in one sequential pass
-            return self._with_handle(lambda handle: handle.read_all(self._shape, self._dtype))
+            return self._with_handle(lambda handle: handle.read_all(self.shape, self.dtype))
         chunked = self.as_chunked()
         assert chunked is not None
         # a region in one segment is a (read-only when cached) view of it; several are assembled into a new array
@@ -872,14 +838,9 @@ def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReade
 
 # -- opening -----------------------------------------------------------------------------------
 def _split_series(path: str) -> tuple[str, int | None, int | None]:
-    """``"file.tif@2"`` -> ``("file.tif", 2, None)``, ``"file.tif@2#level=1"`` -> ``("file.tif", 2, 1)``.
-
-    Unless a file of that exact name exists.
-    """
-    m = _SERIES_SUFFIX.match(path)
-    if m is None or os.path.exists(path):
-        return path, None, None
-    return m["path"], int(m["series"]), None if m["level"] is None else int(m["level"])
+    """``"file.tif@2"`` -> ``("file.tif", 2, None)``, ``"file.tif@2#level=1"`` -> ``("file.tif", 2, 1)``."""
+    base, series, level = split_source(path)
+    return (path, None, None) if series is None else (base, series, level)
 
 
 def _check_file(path: str) -> None:
