@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -238,6 +240,28 @@ def test_a_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path) -> No
         write_ome_zarr(stack, path, overwrite=True)
     np.testing.assert_array_equal(zarr.open_group(path, mode="r")["0"][:], np.full((8, 8), 7))  # old one intact
     assert sorted(os.listdir(tmp_path)) == ["f.zarr"]
+
+
+def test_a_failed_write_waits_for_the_writes_still_running(tmp_path: Path) -> None:
+    # regression: dask's threaded scheduler raised on the first failed task while other threads were
+    # still writing; their late writes recreated the partial folder the failed write had removed
+    from dask import delayed
+
+    from lazystack.ops.writing import _compute_and_wait
+
+    started = threading.Barrier(4)
+
+    def write(i: int) -> None:
+        started.wait(timeout=10)  # all four tasks are running
+        if i == 0:
+            raise OSError("disk on fire")
+        time.sleep(0.3)
+        (tmp_path / f"chunk{i}").write_bytes(b"x")
+
+    tasks = [delayed(write)(i) for i in range(4)]
+    with dask.config.set(scheduler="threads", num_workers=4), pytest.raises(OSError, match="disk on fire"):
+        _compute_and_wait(tasks, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["chunk1", "chunk2", "chunk3"]  # finished before the error surfaced
 
 
 def test_a_killed_writer_leaves_no_store_at_path(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ import socket
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -447,7 +448,7 @@ def write_ome_zarr(
             targets += tgt
             metadata.append((group, meta))
         stored = da.store(sources, targets, lock=False, compute=False)
-        compute(stored, progress=progress)
+        _compute_and_wait(stored, progress)
         # metadata last: only now does the store describe an image
         for group, meta in metadata:
             group.attrs.update({"ome": meta})
@@ -548,6 +549,30 @@ def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
         else:
             found.append(PartialOutput(folder, True, f"its writer (process {pid} on this host) is gone"))
     return found
+
+
+def _compute_and_wait(stored: Any, progress: bool) -> None:
+    """Compute the chunk writes; on the local threaded scheduler, wait for every started write.
+
+    dask's threaded scheduler raises on the first failed task while other
+    threads are still writing: without waiting, a late chunk write would
+    recreate the partial folder after the failed write removed it.
+    """
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    collections = list(stored) if isinstance(stored, (list, tuple)) else [stored]
+    if get_scheduler(collections=collections) is not dask.threaded.get:
+        compute(stored, progress=progress)
+        return
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        with dask.config.set(pool=pool):  # dask's documented way to give the threaded scheduler a pool
+            compute(stored, progress=progress)
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _clean_partials(final: Path) -> None:
