@@ -400,3 +400,43 @@ def test_bad_retry_options_are_refused_at_open(server: Any, bad: dict[str, Any])
     key, value = next(iter(bad.items()))
     with pytest.raises(ValueError, match=rf"{key if key == 'retries' else 'backoff'}.*{value!r}"):
         load_zarrs([f"{url}/v3.zarr/b"], "SYX", storage_options=bad)
+
+
+_EXIT_SCRIPT = """
+import gc, sys
+from lazystack import load_zarrs
+(stack,) = load_zarrs([sys.argv[1]], "SYX")
+stack.extract_patch(0, None, (0, 0), (8, 8))
+print("read", flush=True)
+if sys.argv[2] == "collected":  # the stack, its store and fsspec's cached file system collected before exit
+    from fsspec.implementations.http import HTTPFileSystem
+
+    del stack
+    HTTPFileSystem.clear_instance_cache()
+    gc.collect()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["at-exit", "collected"])
+def test_http_sessions_are_closed(server: Any, when: str) -> None:
+    """A process that read over HTTP ends without aiohttp's "Unclosed client session" / "Unclosed connector",
+    whether its stores live until exit or are collected before."""
+    import os
+    import subprocess
+    import sys
+
+    url, state, _ = server
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    got = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, f"{url}/v3.zarr/a", when],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["read"]
+    assert any(p.startswith("/v3.zarr/a/") for p in state.chunk_paths())  # it did read chunks over HTTP
+    assert "Unclosed" not in got.stderr, got.stderr
