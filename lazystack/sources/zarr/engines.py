@@ -1274,6 +1274,7 @@ class ZarrArrayReader(ChunkedReader):
             remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
         )
         super().__init__(array.shape, array.dtype, unit, token or _array_token(array), capabilities=capabilities)
+        self._float32_exact = float32_is_exact(self.dtype)  # the contract's float32 policy, for this dtype
 
     @property
     def array(self) -> Any:
@@ -1368,8 +1369,8 @@ class ZarrArrayReader(ChunkedReader):
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
 
-        Only when [`read_direct()`][read_direct] reads the region whole (the
-        chunk cache off) and the reader contract allows the conversion
+        Only when tensorstore reads the region whole, as [`read_direct()`][read_direct]
+        does (the chunk cache off), and the reader contract allows the conversion
         ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]: 8- and 16-bit integers,
         float16/32): the patch then needs no cast and no copy in Python.
         None otherwise: the caller reads with [`read()`][read] and casts.
@@ -1386,9 +1387,12 @@ class ZarrArrayReader(ChunkedReader):
         -------
         numpy.ndarray or None
         """
-        if not float32_is_exact(self.dtype) or 0 in (s.stop - s.start for s in region):
+        if not self._float32_exact:
             return None
-        return self.read_direct(region, as_float32=True)
+        ts = self._region_engine(region)
+        if ts is None or 0 in (s.stop - s.start for s in region):
+            return None
+        return ts.take(region, ts.start_read(region, as_float32=True))
 
     def region_reads(self) -> RegionReads | None:
         """Region reads straight from tensorstore, as [`read()`][read] makes one, for a batch; or None.
@@ -1414,7 +1418,7 @@ class ZarrArrayReader(ChunkedReader):
         ts = engine if isinstance(engine, TensorstoreEngine) else None
         if isinstance(engine, AutoEngine) and engine.prefers_tensorstore_for_batches():
             ts = engine.tensorstore
-        return None if ts is None else RegionReads(ts, self.dtype, float32=float32_is_exact(self.dtype))
+        return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""
