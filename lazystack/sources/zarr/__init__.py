@@ -30,13 +30,10 @@ and pickles without any handle. Stores are always opened read-only.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import re
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,7 +54,7 @@ from ...core.errors import (
 from ...io.chunked import ChunkedReader
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
-from .engines import RegionReads, RetryPolicy, _is_compressed, get_zarr_engine
+from .engines import RegionReads, RetryPolicy, _is_compressed, close_http_session_at_exit, get_zarr_engine
 from .engines import ZarrArrayReader as _EngineReader
 
 if TYPE_CHECKING:
@@ -160,7 +157,7 @@ class ZarrLocation:
         url = self.root + self.chain
         try:
             store = FsspecStore.from_url(url, storage_options=effective_storage_options(self), read_only=True)
-            _close_http_session_at_exit(store.fs)
+            close_http_session_at_exit(store.fs)
             return store
         except ImportError as exc:
             msg = f"opening {url!r} needs the fsspec implementation of {self.protocol!r}: {exc}"
@@ -168,75 +165,6 @@ class ZarrLocation:
         except FileNotFoundError as exc:  # e.g. a missing zip archive in a chained URL
             msg = f"Zarr store {url!r} does not exist: {exc}"
             raise SourceNotFoundError(msg) from exc
-
-
-#: HTTP file systems (fsspec's, opened asynchronously by zarr) whose aiohttp session closes with them or at exit.
-_HTTP_FILESYSTEMS: weakref.WeakSet[Any] = weakref.WeakSet()
-_SESSION_FINALIZERS: list[weakref.finalize[Any, Any]] = []
-_HTTP_PID = [-1]  # the process that registered them: a forked child closes none of its parent's sessions
-
-
-def _close_http_session_at_exit(fs: Any) -> None:
-    """Close ``fs``'s aiohttp session when ``fs`` is collected or the interpreter exits.
-
-    fsspec's HTTP file system registers no finalizer when it is asynchronous
-    (as zarr opens it), and aiohttp then warns "Unclosed client session".
-    The session is made here, on zarr's event loop where every read of the
-    store runs (``HTTPFileSystem.set_session()``, public), and closed with
-    ``aiohttp.ClientSession.close()`` on that loop.
-    """
-    from fsspec.implementations.http import HTTPFileSystem
-
-    if not isinstance(fs, HTTPFileSystem):
-        return
-    pid = current_pid()
-    if _HTTP_PID[0] != pid:
-        if _HTTP_PID[0] == -1:
-            # after zarr's own exit hook is registered (zarr is imported): runs before it stops zarr's loop
-            atexit.register(_close_http_sessions)
-        _HTTP_FILESYSTEMS.clear()  # a forked child's registrations are its own
-        _SESSION_FINALIZERS.clear()
-        _HTTP_PID[0] = pid
-    if fs in _HTTP_FILESYSTEMS:
-        return
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def session_and_loop() -> tuple[Any, asyncio.AbstractEventLoop]:
-        return await fs.set_session(), asyncio.get_running_loop()
-
-    session, loop = sync(session_and_loop())
-    _HTTP_FILESYSTEMS.add(fs)
-    _SESSION_FINALIZERS[:] = [f for f in _SESSION_FINALIZERS if f.alive]
-    _SESSION_FINALIZERS.append(weakref.finalize(fs, _close_session, pid, loop, session))
-
-
-def _close_session(pid: int, loop: Any, session: Any) -> None:
-    """Close an aiohttp session on its event loop (only in the process that made it; waits unless on that loop)."""
-    import asyncio
-
-    if current_pid() != pid or session.closed or loop.is_closed():
-        return
-    try:
-        future = asyncio.run_coroutine_threadsafe(session.close(), loop)
-    except RuntimeError:  # the loop is shutting down
-        return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is not loop:  # collected on the loop's own thread: the close runs after this returns
-        with contextlib.suppress(Exception):
-            future.result(timeout=5)
-
-
-def _close_http_sessions() -> None:
-    """At exit: close the sessions still open (before zarr's exit hook stops its loop)."""
-    finalizers = list(_SESSION_FINALIZERS)
-    _SESSION_FINALIZERS.clear()
-    for finalizer in finalizers:
-        finalizer()  # runs once: a finalizer already run (its file system collected) does nothing
 
 
 def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:

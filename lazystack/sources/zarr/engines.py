@@ -38,6 +38,8 @@ pickles as its store and metadata; engines are rebuilt per process).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import itertools
 import math
 import os
@@ -69,6 +71,7 @@ __all__ = [
     "ZarrEngine",
     "ZarrPythonEngine",
     "available_engines",
+    "close_http_session_at_exit",
     "get_zarr_engine",
     "is_retryable",
     "make_engine",
@@ -208,6 +211,77 @@ _TS_STARTED_IN: int | None = None
 def _tensorstore_forked() -> bool:
     """Whether tensorstore was started in a parent of this (forked) process."""
     return _TS_STARTED_IN is not None and current_pid() != _TS_STARTED_IN
+
+
+#: HTTP file systems (fsspec's, opened asynchronously by zarr) whose aiohttp session closes with them or at exit.
+_HTTP_FILESYSTEMS: weakref.WeakSet[Any] = weakref.WeakSet()
+_SESSION_FINALIZERS: list[weakref.finalize[Any, Any]] = []
+_HTTP_PID = [-1]  # the process that registered them: a forked child closes none of its parent's sessions
+
+
+def close_http_session_at_exit(fs: Any) -> None:
+    """Close ``fs``'s aiohttp session when ``fs`` is collected or the interpreter exits (other file systems: nothing).
+
+    fsspec's HTTP file system registers no finalizer when it is asynchronous
+    (as zarr opens it), and aiohttp then warns "Unclosed client session".
+    The session is made here, on zarr's event loop where every read of the
+    store runs (``HTTPFileSystem.set_session()``, public), and closed with
+    ``aiohttp.ClientSession.close()`` on that loop. Called for every store
+    the Zarr source opens and every remote store the direct engine reads.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        A store's file system (``FsspecStore.fs``).
+    """
+    from fsspec.implementations.http import HTTPFileSystem
+
+    if not isinstance(fs, HTTPFileSystem):
+        return
+    pid = current_pid()
+    if _HTTP_PID[0] != pid:
+        if _HTTP_PID[0] == -1:
+            # after zarr's own exit hook is registered (zarr is imported): runs before it stops zarr's loop
+            atexit.register(_close_http_sessions)
+        _HTTP_FILESYSTEMS.clear()  # a forked child's registrations are its own
+        _SESSION_FINALIZERS.clear()
+        _HTTP_PID[0] = pid
+    if fs in _HTTP_FILESYSTEMS:
+        return
+    from zarr.core.sync import sync
+
+    async def session_and_loop() -> tuple[Any, asyncio.AbstractEventLoop]:
+        return await fs.set_session(), asyncio.get_running_loop()
+
+    session, loop = sync(session_and_loop())
+    _HTTP_FILESYSTEMS.add(fs)
+    _SESSION_FINALIZERS[:] = [f for f in _SESSION_FINALIZERS if f.alive]
+    _SESSION_FINALIZERS.append(weakref.finalize(fs, _close_session, pid, loop, session))
+
+
+def _close_session(pid: int, loop: Any, session: Any) -> None:
+    """Close an aiohttp session on its event loop (only in the process that made it; waits unless on that loop)."""
+    if current_pid() != pid or session.closed or loop.is_closed():
+        return
+    try:
+        future = asyncio.run_coroutine_threadsafe(session.close(), loop)
+    except RuntimeError:  # the loop is shutting down
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not loop:  # collected on the loop's own thread: the close runs after this returns
+        with contextlib.suppress(Exception):
+            future.result(timeout=5)
+
+
+def _close_http_sessions() -> None:
+    """At exit: close the sessions still open (before zarr's exit hook stops its loop)."""
+    finalizers = list(_SESSION_FINALIZERS)
+    _SESSION_FINALIZERS.clear()
+    for finalizer in finalizers:
+        finalizer()  # runs once: a finalizer already run (its file system collected) does nothing
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -676,6 +750,8 @@ class DirectEngine(ZarrEngine):
                     self._get_sync = self._store.get_sync
         # stores read through their asynchronous get, all requests of a fetch at once
         self._remote = self._local_root is None and self._get_sync is None
+        if self._remote:
+            close_http_session_at_exit(getattr(self._store, "fs", None))  # an HTTP store's session: closed at exit
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:
@@ -1273,6 +1349,8 @@ class ZarrArrayReader(ChunkedReader):
         capabilities = ReaderCapabilities(
             remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
         )
+        if capabilities.remote:  # whichever engine reads it: an HTTP store's session is closed at exit
+            close_http_session_at_exit(getattr(array.store, "fs", None))
         super().__init__(array.shape, array.dtype, unit, token or _array_token(array), capabilities=capabilities)
         self._float32_exact = float32_is_exact(self.dtype)  # the contract's float32 policy, for this dtype
 
