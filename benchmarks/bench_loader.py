@@ -1,220 +1,694 @@
-"""Benchmark: patches/s through a real ``torch.utils.data.DataLoader``, lazystack vs tensorstore vs zarr-python.
+"""Benchmark: patches/s through a real ``torch.utils.data.DataLoader``, lazystack against its references (issue 20).
 
-One zstd-compressed Zarr v3 array (``TYX`` uint16, 256x256 chunks), random
-64x64 patches from :class:`lazystack.RandomSampler` (the same specs for every
-reader), batch 32, three map-style datasets that differ only in the reader:
+Four data cells, each a uint16 array of about ``--mib`` MiB (smooth data plus
+noise) written once into ``--data-dir`` and reused while its parameters match:
 
-* ``lazystack``: :class:`lazystack.torch.PatchDataset` (``__getitems__``:
-  one :func:`lazystack.extract_patches` call per batch; chunk cache at its default);
-* ``tensorstore``: the batch's regions read with one tensorstore future each,
-  all started before the first is awaited (no cache pool);
-* ``zarr``: zarr-python slicing, one region per patch.
+* ``zarr2d``: Zarr v3 ``TYX`` (T x 2048 x 2048), chunks 1x256x256, zstd; random 64x64 patches;
+* ``zarr3d``: Zarr v3 ``TZYX`` (T x 64 x 1024 x 1024), chunks 1x8x128x128, zstd; random 16x64x64 patches;
+* ``tiff2d``: tiled TIFF ``TYX`` (T pages of 2048 x 2048), 256x256 zstd tiles; 64x64 patches;
+* ``tiff3d``: tiled TIFF ``TZYX`` (T x 64 pages of 1024 x 1024), 256x256 zstd tiles; 16x64x64 patches.
 
-Each configuration (0 workers; 2 workers, spawned by default) runs ``--rounds`` times, the
-readers interleaved within a round. A round times ``--batches`` batches from
-the first batch's arrival (worker start-up excluded; it is reported apart as
-time to the first batch). Printed: patches/s (median over rounds), p50 and
-p99 batch interval, and lazystack's patches/s as a ratio of each reference.
-The first batch of every reader is checked against numpy slicing.
+One map-style Dataset protocol (batch 32, ``__getitems__``: one call per
+batch, ``float32`` ``C(Z)YX`` items), only the reader swapped:
 
-Run ``python -m benchmarks.bench_loader`` (``--mib 2048`` for the issue's 2 GiB
-array; the default is small for a loaded machine).
+* ``lazystack``: [`lazystack.torch.PatchDataset`] over ``load_zarrs`` /
+  ``load_tiffs`` with [`lazystack.RandomSampler`], chunk cache at its default;
+* ``lazystack cache=N MiB``: the same with a chunk cache smaller than the data
+  (``--small-cache-mib``; the issue's realistic case);
+* ``tensorstore`` (Zarr): the batch's regions read with one tensorstore future
+  each, all started before the first is awaited (no cache pool);
+* ``tifffile+zarr`` (TIFF): the reference for TIFF is zarr-python over
+  ``tifffile.imread(path, aszarr=True)``, because tensorstore's ``tiff`` driver
+  is experimental (uint8 only in its documentation) and refuses a multi-page
+  file without a page specifier;
+* ``zarr-python`` (Zarr): ``zarr.Array`` slicing, one region per patch.
+
+Every reader sees the same specs (the parent's ``RandomSampler``, seed 11,
+one epoch per round). Configurations: 0 workers, 2 workers forked, 2 workers
+spawned (``--configs``). Each (cell, configuration, reader) runs in its own
+spawned runner process that stays alive over the rounds, so a reader never
+inherits another reader's threads, caches or memory; within a round the
+readers take turns (order alternating between rounds). A round times
+``--batches`` batch intervals from the first batch's arrival; the time to the
+first batch (DataLoader creation to first batch: worker start-up, imports,
+opening) is reported apart.
+
+Reported per reader: patches/s (median over rounds), p50 / p99 of the batch
+intervals (pooled over rounds), time to the first batch (median), and for
+worker runs each worker's RSS at its start and its peak RSS (``VmHWM`` of
+``/proc/self/status``, read by the collate function in the worker at every
+batch; the value with the last batch is the peak). Then the issue's targets as
+``PASS`` / ``MISS`` lines: lazystack >= 1.5x the reference's patches/s; p99 <=
+2x p50; spawn's first batch <= 3x fork's; ``import lazystack`` <= 1.5x
+``import zarr, tifffile`` (``benchmarks.bench_import``: fresh interpreters,
+interleaved, median); peak RSS per worker <= its chunk-cache bound + 200 MiB.
+The first batch of every reader in every round is checked against numpy
+slicing of zarr-python's full-chunk read (Zarr) or of ``tifffile.imread`` of
+the touched pages (TIFF).
+
+Run ``python -m benchmarks.bench_loader`` (``--mib 2048`` for the issue's
+2 GiB data, ``--quick`` for a small smoke run). Results go to
+``benchmarks/results/loader.json`` (``--json PATH``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import multiprocessing
 import os
+import shutil
 import statistics
-import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PATCH = 64
-CHUNK = 256
 BATCH = 32
+SEED = 11
+MIB = 2**20
+RSS_SLACK_MIB = 200
+FORMAT_VERSION = 1
+
+# cell -> (format, axes, frame shape (without T), chunks (without T), patch)
+CELLS: dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
+    "zarr2d": ("zarr", "TYX", (2048, 2048), (256, 256), (64, 64)),
+    "zarr3d": ("zarr", "TZYX", (64, 1024, 1024), (8, 128, 128), (16, 64, 64)),
+    "tiff2d": ("tiff", "TYX", (2048, 2048), (256, 256), (64, 64)),
+    "tiff3d": ("tiff", "TZYX", (64, 1024, 1024), (256, 256), (16, 64, 64)),
+}
+REFERENCE = {"zarr": "tensorstore", "tiff": "tifffile+zarr"}
 
 
-def write_store(path: Path, mib: int) -> tuple[int, int, int]:
-    """Write a TYX uint16 zstd Zarr v3 array of about ``mib`` MiB (smooth data plus noise)."""
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    side = 2048
-    t = max(1, mib * 2**20 // (side * side * 2))
-    shape = (t, side, side)
-    arr = zarr.create_array(
-        str(path), shape=shape, dtype="uint16", chunks=(1, CHUNK, CHUNK), compressors=ZstdCodec(level=3)
-    )
-    yy, xx = np.mgrid[0:side, 0:side]
-    base = ((yy // 3 + xx // 5) % 4096).astype(np.uint16)
+# -- data ------------------------------------------------------------------------------------------
+def _frames(frame: tuple[int, ...], t: int) -> Any:
+    """Yield ``t`` frames (smooth data plus noise, so zstd has work to do)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in frame)]
+    base = np.zeros(frame, np.int64)
+    for i, g in enumerate(grids):
+        base = base + g // (3 + 2 * i)
+    base = (base % 4096).astype(np.uint16)
     rng = np.random.default_rng(0)
     for i in range(t):
-        arr[i] = base + rng.integers(0, 64, (side, side), dtype=np.uint16) + np.uint16(i)
-    return shape
+        yield base + rng.integers(0, 64, frame, dtype=np.uint16) + np.uint16(i)
 
 
-class _SpecDataset:
-    """Shared by the reference datasets: the sampler's specs, a lazily opened array per process."""
+def ensure_data(cell: str, mib: int, data_dir: Path) -> tuple[Path, tuple[int, ...]]:
+    """Write the cell's file into ``data_dir`` unless a matching one is there; return its path and shape.
 
-    def __init__(self, path: str, sampler: Any) -> None:
+    A file is reused when its ``meta.json`` (written last) matches the cell's
+    format, shape, chunks and codec.
+    """
+    fmt, axes, frame, chunks, _ = CELLS[cell]
+    t = max(1, mib * MIB // (int(np.prod(frame)) * 2))
+    shape = (t, *frame)
+    folder = data_dir / f"{cell}-{mib}mib"
+    path = folder / ("data.zarr" if fmt == "zarr" else "data.tif")
+    meta = {"version": FORMAT_VERSION, "cell": cell, "shape": list(shape), "chunks": list(chunks), "codec": "zstd"}
+    meta_path = folder / "meta.json"
+    if meta_path.exists() and path.exists():
+        try:
+            if json.loads(meta_path.read_text()) == meta:
+                return path, shape
+        except ValueError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    if fmt == "zarr":
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        arr = zarr.create_array(
+            str(path), shape=shape, dtype="uint16", chunks=(1, *chunks), compressors=ZstdCodec(level=3)
+        )
+        for i, f in enumerate(_frames(frame, t)):
+            arr[i] = f
+    else:
+        import tifffile
+
+        def tiles() -> Any:
+            for f in _frames(frame, t):
+                for page in f.reshape(-1, *frame[-2:]):
+                    for y in range(0, frame[-2], chunks[0]):
+                        for x in range(0, frame[-1], chunks[1]):
+                            yield page[y : y + chunks[0], x : x + chunks[1]]
+
+        tifffile.imwrite(
+            path,
+            tiles(),
+            shape=shape,
+            dtype="uint16",
+            photometric="minisblack",
+            bigtiff=True,
+            tile=chunks,
+            compression="zstd",
+            compressionargs={"level": 3},
+            metadata={"axes": axes},
+        )
+    meta_path.write_text(json.dumps(meta))
+    print(f"wrote {path} {shape} in {time.perf_counter() - start:.0f} s", flush=True)
+    return path, shape
+
+
+def _specs(cell: str, path: Path, epoch: int, n: int) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+    """``(sample, coords, patch size)`` of the epoch's first ``n`` indices (lazystack's ``RandomSampler``)."""
+    from lazystack import RandomSampler
+
+    stacks = _lazystack_stacks(cell, path)
+    sampler = RandomSampler(stacks, CELLS[cell][4], n, seed=SEED)
+    return [(s.sample, tuple(s.coords), tuple(s.patch_size)) for s in (sampler.spec(i, epoch) for i in range(n))]
+
+
+def _lazystack_stacks(cell: str, path: Path) -> Any:
+    from lazystack import load_tiffs, load_zarrs
+
+    fmt, axes = CELLS[cell][:2]
+    return load_zarrs(str(path), axes) if fmt == "zarr" else load_tiffs(str(path), axes)
+
+
+def expected_batch(cell: str, path: Path, specs: list[Any]) -> np.ndarray:
+    """The batch the specs should give, by numpy slicing of the format library's own full reads."""
+    fmt, _, frame, _, _ = CELLS[cell]
+    out = []
+    if fmt == "zarr":
+        import zarr
+
+        arr = zarr.open_array(str(path), mode="r")
+        chunk = arr.chunks[1:]
+        for sample, coords, size in specs:
+            # the whole chunks the patch touches, read by zarr-python, then sliced in numpy
+            lo = [c // n * n for c, n in zip(coords, chunk, strict=True)]
+            hi = [-(-(c + s) // n) * n for c, s, n in zip(coords, size, chunk, strict=True)]
+            block = np.asarray(arr[(sample, *(slice(a, b) for a, b in zip(lo, hi, strict=True)))])
+            out.append(block[tuple(slice(c - a, c - a + s) for c, a, s in zip(coords, lo, size, strict=True))])
+    else:
+        import tifffile
+
+        pages: dict[int, np.ndarray] = {}
+        per_sample = int(np.prod(frame[:-2]))
+        for sample, coords, size in specs:
+            z0, nz = (coords[0], size[0]) if len(coords) == 3 else (0, 1)
+            planes = []
+            for z in range(z0, z0 + nz):
+                key = sample * per_sample + z
+                if key not in pages:
+                    pages[key] = tifffile.imread(path, key=key)
+                planes.append(pages[key][coords[-2] : coords[-2] + size[-2], coords[-1] : coords[-1] + size[-1]])
+            out.append(np.stack(planes) if len(coords) == 3 else planes[0])
+    return np.stack(out).astype(np.float32)[:, None]
+
+
+# -- datasets (built in the runner processes) ----------------------------------------------------------
+class RegionDataset:
+    """A reference dataset: the parent's specs, an array opened lazily in each process."""
+
+    def __init__(self, kind: str, path: str, specs: list[Any]) -> None:
+        self.kind = kind
         self.path = path
-        self.sampler = sampler
+        self.specs = specs
         self._array: Any = None
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.specs)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_array": None}
 
-    def _specs(self, indices: list[Any]) -> list[Any]:
-        return [self.sampler.spec(i, e) for e, i in indices]
+    def _open(self) -> Any:
+        if self.kind == "tensorstore":
+            import tensorstore as ts
 
-    def __getitem__(self, index: Any) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
-
-
-class TensorstoreDataset(_SpecDataset):
-    """Each batch's regions read with tensorstore, all futures started first."""
-
-    def __getitems__(self, indices: list[Any]) -> list[dict[str, Any]]:
-        import tensorstore as ts
-        import torch
-
-        if self._array is None:
             spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": self.path}}
-            self._array = ts.open(spec, read=True).result()
-        futures = []
-        for s in self._specs(indices):
-            (y, x), (h, w) = s.coords, s.patch_size
-            futures.append(self._array[s.sample, y : y + h, x : x + w].read())
-        return [{"input": torch.from_numpy(f.result().astype(np.float32)[None])} for f in futures]
-
-
-class ZarrDataset(_SpecDataset):
-    """zarr-python slicing, one region per patch."""
-
-    def __getitems__(self, indices: list[Any]) -> list[dict[str, Any]]:
-        import torch
+            return ts.open(spec, read=True).result()
         import zarr
 
+        if self.kind == "tifffile+zarr":
+            import tifffile
+
+            return zarr.open_array(tifffile.imread(self.path, aszarr=True), mode="r")
+        return zarr.open_array(self.path, mode="r")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        import torch
+
         if self._array is None:
-            self._array = zarr.open_array(self.path, mode="r")
-        out = []
-        for s in self._specs(indices):
-            (y, x), (h, w) = s.coords, s.patch_size
-            out.append(
-                {"input": torch.from_numpy(self._array[s.sample, y : y + h, x : x + w].astype(np.float32)[None])}
+            self._array = self._open()
+        regions = []
+        for i in indices:
+            sample, coords, size = self.specs[i]
+            regions.append((sample, *(slice(c, c + s) for c, s in zip(coords, size, strict=True))))
+        if self.kind == "tensorstore":
+            futures = [self._array[r].read() for r in regions]
+            arrays = [f.result() for f in futures]
+        else:
+            arrays = [self._array[r] for r in regions]
+        return [{"input": torch.from_numpy(a.astype(np.float32)[None])} for a in arrays]
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+_START_RSS_KIB = -1
+
+
+def worker_init(worker_id: int) -> None:
+    """Record the worker's RSS before it reads anything."""
+    global _START_RSS_KIB
+    _START_RSS_KIB = _status_kib("VmRSS")
+
+
+def collate_with_rss(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` plus the worker's id, start RSS and peak RSS (``VmHWM``), in KiB."""
+    import torch
+    from torch.utils.data import default_collate, get_worker_info
+
+    batch: dict[str, Any] = default_collate(items)
+    info = get_worker_info()
+    start = _START_RSS_KIB if info is not None else -1
+    batch["rss"] = torch.tensor([-1 if info is None else info.id, start, _status_kib("VmHWM")], dtype=torch.int64)
+    return batch
+
+
+def _runner(conn: Any, cfg: dict[str, Any]) -> None:
+    """A runner process: build one reader's dataset, then time one epoch per request."""
+    try:
+        if cfg["cache_mib"] is not None:  # before lazystack is imported; spawned workers inherit it
+            os.environ["LAZYSTACK_CHUNK_CACHE_BYTES"] = str(cfg["cache_mib"] * MIB)
+        import torch
+        from torch.utils.data import DataLoader
+
+        torch.set_num_threads(1)
+        bound_mib = None
+        if cfg["reader"].startswith("lazystack"):
+            from lazystack import RandomSampler, get_chunk_cache
+            from lazystack.torch import EpochSampler, PatchDataset
+
+            stacks = _lazystack_stacks(cfg["cell"], Path(cfg["path"]))
+            sampler = RandomSampler(stacks, CELLS[cfg["cell"]][4], cfg["length"], seed=SEED)
+            dataset: Any = PatchDataset(stacks, sampler)
+            bound_mib = get_chunk_cache().max_bytes / MIB
+        else:
+            dataset = RegionDataset(cfg["reader"], cfg["path"], [])
+        conn.send(("ready", bound_mib))
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            epoch, specs = msg
+            if isinstance(dataset, RegionDataset):
+                dataset.specs = specs
+                index_sampler: Any = None
+            else:
+                index_sampler = EpochSampler(dataset, epoch=epoch)
+            workers = cfg["workers"]
+            start = time.perf_counter()
+            loader = DataLoader(
+                dataset,
+                batch_size=BATCH,
+                sampler=index_sampler,
+                num_workers=workers,
+                multiprocessing_context=cfg["context"] if workers else None,
+                prefetch_factor=2 if workers else None,
+                collate_fn=collate_with_rss,
+                worker_init_fn=worker_init if workers else None,
             )
-        return out
+            stamps, rss, first = [], {}, None
+            for batch in loader:
+                stamps.append(time.perf_counter())
+                if first is None:
+                    first = batch["input"].numpy()
+                wid, start_kib, peak_kib = (int(v) for v in batch["rss"])
+                rss[wid] = (start_kib, peak_kib)
+            del loader
+            intervals = np.diff(stamps)
+            conn.send(
+                (
+                    "ok",
+                    {
+                        "first_s": stamps[0] - start,
+                        "patches_per_s": BATCH * len(intervals) / (stamps[-1] - stamps[0]),
+                        "intervals_ms": (1e3 * intervals).tolist(),
+                        "rss_kib": rss,
+                        "process_peak_kib": _status_kib("VmHWM"),
+                        "first": first,
+                    },
+                )
+            )
+    except BaseException:  # reported to the parent, which raises
+        conn.send(("error", traceback.format_exc()))
 
 
-def _run(dataset: Any, workers: int, epoch: int, batches: int, context: str) -> dict[str, Any]:
-    from torch.utils.data import DataLoader
+class Runner:
+    """A spawned runner process and its pipe."""
 
-    from lazystack.torch import EpochSampler
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_runner, args=(child, cfg), name=f"bench-{cfg['reader']}")
+        self.process.start()
+        child.close()
+        self.cfg = cfg
+        self.bound_mib: float | None = None
 
-    loader = DataLoader(
-        dataset,
-        batch_size=BATCH,
-        sampler=EpochSampler(dataset, epoch=epoch),
-        num_workers=workers,
-        multiprocessing_context=context if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    start = time.perf_counter()
-    stamps = []
-    first = None
-    for batch in loader:
-        stamps.append(time.perf_counter())
-        if first is None:
-            first = batch["input"]
-        if len(stamps) > batches:
-            break
-    intervals = np.diff(stamps)
-    return {
-        "first_s": stamps[0] - start,
-        "patches_per_s": BATCH * len(intervals) / (stamps[-1] - stamps[0]),
-        "p50_ms": 1e3 * float(np.percentile(intervals, 50)),
-        "p99_ms": 1e3 * float(np.percentile(intervals, 99)),
-        "first": first,
-    }
+    def ready(self) -> None:
+        """Wait until the dataset is built."""
+        self.bound_mib = self._reply()
+
+    def run(self, epoch: int, specs: list[Any]) -> dict[str, Any]:
+        """One timed epoch."""
+        self.conn.send((epoch, specs))
+        result: dict[str, Any] = self._reply()
+        return result
+
+    def _reply(self) -> Any:
+        status, value = self.conn.recv()
+        if status == "error":
+            self.close()
+            msg = f"runner {self.cfg['reader']} ({self.cfg['cell']}, {self.cfg['label']}) failed:\n{value}"
+            raise RuntimeError(msg)
+        return value
+
+    def close(self) -> None:
+        """Stop the process."""
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Build the array, run the interleaved rounds and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--mib", type=int, default=256, help="array size in MiB (default 256; the issue uses 2048)")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+# -- the run -----------------------------------------------------------------------------------------
+def _parse_config(text: str) -> tuple[str, int, str | None]:
+    if text == "0":
+        return "0 workers", 0, None
+    n, _, context = text.partition(":")
+    if not n.isdigit() or context not in ("fork", "spawn", "forkserver"):
+        msg = f"--configs entry {text!r}: expected 0 or N:fork, N:spawn, N:forkserver"
+        raise argparse.ArgumentTypeError(msg)
+    return f"{n} workers {context}", int(n), context
+
+
+def _target(results: dict[str, Any], name: str, value: float | None, limit: float, op: str, detail: str) -> None:
+    if value is None:
+        line = f"n/a   {name}: {detail}"
+        ok = None
+    else:
+        ok = value >= limit if op == ">=" else value <= limit
+        line = f"{'PASS' if ok else 'MISS'}  {name}: {value:.2f} (target {op} {limit:g}) {detail}".rstrip()
+    results["targets"].append({"target": name, "value": value, "limit": limit, "op": op, "pass": ok, "detail": detail})
+    print(line)
+
+
+def _readers(fmt: str, small_cache_mib: int) -> dict[str, int | None]:
+    readers: dict[str, int | None] = {"lazystack": None, f"lazystack cache={small_cache_mib} MiB": small_cache_mib}
+    readers[REFERENCE[fmt]] = None
+    if fmt == "zarr":
+        readers["zarr-python"] = None
+    return readers
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Build (or reuse) the data, run the interleaved rounds, print the tables and targets.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (see ``--help``).
+
+    Returns
+    -------
+    dict
+        Everything printed, JSON-able (also written to ``--json``).
+    """
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--mib", type=int, default=None, help="size of each array in MiB (default 256; issue: 2048)")
     parser.add_argument(
-        "--cache-mib", type=int, default=None, help="lazystack chunk cache size (default: the library's, 256 MiB)"
+        "--batches", type=int, default=None, help="timed batch intervals per round, 2-D patches (default 40)"
     )
     parser.add_argument(
-        "--context",
-        default="spawn",
-        choices=["spawn", "forkserver", "fork"],
-        help="start method of the workers (fork: tensorstore refuses to run in a forked child once its "
-        "threads run in the parent, so its row is skipped)",
+        "--batches-3d", type=int, default=None, help="timed batch intervals per round, 3-D patches (default 15)"
     )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default 3)")
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        type=_parse_config,
+        default=None,
+        help="DataLoader configurations: 0 and/or N:fork, N:spawn, N:forkserver (default 0 2:fork 2:spawn)",
+    )
+    parser.add_argument(
+        "--small-cache-mib", type=int, default=None, help="the smaller lazystack chunk cache (default mib // 8, <= 64)"
+    )
+    parser.add_argument("--import-rounds", type=int, default=None, help="fresh interpreters per import statement")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lazystack-bench" / "loader",
+        help="where the data is written once and reused (default ~/.cache/lazystack-bench/loader)",
+    )
+    parser.add_argument(
+        "--json",
+        default=str(Path(__file__).parent / "results" / "loader.json"),
+        help="where the results go (default benchmarks/results/loader.json; '' for nowhere)",
+    )
+    parser.add_argument("--quick", action="store_true", help="16 MiB arrays, 4 batches, 1 round, 3 import rounds")
+    parser.add_argument("--write-only", action="store_true", help="write (or check) the data and stop")
     args = parser.parse_args(argv)
+    quick = args.quick
+    mib = args.mib if args.mib is not None else (16 if quick else 256)
+    batches = args.batches if args.batches is not None else (4 if quick else 40)
+    batches_3d = args.batches_3d if args.batches_3d is not None else min(batches, 15)
+    rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
+    configs = args.configs or [_parse_config(c) for c in ("0", "2:fork", "2:spawn")]
+    small = args.small_cache_mib if args.small_cache_mib is not None else max(1, min(64, mib // 8))
+    import_rounds = args.import_rounds if args.import_rounds is not None else (3 if quick else 15)
+    wall = time.perf_counter()
+    if args.write_only:
+        for cell in args.cells:
+            print(cell, *ensure_data(cell, mib, args.data_dir), flush=True)
+        return {}
 
-    import zarr
+    import lazystack
 
-    from lazystack import RandomSampler, load_zarrs, set_chunk_cache_size
-    from lazystack.torch import PatchDataset
-
-    if args.cache_mib is not None:
-        os.environ["LAZYSTACK_CHUNK_CACHE_BYTES"] = str(args.cache_mib * 2**20)  # for spawned workers
-        set_chunk_cache_size(args.cache_mib * 2**20)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.zarr"
-        shape = write_store(path, args.mib)
-        stacks = load_zarrs(str(path), "TYX")
-        length = BATCH * (args.batches + 1)
-        sampler = RandomSampler(stacks, PATCH, length, seed=11)
-        datasets = {
-            "lazystack": PatchDataset(stacks, sampler),
-            "tensorstore": TensorstoreDataset(str(path), sampler),
-            "zarr": ZarrDataset(str(path), sampler),
+    results: dict[str, Any] = {
+        "mib": mib,
+        "batch": BATCH,
+        "batches": {"2d": batches, "3d": batches_3d},
+        "rounds": rounds,
+        "small_cache_mib": small,
+        "default_cache_mib": lazystack.get_chunk_cache().max_bytes / MIB,
+        "cpu_count": os.cpu_count(),
+        "reference_note": "TIFF reference: zarr-python over tifffile.imread(aszarr=True) "
+        "(tensorstore's tiff driver is experimental, uint8 only, no multi-page files)",
+        "cells": {},
+        "targets": [],
+    }
+    print(
+        f"bench_loader: batch {BATCH}, {batches} (2-D) / {batches_3d} (3-D) timed batches x {rounds} round(s), "
+        f"arrays of ~{mib} MiB, "
+        f"lazystack cache default {results['default_cache_mib']:.0f} MiB / small {small} MiB, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    results["lazystack_file"] = lazystack.__file__
+    print(f"lazystack from {lazystack.__file__}")
+    print(results["reference_note"])
+    for cell in args.cells:
+        fmt, axes, _, chunks, patch = CELLS[cell]
+        path, shape = ensure_data(cell, mib, args.data_dir)
+        cell_res: dict[str, Any] = {
+            "format": fmt,
+            "axes": axes,
+            "shape": list(shape),
+            "chunks": list(chunks),
+            "patch": list(patch),
+            "path": str(path),
+            "configs": {},
         }
-        reference = zarr.open_array(str(path), mode="r")
+        results["cells"][cell] = cell_res
+        length = BATCH * ((batches if len(patch) == 2 else batches_3d) + 1)
+        specs_by_round = [_specs(cell, path, r, length) for r in range(rounds)]
+        expected = [expected_batch(cell, path, s[:BATCH]) for s in specs_by_round]
+        print(f"\n== {cell}: {fmt} {axes} {shape} uint16 zstd, chunks/tiles {chunks}, patch {patch}", flush=True)
+        for label, workers, context in configs:
+            readers = _readers(fmt, small)
+            runners = {}
+            try:
+                for name, cache_mib in readers.items():
+                    runners[name] = Runner(
+                        {
+                            "cell": cell,
+                            "path": str(path),
+                            "reader": name,
+                            "cache_mib": cache_mib,
+                            "workers": workers,
+                            "context": context,
+                            "label": label,
+                            "length": length,
+                        }
+                    )
+                for runner in runners.values():
+                    runner.ready()
+                per: dict[str, list[dict[str, Any]]] = {n: [] for n in readers}
+                for r in range(rounds):
+                    order = list(readers) if r % 2 == 0 else list(readers)[::-1]
+                    for name in order:
+                        res = runners[name].run(r, specs_by_round[r])
+                        first = res.pop("first")
+                        if not np.array_equal(first, expected[r]):
+                            msg = f"{cell} {label} {name}: the first batch of round {r} differs from the reference"
+                            raise AssertionError(msg)
+                        per[name].append(res)
+            finally:
+                for runner in runners.values():
+                    runner.close()
+            rows = {}
+            for name, rs in per.items():
+                intervals = [v for x in rs for v in x["intervals_ms"]]
+                workers_rss: dict[str, dict[str, float]] = {}
+                for x in rs:
+                    for wid, (start_kib, peak_kib) in x["rss_kib"].items():
+                        if wid < 0:
+                            continue
+                        w = workers_rss.setdefault(str(wid), {"start_mib": 0.0, "peak_mib": 0.0})
+                        w["start_mib"] = max(w["start_mib"], start_kib / 1024)
+                        w["peak_mib"] = max(w["peak_mib"], peak_kib / 1024)
+                rows[name] = {
+                    "patches_per_s": statistics.median(x["patches_per_s"] for x in rs),
+                    "patches_per_s_rounds": [x["patches_per_s"] for x in rs],
+                    "p50_ms": float(np.percentile(intervals, 50)),
+                    "p99_ms": float(np.percentile(intervals, 99)),
+                    "first_batch_s": statistics.median(x["first_s"] for x in rs),
+                    "cache_bound_mib": runners[name].bound_mib,
+                    "workers_rss_mib": workers_rss,
+                    "main_process_peak_mib": max(x["process_peak_kib"] for x in rs) / 1024,
+                }
+            cell_res["configs"][label] = rows
+            _print_rows(label, rows, rounds)
+    results["import"] = _import_comparison(import_rounds)
+    print()
+    _targets(results)
+    results["wall_s"] = time.perf_counter() - wall
+    print(f"\nwall time {results['wall_s']:.0f} s")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"results: {args.json}")
+    return results
+
+
+def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
+    print(f"-- {label} (patches/s: median of {rounds} round(s); p50/p99: batch intervals pooled)")
+    head = f"   {'reader':<26}{'patches/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99/p50':>8}{'first s':>9}"
+    print(head + "   RSS per worker MiB (start -> peak; cache bound)")
+    for name, row in rows.items():
+        rss = ", ".join(f"w{w} {v['start_mib']:.0f}->{v['peak_mib']:.0f}" for w, v in row["workers_rss_mib"].items())
+        if not rss:
+            rss = f"main process peak {row['main_process_peak_mib']:.0f}"
+        bound = row["cache_bound_mib"]
+        if bound is not None:
+            rss += f"; bound {bound:.0f}"
         print(
-            f"array {shape} uint16 zstd, chunks (1, {CHUNK}, {CHUNK}), {args.mib} MiB; batch {BATCH}, {PATCH}x{PATCH}"
+            f"   {name:<26}{row['patches_per_s']:>10.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{row['p99_ms'] / row['p50_ms']:>8.2f}{row['first_batch_s']:>9.2f}   {rss}",
+            flush=True,
         )
-        for workers in args.workers:
-            results: dict[str, list[dict[str, Any]]] = {name: [] for name in datasets}
-            if workers and args.context == "fork":
-                del results["tensorstore"]
-            for r in range(args.rounds):
-                names = [n for n in datasets if not (workers and args.context == "fork" and n == "tensorstore")]
-                order = names if r % 2 == 0 else names[::-1]
-                for name in order:
-                    res = _run(datasets[name], workers, epoch=r, batches=args.batches, context=args.context)
-                    expected = [
-                        reference[s.sample, s.coords[0] : s.coords[0] + PATCH, s.coords[1] : s.coords[1] + PATCH]
-                        for s in (sampler.spec(i, r) for i in range(BATCH))
-                    ]
-                    assert np.array_equal(res.pop("first").numpy()[:, 0], np.stack(expected).astype(np.float32)), name
-                    results[name].append(res)
-            how = f" ({args.context})" if workers else ""
-            print(f"\n{workers} worker(s){how}, median of {args.rounds} rounds:")
-            print(f"{'reader':<12} {'patches/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'first batch s':>14}")
-            med = {}
-            for name, rs in results.items():
-                med[name] = statistics.median(x["patches_per_s"] for x in rs)
-                p50 = statistics.median(x["p50_ms"] for x in rs)
-                p99 = statistics.median(x["p99_ms"] for x in rs)
-                first = statistics.median(x["first_s"] for x in rs)
-                print(f"{name:<12} {med[name]:>10.0f} {p50:>8.1f} {p99:>8.1f} {first:>14.2f}")
-            for ref in [n for n in ("tensorstore", "zarr") if n in med]:
-                print(f"lazystack / {ref} patches/s: {med['lazystack'] / med[ref]:.2f}x")
+    for name in rows:
+        if name.startswith("lazystack"):
+            for ref in rows:
+                if not ref.startswith("lazystack"):
+                    ratio = rows[name]["patches_per_s"] / rows[ref]["patches_per_s"]
+                    print(f"   {name} / {ref} patches/s: {ratio:.2f}x")
+
+
+def _import_comparison(rounds: int) -> dict[str, Any]:
+    from benchmarks import bench_import
+
+    print(f"\n== import lazystack against import zarr, tifffile ({rounds} fresh interpreters each, interleaved)")
+    return bench_import.main(["--rounds", str(rounds)])
+
+
+def _targets(results: dict[str, Any]) -> None:
+    print("targets (issue 20):")
+    for cell, cres in results["cells"].items():
+        ref = REFERENCE[cres["format"]]
+        firsts: dict[str, dict[str, float]] = {}
+        for label, rows in cres["configs"].items():
+            for name, row in rows.items():
+                if not name.startswith("lazystack"):
+                    continue
+                _target(
+                    results,
+                    f"{cell} {label} {name} / {ref} patches/s",
+                    row["patches_per_s"] / rows[ref]["patches_per_s"],
+                    1.5,
+                    ">=",
+                    f"({row['patches_per_s']:.0f} vs {rows[ref]['patches_per_s']:.0f})",
+                )
+                _target(
+                    results,
+                    f"{cell} {label} {name} p99 / p50 batch time",
+                    row["p99_ms"] / row["p50_ms"],
+                    2.0,
+                    "<=",
+                    f"({row['p99_ms']:.1f} / {row['p50_ms']:.1f} ms; {ref} "
+                    f"{rows[ref]['p99_ms'] / rows[ref]['p50_ms']:.2f} in the same run)",
+                )
+                bound = row["cache_bound_mib"]
+                for wid, w in row["workers_rss_mib"].items():
+                    _target(
+                        results,
+                        f"{cell} {label} {name} worker {wid} peak RSS MiB",
+                        w["peak_mib"],
+                        bound + RSS_SLACK_MIB,
+                        "<=",
+                        f"(cache bound {bound:.0f} + {RSS_SLACK_MIB}; RSS at the worker's start "
+                        f"{w['start_mib']:.0f}, growth {w['peak_mib'] - w['start_mib']:.0f})",
+                    )
+                context = label.rsplit(" ", 1)[-1]
+                if context in ("fork", "spawn"):
+                    firsts.setdefault(name, {})[context] = row["first_batch_s"]
+                    firsts.setdefault(ref, {})[context] = rows[ref]["first_batch_s"]
+        for name, f in firsts.items():
+            if name.startswith("lazystack") and "fork" in f and "spawn" in f:
+                r = firsts[ref]
+                _target(
+                    results,
+                    f"{cell} {name} first batch spawn / fork",
+                    f["spawn"] / f["fork"],
+                    3.0,
+                    "<=",
+                    f"({f['spawn']:.2f} / {f['fork']:.2f} s; {ref} {r['spawn'] / r['fork']:.2f} "
+                    f"= {r['spawn']:.2f} / {r['fork']:.2f} s in the same run)",
+                )
+    imp = results["import"]
+    _target(
+        results,
+        "import lazystack / import zarr, tifffile",
+        imp["ratio_importtime"],
+        1.5,
+        "<=",
+        f"(-X importtime medians; wall clock ratio {imp['ratio_wall']:.2f})",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    # run as the importable module, so that spawned runners and workers unpickle its functions by name
+    from benchmarks import bench_loader
+
+    bench_loader.main()

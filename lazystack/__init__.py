@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .ops.stats import ChannelStatistics, channel_statistics
     from .ops.writing import PartialOutputWarning, stale_partial_outputs, write_ome_zarr
     from .sampling import (
+        CoarseForegroundSampler,
         FixedSampler,
         ForegroundSampler,
         GridSampler,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
         Stitcher,
         StratifiedSampler,
         WholeSampleSampler,
+        otsu_threshold,
         read_manifest,
         write_manifest,
     )
@@ -76,56 +78,50 @@ if TYPE_CHECKING:  # what type checkers (and the import graph) see; at run time,
     from .stack import GenericImageStack, ImageStack, ImageStackLoader, LazyImageStack
 
 #: Public name -> the internal module that defines it (imported on first use).
-_LAZY = {
-    "__version__": "core.version",
-    "VALID_AXES": "core.axes",
-    "AxesModel": "core.axes",
-    "validate_axes": "core.axes",
-    "show": "frontends.plot",
-    "thumbnail": "frontends.plot",
-    "chunk_cache_size": "io.cache",
-    "get_chunk_cache": "io.cache",
-    "set_chunk_cache_size": "io.cache",
-    "set_max_open_files": "io.process",
-    "Reader": "io.reader",
-    "ReaderCapabilities": "io.reader",
-    "load": "loading.auto",
-    "propose_axes": "loading.auto",
-    "load_arrays": "loading.loaders",
-    "load_bioio": "loading.loaders",
-    "load_custom_file": "loading.loaders",
-    "load_czis": "loading.loaders",
-    "load_iter_tiff": "loading.loaders",
-    "load_tiffs": "loading.loaders",
-    "load_zarrs": "loading.loaders",
-    "StackList": "loading.stacklist",
-    "extract_patches": "ops.batch",
-    "normalized": "ops.normalize",
-    "ChannelStatistics": "ops.stats",
-    "channel_statistics": "ops.stats",
-    "write_ome_zarr": "ops.writing",
-    "PartialOutputWarning": "ops.writing",
-    "stale_partial_outputs": "ops.writing",
-    "check_czi_decodes": "sources.czi_check",
-    "FixedSampler": "sampling",
-    "ForegroundSampler": "sampling",
-    "GridSampler": "sampling",
-    "MaskWeightedSampler": "sampling",
-    "PatchSpec": "sampling",
-    "RandomSampler": "sampling",
-    "Sampler": "sampling",
-    "Stitcher": "sampling",
-    "StratifiedSampler": "sampling",
-    "WholeSampleSampler": "sampling",
-    "read_manifest": "sampling",
-    "write_manifest": "sampling",
-    "ReadFunc": "sources.custom",
-    "set_zarr_engine": "sources.zarr.engines",
-    "GenericImageStack": "stack",
-    "ImageStack": "stack",
-    "ImageStackLoader": "stack",
-    "LazyImageStack": "stack",
+_MODULES = {
+    "core.version": ("__version__",),
+    "core.axes": ("VALID_AXES", "AxesModel", "validate_axes"),
+    "frontends.plot": ("show", "thumbnail"),
+    "io.cache": ("chunk_cache_size", "get_chunk_cache", "set_chunk_cache_size"),
+    "io.process": ("set_max_open_files",),
+    "io.reader": ("Reader", "ReaderCapabilities"),
+    "loading.auto": ("load", "propose_axes"),
+    "loading.loaders": (
+        "load_arrays",
+        "load_bioio",
+        "load_custom_file",
+        "load_czis",
+        "load_iter_tiff",
+        "load_tiffs",
+        "load_zarrs",
+    ),
+    "loading.stacklist": ("StackList",),
+    "ops.batch": ("extract_patches",),
+    "ops.normalize": ("normalized",),
+    "ops.stats": ("ChannelStatistics", "channel_statistics"),
+    "ops.writing": ("write_ome_zarr", "PartialOutputWarning", "stale_partial_outputs"),
+    "sources.czi_check": ("check_czi_decodes",),
+    "sampling": (
+        "CoarseForegroundSampler",
+        "FixedSampler",
+        "ForegroundSampler",
+        "GridSampler",
+        "MaskWeightedSampler",
+        "PatchSpec",
+        "RandomSampler",
+        "Sampler",
+        "Stitcher",
+        "StratifiedSampler",
+        "WholeSampleSampler",
+        "otsu_threshold",
+        "read_manifest",
+        "write_manifest",
+    ),
+    "sources.custom": ("ReadFunc",),
+    "sources.zarr.engines": ("set_zarr_engine",),
+    "stack": ("GenericImageStack", "ImageStack", "ImageStackLoader", "LazyImageStack"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 #: Internal subpackages, importable as attributes (``lazystack.sources`` ...).
 _SUBMODULES = frozenset({"core", "frontends", "io", "loading", "ops", "sampling", "sources", "stack", "torch"})
@@ -150,27 +146,9 @@ def __dir__() -> list[str]:
 # The stack's convenience methods are functions of the layers above it: the
 # stack (which imports no operation) looks them up in core.extensions, where
 # they are registered here, importing their modules only when first called.
-def _stack_extract_patches(requests: Any) -> Any:
-    from .ops.batch import extract_patches
-
-    return extract_patches(requests)
-
-
-def _stack_normalized(stack: Any, stats: Any, **options: Any) -> Any:
-    from .ops.normalize import normalized
-
-    return normalized(stack, stats, **options)
-
-
-def _stack_show(stack: Any, **options: Any) -> Any:
-    from .frontends.plot import show
-
-    return show(stack, **options)
-
-
-_provide("extract_patches", _stack_extract_patches)
-_provide("normalized", _stack_normalized)
-_provide("show", _stack_show)
+for _method in ("extract_patches", "normalized", "show"):
+    _provide(_method, lambda *args, _name=_method, **kwargs: __getattr__(_name)(*args, **kwargs))
+del _method
 
 __all__ = [
     "VALID_AXES",
@@ -178,6 +156,7 @@ __all__ = [
     "AxesModel",
     "ChannelIndexError",
     "ChannelStatistics",
+    "CoarseForegroundSampler",
     "FixedSampler",
     "ForegroundSampler",
     "GenericImageStack",
@@ -223,6 +202,7 @@ __all__ = [
     "load_tiffs",
     "load_zarrs",
     "normalized",
+    "otsu_threshold",
     "propose_axes",
     "read_manifest",
     "set_chunk_cache_size",

@@ -13,6 +13,7 @@ import html
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -220,8 +221,6 @@ class LazyImageStack:
         self._coords = {a.upper(): np.asarray(v) for a, v in (coords or {}).items() if a.upper() in root.axes}
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
-        self._dask_root: Any = None
-        self._chunks_root: tuple[tuple[int, ...], ...] | None = None
         self._set_view()
 
     # -- construction helpers ------------------------------------------------
@@ -359,7 +358,7 @@ class LazyImageStack:
         new._selection = selection
         if reader is not None:
             new._reader = reader
-            new._dask_root = None
+            new.__dict__.pop("_root_dask", None)
         new._set_view()
         return new
 
@@ -367,7 +366,7 @@ class LazyImageStack:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None
-        state["_dask_root"] = None
+        state.pop("_root_dask", None)
         state["_fast"] = None  # holds a method of the reader: rebuilt on arrival
         return state
 
@@ -623,7 +622,12 @@ class LazyImageStack:
         if geometry.empty:
             return np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
         lo, hi = min(chans), max(chans) + 1
-        block = self._read_patch_region(s, t, slice(lo, hi), geometry.source)
+        by_role: dict[str, int | slice] = {"S": s, "T": t, "C": slice(lo, hi)}
+        block = self.read(tuple(by_role[k] if isinstance(k, str) else geometry.source[k] for k in self._key_plan))
+        if self._patch_perm is not None:
+            block = block.transpose(self._patch_perm)
+        if not self._patch_has_c:
+            block = block[np.newaxis]
         if not (hi - lo == len(chans) and chans[0] == lo and (len(chans) < 3 or chans == list(range(lo, hi)))):
             block = block[[c - lo for c in chans]]
         if block.shape[1:] == geometry.patch_size:  # inside the image: one cast, no zero fill
@@ -632,33 +636,10 @@ class LazyImageStack:
         out[(slice(None), *geometry.target)] = block
         return out
 
-    def _patch_key(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> tuple[int | slice, ...]:
-        """Key in view axes for one sample's region (``S``/``T`` ints, channel slice, spatial slices)."""
-        by_role: dict[str, int | slice] = {"S": s, "T": t, "C": channels}
-        return tuple(by_role[k] if isinstance(k, str) else spatial[k] for k in self._key_plan)
-
-    def _read_patch_region(self, s: int, t: int, channels: slice, spatial: tuple[slice, ...]) -> np.ndarray:
-        """Read one sample's region as an array in ``C(Z)YX`` order (C always present)."""
-        block = self._read_view(self._patch_key(s, t, channels, spatial))
-        if self._patch_perm is not None:
-            block = block.transpose(self._patch_perm)
-        if not self._patch_has_c:
-            block = block[np.newaxis]
-        return block
-
-    def _read_view(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        """Read ``key`` (in view axes: ints and step-1 slices inside the bounds) from memory or from the reader."""
-        if self._memory is not None:
-            return self._memory[key]
-        root_key, stride = (key, None) if self._identity else self._compose(key)
-        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
-        out = self._read_region(region)
-        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
-            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
-        return out[stride] if stride is not None else out
-
     def read(self, key: tuple[int | slice, ...]) -> np.ndarray:
         """Read a region of this stack (view) in [`axes_model`][axes_model] order, in the stored dtype.
+
+        From memory after [`load()`][load], else from the reader.
 
         Parameters
         ----------
@@ -672,7 +653,14 @@ class LazyImageStack:
         numpy.ndarray
             May be a read-only view of cached data: copy it before writing.
         """
-        return self._read_view(key)
+        if self._memory is not None:
+            return self._memory[key]
+        root_key, stride = (key, None) if self._identity else self._compose(key)
+        region = tuple(k if isinstance(k, slice) else slice(k, k + 1) for k in root_key)
+        out = self._read_region(region)
+        if len(region) != sum(isinstance(k, slice) for k in root_key):  # drop the axes given as ints
+            out = out.reshape(tuple(n for n, k in zip(out.shape, root_key, strict=True) if isinstance(k, slice)))
+        return out[stride] if stride is not None else out
 
     @staticmethod
     def _as_slice(r: range) -> slice:
@@ -925,6 +913,7 @@ class LazyImageStack:
         return self._derive(tuple(selection))
 
     # -- dask / xarray / numpy ------------------------------------------------------
+    @cached_property
     def _root_chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask chunks over the root axes: the reader's chunks merged to dask's ``array.chunk-size``.
 
@@ -932,48 +921,38 @@ class LazyImageStack:
         per stack. ``S`` is never merged when ``T`` is present: the canonical
         view reshapes ``(S, T)`` into one axis, which needs ``S`` in chunks of 1.
         """
-        chunks = self.__dict__.get("_chunks_root")
-        if chunks is None:
-            reader = self._reader
-            own = reader.as_dask()
-            if own is not None:  # a dask array keeps its own graph, and so its own chunks
-                chunks = tuple(tuple(int(n) for n in c) for c in own.chunks)
-            else:
-                axes = self._root.axes
-                unit = (axes.index("S"),) if "S" in axes and "T" in axes else ()
-                chunks = dask_chunks(reader, unit_axes=unit)
-            self._chunks_root = chunks
-        return chunks
+        own = self._reader.as_dask()
+        if own is not None:  # a dask array keeps its own graph, and so its own chunks
+            return tuple(tuple(int(n) for n in c) for c in own.chunks)
+        axes = self._root.axes
+        return dask_chunks(self._reader, unit_axes=(axes.index("S"),) if "S" in axes and "T" in axes else ())
 
+    @cached_property
     def _root_dask(self) -> dask.array.Array:
-        if self._dask_root is None:
-            import dask.array as da
+        """The dask array over the root axes (the reader's own, else one chunk read per merged chunk)."""
+        import dask.array as da
 
-            reader = self._reader
-            own = reader.as_dask()
-            if own is not None:
-                self._dask_root = own
-            else:
-                ndim = len(self._root.shape)
-                # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
-                # fancy=False), so a small slice of a big merged chunk reads only the slice
-                self._dask_root = da.from_array(
-                    _SlicingReader(reader),
-                    chunks=self._root_chunks(),
-                    name=f"lazystack-{self._token}",
-                    meta=np.empty((0,) * ndim, dtype=self.data_dtype),
-                    asarray=True,
-                    fancy=True,
-                    lock=False,
-                )
-        return self._dask_root
+        own = self._reader.as_dask()
+        if own is not None:
+            return own
+        # fancy=True lets dask fuse a slice of the array into the chunk read (it does not for
+        # fancy=False), so a small slice of a big merged chunk reads only the slice
+        return da.from_array(
+            _SlicingReader(self._reader),
+            chunks=self._root_chunks,
+            name=f"lazystack-{self._token}",
+            meta=np.empty((0,) * len(self._root.shape), dtype=self.data_dtype),
+            asarray=True,
+            fancy=True,
+            lock=False,
+        )
 
     def _view_dask(self) -> dask.array.Array:
         if self._memory is not None:
             import dask.array as da
 
             return da.from_array(self._memory, chunks=self._view_chunks(), name=False)
-        x = self._root_dask()
+        x = self._root_dask
         if self._identity:
             return x
         return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
@@ -985,7 +964,7 @@ class LazyImageStack:
         number of selected indices in it (chunks left empty are dropped).
         """
         out = []
-        for sizes, sel in zip(self._root_chunks(), self._selection, strict=True):
+        for sizes, sel in zip(self._root_chunks, self._selection, strict=True):
             if isinstance(sel, int):
                 continue
             if sel.step == 1 and sel.start == 0 and len(sel) == sum(sizes):
@@ -1116,7 +1095,7 @@ class LazyImageStack:
 
     def _read_all(self) -> np.ndarray:
         key = tuple(slice(0, n) for n in self._model.shape)
-        return self._read_view(key)
+        return self.read(key)
 
     # -- memory and handles ----------------------------------------------------------
     def load(self) -> LazyImageStack:
@@ -1144,7 +1123,7 @@ class LazyImageStack:
         The stack stays usable: it reopens its source lazily when read again.
         """
         self._memory = None
-        self._dask_root = None
+        self.__dict__.pop("_root_dask", None)
         self._reader.close()
 
     def __enter__(self) -> LazyImageStack:
@@ -1224,7 +1203,7 @@ class _CanonicalRegions:
         for s, t_run in s_runs:
             spans_view = {**by_role, "S": range(s, s + 1), "T": t_run}
             view_key = tuple(slice(spans_view[a].start, spans_view[a].stop) for a in axes)
-            block = np.asarray(stack._read_view(view_key)).transpose(order)
+            block = np.asarray(stack.read(view_key)).transpose(order)
             parts.append(block.reshape((len(t_run), len(c_span), *(len(r) for r in spatial))))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         drop = tuple(0 if isinstance(k, int) else slice(None) for k in key)
@@ -1289,15 +1268,6 @@ def check_image_dtype(dtype: Any, source: Any, format: str) -> None:  # noqa: A0
     [`LazyImageStack`][LazyImageStack]): complex data would otherwise reach the
     ``float32`` patches as its real part only, with nothing but numpy's
     ``ComplexWarning``.
-
-    Parameters
-    ----------
-    dtype : numpy dtype-like
-        The reader's dtype.
-    source : Any
-        Named in the message (path, URI, ``"array"``).
-    format : str
-        Named in the message.
     """
     try:
         dt = np.dtype(dtype)

@@ -227,6 +227,15 @@ def _touched(reader: ChunkedReader, request: tuple[Any, ...]) -> list[ChunkIndex
     return reader.chunk_grid.touched(tuple(slice(sample, sample + 1) for _ in lead) + inside)
 
 
+def _region_of(reader: ChunkedReader, request: tuple[Any, ...]) -> tuple[tuple[slice, ...], bool]:
+    """The source region (and whether it is read as float32) of a request on a SYX reader."""
+    sample, _, (y, x), (h, w) = request
+    _, ny, nx = reader.shape
+    inside = (slice(max(y, 0), min(y + h, ny)), slice(max(x, 0), min(x + w, nx)))
+    whole = y >= 0 and x >= 0 and y + h <= ny and x + w <= nx
+    return (slice(sample, sample + 1), *inside), whole
+
+
 def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     import lazystack.ops.batch as batch_module
 
@@ -364,8 +373,21 @@ def test_auto_engine_with_the_cache_off_reads_regions_only_for_big_chunks(
             stack = LazyImageStack(ZarrArrayReader(zarr.open_array(z.store, mode="r"), engine="auto"), "SYX")
             region_reads.clear()
             _assert_same(stack.extract_patches(reqs), want)
+
             # small chunks: decoded once each, directly, on all cores; big ones: tensorstore reads each patch
-            assert len(region_reads) == (len(reqs) if regions else 0)
+            # that shares no chunk with another request (the others: each shared chunk decoded once)
+            def chunks_of(r: tuple[Any, ...], c: tuple[int, int, int] = chunks) -> set[tuple[int, int, int]]:
+                (y, x), (h, w) = r[2], r[3]
+                ys = range(y // c[1], (y + h - 1) // c[1] + 1)
+                xs = range(x // c[2], (x + w - 1) // c[2] + 1)
+                return {(r[0], a, b) for a in ys for b in xs}
+
+            for batch in (reqs, [reqs[i] for i in (0, 1, 8, 12)]):
+                region_reads.clear()
+                _assert_same(stack.extract_patches(batch), [want[reqs.index(r)] for r in batch])
+                lone = [r for r in batch if not any(chunks_of(r) & chunks_of(o) for o in batch if o is not r)]
+                assert len(region_reads) == (len(lone) if regions else 0)
+            assert not regions or len(lone) == 2  # the second batch mixes both kinds
 
 
 def test_back_ends_without_a_single_chunk_fetch_keep_one_fetch_per_read() -> None:
@@ -398,8 +420,11 @@ def test_tensorstore_batches_read_regions_with_the_cache_off(
     want = [LazyImageStack(np.asarray(zarr_arrays["syx"]), "SYX").extract_patch(*r) for r in reqs]
     with chunk_cache_size(0):
         _assert_same(stack.extract_patches(reqs), want)
-        inside = [r for r in reqs if _touched(stack.reader, r)]
-        assert len(region_reads) == len(inside)  # one region read per patch that overlaps the image
+        uses = Counter(c for r in reqs for c in _touched(stack.reader, r))
+        lone = [r for r in reqs if _touched(stack.reader, r) and all(uses[c] == 1 for c in _touched(stack.reader, r))]
+        assert 0 < len(lone) < len(reqs)
+        # one region read per patch that overlaps the image and shares no chunk with another request
+        assert sorted(region_reads) == sorted(_region_of(stack.reader, r) for r in lone)
         set_chunk_cache_size(2**20)
         region_reads.clear()
         _assert_same(stack.extract_patches(reqs), want)
@@ -420,7 +445,7 @@ def test_tensorstore_region_reads_cast_to_float32_only_when_exact(
     z[...] = data
     stack = LazyImageStack(ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="tensorstore"), "SYX")
     inside = [(0, None, (0, 0), (20, 24)), (1, None, (50, 40), (20, 24)), (0, None, (30, 33), (20, 24))]
-    edge = [(1, None, (80, 70), (20, 24)), (0, [0], (10, 10), (20, 24))]  # leaves the image; a channel list
+    edge = [(1, None, (80, 70), (20, 24)), (0, [0], (64, 0), (20, 24))]  # leaves the image; a channel list
     reqs = inside + edge
     want = [LazyImageStack(data, "SYX").extract_patch(*r) for r in reqs]
     with chunk_cache_size(0):
@@ -463,7 +488,7 @@ def test_tensorstore_batches_with_the_cache_on_fetch_all_their_chunks_in_one_rou
         set_chunk_cache_size(previous)
 
 
-def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
+def test_auto_engine_fetches_a_batch_in_one_round_when_tensorstore_suits_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lazystack.sources.zarr.engines import AutoEngine
@@ -474,7 +499,6 @@ def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
     z[...] = data
     reader = ZarrArrayReader(zarr.open_array(tmp_path / "a.zarr", mode="r"), engine="auto")
     assert isinstance(reader.engine, AutoEngine)
-    reader.engine.min_tensorstore_bytes = 0  # any fetch of two chunks or more would suit tensorstore
     rounds: list[int] = []
     original = reader.fetch_chunks
     monkeypatch.setattr(reader, "fetch_chunks", lambda indices: (rounds.append(len(indices)), original(indices))[1])
@@ -482,12 +506,16 @@ def test_auto_engine_fetches_a_batch_in_one_round_only_with_the_cache_on(
     reqs = [(0, None, (y, x), (40, 40)) for y in range(0, 460, 50) for x in range(0, 980, 70)]
     want = _one_by_one(LazyImageStack(data, "YX"), reqs)
     touched = len({c for r in reqs for c in _touched(reader, r)})
-    with chunk_cache_size(0):  # no round: each chunk decoded once, directly, and dropped after its copies
-        _assert_same(stack.extract_patches(reqs), want)
-        assert rounds == []
-    with chunk_cache_size(2**24):  # the chunks are kept anyway: one round, decoded in tensorstore's threads
-        _assert_same(stack.extract_patches(reqs), want)
-        assert rounds == [touched]
+    for cache in (0, 2**24):
+        with chunk_cache_size(cache) as chunk_cache:
+            reader.engine.min_tensorstore_bytes = 2**40  # tensorstore does not suit: each chunk decoded directly
+            rounds.clear()
+            _assert_same(stack.extract_patches(reqs), want)
+            assert rounds == []
+            reader.engine.min_tensorstore_bytes = 0  # any fetch of two chunks or more suits tensorstore
+            chunk_cache.clear()
+            _assert_same(stack.extract_patches(reqs), want)
+            assert rounds == [touched]  # one round, decoded in tensorstore's threads, cache on or off
 
 
 def test_tensorstore_batch_names_a_corrupt_chunk(tmp_path: Path) -> None:

@@ -29,3 +29,83 @@ def test_quick_batch_and_http_scenarios_report_their_floors(tmp_path: Path) -> N
     assert any(note.startswith("dask compute / cold floor:") for note in http["notes"])
     targets = {t["target"] for t in http["targets"]}
     assert targets >= {"cold <= 1.3x touched-chunk floor", "dask / lazystack (>= 10x faster)"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> None:
+    """Tiny bench_loader runs: every reader x configuration row, the targets, the JSON (no timing asserted)."""
+    pytest.importorskip("torch", reason="bench_loader runs torch DataLoaders")
+    pytest.importorskip("tensorstore", reason="the Zarr reference is tensorstore")
+    from benchmarks import bench_loader
+
+    common = ["--quick", "--batches", "2", "--import-rounds", "1", "--data-dir", str(tmp_path / "data")]
+    out = tmp_path / "loader.json"
+    configs = ["--configs", "0", "1:fork", "1:spawn"]
+    results = bench_loader.main([*common, "--cells", "tiff3d", *configs, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    zarr_results = bench_loader.main([*common, "--cells", "zarr2d", "--configs", "1:fork", "--json", ""])
+    results["cells"].update(zarr_results["cells"])
+    results["targets"] += zarr_results["targets"]
+    small = f"lazystack cache={results['small_cache_mib']} MiB"
+    readers = {
+        "zarr2d": ({"lazystack", small, "tensorstore", "zarr-python"}, {"1 workers fork"}),
+        "tiff3d": ({"lazystack", small, "tifffile+zarr"}, {"0 workers", "1 workers fork", "1 workers spawn"}),
+    }
+    assert set(results["cells"]) == set(readers)
+    for cell, (names, labels) in readers.items():
+        res = results["cells"][cell]
+        assert res["patch"] == list(bench_loader.CELLS[cell][4])
+        assert set(res["configs"]) == labels
+        for label, rows in res["configs"].items():
+            assert set(rows) == names
+            for name, row in rows.items():
+                assert len(row["patches_per_s_rounds"]) == 1
+                assert row["patches_per_s"] > 0
+                assert row["first_batch_s"] > 0
+                assert 0 < row["p50_ms"] <= row["p99_ms"]
+                expected_bound = results["small_cache_mib"] if name == small else results["default_cache_mib"]
+                assert row["cache_bound_mib"] == (expected_bound if name.startswith("lazystack") else None)
+                if label == "0 workers":
+                    assert row["workers_rss_mib"] == {}
+                else:
+                    (worker,) = row["workers_rss_mib"].values()
+                    assert 0 < worker["start_mib"] <= worker["peak_mib"]
+    targets = [t["target"] for t in results["targets"]]
+    for name in ("lazystack", small):
+        assert f"zarr2d 1 workers fork {name} / tensorstore patches/s" in targets
+        assert f"zarr2d 1 workers fork {name} worker 0 peak RSS MiB" in targets
+        assert f"tiff3d 0 workers {name} / tifffile+zarr patches/s" in targets
+        assert f"tiff3d 1 workers spawn {name} p99 / p50 batch time" in targets
+        assert f"tiff3d {name} first batch spawn / fork" in targets
+    assert "import lazystack / import zarr, tifffile" in targets
+    assert all(t["pass"] in (True, False) for t in results["targets"])
+    assert results["import"]["rounds"] == 1
+
+
+def test_bench_loader_reuses_matching_data_and_rewrites_changed(tmp_path: Path) -> None:
+    """The data is written once; a cache entry whose parameters differ is written again."""
+    import numpy as np
+    import tifffile
+
+    from benchmarks import bench_loader
+
+    path, shape = bench_loader.ensure_data("tiff2d", 8, tmp_path)
+    assert shape == (1, 2048, 2048)
+    full = tifffile.imread(path).reshape(2048, 2048)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        assert page.is_tiled
+        assert (page.tilelength, page.tilewidth) == (256, 256)
+        assert page.compression == tifffile.COMPRESSION.ZSTD
+    stamp = path.stat().st_mtime_ns
+    assert bench_loader.ensure_data("tiff2d", 8, tmp_path) == (path, shape)
+    assert path.stat().st_mtime_ns == stamp
+    meta = path.parent / "meta.json"
+    meta.write_text(meta.read_text().replace('"zstd"', '"zlib"'))
+    assert bench_loader.ensure_data("tiff2d", 8, tmp_path) == (path, shape)
+    assert path.stat().st_mtime_ns != stamp
+    assert json.loads(meta.read_text())["codec"] == "zstd"
+    specs = [(0, (100, 200), (64, 64)), (0, (1984, 0), (64, 64))]
+    expected = bench_loader.expected_batch("tiff2d", path, specs)
+    assert np.array_equal(expected[:, 0], np.stack([full[100:164, 200:264], full[1984:2048, 0:64]]).astype(np.float32))

@@ -99,7 +99,7 @@ def test_normalize_key_rejects(key: tuple[object, ...], error: type[Exception], 
 # -- the grid --------------------------------------------------------------------------------
 def _brute_touched(grid: ChunkGrid, region: Sequence[slice]) -> list[ChunkIndex]:
     out = []
-    for idx in itertools.product(*(range(n) for n in grid.grid_shape)):
+    for idx in itertools.product(*(range(n) for n in map(len, grid.sizes))):
         cr = grid.chunk_region(idx)
         if all(max(r.start, c.start) < min(r.stop, c.stop) for r, c in zip(region, cr, strict=True)):
             out.append(idx)
@@ -146,7 +146,7 @@ def test_grid_pieces_cut_each_touched_chunk_into_its_place(
 
 def test_grid_shapes_and_errors() -> None:
     grid = ChunkGrid((10, 7), (4, 7))
-    assert grid.dask_chunks == ((4, 4, 2), (7,))
+    assert grid.sizes == ((4, 4, 2), (7,))
     assert grid.chunk_region((2, 0)) == (slice(8, 10), slice(0, 7))
     assert grid.chunk_nbytes(2) == 4 * 7 * 2
     assert grid.touched((slice(3, 3), slice(0, 7))) == []

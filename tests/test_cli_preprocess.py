@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from lazystack import UnsupportedSourceError
-from lazystack.frontends.cli_preprocess import _fallback_open, add_convert_parser, add_stats_parser
+from lazystack.frontends.cli_preprocess import add_convert_parser, add_stats_parser
 
 
 def run(argv: list[str]) -> int:
@@ -166,14 +165,3 @@ def test_convert_tiff(tmp_path: Path) -> None:
     out = tmp_path / "t.zarr"
     assert run(["convert", str(tmp_path / "t.tif"), "--axes", "ZYX", "--out", str(out), "--quiet"]) == 0
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], tifffile.imread(tmp_path / "t.tif"))
-
-
-def test_fallback_opener(tmp_path: Path) -> None:
-    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
-    np.save(tmp_path / "x.npy", data)
-    (stack,) = _fallback_open([str(tmp_path / "x.npy")], "CYX")
-    np.testing.assert_array_equal(stack.compute()[0], data)
-    with pytest.raises(UnsupportedSourceError, match="cannot tell the format"):
-        _fallback_open([str(tmp_path / "x.bin")], "YX")
-    with pytest.raises(ValueError, match="--axes is required"):
-        _fallback_open([str(tmp_path / "x.npy")], None)

@@ -141,7 +141,7 @@ def test_cache_is_bounded(tmp_path: Path) -> None:
     stacks[0].extract_patch(0, None, (0, 0), (2, 2))
     assert len(CALLS) == 2
     assert custom.cache_info()["entries"] == 0
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="whole-file cache size -1: must be >= 0"):
         custom.set_cache_bytes(-1)
 
 

@@ -524,12 +524,12 @@ def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
     real = manager.acquire_context
 
     @contextlib.contextmanager
-    def stale_first(needs_lock: bool = True) -> Any:
+    def stale_first() -> Any:
         calls.append(1)
         if len(calls) == 1:
             yield handle
         else:
-            with real(needs_lock) as f:
+            with real() as f:
                 yield f
 
     monkeypatch.setattr(manager, "acquire_context", stale_first)

@@ -194,10 +194,10 @@ def test_views_chunks_and_values_match_dask_slicing(
     view = stack.isel(**select)
     with dask.config.set({"array.chunk-size": "1B"}):
         (small,) = load_arrays([Reader(data, chunks)], axes)
-        root = da.from_array(data, chunks=small._root_chunks())
+        root = da.from_array(data, chunks=small._root_chunks)
         key = tuple(select.get(a, slice(None)) for a in axes)
         assert small.isel(**select)._view_chunks() == root[key].chunks  # dask's own slicing arithmetic
-    root = da.from_array(data, chunks=stack._root_chunks())
+    root = da.from_array(data, chunks=stack._root_chunks)
     assert view._view_chunks() == root[key].chunks
     np.testing.assert_array_equal(view.xarray.values, data[key])
     np.testing.assert_array_equal(view.data.compute(), view.compute())

@@ -18,7 +18,6 @@ from lazystack.loading.stacklist import (
     StackList,
     format_bytes,
     source_disk_bytes,
-    stack_html,
     stack_summary,
     summary_row,
 )
@@ -106,7 +105,7 @@ def test_summary_row_text() -> None:
 
 
 def test_format_bytes_and_disk_size(tmp_path: Path) -> None:
-    assert format_bytes(2**20) == "1.0 MiB"
+    assert format_bytes(2**20) == "1.00 MiB"
     (tmp_path / "f.bin").write_bytes(b"x" * 100)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a").write_bytes(b"x" * 10)
@@ -173,10 +172,10 @@ def test_stacklist_html_escapes_and_cuts() -> None:
 # -- one stack's HTML -----------------------------------------------------------------------------
 
 
-def test_stack_html_builds_on_xarray_repr() -> None:
+def test_stack_repr_html_builds_on_xarray_repr() -> None:
     stack = _named_stack()
     with raise_if_dask_computes():
-        markup = stack_html(stack)
+        markup = stack._repr_html_()
     parsed = parse(markup)
     assert "xr-wrap" in parsed.classes  # xarray's own repr is embedded
     facts = {row[0]: row[1] for row in parsed.tables[0] if len(row) == 2}

@@ -151,7 +151,13 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     # the gallery: pictures and HTML reprs made by the build, not committed
     gallery = (site / "gallery" / "index.html").read_text(encoding="utf-8")
     pngs = sorted(p.name for p in (site / "gallery").glob("*.png"))
-    assert pngs == ["ome-zarr-levels.png", "plate-positions.png", "show-one-channel.png"]
+    assert pngs == [
+        "ome-zarr-levels.png",
+        "plate-positions.png",
+        "show-composite.png",
+        "show-one-channel.png",
+        "show-rgb.png",
+    ]
     for name in pngs:
         data = (site / "gallery" / name).read_bytes()
         assert data.startswith(b"\x89PNG")

@@ -79,15 +79,6 @@ def validate_axes(axes: str) -> str:
 def axes_or_none(axes: str) -> str | None:
     """Return ``validate_axes(axes)``, or None when ``axes`` is not valid (for axes a file declares).
 
-    Parameters
-    ----------
-    axes : str
-        Axes as a file declares them.
-
-    Returns
-    -------
-    str or None
-
     Examples
     --------
     >>> axes_or_none("tzyx"), axes_or_none("QYX")

@@ -37,15 +37,6 @@ def provide(name: str, func: Callable[..., Any]) -> None:
 def provided(name: str) -> Callable[..., Any]:
     """Return the implementation registered for the stack method ``name``.
 
-    Parameters
-    ----------
-    name : str
-        Method name.
-
-    Returns
-    -------
-    callable
-
     Raises
     ------
     NotImplementedError

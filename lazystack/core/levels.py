@@ -98,17 +98,7 @@ def _level(stack: Any) -> int:
 
 
 def image_key(stack: Any) -> str:
-    """The image a stack belongs to: its pyramid's group URI, else its own source.
-
-    Parameters
-    ----------
-    stack : LazyImageStack
-        Any stack (duck-typed: ``attrs`` and ``source`` are read).
-
-    Returns
-    -------
-    str
-    """
+    """The image a stack belongs to: its pyramid's group URI, else its own source."""
     attrs = getattr(stack, "attrs", None) or {}
     key = attrs.get("image_uri") if getattr(stack, "level", None) is not None else None
     return str(key) if key is not None else str(getattr(stack, "source", id(stack)))
@@ -116,13 +106,6 @@ def image_key(stack: Any) -> str:
 
 def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
     """The stacks at the selected levels (a stack without a pyramid counts as level 0).
-
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
-    levels : None, "all", int, sequence of int or str
-        As [`parse_levels()`][parse_levels].
 
     Returns
     -------
@@ -137,11 +120,6 @@ def select_levels(stacks: Iterable[_S], levels: Any) -> list[_S]:
 def group_levels(stacks: Iterable[_S]) -> list[list[_S]]:
     """Group stacks by image (see [`image_key()`][image_key]), each group's levels finest first.
 
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
-
     Returns
     -------
     list of list of LazyImageStack
@@ -155,11 +133,6 @@ def group_levels(stacks: Iterable[_S]) -> list[list[_S]]:
 
 def finest_levels(stacks: Iterable[_S]) -> tuple[list[_S], list[_S]]:
     """Keep the finest level given of each image: what aggregating operations use by default.
-
-    Parameters
-    ----------
-    stacks : iterable of LazyImageStack
-        The stacks.
 
     Returns
     -------

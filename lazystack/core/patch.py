@@ -62,10 +62,6 @@ def patch_geometry(
     spatial_axes : str, optional
         Names of the spatial dims, used in error messages.
 
-    Returns
-    -------
-    PatchGeometry
-
     Raises
     ------
     PatchError

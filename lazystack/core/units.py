@@ -12,58 +12,15 @@ from collections.abc import Mapping
 
 __all__ = ["UNIT_SYMBOLS", "format_quantity", "format_sizes", "unit_name", "unit_symbol"]
 
+#: SI prefixes NGFF allows on ``meter`` and ``second`` (all but deca), with their symbols.
+_PREFIXES = {"yocto": "y", "zepto": "z", "atto": "a", "femto": "f", "pico": "p", "nano": "n", "micro": "µ"}
+_PREFIXES |= {"milli": "m", "centi": "c", "deci": "d", "": "", "hecto": "h", "kilo": "k", "mega": "M"}
+_PREFIXES |= {"giga": "G", "tera": "T", "peta": "P", "exa": "E", "zetta": "Z", "yotta": "Y"}
 #: Symbol of each unit name OME-NGFF allows for space and time axes (and a few common aliases).
 UNIT_SYMBOLS: dict[str, str] = {
-    "angstrom": "Å",
-    "attometer": "am",
-    "centimeter": "cm",
-    "decimeter": "dm",
-    "exameter": "Em",
-    "femtometer": "fm",
-    "foot": "ft",
-    "gigameter": "Gm",
-    "hectometer": "hm",
-    "inch": "in",
-    "kilometer": "km",
-    "megameter": "Mm",
-    "meter": "m",
-    "micrometer": "µm",
-    "micron": "µm",
-    "mile": "mi",
-    "millimeter": "mm",
-    "nanometer": "nm",
-    "parsec": "pc",
-    "petameter": "Pm",
-    "picometer": "pm",
-    "terameter": "Tm",
-    "yard": "yd",
-    "yoctometer": "ym",
-    "yottameter": "Ym",
-    "zeptometer": "zm",
-    "zettameter": "Zm",
-    "attosecond": "as",
-    "centisecond": "cs",
-    "day": "d",
-    "decisecond": "ds",
-    "exasecond": "Es",
-    "femtosecond": "fs",
-    "gigasecond": "Gs",
-    "hectosecond": "hs",
-    "hour": "h",
-    "kilosecond": "ks",
-    "megasecond": "Ms",
-    "microsecond": "µs",
-    "millisecond": "ms",
-    "minute": "min",
-    "nanosecond": "ns",
-    "petasecond": "Ps",
-    "picosecond": "ps",
-    "second": "s",
-    "terasecond": "Ts",
-    "yoctosecond": "ys",
-    "yottasecond": "Ys",
-    "zeptosecond": "zs",
-    "zettasecond": "Zs",
+    **{p + name: s + symbol for name, symbol in (("meter", "m"), ("second", "s")) for p, s in _PREFIXES.items()},
+    **{"angstrom": "Å", "foot": "ft", "inch": "in", "micron": "µm", "mile": "mi", "parsec": "pc", "yard": "yd"},
+    **{"day": "d", "hour": "h", "minute": "min"},
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -126,7 +125,7 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, 
         level_option,
         dest="source_levels",
         metavar="LEVELS",
-        help="resolution levels of multiscale images (OME-Zarr pyramids) to open: 'all', a level "
+        help="resolution levels of multiscale images (OME-Zarr, OME-TIFF and CZI pyramids) to open: 'all', a level "
         "(0 = full resolution) or a list like 0,2 (default all; stats and convert: the full resolution of each image)",
     )
 
@@ -310,25 +309,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     failures: list[tuple[str, BaseException]] = []
     declared_any = False
     opened = 0
-    for given in args.source:
+
+    def attempt(source: str, func: Callable[..., Any], *func_args: Any) -> Any:
         try:
-            sources = expand_sources([given])
+            return func(*func_args)
         except DATA_ERRORS as exc:
             if args.debug:
                 raise
-            failures.append((given, exc))
-            continue
-        for source in sources:
-            try:
-                found, declared = _info_records(source, axes, load_opts)
-            except DATA_ERRORS as exc:
-                if args.debug:
-                    raise
-                failures.append((source, exc))
-                continue
-            opened += 1
-            records += found
-            declared_any |= declared
+            failures.append((source, exc))
+            return None
+
+    for given in args.source:
+        for source in attempt(given, expand_sources, [given]) or []:
+            found = attempt(source, _info_records, source, axes, load_opts)
+            if found is not None:
+                opened += 1
+                records += found[0]
+                declared_any |= found[1]
     if args.json:
         print(json.dumps(records, indent=2))
     elif records:
@@ -361,24 +358,8 @@ def _add_info(sub: SubParsers) -> None:
     p.set_defaults(handler=_cmd_info)
 
 
-def _add_preprocess(sub: SubParsers) -> None:
-    """Register ``stats`` and ``convert`` when their module is part of this installation."""
-    if importlib.util.find_spec(f"{__package__}.cli_preprocess") is None:
-        return
-    cli_preprocess = importlib.import_module(f"{__package__}.cli_preprocess")
-    for name in ("add_stats_parser", "add_convert_parser"):
-        add = getattr(cli_preprocess, name, None)
-        if callable(add):
-            add(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-    """
+    """Build the argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
@@ -392,31 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_info(sub)
     _add_demo(sub)
-    _add_preprocess(sub)
+    preprocess = importlib.import_module(f"{__package__}.cli_preprocess")  # by name: it imports this module
+    preprocess.add_stats_parser(sub)
+    preprocess.add_convert_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit code.
-    """
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (| head)
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except DATA_ERRORS as exc:

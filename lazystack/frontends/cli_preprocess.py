@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import AxesError, MissingDependencyError, UnsupportedSourceError
+from ..core.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -91,32 +91,6 @@ def _open_sources(args: argparse.Namespace) -> list[LazyImageStack]:
     return [stack for _source, _axes, _declared, stacks in resolve_stacks(args) for stack in stacks]
 
 
-def _fallback_open(paths: Sequence[str], axes: str | None) -> list[LazyImageStack]:
-    # fallback: dispatch by extension (to be removed once lazystack.load is always present)
-    from ..loading import loaders
-
-    if axes is None:
-        msg = "--axes is required (letters of STCZYX describing every source)"
-        raise AxesError(msg)
-    stacks: list[LazyImageStack] = []
-    for path in paths:
-        lower = path.lower().rstrip("/")
-        if lower.endswith((".tif", ".tiff")):
-            stacks += loaders.load_tiffs([path], axes)
-        elif lower.endswith(".czi"):
-            stacks += loaders.load_czis([path], axes)
-        elif lower.endswith(".zarr") or "://" in lower:
-            stacks += loaders.load_zarrs([path], axes)
-        elif lower.endswith(".npy"):
-            import numpy as np
-
-            stacks += loaders.load_arrays([np.load(path, mmap_mode="r")], axes)
-        else:
-            msg = f"cannot tell the format of {path!r}: accepted .tif/.tiff, .zarr (or a URI), .czi, .npy"
-            raise UnsupportedSourceError(msg)
-    return stacks
-
-
 def _add_common(p: argparse.ArgumentParser, level_option: str = "--levels") -> None:
     from .cli import add_source_arguments
 
@@ -157,11 +131,6 @@ def _fraction(text: str) -> float:
 def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``stats`` subcommand to ``sub``.
 
-    Parameters
-    ----------
-    sub : argparse subparsers action
-        From ``parser.add_subparsers()``.
-
     Returns
     -------
     argparse.ArgumentParser
@@ -191,11 +160,6 @@ def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
 
 def add_convert_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``convert`` subcommand to ``sub``.
-
-    Parameters
-    ----------
-    sub : argparse subparsers action
-        From ``parser.add_subparsers()``.
 
     Returns
     -------
@@ -328,17 +292,3 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if note:
         print(note)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - frontends/cli.py registers these
-    """Stand-alone entry point with just ``stats`` and ``convert`` (for testing without ``lazystack.frontends.cli``)."""
-    parser = argparse.ArgumentParser(prog="lazystack")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_stats_parser(sub)
-    add_convert_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..loading.stacklist import format_table as format_rows
+from ..loading.stacklist import source_disk_bytes
 from ..stack import LazyImageStack
 
 __all__ = ["DemoResult", "run_demo"]
@@ -114,12 +116,6 @@ def _synthetic(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return out.reshape(shape)
 
 
-def _dir_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _read_bytes() -> int | None:
     try:
         with open("/proc/self/io") as f:
@@ -174,19 +170,13 @@ def _build_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 
 
 def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
-    from ..loading.loaders import load_zarrs
+    from ..loading.loaders import load_arrays, load_zarrs
     from ..ops.writing import write_ome_zarr
 
     p = folder / "image.ome.zarr"
-    (base,) = _build_npy_stacks(shape)
+    (base,) = load_arrays([_synthetic(shape, 7)], "TCYX")
     write_ome_zarr(base, p, chunks=128, levels=2)
     return [p], load_zarrs([p], "TCYX")
-
-
-def _build_npy_stacks(shape: tuple[int, ...]) -> list[LazyImageStack]:
-    from ..loading.loaders import load_arrays
-
-    return load_arrays([_synthetic(shape, 7)], "TCYX")
 
 
 def _build_czi(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
@@ -227,22 +217,6 @@ def _extract(
     return done, shape
 
 
-class _Steps:
-    """Step lines on stderr (``[2/5] tiff: ...``), kept clear of the progress bar."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-
-    def __call__(self, index: int, name: str, text: str) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            prefix = f"[{index}/{self.total}] {name}: " if index else ""
-            tqdm.write(prefix + text, file=sys.stderr)
-            sys.stderr.flush()
-
-
 def run_demo(
     *,
     size: int = 1024,
@@ -280,10 +254,6 @@ def run_demo(
     cache_bytes : int or str, optional
         Bound of the chunk cache during the demo (``0`` disables it; default:
         the process's setting, see [`lazystack.chunk_cache_size()`][lazystack.chunk_cache_size]).
-
-    Returns
-    -------
-    list of DemoResult
     """
     from contextlib import nullcontext
 
@@ -300,7 +270,13 @@ def run_demo(
     tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
     tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    step = _Steps(progress, len(names))
+
+    def step(index: int, name: str, text: str) -> None:
+        """A step line on stderr (``[2/5] tiff: ...``), kept clear of the progress bar."""
+        if progress:
+            tqdm.write((f"[{index}/{len(names)}] {name}: " if index else "") + text, file=sys.stderr)
+            sys.stderr.flush()
+
     results = []
     cache_scope = nullcontext() if cache_bytes is None else chunk_cache_size(cache_bytes)
     try:
@@ -323,7 +299,7 @@ def run_demo(
                 result.write_seconds = time.perf_counter() - t0
                 result.n_stacks = len(stacks)
                 result.shapes = ", ".join(sorted({"x".join(map(str, s.data_shape)) for s in stacks}))
-                result.dataset_bytes = sum(_dir_size(p) for p in paths)
+                result.dataset_bytes = sum(source_disk_bytes(p) or 0 for p in paths)
                 step(
                     index,
                     name,
@@ -361,15 +337,6 @@ def format_table(results: list[DemoResult]) -> str:
 
     The title states the patch shape and the chunk-cache setting; the notes
     say what the ``read`` column counts.
-
-    Parameters
-    ----------
-    results : list of DemoResult
-        From [`run_demo()`][run_demo].
-
-    Returns
-    -------
-    str
     """
 
     def mib(n: int | None) -> str:
@@ -382,40 +349,17 @@ def format_table(results: list[DemoResult]) -> str:
         looked = r.cache_hits + r.cache_misses
         return f"{100 * r.cache_hits / looked:.0f}%" if looked else "-"
 
-    head = (
-        "format",
-        "stacks",
-        "canonical shapes",
-        "open",
-        "patch",
-        "patches",
-        "patches/s",
-        "cache hits",
-        "read",
-        "dataset",
-    )
-    rows = [head]
-    for r in results:
+    head: tuple[str, ...] = ("format", "stacks", "canonical shapes", "open", "patch", "patches", "patches/s")
+    head += ("cache hits", "read", "dataset")
+
+    def cells(r: DemoResult) -> tuple[str, ...]:
         if r.note:
-            rows.append((r.format, "-", r.note, "-", "-", "-", "-", "-", "-", "-"))
-            continue
-        rows.append(
-            (
-                r.format,
-                str(r.n_stacks),
-                r.shapes,
-                f"{r.first_patch_seconds:.2f} s",
-                "x".join(map(str, r.patch_shape)) or "-",
-                str(r.n_patches),
-                f"{r.patches_per_second:,.0f}",
-                hit_rate(r),
-                read(r),
-                mib(r.dataset_bytes),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+            return (r.format, "-", r.note, *["-"] * 7)
+        shape = "x".join(map(str, r.patch_shape)) or "-"
+        opened = (r.format, str(r.n_stacks), r.shapes, f"{r.first_patch_seconds:.2f} s", shape)
+        return (*opened, str(r.n_patches), f"{r.patches_per_second:,.0f}", hit_rate(r), read(r), mib(r.dataset_bytes))
+
+    lines = [format_rows([dict(zip(head, cells(r), strict=True)) for r in results], head)]
     done = [r for r in results if not r.note]
     cache = done[0].cache_max_bytes if done else None
     cache_text = "off" if cache == 0 else "?" if cache is None else f"{mib(cache)} per process"

@@ -35,23 +35,18 @@ def add_scene_metadata(path: str | os.PathLike[str], names: dict[int, str]) -> N
         if image is None:
             msg = f"{os.fspath(path)!r} has no Metadata/Information/Image element to record scenes in"
             raise SourceFormatError(msg)
-        dimensions = image.find("Dimensions")
-        if dimensions is None:
-            dimensions = ET.SubElement(image, "Dimensions")
-        s = dimensions.find("S")
-        if s is None:
-            s = ET.SubElement(dimensions, "S")
-        scenes = s.find("Scenes")
-        if scenes is None:
-            scenes = ET.SubElement(s, "Scenes")
+        scenes = _child(_child(_child(image, "Dimensions"), "S"), "Scenes")
         for index, name in sorted(names.items()):
             ET.SubElement(scenes, "Scene", {"Index": str(index), "Name": name})
-        size_s = image.find("SizeS")
-        if size_s is None:
-            size_s = ET.SubElement(image, "SizeS")
-        size_s.text = str(len(names))
+        _child(image, "SizeS").text = str(len(names))
         with editor.edit_session() as builder:
             builder.set_xml(ET.tostring(root, encoding="unicode"))
+
+
+def _child(parent: ET.Element, tag: str) -> ET.Element:
+    """``parent``'s first ``tag`` element, added when it has none."""
+    found = parent.find(tag)
+    return ET.SubElement(parent, tag) if found is None else found
 
 
 def write_demo_czi(path: str | os.PathLike[str], data: np.ndarray) -> None:

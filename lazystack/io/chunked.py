@@ -86,10 +86,6 @@ def shared_executor() -> ThreadPoolExecutor:
     Created on first use; a forked child gets a new one (threads do not
     survive ``fork``). ``LAZYSTACK_IO_THREADS`` sets its size (default:
     4 per core, at most 16).
-
-    Returns
-    -------
-    concurrent.futures.ThreadPoolExecutor
     """
     global _POOL
     pool = _POOL
@@ -311,16 +307,6 @@ class ChunkGrid:
             self.chunk_shape = tuple(max(c) if c else 0 for c in self.sizes)
         self.bounds = tuple(np.concatenate([[0], np.cumsum(c, dtype=np.int64)]) for c in self.sizes)
 
-    @property
-    def dask_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """Chunks as dask expects them."""
-        return self.sizes
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        """Number of chunks along each axis."""
-        return tuple(len(c) for c in self.sizes)
-
     def axis_range(self, axis: int, start: int, stop: int) -> range:
         """Indices of the chunks along ``axis`` that ``[start, stop)`` overlaps."""
         if stop <= start:
@@ -391,12 +377,6 @@ class ChunkGrid:
         product = itertools.product
         return list(zip(product(*idxs), product(*srcs), product(*dsts), strict=True))
 
-    def chunk_start(self, idx: ChunkIndex) -> tuple[int, ...]:
-        """Array coordinates of the first element of chunk ``idx``."""
-        if self.regular:
-            return tuple(i * c for i, c in zip(idx, self.chunk_shape, strict=True))
-        return tuple(int(b[i]) for i, b in zip(idx, self.bounds, strict=True))
-
     def chunk_region(self, idx: ChunkIndex) -> tuple[slice, ...]:
         """The region of the array chunk ``idx`` covers (cut at the array's edge)."""
         return tuple(slice(int(b[i]), int(b[i + 1])) for i, b in zip(idx, self.bounds, strict=True))
@@ -453,16 +433,20 @@ def get_chunks(
     if missing:
         fetched = fetch(missing)
         for idx in missing:
-            try:
-                array = fetched[idx]
-            except KeyError:
-                msg = f"chunk fetcher returned no chunk {idx} (token {token!r}); it returned {sorted(fetched)}"
-                raise KeyError(msg) from None
-            found[idx] = array
+            found[idx] = array = _fetched(fetched, idx, token)
             if use_cache:
                 assert cache is not None
                 cache.put((token, idx), array)
     return found
+
+
+def _fetched(fetched: Mapping[ChunkIndex, np.ndarray], idx: ChunkIndex, token: str) -> np.ndarray:
+    """``fetched[idx]``, or a KeyError naming what the fetcher returned instead."""
+    try:
+        return fetched[idx]
+    except KeyError:
+        msg = f"chunk fetcher returned no chunk {idx} (token {token!r}); it returned {sorted(fetched)}"
+        raise KeyError(msg) from None
 
 
 def _block(
@@ -484,25 +468,6 @@ def _block(
     return block
 
 
-def _assemble(
-    region: tuple[slice, ...],
-    grid: ChunkGrid,
-    chunks: Mapping[ChunkIndex, np.ndarray],
-    pieces: list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]],
-    dtype: np.dtype[Any],
-) -> np.ndarray:
-    shape = tuple(s.stop - s.start for s in region)
-    if len(pieces) == 1:
-        # One chunk: a view of it (read-only when cached), no copy.
-        idx, src, _ = pieces[0]
-        block = _block(chunks[idx], idx, src, shape, region, grid)
-        return block if block.dtype == dtype else block.astype(dtype)
-    out = np.empty(shape, dtype=dtype)
-    for idx, src, dst in pieces:
-        copy_piece(out, idx, chunks[idx], src, dst, region, grid)
-    return out
-
-
 def copy_piece(
     out: np.ndarray,
     idx: ChunkIndex,
@@ -513,21 +478,6 @@ def copy_piece(
     grid: ChunkGrid,
 ) -> None:
     """Copy ``chunk[src]`` into ``out[dst]``, cast to ``out``'s dtype (one of [`ChunkGrid.pieces()`][ChunkGrid.pieces]).
-
-    Parameters
-    ----------
-    out : numpy.ndarray
-        The array of ``region``.
-    idx : tuple of int
-        The chunk's index (for the error message).
-    chunk : numpy.ndarray
-        The decoded chunk, full-size or cut at the array's edge.
-    src, dst : tuple of slice
-        As [`ChunkGrid.pieces()`][ChunkGrid.pieces] gives them.
-    region : tuple of slice
-        The region ``out`` holds (for the error message).
-    grid : ChunkGrid
-        The source's chunk grid (for the error message).
 
     Raises
     ------
@@ -549,21 +499,6 @@ def read_region(
 ) -> np.ndarray:
     """Read ``region`` (step-1 slices inside the array) from whole chunks.
 
-    Parameters
-    ----------
-    region : tuple of slice
-        As returned by [`normalize_key()`][normalize_key].
-    grid : ChunkGrid
-        The source's chunk grid.
-    fetch : callable
-        Decodes whole chunks (see [`FetchChunks`][FetchChunks]).
-    dtype : numpy dtype
-        Dtype of the result.
-    cache : ChunkCache or None
-        Cache to consult and fill.
-    token : str
-        Names the data (cache keys are ``(token, chunk index)``).
-
     Returns
     -------
     numpy.ndarray
@@ -576,7 +511,14 @@ def read_region(
         return np.empty(out_shape, dtype=dtype)
     pieces = grid.pieces(region)
     chunks = get_chunks([p[0] for p in pieces], fetch, cache=cache, token=token)
-    return _assemble(region, grid, chunks, pieces, dtype)
+    if len(pieces) == 1:  # one chunk: a view of it (read-only when cached), no copy
+        idx, src, _ = pieces[0]
+        block = _block(chunks[idx], idx, src, out_shape, region, grid)
+        return block if block.dtype == dtype else block.astype(dtype)
+    out = np.empty(out_shape, dtype=dtype)
+    for idx, src, dst in pieces:
+        copy_piece(out, idx, chunks[idx], src, dst, region, grid)
+    return out
 
 
 class ChunkedReader(Reader, ABC):
@@ -635,7 +577,7 @@ class ChunkedReader(Reader, ABC):
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """dask-style chunks (the source's own chunk grid)."""
-        return self._grid.dask_chunks
+        return self._grid.sizes
 
     @property
     def chunk_grid(self) -> ChunkGrid:
@@ -707,12 +649,7 @@ class ChunkedReader(Reader, ABC):
         KeyError
             If [`fetch_chunks()`][fetch_chunks] did not return the chunk.
         """
-        fetched = self.fetch_chunks([idx])
-        try:
-            return fetched[idx]
-        except KeyError:
-            msg = f"chunk fetcher returned no chunk {idx} (token {self._token!r}); it returned {sorted(fetched)}"
-            raise KeyError(msg) from None
+        return _fetched(self.fetch_chunks([idx]), idx, self._token)
 
     def read_chunks(self, indices: Iterable[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Return decoded chunks through the cache (one [`fetch_chunks()`][fetch_chunks] call for the misses)."""
@@ -807,15 +744,6 @@ class ChunkedReader(Reader, ABC):
         (a chunk not cached, the cache off) the result is None and nothing
         is read or counted: the caller then calls [`read()`][read]. A warm patch
         is this one look-up.
-
-        Parameters
-        ----------
-        region : tuple of slice
-            Step-1 slices inside the bounds, one per axis.
-
-        Returns
-        -------
-        numpy.ndarray or None
         """
         cache = self.cache
         if cache is None or not cache.enabled:
@@ -859,10 +787,6 @@ class ChunkedReader(Reader, ABC):
         if drop:
             out = out.reshape(tuple(n for a, n in enumerate(out.shape) if a not in drop))
         return out
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = np.array(self[...], copy=True)
-        return out if dtype is None else out.astype(dtype)
 
     def __len__(self) -> int:
         return self._shape[0] if self._shape else 0
@@ -948,15 +872,6 @@ def as_chunked_reader(reader: Any) -> ChunkedReader | None:
     A [`Reader`][lazystack.io.reader.Reader]'s own ``as_chunked()`` (a
     [`ChunkedReader`][ChunkedReader] returns itself); None for anything else.
     Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses it.
-
-    Parameters
-    ----------
-    reader : object
-        A stack's reader.
-
-    Returns
-    -------
-    ChunkedReader or None
     """
     inner = reader.as_chunked() if isinstance(reader, Reader) else None
     return inner if isinstance(inner, ChunkedReader) else None

@@ -26,6 +26,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 __all__ = [
@@ -85,14 +86,6 @@ def _run(funcs: list[Callable[[], None]]) -> None:
             error = error or exc
     if error is not None:
         raise error
-
-
-def _before_fork() -> None:
-    _run(_BEFORE[::-1])
-
-
-def _after_fork_in_parent() -> None:
-    _run(list(_AFTER_IN_PARENT))
 
 
 def _after_fork_in_child() -> None:
@@ -166,10 +159,6 @@ def max_open_files() -> int:
     changed limit applies), at least 4 and at most 128. In a forked child
     the handles inherited from the parent (kept open, never used) count
     against it, but the child may always open 4 of its own.
-
-    Returns
-    -------
-    int
     """
     if _MAX_OPEN is not None:
         return _MAX_OPEN
@@ -249,12 +238,7 @@ def _renew_handles() -> None:
 
 
 def open_file_count() -> int:
-    """How many handles this process's managers hold open (not counting inherited ones).
-
-    Returns
-    -------
-    int
-    """
+    """How many handles this process's managers hold open (not counting inherited ones)."""
     return len(_STATE.handles)
 
 
@@ -307,10 +291,6 @@ class FileManager:
         Passed as ``mode=`` when given.
     kwargs : dict, optional
         Its keyword arguments.
-    lock, manager_id : optional
-        Accepted for compatibility with xarray's ``CachingFileManager`` and
-        ignored: every manager has its own key and this module does the
-        locking.
 
     Examples
     --------
@@ -331,8 +311,6 @@ class FileManager:
         *args: Any,
         mode: Any = _OMIT,
         kwargs: dict[str, Any] | None = None,
-        lock: Any = None,
-        manager_id: Any = None,
     ) -> None:
         self._opener = opener
         self._args = args
@@ -347,26 +325,15 @@ class FileManager:
         return f"FileManager({name}, {', '.join(map(repr, self._args))})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        given = self._mode is not _OMIT
-        return (_rebuild, (self._opener, self._args, given, self._mode if given else None, self._kwargs))
+        mode = {} if self._mode is _OMIT else {"mode": self._mode}
+        return (partial(FileManager, self._opener, *self._args, **mode, kwargs=self._kwargs), ())
 
     def _open(self) -> Any:
         kwargs = self._kwargs if self._mode is _OMIT else {**self._kwargs, "mode": self._mode}
         return self._opener(*self._args, **kwargs)
 
-    def acquire(self, needs_lock: bool = True) -> Any:
-        """This process's open handle (opened now if it is not).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature): the table is always locked.
-
-        Returns
-        -------
-        object
-            What the opener returned.
-        """
+    def acquire(self) -> Any:
+        """This process's open handle, i.e. what the opener returned (opened now if it is not)."""
         table = _STATE
         key = self._key
         with table.lock:
@@ -399,29 +366,12 @@ class FileManager:
         return handle
 
     @contextmanager
-    def acquire_context(self, needs_lock: bool = True) -> Iterator[Any]:
-        """Context manager giving this process's open handle (see [`acquire()`][acquire]).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature).
-
-        Yields
-        ------
-        object
-            What the opener returned.
-        """
+    def acquire_context(self) -> Iterator[Any]:
+        """Context manager giving this process's open handle (see [`acquire()`][acquire])."""
         yield self.acquire()
 
-    def close(self, needs_lock: bool = True) -> None:
-        """Close this process's handle, if open (the next use reopens it).
-
-        Parameters
-        ----------
-        needs_lock : bool
-            Ignored (kept for xarray's signature).
-        """
+    def close(self) -> None:
+        """Close this process's handle, if open (the next use reopens it)."""
         table = _STATE
         with table.lock:
             handle = table.handles.pop(self._key, _OMIT)
@@ -445,13 +395,9 @@ class FileManager:
         _close_all(table.shrink())
 
 
-def _rebuild(
-    opener: Callable[..., Any], args: tuple[Any, ...], mode_given: bool, mode: Any, kwargs: dict[str, Any]
-) -> FileManager:
-    if mode_given:
-        return FileManager(opener, *args, mode=mode, kwargs=kwargs)
-    return FileManager(opener, *args, kwargs=kwargs)
-
-
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=lambda: _run(_BEFORE[::-1]),
+        after_in_parent=lambda: _run(list(_AFTER_IN_PARENT)),
+        after_in_child=_after_fork_in_child,
+    )

@@ -2,58 +2,13 @@
 
 A source (a format back end, or [`as_reader()`][as_reader] for a plain array) gives
 [`LazyImageStack`][lazystack.LazyImageStack] one [`Reader`][Reader] over the source's own
-axes. The stack uses nothing else, and probes nothing: every member below
-exists on every reader, with the default given when a reader does not
-override it.
-
-``shape``, ``dtype``
-    Shape in the source's axes; dtype of the stored data.
-``chunks``
-    The chunk grid: dask-style chunks (tuple of tuples) or a regular chunk
-    shape (tuple of int); default None (no grid of its own: dask picks one).
-``token``
-    A string naming the data (path, modification time ...), used to name
-    the dask array without hashing pixel data; default None (a random name).
-``capabilities``
-    A frozen [`ReaderCapabilities`][ReaderCapabilities]: what the reader *is* (remote,
-    memory-mapped, compressed, fetches chunks only in groups), declared as
-    data. Default: all False but ``compressed``.
-``__getitem__(key)``
-    A tuple with one ``int`` or step-1 ``slice`` per axis, inside the
-    bounds; returns a numpy array in the stored dtype.
-``read_region(region)``
-    A tuple of step-1 slices, one per axis, already inside the bounds (no
-    ints, no normalisation): the one read the stack's patch and view paths
-    make. It may return a read-only view (of a cached chunk, of a memory
-    map). Default: ``numpy.asarray(self[region])``.
-``read_cached(region)``
-    The same region when it can be served from memory alone (every chunk it
-    touches is in the chunk cache), else None; it never reads the source.
-    The stack tries it before ``read_region``: a warm patch is one cache
-    look-up. Default: None.
-``read_float32(region)``
-    The same region as a *new* ``float32`` array (values exactly those of a
-    cast) when the reader produces it more cheaply than ``read_region`` plus
-    a cast (tensorstore converts while it decodes), else None. Default: None.
-    A reader converts only dtypes that [`float32_is_exact()`][float32_is_exact] accepts
-    (the contract's one ``float32`` policy); every other ``float32``
-    conversion of a patch happens in the stack.
-``as_chunked()``
-    The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] serving this reader's
-    chunks (same axes, shape and dtype), for batched extraction
-    ([`lazystack.ops.batch`][lazystack.ops.batch]), or None: the batch then reads patch by
-    patch. Default: None.
-``as_dask()``
-    A dask array to use as is for the stack's dask view, or None (default):
-    the stack wraps the reader with ``dask.array.from_array``.
-``close()``
-    Release open handles; the reader reopens transparently when used again.
-    Default: nothing to release.
-
-Readers must pickle as a recipe (no open handle, no pixel data for files).
-Plain array-likes (numpy, dask, zarr and h5py arrays, ``np.memmap``) are
-adapted once, by [`as_reader()`][as_reader] where a stack is built, into an
-[`ArrayReader`][ArrayReader].
+axes. The stack uses nothing else, and probes nothing: every member of
+[`Reader`][Reader] exists on every reader, with the default the base class gives
+when a reader does not override it (docs/api.md, "The reader contract",
+tabulates them). Readers must pickle as a recipe (no open handle, no pixel
+data for files). Plain array-likes (numpy, dask, zarr and h5py arrays,
+``np.memmap``) are adapted once, by [`as_reader()`][as_reader] where a stack is
+built, into an [`ArrayReader`][ArrayReader].
 """
 
 from __future__ import annotations
@@ -113,11 +68,14 @@ _DEFAULT_CAPABILITIES = ReaderCapabilities()
 
 
 class Reader:
-    """Base class of the reader contract (see the module docs for every member and its default).
+    """Base class of the reader contract: every member, with its default.
 
     A subclass sets ``shape`` and ``dtype`` (attributes or properties) and
     implements ``__getitem__``; everything else has a default it may
-    override.
+    override. ``chunks`` is the chunk grid (dask-style chunks or a regular
+    chunk shape; None: dask picks one), ``token`` a string naming the data
+    without hashing pixels (None: a random name), ``capabilities`` a frozen
+    [`ReaderCapabilities`][ReaderCapabilities] (default: all False but ``compressed``).
     """
 
     if TYPE_CHECKING:  # read-only for users; a subclass sets them as attributes or properties
@@ -153,24 +111,39 @@ class Reader:
         return len(self.shape)
 
     def __getitem__(self, key: Any) -> Any:
-        """Read ``key`` (ints and step-1 slices, within bounds) in the stored dtype."""
+        """Read ``key`` (one int or step-1 slice per axis, within bounds) in the stored dtype."""
         raise NotImplementedError
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read step-1 slices inside the bounds, one per axis, in the stored dtype (may be a read-only view)."""
+        """Read step-1 slices inside the bounds, one per axis, in the stored dtype (default: ``self[region]``).
+
+        The one read the stack's patch and view paths make; it may return a
+        read-only view (of a cached chunk, of a memory map).
+        """
         return read_numpy(self, region)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from memory alone, or None (default: None; never reads the source)."""
+        """``region`` when every chunk it touches is in memory, else None (default); never reads the source.
+
+        The stack tries it before ``read_region``: a warm patch is one cache look-up.
+        """
         return None
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` as a new ``float32`` array when the reader converts more cheaply, else None (default)."""
+        """``region`` as a *new* ``float32`` array when the reader converts more cheaply, else None (default).
+
+        Values are exactly those of a cast (tensorstore converts while it
+        decodes). A reader converts only dtypes that [`float32_is_exact()`][float32_is_exact]
+        accepts (the contract's one ``float32`` policy); every other ``float32``
+        conversion of a patch happens in the stack.
+        """
         return None
 
     def as_chunked(self) -> Reader | None:
-        """The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] behind this reader, for batches, or None
-        (default)."""
+        """The [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] serving this reader's chunks, or None (default).
+
+        Same axes, shape and dtype, for batched extraction; with None a batch reads patch by patch.
+        """
         return None
 
     def as_dask(self) -> dask.array.Array | None:
@@ -178,7 +151,7 @@ class Reader:
         return None
 
     def close(self) -> None:
-        """Release open handles (default: none held)."""
+        """Release open handles; the reader reopens when used again (default: none held)."""
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = np.array(self.read_region(tuple(slice(0, int(n)) for n in self.shape)), copy=True)
@@ -190,11 +163,6 @@ class ArrayReader(Reader):
 
     Made by [`as_reader()`][as_reader] where a stack is built; the wrapped object's
     ``chunks`` and ``token`` are looked up once, here.
-
-    Parameters
-    ----------
-    array : array-like
-        Anything with ``shape``, ``dtype`` and ``__getitem__``.
     """
 
     shape: tuple[int, ...]
@@ -247,17 +215,7 @@ class ArrayReader(Reader):
 
 
 def as_reader(obj: Any) -> Reader | None:
-    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None.
-
-    Parameters
-    ----------
-    obj : object
-        A source's reader or a plain array-like.
-
-    Returns
-    -------
-    Reader or None
-    """
+    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None."""
     if isinstance(obj, Reader):
         return obj
     if is_array_like(obj):
@@ -296,19 +254,7 @@ def _is_dask_array(x: object) -> bool:
 
 
 def read_numpy(reader: Any, key: tuple[int | slice, ...]) -> np.ndarray:
-    """Read ``reader[key]`` as a numpy array (computing a dask result in place).
-
-    Parameters
-    ----------
-    reader : array-like
-        Chunk reader or any array-like.
-    key : tuple of int or slice
-        Region in the reader's axes.
-
-    Returns
-    -------
-    numpy.ndarray
-    """
+    """Read ``reader[key]`` as a numpy array (computing a dask result in place)."""
     out = reader[key]
     if _is_dask_array(out):
         out = out.compute(scheduler="sync")
@@ -316,17 +262,7 @@ def read_numpy(reader: Any, key: tuple[int | slice, ...]) -> np.ndarray:
 
 
 def reader_chunks(reader: Any) -> tuple[tuple[int, ...], ...]:
-    """dask-style chunks of a reader: its own, else dask's ``"auto"`` choice.
-
-    Parameters
-    ----------
-    reader : array-like
-        A chunk reader, numpy / dask / zarr array, h5py dataset ...
-
-    Returns
-    -------
-    tuple of tuple of int
-    """
+    """dask-style chunks of a reader: its own, else dask's ``"auto"`` choice."""
     from dask.array.core import normalize_chunks  # dask.array loads on first use, not with the stack
 
     shape = tuple(int(n) for n in reader.shape)
@@ -383,10 +319,6 @@ def dask_chunks(
         ``dask.config.get("array.chunk-size")``.
     unit_axes : tuple of int
         Axes whose storage chunks are never grouped.
-
-    Returns
-    -------
-    tuple of tuple of int
     """
     import dask
     from dask.utils import parse_bytes

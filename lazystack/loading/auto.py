@@ -43,7 +43,7 @@ ACCEPTED_EXTENSIONS: dict[str, Kind] = {
 ACCEPTED_SCHEMES = ("file", "http", "https", "s3", "gs", "gcs", "az", "abfs", "zip", "memory")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_AT_INDEX = re.compile(r"@(\d+)$")
+_AT_INDEX = re.compile(r"@(\d+)(?:#level=\d+)?$|#level=\d+$")
 
 
 def _accepted() -> str:
@@ -56,11 +56,11 @@ def _accepted() -> str:
 
 
 def _split_index(source: str) -> tuple[str, int | None]:
-    """Split ``"file.czi@2"`` into ``("file.czi", 2)``."""
+    """Split ``"file.czi@2"`` into ``("file.czi", 2)`` (a ``#level=k`` suffix, one pyramid level, is dropped)."""
     m = _AT_INDEX.search(source)
     if m is None:
         return source, None
-    return source[: m.start()], int(m.group(1))
+    return source[: m.start()], None if m.group(1) is None else int(m.group(1))
 
 
 def _is_zarr_dir(path: Path) -> bool:
@@ -165,11 +165,14 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         Axes of every source (letters of ``STCZYX``). When omitted, the axes
         each file declares are used (see [`propose_axes()`][propose_axes]).
     levels : None, "all", int, sequence of int or str
-        Resolution levels of multiscale images (OME-Zarr pyramids) to open,
-        0 = full resolution: None or ``"all"`` (default) for all of them,
-        one stack per level. Sources without a pyramid count as level 0
-        (they are left out when ``levels`` excludes 0). See
-        [`lazystack.load_zarrs()`][lazystack.load_zarrs] and `lazystack.core.levels`.
+        Resolution levels of multiscale images (OME-Zarr, OME-TIFF and CZI
+        pyramids) to open, 0 = full resolution: None or ``"all"`` (default)
+        for all of them, one stack per level. Sources without a pyramid count
+        as level 0 (arrays and ``.npy`` files are left out when ``levels``
+        excludes 0; a TIFF series or CZI scene is a one-level image, checked
+        like an OME-Zarr image). See [`lazystack.load_zarrs()`][lazystack.load_zarrs],
+        [`lazystack.load_tiffs()`][lazystack.load_tiffs], [`lazystack.load_czis()`][lazystack.load_czis] and
+        `lazystack.core.levels`.
     **options
         Passed to the loader (``storage_options=`` for Zarr ...).
 
@@ -229,6 +232,10 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         try:
             if kind == "zarr":
                 stacks.extend(loaders.load_zarrs([text], item_axes, levels=chosen, **options))
+            elif kind in ("tiff", "czi"):  # their loaders default to full resolution (CAREamics'); here: all
+                load_kind = loaders.load_tiffs if kind == "tiff" else loaders.load_czis
+                every = "all" if chosen is None else chosen
+                stacks.extend(load_kind([_local(text)], item_axes, levels=every, **options))
             else:
                 stacks.extend(select_levels(_dispatch(kind, text, item_axes, options), chosen))
         except MissingDependencyError:

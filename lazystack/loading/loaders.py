@@ -137,28 +137,49 @@ def load_arrays(source: Any, axes: str) -> StackList:
     return StackList(stacks)
 
 
-def load_tiffs(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
-    """Open TIFF files lazily, one stack per file and image series.
+def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
+    """Open TIFF files lazily, one stack per file, image series and resolution level.
 
     Parameters
     ----------
     source : path or sequence of paths
         TIFF files (``.tif``, ``.tiff``, OME-TIFF, ImageJ hyperstacks ...).
-        ``"file.tif@2"`` selects image series 2 alone.
+        ``"file.tif@2"`` selects image series 2 alone, ``"file.tif@2#level=1"``
+        its resolution level 1 alone.
     axes : str
         Axes of each image series (samples of RGB(A) pixels count as ``C``).
+    levels : None, "all", int, sequence of int or str
+        Resolution levels of every pyramidal series (OME-TIFF SubIFDs ...) to
+        open, as for [`load_zarrs()`][load_zarrs]: None or ``"all"`` for every
+        level, ``[0, 2]`` or ``"0,2"`` for those. Default ``0``, full
+        resolution only: one stack per series, what CAREamics'
+        ``load_tiffs`` returns ([`lazystack.load()`][lazystack.load] and the command line
+        open every level by default, as for OME-Zarr). Each level is one stack
+        (``stack.level``, pixel sizes scaled by the level's downsampling); a
+        series without a pyramid is level 0. See `lazystack.sources.tiff`.
 
     Returns
     -------
     StackList
-        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr (the levels of
+        one series are shown grouped, see [`StackList.images()`][StackList.images]).
         Chunked by the file's own tiles, strips or pages; uncompressed
         contiguous data is memory-mapped.
+
+    Raises
+    ------
+    SelectionError
+        For an invalid ``levels``.
+    SourceNotFoundError
+        If a file or series does not exist, or a series has no level of ``levels``.
     """
     axes = validate_axes(axes)
     from ..sources import tiff
 
-    return _stacks(o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes))
+    chosen = parse_levels(levels)
+    return _stacks(
+        o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes, levels=chosen)
+    )
 
 
 def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
@@ -166,7 +187,8 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
 
     ``stack.load()`` reads the file whole and keeps it in memory until
     ``stack.close()``; ``extract_patch`` works before (region read) and after
-    (from memory).
+    (from memory). Of a pyramidal series only full resolution (level 0) is
+    opened.
 
     Parameters
     ----------
@@ -184,7 +206,9 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
     from ..sources import tiff
 
     return _stacks(
-        o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes, whole_file_chunks=True)
+        o
+        for path in as_source_list(source, "TIFF paths")
+        for o in tiff.open_tiff(path, axes, whole_file_chunks=True, levels=(0,))
     )
 
 
@@ -293,24 +317,42 @@ def load_zarrs(
     return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts, levels=chosen))
 
 
-def load_czis(source: PathLike | Sequence[PathLike], axes: str) -> StackList:
-    """Open Zeiss CZI files, one lazy stack per scene (needs the ``czi`` extra).
+def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
+    """Open Zeiss CZI files, one lazy stack per scene and pyramid level (needs the ``czi`` extra).
 
     Parameters
     ----------
     source : path or sequence of paths
-        CZI files; ``"file.czi@2"`` selects scene 2 alone.
+        CZI files; ``"file.czi@2"`` selects scene 2 alone, ``"file.czi@2#level=1"``
+        its pyramid level 1 alone.
     axes : str
         ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"``.
+    levels : None, "all", int, sequence of int or str
+        Pyramid levels of every scene to open, as for [`load_zarrs()`][load_zarrs]:
+        None or ``"all"`` for every level the file stores, ``[0, 1]`` or
+        ``"0,1"`` for those. Default ``0``, full resolution only: one stack per
+        scene, what CAREamics' ``load_czis`` returns ([`lazystack.load()`][lazystack.load]
+        and the command line open every level by default, as for OME-Zarr).
+        Each level is one stack (``stack.level``); a scene without pyramid
+        sub-blocks is level 0. See `lazystack.sources.czi`.
 
     Returns
     -------
     StackList
-        A list of [`LazyImageStack`][LazyImageStack] with a table repr.
+        A list of [`LazyImageStack`][LazyImageStack] with a table repr (the levels of
+        one scene are shown grouped, see [`StackList.images()`][StackList.images]).
+
+    Raises
+    ------
+    SelectionError
+        For an invalid ``levels``.
+    SourceNotFoundError
+        If a file or scene does not exist, or a scene has no level of ``levels``.
     """
     from ..sources import czi
 
-    return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes))
+    chosen = parse_levels(levels)
+    return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes, levels=chosen))
 
 
 def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> StackList:

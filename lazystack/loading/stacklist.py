@@ -3,8 +3,7 @@
 [`stack_summary()`][stack_summary] gathers what a user asks first about a stack (the row
 of ``lazystack info``); [`StackList`][StackList] is the list a loader returns, with
 a compact one-row-per-stack table as its repr in a terminal and in a
-notebook; [`stack_html()`][stack_html] is a stack's own notebook repr, built on
-xarray's (which embeds dask's chunk picture) under a small table of facts.
+notebook.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ __all__ = [
     "format_table",
     "plate_map",
     "source_disk_bytes",
-    "stack_html",
     "stack_summary",
     "summary_row",
 ]
@@ -48,36 +46,22 @@ COLUMNS = (
 
 
 def format_bytes(n: int | None) -> str:
-    """Human-readable size in binary units.
+    """Human-readable size ([`dask.utils.format_bytes()`][dask.utils.format_bytes]), ``"-"`` for None.
 
     Examples
     --------
     >>> format_bytes(0), format_bytes(1536), format_bytes(3 * 2**30), format_bytes(None)
-    ('0 B', '1.5 KiB', '3.0 GiB', '-')
+    ('0 B', '1.50 kiB', '3.00 GiB', '-')
     """
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
+    from dask.utils import format_bytes as dask_format_bytes
+
+    return "-" if n is None else dask_format_bytes(int(n))
 
 
 def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
 
     A ``path@N`` suffix (scene / series) is ignored: the size is the file's.
-
-    Parameters
-    ----------
-    source : str or os.PathLike
-        Path or URI.
-
-    Returns
-    -------
-    int or None
     """
     text = os.fspath(source)
     if text.lower().startswith("file://"):
@@ -92,14 +76,6 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return None
-
-
-def _chunk_shape(stack: LazyImageStack) -> tuple[int, ...]:
-    """Shape of the first chunk of each canonical axis (what a reader fetches at once)."""
-    own = getattr(stack, "chunk_shape", None)  # worked out without building a dask array
-    if own is not None:
-        return tuple(int(n) for n in own)
-    return tuple(int(c[0]) if c else 0 for c in stack.data.chunks)
 
 
 def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> dict[str, Any]:
@@ -132,7 +108,7 @@ def stack_summary(stack: LazyImageStack, *, disk_bytes: int | None = None) -> di
         "canonical_axes": stack.canonical_axes,
         "canonical_shape": list(stack.data_shape),
         "dtype": str(stack.data_dtype),
-        "chunks": list(_chunk_shape(stack)),
+        "chunks": list(stack.chunk_shape),  # worked out without building a dask array
         "scene": stack.scene,
         "scene_name": stack.scene_name,
         "series": stack.series,
@@ -154,11 +130,6 @@ def _shape_text(axes: str, shape: Sequence[int]) -> str:
 
 def summary_row(summary: Mapping[str, Any]) -> dict[str, str]:
     """Render a [`stack_summary()`][stack_summary] as text cells, one per column of the compact table.
-
-    Parameters
-    ----------
-    summary : mapping
-        As returned by [`stack_summary()`][stack_summary].
 
     Returns
     -------
@@ -201,10 +172,6 @@ def format_table(rows: Iterable[Mapping[str, str]], columns: Sequence[str] = COL
         One mapping of column name to text per row (see [`summary_row()`][summary_row]).
     columns : sequence of str
         Columns to show, in order.
-
-    Returns
-    -------
-    str
     """
     rows = list(rows)
     shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)
@@ -259,49 +226,15 @@ def plate_map(summaries: Iterable[Mapping[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
-def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], index: bool = True) -> str:
+def _html_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> str:
     left = "style='text-align:left'"
     shown = [c for c in columns if any(r.get(c, "-") != "-" for r in rows)] or list(columns)
-    head = ("<th>#</th>" if index else "") + "".join(f"<th {left}>{html.escape(c)}</th>" for c in shown)
+    head = "<th>#</th>" + "".join(f"<th {left}>{html.escape(c)}</th>" for c in shown)
     body = "".join(
-        "<tr>"
-        + (f"<td>{i}</td>" if index else "")
-        + "".join(f"<td {left}>{html.escape(str(r.get(c, '-')))}</td>" for c in shown)
-        + "</tr>"
+        f"<tr><td>{i}</td>" + "".join(f"<td {left}>{html.escape(str(r.get(c, '-')))}</td>" for c in shown) + "</tr>"
         for i, r in enumerate(rows)
     )
     return f"<table class='lazystack-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def stack_html(stack: LazyImageStack) -> str:
-    """Notebook HTML of one stack: a table of facts above xarray's own repr.
-
-    xarray's repr shows the original dims, coordinates (channel names,
-    physical positions) and attributes, and embeds dask's chunk diagram;
-    the table above adds the canonical shape, format and sizes.
-
-    Parameters
-    ----------
-    stack : LazyImageStack
-        The stack.
-
-    Returns
-    -------
-    str
-        An HTML fragment.
-    """
-    row = summary_row(stack_summary(stack, disk_bytes=source_disk_bytes(stack.source)))
-    left = "style='text-align:left'"
-    facts = "".join(
-        f"<tr><th {left}>{html.escape(k)}</th><td {left}>{html.escape(v)}</td></tr>" for k, v in row.items() if v != "-"
-    )
-    try:
-        body = stack.xarray._repr_html_()
-    except Exception:  # pragma: no cover - the facts alone still inform
-        body = ""
-    return (
-        f"<div class='lazystack-stack'><b>LazyImageStack</b><table class='lazystack-facts'>{facts}</table>{body}</div>"
-    )
 
 
 class StackList(list):  # type: ignore[type-arg,unused-ignore]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import ShapeMismatchError
+from ..io.chunked import normalize_key
 from ..io.reader import Reader
 
 if TYPE_CHECKING:
@@ -67,41 +68,18 @@ class NormalizedReader(Reader):
         self._c_axis = axes.index("C") if "C" in axes else None
         self.token = "normalized-" + tokenize(stack.token, self.offset.tobytes(), self.scale.tobytes(), self.clip)
 
-    def _key(self, key: Any) -> tuple[int | slice, ...]:
-        if not isinstance(key, tuple):
-            key = (key,)
-        out: list[int | slice] = []
-        for k, n in zip(key, self.shape, strict=True):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    msg = f"NormalizedReader reads step-1 slices only, got {k!r}"
-                    raise IndexError(msg)
-                out.append(slice(start, max(start, stop)))
-            else:
-                i = int(k)
-                out.append(i + n if i < 0 else i)
-        return tuple(out)
-
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices in the stack's original axes), normalised, as float32."""
-        key = self._key(key)
-        block = np.asarray(self._stack.read(key))
-        if self._c_axis is None:
-            off: Any = self.offset[0]
-            scale: Any = self.scale[0]
-        else:
-            k = key[self._c_axis]
-            off, scale = self.offset[k], self.scale[k]
-            if isinstance(k, slice):
-                pos = sum(1 for kk in key[: self._c_axis] if isinstance(kk, slice))
-                shape = [1] * block.ndim
-                shape[pos] = -1
-                off, scale = off.reshape(shape), scale.reshape(shape)
-        out = ((block - off) * scale).astype(np.float32)
+        region, drop = normalize_key(key, self.shape)
+        block = np.asarray(self._stack.read(region))
+        off, scale, shape = self.offset[:1], self.scale[:1], [1] * block.ndim
+        if self._c_axis is not None:  # one value per channel read, along the channel axis
+            off, scale = self.offset[region[self._c_axis]], self.scale[region[self._c_axis]]
+            shape[self._c_axis] = -1
+        out = ((block - off.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
         if self.clip is not None:
             np.clip(out, self.clip[0], self.clip[1], out=out)
-        return out
+        return out.reshape([n for i, n in enumerate(out.shape) if i not in drop]) if drop else out
 
     def close(self) -> None:
         """Close the wrapped stack's handles (reopened on next read)."""

@@ -62,10 +62,6 @@ def progress_bar(enabled: bool = True) -> Iterator[None]:
     ----------
     enabled : bool
         False makes the block a no-op (the library's default is quiet).
-
-    Yields
-    ------
-    None
     """
     if not enabled:
         yield
@@ -98,13 +94,10 @@ def compute(*collections: Any, progress: bool = False) -> tuple[Any, ...]:
     tuple
         The computed values, in the order given.
     """
-    show = progress or _ENABLED.get()
-    client = active_client()
-    if client is None or not show:
-        if show and not _ENABLED.get():
-            with progress_bar(True):
-                return tuple(dask.compute(*collections))
-        return tuple(dask.compute(*collections))
+    client = active_client() if progress or _ENABLED.get() else None
+    if client is None:  # a local scheduler's bar is registered by progress_bar (a no-op when off or already on)
+        with progress_bar(progress and not _ENABLED.get()):
+            return tuple(dask.compute(*collections))
     from distributed import progress as distributed_progress
 
     futures = client.compute(list(collections))

@@ -152,20 +152,17 @@ class ChannelStatistics:
     def from_dict(cls, data: Mapping[str, Any]) -> ChannelStatistics:
         """Rebuild statistics from [`to_dict()`][to_dict] output."""
 
-        def arr(key: str) -> np.ndarray:
-            return np.array([np.nan if v is None else v for v in data[key]], dtype=np.float64)
+        def arr(values: Sequence[float | None]) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
         return cls(
-            mean=arr("mean"),
-            std=arr("std"),
-            min=arr("min"),
-            max=arr("max"),
+            mean=arr(data["mean"]),
+            std=arr(data["std"]),
+            min=arr(data["min"]),
+            max=arr(data["max"]),
             count=np.asarray(data["count"], dtype=np.int64),
-            percentiles={
-                float(q): np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-                for q, vals in data.get("percentiles", {}).items()
-            },
-            percentile_error=arr("percentile_error") if "percentile_error" in data else np.zeros(len(data["mean"])),
+            percentiles={float(q): arr(vals) for q, vals in data.get("percentiles", {}).items()},
+            percentile_error=arr(data.get("percentile_error", [0.0] * len(data["mean"]))),
             sample_fraction=data.get("sample_fraction"),
             n_stacks=int(data.get("n_stacks", 1)),
             levels_left_out=int(data.get("levels_left_out", 0)),
@@ -389,18 +386,13 @@ axes, whose channel axis is at position ``channel axis`` (None: one channel).
 """
 
 
-def _values(source: Any, key: Any, cpos: int | None) -> np.ndarray:
-    """The ``(channels, n)`` values of one chunk."""
-    if key is None:
-        return _channels(np.asarray(source))
-    block = np.asarray(source.read(key))
-    if cpos is None:
-        return block.reshape(1, -1)
-    return np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
-
-
 def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int | None, *args: Any) -> dict[str, Any]:
-    return func(_values(source, key, cpos), *args)
+    """``func`` over the ``(channels, n)`` values of one chunk."""
+    if key is None:
+        return func(_channels(np.asarray(source)), *args)
+    block = np.asarray(source.read(key))
+    values = block.reshape(1, -1) if cpos is None else np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
+    return func(values, *args)
 
 
 def _stack_blocks(stack: Any) -> list[Block]:
@@ -438,11 +430,9 @@ def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) 
         total = sum(len(b) for b in selected)
         k = max(1, round(sample_fraction * total))
         chosen = set(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist())
-        flat_index = 0
-        for i, blocks in enumerate(selected):
-            keep = [b for j, b in enumerate(blocks) if flat_index + j in chosen]
-            flat_index += len(blocks)
-            selected[i] = keep
+        starts = np.cumsum([0] + [len(b) for b in selected[:-1]]).tolist()  # each stack's first chunk
+        pairs = zip(selected, starts, strict=True)
+        selected = [[b for j, b in enumerate(blocks, start) if j in chosen] for blocks, start in pairs]
     return selected
 
 

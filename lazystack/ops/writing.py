@@ -584,30 +584,3 @@ def _replace(partial: Path, final: Path, overwrite: bool) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def pyramid_shapes(shape: Sequence[int], axes: str, levels: int = 3, downscale: int = 2) -> list[tuple[int, ...]]:
-    """Shapes of the levels [`write_ome_zarr()`][write_ome_zarr] writes for a stack of ``shape`` (written order).
-
-    Parameters
-    ----------
-    shape : sequence of int
-        Shape in the order of ``axes``.
-    axes : str
-        The stack's original axes.
-    levels, downscale : int
-        As in [`write_ome_zarr()`][write_ome_zarr].
-
-    Returns
-    -------
-    list of tuple of int
-    """
-    written = ome_axes(axes)
-    base = [int(shape[axes.upper().index(a)]) for a in written]
-    out = [tuple(base)]
-    for level in range(1, levels):
-        f = downscale**level
-        if any(base[written.index(a)] // f < 1 for a in "YX"):
-            break
-        out.append(tuple(n // f if a in "YX" else n for a, n in zip(written, base, strict=True)))
-    return out

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..ops.batch import extract_patches
+from .coarse import CoarseForegroundSampler, otsu_threshold
 from .manifest import ManifestMismatchError, read_manifest, source_identity, write_manifest
 from .samplers import (
     FixedSampler,
@@ -26,11 +27,13 @@ from .samplers import (
     WholeSampleSampler,
     check_pairs,
     geometry,
+    sampled_stacks,
     spec_rng,
 )
 from .tiling import GridSampler, Stitcher, Tile, tile_starts
 
 __all__ = [
+    "CoarseForegroundSampler",
     "FixedSampler",
     "ForegroundSampler",
     "GridSampler",
@@ -47,8 +50,10 @@ __all__ = [
     "check_pairs",
     "geometry",
     "read_manifest",
+    "otsu_threshold",
     "read_specs",
     "source_identity",
+    "sampled_stacks",
     "spec_rng",
     "tile_starts",
     "write_manifest",

@@ -12,18 +12,31 @@ specs of the indices it is given.
 
 Samplers hold only the geometry of the stacks (shapes), not the stacks: they
 are small and pickle cheaply.
+
+**Resolution levels.** Given the levels of multiscale images (OME-Zarr
+pyramids: stacks with a ``level``, grouped by image as in
+``StackList.images()``), every sampler draws from full resolution only by
+default (``levels="finest"``: the finest level given of each image, level 0
+when the whole pyramid was loaded; see ``lazystack.core.levels``). The coarser levels keep their
+places in the list (a spec's ``stack`` indexes the list given) but get no
+patch: their indices are in the sampler's ``levels_left_out``, and the
+sampler logs that it left them out (logger ``lazystack.sampling``, level
+INFO). ``levels="all"``, a level number or a sequence of them opts in to
+sampling other levels.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
+from ..core.errors import ChannelIndexError, PatchError, SelectionError, ShapeMismatchError
+from ..core.levels import finest_levels, select_levels
 
 __all__ = [
     "FixedSampler",
@@ -38,8 +51,11 @@ __all__ = [
     "check_pairs",
     "geometry",
     "resolve_channels",
+    "sampled_stacks",
     "spec_rng",
 ]
+
+_log = logging.getLogger("lazystack.sampling")
 
 
 class PatchSpec(NamedTuple):
@@ -206,12 +222,92 @@ def resolve_channels(
     return chans
 
 
+def _as_int(name: str, value: Any) -> int:
+    """``operator.index(value)``, with an error naming the parameter and the value."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        msg = f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg) from None
+
+
 def _check_seed(name: str, value: int) -> int:
-    v = operator.index(value)
+    v = _as_int(name, value)
     if v < 0:
         msg = f"{name} must be a non-negative integer, got {value!r}"
         raise ValueError(msg)
     return v
+
+
+def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = "sampler") -> tuple[int, ...]:
+    """Indices of the stacks a sampler draws from, given their resolution levels.
+
+    Parameters
+    ----------
+    stacks : sequence of ImageStack
+        The stacks (a stack without a ``level`` counts as its own full resolution).
+    levels : "finest", "all", int or sequence of int
+        ``"finest"`` (default): the finest level given of each image (level 0
+        of a whole pyramid); ``"all"`` (or None): every stack; an int, a
+        sequence or a string like ``"0,2"``: those levels.
+    who : str
+        Name of the caller, for the log message and errors.
+
+    Returns
+    -------
+    tuple of int
+        The indices sampled, in order. The others are logged (logger
+        ``lazystack.sampling``, INFO) as left out.
+
+    Raises
+    ------
+    SelectionError
+        For an invalid ``levels`` or one that selects none of the stacks.
+    """
+    items = list(stacks)
+    if isinstance(levels, str) and levels.strip().lower() == "finest":
+        chosen, _ = finest_levels(items)
+    else:
+        chosen = select_levels(items, levels)
+    keep = {id(s) for s in chosen}
+    kept = tuple(i for i, s in enumerate(items) if id(s) in keep)
+    if not kept:
+        found = sorted({getattr(s, "level", None) or 0 for s in items})
+        msg = f"{who}: levels={levels!r} selects none of the {len(items)} stack(s) given (their levels: {found})"
+        raise SelectionError(msg)
+    if len(kept) < len(items):
+        out = [i for i in range(len(items)) if i not in set(kept)]
+        _log.info(
+            "%s samples %s: %d stack(s) left out as other resolution levels (indices %s); "
+            "pass levels='all' or the levels to sample them",
+            who,
+            "full resolution (the finest level of each image)"
+            if isinstance(levels, str) and levels.strip().lower() == "finest"
+            else f"levels={levels!r}",
+            len(out),
+            out,
+        )
+    return kept
+
+
+def _left_out(n: int, kept: Iterable[int]) -> tuple[int, ...]:
+    keep = set(kept)
+    return tuple(i for i in range(n) if i not in keep)
+
+
+def _random_base(
+    stacks: Sequence[Any],
+    patch_size: int | Sequence[int],
+    length: int,
+    seed: int,
+    channels: int | Sequence[int] | None,
+    levels: Any,
+    who: str,
+) -> RandomSampler:
+    """A RandomSampler's validation of stacks, patch size, seed, channels and levels, on behalf of ``who``."""
+    base = RandomSampler.__new__(RandomSampler)
+    base._setup(stacks, patch_size, max(1, operator.index(length)), seed, "size", channels, levels, who)
+    return base
 
 
 class Sampler:
@@ -219,9 +315,29 @@ class Sampler:
 
     Subclasses implement [`spec()`][spec] as a pure function of ``(seed, epoch,
     index)`` and ``__len__``.
+
+    **Resolution levels.** Given the levels of multiscale images (OME-Zarr
+    pyramids: stacks with a ``level``, grouped by image as in
+    [`StackList.images()`][lazystack.StackList.images]), every sampler draws
+    from full resolution only by default (``levels="finest"``: the finest
+    level given of each image, level 0 when the whole pyramid was loaded).
+    The coarser levels keep their places in the list (a spec's ``stack``
+    indexes the list given) but get no patch: their indices are in
+    ``levels_left_out``, and the sampler says so once, when it is built, in
+    the log (logger ``lazystack.sampling``, level INFO). ``levels="all"``, a
+    level number or a sequence of them opts in to sampling other levels.
+
+    Attributes
+    ----------
+    seed : int
+        The seed.
+    levels_left_out : tuple of int
+        Indices of the given stacks that get no patch, being other resolution
+        levels of an image (empty without pyramids).
     """
 
     seed: int = 0
+    levels_left_out: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -243,10 +359,10 @@ class Sampler:
         raise NotImplementedError
 
     def _check_index(self, index: int) -> int:
-        i = operator.index(index)
+        i = _as_int("index", index)
         n = len(self)
         if not 0 <= i < n:
-            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch"
+            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
             raise IndexError(msg)
         return i
 
@@ -294,11 +410,15 @@ class RandomSampler(Sampler):
         positions; or one non-negative weight per stack.
     channels : int or sequence of int, optional
         Channels of every patch; None (all) requires equal channel counts.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to sample: by default the finest level given of
+        each image (full resolution), the others listed in
+        ``levels_left_out`` (see [`Sampler`][lazystack.Sampler]).
 
     Raises
     ------
     PatchError
-        If the patch does not fit in a stack, or ``patch_size`` has the wrong length.
+        If the patch does not fit in a stack sampled, or ``patch_size`` has the wrong length.
     ChannelIndexError
         For channels out of range, or stacks with different channel counts and no selection.
     ValueError
@@ -323,18 +443,37 @@ class RandomSampler(Sampler):
         seed: int = 0,
         weights: str | Sequence[float] = "size",
         channels: int | Sequence[int] | None = None,
+        levels: Any = "finest",
+    ) -> None:
+        self._setup(stacks, patch_size, length, seed, weights, channels, levels, type(self).__name__)
+
+    def _setup(
+        self,
+        stacks: Sequence[Any],
+        patch_size: int | Sequence[int],
+        length: int,
+        seed: int,
+        weights: str | Sequence[float],
+        channels: int | Sequence[int] | None,
+        levels: Any,
+        who: str,
     ) -> None:
         if not stacks:
-            msg = "RandomSampler needs at least one stack, got an empty sequence"
+            msg = f"{who} needs at least one stack, got an empty sequence"
             raise ValueError(msg)
         self.geometries = [geometry(s) for s in stacks]
-        ndim = len(self.geometries[0].spatial_shape)
+        sampled = set(sampled_stacks(stacks, levels, who=who))
+        self.levels_left_out = _left_out(len(stacks), sampled)
+        ndim = len(self.geometries[min(sampled)].spatial_shape)
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
         positions = []
         for i, (s, g) in enumerate(zip(stacks, self.geometries, strict=True)):
+            if i not in sampled:
+                positions.append(0)
+                continue
             if len(g.spatial_shape) != ndim or any(
                 p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)
             ):
@@ -359,9 +498,10 @@ class RandomSampler(Sampler):
             if len(w) != len(stacks) or any(not x >= 0 for x in w):
                 msg = f"weights {weights!r} must be {len(stacks)} non-negative numbers, one per stack"
                 raise ValueError(msg)
+        w = [x if i in sampled else 0.0 for i, x in enumerate(w)]
         total = sum(w)
         if not total > 0:
-            msg = f"weights {weights!r} sum to {total}: at least one stack needs a positive weight"
+            msg = f"weights {weights!r} sum to {total}: at least one stack sampled needs a positive weight"
             raise ValueError(msg)
         self.weights = tuple(x / total for x in w)
         self._cumulative = np.cumsum(self.weights)
@@ -407,11 +547,17 @@ class StratifiedSampler(Sampler):
         Non-negative seed.
     channels : int or sequence of int, optional
         Channels of every patch.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to sample: by default the finest level given of
+        each image (full resolution), the others listed in
+        ``levels_left_out`` (see [`Sampler`][lazystack.Sampler]).
 
     Raises
     ------
     PatchError
         If a region is outside its stack or smaller than the patch.
+    SelectionError
+        If a region names a stack at a level not sampled (a coarser level, by default).
     """
 
     def __init__(
@@ -423,8 +569,11 @@ class StratifiedSampler(Sampler):
         *,
         seed: int = 0,
         channels: int | Sequence[int] | None = None,
+        levels: Any = "finest",
     ) -> None:
         self.geometries = [geometry(s) for s in stacks]
+        sampled = sampled_stacks(stacks, levels, who="StratifiedSampler")
+        self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[0].spatial_shape)
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
@@ -438,6 +587,13 @@ class StratifiedSampler(Sampler):
             if not 0 <= k < len(self.geometries):
                 msg = f"region {r} names stack {k}: accepted are 0 to {len(self.geometries) - 1}"
                 raise PatchError(msg)
+            if k in self.levels_left_out:
+                msg = (
+                    f"region {r} names stack {k} ({getattr(stacks[k], 'source', '?')!r}), resolution level "
+                    f"{getattr(stacks[k], 'level', None)} of an image given at a finer level too, which "
+                    f"levels={levels!r} leaves out: pass levels='all' (or its level) to sample it"
+                )
+                raise SelectionError(msg)
             g = self.geometries[k]
             lo = _int_tuple("region start", start, ndim)
             hi = _int_tuple("region stop", stop, ndim)
@@ -486,7 +642,7 @@ class FixedSampler(Sampler):
 
 
 class WholeSampleSampler(Sampler):
-    """One spec per sample of every stack: the whole image.
+    """One spec per sample of every stack sampled: the whole image.
 
     Parameters
     ----------
@@ -494,12 +650,20 @@ class WholeSampleSampler(Sampler):
         The stacks.
     channels : int or sequence of int, optional
         Channels of every patch.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to sample: by default the finest level given of
+        each image (full resolution), the others listed in
+        ``levels_left_out`` (see [`Sampler`][lazystack.Sampler]).
     """
 
-    def __init__(self, stacks: Sequence[Any], *, channels: int | Sequence[int] | None = None) -> None:
+    def __init__(
+        self, stacks: Sequence[Any], *, channels: int | Sequence[int] | None = None, levels: Any = "finest"
+    ) -> None:
         self.geometries = [geometry(s) for s in stacks]
+        self.levels_left_out = _left_out(len(stacks), sampled_stacks(stacks, levels, who="WholeSampleSampler"))
         self.channels = resolve_channels(channels, self.geometries, stacks)
-        self._offsets = np.cumsum([0] + [g.n_samples for g in self.geometries])
+        counts = [0 if i in self.levels_left_out else g.n_samples for i, g in enumerate(self.geometries)]
+        self._offsets = np.cumsum([0, *counts])
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -580,6 +744,10 @@ class ForegroundSampler(RandomSampler):
         How stacks are drawn (as for [`RandomSampler`][RandomSampler]).
     channels : int or sequence of int, optional
         Channels of every patch.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to sample: by default the finest level given of
+        each image (full resolution), the others listed in
+        ``levels_left_out`` (see [`Sampler`][lazystack.Sampler]).
     """
 
     def __init__(
@@ -594,8 +762,9 @@ class ForegroundSampler(RandomSampler):
         seed: int = 0,
         weights: str | Sequence[float] = "size",
         channels: int | Sequence[int] | None = None,
+        levels: Any = "finest",
     ) -> None:
-        super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels)
+        super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels, levels=levels)
         check_pairs(stacks, masks, names=["stacks", "masks"])
         if not 0 <= min_foreground <= 1:
             msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}"
@@ -682,6 +851,10 @@ class MaskWeightedSampler(Sampler):
         Non-negative seed.
     channels : int or sequence of int, optional
         Channels of every patch.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to sample: by default the finest level given of
+        each image (full resolution), the others listed in
+        ``levels_left_out`` (see [`Sampler`][lazystack.Sampler]).
 
     Raises
     ------
@@ -699,11 +872,13 @@ class MaskWeightedSampler(Sampler):
         cell: int | Sequence[int] | None = None,
         seed: int = 0,
         channels: int | Sequence[int] | None = None,
+        levels: Any = "finest",
     ) -> None:
         import dask
         import dask.array as da
 
-        base = RandomSampler(stacks, patch_size, max(1, operator.index(length)), seed=seed, channels=channels)
+        base = _random_base(stacks, patch_size, length, seed, channels, levels, "MaskWeightedSampler")
+        self.levels_left_out = base.levels_left_out
         check_pairs(stacks, masks, names=["stacks", "masks"])
         self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
         self.length = _check_seed("length", length)
@@ -714,7 +889,10 @@ class MaskWeightedSampler(Sampler):
             msg = f"cell {self.cell} must be positive in every dim"
             raise PatchError(msg)
         summaries = []
-        for m in masks:
+        for k, m in enumerate(masks):
+            if k in self.levels_left_out:  # no cell: never drawn, never read
+                summaries.append(np.zeros((0,) * (1 + ndim), np.int64))
+                continue
             fg = m.data[:, 0] > 0
             pad = [(0, 0)] + [(0, -n % c) for n, c in zip(fg.shape[1:], self.cell, strict=True)]
             fg = da.pad(fg, pad) if any(p for _, p in pad) else fg

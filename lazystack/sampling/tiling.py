@@ -22,7 +22,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core.errors import PatchError, ShapeMismatchError
-from .samplers import PatchSpec, Sampler, StackGeometry, _int_tuple, geometry, resolve_channels
+from .samplers import (
+    PatchSpec,
+    Sampler,
+    StackGeometry,
+    _int_tuple,
+    _left_out,
+    geometry,
+    resolve_channels,
+    sampled_stacks,
+)
 
 __all__ = ["GridSampler", "Stitcher", "Tile", "tile_starts"]
 
@@ -86,6 +95,10 @@ class GridSampler(Sampler):
         Minimum overlap of neighbouring tiles (``0 <= overlap < patch_size``).
     channels : int or sequence of int, optional
         Channels to read.
+    levels : "finest", "all", int or sequence of int
+        Resolution levels to tile: by default the finest level given of each
+        image (full resolution); the others (in ``levels_left_out``) get no
+        tile (see [`Sampler`][lazystack.Sampler]).
 
     Examples
     --------
@@ -103,11 +116,13 @@ class GridSampler(Sampler):
         *,
         overlap: int | Sequence[int] = 0,
         channels: int | Sequence[int] | None = None,
+        levels: Any = "finest",
     ) -> None:
         if not stacks:
             msg = "GridSampler needs at least one stack, got an empty sequence"
             raise ValueError(msg)
         self.geometries: list[StackGeometry] = [geometry(s) for s in stacks]
+        self.levels_left_out = _left_out(len(stacks), sampled_stacks(stacks, levels, who="GridSampler"))
         ndim = len(self.geometries[0].spatial_shape)
         self.patch_size = _int_tuple("patch_size", patch_size, ndim)
         self.overlap = _int_tuple("overlap", overlap, ndim)
@@ -125,7 +140,7 @@ class GridSampler(Sampler):
                 tile_starts(n, p, o) for n, p, o in zip(g.spatial_shape, self.patch_size, self.overlap, strict=True)
             ]
             self._axes.append(per_dim)
-            counts.append(g.n_samples * math.prod(len(t) for t in per_dim))
+            counts.append(0 if i in self.levels_left_out else g.n_samples * math.prod(len(t) for t in per_dim))
         self._offsets = np.cumsum([0, *counts])
 
     def __len__(self) -> int:
@@ -174,7 +189,9 @@ class Stitcher:
     out : sequence of array-like, optional
         One output per stack, of shape ``(n_samples, n_channels, *spatial)``
         and accepting slice assignment (numpy, Zarr ...). Default: new
-        ``float32`` numpy arrays.
+        ``float32`` numpy arrays. A stack the grid leaves out (its
+        ``levels_left_out``) gets no output: None in
+        ``outputs`` (anything given there is ignored).
     dtype : numpy dtype
         Dtype of the default outputs.
 
@@ -197,16 +214,24 @@ class Stitcher:
     ) -> None:
         self.grid = grid
         self.n_channels = operator.index(n_channels)
-        shapes = [(g.n_samples, self.n_channels, *g.spatial_shape) for g in grid.geometries]
+        left_out = set(grid.levels_left_out)
+        shapes = [
+            None if i in left_out else (g.n_samples, self.n_channels, *g.spatial_shape)
+            for i, g in enumerate(grid.geometries)
+        ]
+        #: One output per stack of the grid (None for a stack it leaves out).
+        self.outputs: list[Any]
         if out is None:
-            self.outputs: list[Any] = [np.zeros(s, dtype=dtype) for s in shapes]
+            self.outputs = [None if s is None else np.zeros(s, dtype=dtype) for s in shapes]
         else:
             self.outputs = list(out)
             if len(self.outputs) != len(shapes):
                 msg = f"out has {len(self.outputs)} array(s); the grid covers {len(shapes)} stack(s)"
                 raise ShapeMismatchError(msg)
             for i, (o, s) in enumerate(zip(self.outputs, shapes, strict=True)):
-                if tuple(o.shape) != s:
+                if s is None:
+                    self.outputs[i] = None
+                elif tuple(o.shape) != s:
                     msg = f"out[{i}] has shape {tuple(o.shape)}; stack {i}'s predictions need {s}"
                     raise ShapeMismatchError(msg)
         self._added: set[int] = set()

@@ -25,19 +25,6 @@ __all__ = ["MemmapReader", "as_reader", "propose_axes"]
 class MemmapReader(Reader):
     """Read-only view of a memory-mapped file that pickles as its recipe (a reader, see
     [`lazystack.io.reader`][lazystack.io.reader]).
-
-    Parameters
-    ----------
-    filename : str
-        The mapped file.
-    dtype : numpy.dtype
-        Element type.
-    shape : tuple of int
-        Array shape.
-    offset : int
-        Byte offset of the data in the file.
-    order : {"C", "F"}
-        Memory layout.
     """
 
     shape: tuple[int, ...]
@@ -102,9 +89,6 @@ class MemmapReader(Reader):
         state["_array"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
 
 def as_reader(arr: Any) -> Any:
     """Return the chunk reader for an array-like given to ``load_arrays``.
@@ -118,17 +102,7 @@ def as_reader(arr: Any) -> Any:
 
 
 def propose_axes(path: str | os.PathLike[str]) -> str | None:
-    """``YX`` for a 2-D ``.npy`` file, else None (a ``.npy`` declares no axes).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.npy`` file.
-
-    Returns
-    -------
-    str or None
-    """
+    """``YX`` for a 2-D ``.npy`` file, else None (a ``.npy`` declares no axes)."""
     try:
         array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
     except ValueError:

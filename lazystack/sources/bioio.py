@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 import threading
 from typing import Any
@@ -51,6 +50,7 @@ from ..core.errors import (
     SourceNotFoundError,
     SourceReadError,
 )
+from ..io.chunked import normalize_key
 from ..io.handles import ProcessLocalFileManager
 from ..io.reader import OpenedSource, Reader
 
@@ -69,30 +69,13 @@ def _import_bioio() -> Any:
     return bioio
 
 
-class _Options:
-    """Reader options made hashable for the file manager's cache key."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = dict(options)
-        try:
-            self._key: bytes | str = pickle.dumps(sorted(self.options.items(), key=lambda kv: kv[0]))
-        except Exception:  # unpicklable options: identity
-            self._key = repr(id(self))
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Options) and other._key == self._key
-
-
 class _SceneHandle:
     """A [`bioio.BioImage`][bioio.BioImage] set to one scene, and its scene's dask array."""
 
-    def __init__(self, path: str, scene: int, options: _Options) -> None:
+    def __init__(self, path: str, scene: int, options: dict[str, Any]) -> None:
         bioio = _import_bioio()
         try:
-            self.image = bioio.BioImage(path, **options.options)
+            self.image = bioio.BioImage(path, **options)
         except Exception as exc:
             msg = f"bioio cannot reopen {path!r} (changed or removed since it was opened?): {exc}"
             raise SourceFormatError(msg) from exc
@@ -103,11 +86,6 @@ class _SceneHandle:
         close = getattr(self.image, "close", None)
         if callable(close):
             close()
-
-
-def _open_scene(path: str, scene: int, options: _Options, mode: str = "r") -> _SceneHandle:
-    # ``mode`` is passed explicitly: xarray's manager loses its "no mode" marker when pickled
-    return _SceneHandle(path, scene, options)
 
 
 class BioioSceneReader(Reader):
@@ -135,6 +113,8 @@ class BioioSceneReader(Reader):
         Identifies the data.
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     chunks: Any
     token: str
 
@@ -154,33 +134,19 @@ class BioioSceneReader(Reader):
         self.scene = scene
         self._dims = dims
         self._plan = plan
-        self._shape = tuple(int(n) for n in shape)
-        self._dtype = np.dtype(dtype)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
         self.chunks = chunks
         self.token = token
-        self._options = _Options(options)
-        self._manager = ProcessLocalFileManager(_open_scene, path, scene, self._options, mode="r")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape in the user's axes."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the data."""
-        return self._dtype
+        # one handle per process: a forked child never uses its parent's
+        self._manager = ProcessLocalFileManager(_SceneHandle, path, scene, dict(options))
 
     def close(self) -> None:
         """Drop this process's open bioio image (it reopens when read again)."""
-        self._process_manager().close()
-
-    def _process_manager(self) -> ProcessLocalFileManager:
-        """The file manager (it opens a handle per process: a forked child never uses its parent's)."""
-        return self._manager
+        self._manager.close()
 
     def __repr__(self) -> str:
-        return f"BioioSceneReader({self.path!r}, scene={self.scene}, shape={self._shape}, dtype={self._dtype})"
+        return f"BioioSceneReader({self.path!r}, scene={self.scene}, shape={self.shape}, dtype={self.dtype})"
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read the region ``key`` (ints and step-1 slices, one per user axis).
@@ -188,28 +154,12 @@ class BioioSceneReader(Reader):
         The plugin's read errors become a [`SourceReadError`][lazystack.SourceReadError]
         naming the file and the scene.
         """
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (len(self._shape) - len(key))
-        if len(key) != len(self._shape):
-            msg = f"too many indices ({len(key)}) for a bioio scene of shape {self._shape}"
-            raise IndexError(msg)
-        bioio_key: list[int | slice] = [0] * len(self._dims)
-        kept: list[str] = []  # bioio dims kept in the result, in bioio order
-        singleton: list[int] = []  # user positions of the S singleton kept as an axis
-        for i, (k, dim) in enumerate(zip(key, self._plan, strict=True)):
-            if dim is None:  # the S singleton
-                if isinstance(k, slice):
-                    singleton.append(i)
-                elif int(k) not in (0, -1):
-                    msg = f"index {k} is out of range for axis S of size 1"
-                    raise IndexError(msg)
-                continue
-            bioio_key[self._dims.index(dim)] = k
-        for dim, k in zip(self._dims, bioio_key, strict=True):
-            if isinstance(k, slice):
-                kept.append(dim)
-        with self._process_manager().acquire_context() as handle:
+        region, drop = normalize_key(key, self.shape)
+        bioio_key: list[int | slice] = [0] * len(self._dims)  # bioio dims the axes leave out are singletons
+        for r, dim in zip(region, self._plan, strict=True):
+            if dim is not None:  # None: the S singleton, no bioio dim
+                bioio_key[self._dims.index(dim)] = r
+        with self._manager.acquire_context() as handle:
             try:
                 block = np.asarray(handle.data[tuple(bioio_key)].compute(scheduler="sync"))
             except LazyStackError:
@@ -220,12 +170,10 @@ class BioioSceneReader(Reader):
                     f"scene {self.scene}: {type(exc).__name__}: {exc}"
                 )
                 raise SourceReadError(msg) from exc
-        # order of the kept dims in the user's axes
-        user_order = [d for d, k in zip(self._plan, key, strict=True) if d is not None and isinstance(k, slice)]
-        block = block.transpose([kept.index(d) for d in user_order])
-        for i in singleton:
-            block = np.expand_dims(block, i)
-        return block
+        kept = [d for d in self._dims if d in self._plan]  # in bioio order
+        block = block.transpose([kept.index(d) for d in self._plan if d is not None])
+        # the S singleton back in place and the axes given as ints dropped: one reshape (S has size 1)
+        return block.reshape([r.stop - r.start for i, r in enumerate(region) if i not in drop])
 
 
 def _scene_data(image: Any, path: str, scene: int) -> tuple[Any, Any, str]:
@@ -296,10 +244,6 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         Validated axes (see the module docs for how they meet bioio's dims).
     reader_options : dict
         Keyword arguments of [`bioio.BioImage`][bioio.BioImage] (``reader=`` ...).
-
-    Returns
-    -------
-    list of OpenedSource
 
     Raises
     ------

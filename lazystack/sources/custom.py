@@ -43,13 +43,14 @@ import contextlib
 import hashlib
 import mmap
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
-from ..io.cache import ChunkCache
+from ..io.cache import ChunkCache, parse_size
 from ..io.handles import ProcessLocalFileManager, check_mapped_size
 from ..io.process import at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
@@ -68,7 +69,7 @@ __all__ = [
 FORMAT = "custom"
 #: Default bound of the per-process whole-file cache, in bytes (1 GiB).
 DEFAULT_CACHE_BYTES = 1 << 30
-#: Environment variable overriding [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (an integer number of bytes).
+#: Environment variable overriding [`DEFAULT_CACHE_BYTES`][DEFAULT_CACHE_BYTES] (bytes, or a size like ``512MiB``).
 CACHE_ENV_VAR = "LAZYSTACK_CUSTOM_CACHE_BYTES"
 
 
@@ -97,38 +98,21 @@ class ReadFunc(Protocol):
 
 
 # -- the bounded whole-file cache ------------------------------------------------------------------
-def _env_cache_bytes() -> int:
-    text = os.environ.get(CACHE_ENV_VAR)
-    if text is None or not text.strip():
-        return DEFAULT_CACHE_BYTES
-    try:
-        value = int(float(text))
-    except ValueError:
-        msg = f"{CACHE_ENV_VAR}={text!r} is not a number of bytes; accepted: a non-negative integer such as 1073741824"
-        raise ValueError(msg) from None
-    if value < 0:
-        msg = f"{CACHE_ENV_VAR}={text!r} is negative; accepted: a non-negative integer (0 disables the cache)"
-        raise ValueError(msg)
-    return value
-
-
+_ENV = os.environ.get(CACHE_ENV_VAR, "").strip()
 #: The whole-file arrays: the same bounded, thread-safe LRU as the chunk cache (a separate instance and bound).
-_CACHE = ChunkCache(_env_cache_bytes())
+_CACHE = ChunkCache(parse_size(_ENV, f"{CACHE_ENV_VAR}={_ENV!r}: cache size") if _ENV else DEFAULT_CACHE_BYTES)
 at_fork(after_in_child=_CACHE._reset_after_fork)
 
 
-def set_cache_bytes(max_bytes: int) -> None:
+def set_cache_bytes(max_bytes: int | str) -> None:
     """Set the bound of this process's whole-file cache (evicting as needed).
 
     Parameters
     ----------
-    max_bytes : int
-        Bound in bytes; ``0`` disables the cache.
+    max_bytes : int or str
+        Bound in bytes (or a size like ``"512MiB"``); ``0`` disables the cache.
     """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
-        msg = f"max_bytes must be a non-negative integer number of bytes, got {max_bytes!r}"
-        raise ValueError(msg)
-    _CACHE.resize(int(max_bytes))
+    _CACHE.resize(parse_size(max_bytes, "whole-file cache size"))
 
 
 def clear_cache() -> None:
@@ -139,28 +123,16 @@ def clear_cache() -> None:
 def cache_info() -> dict[str, int]:
     """Bound, current size, entries, hits and misses of this process's whole-file cache."""
     stats = _CACHE.stats()
-    return {
-        "max_bytes": stats.max_bytes,
-        "nbytes": stats.nbytes,
-        "entries": stats.entries,
-        "hits": stats.hits,
-        "misses": stats.misses,
-    }
+    return {k: getattr(stats, k) for k in ("max_bytes", "nbytes", "entries", "hits", "misses")}
 
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
-class _Recipe:
-    """(path, read_func, read_kwargs), hashable by identity (kwargs need not be hashable)."""
+class _Recipe(NamedTuple):
+    """What one call of ``read_func`` needs (the lazy handle's opener argument)."""
 
-    __slots__ = ("path", "read_func", "read_kwargs")
-
-    def __init__(self, path: str, read_func: Any, read_kwargs: dict[str, Any]) -> None:
-        self.path = path
-        self.read_func = read_func
-        self.read_kwargs = read_kwargs
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Recipe, (self.path, self.read_func, self.read_kwargs))
+    path: str
+    read_func: Any
+    read_kwargs: dict[str, Any]
 
 
 def _func_name(func: Any) -> str:
@@ -212,34 +184,15 @@ def _check_memmap(array: np.memmap[Any, Any], path: str) -> None:
     check_mapped_size(raw, end, f"file {path!r} (memory-mapped by read_func)")
 
 
-def _is_eager(result: Any) -> bool:
-    """A plain in-memory ndarray (the file was read whole), not a memmap or another lazy array-like."""
-    return isinstance(result, np.ndarray) and not isinstance(result, np.memmap)
-
-
 class CustomReader(Reader):
     """Chunk reader over one file read by a [`ReadFunc`][ReadFunc] (see the module docs).
 
-    Parameters
-    ----------
-    path : str
-        The file.
-    read_func : ReadFunc
-        The reader function.
-    read_kwargs : dict
-        Its keyword arguments.
-    shape : tuple of int
-        Shape of the array ``read_func`` returns.
-    dtype : str
-        Its dtype.
-    chunks : tuple of tuple of int
-        dask chunks.
-    eager : bool
-        Whether ``read_func`` reads the file whole (plain ndarray).
-    token : str
-        Name of the data.
+    Made by [`open_custom()`][open_custom]; ``eager``: ``read_func`` reads the file
+    whole (a plain ndarray, kept in the whole-file cache).
     """
 
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
     chunks: Any
     token: str
 
@@ -258,8 +211,8 @@ class CustomReader(Reader):
         self.path = path
         self.read_func = read_func
         self.read_kwargs = dict(read_kwargs)
-        self._shape = tuple(shape)
-        self._dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
         self.chunks = chunks
         self.eager = eager
         self.token = token
@@ -267,30 +220,14 @@ class CustomReader(Reader):
         self._manager = None if eager else ProcessLocalFileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {
-            "shape": self._shape,
-            "dtype": self._dtype.str,
-            "chunks": self.chunks,
-            "eager": self.eager,
-            "token": self.token,
-        }
-        return (_rebuild_reader, (self.path, self.read_func, self.read_kwargs, kwargs))
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the file's array."""
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Dtype of the file's array."""
-        return self._dtype
+        recipe = {"shape": self.shape, "dtype": self.dtype.str, "chunks": self.chunks, "eager": self.eager}
+        return (partial(CustomReader, **recipe, token=self.token), (self.path, self.read_func, self.read_kwargs))
 
     def __repr__(self) -> str:
         how = "whole-file, cached" if self.eager else "lazy"
         return (
-            f"CustomReader({self.path!r}, read_func={_func_name(self.read_func)}, shape={self._shape}, "
-            f"dtype={self._dtype}, {how})"
+            f"CustomReader({self.path!r}, read_func={_func_name(self.read_func)}, shape={self.shape}, "
+            f"dtype={self.dtype}, {how})"
         )
 
     def _seed(self, result: Any) -> None:
@@ -303,10 +240,10 @@ class CustomReader(Reader):
 
     def _check(self, result: Any) -> None:
         shape, dtype = tuple(int(n) for n in result.shape), np.dtype(result.dtype)
-        if shape != self._shape or dtype != self._dtype:
+        if shape != self.shape or dtype != self.dtype:
             msg = (
                 f"read_func {_func_name(self.read_func)} on {self.path!r} returned shape {shape} dtype {dtype}, "
-                f"but {self._shape} {self._dtype} when the stack was created (has the file changed?)"
+                f"but {self.shape} {self.dtype} when the stack was created (has the file changed?)"
             )
             raise SourceReadError(msg)
 
@@ -338,10 +275,6 @@ class CustomReader(Reader):
             self._manager.close()
 
 
-def _rebuild_reader(path: str, read_func: Any, read_kwargs: dict[str, Any], kwargs: dict[str, Any]) -> CustomReader:
-    return CustomReader(path, read_func, read_kwargs, **kwargs)
-
-
 def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
     try:
         st = os.stat(path)
@@ -358,21 +291,6 @@ def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
 
 def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[str, Any]) -> OpenedSource:
     """Open one file with ``read_func`` (called once now, to learn shape and dtype).
-
-    Parameters
-    ----------
-    path : str
-        The file.
-    axes : str
-        Validated axes of the array ``read_func`` returns.
-    read_func : ReadFunc
-        ``read_func(path, **read_kwargs) -> array-like``.
-    read_kwargs : dict
-        Keyword arguments of ``read_func`` (may be empty).
-
-    Returns
-    -------
-    OpenedSource
 
     Raises
     ------
@@ -403,7 +321,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     if dtype.hasobject:
         msg = f"read_func {_func_name(read_func)} on {path!r} returned dtype {dtype}; accepted: numeric dtypes"
         raise UnsupportedSourceError(msg)
-    eager = _is_eager(result)
+    eager = isinstance(result, np.ndarray) and not isinstance(result, np.memmap)  # the file was read whole
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
         path,

@@ -25,6 +25,30 @@ five-letter form is the *depth* axis, kept as the stack's spatial ``Z``
   plane spans the scene's layer-0 bounding box (offsets may be negative),
   and pixels no tile covers are 0.
 
+Pyramids
+--------
+A CZI may store *pyramid sub-blocks*: minified copies of its tiles (ZEN
+writes them for large scans; ``PyramidInfo`` in the metadata). Their zoom
+(``SubBlockInfo.get_zoom()``: stored size over covered size, 0.5 for a
+layer minified 2 x) gives the scene's levels: level 0 is full resolution,
+level ``k`` the ``k``-th coarser downsample factor ``f`` the scene's
+sub-blocks store (``round(1 / zoom)``: 2, 4 ... or 3, 9 ...), ordered by
+factor. ``levels=`` selects them as for OME-Zarr (every level by default
+in [`lazystack.load()`][lazystack.load] and the command line, full resolution in
+[`lazystack.load_czis()`][lazystack.load_czis], as CAREamics' ``load_czis``). A level stack has
+``stack.level``, ``attrs["image_uri"]`` (the scene's source, grouping its
+levels), ``attrs["downsample"]`` (``{"Y": f, "X": f}``) and X / Y pixel
+sizes multiplied by ``f``; its plane is ``ceil(h / f) x ceil(w / f)``
+pixels, pixel ``(y, x)`` covering the scene's full-resolution pixels
+``[f y, f y + f) x [f x, f x + f)``. It is read with pylibCZIrw's
+``read(roi=..., zoom=1 / f)`` over rectangles aligned to that grid: libCZI
+paints the sub-blocks of the stored layer of that zoom (no resampling when
+the layer's minification is exactly ``f``). Only stored layers are offered:
+a scene without pyramid sub-blocks is one level (its stack has no
+``level``), never a resampled view of full resolution. Level ``k > 0`` has
+the source ``"file.czi@s#level=k"`` (``"file.czi#level=k"`` without
+scenes), which re-opens it alone.
+
 The stack's [`original_axes`][lazystack.LazyImageStack.original_axes] and
 ``original_data_shape`` are CAREamics': the given axes with ``S`` replaced
 by the merged dimensions and their sizes, e.g. ``"TZBCYX"`` and
@@ -60,7 +84,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -104,7 +128,7 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
 }
 
 _MAGIC = b"ZISRAWFILE"
-_SCENE_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<scene>\d+)$")
+_SCENE_SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<scene>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
 def _import_pyczi() -> Any:
@@ -188,6 +212,8 @@ class _FileInfo:
     # (letter, size) of every non-spatial dimension in the order of pylibCZIrw's total_bounding_box
     # (T, Z, C always, size 1 when absent; then R, I, H, V, B as present): the order CAREamics merges them in
     order: tuple[tuple[str, int], ...] = ()
+    # CZI scene index (None without scenes) -> downsample factors its sub-blocks store, 1 (layer 0) first
+    pyramid: dict[int | None, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _check_file(path: str) -> None:
@@ -214,15 +240,22 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
     lo: dict[str, int] = {}
     hi: dict[str, int] = {}
     tiles: Counter[tuple[int, int]] = Counter()
+    factors: dict[int | None, set[int]] = {}
     count = 0
 
     def visit(_index: int, info: Any) -> bool:
         nonlocal count
         count += 1
         rect, size = info.logicalRect, info.physicalSize
+        coordinate = info.coordinate.to_dict()
         if rect.w == size.w and rect.h == size.h:  # layer 0 (not a pyramid level)
             tiles[(int(rect.h), int(rect.w))] += 1
-        for dim, value in info.coordinate.to_dict().items():
+        else:  # a pyramid sub-block: libCZI's zoom (stored over covered size, along its longer side)
+            zoom = float(info.get_zoom())
+            if 0 < zoom < 1:
+                scene = int(coordinate["S"]) if "S" in coordinate else None
+                factors.setdefault(scene, set()).add(max(2, round(1 / zoom)))
+        for dim, value in coordinate.items():
             if dim in ("S", "M"):
                 continue
             v = int(value)
@@ -272,6 +305,7 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         pixel_sizes=_pixel_sizes(root),
         tile=tiles.most_common(1)[0][0] if tiles else None,
         order=_dims_order(bbox, dims),
+        pyramid={scene: (1, *sorted(found)) for scene, found in factors.items()},
     )
 
 
@@ -374,6 +408,10 @@ class CziSceneReader(Reader):
         cached read first checks the file still has it (cached blocks of a
         file rewritten since must not mix with new reads) and raises
         [`SourceReadError`][lazystack.SourceReadError] when it changed.
+    factor : int, optional
+        Downsample factor of the pyramid level read (1: full resolution): the
+        plane is ``ceil(h / factor) x ceil(w / factor)`` and is read with
+        pylibCZIrw's ``zoom=1 / factor`` (see the module documentation, *Pyramids*).
     """
 
     token: str
@@ -392,8 +430,10 @@ class CziSceneReader(Reader):
         token: str,
         cache_block: tuple[int, int] = (CACHE_BLOCK, CACHE_BLOCK),
         stamp: tuple[int, int, int] | None = None,
+        factor: int = 1,
     ) -> None:
         self._manager = manager
+        self.factor = int(factor)
         self._stamp = stamp
         self._cache_block = (int(cache_block[0]), int(cache_block[1]))
         self._chunked: FunctionChunkedReader | None = None
@@ -408,7 +448,7 @@ class CziSceneReader(Reader):
         self.token = token
         sizes: dict[str, int] = {a: int(np.prod([n for _, _, n in dims])) for a, dims in plane_dims.items()}
         sizes["C"] = channel[1] * channel[2]
-        sizes["Y"], sizes["X"] = rect[3], rect[2]
+        sizes["Y"], sizes["X"] = -(-rect[3] // self.factor), -(-rect[2] // self.factor)
         self._shape = tuple(sizes[a] for a in axes)
 
     # -- array-like ----------------------------------------------------------------------------
@@ -490,7 +530,8 @@ class CziSceneReader(Reader):
 
     @property
     def _where(self) -> str:
-        return self.path if self.scene is None else f"{self.path}@{self.scene}"
+        where = self.path if self.scene is None else f"{self.path}@{self.scene}"
+        return where if self.factor == 1 else f"{where} (pyramid level with downsample factor {self.factor})"
 
     def __repr__(self) -> str:
         return f"CziSceneReader({self._where!r}, axes={self.axes!r}, shape={self._shape}, dtype={self._dtype})"
@@ -554,8 +595,8 @@ class CziSceneReader(Reader):
             return out[squeeze]
         pos = {a: i for i, a in enumerate(self.axes)}
         ys, xs = ranges[pos["Y"]], ranges[pos["X"]]
-        x0, y0 = self.rect[0], self.rect[1]
-        roi = (x0 + xs.start, y0 + ys.start, len(xs), len(ys))
+        x0, y0, f = self.rect[0], self.rect[1], self.factor
+        roi = (x0 + xs.start * f, y0 + ys.start * f, len(xs) * f, len(ys) * f)
         c_start, _, spp = self._channel
         c_range = ranges[pos["C"]]
         # file channels needed, and for each: (output index, sample) pairs
@@ -582,11 +623,22 @@ class CziSceneReader(Reader):
         return out[squeeze]
 
     def _read(self, handle: _CziHandle, plane: dict[str, int], roi: tuple[int, int, int, int], ptype: str) -> Any:
+        f = self.factor
         try:
-            return handle.doc.read(plane=plane, roi=roi, scene=self.scene, pixel_type=ptype)
+            if f == 1:
+                return handle.doc.read(plane=plane, roi=roi, scene=self.scene, pixel_type=ptype)
+            block = handle.doc.read(plane=plane, roi=roi, scene=self.scene, pixel_type=ptype, zoom=1.0 / f)
         except (RuntimeError, MemoryError, ValueError) as exc:
             msg = f"cannot read plane {plane} region (x, y, w, h)={roi} of CZI {self._where!r} (corrupt file?): {exc}"
             raise SourceReadError(msg) from exc
+        expected = (roi[3] // f, roi[2] // f)
+        if tuple(block.shape[:2]) != expected:
+            msg = (
+                f"pylibCZIrw returned {tuple(block.shape[:2])} pixels for region (x, y, w, h)={roi} of CZI "
+                f"{self._where!r} at zoom 1/{f}, expected {expected}"
+            )
+            raise SourceReadError(msg)
+        return block
 
 
 # -- opening -----------------------------------------------------------------------------------
@@ -601,18 +653,22 @@ def _validate_czi_axes(axes: str) -> str:
     return axes.upper()
 
 
-def _split_scene(path: str) -> tuple[str, int | None]:
+def _split_scene(path: str) -> tuple[str, int | None, int | None]:
+    """``"file.czi@2#level=1"`` -> ``("file.czi", 2, 1)`` (scene and level optional), unless that file exists."""
     if os.path.exists(path):
-        return path, None
+        return path, None, None
     m = _SCENE_SUFFIX.match(path)
     if m is None:
-        return path, None
-    return m.group("path"), int(m.group("scene"))
+        return path, None, None
+    scene, level = m.group("scene"), m.group("level")
+    return m.group("path"), None if scene is None else int(scene), None if level is None else int(level)
 
 
-def _token(path: str, scene: int | None, axes: str) -> str:
+def _token(path: str, scene: int | None, axes: str, factor: int = 1) -> str:
     st = os.stat(path)
-    text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}"
+    text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}" + (
+        f"|zoom1/{factor}" if factor != 1 else ""
+    )
     return "czi-" + hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
@@ -660,21 +716,28 @@ def _layout(
     return reader_axes + "YX", plane_dims, merged
 
 
-def open_czi(path: str, axes: str) -> list[OpenedSource]:
-    """Open a CZI file lazily, one [`OpenedSource`][OpenedSource] per scene.
+def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> list[OpenedSource]:
+    """Open a CZI file lazily, one [`OpenedSource`][OpenedSource] per scene and pyramid level.
 
     Parameters
     ----------
     path : str
-        A ``.czi`` file; ``"file.czi@2"`` selects CZI scene 2 alone.
+        A ``.czi`` file; ``"file.czi@2"`` selects CZI scene 2 alone,
+        ``"file.czi@2#level=1"`` (``"file.czi#level=1"`` without scenes) its
+        pyramid level 1 alone, whatever ``levels`` says.
     axes : str
         ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"`` (either case).
+    levels : tuple of int, optional
+        Pyramid levels to open of every scene (sorted, as
+        [`lazystack.core.levels.parse_levels()`][lazystack.core.levels.parse_levels] returns them); None for all.
+        A scene without pyramid sub-blocks is level 0.
 
     Returns
     -------
     list of OpenedSource
-        One per scene in scene order (one for a file without scenes). Only
-        metadata is read, once for the whole file.
+        Per scene in scene order (one for a file without scenes), one per
+        selected level, level 0 first (see the module documentation,
+        *Pyramids*). Only metadata is read, once for the whole file.
 
     Raises
     ------
@@ -683,7 +746,8 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     MissingDependencyError
         If pylibCZIrw is not installed (the ``czi`` extra).
     SourceNotFoundError
-        If the file or the selected scene does not exist.
+        If the file, the selected scene or a selected level does not exist
+        (the message lists the scene's levels).
     SourceFormatError
         If the file is not a CZI, is corrupt or truncated.
     ShapeMismatchError
@@ -691,7 +755,8 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     """
     axes = _validate_czi_axes(axes)
     _import_pyczi()
-    path, wanted = _split_scene(os.fspath(path))
+    given = os.fspath(path)
+    path, wanted, wanted_level = _split_scene(given)
     _check_file(path)
     check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
     manager = ProcessLocalFileManager(_open_handle, path, mode="r")
@@ -726,35 +791,51 @@ def open_czi(path: str, axes: str) -> list[OpenedSource]:
     opened = []
     for scene in scenes:
         rect = info.total_rect if scene is None else info.scenes[scene]
-        reader = CziSceneReader(
-            manager,
-            path,
-            scene,
-            rect,
-            reader_axes,
-            plane_dims,
-            (c_start, n_c, spp),
-            info.pixel_types,
-            dtype,
-            _token(path, scene, axes),  # the user's axes: SCZYX and SCTYX share reader axes
-            cache_block=_cache_block(info.tile),
-            stamp=stamp,
-        )
-        source = path if scene is None else f"{path}@{scene}"
-        attrs = {
-            "scene": scene,
-            "scene_name": None if scene is None else info.scene_names.get(scene),
-            "physical_pixel_sizes": dict(sizes),
-            "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
-            "depth_axis": depth,
-            "czi_dims": "".join(d for d, _ in info.order) + "YX",
-            "czi_shape": (*(n for _, n in info.order), rect[3], rect[2]),
-            "sample_dims": "".join(d for d, _ in merged),
-            "sample_shape": tuple(n for _, n in merged),
-            "bounding_box": rect,
-            "pixel_type": info.pixel_types[0],
-        }
-        opened.append(OpenedSource(reader, source, "czi", reader_axes, coords=dict(coords), attrs=attrs))
+        image = path if scene is None else f"{path}@{scene}"
+        factors = info.pyramid.get(scene, (1,))
+        asked = (wanted_level,) if wanted_level is not None else levels
+        if asked is not None and asked[-1] >= len(factors):
+            by = f"the source {given!r}" if wanted_level is not None else f"levels={list(asked)}"
+            msg = (
+                f"CZI file {path!r}" + ("" if scene is None else f" scene {scene}") + f" has {len(factors)} "
+                f"pyramid level(s) (0 to {len(factors) - 1}, downsample factors {', '.join(map(str, factors))}), "
+                f"not level {asked[-1]} asked for by {by}"
+            )
+            raise SourceNotFoundError(msg)
+        for level in range(len(factors)) if asked is None else asked:
+            factor = factors[level]
+            reader = CziSceneReader(
+                manager,
+                path,
+                scene,
+                rect,
+                reader_axes,
+                plane_dims,
+                (c_start, n_c, spp),
+                info.pixel_types,
+                dtype,
+                _token(path, scene, axes, factor),  # the user's axes: SCZYX and SCTYX share reader axes
+                cache_block=_cache_block(info.tile),
+                stamp=stamp,
+                factor=factor,
+            )
+            attrs: dict[str, Any] = {
+                "scene": scene,
+                "scene_name": None if scene is None else info.scene_names.get(scene),
+                "physical_pixel_sizes": {a: v * (factor if a in "XY" else 1) for a, v in sizes.items()},
+                "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
+                "depth_axis": depth,
+                "czi_dims": "".join(d for d, _ in info.order) + "YX",
+                "czi_shape": (*(n for _, n in info.order), *reader.shape[-2:]),
+                "sample_dims": "".join(d for d, _ in merged),
+                "sample_shape": tuple(n for _, n in merged),
+                "bounding_box": rect,
+                "pixel_type": info.pixel_types[0],
+            }
+            if len(factors) > 1:
+                attrs.update(level=level, image_uri=image, downsample={"Y": float(factor), "X": float(factor)})
+            source = image if level == 0 else f"{image}#level={level}"
+            opened.append(OpenedSource(reader, source, "czi", reader_axes, coords=dict(coords), attrs=attrs))
     return opened
 
 
@@ -780,7 +861,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     SourceFormatError
         When the file is not a readable CZI.
     """
-    file_path, _ = _split_scene(os.fspath(path))
+    file_path, _, _ = _split_scene(os.fspath(path))
     pyczi = _import_pyczi()
     try:
         with pyczi.open_czi(str(file_path)) as doc:

@@ -49,21 +49,10 @@ ENTRY_FIXED = 32
 DIMENSION_ENTRY = 20
 #: ``DimensionCount`` above this is not a real file (CZI defines 13 dimension letters).
 MAX_DIMENSIONS = 32
-#: Bytes per pixel of libCZI's pixel types (``PixelType`` field).
-PIXEL_BYTES = {0: 1, 1: 2, 2: 4, 3: 3, 4: 6, 8: 12, 9: 4, 10: 8, 11: 24, 12: 4, 13: 8}
-PIXEL_NAMES = {
-    0: "Gray8",
-    1: "Gray16",
-    2: "Gray32Float",
-    3: "Bgr24",
-    4: "Bgr48",
-    8: "Bgr96Float",
-    9: "Bgra32",
-    10: "Gray64ComplexFloat",
-    11: "Bgr192ComplexFloat",
-    12: "Gray32",
-    13: "Gray64",
-}
+#: libCZI's pixel types (``PixelType`` field): name and bytes per pixel.
+PIXEL_TYPES = {0: ("Gray8", 1), 1: ("Gray16", 2), 2: ("Gray32Float", 4), 3: ("Bgr24", 3), 4: ("Bgr48", 6)}
+PIXEL_TYPES |= {8: ("Bgr96Float", 12), 9: ("Bgra32", 4), 10: ("Gray64ComplexFloat", 8), 11: ("Bgr192ComplexFloat", 24)}
+PIXEL_TYPES |= {12: ("Gray32", 4), 13: ("Gray64", 8)}
 
 _SEG = struct.Struct("<16sqq")
 _FILE_POSITIONS = struct.Struct("<qqiq")  # DirectoryPosition, MetadataPosition, UpdatePending, AttachmentDirPosition
@@ -139,10 +128,9 @@ def _entries(path: str, body: bytes, base: int, count: int, size: int) -> Iterat
         schema, ptype, pos, part, comp, _pyr, n_dims = _ENTRY.unpack_from(body, off)
         if schema != b"DV":
             raise _fail(path, where, f"SchemaType is {schema!r}, expected b'DV'")
-        if ptype not in PIXEL_BYTES:
-            raise _fail(
-                path, where, f"PixelType {ptype} is not a known pixel type; accepted: {list(PIXEL_NAMES.values())}"
-            )
+        if ptype not in PIXEL_TYPES:
+            accepted = [name for name, _ in PIXEL_TYPES.values()]
+            raise _fail(path, where, f"PixelType {ptype} is not a known pixel type; accepted: {accepted}")
         if not 2 <= n_dims <= MAX_DIMENSIONS:
             raise _fail(path, where, f"DimensionCount {n_dims} is not in 2..{MAX_DIMENSIONS}")
         end = off + ENTRY_FIXED + DIMENSION_ENTRY * n_dims
@@ -195,13 +183,13 @@ def _check_subblock(path: str, fd: int, size: int, entry: SubBlockEntry) -> None
         )
     if entry.compression == 0:
         w, h = entry.dims["X"][2], entry.dims["Y"][2]
-        expected = w * h * PIXEL_BYTES[entry.pixel_type]
+        name, nbytes = PIXEL_TYPES[entry.pixel_type]
+        expected = w * h * nbytes
         if data < expected:
             raise _fail(
                 path,
                 where,
-                f"DataSize {data} is smaller than its uncompressed {w}x{h} {PIXEL_NAMES[entry.pixel_type]} "
-                f"pixels ({expected} bytes)",
+                f"DataSize {data} is smaller than its uncompressed {w}x{h} {name} pixels ({expected} bytes)",
             )
 
 
@@ -210,16 +198,6 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
 
     Reads the file header, the sub-block directory once and 112 bytes of
     every sub-block (one ``pread`` each), never pixel data.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A local ``.czi`` file (its ``ZISRAWFILE`` magic already checked or not).
-
-    Returns
-    -------
-    list of SubBlockEntry
-        The checked directory entries.
 
     Raises
     ------

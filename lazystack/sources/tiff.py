@@ -3,8 +3,30 @@
 One stack per image series (tifffile's ``TiffFile.series``): a plain or
 multi-page TIFF has one, a multi-series OME-TIFF several. The stack of
 series ``i > 0`` has the source ``"path@i"``, which re-opens that series
-alone (the mirror of CZI scenes). A pyramidal OME-TIFF gives its
-full-resolution level.
+alone (the mirror of CZI scenes).
+
+Pyramids
+    A series with several resolution levels (tifffile's
+    ``TiffPageSeries.levels``: OME-TIFF SubIFDs, SVS, NDPI ... pages)
+    gives one stack per level selected by ``levels=`` (as for OME-Zarr:
+    every level by default in [`lazystack.load()`][lazystack.load] and the command
+    line, full resolution in [`lazystack.load_tiffs()`][lazystack.load_tiffs], as CAREamics'
+    ``load_tiffs``), each read through
+    the same segment (or memory-map) path as full resolution. A level stack
+    has ``stack.level`` (0 = full resolution), ``attrs["image_uri"]``
+    (``"file.tif@i"``: the series, what groups the levels of one image,
+    see [`StackList.images()`][lazystack.StackList.images]) and
+    ``attrs["downsample"]`` (per axis of the file, e.g.
+    ``{"Z": 1.0, "Y": 2.0, "X": 2.0}``: the integer factor whose division,
+    rounded up or down, gives the level's size, else the ratio of the
+    sizes); its physical pixel sizes
+    are the series' multiplied by that factor (the OME-XML declares level 0
+    only). Level ``k > 0`` has the source ``"file.tif@i#level=k"``, which
+    re-opens that level alone whatever ``levels=`` says. A series without
+    a pyramid is one level: its stack has no ``level`` (counted as level 0);
+    a level beyond a series' levels is a
+    [`SourceNotFoundError`][lazystack.SourceNotFoundError] naming the file, the series and
+    its levels.
 
 Axes
     The user's axes describe the array *as tifffile returns it*
@@ -125,7 +147,7 @@ def _pmd_bytes() -> int:
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 #: Pages whose segment offsets are remembered per open file.
 _PAGES_MAX = 1 << 16
-_SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)$")
+_SERIES_SUFFIX = re.compile(r"^(?P<path>.+)@(?P<series>\d+)(?:#level=(?P<level>\d+))?$")
 
 
 def _tifffile() -> Any:
@@ -290,7 +312,7 @@ class _MemmapHandle:
 class _TiffHandle:
     """An open ``TiffFile`` with the series to read and where its segments are (one per process)."""
 
-    def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None) -> None:
+    def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None, level: int = 0) -> None:
         tifffile = _tifffile()
         self.path = path
         self.closed = False  # close requested
@@ -308,7 +330,7 @@ class _TiffHandle:
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
                     self.fd = self.fh.fileno()
-            self.series = self.tif.series[series].levels[0]
+            self.series = self.tif.series[series].levels[level]
             self.keyframe = self.series.keyframe
             self.keyframe.decode  # noqa: B018 - build and cache the decode function now
             nodata = self.keyframe.nodata
@@ -499,7 +521,7 @@ class TiffReader(Reader):
     series : int
         Index of the image series.
     shape : tuple of int
-        Shape of the series (as ``tifffile.imread(path, series=series)``).
+        Shape of the series' level (as ``tifffile.imread(path, series=series, level=level)``).
     dtype : str
         Dtype of the data (native byte order).
     chunks : tuple of tuple of int
@@ -514,6 +536,8 @@ class TiffReader(Reader):
         ``(st_ino, st_size, st_mtime_ns)`` of the file when the stack was
         opened; a handle opened later on another file raises
         [`SourceReadError`][lazystack.SourceReadError] (None: not checked).
+    level : int, optional
+        Resolution level of the series (tifffile's ``series.levels[level]``; 0 = full resolution).
     """
 
     chunks: tuple[tuple[int, ...], ...]
@@ -532,9 +556,11 @@ class TiffReader(Reader):
         memmap: tuple[int, str] | None,
         token: str,
         stamp: tuple[int, int, int] | None = None,
+        level: int = 0,
     ) -> None:
         self.path = path
         self.series = series
+        self.level = int(level)
         self._shape = tuple(shape)
         self._dtype = np.dtype(dtype)
         self.chunks = chunks
@@ -553,7 +579,7 @@ class TiffReader(Reader):
         if self.memmap is not None:
             offset, file_dtype = self.memmap
             return ProcessLocalFileManager(_MemmapHandle, self.path, offset, file_dtype, self._shape, self.stamp)
-        return ProcessLocalFileManager(_TiffHandle, self.path, self.series, self.stamp)
+        return ProcessLocalFileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
@@ -565,6 +591,7 @@ class TiffReader(Reader):
             "memmap": self.memmap,
             "token": self.token,
             "stamp": self.stamp,
+            "level": self.level,
         }
         return (_rebuild_reader, (self.path, self.series, kwargs))
 
@@ -641,7 +668,8 @@ class TiffReader(Reader):
 
     def __repr__(self) -> str:
         how = "memmap" if self.memmap is not None else f"segments {self.native_chunks}"
-        return f"TiffReader({self.path!r}, series={self.series}, shape={self._shape}, dtype={self._dtype}, {how})"
+        where = f"series={self.series}" + (f", level={self.level}" if self.level else "")
+        return f"TiffReader({self.path!r}, {where}, shape={self._shape}, dtype={self._dtype}, {how})"
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
@@ -843,12 +871,15 @@ def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReade
 
 
 # -- opening -----------------------------------------------------------------------------------
-def _split_series(path: str) -> tuple[str, int | None]:
-    """``"file.tif@2"`` -> ``("file.tif", 2)`` unless a file of that exact name exists."""
+def _split_series(path: str) -> tuple[str, int | None, int | None]:
+    """``"file.tif@2"`` -> ``("file.tif", 2, None)``, ``"file.tif@2#level=1"`` -> ``("file.tif", 2, 1)``.
+
+    Unless a file of that exact name exists.
+    """
     m = _SERIES_SUFFIX.match(path)
     if m is None or os.path.exists(path):
-        return path, None
-    return m["path"], int(m["series"])
+        return path, None, None
+    return m["path"], int(m["series"]), None if m["level"] is None else int(m["level"])
 
 
 def _check_file(path: str) -> None:
@@ -900,8 +931,9 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
         raise SourceFormatError(msg)
 
 
-def _token(path: str, series: int, mode: str, st: os.stat_result) -> str:
+def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0) -> str:
     text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
+    text += f"|level{level}" if level else ""
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
 
@@ -1031,28 +1063,38 @@ def _imagej_sizes(tif: Any, series: Any) -> dict[str, float]:
     return sizes
 
 
-def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[OpenedSource]:
+def open_tiff(
+    path: str, axes: str, whole_file_chunks: bool = False, levels: tuple[int, ...] | None = None
+) -> list[OpenedSource]:
     """Open the image series of a TIFF file as chunk readers (metadata only).
 
     Parameters
     ----------
     path : str
-        A TIFF file, or ``"file.tif@i"`` for series ``i`` alone.
+        A TIFF file, ``"file.tif@i"`` for series ``i`` alone, or
+        ``"file.tif@i#level=k"`` for resolution level ``k`` of series ``i``
+        alone (whatever ``levels`` says).
     axes : str
         Validated axes of every series (as tifffile returns the array; RGB
         samples are ``C``).
     whole_file_chunks : bool, optional
         One dask chunk per series ([`lazystack.load_iter_tiff()`][lazystack.load_iter_tiff]).
+    levels : tuple of int, optional
+        Resolution levels to open of every pyramidal series (sorted, as
+        [`lazystack.core.levels.parse_levels()`][lazystack.core.levels.parse_levels] returns them); None for all.
+        A series without a pyramid is level 0.
 
     Returns
     -------
     list of OpenedSource
-        One per series (a single one for ``"file.tif@i"``).
+        Per series (a single one for ``"file.tif@i"``), one per selected
+        level, level 0 first (see the module documentation, *Pyramids*).
 
     Raises
     ------
     SourceNotFoundError
-        If the file or the requested series does not exist.
+        If the file, the requested series or a requested level does not
+        exist (the message lists the series' levels).
     SourceFormatError
         For a directory, an empty file, a file that is not a TIFF, or an
         unknown compression.
@@ -1061,10 +1103,8 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
     ShapeMismatchError
         If ``axes`` does not have the rank of a series.
     """
-    from ..core.axes import check_rank
-
     tifffile = _tifffile()
-    file_path, wanted = _split_series(os.fspath(path))
+    file_path, wanted, wanted_level = _split_series(os.fspath(path))
     _check_file(file_path)
     try:
         tif = tifffile.TiffFile(file_path, mode="rb")
@@ -1093,48 +1133,115 @@ def open_tiff(path: str, axes: str, whole_file_chunks: bool = False) -> list[Ope
         indices = [wanted] if wanted is not None else list(range(len(all_series)))
         opened = []
         for i in indices:
-            series = all_series[i].levels[0]
-            shape = tuple(int(n) for n in series.shape)
+            pyramid = list(all_series[i].levels)
             where = f"TIFF file {file_path!r}" + (f" series {i}" if len(all_series) > 1 else "")
-            declared = str(series.axes) if series.kind in {"ome", "imagej"} else None
-            check_rank(axes, shape, where, declared)
-            if series.keyframe.dtype is None or series.dtype is None:
-                msg = f"{where}: unsupported pixel type (tifffile cannot map it to a numpy dtype)"
-                raise SourceFormatError(msg)
-            _check_codec(file_path, series.keyframe)
-            _check_layout(where, shape, series.keyframe)
-            memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
-            if memmap is not None:  # one page per chunk
-                split = _page_split(series)
-                native = shape if split is None else (1,) * split + shape[split:]
-            else:  # one segment (page of a raw series) per chunk; a layout it cannot explain: one chunk
-                layout = _segment_layout(series, raw=_raw_recipe(series, tif.byteorder) is not None)
-                native = shape if layout is None else layout.chunks
-            dtype = np.dtype(series.dtype).newbyteorder("=")
-            if whole_file_chunks:
-                chunks: tuple[tuple[int, ...], ...] = tuple((n,) for n in shape)
-                mode = "whole"
-            else:
-                chunks = _dask_chunks(shape, native, dtype.itemsize, memmap is not None, _yaxis(shape, series.keyframe))
-                mode = "memmap" if memmap is not None else "segments"
-            reader = TiffReader(
-                file_path,
-                i,
-                shape=shape,
-                dtype=dtype.str,
-                chunks=chunks,
-                native_chunks=native,
-                memmap=memmap,
-                token=_token(file_path, i, mode, st),
-                stamp=file_stamp(st),
-            )
-            coords, attrs = _metadata(tif, i, series, axes, shape)
-            # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i
-            source = file_path if wanted is None and i == 0 else f"{file_path}@{i}"
-            opened.append(
-                OpenedSource(reader=reader, source=source, format=FORMAT, axes=axes, coords=coords, attrs=attrs)
-            )
+            asked = (wanted_level,) if wanted_level is not None else levels
+            if asked is not None and asked[-1] >= len(pyramid):
+                given = f"the source {os.fspath(path)!r}" if wanted_level is not None else f"levels={list(asked)}"
+                msg = (
+                    f"{where} has {len(pyramid)} resolution level(s) (0 to {len(pyramid) - 1}), "
+                    f"not level {asked[-1]} asked for by {given}"
+                )
+                raise SourceNotFoundError(msg)
+            for level in range(len(pyramid)) if asked is None else asked:
+                opened.append(
+                    _open_series(tif, file_path, i, level, pyramid, axes, whole_file_chunks, st, whole=wanted is None)
+                )
     return opened
+
+
+def _open_series(
+    tif: Any,
+    file_path: str,
+    i: int,
+    level: int,
+    pyramid: list[Any],
+    axes: str,
+    whole_file_chunks: bool,
+    st: os.stat_result,
+    *,
+    whole: bool,
+) -> OpenedSource:
+    """One resolution level of series ``i`` (``pyramid``: the series' levels) as an OpenedSource."""
+    from ..core.axes import check_rank
+
+    series = pyramid[level]
+    n_series = len(tif.series)
+    shape = tuple(int(n) for n in series.shape)
+    where = f"TIFF file {file_path!r}" + (f" series {i}" if n_series > 1 else "")
+    if len(pyramid) > 1:
+        where += f" level {level}"
+    declared = str(series.axes) if series.kind in {"ome", "imagej"} else None
+    check_rank(axes, shape, where, declared)
+    if series.keyframe.dtype is None or series.dtype is None:
+        msg = f"{where}: unsupported pixel type (tifffile cannot map it to a numpy dtype)"
+        raise SourceFormatError(msg)
+    _check_codec(file_path, series.keyframe)
+    _check_layout(where, shape, series.keyframe)
+    memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
+    if memmap is not None:  # one page per chunk
+        split = _page_split(series)
+        native = shape if split is None else (1,) * split + shape[split:]
+    else:  # one segment (page of a raw series) per chunk; a layout it cannot explain: one chunk
+        layout = _segment_layout(series, raw=_raw_recipe(series, tif.byteorder) is not None)
+        native = shape if layout is None else layout.chunks
+    dtype = np.dtype(series.dtype).newbyteorder("=")
+    if whole_file_chunks:
+        chunks: tuple[tuple[int, ...], ...] = tuple((n,) for n in shape)
+        mode = "whole"
+    else:
+        chunks = _dask_chunks(shape, native, dtype.itemsize, memmap is not None, _yaxis(shape, series.keyframe))
+        mode = "memmap" if memmap is not None else "segments"
+    reader = TiffReader(
+        file_path,
+        i,
+        shape=shape,
+        dtype=dtype.str,
+        chunks=chunks,
+        native_chunks=native,
+        memmap=memmap,
+        token=_token(file_path, i, mode, st, level),
+        stamp=file_stamp(st),
+        level=level,
+    )
+    coords, attrs = _metadata(tif, i, series, axes, shape)
+    # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i, "file@i#level=k" its level k
+    source = f"{file_path}@{i}" + (f"#level={level}" if level else "")
+    if whole and i == 0 and not level:
+        source = file_path
+    if len(pyramid) > 1:
+        attrs.update(_level_attrs(pyramid, level, f"{file_path}@{i}", attrs.get("physical_pixel_sizes")))
+    return OpenedSource(reader=reader, source=source, format=FORMAT, axes=axes, coords=coords, attrs=attrs)
+
+
+def _level_attrs(pyramid: list[Any], level: int, image_uri: str, sizes: dict[str, float] | None) -> dict[str, Any]:
+    """``level``, ``image_uri``, ``downsample`` and the scaled pixel sizes of one level of a pyramid.
+
+    The downsample factor of an axis (``Z``, ``Y``, ``X`` of the file's axes)
+    is the integer ``f`` nearest the full-resolution size over the level's
+    size when the level's size is that size divided by ``f``, rounded up
+    or down (65 -> 33 pixels: 2, as ``data[::2]`` gives); else the ratio of
+    the sizes itself. The OME-XML declares the pixel size of level 0 only.
+    """
+    full, this = pyramid[0], pyramid[level]
+    downsample: dict[str, float] = {}
+    if str(full.axes) == str(this.axes) and len(full.shape) == len(this.shape):
+        for letter, n0, n in zip(str(full.axes), full.shape, this.shape, strict=True):
+            if letter in "ZYX" and n > 0:
+                downsample[letter] = _factor(int(n0), int(n))
+    attrs: dict[str, Any] = {"level": level, "image_uri": image_uri, "downsample": downsample}
+
+    if sizes:
+        attrs["physical_pixel_sizes"] = {a: v * downsample.get(a, 1.0) for a, v in sizes.items()}
+    return attrs
+
+
+def _factor(full: int, size: int) -> float:
+    """Downsample factor of an axis of ``full`` pixels shown in ``size`` (see [`_level_attrs()`][_level_attrs])."""
+    f = max(1, round(full / size))
+    if size in (full // f, -(-full // f)):
+        return float(f)
+    return full / size
 
 
 # -- axes the file declares ---------------------------------------------------------------------
@@ -1162,7 +1269,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
         When series ``i`` does not exist.
     """
     tifffile = _tifffile()
-    file_path, series = _split_series(os.fspath(path))
+    file_path, series, _ = _split_series(os.fspath(path))
     try:
         with tifffile.TiffFile(file_path) as tif:
             if not tif.series:
