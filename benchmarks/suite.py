@@ -859,11 +859,15 @@ def scenario_remote_http(cfg: Config) -> Table:
         np.testing.assert_array_equal(floor(regions[0][0]), data[regions[0][0]])
         with _cache_size(0):
             floor_us = _cold_vs_floor(table, lazy, HTTP_FLOOR, floor, regions)
+        conn.close()
         with _cache_size(2**31):
             for r in regions:
                 lazy(*r)
             _warm_floors(table, data, "YX", regions, patch, lazy)
         z = zarr.open_array(url, mode="r")
+        from lazystack.sources.zarr.engines import close_http_session_at_exit
+
+        close_http_session_at_exit(z.store.fs)  # zarr's own store: its aiohttp session closes with it
         table.rows["zarr-python arr[...]"] = _median_us(lambda r: z[r], regions[: cfg.n_slow * 2])
         ts = _tensorstore_open({"driver": "http", "base_url": url})
         if ts is not None:
@@ -877,6 +881,8 @@ def scenario_remote_http(cfg: Config) -> Table:
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     return table
 
 

@@ -639,3 +639,106 @@ def test_zarr_reading_uses_no_private_name_of_another_package(module: str) -> No
         elif isinstance(node, ast.Attribute) and _is_foreign_private(node.attr, own):
             foreign.append(f"line {node.lineno}: .{node.attr}")
     assert foreign == []
+
+
+# -- layering: the engine returns data, the source decides what follows ------------------------------------
+def _engine_module_tree() -> Any:
+    import ast
+
+    from lazystack.sources.zarr import engines
+
+    return ast.parse(Path(engines.__file__).read_text(encoding="utf-8"))
+
+
+def test_the_engine_calls_no_method_the_zarr_source_overrides() -> None:
+    """No method engines.py calls on ``self`` is overridden by the Zarr source's reader (a hook calling back up).
+
+    The source may override the chunk-reader contract's own entry points (``fetch_chunks``, ``read`` ...),
+    which the engine module never calls on itself.
+    """
+    import ast
+
+    from lazystack.sources import zarr as zarr_source
+
+    called = {
+        node.func.attr
+        for node in ast.walk(_engine_module_tree())
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self"
+    }
+    assert "_region_engine" in called  # the walk sees the engine reader's own calls
+    source_classes = [
+        cls
+        for cls in vars(zarr_source).values()
+        if isinstance(cls, type) and issubclass(cls, ZarrArrayReader) and cls is not ZarrArrayReader
+    ]
+    assert source_classes, "the Zarr source builds on the engine reader"
+    for cls in source_classes:
+        hooks = sorted(called & set(vars(cls)))
+        assert not hooks, f"engines.py calls {hooks} on self, which {cls.__name__} in the Zarr source overrides"
+
+
+def test_the_engine_module_imports_only_lower_layers() -> None:
+    """engines.py imports lazystack's core and io layers only, never the Zarr source package it serves."""
+    import ast
+
+    relative = [
+        (node.level, node.module or "")
+        for node in ast.walk(_engine_module_tree())
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
+    absolute = [
+        node.module
+        for node in ast.walk(_engine_module_tree())
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("lazystack")
+    ]
+    assert relative
+    assert all(level == 3 and module.split(".")[0] in ("core", "io") for level, module in relative), relative
+    assert not absolute, absolute
+
+
+def test_float32_policy_is_the_contracts() -> None:
+    """float32_is_exact (io.reader) against numpy: a dtype is exact when its extreme and awkward values survive
+    a round trip through float32; the engine module uses that function and defines no policy of its own."""
+    from lazystack.io import reader as contract
+    from lazystack.sources.zarr import engines
+
+    names = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
+    for name in [*names, "float16", "float32", "float64", "complex64"]:
+        dt = np.dtype(name)
+        if dt.kind == "b":
+            continue  # not converted by readers (kept out of the policy, as before)
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            values = np.array([info.min, info.max, info.max - 1], dtype=dt)
+        elif dt.kind == "f":
+            info_f = np.finfo(dt)
+            values = np.array([info_f.max, info_f.tiny, info_f.eps, 0.1, -1 / 3], dtype=dt)
+        else:
+            values = np.array([1 + 2j], dtype=dt)
+        with np.errstate(over="ignore", invalid="ignore"):
+            exact = dt.kind != "c" and bool(np.all(values.astype(np.float32).astype(dt) == values))
+        assert contract.float32_is_exact(dt) is exact, name
+    assert engines.float32_is_exact is contract.float32_is_exact
+    assert not hasattr(engines.TensorstoreEngine, "exact_float32")
+
+
+def test_region_reads_convert_to_float32_only_when_their_maker_allows(arrays: dict[str, Any]) -> None:
+    """RegionReads does as told: ``float32=False`` keeps the stored dtype even for a float32 request."""
+    from lazystack.sources.zarr.engines import RegionReads
+
+    z = _open(arrays["v3-zstd-uint16"])
+    if "tensorstore" not in available_engines(z):
+        pytest.skip("tensorstore cannot read this array here")
+    engine = TensorstoreEngine(z)
+    region = (slice(3, 40), slice(5, 60))
+    for allowed in (False, True):
+        reads = RegionReads(engine, engine.dtype, float32=allowed)
+        reads.start(region, as_float32=True)
+        reads.start(region)
+        got = list(reads.results())
+        assert [g.dtype for g in got] == [np.dtype(np.float32) if allowed else engine.dtype, engine.dtype]
+        for g in got:
+            _same(g.astype(np.float32), np.asarray(z[region]).astype(np.float32))

@@ -475,6 +475,44 @@ def test_cold_patches_through_the_loader_come_as_float32_from_tensorstore(
         set_zarr_engine(previous)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+@pytest.mark.parametrize("how", ["patch", "batch"])
+def test_reads_straight_from_tensorstore_check_the_store_in_the_source(tmp_path: Path, dtype: str, how: str) -> None:
+    """With the cache off, tensorstore reads regions whole, bypassing chunk fetches: the source (not the
+    engine) checks the store after them, for float32 reads (uint16), plain reads (uint32) and batches."""
+    from lazystack import extract_patches
+    from lazystack.core.errors import SourceNotFoundError
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.sources.zarr.engines import set_zarr_engine
+
+    pytest.importorskip("tensorstore", reason="the region reads come from tensorstore")
+    data = np.random.default_rng(6).integers(0, 4000, (2, 90, 120)).astype(dtype)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype)
+    z[...] = data
+    previous = set_zarr_engine("tensorstore")
+    try:
+        (stack,) = load_zarrs(str(tmp_path / "a.zarr"), "SYX")
+        with chunk_cache_size(0):
+
+            def read() -> list[np.ndarray]:
+                if how == "patch":
+                    return [
+                        stack.extract_patch(0, None, (50, 60), (40, 50)),
+                        stack.extract_patch(1, None, (3, 5), (40, 50)),
+                    ]
+                reqs = [(stack, 0, None, (50, 60), (40, 50)), (stack, 1, None, (3, 5), (40, 50))]
+                return list(extract_patches(reqs))
+
+            first, second = read()
+            np.testing.assert_array_equal(first, data[None, 0, 50:90, 60:110].astype(np.float32))
+            np.testing.assert_array_equal(second, data[None, 1, 3:43, 5:55].astype(np.float32))
+            shutil.rmtree(tmp_path / "a.zarr")
+            with pytest.raises(SourceNotFoundError, match="deleted after the stack was opened"):
+                read()
+    finally:
+        set_zarr_engine(previous)
+
+
 @pytest.mark.parametrize("cache_bytes", [0, 64 * 2**20])
 @pytest.mark.parametrize("engine", ["direct", "auto", "zarr"])
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -400,3 +400,94 @@ def test_bad_retry_options_are_refused_at_open(server: Any, bad: dict[str, Any])
     key, value = next(iter(bad.items()))
     with pytest.raises(ValueError, match=rf"{key if key == 'retries' else 'backoff'}.*{value!r}"):
         load_zarrs([f"{url}/v3.zarr/b"], "SYX", storage_options=bad)
+
+
+_EXIT_SCRIPT = """
+import gc, sys
+from lazystack import load_zarrs
+(stack,) = load_zarrs([sys.argv[1]], "SYX")
+stack.extract_patch(0, None, (0, 0), (8, 8))
+print("read", flush=True)
+if sys.argv[2] == "collected":  # the stack, its store and fsspec's cached file system collected before exit
+    from fsspec.implementations.http import HTTPFileSystem
+
+    del stack
+    HTTPFileSystem.clear_instance_cache()
+    gc.collect()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["at-exit", "collected"])
+def test_http_sessions_are_closed(server: Any, when: str) -> None:
+    """A process that read over HTTP ends without aiohttp's "Unclosed client session" / "Unclosed connector",
+    whether its stores live until exit or are collected before."""
+    import os
+    import subprocess
+    import sys
+
+    url, state, _ = server
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    got = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, f"{url}/v3.zarr/a", when],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["read"]
+    assert any(p.startswith("/v3.zarr/a/") for p in state.chunk_paths())  # it did read chunks over HTTP
+    assert "Unclosed" not in got.stderr, got.stderr
+
+
+@pytest.mark.parametrize("kind", ["v3", "v3-sharded"])
+def test_a_patch_or_a_batch_fetches_its_chunks_in_one_round(
+    server: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every get a patch (or a batch) needs goes out in one round of concurrent requests (one hand-off to
+    zarr's event loop); a shard's index is fetched once, in a round of its own, and remembered."""
+    import zarr.core.sync
+
+    from lazystack import extract_patches
+    from lazystack.io.cache import chunk_cache_size
+
+    url, state, root = server
+    rounds: list[int] = []
+    original = zarr.core.sync.sync
+
+    def counting(coro: Any, *args: Any, **kwargs: Any) -> Any:
+        before = len(state.chunk_paths())
+        out = original(coro, *args, **kwargs)
+        rounds.append(len(state.chunk_paths()) - before)
+        return out
+
+    (stack,) = load_zarrs([f"{url}/{kind}.zarr/b"], "SYX")
+    full = _local(root, kind, "b")
+    monkeypatch.setattr(zarr.core.sync, "sync", counting)
+    with chunk_cache_size(0):
+        state.clear()
+        got = stack.extract_patch(1, None, (10, 12), (20, 20))  # 3x3 chunks of 16x16, in one 32x32 shard + others
+        np.testing.assert_array_equal(got[0], full[1, 10:30, 12:32])
+        n_chunks = len(_expected_chunk_paths("v3", 1, (10, 12), (20, 20)))
+        if kind == "v3":
+            assert rounds == [n_chunks]
+            assert len(state.chunk_paths()) == n_chunks
+        else:  # the indexes of the shards touched in one round, then every inner chunk in one
+            n_shards = len(_expected_chunk_paths(kind, 1, (10, 12), (20, 20)))
+            assert rounds == [n_shards, n_chunks]
+            rounds.clear()
+            state.clear()
+            again = stack.extract_patch(1, None, (14, 16), (10, 10))  # the same shards: no index fetched again
+            np.testing.assert_array_equal(again[0], full[1, 14:24, 16:26])
+            assert rounds == [len(_expected_chunk_paths("v3", 1, (14, 16), (10, 10)))]
+        rounds.clear()
+        state.clear()
+        requests = [(stack, s, None, (y, x), (16, 16)) for s, y, x in [(0, 0, 0), (0, 40, 50), (2, 20, 70), (2, 5, 5)]]
+        patches = extract_patches(requests)
+        for (_, s, _, (y, x), _), patch in zip(requests, patches, strict=True):
+            np.testing.assert_array_equal(patch[0], full[s, y : y + 16, x : x + 16])
+        wanted = set().union(*(_expected_chunk_paths("v3", s, (y, x), (16, 16)) for _, s, _, (y, x), _ in requests))
+        assert rounds[-1] == len(wanted), "a batch's chunks come in one round"
+        assert sum(rounds) == len(state.chunk_paths())

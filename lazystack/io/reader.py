@@ -30,6 +30,7 @@ __all__ = [
     "ReaderCapabilities",
     "as_reader",
     "dask_chunks",
+    "float32_is_exact",
     "is_array_like",
     "read_numpy",
     "reader_chunks",
@@ -132,7 +133,9 @@ class Reader:
         """``region`` as a *new* ``float32`` array when the reader converts more cheaply, else None (default).
 
         Values are exactly those of a cast (tensorstore converts while it
-        decodes); every other ``float32`` conversion of a patch happens in the stack.
+        decodes). A reader converts only dtypes that [`float32_is_exact()`][float32_is_exact]
+        accepts (the contract's one ``float32`` policy); every other ``float32``
+        conversion of a patch happens in the stack.
         """
         return None
 
@@ -223,6 +226,27 @@ def as_reader(obj: Any) -> Reader | None:
 def is_array_like(obj: object) -> bool:
     """Return whether ``obj`` has ``shape``, ``dtype`` and ``__getitem__``."""
     return all(hasattr(obj, a) for a in ("shape", "dtype", "__getitem__")) and hasattr(obj.shape, "__len__")  # type: ignore[attr-defined]
+
+
+def float32_is_exact(dtype: Any) -> bool:
+    """Whether every value of ``dtype`` is a ``float32`` (8- and 16-bit integers, float16, float32).
+
+    The reader contract's ``float32`` policy: a reader or an engine may hand
+    back a region already converted to ``float32`` (``read_float32``, a
+    batch's region reads) only for these dtypes, where any correct
+    conversion gives exactly numpy's cast.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype or dtype-like
+        The stored dtype.
+
+    Returns
+    -------
+    bool
+    """
+    dt = np.dtype(dtype)
+    return (dt.kind in "iu" and dt.itemsize <= 2) or (dt.kind == "f" and dt.itemsize <= 4)
 
 
 def _is_dask_array(x: object) -> bool:

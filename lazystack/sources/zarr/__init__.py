@@ -51,9 +51,10 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
+from ...io.chunked import ChunkedReader
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
-from .engines import RetryPolicy, _is_compressed, get_zarr_engine
+from .engines import RegionReads, RetryPolicy, _is_compressed, close_http_session_at_exit, get_zarr_engine
 from .engines import ZarrArrayReader as _EngineReader
 
 if TYPE_CHECKING:
@@ -155,7 +156,9 @@ class ZarrLocation:
             return LocalStore(self.root, read_only=True)
         url = self.root + self.chain
         try:
-            return FsspecStore.from_url(url, storage_options=effective_storage_options(self), read_only=True)
+            store = FsspecStore.from_url(url, storage_options=effective_storage_options(self), read_only=True)
+            close_http_session_at_exit(store.fs)
+            return store
         except ImportError as exc:
             msg = f"opening {url!r} needs the fsspec implementation of {self.protocol!r}: {exc}"
             raise MissingDependencyError(msg) from exc
@@ -737,12 +740,15 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
 
 
 class _FastReader(_EngineReader):
-    """The engines' chunk reader, checking that a local store is unchanged whenever chunks are fetched.
+    """The engines' chunk reader, checking that a local store is unchanged whenever it reads the store.
 
     Zarr reads a missing chunk as the fill value, so a store deleted after opening
     would read as all zeros, and a rewritten one would mix cached old chunks with
-    new ones: one ``stat`` of the metadata document per fetch (cache misses only)
-    turns both into errors.
+    new ones: one ``stat`` of the metadata document per read of the store (cache
+    misses only) turns both into errors. The engine reader only returns data; this
+    source decides what follows a read: every entry point that reads the store
+    (chunk fetches, region reads straight from tensorstore, a batch's region reads)
+    checks after the engine returns.
     """
 
     def __init__(
@@ -773,8 +779,44 @@ class _FastReader(_EngineReader):
         self._check_exists()
         return out
 
-    def _after_direct_read(self) -> None:
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """A region: read whole by the engine (then checked), else chunk by chunk (each fetch checked)."""
+        out = self.read_direct(region)
+        if out is None:
+            return ChunkedReader.read(self, region)
         self._check_exists()
+        return out
+
+    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """The engine reader's ``float32`` region read, then checked (None: nothing was read)."""
+        out = super().read_float32(region)
+        if out is not None:
+            self._check_exists()
+        return out
+
+    def region_reads(self) -> Any:  # a _CheckedRegionReads or None
+        """The engine reader's region reads for a batch, checked once their results are all taken."""
+        reads = super().region_reads()
+        return None if reads is None else _CheckedRegionReads(reads, self._check_exists)
+
+
+class _CheckedRegionReads:
+    """A batch's region reads, followed by the source's store check.
+
+    Wraps [`lazystack.sources.zarr.engines.RegionReads`][lazystack.sources.zarr.engines.RegionReads]: same
+    ``start()`` and ``results()``.
+    """
+
+    def __init__(self, reads: RegionReads, check: Callable[[], None]) -> None:
+        self._reads = reads
+        self._check = check
+
+    def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
+        self._reads.start(region, as_float32=as_float32)
+
+    def results(self) -> Iterator[np.ndarray]:
+        yield from self._reads.results()
+        self._check()
 
 
 def _cause(exc: Exception) -> Exception | None:

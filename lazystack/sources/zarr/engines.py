@@ -38,6 +38,8 @@ pickles as its store and metadata; engines are rebuilt per process).
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import itertools
 import math
 import os
@@ -56,7 +58,7 @@ import numpy as np
 from ...core.errors import MissingDependencyError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from ...io.process import at_fork, current_pid
-from ...io.reader import ReaderCapabilities
+from ...io.reader import ReaderCapabilities, float32_is_exact
 
 __all__ = [
     "ENGINES",
@@ -69,6 +71,7 @@ __all__ = [
     "ZarrEngine",
     "ZarrPythonEngine",
     "available_engines",
+    "close_http_session_at_exit",
     "get_zarr_engine",
     "is_retryable",
     "make_engine",
@@ -208,6 +211,77 @@ _TS_STARTED_IN: int | None = None
 def _tensorstore_forked() -> bool:
     """Whether tensorstore was started in a parent of this (forked) process."""
     return _TS_STARTED_IN is not None and current_pid() != _TS_STARTED_IN
+
+
+#: HTTP file systems (fsspec's, opened asynchronously by zarr) whose aiohttp session closes with them or at exit.
+_HTTP_FILESYSTEMS: weakref.WeakSet[Any] = weakref.WeakSet()
+_SESSION_FINALIZERS: list[weakref.finalize[Any, Any]] = []
+_HTTP_PID = [-1]  # the process that registered them: a forked child closes none of its parent's sessions
+
+
+def close_http_session_at_exit(fs: Any) -> None:
+    """Close ``fs``'s aiohttp session when ``fs`` is collected or the interpreter exits (other file systems: nothing).
+
+    fsspec's HTTP file system registers no finalizer when it is asynchronous
+    (as zarr opens it), and aiohttp then warns "Unclosed client session".
+    The session is made here, on zarr's event loop where every read of the
+    store runs (``HTTPFileSystem.set_session()``, public), and closed with
+    ``aiohttp.ClientSession.close()`` on that loop. Called for every store
+    the Zarr source opens and every remote store the direct engine reads.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+        A store's file system (``FsspecStore.fs``).
+    """
+    from fsspec.implementations.http import HTTPFileSystem
+
+    if not isinstance(fs, HTTPFileSystem):
+        return
+    pid = current_pid()
+    if _HTTP_PID[0] != pid:
+        if _HTTP_PID[0] == -1:
+            # after zarr's own exit hook is registered (zarr is imported): runs before it stops zarr's loop
+            atexit.register(_close_http_sessions)
+        _HTTP_FILESYSTEMS.clear()  # a forked child's registrations are its own
+        _SESSION_FINALIZERS.clear()
+        _HTTP_PID[0] = pid
+    if fs in _HTTP_FILESYSTEMS:
+        return
+    from zarr.core.sync import sync
+
+    async def session_and_loop() -> tuple[Any, asyncio.AbstractEventLoop]:
+        return await fs.set_session(), asyncio.get_running_loop()
+
+    session, loop = sync(session_and_loop())
+    _HTTP_FILESYSTEMS.add(fs)
+    _SESSION_FINALIZERS[:] = [f for f in _SESSION_FINALIZERS if f.alive]
+    _SESSION_FINALIZERS.append(weakref.finalize(fs, _close_session, pid, loop, session))
+
+
+def _close_session(pid: int, loop: Any, session: Any) -> None:
+    """Close an aiohttp session on its event loop (only in the process that made it; waits unless on that loop)."""
+    if current_pid() != pid or session.closed or loop.is_closed():
+        return
+    try:
+        future = asyncio.run_coroutine_threadsafe(session.close(), loop)
+    except RuntimeError:  # the loop is shutting down
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not loop:  # collected on the loop's own thread: the close runs after this returns
+        with contextlib.suppress(Exception):
+            future.result(timeout=5)
+
+
+def _close_http_sessions() -> None:
+    """At exit: close the sessions still open (before zarr's exit hook stops its loop)."""
+    finalizers = list(_SESSION_FINALIZERS)
+    _SESSION_FINALIZERS.clear()
+    for finalizer in finalizers:
+        finalizer()  # runs once: a finalizer already run (its file system collected) does nothing
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -676,6 +750,8 @@ class DirectEngine(ZarrEngine):
                     self._get_sync = self._store.get_sync
         # stores read through their asynchronous get, all requests of a fetch at once
         self._remote = self._local_root is None and self._get_sync is None
+        if self._remote:
+            close_http_session_at_exit(getattr(self._store, "fs", None))  # an HTTP store's session: closed at exit
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:
@@ -952,7 +1028,9 @@ class TensorstoreEngine(ZarrEngine):
         """Start a read of ``region`` in tensorstore's threads; its future, for [`take()`][take].
 
         With ``as_float32`` tensorstore's threads also convert the values to
-        ``float32`` (only for dtypes it holds exactly: see [`exact_float32`][exact_float32]).
+        ``float32``. Whether that conversion is exact is the caller's call
+        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]): the engine does as
+        asked.
         """
         if as_float32:
             view = self._ts_float32
@@ -960,12 +1038,6 @@ class TensorstoreEngine(ZarrEngine):
                 view = self._ts_float32 = _tensorstore().cast(self._ts, "float32")
             return view[region].read()
         return self._ts[region].read()
-
-    @property
-    def exact_float32(self) -> bool:
-        """Whether every value of this array's dtype is a ``float32`` (8- and 16-bit integers, float16/32)."""
-        kind, size = self.dtype.kind, self.dtype.itemsize
-        return (kind in "iu" and size <= 2) or (kind == "f" and size <= 4)
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
         """The result of [`start_read()`][start_read] (waits for it).
@@ -994,13 +1066,23 @@ class RegionReads:
     ([`lazystack.ops.batch`][lazystack.ops.batch]) starts a read as soon as it has planned a
     request, so tensorstore decodes while Python plans the next requests and
     cuts the patches already read.
+
+    Parameters
+    ----------
+    engine : TensorstoreEngine
+        The engine reading the regions.
+    dtype : numpy.dtype
+        The array's dtype (results not converted come in it).
+    float32 : bool
+        Whether a region started ``as_float32`` is converted to ``float32``
+        in tensorstore's threads: the caller's decision (the reader
+        contract's [`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
     """
 
-    def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], after: Callable[[], None]) -> None:
+    def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], *, float32: bool) -> None:
         self._engine = engine
         self._dtype = dtype
-        self._after = after
-        self._exact = engine.exact_float32
+        self._float32 = float32
         self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
@@ -1008,10 +1090,10 @@ class RegionReads:
 
         With ``as_float32`` (for a request whose patch is the region cast to
         ``float32``) the result comes as a new ``float32`` array, converted
-        in tensorstore's threads, when that conversion is exact for the
-        dtype; else in the array's dtype, as without it.
+        in tensorstore's threads, when the maker allowed it (``float32``);
+        else in the array's dtype, as without it.
         """
-        exact = as_float32 and self._exact
+        exact = as_float32 and self._float32
         dtype = _FLOAT32 if exact else self._dtype
         self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
 
@@ -1023,7 +1105,6 @@ class RegionReads:
         for region, future, dtype in self._started:
             out = self._engine.take(region, future)
             yield out if out.dtype == dtype else out.astype(dtype)
-        self._after()
 
 
 class AutoEngine(ZarrEngine):
@@ -1268,7 +1349,10 @@ class ZarrArrayReader(ChunkedReader):
         capabilities = ReaderCapabilities(
             remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
         )
+        if capabilities.remote:  # whichever engine reads it: an HTTP store's session is closed at exit
+            close_http_session_at_exit(getattr(array.store, "fs", None))
         super().__init__(array.shape, array.dtype, unit, token or _array_token(array), capabilities=capabilities)
+        self._float32_exact = float32_is_exact(self.dtype)  # the contract's float32 policy, for this dtype
 
     @property
     def array(self) -> Any:
@@ -1322,27 +1406,55 @@ class ZarrArrayReader(ChunkedReader):
             return None
         return ts
 
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region: through the chunk cache, or straight from tensorstore when the cache is off."""
+    def read_direct(self, region: tuple[slice, ...], *, as_float32: bool = False) -> np.ndarray | None:
+        """``region`` read whole by tensorstore, bypassing the chunk cache and [`fetch_chunks()`][fetch_chunks];
+        None when it is to be read chunk by chunk.
+
+        Only with the chunk cache off, and the ``tensorstore`` engine or the
+        ``auto`` engine over enough work ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]).
+        A result that is not None *is* the information that a direct read
+        happened: the caller decides what follows (the Zarr source checks
+        that its store is unchanged).
+
+        Parameters
+        ----------
+        region : tuple of slice
+            Step-1 slices inside the bounds, one per axis.
+        as_float32 : bool
+            Return a new ``float32`` array converted in tensorstore's threads
+            (whether that is exact is the caller's decision:
+            [`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]); else the array's dtype.
+
+        Returns
+        -------
+        numpy.ndarray or None
+        """
         ts = self._region_engine(region)
         if ts is None:
-            return super().read(region)
+            return None
         if 0 in (s.stop - s.start for s in region):
-            return np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-        out = ts.read_region(region).astype(self.dtype, copy=False)
-        self._after_direct_read()
-        return out
+            return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
+        if as_float32:
+            return ts.take(region, ts.start_read(region, as_float32=True))
+        return ts.read_region(region).astype(self.dtype, copy=False)
+
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a region: straight from tensorstore when the cache is off ([`read_direct()`][read_direct]), else
+        through the chunk cache."""
+        out = self.read_direct(region)
+        return ChunkedReader.read(self, region) if out is None else out
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
 
-        Only when [`read()`][read] would read the region whole from tensorstore
-        (the chunk cache off) and every value of the dtype is a ``float32``
-        (8- and 16-bit integers, float16/32): the patch then needs no cast
-        and no copy in Python. None otherwise: the caller reads with
-        [`read()`][read] and casts. Measured on 2 cores (``benchmarks/``): a
-        cold 16x64x64 uint16 patch over six zstd chunks 2-5 % faster (its
-        cast and copy are about 40 µs of 750).
+        Only when tensorstore reads the region whole, as [`read_direct()`][read_direct]
+        does (the chunk cache off), and the reader contract allows the conversion
+        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]: 8- and 16-bit integers,
+        float16/32): the patch then needs no cast and no copy in Python.
+        None otherwise: the caller reads with [`read()`][read] and casts.
+        Measured on 2 cores (``benchmarks/``): a cold 16x64x64 uint16 patch
+        over six zstd chunks 2-5 % faster (its cast and copy are about 40 µs
+        of 750).
 
         Parameters
         ----------
@@ -1353,12 +1465,12 @@ class ZarrArrayReader(ChunkedReader):
         -------
         numpy.ndarray or None
         """
-        ts = self._region_engine(region)
-        if ts is None or not ts.exact_float32 or 0 in (s.stop - s.start for s in region):
+        if not self._float32_exact:
             return None
-        out = ts.take(region, ts.start_read(region, as_float32=True))
-        self._after_direct_read()
-        return out
+        ts = self._region_engine(region)
+        if ts is None or 0 in (s.stop - s.start for s in region):
+            return None
+        return ts.take(region, ts.start_read(region, as_float32=True))
 
     def region_reads(self) -> RegionReads | None:
         """Region reads straight from tensorstore, as [`read()`][read] makes one, for a batch; or None.
@@ -1369,6 +1481,8 @@ class ZarrArrayReader(ChunkedReader):
         Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses them: tensorstore
         decodes in its own threads while the caller plans and cuts patches.
         Otherwise a batch decodes each chunk once, directly, on all the cores.
+        Regions asked for as ``float32`` come converted when the reader
+        contract allows it ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]).
 
         Returns
         -------
@@ -1382,10 +1496,7 @@ class ZarrArrayReader(ChunkedReader):
         ts = engine if isinstance(engine, TensorstoreEngine) else None
         if isinstance(engine, AutoEngine) and engine.prefers_tensorstore_for_batches():
             ts = engine.tensorstore
-        return None if ts is None else RegionReads(ts, self.dtype, self._after_direct_read)
-
-    def _after_direct_read(self) -> None:
-        """Hook run after a region read that bypassed [`fetch_chunks()`][fetch_chunks] (tensorstore, cache off)."""
+        return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""
