@@ -298,3 +298,130 @@ def test_chunk_local_positions_still_cover_the_image_uniformly() -> None:
         ChunkLocalSampler(base, [stack], per_chunk=0, window=256)
     with pytest.raises(ValueError, match="give ChunkLocalSampler a window"):
         ChunkLocalSampler(base, [stack])
+
+
+def _wait_for(condition, attempts: int = 2000) -> None:
+    """Poll ``condition`` until true (a bounded number of times; no time is asserted)."""
+    import time
+
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.005)
+
+
+def test_read_ahead_serves_nothing_read_with_a_replaced_sampler(sources) -> None:
+    # regression: a batch read ahead with the old sampler was served after dataset.sampler was replaced
+    stacks, arrays = sources
+    old, new = RandomSampler(stacks, 8, 40, seed=1), RandomSampler(stacks, 12, 40, seed=2)
+    dataset = PatchDataset(stacks, old, read_ahead=2)
+    dataset.__getitems__([0, 1, 2, 3])
+    dataset.__getitems__([4, 5, 6, 7])
+    _wait_for(lambda: dataset.read_ahead_stats().nbytes == 2 * 4 * 8 * 8 * 4)  # two batches held
+    dataset.sampler = new
+    for b in (8, 12):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, new.spec(i, 0)))
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert stats.dropped >= 2
+
+
+def test_read_ahead_keeps_its_budget_when_batches_grow(sources) -> None:
+    # regression: a batch read ahead was reserved the last batch's bytes and kept whatever it took
+    # (a budget of 768 bytes held 49,152)
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+
+    class Growing(Sampler):
+        def __len__(self) -> int:
+            return 24
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            p = 4 if index < 4 else 16
+            return PatchSpec(0, index % 2, None, (index, index), (p, p))
+
+    small = 4 * 4 * 4 * 4
+    dataset = PatchDataset(stacks, Growing(), read_ahead=4, read_ahead_bytes=3 * small)
+    dataset.__getitems__([0, 1, 2, 3])
+    _wait_for(lambda: dataset.read_ahead_stats().dropped > 0 or dataset.read_ahead_stats().nbytes > 3 * small)
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert stats.nbytes <= stats.max_bytes
+    assert stats.peak_bytes <= stats.max_bytes
+    for b in range(4, 24, 4):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, Growing().spec(i)))
+        stats = dataset.read_ahead_stats()
+        assert stats is not None
+        assert stats.peak_bytes <= stats.max_bytes
+
+
+def test_a_failed_read_ahead_is_read_again_by_the_caller(sources) -> None:
+    # regression: an error raised only in the read-ahead thread failed the batch; now it is read again here,
+    # and an error of the source itself still surfaces, from the caller's read
+    import threading
+
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 8, 40, seed=4)
+
+    class ThreadShy(Sampler):
+        def __init__(self, broken: bool) -> None:
+            self.broken = broken
+
+        def __len__(self) -> int:
+            return 40
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            if index >= 8 and (self.broken or threading.current_thread() is not threading.main_thread()):
+                raise RuntimeError(f"spec {index} cannot be made here")
+            return base.spec(index, epoch)
+
+    dataset = PatchDataset(stacks, ThreadShy(broken=False), read_ahead=2)
+    for b in range(0, 40, 4):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, base.spec(i, 0)))
+    broken = PatchDataset(stacks, ThreadShy(broken=True), read_ahead=2)
+    broken.__getitems__([0, 1, 2, 3])
+    broken.__getitems__([4, 5, 6, 7])
+    with pytest.raises(RuntimeError, match="spec 8 cannot be made here"):
+        broken.__getitems__([8, 9, 10, 11])
+
+
+def test_interpreter_exit_waits_for_one_read_ahead_batch_at_most(tmp_path: Path) -> None:
+    # regression: the read-ahead queued all its predicted batches on the executor, and interpreter exit
+    # (which joins the executor's thread) read every one of them
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "reads.log"
+    script = f"""
+import threading, time
+import numpy as np
+from lazystack import LazyImageStack
+from lazystack.sampling import PatchSpec, Sampler
+from lazystack.torch import PatchDataset
+
+class Slow(Sampler):
+    def __len__(self):
+        return 64
+
+    def spec(self, index, epoch=0):
+        if threading.current_thread() is not threading.main_thread() and index % 4 == 0:
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{index}}\\n")
+            time.sleep(0.3)
+        return PatchSpec(0, 0, None, (0, 0), (4, 4))
+
+dataset = PatchDataset([LazyImageStack(np.zeros((1, 8, 8), np.uint8), "SYX")], Slow(), read_ahead=5)
+dataset.__getitems__([0, 1, 2, 3])
+"""
+    path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    started = log.read_text().split() if log.exists() else []
+    assert len(started) <= 1, started  # the batch being read when the interpreter exits, nothing queued after it
