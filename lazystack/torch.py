@@ -36,7 +36,7 @@ from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import resolve_channels, spec_rng
+from .sampling.samplers import _as_int, _check_seed, resolve_channels, spec_rng
 
 if TYPE_CHECKING:
     import torch
@@ -581,8 +581,11 @@ class ChunkLocalSampler(Sampler):
     Raises
     ------
     ValueError
-        For ``per_chunk < 1``, a window of the wrong length or not positive,
-        or a stack whose chunk shape is unknown (give ``window``).
+        For ``per_chunk < 1``, a negative ``seed``, a window of the wrong
+        length or not positive, stacks other than those of ``base`` (when it
+        tells them), or a stack whose chunk shape is unknown (give ``window``).
+    TypeError
+        For a ``per_chunk`` or ``seed`` that is not an integer.
 
     Notes
     -----
@@ -597,6 +600,14 @@ class ChunkLocalSampler(Sampler):
     uniformly within it): over an epoch, positions cover the image as
     uniformly as the base sampler's (the tests check it). Keep ``per_chunk`` well below the batch
     size so that a batch mixes several places.
+
+    A group is ``per_chunk`` consecutive indices, so the gain needs batches of
+    consecutive indices: an in-order [`EpochSampler`][EpochSampler] (a
+    shuffled one scatters each group over the epoch; the patches are the
+    same, the decoding is not saved). Over ``world_size`` DDP ranks, each
+    rank gets every ``world_size``-th index, so ``per_chunk / world_size``
+    patches of each group: multiply ``per_chunk`` by ``world_size`` to keep
+    the per-rank grouping.
 
     Examples
     --------
@@ -618,14 +629,23 @@ class ChunkLocalSampler(Sampler):
         window: int | Sequence[int] | None = None,
     ) -> None:
         self.base = base
-        self.per_chunk = operator.index(per_chunk)
-        if self.per_chunk < 1:
-            msg = f"per_chunk must be >= 1, got {per_chunk!r}"
+        self.per_chunk = _as_int("per_chunk", per_chunk)
+        if self.per_chunk < 1 or isinstance(per_chunk, bool):
+            msg = f"per_chunk must be an integer >= 1 (patches per group), got {per_chunk!r}"
             raise ValueError(msg)
-        self.seed = operator.index(seed)
+        self.seed = _check_seed("seed", seed)
         self.channels = getattr(base, "channels", None)
+        self.levels_left_out = getattr(base, "levels_left_out", ())
         self._anchor: tuple[tuple[int, int], PatchSpec] | None = None
         self.spatial_shapes = [geometry(s).spatial_shape for s in stacks]
+        known = getattr(base, "geometries", None)
+        if known is not None and [g.spatial_shape for g in known] != self.spatial_shapes:
+            msg = (
+                f"ChunkLocalSampler got {len(self.spatial_shapes)} stacks of spatial shapes {self.spatial_shapes}, "
+                f"but its base sampler was built over {len(known)} of shapes {[g.spatial_shape for g in known]}: "
+                "give the stacks the base sampler was built over"
+            )
+            raise ValueError(msg)
         if window is None:
             self.windows = [_chunk_window(s, len(g)) for s, g in zip(stacks, self.spatial_shapes, strict=True)]
         else:
@@ -675,7 +695,13 @@ def _cell(corner: int, patch: int, window: int) -> tuple[int, int]:
 
 
 def _window(window: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    w = (window,) * ndim if isinstance(window, int) else tuple(operator.index(v) for v in window)
+    try:
+        if isinstance(window, (Sequence, np.ndarray)):
+            w = tuple(operator.index(v) for v in window)
+        else:
+            w = (operator.index(window),) * ndim
+    except TypeError:
+        w = ()
     if len(w) != ndim or any(v < 1 for v in w):
         msg = f"window {window!r}: expected one positive size per spatial dim ({ndim}) or one int"
         raise ValueError(msg)

@@ -425,3 +425,70 @@ dataset.__getitems__([0, 1, 2, 3])
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
     started = log.read_text().split() if log.exists() else []
     assert len(started) <= 1, started  # the batch being read when the interpreter exits, nothing queued after it
+
+
+def test_chunk_local_sampler_on_mixed_chunk_shapes_small_stacks_and_3d(tmp_path: Path) -> None:
+    import zarr
+
+    rng = np.random.default_rng(8)
+    arrays, stacks = [], []
+    for name, shape, chunks in (
+        ("a", (2, 64, 48), (1, 16, 16)),
+        ("b", (1, 40, 64), (1, 32, 8)),
+        ("c", (3, 20, 12), (1, 32, 32)),  # smaller than one chunk
+    ):
+        data = rng.integers(0, 1000, shape, dtype=np.uint16)
+        z = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=shape, chunks=chunks, dtype=data.dtype)
+        z[:] = data
+        arrays.append(data)
+        stacks += load_zarrs(str(tmp_path / f"{name}.zarr"), "SYX")
+    base = RandomSampler(stacks, (10, 6), 96, seed=3)
+    local = ChunkLocalSampler(base, stacks, per_chunk=4, seed=5)
+    assert local.windows == [(16, 16), (32, 8), (32, 32)]
+    assert ChunkLocalSampler(base, stacks, per_chunk=1).epoch_specs(2) == base.epoch_specs(2)
+    for epoch in (0, 1):
+        for i in range(96):
+            spec, anchor = local.spec(i, epoch), base.spec(i - i % 4, epoch)
+            shape = arrays[spec.stack].shape[1:]
+            assert (spec.stack, spec.sample, spec.patch_size) == (anchor.stack, anchor.sample, anchor.patch_size)
+            assert all(0 <= c <= n - p for c, n, p in zip(spec.coords, shape, spec.patch_size, strict=True))
+            for c, a, p, w in zip(spec.coords, anchor.coords, spec.patch_size, local.windows[spec.stack], strict=True):
+                # the same windows as the anchor at both ends: the group's patches touch the anchor's chunks
+                assert (c // w, (c + p - 1) // w) == (a // w, (a + p - 1) // w)
+    dataset = PatchDataset(stacks, local, return_spec=True, read_ahead=1)
+    for b in range(0, 96, 8):
+        for item in dataset.__getitems__([(1, i) for i in range(b, b + 8)]):
+            k, t, y, x, h, w = (int(v) for v in item["spec"])
+            np.testing.assert_array_equal(item["input"].numpy()[0], arrays[k][t, y : y + h, x : x + w])
+
+    # 3-D: a window per spatial dim
+    vol = LazyImageStack(rng.integers(0, 9, (1, 12, 40, 40), dtype=np.uint8), "SZYX")
+    base3 = RandomSampler([vol], (4, 8, 8), 64, seed=1)
+    local3 = ChunkLocalSampler(base3, [vol], per_chunk=8, window=np.array([6, 16, 16]))
+    for i in range(64):
+        spec, anchor = local3.spec(i), base3.spec(i - i % 8)
+        for c, a, p, w in zip(spec.coords, anchor.coords, spec.patch_size, (6, 16, 16), strict=True):
+            assert (c // w, (c + p - 1) // w) == (a // w, (a + p - 1) // w)
+
+
+def test_chunk_local_sampler_arguments_are_checked() -> None:
+    # regression: numpy or float windows raised a bare TypeError ("object is not iterable"), a negative seed
+    # failed at the first spec, per_chunk=True passed, and stacks other than the base's failed with an
+    # IndexError at some spec
+    stack = LazyImageStack(np.zeros((1, 64, 64), np.uint8), "SYX")
+    base = RandomSampler([stack], 8, 32, seed=1)
+    assert ChunkLocalSampler(base, [stack], window=np.int64(16)).windows == [(16, 16)]
+    assert ChunkLocalSampler(base, [stack], window=np.array([16, 8])).windows == [(16, 8)]
+    for window in (2.5, "8", (8,), (8, 0), None):
+        with pytest.raises(ValueError, match=r"window|give ChunkLocalSampler a window") as info:
+            ChunkLocalSampler(base, [stack], window=window)
+        assert window is None or repr(window) in str(info.value)
+    with pytest.raises(ValueError, match=r"per_chunk must be an integer >= 1 .*True"):
+        ChunkLocalSampler(base, [stack], per_chunk=True, window=8)
+    with pytest.raises(TypeError, match=r"per_chunk must be an integer, got 2\.0"):
+        ChunkLocalSampler(base, [stack], per_chunk=2.0, window=8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        ChunkLocalSampler(base, [stack], seed=-1, window=8)
+    two = RandomSampler([stack, stack], 8, 32, seed=1)
+    with pytest.raises(ValueError, match="base sampler was built over 2"):
+        ChunkLocalSampler(two, [stack], window=8)
