@@ -311,12 +311,13 @@ class ReadAheadStats(NamedTuple):
     misses : int
         Batches read when asked for (not predicted, or the first).
     dropped : int
-        Batches read ahead (or started) that were not asked for next.
+        Batches read ahead (or started) and not served: not asked for next,
+        read with another sampler or stacks, or over the budget once read.
     nbytes : int
         Bytes of the batches read ahead and not yet taken, plus those
         reserved for batches being read.
     peak_bytes : int
-        The largest ``nbytes`` so far (within the budget while batches keep one size).
+        The largest ``nbytes`` so far (never above ``max_bytes``).
     max_bytes : int
         The budget.
     """
