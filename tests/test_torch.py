@@ -492,3 +492,23 @@ def test_chunk_local_sampler_arguments_are_checked() -> None:
     two = RandomSampler([stack, stack], 8, 32, seed=1)
     with pytest.raises(ValueError, match="base sampler was built over 2"):
         ChunkLocalSampler(two, [stack], window=8)
+
+
+def test_read_ahead_predicts_a_workers_batches_of_a_ddp_rank(sources, monkeypatch: pytest.MonkeyPatch) -> None:
+    # worker 1 of 2, rank 1 of 2: its batches are every other batch of the rank's every-other index
+    from types import SimpleNamespace
+
+    import torch.utils.data
+
+    stacks, arrays = sources
+    sampler = RandomSampler(stacks, 8, 80, seed=6)
+    dataset = PatchDataset(stacks, sampler, read_ahead=2)
+    share = list(EpochSampler(80, rank=1, world_size=2, epoch=3))
+    batches = [share[b : b + BATCH] for b in range(0, len(share), BATCH)][1::2]
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(num_workers=2, id=1))
+    for batch in batches:
+        for (epoch, i), item in zip(batch, dataset.__getitems__(batch), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, sampler.spec(i, epoch)))
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert (stats.misses, stats.hits, stats.dropped) == (1, len(batches) - 1, 0)
