@@ -103,19 +103,30 @@ def test_two_ddp_ranks_split_the_epoch_without_changing_it(sources) -> None:
     assert set(seen[0]) | set(seen[1]) == set(range(N + 1))
 
 
-def test_persistent_workers_follow_set_epoch(sources) -> None:
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_persistent_workers_follow_set_epoch(sources, read_ahead: int) -> None:
     stacks, arrays = sources
-    sampler = RandomSampler(stacks, 12, 8, seed=4)
-    dataset = PatchDataset(stacks, sampler, return_spec=True)
+    n = 24
+    sampler = RandomSampler(stacks, 12, n, seed=4)
+    dataset = PatchDataset(stacks, sampler, return_spec=True, read_ahead=read_ahead)
     index_sampler = EpochSampler(dataset)
     loader = _epoch(dataset, index_sampler, 2, "fork", persistent_workers=True)
     first = _collect(loader)
     index_sampler.set_epoch(1)
     second = _collect(loader)
-    assert first[0] == _expected(sampler, arrays, 0, list(range(8)))[0]
-    assert second[0] == _expected(sampler, arrays, 1, list(range(8)))[0]
+    assert first[0] == _expected(sampler, arrays, 0, list(range(n)))[0]
+    assert second[0] == _expected(sampler, arrays, 1, list(range(n)))[0]
     assert first[0] != second[0]
-    assert second[1].tobytes() == _expected(sampler, arrays, 1, list(range(8)))[1].tobytes()
+    assert second[1].tobytes() == _expected(sampler, arrays, 1, list(range(n)))[1].tobytes()
+    # an iterator dropped mid-epoch (its workers' read-ahead still holding batches), then the next epoch
+    index_sampler.set_epoch(2)
+    it = iter(loader)
+    next(it)
+    del it
+    index_sampler.set_epoch(3)
+    third = _collect(loader)
+    assert third[0] == _expected(sampler, arrays, 3, list(range(n)))[0]
+    assert third[1].tobytes() == _expected(sampler, arrays, 3, list(range(n)))[1].tobytes()
 
 
 def test_plain_integer_indices_use_the_dataset_epoch(sources) -> None:
@@ -512,3 +523,38 @@ def test_read_ahead_predicts_a_workers_batches_of_a_ddp_rank(sources, monkeypatc
     stats = dataset.read_ahead_stats()
     assert stats is not None
     assert (stats.misses, stats.hits, stats.dropped) == (1, len(batches) - 1, 0)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_fork_while_the_parents_read_ahead_is_mid_read(sources) -> None:
+    # the parent's read-ahead thread is inside a read (blocked) when the DataLoader forks its workers:
+    # each child starts its own read-ahead and never waits on the parent's thread or its lock
+    import os
+    import threading
+
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 12, N, seed=9)
+    parent, release, blocked = os.getpid(), threading.Event(), threading.Event()
+
+    class BlocksInParentThread(Sampler):
+        def __len__(self) -> int:
+            return N
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            if os.getpid() == parent and threading.current_thread() is not threading.main_thread():
+                blocked.set()
+                release.wait(60)
+            return base.spec(index, epoch)
+
+    dataset = PatchDataset(stacks, BlocksInParentThread(), return_spec=True, read_ahead=2)
+    dataset.__getitems__([(2, 0), (2, 1)])  # the thread starts reading the predicted next batch, and blocks
+    assert blocked.wait(60)
+    try:
+        specs, patches = _collect(_epoch(dataset, EpochSampler(dataset, epoch=2), 2, "fork"))
+    finally:
+        release.set()
+    rows, expected = _expected(base, arrays, 2, list(range(N)))
+    assert specs == rows
+    assert patches.tobytes() == expected.tobytes()
