@@ -556,13 +556,14 @@ class ChunkLocalSampler(Sampler):
     *anchor*), and each other index of the group is a patch of the same
     stack, sample, channels and size whose corner is drawn uniformly (a pure
     function of ``seed``, the epoch and ``i``) from the anchor's *cell*: in
-    each spatial dim, the corners of the anchor's ``window`` whose patch
-    stays inside that window, or those whose patch reaches into the next one,
-    whichever holds the anchor's corner. With ``window`` the chunk shape, a
-    group's patches touch exactly the chunks of the anchor's cell: one chunk
-    for most groups, two or four for those over a chunk border, about as many
-    as one patch, where ``per_chunk`` independent patches decode about
-    ``per_chunk`` times as many.
+    each spatial dim, the corners whose patch starts in the same ``window``
+    as the anchor's and ends in the same one (for a patch no larger than a
+    window: those whose patch stays inside the anchor's window, or those
+    whose patch reaches into the next one). With ``window`` the chunk shape,
+    a group's patches touch exactly the chunks the anchor touches: one chunk
+    for most small patches, two or four for those over a chunk border, where
+    ``per_chunk`` independent patches decode about ``per_chunk`` times as
+    many.
 
     Parameters
     ----------
@@ -684,15 +685,16 @@ class ChunkLocalSampler(Sampler):
 def _cell(corner: int, patch: int, window: int) -> tuple[int, int]:
     """The cell ``[lo, hi]`` of corners holding ``corner``: the corners whose patch lies in the same windows.
 
-    Window ``k`` splits its corners ``[k * window, (k + 1) * window)`` into
-    those whose patch stays inside window ``k`` and those whose patch reaches
-    into window ``k + 1`` (a patch larger than a window: one cell).
+    The corners whose patch starts in the same window as ``corner``'s and
+    ends in the same window as its: for a patch no larger than a window,
+    window ``k``'s corners split into those whose patch stays inside window
+    ``k`` and those whose patch reaches into window ``k + 1``. The cells
+    split all corners, so a uniform corner's cell is drawn in proportion to
+    its size.
     """
-    lo = corner // window * window
-    split = lo + window - patch  # the last corner whose patch stays in this window
-    if patch > window:
-        return lo, lo + window - 1
-    return (lo, split) if corner <= split else (split + 1, lo + window - 1)
+    start = corner // window * window
+    end = (corner + patch - 1) // window * window  # the window the patch ends in
+    return max(start, end - patch + 1), min(start + window - 1, end + window - patch)
 
 
 def _window(window: int | Sequence[int], ndim: int) -> tuple[int, ...]:

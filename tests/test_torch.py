@@ -558,3 +558,20 @@ def test_fork_while_the_parents_read_ahead_is_mid_read(sources) -> None:
     rows, expected = _expected(base, arrays, 2, list(range(N)))
     assert specs == rows
     assert patches.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(("patch", "window"), [(20, 16), (40, 16), (16, 16), (5, 16)])
+def test_chunk_local_groups_touch_the_anchors_chunks_when_patches_exceed_a_chunk(patch: int, window: int) -> None:
+    # regression: with a patch larger than the window the whole window was one cell, so a group's patches
+    # ended in different chunks (a patch of 20 over windows of 16: up to 3 chunks a dim instead of the anchor's)
+    stack = LazyImageStack(np.zeros((1, 200, 200), np.uint8), "SYX")
+    base = RandomSampler([stack], patch, 4000, seed=2)
+    local = ChunkLocalSampler(base, [stack], per_chunk=8, window=window)
+    corners = []
+    for i in range(4000):
+        spec, anchor = local.spec(i), base.spec(i - i % 8)
+        corners.append(spec.coords)
+        for c, a in zip(spec.coords, anchor.coords, strict=True):
+            assert (c // window, (c + patch - 1) // window) == (a // window, (a + patch - 1) // window)
+    # the cells still split the valid corners: every corner reachable, none outside
+    assert {c for xy in corners for c in xy} == set(range(200 - patch + 1))
