@@ -99,6 +99,11 @@ class PatchDataset:
 
     Raises
     ------
+    ValueError
+        For a negative ``epoch`` or ``read_ahead``, or a ``read_ahead_bytes``
+        that is not a size.
+    TypeError
+        For an ``epoch`` or ``read_ahead`` that is not an integer.
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -174,9 +179,9 @@ class PatchDataset:
                     raise ChannelIndexError(msg) from None
         self.transform = transform
         self.return_spec = return_spec
-        self.epoch = operator.index(epoch)
-        self.read_ahead = operator.index(read_ahead)
-        if self.read_ahead < 0:
+        self.epoch = _check_seed("epoch", epoch)
+        self.read_ahead = _as_int("read_ahead", read_ahead)
+        if self.read_ahead < 0 or isinstance(read_ahead, bool):
             msg = f"read_ahead must be a number of batches >= 0, got {read_ahead!r}"
             raise ValueError(msg)
         self.read_ahead_bytes = parse_size(read_ahead_bytes, "read_ahead_bytes")
@@ -201,7 +206,7 @@ class PatchDataset:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def spec(self, index: int | tuple[int, int]) -> PatchSpec:
         """The spec of an index (``int`` or ``(epoch, index)``), with the dataset's channel selection."""
@@ -507,16 +512,16 @@ class EpochSampler:
         pad: bool = True,
         epoch: int = 0,
     ) -> None:
-        self.length = length if isinstance(length, int) else len(length)
-        self.rank = operator.index(rank)
-        self.world_size = operator.index(world_size)
+        self.length = _check_seed("length", length if not hasattr(length, "__len__") else len(length))
+        self.rank = _as_int("rank", rank)
+        self.world_size = _as_int("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             msg = f"rank {rank!r} and world_size {world_size!r}: need world_size >= 1 and 0 <= rank < world_size"
             raise ValueError(msg)
         self.shuffle = shuffle
-        self.seed = operator.index(seed)
+        self.seed = _check_seed("seed", seed)
         self.pad = pad
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (reaches persistent workers through the indices).
@@ -526,7 +531,7 @@ class EpochSampler:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def order(self) -> list[int]:
         """The whole epoch's index order, padded (before sharding)."""

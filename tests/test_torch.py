@@ -188,6 +188,30 @@ def test_epoch_sampler_arguments() -> None:
         EpochSampler(10, rank=2, world_size=2)
     assert len(EpochSampler(5, rank=1, world_size=2, pad=False)) == 2
     assert list(EpochSampler(3, epoch=4)) == [(4, 0), (4, 1), (4, 2)]
+    assert len(EpochSampler(np.int64(3))) == 3
+    # regression: these raised unnamed TypeErrors, or failed only when the epoch was iterated
+    with pytest.raises(TypeError, match=r"length must be an integer, got 2\.5"):
+        EpochSampler(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        EpochSampler(10, shuffle=True, seed=-1)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -2"):
+        EpochSampler(10).set_epoch(-2)
+    with pytest.raises(TypeError, match=r"world_size must be an integer, got 2\.0"):
+        EpochSampler(10, world_size=2.0)  # type: ignore[arg-type]
+
+
+def test_patch_dataset_arguments(sources) -> None:
+    stacks, _ = sources
+    sampler = RandomSampler(stacks, 12, N, seed=6)
+    # regression: a float read_ahead raised an unnamed TypeError, True passed, a negative epoch failed at a batch
+    with pytest.raises(TypeError, match=r"read_ahead must be an integer, got 1\.5"):
+        PatchDataset(stacks, sampler, read_ahead=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="read_ahead must be a number of batches >= 0, got True"):
+        PatchDataset(stacks, sampler, read_ahead=True)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        PatchDataset(stacks, sampler, epoch=-1)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        PatchDataset(stacks, sampler).set_epoch(-1)
 
 
 # -- read-ahead ---------------------------------------------------------------------------------------
