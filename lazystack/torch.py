@@ -447,26 +447,28 @@ class _ReadAhead:
             result = read(entry.state, batch)
         except BaseException as exc:  # handed to the caller, who reads the batch again
             error = exc
-        actual = 0 if error is not None else sum(int(p.nbytes) for p in result[1])
-        with self.lock:
-            self.running = False
-            entry.read = True
-            if self.pending.get(batch) is entry and entry.held:
-                self.nbytes += actual - entry.held
-                entry.held = actual
-                if self.nbytes > self.max_bytes:  # larger than reserved and over the budget: not kept
-                    del self.pending[batch]
+        try:
+            actual = 0 if error is not None else sum(int(p.nbytes) for p in result[1])
+            with self.lock:
+                self.running = False
+                entry.read = True
+                if self.pending.get(batch) is entry and entry.held:
+                    self.nbytes += actual - entry.held
+                    entry.held = actual
+                    if self.nbytes > self.max_bytes:  # larger than reserved and over the budget: not kept
+                        del self.pending[batch]
+                        self._release(entry)
+                        self.dropped += 1
+                        self.expected = max(self.expected, actual)  # reserve what such a batch takes
+                    self.peak = max(self.peak, self.nbytes)
+                else:  # taken (nothing held any more) or dropped while it was read
                     self._release(entry)
-                    self.dropped += 1
-                    self.expected = max(self.expected, actual)  # reserve what such a batch takes
-                self.peak = max(self.peak, self.nbytes)
-            else:  # taken (nothing held any more) or dropped while it was read
-                self._release(entry)
-            self._start_next()  # before the hand-over: a caller woken by it finds the next batch started
-        if error is not None:
-            entry.future.set_exception(error)
-        else:
-            entry.future.set_result(result)
+                self._start_next()  # before the hand-over: a caller woken by it finds the next batch started
+        finally:  # whatever happened above, a caller waiting for this batch is woken
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.future.set_result(result)
 
     def stats(self) -> ReadAheadStats:
         with self.lock:

@@ -599,3 +599,34 @@ def test_chunk_local_groups_touch_the_anchors_chunks_when_patches_exceed_a_chunk
             assert (c // window, (c + patch - 1) // window) == (a // window, (a + patch - 1) // window)
     # the cells still split the valid corners: every corner reachable, none outside
     assert {c for xy in corners for c in xy} == set(range(200 - patch + 1))
+
+
+def test_a_read_ahead_failing_after_its_read_still_hands_the_batch_over(
+    sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # regression: an error in the thread after a batch was read (settling its bytes, starting the next)
+    # left its future unset, and the caller waiting for the batch hung
+    import threading
+
+    import lazystack.torch as lt
+
+    stacks, arrays = sources
+    sampler = RandomSampler(stacks, 8, 40, seed=7)
+    dataset = PatchDataset(stacks, sampler, read_ahead=1)
+    original = lt._ReadAhead._start_next
+
+    def start_next(self: lt._ReadAhead) -> None:
+        if threading.current_thread().name.startswith("lazystack-read-ahead"):
+            raise ValueError("injected failure in the read-ahead thread")
+        original(self)
+
+    monkeypatch.setattr(lt._ReadAhead, "_start_next", start_next)
+    out: list[object] = []
+    worker = threading.Thread(
+        target=lambda: out.extend(dataset.__getitems__(list(range(b, b + 4))) for b in range(0, 16, 4)), daemon=True
+    )
+    worker.start()
+    worker.join(120)  # a bound on a hang, not a speed check
+    assert not worker.is_alive(), "a batch read ahead was never handed over"
+    for i, item in zip(range(16), [it for batch in out for it in batch], strict=True):
+        np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, sampler.spec(i, 0)))
