@@ -236,6 +236,16 @@ def test_read_ahead_gives_the_same_epoch(sources, workers: int, context: str | N
     assert _collect(_epoch(plain, EpochSampler(plain, epoch=2), 0))[0] == rows
 
 
+def _wait_for(condition, attempts: int = 2000) -> None:
+    """Poll ``condition`` until true (a bounded number of times; no time is asserted)."""
+    import time
+
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.005)
+
+
 def test_read_ahead_holds_at_most_its_byte_budget(sources) -> None:
     stacks, arrays = sources
     sampler = RandomSampler(stacks, 12, 64, seed=3)
@@ -244,6 +254,8 @@ def test_read_ahead_holds_at_most_its_byte_budget(sources) -> None:
     held = []
     for b in range(0, 64, BATCH):
         items = dataset.__getitems__(list(range(b, b + BATCH)))
+        if b == BATCH:  # batches are read one after the other: let the thread fill the budget once
+            _wait_for(lambda: dataset.read_ahead_stats().nbytes >= 2 * batch_bytes)
         stats = dataset.read_ahead_stats()
         assert stats is not None
         held.append(stats.nbytes)
@@ -333,16 +345,6 @@ def test_chunk_local_positions_still_cover_the_image_uniformly() -> None:
         ChunkLocalSampler(base, [stack], per_chunk=0, window=256)
     with pytest.raises(ValueError, match="give ChunkLocalSampler a window"):
         ChunkLocalSampler(base, [stack])
-
-
-def _wait_for(condition, attempts: int = 2000) -> None:
-    """Poll ``condition`` until true (a bounded number of times; no time is asserted)."""
-    import time
-
-    for _ in range(attempts):
-        if condition():
-            return
-        time.sleep(0.005)
 
 
 def test_read_ahead_serves_nothing_read_with_a_replaced_sampler(sources) -> None:
