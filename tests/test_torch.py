@@ -632,3 +632,17 @@ def test_a_read_ahead_failing_after_its_read_still_hands_the_batch_over(
     assert not worker.is_alive(), "a batch read ahead was never handed over"
     for i, item in zip(range(16), [it for batch in out for it in batch], strict=True):
         np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, sampler.spec(i, 0)))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize(("workers", "context"), [(0, None), (3, "fork"), (2, "spawn")])
+def test_chunk_local_epochs_are_the_same_in_any_worker(sources, workers: int, context: str | None) -> None:
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 12, N, seed=9)
+    local = ChunkLocalSampler(base, stacks, per_chunk=3, seed=4, window=16)
+    local.spec(5, 1)  # a memo of some group in this process, pickled along for spawn
+    dataset = PatchDataset(stacks, local, return_spec=True, read_ahead=1)
+    specs, patches = _collect(_epoch(dataset, EpochSampler(dataset, epoch=1), workers, context))
+    rows, expected = _expected(local, arrays, 1, list(range(N)))
+    assert specs == rows
+    assert patches.tobytes() == expected.tobytes()
