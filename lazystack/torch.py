@@ -501,6 +501,14 @@ class EpochSampler:
         otherwise the last ranks may get one fewer.
     epoch : int
         Starting epoch.
+
+    Raises
+    ------
+    ValueError
+        For a negative ``length``, ``seed`` or ``epoch``, or a ``rank`` not in
+        ``range(world_size)``.
+    TypeError
+        For any of them that is not an integer.
     """
 
     def __init__(
