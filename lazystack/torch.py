@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import itertools
 import operator
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .core.errors import ChannelIndexError, MissingDependencyError
 from .io.cache import parse_size
+from .io.process import current_pid
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import resolve_channels, spec_rng
+from .sampling.samplers import _as_int, _check_seed, resolve_channels, spec_rng
 
 if TYPE_CHECKING:
     import torch
@@ -93,11 +92,18 @@ class PatchDataset:
         wrong prediction is dropped (the result is the same either way).
     read_ahead_bytes : int or str
         Budget of the patches read ahead and not yet taken (default 256 MiB;
-        ``"1GiB"`` etc.): a batch is started only if its bytes (those of the
-        batch just served) fit in what is left.
+        ``"1GiB"`` etc.): a batch is started only if its expected bytes
+        (those of the batch just served) fit in what is left, and one that
+        turns out larger than what is left is dropped once read, so the
+        patches held never exceed the budget.
 
     Raises
     ------
+    ValueError
+        For a negative ``epoch`` or ``read_ahead``, or a ``read_ahead_bytes``
+        that is not a size.
+    TypeError
+        For an ``epoch`` or ``read_ahead`` that is not an integer.
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -124,7 +130,13 @@ class PatchDataset:
     (nothing is read ahead after a miss until the batches step evenly again);
     a random sampler's specs are random already, so an in-order
     ``EpochSampler`` loses nothing. The thread is started on the first batch
-    in each process (never inherited through ``fork``, never pickled).
+    in each process (never inherited through ``fork``, never pickled) and
+    reads the predicted batches one at a time: at interpreter exit (or a
+    worker's), at most the batch being read is finished. A batch read ahead
+    is served only while the dataset's ``sampler``, ``stacks``, ``targets``,
+    ``masks`` and ``channels`` are the objects it was read with (replace
+    them, do not change them in place); one whose read failed in the thread
+    is read again by the caller, so an error surfaces from the caller's read.
     """
 
     def __init__(
@@ -167,9 +179,9 @@ class PatchDataset:
                     raise ChannelIndexError(msg) from None
         self.transform = transform
         self.return_spec = return_spec
-        self.epoch = operator.index(epoch)
-        self.read_ahead = operator.index(read_ahead)
-        if self.read_ahead < 0:
+        self.epoch = _check_seed("epoch", epoch)
+        self.read_ahead = _as_int("read_ahead", read_ahead)
+        if self.read_ahead < 0 or isinstance(read_ahead, bool):
             msg = f"read_ahead must be a number of batches >= 0, got {read_ahead!r}"
             raise ValueError(msg)
         self.read_ahead_bytes = parse_size(read_ahead_bytes, "read_ahead_bytes")
@@ -184,7 +196,7 @@ class PatchDataset:
     def read_ahead_stats(self) -> ReadAheadStats | None:
         """This process's read-ahead counters, or None before its first batch (or with ``read_ahead=0``)."""
         ahead = self._ahead
-        return None if ahead is None or ahead.pid != os.getpid() else ahead.stats()
+        return None if ahead is None or ahead.pid != current_pid() else ahead.stats()
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of plain integer indices (in this process only).
@@ -194,18 +206,12 @@ class PatchDataset:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def spec(self, index: int | tuple[int, int]) -> PatchSpec:
         """The spec of an index (``int`` or ``(epoch, index)``), with the dataset's channel selection."""
-        if isinstance(index, (tuple, list)):
-            epoch, i = (operator.index(v) for v in index)
-        else:
-            epoch, i = self.epoch, operator.index(index)
-        spec = self.sampler.spec(i, epoch)
-        if not isinstance(self.channels, str):
-            spec = spec._replace(channels=self.channels)
-        return spec
+        epoch, i = self._key(index)
+        return _spec(self.sampler, self.channels, epoch, i)
 
     def __getitem__(self, index: int | tuple[int, int]) -> Any:
         return self.__getitems__([index])[0]
@@ -216,11 +222,16 @@ class PatchDataset:
             return epoch, i
         return self.epoch, operator.index(index)
 
-    def _read(self, keys: Sequence[tuple[int, int]]) -> tuple[list[PatchSpec], list[Any]]:
-        """The specs and patches (numpy) of a batch, in one ``extract_patches`` call."""
-        specs = [self.spec(k) for k in keys]
-        requests = [(self.stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
-        for group in (self.targets, self.masks):
+    def _state(self) -> tuple[Any, ...]:
+        """What a batch's patches depend on besides its keys (a batch read ahead is served only with the same)."""
+        return (self.sampler, self.channels, self.stacks, self.targets, self.masks)
+
+    def _read(self, state: tuple[Any, ...], keys: Sequence[tuple[int, int]]) -> tuple[list[PatchSpec], list[Any]]:
+        """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
+        sampler, channels, stacks, targets, masks = state
+        specs = [_spec(sampler, channels, e, i) for e, i in keys]
+        requests = [(stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
+        for group in (targets, masks):
             if group is not None:
                 requests += [(group[s.stack], s.sample, None, s.coords, s.patch_size) for s in specs]
         return specs, extract_patches(requests)
@@ -243,24 +254,37 @@ class PatchDataset:
             out.append(nxt)
         return out
 
+    def _read_ahead(self, keys: list[tuple[int, int]]) -> tuple[list[PatchSpec], list[Any]]:
+        """A batch, from this process's read-ahead if it was predicted; starts reading the next ones."""
+        ahead = self._ahead
+        if ahead is None or ahead.pid != current_pid():
+            ahead = self._ahead = _ReadAhead(self.read_ahead_bytes)
+        state = self._state()
+        pending = ahead.take(tuple(keys), state)
+        if pending is None and not ahead.expected:  # the first batch: its bytes tell what to reserve
+            first = self._read(state, keys)
+            ahead.learn(sum(int(p.nbytes) for p in first[1]))
+            ahead.offer(self._predict(keys), state, self._read)
+            return first
+        ahead.offer(self._predict(keys), state, self._read)  # started before waiting: they overlap this one
+        result: tuple[list[PatchSpec], list[Any]] | None = None
+        if pending is not None:
+            try:
+                result = pending.result()
+            except Exception:  # the read-ahead failed: read here instead (an error then surfaces from here)
+                result = None
+        if result is None:
+            result = self._read(state, keys)
+        ahead.learn(sum(int(p.nbytes) for p in result[1]))
+        return result
+
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
         keys = [self._key(i) for i in indices]
         if self.read_ahead and keys:
-            ahead = self._ahead
-            if ahead is None or ahead.pid != os.getpid():
-                ahead = self._ahead = _ReadAhead(self.read_ahead_bytes)
-            pending = ahead.take(tuple(keys))
-            if pending is None and not ahead.expected:  # the first batch: its bytes tell what to reserve
-                specs, patches = self._read(keys)
-                ahead.learn(sum(int(p.nbytes) for p in patches))
-                ahead.offer(self._predict(keys), self._read)
-            else:
-                ahead.offer(self._predict(keys), self._read)  # started before waiting: they overlap this one
-                specs, patches = self._read(keys) if pending is None else pending.result()
-                ahead.learn(sum(int(p.nbytes) for p in patches))
+            specs, patches = self._read_ahead(keys)
         else:
-            specs, patches = self._read(keys)
+            specs, patches = self._read(self._state(), keys)
         torch = _torch()
         n = len(specs)
         items: list[Any] = []
@@ -277,6 +301,11 @@ class PatchDataset:
         return items
 
 
+def _spec(sampler: Sampler, channels: tuple[int, ...] | str | None, epoch: int, index: int) -> PatchSpec:
+    spec = sampler.spec(index, epoch)
+    return spec if isinstance(channels, str) else spec._replace(channels=channels)
+
+
 class ReadAheadStats(NamedTuple):
     """Counters of a dataset's read-ahead in one process.
 
@@ -287,12 +316,13 @@ class ReadAheadStats(NamedTuple):
     misses : int
         Batches read when asked for (not predicted, or the first).
     dropped : int
-        Batches read ahead (or started) that were not asked for next.
+        Batches read ahead (or started) and not served: not asked for next,
+        read with another sampler or stacks, or over the budget once read.
     nbytes : int
         Bytes of the batches read ahead and not yet taken, plus those
         reserved for batches being read.
     peak_bytes : int
-        The largest ``nbytes`` so far (within the budget while batches keep one size).
+        The largest ``nbytes`` so far (never above ``max_bytes``).
     max_bytes : int
         The budget.
     """
@@ -308,92 +338,145 @@ class ReadAheadStats(NamedTuple):
 _Batch = tuple[tuple[int, int], ...]
 
 
+class _Entry:
+    """A batch read ahead: its future and the bytes it holds in the budget (0 once taken or released)."""
+
+    __slots__ = ("future", "held", "read", "state")
+
+    def __init__(self, future: Future[Any], held: int, state: tuple[Any, ...]) -> None:
+        self.future = future
+        self.held = held
+        self.state = state
+        self.read = False  # set under the lock once the thread settled its bytes
+
+
 class _ReadAhead:
     """One process's read-ahead: a background thread and the batches it holds, within a byte budget.
 
-    A batch is reserved its expected bytes (those of the last batch served)
-    when started; a finished batch holds its actual bytes until taken or
-    dropped. ``nbytes`` counts both, and a batch is started only while
-    ``nbytes`` plus its reservation stays within ``max_bytes``.
+    The wanted batches are read one at a time, in order: the next is started
+    when the previous is done (so that at interpreter exit, which waits for
+    the thread, at most the batch being read is finished). A batch is
+    reserved its expected bytes (those of the last batch served) when
+    started, and is started only while ``nbytes`` plus that reservation stays
+    within ``max_bytes``; a finished batch holds its actual bytes until taken,
+    or is dropped at once if they do not fit (batches of varying sizes).
+    A batch is served only to a request made with the same dataset state
+    (sampler, stacks, channels) it was read with.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.max_bytes = max_bytes
         self.expected = 0  # bytes of the last batch served (0: none yet, nothing is started)
         self.nbytes = self.peak = 0
         self.hits = self.misses = self.dropped = 0
-        self.lock = threading.RLock()  # a done callback may run inline, under the lock
-        self.pending: dict[_Batch, tuple[Future[Any], list[int]]] = {}
+        self.lock = threading.Lock()
+        self.pending: dict[_Batch, _Entry] = {}  # started (running or done), not taken
+        self.queue: list[_Batch] = []  # wanted, not started yet
+        self.running = False
+        self.state: tuple[Any, ...] = ()
+        self.read: Callable[[tuple[Any, ...], Sequence[tuple[int, int]]], Any] | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lazystack-read-ahead")
 
-    def _add(self, n: int) -> None:
-        self.nbytes += n
-        self.peak = max(self.peak, self.nbytes)
-
-    def take(self, batch: _Batch) -> Future[Any] | None:
-        """The future of ``batch`` if it was started (its bytes leave the budget), else None."""
+    def take(self, batch: _Batch, state: tuple[Any, ...]) -> Future[Any] | None:
+        """The future of ``batch`` if it was started with ``state`` (its bytes leave the budget), else None."""
         with self.lock:
             entry = self.pending.pop(batch, None)
-            if entry is None:
+            if entry is None or not _same(entry.state, state):
+                if entry is not None:
+                    self._release(entry)
+                    self.dropped += 1
                 self.misses += 1
                 return None
             self.hits += 1
-            self.nbytes -= entry[1][0]
-            entry[1][0] = 0  # its done callback adjusts nothing any more
-            return entry[0]
+            self._release(entry)
+            return entry.future
 
     def learn(self, nbytes: int) -> None:
         """Record the bytes of the batch just served (the reservation of the next ones)."""
         self.expected = nbytes
 
-    def offer(self, batches: list[_Batch], read: Callable[[Sequence[tuple[int, int]]], Any]) -> None:
-        """Drop pending batches not in ``batches``; start those of ``batches`` not pending, within the budget."""
+    def offer(
+        self,
+        batches: list[_Batch],
+        state: tuple[Any, ...],
+        read: Callable[[tuple[Any, ...], Sequence[tuple[int, int]]], Any],
+    ) -> None:
+        """Drop pending batches not in ``batches`` (or read with another state); read the others in order."""
         with self.lock:
             wanted = set(batches)
-            for batch in [b for b in self.pending if b not in wanted]:
-                future, held = self.pending.pop(batch)
-                self.dropped += 1
-                if future.cancel():
-                    self.nbytes -= held[0]
-                    held[0] = 0
-                # else: running or done; its bytes leave the budget when it is done (below) - it is unreferenced
-                else:
-                    future.add_done_callback(partial(self._release, held))
-            expected = self.expected
-            if not expected:
-                return
-            for batch in batches:
-                if batch in self.pending:
-                    continue
-                if self.nbytes + expected > self.max_bytes:
-                    break
-                held = [expected]
-                self._add(expected)
-                future = self.pool.submit(read, batch)
-                future.add_done_callback(partial(self._settle, held))
-                self.pending[batch] = (future, held)
+            for batch, entry in list(self.pending.items()):
+                if batch not in wanted or not _same(entry.state, state):
+                    del self.pending[batch]
+                    self.dropped += 1
+                    if entry.read:  # else: its bytes leave the budget when it is read
+                        self._release(entry)
+            self.state, self.read = state, read
+            self.queue = [b for b in batches if b not in self.pending]
+            self._start_next()
 
-    def _settle(self, held: list[int], future: Future[Any]) -> None:
-        """A batch finished: its reservation becomes its actual bytes (unless taken or dropped already)."""
-        if future.cancelled() or future.exception() is not None:
-            actual = 0
-        else:
-            actual = sum(int(p.nbytes) for p in future.result()[1])
-        with self.lock:
-            if held[0]:
-                self.nbytes += actual - held[0]
-                self.peak = max(self.peak, self.nbytes)
-                held[0] = actual
+    def _release(self, entry: _Entry) -> None:
+        self.nbytes -= entry.held
+        entry.held = 0
 
-    def _release(self, held: list[int], _future: Future[Any]) -> None:
-        with self.lock:
-            self.nbytes -= held[0]
-            held[0] = 0
+    def _start_next(self) -> None:
+        """Start the first queued batch if none is being read and its reservation fits (under the lock)."""
+        if self.running or not self.queue or not self.expected or self.read is None:
+            return
+        if self.nbytes + self.expected > self.max_bytes:
+            return
+        batch = self.queue.pop(0)
+        entry = _Entry(Future(), self.expected, self.state)
+        try:
+            self.pool.submit(self._run, batch, entry, self.read)
+        except RuntimeError:  # the interpreter is shutting down: read nothing more
+            self.queue.clear()
+            return
+        self.nbytes += entry.held
+        self.peak = max(self.peak, self.nbytes)
+        self.pending[batch] = entry
+        self.running = True
+
+    def _run(
+        self, batch: _Batch, entry: _Entry, read: Callable[[tuple[Any, ...], Sequence[tuple[int, int]]], Any]
+    ) -> None:
+        """Read ``batch`` in the thread; settle its bytes and start the next batch before handing it over."""
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = read(entry.state, batch)
+        except BaseException as exc:  # handed to the caller, who reads the batch again
+            error = exc
+        try:
+            actual = 0 if error is not None else sum(int(p.nbytes) for p in result[1])
+            with self.lock:
+                self.running = False
+                entry.read = True
+                if self.pending.get(batch) is entry and entry.held:
+                    self.nbytes += actual - entry.held
+                    entry.held = actual
+                    if self.nbytes > self.max_bytes:  # larger than reserved and over the budget: not kept
+                        del self.pending[batch]
+                        self._release(entry)
+                        self.dropped += 1
+                        self.expected = max(self.expected, actual)  # reserve what such a batch takes
+                    self.peak = max(self.peak, self.nbytes)
+                else:  # taken (nothing held any more) or dropped while it was read
+                    self._release(entry)
+                self._start_next()  # before the hand-over: a caller woken by it finds the next batch started
+        finally:  # whatever happened above, a caller waiting for this batch is woken
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.future.set_result(result)
 
     def stats(self) -> ReadAheadStats:
         with self.lock:
             return ReadAheadStats(self.hits, self.misses, self.dropped, self.nbytes, self.peak, self.max_bytes)
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 class EpochSampler:
@@ -418,6 +501,14 @@ class EpochSampler:
         otherwise the last ranks may get one fewer.
     epoch : int
         Starting epoch.
+
+    Raises
+    ------
+    ValueError
+        For a negative ``length``, ``seed`` or ``epoch``, or a ``rank`` not in
+        ``range(world_size)``.
+    TypeError
+        For any of them that is not an integer.
     """
 
     def __init__(
@@ -431,16 +522,16 @@ class EpochSampler:
         pad: bool = True,
         epoch: int = 0,
     ) -> None:
-        self.length = length if isinstance(length, int) else len(length)
-        self.rank = operator.index(rank)
-        self.world_size = operator.index(world_size)
+        self.length = _check_seed("length", length if not hasattr(length, "__len__") else len(length))
+        self.rank = _as_int("rank", rank)
+        self.world_size = _as_int("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             msg = f"rank {rank!r} and world_size {world_size!r}: need world_size >= 1 and 0 <= rank < world_size"
             raise ValueError(msg)
         self.shuffle = shuffle
-        self.seed = operator.index(seed)
+        self.seed = _check_seed("seed", seed)
         self.pad = pad
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (reaches persistent workers through the indices).
@@ -450,7 +541,7 @@ class EpochSampler:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = operator.index(epoch)
+        self.epoch = _check_seed("epoch", epoch)
 
     def order(self) -> list[int]:
         """The whole epoch's index order, padded (before sharding)."""
@@ -480,13 +571,14 @@ class ChunkLocalSampler(Sampler):
     *anchor*), and each other index of the group is a patch of the same
     stack, sample, channels and size whose corner is drawn uniformly (a pure
     function of ``seed``, the epoch and ``i``) from the anchor's *cell*: in
-    each spatial dim, the corners of the anchor's ``window`` whose patch
-    stays inside that window, or those whose patch reaches into the next one,
-    whichever holds the anchor's corner. With ``window`` the chunk shape, a
-    group's patches touch exactly the chunks of the anchor's cell: one chunk
-    for most groups, two or four for those over a chunk border, about as many
-    as one patch, where ``per_chunk`` independent patches decode about
-    ``per_chunk`` times as many.
+    each spatial dim, the corners whose patch starts in the same ``window``
+    as the anchor's and ends in the same one (for a patch no larger than a
+    window: those whose patch stays inside the anchor's window, or those
+    whose patch reaches into the next one). With ``window`` the chunk shape,
+    a group's patches touch exactly the chunks the anchor touches: one chunk
+    for most small patches, two or four for those over a chunk border, where
+    ``per_chunk`` independent patches decode about ``per_chunk`` times as
+    many.
 
     Parameters
     ----------
@@ -506,8 +598,11 @@ class ChunkLocalSampler(Sampler):
     Raises
     ------
     ValueError
-        For ``per_chunk < 1``, a window of the wrong length or not positive,
-        or a stack whose chunk shape is unknown (give ``window``).
+        For ``per_chunk < 1``, a negative ``seed``, a window of the wrong
+        length or not positive, stacks other than those of ``base`` (when it
+        tells them), or a stack whose chunk shape is unknown (give ``window``).
+    TypeError
+        For a ``per_chunk`` or ``seed`` that is not an integer.
 
     Notes
     -----
@@ -522,6 +617,14 @@ class ChunkLocalSampler(Sampler):
     uniformly within it): over an epoch, positions cover the image as
     uniformly as the base sampler's (the tests check it). Keep ``per_chunk`` well below the batch
     size so that a batch mixes several places.
+
+    A group is ``per_chunk`` consecutive indices, so the gain needs batches of
+    consecutive indices: an in-order [`EpochSampler`][EpochSampler] (a
+    shuffled one scatters each group over the epoch; the patches are the
+    same, the decoding is not saved). Over ``world_size`` DDP ranks, each
+    rank gets every ``world_size``-th index, so ``per_chunk / world_size``
+    patches of each group: multiply ``per_chunk`` by ``world_size`` to keep
+    the per-rank grouping.
 
     Examples
     --------
@@ -543,14 +646,23 @@ class ChunkLocalSampler(Sampler):
         window: int | Sequence[int] | None = None,
     ) -> None:
         self.base = base
-        self.per_chunk = operator.index(per_chunk)
-        if self.per_chunk < 1:
-            msg = f"per_chunk must be >= 1, got {per_chunk!r}"
+        self.per_chunk = _as_int("per_chunk", per_chunk)
+        if self.per_chunk < 1 or isinstance(per_chunk, bool):
+            msg = f"per_chunk must be an integer >= 1 (patches per group), got {per_chunk!r}"
             raise ValueError(msg)
-        self.seed = operator.index(seed)
+        self.seed = _check_seed("seed", seed)
         self.channels = getattr(base, "channels", None)
+        self.levels_left_out = getattr(base, "levels_left_out", ())
         self._anchor: tuple[tuple[int, int], PatchSpec] | None = None
         self.spatial_shapes = [geometry(s).spatial_shape for s in stacks]
+        known = getattr(base, "geometries", None)
+        if known is not None and [g.spatial_shape for g in known] != self.spatial_shapes:
+            msg = (
+                f"ChunkLocalSampler got {len(self.spatial_shapes)} stacks of spatial shapes {self.spatial_shapes}, "
+                f"but its base sampler was built over {len(known)} of shapes {[g.spatial_shape for g in known]}: "
+                "give the stacks the base sampler was built over"
+            )
+            raise ValueError(msg)
         if window is None:
             self.windows = [_chunk_window(s, len(g)) for s, g in zip(stacks, self.spatial_shapes, strict=True)]
         else:
@@ -588,19 +700,26 @@ class ChunkLocalSampler(Sampler):
 def _cell(corner: int, patch: int, window: int) -> tuple[int, int]:
     """The cell ``[lo, hi]`` of corners holding ``corner``: the corners whose patch lies in the same windows.
 
-    Window ``k`` splits its corners ``[k * window, (k + 1) * window)`` into
-    those whose patch stays inside window ``k`` and those whose patch reaches
-    into window ``k + 1`` (a patch larger than a window: one cell).
+    The corners whose patch starts in the same window as ``corner``'s and
+    ends in the same window as its: for a patch no larger than a window,
+    window ``k``'s corners split into those whose patch stays inside window
+    ``k`` and those whose patch reaches into window ``k + 1``. The cells
+    split all corners, so a uniform corner's cell is drawn in proportion to
+    its size.
     """
-    lo = corner // window * window
-    split = lo + window - patch  # the last corner whose patch stays in this window
-    if patch > window:
-        return lo, lo + window - 1
-    return (lo, split) if corner <= split else (split + 1, lo + window - 1)
+    start = corner // window * window
+    end = (corner + patch - 1) // window * window  # the window the patch ends in
+    return max(start, end - patch + 1), min(start + window - 1, end + window - patch)
 
 
 def _window(window: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    w = (window,) * ndim if isinstance(window, int) else tuple(operator.index(v) for v in window)
+    try:
+        if isinstance(window, (Sequence, np.ndarray)):
+            w = tuple(operator.index(v) for v in window)
+        else:
+            w = (operator.index(window),) * ndim
+    except TypeError:
+        w = ()
     if len(w) != ndim or any(v < 1 for v in w):
         msg = f"window {window!r}: expected one positive size per spatial dim ({ndim}) or one int"
         raise ValueError(msg)

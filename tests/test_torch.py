@@ -103,19 +103,30 @@ def test_two_ddp_ranks_split_the_epoch_without_changing_it(sources) -> None:
     assert set(seen[0]) | set(seen[1]) == set(range(N + 1))
 
 
-def test_persistent_workers_follow_set_epoch(sources) -> None:
+@pytest.mark.parametrize("read_ahead", [0, 2])
+def test_persistent_workers_follow_set_epoch(sources, read_ahead: int) -> None:
     stacks, arrays = sources
-    sampler = RandomSampler(stacks, 12, 8, seed=4)
-    dataset = PatchDataset(stacks, sampler, return_spec=True)
+    n = 24
+    sampler = RandomSampler(stacks, 12, n, seed=4)
+    dataset = PatchDataset(stacks, sampler, return_spec=True, read_ahead=read_ahead)
     index_sampler = EpochSampler(dataset)
     loader = _epoch(dataset, index_sampler, 2, "fork", persistent_workers=True)
     first = _collect(loader)
     index_sampler.set_epoch(1)
     second = _collect(loader)
-    assert first[0] == _expected(sampler, arrays, 0, list(range(8)))[0]
-    assert second[0] == _expected(sampler, arrays, 1, list(range(8)))[0]
+    assert first[0] == _expected(sampler, arrays, 0, list(range(n)))[0]
+    assert second[0] == _expected(sampler, arrays, 1, list(range(n)))[0]
     assert first[0] != second[0]
-    assert second[1].tobytes() == _expected(sampler, arrays, 1, list(range(8)))[1].tobytes()
+    assert second[1].tobytes() == _expected(sampler, arrays, 1, list(range(n)))[1].tobytes()
+    # an iterator dropped mid-epoch (its workers' read-ahead still holding batches), then the next epoch
+    index_sampler.set_epoch(2)
+    it = iter(loader)
+    next(it)
+    del it
+    index_sampler.set_epoch(3)
+    third = _collect(loader)
+    assert third[0] == _expected(sampler, arrays, 3, list(range(n)))[0]
+    assert third[1].tobytes() == _expected(sampler, arrays, 3, list(range(n)))[1].tobytes()
 
 
 def test_plain_integer_indices_use_the_dataset_epoch(sources) -> None:
@@ -177,6 +188,30 @@ def test_epoch_sampler_arguments() -> None:
         EpochSampler(10, rank=2, world_size=2)
     assert len(EpochSampler(5, rank=1, world_size=2, pad=False)) == 2
     assert list(EpochSampler(3, epoch=4)) == [(4, 0), (4, 1), (4, 2)]
+    assert len(EpochSampler(np.int64(3))) == 3
+    # regression: these raised unnamed TypeErrors, or failed only when the epoch was iterated
+    with pytest.raises(TypeError, match=r"length must be an integer, got 2\.5"):
+        EpochSampler(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        EpochSampler(10, shuffle=True, seed=-1)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -2"):
+        EpochSampler(10).set_epoch(-2)
+    with pytest.raises(TypeError, match=r"world_size must be an integer, got 2\.0"):
+        EpochSampler(10, world_size=2.0)  # type: ignore[arg-type]
+
+
+def test_patch_dataset_arguments(sources) -> None:
+    stacks, _ = sources
+    sampler = RandomSampler(stacks, 12, N, seed=6)
+    # regression: a float read_ahead raised an unnamed TypeError, True passed, a negative epoch failed at a batch
+    with pytest.raises(TypeError, match=r"read_ahead must be an integer, got 1\.5"):
+        PatchDataset(stacks, sampler, read_ahead=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="read_ahead must be a number of batches >= 0, got True"):
+        PatchDataset(stacks, sampler, read_ahead=True)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        PatchDataset(stacks, sampler, epoch=-1)
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        PatchDataset(stacks, sampler).set_epoch(-1)
 
 
 # -- read-ahead ---------------------------------------------------------------------------------------
@@ -201,6 +236,16 @@ def test_read_ahead_gives_the_same_epoch(sources, workers: int, context: str | N
     assert _collect(_epoch(plain, EpochSampler(plain, epoch=2), 0))[0] == rows
 
 
+def _wait_for(condition, attempts: int = 2000) -> None:
+    """Poll ``condition`` until true (a bounded number of times; no time is asserted)."""
+    import time
+
+    for _ in range(attempts):
+        if condition():
+            return
+        time.sleep(0.005)
+
+
 def test_read_ahead_holds_at_most_its_byte_budget(sources) -> None:
     stacks, arrays = sources
     sampler = RandomSampler(stacks, 12, 64, seed=3)
@@ -209,6 +254,8 @@ def test_read_ahead_holds_at_most_its_byte_budget(sources) -> None:
     held = []
     for b in range(0, 64, BATCH):
         items = dataset.__getitems__(list(range(b, b + BATCH)))
+        if b == BATCH:  # batches are read one after the other: let the thread fill the budget once
+            _wait_for(lambda: dataset.read_ahead_stats().nbytes >= 2 * batch_bytes)
         stats = dataset.read_ahead_stats()
         assert stats is not None
         held.append(stats.nbytes)
@@ -298,3 +345,304 @@ def test_chunk_local_positions_still_cover_the_image_uniformly() -> None:
         ChunkLocalSampler(base, [stack], per_chunk=0, window=256)
     with pytest.raises(ValueError, match="give ChunkLocalSampler a window"):
         ChunkLocalSampler(base, [stack])
+
+
+def test_read_ahead_serves_nothing_read_with_a_replaced_sampler(sources) -> None:
+    # regression: a batch read ahead with the old sampler was served after dataset.sampler was replaced
+    stacks, arrays = sources
+    old, new = RandomSampler(stacks, 8, 40, seed=1), RandomSampler(stacks, 12, 40, seed=2)
+    dataset = PatchDataset(stacks, old, read_ahead=2)
+    dataset.__getitems__([0, 1, 2, 3])
+    dataset.__getitems__([4, 5, 6, 7])
+    _wait_for(lambda: dataset.read_ahead_stats().nbytes == 2 * 4 * 8 * 8 * 4)  # two batches held
+    dataset.sampler = new
+    for b in (8, 12):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, new.spec(i, 0)))
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert stats.dropped >= 2
+
+
+def test_read_ahead_keeps_its_budget_when_batches_grow(sources) -> None:
+    # regression: a batch read ahead was reserved the last batch's bytes and kept whatever it took
+    # (a budget of 768 bytes held 49,152)
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+
+    class Growing(Sampler):
+        def __len__(self) -> int:
+            return 24
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            p = 4 if index < 4 else 16
+            return PatchSpec(0, index % 2, None, (index, index), (p, p))
+
+    small = 4 * 4 * 4 * 4
+    dataset = PatchDataset(stacks, Growing(), read_ahead=4, read_ahead_bytes=3 * small)
+    dataset.__getitems__([0, 1, 2, 3])
+    _wait_for(lambda: dataset.read_ahead_stats().dropped > 0 or dataset.read_ahead_stats().nbytes > 3 * small)
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert stats.nbytes <= stats.max_bytes
+    assert stats.peak_bytes <= stats.max_bytes
+    for b in range(4, 24, 4):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, Growing().spec(i)))
+        stats = dataset.read_ahead_stats()
+        assert stats is not None
+        assert stats.peak_bytes <= stats.max_bytes
+
+
+def test_a_failed_read_ahead_is_read_again_by_the_caller(sources) -> None:
+    # regression: an error raised only in the read-ahead thread failed the batch; now it is read again here,
+    # and an error of the source itself still surfaces, from the caller's read
+    import threading
+
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 8, 40, seed=4)
+
+    class ThreadShy(Sampler):
+        def __init__(self, broken: bool) -> None:
+            self.broken = broken
+
+        def __len__(self) -> int:
+            return 40
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            if index >= 8 and (self.broken or threading.current_thread() is not threading.main_thread()):
+                raise RuntimeError(f"spec {index} cannot be made here")
+            return base.spec(index, epoch)
+
+    dataset = PatchDataset(stacks, ThreadShy(broken=False), read_ahead=2)
+    for b in range(0, 40, 4):
+        for i, item in zip(range(b, b + 4), dataset.__getitems__(list(range(b, b + 4))), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, base.spec(i, 0)))
+    broken = PatchDataset(stacks, ThreadShy(broken=True), read_ahead=2)
+    broken.__getitems__([0, 1, 2, 3])
+    broken.__getitems__([4, 5, 6, 7])
+    with pytest.raises(RuntimeError, match="spec 8 cannot be made here"):
+        broken.__getitems__([8, 9, 10, 11])
+
+
+def test_interpreter_exit_waits_for_one_read_ahead_batch_at_most(tmp_path: Path) -> None:
+    # regression: the read-ahead queued all its predicted batches on the executor, and interpreter exit
+    # (which joins the executor's thread) read every one of them
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "reads.log"
+    script = f"""
+import threading, time
+import numpy as np
+from lazystack import LazyImageStack
+from lazystack.sampling import PatchSpec, Sampler
+from lazystack.torch import PatchDataset
+
+class Slow(Sampler):
+    def __len__(self):
+        return 64
+
+    def spec(self, index, epoch=0):
+        if threading.current_thread() is not threading.main_thread() and index % 4 == 0:
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{index}}\\n")
+            time.sleep(0.3)
+        return PatchSpec(0, 0, None, (0, 0), (4, 4))
+
+dataset = PatchDataset([LazyImageStack(np.zeros((1, 8, 8), np.uint8), "SYX")], Slow(), read_ahead=5)
+dataset.__getitems__([0, 1, 2, 3])
+"""
+    path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    started = log.read_text().split() if log.exists() else []
+    assert len(started) <= 1, started  # the batch being read when the interpreter exits, nothing queued after it
+
+
+def test_chunk_local_sampler_on_mixed_chunk_shapes_small_stacks_and_3d(tmp_path: Path) -> None:
+    import zarr
+
+    rng = np.random.default_rng(8)
+    arrays, stacks = [], []
+    for name, shape, chunks in (
+        ("a", (2, 64, 48), (1, 16, 16)),
+        ("b", (1, 40, 64), (1, 32, 8)),
+        ("c", (3, 20, 12), (1, 32, 32)),  # smaller than one chunk
+    ):
+        data = rng.integers(0, 1000, shape, dtype=np.uint16)
+        z = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=shape, chunks=chunks, dtype=data.dtype)
+        z[:] = data
+        arrays.append(data)
+        stacks += load_zarrs(str(tmp_path / f"{name}.zarr"), "SYX")
+    base = RandomSampler(stacks, (10, 6), 96, seed=3)
+    local = ChunkLocalSampler(base, stacks, per_chunk=4, seed=5)
+    assert local.windows == [(16, 16), (32, 8), (32, 32)]
+    assert ChunkLocalSampler(base, stacks, per_chunk=1).epoch_specs(2) == base.epoch_specs(2)
+    for epoch in (0, 1):
+        for i in range(96):
+            spec, anchor = local.spec(i, epoch), base.spec(i - i % 4, epoch)
+            shape = arrays[spec.stack].shape[1:]
+            assert (spec.stack, spec.sample, spec.patch_size) == (anchor.stack, anchor.sample, anchor.patch_size)
+            assert all(0 <= c <= n - p for c, n, p in zip(spec.coords, shape, spec.patch_size, strict=True))
+            for c, a, p, w in zip(spec.coords, anchor.coords, spec.patch_size, local.windows[spec.stack], strict=True):
+                # the same windows as the anchor at both ends: the group's patches touch the anchor's chunks
+                assert (c // w, (c + p - 1) // w) == (a // w, (a + p - 1) // w)
+    dataset = PatchDataset(stacks, local, return_spec=True, read_ahead=1)
+    for b in range(0, 96, 8):
+        for item in dataset.__getitems__([(1, i) for i in range(b, b + 8)]):
+            k, t, y, x, h, w = (int(v) for v in item["spec"])
+            np.testing.assert_array_equal(item["input"].numpy()[0], arrays[k][t, y : y + h, x : x + w])
+
+    # 3-D: a window per spatial dim
+    vol = LazyImageStack(rng.integers(0, 9, (1, 12, 40, 40), dtype=np.uint8), "SZYX")
+    base3 = RandomSampler([vol], (4, 8, 8), 64, seed=1)
+    local3 = ChunkLocalSampler(base3, [vol], per_chunk=8, window=np.array([6, 16, 16]))
+    for i in range(64):
+        spec, anchor = local3.spec(i), base3.spec(i - i % 8)
+        for c, a, p, w in zip(spec.coords, anchor.coords, spec.patch_size, (6, 16, 16), strict=True):
+            assert (c // w, (c + p - 1) // w) == (a // w, (a + p - 1) // w)
+
+
+def test_chunk_local_sampler_arguments_are_checked() -> None:
+    # regression: numpy or float windows raised a bare TypeError ("object is not iterable"), a negative seed
+    # failed at the first spec, per_chunk=True passed, and stacks other than the base's failed with an
+    # IndexError at some spec
+    stack = LazyImageStack(np.zeros((1, 64, 64), np.uint8), "SYX")
+    base = RandomSampler([stack], 8, 32, seed=1)
+    assert ChunkLocalSampler(base, [stack], window=np.int64(16)).windows == [(16, 16)]
+    assert ChunkLocalSampler(base, [stack], window=np.array([16, 8])).windows == [(16, 8)]
+    for window in (2.5, "8", (8,), (8, 0), None):
+        with pytest.raises(ValueError, match=r"window|give ChunkLocalSampler a window") as info:
+            ChunkLocalSampler(base, [stack], window=window)
+        assert window is None or repr(window) in str(info.value)
+    with pytest.raises(ValueError, match=r"per_chunk must be an integer >= 1 .*True"):
+        ChunkLocalSampler(base, [stack], per_chunk=True, window=8)
+    with pytest.raises(TypeError, match=r"per_chunk must be an integer, got 2\.0"):
+        ChunkLocalSampler(base, [stack], per_chunk=2.0, window=8)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        ChunkLocalSampler(base, [stack], seed=-1, window=8)
+    two = RandomSampler([stack, stack], 8, 32, seed=1)
+    with pytest.raises(ValueError, match="base sampler was built over 2"):
+        ChunkLocalSampler(two, [stack], window=8)
+
+
+def test_read_ahead_predicts_a_workers_batches_of_a_ddp_rank(sources, monkeypatch: pytest.MonkeyPatch) -> None:
+    # worker 1 of 2, rank 1 of 2: its batches are every other batch of the rank's every-other index
+    from types import SimpleNamespace
+
+    import torch.utils.data
+
+    stacks, arrays = sources
+    sampler = RandomSampler(stacks, 8, 80, seed=6)
+    dataset = PatchDataset(stacks, sampler, read_ahead=2)
+    share = list(EpochSampler(80, rank=1, world_size=2, epoch=3))
+    batches = [share[b : b + BATCH] for b in range(0, len(share), BATCH)][1::2]
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(num_workers=2, id=1))
+    for batch in batches:
+        for (epoch, i), item in zip(batch, dataset.__getitems__(batch), strict=True):
+            np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, sampler.spec(i, epoch)))
+    stats = dataset.read_ahead_stats()
+    assert stats is not None
+    assert (stats.misses, stats.hits, stats.dropped) == (1, len(batches) - 1, 0)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_fork_while_the_parents_read_ahead_is_mid_read(sources) -> None:
+    # the parent's read-ahead thread is inside a read (blocked) when the DataLoader forks its workers:
+    # each child starts its own read-ahead and never waits on the parent's thread or its lock
+    import os
+    import threading
+
+    from lazystack.sampling import Sampler
+
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 12, N, seed=9)
+    parent, release, blocked = os.getpid(), threading.Event(), threading.Event()
+
+    class BlocksInParentThread(Sampler):
+        def __len__(self) -> int:
+            return N
+
+        def spec(self, index: int, epoch: int = 0) -> PatchSpec:
+            if os.getpid() == parent and threading.current_thread() is not threading.main_thread():
+                blocked.set()
+                release.wait(60)
+            return base.spec(index, epoch)
+
+    dataset = PatchDataset(stacks, BlocksInParentThread(), return_spec=True, read_ahead=2)
+    dataset.__getitems__([(2, 0), (2, 1)])  # the thread starts reading the predicted next batch, and blocks
+    assert blocked.wait(60)
+    try:
+        specs, patches = _collect(_epoch(dataset, EpochSampler(dataset, epoch=2), 2, "fork"))
+    finally:
+        release.set()
+    rows, expected = _expected(base, arrays, 2, list(range(N)))
+    assert specs == rows
+    assert patches.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(("patch", "window"), [(20, 16), (40, 16), (16, 16), (5, 16)])
+def test_chunk_local_groups_touch_the_anchors_chunks_when_patches_exceed_a_chunk(patch: int, window: int) -> None:
+    # regression: with a patch larger than the window the whole window was one cell, so a group's patches
+    # ended in different chunks (a patch of 20 over windows of 16: up to 3 chunks a dim instead of the anchor's)
+    stack = LazyImageStack(np.zeros((1, 200, 200), np.uint8), "SYX")
+    base = RandomSampler([stack], patch, 4000, seed=2)
+    local = ChunkLocalSampler(base, [stack], per_chunk=8, window=window)
+    corners = []
+    for i in range(4000):
+        spec, anchor = local.spec(i), base.spec(i - i % 8)
+        corners.append(spec.coords)
+        for c, a in zip(spec.coords, anchor.coords, strict=True):
+            assert (c // window, (c + patch - 1) // window) == (a // window, (a + patch - 1) // window)
+    # the cells still split the valid corners: every corner reachable, none outside
+    assert {c for xy in corners for c in xy} == set(range(200 - patch + 1))
+
+
+def test_a_read_ahead_failing_after_its_read_still_hands_the_batch_over(
+    sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # regression: an error in the thread after a batch was read (settling its bytes, starting the next)
+    # left its future unset, and the caller waiting for the batch hung
+    import threading
+
+    import lazystack.torch as lt
+
+    stacks, arrays = sources
+    sampler = RandomSampler(stacks, 8, 40, seed=7)
+    dataset = PatchDataset(stacks, sampler, read_ahead=1)
+    original = lt._ReadAhead._start_next
+
+    def start_next(self: lt._ReadAhead) -> None:
+        if threading.current_thread().name.startswith("lazystack-read-ahead"):
+            raise ValueError("injected failure in the read-ahead thread")
+        original(self)
+
+    monkeypatch.setattr(lt._ReadAhead, "_start_next", start_next)
+    out: list[object] = []
+    worker = threading.Thread(
+        target=lambda: out.extend(dataset.__getitems__(list(range(b, b + 4))) for b in range(0, 16, 4)), daemon=True
+    )
+    worker.start()
+    worker.join(120)  # a bound on a hang, not a speed check
+    assert not worker.is_alive(), "a batch read ahead was never handed over"
+    for i, item in zip(range(16), [it for batch in out for it in batch], strict=True):
+        np.testing.assert_array_equal(item["input"].numpy(), _reference(arrays, sampler.spec(i, 0)))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize(("workers", "context"), [(0, None), (3, "fork"), (2, "spawn")])
+def test_chunk_local_epochs_are_the_same_in_any_worker(sources, workers: int, context: str | None) -> None:
+    stacks, arrays = sources
+    base = RandomSampler(stacks, 12, N, seed=9)
+    local = ChunkLocalSampler(base, stacks, per_chunk=3, seed=4, window=16)
+    local.spec(5, 1)  # a memo of some group in this process, pickled along for spawn
+    dataset = PatchDataset(stacks, local, return_spec=True, read_ahead=1)
+    specs, patches = _collect(_epoch(dataset, EpochSampler(dataset, epoch=1), workers, context))
+    rows, expected = _expected(local, arrays, 1, list(range(N)))
+    assert specs == rows
+    assert patches.tobytes() == expected.tobytes()
