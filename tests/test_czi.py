@@ -325,7 +325,7 @@ def test_chunks_per_plane(multi_scene: Any) -> None:
 def test_opening_reads_metadata_once_per_file_and_no_pixels(multi_scene: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _, _ = multi_scene
     calls = {"info": 0, "open": 0}
-    read_info, open_handle = czi._read_info, czi._open_handle
+    read_info, open_handle = czi._read_info, czi._CziHandle
 
     def counting_info(*args: Any) -> Any:
         calls["info"] += 1
@@ -336,7 +336,7 @@ def test_opening_reads_metadata_once_per_file_and_no_pixels(multi_scene: Any, mo
         return open_handle(*args, **kwargs)
 
     monkeypatch.setattr(czi, "_read_info", counting_info)
-    monkeypatch.setattr(czi, "_open_handle", counting_open)
+    monkeypatch.setattr(czi, "_CziHandle", counting_open)
     spy = _ReadSpy(monkeypatch)
     with raise_if_dask_computes():
         stacks = load_czis(path, "SCZYX")

@@ -145,9 +145,9 @@ def _storage_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _is_zarr_store(path: Path) -> bool:
-    if path.suffix.lower() == ".zarr":
-        return True
-    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+    from ..loading.auto import _is_zarr_dir
+
+    return path.suffix.lower() == ".zarr" or _is_zarr_dir(path)
 
 
 def _readable_in(folder: Path, seen: set[Path] | None = None) -> Iterator[str]:

@@ -236,29 +236,14 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
                 load_kind = loaders.load_tiffs if kind == "tiff" else loaders.load_czis
                 every = "all" if chosen is None else chosen
                 stacks.extend(load_kind([_local(text)], item_axes, levels=every, **options))
-            else:
-                stacks.extend(select_levels(_dispatch(kind, text, item_axes, options), chosen))
+            else:  # npy: one stack over a read-only memory map
+                stacks.extend(select_levels([_load_npy(_local(text), item_axes)], chosen))
         except MissingDependencyError:
             raise
         except ImportError as exc:
             msg = f"cannot open {text!r}: the {kind} back end of lazystack could not be imported ({exc})"
             raise MissingDependencyError(msg) from exc
     return stacks
-
-
-def _dispatch(kind: Kind, text: str, axes: str, options: dict[str, Any]) -> list[LazyImageStack]:
-    from . import loaders
-
-    if kind == "tiff":
-        return loaders.load_tiffs([_local(text)], axes, **options)
-    if kind == "czi":
-        return loaders.load_czis([_local(text)], axes, **options)
-    if kind == "zarr":
-        return loaders.load_zarrs([text], axes, **options)
-    if kind == "npy":
-        return [_load_npy(_local(text), axes)]
-    msg = f"unhandled source kind {kind!r}"  # pragma: no cover - source_kind returns one of the kinds above
-    raise UnsupportedSourceError(msg)  # pragma: no cover
 
 
 def _local(text: str) -> str:

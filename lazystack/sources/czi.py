@@ -161,11 +161,6 @@ class _CziHandle:
                 self.doc.close()
 
 
-def _open_handle(path: str, mode: str = "r") -> _CziHandle:
-    # ``mode`` is passed explicitly: xarray's manager loses its "no mode" marker when pickled
-    return _CziHandle(path)
-
-
 #: How many times a read asks for a fresh handle when another thread keeps closing the one it got.
 _REOPEN_TRIES = 20
 
@@ -174,7 +169,7 @@ _REOPEN_TRIES = 20
 def _live_handle(manager: FileManager, where: str) -> Iterator[_CziHandle]:
     """This process's open handle of the file, with its lock held.
 
-    A handle closed by another thread (``close()``, or xarray's LRU evicting
+    A handle closed by another thread (``close()``, or the manager's LRU evicting
     it) between the manager handing it out and the lock being taken is
     dropped and the manager asked again (it reopens the file).
     """
@@ -448,17 +443,10 @@ class CziSceneReader(Reader):
     @property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """One plane (one file channel for RGB) per chunk, in blocks of at most [`BLOCK`][BLOCK] pixels."""
-        out = []
-        for a, n in zip(self.axes, self.shape, strict=True):
-            if a in "YX":
-                step = BLOCK if n > BLOCK else max(n, 1)
-            elif a == "C":
-                step = self._channel[2]
-            else:
-                step = 1
-            full, rest = divmod(n, step)
-            out.append((step,) * full + ((rest,) if rest else ()) if n else (0,))
-        return tuple(out)
+        from dask.array.core import normalize_chunks
+
+        step = {"C": self._channel[2], "Y": min(max(self.shape[-2], 1), BLOCK), "X": min(max(self.shape[-1], 1), BLOCK)}
+        return normalize_chunks(tuple(step.get(a, 1) for a in self.axes), self.shape)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -703,7 +691,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     path, wanted, wanted_level = split_source(given)
     _check_file(path)
     check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
-    manager = FileManager(_open_handle, path, mode="r")
+    manager = FileManager(_CziHandle, path)
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
