@@ -156,29 +156,11 @@ def _coarser_level(stack: LazyImageStack, max_size: int) -> LazyImageStack | Non
 
 
 def _pyramid(stack: LazyImageStack) -> list[LazyImageStack]:
-    """Every level of the multiscale image listing ``stack``'s array (empty if none is found)."""
-    import zarr
-
+    """Every level of the multiscale image ``stack`` is a level of (``attrs["image_uri"]``; empty if none)."""
     from ..loading.loaders import load_zarrs
-    from ..sources.zarr import parse_zarr_source
 
-    location = parse_zarr_source(stack.source)
-    store = location.open_store()
-    parts = [p for p in location.path.split("/") if p]
-    for depth in range(len(parts) - 1, -1, -1):
-        try:
-            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
-        except Exception:  # not a group: look further up
-            continue
-        attrs: dict[str, Any] = dict(group.attrs.asdict())
-        ome: dict[str, Any] = attrs.get("ome") or {}
-        multiscales: list[Any] = ome.get("multiscales") or attrs.get("multiscales") or []
-        rel = "/".join(parts[depth:])
-        for ms in multiscales:
-            paths = [str(d.get("path", "")).strip("/") for d in ms.get("datasets", [])]
-            if rel in paths:
-                return [load_zarrs(location.uri("/".join([*parts[:depth], p])), stack.original_axes)[0] for p in paths]
-    return []
+    image = stack.attrs.get("image_uri")
+    return [] if image is None else list(load_zarrs(image, stack.original_axes))
 
 
 #: Where [`show()`][show] may put its scale bar (matplotlib's location names).
@@ -280,17 +262,20 @@ def scale_bar_length(pixel_size: float, unit: str | None, width: int, fraction: 
 
 def _x_scale(stack: LazyImageStack) -> tuple[float, str] | None:
     """(size of one pixel of the stack along X, its unit name) when the stack declares both, else None."""
-    sizes = stack.physical_pixel_sizes
     units = stack.attrs.get("units") or {}
-    if "X" not in sizes or "X" not in units:
+    size = _pixel_step(stack, "X") if "X" in stack.physical_pixel_sizes else None
+    if "X" not in units or size is None or not 0 < size < math.inf:
         return None
-    positions = stack.coords.get("X")
-    size = float(sizes["X"])
+    return size, str(units["X"])
+
+
+def _pixel_step(stack: LazyImageStack, axis: str) -> float | None:
+    """Physical distance between neighbouring pixels along ``axis`` (a strided view's), None without a size."""
+    positions = stack.coords.get(axis)
     if positions is not None and len(positions) > 1 and np.issubdtype(np.asarray(positions).dtype, np.number):
-        size = float(positions[-1] - positions[0]) / (len(positions) - 1)  # a strided view's pixel
-    if not 0 < abs(size) < math.inf:
-        return None
-    return abs(size), str(units["X"])
+        return abs(float(positions[-1] - positions[0]) / (len(positions) - 1))
+    size = stack.physical_pixel_sizes.get(axis)
+    return None if size is None else abs(float(size))
 
 
 def _channel_list(stack: LazyImageStack, channel: Any) -> list[int]:
@@ -708,14 +693,6 @@ def _extent(stack: LazyImageStack, ticks: str) -> tuple[tuple[float, float, floa
     return (x0, x1, y1, y0), (names[0], names[1])
 
 
-def _y_step(stack: LazyImageStack) -> float:
-    """Distance between two rows in physical units (1 without a Y size)."""
-    positions = stack.coords.get("Y")
-    if positions is not None and len(positions) > 1 and np.issubdtype(np.asarray(positions).dtype, np.number):
-        return abs(float(positions[1] - positions[0]))
-    return float(stack.physical_pixel_sizes.get("Y", 1.0))
-
-
 def _legend(ax: Axes, shown: list[str], colours: list[Any]) -> None:
     from matplotlib.patches import Patch
 
@@ -742,7 +719,7 @@ def _add_scalebar(ax: Axes, stack: LazyImageStack, location: str, *, physical: b
         sep=3,
         color="white",
         frameon=True,
-        size_vertical=thickness * _y_step(stack) if physical else thickness,
+        size_vertical=thickness * (_pixel_step(stack, "Y") or 1.0) if physical else thickness,
         label_top=True,
         fontproperties={"size": "small"},
     )
