@@ -103,6 +103,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -546,16 +547,14 @@ class TiffReader(Reader):
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
         self.capabilities = ReaderCapabilities(memory_mapped=memmap is not None, compressed=memmap is None)
         self._pid = current_pid()
-        self._manager = self._make_manager()
+        self._manager = (
+            FileManager(_TiffHandle, path, series, self.stamp, self.level)
+            if memmap is None
+            else FileManager(_MemmapHandle, path, *memmap, self.shape, self.stamp)
+        )
         self._chunked: FunctionChunkedReader | None = None
         self._mm_handle: _MemmapHandle | None = None
         self._last_handle: _TiffHandle | None = None
-
-    def _make_manager(self) -> FileManager:
-        if self.memmap is not None:
-            offset, file_dtype = self.memmap
-            return FileManager(_MemmapHandle, self.path, offset, file_dtype, self.shape, self.stamp)
-        return FileManager(_TiffHandle, self.path, self.series, self.stamp, self.level)
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
@@ -569,7 +568,7 @@ class TiffReader(Reader):
             "stamp": self.stamp,
             "level": self.level,
         }
-        return (_rebuild_reader, (self.path, self.series, kwargs))
+        return (partial(TiffReader, self.path, self.series, **kwargs), ())
 
     @property
     def is_memmapped(self) -> bool:
@@ -639,10 +638,9 @@ class TiffReader(Reader):
 
     @contextmanager
     def _acquire(self) -> Iterator[Any]:
-        if self._pid != current_pid():
-            # forked: the manager's cache key still names the parent; never touch the parent's handle
+        if self._pid != current_pid():  # forked: forget the parent's handles (the manager opens this process's own)
+            self._last_handle = self._mm_handle = None
             self._pid = current_pid()
-            self._manager = self._make_manager()
         try:
             with self._manager.acquire_context() as handle:
                 yield handle
@@ -830,10 +828,6 @@ def _segment_layout(series: Any, raw: bool = False) -> _Layout | None:
     steps = page_steps + [(0, 0 if j is None else math.prod(grid[j + 1 :])) for j in page_axes[split:]]
     chunks = tuple(1 if j is None else segment[j] for j in page_axes)
     return _Layout(chunks, tuple(steps), tuple(page_axes))
-
-
-def _rebuild_reader(path: str, series: int, kwargs: dict[str, Any]) -> TiffReader:
-    return TiffReader(path, series, **kwargs)
 
 
 # -- opening -----------------------------------------------------------------------------------
