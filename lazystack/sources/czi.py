@@ -245,10 +245,7 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
             if dim in ("S", "M"):
                 continue
             v = int(value)
-            if dim not in lo or v < lo[dim]:
-                lo[dim] = v
-            if dim not in hi or v > hi[dim]:
-                hi[dim] = v
+            lo[dim], hi[dim] = min(lo.get(dim, v), v), max(hi.get(dim, v), v)
         return True
 
     try:
@@ -308,16 +305,15 @@ def _dims_order(bbox: dict[str, tuple[int, int]], dims: dict[str, tuple[int, int
     return tuple((d, dims[d][1] if d in dims else 1) for d in order)
 
 
-def _parse_xml(raw: str) -> ET.Element | None:
+def _parse_xml(raw: str) -> ET.Element:
+    """The metadata XML's root; an empty element for XML that does not parse (then nothing is declared)."""
     try:
         return ET.fromstring(raw)
     except ET.ParseError:
-        return None
+        return ET.Element("ImageDocument")
 
 
-def _scene_names(root: ET.Element | None) -> dict[int, str]:
-    if root is None:
-        return {}
+def _scene_names(root: ET.Element) -> dict[int, str]:
     names = {}
     for scene in root.findall("./Metadata/Information/Image/Dimensions/S/Scenes/Scene"):
         index, name = scene.get("Index"), scene.get("Name")
@@ -326,18 +322,14 @@ def _scene_names(root: ET.Element | None) -> dict[int, str]:
     return names
 
 
-def _channel_names(root: ET.Element | None, n_channels: int) -> tuple[str, ...] | None:
-    if root is None:
-        return None
+def _channel_names(root: ET.Element, n_channels: int) -> tuple[str, ...] | None:
     channels = root.findall("./Metadata/Information/Image/Dimensions/Channels/Channel")
     if len(channels) < n_channels or n_channels == 0:
         return None
     return tuple(ch.get("Name") or ch.get("Id") or f"C{i}" for i, ch in enumerate(channels[:n_channels]))
 
 
-def _pixel_sizes(root: ET.Element | None) -> dict[str, float]:
-    if root is None:
-        return {}
+def _pixel_sizes(root: ET.Element) -> dict[str, float]:
     sizes = {}
     for item in root.findall("./Metadata/Scaling/Items/Distance"):
         axis, value = item.get("Id"), item.findtext("Value")
