@@ -920,15 +920,6 @@ def _yaxis(shape: tuple[int, ...], keyframe: Any) -> int | None:
     return yaxis
 
 
-def _memmap_recipe(series: Any, byteorder: str, file_size: int) -> tuple[int, str] | None:
-    """``(offset, file dtype)`` of a series to memory-map: [`_raw_recipe()`][_raw_recipe], if the file holds all of
-    it."""
-    raw = _raw_recipe(series, byteorder)
-    if raw is None or raw[0] + series.size * series.dtype.itemsize > file_size:
-        return None  # truncated: read page by page, so that the intact part stays readable
-    return raw
-
-
 def _raw_recipe(series: Any, byteorder: str) -> tuple[int, str] | None:
     """``(offset, file dtype)`` of a series stored as one uncompressed block of whole values, else None."""
     keyframe = series.keyframe
@@ -1133,12 +1124,14 @@ def _open_series(
         raise SourceFormatError(msg)
     _check_codec(file_path, series.keyframe)
     _check_layout(where, shape, series.keyframe)
-    memmap = _memmap_recipe(series, tif.byteorder, tif.filehandle.size)
+    raw = _raw_recipe(series, tif.byteorder)
+    # a truncated raw series is read page by page, so that the intact part stays readable
+    memmap = raw if raw is not None and raw[0] + series.size * series.dtype.itemsize <= tif.filehandle.size else None
     if memmap is not None:  # one page per chunk
         split = _page_split(series)
         native = shape if split is None else (1,) * split + shape[split:]
     else:  # one segment (page of a raw series) per chunk; a layout it cannot explain: one chunk
-        layout = _segment_layout(series, raw=_raw_recipe(series, tif.byteorder) is not None)
+        layout = _segment_layout(series, raw=raw is not None)
         native = shape if layout is None else layout.chunks
     dtype = np.dtype(series.dtype).newbyteorder("=")
     if whole_file_chunks:
