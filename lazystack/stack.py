@@ -1025,17 +1025,19 @@ class LazyImageStack:
         if self._memory is not None:
             import dask.array as da
 
-            return da.from_array(self._memory, chunks=self._view_chunks(), name=False)
+            return da.from_array(self._memory, chunks=self.original_chunks, name=False)
         x = self._root_dask
         if self._identity:
             return x
         return x[tuple(s if isinstance(s, int) else self._as_slice(s) for s in self._selection)]
 
-    def _view_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of the view in its original axes, worked out without building a dask array.
+    @property
+    def original_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of this stack (view) in the order of [`axes_model`][lazystack.LazyImageStack.axes_model].
 
-        The same as dask's own slicing of the root array: per root chunk, the
-        number of selected indices in it (chunks left empty are dropped).
+        Worked out without building a dask array, the same as dask's own
+        slicing of the root array: per root chunk, the number of selected
+        indices in it (chunks left empty are dropped).
         """
         out = []
         for sizes, sel in zip(self._root_chunks, self._selection, strict=True):
@@ -1062,11 +1064,12 @@ class LazyImageStack:
         ``lazystack info`` show: a chunk is a whole number of the source's
         own chunks (pages, tiles) of about dask's ``array.chunk-size``.
         """
-        return tuple(c[0] if c else 0 for c in self._canonical_chunks())
+        return tuple(c[0] if c else 0 for c in self.chunks)
 
-    def _canonical_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of [`data`][data] (canonical order), from [`_view_chunks()`][_view_chunks]."""
-        by_axis = dict(zip(self._model.axes, self._view_chunks(), strict=True))
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """dask chunks of [`data`][data] (canonical order), worked out without building it."""
+        by_axis = dict(zip(self._model.axes, self.original_chunks, strict=True))
         if "T" in by_axis:  # S and T merge into one axis: T's chunks once per S index
             by_axis["S"] = by_axis.pop("T") * self._model.size("S")
         return tuple(by_axis.get(a, (1,)) for a in self._model.canonical_axes)
@@ -1086,7 +1089,7 @@ class LazyImageStack:
         # fuses a slice of the array into the read: a small slice reads only itself
         return da.from_array(
             _SlicingReader(_CanonicalRegions(self)),
-            chunks=self._canonical_chunks(),
+            chunks=self.chunks,
             name=f"lazystack-canonical-{tokenize(self._token, self._selection, self._memory is not None)}",
             meta=np.empty((0,) * len(self._model.canonical_axes), dtype=self.data_dtype),
             asarray=True,
@@ -1095,19 +1098,9 @@ class LazyImageStack:
         )
 
     @property
-    def chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of [`data`][data] (canonical order), worked out without building it."""
-        return self._canonical_chunks()
-
-    @property
     def token(self) -> str:
         """Names this stack's (view's) data without hashing it: the reader's token and the view's selection."""
         return f"{self._token}:{self._selection!r}"
-
-    @property
-    def original_chunks(self) -> tuple[tuple[int, ...], ...]:
-        """dask chunks of this stack (view) in the order of [`axes_model`][lazystack.LazyImageStack.axes_model]."""
-        return self._view_chunks()
 
     @property
     def coords(self) -> dict[str, np.ndarray]:
@@ -1215,7 +1208,7 @@ class LazyImageStack:
             ("original", f"{self.original_axes} {self.original_data_shape}"),
             ("canonical", f"{m.canonical_axes} {m.canonical_shape}"),
             ("dtype", str(self.data_dtype)),
-            ("chunks", str(tuple(c[0] if c else 0 for c in self._view_chunks()))),
+            ("chunks", str(tuple(c[0] if c else 0 for c in self.original_chunks))),
         ]
         if not self._identity:
             facts.append(("view of", f"{self._root.axes} {self._root.shape}"))

@@ -196,12 +196,12 @@ def test_views_chunks_and_values_match_dask_slicing(
         (small,) = load_arrays([Reader(data, chunks)], axes)
         root = da.from_array(data, chunks=small._root_chunks)
         key = tuple(select.get(a, slice(None)) for a in axes)
-        assert small.isel(**select)._view_chunks() == root[key].chunks  # dask's own slicing arithmetic
+        assert small.isel(**select).original_chunks == root[key].chunks  # dask's own slicing arithmetic
     root = da.from_array(data, chunks=stack._root_chunks)
-    assert view._view_chunks() == root[key].chunks
+    assert view.original_chunks == root[key].chunks
     np.testing.assert_array_equal(view.xarray.values, data[key])
     np.testing.assert_array_equal(view.data.compute(), view.compute())
-    assert view.data.chunks == view._canonical_chunks()
+    assert view.data.chunks == view.chunks
     assert view.chunk_shape == tuple(c[0] for c in view.data.chunks)
 
 
