@@ -5,39 +5,24 @@ multi-page TIFF has one, a multi-series OME-TIFF several. The stack of
 series ``i > 0`` has the source ``"path@i"``, which re-opens that series
 alone (the mirror of CZI scenes).
 
+The user guide (``docs/loaders/tiff.md``) shows series, RGB, pyramids and
+declared axes at work; what the reader does beneath them:
+
 Pyramids
-    A series with several resolution levels (tifffile's
-    ``TiffPageSeries.levels``: OME-TIFF SubIFDs, SVS, NDPI ... pages)
-    gives one stack per level selected by ``levels=`` (as for OME-Zarr:
-    every level by default in [`lazystack.load()`][lazystack.load] and the command
-    line, full resolution in [`lazystack.load_tiffs()`][lazystack.load_tiffs], as CAREamics'
-    ``load_tiffs``), each read through
-    the same segment (or memory-map) path as full resolution. A level stack
-    has ``stack.level`` (0 = full resolution), ``attrs["image_uri"]``
-    (``"file.tif@i"``: the series, what groups the levels of one image,
-    see [`StackList.images()`][lazystack.StackList.images]) and
-    ``attrs["downsample"]`` (per axis of the file, e.g.
-    ``{"Z": 1.0, "Y": 2.0, "X": 2.0}``: the integer factor whose division,
-    rounded up or down, gives the level's size, else the ratio of the
-    sizes); its physical pixel sizes
-    are the series' multiplied by that factor (the OME-XML declares level 0
+    Each level of ``TiffPageSeries.levels`` (OME-TIFF SubIFDs, SVS, NDPI
+    ...) selected by ``levels=`` is a stack read through the same segment
+    (or memory-map) path as full resolution, with ``stack.level``,
+    ``attrs["image_uri"]`` (``"file.tif@i"``, grouping the levels of one
+    series), ``attrs["downsample"]`` (see [`_level_attrs()`][_level_attrs]) and the
+    series' pixel sizes times that factor (the OME-XML declares level 0
     only). Level ``k > 0`` has the source ``"file.tif@i#level=k"``, which
-    re-opens that level alone whatever ``levels=`` says. A series without
-    a pyramid is one level: its stack has no ``level`` (counted as level 0);
-    a level beyond a series' levels is a
-    [`SourceNotFoundError`][lazystack.SourceNotFoundError] naming the file, the series and
-    its levels.
+    re-opens it alone; a series without a pyramid has no ``level``.
 
 Axes
-    The user's axes describe the array *as tifffile returns it*
-    (``tifffile.imread(path, series=i)``), one letter per dimension. Where
-    the file declares its own axes (OME-TIFF, ImageJ hyperstacks) only the
-    rank must agree; a mismatch is a [`ShapeMismatchError`][lazystack.ShapeMismatchError]
-    quoting the file's axes and shape. **Samples of RGB(A) pixels** are a
-    dimension of their own (tifffile calls it ``S``, usually last): name it
-    ``C`` so that the samples become channels, e.g. ``"YXC"`` for an RGB
-    image, ``"ZYXC"`` for an RGB z-stack. (lazystack's ``S`` is the sample
-    axis of a training set, not tifffile's samples-per-pixel.)
+    The user's axes describe the array as ``tifffile.imread(path, series=i)``
+    returns it; where the file declares axes (OME, ImageJ) only the rank must
+    agree. tifffile's ``S`` (samples of RGB(A) pixels) is named ``C``:
+    lazystack's ``S`` is the sample axis of a training set.
 
 Reading
     * Uncompressed, contiguous series are memory-mapped (read-only) and
