@@ -436,15 +436,6 @@ def _select_blocks(stacks: list[Any], sample_fraction: float | None, seed: int) 
     return selected
 
 
-def _tree(parts: list[Any], split_every: int) -> Any:
-    from dask import delayed
-
-    merge = delayed(_merge, pure=False)
-    while len(parts) > 1:
-        parts = [merge(*parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
-    return parts[0]
-
-
 def _reduce(
     blocks: list[list[Block]],
     func: Callable[..., dict[str, Any]],
@@ -460,7 +451,10 @@ def _reduce(
         for per_stack in blocks
         for source, key, cpos, c0 in per_stack
     ]
-    return _tree(parts, split_every)
+    merge = delayed(_merge, pure=False)  # merged as a tree, split_every partials per task
+    while len(parts) > 1:
+        parts = [merge(*parts[i : i + split_every]) for i in range(0, len(parts), split_every)]
+    return parts[0]
 
 
 def _validate_options(percentiles: Sequence[float], sample_fraction: float | None, bins: int) -> tuple[float, ...]:

@@ -604,10 +604,6 @@ def _cache_block(tile: tuple[int, int] | None) -> tuple[int, int]:
     return (CACHE_BLOCK, CACHE_BLOCK)
 
 
-def _dims_text(dims: dict[str, tuple[int, int]]) -> str:
-    return ", ".join(f"{d}={n}" for d, (_, n) in dims.items()) or "none"
-
-
 def _layout(
     path: str, axes: str, info: _FileInfo
 ) -> tuple[str, dict[str, list[tuple[str, int, int]]], tuple[tuple[str, int], ...]]:
@@ -625,9 +621,10 @@ def _layout(
         size = info.dims.get(depth, (0, 1))[1]
         other = "T" if depth == "Z" else "Z"
         hint = f"; its {other} axis could be the depth: 'SC{other}YX'" if other in dims else ""
+        listed = ", ".join(f"{d}={n}" for d, (_, n) in info.dims.items()) or "none"
         msg = (
             f"axes {axes!r} ask for depth axis {depth!r}, but CZI file {path!r} has no {depth} dimension "
-            f"(size {size}; its dimensions: {_dims_text(info.dims)}): use 'SCYX' for 2-D planes{hint}"
+            f"(size {size}; its dimensions: {listed}): use 'SCYX' for 2-D planes{hint}"
         )
         raise ShapeMismatchError(msg)
     merged = tuple((d, n) for d, n in info.order if d not in axes)
