@@ -134,12 +134,6 @@ _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 _PAGES_MAX = 1 << 16
 
 
-def _tifffile() -> Any:
-    import tifffile
-
-    return tifffile
-
-
 # -- per-process open state ------------------------------------------------------------------
 class _HandleClosedError(Exception):
     """The handle a read was using was closed by another thread: the reader acquires a fresh one."""
@@ -273,7 +267,8 @@ class _TiffHandle:
     """An open ``TiffFile`` with the series to read and where its segments are (one per process)."""
 
     def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None, level: int = 0) -> None:
-        tifffile = _tifffile()
+        import tifffile
+
         self.path = path
         self.closed = False  # close requested
         self.released = False  # file actually closed
@@ -1034,7 +1029,8 @@ def open_tiff(
     ShapeMismatchError
         If ``axes`` does not have the rank of a series.
     """
-    tifffile = _tifffile()
+    import tifffile
+
     file_path, wanted, wanted_level = _split_series(os.fspath(path))
     _check_file(file_path)
     try:
@@ -1201,7 +1197,8 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     SourceNotFoundError
         When series ``i`` does not exist.
     """
-    tifffile = _tifffile()
+    import tifffile
+
     file_path, series, _ = _split_series(os.fspath(path))
     try:
         with tifffile.TiffFile(file_path) as tif:
