@@ -277,7 +277,7 @@ class _TiffHandle:
         self._state = threading.Lock()
         #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
         self.lock = threading.RLock()
-        self.tif = tifffile.TiffFile(path, mode="rb")
+        self.tif = tifffile.TiffFile(path, mode="r")
         try:
             self.fh = self.tif.filehandle
             check_stamp(f"TIFF file {path!r}", stamp, _fstat(self.fh, path))
@@ -538,7 +538,7 @@ class TiffReader(Reader):
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "shape": self.shape,
             "dtype": self.dtype.str,
             "chunks": self.chunks,
@@ -1034,7 +1034,7 @@ def open_tiff(
     file_path, wanted, wanted_level = _split_series(os.fspath(path))
     _check_file(file_path)
     try:
-        tif = tifffile.TiffFile(file_path, mode="rb")
+        tif = tifffile.TiffFile(file_path, mode="r")
     except PermissionError as exc:
         msg = f"cannot open TIFF file {file_path!r}: {exc}"
         raise SourceReadError(msg) from exc
