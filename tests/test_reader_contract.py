@@ -318,7 +318,7 @@ def test_batches_of_chunked_stacks_match_one_by_one(tmp_path: Path) -> None:
 # -- no probing, no private state (alongside the behavioural tests above) ---------------------------------
 _STACK_PRIVATE = {
     "_reader", "_model", "_identity", "_compose", "_channel_list", "_inside_region", "_finish_inside",
-    "_fast", "_fast_plan", "_selection", "_root",
+    "_fast", "_fast_plan", "_view_chunks", "_selection", "_root",
 }  # fmt: skip
 
 
