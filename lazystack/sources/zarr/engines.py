@@ -3,36 +3,24 @@
 An *engine* decodes whole chunks of one zarr array (opened read-only):
 
 ``direct``
-    the stored bytes of each chunk, read through the store's public API
-    (one ``pread`` of a local store's chunk file, the store's byte-range
-    ``get`` otherwise, every request of a fetch at once), decoded with the
-    numcodecs codecs the array's metadata names: no event loop for a local
-    store, no indexer or codec-pipeline machinery. Sharded arrays are read
-    per *inner* chunk through the shard index the Zarr v3 specification
-    defines (read once per shard and remembered). Available for regular-grid
-    arrays with ``transpose`` / ``bytes`` / numcodecs bytes-to-bytes codecs
-    (zarr v3) or numcodecs compressors and filters (zarr v2).
+    each chunk's stored bytes through the store's public API (one ``pread``
+    of a local chunk file, byte-range ``get`` otherwise, a fetch's requests
+    at once), decoded with the numcodecs codecs the metadata names; sharded
+    arrays per inner chunk through the shard index of the Zarr v3 spec.
 ``tensorstore``
-    Google's tensorstore (the optional ``tensorstore`` extra) opened on the
-    same store with its ``zarr`` / ``zarr3`` driver over the ``file`` or
-    ``http`` key-value store. Available when tensorstore is installed, the
-    store is local or HTTP(S), and tensorstore accepts the array's metadata.
+    tensorstore's ``zarr`` / ``zarr3`` driver on the same local or HTTP store
+    (the optional ``tensorstore`` extra).
 ``zarr``
-    plain ``array[region]`` through zarr-python, chunk by chunk: always
-    correct, slowest.
+    ``array[region]`` through zarr-python, chunk by chunk: always correct, slowest.
 
-``auto`` (the default) uses [`AutoEngine`][AutoEngine] for a local array that both
-``direct`` and ``tensorstore`` can read (``direct`` for fetches of a few
-chunks, where its low overhead wins; tensorstore's parallel C++ decoding for
-many, and for region reads of many chunks when the chunk cache is off),
-else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
-Choose with ``LAZYSTACK_ZARR_ENGINE`` or [`set_zarr_engine()`][set_zarr_engine]; every
+``auto`` (the default) uses [`AutoEngine`][AutoEngine] for a local array both
+``direct`` and ``tensorstore`` read, else the first of ``direct``,
+``tensorstore``, ``zarr`` that can; see ``benchmarks/``. Choose with
+``LAZYSTACK_ZARR_ENGINE`` or [`set_zarr_engine()`][set_zarr_engine]; every
 engine returns identical arrays.
 
-[`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] a
-Zarr back end wraps around a ``zarr.Array``: chunk cache, concurrent
-fetches, batched reads, and pickling as a recipe (the zarr array, which
-pickles as its store and metadata; engines are rebuilt per process).
+[`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader]
+over a ``zarr.Array``; it pickles as the array and rebuilds its engine per process.
 """
 
 from __future__ import annotations
@@ -85,7 +73,6 @@ ENGINES = ("auto", "direct", "tensorstore", "zarr")
 ENV_ZARR_ENGINE = "LAZYSTACK_ZARR_ENGINE"
 
 _AUTO_ORDER = ("direct", "tensorstore", "zarr")
-_AUTO_HYBRID = True  # "auto" mixes direct and tensorstore (see AutoEngine) when both can read an array
 #: ``auto``: fewest chunks of one fetch that go to tensorstore rather than the direct engine ...
 TENSORSTORE_MIN_CHUNKS = 2
 #: ... when chunks decode to at least this many bytes each (worth tensorstore's thread hand-off) ...
@@ -192,14 +179,6 @@ def get_zarr_engine() -> str:
         return _ENGINE_SETTING
     raw = os.environ.get(ENV_ZARR_ENGINE, "").strip()
     return _check_engine(raw, f"{ENV_ZARR_ENGINE}") if raw else "auto"
-
-
-def _tensorstore() -> Any:
-    try:
-        import tensorstore as ts
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return ts
 
 
 # tensorstore's thread pools do not survive fork(): a child forked after its
@@ -323,10 +302,6 @@ class ZarrEngine(ABC):
         """Decode one chunk (default: [`fetch()`][fetch] of one index)."""
         return self.fetch([idx])[idx]
 
-    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region straight through the engine (no cache). Default: ``array[region]``."""
-        return np.asarray(self.array[region])
-
 
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
@@ -405,19 +380,12 @@ def _is_blosc(codec: Any) -> bool:
 
 
 def _pread_all(fd: int, offset: int, length: int) -> bytes:
-    """Read up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, offset + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file; one ``pread`` caps at 2 GiB)."""
+    parts = []
+    while length > 0 and (data := os.pread(fd, length, offset)):
+        parts.append(data)
+        offset, length = offset + len(data), length - len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _is_compressed(array: Any) -> bool:
@@ -838,11 +806,6 @@ class DirectEngine(ZarrEngine):
             return [self._read_sync(*r) for r in requests]
         return self._read_remote(requests)
 
-    def _read_one(self, where: _Request) -> bytes | None:
-        if self._local_root is not None:
-            return self._read_local(*where)
-        return self._read_many([where])[0]
-
     # -- decoding ------------------------------------------------------------------------
     def _decode(self, data: bytes | None, idx: ChunkIndex) -> np.ndarray:
         if data is None:
@@ -924,29 +887,20 @@ class DirectEngine(ZarrEngine):
     def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
         """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
         where = self._locate(idx, self._shards_of([idx]))
-        return None if where is None else self._read_one(where)
+        return None if where is None else self._read_many([where])[0]
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
         """Read and decode one chunk (a local store: one file read, no thread hand-off)."""
         if self._remote:
             return self.fetch([idx])[idx]
-        if self._sharding is None:
-            where: _Request | None = (self._key(idx), None, None)
-        else:
-            where = self._locate(idx, self._shards_of([idx]))
-        return self._decode(None if where is None else self._read_one(where), idx)
+        return self._decode(self.raw_chunk(idx), idx)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Read and decode chunks: local stores chunk by chunk, remote ones in one concurrent request batch."""
         indices = list(indices)
-        indexes = self._shards_of(indices)
         if not self._remote:
-
-            def one(idx: ChunkIndex) -> np.ndarray:
-                where = self._locate(idx, indexes)
-                return self._decode(None if where is None else self._read_one(where), idx)
-
-            return fetch_concurrently(indices, one)
+            return fetch_concurrently(indices, self.fetch_one)
+        indexes = self._shards_of(indices)
         wheres = [self._locate(idx, indexes) for idx in indices]
         reqs = [w for w in wheres if w is not None]
         got = iter(self._read_remote(reqs) if reqs else [])
@@ -972,10 +926,11 @@ class TensorstoreEngine(ZarrEngine):
         if _tensorstore_forked():
             msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
             raise NotImplementedError(msg)
-        ts = _tensorstore()
-        if ts is None:
+        try:
+            import tensorstore as ts
+        except ImportError:
             msg = "the tensorstore engine needs tensorstore: pip install 'lazystack[tensorstore]'"
-            raise MissingDependencyError(msg)
+            raise MissingDependencyError(msg) from None
         from zarr.storage import FsspecStore, LocalStore
 
         store = array.store
@@ -1020,10 +975,6 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"cannot read chunks {list(indices)[:4]}... of the zarr array at {self.location!r} (tensorstore): {e}"
             raise SourceReadError(msg) from e
 
-    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """One tensorstore read of the region."""
-        return np.asarray(self._ts[region].read().result())
-
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
         """Start a read of ``region`` in tensorstore's threads; its future, for [`take()`][take].
 
@@ -1035,7 +986,9 @@ class TensorstoreEngine(ZarrEngine):
         if as_float32:
             view = self._ts_float32
             if view is None:
-                view = self._ts_float32 = _tensorstore().cast(self._ts, "float32")
+                import tensorstore as ts
+
+                view = self._ts_float32 = ts.cast(self._ts, "float32")
             return view[region].read()
         return self._ts[region].read()
 
@@ -1202,8 +1155,9 @@ def available_engines(array: Any) -> list[str]:
 
 
 def _construct(name: str, array: Any, retry: RetryPolicy | None) -> ZarrEngine:
-    cls = _ENGINE_CLASSES[name]
-    return DirectEngine(array, retry=retry) if cls is DirectEngine else cls(array)
+    if name in ("direct", "hybrid"):
+        return (DirectEngine if name == "direct" else AutoEngine)(array, retry=retry)
+    return _ENGINE_CLASSES[name](array)
 
 
 def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | None = None) -> ZarrEngine:
@@ -1245,17 +1199,12 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
             if name is not None:
                 raise
             # the process-wide setting is a preference: arrays it cannot read use "auto"
-    if _AUTO_HYBRID:
-        try:
-            return AutoEngine(array, retry=retry)
-        except (NotImplementedError, MissingDependencyError):
-            pass
-    for candidate in _AUTO_ORDER:
+    for candidate in ("hybrid", *_AUTO_ORDER[:-1]):
         try:
             return _construct(candidate, array, retry)
         except (NotImplementedError, MissingDependencyError):
             continue
-    return ZarrPythonEngine(array)  # pragma: no cover - "zarr" never refuses
+    return ZarrPythonEngine(array)  # "zarr" never refuses
 
 
 _MEMORY_STORES: dict[int, tuple[Any, int]] = {}
@@ -1342,7 +1291,7 @@ class ZarrArrayReader(ChunkedReader):
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
         self._engine_lock = threading.Lock()
-        unit = _read_unit(array)
+        unit = tuple(int(c) for c in array.chunks)  # inner chunks when sharded
         from zarr.storage import LocalStore, MemoryStore
 
         # fixed for the array's lifetime: worked out once, not on every read
@@ -1392,26 +1341,30 @@ class ZarrArrayReader(ChunkedReader):
         """Decode one whole chunk with this process's engine."""
         return self.engine.fetch_one(idx)
 
-    def _region_engine(self, region: tuple[slice, ...]) -> TensorstoreEngine | None:
-        """The tensorstore engine that reads ``region`` whole (the cache off), or None: chunk by chunk."""
+    def _region_engine(self, region: tuple[slice, ...] | None) -> TensorstoreEngine | None:
+        """The tensorstore engine that reads ``region`` (None: a batch's regions) whole, or None: chunk by chunk.
+
+        Only with the chunk cache off. The ``auto`` engine judges one region by the chunks it touches
+        ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]), a batch by chunk size alone
+        ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]).
+        """
         cache = self.cache
         if cache is not None and cache.enabled:
             return None
         engine = self.engine
         if isinstance(engine, TensorstoreEngine):
-            ts: TensorstoreEngine | None = engine
-        elif isinstance(engine, AutoEngine) and engine.prefers_tensorstore(self.chunk_grid.n_touched(region)):
-            ts = engine.tensorstore
-        else:
-            return None
-        return ts
+            return engine
+        if isinstance(engine, AutoEngine) and (
+            engine.prefers_tensorstore_for_batches()
+            if region is None
+            else engine.prefers_tensorstore(self.chunk_grid.n_touched(region))
+        ):
+            return engine.tensorstore
+        return None
 
     def read_direct(self, region: tuple[slice, ...], *, as_float32: bool = False) -> np.ndarray | None:
-        """``region`` read whole by tensorstore, bypassing the chunk cache and [`fetch_chunks()`][fetch_chunks];
-        None when it is to be read chunk by chunk.
+        """``region`` read whole by tensorstore, bypassing the chunk cache; None when it is read chunk by chunk.
 
-        Only with the chunk cache off, and the ``tensorstore`` engine or the
-        ``auto`` engine over enough work ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]).
         A result that is not None *is* the information that a direct read
         happened: the caller decides what follows (the Zarr source checks
         that its store is unchanged).
@@ -1434,27 +1387,21 @@ class ZarrArrayReader(ChunkedReader):
             return None
         if 0 in (s.stop - s.start for s in region):
             return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
-        if as_float32:
-            return ts.take(region, ts.start_read(region, as_float32=True))
-        return ts.read_region(region).astype(self.dtype, copy=False)
+        out = ts.take(region, ts.start_read(region, as_float32=as_float32))
+        return out if as_float32 else out.astype(self.dtype, copy=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region: straight from tensorstore when the cache is off ([`read_direct()`][read_direct]), else
-        through the chunk cache."""
+        """Read a region: [`read_direct()`][read_direct] when it reads, else through the chunk cache."""
         out = self.read_direct(region)
         return ChunkedReader.read(self, region) if out is None else out
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
 
-        Only when tensorstore reads the region whole, as [`read_direct()`][read_direct]
-        does (the chunk cache off), and the reader contract allows the conversion
-        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]: 8- and 16-bit integers,
-        float16/32): the patch then needs no cast and no copy in Python.
-        None otherwise: the caller reads with [`read()`][read] and casts.
-        Measured on 2 cores (``benchmarks/``): a cold 16x64x64 uint16 patch
-        over six zstd chunks 2-5 % faster (its cast and copy are about 40 µs
-        of 750).
+        Only when [`read_direct()`][read_direct] reads the region and the reader contract allows the
+        conversion ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]); None
+        otherwise: the caller reads with [`read()`][read] and casts. Measured on 2 cores (``benchmarks/``):
+        a cold 16x64x64 uint16 patch over six zstd chunks 2-5 % faster.
 
         Parameters
         ----------
@@ -1465,37 +1412,24 @@ class ZarrArrayReader(ChunkedReader):
         -------
         numpy.ndarray or None
         """
-        if not self._float32_exact:
+        if not self._float32_exact or 0 in (s.stop - s.start for s in region):
             return None
-        ts = self._region_engine(region)
-        if ts is None or 0 in (s.stop - s.start for s in region):
-            return None
-        return ts.take(region, ts.start_read(region, as_float32=True))
+        return self.read_direct(region, as_float32=True)
 
     def region_reads(self) -> RegionReads | None:
-        """Region reads straight from tensorstore, as [`read()`][read] makes one, for a batch; or None.
+        """Region reads straight from tensorstore for a batch (the chunk cache off), or None.
 
-        Only with the chunk cache off, and the ``tensorstore`` engine or the
-        ``auto`` engine over chunks big enough that tensorstore decodes them
-        faster ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]).
         Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses them: tensorstore
-        decodes in its own threads while the caller plans and cuts patches.
-        Otherwise a batch decodes each chunk once, directly, on all the cores.
-        Regions asked for as ``float32`` come converted when the reader
-        contract allows it ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]).
+        decodes in its own threads while the caller plans and cuts patches; otherwise a batch decodes
+        each chunk once, directly, on all the cores. Regions asked for as ``float32`` come converted when
+        the reader contract allows it ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]).
 
         Returns
         -------
         RegionReads or None
             None when the regions are to be read chunk by chunk instead.
         """
-        cache = self.cache
-        if cache is not None and cache.enabled:
-            return None
-        engine = self.engine
-        ts = engine if isinstance(engine, TensorstoreEngine) else None
-        if isinstance(engine, AutoEngine) and engine.prefers_tensorstore_for_batches():
-            ts = engine.tensorstore
+        ts = self._region_engine(None)
         return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
 
     def close(self) -> None:
@@ -1513,8 +1447,3 @@ class ZarrArrayReader(ChunkedReader):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._engine_lock = threading.Lock()
-
-
-def _read_unit(array: Any) -> tuple[int, ...]:
-    """The chunk shape whole-chunk reads use: the inner chunks of a sharded array."""
-    return tuple(int(c) for c in array.chunks)
