@@ -372,15 +372,6 @@ def zip_archive_of(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _zip_location(raw: str) -> ZarrLocation | None:
-    """A zipped store given by its local path: the ``zip://<inner>::file://<archive>`` location."""
-    found = zip_archive_of(raw)
-    if found is None:
-        return None
-    archive, inner = found
-    return ZarrLocation("zip", "zip://", inner, "::file://" + archive)
-
-
 def _parse_local(raw: str, source: str) -> ZarrLocation:
     candidates = [raw]
     if "%" in raw:
@@ -395,9 +386,9 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
         if os.path.exists(root):
             break
     assert location is not None  # candidates is never empty
-    zipped = _zip_location(raw)
-    if zipped is not None:
-        return zipped
+    zipped = zip_archive_of(raw)
+    if zipped is not None:  # a zipped store given by its local path: zip://<inner>::file://<archive>
+        return ZarrLocation("zip", "zip://", zipped[1], "::file://" + zipped[0])
     if not os.path.exists(location.root):
         msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
         raise SourceNotFoundError(msg)
@@ -531,22 +522,20 @@ class ZarrArrayReader(Reader):
 
         The result may be a read-only view of a cached chunk: copy it before writing to it.
         """
-        try:
-            if self._use_fast:
-                return self.as_chunked()[key]
-            out = np.asarray(self.array()[key])
-            _check_unchanged(self._metadata_file(), self._opened_stat)
-            return out
-        except (MemoryError, IndexError, TypeError):
-            raise
-        except Exception as exc:
-            raise self._translate(key, exc) from _cause(exc)
+        if self._use_fast:
+            return self._guarded(lambda k: self.as_chunked()[k], key)
+        return self._guarded(self._read_through_zarr, key)
+
+    def _read_through_zarr(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        out = np.asarray(self.array()[key])
+        _check_unchanged(self._metadata_file(), self._opened_stat)
+        return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read step-1 slices inside the bounds, one per axis (the patch fast path; may be a read-only view)."""
         if not self._use_fast:
             return self[region]
-        return self._fast_read(_FastReader.read, region)
+        return self._guarded(lambda r: self.as_chunked().read(r), region)
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array when the engine converts it itself, else None.
@@ -558,22 +547,16 @@ class ZarrArrayReader(Reader):
         fast = self._fast
         if fast is None or not self._use_fast or self._pid != current_pid():
             return None
-        return self._fast_read(_FastReader.read_float32, region, fast)
+        return self._guarded(fast.read_float32, region)
 
-    def _fast_read(
-        self,
-        method: Callable[[_FastReader, tuple[slice, ...]], _T],
-        region: tuple[slice, ...],
-        fast: _FastReader | None = None,
-    ) -> _T:
-        """``method(fast reader, region)``, its failures translated as every read's (see
-        [`_translate()`][_translate])."""
+    def _guarded(self, read: Callable[[Any], _T], key: tuple[int | slice, ...]) -> _T:
+        """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
         try:
-            return method(self.as_chunked() if fast is None else fast, region)
+            return read(key)
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
-            raise self._translate(region, exc) from _cause(exc)
+            raise self._translate(key, exc) from _cause(exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see
@@ -952,21 +935,13 @@ def _ngff(attrs: Mapping[str, Any]) -> tuple[list[Any], Mapping[str, Any], str]:
     return [], attrs, ""
 
 
-def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
+def _transform_of(transforms: Any, ndim: int, kind: str = "scale") -> list[float] | None:
+    """The values of the first ``kind`` (``scale`` or ``translation``) transformation with ``ndim`` of them."""
     for t in transforms or []:
-        if isinstance(t, Mapping) and t.get("type") == "scale" and "scale" in t:
-            scale = [float(s) for s in t["scale"]]
-            if len(scale) == ndim:
-                return scale
-    return None
-
-
-def _translation_of(transforms: Any, ndim: int) -> list[float] | None:
-    for t in transforms or []:
-        if isinstance(t, Mapping) and t.get("type") == "translation" and "translation" in t:
-            tr = [float(s) for s in t["translation"]]
-            if len(tr) == ndim:
-                return tr
+        if isinstance(t, Mapping) and t.get("type") == kind and kind in t:
+            values = [float(s) for s in t[kind]]
+            if len(values) == ndim:
+                return values
     return None
 
 
@@ -1077,7 +1052,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 axes_types=types,
                 units=units,
                 datasets=list(ms["datasets"]),
-                global_scale=_scale_of(ms.get("coordinateTransformations"), len(names)),
+                global_scale=_transform_of(ms.get("coordinateTransformations"), len(names)),
                 channel_names=channel_names,
                 name=ms.get("name"),
             )
@@ -1104,14 +1079,14 @@ def _level_source(
         msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
         raise SourceFormatError(msg)
     ds = ms.datasets[level]
-    scale = _scale_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    scale = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes))
     if scale is not None and ms.global_scale is not None:
         scale = [s * g for s, g in zip(scale, ms.global_scale, strict=True)]
     elif scale is None:
         scale = ms.global_scale
     sizes: dict[str, float] = {}
     translation: dict[str, float] = {}
-    tr = _translation_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    tr = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes), "translation")
     for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
         if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
@@ -1275,7 +1250,7 @@ def open_zarr(
         return _labels(label_names, location, axes, store, levels)
     if _plate_of(attrs) is not None:
         return _plate_fields(node, location, axes, store, levels)
-    if _is_bioformats2raw(attrs):
+    if "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in _ome_holder(attrs):
         return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
     if not arrays:
@@ -1381,11 +1356,6 @@ def _plate_fields(
                 opened.attrs.update(plate=plate_name, well=well_path, row=row, column=column, field=f)
                 out.append(opened)
     return out
-
-
-def _is_bioformats2raw(attrs: Mapping[str, Any]) -> bool:
-    ome = attrs.get("ome")
-    return "bioformats2raw.layout" in attrs or (isinstance(ome, Mapping) and "bioformats2raw.layout" in ome)
 
 
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
