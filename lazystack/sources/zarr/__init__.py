@@ -30,6 +30,7 @@ and pickles without any handle. Stores are always opened read-only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -54,7 +55,14 @@ from ...core.errors import (
 from ...io.chunked import ChunkedReader
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
-from .engines import RegionReads, RetryPolicy, _is_compressed, close_http_session_at_exit, get_zarr_engine
+from .engines import (
+    RegionReads,
+    RetryPolicy,
+    _format_region,
+    _is_compressed,
+    close_http_session_at_exit,
+    get_zarr_engine,
+)
 from .engines import ZarrArrayReader as _EngineReader
 
 if TYPE_CHECKING:
@@ -663,7 +671,7 @@ class ZarrArrayReader(Reader):
                 "{'timeout': aiohttp.ClientTimeout(...)}} to change the limit)"
             )
         msg = (
-            f"reading region {_format_key(key)} of Zarr array {self._location.uri()!r} "
+            f"reading region {_format_region(key)} of Zarr array {self._location.uri()!r} "
             f"(store {self._location.store_uri!r}) failed in {where}: "
             f"{type(exc).__name__}: {exc}{hint}"
         )
@@ -723,15 +731,12 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
 
 
 class _FastReader(_EngineReader):
-    """The engines' chunk reader, checking that a local store is unchanged whenever it reads the store.
+    """The engines' chunk reader, checking that a local store is unchanged after every read of the store.
 
     Zarr reads a missing chunk as the fill value, so a store deleted after opening
     would read as all zeros, and a rewritten one would mix cached old chunks with
     new ones: one ``stat`` of the metadata document per read of the store (cache
-    misses only) turns both into errors. The engine reader only returns data; this
-    source decides what follows a read: every entry point that reads the store
-    (chunk fetches, region reads straight from tensorstore, a batch's region reads)
-    checks after the engine returns.
+    misses only) turns both into errors.
     """
 
     def __init__(
@@ -744,11 +749,7 @@ class _FastReader(_EngineReader):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(array, engine=engine, retry=retry)
-        self._metadata_file = metadata_file
-        self._opened = opened
-
-    def _check_exists(self) -> None:
-        _check_unchanged(self._metadata_file, self._opened)
+        self._check_exists = functools.partial(_check_unchanged, metadata_file, opened)
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Decode whole chunks, then check the store is still there."""
@@ -818,11 +819,6 @@ def _is_timeout(exc: BaseException) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
-
-
-def _format_key(key: tuple[int | slice, ...]) -> str:
-    items = [f"{k.start}:{k.stop}" if isinstance(k, slice) else str(k) for k in key]
-    return "[" + ", ".join(items) + "]"
 
 
 # -- opening nodes ------------------------------------------------------------------------

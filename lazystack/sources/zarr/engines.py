@@ -321,7 +321,7 @@ class ZarrPythonEngine(ZarrEngine):
     def __init__(self, array: Any) -> None:
         super().__init__(array)
         self._frames: DirectEngine | None = None
-        if _outer_codec_is_blosc(array):
+        if array.compressors and _is_blosc(array.compressors[-1]):  # the stored bytes are a blosc frame
             try:
                 frames = DirectEngine(array)
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
@@ -342,15 +342,6 @@ class ZarrPythonEngine(ZarrEngine):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode chunks with ``array[region]`` (concurrently when several)."""
         return fetch_concurrently(indices, self._one)
-
-
-def _outer_codec_is_blosc(array: Any) -> bool:
-    """Whether the stored bytes of a chunk (an inner chunk when sharded) are a blosc frame."""
-    try:
-        compressors = array.compressors
-    except Exception:  # an array type without the property
-        return False
-    return bool(compressors) and _is_blosc(compressors[-1])
 
 
 def check_blosc_frame(raw: Any) -> None:
@@ -389,15 +380,12 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
 
 
 def _is_compressed(array: Any) -> bool:
-    """Whether a zarr array's chunks go through compressors or filters (True when it cannot tell)."""
-    try:
-        return bool(array.compressors or array.filters)
-    except Exception:  # an array type without these properties: assume the decode is work
-        return True
+    """Whether a zarr array's chunks go through compressors or filters."""
+    return bool(array.compressors or array.filters)
 
 
-def _format_region(region: tuple[slice, ...]) -> str:
-    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+def _format_region(region: tuple[int | slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in region) + "]"
 
 
 def _checked_decode(codec: Any) -> Callable[[Any], Any]:
@@ -627,16 +615,12 @@ def is_retryable(exc: BaseException) -> bool:
 class DirectEngine(ZarrEngine):
     """Read encoded chunks from the store and decode them with numcodecs, synchronously.
 
-    Uses only what zarr-python makes public: the array's metadata (codecs,
-    chunk grid, chunk key encoding, fill value), its store's byte-range
-    ``get`` (``get_sync`` where the store offers it), and, for sharded arrays,
-    the shard index layout of the Zarr v3 specification. A local store's
-    chunk is one ``pread`` of the file its key names (a ``LocalStore``'s
-    documented layout): ``LocalStore.get_sync`` measured 40-100 µs more per
-    chunk (a ``pathlib`` path, a buffered file, a zarr buffer), a third of a
-    cold 2D patch. Remote stores are read through ``store.get`` on zarr's
-    event-loop thread, all requests of a fetch at once, each retried as
-    [`RetryPolicy`][RetryPolicy] says.
+    Uses zarr's public metadata, the store's byte-range ``get`` (``get_sync``
+    where offered) and the Zarr v3 shard index layout. A local chunk is one
+    ``pread`` of the file its key names (a ``LocalStore``'s documented layout):
+    ``LocalStore.get_sync`` measured 40-100 µs more per chunk, a third of a
+    cold 2D patch. Remote requests of a fetch go out at once on zarr's
+    event-loop thread, each retried as [`RetryPolicy`][RetryPolicy] says.
 
     Parameters
     ----------
@@ -661,8 +645,7 @@ class DirectEngine(ZarrEngine):
         from zarr.core.buffer import default_buffer_prototype
         from zarr.storage import LocalStore
 
-        meta = array.metadata
-        self._meta = meta
+        self._meta = meta = array.metadata
         self._store = array.store
         self._prefix = str(array.path)
         self._prototype = default_buffer_prototype()
@@ -691,10 +674,8 @@ class DirectEngine(ZarrEngine):
                 if len(inner) != len(stored_chunks) or any(s % c for s, c in zip(stored_chunks, inner, strict=True)):
                     raise _unsupported(f"inner chunks {inner} do not divide shards {stored_chunks}")
                 self._sharding = ab
-                self._shard_shape = stored_chunks
                 self._cps = tuple(s // c for s, c in zip(stored_chunks, inner, strict=True))
                 self._index = _ShardIndex(ab, self._cps)
-                self._index_size = self._index.size
                 self._decoder = _ChunkDecoder.v3(list(ab.codecs), inner, self.dtype)
                 self.chunk_shape = inner
                 self._indexes: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
@@ -703,7 +684,6 @@ class DirectEngine(ZarrEngine):
                 self._decoder = _ChunkDecoder.v3(codecs, stored_chunks, self.dtype)
         fill = array.fill_value
         self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
-        self._spec_shape = self._decoder.shape
         self._local_root: str | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
@@ -811,7 +791,7 @@ class DirectEngine(ZarrEngine):
         if data is None:
             # a chunk that is not stored: its fill value, as a read-only broadcast view (no memory for
             # the declared chunk, however large; the chunk cache does not keep views bigger than itself)
-            return np.broadcast_to(self._fill, self._spec_shape)
+            return np.broadcast_to(self._fill, self._decoder.shape)
         try:
             return self._decoder(data)
         except Exception as e:
