@@ -88,15 +88,12 @@ _LOOPS_HELD_AT_FORK: list[Any] = []
 
 
 def _hold_loops_before_fork() -> None:
-    """Keep zarr's and fsspec's event loops referenced while a child forks.
+    """Keep zarr's and fsspec's event loops (their public one-item ``loop`` / ``iothread`` lists) referenced while a
+    child forks.
 
-    A forked child shares the parent's epoll instance. zarr and fsspec drop
-    their loops in the child (their own at-fork resets); were the child to
-    collect such a loop, closing it would unregister the parent's self-pipe
-    and sockets from the shared epoll, and the parent's next remote read
-    would wait for its socket-read timeout. The child keeps them (unused)
-    for its lifetime; the parent lets go after the fork. Both modules
-    publish ``loop`` and ``iothread`` as one-item lists.
+    A forked child shares the parent's epoll instance; were it to collect a loop zarr or fsspec
+    dropped at fork, closing it would unregister the parent's sockets from that epoll, and the
+    parent's next remote read would wait for its timeout. The child keeps them, unused.
     """
     for name in ("zarr.core.sync", "fsspec.asyn"):
         module = sys.modules.get(name)
@@ -106,13 +103,10 @@ def _hold_loops_before_fork() -> None:
 
 
 def _freeze_inherited_objects_in_child() -> None:
-    """In a child forked after remote reads: exempt every inherited object from the cyclic collector.
+    """In a child forked after remote reads: ``gc.freeze()`` the inherited objects.
 
-    The parent's aiohttp sessions, connectors and transports sit in reference
-    cycles that point at the shared epoll instance; collecting one in the
-    child unregisters the parent's sockets. ``gc.freeze()`` (the standard
-    library's tool for forked children) leaves the inherited objects alone;
-    what the child creates itself is collected as usual.
+    The parent's aiohttp sessions and transports sit in cycles pointing at the shared epoll;
+    collecting one in the child would unregister the parent's sockets.
     """
     if _LOOPS_HELD_AT_FORK:
         import gc
@@ -181,9 +175,7 @@ def get_zarr_engine() -> str:
     return _check_engine(raw, f"{ENV_ZARR_ENGINE}") if raw else "auto"
 
 
-# tensorstore's thread pools do not survive fork(): a child forked after its
-# parent used tensorstore can hang on its first read. Such a child uses the
-# direct engine instead (identical results).
+# tensorstore's thread pools do not survive fork() (a child can hang on its first read): such a child reads directly
 _TS_STARTED_IN: int | None = None
 
 
@@ -201,12 +193,9 @@ _HTTP_PID = [-1]  # the process that registered them: a forked child closes none
 def close_http_session_at_exit(fs: Any) -> None:
     """Close ``fs``'s aiohttp session when ``fs`` is collected or the interpreter exits (other file systems: nothing).
 
-    fsspec's HTTP file system registers no finalizer when it is asynchronous
-    (as zarr opens it), and aiohttp then warns "Unclosed client session".
-    The session is made here, on zarr's event loop where every read of the
-    store runs (``HTTPFileSystem.set_session()``, public), and closed with
-    ``aiohttp.ClientSession.close()`` on that loop. Called for every store
-    the Zarr source opens and every remote store the direct engine reads.
+    fsspec's asynchronous HTTP file system (as zarr opens it) registers no finalizer, and aiohttp
+    warns "Unclosed client session". The session is made here on zarr's event loop, where every
+    read of the store runs (``HTTPFileSystem.set_session()``), and closed on that loop.
 
     Parameters
     ----------
@@ -265,12 +254,7 @@ def _close_http_sessions() -> None:
 
 # -- engines ----------------------------------------------------------------------------------
 class ZarrEngine(ABC):
-    """Decodes whole chunks of one zarr array.
-
-    Parameters
-    ----------
-    array : zarr.Array
-        The array (opened read-only).
+    """Decodes whole chunks of one zarr array (opened read-only).
 
     Attributes
     ----------
@@ -306,14 +290,10 @@ class ZarrEngine(ABC):
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
 
-    zarr-python hands blosc frames to c-blosc unchecked, and c-blosc decodes
-    a chunk cut short into whatever lies past its buffer (silently wrong,
-    and different from run to run). When blosc is the outermost codec of a
-    local array, each chunk's stored bytes are therefore read first and
-    their frame checked ([`check_blosc_frame()`][check_blosc_frame]): a second read, from the
-    page cache, for a correct error. Remote arrays are not checked (that
-    would double the requests): there the default engines, which decode the
-    bytes they fetched, are the safe choice.
+    zarr-python hands blosc frames to c-blosc unchecked, which decodes a chunk cut short into
+    whatever lies past its buffer. When blosc is the outermost codec of a local array, each chunk's
+    stored bytes are read first and checked ([`check_blosc_frame()`][check_blosc_frame]): a second
+    read, from the page cache. Remote arrays are not checked (it would double the requests).
     """
 
     name = "zarr"
@@ -405,15 +385,9 @@ def _unsupported(what: str) -> NotImplementedError:
 
 
 def _bytes_decoder(codec: Any) -> Callable[[Any], Any]:
-    """The numcodecs decode of a zarr v3 bytes-to-bytes codec (the same numcodecs codec zarr runs).
+    """The numcodecs decode of a zarr v3 bytes-to-bytes codec (NotImplementedError for other kinds).
 
-    Decoding needs none of the codec's parameters (a zstd, blosc or gzip frame
-    describes itself), so a plain numcodecs codec of the same kind decodes it.
-
-    Raises
-    ------
-    NotImplementedError
-        For a codec of another kind.
+    Decoding needs none of the codec's parameters (a zstd, blosc or gzip frame describes itself).
     """
     import numcodecs
     from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
@@ -450,14 +424,9 @@ def _to_array(x: Any, dtype: np.dtype[Any]) -> np.ndarray:
 class _ChunkDecoder:
     """Decodes the stored bytes of one chunk into an array of the chunk's shape.
 
-    Built from the array's public codec description: zarr v3 ``transpose`` +
-    ``bytes`` + bytes-to-bytes codecs (decoded with numcodecs, as zarr does),
-    zarr v2 compressor + filters (numcodecs codecs themselves).
-
-    Raises
-    ------
-    NotImplementedError
-        For codecs it does not know (the engine then is not used: ``auto`` falls back).
+    Built from the array's public codecs: zarr v3 ``transpose`` + ``bytes`` + bytes-to-bytes codecs
+    (decoded with numcodecs, as zarr does), or a zarr v2 compressor + filters. NotImplementedError
+    for others (``auto`` then falls back).
     """
 
     def __init__(
@@ -528,13 +497,8 @@ class _ChunkDecoder:
 
 
 class _ShardIndex:
-    """The layout of a shard index as the Zarr v3 sharding specification defines it.
-
-    An array of ``chunks_per_shard + (2,)`` unsigned 64-bit (offset, length)
-    pairs, encoded with the ``index_codecs`` (``bytes``, optionally followed by
-    ``crc32c``), at the start or the end of the shard; ``2**64 - 1`` twice marks
-    an inner chunk that is not stored.
-    """
+    """A shard index as the Zarr v3 sharding spec defines it: ``chunks_per_shard + (2,)`` uint64 (offset, length)
+    pairs in ``bytes`` (+ ``crc32c``) at the shard's start or end; ``2**64 - 1`` twice marks a missing chunk."""
 
     def __init__(self, sharding: Any, cps: tuple[int, ...]) -> None:
         from zarr.codecs import BytesCodec, Crc32cCodec
@@ -563,9 +527,8 @@ class _ShardIndex:
 class RetryPolicy:
     """How a remote chunk read retries a failed request (bounded, with exponential backoff).
 
-    Retried: answers with a status of 500 or more, and connections reset or
-    closed by the server. Never retried: timeouts (their bound is the
-    configured timeout), missing keys, other statuses.
+    Retried: statuses >= 500 and connections reset or closed by the server. Never retried:
+    timeouts (their bound is the configured timeout), missing keys, other statuses.
 
     Attributes
     ----------
@@ -891,12 +854,8 @@ class DirectEngine(ZarrEngine):
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
 
-    Raises
-    ------
-    MissingDependencyError
-        If tensorstore is not installed.
-    NotImplementedError
-        If the store is neither local nor HTTP(S), or tensorstore rejects the array.
+    Raises MissingDependencyError without tensorstore, NotImplementedError for a store neither local
+    nor HTTP(S) or an array tensorstore rejects.
     """
 
     name = "tensorstore"
@@ -956,13 +915,8 @@ class TensorstoreEngine(ZarrEngine):
             raise SourceReadError(msg) from e
 
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        """Start a read of ``region`` in tensorstore's threads; its future, for [`take()`][take].
-
-        With ``as_float32`` tensorstore's threads also convert the values to
-        ``float32``. Whether that conversion is exact is the caller's call
-        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]): the engine does as
-        asked.
-        """
+        """Start a read of ``region`` in tensorstore's threads (``as_float32``: converted there, exact or not:
+        the caller's call); its future, for [`take()`][take]."""
         if as_float32:
             view = self._ts_float32
             if view is None:
@@ -973,13 +927,7 @@ class TensorstoreEngine(ZarrEngine):
         return self._ts[region].read()
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
-        """The result of [`start_read()`][start_read] (waits for it).
-
-        Raises
-        ------
-        SourceReadError
-            If the read failed.
-        """
+        """The result of [`start_read()`][start_read] (waits for it; SourceReadError if the read failed)."""
         try:
             return np.asarray(future.result())
         except Exception as e:
@@ -995,10 +943,8 @@ _FLOAT32 = np.dtype(np.float32)
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
-    Made by [`ZarrArrayReader.region_reads()`][ZarrArrayReader.region_reads]. Batched extraction
-    ([`lazystack.ops.batch`][lazystack.ops.batch]) starts a read as soon as it has planned a
-    request, so tensorstore decodes while Python plans the next requests and
-    cuts the patches already read.
+    Made by [`ZarrArrayReader.region_reads()`][ZarrArrayReader.region_reads]: tensorstore decodes
+    while batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) plans and cuts patches.
 
     Parameters
     ----------
@@ -1007,9 +953,8 @@ class RegionReads:
     dtype : numpy.dtype
         The array's dtype (results not converted come in it).
     float32 : bool
-        Whether a region started ``as_float32`` is converted to ``float32``
-        in tensorstore's threads: the caller's decision (the reader
-        contract's [`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
+        Whether a region started ``as_float32`` is converted in tensorstore's threads: the caller's
+        decision ([`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
     """
 
     def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], *, float32: bool) -> None:
@@ -1019,22 +964,14 @@ class RegionReads:
         self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
-        """Start reading ``region`` (normalised, not empty).
-
-        With ``as_float32`` (for a request whose patch is the region cast to
-        ``float32``) the result comes as a new ``float32`` array, converted
-        in tensorstore's threads, when the maker allowed it (``float32``);
-        else in the array's dtype, as without it.
-        """
+        """Start reading ``region`` (normalised, not empty); ``as_float32``: converted in tensorstore's threads
+        when the maker allowed it (``float32``), else in the array's dtype."""
         exact = as_float32 and self._float32
         dtype = _FLOAT32 if exact else self._dtype
         self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
 
     def results(self) -> Iterator[np.ndarray]:
-        """The started regions' data, in the order started (a failed read raises SourceReadError here).
-
-        Each is a new array, in the array's dtype or ``float32`` (see [`start()`][start]).
-        """
+        """The started regions' data as new arrays, in the order started (a failed read raises SourceReadError)."""
         for region, future, dtype in self._started:
             out = self._engine.take(region, future)
             yield out if out.dtype == dtype else out.astype(dtype)
@@ -1043,19 +980,13 @@ class RegionReads:
 class AutoEngine(ZarrEngine):
     """``auto`` for a local array both engines read: direct for little work, tensorstore for much.
 
-    The direct engine has the least overhead per call; tensorstore decodes
-    several chunks in parallel in its own (C++) threads, which Python threads
-    match only partly, but each of its reads costs a hand-off to those
-    threads. A fetch goes to tensorstore when it has at least
-    ``min_tensorstore`` chunks (default [`TENSORSTORE_MIN_CHUNKS`][TENSORSTORE_MIN_CHUNKS]) and
-    either each chunk decodes to at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]
-    or all of them to at least ``min_tensorstore_bytes`` (default
-    [`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]), and the array is compressed. Measured on
-    2 cores (``benchmarks/``): the six or so zstd 256 KiB chunks of a 3D
-    patch decode about as fast in tensorstore as directly in two Python
-    threads (each chunk dropped after its copy), 1.6x faster than in one;
-    the four 128 KiB chunks of a 2D patch faster directly; raw chunks
-    fastest directly in the calling thread.
+    The direct engine has the least overhead per call; tensorstore decodes chunks in parallel in
+    its C++ threads, at the cost of a hand-off per read. A fetch of a compressed array goes to
+    tensorstore with at least ``min_tensorstore`` chunks ([`TENSORSTORE_MIN_CHUNKS`][TENSORSTORE_MIN_CHUNKS])
+    of at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES] each, or of
+    ``min_tensorstore_bytes`` ([`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]) in all. Measured on
+    2 cores (``benchmarks/``): a 3D patch's six 256 KiB zstd chunks 1.6x faster in tensorstore than
+    in one Python thread; a 2D patch's four 128 KiB chunks, and raw chunks, faster directly.
     """
 
     name = "auto"
@@ -1094,13 +1025,9 @@ class AutoEngine(ZarrEngine):
     def prefers_tensorstore_for_batches(self) -> bool:
         """Whether a batch with the cache off reads its patches from tensorstore (else it decodes directly).
 
-        A batch decodes many chunks on all the cores either way, so only the
-        size of a chunk counts (not ``min_tensorstore`` nor
-        ``min_tensorstore_bytes``, which judge one fetch): compressed chunks
-        of at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores
-        (``benchmarks/``, 64 random patches): 256 KiB zstd chunks of 3D
-        patches 5-10 % faster in tensorstore; 128 KiB ones of 2D patches
-        5-10 % faster decoded directly.
+        A batch decodes on all the cores either way, so only chunk size counts: compressed chunks of
+        at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores (64
+        patches): 256 KiB zstd chunks (3D) 5-10 % faster in tensorstore, 128 KiB ones (2D) directly.
         """
         return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
@@ -1148,11 +1075,9 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
     array : zarr.Array
         The array, opened read-only.
     name : str, optional
-        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine
-        named here that cannot read the array raises; the process-wide
-        setting (``name=None``) is a preference: arrays its engine cannot
-        read get ``"auto"``'s choice.
-
+        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine named here that cannot
+        read the array raises; the process-wide setting (``name=None``) is a preference: arrays its
+        engine cannot read get ``"auto"``'s choice.
     retry : RetryPolicy, optional
         Retries of the direct engine's remote reads (default: [`RetryPolicy`][RetryPolicy]'s).
 
@@ -1245,10 +1170,8 @@ class ZarrArrayReader(ChunkedReader):
 
     Notes
     -----
-    Pickles as the zarr array (its store and metadata: no open handle, no
-    pixel data for file and remote stores); the engine is rebuilt lazily in
-    each process, so a reader used after ``fork`` never shares tensorstore
-    or event-loop state with its parent.
+    Pickles as the zarr array (store and metadata, no handle); the engine is rebuilt lazily in each
+    process, so a reader used after ``fork`` never shares tensorstore or event-loop state.
 
     Examples
     --------
