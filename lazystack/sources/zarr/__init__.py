@@ -8,24 +8,12 @@ optionally, a node inside it::
     http://host/data/image.ome.zarr/0     # one OME-Zarr level over HTTP
     zip://store.zarr/raw::file:///data/archive.zip   # chained fsspec URL
 
-A group gives one stack per array at its first level (sorted by name); an
-OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
-multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
-[`lazystack.write_ome_zarr()`][lazystack.write_ome_zarr] writes for a list of stacks) gives every level of
-its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
-an HCS plate gives every level of every field of every well (attrs ``plate``,
-``well``, ``row``, ``column``, ``field``); a label image (``<image>/labels/<name>``)
-or the ``labels`` group of an image gives the label images' levels, with attrs
-``label_name`` and ``label_of`` (the URI of the image they label);
-``levels=`` selects resolution levels;
-a URI to an array gives that array alone (an
-OME-Zarr level keeps its level and scale metadata, found in the ancestor group
-that lists it).
-
-[`ZarrArrayReader`][ZarrArrayReader] is the chunk reader: it holds a *recipe* (store URI,
-array path, storage options), opens the array lazily once per process (a
-forked child reopens, so aiohttp sessions and event loops are never shared)
-and pickles without any handle. Stores are always opened read-only.
+What a group, an OME-Zarr image (NGFF 0.4 / 0.5), a ``bioformats2raw.layout``,
+an HCS plate or a label image gives is listed in [`open_zarr()`][open_zarr].
+[`ZarrArrayReader`][ZarrArrayReader] is the chunk reader: it holds a *recipe* (store
+URI, array path, storage options), opens the array lazily once per process (a
+forked child reopens, so aiohttp sessions and event loops are never shared) and
+pickles without any handle. Stores are always opened read-only.
 """
 
 from __future__ import annotations
@@ -442,6 +430,12 @@ class ZarrArrayReader(Reader):
         self._location = location
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
         self.dtype: np.dtype[Any] = np.dtype(array.dtype)
+        if self.dtype.kind not in _NUMERIC_KINDS:
+            msg = (
+                f"Zarr array {location.uri()!r} has dtype {array.dtype}, which is not an image dtype; "
+                "accepted: bool, integer and floating-point arrays"
+            )
+            raise SourceFormatError(msg)
         try:
             self.chunks: tuple[int, ...] = tuple(int(c) for c in array.chunks)
             shards = array.shards
@@ -564,7 +558,8 @@ class ZarrArrayReader(Reader):
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
-            raise self._translate(key, exc) from _cause(exc)
+            # a store change is not chained: the message says it all
+            raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None (see
@@ -803,11 +798,6 @@ class _CheckedRegionReads:
         self._check()
 
 
-def _cause(exc: Exception) -> Exception | None:
-    """The cause to chain a translated read error to (none for a store change: the message says it all)."""
-    return None if isinstance(exc, _StoreChangedError) else exc
-
-
 def _is_timeout(exc: BaseException) -> bool:
     import asyncio
 
@@ -822,15 +812,6 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 # -- opening nodes ------------------------------------------------------------------------
-def _wrap_open_error(location: ZarrLocation, exc: Exception) -> Exception:
-    if isinstance(exc, (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError)):
-        return exc
-    msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
-    if _is_timeout(exc):
-        msg += " (the server did not answer in time)"
-    return SourceReadError(msg)
-
-
 def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.Array | zarr_lib.Group:
     """Open the array or group at ``location`` read-only (metadata only)."""
     import zarr as zarr_lib
@@ -840,8 +821,13 @@ def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.A
         return zarr_lib.open(store=store, path=location.path, mode="r")
     except FileNotFoundError as exc:  # zarr's NodeNotFoundError derives from it
         raise _not_found(location, store) from exc
+    except (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError):
+        raise
     except Exception as exc:
-        raise _wrap_open_error(location, exc) from exc
+        msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
+        if _is_timeout(exc):
+            msg += " (the server did not answer in time)"
+        raise SourceReadError(msg) from exc
 
 
 def _open_array(location: ZarrLocation) -> zarr_lib.Array:
@@ -1107,19 +1093,8 @@ def _level_source(
         attrs["units"] = dict(ms.units)
     if ms.name:
         attrs["multiscale_name"] = str(ms.name)
-    reader = _make_reader(location, array)
+    reader = ZarrArrayReader(location, array)
     return OpenedSource(reader=reader, source=uri, format="ome-zarr", axes=axes, coords=coords, attrs=attrs)
-
-
-def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayReader:
-    kind = np.dtype(array.dtype).kind
-    if kind not in _NUMERIC_KINDS:
-        msg = (
-            f"Zarr array {location.uri()!r} has dtype {array.dtype}, which is not an image dtype; "
-            "accepted: bool, integer and floating-point arrays"
-        )
-        raise SourceFormatError(msg)
-    return ZarrArrayReader(location, array)
 
 
 def _image_levels(
@@ -1202,8 +1177,10 @@ def open_zarr(
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
         ``1`` ...; an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
-        ``field``); an array: itself. Level stacks carry ``attrs["level"]`` and
-        ``attrs["image_uri"]`` (the image group's URI).
+        ``field``); a label image or an image's ``labels`` group: the label images'
+        levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr
+        level keeps the metadata of the ancestor group listing it). Level stacks
+        carry ``attrs["level"]`` and ``attrs["image_uri"]`` (the image group's URI).
 
     Raises
     ------
@@ -1404,6 +1381,6 @@ def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[t
 
 
 def _plain_source(location: ZarrLocation, array: zarr_lib.Array, axes: str) -> OpenedSource:
-    reader = _make_reader(location, array)
+    reader = ZarrArrayReader(location, array)
     attrs = {"zarr_format": reader.zarr_format}
     return OpenedSource(reader=reader, source=location.uri(), format="zarr", axes=axes, attrs=attrs)
