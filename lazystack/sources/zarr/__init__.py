@@ -1043,11 +1043,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
 
 
 def _level_source(
-    ms: _Multiscale,
-    level: int,
-    location: ZarrLocation,
-    array: zarr_lib.Array,
-    axes: str,
+    ms: _Multiscale, level: int, location: ZarrLocation, array: zarr_lib.Array, axes: str
 ) -> OpenedSource:
     ngff_axes = "".join(n.upper() for n in ms.axes_names)
     uri = location.uri()
@@ -1098,11 +1094,7 @@ def _level_source(
 
 
 def _image_levels(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> Iterator[OpenedSource]:
     import zarr as zarr_lib
 
@@ -1221,7 +1213,7 @@ def open_zarr(
     label_names = _ome_holder(attrs).get("labels")
     if isinstance(label_names, list) and label_names:
         return _labels(label_names, location, axes, store, levels)
-    if _plate_of(attrs) is not None:
+    if isinstance(_ome_holder(attrs).get("plate"), Mapping):
         return _plate_fields(node, location, axes, store, levels)
     if "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in _ome_holder(attrs):
         return _layout_images(node, location, axes, store, levels)
@@ -1257,15 +1249,13 @@ def _labels(
     names: list[Any], location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """The level stacks of every label image listed by a ``labels`` group, in its order."""
-    import zarr as zarr_lib
-
     out: list[OpenedSource] = []
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip("/"):
             raise _bad_metadata(location.uri(), f"labels[{i}]", f"must name a label image, got {name!r}")
         child = location.child(f"{location.path}/{name.strip('/')}")
         node = _try_group(child, store)
-        if not isinstance(node, zarr_lib.Group) or not _ngff(node.attrs.asdict())[0]:
+        if node is None or not _ngff(node.attrs.asdict())[0]:
             msg = f"label {name!r} listed by {location.uri()!r} is not an OME-Zarr image at {child.uri()!r}"
             raise SourceNotFoundError(msg)
         found = list(_image_levels(node, child, axes, store, levels))
@@ -1274,17 +1264,8 @@ def _labels(
     return out
 
 
-def _plate_of(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    plate = _ome_holder(attrs).get("plate")
-    return plate if isinstance(plate, Mapping) else None
-
-
 def _plate_fields(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """Every (selected) level of every field of every well of an HCS plate, in the plate's well order.
 
@@ -1292,7 +1273,7 @@ def _plate_fields(
     (index in the well); its source URI is ``<plate>/<row>/<column>/<field>/<level path>``.
     """
     where = location.uri()
-    plate = _plate_of(group.attrs.asdict()) or {}
+    plate = _ome_holder(group.attrs.asdict())["plate"]
     wells = plate.get("wells")
     if not isinstance(wells, list) or not wells:
         raise _bad_metadata(
@@ -1343,11 +1324,7 @@ def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) ->
 
 
 def _layout_images(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """Every level of every image of a ``bioformats2raw.layout`` group (image 0's levels first)."""
     out: list[OpenedSource] = []
