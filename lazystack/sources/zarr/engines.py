@@ -680,28 +680,22 @@ class DirectEngine(ZarrEngine):
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
     ) -> bytes | None:
         assert self._local_root is not None
-        path = self._local_root + "/" + key
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(self._local_root + "/" + key, os.O_RDONLY)
+            try:
+                if byte_range is not None:
+                    start, stop = byte_range
+                else:
+                    size = os.fstat(fd).st_size
+                    start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
+                return _pread_all(fd, start, stop - start)
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
             return None
         except OSError as e:
             msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
             raise SourceReadError(msg) from e
-        try:
-            if byte_range is not None:
-                start, stop = byte_range
-            else:
-                size = os.fstat(fd).st_size
-                start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
-            return _pread_all(fd, start, stop - start)
-        except IsADirectoryError:
-            return None
-        except OSError as e:
-            msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
-            raise SourceReadError(msg) from e
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _byte_request(rng: tuple[int, int] | None, suffix: int | None) -> Any:
@@ -961,20 +955,19 @@ class RegionReads:
         self._engine = engine
         self._dtype = dtype
         self._float32 = float32
-        self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
+        self._started: list[tuple[tuple[slice, ...], Any, bool]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
         """Start reading ``region`` (normalised, not empty); ``as_float32``: converted in tensorstore's threads
         when the maker allowed it (``float32``), else in the array's dtype."""
         exact = as_float32 and self._float32
-        dtype = _FLOAT32 if exact else self._dtype
-        self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
+        self._started.append((region, self._engine.start_read(region, as_float32=exact), exact))
 
     def results(self) -> Iterator[np.ndarray]:
         """The started regions' data as new arrays, in the order started (a failed read raises SourceReadError)."""
-        for region, future, dtype in self._started:
+        for region, future, exact in self._started:
             out = self._engine.take(region, future)
-            yield out if out.dtype == dtype else out.astype(dtype)
+            yield out if exact else out.astype(self._dtype, copy=False)
 
 
 class AutoEngine(ZarrEngine):
