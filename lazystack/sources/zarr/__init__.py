@@ -205,12 +205,9 @@ def retry_policy(location: ZarrLocation) -> RetryPolicy:
     ValueError
         If ``retries`` is not an integer >= 0 or ``retry_backoff`` not a number of seconds >= 0.
     """
-    opts = location.storage_options
-    default = RetryPolicy()
+    opts, names = location.storage_options, {"retries": "retries", "retry_backoff": "backoff"}
     try:
-        return RetryPolicy(
-            retries=opts.get("retries", default.retries), backoff=opts.get("retry_backoff", default.backoff)
-        )
+        return RetryPolicy(**{name: opts[key] for key, name in names.items() if key in opts})
     except ValueError as e:
         msg = f"storage_options of {location.store_uri!r}: {e} (keys 'retries' and 'retry_backoff')"
         raise ValueError(msg) from None
@@ -218,10 +215,7 @@ def retry_policy(location: ZarrLocation) -> RetryPolicy:
 
 def _split_at_store(parts: Sequence[str]) -> int:
     """Index just past the first component ending in ``.zarr`` (len(parts) when none)."""
-    for i, part in enumerate(parts):
-        if part.lower().endswith(".zarr"):
-            return i + 1
-    return len(parts)
+    return next((i + 1 for i, part in enumerate(parts) if part.lower().endswith(".zarr")), len(parts))
 
 
 def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
@@ -305,24 +299,25 @@ def store_path_location(source: Any, storage_options: Mapping[str, Any] | None =
 
     store, path = source.store, str(source.path).strip("/")
     if isinstance(store, LocalStore):
-        location = _parse_local(str(store.root), str(source))
-        return replace(location, path="/".join(p for p in (location.path, path) if p))
-    if isinstance(store, FsspecStore):
+        root, shown = str(store.root), str(source)
+    elif isinstance(store, FsspecStore):
         fs = store.fs
         url = fs.unstrip_protocol(str(store.path).rstrip("/"))
         protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
-        if protocol == "file":
-            location = _parse_local(url[len("file://") :] if url.startswith("file://") else url, url)
-            return replace(location, path="/".join(p for p in (location.path, path) if p))
-        opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
-        opts.update(storage_options or {})
-        return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
-    msg = (
-        f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another process; "
-        "accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory zarr arrays "
-        "to load_arrays)"
-    )
-    raise UnsupportedSourceError(msg)
+        if protocol != "file":
+            opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
+            opts.update(storage_options or {})
+            return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
+        root, shown = url.removeprefix("file://"), url
+    else:
+        msg = (
+            f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another "
+            "process; accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory "
+            "zarr arrays to load_arrays)"
+        )
+        raise UnsupportedSourceError(msg)
+    location = _parse_local(root, shown)
+    return replace(location, path="/".join(p for p in (location.path, path) if p))
 
 
 def _check_protocol(protocol: str, source: str) -> None:
