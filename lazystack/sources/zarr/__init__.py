@@ -458,11 +458,7 @@ class ZarrArrayReader(Reader):
 
     # recipe, not handle
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_array"] = None
-        state["_fast"] = None
-        state["_lock"] = None
-        return state
+        return {**self.__dict__, "_array": None, "_fast": None, "_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -530,11 +526,10 @@ class ZarrArrayReader(Reader):
         return self._guarded(lambda r: self.as_chunked().read(r), region)
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` as a new ``float32`` array when the engine converts it itself, else None.
+        """``region`` as a new ``float32`` array when the engine converts it itself (tensorstore, cache off), else None.
 
-        See the engine reader's `read_float32()` (tensorstore, chunk cache off). Tried on
-        every patch the cache does not serve, so it asks the fast reader this process already has and
-        opens nothing: None before the first read (which [`read_region()`][read_region] makes).
+        Tried on every patch the cache does not serve, so it opens nothing: None before the first
+        [`read_region()`][read_region] of this process.
         """
         fast = self._fast
         if fast is None or not self._use_fast or self._pid != current_pid():
@@ -552,12 +547,10 @@ class ZarrArrayReader(Reader):
             raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see
+        """``region`` from the chunk cache alone, or None until a fast reader exists (see
         [`lazystack.io.chunked.ChunkedReader.read_cached()`][lazystack.io.chunked.ChunkedReader.read_cached]).
 
-        Reads nothing: None until a fast reader exists. It looks at this
-        process's chunk cache alone (emptied in a forked child), never at a
-        handle, so a fast reader made before a fork is safe to ask here.
+        It reads this process's chunk cache (emptied in a forked child), never a handle: fork-safe.
         """
         fast = self._fast
         return None if fast is None else fast.read_cached(region)
@@ -581,9 +574,7 @@ class ZarrArrayReader(Reader):
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
-        fast = self._fast
-        self._fast = None
-        self._array = None
+        fast, self._fast, self._array = self._fast, None, None
         if fast is not None:
             fast.close()
 
@@ -653,13 +644,8 @@ class ZarrArrayReader(Reader):
 
 
 class _StoreChangedError(LazyStackError):
-    """The metadata document of a local array was deleted or rewritten after opening (internal base).
-
-    Raised as [`_StoreDeletedError`][_StoreDeletedError] or [`_StoreRewrittenError`][_StoreRewrittenError]:
-    public error types whose message names the document, for the paths that
-    read chunks directly (batched extraction). A stack's reader rewords them
-    with the array's URI ([`ZarrArrayReader._translate()`][ZarrArrayReader._translate]).
-    """
+    """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
+    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI)."""
 
     path: str
     deleted: bool
@@ -755,11 +741,7 @@ class _FastReader(_EngineReader):
 
 
 class _CheckedRegionReads:
-    """A batch's region reads, followed by the source's store check.
-
-    Wraps [`lazystack.sources.zarr.engines.RegionReads`][lazystack.sources.zarr.engines.RegionReads]: same
-    ``start()`` and ``results()``.
-    """
+    """A batch's [`RegionReads`][lazystack.sources.zarr.engines.RegionReads], then the source's store check."""
 
     def __init__(self, reads: RegionReads, check: Callable[[], None]) -> None:
         self._reads = reads

@@ -1334,9 +1334,7 @@ class ZarrArrayReader(ChunkedReader):
             self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_engine"] = None
-        state["_engine_pid"] = -1
+        state = {**self.__dict__, "_engine": None, "_engine_pid": -1}
         del state["_engine_lock"]
         return state
 
