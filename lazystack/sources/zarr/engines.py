@@ -504,13 +504,9 @@ class _ShardIndex:
         from zarr.codecs import BytesCodec, Crc32cCodec
 
         codecs = list(sharding.index_codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        if [type(c) for c in codecs] not in ([BytesCodec], [BytesCodec, Crc32cCodec]):
             raise _unsupported(f"shard index codecs {codecs}")
-        self.crc = None
-        if len(codecs) == 2:
-            if not isinstance(codecs[1], Crc32cCodec):
-                raise _unsupported(f"shard index codecs {codecs}")
-            self.crc = _bytes_decoder(codecs[1])
+        self.crc = _bytes_decoder(codecs[1]) if len(codecs) == 2 else None
         endian = codecs[0].endian
         self.dtype = np.dtype("<u8" if endian is None or str(getattr(endian, "value", endian)) == "little" else ">u8")
         self.cps = cps
