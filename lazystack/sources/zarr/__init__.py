@@ -1094,10 +1094,7 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int,
 
 # -- entry point ------------------------------------------------------------------------------
 def open_zarr(
-    path: Any,
-    axes: str,
-    storage_options: Mapping[str, Any] | None = None,
-    levels: tuple[int, ...] | None = None,
+    path: Any, axes: str, storage_options: Mapping[str, Any] | None = None, levels: tuple[int, ...] | None = None
 ) -> list[OpenedSource]:
     """Open a Zarr / OME-Zarr source: one [`OpenedSource`][OpenedSource] per stack.
 
