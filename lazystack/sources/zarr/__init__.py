@@ -8,28 +8,17 @@ optionally, a node inside it::
     http://host/data/image.ome.zarr/0     # one OME-Zarr level over HTTP
     zip://store.zarr/raw::file:///data/archive.zip   # chained fsspec URL
 
-A group gives one stack per array at its first level (sorted by name); an
-OME-Zarr image group (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) gives one stack per
-multiscale level, level 0 first; a ``bioformats2raw.layout`` group (what
-[`lazystack.write_ome_zarr()`][lazystack.write_ome_zarr] writes for a list of stacks) gives every level of
-its numbered images ``0``, ``1`` ... in turn (``attrs["image"]`` names the image);
-an HCS plate gives every level of every field of every well (attrs ``plate``,
-``well``, ``row``, ``column``, ``field``); a label image (``<image>/labels/<name>``)
-or the ``labels`` group of an image gives the label images' levels, with attrs
-``label_name`` and ``label_of`` (the URI of the image they label);
-``levels=`` selects resolution levels;
-a URI to an array gives that array alone (an
-OME-Zarr level keeps its level and scale metadata, found in the ancestor group
-that lists it).
-
-[`ZarrArrayReader`][ZarrArrayReader] is the chunk reader: it holds a *recipe* (store URI,
-array path, storage options), opens the array lazily once per process (a
-forked child reopens, so aiohttp sessions and event loops are never shared)
-and pickles without any handle. Stores are always opened read-only.
+What a group, an OME-Zarr image (NGFF 0.4 / 0.5), a ``bioformats2raw.layout``,
+an HCS plate or a label image gives is listed in [`open_zarr()`][open_zarr].
+[`ZarrArrayReader`][ZarrArrayReader] is the chunk reader: it holds a *recipe* (store
+URI, array path, storage options), opens the array lazily once per process (a
+forked child reopens, so aiohttp sessions and event loops are never shared) and
+pickles without any handle. Stores are always opened read-only.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -54,7 +43,14 @@ from ...core.errors import (
 from ...io.chunked import ChunkedReader
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
-from .engines import RegionReads, RetryPolicy, _is_compressed, close_http_session_at_exit, get_zarr_engine
+from .engines import (
+    RegionReads,
+    RetryPolicy,
+    _format_region,
+    _is_compressed,
+    close_http_session_at_exit,
+    get_zarr_engine,
+)
 from .engines import ZarrArrayReader as _EngineReader
 
 if TYPE_CHECKING:
@@ -209,12 +205,9 @@ def retry_policy(location: ZarrLocation) -> RetryPolicy:
     ValueError
         If ``retries`` is not an integer >= 0 or ``retry_backoff`` not a number of seconds >= 0.
     """
-    opts = location.storage_options
-    default = RetryPolicy()
+    opts, names = location.storage_options, {"retries": "retries", "retry_backoff": "backoff"}
     try:
-        return RetryPolicy(
-            retries=opts.get("retries", default.retries), backoff=opts.get("retry_backoff", default.backoff)
-        )
+        return RetryPolicy(**{name: opts[key] for key, name in names.items() if key in opts})
     except ValueError as e:
         msg = f"storage_options of {location.store_uri!r}: {e} (keys 'retries' and 'retry_backoff')"
         raise ValueError(msg) from None
@@ -222,10 +215,7 @@ def retry_policy(location: ZarrLocation) -> RetryPolicy:
 
 def _split_at_store(parts: Sequence[str]) -> int:
     """Index just past the first component ending in ``.zarr`` (len(parts) when none)."""
-    for i, part in enumerate(parts):
-        if part.lower().endswith(".zarr"):
-            return i + 1
-    return len(parts)
+    return next((i + 1 for i, part in enumerate(parts) if part.lower().endswith(".zarr")), len(parts))
 
 
 def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = None) -> ZarrLocation:
@@ -309,24 +299,25 @@ def store_path_location(source: Any, storage_options: Mapping[str, Any] | None =
 
     store, path = source.store, str(source.path).strip("/")
     if isinstance(store, LocalStore):
-        location = _parse_local(str(store.root), str(source))
-        return replace(location, path="/".join(p for p in (location.path, path) if p))
-    if isinstance(store, FsspecStore):
+        root, shown = str(store.root), str(source)
+    elif isinstance(store, FsspecStore):
         fs = store.fs
         url = fs.unstrip_protocol(str(store.path).rstrip("/"))
         protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
-        if protocol == "file":
-            location = _parse_local(url[len("file://") :] if url.startswith("file://") else url, url)
-            return replace(location, path="/".join(p for p in (location.path, path) if p))
-        opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
-        opts.update(storage_options or {})
-        return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
-    msg = (
-        f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another process; "
-        "accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory zarr arrays "
-        "to load_arrays)"
-    )
-    raise UnsupportedSourceError(msg)
+        if protocol != "file":
+            opts = {k: v for k, v in dict(fs.storage_options).items() if k != "asynchronous"}
+            opts.update(storage_options or {})
+            return ZarrLocation(protocol, url.rstrip("/"), path, "", opts)
+        root, shown = url.removeprefix("file://"), url
+    else:
+        msg = (
+            f"a zarr StorePath on a {type(store).__name__} ({source}) cannot be reopened by name in another "
+            "process; accepted: StorePaths on a LocalStore or an FsspecStore, paths and URIs (pass in-memory "
+            "zarr arrays to load_arrays)"
+        )
+        raise UnsupportedSourceError(msg)
+    location = _parse_local(root, shown)
+    return replace(location, path="/".join(p for p in (location.path, path) if p))
 
 
 def _check_protocol(protocol: str, source: str) -> None:
@@ -372,15 +363,6 @@ def zip_archive_of(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _zip_location(raw: str) -> ZarrLocation | None:
-    """A zipped store given by its local path: the ``zip://<inner>::file://<archive>`` location."""
-    found = zip_archive_of(raw)
-    if found is None:
-        return None
-    archive, inner = found
-    return ZarrLocation("zip", "zip://", inner, "::file://" + archive)
-
-
 def _parse_local(raw: str, source: str) -> ZarrLocation:
     candidates = [raw]
     if "%" in raw:
@@ -395,9 +377,9 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
         if os.path.exists(root):
             break
     assert location is not None  # candidates is never empty
-    zipped = _zip_location(raw)
-    if zipped is not None:
-        return zipped
+    zipped = zip_archive_of(raw)
+    if zipped is not None:  # a zipped store given by its local path: zip://<inner>::file://<archive>
+        return ZarrLocation("zip", "zip://", zipped[1], "::file://" + zipped[0])
     if not os.path.exists(location.root):
         msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
         raise SourceNotFoundError(msg)
@@ -443,6 +425,12 @@ class ZarrArrayReader(Reader):
         self._location = location
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
         self.dtype: np.dtype[Any] = np.dtype(array.dtype)
+        if self.dtype.kind not in _NUMERIC_KINDS:
+            msg = (
+                f"Zarr array {location.uri()!r} has dtype {array.dtype}, which is not an image dtype; "
+                "accepted: bool, integer and floating-point arrays"
+            )
+            raise SourceFormatError(msg)
         try:
             self.chunks: tuple[int, ...] = tuple(int(c) for c in array.chunks)
             shards = array.shards
@@ -470,20 +458,11 @@ class ZarrArrayReader(Reader):
 
     # recipe, not handle
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_array"] = None
-        state["_fast"] = None
-        state["_lock"] = None
-        return state
+        return {**self.__dict__, "_array": None, "_fast": None, "_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-
-    @property
-    def location(self) -> ZarrLocation:
-        """Store and array path of this reader."""
-        return self._location
 
     def array(self) -> zarr_lib.Array:
         """The open [`zarr.Array`][zarr.Array] of this process (opened on first use)."""
@@ -531,57 +510,47 @@ class ZarrArrayReader(Reader):
 
         The result may be a read-only view of a cached chunk: copy it before writing to it.
         """
-        try:
-            if self._use_fast:
-                return self.as_chunked()[key]
-            out = np.asarray(self.array()[key])
-            _check_unchanged(self._metadata_file(), self._opened_stat)
-            return out
-        except (MemoryError, IndexError, TypeError):
-            raise
-        except Exception as exc:
-            raise self._translate(key, exc) from _cause(exc)
+        if self._use_fast:
+            return self._guarded(lambda k: self.as_chunked()[k], key)
+        return self._guarded(self._read_through_zarr, key)
+
+    def _read_through_zarr(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        out = np.asarray(self.array()[key])
+        _check_unchanged(self._metadata_file(), self._opened_stat)
+        return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """Read step-1 slices inside the bounds, one per axis (the patch fast path; may be a read-only view)."""
         if not self._use_fast:
             return self[region]
-        return self._fast_read(_FastReader.read, region)
+        return self._guarded(lambda r: self.as_chunked().read(r), region)
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` as a new ``float32`` array when the engine converts it itself, else None.
+        """``region`` as a new ``float32`` array when the engine converts it itself (tensorstore, cache off), else None.
 
-        See the engine reader's `read_float32()` (tensorstore, chunk cache off). Tried on
-        every patch the cache does not serve, so it asks the fast reader this process already has and
-        opens nothing: None before the first read (which [`read_region()`][read_region] makes).
+        Tried on every patch the cache does not serve, so it opens nothing: None before the first
+        [`read_region()`][read_region] of this process.
         """
         fast = self._fast
         if fast is None or not self._use_fast or self._pid != current_pid():
             return None
-        return self._fast_read(_FastReader.read_float32, region, fast)
+        return self._guarded(fast.read_float32, region)
 
-    def _fast_read(
-        self,
-        method: Callable[[_FastReader, tuple[slice, ...]], _T],
-        region: tuple[slice, ...],
-        fast: _FastReader | None = None,
-    ) -> _T:
-        """``method(fast reader, region)``, its failures translated as every read's (see
-        [`_translate()`][_translate])."""
+    def _guarded(self, read: Callable[[Any], _T], key: tuple[int | slice, ...]) -> _T:
+        """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
         try:
-            return method(self.as_chunked() if fast is None else fast, region)
+            return read(key)
         except (MemoryError, IndexError, TypeError):
             raise
         except Exception as exc:
-            raise self._translate(region, exc) from _cause(exc)
+            # a store change is not chained: the message says it all
+            raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """``region`` from the chunk cache alone, or None (see
+        """``region`` from the chunk cache alone, or None until a fast reader exists (see
         [`lazystack.io.chunked.ChunkedReader.read_cached()`][lazystack.io.chunked.ChunkedReader.read_cached]).
 
-        Reads nothing: None until a fast reader exists. It looks at this
-        process's chunk cache alone (emptied in a forked child), never at a
-        handle, so a fast reader made before a fork is safe to ask here.
+        It reads this process's chunk cache (emptied in a forked child), never a handle: fork-safe.
         """
         fast = self._fast
         return None if fast is None else fast.read_cached(region)
@@ -605,9 +574,7 @@ class ZarrArrayReader(Reader):
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
-        fast = self._fast
-        self._fast = None
-        self._array = None
+        fast, self._fast, self._array = self._fast, None, None
         if fast is not None:
             fast.close()
 
@@ -632,21 +599,6 @@ class ZarrArrayReader(Reader):
         name = arr.metadata.encode_chunk_key(coords) if arr is not None else ".".join(map(str, coords))
         return f"{self._location.path}/{name}".lstrip("/")
 
-    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
-        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
-
-        Parameters
-        ----------
-        key : tuple of int or slice
-            Region (ints and step-1 slices within bounds).
-
-        Returns
-        -------
-        list of str
-            At most ``_MAX_KEYS_SHOWN + 1`` keys (the first ones, in C order).
-        """
-        return [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
-
     def _failing_keys(self, key: tuple[int | slice, ...]) -> list[str] | None:
         """Read each touched chunk alone to find the failing one(s); None when too many to probe."""
         coords_list = self._chunk_coords(key, _MAX_PROBED)
@@ -670,7 +622,7 @@ class ZarrArrayReader(Reader):
         if failing:
             where = f"failing {what}(s) {', '.join(repr(k) for k in failing)}"
         else:
-            keys = self.chunk_keys(key)
+            keys = [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
             shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
             where = f"{what}(s) {shown}{' ...' if len(keys) > _MAX_KEYS_SHOWN else ''}"
         hint = ""
@@ -680,7 +632,7 @@ class ZarrArrayReader(Reader):
                 "{'timeout': aiohttp.ClientTimeout(...)}} to change the limit)"
             )
         msg = (
-            f"reading region {_format_key(key)} of Zarr array {self._location.uri()!r} "
+            f"reading region {_format_region(key)} of Zarr array {self._location.uri()!r} "
             f"(store {self._location.store_uri!r}) failed in {where}: "
             f"{type(exc).__name__}: {exc}{hint}"
         )
@@ -692,13 +644,8 @@ class ZarrArrayReader(Reader):
 
 
 class _StoreChangedError(LazyStackError):
-    """The metadata document of a local array was deleted or rewritten after opening (internal base).
-
-    Raised as [`_StoreDeletedError`][_StoreDeletedError] or [`_StoreRewrittenError`][_StoreRewrittenError]:
-    public error types whose message names the document, for the paths that
-    read chunks directly (batched extraction). A stack's reader rewords them
-    with the array's URI ([`ZarrArrayReader._translate()`][ZarrArrayReader._translate]).
-    """
+    """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
+    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI)."""
 
     path: str
     deleted: bool
@@ -740,15 +687,12 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
 
 
 class _FastReader(_EngineReader):
-    """The engines' chunk reader, checking that a local store is unchanged whenever it reads the store.
+    """The engines' chunk reader, checking that a local store is unchanged after every read of the store.
 
     Zarr reads a missing chunk as the fill value, so a store deleted after opening
     would read as all zeros, and a rewritten one would mix cached old chunks with
     new ones: one ``stat`` of the metadata document per read of the store (cache
-    misses only) turns both into errors. The engine reader only returns data; this
-    source decides what follows a read: every entry point that reads the store
-    (chunk fetches, region reads straight from tensorstore, a batch's region reads)
-    checks after the engine returns.
+    misses only) turns both into errors.
     """
 
     def __init__(
@@ -761,11 +705,7 @@ class _FastReader(_EngineReader):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(array, engine=engine, retry=retry)
-        self._metadata_file = metadata_file
-        self._opened = opened
-
-    def _check_exists(self) -> None:
-        _check_unchanged(self._metadata_file, self._opened)
+        self._check_exists = functools.partial(_check_unchanged, metadata_file, opened)
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Decode whole chunks, then check the store is still there."""
@@ -801,11 +741,7 @@ class _FastReader(_EngineReader):
 
 
 class _CheckedRegionReads:
-    """A batch's region reads, followed by the source's store check.
-
-    Wraps [`lazystack.sources.zarr.engines.RegionReads`][lazystack.sources.zarr.engines.RegionReads]: same
-    ``start()`` and ``results()``.
-    """
+    """A batch's [`RegionReads`][lazystack.sources.zarr.engines.RegionReads], then the source's store check."""
 
     def __init__(self, reads: RegionReads, check: Callable[[], None]) -> None:
         self._reads = reads
@@ -817,11 +753,6 @@ class _CheckedRegionReads:
     def results(self) -> Iterator[np.ndarray]:
         yield from self._reads.results()
         self._check()
-
-
-def _cause(exc: Exception) -> Exception | None:
-    """The cause to chain a translated read error to (none for a store change: the message says it all)."""
-    return None if isinstance(exc, _StoreChangedError) else exc
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -837,21 +768,7 @@ def _is_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _format_key(key: tuple[int | slice, ...]) -> str:
-    items = [f"{k.start}:{k.stop}" if isinstance(k, slice) else str(k) for k in key]
-    return "[" + ", ".join(items) + "]"
-
-
 # -- opening nodes ------------------------------------------------------------------------
-def _wrap_open_error(location: ZarrLocation, exc: Exception) -> Exception:
-    if isinstance(exc, (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError)):
-        return exc
-    msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
-    if _is_timeout(exc):
-        msg += " (the server did not answer in time)"
-    return SourceReadError(msg)
-
-
 def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.Array | zarr_lib.Group:
     """Open the array or group at ``location`` read-only (metadata only)."""
     import zarr as zarr_lib
@@ -861,8 +778,13 @@ def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.A
         return zarr_lib.open(store=store, path=location.path, mode="r")
     except FileNotFoundError as exc:  # zarr's NodeNotFoundError derives from it
         raise _not_found(location, store) from exc
+    except (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError):
+        raise
     except Exception as exc:
-        raise _wrap_open_error(location, exc) from exc
+        msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
+        if _is_timeout(exc):
+            msg += " (the server did not answer in time)"
+        raise SourceReadError(msg) from exc
 
 
 def _open_array(location: ZarrLocation) -> zarr_lib.Array:
@@ -952,21 +874,13 @@ def _ngff(attrs: Mapping[str, Any]) -> tuple[list[Any], Mapping[str, Any], str]:
     return [], attrs, ""
 
 
-def _scale_of(transforms: Any, ndim: int) -> list[float] | None:
+def _transform_of(transforms: Any, ndim: int, kind: str = "scale") -> list[float] | None:
+    """The values of the first ``kind`` (``scale`` or ``translation``) transformation with ``ndim`` of them."""
     for t in transforms or []:
-        if isinstance(t, Mapping) and t.get("type") == "scale" and "scale" in t:
-            scale = [float(s) for s in t["scale"]]
-            if len(scale) == ndim:
-                return scale
-    return None
-
-
-def _translation_of(transforms: Any, ndim: int) -> list[float] | None:
-    for t in transforms or []:
-        if isinstance(t, Mapping) and t.get("type") == "translation" and "translation" in t:
-            tr = [float(s) for s in t["translation"]]
-            if len(tr) == ndim:
-                return tr
+        if isinstance(t, Mapping) and t.get("type") == kind and kind in t:
+            values = [float(s) for s in t[kind]]
+            if len(values) == ndim:
+                return values
     return None
 
 
@@ -1077,7 +991,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 axes_types=types,
                 units=units,
                 datasets=list(ms["datasets"]),
-                global_scale=_scale_of(ms.get("coordinateTransformations"), len(names)),
+                global_scale=_transform_of(ms.get("coordinateTransformations"), len(names)),
                 channel_names=channel_names,
                 name=ms.get("name"),
             )
@@ -1086,11 +1000,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
 
 
 def _level_source(
-    ms: _Multiscale,
-    level: int,
-    location: ZarrLocation,
-    array: zarr_lib.Array,
-    axes: str,
+    ms: _Multiscale, level: int, location: ZarrLocation, array: zarr_lib.Array, axes: str
 ) -> OpenedSource:
     ngff_axes = "".join(n.upper() for n in ms.axes_names)
     uri = location.uri()
@@ -1104,14 +1014,14 @@ def _level_source(
         msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
         raise SourceFormatError(msg)
     ds = ms.datasets[level]
-    scale = _scale_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    scale = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes))
     if scale is not None and ms.global_scale is not None:
         scale = [s * g for s, g in zip(scale, ms.global_scale, strict=True)]
     elif scale is None:
         scale = ms.global_scale
     sizes: dict[str, float] = {}
     translation: dict[str, float] = {}
-    tr = _translation_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    tr = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes), "translation")
     for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
         if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
@@ -1136,27 +1046,12 @@ def _level_source(
         attrs["units"] = dict(ms.units)
     if ms.name:
         attrs["multiscale_name"] = str(ms.name)
-    reader = _make_reader(location, array)
+    reader = ZarrArrayReader(location, array)
     return OpenedSource(reader=reader, source=uri, format="ome-zarr", axes=axes, coords=coords, attrs=attrs)
 
 
-def _make_reader(location: ZarrLocation, array: zarr_lib.Array) -> ZarrArrayReader:
-    kind = np.dtype(array.dtype).kind
-    if kind not in _NUMERIC_KINDS:
-        msg = (
-            f"Zarr array {location.uri()!r} has dtype {array.dtype}, which is not an image dtype; "
-            "accepted: bool, integer and floating-point arrays"
-        )
-        raise SourceFormatError(msg)
-    return ZarrArrayReader(location, array)
-
-
 def _image_levels(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> Iterator[OpenedSource]:
     import zarr as zarr_lib
 
@@ -1199,10 +1094,7 @@ def _find_level(location: ZarrLocation, store: Store) -> tuple[_Multiscale, int,
 
 # -- entry point ------------------------------------------------------------------------------
 def open_zarr(
-    path: Any,
-    axes: str,
-    storage_options: Mapping[str, Any] | None = None,
-    levels: tuple[int, ...] | None = None,
+    path: Any, axes: str, storage_options: Mapping[str, Any] | None = None, levels: tuple[int, ...] | None = None
 ) -> list[OpenedSource]:
     """Open a Zarr / OME-Zarr source: one [`OpenedSource`][OpenedSource] per stack.
 
@@ -1231,8 +1123,10 @@ def open_zarr(
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
         ``1`` ...; an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
-        ``field``); an array: itself. Level stacks carry ``attrs["level"]`` and
-        ``attrs["image_uri"]`` (the image group's URI).
+        ``field``); a label image or an image's ``labels`` group: the label images'
+        levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr
+        level keeps the metadata of the ancestor group listing it). Level stacks
+        carry ``attrs["level"]`` and ``attrs["image_uri"]`` (the image group's URI).
 
     Raises
     ------
@@ -1273,9 +1167,9 @@ def open_zarr(
     label_names = _ome_holder(attrs).get("labels")
     if isinstance(label_names, list) and label_names:
         return _labels(label_names, location, axes, store, levels)
-    if _plate_of(attrs) is not None:
+    if isinstance(_ome_holder(attrs).get("plate"), Mapping):
         return _plate_fields(node, location, axes, store, levels)
-    if _is_bioformats2raw(attrs):
+    if "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in _ome_holder(attrs):
         return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
     if not arrays:
@@ -1309,15 +1203,13 @@ def _labels(
     names: list[Any], location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """The level stacks of every label image listed by a ``labels`` group, in its order."""
-    import zarr as zarr_lib
-
     out: list[OpenedSource] = []
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip("/"):
             raise _bad_metadata(location.uri(), f"labels[{i}]", f"must name a label image, got {name!r}")
         child = location.child(f"{location.path}/{name.strip('/')}")
         node = _try_group(child, store)
-        if not isinstance(node, zarr_lib.Group) or not _ngff(node.attrs.asdict())[0]:
+        if node is None or not _ngff(node.attrs.asdict())[0]:
             msg = f"label {name!r} listed by {location.uri()!r} is not an OME-Zarr image at {child.uri()!r}"
             raise SourceNotFoundError(msg)
         found = list(_image_levels(node, child, axes, store, levels))
@@ -1326,17 +1218,8 @@ def _labels(
     return out
 
 
-def _plate_of(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    plate = _ome_holder(attrs).get("plate")
-    return plate if isinstance(plate, Mapping) else None
-
-
 def _plate_fields(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """Every (selected) level of every field of every well of an HCS plate, in the plate's well order.
 
@@ -1344,7 +1227,7 @@ def _plate_fields(
     (index in the well); its source URI is ``<plate>/<row>/<column>/<field>/<level path>``.
     """
     where = location.uri()
-    plate = _plate_of(group.attrs.asdict()) or {}
+    plate = _ome_holder(group.attrs.asdict())["plate"]
     wells = plate.get("wells")
     if not isinstance(wells, list) or not wells:
         raise _bad_metadata(
@@ -1383,11 +1266,6 @@ def _plate_fields(
     return out
 
 
-def _is_bioformats2raw(attrs: Mapping[str, Any]) -> bool:
-    ome = attrs.get("ome")
-    return "bioformats2raw.layout" in attrs or (isinstance(ome, Mapping) and "bioformats2raw.layout" in ome)
-
-
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
     """Names of the numbered image groups of a bioformats2raw layout, in numeric order."""
     try:
@@ -1400,11 +1278,7 @@ def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) ->
 
 
 def _layout_images(
-    group: zarr_lib.Group,
-    location: ZarrLocation,
-    axes: str,
-    store: Store,
-    levels: tuple[int, ...] | None = None,
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
 ) -> list[OpenedSource]:
     """Every level of every image of a ``bioformats2raw.layout`` group (image 0's levels first)."""
     out: list[OpenedSource] = []
@@ -1438,6 +1312,6 @@ def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[t
 
 
 def _plain_source(location: ZarrLocation, array: zarr_lib.Array, axes: str) -> OpenedSource:
-    reader = _make_reader(location, array)
+    reader = ZarrArrayReader(location, array)
     attrs = {"zarr_format": reader.zarr_format}
     return OpenedSource(reader=reader, source=location.uri(), format="zarr", axes=axes, attrs=attrs)

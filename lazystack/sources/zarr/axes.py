@@ -8,6 +8,7 @@ from typing import Any
 
 from ...core.axes import VALID_AXES, axes_or_none
 from ...core.errors import SourceFormatError, SourceNotFoundError
+from . import _ngff, _ome_holder, _try_group, parse_zarr_source
 
 __all__ = ["propose_axes"]
 
@@ -41,8 +42,6 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
     """
     import zarr
 
-    from . import parse_zarr_source
-
     text = os.fspath(source)
     location = parse_zarr_source(text, dict(storage_options or {}))
     store = location.open_store()
@@ -58,7 +57,7 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
         declared = _multiscale_axes(node.attrs)
         if declared is not None:
             return declared
-        first = _first_image(node)  # a plate or a bioformats2raw collection: the axes of its first image
+        first = _first_image(node)  # a plate or a bioformats2raw collection: its first image's axes
         if first is not None:
             return _multiscale_axes(first.attrs)
         proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
@@ -66,11 +65,8 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
     # an array: the multiscales of the nearest ancestor group that has them, else its own dimension names
     parts = location.path.strip("/").split("/") if location.path else []
     for depth in range(len(parts) - 1, -1, -1):
-        try:
-            group = zarr.open_group(store=store, path="/".join(parts[:depth]), mode="r")
-        except Exception:  # not a group: look further up
-            continue
-        declared = _multiscale_axes(group.attrs)
+        group = _try_group(location.child("/".join(parts[:depth])), store)
+        declared = None if group is None else _multiscale_axes(group.attrs)
         if declared is not None:
             return declared
     return _array_dim_axes(node)
@@ -89,8 +85,7 @@ def _ngff_letter(axis: Any) -> str | None:
 
 
 def _multiscale_axes(attrs: Any) -> str | None:
-    ome = attrs.get("ome") if hasattr(attrs, "get") else None
-    multiscales = (ome or {}).get("multiscales") or attrs.get("multiscales")
+    multiscales = _ngff(attrs)[0]
     if not multiscales:
         return None
     axes = multiscales[0].get("axes")
@@ -113,13 +108,12 @@ def _array_dim_axes(array: Any) -> str | None:
 
 def _first_image(group: Any) -> Any:
     """The first image of a plate (first well, first field), a bioformats2raw layout or a labels group, or None."""
-    holder = group.attrs.get("ome") if isinstance(group.attrs.get("ome"), dict) else group.attrs
+    holder = _ome_holder(group.attrs)
     try:
         plate = holder.get("plate")
         if isinstance(plate, dict):
             well = group[str(plate["wells"][0]["path"]).strip("/")]
-            well_holder = well.attrs.get("ome") if isinstance(well.attrs.get("ome"), dict) else well.attrs
-            return well[str(well_holder["well"]["images"][0]["path"]).strip("/")]
+            return well[str(_ome_holder(well.attrs)["well"]["images"][0]["path"]).strip("/")]
         if "bioformats2raw.layout" in holder:
             return group["0"]
         labels = holder.get("labels")

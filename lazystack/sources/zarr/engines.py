@@ -3,36 +3,24 @@
 An *engine* decodes whole chunks of one zarr array (opened read-only):
 
 ``direct``
-    the stored bytes of each chunk, read through the store's public API
-    (one ``pread`` of a local store's chunk file, the store's byte-range
-    ``get`` otherwise, every request of a fetch at once), decoded with the
-    numcodecs codecs the array's metadata names: no event loop for a local
-    store, no indexer or codec-pipeline machinery. Sharded arrays are read
-    per *inner* chunk through the shard index the Zarr v3 specification
-    defines (read once per shard and remembered). Available for regular-grid
-    arrays with ``transpose`` / ``bytes`` / numcodecs bytes-to-bytes codecs
-    (zarr v3) or numcodecs compressors and filters (zarr v2).
+    each chunk's stored bytes through the store's public API (one ``pread``
+    of a local chunk file, byte-range ``get`` otherwise, a fetch's requests
+    at once), decoded with the numcodecs codecs the metadata names; sharded
+    arrays per inner chunk through the shard index of the Zarr v3 spec.
 ``tensorstore``
-    Google's tensorstore (the optional ``tensorstore`` extra) opened on the
-    same store with its ``zarr`` / ``zarr3`` driver over the ``file`` or
-    ``http`` key-value store. Available when tensorstore is installed, the
-    store is local or HTTP(S), and tensorstore accepts the array's metadata.
+    tensorstore's ``zarr`` / ``zarr3`` driver on the same local or HTTP store
+    (the optional ``tensorstore`` extra).
 ``zarr``
-    plain ``array[region]`` through zarr-python, chunk by chunk: always
-    correct, slowest.
+    ``array[region]`` through zarr-python, chunk by chunk: always correct, slowest.
 
-``auto`` (the default) uses [`AutoEngine`][AutoEngine] for a local array that both
-``direct`` and ``tensorstore`` can read (``direct`` for fetches of a few
-chunks, where its low overhead wins; tensorstore's parallel C++ decoding for
-many, and for region reads of many chunks when the chunk cache is off),
-else ``direct``, else ``tensorstore``, else ``zarr``; see ``benchmarks/``.
-Choose with ``LAZYSTACK_ZARR_ENGINE`` or [`set_zarr_engine()`][set_zarr_engine]; every
+``auto`` (the default) uses [`AutoEngine`][AutoEngine] for a local array both
+``direct`` and ``tensorstore`` read, else the first of ``direct``,
+``tensorstore``, ``zarr`` that can; see ``benchmarks/``. Choose with
+``LAZYSTACK_ZARR_ENGINE`` or [`set_zarr_engine()`][set_zarr_engine]; every
 engine returns identical arrays.
 
-[`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader] a
-Zarr back end wraps around a ``zarr.Array``: chunk cache, concurrent
-fetches, batched reads, and pickling as a recipe (the zarr array, which
-pickles as its store and metadata; engines are rebuilt per process).
+[`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader]
+over a ``zarr.Array``; it pickles as the array and rebuilds its engine per process.
 """
 
 from __future__ import annotations
@@ -85,7 +73,6 @@ ENGINES = ("auto", "direct", "tensorstore", "zarr")
 ENV_ZARR_ENGINE = "LAZYSTACK_ZARR_ENGINE"
 
 _AUTO_ORDER = ("direct", "tensorstore", "zarr")
-_AUTO_HYBRID = True  # "auto" mixes direct and tensorstore (see AutoEngine) when both can read an array
 #: ``auto``: fewest chunks of one fetch that go to tensorstore rather than the direct engine ...
 TENSORSTORE_MIN_CHUNKS = 2
 #: ... when chunks decode to at least this many bytes each (worth tensorstore's thread hand-off) ...
@@ -101,15 +88,12 @@ _LOOPS_HELD_AT_FORK: list[Any] = []
 
 
 def _hold_loops_before_fork() -> None:
-    """Keep zarr's and fsspec's event loops referenced while a child forks.
+    """Keep zarr's and fsspec's event loops (their public one-item ``loop`` / ``iothread`` lists) referenced while a
+    child forks.
 
-    A forked child shares the parent's epoll instance. zarr and fsspec drop
-    their loops in the child (their own at-fork resets); were the child to
-    collect such a loop, closing it would unregister the parent's self-pipe
-    and sockets from the shared epoll, and the parent's next remote read
-    would wait for its socket-read timeout. The child keeps them (unused)
-    for its lifetime; the parent lets go after the fork. Both modules
-    publish ``loop`` and ``iothread`` as one-item lists.
+    A forked child shares the parent's epoll instance; were it to collect a loop zarr or fsspec
+    dropped at fork, closing it would unregister the parent's sockets from that epoll, and the
+    parent's next remote read would wait for its timeout. The child keeps them, unused.
     """
     for name in ("zarr.core.sync", "fsspec.asyn"):
         module = sys.modules.get(name)
@@ -119,13 +103,10 @@ def _hold_loops_before_fork() -> None:
 
 
 def _freeze_inherited_objects_in_child() -> None:
-    """In a child forked after remote reads: exempt every inherited object from the cyclic collector.
+    """In a child forked after remote reads: ``gc.freeze()`` the inherited objects.
 
-    The parent's aiohttp sessions, connectors and transports sit in reference
-    cycles that point at the shared epoll instance; collecting one in the
-    child unregisters the parent's sockets. ``gc.freeze()`` (the standard
-    library's tool for forked children) leaves the inherited objects alone;
-    what the child creates itself is collected as usual.
+    The parent's aiohttp sessions and transports sit in cycles pointing at the shared epoll;
+    collecting one in the child would unregister the parent's sockets.
     """
     if _LOOPS_HELD_AT_FORK:
         import gc
@@ -194,17 +175,7 @@ def get_zarr_engine() -> str:
     return _check_engine(raw, f"{ENV_ZARR_ENGINE}") if raw else "auto"
 
 
-def _tensorstore() -> Any:
-    try:
-        import tensorstore as ts
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return ts
-
-
-# tensorstore's thread pools do not survive fork(): a child forked after its
-# parent used tensorstore can hang on its first read. Such a child uses the
-# direct engine instead (identical results).
+# tensorstore's thread pools do not survive fork() (a child can hang on its first read): such a child reads directly
 _TS_STARTED_IN: int | None = None
 
 
@@ -222,12 +193,9 @@ _HTTP_PID = [-1]  # the process that registered them: a forked child closes none
 def close_http_session_at_exit(fs: Any) -> None:
     """Close ``fs``'s aiohttp session when ``fs`` is collected or the interpreter exits (other file systems: nothing).
 
-    fsspec's HTTP file system registers no finalizer when it is asynchronous
-    (as zarr opens it), and aiohttp then warns "Unclosed client session".
-    The session is made here, on zarr's event loop where every read of the
-    store runs (``HTTPFileSystem.set_session()``, public), and closed with
-    ``aiohttp.ClientSession.close()`` on that loop. Called for every store
-    the Zarr source opens and every remote store the direct engine reads.
+    fsspec's asynchronous HTTP file system (as zarr opens it) registers no finalizer, and aiohttp
+    warns "Unclosed client session". The session is made here on zarr's event loop, where every
+    read of the store runs (``HTTPFileSystem.set_session()``), and closed on that loop.
 
     Parameters
     ----------
@@ -286,12 +254,7 @@ def _close_http_sessions() -> None:
 
 # -- engines ----------------------------------------------------------------------------------
 class ZarrEngine(ABC):
-    """Decodes whole chunks of one zarr array.
-
-    Parameters
-    ----------
-    array : zarr.Array
-        The array (opened read-only).
+    """Decodes whole chunks of one zarr array (opened read-only).
 
     Attributes
     ----------
@@ -323,22 +286,14 @@ class ZarrEngine(ABC):
         """Decode one chunk (default: [`fetch()`][fetch] of one index)."""
         return self.fetch([idx])[idx]
 
-    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region straight through the engine (no cache). Default: ``array[region]``."""
-        return np.asarray(self.array[region])
-
 
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
 
-    zarr-python hands blosc frames to c-blosc unchecked, and c-blosc decodes
-    a chunk cut short into whatever lies past its buffer (silently wrong,
-    and different from run to run). When blosc is the outermost codec of a
-    local array, each chunk's stored bytes are therefore read first and
-    their frame checked ([`check_blosc_frame()`][check_blosc_frame]): a second read, from the
-    page cache, for a correct error. Remote arrays are not checked (that
-    would double the requests): there the default engines, which decode the
-    bytes they fetched, are the safe choice.
+    zarr-python hands blosc frames to c-blosc unchecked, which decodes a chunk cut short into
+    whatever lies past its buffer. When blosc is the outermost codec of a local array, each chunk's
+    stored bytes are read first and checked ([`check_blosc_frame()`][check_blosc_frame]): a second
+    read, from the page cache. Remote arrays are not checked (it would double the requests).
     """
 
     name = "zarr"
@@ -346,7 +301,7 @@ class ZarrPythonEngine(ZarrEngine):
     def __init__(self, array: Any) -> None:
         super().__init__(array)
         self._frames: DirectEngine | None = None
-        if _outer_codec_is_blosc(array):
+        if array.compressors and _is_blosc(array.compressors[-1]):  # the stored bytes are a blosc frame
             try:
                 frames = DirectEngine(array)
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
@@ -367,15 +322,6 @@ class ZarrPythonEngine(ZarrEngine):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode chunks with ``array[region]`` (concurrently when several)."""
         return fetch_concurrently(indices, self._one)
-
-
-def _outer_codec_is_blosc(array: Any) -> bool:
-    """Whether the stored bytes of a chunk (an inner chunk when sharded) are a blosc frame."""
-    try:
-        compressors = array.compressors
-    except Exception:  # an array type without the property
-        return False
-    return bool(compressors) and _is_blosc(compressors[-1])
 
 
 def check_blosc_frame(raw: Any) -> None:
@@ -405,31 +351,21 @@ def _is_blosc(codec: Any) -> bool:
 
 
 def _pread_all(fd: int, offset: int, length: int) -> bytes:
-    """Read up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < length:
-        more = os.pread(fd, length - got, offset + got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file; one ``pread`` caps at 2 GiB)."""
+    parts = []
+    while length > 0 and (data := os.pread(fd, length, offset)):
+        parts.append(data)
+        offset, length = offset + len(data), length - len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _is_compressed(array: Any) -> bool:
-    """Whether a zarr array's chunks go through compressors or filters (True when it cannot tell)."""
-    try:
-        return bool(array.compressors or array.filters)
-    except Exception:  # an array type without these properties: assume the decode is work
-        return True
+    """Whether a zarr array's chunks go through compressors or filters."""
+    return bool(array.compressors or array.filters)
 
 
-def _format_region(region: tuple[slice, ...]) -> str:
-    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+def _format_region(region: tuple[int | slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in region) + "]"
 
 
 def _checked_decode(codec: Any) -> Callable[[Any], Any]:
@@ -449,15 +385,9 @@ def _unsupported(what: str) -> NotImplementedError:
 
 
 def _bytes_decoder(codec: Any) -> Callable[[Any], Any]:
-    """The numcodecs decode of a zarr v3 bytes-to-bytes codec (the same numcodecs codec zarr runs).
+    """The numcodecs decode of a zarr v3 bytes-to-bytes codec (NotImplementedError for other kinds).
 
-    Decoding needs none of the codec's parameters (a zstd, blosc or gzip frame
-    describes itself), so a plain numcodecs codec of the same kind decodes it.
-
-    Raises
-    ------
-    NotImplementedError
-        For a codec of another kind.
+    Decoding needs none of the codec's parameters (a zstd, blosc or gzip frame describes itself).
     """
     import numcodecs
     from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
@@ -494,14 +424,9 @@ def _to_array(x: Any, dtype: np.dtype[Any]) -> np.ndarray:
 class _ChunkDecoder:
     """Decodes the stored bytes of one chunk into an array of the chunk's shape.
 
-    Built from the array's public codec description: zarr v3 ``transpose`` +
-    ``bytes`` + bytes-to-bytes codecs (decoded with numcodecs, as zarr does),
-    zarr v2 compressor + filters (numcodecs codecs themselves).
-
-    Raises
-    ------
-    NotImplementedError
-        For codecs it does not know (the engine then is not used: ``auto`` falls back).
+    Built from the array's public codecs: zarr v3 ``transpose`` + ``bytes`` + bytes-to-bytes codecs
+    (decoded with numcodecs, as zarr does), or a zarr v2 compressor + filters. NotImplementedError
+    for others (``auto`` then falls back).
     """
 
     def __init__(
@@ -572,25 +497,16 @@ class _ChunkDecoder:
 
 
 class _ShardIndex:
-    """The layout of a shard index as the Zarr v3 sharding specification defines it.
-
-    An array of ``chunks_per_shard + (2,)`` unsigned 64-bit (offset, length)
-    pairs, encoded with the ``index_codecs`` (``bytes``, optionally followed by
-    ``crc32c``), at the start or the end of the shard; ``2**64 - 1`` twice marks
-    an inner chunk that is not stored.
-    """
+    """A shard index as the Zarr v3 sharding spec defines it: ``chunks_per_shard + (2,)`` uint64 (offset, length)
+    pairs in ``bytes`` (+ ``crc32c``) at the shard's start or end; ``2**64 - 1`` twice marks a missing chunk."""
 
     def __init__(self, sharding: Any, cps: tuple[int, ...]) -> None:
         from zarr.codecs import BytesCodec, Crc32cCodec
 
         codecs = list(sharding.index_codecs)
-        if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+        if [type(c) for c in codecs] not in ([BytesCodec], [BytesCodec, Crc32cCodec]):
             raise _unsupported(f"shard index codecs {codecs}")
-        self.crc = None
-        if len(codecs) == 2:
-            if not isinstance(codecs[1], Crc32cCodec):
-                raise _unsupported(f"shard index codecs {codecs}")
-            self.crc = _bytes_decoder(codecs[1])
+        self.crc = _bytes_decoder(codecs[1]) if len(codecs) == 2 else None
         endian = codecs[0].endian
         self.dtype = np.dtype("<u8" if endian is None or str(getattr(endian, "value", endian)) == "little" else ">u8")
         self.cps = cps
@@ -607,9 +523,8 @@ class _ShardIndex:
 class RetryPolicy:
     """How a remote chunk read retries a failed request (bounded, with exponential backoff).
 
-    Retried: answers with a status of 500 or more, and connections reset or
-    closed by the server. Never retried: timeouts (their bound is the
-    configured timeout), missing keys, other statuses.
+    Retried: statuses >= 500 and connections reset or closed by the server. Never retried:
+    timeouts (their bound is the configured timeout), missing keys, other statuses.
 
     Attributes
     ----------
@@ -659,16 +574,12 @@ def is_retryable(exc: BaseException) -> bool:
 class DirectEngine(ZarrEngine):
     """Read encoded chunks from the store and decode them with numcodecs, synchronously.
 
-    Uses only what zarr-python makes public: the array's metadata (codecs,
-    chunk grid, chunk key encoding, fill value), its store's byte-range
-    ``get`` (``get_sync`` where the store offers it), and, for sharded arrays,
-    the shard index layout of the Zarr v3 specification. A local store's
-    chunk is one ``pread`` of the file its key names (a ``LocalStore``'s
-    documented layout): ``LocalStore.get_sync`` measured 40-100 µs more per
-    chunk (a ``pathlib`` path, a buffered file, a zarr buffer), a third of a
-    cold 2D patch. Remote stores are read through ``store.get`` on zarr's
-    event-loop thread, all requests of a fetch at once, each retried as
-    [`RetryPolicy`][RetryPolicy] says.
+    Uses zarr's public metadata, the store's byte-range ``get`` (``get_sync``
+    where offered) and the Zarr v3 shard index layout. A local chunk is one
+    ``pread`` of the file its key names (a ``LocalStore``'s documented layout):
+    ``LocalStore.get_sync`` measured 40-100 µs more per chunk, a third of a
+    cold 2D patch. Remote requests of a fetch go out at once on zarr's
+    event-loop thread, each retried as [`RetryPolicy`][RetryPolicy] says.
 
     Parameters
     ----------
@@ -693,8 +604,7 @@ class DirectEngine(ZarrEngine):
         from zarr.core.buffer import default_buffer_prototype
         from zarr.storage import LocalStore
 
-        meta = array.metadata
-        self._meta = meta
+        self._meta = meta = array.metadata
         self._store = array.store
         self._prefix = str(array.path)
         self._prototype = default_buffer_prototype()
@@ -723,10 +633,8 @@ class DirectEngine(ZarrEngine):
                 if len(inner) != len(stored_chunks) or any(s % c for s, c in zip(stored_chunks, inner, strict=True)):
                     raise _unsupported(f"inner chunks {inner} do not divide shards {stored_chunks}")
                 self._sharding = ab
-                self._shard_shape = stored_chunks
                 self._cps = tuple(s // c for s, c in zip(stored_chunks, inner, strict=True))
                 self._index = _ShardIndex(ab, self._cps)
-                self._index_size = self._index.size
                 self._decoder = _ChunkDecoder.v3(list(ab.codecs), inner, self.dtype)
                 self.chunk_shape = inner
                 self._indexes: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
@@ -735,7 +643,6 @@ class DirectEngine(ZarrEngine):
                 self._decoder = _ChunkDecoder.v3(codecs, stored_chunks, self.dtype)
         fill = array.fill_value
         self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
-        self._spec_shape = self._decoder.shape
         self._local_root: str | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
@@ -769,28 +676,22 @@ class DirectEngine(ZarrEngine):
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
     ) -> bytes | None:
         assert self._local_root is not None
-        path = self._local_root + "/" + key
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = os.open(self._local_root + "/" + key, os.O_RDONLY)
+            try:
+                if byte_range is not None:
+                    start, stop = byte_range
+                else:
+                    size = os.fstat(fd).st_size
+                    start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
+                return _pread_all(fd, start, stop - start)
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
             return None
         except OSError as e:
             msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
             raise SourceReadError(msg) from e
-        try:
-            if byte_range is not None:
-                start, stop = byte_range
-            else:
-                size = os.fstat(fd).st_size
-                start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
-            return _pread_all(fd, start, stop - start)
-        except IsADirectoryError:
-            return None
-        except OSError as e:
-            msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
-            raise SourceReadError(msg) from e
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _byte_request(rng: tuple[int, int] | None, suffix: int | None) -> Any:
@@ -838,17 +739,12 @@ class DirectEngine(ZarrEngine):
             return [self._read_sync(*r) for r in requests]
         return self._read_remote(requests)
 
-    def _read_one(self, where: _Request) -> bytes | None:
-        if self._local_root is not None:
-            return self._read_local(*where)
-        return self._read_many([where])[0]
-
     # -- decoding ------------------------------------------------------------------------
     def _decode(self, data: bytes | None, idx: ChunkIndex) -> np.ndarray:
         if data is None:
             # a chunk that is not stored: its fill value, as a read-only broadcast view (no memory for
             # the declared chunk, however large; the chunk cache does not keep views bigger than itself)
-            return np.broadcast_to(self._fill, self._spec_shape)
+            return np.broadcast_to(self._fill, self._decoder.shape)
         try:
             return self._decoder(data)
         except Exception as e:
@@ -924,29 +820,20 @@ class DirectEngine(ZarrEngine):
     def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
         """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
         where = self._locate(idx, self._shards_of([idx]))
-        return None if where is None else self._read_one(where)
+        return None if where is None else self._read_many([where])[0]
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
         """Read and decode one chunk (a local store: one file read, no thread hand-off)."""
         if self._remote:
             return self.fetch([idx])[idx]
-        if self._sharding is None:
-            where: _Request | None = (self._key(idx), None, None)
-        else:
-            where = self._locate(idx, self._shards_of([idx]))
-        return self._decode(None if where is None else self._read_one(where), idx)
+        return self._decode(self.raw_chunk(idx), idx)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Read and decode chunks: local stores chunk by chunk, remote ones in one concurrent request batch."""
         indices = list(indices)
-        indexes = self._shards_of(indices)
         if not self._remote:
-
-            def one(idx: ChunkIndex) -> np.ndarray:
-                where = self._locate(idx, indexes)
-                return self._decode(None if where is None else self._read_one(where), idx)
-
-            return fetch_concurrently(indices, one)
+            return fetch_concurrently(indices, self.fetch_one)
+        indexes = self._shards_of(indices)
         wheres = [self._locate(idx, indexes) for idx in indices]
         reqs = [w for w in wheres if w is not None]
         got = iter(self._read_remote(reqs) if reqs else [])
@@ -957,12 +844,8 @@ class DirectEngine(ZarrEngine):
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
 
-    Raises
-    ------
-    MissingDependencyError
-        If tensorstore is not installed.
-    NotImplementedError
-        If the store is neither local nor HTTP(S), or tensorstore rejects the array.
+    Raises MissingDependencyError without tensorstore, NotImplementedError for a store neither local
+    nor HTTP(S) or an array tensorstore rejects.
     """
 
     name = "tensorstore"
@@ -972,10 +855,11 @@ class TensorstoreEngine(ZarrEngine):
         if _tensorstore_forked():
             msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
             raise NotImplementedError(msg)
-        ts = _tensorstore()
-        if ts is None:
+        try:
+            import tensorstore as ts
+        except ImportError:
             msg = "the tensorstore engine needs tensorstore: pip install 'lazystack[tensorstore]'"
-            raise MissingDependencyError(msg)
+            raise MissingDependencyError(msg) from None
         from zarr.storage import FsspecStore, LocalStore
 
         store = array.store
@@ -1020,33 +904,20 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"cannot read chunks {list(indices)[:4]}... of the zarr array at {self.location!r} (tensorstore): {e}"
             raise SourceReadError(msg) from e
 
-    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
-        """One tensorstore read of the region."""
-        return np.asarray(self._ts[region].read().result())
-
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
-        """Start a read of ``region`` in tensorstore's threads; its future, for [`take()`][take].
-
-        With ``as_float32`` tensorstore's threads also convert the values to
-        ``float32``. Whether that conversion is exact is the caller's call
-        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]): the engine does as
-        asked.
-        """
+        """Start a read of ``region`` in tensorstore's threads (``as_float32``: converted there, exact or not:
+        the caller's call); its future, for [`take()`][take]."""
         if as_float32:
             view = self._ts_float32
             if view is None:
-                view = self._ts_float32 = _tensorstore().cast(self._ts, "float32")
+                import tensorstore as ts
+
+                view = self._ts_float32 = ts.cast(self._ts, "float32")
             return view[region].read()
         return self._ts[region].read()
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
-        """The result of [`start_read()`][start_read] (waits for it).
-
-        Raises
-        ------
-        SourceReadError
-            If the read failed.
-        """
+        """The result of [`start_read()`][start_read] (waits for it; SourceReadError if the read failed)."""
         try:
             return np.asarray(future.result())
         except Exception as e:
@@ -1062,10 +933,8 @@ _FLOAT32 = np.dtype(np.float32)
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
-    Made by [`ZarrArrayReader.region_reads()`][ZarrArrayReader.region_reads]. Batched extraction
-    ([`lazystack.ops.batch`][lazystack.ops.batch]) starts a read as soon as it has planned a
-    request, so tensorstore decodes while Python plans the next requests and
-    cuts the patches already read.
+    Made by [`ZarrArrayReader.region_reads()`][ZarrArrayReader.region_reads]: tensorstore decodes
+    while batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) plans and cuts patches.
 
     Parameters
     ----------
@@ -1074,55 +943,39 @@ class RegionReads:
     dtype : numpy.dtype
         The array's dtype (results not converted come in it).
     float32 : bool
-        Whether a region started ``as_float32`` is converted to ``float32``
-        in tensorstore's threads: the caller's decision (the reader
-        contract's [`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
+        Whether a region started ``as_float32`` is converted in tensorstore's threads: the caller's
+        decision ([`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
     """
 
     def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], *, float32: bool) -> None:
         self._engine = engine
         self._dtype = dtype
         self._float32 = float32
-        self._started: list[tuple[tuple[slice, ...], Any, np.dtype[Any]]] = []
+        self._started: list[tuple[tuple[slice, ...], Any, bool]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
-        """Start reading ``region`` (normalised, not empty).
-
-        With ``as_float32`` (for a request whose patch is the region cast to
-        ``float32``) the result comes as a new ``float32`` array, converted
-        in tensorstore's threads, when the maker allowed it (``float32``);
-        else in the array's dtype, as without it.
-        """
+        """Start reading ``region`` (normalised, not empty); ``as_float32``: converted in tensorstore's threads
+        when the maker allowed it (``float32``), else in the array's dtype."""
         exact = as_float32 and self._float32
-        dtype = _FLOAT32 if exact else self._dtype
-        self._started.append((region, self._engine.start_read(region, as_float32=exact), dtype))
+        self._started.append((region, self._engine.start_read(region, as_float32=exact), exact))
 
     def results(self) -> Iterator[np.ndarray]:
-        """The started regions' data, in the order started (a failed read raises SourceReadError here).
-
-        Each is a new array, in the array's dtype or ``float32`` (see [`start()`][start]).
-        """
-        for region, future, dtype in self._started:
+        """The started regions' data as new arrays, in the order started (a failed read raises SourceReadError)."""
+        for region, future, exact in self._started:
             out = self._engine.take(region, future)
-            yield out if out.dtype == dtype else out.astype(dtype)
+            yield out if exact else out.astype(self._dtype, copy=False)
 
 
 class AutoEngine(ZarrEngine):
     """``auto`` for a local array both engines read: direct for little work, tensorstore for much.
 
-    The direct engine has the least overhead per call; tensorstore decodes
-    several chunks in parallel in its own (C++) threads, which Python threads
-    match only partly, but each of its reads costs a hand-off to those
-    threads. A fetch goes to tensorstore when it has at least
-    ``min_tensorstore`` chunks (default [`TENSORSTORE_MIN_CHUNKS`][TENSORSTORE_MIN_CHUNKS]) and
-    either each chunk decodes to at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]
-    or all of them to at least ``min_tensorstore_bytes`` (default
-    [`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]), and the array is compressed. Measured on
-    2 cores (``benchmarks/``): the six or so zstd 256 KiB chunks of a 3D
-    patch decode about as fast in tensorstore as directly in two Python
-    threads (each chunk dropped after its copy), 1.6x faster than in one;
-    the four 128 KiB chunks of a 2D patch faster directly; raw chunks
-    fastest directly in the calling thread.
+    The direct engine has the least overhead per call; tensorstore decodes chunks in parallel in
+    its C++ threads, at the cost of a hand-off per read. A fetch of a compressed array goes to
+    tensorstore with at least ``min_tensorstore`` chunks ([`TENSORSTORE_MIN_CHUNKS`][TENSORSTORE_MIN_CHUNKS])
+    of at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES] each, or of
+    ``min_tensorstore_bytes`` ([`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]) in all. Measured on
+    2 cores (``benchmarks/``): a 3D patch's six 256 KiB zstd chunks 1.6x faster in tensorstore than
+    in one Python thread; a 2D patch's four 128 KiB chunks, and raw chunks, faster directly.
     """
 
     name = "auto"
@@ -1161,13 +1014,9 @@ class AutoEngine(ZarrEngine):
     def prefers_tensorstore_for_batches(self) -> bool:
         """Whether a batch with the cache off reads its patches from tensorstore (else it decodes directly).
 
-        A batch decodes many chunks on all the cores either way, so only the
-        size of a chunk counts (not ``min_tensorstore`` nor
-        ``min_tensorstore_bytes``, which judge one fetch): compressed chunks
-        of at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores
-        (``benchmarks/``, 64 random patches): 256 KiB zstd chunks of 3D
-        patches 5-10 % faster in tensorstore; 128 KiB ones of 2D patches
-        5-10 % faster decoded directly.
+        A batch decodes on all the cores either way, so only chunk size counts: compressed chunks of
+        at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores (64
+        patches): 256 KiB zstd chunks (3D) 5-10 % faster in tensorstore, 128 KiB ones (2D) directly.
         """
         return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
@@ -1202,8 +1051,9 @@ def available_engines(array: Any) -> list[str]:
 
 
 def _construct(name: str, array: Any, retry: RetryPolicy | None) -> ZarrEngine:
-    cls = _ENGINE_CLASSES[name]
-    return DirectEngine(array, retry=retry) if cls is DirectEngine else cls(array)
+    if name in ("direct", "hybrid"):
+        return (DirectEngine if name == "direct" else AutoEngine)(array, retry=retry)
+    return _ENGINE_CLASSES[name](array)
 
 
 def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | None = None) -> ZarrEngine:
@@ -1214,11 +1064,9 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
     array : zarr.Array
         The array, opened read-only.
     name : str, optional
-        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine
-        named here that cannot read the array raises; the process-wide
-        setting (``name=None``) is a preference: arrays its engine cannot
-        read get ``"auto"``'s choice.
-
+        ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine named here that cannot
+        read the array raises; the process-wide setting (``name=None``) is a preference: arrays its
+        engine cannot read get ``"auto"``'s choice.
     retry : RetryPolicy, optional
         Retries of the direct engine's remote reads (default: [`RetryPolicy`][RetryPolicy]'s).
 
@@ -1245,17 +1093,12 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
             if name is not None:
                 raise
             # the process-wide setting is a preference: arrays it cannot read use "auto"
-    if _AUTO_HYBRID:
-        try:
-            return AutoEngine(array, retry=retry)
-        except (NotImplementedError, MissingDependencyError):
-            pass
-    for candidate in _AUTO_ORDER:
+    for candidate in ("hybrid", *_AUTO_ORDER[:-1]):
         try:
             return _construct(candidate, array, retry)
         except (NotImplementedError, MissingDependencyError):
             continue
-    return ZarrPythonEngine(array)  # pragma: no cover - "zarr" never refuses
+    return ZarrPythonEngine(array)  # "zarr" never refuses
 
 
 _MEMORY_STORES: dict[int, tuple[Any, int]] = {}
@@ -1316,10 +1159,8 @@ class ZarrArrayReader(ChunkedReader):
 
     Notes
     -----
-    Pickles as the zarr array (its store and metadata: no open handle, no
-    pixel data for file and remote stores); the engine is rebuilt lazily in
-    each process, so a reader used after ``fork`` never shares tensorstore
-    or event-loop state with its parent.
+    Pickles as the zarr array (store and metadata, no handle); the engine is rebuilt lazily in each
+    process, so a reader used after ``fork`` never shares tensorstore or event-loop state.
 
     Examples
     --------
@@ -1342,7 +1183,7 @@ class ZarrArrayReader(ChunkedReader):
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
         self._engine_lock = threading.Lock()
-        unit = _read_unit(array)
+        unit = tuple(int(c) for c in array.chunks)  # inner chunks when sharded
         from zarr.storage import LocalStore, MemoryStore
 
         # fixed for the array's lifetime: worked out once, not on every read
@@ -1392,26 +1233,30 @@ class ZarrArrayReader(ChunkedReader):
         """Decode one whole chunk with this process's engine."""
         return self.engine.fetch_one(idx)
 
-    def _region_engine(self, region: tuple[slice, ...]) -> TensorstoreEngine | None:
-        """The tensorstore engine that reads ``region`` whole (the cache off), or None: chunk by chunk."""
+    def _region_engine(self, region: tuple[slice, ...] | None) -> TensorstoreEngine | None:
+        """The tensorstore engine that reads ``region`` (None: a batch's regions) whole, or None: chunk by chunk.
+
+        Only with the chunk cache off. The ``auto`` engine judges one region by the chunks it touches
+        ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]), a batch by chunk size alone
+        ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]).
+        """
         cache = self.cache
         if cache is not None and cache.enabled:
             return None
         engine = self.engine
         if isinstance(engine, TensorstoreEngine):
-            ts: TensorstoreEngine | None = engine
-        elif isinstance(engine, AutoEngine) and engine.prefers_tensorstore(self.chunk_grid.n_touched(region)):
-            ts = engine.tensorstore
-        else:
-            return None
-        return ts
+            return engine
+        if isinstance(engine, AutoEngine) and (
+            engine.prefers_tensorstore_for_batches()
+            if region is None
+            else engine.prefers_tensorstore(self.chunk_grid.n_touched(region))
+        ):
+            return engine.tensorstore
+        return None
 
     def read_direct(self, region: tuple[slice, ...], *, as_float32: bool = False) -> np.ndarray | None:
-        """``region`` read whole by tensorstore, bypassing the chunk cache and [`fetch_chunks()`][fetch_chunks];
-        None when it is to be read chunk by chunk.
+        """``region`` read whole by tensorstore, bypassing the chunk cache; None when it is read chunk by chunk.
 
-        Only with the chunk cache off, and the ``tensorstore`` engine or the
-        ``auto`` engine over enough work ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]).
         A result that is not None *is* the information that a direct read
         happened: the caller decides what follows (the Zarr source checks
         that its store is unchanged).
@@ -1434,27 +1279,21 @@ class ZarrArrayReader(ChunkedReader):
             return None
         if 0 in (s.stop - s.start for s in region):
             return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
-        if as_float32:
-            return ts.take(region, ts.start_read(region, as_float32=True))
-        return ts.read_region(region).astype(self.dtype, copy=False)
+        out = ts.take(region, ts.start_read(region, as_float32=as_float32))
+        return out if as_float32 else out.astype(self.dtype, copy=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read a region: straight from tensorstore when the cache is off ([`read_direct()`][read_direct]), else
-        through the chunk cache."""
+        """Read a region: [`read_direct()`][read_direct] when it reads, else through the chunk cache."""
         out = self.read_direct(region)
         return ChunkedReader.read(self, region) if out is None else out
 
     def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` as a new ``float32`` array converted by tensorstore's threads, or None.
 
-        Only when tensorstore reads the region whole, as [`read_direct()`][read_direct]
-        does (the chunk cache off), and the reader contract allows the conversion
-        ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]: 8- and 16-bit integers,
-        float16/32): the patch then needs no cast and no copy in Python.
-        None otherwise: the caller reads with [`read()`][read] and casts.
-        Measured on 2 cores (``benchmarks/``): a cold 16x64x64 uint16 patch
-        over six zstd chunks 2-5 % faster (its cast and copy are about 40 µs
-        of 750).
+        Only when [`read_direct()`][read_direct] reads the region and the reader contract allows the
+        conversion ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]); None
+        otherwise: the caller reads with [`read()`][read] and casts. Measured on 2 cores (``benchmarks/``):
+        a cold 16x64x64 uint16 patch over six zstd chunks 2-5 % faster.
 
         Parameters
         ----------
@@ -1465,37 +1304,24 @@ class ZarrArrayReader(ChunkedReader):
         -------
         numpy.ndarray or None
         """
-        if not self._float32_exact:
+        if not self._float32_exact or 0 in (s.stop - s.start for s in region):
             return None
-        ts = self._region_engine(region)
-        if ts is None or 0 in (s.stop - s.start for s in region):
-            return None
-        return ts.take(region, ts.start_read(region, as_float32=True))
+        return self.read_direct(region, as_float32=True)
 
     def region_reads(self) -> RegionReads | None:
-        """Region reads straight from tensorstore, as [`read()`][read] makes one, for a batch; or None.
+        """Region reads straight from tensorstore for a batch (the chunk cache off), or None.
 
-        Only with the chunk cache off, and the ``tensorstore`` engine or the
-        ``auto`` engine over chunks big enough that tensorstore decodes them
-        faster ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]).
         Batched extraction ([`lazystack.ops.batch`][lazystack.ops.batch]) uses them: tensorstore
-        decodes in its own threads while the caller plans and cuts patches.
-        Otherwise a batch decodes each chunk once, directly, on all the cores.
-        Regions asked for as ``float32`` come converted when the reader
-        contract allows it ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]).
+        decodes in its own threads while the caller plans and cuts patches; otherwise a batch decodes
+        each chunk once, directly, on all the cores. Regions asked for as ``float32`` come converted when
+        the reader contract allows it ([`lazystack.io.reader.float32_is_exact`][lazystack.io.reader.float32_is_exact]).
 
         Returns
         -------
         RegionReads or None
             None when the regions are to be read chunk by chunk instead.
         """
-        cache = self.cache
-        if cache is not None and cache.enabled:
-            return None
-        engine = self.engine
-        ts = engine if isinstance(engine, TensorstoreEngine) else None
-        if isinstance(engine, AutoEngine) and engine.prefers_tensorstore_for_batches():
-            ts = engine.tensorstore
+        ts = self._region_engine(None)
         return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
 
     def close(self) -> None:
@@ -1504,17 +1330,10 @@ class ZarrArrayReader(ChunkedReader):
             self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_engine"] = None
-        state["_engine_pid"] = -1
+        state = {**self.__dict__, "_engine": None, "_engine_pid": -1}
         del state["_engine_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._engine_lock = threading.Lock()
-
-
-def _read_unit(array: Any) -> tuple[int, ...]:
-    """The chunk shape whole-chunk reads use: the inner chunks of a sharded array."""
-    return tuple(int(c) for c in array.chunks)
