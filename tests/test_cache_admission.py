@@ -36,7 +36,8 @@ def test_default_policies() -> None:
 def test_probation_ghost_and_main_lru_order() -> None:
     """Chunks read once wait on probation (oldest dropped first); re-used ones are kept in LRU order."""
     cache = ChunkCache(1000, policy="2q")  # probation: 250 bytes (two 100-byte chunks)
-    assert PROBATION_FRACTION == 0.25 and GHOST_FRACTION == 0.5
+    assert PROBATION_FRACTION == 0.25
+    assert GHOST_FRACTION == 0.5
     for i in range(5):
         cache.put(i, np.zeros(100, dtype=np.uint8))
         assert cache.nbytes == _held(cache) <= 1000
@@ -52,14 +53,17 @@ def test_probation_ghost_and_main_lru_order() -> None:
         cache.put(k, np.zeros(100, dtype=np.uint8))
         assert cache.get(k) is not None
         assert cache.nbytes == _held(cache) <= 1000
-    assert 1 not in cache and 3 in cache
-    assert list(cache._main) == [3, *range(10, 18)] and list(cache._probation) == [4]
+    assert 1 not in cache
+    assert 3 in cache
+    assert list(cache._main) == [3, *range(10, 18)]
+    assert list(cache._probation) == [4]
     s = cache.stats()
     assert (s.promotions, s.entries, s.nbytes, s.probation_nbytes) == (10, 10, 1000, 100)
     # the ghost list remembers at most GHOST_FRACTION of the bound
     for k in range(100, 120):
         cache.put(k, np.zeros(100, dtype=np.uint8))
-    assert sum(cache._ghost.values()) <= 500 and len(cache._ghost) == 5
+    assert sum(cache._ghost.values()) <= 500
+    assert len(cache._ghost) == 5
 
 
 def test_a_chunk_larger_than_the_probation_bound_is_kept_until_the_next_one() -> None:
@@ -69,9 +73,11 @@ def test_a_chunk_larger_than_the_probation_bound_is_kept_until_the_next_one() ->
     assert cache.get("a") is not None
     cache.put("b", np.zeros(300, dtype=np.uint8))
     cache.put("c", np.zeros(300, dtype=np.uint8))
-    assert list(cache._probation) == ["c"] and list(cache._main) == ["a"]
+    assert list(cache._probation) == ["c"]
+    assert list(cache._main) == ["a"]
     cache.put("d", np.zeros(500, dtype=np.uint8))  # 600 + 500 > 1000: the main part's LRU chunk goes
-    assert list(cache._probation) == ["d"] and not cache._main
+    assert list(cache._probation) == ["d"]
+    assert not cache._main
     assert cache.nbytes == _held(cache) == 500
 
 
@@ -82,8 +88,10 @@ def test_get_all_promotes_and_failed_get_all_moves_nothing() -> None:
     assert cache.get_all([0, 7]) is None
     assert (list(cache._probation), cache.hits, cache.misses) == ([0, 1], 0, 0)
     found = cache.get_all([1, 0])
-    assert found is not None and [int(a[0]) for a in found] == [1, 0]
-    assert list(cache._main) == [1, 0] and not cache._probation
+    assert found is not None
+    assert [int(a[0]) for a in found] == [1, 0]
+    assert list(cache._main) == [1, 0]
+    assert not cache._probation
 
 
 def test_resize_and_clear_forget_the_ghosts() -> None:
@@ -92,7 +100,8 @@ def test_resize_and_clear_forget_the_ghosts() -> None:
         cache.put(i, np.zeros(100, dtype=np.uint8))
     assert len(cache._ghost) == 5
     cache.resize(400)  # probation 100 bytes, ghosts 200
-    assert cache.nbytes == _held(cache) == 100 and len(cache._ghost) == 2
+    assert cache.nbytes == _held(cache) == 100
+    assert len(cache._ghost) == 2
     cache.clear()
     assert (len(cache), cache.nbytes, len(cache._ghost)) == (0, 0, 0)
     cache.resize(0)
@@ -204,7 +213,8 @@ def test_uniform_random_patches_do_not_fill_the_cache_for_nothing() -> None:
     # the price: while LRU fills, it hits more (62 against 21 of 592 look-ups here); 2Q's main part grows
     # by the chunks read again, so over a long run both approach bound / data size
     assert 0 < qs.hits < ls.hits
-    assert q_reader.decodes == qs.misses and lru_reader.decodes == ls.misses
+    assert q_reader.decodes == qs.misses
+    assert lru_reader.decodes == ls.misses
 
 
 def test_overlapping_tiles_and_repeated_patches_keep_their_hits() -> None:
@@ -223,7 +233,8 @@ def test_overlapping_tiles_and_repeated_patches_keep_their_hits() -> None:
         stack.extract_patch(10, None, (100, 100), (48, 48))
         stack.extract_patch(10, None, (100, 100), (48, 48))  # the same patch again: all hits
         after = cache.stats()
-        assert after.misses == before.misses + 4 and after.hits == before.hits + 4
+        assert after.misses == before.misses + 4
+        assert after.hits == before.hits + 4
         counts[policy] = (after.hits, after.misses, reader.decodes)
     assert counts["2q"] == counts["lru"]
     assert counts["2q"][1] == 4 * 16 + 4  # every chunk of the four planes decoded once

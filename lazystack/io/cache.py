@@ -7,16 +7,16 @@ arrays, keyed by ``(reader token, chunk index)``; the token names the data
 (source, array path, modification time ...) so stacks of the same source
 share entries.
 
-Admission (2Q)
+Admission (2Q, the per-process cache's policy)
     A chunk read for the first time goes to a small *probation* FIFO
     ([`PROBATION_FRACTION`][PROBATION_FRACTION] of the bound). A chunk looked up again while
     on probation, or read again soon after it left probation (its key is
     still in a *ghost* list of recently dropped keys, which holds no data),
     moves to the *main* LRU part, which takes the rest of the bound. So
     uniform random patches over data much larger than the cache (each chunk
-    rarely re-read) keep about the probation's bytes, not the whole bound:
-    memory that would be filled, page by page, for a hit rate of
-    ``bound / data size``. Re-used chunks (the same or overlapping patches,
+    rarely re-read) hold the probation's bytes plus the chunks actually read
+    again, instead of filling the whole bound at once, page by page, for a
+    hit rate of about ``bound / data size``. Re-used chunks (the same or overlapping patches,
     tiles, neighbours, epochs over data that fits) still reach the main part
     and hit; the main part grows only as fast as chunks are re-read.
 
@@ -162,7 +162,7 @@ class CacheStats:
 
 
 class ChunkCache:
-    """A thread-safe, scan-resistant (2Q) cache of decoded chunks bounded in bytes.
+    """A thread-safe cache of decoded chunks bounded in bytes: LRU, or scan-resistant (2Q).
 
     Parameters
     ----------
