@@ -23,7 +23,7 @@ from lazystack.io.cache import (
 
 
 def _held(cache: ChunkCache) -> int:
-    return sum(a.nbytes for a in cache._data.values())
+    return sum(a.nbytes for a in [*cache._main.values(), *cache._probation.values()])
 
 
 def test_put_get_roundtrip_is_read_only_and_not_copied() -> None:
@@ -48,7 +48,7 @@ def test_byte_bound_is_respected_and_lru_order() -> None:
         cache.put(i, np.zeros(300, dtype=np.uint8))
         assert cache.nbytes <= 1000
         assert cache.nbytes == _held(cache)
-    assert sorted(cache._data) == [2, 3, 4]
+    assert sorted(cache._main) == [2, 3, 4]
     assert cache.get(2) is not None  # 2 becomes most recent
     cache.put(5, np.zeros(300, dtype=np.uint8))
     assert 3 not in cache
@@ -63,12 +63,12 @@ def test_get_all_is_all_or_nothing() -> None:
         cache.put(i, np.full(300, i, dtype=np.uint8))
     assert cache.get_all([0, 7]) is None
     assert (cache.hits, cache.misses) == (0, 0)
-    assert list(cache._data) == [0, 1, 2]  # a failed look-up leaves the LRU order alone
+    assert list(cache._main) == [0, 1, 2]  # a failed look-up leaves the LRU order alone
     got = cache.get_all([1, 0])
     assert got is not None
     assert [int(a[0]) for a in got] == [1, 0]
     assert (cache.hits, cache.misses) == (2, 0)
-    assert list(cache._data) == [2, 1, 0]
+    assert list(cache._main) == [2, 1, 0]
     assert cache.get_all([]) == []
 
 
@@ -108,7 +108,7 @@ def test_resize_evicts_and_clear_resets() -> None:
         cache.put(i, np.zeros(256, dtype=np.uint8))
     cache.resize(512)
     assert cache.nbytes == 512
-    assert sorted(cache._data) == [2, 3]
+    assert sorted(cache._main) == [2, 3]
     cache.clear()
     assert (len(cache), cache.nbytes, cache.hits, cache.misses) == (0, 0, 0, 0)
     cache.resize(0)

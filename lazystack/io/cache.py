@@ -1,4 +1,4 @@
-"""A per-process, byte-bounded LRU cache of decoded chunks, shared by all stacks.
+"""A per-process, byte-bounded, scan-resistant cache of decoded chunks, shared by all stacks.
 
 Random patches that revisit a chunk (neighbouring patches, several epochs
 over a dataset that fits in the cache) then cost a memory copy instead of a
@@ -6,6 +6,19 @@ read and a decode. The cache holds *decoded* chunks as read-only numpy
 arrays, keyed by ``(reader token, chunk index)``; the token names the data
 (source, array path, modification time ...) so stacks of the same source
 share entries.
+
+Admission (2Q, the per-process cache's policy)
+    A chunk read for the first time goes to a small *probation* FIFO
+    ([`PROBATION_FRACTION`][PROBATION_FRACTION] of the bound). A chunk looked up again while
+    on probation, or read again soon after it left probation (its key is
+    still in a *ghost* list of recently dropped keys, which holds no data),
+    moves to the *main* LRU part, which takes the rest of the bound. So
+    uniform random patches over data much larger than the cache (each chunk
+    rarely re-read) hold the probation's bytes plus the chunks actually read
+    again, instead of filling the whole bound at once, page by page, for a
+    hit rate of about ``bound / data size``. Re-used chunks (the same or overlapping patches,
+    tiles, neighbours, epochs over data that fits) still reach the main part
+    and hit; the main part grows only as fast as chunks are re-read.
 
 Size
     ``LAZYSTACK_CHUNK_CACHE_BYTES`` (read when the module is imported) or
@@ -40,6 +53,8 @@ from .process import at_fork
 __all__ = [
     "DEFAULT_CHUNK_CACHE_BYTES",
     "ENV_CHUNK_CACHE_BYTES",
+    "GHOST_FRACTION",
+    "PROBATION_FRACTION",
     "CacheStats",
     "ChunkCache",
     "chunk_cache_size",
@@ -53,6 +68,15 @@ DEFAULT_CHUNK_CACHE_BYTES = 256 * 2**20
 
 #: Environment variable setting the size of the per-process chunk cache.
 ENV_CHUNK_CACHE_BYTES = "LAZYSTACK_CHUNK_CACHE_BYTES"
+
+#: Share of the bound held by chunks read once (the probation FIFO; 2Q's ``Kin``).
+PROBATION_FRACTION = 0.25
+
+#: Bytes of chunks whose keys the ghost list remembers after they leave probation, as a share of the bound.
+GHOST_FRACTION = 0.5
+
+#: At most this many keys in the ghost list (about 200 bytes each), whatever the chunk size.
+_GHOST_MAX_KEYS = 1 << 16
 
 
 def parse_size(value: int | str, what: str = "cache size") -> int:
@@ -120,6 +144,11 @@ class CacheStats:
         Bytes held now.
     max_bytes : int
         The bound.
+    promotions : int
+        Chunks moved from probation to the main part (looked up again while on
+        probation, or read again while their key was in the ghost list).
+    probation_nbytes : int
+        Bytes held now by chunks on probation (read once; part of ``nbytes``).
     """
 
     hits: int
@@ -128,22 +157,42 @@ class CacheStats:
     entries: int
     nbytes: int
     max_bytes: int
+    promotions: int = 0
+    probation_nbytes: int = 0
 
 
 class ChunkCache:
-    """A thread-safe LRU cache of decoded chunks bounded in bytes.
+    """A thread-safe cache of decoded chunks bounded in bytes: LRU, or scan-resistant (2Q).
 
     Parameters
     ----------
     max_bytes : int or str
         Bound on the bytes of the arrays held (``0`` disables the cache: ``put``
         keeps nothing). Strings take a unit (``"256MiB"``).
+    policy : {"lru", "2q"}, optional
+        ``"lru"`` (default): every chunk put is kept, least recently used
+        dropped first. ``"2q"``: scan-resistant admission (below); the
+        per-process chunk cache ([`get_chunk_cache()`][get_chunk_cache]) uses it.
+
+    Raises
+    ------
+    ValueError
+        For a ``max_bytes`` that is not a size, or an unknown ``policy``.
 
     Notes
     -----
     Arrays are stored read-only (a read-only view of the array given to
     [`put()`][put], no copy): a caller that needs to write must copy. A chunk
     larger than ``max_bytes`` is not stored.
+
+    ``"2q"`` admission: a new chunk goes to a probation FIFO of at most
+    [`PROBATION_FRACTION`][PROBATION_FRACTION] of ``max_bytes`` (its newest chunk is always
+    kept, so an immediate re-read hits); a chunk dropped from probation
+    leaves its key in a ghost list (no data, [`GHOST_FRACTION`][GHOST_FRACTION] of
+    ``max_bytes`` worth of keys). A look-up that finds a chunk on probation,
+    or a [`put()`][put] of a key in the ghost list, moves the chunk to the main
+    LRU part. Probation and main together hold at most ``max_bytes``; the
+    main part's least recently used chunks go first.
 
     Examples
     --------
@@ -156,16 +205,33 @@ class ChunkCache:
     64
     """
 
-    def __init__(self, max_bytes: int | str = DEFAULT_CHUNK_CACHE_BYTES) -> None:
+    def __init__(self, max_bytes: int | str = DEFAULT_CHUNK_CACHE_BYTES, *, policy: str = "lru") -> None:
+        if policy not in ("lru", "2q"):
+            msg = f"invalid cache policy {policy!r}: expected 'lru' or '2q'"
+            raise ValueError(msg)
         self._max_bytes = parse_size(max_bytes)
+        self._two_q = policy == "2q"
         self._lock = threading.Lock()
-        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._main: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # re-used chunks, least recent first
+        self._probation: OrderedDict[Hashable, np.ndarray] = OrderedDict()  # chunks read once, oldest first
+        self._ghost: OrderedDict[Hashable, int] = OrderedDict()  # keys dropped from probation -> their bytes
         self._nbytes = 0
+        self._probation_nbytes = 0
+        self._ghost_nbytes = 0
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        self._promotions = 0
 
     # -- state ------------------------------------------------------------------
+    @property
+    def policy(self) -> str:
+        """The admission policy: ``"lru"`` or ``"2q"``."""
+        return "2q" if self._two_q else "lru"
+
     @property
     def max_bytes(self) -> int:
         """The bound, in bytes (0: disabled)."""
@@ -194,33 +260,55 @@ class ChunkCache:
     def stats(self) -> CacheStats:
         """Return a consistent snapshot of the counters."""
         with self._lock:
-            return CacheStats(self._hits, self._misses, self._evictions, len(self._data), self._nbytes, self._max_bytes)
+            return CacheStats(
+                self._hits,
+                self._misses,
+                self._evictions,
+                len(self._main) + len(self._probation),
+                self._nbytes,
+                self._max_bytes,
+                self._promotions,
+                self._probation_nbytes,
+            )
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._main) + len(self._probation)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        return key in self._main or key in self._probation
 
     def __repr__(self) -> str:
         s = self.stats()
         return (
-            f"<ChunkCache {s.nbytes}/{s.max_bytes} bytes, {s.entries} chunks, "
-            f"{s.hits} hits, {s.misses} misses, {s.evictions} evictions>"
+            f"<ChunkCache {s.nbytes}/{s.max_bytes} bytes ({s.probation_nbytes} on probation), {s.entries} chunks, "
+            f"{s.hits} hits, {s.misses} misses, {s.evictions} evictions, {s.promotions} promotions>"
         )
 
     # -- operations ------------------------------------------------------------------
+    def _find_locked(self, key: Hashable) -> np.ndarray | None:
+        """The chunk under ``key`` (refreshed in the main part, or promoted from probation), or None."""
+        main = self._main
+        array = main.get(key)
+        if array is not None:
+            main.move_to_end(key)
+            return array
+        array = self._probation.pop(key, None)
+        if array is not None:  # re-used while on probation: into the main part (same bytes in all)
+            self._probation_nbytes -= int(array.nbytes)
+            main[key] = array
+            self._promotions += 1
+        return array
+
     def get(self, key: Hashable, *, count_miss: bool = True) -> np.ndarray | None:
         """Return the chunk stored under ``key`` (read-only) or None, and count a hit or a miss.
 
         ``count_miss=False`` leaves a miss uncounted (for a look-up that is retried).
         """
         with self._lock:
-            array = self._data.get(key)
+            array = self._find_locked(key)
             if array is None:
                 self._misses += count_miss
                 return None
-            self._data.move_to_end(key)
             self._hits += 1
             return array
 
@@ -229,33 +317,34 @@ class ChunkCache:
         out: list[np.ndarray | None] = []
         with self._lock:
             for key in keys:
-                array = self._data.get(key)
+                array = self._find_locked(key)
                 if array is None:
                     self._misses += 1
                 else:
-                    self._data.move_to_end(key)
                     self._hits += 1
                 out.append(array)
         return out
 
     def get_all(self, keys: list[Hashable]) -> list[np.ndarray] | None:
-        """Every chunk of ``keys`` (counted as hits), or None when any is missing (nothing counted or reordered).
+        """Every chunk of ``keys`` (counted as hits), or None when any is missing (nothing counted or moved).
 
         For a read served from memory alone: a caller that gets None reads
         through [`get_many()`][get_many] instead, which counts the misses.
         """
         with self._lock:
-            data = self._data
-            found = [data.get(key) for key in keys]
-            if any(array is None for array in found):
+            main, probation = self._main, self._probation
+            if not all(key in main or key in probation for key in keys):
                 return None
-            for key in keys:
-                data.move_to_end(key)
+            found = [self._find_locked(key) for key in keys]
             self._hits += len(keys)
         return found  # type: ignore[return-value]  # no None left
 
     def put(self, key: Hashable, array: Any) -> None:
-        """Store ``array`` under ``key`` (as a read-only view), evicting least recently used chunks.
+        """Store ``array`` under ``key`` (as a read-only view), evicting as the bound requires.
+
+        A key not held goes on probation, unless it is in the ghost list
+        (read again soon after it was dropped): then into the main part.
+        A key held is replaced where it is.
 
         Parameters
         ----------
@@ -272,25 +361,64 @@ class ChunkCache:
         with self._lock:
             if size > self._max_bytes:
                 return
-            old = self._data.pop(key, None)
+            old = self._main.pop(key, None)
             if old is not None:
                 self._nbytes -= int(old.nbytes)
-            self._data[key] = view
+                self._main[key] = view
+            else:
+                old = self._probation.pop(key, None)
+                if old is not None:
+                    self._nbytes -= int(old.nbytes)
+                    self._probation_nbytes -= int(old.nbytes)
+                    self._probation[key] = view
+                    self._probation_nbytes += size
+                elif not self._two_q:
+                    self._main[key] = view
+                elif key in self._ghost:  # read again soon after it left probation
+                    self._ghost_nbytes -= self._ghost.pop(key)
+                    self._main[key] = view
+                    self._promotions += 1
+                else:
+                    self._probation[key] = view
+                    self._probation_nbytes += size
             self._nbytes += size
             self._evict_locked()
 
+    def _drop_probation_locked(self) -> None:
+        """Drop the oldest chunk on probation, remembering its key in the ghost list."""
+        key, dropped = self._probation.popitem(last=False)
+        size = int(dropped.nbytes)
+        self._probation_nbytes -= size
+        self._nbytes -= size
+        self._evictions += 1
+        self._ghost[key] = size
+        self._ghost_nbytes += size
+        self._trim_ghost_locked()
+
+    def _trim_ghost_locked(self) -> None:
+        ghost = self._ghost
+        limit = int(self._max_bytes * GHOST_FRACTION)
+        while ghost and (self._ghost_nbytes > limit or len(ghost) > _GHOST_MAX_KEYS):
+            self._ghost_nbytes -= ghost.popitem(last=False)[1]
+
     def _evict_locked(self) -> None:
-        while self._nbytes > self._max_bytes and self._data:
-            _, dropped = self._data.popitem(last=False)
-            self._nbytes -= int(dropped.nbytes)
-            self._evictions += 1
+        probation_limit = int(self._max_bytes * PROBATION_FRACTION)
+        while self._probation_nbytes > probation_limit and len(self._probation) > 1:
+            self._drop_probation_locked()
+        while self._nbytes > self._max_bytes:
+            if self._main:
+                _, dropped = self._main.popitem(last=False)
+                self._nbytes -= int(dropped.nbytes)
+                self._evictions += 1
+            elif self._probation:
+                self._drop_probation_locked()
+            else:
+                break
 
     def clear(self) -> None:
-        """Drop every chunk and reset the counters."""
+        """Drop every chunk and remembered key, and reset the counters."""
         with self._lock:
-            self._data.clear()
-            self._nbytes = 0
-            self._hits = self._misses = self._evictions = 0
+            self._init_state()
 
     def resize(self, max_bytes: int | str) -> None:
         """Change the bound (evicting as needed); ``0`` disables and empties the cache."""
@@ -298,13 +426,12 @@ class ChunkCache:
         with self._lock:
             self._max_bytes = n
             self._evict_locked()
+            self._trim_ghost_locked()
 
     def _reset_after_fork(self) -> None:
         # The parent's lock may have been held by another thread at fork time.
         self._lock = threading.Lock()
-        self._data = OrderedDict()
-        self._nbytes = 0
-        self._hits = self._misses = self._evictions = 0
+        self._init_state()
 
 
 def _size_from_env() -> int:
@@ -314,11 +441,11 @@ def _size_from_env() -> int:
     return parse_size(raw, f"{ENV_CHUNK_CACHE_BYTES}={raw!r}: cache size")
 
 
-_CACHE = ChunkCache(_size_from_env())
+_CACHE = ChunkCache(_size_from_env(), policy="2q")
 
 
 def get_chunk_cache() -> ChunkCache:
-    """Return this process's chunk cache (shared by every stack and reader).
+    """Return this process's chunk cache (shared by every stack and reader; scan-resistant ``"2q"`` admission).
 
     Returns
     -------

@@ -77,8 +77,10 @@ __all__ = ["PatchRequest", "extract_patches"]
 PatchRequest = tuple[Any, int, Sequence[int] | None, Sequence[int], Sequence[int]]
 """``(stack, sample_idx, channels, coords, patch_size)``; the last four as for ``extract_patch``."""
 
-#: Default bound on the decoded bytes one group of a batch holds at once.
-DEFAULT_MAX_BATCH_BYTES = 512 * 2**20
+#: Default bound on the decoded bytes one source's share of a batch holds at once (16 MiB: a round of 64 chunks
+#: of 256 KiB still gives tensorstore's threads plenty to decode in parallel; a training batch of 32 3-D patches
+#: touches about 50 MiB of chunks, which held at once grew a DataLoader worker by as much).
+DEFAULT_MAX_BATCH_BYTES = 16 * 2**20
 
 _GROUP_POOL: ThreadPoolExecutor | None = None
 _GROUP_LOCK = threading.Lock()
@@ -435,6 +437,8 @@ class _Batch:
             views: dict[tuple[int, int], Any] = {}
             for i, _ in group:
                 self.extract(i, proxy, views)
+            # let go of this round's chunks before the next round is fetched (else two rounds are alive at once)
+            del proxy, views
 
 
 def extract_patches(
@@ -449,7 +453,8 @@ def extract_patches(
         last four as for [`extract_patch()`][lazystack.LazyImageStack.extract_patch].
     max_batch_bytes : int, optional
         Bound on the decoded chunk bytes held at once for one source
-        (default 512 MiB): a batch fetched in rounds takes several, a
+        (default 16 MiB; the chunks of one request are held together even
+        when they are more): a batch fetched in rounds takes several, a
         streamed one drops chunks early (a chunk dropped and needed again is
         read again, from the cache if it holds it). Region reads
         (tensorstore, cache off) hold no chunks and are not bounded by it.
