@@ -11,10 +11,13 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from typing import Any
+
+import numpy as np
 
 from ..core.errors import SourceReadError
 
-__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "split_source"]
+__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "mapping_of", "split_source"]
 
 _SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
@@ -29,7 +32,7 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
     Parameters
     ----------
     raw : mmap.mmap
-        The mapping (``np.memmap._mmap``).
+        The mapping (``mapping_of()`` of a ``np.memmap``).
     end : int
         Offset in the file just past the mapped data.
     what : str
@@ -44,6 +47,29 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
             f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
         )
         raise SourceReadError(msg)
+
+
+def mapping_of(array: Any) -> mmap.mmap | None:
+    """The ``mmap.mmap`` a memory-mapped numpy array (or a view of one) reads from, else None.
+
+    ``np.memmap`` builds its array on the ``mmap.mmap`` object, so the end of
+    the chain of ``ndarray.base`` (public) is that mapping; a view's chain
+    goes through the arrays it was taken from.
+
+    Parameters
+    ----------
+    array : Any
+        Any object (``np.memmap``, ``np.load(..., mmap_mode="r")`` or a view of one).
+
+    Returns
+    -------
+    mmap.mmap or None
+        The mapping, or None for an array that is not backed by one.
+    """
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def file_stamp(st: os.stat_result) -> tuple[int, int, int]:

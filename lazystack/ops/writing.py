@@ -60,10 +60,24 @@ live process with that id and start time). Partial folders it cannot prove
 stale (another host, a live writer, no marker) are left alone and reported
 with a [`PartialOutputWarning`][PartialOutputWarning] (``lazystack convert`` prints it);
 [`stale_partial_outputs()`][stale_partial_outputs] lists them.
+
+With ``overwrite=True`` the previous store is first moved aside into a
+hidden ``.out.zarr.old-<id>`` folder (it holds the store, as ``store``, and
+a writer marker), the new one is renamed to ``path``, and only then is the
+folder removed (its store first, its marker last). A writer killed between
+the two renames leaves no ``path``: the next write to ``path`` (or
+[`stale_partial_outputs()`][stale_partial_outputs]'s caller, by hand) finds the folder, and once its
+writer provably is gone moves the previous store back to ``path`` (so a
+later ``overwrite=False`` write refuses, as before the interrupted one) and
+removes the new, never-installed partial folder. A folder whose store
+already was replaced (killed while removing it) is removed. A rename that
+fails with an exception is rolled back at once; an error that leaves the
+previous store aside names the folder it is in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -418,11 +432,11 @@ def write_ome_zarr(
         raise ValueError(msg)
 
     final = _local_path(path)
+    _clean_partials(final)  # first: it may move back a store an interrupted overwrite had moved aside
     if final.exists() and not overwrite:
         msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"
         raise FileExistsError(msg)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_partials(final)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
 
     try:
@@ -477,17 +491,24 @@ class PartialOutput:
     Attributes
     ----------
     path : Path
-        The folder (``.name.zarr.partial-<id>`` beside the target).
+        The folder (``.name.zarr.partial-<id>`` or, for the previous store
+        an overwrite moved aside, ``.name.zarr.old-<id>``, beside the target).
     abandoned : bool
         True when its writer provably is gone: the marker names this host and
-        no live process has its id and start time. Only these are removed.
+        no live process has its id and start time. Only these are cleaned
+        up (an ``old`` folder's store is moved back to the target when the
+        target is missing, see the module documentation).
     reason : str
         Why it is (or is not) considered abandoned.
+    kind : str
+        ``"partial"`` (a new store being written) or ``"old"`` (the previous
+        store, moved aside by an overwrite).
     """
 
     path: Path
     abandoned: bool
     reason: str
+    kind: str = "partial"
 
 
 def _start_time(pid: int) -> str | None:
@@ -516,8 +537,27 @@ def _writer_marker() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "start_time": _start_time(pid)}
 
 
+def _marker_status(folder: Path) -> tuple[bool, str]:
+    """Whether the writer named by ``folder``'s marker provably is gone, and why (or why not)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        host, pid, started = str(marker["host"]), int(marker["pid"]), marker.get("start_time")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, "no readable writer marker (not written by this version?)"
+    if host != socket.gethostname():
+        return False, f"written from host {host!r}, cannot check its process"
+    if _alive(pid, started):
+        return False, f"its writer (process {pid}) is still running"
+    return True, f"its writer (process {pid} on this host) is gone"
+
+
+def _token(folder: Path) -> str:
+    """The ``<id>`` of a ``.name.partial-<id>`` / ``.name.old-<id>`` folder (shared by one write's two folders)."""
+    return folder.name.rsplit("-", 1)[-1]
+
+
 def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
-    """Hidden partial folders left beside ``path`` by earlier [`write_ome_zarr()`][write_ome_zarr] calls.
+    """Hidden folders left beside ``path`` by earlier [`write_ome_zarr()`][write_ome_zarr] calls.
 
     Parameters
     ----------
@@ -527,27 +567,35 @@ def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
     Returns
     -------
     list of PartialOutput
-        One per ``.name.partial-*`` folder, with whether its writer provably is gone.
+        One per ``.name.partial-*`` folder (a new store being written) and
+        per ``.name.old-*`` folder (the previous store, moved aside by an
+        overwrite), with whether its writer provably is gone.
     """
     final = _local_path(path)
     if not final.parent.is_dir():
         return []
     found = []
+    dead_overwrites = set()
+    for folder in sorted(final.parent.glob(f".{final.name}.old-*")):
+        if not folder.is_dir():
+            continue
+        abandoned, reason = _marker_status(folder)
+        if abandoned:
+            dead_overwrites.add(_token(folder))
+            if not (folder / OLD_STORE).is_dir():
+                reason += "; it holds no previous store"
+            elif final.exists():
+                reason += f"; {final.name} was replaced already, this is what is left of the previous one"
+            else:
+                reason += f"; it holds the previous {final.name}, interrupted before the new one was renamed in"
+        found.append(PartialOutput(folder, abandoned, reason, kind="old"))
     for folder in sorted(final.parent.glob(f".{final.name}.partial-*")):
         if not folder.is_dir():
             continue
-        try:
-            marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-            host, pid, started = str(marker["host"]), int(marker["pid"]), marker.get("start_time")
-        except (OSError, ValueError, KeyError, TypeError):
-            found.append(PartialOutput(folder, False, "no readable writer marker (not written by this version?)"))
-            continue
-        if host != socket.gethostname():
-            found.append(PartialOutput(folder, False, f"written from host {host!r}, cannot check its process"))
-        elif _alive(pid, started):
-            found.append(PartialOutput(folder, False, f"its writer (process {pid}) is still running"))
-        else:
-            found.append(PartialOutput(folder, True, f"its writer (process {pid} on this host) is gone"))
+        abandoned, reason = _marker_status(folder)
+        if not abandoned and _token(folder) in dead_overwrites and not (folder / MARKER).exists():
+            abandoned, reason = True, "the new store of an overwrite whose writer is gone (never renamed in)"
+        found.append(PartialOutput(folder, abandoned, reason))
     return found
 
 
@@ -576,32 +624,77 @@ def _compute_and_wait(stored: Any, progress: bool) -> None:
 
 
 def _clean_partials(final: Path) -> None:
-    """Remove the abandoned partial folders of ``final``; warn about the others."""
+    """Clean up the abandoned hidden folders of ``final`` (moving a previous store back); warn about the others."""
     for leftover in stale_partial_outputs(final):
-        if leftover.abandoned:
-            shutil.rmtree(leftover.path, ignore_errors=True)
-        else:
+        if not leftover.abandoned:
+            if leftover.kind == "old":
+                what, action = "previous store", f"its {OLD_STORE!r} folder, if any, is the previous {final.name}"
+            else:
+                what, action = "partial output", "delete it once no write is running"
             msg = (
-                f"left in place a hidden partial output of an earlier write to {str(final)!r}: "
-                f"{str(leftover.path)!r} ({leftover.reason}); delete it once no write is running"
+                f"left in place a hidden {what} of an earlier write to {str(final)!r}: "
+                f"{str(leftover.path)!r} ({leftover.reason}); {action}"
             )
             warnings.warn(msg, PartialOutputWarning, stacklevel=3)
+            continue
+        if leftover.kind == "old" and (leftover.path / OLD_STORE).is_dir() and not final.exists():
+            (leftover.path / OLD_STORE).rename(final)  # an error here leaves the folder as it was: nothing lost
+            msg = (
+                f"moved back the previous {str(final)!r} from {str(leftover.path)!r}: "
+                f"an overwrite of it was interrupted ({leftover.reason})"
+            )
+            warnings.warn(msg, PartialOutputWarning, stacklevel=3)
+        _remove_folder(leftover.path)
+
+
+#: Name of the previous store inside a ``.name.old-<id>`` folder.
+OLD_STORE = "store"
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove a hidden folder, its marker last (a removal cut short is still recognised); warn if it stays."""
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name != MARKER:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    if folder.is_dir() and {e.name for e in folder.iterdir()} <= {MARKER}:
+        with contextlib.suppress(OSError):
+            (folder / MARKER).unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    if folder.exists():
+        msg = f"could not remove {str(folder)!r} (a hidden folder of write_ome_zarr); delete it by hand"
+        warnings.warn(msg, PartialOutputWarning, stacklevel=4)
 
 
 def _replace(partial: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished store into place (the old one, if any, is removed only afterwards)."""
-    old = None
-    if final.exists():
-        if not overwrite:  # created meanwhile by someone else
-            msg = f"{str(final)!r} appeared during the write; pass overwrite=True to replace it"
-            raise FileExistsError(msg)
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
-        final.rename(old)
+    """Move the finished store into place (the old one, if any, is moved aside first and removed only afterwards)."""
+    if not final.exists():
+        partial.rename(final)
+        return
+    if not overwrite:  # created meanwhile by someone else
+        msg = f"{str(final)!r} appeared during the write; pass overwrite=True to replace it"
+        raise FileExistsError(msg)
+    aside = final.parent / f".{final.name}.old-{_token(partial)}"
+    aside.mkdir()
+    try:
+        (aside / MARKER).write_text(json.dumps(_writer_marker()), encoding="utf-8")
+        final.rename(aside / OLD_STORE)
+    except BaseException:
+        shutil.rmtree(aside, ignore_errors=True)  # holds no store: the previous one is still at ``final``
+        raise
     try:
         partial.rename(final)
-    except BaseException:
-        if old is not None:
-            old.rename(final)
+    except BaseException as exc:
+        try:
+            (aside / OLD_STORE).rename(final)
+        except BaseException as again:
+            note = f"the previous {str(final)!r} is kept in {str(aside / OLD_STORE)!r}: move it back by hand"
+            exc.add_note(f"{note} (moving it back failed: {again!r})")
+            raise exc from None
+        _remove_folder(aside)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _remove_folder(aside)

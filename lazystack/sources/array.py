@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..io.handles import check_mapped_size
+from ..io.handles import check_mapped_size, mapping_of
 from ..io.reader import Reader, ReaderCapabilities
 
 __all__ = ["MemmapReader", "as_reader", "propose_axes"]
@@ -75,7 +75,7 @@ class MemmapReader(Reader):
             pages would kill the interpreter with SIGBUS).
         """
         array = self.array
-        mapping = getattr(array, "_mmap", None)
+        mapping = mapping_of(array)
         if mapping is not None:
             check_mapped_size(mapping, self._end, f"memory-mapped file {self.filename!r}")
         return np.array(array[key])

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.cache import ChunkCache, parse_size
-from ..io.handles import check_mapped_size
+from ..io.handles import check_mapped_size, mapping_of
 from ..io.process import FileManager, at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
@@ -176,7 +176,7 @@ class _LazyHandle:
 
 def _check_memmap(array: np.memmap[Any, Any], path: str) -> None:
     """Raise SourceReadError when the file under ``array`` was truncated (reading it would SIGBUS)."""
-    raw = getattr(array, "_mmap", None)
+    raw = mapping_of(array)
     if raw is None:
         return
     offset = int(getattr(array, "offset", 0) or 0)

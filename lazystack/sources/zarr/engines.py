@@ -185,7 +185,8 @@ def _tensorstore_forked() -> bool:
 
 
 #: HTTP file systems (fsspec's, opened asynchronously by zarr) whose aiohttp session closes with them or at exit.
-_HTTP_FILESYSTEMS: weakref.WeakSet[Any] = weakref.WeakSet()
+# keyed by identity: fsspec file systems compare equal by their options (every default HTTP one is equal to another)
+_HTTP_FILESYSTEMS: dict[int, weakref.ref[Any]] = {}
 _SESSION_FINALIZERS: list[weakref.finalize[Any, Any]] = []
 _HTTP_PID = [-1]  # the process that registered them: a forked child closes none of its parent's sessions
 
@@ -214,7 +215,8 @@ def close_http_session_at_exit(fs: Any) -> None:
         _HTTP_FILESYSTEMS.clear()  # a forked child's registrations are its own
         _SESSION_FINALIZERS.clear()
         _HTTP_PID[0] = pid
-    if fs in _HTTP_FILESYSTEMS:
+    known = _HTTP_FILESYSTEMS.get(id(fs))
+    if known is not None and known() is fs:
         return
     from zarr.core.sync import sync
 
@@ -222,7 +224,9 @@ def close_http_session_at_exit(fs: Any) -> None:
         return await fs.set_session(), asyncio.get_running_loop()
 
     session, loop = sync(session_and_loop())
-    _HTTP_FILESYSTEMS.add(fs)
+    for key in [k for k, ref in _HTTP_FILESYSTEMS.items() if ref() is None]:
+        del _HTTP_FILESYSTEMS[key]
+    _HTTP_FILESYSTEMS[id(fs)] = weakref.ref(fs)
     _SESSION_FINALIZERS[:] = [f for f in _SESSION_FINALIZERS if f.alive]
     _SESSION_FINALIZERS.append(weakref.finalize(fs, _close_session, pid, loop, session))
 
