@@ -524,7 +524,7 @@ class RandomSampler(Sampler):
     stack, draw 1 the sample, draws 2... the corner in each spatial dim. It
     is the same function of ``(seed, epoch, i)`` whether one index or a
     thousand are computed (about 1.5 us per patch in batches of 32, against
-    about 45 us for a [`numpy.random.Generator`][numpy.random.Generator] per
+    about 45 us for a ``numpy.random.Generator`` per
     index), and the tests check its uniformity with chi-square tests.
 
     Before this hash (lazystack 0.1.0 as first released) each index drew
