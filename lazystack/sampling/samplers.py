@@ -527,9 +527,9 @@ class RandomSampler(Sampler):
     about 45 us for a ``numpy.random.Generator`` per
     index), and the tests check its uniformity with chi-square tests.
 
-    Before this hash (lazystack 0.1.0 as first released) each index drew
-    from ``numpy.random.default_rng([seed, epoch, index])``: the same seed
-    now gives other specs than then. A manifest written then replays
+    Earlier versions of lazystack drew each index from
+    ``numpy.random.default_rng([seed, epoch, index])``: the same seed now
+    gives other specs than they did. A manifest written by them replays
     unchanged, from the specs it stores.
 
     Examples
@@ -623,7 +623,7 @@ class RandomSampler(Sampler):
 
         The same as ``epoch_specs(epoch, [index])[0]``: draws from the
         counter-based hash of ``(seed, epoch, index)`` described in the
-        module docstring.
+        class notes.
         """
         i = self._check_index(index)
         first_valid, n_samples, extents = self._tables
