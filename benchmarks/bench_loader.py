@@ -21,10 +21,35 @@ batch, ``float32`` ``C(Z)YX`` items), only the reader swapped:
   ``tifffile.imread(path, aszarr=True)``, because tensorstore's ``tiff`` driver
   is experimental (uint8 only in its documentation) and refuses a multi-page
   file without a page specifier;
-* ``zarr-python`` (Zarr): ``zarr.Array`` slicing, one region per patch.
+* ``zarr-python`` (Zarr): ``zarr.Array`` slicing, one region per patch;
+* ``floor`` (Zarr): the decode floor, a reference line rather than a reader
+  to beat: for each patch, the files of exactly the chunks it touches are
+  read and decoded with zarr's codec (numcodecs ``Zstd``, what zarr's
+  ``ZstdCodec`` runs) and the overlaps copied into one ``float32`` patch,
+  the patches of a batch spread over a thread pool of ``os.cpu_count()``
+  threads; no cache, no chunk re-used, no other copy. It is about the best
+  any reader can do on uniform random patches without re-using chunks:
+  ``lazystack / floor`` and ``tensorstore / floor`` say how far each is from
+  it (a reader can beat it only by re-using chunks: a cache, chunk-local
+  sampling);
+* ``lazystack@baseline`` (``--baseline PATH``): ``lazystack`` imported from
+  another checkout (e.g. ``git worktree add --detach ../base main``), run
+  interleaved with the current code in the same rounds. It draws its own
+  specs with its own ``RandomSampler`` (the same distribution; a different
+  draw when the sampler changed between the two), and its first batch is
+  checked against the specs it reports.
+
+``--readers`` keeps some of them (``lazystack`` and the format's reference
+always run: the targets need them).
 
 Every reader sees the same specs (the parent's ``RandomSampler``, seed 11,
-one epoch per round). Configurations: 0 workers, 2 workers forked, 2 workers
+one epoch per round), ``lazystack@baseline`` excepted. Before each timed
+round, each reader's runner reads the files of the chunks its round touches
+(Zarr cells; ``--no-warm`` to skip), so that every reader finds them in the
+OS page cache: otherwise the reader that comes first in a round pays the
+disk reads for the others (an epoch read twice in a row ran at 490, then
+1,265 patches/s), and with three rounds in alternating order ``lazystack``
+came first in two of them. TIFF cells are not warmed. Configurations: 0 workers, 2 workers forked, 2 workers
 spawned (``--configs``). Each (cell, configuration, reader) runs in its own
 spawned runner process that stays alive over the rounds, so a reader never
 inherits another reader's threads, caches or memory; within a round the
@@ -41,7 +66,10 @@ batch; the value with the last batch is the peak). Then the issue's targets as
 ``PASS`` / ``MISS`` lines: lazystack >= 1.5x the reference's patches/s; p99 <=
 2x p50; spawn's first batch <= 3x fork's; ``import lazystack`` <= 1.5x
 ``import zarr, tifffile`` (``benchmarks.bench_import``: fresh interpreters,
-interleaved, median); peak RSS per worker <= its chunk-cache bound + 200 MiB.
+interleaved, median); peak RSS per worker <= its chunk-cache bound + 200 MiB
+(``lazystack@baseline`` gets no target lines, only ratios). Ratio lines
+follow each table: every ``lazystack*`` reader over every other reader,
+every reference over ``floor``, and ``lazystack`` over ``lazystack@baseline``.
 The first batch of every reader in every round is checked against numpy
 slicing of zarr-python's full-chunk read (Zarr) or of ``tifffile.imread`` of
 the touched pages (TIFF).
@@ -55,13 +83,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import shutil
 import statistics
+import sys
+import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +251,8 @@ class RegionDataset:
         return {**self.__dict__, "_array": None}
 
     def _open(self) -> Any:
+        if self.kind == "floor":
+            return _Floor(self.path)
         if self.kind == "tensorstore":
             import tensorstore as ts
 
@@ -244,12 +278,83 @@ class RegionDataset:
         for i in indices:
             sample, coords, size = self.specs[i]
             regions.append((sample, *(slice(c, c + s) for c, s in zip(coords, size, strict=True))))
+        if self.kind == "floor":
+            return [{"input": torch.from_numpy(a)} for a in self._array.read([self.specs[i] for i in indices])]
         if self.kind == "tensorstore":
             futures = [self._array[r].read() for r in regions]
             arrays = [f.result() for f in futures]
         else:
             arrays = [self._array[r] for r in regions]
         return [{"input": torch.from_numpy(a.astype(np.float32)[None])} for a in arrays]
+
+
+class _Floor:
+    """The decode floor of a Zarr v3 array (bytes + zstd codecs): each patch's touched chunks, read and decoded."""
+
+    def __init__(self, path: str) -> None:
+        import zarr
+        from numcodecs import Zstd
+
+        arr = zarr.open_array(path, mode="r")
+        meta = arr.metadata
+        names = [type(c).__name__ for c in getattr(meta, "codecs", ())]
+        if names != ["BytesCodec", "ZstdCodec"]:
+            msg = f"the floor reads Zarr v3 arrays with codecs [BytesCodec, ZstdCodec], {path!r} has {names}"
+            raise ValueError(msg)
+        self.path = path
+        self.meta = meta
+        self.chunks = tuple(int(n) for n in arr.chunks)
+        self.dtype = np.dtype(arr.dtype).newbyteorder("<")
+        self.codec = Zstd()
+        self.pool = ThreadPoolExecutor(os.cpu_count() or 1)
+
+    def read(self, specs: list[Any]) -> list[np.ndarray]:
+        """The ``float32`` ``1(Z)YX`` patches of ``(sample, coords, size)`` specs, one thread task per patch."""
+        return list(self.pool.map(self._patch, specs))
+
+    def _patch(self, spec: Any) -> np.ndarray:
+        sample, coords, size = spec
+        out = np.empty((1, *size), np.float32)
+        spatial = self.chunks[1:]
+        ranges = [range(c // n, (c + s - 1) // n + 1) for c, s, n in zip(coords, size, spatial, strict=True)]
+        for idx in itertools.product(*ranges):
+            key = self.meta.encode_chunk_key((sample // self.chunks[0], *idx))
+            with open(os.path.join(self.path, key), "rb") as f:
+                raw = f.read()
+            chunk = np.frombuffer(self.codec.decode(raw), self.dtype).reshape(self.chunks)[sample % self.chunks[0]]
+            dst, src = [], []
+            for i, c, s, n in zip(idx, coords, size, spatial, strict=True):
+                lo, hi = max(c, i * n), min(c + s, (i + 1) * n)
+                dst.append(slice(lo - c, hi - c))
+                src.append(slice(lo - i * n, hi - i * n))
+            out[(0, *dst)] = chunk[tuple(src)]  # the one copy, converting to float32
+        return out
+
+
+def warm_page_cache(path: str, specs: list[Any]) -> int:
+    """Read the files of the chunks a Zarr v3 array's specs touch (into the OS page cache); their bytes.
+
+    Run by each reader's runner before each timed round, for the specs that
+    reader will read: a chunk file not read for a while costs a disk read,
+    and without this the reader that comes first in a round pays it for the
+    readers after it (measured: an epoch read twice in a row ran at 490
+    then 1,265 patches/s).
+    """
+    meta = json.loads((Path(path) / "zarr.json").read_text())
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    encoding = meta.get("chunk_key_encoding", {"name": "default"})
+    sep = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
+    prefix = "c" + sep if encoding["name"] == "default" else ""
+    done, total = set(), 0
+    for sample, coords, size in specs:
+        ranges = [range(c // n, (c + k - 1) // n + 1) for c, k, n in zip(coords, size, chunks[1:], strict=True)]
+        for idx in itertools.product(*ranges):
+            key = prefix + sep.join(str(i) for i in (sample // chunks[0], *idx))
+            if key not in done:
+                done.add(key)
+                with contextlib.suppress(FileNotFoundError), open(os.path.join(path, key), "rb") as f:
+                    total += len(f.read())
+    return total
 
 
 def _status_kib(field: str) -> int:
@@ -290,8 +395,12 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
         from torch.utils.data import DataLoader
 
         torch.set_num_threads(1)
+        if cfg.get("lazystack_path"):  # lazystack@baseline: that checkout's package first on sys.path
+            _use_lazystack_from(cfg["lazystack_path"])
         bound_mib = None
+        lazystack_file = None
         if cfg["reader"].startswith("lazystack"):
+            import lazystack
             from lazystack import RandomSampler, get_chunk_cache
             from lazystack.torch import EpochSampler, PatchDataset
 
@@ -299,9 +408,10 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
             sampler = RandomSampler(stacks, CELLS[cfg["cell"]][4], cfg["length"], seed=SEED)
             dataset: Any = PatchDataset(stacks, sampler)
             bound_mib = get_chunk_cache().max_bytes / MIB
+            lazystack_file = os.path.realpath(lazystack.__file__)
         else:
             dataset = RegionDataset(cfg["reader"], cfg["path"], [])
-        conn.send(("ready", bound_mib))
+        conn.send(("ready", (bound_mib, lazystack_file)))
         while True:
             msg = conn.recv()
             if msg is None:
@@ -312,6 +422,12 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                 index_sampler: Any = None
             else:
                 index_sampler = EpochSampler(dataset, epoch=epoch)
+            if cfg.get("warm") and CELLS[cfg["cell"]][0] == "zarr":
+                if isinstance(dataset, RegionDataset):
+                    mine = specs
+                else:
+                    mine = [(s.sample, s.coords, s.patch_size) for s in map(dataset.spec, index_sampler)]
+                warm_page_cache(cfg["path"], mine)
             workers = cfg["workers"]
             start = time.perf_counter()
             loader = DataLoader(
@@ -343,11 +459,34 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                         "rss_kib": rss,
                         "process_peak_kib": _status_kib("VmHWM"),
                         "first": first,
+                        "first_specs": None
+                        if index_sampler is None
+                        else [
+                            (s.sample, tuple(s.coords), tuple(s.patch_size))
+                            for s in (dataset.spec((epoch, i)) for i in range(BATCH))
+                        ],
                     },
                 )
             )
     except BaseException:  # reported to the parent, which raises
         conn.send(("error", traceback.format_exc()))
+
+
+def _use_lazystack_from(checkout: str) -> None:
+    """Put ``checkout``'s ``lazystack`` package (only it, not its ``benchmarks``) first on ``sys.path``.
+
+    Spawned DataLoader workers get this process's ``sys.path``; forked ones its modules.
+    """
+    package = Path(checkout).resolve() / "lazystack"
+    if not (package / "__init__.py").is_file():
+        msg = f"--baseline {checkout!r}: no lazystack package at {package}"
+        raise FileNotFoundError(msg)
+    if "lazystack" in sys.modules:
+        msg = "lazystack was imported before the baseline could be put first on sys.path"
+        raise RuntimeError(msg)
+    shim = tempfile.mkdtemp(prefix="lazystack-baseline-")
+    os.symlink(package, os.path.join(shim, "lazystack"))
+    sys.path.insert(0, shim)
 
 
 class Runner:
@@ -361,10 +500,11 @@ class Runner:
         child.close()
         self.cfg = cfg
         self.bound_mib: float | None = None
+        self.lazystack_file: str | None = None
 
     def ready(self) -> None:
         """Wait until the dataset is built."""
-        self.bound_mib = self._reply()
+        self.bound_mib, self.lazystack_file = self._reply()
 
     def run(self, epoch: int, specs: list[Any]) -> dict[str, Any]:
         """One timed epoch."""
@@ -412,11 +552,25 @@ def _target(results: dict[str, Any], name: str, value: float | None, limit: floa
     print(line)
 
 
-def _readers(fmt: str, small_cache_mib: int) -> dict[str, int | None]:
+BASELINE = "lazystack@baseline"
+
+
+def _readers(
+    fmt: str, small_cache_mib: int, baseline: str | None = None, keep: list[str] | None = None
+) -> dict[str, int | None]:
+    """Reader name -> its chunk cache in MiB (None: the default), those of ``keep`` (plus lazystack, the reference)."""
     readers: dict[str, int | None] = {"lazystack": None, f"lazystack cache={small_cache_mib} MiB": small_cache_mib}
+    if baseline:
+        readers[BASELINE] = None
     readers[REFERENCE[fmt]] = None
     if fmt == "zarr":
         readers["zarr-python"] = None
+        readers["floor"] = None
+    if keep is not None:
+        wanted = {"lazystack", REFERENCE[fmt], *keep}
+        readers = {
+            n: v for n, v in readers.items() if n in wanted or (n.startswith("lazystack cache=") and "cache" in wanted)
+        }
     return readers
 
 
@@ -465,6 +619,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=str(Path(__file__).parent / "results" / "loader.json"),
         help="where the results go (default benchmarks/results/loader.json; '' for nowhere)",
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="PATH",
+        help=f"a lazystack checkout (e.g. a git worktree of main): adds the reader {BASELINE!r} imported from there",
+    )
+    parser.add_argument(
+        "--readers",
+        nargs="+",
+        default=None,
+        help="readers to run besides lazystack and the format's reference: cache (the small-cache lazystack), "
+        f"{BASELINE}, zarr-python, floor (default: all)",
+    )
+    parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="do not read each round's touched chunk files before timing a reader (Zarr cells; see warm_page_cache)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 MiB arrays, 4 batches, 1 round, 3 import rounds")
     parser.add_argument("--write-only", action="store_true", help="write (or check) the data and stop")
     args = parser.parse_args(argv)
@@ -496,6 +669,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "(tensorstore's tiff driver is experimental, uint8 only, no multi-page files)",
         "cells": {},
         "targets": [],
+        "baseline": args.baseline,
+        "warm_page_cache": args.warm,
+        "baseline_files": {},
     }
     print(
         f"bench_loader: batch {BATCH}, {batches} (2-D) / {batches_3d} (3-D) timed batches x {rounds} round(s), "
@@ -525,7 +701,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         expected = [expected_batch(cell, path, s[:BATCH]) for s in specs_by_round]
         print(f"\n== {cell}: {fmt} {axes} {shape} uint16 zstd, chunks/tiles {chunks}, patch {patch}", flush=True)
         for label, workers, context in configs:
-            readers = _readers(fmt, small)
+            readers = _readers(fmt, small, args.baseline, args.readers)
             runners = {}
             try:
                 for name, cache_mib in readers.items():
@@ -539,17 +715,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "context": context,
                             "label": label,
                             "length": length,
+                            "lazystack_path": args.baseline if name == BASELINE else None,
+                            "warm": args.warm,
                         }
                     )
                 for runner in runners.values():
                     runner.ready()
+                if BASELINE in runners and cell not in results["baseline_files"]:
+                    results["baseline_files"][cell] = runners[BASELINE].lazystack_file
+                    print(f"   {BASELINE} from {runners[BASELINE].lazystack_file}")
                 per: dict[str, list[dict[str, Any]]] = {n: [] for n in readers}
                 for r in range(rounds):
                     order = list(readers) if r % 2 == 0 else list(readers)[::-1]
                     for name in order:
                         res = runners[name].run(r, specs_by_round[r])
                         first = res.pop("first")
-                        if not np.array_equal(first, expected[r]):
+                        first_specs = res.pop("first_specs")
+                        want = expected[r] if name != BASELINE else expected_batch(cell, path, first_specs)
+                        if not np.array_equal(first, want):
                             msg = f"{cell} {label} {name}: the first batch of round {r} differs from the reference"
                             raise AssertionError(msg)
                         per[name].append(res)
@@ -614,6 +797,16 @@ def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
                 if not ref.startswith("lazystack"):
                     ratio = rows[name]["patches_per_s"] / rows[ref]["patches_per_s"]
                     print(f"   {name} / {ref} patches/s: {ratio:.2f}x")
+    if "floor" in rows:
+        for ref in rows:
+            if not ref.startswith("lazystack") and ref != "floor":
+                ratio = rows[ref]["patches_per_s"] / rows["floor"]["patches_per_s"]
+                print(f"   {ref} / floor patches/s: {ratio:.2f}x")
+    if BASELINE in rows:
+        for name in rows:
+            if name.startswith("lazystack") and name != BASELINE:
+                ratio = rows[name]["patches_per_s"] / rows[BASELINE]["patches_per_s"]
+                print(f"   {name} / {BASELINE} patches/s: {ratio:.2f}x")
 
 
 def _import_comparison(rounds: int) -> dict[str, Any]:
@@ -630,7 +823,7 @@ def _targets(results: dict[str, Any]) -> None:
         firsts: dict[str, dict[str, float]] = {}
         for label, rows in cres["configs"].items():
             for name, row in rows.items():
-                if not name.startswith("lazystack"):
+                if not name.startswith("lazystack") or name == BASELINE:
                     continue
                 _target(
                     results,

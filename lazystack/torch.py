@@ -36,7 +36,7 @@ from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import _as_int, _check_seed, resolve_channels, spec_rng
+from .sampling.samplers import _as_int, _check_seed, _hash_key, _index_array, _uniforms, resolve_channels
 
 if TYPE_CHECKING:
     import torch
@@ -229,7 +229,7 @@ class PatchDataset:
     def _read(self, state: tuple[Any, ...], keys: Sequence[tuple[int, int]]) -> tuple[list[PatchSpec], list[Any]]:
         """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
         sampler, channels, stacks, targets, masks = state
-        specs = [_spec(sampler, channels, e, i) for e, i in keys]
+        specs = _specs(sampler, channels, keys)
         requests = [(stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         for group in (targets, masks):
             if group is not None:
@@ -304,6 +304,16 @@ class PatchDataset:
 def _spec(sampler: Sampler, channels: tuple[int, ...] | str | None, epoch: int, index: int) -> PatchSpec:
     spec = sampler.spec(index, epoch)
     return spec if isinstance(channels, str) else spec._replace(channels=channels)
+
+
+def _specs(
+    sampler: Sampler, channels: tuple[int, ...] | str | None, keys: Sequence[tuple[int, int]]
+) -> list[PatchSpec]:
+    """The specs of ``(epoch, index)`` keys: one ``epoch_specs`` call per run of keys of one epoch."""
+    specs: list[PatchSpec] = []
+    for epoch, run in itertools.groupby(keys, key=operator.itemgetter(0)):
+        specs += sampler.epoch_specs(epoch, [i for _, i in run])
+    return specs if isinstance(channels, str) else [s._replace(channels=channels) for s in specs]
 
 
 class ReadAheadStats(NamedTuple):
@@ -673,28 +683,65 @@ class ChunkLocalSampler(Sampler):
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see the class description)."""
-        i = self._check_index(index)
-        anchor_index = i - i % self.per_chunk
-        key = (anchor_index, operator.index(epoch))
-        memo = self._anchor  # the group's anchor, computed once for its consecutive indices
-        if memo is not None and memo[0] == key:
-            anchor = memo[1]
-        else:
-            anchor = self.base.spec(anchor_index, epoch)
-            self._anchor = (key, anchor)
-        if i == anchor_index:
-            return anchor
-        rng = spec_rng(self.seed, operator.index(epoch), i)
-        coords = []
-        for c, p, w, n in zip(
-            anchor.coords, anchor.patch_size, self.windows[anchor.stack], self.spatial_shapes[anchor.stack], strict=True
-        ):
-            if not 0 <= c <= n - p:  # an anchor leaving the image (padded grids): keep its position
-                coords.append(c)
+        return self.epoch_specs(epoch, [self._check_index(index)])[0]
+
+    def epoch_specs(self, epoch: int = 0, indices: Sequence[int] | None = None) -> list[PatchSpec]:
+        """The specs of an epoch (or of some of its indices), in order, drawn all at once.
+
+        The anchors come from one ``base.epoch_specs`` call; the corner of
+        every other index in dim ``d`` from draw ``d`` of the index's own
+        counter-based hash stream under ``(seed, epoch)`` (as
+        [`RandomSampler`][lazystack.RandomSampler]'s), so each spec is the
+        same as [`spec()`][spec] of its index alone.
+
+        Parameters
+        ----------
+        epoch : int
+            Epoch number (non-negative).
+        indices : sequence of int, optional
+            Indices to compute; all of ``range(len(self))`` by default.
+
+        Returns
+        -------
+        list of PatchSpec
+        """
+        e = _check_seed("epoch", epoch)
+        idx = np.arange(len(self), dtype=np.int64) if indices is None else _index_array(indices, len(self))
+        if not idx.size:
+            return []
+        anchor_of = (idx - idx % self.per_chunk).tolist()
+        known: dict[int, PatchSpec] = {}
+        memo = self._anchor  # the last group's anchor: single-index calls in order compute it once
+        if memo is not None and memo[0][1] == e:
+            known[memo[0][0]] = memo[1]
+        todo = sorted(set(anchor_of) - known.keys())
+        if todo:
+            known.update(zip(todo, self.base.epoch_specs(e, todo), strict=True))
+        self._anchor = ((anchor_of[-1], e), known[anchor_of[-1]])
+        u = _uniforms(_hash_key(self.seed, e), idx, max(len(g) for g in self.spatial_shapes)).tolist()
+        out = []
+        for i, a, draws in zip(idx.tolist(), anchor_of, u, strict=True):
+            anchor = known[a]
+            if i == a:
+                out.append(anchor)
                 continue
-            lo, hi = _cell(c, p, w)
-            coords.append(int(rng.integers(lo, min(hi, n - p) + 1)))
-        return anchor._replace(coords=tuple(coords))
+            coords = []
+            for c, p, w, n, x in zip(
+                anchor.coords,
+                anchor.patch_size,
+                self.windows[anchor.stack],
+                self.spatial_shapes[anchor.stack],
+                draws,
+                strict=False,
+            ):
+                if not 0 <= c <= n - p:  # an anchor leaving the image (padded grids): keep its position
+                    coords.append(c)
+                    continue
+                lo, hi = _cell(c, p, w)
+                span = min(hi, n - p) - lo + 1
+                coords.append(lo + min(int(x * span), span - 1))
+            out.append(anchor._replace(coords=tuple(coords)))
+        return out
 
 
 def _cell(corner: int, patch: int, window: int) -> tuple[int, int]:

@@ -44,12 +44,18 @@ def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> 
     configs = ["--configs", "0", "1:fork", "1:spawn"]
     results = bench_loader.main([*common, "--cells", "tiff3d", *configs, "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
-    zarr_results = bench_loader.main([*common, "--cells", "zarr2d", "--configs", "1:fork", "--json", ""])
+    checkout = Path(__file__).resolve().parents[1]  # --baseline: this checkout again, through the baseline's path
+    zarr_args = ["--cells", "zarr2d", "--configs", "1:fork", "--baseline", str(checkout), "--json", ""]
+    zarr_results = bench_loader.main([*common, *zarr_args])
+    assert zarr_results["baseline_files"] == {"zarr2d": str(checkout / "lazystack" / "__init__.py")}
     results["cells"].update(zarr_results["cells"])
     results["targets"] += zarr_results["targets"]
     small = f"lazystack cache={results['small_cache_mib']} MiB"
     readers = {
-        "zarr2d": ({"lazystack", small, "tensorstore", "zarr-python"}, {"1 workers fork"}),
+        "zarr2d": (
+            {"lazystack", small, "lazystack@baseline", "tensorstore", "zarr-python", "floor"},
+            {"1 workers fork"},
+        ),
         "tiff3d": ({"lazystack", small, "tifffile+zarr"}, {"0 workers", "1 workers fork", "1 workers spawn"}),
     }
     assert set(results["cells"]) == set(readers)
@@ -66,6 +72,7 @@ def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> 
                 assert 0 < row["p50_ms"] <= row["p99_ms"]
                 expected_bound = results["small_cache_mib"] if name == small else results["default_cache_mib"]
                 assert row["cache_bound_mib"] == (expected_bound if name.startswith("lazystack") else None)
+                assert row["patches_per_s"] > 0  # every reader's first batch matched numpy slicing (else main raises)
                 if label == "0 workers":
                     assert row["workers_rss_mib"] == {}
                 else:
@@ -79,6 +86,7 @@ def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> 
         assert f"tiff3d 1 workers spawn {name} p99 / p50 batch time" in targets
         assert f"tiff3d {name} first batch spawn / fork" in targets
     assert "import lazystack / import zarr, tifffile" in targets
+    assert not any("@baseline" in t for t in targets)  # the baseline gets ratios, no targets
     assert all(t["pass"] in (True, False) for t in results["targets"])
     assert results["import"]["rounds"] == 1
 

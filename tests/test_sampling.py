@@ -116,6 +116,102 @@ def test_random_rejects_a_patch_larger_than_a_stack_and_bad_channels() -> None:
     assert all(s.channels == (1,) for s in specs)
 
 
+def _chi2_outside(counts: np.ndarray, expected: np.ndarray, z: float = 5.0) -> str | None:
+    """A chi-square goodness-of-fit check: None, or why the counts are too far from (or too close to) ``expected``.
+
+    Both tails at ``z`` standard deviations (Wilson-Hilferty's normal approximation of the chi-square
+    quantiles): a biased generator lands above, a low-discrepancy (non-random) one below.
+    """
+    counts, expected = counts.ravel(), expected.ravel()
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "counts where none can be"
+    stat = float((((counts - expected) ** 2)[keep] / expected[keep]).sum())
+    df = int(keep.sum()) - 1
+    if df < 1:  # one cell: nothing to test
+        return None if stat == 0 else f"chi-square {stat:.1f} with a single cell"
+    lo, hi = (df * (1 - 2 / (9 * df) + sign * z * (2 / (9 * df)) ** 0.5) ** 3 for sign in (-1, 1))
+    return None if lo <= stat <= hi else f"chi-square {stat:.1f} with {df} dof outside [{lo:.1f}, {hi:.1f}]"
+
+
+def _uniformity_failures(sampler: RandomSampler, stacks: list[LazyImageStack], n: int) -> list[str]:
+    """Chi-square checks of an epoch against the documented distribution; the failures, named."""
+    specs = sampler.epoch_specs(5)
+    out = []
+    k = np.array([s.stack for s in specs])
+    sizes = np.array([s.n_samples * np.prod(s.data_shape[2:]) for s in stacks], float)
+    check = {"stacks by size": (np.bincount(k, minlength=len(stacks)), n * sizes / sizes.sum())}
+    for j, st in enumerate(stacks):
+        mine = [s for s in specs if s.stack == j]
+        extents = [e - p + 1 for e, p in zip(st.data_shape[2:], sampler.patch_size, strict=True)]
+        c = np.array([s.coords for s in mine])
+        samples = np.bincount([s.sample for s in mine], minlength=st.n_samples)
+        check[f"stack {j} samples"] = (samples, np.full(st.n_samples, len(mine) / st.n_samples))
+        for d, e in enumerate(extents):
+            check[f"stack {j} corner dim {d}"] = (np.bincount(c[:, d], minlength=e), np.full(e, len(mine) / e))
+        # the dims jointly (a draw must not depend on another draw of the index), 8 x 8 bins of equal width
+        ey, ex = extents
+        joint = np.histogram2d(c[:, 0], c[:, 1], bins=8, range=[[0, ey], [0, ex]])[0]
+        py = np.histogram(np.arange(ey), bins=8, range=(0, ey))[0] / ey
+        px = np.histogram(np.arange(ex), bins=8, range=(0, ex))[0] / ex
+        check[f"stack {j} corner dims jointly"] = (joint, len(mine) * np.outer(py, px))
+    # neighbouring indices and epochs independent: 10 x 10 bins of the first draw's stand-in (corner y / extent)
+    frac = np.array([s.coords[0] / (stacks[s.stack].data_shape[2] - sampler.patch_size[0] + 1) for s in specs], float)
+    bins = np.minimum((frac * 10).astype(int), 9)
+    pairs = np.zeros((10, 10))
+    np.add.at(pairs, (bins[:-1], bins[1:]), 1)
+    marg = np.bincount(bins, minlength=10) / n
+    check["index i against i + 1"] = (pairs, (n - 1) * np.outer(marg, marg))
+    other = sampler.epoch_specs(6)
+    frac6 = np.array([s.coords[0] / (stacks[s.stack].data_shape[2] - sampler.patch_size[0] + 1) for s in other])
+    same_stack = k == np.array([s.stack for s in other])
+    b6 = np.minimum((frac6 * 10).astype(int), 9)
+    across = np.zeros((10, 10))
+    np.add.at(across, (bins[same_stack], b6[same_stack]), 1)
+    m5 = np.bincount(bins[same_stack], minlength=10) / same_stack.sum()
+    m6 = np.bincount(b6[same_stack], minlength=10) / same_stack.sum()
+    check["epoch 5 against epoch 6"] = (across, same_stack.sum() * np.outer(m5, m6))
+    for name, (counts, expected) in check.items():
+        why = _chi2_outside(np.asarray(counts, float), np.asarray(expected, float))
+        if why:
+            out.append(f"{name}: {why}")
+    return out
+
+
+def test_random_specs_pass_chi_square_uniformity_and_a_bad_hash_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacks by size, samples and corners uniform, draws and neighbouring indices / epochs independent."""
+    from lazystack.sampling import samplers
+
+    stacks = [
+        LazyImageStack(np.zeros((3, 1, 40, 57), np.uint8), "SCYX"),
+        LazyImageStack(np.zeros((1, 1, 70, 23), np.uint8), "SCYX"),
+        LazyImageStack(np.zeros((5, 1, 19, 30), np.uint8), "SCYX"),
+    ]
+    n = 120_000
+    sampler = RandomSampler(stacks, (8, 8), n, seed=12345)
+    assert _uniformity_failures(sampler, stacks, n) == []
+    # the checks can fail: without the splitmix64 finaliser, the counters alone are far too regular
+    monkeypatch.setattr(samplers, "_mix", lambda z: z)
+    assert _uniformity_failures(RandomSampler(stacks, (8, 8), n, seed=12345), stacks, n)
+
+
+def test_random_batch_and_single_index_specs_agree_and_reject_bad_indices() -> None:
+    stacks = _stacks()
+    for weights in ("size", [0, 1], [1, 0]):
+        sampler = RandomSampler(stacks, (5, 7), 300, seed=2**70 + 3, weights=weights)  # a seed beyond 64 bits
+        whole = sampler.epoch_specs(2)
+        assert [sampler.spec(i, 2) for i in range(300)] == whole
+        assert sampler.epoch_specs(2, np.array([299, 0, 299])) == [whole[299], whole[0], whole[299]]
+    with pytest.raises(IndexError, match="index 300 is out of range"):
+        sampler.epoch_specs(0, [0, 300])
+    with pytest.raises(IndexError, match="index -1 is out of range"):
+        sampler.epoch_specs(0, [-1])
+    with pytest.raises(TypeError, match=r"index must be an integer, got 1\.5"):
+        sampler.epoch_specs(0, [1.5])
+    with pytest.raises(ValueError, match="epoch must be a non-negative"):
+        sampler.epoch_specs(-1, [0])
+    assert sampler.epoch_specs(0, []) == []
+
+
 # -- stratified, whole, fixed ------------------------------------------------------
 def test_stratified_draws_from_every_region_inside_it() -> None:
     stacks = _stacks()

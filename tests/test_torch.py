@@ -316,7 +316,8 @@ def test_chunk_local_patches_are_correct_and_share_chunks(tmp_path: Path) -> Non
             per_batch[name].append(len(set().union(*map(chunks_of, specs))))
     # each group of 8 touches its anchor's chunks: at most 4 groups x 4 chunks a batch, as many as 4 patches
     assert max(per_batch["local"]) <= 16
-    assert np.mean(per_batch["local"]) * 6 < np.mean(per_batch["random"])
+    # expected about 6 distinct chunks a batch against about 34 (4 groups of ~1.5 chunks; 32 patches of ~1.5 of 64)
+    assert np.mean(per_batch["local"]) * 4 < np.mean(per_batch["random"])
     for g in range(0, 640, 8):
         anchor = local.spec(g)
         assert anchor == base.spec(g)

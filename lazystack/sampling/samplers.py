@@ -2,13 +2,19 @@
 
 A [`PatchSpec`][PatchSpec] names one patch: which stack, which sample, which
 channels, where and how large. A sampler maps ``(index, epoch)`` to a spec as
-a *pure* function of its seed, the epoch and the index: the random state of
-index ``i`` is ``numpy.random.default_rng([seed, epoch, i])`` (a
-[`numpy.random.SeedSequence`][numpy.random.SeedSequence] of the three), never a generator shared
-by (and copied into) worker processes. So an epoch is the same list of specs
-whatever the number of DataLoader workers, their start method, or how the
-indices are split over distributed ranks, and each worker computes only the
-specs of the indices it is given.
+a *pure* function of its seed, the epoch and the index, never of a generator
+shared by (and copied into) worker processes. So an epoch is the same list of
+specs whatever the number of DataLoader workers, their start method, or how
+the indices are split over distributed ranks, and each worker computes only
+the specs of the indices it is given.
+
+**Where the randomness comes from.** [`RandomSampler`][RandomSampler] (the
+training default) and ``lazystack.torch.ChunkLocalSampler`` draw a whole
+batch's specs at once from a counter-based splitmix64 hash of ``(seed,
+epoch, index, draw)`` (see [`RandomSampler`][RandomSampler]'s notes); the
+samplers whose logic needs a sequence of draws (rejection, weighted cells,
+regions) use ``numpy.random.default_rng([seed, epoch, index, ...])`` per
+index ([`spec_rng`][spec_rng]).
 
 Samplers hold only the geometry of the stacks (shapes), not the stacks: they
 are small and pickle cheaply.
@@ -27,6 +33,7 @@ sampling other levels.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import operator
@@ -152,6 +159,84 @@ def spec_rng(seed: int, epoch: int, index: int, *extra: int) -> np.random.Genera
         ``numpy.random.default_rng([seed, epoch, index, *extra])``.
     """
     return np.random.default_rng([seed, epoch, index, *extra])
+
+
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment (2**64 / golden ratio, odd)
+_MASK64 = 2**64 - 1
+_U53 = 2.0**-53
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on a ``uint64`` array (a bijection; wraps modulo 2**64)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix_int(z: int) -> int:
+    """``_mix`` on one Python int (modulo 2**64)."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _hash_key(*words: int) -> int:
+    """A 64-bit key of non-negative integers of any size (each word's 64-bit limbs and its limb count)."""
+    h = 0
+    for w in words:
+        limbs = 0
+        while True:
+            h = _mix_int((h ^ (w & _MASK64)) + _GOLDEN)
+            w >>= 64
+            limbs += 1
+            if not w:
+                break
+        h = _mix_int(h + limbs * _GOLDEN)
+    return h
+
+
+def _uniforms(key: int, indices: np.ndarray, n_draws: int) -> np.ndarray:
+    """Draws ``0 .. n_draws - 1`` of each index under ``key``: floats in ``[0, 1)``, shape ``(len, n_draws)``.
+
+    Draw ``d`` of index ``i`` is splitmix64's output ``mix(h_i + (d + 1) * G)``
+    of the stream ``h_i = mix(key ^ ((i + 1) * G))``: a pure function of
+    ``(key, i, d)``, whatever other indices are computed with it.
+    """
+    g = np.uint64(_GOLDEN)
+    with np.errstate(over="ignore"):
+        h = _mix((indices.astype(np.uint64) + np.uint64(1)) * g ^ np.uint64(key))
+        steps = (np.arange(1, n_draws + 1, dtype=np.uint64) * g)[None, :]
+        bits = _mix(h[:, None] + steps)
+    return (bits >> np.uint64(11)).astype(np.float64) * _U53
+
+
+def _uniforms_one(key: int, index: int, n_draws: int) -> list[float]:
+    """``_uniforms`` of one index with Python ints (the same bits: wrapping arithmetic modulo 2**64)."""
+    h = _mix_int(((index + 1) * _GOLDEN & _MASK64) ^ key)
+    return [(_mix_int(h + d * _GOLDEN) >> 11) * _U53 for d in range(1, n_draws + 1)]
+
+
+def _below(u: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Integers ``floor(u * n)`` in ``[0, n)`` (``int64``), from uniforms ``u`` in ``[0, 1)``."""
+    return np.minimum((u * n).astype(np.int64), np.asarray(n, dtype=np.int64) - 1)
+
+
+def _index_array(indices: Any, n: int) -> np.ndarray:
+    """Indices as an ``int64`` array, each checked to be an integer in ``range(n)`` (errors name the first bad one)."""
+    arr = np.asarray(indices)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
+        arr = np.asarray([_as_int("index", i) for i in indices], dtype=np.int64)  # raises for a non-integer
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size:
+        bad = (arr < 0) | (arr >= n)
+        if bad.any():
+            index = int(arr[int(np.argmax(bad))])
+            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+            raise IndexError(msg)
+    return arr
 
 
 def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
@@ -314,7 +399,9 @@ class Sampler:
     """Base class: ``len(sampler)`` specs per epoch, ``sampler.spec(index, epoch)`` each.
 
     Subclasses implement [`spec()`][spec] as a pure function of ``(seed, epoch,
-    index)`` and ``__len__``.
+    index)`` and ``__len__``. They may override [`epoch_specs()`][epoch_specs]
+    to draw many indices at once ([`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset]
+    calls it once per batch), returning the same specs as ``spec()`` of each.
 
     **Resolution levels.** Given the levels of multiscale images (OME-Zarr
     pyramids: stacks with a ``level``, grouped by image as in
@@ -381,7 +468,7 @@ class Sampler:
         list of PatchSpec
         """
         idx = range(len(self)) if indices is None else indices
-        return [self.spec(i, epoch) for i in idx]
+        return [self.spec(i, epoch) for i in idx]  # samplers drawing a batch at once override this
 
     def __iter__(self) -> Iterator[PatchSpec]:
         return iter(self.epoch_specs(0))
@@ -423,6 +510,27 @@ class RandomSampler(Sampler):
         For channels out of range, or stacks with different channel counts and no selection.
     ValueError
         For invalid weights, length or seed.
+
+    Notes
+    -----
+    The specs of a batch are drawn at once (``epoch_specs(epoch, indices)``,
+    what [`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset] calls
+    per batch) from a counter-based hash, vectorised over ``uint64`` numpy
+    arrays: draw ``d`` of index ``i`` is splitmix64's output
+    ``mix(h_i + (d + 1) * G)`` with ``h_i = mix(key ^ ((i + 1) * G))``,
+    ``key`` a hash of ``(seed, epoch)``, ``G = 0x9E3779B97F4A7C15`` and
+    ``mix`` the splitmix64 finaliser; its top 53 bits give a float ``u`` in
+    ``[0, 1)``, and ``floor(u * n)`` an integer below ``n``. Draw 0 picks the
+    stack, draw 1 the sample, draws 2... the corner in each spatial dim. It
+    is the same function of ``(seed, epoch, i)`` whether one index or a
+    thousand are computed (about 1.5 us per patch in batches of 32, against
+    about 45 us for a ``numpy.random.Generator`` per
+    index), and the tests check its uniformity with chi-square tests.
+
+    Earlier versions of lazystack drew each index from
+    ``numpy.random.default_rng([seed, epoch, index])``: the same seed now
+    gives other specs than they did. A manifest written by them replays
+    unchanged, from the specs it stores.
 
     Examples
     --------
@@ -505,17 +613,77 @@ class RandomSampler(Sampler):
             raise ValueError(msg)
         self.weights = tuple(x / total for x in w)
         self._cumulative = np.cumsum(self.weights)
+        self._tables = self._make_tables()
 
     def __len__(self) -> int:
         return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
-        """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec])."""
+        """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec]).
+
+        The same as ``epoch_specs(epoch, [index])[0]``: draws from the
+        counter-based hash of ``(seed, epoch, index)`` described in the
+        class notes.
+        """
         i = self._check_index(index)
-        rng = spec_rng(self.seed, _check_seed("epoch", epoch), i)
-        return self._draw(rng)
+        first_valid, n_samples, extents = self._tables
+        u = _uniforms_one(_hash_key(self.seed, _check_seed("epoch", epoch)), i, 2 + extents.shape[1])
+        cumulative = self._cumulative
+        k = min(bisect.bisect_right(cumulative.tolist(), u[0] * float(cumulative[-1])), len(first_valid) - 1)
+        k = int(first_valid[k])
+        corner = tuple(min(int(x * n), n - 1) for x, n in zip(u[2:], extents[k].tolist(), strict=True))
+        n = int(n_samples[k])
+        return PatchSpec(k, min(int(u[1] * n), n - 1), self.channels, corner, self.patch_size)
+
+    def epoch_specs(self, epoch: int = 0, indices: Sequence[int] | None = None) -> list[PatchSpec]:
+        """The specs of an epoch (or of some of its indices), in order, drawn all at once.
+
+        Draw 0 of an index picks the stack (by weight), draw 1 the sample,
+        draws 2... the corner in each spatial dim, each from the index's own
+        hash stream (see the module docstring): vectorised over the indices,
+        and the same specs as [`spec()`][spec] of each index.
+
+        Parameters
+        ----------
+        epoch : int
+            Epoch number (non-negative).
+        indices : sequence of int, optional
+            Indices to compute; all of ``range(len(self))`` by default.
+
+        Returns
+        -------
+        list of PatchSpec
+        """
+        e = _check_seed("epoch", epoch)
+        idx = np.arange(len(self), dtype=np.int64) if indices is None else _index_array(indices, len(self))
+        if not idx.size:
+            return []
+        first_valid, n_samples, extents = self._tables
+        u = _uniforms(_hash_key(self.seed, e), idx, 2 + extents.shape[1])
+        k = np.searchsorted(self._cumulative, u[:, 0] * self._cumulative[-1], side="right")
+        k = first_valid[np.minimum(k, len(first_valid) - 1)]
+        samples = _below(u[:, 1], n_samples[k]).tolist()
+        corners = _below(u[:, 2:], extents[k]).tolist()
+        channels, size = self.channels, self.patch_size
+        return [PatchSpec(s, n, channels, tuple(c), size) for s, n, c in zip(k.tolist(), samples, corners, strict=True)]
+
+    def _make_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per stack: the stack drawn for it (the last one of positive weight at or before it), samples, extents."""
+        ndim = len(self.patch_size)
+        first_valid = np.zeros(len(self.geometries), np.int64)
+        last = next(i for i, w in enumerate(self.weights) if w > 0)
+        for i, w in enumerate(self.weights):
+            last = i if w > 0 else last
+            first_valid[i] = last
+        n_samples = np.array([g.n_samples for g in self.geometries], np.int64)
+        extents = np.ones((len(self.geometries), ndim), np.int64)
+        for i, g in enumerate(self.geometries):
+            if self.weights[i] > 0:
+                extents[i] = [n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size, strict=True)]
+        return first_valid, n_samples, extents
 
     def _draw(self, rng: np.random.Generator) -> PatchSpec:
+        """A spec drawn from a generator (the rejection attempts of [`ForegroundSampler`][ForegroundSampler])."""
         k = int(np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right"))
         k = min(k, len(self.geometries) - 1)
         while self.weights[k] == 0:  # a zero-weight stack is never drawn (edge of the cumulative sum)
@@ -822,6 +990,10 @@ class ForegroundSampler(RandomSampler):
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see [`draw()`][draw])."""
         return self.draw(index, epoch)[0]
+
+    def epoch_specs(self, epoch: int = 0, indices: Sequence[int] | None = None) -> list[PatchSpec]:
+        """The specs of an epoch (or of some of its indices), in order: [`spec()`][spec] of each."""
+        return Sampler.epoch_specs(self, epoch, indices)
 
 
 class MaskWeightedSampler(Sampler):
