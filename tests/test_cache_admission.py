@@ -314,3 +314,20 @@ def test_the_default_batch_bound_holds_a_few_mib_not_the_whole_batch() -> None:
         finally:
             get_chunk_cache().clear()
             set_chunk_cache_size(previous)
+
+
+def test_a_chunk_read_again_from_the_ghost_list_is_kept_before_chunks_read_once() -> None:
+    """A re-read chunk admitted to the main part is not dropped at once while a read-once chunk stays."""
+    cache = ChunkCache(100, policy="2q")  # probation 25 bytes, ghosts 50
+    cache.put("x", np.zeros(50, dtype=np.uint8))
+    cache.put("y", np.zeros(60, dtype=np.uint8))  # x leaves probation, its key goes to the ghost list
+    assert "x" not in cache
+    cache.put("x", np.zeros(50, dtype=np.uint8))  # read again: into the main part; 110 > 100 bytes
+    assert "x" in cache
+    assert cache.get("x") is not None
+    assert "y" not in cache
+    assert cache.nbytes == _held(cache) == 50
+    # replacing a main chunk by a larger one: the same
+    cache.put("z", np.zeros(40, dtype=np.uint8))
+    cache.put("x", np.zeros(70, dtype=np.uint8))
+    assert ("x" in cache, "z" in cache, cache.nbytes) == (True, False, 70)

@@ -382,7 +382,8 @@ class ChunkCache:
                     self._probation[key] = view
                     self._probation_nbytes += size
             self._nbytes += size
-            self._evict_locked()
+            # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
+            self._evict_locked(keep_newest_main=key in self._main)
 
     def _drop_probation_locked(self) -> None:
         """Drop the oldest chunk on probation, remembering its key in the ghost list."""
@@ -401,12 +402,12 @@ class ChunkCache:
         while ghost and (self._ghost_nbytes > limit or len(ghost) > _GHOST_MAX_KEYS):
             self._ghost_nbytes -= ghost.popitem(last=False)[1]
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self, *, keep_newest_main: bool = False) -> None:
         probation_limit = int(self._max_bytes * PROBATION_FRACTION)
         while self._probation_nbytes > probation_limit and len(self._probation) > 1:
             self._drop_probation_locked()
         while self._nbytes > self._max_bytes:
-            if self._main:
+            if self._main and not (keep_newest_main and len(self._main) == 1 and self._probation):
                 _, dropped = self._main.popitem(last=False)
                 self._nbytes -= int(dropped.nbytes)
                 self._evictions += 1
