@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -331,3 +332,41 @@ def test_a_chunk_read_again_from_the_ghost_list_is_kept_before_chunks_read_once(
     cache.put("z", np.zeros(40, dtype=np.uint8))
     cache.put("x", np.zeros(70, dtype=np.uint8))
     assert ("x" in cache, "z" in cache, cache.nbytes) == (True, False, 70)
+
+
+class _HookedKey:
+    """A key whose ``hash`` runs ``hook`` once, on the ``at``-th call made from the arming thread."""
+
+    def __init__(self) -> None:
+        self.hook: Any = None
+        self.calls = 0
+        self.thread: int | None = None
+        self.at = 0
+
+    def __hash__(self) -> int:
+        if self.hook is not None and threading.get_ident() == self.thread:
+            self.calls += 1
+            if self.calls == self.at:
+                hook, self.hook = self.hook, None
+                hook()
+        return 7
+
+
+def test_membership_is_atomic_while_another_thread_promotes_the_chunk() -> None:
+    """``key in cache`` is True for a chunk held throughout, even while another thread moves it to the main part."""
+    cache = ChunkCache(1000, policy="2q")
+    key = _HookedKey()
+    cache.put(key, np.zeros(10, dtype=np.uint8))  # on probation
+    promoter = threading.Thread(target=cache.get, args=(key,))
+
+    def promote_now() -> None:  # between the look-up in the main part and the one on probation
+        promoter.start()
+        promoter.join(timeout=0.5)  # returns at once without a lock; with it, waits for the look-up to end
+
+    key.hook, key.thread, key.at = promote_now, threading.get_ident(), 2
+    assert key in cache
+    promoter.join()
+    assert key.hook is None  # the hook ran
+    assert cache.stats().promotions == 1
+    assert key in cache
+    assert len(cache) == 1

@@ -272,10 +272,12 @@ class ChunkCache:
             )
 
     def __len__(self) -> int:
-        return len(self._main) + len(self._probation)
+        with self._lock:  # a chunk moving from probation to main is in neither or both part-way
+            return len(self._main) + len(self._probation)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._main or key in self._probation
+        with self._lock:
+            return key in self._main or key in self._probation
 
     def __repr__(self) -> str:
         s = self.stats()
