@@ -7,6 +7,7 @@ numpy slicing.
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -370,3 +371,80 @@ def test_membership_is_atomic_while_another_thread_promotes_the_chunk() -> None:
     assert cache.stats().promotions == 1
     assert key in cache
     assert len(cache) == 1
+
+
+class _CountingReader(_Reader):
+    """Records every group fetch; raises on the ``fail_at``-th one (counting from 1) if set."""
+
+    def __init__(self, *args: Any, fail_at: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[ChunkIndex]] = []
+        self.fail_at = fail_at
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        self.calls.append(list(indices))
+        if len(self.calls) == self.fail_at:
+            got = super().fetch_chunks(indices[: len(indices) // 2])  # half decoded, then the source fails
+            msg = f"source failed on fetch {self.fail_at} ({len(got)} chunks decoded)"
+            raise OSError(msg)
+        return super().fetch_chunks(indices)
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        if self.fail_at and self.decodes + 1 == 4 * self.fail_at:  # chunk by chunk: fail at a later chunk
+            msg = f"source failed on fetch {self.fail_at} (chunk {idx})"
+            raise OSError(msg)
+        return super().fetch_chunk(idx)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20, 64 << 20])
+def test_rounds_with_a_request_larger_than_the_bound_and_chunks_shared_across_rounds(cache_bytes: int) -> None:
+    """Requests bigger than a round, neighbours sharing chunks across rounds: exact patches, no chunk twice a round."""
+    data = np.random.default_rng(4).integers(0, 2**16, (16, 256, 256), dtype=np.uint16)  # chunks 4x64x64: 32 KiB
+    bound = 128 * 1024  # 4 chunks a round
+    previous = set_chunk_cache_size(cache_bytes)
+    try:
+        get_chunk_cache().clear()
+        reader = _CountingReader(data, (4, 64, 64), groups=True)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = [
+            (0, None, (0, 0, 0), (8, 128, 128)),  # 8 chunks: alone in its round, over the bound
+            (0, None, (4, 100, 100), (4, 40, 40)),  # shares chunks with the first and the next
+            (0, None, (2, 120, 120), (8, 64, 64)),  # 12 chunks, overlapping both
+            (0, None, (12, 200, 10), (4, 50, 200)),  # 4 chunks
+            (0, None, (12, 200, 10), (4, 50, 200)),  # the same again
+        ]
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=bound)
+        _check(reader, reqs, got)
+        assert len(reader.calls) >= 3  # fetched in several rounds
+        for call in reader.calls:
+            assert len(call) == len(set(call))  # no chunk twice in a fetch
+        touched = [set(reader.chunk_grid.touched(stack.plan_patch(*r)[0])) for r in reqs]
+        assert all(set(c) <= set().union(*touched) for c in reader.calls)  # nothing fetched that no patch touches
+        assert reader.decodes <= sum(len(t) for t in touched)
+        if cache_bytes >= 64 << 20:  # every chunk decoded once, the later rounds' shared ones from the cache
+            assert reader.decodes == len(set().union(*touched))
+        largest = max(len(t) for t in touched) * 32 * 1024  # a request's chunks are held together
+        assert largest > bound
+        assert 0 < reader.peak <= max(bound, largest) + get_chunk_cache().max_bytes
+    finally:
+        get_chunk_cache().clear()
+        set_chunk_cache_size(previous)
+    assert reader.alive == 0
+
+
+@pytest.mark.parametrize("groups", [True, False])
+def test_a_source_failing_in_a_later_round_raises_and_holds_no_chunk(groups: bool) -> None:
+    data = np.random.default_rng(5).integers(0, 2**16, (16, 256, 256), dtype=np.uint16)
+    previous = set_chunk_cache_size(0)
+    try:
+        reader = _CountingReader(data, (4, 64, 64), groups=groups, fail_at=2)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = _batch(reader, 12, (4, 64, 64), 7)
+        with pytest.raises(OSError, match="source failed on fetch 2"):
+            extract_patches([(stack, *r) for r in reqs], max_batch_bytes=128 * 1024)
+        if groups:
+            assert len(reader.calls) == 2  # the batch stopped at the failing round
+    finally:
+        set_chunk_cache_size(previous)
+    gc.collect()
+    assert reader.alive == 0
