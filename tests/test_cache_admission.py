@@ -448,3 +448,18 @@ def test_a_source_failing_in_a_later_round_raises_and_holds_no_chunk(groups: boo
         set_chunk_cache_size(previous)
     gc.collect()
     assert reader.alive == 0
+
+
+def test_the_ghost_list_holds_at_most_its_key_count_whatever_the_chunk_size() -> None:
+    """Tiny chunks: the ghost list's bytes would allow 100 000 keys; it keeps the newest 65 536."""
+    cache = ChunkCache(200_000, policy="2q")  # probation 50 000 one-byte chunks, ghosts 100 000 bytes
+    one = np.zeros(1, dtype=np.uint8)
+    n = 50_000 + 70_000
+    for k in range(n):
+        cache.put(k, one)
+    assert len(cache._ghost) == 1 << 16
+    assert next(iter(cache._ghost)) == n - 50_000 - (1 << 16)  # the oldest remembered
+    assert cache.stats().probation_nbytes == 50_000
+    cache.put(n - 50_000 - (1 << 16), one)  # remembered: straight into the main part
+    cache.put(n - 50_000 - (1 << 16) - 1, one)  # forgotten: on probation
+    assert cache.stats().promotions == 1
