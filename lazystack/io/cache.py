@@ -192,7 +192,8 @@ class ChunkCache:
     ``max_bytes`` worth of keys). A look-up that finds a chunk on probation,
     or a [`put()`][put] of a key in the ghost list, moves the chunk to the main
     LRU part. Probation and main together hold at most ``max_bytes``; the
-    main part's least recently used chunks go first.
+    main part's least recently used chunks go first, but a chunk just put in
+    the main part goes only after the chunks on probation.
 
     Examples
     --------
