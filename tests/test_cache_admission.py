@@ -463,3 +463,24 @@ def test_the_ghost_list_holds_at_most_its_key_count_whatever_the_chunk_size() ->
     cache.put(n - 50_000 - (1 << 16), one)  # remembered: straight into the main part
     cache.put(n - 50_000 - (1 << 16) - 1, one)  # forgotten: on probation
     assert cache.stats().promotions == 1
+
+
+@pytest.mark.parametrize("groups", [True, False])
+def test_requests_sharing_chunks_share_a_round(groups: bool) -> None:
+    """Cache off, rounds of one request's chunks: neighbours far apart in the batch are fetched in one round."""
+    data = np.random.default_rng(6).integers(0, 2**16, (8, 256, 256), dtype=np.uint16)  # chunks 4x64x64: 32 KiB
+    previous = set_chunk_cache_size(0)
+    try:
+        reader = _CountingReader(data, (4, 64, 64), groups=groups)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = [  # each touches 4 chunks; the 1st and 3rd share them all, so do the 2nd and 4th
+            (0, None, (0, 32, 32), (4, 64, 64)),
+            (0, None, (4, 160, 160), (4, 64, 64)),
+            (0, None, (0, 40, 40), (4, 64, 64)),
+            (0, None, (4, 170, 170), (4, 64, 64)),
+        ]
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=4 * 32 * 1024)
+        _check(reader, reqs, got)
+        assert reader.decodes == 8  # every chunk once
+    finally:
+        set_chunk_cache_size(previous)
