@@ -7,9 +7,11 @@ numpy slicing.
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -314,3 +316,171 @@ def test_the_default_batch_bound_holds_a_few_mib_not_the_whole_batch() -> None:
         finally:
             get_chunk_cache().clear()
             set_chunk_cache_size(previous)
+
+
+def test_a_chunk_read_again_from_the_ghost_list_is_kept_before_chunks_read_once() -> None:
+    """A re-read chunk admitted to the main part is not dropped at once while a read-once chunk stays."""
+    cache = ChunkCache(100, policy="2q")  # probation 25 bytes, ghosts 50
+    cache.put("x", np.zeros(50, dtype=np.uint8))
+    cache.put("y", np.zeros(60, dtype=np.uint8))  # x leaves probation, its key goes to the ghost list
+    assert "x" not in cache
+    cache.put("x", np.zeros(50, dtype=np.uint8))  # read again: into the main part; 110 > 100 bytes
+    assert "x" in cache
+    assert cache.get("x") is not None
+    assert "y" not in cache
+    assert cache.nbytes == _held(cache) == 50
+    # replacing a main chunk by a larger one: the same
+    cache.put("z", np.zeros(40, dtype=np.uint8))
+    cache.put("x", np.zeros(70, dtype=np.uint8))
+    assert ("x" in cache, "z" in cache, cache.nbytes) == (True, False, 70)
+
+
+class _HookedKey:
+    """A key whose ``hash`` runs ``hook`` once, on the ``at``-th call made from the arming thread."""
+
+    def __init__(self) -> None:
+        self.hook: Any = None
+        self.calls = 0
+        self.thread: int | None = None
+        self.at = 0
+
+    def __hash__(self) -> int:
+        if self.hook is not None and threading.get_ident() == self.thread:
+            self.calls += 1
+            if self.calls == self.at:
+                hook, self.hook = self.hook, None
+                hook()
+        return 7
+
+
+def test_membership_is_atomic_while_another_thread_promotes_the_chunk() -> None:
+    """``key in cache`` is True for a chunk held throughout, even while another thread moves it to the main part."""
+    cache = ChunkCache(1000, policy="2q")
+    key = _HookedKey()
+    cache.put(key, np.zeros(10, dtype=np.uint8))  # on probation
+    promoter = threading.Thread(target=cache.get, args=(key,))
+
+    def promote_now() -> None:  # between the look-up in the main part and the one on probation
+        promoter.start()
+        promoter.join(timeout=0.5)  # returns at once without a lock; with it, waits for the look-up to end
+
+    key.hook, key.thread, key.at = promote_now, threading.get_ident(), 2
+    assert key in cache
+    promoter.join()
+    assert key.hook is None  # the hook ran
+    assert cache.stats().promotions == 1
+    assert key in cache
+    assert len(cache) == 1
+
+
+class _CountingReader(_Reader):
+    """Records every group fetch; raises on the ``fail_at``-th one (counting from 1) if set."""
+
+    def __init__(self, *args: Any, fail_at: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[ChunkIndex]] = []
+        self.fail_at = fail_at
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        self.calls.append(list(indices))
+        if len(self.calls) == self.fail_at:
+            got = super().fetch_chunks(indices[: len(indices) // 2])  # half decoded, then the source fails
+            msg = f"source failed on fetch {self.fail_at} ({len(got)} chunks decoded)"
+            raise OSError(msg)
+        return super().fetch_chunks(indices)
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        if self.fail_at and self.decodes + 1 == 4 * self.fail_at:  # chunk by chunk: fail at a later chunk
+            msg = f"source failed on fetch {self.fail_at} (chunk {idx})"
+            raise OSError(msg)
+        return super().fetch_chunk(idx)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20, 64 << 20])
+def test_rounds_with_a_request_larger_than_the_bound_and_chunks_shared_across_rounds(cache_bytes: int) -> None:
+    """Requests bigger than a round, neighbours sharing chunks across rounds: exact patches, no chunk twice a round."""
+    data = np.random.default_rng(4).integers(0, 2**16, (16, 256, 256), dtype=np.uint16)  # chunks 4x64x64: 32 KiB
+    bound = 128 * 1024  # 4 chunks a round
+    previous = set_chunk_cache_size(cache_bytes)
+    try:
+        get_chunk_cache().clear()
+        reader = _CountingReader(data, (4, 64, 64), groups=True)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = [
+            (0, None, (0, 0, 0), (8, 128, 128)),  # 8 chunks: alone in its round, over the bound
+            (0, None, (4, 100, 100), (4, 40, 40)),  # shares chunks with the first and the next
+            (0, None, (2, 120, 120), (8, 64, 64)),  # 12 chunks, overlapping both
+            (0, None, (12, 200, 10), (4, 50, 200)),  # 4 chunks
+            (0, None, (12, 200, 10), (4, 50, 200)),  # the same again
+        ]
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=bound)
+        _check(reader, reqs, got)
+        assert len(reader.calls) >= 3  # fetched in several rounds
+        for call in reader.calls:
+            assert len(call) == len(set(call))  # no chunk twice in a fetch
+        touched = [set(reader.chunk_grid.touched(stack.plan_patch(*r)[0])) for r in reqs]
+        assert all(set(c) <= set().union(*touched) for c in reader.calls)  # nothing fetched that no patch touches
+        assert reader.decodes <= sum(len(t) for t in touched)
+        if cache_bytes >= 64 << 20:  # every chunk decoded once, the later rounds' shared ones from the cache
+            assert reader.decodes == len(set().union(*touched))
+        largest = max(len(t) for t in touched) * 32 * 1024  # a request's chunks are held together
+        assert largest > bound
+        assert 0 < reader.peak <= max(bound, largest) + get_chunk_cache().max_bytes
+    finally:
+        get_chunk_cache().clear()
+        set_chunk_cache_size(previous)
+    assert reader.alive == 0
+
+
+@pytest.mark.parametrize("groups", [True, False])
+def test_a_source_failing_in_a_later_round_raises_and_holds_no_chunk(groups: bool) -> None:
+    data = np.random.default_rng(5).integers(0, 2**16, (16, 256, 256), dtype=np.uint16)
+    previous = set_chunk_cache_size(0)
+    try:
+        reader = _CountingReader(data, (4, 64, 64), groups=groups, fail_at=2)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = _batch(reader, 12, (4, 64, 64), 7)
+        with pytest.raises(OSError, match="source failed on fetch 2"):
+            extract_patches([(stack, *r) for r in reqs], max_batch_bytes=128 * 1024)
+        if groups:
+            assert len(reader.calls) == 2  # the batch stopped at the failing round
+    finally:
+        set_chunk_cache_size(previous)
+    gc.collect()
+    assert reader.alive == 0
+
+
+def test_the_ghost_list_holds_at_most_its_key_count_whatever_the_chunk_size() -> None:
+    """Tiny chunks: the ghost list's bytes would allow 100 000 keys; it keeps the newest 65 536."""
+    cache = ChunkCache(200_000, policy="2q")  # probation 50 000 one-byte chunks, ghosts 100 000 bytes
+    one = np.zeros(1, dtype=np.uint8)
+    n = 50_000 + 70_000
+    for k in range(n):
+        cache.put(k, one)
+    assert len(cache._ghost) == 1 << 16
+    assert next(iter(cache._ghost)) == n - 50_000 - (1 << 16)  # the oldest remembered
+    assert cache.stats().probation_nbytes == 50_000
+    cache.put(n - 50_000 - (1 << 16), one)  # remembered: straight into the main part
+    cache.put(n - 50_000 - (1 << 16) - 1, one)  # forgotten: on probation
+    assert cache.stats().promotions == 1
+
+
+@pytest.mark.parametrize("groups", [True, False])
+def test_requests_sharing_chunks_share_a_round(groups: bool) -> None:
+    """Cache off, rounds of one request's chunks: neighbours far apart in the batch are fetched in one round."""
+    data = np.random.default_rng(6).integers(0, 2**16, (8, 256, 256), dtype=np.uint16)  # chunks 4x64x64: 32 KiB
+    previous = set_chunk_cache_size(0)
+    try:
+        reader = _CountingReader(data, (4, 64, 64), groups=groups)
+        stack = LazyImageStack(reader, "ZYX")
+        reqs = [  # each touches 4 chunks; the 1st and 3rd share them all, so do the 2nd and 4th
+            (0, None, (0, 32, 32), (4, 64, 64)),
+            (0, None, (4, 160, 160), (4, 64, 64)),
+            (0, None, (0, 40, 40), (4, 64, 64)),
+            (0, None, (4, 170, 170), (4, 64, 64)),
+        ]
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=4 * 32 * 1024)
+        _check(reader, reqs, got)
+        assert reader.decodes == 8  # every chunk once
+    finally:
+        set_chunk_cache_size(previous)

@@ -192,7 +192,8 @@ class ChunkCache:
     ``max_bytes`` worth of keys). A look-up that finds a chunk on probation,
     or a [`put()`][put] of a key in the ghost list, moves the chunk to the main
     LRU part. Probation and main together hold at most ``max_bytes``; the
-    main part's least recently used chunks go first.
+    main part's least recently used chunks go first, but a chunk just put in
+    the main part goes only after the chunks on probation.
 
     Examples
     --------
@@ -272,10 +273,12 @@ class ChunkCache:
             )
 
     def __len__(self) -> int:
-        return len(self._main) + len(self._probation)
+        with self._lock:  # a chunk moving from probation to main is in neither or both part-way
+            return len(self._main) + len(self._probation)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._main or key in self._probation
+        with self._lock:
+            return key in self._main or key in self._probation
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -382,7 +385,8 @@ class ChunkCache:
                     self._probation[key] = view
                     self._probation_nbytes += size
             self._nbytes += size
-            self._evict_locked()
+            # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
+            self._evict_locked(keep_newest_main=key in self._main)
 
     def _drop_probation_locked(self) -> None:
         """Drop the oldest chunk on probation, remembering its key in the ghost list."""
@@ -401,12 +405,12 @@ class ChunkCache:
         while ghost and (self._ghost_nbytes > limit or len(ghost) > _GHOST_MAX_KEYS):
             self._ghost_nbytes -= ghost.popitem(last=False)[1]
 
-    def _evict_locked(self) -> None:
+    def _evict_locked(self, *, keep_newest_main: bool = False) -> None:
         probation_limit = int(self._max_bytes * PROBATION_FRACTION)
         while self._probation_nbytes > probation_limit and len(self._probation) > 1:
             self._drop_probation_locked()
         while self._nbytes > self._max_bytes:
-            if self._main:
+            if self._main and not (keep_newest_main and len(self._main) == 1 and self._probation):
                 _, dropped = self._main.popitem(last=False)
                 self._nbytes -= int(dropped.nbytes)
                 self._evictions += 1

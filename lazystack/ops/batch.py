@@ -429,8 +429,14 @@ class _Batch:
                 self.extract(i, proxy, views)
 
     def _serve_rounds(self, reader: ChunkedReader, items: list[_Item]) -> None:
-        """All the chunks of a round in one fetch (concurrent I/O or native threads), at most ``max_bytes`` a round."""
+        """All the chunks of a round in one fetch (concurrent I/O or native threads), at most ``max_bytes`` a round.
+
+        Requests go in the order of the first chunk they touch, so that
+        requests sharing chunks fall in the same round: a chunk needed in two
+        rounds is fetched twice unless the cache still holds it.
+        """
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
+        items = sorted(items, key=lambda item: min(item[1], default=()))
         for group in _split(items, nbytes, self.max_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
             proxy = _PrefetchedReader(reader, reader.read_chunks(wanted) if wanted else {})
