@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from dask.utils import parse_bytes
 
 from .process import at_fork
 
@@ -112,6 +111,8 @@ def parse_size(value: int | str, what: str = "cache size") -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         n = int(value)
     elif isinstance(value, str) and any(c.isdigit() for c in value):  # dask reads a bare unit ("MiB") as 1 of it
+        from dask.utils import parse_bytes  # on first use: dask costs a spawned worker 0.3-0.4 s to import
+
         try:
             n = int(parse_bytes(value))
         except ValueError:
