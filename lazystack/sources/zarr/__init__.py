@@ -464,6 +464,11 @@ class ZarrArrayReader(Reader):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    @property
+    def location(self) -> ZarrLocation:
+        """Store and array path of this reader."""
+        return self._location
+
     def array(self) -> zarr_lib.Array:
         """The open [`zarr.Array`][zarr.Array] of this process (opened on first use)."""
         arr = self._array
@@ -599,6 +604,21 @@ class ZarrArrayReader(Reader):
         name = arr.metadata.encode_chunk_key(coords) if arr is not None else ".".join(map(str, coords))
         return f"{self._location.path}/{name}".lstrip("/")
 
+    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
+        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            Region (ints and step-1 slices within bounds).
+
+        Returns
+        -------
+        list of str
+            At most ``_MAX_KEYS_SHOWN + 1`` keys (the first ones, in C order).
+        """
+        return [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
+
     def _failing_keys(self, key: tuple[int | slice, ...]) -> list[str] | None:
         """Read each touched chunk alone to find the failing one(s); None when too many to probe."""
         coords_list = self._chunk_coords(key, _MAX_PROBED)
@@ -622,7 +642,7 @@ class ZarrArrayReader(Reader):
         if failing:
             where = f"failing {what}(s) {', '.join(repr(k) for k in failing)}"
         else:
-            keys = [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
+            keys = self.chunk_keys(key)
             shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
             where = f"{what}(s) {shown}{' ...' if len(keys) > _MAX_KEYS_SHOWN else ''}"
         hint = ""
