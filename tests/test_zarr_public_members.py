@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
+from lazystack import load
+from lazystack.core.errors import AxesError, SourceFormatError
 from lazystack.sources.zarr import ZarrArrayReader, open_zarr
 from lazystack.sources.zarr.engines import available_engines, make_engine
 
@@ -45,3 +47,27 @@ def test_every_engine_reads_a_region(tmp_path: Path) -> None:
     for name in names:
         out = make_engine(array, name).read_region(region)
         np.testing.assert_array_equal(out, data[region], err_msg=name)
+
+
+def _group_with(tmp_path: Path, attrs: dict[str, object]) -> str:
+    path = str(tmp_path / "g.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.attrs.update(attrs)
+    group.create_array("a", shape=(4, 4), dtype="u1")[:] = 1
+    return path
+
+
+@pytest.mark.parametrize("attrs", [{"ome": {"version": "0.5", "multiscales": None}}, {"multiscales": None}])
+def test_null_multiscales_declare_no_axes(tmp_path: Path, attrs: dict[str, object]) -> None:
+    path = _group_with(tmp_path, attrs)
+    with pytest.raises(AxesError, match="declares no axes"):  # as for a group without multiscales
+        load(path)
+
+
+@pytest.mark.parametrize("attrs", [{"ome": {"version": "0.5", "multiscales": 5}}, {"multiscales": 5}])
+def test_multiscales_not_a_list_is_refused_by_name(tmp_path: Path, attrs: dict[str, object]) -> None:
+    path = _group_with(tmp_path, attrs)
+    with pytest.raises(SourceFormatError, match=r"'multiscales'.*must be a list.*got a int: 5"):
+        load(path, "YX")
+    with pytest.raises(AxesError, match="declares no axes"):
+        load(path)

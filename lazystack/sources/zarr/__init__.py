@@ -883,15 +883,23 @@ class _Multiscale:
 
 
 def _ngff(attrs: Mapping[str, Any]) -> tuple[list[Any], Mapping[str, Any], str]:
-    """(multiscales, the dict holding them, version) from group attrs (0.4 or 0.5)."""
+    """(multiscales, the dict holding them, version) from group attrs (0.4 or 0.5).
+
+    A value that is not a list comes as a list of it (empty when falsy), for
+    [`_parse_multiscales()`][_parse_multiscales] to refuse by name.
+    """
     ome = attrs.get("ome")
     if isinstance(ome, Mapping) and "multiscales" in ome:
-        return list(ome["multiscales"]), ome, str(ome.get("version", "0.5"))
+        return _as_list(ome["multiscales"]), ome, str(ome.get("version", "0.5"))
     if "multiscales" in attrs:
-        ms = list(attrs["multiscales"])
+        ms = _as_list(attrs["multiscales"])
         version = str(ms[0].get("version", "0.4")) if ms and isinstance(ms[0], Mapping) else "0.4"
         return ms, attrs, version
     return [], attrs, ""
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value] if value else []
 
 
 def _transform_of(transforms: Any, ndim: int, kind: str = "scale") -> list[float] | None:
