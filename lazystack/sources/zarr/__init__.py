@@ -1149,7 +1149,7 @@ def open_zarr(
         A group: one per array at its first level, sorted by name; an OME-Zarr
         image group: one per (selected) multiscale level, level 0 first; a
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
-        ``1`` ...; an HCS plate: the levels of every field of every well, in the
+        ``1`` ... (attrs ``image``: its name); an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
         ``field``); a label image or an image's ``labels`` group: the label images'
         levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr
