@@ -156,11 +156,18 @@ def _coarser_level(stack: LazyImageStack, max_size: int) -> LazyImageStack | Non
 
 
 def _pyramid(stack: LazyImageStack) -> list[LazyImageStack]:
-    """Every level of the multiscale image ``stack`` is a level of (``attrs["image_uri"]``; empty if none)."""
+    """Every level of the multiscale ``stack`` is a level of (in ``attrs["image_uri"]``; empty if none)."""
     from ..loading.loaders import load_zarrs
 
     image = stack.attrs.get("image_uri")
-    return [] if image is None else list(load_zarrs(image, stack.original_axes))
+    if image is None:
+        return []
+    runs: list[list[LazyImageStack]] = []  # one per multiscale of the image group, each from its level 0
+    for level in load_zarrs(image, stack.original_axes):
+        if level.level == 0 or not runs:
+            runs.append([])
+        runs[-1].append(level)
+    return next((run for run in runs if any(s.source == stack.source for s in run)), [])
 
 
 #: Where [`show()`][show] may put its scale bar (matplotlib's location names).

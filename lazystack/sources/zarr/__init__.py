@@ -464,6 +464,11 @@ class ZarrArrayReader(Reader):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    @property
+    def location(self) -> ZarrLocation:
+        """Store and array path of this reader."""
+        return self._location
+
     def array(self) -> zarr_lib.Array:
         """The open [`zarr.Array`][zarr.Array] of this process (opened on first use)."""
         arr = self._array
@@ -599,6 +604,21 @@ class ZarrArrayReader(Reader):
         name = arr.metadata.encode_chunk_key(coords) if arr is not None else ".".join(map(str, coords))
         return f"{self._location.path}/{name}".lstrip("/")
 
+    def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
+        """Store keys of the chunks (shards, for a sharded array) that ``key`` touches.
+
+        Parameters
+        ----------
+        key : tuple of int or slice
+            Region (ints and step-1 slices within bounds).
+
+        Returns
+        -------
+        list of str
+            At most ``_MAX_KEYS_SHOWN + 1`` keys (the first ones, in C order).
+        """
+        return [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
+
     def _failing_keys(self, key: tuple[int | slice, ...]) -> list[str] | None:
         """Read each touched chunk alone to find the failing one(s); None when too many to probe."""
         coords_list = self._chunk_coords(key, _MAX_PROBED)
@@ -622,7 +642,7 @@ class ZarrArrayReader(Reader):
         if failing:
             where = f"failing {what}(s) {', '.join(repr(k) for k in failing)}"
         else:
-            keys = [self._store_key(c) for c in self._chunk_coords(key, _MAX_KEYS_SHOWN)]
+            keys = self.chunk_keys(key)
             shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
             where = f"{what}(s) {shown}{' ...' if len(keys) > _MAX_KEYS_SHOWN else ''}"
         hint = ""
@@ -863,15 +883,23 @@ class _Multiscale:
 
 
 def _ngff(attrs: Mapping[str, Any]) -> tuple[list[Any], Mapping[str, Any], str]:
-    """(multiscales, the dict holding them, version) from group attrs (0.4 or 0.5)."""
+    """(multiscales, the dict holding them, version) from group attrs (0.4 or 0.5).
+
+    A value that is not a list comes as a list of it (empty when falsy), for
+    [`_parse_multiscales()`][_parse_multiscales] to refuse by name.
+    """
     ome = attrs.get("ome")
     if isinstance(ome, Mapping) and "multiscales" in ome:
-        return list(ome["multiscales"]), ome, str(ome.get("version", "0.5"))
+        return _as_list(ome["multiscales"]), ome, str(ome.get("version", "0.5"))
     if "multiscales" in attrs:
-        ms = list(attrs["multiscales"])
+        ms = _as_list(attrs["multiscales"])
         version = str(ms[0].get("version", "0.4")) if ms and isinstance(ms[0], Mapping) else "0.4"
         return ms, attrs, version
     return [], attrs, ""
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value] if value else []
 
 
 def _transform_of(transforms: Any, ndim: int, kind: str = "scale") -> list[float] | None:
@@ -1121,7 +1149,7 @@ def open_zarr(
         A group: one per array at its first level, sorted by name; an OME-Zarr
         image group: one per (selected) multiscale level, level 0 first; a
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
-        ``1`` ...; an HCS plate: the levels of every field of every well, in the
+        ``1`` ... (attrs ``image``: its name); an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
         ``field``); a label image or an image's ``labels`` group: the label images'
         levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr

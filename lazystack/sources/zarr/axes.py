@@ -86,7 +86,7 @@ def _ngff_letter(axis: Any) -> str | None:
 
 def _multiscale_axes(attrs: Any) -> str | None:
     multiscales = _ngff(attrs)[0]
-    if not multiscales:
+    if not multiscales or not isinstance(multiscales[0], Mapping):
         return None
     axes = multiscales[0].get("axes")
     if not axes:

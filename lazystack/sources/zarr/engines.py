@@ -290,6 +290,10 @@ class ZarrEngine(ABC):
         """Decode one chunk (default: [`fetch()`][fetch] of one index)."""
         return self.fetch([idx])[idx]
 
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Read a region straight through the engine (no cache). Default: ``array[region]``."""
+        return np.asarray(self.array[region])
+
 
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
@@ -907,6 +911,10 @@ class TensorstoreEngine(ZarrEngine):
         except Exception as e:
             msg = f"cannot read chunks {list(indices)[:4]}... of the zarr array at {self.location!r} (tensorstore): {e}"
             raise SourceReadError(msg) from e
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """One tensorstore read of the region."""
+        return np.asarray(self._ts[region].read().result())
 
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
         """Start a read of ``region`` in tensorstore's threads (``as_float32``: converted there, exact or not:
