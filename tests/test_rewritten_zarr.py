@@ -1,16 +1,17 @@
 """A local Zarr array whose data a zarr writer updates after a stack read it (metadata document untouched).
 
 What a demanding user expects: a stack opened *after* the update reads the new data, and no patch ever
-mixes chunks of before and after the update (a clear error or one version). Both fail today with the
-decoded-chunk cache on: the cache key of a local Zarr chunk is the array's path plus its metadata
-document's mtime, which a data update leaves alone, and only cache misses are checked. Marked as strict
-expected failures until sources/zarr gives each open its own cache token and checks chunk files on the
-cold path (see the robust helper's report); with the cache off both pass.
+mixes chunks of before and after the update (a clear error or one version). Each open of a Zarr source has
+its own names in the decoded-chunk cache, and a local chunk file found modified after the opening when it is
+read from the store (cache misses only) raises an error naming it. References: zarr-python's own read of
+the updated store.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,7 @@ import zarr
 
 import lazystack
 from lazystack.io.cache import get_chunk_cache
-
-pytestmark = pytest.mark.xfail(
-    condition=get_chunk_cache().enabled,
-    strict=True,
-    reason="decoded-chunk cache keyed by array path + metadata mtime: data rewritten by zarr is not seen",
-)
+from lazystack.sources.zarr.engines import AutoEngine
 
 
 def _store(path: Path) -> zarr.Array:
@@ -66,3 +62,73 @@ def test_an_open_stack_never_mixes_data_of_before_and_after_an_update(tmp_path: 
         error = None
         assert np.unique(patch).size == 1, f"a patch mixing old and new chunks: values {np.unique(patch)}"
     assert error is None or "a.zarr" in error, error
+
+
+def test_the_open_stack_raises_naming_the_rewritten_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "a.zarr"
+    _store(path)
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))
+    _update(path)
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/1/0.*reopen"):
+        stack.extract_patch(0, None, (28, 0), (8, 8))
+    (reopened,) = lazystack.load_zarrs([path], "SYX")  # what the message says to do
+    reference = zarr.open_array(path, mode="r")[0, 28:36, :8]
+    np.testing.assert_array_equal(reopened.extract_patch(0, None, (28, 0), (8, 8))[0], reference)
+
+
+def test_a_rewritten_shard_of_an_open_stack_raises(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    array = zarr.create_array(path, shape=(64, 64), chunks=(16, 16), shards=(32, 32), dtype="uint16")
+    array[...] = 1
+    (stack,) = lazystack.load_zarrs([path], "YX")
+    assert stack.extract_patch(0, None, (0, 0), (8, 8)).max() == 1  # shard (0, 0)'s index and chunk cached
+    zarr.open_array(path, mode="r+")[...] = 2
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)s\.zarr.*c/0/0.*reopen"):
+        stack.extract_patch(0, None, (16, 0), (8, 8))  # another inner chunk of the same, rewritten, shard
+
+
+def test_a_pickled_stack_keeps_its_cache_names_and_a_new_open_has_its_own(tmp_path: Path) -> None:
+    if not get_chunk_cache().enabled:
+        pytest.skip("the decoded-chunk cache is off")
+    path = tmp_path / "a.zarr"
+    _store(path)
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))
+    cache = get_chunk_cache()
+    hits, misses = cache.stats().hits, cache.stats().misses
+    pickle.loads(pickle.dumps(stack)).extract_patch(0, None, (0, 0), (8, 8))
+    assert (cache.stats().hits, cache.stats().misses) == (hits + 1, misses)
+    (again,) = lazystack.load_zarrs([path], "SYX")
+    again.extract_patch(0, None, (0, 0), (8, 8))
+    assert (cache.stats().hits, cache.stats().misses) == (hits + 1, misses + 1)
+
+
+def test_chunk_files_dated_in_the_future_are_read(tmp_path: Path) -> None:
+    """A copy from a machine whose clock runs ahead is not a change after the opening."""
+    path = tmp_path / "a.zarr"
+    _store(path)
+    zarr.open_array(path, mode="r+")[1] = 3
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    future = time.time_ns() + 3600 * 10**9
+    for chunk in (path / "c").rglob("*"):
+        if chunk.is_file():
+            os.utime(chunk, ns=(future, future))
+    reference = zarr.open_array(path, mode="r")[:]
+    for s in range(2):
+        np.testing.assert_array_equal(stack.extract_patch(s, None, (20, 20), (24, 24))[0], reference[s, 20:44, 20:44])
+
+
+def test_chunks_decoded_by_tensorstore_are_checked_too(tmp_path: Path) -> None:
+    pytest.importorskip("tensorstore")
+    path = tmp_path / "a.zarr"
+    _store(path)
+    opened = time.time_ns()
+    engine = AutoEngine(zarr.open_array(path, mode="r"), min_tensorstore=1, min_tensorstore_bytes=0)
+    engine.direct.modified_after = opened
+    chunks = [(0, 0, 0), (0, 1, 0)]
+    assert engine.prefers_tensorstore(len(chunks))
+    assert all(v.max() == 1 for v in engine.fetch(chunks).values())
+    _update(path)
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
+        engine.fetch(chunks)

@@ -19,9 +19,11 @@ pickles without any handle. Stores are always opened read-only.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,8 +48,10 @@ from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
     RegionReads,
     RetryPolicy,
+    _array_token,
     _format_region,
     _is_compressed,
+    _StaleChunkError,
     close_http_session_at_exit,
     get_zarr_engine,
 )
@@ -91,6 +95,7 @@ _MAX_PROBED = 64
 _MAX_FAST_GRID = 1 << 22
 _MAX_LAYOUT_PROBED = 10_000
 _T = TypeVar("_T")
+_OPENS = itertools.count()  # numbers the opens of this process: each open has its own chunk-cache entries
 
 
 # -- where a source points ----------------------------------------------------------------
@@ -420,6 +425,8 @@ class ZarrArrayReader(Reader):
     capabilities: ReaderCapabilities
 
     def __init__(self, location: ZarrLocation, array: zarr_lib.Array | None = None) -> None:
+        # before anything is read: a local chunk file modified after this raises when it is decoded
+        self._opened_ns: int | None = time.time_ns() if location.is_local else None
         if array is None:
             array = _open_array(location)
         self._location = location
@@ -447,6 +454,10 @@ class ZarrArrayReader(Reader):
                 raise SourceFormatError(msg)
         self.zarr_format: int = int(array.metadata.zarr_format)
         self.token: str = "zarr-" + location.uri()
+        # the decoded-chunk cache's name of this open's data: a zarr writer replaces chunk files and leaves
+        # the metadata document alone, so an open after an update must not find the chunks cached before it
+        # (kept when pickled: a process's cache is its own)
+        self._cache_token = f"{_array_token(array)}#open-{os.getpid()}-{next(_OPENS)}"
         self.capabilities = ReaderCapabilities(remote=not location.is_local, compressed=_is_compressed(array))
         # the fast path keeps per-axis chunk tables: arrays with astronomically many chunks read through zarr
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
@@ -499,7 +510,15 @@ class ZarrArrayReader(Reader):
                 # and retries a dead server for minutes: remote stores keep fsspec's client
                 engine = "direct"
             retry = None if self._location.is_local else retry_policy(self._location)
-            fast = _FastReader(arr, self._metadata_file(), self._opened_stat, engine=engine, retry=retry)
+            fast = _FastReader(
+                arr,
+                self._metadata_file(),
+                self._opened_stat,
+                engine=engine,
+                retry=retry,
+                token=self._cache_token,
+                modified_after=self._opened_ns,
+            )
             self._fast = fast
         return fast
 
@@ -547,6 +566,9 @@ class ZarrArrayReader(Reader):
             return read(key)
         except (MemoryError, IndexError, TypeError):
             raise
+        except _StaleChunkError as exc:
+            msg = f"Zarr array {self._location.uri()!r} changed after the stack was opened: {exc}"
+            raise SourceReadError(msg) from None
         except Exception as exc:
             # a store change is not chained: the message says it all
             raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
@@ -723,8 +745,10 @@ class _FastReader(_EngineReader):
         *,
         engine: str | None = None,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
+        modified_after: int | None = None,
     ) -> None:
-        super().__init__(array, engine=engine, retry=retry)
+        super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after)
         self._check_exists = functools.partial(_check_unchanged, metadata_file, opened)
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:

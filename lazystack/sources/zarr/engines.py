@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import threading
+import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -367,6 +368,22 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+class _StaleChunkError(SourceReadError):
+    """A local chunk (or shard) file was modified after its array was opened: the store changed under a reader.
+
+    Raised on the cold path only (a chunk read from its file), so that a patch never mixes chunks cached
+    before a rewrite with chunks decoded after it.
+    """
+
+    def __init__(self, path: str, key: str) -> None:
+        msg = (
+            f"chunk file {path!r} (key {key!r}) was modified after the array was opened: "
+            "the store changed after it was opened; reopen it to read the new data"
+        )
+        super().__init__(msg)
+        self.path, self.key = path, key
+
+
 def _is_compressed(array: Any) -> bool:
     """Whether a zarr array's chunks go through compressors or filters."""
     return bool(array.compressors or array.filters)
@@ -652,6 +669,8 @@ class DirectEngine(ZarrEngine):
         fill = array.fill_value
         self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
         self._local_root: str | None = None
+        #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
+        self.modified_after: int | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
             self._local_root = os.fspath(self._store.root)
@@ -687,19 +706,49 @@ class DirectEngine(ZarrEngine):
         try:
             fd = os.open(self._local_root + "/" + key, os.O_RDONLY)
             try:
+                opened = self.modified_after
+                st = os.fstat(fd) if byte_range is None or opened is not None else None
+                if opened is not None and st is not None and st.st_mtime_ns > opened:
+                    self._check_modified(key, st.st_mtime_ns)
                 if byte_range is not None:
                     start, stop = byte_range
                 else:
-                    size = os.fstat(fd).st_size
+                    assert st is not None
+                    size = st.st_size
                     start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
                 return _pread_all(fd, start, stop - start)
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
             return None
+        except _StaleChunkError:  # an OSError too (SourceReadError): said as it is
+            raise
         except OSError as e:
             msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
             raise SourceReadError(msg) from e
+
+    def _check_modified(self, key: str, mtime_ns: int) -> None:
+        """Raise ``SourceReadError``: the file of ``key`` is newer than the array's opening.
+
+        A modification time in the future of this process's clock (a copy from a machine whose clock runs
+        ahead, an archive) says nothing about a change after the opening: such files are read as they are.
+        """
+        if mtime_ns <= time.time_ns():
+            raise _StaleChunkError(self._where(key), key)
+
+    def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
+        """For chunks decoded by another engine: raise ``SourceReadError`` when a local
+        file of ``indices`` (their shards, when sharded) was modified after the array was opened."""
+        opened = self.modified_after
+        if opened is None or self._local_root is None:
+            return
+        for key in dict.fromkeys(self._key_of(idx) for idx in indices):
+            try:
+                mtime = os.stat(self._local_root + "/" + key).st_mtime_ns
+            except OSError:  # not stored (the fill value) or unreadable: the engine that read it said so
+                continue
+            if mtime > opened:
+                self._check_modified(key, mtime)
 
     @staticmethod
     def _byte_request(rng: tuple[int, int] | None, suffix: int | None) -> Any:
@@ -1035,7 +1084,9 @@ class AutoEngine(ZarrEngine):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
         if self.prefers_tensorstore(len(indices)):
-            return self.tensorstore.fetch(indices)
+            out = self.tensorstore.fetch(indices)
+            self.direct.check_unmodified(indices)
+            return out
         return self.direct.fetch(indices)
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
@@ -1168,6 +1219,10 @@ class ZarrArrayReader(ChunkedReader):
         file's modification time).
     retry : RetryPolicy, optional
         Retries of remote chunk reads (default: [`RetryPolicy`][RetryPolicy]'s).
+    modified_after : int, optional
+        For a local store: the time (``time.time_ns()``) the array was opened. A chunk file found
+        modified after it when a chunk is read from the store (never on a cache hit) raises
+        ``SourceReadError``, with the ``auto`` and ``direct`` engines. Default: no check.
 
     Notes
     -----
@@ -1185,12 +1240,19 @@ class ZarrArrayReader(ChunkedReader):
     """
 
     def __init__(
-        self, array: Any, *, engine: str | None = None, token: str | None = None, retry: RetryPolicy | None = None
+        self,
+        array: Any,
+        *,
+        engine: str | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        modified_after: int | None = None,
     ) -> None:
         if engine is not None:
             _check_engine(engine)
         self._array = array
         self._retry = retry
+        self._modified_after = modified_after
         self._engine_name = engine
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
@@ -1220,7 +1282,11 @@ class ZarrArrayReader(ChunkedReader):
         if engine is None or self._engine_pid != pid:
             with self._engine_lock:
                 if self._engine is None or self._engine_pid != pid:
-                    self._engine = make_engine(self._array, self._engine_name, retry=self._retry)
+                    built = make_engine(self._array, self._engine_name, retry=self._retry)
+                    direct = built.direct if isinstance(built, AutoEngine) else built
+                    if isinstance(direct, DirectEngine):
+                        direct.modified_after = self._modified_after
+                    self._engine = built
                     self._engine_pid = pid
                 engine = self._engine
         return engine
