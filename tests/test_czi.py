@@ -369,8 +369,9 @@ def _bioio_reference(path: Path, scene_index: int, axes: str) -> np.ndarray:
         except Exception:  # bioio-czi cannot parse this file's metadata: read with aicspylibczi, which it wraps
             import aicspylibczi
 
-            f = aicspylibczi.CziFile(str(path))
-            arr, dims = f.read_image(S=scene_index) if "S" in f.dims else f.read_image()
+            with open(path, "rb") as fh:  # aicspylibczi leaves a file it opened itself open
+                f = aicspylibczi.CziFile(fh)
+                arr, dims = f.read_image(S=scene_index) if "S" in f.dims else f.read_image()
             x = xr.DataArray(arr, dims=[d if d != "A" else "S" for d, _ in dims])
     x = x.rename({"S": "RGB"}) if "S" in x.dims else x
     x = x.squeeze([d for d in x.dims if x.sizes[d] == 1 and d not in "CYX"], drop=True)

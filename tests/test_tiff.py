@@ -376,7 +376,8 @@ def test_pyramidal_ome_gives_full_resolution(tmp_path: Path) -> None:
         tw.write(data, subifds=2, tile=(16, 16), compression="zlib", metadata={"axes": "YX"})
         tw.write(data[::2, ::2], subfiletype=1, tile=(16, 16), compression="zlib")
         tw.write(data[::4, ::4], subfiletype=1, tile=(16, 16), compression="zlib")
-    assert len(tifffile.TiffFile(path).series[0].levels) == 3
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series[0].levels) == 3
     (stack,) = load_tiffs(path, "YX")  # load_tiffs' default: full resolution (tests/test_pyramids.py: levels=)
     assert stack.original_data_shape == (64, 96)
     assert (stack.level, stack.attrs["image_uri"]) == (0, f"{path}@0")

@@ -901,8 +901,12 @@ class DirectEngine(ZarrEngine):
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
 
-    Raises MissingDependencyError without tensorstore, NotImplementedError for a store neither local
-    nor HTTP(S) or an array tensorstore rejects.
+    Raises
+    ------
+    MissingDependencyError
+        If tensorstore is not installed.
+    NotImplementedError
+        If the store is neither local nor HTTP(S), or tensorstore rejects the array.
     """
 
     name = "tensorstore"
@@ -978,7 +982,13 @@ class TensorstoreEngine(ZarrEngine):
         return self._ts[region].read()
 
     def take(self, region: tuple[slice, ...], future: Any) -> np.ndarray:
-        """The result of [`start_read()`][start_read] (waits for it; SourceReadError if the read failed)."""
+        """The result of [`start_read()`][start_read] (waits for it).
+
+        Raises
+        ------
+        SourceReadError
+            If the read failed.
+        """
         try:
             return np.asarray(future.result())
         except Exception as e:
