@@ -13,6 +13,13 @@ decides and per-GET overhead does not::
 Each checkout reads in its own subprocess (its ``lazystack`` first on
 ``sys.path``), blocks alternating between the checkouts; the medians of
 every block are printed and the median of the blocks per checkout.
+
+``--batches`` times cold ``extract_patches`` batches instead (the chunk cache
+emptied before each): 32 3-D patches of 16x64x64 over 8x128x128 chunks and 64
+2-D patches of 64x64 over 256x256 chunks, uint16 zstd, where the number of
+sequential network round trips a batch waits for decides::
+
+    python -m benchmarks.http_range --batches --rtt-ms 5 --code /path/to/old --code /path/to/new
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalHTTPServer", "RangeHandler", "compare", "serve"]
+__all__ = ["LocalHTTPServer", "RangeHandler", "compare", "compare_batches", "serve"]
 
 
 class LocalHTTPServer(ThreadingHTTPServer):
@@ -181,6 +188,88 @@ def compare(codes: list[str], rtt_ms: float, n: int = 100, blocks: int = 6, side
     }
 
 
+_BATCH_CLIENT = r"""
+import json, sys, time
+import numpy as np
+from lazystack import load_zarrs
+from lazystack.io.cache import get_chunk_cache
+from lazystack.ops.batch import extract_patches
+base, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(seed)
+out = {}
+for name, axes, size, count in (("3d", "ZYX", (16, 64, 64), 32), ("2d", "YX", (64, 64), 64)):
+    (stack,) = load_zarrs(f"{base}/{name}.zarr", axes)
+    shape = stack.data_shape[2:]
+    times = []
+    for b in range(n + 2):
+        reqs = [(stack, 0, None, tuple(int(rng.integers(0, d - s + 1)) for d, s in zip(shape, size)), size)
+                for _ in range(count)]
+        get_chunk_cache().clear()
+        t = time.perf_counter()
+        extract_patches(reqs)
+        if b >= 2:  # the first two open connections and warm the engine
+            times.append(time.perf_counter() - t)
+    out[name] = float(np.median(times) * 1e3)
+print(json.dumps(out))
+"""
+
+
+def compare_batches(codes: list[str], rtt_ms: float, n: int = 10, blocks: int = 6) -> dict[str, Any]:
+    """Median cold batch time (ms) of each checkout in ``codes``, 3-D and 2-D, over a server with ``rtt_ms`` trips.
+
+    Returns
+    -------
+    dict
+        ``{"blocks": {kind: {code: [median ms per block]}}, "median_ms": {kind: {code: median of the blocks}}}``
+        with ``kind`` ``"3d"`` or ``"2d"``.
+    """
+    import numpy as np
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    kinds = ("3d", "2d")
+    with tempfile.TemporaryDirectory(prefix="http_batches_") as tmp:
+        rng = np.random.default_rng(0)
+        for name, shape, chunks in (("3d", (64, 512, 512), (8, 128, 128)), ("2d", (4096, 4096), (256, 256))):
+            z = zarr.create_array(
+                f"{tmp}/{name}.zarr", shape=shape, chunks=chunks, dtype="uint16", compressors=ZstdCodec(level=1)
+            )
+            z[...] = rng.integers(0, 4000, shape, dtype=np.uint16)
+        here = str(Path(__file__).resolve().parent.parent)
+        server = subprocess.Popen(
+            [sys.executable, "-c", f"import benchmarks.http_range as h; h.serve({tmp!r}, {rtt_ms / 1000!r})"],
+            cwd=here,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            base = f"http://127.0.0.1:{int(server.stdout.readline())}"
+            out: dict[str, dict[str, list[float]]] = {k: {c: [] for c in codes} for k in kinds}
+            for b in range(blocks):
+                for code in codes if b % 2 == 0 else codes[::-1]:
+                    got = subprocess.run(
+                        [sys.executable, "-c", _BATCH_CLIENT, base, str(n), str(b)],
+                        env=dict(os.environ, PYTHONPATH=code),
+                        cwd=code,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    stats = json.loads(got.stdout.strip().splitlines()[-1])
+                    for k in kinds:
+                        out[k][code].append(stats[k])
+        finally:
+            if server.stdin is not None:
+                server.stdin.close()
+            server.wait(timeout=30)
+    return {
+        "blocks": out,
+        "median_ms": {k: {c: statistics.median(v) for c, v in out[k].items()} for k in kinds},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line of :func:`compare` (prints a table)."""
     parser = argparse.ArgumentParser(description="cold HTTP patches of several lazystack checkouts")
@@ -188,7 +277,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rtt-ms", type=float, default=5.0, help="injected round trip per request (ms)")
     parser.add_argument("--patches", type=int, default=100)
     parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--batches", action="store_true", help="time cold extract_patches batches (3-D and 2-D)")
     args = parser.parse_args(argv)
+    if args.batches:
+        batches = compare_batches(args.code, args.rtt_ms, blocks=args.blocks)
+        print(f"cold extract_patches batches over HTTP, injected round trip {args.rtt_ms} ms, median ms per block")
+        for kind, by_code in batches["blocks"].items():
+            for code, values in by_code.items():
+                cells = " ".join(f"{v:7.1f}" for v in values)
+                print(f"{kind} {code:<28} {cells}   median {batches['median_ms'][kind][code]:7.1f}")
+        return batches
     result = compare(args.code, args.rtt_ms, args.patches, args.blocks)
     print(f"cold 64x64 uint16 zstd patches over HTTP, injected round trip {args.rtt_ms} ms, median us per block")
     for code, values in result["blocks"].items():

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,8 @@ import zarr
 
 import lazystack
 from lazystack.io.cache import get_chunk_cache
-from lazystack.sources.zarr.engines import AutoEngine
+from lazystack.ops.batch import extract_patches
+from lazystack.sources.zarr.engines import AutoEngine, set_zarr_engine
 
 
 def _store(path: Path) -> zarr.Array:
@@ -132,3 +135,90 @@ def test_chunks_decoded_by_tensorstore_are_checked_too(tmp_path: Path) -> None:
     _update(path)
     with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
         engine.fetch(chunks)
+
+
+# -- the batch path names the array too -------------------------------------------------------------
+def _group_array(root: Path, **kwargs: object) -> Path:
+    """An array ``b`` in the group ``root`` (so the array's path is not the store's), 2x64x64 uint16."""
+    group = zarr.open_group(root, mode="w")
+    array = group.create_array("b", shape=(2, 64, 64), dtype="uint16", **kwargs)  # type: ignore[arg-type]
+    array[...] = np.arange(2 * 64 * 64, dtype="uint16").reshape(2, 64, 64)
+    return root / "b"
+
+
+@pytest.mark.parametrize("path_kind", ["single", "batch", "stack-batch"])
+def test_a_rewritten_chunk_names_the_array_the_file_the_key_and_reopen_on_every_path(
+    tmp_path: Path, path_kind: str
+) -> None:
+    path = _group_array(tmp_path / "g.zarr", chunks=(1, 32, 32))
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))
+    time.sleep(0.01)  # a later modification time than the opening, whatever the file system's resolution
+    zarr.open_array(path, mode="r+")[...] = 3
+    reads = {
+        "single": lambda: stack.extract_patch(1, None, (0, 0), (8, 8)),
+        "batch": lambda: extract_patches([(stack, 1, None, (0, 0), (8, 8)), (stack, 1, None, (0, 0), (40, 40))]),
+        "stack-batch": lambda: stack.extract_patches([(1, None, (0, 0), (8, 8))]),
+    }
+    with pytest.raises(lazystack.SourceReadError) as info:
+        reads[path_kind]()
+    message = str(info.value)
+    assert re.search(rf"{re.escape(str(path))}/?'", message), message  # the array, as such
+    assert str(path / "c" / "1" / "0" / "0") in message  # the chunk file
+    assert "'b/c/1/0/0'" in message  # its store key
+    assert "reopen" in message
+    (reopened,) = lazystack.load_zarrs([path], "SYX")  # what the message says to do
+    np.testing.assert_array_equal(reopened.extract_patch(1, None, (0, 0), (8, 8))[0], np.full((8, 8), 3))
+
+
+def _corrupt_chunk(array: Path) -> None:
+    (array / "c" / "0" / "0" / "0").write_bytes(b"not a chunk" * 8)
+
+
+def _short_shard(array: Path) -> None:
+    (array / "c" / "0" / "0" / "0").write_bytes(b"x" * 10)
+
+
+def _bad_shard_index(array: Path) -> None:
+    shard = array / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = b"\0\0\0\0"  # the index's crc32c
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("engine", ["auto", "direct", "zarr", "tensorstore"])
+@pytest.mark.parametrize(
+    ("damage", "layout"),
+    [
+        (_corrupt_chunk, {"chunks": (1, 32, 32)}),
+        (_short_shard, {"chunks": (1, 16, 16), "shards": (1, 32, 32)}),
+        (_bad_shard_index, {"chunks": (1, 16, 16), "shards": (1, 32, 32)}),
+    ],
+    ids=["corrupt-chunk", "short-shard", "bad-shard-index"],
+)
+def test_a_damaged_store_raises_a_read_error_naming_the_array_in_a_batch(
+    tmp_path: Path, engine: str, damage: Any, layout: dict[str, Any]
+) -> None:
+    if engine == "tensorstore":
+        pytest.importorskip("tensorstore")
+    path = _group_array(tmp_path / "g.zarr", **layout)
+    damage(path)
+    previous = set_zarr_engine(engine)
+    try:
+        get_chunk_cache().clear()
+        (stack,) = lazystack.load_zarrs([path], "SYX")
+        reqs = [
+            (stack, 0, None, (0, 0), (8, 8)),
+            (stack, 0, None, (20, 20), (30, 30)),
+            (stack, 1, [0], (0, 0), (40, 40)),
+        ]
+        with pytest.raises(lazystack.SourceReadError) as info:
+            extract_patches(reqs)
+        named = rf"{re.escape(str(path))}/?'"  # the array as such, not only a chunk file in it
+        assert re.search(named, str(info.value)), str(info.value)
+        with pytest.raises(lazystack.SourceReadError) as single:
+            stack.extract_patch(0, None, (0, 0), (8, 8))
+        assert re.search(named, str(single.value)), str(single.value)
+    finally:
+        set_zarr_engine(previous)
+        get_chunk_cache().clear()

@@ -53,9 +53,9 @@ or that are loaded in memory are served one by one, in order.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,9 @@ DEFAULT_MAX_BATCH_BYTES = 16 * 2**20
 
 _GROUP_POOL: ThreadPoolExecutor | None = None
 _GROUP_LOCK = threading.Lock()
+#: Fetches the next round of a remote source while the calling thread serves the current one (its tasks never
+#: wait on this pool, so a full pool only queues them).
+_ROUND_POOL: ThreadPoolExecutor | None = None
 
 
 def _group_pool() -> ThreadPoolExecutor:
@@ -94,9 +97,18 @@ def _group_pool() -> ThreadPoolExecutor:
         return _GROUP_POOL
 
 
+def _round_pool() -> ThreadPoolExecutor:
+    global _ROUND_POOL
+    with _GROUP_LOCK:
+        if _ROUND_POOL is None:
+            _ROUND_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lazystack-round")
+        return _ROUND_POOL
+
+
 def _reset_after_fork() -> None:
-    global _GROUP_POOL, _GROUP_LOCK
+    global _GROUP_POOL, _GROUP_LOCK, _ROUND_POOL
     _GROUP_POOL = None
+    _ROUND_POOL = None
     _GROUP_LOCK = threading.Lock()
 
 
@@ -437,6 +449,9 @@ class _Batch:
         """
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
         items = sorted(items, key=lambda item: min(item[1], default=()))
+        if reader.capabilities.remote:
+            self._pipeline_rounds(reader, list(_split(items, nbytes, self.max_bytes)))
+            return
         for group in _split(items, nbytes, self.max_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
             proxy = _PrefetchedReader(reader, reader.read_chunks(wanted) if wanted else {})
@@ -445,6 +460,49 @@ class _Batch:
                 self.extract(i, proxy, views)
             # let go of this round's chunks before the next round is fetched (else two rounds are alive at once)
             del proxy, views
+
+    def _pipeline_rounds(self, reader: ChunkedReader, groups: list[list[_Item]]) -> None:
+        """Remote rounds, two in flight: round ``k + 1`` is fetched while round ``k`` is fetched and served.
+
+        Each round is one network round trip, so a batch of two rounds (a
+        training batch of 3-D patches under the 16 MiB bound) waits for one
+        round trip, not two, and a longer batch about half its rounds. At most
+        two rounds' chunks are alive at once (``2 * max_batch_bytes``): round
+        ``k + 2`` is started once round ``k`` is served and released. A chunk
+        of round ``k + 1`` that round ``k`` also needs is not fetched again: it
+        is handed over from round ``k`` (one needed by rounds further apart is
+        fetched again unless the cache holds it).
+        """
+        wanted = [list(dict.fromkeys(c for _, touched in group for c in touched)) for group in groups]
+
+        def fetch(k: int) -> dict[ChunkIndex, np.ndarray]:
+            prev = set(wanted[k - 1]) if k else set()
+            todo = [c for c in wanted[k] if c not in prev]
+            return reader.read_chunks(todo) if todo else {}
+
+        pending: deque[Future[dict[ChunkIndex, np.ndarray]]] = deque()
+        try:
+            if len(groups) > 1:
+                pending.append(_round_pool().submit(fetch, 1))
+            chunks = fetch(0)
+            for k, group in enumerate(groups):
+                proxy = _PrefetchedReader(reader, chunks)
+                views: dict[tuple[int, int], Any] = {}
+                for i, _ in group:
+                    self.extract(i, proxy, views)
+                if k + 1 == len(groups):
+                    break
+                carry = {c: chunks[c] for c in wanted[k + 1] if c in chunks}  # the next round's share of this one
+                del proxy, views, chunks  # released before round k + 2 is fetched
+                if k + 2 < len(groups):
+                    pending.append(_round_pool().submit(fetch, k + 2))
+                chunks = pending.popleft().result()
+                chunks.update(carry)
+                del carry
+        finally:
+            for future in pending:  # a failure: wait for the rounds in flight (their chunks are dropped)
+                if not future.cancel():
+                    future.exception()
 
 
 def extract_patches(

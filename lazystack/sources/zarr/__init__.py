@@ -567,7 +567,10 @@ class ZarrArrayReader(Reader):
         except (MemoryError, IndexError, TypeError):
             raise
         except _StaleChunkError as exc:
-            msg = f"Zarr array {self._location.uri()!r} changed after the stack was opened: {exc}"
+            msg = (
+                f"Zarr array {self._location.uri()!r} changed after the stack was opened: its chunk file "
+                f"{exc.path!r} (key {exc.key!r}) was modified after the opening; reopen the array to read the new data"
+            )
             raise SourceReadError(msg) from None
         except Exception as exc:
             # a store change is not chained: the message says it all

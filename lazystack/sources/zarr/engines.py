@@ -326,7 +326,13 @@ class ZarrPythonEngine(ZarrEngine):
                 except ValueError as e:
                     msg = f"chunk {idx} of the zarr array {self.array.store_path}: {e}"
                     raise SourceReadError(msg) from e
-        return np.asarray(self.array[self.chunk_region(idx)])
+        try:
+            return np.asarray(self.array[self.chunk_region(idx)])
+        except (MemoryError, IndexError, TypeError, SourceReadError):
+            raise
+        except Exception as e:  # zarr's own (a codec's, a checksum's): named with the array, as the engines' errors
+            msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {type(e).__name__}: {e}"
+            raise SourceReadError(msg) from e
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode chunks with ``array[region]`` (concurrently when several)."""
@@ -375,13 +381,14 @@ class _StaleChunkError(SourceReadError):
     before a rewrite with chunks decoded after it.
     """
 
-    def __init__(self, path: str, key: str) -> None:
+    def __init__(self, path: str, key: str, array: str | None = None) -> None:
+        what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
-            f"chunk file {path!r} (key {key!r}) was modified after the array was opened: "
-            "the store changed after it was opened; reopen it to read the new data"
+            f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
+            "the opening; reopen the array to read the new data"
         )
         super().__init__(msg)
-        self.path, self.key = path, key
+        self.path, self.key, self.array = path, key, array
 
 
 def _is_compressed(array: Any) -> bool:
@@ -699,6 +706,10 @@ class DirectEngine(ZarrEngine):
         base = getattr(self._store, "path", None)
         return f"{str(base).rstrip('/')}/{key}" if isinstance(base, str) else f"{self._store}/{key}"
 
+    def _array_where(self) -> str:
+        """The URL or path of the array, for messages."""
+        return self._where(self._prefix).rstrip("/")
+
     def _read_local(
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
     ) -> bytes | None:
@@ -734,7 +745,7 @@ class DirectEngine(ZarrEngine):
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
         if mtime_ns <= time.time_ns():
-            raise _StaleChunkError(self._where(key), key)
+            raise _StaleChunkError(self._where(key), key, self._array_where())
 
     def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
         """For chunks decoded by another engine: raise ``SourceReadError`` when a local
@@ -805,7 +816,10 @@ class DirectEngine(ZarrEngine):
         try:
             return self._decoder(data)
         except Exception as e:
-            msg = f"cannot decode chunk {idx} of the zarr array {self._where(self._key_of(idx))!r}: {e}"
+            msg = (
+                f"cannot decode chunk {idx} of the zarr array {self._array_where()!r} "
+                f"(stored in {self._where(self._key_of(idx))!r}): {e}"
+            )
             raise SourceReadError(msg) from e
 
     def _key_of(self, idx: ChunkIndex) -> str:
@@ -836,15 +850,18 @@ class DirectEngine(ZarrEngine):
                     index = None
                 elif len(data) < layout.size:
                     msg = (
-                        f"shard {self._where(self._key(s))!r} is shorter than its index "
-                        f"({len(data)} < {layout.size} bytes): truncated or corrupt"
+                        f"shard {self._where(self._key(s))!r} of the zarr array {self._array_where()!r} "
+                        f"is shorter than its index ({len(data)} < {layout.size} bytes): truncated or corrupt"
                     )
                     raise SourceReadError(msg)
                 else:
                     try:
                         index = layout.decode(data)
                     except Exception as e:
-                        msg = f"cannot decode the index of shard {self._where(self._key(s))!r}: {e}"
+                        msg = (
+                            f"cannot decode the index of shard {self._where(self._key(s))!r} "
+                            f"of the zarr array {self._array_where()!r}: {e}"
+                        )
                         raise SourceReadError(msg) from e
                 out[s] = index
             with self._index_lock:
