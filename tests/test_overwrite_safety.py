@@ -7,6 +7,7 @@ in the error, and the next write to ``path`` leaves no hidden folder.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -22,6 +23,7 @@ import pytest
 import zarr
 
 import lazystack
+from lazystack.core.errors import SourceFormatError, SourceNotFoundError
 from lazystack.ops import writing
 from lazystack.ops.writing import OLD_STORE, PartialOutputWarning, stale_partial_outputs, write_ome_zarr
 
@@ -182,3 +184,69 @@ def test_a_failed_removal_of_the_previous_store_is_reported(tmp_path: Path, monk
     assert (aside / writing.MARKER).exists()  # kept: the next write in another process removes the rest
     (found,) = stale_partial_outputs(target)
     assert (found.path, found.kind) == (aside, "old")
+
+
+# -- opening a target whose overwrite was cut short ----------------------------------------------------
+def test_opening_a_target_whose_overwrite_was_killed_names_where_the_previous_data_is(tmp_path: Path) -> None:
+    target = tmp_path / "out.zarr"
+    write_ome_zarr(_stack(OLD), target, levels=1)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_OVERWRITE, str(target), "between", str(NEW)], env=_env(), timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert not target.exists()
+    (aside,) = tmp_path.glob(".out.zarr.old-*")
+    store = aside / OLD_STORE
+    for source, opener in [
+        (target, lazystack.load_zarrs),
+        (target / "0", lazystack.load_zarrs),  # a node inside the missing store
+        (target, lazystack.load),
+        (target / "0", lazystack.load),
+    ]:
+        with pytest.raises(SourceNotFoundError) as info:
+            opener(source, "ZYX")
+        message = str(info.value)
+        assert f"'{store}'" in message, message  # where the previous data is
+        assert "interrupted" in message
+        assert "write_ome_zarr" in message
+        assert f"rename '{store}' to '{target}'" in message  # how to restore it by hand
+    store.rename(target)  # what the message says
+    (stack,) = lazystack.load_zarrs(target, "ZYX")
+    np.testing.assert_array_equal(stack.compute()[0, 0], np.full((2, 16, 16), OLD))
+
+
+def _leftover(tmp_path: Path, *, marker: bool, store: bool) -> tuple[Path, Path]:
+    """The state an overwrite killed between its renames leaves, built directly: no target, a ``.old-*`` folder."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    target = tmp_path / "out.zarr"
+    write_ome_zarr(_stack(OLD), target, levels=1)
+    aside = tmp_path / ".out.zarr.old-0123abcd"
+    aside.mkdir()
+    if marker:
+        (aside / writing.MARKER).write_text(json.dumps({"host": "elsewhere", "pid": 1}), encoding="utf-8")
+    if store:
+        target.rename(aside / OLD_STORE)
+    else:
+        shutil.rmtree(target)
+    return target, aside
+
+
+def test_the_previous_data_is_named_only_for_an_overwrite_folder_with_its_marker_and_store(tmp_path: Path) -> None:
+    target, aside = _leftover(tmp_path / "a", marker=True, store=True)
+    with pytest.raises(SourceNotFoundError, match=re.escape(f"'{aside / OLD_STORE}'")):
+        lazystack.load_zarrs(target / "0", "ZYX")
+    target.mkdir()  # an empty folder at the target: not a store, the previous data still aside
+    with pytest.raises(SourceFormatError, match=re.escape(f"'{aside / OLD_STORE}'")):
+        lazystack.load_zarrs(target, "ZYX")
+    for marker, store in [(False, True), (True, False)]:  # not the writer's folder, or nothing left in it
+        target, aside = _leftover(tmp_path / f"{marker}-{store}", marker=marker, store=store)
+        with pytest.raises(SourceNotFoundError) as info:
+            lazystack.load_zarrs(target, "ZYX")
+        assert ".old-" not in str(info.value)
+        assert "interrupted" not in str(info.value)
+    (tmp_path / "ok").mkdir()
+    target = tmp_path / "ok" / "out.zarr"
+    write_ome_zarr(_stack(NEW), target, levels=1)
+    (tmp_path / "ok" / ".out.zarr.old-0123abcd" / OLD_STORE).mkdir(parents=True)  # a removal cut short
+    (stack,) = lazystack.load_zarrs(target, "ZYX")  # the target is there: opened as usual
+    np.testing.assert_array_equal(stack.compute()[0, 0], np.full((2, 16, 16), NEW))

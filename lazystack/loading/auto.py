@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ..core.axes import VALID_AXES, validate_axes
 from ..core.errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
 from ..core.levels import Levels, parse_levels, select_levels
+from ..io.overwrite import interrupted_overwrite_note
 from ..io.reader import is_array_like
 from ..stack import LazyImageStack
 
@@ -117,14 +118,14 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     if _zarr_root_in(base):
         root = base[: base.lower().rfind(".zarr") + len(".zarr")]
         if not Path(root).exists():
-            msg = f"no such Zarr store: {root!r} (from source {text!r})"
+            msg = f"no such Zarr store: {root!r} (from source {text!r}){interrupted_overwrite_note(base)}"
             raise SourceNotFoundError(msg)
         if not path.exists():
             msg = f"no such array or group {base!r} in Zarr store {root!r}"
             raise SourceNotFoundError(msg)
         return "zarr"
     if not path.exists():
-        msg = f"no such file or directory: {base!r}"
+        msg = f"no such file or directory: {base!r}{interrupted_overwrite_note(base)}"
         raise SourceNotFoundError(msg)
     kind = ACCEPTED_EXTENSIONS.get(path.suffix.lower())
     if kind is not None:

@@ -94,6 +94,8 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
+from ..io.overwrite import OLD_STORE as _OLD_STORE
+from ..io.overwrite import WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
 
@@ -476,8 +478,8 @@ def write_ome_zarr(
     return str(final)
 
 
-#: Marker file inside a partial folder: who is writing it.
-MARKER = ".lazystack-writer.json"
+#: Marker file inside a partial folder: who is writing it (the readers name an interrupted overwrite by it).
+MARKER = WRITER_MARKER
 
 
 class PartialOutputWarning(UserWarning):
@@ -648,7 +650,7 @@ def _clean_partials(final: Path) -> None:
 
 
 #: Name of the previous store inside a ``.name.old-<id>`` folder.
-OLD_STORE = "store"
+OLD_STORE = _OLD_STORE
 
 
 def _remove_folder(folder: Path) -> None:

@@ -43,6 +43,7 @@ from ...core.errors import (
     UnsupportedSourceError,
 )
 from ...io.chunked import ChunkedReader
+from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
@@ -386,7 +387,7 @@ def _parse_local(raw: str, source: str) -> ZarrLocation:
     if zipped is not None:  # a zipped store given by its local path: zip://<inner>::file://<archive>
         return ZarrLocation("zip", "zip://", zipped[1], "::file://" + zipped[0])
     if not os.path.exists(location.root):
-        msg = f"Zarr store {location.root!r} does not exist (source {source!r})"
+        msg = f"Zarr store {location.root!r} does not exist (source {source!r}){interrupted_overwrite_note(full)}"
         raise SourceNotFoundError(msg)
     if not os.path.isdir(location.root):
         msg = (
@@ -886,7 +887,7 @@ def _not_found(location: ZarrLocation, store: Store) -> Exception:
     if location.is_local:
         msg = (
             f"{location.root!r} is not a Zarr store: it holds no zarr.json (Zarr v3) or .zgroup/.zarray "
-            f"(Zarr v2) metadata (source {location.uri()!r})"
+            f"(Zarr v2) metadata (source {location.uri()!r}){interrupted_overwrite_note(location.root)}"
         )
         return SourceFormatError(msg)
     msg = (
