@@ -32,6 +32,9 @@ How the chunks are read depends on where they live:
   ([`parallel_fetch()`][lazystack.io.chunked.ChunkedReader.parallel_fetch]: tensorstore): all
   the chunks a batch touches are fetched in one round (up to
   ``max_batch_bytes`` of them at once), so the round trips or decodes overlap.
+  A remote source has two rounds in flight (the next fetched while the
+  current one is served), so a batch of two rounds waits for one network
+  round trip and holds up to ``2 * max_batch_bytes``.
 - with the chunk cache off, a Zarr array on tensorstore (or on ``auto``
   over compressed chunks of 256 KiB and up) reads one region per patch
   ([`region_reads()`][lazystack.io.chunked.ChunkedReader.region_reads]), all
@@ -520,7 +523,8 @@ def extract_patches(
         (default 16 MiB; the chunks of one request are held together even
         when they are more): a batch fetched in rounds takes several, a
         streamed one drops chunks early (a chunk dropped and needed again is
-        read again, from the cache if it holds it). Region reads
+        read again, from the cache if it holds it). A remote source has two
+        rounds in flight, so it holds up to twice the bound. Region reads
         (tensorstore, cache off) hold no chunks and are not bounded by it.
 
     Returns
