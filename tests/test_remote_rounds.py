@@ -241,3 +241,61 @@ def test_a_failing_round_raises_names_the_chunk_url_and_holds_nothing(
     del info
     gc.collect()
     assert held.alive == 0
+
+
+class _Interrupted(BaseException):
+    """What the test's SIGINT handler raises in the main thread (as KeyboardInterrupt would)."""
+
+
+def test_an_interrupt_while_waiting_for_the_next_round_waits_for_it(cold: tuple[Any, _Held, _Counts]) -> None:
+    """Ctrl-C while the batch waits for round 1: the round's fetch is over when the interrupt propagates.
+
+    The fetch of round 1 is held at a gate; SIGINT reaches the main thread while it waits for that round.
+    """
+    import os
+    import signal
+    import time
+
+    stack, held, _ = cold
+    chunked = stack.reader.as_chunked()
+    counted = chunked.fetch_chunks
+    gate, entered = threading.Event(), threading.Event()
+    active: list[int] = []
+
+    def gated(indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        active.append(1)
+        try:
+            if threading.current_thread() is not threading.main_thread():  # round 1, on the round pool
+                entered.set()
+                gate.wait(60)
+            return counted(indices)
+        finally:
+            active.pop()
+
+    chunked.fetch_chunks = gated
+    reqs = [(0, None, (0, 0, 0), (8, 64, 64)), (0, None, (8, 64, 64), (8, 64, 64))]  # one chunk each: 2 rounds
+
+    def interrupt() -> None:
+        assert entered.wait(60)
+        while len(held.rounds) < 1:  # round 0 fetched in the main thread
+            time.sleep(0.01)
+        time.sleep(0.5)  # round 0 (one patch) served: the main thread waits for round 1
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        gate.set()
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGINT, handler)
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    try:
+        with pytest.raises(_Interrupted):
+            extract_patches([(stack, *r) for r in reqs], max_batch_bytes=_CHUNK_BYTES)
+        still_running = len(active)
+    finally:
+        gate.set()
+        thread.join(60)
+        signal.signal(signal.SIGINT, previous)
+    assert still_running == 0  # no round left fetching behind the caller's back

@@ -499,7 +499,8 @@ class _Batch:
                 del proxy, views, chunks  # released before round k + 2 is fetched
                 if k + 2 < len(groups):
                     pending.append(_round_pool().submit(fetch, k + 2))
-                chunks = pending.popleft().result()
+                chunks = pending[0].result()  # left in ``pending`` until done: an interrupt here waits for it
+                pending.popleft()
                 chunks.update(carry)
                 del carry
         finally:
