@@ -1,0 +1,115 @@
+"""Remote batches in rounds, two in flight: any patch set equals numpy slicing, within twice the byte bound.
+
+A reader over numpy data that says it is remote takes the pipelined path of
+``extract_patches`` without a server; hypothesis draws the patch sets (shared
+chunks, channel lists, rounds of one chunk up to one round), the bound and the
+cache on or off. The reference is numpy slicing of the data.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazystack import LazyImageStack
+from lazystack.io.cache import chunk_cache_size
+from lazystack.io.chunked import ChunkedReader, ChunkIndex
+from lazystack.io.reader import ReaderCapabilities
+from lazystack.ops.batch import extract_patches
+
+_DATA = np.random.default_rng(5).integers(0, 2**16, (2, 3, 40, 50), dtype=np.uint16)  # SCYX
+_CHUNKS = (1, 2, 8, 16)
+_CHUNK_BYTES = int(np.prod(_CHUNKS)) * _DATA.itemsize
+
+
+class _RemoteReader(ChunkedReader):
+    """A chunked reader over ``_DATA`` that says it is remote, counting its fetches and the chunks alive."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            _DATA.shape,
+            _DATA.dtype,
+            _CHUNKS,
+            token=f"review-remote-{id(self)}",
+            capabilities=ReaderCapabilities(remote=True),
+        )
+        self.lock = threading.Lock()
+        self.alive = self.peak = 0
+        self.fetches: list[list[ChunkIndex]] = []
+
+    def _released(self) -> None:
+        with self.lock:
+            self.alive -= 1
+
+    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
+        out = {}
+        with self.lock:
+            self.fetches.append(list(indices))
+        for idx in indices:
+            chunk = _DATA[self.chunk_grid.chunk_region(idx)].copy()
+            with self.lock:
+                self.alive += 1
+                self.peak = max(self.peak, self.alive)
+            weakref.finalize(chunk, self._released)
+            out[idx] = chunk
+        return out
+
+
+_request = st.tuples(
+    st.integers(0, 1),  # sample
+    st.one_of(st.none(), st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True)),  # channels
+    st.integers(0, 39),
+    st.integers(0, 49),
+    st.integers(1, 20),
+    st.integers(1, 30),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    requests=st.lists(_request, min_size=1, max_size=12),
+    bound_chunks=st.integers(1, 40),
+    cache=st.booleans(),
+)
+def test_remote_rounds_equal_numpy_slicing_within_twice_the_bound(
+    requests: list[tuple[int, list[int] | None, int, int, int, int]], bound_chunks: int, cache: bool
+) -> None:
+    reqs: list[tuple[int, list[int] | None, tuple[int, int], tuple[int, int]]] = []
+    for sample, channels, y, x, h, w in requests:
+        h, w = min(h, 40 - y), min(w, 50 - x)  # inside the image
+        reqs.append((sample, channels, (y, x), (h, w)))
+    with chunk_cache_size(2**24 if cache else 0):
+        reader = _RemoteReader()
+        stack = LazyImageStack(reader, "SCYX")
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=bound_chunks * _CHUNK_BYTES)
+        for (sample, channels, (y, x), (h, w)), patch in zip(reqs, got, strict=True):
+            expected = _DATA[sample, channels if channels is not None else slice(None), y : y + h, x : x + w]
+            np.testing.assert_array_equal(patch, expected.astype(np.float32))
+        if not cache:  # the chunks held: at most two rounds' (a request's own chunks are held together)
+            grid = reader.chunk_grid
+            largest = max(
+                len(grid.touched((slice(s, s + 1), slice(0, 3), slice(y, y + h), slice(x, x + w))))
+                for s, _, (y, x), (h, w) in reqs
+            )
+            assert reader.peak <= 2 * max(bound_chunks, largest)
+        del got
+    assert reader.alive == 0  # nothing left once the patches and the cache let go
+
+
+def test_a_remote_batch_in_many_rounds_fetches_a_chunk_once_per_run_of_rounds_needing_it() -> None:
+    """Neighbouring requests over one row of chunks, one request a round: each chunk fetched once (cache off)."""
+    reader = _RemoteReader()
+    stack = LazyImageStack(reader, "SCYX")
+    reqs: list[Any] = [(0, [0], (0, x), (8, 20)) for x in range(0, 30, 4)]  # each overlaps the next's chunks
+    with chunk_cache_size(0):
+        got = extract_patches([(stack, *r) for r in reqs], max_batch_bytes=_CHUNK_BYTES)  # one request a round
+    for (_, _, (y, x), (h, w)), patch in zip(reqs, got, strict=True):
+        np.testing.assert_array_equal(patch[0], _DATA[0, 0, y : y + h, x : x + w].astype(np.float32))
+    fetched = [c for f in reader.fetches for c in f]
+    assert sorted(fetched) == [(0, 0, 0, x) for x in range(3)]  # each once: shared by successive rounds, handed over
