@@ -8,17 +8,21 @@ cache on or off. The reference is numpy slicing of the data.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazystack import LazyImageStack
-from lazystack.io.cache import chunk_cache_size
+from lazystack.core.errors import SourceReadError
+from lazystack.io.cache import chunk_cache_size, get_chunk_cache
 from lazystack.io.chunked import ChunkedReader, ChunkIndex
 from lazystack.io.reader import ReaderCapabilities
 from lazystack.ops.batch import extract_patches
@@ -113,3 +117,48 @@ def test_a_remote_batch_in_many_rounds_fetches_a_chunk_once_per_run_of_rounds_ne
         np.testing.assert_array_equal(patch[0], _DATA[0, 0, y : y + h, x : x + w].astype(np.float32))
     fetched = [c for f in reader.fetches for c in f]
     assert sorted(fetched) == [(0, 0, 0, x) for x in range(3)]  # each once: shared by successive rounds, handed over
+
+
+# -- a stale chunk on the batch path, across a process boundary ---------------------------------------------
+def _rewritten_stack(root: Path) -> Any:
+    """A Zarr stack read once, then every chunk rewritten (a later modification time than the opening)."""
+    import time
+
+    import zarr
+
+    from lazystack import load_zarrs
+
+    array = zarr.create_array(root / "a.zarr", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16")
+    array[...] = 1
+    (stack,) = load_zarrs(root / "a.zarr", "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))
+    time.sleep(0.01)
+    zarr.open_array(root / "a.zarr", mode="r+")[...] = 2
+    get_chunk_cache().clear()
+    return stack
+
+
+def test_a_stale_chunk_error_of_a_batch_survives_pickling(tmp_path: Path) -> None:
+    stack = _rewritten_stack(tmp_path)
+    with pytest.raises(SourceReadError) as info:
+        extract_patches([(stack, 1, None, (0, 0), (8, 8)), (stack, 1, None, (0, 0), (40, 40))])
+    error = info.value
+    assert "reopen" in str(error)
+    again = pickle.loads(pickle.dumps(error))  # multiprocessing, dask distributed
+    assert isinstance(again, SourceReadError)
+    assert str(again) == str(error)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_a_stale_chunk_in_a_dataloader_worker_is_a_source_read_error_in_the_main_process(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from lazystack.sampling import RandomSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stack = _rewritten_stack(tmp_path)
+    dataset = PatchDataset([stack], RandomSampler([stack], (40, 40), 8, seed=1))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, sampler=EpochSampler(dataset), num_workers=2, multiprocessing_context="fork"
+    )
+    with pytest.raises(SourceReadError, match="reopen"):  # what a training loop catches, not a RuntimeError
+        next(iter(loader))

@@ -381,7 +381,10 @@ class _StaleChunkError(SourceReadError):
     before a rewrite with chunks decoded after it.
     """
 
-    def __init__(self, path: str, key: str, array: str | None = None) -> None:
+    def __init__(self, path: str, key: str | None = None, array: str | None = None) -> None:
+        if key is None:  # rebuilt from its message alone (unpickled; re-raised by a DataLoader from a worker)
+            super().__init__(path)
+            return
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
