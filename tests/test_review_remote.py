@@ -162,3 +162,30 @@ def test_a_stale_chunk_in_a_dataloader_worker_is_a_source_read_error_in_the_main
     )
     with pytest.raises(SourceReadError, match="reopen"):  # what a training loop catches, not a RuntimeError
         next(iter(loader))
+
+
+@pytest.mark.parametrize("change", ["deleted", "rewritten"])
+def test_a_changed_store_error_of_a_batch_keeps_its_message_when_pickled(tmp_path: Path, change: str) -> None:
+    import os
+
+    import zarr
+
+    from lazystack import load_zarrs
+
+    array = zarr.create_array(tmp_path / "a.zarr", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16")
+    array[...] = 1
+    (stack,) = load_zarrs(tmp_path / "a.zarr", "SYX")
+    metadata = tmp_path / "a.zarr" / "zarr.json"
+    if change == "deleted":
+        metadata.unlink()
+    else:
+        metadata.write_text(metadata.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+        os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 10**9))
+    get_chunk_cache().clear()
+    with pytest.raises((SourceReadError, FileNotFoundError)) as info:
+        extract_patches([(stack, 1, None, (0, 0), (8, 8)), (stack, 1, None, (0, 0), (40, 40))])
+    error = info.value
+    assert str(metadata) in str(error)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)

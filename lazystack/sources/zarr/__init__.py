@@ -696,6 +696,9 @@ class _StoreChangedError(LazyStackError):
     path: str
     deleted: bool
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return type(self), (self.path,)  # rebuilt from the path (its message would be wrapped again)
+
 
 class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
     def __init__(self, path: str) -> None:
