@@ -189,3 +189,46 @@ def test_a_changed_store_error_of_a_batch_keeps_its_message_when_pickled(tmp_pat
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is type(error)
     assert str(again) == str(error)
+
+
+# -- forked DataLoader workers over HTTP, the parent's round pool started (and busy) before the fork -----------
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_forked_dataloader_workers_fetch_remote_rounds_after_the_parent_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    import zarr
+    from test_remote_rounds import _CHUNK_BYTES, _DATA, _server
+
+    import lazystack.torch as lazystack_torch
+    from lazystack import load_zarrs
+    from lazystack.sampling import RandomSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    zarr.create_array(tmp_path / "v.zarr", shape=_DATA.shape, chunks=(8, 64, 64), dtype="uint16")[...] = _DATA
+    with _server(tmp_path) as (url, _), chunk_cache_size(0):
+        (stack,) = load_zarrs(f"{url}/v.zarr", "ZYX")
+        assert stack.reader.as_chunked().capabilities.remote
+
+        def small_rounds(requests: Any) -> list[np.ndarray]:  # several rounds a batch, in the parent and the workers
+            return extract_patches(requests, max_batch_bytes=4 * _CHUNK_BYTES)
+
+        monkeypatch.setattr(lazystack_torch, "extract_patches", small_rounds)
+        sampler = RandomSampler([stack], (16, 96, 96), 24, seed=5)
+        dataset = PatchDataset([stack], sampler, return_spec=True)
+        dataset.__getitems__([(0, i) for i in range(8)])  # the parent's round pool has threads when the workers fork
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=8,
+            sampler=EpochSampler(dataset),
+            num_workers=2,
+            multiprocessing_context="fork",
+            timeout=120,  # a hung worker fails the test instead of hanging it
+        )
+        seen = 0
+        for batch in loader:
+            for row, patch in zip(batch["spec"].tolist(), batch["input"].numpy(), strict=True):
+                (z, y, x), (d, h, w) = row[2:5], row[5:8]
+                np.testing.assert_array_equal(patch[0], _DATA[z : z + d, y : y + h, x : x + w].astype(np.float32))
+                seen += 1
+        assert seen == 24
