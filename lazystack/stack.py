@@ -508,9 +508,15 @@ class LazyImageStack:
 
     @property
     def physical_pixel_sizes(self) -> dict[str, float]:
-        """Physical size of a pixel per spatial axis the source declares (may be empty)."""
+        """Physical size of a pixel per spatial axis the source declares (may be empty).
+
+        A strided view (``isel(X=slice(0, None, 2))``) has pixels ``step`` times
+        as far apart: its sizes are the source's times the step, as its
+        [`coords`][lazystack.LazyImageStack.coords] are.
+        """
         sizes = self._attrs.get("physical_pixel_sizes") or {}
-        return {a: float(v) for a, v in sizes.items() if a in self._model.axes}
+        steps = {a: s.step for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range)}
+        return {a: float(v) * steps.get(a, 1) for a, v in sizes.items() if a in self._model.axes}
 
     @property
     def channel_names(self) -> list[str] | None:

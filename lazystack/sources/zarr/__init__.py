@@ -841,6 +841,15 @@ def _open_array(location: ZarrLocation) -> zarr_lib.Array:
     return node
 
 
+def _try_array(location: ZarrLocation, store: Store) -> zarr_lib.Array | None:
+    import zarr as zarr_lib
+
+    try:
+        return zarr_lib.open_array(store=store, path=location.path, mode="r")
+    except Exception:  # not an array (or not reachable): the caller decides
+        return None
+
+
 def _try_group(location: ZarrLocation, store: Store) -> zarr_lib.Group | None:
     import zarr as zarr_lib
 
@@ -874,6 +883,13 @@ def _not_found(location: ZarrLocation, store: Store) -> Exception:
     for depth in range(len(parts) - 1, -1, -1):
         parent = location.child("/".join(parts[:depth]))
         group = _try_group(parent, store)
+        if group is None and (array := _try_array(parent, store)) is not None:
+            msg = (
+                f"no Zarr array or group {parts[depth]!r} in {parent.uri()!r} (source {location.uri()!r}): "
+                f"that is an array {tuple(array.shape)} {array.dtype}, which has no members; "
+                f"accepted: {parent.uri()!r} itself"
+            )
+            return SourceNotFoundError(msg)
         if group is not None:
             msg = (
                 f"no Zarr array or group {parts[depth]!r} in {parent.uri()!r} (source {location.uri()!r}); "

@@ -1,0 +1,128 @@
+"""A demanding user's audit: each test pins a bug found by using the public API as the docs show it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lazystack import (
+    LazyImageStack,
+    PatchError,
+    RandomSampler,
+    StratifiedSampler,
+    load,
+    write_ome_zarr,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _zyx_stack() -> tuple[np.ndarray, LazyImageStack]:
+    data = np.arange(4 * 20 * 30, dtype=np.uint16).reshape(4, 20, 30)
+    attrs = {"physical_pixel_sizes": {"Z": 2.0, "Y": 0.5, "X": 0.25}}
+    return data, LazyImageStack(data, "ZYX", attrs=attrs)
+
+
+# -- physical pixel sizes of a strided view ------------------------------------------------------------
+def test_strided_view_pixel_sizes_match_its_coords() -> None:
+    _, stack = _zyx_stack()
+    view = stack.isel(Z=slice(1, None, 2), Y=slice(3, None, 3), X=slice(0, None, 2))
+    coords = view.coords
+    for axis in "ZYX":
+        spacing = float(np.diff(coords[axis])[0])  # the reference: the view's own positions
+        assert view.physical_pixel_sizes[axis] == pytest.approx(spacing)
+    assert stack.physical_pixel_sizes == {"Z": 2.0, "Y": 0.5, "X": 0.25}  # the source itself is unchanged
+
+
+def test_write_ome_zarr_of_a_strided_view_keeps_its_positions(tmp_path: Path) -> None:
+    data, stack = _zyx_stack()
+    view = stack.isel(Y=slice(3, None, 3), X=slice(1, None, 2))
+    (back,) = load(write_ome_zarr(view, tmp_path / "strided.ome.zarr", levels=1))
+    np.testing.assert_array_equal(back.compute()[0, 0], data[:, 3::3, 1::2])
+    for axis in "ZYX":
+        np.testing.assert_allclose(back.coords[axis], view.coords[axis])
+
+
+# -- samplers: a patch size must be positive --------------------------------------------------------------
+@pytest.mark.parametrize("patch_size", [0, -3, (0, 5), (5, -1)])
+def test_random_sampler_refuses_non_positive_patch_size(patch_size: Any) -> None:
+    stack = LazyImageStack(np.zeros((2, 3, 50, 60), np.uint8), "SCYX")
+    with pytest.raises(PatchError, match=re.escape("must be positive")):
+        RandomSampler([stack], patch_size, 4)
+    with pytest.raises(PatchError, match=re.escape("must be positive")):
+        StratifiedSampler([stack], [(0, 0, (0, 0), (50, 60))], patch_size, 4)
+
+
+def test_random_sampler_names_a_spatial_dims_mismatch() -> None:
+    flat = LazyImageStack(np.zeros((2, 3, 50, 60), np.uint8), "SCYX")
+    volume = LazyImageStack(np.zeros((2, 3, 50, 60), np.uint8), "ZCYX")
+    with pytest.raises(PatchError, match=r"has 3 spatial dims .* has 2 spatial dims"):
+        RandomSampler([flat, volume], 4, 10)
+
+
+# -- every command line the docs show parses ------------------------------------------------------------
+def _doc_command_lines() -> list[tuple[str, str]]:
+    lines = []
+    for page in [README, *sorted(DOCS.rglob("*.md"))]:
+        in_shell = False
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if line.startswith("```"):
+                in_shell = line.strip() in ("```bash", "```sh", "```console", "```shell")
+                continue
+            text = line.split(" #", 1)[0].strip()
+            if in_shell and text.startswith("lazystack "):
+                lines.append((page.name, text))
+    return lines
+
+
+@pytest.mark.parametrize(("page", "line"), _doc_command_lines())
+def test_documented_command_lines_parse(page: str, line: str) -> None:
+    from lazystack.frontends.cli import build_parser
+
+    argv = shlex.split(line)[1:]
+    code: Any = 0
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage error (2), or --version / --help (0)
+        code = exc.code
+    assert code == 0, f"{page}: {line!r} is not a valid command line"
+
+
+def test_convert_onto_an_existing_store_names_the_option(tmp_path: Path, capsys: Any) -> None:
+    from lazystack.frontends.cli import main
+
+    np.save(tmp_path / "frames.npy", np.zeros((2, 8, 8), np.uint8))
+    out = str(tmp_path / "out.ome.zarr")
+    argv = ["convert", str(tmp_path / "frames.npy"), "--axes", "TYX", "--out", out, "--quiet"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err
+    assert out in err
+    assert "overwrite=True" not in err  # a Python keyword means nothing on the command line
+
+
+# -- Zarr: a path below an array ------------------------------------------------------------------------
+def test_zarr_path_below_an_array_names_the_array(tmp_path: Path) -> None:
+    import zarr
+
+    from lazystack import SourceNotFoundError, load_zarrs
+
+    zarr.create_array(tmp_path / "plain.zarr", shape=(4, 16, 16), chunks=(1, 8, 8), dtype="uint16")
+    group = zarr.open_group(tmp_path / "group.zarr", mode="w")
+    group.create_array("image", shape=(16, 16), dtype="uint8")
+    for source, array in [(tmp_path / "plain.zarr" / "foo", "plain.zarr"), (tmp_path / "group.zarr/image/0", "image")]:
+        with pytest.raises(SourceNotFoundError) as info:
+            load_zarrs(str(source), "YX")
+        text = str(info.value)
+        assert "is not a Zarr store" not in text  # it is one: the store holds an array there
+        assert f"{array}' (source" in text or f"{array}'" in text
+        assert "array" in text
+        assert source.name in text
