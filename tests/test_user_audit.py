@@ -126,3 +126,25 @@ def test_zarr_path_below_an_array_names_the_array(tmp_path: Path) -> None:
         assert f"{array}' (source" in text or f"{array}'" in text
         assert "array" in text
         assert source.name in text
+
+
+# -- show() of a boolean stack (a mask) ---------------------------------------------------------------------
+@pytest.mark.parametrize("channel", [0, "all"])
+def test_show_draws_a_boolean_mask(channel: Any) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from lazystack import load_arrays, show
+
+    mask = np.zeros((2, 6, 7), bool)
+    mask[0, 1:3, 2:5] = True
+    mask[1, 4, :] = True
+    (stack,) = load_arrays([mask], "CYX")
+    ax = show(stack, channel=channel)
+    image = ax.images[0]
+    assert image.get_clim() == (0.0, 1.0)
+    drawn = np.asarray(image.get_array(), dtype=np.float64)
+    if channel == 0:
+        np.testing.assert_array_equal(drawn, mask[0])
+    else:  # every channel lights up the pixels it holds, nothing else
+        np.testing.assert_array_equal(drawn.max(axis=-1) > 0, mask.any(axis=0))
+    matplotlib.pyplot.close(ax.figure)
