@@ -148,3 +148,20 @@ def test_show_draws_a_boolean_mask(channel: Any) -> None:
     else:  # every channel lights up the pixels it holds, nothing else
         np.testing.assert_array_equal(drawn.max(axis=-1) > 0, mask.any(axis=0))
     matplotlib.pyplot.close(ax.figure)
+
+
+# -- load_bioio: an absent scaling is no pixel size ---------------------------------------------------------
+def test_bioio_absent_scaling_is_not_a_zero_pixel_size(tmp_path: Path) -> None:
+    pytest.importorskip("bioio_czi")
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+    from lazystack import load_bioio
+
+    data = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)
+    with pyczi.create_czi(str(tmp_path / "plain.czi"), exist_ok=True) as writer:
+        writer.write(data, plane={"C": 0})  # no scaling metadata
+    (stack,) = load_bioio(tmp_path / "plain.czi", "TCZYX")
+    np.testing.assert_array_equal(stack.compute()[0, 0, 0], data)
+    assert stack.physical_pixel_sizes == {}
+    np.testing.assert_array_equal(stack.xarray.coords["X"], np.arange(30))  # pixel indices, not 30 zeros
+    (back,) = load(write_ome_zarr(stack, tmp_path / "plain.ome.zarr", levels=1))
+    assert back.physical_pixel_sizes == {"Z": 1.0, "Y": 1.0, "X": 1.0}  # NGFF's unit scale, never 0
