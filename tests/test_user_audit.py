@@ -165,3 +165,21 @@ def test_bioio_absent_scaling_is_not_a_zero_pixel_size(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stack.xarray.coords["X"], np.arange(30))  # pixel indices, not 30 zeros
     (back,) = load(write_ome_zarr(stack, tmp_path / "plain.ome.zarr", levels=1))
     assert back.physical_pixel_sizes == {"Z": 1.0, "Y": 1.0, "X": 1.0}  # NGFF's unit scale, never 0
+
+
+# -- TIFF: a zero pixel size is odd metadata, not a size -----------------------------------------------------
+def test_tiff_zero_pixel_size_warns_and_is_left_out(tmp_path: Path) -> None:
+    import tifffile
+
+    from lazystack import MetadataWarning
+
+    data = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.0, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    path = tmp_path / "zero.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata=meta)
+    with pytest.warns(MetadataWarning, match=r"zero\.ome\.tif.*'X': 0\.0.*PhysicalSize"):
+        (stack,) = load(path)
+    assert stack.physical_pixel_sizes == {"Y": 0.5, "Z": 2.0}
+    assert "X" not in (stack.attrs.get("units") or {})
+    np.testing.assert_array_equal(stack.xarray.coords["X"], np.arange(16))  # indices, not 16 zeros
+    np.testing.assert_array_equal(stack.compute()[0, 0], data)
