@@ -183,3 +183,26 @@ def test_tiff_zero_pixel_size_warns_and_is_left_out(tmp_path: Path) -> None:
     assert "X" not in (stack.attrs.get("units") or {})
     np.testing.assert_array_equal(stack.xarray.coords["X"], np.arange(16))  # indices, not 16 zeros
     np.testing.assert_array_equal(stack.compute()[0, 0], data)
+
+
+# -- ForegroundSampler: foreground is mask > 0, as documented (and as MaskWeightedSampler has it) ------------
+def test_foreground_sampler_counts_only_positive_mask_values() -> None:
+    from lazystack import ForegroundSampler, PatchSpec
+
+    image = LazyImageStack(np.zeros((1, 40, 40), np.uint8), "SYX")
+    labels = np.full((1, 40, 40), -1, np.float32)  # -1: "ignore", a common background label
+    labels[0, 30:, 30:] = 1
+    labels[0, 0, :5] = np.nan
+    mask = LazyImageStack(labels, "SYX")
+    sampler = ForegroundSampler([image], [mask], 10, 50, min_foreground=0.5, max_attempts=20, seed=0)
+    assert sampler.foreground(PatchSpec(0, 0, None, (0, 0), (10, 10))) == 0.0
+    assert sampler.foreground(PatchSpec(0, 0, None, (30, 30), (10, 10))) == 1.0
+    accepted = 0
+    for i in range(len(sampler)):
+        spec, attempts, fraction = sampler.draw(i)
+        y, x = spec.coords
+        assert fraction == (labels[0, y : y + 10, x : x + 10] > 0).mean()  # the reference: numpy on the mask
+        if attempts < sampler.max_attempts:
+            accepted += 1
+            assert fraction >= 0.5
+    assert accepted > 0

@@ -971,7 +971,7 @@ class ForegroundSampler(RandomSampler):
         float
         """
         patch = self.masks[spec.stack].extract_patch(spec.sample, [0], spec.coords, spec.patch_size)
-        return float(np.count_nonzero(patch)) / patch.size
+        return float(np.count_nonzero(patch > 0)) / patch.size  # not nonzero: -1 (ignore) and NaN are background
 
     def draw(self, index: int, epoch: int = 0) -> tuple[PatchSpec, int, float]:
         """The spec of ``index`` in ``epoch`` with the attempts it took and its foreground fraction.
