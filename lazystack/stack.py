@@ -189,7 +189,8 @@ class LazyImageStack:
         data included: patches are ``float32``, and a silent cast would drop
         the imaginary part).
     AxesError, ShapeMismatchError
-        If ``axes`` is invalid or does not match ``reader.shape``.
+        If ``axes`` is invalid or does not match ``reader.shape``, or a
+        coordinate does not have one value per index of its axis.
     """
 
     def __init__(
@@ -219,6 +220,13 @@ class LazyImageStack:
         self._format = format
         self._attrs: dict[str, Any] = dict(attrs or {})
         self._coords = {a.upper(): np.asarray(v) for a, v in (coords or {}).items() if a.upper() in root.axes}
+        for a, values in self._coords.items():
+            if values.shape != (root.size(a),):
+                msg = (
+                    f"coords[{a!r}] of stack {source!r} has shape {values.shape}; axis {a!r} of axes {root.axes!r} "
+                    f"has {root.size(a)} entries: give one value per index (shape ({root.size(a)},))"
+                )
+                raise ShapeMismatchError(msg)
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
         self._set_view()

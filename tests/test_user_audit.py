@@ -206,3 +206,21 @@ def test_foreground_sampler_counts_only_positive_mask_values() -> None:
             accepted += 1
             assert fraction >= 0.5
     assert accepted > 0
+
+
+# -- LazyImageStack(coords=...): one value per index -------------------------------------------------------
+@pytest.mark.parametrize("names", [["DAPI", "GFP"], ["a", "b", "c", "d"], [["a", "b", "c"]]])
+def test_stack_refuses_coords_of_the_wrong_length(names: Any) -> None:
+    from lazystack import ShapeMismatchError
+
+    data = np.zeros((2, 3, 8, 8), np.uint8)
+    with pytest.raises(ShapeMismatchError, match=r"coords\['C'\].*3 entries"):
+        LazyImageStack(data, "TCYX", coords={"C": names})
+
+
+def test_stack_keeps_coords_of_the_right_length() -> None:
+    data = np.zeros((2, 3, 8, 8), np.uint8)
+    stack = LazyImageStack(data, "TCYX", coords={"c": ["a", "b", "c"]})
+    assert stack.channel_names == ["a", "b", "c"]
+    assert stack.isel(C=slice(1, 3)).channel_names == ["b", "c"]
+    assert list(stack.xarray.coords["C"].values) == ["a", "b", "c"]
