@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazystack import (
     LazyImageStack,
@@ -224,3 +226,24 @@ def test_stack_keeps_coords_of_the_right_length() -> None:
     assert stack.channel_names == ["a", "b", "c"]
     assert stack.isel(C=slice(1, 3)).channel_names == ["b", "c"]
     assert list(stack.xarray.coords["C"].values) == ["a", "b", "c"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_view_pixel_sizes_and_coords_agree(data: st.DataObject) -> None:
+    """A view's physical_pixel_sizes is the spacing of its coords, which are the source's sliced."""
+    axes = data.draw(st.sampled_from(["YX", "ZYX", "TZYX", "ZCYX"]))
+    shape = tuple(data.draw(st.integers(1, 9)) for _ in axes)
+    sizes = {a: data.draw(st.floats(0.1, 10.0)) for a in axes if a in "ZYX"}
+    stack = LazyImageStack(np.zeros(shape, np.uint8), axes, attrs={"physical_pixel_sizes": sizes})
+    indexers = {}
+    for a, n in zip(axes, shape, strict=True):
+        if data.draw(st.booleans()):
+            start = data.draw(st.integers(0, n - 1))
+            indexers[a] = slice(start, data.draw(st.integers(start + 1, n)), data.draw(st.integers(1, 4)))
+    view = stack.isel(**indexers)
+    for a, size in sizes.items():
+        sel = indexers.get(a, slice(None))
+        reference = (np.arange(shape[axes.index(a)]) * size)[sel]  # numpy: the source's positions, sliced
+        np.testing.assert_allclose(view.coords[a], reference)
+        assert view.physical_pixel_sizes[a] == pytest.approx(size * (sel.step or 1))
