@@ -247,3 +247,49 @@ def test_view_pixel_sizes_and_coords_agree(data: st.DataObject) -> None:
         reference = (np.arange(shape[axes.index(a)]) * size)[sel]  # numpy: the source's positions, sliced
         np.testing.assert_allclose(view.coords[a], reference)
         assert view.physical_pixel_sizes[a] == pytest.approx(size * (sel.step or 1))
+
+
+# -- OME-Zarr axes named by type ("time", "channel") or outside STCZYX ("angle") ---------------------------
+def _ome_zarr(path: Path, axes: list[dict[str, str]], data: np.ndarray) -> Path:
+    import zarr
+
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
+    scale = [1.0] * (data.ndim - 2) + [0.5, 0.25]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    return path
+
+
+def test_ome_zarr_axes_named_by_type_open_as_proposed(tmp_path: Path) -> None:
+    from lazystack import propose_axes
+
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+    axes = [
+        {"name": "time", "type": "time", "unit": "second"},
+        {"name": "channel", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    path = _ome_zarr(tmp_path / "named.ome.zarr", axes, data)
+    assert propose_axes(path) == "TCYX"
+    for stack in (load(path)[0], load(path, "TCYX")[0]):  # what propose_axes says is what opens
+        assert stack.original_axes == "TCYX"
+        np.testing.assert_array_equal(stack.compute(), data)
+        assert stack.physical_pixel_sizes == {"Y": 0.5, "X": 0.25}
+        assert stack.attrs["units"] == {"T": "second", "Y": "micrometer", "X": "micrometer"}
+
+
+def test_ome_zarr_axis_without_a_letter_takes_the_callers(tmp_path: Path) -> None:
+    from lazystack import ShapeMismatchError
+
+    data = np.arange(2 * 4 * 5, dtype=np.uint8).reshape(2, 4, 5)
+    axes = [{"name": "angle", "type": "angle"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    path = _ome_zarr(tmp_path / "angle.ome.zarr", axes, data)
+    with pytest.raises(ShapeMismatchError) as info:
+        load(path, "CXY")
+    text = str(info.value)
+    assert "pass axes='?YX'" in text  # never a suggestion that is not an axes string ('ANGLEYX')
+    assert "'?'" in text
+    (stack,) = load(path, "SYX")
+    np.testing.assert_array_equal(stack.compute()[:, 0], data)
