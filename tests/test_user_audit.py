@@ -293,3 +293,26 @@ def test_ome_zarr_axis_without_a_letter_takes_the_callers(tmp_path: Path) -> Non
     assert "'?'" in text
     (stack,) = load(path, "SYX")
     np.testing.assert_array_equal(stack.compute()[:, 0], data)
+
+
+# -- write_ome_zarr to a ".zip" path (lazystack/ops/writing.py: owned by another helper) ----------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="write_ome_zarr writes a directory named '*.zip' (lazystack/ops/writing.py, not this helper's to edit)",
+)
+def test_write_ome_zarr_to_a_zip_path_writes_a_zip_or_refuses(tmp_path: Path) -> None:
+    import zipfile
+
+    from lazystack import UnsupportedSourceError, load_arrays
+
+    (stack,) = load_arrays([np.zeros((2, 8, 8), np.uint8)], "CYX")
+    target = tmp_path / "image.ome.zarr.zip"
+    message = ""
+    try:
+        write_ome_zarr(stack, target, levels=1)
+    except UnsupportedSourceError as err:  # refusing, naming the path, is fine
+        message = str(err)
+    if message:
+        assert str(target) in message
+    else:  # writing one is fine too: what load() reads as a zipped store
+        assert zipfile.is_zipfile(target)
