@@ -316,3 +316,19 @@ def test_write_ome_zarr_to_a_zip_path_writes_a_zip_or_refuses(tmp_path: Path) ->
         assert str(target) in message
     else:  # writing one is fine too: what load() reads as a zipped store
         assert zipfile.is_zipfile(target)
+
+
+# -- a bad "@" selector on an existing file says so -------------------------------------------------------
+@pytest.mark.parametrize("selector", ["@-1", "@x", "@1#level=x"])
+def test_bad_series_selector_names_the_existing_file(tmp_path: Path, selector: str) -> None:
+    import tifffile
+
+    from lazystack import SourceNotFoundError, load_tiffs
+
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8))
+    with pytest.raises(SourceNotFoundError) as info:
+        load_tiffs(f"{path}{selector}", "YX")
+    text = str(info.value)
+    assert f"{str(path)!r} exists" in text
+    assert "accepted '@N'" in text

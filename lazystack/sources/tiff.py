@@ -104,7 +104,7 @@ from ..core.errors import (
 )
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size, check_stamp, file_stamp, split_source
+from ..io.handles import check_mapped_size, check_stamp, file_stamp, selector_hint, split_source
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -826,7 +826,7 @@ def _split_series(path: str) -> tuple[str, int | None, int | None]:
 
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
-        msg = f"TIFF file not found: {path!r}"
+        msg = f"TIFF file not found: {path!r}" + selector_hint(path, "series")
         raise SourceNotFoundError(msg)
     if os.path.isdir(path):
         msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
