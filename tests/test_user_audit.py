@@ -332,3 +332,20 @@ def test_bad_series_selector_names_the_existing_file(tmp_path: Path, selector: s
     text = str(info.value)
     assert f"{str(path)!r} exists" in text
     assert "accepted '@N'" in text
+
+
+# -- --debug after the command -------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_flag_before_or_after_the_command(tmp_path: Path, where: str) -> None:
+    from lazystack import SourceNotFoundError
+    from lazystack.frontends.cli import main
+
+    missing = str(tmp_path / "missing.tif")
+    argv = (
+        ["--debug", "info", missing, "--axes", "YX"]
+        if where == "before"
+        else ["info", missing, "--axes", "YX", "--debug"]
+    )
+    with pytest.raises(SourceNotFoundError, match=r"missing\.tif"):  # the traceback, not one line and exit 1
+        main(argv)
+    assert main(["info", missing, "--axes", "YX"]) == 1
