@@ -349,3 +349,34 @@ def test_debug_flag_before_or_after_the_command(tmp_path: Path, where: str) -> N
     with pytest.raises(SourceNotFoundError, match=r"missing\.tif"):  # the traceback, not one line and exit 1
         main(argv)
     assert main(["info", missing, "--axes", "YX"]) == 1
+
+
+# -- array-likes: a torch tensor, a dask array of unknown sizes -------------------------------------------------
+def test_load_arrays_takes_a_cpu_torch_tensor() -> None:
+    torch = pytest.importorskip("torch")
+    from lazystack import load_arrays
+
+    tensor = torch.arange(2 * 3 * 8 * 9, dtype=torch.float32).reshape(2, 3, 8, 9)
+    (stack,) = load_arrays([tensor], "TCYX")
+    assert stack.data_shape == (2, 3, 8, 9)
+    assert stack.data_dtype == np.float32
+    reference = tensor.numpy()
+    np.testing.assert_array_equal(
+        stack.extract_patch(1, [2, 0], (-2, 3), (5, 4))[:, 2:], reference[1, [2, 0], 0:3, 3:7]
+    )
+    np.testing.assert_array_equal(stack.compute(), reference)
+
+
+def test_unusable_array_likes_are_named() -> None:
+    torch = pytest.importorskip("torch")
+    import dask.array as da
+
+    from lazystack import UnsupportedSourceError, load_arrays
+
+    x = da.arange(20, chunks=5)
+    row = x[x > 3]  # a boolean selection: its length is unknown until computed
+    unknown = da.stack([row, row])  # shape (2, nan)
+    with pytest.raises(UnsupportedSourceError, match=r"dask\.Array of shape \(2, nan\).*compute_chunk_sizes"):
+        load_arrays([unknown], "YX")
+    with pytest.raises(UnsupportedSourceError, match=r"torch\.Tensor.*requires grad.*detach"):
+        load_arrays([torch.zeros(3, 4, requires_grad=True)], "YX")

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.errors import UnsupportedSourceError
+
 if TYPE_CHECKING:
     import dask.array
 
@@ -215,12 +217,47 @@ class ArrayReader(Reader):
 
 
 def as_reader(obj: Any) -> Reader | None:
-    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None."""
+    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None.
+
+    An array-like whose ``dtype`` numpy does not know (a CPU ``torch.Tensor``) is
+    taken through ``numpy.asarray`` (numpy's view of it, no copy).
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If the array-like's sizes are not known (a dask array with unknown
+        chunk sizes), or it has a foreign dtype and no numpy view.
+    """
     if isinstance(obj, Reader):
         return obj
-    if is_array_like(obj):
-        return ArrayReader(obj)
-    return None
+    if not is_array_like(obj):
+        return None
+    kind = f"{type(obj).__module__.split('.')[0]}.{type(obj).__name__}"
+    if not _numpy_dtype(obj.dtype):
+        try:
+            obj = np.asarray(obj)
+        except Exception as exc:  # a tensor on a GPU, or one that requires grad ...
+            msg = (
+                f"cannot read a {kind} of dtype {obj.dtype} as an array: numpy.asarray failed "
+                f"({type(exc).__name__}: {exc}); accepted: array-likes numpy can view (convert a tensor with "
+                ".detach().cpu().numpy())"
+            )
+            raise UnsupportedSourceError(msg) from exc
+    if not all(isinstance(n, (int, np.integer)) for n in obj.shape):
+        msg = (
+            f"a {kind} of shape {tuple(obj.shape)} has unknown sizes: a stack needs them "
+            "(for a dask array, call .compute_chunk_sizes() first)"
+        )
+        raise UnsupportedSourceError(msg)
+    return ArrayReader(obj)
+
+
+def _numpy_dtype(dtype: Any) -> bool:
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def is_array_like(obj: object) -> bool:
