@@ -380,3 +380,46 @@ def test_unusable_array_likes_are_named() -> None:
         load_arrays([unknown], "YX")
     with pytest.raises(UnsupportedSourceError, match=r"torch\.Tensor.*requires grad.*detach"):
         load_arrays([torch.zeros(3, 4, requires_grad=True)], "YX")
+
+
+class _ForeignDtypeArray:
+    """An array-like whose dtype numpy does not know (as torch's and tensorstore's), counting what is read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.dtype = "a dtype of another library"
+        self.read: list[int] = []
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = self.data[key]
+        self.read.append(out.size)
+        return out
+
+
+def test_foreign_dtype_array_stays_lazy() -> None:
+    from lazystack import load_arrays
+
+    data = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
+    foreign = _ForeignDtypeArray(data)
+    (stack,) = load_arrays([foreign], "ZYX")
+    assert stack.data_dtype == np.uint16
+    assert sum(foreign.read) == 0  # opening read nothing
+    patch = stack.extract_patch(0, None, (1, 5, 7), (1, 6, 4))
+    np.testing.assert_array_equal(patch[0, 0], data[1, 5:11, 7:11])
+    assert sum(foreign.read) == 6 * 4  # the patch's region only, not the whole array
+
+
+def test_tensorstore_array_is_read_region_by_region(tmp_path: Path) -> None:
+    ts = pytest.importorskip("tensorstore")
+    import zarr
+
+    from lazystack import load_arrays
+
+    data = np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50)
+    zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(1, 16, 16), dtype=data.dtype)[...] = data
+    store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "a.zarr")}}).result()
+    (stack,) = load_arrays([store], "ZYX")
+    assert stack.data_dtype == np.uint16
+    patch = stack.extract_patch(0, None, (1, -3, 45), (1, 10, 10))
+    np.testing.assert_array_equal(patch[0, 0, 3:, :5], data[1, 0:7, 45:50])
