@@ -189,7 +189,8 @@ class LazyImageStack:
         data included: patches are ``float32``, and a silent cast would drop
         the imaginary part).
     AxesError, ShapeMismatchError
-        If ``axes`` is invalid or does not match ``reader.shape``.
+        If ``axes`` is invalid or does not match ``reader.shape``, or a
+        coordinate does not have one value per index of its axis.
     """
 
     def __init__(
@@ -219,6 +220,13 @@ class LazyImageStack:
         self._format = format
         self._attrs: dict[str, Any] = dict(attrs or {})
         self._coords = {a.upper(): np.asarray(v) for a, v in (coords or {}).items() if a.upper() in root.axes}
+        for a, values in self._coords.items():
+            if values.shape != (root.size(a),):
+                msg = (
+                    f"coords[{a!r}] of stack {source!r} has shape {values.shape}; axis {a!r} of axes {root.axes!r} "
+                    f"has {root.size(a)} entries: give one value per index (shape ({root.size(a)},))"
+                )
+                raise ShapeMismatchError(msg)
         self._token = reader_token(reader)
         self._selection: Selection = tuple(range(n) for n in root.shape)
         self._set_view()
@@ -508,9 +516,15 @@ class LazyImageStack:
 
     @property
     def physical_pixel_sizes(self) -> dict[str, float]:
-        """Physical size of a pixel per spatial axis the source declares (may be empty)."""
+        """Physical size of a pixel per spatial axis the source declares (may be empty).
+
+        A strided view (``isel(X=slice(0, None, 2))``) has pixels ``step`` times
+        as far apart: its sizes are the source's times the step, as its
+        [`coords`][lazystack.LazyImageStack.coords] are.
+        """
         sizes = self._attrs.get("physical_pixel_sizes") or {}
-        return {a: float(v) for a, v in sizes.items() if a in self._model.axes}
+        steps = {a: s.step for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range)}
+        return {a: float(v) * steps.get(a, 1) for a, v in sizes.items() if a in self._model.axes}
 
     @property
     def channel_names(self) -> list[str] | None:

@@ -376,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess = importlib.import_module(f"{__package__}.cli_preprocess")  # by name: it imports this module
     preprocess.add_stats_parser(sub)
     preprocess.add_convert_parser(sub)
+    for command in sub.choices.values():  # also after the command: "lazystack info x.tif --debug"
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+        )
     return parser
 
 

@@ -274,15 +274,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         stacks, left_out = finest_levels(stacks)
     target: Any = stacks[0] if len(stacks) == 1 else stacks
     with scheduler(args.scheduler):
-        path = write_ome_zarr(
-            target,
-            args.out,
-            chunks=chunks,
-            levels=args.levels,
-            downscale=args.downscale,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        try:
+            path = write_ome_zarr(
+                target,
+                args.out,
+                chunks=chunks,
+                levels=args.levels,
+                downscale=args.downscale,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+        except FileExistsError as exc:  # its message names the Python keyword, overwrite=True
+            msg = f"{args.out!r} already exists; pass --overwrite to replace it"
+            raise FileExistsError(msg) from exc
     axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})
     # a stack with several samples (S) is written as one image per sample
     n = sum(int(s.axes_model.shape[s.axes_model.axes.index("S")]) if "S" in s.axes_model.axes else 1 for s in stacks)

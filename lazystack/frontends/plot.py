@@ -366,6 +366,8 @@ def is_rgb(stack: LazyImageStack, channels: Sequence[int] | None = None) -> bool
 def _limits(plane: np.ndarray, robust: bool, vmin: float | None, vmax: float | None) -> tuple[float, float]:
     """Contrast limits of one channel: given, 2nd/98th percentiles (robust) or min/max of its finite values."""
     finite = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
+    if finite.dtype == bool:  # a mask: numpy's percentile cannot interpolate booleans
+        finite = finite.view(np.uint8)
     if finite.size:
         lo, hi = np.percentile(finite, [2, 98]) if robust else (finite.min(), finite.max())
     else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.errors import SourceReadError
 
-__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "mapping_of", "split_source"]
+__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "mapping_of", "selector_hint", "split_source"]
 
 _SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
@@ -104,6 +104,30 @@ def check_stamp(what: str, stamp: tuple[int, int, int] | None, st: os.stat_resul
             "as (inode, size, mtime_ns)); load it again to read the new file"
         )
         raise SourceReadError(msg)
+
+
+def selector_hint(path: str, what: str) -> str:
+    """What to say when ``path`` does not exist but its part before the last ``@`` does (a bad selector).
+
+    Parameters
+    ----------
+    path : str
+        The path asked for, e.g. ``"file.tif@-1"``.
+    what : str
+        What the number after ``@`` selects (``"series"``, ``"scene"``).
+
+    Returns
+    -------
+    str
+        ``"; '...' exists: ..."`` naming the accepted selectors, or ``""``.
+    """
+    base, _, suffix = path.rpartition("@")
+    if not base or not os.path.isfile(base):
+        return ""
+    return (
+        f"; {base!r} exists, but {'@' + suffix!r} selects nothing: accepted '@N' for {what} N (0, 1 ...), "
+        "optionally followed by '#level=K'"
+    )
 
 
 def split_source(path: str) -> tuple[str, int | None, int | None]:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.errors import UnsupportedSourceError
+
 if TYPE_CHECKING:
     import dask.array
 
@@ -163,6 +165,13 @@ class ArrayReader(Reader):
 
     Made by [`as_reader()`][as_reader] where a stack is built; the wrapped object's
     ``chunks`` and ``token`` are looked up once, here.
+
+    Parameters
+    ----------
+    array : array-like
+        The wrapped object (``shape``, ``dtype``, ``__getitem__``).
+    dtype : numpy dtype, optional
+        Its numpy dtype, when ``array.dtype`` is not one (a torch or tensorstore dtype).
     """
 
     shape: tuple[int, ...]
@@ -171,12 +180,12 @@ class ArrayReader(Reader):
     token: str | None
     capabilities: ReaderCapabilities
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, dtype: Any = None) -> None:
         self._array = array
         self._is_numpy = isinstance(array, np.ndarray)
         self._is_dask = _is_dask_array(array)
         self.shape = tuple(int(n) for n in array.shape)
-        self.dtype = np.dtype(array.dtype)
+        self.dtype = np.dtype(array.dtype if dtype is None else dtype)  # given: numpy's for a foreign dtype
         chunks = getattr(array, "chunks", None)
         self.chunks = None if chunks is None or callable(chunks) else chunks
         token = getattr(array, "token", None)
@@ -215,12 +224,52 @@ class ArrayReader(Reader):
 
 
 def as_reader(obj: Any) -> Reader | None:
-    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None."""
+    """``obj`` under the reader contract: a [`Reader`][Reader] as is, an array-like adapted, else None.
+
+    An array-like whose ``dtype`` numpy does not know (a ``torch.Tensor``, a
+    ``tensorstore.TensorStore``) keeps being read region by region (each
+    region through ``numpy.asarray``); its numpy dtype is the ``dtype``'s
+    ``numpy_dtype``, else that of an empty region.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If the array-like's sizes are not known (a dask array with unknown
+        chunk sizes), or numpy cannot read a region of it.
+    """
     if isinstance(obj, Reader):
         return obj
-    if is_array_like(obj):
+    if not is_array_like(obj):
+        return None
+    kind = f"{type(obj).__module__.split('.')[0]}.{type(obj).__name__}"
+    if not all(isinstance(n, (int, np.integer)) for n in obj.shape):
+        msg = (
+            f"a {kind} of shape {tuple(obj.shape)} has unknown sizes: a stack needs them "
+            "(for a dask array, call .compute_chunk_sizes() first)"
+        )
+        raise UnsupportedSourceError(msg)
+    if _numpy_dtype(obj.dtype):
         return ArrayReader(obj)
-    return None
+    try:
+        numpy_dtype = getattr(obj.dtype, "numpy_dtype", None)
+        if numpy_dtype is None:  # read nothing: an empty region says what numpy makes of the data
+            numpy_dtype = np.asarray(obj[(slice(0, 0),) * len(obj.shape)]).dtype
+        return ArrayReader(obj, dtype=np.dtype(numpy_dtype))
+    except Exception as exc:  # a tensor on a GPU, or one that requires grad ...
+        msg = (
+            f"cannot read a {kind} of dtype {obj.dtype} as an array: numpy.asarray of a region failed "
+            f"({type(exc).__name__}: {exc}); accepted: array-likes numpy can read (convert a tensor with "
+            ".detach().cpu())"
+        )
+        raise UnsupportedSourceError(msg) from exc
+
+
+def _numpy_dtype(dtype: Any) -> bool:
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def is_array_like(obj: object) -> bool:

@@ -253,6 +253,15 @@ def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, 
     return out
 
 
+def _patch_size(patch_size: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+    """``patch_size`` as one positive int per spatial dim (a PatchError otherwise)."""
+    out = _int_tuple("patch_size", patch_size, ndim)
+    if any(p <= 0 for p in out):
+        msg = f"patch_size {out} must be positive in every spatial dim"
+        raise PatchError(msg)
+    return out
+
+
 def resolve_channels(
     channels: Sequence[int] | int | None, geoms: Sequence[StackGeometry], stacks: Sequence[Any]
 ) -> Any:
@@ -573,7 +582,7 @@ class RandomSampler(Sampler):
         sampled = set(sampled_stacks(stacks, levels, who=who))
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[min(sampled)].spatial_shape)
-        self.patch_size = _int_tuple("patch_size", patch_size, ndim)
+        self.patch_size = _patch_size(patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -582,9 +591,14 @@ class RandomSampler(Sampler):
             if i not in sampled:
                 positions.append(0)
                 continue
-            if len(g.spatial_shape) != ndim or any(
-                p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)
-            ):
+            if len(g.spatial_shape) != ndim:
+                msg = (
+                    f"stack {i} ({getattr(s, 'source', '?')!r}) has {len(g.spatial_shape)} spatial dims "
+                    f"(spatial shape {g.spatial_shape}) but stack {min(sampled)} has {ndim} spatial dims: "
+                    "patches of one sampler must have the same dims; sample 2-D and 3-D stacks separately"
+                )
+                raise PatchError(msg)
+            if any(p > n for p, n in zip(self.patch_size, g.spatial_shape, strict=True)):
                 msg = (
                     f"patch_size {self.patch_size} does not fit in stack {i} ({getattr(s, 'source', '?')!r}) "
                     f"of spatial shape {g.spatial_shape}: a random patch must lie inside the image"
@@ -743,7 +757,7 @@ class StratifiedSampler(Sampler):
         sampled = sampled_stacks(stacks, levels, who="StratifiedSampler")
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[0].spatial_shape)
-        self.patch_size = _int_tuple("patch_size", patch_size, ndim)
+        self.patch_size = _patch_size(patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -957,7 +971,7 @@ class ForegroundSampler(RandomSampler):
         float
         """
         patch = self.masks[spec.stack].extract_patch(spec.sample, [0], spec.coords, spec.patch_size)
-        return float(np.count_nonzero(patch)) / patch.size
+        return float(np.count_nonzero(patch > 0)) / patch.size  # not nonzero: -1 (ignore) and NaN are background
 
     def draw(self, index: int, epoch: int = 0) -> tuple[PatchSpec, int, float]:
         """The spec of ``index`` in ``epoch`` with the attempts it took and its foreground fraction.

@@ -35,6 +35,7 @@ file with bioio in the process that unpickles it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from typing import Any
@@ -288,6 +289,8 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         try:
             pps = image.physical_pixel_sizes
             sizes = {a: float(v) for a, v in zip("ZYX", pps, strict=True) if v is not None and a in axes}
+            # readers report an absent scaling as 0 (bioio-czi): not a size, every pixel would sit at 0
+            sizes = {a: v for a, v in sizes.items() if math.isfinite(v) and v > 0}
         except Exception:  # metadata some plugins cannot parse
             sizes = {}
         attrs = {

@@ -86,6 +86,7 @@ import mmap
 import os
 import struct
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -94,10 +95,16 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from ..core.axes import axes_or_none
-from ..core.errors import MissingDependencyError, SourceFormatError, SourceNotFoundError, SourceReadError
+from ..core.errors import (
+    MetadataWarning,
+    MissingDependencyError,
+    SourceFormatError,
+    SourceNotFoundError,
+    SourceReadError,
+)
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size, check_stamp, file_stamp, split_source
+from ..io.handles import check_mapped_size, check_stamp, file_stamp, selector_hint, split_source
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -819,7 +826,7 @@ def _split_series(path: str) -> tuple[str, int | None, int | None]:
 
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
-        msg = f"TIFF file not found: {path!r}"
+        msg = f"TIFF file not found: {path!r}" + selector_hint(path, "series")
         raise SourceNotFoundError(msg)
     if os.path.isdir(path):
         msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
@@ -941,6 +948,18 @@ def _metadata(tif: Any, series_index: int, series: Any, axes: str, shape: tuple[
         labels = tif.imagej_metadata.get("Labels")
         if isinstance(labels, list) and "C" in file_axes and len(labels) == shape[file_axes.index("C")]:
             channel_names = [str(x) for x in labels]
+    odd = {a: v for a, v in sizes.items() if not (math.isfinite(v) and v > 0)}
+    if odd:  # OME's PhysicalSize is a PositiveFloat; a 0 would put every pixel at one position
+        field = "OME PhysicalSize" if tif.is_ome else "ImageJ spacing / resolution"
+        msg = (
+            f"TIFF file {tif.filehandle.path!r} (series {series_index}) declares pixel size(s) {odd} ({field}): "
+            "not positive, left out"
+        )
+        warnings.warn(msg, MetadataWarning, stacklevel=3)
+        sizes = {a: v for a, v in sizes.items() if a not in odd}
+        for key in ("units", "physical_pixel_units"):
+            if key in attrs:
+                attrs[key] = {a: u for a, u in attrs[key].items() if a not in odd}
     if channel_names and "C" in file_axes and len(file_axes) == len(axes):
         pos = file_axes.index("C")
         if axes[pos] == "C" and len(channel_names) == shape[pos]:

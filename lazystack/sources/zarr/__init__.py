@@ -848,6 +848,15 @@ def _open_array(location: ZarrLocation) -> zarr_lib.Array:
     return node
 
 
+def _try_array(location: ZarrLocation, store: Store) -> zarr_lib.Array | None:
+    import zarr as zarr_lib
+
+    try:
+        return zarr_lib.open_array(store=store, path=location.path, mode="r")
+    except Exception:  # not an array (or not reachable): the caller decides
+        return None
+
+
 def _try_group(location: ZarrLocation, store: Store) -> zarr_lib.Group | None:
     import zarr as zarr_lib
 
@@ -881,6 +890,13 @@ def _not_found(location: ZarrLocation, store: Store) -> Exception:
     for depth in range(len(parts) - 1, -1, -1):
         parent = location.child("/".join(parts[:depth]))
         group = _try_group(parent, store)
+        if group is None and (array := _try_array(parent, store)) is not None:
+            msg = (
+                f"no Zarr array or group {parts[depth]!r} in {parent.uri()!r} (source {location.uri()!r}): "
+                f"that is an array {tuple(array.shape)} {array.dtype}, which has no members; "
+                f"accepted: {parent.uri()!r} itself"
+            )
+            return SourceNotFoundError(msg)
         if group is not None:
             msg = (
                 f"no Zarr array or group {parts[depth]!r} in {parent.uri()!r} (source {location.uri()!r}); "
@@ -1058,17 +1074,37 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
     return out
 
 
+#: NGFF axis types that name a lazystack letter whatever the axis is called ("time", "channel" ...).
+_NGFF_TYPE_LETTERS = {"time": "T", "channel": "C"}
+
+
+def _ngff_letters(ms: _Multiscale) -> list[str | None]:
+    """The letter of each NGFF axis: a one-letter name in STCZYX, else its type's (time, channel), else None."""
+    letters: list[str | None] = []
+    for name, kind in zip(ms.axes_names, ms.axes_types, strict=True):
+        if len(name) == 1 and name.upper() in "STCZYX":
+            letters.append(name.upper())
+        else:
+            letters.append(_NGFF_TYPE_LETTERS.get(str(kind)) if kind else None)
+    return letters
+
+
 def _level_source(
     ms: _Multiscale, level: int, location: ZarrLocation, array: zarr_lib.Array, axes: str
 ) -> OpenedSource:
-    ngff_axes = "".join(n.upper() for n in ms.axes_names)
+    letters = _ngff_letters(ms)
+    declared = "".join(letter or "?" for letter in letters)
     uri = location.uri()
-    if axes != ngff_axes:
+    if len(axes) != len(letters) or any(d is not None and d != a for a, d in zip(axes, letters, strict=False)):
         msg = (
-            f"axes {axes!r} disagree with the OME-Zarr axes {ngff_axes!r} (NGFF names {ms.axes_names}) of {uri!r}: "
-            f"pass axes={ngff_axes!r}"
+            f"axes {axes!r} disagree with the OME-Zarr axes {declared!r} (NGFF names {ms.axes_names}) of {uri!r}: "
+            f"pass axes={declared!r}"
         )
+        if "?" in declared:  # an axis such as "angle": its letter is the caller's to choose
+            msg += ", with a letter of 'STCZYX' for each '?' (an NGFF axis whose name and type have none)"
         raise ShapeMismatchError(msg)
+    # the caller's letters: those the NGFF axes declare, and the caller's own for axes that declare none
+    ngff_axes = axes
     if len(array.shape) != len(ngff_axes):
         msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
         raise SourceFormatError(msg)
@@ -1101,8 +1137,9 @@ def _level_source(
     }
     if translation:
         attrs["translation"] = translation
-    if ms.units:
-        attrs["units"] = dict(ms.units)
+    if ms.units:  # keyed by upper-cased NGFF name: by letter, for axes named otherwise ("time" ...)
+        by_name = dict(zip((n.upper() for n in ms.axes_names), axes, strict=True))
+        attrs["units"] = {by_name.get(name, name): unit for name, unit in ms.units.items()}
     if ms.name:
         attrs["multiscale_name"] = str(ms.name)
     reader = ZarrArrayReader(location, array)
