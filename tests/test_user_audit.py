@@ -295,27 +295,28 @@ def test_ome_zarr_axis_without_a_letter_takes_the_callers(tmp_path: Path) -> Non
     np.testing.assert_array_equal(stack.compute()[:, 0], data)
 
 
-# -- write_ome_zarr to a ".zip" path (lazystack/ops/writing.py: owned by another helper) ----------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_ome_zarr writes a directory named '*.zip' (lazystack/ops/writing.py, not this helper's to edit)",
-)
-def test_write_ome_zarr_to_a_zip_path_writes_a_zip_or_refuses(tmp_path: Path) -> None:
+# -- write_ome_zarr to a ".zip" path refuses it, naming the path and what to do instead ----------------------
+def test_write_ome_zarr_to_a_zip_path_refuses_and_writes_nothing(tmp_path: Path) -> None:
     import zipfile
 
-    from lazystack import UnsupportedSourceError, load_arrays
+    from lazystack import UnsupportedSourceError, load, load_arrays
 
-    (stack,) = load_arrays([np.zeros((2, 8, 8), np.uint8)], "CYX")
+    data = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+    (stack,) = load_arrays([data], "CYX")
     target = tmp_path / "image.ome.zarr.zip"
-    message = ""
-    try:
+    with pytest.raises(UnsupportedSourceError) as info:
         write_ome_zarr(stack, target, levels=1)
-    except UnsupportedSourceError as err:  # refusing, naming the path, is fine
-        message = str(err)
-    if message:
-        assert str(target) in message
-    else:  # writing one is fine too: what load() reads as a zipped store
-        assert zipfile.is_zipfile(target)
+    assert str(target) in str(info.value)
+    assert "zip -r -0" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no folder named .zip, no partial store
+    # the advice works: a folder written, then zipped at the archive's root, is what load() reads
+    folder = Path(write_ome_zarr(stack, tmp_path / "image.ome.zarr", levels=1))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(folder).as_posix())
+    (back,) = load(str(target))
+    np.testing.assert_array_equal(back.compute().reshape(data.shape), data)
 
 
 # -- a bad "@" selector on an existing file says so -------------------------------------------------------

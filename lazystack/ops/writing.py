@@ -152,6 +152,13 @@ def _local_path(path: str | os.PathLike[str]) -> Path:
             f"got {text!r}: write locally, then copy"
         )
         raise UnsupportedSourceError(msg)
+    if text.lower().endswith(".zip"):
+        msg = (
+            f"write_ome_zarr writes a folder store, not a zip file; got {text!r}: write to a folder "
+            f"(e.g. {text[:-4]!r}), then zip its contents uncompressed at the archive's root "
+            f"(cd {text[:-4]} && zip -r -0 ../{Path(text).name} .), which load() reads"
+        )
+        raise UnsupportedSourceError(msg)
     return Path(text).expanduser().absolute()
 
 
@@ -395,7 +402,8 @@ def write_ome_zarr(
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
     UnsupportedSourceError
-        For a remote URI (write locally, then copy) or an item that is not a stack.
+        For a remote URI (write locally, then copy), a ``.zip`` path (write a
+        folder, then zip it) or an item that is not a stack.
     ValueError
         For invalid ``chunks``, ``levels`` or ``downscale``.
 
