@@ -323,12 +323,9 @@ class _Batch:
     def _parallel_rounds(self, reader: ChunkedReader, indices: list[int]) -> bool:
         """Whether to fetch in rounds because the source decodes a round's chunks in parallel (tensorstore).
 
-        With the chunk cache on or off: the round's chunks are decoded in the
-        engine's native threads, which measured faster than decoding them in
-        Python threads (each dropped after its copies) on the shared 2-core
-        machine class with the cache off too (batches of 32 random 64x64
-        patches over 128 KiB zstd chunks, interleaved runs on a loaded
-        machine: a median batch of 11-12 ms against 21-43 ms).
+        The reader decides ([`parallel_fetch()`][lazystack.io.chunked.ChunkedReader.parallel_fetch]):
+        a Zarr reader on ``auto`` says so for chunks of 256 KiB and up, and
+        smaller chunks are decoded on the cores here, chunk by chunk.
         """
         return reader.parallel_fetch(len({c for i in indices for c in self.touched(i, reader)}))
 

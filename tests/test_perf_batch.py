@@ -1,0 +1,97 @@
+"""Counting tests for the batch paths chosen for speed (no timing: calls, chunks and bytes are counted)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from lazystack import LazyImageStack
+from lazystack.io.cache import chunk_cache_size
+from lazystack.ops.batch import extract_patches
+from lazystack.sources.zarr.engines import AutoEngine, DirectEngine, TensorstoreEngine, ZarrArrayReader
+
+
+def _zstd_array(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+    from zarr.codecs import ZstdCodec
+
+    data = np.random.default_rng(3).integers(0, 4000, shape, dtype=np.uint16)
+    z = zarr.create_array(path, shape=shape, chunks=chunks, dtype="uint16", compressors=ZstdCodec(level=1))
+    z[...] = data
+    return zarr.open_array(path, mode="r"), data
+
+
+def _random_requests(stack: Any, shape: tuple[int, ...], n: int, size: int) -> list[Any]:
+    rng = np.random.default_rng(5)
+    return [
+        (
+            stack,
+            int(rng.integers(shape[0])),
+            None,
+            tuple(int(rng.integers(0, s - size)) for s in shape[1:]),
+            (size,) * 2,
+        )
+        for _ in range(n)
+    ]
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    calls: Counter[str] = Counter()
+    ts_fetch, one = TensorstoreEngine.fetch, DirectEngine.fetch_one
+
+    def spy_ts(self: Any, indices: Any) -> Any:
+        calls["tensorstore rounds"] += 1
+        calls["tensorstore chunks"] += len(indices)
+        return ts_fetch(self, indices)
+
+    def spy_one(self: Any, idx: Any) -> Any:
+        calls[f"direct {idx}"] += 1
+        calls["direct chunks"] += 1
+        return one(self, idx)
+
+    monkeypatch.setattr(TensorstoreEngine, "fetch", spy_ts)
+    monkeypatch.setattr(DirectEngine, "fetch_one", spy_one)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("chunks", "tensorstore"),
+    [((1, 256, 256), False), ((1, 512, 256), True)],  # 128 KiB chunks decoded directly; 256 KiB in tensorstore
+)
+def test_a_cached_batch_of_small_chunks_is_decoded_directly_each_chunk_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: tuple[int, ...], tensorstore: bool
+) -> None:
+    pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
+    shape = (4, 1024, 1024)
+    array, data = _zstd_array(tmp_path / "a.zarr", shape, chunks)
+    reader = ZarrArrayReader(array, engine="auto")
+    assert isinstance(reader.engine, AutoEngine)
+    stack = LazyImageStack(reader, "SYX")
+    reqs = _random_requests(stack, shape, 32, 64)
+    grid = reader.chunk_grid
+    touched = {
+        idx
+        for _, s, _, (y, x), _ in reqs
+        for idx in grid.touched((slice(s, s + 1), slice(y, y + 64), slice(x, x + 64)))
+    }
+    assert len(touched) * np.prod(chunks) * 2 >= 2**20  # enough bytes that a plain fetch would go to tensorstore
+    assert reader.engine.prefers_tensorstore(len(touched))
+    calls = _count_calls(monkeypatch)
+    with chunk_cache_size(2**28) as cache:
+        got = extract_patches(reqs)
+        assert cache.stats().misses == len(touched)  # every chunk looked up once, none twice
+    for (_, s, _, (y, x), _), patch in zip(reqs, got, strict=True):
+        np.testing.assert_array_equal(patch, data[s : s + 1, y : y + 64, x : x + 64].astype(np.float32))
+        assert patch.dtype == np.float32
+    if tensorstore:
+        assert calls["tensorstore rounds"] == 1
+        assert calls["tensorstore chunks"] == len(touched)
+        assert calls["direct chunks"] == 0
+    else:
+        assert calls["tensorstore rounds"] == 0
+        assert calls["direct chunks"] == len(touched)  # each touched chunk decoded once
+        assert all(n == 1 for key, n in calls.items() if key.startswith("direct ("))
