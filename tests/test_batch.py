@@ -186,7 +186,7 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
         reqs = _sparse_requests(np.random.default_rng(9), 64)
         _assert_same(stack.extract_patches(reqs), _one_by_one(LazyImageStack(data, "YX"), reqs))
     assert sum(reader.decoded.values()) == 64
-    assert len(reader.threads) == 2  # the caller and one pool thread, one share each
+    assert 1 <= len(reader.threads) <= 2  # the caller and one pool thread, taking chunks one at a time
     assert reader.peak_alive <= 2  # one chunk in hand per thread, not the 64 of the batch
     assert reader.alive == 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import zarr
 
 from lazystack import LazyImageStack
 from lazystack.io.cache import chunk_cache_size
+from lazystack.io.chunked import CPU_WORKERS, fetch_concurrently
 from lazystack.ops.batch import extract_patches
 from lazystack.sources.zarr.engines import AutoEngine, DirectEngine, TensorstoreEngine, ZarrArrayReader
 
@@ -95,3 +98,42 @@ def test_a_cached_batch_of_small_chunks_is_decoded_directly_each_chunk_once(
         assert calls["tensorstore rounds"] == 0
         assert calls["direct chunks"] == len(touched)  # each touched chunk decoded once
         assert all(n == 1 for key, n in calls.items() if key.startswith("direct ("))
+
+
+@pytest.mark.skipif(CPU_WORKERS < 2, reason="CPU-bound fetches use the calling thread alone on one core")
+def test_cpu_bound_fetches_are_dealt_one_at_a_time_so_a_stalled_thread_holds_up_one_item() -> None:
+    # Item 0 stalls its thread until every other item is done: with a static split in halves the
+    # other half could never finish them; dealt one at a time, the other threads take all the rest.
+    n = 10
+    others_done = threading.Event()
+    done: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def fetch_one(i: int) -> int:
+        if i == 0:
+            assert others_done.wait(timeout=10), "the other items were not taken by the other threads"
+        with lock:
+            done[threading.current_thread().name] += 1
+            if sum(done.values()) == n - 1:
+                others_done.set()
+        return i * i
+
+    out = fetch_concurrently(list(range(n)), fetch_one, parallel=True)
+    assert out == {i: i * i for i in range(n)}
+    assert list(out) == list(range(n))  # in the order asked
+    assert sum(done.values()) == n
+
+
+def test_cpu_bound_fetches_raise_the_first_error_and_stop_taking_items() -> None:
+    taken: list[int] = []
+
+    def fetch_one(i: int) -> int:
+        taken.append(i)
+        time.sleep(0.001)  # lets the other thread see the error between items
+        if i == 3:
+            raise ValueError("chunk 3 is corrupt")
+        return i
+
+    with pytest.raises(ValueError, match="chunk 3 is corrupt"):
+        fetch_concurrently(list(range(200)), fetch_one, parallel=True)
+    assert len(taken) < 200  # the threads stop at their next item after the error
