@@ -137,3 +137,32 @@ def test_cpu_bound_fetches_raise_the_first_error_and_stop_taking_items() -> None
     with pytest.raises(ValueError, match="chunk 3 is corrupt"):
         fetch_concurrently(list(range(200)), fetch_one, parallel=True)
     assert len(taken) < 200  # the threads stop at their next item after the error
+
+
+def test_rounds_fill_fast_path_patches_straight_from_the_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch fetched in rounds (tensorstore here) fills whole-channel patches inside the image straight
+    # from the round's chunks: no stack read per patch. A channel list still goes through its stack.
+    pytest.importorskip("tensorstore")
+    shape = (3, 300, 300)
+    array, data = _zstd_array(tmp_path / "a.zarr", shape, (1, 64, 64))
+    stack = LazyImageStack(ZarrArrayReader(array, engine="tensorstore"), "SYX")
+    reqs = _random_requests(stack, shape, 24, 50)
+    reqs.append((stack, 1, [0], (250, 10), (50, 50)))  # off the fast path (a channel list)
+    views = Counter[str]()
+    with_reader = LazyImageStack.with_reader
+
+    def spy(self: Any, reader: Any) -> Any:
+        views["with_reader"] += 1
+        return with_reader(self, reader)
+
+    monkeypatch.setattr(LazyImageStack, "with_reader", spy)
+    for cache in (0, 2**26):
+        views.clear()
+        with chunk_cache_size(cache):
+            got = extract_patches(reqs, max_batch_bytes=64 * 64 * 2 * 20)  # several rounds
+        for (_, s, _, (y, x), (h, w)), patch in zip(reqs, got, strict=True):
+            np.testing.assert_array_equal(patch, data[s : s + 1, y : y + h, x : x + w].astype(np.float32))
+        if cache:
+            assert views["with_reader"] == 1  # only the channel-list request's round made a view

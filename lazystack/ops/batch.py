@@ -346,6 +346,22 @@ class _Batch:
             to.extend(i for i, _ in group)
         return scattered, streamed
 
+    def _new_blocks(self, indices: list[int]) -> dict[int, np.ndarray]:
+        """An empty ``float32`` block per fast-path request, its region's shape."""
+        regions = self.regions
+        blocks: dict[int, np.ndarray] = {}
+        for i in indices:
+            region = regions[i]
+            assert region is not None
+            blocks[i] = np.empty(tuple(s.stop - s.start for s in region), dtype=np.float32)
+        return blocks
+
+    def _finish(self, blocks: dict[int, np.ndarray]) -> None:
+        """Fast-path requests' patches from their filled blocks."""
+        for i, block in blocks.items():
+            # None (a reader returning the wrong shape) is left to extract_patch, which reports it
+            self.out[i] = self.reqs[i][0].patch_from_region(block, self.sizes[i])
+
     def _scatter(self, reader: ChunkedReader, indices: list[int]) -> None:
         """Serve fast-path requests chunk by chunk: each chunk read once and copied into every patch it feeds.
 
@@ -358,12 +374,11 @@ class _Batch:
         grid = reader.chunk_grid
         dtype = reader.dtype
         regions = self.regions
-        blocks: dict[int, np.ndarray] = {}
+        blocks = self._new_blocks(indices)
         uses: dict[ChunkIndex, list[tuple[int, tuple[slice, ...], tuple[slice, ...]]]] = {}
         for i in indices:
             region = regions[i]
             assert region is not None
-            blocks[i] = np.empty(tuple(s.stop - s.start for s in region), dtype=np.float32)
             for idx, src, dst in grid.pieces(region):
                 uses.setdefault(idx, []).append((i, src, dst))
 
@@ -375,9 +390,7 @@ class _Batch:
                 copy_piece(blocks[i], idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]
 
         fetch_concurrently(sorted(uses), place, parallel=reader.capabilities.compressed)
-        for i, block in blocks.items():
-            # None (a reader returning the wrong shape) is left to extract_patch, which reports it
-            self.out[i] = self.reqs[i][0].patch_from_region(block, self.sizes[i])
+        self._finish(blocks)
 
     def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
         """Serve requests through their stacks, each core streaming through a chunk-disjoint share."""
@@ -430,18 +443,42 @@ class _Batch:
 
         Requests go in the order of the first chunk they touch, so that
         requests sharing chunks fall in the same round: a chunk needed in two
-        rounds is fetched twice unless the cache still holds it.
+        rounds is fetched twice unless the cache still holds it. A fast-path
+        request's patch is filled straight from the round's chunks, each
+        piece cast once to ``float32`` (no read of its own, no intermediate
+        block in the stored dtype); the others go through their stacks.
         """
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
         items = sorted(items, key=lambda item: min(item[1], default=()))
         for group in _split(items, nbytes, self.max_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
-            proxy = _PrefetchedReader(reader, reader.read_chunks(wanted) if wanted else {})
+            chunks = reader.read_chunks(wanted) if wanted else {}
+            # fast-path requests: each chunk piece cast once, straight into its float32 patch (as _scatter does);
+            # the others through their stacks
+            placed = self._place(reader, [i for i, _ in group if i in self.sizes], chunks)
+            proxy = _PrefetchedReader(reader, chunks)
             views: dict[tuple[int, int], Any] = {}
             for i, _ in group:
-                self.extract(i, proxy, views)
+                if i not in placed:
+                    self.extract(i, proxy, views)
             # let go of this round's chunks before the next round is fetched (else two rounds are alive at once)
-            del proxy, views
+            del proxy, views, chunks
+
+    def _place(self, reader: ChunkedReader, indices: list[int], chunks: Mapping[ChunkIndex, np.ndarray]) -> set[int]:
+        """Fill the fast-path requests ``indices`` straight from ``chunks`` (each piece cast once); return them."""
+        grid = reader.chunk_grid
+        dtype = reader.dtype
+        blocks = self._new_blocks(indices)
+        for i, block in blocks.items():
+            region = self.regions[i]
+            assert region is not None
+            for idx, src, dst in grid.pieces(region):
+                chunk = chunks[idx]
+                if chunk.dtype != dtype:
+                    chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
+                copy_piece(block, idx, chunk, src, dst, region, grid)
+        self._finish(blocks)
+        return set(blocks)
 
 
 def extract_patches(
