@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from lazystack import LazyImageStack
-from lazystack.io.cache import chunk_cache_size
+from lazystack.io.cache import ChunkCache, chunk_cache_size
 from lazystack.io.chunked import CPU_WORKERS, fetch_concurrently
 from lazystack.ops.batch import extract_patches
 from lazystack.sources.zarr.engines import AutoEngine, DirectEngine, TensorstoreEngine, ZarrArrayReader
@@ -166,3 +166,57 @@ def test_rounds_fill_fast_path_patches_straight_from_the_chunks(
             np.testing.assert_array_equal(patch, data[s : s + 1, y : y + h, x : x + w].astype(np.float32))
         if cache:
             assert views["with_reader"] == 1  # only the channel-list request's round made a view
+
+
+def test_put_if_seen_keeps_a_chunk_only_when_read_again_soon() -> None:
+    chunk = np.zeros(1024, dtype=np.uint8)
+    cache = ChunkCache(16 * 1024, policy="2q")
+    assert not cache.put_if_seen("a", chunk)  # first read: only its key is remembered
+    assert ("a" in cache, cache.nbytes, len(cache)) == (False, 0, 0)
+    assert cache.put_if_seen("a", chunk)  # read again while remembered: kept, in the main part
+    assert ("a" in cache, cache.nbytes) == (True, 1024)
+    assert cache.stats().promotions == 1
+    assert cache.stats().probation_nbytes == 0
+    cache.put("b", chunk)  # an ordinary put goes on probation
+    assert cache.put_if_seen("b", chunk)  # a held key is stored as put stores it
+    assert cache.stats().probation_nbytes == 1024
+    for i in range(100):  # the ghost list forgets old keys: half the bound's worth of bytes
+        cache.put_if_seen(("other", i), chunk)
+    assert cache.nbytes == 2048
+    assert not cache.put_if_seen(("other", 0), chunk)
+    lru = ChunkCache(16 * 1024)
+    assert lru.put_if_seen("a", chunk)
+    assert "a" in lru
+    off = ChunkCache(0, policy="2q")
+    assert not off.put_if_seen("a", chunk)
+    assert off.nbytes == 0
+
+
+def test_a_batch_keeps_no_chunk_read_once_and_keeps_those_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shape = (4, 512, 512)
+    array, data = _zstd_array(tmp_path / "a.zarr", shape, (1, 128, 128))
+    reader = ZarrArrayReader(array, engine="direct")
+    stack = LazyImageStack(reader, "SYX")
+    reqs = _random_requests(stack, shape, 32, 48)
+    grid = reader.chunk_grid
+    touched = {
+        idx
+        for _, s, _, (y, x), _ in reqs
+        for idx in grid.touched((slice(s, s + 1), slice(y, y + 48), slice(x, x + 48)))
+    }
+    calls = _count_calls(monkeypatch)
+    with chunk_cache_size(2**26) as cache:
+        decodes = []
+        for _ in range(3):
+            before = calls["direct chunks"]
+            got = extract_patches(reqs)
+            decodes.append(calls["direct chunks"] - before)
+            for (_, s, _, (y, x), _), patch in zip(reqs, got, strict=True):
+                np.testing.assert_array_equal(patch, data[s : s + 1, y : y + 48, x : x + 48].astype(np.float32))
+            if len(decodes) == 1:
+                assert cache.nbytes == 0  # each chunk read once, dropped after its copies
+        assert decodes == [len(touched), len(touched), 0]  # read again soon: kept (main part), then hit
+        assert cache.nbytes == len(touched) * 128 * 128 * 2
+        assert cache.stats().probation_nbytes == 0

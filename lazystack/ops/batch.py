@@ -382,8 +382,24 @@ class _Batch:
             for idx, src, dst in grid.pieces(region):
                 uses.setdefault(idx, []).append((i, src, dst))
 
+        cache = reader.cache
+        if cache is not None and not cache.enabled:
+            cache = None
+        token = reader.token
+
         def place(idx: ChunkIndex) -> None:
-            chunk = reader.read_chunk(idx)
+            if cache is None:
+                chunk = reader.fetch_chunk(idx)
+            else:
+                # kept only when read again soon (put_if_seen): a chunk read once is dropped after its copies,
+                # and the next decode reuses its memory, still in the CPU's cache
+                key = (token, idx)
+                held = cache.get(key)
+                if held is None:
+                    chunk = reader.fetch_chunk(idx)
+                    cache.put_if_seen(key, chunk)
+                else:
+                    chunk = held
             if chunk.dtype != dtype:
                 chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
             for i, src, dst in uses[idx]:
