@@ -18,7 +18,10 @@ Admission (2Q, the per-process cache's policy)
     again, instead of filling the whole bound at once, page by page, for a
     hit rate of about ``bound / data size``. Re-used chunks (the same or overlapping patches,
     tiles, neighbours, epochs over data that fits) still reach the main part
-    and hit; the main part grows only as fast as chunks are re-read.
+    and hit; the main part grows only as fast as chunks are re-read. A
+    reader that uses a chunk at once and drops it (a batch decoded chunk by
+    chunk) stores through [`ChunkCache.put_if_seen()`][ChunkCache.put_if_seen]: a
+    chunk read for the first time leaves only its key in the ghost list.
 
 Size
     ``LAZYSTACK_CHUNK_CACHE_BYTES`` (read when the module is imported) or
@@ -388,6 +391,44 @@ class ChunkCache:
             self._nbytes += size
             # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
             self._evict_locked(keep_newest_main=key in self._main)
+
+    def put_if_seen(self, key: Hashable, array: Any) -> bool:
+        """[`put()`][put] a chunk read again soon, only remember the key of one read for the first time.
+
+        For a reader that uses a chunk at once and drops it (a batch
+        copying each chunk into its patches): with ``"2q"``, a key neither
+        held nor in the ghost list goes straight to the ghost list, as if
+        its chunk had passed through probation, and the chunk is not kept,
+        so its memory is free for the next decode instead of being held by
+        probation; a key in the ghost list (read again soon) or held is
+        stored as [`put()`][put] stores it. With ``"lru"`` this is
+        [`put()`][put].
+
+        Parameters
+        ----------
+        key : hashable
+            As for [`put()`][put].
+        array : numpy.ndarray
+            The decoded chunk (not copied when kept).
+
+        Returns
+        -------
+        bool
+            Whether the chunk was stored.
+        """
+        if self._max_bytes <= 0:
+            return False
+        if self._two_q:
+            size = int(np.asarray(array).nbytes)
+            with self._lock:
+                if key not in self._ghost and key not in self._main and key not in self._probation:
+                    if size <= self._max_bytes:
+                        self._ghost[key] = size
+                        self._ghost_nbytes += size
+                        self._trim_ghost_locked()
+                    return False
+        self.put(key, array)
+        return True
 
     def _drop_probation_locked(self) -> None:
         """Drop the oldest chunk on probation, remembering its key in the ghost list."""

@@ -132,9 +132,10 @@ def fetch_concurrently(
     """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
 
     By default the work is taken to be CPU-bound (decoding local chunks):
-    from [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS] indices on, it is split into one
-    contiguous share per core ([`CPU_WORKERS`][CPU_WORKERS]), the calling thread
-    taking the first share, so each thread hand-off carries many chunks.
+    from [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS] indices on, one thread per core
+    ([`CPU_WORKERS`][CPU_WORKERS]), the calling thread one of them, takes the
+    indices one at a time from a shared iterator: one hand-off per thread, and
+    a thread that is descheduled on a busy machine holds up one index only.
     With ``min_parallel`` the work is taken to be I/O-bound (remote reads):
     every index is its own task, so slow requests overlap.
 
@@ -169,11 +170,9 @@ def fetch_concurrently(
         # Few chunks, one core, or already inside the pool (nested fetch: never wait on ourselves).
         return {idx: fetch_one(idx) for idx in indices}
     pool = shared_executor()
-    if io_bound:
-        shares = [[idx] for idx in indices]
-    else:
-        k = min(CPU_WORKERS, n)
-        shares = [list(indices[i * n // k : (i + 1) * n // k]) for i in range(k)]
+    if not io_bound:
+        return _fetch_on_cores(indices, fetch_one, pool, min(CPU_WORKERS, n))
+    shares = [[idx] for idx in indices]
 
     def run(share: list[_K]) -> list[Any]:
         return [fetch_one(idx) for idx in share]
@@ -189,6 +188,42 @@ def fetch_concurrently(
     for share, f in zip(shares[1:], futures, strict=True):
         out.update(zip(share, f.result(), strict=True))
     return out
+
+
+def _fetch_on_cores(
+    indices: Sequence[_K], fetch_one: Callable[[_K], Any], pool: ThreadPoolExecutor, k: int
+) -> dict[_K, Any]:
+    """CPU-bound ``fetch_one`` calls on ``k`` threads (the caller and ``k - 1`` of the pool), dealt one at a time.
+
+    Each thread takes the next index from one shared iterator (taking an item is atomic under the GIL), so a
+    thread the OS leaves waiting on a busy machine delays the batch by one item, not by its half of a static
+    split. Results land in a dict (one ``__setitem__`` per item, atomic too); after the first exception the
+    other threads stop at their next item.
+    """
+    todo = iter(list(indices))  # a list's iterator: next() is atomic under the GIL (a generator's is not)
+    out: dict[_K, Any] = {}
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for idx in todo:
+                if failed:
+                    return
+                out[idx] = fetch_one(idx)
+        except BaseException as e:
+            failed.append(e)
+            raise
+
+    futures = [pool.submit(run) for _ in range(k - 1)]
+    try:
+        run()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    for f in futures:
+        f.result()
+    return {idx: out[idx] for idx in indices}
 
 
 # -- keys and the chunk grid ------------------------------------------------------------------

@@ -338,12 +338,9 @@ class _Batch:
     def _parallel_rounds(self, reader: ChunkedReader, indices: list[int]) -> bool:
         """Whether to fetch in rounds because the source decodes a round's chunks in parallel (tensorstore).
 
-        With the chunk cache on or off: the round's chunks are decoded in the
-        engine's native threads, which measured faster than decoding them in
-        Python threads (each dropped after its copies) on the shared 2-core
-        machine class with the cache off too (batches of 32 random 64x64
-        patches over 128 KiB zstd chunks, interleaved runs on a loaded
-        machine: a median batch of 11-12 ms against 21-43 ms).
+        The reader decides ([`parallel_fetch()`][lazystack.io.chunked.ChunkedReader.parallel_fetch]):
+        a Zarr reader on ``auto`` says so for chunks of 256 KiB and up, and
+        smaller chunks are decoded on the cores here, chunk by chunk.
         """
         return reader.parallel_fetch(len({c for i in indices for c in self.touched(i, reader)}))
 
@@ -364,6 +361,22 @@ class _Batch:
             to.extend(i for i, _ in group)
         return scattered, streamed
 
+    def _new_blocks(self, indices: list[int]) -> dict[int, np.ndarray]:
+        """An empty ``float32`` block per fast-path request, its region's shape."""
+        regions = self.regions
+        blocks: dict[int, np.ndarray] = {}
+        for i in indices:
+            region = regions[i]
+            assert region is not None
+            blocks[i] = np.empty(tuple(s.stop - s.start for s in region), dtype=np.float32)
+        return blocks
+
+    def _finish(self, blocks: dict[int, np.ndarray]) -> None:
+        """Fast-path requests' patches from their filled blocks."""
+        for i, block in blocks.items():
+            # None (a reader returning the wrong shape) is left to extract_patch, which reports it
+            self.out[i] = self.reqs[i][0].patch_from_region(block, self.sizes[i])
+
     def _scatter(self, reader: ChunkedReader, indices: list[int]) -> None:
         """Serve fast-path requests chunk by chunk: each chunk read once and copied into every patch it feeds.
 
@@ -376,26 +389,39 @@ class _Batch:
         grid = reader.chunk_grid
         dtype = reader.dtype
         regions = self.regions
-        blocks: dict[int, np.ndarray] = {}
+        blocks = self._new_blocks(indices)
         uses: dict[ChunkIndex, list[tuple[int, tuple[slice, ...], tuple[slice, ...]]]] = {}
         for i in indices:
             region = regions[i]
             assert region is not None
-            blocks[i] = np.empty(tuple(s.stop - s.start for s in region), dtype=np.float32)
             for idx, src, dst in grid.pieces(region):
                 uses.setdefault(idx, []).append((i, src, dst))
 
+        cache = reader.cache
+        if cache is not None and not cache.enabled:
+            cache = None
+        token = reader.token
+
         def place(idx: ChunkIndex) -> None:
-            chunk = reader.read_chunk(idx)
+            if cache is None:
+                chunk = reader.fetch_chunk(idx)
+            else:
+                # kept only when read again soon (put_if_seen): a chunk read once is dropped after its copies,
+                # and the next decode reuses its memory, still in the CPU's cache
+                key = (token, idx)
+                held = cache.get(key)
+                if held is None:
+                    chunk = reader.fetch_chunk(idx)
+                    cache.put_if_seen(key, chunk)
+                else:
+                    chunk = held
             if chunk.dtype != dtype:
                 chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
             for i, src, dst in uses[idx]:
                 copy_piece(blocks[i], idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]
 
         fetch_concurrently(sorted(uses), place, parallel=reader.capabilities.compressed)
-        for i, block in blocks.items():
-            # None (a reader returning the wrong shape) is left to extract_patch, which reports it
-            self.out[i] = self.reqs[i][0].patch_from_region(block, self.sizes[i])
+        self._finish(blocks)
 
     def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
         """Serve requests through their stacks, each core streaming through a chunk-disjoint share."""
@@ -448,7 +474,10 @@ class _Batch:
 
         Requests go in the order of the first chunk they touch, so that
         requests sharing chunks fall in the same round: a chunk needed in two
-        rounds is fetched twice unless the cache still holds it.
+        rounds is fetched twice unless the cache still holds it. A fast-path
+        request's patch is filled straight from the round's chunks, each
+        piece cast once to ``float32`` (no read of its own, no intermediate
+        block in the stored dtype); the others go through their stacks.
         """
         nbytes = reader.chunk_grid.chunk_nbytes(reader.dtype.itemsize)
         items = sorted(items, key=lambda item: min(item[1], default=()))
@@ -457,12 +486,33 @@ class _Batch:
             return
         for group in _split(items, nbytes, self.max_bytes):
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
-            proxy = _PrefetchedReader(reader, reader.read_chunks(wanted) if wanted else {})
+            chunks = reader.read_chunks(wanted) if wanted else {}
+            # fast-path requests: each chunk piece cast once, straight into its float32 patch (as _scatter does);
+            # the others through their stacks
+            placed = self._place(reader, [i for i, _ in group if i in self.sizes], chunks)
+            proxy = _PrefetchedReader(reader, chunks)
             views: dict[tuple[int, int], Any] = {}
             for i, _ in group:
-                self.extract(i, proxy, views)
+                if i not in placed:
+                    self.extract(i, proxy, views)
             # let go of this round's chunks before the next round is fetched (else two rounds are alive at once)
-            del proxy, views
+            del proxy, views, chunks
+
+    def _place(self, reader: ChunkedReader, indices: list[int], chunks: Mapping[ChunkIndex, np.ndarray]) -> set[int]:
+        """Fill the fast-path requests ``indices`` straight from ``chunks`` (each piece cast once); return them."""
+        grid = reader.chunk_grid
+        dtype = reader.dtype
+        blocks = self._new_blocks(indices)
+        for i, block in blocks.items():
+            region = self.regions[i]
+            assert region is not None
+            for idx, src, dst in grid.pieces(region):
+                chunk = chunks[idx]
+                if chunk.dtype != dtype:
+                    chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
+                copy_piece(block, idx, chunk, src, dst, region, grid)
+        self._finish(blocks)
+        return set(blocks)
 
     def _pipeline_rounds(self, reader: ChunkedReader, groups: list[list[_Item]]) -> None:
         """Remote rounds, two in flight: round ``k + 1`` is fetched while round ``k`` is fetched and served.
