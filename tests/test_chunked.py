@@ -359,6 +359,37 @@ def test_an_error_in_a_share_propagates(monkeypatch: pytest.MonkeyPatch) -> None
         fetch_concurrently([(i,) for i in range(16)], one)
 
 
+@pytest.mark.parametrize("io_bound", [False, True])
+def test_an_error_returns_only_once_the_other_fetches_have_stopped(
+    monkeypatch: pytest.MonkeyPatch, io_bound: bool
+) -> None:
+    """The caller's fetch fails while a pool thread is mid-fetch: the error leaves once that fetch is done.
+
+    (Else the pool thread goes on decoding after the batch failed, holding its chunk: a batch test counting the
+    chunks alive after an error failed once under load.)
+    """
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+    caller = threading.current_thread()
+    started, release = threading.Event(), threading.Event()
+    finished: list[ChunkIndex] = []
+
+    def one(idx: ChunkIndex) -> int:
+        if threading.current_thread() is caller:
+            assert started.wait(10)
+            threading.Timer(0.3, release.set).start()  # released after the error has been raised
+            msg = f"chunk {idx} is corrupt"
+            raise ValueError(msg)
+        started.set()
+        assert release.wait(10)
+        finished.append(idx)
+        return 0
+
+    kwargs = {"min_parallel": 2} if io_bound else {"parallel": True}
+    with pytest.raises(ValueError, match="is corrupt"):
+        fetch_concurrently([(i,) for i in range(4)], one, **kwargs)  # type: ignore[arg-type]
+    assert finished  # the pool thread's fetch ended before the error reached us
+
+
 class _CountingChunks(NumpyChunks):
     """Records single-chunk fetches separately."""
 

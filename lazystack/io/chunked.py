@@ -41,7 +41,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -181,8 +181,7 @@ def fetch_concurrently(
     try:
         first = run(shares[0])
     except BaseException:
-        for f in futures:
-            f.cancel()
+        _stop(futures)
         raise
     out = dict(zip(shares[0], first, strict=True))
     for share, f in zip(shares[1:], futures, strict=True):
@@ -218,12 +217,22 @@ def _fetch_on_cores(
     try:
         run()
     except BaseException:
-        for f in futures:
-            f.cancel()
+        _stop(futures)
         raise
     for f in futures:
         f.result()
     return {idx: out[idx] for idx in indices}
+
+
+def _stop(futures: list[Any]) -> None:
+    """After an error: cancel the tasks not started and wait for the running ones.
+
+    So no fetch goes on (holding its chunk, or reading a file the caller is
+    about to close) after the error has left [`fetch_concurrently`][fetch_concurrently].
+    """
+    for f in futures:
+        f.cancel()
+    wait(futures)
 
 
 # -- keys and the chunk grid ------------------------------------------------------------------
