@@ -424,3 +424,22 @@ def test_tensorstore_array_is_read_region_by_region(tmp_path: Path) -> None:
     assert stack.data_dtype == np.uint16
     patch = stack.extract_patch(0, None, (1, -3, 45), (1, 10, 10))
     np.testing.assert_array_equal(patch[0, 0, 3:, :5], data[1, 0:7, 45:50])
+
+
+# -- a StackList stays a StackList when sliced, added or copied -------------------------------------------
+def test_slices_sums_and_copies_of_a_stack_list_keep_its_table() -> None:
+    from lazystack import StackList, load_arrays
+
+    arrays = [np.full((2, 8, 8), k, np.uint8) for k in range(4)]
+    stacks = load_arrays(arrays, "ZYX")
+    assert isinstance(stacks, StackList)
+    for got in (stacks[1:3], stacks[::2], stacks + stacks[:1], list(stacks[:1]) + stacks, stacks.copy()):
+        assert type(got) is StackList
+        assert repr(got).startswith(f"StackList of {len(got)} stack")
+        assert all(g.data_shape == (1, 1, 2, 8, 8) for g in got)
+    assert [int(s.compute().max()) for s in stacks[1:3]] == [1, 2]
+    assert [int(s.compute().max()) for s in stacks + stacks[:1]] == [0, 1, 2, 3, 0]
+    mixed = [stacks[3], *stacks[:1]] + stacks[2:3]  # noqa: RUF005 (a list + a StackList: StackList.__radd__)
+    assert [int(s.compute().max()) for s in mixed] == [3, 0, 2]
+    assert type(stacks[0]) is not StackList  # an item is a stack
+    assert sum(len(g) for g in stacks[1:3].images()) == 2

@@ -12,7 +12,7 @@ import html
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
 from ..core.units import format_sizes
 from ..io.handles import split_source
@@ -241,8 +241,9 @@ class StackList(list):  # type: ignore[type-arg,unused-ignore]
     """A list of stacks that shows itself as a compact table, one row per stack.
 
     It is a plain `list` in every other way (indexing, unpacking,
-    ``len`` ...): loaders return it so that a notebook cell ending in
-    ``load_tiffs(...)`` shows a readable table.
+    ``len`` ...), and its slices, sums and copies are stack lists too:
+    loaders return it so that a notebook cell ending in ``load_tiffs(...)``
+    (or ``stacks[:3]``) shows a readable table.
 
     Examples
     --------
@@ -258,6 +259,30 @@ class StackList(list):  # type: ignore[type-arg,unused-ignore]
 
     #: Rows shown before the table is cut (the rest is summarised in one line).
     max_rows = 50
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> StackList: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+        # a slice stays a StackList (its table and images()), as do the sums and copies below
+        got = super().__getitem__(index)
+        return StackList(got) if isinstance(index, slice) else got
+
+    def __add__(self, other: Iterable[Any]) -> StackList:
+        return StackList([*self, *other])
+
+    def __radd__(self, other: Iterable[Any]) -> StackList:
+        return StackList([*other, *self])
+
+    def copy(self) -> StackList:
+        """A shallow copy, still a `StackList`.
+
+        Returns
+        -------
+        StackList
+        """
+        return StackList(self)
 
     def images(self) -> list[StackList]:
         """The stacks grouped by image: the levels of one pyramid together, finest first.
