@@ -443,3 +443,15 @@ def test_slices_sums_and_copies_of_a_stack_list_keep_its_table() -> None:
     assert [int(s.compute().max()) for s in mixed] == [3, 0, 2]
     assert type(stacks[0]) is not StackList  # an item is a stack
     assert sum(len(g) for g in stacks[1:3].images()) == 2
+
+
+# -- a patch size no machine can allocate is a PatchError naming it, not numpy's "array is too big" --------
+@pytest.mark.parametrize("size", [(10**12, 10**12), (2**62, 4), (10**30, 4)])
+def test_an_impossible_patch_size_is_a_patch_error(size: tuple[int, int]) -> None:
+    from lazystack import PatchError, load_arrays
+
+    (stack,) = load_arrays([np.zeros((2, 8, 8), np.uint8)], "CYX")
+    with pytest.raises(PatchError, match=r"patch_size .* is too large"):
+        stack.extract_patch(0, None, (0, 0), size)
+    with pytest.raises(PatchError, match=r"patch_size .* is too large"):
+        stack.extract_patches([(0, None, (0, 0), size)])

@@ -7,7 +7,9 @@ request, which region of the image to read and where it goes in the output.
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -65,8 +67,8 @@ def patch_geometry(
     Raises
     ------
     PatchError
-        If the lengths differ from the number of spatial dims, or a size is
-        not positive.
+        If the lengths differ from the number of spatial dims, a size is not
+        positive, or the patch could never be allocated.
     """
     coords_t = _as_int_tuple("coords", coords)
     size_t = _as_int_tuple("patch_size", patch_size)
@@ -80,6 +82,12 @@ def patch_geometry(
         raise PatchError(msg)
     if any(n <= 0 for n in size_t):
         msg = f"patch_size {size_t} must be positive in every dim{dims}"
+        raise PatchError(msg)
+    if math.prod(size_t) * 4 > sys.maxsize:  # numpy's "array is too big" / "maximum dimension exceeded", later
+        msg = (
+            f"patch_size {size_t}{dims} is too large: a float32 patch of {math.prod(size_t)} pixels per channel "
+            f"exceeds this machine's address space ({sys.maxsize} bytes)"
+        )
         raise PatchError(msg)
     source: list[slice] = []
     target: list[slice] = []
