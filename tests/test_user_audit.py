@@ -455,3 +455,33 @@ def test_an_impossible_patch_size_is_a_patch_error(size: tuple[int, int]) -> Non
         stack.extract_patch(0, None, (0, 0), size)
     with pytest.raises(PatchError, match=r"patch_size .* is too large"):
         stack.extract_patches([(0, None, (0, 0), size)])
+
+
+# -- remote sources: a dead server and a remote TIFF are lazystack errors naming the URI --------------------
+def test_load_of_a_dead_server_is_a_source_read_error_naming_the_uri() -> None:
+    import socket
+
+    from lazystack import SourceReadError, load, propose_axes
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}/image.ome.zarr"
+    for call in (lambda: load(uri), lambda: propose_axes(uri), lambda: load(uri, "YX")):
+        with pytest.raises(SourceReadError, match=re.escape(uri)):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("uri", "kind"),
+    [("http://127.0.0.1:9/a.tif", "TIFF"), ("https://example.org/x/b.czi@1", "CZI"), ("s3://b/c.npy", ".npy")],
+)
+def test_a_remote_tiff_czi_or_npy_names_what_is_accepted(uri: str, kind: str) -> None:
+    from lazystack import UnsupportedSourceError, load
+    from lazystack.loading.auto import source_kind
+
+    for call in (lambda: load(uri), lambda: source_kind(uri)):
+        with pytest.raises(UnsupportedSourceError, match=re.escape(repr(uri))) as info:
+            call()
+        assert f"remote {kind} file" in str(info.value)
+        assert "Zarr stores only" in str(info.value)

@@ -106,6 +106,14 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
             if ACCEPTED_EXTENSIONS.get(suffix) in ("tiff", "czi", "npy"):
                 return ACCEPTED_EXTENSIONS[suffix]
         if scheme in ACCEPTED_SCHEMES:
+            kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(text)[0]).suffix.lower())
+            if scheme != "file" and kind in ("tiff", "czi", "npy"):
+                msg = (
+                    f"{text!r} is a remote {kind.upper() if kind != 'npy' else '.npy'} file: URIs are read as "
+                    f"Zarr stores only; copy the file to a local path first (or convert it to OME-Zarr with "
+                    f"'lazystack convert' and serve that)"
+                )
+                raise UnsupportedSourceError(msg)
             return "zarr"
         msg = f"unsupported URI scheme {scheme!r} in {text!r}; {_accepted()}"
         raise UnsupportedSourceError(msg)

@@ -832,10 +832,15 @@ def _open_node(location: ZarrLocation, store: Store | None = None) -> zarr_lib.A
     except (SourceNotFoundError, SourceFormatError, SourceReadError, MissingDependencyError):
         raise
     except Exception as exc:
-        msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
-        if _is_timeout(exc):
-            msg += " (the server did not answer in time)"
-        raise SourceReadError(msg) from exc
+        raise _open_error(location, exc) from exc
+
+
+def _open_error(location: ZarrLocation, exc: Exception) -> SourceReadError:
+    """The error for a node that could not be opened for a reason other than its absence (a dead server ...)."""
+    msg = f"cannot open Zarr node {location.uri()!r}: {type(exc).__name__}: {exc}"
+    if _is_timeout(exc):
+        msg += " (the server did not answer in time)"
+    return SourceReadError(msg)
 
 
 def _open_array(location: ZarrLocation) -> zarr_lib.Array:

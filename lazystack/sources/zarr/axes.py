@@ -8,7 +8,7 @@ from typing import Any
 
 from ...core.axes import VALID_AXES, axes_or_none
 from ...core.errors import SourceFormatError, SourceNotFoundError
-from . import _ngff, _ome_holder, _try_group, parse_zarr_source
+from . import _ngff, _ome_holder, _open_error, _try_group, parse_zarr_source
 
 __all__ = ["propose_axes"]
 
@@ -39,6 +39,8 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
         When nothing is at ``source``.
     SourceFormatError
         When ``source`` is not a readable Zarr store.
+    SourceReadError
+        When the store cannot be reached (a dead or slow server ...).
     """
     import zarr
 
@@ -53,6 +55,8 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
     except (ValueError, KeyError, TypeError) as exc:
         msg = f"{text!r} is not a readable Zarr store: {exc}"
         raise SourceFormatError(msg) from exc
+    except Exception as exc:  # an unreachable server, a refused request ...: named, not the client's raw error
+        raise _open_error(location, exc) from exc
     if isinstance(node, zarr.Group):
         declared = _multiscale_axes(node.attrs)
         if declared is not None:
