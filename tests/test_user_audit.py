@@ -485,3 +485,20 @@ def test_a_remote_tiff_czi_or_npy_names_what_is_accepted(uri: str, kind: str) ->
             call()
         assert f"remote {kind} file" in str(info.value)
         assert "Zarr stores only" in str(info.value)
+
+
+# -- load_arrays: an xarray.DataArray whose dims the axes name in another order ----------------------------
+def test_load_arrays_refuses_axes_that_transpose_a_data_arrays_dims() -> None:
+    import xarray as xr
+
+    from lazystack import AxesError, load_arrays
+
+    data = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6)
+    da = xr.DataArray(data, dims=("y", "x"))
+    with pytest.raises(AxesError, match=r"dims \('y', 'x'\).*axes='XY'.*pass axes='YX'"):
+        load_arrays([da], "XY")
+    (stack,) = load_arrays([da], "YX")
+    np.testing.assert_array_equal(stack.compute().reshape(data.shape), data)
+    cube = np.arange(2 * 4 * 6, dtype=np.uint8).reshape(2, 4, 6)
+    (relabelled,) = load_arrays([xr.DataArray(cube, dims=("z", "y", "x"))], "SYX")  # another letter: a relabelling
+    assert relabelled.data_shape == (2, 1, 4, 6)

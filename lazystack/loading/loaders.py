@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core.axes import validate_axes
-from ..core.errors import UnsupportedSourceError
+from ..core.errors import AxesError, UnsupportedSourceError
 from ..core.levels import Levels, parse_levels
 from ..io.reader import OpenedSource, is_array_like
 from ..sources.array import as_reader
@@ -97,7 +97,8 @@ def load_arrays(source: Any, axes: str) -> StackList:
     Raises
     ------
     AxesError
-        If ``axes`` is invalid.
+        If ``axes`` is invalid, or names an ``xarray.DataArray``'s dims in
+        another order (dims ``("y", "x")`` with ``axes="XY"``).
     ShapeMismatchError
         If an array's rank differs from ``len(axes)``.
     UnsupportedSourceError
@@ -124,6 +125,13 @@ def load_arrays(source: Any, axes: str) -> StackList:
         reader = item
         if type(item).__module__.startswith("xarray.") and hasattr(item, "dims"):
             reader = item.data  # the wrapped numpy / dask array: no copy
+            named = "".join(str(d) for d in item.dims).upper()
+            if len(named) == len(axes) and named != axes and sorted(named) == sorted(axes):
+                msg = (
+                    f"load_arrays: item {i} is an xarray.DataArray with dims {tuple(item.dims)}, which axes={axes!r} "
+                    f"names in another order: pass axes={named!r}, or transpose the DataArray"
+                )
+                raise AxesError(msg)
             for dim, letter in zip(item.dims, axes, strict=False):
                 if str(dim).upper() == letter and dim in item.coords:
                     coords[letter] = item.coords[dim].values
