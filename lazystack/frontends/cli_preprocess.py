@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -285,6 +286,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
         except FileExistsError as exc:  # its message names the Python keyword, overwrite=True
+            if args.overwrite or not os.path.lexists(args.out):  # not the output: a parent that is a file ...
+                raise
             msg = f"{args.out!r} already exists; pass --overwrite to replace it"
             raise FileExistsError(msg) from exc
     axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})
