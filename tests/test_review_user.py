@@ -24,3 +24,21 @@ def test_convert_below_a_file_does_not_claim_the_output_exists(tmp_path: Path, c
     assert "already exists; pass --overwrite" not in err  # it does not exist, and --overwrite cannot help
     assert "afile" in err
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+# -- a stack derived from a strided view keeps the view's pixel sizes (fix 1) ----------------------------------
+def test_normalized_strided_view_keeps_its_pixel_sizes(tmp_path: Path) -> None:
+    from lazystack import LazyImageStack, load, write_ome_zarr
+    from lazystack.ops.normalize import normalized
+    from lazystack.ops.stats import channel_statistics
+
+    data = np.arange(4 * 20 * 30, dtype=np.uint16).reshape(4, 20, 30)
+    stack = LazyImageStack(data, "ZYX", attrs={"physical_pixel_sizes": {"Z": 2.0, "Y": 0.5, "X": 0.25}})
+    view = stack.isel(Y=slice(3, None, 3), X=slice(1, None, 2))
+    norm = normalized(view, channel_statistics(view), method="minmax")
+    assert norm.physical_pixel_sizes == view.physical_pixel_sizes
+    for axis in "YX":  # the reference: the derived stack's own positions
+        assert norm.physical_pixel_sizes[axis] == pytest.approx(float(np.diff(norm.coords[axis])[0]))
+    (back,) = load(write_ome_zarr(norm, tmp_path / "norm.ome.zarr", levels=1))
+    for axis in "ZYX":
+        np.testing.assert_allclose(back.coords[axis], view.coords[axis])
