@@ -55,3 +55,16 @@ def test_stale_partial_outputs_of_a_zip_named_target_are_listed(tmp_path: Path) 
     (found,) = stale_partial_outputs(target)
     assert Path(found.path) == folder
     assert not found.abandoned
+
+
+def test_strided_view_xarray_attrs_carry_the_views_pixel_sizes() -> None:
+    from lazystack import LazyImageStack
+
+    data = np.arange(4 * 20 * 30, dtype=np.uint16).reshape(4, 20, 30)
+    stack = LazyImageStack(data, "ZYX", attrs={"physical_pixel_sizes": {"Z": 2.0, "Y": 0.5, "X": 0.25}})
+    view = stack.isel(Y=slice(3, None, 3), X=slice(1, None, 2))
+    da = view.xarray
+    for axis in "YX":  # the reference: the DataArray's own coordinates
+        spacing = float(np.diff(da.coords[axis].values)[0])
+        assert da.attrs["physical_pixel_sizes"][axis] == pytest.approx(spacing)
+    assert stack.xarray.attrs["physical_pixel_sizes"] == {"Z": 2.0, "Y": 0.5, "X": 0.25}
