@@ -68,3 +68,21 @@ def test_strided_view_xarray_attrs_carry_the_views_pixel_sizes() -> None:
         spacing = float(np.diff(da.coords[axis].values)[0])
         assert da.attrs["physical_pixel_sizes"][axis] == pytest.approx(spacing)
     assert stack.xarray.attrs["physical_pixel_sizes"] == {"Z": 2.0, "Y": 0.5, "X": 0.25}
+
+
+# -- TIFF: a non-positive size of an axis the file does not have is no warning (fix 8) -------------------------
+def test_tiff_zero_size_of_an_absent_axis_does_not_warn(tmp_path: Path) -> None:
+    import warnings
+
+    import tifffile
+
+    from lazystack import load
+
+    path = tmp_path / "plane.ome.tif"
+    meta = {"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 0.0}
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), ome=True, metadata=meta)
+    assert 'PhysicalSizeZ="0.0"' in tifffile.TiffFile(path).ome_metadata  # the file declares it (a 2-D image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (stack,) = load(str(path))
+    assert stack.physical_pixel_sizes == {"X": 0.5, "Y": 0.25}
