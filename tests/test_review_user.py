@@ -86,3 +86,20 @@ def test_tiff_zero_size_of_an_absent_axis_does_not_warn(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         (stack,) = load(str(path))
     assert stack.physical_pixel_sizes == {"X": 0.5, "Y": 0.25}
+
+
+def test_convert_onto_an_existing_store_given_with_a_tilde_names_the_option(
+    tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    from lazystack.frontends.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # '--out=~/x' is not expanded by the shell
+    np.save(tmp_path / "frames.npy", np.zeros((2, 8, 8), np.uint8))
+    argv = ["convert", str(tmp_path / "frames.npy"), "--axes", "TYX", "--out=~/out.ome.zarr", "--quiet"]
+    assert main(argv) == 0
+    assert (tmp_path / "out.ome.zarr").is_dir()
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err
+    assert "overwrite=True" not in err

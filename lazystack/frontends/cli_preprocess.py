@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -286,7 +285,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
         except FileExistsError as exc:  # its message names the Python keyword, overwrite=True
-            if args.overwrite or not os.path.lexists(args.out):  # not the output: a parent that is a file ...
+            if args.overwrite or exc.filename is not None:  # the OS's, not the output's: a parent that is a file ...
                 raise
             msg = f"{args.out!r} already exists; pass --overwrite to replace it"
             raise FileExistsError(msg) from exc
