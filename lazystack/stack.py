@@ -1146,6 +1146,8 @@ class LazyImageStack:
             "format": self._format,
             **{k: v for k, v in self._attrs.items() if v is not None},
         }
+        if attrs.get("physical_pixel_sizes"):  # a strided view's, as its coords below
+            attrs["physical_pixel_sizes"] = self.physical_pixel_sizes
         axes, shape = self._named()
         depth = self._attrs.get("depth_axis") or "Z"
         units = self._attrs.get("units") or {}

@@ -285,6 +285,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
         except FileExistsError as exc:  # its message names the Python keyword, overwrite=True
+            if args.overwrite or exc.filename is not None:  # the OS's, not the output's: a parent that is a file ...
+                raise
             msg = f"{args.out!r} already exists; pass --overwrite to replace it"
             raise FileExistsError(msg) from exc
     axes = sorted({ome_axes(s.axes_model.axes) for s in stacks})

@@ -202,6 +202,8 @@ def normalized(
         raise ValueError(msg)
     reader = NormalizedReader(stack, offset, scale, clip)
     attrs = stack.attrs
+    if attrs.get("physical_pixel_sizes"):  # a strided view's, not its source's (as its coords, passed below)
+        attrs["physical_pixel_sizes"] = stack.physical_pixel_sizes
     attrs["normalization"] = {
         "method": method,
         "offset": [float(v) for v in offset],

@@ -142,7 +142,7 @@ def ome_axes(axes: str) -> str:
     return "".join(a for a in NGFF_ORDER if a in upper)
 
 
-def _local_path(path: str | os.PathLike[str]) -> Path:
+def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
     text = os.fspath(path)
     if text.startswith("file://"):
         text = text[len("file://") :]
@@ -152,7 +152,7 @@ def _local_path(path: str | os.PathLike[str]) -> Path:
             f"got {text!r}: write locally, then copy"
         )
         raise UnsupportedSourceError(msg)
-    if text.lower().endswith(".zip"):
+    if write and text.lower().endswith(".zip"):  # only a write: what an earlier write there left stays listable
         msg = (
             f"write_ome_zarr writes a folder store, not a zip file; got {text!r}: write to a folder "
             f"(e.g. {text[:-4]!r}), then zip its contents uncompressed at the archive's root "
@@ -441,7 +441,7 @@ def write_ome_zarr(
         msg = f"downscale must be an int >= 2, got {downscale!r}"
         raise ValueError(msg)
 
-    final = _local_path(path)
+    final = _local_path(path, write=True)
     _clean_partials(final)  # first: it may move back a store an interrupted overwrite had moved aside
     if final.exists() and not overwrite:
         msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"

@@ -949,13 +949,15 @@ def _metadata(tif: Any, series_index: int, series: Any, axes: str, shape: tuple[
         if isinstance(labels, list) and "C" in file_axes and len(labels) == shape[file_axes.index("C")]:
             channel_names = [str(x) for x in labels]
     odd = {a: v for a, v in sizes.items() if not (math.isfinite(v) and v > 0)}
-    if odd:  # OME's PhysicalSize is a PositiveFloat; a 0 would put every pixel at one position
+    shown = {a: v for a, v in odd.items() if a in file_axes}  # a 2-D image's PhysicalSizeZ="0" is no matter
+    if shown:  # OME's PhysicalSize is a PositiveFloat; a 0 would put every pixel at one position
         field = "OME PhysicalSize" if tif.is_ome else "ImageJ spacing / resolution"
         msg = (
-            f"TIFF file {tif.filehandle.path!r} (series {series_index}) declares pixel size(s) {odd} ({field}): "
+            f"TIFF file {tif.filehandle.path!r} (series {series_index}) declares pixel size(s) {shown} ({field}): "
             "not positive, left out"
         )
         warnings.warn(msg, MetadataWarning, stacklevel=3)
+    if odd:
         sizes = {a: v for a, v in sizes.items() if a not in odd}
         for key in ("units", "physical_pixel_units"):
             if key in attrs:
