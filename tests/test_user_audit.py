@@ -502,3 +502,40 @@ def test_load_arrays_refuses_axes_that_transpose_a_data_arrays_dims() -> None:
     cube = np.arange(2 * 4 * 6, dtype=np.uint8).reshape(2, 4, 6)
     (relabelled,) = load_arrays([xr.DataArray(cube, dims=("z", "y", "x"))], "SYX")  # another letter: a relabelling
     assert relabelled.data_shape == (2, 1, 4, 6)
+
+
+# -- an overwrite never replaces a file or a folder that is not a Zarr store (the source itself, say) -------
+def test_convert_onto_its_own_source_with_overwrite_refuses_and_leaves_it(tmp_path: Path, capsys: Any) -> None:
+    import tifffile
+
+    from lazystack.frontends.cli import main
+
+    source = tmp_path / "b.tif"
+    tifffile.imwrite(source, np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8))
+    before = source.read_bytes()
+    argv = ["convert", str(source), "--axes", "ZYX", "--out", str(source), "--overwrite", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(source) in err
+    assert "is a file" in err
+    assert "replaces a Zarr store only" in err
+    assert source.is_file()
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif"]  # no partial store left beside it
+
+
+def test_write_ome_zarr_overwrite_replaces_a_store_but_not_a_folder_of_other_data(tmp_path: Path) -> None:
+    from lazystack import load, load_arrays
+
+    (stack,) = load_arrays([np.full((8, 8), 7, np.uint8)], "YX")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="a folder without Zarr metadata"):
+        write_ome_zarr(stack, folder, overwrite=True, levels=1)
+    assert (folder / "keep.txt").read_text() == "mine"
+    store = tmp_path / "x.ome.zarr"
+    write_ome_zarr(load_arrays([np.zeros((8, 8), np.uint8)], "YX")[0], store, levels=1)
+    write_ome_zarr(stack, store, overwrite=True, levels=1)  # a Zarr store: replaced
+    (back,) = load(str(store))
+    assert int(back.compute().max()) == 7

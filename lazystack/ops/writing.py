@@ -386,7 +386,9 @@ def write_ome_zarr(
     downscale : int
         Factor between levels along ``Y`` and ``X``.
     overwrite : bool
-        Replace an existing ``path`` (only once the new image is complete).
+        Replace an existing Zarr store at ``path`` (only once the new image
+        is complete). A file, or a folder that is not a Zarr store, is never
+        replaced.
     progress : bool
         Show a progress bar.
     compressors : optional
@@ -400,7 +402,8 @@ def write_ome_zarr(
     Raises
     ------
     FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
+        If ``path`` exists and ``overwrite`` is False, or ``path`` is a file
+        or a folder that is not a Zarr store.
     UnsupportedSourceError
         For a remote URI (write locally, then copy), a ``.zip`` path (write a
         folder, then zip it) or an item that is not a stack.
@@ -445,6 +448,13 @@ def write_ome_zarr(
     _clean_partials(final)  # first: it may move back a store an interrupted overwrite had moved aside
     if final.exists() and not overwrite:
         msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"
+        raise FileExistsError(msg)
+    if final.exists() and not _is_zarr_store(final):  # never replace a source file or a folder of other data
+        what = "a file" if not final.is_dir() else "a folder without Zarr metadata (zarr.json, .zgroup, .zarray)"
+        msg = (
+            f"{str(final)!r} exists and is {what}: an overwrite replaces a Zarr store only; "
+            f"choose another path, or remove it yourself"
+        )
         raise FileExistsError(msg)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
@@ -678,6 +688,10 @@ def _remove_folder(folder: Path) -> None:
     if folder.exists():
         msg = f"could not remove {str(folder)!r} (a hidden folder of write_ome_zarr); delete it by hand"
         warnings.warn(msg, PartialOutputWarning, stacklevel=4)
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
 
 
 def _replace(partial: Path, final: Path, overwrite: bool) -> None:
