@@ -182,12 +182,15 @@ def test_cpu_bound_fetches_wait_for_every_running_thread_after_a_pool_thread_fai
             with lock:
                 running.discard(name)
 
-    with pytest.raises(ValueError, match="chunk 1 is corrupt"):
+    def fetch_all() -> None:
         try:
             fetch_concurrently(list(range(4)), fetch_one, parallel=True)
         finally:
             with lock:
-                left_running.append(set(running))
+                left_running.append(set(running))  # the threads still in fetch_one as the error leaves
+
+    with pytest.raises(ValueError, match="chunk 1 is corrupt"):
+        fetch_all()
     assert left_running == [set()]
 
 
