@@ -91,6 +91,18 @@ class _Model:
             self.probation.append((key, array))
         self.evict(keep_newest_main=any(k == key for k, _ in self.main))
 
+    def put_if_seen(self, key: int, array: np.ndarray) -> None:
+        """2q: a key neither held nor in the ghost list only goes to the ghost list; else (and lru) ``put``."""
+        if self.max_bytes == 0:
+            return
+        held = any(k == key for k, _ in self.main + self.probation)
+        if self.two_q and not held and not any(k == key for k, _ in self.ghost):
+            if array.nbytes <= self.max_bytes:
+                self.ghost.append((key, array.nbytes))
+                self.trim_ghost()
+            return
+        self.put(key, array)
+
     def _drop_probation(self) -> None:
         key, array = self.probation.pop(0)
         self.evictions += 1
@@ -137,6 +149,14 @@ class CacheMachine(RuleBasedStateMachine):
         array = np.zeros(size, dtype=np.uint8)
         self.cache.put(key, array)
         self.model.put(key, array)
+
+    @rule(key=KEYS, size=SIZES)
+    def put_if_seen(self, key: int, size: int) -> None:
+        array = np.zeros(size, dtype=np.uint8)
+        stored = self.cache.put_if_seen(key, array)
+        self.model.put_if_seen(key, array)
+        kept = any(k == key and a is array for k, a in self.model.main + self.model.probation)
+        assert stored == kept, "put_if_seen's result says whether this chunk was stored"
 
     @rule(key=KEYS)
     def get(self, key: int) -> None:

@@ -416,16 +416,15 @@ class ChunkCache:
         bool
             Whether the chunk was stored.
         """
-        if self._max_bytes <= 0:
+        size = int(np.asarray(array).nbytes)
+        if self._max_bytes <= 0 or size > self._max_bytes:  # put() would not keep it
             return False
         if self._two_q:
-            size = int(np.asarray(array).nbytes)
             with self._lock:
                 if key not in self._ghost and key not in self._main and key not in self._probation:
-                    if size <= self._max_bytes:
-                        self._ghost[key] = size
-                        self._ghost_nbytes += size
-                        self._trim_ghost_locked()
+                    self._ghost[key] = size
+                    self._ghost_nbytes += size
+                    self._trim_ghost_locked()
                     return False
         self.put(key, array)
         return True

@@ -184,8 +184,12 @@ def fetch_concurrently(
         _stop(futures)
         raise
     out = dict(zip(shares[0], first, strict=True))
-    for share, f in zip(shares[1:], futures, strict=True):
-        out.update(zip(share, f.result(), strict=True))
+    try:
+        for share, f in zip(shares[1:], futures, strict=True):
+            out.update(zip(share, f.result(), strict=True))
+    except BaseException:
+        _stop(futures)  # a pool task failed: the others may still be running
+        raise
     return out
 
 
@@ -216,11 +220,11 @@ def _fetch_on_cores(
     futures = [pool.submit(run) for _ in range(k - 1)]
     try:
         run()
+        for f in futures:
+            f.result()
     except BaseException:
-        _stop(futures)
+        _stop(futures)  # the caller or a pool thread failed: the other threads may still be decoding
         raise
-    for f in futures:
-        f.result()
     return {idx: out[idx] for idx in indices}
 
 
