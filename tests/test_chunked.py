@@ -7,6 +7,7 @@ import pickle
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -388,6 +389,40 @@ def test_an_error_returns_only_once_the_other_fetches_have_stopped(
     with pytest.raises(ValueError, match="is corrupt"):
         fetch_concurrently([(i,) for i in range(4)], one, **kwargs)  # type: ignore[arg-type]
     assert finished  # the pool thread's fetch ended before the error reached us
+
+
+def test_the_caller_does_not_wait_for_a_pool_thread_that_never_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool is busy elsewhere: the caller takes every index itself and returns without waiting for it.
+
+    (Waiting for the queued task, which would find nothing left, costs a thread wake-up on a loaded machine.)
+    """
+    monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
+    busy = ThreadPoolExecutor(1)
+    release = threading.Event()
+    blocker = busy.submit(release.wait, 30)
+    timer = threading.Timer(3, release.set)  # frees the pool's thread later: a caller waiting for it returns after
+    timer.start()
+    monkeypatch.setattr(chunked, "shared_executor", lambda: busy)
+    try:
+        seen: list[str] = []
+
+        def one(idx: ChunkIndex) -> np.ndarray:
+            seen.append(threading.current_thread().name)
+            return np.full(4, idx[0])
+
+        got = fetch_concurrently([(i,) for i in range(8)], one, parallel=True)
+        assert not release.is_set()  # returned while the pool's only thread was still busy
+        assert {k: int(v[0]) for k, v in got.items()} == {(i,): i for i in range(8)}
+        assert set(seen) == {threading.current_thread().name}
+        refs = [weakref.ref(v) for v in got.values()]
+        del got
+        assert not any(r() is not None for r in refs)  # the cancelled task, still queued, holds none of them
+        assert not release.is_set()
+    finally:
+        timer.cancel()
+        release.set()
+        blocker.result()
+        busy.shutdown()
 
 
 class _CountingChunks(NumpyChunks):

@@ -220,12 +220,18 @@ def _fetch_on_cores(
     futures = [pool.submit(run) for _ in range(k - 1)]
     try:
         run()
+        for f in futures:  # a task not started yet would find nothing left: don't wait for a thread to wake up
+            f.cancel()
         for f in futures:
-            f.result()
+            if not f.cancelled():
+                f.result()
     except BaseException:
         _stop(futures)  # the caller or a pool thread failed: the other threads may still be decoding
+        out.clear()
         raise
-    return {idx: out[idx] for idx in indices}
+    result = {idx: out[idx] for idx in indices}
+    out.clear()  # a cancelled task stays queued until a pool thread pops it: its ``run`` must not hold the chunks
+    return result
 
 
 def _stop(futures: list[Any]) -> None:
