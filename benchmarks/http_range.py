@@ -25,6 +25,7 @@ sequential network round trips a batch waits for decides::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,26 @@ print(json.dumps({"median_us": float(np.median(times) * 1e6), "mean_us": float(n
 """
 
 
+@contextlib.contextmanager
+def _server(root: str, rtt_ms: float) -> Iterator[str]:
+    """``serve(root, rtt)`` in a child process; yields its base URL, stops it on exit."""
+    here = str(Path(__file__).resolve().parent.parent)
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"import benchmarks.http_range as h; h.serve({root!r}, {rtt_ms / 1000!r})"],
+        cwd=here,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield f"http://127.0.0.1:{int(server.stdout.readline())}"
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(timeout=30)
+
+
 def compare(codes: list[str], rtt_ms: float, n: int = 100, blocks: int = 6, side: int = 2048) -> dict[str, Any]:
     """Median cold 64x64 patch time of each checkout in ``codes`` over a server with ``rtt_ms`` round trips.
 
@@ -149,17 +171,8 @@ def compare(codes: list[str], rtt_ms: float, n: int = 100, blocks: int = 6, side
             f"{tmp}/r.zarr", shape=data.shape, chunks=(256, 256), dtype="uint16", compressors=ZstdCodec(level=1)
         )
         z[...] = data
-        here = str(Path(__file__).resolve().parent.parent)
-        server = subprocess.Popen(
-            [sys.executable, "-c", f"import benchmarks.http_range as h; h.serve({tmp!r}, {rtt_ms / 1000!r})"],
-            cwd=here,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            url = f"http://127.0.0.1:{int(server.stdout.readline())}/r.zarr"
+        with _server(tmp, rtt_ms) as base:
+            url = f"{base}/r.zarr"
             out: dict[str, list[float]] = {c: [] for c in codes}
             means: dict[str, list[float]] = {c: [] for c in codes}
             for b in range(blocks):
@@ -177,10 +190,6 @@ def compare(codes: list[str], rtt_ms: float, n: int = 100, blocks: int = 6, side
                     stats = json.loads(got.stdout.strip().splitlines()[-1])
                     out[code].append(stats["median_us"])
                     means[code].append(stats["mean_us"])
-        finally:
-            if server.stdin is not None:
-                server.stdin.close()
-            server.wait(timeout=30)
     return {
         "blocks": out,
         "median_us": {c: statistics.median(v) for c, v in out.items()},
@@ -235,17 +244,7 @@ def compare_batches(codes: list[str], rtt_ms: float, n: int = 10, blocks: int = 
                 f"{tmp}/{name}.zarr", shape=shape, chunks=chunks, dtype="uint16", compressors=ZstdCodec(level=1)
             )
             z[...] = rng.integers(0, 4000, shape, dtype=np.uint16)
-        here = str(Path(__file__).resolve().parent.parent)
-        server = subprocess.Popen(
-            [sys.executable, "-c", f"import benchmarks.http_range as h; h.serve({tmp!r}, {rtt_ms / 1000!r})"],
-            cwd=here,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            base = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        with _server(tmp, rtt_ms) as base:
             out: dict[str, dict[str, list[float]]] = {k: {c: [] for c in codes} for k in kinds}
             for b in range(blocks):
                 for code in codes if b % 2 == 0 else codes[::-1]:
@@ -260,10 +259,6 @@ def compare_batches(codes: list[str], rtt_ms: float, n: int = 10, blocks: int = 
                     stats = json.loads(got.stdout.strip().splitlines()[-1])
                     for k in kinds:
                         out[k][code].append(stats[k])
-        finally:
-            if server.stdin is not None:
-                server.stdin.close()
-            server.wait(timeout=30)
     return {
         "blocks": out,
         "median_ms": {k: {c: statistics.median(v) for c, v in out[k].items()} for k in kinds},
