@@ -257,6 +257,25 @@ def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch)
     assert max(bounded.decoded.values()) == 2  # dropped chunks are read again
 
 
+class _WaitsForAPoolThread(CountingReader):
+    """The first chunk each of two threads takes waits for the other's: both cores decode, whatever the timing.
+
+    (Chunks are dealt one at a time: tiny ones could all be decoded by one thread before the other wakes up on
+    a loaded machine, which would make "both cores decode" a matter of timing.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._both = threading.Barrier(2, timeout=10)
+        self._first = threading.local()
+
+    def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if not getattr(self._first, "done", False):
+            self._first.done = True
+            self._both.wait()
+        return super()._one(idx)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_scattered_requests_decode_each_chunk_once_and_hold_one_per_core(
     monkeypatch: pytest.MonkeyPatch, workers: int
@@ -269,7 +288,7 @@ def test_scattered_requests_decode_each_chunk_once_and_hold_one_per_core(
     # some of them twice over (the same request again, in another order)
     reqs = [(s, None, (y, x), (23, 37)) for s in (0, 1) for y in (0, 20, 61) for x in range(0, 360, 30)]
     reqs += reqs[::-3]
-    reader = CountingReader(data, (1, 16, 32))
+    reader = _WaitsForAPoolThread(data, (1, 16, 32)) if workers > 1 else CountingReader(data, (1, 16, 32))
     with chunk_cache_size(0):
         got = LazyImageStack(reader, "SYX").extract_patches(reqs)
     _assert_same(got, _one_by_one(LazyImageStack(data, "SYX"), reqs))
