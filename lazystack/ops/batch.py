@@ -85,34 +85,29 @@ PatchRequest = tuple[Any, int, Sequence[int] | None, Sequence[int], Sequence[int
 #: touches about 50 MiB of chunks, which held at once grew a DataLoader worker by as much).
 DEFAULT_MAX_BATCH_BYTES = 16 * 2**20
 
-_GROUP_POOL: ThreadPoolExecutor | None = None
-_GROUP_LOCK = threading.Lock()
-#: Fetches the next round of a remote source while the calling thread serves the current one (its tasks never
-#: wait on this pool, so a full pool only queues them).
-_ROUND_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
 
 
-def _group_pool() -> ThreadPoolExecutor:
-    global _GROUP_POOL
-    with _GROUP_LOCK:
-        if _GROUP_POOL is None:
-            _GROUP_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lazystack-batch")
-        return _GROUP_POOL
+def _pool(name: str) -> ThreadPoolExecutor:
+    """This process's 4-thread pool ``lazystack-<name>``, made on first use.
 
-
-def _round_pool() -> ThreadPoolExecutor:
-    global _ROUND_POOL
-    with _GROUP_LOCK:
-        if _ROUND_POOL is None:
-            _ROUND_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lazystack-round")
-        return _ROUND_POOL
+    ``"batch"`` serves several sources' shares of a batch at once; ``"round"``
+    fetches a remote source's next round while the calling thread serves the
+    current one (its tasks never wait on this pool, so a full pool only queues
+    them).
+    """
+    with _POOL_LOCK:
+        pool = _POOLS.get(name)
+        if pool is None:
+            pool = _POOLS[name] = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"lazystack-{name}")
+        return pool
 
 
 def _reset_after_fork() -> None:
-    global _GROUP_POOL, _GROUP_LOCK, _ROUND_POOL
-    _GROUP_POOL = None
-    _ROUND_POOL = None
-    _GROUP_LOCK = threading.Lock()
+    global _POOL_LOCK
+    _POOLS.clear()
+    _POOL_LOCK = threading.Lock()
 
 
 at_fork(after_in_child=_reset_after_fork)
@@ -536,7 +531,7 @@ class _Batch:
         pending: deque[Future[dict[ChunkIndex, np.ndarray]]] = deque()
         try:
             if len(groups) > 1:
-                pending.append(_round_pool().submit(fetch, 1))
+                pending.append(_pool("round").submit(fetch, 1))
             chunks = fetch(0)
             for k, group in enumerate(groups):
                 proxy = _PrefetchedReader(reader, chunks)
@@ -548,7 +543,7 @@ class _Batch:
                 carry = {c: chunks[c] for c in wanted[k + 1] if c in chunks}  # the next round's share of this one
                 del proxy, views, chunks  # released before round k + 2 is fetched
                 if k + 2 < len(groups):
-                    pending.append(_round_pool().submit(fetch, k + 2))
+                    pending.append(_pool("round").submit(fetch, k + 2))
                 chunks = pending[0].result()  # left in ``pending`` until done: an interrupt here waits for it
                 pending.popleft()
                 chunks.update(carry)
@@ -628,7 +623,7 @@ def extract_patches(
     if len(work) == 1:
         batch.serve(*work[0])
     elif work:
-        futures = [_group_pool().submit(batch.serve, reader, items) for reader, items in work]
+        futures = [_pool("batch").submit(batch.serve, reader, items) for reader, items in work]
         for f in futures:
             f.result()
     for i, r in enumerate(reqs):
