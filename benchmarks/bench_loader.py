@@ -44,12 +44,14 @@ always run: the targets need them).
 
 Every reader sees the same specs (the parent's ``RandomSampler``, seed 11,
 one epoch per round), ``lazystack@baseline`` excepted. Before each timed
-round, each reader's runner reads the files of the chunks its round touches
-(Zarr cells; ``--no-warm`` to skip), so that every reader finds them in the
+round, each reader's runner reads the chunk files (Zarr) or tiles (TIFF) its
+round touches (``--no-warm`` to skip), so that every reader finds them in the
 OS page cache: otherwise the reader that comes first in a round pays the
 disk reads for the others (an epoch read twice in a row ran at 490, then
 1,265 patches/s), and with three rounds in alternating order ``lazystack``
-came first in two of them. TIFF cells are not warmed. Configurations: 0 workers, 2 workers forked, 2 workers
+came first in two of them (until 2026-12-07 TIFF cells were not warmed, and the
+first reader of a 0-worker TIFF round read part of its tiles from disk).
+Configurations: 0 workers, 2 workers forked, 2 workers
 spawned (``--configs``). Each (cell, configuration, reader) runs in its own
 spawned runner process that stays alive over the rounds, so a reader never
 inherits another reader's threads, caches or memory; within a round the
@@ -357,6 +359,34 @@ def warm_page_cache(path: str, specs: list[Any]) -> int:
     return total
 
 
+def warm_tiff_tiles(path: str, axes: str, specs: list[Any]) -> int:
+    """Read the tiles a tiled TIFF's specs touch (into the OS page cache); their bytes.
+
+    The TIFF twin of ``warm_page_cache``: one page per plane in ``T(Z)``
+    order, tiles located through tifffile's public page attributes.
+    """
+    import tifffile
+
+    total = 0
+    with tifffile.TiffFile(path) as tif, open(path, "rb") as f:
+        planes = tif.series[0].shape[1] if axes == "TZYX" else 1
+        done: set[tuple[int, int]] = set()
+        for sample, coords, size in specs:
+            z0, nz = (coords[0], size[0]) if axes == "TZYX" else (0, 1)
+            (y, x), (h, w) = coords[-2:], size[-2:]
+            for z in range(z0, z0 + nz):
+                page = tif.pages[sample * planes + z]
+                across = -(-page.imagewidth // page.tilewidth)
+                for ty in range(y // page.tilelength, (y + h - 1) // page.tilelength + 1):
+                    for tx in range(x // page.tilewidth, (x + w - 1) // page.tilewidth + 1):
+                        key = (page.index, ty * across + tx)
+                        if key not in done:
+                            done.add(key)
+                            f.seek(page.dataoffsets[key[1]])
+                            total += len(f.read(page.databytecounts[key[1]]))
+    return total
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -422,12 +452,16 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                 index_sampler: Any = None
             else:
                 index_sampler = EpochSampler(dataset, epoch=epoch)
-            if cfg.get("warm") and CELLS[cfg["cell"]][0] == "zarr":
+            if cfg.get("warm"):
                 if isinstance(dataset, RegionDataset):
                     mine = specs
                 else:
                     mine = [(s.sample, s.coords, s.patch_size) for s in map(dataset.spec, index_sampler)]
-                warm_page_cache(cfg["path"], mine)
+                fmt, axes = CELLS[cfg["cell"]][:2]
+                if fmt == "zarr":
+                    warm_page_cache(cfg["path"], mine)
+                else:
+                    warm_tiff_tiles(cfg["path"], axes, mine)
             workers = cfg["workers"]
             start = time.perf_counter()
             loader = DataLoader(
@@ -636,7 +670,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--no-warm",
         dest="warm",
         action="store_false",
-        help="do not read each round's touched chunk files before timing a reader (Zarr cells; see warm_page_cache)",
+        help="do not read each round's touched chunks or tiles before timing a reader (see warm_page_cache)",
     )
     parser.add_argument("--quick", action="store_true", help="16 MiB arrays, 4 batches, 1 round, 3 import rounds")
     parser.add_argument("--write-only", action="store_true", help="write (or check) the data and stop")

@@ -117,3 +117,24 @@ def test_bench_loader_reuses_matching_data_and_rewrites_changed(tmp_path: Path) 
     specs = [(0, (100, 200), (64, 64)), (0, (1984, 0), (64, 64))]
     expected = bench_loader.expected_batch("tiff2d", path, specs)
     assert np.array_equal(expected[:, 0], np.stack([full[100:164, 200:264], full[1984:2048, 0:64]]).astype(np.float32))
+
+
+def test_bench_loader_warms_exactly_the_tiles_a_tiff_spec_touches(tmp_path: Path) -> None:
+    """TIFF rounds are warmed like Zarr ones: the bytes of the touched tiles, each once (tifffile's offsets)."""
+    import tifffile
+
+    from benchmarks import bench_loader
+
+    path, _ = bench_loader.ensure_data("tiff2d", 8, tmp_path)
+    with tifffile.TiffFile(path) as tif:
+        counts = tif.pages.first.databytecounts  # 8 x 8 tiles of 256 x 256, row by row
+    spec = (0, (250, 250), (64, 64))  # straddles tiles (0, 0), (0, 1), (1, 0), (1, 1)
+    expected = sum(counts[i] for i in (0, 1, 8, 9))
+    assert bench_loader.warm_tiff_tiles(str(path), "TYX", [spec, spec]) == expected
+    assert bench_loader.warm_tiff_tiles(str(path), "TYX", [(0, (0, 0), (64, 64))]) == counts[0]
+    path3, shape3 = bench_loader.ensure_data("tiff3d", 8, tmp_path)
+    with tifffile.TiffFile(path3) as tif:
+        planes = tif.series[0].shape[1]
+        pages = [tif.pages[planes * (shape3[0] - 1) + z] for z in (2, 3)]  # the last sample, planes 2 and 3
+        expected3 = sum(int(p.databytecounts[0]) for p in pages)
+    assert bench_loader.warm_tiff_tiles(str(path3), "TZYX", [(shape3[0] - 1, (2, 0, 0), (2, 64, 64))]) == expected3
