@@ -359,25 +359,20 @@ def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = 
         For an invalid ``levels`` or one that selects none of the stacks.
     """
     items = list(stacks)
-    if isinstance(levels, str) and levels.strip().lower() == "finest":
-        chosen, _ = finest_levels(items)
-    else:
-        chosen = select_levels(items, levels)
-    keep = {id(s) for s in chosen}
+    finest = isinstance(levels, str) and levels.strip().lower() == "finest"
+    keep = {id(s) for s in (finest_levels(items)[0] if finest else select_levels(items, levels))}
     kept = tuple(i for i, s in enumerate(items) if id(s) in keep)
     if not kept:
         found = sorted({getattr(s, "level", None) or 0 for s in items})
         msg = f"{who}: levels={levels!r} selects none of the {len(items)} stack(s) given (their levels: {found})"
         raise SelectionError(msg)
     if len(kept) < len(items):
-        out = [i for i in range(len(items)) if i not in set(kept)]
+        out = list(_left_out(len(items), kept))
         _log.info(
             "%s samples %s: %d stack(s) left out as other resolution levels (indices %s); "
             "pass levels='all' or the levels to sample them",
             who,
-            "full resolution (the finest level of each image)"
-            if isinstance(levels, str) and levels.strip().lower() == "finest"
-            else f"levels={levels!r}",
+            "full resolution (the finest level of each image)" if finest else f"levels={levels!r}",
             len(out),
             out,
         )
