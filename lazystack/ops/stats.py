@@ -312,17 +312,11 @@ def _block_histogram(
 
 def _merge_hist(a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
     (oa, ca), (ob, cb) = a, b
-    if ca.size == 0:
-        return b
-    if cb.size == 0:
-        return a
+    if ca.size == 0 or cb.size == 0:
+        return b if ca.size == 0 else a
     lo = min(oa, ob)
-    hi = max(oa + ca.size, ob + cb.size)
-    if lo == oa and hi == oa + ca.size:
-        out = ca.copy()
-    else:
-        out = np.zeros(hi - lo, dtype=np.int64)
-        out[oa - lo : oa - lo + ca.size] += ca
+    out = np.zeros(max(oa + ca.size, ob + cb.size) - lo, dtype=np.int64)
+    out[oa - lo : oa - lo + ca.size] += ca
     out[ob - lo : ob - lo + cb.size] += cb
     return lo, out
 
@@ -631,18 +625,12 @@ def _percentiles_from_counts(
         return [math.nan] * len(levels)
     cum = np.cumsum(counts)
 
-    def order_stat(i: int) -> float:
-        if i <= 0:
-            return float(lo)
-        if i >= total - 1:
-            return float(hi)
-        return float(grid[int(np.searchsorted(cum, i, side="right"))])
+    def order_stat(i: np.ndarray) -> np.ndarray:
+        inner = grid[np.searchsorted(cum, i, side="right")].astype(np.float64)
+        return np.where(i <= 0, float(lo), np.where(i >= total - 1, float(hi), inner))
 
-    out = []
-    for q in levels:
-        h = (total - 1) * q / 100.0
-        i0 = math.floor(h)
-        frac = h - i0
-        a = order_stat(i0)
-        out.append(a if frac == 0 else a + frac * (order_stat(min(i0 + 1, total - 1)) - a))
-    return out
+    h = (total - 1) * np.asarray(levels, dtype=np.float64) / 100.0
+    i0 = np.floor(h).astype(np.int64)
+    frac = h - i0
+    a = order_stat(i0)
+    return np.where(frac == 0, a, a + frac * (order_stat(np.minimum(i0 + 1, total - 1)) - a)).tolist()

@@ -405,10 +405,7 @@ class CoarseForegroundSampler(Sampler):
                     constant.append(k)
             self.foreground.append(fg)
             self._bounds.append(bounds)
-            sizes = [hi - lo for lo, hi in bounds]
-            volume = sizes[0]
-            for more in sizes[1:]:
-                volume = np.multiply.outer(volume, more)
+            volume = math.prod(np.ix_(*[hi - lo for lo, hi in bounds]))  # pixels per cell: outer product of sizes
             weights.append((fg * volume[None]).astype(np.int64).ravel())
         every = np.concatenate(weights)
         # only the cells that can be drawn (foreground) are kept: their flat index and cumulative weight

@@ -678,17 +678,12 @@ class RandomSampler(Sampler):
 
     def _make_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per stack: the stack drawn for it (the last one of positive weight at or before it), samples, extents."""
-        ndim = len(self.patch_size)
-        first_valid = np.zeros(len(self.geometries), np.int64)
-        last = next(i for i, w in enumerate(self.weights) if w > 0)
-        for i, w in enumerate(self.weights):
-            last = i if w > 0 else last
-            first_valid[i] = last
+        drawn = np.asarray(self.weights) > 0
+        first_valid = np.maximum.accumulate(np.where(drawn, np.arange(drawn.size), np.argmax(drawn)))
         n_samples = np.array([g.n_samples for g in self.geometries], np.int64)
-        extents = np.ones((len(self.geometries), ndim), np.int64)
-        for i, g in enumerate(self.geometries):
-            if self.weights[i] > 0:
-                extents[i] = [n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size, strict=True)]
+        extents = np.ones((len(self.geometries), len(self.patch_size)), np.int64)
+        for i in np.flatnonzero(drawn):
+            extents[i] = [n - p + 1 for n, p in zip(self.geometries[i].spatial_shape, self.patch_size, strict=True)]
         return first_valid, n_samples, extents
 
     def _draw(self, rng: np.random.Generator) -> PatchSpec:

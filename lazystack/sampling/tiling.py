@@ -160,17 +160,13 @@ class GridSampler(Sampler):
         """
         i = self._check_index(index)
         k = int(np.searchsorted(self._offsets, i, side="right")) - 1
-        rest = i - int(self._offsets[k])
         per_dim = self._axes[k]
-        picks = []
-        for tiles in reversed(per_dim):  # last dim fastest
-            rest, j = divmod(rest, len(tiles))
-            picks.append(tiles[j])
-        picks.reverse()
+        sample, *where = np.unravel_index(i - int(self._offsets[k]), (self.geometries[k].n_samples, *map(len, per_dim)))
+        picks = [tiles[j] for tiles, j in zip(per_dim, where, strict=True)]  # last dim fastest
         coords = tuple(s for s, _, _ in picks)
         image = tuple(slice(a, b) for _, a, b in picks)
         patch = tuple(slice(a - s, b - s) for s, a, b in picks)
-        return Tile(PatchSpec(k, rest, self.channels, coords, self.patch_size), image, patch)
+        return Tile(PatchSpec(k, int(sample), self.channels, coords, self.patch_size), image, patch)
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of tile ``index`` (every epoch alike)."""
