@@ -204,7 +204,6 @@ MEMORY_MAPPED = frozenset({"numpy memmap"})
 def _extract(
     stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any
 ) -> tuple[int, tuple[int, ...]]:
-    done = 0
     shape: tuple[int, ...] = ()
     for k in range(n_patches):
         stack = stacks[k % len(stacks)]
@@ -212,9 +211,8 @@ def _extract(
         size = [min(patch, n) for n in spatial]
         coords = [int(rng.integers(-size[i] // 4, n - size[i] // 2)) for i, n in enumerate(spatial)]
         shape = stack.extract_patch(int(rng.integers(stack.n_samples)), None, coords, size).shape
-        done += 1
         progress.update(1)
-    return done, shape
+    return n_patches, shape
 
 
 def run_demo(

@@ -226,14 +226,9 @@ def _axes_metadata(
 
 
 def _dataset_metadata(
-    written: str,
-    sizes: Mapping[str, float],
-    level: int,
-    downscale: int,
-    origin: Mapping[str, float] | None = None,
+    written: str, sizes: Mapping[str, float], level: int, downscale: int, origin: Mapping[str, float]
 ) -> dict[str, Any]:
     scale, translation = [], []
-    origin = origin or {}
     for a in written:
         base = float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0
         factor = downscale**level if a in "YX" else 1
