@@ -102,8 +102,7 @@ class DemoResult:
 def _synthetic(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Smooth blobs plus noise, uint16: compresses like real fluorescence data."""
     rng = np.random.default_rng(seed)
-    grids = np.ogrid[tuple(slice(0, n) for n in shape[-2:])]
-    y, x = grids
+    y, x = np.ogrid[tuple(slice(0, n) for n in shape[-2:])]
     img = np.zeros(shape[-2:], np.float32)
     for _ in range(12):
         cy, cx = rng.uniform(0, shape[-2]), rng.uniform(0, shape[-1])

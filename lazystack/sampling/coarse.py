@@ -276,9 +276,7 @@ class CoarseForegroundSampler(Sampler):
             msg = f"level must be 'coarsest' or a level number >= 0, got {level!r}"
             raise ValueError(msg)
         level = level if isinstance(level, str) else int(level)
-        number = None
-        if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
-            number = float(threshold)
+        number = float(threshold) if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) else None
         if not (
             (number is not None and not math.isnan(number))
             or (isinstance(threshold, str) and threshold == "otsu")
@@ -345,11 +343,9 @@ class CoarseForegroundSampler(Sampler):
                     raise ShapeMismatchError(msg)
                 factor = tuple(1 for _ in self.factor)
                 extra = _extra_factor(n_samples, geometry(coarse).spatial_shape, self.max_pixels)
-                key = f"{token}|channel {self.channel}"
-                source = f"level {level_of(coarse)}"
-                if extra > 1:
-                    key += f"|mean over {'x'.join([str(extra)] * ndim)}"
-                    source += f", mean over {'x'.join([str(extra)] * ndim)}"
+                mean = f"mean over {'x'.join([str(extra)] * ndim)}" if extra > 1 else ""
+                key = f"{token}|channel {self.channel}" + (f"|{mean}" if mean else "")
+                source = f"level {level_of(coarse)}" + (f", {mean}" if mean else "")
             else:
                 cells = [-(-n // f) for n, f in zip(self.geometries[k].spatial_shape, self.factor, strict=True)]
                 extra = _extra_factor(n_samples, cells, self.max_pixels)
