@@ -402,7 +402,7 @@ class CoarseForegroundSampler(Sampler):
             self.foreground.append(fg)
             self._bounds.append(bounds)
             volume = math.prod(np.ix_(*[hi - lo for lo, hi in bounds]))  # pixels per cell: outer product of sizes
-            weights.append((fg * volume[None]).astype(np.int64).ravel())
+            weights.append((fg * volume).astype(np.int64).ravel())
         every = np.concatenate(weights)
         # only the cells that can be drawn (foreground) are kept: their flat index and cumulative weight
         self._cells = np.flatnonzero(every)
