@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
+from ..core.errors import ChannelIndexError, ShapeMismatchError
 from ..core.levels import image_key
 from .samplers import (
     PatchSpec,
     Sampler,
     _as_int,
     _check_seed,
-    _int_tuple,
+    _positive,
     _random_base,
     geometry,
     spec_rng,
@@ -267,10 +267,7 @@ class CoarseForegroundSampler(Sampler):
         self.length = _check_seed("length", length)
         self.seed = base.seed
         ndim = len(self.patch_size)
-        self.factor = _int_tuple("factor", factor, ndim)
-        if any(f <= 0 for f in self.factor):
-            msg = f"factor {self.factor} must be positive in every dim"
-            raise PatchError(msg)
+        self.factor = _positive("factor", factor, ndim)
         integral = isinstance(level, numbers.Integral) and not isinstance(level, bool)
         if not ((isinstance(level, str) and level == "coarsest") or (integral and int(level) >= 0)):
             msg = f"level must be 'coarsest' or a level number >= 0, got {level!r}"

@@ -253,11 +253,11 @@ def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, 
     return out
 
 
-def _patch_size(patch_size: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
-    """``patch_size`` as one positive int per spatial dim (a PatchError otherwise)."""
-    out = _int_tuple("patch_size", patch_size, ndim)
+def _positive(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+    """``values`` (``patch_size``, a cell ...) as one positive int per spatial dim (a PatchError otherwise)."""
+    out = _int_tuple(name, values, ndim)
     if any(p <= 0 for p in out):
-        msg = f"patch_size {out} must be positive in every spatial dim"
+        msg = f"{name} {out} must be positive in every spatial dim"
         raise PatchError(msg)
     return out
 
@@ -577,7 +577,7 @@ class RandomSampler(Sampler):
         sampled = set(sampled_stacks(stacks, levels, who=who))
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[min(sampled)].spatial_shape)
-        self.patch_size = _patch_size(patch_size, ndim)
+        self.patch_size = _positive("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -747,7 +747,7 @@ class StratifiedSampler(Sampler):
         sampled = sampled_stacks(stacks, levels, who="StratifiedSampler")
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[0].spatial_shape)
-        self.patch_size = _patch_size(patch_size, ndim)
+        self.patch_size = _positive("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -1060,10 +1060,7 @@ class MaskWeightedSampler(Sampler):
         self.length = _check_seed("length", length)
         self.seed = base.seed
         ndim = len(self.patch_size)
-        self.cell = self.patch_size if cell is None else _int_tuple("cell", cell, ndim)
-        if any(c <= 0 for c in self.cell):
-            msg = f"cell {self.cell} must be positive in every dim"
-            raise PatchError(msg)
+        self.cell = self.patch_size if cell is None else _positive("cell", cell, ndim)
         summaries = []
         for k, m in enumerate(masks):
             if k in self.levels_left_out:  # no cell: never drawn, never read
