@@ -422,9 +422,6 @@ class CoarseForegroundSampler(Sampler):
             ", ".join(f"stack {k}: {c}" for k, c in enumerate(self.coarse_source) if c),
         )
 
-    def __len__(self) -> int:
-        return self.length
-
     def foreground_fraction(self) -> list[float | None]:
         """Per stack, the fraction of its full-resolution pixels in coarse foreground cells (None if not sampled).
 

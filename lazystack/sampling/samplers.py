@@ -431,7 +431,10 @@ class Sampler:
     levels_left_out: tuple[int, ...] = ()
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        length = getattr(self, "length", None)  # the samplers drawing a set number of specs per epoch
+        if length is None:
+            raise NotImplementedError
+        return int(length)
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch``.
@@ -624,9 +627,6 @@ class RandomSampler(Sampler):
         self._cumulative = np.cumsum(self.weights)
         self._tables = self._make_tables()
 
-    def __len__(self) -> int:
-        return self.length
-
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec]).
 
@@ -780,9 +780,6 @@ class StratifiedSampler(Sampler):
                 )
                 raise PatchError(msg)
             self.regions.append((k, int(sample), lo, hi))
-
-    def __len__(self) -> int:
-        return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec])."""
@@ -1077,9 +1074,6 @@ class MaskWeightedSampler(Sampler):
             msg = "the masks have no foreground (no pixel > 0): nothing to sample"
             raise ValueError(msg)
         self._offsets = np.cumsum([0] + [c.size for c in self.cell_counts])
-
-    def __len__(self) -> int:
-        return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see the class description)."""
