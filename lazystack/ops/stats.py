@@ -392,18 +392,14 @@ def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int |
 def _stack_blocks(stack: Any) -> list[Block]:
     """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
     from dask import delayed
+    from dask.array.core import slices_from_chunks
 
     axes = stack.axes_model.axes
     cpos = axes.index("C") if "C" in axes else None
     # the stack enters the graph once, under a fresh name (no hashing of its data)
     source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in stack.original_chunks]
-    blocks: list[Block] = []
-    for idx in np.ndindex(*(len(b) - 1 for b in bounds)):
-        key = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
-        c0 = 0 if cpos is None else int(bounds[cpos][idx[cpos]])
-        blocks.append((source, key, cpos, c0))
-    return blocks
+    keys = slices_from_chunks(stack.original_chunks)  # one tuple of slices per chunk, in C order
+    return [(source, key, cpos, 0 if cpos is None else key[cpos].start) for key in keys]
 
 
 def _dask_blocks(stack: Any) -> list[Block]:
