@@ -133,13 +133,10 @@ Builder = Callable[[Path, tuple[int, ...]], tuple[list[Path], list[LazyImageStac
 def _build_npy(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
     from ..loading.loaders import load_arrays
 
-    paths, arrays = [], []
-    for i in range(2):
-        p = folder / f"stack{i}.npy"
+    paths = [folder / f"stack{i}.npy" for i in range(2)]
+    for i, p in enumerate(paths):
         np.save(p, _synthetic(shape, i))
-        paths.append(p)
-        arrays.append(np.load(p, mmap_mode="r"))
-    return paths, load_arrays(arrays, "TCYX")
+    return paths, load_arrays([np.load(p, mmap_mode="r") for p in paths], "TCYX")
 
 
 def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
@@ -147,11 +144,9 @@ def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 
     from ..loading.loaders import load_tiffs
 
-    paths = []
-    for i, compression in enumerate([None, "zlib"]):
-        p = folder / f"stack{i}.tif"
+    paths = [folder / f"stack{i}.tif" for i in range(2)]
+    for i, (p, compression) in enumerate(zip(paths, [None, "zlib"], strict=True)):
         tifffile.imwrite(p, _synthetic(shape, i), tile=(128, 128), compression=compression, metadata={"axes": "TCYX"})
-        paths.append(p)
     return paths, load_tiffs(paths, "TCYX")
 
 

@@ -128,12 +128,8 @@ def _merge_cells(
     bounds: list[tuple[NDArray[np.int64], NDArray[np.int64]]], extra: int
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """The bounds of cells merging ``extra`` consecutive cells per dim (the last one takes what is left)."""
-    out = []
-    for lo, hi in bounds:
-        m = lo.size
-        first = np.arange(0, m, extra)
-        out.append((lo[first], hi[np.minimum(first + extra, m) - 1]))
-    return out
+    firsts = [np.arange(0, lo.size, extra) for lo, _ in bounds]
+    return [(lo[f], hi[np.minimum(f + extra, lo.size) - 1]) for (lo, hi), f in zip(bounds, firsts, strict=True)]
 
 
 def _extra_factor(n_samples: int, shape: Sequence[int], max_pixels: int) -> int:
