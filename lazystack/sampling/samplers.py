@@ -230,12 +230,11 @@ def _index_array(indices: Any, n: int) -> np.ndarray:
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
         arr = np.asarray([_as_int("index", i) for i in indices], dtype=np.int64)  # raises for a non-integer
     arr = arr.astype(np.int64, copy=False)
-    if arr.size:
-        bad = (arr < 0) | (arr >= n)
-        if bad.any():
-            index = int(arr[int(np.argmax(bad))])
-            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
-            raise IndexError(msg)
+    bad = (arr < 0) | (arr >= n)
+    if bad.any():
+        index = int(arr[int(np.argmax(bad))])
+        msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+        raise IndexError(msg)
     return arr
 
 

@@ -74,9 +74,7 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     if size >= extent:
         return [(0, 0, extent)]
     step = size - overlap
-    starts = [*range(0, extent - size, step), extent - size]
-    if len(starts) > 1 and starts[-1] == starts[-2]:
-        starts.pop()
+    starts = [*range(0, extent - size, step), extent - size]  # range stops below extent - size: no repeat
     bounds = [0] + [(starts[j + 1] + starts[j] + size) // 2 for j in range(len(starts) - 1)] + [extent]
     return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
 
