@@ -173,10 +173,8 @@ class ChannelStatistics:
             return np.array2string(np.asarray(a), precision=4, separator=", ")
 
         lines = [f"<ChannelStatistics C={self.n_channels} stacks={self.n_stacks} count={fmt(self.count)}"]
-        for name in ("mean", "std", "min", "max"):
-            lines.append(f"  {name:<6}{fmt(getattr(self, name))}")
-        for q, v in self.percentiles.items():
-            lines.append(f"  p{q:<5g}{fmt(v)}")
+        lines += [f"  {name:<6}{fmt(getattr(self, name))}" for name in ("mean", "std", "min", "max")]
+        lines += [f"  p{q:<5g}{fmt(v)}" for q, v in self.percentiles.items()]
         return "\n".join(lines) + ">"
 
 

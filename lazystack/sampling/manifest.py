@@ -188,8 +188,8 @@ def read_manifest(
     p = Path(path)
     with p.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and set(COLUMNS) - set(rows[0]):
-        missing = sorted(set(COLUMNS) - set(rows[0]))
+    missing = sorted(set(COLUMNS) - set(rows[0])) if rows else []
+    if missing:
         msg = f"{str(p)!r} is not a lazystack manifest: columns {missing} are missing (expected {list(COLUMNS)})"
         raise SourceFormatError(msg)
     if epoch is not None:
