@@ -188,12 +188,6 @@ def _floats(a: np.ndarray) -> list[float | None]:
 # number of values equal to offset + i (integer bins) or falling in bin offset + i.
 
 
-def _channels(block: np.ndarray) -> np.ndarray:
-    """View (or copy) a canonical ``SC(Z)YX`` block as ``(C, n)``."""
-    c = block.shape[1]
-    return np.moveaxis(block, 1, 0).reshape(c, -1)
-
-
 def _finite(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         ok = np.isfinite(values)
@@ -380,9 +374,10 @@ axes, whose channel axis is at position ``channel axis`` (None: one channel).
 
 def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int | None, *args: Any) -> dict[str, Any]:
     """``func`` over the ``(channels, n)`` values of one chunk."""
-    if key is None:
-        return func(_channels(np.asarray(source)), *args)
-    block = np.asarray(source.read(key))
+    if key is None:  # a canonical SC(Z)YX block
+        block, cpos = np.asarray(source), 1
+    else:
+        block = np.asarray(source.read(key))
     values = block.reshape(1, -1) if cpos is None else np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
     return func(values, *args)
 

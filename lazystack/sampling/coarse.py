@@ -88,10 +88,6 @@ def _is_view(stack: Any) -> bool:
     return tuple(int(n) for n in shape) != tuple(int(n) for n in reader.shape)
 
 
-def _spatial_letters(ndim: int) -> str:
-    return "ZYX"[3 - ndim :]
-
-
 def _cell_bounds(
     full: Any, coarse: Any, full_shape: tuple[int, ...], coarse_shape: tuple[int, ...]
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
@@ -110,7 +106,7 @@ def _cell_bounds(
     coarse_sizes = getattr(coarse, "physical_pixel_sizes", None) or {}
     full_tr = (getattr(full, "attrs", None) or {}).get("translation") or {}
     coarse_tr = (getattr(coarse, "attrs", None) or {}).get("translation") or {}
-    for axis, n, m in zip(_spatial_letters(len(full_shape)), full_shape, coarse_shape, strict=True):
+    for axis, n, m in zip("ZYX"[3 - len(full_shape) :], full_shape, coarse_shape, strict=True):
         sf, sc = full_sizes.get(axis), coarse_sizes.get(axis)
         factor = float(sc) / float(sf) if sf and sc else n / m
         offset = 0.0
