@@ -402,9 +402,10 @@ class Sampler:
     """Base class: ``len(sampler)`` specs per epoch, ``sampler.spec(index, epoch)`` each.
 
     Subclasses implement [`spec()`][spec] as a pure function of ``(seed, epoch,
-    index)`` and ``__len__``. They may override [`epoch_specs()`][epoch_specs]
-    to draw many indices at once ([`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset]
-    calls it once per batch), returning the same specs as ``spec()`` of each.
+    index)`` and ``__len__`` (or set ``length``, the specs per epoch). They
+    may override [`epoch_specs()`][epoch_specs] to draw many indices at once
+    ([`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset] calls it
+    once per batch), returning the same specs as ``spec()`` of each.
 
     **Resolution levels.** Given the levels of multiscale images (OME-Zarr
     pyramids: stacks with a ``level``, grouped by image as in
