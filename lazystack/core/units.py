@@ -27,7 +27,6 @@ UNIT_SYMBOLS: dict[str, str] = {
 _ALIASES = {
     "um": "micrometer",
     "\u03bcm": "micrometer",  # Greek mu (OME-XML and ImageJ write either mu)
-    "micron": "micrometer",
     "microns": "micrometer",
     "\\u00b5m": "micrometer",  # ImageJ's escaped micro sign
     "a": "angstrom",

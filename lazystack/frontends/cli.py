@@ -287,13 +287,9 @@ def _info_records(source: str, axes: str | None, load_opts: dict[str, Any]) -> t
 
     _used, declared, stacks = _open_one(source, axes, load_opts)
     disk = source_disk_bytes(source)
-    records = []
+    origin = {"input": source, "axes_from": "file" if declared else "--axes"}
     try:
-        for stack in stacks:
-            summary = stack_summary(stack, disk_bytes=disk)
-            summary["input"] = source
-            summary["axes_from"] = "file" if declared else "--axes"
-            records.append(summary)
+        records = [stack_summary(stack, disk_bytes=disk) | origin for stack in stacks]
     finally:
         for stack in stacks:
             stack.close()

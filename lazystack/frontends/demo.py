@@ -102,8 +102,7 @@ class DemoResult:
 def _synthetic(shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Smooth blobs plus noise, uint16: compresses like real fluorescence data."""
     rng = np.random.default_rng(seed)
-    grids = np.ogrid[tuple(slice(0, n) for n in shape[-2:])]
-    y, x = grids
+    y, x = np.ogrid[tuple(slice(0, n) for n in shape[-2:])]
     img = np.zeros(shape[-2:], np.float32)
     for _ in range(12):
         cy, cx = rng.uniform(0, shape[-2]), rng.uniform(0, shape[-1])
@@ -134,13 +133,10 @@ Builder = Callable[[Path, tuple[int, ...]], tuple[list[Path], list[LazyImageStac
 def _build_npy(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
     from ..loading.loaders import load_arrays
 
-    paths, arrays = [], []
-    for i in range(2):
-        p = folder / f"stack{i}.npy"
+    paths = [folder / f"stack{i}.npy" for i in range(2)]
+    for i, p in enumerate(paths):
         np.save(p, _synthetic(shape, i))
-        paths.append(p)
-        arrays.append(np.load(p, mmap_mode="r"))
-    return paths, load_arrays(arrays, "TCYX")
+    return paths, load_arrays([np.load(p, mmap_mode="r") for p in paths], "TCYX")
 
 
 def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[LazyImageStack]]:
@@ -148,11 +144,9 @@ def _build_tiff(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[
 
     from ..loading.loaders import load_tiffs
 
-    paths = []
-    for i, compression in enumerate([None, "zlib"]):
-        p = folder / f"stack{i}.tif"
+    paths = [folder / f"stack{i}.tif" for i in range(2)]
+    for i, (p, compression) in enumerate(zip(paths, [None, "zlib"], strict=True)):
         tifffile.imwrite(p, _synthetic(shape, i), tile=(128, 128), compression=compression, metadata={"axes": "TCYX"})
-        paths.append(p)
     return paths, load_tiffs(paths, "TCYX")
 
 
@@ -204,7 +198,6 @@ MEMORY_MAPPED = frozenset({"numpy memmap"})
 def _extract(
     stacks: list[LazyImageStack], n_patches: int, patch: int, rng: np.random.Generator, progress: Any
 ) -> tuple[int, tuple[int, ...]]:
-    done = 0
     shape: tuple[int, ...] = ()
     for k in range(n_patches):
         stack = stacks[k % len(stacks)]
@@ -212,9 +205,8 @@ def _extract(
         size = [min(patch, n) for n in spatial]
         coords = [int(rng.integers(-size[i] // 4, n - size[i] // 2)) for i, n in enumerate(spatial)]
         shape = stack.extract_patch(int(rng.integers(stack.n_samples)), None, coords, size).shape
-        done += 1
         progress.update(1)
-    return done, shape
+    return n_patches, shape
 
 
 def run_demo(

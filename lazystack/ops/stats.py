@@ -173,10 +173,8 @@ class ChannelStatistics:
             return np.array2string(np.asarray(a), precision=4, separator=", ")
 
         lines = [f"<ChannelStatistics C={self.n_channels} stacks={self.n_stacks} count={fmt(self.count)}"]
-        for name in ("mean", "std", "min", "max"):
-            lines.append(f"  {name:<6}{fmt(getattr(self, name))}")
-        for q, v in self.percentiles.items():
-            lines.append(f"  p{q:<5g}{fmt(v)}")
+        lines += [f"  {name:<6}{fmt(getattr(self, name))}" for name in ("mean", "std", "min", "max")]
+        lines += [f"  p{q:<5g}{fmt(v)}" for q, v in self.percentiles.items()]
         return "\n".join(lines) + ">"
 
 
@@ -188,12 +186,6 @@ def _floats(a: np.ndarray) -> list[float | None]:
 # A partial is a dict of per-channel arrays: n (int64), mean, m2, min, max (float64) and,
 # optionally, "hist": a list (one per channel) of (offset, counts) pairs -- counts[i] is the
 # number of values equal to offset + i (integer bins) or falling in bin offset + i.
-
-
-def _channels(block: np.ndarray) -> np.ndarray:
-    """View (or copy) a canonical ``SC(Z)YX`` block as ``(C, n)``."""
-    c = block.shape[1]
-    return np.moveaxis(block, 1, 0).reshape(c, -1)
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -312,17 +304,11 @@ def _block_histogram(
 
 def _merge_hist(a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
     (oa, ca), (ob, cb) = a, b
-    if ca.size == 0:
-        return b
-    if cb.size == 0:
-        return a
+    if ca.size == 0 or cb.size == 0:
+        return b if ca.size == 0 else a
     lo = min(oa, ob)
-    hi = max(oa + ca.size, ob + cb.size)
-    if lo == oa and hi == oa + ca.size:
-        out = ca.copy()
-    else:
-        out = np.zeros(hi - lo, dtype=np.int64)
-        out[oa - lo : oa - lo + ca.size] += ca
+    out = np.zeros(max(oa + ca.size, ob + cb.size) - lo, dtype=np.int64)
+    out[oa - lo : oa - lo + ca.size] += ca
     out[ob - lo : ob - lo + cb.size] += cb
     return lo, out
 
@@ -388,9 +374,10 @@ axes, whose channel axis is at position ``channel axis`` (None: one channel).
 
 def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int | None, *args: Any) -> dict[str, Any]:
     """``func`` over the ``(channels, n)`` values of one chunk."""
-    if key is None:
-        return func(_channels(np.asarray(source)), *args)
-    block = np.asarray(source.read(key))
+    if key is None:  # a canonical SC(Z)YX block
+        block, cpos = np.asarray(source), 1
+    else:
+        block = np.asarray(source.read(key))
     values = block.reshape(1, -1) if cpos is None else np.moveaxis(block, cpos, 0).reshape(block.shape[cpos], -1)
     return func(values, *args)
 
@@ -398,18 +385,14 @@ def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int |
 def _stack_blocks(stack: Any) -> list[Block]:
     """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
     from dask import delayed
+    from dask.array.core import slices_from_chunks
 
     axes = stack.axes_model.axes
     cpos = axes.index("C") if "C" in axes else None
     # the stack enters the graph once, under a fresh name (no hashing of its data)
     source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in stack.original_chunks]
-    blocks: list[Block] = []
-    for idx in np.ndindex(*(len(b) - 1 for b in bounds)):
-        key = tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx, strict=True))
-        c0 = 0 if cpos is None else int(bounds[cpos][idx[cpos]])
-        blocks.append((source, key, cpos, c0))
-    return blocks
+    keys = slices_from_chunks(stack.original_chunks)  # one tuple of slices per chunk, in C order
+    return [(source, key, cpos, 0 if cpos is None else key[cpos].start) for key in keys]
 
 
 def _dask_blocks(stack: Any) -> list[Block]:
@@ -631,18 +614,12 @@ def _percentiles_from_counts(
         return [math.nan] * len(levels)
     cum = np.cumsum(counts)
 
-    def order_stat(i: int) -> float:
-        if i <= 0:
-            return float(lo)
-        if i >= total - 1:
-            return float(hi)
-        return float(grid[int(np.searchsorted(cum, i, side="right"))])
+    def order_stat(i: np.ndarray) -> np.ndarray:
+        inner = grid[np.searchsorted(cum, i, side="right")].astype(np.float64)
+        return np.where(i <= 0, float(lo), np.where(i >= total - 1, float(hi), inner))
 
-    out = []
-    for q in levels:
-        h = (total - 1) * q / 100.0
-        i0 = math.floor(h)
-        frac = h - i0
-        a = order_stat(i0)
-        out.append(a if frac == 0 else a + frac * (order_stat(min(i0 + 1, total - 1)) - a))
-    return out
+    h = (total - 1) * np.asarray(levels, dtype=np.float64) / 100.0
+    i0 = np.floor(h).astype(np.int64)
+    frac = h - i0
+    a = order_stat(i0)
+    return np.where(frac == 0, a, a + frac * (order_stat(np.minimum(i0 + 1, total - 1)) - a)).tolist()

@@ -94,8 +94,7 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
-from ..io.overwrite import OLD_STORE as _OLD_STORE
-from ..io.overwrite import WRITER_MARKER
+from ..io.overwrite import OLD_STORE, WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
 
@@ -226,14 +225,9 @@ def _axes_metadata(
 
 
 def _dataset_metadata(
-    written: str,
-    sizes: Mapping[str, float],
-    level: int,
-    downscale: int,
-    origin: Mapping[str, float] | None = None,
+    written: str, sizes: Mapping[str, float], level: int, downscale: int, origin: Mapping[str, float]
 ) -> dict[str, Any]:
     scale, translation = [], []
-    origin = origin or {}
     for a in written:
         base = float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0
         factor = downscale**level if a in "YX" else 1
@@ -665,10 +659,6 @@ def _clean_partials(final: Path) -> None:
             )
             warnings.warn(msg, PartialOutputWarning, stacklevel=3)
         _remove_folder(leftover.path)
-
-
-#: Name of the previous store inside a ``.name.old-<id>`` folder.
-OLD_STORE = _OLD_STORE
 
 
 def _remove_folder(folder: Path) -> None:

@@ -80,8 +80,5 @@ def read_specs(
     list of numpy.ndarray
         One ``float32`` ``C(Z)YX`` patch per spec.
     """
-    requests = [
-        (stacks[s.stack], s.sample, s.channels if isinstance(channels, str) else channels, s.coords, s.patch_size)
-        for s in specs
-    ]
-    return extract_patches(requests)
+    chosen = specs if isinstance(channels, str) else [s._replace(channels=channels) for s in specs]
+    return extract_patches([s.request(stacks) for s in chosen])

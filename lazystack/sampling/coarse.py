@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core.errors import ChannelIndexError, PatchError, ShapeMismatchError
+from ..core.errors import ChannelIndexError, ShapeMismatchError
 from ..core.levels import image_key
 from .samplers import (
     PatchSpec,
     Sampler,
     _as_int,
     _check_seed,
-    _int_tuple,
+    _positive,
     _random_base,
     geometry,
     spec_rng,
@@ -88,10 +88,6 @@ def _is_view(stack: Any) -> bool:
     return tuple(int(n) for n in shape) != tuple(int(n) for n in reader.shape)
 
 
-def _spatial_letters(ndim: int) -> str:
-    return "ZYX"[3 - ndim :]
-
-
 def _cell_bounds(
     full: Any, coarse: Any, full_shape: tuple[int, ...], coarse_shape: tuple[int, ...]
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
@@ -110,7 +106,7 @@ def _cell_bounds(
     coarse_sizes = getattr(coarse, "physical_pixel_sizes", None) or {}
     full_tr = (getattr(full, "attrs", None) or {}).get("translation") or {}
     coarse_tr = (getattr(coarse, "attrs", None) or {}).get("translation") or {}
-    for axis, n, m in zip(_spatial_letters(len(full_shape)), full_shape, coarse_shape, strict=True):
+    for axis, n, m in zip("ZYX"[3 - len(full_shape) :], full_shape, coarse_shape, strict=True):
         sf, sc = full_sizes.get(axis), coarse_sizes.get(axis)
         factor = float(sc) / float(sf) if sf and sc else n / m
         offset = 0.0
@@ -128,12 +124,8 @@ def _merge_cells(
     bounds: list[tuple[NDArray[np.int64], NDArray[np.int64]]], extra: int
 ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """The bounds of cells merging ``extra`` consecutive cells per dim (the last one takes what is left)."""
-    out = []
-    for lo, hi in bounds:
-        m = lo.size
-        first = np.arange(0, m, extra)
-        out.append((lo[first], hi[np.minimum(first + extra, m) - 1]))
-    return out
+    firsts = [np.arange(0, lo.size, extra) for lo, _ in bounds]
+    return [(lo[f], hi[np.minimum(f + extra, lo.size) - 1]) for (lo, hi), f in zip(bounds, firsts, strict=True)]
 
 
 def _extra_factor(n_samples: int, shape: Sequence[int], max_pixels: int) -> int:
@@ -267,18 +259,13 @@ class CoarseForegroundSampler(Sampler):
         self.length = _check_seed("length", length)
         self.seed = base.seed
         ndim = len(self.patch_size)
-        self.factor = _int_tuple("factor", factor, ndim)
-        if any(f <= 0 for f in self.factor):
-            msg = f"factor {self.factor} must be positive in every dim"
-            raise PatchError(msg)
+        self.factor = _positive("factor", factor, ndim)
         integral = isinstance(level, numbers.Integral) and not isinstance(level, bool)
         if not ((isinstance(level, str) and level == "coarsest") or (integral and int(level) >= 0)):
             msg = f"level must be 'coarsest' or a level number >= 0, got {level!r}"
             raise ValueError(msg)
         level = level if isinstance(level, str) else int(level)
-        number = None
-        if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
-            number = float(threshold)
+        number = float(threshold) if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) else None
         if not (
             (number is not None and not math.isnan(number))
             or (isinstance(threshold, str) and threshold == "otsu")
@@ -345,11 +332,9 @@ class CoarseForegroundSampler(Sampler):
                     raise ShapeMismatchError(msg)
                 factor = tuple(1 for _ in self.factor)
                 extra = _extra_factor(n_samples, geometry(coarse).spatial_shape, self.max_pixels)
-                key = f"{token}|channel {self.channel}"
-                source = f"level {level_of(coarse)}"
-                if extra > 1:
-                    key += f"|mean over {'x'.join([str(extra)] * ndim)}"
-                    source += f", mean over {'x'.join([str(extra)] * ndim)}"
+                mean = f"mean over {'x'.join([str(extra)] * ndim)}" if extra > 1 else ""
+                key = f"{token}|channel {self.channel}" + (f"|{mean}" if mean else "")
+                source = f"level {level_of(coarse)}" + (f", {mean}" if mean else "")
             else:
                 cells = [-(-n // f) for n, f in zip(self.geometries[k].spatial_shape, self.factor, strict=True)]
                 extra = _extra_factor(n_samples, cells, self.max_pixels)
@@ -405,11 +390,8 @@ class CoarseForegroundSampler(Sampler):
                     constant.append(k)
             self.foreground.append(fg)
             self._bounds.append(bounds)
-            sizes = [hi - lo for lo, hi in bounds]
-            volume = sizes[0]
-            for more in sizes[1:]:
-                volume = np.multiply.outer(volume, more)
-            weights.append((fg * volume[None]).astype(np.int64).ravel())
+            volume = math.prod(np.ix_(*[hi - lo for lo, hi in bounds]))  # pixels per cell: outer product of sizes
+            weights.append((fg * volume).astype(np.int64).ravel())
         every = np.concatenate(weights)
         # only the cells that can be drawn (foreground) are kept: their flat index and cumulative weight
         self._cells = np.flatnonzero(every)
@@ -431,9 +413,6 @@ class CoarseForegroundSampler(Sampler):
             "CoarseForegroundSampler: foreground judged on %s",
             ", ".join(f"stack {k}: {c}" for k, c in enumerate(self.coarse_source) if c),
         )
-
-    def __len__(self) -> int:
-        return self.length
 
     def foreground_fraction(self) -> list[float | None]:
         """Per stack, the fraction of its full-resolution pixels in coarse foreground cells (None if not sampled).

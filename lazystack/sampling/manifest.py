@@ -87,8 +87,7 @@ def source_identity(stack: Any) -> dict[str, str]:
         to 256 MiB); fields that do not apply are empty.
     """
     source = getattr(stack, "source", "")
-    shape = ";".join(str(int(n)) for n in stack.data_shape)
-    ident = {"source": str(source), "data_shape": shape, "source_bytes": "", "source_mtime_ns": "", "source_sha256": ""}
+    ident = dict.fromkeys(COLUMNS[7:], "") | {"source": str(source), "data_shape": _fmt(stack.data_shape)}
     path = _local_path(source)
     if path is not None:
         if path.is_dir():
@@ -151,20 +150,9 @@ def write_manifest(
         for epoch in epochs:
             idx = range(len(sampler)) if indices is None else indices
             for i in idx:
-                spec = sampler.spec(i, epoch)
-                ident = identities[spec.stack]
-                writer.writerow(
-                    [
-                        epoch,
-                        i,
-                        spec.stack,
-                        spec.sample,
-                        _fmt(spec.channels),
-                        _fmt(spec.coords),
-                        _fmt(spec.patch_size),
-                        *(ident[c] for c in COLUMNS[7:]),
-                    ]
-                )
+                spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
+                identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
+                writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
     return out
 
 
@@ -200,8 +188,8 @@ def read_manifest(
     p = Path(path)
     with p.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and set(COLUMNS) - set(rows[0]):
-        missing = sorted(set(COLUMNS) - set(rows[0]))
+    missing = sorted(set(COLUMNS) - set(rows[0])) if rows else []
+    if missing:
         msg = f"{str(p)!r} is not a lazystack manifest: columns {missing} are missing (expected {list(COLUMNS)})"
         raise SourceFormatError(msg)
     if epoch is not None:

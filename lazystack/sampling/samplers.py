@@ -230,12 +230,11 @@ def _index_array(indices: Any, n: int) -> np.ndarray:
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
         arr = np.asarray([_as_int("index", i) for i in indices], dtype=np.int64)  # raises for a non-integer
     arr = arr.astype(np.int64, copy=False)
-    if arr.size:
-        bad = (arr < 0) | (arr >= n)
-        if bad.any():
-            index = int(arr[int(np.argmax(bad))])
-            msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
-            raise IndexError(msg)
+    bad = (arr < 0) | (arr >= n)
+    if bad.any():
+        index = int(arr[int(np.argmax(bad))])
+        msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+        raise IndexError(msg)
     return arr
 
 
@@ -253,11 +252,11 @@ def _int_tuple(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, 
     return out
 
 
-def _patch_size(patch_size: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
-    """``patch_size`` as one positive int per spatial dim (a PatchError otherwise)."""
-    out = _int_tuple("patch_size", patch_size, ndim)
+def _positive(name: str, values: Sequence[int] | int, ndim: int) -> tuple[int, ...]:
+    """``values`` (``patch_size``, a cell ...) as one positive int per spatial dim (a PatchError otherwise)."""
+    out = _int_tuple(name, values, ndim)
     if any(p <= 0 for p in out):
-        msg = f"patch_size {out} must be positive in every spatial dim"
+        msg = f"{name} {out} must be positive in every spatial dim"
         raise PatchError(msg)
     return out
 
@@ -359,25 +358,20 @@ def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = 
         For an invalid ``levels`` or one that selects none of the stacks.
     """
     items = list(stacks)
-    if isinstance(levels, str) and levels.strip().lower() == "finest":
-        chosen, _ = finest_levels(items)
-    else:
-        chosen = select_levels(items, levels)
-    keep = {id(s) for s in chosen}
+    finest = isinstance(levels, str) and levels.strip().lower() == "finest"
+    keep = {id(s) for s in (finest_levels(items)[0] if finest else select_levels(items, levels))}
     kept = tuple(i for i, s in enumerate(items) if id(s) in keep)
     if not kept:
         found = sorted({getattr(s, "level", None) or 0 for s in items})
         msg = f"{who}: levels={levels!r} selects none of the {len(items)} stack(s) given (their levels: {found})"
         raise SelectionError(msg)
     if len(kept) < len(items):
-        out = [i for i in range(len(items)) if i not in set(kept)]
+        out = list(_left_out(len(items), kept))
         _log.info(
             "%s samples %s: %d stack(s) left out as other resolution levels (indices %s); "
             "pass levels='all' or the levels to sample them",
             who,
-            "full resolution (the finest level of each image)"
-            if isinstance(levels, str) and levels.strip().lower() == "finest"
-            else f"levels={levels!r}",
+            "full resolution (the finest level of each image)" if finest else f"levels={levels!r}",
             len(out),
             out,
         )
@@ -408,9 +402,10 @@ class Sampler:
     """Base class: ``len(sampler)`` specs per epoch, ``sampler.spec(index, epoch)`` each.
 
     Subclasses implement [`spec()`][spec] as a pure function of ``(seed, epoch,
-    index)`` and ``__len__``. They may override [`epoch_specs()`][epoch_specs]
-    to draw many indices at once ([`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset]
-    calls it once per batch), returning the same specs as ``spec()`` of each.
+    index)`` and ``__len__`` (or set ``length``, the specs per epoch). They
+    may override [`epoch_specs()`][epoch_specs] to draw many indices at once
+    ([`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset] calls it
+    once per batch), returning the same specs as ``spec()`` of each.
 
     **Resolution levels.** Given the levels of multiscale images (OME-Zarr
     pyramids: stacks with a ``level``, grouped by image as in
@@ -436,7 +431,10 @@ class Sampler:
     levels_left_out: tuple[int, ...] = ()
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        length = getattr(self, "length", None)  # the samplers drawing a set number of specs per epoch
+        if length is None:
+            raise NotImplementedError
+        return int(length)
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch``.
@@ -582,7 +580,7 @@ class RandomSampler(Sampler):
         sampled = set(sampled_stacks(stacks, levels, who=who))
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[min(sampled)].spatial_shape)
-        self.patch_size = _patch_size(patch_size, ndim)
+        self.patch_size = _positive("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -628,9 +626,6 @@ class RandomSampler(Sampler):
         self.weights = tuple(x / total for x in w)
         self._cumulative = np.cumsum(self.weights)
         self._tables = self._make_tables()
-
-    def __len__(self) -> int:
-        return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec]).
@@ -683,17 +678,12 @@ class RandomSampler(Sampler):
 
     def _make_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per stack: the stack drawn for it (the last one of positive weight at or before it), samples, extents."""
-        ndim = len(self.patch_size)
-        first_valid = np.zeros(len(self.geometries), np.int64)
-        last = next(i for i, w in enumerate(self.weights) if w > 0)
-        for i, w in enumerate(self.weights):
-            last = i if w > 0 else last
-            first_valid[i] = last
+        drawn = np.asarray(self.weights) > 0
+        first_valid = np.maximum.accumulate(np.where(drawn, np.arange(drawn.size), np.argmax(drawn)))
         n_samples = np.array([g.n_samples for g in self.geometries], np.int64)
-        extents = np.ones((len(self.geometries), ndim), np.int64)
-        for i, g in enumerate(self.geometries):
-            if self.weights[i] > 0:
-                extents[i] = [n - p + 1 for n, p in zip(g.spatial_shape, self.patch_size, strict=True)]
+        extents = np.ones((len(self.geometries), len(self.patch_size)), np.int64)
+        for i in np.flatnonzero(drawn):
+            extents[i] = [n - p + 1 for n, p in zip(self.geometries[i].spatial_shape, self.patch_size, strict=True)]
         return first_valid, n_samples, extents
 
     def _draw(self, rng: np.random.Generator) -> PatchSpec:
@@ -757,7 +747,7 @@ class StratifiedSampler(Sampler):
         sampled = sampled_stacks(stacks, levels, who="StratifiedSampler")
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[0].spatial_shape)
-        self.patch_size = _patch_size(patch_size, ndim)
+        self.patch_size = _positive("patch_size", patch_size, ndim)
         self.length = _check_seed("length", length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
@@ -790,9 +780,6 @@ class StratifiedSampler(Sampler):
                 )
                 raise PatchError(msg)
             self.regions.append((k, int(sample), lo, hi))
-
-    def __len__(self) -> int:
-        return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see [`Sampler.spec()`][Sampler.spec])."""
@@ -1070,10 +1057,7 @@ class MaskWeightedSampler(Sampler):
         self.length = _check_seed("length", length)
         self.seed = base.seed
         ndim = len(self.patch_size)
-        self.cell = self.patch_size if cell is None else _int_tuple("cell", cell, ndim)
-        if any(c <= 0 for c in self.cell):
-            msg = f"cell {self.cell} must be positive in every dim"
-            raise PatchError(msg)
+        self.cell = self.patch_size if cell is None else _positive("cell", cell, ndim)
         summaries = []
         for k, m in enumerate(masks):
             if k in self.levels_left_out:  # no cell: never drawn, never read
@@ -1090,9 +1074,6 @@ class MaskWeightedSampler(Sampler):
             msg = "the masks have no foreground (no pixel > 0): nothing to sample"
             raise ValueError(msg)
         self._offsets = np.cumsum([0] + [c.size for c in self.cell_counts])
-
-    def __len__(self) -> int:
-        return self.length
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of ``index`` in ``epoch`` (see the class description)."""

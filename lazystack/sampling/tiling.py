@@ -74,9 +74,7 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     if size >= extent:
         return [(0, 0, extent)]
     step = size - overlap
-    starts = [*range(0, extent - size, step), extent - size]
-    if len(starts) > 1 and starts[-1] == starts[-2]:
-        starts.pop()
+    starts = [*range(0, extent - size, step), extent - size]  # range stops below extent - size: no repeat
     bounds = [0] + [(starts[j + 1] + starts[j] + size) // 2 for j in range(len(starts) - 1)] + [extent]
     return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
 
@@ -160,17 +158,13 @@ class GridSampler(Sampler):
         """
         i = self._check_index(index)
         k = int(np.searchsorted(self._offsets, i, side="right")) - 1
-        rest = i - int(self._offsets[k])
         per_dim = self._axes[k]
-        picks = []
-        for tiles in reversed(per_dim):  # last dim fastest
-            rest, j = divmod(rest, len(tiles))
-            picks.append(tiles[j])
-        picks.reverse()
+        sample, *where = np.unravel_index(i - int(self._offsets[k]), (self.geometries[k].n_samples, *map(len, per_dim)))
+        picks = [tiles[j] for tiles, j in zip(per_dim, where, strict=True)]  # last dim fastest
         coords = tuple(s for s, _, _ in picks)
         image = tuple(slice(a, b) for _, a, b in picks)
         patch = tuple(slice(a - s, b - s) for s, a, b in picks)
-        return Tile(PatchSpec(k, rest, self.channels, coords, self.patch_size), image, patch)
+        return Tile(PatchSpec(k, int(sample), self.channels, coords, self.patch_size), image, patch)
 
     def spec(self, index: int, epoch: int = 0) -> PatchSpec:
         """The spec of tile ``index`` (every epoch alike)."""
