@@ -157,3 +157,18 @@ def test_convert_reports_what_it_leaves(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert folder.name in proc.stderr
     assert "PartialOutputWarning" in proc.stderr
+
+
+def test_a_target_with_glob_characters_finds_only_its_own_partials(tmp_path: Path) -> None:
+    """``x[1].zarr``'s leftovers are its own ``.x[1].zarr.*`` folders, never ``.x1.zarr.*`` (another target's)."""
+    import socket
+
+    gone = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": "1"}  # a writer that is gone
+    other = _partial(tmp_path / "x1.zarr", gone)
+    own = _partial(tmp_path / "x[1].zarr", gone)
+    assert [p.path for p in stale_partial_outputs(tmp_path / "x[1].zarr")] == [own]
+    assert [p.path for p in stale_partial_outputs(tmp_path / "x1.zarr")] == [other]
+    (stack,) = lazystack.load_arrays([np.zeros((1, 8, 8), np.uint8)], "ZYX")
+    write_ome_zarr(stack, tmp_path / "x[1].zarr", levels=1)  # cleans up its own leftovers only
+    assert other.is_dir()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "x[1].zarr" / "0"))[:], 0)

@@ -78,6 +78,7 @@ previous store aside names the folder it is in.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -590,7 +591,8 @@ def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
         return []
     found = []
     dead_overwrites = set()
-    for folder in sorted(final.parent.glob(f".{final.name}.old-*")):
+    name = glob.escape(final.name)  # a target "x[1].zarr" must not match another target's ".x1.zarr.partial-*"
+    for folder in sorted(final.parent.glob(f".{name}.old-*")):
         if not folder.is_dir():
             continue
         abandoned, reason = _marker_status(folder)
@@ -603,7 +605,7 @@ def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
             else:
                 reason += f"; it holds the previous {final.name}, interrupted before the new one was renamed in"
         found.append(PartialOutput(folder, abandoned, reason, kind="old"))
-    for folder in sorted(final.parent.glob(f".{final.name}.partial-*")):
+    for folder in sorted(final.parent.glob(f".{name}.partial-*")):
         if not folder.is_dir():
             continue
         abandoned, reason = _marker_status(folder)
