@@ -691,26 +691,35 @@ class ZarrArrayReader(Reader):
 
 class _StoreChangedError(LazyStackError):
     """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
-    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI)."""
+    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI).
 
-    path: str
+    Built from its message alone, as every lazystack error (``type(err)(str(err))`` gives the same message: what
+    a DataLoader does to re-raise a worker's error); [`of()`][of] writes the message for a path.
+    """
+
     deleted: bool
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return type(self), (self.path,)  # rebuilt from the path (its message would be wrapped again)
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the Zarr metadata document {path!r} was deleted after the stack was opened")
-        self.path, self.deleted = path, True
+    deleted = True
+
+    @classmethod
+    def of(cls, path: str) -> _StoreDeletedError:
+        msg = f"the Zarr metadata document {path!r} was deleted after the stack was opened"
+        return cls(msg, path=path)
 
 
 class _StoreRewrittenError(_StoreChangedError, SourceReadError):
-    def __init__(self, path: str) -> None:
+    deleted = False
+
+    @classmethod
+    def of(cls, path: str) -> _StoreRewrittenError:
         msg = f"the Zarr metadata document {path!r} was rewritten after the stack was opened; open the source again"
-        super().__init__(msg)
-        self.path, self.deleted = path, False
+        return cls(msg, path=path)
 
 
 def _stat_of(path: str | None) -> tuple[int, int, int] | None:
@@ -730,9 +739,9 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
         return
     now = _stat_of(path)
     if now is None:
-        raise _StoreDeletedError(path)
+        raise _StoreDeletedError.of(path)
     if now != opened:
-        raise _StoreRewrittenError(path)
+        raise _StoreRewrittenError.of(path)
 
 
 class _FastReader(_EngineReader):

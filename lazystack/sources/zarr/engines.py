@@ -378,20 +378,25 @@ class _StaleChunkError(SourceReadError):
     """A local chunk (or shard) file was modified after its array was opened: the store changed under a reader.
 
     Raised on the cold path only (a chunk read from its file), so that a patch never mixes chunks cached
-    before a rewrite with chunks decoded after it.
+    before a rewrite with chunks decoded after it. Built from its message alone, as every lazystack error
+    (unpickled, or re-raised by a DataLoader from a worker as ``type(err)(message)``); [`of()`][of] writes
+    the message for a chunk file.
     """
 
-    def __init__(self, path: str, key: str | None = None, array: str | None = None) -> None:
-        if key is None:  # rebuilt from its message alone (unpickled; re-raised by a DataLoader from a worker)
-            super().__init__(path)
-            return
+    def __init__(
+        self, message: str, *, path: str | None = None, key: str | None = None, array: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path, self.key, self.array = path, key, array
+
+    @classmethod
+    def of(cls, path: str, key: str, array: str | None) -> _StaleChunkError:
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
             "the opening; reopen the array to read the new data"
         )
-        super().__init__(msg)
-        self.path, self.key, self.array = path, key, array
+        return cls(msg, path=path, key=key, array=array)
 
 
 def _is_compressed(array: Any) -> bool:
@@ -748,7 +753,7 @@ class DirectEngine(ZarrEngine):
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
         if mtime_ns <= time.time_ns():
-            raise _StaleChunkError(self._where(key), key, self._array_where())
+            raise _StaleChunkError.of(self._where(key), key, self._array_where())
 
     def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
         """For chunks decoded by another engine: raise ``SourceReadError`` when a local
