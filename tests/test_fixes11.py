@@ -6,22 +6,24 @@ numpy slicing, napari's own layer transforms, the decimal values the CZI files s
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import pytest
 import zarr
+from numcodecs.abc import Codec
 
 import lazystack
 import lazystack.sampling.manifest
 import lazystack.sources.zarr
 from lazystack.core import errors
+from lazystack.io.cache import get_chunk_cache
 from lazystack.sources.zarr import _StoreDeletedError, _StoreRewrittenError
-from lazystack.sources.zarr.engines import _StaleChunkError
+from lazystack.sources.zarr.engines import ZarrPythonEngine, _StaleChunkError, set_zarr_engine
 
 
 # -- 1. an error re-raised from its message alone (a DataLoader worker's) is not wrapped twice ---------------------
@@ -111,3 +113,131 @@ def test_a_changed_store_error_from_a_dataloader_worker_is_said_once(
     assert message.count(original) == 1, message
     assert not message.startswith(original), message  # torch's prefix first, the worker's message once after it
     assert str(path) in message
+
+
+# -- 2. the zarr engine wraps read failures only; a programming error propagates as it is --------------------------
+class _TestCodec(Codec):
+    """A numcodecs codec storing raw bytes whose decode fails as told: a bug, a type error, or damaged data."""
+
+    codec_id = "lazystack-test-fixes11"
+
+    def __init__(self, fail: str = "none") -> None:
+        self.fail = fail
+
+    def encode(self, buf: Any) -> bytes:
+        return bytes(np.ascontiguousarray(buf).view("u1"))
+
+    def decode(self, buf: Any, out: Any = None) -> Any:
+        if self.fail == "bug":
+            raise NotImplementedError("decoding this layout is not written yet")
+        if self.fail == "type":
+            raise TypeError("unsupported operand type(s)")
+        if self.fail == "corrupt":
+            raise RuntimeError("corrupt frame")  # what numcodecs' blosc / zstd / lz4 raise on damaged bytes
+        return numcodecs.compat.ndarray_copy(buf, out)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"id": self.codec_id, "fail": self.fail}
+
+
+numcodecs.register_codec(_TestCodec)
+
+
+def _codec_array(path: Path, fail: str) -> zarr.Array:
+    array = zarr.create_array(
+        path,
+        shape=(2, 64, 64),
+        chunks=(1, 32, 32),
+        dtype="uint16",
+        zarr_format=2,
+        compressors=_TestCodec(),
+        fill_value=0,
+    )
+    array[...] = 5
+    meta = path / ".zarray"
+    meta.write_text(meta.read_text().replace('"fail": "none"', f'"fail": "{fail}"'))
+    return zarr.open_array(path, mode="r")
+
+
+@pytest.fixture
+def zarr_python_engine() -> Any:
+    previous = set_zarr_engine("zarr")
+    get_chunk_cache().clear()
+    try:
+        yield
+    finally:
+        set_zarr_engine(previous)
+        get_chunk_cache().clear()
+
+
+@pytest.mark.parametrize(("fail", "error"), [("bug", NotImplementedError), ("type", TypeError)])
+def test_a_programming_error_in_a_zarr_read_propagates(
+    tmp_path: Path, zarr_python_engine: None, fail: str, error: type[Exception]
+) -> None:
+    path = tmp_path / "a.zarr"
+    array = _codec_array(path, fail)
+    with pytest.raises(error) as raw:  # zarr's own read: the reference
+        array[0, :8, :8]
+    with pytest.raises(error) as engine:
+        ZarrPythonEngine(array).fetch([(0, 0, 0)])
+    assert str(engine.value) == str(raw.value)
+    assert not isinstance(engine.value, lazystack.SourceReadError)
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    with pytest.raises(error) as patch:
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+    assert not isinstance(patch.value, lazystack.SourceReadError)
+    assert str(patch.value) == str(raw.value)
+
+
+def _codec_array_corrupt(path: Path) -> zarr.Array:
+    return _codec_array(path, "corrupt")  # every chunk fails to decode
+
+
+def _truncate_gzip(path: Path) -> zarr.Array:
+    from zarr.codecs import GzipCodec
+
+    array = zarr.create_array(path, shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16", compressors=GzipCodec())
+    array[...] = np.arange(2 * 64 * 64, dtype="uint16").reshape(2, 64, 64)
+    chunk = path / "c" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    return array
+
+
+def _zstd_garbage(path: Path) -> zarr.Array:
+    from zarr.codecs import ZstdCodec
+
+    array = zarr.create_array(path, shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16", compressors=ZstdCodec())
+    array[...] = 7
+    (path / "c" / "0" / "0" / "0").write_bytes(b"not a chunk" * 8)
+    return array
+
+
+def _short_raw_chunk(path: Path) -> zarr.Array:
+    array = zarr.create_array(path, shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16", compressors=None)
+    array[...] = 7
+    (path / "c" / "0" / "0" / "0").write_bytes(b"\0" * 100)
+    return array
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_codec_array_corrupt, _truncate_gzip, _zstd_garbage, _short_raw_chunk],
+    ids=["codec-runtime-error", "truncated-gzip", "zstd-garbage", "short-raw-chunk"],
+)
+def test_a_damaged_chunk_read_by_zarr_is_a_read_error_naming_the_array(
+    tmp_path: Path, zarr_python_engine: None, damage: Any
+) -> None:
+    path = tmp_path / "a.zarr"
+    damage(path)
+    array = zarr.open_array(path, mode="r")
+    with pytest.raises(Exception) as raw:  # noqa: PT011 - zarr's own read fails too (its own error): the reference
+        array[0, :8, :8]
+    assert not isinstance(raw.value, lazystack.LazyStackError)
+    with pytest.raises(lazystack.SourceReadError, match=r"a\.zarr") as engine:
+        ZarrPythonEngine(array).fetch([(0, 0, 0)])
+    assert type(engine.value.__cause__) is type(raw.value)
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    with pytest.raises(lazystack.SourceReadError, match=r"a\.zarr"):
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+    if damage is not _codec_array_corrupt:  # one chunk damaged: the others read as zarr reads them
+        np.testing.assert_array_equal(stack.extract_patch(1, None, (0, 0), (8, 8))[0], array[1, :8, :8])

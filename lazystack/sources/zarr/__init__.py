@@ -55,6 +55,7 @@ from .engines import (
     _StaleChunkError,
     close_http_session_at_exit,
     get_zarr_engine,
+    is_read_failure,
 )
 from .engines import ZarrArrayReader as _EngineReader
 
@@ -565,8 +566,6 @@ class ZarrArrayReader(Reader):
         """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
         try:
             return read(key)
-        except (MemoryError, IndexError, TypeError):
-            raise
         except _StaleChunkError as exc:
             msg = (
                 f"Zarr array {self._location.uri()!r} changed after the stack was opened: its chunk file "
@@ -574,6 +573,8 @@ class ZarrArrayReader(Reader):
             )
             raise SourceReadError(msg) from None
         except Exception as exc:
+            if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
+                raise
             # a store change is not chained: the message says it all
             raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
 
