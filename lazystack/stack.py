@@ -520,7 +520,9 @@ class LazyImageStack:
 
         A strided view (``isel(X=slice(0, None, 2))``) has pixels ``step`` times
         as far apart: its sizes are the source's times the step, as its
-        [`coords`][lazystack.LazyImageStack.coords] are.
+        [`coords`][lazystack.LazyImageStack.coords] are. An axis a view keeps
+        one pixel of has no spacing: its size is the source's, whatever the
+        step that selected it.
         """
         sizes = self._attrs.get("physical_pixel_sizes") or {}
         steps = {a: s.step for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range)}
@@ -986,6 +988,8 @@ class LazyImageStack:
                 if len(new) == 0:
                     msg = f"isel({axis}={idx!r}) selects nothing from an axis of size {n}"
                     raise SelectionError(msg)
+                if len(new) == 1:  # one pixel has no spacing: the source's pixel size, coords and scale
+                    new = range(new.start, new.start + 1)
                 selection[pos] = new
             elif isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
                 if axis in "YX":

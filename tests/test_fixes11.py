@@ -241,3 +241,44 @@ def test_a_damaged_chunk_read_by_zarr_is_a_read_error_naming_the_array(
         stack.extract_patch(0, None, (0, 0), (8, 8))
     if damage is not _codec_array_corrupt:  # one chunk damaged: the others read as zarr reads them
         np.testing.assert_array_equal(stack.extract_patch(1, None, (0, 0), (8, 8))[0], array[1, :8, :8])
+
+
+# -- 3. a view of one pixel along an axis has the source's pixel size there, whatever step selected it -------------
+def _sized_stack() -> tuple[lazystack.LazyImageStack, np.ndarray]:
+    data = np.arange(2 * 30 * 40, dtype=np.uint16).reshape(2, 30, 40)
+    attrs = {"physical_pixel_sizes": {"Y": 0.5, "X": 0.25}, "translation": {"Y": 10.0, "X": -2.0}}
+    return lazystack.LazyImageStack(data, "CYX", attrs=attrs), data
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        lambda s: s.isel(Y=slice(0, None, 3)).isel(Y=slice(2, 3)),  # row 6 of a view of every third row
+        lambda s: s.isel(Y=slice(6, 7, 5)),  # row 6, with a step that selects nothing more
+        lambda s: s.isel(Y=slice(6, None, 4)).isel(Y=slice(0, 1)),
+    ],
+    ids=["strided-then-one", "one-with-a-step", "one-of-a-strided-view"],
+)
+def test_a_one_pixel_view_has_the_source_pixel_size_coords_and_written_scale(tmp_path: Path, select: Any) -> None:
+    stack, data = _sized_stack()
+    view = select(stack)
+    plain = stack.isel(Y=slice(6, 7))  # the same pixel row, selected without a step
+    np.testing.assert_array_equal(view.compute()[0], data[:, 6:7, :])
+    assert view.physical_pixel_sizes == plain.physical_pixel_sizes == {"Y": 0.5, "X": 0.25}
+    assert view.xarray.attrs["physical_pixel_sizes"] == {"Y": 0.5, "X": 0.25}
+    # the position is the row's, as xarray's own slicing of the source's coordinates says
+    np.testing.assert_array_equal(view.coords["Y"], stack.xarray.coords["Y"].values[6:7])
+    assert view.coords["Y"].tolist() == [6 * 0.5 + 10.0]
+    lazystack.write_ome_zarr(view, tmp_path / "row.ome.zarr")
+    (back,) = lazystack.load_zarrs(tmp_path / "row.ome.zarr", "CYX")
+    assert back.physical_pixel_sizes == {"Y": 0.5, "X": 0.25}
+    np.testing.assert_allclose(back.coords["Y"], view.coords["Y"])
+    np.testing.assert_allclose(back.coords["X"], stack.coords["X"])
+    np.testing.assert_array_equal(back.compute(), view.compute())
+
+
+def test_a_strided_view_of_several_pixels_keeps_the_step_in_its_pixel_size() -> None:
+    stack, _ = _sized_stack()
+    view = stack.isel(Y=slice(0, None, 3)).isel(Y=slice(2, 4))  # rows 6 and 9
+    assert view.physical_pixel_sizes == {"Y": 1.5, "X": 0.25}
+    np.testing.assert_array_equal(view.coords["Y"], stack.xarray.coords["Y"].values[6:10:3])
