@@ -529,6 +529,28 @@ class LazyImageStack:
         return {a: float(v) * steps.get(a, 1) for a, v in sizes.items() if a in self._model.axes}
 
     @property
+    def spatial_selection(self) -> dict[str, tuple[int, int]]:
+        """Where the view's pixels lie in the source: ``(start, step)`` per spatial axis (``Z``, ``Y``, ``X``).
+
+        Pixel ``i`` of the view along an axis is pixel ``start + i * step`` of
+        the source; a stack that is no view has ``(0, 1)`` on every axis. The
+        keys are those of [`physical_pixel_sizes`][lazystack.LazyImageStack.physical_pixel_sizes].
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from lazystack import LazyImageStack
+        >>> stack = LazyImageStack(np.zeros((64, 48), np.uint8), "YX")
+        >>> stack.isel(Y=slice(10, None, 4), X=slice(5, 20)).spatial_selection
+        {'Y': (10, 4), 'X': (5, 1)}
+        """
+        return {
+            a: (s.start, s.step)
+            for a, s in zip(self._root.axes, self._selection, strict=True)
+            if a in "ZYX" and isinstance(s, range)
+        }
+
+    @property
     def channel_names(self) -> list[str] | None:
         """Channel names, when the source declares them."""
         names = self.coords.get("C")

@@ -282,3 +282,37 @@ def test_a_strided_view_of_several_pixels_keeps_the_step_in_its_pixel_size() -> 
     view = stack.isel(Y=slice(0, None, 3)).isel(Y=slice(2, 4))  # rows 6 and 9
     assert view.physical_pixel_sizes == {"Y": 1.5, "X": 0.25}
     np.testing.assert_array_equal(view.coords["Y"], stack.xarray.coords["Y"].values[6:10:3])
+
+
+# -- 4. napari: a view's layer sits where its pixels are in the source, over the whole stack's layer ---------------
+@pytest.mark.parametrize("physical", [True, False], ids=["pixel-sizes", "no-pixel-sizes"])
+@pytest.mark.parametrize(
+    "select",
+    [
+        {"Y": slice(100, 200)},
+        {"Y": slice(100, 200, 3), "X": slice(5, None, 2)},
+        {"Z": slice(1, 3), "X": slice(150, 151)},
+    ],
+    ids=["crop", "strided", "planes-and-one-column"],
+)
+def test_a_napari_layer_of_a_view_overlays_the_whole_stack(physical: bool, select: dict[str, slice]) -> None:
+    layers = pytest.importorskip("napari.layers", reason="napari is not installed: pip install 'lazystack[napari]'")
+    from lazystack.frontends.napari import layer_data
+
+    data = np.random.default_rng(4).integers(0, 1000, (4, 300, 200), dtype=np.uint16)  # Z Y X
+    attrs = (
+        {"physical_pixel_sizes": {"Z": 2.0, "Y": 0.5, "X": 0.25}, "translation": {"Z": 1.0, "Y": 10.0, "X": -2.0}}
+        if physical
+        else {}
+    )
+    stack = lazystack.LazyImageStack(data, "ZYX", attrs=attrs)
+    view = stack.isel(**select)
+    ((full_data, full_kwargs, _),) = layer_data([stack], "full")
+    ((view_data, view_kwargs, _),) = layer_data([view], "view")
+    whole, part = layers.Image(full_data, **full_kwargs), layers.Image(view_data, **view_kwargs)
+    ranges = [range(n)[select.get(a, slice(None))] for a, n in zip("ZYX", data.shape, strict=True)]
+    for index in [(0, 0, 0), (1, 2, 3), tuple(len(r) - 1 for r in ranges)]:
+        index = tuple(min(i, len(r) - 1) for i, r in zip(index, ranges, strict=True))
+        source_index = tuple(r[i] for i, r in zip(index, ranges, strict=True))
+        assert part.data[index] == data[source_index]
+        np.testing.assert_allclose(part.data_to_world(index), whole.data_to_world(source_index))
