@@ -21,6 +21,7 @@ import lazystack
 import lazystack.sampling.manifest
 import lazystack.sources.zarr
 from lazystack.core import errors
+from lazystack.core.levels import parse_levels
 from lazystack.io.cache import get_chunk_cache
 from lazystack.sources.zarr import _StoreDeletedError, _StoreRewrittenError
 from lazystack.sources.zarr.engines import ZarrPythonEngine, _StaleChunkError, set_zarr_engine
@@ -316,3 +317,42 @@ def test_a_napari_layer_of_a_view_overlays_the_whole_stack(physical: bool, selec
         source_index = tuple(r[i] for i, r in zip(index, ranges, strict=True))
         assert part.data[index] == data[source_index]
         np.testing.assert_allclose(part.data_to_world(index), whole.data_to_world(source_index))
+
+
+# -- 5. levels= on a Zarr array no OME-Zarr image lists: level 0 is all it has, as a TIFF series without a pyramid --
+def _plain_zarr(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    data = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    group = zarr.open_group(tmp_path / "plain.zarr", mode="w")
+    for name in ("a", "b"):
+        group.create_array(name, shape=data.shape, chunks=(1, 8, 8), dtype=data.dtype)[...] = data
+    return tmp_path / "plain.zarr", data
+
+
+@pytest.mark.parametrize("levels", [1, [0, 1], "2"])
+def test_a_level_a_plain_zarr_array_does_not_have_raises_like_tiff(tmp_path: Path, levels: Any) -> None:
+    import tifffile
+
+    path, data = _plain_zarr(tmp_path)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    with pytest.raises(lazystack.SourceNotFoundError, match=r"resolution level") as tiff:  # the documented reference
+        lazystack.load_tiffs(tmp_path / "plain.tif", "SYX", levels=levels)
+    asked = max(parse_levels(levels) or (0,))
+    assert f"not level {asked}" in str(tiff.value)
+    for source in (path / "a", path):  # an array, a group of arrays
+        with pytest.raises(lazystack.SourceNotFoundError) as info:
+            lazystack.load_zarrs(source, "SYX", levels=levels)
+        message = str(info.value)
+        assert f"{path / 'a'}'" in message  # the array
+        assert f"not level {asked} asked for by levels=" in message  # what was asked
+        assert "1 resolution level (level 0)" in message  # what exists
+    with pytest.raises(lazystack.SourceNotFoundError):
+        lazystack.load(path / "a", "SYX", levels=levels)
+
+
+@pytest.mark.parametrize("levels", [None, "all", 0, [0]])
+def test_level_0_of_a_plain_zarr_array_is_the_array(tmp_path: Path, levels: Any) -> None:
+    path, _ = _plain_zarr(tmp_path)
+    stacks = lazystack.load_zarrs(path, "SYX", levels=levels)
+    assert [s.source.rsplit("/", 1)[-1] for s in stacks] == ["a", "b"]
+    for stack in stacks:
+        np.testing.assert_array_equal(stack.compute()[:, 0], zarr.open_array(path / "a", mode="r")[...])

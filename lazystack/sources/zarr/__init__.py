@@ -1223,8 +1223,8 @@ def open_zarr(
     levels : tuple of int, optional
         Resolution levels to open of every OME-Zarr image (sorted, as
         [`lazystack.core.levels.parse_levels()`][lazystack.core.levels.parse_levels] returns them); None for all.
-        A path to one array is opened whatever ``levels`` says (the path is
-        the selection).
+        A path to one level's array is opened whatever ``levels`` says (the path is
+        the selection); an array no OME-Zarr image lists is level 0, its only level.
 
     Returns
     -------
@@ -1243,7 +1243,7 @@ def open_zarr(
     ------
     SourceNotFoundError
         If the store, group or array does not exist (the message lists what is there),
-        or an image has no level of ``levels``.
+        or an image (or an array no image lists: level 0 only) has no level of ``levels``.
     SourceFormatError
         If the path is not a Zarr store, a group has no arrays, or metadata is invalid.
     ShapeMismatchError
@@ -1267,7 +1267,7 @@ def open_zarr(
             opened = _level_source(ms, level, location, node, axes)
             opened.attrs["image_uri"] = image_uri
             return [opened]
-        return [_plain_source(location, node, axes)]
+        return [_plain_source(location, node, axes, levels)]
     attrs = node.attrs.asdict()
     if _ngff(attrs)[0]:
         found_levels = list(_image_levels(node, location, axes, store, levels))
@@ -1290,7 +1290,7 @@ def open_zarr(
             f"(e.g. {location.uri().rstrip('/')}/<name>)"
         )
         raise SourceFormatError(msg)
-    return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+    return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes, levels) for name, arr in arrays]
 
 
 def _ome_holder(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1422,7 +1422,17 @@ def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[t
         raise SourceReadError(msg) from exc
 
 
-def _plain_source(location: ZarrLocation, array: zarr_lib.Array, axes: str) -> OpenedSource:
+def _plain_source(
+    location: ZarrLocation, array: zarr_lib.Array, axes: str, levels: tuple[int, ...] | None = None
+) -> OpenedSource:
+    """An array that no OME-Zarr image lists: one resolution level, level 0 (as a TIFF series without a pyramid)."""
+    if levels is not None and levels[-1] >= 1:
+        msg = (
+            f"Zarr array {location.uri()!r} is not a level of an OME-Zarr image: it has 1 resolution level "
+            f"(level 0), not level {levels[-1]} asked for by levels={list(levels)}; "
+            "give levels=0 or levels='all', or open an OME-Zarr image (a group with multiscales metadata)"
+        )
+        raise SourceNotFoundError(msg)
     reader = ZarrArrayReader(location, array)
     attrs = {"zarr_format": reader.zarr_format}
     return OpenedSource(reader=reader, source=location.uri(), format="zarr", axes=axes, attrs=attrs)
