@@ -356,3 +356,76 @@ def test_level_0_of_a_plain_zarr_array_is_the_array(tmp_path: Path, levels: Any)
     assert [s.source.rsplit("/", 1)[-1] for s in stacks] == ["a", "b"]
     for stack in stacks:
         np.testing.assert_array_equal(stack.compute()[:, 0], zarr.open_array(path / "a", mode="r")[...])
+
+
+# -- 6. an OME-Zarr well group opens as its fields' images, named as the plate names them -------------------------
+PLATE_ROWS, PLATE_COLUMNS, PLATE_FIELDS = ["A", "B"], ["1", "2"], 2
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("ome_zarr", reason="ome-zarr-py (test extra) is not installed")
+    import warnings
+
+    path = tmp_path_factory.mktemp("plate") / "plate.ome.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    rng = np.random.default_rng(11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ome-zarr-py's deprecations, from its import on
+        from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+        wells = [f"{r}/{c}" for r in PLATE_ROWS for c in PLATE_COLUMNS]
+        write_plate_metadata(root, PLATE_ROWS, PLATE_COLUMNS, wells, name="screen-7", field_count=PLATE_FIELDS)
+        for r in PLATE_ROWS:
+            for c in PLATE_COLUMNS:
+                well = root.require_group(r).require_group(c)
+                write_well_metadata(well, [{"path": str(f)} for f in range(PLATE_FIELDS)])
+                for f in range(PLATE_FIELDS):
+                    data = rng.integers(0, 4000, (2, 32, 48), dtype=np.uint16)
+                    write_image(data, well.require_group(str(f)), axes="cyx", scale_factors=(2,))
+    return path
+
+
+_NAMING = ("plate", "well", "row", "column", "field", "level")
+
+
+@pytest.mark.parametrize("levels", [None, 0, 1])
+def test_a_well_group_opens_as_its_fields_images(plate: Path, levels: Any) -> None:
+    well = lazystack.load_zarrs(plate / "B" / "2", "CYX", levels=levels)
+    of_plate = [s for s in lazystack.load_zarrs(plate, "CYX", levels=levels) if s.attrs["well"] == "B/2"]
+    assert [s.source for s in well] == [s.source for s in of_plate]
+    assert [{k: s.attrs[k] for k in _NAMING} for s in well] == [{k: s.attrs[k] for k in _NAMING} for s in of_plate]
+    expected_levels = [0, 1] if levels is None else [levels]
+    expected = [(f, lv) for f in range(PLATE_FIELDS) for lv in expected_levels]
+    assert [(s.attrs["field"], s.level) for s in well] == expected
+    assert {s.attrs["plate"] for s in well} == {"screen-7"}
+    assert {(s.attrs["row"], s.attrs["column"]) for s in well} == {("B", "2")}
+    for stack in well:
+        # zarr's own read of the array the stack names: <plate>/B/2/<field>/<level path>
+        array = zarr.open_array(stack.source[len("file://") :], mode="r")
+        assert stack.source.startswith(f"file://{plate}/B/2/{stack.attrs['field']}/")
+        np.testing.assert_array_equal(stack.xarray.values, array[...])
+
+
+def test_a_well_group_opens_through_load_with_its_declared_axes(plate: Path) -> None:
+    stacks = lazystack.load(plate / "A" / "1", levels=0)
+    assert [(s.attrs["well"], s.attrs["field"]) for s in stacks] == [("A/1", 0), ("A/1", 1)]
+    assert stacks[0].original_axes == "CYX"
+
+
+def test_a_well_without_its_plate_is_named_by_its_path(plate: Path, tmp_path: Path) -> None:
+    import shutil
+
+    alone = tmp_path / "copy.zarr" / "C" / "5"
+    shutil.copytree(plate / "A" / "1", alone)
+    zarr.open_group(tmp_path / "copy.zarr", mode="a")  # a store, with no plate metadata
+    stacks = lazystack.load_zarrs(alone, "CYX", levels=0)
+    assert [(s.attrs["well"], s.attrs["row"], s.attrs["column"], s.attrs["field"]) for s in stacks] == [
+        ("C/5", "C", "5", 0),
+        ("C/5", "C", "5", 1),
+    ]
+    assert all("plate" not in s.attrs for s in stacks)
+    for stack, f in zip(stacks, range(PLATE_FIELDS), strict=True):
+        assert stack.source.startswith(f"file://{alone}/{f}/")
+        reference = zarr.open_array(stack.source[len("file://") :], mode="r")[...]
+        np.testing.assert_array_equal(stack.xarray.values, reference)

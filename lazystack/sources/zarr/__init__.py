@@ -1234,7 +1234,8 @@ def open_zarr(
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
         ``1`` ... (attrs ``image``: its name); an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
-        ``field``); a label image or an image's ``labels`` group: the label images'
+        ``field``); a well of a plate (``plate.zarr/A/1``): the levels of its fields, named as the plate
+        names them; a label image or an image's ``labels`` group: the label images'
         levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr
         level keeps the metadata of the ancestor group listing it). Level stacks
         carry ``attrs["level"]`` and ``attrs["image_uri"]`` (the image group's URI).
@@ -1280,6 +1281,8 @@ def open_zarr(
         return _labels(label_names, location, axes, store, levels)
     if isinstance(_ome_holder(attrs).get("plate"), Mapping):
         return _plate_fields(node, location, axes, store, levels)
+    if isinstance(_ome_holder(attrs).get("well"), Mapping):
+        return _well_alone(node, location, axes, store, levels)
     if "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in _ome_holder(attrs):
         return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
@@ -1344,7 +1347,7 @@ def _plate_fields(
         raise _bad_metadata(
             where, "plate.wells", f"must be a non-empty list of {{'path': 'A/1', ...}}, got {wells!r:.200}"
         )
-    plate_name = str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+    plate_name = _plate_name(plate, location)
     out: list[OpenedSource] = []
     for i, well in enumerate(wells):
         well_path = well.get("path") if isinstance(well, Mapping) else None
@@ -1356,25 +1359,70 @@ def _plate_fields(
         if well_group is None:
             msg = f"well {well_path!r} listed in the plate metadata of {where!r} is not a group at {well_loc.uri()!r}"
             raise SourceNotFoundError(msg)
-        images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
-        if not isinstance(images, list):
-            raise _bad_metadata(
-                well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}"
-            )
-        row, _, column = well_path.partition("/")
-        for f, image in enumerate(images):
-            image_path = image.get("path") if isinstance(image, Mapping) else None
-            if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
-                raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
-            field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
-            field_group = _try_group(field_loc, store)
-            if field_group is None:
-                msg = f"field {image_path!r} of well {well_path!r} of {where!r} is not a group at {field_loc.uri()!r}"
-                raise SourceNotFoundError(msg)
-            for opened in _image_levels(field_group, field_loc, axes, store, levels):
-                opened.attrs.update(plate=plate_name, well=well_path, row=row, column=column, field=f)
-                out.append(opened)
+        out += _well_fields(well_group, well_loc, well_path, plate_name, axes, store, levels)
     return out
+
+
+def _plate_name(plate: Mapping[str, Any], location: ZarrLocation) -> str:
+    """A plate's name: its metadata's ``name``, else the plate group's own name."""
+    return str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+
+
+def _well_fields(
+    well_group: zarr_lib.Group,
+    well_loc: ZarrLocation,
+    well_path: str,
+    plate_name: str | None,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None,
+) -> list[OpenedSource]:
+    """Every (selected) level of every field of one well (``well_path``: ``"A/1"``), in the well's image order.
+
+    attrs ``plate`` (unless None), ``well``, ``row``, ``column``, ``field`` (index in the well).
+    """
+    images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
+    if not isinstance(images, list):
+        raise _bad_metadata(well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}")
+    row, _, column = well_path.partition("/")
+    names = {"plate": plate_name} if plate_name is not None else {}
+    out: list[OpenedSource] = []
+    for f, image in enumerate(images):
+        image_path = image.get("path") if isinstance(image, Mapping) else None
+        if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
+            raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
+        field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
+        field_group = _try_group(field_loc, store)
+        if field_group is None:
+            msg = f"field {image_path!r} of well {well_loc.uri()!r} is not a group at {field_loc.uri()!r}"
+            raise SourceNotFoundError(msg)
+        for opened in _image_levels(field_group, field_loc, axes, store, levels):
+            opened.attrs.update(names, well=well_path, row=row, column=column, field=f)
+            out.append(opened)
+    return out
+
+
+def _well_alone(
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
+) -> list[OpenedSource]:
+    """The fields of a well group opened by its own path (``plate.zarr/A/1``), named as the plate names them.
+
+    The well is ``row/column``: the last two parts of its path; the plate, the group above them when
+    its plate metadata lists that well.
+    """
+    parts = [p for p in location.path.split("/") if p]
+    every = [p for p in location.root.split("/") if p] + parts  # a well at the root of its store: the root's name
+    well_path = "/".join(every[-2:])
+    plate_name = None
+    if len(parts) >= 2:
+        plate_loc = location.child("/".join(parts[:-2]))
+        plate_group = _try_group(plate_loc, store)
+        plate = _ome_holder(plate_group.attrs.asdict()).get("plate") if plate_group is not None else None
+        if isinstance(plate, Mapping):
+            listed = [str(w.get("path", "")).strip("/") for w in plate.get("wells") or [] if isinstance(w, Mapping)]
+            if well_path in listed:
+                plate_name = _plate_name(plate, plate_loc)
+    return _well_fields(group, location, well_path, plate_name, axes, store, levels)
 
 
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
