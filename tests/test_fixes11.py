@@ -429,3 +429,44 @@ def test_a_well_without_its_plate_is_named_by_its_path(plate: Path, tmp_path: Pa
         assert stack.source.startswith(f"file://{alone}/{f}/")
         reference = zarr.open_array(stack.source[len("file://") :], mode="r")[...]
         np.testing.assert_array_equal(stack.xarray.values, reference)
+
+
+# -- 7. CZI pixel sizes in micrometres as the file's decimal metres say, without the conversion's last-bit error ---
+#: Per real file: its XML's <Distance> values (metres) in micrometres, to 12 significant digits, for the axes it has.
+_CZI_SIZES = {
+    "100x100.czi": {"X": 0.1, "Y": 0.1},  # 1e-07
+    "CellDivision_T3_Z5_CH2_X240_Y170.czi": {"X": 0.0905766741522, "Y": 0.0905766741522, "Z": 0.32},
+    "RGB-8bit.czi": {"X": 1.08333333333, "Y": 1.08333333333},  # 1.0833333333333333E-06
+    "WellD6-7_S2.czi": {"X": 0.1, "Y": 0.1},  # 1E-07
+    "mosaic_test.czi": {"X": 1.08333333333, "Y": 1.08333333333},
+    "tiles_z.czi": {"X": 0.830265820964, "Y": 0.830265820964, "Z": 4.0},  # 3.9999999999999998e-006
+    "FOV7_HV110_P0500510000.czi": {},  # 0: no scaling
+}
+#: The files bioio-czi opens with the axes lazystack proposes.
+_BIOIO_OPENS = ("100x100.czi", "RGB-8bit.czi", "WellD6-7_S2.czi", "mosaic_test.czi", "tiles_z.czi")
+
+
+@pytest.mark.parametrize(("name", "expected"), list(_CZI_SIZES.items()), ids=list(_CZI_SIZES))
+def test_czi_pixel_sizes_are_the_files_decimal_values(
+    shared_czi_dir: Path, name: str, expected: dict[str, float]
+) -> None:
+    pytest.importorskip("pylibCZIrw", reason="the czi extra is not installed")
+    path = shared_czi_dir / name
+    axes = lazystack.propose_axes(path)
+    stacks = lazystack.load_czis(path, axes)
+    for stack in stacks:
+        assert stack.physical_pixel_sizes == expected  # exact: 0.1, not 0.09999999999999999
+    if name in _BIOIO_OPENS:
+        pytest.importorskip("bioio_czi", reason="bioio-czi (czi extra) is not installed")
+        (first, *_) = lazystack.load_bioio(path, axes)
+        assert first.physical_pixel_sizes == expected
+
+
+def test_rounded_size_keeps_twelve_significant_digits() -> None:
+    from lazystack.sources.czi import rounded_size
+
+    assert rounded_size(1e-07 * 1e6) == 0.1
+    assert 1e-07 * 1e6 != 0.1  # the conversion alone
+    assert rounded_size(9.0576674152210312e-08 * 1e6) == 0.0905766741522
+    assert rounded_size(3.9999999999999998e-06 * 1e6) == 4.0
+    assert rounded_size(123456.7890123456) == 123456.789012
