@@ -470,3 +470,43 @@ def test_rounded_size_keeps_twelve_significant_digits() -> None:
     assert rounded_size(9.0576674152210312e-08 * 1e6) == 0.0905766741522
     assert rounded_size(3.9999999999999998e-06 * 1e6) == 4.0
     assert rounded_size(123456.7890123456) == 123456.789012
+
+
+# -- 8. torch tensors and foreign array-likes: read region by region, never kept in the decoded-chunk cache --------
+def test_patches_of_a_torch_tensor_stack_keep_nothing_in_the_chunk_cache() -> None:
+    torch = pytest.importorskip("torch")
+    data = np.random.default_rng(8).random((4, 2, 128, 96), dtype=np.float32)
+    (stack,) = lazystack.load_arrays([torch.from_numpy(data)], "SCYX")
+    requests = [(s % 4, None, (7 * s, 3 * s), (32, 32)) for s in range(12)]
+    with lazystack.chunk_cache_size(64 * 2**20):  # on, whatever the environment says
+        cache = get_chunk_cache()
+        cache.clear()
+        assert cache.enabled
+        for request in requests:  # one by one, twice: a cache would serve the second round
+            for _ in range(2):
+                np.testing.assert_array_equal(stack.extract_patch(*request), _numpy_patch(data, *request))
+        for got, request in zip(stack.extract_patches(requests), requests, strict=True):
+            np.testing.assert_array_equal(got, _numpy_patch(data, *request))
+        stats = cache.stats()
+    assert (stats.entries, stats.nbytes, stats.hits, stats.misses) == (0, 0, 0, 0)  # no copy of in-memory data kept
+
+
+def _numpy_patch(data: np.ndarray, sample: int, channels: Any, coords: tuple[int, int], size: tuple[int, int]) -> Any:
+    out = np.zeros((data.shape[1], *size), np.float32)
+    (y, x), (h, w) = coords, size
+    block = data[sample, :, y : y + h, x : x + w]
+    out[:, : block.shape[1], : block.shape[2]] = block
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="lazystack/io/reader.py (the 'workers' helper's): ArrayReader declares every array-like but numpy "
+    "compressed=True; an in-memory CPU torch tensor is raw bytes (reading a region is a memory copy). Harmless "
+    "today: an ArrayReader has no chunked reader, so no batch or cache path consults the flag",
+)
+def test_a_torch_tensor_reader_declares_no_decoding() -> None:
+    torch = pytest.importorskip("torch")
+    (stack,) = lazystack.load_arrays([torch.zeros((2, 32, 32))], "SYX")
+    assert stack.reader.as_chunked() is None  # region by region: no chunk grid, no cache
+    assert stack.reader.capabilities.compressed is False
