@@ -695,7 +695,7 @@ class _StoreChangedError(LazyStackError):
     public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI).
 
     Built from its message alone, as every lazystack error (``type(err)(str(err))`` gives the same message: what
-    a DataLoader does to re-raise a worker's error); [`of()`][of] writes the message for a path.
+    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path)`` writes the message for a path.
     """
 
     deleted: bool
