@@ -520,11 +520,35 @@ class LazyImageStack:
 
         A strided view (``isel(X=slice(0, None, 2))``) has pixels ``step`` times
         as far apart: its sizes are the source's times the step, as its
-        [`coords`][lazystack.LazyImageStack.coords] are.
+        [`coords`][lazystack.LazyImageStack.coords] are. An axis a view keeps
+        one pixel of has no spacing: its size is the source's, whatever the
+        step that selected it.
         """
         sizes = self._attrs.get("physical_pixel_sizes") or {}
         steps = {a: s.step for a, s in zip(self._root.axes, self._selection, strict=True) if isinstance(s, range)}
         return {a: float(v) * steps.get(a, 1) for a, v in sizes.items() if a in self._model.axes}
+
+    @property
+    def spatial_selection(self) -> dict[str, tuple[int, int]]:
+        """Where the view's pixels lie in the source: ``(start, step)`` per spatial axis (``Z``, ``Y``, ``X``).
+
+        Pixel ``i`` of the view along an axis is pixel ``start + i * step`` of
+        the source; a stack that is no view has ``(0, 1)`` on every axis. The
+        keys are those of [`physical_pixel_sizes`][lazystack.LazyImageStack.physical_pixel_sizes].
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from lazystack import LazyImageStack
+        >>> stack = LazyImageStack(np.zeros((64, 48), np.uint8), "YX")
+        >>> stack.isel(Y=slice(10, None, 4), X=slice(5, 20)).spatial_selection
+        {'Y': (10, 4), 'X': (5, 1)}
+        """
+        return {
+            a: (s.start, s.step)
+            for a, s in zip(self._root.axes, self._selection, strict=True)
+            if a in "ZYX" and isinstance(s, range)
+        }
 
     @property
     def channel_names(self) -> list[str] | None:
@@ -986,6 +1010,8 @@ class LazyImageStack:
                 if len(new) == 0:
                     msg = f"isel({axis}={idx!r}) selects nothing from an axis of size {n}"
                     raise SelectionError(msg)
+                if len(new) == 1:  # one pixel has no spacing: the source's pixel size, coords and scale
+                    new = range(new.start, new.start + 1)
                 selection[pos] = new
             elif isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
                 if axis in "YX":

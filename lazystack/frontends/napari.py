@@ -13,7 +13,8 @@ image layer per stack and channel:
 * channels become separate layers named after the file's channel names,
   coloured red / green / blue for RGB channels and blended additively;
 * ``scale`` comes from the stack's physical pixel sizes, ``translate`` from an
-  OME-Zarr translation, ``units`` from the file's units where napari knows
+  OME-Zarr translation and a view's offset (a view overlays its whole stack),
+  ``units`` from the file's units where napari knows
   them; CZI scenes all start at the origin (napari's grid mode shows them side
   by side; a scene's stage position is in ``metadata["lazystack_attrs"]``);
 * contrast limits are the range of the coarsest level when it is small, else
@@ -278,9 +279,7 @@ def _image_layers(levels: list[LazyImageStack], name: str) -> list[LayerData]:
     c_pos = kept.find("C")
     n_channels = shape[axes.index("C")] if c_pos >= 0 else 1
     spatial = kept.replace("C", "")
-    sizes = first.physical_pixel_sizes
-    scale = [float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0 for a in spatial]
-    translate = _translate(first, spatial)
+    scale, translate = _placement(first, spatial)
     labels = [_label(first, a) for a in spatial]
     units = _units(first, spatial)
     limits = _contrast_limits(levels[-1], arrays[-1], c_pos, n_channels)
@@ -325,11 +324,27 @@ def _label(stack: LazyImageStack, axis: str) -> str:
     return axis
 
 
-def _translate(stack: LazyImageStack, spatial: str) -> list[float]:
+def _placement(stack: LazyImageStack, spatial: str) -> tuple[list[float], list[float]]:
+    """The layer's ``scale`` and ``translate``: a view sits where its pixels are in the source.
+
+    Along ``Z``, ``Y``, ``X``, view pixel ``i`` is source pixel ``start + i * step``, which lies at
+    ``translation + (start + i * step) * size`` (``size`` the source's pixel size, 1 without one): the
+    scale is ``step * size``, the translate ``translation + start * size``, so that a view (a crop, a
+    strided view) overlays the whole stack. Other axes (samples, time) start at 0.
+    """
     # CZI scenes stay at the origin: wells millimetres apart would be specks in one view (their
     # positions are in metadata["lazystack_attrs"]["bounding_box"]); napari's grid mode tiles them
-    offsets = {a: float(v) for a, v in (stack.attrs.get("translation") or {}).items()}
-    return [offsets.get(a, 0.0) for a in spatial]
+    attrs = stack.attrs
+    offsets = {a: float(v) for a, v in (attrs.get("translation") or {}).items()}
+    sizes = {a: float(v) for a, v in (attrs.get("physical_pixel_sizes") or {}).items()}
+    grid = stack.spatial_selection
+    scale, translate = [], []
+    for a in spatial:
+        start, step = grid.get(a, (0, 1))
+        size = sizes.get(a, 1.0)
+        scale.append(step * size)
+        translate.append(offsets.get(a, 0.0) + start * size)
+    return scale, translate
 
 
 def _units(stack: LazyImageStack, spatial: str) -> list[str] | None:

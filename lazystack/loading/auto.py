@@ -178,8 +178,8 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         pyramids) to open, 0 = full resolution: None or ``"all"`` (default)
         for all of them, one stack per level. Sources without a pyramid count
         as level 0 (arrays and ``.npy`` files are left out when ``levels``
-        excludes 0; a TIFF series or CZI scene is a one-level image, checked
-        like an OME-Zarr image). See [`lazystack.load_zarrs()`][lazystack.load_zarrs],
+        excludes 0; a TIFF series, CZI scene or plain Zarr array is a one-level
+        image, checked like an OME-Zarr image). See [`lazystack.load_zarrs()`][lazystack.load_zarrs],
         [`lazystack.load_tiffs()`][lazystack.load_tiffs], [`lazystack.load_czis()`][lazystack.load_czis] and
         `lazystack.core.levels`.
     **options

@@ -284,7 +284,9 @@ def load_zarrs(
         resolution): None or ``"all"`` (default) for every level, ``0`` for
         full resolution only, ``[0, 2]`` or ``"0,2"`` for those. Each level is
         one stack (``stack.level``); a path to one level's array is opened as
-        given. See `lazystack.core.levels`.
+        given; an array no OME-Zarr image lists has level 0 only (asking it
+        for another raises, as a TIFF series without a pyramid does). See
+        `lazystack.core.levels`.
 
     Returns
     -------
@@ -297,7 +299,8 @@ def load_zarrs(
     SelectionError
         For an invalid ``levels``.
     SourceNotFoundError
-        If a store, group or array does not exist, or an image has no level of ``levels``.
+        If a store, group or array does not exist, or an image (or a plain array: level 0 only) has no
+        level of ``levels``.
 
     Examples
     --------

@@ -54,6 +54,7 @@ from ..io.chunked import normalize_key
 from ..io.handles import split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
+from .czi import rounded_size
 
 __all__ = ["BioioSceneReader", "open_bioio"]
 
@@ -289,8 +290,9 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         try:
             pps = image.physical_pixel_sizes
             sizes = {a: float(v) for a, v in zip("ZYX", pps, strict=True) if v is not None and a in axes}
-            # readers report an absent scaling as 0 (bioio-czi): not a size, every pixel would sit at 0
-            sizes = {a: v for a, v in sizes.items() if math.isfinite(v) and v > 0}
+            # readers report an absent scaling as 0 (bioio-czi): not a size, every pixel would sit at 0;
+            # readers convert units (bioio-czi: metres / 1e-6): rounded as lazystack's CZI reader rounds
+            sizes = {a: rounded_size(v) for a, v in sizes.items() if math.isfinite(v) and v > 0}
         except Exception:  # metadata some plugins cannot parse
             sizes = {}
         attrs = {

@@ -103,7 +103,7 @@ from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
 
-__all__ = ["BLOCK", "CZI_AXES", "CziSceneReader", "open_czi", "propose_axes"]
+__all__ = ["BLOCK", "CZI_AXES", "SIZE_DIGITS", "CziSceneReader", "open_czi", "propose_axes", "rounded_size"]
 
 CZI_AXES = ("SCYX", "SCZYX", "SCTYX")
 """The accepted axes of [`lazystack.load_czis()`][lazystack.load_czis]."""
@@ -338,8 +338,38 @@ def _pixel_sizes(root: ET.Element) -> dict[str, float]:
         except ValueError:
             continue
         if axis in ("X", "Y", "Z") and size > 0:
-            sizes[axis] = size * 1e6  # metres -> micrometres
+            sizes[axis] = rounded_size(size * 1e6)  # metres -> micrometres
     return sizes
+
+
+#: Significant digits a pixel size keeps after a unit conversion (a double holds 15 to 17).
+SIZE_DIGITS = 12
+
+
+def rounded_size(value: float) -> float:
+    """A pixel size converted between units, rounded to [`SIZE_DIGITS`][SIZE_DIGITS] significant digits.
+
+    A CZI stores sizes in metres (``1E-07``); in micrometres ``1e-07 * 1e6`` is
+    ``0.09999999999999999`` in binary floating point. Twelve significant digits
+    keep every digit a microscope's calibration has and drop the conversion's
+    last-bit error: ``0.1``.
+
+    Parameters
+    ----------
+    value : float
+        The converted size.
+
+    Returns
+    -------
+    float
+        ``value`` rounded to twelve significant digits.
+
+    Examples
+    --------
+    >>> rounded_size(1e-07 * 1e6)
+    0.1
+    """
+    return float(f"{value:.{SIZE_DIGITS}g}")
 
 
 # -- the chunk reader ------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from .engines import (
     _StaleChunkError,
     close_http_session_at_exit,
     get_zarr_engine,
+    is_read_failure,
 )
 from .engines import ZarrArrayReader as _EngineReader
 
@@ -565,8 +566,6 @@ class ZarrArrayReader(Reader):
         """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
         try:
             return read(key)
-        except (MemoryError, IndexError, TypeError):
-            raise
         except _StaleChunkError as exc:
             msg = (
                 f"Zarr array {self._location.uri()!r} changed after the stack was opened: its chunk file "
@@ -574,6 +573,8 @@ class ZarrArrayReader(Reader):
             )
             raise SourceReadError(msg) from None
         except Exception as exc:
+            if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
+                raise
             # a store change is not chained: the message says it all
             raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
 
@@ -691,26 +692,35 @@ class ZarrArrayReader(Reader):
 
 class _StoreChangedError(LazyStackError):
     """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
-    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI)."""
+    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI).
 
-    path: str
+    Built from its message alone, as every lazystack error (``type(err)(str(err))`` gives the same message: what
+    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path)`` writes the message for a path.
+    """
+
     deleted: bool
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return type(self), (self.path,)  # rebuilt from the path (its message would be wrapped again)
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
-    def __init__(self, path: str) -> None:
-        super().__init__(f"the Zarr metadata document {path!r} was deleted after the stack was opened")
-        self.path, self.deleted = path, True
+    deleted = True
+
+    @classmethod
+    def of(cls, path: str) -> _StoreDeletedError:
+        msg = f"the Zarr metadata document {path!r} was deleted after the stack was opened"
+        return cls(msg, path=path)
 
 
 class _StoreRewrittenError(_StoreChangedError, SourceReadError):
-    def __init__(self, path: str) -> None:
+    deleted = False
+
+    @classmethod
+    def of(cls, path: str) -> _StoreRewrittenError:
         msg = f"the Zarr metadata document {path!r} was rewritten after the stack was opened; open the source again"
-        super().__init__(msg)
-        self.path, self.deleted = path, False
+        return cls(msg, path=path)
 
 
 def _stat_of(path: str | None) -> tuple[int, int, int] | None:
@@ -730,9 +740,9 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> N
         return
     now = _stat_of(path)
     if now is None:
-        raise _StoreDeletedError(path)
+        raise _StoreDeletedError.of(path)
     if now != opened:
-        raise _StoreRewrittenError(path)
+        raise _StoreRewrittenError.of(path)
 
 
 class _FastReader(_EngineReader):
@@ -1213,8 +1223,8 @@ def open_zarr(
     levels : tuple of int, optional
         Resolution levels to open of every OME-Zarr image (sorted, as
         [`lazystack.core.levels.parse_levels()`][lazystack.core.levels.parse_levels] returns them); None for all.
-        A path to one array is opened whatever ``levels`` says (the path is
-        the selection).
+        A path to one level's array is opened whatever ``levels`` says (the path is
+        the selection); an array no OME-Zarr image lists is level 0, its only level.
 
     Returns
     -------
@@ -1224,7 +1234,8 @@ def open_zarr(
         ``bioformats2raw.layout`` group: the levels of image ``0``, then of image
         ``1`` ... (attrs ``image``: its name); an HCS plate: the levels of every field of every well, in the
         plate's well order (attrs ``plate``, ``well``, ``row``, ``column``,
-        ``field``); a label image or an image's ``labels`` group: the label images'
+        ``field``); a well of a plate (``plate.zarr/A/1``): the levels of its fields, named as the plate
+        names them; a label image or an image's ``labels`` group: the label images'
         levels (attrs ``label_name``, ``label_of``); an array: itself (an OME-Zarr
         level keeps the metadata of the ancestor group listing it). Level stacks
         carry ``attrs["level"]`` and ``attrs["image_uri"]`` (the image group's URI).
@@ -1233,7 +1244,7 @@ def open_zarr(
     ------
     SourceNotFoundError
         If the store, group or array does not exist (the message lists what is there),
-        or an image has no level of ``levels``.
+        or an image (or an array no image lists: level 0 only) has no level of ``levels``.
     SourceFormatError
         If the path is not a Zarr store, a group has no arrays, or metadata is invalid.
     ShapeMismatchError
@@ -1257,7 +1268,7 @@ def open_zarr(
             opened = _level_source(ms, level, location, node, axes)
             opened.attrs["image_uri"] = image_uri
             return [opened]
-        return [_plain_source(location, node, axes)]
+        return [_plain_source(location, node, axes, levels)]
     attrs = node.attrs.asdict()
     if _ngff(attrs)[0]:
         found_levels = list(_image_levels(node, location, axes, store, levels))
@@ -1270,6 +1281,8 @@ def open_zarr(
         return _labels(label_names, location, axes, store, levels)
     if isinstance(_ome_holder(attrs).get("plate"), Mapping):
         return _plate_fields(node, location, axes, store, levels)
+    if isinstance(_ome_holder(attrs).get("well"), Mapping):
+        return _well_alone(node, location, axes, store, levels)
     if "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in _ome_holder(attrs):
         return _layout_images(node, location, axes, store, levels)
     arrays = _first_level_arrays(node, location)
@@ -1280,7 +1293,7 @@ def open_zarr(
             f"(e.g. {location.uri().rstrip('/')}/<name>)"
         )
         raise SourceFormatError(msg)
-    return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes) for name, arr in arrays]
+    return [_plain_source(location.child(f"{location.path}/{name}"), arr, axes, levels) for name, arr in arrays]
 
 
 def _ome_holder(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1334,7 +1347,7 @@ def _plate_fields(
         raise _bad_metadata(
             where, "plate.wells", f"must be a non-empty list of {{'path': 'A/1', ...}}, got {wells!r:.200}"
         )
-    plate_name = str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+    plate_name = _plate_name(plate, location)
     out: list[OpenedSource] = []
     for i, well in enumerate(wells):
         well_path = well.get("path") if isinstance(well, Mapping) else None
@@ -1346,25 +1359,70 @@ def _plate_fields(
         if well_group is None:
             msg = f"well {well_path!r} listed in the plate metadata of {where!r} is not a group at {well_loc.uri()!r}"
             raise SourceNotFoundError(msg)
-        images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
-        if not isinstance(images, list):
-            raise _bad_metadata(
-                well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}"
-            )
-        row, _, column = well_path.partition("/")
-        for f, image in enumerate(images):
-            image_path = image.get("path") if isinstance(image, Mapping) else None
-            if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
-                raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
-            field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
-            field_group = _try_group(field_loc, store)
-            if field_group is None:
-                msg = f"field {image_path!r} of well {well_path!r} of {where!r} is not a group at {field_loc.uri()!r}"
-                raise SourceNotFoundError(msg)
-            for opened in _image_levels(field_group, field_loc, axes, store, levels):
-                opened.attrs.update(plate=plate_name, well=well_path, row=row, column=column, field=f)
-                out.append(opened)
+        out += _well_fields(well_group, well_loc, well_path, plate_name, axes, store, levels)
     return out
+
+
+def _plate_name(plate: Mapping[str, Any], location: ZarrLocation) -> str:
+    """A plate's name: its metadata's ``name``, else the plate group's own name."""
+    return str(plate.get("name") or location.path.rsplit("/", 1)[-1] or location.root.rsplit("/", 1)[-1])
+
+
+def _well_fields(
+    well_group: zarr_lib.Group,
+    well_loc: ZarrLocation,
+    well_path: str,
+    plate_name: str | None,
+    axes: str,
+    store: Store,
+    levels: tuple[int, ...] | None,
+) -> list[OpenedSource]:
+    """Every (selected) level of every field of one well (``well_path``: ``"A/1"``), in the well's image order.
+
+    attrs ``plate`` (unless None), ``well``, ``row``, ``column``, ``field`` (index in the well).
+    """
+    images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
+    if not isinstance(images, list):
+        raise _bad_metadata(well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}")
+    row, _, column = well_path.partition("/")
+    names = {"plate": plate_name} if plate_name is not None else {}
+    out: list[OpenedSource] = []
+    for f, image in enumerate(images):
+        image_path = image.get("path") if isinstance(image, Mapping) else None
+        if not isinstance(image_path, (str, int)) or isinstance(image_path, bool):
+            raise _bad_metadata(well_loc.uri(), f"well.images[{f}]", f"needs a 'path', got {image!r:.200}")
+        field_loc = well_loc.child(f"{well_loc.path}/{str(image_path).strip('/')}")
+        field_group = _try_group(field_loc, store)
+        if field_group is None:
+            msg = f"field {image_path!r} of well {well_loc.uri()!r} is not a group at {field_loc.uri()!r}"
+            raise SourceNotFoundError(msg)
+        for opened in _image_levels(field_group, field_loc, axes, store, levels):
+            opened.attrs.update(names, well=well_path, row=row, column=column, field=f)
+            out.append(opened)
+    return out
+
+
+def _well_alone(
+    group: zarr_lib.Group, location: ZarrLocation, axes: str, store: Store, levels: tuple[int, ...] | None
+) -> list[OpenedSource]:
+    """The fields of a well group opened by its own path (``plate.zarr/A/1``), named as the plate names them.
+
+    The well is ``row/column``: the last two parts of its path; the plate, the group above them when
+    its plate metadata lists that well.
+    """
+    parts = [p for p in location.path.split("/") if p]
+    every = [p for p in location.root.split("/") if p] + parts  # a well at the root of its store: the root's name
+    well_path = "/".join(every[-2:])
+    plate_name = None
+    if len(parts) >= 2:
+        plate_loc = location.child("/".join(parts[:-2]))
+        plate_group = _try_group(plate_loc, store)
+        plate = _ome_holder(plate_group.attrs.asdict()).get("plate") if plate_group is not None else None
+        if isinstance(plate, Mapping):
+            listed = [str(w.get("path", "")).strip("/") for w in plate.get("wells") or [] if isinstance(w, Mapping)]
+            if well_path in listed:
+                plate_name = _plate_name(plate, plate_loc)
+    return _well_fields(group, location, well_path, plate_name, axes, store, levels)
 
 
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
@@ -1412,7 +1470,17 @@ def _first_level_arrays(group: zarr_lib.Group, location: ZarrLocation) -> list[t
         raise SourceReadError(msg) from exc
 
 
-def _plain_source(location: ZarrLocation, array: zarr_lib.Array, axes: str) -> OpenedSource:
+def _plain_source(
+    location: ZarrLocation, array: zarr_lib.Array, axes: str, levels: tuple[int, ...] | None = None
+) -> OpenedSource:
+    """An array that no OME-Zarr image lists: one resolution level, level 0 (as a TIFF series without a pyramid)."""
+    if levels is not None and levels[-1] >= 1:
+        msg = (
+            f"Zarr array {location.uri()!r} is not a level of an OME-Zarr image: it has 1 resolution level "
+            f"(level 0), not level {levels[-1]} asked for by levels={list(levels)}; "
+            "give levels=0 or levels='all', or open an OME-Zarr image (a group with multiscales metadata)"
+        )
+        raise SourceNotFoundError(msg)
     reader = ZarrArrayReader(location, array)
     attrs = {"zarr_format": reader.zarr_format}
     return OpenedSource(reader=reader, source=location.uri(), format="zarr", axes=axes, attrs=attrs)

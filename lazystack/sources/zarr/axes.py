@@ -111,13 +111,15 @@ def _array_dim_axes(array: Any) -> str | None:
 
 
 def _first_image(group: Any) -> Any:
-    """The first image of a plate (first well, first field), a bioformats2raw layout or a labels group, or None."""
+    """The first image of a plate (first well, first field), a well, a bioformats2raw layout or a labels group."""
     holder = _ome_holder(group.attrs)
     try:
         plate = holder.get("plate")
         if isinstance(plate, dict):
             well = group[str(plate["wells"][0]["path"]).strip("/")]
             return well[str(_ome_holder(well.attrs)["well"]["images"][0]["path"]).strip("/")]
+        if isinstance(holder.get("well"), dict):  # a well of a plate: its first field
+            return group[str(holder["well"]["images"][0]["path"]).strip("/")]
         if "bioformats2raw.layout" in holder:
             return group["0"]
         labels = holder.get("labels")

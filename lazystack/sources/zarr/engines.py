@@ -29,12 +29,14 @@ import asyncio
 import atexit
 import contextlib
 import itertools
+import lzma
 import math
 import os
 import sys
 import threading
 import time
 import weakref
+import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,7 +46,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ...core.errors import MissingDependencyError, SourceReadError
+from ...core.errors import LazyStackError, MissingDependencyError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from ...io.process import at_fork, current_pid
 from ...io.reader import ReaderCapabilities, float32_is_exact
@@ -62,6 +64,7 @@ __all__ = [
     "available_engines",
     "close_http_session_at_exit",
     "get_zarr_engine",
+    "is_read_failure",
     "is_retryable",
     "make_engine",
     "set_zarr_engine",
@@ -328,15 +331,59 @@ class ZarrPythonEngine(ZarrEngine):
                     raise SourceReadError(msg) from e
         try:
             return np.asarray(self.array[self.chunk_region(idx)])
-        except (MemoryError, IndexError, TypeError, SourceReadError):
+        except SourceReadError:
             raise
-        except Exception as e:  # zarr's own (a codec's, a checksum's): named with the array, as the engines' errors
+        except Exception as e:
+            if not is_read_failure(e):  # a programming error (a codec's NotImplementedError ...): as it is
+                raise
+            # the store's, a codec's, a checksum's: named with the array, as the engines' errors
             msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {type(e).__name__}: {e}"
             raise SourceReadError(msg) from e
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Decode chunks with ``array[region]`` (concurrently when several)."""
         return fetch_concurrently(indices, self._one)
+
+
+#: What reading stored chunks raises when the bytes or the store fail (see [`is_read_failure()`][is_read_failure]).
+_READ_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+def is_read_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while reading chunks through zarr, says the stored data could not be read.
+
+    Read failures: the store's and the network's (``OSError``: a missing or unreadable file, a
+    timeout, fsspec's errors; aiohttp's ``ClientError``), a codec's on damaged bytes (numcodecs'
+    blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or ``EOFError``, zlib ``zlib.error``,
+    lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
+    (``ValueError``), and lazystack's own errors. They are wrapped as ``SourceReadError`` naming the
+    array and the chunk. Anything else (``NotImplementedError``, ``RecursionError``, ``TypeError``,
+    ``AttributeError``, ``IndexError``, ``KeyError``, ``MemoryError`` ...) is a programming error or
+    a resource limit, and propagates as it is.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception a read raised.
+
+    Returns
+    -------
+    bool
+        True for a read failure.
+    """
+    if isinstance(exc, (NotImplementedError, RecursionError)):  # RuntimeErrors of code, not of data
+        return False
+    if isinstance(exc, (*_READ_FAILURES, LazyStackError)):
+        return True
+    aiohttp = sys.modules.get("aiohttp")  # not imported: none of its errors can have been raised
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
 def check_blosc_frame(raw: Any) -> None:
@@ -378,20 +425,25 @@ class _StaleChunkError(SourceReadError):
     """A local chunk (or shard) file was modified after its array was opened: the store changed under a reader.
 
     Raised on the cold path only (a chunk read from its file), so that a patch never mixes chunks cached
-    before a rewrite with chunks decoded after it.
+    before a rewrite with chunks decoded after it. Built from its message alone, as every lazystack error
+    (unpickled, or re-raised by a DataLoader from a worker as ``type(err)(message)``); [`of()`][of] writes
+    the message for a chunk file.
     """
 
-    def __init__(self, path: str, key: str | None = None, array: str | None = None) -> None:
-        if key is None:  # rebuilt from its message alone (unpickled; re-raised by a DataLoader from a worker)
-            super().__init__(path)
-            return
+    def __init__(
+        self, message: str, *, path: str | None = None, key: str | None = None, array: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path, self.key, self.array = path, key, array
+
+    @classmethod
+    def of(cls, path: str, key: str, array: str | None) -> _StaleChunkError:
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
             "the opening; reopen the array to read the new data"
         )
-        super().__init__(msg)
-        self.path, self.key, self.array = path, key, array
+        return cls(msg, path=path, key=key, array=array)
 
 
 def _is_compressed(array: Any) -> bool:
@@ -748,7 +800,7 @@ class DirectEngine(ZarrEngine):
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
         if mtime_ns <= time.time_ns():
-            raise _StaleChunkError(self._where(key), key, self._array_where())
+            raise _StaleChunkError.of(self._where(key), key, self._array_where())
 
     def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
         """For chunks decoded by another engine: raise ``SourceReadError`` when a local
