@@ -99,7 +99,7 @@ class PatchDataset:
         patches held never exceed the budget.
     decode_threads : int, optional
         Threads each process reading batches decodes on (see
-        [`lazystack.io.chunked.decode_threads()`][lazystack.io.chunked.decode_threads]).
+        ``lazystack.io.chunked.decode_threads()``).
         By default, in a DataLoader worker the process's cores divided by the
         number of workers (at least 1), so that the workers together run one
         decoding thread per core; in the main process (``num_workers=0``)
