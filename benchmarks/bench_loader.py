@@ -62,7 +62,8 @@ Reported per reader: patches/s (median over rounds), p50 / p99 of the batch
 intervals (pooled over rounds; with workers they include the hand-off to the
 main process), the *in-worker* p50 / p99 (the time of each batch's
 ``__getitems__`` call where it ran, carried back in the batch: the reader's
-own time, first batch of a round excluded, pooled over rounds), time to the first batch (median), and for
+own time; each process's first batch of a round, which opens the stores, left
+out; pooled over rounds), time to the first batch (median), and for
 worker runs each worker's RSS at its start and its peak RSS (``VmHWM`` of
 ``/proc/self/status``, read by the collate function in the worker at every
 batch; the value with the last batch is the peak). Then the issue's targets as
@@ -477,10 +478,11 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
             stamps, rss, first, reads = [], {}, None, []
             for batch in loader:
                 stamps.append(time.perf_counter())
-                reads.append(int(batch["read_ns"][0]))
                 if first is None:
                     first = batch["input"].numpy()
                 wid, start_kib, peak_kib = (int(v) for v in batch["rss"])
+                if wid in rss:  # a process's first read opens the stores: a one-off, left out
+                    reads.append(int(batch["read_ns"][0]))
                 rss[wid] = (start_kib, peak_kib)
             del loader
             intervals = np.diff(stamps)
@@ -491,7 +493,7 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                         "first_s": stamps[0] - start,
                         "patches_per_s": BATCH * len(intervals) / (stamps[-1] - stamps[0]),
                         "intervals_ms": (1e3 * intervals).tolist(),
-                        "reads_ms": [ns / 1e6 for ns in reads[1:]],  # the batches the intervals end with
+                        "reads_ms": [ns / 1e6 for ns in reads],
                         "rss_kib": rss,
                         "process_peak_kib": _status_kib("VmHWM"),
                         "first": first,
