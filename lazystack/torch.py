@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from .core.errors import ChannelIndexError, MissingDependencyError
-from .io import chunked
 from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
@@ -97,23 +96,14 @@ class PatchDataset:
         (those of the batch just served) fit in what is left, and one that
         turns out larger than what is left is dropped once read, so the
         patches held never exceed the budget.
-    decode_threads : int, optional
-        Threads each process reading batches decodes on (see
-        ``lazystack.io.chunked.decode_threads()``).
-        By default, in a DataLoader worker the process's cores divided by the
-        number of workers (at least 1), so that the workers together run one
-        decoding thread per core; in the main process (``num_workers=0``)
-        all its cores, left unchanged. When given, this many (at most the
-        cores) in every worker and in the main process, set when the
-        process reads its first batch.
 
     Raises
     ------
     ValueError
-        For a negative ``epoch`` or ``read_ahead``, a ``read_ahead_bytes``
-        that is not a size, or ``decode_threads`` below 1.
+        For a negative ``epoch`` or ``read_ahead``, or a ``read_ahead_bytes``
+        that is not a size.
     TypeError
-        For an ``epoch``, ``read_ahead`` or ``decode_threads`` that is not an integer.
+        For an ``epoch`` or ``read_ahead`` that is not an integer.
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -162,7 +152,6 @@ class PatchDataset:
         epoch: int = 0,
         read_ahead: int = 0,
         read_ahead_bytes: int | str = DEFAULT_READ_AHEAD_BYTES,
-        decode_threads: int | None = None,
     ) -> None:
         _torch()
         self.stacks = list(stacks)
@@ -196,15 +185,7 @@ class PatchDataset:
             msg = f"read_ahead must be a number of batches >= 0, got {read_ahead!r}"
             raise ValueError(msg)
         self.read_ahead_bytes = parse_size(read_ahead_bytes, "read_ahead_bytes")
-        if decode_threads is not None:
-            threads = _as_int("decode_threads", decode_threads)
-            if threads < 1 or isinstance(decode_threads, bool):
-                msg = f"decode_threads must be an integer >= 1 or None, got {decode_threads!r}"
-                raise ValueError(msg)
-            decode_threads = threads
-        self.decode_threads = decode_threads
         self._ahead: _ReadAhead | None = None
-        self._threads_pid = -1  # the process whose decoding budget this dataset has set (see _set_threads)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -297,19 +278,8 @@ class PatchDataset:
         ahead.learn(sum(int(p.nbytes) for p in result[1]))
         return result
 
-    def _set_threads(self) -> None:
-        """Set this process's decoding budget once (see ``decode_threads``): in a DataLoader worker, or if given."""
-        self._threads_pid = current_pid()
-        info = _torch().utils.data.get_worker_info()
-        if self.decode_threads is not None:
-            chunked.set_decode_threads(self.decode_threads)
-        elif info is not None:
-            chunked.set_decode_threads(max(1, chunked.CPU_WORKERS // max(1, info.num_workers)))
-
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
-        if self._threads_pid != current_pid():
-            self._set_threads()
         keys = [self._key(i) for i in indices]
         if self.read_ahead and keys:
             specs, patches = self._read_ahead(keys)

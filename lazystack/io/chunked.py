@@ -55,7 +55,6 @@ __all__ = [
     "ChunkIndex",
     "ChunkedReader",
     "copy_piece",
-    "decode_threads",
     "FunctionChunkedReader",
     "as_chunked_reader",
     "FetchChunks",
@@ -64,7 +63,6 @@ __all__ = [
     "normalize_key",
     "PARALLEL_MIN_CHUNKS",
     "read_region",
-    "set_decode_threads",
     "shared_executor",
 ]
 
@@ -117,67 +115,8 @@ PARALLEL_MIN_CHUNKS = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_CHUNKS", "0") o
 #: Fewest decoded bytes of one region read (cache off) shared over the cores (``LAZYSTACK_PARALLEL_MIN_BYTES``).
 PARALLEL_MIN_BYTES = int(os.environ.get("LAZYSTACK_PARALLEL_MIN_BYTES", "0") or 0) or 1 << 20
 
-#: This process's cores (its CPU affinity at import, at most ``POOL_WORKERS``): the most threads the CPU-bound
-#: work of one read is split over (decoding: more threads than cores only adds switches). The threads actually
-#: used are [`decode_threads()`][decode_threads], which a DataLoader worker lowers.
+#: Cores the CPU-bound work of one read is split over (decoding: more threads than cores only adds switches).
 CPU_WORKERS = max(1, min(POOL_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-_DECODE_THREADS: int | None = None  # set_decode_threads(): this process's budget (None: CPU_WORKERS)
-
-
-def decode_threads() -> int:
-    """The threads the CPU-bound work of one read is split over in this process, now.
-
-    [`CPU_WORKERS`][CPU_WORKERS] (the process's cores), unless
-    [`set_decode_threads()`][set_decode_threads] set a smaller budget:
-    [`lazystack.torch.PatchDataset`][lazystack.torch.PatchDataset] does in each
-    DataLoader worker (the cores divided by the workers), so that ``W``
-    workers do not run ``W`` times as many decoding threads as there are cores.
-
-    Returns
-    -------
-    int
-        At least 1, at most [`CPU_WORKERS`][CPU_WORKERS].
-    """
-    n = _DECODE_THREADS
-    return CPU_WORKERS if n is None else min(n, CPU_WORKERS)
-
-
-def set_decode_threads(n: int | None) -> int | None:
-    """Set this process's decoding-thread budget (see [`decode_threads()`][decode_threads]).
-
-    A forked child inherits it; a spawned one starts without (a DataLoader
-    worker's dataset sets its own).
-
-    Parameters
-    ----------
-    n : int or None
-        Threads (at least 1; more than [`CPU_WORKERS`][CPU_WORKERS] counts as
-        ``CPU_WORKERS``), or None for no budget (all the process's cores).
-
-    Returns
-    -------
-    int or None
-        The previous setting.
-
-    Raises
-    ------
-    ValueError
-        If ``n`` is less than 1.
-    TypeError
-        If ``n`` is neither an int nor None.
-    """
-    global _DECODE_THREADS
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-            msg = f"decode threads must be an int >= 1 or None, got {n!r}"
-            raise TypeError(msg)
-        if n < 1:
-            msg = f"decode threads must be an int >= 1 or None, got {n!r}"
-            raise ValueError(msg)
-        n = int(n)
-    previous, _DECODE_THREADS = _DECODE_THREADS, n
-    return previous
 
 
 _K = TypeVar("_K", bound=Hashable)
@@ -193,8 +132,8 @@ def fetch_concurrently(
     """Call ``fetch_one`` for every index, spreading the work over the shared pool when there are many.
 
     By default the work is taken to be CPU-bound (decoding local chunks):
-    from [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS] indices on, one thread per core of the
-    process's budget ([`decode_threads()`][decode_threads]), the calling thread one of them, takes the
+    from [`PARALLEL_MIN_CHUNKS`][PARALLEL_MIN_CHUNKS] indices on, one thread per core
+    ([`CPU_WORKERS`][CPU_WORKERS]), the calling thread one of them, takes the
     indices one at a time from a shared iterator: one hand-off per thread, and
     a thread that is descheduled on a busy machine holds up one index only.
     With ``min_parallel`` the work is taken to be I/O-bound (remote reads):
@@ -227,13 +166,12 @@ def fetch_concurrently(
     else:
         limit = PARALLEL_MIN_CHUNKS
     n = len(indices)
-    threads = 1 if io_bound else decode_threads()
-    if n < limit or (not io_bound and threads < 2) or threading.current_thread().name.startswith("lazystack-io"):
-        # Few chunks, one decoding thread, or already inside the pool (nested fetch: never wait on ourselves).
+    if n < limit or (not io_bound and CPU_WORKERS < 2) or threading.current_thread().name.startswith("lazystack-io"):
+        # Few chunks, one core, or already inside the pool (nested fetch: never wait on ourselves).
         return {idx: fetch_one(idx) for idx in indices}
     pool = shared_executor()
     if not io_bound:
-        return _fetch_on_cores(indices, fetch_one, pool, min(threads, n))
+        return _fetch_on_cores(indices, fetch_one, pool, min(CPU_WORKERS, n))
     shares = [[idx] for idx in indices]
 
     def run(share: list[_K]) -> list[Any]:

@@ -13,7 +13,7 @@ How the chunks are read depends on where they live:
 
   - requests for every channel wholly inside an identity view (a training
     loop's) are *scattered*: the chunks they touch are shared over the cores
-    (the process's [`decode_threads()`][lazystack.io.chunked.decode_threads]) in grid order, and each chunk
+    ([`CPU_WORKERS`][lazystack.io.chunked.CPU_WORKERS]) in grid order, and each chunk
     is decoded once, copied (cast to ``float32``) straight into every patch
     it feeds, and dropped;
   - the others (a channel list, a patch leaving the image, a view), and any
@@ -70,7 +70,6 @@ from ..io.chunked import (
     ChunkedReader,
     ChunkIndex,
     copy_piece,
-    decode_threads,
     fetch_concurrently,
 )
 from ..io.process import at_fork
@@ -421,8 +420,7 @@ class _Batch:
 
     def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
         """Serve requests through their stacks, each core streaming through a chunk-disjoint share."""
-        # the process's decoding budget (CPU_WORKERS: the cores, as imported here)
-        shares = _shares(items, min(CPU_WORKERS, decode_threads()))
+        shares = _shares(items, CPU_WORKERS)
         bound = max(1, self.max_bytes // len(shares))
 
         def run(j: int) -> None:
