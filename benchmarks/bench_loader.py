@@ -794,8 +794,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "patches_per_s_rounds": [x["patches_per_s"] for x in rs],
                     "p50_ms": float(np.percentile(intervals, 50)),
                     "p99_ms": float(np.percentile(intervals, 99)),
-                    "read_p50_ms": float(np.percentile(reads, 50)),
-                    "read_p99_ms": float(np.percentile(reads, 99)),
+                    # None: no process read more than its first batch (a run of very few batches)
+                    "read_p50_ms": float(np.percentile(reads, 50)) if reads else None,
+                    "read_p99_ms": float(np.percentile(reads, 99)) if reads else None,
                     "first_batch_s": statistics.median(x["first_s"] for x in rs),
                     "cache_bound_mib": runners[name].bound_mib,
                     "workers_rss_mib": workers_rss,
@@ -816,6 +817,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def _read_columns(row: dict[str, Any]) -> str:
+    """The in-worker p50, p99 and p99/p50 columns (dashes when no batch was timed)."""
+    p50, p99 = row["read_p50_ms"], row["read_p99_ms"]
+    if p50 is None:
+        return f"{'-':>14}{'-':>7}{'-':>8}"
+    return f"{p50:>14.1f}{p99:>7.1f}{p99 / p50:>8.2f}"
+
+
 def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
     print(f"-- {label} (patches/s: median of {rounds} round(s); p50/p99: batch intervals pooled)")
     head = f"   {'reader':<26}{'patches/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99/p50':>8}{'first s':>9}"
@@ -831,7 +840,7 @@ def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
         print(
             f"   {name:<26}{row['patches_per_s']:>10.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
             f"{row['p99_ms'] / row['p50_ms']:>8.2f}{row['first_batch_s']:>9.2f}"
-            f"{row['read_p50_ms']:>14.1f}{row['read_p99_ms']:>7.1f}{row['read_p99_ms'] / row['read_p50_ms']:>8.2f}"
+            f"{_read_columns(row)}"
             f"   {rss}",
             flush=True,
         )
