@@ -61,7 +61,11 @@ first batch (DataLoader creation to first batch: worker start-up, imports,
 opening) is reported apart.
 
 Reported per reader: patches/s (median over rounds), p50 / p99 of the batch
-intervals (pooled over rounds), time to the first batch (median), and for
+intervals (pooled over rounds; with workers they include the hand-off to the
+main process), the *in-worker* p50 / p99 (the time of each batch's
+``__getitems__`` call where it ran, carried back in the batch: the reader's
+own time; each process's first batch of a round, which opens the stores, left
+out; pooled over rounds), time to the first batch (median), and for
 worker runs each worker's RSS at its start and its peak RSS (``VmHWM`` of
 ``/proc/self/status``, read by the collate function in the worker at every
 batch; the value with the last batch is the peak). Then the issue's targets as
@@ -404,8 +408,38 @@ def worker_init(worker_id: int) -> None:
     _START_RSS_KIB = _status_kib("VmRSS")
 
 
+_LAST_READ_NS = -1
+
+
+class TimedDataset:
+    """A dataset's ``__getitems__``, timed where it runs (a worker, or the main process with 0 workers).
+
+    The time of the last call is kept in this process (``_LAST_READ_NS``) and
+    put into the batch by [`collate_with_rss`][collate_with_rss], which the
+    DataLoader calls in the same process right after it: the reader's own
+    time per batch, without the hand-off to the main process that the
+    batch intervals include.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[Any]) -> list[Any]:
+        global _LAST_READ_NS
+        start = time.perf_counter_ns()
+        items: list[Any] = self.dataset.__getitems__(indices)
+        _LAST_READ_NS = time.perf_counter_ns() - start
+        return items
+
+
 def collate_with_rss(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate`` plus the worker's id, start RSS and peak RSS (``VmHWM``), in KiB."""
+    """``default_collate`` plus the worker's id, start RSS and peak RSS (``VmHWM``, KiB), and the read's time (ns)."""
     import torch
     from torch.utils.data import default_collate, get_worker_info
 
@@ -413,6 +447,7 @@ def collate_with_rss(items: list[dict[str, Any]]) -> dict[str, Any]:
     info = get_worker_info()
     start = _START_RSS_KIB if info is not None else -1
     batch["rss"] = torch.tensor([-1 if info is None else info.id, start, _status_kib("VmHWM")], dtype=torch.int64)
+    batch["read_ns"] = torch.tensor([_LAST_READ_NS], dtype=torch.int64)
     return batch
 
 
@@ -465,7 +500,7 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
             workers = cfg["workers"]
             start = time.perf_counter()
             loader = DataLoader(
-                dataset,
+                TimedDataset(dataset),
                 batch_size=BATCH,
                 sampler=index_sampler,
                 num_workers=workers,
@@ -474,12 +509,14 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                 collate_fn=collate_with_rss,
                 worker_init_fn=worker_init if workers else None,
             )
-            stamps, rss, first = [], {}, None
+            stamps, rss, first, reads = [], {}, None, []
             for batch in loader:
                 stamps.append(time.perf_counter())
                 if first is None:
                     first = batch["input"].numpy()
                 wid, start_kib, peak_kib = (int(v) for v in batch["rss"])
+                if wid in rss:  # a process's first read opens the stores: a one-off, left out
+                    reads.append(int(batch["read_ns"][0]))
                 rss[wid] = (start_kib, peak_kib)
             del loader
             intervals = np.diff(stamps)
@@ -490,6 +527,7 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
                         "first_s": stamps[0] - start,
                         "patches_per_s": BATCH * len(intervals) / (stamps[-1] - stamps[0]),
                         "intervals_ms": (1e3 * intervals).tolist(),
+                        "reads_ms": [ns / 1e6 for ns in reads],
                         "rss_kib": rss,
                         "process_peak_kib": _status_kib("VmHWM"),
                         "first": first,
@@ -776,6 +814,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows = {}
             for name, rs in per.items():
                 intervals = [v for x in rs for v in x["intervals_ms"]]
+                reads = [v for x in rs for v in x["reads_ms"]]
                 workers_rss: dict[str, dict[str, float]] = {}
                 for x in rs:
                     for wid, (start_kib, peak_kib) in x["rss_kib"].items():
@@ -789,6 +828,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "patches_per_s_rounds": [x["patches_per_s"] for x in rs],
                     "p50_ms": float(np.percentile(intervals, 50)),
                     "p99_ms": float(np.percentile(intervals, 99)),
+                    # None: no process read more than its first batch (a run of very few batches)
+                    "read_p50_ms": float(np.percentile(reads, 50)) if reads else None,
+                    "read_p99_ms": float(np.percentile(reads, 99)) if reads else None,
                     "first_batch_s": statistics.median(x["first_s"] for x in rs),
                     "cache_bound_mib": runners[name].bound_mib,
                     "workers_rss_mib": workers_rss,
@@ -809,9 +851,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def _read_columns(row: dict[str, Any]) -> str:
+    """The in-worker p50, p99 and p99/p50 columns (dashes when no batch was timed)."""
+    p50, p99 = row["read_p50_ms"], row["read_p99_ms"]
+    if p50 is None:
+        return f"{'-':>14}{'-':>7}{'-':>8}"
+    return f"{p50:>14.1f}{p99:>7.1f}{p99 / p50:>8.2f}"
+
+
 def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
     print(f"-- {label} (patches/s: median of {rounds} round(s); p50/p99: batch intervals pooled)")
     head = f"   {'reader':<26}{'patches/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99/p50':>8}{'first s':>9}"
+    head += f"{'in-worker p50':>14}{'p99':>7}{'p99/p50':>8}"
     print(head + "   RSS per worker MiB (start -> peak; cache bound)")
     for name, row in rows.items():
         rss = ", ".join(f"w{w} {v['start_mib']:.0f}->{v['peak_mib']:.0f}" for w, v in row["workers_rss_mib"].items())
@@ -822,7 +873,9 @@ def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
             rss += f"; bound {bound:.0f}"
         print(
             f"   {name:<26}{row['patches_per_s']:>10.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
-            f"{row['p99_ms'] / row['p50_ms']:>8.2f}{row['first_batch_s']:>9.2f}   {rss}",
+            f"{row['p99_ms'] / row['p50_ms']:>8.2f}{row['first_batch_s']:>9.2f}"
+            f"{_read_columns(row)}"
+            f"   {rss}",
             flush=True,
         )
     for name in rows:

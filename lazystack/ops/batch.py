@@ -498,13 +498,17 @@ class _Batch:
         grid = reader.chunk_grid
         dtype = reader.dtype
         blocks = self._new_blocks(indices)
+        cast: dict[ChunkIndex, np.ndarray] = {}  # chunks not in the reader's dtype, each cast once for the round
         for i, block in blocks.items():
             region = self.regions[i]
             assert region is not None
             for idx, src, dst in grid.pieces(region):
                 chunk = chunks[idx]
                 if chunk.dtype != dtype:
-                    chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
+                    held = cast.get(idx)
+                    if held is None:
+                        held = cast[idx] = chunk.astype(dtype)  # as a read casts it, before the cast to float32
+                    chunk = held
                 copy_piece(block, idx, chunk, src, dst, region, grid)
         self._finish(blocks)
         return set(blocks)
