@@ -49,6 +49,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise, product
 from typing import Any
 from uuid import uuid4
 
@@ -385,13 +386,13 @@ def _run(func: Callable[..., dict[str, Any]], source: Any, key: Any, cpos: int |
 def _stack_blocks(stack: Any) -> list[Block]:
     """One block per chunk of the stack's view, read straight from the stack (one task per chunk)."""
     from dask import delayed
-    from dask.array.core import slices_from_chunks
 
     axes = stack.axes_model.axes
     cpos = axes.index("C") if "C" in axes else None
     # the stack enters the graph once, under a fresh name (no hashing of its data)
     source = delayed(stack, name=f"lazystack-stack-{uuid4().hex}", pure=False)
-    keys = slices_from_chunks(stack.original_chunks)  # one tuple of slices per chunk, in C order
+    bounds = [list(accumulate(map(int, c), initial=0)) for c in stack.original_chunks]
+    keys = product(*[[slice(lo, hi) for lo, hi in pairwise(edges)] for edges in bounds])  # per chunk, C order
     return [(source, key, cpos, 0 if cpos is None else key[cpos].start) for key in keys]
 
 
