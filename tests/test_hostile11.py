@@ -33,7 +33,7 @@ import tifffile
 from conftest import shared_files
 
 import lazystack
-from lazystack import SourceReadError
+from lazystack import SourceFormatError, SourceReadError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -129,6 +129,17 @@ def test_tile_somewhat_larger_than_the_image_still_reads(tmp_path: Path) -> None
     tifffile.imwrite(path, data, tile=(256, 256), compression="zlib", metadata=None)
     (stack,) = lazystack.load_tiffs([path], "YX")
     np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (40, 50))[0], tifffile.imread(path))
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_rows_per_strip_zero_is_a_clear_error(tmp_path: Path, compression: str | None) -> None:
+    """RowsPerStrip 0: tifffile's own TiffFileError (or ZeroDivisionError) must not reach the caller."""
+    path = tmp_path / "rows-per-strip-0.tif"
+    tifffile.imwrite(path, np.ones((64, 64), np.uint16), compression=compression, rowsperstrip=16, metadata=None)
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tif.pages.first.tags["RowsPerStrip"].overwrite(0)
+    with pytest.raises(SourceFormatError, match=re.escape(str(path))):
+        lazystack.load_tiffs([path], "YX")
 
 
 def _ome_tiff(path: Path, edit: tuple[str, str]) -> None:

@@ -73,7 +73,12 @@ Errors
     installed) or [`SourceFormatError`][lazystack.SourceFormatError] (unknown codec),
     raised when the stack is created. Pixel data cut short (a truncated
     file) raises [`SourceReadError`][lazystack.SourceReadError] naming the file when
-    the missing bytes are read, never zeros.
+    the missing bytes are read, never zeros. Metadata that would make a read
+    allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
+    at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
+    planes (tifffile makes a list entry per plane), tiles or strips decoding
+    to more than 64 MiB and 4 times their image. A FIFO, device or socket
+    named like a TIFF is refused before it is opened (a FIFO would block).
 """
 
 from __future__ import annotations
@@ -954,8 +959,13 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
     if 0 in shape:
         msg = f"{where}: image series has an empty dimension, shape {shape} (ImageWidth / ImageLength 0?)"
         raise SourceFormatError(msg)
+    try:  # tifffile raises its own error for a RowsPerStrip of 0
+        grid = keyframe.chunked
+    except Exception as exc:
+        msg = f"{where}: the first page's tiles / strips cannot be laid out ({_why(exc)}): the tags are corrupt"
+        raise SourceFormatError(msg) from exc
     _check_segment_size(where, keyframe)
-    expected = math.prod(int(n) for n in keyframe.chunked)
+    expected = math.prod(int(n) for n in grid)
     stored = len(keyframe.dataoffsets)
     if stored != expected or len(keyframe.databytecounts) != stored:
         msg = (
