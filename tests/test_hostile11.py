@@ -478,6 +478,54 @@ def test_zarr_chunk_declared_far_larger_than_its_file(tmp_path: Path, kind: str,
     assert str(source) in result["message"]
 
 
+SHARD_INDEX_REASON = (
+    "sources/zarr/engines.py: a shard index entry (offset 0, nbytes 2**40) in a 2 KB shard makes the auto, direct "
+    "and zarr engines try to read 1 TiB: a bare MemoryError (not a LazyStackError, no path); and with "
+    "LAZYSTACK_ZARR_ENGINE=zarr an entry at offset 10**12 reads silently as the fill value. Fix: check every index "
+    "entry against the shard's size before reading (offset + nbytes <= shard size - index size) and raise "
+    "SourceReadError naming the shard and the entry, as tensorstore does (OUT_OF_RANGE)"
+)
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
+        pytest.param("direct", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
+        pytest.param("zarr", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
+        "tensorstore",
+    ],
+)
+def test_shard_index_pointing_past_its_shard(tmp_path: Path, engine: str) -> None:
+    """Index entries (offset, nbytes) of (10**12, 512) and (0, 2**40) in a 2 KB shard: a read error naming the shard."""
+    import zarr
+    from zarr.codecs import BytesCodec, ShardingCodec
+
+    sources = []
+    for name, entry in (("past-end", (10**12, 512)), ("huge-nbytes", (0, 2**40))):
+        group = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w", zarr_format=3)
+        codec = ShardingCodec(chunk_shape=(1, 16, 16), codecs=[BytesCodec()], index_codecs=[BytesCodec()])
+        array = group.create_array(
+            "img", shape=(2, 32, 32), dtype="uint16", chunks=(1, 32, 32), serializer=codec, compressors=None
+        )
+        array[...] = 7
+        shard = tmp_path / f"{name}.zarr" / "img" / "c" / "0" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        struct.pack_into("<QQ", raw, len(raw) - 4 * 16, *entry)  # the first of the 4 entries of the index at the end
+        shard.write_bytes(bytes(raw))
+        sources.append(str(tmp_path / f"{name}.zarr" / "img"))
+    code = f"""
+    lazystack.set_zarr_engine({engine!r})
+    for source in {sources!r}:
+        (stack,) = lazystack.load_zarrs([source], "SYX")
+        report(lambda: stack.extract_patch(0, None, (0, 0), (16, 16)).sum())
+    """
+    results = run_child(code)
+    assert len(results) == 2
+    for source, result in zip(sources, results, strict=True):
+        assert_clear(result, "SourceReadError", source.removesuffix("/img"))
+
+
 # -- a lying HTTP server ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def lying_server(root: Path) -> Iterator[tuple[str, dict[str, str]]]:
