@@ -274,6 +274,23 @@ def test_tiff_name_on_a_fifo_device_or_loop(tmp_path: Path, kind: str) -> None:
         assert_clear(result, error, str(path), word)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])  # memory-mapped, decoded segments
+def test_tiff_replaced_by_a_fifo_after_open(tmp_path: Path, compression: str | None) -> None:
+    """A FIFO renamed over the file between ``load`` and the first patch: a read error, not a blocked reopen."""
+    path = tmp_path / "x.tif"
+    tile = (16, 16) if compression else None
+    tifffile.imwrite(path, np.ones((64, 64), np.uint16), compression=compression, tile=tile, metadata=None)
+    code = f"""
+    P = {str(path)!r}
+    (stack,) = lazystack.load_tiffs([P], "YX")
+    os.mkfifo(P + ".fifo")
+    os.rename(P + ".fifo", P)
+    report_unblocking(lambda: stack.extract_patch(0, None, (0, 0), (8, 8)))
+    """
+    (result,) = run_child(code)
+    assert_clear(result, "SourceReadError", str(path), "FIFO", "changed since the stack was opened")
+
+
 def test_info_on_a_folder_holding_a_fifo(tmp_path: Path) -> None:
     """``lazystack info folder/`` names the FIFO among its failures and still describes the good file."""
     tifffile.imwrite(tmp_path / "good.tif", np.ones((8, 8), np.uint8))

@@ -177,6 +177,15 @@ def _why(exc: BaseException) -> str:
     return str(exc) or repr(exc)
 
 
+def _check_still_a_file(path: str) -> None:
+    """Before a handle (re)opens ``path``: a FIFO or device renamed over the file would block or never end."""
+    try:
+        check_regular_file(path, "TIFF file", "a TIFF file")
+    except SourceFormatError as exc:
+        msg = f"TIFF file {path!r} changed since the stack was opened: {exc}; load it again"
+        raise SourceReadError(msg) from exc
+
+
 def _fstat(fh: Any, path: str) -> os.stat_result:
     """stat of the file tifffile opened (its descriptor), else of the path."""
     with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -203,6 +212,7 @@ class _MemmapHandle:
     ) -> None:
         dt = np.dtype(dtype)
         nbytes = math.prod(shape) * dt.itemsize
+        _check_still_a_file(path)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below; the map keeps its own descriptor
         except FileNotFoundError:
@@ -311,6 +321,7 @@ class _TiffHandle:
         self._state = threading.Lock()
         #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
         self.lock = threading.RLock()
+        _check_still_a_file(path)
         self.tif = tifffile.TiffFile(path, mode="r")
         try:
             self.fh = self.tif.filehandle
