@@ -11,13 +11,22 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
 from typing import Any
 
 import numpy as np
 
-from ..core.errors import SourceReadError
+from ..core.errors import SourceFormatError, SourceNotFoundError, SourceReadError
 
-__all__ = ["check_mapped_size", "check_stamp", "file_stamp", "mapping_of", "selector_hint", "split_source"]
+__all__ = [
+    "check_mapped_size",
+    "check_regular_file",
+    "check_stamp",
+    "file_stamp",
+    "mapping_of",
+    "selector_hint",
+    "split_source",
+]
 
 _SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
@@ -47,6 +56,68 @@ def check_mapped_size(raw: mmap.mmap, end: int, what: str) -> None:
             f"{what} was truncated since it was opened: its mapped data need {end} bytes, the file now has {size} bytes"
         )
         raise SourceReadError(msg)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is (for messages)."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: str, what: str, accepted: str) -> os.stat_result:
+    """``os.stat(path)``, refusing anything but a regular file before it is opened.
+
+    Opening a FIFO (named pipe) for reading blocks until a writer appears, a
+    device such as ``/dev/zero`` reads without end, and a directory cannot be
+    read as a file: a file name like ``x.tif`` promises none of this. So a
+    source is stat-ed (which never blocks) before any reader opens it.
+
+    Parameters
+    ----------
+    path : str
+        The file (symbolic links are followed).
+    what : str
+        What the file should be, for the message (``"TIFF file"``).
+    accepted : str
+        What would have been accepted (``"a .tif / .tiff file"``).
+
+    Returns
+    -------
+    os.stat_result
+        The file's status.
+
+    Raises
+    ------
+    SourceNotFoundError
+        If ``path`` does not exist (or is a dangling or looping symbolic link).
+    SourceFormatError
+        If ``path`` is a directory, a FIFO, a device or a socket.
+    SourceReadError
+        If it cannot be stat-ed for another reason (permission denied on a folder of its path).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        msg = f"{what} not found: {path!r}"
+        raise SourceNotFoundError(msg) from exc
+    except OSError as exc:
+        if os.path.islink(path):
+            msg = f"{what} {path!r} is a symbolic link that leads nowhere ({exc.strerror}); expected {accepted}"
+            raise SourceNotFoundError(msg) from exc
+        msg = f"cannot read {what} {path!r}: {exc}"
+        raise SourceReadError(msg) from exc
+    if not stat.S_ISREG(st.st_mode):
+        msg = f"{path!r} is {_kind(st.st_mode)}, not a regular file: expected {accepted}"
+        raise SourceFormatError(msg)
+    return st
 
 
 def mapping_of(array: Any) -> mmap.mmap | None:

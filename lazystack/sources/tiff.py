@@ -73,7 +73,12 @@ Errors
     installed) or [`SourceFormatError`][lazystack.SourceFormatError] (unknown codec),
     raised when the stack is created. Pixel data cut short (a truncated
     file) raises [`SourceReadError`][lazystack.SourceReadError] naming the file when
-    the missing bytes are read, never zeros.
+    the missing bytes are read, never zeros. Metadata that would make a read
+    allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
+    at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
+    planes (tifffile makes a list entry per plane), tiles or strips decoding
+    to more than 64 MiB and 4 times their image. A FIFO, device or socket
+    named like a TIFF is refused before it is opened (a FIFO would block).
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ import numpy as np
 
 from ..core.axes import axes_or_none
 from ..core.errors import (
+    LazyStackError,
     MetadataWarning,
     MissingDependencyError,
     SourceFormatError,
@@ -104,7 +110,14 @@ from ..core.errors import (
 )
 from ..core.units import unit_name
 from ..io.chunked import FunctionChunkedReader, fetch_concurrently, normalize_key
-from ..io.handles import check_mapped_size, check_stamp, file_stamp, selector_hint, split_source
+from ..io.handles import (
+    check_mapped_size,
+    check_regular_file,
+    check_stamp,
+    file_stamp,
+    selector_hint,
+    split_source,
+)
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
@@ -139,6 +152,15 @@ def _pmd_bytes() -> int:
 _MAP_GRANULE = min(_pmd_bytes(), 16 << 20)
 #: Pages whose segment offsets are remembered per open file.
 _PAGES_MAX = 1 << 16
+#: A tile (or strip) that decodes to more than this many bytes *and* to more than
+#: [`_SEGMENT_OVERSIZE`][_SEGMENT_OVERSIZE] times its page is refused: a 7 KB file declaring 65536 x 65536
+#: tiles over a 64 x 64 image would make every read allocate 8 GiB.
+_SEGMENT_BYTES_FREE = 64 << 20
+_SEGMENT_OVERSIZE = 4
+#: OME-XML declaring more image planes than this, or than the file has bytes / 8, is refused before
+#: tifffile builds its series: tifffile makes a list entry per declared plane (SizeT="2000000000" in a
+#: 10 KB file is a 48 GB list).
+_OME_PLANES_FREE = 1 << 20
 
 
 # -- per-process open state ------------------------------------------------------------------
@@ -148,6 +170,20 @@ class _HandleClosedError(Exception):
 
 #: A read whose handle keeps being closed under it gives up after this many fresh handles.
 _REOPEN_ATTEMPTS = 50
+
+
+def _why(exc: BaseException) -> str:
+    """An exception's message, or its type when it has none (a ``MemoryError()`` says nothing)."""
+    return str(exc) or repr(exc)
+
+
+def _check_still_a_file(path: str) -> None:
+    """Before a handle (re)opens ``path``: a FIFO or device renamed over the file would block or never end."""
+    try:
+        check_regular_file(path, "TIFF file", "a TIFF file")
+    except SourceFormatError as exc:
+        msg = f"TIFF file {path!r} changed since the stack was opened: {exc}; load it again"
+        raise SourceReadError(msg) from exc
 
 
 def _fstat(fh: Any, path: str) -> os.stat_result:
@@ -176,6 +212,7 @@ class _MemmapHandle:
     ) -> None:
         dt = np.dtype(dtype)
         nbytes = math.prod(shape) * dt.itemsize
+        _check_still_a_file(path)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below; the map keeps its own descriptor
         except FileNotFoundError:
@@ -284,6 +321,7 @@ class _TiffHandle:
         self._state = threading.Lock()
         #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
         self.lock = threading.RLock()
+        _check_still_a_file(path)
         self.tif = tifffile.TiffFile(path, mode="r")
         try:
             self.fh = self.tif.filehandle
@@ -406,7 +444,7 @@ class _TiffHandle:
             shaped = (1, *decoded.shape)
             decoded = decoded.reshape(tuple(1 if j is None else shaped[j] for j in self.page_axes))
         except Exception as exc:
-            msg = f"cannot decode a segment of TIFF file {self.path!r} at offset {offset}: {exc}"
+            msg = f"cannot decode a segment of TIFF file {self.path!r} at offset {offset}: {_why(exc)}"
             raise SourceReadError(msg) from exc
         return np.asarray(decoded, dtype=dtype)
 
@@ -463,7 +501,7 @@ class _TiffHandle:
         except _HandleClosedError:
             raise
         except Exception as exc:
-            msg = f"cannot read image data of TIFF file {self.path!r}: {exc}"
+            msg = f"cannot read image data of TIFF file {self.path!r}: {_why(exc)}"
             raise SourceReadError(msg) from exc
         return np.asarray(data, dtype=dtype).reshape(shape)
 
@@ -824,15 +862,85 @@ def _split_series(path: str) -> tuple[str, int | None, int | None]:
     return (path, None, None) if series is None else (base, series, level)
 
 
-def _check_file(path: str) -> None:
+def _check_file(path: str) -> os.stat_result:
+    """The file's status; a missing file, a directory, a FIFO or device, an empty file raise."""
     if not os.path.exists(path):
         msg = f"TIFF file not found: {path!r}" + selector_hint(path, "series")
         raise SourceNotFoundError(msg)
     if os.path.isdir(path):
         msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
         raise SourceFormatError(msg)
-    if os.path.getsize(path) == 0:
+    # a FIFO named x.tif would block the open for ever, /dev/zero read without end
+    st = check_regular_file(path, "TIFF file", "a TIFF file (.tif, .tiff, .ome.tif ...)")
+    if st.st_size == 0:
         msg = f"TIFF file {path!r} is empty (0 bytes)"
+        raise SourceFormatError(msg)
+    return st
+
+
+def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
+    """Refuse OME-XML that declares absurdly many planes before tifffile builds a list entry for each.
+
+    tifffile's OME series has one entry per plane the XML declares
+    (``SizeZ x SizeC x SizeT``, or all its ``Size*`` over the first page's
+    pixels when ``SizeX`` / ``SizeY`` disagree with the pages, and
+    ``NumPlanes`` / ``PlaneCount`` of each ``TiffData``), whatever the file
+    holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
+    TIFF file stores costs it more than 8 bytes (an IFD entry).
+    """
+    if not tif.is_ome:
+        return
+    text = tif.ome_metadata
+    if not text:
+        return
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return  # tifffile falls back to the pages themselves
+    page_size = max(1, int(tif.pages.first.size))
+    most = max(_OME_PLANES_FREE, file_size // 8)
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "Pixels":
+            try:
+                sizes = {ax: int(element.get(f"Size{ax}", 1)) for ax in "XYZCT"}
+            except ValueError:
+                continue  # tifffile reports it
+            if min(sizes.values()) < 1:
+                continue
+            planes = max(sizes["Z"] * sizes["C"] * sizes["T"], math.prod(sizes.values()) // page_size)
+            field = ", ".join(f"Size{ax}={n}" for ax, n in sizes.items())
+        elif tag == "TiffData":
+            try:
+                planes = max(int(element.get(name, 0)) for name in ("NumPlanes", "PlaneCount"))
+            except ValueError:
+                continue
+            field = ", ".join(f"{n}={element.get(n)}" for n in ("NumPlanes", "PlaneCount") if element.get(n))
+        else:
+            continue
+        if planes > most:
+            msg = (
+                f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
+                f"{file_size} bytes; accepted: at most {most} planes (2**20, or the file size / 8): the metadata "
+                "is corrupt"
+            )
+            raise SourceFormatError(msg)
+
+
+def _check_segment_size(where: str, keyframe: Any) -> None:
+    """Refuse tiles (strips) that decode to far more bytes than the image they cover."""
+    itemsize = keyframe.dtype.itemsize
+    segment = math.prod(int(n) for n in keyframe.chunks) * itemsize
+    page = math.prod(int(n) for n in keyframe.shaped) * itemsize
+    if segment > max(_SEGMENT_BYTES_FREE, _SEGMENT_OVERSIZE * page):
+        what = "TileWidth / TileLength" if keyframe.is_tiled else "RowsPerStrip"
+        msg = (
+            f"{where}: its tiles / strips of shape {keyframe.chunks} ({what}) decode to {segment} bytes each, "
+            f"for an image of {page} bytes ({keyframe.imagelength} x {keyframe.imagewidth}); accepted: a tile of at "
+            f"most {_SEGMENT_OVERSIZE} times its image or {_SEGMENT_BYTES_FREE >> 20} MiB: the tags are corrupt"
+        )
         raise SourceFormatError(msg)
 
 
@@ -862,7 +970,13 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
     if 0 in shape:
         msg = f"{where}: image series has an empty dimension, shape {shape} (ImageWidth / ImageLength 0?)"
         raise SourceFormatError(msg)
-    expected = math.prod(int(n) for n in keyframe.chunked)
+    try:  # tifffile raises its own error for a RowsPerStrip of 0
+        grid = keyframe.chunked
+    except Exception as exc:
+        msg = f"{where}: the first page's tiles / strips cannot be laid out ({_why(exc)}): the tags are corrupt"
+        raise SourceFormatError(msg) from exc
+    _check_segment_size(where, keyframe)
+    expected = math.prod(int(n) for n in grid)
     stored = len(keyframe.dataoffsets)
     if stored != expected or len(keyframe.databytecounts) != stored:
         msg = (
@@ -1060,14 +1174,17 @@ def open_tiff(
         msg = f"cannot open TIFF file {file_path!r}: {exc}"
         raise SourceReadError(msg) from exc
     except Exception as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {exc}"
+        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
         raise SourceFormatError(msg) from exc
     with tif:
         st = _fstat(tif.filehandle, file_path)
         try:
+            _check_ome_planes(tif, file_path, st.st_size)
             all_series = list(tif.series)
+        except LazyStackError:
+            raise
         except Exception as exc:
-            msg = f"cannot read the image series of TIFF file {file_path!r}: {exc}"
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {_why(exc)}"
             raise SourceFormatError(msg) from exc
         if not all_series:
             msg = f"TIFF file {file_path!r} contains no image series"
@@ -1221,8 +1338,10 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     import tifffile
 
     file_path, series, _ = _split_series(os.fspath(path))
+    size = _check_file(file_path).st_size
     try:
         with tifffile.TiffFile(file_path) as tif:
+            _check_ome_planes(tif, file_path, size)
             if not tif.series:
                 msg = f"{file_path!r} holds no image series tifffile can read"
                 raise SourceFormatError(msg)
@@ -1230,8 +1349,10 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
                 msg = f"{file_path!r} has {len(tif.series)} image series; series {series} does not exist"
                 raise SourceNotFoundError(msg)
             declared = tif.series[series or 0].axes
-    except (tifffile.TiffFileError, struct.error, IndexError, KeyError) as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {exc}"
+    except LazyStackError:
+        raise
+    except (tifffile.TiffFileError, struct.error, IndexError, KeyError, OSError, ValueError) as exc:
+        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
         raise SourceFormatError(msg) from exc
     return tiff_axes_to_lazystack(declared)
 
