@@ -263,7 +263,9 @@ def _load_npy(path: str, axes: str) -> LazyImageStack:
     import numpy as np
 
     from ..core.errors import SourceFormatError
+    from ..io.handles import check_regular_file
 
+    check_regular_file(path, ".npy file", "a .npy file")  # np.load would block on a FIFO
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..io.handles import check_mapped_size, mapping_of
+from ..io.handles import check_mapped_size, check_regular_file, mapping_of
 from ..io.reader import Reader, ReaderCapabilities
 
 __all__ = ["MemmapReader", "as_reader", "propose_axes"]
@@ -103,6 +103,7 @@ def as_reader(arr: Any) -> Any:
 
 def propose_axes(path: str | os.PathLike[str]) -> str | None:
     """``YX`` for a 2-D ``.npy`` file, else None (a ``.npy`` declares no axes)."""
+    check_regular_file(os.fspath(path), ".npy file", "a .npy file")  # np.load would block on a FIFO
     try:
         array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
     except ValueError:

@@ -51,7 +51,7 @@ from ..core.errors import (
     import_optional,
 )
 from ..io.chunked import normalize_key
-from ..io.handles import split_source
+from ..io.handles import check_regular_file, split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi import rounded_size
@@ -254,6 +254,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     if not os.path.exists(path):
         msg = f"file not found: {path!r}"
         raise SourceNotFoundError(msg)
+    check_regular_file(path, "image file", "an image file a bioio plugin reads")  # bioio would block on a FIFO
     try:
         image = bioio.BioImage(path, **reader_options)
         scenes = list(image.scenes)

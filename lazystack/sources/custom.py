@@ -51,7 +51,7 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.cache import ChunkCache, parse_size
-from ..io.handles import check_mapped_size, mapping_of
+from ..io.handles import check_mapped_size, check_regular_file, mapping_of
 from ..io.process import FileManager, at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
@@ -144,6 +144,8 @@ def _func_name(func: Any) -> str:
 def _call(recipe: _Recipe) -> Any:
     """Call ``read_func`` and check its result is array-like."""
     where = f"read_func {_func_name(recipe.read_func)} on {recipe.path!r}"
+    if os.path.exists(recipe.path) and not os.path.isdir(recipe.path):  # a folder may be a custom format's file
+        check_regular_file(recipe.path, "file", "a regular file (or a folder) for read_func")  # not a FIFO: blocks
     try:
         result = recipe.read_func(Path(recipe.path), **recipe.read_kwargs)
     except FileNotFoundError as exc:

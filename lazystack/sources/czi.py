@@ -98,7 +98,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import check_stamp, file_stamp, selector_hint, split_source
+from ..io.handles import check_regular_file, check_stamp, file_stamp, selector_hint, split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -209,6 +209,7 @@ def _check_file(path: str) -> None:
     if os.path.isdir(path):
         msg = f"{path!r} is a directory, not a CZI file"
         raise SourceFormatError(msg)
+    check_regular_file(path, "CZI file", "a .czi file")  # a FIFO named x.czi would block the open below
     with open(path, "rb") as f:
         head = f.read(16)
     if not head.startswith(_MAGIC):
@@ -814,6 +815,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     """
     file_path, _, _ = split_source(os.fspath(path))
     pyczi = _import_pyczi()
+    check_regular_file(file_path, "CZI file", "a .czi file")  # pylibCZIrw would block on a FIFO
     try:
         with pyczi.open_czi(str(file_path)) as doc:
             box = doc.total_bounding_box
