@@ -499,14 +499,18 @@ def _numpy_patch(data: np.ndarray, sample: int, channels: Any, coords: tuple[int
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/io/reader.py (the 'workers' helper's): ArrayReader declares every array-like but numpy "
-    "compressed=True; an in-memory CPU torch tensor is raw bytes (reading a region is a memory copy). Harmless "
-    "today: an ArrayReader has no chunked reader, so no batch or cache path consults the flag",
-)
 def test_a_torch_tensor_reader_declares_no_decoding() -> None:
+    """An in-memory CPU torch tensor is raw bytes (a region read is a memory copy), as a numpy array is."""
     torch = pytest.importorskip("torch")
     (stack,) = lazystack.load_arrays([torch.zeros((2, 32, 32))], "SYX")
     assert stack.reader.as_chunked() is None  # region by region: no chunk grid, no cache
     assert stack.reader.capabilities.compressed is False
+
+
+def test_only_raw_in_memory_arrays_are_declared_undecoded() -> None:
+    """numpy arrays and CPU tensors are raw memory; a dask array's blocks are computed (real work)."""
+    import dask.array as da
+
+    torch = pytest.importorskip("torch")
+    stacks = lazystack.load_arrays([np.zeros((2, 8, 8)), torch.zeros((2, 8, 8)), da.zeros((2, 8, 8))], "SYX")
+    assert [s.reader.capabilities.compressed for s in stacks] == [False, False, True]

@@ -190,9 +190,9 @@ class ArrayReader(Reader):
         self.chunks = None if chunks is None or callable(chunks) else chunks
         token = getattr(array, "token", None)
         self.token = str(token) if token else None
-        self.capabilities = ReaderCapabilities(
-            memory_mapped=isinstance(array, np.memmap), compressed=not self._is_numpy
-        )
+        # a numpy array or a CPU torch tensor is raw memory: reading a region is a copy, no decoding
+        raw = self._is_numpy or (type(array).__module__ == "torch" and str(getattr(array, "device", "")) == "cpu")
+        self.capabilities = ReaderCapabilities(memory_mapped=isinstance(array, np.memmap), compressed=not raw)
 
     @property
     def array(self) -> Any:
