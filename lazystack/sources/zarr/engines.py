@@ -351,6 +351,7 @@ _READ_FAILURES: tuple[type[BaseException], ...] = (
     EOFError,
     ValueError,
     RuntimeError,
+    OverflowError,
     zlib.error,
     lzma.LZMAError,
 )
@@ -363,10 +364,10 @@ def is_read_failure(exc: BaseException) -> bool:
     timeout, fsspec's errors; aiohttp's ``ClientError``), a codec's on damaged bytes (numcodecs'
     blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or ``EOFError``, zlib ``zlib.error``,
     lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
-    (``ValueError``), and lazystack's own errors. They are wrapped as ``SourceReadError`` naming the
-    array and the chunk. Anything else (``NotImplementedError``, ``RecursionError``, ``TypeError``,
-    ``AttributeError``, ``IndexError``, ``KeyError``, ``MemoryError`` ...) is a programming error or
-    a resource limit, and propagates as it is.
+    (``ValueError``), a shard index's offset past any file (``OverflowError``), and lazystack's own
+    errors. They are wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
+    (``NotImplementedError``, ``RecursionError``, ``TypeError``, ``AttributeError``, ``IndexError``,
+    ``KeyError``, ``MemoryError`` ...) is a programming error or a resource limit, and propagates as it is.
 
     Parameters
     ----------
