@@ -52,3 +52,42 @@ def test_a_shard_index_with_an_offset_past_any_file_is_a_read_error(tmp_path: Pa
     (stack,) = lazystack.load_zarrs([path], "YX")
     with pytest.raises(lazystack.SourceReadError, match=r"a\.zarr"):
         stack.extract_patch(0, None, (0, 0), (32, 32))
+
+
+# -- a well group opened by its path: named as its plate names it, also when no folder of the path ends in .zarr ------
+def _write_plate(path: Path) -> None:
+    pytest.importorskip("ome_zarr", reason="ome-zarr-py (test extra) is not installed")
+    import warnings
+
+    root = zarr.open_group(str(path), mode="w")
+    rng = np.random.default_rng(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ome-zarr-py's deprecations, from its import on
+        from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+        write_plate_metadata(root, ["A"], ["1", "2"], ["A/1", "A/2"], name="screen-9", field_count=2)
+        for column in ("1", "2"):
+            well = root.require_group("A").require_group(column)
+            write_well_metadata(well, [{"path": "0"}, {"path": "1"}])
+            for f, shape in enumerate([(2, 32, 48), (2, 16, 40)]):  # fields of different shapes
+                data = rng.integers(0, 4000, shape, dtype=np.uint16)
+                write_image(data, well.require_group(str(f)), axes="cyx", scale_factors=(2,))
+
+
+_NAMING = ("plate", "well", "row", "column", "field", "level")
+
+
+@pytest.mark.parametrize("name", ["plate.ome.zarr", "screen"])
+def test_a_well_opened_by_its_path_is_named_as_through_its_plate(tmp_path: Path, name: str) -> None:
+    plate = tmp_path / name  # "screen": the store is the whole path given (no folder ends in .zarr)
+    _write_plate(plate)
+    well = lazystack.load(plate / "A" / "2")
+    of_plate = [s for s in lazystack.load(plate) if s.attrs["well"] == "A/2"]
+    assert [s.source for s in well] == [s.source for s in of_plate]
+    assert [{k: s.attrs.get(k) for k in _NAMING} for s in well] == [
+        {k: s.attrs.get(k) for k in _NAMING} for s in of_plate
+    ]
+    assert {s.attrs["plate"] for s in well} == {"screen-9"}  # the plate's own metadata name
+    for stack in well:
+        reference = zarr.open_array(stack.source[len("file://") :], mode="r")[...]
+        np.testing.assert_array_equal(stack.compute().reshape(reference.shape), reference)
