@@ -91,3 +91,21 @@ def test_a_well_opened_by_its_path_is_named_as_through_its_plate(tmp_path: Path,
     for stack in well:
         reference = zarr.open_array(stack.source[len("file://") :], mode="r")[...]
         np.testing.assert_array_equal(stack.compute().reshape(reference.shape), reference)
+
+
+# -- napari: a normalized view overlays its stack as the view does (translate = the view's first coordinate) ----------
+def test_a_napari_layer_of_a_normalized_view_sits_where_the_view_does() -> None:
+    from lazystack.frontends.napari import layer_data
+
+    data = np.arange(2 * 30 * 40, dtype=np.uint16).reshape(2, 30, 40)
+    attrs = {"physical_pixel_sizes": {"Y": 0.5, "X": 0.25}, "translation": {"Y": 10.0, "X": -2.0}}
+    stack = lazystack.LazyImageStack(data, "CYX", attrs=attrs)
+    view = stack.isel(Y=slice(6, None, 2), X=slice(4, 20))
+    normalized = view.normalized(lazystack.channel_statistics([stack], progress=False))
+    # view pixel (i, j) is source pixel (6 + 2 i, 4 + j), at translation + source index * pixel size
+    size_y, size_x, origin_y, origin_x = 0.5, 0.25, 10.0, -2.0
+    expected = ([2 * size_y, size_x], [origin_y + 6 * size_y, origin_x + 4 * size_x])
+    for shown in (view, normalized):
+        _, kwargs, _ = layer_data([shown])[0]
+        np.testing.assert_allclose(kwargs["scale"], expected[0])
+        np.testing.assert_allclose(kwargs["translate"], expected[1])
