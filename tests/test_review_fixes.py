@@ -109,3 +109,43 @@ def test_a_napari_layer_of_a_normalized_view_sits_where_the_view_does() -> None:
         _, kwargs, _ = layer_data([shown])[0]
         np.testing.assert_allclose(kwargs["scale"], expected[0])
         np.testing.assert_allclose(kwargs["translate"], expected[1])
+
+
+# -- is_read_failure: a cloud store's own connection error (botocore's, raised as it is by s3fs) is a read error -------
+def test_an_s3_connection_error_on_a_chunk_is_a_read_error_naming_the_array(tmp_path: Path, zarr_engine: str) -> None:
+    botocore_exceptions = pytest.importorskip("botocore.exceptions")
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def unreachable() -> Exception:  # what s3fs raises when the endpoint cannot be reached: not an OSError
+        return botocore_exceptions.EndpointConnectionError(endpoint_url="https://s3.example.invalid/bucket")
+
+    class Unreachable(MemoryFileSystem):  # metadata reads; every chunk read fails as s3fs's would
+        protocol = ("reviewunreachable",)
+        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's MemoryFileSystem keeps its files in a class attribute
+        pseudo_dirs = [""]  # noqa: RUF012
+
+        @classmethod
+        def _strip_protocol(cls, path: str) -> str:
+            return MemoryFileSystem._strip_protocol(path.removeprefix("reviewunreachable://"))
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            if "/c/" in path:
+                raise unreachable()
+            return super().cat_file(path, start=start, end=end, **kwargs)
+
+        def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+            if "/c/" in path and "r" in mode:
+                raise unreachable()
+            return super()._open(path, mode, **kwargs)
+
+    fsspec.register_implementation("reviewunreachable", Unreachable, clobber=True)
+    local = tmp_path / "a.zarr"
+    zarr.create_array(local, shape=(64, 64), chunks=(32, 32), dtype="uint16")[...] = 3
+    fs = Unreachable()
+    for file in local.rglob("*"):
+        if file.is_file():
+            fs.pipe_file(f"/bucket/a.zarr/{file.relative_to(local).as_posix()}", file.read_bytes())
+    (stack,) = lazystack.load_zarrs("reviewunreachable://bucket/a.zarr", "YX")
+    with pytest.raises(lazystack.SourceReadError, match=r"reviewunreachable://bucket/a\.zarr"):
+        stack.extract_patch(0, None, (0, 0), (16, 16))

@@ -361,9 +361,9 @@ def is_read_failure(exc: BaseException) -> bool:
     """Whether ``exc``, raised while reading chunks through zarr, says the stored data could not be read.
 
     Read failures: the store's and the network's (``OSError``: a missing or unreadable file, a
-    timeout, fsspec's errors; aiohttp's ``ClientError``), a codec's on damaged bytes (numcodecs'
-    blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or ``EOFError``, zlib ``zlib.error``,
-    lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
+    timeout, fsspec's errors; aiohttp's ``ClientError``, botocore's ``BotoCoreError``), a codec's on
+    damaged bytes (numcodecs' blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or
+    ``EOFError``, zlib ``zlib.error``, lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
     (``ValueError``), a shard index's offset past any file (``OverflowError``), and lazystack's own
     errors. They are wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
     (``NotImplementedError``, ``RecursionError``, ``TypeError``, ``AttributeError``, ``IndexError``,
@@ -384,7 +384,10 @@ def is_read_failure(exc: BaseException) -> bool:
     if isinstance(exc, (*_READ_FAILURES, LazyStackError)):
         return True
     aiohttp = sys.modules.get("aiohttp")  # not imported: none of its errors can have been raised
-    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+        return True
+    botocore = sys.modules.get("botocore.exceptions")  # s3fs raises an unreachable endpoint's as it is
+    return botocore is not None and isinstance(exc, botocore.BotoCoreError)
 
 
 def check_blosc_frame(raw: Any) -> None:
