@@ -149,3 +149,29 @@ def test_an_s3_connection_error_on_a_chunk_is_a_read_error_naming_the_array(tmp_
     (stack,) = lazystack.load_zarrs("reviewunreachable://bucket/a.zarr", "YX")
     with pytest.raises(lazystack.SourceReadError, match=r"reviewunreachable://bucket/a\.zarr"):
         stack.extract_patch(0, None, (0, 0), (16, 16))
+
+
+# -- is_read_failure: a zipped store's damaged member (zipfile's BadZipFile: a CRC mismatch) is a read error ----------
+def test_a_damaged_member_of_a_zipped_store_is_a_read_error_naming_the_archive(
+    tmp_path: Path, zarr_engine: str
+) -> None:
+    import zipfile
+
+    folder = tmp_path / "a.zarr"
+    zarr.create_array(folder, shape=(64, 64), chunks=(32, 32), dtype="uint16", compressors=None)[...] = 7
+    archive = tmp_path / "a.zarr.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                zipped.write(file, file.relative_to(folder).as_posix())
+    with zipfile.ZipFile(archive) as zipped:
+        info = zipped.getinfo("c/0/0")
+    raw = bytearray(archive.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + len(info.extra) + 10] ^= 0xFF  # a byte of chunk c/0/0
+    archive.write_bytes(bytes(raw))
+    with zipfile.ZipFile(archive) as zipped, pytest.raises(zipfile.BadZipFile):  # the reference: zipfile's CRC check
+        zipped.read("c/0/0")
+    (stack,) = lazystack.load_zarrs(archive, "YX")
+    with pytest.raises(lazystack.SourceReadError, match=r"a\.zarr\.zip"):
+        stack.extract_patch(0, None, (0, 0), (16, 16))
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (32, 32), (16, 16))[0], 7)  # the others read

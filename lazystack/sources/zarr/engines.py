@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import weakref
+import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -352,6 +353,7 @@ _READ_FAILURES: tuple[type[BaseException], ...] = (
     ValueError,
     RuntimeError,
     OverflowError,
+    zipfile.BadZipFile,
     zlib.error,
     lzma.LZMAError,
 )
@@ -363,9 +365,10 @@ def is_read_failure(exc: BaseException) -> bool:
     Read failures: the store's and the network's (``OSError``: a missing or unreadable file, a
     timeout, fsspec's errors; aiohttp's ``ClientError``, botocore's ``BotoCoreError``), a codec's on
     damaged bytes (numcodecs' blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or
-    ``EOFError``, zlib ``zlib.error``, lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
-    (``ValueError``), a shard index's offset past any file (``OverflowError``), and lazystack's own
-    errors. They are wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
+    ``EOFError``, zlib ``zlib.error``, lzma ``LZMAError``), a checksum that does not match or a chunk
+    of the wrong size (``ValueError``), a shard index's offset past any file (``OverflowError``), a
+    zipped store's damaged member (``zipfile.BadZipFile``), and lazystack's own errors. They are
+    wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
     (``NotImplementedError``, ``RecursionError``, ``TypeError``, ``AttributeError``, ``IndexError``,
     ``KeyError``, ``MemoryError`` ...) is a programming error or a resource limit, and propagates as it is.
 
