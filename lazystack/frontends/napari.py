@@ -338,12 +338,14 @@ def _placement(stack: LazyImageStack, spatial: str) -> tuple[list[float], list[f
     offsets = {a: float(v) for a, v in (attrs.get("translation") or {}).items()}
     sizes = {a: float(v) for a, v in (attrs.get("physical_pixel_sizes") or {}).items()}
     grid = stack.spatial_selection
+    coords = stack.coords  # a derived stack's (normalized view's) positions: its selection is its source's
     scale, translate = [], []
     for a in spatial:
         start, step = grid.get(a, (0, 1))
         size = sizes.get(a, 1.0)
         scale.append(step * size)
-        translate.append(offsets.get(a, 0.0) + start * size)
+        first = coords.get(a) if a in sizes else None
+        translate.append(float(first[0]) if first is not None and len(first) else offsets.get(a, 0.0) + start * size)
     return scale, translate
 
 

@@ -1414,9 +1414,14 @@ def _well_alone(
     every = [p for p in location.root.split("/") if p] + parts  # a well at the root of its store: the root's name
     well_path = "/".join(every[-2:])
     plate_name = None
+    plate_loc: ZarrLocation | None = None
     if len(parts) >= 2:
-        plate_loc = location.child("/".join(parts[:-2]))
-        plate_group = _try_group(plate_loc, store)
+        plate_loc, plate_store = location.child("/".join(parts[:-2])), store
+    elif location.is_local and len(every) > 2:  # no folder ends in .zarr: the store is the well, its plate 2 up
+        plate_loc = ZarrLocation("file", "/" + "/".join(every[:-2]))
+        plate_store = plate_loc.open_store()
+    if plate_loc is not None:
+        plate_group = _try_group(plate_loc, plate_store)
         plate = _ome_holder(plate_group.attrs.asdict()).get("plate") if plate_group is not None else None
         if isinstance(plate, Mapping):
             listed = [str(w.get("path", "")).strip("/") for w in plate.get("wells") or [] if isinstance(w, Mapping)]

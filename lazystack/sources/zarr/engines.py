@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import weakref
+import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -351,6 +352,8 @@ _READ_FAILURES: tuple[type[BaseException], ...] = (
     EOFError,
     ValueError,
     RuntimeError,
+    OverflowError,
+    zipfile.BadZipFile,
     zlib.error,
     lzma.LZMAError,
 )
@@ -360,13 +363,14 @@ def is_read_failure(exc: BaseException) -> bool:
     """Whether ``exc``, raised while reading chunks through zarr, says the stored data could not be read.
 
     Read failures: the store's and the network's (``OSError``: a missing or unreadable file, a
-    timeout, fsspec's errors; aiohttp's ``ClientError``), a codec's on damaged bytes (numcodecs'
-    blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or ``EOFError``, zlib ``zlib.error``,
-    lzma ``LZMAError``), a checksum that does not match or a chunk of the wrong size
-    (``ValueError``), and lazystack's own errors. They are wrapped as ``SourceReadError`` naming the
-    array and the chunk. Anything else (``NotImplementedError``, ``RecursionError``, ``TypeError``,
-    ``AttributeError``, ``IndexError``, ``KeyError``, ``MemoryError`` ...) is a programming error or
-    a resource limit, and propagates as it is.
+    timeout, fsspec's errors; aiohttp's ``ClientError``, botocore's ``BotoCoreError``), a codec's on
+    damaged bytes (numcodecs' blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or
+    ``EOFError``, zlib ``zlib.error``, lzma ``LZMAError``), a checksum that does not match or a chunk
+    of the wrong size (``ValueError``), a shard index's offset past any file (``OverflowError``), a
+    zipped store's damaged member (``zipfile.BadZipFile``), and lazystack's own errors. They are
+    wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
+    (``NotImplementedError``, ``RecursionError``, ``TypeError``, ``AttributeError``, ``IndexError``,
+    ``KeyError``, ``MemoryError`` ...) is a programming error or a resource limit, and propagates as it is.
 
     Parameters
     ----------
@@ -383,7 +387,10 @@ def is_read_failure(exc: BaseException) -> bool:
     if isinstance(exc, (*_READ_FAILURES, LazyStackError)):
         return True
     aiohttp = sys.modules.get("aiohttp")  # not imported: none of its errors can have been raised
-    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+        return True
+    botocore = sys.modules.get("botocore.exceptions")  # s3fs raises an unreachable endpoint's as it is
+    return botocore is not None and isinstance(exc, botocore.BotoCoreError)
 
 
 def check_blosc_frame(raw: Any) -> None:
