@@ -470,6 +470,13 @@ def test_rounded_size_keeps_twelve_significant_digits() -> None:
     assert rounded_size(9.0576674152210312e-08 * 1e6) == 0.0905766741522
     assert rounded_size(3.9999999999999998e-06 * 1e6) == 4.0
     assert rounded_size(123456.7890123456) == 123456.789012
+    assert rounded_size(0.1 * 3) == 0.3  # a pyramid level's size: the level-0 size times its downsample factor
+
+
+def test_czi_pyramid_level_pixel_sizes_are_rounded_too(shared_czi_dir: Path) -> None:
+    pytest.importorskip("pylibCZIrw", reason="the czi extra is not installed")
+    stacks = lazystack.load_czis(shared_czi_dir / "WellD6-7_S2.czi", "SCYX", levels="all")
+    assert [s.physical_pixel_sizes for s in stacks] == [{"X": 0.1, "Y": 0.1}, {"X": 0.2, "Y": 0.2}] * 2
 
 
 # -- 8. torch tensors and foreign array-likes: read region by region, never kept in the decoded-chunk cache --------

@@ -774,7 +774,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
             attrs: dict[str, Any] = {
                 "scene": scene,
                 "scene_name": None if scene is None else info.scene_names.get(scene),
-                "physical_pixel_sizes": {a: v * (factor if a in "XY" else 1) for a, v in sizes.items()},
+                "physical_pixel_sizes": {a: rounded_size(v * (factor if a in "XY" else 1)) for a, v in sizes.items()},
                 "units": dict.fromkeys(sizes, "micrometer"),  # lazystack reads CZI scaling in micrometres
                 "depth_axis": depth,
                 "czi_dims": "".join(d for d, _ in info.order) + "YX",
