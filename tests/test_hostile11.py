@@ -440,20 +440,12 @@ def test_ome_zarr_multiscales_listing_one_level_a_thousand_times(tmp_path: Path)
     assert_clear(result, "SourceFormatError", str(store))
 
 
-HUGE_CHUNK_REASON = (
-    "sources/zarr/engines.py: tensorstore aborts the interpreter (std::bad_alloc, SIGABRT) decoding a chunk whose "
-    "declared shape is 1 x 2**19 x 2**19 (512 GiB) when the chunk file exists; the direct and zarr engines raise "
-    "SourceReadError. Fix: never hand tensorstore an array whose declared chunk exceeds a byte bound (or the array's "
-    "own size): use the direct engine for it, or refuse it at open naming chunk_shape"
-)
-
-
 @pytest.mark.parametrize(
     ("kind", "engine"),
     [
-        pytest.param("v3", "tensorstore", marks=pytest.mark.xfail(strict=True, reason=HUGE_CHUNK_REASON)),
-        pytest.param("v2", "tensorstore", marks=pytest.mark.xfail(strict=True, reason=HUGE_CHUNK_REASON)),
-        pytest.param("ome-zarr", "auto", marks=pytest.mark.xfail(strict=True, reason=HUGE_CHUNK_REASON)),
+        ("v3", "tensorstore"),
+        ("v2", "tensorstore"),
+        ("ome-zarr", "auto"),
         ("v3", "direct"),
         ("v2", "zarr"),
     ],

@@ -46,7 +46,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ...core.errors import LazyStackError, MissingDependencyError, SourceReadError
+from ...core.errors import LazyStackError, MissingDependencyError, SourceFormatError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from ...io.process import at_fork, current_pid
 from ...io.reader import ReaderCapabilities, float32_is_exact
@@ -83,6 +83,10 @@ TENSORSTORE_MIN_CHUNKS = 2
 TENSORSTORE_MIN_CHUNK_BYTES = 256 * 2**10
 #: ... or the fetch decodes at least this many bytes in all.
 TENSORSTORE_MIN_BYTES = 2**20
+#: Most bytes one chunk (an inner chunk when sharded) may decode to, or one shard index may hold, for the tensorstore
+#: engine: tensorstore aborts the whole process (``std::bad_alloc``) when it cannot allocate a chunk, where the
+#: direct engine raises. ``auto`` reads arrays with larger chunks directly; ``tensorstore`` asked for refuses them.
+TENSORSTORE_MAX_CHUNK_BYTES = 2**30
 _MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
 _Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
 
@@ -970,6 +974,29 @@ class DirectEngine(ZarrEngine):
         return fetch_concurrently(indices, lambda idx: self._decode(raw[idx], idx))
 
 
+class _ChunkTooLargeError(SourceFormatError, NotImplementedError):
+    """An array whose chunks tensorstore is not given (see ``TENSORSTORE_MAX_CHUNK_BYTES``): ``auto`` reads it
+    with another engine (a NotImplementedError), the ``tensorstore`` engine asked for refuses it."""
+
+
+def _check_chunk_bytes(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    """Raise ``_ChunkTooLargeError`` when a chunk of ``array`` decodes to more than ``TENSORSTORE_MAX_CHUNK_BYTES``
+    (or a shard's index holds more), naming the array and its chunk shape."""
+    nbytes = math.prod(chunk_shape) * dtype.itemsize
+    shards = getattr(array, "shards", None)
+    index_bytes = 16 * math.prod(s // max(c, 1) for s, c in zip(shards, chunk_shape, strict=True)) if shards else 0
+    if max(nbytes, index_bytes) > TENSORSTORE_MAX_CHUNK_BYTES:
+        what = f"chunk shape {chunk_shape} of {dtype}: {nbytes} bytes decoded"
+        if shards:
+            what += f" (shard shape {tuple(shards)}: an index of {index_bytes} bytes)"
+        msg = (
+            f"zarr array {str(array.store_path)!r}: {what}; the tensorstore engine accepts at most "
+            f"{TENSORSTORE_MAX_CHUNK_BYTES} bytes (tensorstore aborts the process when it cannot allocate one): "
+            "use the 'direct' or 'zarr' engine"
+        )
+        raise _ChunkTooLargeError(msg)
+
+
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
 
@@ -979,12 +1006,17 @@ class TensorstoreEngine(ZarrEngine):
         If tensorstore is not installed.
     NotImplementedError
         If the store is neither local nor HTTP(S), or tensorstore rejects the array.
+    SourceFormatError
+        (a ``NotImplementedError`` too) If a chunk decodes to more than
+        [`TENSORSTORE_MAX_CHUNK_BYTES`][TENSORSTORE_MAX_CHUNK_BYTES], or a shard index holds more:
+        tensorstore would abort the process where its allocation fails.
     """
 
     name = "tensorstore"
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
+        _check_chunk_bytes(array, self.chunk_shape, self.dtype)
         if _tensorstore_forked():
             msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
             raise NotImplementedError(msg)
