@@ -410,7 +410,7 @@ def test_real_czis_truncated_at_every_segment_boundary(tmp_path: Path) -> None:
     assert not bad, bad[:5]
 
 
-# -- Zarr / OME-Zarr (other owners: strict xfails) ------------------------------------------------------------------
+# -- Zarr / OME-Zarr ------------------------------------------------------------------------------------------------
 def _ome_zarr(path: Path) -> Path:
     import zarr
     from ome_zarr.format import FormatV05
@@ -481,21 +481,12 @@ def test_zarr_chunk_declared_far_larger_than_its_file(tmp_path: Path, kind: str,
     assert str(source) in result["message"]
 
 
-SHARD_INDEX_REASON = (
-    "sources/zarr/engines.py: a shard index entry (offset 0, nbytes 2**40) in a 2 KB shard makes the auto, direct "
-    "and zarr engines try to read 1 TiB: a bare MemoryError (not a LazyStackError, no path); and with "
-    "LAZYSTACK_ZARR_ENGINE=zarr an entry at offset 10**12 reads silently as the fill value. Fix: check every index "
-    "entry against the shard's size before reading (offset + nbytes <= shard size - index size) and raise "
-    "SourceReadError naming the shard and the entry, as tensorstore does (OUT_OF_RANGE)"
-)
-
-
 @pytest.mark.parametrize(
     "engine",
     [
-        pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
-        pytest.param("direct", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
-        pytest.param("zarr", marks=pytest.mark.xfail(strict=True, reason=SHARD_INDEX_REASON)),
+        "auto",
+        "direct",
+        "zarr",
         "tensorstore",
     ],
 )

@@ -323,8 +323,18 @@ class ZarrPythonEngine(ZarrEngine):
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
                 frames = None
             self._frames = frames if frames is not None and frames._local_root is not None else None
+        #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
+        self._shards: DirectEngine | None = None
+        if getattr(array, "shards", None) is not None:
+            try:
+                shards = self._frames or DirectEngine(array)
+            except NotImplementedError:  # an index layout it cannot read: left to zarr unchecked
+                shards = None
+            self._shards = shards if shards is not None and shards._local_root is not None else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if self._shards is not None:
+            self._shards._shards_of([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
             raw = self._frames.raw_chunk(idx)
             if raw is not None:
@@ -608,6 +618,22 @@ class _ShardIndex:
         """The ``(offset, length)`` table of a shard's index bytes (checksum checked)."""
         data: Any = raw if self.crc is None else self.crc(raw)
         return np.frombuffer(data, dtype=self.dtype).reshape((*self.cps, 2))
+
+    def first_outside(self, index: np.ndarray, shard_size: int) -> tuple[tuple[int, ...], int, int] | None:
+        """The first entry of ``index`` (inner chunk, offset, length) whose bytes are not inside a shard of
+        ``shard_size`` bytes less its index, or None (entries marking a missing chunk are skipped)."""
+        offsets, lengths = index[..., 0].astype(np.uint64), index[..., 1].astype(np.uint64)
+        missing = (offsets == _MISSING) & (lengths == _MISSING)
+        stop = max(shard_size - (0 if self.at_start else self.size), 0)
+        start = self.size if self.at_start else 0
+        room = np.uint64(stop)
+        # offset + length <= stop, without overflowing uint64: length <= stop and offset <= stop - length
+        inside = (lengths <= room) & (offsets >= np.uint64(start)) & (offsets <= room - np.minimum(lengths, room))
+        bad = np.argwhere(~(inside | missing))
+        if not len(bad):
+            return None
+        at = tuple(int(i) for i in bad[0])
+        return at, int(offsets[at]), int(lengths[at])
 
 
 @dataclass(frozen=True)
@@ -922,6 +948,7 @@ class DirectEngine(ZarrEngine):
                             f"of the zarr array {self._array_where()!r}: {e}"
                         )
                         raise SourceReadError(msg) from e
+                    self._check_index(s, index)
                 out[s] = index
             with self._index_lock:
                 for s in todo:
@@ -929,6 +956,28 @@ class DirectEngine(ZarrEngine):
                 while len(self._indexes) > 4096:
                     self._indexes.popitem(last=False)
         return out
+
+    def _check_index(self, shard: tuple[int, ...], index: np.ndarray) -> None:
+        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard (a corrupt
+        index would read past the file, or allocate the terabytes it claims). One ``stat`` per index read;
+        remote shards are not sized (a range past their end fails when read)."""
+        if self._local_root is None:
+            return
+        key = self._key(shard)
+        try:
+            size = os.stat(self._local_root + "/" + key).st_size
+        except OSError:  # gone since the index was read: the chunk read says so
+            return
+        bad = self._index.first_outside(index, size)
+        if bad is not None:
+            at, offset, length = bad
+            where = "after" if self._index.at_start else "before"
+            msg = (
+                f"corrupt index of shard {self._where(key)!r} of the zarr array {self._array_where()!r}: the entry "
+                f"of inner chunk {at} (offset {offset}, nbytes {length}) lies outside the shard's {size} bytes "
+                f"(its chunks lie {where} its {self._index.size}-byte index)"
+            )
+            raise SourceReadError(msg)
 
     def _locate(self, idx: ChunkIndex, indexes: Mapping[tuple[int, ...], np.ndarray | None]) -> _Request | None:
         """Where chunk ``idx``'s bytes are: ``(key, byte range, None)``, or None when it is missing."""
