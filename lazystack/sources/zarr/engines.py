@@ -622,17 +622,16 @@ class _ShardIndex:
     def first_outside(self, index: np.ndarray, shard_size: int) -> tuple[tuple[int, ...], int, int] | None:
         """The first entry of ``index`` (inner chunk, offset, length) whose bytes are not inside a shard of
         ``shard_size`` bytes less its index, or None (entries marking a missing chunk are skipped)."""
-        offsets, lengths = index[..., 0].astype(np.uint64), index[..., 1].astype(np.uint64)
-        missing = (offsets == _MISSING) & (lengths == _MISSING)
+        offsets, lengths = index[..., 0], index[..., 1]
         stop = max(shard_size - (0 if self.at_start else self.size), 0)
-        start = self.size if self.at_start else 0
-        room = np.uint64(stop)
-        # offset + length <= stop, without overflowing uint64: length <= stop and offset <= stop - length
-        inside = (lengths <= room) & (offsets >= np.uint64(start)) & (offsets <= room - np.minimum(lengths, room))
-        bad = np.argwhere(~(inside | missing))
-        if not len(bad):
+        ends = offsets + lengths  # wraps past 2**64: then smaller than the offset
+        inside = (ends >= offsets) & (ends <= np.uint64(stop))
+        if self.at_start:
+            inside &= offsets >= np.uint64(self.size)
+        inside |= (offsets & lengths) == np.uint64(_MISSING)  # both all-ones: a missing chunk
+        if inside.all():
             return None
-        at = tuple(int(i) for i in bad[0])
+        at = tuple(int(i) for i in np.argwhere(~inside)[0])
         return at, int(offsets[at]), int(lengths[at])
 
 
