@@ -1016,6 +1016,29 @@ def _check_transforms(transforms: Any, axes: Sequence[str], where: str, field: s
             raise _bad_metadata(where, name, f"= {values!r} is not finite along {odd[0][0]!r}")
 
 
+#: Most resolution levels a multiscale may list: a pyramid halving each level has at most 64 (2**64 pixels along an
+#: axis); more, or a path listed twice, is refused before any level opens (each level is a stack of its own).
+_MAX_LEVELS = 64
+
+
+def _check_level_count(datasets: list[Any], where: str, k: int) -> None:
+    """Refuse a ``multiscales[k].datasets`` list longer than ``_MAX_LEVELS`` or repeating a path."""
+    field = f"multiscales[{k}].datasets"
+    if len(datasets) > _MAX_LEVELS:
+        raise _bad_metadata(
+            where, field, f"lists {len(datasets)} resolution levels; at most {_MAX_LEVELS} are accepted"
+        )
+    paths = [str(d.get("path")).strip("/") for d in datasets if isinstance(d, Mapping) and "path" in d]
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise _bad_metadata(
+            where,
+            field,
+            f"lists {len(datasets)} resolution levels but repeats the path(s) {repeated[:4]}: "
+            "every level needs an array of its own",
+        )
+
+
 def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale]:
     multiscales, holder, version = _ngff(attrs)
     if "multiscales" in holder and not isinstance(holder["multiscales"], list):
@@ -1043,6 +1066,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
             raise _bad_metadata(
                 where, f"multiscales[{k}].datasets", "is empty: an image needs at least one resolution level"
             )
+        _check_level_count(ms["datasets"], where, k)
         axes = ms.get("axes")
         if axes is None:
             if str(ms.get("version", version)) not in ("0.1", "0.2"):

@@ -47,7 +47,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ...core.errors import LazyStackError, MissingDependencyError, SourceReadError
+from ...core.errors import LazyStackError, MissingDependencyError, SourceFormatError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from ...io.process import at_fork, current_pid
 from ...io.reader import ReaderCapabilities, float32_is_exact
@@ -84,6 +84,10 @@ TENSORSTORE_MIN_CHUNKS = 2
 TENSORSTORE_MIN_CHUNK_BYTES = 256 * 2**10
 #: ... or the fetch decodes at least this many bytes in all.
 TENSORSTORE_MIN_BYTES = 2**20
+#: Most bytes one chunk (an inner chunk when sharded) may decode to, or one shard index may hold, for the tensorstore
+#: engine: tensorstore aborts the whole process (``std::bad_alloc``) when it cannot allocate a chunk, where the
+#: direct engine raises. ``auto`` reads arrays with larger chunks directly; ``tensorstore`` asked for refuses them.
+TENSORSTORE_MAX_CHUNK_BYTES = 2**30
 _MISSING = 2**64 - 1  # offset and length of a missing inner chunk in a shard index
 _Request = tuple[str, tuple[int, int] | None, int | None]  # store key, byte range, suffix length
 
@@ -320,8 +324,18 @@ class ZarrPythonEngine(ZarrEngine):
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
                 frames = None
             self._frames = frames if frames is not None and frames._local_root is not None else None
+        #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
+        self._shards: DirectEngine | None = None
+        if getattr(array, "shards", None) is not None:
+            try:
+                shards = self._frames or DirectEngine(array)
+            except NotImplementedError:  # an index layout it cannot read: left to zarr unchecked
+                shards = None
+            self._shards = shards if shards is not None and shards._local_root is not None else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if self._shards is not None:
+            self._shards._shards_of([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
             raw = self._frames.raw_chunk(idx)
             if raw is not None:
@@ -611,6 +625,21 @@ class _ShardIndex:
         """The ``(offset, length)`` table of a shard's index bytes (checksum checked)."""
         data: Any = raw if self.crc is None else self.crc(raw)
         return np.frombuffer(data, dtype=self.dtype).reshape((*self.cps, 2))
+
+    def first_outside(self, index: np.ndarray, shard_size: int) -> tuple[tuple[int, ...], int, int] | None:
+        """The first entry of ``index`` (inner chunk, offset, length) whose bytes are not inside a shard of
+        ``shard_size`` bytes less its index, or None (entries marking a missing chunk are skipped)."""
+        offsets, lengths = index[..., 0], index[..., 1]
+        stop = max(shard_size - (0 if self.at_start else self.size), 0)
+        ends = offsets + lengths  # wraps past 2**64: then smaller than the offset
+        inside = (ends >= offsets) & (ends <= np.uint64(stop))
+        if self.at_start:
+            inside &= offsets >= np.uint64(self.size)
+        inside |= (offsets & lengths) == np.uint64(_MISSING)  # both all-ones: a missing chunk
+        if inside.all():
+            return None
+        at = tuple(int(i) for i in np.argwhere(~inside)[0])
+        return at, int(offsets[at]), int(lengths[at])
 
 
 @dataclass(frozen=True)
@@ -925,6 +954,7 @@ class DirectEngine(ZarrEngine):
                             f"of the zarr array {self._array_where()!r}: {e}"
                         )
                         raise SourceReadError(msg) from e
+                    self._check_index(s, index)
                 out[s] = index
             with self._index_lock:
                 for s in todo:
@@ -932,6 +962,28 @@ class DirectEngine(ZarrEngine):
                 while len(self._indexes) > 4096:
                     self._indexes.popitem(last=False)
         return out
+
+    def _check_index(self, shard: tuple[int, ...], index: np.ndarray) -> None:
+        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard (a corrupt
+        index would read past the file, or allocate the terabytes it claims). One ``stat`` per index read;
+        remote shards are not sized (a range past their end fails when read)."""
+        if self._local_root is None:
+            return
+        key = self._key(shard)
+        try:
+            size = os.stat(self._local_root + "/" + key).st_size
+        except OSError:  # gone since the index was read: the chunk read says so
+            return
+        bad = self._index.first_outside(index, size)
+        if bad is not None:
+            at, offset, length = bad
+            where = "after" if self._index.at_start else "before"
+            msg = (
+                f"corrupt index of shard {self._where(key)!r} of the zarr array {self._array_where()!r}: the entry "
+                f"of inner chunk {at} (offset {offset}, nbytes {length}) lies outside the shard's {size} bytes "
+                f"(its chunks lie {where} its {self._index.size}-byte index)"
+            )
+            raise SourceReadError(msg)
 
     def _locate(self, idx: ChunkIndex, indexes: Mapping[tuple[int, ...], np.ndarray | None]) -> _Request | None:
         """Where chunk ``idx``'s bytes are: ``(key, byte range, None)``, or None when it is missing."""
@@ -977,6 +1029,29 @@ class DirectEngine(ZarrEngine):
         return fetch_concurrently(indices, lambda idx: self._decode(raw[idx], idx))
 
 
+class _ChunkTooLargeError(SourceFormatError, NotImplementedError):
+    """An array whose chunks tensorstore is not given (see ``TENSORSTORE_MAX_CHUNK_BYTES``): ``auto`` reads it
+    with another engine (a NotImplementedError), the ``tensorstore`` engine asked for refuses it."""
+
+
+def _check_chunk_bytes(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    """Raise ``_ChunkTooLargeError`` when a chunk of ``array`` decodes to more than ``TENSORSTORE_MAX_CHUNK_BYTES``
+    (or a shard's index holds more), naming the array and its chunk shape."""
+    nbytes = math.prod(chunk_shape) * dtype.itemsize
+    shards = getattr(array, "shards", None)
+    index_bytes = 16 * math.prod(s // max(c, 1) for s, c in zip(shards, chunk_shape, strict=True)) if shards else 0
+    if max(nbytes, index_bytes) > TENSORSTORE_MAX_CHUNK_BYTES:
+        what = f"chunk shape {chunk_shape} of {dtype}: {nbytes} bytes decoded"
+        if shards:
+            what += f" (shard shape {tuple(shards)}: an index of {index_bytes} bytes)"
+        msg = (
+            f"zarr array {str(array.store_path)!r}: {what}; the tensorstore engine accepts at most "
+            f"{TENSORSTORE_MAX_CHUNK_BYTES} bytes (tensorstore aborts the process when it cannot allocate one): "
+            "use the 'direct' or 'zarr' engine"
+        )
+        raise _ChunkTooLargeError(msg)
+
+
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
 
@@ -986,12 +1061,17 @@ class TensorstoreEngine(ZarrEngine):
         If tensorstore is not installed.
     NotImplementedError
         If the store is neither local nor HTTP(S), or tensorstore rejects the array.
+    SourceFormatError
+        (a ``NotImplementedError`` too) If a chunk decodes to more than
+        [`TENSORSTORE_MAX_CHUNK_BYTES`][TENSORSTORE_MAX_CHUNK_BYTES], or a shard index holds more:
+        tensorstore would abort the process where its allocation fails.
     """
 
     name = "tensorstore"
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
+        _check_chunk_bytes(array, self.chunk_shape, self.dtype)
         if _tensorstore_forked():
             msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
             raise NotImplementedError(msg)
