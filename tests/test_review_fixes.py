@@ -175,3 +175,58 @@ def test_a_damaged_member_of_a_zipped_store_is_a_read_error_naming_the_archive(
     with pytest.raises(lazystack.SourceReadError, match=r"a\.zarr\.zip"):
         stack.extract_patch(0, None, (0, 0), (16, 16))
     np.testing.assert_array_equal(stack.extract_patch(0, None, (32, 32), (16, 16))[0], 7)  # the others read
+
+
+# -- is_read_failure: any back end's own error class is a read error; only errors of code propagate -----------------
+@pytest.mark.parametrize(
+    ("error", "wrapped"),
+    [
+        (type("GcsHttpError", (Exception,), {}), True),  # gcsfs' HttpError, azure's AzureError: plain Exceptions
+        (MemoryError, True),  # a shard index entry claiming a TiB
+        (KeyError, True),
+        (TypeError, False),
+        (NotImplementedError, False),
+        (AttributeError, False),
+    ],
+)
+def test_a_store_error_of_any_back_end_is_a_read_error_and_a_bug_is_not(
+    tmp_path: Path, zarr_engine: str, error: type[Exception], wrapped: bool
+) -> None:
+    if not wrapped and zarr_engine != "zarr":
+        pytest.skip("the direct and tensorstore engines read remote stores themselves: they name any store error")
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Failing(MemoryFileSystem):  # metadata reads; every chunk read raises ``error``
+        protocol = ("reviewfailing",)
+        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's MemoryFileSystem keeps its files in a class attribute
+        pseudo_dirs = [""]  # noqa: RUF012
+
+        @classmethod
+        def _strip_protocol(cls, path: str) -> str:
+            return MemoryFileSystem._strip_protocol(path.removeprefix("reviewfailing://"))
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            if "/c/" in path:
+                raise error("chunk store failure")
+            return super().cat_file(path, start=start, end=end, **kwargs)
+
+        def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+            if "/c/" in path and "r" in mode:
+                raise error("chunk store failure")
+            return super()._open(path, mode, **kwargs)
+
+    fsspec.register_implementation("reviewfailing", Failing, clobber=True)
+    local = tmp_path / "a.zarr"
+    zarr.create_array(local, shape=(64, 64), chunks=(32, 32), dtype="uint16")[...] = 3
+    fs = Failing()
+    for file in local.rglob("*"):
+        if file.is_file():
+            fs.pipe_file(f"/bucket/{error.__name__}/a.zarr/{file.relative_to(local).as_posix()}", file.read_bytes())
+    (stack,) = lazystack.load_zarrs(f"reviewfailing://bucket/{error.__name__}/a.zarr", "YX")
+    if wrapped:
+        with pytest.raises(lazystack.SourceReadError, match=rf"reviewfailing://bucket/{error.__name__}/a\.zarr"):
+            stack.extract_patch(0, None, (0, 0), (16, 16))
+    else:
+        with pytest.raises(error, match="chunk store failure"):
+            stack.extract_patch(0, None, (0, 0), (16, 16))

@@ -29,15 +29,12 @@ import asyncio
 import atexit
 import contextlib
 import itertools
-import lzma
 import math
 import os
 import sys
 import threading
 import time
 import weakref
-import zipfile
-import zlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,7 +44,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ...core.errors import LazyStackError, MissingDependencyError, SourceFormatError, SourceReadError
+from ...core.errors import MissingDependencyError, SourceFormatError, SourceReadError
 from ...io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
 from ...io.process import at_fork, current_pid
 from ...io.reader import ReaderCapabilities, float32_is_exact
@@ -360,31 +357,35 @@ class ZarrPythonEngine(ZarrEngine):
         return fetch_concurrently(indices, self._one)
 
 
-#: What reading stored chunks raises when the bytes or the store fail (see [`is_read_failure()`][is_read_failure]).
-_READ_FAILURES: tuple[type[BaseException], ...] = (
-    OSError,
-    EOFError,
-    ValueError,
-    RuntimeError,
-    OverflowError,
-    zipfile.BadZipFile,
-    zlib.error,
-    lzma.LZMAError,
+#: Errors of code, not of stored data (see [`is_read_failure()`][is_read_failure]): never wrapped.
+_CODE_ERRORS: tuple[type[BaseException], ...] = (
+    NotImplementedError,
+    RecursionError,
+    TypeError,
+    AttributeError,
+    NameError,
+    AssertionError,
+    ImportError,
 )
 
 
 def is_read_failure(exc: BaseException) -> bool:
     """Whether ``exc``, raised while reading chunks through zarr, says the stored data could not be read.
 
-    Read failures: the store's and the network's (``OSError``: a missing or unreadable file, a
-    timeout, fsspec's errors; aiohttp's ``ClientError``, botocore's ``BotoCoreError``), a codec's on
-    damaged bytes (numcodecs' blosc, zstd and lz4 raise ``RuntimeError``, gzip ``OSError`` or
-    ``EOFError``, zlib ``zlib.error``, lzma ``LZMAError``), a checksum that does not match or a chunk
-    of the wrong size (``ValueError``), a shard index's offset past any file (``OverflowError``), a
-    zipped store's damaged member (``zipfile.BadZipFile``), and lazystack's own errors. They are
-    wrapped as ``SourceReadError`` naming the array and the chunk. Anything else
-    (``NotImplementedError``, ``RecursionError``, ``TypeError``, ``AttributeError``, ``IndexError``,
-    ``KeyError``, ``MemoryError`` ...) is a programming error or a resource limit, and propagates as it is.
+    Every ``Exception`` but an error of code is a read failure: what the store
+    and the network raise differs with each back end (``OSError``, fsspec's
+    errors, aiohttp's ``ClientError``, botocore's ``BotoCoreError``, gcsfs'
+    and azure's own classes, ``zipfile.BadZipFile`` for a zipped store's
+    damaged member), and so does what a codec raises on damaged bytes
+    (numcodecs' blosc, zstd and lz4 ``RuntimeError``, gzip ``OSError`` or
+    ``EOFError``, ``zlib.error``, ``LZMAError``, ``ValueError`` for a checksum
+    or a chunk of the wrong size, ``OverflowError`` or ``MemoryError`` for a
+    shard index pointing past any file): a list of accepted classes would let
+    the next back end's escape unnamed. They are wrapped as ``SourceReadError``
+    naming the array and the chunk. Errors of code (``NotImplementedError``,
+    ``RecursionError``, ``TypeError``, ``AttributeError``, ``NameError``,
+    ``AssertionError``, ``ImportError``) and what is not an ``Exception``
+    (``KeyboardInterrupt``) propagate as they are.
 
     Parameters
     ----------
@@ -396,15 +397,7 @@ def is_read_failure(exc: BaseException) -> bool:
     bool
         True for a read failure.
     """
-    if isinstance(exc, (NotImplementedError, RecursionError)):  # RuntimeErrors of code, not of data
-        return False
-    if isinstance(exc, (*_READ_FAILURES, LazyStackError)):
-        return True
-    aiohttp = sys.modules.get("aiohttp")  # not imported: none of its errors can have been raised
-    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
-        return True
-    botocore = sys.modules.get("botocore.exceptions")  # s3fs raises an unreachable endpoint's as it is
-    return botocore is not None and isinstance(exc, botocore.BotoCoreError)
+    return isinstance(exc, Exception) and not isinstance(exc, _CODE_ERRORS)
 
 
 def check_blosc_frame(raw: Any) -> None:
