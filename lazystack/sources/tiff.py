@@ -464,6 +464,9 @@ class _TiffHandle:
             with self.lock:
                 if self.released:
                     raise _HandleClosedError(self.path)
+                if fh.closed:  # another file of a multi-file OME-TIFF: tifffile closes it after reading its pages
+                    _check_still_a_file(fh.path)
+                    fh.open()  # closed with the handle (TiffFile.close closes every file of the series)
                 fh.seek(offset)
                 data = fh.read(bytecount)
         if len(data) != bytecount:
