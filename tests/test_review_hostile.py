@@ -104,7 +104,8 @@ def test_multifile_ome_listing_a_fifo_is_refused_not_a_blocked_open(tmp_path: Pa
         """
     )
     assert out.startswith("REFUSED"), out
-    assert str(fifo) in out and "FIFO" in out, out
+    assert str(fifo) in out, out
+    assert "FIFO" in out, out
 
 
 # -- valid files the new limits must not refuse ------------------------------------------------------------------
@@ -128,7 +129,9 @@ def _write(path: Path, data: np.ndarray, **kwargs: object) -> Path:
         ("tiled-zstd.tif", (300, 400), np.uint8, {"tile": (64, 64), "compression": "zstd"}),
     ],
 )
-def test_valid_files_are_not_refused(tmp_path: Path, name: str, shape: tuple[int, int], dtype: type, kwargs: dict) -> None:
+def test_valid_files_are_not_refused(
+    tmp_path: Path, name: str, shape: tuple[int, int], dtype: type, kwargs: dict
+) -> None:
     """Big single strips, tiles overhanging tiny images, BigTIFF, codecs: open and read like tifffile."""
     rng = np.random.default_rng(7)
     data = (rng.random(shape) * 250).astype(dtype)
@@ -155,7 +158,9 @@ def test_symlink_on_a_unicode_path_with_spaces_opens_and_reads(tmp_path: Path) -
     assert lazystack.load(str(link))[0].data_shape == (1, 1, 40, 30)
 
 
-def test_ome_with_more_than_2_20_planes_of_real_ifds_is_not_refused(tmp_path: Path) -> None:
+def test_ome_with_more_than_2_20_planes_of_real_ifds_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The plane bound is ``max(2**20, file size / 8)``: a file storing its planes (an IFD each) stays under it."""
     from lazystack.sources import tiff as tiff_source
 
@@ -165,13 +170,10 @@ def test_ome_with_more_than_2_20_planes_of_real_ifds_is_not_refused(tmp_path: Pa
     with tifffile.TiffFile(path) as tif:  # every stored plane costs the file far more than 8 bytes
         assert os.path.getsize(path) // 8 > len(tif.pages)
         tiff_source._check_ome_planes(tif, str(path), 3000 * 8 + 1)  # 3000 planes, under 2**20: accepted
+        monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 2999)  # the bound itself still refuses
         with pytest.raises(SourceFormatError, match="3000 image planes"):
-            original = tiff_source._OME_PLANES_FREE
-            tiff_source._OME_PLANES_FREE = 2999
-            try:
-                tiff_source._check_ome_planes(tif, str(path), 100)
-            finally:
-                tiff_source._OME_PLANES_FREE = original
+            tiff_source._check_ome_planes(tif, str(path), 100)
+        monkeypatch.undo()
     (stack,) = load_tiffs([path], "TYX")
     assert stack.data_shape == (3000, 1, 1, 1)
 
@@ -198,3 +200,28 @@ def test_no_stat_per_patch_once_open(tmp_path: Path, monkeypatch: pytest.MonkeyP
         np.testing.assert_array_equal(patch[0], data[z : z + 1, y : y + 16, x : x + 16])
     monkeypatch.undo()
     assert calls == []
+
+
+def test_multifile_ome_fifo_renamed_over_a_listed_file_fails_the_reopen_not_blocks(tmp_path: Path) -> None:
+    """A handle reopening the master (a DataLoader worker, after close()) stats the listed files before tifffile."""
+    _multifile_ome(tmp_path)
+    out = _run_child(
+        f"""
+        import os
+        import lazystack
+        (stack,) = lazystack.load_tiffs([{str(tmp_path / "m_0.ome.tif")!r}], "ZYX")
+        stack.extract_patch(0, None, (0, 0, 0), (1, 4, 4))
+        stack.close()
+        os.remove({str(tmp_path / "m_1.ome.tif")!r})
+        os.mkfifo({str(tmp_path / "m_1.ome.tif")!r})
+        try:
+            stack.extract_patch(0, None, (1, 20, 20), (1, 4, 4))  # not cached: read through a new handle
+        except lazystack.SourceReadError as exc:
+            print("REFUSED", exc)
+        else:
+            print("READ")
+        """
+    )
+    assert out.startswith("REFUSED"), out
+    assert "m_1.ome.tif" in out, out
+    assert "FIFO" in out, out

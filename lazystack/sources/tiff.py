@@ -326,6 +326,12 @@ class _TiffHandle:
         try:
             self.fh = self.tif.filehandle
             check_stamp(f"TIFF file {path!r}", stamp, _fstat(self.fh, path))
+            if self.tif.is_ome and "FileName" in (self.tif.ome_metadata or ""):  # tifffile opens the listed files
+                try:
+                    _check_ome_planes(self.tif, path, self.fh.size)
+                except SourceFormatError as exc:
+                    msg = f"TIFF file {path!r} changed since the stack was opened: {exc}; load it again"
+                    raise SourceReadError(msg) from exc
             self.fd: int | None = None
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
