@@ -225,3 +225,23 @@ def test_multifile_ome_fifo_renamed_over_a_listed_file_fails_the_reopen_not_bloc
     assert out.startswith("REFUSED"), out
     assert "m_1.ome.tif" in out, out
     assert "FIFO" in out, out
+
+
+# -- the stat before bioio (6358569) -----------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="sources/bioio.py (6358569): open_bioio calls check_regular_file on a folder too, so an OME-Zarr folder "
+    "that bioio-ome-zarr reads (and load_bioio read before) is a SourceFormatError 'is a directory'. Fix: stat only "
+    "a path that is not a folder, as sources/custom.py does: `if not os.path.isdir(path): check_regular_file(...)`",
+)
+def test_load_bioio_still_reads_an_ome_zarr_folder(tmp_path: Path) -> None:
+    """bioio plugins read folders (bioio-ome-zarr): the not-a-FIFO check must not refuse a directory."""
+    pytest.importorskip("bioio_ome_zarr")
+    from lazystack.ops.writing import write_ome_zarr
+
+    data = np.arange(2 * 32 * 40, dtype=np.uint16).reshape(2, 32, 40)
+    path = tmp_path / "image.ome.zarr"
+    (source,) = lazystack.load(data, "ZYX")
+    write_ome_zarr(source, path)  # one image (a list would be a bioformats2raw store, which bioio refuses)
+    (stack,) = lazystack.load_bioio(path, "ZYX")
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (1, 2, 3), (1, 4, 4))[0], data[1:2, 2:6, 3:7])
