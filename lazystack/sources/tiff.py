@@ -326,6 +326,12 @@ class _TiffHandle:
         try:
             self.fh = self.tif.filehandle
             check_stamp(f"TIFF file {path!r}", stamp, _fstat(self.fh, path))
+            if self.tif.is_ome and "FileName" in (self.tif.ome_metadata or ""):  # tifffile opens the listed files
+                try:
+                    _check_ome_planes(self.tif, path, self.fh.size)
+                except SourceFormatError as exc:
+                    msg = f"TIFF file {path!r} changed since the stack was opened: {exc}; load it again"
+                    raise SourceReadError(msg) from exc
             self.fd: int | None = None
             if self.fh.is_file and hasattr(os, "pread"):
                 with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -464,6 +470,9 @@ class _TiffHandle:
             with self.lock:
                 if self.released:
                     raise _HandleClosedError(self.path)
+                if fh.closed:  # another file of a multi-file OME-TIFF: tifffile closes it after reading its pages
+                    _check_still_a_file(fh.path)
+                    fh.open()  # closed with the handle (TiffFile.close closes every file of the series)
                 fh.seek(offset)
                 data = fh.read(bytecount)
         if len(data) != bytecount:
@@ -886,7 +895,9 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     pixels when ``SizeX`` / ``SizeY`` disagree with the pages, and
     ``NumPlanes`` / ``PlaneCount`` of each ``TiffData``), whatever the file
     holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
-    TIFF file stores costs it more than 8 bytes (an IFD entry).
+    TIFF file stores costs it more than 8 bytes (an IFD entry). The other
+    files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed: tifffile
+    opens them, and a FIFO would block that open.
     """
     if not tif.is_ome:
         return
@@ -901,8 +912,15 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         return  # tifffile falls back to the pages themselves
     page_size = max(1, int(tif.pages.first.size))
     most = max(_OME_PLANES_FREE, file_size // 8)
+    listed: set[str] = set()
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "UUID" and element.get("FileName"):  # a plane in another file, which tifffile opens
+            name = str(element.get("FileName"))
+            if name not in listed:
+                listed.add(name)
+                _check_listed_file(os.path.join(tif.filehandle.dirname, name), path)
+            continue
         if tag == "Pixels":
             try:
                 sizes = {ax: int(element.get(f"Size{ax}", 1)) for ax in "XYZCT"}
@@ -927,6 +945,12 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
                 "is corrupt"
             )
             raise SourceFormatError(msg)
+
+
+def _check_listed_file(listed: str, path: str) -> None:
+    """A file a multi-file OME-TIFF lists: not a FIFO or device (tifffile's open would block); missing is fine."""
+    if os.path.exists(listed) and not os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
+        check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
 
 
 def _check_segment_size(where: str, keyframe: Any) -> None:
