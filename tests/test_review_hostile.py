@@ -228,12 +228,6 @@ def test_multifile_ome_fifo_renamed_over_a_listed_file_fails_the_reopen_not_bloc
 
 
 # -- the stat before bioio (6358569) -----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources/bioio.py (6358569): open_bioio calls check_regular_file on a folder too, so an OME-Zarr folder "
-    "that bioio-ome-zarr reads (and load_bioio read before) is a SourceFormatError 'is a directory'. Fix: stat only "
-    "a path that is not a folder, as sources/custom.py does: `if not os.path.isdir(path): check_regular_file(...)`",
-)
 def test_load_bioio_still_reads_an_ome_zarr_folder(tmp_path: Path) -> None:
     """bioio plugins read folders (bioio-ome-zarr): the not-a-FIFO check must not refuse a directory."""
     pytest.importorskip("bioio_ome_zarr")

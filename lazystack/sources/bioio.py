@@ -254,7 +254,8 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
     if not os.path.exists(path):
         msg = f"file not found: {path!r}"
         raise SourceNotFoundError(msg)
-    check_regular_file(path, "image file", "an image file a bioio plugin reads")  # bioio would block on a FIFO
+    if not os.path.isdir(path):  # a folder is a format too (OME-Zarr through bioio-ome-zarr)
+        check_regular_file(path, "image file", "an image file a bioio plugin reads")  # bioio would block on a FIFO
     try:
         image = bioio.BioImage(path, **reader_options)
         scenes = list(image.scenes)
