@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,41 +113,48 @@ def test_a_napari_layer_of_a_normalized_view_sits_where_the_view_does() -> None:
 
 
 # -- is_read_failure: a cloud store's own connection error (botocore's, raised as it is by s3fs) is a read error -------
-def test_an_s3_connection_error_on_a_chunk_is_a_read_error_naming_the_array(tmp_path: Path, zarr_engine: str) -> None:
-    botocore_exceptions = pytest.importorskip("botocore.exceptions")
+def _store_failing_on_chunks(tmp_path: Path, protocol: str, error: Callable[[], Exception]) -> str:
+    """A 64 x 64 Zarr array in an fsspec memory file system ``protocol://``: metadata reads; chunk reads raise."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
-    def unreachable() -> Exception:  # what s3fs raises when the endpoint cannot be reached: not an OSError
-        return botocore_exceptions.EndpointConnectionError(endpoint_url="https://s3.example.invalid/bucket")
-
-    class Unreachable(MemoryFileSystem):  # metadata reads; every chunk read fails as s3fs's would
-        protocol = ("reviewunreachable",)
+    class Failing(MemoryFileSystem):
         store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's MemoryFileSystem keeps its files in a class attribute
         pseudo_dirs = [""]  # noqa: RUF012
 
         @classmethod
         def _strip_protocol(cls, path: str) -> str:
-            return MemoryFileSystem._strip_protocol(path.removeprefix("reviewunreachable://"))
+            return MemoryFileSystem._strip_protocol(path.removeprefix(f"{protocol}://"))
 
         def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
             if "/c/" in path:
-                raise unreachable()
+                raise error()
             return super().cat_file(path, start=start, end=end, **kwargs)
 
         def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
             if "/c/" in path and "r" in mode:
-                raise unreachable()
+                raise error()
             return super()._open(path, mode, **kwargs)
 
-    fsspec.register_implementation("reviewunreachable", Unreachable, clobber=True)
+    Failing.protocol = (protocol,)
+    fsspec.register_implementation(protocol, Failing, clobber=True)
     local = tmp_path / "a.zarr"
     zarr.create_array(local, shape=(64, 64), chunks=(32, 32), dtype="uint16")[...] = 3
-    fs = Unreachable()
+    fs = Failing()
     for file in local.rglob("*"):
         if file.is_file():
             fs.pipe_file(f"/bucket/a.zarr/{file.relative_to(local).as_posix()}", file.read_bytes())
-    (stack,) = lazystack.load_zarrs("reviewunreachable://bucket/a.zarr", "YX")
+    return f"{protocol}://bucket/a.zarr"
+
+
+def test_an_s3_connection_error_on_a_chunk_is_a_read_error_naming_the_array(tmp_path: Path, zarr_engine: str) -> None:
+    botocore_exceptions = pytest.importorskip("botocore.exceptions")
+
+    def unreachable() -> Exception:  # what s3fs raises when the endpoint cannot be reached: not an OSError
+        return botocore_exceptions.EndpointConnectionError(endpoint_url="https://s3.example.invalid/bucket")
+
+    uri = _store_failing_on_chunks(tmp_path, "reviewunreachable", unreachable)
+    (stack,) = lazystack.load_zarrs(uri, "YX")
     with pytest.raises(lazystack.SourceReadError, match=r"reviewunreachable://bucket/a\.zarr"):
         stack.extract_patch(0, None, (0, 0), (16, 16))
 
@@ -194,38 +202,11 @@ def test_a_store_error_of_any_back_end_is_a_read_error_and_a_bug_is_not(
 ) -> None:
     if not wrapped and zarr_engine != "zarr":
         pytest.skip("the direct and tensorstore engines read remote stores themselves: they name any store error")
-    import fsspec
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class Failing(MemoryFileSystem):  # metadata reads; every chunk read raises ``error``
-        protocol = ("reviewfailing",)
-        store: dict[str, Any] = {}  # noqa: RUF012 - fsspec's MemoryFileSystem keeps its files in a class attribute
-        pseudo_dirs = [""]  # noqa: RUF012
-
-        @classmethod
-        def _strip_protocol(cls, path: str) -> str:
-            return MemoryFileSystem._strip_protocol(path.removeprefix("reviewfailing://"))
-
-        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-            if "/c/" in path:
-                raise error("chunk store failure")
-            return super().cat_file(path, start=start, end=end, **kwargs)
-
-        def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-            if "/c/" in path and "r" in mode:
-                raise error("chunk store failure")
-            return super()._open(path, mode, **kwargs)
-
-    fsspec.register_implementation("reviewfailing", Failing, clobber=True)
-    local = tmp_path / "a.zarr"
-    zarr.create_array(local, shape=(64, 64), chunks=(32, 32), dtype="uint16")[...] = 3
-    fs = Failing()
-    for file in local.rglob("*"):
-        if file.is_file():
-            fs.pipe_file(f"/bucket/{error.__name__}/a.zarr/{file.relative_to(local).as_posix()}", file.read_bytes())
-    (stack,) = lazystack.load_zarrs(f"reviewfailing://bucket/{error.__name__}/a.zarr", "YX")
+    protocol = f"reviewfailing{error.__name__.lower()}"
+    uri = _store_failing_on_chunks(tmp_path, protocol, lambda: error("chunk store failure"))
+    (stack,) = lazystack.load_zarrs(uri, "YX")
     if wrapped:
-        with pytest.raises(lazystack.SourceReadError, match=rf"reviewfailing://bucket/{error.__name__}/a\.zarr"):
+        with pytest.raises(lazystack.SourceReadError, match=rf"{protocol}://bucket/a\.zarr"):
             stack.extract_patch(0, None, (0, 0), (16, 16))
     else:
         with pytest.raises(error, match="chunk store failure"):
