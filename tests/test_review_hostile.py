@@ -237,5 +237,11 @@ def test_load_bioio_still_reads_an_ome_zarr_folder(tmp_path: Path) -> None:
     path = tmp_path / "image.ome.zarr"
     (source,) = lazystack.load(data, "ZYX")
     write_ome_zarr(source, path)  # one image (a list would be a bioformats2raw store, which bioio refuses)
+    import bioio
+
+    try:  # the reference: bioio's own read of the folder
+        bioio.BioImage(str(path))
+    except Exception as exc:  # bioio-ome-zarr 3.0.0 (the lowest allowed) does not find local folders
+        pytest.skip(f"this bioio / bioio-ome-zarr cannot read an OME-Zarr folder itself: {type(exc).__name__}")
     (stack,) = lazystack.load_bioio(path, "ZYX")
     np.testing.assert_array_equal(stack.extract_patch(0, None, (1, 2, 3), (1, 4, 4))[0], data[1:2, 2:6, 3:7])
