@@ -61,12 +61,9 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return calls
 
 
-@pytest.mark.parametrize(
-    ("chunks", "tensorstore"),
-    [((1, 256, 256), False), ((1, 512, 256), True)],  # 128 KiB chunks decoded directly; 256 KiB in tensorstore
-)
+@pytest.mark.parametrize("chunks", [(1, 256, 256), (1, 512, 256)])  # 128 KiB and 256 KiB chunks: both decoded directly
 def test_a_cached_batch_of_small_chunks_is_decoded_directly_each_chunk_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: tuple[int, ...], tensorstore: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: tuple[int, ...]
 ) -> None:
     pytest.importorskip("tensorstore", reason="the auto engine mixes in tensorstore only when it is installed")
     shape = (4, 1024, 1024)
@@ -90,14 +87,11 @@ def test_a_cached_batch_of_small_chunks_is_decoded_directly_each_chunk_once(
     for (_, s, _, (y, x), _), patch in zip(reqs, got, strict=True):
         np.testing.assert_array_equal(patch, data[s : s + 1, y : y + 64, x : x + 64].astype(np.float32))
         assert patch.dtype == np.float32
-    if tensorstore:
-        assert calls["tensorstore rounds"] == 1
-        assert calls["tensorstore chunks"] == len(touched)
-        assert calls["direct chunks"] == 0
-    else:
-        assert calls["tensorstore rounds"] == 0
-        assert calls["direct chunks"] == len(touched)  # each touched chunk decoded once
-        assert all(n == 1 for key, n in calls.items() if key.startswith("direct ("))
+    # not in tensorstore rounds, though a plain fetch of these chunks would go there (measured: 256 KiB 3-D
+    # chunks 1.35x / 1.16x the patches/s of rounds with 0 / 2 workers, see ZarrArrayReader.parallel_fetch)
+    assert calls["tensorstore rounds"] == 0
+    assert calls["direct chunks"] == len(touched)  # each touched chunk decoded once
+    assert all(n == 1 for key, n in calls.items() if key.startswith("direct ("))
 
 
 @pytest.mark.skipif(CPU_WORKERS < 2, reason="CPU-bound fetches use the calling thread alone on one core")

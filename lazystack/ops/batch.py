@@ -334,8 +334,8 @@ class _Batch:
         """Whether to fetch in rounds because the source decodes a round's chunks in parallel (tensorstore).
 
         The reader decides ([`parallel_fetch()`][lazystack.io.chunked.ChunkedReader.parallel_fetch]):
-        a Zarr reader on ``auto`` says so for chunks of 256 KiB and up, and
-        smaller chunks are decoded on the cores here, chunk by chunk.
+        a Zarr reader on the ``tensorstore`` engine says so; on ``auto`` or
+        ``direct`` the chunks are decoded on the cores here, chunk by chunk.
         """
         return reader.parallel_fetch(len({c for i in indices for c in self.touched(i, reader)}))
 

@@ -1456,20 +1456,15 @@ class ZarrArrayReader(ChunkedReader):
     def parallel_fetch(self, n_chunks: int) -> bool:
         """Whether a batch fetches its ``n_chunks`` chunks in one call, decoded in tensorstore's threads.
 
-        True for the tensorstore engine. With ``auto``
-        ([`AutoEngine.prefers_tensorstore()`][AutoEngine.prefers_tensorstore]), only for chunks that
-        a batch reads from tensorstore with the cache off too
-        ([`AutoEngine.prefers_tensorstore_for_batches()`][AutoEngine.prefers_tensorstore_for_batches]):
-        a batch of smaller chunks (2-D 128 KiB zstd ones) is decoded directly on the cores, each chunk
-        cast straight into its patches. Measured with ``benchmarks/bench_loader.py --baseline`` (batches
-        of 32 random 64x64 patches, the default cache, interleaved): 1.04x (0 workers) and 1.07x (2 fork
-        workers) the patches/s of tensorstore rounds, a 419 MiB peak RSS against 610, and 6-9 page faults
-        a patch against 14.
+        True for the tensorstore engine only. With ``auto``, a batch with the chunk cache on is
+        decoded directly on the cores, each chunk cast straight into its patches and kept only if
+        read again soon, whatever the chunk size. Measured with ``benchmarks/bench_loader.py
+        --baseline`` (batches of 32 random patches, the default cache, interleaved, quiet 2-core
+        machine): 2-D 128 KiB zstd chunks 1.04x (0 workers) and 1.07x (2 fork workers) the
+        patches/s of tensorstore rounds; 3-D 256 KiB chunks 1.35x and 1.16x, with a peak RSS of
+        445 MiB against 812 (0 workers) and 246 against 376 per worker.
         """
-        engine = self.engine
-        if isinstance(engine, AutoEngine):
-            return engine.prefers_tensorstore_for_batches() and engine.prefers_tensorstore(n_chunks)
-        return isinstance(engine, TensorstoreEngine)
+        return isinstance(self.engine, TensorstoreEngine)
 
     @property
     def engine_name(self) -> str:
