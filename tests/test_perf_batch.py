@@ -88,7 +88,7 @@ def test_a_cached_batch_of_small_chunks_is_decoded_directly_each_chunk_once(
         np.testing.assert_array_equal(patch, data[s : s + 1, y : y + 64, x : x + 64].astype(np.float32))
         assert patch.dtype == np.float32
     # not in tensorstore rounds, though a plain fetch of these chunks would go there (measured: 256 KiB 3-D
-    # chunks 1.35x / 1.16x the patches/s of rounds with 0 / 2 workers, see ZarrArrayReader.parallel_fetch)
+    # chunks 1.16x / 1.19x the patches/s of rounds with 0 / 2 workers, see ZarrArrayReader.parallel_fetch)
     assert calls["tensorstore rounds"] == 0
     assert calls["direct chunks"] == len(touched)  # each touched chunk decoded once
     assert all(n == 1 for key, n in calls.items() if key.startswith("direct ("))

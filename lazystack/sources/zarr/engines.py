@@ -1461,8 +1461,9 @@ class ZarrArrayReader(ChunkedReader):
         read again soon, whatever the chunk size. Measured with ``benchmarks/bench_loader.py
         --baseline`` (batches of 32 random patches, the default cache, interleaved, quiet 2-core
         machine): 2-D 128 KiB zstd chunks 1.04x (0 workers) and 1.07x (2 fork workers) the
-        patches/s of tensorstore rounds; 3-D 256 KiB chunks 1.35x and 1.16x, with a peak RSS of
-        445 MiB against 812 (0 workers) and 246 against 376 per worker.
+        patches/s of tensorstore rounds; 3-D 256 KiB chunks 1.16x and 1.19x (0.98x and 1.06x the
+        decode floor), with a peak RSS of 464 MiB against 850 (0 workers) and 246 against 445 per
+        worker (``benchmarks/results/loader-s11-direct3d.txt``).
         """
         return isinstance(self.engine, TensorstoreEngine)
 
