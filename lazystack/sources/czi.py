@@ -98,7 +98,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import check_regular_file, check_stamp, file_stamp, selector_hint, split_source
+from ..io.handles import check_regular_file, check_stamp, file_stamp, split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -203,13 +203,8 @@ class _FileInfo:
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        msg = f"CZI file not found: {path!r}" + selector_hint(path, "scene")
-        raise SourceNotFoundError(msg)
-    if os.path.isdir(path):
-        msg = f"{path!r} is a directory, not a CZI file"
-        raise SourceFormatError(msg)
-    check_regular_file(path, "CZI file", "a .czi file")  # a FIFO named x.czi would block the open below
+    # a FIFO named x.czi would block the open below
+    check_regular_file(path, "CZI file", "a .czi file", selector="scene")
     with open(path, "rb") as f:
         head = f.read(16)
     if not head.startswith(_MAGIC):

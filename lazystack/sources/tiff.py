@@ -115,7 +115,6 @@ from ..io.handles import (
     check_regular_file,
     check_stamp,
     file_stamp,
-    selector_hint,
     split_source,
 )
 from ..io.process import FileManager, current_pid
@@ -873,14 +872,8 @@ def _split_series(path: str) -> tuple[str, int | None, int | None]:
 
 def _check_file(path: str) -> os.stat_result:
     """The file's status; a missing file, a directory, a FIFO or device, an empty file raise."""
-    if not os.path.exists(path):
-        msg = f"TIFF file not found: {path!r}" + selector_hint(path, "series")
-        raise SourceNotFoundError(msg)
-    if os.path.isdir(path):
-        msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
-        raise SourceFormatError(msg)
     # a FIFO named x.tif would block the open for ever, /dev/zero read without end
-    st = check_regular_file(path, "TIFF file", "a TIFF file (.tif, .tiff, .ome.tif ...)")
+    st = check_regular_file(path, "TIFF file", "a TIFF file (.tif, .tiff, .ome.tif ...)", selector="series")
     if st.st_size == 0:
         msg = f"TIFF file {path!r} is empty (0 bytes)"
         raise SourceFormatError(msg)
