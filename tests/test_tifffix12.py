@@ -45,7 +45,8 @@ def test_a_folder_is_refused_naming_the_path_and_what_is_accepted(tmp_path: Path
         with pytest.raises(SourceFormatError) as info:
             call(str(folder))  # type: ignore[operator]
         text = str(info.value)
-        assert str(folder) in text and "is a directory" in text and accepted in text, (name, text)
+        for part in (str(folder), "is a directory", accepted):
+            assert part in text, (name, text)
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "czi"])
@@ -64,7 +65,8 @@ def test_a_bad_selector_names_the_existing_file_and_the_accepted_form(tmp_path: 
         with pytest.raises(SourceNotFoundError) as info:
             call(f"{path}@-1")  # type: ignore[operator]
         text = str(info.value)
-        assert f"{path}@-1" in text and "selects nothing" in text and f"'@N' for {word} N" in text, (name, text)
+        for part in (f"{path}@-1", "selects nothing", f"'@N' for {word} N"):
+            assert part in text, (name, text)
 
 
 def test_a_looping_symlink_is_not_found_and_says_why(tmp_path: Path) -> None:
@@ -88,4 +90,73 @@ def test_tiff_and_czi_file_checks_go_through_check_regular_file() -> None:
     for module in (tiff_source, czi_source):
         source = inspect.getsource(module._check_file)
         assert "check_regular_file(" in source
-        assert "os.path.exists" not in source and "os.path.isdir" not in source, module.__name__
+        assert "os.path.exists" not in source, module.__name__
+        assert "os.path.isdir" not in source, module.__name__
+
+
+# -- one error class per cause at every TIFF entry point -----------------------------------------------------------
+def _entry_points() -> dict[str, object]:
+    from lazystack.frontends.cli import main
+
+    def cli_info(path: str) -> None:
+        main(["info", path, "--debug"])  # --debug re-raises the error instead of printing it
+
+    return {**_tiff_calls(), "load": lambda p: lazystack.load(p), "lazystack info": cli_info}
+
+
+def _fail_with(exc: OSError):  # type: ignore[no-untyped-def]
+    def fail(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["open", "read"],
+    ids=["permission-denied-on-open", "io-error-while-reading-the-header"],
+)
+def test_an_unreadable_tiff_is_a_read_error_at_every_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """An ``OSError`` from the file system is a SourceReadError (load_tiffs, propose_axes, load, ``lazystack info``)."""
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint8), ome=True, metadata={"axes": "ZYX"})
+    if where == "open":
+        exc = PermissionError(errno.EACCES, "Permission denied", str(path))
+    else:
+        exc = OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(tifffile.FileHandle, where, _fail_with(exc))
+    for name, call in _entry_points().items():
+        with pytest.raises(SourceReadError) as info:
+            call(str(path))  # type: ignore[operator]
+        assert str(path) in str(info.value), (name, info.value)
+        assert str(exc.strerror) in str(info.value), (name, info.value)
+        assert not isinstance(info.value, SourceFormatError), name
+
+
+@pytest.mark.parametrize("content", [b"this is no tiff", b"II*\x00\x08\x00\x00\x00\xff\xff"], ids=["text", "bad-ifd"])
+def test_a_file_read_but_not_a_tiff_is_a_format_error_at_every_entry_point(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.tif"
+    path.write_bytes(content)
+    for name, call in _entry_points().items():
+        with pytest.raises(SourceFormatError) as info:
+            call(str(path))  # type: ignore[operator]
+        assert str(path) in str(info.value), (name, info.value)
+        assert "TIFF" in str(info.value), (name, info.value)
+        assert not isinstance(info.value, SourceReadError), name
+
+
+def test_a_missing_series_is_the_same_error_for_load_tiffs_and_propose_axes(tmp_path: Path) -> None:
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((8, 8), np.uint8), metadata={"axes": "YX"})
+        tw.write(np.zeros((2, 4, 4), np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    messages = []
+    for call in (lambda p: load_tiffs([p], "YX"), tiff_source.propose_axes):
+        with pytest.raises(SourceNotFoundError) as info:
+            call(f"{path}@5")
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "series 5" in messages[0]
+    assert "'@0' to '@1'" in messages[0]

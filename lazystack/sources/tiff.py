@@ -67,7 +67,8 @@ Handles
 
 Errors
     A missing file is a [`SourceNotFoundError`][lazystack.SourceNotFoundError]; a directory,
-    an empty or non-TIFF file a [`SourceFormatError`][lazystack.SourceFormatError]; a
+    an empty or non-TIFF file a [`SourceFormatError`][lazystack.SourceFormatError]; a file
+    the system cannot read (``OSError``) a [`SourceReadError`][lazystack.SourceReadError]; a
     compression tifffile cannot decode here a
     [`MissingDependencyError`][lazystack.MissingDependencyError] (known codec, decoder not
     installed) or [`SourceFormatError`][lazystack.SourceFormatError] (unknown codec),
@@ -89,7 +90,6 @@ import itertools
 import math
 import mmap
 import os
-import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -1141,6 +1141,50 @@ def _imagej_sizes(tif: Any, series: Any) -> dict[str, float]:
     return sizes
 
 
+@contextmanager
+def _tiff_file(file_path: str, wanted: int | None) -> Iterator[tuple[Any, os.stat_result, list[Any]]]:
+    """The open ``TiffFile``, its status and its image series (series ``wanted`` must be one of them).
+
+    What [`open_tiff()`][open_tiff] and [`propose_axes()`][propose_axes] share: an ``OSError``
+    (the file cannot be read) is a [`SourceReadError`][lazystack.SourceReadError], anything else
+    tifffile raises (the bytes are not a TIFF it can read) a [`SourceFormatError`][lazystack.SourceFormatError].
+    """
+    import tifffile
+
+    _check_file(file_path)
+    try:
+        tif = tifffile.TiffFile(file_path, mode="r")
+    except OSError as exc:
+        msg = f"cannot open TIFF file {file_path!r}: {exc}"
+        raise SourceReadError(msg) from exc
+    except Exception as exc:
+        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
+        raise SourceFormatError(msg) from exc
+    with tif:
+        st = _fstat(tif.filehandle, file_path)
+        try:
+            _check_ome_planes(tif, file_path, st.st_size)
+            all_series = list(tif.series)
+        except LazyStackError:
+            raise
+        except OSError as exc:
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {exc}"
+            raise SourceReadError(msg) from exc
+        except Exception as exc:
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {_why(exc)}"
+            raise SourceFormatError(msg) from exc
+        if not all_series:
+            msg = f"TIFF file {file_path!r} contains no image series"
+            raise SourceFormatError(msg)
+        if wanted is not None and wanted >= len(all_series):
+            msg = (
+                f"TIFF file {file_path!r} has no image series {wanted}: "
+                f"it has {len(all_series)} series, accepted '@0' to '@{len(all_series) - 1}'"
+            )
+            raise SourceNotFoundError(msg)
+        yield tif, st, all_series
+
+
 def open_tiff(
     path: str, axes: str, whole_file_chunks: bool = False, levels: tuple[int, ...] | None = None
 ) -> list[OpenedSource]:
@@ -1176,42 +1220,15 @@ def open_tiff(
     SourceFormatError
         For a directory, an empty file, a file that is not a TIFF, or an
         unknown compression.
+    SourceReadError
+        If the file cannot be read (an ``OSError``: permission denied, I/O error).
     MissingDependencyError
         If the compression's decoder is not installed.
     ShapeMismatchError
         If ``axes`` does not have the rank of a series.
     """
-    import tifffile
-
     file_path, wanted, wanted_level = _split_series(os.fspath(path))
-    _check_file(file_path)
-    try:
-        tif = tifffile.TiffFile(file_path, mode="r")
-    except PermissionError as exc:
-        msg = f"cannot open TIFF file {file_path!r}: {exc}"
-        raise SourceReadError(msg) from exc
-    except Exception as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
-        raise SourceFormatError(msg) from exc
-    with tif:
-        st = _fstat(tif.filehandle, file_path)
-        try:
-            _check_ome_planes(tif, file_path, st.st_size)
-            all_series = list(tif.series)
-        except LazyStackError:
-            raise
-        except Exception as exc:
-            msg = f"cannot read the image series of TIFF file {file_path!r}: {_why(exc)}"
-            raise SourceFormatError(msg) from exc
-        if not all_series:
-            msg = f"TIFF file {file_path!r} contains no image series"
-            raise SourceFormatError(msg)
-        if wanted is not None and wanted >= len(all_series):
-            msg = (
-                f"TIFF file {file_path!r} has no image series {wanted}: "
-                f"it has {len(all_series)} series, accepted '@0' to '@{len(all_series) - 1}'"
-            )
-            raise SourceNotFoundError(msg)
+    with _tiff_file(file_path, wanted) as (tif, st, all_series):
         indices = [wanted] if wanted is not None else list(range(len(all_series)))
         opened = []
         for i in indices:
@@ -1348,29 +1365,15 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     Raises
     ------
     SourceFormatError
-        When the file is not a readable TIFF.
+        When the file is read but is not a TIFF tifffile can read.
+    SourceReadError
+        When the file cannot be read (an ``OSError``: permission denied, I/O error).
     SourceNotFoundError
-        When series ``i`` does not exist.
+        When the file or series ``i`` does not exist.
     """
-    import tifffile
-
     file_path, series, _ = _split_series(os.fspath(path))
-    size = _check_file(file_path).st_size
-    try:
-        with tifffile.TiffFile(file_path) as tif:
-            _check_ome_planes(tif, file_path, size)
-            if not tif.series:
-                msg = f"{file_path!r} holds no image series tifffile can read"
-                raise SourceFormatError(msg)
-            if series is not None and not 0 <= series < len(tif.series):
-                msg = f"{file_path!r} has {len(tif.series)} image series; series {series} does not exist"
-                raise SourceNotFoundError(msg)
-            declared = tif.series[series or 0].axes
-    except LazyStackError:
-        raise
-    except (tifffile.TiffFileError, struct.error, IndexError, KeyError, OSError, ValueError) as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
-        raise SourceFormatError(msg) from exc
+    with _tiff_file(file_path, series) as (_, _, all_series):
+        declared = all_series[series or 0].axes
     return tiff_axes_to_lazystack(declared)
 
 
