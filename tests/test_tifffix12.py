@@ -160,3 +160,64 @@ def test_a_missing_series_is_the_same_error_for_load_tiffs_and_propose_axes(tmp_
     assert messages[0] == messages[1]
     assert "series 5" in messages[0]
     assert "'@0' to '@1'" in messages[0]
+
+
+# -- the OME plane bound counts the files a multi-file OME-TIFF lists -------------------------------------------------
+def _multifile_ome(folder: Path, files: int = 3, planes: int = 2, shape: tuple[int, int] = (32, 48)) -> np.ndarray:
+    """``files`` files of ``planes`` planes each, every file's OME-XML listing all of them (as Bio-Formats writes)."""
+    data = np.arange(files * planes * shape[0] * shape[1], dtype=np.uint16).reshape(files * planes, *shape)
+    names = [f"m_{k}.ome.tif" for k in range(files)]
+    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
+    tiffdata = "".join(
+        f'<TiffData FirstZ="{k * planes}" IFD="0" PlaneCount="{planes}"><UUID FileName="{name}">{uuids[k]}</UUID>'
+        "</TiffData>"
+        for k, name in enumerate(names)
+    )
+    for k, name in enumerate(names):
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[k]}">'
+            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+            f'SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="{files * planes}" SizeC="1" SizeT="1">'
+            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
+        )
+        tifffile.imwrite(folder / name, data[k * planes : (k + 1) * planes], description=xml, metadata=None)
+    return data
+
+
+def test_the_plane_bound_counts_the_listed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """6 planes declared: refused for a 40-byte master alone, accepted with the two other files it lists."""
+    _multifile_ome(tmp_path)
+    master = tmp_path / "m_0.ome.tif"
+    others = sum(os.path.getsize(tmp_path / f"m_{k}.ome.tif") for k in (1, 2))
+    assert others // 8 >= 6
+    monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 1)
+    with tifffile.TiffFile(master) as tif:
+        tiff_source._check_ome_planes(tif, str(master), 40)  # 40 // 8 = 5 < 6 planes, but the files hold more
+        os.remove(tmp_path / "m_1.ome.tif")  # a listed file that is missing counts nothing
+        os.remove(tmp_path / "m_2.ome.tif")
+        (tmp_path / "m_2.ome.tif").mkdir()  # nor does a folder
+        with pytest.raises(SourceFormatError, match="6 image planes") as info:
+            tiff_source._check_ome_planes(tif, str(master), 40)
+    assert str(master) in str(info.value)
+
+
+def test_the_master_listing_itself_is_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file lists itself too: its size is counted once (the size the caller gives)."""
+    _multifile_ome(tmp_path, files=1, planes=2)
+    master = tmp_path / "m_0.ome.tif"
+    monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 1)
+    with tifffile.TiffFile(master) as tif:
+        tiff_source._check_ome_planes(tif, str(master), 16)  # 2 planes, 16 // 8 = 2: accepted
+        with pytest.raises(SourceFormatError, match="2 image planes"):
+            tiff_source._check_ome_planes(tif, str(master), 8)  # not 8 + the master's real size
+
+
+def test_a_multifile_ome_reads_under_a_low_plane_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _multifile_ome(tmp_path)
+    monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 1)
+    (stack,) = load_tiffs([tmp_path / "m_0.ome.tif"], "ZYX")
+    assert lazystack.propose_axes(tmp_path / "m_0.ome.tif") == "ZYX"
+    for z in range(6):
+        patch = stack.extract_patch(0, None, (z, 3, 5), (1, 8, 9))
+        np.testing.assert_array_equal(patch[0], data[z : z + 1, 3:11, 5:14])

@@ -889,8 +889,9 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     ``NumPlanes`` / ``PlaneCount`` of each ``TiffData``), whatever the file
     holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
     TIFF file stores costs it more than 8 bytes (an IFD entry). The other
-    files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed: tifffile
-    opens them, and a FIFO would block that open.
+    files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed (tifffile
+    opens them, and a FIFO would block that open) and the sizes of those that
+    are regular files count in ``file size``: their planes are stored there.
     """
     if not tif.is_ome:
         return
@@ -904,16 +905,17 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     except ET.ParseError:
         return  # tifffile falls back to the pages themselves
     page_size = max(1, int(tif.pages.first.size))
-    most = max(_OME_PLANES_FREE, file_size // 8)
-    listed: set[str] = set()
+    # planes in other files, which tifffile opens: each stat-ed once, its size counted once (a file lists itself too)
+    names = {str(e.get("FileName")) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "UUID" and e.get("FileName")}
+    seen = [_fstat(tif.filehandle, path)]
+    for name in sorted(names):
+        st = _check_listed_file(os.path.join(tif.filehandle.dirname, name), path)
+        if st is not None and not any(os.path.samestat(st, other) for other in seen):
+            seen.append(st)
+    total = file_size + sum(st.st_size for st in seen[1:])
+    most = max(_OME_PLANES_FREE, total // 8)
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "UUID" and element.get("FileName"):  # a plane in another file, which tifffile opens
-            name = str(element.get("FileName"))
-            if name not in listed:
-                listed.add(name)
-                _check_listed_file(os.path.join(tif.filehandle.dirname, name), path)
-            continue
         if tag == "Pixels":
             try:
                 sizes = {ax: int(element.get(f"Size{ax}", 1)) for ax in "XYZCT"}
@@ -932,18 +934,27 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
+            has = (
+                f"{file_size} bytes"
+                if len(seen) == 1
+                else f"{total} bytes with the {len(seen) - 1} other file(s) it lists"
+            )
+            size = "the file size" if len(seen) == 1 else "the files' size"
             msg = (
                 f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
-                f"{file_size} bytes; accepted: at most {most} planes (2**20, or the file size / 8): the metadata "
-                "is corrupt"
+                f"{has}; accepted: at most {most} planes (2**20, or {size} / 8): the metadata is corrupt"
             )
             raise SourceFormatError(msg)
 
 
-def _check_listed_file(listed: str, path: str) -> None:
-    """A file a multi-file OME-TIFF lists: not a FIFO or device (tifffile's open would block); missing is fine."""
+def _check_listed_file(listed: str, path: str) -> os.stat_result | None:
+    """A file a multi-file OME-TIFF lists: not a FIFO or device (tifffile's open would block); missing is fine.
+
+    Returns its status, None for a missing file or a folder.
+    """
     if os.path.exists(listed) and not os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
-        check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
+        return check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
+    return None
 
 
 def _check_segment_size(where: str, keyframe: Any) -> None:
