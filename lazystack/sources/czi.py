@@ -813,13 +813,8 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     check_regular_file(file_path, "CZI file", "a .czi file")  # pylibCZIrw would block on a FIFO
     try:
         with pyczi.open_czi(str(file_path)) as doc:
-            box = doc.total_bounding_box
+            lo, hi = doc.total_bounding_box.get("Z", (0, 1))
     except Exception as exc:  # pylibCZIrw raises plain RuntimeError on a bad file
         msg = f"{file_path!r} is not a readable CZI file: {exc}"
         raise SourceFormatError(msg) from exc
-
-    def size(dim: str) -> int:
-        lo, hi = box.get(dim, (0, 1))
-        return int(hi) - int(lo)
-
-    return "SCZYX" if size("Z") > 1 else "SCYX"
+    return "SCZYX" if int(hi) - int(lo) > 1 else "SCYX"

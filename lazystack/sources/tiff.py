@@ -591,17 +591,10 @@ class TiffReader(Reader):
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs: dict[str, Any] = {
-            "shape": self.shape,
-            "dtype": self.dtype.str,
-            "chunks": self.chunks,
-            "native_chunks": self.native_chunks,
-            "memmap": self.memmap,
-            "token": self.token,
-            "stamp": self.stamp,
-            "level": self.level,
+        recipe = {
+            k: getattr(self, k) for k in ("shape", "chunks", "native_chunks", "memmap", "token", "stamp", "level")
         }
-        return (partial(TiffReader, self.path, self.series, **kwargs), ())
+        return (partial(TiffReader, self.path, self.series, dtype=self.dtype.str, **recipe), ())
 
     @property
     def is_memmapped(self) -> bool:
@@ -909,8 +902,11 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     names = {str(e.get("FileName")) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "UUID" and e.get("FileName")}
     seen = [_fstat(tif.filehandle, path)]
     for name in sorted(names):
-        st = _check_listed_file(os.path.join(tif.filehandle.dirname, name), path)
-        if st is not None and not any(os.path.samestat(st, other) for other in seen):
+        listed = os.path.join(tif.filehandle.dirname, name)
+        if not os.path.exists(listed) or os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
+            continue
+        st = check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
+        if not any(os.path.samestat(st, other) for other in seen):
             seen.append(st)
     total = file_size + sum(st.st_size for st in seen[1:])
     most = max(_OME_PLANES_FREE, total // 8)
@@ -934,27 +930,13 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
-            has = (
-                f"{file_size} bytes"
-                if len(seen) == 1
-                else f"{total} bytes with the {len(seen) - 1} other file(s) it lists"
-            )
-            size = "the file size" if len(seen) == 1 else "the files' size"
+            more = f" with the {len(seen) - 1} other file(s) it lists" if len(seen) > 1 else ""
             msg = (
                 f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
-                f"{has}; accepted: at most {most} planes (2**20, or {size} / 8): the metadata is corrupt"
+                f"{total} bytes{more}; accepted: at most {most} planes (2**20, or {'their' if more else 'the file'} "
+                "size / 8): the metadata is corrupt"
             )
             raise SourceFormatError(msg)
-
-
-def _check_listed_file(listed: str, path: str) -> os.stat_result | None:
-    """A file a multi-file OME-TIFF lists: not a FIFO or device (tifffile's open would block); missing is fine.
-
-    Returns its status, None for a missing file or a folder.
-    """
-    if os.path.exists(listed) and not os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
-        return check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
-    return None
 
 
 def _check_segment_size(where: str, keyframe: Any) -> None:
