@@ -127,8 +127,6 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
     "Bgr96Float": ("float32", 3),
 }
 
-_MAGIC = b"ZISRAWFILE"
-
 
 def _import_pyczi() -> Any:
     return import_optional("pylibCZIrw.czi", "reading CZI files", "lazystack[czi] (pip install 'lazystack[czi]')")
@@ -200,20 +198,6 @@ class _FileInfo:
     order: tuple[tuple[str, int], ...] = ()
     # CZI scene index (None without scenes) -> downsample factors its sub-blocks store, 1 (layer 0) first
     pyramid: dict[int | None, tuple[int, ...]] = field(default_factory=dict)
-
-
-def _check_file(path: str) -> None:
-    # a FIFO named x.czi would block the open below
-    check_regular_file(path, "CZI file", "a .czi file", selector="scene")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head.startswith(_MAGIC):
-        msg = (
-            f"{path!r} is not a CZI file: it does not start with the {_MAGIC.decode()!r} header "
-            f"(got {head[:10]!r}); load_czis reads Zeiss .czi files "
-            "(use load_tiffs, load_zarrs or load_bioio for other formats)"
-        )
-        raise SourceFormatError(msg)
 
 
 def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
@@ -704,8 +688,8 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     _import_pyczi()
     given = os.fspath(path)
     path, wanted, wanted_level = split_source(given)
-    _check_file(path)
-    check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
+    check_regular_file(path, "CZI file", "a .czi file", selector="scene")  # a FIFO named x.czi would block the open
+    check_czi_structure(path)  # the ZISRAWFILE header, declared sizes and offsets, before libCZI trusts them
     manager = FileManager(_CziHandle, path)
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
