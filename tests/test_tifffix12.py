@@ -222,3 +222,12 @@ def test_a_multifile_ome_reads_under_a_low_plane_bound(tmp_path: Path, monkeypat
         patch = stack.extract_patch(0, None, (z, 3, 5), (1, 8, 9))
         np.testing.assert_array_equal(patch[0], data[z : z + 1, 3:11, 5:14])
 
+
+def test_an_io_error_while_listing_the_series_is_a_read_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint8), ome=True, metadata={"axes": "ZYX"})
+    monkeypatch.setattr(tiff_source, "_check_ome_planes", _fail_with(OSError(errno.EIO, "Input/output error")))
+    for name, call in _entry_points().items():
+        with pytest.raises(SourceReadError, match="Input/output error") as info:
+            call(str(path))  # type: ignore[operator]
+        assert "image series" in str(info.value), name
