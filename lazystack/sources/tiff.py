@@ -77,7 +77,8 @@ Errors
     the missing bytes are read, never zeros. Metadata that would make a read
     allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
     at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
-    planes (tifffile makes a list entry per plane), tiles or strips decoding
+    planes (tifffile makes a list entry per plane; a multi-file OME-TIFF
+    counts the sizes of the files it lists), tiles or strips decoding
     to more than 64 MiB and 4 times their image. A FIFO, device or socket
     named like a TIFF is refused before it is opened (a FIFO would block).
 """
