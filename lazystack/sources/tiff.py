@@ -403,11 +403,8 @@ class _TiffHandle:
                 entry = (self.keyframe, None, (), (), {})
             else:
                 keyframe = page.keyframe
-                kwargs = {}
-                if page.jpegtables is not None:
-                    kwargs["jpegtables"] = page.jpegtables
-                if keyframe.jpegheader is not None:
-                    kwargs["jpegheader"] = keyframe.jpegheader
+                jpeg = {"jpegtables": page.jpegtables, "jpegheader": keyframe.jpegheader}
+                kwargs = {k: v for k, v in jpeg.items() if v is not None}
                 entry = (keyframe, page, page.dataoffsets, page.databytecounts, kwargs)
             if len(self._pages) >= _PAGES_MAX:
                 self._pages.clear()
