@@ -202,7 +202,8 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
     Raises
     ------
     SourceFormatError
-        If a declared offset or size is outside the file or inconsistent
+        If the file does not start with the ``ZISRAWFILE`` header (not a
+        CZI), or a declared offset or size is outside the file or inconsistent
         with another (the message names the file, the sub-block or segment
         and the field).
     """
@@ -211,7 +212,13 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         head = os.pread(fd, 112, 0)
-        if len(head) < 112 or not head.startswith(b"ZISRAWFILE"):
+        if not head.startswith(b"ZISRAWFILE"):
+            msg = (
+                f"{path!r} is not a CZI file: it does not start with the 'ZISRAWFILE' header (got {head[:10]!r}); "
+                "load_czis reads Zeiss .czi files (use load_tiffs, load_zarrs or load_bioio for other formats)"
+            )
+            raise SourceFormatError(msg)
+        if len(head) < 112:
             raise _fail(path, "file header", f"the file has {size} bytes, too short for a ZISRAWFILE header")
         dir_pos, meta_pos, _pending, att_pos = _FILE_POSITIONS.unpack_from(head, 84)
         if dir_pos == 0:
