@@ -175,9 +175,7 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import lazystack.io.chunked as chunked_module
-    import lazystack.ops.batch as batch_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked_module, "CPU_WORKERS", 2)
     with chunk_cache_size(0):
         data = np.random.default_rng(8).integers(0, 1000, (400, 400)).astype(np.uint16)
@@ -192,9 +190,10 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
 
 
 def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lazystack.io.chunked as chunked_module
     import lazystack.ops.batch as batch_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 4)
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", 4)
     monkeypatch.setattr(batch_module, "_shares", _shuffled_shares(batch_module._shares))
     data = np.arange(60 * 300, dtype=np.float32).reshape(60, 300)
     reader = CountingReader(data, (10, 10))
@@ -237,9 +236,9 @@ def _region_of(reader: ChunkedReader, request: tuple[Any, ...]) -> tuple[tuple[s
 
 
 def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lazystack.ops.batch as batch_module
+    import lazystack.io.chunked as chunked_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 1)
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", 1)
     data = np.arange(10 * 400, dtype=np.float32).reshape(10, 400)
     # 40 requests on 40 chunks, then the same 40 again: every chunk stays needed until its second use.
     # A channel list keeps them off the scattered fast path: they stream through their stack.
