@@ -562,8 +562,4 @@ def chunk_cache_size(max_bytes: int | str) -> Iterator[ChunkCache]:
         set_chunk_cache_size(previous)
 
 
-def _after_fork_in_child() -> None:
-    _CACHE._reset_after_fork()
-
-
-at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_CACHE._reset_after_fork)

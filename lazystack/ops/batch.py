@@ -66,7 +66,7 @@ from numpy.typing import NDArray
 
 from ..core.errors import PatchError
 from ..io import chunked as _chunked
-from ..io.chunked import ChunkedReader, ChunkIndex, copy_piece, fetch_concurrently
+from ..io.chunked import ChunkedReader, ChunkIndex, as_chunked_reader, copy_piece, fetch_concurrently
 from ..io.process import at_fork
 from ..io.reader import ReaderCapabilities
 
@@ -139,10 +139,7 @@ class _PrefetchedReader(ChunkedReader):
 def _chunked_reader(stack: Any) -> ChunkedReader | None:
     from ..stack import LazyImageStack
 
-    if not isinstance(stack, LazyImageStack) or stack.is_loaded:
-        return None
-    chunked = stack.reader.as_chunked()
-    return chunked if isinstance(chunked, ChunkedReader) else None
+    return None if not isinstance(stack, LazyImageStack) or stack.is_loaded else as_chunked_reader(stack.reader)
 
 
 class _RegionReader(_PrefetchedReader):
@@ -272,13 +269,11 @@ class _Batch:
         self.sizes: dict[int, list[int]] = {}  # requests on the stack's fast path
         self._touched: dict[int, list[ChunkIndex]] = {}
 
-    def plan(self, i: int, reader: ChunkedReader) -> None:
+    def plan(self, i: int) -> None:
         """Work out (and check) the source region of request ``i``."""
-        stack = self.reqs[i][0]
-        region, size = stack.plan_patch(*self.reqs[i][1:])
+        self.regions[i], size = self.reqs[i][0].plan_patch(*self.reqs[i][1:])
         if size is not None:
             self.sizes[i] = size
-        self.regions[i] = region
 
     def touched(self, i: int, reader: ChunkedReader) -> list[ChunkIndex]:
         """The chunks request ``i`` touches."""
@@ -393,18 +388,13 @@ class _Batch:
         token = reader.token
 
         def place(idx: ChunkIndex) -> None:
-            if cache is None:
+            chunk = None if cache is None else cache.get((token, idx))
+            if chunk is None:
                 chunk = reader.fetch_chunk(idx)
-            else:
-                # kept only when read again soon (put_if_seen): a chunk read once is dropped after its copies,
-                # and the next decode reuses its memory, still in the CPU's cache
-                key = (token, idx)
-                held = cache.get(key)
-                if held is None:
-                    chunk = reader.fetch_chunk(idx)
-                    cache.put_if_seen(key, chunk)
-                else:
-                    chunk = held
+                if cache is not None:
+                    # kept only when read again soon (put_if_seen): a chunk read once is dropped after its copies,
+                    # and the next decode reuses its memory, still in the CPU's cache
+                    cache.put_if_seen((token, idx), chunk)
             if chunk.dtype != dtype:
                 chunk = chunk.astype(dtype)  # as a read casts it, before the cast to float32
             for i, src, dst in uses[idx]:
@@ -614,7 +604,7 @@ def extract_patches(
         reader = readers[key]
         if reader is None:
             continue
-        batch.plan(i, reader)
+        batch.plan(i)
         groups.setdefault(id(reader), (reader, []))[1].append(i)
 
     out = batch.out
