@@ -231,3 +231,26 @@ def test_an_io_error_while_listing_the_series_is_a_read_error(tmp_path: Path, mo
         with pytest.raises(SourceReadError, match="Input/output error") as info:
             call(str(path))  # type: ignore[operator]
         assert "image series" in str(info.value), name
+
+
+def test_a_czi_that_cannot_be_read_is_a_read_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CZI structure check reads the file itself: an I/O error there (permission denied on a non-root
+    machine, EIO) is a SourceReadError naming the file, not a raw OSError; a missing file is not found."""
+    from lazystack.sources import czi_check
+
+    path = tmp_path / "x.czi"
+    path.write_bytes(b"ZISRAWFILE" + bytes(200))
+
+    def failing_pread(fd: int, n: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(czi_check.os, "pread", failing_pread)
+    with pytest.raises(SourceReadError) as info:
+        czi_check.check_czi_structure(path)
+    assert str(path) in str(info.value)
+    assert "Input/output error" in str(info.value)
+    monkeypatch.undo()
+    with pytest.raises(SourceNotFoundError, match="not found"):
+        czi_check.check_czi_structure(tmp_path / "missing.czi")
+    with pytest.raises(SourceFormatError, match="is corrupt"):  # a malformed file is still a format error
+        czi_check.check_czi_structure(path)
