@@ -161,6 +161,31 @@ def test_reading_a_manifest_keeps_only_the_specs_in_memory(tmp_path: Path) -> No
     assert peak / n < 450, f"{peak / n:.0f} bytes per row"
 
 
+@pytest.mark.parametrize("target", ["source", "inside-store", "symlink", "fifo"])
+def test_a_manifest_is_never_written_over_a_source(tmp_path: Path, target: str) -> None:
+    """On main ``write_manifest(stack.source, ...)`` replaced the TIFF by a CSV; a FIFO blocked the write."""
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, np.arange(2 * 32 * 32, dtype=np.uint16).reshape(2, 32, 32))
+    store = tmp_path / "b.zarr"
+    write_ome_zarr(lazystack.load_arrays([np.ones((32, 32), np.uint8)], "YX")[0], store, levels=1)
+    stacks = [*lazystack.load_tiffs([tif], "SYX"), *lazystack.load_zarrs([store], "YX")]
+    (tmp_path / "link.tif").symlink_to(tif)
+    os.mkfifo(tmp_path / "fifo.csv")
+    path = {"source": tif, "inside-store": store / "m.csv", "symlink": tmp_path / "link.tif"}.get(
+        target, tmp_path / "fifo.csv"
+    )
+    before = _snapshot(tif) | _snapshot(store)
+    code = f"""
+    from lazystack.sampling import RandomSampler, write_manifest
+    stacks = [*lazystack.load_tiffs([{str(tif)!r}], "SYX"), *lazystack.load_zarrs([{str(store)!r}], "YX")]
+    report_unblocking(lambda: write_manifest({str(path)!r}, RandomSampler(stacks, 8, 4), stacks))
+    """
+    (result,) = run_child(code)
+    assert_clear(result, "UnsupportedSourceError", str(path))
+    assert _snapshot(tif) | _snapshot(store) == before
+    assert len(stacks) == 2
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="lazystack/stack.py extract_patch: a patch_size whose float32 output cannot be allocated "
@@ -571,7 +596,7 @@ def test_propose_axes_on_a_negative_dimension_count_is_an_error_not_a_segfault(t
 )
 def test_a_channel_start_of_2_31_is_an_error_not_a_hang(tmp_path: Path) -> None:
     path = _czi_copy(tmp_path, "DAPI_GFP.czi", "C", 4, 2**31 - 1)
-    (result,) = run_child(f"report_unblocking(lambda: lazystack.load_czis([{str(path)!r}], 'SCYX'), wait=20)")
+    (result,) = run_child(f"report_unblocking(lambda: lazystack.load_czis([{str(path)!r}], 'SCYX'), wait=10)")
     assert_clear(result, "SourceFormatError", str(path))
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import LazyStackError, SourceFormatError, SourceNotFoundError
+from ..core.errors import LazyStackError, SourceFormatError, SourceNotFoundError, UnsupportedSourceError
 from .samplers import FixedSampler, PatchSpec, Sampler, StackGeometry, geometry
 
 __all__ = ["ManifestMismatchError", "read_manifest", "source_identity", "write_manifest"]
@@ -106,6 +106,27 @@ def source_identity(stack: Any) -> dict[str, str]:
     elif int(getattr(stack, "nbytes", MAX_HASH_BYTES + 1)) <= MAX_HASH_BYTES:
         ident["source_sha256"] = _hash_stack(stack)
     return ident
+
+
+def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
+    """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
+    target = Path(os.path.realpath(out))
+    for stack in stacks:
+        path = _local_path(getattr(stack, "source", ""))
+        if path is None:
+            continue
+        path = Path(os.path.realpath(path))
+        while any((path.parent / n).is_file() for n in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+            path = path.parent  # a node of a Zarr store: the whole store is the source
+        if target == path or path in target.parents:
+            msg = (
+                f"manifest path {str(out)!r} is or lies inside the source {str(stack.source)!r}: "
+                "write_manifest never writes to a source; choose a path outside every source"
+            )
+            raise UnsupportedSourceError(msg)
+    if out.exists() and not out.is_file():
+        msg = f"manifest path {str(out)!r} exists and is not a regular file: give a path for a new CSV file"
+        raise UnsupportedSourceError(msg)
 
 
 def _fmt(values: Sequence[int] | None) -> str:
@@ -204,9 +225,17 @@ def write_manifest(
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If ``path`` is or lies inside a local source of ``stacks`` (symlinks
+        resolved; a Zarr store as a whole), or exists and is not a regular
+        file (a folder, a FIFO): a manifest never replaces a source.
     """
-    identities = [source_identity(s) for s in stacks]
     out = Path(path)
+    _check_writable(out, stacks)
+    identities = [source_identity(s) for s in stacks]
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
