@@ -284,6 +284,25 @@ def test_convert_onto_its_own_source_exits_with_the_reason(source_store: Any, ca
     assert _snapshot(store) == before
 
 
+@pytest.mark.parametrize("output", ["a.tif", "link.tif", "folder"])
+def test_stats_output_onto_a_source_is_refused_before_computing(tmp_path: Path, capsys: Any, output: str) -> None:
+    """On main ``lazystack stats a.tif --output a.tif`` replaced the TIFF by the JSON statistics."""
+    from lazystack.frontends.cli import main
+
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, np.arange(64, dtype=np.uint16).reshape(8, 8))
+    (tmp_path / "link.tif").symlink_to(tif)
+    (tmp_path / "folder").mkdir()
+    before = _snapshot(tif)
+    assert main(["stats", str(tif), "--axes", "YX", "--output", str(tmp_path / output), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / output) in err
+    assert "never writes to" in err or "not a regular file" in err
+    assert _snapshot(tif) == before
+    assert main(["stats", str(tif), "--axes", "YX", "--output", str(tmp_path / "s.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["max"] == [63.0]
+
+
 @pytest.mark.parametrize("name", ["out[*?]{a,b}.zarr", "ünï 图像 ✓.zarr", "a\nb.zarr", "-rf .zarr"])
 def test_odd_target_names_write_reopen_and_overwrite(source_store: Any, tmp_path: Path, name: str) -> None:
     store, stack, data = source_store

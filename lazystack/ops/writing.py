@@ -170,13 +170,13 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
     """The local paths the stacks read from (symlinks resolved), with the source as the stack names it."""
     out = []
     for stack in stacks:
-        text = str(stack.source)
+        text = str(getattr(stack, "source", ""))
         if text.startswith("file://"):
             text = text[len("file://") :]
         elif "://" in text:
             continue
         path = Path(text).expanduser()
-        if path.exists():
+        if text and path.exists():
             path = Path(os.path.realpath(path))
             while _is_zarr_node(path.parent):  # a node of a Zarr store: the whole store is the source
                 path = path.parent
@@ -188,8 +188,11 @@ def _is_zarr_node(path: Path) -> bool:
     return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
 
 
-def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack]) -> None:
-    """Refuse a target that is, holds or lies inside a source of ``stacks``: a write never touches its sources."""
+def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack], who: str = "write_ome_zarr") -> None:
+    """Refuse a target that is, holds or lies inside a source of ``stacks``: a write never touches its sources.
+
+    Also used by ``lazystack stats --output`` and ``write_manifest`` (``who`` names the writer in the message).
+    """
     target = Path(os.path.realpath(final))
     for source, path in _source_paths(stacks):
         if target == path:
@@ -203,7 +206,7 @@ def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack]) -> None:
         where = "" if str(path) in source else f" (in {str(path)!r})"
         msg = (
             f"the output path {str(final)!r} {how} the source {source!r}{where} of a stack being written: "
-            "write_ome_zarr never writes to (or replaces) its sources; choose a path outside every source"
+            f"{who} never writes to (or replaces) its sources; choose a path outside every source"
         )
         raise UnsupportedSourceError(msg)
 

@@ -110,20 +110,9 @@ def source_identity(stack: Any) -> dict[str, str]:
 
 def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
     """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
-    target = Path(os.path.realpath(out))
-    for stack in stacks:
-        path = _local_path(getattr(stack, "source", ""))
-        if path is None:
-            continue
-        path = Path(os.path.realpath(path))
-        while any((path.parent / n).is_file() for n in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
-            path = path.parent  # a node of a Zarr store: the whole store is the source
-        if target == path or path in target.parents:
-            msg = (
-                f"manifest path {str(out)!r} is or lies inside the source {str(stack.source)!r}: "
-                "write_manifest never writes to a source; choose a path outside every source"
-            )
-            raise UnsupportedSourceError(msg)
+    from ..ops.writing import _check_not_a_source
+
+    _check_not_a_source(Path(os.path.abspath(out)), stacks, who="write_manifest")
     if out.exists() and not out.is_file():
         msg = f"manifest path {str(out)!r} exists and is not a regular file: give a path for a new CSV file"
         raise UnsupportedSourceError(msg)
