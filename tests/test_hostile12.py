@@ -186,6 +186,35 @@ def test_a_manifest_is_never_written_over_a_source(tmp_path: Path, target: str) 
     assert len(stacks) == 2
 
 
+def test_a_manifest_write_killed_midway_keeps_the_previous_file(manifest: Any) -> None:
+    """On main the file was truncated in place: the previous manifest was lost and a cut at a row boundary read
+    back as a shorter epoch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path, stacks, _ = manifest
+    previous = path.read_bytes()
+    code = f"""
+    import os, signal, lazystack
+    from lazystack.sampling import FixedSampler, write_manifest
+    class Dying(FixedSampler):
+        def spec(self, index, epoch=0):
+            if index == 3000:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().spec(index, epoch)
+    stacks = lazystack.load_tiffs([{str(path.parent / "a.tif")!r}], "SYX")
+    write_manifest({str(path)!r}, Dying([(0, 0, None, (1, 1), (8, 8))] * 5000), stacks)
+    """
+    env = dict(os.environ, PYTHONPATH=str(Path(lazystack.__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-500:]
+    assert path.read_bytes() == previous
+    assert len(read_manifest(path, stacks)) == 4
+    leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert all(name.startswith(f".{path.name}.partial-") for name in leftovers), leftovers
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="lazystack/stack.py extract_patch: a patch_size whose float32 output cannot be allocated "

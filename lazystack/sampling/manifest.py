@@ -20,6 +20,7 @@ import csv
 import hashlib
 import os
 import stat
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,9 @@ def write_manifest(
     Parameters
     ----------
     path : str or os.PathLike
-        File to write (replaced if it exists).
+        File to write (replaced if it exists, once the new one is complete:
+        it is written beside as a hidden ``.name.partial-<id>`` file, then
+        renamed).
     sampler : Sampler
         The sampler.
     stacks : sequence of ImageStack
@@ -225,15 +228,23 @@ def write_manifest(
     out = Path(path)
     _check_writable(out, stacks)
     identities = [source_identity(s) for s in stacks]
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for epoch in epochs:
-            idx = range(len(sampler)) if indices is None else indices
-            for i in idx:
-                spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
-                identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
-                writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
+    # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
+    # manifest cut at a row boundary that reads back as a shorter epoch
+    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        with partial.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for epoch in epochs:
+                idx = range(len(sampler)) if indices is None else indices
+                for i in idx:
+                    spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
+                    identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
+                    writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
+        partial.replace(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return out
 
 
