@@ -491,7 +491,6 @@ def write_ome_zarr(
         raise ValueError(msg)
 
     final = _local_path(path, write=True)
-    _check_not_a_source(final, items)
     _clean_partials(final)  # first: it may move back a store an interrupted overwrite had moved aside
     if final.exists() and not overwrite:
         msg = f"{str(final)!r} already exists; pass overwrite=True to replace it"
@@ -503,6 +502,7 @@ def write_ome_zarr(
             f"choose another path, or remove it yourself"
         )
         raise FileExistsError(msg)
+    _check_not_a_source(final, items)  # a store that is, holds or lies in a source: never replaced or written into
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
 
