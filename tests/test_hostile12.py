@@ -87,6 +87,7 @@ def _edited(path: Path, rows: list[dict[str, str]], **fields: str) -> Path:
         ({"channels": "5"}, ManifestMismatchError, ["channel 5", "1 channel(s)"]),
         ({"stack": "9"}, ManifestMismatchError, ["stack 9", "1 stack(s)"]),
         ({"data_shape": "2;1;32;33"}, ManifestMismatchError, ["data_shape", "a.tif"]),
+        ({"source": "/elsewhere/b.tif"}, ManifestMismatchError, ["source", "/elsewhere/b.tif", "a.tif"]),
     ],
 )
 def test_a_hand_edited_manifest_row_is_a_clear_error(manifest: Any, fields: dict, error: type, names: list) -> None:
