@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import MissingDependencyError
+from ..core.errors import MissingDependencyError, UnsupportedSourceError
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -236,8 +238,15 @@ def _level_note(n_left_out: int, option: str) -> str:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.stats import channel_statistics
+    from ..ops.writing import _check_not_a_source
 
     stacks = _open_sources(args)
+    if args.output:  # before the statistics are computed: the output must not be a source
+        output = Path(os.path.abspath(Path(args.output).expanduser()))
+        _check_not_a_source(output, stacks, who="lazystack stats --output")
+        if output.exists() and not output.is_file():
+            msg = f"--output {args.output!r} exists and is not a regular file: give a path for a new JSON file"
+            raise UnsupportedSourceError(msg)
     with scheduler(args.scheduler):
         stats = channel_statistics(
             stacks,

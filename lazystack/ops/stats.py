@@ -569,7 +569,12 @@ def channel_statistics(
             hists = first["hist"]
             grids = [offset + np.arange(c.size, dtype=np.float64) for offset, c in hists]
         else:
-            exact = all(d.kind in "biu" for d in dtypes) and bool(np.all(np.nan_to_num(hi - lo) + 1 <= bins))
+            # one bin per integer, for integers float64 holds exactly (64-bit values past 2**53 are binned)
+            exact = (
+                all(d.kind in "biu" for d in dtypes)
+                and bool(np.all(np.nan_to_num(hi - lo) + 1 <= bins))
+                and bool(np.all(np.abs(np.nan_to_num(np.concatenate([lo, hi]))) <= 2**53))
+            )
             (second,) = compute(
                 _reduce(blocks, _block_histogram, n_channels, lo, hi, int(bins), exact, split_every=split_every),
                 progress=progress,

@@ -159,7 +159,56 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
             f"(cd {text[:-4]} && zip -r -0 ../{Path(text).name} .), which load() reads"
         )
         raise UnsupportedSourceError(msg)
-    return Path(text).expanduser().absolute()
+    if write and not text:
+        msg = "write_ome_zarr got an empty path: give the folder to create (e.g. 'out.zarr')"
+        raise UnsupportedSourceError(msg)
+    # ``..`` collapsed: ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
+    """The local paths the stacks read from (symlinks resolved), with the source as the stack names it."""
+    out = []
+    for stack in stacks:
+        text = str(getattr(stack, "source", ""))
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        elif "://" in text:
+            continue
+        path = Path(text).expanduser()
+        if text and path.exists():
+            path = Path(os.path.realpath(path))
+            while _is_zarr_node(path.parent):  # a node of a Zarr store: the whole store is the source
+                path = path.parent
+            out.append((str(stack.source), path))
+    return out
+
+
+def _is_zarr_node(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack], who: str = "write_ome_zarr") -> None:
+    """Refuse a target that is, holds or lies inside a source of ``stacks``: a write never touches its sources.
+
+    Also used by ``lazystack stats --output`` and ``write_manifest`` (``who`` names the writer in the message).
+    """
+    target = Path(os.path.realpath(final))
+    for source, path in _source_paths(stacks):
+        if target == path:
+            how = "is"
+        elif target in path.parents:
+            how = "holds"
+        elif path in target.parents:
+            how = "lies inside"
+        else:
+            continue
+        where = "" if str(path) in source else f" (in {str(path)!r})"
+        msg = (
+            f"the output path {str(final)!r} {how} the source {source!r}{where} of a stack being written: "
+            f"{who} never writes to (or replaces) its sources; choose a path outside every source"
+        )
+        raise UnsupportedSourceError(msg)
 
 
 def _target_chunks(written: str, shape: tuple[int, ...], chunks: Any) -> tuple[int, ...]:
@@ -401,7 +450,9 @@ def write_ome_zarr(
         or a folder that is not a Zarr store.
     UnsupportedSourceError
         For a remote URI (write locally, then copy), a ``.zip`` path (write a
-        folder, then zip it) or an item that is not a stack.
+        folder, then zip it), an item that is not a stack, or a ``path`` that
+        is, holds or lies inside a local source of the stacks (symlinks
+        resolved): a write never touches its sources.
     ValueError
         For invalid ``chunks``, ``levels`` or ``downscale``.
 
@@ -451,6 +502,7 @@ def write_ome_zarr(
             f"choose another path, or remove it yourself"
         )
         raise FileExistsError(msg)
+    _check_not_a_source(final, items)  # a store that is, holds or lies in a source: never replaced or written into
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
 

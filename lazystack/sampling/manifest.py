@@ -15,15 +15,18 @@ size, modification time, content or shape changed is an error that names it.
 
 from __future__ import annotations
 
+import array
 import csv
 import hashlib
 import os
+import stat
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import LazyStackError, SourceFormatError
-from .samplers import FixedSampler, PatchSpec, Sampler
+from ..core.errors import LazyStackError, SourceFormatError, SourceNotFoundError, UnsupportedSourceError
+from .samplers import FixedSampler, PatchSpec, Sampler, StackGeometry, geometry
 
 __all__ = ["ManifestMismatchError", "read_manifest", "source_identity", "write_manifest"]
 
@@ -106,12 +109,83 @@ def source_identity(stack: Any) -> dict[str, str]:
     return ident
 
 
+def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
+    """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
+    from ..ops.writing import _check_not_a_source
+
+    _check_not_a_source(Path(os.path.abspath(out)), stacks, who="write_manifest")
+    if out.exists() and not out.is_file():
+        msg = f"manifest path {str(out)!r} exists and is not a regular file: give a path for a new CSV file"
+        raise UnsupportedSourceError(msg)
+
+
 def _fmt(values: Sequence[int] | None) -> str:
     return "" if values is None else ";".join(str(int(v)) for v in values)
 
 
-def _parse(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(";")) if text else ()
+def _int(text: str | None, column: str, where: str, accepted: str) -> int:
+    try:
+        return int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        msg = f"{where}: {column} {text!r} is not an integer (accepted: {accepted})"
+        raise SourceFormatError(msg) from None
+
+
+def _field(row: dict[str, str], column: str, where: str) -> int:
+    """One non-negative integer column of a manifest row."""
+    value = _int(row[column], column, where, "a non-negative integer")
+    if value < 0:
+        msg = f"{where}: {column} {value} is negative (accepted: a non-negative integer)"
+        raise SourceFormatError(msg)
+    return value
+
+
+def _tuple(
+    row: dict[str, str], column: str, where: str, shared: dict[str, tuple[int, ...]] | None = None
+) -> tuple[int, ...]:
+    """A ``;``-separated integer column of a manifest row (empty: ``()``)."""
+    text = row[column] or ""
+    if shared is not None and text in shared:
+        return shared[text]
+    accepted = "integers separated by ';', e.g. '0;12;40'"
+    value = tuple(_int(v, column, where, accepted) for v in text.split(";")) if text else ()
+    if shared is not None:
+        shared[text] = value
+    return value
+
+
+def _check_spec(spec: PatchSpec, geometries: Sequence[StackGeometry], stacks: Sequence[Any], where: str) -> None:
+    """A recorded spec must be one a sampler over ``stacks`` could give: its stack, sample, channels and place."""
+    if spec.stack >= len(stacks):
+        n = len(stacks)
+        msg = f"{where}: stack {spec.stack} is out of range: {n} stack(s) were given (accepted 0 to {n - 1})"
+        raise ManifestMismatchError(msg)
+    g = geometries[spec.stack]
+    source = getattr(stacks[spec.stack], "source", "?")
+    if spec.sample >= g.n_samples:
+        msg = (
+            f"{where}: sample {spec.sample} is out of range for stack {spec.stack} ({source!r}, "
+            f"{g.n_samples} sample(s); accepted 0 to {g.n_samples - 1})"
+        )
+        raise ManifestMismatchError(msg)
+    bad = [c for c in spec.channels or () if not 0 <= c < g.n_channels]
+    if bad:
+        msg = (
+            f"{where}: channel {bad[0]} is out of range for stack {spec.stack} ({source!r}, {g.n_channels} channel(s); "
+            f"accepted 0 to {g.n_channels - 1})"
+        )
+        raise ManifestMismatchError(msg)
+    ndim = len(g.spatial_shape)
+    outside = len(spec.coords) != ndim or any(
+        not 0 <= c < n for c, n in zip(spec.coords, g.spatial_shape, strict=False)
+    )
+    if outside or len(spec.patch_size) != ndim or any(n <= 0 for n in spec.patch_size):
+        msg = (
+            f"{where}: coords {spec.coords} and patch_size {spec.patch_size} do not place a patch in stack "
+            f"{spec.stack} ({source!r}, spatial shape {g.spatial_shape}): accepted {ndim} coords inside the "
+            f"image and {ndim} positive sizes"
+        )
+        raise ManifestMismatchError(msg)
 
 
 def write_manifest(
@@ -127,7 +201,9 @@ def write_manifest(
     Parameters
     ----------
     path : str or os.PathLike
-        File to write (replaced if it exists).
+        File to write (replaced if it exists, once the new one is complete:
+        it is written beside as a hidden ``.name.partial-<id>`` file, then
+        renamed).
     sampler : Sampler
         The sampler.
     stacks : sequence of ImageStack
@@ -141,18 +217,34 @@ def write_manifest(
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If ``path`` is or lies inside a local source of ``stacks`` (symlinks
+        resolved; a Zarr store as a whole), or exists and is not a regular
+        file (a folder, a FIFO): a manifest never replaces a source.
     """
-    identities = [source_identity(s) for s in stacks]
     out = Path(path)
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for epoch in epochs:
-            idx = range(len(sampler)) if indices is None else indices
-            for i in idx:
-                spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
-                identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
-                writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
+    _check_writable(out, stacks)
+    identities = [source_identity(s) for s in stacks]
+    # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
+    # manifest cut at a row boundary that reads back as a shorter epoch
+    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        with partial.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for epoch in epochs:
+                idx = range(len(sampler)) if indices is None else indices
+                for i in idx:
+                    spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
+                    identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
+                    writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
+        partial.replace(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return out
 
 
@@ -181,26 +273,60 @@ def read_manifest(
     ------
     ManifestMismatchError
         If a stack is missing or its source, shape, size, modification time
-        or content differs from the record (the message names the source).
+        or content differs from the record (the message names the source),
+        or a row's sample, channels or patch do not fit its stack (with
+        ``check=False`` too).
     SourceFormatError
-        If the file is not a manifest.
+        If the file is not a manifest (not a regular UTF-8 CSV file with the
+        columns, or a field that is not a non-negative integer).
+    SourceNotFoundError
+        If the file does not exist.
     """
     p = Path(path)
-    with p.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = sorted(set(COLUMNS) - set(rows[0])) if rows else []
-    if missing:
-        msg = f"{str(p)!r} is not a lazystack manifest: columns {missing} are missing (expected {list(COLUMNS)})"
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        msg = f"manifest {str(p)!r} does not exist"
+        raise SourceNotFoundError(msg) from None
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+        msg = f"manifest {str(p)!r} is not a regular file: expected a CSV file written by write_manifest"
         raise SourceFormatError(msg)
-    if epoch is not None:
-        rows = [r for r in rows if int(r["epoch"]) == epoch]
-    specs = []
+    geometries = [geometry(s) for s in stacks]
+    specs: list[PatchSpec] = []
+    lines = array.array("q")  # each spec's line, for the messages
     recorded: dict[int, dict[str, str]] = {}
-    for r in rows:
-        k = int(r["stack"])
-        channels = _parse(r["channels"])
-        specs.append(PatchSpec(k, int(r["sample"]), channels or None, _parse(r["coords"]), _parse(r["patch_size"])))
-        recorded.setdefault(k, {c: r[c] for c in COLUMNS[7:]})
+    shared: dict[str, tuple[int, ...]] = {}  # the few distinct channels / patch sizes: one tuple each
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                msg = (
+                    f"{str(p)!r} is not a lazystack manifest: columns {missing} are missing (expected {list(COLUMNS)})"
+                )
+                raise SourceFormatError(msg)
+            for r in reader:  # one row at a time: only the specs are kept
+                where = f"manifest {str(p)!r}, line {reader.line_num}"
+                if epoch is not None and _field(r, "epoch", where) != epoch:
+                    continue
+                k = _field(r, "stack", where)
+                spec = PatchSpec(
+                    k,
+                    _field(r, "sample", where),
+                    _tuple(r, "channels", where, shared) or None,
+                    _tuple(r, "coords", where),
+                    _tuple(r, "patch_size", where, shared),
+                )
+                specs.append(spec)
+                lines.append(reader.line_num)
+                if k not in recorded:
+                    recorded[k] = {c: r[c] or "" for c in COLUMNS[7:]}
+    except UnicodeDecodeError as exc:
+        msg = f"{str(p)!r} is not a lazystack manifest: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise SourceFormatError(msg) from None
+    except csv.Error as exc:
+        msg = f"{str(p)!r} is not a lazystack manifest: not CSV ({exc})"
+        raise SourceFormatError(msg) from None
     if check:
         for k, rec in sorted(recorded.items()):
             if k >= len(stacks):
@@ -217,4 +343,6 @@ def read_manifest(
                     "replaying it would not give the recorded patches"
                 )
                 raise ManifestMismatchError(msg)
+    for spec, line in zip(specs, lines, strict=True):
+        _check_spec(spec, geometries, stacks, f"manifest {str(p)!r}, line {line}")
     return FixedSampler(specs)

@@ -1071,7 +1071,11 @@ class MaskWeightedSampler(Sampler):
         self.cell_counts = [np.asarray(c, dtype=np.int64) for c in counts]
         self._cumulative = np.cumsum(np.concatenate([c.ravel() for c in self.cell_counts]))
         if self._cumulative.size == 0 or self._cumulative[-1] == 0:
-            msg = "the masks have no foreground (no pixel > 0): nothing to sample"
+            names = [str(getattr(m, "source", "?")) for m in masks]
+            msg = (
+                f"MaskWeightedSampler: the masks {names} have no foreground (no pixel > 0) in the stacks sampled: "
+                "nothing to sample; give masks with at least one pixel > 0"
+            )
             raise ValueError(msg)
         self._offsets = np.cumsum([0] + [c.size for c in self.cell_counts])
 
