@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -235,9 +236,12 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         bbox = doc.total_bounding_box_no_pyramid
         raw_xml = doc.raw_metadata
         dims = {d: (lo[d], hi[d] - lo[d] + 1) for d in lo}
+        _check_plane_count(path, dims, scenes, count)  # before anything loops or allocates per declared plane
         c_start, n_c = dims.get("C", (0, 1))
         pixel_types = tuple(doc.get_channel_pixel_type(c_start + i) for i in range(n_c))
     except (RuntimeError, MemoryError, ValueError) as exc:
+        if isinstance(exc, SourceFormatError):
+            raise
         msg = f"cannot read the structure of CZI file {path!r} (corrupt or truncated?): {exc}"
         raise SourceFormatError(msg) from exc
     if count == 0 or t.w <= 0 or t.h <= 0:
@@ -270,6 +274,34 @@ def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
         order=_dims_order(bbox, dims),
         pyramid={scene: (1, *sorted(found)) for scene, found in factors.items()},
     )
+
+
+#: the most planes (the product of the non-spatial dimensions' ranges) a CZI may declare beyond 256 per sub-block:
+#: a sub-block coordinate such as a channel Start of 2**31 - 1 (a flipped bit) would make lazystack loop or allocate
+#: per declared plane; a real file has a sub-block for most of its planes
+MAX_SPARSE_PLANES = 2**20
+
+
+def _check_plane_count(
+    path: str, dims: dict[str, tuple[int, int]], scenes: dict[int, tuple[int, int, int, int]], count: int
+) -> None:
+    """Refuse declared dimensions no real file has: more planes than ``max(MAX_SPARSE_PLANES, 256 * sub-blocks)``,
+    a negative scene index, or a scene with no area (``SourceFormatError`` naming the file and the dimension)."""
+    planes = math.prod(size for _, size in dims.values())
+    if planes > max(MAX_SPARSE_PLANES, 256 * count):
+        ranges = ", ".join(f"{d} {start}..{start + size - 1}" for d, (start, size) in dims.items())
+        msg = (
+            f"CZI file {path!r} is corrupt: its {count} sub-block(s) span {planes} planes ({ranges}); lazystack "
+            f"accepts at most max({MAX_SPARSE_PLANES}, 256 per sub-block) (a damaged sub-block coordinate?)"
+        )
+        raise SourceFormatError(msg)
+    for scene, (_, _, w, h) in scenes.items():
+        if scene < 0 or w <= 0 or h <= 0:
+            msg = (
+                f"CZI file {path!r} is corrupt: scene {scene} has a {w} x {h} bounding rectangle; a scene has an "
+                "index >= 0 and a positive width and height"
+            )
+            raise SourceFormatError(msg)
 
 
 def _dims_order(bbox: dict[str, tuple[int, int]], dims: dict[str, tuple[int, int]]) -> tuple[tuple[str, int], ...]:
@@ -795,6 +827,7 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     file_path, _, _ = split_source(os.fspath(path))
     pyczi = _import_pyczi()
     check_regular_file(file_path, "CZI file", "a .czi file")  # pylibCZIrw would block on a FIFO
+    check_czi_structure(file_path)  # declared sizes and offsets, before libCZI trusts them (it can segfault)
     try:
         with pyczi.open_czi(str(file_path)) as doc:
             lo, hi = doc.total_bounding_box.get("Z", (0, 1))
