@@ -216,12 +216,6 @@ def test_a_manifest_write_killed_midway_keeps_the_previous_file(manifest: Any) -
     assert all(name.startswith(f".{path.name}.partial-") for name in leftovers), leftovers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/stack.py extract_patch: a patch_size whose float32 output cannot be allocated "
-    "(10**9 x 10**9) raises numpy's MemoryError (or is overcommitted and OOM-killed when smaller); check "
-    "n_channels * prod(patch_size) * 4 bytes before np.zeros and raise PatchError naming patch_size and the bytes",
-)
 def test_a_huge_patch_size_is_a_patch_error_not_a_memory_error() -> None:
     stack = LazyImageStack(np.zeros((1, 1, 32, 32), np.uint8), "SCYX")
     code = """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -16,6 +17,18 @@ from typing import NamedTuple
 from .errors import PatchError
 
 __all__ = ["PatchGeometry", "patch_geometry"]
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (the address space where the system does not say)."""
+    try:
+        return min(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), sys.maxsize)
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return sys.maxsize
+
+
+#: the largest float32 patch (one channel) a request may ask for: a larger one could never be allocated
+_MAX_PATCH_BYTES = _physical_memory()
 
 
 class PatchGeometry(NamedTuple):
@@ -83,10 +96,10 @@ def patch_geometry(
     if any(n <= 0 for n in size_t):
         msg = f"patch_size {size_t} must be positive in every dim{dims}"
         raise PatchError(msg)
-    if math.prod(size_t) * 4 > sys.maxsize:  # numpy's "array is too big" / "maximum dimension exceeded", later
+    if math.prod(size_t) * 4 > _MAX_PATCH_BYTES:  # numpy's MemoryError / "array is too big", or an OOM kill, later
         msg = (
             f"patch_size {size_t}{dims} is too large: a float32 patch of {math.prod(size_t)} pixels per channel "
-            f"exceeds this machine's address space ({sys.maxsize} bytes)"
+            f"exceeds this machine's memory ({_MAX_PATCH_BYTES} bytes)"
         )
         raise PatchError(msg)
     source: list[slice] = []
