@@ -825,3 +825,15 @@ def test_http_server_closing_failing_once_looping_or_gzipping(served: Any, store
                     stack.extract_patch(0, None, (0, 0), (32, 32))
     finally:
         state["mode"] = "ok"
+
+
+def test_an_in_memory_stack_is_no_source_whatever_the_current_folder_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array's stack is named ``"array"``: a folder of that name in the current directory is not its source."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "array").mkdir()
+    (stack,) = lazystack.load_arrays([np.arange(64, dtype=np.uint16).reshape(1, 8, 8)], "SYX")
+    lazystack.write_ome_zarr([stack], "array/out.zarr")
+    written = lazystack.load_zarrs(["array/out.zarr"], "YX")[0]  # level 0 first
+    np.testing.assert_array_equal(np.asarray(written.compute()).ravel(), np.arange(64, dtype=np.uint16))

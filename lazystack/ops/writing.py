@@ -170,6 +170,8 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
     """The local paths the stacks read from (symlinks resolved), with the source as the stack names it."""
     out = []
     for stack in stacks:
+        if stack.format == "array":  # in memory: its source "array" names no file, whatever the folder holds
+            continue
         text = str(getattr(stack, "source", ""))
         if text.startswith("file://"):
             text = text[len("file://") :]
