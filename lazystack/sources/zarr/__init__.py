@@ -18,7 +18,6 @@ pickles without any handle. Stores are always opened read-only.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import re
@@ -514,8 +513,7 @@ class ZarrArrayReader(Reader):
             retry = None if self._location.is_local else retry_policy(self._location)
             fast = _FastReader(
                 arr,
-                self._metadata_file(),
-                self._opened_stat,
+                self._check_store,
                 engine=engine,
                 retry=retry,
                 token=self._cache_token,
@@ -531,6 +529,11 @@ class ZarrArrayReader(Reader):
         name = "zarr.json" if self.zarr_format == 3 else ".zarray"
         return os.path.join(self._location.root, *[p for p in self._location.path.split("/") if p], name)
 
+    def _check_store(self) -> None:
+        """Raise [`_StoreChangedError`][_StoreChangedError] when the local array's metadata document is gone or
+        rewritten since the opening."""
+        _check_unchanged(self._metadata_file(), self._opened_stat, self._location)
+
     def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) as a numpy array.
 
@@ -542,7 +545,7 @@ class ZarrArrayReader(Reader):
 
     def _read_through_zarr(self, key: tuple[int | slice, ...]) -> np.ndarray:
         out = np.asarray(self.array()[key])
-        _check_unchanged(self._metadata_file(), self._opened_stat)
+        self._check_store()
         return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -588,21 +591,9 @@ class ZarrArrayReader(Reader):
         return None if fast is None else fast.read_cached(region)
 
     def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
-        """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
-        if not isinstance(exc, _StoreChangedError):
-            return self._read_error(key, exc)
-        uri, store = self._location.uri(), self._location.store_uri
-        if exc.deleted:
-            msg = (
-                f"Zarr store {store!r} no longer holds the array {uri!r}: its metadata document "
-                f"{exc.path!r} was deleted after the stack was opened"
-            )
-            return SourceNotFoundError(msg)
-        msg = (
-            f"Zarr array {uri!r} (store {store!r}) changed after the stack was opened: its metadata document "
-            f"{exc.path!r} was rewritten; open the source again to read the new data"
-        )
-        return SourceReadError(msg)
+        """The error a failed read raises: a changed or deleted store as it is (it names the array), else wrapped
+        with the path."""
+        return exc if isinstance(exc, _StoreChangedError) else self._read_error(key, exc)
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
@@ -692,10 +683,11 @@ class ZarrArrayReader(Reader):
 
 class _StoreChangedError(LazyStackError):
     """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
-    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI).
+    public error types, naming the array on every path: a patch, a batch, a reopen in another process).
 
     Built from its message alone, as every lazystack error (``type(err)(str(err))`` gives the same message: what
-    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path)`` writes the message for a path.
+    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path, array, store)`` writes the message
+    for the metadata document ``path`` of the array ``array`` (URI) in the store ``store`` (URI).
     """
 
     deleted: bool
@@ -709,8 +701,11 @@ class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
     deleted = True
 
     @classmethod
-    def of(cls, path: str) -> _StoreDeletedError:
-        msg = f"the Zarr metadata document {path!r} was deleted after the stack was opened"
+    def of(cls, path: str, array: str, store: str) -> _StoreDeletedError:
+        msg = (
+            f"Zarr store {store!r} no longer holds the array {array!r}: its metadata document "
+            f"{path!r} was deleted after the stack was opened"
+        )
         return cls(msg, path=path)
 
 
@@ -718,8 +713,11 @@ class _StoreRewrittenError(_StoreChangedError, SourceReadError):
     deleted = False
 
     @classmethod
-    def of(cls, path: str) -> _StoreRewrittenError:
-        msg = f"the Zarr metadata document {path!r} was rewritten after the stack was opened; open the source again"
+    def of(cls, path: str, array: str, store: str) -> _StoreRewrittenError:
+        msg = (
+            f"Zarr array {array!r} (store {store!r}) changed after the stack was opened: its metadata document "
+            f"{path!r} was rewritten; open the source again to read the new data"
+        )
         return cls(msg, path=path)
 
 
@@ -734,15 +732,15 @@ def _stat_of(path: str | None) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> None:
+def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None, location: ZarrLocation) -> None:
     """Raise [`_StoreChangedError`][_StoreChangedError] when a local array's metadata document is gone or rewritten."""
     if path is None or opened is None:
         return
     now = _stat_of(path)
     if now is None:
-        raise _StoreDeletedError.of(path)
+        raise _StoreDeletedError.of(path, location.uri(), location.store_uri)
     if now != opened:
-        raise _StoreRewrittenError.of(path)
+        raise _StoreRewrittenError.of(path, location.uri(), location.store_uri)
 
 
 class _FastReader(_EngineReader):
@@ -757,8 +755,7 @@ class _FastReader(_EngineReader):
     def __init__(
         self,
         array: zarr_lib.Array,
-        metadata_file: str | None,
-        opened: tuple[int, int, int] | None,
+        check: Callable[[], None],
         *,
         engine: str | None = None,
         retry: RetryPolicy | None = None,
@@ -766,7 +763,7 @@ class _FastReader(_EngineReader):
         modified_after: int | None = None,
     ) -> None:
         super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after)
-        self._check_exists = functools.partial(_check_unchanged, metadata_file, opened)
+        self._check_exists = check
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Decode whole chunks, then check the store is still there."""

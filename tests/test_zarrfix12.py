@@ -1,0 +1,57 @@
+"""Zarr source defects left alone in session 11, each pinned by a test that fails without its fix.
+
+References are independent of the code under test: the error the single-patch path raises (for the batch
+path and a forked worker), zarr-python's own reads, the plate's own metadata, the number of ``stat`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zarr
+
+import lazystack
+from lazystack import extract_patches
+from lazystack.io.cache import get_chunk_cache
+
+
+def _change(metadata: Path, change: str) -> None:
+    if change == "deleted":
+        metadata.unlink()
+    else:  # same metadata, a later modification time and another size
+        metadata.write_text(metadata.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+        st = metadata.stat()
+        os.utime(metadata, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def _raised(read: Any) -> BaseException:
+    with pytest.raises(lazystack.LazyStackError) as info:
+        read()
+    return info.value
+
+
+# -- 1. a changed store is named with its array's URI on the batch path too, in the same words ---------------------
+@pytest.mark.parametrize("change", ["deleted", "rewritten"])
+def test_a_changed_store_error_names_the_array_alike_on_the_patch_and_batch_paths(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "a.zarr"
+    zarr.create_array(path / "img", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16")[...] = 1
+    (stack,) = lazystack.load_zarrs([path / "img"], "SYX")
+    _change(path / "img" / "zarr.json", change)
+    get_chunk_cache().clear()
+    single = _raised(lambda: stack.extract_patch(1, None, (0, 0), (8, 8)))
+    get_chunk_cache().clear()
+    batch = _raised(lambda: extract_patches([(stack, 1, None, (0, 0), (8, 8)), (stack, 0, None, (40, 40), (8, 8))]))
+    expected = lazystack.SourceNotFoundError if change == "deleted" else lazystack.SourceReadError
+    for error in (single, batch):
+        assert isinstance(error, expected)
+        assert f"file://{path}/img" in str(error)  # the array's URI
+        assert str(path / "img" / "zarr.json") in str(error)  # and its metadata document
+        assert str(type(error)(str(error))) == str(error)  # a DataLoader's re-raise
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error)
+        assert str(again) == str(error)
+    assert str(batch) == str(single)
