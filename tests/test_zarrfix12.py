@@ -6,6 +6,7 @@ path and a forked worker), zarr-python's own reads, the plate's own metadata, th
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import pickle
 from pathlib import Path
@@ -55,3 +56,35 @@ def test_a_changed_store_error_names_the_array_alike_on_the_patch_and_batch_path
         assert type(again) is type(error)
         assert str(again) == str(error)
     assert str(batch) == str(single)
+
+
+# -- 2. a store deleted between the opening and a fork: the worker says what the parent says -----------------------
+def _read_in_child(stack: Any, queue: Any) -> None:
+    try:
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+    except Exception as e:
+        queue.put((type(e).__name__, str(e)))
+    else:
+        queue.put(("", "read without error"))
+
+
+@pytest.mark.parametrize("where", ["root", "group"])
+def test_a_store_deleted_before_a_fork_is_named_alike_in_the_worker(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "a.zarr"
+    array_dir = path if where == "root" else path / "img"
+    zarr.create_array(array_dir, shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16")[...] = 1
+    (stack,) = lazystack.load(array_dir, "SYX")
+    (array_dir / "zarr.json").unlink()
+    get_chunk_cache().clear()
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(stack, queue))  # inherited, not pickled
+    child.start()
+    in_child = queue.get(timeout=60)
+    child.join(60)
+    unpickled = pickle.loads(pickle.dumps(stack))  # reopens by its recipe, as a spawned worker does
+    in_unpickled = _raised(lambda: unpickled.extract_patch(0, None, (0, 0), (8, 8)))
+    in_parent = _raised(lambda: stack.extract_patch(0, None, (0, 0), (8, 8)))
+    assert "deleted after the stack was opened" in str(in_parent)
+    assert in_child == (type(in_parent).__name__, str(in_parent))
+    assert (type(in_unpickled), str(in_unpickled)) == (type(in_parent), str(in_parent))

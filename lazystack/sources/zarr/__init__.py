@@ -488,6 +488,7 @@ class ZarrArrayReader(Reader):
             with self._lock:
                 arr = self._array
                 if arr is None or self._pid != current_pid():
+                    self._check_store()  # a store changed since the opening is said so, not as a missing store
                     arr = _open_array(self._location)
                     self._array, self._pid = arr, current_pid()
         return arr
