@@ -6,18 +6,23 @@ path and a forked worker), zarr-python's own reads, the plate's own metadata, th
 
 from __future__ import annotations
 
+import ast
+import inspect
 import multiprocessing as mp
 import os
 import pickle
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zarr
 
 import lazystack
 from lazystack import extract_patches
 from lazystack.io.cache import get_chunk_cache
+from lazystack.sources.zarr import engines
 
 
 def _change(metadata: Path, change: str) -> None:
@@ -88,3 +93,35 @@ def test_a_store_deleted_before_a_fork_is_named_alike_in_the_worker(tmp_path: Pa
     assert "deleted after the stack was opened" in str(in_parent)
     assert in_child == (type(in_parent).__name__, str(in_parent))
     assert (type(in_unpickled), str(in_unpickled)) == (type(in_parent), str(in_parent))
+
+
+# -- 3. no engine calls another class's private members ------------------------------------------------------------
+@pytest.mark.parametrize("cls", [engines.ZarrPythonEngine, engines.AutoEngine], ids=lambda c: c.__name__)
+def test_engines_use_only_the_public_members_of_the_engines_they_hold(cls: type) -> None:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    foreign = [
+        ast.unparse(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    ]
+    assert foreign == []
+
+
+def test_the_zarr_engine_checks_a_shard_index_through_the_direct_engines_public_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.zarr"
+    data = np.arange(64 * 64, dtype="uint16").reshape(64, 64)
+    zarr.create_array(path, shape=(64, 64), chunks=(16, 16), shards=(32, 32), dtype="uint16")[...] = data
+    checked: list[list[Any]] = []
+    original = engines.DirectEngine.shard_indexes
+    monkeypatch.setattr(
+        engines.DirectEngine, "shard_indexes", lambda self, idx: (checked.append(list(idx)), original(self, idx))[1]
+    )
+    engine = engines.ZarrPythonEngine(zarr.open_array(path, mode="r"))
+    np.testing.assert_array_equal(engine.fetch_one((2, 1)), data[32:48, 16:32])
+    assert checked == [[(2, 1)]]
+    assert original.__doc__

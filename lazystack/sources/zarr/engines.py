@@ -320,7 +320,7 @@ class ZarrPythonEngine(ZarrEngine):
                 frames = DirectEngine(array)
             except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
                 frames = None
-            self._frames = frames if frames is not None and frames._local_root is not None else None
+            self._frames = frames if frames is not None and frames.local_root is not None else None
         #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
         self._shards: DirectEngine | None = None
         if getattr(array, "shards", None) is not None:
@@ -328,11 +328,11 @@ class ZarrPythonEngine(ZarrEngine):
                 shards = self._frames or DirectEngine(array)
             except NotImplementedError:  # an index layout it cannot read: left to zarr unchecked
                 shards = None
-            self._shards = shards if shards is not None and shards._local_root is not None else None
+            self._shards = shards if shards is not None and shards.local_root is not None else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._shards is not None:
-            self._shards._shards_of([idx])  # raises SourceReadError for an index pointing outside its shard
+            self._shards.shard_indexes([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
             raw = self._frames.raw_chunk(idx)
             if raw is not None:
@@ -759,12 +759,13 @@ class DirectEngine(ZarrEngine):
                 self._decoder = _ChunkDecoder.v3(codecs, stored_chunks, self.dtype)
         fill = array.fill_value
         self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
-        self._local_root: str | None = None
+        #: the local store's directory (None for other stores)
+        self.local_root: str | None = None
         #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
         self.modified_after: int | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
-            self._local_root = os.fspath(self._store.root)
+            self.local_root = os.fspath(self._store.root)
         else:
             try:
                 from zarr.abc.store import SupportsGetSync
@@ -774,7 +775,7 @@ class DirectEngine(ZarrEngine):
                 if isinstance(self._store, SupportsGetSync):  # e.g. a MemoryStore (zarr >= 3.1)
                     self._get_sync = self._store.get_sync
         # stores read through their asynchronous get, all requests of a fetch at once
-        self._remote = self._local_root is None and self._get_sync is None
+        self._remote = self.local_root is None and self._get_sync is None
         if self._remote:
             close_http_session_at_exit(getattr(self._store, "fs", None))  # an HTTP store's session: closed at exit
 
@@ -785,8 +786,8 @@ class DirectEngine(ZarrEngine):
 
     def _where(self, key: str) -> str:
         """The URL or path of store key ``key``, for messages."""
-        if self._local_root is not None:
-            return os.path.join(self._local_root, key)
+        if self.local_root is not None:
+            return os.path.join(self.local_root, key)
         base = getattr(self._store, "path", None)
         return f"{str(base).rstrip('/')}/{key}" if isinstance(base, str) else f"{self._store}/{key}"
 
@@ -797,9 +798,9 @@ class DirectEngine(ZarrEngine):
     def _read_local(
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
     ) -> bytes | None:
-        assert self._local_root is not None
+        assert self.local_root is not None
         try:
-            fd = os.open(self._local_root + "/" + key, os.O_RDONLY)
+            fd = os.open(self.local_root + "/" + key, os.O_RDONLY)
             try:
                 opened = self.modified_after
                 st = os.fstat(fd) if byte_range is None or opened is not None else None
@@ -819,7 +820,7 @@ class DirectEngine(ZarrEngine):
         except _StaleChunkError:  # an OSError too (SourceReadError): said as it is
             raise
         except OSError as e:
-            msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
+            msg = f"cannot read chunk {key!r} of the zarr array at {self.local_root}: {e}"
             raise SourceReadError(msg) from e
 
     def _check_modified(self, key: str, mtime_ns: int) -> None:
@@ -835,11 +836,11 @@ class DirectEngine(ZarrEngine):
         """For chunks decoded by another engine: raise ``SourceReadError`` when a local
         file of ``indices`` (their shards, when sharded) was modified after the array was opened."""
         opened = self.modified_after
-        if opened is None or self._local_root is None:
+        if opened is None or self.local_root is None:
             return
         for key in dict.fromkeys(self._key_of(idx) for idx in indices):
             try:
-                mtime = os.stat(self._local_root + "/" + key).st_mtime_ns
+                mtime = os.stat(self.local_root + "/" + key).st_mtime_ns
             except OSError:  # not stored (the fill value) or unreadable: the engine that read it said so
                 continue
             if mtime > opened:
@@ -885,7 +886,7 @@ class DirectEngine(ZarrEngine):
         return sync(gather())
 
     def _read_many(self, requests: list[_Request]) -> list[bytes | None]:
-        if self._local_root is not None:
+        if self.local_root is not None:
             return [self._read_local(*r) for r in requests]
         if self._get_sync is not None:
             return [self._read_sync(*r) for r in requests]
@@ -960,11 +961,11 @@ class DirectEngine(ZarrEngine):
         """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard (a corrupt
         index would read past the file, or allocate the terabytes it claims). One ``stat`` per index read;
         remote shards are not sized (a range past their end fails when read)."""
-        if self._local_root is None:
+        if self.local_root is None:
             return
         key = self._key(shard)
         try:
-            size = os.stat(self._local_root + "/" + key).st_size
+            size = os.stat(self.local_root + "/" + key).st_size
         except OSError:  # gone since the index was read: the chunk read says so
             return
         bad = self._index.first_outside(index, size)
@@ -992,7 +993,26 @@ class DirectEngine(ZarrEngine):
             return None
         return (self._key(shard), (start, start + length), None)
 
-    def _shards_of(self, indices: Sequence[ChunkIndex]) -> dict[tuple[int, ...], np.ndarray | None]:
+    def shard_indexes(self, indices: Sequence[ChunkIndex]) -> dict[tuple[int, ...], np.ndarray | None]:
+        """The checked indexes of the shards holding the inner chunks ``indices`` (read once, then cached).
+
+        Parameters
+        ----------
+        indices : sequence of tuple of int
+            Inner-chunk grid coordinates.
+
+        Returns
+        -------
+        dict
+            Shard grid coordinates to the shard's ``(offset, length)`` table (``chunks_per_shard + (2,)``
+            uint64), None for a shard that is not stored; empty for an array that is not sharded.
+
+        Raises
+        ------
+        SourceReadError
+            If a shard is shorter than its index, its index does not decode, or an entry of a local
+            shard's index points outside the shard.
+        """
         if self._sharding is None:
             return {}
         shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
@@ -1000,7 +1020,7 @@ class DirectEngine(ZarrEngine):
 
     def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
         """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
-        where = self._locate(idx, self._shards_of([idx]))
+        where = self._locate(idx, self.shard_indexes([idx]))
         return None if where is None else self._read_many([where])[0]
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
@@ -1014,7 +1034,7 @@ class DirectEngine(ZarrEngine):
         indices = list(indices)
         if not self._remote:
             return fetch_concurrently(indices, self.fetch_one)
-        indexes = self._shards_of(indices)
+        indexes = self.shard_indexes(indices)
         wheres = [self._locate(idx, indexes) for idx in indices]
         reqs = [w for w in wheres if w is not None]
         got = iter(self._read_remote(reqs) if reqs else [])
@@ -1213,7 +1233,7 @@ class AutoEngine(ZarrEngine):
     ) -> None:
         super().__init__(array)
         self.direct = DirectEngine(array, retry=retry)
-        if self.direct._local_root is None:
+        if self.direct.local_root is None:
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
             msg = "auto engine: tensorstore is only mixed in for local stores"
             raise NotImplementedError(msg)
