@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import pickle
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,31 @@ def test_the_zarr_engine_checks_a_shard_index_through_the_direct_engines_public_
     np.testing.assert_array_equal(engine.fetch_one((2, 1)), data[32:48, 16:32])
     assert checked == [[(2, 1)]]
     assert original.__doc__
+
+
+# -- 4. one stat per shard index read (the size of the file the index was read from) -------------------------------
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("modified_after", [True, False])
+def test_a_local_shard_index_read_stats_its_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_location: str, modified_after: bool
+) -> None:
+    from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+
+    path = tmp_path / "s.zarr"
+    data = np.random.default_rng(3).integers(0, 4000, (64, 64), dtype=np.uint16)
+    sharding = ShardingCodec(chunk_shape=(16, 16), codecs=[BytesCodec(), ZstdCodec()], index_location=index_location)
+    zarr.create_array(path, shape=(64, 64), chunks=(32, 32), dtype="uint16", serializer=sharding, compressors=None)[
+        ...
+    ] = data
+    engine = engines.DirectEngine(zarr.open_array(path, mode="r"))
+    engine.modified_after = time.time_ns() if modified_after else None
+    calls: list[str] = []
+    stat, fstat = os.stat, os.fstat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: (calls.append("stat"), stat(*a, **k))[1])
+    monkeypatch.setattr(os, "fstat", lambda *a, **k: (calls.append("fstat"), fstat(*a, **k))[1])
+    indexes = engine.shard_indexes([(2, 1), (3, 0)])  # two inner chunks of shard (1, 0)
+    monkeypatch.undo()
+    assert len(calls) == 1, calls
+    reference = zarr.open_array(path, mode="r")
+    np.testing.assert_array_equal(engine.fetch_one((2, 1)), reference[32:48, 16:32])
+    assert list(indexes) == [(1, 0)]

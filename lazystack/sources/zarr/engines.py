@@ -796,27 +796,29 @@ class DirectEngine(ZarrEngine):
         return self._where(self._prefix).rstrip("/")
 
     def _read_local(
-        self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
-    ) -> bytes | None:
+        self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None, *, sized: bool = False
+    ) -> tuple[bytes | None, int | None]:
+        """The bytes of ``key`` (None: not stored) and the file's size (None unless ``sized``, a whole-file or
+        suffix read, or a modification check needed the file's ``fstat``)."""
         assert self.local_root is not None
         try:
             fd = os.open(self.local_root + "/" + key, os.O_RDONLY)
             try:
                 opened = self.modified_after
-                st = os.fstat(fd) if byte_range is None or opened is not None else None
+                st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
                 if opened is not None and st is not None and st.st_mtime_ns > opened:
                     self._check_modified(key, st.st_mtime_ns)
+                size = None if st is None else st.st_size
                 if byte_range is not None:
                     start, stop = byte_range
                 else:
-                    assert st is not None
-                    size = st.st_size
+                    assert size is not None
                     start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
-                return _pread_all(fd, start, stop - start)
+                return _pread_all(fd, start, stop - start), size
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
-            return None
+            return None, None
         except _StaleChunkError:  # an OSError too (SourceReadError): said as it is
             raise
         except OSError as e:
@@ -887,7 +889,7 @@ class DirectEngine(ZarrEngine):
 
     def _read_many(self, requests: list[_Request]) -> list[bytes | None]:
         if self.local_root is not None:
-            return [self._read_local(*r) for r in requests]
+            return [self._read_local(*r)[0] for r in requests]
         if self._get_sync is not None:
             return [self._read_sync(*r) for r in requests]
         return self._read_remote(requests)
@@ -929,8 +931,11 @@ class DirectEngine(ZarrEngine):
                 reqs = [(self._key(s), (0, layout.size), None) for s in todo]
             else:
                 reqs = [(self._key(s), None, layout.size) for s in todo]
-            raw = self._read_many(reqs)
-            for s, data in zip(todo, raw, strict=True):
+            if self.local_root is not None:  # with each shard's size, for the index check (one fstat)
+                got = [self._read_local(*r, sized=True) for r in reqs]
+            else:
+                got = [(data, None) for data in self._read_many(reqs)]
+            for s, (data, size) in zip(todo, got, strict=True):
                 if data is None:  # a missing shard: every inner chunk reads as the fill value
                     index = None
                 elif len(data) < layout.size:
@@ -948,7 +953,7 @@ class DirectEngine(ZarrEngine):
                             f"of the zarr array {self._array_where()!r}: {e}"
                         )
                         raise SourceReadError(msg) from e
-                    self._check_index(s, index)
+                    self._check_index(s, index, size)
                 out[s] = index
             with self._index_lock:
                 for s in todo:
@@ -957,17 +962,13 @@ class DirectEngine(ZarrEngine):
                     self._indexes.popitem(last=False)
         return out
 
-    def _check_index(self, shard: tuple[int, ...], index: np.ndarray) -> None:
-        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard (a corrupt
-        index would read past the file, or allocate the terabytes it claims). One ``stat`` per index read;
-        remote shards are not sized (a range past their end fails when read)."""
-        if self.local_root is None:
+    def _check_index(self, shard: tuple[int, ...], index: np.ndarray, size: int | None) -> None:
+        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard of ``size``
+        bytes (a corrupt index would read past the file, or allocate the terabytes it claims). Remote shards
+        are not sized (``size`` None: a range past their end fails when read)."""
+        if size is None:
             return
         key = self._key(shard)
-        try:
-            size = os.stat(self.local_root + "/" + key).st_size
-        except OSError:  # gone since the index was read: the chunk read says so
-            return
         bad = self._index.first_outside(index, size)
         if bad is not None:
             at, offset, length = bad
