@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr_helpers import serve_directory
 
 import lazystack
 from lazystack import extract_patches
@@ -154,3 +155,19 @@ def test_a_local_shard_index_read_stats_its_file_once(
     reference = zarr.open_array(path, mode="r")
     np.testing.assert_array_equal(engine.fetch_one((2, 1)), reference[32:48, 16:32])
     assert list(indexes) == [(1, 0)]
+
+
+# -- 5. a well opened by an http URL whose path has no .zarr folder is named as its plate names it ----------------
+def test_a_remote_well_without_a_zarr_folder_is_named_as_through_its_plate(tmp_path: Path) -> None:
+    from test_review_fixes import _NAMING, _write_plate
+
+    _write_plate(tmp_path / "screen")  # no folder ends in .zarr: the store is the whole path given
+    local = lazystack.load(tmp_path / "screen" / "A" / "2")
+    with serve_directory(tmp_path) as (url, _):
+        well = lazystack.load(f"{url}/screen/A/2")
+        assert {s.attrs["plate"] for s in well} == {"screen-9"}  # the plate's own metadata name
+        assert [{k: s.attrs.get(k) for k in _NAMING} for s in well] == [
+            {k: s.attrs.get(k) for k in _NAMING} for s in local
+        ]
+        for stack, ref in zip(well, local, strict=True):
+            np.testing.assert_array_equal(stack.compute(), ref.compute())

@@ -1439,8 +1439,9 @@ def _well_alone(
     plate_loc: ZarrLocation | None = None
     if len(parts) >= 2:
         plate_loc, plate_store = location.child("/".join(parts[:-2])), store
-    elif location.is_local and len(every) > 2:  # no folder ends in .zarr: the store is the well, its plate 2 up
-        plate_loc = ZarrLocation("file", "/" + "/".join(every[:-2]))
+    elif len(every) > (2 if location.is_local else 3) and not location.chain:
+        # no folder ends in .zarr: the store is the well, its plate 2 up (a URL's scheme and host are no folders)
+        plate_loc = replace(location, root=location.root.rstrip("/").rsplit("/", 2)[0], path="")
         plate_store = plate_loc.open_store()
     if plate_loc is not None:
         plate_group = _try_group(plate_loc, plate_store)
