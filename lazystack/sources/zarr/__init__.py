@@ -604,8 +604,6 @@ class ZarrArrayReader(Reader):
 
     def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
         """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""
-        import itertools
-
         grid = self.shards or self.chunks
         ranges = []
         for k, c, n in zip(key, grid, self.shape, strict=False):
@@ -691,16 +689,12 @@ class _StoreChangedError(LazyStackError):
     for the metadata document ``path`` of the array ``array`` (URI) in the store ``store`` (URI).
     """
 
-    deleted: bool
-
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
 
 
 class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
-    deleted = True
-
     @classmethod
     def of(cls, path: str, array: str, store: str) -> _StoreDeletedError:
         msg = (
@@ -711,8 +705,6 @@ class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
 
 
 class _StoreRewrittenError(_StoreChangedError, SourceReadError):
-    deleted = False
-
     @classmethod
     def of(cls, path: str, array: str, store: str) -> _StoreRewrittenError:
         msg = (
@@ -815,12 +807,10 @@ class _CheckedRegionReads:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    import asyncio
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
-        if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(e).__name__:
+        if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__:
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__

@@ -673,17 +673,15 @@ class RetryPolicy:
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether a failed request is worth another attempt (see [`RetryPolicy`][RetryPolicy])."""
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+    if isinstance(exc, TimeoutError):
         return False
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status >= 500
     if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe
         return True
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - fsspec's HTTP needs it
-        return False
+    import aiohttp
+
     return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
@@ -873,7 +871,7 @@ class DirectEngine(ZarrEngine):
                     attempt += 1
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                detail = str(e) or ("timed out" if isinstance(e, (TimeoutError, asyncio.TimeoutError)) else "")
+                detail = str(e) or ("timed out" if isinstance(e, TimeoutError) else "")
                 msg = f"cannot read {self._where(key)!r}{tries}: {type(e).__name__}: {detail}"
                 raise SourceReadError(msg) from e
             return None if buf is None else buf.to_bytes()
