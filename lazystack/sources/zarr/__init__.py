@@ -1105,21 +1105,17 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
 _NGFF_TYPE_LETTERS = {"time": "T", "channel": "C"}
 
 
-def _ngff_letters(ms: _Multiscale) -> list[str | None]:
-    """The letter of each NGFF axis: a one-letter name in STCZYX, else its type's (time, channel), else None."""
-    letters: list[str | None] = []
-    for name, kind in zip(ms.axes_names, ms.axes_types, strict=True):
-        if len(name) == 1 and name.upper() in "STCZYX":
-            letters.append(name.upper())
-        else:
-            letters.append(_NGFF_TYPE_LETTERS.get(str(kind)) if kind else None)
-    return letters
+def _ngff_letter(name: str, kind: Any) -> str | None:
+    """The letter of an NGFF axis: a one-letter name in STCZYX, else its type's (time, channel), else None."""
+    if len(name) == 1 and name.upper() in "STCZYX":
+        return name.upper()
+    return _NGFF_TYPE_LETTERS.get(str(kind)) if kind else None
 
 
 def _level_source(
     ms: _Multiscale, level: int, location: ZarrLocation, array: zarr_lib.Array, axes: str
 ) -> OpenedSource:
-    letters = _ngff_letters(ms)
+    letters = [_ngff_letter(name, kind) for name, kind in zip(ms.axes_names, ms.axes_types, strict=True)]
     declared = "".join(letter or "?" for letter in letters)
     uri = location.uri()
     if len(axes) != len(letters) or any(d is not None and d != a for a, d in zip(axes, letters, strict=False)):

@@ -314,21 +314,16 @@ class ZarrPythonEngine(ZarrEngine):
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
-        self._frames: DirectEngine | None = None
-        if array.compressors and _is_blosc(array.compressors[-1]):  # the stored bytes are a blosc frame
-            try:
-                frames = DirectEngine(array)
-            except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
-                frames = None
-            self._frames = frames if frames is not None and frames.local_root is not None else None
+        blosc = bool(array.compressors) and _is_blosc(array.compressors[-1])  # the stored bytes are a blosc frame
+        sharded = getattr(array, "shards", None) is not None
+        direct: DirectEngine | None = None
+        if blosc or sharded:
+            with contextlib.suppress(NotImplementedError):  # chunk bytes or an index it cannot locate: unchecked
+                direct = DirectEngine(array)
+        local = direct if direct is not None and direct.local_root is not None else None
+        self._frames = local if blosc else None
         #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
-        self._shards: DirectEngine | None = None
-        if getattr(array, "shards", None) is not None:
-            try:
-                shards = self._frames or DirectEngine(array)
-            except NotImplementedError:  # an index layout it cannot read: left to zarr unchecked
-                shards = None
-            self._shards = shards if shards is not None and shards.local_root is not None else None
+        self._shards = local if sharded else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._shards is not None:
@@ -727,14 +722,12 @@ class DirectEngine(ZarrEngine):
         if meta.zarr_format == 3 and type(grid).__name__ != "RegularChunkGrid":
             msg = f"direct engine: unsupported chunk grid {type(grid).__name__}"
             raise NotImplementedError(msg)
-        if meta.zarr_format == 2:
-            stored_chunks = tuple(int(c) for c in meta.chunks)
-        else:
-            stored_chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
         self._sharding: Any = None
         if meta.zarr_format == 2:
+            stored_chunks = tuple(int(c) for c in meta.chunks)
             self._decoder = _ChunkDecoder.v2(array, stored_chunks)
         else:
+            stored_chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
             codecs = list(meta.codecs)
             sharding = [c for c in codecs if isinstance(c, ShardingCodec)]
             if sharding:
@@ -912,54 +905,6 @@ class DirectEngine(ZarrEngine):
             return self._key(idx)
         return self._key(tuple(i // c for i, c in zip(idx, self._cps, strict=True)))
 
-    def _shard_indexes(self, shards: list[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray | None]:
-        out: dict[tuple[int, ...], np.ndarray | None] = {}
-        todo: list[tuple[int, ...]] = []
-        with self._index_lock:
-            for s in shards:
-                if s in self._indexes:
-                    self._indexes.move_to_end(s)
-                    out[s] = self._indexes[s]
-                else:
-                    todo.append(s)
-        if todo:
-            layout = self._index
-            reqs: list[_Request]
-            if layout.at_start:
-                reqs = [(self._key(s), (0, layout.size), None) for s in todo]
-            else:
-                reqs = [(self._key(s), None, layout.size) for s in todo]
-            if self.local_root is not None:  # with each shard's size, for the index check (one fstat)
-                got = [self._read_local(*r, sized=True) for r in reqs]
-            else:
-                got = [(data, None) for data in self._read_many(reqs)]
-            for s, (data, size) in zip(todo, got, strict=True):
-                if data is None:  # a missing shard: every inner chunk reads as the fill value
-                    index = None
-                elif len(data) < layout.size:
-                    msg = (
-                        f"shard {self._where(self._key(s))!r} of the zarr array {self._array_where()!r} "
-                        f"is shorter than its index ({len(data)} < {layout.size} bytes): truncated or corrupt"
-                    )
-                    raise SourceReadError(msg)
-                else:
-                    try:
-                        index = layout.decode(data)
-                    except Exception as e:
-                        msg = (
-                            f"cannot decode the index of shard {self._where(self._key(s))!r} "
-                            f"of the zarr array {self._array_where()!r}: {e}"
-                        )
-                        raise SourceReadError(msg) from e
-                    self._check_index(s, index, size)
-                out[s] = index
-            with self._index_lock:
-                for s in todo:
-                    self._indexes[s] = out[s]
-                while len(self._indexes) > 4096:
-                    self._indexes.popitem(last=False)
-        return out
-
     def _check_index(self, shard: tuple[int, ...], index: np.ndarray, size: int | None) -> None:
         """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard of ``size``
         bytes (a corrupt index would read past the file, or allocate the terabytes it claims). Remote shards
@@ -1014,8 +959,53 @@ class DirectEngine(ZarrEngine):
         """
         if self._sharding is None:
             return {}
-        shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
-        return self._shard_indexes(list(dict.fromkeys(shards)))
+        shards = dict.fromkeys(tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices)
+        out: dict[tuple[int, ...], np.ndarray | None] = {}
+        todo: list[tuple[int, ...]] = []
+        with self._index_lock:
+            for s in shards:
+                if s in self._indexes:
+                    self._indexes.move_to_end(s)
+                    out[s] = self._indexes[s]
+                else:
+                    todo.append(s)
+        if todo:
+            layout = self._index
+            reqs: list[_Request]
+            if layout.at_start:
+                reqs = [(self._key(s), (0, layout.size), None) for s in todo]
+            else:
+                reqs = [(self._key(s), None, layout.size) for s in todo]
+            if self.local_root is not None:  # with each shard's size, for the index check (one fstat)
+                got = [self._read_local(*r, sized=True) for r in reqs]
+            else:
+                got = [(data, None) for data in self._read_many(reqs)]
+            for s, (data, size) in zip(todo, got, strict=True):
+                if data is None:  # a missing shard: every inner chunk reads as the fill value
+                    index = None
+                elif len(data) < layout.size:
+                    msg = (
+                        f"shard {self._where(self._key(s))!r} of the zarr array {self._array_where()!r} "
+                        f"is shorter than its index ({len(data)} < {layout.size} bytes): truncated or corrupt"
+                    )
+                    raise SourceReadError(msg)
+                else:
+                    try:
+                        index = layout.decode(data)
+                    except Exception as e:
+                        msg = (
+                            f"cannot decode the index of shard {self._where(self._key(s))!r} "
+                            f"of the zarr array {self._array_where()!r}: {e}"
+                        )
+                        raise SourceReadError(msg) from e
+                    self._check_index(s, index, size)
+                out[s] = index
+            with self._index_lock:
+                for s in todo:
+                    self._indexes[s] = out[s]
+                while len(self._indexes) > 4096:
+                    self._indexes.popitem(last=False)
+        return out
 
     def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
         """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
