@@ -567,7 +567,8 @@ class ZarrArrayReader(Reader):
         return self._guarded(fast.read_float32, region)
 
     def _guarded(self, read: Callable[[Any], _T], key: tuple[int | slice, ...]) -> _T:
-        """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
+        """``read(key)``, its failures translated as every read's: a changed or deleted store as it is (it names
+        the array), else wrapped with the path."""
         try:
             return read(key)
         except _StaleChunkError as exc:
@@ -579,8 +580,9 @@ class ZarrArrayReader(Reader):
         except Exception as exc:
             if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
                 raise
-            # a store change is not chained: the message says it all
-            raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
+            if isinstance(exc, _StoreChangedError):  # not chained: the message says it all
+                raise exc from None
+            raise self._read_error(key, exc) from exc
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None until a fast reader exists (see
@@ -590,11 +592,6 @@ class ZarrArrayReader(Reader):
         """
         fast = self._fast
         return None if fast is None else fast.read_cached(region)
-
-    def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
-        """The error a failed read raises: a changed or deleted store as it is (it names the array), else wrapped
-        with the path."""
-        return exc if isinstance(exc, _StoreChangedError) else self._read_error(key, exc)
 
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
@@ -864,10 +861,9 @@ def _try_group(location: ZarrLocation, store: Store) -> zarr_lib.Group | None:
     import zarr as zarr_lib
 
     try:
-        node = zarr_lib.open_group(store=store, path=location.path, mode="r")
+        return zarr_lib.open_group(store=store, path=location.path, mode="r")
     except Exception:  # not a group (or not reachable): the caller decides
         return None
-    return node
 
 
 def _describe_members(group: zarr_lib.Group) -> str:
@@ -1126,35 +1122,33 @@ def _level_source(
         if "?" in declared:  # an axis such as "angle": its letter is the caller's to choose
             msg += ", with a letter of 'STCZYX' for each '?' (an NGFF axis whose name and type have none)"
         raise ShapeMismatchError(msg)
-    # the caller's letters: those the NGFF axes declare, and the caller's own for axes that declare none
-    ngff_axes = axes
-    if len(array.shape) != len(ngff_axes):
-        msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
+    # from here ``axes`` are the caller's letters: those the NGFF axes declare, the caller's own for the others
+    if len(array.shape) != len(axes):
+        msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {axes!r}"
         raise SourceFormatError(msg)
     ds = ms.datasets[level]
-    scale = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    scale = _transform_of(ds.get("coordinateTransformations"), len(axes))
     if scale is not None and ms.global_scale is not None:
         scale = [s * g for s, g in zip(scale, ms.global_scale, strict=True)]
     elif scale is None:
         scale = ms.global_scale
     sizes: dict[str, float] = {}
     translation: dict[str, float] = {}
-    tr = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes), "translation")
-    for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
+    tr = _transform_of(ds.get("coordinateTransformations"), len(axes), "translation")
+    for i, (letter, kind) in enumerate(zip(axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
         if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
             sizes[letter] = scale[i]
         if spatial and tr is not None:
             translation[letter] = tr[i]
     coords: dict[str, Any] = {}
-    if ms.channel_names is not None and "C" in ngff_axes:
-        n_c = int(array.shape[ngff_axes.index("C")])
-        if len(ms.channel_names) == n_c:
-            coords["C"] = np.asarray(ms.channel_names)
+    names = ms.channel_names
+    if names is not None and "C" in axes and len(names) == int(array.shape[axes.index("C")]):
+        coords["C"] = np.asarray(names)
     attrs: dict[str, Any] = {
         "level": level,
         "physical_pixel_sizes": sizes,
-        "ngff_axes": ngff_axes,
+        "ngff_axes": axes,
         "ngff_version": ms.version,
         "zarr_format": int(array.metadata.zarr_format),
     }

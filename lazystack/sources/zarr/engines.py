@@ -971,11 +971,8 @@ class DirectEngine(ZarrEngine):
                     todo.append(s)
         if todo:
             layout = self._index
-            reqs: list[_Request]
-            if layout.at_start:
-                reqs = [(self._key(s), (0, layout.size), None) for s in todo]
-            else:
-                reqs = [(self._key(s), None, layout.size) for s in todo]
+            rng, suffix = ((0, layout.size), None) if layout.at_start else (None, layout.size)
+            reqs: list[_Request] = [(self._key(s), rng, suffix) for s in todo]
             if self.local_root is not None:  # with each shard's size, for the index check (one fstat)
                 got = [self._read_local(*r, sized=True) for r in reqs]
             else:
@@ -1586,9 +1583,7 @@ class ZarrArrayReader(ChunkedReader):
             self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {**self.__dict__, "_engine": None, "_engine_pid": -1}
-        del state["_engine_lock"]
-        return state
+        return {**self.__dict__, "_engine": None, "_engine_pid": -1, "_engine_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
