@@ -49,27 +49,22 @@ class ImageStack(Protocol):
     @property
     def source(self) -> Any:
         """What wholly determines the data: a path, a URI, ``"array"`` ..."""
-        ...
 
     @property
     def data_shape(self) -> Sequence[int]:
         """Shape in canonical ``SC(Z)YX`` order."""
-        ...
 
     @property
     def data_dtype(self) -> DTypeLike:
         """Dtype of the stored data."""
-        ...
 
     @property
     def original_axes(self) -> str:
         """Axes of the source as the user described them."""
-        ...
 
     @property
     def original_data_shape(self) -> Sequence[int]:
         """Shape of the source in [`original_axes`][original_axes] order."""
-        ...
 
     def extract_patch(
         self,
@@ -79,7 +74,6 @@ class ImageStack(Protocol):
         patch_size: Sequence[int],
     ) -> NDArray[Any]:
         """Return a ``float32`` patch in ``C(Z)YX`` order, zero outside the image."""
-        ...
 
 
 GenericImageStack = TypeVar("GenericImageStack", bound=ImageStack, covariant=True)
@@ -97,7 +91,6 @@ class ImageStackLoader(Protocol[P, GenericImageStack]):
 
     def __call__(self, source: Any, axes: str, *args: P.args, **kwargs: P.kwargs) -> Sequence[GenericImageStack]:
         """Load ``source`` described by ``axes`` into a sequence of stacks."""
-        ...
 
 
 Selection = tuple[int | range, ...]

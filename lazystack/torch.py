@@ -27,6 +27,7 @@ import operator
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -348,16 +349,14 @@ class ReadAheadStats(NamedTuple):
 _Batch = tuple[tuple[int, int], ...]
 
 
+@dataclass(slots=True, eq=False)
 class _Entry:
     """A batch read ahead: its future and the bytes it holds in the budget (0 once taken or released)."""
 
-    __slots__ = ("future", "held", "read", "state")
-
-    def __init__(self, future: Future[Any], held: int, state: tuple[Any, ...]) -> None:
-        self.future = future
-        self.held = held
-        self.state = state
-        self.read = False  # set under the lock once the thread settled its bytes
+    future: Future[Any]
+    held: int
+    state: tuple[Any, ...]
+    read: bool = False  # set under the lock once the thread settled its bytes
 
 
 class _ReadAhead:

@@ -15,7 +15,7 @@ import zarr
 
 from lazystack import LazyImageStack, PatchError, SampleIndexError
 from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
-from lazystack.io.chunked import ChunkedReader, ChunkIndex, fetch_concurrently
+from lazystack.io.chunked import ChunkedReader, ChunkIndex, FunctionChunkedReader, fetch_concurrently
 from lazystack.io.reader import Reader, ReaderCapabilities
 from lazystack.ops.batch import extract_patches
 from lazystack.sources.zarr.engines import ZarrArrayReader, available_engines
@@ -175,9 +175,7 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import lazystack.io.chunked as chunked_module
-    import lazystack.ops.batch as batch_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked_module, "CPU_WORKERS", 2)
     with chunk_cache_size(0):
         data = np.random.default_rng(8).integers(0, 1000, (400, 400)).astype(np.uint16)
@@ -192,9 +190,10 @@ def test_local_batch_spreads_over_cores_and_drops_each_chunk_after_its_last_use(
 
 
 def test_overlapping_requests_stay_in_one_share_and_chunks_are_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lazystack.io.chunked as chunked_module
     import lazystack.ops.batch as batch_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 4)
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", 4)
     monkeypatch.setattr(batch_module, "_shares", _shuffled_shares(batch_module._shares))
     data = np.arange(60 * 300, dtype=np.float32).reshape(60, 300)
     reader = CountingReader(data, (10, 10))
@@ -237,9 +236,9 @@ def _region_of(reader: ChunkedReader, request: tuple[Any, ...]) -> tuple[tuple[s
 
 
 def test_local_byte_bound_caps_the_chunks_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lazystack.ops.batch as batch_module
+    import lazystack.io.chunked as chunked_module
 
-    monkeypatch.setattr(batch_module, "CPU_WORKERS", 1)
+    monkeypatch.setattr(chunked_module, "CPU_WORKERS", 1)
     data = np.arange(10 * 400, dtype=np.float32).reshape(10, 400)
     # 40 requests on 40 chunks, then the same 40 again: every chunk stays needed until its second use.
     # A channel list keeps them off the scattered fast path: they stream through their stack.
@@ -337,6 +336,40 @@ def test_scattered_chunks_are_cast_to_the_stored_dtype_first() -> None:
     stored = (data.astype(np.int64) + 250).astype(np.uint8)
     _assert_same(got, _one_by_one(LazyImageStack(stored, "YX"), reqs))
     _assert_same(got, one_by_one)
+
+
+class _CountingCasts(np.ndarray):
+    """A chunk that counts its ``astype`` calls (the batch casts a chunk not in the reader's dtype)."""
+
+    casts = 0
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).casts += 1
+        return np.asarray(self).astype(*args, **kwargs)
+
+
+def test_the_rounds_path_casts_each_chunk_once_not_once_per_piece() -> None:
+    """A chunk not in the reader's dtype is cast once per round, not once per piece (counted, numpy reference)."""
+    data = np.random.default_rng(2).integers(0, 30000, (64, 64)).astype(np.int32)
+    fetched: list[tuple[int, ...]] = []
+
+    def fetch_many(indices: Any) -> dict[tuple[int, ...], np.ndarray]:
+        fetched.extend(indices)
+        # stored as int32, declared int16 (values fit): each chunk must be cast to int16 before float32
+        return {i: data[16 * i[0] : 16 * i[0] + 16, 16 * i[1] : 16 * i[1] + 16].view(_CountingCasts) for i in indices}
+
+    reader = FunctionChunkedReader(data.shape, np.int16, (16, 16), "casts", fetch_many=fetch_many)
+    stack = LazyImageStack(reader, "YX")
+    # overlapping patches over chunk borders: 20 patches, most cut into 4 pieces, sharing 16 chunks
+    corners = [(y, x) for y in (4, 12, 20, 36, 44) for x in (6, 14, 30, 40)]
+    _CountingCasts.casts = 0
+    with chunk_cache_size(0):
+        got = extract_patches([(stack, 0, None, c, (20, 20)) for c in corners])
+    for (y, x), patch in zip(corners, got, strict=True):
+        np.testing.assert_array_equal(patch[0], data[y : y + 20, x : x + 20].astype(np.int16).astype(np.float32))
+    pieces = sum(len(reader.chunk_grid.pieces((slice(y, y + 20), slice(x, x + 20)))) for y, x in corners)
+    assert pieces > len(set(fetched))  # the test means something: more pieces than chunks
+    assert _CountingCasts.casts == len(set(fetched)) == len(fetched)  # one cast per chunk of the round
 
 
 def test_requests_sharing_chunks_with_slow_path_requests_are_still_decoded_once(

@@ -36,6 +36,7 @@ from zarr.codecs import (
 
 from benchmarks.http_range import LocalHTTPServer, RangeHandler
 from lazystack import LazyImageStack
+from lazystack.core.errors import MissingDependencyError
 from lazystack.io import chunked
 from lazystack.io.cache import chunk_cache_size, get_chunk_cache, set_chunk_cache_size
 from lazystack.sources.zarr.engines import (
@@ -234,15 +235,76 @@ def _same(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def _expected_name(z: Any, engine: str) -> str:
-    """``auto`` is the hybrid for a local array tensorstore can read too, else ``direct``."""
+    """``auto`` is the hybrid for a local array tensorstore is not known to refuse before opening it (installed,
+    numeric dtype, chunks it can allocate), else ``direct``; one tensorstore refuses when it opens the array
+    (a filter it lacks) is read directly by the hybrid (``test_auto_reads_directly_what_tensorstore_refuses``)."""
     if engine == "auto":
         local = isinstance(z.store, zarr.storage.LocalStore)
-        return "auto" if local and "tensorstore" in available_engines(z) else "direct"
+        try:
+            TensorstoreEngine.check_usable(z, tuple(z.chunks), np.dtype(z.dtype))
+        except (NotImplementedError, MissingDependencyError):
+            return "direct"
+        return "auto" if local else "direct"
     return engine
 
 
 #: (array, engine) pairs an engine refuses (it raises NotImplementedError; "auto" picks another).
 UNSUPPORTED = {("v2-F-bigendian-delta-blosc", "tensorstore")}  # tensorstore has no numcodecs Delta filter
+
+
+def test_auto_reads_directly_what_tensorstore_refuses(arrays: dict[str, Any]) -> None:
+    """tensorstore refuses the numcodecs Delta filter only when it opens the array, which ``auto`` does on the
+    first fetch it would give tensorstore: that fetch, and every later one, is decoded directly."""
+    pytest.importorskip("tensorstore")
+    z = _open(arrays["v2-F-bigendian-delta-blosc"])
+    engine = AutoEngine(z, min_tensorstore=1, min_tensorstore_bytes=0)
+    indices = list(itertools.product(range(3), range(3)))
+    assert engine.prefers_tensorstore(len(indices))
+    for _ in range(2):
+        got = engine.fetch(indices)
+        for idx in indices:
+            region = engine.chunk_region(idx)  # an edge chunk comes whole: its part inside the array is compared
+            inside = tuple(slice(0, r.stop - r.start) for r in region)
+            np.testing.assert_array_equal(got[idx][inside], z[region])
+        assert engine.tensorstore is None
+
+
+_LAZY_TENSORSTORE_CHILD = """
+import sys, numpy as np, zarr, lazystack
+from lazystack.io.cache import set_chunk_cache_size
+z = zarr.create_array(sys.argv[1], shape=(2, 16, 256, 256), chunks=(1, 8, 128, 128), dtype="uint16")
+z[...] = np.arange(z.size, dtype="uint16").reshape(z.shape)
+(stack,) = lazystack.load_zarrs([sys.argv[1]], "TZYX")
+patches = stack.extract_patches([(t, None, (0, 0, 0), (16, 64, 64)) for t in range(2)])
+np.testing.assert_array_equal(patches[1][0], z[1, :, :64, :64])
+print("after a batch with the cache on:", "tensorstore" in sys.modules)
+set_chunk_cache_size(0)
+np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 64), (16, 128, 128))[0], z[0, :, :128, 64:192])
+print("after a cache-off read of 8 chunks:", "tensorstore" in sys.modules)
+"""
+
+
+def test_auto_imports_tensorstore_only_when_a_read_goes_to_it(tmp_path: Path) -> None:
+    """A spawned DataLoader worker reading batches with the chunk cache on never needs tensorstore: ``auto``
+    opens it (and imports it: 0.3-1 s) on the first read it gives it, not when the engine is built."""
+    pytest.importorskip("tensorstore")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "LAZYSTACK_ZARR_ENGINE": "auto"}
+    out = subprocess.run(
+        [sys.executable, "-c", _LAZY_TENSORSTORE_CHILD, str(tmp_path / "a.zarr")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "after a batch with the cache on: False",
+        "after a cache-off read of 8 chunks: True",
+    ]
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
@@ -271,9 +333,13 @@ def test_direct_engine_supports_every_test_array(arrays: dict[str, Any], name: s
     z = _open(arrays[name])
     assert "direct" in available_engines(z)
     auto = make_engine(z, "auto")
-    if "tensorstore" in available_engines(z):
+    if _expected_name(z, "auto") == "auto":
         assert isinstance(auto, AutoEngine)
-        assert auto.direct.chunk_shape == auto.tensorstore.chunk_shape == tuple(z.chunks)
+        # tensorstore opened on first use; None where it refuses the array (a filter it lacks): read directly
+        assert (auto.tensorstore is None) == ("tensorstore" not in available_engines(z))
+        assert auto.direct.chunk_shape == tuple(z.chunks)
+        if auto.tensorstore is not None:
+            assert auto.tensorstore.chunk_shape == tuple(z.chunks)
     else:
         assert isinstance(auto, DirectEngine)
 

@@ -108,7 +108,7 @@ def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 
 def _accepts(path: str) -> bool:
-    from ..loading.auto import source_kind
+    from ..loading.auto import _is_zarr_dir, source_kind
 
     try:
         kind = source_kind(path)
@@ -116,13 +116,8 @@ def _accepts(path: str) -> bool:
         return False
     if kind not in _FILE_KINDS:
         return False
-    if kind == "zarr" and "://" not in path:
-        # a local Zarr source is a directory holding Zarr metadata (not a chunk file inside a store)
-        folder = Path(path)
-        return folder.is_dir() and any(
-            (folder / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs")
-        )
-    return True
+    # a local Zarr source is a directory holding Zarr metadata (not a chunk file inside a store)
+    return kind != "zarr" or "://" in path or _is_zarr_dir(Path(path))
 
 
 def read(path: str | Sequence[str]) -> list[LayerData]:

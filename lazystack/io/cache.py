@@ -368,26 +368,22 @@ class ChunkCache:
         with self._lock:
             if size > self._max_bytes:
                 return
-            old = self._main.pop(key, None)
-            if old is not None:
+            if (old := self._main.pop(key, None)) is not None:
                 self._nbytes -= int(old.nbytes)
                 self._main[key] = view
+            elif (old := self._probation.pop(key, None)) is not None:
+                self._nbytes -= int(old.nbytes)
+                self._probation_nbytes += size - int(old.nbytes)
+                self._probation[key] = view
+            elif not self._two_q:
+                self._main[key] = view
+            elif key in self._ghost:  # read again soon after it left probation
+                self._ghost_nbytes -= self._ghost.pop(key)
+                self._main[key] = view
+                self._promotions += 1
             else:
-                old = self._probation.pop(key, None)
-                if old is not None:
-                    self._nbytes -= int(old.nbytes)
-                    self._probation_nbytes -= int(old.nbytes)
-                    self._probation[key] = view
-                    self._probation_nbytes += size
-                elif not self._two_q:
-                    self._main[key] = view
-                elif key in self._ghost:  # read again soon after it left probation
-                    self._ghost_nbytes -= self._ghost.pop(key)
-                    self._main[key] = view
-                    self._promotions += 1
-                else:
-                    self._probation[key] = view
-                    self._probation_nbytes += size
+                self._probation[key] = view
+                self._probation_nbytes += size
             self._nbytes += size
             # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
             self._evict_locked(keep_newest_main=key in self._main)
@@ -562,8 +558,4 @@ def chunk_cache_size(max_bytes: int | str) -> Iterator[ChunkCache]:
         set_chunk_cache_size(previous)
 
 
-def _after_fork_in_child() -> None:
-    _CACHE._reset_after_fork()
-
-
-at_fork(after_in_child=_after_fork_in_child)
+at_fork(after_in_child=_CACHE._reset_after_fork)

@@ -172,23 +172,14 @@ def fetch_concurrently(
     pool = shared_executor()
     if not io_bound:
         return _fetch_on_cores(indices, fetch_one, pool, min(CPU_WORKERS, n))
-    shares = [[idx] for idx in indices]
-
-    def run(share: list[_K]) -> list[Any]:
-        return [fetch_one(idx) for idx in share]
-
-    futures = [pool.submit(run, share) for share in shares[1:]]
+    rest = list(indices)[1:]
+    futures = [pool.submit(fetch_one, idx) for idx in rest]
     try:
-        first = run(shares[0])
+        out = {indices[0]: fetch_one(indices[0])}
+        for idx, f in zip(rest, futures, strict=True):
+            out[idx] = f.result()
     except BaseException:
-        _stop(futures)
-        raise
-    out = dict(zip(shares[0], first, strict=True))
-    try:
-        for share, f in zip(shares[1:], futures, strict=True):
-            out.update(zip(share, f.result(), strict=True))
-    except BaseException:
-        _stop(futures)  # a pool task failed: the others may still be running
+        _stop(futures)  # the caller or a pool task failed: the others may still be running
         raise
     return out
 

@@ -72,7 +72,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def check_regular_file(path: str, what: str, accepted: str) -> os.stat_result:
+def check_regular_file(path: str, what: str, accepted: str, *, selector: str | None = None) -> os.stat_result:
     """``os.stat(path)``, refusing anything but a regular file before it is opened.
 
     Opening a FIFO (named pipe) for reading blocks until a writer appears, a
@@ -88,6 +88,10 @@ def check_regular_file(path: str, what: str, accepted: str) -> os.stat_result:
         What the file should be, for the message (``"TIFF file"``).
     accepted : str
         What would have been accepted (``"a .tif / .tiff file"``).
+    selector : str, optional
+        What a number after ``@`` selects in this format (``"series"``): a
+        missing ``"file@N"`` whose ``file`` exists is then explained by
+        [`selector_hint()`][selector_hint].
 
     Returns
     -------
@@ -106,7 +110,7 @@ def check_regular_file(path: str, what: str, accepted: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:
-        msg = f"{what} not found: {path!r}"
+        msg = f"{what} not found: {path!r}" + (selector_hint(path, selector) if selector else "")
         raise SourceNotFoundError(msg) from exc
     except OSError as exc:
         if os.path.islink(path):

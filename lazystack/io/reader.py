@@ -248,7 +248,11 @@ def as_reader(obj: Any) -> Reader | None:
             "(for a dask array, call .compute_chunk_sizes() first)"
         )
         raise UnsupportedSourceError(msg)
-    if _numpy_dtype(obj.dtype):
+    try:
+        np.dtype(obj.dtype)
+    except TypeError:  # a dtype numpy does not know: found below
+        pass
+    else:
         return ArrayReader(obj)
     try:
         numpy_dtype = getattr(obj.dtype, "numpy_dtype", None)
@@ -262,14 +266,6 @@ def as_reader(obj: Any) -> Reader | None:
             ".detach().cpu())"
         )
         raise UnsupportedSourceError(msg) from exc
-
-
-def _numpy_dtype(dtype: Any) -> bool:
-    try:
-        np.dtype(dtype)
-    except TypeError:
-        return False
-    return True
 
 
 def is_array_like(obj: object) -> bool:

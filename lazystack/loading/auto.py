@@ -100,14 +100,11 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     m = _SCHEME.match(text)
     if m is not None:
         scheme = m.group(1).lower()
-        if scheme == "file":
-            base, _ = _split_index(text[len("file://") :])
-            suffix = Path(base).suffix.lower()
-            if ACCEPTED_EXTENSIONS.get(suffix) in ("tiff", "czi", "npy"):
-                return ACCEPTED_EXTENSIONS[suffix]
         if scheme in ACCEPTED_SCHEMES:
             kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(text)[0]).suffix.lower())
-            if scheme != "file" and kind in ("tiff", "czi", "npy"):
+            if kind in ("tiff", "czi", "npy"):
+                if scheme == "file":
+                    return kind
                 msg = (
                     f"{text!r} is a remote {kind.upper() if kind != 'npy' else '.npy'} file: URIs are read as "
                     f"Zarr stores only; copy the file to a local path first (or convert it to OME-Zarr with "

@@ -98,7 +98,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import check_regular_file, check_stamp, file_stamp, selector_hint, split_source
+from ..io.handles import check_regular_file, check_stamp, file_stamp, split_source
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -126,8 +126,6 @@ PIXEL_TYPES: dict[str, tuple[str, int]] = {
     "Bgr48": ("uint16", 3),
     "Bgr96Float": ("float32", 3),
 }
-
-_MAGIC = b"ZISRAWFILE"
 
 
 def _import_pyczi() -> Any:
@@ -200,25 +198,6 @@ class _FileInfo:
     order: tuple[tuple[str, int], ...] = ()
     # CZI scene index (None without scenes) -> downsample factors its sub-blocks store, 1 (layer 0) first
     pyramid: dict[int | None, tuple[int, ...]] = field(default_factory=dict)
-
-
-def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        msg = f"CZI file not found: {path!r}" + selector_hint(path, "scene")
-        raise SourceNotFoundError(msg)
-    if os.path.isdir(path):
-        msg = f"{path!r} is a directory, not a CZI file"
-        raise SourceFormatError(msg)
-    check_regular_file(path, "CZI file", "a .czi file")  # a FIFO named x.czi would block the open below
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head.startswith(_MAGIC):
-        msg = (
-            f"{path!r} is not a CZI file: it does not start with the {_MAGIC.decode()!r} header "
-            f"(got {head[:10]!r}); load_czis reads Zeiss .czi files "
-            "(use load_tiffs, load_zarrs or load_bioio for other formats)"
-        )
-        raise SourceFormatError(msg)
 
 
 def _read_info(path: str, handle: _CziHandle) -> _FileInfo:
@@ -709,8 +688,8 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     _import_pyczi()
     given = os.fspath(path)
     path, wanted, wanted_level = split_source(given)
-    _check_file(path)
-    check_czi_structure(path)  # declared sizes and offsets, before libCZI trusts them
+    check_regular_file(path, "CZI file", "a .czi file", selector="scene")  # a FIFO named x.czi would block the open
+    check_czi_structure(path)  # the ZISRAWFILE header, declared sizes and offsets, before libCZI trusts them
     manager = FileManager(_CziHandle, path)
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
@@ -818,13 +797,8 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     check_regular_file(file_path, "CZI file", "a .czi file")  # pylibCZIrw would block on a FIFO
     try:
         with pyczi.open_czi(str(file_path)) as doc:
-            box = doc.total_bounding_box
+            lo, hi = doc.total_bounding_box.get("Z", (0, 1))
     except Exception as exc:  # pylibCZIrw raises plain RuntimeError on a bad file
         msg = f"{file_path!r} is not a readable CZI file: {exc}"
         raise SourceFormatError(msg) from exc
-
-    def size(dim: str) -> int:
-        lo, hi = box.get(dim, (0, 1))
-        return int(hi) - int(lo)
-
-    return "SCZYX" if size("Z") > 1 else "SCYX"
+    return "SCZYX" if int(hi) - int(lo) > 1 else "SCYX"

@@ -38,7 +38,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..core.errors import SourceFormatError
+from ..core.errors import SourceFormatError, SourceNotFoundError, SourceReadError
 
 __all__ = ["SubBlockEntry", "check_czi_decodes", "check_czi_structure"]
 
@@ -202,47 +202,68 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
     Raises
     ------
     SourceFormatError
-        If a declared offset or size is outside the file or inconsistent
+        If the file does not start with the ``ZISRAWFILE`` header (not a
+        CZI), or a declared offset or size is outside the file or inconsistent
         with another (the message names the file, the sub-block or segment
         and the field).
+    SourceNotFoundError
+        If there is no file at ``path``.
+    SourceReadError
+        If the file cannot be read (permission denied, an I/O error).
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, 112, 0)
-        if len(head) < 112 or not head.startswith(b"ZISRAWFILE"):
-            raise _fail(path, "file header", f"the file has {size} bytes, too short for a ZISRAWFILE header")
-        dir_pos, meta_pos, _pending, att_pos = _FILE_POSITIONS.unpack_from(head, 84)
-        if dir_pos == 0:
-            raise _fail(path, "file header", "DirectoryPosition is 0 (the file has no sub-block directory)")
-        used, _ = _segment(path, fd, size, dir_pos, b"ZISRAWDIRECTORY", "sub-block directory")
-        if used < 128:
-            raise _fail(path, f"sub-block directory at offset {dir_pos}", f"UsedSize {used} < 128 bytes")
-        body = os.pread(fd, used, dir_pos + SEGMENT_HEADER)
-        (count,) = struct.unpack_from("<i", body, 0)
-        most = (used - 128) // (ENTRY_FIXED + 2 * DIMENSION_ENTRY)
-        if not 0 <= count <= most:
+    try:
+        with open(path, "rb") as f:
+            return _check_open_file(path, f.fileno())
+    except FileNotFoundError as e:
+        msg = f"CZI file not found: {path!r}"
+        raise SourceNotFoundError(msg) from e
+    except OSError as e:  # permission denied, an I/O error: the file could not be read, it is not malformed
+        msg = f"cannot read the CZI file {path!r}: {e}"
+        raise SourceReadError(msg) from e
+
+
+def _check_open_file(path: str, fd: int) -> list[SubBlockEntry]:
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 112, 0)
+    if not head.startswith(b"ZISRAWFILE"):
+        msg = (
+            f"{path!r} is not a CZI file: it does not start with the 'ZISRAWFILE' header (got {head[:10]!r}); "
+            "load_czis reads Zeiss .czi files (use load_tiffs, load_zarrs or load_bioio for other formats)"
+        )
+        raise SourceFormatError(msg)
+    if len(head) < 112:
+        raise _fail(path, "file header", f"the file has {size} bytes, too short for a ZISRAWFILE header")
+    dir_pos, meta_pos, _pending, att_pos = _FILE_POSITIONS.unpack_from(head, 84)
+    if dir_pos == 0:
+        raise _fail(path, "file header", "DirectoryPosition is 0 (the file has no sub-block directory)")
+    used, _ = _segment(path, fd, size, dir_pos, b"ZISRAWDIRECTORY", "sub-block directory")
+    if used < 128:
+        raise _fail(path, f"sub-block directory at offset {dir_pos}", f"UsedSize {used} < 128 bytes")
+    body = os.pread(fd, used, dir_pos + SEGMENT_HEADER)
+    (count,) = struct.unpack_from("<i", body, 0)
+    most = (used - 128) // (ENTRY_FIXED + 2 * DIMENSION_ENTRY)
+    if not 0 <= count <= most:
+        raise _fail(
+            path,
+            f"sub-block directory at offset {dir_pos}",
+            f"EntryCount {count} is not in 0..{most} (what its UsedSize {used} can hold)",
+        )
+    entries = list(_entries(path, body[128:], dir_pos + SEGMENT_HEADER + 128, count, size))
+    for entry in entries:
+        if entry.position >= 0:
+            _check_subblock(path, fd, size, entry)
+    if meta_pos:
+        used, _ = _segment(path, fd, size, meta_pos, b"ZISRAWMETADATA", "metadata segment")
+        xml, att = struct.unpack("<ii", os.pread(fd, 8, meta_pos + SEGMENT_HEADER))
+        if xml < 0 or att < 0 or 256 + xml + att > used:
             raise _fail(
                 path,
-                f"sub-block directory at offset {dir_pos}",
-                f"EntryCount {count} is not in 0..{most} (what its UsedSize {used} can hold)",
+                f"metadata segment at offset {meta_pos}",
+                f"XmlSize {xml} + AttachmentSize {att} (+ 256 header bytes) do not fit its UsedSize {used}",
             )
-        entries = list(_entries(path, body[128:], dir_pos + SEGMENT_HEADER + 128, count, size))
-        for entry in entries:
-            if entry.position >= 0:
-                _check_subblock(path, fd, size, entry)
-        if meta_pos:
-            used, _ = _segment(path, fd, size, meta_pos, b"ZISRAWMETADATA", "metadata segment")
-            xml, att = struct.unpack("<ii", os.pread(fd, 8, meta_pos + SEGMENT_HEADER))
-            if xml < 0 or att < 0 or 256 + xml + att > used:
-                raise _fail(
-                    path,
-                    f"metadata segment at offset {meta_pos}",
-                    f"XmlSize {xml} + AttachmentSize {att} (+ 256 header bytes) do not fit its UsedSize {used}",
-                )
-        if att_pos:
-            _check_attachment_directory(path, fd, size, att_pos)
+    if att_pos:
+        _check_attachment_directory(path, fd, size, att_pos)
     return entries
 
 

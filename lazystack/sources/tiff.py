@@ -67,7 +67,8 @@ Handles
 
 Errors
     A missing file is a [`SourceNotFoundError`][lazystack.SourceNotFoundError]; a directory,
-    an empty or non-TIFF file a [`SourceFormatError`][lazystack.SourceFormatError]; a
+    an empty or non-TIFF file a [`SourceFormatError`][lazystack.SourceFormatError]; a file
+    the system cannot read (``OSError``) a [`SourceReadError`][lazystack.SourceReadError]; a
     compression tifffile cannot decode here a
     [`MissingDependencyError`][lazystack.MissingDependencyError] (known codec, decoder not
     installed) or [`SourceFormatError`][lazystack.SourceFormatError] (unknown codec),
@@ -76,7 +77,8 @@ Errors
     the missing bytes are read, never zeros. Metadata that would make a read
     allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
     at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
-    planes (tifffile makes a list entry per plane), tiles or strips decoding
+    planes (tifffile makes a list entry per plane; a multi-file OME-TIFF
+    counts the sizes of the files it lists), tiles or strips decoding
     to more than 64 MiB and 4 times their image. A FIFO, device or socket
     named like a TIFF is refused before it is opened (a FIFO would block).
 """
@@ -89,7 +91,6 @@ import itertools
 import math
 import mmap
 import os
-import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -115,7 +116,6 @@ from ..io.handles import (
     check_regular_file,
     check_stamp,
     file_stamp,
-    selector_hint,
     split_source,
 )
 from ..io.process import FileManager, current_pid
@@ -403,11 +403,8 @@ class _TiffHandle:
                 entry = (self.keyframe, None, (), (), {})
             else:
                 keyframe = page.keyframe
-                kwargs = {}
-                if page.jpegtables is not None:
-                    kwargs["jpegtables"] = page.jpegtables
-                if keyframe.jpegheader is not None:
-                    kwargs["jpegheader"] = keyframe.jpegheader
+                jpeg = {"jpegtables": page.jpegtables, "jpegheader": keyframe.jpegheader}
+                kwargs = {k: v for k, v in jpeg.items() if v is not None}
                 entry = (keyframe, page, page.dataoffsets, page.databytecounts, kwargs)
             if len(self._pages) >= _PAGES_MAX:
                 self._pages.clear()
@@ -592,17 +589,10 @@ class TiffReader(Reader):
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
-        kwargs: dict[str, Any] = {
-            "shape": self.shape,
-            "dtype": self.dtype.str,
-            "chunks": self.chunks,
-            "native_chunks": self.native_chunks,
-            "memmap": self.memmap,
-            "token": self.token,
-            "stamp": self.stamp,
-            "level": self.level,
+        recipe = {
+            k: getattr(self, k) for k in ("shape", "chunks", "native_chunks", "memmap", "token", "stamp", "level")
         }
-        return (partial(TiffReader, self.path, self.series, **kwargs), ())
+        return (partial(TiffReader, self.path, self.series, dtype=self.dtype.str, **recipe), ())
 
     @property
     def is_memmapped(self) -> bool:
@@ -873,14 +863,8 @@ def _split_series(path: str) -> tuple[str, int | None, int | None]:
 
 def _check_file(path: str) -> os.stat_result:
     """The file's status; a missing file, a directory, a FIFO or device, an empty file raise."""
-    if not os.path.exists(path):
-        msg = f"TIFF file not found: {path!r}" + selector_hint(path, "series")
-        raise SourceNotFoundError(msg)
-    if os.path.isdir(path):
-        msg = f"{path!r} is a directory, expected a TIFF file (.tif, .tiff, .ome.tif ...)"
-        raise SourceFormatError(msg)
     # a FIFO named x.tif would block the open for ever, /dev/zero read without end
-    st = check_regular_file(path, "TIFF file", "a TIFF file (.tif, .tiff, .ome.tif ...)")
+    st = check_regular_file(path, "TIFF file", "a TIFF file (.tif, .tiff, .ome.tif ...)", selector="series")
     if st.st_size == 0:
         msg = f"TIFF file {path!r} is empty (0 bytes)"
         raise SourceFormatError(msg)
@@ -896,8 +880,9 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     ``NumPlanes`` / ``PlaneCount`` of each ``TiffData``), whatever the file
     holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
     TIFF file stores costs it more than 8 bytes (an IFD entry). The other
-    files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed: tifffile
-    opens them, and a FIFO would block that open.
+    files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed (tifffile
+    opens them, and a FIFO would block that open) and the sizes of those that
+    are regular files count in ``file size``: their planes are stored there.
     """
     if not tif.is_ome:
         return
@@ -911,16 +896,20 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     except ET.ParseError:
         return  # tifffile falls back to the pages themselves
     page_size = max(1, int(tif.pages.first.size))
-    most = max(_OME_PLANES_FREE, file_size // 8)
-    listed: set[str] = set()
+    # planes in other files, which tifffile opens: each stat-ed once, its size counted once (a file lists itself too)
+    names = {str(e.get("FileName")) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "UUID" and e.get("FileName")}
+    seen = [_fstat(tif.filehandle, path)]
+    for name in sorted(names):
+        listed = os.path.join(tif.filehandle.dirname, name)
+        if not os.path.exists(listed) or os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
+            continue
+        st = check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
+        if not any(os.path.samestat(st, other) for other in seen):
+            seen.append(st)
+    total = file_size + sum(st.st_size for st in seen[1:])
+    most = max(_OME_PLANES_FREE, total // 8)
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "UUID" and element.get("FileName"):  # a plane in another file, which tifffile opens
-            name = str(element.get("FileName"))
-            if name not in listed:
-                listed.add(name)
-                _check_listed_file(os.path.join(tif.filehandle.dirname, name), path)
-            continue
         if tag == "Pixels":
             try:
                 sizes = {ax: int(element.get(f"Size{ax}", 1)) for ax in "XYZCT"}
@@ -939,18 +928,13 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
+            more = f" with the {len(seen) - 1} other file(s) it lists" if len(seen) > 1 else ""
             msg = (
                 f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
-                f"{file_size} bytes; accepted: at most {most} planes (2**20, or the file size / 8): the metadata "
-                "is corrupt"
+                f"{total} bytes{more}; accepted: at most {most} planes (2**20, or {'their' if more else 'the file'} "
+                "size / 8): the metadata is corrupt"
             )
             raise SourceFormatError(msg)
-
-
-def _check_listed_file(listed: str, path: str) -> None:
-    """A file a multi-file OME-TIFF lists: not a FIFO or device (tifffile's open would block); missing is fine."""
-    if os.path.exists(listed) and not os.path.isdir(listed):  # tifffile fills missing (unreadable) files' planes
-        check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
 
 
 def _check_segment_size(where: str, keyframe: Any) -> None:
@@ -1148,6 +1132,50 @@ def _imagej_sizes(tif: Any, series: Any) -> dict[str, float]:
     return sizes
 
 
+@contextmanager
+def _tiff_file(file_path: str, wanted: int | None) -> Iterator[tuple[Any, os.stat_result, list[Any]]]:
+    """The open ``TiffFile``, its status and its image series (series ``wanted`` must be one of them).
+
+    What [`open_tiff()`][open_tiff] and [`propose_axes()`][propose_axes] share: an ``OSError``
+    (the file cannot be read) is a [`SourceReadError`][lazystack.SourceReadError], anything else
+    tifffile raises (the bytes are not a TIFF it can read) a [`SourceFormatError`][lazystack.SourceFormatError].
+    """
+    import tifffile
+
+    _check_file(file_path)
+    try:
+        tif = tifffile.TiffFile(file_path, mode="r")
+    except OSError as exc:
+        msg = f"cannot open TIFF file {file_path!r}: {exc}"
+        raise SourceReadError(msg) from exc
+    except Exception as exc:
+        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
+        raise SourceFormatError(msg) from exc
+    with tif:
+        st = _fstat(tif.filehandle, file_path)
+        try:
+            _check_ome_planes(tif, file_path, st.st_size)
+            all_series = list(tif.series)
+        except LazyStackError:
+            raise
+        except OSError as exc:
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {exc}"
+            raise SourceReadError(msg) from exc
+        except Exception as exc:
+            msg = f"cannot read the image series of TIFF file {file_path!r}: {_why(exc)}"
+            raise SourceFormatError(msg) from exc
+        if not all_series:
+            msg = f"TIFF file {file_path!r} contains no image series"
+            raise SourceFormatError(msg)
+        if wanted is not None and wanted >= len(all_series):
+            msg = (
+                f"TIFF file {file_path!r} has no image series {wanted}: "
+                f"it has {len(all_series)} series, accepted '@0' to '@{len(all_series) - 1}'"
+            )
+            raise SourceNotFoundError(msg)
+        yield tif, st, all_series
+
+
 def open_tiff(
     path: str, axes: str, whole_file_chunks: bool = False, levels: tuple[int, ...] | None = None
 ) -> list[OpenedSource]:
@@ -1183,42 +1211,15 @@ def open_tiff(
     SourceFormatError
         For a directory, an empty file, a file that is not a TIFF, or an
         unknown compression.
+    SourceReadError
+        If the file cannot be read (an ``OSError``: permission denied, I/O error).
     MissingDependencyError
         If the compression's decoder is not installed.
     ShapeMismatchError
         If ``axes`` does not have the rank of a series.
     """
-    import tifffile
-
     file_path, wanted, wanted_level = _split_series(os.fspath(path))
-    _check_file(file_path)
-    try:
-        tif = tifffile.TiffFile(file_path, mode="r")
-    except PermissionError as exc:
-        msg = f"cannot open TIFF file {file_path!r}: {exc}"
-        raise SourceReadError(msg) from exc
-    except Exception as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
-        raise SourceFormatError(msg) from exc
-    with tif:
-        st = _fstat(tif.filehandle, file_path)
-        try:
-            _check_ome_planes(tif, file_path, st.st_size)
-            all_series = list(tif.series)
-        except LazyStackError:
-            raise
-        except Exception as exc:
-            msg = f"cannot read the image series of TIFF file {file_path!r}: {_why(exc)}"
-            raise SourceFormatError(msg) from exc
-        if not all_series:
-            msg = f"TIFF file {file_path!r} contains no image series"
-            raise SourceFormatError(msg)
-        if wanted is not None and wanted >= len(all_series):
-            msg = (
-                f"TIFF file {file_path!r} has no image series {wanted}: "
-                f"it has {len(all_series)} series, accepted '@0' to '@{len(all_series) - 1}'"
-            )
-            raise SourceNotFoundError(msg)
+    with _tiff_file(file_path, wanted) as (tif, st, all_series):
         indices = [wanted] if wanted is not None else list(range(len(all_series)))
         opened = []
         for i in indices:
@@ -1355,29 +1356,15 @@ def propose_axes(path: str | os.PathLike[str]) -> str | None:
     Raises
     ------
     SourceFormatError
-        When the file is not a readable TIFF.
+        When the file is read but is not a TIFF tifffile can read.
+    SourceReadError
+        When the file cannot be read (an ``OSError``: permission denied, I/O error).
     SourceNotFoundError
-        When series ``i`` does not exist.
+        When the file or series ``i`` does not exist.
     """
-    import tifffile
-
     file_path, series, _ = _split_series(os.fspath(path))
-    size = _check_file(file_path).st_size
-    try:
-        with tifffile.TiffFile(file_path) as tif:
-            _check_ome_planes(tif, file_path, size)
-            if not tif.series:
-                msg = f"{file_path!r} holds no image series tifffile can read"
-                raise SourceFormatError(msg)
-            if series is not None and not 0 <= series < len(tif.series):
-                msg = f"{file_path!r} has {len(tif.series)} image series; series {series} does not exist"
-                raise SourceNotFoundError(msg)
-            declared = tif.series[series or 0].axes
-    except LazyStackError:
-        raise
-    except (tifffile.TiffFileError, struct.error, IndexError, KeyError, OSError, ValueError) as exc:
-        msg = f"{file_path!r} is not a readable TIFF file: {_why(exc)}"
-        raise SourceFormatError(msg) from exc
+    with _tiff_file(file_path, series) as (_, _, all_series):
+        declared = all_series[series or 0].axes
     return tiff_axes_to_lazystack(declared)
 
 

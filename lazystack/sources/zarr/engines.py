@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.util
 import itertools
 import math
 import os
@@ -1070,22 +1071,12 @@ class TensorstoreEngine(ZarrEngine):
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
-        _check_chunk_bytes(array, self.chunk_shape, self.dtype)
-        if _tensorstore_forked():
-            msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
-            raise NotImplementedError(msg)
-        try:
-            import tensorstore as ts
-        except ImportError:
-            msg = "the tensorstore engine needs tensorstore: pip install 'lazystack[tensorstore]'"
-            raise MissingDependencyError(msg) from None
+        self.check_usable(array, self.chunk_shape, self.dtype)
+        import tensorstore as ts
         from zarr.storage import FsspecStore, LocalStore
 
         store = array.store
         prefix = str(array.path)
-        if self.dtype.kind not in "biufc":
-            msg = f"tensorstore engine: dtype {self.dtype} is not supported"
-            raise NotImplementedError(msg)
         if isinstance(store, LocalStore):
             path = Path(store.root) / prefix if prefix else Path(store.root)
             kvstore: dict[str, Any] = {"driver": "file", "path": str(path) + "/"}
@@ -1113,6 +1104,30 @@ class TensorstoreEngine(ZarrEngine):
             raise NotImplementedError(msg)
         self._ts = handle
         self._ts_float32: Any = None  # a float32 view of it, made on first use (RegionReads)
+
+    @staticmethod
+    def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+        """Refuse what tensorstore cannot read, without importing it (importing it takes 0.3-1 s).
+
+        Raises
+        ------
+        MissingDependencyError
+            If tensorstore is not installed.
+        NotImplementedError
+            If this process was forked after its parent started tensorstore, or the dtype is not numeric.
+        SourceFormatError
+            (a ``NotImplementedError`` too) If a chunk or a shard index is too large for tensorstore.
+        """
+        _check_chunk_bytes(array, chunk_shape, dtype)
+        if _tensorstore_forked():
+            msg = "tensorstore engine: unusable in a process forked after its parent started tensorstore"
+            raise NotImplementedError(msg)
+        if importlib.util.find_spec("tensorstore") is None:
+            msg = "the tensorstore engine needs tensorstore: pip install 'lazystack[tensorstore]'"
+            raise MissingDependencyError(msg)
+        if dtype.kind not in "biufc":
+            msg = f"tensorstore engine: dtype {dtype} is not supported"
+            raise NotImplementedError(msg)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
@@ -1205,6 +1220,12 @@ class AutoEngine(ZarrEngine):
     ``min_tensorstore_bytes`` ([`TENSORSTORE_MIN_BYTES`][TENSORSTORE_MIN_BYTES]) in all. Measured on
     2 cores (``benchmarks/``): a 3D patch's six 256 KiB zstd chunks 1.6x faster in tensorstore than
     in one Python thread; a 2D patch's four 128 KiB chunks, and raw chunks, faster directly.
+
+    Tensorstore is imported and opened on the first fetch that goes to it
+    ([`tensorstore`][tensorstore]): a DataLoader worker that reads batches with the chunk cache on never
+    needs it, and a spawned one saves its import (0.3-1.4 s on 2 cores) and about 25 MiB of RSS
+    (``benchmarks/results/loader-s12-lazy-tensorstore.txt``). An array tensorstore refuses only when
+    it opens it (a filter it lacks) is then read directly.
     """
 
     name = "auto"
@@ -1223,7 +1244,12 @@ class AutoEngine(ZarrEngine):
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
             msg = "auto engine: tensorstore is only mixed in for local stores"
             raise NotImplementedError(msg)
-        self.tensorstore = TensorstoreEngine(array)
+        # tensorstore is opened on the first read that goes to it (importing it costs a spawned worker 0.3-1 s,
+        # and a batch with the chunk cache on never uses it); what would refuse it is checked now
+        TensorstoreEngine.check_usable(array, self.chunk_shape, self.dtype)
+        self._tensorstore: TensorstoreEngine | None = None
+        self._tensorstore_refused = False
+        self._tensorstore_lock = threading.Lock()
         self.chunk_shape = self.direct.chunk_shape
         self.min_tensorstore = TENSORSTORE_MIN_CHUNKS if min_tensorstore is None else min_tensorstore
         self.min_tensorstore_bytes = TENSORSTORE_MIN_BYTES if min_tensorstore_bytes is None else min_tensorstore_bytes
@@ -1249,10 +1275,23 @@ class AutoEngine(ZarrEngine):
         """
         return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
+    @property
+    def tensorstore(self) -> TensorstoreEngine | None:
+        """The tensorstore engine, opened on first use; None if tensorstore refused the array when opened."""
+        if self._tensorstore is None and not self._tensorstore_refused:
+            with self._tensorstore_lock:
+                if self._tensorstore is None and not self._tensorstore_refused:
+                    try:
+                        self._tensorstore = TensorstoreEngine(self.array)
+                    except NotImplementedError:  # e.g. tensorstore's own open refused it: read directly
+                        self._tensorstore_refused = True
+        return self._tensorstore
+
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
-        if self.prefers_tensorstore(len(indices)):
-            out = self.tensorstore.fetch(indices)
+        tensorstore = self.tensorstore if self.prefers_tensorstore(len(indices)) else None
+        if tensorstore is not None:
+            out = tensorstore.fetch(indices)
             self.direct.check_unmodified(indices)
             return out
         return self.direct.fetch(indices)
