@@ -55,8 +55,8 @@ def test_every_error_class_is_built_from_its_own_message(cls: type[BaseException
 @pytest.mark.parametrize(
     "error",
     [
-        _StoreDeletedError.of("/data/a.zarr/zarr.json"),
-        _StoreRewrittenError.of("/data/a.zarr/zarr.json"),
+        _StoreDeletedError.of("/data/a.zarr/zarr.json", "file:///data/a.zarr", "file:///data/a.zarr"),
+        _StoreRewrittenError.of("/data/a.zarr/zarr.json", "file:///data/a.zarr", "file:///data/a.zarr"),
         _StaleChunkError.of("/data/a.zarr/c/0/0", "c/0/0", "file:///data/a.zarr"),
     ],
     ids=lambda e: type(e).__name__,
@@ -83,7 +83,7 @@ def _rewrite_chunks(path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "original"),
     [
-        (_rewrite_metadata, "the Zarr metadata document"),
+        (_rewrite_metadata, "its metadata document"),
         (_rewrite_chunks, "changed after it was opened: its chunk file"),
     ],
     ids=["metadata-rewritten", "chunk-rewritten"],

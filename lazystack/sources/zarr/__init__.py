@@ -18,7 +18,6 @@ pickles without any handle. Stores are always opened read-only.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import re
@@ -489,6 +488,7 @@ class ZarrArrayReader(Reader):
             with self._lock:
                 arr = self._array
                 if arr is None or self._pid != current_pid():
+                    self._check_store()  # a store changed since the opening is said so, not as a missing store
                     arr = _open_array(self._location)
                     self._array, self._pid = arr, current_pid()
         return arr
@@ -514,8 +514,7 @@ class ZarrArrayReader(Reader):
             retry = None if self._location.is_local else retry_policy(self._location)
             fast = _FastReader(
                 arr,
-                self._metadata_file(),
-                self._opened_stat,
+                self._check_store,
                 engine=engine,
                 retry=retry,
                 token=self._cache_token,
@@ -531,6 +530,11 @@ class ZarrArrayReader(Reader):
         name = "zarr.json" if self.zarr_format == 3 else ".zarray"
         return os.path.join(self._location.root, *[p for p in self._location.path.split("/") if p], name)
 
+    def _check_store(self) -> None:
+        """Raise [`_StoreChangedError`][_StoreChangedError] when the local array's metadata document is gone or
+        rewritten since the opening."""
+        _check_unchanged(self._metadata_file(), self._opened_stat, self._location)
+
     def __getitem__(self, key: tuple[int | slice, ...]) -> np.ndarray:
         """Read ``key`` (ints and step-1 slices) as a numpy array.
 
@@ -542,7 +546,7 @@ class ZarrArrayReader(Reader):
 
     def _read_through_zarr(self, key: tuple[int | slice, ...]) -> np.ndarray:
         out = np.asarray(self.array()[key])
-        _check_unchanged(self._metadata_file(), self._opened_stat)
+        self._check_store()
         return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -563,7 +567,8 @@ class ZarrArrayReader(Reader):
         return self._guarded(fast.read_float32, region)
 
     def _guarded(self, read: Callable[[Any], _T], key: tuple[int | slice, ...]) -> _T:
-        """``read(key)``, its failures translated as every read's (see [`_translate()`][_translate])."""
+        """``read(key)``, its failures translated as every read's: a changed or deleted store as it is (it names
+        the array), else wrapped with the path."""
         try:
             return read(key)
         except _StaleChunkError as exc:
@@ -575,8 +580,9 @@ class ZarrArrayReader(Reader):
         except Exception as exc:
             if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
                 raise
-            # a store change is not chained: the message says it all
-            raise self._translate(key, exc) from (None if isinstance(exc, _StoreChangedError) else exc)
+            if isinstance(exc, _StoreChangedError):  # not chained: the message says it all
+                raise exc from None
+            raise self._read_error(key, exc) from exc
 
     def read_cached(self, region: tuple[slice, ...]) -> np.ndarray | None:
         """``region`` from the chunk cache alone, or None until a fast reader exists (see
@@ -587,23 +593,6 @@ class ZarrArrayReader(Reader):
         fast = self._fast
         return None if fast is None else fast.read_cached(region)
 
-    def _translate(self, key: tuple[int | slice, ...], exc: Exception) -> Exception:
-        """The error a failed read raises: a changed or deleted store named as such, else wrapped with the path."""
-        if not isinstance(exc, _StoreChangedError):
-            return self._read_error(key, exc)
-        uri, store = self._location.uri(), self._location.store_uri
-        if exc.deleted:
-            msg = (
-                f"Zarr store {store!r} no longer holds the array {uri!r}: its metadata document "
-                f"{exc.path!r} was deleted after the stack was opened"
-            )
-            return SourceNotFoundError(msg)
-        msg = (
-            f"Zarr array {uri!r} (store {store!r}) changed after the stack was opened: its metadata document "
-            f"{exc.path!r} was rewritten; open the source again to read the new data"
-        )
-        return SourceReadError(msg)
-
     def close(self) -> None:
         """Drop the open array (reopened transparently on the next read)."""
         fast, self._fast, self._array = self._fast, None, None
@@ -612,8 +601,6 @@ class ZarrArrayReader(Reader):
 
     def _chunk_coords(self, key: tuple[int | slice, ...], limit: int) -> list[tuple[int, ...]]:
         """Grid coordinates of the stored chunks (shards) ``key`` touches, at most ``limit + 1``."""
-        import itertools
-
         grid = self.shards or self.chunks
         ranges = []
         for k, c, n in zip(key, grid, self.shape, strict=False):
@@ -692,13 +679,12 @@ class ZarrArrayReader(Reader):
 
 class _StoreChangedError(LazyStackError):
     """A local array's metadata document was deleted or rewritten after opening (raised as the subclasses below,
-    public error types, on paths that read chunks directly; a stack's reader rewords them with the array's URI).
+    public error types, naming the array on every path: a patch, a batch, a reopen in another process).
 
     Built from its message alone, as every lazystack error (``type(err)(str(err))`` gives the same message: what
-    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path)`` writes the message for a path.
+    a DataLoader does to re-raise a worker's error); the subclasses' ``of(path, array, store)`` writes the message
+    for the metadata document ``path`` of the array ``array`` (URI) in the store ``store`` (URI).
     """
-
-    deleted: bool
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
@@ -706,20 +692,22 @@ class _StoreChangedError(LazyStackError):
 
 
 class _StoreDeletedError(_StoreChangedError, SourceNotFoundError):
-    deleted = True
-
     @classmethod
-    def of(cls, path: str) -> _StoreDeletedError:
-        msg = f"the Zarr metadata document {path!r} was deleted after the stack was opened"
+    def of(cls, path: str, array: str, store: str) -> _StoreDeletedError:
+        msg = (
+            f"Zarr store {store!r} no longer holds the array {array!r}: its metadata document "
+            f"{path!r} was deleted after the stack was opened"
+        )
         return cls(msg, path=path)
 
 
 class _StoreRewrittenError(_StoreChangedError, SourceReadError):
-    deleted = False
-
     @classmethod
-    def of(cls, path: str) -> _StoreRewrittenError:
-        msg = f"the Zarr metadata document {path!r} was rewritten after the stack was opened; open the source again"
+    def of(cls, path: str, array: str, store: str) -> _StoreRewrittenError:
+        msg = (
+            f"Zarr array {array!r} (store {store!r}) changed after the stack was opened: its metadata document "
+            f"{path!r} was rewritten; open the source again to read the new data"
+        )
         return cls(msg, path=path)
 
 
@@ -734,15 +722,15 @@ def _stat_of(path: str | None) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None) -> None:
+def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None, location: ZarrLocation) -> None:
     """Raise [`_StoreChangedError`][_StoreChangedError] when a local array's metadata document is gone or rewritten."""
     if path is None or opened is None:
         return
     now = _stat_of(path)
     if now is None:
-        raise _StoreDeletedError.of(path)
+        raise _StoreDeletedError.of(path, location.uri(), location.store_uri)
     if now != opened:
-        raise _StoreRewrittenError.of(path)
+        raise _StoreRewrittenError.of(path, location.uri(), location.store_uri)
 
 
 class _FastReader(_EngineReader):
@@ -757,8 +745,7 @@ class _FastReader(_EngineReader):
     def __init__(
         self,
         array: zarr_lib.Array,
-        metadata_file: str | None,
-        opened: tuple[int, int, int] | None,
+        check: Callable[[], None],
         *,
         engine: str | None = None,
         retry: RetryPolicy | None = None,
@@ -766,7 +753,7 @@ class _FastReader(_EngineReader):
         modified_after: int | None = None,
     ) -> None:
         super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after)
-        self._check_exists = functools.partial(_check_unchanged, metadata_file, opened)
+        self._check_exists = check
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Decode whole chunks, then check the store is still there."""
@@ -817,12 +804,10 @@ class _CheckedRegionReads:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    import asyncio
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
-        if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(e).__name__:
+        if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__:
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -876,10 +861,9 @@ def _try_group(location: ZarrLocation, store: Store) -> zarr_lib.Group | None:
     import zarr as zarr_lib
 
     try:
-        node = zarr_lib.open_group(store=store, path=location.path, mode="r")
+        return zarr_lib.open_group(store=store, path=location.path, mode="r")
     except Exception:  # not a group (or not reachable): the caller decides
         return None
-    return node
 
 
 def _describe_members(group: zarr_lib.Group) -> str:
@@ -1117,21 +1101,17 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
 _NGFF_TYPE_LETTERS = {"time": "T", "channel": "C"}
 
 
-def _ngff_letters(ms: _Multiscale) -> list[str | None]:
-    """The letter of each NGFF axis: a one-letter name in STCZYX, else its type's (time, channel), else None."""
-    letters: list[str | None] = []
-    for name, kind in zip(ms.axes_names, ms.axes_types, strict=True):
-        if len(name) == 1 and name.upper() in "STCZYX":
-            letters.append(name.upper())
-        else:
-            letters.append(_NGFF_TYPE_LETTERS.get(str(kind)) if kind else None)
-    return letters
+def _ngff_letter(name: str, kind: Any) -> str | None:
+    """The letter of an NGFF axis: a one-letter name in STCZYX, else its type's (time, channel), else None."""
+    if len(name) == 1 and name.upper() in "STCZYX":
+        return name.upper()
+    return _NGFF_TYPE_LETTERS.get(str(kind)) if kind else None
 
 
 def _level_source(
     ms: _Multiscale, level: int, location: ZarrLocation, array: zarr_lib.Array, axes: str
 ) -> OpenedSource:
-    letters = _ngff_letters(ms)
+    letters = [_ngff_letter(name, kind) for name, kind in zip(ms.axes_names, ms.axes_types, strict=True)]
     declared = "".join(letter or "?" for letter in letters)
     uri = location.uri()
     if len(axes) != len(letters) or any(d is not None and d != a for a, d in zip(axes, letters, strict=False)):
@@ -1142,35 +1122,33 @@ def _level_source(
         if "?" in declared:  # an axis such as "angle": its letter is the caller's to choose
             msg += ", with a letter of 'STCZYX' for each '?' (an NGFF axis whose name and type have none)"
         raise ShapeMismatchError(msg)
-    # the caller's letters: those the NGFF axes declare, and the caller's own for axes that declare none
-    ngff_axes = axes
-    if len(array.shape) != len(ngff_axes):
-        msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {ngff_axes!r}"
+    # from here ``axes`` are the caller's letters: those the NGFF axes declare, the caller's own for the others
+    if len(array.shape) != len(axes):
+        msg = f"OME-Zarr level {uri!r} has shape {tuple(array.shape)} but its multiscale declares axes {axes!r}"
         raise SourceFormatError(msg)
     ds = ms.datasets[level]
-    scale = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes))
+    scale = _transform_of(ds.get("coordinateTransformations"), len(axes))
     if scale is not None and ms.global_scale is not None:
         scale = [s * g for s, g in zip(scale, ms.global_scale, strict=True)]
     elif scale is None:
         scale = ms.global_scale
     sizes: dict[str, float] = {}
     translation: dict[str, float] = {}
-    tr = _transform_of(ds.get("coordinateTransformations"), len(ngff_axes), "translation")
-    for i, (letter, kind) in enumerate(zip(ngff_axes, ms.axes_types, strict=True)):
+    tr = _transform_of(ds.get("coordinateTransformations"), len(axes), "translation")
+    for i, (letter, kind) in enumerate(zip(axes, ms.axes_types, strict=True)):
         spatial = kind == "space" if kind is not None else letter in "ZYX"
         if spatial and scale is not None and np.isfinite(scale[i]) and scale[i] > 0:
             sizes[letter] = scale[i]
         if spatial and tr is not None:
             translation[letter] = tr[i]
     coords: dict[str, Any] = {}
-    if ms.channel_names is not None and "C" in ngff_axes:
-        n_c = int(array.shape[ngff_axes.index("C")])
-        if len(ms.channel_names) == n_c:
-            coords["C"] = np.asarray(ms.channel_names)
+    names = ms.channel_names
+    if names is not None and "C" in axes and len(names) == int(array.shape[axes.index("C")]):
+        coords["C"] = np.asarray(names)
     attrs: dict[str, Any] = {
         "level": level,
         "physical_pixel_sizes": sizes,
-        "ngff_axes": ngff_axes,
+        "ngff_axes": axes,
         "ngff_version": ms.version,
         "zarr_format": int(array.metadata.zarr_format),
     }
@@ -1441,8 +1419,9 @@ def _well_alone(
     plate_loc: ZarrLocation | None = None
     if len(parts) >= 2:
         plate_loc, plate_store = location.child("/".join(parts[:-2])), store
-    elif location.is_local and len(every) > 2:  # no folder ends in .zarr: the store is the well, its plate 2 up
-        plate_loc = ZarrLocation("file", "/" + "/".join(every[:-2]))
+    elif len(every) > (2 if location.is_local else 3) and not location.chain:
+        # no folder ends in .zarr: the store is the well, its plate 2 up (a URL's scheme and host are no folders)
+        plate_loc = replace(location, root=location.root.rstrip("/").rsplit("/", 2)[0], path="")
         plate_store = plate_loc.open_store()
     if plate_loc is not None:
         plate_group = _try_group(plate_loc, plate_store)

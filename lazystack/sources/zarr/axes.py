@@ -6,13 +6,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ...core.axes import VALID_AXES, axes_or_none
+from ...core.axes import axes_or_none
 from ...core.errors import SourceFormatError, SourceNotFoundError
-from . import _ngff, _ome_holder, _open_error, _try_group, parse_zarr_source
+from . import _ngff, _ngff_letter, _ome_holder, _open_error, _try_group, parse_zarr_source
 
 __all__ = ["propose_axes"]
-
-_NGFF_TYPES = {"time": "T", "channel": "C"}
 
 
 def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> str | None:
@@ -76,16 +74,11 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
     return _array_dim_axes(node)
 
 
-def _ngff_letter(axis: Any) -> str | None:
+def _axis_letter(axis: Any) -> str | None:
+    """The letter of an NGFF axis (a name in NGFF 0.3, an object since 0.4), or None."""
     if isinstance(axis, str):
-        name, kind = axis, None
-    elif isinstance(axis, dict):
-        name, kind = str(axis.get("name", "")), axis.get("type")
-    else:
-        return None
-    if len(name) == 1 and name.upper() in VALID_AXES:
-        return name.upper()
-    return _NGFF_TYPES.get(str(kind)) if kind else None
+        return _ngff_letter(axis, None)
+    return _ngff_letter(str(axis.get("name", "")), axis.get("type")) if isinstance(axis, dict) else None
 
 
 def _multiscale_axes(attrs: Any) -> str | None:
@@ -95,7 +88,7 @@ def _multiscale_axes(attrs: Any) -> str | None:
     axes = multiscales[0].get("axes")
     if not axes:
         return None
-    letters = [_ngff_letter(a) for a in axes]
+    letters = [_axis_letter(a) for a in axes]
     if any(letter is None for letter in letters):
         return None
     return axes_or_none("".join(letters))  # type: ignore[arg-type]

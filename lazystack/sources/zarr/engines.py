@@ -315,25 +315,20 @@ class ZarrPythonEngine(ZarrEngine):
 
     def __init__(self, array: Any) -> None:
         super().__init__(array)
-        self._frames: DirectEngine | None = None
-        if array.compressors and _is_blosc(array.compressors[-1]):  # the stored bytes are a blosc frame
-            try:
-                frames = DirectEngine(array)
-            except NotImplementedError:  # chunk bytes it cannot locate: left to zarr unchecked
-                frames = None
-            self._frames = frames if frames is not None and frames._local_root is not None else None
+        blosc = bool(array.compressors) and _is_blosc(array.compressors[-1])  # the stored bytes are a blosc frame
+        sharded = getattr(array, "shards", None) is not None
+        direct: DirectEngine | None = None
+        if blosc or sharded:
+            with contextlib.suppress(NotImplementedError):  # chunk bytes or an index it cannot locate: unchecked
+                direct = DirectEngine(array)
+        local = direct if direct is not None and direct.local_root is not None else None
+        self._frames = local if blosc else None
         #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
-        self._shards: DirectEngine | None = None
-        if getattr(array, "shards", None) is not None:
-            try:
-                shards = self._frames or DirectEngine(array)
-            except NotImplementedError:  # an index layout it cannot read: left to zarr unchecked
-                shards = None
-            self._shards = shards if shards is not None and shards._local_root is not None else None
+        self._shards = local if sharded else None
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._shards is not None:
-            self._shards._shards_of([idx])  # raises SourceReadError for an index pointing outside its shard
+            self._shards.shard_indexes([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
             raw = self._frames.raw_chunk(idx)
             if raw is not None:
@@ -674,17 +669,15 @@ class RetryPolicy:
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether a failed request is worth another attempt (see [`RetryPolicy`][RetryPolicy])."""
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+    if isinstance(exc, TimeoutError):
         return False
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status >= 500
     if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe
         return True
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - fsspec's HTTP needs it
-        return False
+    import aiohttp
+
     return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
@@ -730,14 +723,12 @@ class DirectEngine(ZarrEngine):
         if meta.zarr_format == 3 and type(grid).__name__ != "RegularChunkGrid":
             msg = f"direct engine: unsupported chunk grid {type(grid).__name__}"
             raise NotImplementedError(msg)
-        if meta.zarr_format == 2:
-            stored_chunks = tuple(int(c) for c in meta.chunks)
-        else:
-            stored_chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
         self._sharding: Any = None
         if meta.zarr_format == 2:
+            stored_chunks = tuple(int(c) for c in meta.chunks)
             self._decoder = _ChunkDecoder.v2(array, stored_chunks)
         else:
+            stored_chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
             codecs = list(meta.codecs)
             sharding = [c for c in codecs if isinstance(c, ShardingCodec)]
             if sharding:
@@ -760,12 +751,13 @@ class DirectEngine(ZarrEngine):
                 self._decoder = _ChunkDecoder.v3(codecs, stored_chunks, self.dtype)
         fill = array.fill_value
         self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
-        self._local_root: str | None = None
+        #: the local store's directory (None for other stores)
+        self.local_root: str | None = None
         #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
         self.modified_after: int | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
-            self._local_root = os.fspath(self._store.root)
+            self.local_root = os.fspath(self._store.root)
         else:
             try:
                 from zarr.abc.store import SupportsGetSync
@@ -775,7 +767,7 @@ class DirectEngine(ZarrEngine):
                 if isinstance(self._store, SupportsGetSync):  # e.g. a MemoryStore (zarr >= 3.1)
                     self._get_sync = self._store.get_sync
         # stores read through their asynchronous get, all requests of a fetch at once
-        self._remote = self._local_root is None and self._get_sync is None
+        self._remote = self.local_root is None and self._get_sync is None
         if self._remote:
             close_http_session_at_exit(getattr(self._store, "fs", None))  # an HTTP store's session: closed at exit
 
@@ -786,8 +778,8 @@ class DirectEngine(ZarrEngine):
 
     def _where(self, key: str) -> str:
         """The URL or path of store key ``key``, for messages."""
-        if self._local_root is not None:
-            return os.path.join(self._local_root, key)
+        if self.local_root is not None:
+            return os.path.join(self.local_root, key)
         base = getattr(self._store, "path", None)
         return f"{str(base).rstrip('/')}/{key}" if isinstance(base, str) else f"{self._store}/{key}"
 
@@ -796,31 +788,33 @@ class DirectEngine(ZarrEngine):
         return self._where(self._prefix).rstrip("/")
 
     def _read_local(
-        self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None
-    ) -> bytes | None:
-        assert self._local_root is not None
+        self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None, *, sized: bool = False
+    ) -> tuple[bytes | None, int | None]:
+        """The bytes of ``key`` (None: not stored) and the file's size (None unless ``sized``, a whole-file or
+        suffix read, or a modification check needed the file's ``fstat``)."""
+        assert self.local_root is not None
         try:
-            fd = os.open(self._local_root + "/" + key, os.O_RDONLY)
+            fd = os.open(self.local_root + "/" + key, os.O_RDONLY)
             try:
                 opened = self.modified_after
-                st = os.fstat(fd) if byte_range is None or opened is not None else None
+                st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
                 if opened is not None and st is not None and st.st_mtime_ns > opened:
                     self._check_modified(key, st.st_mtime_ns)
+                size = None if st is None else st.st_size
                 if byte_range is not None:
                     start, stop = byte_range
                 else:
-                    assert st is not None
-                    size = st.st_size
+                    assert size is not None
                     start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
-                return _pread_all(fd, start, stop - start)
+                return _pread_all(fd, start, stop - start), size
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
-            return None
+            return None, None
         except _StaleChunkError:  # an OSError too (SourceReadError): said as it is
             raise
         except OSError as e:
-            msg = f"cannot read chunk {key!r} of the zarr array at {self._local_root}: {e}"
+            msg = f"cannot read chunk {key!r} of the zarr array at {self.local_root}: {e}"
             raise SourceReadError(msg) from e
 
     def _check_modified(self, key: str, mtime_ns: int) -> None:
@@ -836,11 +830,11 @@ class DirectEngine(ZarrEngine):
         """For chunks decoded by another engine: raise ``SourceReadError`` when a local
         file of ``indices`` (their shards, when sharded) was modified after the array was opened."""
         opened = self.modified_after
-        if opened is None or self._local_root is None:
+        if opened is None or self.local_root is None:
             return
         for key in dict.fromkeys(self._key_of(idx) for idx in indices):
             try:
-                mtime = os.stat(self._local_root + "/" + key).st_mtime_ns
+                mtime = os.stat(self.local_root + "/" + key).st_mtime_ns
             except OSError:  # not stored (the fill value) or unreadable: the engine that read it said so
                 continue
             if mtime > opened:
@@ -871,7 +865,7 @@ class DirectEngine(ZarrEngine):
                     attempt += 1
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                detail = str(e) or ("timed out" if isinstance(e, (TimeoutError, asyncio.TimeoutError)) else "")
+                detail = str(e) or ("timed out" if isinstance(e, TimeoutError) else "")
                 msg = f"cannot read {self._where(key)!r}{tries}: {type(e).__name__}: {detail}"
                 raise SourceReadError(msg) from e
             return None if buf is None else buf.to_bytes()
@@ -886,8 +880,8 @@ class DirectEngine(ZarrEngine):
         return sync(gather())
 
     def _read_many(self, requests: list[_Request]) -> list[bytes | None]:
-        if self._local_root is not None:
-            return [self._read_local(*r) for r in requests]
+        if self.local_root is not None:
+            return [self._read_local(*r)[0] for r in requests]
         if self._get_sync is not None:
             return [self._read_sync(*r) for r in requests]
         return self._read_remote(requests)
@@ -912,62 +906,13 @@ class DirectEngine(ZarrEngine):
             return self._key(idx)
         return self._key(tuple(i // c for i, c in zip(idx, self._cps, strict=True)))
 
-    def _shard_indexes(self, shards: list[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray | None]:
-        out: dict[tuple[int, ...], np.ndarray | None] = {}
-        todo: list[tuple[int, ...]] = []
-        with self._index_lock:
-            for s in shards:
-                if s in self._indexes:
-                    self._indexes.move_to_end(s)
-                    out[s] = self._indexes[s]
-                else:
-                    todo.append(s)
-        if todo:
-            layout = self._index
-            reqs: list[_Request]
-            if layout.at_start:
-                reqs = [(self._key(s), (0, layout.size), None) for s in todo]
-            else:
-                reqs = [(self._key(s), None, layout.size) for s in todo]
-            raw = self._read_many(reqs)
-            for s, data in zip(todo, raw, strict=True):
-                if data is None:  # a missing shard: every inner chunk reads as the fill value
-                    index = None
-                elif len(data) < layout.size:
-                    msg = (
-                        f"shard {self._where(self._key(s))!r} of the zarr array {self._array_where()!r} "
-                        f"is shorter than its index ({len(data)} < {layout.size} bytes): truncated or corrupt"
-                    )
-                    raise SourceReadError(msg)
-                else:
-                    try:
-                        index = layout.decode(data)
-                    except Exception as e:
-                        msg = (
-                            f"cannot decode the index of shard {self._where(self._key(s))!r} "
-                            f"of the zarr array {self._array_where()!r}: {e}"
-                        )
-                        raise SourceReadError(msg) from e
-                    self._check_index(s, index)
-                out[s] = index
-            with self._index_lock:
-                for s in todo:
-                    self._indexes[s] = out[s]
-                while len(self._indexes) > 4096:
-                    self._indexes.popitem(last=False)
-        return out
-
-    def _check_index(self, shard: tuple[int, ...], index: np.ndarray) -> None:
-        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard (a corrupt
-        index would read past the file, or allocate the terabytes it claims). One ``stat`` per index read;
-        remote shards are not sized (a range past their end fails when read)."""
-        if self._local_root is None:
+    def _check_index(self, shard: tuple[int, ...], index: np.ndarray, size: int | None) -> None:
+        """Raise ``SourceReadError`` when an entry of a local shard's index points outside the shard of ``size``
+        bytes (a corrupt index would read past the file, or allocate the terabytes it claims). Remote shards
+        are not sized (``size`` None: a range past their end fails when read)."""
+        if size is None:
             return
         key = self._key(shard)
-        try:
-            size = os.stat(self._local_root + "/" + key).st_size
-        except OSError:  # gone since the index was read: the chunk read says so
-            return
         bad = self._index.first_outside(index, size)
         if bad is not None:
             at, offset, length = bad
@@ -993,15 +938,76 @@ class DirectEngine(ZarrEngine):
             return None
         return (self._key(shard), (start, start + length), None)
 
-    def _shards_of(self, indices: Sequence[ChunkIndex]) -> dict[tuple[int, ...], np.ndarray | None]:
+    def shard_indexes(self, indices: Sequence[ChunkIndex]) -> dict[tuple[int, ...], np.ndarray | None]:
+        """The checked indexes of the shards holding the inner chunks ``indices`` (read once, then cached).
+
+        Parameters
+        ----------
+        indices : sequence of tuple of int
+            Inner-chunk grid coordinates.
+
+        Returns
+        -------
+        dict
+            Shard grid coordinates to the shard's ``(offset, length)`` table (``chunks_per_shard + (2,)``
+            uint64), None for a shard that is not stored; empty for an array that is not sharded.
+
+        Raises
+        ------
+        SourceReadError
+            If a shard is shorter than its index, its index does not decode, or an entry of a local
+            shard's index points outside the shard.
+        """
         if self._sharding is None:
             return {}
-        shards = [tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices]
-        return self._shard_indexes(list(dict.fromkeys(shards)))
+        shards = dict.fromkeys(tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices)
+        out: dict[tuple[int, ...], np.ndarray | None] = {}
+        todo: list[tuple[int, ...]] = []
+        with self._index_lock:
+            for s in shards:
+                if s in self._indexes:
+                    self._indexes.move_to_end(s)
+                    out[s] = self._indexes[s]
+                else:
+                    todo.append(s)
+        if todo:
+            layout = self._index
+            rng, suffix = ((0, layout.size), None) if layout.at_start else (None, layout.size)
+            reqs: list[_Request] = [(self._key(s), rng, suffix) for s in todo]
+            if self.local_root is not None:  # with each shard's size, for the index check (one fstat)
+                got = [self._read_local(*r, sized=True) for r in reqs]
+            else:
+                got = [(data, None) for data in self._read_many(reqs)]
+            for s, (data, size) in zip(todo, got, strict=True):
+                if data is None:  # a missing shard: every inner chunk reads as the fill value
+                    index = None
+                elif len(data) < layout.size:
+                    msg = (
+                        f"shard {self._where(self._key(s))!r} of the zarr array {self._array_where()!r} "
+                        f"is shorter than its index ({len(data)} < {layout.size} bytes): truncated or corrupt"
+                    )
+                    raise SourceReadError(msg)
+                else:
+                    try:
+                        index = layout.decode(data)
+                    except Exception as e:
+                        msg = (
+                            f"cannot decode the index of shard {self._where(self._key(s))!r} "
+                            f"of the zarr array {self._array_where()!r}: {e}"
+                        )
+                        raise SourceReadError(msg) from e
+                    self._check_index(s, index, size)
+                out[s] = index
+            with self._index_lock:
+                for s in todo:
+                    self._indexes[s] = out[s]
+                while len(self._indexes) > 4096:
+                    self._indexes.popitem(last=False)
+        return out
 
     def raw_chunk(self, idx: ChunkIndex) -> bytes | None:
         """The stored (encoded) bytes of chunk ``idx`` (an inner chunk when sharded); None when missing."""
-        where = self._locate(idx, self._shards_of([idx]))
+        where = self._locate(idx, self.shard_indexes([idx]))
         return None if where is None else self._read_many([where])[0]
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
@@ -1015,7 +1021,7 @@ class DirectEngine(ZarrEngine):
         indices = list(indices)
         if not self._remote:
             return fetch_concurrently(indices, self.fetch_one)
-        indexes = self._shards_of(indices)
+        indexes = self.shard_indexes(indices)
         wheres = [self._locate(idx, indexes) for idx in indices]
         reqs = [w for w in wheres if w is not None]
         got = iter(self._read_remote(reqs) if reqs else [])
@@ -1234,7 +1240,7 @@ class AutoEngine(ZarrEngine):
     ) -> None:
         super().__init__(array)
         self.direct = DirectEngine(array, retry=retry)
-        if self.direct._local_root is None:
+        if self.direct.local_root is None:
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
             msg = "auto engine: tensorstore is only mixed in for local stores"
             raise NotImplementedError(msg)
@@ -1616,9 +1622,7 @@ class ZarrArrayReader(ChunkedReader):
             self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {**self.__dict__, "_engine": None, "_engine_pid": -1}
-        del state["_engine_lock"]
-        return state
+        return {**self.__dict__, "_engine": None, "_engine_pid": -1, "_engine_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
