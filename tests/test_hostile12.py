@@ -445,12 +445,6 @@ def test_omero_rendering_metadata_does_not_change_the_pixels(tmp_path: Path, edi
     np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (32, 32)), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/sources/zarr (multiscales axes): duplicate NGFF axis names (c, y, y) give a ShapeMismatchError "
-    "that advises axes='CYY', itself invalid; raise SourceFormatError naming the path, the duplicated name and that "
-    "NGFF axis names are unique",
-)
 def test_duplicate_ngff_axis_names_are_a_format_error(tmp_path: Path) -> None:
     image = _image(tmp_path / "img.zarr")
     _edit_ome(image, lambda ome: ome["multiscales"][0]["axes"].__setitem__(2, dict(ome["multiscales"][0]["axes"][1])))
@@ -459,11 +453,6 @@ def test_duplicate_ngff_axis_names_are_a_format_error(tmp_path: Path) -> None:
     assert str(image) in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/sources/zarr: an OME-Zarr version lazystack does not know ('9.9') is read silently as 0.5; warn "
-    "a MetadataWarning naming the path, the version and the versions read (0.1-0.5)",
-)
 def test_an_ome_zarr_version_from_the_future_warns(tmp_path: Path) -> None:
     image = _image(tmp_path / "img.zarr")
     _edit_ome(image, lambda ome: ome.__setitem__("version", "9.9"))
@@ -471,11 +460,6 @@ def test_an_ome_zarr_version_from_the_future_warns(tmp_path: Path) -> None:
         lazystack.load(image, "CYX")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/sources/zarr: a space unit that is not an NGFF/UCUM unit ('furlong', 5) is kept silently in "
-    "attrs['units']; warn a MetadataWarning naming the path, the unit and the accepted names (core/units.py)",
-)
 def test_a_unit_ngff_does_not_know_warns(tmp_path: Path) -> None:
     image = _image(tmp_path / "img.zarr")
     _edit_ome(image, lambda ome: [a.__setitem__("unit", "furlong") for a in ome["multiscales"][0]["axes"][1:]])

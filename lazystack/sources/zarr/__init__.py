@@ -41,6 +41,7 @@ from ...core.errors import (
     SourceReadError,
     UnsupportedSourceError,
 )
+from ...core.units import unit_name
 from ...io.chunked import ChunkedReader
 from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
@@ -1023,6 +1024,21 @@ def _check_level_count(datasets: list[Any], where: str, k: int) -> None:
         )
 
 
+#: the OME-NGFF versions whose images lazystack reads
+NGFF_VERSIONS = ("0.1", "0.2", "0.3", "0.4", "0.5")
+
+
+def _check_version(version: str, ms: Mapping[str, Any], where: str) -> None:
+    """Warn (MetadataWarning) about an NGFF version lazystack does not know: it is read as the newest one known."""
+    declared = str(ms.get("version", version))
+    if ".".join(declared.split("-")[0].split(".")[:2]) not in NGFF_VERSIONS:  # "0.5-dev", "0.4.1": known
+        msg = (
+            f"OME-Zarr image {where!r} declares NGFF version {declared!r}, which lazystack does not know; read as "
+            f"{NGFF_VERSIONS[-1]} (lazystack reads versions {', '.join(NGFF_VERSIONS)})"
+        )
+        warnings.warn(msg, MetadataWarning, stacklevel=3)
+
+
 def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale]:
     multiscales, holder, version = _ngff(attrs)
     if "multiscales" in holder and not isinstance(holder["multiscales"], list):
@@ -1076,6 +1092,21 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 name = str(ax)
                 types.append(None)
             names.append(name)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise _bad_metadata(
+                where,
+                f"multiscales[{k}].axes",
+                f"names {repeated} more than once ({names}): NGFF axis names are unique",
+            )
+        _check_version(version, ms, where)
+        for axis, unit in units.items():
+            if unit_name(unit) is None:
+                msg = (
+                    f"OME-Zarr image {where!r}: axis {axis.lower()!r} has the unit {unit!r}, which is not an NGFF "
+                    "(UDUNITS-2) unit name such as 'micrometer', 'nanometer' or 'second'; kept as given"
+                )
+                warnings.warn(msg, MetadataWarning, stacklevel=2)
         _check_transforms(
             ms.get("coordinateTransformations"), names, where, f"multiscales[{k}].coordinateTransformations"
         )
