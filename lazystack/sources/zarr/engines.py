@@ -1066,7 +1066,11 @@ class TensorstoreEngine(ZarrEngine):
     def __init__(self, array: Any) -> None:
         super().__init__(array)
         self.check_usable(array, self.chunk_shape, self.dtype)
-        import tensorstore as ts
+        try:
+            import tensorstore as ts
+        except ImportError as e:  # installed (check_usable found it) but broken, e.g. built for another glibc
+            msg = f"the tensorstore engine needs tensorstore, which fails to import ({e}): reinstall 'lazystack[tensorstore]'"
+            raise MissingDependencyError(msg) from e
         from zarr.storage import FsspecStore, LocalStore
 
         store = array.store
@@ -1277,7 +1281,7 @@ class AutoEngine(ZarrEngine):
                 if self._tensorstore is None and not self._tensorstore_refused:
                     try:
                         self._tensorstore = TensorstoreEngine(self.array)
-                    except NotImplementedError:  # e.g. tensorstore's own open refused it: read directly
+                    except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
                         self._tensorstore_refused = True
         return self._tensorstore
 
