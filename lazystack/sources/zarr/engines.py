@@ -1069,7 +1069,7 @@ class TensorstoreEngine(ZarrEngine):
         try:
             import tensorstore as ts
         except ImportError as e:  # installed (check_usable found it) but broken, e.g. built for another glibc
-            msg = f"the tensorstore engine needs tensorstore, which fails to import ({e}): reinstall 'lazystack[tensorstore]'"
+            msg = f"the tensorstore engine needs tensorstore, which fails to import ({e}): reinstall it"
             raise MissingDependencyError(msg) from e
         from zarr.storage import FsspecStore, LocalStore
 
