@@ -249,3 +249,38 @@ def test_region_reads_with_a_refused_tensorstore_come_chunk_by_chunk(tmp_path: P
             ys, xs = slice(max(y, 0), min(y + 64, 300)), slice(max(x, 0), min(x + 64, 300))
             ref[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x] = want[s, ys, xs]
             np.testing.assert_array_equal(got[0], ref)
+
+
+_FORK_AFTER_USER_TENSORSTORE = """
+import tensorstore as ts
+
+built = sys.argv[2]
+handle = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path + "/"}}, read=True).result()
+assert np.array_equal(np.asarray(handle[region].read().result()), want)  # the caller's own tensorstore: threads run
+reader = ZarrArrayReader(z, engine="auto")
+if built == "parent":
+    assert np.array_equal(reader[0:1, 0:8, 0:8], want[0:1, 0:8, 0:8])  # builds the engine: one chunk, read directly
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    got = reader[region]
+    os.write(w, json.dumps({"equal": bool(np.array_equal(got, want)), "engine": reader.engine_name}).encode())
+    os._exit(0)
+os.close(w)
+_, status = os.waitpid(pid, 0)
+data = os.read(r, 65536)
+print(json.dumps({"status": status, "child": json.loads(data) if data else None}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+@pytest.mark.parametrize("built", ["parent", "child"])
+def test_a_child_of_a_process_using_tensorstore_itself_reads_directly(tmp_path: Path, built: str) -> None:
+    """The parent used tensorstore itself (its threads run), not through lazystack, then forked: tensorstore
+    aborts a child that uses it ("fork() use detected"), so the child's ``auto`` reads directly. Since the lazy
+    open the ``auto`` engine built in the parent no longer opened tensorstore, and the child aborted."""
+    pytest.importorskip("tensorstore")
+    out = _run(_FORK_AFTER_USER_TENSORSTORE, str(tmp_path / "a.zarr"), built)
+    assert out["status"] == 0, out
+    assert out["child"] == {"equal": True, "engine": "direct"}, out
