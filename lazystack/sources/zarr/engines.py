@@ -1169,6 +1169,17 @@ class TensorstoreEngine(ZarrEngine):
             raise SourceReadError(msg) from e
 
 
+def _note_tensorstore_before_fork() -> None:
+    # tensorstore imported here may run threads started by anyone (the caller's own reads, not only lazystack's,
+    # which open it on first use): tensorstore aborts a forked child that uses it, so the child reads directly
+    global _TS_STARTED_IN
+    if _TS_STARTED_IN is None and "tensorstore" in sys.modules:
+        _TS_STARTED_IN = current_pid()
+
+
+at_fork(before=_note_tensorstore_before_fork)
+
+
 _FLOAT32 = np.dtype(np.float32)
 
 
