@@ -1052,7 +1052,7 @@ class TensorstoreEngine(ZarrEngine):
     Raises
     ------
     MissingDependencyError
-        If tensorstore is not installed.
+        If tensorstore is not installed, or fails to import.
     NotImplementedError
         If the store is neither local nor HTTP(S), or tensorstore rejects the array.
     SourceFormatError
@@ -1286,7 +1286,7 @@ class AutoEngine(ZarrEngine):
 
     @property
     def tensorstore(self) -> TensorstoreEngine | None:
-        """The tensorstore engine, opened on first use; None if tensorstore refused the array when opened."""
+        """The tensorstore engine, opened on first use; None if tensorstore refused the array (or failed to import)."""
         if self._tensorstore is None and not self._tensorstore_refused:
             with self._tensorstore_lock:
                 if self._tensorstore is None and not self._tensorstore_refused:
