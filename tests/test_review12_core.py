@@ -178,25 +178,21 @@ if mode == "before":
     assert np.array_equal(reader[region], want)
     assert reader.engine._tensorstore is not None  # opened in the parent after the fork
     os.write(go_w, b"x")
-data = b""
+data, ended = b"", False
 deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
+while not ended and time.monotonic() < deadline:
     ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-    if not ready:
-        break
-    part = os.read(r, 65536)
-    if not part:
-        break
+    part = os.read(r, 65536) if ready else b""
+    ended = bool(ready) and not part
     data += part
-else:
-    data = b""
-if not data:
+if not ended:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     print(json.dumps({"hang": True}))
 else:
-    os.waitpid(pid, 0)
-    print(json.dumps({"child": json.loads(data), "parent_equal": bool(np.array_equal(reader[region], want))}))
+    _, status = os.waitpid(pid, 0)
+    child = json.loads(data) if data else {"status": status}
+    print(json.dumps({"child": child, "parent_equal": bool(np.array_equal(reader[region], want))}))
 """
 
 
