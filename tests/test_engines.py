@@ -529,6 +529,8 @@ def test_reader_used_in_a_forked_child(arrays: dict[str, Any], engine: str) -> N
     want = np.asarray(z[key])
     _same(reader[key], want)  # engine and cache live in the parent
     assert reader.engine_name == _expected_name(z, engine)  # built here even when the read was a cache hit
+    if isinstance(reader.engine, AutoEngine):  # opens tensorstore on first use: open it here, before the fork
+        assert reader.engine.tensorstore is not None
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child_read, args=(reader, key, queue))

@@ -1058,7 +1058,7 @@ class TensorstoreEngine(ZarrEngine):
     Raises
     ------
     MissingDependencyError
-        If tensorstore is not installed.
+        If tensorstore is not installed, or fails to import.
     NotImplementedError
         If the store is neither local nor HTTP(S), or tensorstore rejects the array.
     SourceFormatError
@@ -1072,7 +1072,11 @@ class TensorstoreEngine(ZarrEngine):
     def __init__(self, array: Any) -> None:
         super().__init__(array)
         self.check_usable(array, self.chunk_shape, self.dtype)
-        import tensorstore as ts
+        try:
+            import tensorstore as ts
+        except ImportError as e:  # installed (check_usable found it) but broken, e.g. built for another glibc
+            msg = f"the tensorstore engine needs tensorstore, which fails to import ({e}): reinstall it"
+            raise MissingDependencyError(msg) from e
         from zarr.storage import FsspecStore, LocalStore
 
         store = array.store
@@ -1169,6 +1173,17 @@ class TensorstoreEngine(ZarrEngine):
                 f"cannot read region {_format_region(region)} of the zarr array at {self.location!r} (tensorstore): {e}"
             )
             raise SourceReadError(msg) from e
+
+
+def _note_tensorstore_before_fork() -> None:
+    # tensorstore imported here may run threads started by anyone (the caller's own reads, not only lazystack's,
+    # which open it on first use): tensorstore aborts a forked child that uses it, so the child reads directly
+    global _TS_STARTED_IN
+    if _TS_STARTED_IN is None and "tensorstore" in sys.modules:
+        _TS_STARTED_IN = current_pid()
+
+
+at_fork(before=_note_tensorstore_before_fork)
 
 
 _FLOAT32 = np.dtype(np.float32)
@@ -1277,13 +1292,13 @@ class AutoEngine(ZarrEngine):
 
     @property
     def tensorstore(self) -> TensorstoreEngine | None:
-        """The tensorstore engine, opened on first use; None if tensorstore refused the array when opened."""
+        """The tensorstore engine, opened on first use; None if tensorstore refused the array (or failed to import)."""
         if self._tensorstore is None and not self._tensorstore_refused:
             with self._tensorstore_lock:
                 if self._tensorstore is None and not self._tensorstore_refused:
                     try:
                         self._tensorstore = TensorstoreEngine(self.array)
-                    except NotImplementedError:  # e.g. tensorstore's own open refused it: read directly
+                    except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
                         self._tensorstore_refused = True
         return self._tensorstore
 
