@@ -78,7 +78,7 @@ Errors
     allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
     at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
     planes (tifffile makes a list entry per plane; a multi-file OME-TIFF
-    counts the sizes of the files it lists), tiles or strips decoding
+    counts the bytes the files it lists store), tiles or strips decoding
     to more than 64 MiB and 4 times their image. A FIFO, device or socket
     named like a TIFF is refused before it is opened (a FIFO would block).
 """
@@ -881,8 +881,10 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
     TIFF file stores costs it more than 8 bytes (an IFD entry). The other
     files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed (tifffile
-    opens them, and a FIFO would block that open) and the sizes of those that
-    are regular files count in ``file size``: their planes are stored there.
+    opens them, and a FIFO would block that open) and the bytes those that are
+    regular files store count in ``file size``: their planes are stored there
+    (not a sparse file's apparent size, nor ``/proc/kcore``'s: tifffile still
+    makes an entry per plane of a listed file it cannot read).
     """
     if not tif.is_ome:
         return
@@ -906,7 +908,8 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         st = check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
         if not any(os.path.samestat(st, other) for other in seen):
             seen.append(st)
-    total = file_size + sum(st.st_size for st in seen[1:])
+    # bytes stored (st_blocks, where the system has it): a listed sparse file must not raise the bound
+    total = file_size + sum(min(st.st_size, getattr(st, "st_blocks", st.st_size) * 512) for st in seen[1:])
     most = max(_OME_PLANES_FREE, total // 8)
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
@@ -928,7 +931,7 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
-            more = f" with the {len(seen) - 1} other file(s) it lists" if len(seen) > 1 else ""
+            more = f" with the bytes the {len(seen) - 1} other file(s) it lists store" if len(seen) > 1 else ""
             msg = (
                 f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
                 f"{total} bytes{more}; accepted: at most {most} planes (2**20, or {'their' if more else 'the file'} "
