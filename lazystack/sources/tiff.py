@@ -931,11 +931,11 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
-            more = f" with the bytes the {len(seen) - 1} other file(s) it lists store" if len(seen) > 1 else ""
+            more = f"it and the {len(seen) - 1} other file(s) it lists store" if len(seen) > 1 else ""
             msg = (
-                f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
-                f"{total} bytes{more}; accepted: at most {most} planes (2**20, or {'their' if more else 'the file'} "
-                "size / 8): the metadata is corrupt"
+                f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but "
+                f"{more or 'has'} {total} bytes; accepted: at most {most} planes (2**20, or "
+                f"{'their' if more else 'the file'} size / 8): the metadata is corrupt"
             )
             raise SourceFormatError(msg)
 
