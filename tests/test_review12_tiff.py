@@ -120,3 +120,18 @@ def test_a_listed_file_that_is_stored_still_counts(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 1)
     with tifffile.TiffFile(master) as tif:
         tiff_source._check_ome_planes(tif, str(master), master.stat().st_size)
+
+
+def test_a_sparse_master_does_not_raise_the_plane_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the master itself: zeros appended as a hole (1 GiB apparent) store no IFD."""
+    planes = 100_000
+    master = _lying_master(tmp_path, "missing.ome.tif", planes)
+    with open(master, "r+b") as f:
+        f.truncate(1 << 30)
+    if master.stat().st_blocks * 512 >= 1 << 20:
+        pytest.skip("this file system stores the sparse file's blocks")
+    monkeypatch.setattr(tiff_source, "_OME_PLANES_FREE", 1)
+    for name, call in {"load_tiffs": lambda p: load_tiffs([p], "ZYX"), "propose_axes": lazystack.propose_axes}.items():
+        with pytest.raises(SourceFormatError, match=f"{planes} image planes") as info:
+            call(master)
+        assert str(master) in str(info.value), name
