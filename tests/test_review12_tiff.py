@@ -30,13 +30,22 @@ def _file_calls(fmt: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "czi"])
-@pytest.mark.parametrize("how", ["through-a-file", "name-too-long"])
+@pytest.mark.parametrize("how", ["through-a-file", "through-a-looping-link", "name-too-long"])
 def test_a_path_that_cannot_name_a_file_is_not_found(tmp_path: Path, fmt: str, how: str) -> None:
-    """``x.tif/y.tif`` (ENOTDIR) or a name over NAME_MAX (ENAMETOOLONG) does not exist: SourceNotFoundError
-    naming the path, as before the checks moved to check_regular_file (which made them SourceReadErrors)."""
+    """``x.tif/y.tif`` (ENOTDIR), ``loop/y.tif`` (ELOOP on a folder) or a name over NAME_MAX (ENAMETOOLONG)
+    does not exist: SourceNotFoundError naming the path, as before the checks moved to check_regular_file
+    (which made them SourceReadErrors)."""
     ext = "tif" if fmt == "tiff" else "czi"
     (tmp_path / f"x.{ext}").write_bytes(b"not read")
-    path = tmp_path / (f"x.{ext}/y.{ext}" if how == "through-a-file" else "y" * 300 + f".{ext}")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    path = (
+        tmp_path
+        / {
+            "through-a-file": f"x.{ext}/y.{ext}",
+            "through-a-looping-link": f"loop/y.{ext}",
+            "name-too-long": "y" * 300 + f".{ext}",
+        }[how]
+    )
     for name, call in _file_calls(fmt).items():
         with pytest.raises(SourceNotFoundError) as info:
             call(str(path))  # type: ignore[operator]
