@@ -8,6 +8,7 @@ capabilities as data) is [`lazystack.io.reader.Reader`][lazystack.io.reader.Read
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -101,7 +102,8 @@ def check_regular_file(path: str, what: str, accepted: str, *, selector: str | N
     Raises
     ------
     SourceNotFoundError
-        If ``path`` does not exist (or is a dangling or looping symbolic link).
+        If ``path`` does not exist (or is a dangling or looping symbolic link, or a path
+        through a file or a looping link, or a name too long for the file system).
     SourceFormatError
         If ``path`` is a directory, a FIFO, a device or a socket.
     SourceReadError
@@ -109,12 +111,14 @@ def check_regular_file(path: str, what: str, accepted: str, *, selector: str | N
     """
     try:
         st = os.stat(path)
-    except FileNotFoundError as exc:
-        msg = f"{what} not found: {path!r}" + (selector_hint(path, selector) if selector else "")
-        raise SourceNotFoundError(msg) from exc
     except OSError as exc:
-        if os.path.islink(path):
+        if os.path.islink(path) and not isinstance(exc, FileNotFoundError):
             msg = f"{what} {path!r} is a symbolic link that leads nowhere ({exc.strerror}); expected {accepted}"
+            raise SourceNotFoundError(msg) from exc
+        # no such file: a missing name, a path through a file (ENOTDIR) or a looping link (ELOOP), a name too long
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            why = "" if isinstance(exc, FileNotFoundError) else f" ({exc.strerror})"
+            msg = f"{what} not found: {path!r}{why}" + (selector_hint(path, selector) if selector else "")
             raise SourceNotFoundError(msg) from exc
         msg = f"cannot read {what} {path!r}: {exc}"
         raise SourceReadError(msg) from exc

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..core.errors import SourceFormatError, SourceNotFoundError, SourceReadError
+from ..io.handles import check_regular_file
 
 __all__ = ["SubBlockEntry", "check_czi_decodes", "check_czi_structure"]
 
@@ -205,13 +206,14 @@ def check_czi_structure(path: str | os.PathLike[str]) -> list[SubBlockEntry]:
         If the file does not start with the ``ZISRAWFILE`` header (not a
         CZI), or a declared offset or size is outside the file or inconsistent
         with another (the message names the file, the sub-block or segment
-        and the field).
+        and the field), or ``path`` is a directory, a FIFO or a device.
     SourceNotFoundError
         If there is no file at ``path``.
     SourceReadError
         If the file cannot be read (permission denied, an I/O error).
     """
     path = os.fspath(path)
+    check_regular_file(path, "CZI file", "a .czi file")  # a FIFO would block the open below
     try:
         with open(path, "rb") as f:
             return _check_open_file(path, f.fileno())

@@ -77,8 +77,9 @@ Errors
     the missing bytes are read, never zeros. Metadata that would make a read
     allocate per declared size is a [`SourceFormatError`][lazystack.SourceFormatError]
     at creation: OME-XML declaring more than ``max(2**20, file size / 8)``
-    planes (tifffile makes a list entry per plane; a multi-file OME-TIFF
-    counts the sizes of the files it lists), tiles or strips decoding
+    planes (tifffile makes a list entry per plane; the size is the bytes the
+    file stores, not a sparse file's holes; a multi-file OME-TIFF counts the
+    bytes the files it lists store), tiles or strips decoding
     to more than 64 MiB and 4 times their image. A FIFO, device or socket
     named like a TIFF is refused before it is opened (a FIFO would block).
 """
@@ -871,6 +872,11 @@ def _check_file(path: str) -> os.stat_result:
     return st
 
 
+def _stored_bytes(st: os.stat_result) -> int:
+    """The bytes a file stores (``st_blocks``, where the system has it): a sparse file's hole holds no plane."""
+    return min(st.st_size, getattr(st, "st_blocks", st.st_size) * 512)
+
+
 def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     """Refuse OME-XML that declares absurdly many planes before tifffile builds a list entry for each.
 
@@ -879,10 +885,13 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     pixels when ``SizeX`` / ``SizeY`` disagree with the pages, and
     ``NumPlanes`` / ``PlaneCount`` of each ``TiffData``), whatever the file
     holds. At most ``max(2**20, file size / 8)`` are accepted: every plane a
-    TIFF file stores costs it more than 8 bytes (an IFD entry). The other
+    TIFF file stores costs it more than 8 bytes (an IFD entry); ``file_size``
+    is the bytes the file stores (see [`_stored_bytes()`][_stored_bytes]). The other
     files a multi-file OME-TIFF lists (``UUID FileName``) are stat-ed (tifffile
-    opens them, and a FIFO would block that open) and the sizes of those that
-    are regular files count in ``file size``: their planes are stored there.
+    opens them, and a FIFO would block that open) and the bytes those that are
+    regular files store count in ``file size``: their planes are stored there
+    (not a sparse file's apparent size: tifffile still makes an entry per
+    plane of a listed file it cannot read).
     """
     if not tif.is_ome:
         return
@@ -906,7 +915,7 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         st = check_regular_file(listed, "TIFF file", f"a TIFF file (listed in the OME-XML of {path!r})")
         if not any(os.path.samestat(st, other) for other in seen):
             seen.append(st)
-    total = file_size + sum(st.st_size for st in seen[1:])
+    total = file_size + sum(_stored_bytes(st) for st in seen[1:])
     most = max(_OME_PLANES_FREE, total // 8)
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1]
@@ -928,11 +937,11 @@ def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
         else:
             continue
         if planes > most:
-            more = f" with the {len(seen) - 1} other file(s) it lists" if len(seen) > 1 else ""
+            more = f"it and the {len(seen) - 1} other file(s) it lists store" if len(seen) > 1 else ""
             msg = (
-                f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but has "
-                f"{total} bytes{more}; accepted: at most {most} planes (2**20, or {'their' if more else 'the file'} "
-                "size / 8): the metadata is corrupt"
+                f"TIFF file {path!r} declares {planes} image planes in its OME-XML ({tag}: {field}) but "
+                f"{more or 'has'} {total} bytes; accepted: at most {most} planes (2**20, or "
+                f"{'their' if more else 'the file'} size / 8): the metadata is corrupt"
             )
             raise SourceFormatError(msg)
 
@@ -1154,7 +1163,7 @@ def _tiff_file(file_path: str, wanted: int | None) -> Iterator[tuple[Any, os.sta
     with tif:
         st = _fstat(tif.filehandle, file_path)
         try:
-            _check_ome_planes(tif, file_path, st.st_size)
+            _check_ome_planes(tif, file_path, _stored_bytes(st))
             all_series = list(tif.series)
         except LazyStackError:
             raise
