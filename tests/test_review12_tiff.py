@@ -144,3 +144,33 @@ def test_a_sparse_master_does_not_raise_the_plane_bound(tmp_path: Path, monkeypa
         with pytest.raises(SourceFormatError, match=f"{planes} image planes") as info:
             call(master)
         assert str(master) in str(info.value), name
+
+
+def test_load_and_propose_axes_name_a_path_the_system_refuses_to_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lazystack.load`` / ``propose_axes`` look at a local path before choosing the loader: a stat the system
+    refuses (permission denied on a folder: monkeypatched, tests run as root) is a SourceReadError naming the path,
+    not a raw PermissionError; a name too long for the file system too."""
+    import errno
+    import pathlib
+
+    target = tmp_path / "locked" / "x.tif"
+    real_stat = pathlib.Path.stat
+
+    def refusing_stat(self: pathlib.Path, *args: object, **kwargs: object) -> object:
+        if str(self).startswith(str(tmp_path / "locked")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pathlib.Path, "stat", refusing_stat)
+    for call in (lambda: lazystack.load(str(target), "YX"), lambda: lazystack.propose_axes(str(target))):
+        with pytest.raises(lazystack.SourceReadError) as info:
+            call()
+        assert str(target) in str(info.value)
+        assert "Permission denied" in str(info.value)
+    monkeypatch.undo()
+    long_name = str(tmp_path / ("x" * 300 + ".tif"))
+    with pytest.raises((lazystack.SourceReadError, lazystack.SourceNotFoundError)) as info:
+        lazystack.load(long_name, "YX")
+    assert long_name in str(info.value)

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..core.axes import VALID_AXES, validate_axes
-from ..core.errors import AxesError, MissingDependencyError, SourceNotFoundError, UnsupportedSourceError
+from ..core.errors import (
+    AxesError,
+    LazyStackError,
+    MissingDependencyError,
+    SourceNotFoundError,
+    SourceReadError,
+    UnsupportedSourceError,
+)
 from ..core.levels import Levels, parse_levels, select_levels
 from ..io.overwrite import interrupted_overwrite_note
 from ..io.reader import is_array_like
@@ -88,6 +95,8 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     ------
     SourceNotFoundError
         If ``source`` is a local path that does not exist.
+    SourceReadError
+        If the system refuses to look at the path (permission denied on a folder, a name too long).
     UnsupportedSourceError
         If neither the extension nor the scheme is one lazystack reads.
 
@@ -114,6 +123,17 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
             return "zarr"
         msg = f"unsupported URI scheme {scheme!r} in {text!r}; {_accepted()}"
         raise UnsupportedSourceError(msg)
+    try:
+        return _local_kind(text)
+    except LazyStackError:
+        raise
+    except OSError as exc:  # a stat the system refuses (permission denied on a folder, a name too long)
+        msg = f"cannot read {text!r}: {exc}"
+        raise SourceReadError(msg) from exc
+
+
+def _local_kind(text: str) -> Kind:
+    """[`source_kind()`][source_kind] of a local path (raises the OSError of a stat the system refuses)."""
     base, _ = _split_index(text)
     path = Path(base)
     from ..sources.zarr import zip_archive_of
