@@ -95,6 +95,7 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
+from ..io.handles import split_source
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
@@ -177,6 +178,7 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
             text = text[len("file://") :]
         elif "://" in text:
             continue
+        text, _, _ = split_source(text)  # ``x.czi@1#level=1``, ``a.tif@2``: the file itself
         path = Path(text).expanduser()
         if text and path.exists():
             path = Path(os.path.realpath(path))

@@ -1,0 +1,69 @@
+"""Review of the session-12 hardening (writes that refuse their sources, manifests, exact histograms, the CZI plane
+bound, the patch memory bound): false refusals, false acceptances and replays, each against an independent reference
+(the bytes on disk, numpy, the previous release's behaviour)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+import lazystack
+from lazystack import UnsupportedSourceError
+from lazystack.frontends.cli_preprocess import add_stats_parser
+from lazystack.sampling import RandomSampler, write_manifest
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stats(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lazystack")
+    add_stats_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+# -- a source named with a selector (``file@series``, ``file@scene#level=1``) is still a source ---------------------
+def _series_tiff(tmp_path: Path) -> tuple[Path, list[Any]]:
+    path = tmp_path / "ser.tif"
+    with tifffile.TiffWriter(path) as w:
+        w.write(np.arange(16 * 16, dtype=np.uint8).reshape(16, 16))
+        w.write(np.arange(2 * 12 * 12, dtype=np.uint8).reshape(2, 12, 12))
+    return path, list(lazystack.load_tiffs([f"{path}@1"], "SYX"))
+
+
+def _czi_scenes(tmp_path: Path) -> tuple[Path, list[Any]]:
+    pytest.importorskip("pylibCZIrw.czi", reason="the czi extra (pylibCZIrw) is not installed")
+    from lazystack.frontends import samples
+
+    path = tmp_path / "demo.czi"
+    samples.write_demo_czi(path, np.random.default_rng(0).integers(0, 600, (2, 1, 64, 48), dtype=np.uint16))
+    stacks = list(lazystack.load_czis(path, "SCYX"))
+    assert all("@" in str(s.source) for s in stacks)  # each scene names its file with a selector
+    return path, stacks
+
+
+@pytest.mark.parametrize("make", [_series_tiff, _czi_scenes], ids=["tiff-series", "czi-scenes"])
+def test_write_manifest_refuses_a_source_named_with_a_selector(tmp_path: Path, make: Any) -> None:
+    """``_source_paths`` took ``ser.tif@1`` / ``demo.czi@0`` as paths that do not exist: the manifest replaced the
+    file the stacks read."""
+    path, stacks = make(tmp_path)
+    before = _digest(path)
+    with pytest.raises(UnsupportedSourceError, match=path.name):
+        write_manifest(path, RandomSampler(stacks, 8, 4, seed=0), stacks)
+    assert _digest(path) == before
+
+
+def test_stats_output_refuses_a_source_named_with_a_selector(tmp_path: Path) -> None:
+    path, _ = _series_tiff(tmp_path)
+    before = _digest(path)
+    with pytest.raises(UnsupportedSourceError, match=path.name):
+        _stats(["stats", f"{path}@1", "--axes", "SYX", "--quiet", "--output", str(path)])
+    assert _digest(path) == before
