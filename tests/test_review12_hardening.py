@@ -67,3 +67,24 @@ def test_stats_output_refuses_a_source_named_with_a_selector(tmp_path: Path) -> 
     with pytest.raises(UnsupportedSourceError, match=path.name):
         _stats(["stats", f"{path}@1", "--axes", "SYX", "--quiet", "--output", str(path)])
     assert _digest(path) == before
+
+
+# -- manifests: every patch extract_patch reads is a row that replays -------------------------------------------------
+def test_a_manifest_of_overhanging_patches_replays_them(tmp_path: Path) -> None:
+    """Patches centred on objects near the border start at negative coords (``extract_patch`` pads them with
+    zeros); the previous release wrote and replayed them, the hardened ``read_manifest`` refused every such row."""
+    from lazystack.sampling import FixedSampler, read_manifest
+
+    image = np.arange(2 * 20 * 18, dtype=np.uint16).reshape(2, 20, 18)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    stacks = list(lazystack.load_tiffs([tmp_path / "a.tif"], "SYX"))
+    specs = [(0, 0, None, (-3, -2), (8, 8)), (0, 1, None, (-7, 15), (8, 8)), (0, 1, None, (16, -7), (8, 8))]
+    path = write_manifest(tmp_path / "m.csv", FixedSampler(specs), stacks)
+    replayed = read_manifest(path, stacks)
+    padded = np.pad(image, ((0, 0), (8, 8), (8, 8)))  # the reference: numpy slicing of the zero-padded image
+    assert len(replayed) == len(specs)
+    for i, (_, sample, _, (y, x), (h, w)) in enumerate(specs):
+        spec = replayed.spec(i)
+        assert tuple(spec.coords) == (y, x)
+        got = stacks[0].extract_patch(spec.sample, None, spec.coords, spec.patch_size)[0]
+        np.testing.assert_array_equal(got, padded[sample, y + 8 : y + 8 + h, x + 8 : x + 8 + w])

@@ -176,14 +176,17 @@ def _check_spec(spec: PatchSpec, geometries: Sequence[StackGeometry], stacks: Se
         )
         raise ManifestMismatchError(msg)
     ndim = len(g.spatial_shape)
+    # a patch overhanging the image (negative coords: centred near the border) is one extract_patch pads; one that
+    # misses the image would replay zeros only
     outside = len(spec.coords) != ndim or any(
-        not 0 <= c < n for c, n in zip(spec.coords, g.spatial_shape, strict=False)
+        not -p < c < n for c, p, n in zip(spec.coords, spec.patch_size, g.spatial_shape, strict=False)
     )
     if outside or len(spec.patch_size) != ndim or any(n <= 0 for n in spec.patch_size):
         msg = (
             f"{where}: coords {spec.coords} and patch_size {spec.patch_size} do not place a patch in stack "
-            f"{spec.stack} ({source!r}, spatial shape {g.spatial_shape}): accepted {ndim} coords inside the "
-            f"image and {ndim} positive sizes"
+            f"{spec.stack} ({source!r}, spatial shape {g.spatial_shape}): accepted {ndim} positive sizes and "
+            f"{ndim} coords placing the patch over the image (-size < coord < extent, so inside the image for a "
+            "non-negative coord)"
         )
         raise ManifestMismatchError(msg)
 
