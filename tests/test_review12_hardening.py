@@ -88,3 +88,26 @@ def test_a_manifest_of_overhanging_patches_replays_them(tmp_path: Path) -> None:
         assert tuple(spec.coords) == (y, x)
         got = stacks[0].extract_patch(spec.sample, None, spec.coords, spec.patch_size)[0]
         np.testing.assert_array_equal(got, padded[sample, y + 8 : y + 8 + h, x + 8 : x + 8 + w])
+
+
+def test_write_manifest_through_a_symlink_keeps_the_link_and_the_files_mode(tmp_path: Path) -> None:
+    """The previous release opened the path for writing: a link (``latest.csv -> runs/3.csv``) stayed a link and its
+    file got the rows, a file kept its mode. The write-beside-then-rename replaced the link by a file (the file it
+    named kept its stale rows) and reset the mode to the umask's."""
+    import os
+    import stat
+
+    from lazystack.sampling import read_manifest
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((2, 32, 32), np.uint8))
+    stacks = list(lazystack.load_tiffs([tmp_path / "a.tif"], "SYX"))
+    (tmp_path / "runs").mkdir()
+    real, link = tmp_path / "runs" / "3.csv", tmp_path / "latest.csv"
+    real.write_text("stale")
+    real.chmod(0o640)
+    link.symlink_to(real)
+    assert write_manifest(link, RandomSampler(stacks, 8, 4, seed=0), stacks) == link
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert len(read_manifest(real, stacks)) == 4
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no partial file left beside either

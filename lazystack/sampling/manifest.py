@@ -206,7 +206,8 @@ def write_manifest(
     path : str or os.PathLike
         File to write (replaced if it exists, once the new one is complete:
         it is written beside as a hidden ``.name.partial-<id>`` file, then
-        renamed).
+        renamed, keeping the replaced file's permissions; through a symlink,
+        the file it names is replaced and the link kept).
     sampler : Sampler
         The sampler.
     stacks : sequence of ImageStack
@@ -233,9 +234,14 @@ def write_manifest(
     identities = [source_identity(s) for s in stacks]
     # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
     # manifest cut at a row boundary that reads back as a shorter epoch
-    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    # beside the file a symlink names (the link stays a link, as when the file was opened for writing), with the
+    # replaced file's permissions
+    real = Path(os.path.realpath(out))
+    partial = real.with_name(f".{real.name}.partial-{uuid.uuid4().hex[:12]}")
     try:
         with partial.open("w", newline="") as f:
+            if real.is_file():
+                os.chmod(f.fileno(), stat.S_IMODE(real.stat().st_mode))
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for epoch in epochs:
@@ -244,7 +250,7 @@ def write_manifest(
                     spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
                     identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
                     writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
-        partial.replace(out)
+        partial.replace(real)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
