@@ -107,7 +107,8 @@ def test_write_manifest_through_a_symlink_keeps_the_link_and_the_files_mode(tmp_
     real.chmod(0o640)
     link.symlink_to(real)
     assert write_manifest(link, RandomSampler(stacks, 8, 4, seed=0), stacks) == link
-    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
     assert len(read_manifest(real, stacks)) == 4
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.rglob(".*")] == []  # no partial file left beside either
