@@ -112,3 +112,31 @@ def test_write_manifest_through_a_symlink_keeps_the_link_and_the_files_mode(tmp_
     assert len(read_manifest(real, stacks)) == 4
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.rglob(".*")] == []  # no partial file left beside either
+
+
+# -- channel_statistics: a narrow range at a large magnitude ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(2**53 - 25, 2**53 + 25, dtype=np.int64),  # exact before the 2**53 bound, a ValueError after it
+        np.arange(2**60, 2**60 + 50 * 256, 256, dtype=np.int64),
+        np.arange(2**64 - 50, 2**64, dtype=np.uint64),
+        1e16 + 2.0 * np.arange(50),  # float64 values a few ulps apart
+    ],
+    ids=["int64-2**53", "int64-2**60", "uint64-max", "float64-1e16"],
+)
+def test_statistics_of_a_narrow_range_far_from_zero(values: np.ndarray) -> None:
+    """``np.histogram`` refuses more bins than float64 tells apart between the min and the max ("Too many bins for
+    data range"): 64-bit integers past 2**53 (exact, one bin per value, before the hardening) and float64 data a few
+    ulps apart raised ValueError. The reference is numpy's percentiles, within the reported error."""
+    from lazystack.ops.stats import channel_statistics
+
+    image = np.resize(values, (2, 1, 10, 10))
+    q = (0, 1, 50, 99, 100)
+    stats = channel_statistics(lazystack.load_arrays([image], "SCYX"), percentiles=q)
+    assert stats.min[0] == float(values.min())
+    assert stats.max[0] == float(values.max())
+    ref = np.percentile(image.astype(np.float64).ravel(), q)
+    got = np.array([stats.percentile(p)[0] for p in q])
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=float(stats.percentile_error[0]))
