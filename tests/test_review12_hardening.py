@@ -140,3 +140,36 @@ def test_statistics_of_a_narrow_range_far_from_zero(values: np.ndarray) -> None:
     got = np.array([stats.percentile(p)[0] for p in q])
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=float(stats.percentile_error[0]))
+
+
+# -- the patch memory bound ---------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="lazystack/stack.py (not this reviewer's): the fast path (channels=None, a patch inside the image: "
+    "_inside_region / _extract_inside, used by extract_patch, plan_patch and extract_patches) skips patch_geometry's "
+    "memory bound; suggested fix: no fast path for a stack whose float32 spatial image exceeds "
+    "lazystack.core.patch._MAX_PATCH_BYTES (decided once when _fast is built, no per-call cost)",
+)
+@pytest.mark.parametrize("how", ["extract_patch", "extract_patches"])
+def test_a_patch_inside_an_image_larger_than_memory_is_a_patch_error(how: str) -> None:
+    """A lazy image larger than memory (a 2**17 x 2**17 Zarr of fill values: 64 GiB as float32 here) and a patch
+    covering it: with channels [0] (or overhanging by one pixel) PatchError names patch_size; with channels None the
+    patch goes the fast path and raises numpy's MemoryError (an OOM kill without the child's address-space cap)."""
+    from test_hostile11 import assert_clear, run_child
+
+    code = f"""
+    import math, zarr
+    from lazystack.ops.batch import extract_patches
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    n = 1 << math.ceil(math.log2(math.isqrt(memory // 4) + 1))
+    z = zarr.create_array(store={{}}, shape=(n, n), chunks=(4096, 4096), dtype="uint8", fill_value=0)
+    (stack,) = lazystack.load_arrays([z], "YX")
+    report(lambda: stack.extract_patch(0, [0], (0, 0), (n, n)).shape)  # the checked path: the reference
+    if {how!r} == "extract_patch":
+        report(lambda: stack.extract_patch(0, None, (0, 0), (n, n)).shape)
+    else:
+        report(lambda: len(extract_patches([(stack, 0, None, (0, 0), (n, n))])))
+    """
+    checked, fast = run_child(code)
+    assert_clear(checked, "PatchError", "patch_size", "memory")
+    assert_clear(fast, "PatchError", "patch_size", "memory")
