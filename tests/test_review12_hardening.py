@@ -173,3 +173,26 @@ def test_a_patch_inside_an_image_larger_than_memory_is_a_patch_error(how: str) -
     checked, fast = run_child(code)
     assert_clear(checked, "PatchError", "patch_size", "memory")
     assert_clear(fast, "PatchError", "patch_size", "memory")
+
+
+def test_write_manifest_refuses_a_zipped_zarr_source(tmp_path: Path) -> None:
+    """A zipped OME-Zarr's stacks name it ``zip://0::file:///.../a.zip``: ``_source_paths`` took the ``://`` for a
+    remote source and skipped it, so ``write_manifest(a.zip, ...)`` (and ``stats --output a.zip``) replaced the zip."""
+    import zipfile
+
+    (stack,) = lazystack.load_arrays([np.arange(256, dtype=np.uint8).reshape(16, 16)], "YX")
+    store = tmp_path / "a.zarr"
+    lazystack.write_ome_zarr(stack, store, levels=1)
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for file in sorted(p for p in store.rglob("*") if p.is_file()):
+            z.write(file, file.relative_to(store).as_posix())
+    loaded = lazystack.load(str(archive))
+    stacks = loaded if isinstance(loaded, list) else [loaded]
+    assert "::" in str(stacks[0].source)
+    before = _digest(archive)
+    with pytest.raises(UnsupportedSourceError, match=r"a\.zip"):
+        write_manifest(archive, RandomSampler(stacks, 4, 2, seed=0), stacks)
+    with pytest.raises(UnsupportedSourceError, match=r"a\.zip"):
+        _stats(["stats", str(archive), "--quiet", "--output", str(archive)])
+    assert _digest(archive) == before

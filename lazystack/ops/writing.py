@@ -174,6 +174,8 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
         if stack.format == "array":  # in memory: its source "array" names no file, whatever the folder holds
             continue
         text = str(getattr(stack, "source", ""))
+        if "://" in text:  # a chained URL (a zip store: ``zip://0::file:///a.zip``): its outer file
+            text = text.rsplit("::", 1)[-1]
         if text.startswith("file://"):
             text = text[len("file://") :]
         elif "://" in text:
