@@ -196,3 +196,16 @@ def test_write_manifest_refuses_a_zipped_zarr_source(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedSourceError, match=r"a\.zip"):
         _stats(["stats", str(archive), "--quiet", "--output", str(archive)])
     assert _digest(archive) == before
+
+
+def test_a_stack_of_a_memory_mapped_file_names_its_source(tmp_path: Path) -> None:
+    """``LazyImageStack(np.memmap(path), axes, source=path)`` keeps the default format "array": 5a1cc44 skipped every
+    stack of that format, so ``write_manifest(path, ...)`` replaced the raw file the stack maps. Only the in-memory
+    placeholder source "array" names no file."""
+    raw = tmp_path / "x.raw"
+    np.arange(2 * 16 * 16, dtype=np.uint16).tofile(raw)
+    stack = lazystack.LazyImageStack(np.memmap(raw, np.uint16, "r", shape=(2, 16, 16)), "SYX", source=str(raw))
+    before = _digest(raw)
+    with pytest.raises(UnsupportedSourceError, match=r"x\.raw"):
+        write_manifest(raw, RandomSampler([stack], 4, 2, seed=0), [stack])
+    assert _digest(raw) == before

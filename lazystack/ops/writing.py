@@ -171,9 +171,9 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
     """The local paths the stacks read from (symlinks resolved), with the source as the stack names it."""
     out = []
     for stack in stacks:
-        if stack.format == "array":  # in memory: its source "array" names no file, whatever the folder holds
-            continue
         text = str(getattr(stack, "source", ""))
+        if stack.format == "array" and text == "array":  # in memory: "array" names no file, whatever the folder holds
+            continue
         if "://" in text:  # a chained URL (a zip store: ``zip://0::file:///a.zip``): its outer file
             text = text.rsplit("::", 1)[-1]
         if text.startswith("file://"):
