@@ -209,3 +209,39 @@ def test_a_stack_of_a_memory_mapped_file_names_its_source(tmp_path: Path) -> Non
     with pytest.raises(UnsupportedSourceError, match=r"x\.raw"):
         write_manifest(raw, RandomSampler([stack], 4, 2, seed=0), [stack])
     assert _digest(raw) == before
+
+
+@pytest.mark.parametrize("writer", ["write_manifest", "stats --output"])
+def test_a_source_reached_through_a_symlink_and_dotdot_is_refused(tmp_path: Path, writer: str) -> None:
+    """``link/../a.tif`` with ``link -> real/sub`` is ``real/a.tif`` for the system: the check collapsed ``..``
+    lexically (``./a.tif``, no source), then the write went through the system's path and replaced the source."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "link").symlink_to(tmp_path / "real" / "sub")
+    tif = tmp_path / "real" / "a.tif"
+    tifffile.imwrite(tif, np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16))
+    stacks = list(lazystack.load_tiffs([tif], "SYX"))
+    target = tmp_path / "cwd" / "link" / ".." / "a.tif"
+    before = _digest(tif)
+    write = {
+        "write_manifest": lambda: write_manifest(target, RandomSampler(stacks, 4, 2, seed=0), stacks),
+        "stats --output": lambda: _stats(["stats", str(tif), "--axes", "SYX", "--quiet", "--output", str(target)]),
+    }[writer]
+    with pytest.raises(UnsupportedSourceError, match=r"a\.tif"):
+        write()
+    assert _digest(tif) == before
+
+
+def test_stats_output_writes_the_path_it_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--output '~/s.json'`` (quoted: no shell expansion) was checked as ``$HOME/s.json`` and then opened as
+    ``./~/s.json`` (FileNotFoundError after the statistics were computed)."""
+    import json
+
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert _stats(["stats", str(tif), "--axes", "SYX", "--quiet", "--output", "~/s.json"]) == 0
+    written = json.loads((tmp_path / "home" / "s.json").read_text())
+    assert written["max"] == [511.0]

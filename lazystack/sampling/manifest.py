@@ -113,7 +113,7 @@ def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
     """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
     from ..ops.writing import _check_not_a_source
 
-    _check_not_a_source(Path(os.path.abspath(out)), stacks, who="write_manifest")
+    _check_not_a_source(out.absolute(), stacks, who="write_manifest")  # ``..`` resolved as the system does
     if out.exists() and not out.is_file():
         msg = f"manifest path {str(out)!r} exists and is not a regular file: give a path for a new CSV file"
         raise UnsupportedSourceError(msg)
