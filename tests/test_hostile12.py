@@ -78,7 +78,7 @@ def _edited(path: Path, rows: list[dict[str, str]], **fields: str) -> Path:
         ({"coords": "1.5;3"}, SourceFormatError, ["coords", "'1.5'", "line 2"]),
         ({"sample": "-1"}, SourceFormatError, ["sample", "-1", "negative"]),
         ({"epoch": "abc"}, SourceFormatError, ["epoch", "'abc'"]),
-        ({"coords": "-5;-5"}, ManifestMismatchError, ["(-5, -5)", "spatial shape (32, 32)"]),
+        ({"coords": "-8;-5"}, ManifestMismatchError, ["(-8, -5)", "spatial shape (32, 32)"]),
         ({"coords": "99999999999999999999;3"}, ManifestMismatchError, ["99999999999999999999", "inside the image"]),
         ({"patch_size": "0;8"}, ManifestMismatchError, ["(0, 8)", "positive"]),
         ({"coords": "1;2;3"}, ManifestMismatchError, ["(1, 2, 3)", "2 coords"]),
@@ -101,7 +101,7 @@ def test_a_hand_edited_manifest_row_is_a_clear_error(manifest: Any, fields: dict
         assert name in str(info.value), (name, str(info.value))
 
 
-@pytest.mark.parametrize("fields", [{"stack": "9"}, {"coords": "-5;-5"}, {"sample": "9"}])
+@pytest.mark.parametrize("fields", [{"stack": "9"}, {"coords": "-8;-5"}, {"sample": "9"}])
 def test_rows_are_checked_against_the_stacks_without_the_identity_check(manifest: Any, fields: dict) -> None:
     """``check=False`` skips the source identity, not the range checks (main: IndexError or zeros at replay)."""
     path, stacks, rows = manifest

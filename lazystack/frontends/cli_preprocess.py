@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,7 +241,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     stacks = _open_sources(args)
     if args.output:  # before the statistics are computed: the output must not be a source
-        output = Path(os.path.abspath(Path(args.output).expanduser()))
+        # ``..`` as the system resolves it (``link/../a.tif`` is beside the link's target): the path written
+        output = Path(args.output).expanduser().absolute()
         _check_not_a_source(output, stacks, who="lazystack stats --output")
         if output.exists() and not output.is_file():
             msg = f"--output {args.output!r} exists and is not a regular file: give a path for a new JSON file"
@@ -259,7 +259,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         )
     note = _level_note(stats.levels_left_out, "--levels")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+        with open(output, "w", encoding="utf-8") as f:  # the path checked (``~`` expanded)
             json.dump(stats.to_dict(), f, indent=2)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))

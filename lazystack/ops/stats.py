@@ -29,9 +29,12 @@ canonical ``.data``.
     same pass as the moments (which are then computed from the histogram,
     exactly, in float64) — **exact**;
   * other integer data whose per-channel range spans at most ``bins``
-    values: a bin per integer value in a second pass — **exact**;
+    values (within ±2**53, where float64 holds every integer): a bin per
+    integer value in a second pass — **exact**;
   * floating-point data (and wider integer ranges): ``bins`` equal bins
-    between the channel's minimum and maximum in a second pass. An order
+    between the channel's minimum and maximum in a second pass (halved until
+    float64 tells their edges apart, for a range only a few float64 values
+    wide). An order
     statistic is replaced by the centre of its bin (the extremes by the exact
     minimum / maximum), so every percentile is within
     ``percentile_error = (max - min) / bins`` of numpy's value (the actual
@@ -49,6 +52,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate, pairwise, product
 from typing import Any
 from uuid import uuid4
@@ -295,12 +299,25 @@ def _block_histogram(
         elif lo[ch] == hi[ch]:
             hists[ch] = (0, np.array([v.size], dtype=np.int64))
         else:
-            counts = np.zeros(bins, dtype=np.int64)
+            n = _finite_bins(float(lo[ch]), float(hi[ch]), bins)
+            counts = np.zeros(n, dtype=np.int64)
             for start in range(0, v.size, _SLICE):  # float64 edges whatever the data's dtype
                 part = v[start : start + _SLICE].astype(np.float64)
-                counts += np.histogram(part, bins=bins, range=(float(lo[ch]), float(hi[ch])))[0]
+                counts += np.histogram(part, bins=n, range=(float(lo[ch]), float(hi[ch])))[0]
             hists[ch] = (0, counts)
     return {"hist": hists}
+
+
+@lru_cache(maxsize=256)
+def _finite_bins(lo: float, hi: float, bins: int) -> int:
+    """The most bins, up to ``bins`` (halved), whose float64 edges from ``lo`` to ``hi`` increase strictly.
+
+    ``np.histogram`` refuses more ("Too many bins for data range"): 64-bit integers past 2**53 or float64 values a
+    few ulps apart span fewer distinct float64 numbers than ``bins``.
+    """
+    while bins > 1 and not bool(np.all(np.diff(np.linspace(lo, hi, bins + 1)) > 0)):
+        bins //= 2
+    return bins
 
 
 def _merge_hist(a: tuple[int, np.ndarray], b: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
@@ -584,9 +601,9 @@ def channel_statistics(
             for ch, (_, counts) in enumerate(hists):
                 if exact or not np.isfinite(lo[ch]) or lo[ch] == hi[ch]:
                     grids.append(lo[ch] + np.arange(counts.size, dtype=np.float64))
-                else:
-                    width = (hi[ch] - lo[ch]) / bins
-                    edges = np.linspace(lo[ch], hi[ch], bins + 1)
+                else:  # counts.size: the bins of _finite_bins
+                    width = (hi[ch] - lo[ch]) / counts.size
+                    edges = np.linspace(lo[ch], hi[ch], counts.size + 1)
                     grids.append(np.clip(edges[:-1] + width / 2, lo[ch], hi[ch]))
                     error[ch] = width
         table = np.array(

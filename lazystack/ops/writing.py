@@ -95,6 +95,7 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
+from ..io.handles import split_source
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
@@ -170,13 +171,16 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
     """The local paths the stacks read from (symlinks resolved), with the source as the stack names it."""
     out = []
     for stack in stacks:
-        if stack.format == "array":  # in memory: its source "array" names no file, whatever the folder holds
-            continue
         text = str(getattr(stack, "source", ""))
+        if stack.format == "array" and text == "array":  # in memory: "array" names no file, whatever the folder holds
+            continue
+        if "://" in text:  # a chained URL (a zip store: ``zip://0::file:///a.zip``): its outer file
+            text = text.rsplit("::", 1)[-1]
         if text.startswith("file://"):
             text = text[len("file://") :]
         elif "://" in text:
             continue
+        text, _, _ = split_source(text)  # ``x.czi@1#level=1``, ``a.tif@2``: the file itself
         path = Path(text).expanduser()
         if text and path.exists():
             path = Path(os.path.realpath(path))

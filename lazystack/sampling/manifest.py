@@ -113,7 +113,7 @@ def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
     """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
     from ..ops.writing import _check_not_a_source
 
-    _check_not_a_source(Path(os.path.abspath(out)), stacks, who="write_manifest")
+    _check_not_a_source(out.absolute(), stacks, who="write_manifest")  # ``..`` resolved as the system does
     if out.exists() and not out.is_file():
         msg = f"manifest path {str(out)!r} exists and is not a regular file: give a path for a new CSV file"
         raise UnsupportedSourceError(msg)
@@ -176,14 +176,17 @@ def _check_spec(spec: PatchSpec, geometries: Sequence[StackGeometry], stacks: Se
         )
         raise ManifestMismatchError(msg)
     ndim = len(g.spatial_shape)
+    # a patch overhanging the image (negative coords: centred near the border) is one extract_patch pads; one that
+    # misses the image would replay zeros only
     outside = len(spec.coords) != ndim or any(
-        not 0 <= c < n for c, n in zip(spec.coords, g.spatial_shape, strict=False)
+        not -p < c < n for c, p, n in zip(spec.coords, spec.patch_size, g.spatial_shape, strict=False)
     )
     if outside or len(spec.patch_size) != ndim or any(n <= 0 for n in spec.patch_size):
         msg = (
             f"{where}: coords {spec.coords} and patch_size {spec.patch_size} do not place a patch in stack "
-            f"{spec.stack} ({source!r}, spatial shape {g.spatial_shape}): accepted {ndim} coords inside the "
-            f"image and {ndim} positive sizes"
+            f"{spec.stack} ({source!r}, spatial shape {g.spatial_shape}): accepted {ndim} positive sizes and "
+            f"{ndim} coords placing the patch over the image (-size < coord < extent, so inside the image for a "
+            "non-negative coord)"
         )
         raise ManifestMismatchError(msg)
 
@@ -203,7 +206,8 @@ def write_manifest(
     path : str or os.PathLike
         File to write (replaced if it exists, once the new one is complete:
         it is written beside as a hidden ``.name.partial-<id>`` file, then
-        renamed).
+        renamed, keeping the replaced file's permissions; through a symlink,
+        the file it names is replaced and the link kept).
     sampler : Sampler
         The sampler.
     stacks : sequence of ImageStack
@@ -230,9 +234,14 @@ def write_manifest(
     identities = [source_identity(s) for s in stacks]
     # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
     # manifest cut at a row boundary that reads back as a shorter epoch
-    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:12]}")
+    # beside the file a symlink names (the link stays a link, as when the file was opened for writing), with the
+    # replaced file's permissions
+    real = Path(os.path.realpath(out))
+    partial = real.with_name(f".{real.name}.partial-{uuid.uuid4().hex[:12]}")
     try:
         with partial.open("w", newline="") as f:
+            if real.is_file():
+                os.chmod(f.fileno(), stat.S_IMODE(real.stat().st_mode))
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for epoch in epochs:
@@ -241,7 +250,7 @@ def write_manifest(
                     spec = sampler.spec(i, epoch)  # channels, coords and patch_size as ;-separated integers
                     identity = [identities[spec.stack][c] for c in COLUMNS[7:]]
                     writer.writerow([epoch, i, spec.stack, spec.sample, *map(_fmt, spec[2:]), *identity])
-        partial.replace(out)
+        partial.replace(real)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
