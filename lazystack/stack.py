@@ -28,7 +28,7 @@ from .core.errors import (
     UnsupportedSourceError,
 )
 from .core.extensions import provided
-from .core.patch import patch_geometry
+from .core.patch import MAX_PATCH_BYTES, patch_geometry
 from .core.units import format_sizes
 from .io.reader import Reader, as_reader, dask_chunks, read_numpy, reader_token
 
@@ -250,6 +250,8 @@ class LazyImageStack:
         if not self._identity:
             return None
         model = self._model
+        if math.prod(model.spatial_shape) * 4 > MAX_PATCH_BYTES:  # a patch inside it may not fit: checked path only
+            return None
         axes = model.axes
         order = [axes.index(a) for a in "STCZYX" if a in axes]
         reader = self._reader

@@ -143,13 +143,6 @@ def test_statistics_of_a_narrow_range_far_from_zero(values: np.ndarray) -> None:
 
 
 # -- the patch memory bound ---------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/stack.py (not this reviewer's): the fast path (channels=None, a patch inside the image: "
-    "_inside_region / _extract_inside, used by extract_patch, plan_patch and extract_patches) skips patch_geometry's "
-    "memory bound; suggested fix: no fast path for a stack whose float32 spatial image exceeds "
-    "lazystack.core.patch._MAX_PATCH_BYTES (decided once when _fast is built, no per-call cost)",
-)
 @pytest.mark.parametrize("how", ["extract_patch", "extract_patches"])
 def test_a_patch_inside_an_image_larger_than_memory_is_a_patch_error(how: str) -> None:
     """A lazy image larger than memory (a 2**17 x 2**17 Zarr of fill values: 64 GiB as float32 here) and a patch

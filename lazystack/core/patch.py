@@ -27,8 +27,9 @@ def _physical_memory() -> int:
         return sys.maxsize
 
 
-#: the largest float32 patch (one channel) a request may ask for: a larger one could never be allocated
-_MAX_PATCH_BYTES = _physical_memory()
+#: the largest float32 patch (one channel) a request may ask for, in bytes (physical memory): a larger one could
+#: never be allocated
+MAX_PATCH_BYTES = _physical_memory()
 
 
 class PatchGeometry(NamedTuple):
@@ -96,10 +97,10 @@ def patch_geometry(
     if any(n <= 0 for n in size_t):
         msg = f"patch_size {size_t} must be positive in every dim{dims}"
         raise PatchError(msg)
-    if math.prod(size_t) * 4 > _MAX_PATCH_BYTES:  # numpy's MemoryError / "array is too big", or an OOM kill, later
+    if math.prod(size_t) * 4 > MAX_PATCH_BYTES:  # numpy's MemoryError / "array is too big", or an OOM kill, later
         msg = (
             f"patch_size {size_t}{dims} is too large: a float32 patch of {math.prod(size_t)} pixels per channel "
-            f"exceeds this machine's memory ({_MAX_PATCH_BYTES} bytes)"
+            f"exceeds this machine's memory ({MAX_PATCH_BYTES} bytes)"
         )
         raise PatchError(msg)
     source: list[slice] = []
