@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,24 @@ def test_stats_output_writes_the_path_it_checked(tmp_path: Path, monkeypatch: py
     assert _stats(["stats", str(tif), "--axes", "SYX", "--quiet", "--output", "~/s.json"]) == 0
     written = json.loads((tmp_path / "home" / "s.json").read_text())
     assert written["max"] == [511.0]
+
+
+@pytest.mark.parametrize("writer", ["write_manifest", "stats --output"])
+def test_a_hard_link_to_a_source_is_the_source(tmp_path: Path, writer: str) -> None:
+    """A hard link to a source TIFF names the same file: writing there would truncate the source through it."""
+    source = tmp_path / "a.tif"
+    tifffile.imwrite(source, np.arange(64, dtype=np.uint16).reshape(8, 8))
+    link = tmp_path / "link.tif"
+    os.link(source, link)
+    before = _digest(source)
+    stacks = list(lazystack.load_tiffs([source], "YX"))
+
+    def write() -> None:
+        if writer == "write_manifest":
+            write_manifest(link, RandomSampler(stacks, (4, 4), 2, seed=0), stacks)
+        else:
+            _stats(["stats", str(source), "--axes", "YX", "--quiet", "--output", str(link)])
+
+    with pytest.raises(UnsupportedSourceError, match=r"link\.tif"):
+        write()
+    assert _digest(source) == before

@@ -194,14 +194,25 @@ def _is_zarr_node(path: Path) -> bool:
     return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
 
 
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack], who: str = "write_ome_zarr") -> None:
     """Refuse a target that is, holds or lies inside a source of ``stacks``: a write never touches its sources.
 
     Also used by ``lazystack stats --output`` and ``write_manifest`` (``who`` names the writer in the message).
     """
     target = Path(os.path.realpath(final))
+    target_stat = _stat_or_none(target)
     for source, path in _source_paths(stacks):
-        if target == path:
+        path_stat = _stat_or_none(path)
+        # the same file, or a hard link to it (writing through it would change the source)
+        same = target_stat is not None and path_stat is not None and os.path.samestat(target_stat, path_stat)
+        if target == path or same:
             how = "is"
         elif target in path.parents:
             how = "holds"
