@@ -16,7 +16,6 @@ import os
 import random
 import socket
 import struct
-import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import shared_files
-from test_hostile11 import assert_clear, run_child
+from test_hostile11 import assert_clear, run_child, serving
 
 import lazystack
 from lazystack import LazyImageStack, SourceFormatError, SourceReadError, UnsupportedSourceError, write_ome_zarr
@@ -764,14 +763,8 @@ def _server(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             self.wfile.write(body)
             return None
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url, state
 
 
 @pytest.fixture(scope="module")
