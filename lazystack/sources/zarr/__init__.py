@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 import threading
 import time
 import warnings
@@ -644,11 +645,23 @@ class ZarrArrayReader(Reader):
         failing = []
         for coords in coords_list:
             region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, grid, self.shape, strict=True))
+            if self._not_a_file(self._store_key(coords)):  # a FIFO: zarr would wait for a writer for ever
+                failing.append(self._store_key(coords))
+                continue
             try:
                 arr[region]
             except Exception:
                 failing.append(self._store_key(coords))
         return failing or None
+
+    def _not_a_file(self, store_key: str) -> bool:
+        """Whether the local file of ``store_key`` exists and is no regular file (a FIFO, a device, a socket)."""
+        if not self._location.is_local or self._location.chain:
+            return False
+        try:
+            return not stat.S_ISREG(os.stat(os.path.join(self._location.root, store_key)).st_mode)
+        except OSError:  # not stored (the fill value), or unreadable: zarr's read says so
+            return False
 
     def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
         what = "shard" if self.shards else "chunk"

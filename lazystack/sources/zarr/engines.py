@@ -32,6 +32,7 @@ import importlib.util
 import itertools
 import math
 import os
+import stat
 import sys
 import threading
 import time
@@ -794,10 +795,14 @@ class DirectEngine(ZarrEngine):
         suffix read, or a modification check needed the file's ``fstat``)."""
         assert self.local_root is not None
         try:
-            fd = os.open(self.local_root + "/" + key, os.O_RDONLY)
+            # non-blocking: a FIFO in a chunk's place opens at once (then fails the pread or the check below)
+            # instead of waiting for a writer for ever; no effect on regular files
+            fd = os.open(self.local_root + "/" + key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             try:
                 opened = self.modified_after
                 st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
+                if st is not None and not stat.S_ISREG(st.st_mode):
+                    raise OSError(f"{self.local_root}/{key} is not a regular file (chunks and shards are files)")
                 if opened is not None and st is not None and st.st_mtime_ns > opened:
                     self._check_modified(key, st.st_mtime_ns)
                 size = None if st is None else st.st_size

@@ -1,0 +1,63 @@
+"""Review of the session-12 Zarr changes (zarrfix, 5387d91): each test pins a defect found, failing without its fix.
+
+References are independent of the code under test: zarr-python's own reads, the chunk files on disk, a child
+process bounded in time (a read that blocks for ever is a hang, not an answer).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from test_hostile11 import assert_clear, run_child
+
+
+def _sharded(path: Path, index_location: str) -> Path:
+    codec = zarr.codecs.ShardingCodec(chunk_shape=(2, 2), index_location=index_location)
+    a = zarr.create_array(str(path), shape=(8, 8), dtype="u2", chunks=(4, 4), serializer=codec, compressors=None)
+    a[:] = np.arange(64, dtype="u2").reshape(8, 8)
+    return path / "c" / "0" / "0"
+
+
+@pytest.mark.parametrize("engine", ["direct", "zarr"])
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_a_shard_replaced_by_a_fifo_is_refused_not_a_blocked_read(
+    tmp_path: Path, index_location: str, engine: str
+) -> None:
+    """The shard index read (the direct engine's, also the zarr engine's index check) opened a FIFO and waited
+    for a writer for ever; the other shards still read as zarr reads them."""
+    store = tmp_path / "s.zarr"
+    shard = _sharded(store, index_location)
+    expected = zarr.open_array(str(store), mode="r")[4:8, 4:8]
+    shard.unlink()
+    os.mkfifo(shard)
+    code = f"""
+        from lazystack.sources.zarr.engines import set_zarr_engine
+        set_zarr_engine({engine!r})
+        (stack,) = lazystack.load({str(store)!r}, "YX")
+        report_unblocking(lambda: stack.extract_patch(0, None, (0, 0), (4, 4)))
+        report(lambda: stack.extract_patch(0, None, (4, 4), (4, 4)).tolist())
+    """
+    bad, good = run_child(code, timeout=60)
+    assert_clear(bad, "SourceReadError", str(shard))
+    assert good["returned"] == repr(expected.astype(np.float32)[None].tolist()), good
+
+
+def test_an_unsharded_chunk_replaced_by_a_fifo_is_refused_by_the_direct_engine(tmp_path: Path) -> None:
+    store = tmp_path / "p.zarr"
+    a = zarr.create_array(str(store), shape=(8, 8), dtype="u2", chunks=(4, 4))
+    a[:] = 7
+    chunk = store / "c" / "0" / "0"
+    chunk.unlink()
+    os.mkfifo(chunk)
+    code = f"""
+        from lazystack.sources.zarr.engines import set_zarr_engine
+        set_zarr_engine("direct")
+        (stack,) = lazystack.load({str(store)!r}, "YX")
+        report_unblocking(lambda: stack.extract_patch(0, None, (0, 0), (4, 4)))
+    """
+    (bad,) = run_child(code, timeout=60)
+    assert_clear(bad, "SourceReadError", "c/0/0")
