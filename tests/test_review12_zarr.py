@@ -61,3 +61,31 @@ def test_an_unsharded_chunk_replaced_by_a_fifo_is_refused_by_the_direct_engine(t
     """
     (bad,) = run_child(code, timeout=60)
     assert_clear(bad, "SourceReadError", "c/0/0")
+
+
+# -- 5387d91: NGFF axes that give lazystack the same letter twice -------------------------------------------------
+@pytest.mark.parametrize(
+    "axes",
+    [
+        [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "Y", "type": "space"}],
+        [{"name": "c", "type": "channel"}, {"name": "ch", "type": "channel"}, {"name": "x", "type": "space"}],
+    ],
+    ids=["y-and-Y", "c-and-a-channel-typed-axis"],
+)
+def test_ngff_axes_with_one_letter_twice_are_a_format_error_not_an_invalid_advice(
+    tmp_path: Path, axes: list[dict[str, str]]
+) -> None:
+    """Unique NGFF names ('y', 'Y') can still be one lazystack letter twice: no axes string reads such an image,
+    so the advice ``pass axes='CYY'`` (a ShapeMismatchError) could not be followed; 5387d91 refused only equal names."""
+    from test_hostile12 import _edit_ome, _image
+
+    import lazystack
+
+    image = _image(tmp_path / "img.zarr")
+    _edit_ome(image, lambda ome: ome["multiscales"][0].__setitem__("axes", axes))
+    with pytest.raises(lazystack.SourceFormatError) as info:
+        lazystack.load(image, "CYX")
+    message = str(info.value)
+    assert str(image) in message
+    for axis in axes[:2] if axes[1]["type"] == "channel" else axes[1:]:
+        assert repr(axis["name"]) in message, message

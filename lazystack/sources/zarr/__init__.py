@@ -1112,6 +1112,15 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 f"multiscales[{k}].axes",
                 f"names {repeated} more than once ({names}): NGFF axis names are unique",
             )
+        letters = [_ngff_letter(n, t) for n, t in zip(names, types, strict=True)]
+        twice = [(n, t) for n, t in zip(names, letters, strict=True) if t is not None and letters.count(t) > 1]
+        if twice:  # unique names, one letter ('y' and 'Y'; 'c' and a channel-typed 'ch'): no axes string fits
+            msg = (
+                f"OME-Zarr image {where!r}: multiscales[{k}].axes {names} give the axis letter {twice[0][1]!r} to "
+                f"{', '.join(repr(n) for n, _ in twice)}; lazystack reads one axis per letter of 'STCZYX' (a "
+                "one-letter name is its letter; a time or channel axis of another name is 'T' or 'C')"
+            )
+            raise SourceFormatError(msg)
         _check_version(version, ms, where)
         for axis, unit in units.items():
             if unit_name(unit) is None:
