@@ -89,3 +89,28 @@ def test_ngff_axes_with_one_letter_twice_are_a_format_error_not_an_invalid_advic
     assert str(image) in message
     for axis in axes[:2] if axes[1]["type"] == "channel" else axes[1:]:
         assert repr(axis["name"]) in message, message
+
+
+@pytest.mark.parametrize("engine", ["direct", "zarr"])
+@pytest.mark.parametrize("shards", [None, (8, 8)], ids=["chunks", "shards"])
+def test_a_folder_in_a_chunks_place_still_reads_as_zarr_reads_it(
+    tmp_path: Path, shards: tuple[int, int] | None, engine: str
+) -> None:
+    """The FIFO refusal keeps a folder where a chunk or shard file would be read as zarr reads it (not stored)."""
+    import lazystack
+    from lazystack.sources.zarr.engines import get_zarr_engine, set_zarr_engine
+
+    store = tmp_path / "a.zarr"
+    a = zarr.create_array(str(store), shape=(8, 8), dtype="u2", chunks=(4, 4), shards=shards, fill_value=3)
+    a[:] = 7
+    key = store / "c" / "0" / "0"
+    key.unlink()
+    key.mkdir()
+    expected = zarr.open_array(str(store), mode="r")[:]
+    before = get_zarr_engine()
+    set_zarr_engine(engine)
+    try:
+        (stack,) = lazystack.load(store, "YX")
+        np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (8, 8))[0], expected)
+    finally:
+        set_zarr_engine(before)

@@ -655,11 +655,13 @@ class ZarrArrayReader(Reader):
         return failing or None
 
     def _not_a_file(self, store_key: str) -> bool:
-        """Whether the local file of ``store_key`` exists and is no regular file (a FIFO, a device, a socket)."""
+        """Whether the local file of ``store_key`` exists and is neither a regular file nor a folder (a FIFO, a
+        device, a socket)."""
         if not self._location.is_local or self._location.chain:
             return False
         try:
-            return not stat.S_ISREG(os.stat(os.path.join(self._location.root, store_key)).st_mode)
+            mode = os.stat(os.path.join(self._location.root, store_key)).st_mode
+            return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
         except OSError:  # not stored (the fill value), or unreadable: zarr's read says so
             return False
 

@@ -801,7 +801,8 @@ class DirectEngine(ZarrEngine):
             try:
                 opened = self.modified_after
                 st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
-                if st is not None and not stat.S_ISREG(st.st_mode):
+                # a FIFO, device or socket is refused; a folder reads as not stored (its pread: IsADirectoryError)
+                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                     raise OSError(f"{self.local_root}/{key} is not a regular file (chunks and shards are files)")
                 if opened is not None and st is not None and st.st_mtime_ns > opened:
                     self._check_modified(key, st.st_mtime_ns)
