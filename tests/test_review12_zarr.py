@@ -114,3 +114,32 @@ def test_a_folder_in_a_chunks_place_still_reads_as_zarr_reads_it(
         np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (8, 8))[0], expected)
     finally:
         set_zarr_engine(before)
+
+
+# -- zarrfix 1294c61: the reopen after an unpickling checks the metadata document first --------------------------
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_unpickled_remote_reader_reopens_with_zarrs_own_requests_only(tmp_path: Path, zarr_format: int) -> None:
+    """The store check of a reopen is for local stores: over HTTP a worker's reopen sends the requests zarr's own
+    open sends (the reference), nothing more, then reads the chunk."""
+    import pickle
+
+    from zarr_helpers import serve_directory
+
+    import lazystack
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=zarr_format)
+    array = group.create_array("sub/arr", shape=(16, 16), chunks=(8, 8), dtype="u2")
+    array[:] = np.arange(256, dtype="u2").reshape(16, 16)
+    with serve_directory(tmp_path) as (url, state):
+        n = len(state.requests)
+        zarr.open_array(f"{url}/g.zarr/sub/arr", mode="r")
+        reference = sorted(state.requests[n:])
+        (stack,) = lazystack.load(f"{url}/g.zarr/sub/arr", "YX")
+        blob = pickle.dumps(stack)
+        n = len(state.requests)
+        patch = pickle.loads(blob).extract_patch(0, None, (0, 0), (4, 4))
+        sent = state.requests[n:]
+    np.testing.assert_array_equal(patch[0], array[:4, :4])
+    chunk = "/g.zarr/sub/arr/" + ("0.0" if zarr_format == 2 else "c/0/0")
+    assert sorted(r for r in sent if r[1] != chunk) == reference, sent
+    assert [r for r in sent if r[1] == chunk] == [("GET", chunk)], sent
