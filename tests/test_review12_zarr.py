@@ -143,3 +143,35 @@ def test_an_unpickled_remote_reader_reopens_with_zarrs_own_requests_only(tmp_pat
     chunk = "/g.zarr/sub/arr/" + ("0.0" if zarr_format == 2 else "c/0/0")
     assert sorted(r for r in sent if r[1] != chunk) == reference, sent
     assert [r for r in sent if r[1] == chunk] == [("GET", chunk)], sent
+
+
+# -- 5387d91: the version and unit warnings stay quiet on what real writers write ----------------------------------
+@pytest.mark.parametrize("fmt", ["FormatV04", "FormatV05"])  # it writes no 0.1 - 0.3 any more
+def test_images_written_by_ome_zarr_py_read_without_a_metadata_warning(tmp_path: Path, fmt: str) -> None:
+    """ome-zarr-py's own writer (the NGFF versions it still writes, with units 'micrometer' and 'second') is the
+    reference of a valid image: no MetadataWarning, and its pixels read back."""
+    import warnings
+
+    import ome_zarr.format
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    import lazystack
+
+    version = getattr(ome_zarr.format, fmt)()
+    data = np.arange(2 * 3 * 16 * 16, dtype=np.uint16).reshape(2, 3, 1, 16, 16)
+    axes = [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "c", "type": "channel"},
+        *({"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"),
+    ]
+    store = parse_url(str(tmp_path / "img.zarr"), mode="w", fmt=version).store
+    root = zarr.group(store=store, zarr_format=3 if fmt == "FormatV05" else 2)
+    write_image(data, root, axes=axes, fmt=version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lazystack.MetadataWarning)
+        stacks = lazystack.load(tmp_path / "img.zarr", "TCZYX")
+        stack = stacks[0]  # level 0 (ome-zarr-py writes a pyramid below it)
+        patch = stack.extract_patch(1, None, (0, 0, 0), (1, 16, 16))
+    assert stack.attrs["level"] == 0
+    np.testing.assert_array_equal(patch, data[1, :, 0:1].astype(np.float32))
