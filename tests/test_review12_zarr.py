@@ -46,16 +46,18 @@ def test_a_shard_replaced_by_a_fifo_is_refused_not_a_blocked_read(
     assert good["returned"] == repr(expected.astype(np.float32)[None].tolist()), good
 
 
-def test_an_unsharded_chunk_replaced_by_a_fifo_is_refused_by_the_direct_engine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["direct", "zarr"])
+@pytest.mark.parametrize("compressors", [None, "auto"], ids=["raw", "zstd"])
+def test_an_unsharded_chunk_replaced_by_a_fifo_is_refused(tmp_path: Path, engine: str, compressors: str | None) -> None:
     store = tmp_path / "p.zarr"
-    a = zarr.create_array(str(store), shape=(8, 8), dtype="u2", chunks=(4, 4))
+    a = zarr.create_array(str(store), shape=(8, 8), dtype="u2", chunks=(4, 4), compressors=compressors)
     a[:] = 7
     chunk = store / "c" / "0" / "0"
     chunk.unlink()
     os.mkfifo(chunk)
     code = f"""
         from lazystack.sources.zarr.engines import set_zarr_engine
-        set_zarr_engine("direct")
+        set_zarr_engine({engine!r})
         (stack,) = lazystack.load({str(store)!r}, "YX")
         report_unblocking(lambda: stack.extract_patch(0, None, (0, 0), (4, 4)))
     """

@@ -326,8 +326,24 @@ class ZarrPythonEngine(ZarrEngine):
         self._frames = local if blosc else None
         #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
         self._shards = local if sharded else None
+        from zarr.storage import LocalStore
+
+        #: an unsharded local array's folder: a chunk file that is a FIFO is refused (zarr would wait on it)
+        self._folder: str | None = None
+        if isinstance(array.store, LocalStore) and not sharded and self._frames is None:
+            self._folder = os.path.join(os.fspath(array.store.root), *[p for p in str(array.path).split("/") if p])
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if self._folder is not None:
+            path = os.path.join(self._folder, self.array.metadata.encode_chunk_key(idx))
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # not stored (the fill value) or unreadable: zarr's read says so
+                mode = stat.S_IFREG
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {path} is not "
+                msg += "a regular file (a FIFO, device or socket; chunks are files)"
+                raise SourceReadError(msg)
         if self._shards is not None:
             self._shards.shard_indexes([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
