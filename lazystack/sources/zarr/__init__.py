@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 import threading
 import time
 import warnings
@@ -644,11 +645,25 @@ class ZarrArrayReader(Reader):
         failing = []
         for coords in coords_list:
             region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, grid, self.shape, strict=True))
+            if self._not_a_file(self._store_key(coords)):  # a FIFO: zarr would wait for a writer for ever
+                failing.append(self._store_key(coords))
+                continue
             try:
                 arr[region]
             except Exception:
                 failing.append(self._store_key(coords))
         return failing or None
+
+    def _not_a_file(self, store_key: str) -> bool:
+        """Whether the local file of ``store_key`` exists and is neither a regular file nor a folder (a FIFO, a
+        device, a socket)."""
+        if not self._location.is_local or self._location.chain:
+            return False
+        try:
+            mode = os.stat(os.path.join(self._location.root, store_key)).st_mode
+            return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        except OSError:  # not stored (the fill value), or unreadable: zarr's read says so
+            return False
 
     def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
         what = "shard" if self.shards else "chunk"
@@ -1099,6 +1114,15 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                 f"multiscales[{k}].axes",
                 f"names {repeated} more than once ({names}): NGFF axis names are unique",
             )
+        letters = [_ngff_letter(n, t) for n, t in zip(names, types, strict=True)]
+        twice = [(n, t) for n, t in zip(names, letters, strict=True) if t is not None and letters.count(t) > 1]
+        if twice:  # unique names, one letter ('y' and 'Y'; 'c' and a channel-typed 'ch'): no axes string fits
+            msg = (
+                f"OME-Zarr image {where!r}: multiscales[{k}].axes {names} give the axis letter {twice[0][1]!r} to "
+                f"{', '.join(repr(n) for n, _ in twice)}; lazystack reads one axis per letter of 'STCZYX' (a "
+                "one-letter name is its letter; a time or channel axis of another name is 'T' or 'C')"
+            )
+            raise SourceFormatError(msg)
         _check_version(version, ms, where)
         for axis, unit in units.items():
             if unit_name(unit) is None:

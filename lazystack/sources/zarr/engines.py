@@ -32,6 +32,7 @@ import importlib.util
 import itertools
 import math
 import os
+import stat
 import sys
 import threading
 import time
@@ -325,8 +326,24 @@ class ZarrPythonEngine(ZarrEngine):
         self._frames = local if blosc else None
         #: a sharded local array: each shard's index checked (once, cached) before zarr reads its ranges
         self._shards = local if sharded else None
+        from zarr.storage import LocalStore
+
+        #: an unsharded local array's folder: a chunk file that is a FIFO is refused (zarr would wait on it)
+        self._folder: str | None = None
+        if isinstance(array.store, LocalStore) and not sharded and self._frames is None:
+            self._folder = os.path.join(os.fspath(array.store.root), *[p for p in str(array.path).split("/") if p])
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
+        if self._folder is not None:
+            path = os.path.join(self._folder, self.array.metadata.encode_chunk_key(idx))
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # not stored (the fill value) or unreadable: zarr's read says so
+                mode = stat.S_IFREG
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {path} is not "
+                msg += "a regular file (a FIFO, device or socket; chunks are files)"
+                raise SourceReadError(msg)
         if self._shards is not None:
             self._shards.shard_indexes([idx])  # raises SourceReadError for an index pointing outside its shard
         if self._frames is not None:
@@ -794,10 +811,15 @@ class DirectEngine(ZarrEngine):
         suffix read, or a modification check needed the file's ``fstat``)."""
         assert self.local_root is not None
         try:
-            fd = os.open(self.local_root + "/" + key, os.O_RDONLY)
+            # non-blocking: a FIFO in a chunk's place opens at once (then fails the pread or the check below)
+            # instead of waiting for a writer for ever; no effect on regular files
+            fd = os.open(self.local_root + "/" + key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             try:
                 opened = self.modified_after
                 st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
+                # a FIFO, device or socket is refused; a folder reads as not stored (its pread: IsADirectoryError)
+                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                    raise OSError(f"{self.local_root}/{key} is not a regular file (chunks and shards are files)")
                 if opened is not None and st is not None and st.st_mtime_ns > opened:
                     self._check_modified(key, st.st_mtime_ns)
                 size = None if st is None else st.st_size
