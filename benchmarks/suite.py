@@ -252,9 +252,11 @@ class ZarrFloor:
             inner = z.metadata.codecs[0].codecs
             self.codec = numcodecs.Zstd() if any(type(c).__name__ == "ZstdCodec" for c in inner) else None
             engine = DirectEngine(z)  # only to read every shard index before timing
-            self.cps = engine._cps
+            self.cps = tuple(s // c for s, c in zip(z.shards, z.chunks, strict=True))  # inner chunks per shard
             grid = [-(-s // c) for s, c in zip(self.shape, z.shards, strict=True)]
-            idx = engine._shard_indexes([tuple(i) for i in np.ndindex(*grid)])
+            # one inner chunk of every shard (its first) names the shard
+            first_chunks = [tuple(i * c for i, c in zip(s, self.cps, strict=True)) for s in np.ndindex(*grid)]
+            idx = engine.shard_indexes(first_chunks)
             self.index = {k: v for k, v in idx.items() if v is not None}
 
     def _decode(self, raw: bytes) -> np.ndarray:

@@ -138,3 +138,17 @@ def test_bench_loader_warms_exactly_the_tiles_a_tiff_spec_touches(tmp_path: Path
         pages = [tif.pages[planes * (shape3[0] - 1) + z] for z in (2, 3)]  # the last sample, planes 2 and 3
         expected3 = sum(int(p.databytecounts[0]) for p in pages)
     assert bench_loader.warm_tiff_tiles(str(path3), "TZYX", [(shape3[0] - 1, (2, 0, 0), (2, 64, 64))]) == expected3
+
+
+def test_the_zarr_floor_reads_a_sharded_array_as_zarr_does(tmp_path: Path) -> None:
+    """The floor of the ``zarr_sharded`` scenario reads every shard index through the direct engine's public
+    ``shard_indexes`` (it called a private method the engine no longer has)."""
+    import numpy as np
+
+    from benchmarks.suite import ZarrFloor, write_zarr
+
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    path = tmp_path / "s.zarr"
+    floor = ZarrFloor(write_zarr(path, data, (8, 8), compressed=True, shards=(32, 32)), path)
+    assert len(floor.index) == 4
+    np.testing.assert_array_equal(floor.read((slice(5, 40), slice(30, 61))), data[5:40, 30:61])
