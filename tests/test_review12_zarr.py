@@ -177,3 +177,27 @@ def test_images_written_by_ome_zarr_py_read_without_a_metadata_warning(tmp_path:
         patch = stack.extract_patch(1, None, (0, 0, 0), (1, 16, 16))
     assert stack.attrs["level"] == 0
     np.testing.assert_array_equal(patch, data[1, :, 0:1].astype(np.float32))
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+@pytest.mark.parametrize("engine", ["auto", "tensorstore"])
+def test_a_chunk_replaced_by_a_fifo_is_refused_where_tensorstore_reads(tmp_path: Path, engine: str, cache: str) -> None:
+    """Large compressed chunks, several at once: ``auto`` gives the read to tensorstore (``fetch`` with the cache
+    on, a region read with it off), and tensorstore opened the FIFO and waited for a writer for ever."""
+    pytest.importorskip("tensorstore")
+    store = tmp_path / "big.zarr"
+    a = zarr.create_array(str(store), shape=(1, 1024, 512), dtype="u2", chunks=(1, 512, 512))
+    a[:] = np.arange(1024 * 512, dtype="u2").reshape(1, 1024, 512)
+    chunk = store / "c" / "0" / "0" / "0"
+    chunk.unlink()
+    os.mkfifo(chunk)
+    code = f"""
+        from lazystack.io.cache import set_chunk_cache_size
+        from lazystack.sources.zarr.engines import set_zarr_engine
+        set_zarr_engine({engine!r})
+        set_chunk_cache_size({0 if cache == "off" else 64 * 2**20})
+        (stack,) = lazystack.load({str(store)!r}, "TYX")
+        report_unblocking(lambda: stack.extract_patch(0, None, (256, 0), (512, 64)), wait=20)
+    """
+    (bad,) = run_child(code, timeout=90)
+    assert_clear(bad, "SourceReadError", str(chunk))

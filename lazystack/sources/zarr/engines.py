@@ -39,7 +39,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -1130,6 +1130,12 @@ class TensorstoreEngine(ZarrEngine):
             raise NotImplementedError(msg)
         self._ts = handle
         self._ts_float32: Any = None  # a float32 view of it, made on first use (RegionReads)
+        # local files are checked before tensorstore opens them: it would wait on a FIFO for ever
+        self._local_dir = str(path) if isinstance(store, LocalStore) else None
+        shards = getattr(array, "shards", None)
+        self._chunks_per_file = (
+            None if not shards else tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
+        )
 
     @staticmethod
     def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -1155,8 +1161,31 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"tensorstore engine: dtype {dtype} is not supported"
             raise NotImplementedError(msg)
 
+    def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
+        """Raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of ``indices`` exists
+        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it)."""
+        if self._local_dir is None:
+            return
+        per = self._chunks_per_file
+        files = dict.fromkeys(
+            idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
+        )
+        for coords in files:
+            path = os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:  # not stored (the fill value), or unreadable: tensorstore's read says so
+                continue
+            if not stat.S_ISREG(mode):
+                msg = (
+                    f"cannot read the zarr array at {self.location!r}: {path!r} is not a regular file "
+                    "(chunks and shards are files; a FIFO, device or socket is refused)"
+                )
+                raise SourceReadError(msg)
+
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
+        self._check_files(indices)
         futures = [self._ts[self.chunk_region(idx)].read() for idx in indices]
         try:
             return {idx: np.asarray(f.result()) for idx, f in zip(indices, futures, strict=True)}
@@ -1166,11 +1195,16 @@ class TensorstoreEngine(ZarrEngine):
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """One tensorstore read of the region."""
-        return np.asarray(self._ts[region].read().result())
+        return self.take(region, self.start_read(region))
 
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
         """Start a read of ``region`` in tensorstore's threads (``as_float32``: converted there, exact or not:
         the caller's call); its future, for [`take()`][take]."""
+        self._check_files(
+            itertools.product(
+                *(range(r.start // c, -(-r.stop // c)) for r, c in zip(region, self.chunk_shape, strict=True))
+            )
+        )
         if as_float32:
             view = self._ts_float32
             if view is None:
