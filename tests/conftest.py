@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dask
 import pytest
+
+#: The checkout whose ``lazystack`` the tests import (a child interpreter is given it first on its path).
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Real microscope files written by other software, beside the checkout.
 SHARED_DATA = Path(os.environ.get("LAZYSTACK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -72,3 +77,21 @@ def direct_zarr_engine() -> Iterator[None]:
         yield
     finally:
         set_zarr_engine(previous)
+
+
+def run_python(
+    code: str, *args: str, extra_path: str | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter that imports this checkout's lazystack.
+
+    ``extra_path`` goes first on the child's ``PYTHONPATH``. A child still running after ``timeout`` seconds fails
+    the test naming the hang; the finished process is returned as it ended.
+    """
+    paths = [p for p in (extra_path, str(ROOT), os.environ.get("PYTHONPATH", "")) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"HANG: the child did not finish within {timeout} s; stderr: {str(exc.stderr)[-800:]}")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import shared_files
+from conftest import run_python, shared_files
 
 import lazystack
 from lazystack import SourceFormatError, SourceReadError
@@ -75,18 +75,7 @@ def peak_rss():
 
 def run_child(code: str, timeout: float = 90.0) -> list[dict[str, Any]]:
     """Run ``code`` after the prelude in a capped child; its RESULT lines, or fail naming a crash or a hang."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _PRELUDE + textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"HANG: the child did not finish within {timeout} s; stderr: {str(exc.stderr)[-800:]}")
+    proc = run_python(_PRELUDE + textwrap.dedent(code), timeout=timeout)
     if "Timeout (0:" in proc.stderr:  # the watchdog of report_unblocking fired
         pytest.fail(f"HANG: a call blocked past its bound; stderr: {proc.stderr[-1500:]}")
     if proc.returncode != 0:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -20,12 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from conftest import run_python
 
 from lazystack.io.cache import chunk_cache_size
 from lazystack.sources.zarr import engines
 from lazystack.sources.zarr.engines import AutoEngine, ZarrArrayReader
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: builds a zstd array whose chunks (16 x 128 x 128 uint16, 512 KiB) a whole read sends to tensorstore
 _ARRAY = """
@@ -44,20 +41,8 @@ region = (slice(0, 32), slice(0, 256), slice(0, 256))
 
 
 def _run(code: str, *args: str, extra_path: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
-    """Run ``code`` in a fresh interpreter; its last stdout line, parsed as JSON (or fail naming a hang/crash)."""
-    paths = [p for p in (extra_path, str(ROOT), os.environ.get("PYTHONPATH", "")) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(_ARRAY) + textwrap.dedent(code), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"HANG: the child did not finish within {timeout} s; stderr: {str(exc.stderr)[-800:]}")
+    """Run ``code`` after ``_ARRAY`` in a fresh interpreter; its last stdout line, parsed as JSON."""
+    proc = run_python(textwrap.dedent(_ARRAY) + textwrap.dedent(code), *args, extra_path=extra_path, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.splitlines()[-1])
 
