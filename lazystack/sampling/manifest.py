@@ -109,6 +109,17 @@ def source_identity(stack: Any) -> dict[str, str]:
     return ident
 
 
+def _manifest_path(path: Any, who: str) -> Path:
+    """``Path(path)``, refusing what is not a str or os.PathLike of str (bytes: decode them with os.fsdecode())."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        hint = " (decode bytes with os.fsdecode())" if isinstance(path, (bytes, bytearray, os.PathLike)) else ""
+        msg = (
+            f"{who} expects the manifest path as str or os.PathLike (of str), got {type(path).__name__}: {path!r}{hint}"
+        )
+        raise TypeError(msg)
+    return Path(path)
+
+
 def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
     """Refuse to write a manifest over or into a source of ``stacks``, or onto something not a regular file."""
     from ..ops.writing import _check_not_a_source
@@ -228,8 +239,11 @@ def write_manifest(
         If ``path`` is or lies inside a local source of ``stacks`` (symlinks
         resolved; a Zarr store as a whole), or exists and is not a regular
         file (a folder, a FIFO): a manifest never replaces a source.
+    TypeError
+        If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
+        decode it with ``os.fsdecode()``).
     """
-    out = Path(path)
+    out = _manifest_path(path, "write_manifest")
     _check_writable(out, stacks)
     identities = [source_identity(s) for s in stacks]
     # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
@@ -290,8 +304,11 @@ def read_manifest(
         columns, or a field that is not a non-negative integer).
     SourceNotFoundError
         If the file does not exist.
+    TypeError
+        If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
+        decode it with ``os.fsdecode()``).
     """
-    p = Path(path)
+    p = _manifest_path(path, "read_manifest")
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:

@@ -1005,7 +1005,7 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
 
 
 def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0) -> str:
-    text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
+    text = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     text += f"|level{level}" if level else ""
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 

@@ -1,0 +1,211 @@
+"""Session 13 fixes: ``..`` through a symlink, bytes paths, file:// URLs, all-NaN channels, multi-file OME-TIFF
+and selector / zip sources in manifests.
+
+References are independent: numpy arrays written with tifffile / zarr, ``os.path.realpath`` (the system's own
+resolution of a path), file sizes from ``os.stat``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+
+from lazystack import (
+    UnsupportedSourceError,
+    load,
+    load_arrays,
+    load_custom_file,
+    load_czis,
+    load_iter_tiff,
+    load_tiffs,
+    load_zarrs,
+    write_ome_zarr,
+)
+from lazystack.sampling import RandomSampler
+from lazystack.sampling.manifest import read_manifest, write_manifest
+
+
+def _array_stack(value: int = 0, shape: tuple[int, int] = (16, 16)):  # type: ignore[no-untyped-def]
+    data = (np.arange(shape[0] * shape[1]) % 251 + value).astype(np.uint8).reshape(shape)
+    (stack,) = load_arrays([data], "YX")
+    return stack, data
+
+
+def _linked(tmp_path: Path) -> tuple[Path, Path]:
+    """``tmp/a/real`` and ``tmp/link -> a/real``: ``tmp/link/..`` is ``tmp/a`` for the system, ``tmp`` as text."""
+    real = tmp_path / "a" / "real"
+    real.mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    assert os.path.realpath(link / "..") == str(tmp_path / "a")
+    return real, link
+
+
+# -- 1. ``..`` after a symbolic link -----------------------------------------------------------------------------------
+def test_write_through_link_dotdot_onto_a_source_is_refused(tmp_path: Path) -> None:
+    _, link = _linked(tmp_path)
+    image, _ = _array_stack()
+    write_ome_zarr(image, tmp_path / "a" / "src.zarr", levels=1)
+    (source,) = load_zarrs(tmp_path / "a" / "src.zarr", "YX")
+    before = sorted(p.name for p in (tmp_path / "a" / "src.zarr").rglob("*"))
+    with pytest.raises(UnsupportedSourceError, match="source"):
+        write_ome_zarr(source, f"{link}/../src.zarr", levels=1, overwrite=True)
+    assert not (tmp_path / "src.zarr").exists()  # not written where the text pointed either
+    assert sorted(p.name for p in (tmp_path / "a" / "src.zarr").rglob("*")) == before
+
+
+def test_write_through_link_dotdot_lands_where_the_system_says(tmp_path: Path) -> None:
+    _, link = _linked(tmp_path)
+    image, data = _array_stack(3)
+    target = f"{link}/../new.zarr"
+    written = write_ome_zarr(image, target, levels=1)
+    assert written == os.path.realpath(target) == str(tmp_path / "a" / "new.zarr")
+    assert not (tmp_path / "new.zarr").exists()
+    (back,) = load_zarrs(written, "YX")
+    np.testing.assert_array_equal(back.extract_patch(0, None, (0, 0), data.shape)[0], data)
+
+
+def test_manifest_through_link_dotdot_onto_a_source_is_refused(tmp_path: Path) -> None:
+    _, link = _linked(tmp_path)
+    data = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16)
+    tifffile.imwrite(tmp_path / "a" / "x.tif", data)
+    stacks = load_tiffs(tmp_path / "a" / "x.tif", "YX")
+    before = (tmp_path / "a" / "x.tif").read_bytes()
+    with pytest.raises(UnsupportedSourceError, match="source"):
+        write_manifest(f"{link}/../x.tif", RandomSampler(stacks, 8, 4, seed=1), stacks)
+    assert (tmp_path / "a" / "x.tif").read_bytes() == before
+
+
+def test_load_zarrs_through_link_dotdot_reads_the_store_the_system_opens(tmp_path: Path) -> None:
+    _, link = _linked(tmp_path)
+    there, there_data = _array_stack(1)
+    beside, _ = _array_stack(100)
+    write_ome_zarr(there, tmp_path / "a" / "img.zarr", levels=1)
+    write_ome_zarr(beside, tmp_path / "img.zarr", levels=1)  # where the text ``link/../img.zarr`` points
+    for source in (f"{link}/../img.zarr", f"file://{link}/../img.zarr"):
+        (stack,) = load_zarrs(source, "YX")
+        np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (16, 16))[0], there_data)
+        (stack,) = load(source, "YX")
+        np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (16, 16))[0], there_data)
+
+
+def test_tiffs_through_link_dotdot_and_beside_do_not_share_dask_keys(tmp_path: Path) -> None:
+    """Two files with the same size and time, one reached through ``link/..``: two names, each its own data."""
+    _, link = _linked(tmp_path)
+    a = np.full((16, 16), 7, np.uint8)
+    b = np.full((16, 16), 9, np.uint8)
+    tifffile.imwrite(tmp_path / "a" / "x.tif", a)
+    tifffile.imwrite(tmp_path / "x.tif", b)
+    stamp = os.stat(tmp_path / "x.tif").st_mtime_ns
+    os.utime(tmp_path / "a" / "x.tif", ns=(stamp, stamp))
+    (through,) = load_tiffs(f"{link}/../x.tif", "YX")
+    (here,) = load_tiffs(tmp_path / "x.tif", "YX")
+    assert through.reader.token != here.reader.token
+    got_through, got_here = dask.compute(through.xarray.data, here.xarray.data, scheduler="sync")
+    np.testing.assert_array_equal(np.asarray(got_through).reshape(16, 16), a)
+    np.testing.assert_array_equal(np.asarray(got_here).reshape(16, 16), b)
+
+
+# -- 2. bytes paths ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "value"),
+    [
+        (lambda v: load_tiffs(v, "YX"), b"/x.tif"),
+        (lambda v: load_tiffs([v], "YX"), b"/x.tif"),
+        (lambda v: load_iter_tiff(v, "YX"), b"/x.tif"),
+        (lambda v: load_czis(v, "SCYX"), b"/x.czi"),
+        (lambda v: load_custom_file(v, "YX", read_func=np.load), b"/x.npy"),
+        (lambda v: load_zarrs(v, "YX"), b"/x.zarr"),
+        (lambda v: load_zarrs([v], "YX"), b"/x.zarr"),
+        (lambda v: load(v, "YX"), b"/x.tif"),
+        (lambda v: load([v], "YX"), b"/x.tif"),
+    ],
+)
+def test_bytes_paths_are_refused_by_the_loaders_naming_the_value(call, value: bytes) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnsupportedSourceError, match=r"os\.fsdecode") as info:
+        call(value)
+    assert repr(value) in str(info.value)
+    assert "str or os.PathLike" in str(info.value)
+
+
+def test_bytes_paths_are_refused_by_the_writers_naming_the_value(tmp_path: Path) -> None:
+    image, _ = _array_stack()
+    out = os.fsencode(tmp_path / "out.zarr")
+    with pytest.raises(TypeError, match=r"os\.fsdecode") as info:
+        write_ome_zarr(image, out)
+    assert repr(out) in str(info.value)
+    assert not (tmp_path / "out.zarr").exists()
+    csv = os.fsencode(tmp_path / "m.csv")
+    stacks = [image]
+    with pytest.raises(TypeError, match=r"os\.fsdecode"):
+        write_manifest(csv, RandomSampler(stacks, 8, 2, seed=0), stacks)
+    with pytest.raises(TypeError, match=r"os\.fsdecode"):
+        read_manifest(csv, stacks)
+
+
+# -- 3. file:// URLs for the file loaders ------------------------------------------------------------------------------
+def _tif(tmp_path: Path, name: str = "x.tif") -> tuple[Path, np.ndarray]:
+    data = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    path = tmp_path / name
+    tifffile.imwrite(path, data)
+    return path, data
+
+
+@pytest.mark.parametrize("loader", [load_tiffs, load_iter_tiff])
+def test_tiff_loaders_read_a_file_url_as_its_path(tmp_path: Path, loader) -> None:  # type: ignore[no-untyped-def]
+    path, data = _tif(tmp_path, "a b.tif")
+    for url in (f"file://{path}", f"file://localhost{path}", "file://" + str(path).replace(" ", "%20")):
+        (stack,) = loader(url, "ZYX")
+        assert stack.source == str(path)
+        np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (2, 16, 16))[0], data)
+
+
+def test_load_tiffs_reads_a_file_url_with_a_series_selector(tmp_path: Path) -> None:
+    path = tmp_path / "two.tif"
+    a = np.zeros((8, 8), np.uint8)
+    b = np.full((4, 4), 5, np.uint8)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(a)
+        tw.write(b)
+    (stack,) = load_tiffs(f"file://{path}@1", "YX")
+    assert stack.source == f"{path}@1"
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (4, 4))[0], b)
+
+
+def test_load_custom_file_reads_a_file_url_as_its_path(tmp_path: Path) -> None:
+    data = np.arange(64, dtype=np.float32).reshape(8, 8)
+    np.save(tmp_path / "x.npy", data)
+    (stack,) = load_custom_file(f"file://{tmp_path}/x.npy", "YX", read_func=np.load)
+    assert stack.source == str(tmp_path / "x.npy")
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (8, 8))[0], data)
+
+
+def test_load_czis_reads_a_file_url_as_its_path(shared_czi_dir: Path) -> None:
+    pytest.importorskip("pylibCZIrw")
+    path = shared_czi_dir / "WellD6-7_S2.czi"
+    by_path = load_czis(path, "SCYX")
+    by_url = load_czis(f"file://{path}", "SCYX")
+    assert [s.source for s in by_url] == [s.source for s in by_path]
+    assert [s.data_shape for s in by_url] == [s.data_shape for s in by_path]
+
+
+@pytest.mark.parametrize(
+    ("call", "url"),
+    [
+        (lambda u: load_tiffs(u, "YX"), "http://example.invalid/x.tif"),
+        (lambda u: load_iter_tiff(u, "YX"), "s3://bucket/x.tif"),
+        (lambda u: load_czis(u, "SCYX"), "https://example.invalid/x.czi"),
+        (lambda u: load_custom_file(u, "YX", read_func=np.load), "http://example.invalid/x.npy"),
+        (lambda u: load_tiffs(u, "YX"), "file://server/share/x.tif"),
+    ],
+)
+def test_other_urls_are_refused_by_the_file_loaders_naming_the_url(call, url: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnsupportedSourceError, match="local") as info:
+        call(url)
+    assert repr(url) in str(info.value)
+    assert "file:///" in str(info.value)  # what is accepted
