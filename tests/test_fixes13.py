@@ -8,6 +8,7 @@ resolution of a path), file sizes from ``os.stat``.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dask
@@ -26,6 +27,8 @@ from lazystack import (
     load_zarrs,
     write_ome_zarr,
 )
+from lazystack.ops.normalize import normalization_parameters
+from lazystack.ops.stats import ChannelStatistics, channel_statistics
 from lazystack.sampling import RandomSampler
 from lazystack.sampling.manifest import read_manifest, write_manifest
 
@@ -209,3 +212,37 @@ def test_other_urls_are_refused_by_the_file_loaders_naming_the_url(call, url: st
         call(url)
     assert repr(url) in str(info.value)
     assert "file:///" in str(info.value)  # what is accepted
+
+
+# -- 4. a channel without statistics -----------------------------------------------------------------------------------
+def test_normalization_parameters_warns_for_an_all_nan_channel() -> None:
+    data = np.random.default_rng(0).normal(5, 2, (2, 16, 16)).astype(np.float32)
+    data[1] = np.nan
+    (stack,) = load_arrays([data], "CYX")
+    stats = channel_statistics(stack)
+    assert stats.count.tolist() == [256, 0]
+    for method in ("zscore", "minmax"):
+        with pytest.warns(UserWarning, match=r"channel\(s\) \[1\] have no statistics") as record:
+            offset, scale = normalization_parameters(stats, method)
+        assert "NOT normalised" in str(record[0].message)
+        assert offset[1] == 0.0
+        assert scale[1] == 1.0
+        expected = (data[0].mean(), 1 / data[0].std()) if method == "zscore" else (data[0].min(), None)
+        np.testing.assert_allclose(offset[0], expected[0], rtol=1e-5)
+        if expected[1] is not None:
+            np.testing.assert_allclose(scale[0], expected[1], rtol=1e-4)
+
+
+def test_normalization_parameters_warns_for_an_empty_channel_of_a_dict() -> None:
+    stats = ChannelStatistics.from_dict(
+        {"mean": [1.0, None], "std": [2.0, None], "min": [0.0, None], "max": [4.0, None], "count": [10, 0]}
+    )
+    with pytest.warns(UserWarning, match=r"\[1\].*value count \[0\]"):
+        normalization_parameters(stats)
+
+
+def test_normalization_parameters_of_finite_statistics_does_not_warn() -> None:
+    (stack,) = load_arrays([np.arange(2 * 64, dtype=np.float32).reshape(2, 8, 8)], "CYX")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalization_parameters(channel_statistics(stack))
