@@ -8,7 +8,9 @@ resolution of a path), file sizes from ``os.stat``.
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
+import zipfile
 from pathlib import Path
 
 import dask
@@ -30,7 +32,8 @@ from lazystack import (
 from lazystack.ops.normalize import normalization_parameters
 from lazystack.ops.stats import ChannelStatistics, channel_statistics
 from lazystack.sampling import RandomSampler
-from lazystack.sampling.manifest import read_manifest, write_manifest
+from lazystack.sampling.manifest import ManifestMismatchError, read_manifest, source_identity, write_manifest
+from lazystack.sources import tiff as tiff_source
 
 
 def _array_stack(value: int = 0, shape: tuple[int, int] = (16, 16)):  # type: ignore[no-untyped-def]
@@ -246,3 +249,172 @@ def test_normalization_parameters_of_finite_statistics_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         normalization_parameters(channel_statistics(stack))
+
+
+# -- 5. multi-file OME-TIFF --------------------------------------------------------------------------------------------
+def _multifile_ome(folder: Path, names: list[str], planes: int = 2, shape: tuple[int, int] = (16, 24)) -> np.ndarray:
+    """A multi-file OME-TIFF whose first file lists all ``names`` (paths relative to ``folder``)."""
+    data = np.arange(len(names) * planes * shape[0] * shape[1], dtype=np.uint16).reshape(-1, *shape)
+    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
+    tiffdata = "".join(
+        f'<TiffData FirstZ="{k * planes}" IFD="0" PlaneCount="{planes}"><UUID FileName="{name}">{uuids[k]}</UUID>'
+        "</TiffData>"
+        for k, name in enumerate(names)
+    )
+    for k, name in enumerate(names):
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[k]}">'
+            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+            f'SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="{planes * len(names)}" SizeC="1" SizeT="1">'
+            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
+        )
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / name, data[k * planes : (k + 1) * planes], description=xml, metadata=None)
+    return data
+
+
+def test_source_files_lists_the_other_files_of_a_multifile_ome_tiff(tmp_path: Path) -> None:
+    data = _multifile_ome(tmp_path, ["m_0.ome.tif", "m_1.ome.tif", "m_2.ome.tif"])
+    (stack,) = load_tiffs(tmp_path / "m_0.ome.tif", "ZYX")
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), data.shape)[0], data)  # all three files
+    expected = [str(tmp_path / f"m_{k}.ome.tif") for k in range(3)]
+    assert tiff_source.source_files(tmp_path / "m_0.ome.tif") == expected
+    assert tiff_source.source_files(f"{tmp_path / 'm_0.ome.tif'}@0") == expected
+    tifffile.imwrite(tmp_path / "plain.tif", data[:2])
+    assert tiff_source.source_files(tmp_path / "plain.tif") == [str(tmp_path / "plain.tif")]
+
+
+def test_source_files_of_a_link_to_a_master_file_are_beside_its_target(tmp_path: Path) -> None:
+    """tifffile looks for the other files beside the file a symbolic link names (it opens the real path)."""
+    _multifile_ome(tmp_path / "sub", ["m_0.ome.tif", "m_1.ome.tif"])
+    link = tmp_path / "link.ome.tif"
+    link.symlink_to(tmp_path / "sub" / "m_0.ome.tif")
+    assert tiff_source.source_files(link) == [str(link), str(tmp_path / "sub" / "m_1.ome.tif")]
+    stacks = load_tiffs(link, "ZYX")
+    with pytest.raises(UnsupportedSourceError, match=r"m_1\.ome\.tif"):
+        write_manifest(tmp_path / "sub" / "m_1.ome.tif", RandomSampler(stacks, (2, 8, 8), 4, seed=1), stacks)
+
+
+def test_manifest_onto_another_file_of_a_multifile_ome_tiff_is_refused(tmp_path: Path) -> None:
+    _multifile_ome(tmp_path, ["m_0.ome.tif", "m_1.ome.tif"])
+    stacks = load_tiffs(tmp_path / "m_0.ome.tif", "ZYX")
+    before = (tmp_path / "m_1.ome.tif").read_bytes()
+    with pytest.raises(UnsupportedSourceError, match=r"m_1\.ome\.tif"):
+        write_manifest(tmp_path / "m_1.ome.tif", RandomSampler(stacks, (2, 8, 8), 4, seed=1), stacks)
+    assert (tmp_path / "m_1.ome.tif").read_bytes() == before
+
+
+def test_write_ome_zarr_over_a_store_holding_another_file_of_a_multifile_ome_tiff_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store.zarr"
+    image, _ = _array_stack()
+    write_ome_zarr(image, store, levels=1)  # a Zarr store an overwrite could replace ...
+    _multifile_ome(tmp_path, ["m_0.ome.tif", "store.zarr/m_1.ome.tif"])  # ... holding the other file
+    (stack,) = load_tiffs(tmp_path / "m_0.ome.tif", "ZYX")
+    with pytest.raises(UnsupportedSourceError, match="holds"):
+        write_ome_zarr(stack, store, levels=1, overwrite=True)
+    assert (store / "m_1.ome.tif").is_file()
+
+
+def test_manifest_detects_a_changed_other_file_of_a_multifile_ome_tiff(tmp_path: Path) -> None:
+    _multifile_ome(tmp_path, ["m_0.ome.tif", "m_1.ome.tif"])
+    stacks = load_tiffs(tmp_path / "m_0.ome.tif", "ZYX")
+    sizes = sum(os.stat(tmp_path / f"m_{k}.ome.tif").st_size for k in range(2))
+    assert source_identity(stacks[0])["source_bytes"] == str(sizes)
+    manifest = write_manifest(tmp_path / "m.csv", RandomSampler(stacks, (2, 8, 8), 4, seed=1), stacks)
+    read_manifest(manifest, stacks)  # unchanged: replays
+    other = tmp_path / "m_1.ome.tif"
+    st = other.stat()
+    with tifffile.TiffFile(other) as tif:
+        xml = tif.pages.first.description
+        planes = np.stack([page.asarray() for page in tif.pages])  # its own planes only
+    tifffile.imwrite(other, planes[::-1].copy(), description=xml, metadata=None)  # same size, other planes
+    assert other.stat().st_size == st.st_size
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(ManifestMismatchError, match=r"m_0\.ome\.tif"):
+        read_manifest(manifest, load_tiffs(tmp_path / "m_0.ome.tif", "ZYX"))
+
+
+# -- 6. selector and zip sources in manifests --------------------------------------------------------------------------
+def test_manifest_identity_of_a_tiff_series_selector_is_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((8, 8), np.uint8))
+        tw.write(np.ones((16, 16), np.uint8))
+    stacks = load_tiffs(f"{path}@1", "YX")
+    ident = source_identity(stacks[0])
+    st = path.stat()
+    assert (ident["source_bytes"], ident["source_mtime_ns"], ident["source_sha256"]) == (
+        str(st.st_size),
+        str(st.st_mtime_ns),
+        "",
+    )
+    manifest = write_manifest(tmp_path / "m.csv", RandomSampler(stacks, 8, 4, seed=1), stacks)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file touched
+    with pytest.raises(ManifestMismatchError, match="source_mtime_ns"):
+        read_manifest(manifest, stacks)
+
+
+def test_manifest_identity_of_a_czi_scene_is_the_file(shared_czi_dir: Path) -> None:
+    pytest.importorskip("pylibCZIrw")
+    path = shared_czi_dir / "WellD6-7_S2.czi"
+    stacks = load_czis(f"{path}@1", "SCYX")
+    assert stacks[0].source.endswith("@1")
+    ident = source_identity(stacks[0])
+    assert (ident["source_bytes"], ident["source_mtime_ns"]) == (str(path.stat().st_size), str(path.stat().st_mtime_ns))
+
+
+def test_manifest_identity_of_a_zipped_store_is_the_zip_file(tmp_path: Path) -> None:
+    image, _ = _array_stack()
+    write_ome_zarr([image, image], tmp_path / "c.zarr", levels=1)
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted((tmp_path / "c.zarr").rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(tmp_path / "c.zarr").as_posix())
+    stacks = load_zarrs(archive, "YX")
+    assert stacks[0].source.startswith("zip://")
+    st = archive.stat()
+    ident = source_identity(stacks[0])
+    assert (ident["source_bytes"], ident["source_mtime_ns"]) == (str(st.st_size), str(st.st_mtime_ns))
+    manifest = write_manifest(tmp_path / "m.csv", RandomSampler(stacks, 8, 4, seed=1), stacks)
+    read_manifest(manifest, stacks)
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(ManifestMismatchError, match="source_mtime_ns"):
+        read_manifest(manifest, stacks)
+
+
+def test_manifest_identity_of_an_array_inside_a_store_is_that_array(tmp_path: Path) -> None:
+    """Already right before session 13: ``x.zarr/1/0`` exists as a folder, its files are counted."""
+    image, _ = _array_stack()
+    write_ome_zarr([image, image], tmp_path / "c.zarr", levels=1)
+    (stack,) = load_zarrs(tmp_path / "c.zarr" / "1" / "0", "YX")
+    files = [f for f in (tmp_path / "c.zarr" / "1" / "0").rglob("*") if f.is_file()]
+    assert source_identity(stack)["source_bytes"] == str(sum(f.stat().st_size for f in files))
+    manifest = write_manifest(tmp_path / "m.csv", RandomSampler([stack], 8, 4, seed=1), [stack])
+    chunk = max(files, key=lambda f: f.stat().st_mtime_ns)
+    st = chunk.stat()
+    os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(ManifestMismatchError):
+        read_manifest(manifest, [stack])
+
+
+def test_manifest_of_an_earlier_version_for_a_selector_source_still_replays(tmp_path: Path) -> None:
+    """Earlier manifests identified ``file@1`` by a hash of its data: they still replay while the data is the same."""
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((8, 8), np.uint8))
+        tw.write(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    stacks = load_tiffs(f"{path}@1", "YX")
+    manifest = write_manifest(tmp_path / "m.csv", RandomSampler(stacks, 8, 4, seed=1), stacks)
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    from lazystack.sampling.manifest import _hash_stack
+
+    old = []
+    for line in lines[1:]:  # as an earlier version wrote it: no size / time, the hash of the data
+        row = dict(zip(header, line.split(","), strict=True))
+        row.update(source_bytes="", source_mtime_ns="", source_sha256=_hash_stack(stacks[0]))
+        old.append(",".join(row[c] for c in header))
+    manifest.write_text("\n".join([lines[0], *old]) + "\n")
+    assert len(read_manifest(manifest, stacks)) == 4
