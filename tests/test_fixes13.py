@@ -100,6 +100,16 @@ def test_load_zarrs_through_link_dotdot_reads_the_store_the_system_opens(tmp_pat
         np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (16, 16))[0], there_data)
 
 
+def test_load_without_axes_through_link_dotdot_proposes_the_axes_of_the_store_the_system_opens(tmp_path: Path) -> None:
+    _, link = _linked(tmp_path)
+    data = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
+    write_ome_zarr(load_arrays([data], "CYX")[0], tmp_path / "a" / "img.zarr", levels=1)
+    write_ome_zarr(load_arrays([data], "ZYX")[0], tmp_path / "img.zarr", levels=1)  # where the text points
+    (stack,) = load(f"{link}/../img.zarr")
+    assert stack.original_axes == "CYX"
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (8, 8)), data)  # C Y X
+
+
 def test_tiffs_through_link_dotdot_and_beside_do_not_share_dask_keys(tmp_path: Path) -> None:
     """Two files with the same size and time, one reached through ``link/..``: two names, each its own data."""
     _, link = _linked(tmp_path)

@@ -342,8 +342,9 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
         return tiff.propose_axes(_local(text))
     if kind == "zarr":
         from ..sources.zarr.axes import propose_axes as zarr_axes
+        from .loaders import _system_zarr_path
 
-        return zarr_axes(text, options.get("storage_options"))
+        return zarr_axes(_system_zarr_path(text), options.get("storage_options"))  # ``link/..`` as load_zarrs
     if kind == "czi":
         from ..sources import czi
 
