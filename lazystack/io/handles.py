@@ -27,6 +27,7 @@ __all__ = [
     "mapping_of",
     "selector_hint",
     "split_source",
+    "system_path",
 ]
 
 _SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
@@ -219,3 +220,37 @@ def split_source(path: str) -> tuple[str, int | None, int | None]:
         return path, None, None
     index, level = m["index"], m["level"]
     return m["path"], None if index is None else int(index), None if level is None else int(level)
+
+
+def system_path(path: str) -> str:
+    """The absolute form of a local ``path`` that names what the system opens for it (``..`` after a symlink).
+
+    ``os.path.abspath`` removes ``..`` textually: ``link/../x`` becomes ``x``
+    beside ``link``, but the system resolves ``link`` first, so ``link/..``
+    is the parent of the link's *target*. Here the part of ``path`` up to its
+    last ``..`` is resolved by the system (``os.path.realpath``); the rest is
+    kept as written (symbolic links there are not resolved, so a path without
+    ``..`` is simply ``os.path.abspath(path)``).
+
+    Parameters
+    ----------
+    path : str
+        A local path (``~`` expanded), relative to the current directory or absolute.
+
+    Returns
+    -------
+    str
+        The absolute path.
+
+    Examples
+    --------
+    >>> system_path("/data/images/../x.tif")  # no symlink on the way: as abspath
+    '/data/x.tif'
+    """
+    full = os.path.join(os.getcwd(), os.path.expanduser(path))
+    parts = full.split(os.sep)
+    if ".." not in parts:
+        return os.path.abspath(full)
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head = os.path.realpath(os.sep.join(parts[: last + 1]) or os.sep)
+    return os.path.abspath(os.path.join(head, *parts[last + 1 :]))

@@ -163,7 +163,7 @@ def _local_kind(text: str) -> Kind:
 
 
 def _as_sources(source: Any) -> list[Any]:
-    if isinstance(source, (str, os.PathLike)) or is_array_like(source):
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)) or is_array_like(source):
         return [source]
     if isinstance(source, Sequence):
         return list(source)
@@ -243,8 +243,14 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
                 raise AxesError(msg)
             stacks.extend(select_levels(loaders.load_arrays([item], axes, **options), chosen))
             continue
-        if not isinstance(item, (str, os.PathLike)):
-            msg = f"expected a path, a URI or an array-like, got {type(item).__name__}: {item!r}"
+        if not isinstance(item, (str, os.PathLike)) or not isinstance(os.fspath(item), str):
+            hint = (
+                " (decode bytes paths with os.fsdecode())" if isinstance(item, (bytes, bytearray, os.PathLike)) else ""
+            )
+            msg = (
+                f"expected a path (str or os.PathLike of str), a URI or an array-like, "
+                f"got {type(item).__name__}: {item!r}{hint}"
+            )
             raise UnsupportedSourceError(msg)
         text = os.fspath(item)
         kind = source_kind(text)
@@ -336,8 +342,9 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
         return tiff.propose_axes(_local(text))
     if kind == "zarr":
         from ..sources.zarr.axes import propose_axes as zarr_axes
+        from .loaders import _system_zarr_path
 
-        return zarr_axes(text, options.get("storage_options"))
+        return zarr_axes(_system_zarr_path(text), options.get("storage_options"))  # ``link/..`` as load_zarrs
     if kind == "czi":
         from ..sources import czi
 

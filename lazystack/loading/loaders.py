@@ -11,12 +11,15 @@ wraps what it returns in [`LazyImageStack`][lazystack.LazyImageStack].
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 from ..core.axes import validate_axes
 from ..core.errors import AxesError, UnsupportedSourceError
 from ..core.levels import Levels, parse_levels
+from ..io.handles import split_source, system_path
 from ..io.reader import OpenedSource, is_array_like
 from ..sources.array import as_reader
 from ..stack import LazyImageStack
@@ -33,6 +36,8 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.DOTALL)
 
 
 def _stacks(opened: Iterable[OpenedSource]) -> StackList:
@@ -59,19 +64,74 @@ def as_source_list(source: PathLike | Sequence[PathLike], what: str = "paths") -
     Raises
     ------
     UnsupportedSourceError
-        If ``source`` is neither a path nor a sequence of paths.
+        If ``source`` is neither a path nor a sequence of paths. A ``bytes``
+        path (or an ``os.PathLike`` giving bytes) is refused too: decode it
+        with ``os.fsdecode()``.
     """
-    if isinstance(source, (str, os.PathLike)):
-        return [os.fspath(source)]
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        source = [source]
     if isinstance(source, Iterable):
         items = list(source)
-        bad = [s for s in items if not isinstance(s, (str, os.PathLike))]
+        bad = [s for s in items if not isinstance(s, (str, os.PathLike)) or not isinstance(os.fspath(s), str)]
         if not bad:
             return [os.fspath(s) for s in items]
-        msg = f"expected {what} (str or os.PathLike), got {type(bad[0]).__name__}: {bad[0]!r}"
+        hint = " (decode bytes paths with os.fsdecode())" if isinstance(bad[0], (bytes, bytearray, os.PathLike)) else ""
+        msg = f"expected {what} (str or os.PathLike of str), got {type(bad[0]).__name__}: {bad[0]!r}{hint}"
         raise UnsupportedSourceError(msg)
     msg = f"expected {what} (str, os.PathLike or a sequence of them), got {type(source).__name__}: {source!r}"
     raise UnsupportedSourceError(msg)
+
+
+def local_files(source: PathLike | Sequence[PathLike], what: str, loader: str) -> list[str]:
+    """``as_source_list()`` of local files: a ``file://`` URL becomes its path, other URLs are refused.
+
+    ``file:///abs/x.tif`` (or ``file://localhost/abs/x.tif``, percent-encoded
+    or not, with an ``@N`` / ``#level=K`` selector or not) is the local file
+    ``/abs/x.tif``, as [`lazystack.load()`][lazystack.load] and
+    [`load_zarrs()`][load_zarrs] read it. A path that exists as given is kept
+    as it is.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or sequence of them
+        The source(s).
+    what : str
+        What the sources are, for the error message (``"TIFF paths"``).
+    loader : str
+        The loader's name, for the error message.
+
+    Returns
+    -------
+    list of str
+        Local paths.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        If an item is not a path, is a URL of another scheme than ``file``
+        (these loaders read local files only), or a ``file://`` URL naming a
+        host.
+    """
+    out = []
+    for text in as_source_list(source, what):
+        m = _SCHEME.match(text)
+        if m is None or os.path.exists(text):
+            out.append(text)
+            continue
+        scheme, rest = m.group(1).lower(), m.group(2)
+        if scheme == "file" and rest[: len("localhost/")].lower() == "localhost/":
+            rest = rest[len("localhost") :]
+        if scheme != "file" or not rest.startswith("/"):
+            why = f"URLs of scheme {scheme!r}" if scheme != "file" else "a file:// URL naming a host"
+            msg = (
+                f"{loader} reads local files only, not {why}: got {text!r}; accepted a local path or a file:// URL "
+                "of an absolute path ('file:///data/x'); copy a remote file to a local path first"
+            )
+            raise UnsupportedSourceError(msg)
+        if "%" in rest and not os.path.exists(split_source(rest)[0]) and os.path.exists(split_source(unquote(rest))[0]):
+            rest = unquote(rest)
+        out.append(rest)
+    return out
 
 
 def load_arrays(source: Any, axes: str) -> StackList:
@@ -153,7 +213,9 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Leve
     source : path or sequence of paths
         TIFF files (``.tif``, ``.tiff``, OME-TIFF, ImageJ hyperstacks ...).
         ``"file.tif@2"`` selects image series 2 alone, ``"file.tif@2#level=1"``
-        its resolution level 1 alone.
+        its resolution level 1 alone. A ``file://`` URL is read as its local
+        path; other URLs are refused, as are ``bytes`` paths (decode them
+        with ``os.fsdecode()``).
     axes : str
         Axes of each image series (samples of RGB(A) pixels count as ``C``).
     levels : None, "all", int, sequence of int or str
@@ -180,13 +242,16 @@ def load_tiffs(source: PathLike | Sequence[PathLike], axes: str, *, levels: Leve
         For an invalid ``levels``.
     SourceNotFoundError
         If a file or series does not exist, or a series has no level of ``levels``.
+    UnsupportedSourceError
+        For an item that is not a path, a ``bytes`` path, or a URL other
+        than a ``file://`` one of an absolute path.
     """
     axes = validate_axes(axes)
     from ..sources import tiff
 
     chosen = parse_levels(levels)
     return _stacks(
-        o for path in as_source_list(source, "TIFF paths") for o in tiff.open_tiff(path, axes, levels=chosen)
+        o for path in local_files(source, "TIFF paths", "load_tiffs") for o in tiff.open_tiff(path, axes, levels=chosen)
     )
 
 
@@ -201,7 +266,7 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
     Parameters
     ----------
     source : path or sequence of paths
-        TIFF files.
+        TIFF files (``file://`` URLs accepted, as for [`load_tiffs()`][load_tiffs]).
     axes : str
         Axes of each file's image series.
 
@@ -215,7 +280,7 @@ def load_iter_tiff(source: PathLike | Sequence[PathLike], axes: str) -> StackLis
 
     return _stacks(
         o
-        for path in as_source_list(source, "TIFF paths")
+        for path in local_files(source, "TIFF paths", "load_iter_tiff")
         for o in tiff.open_tiff(path, axes, whole_file_chunks=True, levels=(0,))
     )
 
@@ -232,7 +297,8 @@ def load_custom_file(
     Parameters
     ----------
     source : path or sequence of paths
-        The files.
+        The files (``file://`` URLs accepted, as for [`load_tiffs()`][load_tiffs];
+        ``read_func`` receives the local path).
     axes : str
         Axes of the arrays ``read_func`` returns.
     read_func : callable
@@ -254,7 +320,7 @@ def load_custom_file(
 
     return _stacks(
         custom.open_custom(path, axes, read_func=read_func, read_kwargs=dict(read_kwargs or {}))
-        for path in as_source_list(source)
+        for path in local_files(source, "paths", "load_custom_file")
     )
 
 
@@ -270,7 +336,8 @@ def load_zarrs(
     Parameters
     ----------
     source : path, URI, zarr StorePath or sequence of them
-        ``.zarr`` paths, ``file://`` URIs or any fsspec URI
+        ``.zarr`` paths (a ``..`` resolved as the system does: ``link/..`` is
+        the parent of the folder a symbolic link names), ``file://`` URIs or any fsspec URI
         (``http(s)://``, ``s3://``, ``zip://``, ``memory://`` ...) to a group
         (one stack per array, sorted; one per multiscale level for an
         OME-Zarr image) or to an array; or a `zarr.storage.StorePath`
@@ -319,13 +386,23 @@ def load_zarrs(
     chosen = parse_levels(levels)
     if zarr_source.is_store_path(source):
         items: list[Any] = [source]
-    elif isinstance(source, Iterable) and not isinstance(source, (str, os.PathLike)):
+    elif isinstance(source, Iterable) and not isinstance(source, (str, bytes, bytearray, os.PathLike)):
         items = list(source)
         paths = as_source_list([s for s in items if not zarr_source.is_store_path(s)], "Zarr paths, URIs or StorePaths")
         items = [s if zarr_source.is_store_path(s) else paths.pop(0) for s in items]
     else:
         items = as_source_list(source, "Zarr paths, URIs or StorePaths")
+    items = [_system_zarr_path(s) if isinstance(s, str) else s for s in items]
     return _stacks(o for path in items for o in zarr_source.open_zarr(path, axes, opts, levels=chosen))
+
+
+def _system_zarr_path(text: str) -> str:
+    """A local Zarr path (or ``file://`` URL) with ``..`` resolved as the system does (``link/..``)."""
+    prefix = "file://" if text[: len("file://")].lower() == "file://" else ""
+    rest = text[len(prefix) :]
+    if ("://" in rest if not prefix else not rest.startswith("/")) or ".." not in rest.replace(os.sep, "/").split("/"):
+        return text
+    return prefix + system_path(rest)
 
 
 def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
@@ -335,7 +412,8 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Level
     ----------
     source : path or sequence of paths
         CZI files; ``"file.czi@2"`` selects scene 2 alone, ``"file.czi@2#level=1"``
-        its pyramid level 1 alone.
+        its pyramid level 1 alone (``file://`` URLs accepted, as for
+        [`load_tiffs()`][load_tiffs]).
     axes : str
         ``"SCYX"``, ``"SCZYX"`` or ``"SCTYX"``.
     levels : None, "all", int, sequence of int or str
@@ -363,7 +441,9 @@ def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Level
     from ..sources import czi
 
     chosen = parse_levels(levels)
-    return _stacks(o for path in as_source_list(source, "CZI paths") for o in czi.open_czi(path, axes, levels=chosen))
+    return _stacks(
+        o for path in local_files(source, "CZI paths", "load_czis") for o in czi.open_czi(path, axes, levels=chosen)
+    )
 
 
 def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_options: Any) -> StackList:

@@ -10,6 +10,7 @@ pickles as the original stack's recipe plus ``2 * C`` numbers.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,16 @@ def normalization_parameters(
     -------
     offset, scale : numpy.ndarray
         float64 arrays of length ``C``. A channel whose spread is zero or
-        undefined gets ``scale = 1`` (it is only shifted).
+        undefined gets ``scale = 1`` (it is only shifted). A channel without
+        statistics (no finite value: all NaN / inf, or no values at all, as
+        [`channel_statistics()`][lazystack.channel_statistics] reports it
+        with NaN statistics and ``count == 0``) gets ``offset = 0`` and
+        ``scale = 1``, left as it is, with a warning.
+
+    Warns
+    -----
+    UserWarning
+        Naming each channel without statistics (its data is not normalised).
 
     Raises
     ------
@@ -133,9 +143,20 @@ def normalization_parameters(
         msg = f"unknown normalisation method {method!r}; accepted: {', '.join(METHODS)}"
         raise ValueError(msg)
     spread = np.asarray(spread, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    missing = np.flatnonzero(~np.isfinite(offset)).tolist()
+    if missing:  # no finite value in the channel: (0, 1) would silently leave it unnormalised
+        counts = np.broadcast_to(np.asarray(stats.count), offset.shape)
+        msg = (
+            f"normalization_parameters({method!r}): channel(s) {missing} have no statistics "
+            f"(offset {[float(offset[c]) for c in missing]}, value count {[int(counts[c]) for c in missing]}: "
+            "all NaN / inf, or no values); they get offset 0 and scale 1, i.e. are NOT normalised. "
+            "Compute the statistics over data where these channels have finite values, or drop them"
+        )
+        warnings.warn(msg, UserWarning, stacklevel=2)
     ok = np.isfinite(spread) & (spread != 0)
     scale = np.where(ok, 1.0 / np.where(ok, spread, 1.0), 1.0)
-    offset = np.nan_to_num(np.asarray(offset, dtype=np.float64), nan=0.0)
+    offset = np.where(np.isfinite(offset), offset, 0.0)
     return offset, scale
 
 

@@ -95,7 +95,7 @@ import numpy as np
 
 from ..core.errors import UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
-from ..io.handles import split_source
+from ..io.handles import split_source, system_path
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
@@ -144,7 +144,12 @@ def ome_axes(axes: str) -> str:
 
 
 def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
-    text = os.fspath(path)
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(text := os.fspath(path), str):
+        msg = (
+            f"write_ome_zarr expects the output path as str or os.PathLike (of str), got {type(path).__name__}: "
+            f"{path!r}" + (" (decode bytes with os.fsdecode())" if isinstance(path, (bytes, os.PathLike)) else "")
+        )
+        raise TypeError(msg)
     if text.startswith("file://"):
         text = text[len("file://") :]
     elif "://" in text:
@@ -163,8 +168,9 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
     if write and not text:
         msg = "write_ome_zarr got an empty path: give the folder to create (e.g. 'out.zarr')"
         raise UnsupportedSourceError(msg)
-    # ``..`` collapsed: ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
-    return Path(os.path.abspath(Path(text).expanduser()))
+    # ``..`` resolved as the system does (``link/..`` is the parent of the link's target), and collapsed:
+    # ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
+    return Path(system_path(text))
 
 
 def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
@@ -187,6 +193,10 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
             while _is_zarr_node(path.parent):  # a node of a Zarr store: the whole store is the source
                 path = path.parent
             out.append((str(stack.source), path))
+            if stack.format == "tiff":  # the other files of a multi-file OME-TIFF: sources too
+                from ..sources.tiff import source_files
+
+                out += [(str(stack.source), Path(os.path.realpath(f))) for f in source_files(str(path))[1:]]
     return out
 
 
@@ -436,6 +446,9 @@ def write_ome_zarr(
         (a group, as for a sequence): NGFF images have at most five axes.
     path : str or os.PathLike
         Local folder to create (``.zarr`` by convention; ``file://`` accepted).
+        A ``..`` is resolved as the system resolves it (``link/..`` is the
+        parent of the folder the symbolic link ``link`` names). A ``bytes``
+        path is refused: decode it with ``os.fsdecode()``.
     chunks : None, int, dict or tuple
         Zarr chunk shape: None for 1 along ``T``/``S``/``C``, 32 along ``Z``
         and 512 along ``Y``/``X``; an int for ``Y`` and ``X``; a dict
@@ -472,6 +485,8 @@ def write_ome_zarr(
         resolved): a write never touches its sources.
     ValueError
         For invalid ``chunks``, ``levels`` or ``downscale``.
+    TypeError
+        If ``path`` is not a str or os.PathLike of str (``bytes``).
 
     Warns
     -----

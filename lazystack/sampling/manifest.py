@@ -4,9 +4,13 @@ One row per patch: ``epoch, index, stack, sample, channels, coords,
 patch_size`` (tuples as ``;``-separated integers, empty channels for all)
 and the identity of the patch's source: ``source`` (path or URI),
 ``source_bytes`` and ``source_mtime_ns`` for a local file or folder (the
-total size and latest modification of its files), ``source_sha256`` of the
-data for a source that is not a file (an in-memory array), and the stack's
-``data_shape``. ``pandas.read_csv`` reads it as it is.
+total size and latest modification of its files: the file a selector names,
+``x.czi@2``; the ``.zip`` of a zipped store; every file of a multi-file
+OME-TIFF), ``source_sha256`` of the data for a source that is not a file (an
+in-memory array), and the stack's ``data_shape``. ``pandas.read_csv`` reads
+it as it is. A manifest of an earlier version, which identified a selector
+or zip source by a hash of its data and a multi-file OME-TIFF by its master
+file alone, still replays while those are unchanged.
 
 [`read_manifest()`][read_manifest] gives the specs back as a [`FixedSampler`][FixedSampler] after
 checking that the stacks it is given are the ones recorded: a source whose
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import LazyStackError, SourceFormatError, SourceNotFoundError, UnsupportedSourceError
+from ..io.handles import split_source
 from .samplers import FixedSampler, PatchSpec, Sampler, StackGeometry, geometry
 
 __all__ = ["ManifestMismatchError", "read_manifest", "source_identity", "write_manifest"]
@@ -53,16 +58,33 @@ class ManifestMismatchError(LazyStackError, ValueError):
     """The stacks given to replay a manifest are not the ones it recorded."""
 
 
-def _local_path(source: Any) -> Path | None:
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    text = os.fspath(source)
+def _local_paths(stack: Any) -> list[Path]:
+    """The local files or folders a stack reads (empty for a remote or in-memory source).
+
+    A chained URL (a zipped store: ``zip://0::file:///a.zip``) is its outer
+    file, a selector (``file.czi@2#level=1``, ``a.tif@1``) is removed, and a
+    multi-file OME-TIFF adds the other files its master lists.
+    """
+    source = getattr(stack, "source", "")
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(text := os.fspath(source), str):
+        return []
+    if getattr(stack, "format", None) == "array" and text == "array":  # in memory, whatever the folder holds
+        return []
+    if "://" in text and "::" in text:  # the outer file of a chained URL
+        text = text.rsplit("::", 1)[-1]
     if text.startswith("file://"):
         text = text[len("file://") :]
     elif "://" in text:
-        return None
+        return []
+    text = split_source(text)[0]
     path = Path(text)
-    return path if path.exists() else None
+    if not text or not path.exists():
+        return []
+    if getattr(stack, "format", None) == "tiff" and path.is_file():
+        from ..sources.tiff import source_files
+
+        return [Path(f) for f in source_files(text)]
+    return [path]
 
 
 def _hash_stack(stack: Any) -> str:
@@ -86,27 +108,75 @@ def source_identity(stack: Any) -> dict[str, str]:
     -------
     dict of str
         ``source``, ``data_shape``, ``source_bytes``, ``source_mtime_ns``
-        (local files and folders) and ``source_sha256`` (other sources up
-        to 256 MiB); fields that do not apply are empty.
+        (the local files and folders the stack reads, see the module
+        documentation) and ``source_sha256`` (other sources up to 256 MiB);
+        fields that do not apply are empty.
     """
+    return _identity(stack, _local_paths(stack))
+
+
+def _legacy_paths(stack: Any) -> list[Path]:
+    """What earlier versions identified: the source as a path, if it exists as given (no selector, zip, other files)."""
+    source = getattr(stack, "source", "")
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(text := os.fspath(source), str):
+        return []
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        return []
+    return [Path(text)] if Path(text).exists() else []
+
+
+def _identity(stack: Any, paths: list[Path]) -> dict[str, str]:
+    """[`source_identity()`][source_identity] of ``stack`` with ``paths`` the local files or folders it reads."""
     source = getattr(stack, "source", "")
     ident = dict.fromkeys(COLUMNS[7:], "") | {"source": str(source), "data_shape": _fmt(stack.data_shape)}
-    path = _local_path(source)
-    if path is not None:
-        if path.is_dir():
-            size, mtime = 0, path.stat().st_mtime_ns
-            for root, _dirs, files in os.walk(path):
-                for name in files:
-                    st = os.stat(os.path.join(root, name))
-                    size += st.st_size
-                    mtime = max(mtime, st.st_mtime_ns)
-        else:
-            st = path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
+    if paths:
+        size, mtime = 0, 0
+        for path in paths:
+            if path.is_dir():
+                mtime = max(mtime, path.stat().st_mtime_ns)
+                for root, _dirs, files in os.walk(path):
+                    for name in files:
+                        st = os.stat(os.path.join(root, name))
+                        size += st.st_size
+                        mtime = max(mtime, st.st_mtime_ns)
+            else:
+                st = path.stat()
+                size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
         ident["source_bytes"], ident["source_mtime_ns"] = str(size), str(mtime)
     elif int(getattr(stack, "nbytes", MAX_HASH_BYTES + 1)) <= MAX_HASH_BYTES:
         ident["source_sha256"] = _hash_stack(stack)
     return ident
+
+
+def _manifest_path(path: Any, who: str) -> Path:
+    """``Path(path)``, refusing what is not a str or os.PathLike of str (bytes: decode them with os.fsdecode())."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        hint = " (decode bytes with os.fsdecode())" if isinstance(path, (bytes, bytearray, os.PathLike)) else ""
+        msg = (
+            f"{who} expects the manifest path as str or os.PathLike (of str), got {type(path).__name__}: {path!r}{hint}"
+        )
+        raise TypeError(msg)
+    return Path(path)
+
+
+def _legacy_matches(recorded: dict[str, str], stack: Any) -> bool:
+    """Whether ``recorded`` is ``stack``'s identity as earlier versions recorded it (path as given, or a hash)."""
+    legacy = _legacy_paths(stack)
+    if legacy == _local_paths(stack) or not (legacy or recorded["source_sha256"]):
+        return False  # the same identity, or one with neither size nor hash recorded to compare
+    try:
+        return not _changed(recorded, _identity(stack, legacy))
+    except (LazyStackError, OSError):  # the data cannot be read (a changed file): not the recorded source
+        return False
+
+
+def _changed(recorded: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The identity fields that differ (a field the manifest left empty is not compared, but the source is)."""
+    return [
+        c for c in COLUMNS[7:] if (recorded[c] and now[c] != recorded[c]) or (c == "source" and now[c] != recorded[c])
+    ]
 
 
 def _check_writable(out: Path, stacks: Sequence[Any]) -> None:
@@ -228,8 +298,11 @@ def write_manifest(
         If ``path`` is or lies inside a local source of ``stacks`` (symlinks
         resolved; a Zarr store as a whole), or exists and is not a regular
         file (a folder, a FIFO): a manifest never replaces a source.
+    TypeError
+        If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
+        decode it with ``os.fsdecode()``).
     """
-    out = Path(path)
+    out = _manifest_path(path, "write_manifest")
     _check_writable(out, stacks)
     identities = [source_identity(s) for s in stacks]
     # written beside, then renamed over ``out``: an interrupted write leaves the previous file (or none), never a
@@ -290,8 +363,11 @@ def read_manifest(
         columns, or a field that is not a non-negative integer).
     SourceNotFoundError
         If the file does not exist.
+    TypeError
+        If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
+        decode it with ``os.fsdecode()``).
     """
-    p = Path(path)
+    p = _manifest_path(path, "read_manifest")
     try:
         mode = p.stat().st_mode
     except FileNotFoundError:
@@ -344,7 +420,9 @@ def read_manifest(
                 )
                 raise ManifestMismatchError(msg)
             now = source_identity(stacks[k])
-            changed = [c for c in COLUMNS[7:] if (rec[c] and now[c] != rec[c]) or (c == "source" and now[c] != rec[c])]
+            changed = _changed(rec, now)
+            if changed and _legacy_matches(rec, stacks[k]):
+                changed = []  # recorded by an earlier lazystack, which identified the source by its path as given
             if changed:
                 detail = ", ".join(f"{c} {rec[c]!r} -> {now[c]!r}" for c in changed)
                 msg = (

@@ -287,7 +287,7 @@ def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
     if "<" in name or not hasattr(read_func, "__qualname__"):
         # lambdas, local functions, partials, callable objects: their name does not identify them
         name = f"{name}@{id(read_func):x}|{read_func!r}"
-    text = f"{os.path.abspath(path)}|{stamp}|{name}|{sorted(read_kwargs.items())!r}"
+    text = f"{os.path.realpath(path)}|{stamp}|{name}|{sorted(read_kwargs.items())!r}"
     return f"custom-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
 

@@ -92,11 +92,12 @@ import itertools
 import math
 import mmap
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -122,7 +123,7 @@ from ..io.handles import (
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
 
-__all__ = ["TiffReader", "open_tiff", "propose_axes", "tiff_axes_to_lazystack"]
+__all__ = ["TiffReader", "open_tiff", "propose_axes", "source_files", "tiff_axes_to_lazystack"]
 
 _T = TypeVar("_T")
 
@@ -877,6 +878,77 @@ def _stored_bytes(st: os.stat_result) -> int:
     return min(st.st_size, getattr(st, "st_blocks", st.st_size) * 512)
 
 
+def source_files(source: str | os.PathLike[str]) -> list[str]:
+    """The local files a TIFF source reads: the file itself, then the other files its OME-XML lists.
+
+    A multi-file OME-TIFF's master file lists (``UUID FileName``) the files
+    that store its planes, beside it (beside the file a symbolic link names);
+    tifffile reads their planes too. Every
+    listed file that exists as a regular file is returned once (a file that
+    lists itself, or is listed twice, is not repeated), whatever series
+    stores planes in it. What writes refuse to replace
+    ([`lazystack.write_ome_zarr()`][lazystack.write_ome_zarr]) and what a
+    manifest's source identity covers
+    ([`lazystack.sampling.manifest.source_identity()`][lazystack.sampling.manifest.source_identity]).
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A TIFF file, optionally with a series / level selector (``"file.tif@1#level=2"``).
+
+    Returns
+    -------
+    list of str
+        ``[file, *other files]``; ``[file]`` alone for a file that is not a
+        regular file, not a readable TIFF, or has no OME-XML listing other files.
+    """
+    file_path = _split_series(os.fspath(source))[0]
+    files = [file_path]
+    try:
+        st = os.stat(file_path)
+    except OSError:
+        return files
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the open; a folder lists nothing
+        return files
+    listed = _ome_listed_names(file_path, file_stamp(st))
+    if listed is None:
+        return files
+    folder, names = listed
+    seen = [st]
+    for name in names:
+        other_file = os.path.join(folder, name)
+        try:
+            st = os.stat(other_file)
+        except OSError:  # missing (tifffile fills its planes)
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO: opening the master is refused anyway
+            continue
+        if not any(os.path.samestat(st, other) for other in seen):
+            seen.append(st)
+            files.append(other_file)
+    return files
+
+
+@lru_cache(maxsize=64)
+def _ome_listed_names(file_path: str, stamp: tuple[int, int, int]) -> tuple[str, tuple[str, ...]] | None:
+    """``(folder, sorted FileNames)`` the OME-XML of a TIFF file lists, None without any (cached per file version)."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(file_path, mode="r") as tif:
+            text = tif.ome_metadata if tif.is_ome else None
+            folder = tif.filehandle.dirname  # the folder of the file a symlink names: where tifffile looks
+        root = ET.fromstring(text) if text else None
+    except Exception:  # not a TIFF, or OME-XML tifffile ignores too: the file alone
+        return None
+    if root is None:
+        return None
+    names = {str(e.get("FileName")) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "UUID" and e.get("FileName")}
+    return (str(folder), tuple(sorted(names))) if names else None
+
+
 def _check_ome_planes(tif: Any, path: str, file_size: int) -> None:
     """Refuse OME-XML that declares absurdly many planes before tifffile builds a list entry for each.
 
@@ -1005,7 +1077,7 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
 
 
 def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0) -> str:
-    text = f"{os.path.abspath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
+    text = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     text += f"|level{level}" if level else ""
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
