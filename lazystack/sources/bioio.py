@@ -279,7 +279,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         chunk_of = dict(zip(dims, data.chunks, strict=True))
         chunks = tuple((1,) if d is None else tuple(int(c) for c in chunk_of[d]) for d in plan)
         source = path if len(scenes) == 1 else f"{path}@{i}"
-        text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
+        text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
         token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
         reader = BioioSceneReader(path, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
         coords: dict[str, Any] = {}

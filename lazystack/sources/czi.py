@@ -632,7 +632,7 @@ def _validate_czi_axes(axes: str) -> str:
 
 def _token(path: str, scene: int | None, axes: str, factor: int = 1) -> str:
     st = os.stat(path)
-    text = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}" + (
+    text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}" + (
         f"|zoom1/{factor}" if factor != 1 else ""
     )
     return "czi-" + hashlib.sha1(text.encode()).hexdigest()[:20]
