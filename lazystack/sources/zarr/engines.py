@@ -848,19 +848,13 @@ class DirectEngine(ZarrEngine):
         if mtime_ns <= time.time_ns():
             raise _StaleChunkError.of(self._where(key), key, self._array_where())
 
-    def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
-        """For chunks decoded by another engine: raise ``SourceReadError`` when a local
-        file of ``indices`` (their shards, when sharded) was modified after the array was opened."""
+    def check_file_unmodified(self, coords: tuple[int, ...], mtime_ns: int) -> None:
+        """For a file read by another engine (tensorstore, in ``auto``), from the ``stat`` that engine made: raise
+        ``SourceReadError`` when the local chunk (shard) file of grid coordinates ``coords`` was modified, at
+        ``mtime_ns``, after the array was opened ([`modified_after`][modified_after])."""
         opened = self.modified_after
-        if opened is None or self.local_root is None:
-            return
-        for key in dict.fromkeys(self._key_of(idx) for idx in indices):
-            try:
-                mtime = os.stat(self.local_root + "/" + key).st_mtime_ns
-            except OSError:  # not stored (the fill value) or unreadable: the engine that read it said so
-                continue
-            if mtime > opened:
-                self._check_modified(key, mtime)
+        if opened is not None and mtime_ns > opened:
+            self._check_modified(self._key(coords), mtime_ns)
 
     @staticmethod
     def _byte_request(rng: tuple[int, int] | None, suffix: int | None) -> Any:
@@ -1136,6 +1130,10 @@ class TensorstoreEngine(ZarrEngine):
         self._chunks_per_file = (
             None if not shards else tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
         )
+        #: called with the grid coordinates (shard coordinates, when sharded) and ``st_mtime_ns`` of each local
+        #: chunk file a read is about to open, from the one ``stat`` made per file (``auto``: the direct engine's
+        #: [`DirectEngine.check_file_unmodified()`][DirectEngine.check_file_unmodified]); may raise
+        self.check_file: Callable[[tuple[int, ...], int], None] | None = None
 
     @staticmethod
     def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -1163,7 +1161,8 @@ class TensorstoreEngine(ZarrEngine):
 
     def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
         """Raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of ``indices`` exists
-        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it)."""
+        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it),
+        or [`check_file`][check_file] refuses it. One ``stat`` per file."""
         if self._local_dir is None:
             return
         per = self._chunks_per_file
@@ -1173,15 +1172,17 @@ class TensorstoreEngine(ZarrEngine):
         for coords in files:
             path = os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
             try:
-                mode = os.stat(path).st_mode
+                st = os.stat(path)
             except OSError:  # not stored (the fill value), or unreadable: tensorstore's read says so
                 continue
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(st.st_mode):
                 msg = (
                     f"cannot read the zarr array at {self.location!r}: {path!r} is not a regular file "
                     "(chunks and shards are files; a FIFO, device or socket is refused)"
                 )
                 raise SourceReadError(msg)
+            if self.check_file is not None:
+                self.check_file(coords, st.st_mtime_ns)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
@@ -1353,7 +1354,10 @@ class AutoEngine(ZarrEngine):
             with self._tensorstore_lock:
                 if self._tensorstore is None and not self._tensorstore_refused:
                     try:
-                        self._tensorstore = TensorstoreEngine(self.array)
+                        engine = TensorstoreEngine(self.array)
+                        # its one stat per file also says whether the file changed since the opening
+                        engine.check_file = self.direct.check_file_unmodified
+                        self._tensorstore = engine
                     except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
                         self._tensorstore_refused = True
         return self._tensorstore
@@ -1361,10 +1365,8 @@ class AutoEngine(ZarrEngine):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
         tensorstore = self.tensorstore if self.prefers_tensorstore(len(indices)) else None
-        if tensorstore is not None:
-            out = tensorstore.fetch(indices)
-            self.direct.check_unmodified(indices)
-            return out
+        if tensorstore is not None:  # its one stat per file checks the file type and modification time
+            return tensorstore.fetch(indices)
         return self.direct.fetch(indices)
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""Zarr source defects of session 13, each pinned by a test that fails without its fix.
+
+References are independent of the code under test: the number of ``stat`` calls on the chunk files, the
+error the other read path raises, zarr-python's own reads of the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import lazystack
+from lazystack.io.cache import chunk_cache_size
+from lazystack.sources.zarr.engines import AutoEngine
+
+
+def _compressed(path: Path, **kwargs: Any) -> Path:
+    """A local zstd array of 2 x 64 x 64 uint16 in chunks of 1 x 32 x 32 (or ``kwargs``), values 1."""
+    array = zarr.create_array(path, shape=(2, 64, 64), dtype="uint16", **({"chunks": (1, 32, 32)} | kwargs))
+    array[...] = 1
+    return path
+
+
+@pytest.fixture
+def stats(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts ``os.stat`` calls per path (chunk files only: paths with a ``/c/`` part)."""
+    counts: Counter[str] = Counter()
+    original = os.stat
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if "/c/" in os.fspath(path):
+            counts[os.fspath(path)] += 1
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting)
+    return counts
+
+
+# -- 1. auto's tensorstore fetch: one stat per chunk file ------------------------------------------------------
+@pytest.mark.parametrize("layout", [{}, {"chunks": (1, 16, 16), "shards": (1, 32, 32)}], ids=["chunks", "shards"])
+def test_auto_stats_each_file_once_per_tensorstore_fetch(tmp_path: Path, stats: Counter[str], layout: Any) -> None:
+    pytest.importorskip("tensorstore")
+    path = _compressed(tmp_path / "a.zarr", **layout)
+    engine = AutoEngine(zarr.open_array(path, mode="r"), min_tensorstore=1, min_tensorstore_bytes=0)
+    engine.direct.modified_after = time.time_ns()
+    chunks = [(0, 0, 0), (0, 1, 0), (1, 1, 1)]
+    assert engine.tensorstore is not None
+    stats.clear()
+    got = engine.fetch(chunks)
+    reference = zarr.open_array(path, mode="r")
+    for idx, chunk in got.items():
+        np.testing.assert_array_equal(chunk, reference[engine.chunk_region(idx)])
+    assert stats, "the files were not checked"
+    assert set(stats.values()) == {1}, stats
+
+
+def test_autos_tensorstore_region_reads_check_the_files_modification_too(tmp_path: Path) -> None:
+    """With the cache off, ``auto`` reads a region over many chunks whole in tensorstore: a chunk rewritten after
+    the opening is an error there too (it was checked on chunk fetches only)."""
+    pytest.importorskip("tensorstore")
+    path = _compressed(tmp_path / "a.zarr", chunks=(1, 8, 8))
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    with chunk_cache_size(0):
+        reader = stack.reader.as_chunked()
+        assert isinstance(reader.engine, AutoEngine)
+        reader.engine.min_tensorstore_bytes = 0
+        assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
+        time.sleep(0.01)
+        zarr.open_array(path, mode="r+")[...] = 2
+        with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
+            stack.extract_patch(0, None, (0, 0), (32, 32))
