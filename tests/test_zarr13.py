@@ -76,3 +76,32 @@ def test_autos_tensorstore_region_reads_check_the_files_modification_too(tmp_pat
         zarr.open_array(path, mode="r+")[...] = 2
         with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
             stack.extract_patch(0, None, (0, 0), (32, 32))
+
+
+# -- 2. a rewritten chunk: one message on every path -----------------------------------------------------------
+@pytest.mark.parametrize("cache", ["cache-on", "cache-off"])
+def test_a_rewritten_chunk_gives_one_message_on_the_patch_and_the_batch_paths(tmp_path: Path, cache: str) -> None:
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    group.create_array("b", shape=(2, 64, 64), chunks=(1, 32, 32), dtype="uint16")[...] = 1
+    path = tmp_path / "g.zarr" / "b"
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    stack.extract_patch(0, None, (0, 0), (8, 8))
+    time.sleep(0.01)  # a later modification time than the opening, whatever the file system's resolution
+    zarr.open_array(path, mode="r+")[...] = 3
+    messages = {}
+    with chunk_cache_size("64 MiB" if cache == "cache-on" else 0):
+        for kind, read in {
+            "patch": lambda: stack.extract_patch(1, None, (0, 0), (8, 8)),
+            "batch": lambda: lazystack.extract_patches([(stack, 1, None, (0, 0), (8, 8))]),
+            "stack-batch": lambda: stack.extract_patches([(1, None, (0, 0), (8, 8))]),
+        }.items():
+            with pytest.raises(lazystack.SourceReadError) as info:
+                read()
+            messages[kind] = str(info.value)
+    assert len(set(messages.values())) == 1, messages
+    message = messages["patch"]
+    assert f"{stack.source!r}" in message  # the array's URI
+    assert repr(str(path / "c" / "1" / "0" / "0")) in message  # the chunk file
+    assert "'b/c/1/0/0'" in message  # its store key
+    assert "modified after" in message
+    assert "reopen" in message

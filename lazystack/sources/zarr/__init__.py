@@ -521,6 +521,7 @@ class ZarrArrayReader(Reader):
                 retry=retry,
                 token=self._cache_token,
                 modified_after=self._opened_ns,
+                name=self._location.uri(),
             )
             self._fast = fast
         return fast
@@ -573,16 +574,10 @@ class ZarrArrayReader(Reader):
         the array), else wrapped with the path."""
         try:
             return read(key)
-        except _StaleChunkError as exc:
-            msg = (
-                f"Zarr array {self._location.uri()!r} changed after the stack was opened: its chunk file "
-                f"{exc.path!r} (key {exc.key!r}) was modified after the opening; reopen the array to read the new data"
-            )
-            raise SourceReadError(msg) from None
         except Exception as exc:
             if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
                 raise
-            if isinstance(exc, _StoreChangedError):  # not chained: the message says it all
+            if isinstance(exc, (_StoreChangedError, _StaleChunkError)):  # not chained: the message says it all
                 raise exc from None
             raise self._read_error(key, exc) from exc
 
@@ -767,8 +762,9 @@ class _FastReader(_EngineReader):
         retry: RetryPolicy | None = None,
         token: str | None = None,
         modified_after: int | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after)
+        super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after, name=name)
         self._check_exists = check
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:

@@ -465,6 +465,8 @@ class _StaleChunkError(SourceReadError):
 
     @classmethod
     def of(cls, path: str, key: str, array: str | None) -> _StaleChunkError:
+        """The error for the chunk (shard) file ``path`` of store key ``key`` of the array ``array`` (its URI):
+        the one message of every read path (a patch, a batch, a DataLoader worker)."""
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
@@ -772,6 +774,8 @@ class DirectEngine(ZarrEngine):
         self.local_root: str | None = None
         #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
         self.modified_after: int | None = None
+        #: how that error names the array (the source's URI; default: its path)
+        self.array_name: str | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
             self.local_root = os.fspath(self._store.root)
@@ -846,7 +850,7 @@ class DirectEngine(ZarrEngine):
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
         if mtime_ns <= time.time_ns():
-            raise _StaleChunkError.of(self._where(key), key, self._array_where())
+            raise _StaleChunkError.of(self._where(key), key, self.array_name or self._array_where())
 
     def check_file_unmodified(self, coords: tuple[int, ...], mtime_ns: int) -> None:
         """For a file read by another engine (tensorstore, in ``auto``), from the ``stat`` that engine made: raise
@@ -1503,6 +1507,8 @@ class ZarrArrayReader(ChunkedReader):
         For a local store: the time (``time.time_ns()``) the array was opened. A chunk file found
         modified after it when a chunk is read from the store (never on a cache hit) raises
         ``SourceReadError``, with the ``auto`` and ``direct`` engines. Default: no check.
+    name : str, optional
+        How that error names the array (e.g. the source's URI). Default: its path.
 
     Notes
     -----
@@ -1527,12 +1533,14 @@ class ZarrArrayReader(ChunkedReader):
         token: str | None = None,
         retry: RetryPolicy | None = None,
         modified_after: int | None = None,
+        name: str | None = None,
     ) -> None:
         if engine is not None:
             _check_engine(engine)
         self._array = array
         self._retry = retry
         self._modified_after = modified_after
+        self._name = name
         self._engine_name = engine
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
@@ -1566,6 +1574,7 @@ class ZarrArrayReader(ChunkedReader):
                     direct = built.direct if isinstance(built, AutoEngine) else built
                     if isinstance(direct, DirectEngine):
                         direct.modified_after = self._modified_after
+                        direct.array_name = self._name
                     self._engine = built
                     self._engine_pid = pid
                 engine = self._engine
