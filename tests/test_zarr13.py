@@ -18,6 +18,7 @@ import zarr
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
+from lazystack.sources.zarr import engines
 from lazystack.sources.zarr.engines import AutoEngine
 
 
@@ -105,3 +106,37 @@ def test_a_rewritten_chunk_gives_one_message_on_the_patch_and_the_batch_paths(tm
     assert "'b/c/1/0/0'" in message  # its store key
     assert "modified after" in message
     assert "reopen" in message
+
+
+# -- 3. engine_name says which engine reads ---------------------------------------------------------------------
+def test_engine_name_is_direct_for_an_uncompressed_array_auto_never_sends_to_tensorstore(tmp_path: Path) -> None:
+    """An uncompressed local array: ``auto`` never gave tensorstore a read (raw chunks are a memory copy) yet
+    reported ``'auto'``; every read goes through the direct engine, which it now reports."""
+    path = tmp_path / "raw.zarr"
+    array = zarr.create_array(path, shape=(2, 64, 64), chunks=(1, 8, 8), dtype="uint16", compressors=None)
+    array[...] = np.arange(array.size, dtype="uint16").reshape(array.shape)
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    reader = stack.reader.as_chunked()
+    with chunk_cache_size(0):
+        np.testing.assert_array_equal(stack.extract_patch(1, None, (0, 0), (64, 64))[0], array[1])
+        assert reader.region_reads() is None  # a batch is read chunk by chunk, directly
+        assert not reader.parallel_fetch(64)
+    assert reader.engine_name == "direct"
+    assert isinstance(reader.engine, engines.DirectEngine)
+
+
+def test_engine_name_is_direct_once_tensorstore_refused_the_array_on_opening_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _compressed(tmp_path / "a.zarr")
+    engine = AutoEngine(zarr.open_array(path, mode="r"), min_tensorstore=1, min_tensorstore_bytes=0)
+    assert engine.name == "auto"
+
+    def refuse(self: Any, array: Any) -> None:
+        raise NotImplementedError("tensorstore cannot open it")
+
+    monkeypatch.setattr(engines.TensorstoreEngine, "__init__", refuse)
+    got = engine.fetch([(0, 0, 0), (1, 1, 1)])
+    assert all(chunk.max() == 1 for chunk in got.values())
+    assert engine.tensorstore is None
+    assert engine.name == "direct"

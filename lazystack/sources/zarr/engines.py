@@ -1287,7 +1287,7 @@ class RegionReads:
 
 
 class AutoEngine(ZarrEngine):
-    """``auto`` for a local array both engines read: direct for little work, tensorstore for much.
+    """``auto`` for a local compressed array both engines read: direct for little work, tensorstore for much.
 
     The direct engine has the least overhead per call; tensorstore decodes chunks in parallel in
     its C++ threads, at the cost of a hand-off per read. A fetch of a compressed array goes to
@@ -1301,7 +1301,10 @@ class AutoEngine(ZarrEngine):
     ([`tensorstore`][tensorstore]): a DataLoader worker that reads batches with the chunk cache on never
     needs it, and a spawned one saves its import (0.3-1.4 s on 2 cores) and about 25 MiB of RSS
     (``benchmarks/results/loader-s12-lazy-tensorstore.txt``). An array tensorstore refuses only when
-    it opens it (a filter it lacks) is then read directly.
+    it opens it (a filter it lacks) is then read directly, and the engine's [`name`][name] becomes
+    ``"direct"``. An array it would never send to tensorstore (uncompressed, remote, refused by
+    [`TensorstoreEngine.check_usable()`][TensorstoreEngine.check_usable]) raises ``NotImplementedError``:
+    ``make_engine`` gives it the direct engine, whose name says what reads it.
     """
 
     name = "auto"
@@ -1315,6 +1318,11 @@ class AutoEngine(ZarrEngine):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(array)
+        if not _is_compressed(array):
+            # Raw chunks are a memory copy: the direct engine in the calling thread measured fastest, and the
+            # hybrid would never use tensorstore (an engine named "auto" that always reads directly: "direct")
+            msg = "auto engine: tensorstore is only mixed in for compressed arrays"
+            raise NotImplementedError(msg)
         self.direct = DirectEngine(array, retry=retry)
         if self.direct.local_root is None:
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
@@ -1330,12 +1338,10 @@ class AutoEngine(ZarrEngine):
         self.min_tensorstore = TENSORSTORE_MIN_CHUNKS if min_tensorstore is None else min_tensorstore
         self.min_tensorstore_bytes = TENSORSTORE_MIN_BYTES if min_tensorstore_bytes is None else min_tensorstore_bytes
         self._chunk_nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
-        # Raw chunks are a memory copy: the direct engine in the calling thread measured fastest.
-        self._compressed = _is_compressed(array)
 
     def prefers_tensorstore(self, n_chunks: int) -> bool:
-        """Whether a fetch of ``n_chunks`` whole chunks goes to tensorstore (never for uncompressed arrays)."""
-        if n_chunks < self.min_tensorstore or not self._compressed:
+        """Whether a fetch of ``n_chunks`` whole chunks goes to tensorstore."""
+        if n_chunks < self.min_tensorstore:
             return False
         return (
             self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
@@ -1349,7 +1355,7 @@ class AutoEngine(ZarrEngine):
         at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores (64
         patches): 256 KiB zstd chunks (3D) 5-10 % faster in tensorstore, 128 KiB ones (2D) directly.
         """
-        return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
+        return self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
     @property
     def tensorstore(self) -> TensorstoreEngine | None:
@@ -1364,6 +1370,7 @@ class AutoEngine(ZarrEngine):
                         self._tensorstore = engine
                     except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
                         self._tensorstore_refused = True
+                        self.name = self.direct.name  # what reads every chunk from now on
         return self._tensorstore
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
@@ -1596,7 +1603,12 @@ class ZarrArrayReader(ChunkedReader):
 
     @property
     def engine_name(self) -> str:
-        """Name of the engine in use (builds it if needed)."""
+        """Name of the engine that reads the chunks (builds it if needed).
+
+        ``"auto"`` only for the hybrid of the direct engine and tensorstore, i.e. a local compressed array
+        tensorstore is not known to refuse; ``"direct"`` for an array ``auto`` reads directly (uncompressed,
+        remote, refused by tensorstore, also when tensorstore refused it on opening it).
+        """
         return self.engine.name
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
