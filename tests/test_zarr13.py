@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import zarr
+from zarr_helpers import ServerState, serve_directory
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
@@ -140,3 +144,70 @@ def test_engine_name_is_direct_once_tensorstore_refused_the_array_on_opening_it(
     assert all(chunk.max() == 1 for chunk in got.values())
     assert engine.tensorstore is None
     assert engine.name == "direct"
+
+
+# -- 4. a well of a plate through a chained URL ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, ServerState]]:
+    """An OME-Zarr plate (wells A/1 and A/2, one field each), its zip archive (the store at the archive's root),
+    both served on 127.0.0.1."""
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    root = tmp_path_factory.mktemp("plates")
+    plate = zarr.open_group(str(root / "plate.zarr"), mode="w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_plate_metadata(plate, ["A"], ["1", "2"], ["A/1", "A/2"], name="screen", field_count=1)
+        for column in ("1", "2"):
+            well = plate.require_group("A").require_group(column)
+            write_well_metadata(well, [{"path": "0"}])
+            data = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16) * int(column)
+            write_image(data, well.require_group("0"), axes="cyx", scale_factors=())
+    with zipfile.ZipFile(root / "plate.zip", "w", zipfile.ZIP_STORED) as archive:
+        for file in sorted((root / "plate.zarr").rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(root / "plate.zarr").as_posix())
+    with serve_directory(root) as (url, state):
+        yield root, url, state
+
+
+def _described(stacks: Any) -> list[tuple[Any, ...]]:
+    return [(s.attrs.get("plate"), s.attrs.get("well"), s.attrs.get("field"), s.data_shape) for s in stacks]
+
+
+@pytest.mark.parametrize("where", ["file", "http"])
+def test_a_well_in_a_zipped_plate_opened_by_a_chained_url_is_named_by_its_plate(
+    plates: tuple[Path, str, ServerState], where: str
+) -> None:
+    """``zip://A/1::<archive>`` took the well for the store (``zip://A/1``) and never looked for the plate above
+    it; the local path of the same well (``plate.zip/A/1``) and the plate directory name it ``screen``."""
+    root, url, _ = plates
+    archive = f"file://{root}/plate.zip" if where == "file" else f"{url}/plate.zip"
+    reference = [s for s in lazystack.load_zarrs(str(root / "plate.zarr"), "CYX") if s.attrs["well"] == "A/1"]
+    stacks = lazystack.load_zarrs(f"zip://A/1::{archive}", "CYX")
+    assert _described(stacks) == _described(reference)
+    assert _described(stacks)[0][:3] == ("screen", "A/1", 0)
+    assert stacks[0].source == f"zip://A/1/0/s0::{archive}"
+    want = zarr.open_array(root / "plate.zarr" / "A" / "1" / "0" / "s0", mode="r")[...]
+    np.testing.assert_array_equal(stacks[0].extract_patch(0, None, (0, 0), (16, 16)), want)
+
+
+def test_a_zipped_plate_opens_by_a_bare_zip_chain(plates: tuple[Path, str, ServerState]) -> None:
+    root, _, _ = plates
+    stacks = lazystack.load_zarrs(f"zip::file://{root}/plate.zip", "CYX")
+    assert _described(stacks) == _described(lazystack.load_zarrs(str(root / "plate.zarr"), "CYX"))
+
+
+def test_a_caching_chain_is_refused_naming_the_url_to_open(plates: tuple[Path, str, ServerState]) -> None:
+    """``simplecache::http://...`` was taken for a local path ('store .../simplecache::http:/... does not
+    exist'); it is an UnsupportedSourceError naming the source and the URL to open instead."""
+    _, url, _ = plates
+    source = f"simplecache::{url}/plate.zarr/A/1"
+    with pytest.raises(lazystack.UnsupportedSourceError) as info:
+        lazystack.load_zarrs(source, "CYX")
+    message = str(info.value)
+    assert repr(source) in message
+    assert repr(f"{url}/plate.zarr/A/1") in message
+    assert "does not exist" not in message
+    (well,) = lazystack.load_zarrs(f"{url}/plate.zarr/A/1", "CYX")  # what the message says to do
+    assert well.attrs["plate"] == "screen"

@@ -92,6 +92,10 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+#: a chained URL whose first segment is a bare protocol (``zip::file:///x.zip``, ``simplecache::http://...``)
+_BARE_CHAIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)::(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
+#: fsspec archive file systems: a chained URL's first segment is a path from the archive's root (the store's)
+_ARCHIVES = ("zip", "tar")
 _NUMERIC_KINDS = "biuf"
 _MAX_KEYS_SHOWN = 8
 _MAX_PROBED = 64
@@ -233,7 +237,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     ----------
     source : str
         Local path, ``file://`` URI or fsspec URI; the store is the path up to
-        the first component ending in ``.zarr`` (the whole path when none does).
+        the first component ending in ``.zarr`` (the whole path when none does;
+        ``zip::file:///data/x.zip`` is ``zip://::file:///data/x.zip``, the archive's root).
     storage_options : mapping, optional
         fsspec options for remote stores.
 
@@ -244,7 +249,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     Raises
     ------
     UnsupportedSourceError
-        For a URI scheme fsspec does not know.
+        For a URI scheme fsspec does not know, or a chained URL whose first segment is a
+        bare protocol other than an archive's (``simplecache::http://...``).
     MissingDependencyError
         For a known scheme whose implementation is not installed.
     SourceNotFoundError
@@ -253,6 +259,18 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
         For a local path that is a file, not a Zarr store directory.
     """
     opts = dict(storage_options or {})
+    bare = _BARE_CHAIN.match(source)
+    if bare is not None and not os.path.exists(source):
+        if bare.group(1).lower() not in _ARCHIVES:
+            rest = source[bare.end() :]
+            msg = (
+                f"unsupported chained URL {source!r}: its first segment {bare.group(1) + '::'!r} names no path "
+                f"(a caching or wrapping file system); accepted: a chain whose first URL holds the path, such as "
+                f"'zip://plate.zarr/A/1::file:///data/plate.zip', or the URL alone ({rest!r}: lazystack keeps "
+                "decoded chunks in its own cache)"
+            )
+            raise UnsupportedSourceError(msg)
+        source = f"{bare.group(1)}://{source[bare.end() - 2 :]}"  # zip::file:///x.zip: the archive's root
     match = _SCHEME.match(source)
     if match is None or match.group(1).lower() == "file":
         raw = source[len(match.group(0)) :] if match else source
@@ -1470,9 +1488,9 @@ def _well_alone(
     plate_loc: ZarrLocation | None = None
     if len(parts) >= 2:
         plate_loc, plate_store = location.child("/".join(parts[:-2])), store
-    elif len(every) > (2 if location.is_local else 3) and not location.chain:
-        # no folder ends in .zarr: the store is the well, its plate 2 up (a URL's scheme and host are no folders)
-        plate_loc = replace(location, root=location.root.rstrip("/").rsplit("/", 2)[0], path="")
+    elif (plate_root := _two_up(location)) is not None:
+        # no folder ends in .zarr: the store is the well, its plate 2 up
+        plate_loc = replace(location, root=plate_root, path="")
         plate_store = plate_loc.open_store()
     if plate_loc is not None:
         plate_group = _try_group(plate_loc, plate_store)
@@ -1482,6 +1500,28 @@ def _well_alone(
             if well_path in listed:
                 plate_name = _plate_name(plate, plate_loc)
     return _well_fields(group, location, well_path, plate_name, axes, store, levels)
+
+
+def _two_up(location: ZarrLocation) -> str | None:
+    """The root of the store two folders above ``location``'s store (a well's plate), or None without two folders
+    (a URL's scheme and host are no folders, nor is ``/``; in a chained URL only an archive's paths are folders:
+    ``zip://A/1::...`` gives ``zip://``, the archive's root)."""
+    root = location.root.rstrip("/")
+    if location.is_local:
+        head, body, least = "/", root, 3
+    elif location.chain and location.protocol not in _ARCHIVES:
+        return None
+    else:
+        scheme, _, body = root.partition("://")
+        head, least = scheme + "://", 2
+        if not location.chain:  # a URL: its host stays
+            host, _, body = body.partition("/")
+            head += host + "/"
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < least:
+        return None
+    up = head + "/".join(parts[:-2])
+    return up if location.chain else up.rstrip("/")  # an archive's root is "zip://"
 
 
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:
