@@ -43,12 +43,10 @@ from ...core.errors import (
     UnsupportedSourceError,
 )
 from ...core.units import unit_name
-from ...io.chunked import ChunkedReader
 from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
-    RegionReads,
     RetryPolicy,
     _array_token,
     _format_region,
@@ -63,8 +61,6 @@ from .engines import ZarrArrayReader as _EngineReader
 if TYPE_CHECKING:
     import zarr as zarr_lib
     from zarr.abc.store import Store
-
-    from ...io.chunked import ChunkIndex
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT",
@@ -484,7 +480,7 @@ class ZarrArrayReader(Reader):
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
         self._opened_stat = _stat_of(self._metadata_file())
         self._array: zarr_lib.Array | None = array
-        self._fast: _FastReader | None = None
+        self._fast: _EngineReader | None = None
         self._pid = current_pid()
         self._lock = threading.Lock()
 
@@ -513,7 +509,7 @@ class ZarrArrayReader(Reader):
                     self._array, self._pid = arr, current_pid()
         return arr
 
-    def as_chunked(self) -> _FastReader:
+    def as_chunked(self) -> _EngineReader:
         """The fast chunk reader of this process's array (chunk engine and per-process chunk cache).
 
         Returns
@@ -532,14 +528,17 @@ class ZarrArrayReader(Reader):
                 # and retries a dead server for minutes: remote stores keep fsspec's client
                 engine = "direct"
             retry = None if self._location.is_local else retry_policy(self._location)
-            fast = _FastReader(
+            # the store is checked after every read of it (cache misses only): zarr reads a missing chunk as
+            # the fill value, so a store deleted after the opening would read as zeros, and a rewritten one
+            # would mix cached old chunks with new ones; one stat of the metadata document turns both into errors
+            fast = _EngineReader(
                 arr,
-                self._check_store,
                 engine=engine,
                 retry=retry,
                 token=self._cache_token,
                 modified_after=self._opened_ns,
                 name=self._location.uri(),
+                after_read=self._check_store,
             )
             self._fast = fast
         return fast
@@ -760,77 +759,6 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None, loca
         raise _StoreDeletedError.of(path, location.uri(), location.store_uri)
     if now != opened:
         raise _StoreRewrittenError.of(path, location.uri(), location.store_uri)
-
-
-class _FastReader(_EngineReader):
-    """The engines' chunk reader, checking that a local store is unchanged after every read of the store.
-
-    Zarr reads a missing chunk as the fill value, so a store deleted after opening
-    would read as all zeros, and a rewritten one would mix cached old chunks with
-    new ones: one ``stat`` of the metadata document per read of the store (cache
-    misses only) turns both into errors.
-    """
-
-    def __init__(
-        self,
-        array: zarr_lib.Array,
-        check: Callable[[], None],
-        *,
-        engine: str | None = None,
-        retry: RetryPolicy | None = None,
-        token: str | None = None,
-        modified_after: int | None = None,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after, name=name)
-        self._check_exists = check
-
-    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
-        """Decode whole chunks, then check the store is still there."""
-        out = super().fetch_chunks(indices)
-        self._check_exists()
-        return out
-
-    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Decode one whole chunk, then check the store is still there."""
-        out = super().fetch_chunk(idx)
-        self._check_exists()
-        return out
-
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """A region: read whole by the engine (then checked), else chunk by chunk (each fetch checked)."""
-        out = self.read_direct(region)
-        if out is None:
-            return ChunkedReader.read(self, region)
-        self._check_exists()
-        return out
-
-    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """The engine reader's ``float32`` region read, then checked (None: nothing was read)."""
-        out = super().read_float32(region)
-        if out is not None:
-            self._check_exists()
-        return out
-
-    def region_reads(self) -> Any:  # a _CheckedRegionReads or None
-        """The engine reader's region reads for a batch, checked once their results are all taken."""
-        reads = super().region_reads()
-        return None if reads is None else _CheckedRegionReads(reads, self._check_exists)
-
-
-class _CheckedRegionReads:
-    """A batch's [`RegionReads`][lazystack.sources.zarr.engines.RegionReads], then the source's store check."""
-
-    def __init__(self, reads: RegionReads, check: Callable[[], None]) -> None:
-        self._reads = reads
-        self._check = check
-
-    def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
-        self._reads.start(region, as_float32=as_float32)
-
-    def results(self) -> Iterator[np.ndarray]:
-        yield from self._reads.results()
-        self._check()
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -1265,12 +1265,22 @@ class RegionReads:
     float32 : bool
         Whether a region started ``as_float32`` is converted in tensorstore's threads: the caller's
         decision ([`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
+    after_read : callable, optional
+        Called once every result has been taken (the reader's ``after_read``); may raise.
     """
 
-    def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], *, float32: bool) -> None:
+    def __init__(
+        self,
+        engine: TensorstoreEngine,
+        dtype: np.dtype[Any],
+        *,
+        float32: bool,
+        after_read: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._dtype = dtype
         self._float32 = float32
+        self._after_read = after_read
         self._started: list[tuple[tuple[slice, ...], Any, bool]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
@@ -1284,6 +1294,8 @@ class RegionReads:
         for region, future, exact in self._started:
             out = self._engine.take(region, future)
             yield out if exact else out.astype(self._dtype, copy=False)
+        if self._after_read is not None:
+            self._after_read()
 
 
 class AutoEngine(ZarrEngine):
@@ -1516,6 +1528,9 @@ class ZarrArrayReader(ChunkedReader):
         ``SourceReadError``, with the ``auto`` and ``direct`` engines. Default: no check.
     name : str, optional
         How that error names the array (e.g. the source's URI). Default: its path.
+    after_read : callable, optional
+        Called after every read of the store (cache misses, direct region reads, a batch's region
+        reads once all taken), never on a cache hit; may raise (e.g. the store changed). Default: none.
 
     Notes
     -----
@@ -1541,6 +1556,7 @@ class ZarrArrayReader(ChunkedReader):
         retry: RetryPolicy | None = None,
         modified_after: int | None = None,
         name: str | None = None,
+        after_read: Callable[[], None] | None = None,
     ) -> None:
         if engine is not None:
             _check_engine(engine)
@@ -1548,6 +1564,7 @@ class ZarrArrayReader(ChunkedReader):
         self._retry = retry
         self._modified_after = modified_after
         self._name = name
+        self._after_read = after_read
         self._engine_name = engine
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
@@ -1612,12 +1629,18 @@ class ZarrArrayReader(ChunkedReader):
         return self.engine.name
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
-        """Decode whole chunks with this process's engine."""
-        return self.engine.fetch(indices)
+        """Decode whole chunks with this process's engine (then ``after_read``)."""
+        out = self.engine.fetch(indices)
+        if self._after_read is not None:
+            self._after_read()
+        return out
 
     def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Decode one whole chunk with this process's engine."""
-        return self.engine.fetch_one(idx)
+        """Decode one whole chunk with this process's engine (then ``after_read``)."""
+        out = self.engine.fetch_one(idx)
+        if self._after_read is not None:
+            self._after_read()
+        return out
 
     def _region_engine(self, region: tuple[slice, ...] | None) -> TensorstoreEngine | None:
         """The tensorstore engine that reads ``region`` (None: a batch's regions) whole, or None: chunk by chunk.
@@ -1666,6 +1689,8 @@ class ZarrArrayReader(ChunkedReader):
         if 0 in (s.stop - s.start for s in region):
             return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
         out = ts.take(region, ts.start_read(region, as_float32=as_float32))
+        if self._after_read is not None:
+            self._after_read()
         return out if as_float32 else out.astype(self.dtype, copy=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -1708,7 +1733,9 @@ class ZarrArrayReader(ChunkedReader):
             None when the regions are to be read chunk by chunk instead.
         """
         ts = self._region_engine(None)
-        return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
+        if ts is None:
+            return None
+        return RegionReads(ts, self.dtype, float32=self._float32_exact, after_read=self._after_read)
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""
