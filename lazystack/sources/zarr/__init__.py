@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import stat
 import threading
 import time
 import warnings
@@ -51,6 +50,7 @@ from .engines import (
     _array_token,
     _format_region,
     _is_compressed,
+    _special_file,
     _StaleChunkError,
     close_http_session_at_exit,
     get_zarr_engine,
@@ -671,11 +671,7 @@ class ZarrArrayReader(Reader):
         device, a socket)."""
         if not self._location.is_local or self._location.chain:
             return False
-        try:
-            mode = os.stat(os.path.join(self._location.root, store_key)).st_mode
-            return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-        except OSError:  # not stored (the fill value), or unreadable: zarr's read says so
-            return False
+        return _special_file(os.path.join(self._location.root, store_key))
 
     def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
         what = "shard" if self.shards else "chunk"

@@ -303,6 +303,15 @@ class ZarrEngine(ABC):
         return np.asarray(self.array[region])
 
 
+def _special_file(path: str) -> bool:
+    """Whether ``path`` is a FIFO, device or socket (an open would wait for ever); absent or unreadable: False."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not stored (the fill value) or unreadable: the read says so
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
 
@@ -336,11 +345,7 @@ class ZarrPythonEngine(ZarrEngine):
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._folder is not None:
             path = os.path.join(self._folder, self.array.metadata.encode_chunk_key(idx))
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:  # not stored (the fill value) or unreadable: zarr's read says so
-                mode = stat.S_IFREG
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if _special_file(path):
                 msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {path} is not "
                 msg += "a regular file (a FIFO, device or socket; chunks are files)"
                 raise SourceReadError(msg)
@@ -1250,6 +1255,10 @@ at_fork(before=_note_tensorstore_before_fork)
 _FLOAT32 = np.dtype(np.float32)
 
 
+def _no_check() -> None:
+    """The engine reader's ``after_read`` when none is given."""
+
+
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
@@ -1564,7 +1573,7 @@ class ZarrArrayReader(ChunkedReader):
         self._retry = retry
         self._modified_after = modified_after
         self._name = name
-        self._after_read = after_read
+        self._after_read = after_read if after_read is not None else _no_check
         self._engine_name = engine
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
@@ -1631,15 +1640,13 @@ class ZarrArrayReader(ChunkedReader):
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
         """Decode whole chunks with this process's engine (then ``after_read``)."""
         out = self.engine.fetch(indices)
-        if self._after_read is not None:
-            self._after_read()
+        self._after_read()
         return out
 
     def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
         """Decode one whole chunk with this process's engine (then ``after_read``)."""
         out = self.engine.fetch_one(idx)
-        if self._after_read is not None:
-            self._after_read()
+        self._after_read()
         return out
 
     def _region_engine(self, region: tuple[slice, ...] | None) -> TensorstoreEngine | None:
@@ -1689,8 +1696,7 @@ class ZarrArrayReader(ChunkedReader):
         if 0 in (s.stop - s.start for s in region):
             return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
         out = ts.take(region, ts.start_read(region, as_float32=as_float32))
-        if self._after_read is not None:
-            self._after_read()
+        self._after_read()
         return out if as_float32 else out.astype(self.dtype, copy=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
