@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import stat
 import threading
 import time
 import warnings
@@ -43,16 +42,15 @@ from ...core.errors import (
     UnsupportedSourceError,
 )
 from ...core.units import unit_name
-from ...io.chunked import ChunkedReader
 from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
-    RegionReads,
     RetryPolicy,
     _array_token,
     _format_region,
     _is_compressed,
+    _special_file,
     _StaleChunkError,
     close_http_session_at_exit,
     get_zarr_engine,
@@ -63,8 +61,6 @@ from .engines import ZarrArrayReader as _EngineReader
 if TYPE_CHECKING:
     import zarr as zarr_lib
     from zarr.abc.store import Store
-
-    from ...io.chunked import ChunkIndex
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT",
@@ -92,6 +88,10 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+#: a chained URL whose first segment is a bare protocol (``zip::file:///x.zip``, ``simplecache::http://...``)
+_BARE_CHAIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)::(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
+#: fsspec archive file systems: a chained URL's first segment is a path from the archive's root (the store's)
+_ARCHIVES = ("zip", "tar")
 _NUMERIC_KINDS = "biuf"
 _MAX_KEYS_SHOWN = 8
 _MAX_PROBED = 64
@@ -233,7 +233,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     ----------
     source : str
         Local path, ``file://`` URI or fsspec URI; the store is the path up to
-        the first component ending in ``.zarr`` (the whole path when none does).
+        the first component ending in ``.zarr`` (the whole path when none does;
+        ``zip::file:///data/x.zip`` is ``zip://::file:///data/x.zip``, the archive's root).
     storage_options : mapping, optional
         fsspec options for remote stores.
 
@@ -244,7 +245,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     Raises
     ------
     UnsupportedSourceError
-        For a URI scheme fsspec does not know.
+        For a URI scheme fsspec does not know, or a chained URL whose first segment is a
+        bare protocol other than an archive's (``simplecache::http://...``).
     MissingDependencyError
         For a known scheme whose implementation is not installed.
     SourceNotFoundError
@@ -253,6 +255,18 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
         For a local path that is a file, not a Zarr store directory.
     """
     opts = dict(storage_options or {})
+    bare = _BARE_CHAIN.match(source)
+    if bare is not None and not os.path.exists(source):
+        if bare.group(1).lower() not in _ARCHIVES:
+            rest = source[bare.end() :]
+            msg = (
+                f"unsupported chained URL {source!r}: its first segment {bare.group(1) + '::'!r} names no path "
+                f"(a caching or wrapping file system); accepted: a chain whose first URL holds the path, such as "
+                f"'zip://plate.zarr/A/1::file:///data/plate.zip', or the URL alone ({rest!r}: lazystack keeps "
+                "decoded chunks in its own cache)"
+            )
+            raise UnsupportedSourceError(msg)
+        source = f"{bare.group(1)}://{source[bare.end() - 2 :]}"  # zip::file:///x.zip: the archive's root
     match = _SCHEME.match(source)
     if match is None or match.group(1).lower() == "file":
         raw = source[len(match.group(0)) :] if match else source
@@ -466,7 +480,7 @@ class ZarrArrayReader(Reader):
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
         self._opened_stat = _stat_of(self._metadata_file())
         self._array: zarr_lib.Array | None = array
-        self._fast: _FastReader | None = None
+        self._fast: _EngineReader | None = None
         self._pid = current_pid()
         self._lock = threading.Lock()
 
@@ -495,7 +509,7 @@ class ZarrArrayReader(Reader):
                     self._array, self._pid = arr, current_pid()
         return arr
 
-    def as_chunked(self) -> _FastReader:
+    def as_chunked(self) -> _EngineReader:
         """The fast chunk reader of this process's array (chunk engine and per-process chunk cache).
 
         Returns
@@ -514,13 +528,17 @@ class ZarrArrayReader(Reader):
                 # and retries a dead server for minutes: remote stores keep fsspec's client
                 engine = "direct"
             retry = None if self._location.is_local else retry_policy(self._location)
-            fast = _FastReader(
+            # the store is checked after every read of it (cache misses only): zarr reads a missing chunk as
+            # the fill value, so a store deleted after the opening would read as zeros, and a rewritten one
+            # would mix cached old chunks with new ones; one stat of the metadata document turns both into errors
+            fast = _EngineReader(
                 arr,
-                self._check_store,
                 engine=engine,
                 retry=retry,
                 token=self._cache_token,
                 modified_after=self._opened_ns,
+                name=self._location.uri(),
+                after_read=self._check_store,
             )
             self._fast = fast
         return fast
@@ -573,16 +591,10 @@ class ZarrArrayReader(Reader):
         the array), else wrapped with the path."""
         try:
             return read(key)
-        except _StaleChunkError as exc:
-            msg = (
-                f"Zarr array {self._location.uri()!r} changed after the stack was opened: its chunk file "
-                f"{exc.path!r} (key {exc.key!r}) was modified after the opening; reopen the array to read the new data"
-            )
-            raise SourceReadError(msg) from None
         except Exception as exc:
             if not is_read_failure(exc):  # a programming error (NotImplementedError, TypeError ...): as it is
                 raise
-            if isinstance(exc, _StoreChangedError):  # not chained: the message says it all
+            if isinstance(exc, (_StoreChangedError, _StaleChunkError)):  # not chained: the message says it all
                 raise exc from None
             raise self._read_error(key, exc) from exc
 
@@ -659,11 +671,7 @@ class ZarrArrayReader(Reader):
         device, a socket)."""
         if not self._location.is_local or self._location.chain:
             return False
-        try:
-            mode = os.stat(os.path.join(self._location.root, store_key)).st_mode
-            return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-        except OSError:  # not stored (the fill value), or unreadable: zarr's read says so
-            return False
+        return _special_file(os.path.join(self._location.root, store_key))
 
     def _read_error(self, key: tuple[int | slice, ...], exc: Exception) -> SourceReadError:
         what = "shard" if self.shards else "chunk"
@@ -747,76 +755,6 @@ def _check_unchanged(path: str | None, opened: tuple[int, int, int] | None, loca
         raise _StoreDeletedError.of(path, location.uri(), location.store_uri)
     if now != opened:
         raise _StoreRewrittenError.of(path, location.uri(), location.store_uri)
-
-
-class _FastReader(_EngineReader):
-    """The engines' chunk reader, checking that a local store is unchanged after every read of the store.
-
-    Zarr reads a missing chunk as the fill value, so a store deleted after opening
-    would read as all zeros, and a rewritten one would mix cached old chunks with
-    new ones: one ``stat`` of the metadata document per read of the store (cache
-    misses only) turns both into errors.
-    """
-
-    def __init__(
-        self,
-        array: zarr_lib.Array,
-        check: Callable[[], None],
-        *,
-        engine: str | None = None,
-        retry: RetryPolicy | None = None,
-        token: str | None = None,
-        modified_after: int | None = None,
-    ) -> None:
-        super().__init__(array, engine=engine, retry=retry, token=token, modified_after=modified_after)
-        self._check_exists = check
-
-    def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
-        """Decode whole chunks, then check the store is still there."""
-        out = super().fetch_chunks(indices)
-        self._check_exists()
-        return out
-
-    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Decode one whole chunk, then check the store is still there."""
-        out = super().fetch_chunk(idx)
-        self._check_exists()
-        return out
-
-    def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """A region: read whole by the engine (then checked), else chunk by chunk (each fetch checked)."""
-        out = self.read_direct(region)
-        if out is None:
-            return ChunkedReader.read(self, region)
-        self._check_exists()
-        return out
-
-    def read_float32(self, region: tuple[slice, ...]) -> np.ndarray | None:
-        """The engine reader's ``float32`` region read, then checked (None: nothing was read)."""
-        out = super().read_float32(region)
-        if out is not None:
-            self._check_exists()
-        return out
-
-    def region_reads(self) -> Any:  # a _CheckedRegionReads or None
-        """The engine reader's region reads for a batch, checked once their results are all taken."""
-        reads = super().region_reads()
-        return None if reads is None else _CheckedRegionReads(reads, self._check_exists)
-
-
-class _CheckedRegionReads:
-    """A batch's [`RegionReads`][lazystack.sources.zarr.engines.RegionReads], then the source's store check."""
-
-    def __init__(self, reads: RegionReads, check: Callable[[], None]) -> None:
-        self._reads = reads
-        self._check = check
-
-    def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
-        self._reads.start(region, as_float32=as_float32)
-
-    def results(self) -> Iterator[np.ndarray]:
-        yield from self._reads.results()
-        self._check()
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -1474,9 +1412,9 @@ def _well_alone(
     plate_loc: ZarrLocation | None = None
     if len(parts) >= 2:
         plate_loc, plate_store = location.child("/".join(parts[:-2])), store
-    elif len(every) > (2 if location.is_local else 3) and not location.chain:
-        # no folder ends in .zarr: the store is the well, its plate 2 up (a URL's scheme and host are no folders)
-        plate_loc = replace(location, root=location.root.rstrip("/").rsplit("/", 2)[0], path="")
+    elif (plate_root := _two_up(location)) is not None:
+        # no folder ends in .zarr: the store is the well, its plate 2 up
+        plate_loc = replace(location, root=plate_root, path="")
         plate_store = plate_loc.open_store()
     if plate_loc is not None:
         plate_group = _try_group(plate_loc, plate_store)
@@ -1486,6 +1424,28 @@ def _well_alone(
             if well_path in listed:
                 plate_name = _plate_name(plate, plate_loc)
     return _well_fields(group, location, well_path, plate_name, axes, store, levels)
+
+
+def _two_up(location: ZarrLocation) -> str | None:
+    """The root of the store two folders above ``location``'s store (a well's plate), or None without two folders
+    (a URL's scheme and host are no folders, nor is ``/``; in a chained URL only an archive's paths are folders:
+    ``zip://A/1::...`` gives ``zip://``, the archive's root)."""
+    root = location.root.rstrip("/")
+    if location.is_local:
+        head, body, least = "/", root, 3
+    elif location.chain and location.protocol not in _ARCHIVES:
+        return None
+    else:
+        scheme, _, body = root.partition("://")
+        head, least = scheme + "://", 2
+        if not location.chain:  # a URL: its host stays
+            host, _, body = body.partition("/")
+            head += host + "/"
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < least:
+        return None
+    up = head + "/".join(parts[:-2])
+    return up if location.chain else up.rstrip("/")  # an archive's root is "zip://"
 
 
 def _image_names(group: zarr_lib.Group, location: ZarrLocation, store: Store) -> list[str]:

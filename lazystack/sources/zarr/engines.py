@@ -303,6 +303,15 @@ class ZarrEngine(ABC):
         return np.asarray(self.array[region])
 
 
+def _special_file(path: str) -> bool:
+    """Whether ``path`` is a FIFO, device or socket (an open would wait for ever); absent or unreadable: False."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not stored (the fill value) or unreadable: the read says so
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 class ZarrPythonEngine(ZarrEngine):
     """``array[chunk region]`` through zarr-python, one call per chunk (the reference).
 
@@ -336,11 +345,7 @@ class ZarrPythonEngine(ZarrEngine):
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._folder is not None:
             path = os.path.join(self._folder, self.array.metadata.encode_chunk_key(idx))
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:  # not stored (the fill value) or unreadable: zarr's read says so
-                mode = stat.S_IFREG
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if _special_file(path):
                 msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {path} is not "
                 msg += "a regular file (a FIFO, device or socket; chunks are files)"
                 raise SourceReadError(msg)
@@ -465,6 +470,8 @@ class _StaleChunkError(SourceReadError):
 
     @classmethod
     def of(cls, path: str, key: str, array: str | None) -> _StaleChunkError:
+        """The error for the chunk (shard) file ``path`` of store key ``key`` of the array ``array`` (its URI):
+        the one message of every read path (a patch, a batch, a DataLoader worker)."""
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
@@ -772,6 +779,8 @@ class DirectEngine(ZarrEngine):
         self.local_root: str | None = None
         #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
         self.modified_after: int | None = None
+        #: how that error names the array (the source's URI; default: its path)
+        self.array_name: str | None = None
         self._get_sync: Any = None
         if isinstance(self._store, LocalStore):
             self.local_root = os.fspath(self._store.root)
@@ -846,21 +855,15 @@ class DirectEngine(ZarrEngine):
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
         if mtime_ns <= time.time_ns():
-            raise _StaleChunkError.of(self._where(key), key, self._array_where())
+            raise _StaleChunkError.of(self._where(key), key, self.array_name or self._array_where())
 
-    def check_unmodified(self, indices: Sequence[ChunkIndex]) -> None:
-        """For chunks decoded by another engine: raise ``SourceReadError`` when a local
-        file of ``indices`` (their shards, when sharded) was modified after the array was opened."""
+    def check_file_unmodified(self, coords: tuple[int, ...], mtime_ns: int) -> None:
+        """For a file read by another engine (tensorstore, in ``auto``), from the ``stat`` that engine made: raise
+        ``SourceReadError`` when the local chunk (shard) file of grid coordinates ``coords`` was modified, at
+        ``mtime_ns``, after the array was opened ([`modified_after`][modified_after])."""
         opened = self.modified_after
-        if opened is None or self.local_root is None:
-            return
-        for key in dict.fromkeys(self._key_of(idx) for idx in indices):
-            try:
-                mtime = os.stat(self.local_root + "/" + key).st_mtime_ns
-            except OSError:  # not stored (the fill value) or unreadable: the engine that read it said so
-                continue
-            if mtime > opened:
-                self._check_modified(key, mtime)
+        if opened is not None and mtime_ns > opened:
+            self._check_modified(self._key(coords), mtime_ns)
 
     @staticmethod
     def _byte_request(rng: tuple[int, int] | None, suffix: int | None) -> Any:
@@ -1136,6 +1139,10 @@ class TensorstoreEngine(ZarrEngine):
         self._chunks_per_file = (
             None if not shards else tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
         )
+        #: called with the grid coordinates (shard coordinates, when sharded) and ``st_mtime_ns`` of each local
+        #: chunk file a read is about to open, from the one ``stat`` made per file (``auto``: the direct engine's
+        #: [`DirectEngine.check_file_unmodified()`][DirectEngine.check_file_unmodified]); may raise
+        self.check_file: Callable[[tuple[int, ...], int], None] | None = None
 
     @staticmethod
     def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -1163,7 +1170,8 @@ class TensorstoreEngine(ZarrEngine):
 
     def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
         """Raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of ``indices`` exists
-        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it)."""
+        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it),
+        or [`check_file`][check_file] refuses it. One ``stat`` per file."""
         if self._local_dir is None:
             return
         per = self._chunks_per_file
@@ -1173,15 +1181,17 @@ class TensorstoreEngine(ZarrEngine):
         for coords in files:
             path = os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
             try:
-                mode = os.stat(path).st_mode
+                st = os.stat(path)
             except OSError:  # not stored (the fill value), or unreadable: tensorstore's read says so
                 continue
-            if not stat.S_ISREG(mode):
+            if not stat.S_ISREG(st.st_mode):
                 msg = (
                     f"cannot read the zarr array at {self.location!r}: {path!r} is not a regular file "
                     "(chunks and shards are files; a FIFO, device or socket is refused)"
                 )
                 raise SourceReadError(msg)
+            if self.check_file is not None:
+                self.check_file(coords, st.st_mtime_ns)
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
@@ -1245,6 +1255,10 @@ at_fork(before=_note_tensorstore_before_fork)
 _FLOAT32 = np.dtype(np.float32)
 
 
+def _no_check() -> None:
+    """The engine reader's ``after_read`` when none is given."""
+
+
 class RegionReads:
     """Region reads started one at a time in tensorstore's threads, their results taken in order.
 
@@ -1260,12 +1274,22 @@ class RegionReads:
     float32 : bool
         Whether a region started ``as_float32`` is converted in tensorstore's threads: the caller's
         decision ([`float32_is_exact()`][lazystack.io.reader.float32_is_exact]), not the engine's.
+    after_read : callable, optional
+        Called once every result has been taken (the reader's ``after_read``); may raise.
     """
 
-    def __init__(self, engine: TensorstoreEngine, dtype: np.dtype[Any], *, float32: bool) -> None:
+    def __init__(
+        self,
+        engine: TensorstoreEngine,
+        dtype: np.dtype[Any],
+        *,
+        float32: bool,
+        after_read: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._dtype = dtype
         self._float32 = float32
+        self._after_read = after_read
         self._started: list[tuple[tuple[slice, ...], Any, bool]] = []
 
     def start(self, region: tuple[slice, ...], *, as_float32: bool = False) -> None:
@@ -1279,10 +1303,12 @@ class RegionReads:
         for region, future, exact in self._started:
             out = self._engine.take(region, future)
             yield out if exact else out.astype(self._dtype, copy=False)
+        if self._after_read is not None:
+            self._after_read()
 
 
 class AutoEngine(ZarrEngine):
-    """``auto`` for a local array both engines read: direct for little work, tensorstore for much.
+    """``auto`` for a local compressed array both engines read: direct for little work, tensorstore for much.
 
     The direct engine has the least overhead per call; tensorstore decodes chunks in parallel in
     its C++ threads, at the cost of a hand-off per read. A fetch of a compressed array goes to
@@ -1296,7 +1322,10 @@ class AutoEngine(ZarrEngine):
     ([`tensorstore`][tensorstore]): a DataLoader worker that reads batches with the chunk cache on never
     needs it, and a spawned one saves its import (0.3-1.4 s on 2 cores) and about 25 MiB of RSS
     (``benchmarks/results/loader-s12-lazy-tensorstore.txt``). An array tensorstore refuses only when
-    it opens it (a filter it lacks) is then read directly.
+    it opens it (a filter it lacks) is then read directly, and the engine's [`name`][name] becomes
+    ``"direct"``. An array it would never send to tensorstore (uncompressed, remote, refused by
+    [`TensorstoreEngine.check_usable()`][TensorstoreEngine.check_usable]) raises ``NotImplementedError``:
+    ``make_engine`` gives it the direct engine, whose name says what reads it.
     """
 
     name = "auto"
@@ -1310,6 +1339,11 @@ class AutoEngine(ZarrEngine):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(array)
+        if not _is_compressed(array):
+            # Raw chunks are a memory copy: the direct engine in the calling thread measured fastest, and the
+            # hybrid would never use tensorstore (an engine named "auto" that always reads directly: "direct")
+            msg = "auto engine: tensorstore is only mixed in for compressed arrays"
+            raise NotImplementedError(msg)
         self.direct = DirectEngine(array, retry=retry)
         if self.direct.local_root is None:
             # Remote stores: direct already fetches concurrently, and tensorstore's HTTP reads measured slower.
@@ -1325,12 +1359,10 @@ class AutoEngine(ZarrEngine):
         self.min_tensorstore = TENSORSTORE_MIN_CHUNKS if min_tensorstore is None else min_tensorstore
         self.min_tensorstore_bytes = TENSORSTORE_MIN_BYTES if min_tensorstore_bytes is None else min_tensorstore_bytes
         self._chunk_nbytes = math.prod(self.chunk_shape) * self.dtype.itemsize
-        # Raw chunks are a memory copy: the direct engine in the calling thread measured fastest.
-        self._compressed = _is_compressed(array)
 
     def prefers_tensorstore(self, n_chunks: int) -> bool:
-        """Whether a fetch of ``n_chunks`` whole chunks goes to tensorstore (never for uncompressed arrays)."""
-        if n_chunks < self.min_tensorstore or not self._compressed:
+        """Whether a fetch of ``n_chunks`` whole chunks goes to tensorstore."""
+        if n_chunks < self.min_tensorstore:
             return False
         return (
             self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
@@ -1344,7 +1376,7 @@ class AutoEngine(ZarrEngine):
         at least [`TENSORSTORE_MIN_CHUNK_BYTES`][TENSORSTORE_MIN_CHUNK_BYTES]. Measured on 2 cores (64
         patches): 256 KiB zstd chunks (3D) 5-10 % faster in tensorstore, 128 KiB ones (2D) directly.
         """
-        return self._compressed and self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
+        return self._chunk_nbytes >= TENSORSTORE_MIN_CHUNK_BYTES
 
     @property
     def tensorstore(self) -> TensorstoreEngine | None:
@@ -1353,18 +1385,20 @@ class AutoEngine(ZarrEngine):
             with self._tensorstore_lock:
                 if self._tensorstore is None and not self._tensorstore_refused:
                     try:
-                        self._tensorstore = TensorstoreEngine(self.array)
+                        engine = TensorstoreEngine(self.array)
+                        # its one stat per file also says whether the file changed since the opening
+                        engine.check_file = self.direct.check_file_unmodified
+                        self._tensorstore = engine
                     except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
                         self._tensorstore_refused = True
+                        self.name = self.direct.name  # what reads every chunk from now on
         return self._tensorstore
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
         tensorstore = self.tensorstore if self.prefers_tensorstore(len(indices)) else None
-        if tensorstore is not None:
-            out = tensorstore.fetch(indices)
-            self.direct.check_unmodified(indices)
-            return out
+        if tensorstore is not None:  # its one stat per file checks the file type and modification time
+            return tensorstore.fetch(indices)
         return self.direct.fetch(indices)
 
     def fetch_one(self, idx: ChunkIndex) -> np.ndarray:
@@ -1501,6 +1535,11 @@ class ZarrArrayReader(ChunkedReader):
         For a local store: the time (``time.time_ns()``) the array was opened. A chunk file found
         modified after it when a chunk is read from the store (never on a cache hit) raises
         ``SourceReadError``, with the ``auto`` and ``direct`` engines. Default: no check.
+    name : str, optional
+        How that error names the array (e.g. the source's URI). Default: its path.
+    after_read : callable, optional
+        Called after every read of the store (cache misses, direct region reads, a batch's region
+        reads once all taken), never on a cache hit; may raise (e.g. the store changed). Default: none.
 
     Notes
     -----
@@ -1525,12 +1564,16 @@ class ZarrArrayReader(ChunkedReader):
         token: str | None = None,
         retry: RetryPolicy | None = None,
         modified_after: int | None = None,
+        name: str | None = None,
+        after_read: Callable[[], None] | None = None,
     ) -> None:
         if engine is not None:
             _check_engine(engine)
         self._array = array
         self._retry = retry
         self._modified_after = modified_after
+        self._name = name
+        self._after_read = after_read if after_read is not None else _no_check
         self._engine_name = engine
         self._engine: ZarrEngine | None = None
         self._engine_pid = -1
@@ -1564,6 +1607,7 @@ class ZarrArrayReader(ChunkedReader):
                     direct = built.direct if isinstance(built, AutoEngine) else built
                     if isinstance(direct, DirectEngine):
                         direct.modified_after = self._modified_after
+                        direct.array_name = self._name
                     self._engine = built
                     self._engine_pid = pid
                 engine = self._engine
@@ -1585,16 +1629,25 @@ class ZarrArrayReader(ChunkedReader):
 
     @property
     def engine_name(self) -> str:
-        """Name of the engine in use (builds it if needed)."""
+        """Name of the engine that reads the chunks (builds it if needed).
+
+        ``"auto"`` only for the hybrid of the direct engine and tensorstore, i.e. a local compressed array
+        tensorstore is not known to refuse; ``"direct"`` for an array ``auto`` reads directly (uncompressed,
+        remote, refused by tensorstore, also when tensorstore refused it on opening it).
+        """
         return self.engine.name
 
     def fetch_chunks(self, indices: Sequence[ChunkIndex]) -> Mapping[ChunkIndex, np.ndarray]:
-        """Decode whole chunks with this process's engine."""
-        return self.engine.fetch(indices)
+        """Decode whole chunks with this process's engine (then ``after_read``)."""
+        out = self.engine.fetch(indices)
+        self._after_read()
+        return out
 
     def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
-        """Decode one whole chunk with this process's engine."""
-        return self.engine.fetch_one(idx)
+        """Decode one whole chunk with this process's engine (then ``after_read``)."""
+        out = self.engine.fetch_one(idx)
+        self._after_read()
+        return out
 
     def _region_engine(self, region: tuple[slice, ...] | None) -> TensorstoreEngine | None:
         """The tensorstore engine that reads ``region`` (None: a batch's regions) whole, or None: chunk by chunk.
@@ -1643,6 +1696,7 @@ class ZarrArrayReader(ChunkedReader):
         if 0 in (s.stop - s.start for s in region):
             return np.empty(tuple(s.stop - s.start for s in region), dtype=_FLOAT32 if as_float32 else self.dtype)
         out = ts.take(region, ts.start_read(region, as_float32=as_float32))
+        self._after_read()
         return out if as_float32 else out.astype(self.dtype, copy=False)
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -1685,7 +1739,9 @@ class ZarrArrayReader(ChunkedReader):
             None when the regions are to be read chunk by chunk instead.
         """
         ts = self._region_engine(None)
-        return None if ts is None else RegionReads(ts, self.dtype, float32=self._float32_exact)
+        if ts is None:
+            return None
+        return RegionReads(ts, self.dtype, float32=self._float32_exact, after_read=self._after_read)
 
     def close(self) -> None:
         """Drop this process's engine (rebuilt on next use)."""
