@@ -8,7 +8,6 @@ resolution of a path), file sizes from ``os.stat``.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ import dask
 import numpy as np
 import pytest
 import tifffile
+from ome_files import write_multifile_ome
 
 from lazystack import (
     UnsupportedSourceError,
@@ -262,26 +262,8 @@ def test_normalization_parameters_of_finite_statistics_does_not_warn() -> None:
 
 
 # -- 5. multi-file OME-TIFF --------------------------------------------------------------------------------------------
-def _multifile_ome(folder: Path, names: list[str], planes: int = 2, shape: tuple[int, int] = (16, 24)) -> np.ndarray:
-    """A multi-file OME-TIFF whose first file lists all ``names`` (paths relative to ``folder``)."""
-    data = np.arange(len(names) * planes * shape[0] * shape[1], dtype=np.uint16).reshape(-1, *shape)
-    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
-    tiffdata = "".join(
-        f'<TiffData FirstZ="{k * planes}" IFD="0" PlaneCount="{planes}"><UUID FileName="{name}">{uuids[k]}</UUID>'
-        "</TiffData>"
-        for k, name in enumerate(names)
-    )
-    for k, name in enumerate(names):
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[k]}">'
-            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
-            f'SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="{planes * len(names)}" SizeC="1" SizeT="1">'
-            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
-        )
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / name, data[k * planes : (k + 1) * planes], description=xml, metadata=None)
-    return data
+def _multifile_ome(folder: Path, names: list[str]) -> np.ndarray:
+    return write_multifile_ome(folder, names, shape=(16, 24))
 
 
 def test_source_files_lists_the_other_files_of_a_multifile_ome_tiff(tmp_path: Path) -> None:

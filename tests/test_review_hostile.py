@@ -8,12 +8,12 @@ interpreter with a time bound and an address-space cap (``test_hostile11.run_chi
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from ome_files import write_multifile_ome
 from test_hostile11 import assert_clear, run_child
 
 import lazystack
@@ -22,31 +22,8 @@ from lazystack import SourceFormatError, load_iter_tiff, load_tiffs
 pytestmark = pytest.mark.timeout(180)
 
 
-def _ome_xml(names: list[str], uuids: list[str], own: int, planes_per_file: int, shape: tuple[int, int]) -> str:
-    """OME-XML of one Z stack whose planes are spread over ``names`` (``planes_per_file`` each)."""
-    tiffdata = "".join(
-        f'<TiffData FirstZ="{k * planes_per_file}" IFD="0" PlaneCount="{planes_per_file}">'
-        f'<UUID FileName="{name}">{uuids[k]}</UUID></TiffData>'
-        for k, name in enumerate(names)
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[own]}">'
-        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
-        f'SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="{planes_per_file * len(names)}" SizeC="1" SizeT="1">'
-        f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
-    )
-
-
-def _multifile_ome(folder: Path, files: int = 2, planes: int = 2, shape: tuple[int, int] = (32, 48)) -> np.ndarray:
-    """A multi-file OME-TIFF: ``files`` files of ``planes`` planes, each file's OME-XML listing all of them."""
-    data = np.arange(files * planes * shape[0] * shape[1], dtype=np.uint16).reshape(files * planes, *shape)
-    names = [f"m_{k}.ome.tif" for k in range(files)]
-    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
-    for k, name in enumerate(names):
-        xml = _ome_xml(names, uuids, k, planes, shape)
-        tifffile.imwrite(folder / name, data[k * planes : (k + 1) * planes], description=xml, metadata=None)
-    return data
+def _multifile_ome(folder: Path, files: int = 2) -> np.ndarray:
+    return write_multifile_ome(folder, files)
 
 
 # -- multi-file OME-TIFF -----------------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from ome_files import write_multifile_ome
 
 import lazystack
 from lazystack import SourceFormatError, SourceNotFoundError, SourceReadError, load_tiffs
@@ -163,26 +163,7 @@ def test_a_missing_series_is_the_same_error_for_load_tiffs_and_propose_axes(tmp_
 
 
 # -- the OME plane bound counts the files a multi-file OME-TIFF lists -------------------------------------------------
-def _multifile_ome(folder: Path, files: int = 3, planes: int = 2, shape: tuple[int, int] = (32, 48)) -> np.ndarray:
-    """``files`` files of ``planes`` planes each, every file's OME-XML listing all of them (as Bio-Formats writes)."""
-    data = np.arange(files * planes * shape[0] * shape[1], dtype=np.uint16).reshape(files * planes, *shape)
-    names = [f"m_{k}.ome.tif" for k in range(files)]
-    uuids = [f"urn:uuid:{uuid.uuid4()}" for _ in names]
-    tiffdata = "".join(
-        f'<TiffData FirstZ="{k * planes}" IFD="0" PlaneCount="{planes}"><UUID FileName="{name}">{uuids[k]}</UUID>'
-        "</TiffData>"
-        for k, name in enumerate(names)
-    )
-    for k, name in enumerate(names):
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuids[k]}">'
-            '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
-            f'SizeX="{shape[1]}" SizeY="{shape[0]}" SizeZ="{files * planes}" SizeC="1" SizeT="1">'
-            f'<Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tiffdata}</Pixels></Image></OME>'
-        )
-        tifffile.imwrite(folder / name, data[k * planes : (k + 1) * planes], description=xml, metadata=None)
-    return data
+_multifile_ome = write_multifile_ome
 
 
 def test_the_plane_bound_counts_the_listed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
