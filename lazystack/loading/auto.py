@@ -279,7 +279,12 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
 
 
 def _local(text: str) -> str:
-    return text[len("file://") :] if text.lower().startswith("file://") else text
+    """A ``file://`` URL's local path, percent-encoded or not, as ``load_tiffs`` / ``load_czis`` read it."""
+    if not text.lower().startswith("file://"):
+        return text
+    from .loaders import local_files
+
+    return local_files(text, "paths", "load")[0]
 
 
 def _load_npy(path: str, axes: str) -> LazyImageStack:
