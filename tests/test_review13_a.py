@@ -29,6 +29,7 @@ from lazystack import (
     propose_axes,
     write_ome_zarr,
 )
+from lazystack.loading.auto import source_kind
 from lazystack.sampling import RandomSampler
 from lazystack.sampling.manifest import ManifestMismatchError, read_manifest, source_identity, write_manifest
 
@@ -79,6 +80,15 @@ def test_bioio_through_link_dotdot_and_beside_do_not_share_dask_keys(tmp_path: P
     got_through, got_here = dask.compute(through.xarray.data, here.xarray.data, scheduler="sync")
     np.testing.assert_array_equal(np.asarray(got_through).reshape(16, 16), a)
     np.testing.assert_array_equal(np.asarray(got_here).reshape(16, 16), b)
+
+
+# -- bytes paths: the entry points fix13 did not try --------------------------------------------------------------
+@pytest.mark.parametrize("call", [propose_axes, source_kind], ids=["propose_axes", "source_kind"])
+@pytest.mark.parametrize("value", [b"/x.tif", bytearray(b"/x.tif")], ids=["bytes", "bytearray"])
+def test_bytes_paths_are_refused_by_propose_axes_and_source_kind_naming_the_value(call, value) -> None:  # type: ignore[no-untyped-def]
+    """Not ``TypeError: cannot use a string pattern on a bytes-like object`` from a regular expression."""
+    with pytest.raises(UnsupportedSourceError, match=r"x\.tif.*os\.fsdecode"):
+        call(value)
 
 
 # -- percent-encoded file:// URLs ------------------------------------------------------------------------------------
