@@ -83,7 +83,8 @@ def _path_text(source: Any, who: str) -> str:
     """``os.fspath(source)``, refusing what is not a str or os.PathLike of str (``bytes``) naming it."""
     if not isinstance(source, (str, os.PathLike)) or not isinstance(text := os.fspath(source), str):
         hint = " (decode bytes paths with os.fsdecode())" if isinstance(source, (bytes, bytearray, os.PathLike)) else ""
-        msg = f"{who} expects a path (str or os.PathLike of str) or a URI, got {type(source).__name__}: {source!r}{hint}"
+        got = f"{type(source).__name__}: {source!r}"
+        msg = f"{who} expects a path (str or os.PathLike of str) or a URI, got {got}{hint}"
         raise UnsupportedSourceError(msg)
     return text
 
