@@ -79,6 +79,16 @@ def _zarr_root_in(path: str) -> bool:
     return any(part.lower().endswith(".zarr") for part in re.split(r"[/\\]", path))
 
 
+def _path_text(source: Any, who: str) -> str:
+    """``os.fspath(source)``, refusing what is not a str or os.PathLike of str (``bytes``) naming it."""
+    if not isinstance(source, (str, os.PathLike)) or not isinstance(text := os.fspath(source), str):
+        hint = " (decode bytes paths with os.fsdecode())" if isinstance(source, (bytes, bytearray, os.PathLike)) else ""
+        got = f"{type(source).__name__}: {source!r}"
+        msg = f"{who} expects a path (str or os.PathLike of str) or a URI, got {got}{hint}"
+        raise UnsupportedSourceError(msg)
+    return text
+
+
 def source_kind(source: str | os.PathLike[str]) -> Kind:
     """Name the loader [`load()`][load] would use for ``source``.
 
@@ -98,14 +108,16 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     SourceReadError
         If the system refuses to look at the path (permission denied on a folder, a name too long).
     UnsupportedSourceError
-        If neither the extension nor the scheme is one lazystack reads.
+        If neither the extension nor the scheme is one lazystack reads, or
+        ``source`` is not a str or os.PathLike of str (a ``bytes`` path:
+        decode it with ``os.fsdecode()``).
 
     Examples
     --------
     >>> source_kind("s3://bucket/image.ome.zarr")
     'zarr'
     """
-    text = os.fspath(source)
+    text = _path_text(source, "source_kind")
     m = _SCHEME.match(text)
     if m is not None:
         scheme = m.group(1).lower()
@@ -279,7 +291,12 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
 
 
 def _local(text: str) -> str:
-    return text[len("file://") :] if text.lower().startswith("file://") else text
+    """A ``file://`` URL's local path, percent-encoded or not, as ``load_tiffs`` / ``load_czis`` read it."""
+    if not text.lower().startswith("file://"):
+        return text
+    from .loaders import local_files
+
+    return local_files(text, "paths", "load")[0]
 
 
 def _load_npy(path: str, axes: str) -> LazyImageStack:
@@ -334,7 +351,7 @@ def propose_axes(source: str | os.PathLike[str], **options: Any) -> str | None:
     SourceNotFoundError, UnsupportedSourceError
         As `source_kind()`.
     """
-    text = os.fspath(source)
+    text = _path_text(source, "propose_axes")
     kind = source_kind(text)
     if kind == "tiff":
         from ..sources import tiff

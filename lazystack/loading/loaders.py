@@ -402,6 +402,14 @@ def _system_zarr_path(text: str) -> str:
     rest = text[len(prefix) :]
     if ("://" in rest if not prefix else not rest.startswith("/")) or ".." not in rest.replace(os.sep, "/").split("/"):
         return text
+    if prefix and "%" in rest:  # a percent-encoded URL: the decoded path's ``..`` is the one the system resolves
+
+        def head(path: str) -> str:  # up to the last ``..``: what must exist for the system to resolve it
+            return path[: path.replace(os.sep, "/").rfind("/..") + len("/..")]
+
+        decoded = unquote(rest)
+        if not os.path.exists(head(rest)) and os.path.exists(head(decoded)):
+            rest = decoded
     return prefix + system_path(rest)
 
 

@@ -87,6 +87,18 @@ class NormalizedReader(Reader):
         self._stack.close()
 
 
+def _outside_level() -> int:
+    """The ``stacklevel`` of the caller's first frame outside lazystack (``normalized()``, ``stack.normalized()``)."""
+    import inspect
+    import os
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame, level = inspect.currentframe(), 0  # this frame counts for the one calling ``warnings.warn``
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return max(level, 2)
+
+
 def normalization_parameters(
     stats: ChannelStatistics | Mapping[str, Any],
     method: str = "zscore",
@@ -153,7 +165,7 @@ def normalization_parameters(
             "all NaN / inf, or no values); they get offset 0 and scale 1, i.e. are NOT normalised. "
             "Compute the statistics over data where these channels have finite values, or drop them"
         )
-        warnings.warn(msg, UserWarning, stacklevel=2)
+        warnings.warn(msg, UserWarning, stacklevel=_outside_level())
     ok = np.isfinite(spread) & (spread != 0)
     scale = np.where(ok, 1.0 / np.where(ok, spread, 1.0), 1.0)
     offset = np.where(np.isfinite(offset), offset, 0.0)

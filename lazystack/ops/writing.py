@@ -193,7 +193,7 @@ def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
             while _is_zarr_node(path.parent):  # a node of a Zarr store: the whole store is the source
                 path = path.parent
             out.append((str(stack.source), path))
-            if stack.format == "tiff":  # the other files of a multi-file OME-TIFF: sources too
+            if stack.format in ("tiff", "bioio"):  # the other files of a multi-file OME-TIFF (bioio: by tifffile)
                 from ..sources.tiff import source_files
 
                 out += [(str(stack.source), Path(os.path.realpath(f))) for f in source_files(str(path))[1:]]

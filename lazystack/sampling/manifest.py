@@ -80,7 +80,7 @@ def _local_paths(stack: Any) -> list[Path]:
     path = Path(text)
     if not text or not path.exists():
         return []
-    if getattr(stack, "format", None) == "tiff" and path.is_file():
+    if getattr(stack, "format", None) in ("tiff", "bioio") and path.is_file():  # bioio reads OME-TIFF by tifffile
         from ..sources.tiff import source_files
 
         return [Path(f) for f in source_files(text)]
