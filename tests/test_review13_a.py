@@ -41,12 +41,7 @@ def _same_stamp(a: Path, b: Path) -> None:
     os.utime(a, ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
-# -- ``..`` after a symlink: the loaders fix13 did not touch --------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources/czi.py (not touched by fix13) still names a file by os.path.abspath in its dask token: "
-    "'link/../x.czi' and 'x.czi' beside the link, same size and time, share keys and the chunk cache",
-)
+# -- ``..`` after a symlink: the loaders fix13 did not touch (fixed by 00609a6) ----------------------------------------
 def test_czi_through_link_dotdot_and_beside_read_their_own_data(tmp_path: Path) -> None:
     pyczi = pytest.importorskip("pylibCZIrw.czi")
     _, link = _linked(tmp_path)
@@ -62,11 +57,6 @@ def test_czi_through_link_dotdot_and_beside_read_their_own_data(tmp_path: Path) 
     np.testing.assert_array_equal(got_here, np.full((1, 16, 16), 9, np.float32))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources/bioio.py (not touched by fix13) still names a file by os.path.abspath in its dask token: "
-    "'link/../x.ome.tif' and 'x.ome.tif' beside the link, same size and time, share dask keys",
-)
 def test_bioio_through_link_dotdot_and_beside_do_not_share_dask_keys(tmp_path: Path) -> None:
     pytest.importorskip("bioio_ome_tiff")
     _, link = _linked(tmp_path)
