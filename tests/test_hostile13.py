@@ -132,6 +132,31 @@ def test_no_stacks_says_so(make: Any) -> None:
         make()
 
 
+def test_a_stack_without_samples_and_a_positive_weight_is_refused() -> None:
+    """An empty file among the stacks, weights given: specs of ``sample=-1`` (RandomSampler), numpy's bare
+    "high <= 0" (ForegroundSampler). With the default weights it gets none and is never drawn (as before)."""
+    empty, a = _stack((0, 32, 32)), _stack()
+    with pytest.raises(ValueError, match=r"give stack 0 .* positive weight, but it has no samples"):
+        RandomSampler([empty, a], 8, 6, weights=[1, 1])
+    with pytest.raises(ValueError, match="no samples"):
+        ForegroundSampler([empty, a], [empty, a], 8, 6, weights=[1, 1])
+    assert {s.stack for s in RandomSampler([empty, a], 8, 64).epoch_specs(0)} == {1}
+
+
+@pytest.mark.parametrize("kind", ["mask-weighted", "coarse"])
+def test_foreground_samplers_skip_a_stack_without_samples(kind: str) -> None:
+    """A 0-sample stack among others: dask's "Empty tuples are not allowed in chunks" while summarising it."""
+    empty, a = _stack((0, 32, 32)), _stack()
+    if kind == "mask-weighted":
+        sampler: Any = lazystack.sampling.MaskWeightedSampler([empty, a], [empty, a], 8, 32, seed=1)
+    else:
+        sampler = lazystack.sampling.CoarseForegroundSampler([empty, a], 8, 32, factor=4, seed=1)
+        assert sampler.foreground_fraction()[0] is None
+    specs = sampler.epoch_specs(0)
+    assert {s.stack for s in specs} == {1}
+    assert all(0 <= s.sample < 2 for s in specs)
+
+
 # -- torch -------------------------------------------------------------------------------------------------------
 def test_dataset_over_other_stacks_than_its_sampler_fails_at_construction() -> None:
     """A sampler over two stacks, a dataset over one: a bare ``IndexError: list index out of range`` at the first

@@ -642,6 +642,13 @@ class RandomSampler(Sampler):
                 msg = f"weights {weights!r} must be {len(stacks)} finite non-negative numbers, one per stack"
                 raise ValueError(msg)
         w = [x if i in sampled else 0.0 for i, x in enumerate(w)]
+        empty = [i for i, x in enumerate(w) if x > 0 and self.geometries[i].n_samples == 0]
+        if empty:
+            msg = (
+                f"weights {weights!r} give stack {empty[0]} ({getattr(stacks[empty[0]], 'source', '?')!r}) a "
+                "positive weight, but it has no samples: nothing to draw from it; give it weight 0 or leave it out"
+            )
+            raise ValueError(msg)
         total = sum(w)
         if not total > 0:
             msg = f"weights {weights!r} sum to {total}: at least one stack sampled needs a positive weight"
@@ -1091,7 +1098,7 @@ class MaskWeightedSampler(Sampler):
         self.cell = self.patch_size if cell is None else _positive("cell", cell, ndim)
         summaries = []
         for k, m in enumerate(masks):
-            if k in self.levels_left_out:  # no cell: never drawn, never read
+            if k in self.levels_left_out or self.geometries[k].n_samples == 0:  # no cell: never drawn, never read
                 summaries.append(np.zeros((0,) * (1 + ndim), np.int64))
                 continue
             fg = m.data[:, 0] > 0
