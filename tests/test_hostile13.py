@@ -282,6 +282,8 @@ def test_stitcher_batch_and_out_mistakes_are_named() -> None:
         stitcher.add_batch([0, 1], np.zeros((1, 1, 12, 12)))
     with pytest.raises(ShapeMismatchError, match=r"out\[0\] is NoneType, not an array.*\(2, 1, 32, 32\)"):
         Stitcher(grid, 1, out=[None])
+    stitcher.add_batch(iter([0, 1]), (np.ones((1, 12, 12)) for _ in range(2)))  # iterators, as before
+    assert stitcher.outputs[0][0, 0, 0, 0] == 1
 
 
 # -- display -------------------------------------------------------------------------------------------------------

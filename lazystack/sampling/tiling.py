@@ -295,6 +295,8 @@ class Stitcher:
     def add_batch(self, indices: Sequence[int], predictions: Any) -> None:
         """[`add()`][add] for each index and the matching prediction of a batch (``N C (Z)YX``)."""
         indices = list(indices)
+        if not hasattr(predictions, "__len__"):  # a generator of predictions
+            predictions = list(predictions)
         if len(indices) != len(predictions):
             msg = f"add_batch got {len(indices)} indices and {len(predictions)} predictions: need one per index"
             raise ShapeMismatchError(msg)
