@@ -37,7 +37,16 @@ from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import _as_int, _check_length, _check_seed, _hash_key, _index_array, _uniforms, resolve_channels
+from .sampling.samplers import (
+    _as_int,
+    _check_length,
+    _check_seed,
+    _hash_key,
+    _index_array,
+    _indexed,
+    _uniforms,
+    resolve_channels,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -236,10 +245,10 @@ class PatchDataset:
         """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
         sampler, channels, stacks, targets, masks = state
         specs = _specs(sampler, channels, keys)
-        requests = [(stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
+        requests = [(_indexed(stacks, s.stack), s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         for group in (targets, masks):
             if group is not None:
-                requests += [(group[s.stack], s.sample, None, s.coords, s.patch_size) for s in specs]
+                requests += [(_indexed(group, s.stack), s.sample, None, s.coords, s.patch_size) for s in specs]
         return specs, extract_patches(requests)
 
     def _predict(self, keys: list[tuple[int, int]]) -> list[tuple[tuple[int, int], ...]]:

@@ -171,6 +171,24 @@ def test_dataset_over_other_stacks_than_its_sampler_fails_at_construction() -> N
     assert same[0]["input"].shape == (1, 8, 8)
 
 
+@pytest.mark.parametrize("stack", [-1, 2])
+def test_a_spec_naming_a_stack_not_given_is_an_error(stack: int) -> None:
+    """``FixedSampler`` specs (a manifest, a validation list) are not checked against stacks it never sees: stack
+    -1 read the last stack's pixels without a word, stack 2 of 2 raised a bare "list index out of range"."""
+    ones, zeros = LazyImageStack(np.ones((2, 32, 32), np.uint16), "SYX"), _stack()
+    dataset = PatchDataset([ones, zeros], FixedSampler([(stack, 0, None, (0, 0), (8, 8))]))
+    with pytest.raises(IndexError, match=rf"a spec names stack {stack}, but 2 stack\(s\) were given"):
+        dataset[0]
+    with pytest.raises(IndexError, match=rf"stack {stack}"):
+        lazystack.sampling.read_specs([ones, zeros], [lazystack.sampling.PatchSpec(stack, 0, None, (0, 0), (8, 8))])
+
+
+def test_unsigned_index_past_int64_is_named_as_given() -> None:
+    """A ``uint64`` index of ``2**63`` wrapped to ``-9223372036854775808`` in the message."""
+    with pytest.raises(IndexError, match="index 9223372036854775808 is out of range"):
+        RandomSampler([_stack()], 8, 4).epoch_specs(0, np.array([1, 2**63], dtype=np.uint64))
+
+
 @pytest.mark.parametrize(
     ("index", "words"),
     [((0, 1, 2), ["(0, 1, 2)", "(epoch, index) pair"]), (1.0, ["index", "1.0"]), ((0, "a"), ["'a'"])],

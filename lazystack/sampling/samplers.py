@@ -106,8 +106,21 @@ class PatchSpec(NamedTuple):
         -------
         tuple
             ``(stack, sample, channels, coords, patch_size)``.
+
+        Raises
+        ------
+        IndexError
+            If ``stack`` is not an index of ``stacks`` (a negative one included).
         """
-        return (stacks[self.stack], self.sample, self.channels, self.coords, self.patch_size)
+        return (_indexed(stacks, self.stack), self.sample, self.channels, self.coords, self.patch_size)
+
+
+def _indexed(stacks: Sequence[Any], stack: int) -> Any:
+    """``stacks[stack]`` for a spec's stack index; a negative or too large one is an error naming it."""
+    if not 0 <= stack < len(stacks):
+        msg = f"a spec names stack {stack!r}, but {len(stacks)} stack(s) were given: accepted 0 to {len(stacks) - 1}"
+        raise IndexError(msg)
+    return stacks[stack]
 
 
 class StackGeometry(NamedTuple):
@@ -238,6 +251,10 @@ def _index_array(indices: Any, n: int) -> np.ndarray:
                 msg = f"index {i!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
                 raise IndexError(msg)
         arr = np.asarray(ints, dtype=np.int64)
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= n:  # before int64: 2**63 would wrap to negative
+        index = int(arr[int(np.argmax(arr >= n))])
+        msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+        raise IndexError(msg)
     arr = arr.astype(np.int64, copy=False)
     bad = (arr < 0) | (arr >= n)
     if bad.any():
