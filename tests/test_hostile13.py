@@ -331,6 +331,17 @@ def test_strided_read_matches_numpy() -> None:
     np.testing.assert_array_equal(stack.data[:, 1, ::-3, [5, 1, 60]].compute(), data[:, 1, ::-3][:, :, [5, 1, 60]])
 
 
+@pytest.mark.parametrize("limits", [{"vmin": np.nan}, {"vmax": np.inf}, {"vmin": -np.inf, "vmax": 1.0}])
+def test_show_refuses_non_finite_contrast_limits(limits: dict[str, float]) -> None:
+    """``vmin=nan`` drew a blank image without a word (the limits became ``(nan, nan)``)."""
+    pytest.importorskip("matplotlib")
+    from lazystack.frontends.plot import show
+
+    name = next(iter(limits))
+    with pytest.raises(SelectionError, match=rf"{name} must be a finite number .* got {limits[name]!r}"):
+        show(_stack(), **limits)
+
+
 # -- command line --------------------------------------------------------------------------------------------------
 def _cli(*args: str) -> Any:
     return run_python("import sys; from lazystack.frontends.cli import main; sys.exit(main())", *args, timeout=120)
