@@ -1355,10 +1355,14 @@ class _SlicingReader:
         if 0 in out_shape:
             return np.empty(out_shape, dtype=self.dtype)
         out = read_numpy(self.reader, tuple(region))
+        strided = False
         for axis, sel in enumerate(after):
             if not (isinstance(sel, slice) and sel == slice(None)):
                 out = out[(slice(None),) * axis + (sel,)]
-        return out
+                strided |= isinstance(sel, slice)
+        # a strided view would keep the whole region read alive until dask concatenates the chunks:
+        # a thumbnail of a big stack would hold every region it read at once
+        return out.copy() if strided else out
 
 
 #: dtype kinds a stack holds: bool, signed and unsigned integers, floating point.

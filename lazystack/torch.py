@@ -32,12 +32,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .core.errors import ChannelIndexError, MissingDependencyError
+from .core.errors import ChannelIndexError, MissingDependencyError, ShapeMismatchError
 from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
 from .sampling import PatchSpec, Sampler, check_pairs, geometry
-from .sampling.samplers import _as_int, _check_seed, _hash_key, _index_array, _uniforms, resolve_channels
+from .sampling.samplers import (
+    _as_int,
+    _check_length,
+    _check_seed,
+    _hash_key,
+    _index_array,
+    _indexed,
+    _uniforms,
+    resolve_channels,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +118,9 @@ class PatchDataset:
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
     ShapeMismatchError
-        When targets or masks do not pair with the inputs.
+        When targets or masks do not pair with the inputs, or the inputs do
+        not start with the stacks the sampler was built over (fewer stacks,
+        or samples and spatial shapes other than its ``geometries``).
 
     Notes
     -----
@@ -162,6 +173,7 @@ class PatchDataset:
         groups = [self.stacks] + [g for g in (self.targets, self.masks) if g is not None]
         names = ["input"] + [n for n, g in (("target", self.targets), ("mask", self.masks)) if g is not None]
         check_pairs(*groups, names=names)
+        _check_sampler_stacks(sampler, self.stacks)
         if isinstance(channels, str):
             if channels != "spec":
                 msg = f"channels must be 'spec' or a sequence of channel indices, got {channels!r}"
@@ -219,9 +231,11 @@ class PatchDataset:
 
     def _key(self, index: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(index, (tuple, list)):
-            epoch, i = (operator.index(v) for v in index)
-            return epoch, i
-        return self.epoch, operator.index(index)
+            if len(index) != 2:
+                msg = f"index {index!r}: accepted are an int or an (epoch, index) pair"
+                raise TypeError(msg)
+            return _as_int("epoch", index[0]), _as_int("index", index[1])
+        return self.epoch, _as_int("index", index)
 
     def _state(self) -> tuple[Any, ...]:
         """What a batch's patches depend on besides its keys (a batch read ahead is served only with the same)."""
@@ -231,10 +245,10 @@ class PatchDataset:
         """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
         sampler, channels, stacks, targets, masks = state
         specs = _specs(sampler, channels, keys)
-        requests = [(stacks[s.stack], s.sample, s.channels, s.coords, s.patch_size) for s in specs]
+        requests = [(_indexed(stacks, s.stack), s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         for group in (targets, masks):
             if group is not None:
-                requests += [(group[s.stack], s.sample, None, s.coords, s.patch_size) for s in specs]
+                requests += [(_indexed(group, s.stack), s.sample, None, s.coords, s.patch_size) for s in specs]
         return specs, extract_patches(requests)
 
     def _predict(self, keys: list[tuple[int, int]]) -> list[tuple[tuple[int, int], ...]]:
@@ -300,6 +314,26 @@ class PatchDataset:
                 item["spec"] = torch.tensor([s.stack, s.sample, *s.coords, *s.patch_size], dtype=torch.int64)
             items.append(item if self.transform is None else self.transform(item))
         return items
+
+
+def _check_sampler_stacks(sampler: Sampler, stacks: list[Any]) -> None:
+    """The stacks the sampler was built over (when it tells their geometry) must lead the stacks given, else an error.
+
+    Otherwise a spec naming a stack past the list given fails at the first batch, and one of a stack of another
+    size reads past its image (zeros). Stacks after the sampler's are allowed (never sampled).
+    """
+    known = getattr(sampler, "geometries", None)
+    if known is None:
+        return
+    shapes = [(g.n_samples, g.spatial_shape) for g in (geometry(s) for s in stacks)]
+    expected = [(g.n_samples, g.spatial_shape) for g in known]
+    if shapes[: len(expected)] != expected:
+        msg = (
+            f"PatchDataset got {len(shapes)} stack(s) of (samples, spatial shape) {shapes}, but its sampler "
+            f"{type(sampler).__name__} was built over {len(expected)} of {expected}: give the stacks the sampler "
+            "was built over, in the same order"
+        )
+        raise ShapeMismatchError(msg)
 
 
 def _spec(sampler: Sampler, channels: tuple[int, ...] | str | None, epoch: int, index: int) -> PatchSpec:
@@ -531,7 +565,7 @@ class EpochSampler:
         pad: bool = True,
         epoch: int = 0,
     ) -> None:
-        self.length = _check_seed("length", length if not hasattr(length, "__len__") else len(length))
+        self.length = _check_length(length if not hasattr(length, "__len__") else len(length))
         self.rank = _as_int("rank", rank)
         self.world_size = _as_int("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -553,23 +587,32 @@ class EpochSampler:
         self.epoch = _check_seed("epoch", epoch)
 
     def order(self) -> list[int]:
-        """The whole epoch's index order, padded (before sharding)."""
-        order = (
-            [int(i) for i in np.random.default_rng([self.seed, self.epoch]).permutation(self.length)]
-            if self.shuffle
-            else list(range(self.length))
-        )
-        if self.pad and order and len(order) % self.world_size:
-            extra = self.world_size - len(order) % self.world_size
-            order += (order * (extra // len(order) + 1))[:extra]
-        return order
+        """The whole epoch's index order, padded (before sharding).
+
+        A list of every index: for large epochs iterate the sampler instead,
+        which computes this rank's share as it goes.
+        """
+        return [int(i) for i in self._ordered(range(self._padded_length()))]
+
+    def _padded_length(self) -> int:
+        n = self.length
+        return n + (-n % self.world_size if self.pad and n else 0)
+
+    def _ordered(self, positions: range) -> Iterator[int]:
+        """The indices at some positions of the padded order, lazily (the shuffle is drawn now, eagerly)."""
+        n = self.length
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else None
+        if perm is None:
+            return (p % n for p in positions)  # padding repeats the order from its start
+        return (int(perm[p % n]) for p in positions)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return iter([(epoch, i) for i in self.order()[self.rank :: self.world_size]])
+        share = range(self.rank, self._padded_length(), self.world_size)
+        return ((epoch, i) for i in self._ordered(share))
 
     def __len__(self) -> int:
-        return len(self.order()[self.rank :: self.world_size])
+        return len(range(self.rank, self._padded_length(), self.world_size))
 
 
 class ChunkLocalSampler(Sampler):

@@ -51,6 +51,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a usage error otherwise, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"invalid value {text!r}: give an integer >= 1"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _add_demo(sub: SubParsers) -> None:
     from .demo import BUILDERS
 
@@ -60,10 +72,12 @@ def _add_demo(sub: SubParsers) -> None:
         description="Write a synthetic TCYX dataset in every installed format to a temporary folder, "
         "open it lazily, extract random patches and print a table of throughput and bytes read.",
     )
-    p.add_argument("--size", type=int, default=1024, metavar="N", help="height and width of each plane (default 1024)")
-    p.add_argument("--patches", type=int, default=2000, metavar="N", help="patches per format (default 2000)")
-    p.add_argument("--patch-size", type=int, default=64, metavar="N", help="patch edge length (default 64)")
-    p.add_argument("--frames", type=int, default=4, metavar="N", help="time points per stack (default 4)")
+    p.add_argument(
+        "--size", type=_positive_int, default=1024, metavar="N", help="height and width of each plane (default 1024)"
+    )
+    p.add_argument("--patches", type=_positive_int, default=2000, metavar="N", help="patches per format (default 2000)")
+    p.add_argument("--patch-size", type=_positive_int, default=64, metavar="N", help="patch edge length (default 64)")
+    p.add_argument("--frames", type=_positive_int, default=4, metavar="N", help="time points per stack (default 4)")
     p.add_argument(
         "--format",
         action="append",

@@ -246,6 +246,11 @@ def run_demo(
     cache_bytes : int or str, optional
         Bound of the chunk cache during the demo (``0`` disables it; default:
         the process's setting, see [`lazystack.chunk_cache_size()`][lazystack.chunk_cache_size]).
+
+    Raises
+    ------
+    ValueError
+        For an unknown format, or a ``size``, ``n_patches``, ``patch`` or ``frames`` below 1.
     """
     from contextlib import nullcontext
 
@@ -258,6 +263,10 @@ def run_demo(
     if unknown:
         msg = f"unknown demo format(s) {unknown}; accepted: {list(BUILDERS)}"
         raise ValueError(msg)
+    for name, value in (("size", size), ("n_patches", n_patches), ("patch", patch), ("frames", frames)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            msg = f"run_demo: {name} must be an integer >= 1, got {value!r}"
+            raise ValueError(msg)
     shape = (frames, 2, size, size)
     tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -372,6 +372,10 @@ def _limits(plane: np.ndarray, robust: bool, vmin: float | None, vmax: float | N
         lo, hi = np.percentile(finite, [2, 98]) if robust else (finite.min(), finite.max())
     else:
         lo, hi = 0.0, 1.0
+    for name, value in (("vmin", vmin), ("vmax", vmax)):
+        if value is not None and not np.isfinite(float(value)):
+            msg = f"{name} must be a finite number (or None for the image's own limits), got {value!r}"
+            raise SelectionError(msg)
     if vmin is not None and vmax is not None and not float(vmax) > float(vmin):
         msg = f"vmin must be below vmax, got vmin={vmin!r}, vmax={vmax!r}"
         raise SelectionError(msg)

@@ -303,7 +303,7 @@ class CoarseForegroundSampler(Sampler):
         plans: list[tuple[str, Any, tuple[int, ...], int] | None] = []  # (key, coarse stack, factor, extra)
         pending: dict[str, Any] = {}
         for k, s in enumerate(stacks):
-            if k in self.levels_left_out:
+            if k in self.levels_left_out or self.geometries[k].n_samples == 0:  # no sample: nothing to judge or draw
                 plans.append(None)
                 self.coarse_source.append(None)
                 continue

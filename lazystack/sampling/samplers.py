@@ -37,6 +37,7 @@ import bisect
 import logging
 import math
 import operator
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -63,6 +64,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("lazystack.sampling")
+
+#: Specs computed at a time when a sampler is iterated (epoch 0).
+_ITER_BATCH = 4096
 
 
 class PatchSpec(NamedTuple):
@@ -102,8 +106,21 @@ class PatchSpec(NamedTuple):
         -------
         tuple
             ``(stack, sample, channels, coords, patch_size)``.
+
+        Raises
+        ------
+        IndexError
+            If ``stack`` is not an index of ``stacks`` (a negative one included).
         """
-        return (stacks[self.stack], self.sample, self.channels, self.coords, self.patch_size)
+        return (_indexed(stacks, self.stack), self.sample, self.channels, self.coords, self.patch_size)
+
+
+def _indexed(stacks: Sequence[Any], stack: int) -> Any:
+    """``stacks[stack]`` for a spec's stack index; a negative or too large one is an error naming it."""
+    if not 0 <= stack < len(stacks):
+        msg = f"a spec names stack {stack!r}, but {len(stacks)} stack(s) were given: accepted 0 to {len(stacks) - 1}"
+        raise IndexError(msg)
+    return stacks[stack]
 
 
 class StackGeometry(NamedTuple):
@@ -228,7 +245,16 @@ def _index_array(indices: Any, n: int) -> np.ndarray:
     """Indices as an ``int64`` array, each checked to be an integer in ``range(n)`` (errors name the first bad one)."""
     arr = np.asarray(indices)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
-        arr = np.asarray([_as_int("index", i) for i in indices], dtype=np.int64)  # raises for a non-integer
+        ints = [_as_int("index", i) for i in indices]  # raises for a non-integer
+        for i in ints:  # before int64: an index past 2**63 would overflow there (not name itself)
+            if not 0 <= i < n:
+                msg = f"index {i!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+                raise IndexError(msg)
+        arr = np.asarray(ints, dtype=np.int64)
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= n:  # before int64: 2**63 would wrap to negative
+        index = int(arr[int(np.argmax(arr >= n))])
+        msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
+        raise IndexError(msg)
     arr = arr.astype(np.int64, copy=False)
     bad = (arr < 0) | (arr >= n)
     if bad.any():
@@ -332,6 +358,15 @@ def _check_seed(name: str, value: int) -> int:
     return v
 
 
+def _check_length(value: int) -> int:
+    """A number of specs per epoch: a non-negative integer ``len()`` can return (below ``2**63``)."""
+    v = _check_seed("length", value)
+    if v > sys.maxsize:
+        msg = f"length {value!r} is too large: len() of a sampler must be at most {sys.maxsize} (2**63 - 1)"
+        raise ValueError(msg)
+    return v
+
+
 def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = "sampler") -> tuple[int, ...]:
     """Indices of the stacks a sampler draws from, given their resolution levels.
 
@@ -355,9 +390,12 @@ def sampled_stacks(stacks: Sequence[Any], levels: Any = "finest", *, who: str = 
     Raises
     ------
     SelectionError
-        For an invalid ``levels`` or one that selects none of the stacks.
+        For no stacks, an invalid ``levels`` or one that selects none of the stacks.
     """
     items = list(stacks)
+    if not items:
+        msg = f"{who} needs at least one stack, got an empty sequence"
+        raise SelectionError(msg)
     finest = isinstance(levels, str) and levels.strip().lower() == "finest"
     keep = {id(s) for s in (finest_levels(items)[0] if finest else select_levels(items, levels))}
     kept = tuple(i for i, s in enumerate(items) if id(s) in keep)
@@ -478,7 +516,9 @@ class Sampler:
         return [self.spec(i, epoch) for i in idx]  # samplers drawing a batch at once override this
 
     def __iter__(self) -> Iterator[PatchSpec]:
-        return iter(self.epoch_specs(0))
+        n = len(self)
+        for start in range(0, n, _ITER_BATCH):  # batch by batch: memory bounded whatever the length
+            yield from self.epoch_specs(0, range(start, min(start + _ITER_BATCH, n)))
 
 
 class RandomSampler(Sampler):
@@ -501,7 +541,7 @@ class RandomSampler(Sampler):
     weights : "size", "positions" or sequence of float
         ``"size"`` (default): proportional to a stack's pixel count (samples
         times spatial size); ``"positions"``: to its number of valid
-        positions; or one non-negative weight per stack.
+        positions; or one finite non-negative weight per stack.
     channels : int or sequence of int, optional
         Channels of every patch; None (all) requires equal channel counts.
     levels : "finest", "all", int or sequence of int
@@ -581,7 +621,7 @@ class RandomSampler(Sampler):
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[min(sampled)].spatial_shape)
         self.patch_size = _positive("patch_size", patch_size, ndim)
-        self.length = _check_seed("length", length)
+        self.length = _check_length(length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
         positions = []
@@ -615,13 +655,23 @@ class RandomSampler(Sampler):
                 raise ValueError(msg)
         else:
             w = [float(x) for x in weights]
-            if len(w) != len(stacks) or any(not x >= 0 for x in w):
-                msg = f"weights {weights!r} must be {len(stacks)} non-negative numbers, one per stack"
+            if len(w) != len(stacks) or any(not 0 <= x < math.inf for x in w):
+                msg = f"weights {weights!r} must be {len(stacks)} finite non-negative numbers, one per stack"
                 raise ValueError(msg)
         w = [x if i in sampled else 0.0 for i, x in enumerate(w)]
+        empty = [i for i, x in enumerate(w) if x > 0 and self.geometries[i].n_samples == 0]
+        if empty:
+            msg = (
+                f"weights {weights!r} give stack {empty[0]} ({getattr(stacks[empty[0]], 'source', '?')!r}) a "
+                "positive weight, but it has no samples: nothing to draw from it; give it weight 0 or leave it out"
+            )
+            raise ValueError(msg)
         total = sum(w)
         if not total > 0:
             msg = f"weights {weights!r} sum to {total}: at least one stack sampled needs a positive weight"
+            raise ValueError(msg)
+        if total == math.inf:
+            msg = f"weights {weights!r} sum to inf: give finite weights of a finite sum (relative sizes are what count)"
             raise ValueError(msg)
         self.weights = tuple(x / total for x in w)
         self._cumulative = np.cumsum(self.weights)
@@ -748,7 +798,7 @@ class StratifiedSampler(Sampler):
         self.levels_left_out = _left_out(len(stacks), sampled)
         ndim = len(self.geometries[0].spatial_shape)
         self.patch_size = _positive("patch_size", patch_size, ndim)
-        self.length = _check_seed("length", length)
+        self.length = _check_length(length)
         self.seed = _check_seed("seed", seed)
         self.channels = resolve_channels(channels, self.geometries, stacks)
         if not regions:
@@ -935,15 +985,20 @@ class ForegroundSampler(RandomSampler):
     ) -> None:
         super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels, levels=levels)
         check_pairs(stacks, masks, names=["stacks", "masks"])
+        if isinstance(min_foreground, (str, bytes, bool)) or not isinstance(min_foreground, (int, float, np.number)):
+            kind = type(min_foreground).__name__
+            msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r} ({kind})"
+            raise TypeError(msg)
         if not 0 <= min_foreground <= 1:
             msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r}"
             raise ValueError(msg)
-        if operator.index(max_attempts) < 1:
+        attempts = _as_int("max_attempts", max_attempts)
+        if attempts < 1:
             msg = f"max_attempts must be at least 1, got {max_attempts!r}"
             raise ValueError(msg)
         self.masks = list(masks)
         self.min_foreground = float(min_foreground)
-        self.max_attempts = operator.index(max_attempts)
+        self.max_attempts = attempts
 
     def foreground(self, spec: PatchSpec) -> float:
         """Fraction of the mask's pixels > 0 under a spec (first mask channel).
@@ -1054,13 +1109,13 @@ class MaskWeightedSampler(Sampler):
         self.levels_left_out = base.levels_left_out
         check_pairs(stacks, masks, names=["stacks", "masks"])
         self.geometries, self.patch_size, self.channels = base.geometries, base.patch_size, base.channels
-        self.length = _check_seed("length", length)
+        self.length = _check_length(length)
         self.seed = base.seed
         ndim = len(self.patch_size)
         self.cell = self.patch_size if cell is None else _positive("cell", cell, ndim)
         summaries = []
         for k, m in enumerate(masks):
-            if k in self.levels_left_out:  # no cell: never drawn, never read
+            if k in self.levels_left_out or self.geometries[k].n_samples == 0:  # no cell: never drawn, never read
                 summaries.append(np.zeros((0,) * (1 + ndim), np.int64))
                 continue
             fg = m.data[:, 0] > 0

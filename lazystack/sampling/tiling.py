@@ -15,7 +15,6 @@ array, e.g. one written then as OME-Zarr) as tiles arrive, in any order.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,6 +25,7 @@ from .samplers import (
     PatchSpec,
     Sampler,
     StackGeometry,
+    _as_int,
     _int_tuple,
     _left_out,
     geometry,
@@ -70,7 +70,19 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     -------
     list of tuple of int
         The kept ranges partition ``range(extent)``.
+
+    Raises
+    ------
+    PatchError
+        Unless ``extent >= 0`` and ``0 <= overlap < size`` (integers).
     """
+    extent, size, overlap = (_as_int(n, v) for n, v in (("extent", extent), ("size", size), ("overlap", overlap)))
+    if extent < 0 or not 0 <= overlap < size:
+        msg = (
+            f"tile_starts(extent={extent}, size={size}, overlap={overlap}): need extent >= 0 and "
+            "0 <= overlap < size (a negative overlap leaves gaps, overlap >= size never advances)"
+        )
+        raise PatchError(msg)
     if size >= extent:
         return [(0, 0, extent)]
     step = size - overlap
@@ -189,6 +201,13 @@ class Stitcher:
     dtype : numpy dtype
         Dtype of the default outputs.
 
+    Raises
+    ------
+    ValueError
+        If ``n_channels`` is not a positive integer.
+    ShapeMismatchError
+        If ``out`` does not hold one array of the right shape per stack.
+
     Examples
     --------
     >>> import numpy as np
@@ -207,7 +226,10 @@ class Stitcher:
         self, grid: GridSampler, n_channels: int, *, out: Sequence[Any] | None = None, dtype: Any = np.float32
     ) -> None:
         self.grid = grid
-        self.n_channels = operator.index(n_channels)
+        self.n_channels = _as_int("n_channels", n_channels)
+        if self.n_channels < 1 or isinstance(n_channels, bool):
+            msg = f"n_channels must be a positive integer (channels of a prediction), got {n_channels!r}"
+            raise ValueError(msg)
         left_out = set(grid.levels_left_out)
         shapes = [
             None if i in left_out else (g.n_samples, self.n_channels, *g.spatial_shape)
@@ -225,6 +247,9 @@ class Stitcher:
             for i, (o, s) in enumerate(zip(self.outputs, shapes, strict=True)):
                 if s is None:
                     self.outputs[i] = None
+                elif not hasattr(o, "shape"):
+                    msg = f"out[{i}] is {type(o).__name__}, not an array: stack {i}'s predictions need one of shape {s}"
+                    raise ShapeMismatchError(msg)
                 elif tuple(o.shape) != s:
                     msg = f"out[{i}] has shape {tuple(o.shape)}; stack {i}'s predictions need {s}"
                     raise ShapeMismatchError(msg)
@@ -244,6 +269,8 @@ class Stitcher:
         ------
         ShapeMismatchError
             If the prediction's shape is not ``(n_channels, *patch_size)``.
+        TypeError
+            If the prediction is not numbers (strings, objects), or complex for a real output.
         """
         tile = self.grid.tile(index)
         if hasattr(prediction, "detach"):
@@ -253,15 +280,28 @@ class Stitcher:
         if pred.shape != expected:
             msg = f"prediction of tile {index} has shape {pred.shape}; expected {expected} (C(Z)YX)"
             raise ShapeMismatchError(msg)
-        self.outputs[tile.spec.stack][(tile.spec.sample, slice(None), *tile.image_region)] = pred[
-            (slice(None), *tile.patch_region)
-        ]
+        out = self.outputs[tile.spec.stack]
+        kind = getattr(getattr(out, "dtype", None), "kind", "f")
+        if pred.dtype.kind not in "biuf" + ("c" if kind == "c" else ""):
+            msg = (
+                f"prediction of tile {index} has dtype {pred.dtype}: accepted are bool, integer and float "
+                f"predictions{' (and complex)' if kind == 'c' else ''}, written into an output of dtype "
+                f"{getattr(out, 'dtype', '?')}; convert it first (e.g. the real part or the magnitude)"
+            )
+            raise TypeError(msg)
+        out[(tile.spec.sample, slice(None), *tile.image_region)] = pred[(slice(None), *tile.patch_region)]
         self._added.add(int(index))
 
     def add_batch(self, indices: Sequence[int], predictions: Any) -> None:
         """[`add()`][add] for each index and the matching prediction of a batch (``N C (Z)YX``)."""
+        indices = list(indices)
+        if not hasattr(predictions, "__len__"):  # a generator of predictions
+            predictions = list(predictions)
+        if len(indices) != len(predictions):
+            msg = f"add_batch got {len(indices)} indices and {len(predictions)} predictions: need one per index"
+            raise ShapeMismatchError(msg)
         for i, p in zip(indices, predictions, strict=True):
-            self.add(int(i), p)
+            self.add(_as_int("index", i), p)
 
     @property
     def complete(self) -> bool:
