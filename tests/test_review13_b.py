@@ -1,0 +1,84 @@
+"""Review of branch zarr13 (session 13): each defect found pinned by a test that fails without its fix.
+
+References are independent of the code under test: zarr-python's own writes and reads of the same store, the
+error a read raises, the plate directory opened as a local path.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr_helpers import ServerState, serve_directory
+
+import lazystack
+from lazystack.io.cache import chunk_cache_size
+from lazystack.sources.zarr import engines
+from lazystack.sources.zarr.engines import AutoEngine
+
+
+def _compressed(path: Path, **kwargs: Any) -> Path:
+    array = zarr.create_array(path, shape=(2, 64, 64), dtype="uint16", **({"chunks": (1, 32, 32)} | kwargs))
+    array[...] = 1
+    return path
+
+
+@pytest.fixture
+def rewrite_after_the_file_check(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """After tensorstore's FIFO/device check of the chunk files and before tensorstore reads them, the arrays in
+    the returned list are rewritten by zarr-python (a temporary file renamed over each chunk: a new inode), as a
+    writer racing the read would."""
+    targets: list[Path] = []
+    original = engines.TensorstoreEngine._check_files
+
+    def check_then_rewrite(self: Any, indices: Any) -> None:
+        original(self, indices)
+        for path in targets:
+            time.sleep(0.02)  # a modification time after the opening whatever the file system's granularity
+            zarr.open_array(path, mode="r+")[...] = 7
+        targets.clear()
+
+    monkeypatch.setattr(engines.TensorstoreEngine, "_check_files", check_then_rewrite)
+    return targets
+
+
+# -- the single stat before the read: a chunk replaced during the read is read silently ---------------------------
+def test_autos_tensorstore_fetch_refuses_a_chunk_replaced_while_it_was_read(
+    tmp_path: Path, rewrite_after_the_file_check: list[Path]
+) -> None:
+    """The one stat per file of 6f52737 happens *before* tensorstore opens the file: a chunk file replaced between
+    that stat and the read (zarr-python renames a new file over it) was returned without error, the new data
+    mixed with whatever the cache holds of the old. 5428efd stat'ed after the read and raised."""
+    pytest.importorskip("tensorstore")
+    path = _compressed(tmp_path / "a.zarr")
+    engine = AutoEngine(zarr.open_array(path, mode="r"), min_tensorstore=1, min_tensorstore_bytes=0)
+    engine.direct.modified_after = time.time_ns()
+    assert engine.tensorstore is not None
+    rewrite_after_the_file_check.append(path)
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)c/0/0/0.*modified after.*reopen"):
+        engine.fetch([(0, 0, 0), (1, 1, 1)])
+
+
+def test_autos_tensorstore_region_read_refuses_a_chunk_replaced_while_it_was_read(
+    tmp_path: Path, rewrite_after_the_file_check: list[Path]
+) -> None:
+    """The same race on a patch read whole by tensorstore with the cache off (the path 6f52737 newly checks)."""
+    pytest.importorskip("tensorstore")
+    path = _compressed(tmp_path / "a.zarr", chunks=(1, 8, 8))
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    with chunk_cache_size(0):
+        reader = stack.reader.as_chunked()
+        assert isinstance(reader.engine, AutoEngine)
+        reader.engine.min_tensorstore_bytes = 0
+        assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
+        rewrite_after_the_file_check.append(path)
+        with pytest.raises(lazystack.SourceReadError, match=r"(?s)modified after.*reopen"):
+            stack.extract_patch(0, None, (0, 0), (32, 32))
