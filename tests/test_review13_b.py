@@ -6,18 +6,12 @@ error a read raises, the plate directory opened as a local path.
 
 from __future__ import annotations
 
-import tarfile
 import time
-import warnings
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import zarr
-from zarr_helpers import ServerState, serve_directory
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
@@ -82,3 +76,36 @@ def test_autos_tensorstore_region_read_refuses_a_chunk_replaced_while_it_was_rea
         rewrite_after_the_file_check.append(path)
         with pytest.raises(lazystack.SourceReadError, match=r"(?s)modified after.*reopen"):
             stack.extract_patch(0, None, (0, 0), (32, 32))
+
+
+# -- one stale-chunk message: variants the branch's test does not try (tensorstore's reads, the direct engine) -----
+@pytest.mark.parametrize("engine", ["auto", "direct"])
+@pytest.mark.parametrize("cache", ["cache-on", "cache-off"])
+def test_a_rewritten_big_chunk_gives_one_message_on_every_path(tmp_path: Path, engine: str, cache: str) -> None:
+    """Chunks of 256 KiB: with ``auto`` and the cache off, a patch and a batch are read by tensorstore (its region
+    reads), whose changed-file check names the array as the direct engine's does."""
+    if engine == "auto":
+        pytest.importorskip("tensorstore")
+    path = tmp_path / "big.zarr"
+    zarr.create_array(path, shape=(2, 256, 512), chunks=(1, 256, 512), dtype="uint16")[...] = 1
+    previous = lazystack.set_zarr_engine(engine)
+    try:
+        (stack,) = lazystack.load_zarrs([path], "SYX")
+        assert stack.reader.as_chunked().engine_name == engine
+        stack.extract_patch(0, None, (0, 0), (8, 8))
+        time.sleep(0.02)
+        zarr.open_array(path, mode="r+")[...] = 3
+        messages = {}
+        with chunk_cache_size("64 MiB" if cache == "cache-on" else 0):
+            for kind, read in {
+                "patch": lambda: stack.extract_patch(1, None, (0, 0), (64, 64)),
+                "batch": lambda: lazystack.extract_patches([(stack, 1, None, (0, 0), (64, 64))] * 2),
+            }.items():
+                with pytest.raises(lazystack.SourceReadError) as info:
+                    read()
+                messages[kind] = str(info.value)
+    finally:
+        lazystack.set_zarr_engine(previous)
+    assert len(set(messages.values())) == 1, messages
+    assert repr(stack.source) in messages["patch"]
+    assert repr(str(path / "c" / "1" / "0" / "0")) in messages["patch"]
