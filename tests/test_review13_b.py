@@ -109,3 +109,37 @@ def test_a_rewritten_big_chunk_gives_one_message_on_every_path(tmp_path: Path, e
     assert len(set(messages.values())) == 1, messages
     assert repr(stack.source) in messages["patch"]
     assert repr(str(path / "c" / "1" / "0" / "0")) in messages["patch"]
+
+
+# -- after_read: every read of the store is followed by the source's store check ----------------------------------
+@pytest.mark.parametrize("engine", ["auto", "direct", "tensorstore"])
+@pytest.mark.parametrize("how", ["patch", "batch"])
+@pytest.mark.parametrize("cache", ["cache-on", "cache-off"])
+def test_a_store_deleted_after_opening_is_an_error_on_every_read_path(
+    tmp_path: Path, engine: str, how: str, cache: str
+) -> None:
+    """The callback that replaced the _FastReader subclass: tensorstore's region reads (a patch over several
+    256 KiB chunks, a batch) and the chunk fetches read a deleted store as the fill value; the check after the
+    read turns that into an error naming the store."""
+    if engine != "direct":
+        pytest.importorskip("tensorstore")
+    path = tmp_path / "gone.zarr"
+    zarr.create_array(path, shape=(2, 512, 512), chunks=(1, 256, 512), dtype="uint16")[...] = 5
+    previous = lazystack.set_zarr_engine(engine)
+    try:
+        (stack,) = lazystack.load_zarrs([path], "SYX")
+        assert stack.reader.as_chunked().engine_name == engine
+        for file in sorted(path.rglob("*"), reverse=True):
+            file.unlink() if file.is_file() else file.rmdir()
+        path.rmdir()
+        requests = [(stack, 1, None, (200, 0), (100, 64))]  # two chunks
+        if how == "batch":
+            requests.append((stack, 0, None, (0, 0), (8, 8)))
+        read = lazystack.extract_patches if how == "batch" else lambda r: r[0][0].extract_patch(*r[0][1:])
+        with (
+            chunk_cache_size("64 MiB" if cache == "cache-on" else 0),
+            pytest.raises(lazystack.SourceNotFoundError, match=r"gone\.zarr.*deleted after"),
+        ):
+            read(requests)
+    finally:
+        lazystack.set_zarr_engine(previous)
