@@ -6,6 +6,7 @@ error a read raises, the plate directory opened as a local path.
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,20 @@ def test_a_store_deleted_after_opening_is_an_error_on_every_read_path(
             read(requests)
     finally:
         lazystack.set_zarr_engine(previous)
+
+
+def test_a_pickled_stack_gives_the_same_stale_chunk_message(tmp_path: Path) -> None:
+    """A spawned DataLoader worker gets the stack pickled: its engine reader is rebuilt from the recipe, with the
+    source's URI as ``name=`` and the store check as ``after_read``."""
+    path = _compressed(tmp_path / "a.zarr")
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    copy = pickle.loads(pickle.dumps(stack))
+    time.sleep(0.02)
+    zarr.open_array(path, mode="r+")[...] = 4
+    messages = []
+    for s in (stack, copy):
+        with pytest.raises(lazystack.SourceReadError) as info:
+            s.extract_patch(1, None, (0, 0), (8, 8))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert repr(stack.source) in messages[1]
