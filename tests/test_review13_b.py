@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import pickle
 import time
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zarr
 
@@ -161,3 +164,40 @@ def test_a_pickled_stack_gives_the_same_stale_chunk_message(tmp_path: Path) -> N
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert repr(stack.source) in messages[1]
+
+
+# -- a bare archive protocol followed by another bare one ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def zipped_plate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An OME-Zarr plate (well A/1, one field) zipped with the plate at the archive's root."""
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    root = tmp_path_factory.mktemp("plate")
+    plate = zarr.open_group(str(root / "plate.zarr"), mode="w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_plate_metadata(plate, ["A"], ["1"], ["A/1"], name="screen", field_count=1)
+        well = plate.require_group("A").require_group("1")
+        write_well_metadata(well, [{"path": "0"}])
+        write_image(
+            np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16),
+            well.require_group("0"),
+            axes="cyx",
+            scale_factors=(),
+        )
+    with zipfile.ZipFile(root / "plate.zip", "w", zipfile.ZIP_STORED) as archive:
+        for file in sorted((root / "plate.zarr").rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(root / "plate.zarr").as_posix())
+    return root
+
+
+def test_a_bare_zip_chain_over_a_cache_opens_the_archive_root(zipped_plate: Path) -> None:
+    """``zip::simplecache::file:///x.zip`` is fsspec's spelling of ``zip://::simplecache::file:///x.zip`` (which
+    opens): the bare-chain rule of ae28fd4 only looked for ``zip::<scheme>://``, so this one was taken for a local
+    path ('Zarr store '<cwd>/zip::simplecache::file:/...' does not exist')."""
+    archive = f"file://{zipped_plate}/plate.zip"
+    want = [(s.attrs.get("well"), s.source) for s in lazystack.load_zarrs(f"zip://::simplecache::{archive}", "CYX")]
+    assert want == [("A/1", f"zip://A/1/0/s0::simplecache::{archive}")]
+    got = [(s.attrs.get("well"), s.source) for s in lazystack.load_zarrs(f"zip::simplecache::{archive}", "CYX")]
+    assert got == want
