@@ -201,3 +201,20 @@ def test_a_bare_zip_chain_over_a_cache_opens_the_archive_root(zipped_plate: Path
     assert want == [("A/1", f"zip://A/1/0/s0::simplecache::{archive}")]
     got = [(s.attrs.get("well"), s.source) for s in lazystack.load_zarrs(f"zip::simplecache::{archive}", "CYX")]
     assert got == want
+
+
+# -- a chained URL whose archive is not one ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["not-a-zip", "a-folder"])
+def test_a_chained_url_over_something_not_an_archive_names_the_url(zipped_plate: Path, kind: str) -> None:
+    """``zip://A/1::file:///x.zip`` where x.zip is not a zip archive raised zipfile's ``BadZipFile: File is not a zip
+    file`` (a folder: ``IsADirectoryError``) naming neither the source nor the URL; the chained URLs ae28fd4
+    documents deserve a lazystack error naming them (pre-existing in 5428efd)."""
+    if kind == "not-a-zip":
+        target = zipped_plate / "not.zip"
+        target.write_text("hello")
+    else:
+        target = zipped_plate / "plate.zarr"
+    source = f"zip://A/1::file://{target}"
+    with pytest.raises(lazystack.LazyStackError) as info:
+        lazystack.load_zarrs(source, "CYX")
+    assert str(target) in str(info.value)

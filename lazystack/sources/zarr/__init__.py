@@ -170,6 +170,13 @@ class ZarrLocation:
         except FileNotFoundError as exc:  # e.g. a missing zip archive in a chained URL
             msg = f"Zarr store {url!r} does not exist: {exc}"
             raise SourceNotFoundError(msg) from exc
+        except Exception as exc:  # e.g. zipfile's BadZipFile: a chained URL's archive is no archive, or a folder
+            if not is_read_failure(exc):
+                raise
+            msg = f"cannot open the Zarr store {url!r}: {type(exc).__name__}: {exc}"
+            if self.chain:
+                msg += f" (a chained URL: its last URL names a {self.protocol} archive file)"
+            raise SourceReadError(msg) from exc
 
 
 def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
