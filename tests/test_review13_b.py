@@ -49,14 +49,15 @@ def rewrite_after_the_file_check(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 # -- the single stat before the read: a chunk replaced during the read is read silently ---------------------------
+@pytest.mark.parametrize("layout", [{}, {"chunks": (1, 16, 16), "shards": (1, 32, 32)}], ids=["chunks", "shards"])
 def test_autos_tensorstore_fetch_refuses_a_chunk_replaced_while_it_was_read(
-    tmp_path: Path, rewrite_after_the_file_check: list[Path]
+    tmp_path: Path, rewrite_after_the_file_check: list[Path], layout: Any
 ) -> None:
     """The one stat per file of 6f52737 happens *before* tensorstore opens the file: a chunk file replaced between
     that stat and the read (zarr-python renames a new file over it) was returned without error, the new data
     mixed with whatever the cache holds of the old. 5428efd stat'ed after the read and raised."""
     pytest.importorskip("tensorstore")
-    path = _compressed(tmp_path / "a.zarr")
+    path = _compressed(tmp_path / "a.zarr", **layout)
     engine = AutoEngine(zarr.open_array(path, mode="r"), min_tensorstore=1, min_tensorstore_bytes=0)
     engine.direct.modified_after = time.time_ns()
     assert engine.tensorstore is not None
