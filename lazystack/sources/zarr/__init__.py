@@ -88,8 +88,9 @@ DEFAULT_HTTP_TIMEOUT: dict[str, float] = {"total": 60.0, "sock_connect": 10.0, "
 RETRY_OPTIONS = ("retries", "retry_backoff")
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-#: a chained URL whose first segment is a bare protocol (``zip::file:///x.zip``, ``simplecache::http://...``)
-_BARE_CHAIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)::(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
+#: a chained URL whose first segment is a bare protocol (``zip::file:///x.zip``, ``simplecache::http://...``,
+#: ``zip::simplecache::http://...``: another bare protocol may follow)
+_BARE_CHAIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)::(?=[A-Za-z][A-Za-z0-9+.\-]*(?:://|::))")
 #: fsspec archive file systems: a chained URL's first segment is a path from the archive's root (the store's)
 _ARCHIVES = ("zip", "tar")
 _NUMERIC_KINDS = "biuf"
@@ -169,6 +170,13 @@ class ZarrLocation:
         except FileNotFoundError as exc:  # e.g. a missing zip archive in a chained URL
             msg = f"Zarr store {url!r} does not exist: {exc}"
             raise SourceNotFoundError(msg) from exc
+        except Exception as exc:  # e.g. zipfile's BadZipFile: a chained URL's archive is no archive, or a folder
+            if not is_read_failure(exc):
+                raise
+            msg = f"cannot open the Zarr store {url!r}: {type(exc).__name__}: {exc}"
+            if self.chain:
+                msg += f" (a chained URL: its last URL names a {self.protocol} archive file)"
+            raise SourceReadError(msg) from exc
 
 
 def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:

@@ -1140,7 +1140,8 @@ class TensorstoreEngine(ZarrEngine):
             None if not shards else tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
         )
         #: called with the grid coordinates (shard coordinates, when sharded) and ``st_mtime_ns`` of each local
-        #: chunk file a read is about to open, from the one ``stat`` made per file (``auto``: the direct engine's
+        #: chunk file a read has just read, from a ``stat`` made *after* the read, so that a file replaced while
+        #: tensorstore read it is seen (``auto``: the direct engine's
         #: [`DirectEngine.check_file_unmodified()`][DirectEngine.check_file_unmodified]); may raise
         self.check_file: Callable[[tuple[int, ...], int], None] | None = None
 
@@ -1168,40 +1169,65 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"tensorstore engine: dtype {dtype} is not supported"
             raise NotImplementedError(msg)
 
-    def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
-        """Raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of ``indices`` exists
-        and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore would wait on it),
-        or [`check_file`][check_file] refuses it. One ``stat`` per file."""
-        if self._local_dir is None:
-            return
+    def _files(self, indices: Iterable[ChunkIndex]) -> Iterator[tuple[tuple[int, ...], str]]:
+        """Grid coordinates and path of each local chunk (shard, when sharded) file of ``indices``, once each."""
+        assert self._local_dir is not None
         per = self._chunks_per_file
         files = dict.fromkeys(
             idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
         )
         for coords in files:
-            path = os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
+            yield coords, os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
+
+    def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
+        """Before a read: raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of
+        ``indices`` exists and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore
+        would wait on it)."""
+        if self._local_dir is None:
+            return
+        for _, path in self._files(indices):
             try:
-                st = os.stat(path)
+                mode = os.stat(path).st_mode
             except OSError:  # not stored (the fill value), or unreadable: tensorstore's read says so
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(mode):
                 msg = (
                     f"cannot read the zarr array at {self.location!r}: {path!r} is not a regular file "
                     "(chunks and shards are files; a FIFO, device or socket is refused)"
                 )
                 raise SourceReadError(msg)
-            if self.check_file is not None:
-                self.check_file(coords, st.st_mtime_ns)
+
+    def _check_read_files(self, indices: Iterable[ChunkIndex]) -> None:
+        """After a read: [`check_file`][check_file] each local file of ``indices`` that exists. The ``stat`` must
+        follow the read: one made before it misses a file replaced (a new one renamed over it, as zarr-python
+        writes) between it and tensorstore's open."""
+        check = self.check_file
+        if check is None or self._local_dir is None:
+            return
+        for coords, path in self._files(indices):
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:  # not stored (the fill value), or unreadable: tensorstore's read said so
+                continue
+            check(coords, mtime)
+
+    @staticmethod
+    def _region_indices(region: tuple[slice, ...], chunk_shape: tuple[int, ...]) -> Iterator[ChunkIndex]:
+        return itertools.product(
+            *(range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunk_shape, strict=True))
+        )
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Issue one tensorstore read per chunk, all at once, and wait for them."""
         self._check_files(indices)
         futures = [self._ts[self.chunk_region(idx)].read() for idx in indices]
         try:
-            return {idx: np.asarray(f.result()) for idx, f in zip(indices, futures, strict=True)}
+            out = {idx: np.asarray(f.result()) for idx, f in zip(indices, futures, strict=True)}
         except Exception as e:
             msg = f"cannot read chunks {list(indices)[:4]}... of the zarr array at {self.location!r} (tensorstore): {e}"
             raise SourceReadError(msg) from e
+        self._check_read_files(indices)
+        return out
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """One tensorstore read of the region."""
@@ -1210,11 +1236,7 @@ class TensorstoreEngine(ZarrEngine):
     def start_read(self, region: tuple[slice, ...], *, as_float32: bool = False) -> Any:
         """Start a read of ``region`` in tensorstore's threads (``as_float32``: converted there, exact or not:
         the caller's call); its future, for [`take()`][take]."""
-        self._check_files(
-            itertools.product(
-                *(range(r.start // c, -(-r.stop // c)) for r, c in zip(region, self.chunk_shape, strict=True))
-            )
-        )
+        self._check_files(self._region_indices(region, self.chunk_shape))
         if as_float32:
             view = self._ts_float32
             if view is None:
@@ -1233,12 +1255,14 @@ class TensorstoreEngine(ZarrEngine):
             If the read failed.
         """
         try:
-            return np.asarray(future.result())
+            out = np.asarray(future.result())
         except Exception as e:
             msg = (
                 f"cannot read region {_format_region(region)} of the zarr array at {self.location!r} (tensorstore): {e}"
             )
             raise SourceReadError(msg) from e
+        self._check_read_files(self._region_indices(region, self.chunk_shape))
+        return out
 
 
 def _note_tensorstore_before_fork() -> None:
@@ -1386,7 +1410,7 @@ class AutoEngine(ZarrEngine):
                 if self._tensorstore is None and not self._tensorstore_refused:
                     try:
                         engine = TensorstoreEngine(self.array)
-                        # its one stat per file also says whether the file changed since the opening
+                        # each file it read is stat'ed after the read: changed since the opening?
                         engine.check_file = self.direct.check_file_unmodified
                         self._tensorstore = engine
                     except (NotImplementedError, MissingDependencyError):  # e.g. its open refused it: read directly
@@ -1397,7 +1421,7 @@ class AutoEngine(ZarrEngine):
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
         """Tensorstore for enough work (see [`prefers_tensorstore()`][prefers_tensorstore]), else direct."""
         tensorstore = self.tensorstore if self.prefers_tensorstore(len(indices)) else None
-        if tensorstore is not None:  # its one stat per file checks the file type and modification time
+        if tensorstore is not None:  # it checks each file's type before the read, its modification time after
             return tensorstore.fetch(indices)
         return self.direct.fetch(indices)
 
