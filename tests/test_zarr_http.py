@@ -14,6 +14,7 @@ import operator
 import pickle
 import time
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -491,3 +492,31 @@ def test_a_patch_or_a_batch_fetches_its_chunks_in_one_round(
         wanted = set().union(*(_expected_chunk_paths("v3", s, (y, x), (16, 16)) for _, s, _, (y, x), _ in requests))
         assert rounds[-1] == len(wanted), "a batch's chunks come in one round"
         assert sum(rounds) == len(state.chunk_paths())
+
+
+@pytest.mark.timeout(60)
+def test_a_chained_url_over_a_silent_server_times_out_by_default(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``zip://a::http://.../x.zip``: the http layer gets lazystack's bounded timeout too.
+
+    fsspec gives the top-level options to the first layer (zip) only; the http layer's are under the key
+    ``"http"``, where the default timeout was missing, so a silent server was waited on for aiohttp's own
+    default (300 s in total).
+    """
+    url, state, root = server
+    archive = root / "plain.zip"
+    if not archive.exists():
+        write_plain_store(root / "to-zip.zarr", 3)
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
+            for path in sorted((root / "to-zip.zarr").rglob("*")):
+                out.write(path, path.relative_to(root / "to-zip.zarr").as_posix())
+    monkeypatch.setitem(DEFAULT_HTTP_TIMEOUT, "total", 2.0)
+    monkeypatch.setitem(DEFAULT_HTTP_TIMEOUT, "sock_read", 1.0)
+    state.mode = "hang-all"
+    started = time.monotonic()
+    with pytest.raises(SourceReadError, match="did not answer in time") as info:
+        load_zarrs(f"zip://a::{url}/plain.zip", "SYX")
+    assert "plain.zip" in str(info.value)
+    assert time.monotonic() - started < 30
+    state.mode = "ok"
+    (stack,) = load_zarrs(f"zip://a::{url}/plain.zip", "SYX")  # the same URL reads once the server answers
+    np.testing.assert_array_equal(stack.compute()[:, 0], zarr.open_array(str(root / "to-zip.zarr"), path="a")[...])

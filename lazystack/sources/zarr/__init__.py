@@ -168,6 +168,9 @@ class ZarrLocation:
             msg = f"opening {url!r} needs the fsspec implementation of {self.protocol!r}: {exc}"
             raise MissingDependencyError(msg) from exc
         except FileNotFoundError as exc:  # e.g. a missing zip archive in a chained URL
+            if _is_timeout(exc):  # fsspec's HTTP info() says "not found" for a server that did not answer
+                msg = f"cannot open the Zarr store {url!r}: the server did not answer in time ({exc})"
+                raise SourceReadError(msg) from exc
             msg = f"Zarr store {url!r} does not exist: {exc}"
             raise SourceNotFoundError(msg) from exc
         except Exception as exc:  # e.g. zipfile's BadZipFile: a chained URL's archive is no archive, or a folder
@@ -191,17 +194,29 @@ def effective_storage_options(location: ZarrLocation) -> dict[str, Any]:
     -------
     dict
         Options passed to fsspec; for ``http(s)`` an [`aiohttp.ClientTimeout`][aiohttp.ClientTimeout]
-        built from [`DEFAULT_HTTP_TIMEOUT`][DEFAULT_HTTP_TIMEOUT] unless the user gave one.
+        built from [`DEFAULT_HTTP_TIMEOUT`][DEFAULT_HTTP_TIMEOUT] unless the user gave one. In a chained
+        URL (``zip://A/1::https://host/plate.zip``), an ``http(s)`` layer's options are those under its
+        protocol's name (fsspec's convention, e.g. ``{"https": {"client_kwargs": ...}}``): the default
+        timeout goes there.
     """
     opts = {k: v for k, v in location.storage_options.items() if k not in RETRY_OPTIONS}
     if location.protocol in ("http", "https"):
-        client_kwargs = dict(opts.get("client_kwargs") or {})
-        if "timeout" not in client_kwargs:
-            import aiohttp
-
-            client_kwargs["timeout"] = aiohttp.ClientTimeout(**DEFAULT_HTTP_TIMEOUT)
-        opts["client_kwargs"] = client_kwargs
+        opts = _with_default_timeout(opts)
+    for bit in location.chain.split("::"):
+        protocol = bit.split("://", 1)[0]
+        if protocol in ("http", "https"):
+            opts[protocol] = _with_default_timeout(dict(opts.get(protocol) or {}))
     return opts
+
+
+def _with_default_timeout(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with lazystack's bounded HTTP timeout unless its ``client_kwargs`` hold one."""
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    if "timeout" not in client_kwargs:
+        import aiohttp
+
+        client_kwargs["timeout"] = aiohttp.ClientTimeout(**DEFAULT_HTTP_TIMEOUT)
+    return {**options, "client_kwargs": client_kwargs}
 
 
 def retry_policy(location: ZarrLocation) -> RetryPolicy:
