@@ -4,6 +4,7 @@ dataset / sampler stack check and the new argument checks, against independent r
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,17 @@ def test_dataset_over_the_finest_level_of_a_pyramid_sampler(tmp_path: Path) -> N
     # a level drawn from is still checked: the coarse level in place of the finest is refused
     with pytest.raises(ShapeMismatchError, match="built over 3 of"):
         PatchDataset([levels[1]], RandomSampler(levels, 16, 8, seed=1))
+
+
+@pytest.mark.parametrize(
+    "fraction", [np.array(0.25), torch.tensor(0.25), Fraction(1, 4), np.float32(0.25), np.int64(0)], ids=repr
+)
+def test_foreground_sampler_takes_any_real_min_foreground(fraction: object) -> None:
+    """hostile13's type check of ``min_foreground`` (int, float or NumPy scalar) refused a 0-d array, a 0-d tensor
+    and a ``Fraction``, which 199f8bc took (a threshold computed with NumPy or torch, e.g. a quantile)."""
+    stacks = [LazyImageStack(np.ones((2, 32, 32), np.uint8), "SYX")]
+    sampler = lazystack.ForegroundSampler(stacks, stacks, 8, 4, min_foreground=fraction, seed=1)
+    assert sampler.min_foreground == float(fraction)  # type: ignore[arg-type]
+    for wrong in ("0.5", None, True, np.True_, np.array([0.5]), 0.5j):
+        with pytest.raises(TypeError, match="min_foreground"):
+            lazystack.ForegroundSampler(stacks, stacks, 8, 4, min_foreground=wrong)
