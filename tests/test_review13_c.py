@@ -105,3 +105,22 @@ def test_foreground_sampler_takes_any_real_min_foreground(fraction: object) -> N
     for wrong in ("0.5", None, True, np.True_, np.array([0.5]), 0.5j):
         with pytest.raises(TypeError, match="min_foreground"):
             lazystack.ForegroundSampler(stacks, stacks, 8, 4, min_foreground=wrong)
+
+
+def test_stitcher_writes_complex_predictions_into_a_complex_tensorstore_output() -> None:
+    """A tensorstore output's dtype has no NumPy ``kind``: hostile13's check took it for a real output and refused
+    complex predictions into a complex64 tensorstore, which 199f8bc wrote."""
+    ts = pytest.importorskip("tensorstore")
+    a = np.random.default_rng(0).random((2, 1, 30, 30)).astype(np.complex64) * (1 + 2j)
+    grid = lazystack.GridSampler([LazyImageStack(a.real.copy(), "SCYX")], 16, overlap=4)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "memory"}}
+    for dtype, accepted in ((ts.complex64, True), (ts.float32, False)):
+        out = ts.open(spec, create=True, dtype=dtype, shape=a.shape).result()
+        stitcher = lazystack.Stitcher(grid, 1, out=[out])
+        predictions = [a[s.sample, :, s.coords[0] : s.coords[0] + 16, s.coords[1] : s.coords[1] + 16] for s in grid]
+        if accepted:
+            stitcher.add_batch(range(len(grid)), predictions)
+            np.testing.assert_array_equal(out.read().result(), a)
+        else:  # complex into real: refused naming the dtypes (not cast with the imaginary part dropped)
+            with pytest.raises(TypeError, match="complex64"):
+                stitcher.add_batch(range(len(grid)), predictions)
