@@ -118,9 +118,11 @@ class PatchDataset:
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
     ShapeMismatchError
-        When targets or masks do not pair with the inputs, or the inputs do
-        not start with the stacks the sampler was built over (fewer stacks,
-        or samples and spatial shapes other than its ``geometries``).
+        When targets or masks do not pair with the inputs, or a stack the
+        sampler draws from is missing from the inputs or has, at its place,
+        samples and spatial shape other than the sampler's ``geometries``
+        (stacks it never draws from, e.g. coarse levels, may be left out
+        from the end).
 
     Notes
     -----
