@@ -118,9 +118,11 @@ class PatchDataset:
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
     ShapeMismatchError
-        When targets or masks do not pair with the inputs, or the inputs do
-        not start with the stacks the sampler was built over (fewer stacks,
-        or samples and spatial shapes other than its ``geometries``).
+        When targets or masks do not pair with the inputs, or a stack the
+        sampler draws from is missing from the inputs or has, at its place,
+        samples and spatial shape other than the sampler's ``geometries``
+        (stacks it never draws from, e.g. coarse levels, may be left out
+        from the end).
 
     Notes
     -----
@@ -317,20 +319,24 @@ class PatchDataset:
 
 
 def _check_sampler_stacks(sampler: Sampler, stacks: list[Any]) -> None:
-    """The stacks the sampler was built over (when it tells their geometry) must lead the stacks given, else an error.
+    """The stacks the sampler draws from (when it tells their geometry) must be given at their places, else an error.
 
     Otherwise a spec naming a stack past the list given fails at the first batch, and one of a stack of another
-    size reads past its image (zeros). Stacks after the sampler's are allowed (never sampled).
+    size reads past its image (zeros). Stacks the sampler never draws from (levels left out, e.g. the coarse levels
+    of a pyramid after the finest) may be missing from the end, and stacks after the sampler's are allowed.
     """
     known = getattr(sampler, "geometries", None)
     if known is None:
         return
+    left_out = set(getattr(sampler, "levels_left_out", ()))
+    drawn = [i for i in range(len(known)) if i not in left_out]
     shapes = [(g.n_samples, g.spatial_shape) for g in (geometry(s) for s in stacks)]
     expected = [(g.n_samples, g.spatial_shape) for g in known]
-    if shapes[: len(expected)] != expected:
+    if any(i >= len(shapes) or shapes[i] != expected[i] for i in drawn):
         msg = (
             f"PatchDataset got {len(shapes)} stack(s) of (samples, spatial shape) {shapes}, but its sampler "
-            f"{type(sampler).__name__} was built over {len(expected)} of {expected}: give the stacks the sampler "
+            f"{type(sampler).__name__} was built over {len(expected)} of {expected}"
+            f"{f' (drawing from stacks {drawn})' if len(drawn) < len(expected) else ''}: give the stacks the sampler "
             "was built over, in the same order"
         )
         raise ShapeMismatchError(msg)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import numbers
 import operator
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -356,6 +357,19 @@ def _check_seed(name: str, value: int) -> int:
         msg = f"{name} must be a non-negative integer, got {value!r}"
         raise ValueError(msg)
     return v
+
+
+def _is_real_number(value: Any) -> bool:
+    """A real number, not a bool nor a string: Python / NumPy numbers, ``Fraction``, 0-d numeric arrays and tensors."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return arr.ndim == 0 and arr.dtype.kind in "iuf"
 
 
 def _check_length(value: int) -> int:
@@ -985,7 +999,7 @@ class ForegroundSampler(RandomSampler):
     ) -> None:
         super().__init__(stacks, patch_size, length, seed=seed, weights=weights, channels=channels, levels=levels)
         check_pairs(stacks, masks, names=["stacks", "masks"])
-        if isinstance(min_foreground, (str, bytes, bool)) or not isinstance(min_foreground, (int, float, np.number)):
+        if not _is_real_number(min_foreground):
             kind = type(min_foreground).__name__
             msg = f"min_foreground must be a fraction in [0, 1], got {min_foreground!r} ({kind})"
             raise TypeError(msg)

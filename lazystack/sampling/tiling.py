@@ -91,6 +91,15 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
 
 
+def _dtype_kind(out: Any) -> str:
+    """NumPy kind of an output's dtype; ``"c"`` (any number accepted) when NumPy cannot tell it, the output judges."""
+    dtype = getattr(out, "dtype", None)
+    try:
+        return np.dtype(getattr(dtype, "numpy_dtype", dtype)).kind if dtype is not None else "c"
+    except TypeError:
+        return "c"
+
+
 class GridSampler(Sampler):
     """Overlapping tiles covering every pixel of every sample of every stack, in order.
 
@@ -281,7 +290,7 @@ class Stitcher:
             msg = f"prediction of tile {index} has shape {pred.shape}; expected {expected} (C(Z)YX)"
             raise ShapeMismatchError(msg)
         out = self.outputs[tile.spec.stack]
-        kind = getattr(getattr(out, "dtype", None), "kind", "f")
+        kind = _dtype_kind(out)
         if pred.dtype.kind not in "biuf" + ("c" if kind == "c" else ""):
             msg = (
                 f"prediction of tile {index} has dtype {pred.dtype}: accepted are bool, integer and float "
