@@ -16,17 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from test_zarr13 import _compressed
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
 from lazystack.sources.zarr import engines
 from lazystack.sources.zarr.engines import AutoEngine
-
-
-def _compressed(path: Path, **kwargs: Any) -> Path:
-    array = zarr.create_array(path, shape=(2, 64, 64), dtype="uint16", **({"chunks": (1, 32, 32)} | kwargs))
-    array[...] = 1
-    return path
 
 
 @pytest.fixture
