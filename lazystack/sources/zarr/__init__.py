@@ -46,6 +46,7 @@ from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
+    ArrayLayout,
     RetryPolicy,
     _array_token,
     _format_region,
@@ -502,8 +503,11 @@ class ZarrArrayReader(Reader):
         # the fast path keeps per-axis chunk tables: arrays with astronomically many chunks read through zarr
         self._use_fast = sum(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=True)) <= _MAX_FAST_GRID
         self._opened_stat = _stat_of(self._metadata_file())
+        #: a local array's chunk layout in plain data: another process (spawned, forked) reads it without zarr
+        self._layout = _layout_of(array) if location.is_local else None
         self._array: zarr_lib.Array | None = array
         self._fast: _EngineReader | None = None
+        self._fast_pid = -1  # the process that built _fast
         self._pid = current_pid()
         self._lock = threading.Lock()
 
@@ -533,37 +537,63 @@ class ZarrArrayReader(Reader):
         return arr
 
     def as_chunked(self) -> _EngineReader:
-        """The fast chunk reader of this process's array (chunk engine and per-process chunk cache).
+        """The fast chunk reader of this process (chunk engine and per-process chunk cache).
+
+        A local array read by the ``auto`` or ``direct`` engine (the setting in force) is read from its
+        [`ArrayLayout`][lazystack.sources.zarr.engines.ArrayLayout], known since the opening: a process
+        that unpickles the reader (a spawned DataLoader worker) or was forked reads without importing
+        zarr or reopening the array; its metadata document is checked unchanged first, as a reopen does.
+        Other arrays (remote stores, the ``tensorstore`` and ``zarr`` engines, codecs numcodecs does
+        not know in this process) are read through [`array()`][array].
 
         Returns
         -------
         lazystack.io.chunked.ChunkedReader
-            A [`lazystack.sources.zarr.engines.ZarrArrayReader`][lazystack.sources.zarr.engines.ZarrArrayReader]
-            over [`array()`][array], rebuilt
-            when the array is reopened (after a fork or [`close()`][close]).
+            A [`lazystack.sources.zarr.engines.ZarrArrayReader`][lazystack.sources.zarr.engines.ZarrArrayReader],
+            rebuilt in each process and after [`close()`][close].
         """
-        arr = self.array()
         fast = self._fast
-        if fast is None or fast.array is not arr:
+        if fast is not None and self._fast_pid == current_pid():
+            return fast
+        fast = self._layout_reader()
+        if fast is None:
+            arr = self.array()
             engine = None  # the setting in force (set_zarr_engine / LAZYSTACK_ZARR_ENGINE)
             if not self._location.is_local and get_zarr_engine() == "tensorstore":
                 # tensorstore's own HTTP client ignores storage_options (headers, credentials, timeouts)
                 # and retries a dead server for minutes: remote stores keep fsspec's client
                 engine = "direct"
             retry = None if self._location.is_local else retry_policy(self._location)
-            # the store is checked after every read of it (cache misses only): zarr reads a missing chunk as
-            # the fill value, so a store deleted after the opening would read as zeros, and a rewritten one
-            # would mix cached old chunks with new ones; one stat of the metadata document turns both into errors
-            fast = _EngineReader(
-                arr,
-                engine=engine,
-                retry=retry,
-                token=self._cache_token,
-                modified_after=self._opened_ns,
-                name=self._location.uri(),
-                after_read=self._check_store,
-            )
-            self._fast = fast
+            fast = self._engine_reader(arr, engine, retry)
+        self._fast, self._fast_pid = fast, current_pid()
+        return fast
+
+    def _engine_reader(self, array: Any, engine: str | None, retry: RetryPolicy | None) -> _EngineReader:
+        # the store is checked after every read of it (cache misses only): zarr reads a missing chunk as
+        # the fill value, so a store deleted after the opening would read as zeros, and a rewritten one
+        # would mix cached old chunks with new ones; one stat of the metadata document turns both into errors
+        return _EngineReader(
+            array,
+            engine=engine,
+            retry=retry,
+            token=self._cache_token,
+            modified_after=self._opened_ns,
+            name=self._location.uri(),
+            after_read=self._check_store,
+        )
+
+    def _layout_reader(self) -> _EngineReader | None:
+        """The fast reader built from the array's layout (no zarr object), or None where it does not apply."""
+        layout = self._layout
+        if layout is None or get_zarr_engine() not in ("auto", "direct"):
+            return None
+        if self._array is None or self._pid != current_pid():
+            self._check_store()  # as a reopen: a store changed since the opening is said so
+        fast = self._engine_reader(layout, None, None)
+        try:
+            fast.engine  # noqa: B018 - built now: an engine this process cannot build reads through zarr instead
+        except (NotImplementedError, MissingDependencyError):  # e.g. a codec registered in the parent only
+            return None
         return fast
 
     def _metadata_file(self) -> str | None:
@@ -605,7 +635,7 @@ class ZarrArrayReader(Reader):
         [`read_region()`][read_region] of this process.
         """
         fast = self._fast
-        if fast is None or not self._use_fast or self._pid != current_pid():
+        if fast is None or not self._use_fast or self._fast_pid != current_pid():
             return None
         return self._guarded(fast.read_float32, region)
 
@@ -651,8 +681,13 @@ class ZarrArrayReader(Reader):
         return list(itertools.islice(itertools.product(*ranges), limit + 1))
 
     def _store_key(self, coords: tuple[int, ...]) -> str:
-        arr = self._array
-        name = arr.metadata.encode_chunk_key(coords) if arr is not None else ".".join(map(str, coords))
+        arr, layout = self._array, self._layout
+        if layout is not None:
+            name = layout.chunk_key(coords)
+        elif arr is not None:
+            name = arr.metadata.encode_chunk_key(coords)
+        else:
+            name = ".".join(map(str, coords))
         return f"{self._location.path}/{name}".lstrip("/")
 
     def chunk_keys(self, key: tuple[int | slice, ...]) -> list[str]:
@@ -813,6 +848,14 @@ def _open_error(location: ZarrLocation, exc: Exception) -> SourceReadError:
     if _is_timeout(exc):
         msg += " (the server did not answer in time)"
     return SourceReadError(msg)
+
+
+def _layout_of(array: zarr_lib.Array) -> ArrayLayout | None:
+    """The chunk layout of a local array, or None when the direct engine cannot read it."""
+    try:
+        return ArrayLayout.of(array)
+    except NotImplementedError:
+        return None
 
 
 def _open_array(location: ZarrLocation) -> zarr_lib.Array:

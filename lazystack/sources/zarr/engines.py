@@ -20,7 +20,8 @@ An *engine* decodes whole chunks of one zarr array (opened read-only):
 engine returns identical arrays.
 
 [`ZarrArrayReader`][ZarrArrayReader] is the [`ChunkedReader`][lazystack.io.chunked.ChunkedReader]
-over a ``zarr.Array``; it pickles as the array and rebuilds its engine per process.
+over a ``zarr.Array`` (or the [`ArrayLayout`][ArrayLayout] of a local one, which the direct engine and
+tensorstore read without zarr-python); it pickles as the array and rebuilds its engine per process.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -54,6 +55,7 @@ from ...io.reader import ReaderCapabilities, float32_is_exact
 __all__ = [
     "ENGINES",
     "ENV_ZARR_ENGINE",
+    "ArrayLayout",
     "AutoEngine",
     "DirectEngine",
     "RetryPolicy",
@@ -324,6 +326,8 @@ class ZarrPythonEngine(ZarrEngine):
     name = "zarr"
 
     def __init__(self, array: Any) -> None:
+        if isinstance(array, ArrayLayout):
+            raise _unsupported("the zarr engine reads a zarr array, not a layout")  # pragma: no cover - never asked
         super().__init__(array)
         blosc = bool(array.compressors) and _is_blosc(array.compressors[-1])  # the stored bytes are a blosc frame
         sharded = getattr(array, "shards", None) is not None
@@ -481,7 +485,9 @@ class _StaleChunkError(SourceReadError):
 
 
 def _is_compressed(array: Any) -> bool:
-    """Whether a zarr array's chunks go through compressors or filters."""
+    """Whether a zarr array's (an [`ArrayLayout`][ArrayLayout]'s) chunks go through compressors or filters."""
+    if isinstance(array, ArrayLayout):
+        return array.compressed
     return bool(array.compressors or array.filters)
 
 
@@ -505,29 +511,212 @@ def _unsupported(what: str) -> NotImplementedError:
     return NotImplementedError(f"direct engine: {what}")
 
 
-def _bytes_decoder(codec: Any) -> Callable[[Any], Any]:
-    """The numcodecs decode of a zarr v3 bytes-to-bytes codec (NotImplementedError for other kinds).
+def _bytes_config(codec: Any) -> dict[str, Any]:
+    """The numcodecs configuration that decodes a zarr v3 bytes-to-bytes codec (NotImplementedError for other kinds).
 
     Decoding needs none of the codec's parameters (a zstd, blosc or gzip frame describes itself).
     """
-    import numcodecs
     from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-    if isinstance(codec, ZstdCodec):
-        return cast("Callable[[Any], Any]", numcodecs.Zstd().decode)
-    if isinstance(codec, BloscCodec):
-        return _checked_decode(numcodecs.Blosc())
-    if isinstance(codec, GzipCodec):
-        return cast("Callable[[Any], Any]", numcodecs.GZip().decode)
-    if isinstance(codec, Crc32cCodec):  # numcodecs' CRC32C checks and strips the same 4-byte little-endian trailer
-        return cast("Callable[[Any], Any]", numcodecs.CRC32C().decode)
+    # numcodecs' CRC32C checks and strips the same 4-byte little-endian trailer as zarr's crc32c
+    for kind, codec_id in ((ZstdCodec, "zstd"), (BloscCodec, "blosc"), (GzipCodec, "gzip"), (Crc32cCodec, "crc32c")):
+        if isinstance(codec, kind):
+            return {"id": codec_id}
     config = getattr(codec, "codec_config", None)  # a numcodecs codec wrapped for zarr v3
     if isinstance(config, Mapping) and "id" in config:
-        try:
-            return _checked_decode(numcodecs.get_codec(dict(config)))
-        except Exception as e:  # an id numcodecs does not know here
-            raise _unsupported(f"codec {config!r}: {e}") from e
+        return dict(config)
     raise _unsupported(f"bytes-to-bytes codec {type(codec).__name__}")
+
+
+def _decode_step(config: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """The decode of the numcodecs codec ``config`` names (a blosc frame's length checked first)."""
+    import numcodecs
+
+    try:
+        codec = numcodecs.get_codec(dict(config))
+    except Exception as e:  # an id numcodecs does not know here
+        raise _unsupported(f"codec {dict(config)!r}: {e}") from e
+    return _checked_decode(codec)
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayLayout:
+    """How a zarr array's chunks are keyed, laid out and decoded, in plain data: the direct engine's whole recipe.
+
+    Built from an open array by [`of()`][of] (which needs zarr-python); the direct engine and tensorstore
+    (``auto``) read a local array from it alone. It pickles without any zarr object, so a process that
+    unpickles a reader of a local array reads its chunks without importing zarr (0.3-1 s of a spawned
+    DataLoader worker's start). The codecs are numcodecs configurations, the chunk keys those of the
+    array's chunk key encoding (Zarr v2: ``1.2`` or ``1/2``; v3: ``c/1/2``, ``c.1.2``, or v2-style).
+
+    Attributes
+    ----------
+    shape, dtype : tuple of int, numpy.dtype
+        Of the array.
+    chunks : tuple of int
+        The unit of a fetch: the array's chunks (inner chunks when sharded).
+    shards : tuple of int or None
+        Shard shape of a sharded Zarr v3 array.
+    zarr_format : int
+        2 or 3.
+    path : str
+        The array's path inside its store.
+    root : str or None
+        The local store's directory (None for other stores, read through the zarr array).
+    key_prefix, key_separator : str
+        Chunk key encoding: ``"c"`` and the separator for v3's default one, ``""`` for v2-style keys.
+    decode : tuple of dict
+        numcodecs configurations applied in turn to a chunk's stored bytes (the outermost codec first).
+    stored_dtype : numpy.dtype
+        The dtype (with byte order) of the decoded bytes.
+    order : str
+        ``"C"`` or ``"F"`` (Zarr v2's memory layout of a chunk).
+    transpose : tuple of int or None
+        A v3 ``transpose`` codec's order (composed), or None.
+    shard_index : tuple of (bool, str, bool) or None
+        A sharded array's index: crc32c-checked, byte order (``"<"`` / ``">"``), at the shard's start.
+    fill_value : numpy.ndarray
+        0-d array of ``dtype``: what a chunk that is not stored reads as.
+    compressed : bool
+        Whether chunks go through compressors or filters.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    zarr_format: int
+    path: str
+    root: str | None
+    key_prefix: str
+    key_separator: str
+    decode: tuple[dict[str, Any], ...]
+    stored_dtype: np.dtype[Any]
+    order: str
+    transpose: tuple[int, ...] | None
+    shard_index: tuple[bool, str, bool] | None
+    fill_value: np.ndarray
+    compressed: bool
+
+    @classmethod
+    def of(cls, array: Any) -> ArrayLayout:
+        """The layout of an open ``zarr.Array`` (its public metadata, codecs and store).
+
+        Raises
+        ------
+        NotImplementedError
+            For arrays the direct engine cannot read (irregular grids, codecs other than transpose / bytes /
+            numcodecs bytes-to-bytes codecs, nested sharding, codecs around a sharding codec, a chunk key
+            encoding other than the spec's two).
+        """
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.storage import LocalStore
+
+        meta = array.metadata
+        shape = tuple(int(n) for n in array.shape)
+        dtype = np.dtype(array.dtype)
+        shards: tuple[int, ...] | None = None
+        shard_index: tuple[bool, str, bool] | None = None
+        transpose: tuple[int, ...] | None = None
+        if meta.zarr_format == 2:
+            chunks = tuple(int(c) for c in meta.chunks)
+            decode = tuple(dict(c.get_config()) for c in array.compressors)
+            decode += tuple(dict(f.get_config()) for f in reversed(array.filters))
+            stored, order = dtype, str(array.order)
+            prefix, separator = "", str(meta.dimension_separator or ".")
+        else:
+            grid = getattr(meta, "chunk_grid", None)
+            if type(grid).__name__ != "RegularChunkGrid":
+                raise _unsupported(f"unsupported chunk grid {type(grid).__name__}")
+            chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
+            codecs = list(meta.codecs)
+            if any(isinstance(c, ShardingCodec) for c in codecs):
+                if len(codecs) != 1:
+                    raise _unsupported("codecs around a sharding codec are not supported")
+                ab = codecs[0]
+                if any(isinstance(c, ShardingCodec) for c in ab.codecs):
+                    raise _unsupported("nested sharding is not supported")
+                inner = tuple(int(c) for c in ab.chunk_shape)
+                if len(inner) != len(chunks) or any(s % c for s, c in zip(chunks, inner, strict=True)):
+                    raise _unsupported(f"inner chunks {inner} do not divide shards {chunks}")
+                index_codecs = list(ab.index_codecs)
+                if [type(c) for c in index_codecs] not in ([BytesCodec], [BytesCodec, Crc32cCodec]):
+                    raise _unsupported(f"shard index codecs {index_codecs}")
+                at_start = str(getattr(ab.index_location, "value", ab.index_location)) == "start"
+                shard_index = (len(index_codecs) == 2, _byte_order(index_codecs[0].endian), at_start)
+                shards, chunks, codecs = chunks, inner, list(ab.codecs)
+            stored, transpose, decode = _v3_codecs(codecs, dtype)
+            order = "C"
+            encoding = meta.chunk_key_encoding.to_dict()
+            name = encoding.get("name")
+            if name not in ("default", "v2"):
+                raise _unsupported(f"chunk key encoding {encoding!r}")
+            separator = str((encoding.get("configuration") or {}).get("separator", "/" if name == "default" else "."))
+            prefix = "c" if name == "default" else ""
+        fill = array.fill_value
+        layout = cls(
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            shards=shards,
+            zarr_format=int(meta.zarr_format),
+            path=str(array.path),
+            root=os.fspath(array.store.root) if isinstance(array.store, LocalStore) else None,
+            key_prefix=prefix,
+            key_separator=separator,
+            decode=decode,
+            stored_dtype=stored,
+            order=order,
+            transpose=transpose,
+            shard_index=shard_index,
+            fill_value=np.asarray(0 if fill is None else fill, dtype=dtype),
+            compressed=_is_compressed(array),
+        )
+        probe = tuple(range(1, len(shape) + 1))
+        if layout.chunk_key(probe) != meta.encode_chunk_key(probe):  # an encoding read otherwise than zarr does
+            raise _unsupported(f"chunk key {meta.encode_chunk_key(probe)!r} of {probe}")
+        return layout
+
+    def chunk_key(self, coords: tuple[int, ...]) -> str:
+        """The key of the chunk (shard, when sharded) of grid coordinates ``coords``, relative to the array."""
+        body = self.key_separator.join(str(int(i)) for i in coords)
+        if self.key_prefix:
+            return f"{self.key_prefix}{self.key_separator}{body}" if coords else self.key_prefix
+        return body or "0"
+
+    @property
+    def store_path(self) -> str:
+        """Where the array lives (its local folder, else its path in the store), for messages."""
+        return os.path.join(self.root, self.path).rstrip("/") if self.root is not None else self.path
+
+
+def _byte_order(endian: Any) -> Literal["<", ">"]:
+    """``"<"`` or ``">"`` for a v3 ``bytes`` codec's ``endian`` (None: one-byte data, little)."""
+    return "<" if endian is None or str(getattr(endian, "value", endian)) == "little" else ">"
+
+
+def _v3_codecs(
+    codecs: Sequence[Any], dtype: np.dtype[Any]
+) -> tuple[np.dtype[Any], tuple[int, ...] | None, tuple[dict[str, Any], ...]]:
+    """(stored dtype, transpose order, numcodecs decode configurations) of a zarr v3 codec list without sharding."""
+    from zarr.codecs import BytesCodec, TransposeCodec
+
+    transpose: tuple[int, ...] | None = None
+    position = 0
+    for codec in codecs:
+        if not isinstance(codec, TransposeCodec):
+            break
+        order = tuple(int(i) for i in codec.order)
+        transpose = order if transpose is None else tuple(transpose[i] for i in order)
+        position += 1
+    if position == len(codecs) or not isinstance(codecs[position], BytesCodec):
+        what = type(codecs[position]).__name__ if position < len(codecs) else "none"
+        raise _unsupported(f"array-to-bytes codec {what} (only 'bytes' after 'transpose')")
+    endian = codecs[position].endian
+    stored = np.dtype(dtype)
+    if endian is not None and stored.itemsize > 1:
+        stored = stored.newbyteorder(_byte_order(endian))
+    return stored, transpose, tuple(_bytes_config(c) for c in reversed(codecs[position + 1 :]))
 
 
 def _to_array(x: Any, dtype: np.dtype[Any]) -> np.ndarray:
@@ -572,35 +761,12 @@ class _ChunkDecoder:
         self.nbytes = math.prod(shape) * stored.itemsize
 
     @classmethod
-    def v3(cls, codecs: Sequence[Any], shape: tuple[int, ...], dtype: np.dtype[Any]) -> _ChunkDecoder:
-        """The decoder of a zarr v3 codec list (without sharding) for chunks of ``shape``."""
-        from zarr.codecs import BytesCodec, TransposeCodec
-
-        transpose: tuple[int, ...] | None = None
-        position = 0
-        for codec in codecs:
-            if not isinstance(codec, TransposeCodec):
-                break
-            order = tuple(int(i) for i in codec.order)
-            transpose = order if transpose is None else tuple(transpose[i] for i in order)
-            position += 1
-        if position == len(codecs) or not isinstance(codecs[position], BytesCodec):
-            what = type(codecs[position]).__name__ if position < len(codecs) else "none"
-            raise _unsupported(f"array-to-bytes codec {what} (only 'bytes' after 'transpose')")
-        endian = codecs[position].endian
-        stored = np.dtype(dtype)
-        if endian is not None and stored.itemsize > 1:
-            stored = stored.newbyteorder("<" if str(getattr(endian, "value", endian)) == "little" else ">")
-        steps = [_bytes_decoder(c) for c in reversed(codecs[position + 1 :])]
-        return cls(shape, stored, dtype, steps, transpose=transpose)
-
-    @classmethod
-    def v2(cls, array: Any, shape: tuple[int, ...]) -> _ChunkDecoder:
-        """The decoder of a zarr v2 array: its compressor, then its filters in reverse (numcodecs codecs)."""
-        dtype = np.dtype(array.dtype)
-        steps = [_checked_decode(c) for c in array.compressors]
-        steps.extend(f.decode for f in reversed(array.filters))
-        return cls(shape, dtype, dtype, steps, order=str(array.order))
+    def of(cls, layout: ArrayLayout) -> _ChunkDecoder:
+        """The decoder of chunks (inner chunks, when sharded) of ``layout`` (numcodecs alone)."""
+        steps = [_decode_step(c) for c in layout.decode]
+        return cls(
+            layout.chunks, layout.stored_dtype, layout.dtype, steps, order=layout.order, transpose=layout.transpose
+        )
 
     def __call__(self, data: Any) -> np.ndarray:
         x = data
@@ -621,18 +787,12 @@ class _ShardIndex:
     """A shard index as the Zarr v3 sharding spec defines it: ``chunks_per_shard + (2,)`` uint64 (offset, length)
     pairs in ``bytes`` (+ ``crc32c``) at the shard's start or end; ``2**64 - 1`` twice marks a missing chunk."""
 
-    def __init__(self, sharding: Any, cps: tuple[int, ...]) -> None:
-        from zarr.codecs import BytesCodec, Crc32cCodec
-
-        codecs = list(sharding.index_codecs)
-        if [type(c) for c in codecs] not in ([BytesCodec], [BytesCodec, Crc32cCodec]):
-            raise _unsupported(f"shard index codecs {codecs}")
-        self.crc = _bytes_decoder(codecs[1]) if len(codecs) == 2 else None
-        endian = codecs[0].endian
-        self.dtype = np.dtype("<u8" if endian is None or str(getattr(endian, "value", endian)) == "little" else ">u8")
+    def __init__(self, cps: tuple[int, ...], *, crc: bool, byte_order: str, at_start: bool) -> None:
+        self.crc = _decode_step({"id": "crc32c"}) if crc else None
+        self.dtype = np.dtype(byte_order + "u8")
         self.cps = cps
         self.size = 16 * math.prod(cps) + (4 if self.crc is not None else 0)
-        self.at_start = str(getattr(sharding.index_location, "value", sharding.index_location)) == "start"
+        self.at_start = at_start
 
     def decode(self, raw: bytes) -> np.ndarray:
         """The ``(offset, length)`` table of a shard's index bytes (checksum checked)."""
@@ -717,8 +877,8 @@ class DirectEngine(ZarrEngine):
 
     Parameters
     ----------
-    array : zarr.Array
-        The array, opened read-only.
+    array : zarr.Array or ArrayLayout
+        The array, opened read-only, or the [`ArrayLayout`][ArrayLayout] of a local one (read without zarr).
     retry : RetryPolicy, optional
         Retries of remote reads (default: [`RetryPolicy`][RetryPolicy]'s defaults).
 
@@ -734,57 +894,36 @@ class DirectEngine(ZarrEngine):
 
     def __init__(self, array: Any, retry: RetryPolicy | None = None) -> None:
         super().__init__(array)
-        from zarr.codecs import ShardingCodec
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.storage import LocalStore
-
-        self._meta = meta = array.metadata
-        self._store = array.store
-        self._prefix = str(array.path)
-        self._prototype = default_buffer_prototype()
+        #: the array's chunk keys, layout and codecs: all the engine reads a local array with (no zarr object)
+        self.layout = layout = array if isinstance(array, ArrayLayout) else ArrayLayout.of(array)
+        self._prefix = layout.path
         self.retry = retry if retry is not None else RetryPolicy()
-        grid = getattr(meta, "chunk_grid", None)
-        if meta.zarr_format == 3 and type(grid).__name__ != "RegularChunkGrid":
-            msg = f"direct engine: unsupported chunk grid {type(grid).__name__}"
-            raise NotImplementedError(msg)
-        self._sharding: Any = None
-        if meta.zarr_format == 2:
-            stored_chunks = tuple(int(c) for c in meta.chunks)
-            self._decoder = _ChunkDecoder.v2(array, stored_chunks)
-        else:
-            stored_chunks = tuple(int(c) for c in grid.chunk_shape)  # type: ignore[union-attr]
-            codecs = list(meta.codecs)
-            sharding = [c for c in codecs if isinstance(c, ShardingCodec)]
-            if sharding:
-                if len(codecs) != 1:
-                    raise _unsupported("codecs around a sharding codec are not supported")
-                ab = codecs[0]
-                if any(isinstance(c, ShardingCodec) for c in ab.codecs):
-                    raise _unsupported("nested sharding is not supported")
-                inner = tuple(int(c) for c in ab.chunk_shape)
-                if len(inner) != len(stored_chunks) or any(s % c for s, c in zip(stored_chunks, inner, strict=True)):
-                    raise _unsupported(f"inner chunks {inner} do not divide shards {stored_chunks}")
-                self._sharding = ab
-                self._cps = tuple(s // c for s, c in zip(stored_chunks, inner, strict=True))
-                self._index = _ShardIndex(ab, self._cps)
-                self._decoder = _ChunkDecoder.v3(list(ab.codecs), inner, self.dtype)
-                self.chunk_shape = inner
-                self._indexes: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
-                self._index_lock = threading.Lock()
-            else:
-                self._decoder = _ChunkDecoder.v3(codecs, stored_chunks, self.dtype)
-        fill = array.fill_value
-        self._fill = np.asarray(0 if fill is None else fill, dtype=self.dtype)
+        self._decoder = _ChunkDecoder.of(layout)
+        self.chunk_shape = layout.chunks
+        self._sharded = layout.shards is not None
+        if layout.shards is not None and layout.shard_index is not None:
+            self._cps = tuple(s // c for s, c in zip(layout.shards, layout.chunks, strict=True))
+            crc, byte_order, at_start = layout.shard_index
+            self._index = _ShardIndex(self._cps, crc=crc, byte_order=byte_order, at_start=at_start)
+            self._indexes: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
+            self._index_lock = threading.Lock()
+        self._fill = layout.fill_value
         #: the local store's directory (None for other stores)
-        self.local_root: str | None = None
+        self.local_root: str | None = layout.root
         #: local stores: a chunk file modified after this time (ns since the epoch) raises _StaleChunkError
         self.modified_after: int | None = None
         #: how that error names the array (the source's URI; default: its path)
         self.array_name: str | None = None
         self._get_sync: Any = None
-        if isinstance(self._store, LocalStore):
-            self.local_root = os.fspath(self._store.root)
-        else:
+        self._store: Any = None
+        self._prototype: Any = None
+        if self.local_root is None:
+            if isinstance(array, ArrayLayout):
+                raise _unsupported("a layout of an array outside a local store needs the zarr array")
+            from zarr.core.buffer import default_buffer_prototype
+
+            self._store = array.store
+            self._prototype = default_buffer_prototype()
             try:
                 from zarr.abc.store import SupportsGetSync
             except ImportError:  # zarr before the synchronous store protocol
@@ -799,7 +938,7 @@ class DirectEngine(ZarrEngine):
 
     # -- bytes ---------------------------------------------------------------------------
     def _key(self, coords: tuple[int, ...]) -> str:
-        key = self._meta.encode_chunk_key(coords)
+        key = self.layout.chunk_key(coords)
         return f"{self._prefix}/{key}" if self._prefix else key
 
     def _where(self, key: str) -> str:
@@ -927,7 +1066,7 @@ class DirectEngine(ZarrEngine):
             raise SourceReadError(msg) from e
 
     def _key_of(self, idx: ChunkIndex) -> str:
-        if self._sharding is None:
+        if not self._sharded:
             return self._key(idx)
         return self._key(tuple(i // c for i, c in zip(idx, self._cps, strict=True)))
 
@@ -951,7 +1090,7 @@ class DirectEngine(ZarrEngine):
 
     def _locate(self, idx: ChunkIndex, indexes: Mapping[tuple[int, ...], np.ndarray | None]) -> _Request | None:
         """Where chunk ``idx``'s bytes are: ``(key, byte range, None)``, or None when it is missing."""
-        if self._sharding is None:
+        if not self._sharded:
             return (self._key(idx), None, None)
         cps = self._cps
         shard = tuple(i // c for i, c in zip(idx, cps, strict=True))
@@ -983,7 +1122,7 @@ class DirectEngine(ZarrEngine):
             If a shard is shorter than its index, its index does not decode, or an entry of a local
             shard's index points outside the shard.
         """
-        if self._sharding is None:
+        if not self._sharded:
             return {}
         shards = dict.fromkeys(tuple(i // c for i, c in zip(idx, self._cps, strict=True)) for idx in indices)
         out: dict[tuple[int, ...], np.ndarray | None] = {}
@@ -1077,8 +1216,29 @@ def _check_chunk_bytes(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype
         raise _ChunkTooLargeError(msg)
 
 
+def _local_root(array: Any) -> str | None:
+    """The local store directory of a zarr array or an [`ArrayLayout`][ArrayLayout] (None for other stores)."""
+    if isinstance(array, ArrayLayout):
+        return array.root
+    from zarr.storage import LocalStore
+
+    return os.fspath(array.store.root) if isinstance(array.store, LocalStore) else None
+
+
+def _is_http_store(store: Any) -> bool:
+    """Whether ``store`` is an fsspec store over HTTP(S)."""
+    from zarr.storage import FsspecStore
+
+    return isinstance(store, FsspecStore) and str(store.path).startswith(("http://", "https://"))
+
+
 class TensorstoreEngine(ZarrEngine):
     """Decode chunks with tensorstore, opened read-only on the same store.
+
+    Parameters
+    ----------
+    array : zarr.Array or ArrayLayout
+        The array, opened read-only, or the [`ArrayLayout`][ArrayLayout] of a local one.
 
     Raises
     ------
@@ -1102,22 +1262,24 @@ class TensorstoreEngine(ZarrEngine):
         except ImportError as e:  # installed (check_usable found it) but broken, e.g. built for another glibc
             msg = f"the tensorstore engine needs tensorstore, which fails to import ({e}): reinstall it"
             raise MissingDependencyError(msg) from e
-        from zarr.storage import FsspecStore, LocalStore
-
-        store = array.store
-        prefix = str(array.path)
-        if isinstance(store, LocalStore):
-            path = Path(store.root) / prefix if prefix else Path(store.root)
+        local_root, prefix = _local_root(array), str(array.path)
+        #: the chunk key of grid coordinates (shard coordinates, when sharded), relative to the array
+        self._chunk_key: Callable[[tuple[int, ...]], str] = (
+            array.chunk_key if isinstance(array, ArrayLayout) else array.metadata.encode_chunk_key
+        )
+        if local_root is not None:
+            path = Path(local_root) / prefix if prefix else Path(local_root)
             kvstore: dict[str, Any] = {"driver": "file", "path": str(path) + "/"}
-        elif isinstance(store, FsspecStore) and str(store.path).startswith(("http://", "https://")):
-            base = str(store.path).rstrip("/")
+        elif _is_http_store(array.store):
+            base = str(array.store.path).rstrip("/")
             kvstore = {"driver": "http", "base_url": f"{base}/{prefix}" if prefix else base}
         else:
-            msg = f"tensorstore engine: store {type(store).__name__} is not supported (local or http only)"
+            msg = f"tensorstore engine: store {type(array.store).__name__} is not supported (local or http only)"
             raise NotImplementedError(msg)
         #: where the array lives, for error messages
         self.location = kvstore.get("path") or kvstore.get("base_url") or str(kvstore)
-        driver = "zarr3" if array.metadata.zarr_format == 3 else "zarr"
+        zarr_format = array.zarr_format if isinstance(array, ArrayLayout) else array.metadata.zarr_format
+        driver = "zarr3" if zarr_format == 3 else "zarr"
         spec = {"driver": driver, "kvstore": kvstore}
         context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
         global _TS_STARTED_IN
@@ -1134,7 +1296,7 @@ class TensorstoreEngine(ZarrEngine):
         self._ts = handle
         self._ts_float32: Any = None  # a float32 view of it, made on first use (RegionReads)
         # local files are checked before tensorstore opens them: it would wait on a FIFO for ever
-        self._local_dir = str(path) if isinstance(store, LocalStore) else None
+        self._local_dir = str(path) if local_root is not None else None
         shards = getattr(array, "shards", None)
         self._chunks_per_file = (
             None if not shards else tuple(s // c for s, c in zip(shards, self.chunk_shape, strict=True))
@@ -1177,7 +1339,7 @@ class TensorstoreEngine(ZarrEngine):
             idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
         )
         for coords in files:
-            yield coords, os.path.join(self._local_dir, self.array.metadata.encode_chunk_key(coords))
+            yield coords, os.path.join(self._local_dir, self._chunk_key(coords))
 
     def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
         """Before a read: raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of
@@ -1523,6 +1685,12 @@ def _memory_serial(store: Any) -> int:
 
 
 def _array_token(array: Any) -> str:
+    if isinstance(array, ArrayLayout):  # a local array
+        meta = os.path.join(array.store_path, "zarr.json" if array.zarr_format == 3 else ".zarray")
+        try:
+            return f"zarr:file://{array.store_path}@{os.stat(meta).st_mtime_ns}"
+        except OSError:
+            return f"zarr:file://{array.store_path}"
     store = array.store
     path = str(array.path)
     base = f"zarr:{store}/{path}"
@@ -1544,8 +1712,9 @@ class ZarrArrayReader(ChunkedReader):
 
     Parameters
     ----------
-    array : zarr.Array
-        The array, opened read-only (``zarr.open_array(..., mode="r")``).
+    array : zarr.Array or ArrayLayout
+        The array, opened read-only (``zarr.open_array(..., mode="r")``), or the [`ArrayLayout`][ArrayLayout]
+        of a local one: read by the ``auto``, ``direct`` or ``tensorstore`` engine without importing zarr.
     engine : str, optional
         ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``; default:
         the setting in force ([`set_zarr_engine()`][set_zarr_engine], ``LAZYSTACK_ZARR_ENGINE``)
@@ -1603,12 +1772,15 @@ class ZarrArrayReader(ChunkedReader):
         self._engine_pid = -1
         self._engine_lock = threading.Lock()
         unit = tuple(int(c) for c in array.chunks)  # inner chunks when sharded
-        from zarr.storage import LocalStore, MemoryStore
-
         # fixed for the array's lifetime: worked out once, not on every read
-        capabilities = ReaderCapabilities(
-            remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
-        )
+        if isinstance(array, ArrayLayout):  # no zarr object (see ArrayLayout): read by the direct engine, tensorstore
+            capabilities = ReaderCapabilities(remote=array.root is None, compressed=array.compressed)
+        else:
+            from zarr.storage import LocalStore, MemoryStore
+
+            capabilities = ReaderCapabilities(
+                remote=not isinstance(array.store, (LocalStore, MemoryStore)), compressed=_is_compressed(array)
+            )
         if capabilities.remote:  # whichever engine reads it: an HTTP store's session is closed at exit
             close_http_session_at_exit(getattr(array.store, "fs", None))
         super().__init__(array.shape, array.dtype, unit, token or _array_token(array), capabilities=capabilities)
