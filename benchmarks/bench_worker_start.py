@@ -6,9 +6,9 @@ torch, unpickles the dataset and reads its first batch. This benchmark pickles a
 array with the code of this checkout and with the code of ``--baseline``, then
 runs ``--rounds`` fresh interpreters of each, in alternating order. Each one
 imports torch (not timed: every reader pays it), unpickles the dataset and reads
-one batch (timed), and reports whether tensorstore was imported and its peak
-RSS. Reported: the median time of each, their ratio, tensorstore imported or
-not, and the median peak RSS.
+one batch (timed), and reports whether tensorstore and zarr-python were imported
+and its peak RSS. Reported: the median time of each, their ratio, tensorstore and
+zarr imported or not, and the median peak RSS.
 
 Run: ``python -m benchmarks.bench_worker_start --baseline PATH [--zarr STORE] [--rounds N]``
 (default store: a 64 MiB ``TYX`` uint16 zstd array written into a temporary folder).
@@ -39,7 +39,8 @@ start = time.perf_counter()
 dataset = pickle.loads(open(sys.argv[1], "rb").read())
 dataset.__getitems__(list(range(32)))
 seconds = time.perf_counter() - start
-print(seconds, "tensorstore" in sys.modules, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(seconds, "tensorstore" in sys.modules, "zarr" in sys.modules, rss)
 """
 
 
@@ -82,19 +83,20 @@ def main(argv: list[str] | None = None) -> None:
             _python(_PICKLE, checkout, store, pickles[name])
             where = _python("import lazystack; print(lazystack.__file__)", checkout).strip()
             print(f"{name}: {where}")
-        results: dict[str, list[tuple[float, bool, float]]] = {name: [] for name in checkouts}
+        results: dict[str, list[tuple[float, bool, bool, float]]] = {name: [] for name in checkouts}
         for r in range(args.rounds):
             for name in list(checkouts)[:: 1 if r % 2 == 0 else -1]:
-                seconds, tensorstore, rss = _python(_WORKER, checkouts[name], pickles[name]).split()
-                results[name].append((float(seconds), tensorstore == "True", float(rss)))
+                seconds, tensorstore, zarr, rss = _python(_WORKER, checkouts[name], pickles[name]).split()
+                results[name].append((float(seconds), tensorstore == "True", zarr == "True", float(rss)))
     print(f"spawned worker, unpickle + first batch of 32 patches ({args.rounds} fresh interpreters each, interleaved)")
-    print(f"{'code':<15} {'median s':>9} {'tensorstore imported':>21} {'peak RSS MiB':>13}")
+    print(f"{'code':<15} {'median s':>9} {'tensorstore imported':>21} {'zarr imported':>14} {'peak RSS MiB':>13}")
     medians = {}
     for name, rows in results.items():
-        medians[name] = statistics.median(s for s, _, _ in rows)
-        imported = sorted({str(t) for _, t, _ in rows})
-        rss = statistics.median(m for _, _, m in rows)
-        print(f"{name:<15} {medians[name]:>9.3f} {'/'.join(imported):>21} {rss:>13.0f}")
+        medians[name] = statistics.median(s for s, _, _, _ in rows)
+        tensorstore = "/".join(sorted({str(t) for _, t, _, _ in rows}))
+        zarr = "/".join(sorted({str(z) for _, _, z, _ in rows}))
+        rss = statistics.median(m for _, _, _, m in rows)
+        print(f"{name:<15} {medians[name]:>9.3f} {tensorstore:>21} {zarr:>14} {rss:>13.0f}")
     print(f"this checkout / baseline: {medians['this checkout'] / medians['baseline']:.2f}")
 
 
