@@ -47,6 +47,8 @@ from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
 from .engines import (
     ArrayLayout,
+    AutoEngine,
+    DirectEngine,
     RetryPolicy,
     _array_token,
     _format_region,
@@ -591,10 +593,12 @@ class ZarrArrayReader(Reader):
             self._check_store()  # as a reopen: a store changed since the opening is said so
         fast = self._engine_reader(layout, None, None)
         try:
-            fast.engine  # noqa: B018 - built now: an engine this process cannot build reads through zarr instead
-        except (NotImplementedError, MissingDependencyError):  # e.g. a codec registered in the parent only
+            engine = fast.engine  # built now: a direct engine this process cannot build reads through zarr instead
+        except (NotImplementedError, MissingDependencyError):
             return None
-        return fast
+        # the layout is the direct engine's: one it cannot decode here (a codec registered in the parent only)
+        # is read as the parent would read it, through the zarr array
+        return fast if isinstance(engine, (AutoEngine, DirectEngine)) else None
 
     def _metadata_file(self) -> str | None:
         """Local path of the array's metadata document (None for remote stores)."""
