@@ -307,3 +307,18 @@ def test_a_spawned_process_with_the_cache_off_reads_the_same(tmp_path: Path, mon
     assert report["zarr"] is False
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_a_corrupt_chunk_is_named_as_failing_in_the_spawned_process(tmp_path: Path) -> None:
+    source = _write(tmp_path / "a.zarr", _data((2, 64, 64)), chunks=(1, 32, 32))
+    chunk = Path(source) / "c" / "1" / "0" / "0"
+
+    def corrupt() -> None:
+        st = chunk.stat()
+        chunk.write_bytes(b"not a zstd frame")
+        os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns))  # as before: not said to be modified after the opening
+
+    report = _child_error(tmp_path, source, corrupt)
+    assert report["error"] == "SourceReadError", report
+    # each touched chunk read alone through zarr (opened for the probe) names the one that fails
+    assert "failing chunk(s) 'c/1/0/0'" in report["message"], report["message"]

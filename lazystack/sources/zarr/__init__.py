@@ -712,8 +712,11 @@ class ZarrArrayReader(Reader):
     def _failing_keys(self, key: tuple[int | slice, ...]) -> list[str] | None:
         """Read each touched chunk alone to find the failing one(s); None when too many to probe."""
         coords_list = self._chunk_coords(key, _MAX_PROBED)
-        arr = self._array
-        if len(coords_list) > _MAX_PROBED or arr is None:
+        if len(coords_list) > _MAX_PROBED:
+            return None
+        try:
+            arr = self.array()  # this process's (a reader built from the layout has opened none yet)
+        except Exception:  # the store is gone or changed: the message lists the keys without probing them
             return None
         grid = self.shards or self.chunks
         failing = []
