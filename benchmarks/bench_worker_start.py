@@ -8,7 +8,10 @@ runs ``--rounds`` fresh interpreters of each, in alternating order. Each one
 imports torch (not timed: every reader pays it), unpickles the dataset and reads
 one batch (timed), and reports whether tensorstore and zarr-python were imported
 and its peak RSS. Reported: the median time of each, their ratio, tensorstore and
-zarr imported or not, and the median peak RSS.
+zarr imported or not, and the median peak RSS. For reference, each round also
+times a *forked* worker's first batch (the main process opens the stacks and
+builds the dataset, then forks; the child reads one batch): reported as each
+checkout's spawn / fork ratio (issue 20 asks for at most 3).
 
 Run: ``python -m benchmarks.bench_worker_start --baseline PATH [--zarr STORE] [--rounds N]``
 (default store: a 64 MiB ``TYX`` uint16 zstd array written into a temporary folder).
@@ -30,6 +33,24 @@ from lazystack.torch import PatchDataset
 stacks = lazystack.load_zarrs([sys.argv[1]], "TYX")
 sampler = lazystack.RandomSampler(stacks, (64, 64), length=64, seed=1)
 open(sys.argv[2], "wb").write(pickle.dumps(PatchDataset(stacks, sampler)))
+"""
+
+_FORKED = """
+import os, sys, time
+import torch, lazystack
+from lazystack.torch import PatchDataset
+stacks = lazystack.load_zarrs([sys.argv[1]], "TYX")  # the main process opens the stacks, builds the dataset
+dataset = PatchDataset(stacks, lazystack.RandomSampler(stacks, (64, 64), length=64, seed=1))
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    start = time.perf_counter()
+    dataset.__getitems__(list(range(32)))
+    os.write(write, str(time.perf_counter() - start).encode())
+    os._exit(0)
+os.close(write)
+os.waitpid(pid, 0)
+print(os.read(read, 64).decode())
 """
 
 _WORKER = """
@@ -84,10 +105,12 @@ def main(argv: list[str] | None = None) -> None:
             where = _python("import lazystack; print(lazystack.__file__)", checkout).strip()
             print(f"{name}: {where}")
         results: dict[str, list[tuple[float, bool, bool, float]]] = {name: [] for name in checkouts}
+        forked: dict[str, list[float]] = {name: [] for name in checkouts}
         for r in range(args.rounds):
             for name in list(checkouts)[:: 1 if r % 2 == 0 else -1]:
                 seconds, tensorstore, zarr, rss = _python(_WORKER, checkouts[name], pickles[name]).split()
                 results[name].append((float(seconds), tensorstore == "True", zarr == "True", float(rss)))
+                forked[name].append(float(_python(_FORKED, checkouts[name], store)))
     print(f"spawned worker, unpickle + first batch of 32 patches ({args.rounds} fresh interpreters each, interleaved)")
     print(f"{'code':<15} {'median s':>9} {'tensorstore imported':>21} {'zarr imported':>14} {'peak RSS MiB':>13}")
     medians = {}
@@ -98,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         rss = statistics.median(m for _, _, _, m in rows)
         print(f"{name:<15} {medians[name]:>9.3f} {tensorstore:>21} {zarr:>14} {rss:>13.0f}")
     print(f"this checkout / baseline: {medians['this checkout'] / medians['baseline']:.2f}")
+    print("forked worker, first batch of 32 patches (the same rounds)")
+    for name, seconds in forked.items():
+        fork = statistics.median(seconds)
+        print(f"{name + ' (fork)':<22} {fork:>9.3f} s   spawn / fork: {medians[name] / fork:.2f}")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,5 @@ def test_the_worker_start_benchmark_reports_both_checkouts(tmp_path: Path, capsy
     # a spawned worker imports neither
     assert sorted(rows) == [("baseline", "False", "False"), ("this checkout", "False", "False")]
     assert "this checkout / baseline:" in out
+    forked = re.findall(r"^(this checkout|baseline) \(fork\) +[\d.]+ s +spawn / fork: [\d.]+$", out, re.MULTILINE)
+    assert sorted(forked) == ["baseline", "this checkout"]
