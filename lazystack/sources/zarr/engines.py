@@ -1331,28 +1331,30 @@ class TensorstoreEngine(ZarrEngine):
             msg = f"tensorstore engine: dtype {dtype} is not supported"
             raise NotImplementedError(msg)
 
-    def _files(self, indices: Iterable[ChunkIndex]) -> Iterator[tuple[tuple[int, ...], str]]:
-        """Grid coordinates and path of each local chunk (shard, when sharded) file of ``indices``, once each."""
-        assert self._local_dir is not None
+    def _stats(self, indices: Iterable[ChunkIndex]) -> Iterator[tuple[tuple[int, ...], str, os.stat_result]]:
+        """Grid coordinates, path and ``stat`` of each local chunk (shard, when sharded) file of ``indices`` that
+        exists, once each; nothing for other stores. A file not stored (the fill value) or unreadable is skipped:
+        tensorstore's read says so."""
+        if self._local_dir is None:
+            return
         per = self._chunks_per_file
         files = dict.fromkeys(
             idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
         )
         for coords in files:
-            yield coords, os.path.join(self._local_dir, self._chunk_key(coords))
+            path = os.path.join(self._local_dir, self._chunk_key(coords))
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            yield coords, path, st
 
     def _check_files(self, indices: Iterable[ChunkIndex]) -> None:
         """Before a read: raise ``SourceReadError`` when the local file of a chunk (its shard, when sharded) of
         ``indices`` exists and is not a regular file (a FIFO, device or socket swapped in after opening: tensorstore
         would wait on it)."""
-        if self._local_dir is None:
-            return
-        for _, path in self._files(indices):
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:  # not stored (the fill value), or unreadable: tensorstore's read says so
-                continue
-            if not stat.S_ISREG(mode):
+        for _, path, st in self._stats(indices):
+            if not stat.S_ISREG(st.st_mode):
                 msg = (
                     f"cannot read the zarr array at {self.location!r}: {path!r} is not a regular file "
                     "(chunks and shards are files; a FIFO, device or socket is refused)"
@@ -1364,14 +1366,10 @@ class TensorstoreEngine(ZarrEngine):
         follow the read: one made before it misses a file replaced (a new one renamed over it, as zarr-python
         writes) between it and tensorstore's open."""
         check = self.check_file
-        if check is None or self._local_dir is None:
+        if check is None:
             return
-        for coords, path in self._files(indices):
-            try:
-                mtime = os.stat(path).st_mtime_ns
-            except OSError:  # not stored (the fill value), or unreadable: tensorstore's read said so
-                continue
-            check(coords, mtime)
+        for coords, _, st in self._stats(indices):
+            check(coords, st.st_mtime_ns)
 
     @staticmethod
     def _region_indices(region: tuple[slice, ...], chunk_shape: tuple[int, ...]) -> Iterator[ChunkIndex]:
