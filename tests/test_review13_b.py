@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_zarr13
 import zarr
 from test_zarr13 import _compressed
 
@@ -22,6 +23,8 @@ import lazystack
 from lazystack.io.cache import chunk_cache_size
 from lazystack.sources.zarr import engines
 from lazystack.sources.zarr.engines import AutoEngine
+
+auto_stack_cache_off = test_zarr13.auto_stack_cache_off  # the fixture, shared
 
 
 @pytest.fixture
@@ -62,20 +65,14 @@ def test_autos_tensorstore_fetch_refuses_a_chunk_replaced_while_it_was_read(
 
 
 def test_autos_tensorstore_region_read_refuses_a_chunk_replaced_while_it_was_read(
-    tmp_path: Path, rewrite_after_the_file_check: list[Path]
+    auto_stack_cache_off: tuple[Path, lazystack.LazyImageStack], rewrite_after_the_file_check: list[Path]
 ) -> None:
     """The same race on a patch read whole by tensorstore with the cache off (the path 6f52737 newly checks)."""
-    pytest.importorskip("tensorstore")
-    path = _compressed(tmp_path / "a.zarr", chunks=(1, 8, 8))
-    (stack,) = lazystack.load_zarrs([path], "SYX")
-    with chunk_cache_size(0):
-        reader = stack.reader.as_chunked()
-        assert isinstance(reader.engine, AutoEngine)
-        reader.engine.min_tensorstore_bytes = 0
-        assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
-        rewrite_after_the_file_check.append(path)
-        with pytest.raises(lazystack.SourceReadError, match=r"(?s)modified after.*reopen"):
-            stack.extract_patch(0, None, (0, 0), (32, 32))
+    path, stack = auto_stack_cache_off
+    assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
+    rewrite_after_the_file_check.append(path)
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)modified after.*reopen"):
+        stack.extract_patch(0, None, (0, 0), (32, 32))
 
 
 # -- one stale-chunk message: variants the branch's test does not try (tensorstore's reads, the direct engine) -----

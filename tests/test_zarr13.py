@@ -34,6 +34,21 @@ def _compressed(path: Path, **kwargs: Any) -> Path:
 
 
 @pytest.fixture
+def auto_stack_cache_off(tmp_path: Path) -> Iterator[tuple[Path, lazystack.LazyImageStack]]:
+    """The path of a local zstd array (``_compressed``: values 1, chunks 1 x 8 x 8) and its ``SYX`` stack, read by
+    the ``auto`` engine with the chunk cache off for the test's duration, its tensorstore used for any region over
+    two chunks or more."""
+    pytest.importorskip("tensorstore")
+    path = _compressed(tmp_path / "a.zarr", chunks=(1, 8, 8))
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    with chunk_cache_size(0):
+        reader = stack.reader.as_chunked()
+        assert isinstance(reader.engine, AutoEngine)
+        reader.engine.min_tensorstore_bytes = 0
+        yield path, stack
+
+
+@pytest.fixture
 def stats(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts ``os.stat`` calls per path (chunk files only: paths with a ``/c/`` part)."""
     counts: Counter[str] = Counter()
@@ -69,21 +84,17 @@ def test_auto_stats_each_file_once_per_tensorstore_fetch(tmp_path: Path, stats: 
     assert set(stats.values()) == {2}, stats
 
 
-def test_autos_tensorstore_region_reads_check_the_files_modification_too(tmp_path: Path) -> None:
+def test_autos_tensorstore_region_reads_check_the_files_modification_too(
+    auto_stack_cache_off: tuple[Path, lazystack.LazyImageStack],
+) -> None:
     """With the cache off, ``auto`` reads a region over many chunks whole in tensorstore: a chunk rewritten after
     the opening is an error there too (it was checked on chunk fetches only)."""
-    pytest.importorskip("tensorstore")
-    path = _compressed(tmp_path / "a.zarr", chunks=(1, 8, 8))
-    (stack,) = lazystack.load_zarrs([path], "SYX")
-    with chunk_cache_size(0):
-        reader = stack.reader.as_chunked()
-        assert isinstance(reader.engine, AutoEngine)
-        reader.engine.min_tensorstore_bytes = 0
-        assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
-        time.sleep(0.01)
-        zarr.open_array(path, mode="r+")[...] = 2
-        with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
-            stack.extract_patch(0, None, (0, 0), (32, 32))
+    path, stack = auto_stack_cache_off
+    assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
+    time.sleep(0.01)
+    zarr.open_array(path, mode="r+")[...] = 2
+    with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
+        stack.extract_patch(0, None, (0, 0), (32, 32))
 
 
 # -- 2. a rewritten chunk: one message on every path -----------------------------------------------------------
