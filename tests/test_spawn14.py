@@ -322,3 +322,20 @@ def test_a_corrupt_chunk_is_named_as_failing_in_the_spawned_process(tmp_path: Pa
     assert report["error"] == "SourceReadError", report
     # each touched chunk read alone through zarr (opened for the probe) names the one that fails
     assert "failing chunk(s) 'c/1/0/0'" in report["message"], report["message"]
+
+
+def test_an_array_whose_layout_cannot_be_made_opens_and_reads_through_zarr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazystack.sources.zarr.engines import ArrayLayout
+
+    def refuse(cls: Any, array: Any) -> ArrayLayout:
+        raise AttributeError("metadata this layout does not know")  # as a zarr release with other metadata would
+
+    data = _data((2, 64, 64))
+    source = _write(tmp_path / "a.zarr", data, chunks=(1, 32, 32))
+    monkeypatch.setattr(ArrayLayout, "of", classmethod(refuse))
+    (stack,) = lazystack.load_zarrs([source], "TYX")  # the layout is an optimisation: opening never fails on it
+    monkeypatch.undo()
+    clone = pickle.loads(pickle.dumps(stack))
+    np.testing.assert_array_equal(clone.extract_patch(1, None, (10, 20), (30, 30))[0], data[1, 10:40, 20:50])

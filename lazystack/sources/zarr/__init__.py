@@ -858,10 +858,10 @@ def _open_error(location: ZarrLocation, exc: Exception) -> SourceReadError:
 
 
 def _layout_of(array: zarr_lib.Array) -> ArrayLayout | None:
-    """The chunk layout of a local array, or None when the direct engine cannot read it."""
+    """The chunk layout of a local array, or None when the direct engine cannot read it (read through zarr)."""
     try:
         return ArrayLayout.of(array)
-    except NotImplementedError:
+    except Exception:  # NotImplementedError, or metadata zarr reads and the layout does not: zarr reads it, as before
         return None
 
 
