@@ -173,3 +173,116 @@ def test_stitcher_refuses_an_unknown_casting_naming_it() -> None:
     for wrong in ("samekind", None, 1):
         with pytest.raises(ValueError, match=rf"casting={wrong!r}.*same_kind, unsafe"):
             Stitcher(grid, 1, casting=wrong)  # type: ignore[arg-type]
+
+
+# -- 3. WholeSampleSampler over images of different sizes ------------------------------------------------------------
+def _two_sizes() -> tuple[list[LazyImageStack], list[np.ndarray]]:
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(0, 255, (2, 24, 32), dtype=np.uint8), rng.integers(0, 255, (1, 40, 20), dtype=np.uint8)]
+    return [LazyImageStack(a, "SYX") for a in arrays], arrays
+
+
+def test_whole_sample_batch_mixing_sizes_names_the_shapes_and_what_to_do() -> None:
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from lazystack import ShapeMismatchError, WholeSampleSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, _ = _two_sizes()
+    dataset = PatchDataset(stacks, WholeSampleSampler(stacks))
+    loader = DataLoader(dataset, batch_size=3, sampler=EpochSampler(dataset))
+    with pytest.raises(ShapeMismatchError, match=r"\(24, 32\).*\(40, 20\).*batch_size=1.*batch_size=None"):
+        next(iter(loader))
+    with pytest.raises(ShapeMismatchError, match=r"patch sizes"):
+        dataset.__getitems__([1, 2])
+
+
+def test_whole_sample_batches_of_one_size_and_batch_size_1_read_every_image() -> None:
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from lazystack import WholeSampleSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, arrays = _two_sizes()
+    dataset = PatchDataset(stacks, WholeSampleSampler(stacks))
+    expected = [arrays[0][0], arrays[0][1], arrays[1][0]]
+    batches = [b["input"].numpy() for b in DataLoader(dataset, batch_size=1, sampler=EpochSampler(dataset))]
+    assert len(batches) == 3
+    for got, want in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(got[0, 0], want.astype(np.float32))
+    items = [dataset[i]["input"].numpy() for i in range(3)]  # batch_size=None reads items one by one
+    for got, want in zip(items, expected, strict=True):
+        np.testing.assert_array_equal(got[0], want.astype(np.float32))
+    pair = dataset.__getitems__([0, 1])  # same size: batched as before
+    np.testing.assert_array_equal(np.stack([p["input"].numpy()[0] for p in pair]), arrays[0].astype(np.float32))
+    ragged = PatchDataset(stacks, WholeSampleSampler(stacks), ragged=True).__getitems__([1, 2])
+    assert [tuple(p["input"].shape) for p in ragged] == [(1, 24, 32), (1, 40, 20)]
+
+
+# -- 4. EpochSampler follows the dataset's current sampler -----------------------------------------------------------
+def test_epoch_sampler_follows_a_replaced_dataset_sampler_in_a_dataloader() -> None:
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from lazystack import RandomSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, arrays = _two_sizes()
+    dataset = PatchDataset(stacks[:1], RandomSampler(stacks[:1], 8, 10, seed=1))
+    epochs = EpochSampler(dataset)
+    loader = DataLoader(dataset, batch_size=4, sampler=epochs)
+    assert sum(len(b["input"]) for b in loader) == 10
+    dataset.sampler = RandomSampler(stacks[:1], 8, 6, seed=2)  # a shorter epoch
+    assert len(epochs) == 6
+    assert len(loader) == 2
+    got = torch_cat([b["input"] for b in loader])
+    specs = dataset.sampler.epoch_specs(0)
+    expected = [arrays[0][s.sample, s.coords[0] : s.coords[0] + 8, s.coords[1] : s.coords[1] + 8] for s in specs]
+    np.testing.assert_array_equal(got[:, 0], np.stack(expected).astype(np.float32))
+    dataset.sampler = RandomSampler(stacks[:1], 8, 13, seed=3)  # a longer one: every index of it
+    assert sum(len(b["input"]) for b in loader) == 13
+    assert len(EpochSampler(7)) == 7  # a plain length stays what it is
+
+
+def torch_cat(tensors: list[Any]) -> np.ndarray:
+    return np.concatenate([t.numpy() for t in tensors])
+
+
+# -- 5. booleans are not seeds, epochs or indices ---------------------------------------------------------------------
+def test_torch_module_refuses_booleans_as_integers_naming_the_value() -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    from lazystack import RandomSampler
+    from lazystack.torch import ChunkLocalSampler, EpochSampler, PatchDataset
+
+    stacks, _ = _two_sizes()
+    sampler = RandomSampler(stacks[:1], 8, 10, seed=1)
+    dataset = PatchDataset(stacks[:1], sampler)
+    for value in (True, np.True_, torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"seed must be an integer.*True"):
+            EpochSampler(10, shuffle=True, seed=value)
+        with pytest.raises(TypeError, match=r"seed must be an integer.*True"):
+            ChunkLocalSampler(sampler, stacks[:1], seed=value, window=16)
+        with pytest.raises(TypeError, match=r"index must be an integer.*True"):
+            dataset[value]
+        with pytest.raises(TypeError, match=r"index must be an integer.*True"):
+            dataset.__getitems__([value])
+        with pytest.raises(TypeError, match=r"epoch must be an integer.*True"):
+            dataset.__getitems__([(value, 0)])
+        with pytest.raises(TypeError, match=r"epoch must be an integer.*True"):
+            dataset.set_epoch(value)
+        with pytest.raises(TypeError, match=r"epoch must be an integer.*True"):
+            EpochSampler(10, epoch=value)
+        with pytest.raises(TypeError, match=r"length must be an integer.*True"):
+            EpochSampler(value)
+        with pytest.raises(TypeError, match=r"rank must be an integer.*True"):
+            EpochSampler(10, rank=value, world_size=2)
+    with pytest.raises(TypeError, match=r"shuffle must be True or False.*'no'"):
+        EpochSampler(10, shuffle="no")  # type: ignore[arg-type]
+    # integers of every kind still pass, and a 0-d integer tensor
+    assert dataset[np.int64(3)]["input"].shape == (1, 8, 8)
+    assert dataset[torch.tensor(3)]["input"].shape == (1, 8, 8)
+    assert len(EpochSampler(np.int32(4), seed=np.uint8(2), shuffle=np.True_)) == 4
