@@ -286,3 +286,30 @@ def test_torch_module_refuses_booleans_as_integers_naming_the_value() -> None:
     assert dataset[np.int64(3)]["input"].shape == (1, 8, 8)
     assert dataset[torch.tensor(3)]["input"].shape == (1, 8, 8)
     assert len(EpochSampler(np.int32(4), seed=np.uint8(2), shuffle=np.True_)) == 4
+
+
+# -- 6. an interrupted overwrite's hint resolves `..` as the system does ----------------------------------------------
+def _leftover(folder: Path, name: str) -> Path:
+    """What an overwrite of ``folder/name`` interrupted between its two renames leaves: ``.name.old-<id>/store``."""
+    from lazystack.io.overwrite import OLD_STORE, WRITER_MARKER
+
+    aside = folder / f".{name}.old-1234"
+    (aside / OLD_STORE).mkdir(parents=True)
+    (aside / WRITER_MARKER).write_text("{}")
+    return aside / OLD_STORE
+
+
+def test_interrupted_overwrite_through_link_dotdot_is_found_beside_the_link_target(tmp_path: Path) -> None:
+    from lazystack import SourceNotFoundError, load_zarrs
+    from lazystack.io.overwrite import interrupted_overwrite
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    there = _leftover(tmp_path / "real", "x.zarr")  # beside the link's target: where link/../x.zarr is
+    decoy = _leftover(tmp_path, "x.zarr")  # beside the link itself: where a textual `..` would look
+    found = interrupted_overwrite(tmp_path / "link" / ".." / "x.zarr")
+    assert found == (tmp_path / "real" / "x.zarr", there)
+    with pytest.raises(SourceNotFoundError) as info:
+        load_zarrs(str(tmp_path / "link" / ".." / "x.zarr"), "YX")
+    assert str(there) in str(info.value)
+    assert str(decoy) not in str(info.value)
