@@ -313,3 +313,14 @@ def test_interrupted_overwrite_through_link_dotdot_is_found_beside_the_link_targ
         load_zarrs(str(tmp_path / "link" / ".." / "x.zarr"), "YX")
     assert str(there) in str(info.value)
     assert str(decoy) not in str(info.value)
+
+
+def test_multifile_ome_listing_a_hard_link_to_its_master_still_reads(tmp_path: Path) -> None:
+    """A listed file that is the master under another name is checked as the master, not taken for a new file."""
+    write_multifile_ome(tmp_path, ["a.ome.tif", "b.ome.tif"], planes=2, shape=(16, 24))
+    (tmp_path / "b.ome.tif").unlink()
+    os.link(tmp_path / "a.ome.tif", tmp_path / "b.ome.tif")
+    expected = tifffile.imread(tmp_path / "a.ome.tif")
+    (stack,) = load_tiffs([tmp_path / "a.ome.tif"], "ZYX")
+    with chunk_cache_size(0):
+        np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (4, 16, 24))[0], expected)

@@ -1003,7 +1003,7 @@ def _other_stamps(tif: Any, file_path: str, st: os.stat_result) -> tuple[tuple[s
             other_st = os.stat(other)
         except OSError:  # missing: tifffile fills its planes
             continue
-        if stat.S_ISREG(other_st.st_mode) and not os.path.samestat(other_st, st):
+        if stat.S_ISREG(other_st.st_mode):  # the master under another name too: tifffile opens it as another
             stamps.append((other, file_stamp(other_st)))
     return tuple(stamps)
 
@@ -1155,9 +1155,7 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
         raise SourceFormatError(msg)
 
 
-def _token(
-    path: str, series: int, mode: str, st: os.stat_result, level: int = 0, others: tuple[Any, ...] = ()
-) -> str:
+def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0, others: tuple[Any, ...] = ()) -> str:
     text = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     text += f"|level{level}" if level else ""
     text += f"|{others}" if others else ""  # another file of a multi-file OME-TIFF rewritten: other pixels
