@@ -174,7 +174,9 @@ class PatchDataset:
 
     An index is an ``int`` (of the dataset's current epoch) or an ``(epoch,
     index)`` pair (what [`EpochSampler`][EpochSampler] yields); a boolean is
-    not an index (``TypeError``). With persistent
+    not an index (``TypeError``). ``dataset[list]`` is a batch: the list of
+    the items of those indices (as ``torch.utils.data.Subset`` asks for
+    them), not a pair. With persistent
     workers, use [`EpochSampler`][EpochSampler] and its ``set_epoch``: the workers'
     copies of the dataset do not see [`set_epoch()`][set_epoch] calls made later in
     the main process.
@@ -274,7 +276,9 @@ class PatchDataset:
         epoch, i = self._key(index)
         return _spec(self.sampler, self.channels, epoch, i)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+    def __getitem__(self, index: int | tuple[int, int] | list[int | tuple[int, int]]) -> Any:
+        if isinstance(index, list):  # a batch of indices, as torch's Subset asks for one (not an (epoch, index) pair)
+            return self.__getitems__(index)
         return self.__getitems__([index])[0]
 
     def _key(self, index: int | tuple[int, int]) -> tuple[int, int]:

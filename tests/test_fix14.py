@@ -324,3 +324,21 @@ def test_multifile_ome_listing_a_hard_link_to_its_master_still_reads(tmp_path: P
     (stack,) = load_tiffs([tmp_path / "a.ome.tif"], "ZYX")
     with chunk_cache_size(0):
         np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0, 0), (4, 16, 24))[0], expected)
+
+
+def test_a_list_index_is_a_batch_as_torch_subset_asks_not_an_epoch_index_pair() -> None:
+    pytest.importorskip("torch")
+    from torch.utils.data import Subset
+
+    from lazystack import RandomSampler
+    from lazystack.torch import PatchDataset
+
+    stacks, arrays = _two_sizes()
+    dataset = PatchDataset(stacks[:1], RandomSampler(stacks[:1], 8, 10, seed=4))
+    items = Subset(dataset, [5, 2])[[0, 1]]  # Subset.__getitem__ of a list: dataset[[5, 2]]
+    assert isinstance(items, list)
+    assert len(items) == 2
+    for item, spec in zip(items, dataset.sampler.epoch_specs(0, [5, 2]), strict=True):
+        y, x = spec.coords
+        np.testing.assert_array_equal(item["input"][0].numpy(), arrays[0][spec.sample, y : y + 8, x : x + 8])
+    assert dataset[(5, 2)]["input"].shape == (1, 8, 8)  # a tuple is still an (epoch, index) pair
