@@ -608,7 +608,9 @@ class EpochSampler:
         Indices per epoch, or a dataset: then its ``len()`` now, at each
         ``len()`` of the sampler and at each iteration, so an epoch follows a
         dataset whose ``sampler`` was replaced (as long as the new epoch is
-        iterated from its start).
+        iterated from its start). Persistent DataLoader workers keep the
+        dataset they were started with: after replacing its sampler, make a
+        new DataLoader.
     rank, world_size : int
         This process's share of the epoch: positions ``rank, rank +
         world_size, ...`` of the epoch's order.
