@@ -342,3 +342,16 @@ def test_a_list_index_is_a_batch_as_torch_subset_asks_not_an_epoch_index_pair() 
         y, x = spec.coords
         np.testing.assert_array_equal(item["input"][0].numpy(), arrays[0][spec.sample, y : y + 8, x : x + 8])
     assert dataset[(5, 2)]["input"].shape == (1, 8, 8)  # a tuple is still an (epoch, index) pair
+
+
+def test_stitcher_writes_bfloat16_predictions_of_mixed_precision() -> None:
+    torch = pytest.importorskip("torch")
+    grid, predictions, _ = _grid_and_predictions(np.float32)
+    out = np.zeros((2, 1, 20, 20), np.float32)
+    halves = [torch.from_numpy(p).to(torch.bfloat16) for p in predictions]
+    Stitcher(grid, 1, out=[out]).add_batch(range(len(grid)), halves)
+    expected = np.zeros_like(out)
+    for tile, half in zip((grid.tile(i) for i in range(len(grid))), halves, strict=True):
+        region = (tile.spec.sample, slice(None), *tile.image_region)
+        expected[region] = half.float().numpy()[(slice(None), *tile.patch_region)]
+    np.testing.assert_array_equal(out, expected)

@@ -299,7 +299,9 @@ class Stitcher:
         index : int
             Tile index in the grid.
         prediction : array-like
-            ``C(Z)YX`` of the tile's size (a torch tensor is converted with ``numpy()``).
+            ``C(Z)YX`` of the tile's size (a torch tensor is converted with
+            ``numpy()``; a ``bfloat16`` or ``float8`` one, which NumPy has no
+            dtype for, to ``float32`` first).
 
         Raises
         ------
@@ -312,7 +314,10 @@ class Stitcher:
         """
         tile = self.grid.tile(index)
         if hasattr(prediction, "detach"):
-            prediction = prediction.detach().cpu().numpy()
+            prediction = prediction.detach().cpu()
+            if str(prediction.dtype) == "torch.bfloat16" or "float8" in str(prediction.dtype):
+                prediction = prediction.float()  # no NumPy dtype (mixed precision): float32 holds every value
+            prediction = prediction.numpy()
         pred = np.asarray(prediction)
         expected = (self.n_channels, *tile.spec.patch_size)
         if pred.shape != expected:
