@@ -155,7 +155,9 @@ class PatchDataset:
         that is not a size.
     TypeError
         For an ``epoch`` or ``read_ahead`` that is not an integer (a boolean
-        is not one), or a ``ragged`` or ``return_spec`` that is not a boolean.
+        is not one), a ``ragged`` or ``return_spec`` that is not a boolean, a
+        ``transform`` that is not callable, or a ``sampler`` that is not a
+        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's).
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -214,6 +216,20 @@ class PatchDataset:
         ragged: bool = False,
     ) -> None:
         _torch()
+        if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
+            msg = (
+                f"PatchDataset's sampler must be a lazystack Sampler (RandomSampler, GridSampler, a manifest's ...: "
+                f"it tells each index's patch), got {type(sampler).__name__}"
+                + (
+                    ": an EpochSampler goes to the DataLoader (DataLoader(dataset, sampler=EpochSampler(dataset)))"
+                    if isinstance(sampler, EpochSampler)
+                    else ""
+                )
+            )
+            raise TypeError(msg)
+        if transform is not None and not callable(transform):
+            msg = f"transform must be a callable applied to each item dict (or None), got {transform!r}"
+            raise TypeError(msg)
         self.stacks = list(stacks)
         self.sampler = sampler
         self.targets = None if targets is None else list(targets)

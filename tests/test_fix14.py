@@ -355,3 +355,19 @@ def test_stitcher_writes_bfloat16_predictions_of_mixed_precision() -> None:
         region = (tile.spec.sample, slice(None), *tile.image_region)
         expected[region] = half.float().numpy()[(slice(None), *tile.patch_region)]
     np.testing.assert_array_equal(out, expected)
+
+
+def test_patch_dataset_refuses_a_sampler_or_transform_it_cannot_use_naming_it() -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    from lazystack import RandomSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, _ = _two_sizes()
+    with pytest.raises(TypeError, match=r"got EpochSampler: an EpochSampler goes to the DataLoader"):
+        PatchDataset(stacks, EpochSampler(10))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"lazystack Sampler.*got RandomSampler"):
+        PatchDataset(stacks, torch.utils.data.RandomSampler(range(10)))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"transform must be a callable.*'flip'"):
+        PatchDataset(stacks[:1], RandomSampler(stacks[:1], 8, 4), transform="flip")  # type: ignore[arg-type]
