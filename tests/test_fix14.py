@@ -371,3 +371,25 @@ def test_patch_dataset_refuses_a_sampler_or_transform_it_cannot_use_naming_it() 
         PatchDataset(stacks, torch.utils.data.RandomSampler(range(10)))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"transform must be a callable.*'flip'"):
         PatchDataset(stacks[:1], RandomSampler(stacks[:1], 8, 4), transform="flip")  # type: ignore[arg-type]
+
+
+# -- manifests record integers only -----------------------------------------------------------------------------------
+def test_manifest_refuses_booleans_and_bare_numbers_as_epochs_and_indices(tmp_path: Path) -> None:
+    from lazystack import RandomSampler
+    from lazystack.sampling.manifest import read_manifest, write_manifest
+
+    stacks, _ = _two_sizes()
+    sampler = RandomSampler(stacks, 8, 6, seed=2)
+    for kwargs, match in (
+        ({"epochs": [True]}, r"epochs item must be a non-negative integer, got True"),
+        ({"epochs": 3}, r"epochs must be a sequence of non-negative integers, got 3"),
+        ({"indices": [0, np.True_]}, r"indices item must be a non-negative integer, got np.True_"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            write_manifest(tmp_path / "m.csv", sampler, stacks, **kwargs)  # type: ignore[arg-type]
+        assert not (tmp_path / "m.csv").exists()
+    write_manifest(tmp_path / "m.csv", sampler, stacks, epochs=[np.int64(1)], indices=range(3))
+    replay = read_manifest(tmp_path / "m.csv", stacks, epoch=1)
+    assert replay.epoch_specs(0) == sampler.epoch_specs(1, [0, 1, 2])
+    with pytest.raises(TypeError, match=r"epoch must be a non-negative integer, got True"):
+        read_manifest(tmp_path / "m.csv", stacks, epoch=True)
