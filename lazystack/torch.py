@@ -141,8 +141,9 @@ class PatchDataset:
         Let a batch mix patch sizes (default False). A sampler whose patches
         differ in size ([`WholeSampleSampler`][lazystack.WholeSampleSampler]
         over images of different sizes) gives items that torch's default
-        ``collate_fn`` cannot stack: by default a batch that mixes sizes is
-        refused, before it is read, with a
+        ``collate_fn`` cannot stack: by default, without a ``transform``
+        (which may crop or pad the items to one size), a batch that mixes
+        sizes is refused, before it is read, with a
         [`ShapeMismatchError`][lazystack.ShapeMismatchError] naming the sizes
         and what to do (``DataLoader(batch_size=1)`` or ``batch_size=None``,
         or a sampler of one patch size). ``True`` returns such a batch's
@@ -313,7 +314,7 @@ class PatchDataset:
         """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
         sampler, channels, stacks, targets, masks = state
         specs = _specs(sampler, channels, keys)
-        if not self.ragged and specs:
+        if not self.ragged and self.transform is None and specs:  # a transform may crop or pad to one size
             _check_one_size(specs, stacks)
         requests = [(_indexed(stacks, s.stack), s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         for group in (targets, masks):
@@ -423,8 +424,9 @@ def _check_one_size(specs: list[PatchSpec], stacks: list[Any]) -> None:
                 f"a batch of {len(specs)} patches mixes patch sizes {listed}: torch's default collate_fn cannot "
                 "stack them into one tensor. Read such a sampler (e.g. WholeSampleSampler over images of "
                 "different sizes) with DataLoader(batch_size=1) or batch_size=None, use a sampler of one "
-                "patch size (RandomSampler(stacks, patch_size=...), GridSampler), or pass "
-                "PatchDataset(..., ragged=True) to get the items as they are for a collate_fn of your own"
+                "patch size (RandomSampler(stacks, patch_size=...), GridSampler), give PatchDataset a transform "
+                "that crops or pads the items to one size, or pass PatchDataset(..., ragged=True) to get the items "
+                "as they are for a collate_fn of your own"
             )
             raise ShapeMismatchError(msg)
 

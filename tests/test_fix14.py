@@ -393,3 +393,21 @@ def test_manifest_refuses_booleans_and_bare_numbers_as_epochs_and_indices(tmp_pa
     assert replay.epoch_specs(0) == sampler.epoch_specs(1, [0, 1, 2])
     with pytest.raises(TypeError, match=r"epoch must be a non-negative integer, got True"):
         read_manifest(tmp_path / "m.csv", stacks, epoch=True)
+
+
+def test_whole_sample_batches_of_mixed_sizes_pass_through_a_transform_that_crops_them() -> None:
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from lazystack import WholeSampleSampler
+    from lazystack.torch import EpochSampler, PatchDataset
+
+    stacks, arrays = _two_sizes()
+
+    def crop(item: dict[str, Any]) -> dict[str, Any]:
+        return {"input": item["input"][..., :16, :16]}
+
+    dataset = PatchDataset(stacks, WholeSampleSampler(stacks), transform=crop)
+    (batch,) = list(DataLoader(dataset, batch_size=3, sampler=EpochSampler(dataset)))
+    expected = np.stack([a[:16, :16] for a in (arrays[0][0], arrays[0][1], arrays[1][0])])[:, None]
+    np.testing.assert_array_equal(batch["input"].numpy(), expected.astype(np.float32))
