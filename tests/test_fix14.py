@@ -411,3 +411,32 @@ def test_whole_sample_batches_of_mixed_sizes_pass_through_a_transform_that_crops
     (batch,) = list(DataLoader(dataset, batch_size=3, sampler=EpochSampler(dataset)))
     expected = np.stack([a[:16, :16] for a in (arrays[0][0], arrays[0][1], arrays[1][0])])[:, None]
     np.testing.assert_array_equal(batch["input"].numpy(), expected.astype(np.float32))
+
+
+def test_multifile_ome_read_stats_each_file_it_reads_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost model of the master's check: one fstat per read of each file it takes segments from."""
+    data = write_multifile_ome(tmp_path, 3, planes=5, shape=(16, 24))  # 3 or 4 planes would be written as RGB(A)
+    (stack,) = load_tiffs([tmp_path / "m_0.ome.tif"], "ZYX")
+    with chunk_cache_size(0):
+        stack.extract_patch(0, None, (5, 0, 0), (1, 16, 24))  # opens m_1 (and the master)
+        stats: list[str] = []
+        fstat = os.fstat
+
+        def counting(fd: int) -> os.stat_result:
+            stats.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            return fstat(fd)
+
+        monkeypatch.setattr(os, "fstat", counting)
+        patch = stack.extract_patch(0, None, (5, 0, 0), (4, 16, 24))  # 4 planes (segments) of m_1
+        monkeypatch.undo()
+    np.testing.assert_array_equal(patch[0], data[5:9])
+    # as many as the master's (one per read of the chunk reader), none per segment beyond that
+    assert set(stats) == {"m_0.ome.tif", "m_1.ome.tif"}, stats
+    assert stats.count("m_1.ome.tif") == stats.count("m_0.ome.tif"), stats
+    stats.clear()
+    monkeypatch.setattr(os, "fstat", counting)
+    with chunk_cache_size(0):
+        chunks = stack.reader.as_chunked().fetch_chunks([(z, 0, 0) for z in range(5, 9)])  # one read: 4 segments
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.concatenate([chunks[(z, 0, 0)] for z in range(5, 9)]), data[5:9])
+    assert sorted(stats) == ["m_0.ome.tif", "m_1.ome.tif"], stats

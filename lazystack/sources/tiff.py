@@ -332,6 +332,8 @@ class _TiffHandle:
         self.stamp = stamp
         #: the other files of a multi-file OME-TIFF (real path -> stamp when the stack was opened)
         self.others = dict(others)
+        self._reads = 0  # reads started (check_unchanged): each checks the other files it reads once
+        self._checked: dict[str, int] = {}  # other file -> the read that last checked it
         self._users = 0
         self._state = threading.Lock()
         #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
@@ -372,29 +374,38 @@ class _TiffHandle:
             raise
 
     def check_unchanged(self) -> None:
-        """Raise SourceReadError when the open file was rewritten in place (size or mtime changed)."""
+        """Raise SourceReadError when the open file was rewritten in place (size or mtime changed).
+
+        Called once per read: it also starts a new read for
+        [`_check_other()`][_check_other], which checks each other file a read
+        takes segments from once.
+        """
+        self._reads += 1
         if self.stamp is not None and self.fd is not None:
             check_stamp(f"TIFF file {self.path!r}", self.stamp, os.fstat(self.fd))
 
     def _check_other(self, fh: Any) -> None:
         """Raise SourceReadError when ``fh`` (another file of a multi-file OME-TIFF) is not the file opened then.
 
-        One ``fstat`` per read from that file, as the master file gets
-        ([`check_unchanged()`][check_unchanged]); a file that was missing when
-        the stack was opened (its planes were zeros) and exists now changed too.
+        One ``fstat`` per read that takes segments from that file, as the
+        master file gets ([`check_unchanged()`][check_unchanged]); a file that
+        was missing when the stack was opened (its planes were zeros) and
+        exists now changed too. Called under [`lock`][lock].
         """
-        if self.stamp is None:
+        path = fh.path
+        if self.stamp is None or self._checked.get(path) == self._reads:
             return
-        what = f"TIFF file {fh.path!r} (listed in the OME-XML of {self.path!r})"
-        stamp = self.others.get(fh.path)
+        stamp = self.others.get(path)
+        what = f"TIFF file {path!r} (listed in the OME-XML of {self.path!r})"
         if stamp is None:
             msg = f"{what} changed since the stack was opened (it did not exist then); load it again"
             raise SourceReadError(msg)
         try:
             st = os.fstat(fh.fileno())
         except (AttributeError, ValueError, OSError):
-            st = os.stat(fh.path)
+            st = os.stat(path)
         check_stamp(what, stamp, st)
+        self._checked[path] = self._reads
 
     def check_others_unchanged(self) -> None:
         """Raise SourceReadError when any other file of a multi-file OME-TIFF changed (before reading all)."""
