@@ -687,6 +687,11 @@ class EpochSampler:
             self._length = _check_length(len(self.dataset))
         return self._length
 
+    @length.setter
+    def length(self, value: int) -> None:
+        self.dataset = None  # a number given now: no longer follows the dataset
+        self._length = _check_length(_integer("length", value))
+
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (reaches persistent workers through the indices).
 

@@ -244,6 +244,9 @@ def test_epoch_sampler_follows_a_replaced_dataset_sampler_in_a_dataloader() -> N
     dataset.sampler = RandomSampler(stacks[:1], 8, 13, seed=3)  # a longer one: every index of it
     assert sum(len(b["input"]) for b in loader) == 13
     assert len(EpochSampler(7)) == 7  # a plain length stays what it is
+    epochs.length = 5  # set by hand, as before (an attribute): a number from then on
+    assert len(epochs) == 5
+    assert len(loader) == 2
 
 
 def torch_cat(tensors: list[Any]) -> np.ndarray:
