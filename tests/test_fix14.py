@@ -443,3 +443,17 @@ def test_multifile_ome_read_stats_each_file_it_reads_once(tmp_path: Path, monkey
     monkeypatch.undo()
     np.testing.assert_array_equal(np.concatenate([chunks[(z, 0, 0)] for z in range(5, 9)]), data[5:9])
     assert sorted(stats) == ["m_0.ome.tif", "m_1.ome.tif"], stats
+
+
+def test_tiling_refuses_booleans_as_tile_indices_and_sizes() -> None:
+    from lazystack.sampling.tiling import tile_starts
+
+    grid, predictions, _ = _grid_and_predictions(np.float32)
+    stitcher = Stitcher(grid, 1)
+    with pytest.raises(TypeError, match=r"index must be an integer, got True"):
+        stitcher.add(True, predictions[1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"index must be an integer, got True"):
+        stitcher.add_batch([True], predictions[1:2])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"overlap must be an integer, got True"):
+        tile_starts(20, 8, True)  # type: ignore[arg-type]
+    assert not stitcher.outputs[0].any()

@@ -76,7 +76,7 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     PatchError
         Unless ``extent >= 0`` and ``0 <= overlap < size`` (integers).
     """
-    extent, size, overlap = (_as_int(n, v) for n, v in (("extent", extent), ("size", size), ("overlap", overlap)))
+    extent, size, overlap = (_index(n, v) for n, v in (("extent", extent), ("size", size), ("overlap", overlap)))
     if extent < 0 or not 0 <= overlap < size:
         msg = (
             f"tile_starts(extent={extent}, size={size}, overlap={overlap}): need extent >= 0 and "
@@ -89,6 +89,14 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     starts = [*range(0, extent - size, step), extent - size]  # range stops below extent - size: no repeat
     bounds = [0] + [(starts[j + 1] + starts[j] + size) // 2 for j in range(len(starts) - 1)] + [extent]
     return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
+
+
+def _index(name: str, value: Any) -> int:
+    """An integer (a tile index, a length): not a boolean, which ``operator.index`` takes for 0 or 1."""
+    if isinstance(value, (bool, np.bool_)):
+        msg = f"{name} must be an integer, got {value!r} (a boolean)"
+        raise TypeError(msg)
+    return _as_int(name, value)
 
 
 #: ``casting=`` values of [`Stitcher`][Stitcher]: NumPy's (``np.can_cast``, ``np.copyto``).
@@ -312,7 +320,7 @@ class Stitcher:
             real output, or of a dtype that ``casting`` refuses to cast to the
             output's (float into integer, by default).
         """
-        tile = self.grid.tile(index)
+        tile = self.grid.tile(_index("index", index))
         if hasattr(prediction, "detach"):
             prediction = prediction.detach().cpu()
             if str(prediction.dtype) == "torch.bfloat16" or "float8" in str(prediction.dtype):
@@ -354,7 +362,7 @@ class Stitcher:
             msg = f"add_batch got {len(indices)} indices and {len(predictions)} predictions: need one per index"
             raise ShapeMismatchError(msg)
         for i, p in zip(indices, predictions, strict=True):
-            self.add(_as_int("index", i), p)
+            self.add(_index("index", i), p)
 
     @property
     def complete(self) -> bool:
