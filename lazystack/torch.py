@@ -64,6 +64,37 @@ def _torch() -> Any:
 
 __all__ = ["ChunkLocalSampler", "EpochSampler", "PatchDataset", "ReadAheadStats"]
 
+
+def _is_bool(value: Any) -> bool:
+    """A Python, NumPy or torch boolean (a 0-d bool array or tensor too): ``operator.index`` takes some for 0 / 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return type(value) is not int and str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
+
+
+def _integer(name: str, value: Any) -> int:
+    """An integer parameter or index: any integer (Python, NumPy, 0-d tensor) but a boolean."""
+    if type(value) is int:  # the common case first (indices of a batch)
+        return value
+    if _is_bool(value):
+        msg = f"{name} must be an integer, got {value!r} (a boolean): pass the number itself"
+        raise TypeError(msg)
+    return _as_int(name, value)
+
+
+def _non_negative(name: str, value: Any) -> int:
+    """[`_integer()`][_integer], and ``>= 0`` (seeds, epochs)."""
+    return _check_seed(name, _integer(name, value))
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A yes / no parameter: a Python or NumPy boolean (a string such as ``"no"`` would be true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"{name} must be True or False, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg)
+    return bool(value)
+
+
 #: Default byte budget of a dataset's read-ahead (patches read ahead and not yet taken).
 DEFAULT_READ_AHEAD_BYTES = 256 * 2**20
 
@@ -106,6 +137,17 @@ class PatchDataset:
         (those of the batch just served) fit in what is left, and one that
         turns out larger than what is left is dropped once read, so the
         patches held never exceed the budget.
+    ragged : bool
+        Let a batch mix patch sizes (default False). A sampler whose patches
+        differ in size ([`WholeSampleSampler`][lazystack.WholeSampleSampler]
+        over images of different sizes) gives items that torch's default
+        ``collate_fn`` cannot stack: by default, without a ``transform``
+        (which may crop or pad the items to one size), a batch that mixes
+        sizes is refused, before it is read, with a
+        [`ShapeMismatchError`][lazystack.ShapeMismatchError] naming the sizes
+        and what to do (``DataLoader(batch_size=1)`` or ``batch_size=None``,
+        or a sampler of one patch size). ``True`` returns such a batch's
+        items as they are, for a ``collate_fn`` of your own (padding, lists).
 
     Raises
     ------
@@ -113,7 +155,10 @@ class PatchDataset:
         For a negative ``epoch`` or ``read_ahead``, or a ``read_ahead_bytes``
         that is not a size.
     TypeError
-        For an ``epoch`` or ``read_ahead`` that is not an integer.
+        For an ``epoch`` or ``read_ahead`` that is not an integer (a boolean
+        is not one), a ``ragged`` or ``return_spec`` that is not a boolean, a
+        ``transform`` that is not callable, or a ``sampler`` that is not a
+        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's).
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -122,7 +167,7 @@ class PatchDataset:
         sampler draws from is missing from the inputs or has, at its place,
         samples and spatial shape other than the sampler's ``geometries``
         (stacks it never draws from, e.g. coarse levels, may be left out
-        from the end).
+        from the end); at a batch that mixes patch sizes, unless ``ragged``.
 
     Notes
     -----
@@ -131,7 +176,10 @@ class PatchDataset:
     module imports without torch.
 
     An index is an ``int`` (of the dataset's current epoch) or an ``(epoch,
-    index)`` pair (what [`EpochSampler`][EpochSampler] yields). With persistent
+    index)`` pair (what [`EpochSampler`][EpochSampler] yields); a boolean is
+    not an index (``TypeError``). ``dataset[list]`` is a batch: the list of
+    the items of those indices (as ``torch.utils.data.Subset`` asks for
+    them), not a pair. With persistent
     workers, use [`EpochSampler`][EpochSampler] and its ``set_epoch``: the workers'
     copies of the dataset do not see [`set_epoch()`][set_epoch] calls made later in
     the main process.
@@ -166,8 +214,23 @@ class PatchDataset:
         epoch: int = 0,
         read_ahead: int = 0,
         read_ahead_bytes: int | str = DEFAULT_READ_AHEAD_BYTES,
+        ragged: bool = False,
     ) -> None:
         _torch()
+        if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
+            msg = (
+                f"PatchDataset's sampler must be a lazystack Sampler (RandomSampler, GridSampler, a manifest's ...: "
+                f"it tells each index's patch), got {type(sampler).__name__}"
+                + (
+                    ": an EpochSampler goes to the DataLoader (DataLoader(dataset, sampler=EpochSampler(dataset)))"
+                    if isinstance(sampler, EpochSampler)
+                    else ""
+                )
+            )
+            raise TypeError(msg)
+        if transform is not None and not callable(transform):
+            msg = f"transform must be a callable applied to each item dict (or None), got {transform!r}"
+            raise TypeError(msg)
         self.stacks = list(stacks)
         self.sampler = sampler
         self.targets = None if targets is None else list(targets)
@@ -193,8 +256,10 @@ class PatchDataset:
                     msg = f"{name} stacks: {err}"
                     raise ChannelIndexError(msg) from None
         self.transform = transform
-        self.return_spec = return_spec
-        self.epoch = _check_seed("epoch", epoch)
+        self.return_spec = _flag("return_spec", return_spec)
+        #: whether a batch may mix patch sizes (see the class documentation)
+        self.ragged = _flag("ragged", ragged)
+        self.epoch = _non_negative("epoch", epoch)
         self.read_ahead = _as_int("read_ahead", read_ahead)
         if self.read_ahead < 0 or isinstance(read_ahead, bool):
             msg = f"read_ahead must be a number of batches >= 0, got {read_ahead!r}"
@@ -221,14 +286,16 @@ class PatchDataset:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = _check_seed("epoch", epoch)
+        self.epoch = _non_negative("epoch", epoch)
 
     def spec(self, index: int | tuple[int, int]) -> PatchSpec:
         """The spec of an index (``int`` or ``(epoch, index)``), with the dataset's channel selection."""
         epoch, i = self._key(index)
         return _spec(self.sampler, self.channels, epoch, i)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> Any:
+    def __getitem__(self, index: int | tuple[int, int] | list[int | tuple[int, int]]) -> Any:
+        if isinstance(index, list):  # a batch of indices, as torch's Subset asks for one (not an (epoch, index) pair)
+            return self.__getitems__(index)
         return self.__getitems__([index])[0]
 
     def _key(self, index: int | tuple[int, int]) -> tuple[int, int]:
@@ -236,8 +303,8 @@ class PatchDataset:
             if len(index) != 2:
                 msg = f"index {index!r}: accepted are an int or an (epoch, index) pair"
                 raise TypeError(msg)
-            return _as_int("epoch", index[0]), _as_int("index", index[1])
-        return self.epoch, _as_int("index", index)
+            return _integer("epoch", index[0]), _integer("index", index[1])
+        return self.epoch, _integer("index", index)
 
     def _state(self) -> tuple[Any, ...]:
         """What a batch's patches depend on besides its keys (a batch read ahead is served only with the same)."""
@@ -247,6 +314,8 @@ class PatchDataset:
         """The specs and patches (numpy) of a batch with ``state`` (see `_state`), in one ``extract_patches`` call."""
         sampler, channels, stacks, targets, masks = state
         specs = _specs(sampler, channels, keys)
+        if not self.ragged and self.transform is None and specs:  # a transform may crop or pad to one size
+            _check_one_size(specs, stacks)
         requests = [(_indexed(stacks, s.stack), s.sample, s.channels, s.coords, s.patch_size) for s in specs]
         for group in (targets, masks):
             if group is not None:
@@ -340,6 +409,26 @@ def _check_sampler_stacks(sampler: Sampler, stacks: list[Any]) -> None:
             "was built over, in the same order"
         )
         raise ShapeMismatchError(msg)
+
+
+def _check_one_size(specs: list[PatchSpec], stacks: list[Any]) -> None:
+    """Refuse a batch whose patches differ in size: torch's default collate cannot stack them (it names no spec)."""
+    size = specs[0].patch_size
+    for s in specs:
+        if s.patch_size != size:
+            sizes: dict[tuple[int, ...], int] = {}
+            for t in specs:
+                sizes.setdefault(tuple(t.patch_size), t.stack)
+            listed = ", ".join(f"{p} (stack {k}: {getattr(stacks[k], 'data_shape', '?')})" for p, k in sizes.items())
+            msg = (
+                f"a batch of {len(specs)} patches mixes patch sizes {listed}: torch's default collate_fn cannot "
+                "stack them into one tensor. Read such a sampler (e.g. WholeSampleSampler over images of "
+                "different sizes) with DataLoader(batch_size=1) or batch_size=None, use a sampler of one "
+                "patch size (RandomSampler(stacks, patch_size=...), GridSampler), give PatchDataset a transform "
+                "that crops or pads the items to one size, or pass PatchDataset(..., ragged=True) to get the items "
+                "as they are for a collate_fn of your own"
+            )
+            raise ShapeMismatchError(msg)
 
 
 def _spec(sampler: Sampler, channels: tuple[int, ...] | str | None, epoch: int, index: int) -> PatchSpec:
@@ -534,7 +623,12 @@ class EpochSampler:
     Parameters
     ----------
     length : int or sized
-        Indices per epoch (or a dataset, whose ``len`` is used).
+        Indices per epoch, or a dataset: then its ``len()`` now, at each
+        ``len()`` of the sampler and at each iteration, so an epoch follows a
+        dataset whose ``sampler`` was replaced (as long as the new epoch is
+        iterated from its start). Persistent DataLoader workers keep the
+        dataset they were started with: after replacing its sampler, make a
+        new DataLoader.
     rank, world_size : int
         This process's share of the epoch: positions ``rank, rank +
         world_size, ...`` of the epoch's order.
@@ -557,7 +651,8 @@ class EpochSampler:
         For a negative ``length``, ``seed`` or ``epoch``, or a ``rank`` not in
         ``range(world_size)``.
     TypeError
-        For any of them that is not an integer.
+        For any of them that is not an integer (a boolean is not one), or a
+        ``shuffle`` or ``pad`` that is not a boolean.
     """
 
     def __init__(
@@ -571,16 +666,31 @@ class EpochSampler:
         pad: bool = True,
         epoch: int = 0,
     ) -> None:
-        self.length = _check_length(length if not hasattr(length, "__len__") else len(length))
-        self.rank = _as_int("rank", rank)
-        self.world_size = _as_int("world_size", world_size)
+        #: the dataset whose current ``len()`` is the epoch's length (None: ``length`` was a number)
+        sized = hasattr(length, "__len__") and not hasattr(length, "__index__") and not _is_bool(length)
+        self.dataset: Any = length if sized else None
+        self._length = _check_length(_integer("length", length)) if self.dataset is None else self.length
+        self.rank = _integer("rank", rank)
+        self.world_size = _integer("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             msg = f"rank {rank!r} and world_size {world_size!r}: need world_size >= 1 and 0 <= rank < world_size"
             raise ValueError(msg)
-        self.shuffle = shuffle
-        self.seed = _check_seed("seed", seed)
-        self.pad = pad
-        self.epoch = _check_seed("epoch", epoch)
+        self.shuffle = _flag("shuffle", shuffle)
+        self.seed = _non_negative("seed", seed)
+        self.pad = _flag("pad", pad)
+        self.epoch = _non_negative("epoch", epoch)
+
+    @property
+    def length(self) -> int:
+        """Indices per epoch: the dataset's current ``len()``, or the number given."""
+        if self.dataset is not None:
+            self._length = _check_length(len(self.dataset))
+        return self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.dataset = None  # a number given now: no longer follows the dataset
+        self._length = _check_length(_integer("length", value))
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of the next iteration (reaches persistent workers through the indices).
@@ -590,7 +700,7 @@ class EpochSampler:
         epoch : int
             Non-negative epoch number.
         """
-        self.epoch = _check_seed("epoch", epoch)
+        self.epoch = _non_negative("epoch", epoch)
 
     def order(self) -> list[int]:
         """The whole epoch's index order, padded (before sharding).
@@ -598,27 +708,26 @@ class EpochSampler:
         A list of every index: for large epochs iterate the sampler instead,
         which computes this rank's share as it goes.
         """
-        return [int(i) for i in self._ordered(range(self._padded_length()))]
-
-    def _padded_length(self) -> int:
         n = self.length
+        return [int(i) for i in self._ordered(range(self._padded_length(n)), n)]
+
+    def _padded_length(self, n: int) -> int:
         return n + (-n % self.world_size if self.pad and n else 0)
 
-    def _ordered(self, positions: range) -> Iterator[int]:
-        """The indices at some positions of the padded order, lazily (the shuffle is drawn now, eagerly)."""
-        n = self.length
+    def _ordered(self, positions: range, n: int) -> Iterator[int]:
+        """The indices at some positions of the padded order of ``n``, lazily (the shuffle is drawn now, eagerly)."""
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else None
         if perm is None:
             return (p % n for p in positions)  # padding repeats the order from its start
         return (int(perm[p % n]) for p in positions)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        share = range(self.rank, self._padded_length(), self.world_size)
-        return ((epoch, i) for i in self._ordered(share))
+        epoch, n = self.epoch, self.length
+        share = range(self.rank, self._padded_length(n), self.world_size)
+        return ((epoch, i) for i in self._ordered(share, n))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self._padded_length(), self.world_size))
+        return len(range(self.rank, self._padded_length(self.length), self.world_size))
 
 
 class ChunkLocalSampler(Sampler):
@@ -660,7 +769,7 @@ class ChunkLocalSampler(Sampler):
         length or not positive, stacks other than those of ``base`` (when it
         tells them), or a stack whose chunk shape is unknown (give ``window``).
     TypeError
-        For a ``per_chunk`` or ``seed`` that is not an integer.
+        For a ``per_chunk`` or ``seed`` that is not an integer (a boolean is not one).
 
     Notes
     -----
@@ -708,7 +817,7 @@ class ChunkLocalSampler(Sampler):
         if self.per_chunk < 1 or isinstance(per_chunk, bool):
             msg = f"per_chunk must be an integer >= 1 (patches per group), got {per_chunk!r}"
             raise ValueError(msg)
-        self.seed = _check_seed("seed", seed)
+        self.seed = _non_negative("seed", seed)
         self.channels = getattr(base, "channels", None)
         self.levels_left_out = getattr(base, "levels_left_out", ())
         self._anchor: tuple[tuple[int, int], PatchSpec] | None = None
@@ -753,7 +862,7 @@ class ChunkLocalSampler(Sampler):
         -------
         list of PatchSpec
         """
-        e = _check_seed("epoch", epoch)
+        e = _non_negative("epoch", epoch)
         idx = np.arange(len(self), dtype=np.int64) if indices is None else _index_array(indices, len(self))
         if not idx.size:
             return []

@@ -14,6 +14,8 @@ import glob
 import os
 from pathlib import Path
 
+from .handles import system_path
+
 __all__ = ["OLD_STORE", "WRITER_MARKER", "interrupted_overwrite", "interrupted_overwrite_note"]
 
 #: Marker file inside a writer's hidden folder: who is writing it (host, process id, start time).
@@ -30,6 +32,8 @@ def interrupted_overwrite(path: str | os.PathLike[str]) -> tuple[Path, Path] | N
     ----------
     path : str or os.PathLike
         A local path that could not be opened (a store, or a node inside one).
+        A ``..`` is resolved as the system resolves it
+        ([`system_path()`][lazystack.io.handles.system_path]).
 
     Returns
     -------
@@ -40,7 +44,7 @@ def interrupted_overwrite(path: str | os.PathLike[str]) -> tuple[Path, Path] | N
         marker beside it. None when there is no such folder.
     """
     try:
-        here = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        here = Path(system_path(os.fspath(path)))  # `link/..` is the parent of the link's target, as opened
     except (TypeError, ValueError):
         return None
     for target in (here, *here.parents):

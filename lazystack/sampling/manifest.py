@@ -22,12 +22,15 @@ from __future__ import annotations
 import array
 import csv
 import hashlib
+import operator
 import os
 import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..core.errors import LazyStackError, SourceFormatError, SourceNotFoundError, UnsupportedSourceError
 from ..io.handles import split_source
@@ -261,6 +264,29 @@ def _check_spec(spec: PatchSpec, geometries: Sequence[StackGeometry], stacks: Se
         raise ManifestMismatchError(msg)
 
 
+def _number(name: str, value: Any) -> int:
+    """A non-negative integer (epoch, index) to record: not a boolean, which a CSV would hold as ``True``."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        msg = f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__})"
+        raise TypeError(msg) from None
+    if number < 0:
+        msg = f"{name} must be a non-negative integer, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _numbers(name: str, values: Any) -> list[int]:
+    """A sequence of [`_number()`][_number] values (a single number or a string is refused, naming it)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        msg = f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__})"
+        raise TypeError(msg)
+    return [_number(f"{name} item", v) for v in values]
+
+
 def write_manifest(
     path: str | os.PathLike[str],
     sampler: Sampler,
@@ -300,8 +326,13 @@ def write_manifest(
         file (a folder, a FIFO): a manifest never replaces a source.
     TypeError
         If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
-        decode it with ``os.fsdecode()``).
+        decode it with ``os.fsdecode()``), or ``epochs`` or ``indices`` is
+        not a sequence of integers (a boolean is not one).
+    ValueError
+        If an epoch or index is negative.
     """
+    epochs = _numbers("epochs", epochs)
+    indices = None if indices is None else _numbers("indices", indices)
     out = _manifest_path(path, "write_manifest")
     _check_writable(out, stacks)
     identities = [source_identity(s) for s in stacks]
@@ -365,8 +396,9 @@ def read_manifest(
         If the file does not exist.
     TypeError
         If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
-        decode it with ``os.fsdecode()``).
+        decode it with ``os.fsdecode()``), or ``epoch`` is not an integer.
     """
+    epoch = None if epoch is None else _number("epoch", epoch)
     p = _manifest_path(path, "read_manifest")
     try:
         mode = p.stat().st_mode

@@ -76,7 +76,7 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     PatchError
         Unless ``extent >= 0`` and ``0 <= overlap < size`` (integers).
     """
-    extent, size, overlap = (_as_int(n, v) for n, v in (("extent", extent), ("size", size), ("overlap", overlap)))
+    extent, size, overlap = (_index(n, v) for n, v in (("extent", extent), ("size", size), ("overlap", overlap)))
     if extent < 0 or not 0 <= overlap < size:
         msg = (
             f"tile_starts(extent={extent}, size={size}, overlap={overlap}): need extent >= 0 and "
@@ -91,13 +91,27 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
     return [(s, bounds[j], bounds[j + 1]) for j, s in enumerate(starts)]
 
 
-def _dtype_kind(out: Any) -> str:
-    """NumPy kind of an output's dtype; ``"c"`` (any number accepted) when NumPy cannot tell it, the output judges."""
+def _index(name: str, value: Any) -> int:
+    """An integer (a tile index, a length): not a boolean, which ``operator.index`` takes for 0 or 1."""
+    if isinstance(value, (bool, np.bool_)):
+        msg = f"{name} must be an integer, got {value!r} (a boolean)"
+        raise TypeError(msg)
+    return _as_int(name, value)
+
+
+#: ``casting=`` values of [`Stitcher`][Stitcher]: NumPy's (``np.can_cast``, ``np.copyto``).
+_CASTINGS = ("no", "equiv", "safe", "same_kind", "unsafe")
+
+
+def _numpy_dtype(out: Any) -> np.dtype[Any] | None:
+    """An output's dtype as NumPy's (a tensorstore dtype through ``numpy_dtype``); None when NumPy cannot tell it."""
     dtype = getattr(out, "dtype", None)
+    if dtype is None:
+        return None
     try:
-        return np.dtype(getattr(dtype, "numpy_dtype", dtype)).kind if dtype is not None else "c"
+        return np.dtype(getattr(dtype, "numpy_dtype", dtype))
     except TypeError:
-        return "c"
+        return None
 
 
 class GridSampler(Sampler):
@@ -209,11 +223,21 @@ class Stitcher:
         ``outputs`` (anything given there is ignored).
     dtype : numpy dtype
         Dtype of the default outputs.
+    casting : {"same_kind", "safe", "equiv", "no", "unsafe"}
+        Which casts of a prediction into an output's dtype are accepted,
+        as NumPy's ``np.copyto`` (``np.can_cast``) decides them. The
+        default, ``"same_kind"``, writes float predictions into float
+        outputs of any precision and refuses them into an integer output
+        (which would truncate them without a word): round and cast the
+        predictions first, or pass ``"unsafe"`` to let the output's slice
+        assignment cast them (truncation, wrap-around). Complex predictions
+        into a real output are refused whatever ``casting`` says. An
+        output whose dtype NumPy cannot tell casts as it does.
 
     Raises
     ------
     ValueError
-        If ``n_channels`` is not a positive integer.
+        If ``n_channels`` is not a positive integer, or ``casting`` is not one of NumPy's.
     ShapeMismatchError
         If ``out`` does not hold one array of the right shape per stack.
 
@@ -232,8 +256,19 @@ class Stitcher:
     """
 
     def __init__(
-        self, grid: GridSampler, n_channels: int, *, out: Sequence[Any] | None = None, dtype: Any = np.float32
+        self,
+        grid: GridSampler,
+        n_channels: int,
+        *,
+        out: Sequence[Any] | None = None,
+        dtype: Any = np.float32,
+        casting: str = "same_kind",
     ) -> None:
+        if not isinstance(casting, str) or casting not in _CASTINGS:
+            msg = f"casting={casting!r} is not one of NumPy's casting rules; accepted: {', '.join(_CASTINGS)}"
+            raise ValueError(msg)
+        #: NumPy's casting rule for predictions into the outputs (see the class documentation).
+        self.casting = casting
         self.grid = grid
         self.n_channels = _as_int("n_channels", n_channels)
         if self.n_channels < 1 or isinstance(n_channels, bool):
@@ -272,30 +307,47 @@ class Stitcher:
         index : int
             Tile index in the grid.
         prediction : array-like
-            ``C(Z)YX`` of the tile's size (a torch tensor is converted with ``numpy()``).
+            ``C(Z)YX`` of the tile's size (a torch tensor is converted with
+            ``numpy()``; a ``bfloat16`` or ``float8`` one, which NumPy has no
+            dtype for, to ``float32`` first).
 
         Raises
         ------
         ShapeMismatchError
             If the prediction's shape is not ``(n_channels, *patch_size)``.
         TypeError
-            If the prediction is not numbers (strings, objects), or complex for a real output.
+            If the prediction is not numbers (strings, objects), complex for a
+            real output, or of a dtype that ``casting`` refuses to cast to the
+            output's (float into integer, by default).
         """
-        tile = self.grid.tile(index)
+        tile = self.grid.tile(_index("index", index))
         if hasattr(prediction, "detach"):
-            prediction = prediction.detach().cpu().numpy()
+            prediction = prediction.detach().cpu()
+            if str(prediction.dtype) == "torch.bfloat16" or "float8" in str(prediction.dtype):
+                prediction = prediction.float()  # no NumPy dtype (mixed precision): float32 holds every value
+            prediction = prediction.numpy()
         pred = np.asarray(prediction)
         expected = (self.n_channels, *tile.spec.patch_size)
         if pred.shape != expected:
             msg = f"prediction of tile {index} has shape {pred.shape}; expected {expected} (C(Z)YX)"
             raise ShapeMismatchError(msg)
         out = self.outputs[tile.spec.stack]
-        kind = _dtype_kind(out)
-        if pred.dtype.kind not in "biuf" + ("c" if kind == "c" else ""):
+        out_dtype = _numpy_dtype(out)
+        complex_ok = out_dtype is None or out_dtype.kind == "c"  # NumPy cannot tell: the output judges
+        if pred.dtype.kind not in "biuf" + ("c" if complex_ok else ""):
             msg = (
                 f"prediction of tile {index} has dtype {pred.dtype}: accepted are bool, integer and float "
-                f"predictions{' (and complex)' if kind == 'c' else ''}, written into an output of dtype "
+                f"predictions{' (and complex)' if complex_ok else ''}, written into an output of dtype "
                 f"{getattr(out, 'dtype', '?')}; convert it first (e.g. the real part or the magnitude)"
+            )
+            raise TypeError(msg)
+        if out_dtype is not None and not np.can_cast(pred.dtype, out_dtype, casting=self.casting):  # type: ignore[arg-type]
+            msg = (
+                f"prediction of tile {index} has dtype {pred.dtype} and out[{tile.spec.stack}] has dtype "
+                f"{out_dtype}: casting={self.casting!r} refuses that cast (NumPy's np.can_cast rule; a float "
+                f"into an integer would be truncated); accepted: predictions that cast to {out_dtype} under "
+                f"{self.casting!r}. Round and cast the predictions first, use an output of dtype "
+                f"{np.result_type(pred.dtype, out_dtype)}, or pass Stitcher(..., casting='unsafe')"
             )
             raise TypeError(msg)
         out[(tile.spec.sample, slice(None), *tile.image_region)] = pred[(slice(None), *tile.patch_region)]
@@ -310,7 +362,7 @@ class Stitcher:
             msg = f"add_batch got {len(indices)} indices and {len(predictions)} predictions: need one per index"
             raise ShapeMismatchError(msg)
         for i, p in zip(indices, predictions, strict=True):
-            self.add(_as_int("index", i), p)
+            self.add(_index("index", i), p)
 
     @property
     def complete(self) -> bool:

@@ -64,6 +64,10 @@ Handles
     (re)opened on a file replaced or rewritten since [`open_tiff()`][open_tiff]
     raises [`SourceReadError`][lazystack.SourceReadError] ("changed since the stack was
     opened") instead of reading other data, also for stale pickled stacks.
+    Each read checks the open file once (an ``fstat``). The other files of
+    a multi-file OME-TIFF ([`source_files()`][source_files]) are checked the
+    same way: their stamps are part of the recipe and of the token, and a
+    read from one of them ``fstat``-s that file.
 
 Errors
     A missing file is a [`SourceNotFoundError`][lazystack.SourceNotFoundError]; a directory,
@@ -312,13 +316,24 @@ class _MemmapHandle:
 class _TiffHandle:
     """An open ``TiffFile`` with the series to read and where its segments are (one per process)."""
 
-    def __init__(self, path: str, series: int, stamp: tuple[int, int, int] | None = None, level: int = 0) -> None:
+    def __init__(
+        self,
+        path: str,
+        series: int,
+        stamp: tuple[int, int, int] | None = None,
+        level: int = 0,
+        others: tuple[tuple[str, tuple[int, int, int]], ...] = (),
+    ) -> None:
         import tifffile
 
         self.path = path
         self.closed = False  # close requested
         self.released = False  # file actually closed
         self.stamp = stamp
+        #: the other files of a multi-file OME-TIFF (real path -> stamp when the stack was opened)
+        self.others = dict(others)
+        self._reads = 0  # reads started (check_unchanged): each checks the other files it reads once
+        self._checked: dict[str, int] = {}  # other file -> the read that last checked it
         self._users = 0
         self._state = threading.Lock()
         #: serialises tifffile's seek + read on the shared file objects (page loading, reads without pread)
@@ -359,9 +374,51 @@ class _TiffHandle:
             raise
 
     def check_unchanged(self) -> None:
-        """Raise SourceReadError when the open file was rewritten in place (size or mtime changed)."""
+        """Raise SourceReadError when the open file was rewritten in place (size or mtime changed).
+
+        Called once per read: it also starts a new read for
+        [`_check_other()`][_check_other], which checks each other file a read
+        takes segments from once.
+        """
+        self._reads += 1
         if self.stamp is not None and self.fd is not None:
             check_stamp(f"TIFF file {self.path!r}", self.stamp, os.fstat(self.fd))
+
+    def _check_other(self, fh: Any) -> None:
+        """Raise SourceReadError when ``fh`` (another file of a multi-file OME-TIFF) is not the file opened then.
+
+        One ``fstat`` per read that takes segments from that file, as the
+        master file gets ([`check_unchanged()`][check_unchanged]); a file that
+        was missing when the stack was opened (its planes were zeros) and
+        exists now changed too. Called under [`lock`][lock].
+        """
+        path = fh.path
+        if self.stamp is None or self._checked.get(path) == self._reads:
+            return
+        stamp = self.others.get(path)
+        what = f"TIFF file {path!r} (listed in the OME-XML of {self.path!r})"
+        if stamp is None:
+            msg = f"{what} changed since the stack was opened (it did not exist then); load it again"
+            raise SourceReadError(msg)
+        try:
+            st = os.fstat(fh.fileno())
+        except (AttributeError, ValueError, OSError):
+            st = os.stat(path)
+        check_stamp(what, stamp, st)
+        self._checked[path] = self._reads
+
+    def check_others_unchanged(self) -> None:
+        """Raise SourceReadError when any other file of a multi-file OME-TIFF changed (before reading all)."""
+        if self.stamp is None:
+            return
+        for path, stamp in self.others.items():
+            what = f"TIFF file {path!r} (listed in the OME-XML of {self.path!r})"
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                msg = f"{what} changed since the stack was opened: {exc}; load it again"
+                raise SourceReadError(msg) from exc
+            check_stamp(what, stamp, st)
 
     def enter(self) -> bool:
         """Register a read in flight; False when the handle is already closed (acquire a fresh one)."""
@@ -472,6 +529,8 @@ class _TiffHandle:
                 if fh.closed:  # another file of a multi-file OME-TIFF: tifffile closes it after reading its pages
                     _check_still_a_file(fh.path)
                     fh.open()  # closed with the handle (TiffFile.close closes every file of the series)
+                if fh is not self.fh:
+                    self._check_other(fh)
                 fh.seek(offset)
                 data = fh.read(bytecount)
         if len(data) != bytecount:
@@ -500,6 +559,7 @@ class _TiffHandle:
     def read_all(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """Read the whole series with tifffile (one sequential pass over the file)."""
         self.check_unchanged()
+        self.check_others_unchanged()
         self.check_extent()
         try:
             with self.lock:
@@ -546,6 +606,10 @@ class TiffReader(Reader):
         [`SourceReadError`][lazystack.SourceReadError] (None: not checked).
     level : int, optional
         Resolution level of the series (tifffile's ``series.levels[level]``; 0 = full resolution).
+    others : tuple of (str, tuple of int), optional
+        The other files of a multi-file OME-TIFF (real path, stamp when the
+        stack was opened): a read from one of them that has changed raises
+        [`SourceReadError`][lazystack.SourceReadError] as for ``path`` itself.
     """
 
     shape: tuple[int, ...]
@@ -567,6 +631,7 @@ class TiffReader(Reader):
         token: str,
         stamp: tuple[int, int, int] | None = None,
         level: int = 0,
+        others: tuple[tuple[str, tuple[int, int, int]], ...] = (),
     ) -> None:
         self.path = path
         self.series = series
@@ -578,10 +643,11 @@ class TiffReader(Reader):
         self.memmap = memmap
         self.token = token
         self.stamp = None if stamp is None else tuple(int(v) for v in stamp)
+        self.others = tuple((str(p), tuple(int(v) for v in st)) for p, st in others)
         self.capabilities = ReaderCapabilities(memory_mapped=memmap is not None, compressed=memmap is None)
         self._pid = current_pid()
         self._manager = (
-            FileManager(_TiffHandle, path, series, self.stamp, self.level)
+            FileManager(_TiffHandle, path, series, self.stamp, self.level, self.others)
             if memmap is None
             else FileManager(_MemmapHandle, path, *memmap, self.shape, self.stamp)
         )
@@ -591,9 +657,8 @@ class TiffReader(Reader):
 
     # pickling: the recipe only, a fresh manager on the other side
     def __reduce__(self) -> tuple[Any, ...]:
-        recipe = {
-            k: getattr(self, k) for k in ("shape", "chunks", "native_chunks", "memmap", "token", "stamp", "level")
-        }
+        names = ("shape", "chunks", "native_chunks", "memmap", "token", "stamp", "level", "others")
+        recipe = {k: getattr(self, k) for k in names}
         return (partial(TiffReader, self.path, self.series, dtype=self.dtype.str, **recipe), ())
 
     @property
@@ -929,6 +994,31 @@ def source_files(source: str | os.PathLike[str]) -> list[str]:
     return files
 
 
+def _other_stamps(tif: Any, file_path: str, st: os.stat_result) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+    """``(real path, stamp)`` of each other file a multi-file OME-TIFF lists that exists (tifffile reads its planes).
+
+    Keyed as tifffile names the files it opens (``FileHandle.path``: the
+    real path), so a read knows which stamp the file it reads had when the
+    stack was opened.
+    """
+    if not tif.is_ome or "FileName" not in (tif.ome_metadata or ""):
+        return ()
+    listed = _ome_listed_names(file_path, file_stamp(st))
+    if listed is None:
+        return ()
+    folder, names = listed
+    stamps = []
+    for name in names:
+        other = os.path.realpath(os.path.join(folder, name))
+        try:
+            other_st = os.stat(other)
+        except OSError:  # missing: tifffile fills its planes
+            continue
+        if stat.S_ISREG(other_st.st_mode):  # the master under another name too: tifffile opens it as another
+            stamps.append((other, file_stamp(other_st)))
+    return tuple(stamps)
+
+
 @lru_cache(maxsize=64)
 def _ome_listed_names(file_path: str, stamp: tuple[int, int, int]) -> tuple[str, tuple[str, ...]] | None:
     """``(folder, sorted FileNames)`` the OME-XML of a TIFF file lists, None without any (cached per file version)."""
@@ -1076,9 +1166,10 @@ def _check_layout(where: str, shape: tuple[int, ...], keyframe: Any) -> None:
         raise SourceFormatError(msg)
 
 
-def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0) -> str:
+def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0, others: tuple[Any, ...] = ()) -> str:
     text = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     text += f"|level{level}" if level else ""
+    text += f"|{others}" if others else ""  # another file of a multi-file OME-TIFF rewritten: other pixels
     return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
 
 
@@ -1359,6 +1450,7 @@ def _open_series(
         layout = _segment_layout(series, raw=raw is not None)
         native = shape if layout is None else layout.chunks
     dtype = np.dtype(series.dtype).newbyteorder("=")
+    others = _other_stamps(tif, file_path, st) if memmap is None else ()
     if whole_file_chunks:
         chunks: tuple[tuple[int, ...], ...] = tuple((n,) for n in shape)
         mode = "whole"
@@ -1373,9 +1465,10 @@ def _open_series(
         chunks=chunks,
         native_chunks=native,
         memmap=memmap,
-        token=_token(file_path, i, mode, st, level),
+        token=_token(file_path, i, mode, st, level, others),
         stamp=file_stamp(st),
         level=level,
+        others=others,
     )
     coords, attrs = _metadata(tif, i, series, axes, shape)
     # series 0 of a whole file is the path itself; "file@i" re-opens exactly series i, "file@i#level=k" its level k
