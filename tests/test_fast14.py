@@ -110,38 +110,6 @@ def test_scattered_batches_equal_numpy_slicing(
                 np.testing.assert_array_equal(patch, want)
 
 
-def test_a_batch_held_wholly_in_the_cache_is_copied_in_the_calling_thread(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # copies alone are not worth a thread hand-off (the threads would contend for the GIL): only decodes go to the pool
-    from lazystack.io import chunked
-    from lazystack.io.cache import chunk_cache_size
-    from lazystack.sources.zarr.engines import ZarrArrayReader
-
-    if chunked.CPU_WORKERS < 2:
-        monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
-    data = _data((2, 256, 256), "uint16")
-    stack = LazyImageStack(ZarrArrayReader(_array(tmp_path / "a.zarr", data, (1, 32, 32)), engine="direct"), "SYX")
-    reqs = _requests(stack, (256, 256), (32, 32), 2, 24)
-    pooled: list[int] = []
-    executor = chunked.shared_executor
-
-    def spy() -> Any:
-        pooled.append(1)
-        return executor()
-
-    monkeypatch.setattr(chunked, "shared_executor", spy)
-    with chunk_cache_size(2**26):
-        extract_patches(reqs)
-        extract_patches(reqs)  # read again soon: kept
-        assert pooled  # decodes are shared over the cores
-        pooled.clear()
-        got = extract_patches(reqs)  # every chunk held
-    assert not pooled
-    for (_, s, _, (y, x), _), patch in zip(reqs, got, strict=True):
-        np.testing.assert_array_equal(patch, data[s : s + 1, y : y + 24, x : x + 24].astype(np.float32))
-
-
 def test_regular_grid_pieces_equal_the_general_algorithm() -> None:
     # the regular grid's own pieces() against the same grid given by its explicit chunk sizes (the general path)
     import random

@@ -400,7 +400,7 @@ class _Batch:
         if cache is not None and not cache.enabled:
             cache = None
         token = reader.token
-        # the chunks the cache holds are looked up here, once: served last (a copy each), after the decodes
+        # the chunks the cache holds are looked up here, once: dealt last (a copy each), after the decodes
         held: dict[ChunkIndex, np.ndarray] = {}
         order = sorted(uses)
         if cache is not None:
@@ -428,8 +428,9 @@ class _Batch:
                     copy_piece(block, idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]  # raises
                 target[...] = piece
 
-        # decoding is worth the cores; copies from held chunks alone are not (the threads would contend for the GIL)
-        fetch_concurrently(order, place, parallel=reader.capabilities.compressed and len(held) < len(order))
+        # held chunks too: numpy's casting copies release the GIL, so two cores copy faster than one
+        # (measured: a batch wholly held, copied in the calling thread alone, ran at 0.88-0.94x in bench_loader)
+        fetch_concurrently(order, place, parallel=reader.capabilities.compressed)
         self._finish(blocks)
 
     def _stream(self, reader: ChunkedReader, items: list[_Item]) -> None:
