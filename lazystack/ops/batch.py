@@ -428,8 +428,8 @@ class _Batch:
                     copy_piece(block, idx, chunk, src, dst, regions[i], grid)  # type: ignore[arg-type]  # raises
                 target[...] = piece
 
-        # held chunks too: numpy's casting copies release the GIL, so two cores copy faster than one
-        # (measured: a batch wholly held, copied in the calling thread alone, ran at 0.88-0.94x in bench_loader)
+        # held chunks too, as before: numpy's casting copies release the GIL, so both cores can copy (copying a
+        # wholly held batch in the calling thread alone measured 0.88-0.94x in bench_loader, on a loaded machine)
         fetch_concurrently(order, place, parallel=reader.capabilities.compressed)
         self._finish(blocks)
 
