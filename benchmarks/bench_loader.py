@@ -32,6 +32,17 @@ batch, ``float32`` ``C(Z)YX`` items), only the reader swapped:
   ``lazystack / floor`` and ``tensorstore / floor`` say how far each is from
   it (a reader can beat it only by re-using chunks: a cache, chunk-local
   sampling);
+* ``lazystack chunk-local``: the opt-in chunk-local sampling, a *different*
+  (less diverse) sampling, not a faster reader of the same patches:
+  [`lazystack.torch.ChunkLocalSampler`] over the same ``RandomSampler``
+  (``per_chunk=8``: groups of 8 consecutive indices drawn from the chunks
+  their anchor touches), read in order by an ``EpochSampler``, default chunk
+  cache. It gets no target lines; its ratio line against the reference is
+  labelled as such, and the diversity of its batches is printed beside it:
+  distinct chunks touched per batch and distinct places per batch (a place:
+  stack, sample and the chunk holding the patch's corner), mean over the
+  rounds' batches, against the plain ``RandomSampler``'s. Its first batch is
+  checked against numpy like the others (on the specs it reports);
 * ``lazystack@baseline`` (``--baseline PATH``): ``lazystack`` imported from
   another checkout (e.g. ``git worktree add --detach ../base main``), run
   interleaved with the current code in the same rounds. It draws its own
@@ -43,7 +54,8 @@ batch, ``float32`` ``C(Z)YX`` items), only the reader swapped:
 always run: the targets need them).
 
 Every reader sees the same specs (the parent's ``RandomSampler``, seed 11,
-one epoch per round), ``lazystack@baseline`` excepted. Before each timed
+one epoch per round), ``lazystack@baseline`` and ``lazystack chunk-local``
+excepted. Before each timed
 round, each reader's runner reads the chunk files (Zarr) or tiles (TIFF) its
 round touches (``--no-warm`` to skip), so that every reader finds them in the
 OS page cache: otherwise the reader that comes first in a round pays the
@@ -119,6 +131,8 @@ CELLS: dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...], tuple[int, ..
     "tiff3d": ("tiff", "TZYX", (64, 1024, 1024), (256, 256), (16, 64, 64)),
 }
 REFERENCE = {"zarr": "tensorstore", "tiff": "tifffile+zarr"}
+CHUNK_LOCAL = "lazystack chunk-local"
+PER_CHUNK = 8
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -199,6 +213,37 @@ def _specs(cell: str, path: Path, epoch: int, n: int) -> list[tuple[int, tuple[i
     stacks = _lazystack_stacks(cell, path)
     sampler = RandomSampler(stacks, CELLS[cell][4], n, seed=SEED)
     return [(s.sample, tuple(s.coords), tuple(s.patch_size)) for s in (sampler.spec(i, epoch) for i in range(n))]
+
+
+def _chunk_local_sampler(cell: str, stacks: Any, length: int) -> Any:
+    """The opt-in chunk-local sampler of the ``lazystack chunk-local`` reader (over the plain ``RandomSampler``)."""
+    from lazystack import RandomSampler
+    from lazystack.torch import ChunkLocalSampler
+
+    base = RandomSampler(stacks, CELLS[cell][4], length, seed=SEED)
+    return ChunkLocalSampler(base, stacks, per_chunk=PER_CHUNK, seed=SEED)
+
+
+def batch_diversity(cell: str, specs: list[Any]) -> dict[str, float]:
+    """Mean over the batches of ``specs`` (``(sample, coords, size)``): distinct chunks touched, distinct places.
+
+    A place is the sample and the chunk (tile) that holds the patch's corner; the chunks are the cell's
+    storage chunks (one page deep for a TIFF).
+    """
+    chunks = CELLS[cell][3]
+    chunks = (1,) * (len(CELLS[cell][4]) - len(chunks)) + tuple(chunks)
+    touched, places = [], []
+    for start in range(0, len(specs) - BATCH + 1, BATCH):
+        batch = specs[start : start + BATCH]
+        seen: set[tuple[int, ...]] = set()
+        for sample, coords, size in batch:
+            ranges = [range(c // n, (c + p - 1) // n + 1) for c, p, n in zip(coords, size, chunks, strict=True)]
+            seen.update((sample, *idx) for idx in itertools.product(*ranges))
+        touched.append(len(seen))
+        places.append(
+            len({(sample, *(c // n for c, n in zip(coords, chunks, strict=True))) for sample, coords, _ in batch})
+        )
+    return {"chunks_per_batch": statistics.mean(touched), "places_per_batch": statistics.mean(places)}
 
 
 def _lazystack_stacks(cell: str, path: Path) -> Any:
@@ -470,7 +515,10 @@ def _runner(conn: Any, cfg: dict[str, Any]) -> None:
             from lazystack.torch import EpochSampler, PatchDataset
 
             stacks = _lazystack_stacks(cfg["cell"], Path(cfg["path"]))
-            sampler = RandomSampler(stacks, CELLS[cfg["cell"]][4], cfg["length"], seed=SEED)
+            if cfg["reader"] == CHUNK_LOCAL:
+                sampler: Any = _chunk_local_sampler(cfg["cell"], stacks, cfg["length"])
+            else:
+                sampler = RandomSampler(stacks, CELLS[cfg["cell"]][4], cfg["length"], seed=SEED)
             dataset: Any = PatchDataset(stacks, sampler)
             bound_mib = get_chunk_cache().max_bytes / MIB
             lazystack_file = os.path.realpath(lazystack.__file__)
@@ -632,6 +680,7 @@ def _readers(
 ) -> dict[str, int | None]:
     """Reader name -> its chunk cache in MiB (None: the default), those of ``keep`` (plus lazystack, the reference)."""
     readers: dict[str, int | None] = {"lazystack": None, f"lazystack cache={small_cache_mib} MiB": small_cache_mib}
+    readers[CHUNK_LOCAL] = None
     if baseline:
         readers[BASELINE] = None
     readers[REFERENCE[fmt]] = None
@@ -640,6 +689,8 @@ def _readers(
         readers["floor"] = None
     if keep is not None:
         wanted = {"lazystack", REFERENCE[fmt], *keep}
+        if "chunk-local" in wanted:
+            wanted.add(CHUNK_LOCAL)
         readers = {
             n: v for n, v in readers.items() if n in wanted or (n.startswith("lazystack cache=") and "cache" in wanted)
         }
@@ -702,7 +753,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nargs="+",
         default=None,
         help="readers to run besides lazystack and the format's reference: cache (the small-cache lazystack), "
-        f"{BASELINE}, zarr-python, floor (default: all)",
+        f"chunk-local (opt-in chunk-local sampling), {BASELINE}, zarr-python, floor (default: all)",
     )
     parser.add_argument(
         "--no-warm",
@@ -803,7 +854,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         res = runners[name].run(r, specs_by_round[r])
                         first = res.pop("first")
                         first_specs = res.pop("first_specs")
-                        want = expected[r] if name != BASELINE else expected_batch(cell, path, first_specs)
+                        own = name in (BASELINE, CHUNK_LOCAL)  # its own specs: checked on those it reports
+                        want = expected_batch(cell, path, first_specs) if own else expected[r]
                         if not np.array_equal(first, want):
                             msg = f"{cell} {label} {name}: the first batch of round {r} differs from the reference"
                             raise AssertionError(msg)
@@ -837,7 +889,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "main_process_peak_mib": max(x["process_peak_kib"] for x in rs) / 1024,
                 }
             cell_res["configs"][label] = rows
-            _print_rows(label, rows, rounds)
+            if CHUNK_LOCAL in rows and "diversity" not in cell_res:
+                stacks = _lazystack_stacks(cell, path)
+                local = _chunk_local_sampler(cell, stacks, length)
+                local_specs = [
+                    [(x.sample, tuple(x.coords), tuple(x.patch_size)) for x in local.epoch_specs(r)]
+                    for r in range(rounds)
+                ]
+                cell_res["diversity"] = {
+                    CHUNK_LOCAL: batch_diversity(cell, [x for sp in local_specs for x in sp]),
+                    "RandomSampler": batch_diversity(cell, [x for sp in specs_by_round for x in sp]),
+                }
+            _print_rows(label, rows, rounds, cell_res.get("diversity"))
     results["import"] = _import_comparison(import_rounds)
     print()
     _targets(results)
@@ -859,7 +922,7 @@ def _read_columns(row: dict[str, Any]) -> str:
     return f"{p50:>14.1f}{p99:>7.1f}{p99 / p50:>8.2f}"
 
 
-def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
+def _print_rows(label: str, rows: dict[str, Any], rounds: int, diversity: dict[str, Any] | None = None) -> None:
     print(f"-- {label} (patches/s: median of {rounds} round(s); p50/p99: batch intervals pooled)")
     head = f"   {'reader':<26}{'patches/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99/p50':>8}{'first s':>9}"
     head += f"{'in-worker p50':>14}{'p99':>7}{'p99/p50':>8}"
@@ -879,7 +942,7 @@ def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
             flush=True,
         )
     for name in rows:
-        if name.startswith("lazystack"):
+        if name.startswith("lazystack") and name != CHUNK_LOCAL:
             for ref in rows:
                 if not ref.startswith("lazystack"):
                     ratio = rows[name]["patches_per_s"] / rows[ref]["patches_per_s"]
@@ -889,9 +952,25 @@ def _print_rows(label: str, rows: dict[str, Any], rounds: int) -> None:
             if not ref.startswith("lazystack") and ref != "floor":
                 ratio = rows[ref]["patches_per_s"] / rows["floor"]["patches_per_s"]
                 print(f"   {ref} / floor patches/s: {ratio:.2f}x")
+    if CHUNK_LOCAL in rows:
+        for ref in rows:
+            if not ref.startswith("lazystack") and ref != "floor":
+                ratio = rows[CHUNK_LOCAL]["patches_per_s"] / rows[ref]["patches_per_s"]
+                line = (
+                    f"   {CHUNK_LOCAL} (opt-in, a different, less diverse sampling: {PER_CHUNK} patches per chunk "
+                    f"group) / {ref} (independent random patches) patches/s: {ratio:.2f}x"
+                )
+                if diversity is not None:
+                    local, plain = diversity[CHUNK_LOCAL], diversity["RandomSampler"]
+                    line += (
+                        f"; per batch of {BATCH}: distinct chunks touched {local['chunks_per_batch']:.1f} "
+                        f"(independent {plain['chunks_per_batch']:.1f}), distinct places "
+                        f"{local['places_per_batch']:.1f} (independent {plain['places_per_batch']:.1f})"
+                    )
+                print(line)
     if BASELINE in rows:
         for name in rows:
-            if name.startswith("lazystack") and name != BASELINE:
+            if name.startswith("lazystack") and name not in (BASELINE, CHUNK_LOCAL):
                 ratio = rows[name]["patches_per_s"] / rows[BASELINE]["patches_per_s"]
                 print(f"   {name} / {BASELINE} patches/s: {ratio:.2f}x")
 
@@ -910,8 +989,8 @@ def _targets(results: dict[str, Any]) -> None:
         firsts: dict[str, dict[str, float]] = {}
         for label, rows in cres["configs"].items():
             for name, row in rows.items():
-                if not name.startswith("lazystack") or name == BASELINE:
-                    continue
+                if not name.startswith("lazystack") or name in (BASELINE, CHUNK_LOCAL):
+                    continue  # the baseline and the chunk-local sampling (other patches) get no target lines
                 _target(
                     results,
                     f"{cell} {label} {name} / {ref} patches/s",

@@ -53,15 +53,21 @@ def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> 
     small = f"lazystack cache={results['small_cache_mib']} MiB"
     readers = {
         "zarr2d": (
-            {"lazystack", small, "lazystack@baseline", "tensorstore", "zarr-python", "floor"},
+            {"lazystack", small, "lazystack chunk-local", "lazystack@baseline", "tensorstore", "zarr-python", "floor"},
             {"1 workers fork"},
         ),
-        "tiff3d": ({"lazystack", small, "tifffile+zarr"}, {"0 workers", "1 workers fork", "1 workers spawn"}),
+        "tiff3d": (
+            {"lazystack", small, "lazystack chunk-local", "tifffile+zarr"},
+            {"0 workers", "1 workers fork", "1 workers spawn"},
+        ),
     }
     assert set(results["cells"]) == set(readers)
     for cell, (names, labels) in readers.items():
         res = results["cells"][cell]
         assert res["patch"] == list(bench_loader.CELLS[cell][4])
+        local, plain = res["diversity"]["lazystack chunk-local"], res["diversity"]["RandomSampler"]
+        assert local["places_per_batch"] < plain["places_per_batch"]  # groups of 8 patches share a place
+        assert 0 < local["chunks_per_batch"] < plain["chunks_per_batch"]
         assert set(res["configs"]) == labels
         for label, rows in res["configs"].items():
             assert set(rows) == names
@@ -87,6 +93,7 @@ def test_bench_loader_reports_every_reader_config_and_target(tmp_path: Path) -> 
         assert f"tiff3d {name} first batch spawn / fork" in targets
     assert "import lazystack / import zarr, tifffile" in targets
     assert not any("@baseline" in t for t in targets)  # the baseline gets ratios, no targets
+    assert not any("chunk-local" in t for t in targets)  # another sampling: a labelled ratio, no targets
     assert all(t["pass"] in (True, False) for t in results["targets"])
     assert results["import"]["rounds"] == 1
 

@@ -246,7 +246,7 @@ def _index_array(indices: Any, n: int) -> np.ndarray:
     """Indices as an ``int64`` array, each checked to be an integer in ``range(n)`` (errors name the first bad one)."""
     arr = np.asarray(indices)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
-        ints = [_as_int("index", i) for i in indices]  # raises for a non-integer
+        ints = [_as_index(i, n) for i in indices]  # raises for a non-integer or a bool
         for i in ints:  # before int64: an index past 2**63 would overflow there (not name itself)
             if not 0 <= i < n:
                 msg = f"index {i!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
@@ -349,6 +349,17 @@ def _as_int(name: str, value: Any) -> int:
     except TypeError:
         msg = f"{name} must be an integer, got {value!r} ({type(value).__name__})"
         raise TypeError(msg) from None
+
+
+def _as_index(value: Any, n: int) -> int:
+    """A spec index as an ``int``: an integer, not a bool (``True`` is no index), with an error naming the value."""
+    if isinstance(value, (bool, np.bool_)):
+        msg = (
+            f"index must be an integer, got {value!r} ({type(value).__name__}): a bool is no index; "
+            f"accepted integers 0 to {n - 1}"
+        )
+        raise TypeError(msg)
+    return _as_int("index", value)
 
 
 def _check_seed(name: str, value: int) -> int:
@@ -505,8 +516,8 @@ class Sampler:
         raise NotImplementedError
 
     def _check_index(self, index: int) -> int:
-        i = _as_int("index", index)
         n = len(self)
+        i = _as_index(index, n)
         if not 0 <= i < n:
             msg = f"index {index!r} is out of range for a sampler of {n} specs per epoch: accepted 0 to {n - 1}"
             raise IndexError(msg)
