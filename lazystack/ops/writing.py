@@ -90,6 +90,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -150,8 +151,8 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
             f"{path!r}" + (" (decode bytes with os.fsdecode())" if isinstance(path, (bytes, os.PathLike)) else "")
         )
         raise TypeError(msg)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
+    if text[: len("file://")].lower() == "file://":
+        text = _file_url_path(text)
     elif "://" in text:
         msg = (
             f"write_ome_zarr writes to local paths only (renaming a finished store is what keeps it crash-safe); "
@@ -171,6 +172,24 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
     # ``..`` resolved as the system does (``link/..`` is the parent of the link's target), and collapsed:
     # ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
     return Path(system_path(text))
+
+
+def _file_url_path(url: str) -> str:
+    """The local path of a ``file://`` URL: percent-decoded, ``localhost`` dropped, another host refused.
+
+    ``file:///data/a%20b.zarr`` is the folder ``/data/a b.zarr`` (as the loaders read it), not a folder
+    named ``a%20b.zarr``; ``file://out.zarr`` names the host ``out.zarr``, not a relative path.
+    """
+    rest = url[len("file://") :]
+    if rest[: len("localhost/")].lower() == "localhost/":
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        msg = (
+            f"write_ome_zarr writes to local paths only, not to a file:// URL naming a host: got {url!r}; "
+            "accepted a local path or a file:// URL of an absolute path ('file:///data/out.zarr')"
+        )
+        raise UnsupportedSourceError(msg)
+    return unquote(rest)
 
 
 def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:

