@@ -133,3 +133,108 @@ def test_reader_returning_another_shape_on_an_unchanged_file_is_refused(tmp_path
     lazystack.sources.custom.clear_cache()
     with pytest.raises(SourceReadError, match=r"returned shape \(8, 10\).*\(8, 9\)"):
         stack.extract_patch(0, None, (0, 0), (2, 2))
+
+
+# -- custom sources: a lazy array-like whose __getitem__ lies ----------------------------------------------------------
+class _WrongRegionShape:
+    """Declares (8, 8) uint8; returns a 3 x 3 block whatever is asked."""
+
+    shape = (8, 8)
+    dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.zeros((3, 3), np.uint8)
+
+
+class _WrongRegionDtype:
+    """Declares uint8; returns float64 values that uint8 cannot hold."""
+
+    shape = (8, 8)
+    dtype = np.dtype(np.uint8)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.full((8, 8), 300.7)[key]
+
+
+class _NarrowerRegionDtype:
+    """Declares uint16; returns uint8 (held exactly by uint16)."""
+
+    shape = (8, 8)
+    dtype = np.dtype(np.uint16)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.arange(64, dtype=np.uint8).reshape(8, 8)[key]
+
+
+def read_wrong_shape(path: Path, **kwargs: Any) -> Any:
+    return _WrongRegionShape()
+
+
+def read_wrong_dtype(path: Path, **kwargs: Any) -> Any:
+    return _WrongRegionDtype()
+
+
+def read_narrower_dtype(path: Path, **kwargs: Any) -> Any:
+    return _NarrowerRegionDtype()
+
+
+@pytest.mark.parametrize("how", ["patch", "compute"])
+def test_custom_lazy_region_of_the_wrong_shape_names_the_reader(tmp_path: Path, how: str) -> None:
+    """A lazy result whose ``__getitem__`` returns another shape than asked: numpy's bare "could not broadcast
+    input array from shape (1,3,3) into shape (1,4,4)" (a patch) or dask's "cannot reshape array of size 9"
+    (``compute``), naming neither the file nor the reader."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x")
+    stack = lazystack.load_custom_file([path], "YX", read_func=read_wrong_shape)[0]
+    read = (lambda: stack.extract_patch(0, None, (0, 0), (4, 4))) if how == "patch" else stack.data.compute
+    with pytest.raises(SourceReadError, match=r"read_wrong_shape.*a\.bin.*returned shape \(3, 3\).*not \(") as info:
+        read()
+    assert "_WrongRegionShape" in str(info.value)
+
+
+def test_custom_lazy_region_of_another_dtype_is_refused_or_cast_exactly(tmp_path: Path) -> None:
+    """Declared uint8, returned float64 300.7: ``stack.data.dtype`` said uint8 while ``compute()`` returned
+    float64 300.7 and patches 300.7 (values uint8 cannot hold) -- the statistics' exact uint8 histogram path then
+    saw values outside uint8. A dtype the declared one holds exactly is cast, as the reader contract asks."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x")
+    stack = lazystack.load_custom_file([path], "YX", read_func=read_wrong_dtype)[0]
+    with pytest.raises(SourceReadError, match=r"returned dtype float64 .*declares dtype uint8"):
+        stack.data.compute()
+    with pytest.raises(SourceReadError, match=r"returned dtype float64 .*declares dtype uint8"):
+        stack.extract_patch(0, None, (0, 0), (2, 2))
+    narrow = lazystack.load_custom_file([path], "YX", read_func=read_narrower_dtype)[0]
+    got = np.asarray(narrow.data.compute())
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got.reshape(8, 8), np.arange(64).reshape(8, 8))
+    np.testing.assert_array_equal(narrow.extract_patch(0, None, (1, 1), (2, 2))[0], [[9, 10], [17, 18]])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fix in stack.py / io/reader.py (fast14's files): check the region an array-like given to load_arrays "
+    "returns against its declared shape and dtype, as CustomReader now does",
+)
+def test_array_like_region_of_the_wrong_shape_names_the_array(tmp_path: Path) -> None:
+    """``load_arrays(obj)`` with the same lying ``__getitem__``: a bare numpy ValueError ("could not broadcast")."""
+    stack = lazystack.load_arrays(_WrongRegionShape(), "YX")[0]
+    with pytest.raises(lazystack.LazyStackError, match=r"returned shape \(3, 3\)"):
+        stack.extract_patch(0, None, (0, 0), (4, 4))
+
+
+# -- the CAREamics protocol ------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="fix in stack.py LazyImageStack._channel_list (fast14's file): refuse bool entries in channels "
+    "(operator.index(True) == 1) naming the value and np.flatnonzero(mask) as the way to pass a mask",
+)
+def test_channels_given_as_a_boolean_mask_are_refused() -> None:
+    """``channels=[True, False, True, False]`` read channels [1, 0, 1, 0] (``operator.index(True) == 1``).
+
+    CAREamics' ``InMemoryImageStack`` indexes numpy with the list, so a mask there means channels 0 and 2:
+    the same call silently gave other channels. ``np.array([True, ...])`` and ``sample_idx=True`` are refused.
+    """
+    data = np.arange(4 * 4 * 4, dtype=np.uint16).reshape(1, 4, 4, 4)
+    stack = lazystack.load_arrays(data, "SCYX")[0]
+    with pytest.raises(lazystack.ChannelIndexError, match=r"True"):
+        stack.extract_patch(0, [True, False, True, False], (0, 0), (2, 2))

@@ -290,7 +290,34 @@ class CustomReader(Reader):
                 array = _call(self._recipe)
             if isinstance(array, np.memmap):
                 _check_memmap(array, self.path)
-            return read_numpy(array, key if isinstance(key, tuple) else (key,))
+            key = key if isinstance(key, tuple) else (key,)
+            return self._check_region(read_numpy(array, key), key, array)
+
+    def _check_region(self, out: np.ndarray, key: tuple[Any, ...], array: Any) -> np.ndarray:
+        """The region the lazy array-like returned, checked against the shape and dtype it declares.
+
+        An object whose ``__getitem__`` returns another shape failed deep inside numpy or dask ("could not
+        broadcast", "cannot reshape"); one returning another dtype than its ``dtype`` attribute made
+        ``stack.data.compute()`` disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
+        (``safe`` casting, e.g. Python ints read as ``int64`` for a declared ``uint16`` are not) is cast.
+        """
+        want = np.broadcast_to(np.empty((), self.dtype), self.shape)[key].shape  # no memory: a zero-stride view
+        what = f"read_func {_func_name(self.read_func)}'s {type(array).__name__} for {self.path!r}"
+        if out.shape != want:
+            msg = (
+                f"{what} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
+                f"the region asked for (it declares shape {self.shape})"
+            )
+            raise SourceReadError(msg)
+        if out.dtype != self.dtype:
+            if not np.can_cast(out.dtype, self.dtype, casting="safe"):
+                msg = (
+                    f"{what} returned dtype {out.dtype} for the region {key!r}, but declares dtype {self.dtype}: "
+                    f"accepted a region of the declared dtype (or one it holds exactly)"
+                )
+                raise SourceReadError(msg)
+            out = out.astype(self.dtype)
+        return out
 
     def close(self) -> None:
         """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
