@@ -238,3 +238,37 @@ def test_channels_given_as_a_boolean_mask_are_refused() -> None:
     stack = lazystack.load_arrays(data, "SCYX")[0]
     with pytest.raises(lazystack.ChannelIndexError, match=r"True"):
         stack.extract_patch(0, [True, False, True, False], (0, 0), (2, 2))
+
+
+# -- zero-size dimensions and extreme values in the operations ------------------------------------------------------
+@pytest.mark.parametrize(("shape", "axes"), [((0, 5, 5), "SYX"), ((2, 0, 5), "SYX"), ((0, 5, 5), "CYX")])
+def test_write_ome_zarr_refuses_a_stack_without_pixels(tmp_path: Path, shape: tuple[int, ...], axes: str) -> None:
+    """A stack with a zero-size axis: zarr's bare "axes don't match array" (no sample), "Empty tuples are not
+    allowed in chunks" (no channel), or an image of height 0 written for a 0-row stack."""
+    stack = lazystack.load_arrays(np.zeros(shape, np.uint8), axes)[0]
+    with pytest.raises(
+        lazystack.ShapeMismatchError,
+        match=rf"no pixels .*{axes!r}, shape {shape!r}".replace("(", r"\(").replace(")", r"\)"),
+    ):
+        lazystack.write_ome_zarr(stack, tmp_path / "o.zarr", levels=1)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_channel_statistics_of_a_stack_without_channels_says_so() -> None:
+    """``CYX`` with ``C == 0``: numpy's "cannot reshape array of size 0 into shape (0,newaxis)"."""
+    stack = lazystack.load_arrays(np.zeros((0, 5, 5), np.uint8), "CYX")[0]
+    with pytest.raises(lazystack.ShapeMismatchError, match=r"0 channels .*'array', shape \(1, 0, 5, 5\)"):
+        lazystack.channel_statistics(stack)
+
+
+@pytest.mark.parametrize(
+    "values", [[1e300, 1e300, 1e300, 1e300], [np.nan, np.inf, -np.inf, 1e300], [1e200, 1e200, 1e200, 1e200]]
+)
+def test_channel_statistics_std_of_large_float64_values(values: list[float]) -> None:
+    """float64 values above 1e154: the first merge squared the mean's distance to an empty partial's (inf) and
+    multiplied it by the empty count, ``inf * 0``: std NaN for constant 1e300 values (numpy: 0)."""
+    data = np.array(values, np.float64).reshape(2, 2)
+    stats = lazystack.channel_statistics(lazystack.load_arrays(data, "YX")[0])
+    finite = data[np.isfinite(data)]
+    np.testing.assert_allclose(stats.mean, [finite.mean()], rtol=1e-12)
+    np.testing.assert_allclose(stats.std, [finite.std()], rtol=1e-9)

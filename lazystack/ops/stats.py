@@ -221,7 +221,9 @@ def _chan(na: Any, ma: Any, m2a: Any, nb: Any, mb: Any, m2b: Any) -> tuple[Any, 
         delta = mb - ma
         frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
         mean = ma + delta * frac
-        m2 = m2a + m2b + delta * delta * na * frac
+        # (delta * frac) * (delta * na), not delta * delta first: |delta| > 1e154 squared is inf, and inf * 0 (an
+        # empty partial merged into one of mean 1e300) was NaN
+        m2 = m2a + m2b + np.where(na > 0, (delta * frac) * (delta * na), 0.0)
     if np.ndim(n) == 0:
         return int(n), float(mean), float(m2)
     return n, mean, m2
@@ -378,6 +380,12 @@ def _check_channels(stacks: list[Any]) -> int:
         if kind not in "biuf":
             msg = f"channel_statistics supports bool, integer and float data; {s.source!r} has dtype {s.data_dtype}"
             raise UnsupportedSourceError(msg)
+    if counts[0] == 0:  # no channel to give statistics for (numpy's "cannot reshape array of size 0" otherwise)
+        msg = (
+            f"channel_statistics got stacks with 0 channels ({stacks[0].source!r}, shape {tuple(stacks[0].data_shape)}"
+            "): accepted stacks with at least one channel"
+        )
+        raise ShapeMismatchError(msg)
     return counts[0]
 
 

@@ -94,7 +94,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from ..core.errors import UnsupportedSourceError
+from ..core.errors import ShapeMismatchError, UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
 from ..io.handles import split_source, system_path
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
@@ -367,6 +367,13 @@ def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int 
     """The images to write: (stack, sample index) per sample of a stack with ``S``, (stack, None) otherwise."""
     out: list[tuple[LazyImageStack, int | None]] = []
     for stack in stacks:
+        if 0 in tuple(stack.axes_model.shape):  # zarr's or numpy's bare "axes don't match array" otherwise
+            msg = (
+                f"write_ome_zarr cannot write the stack {stack.source!r}: it has no pixels (axes "
+                f"{stack.axes_model.axes!r}, shape {tuple(stack.axes_model.shape)}); accepted stacks with at least "
+                "one element along every axis"
+            )
+            raise ShapeMismatchError(msg)
         axes = stack.axes_model.axes
         n = int(stack.axes_model.shape[axes.index("S")]) if "S" in axes else 0
         out += [(stack, s) for s in range(n)] if n > 1 else [(stack, 0 if n == 1 else None)]
