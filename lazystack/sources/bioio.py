@@ -281,7 +281,9 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         source = path if len(scenes) == 1 else f"{path}@{i}"
         text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
         token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
-        reader = BioioSceneReader(path, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
+        # an absolute path in the reader (the source keeps the user's spelling): a worker elsewhere reads it too
+        absolute = os.path.abspath(path)
+        reader = BioioSceneReader(absolute, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
         coords: dict[str, Any] = {}
         try:
             names = image.channel_names

@@ -385,7 +385,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     eager = isinstance(result, np.ndarray) and not isinstance(result, np.memmap)  # the file was read whole
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
-        path,
+        os.path.abspath(path) if os.path.exists(path) else path,  # a worker in another working folder: same file
         read_func,
         dict(read_kwargs),
         shape=shape,

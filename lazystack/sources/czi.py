@@ -722,7 +722,9 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     path, wanted, wanted_level = split_source(given)
     check_regular_file(path, "CZI file", "a .czi file", selector="scene")  # a FIFO named x.czi would block the open
     check_czi_structure(path)  # the ZISRAWFILE header, declared sizes and offsets, before libCZI trusts them
-    manager = FileManager(_CziHandle, path)
+    # the reader's path is absolute (the source keeps the user's spelling): a dask worker or a process whose
+    # working folder differs reads the same file, not a missing or another one
+    manager = FileManager(_CziHandle, os.path.abspath(path))
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
@@ -769,7 +771,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
             factor = factors[level]
             reader = CziSceneReader(
                 manager,
-                path,
+                os.path.abspath(path),
                 scene,
                 rect,
                 reader_axes,
