@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_hostile11 import run_child
 
 import lazystack
 from lazystack import SourceReadError, UnsupportedSourceError
@@ -331,3 +332,117 @@ def test_stack_opened_by_a_relative_path_reads_in_another_working_folder(
     worker_stack = pickle.loads(shipped)
     np.testing.assert_array_equal(worker_stack.extract_patch(1, None, (1, 2), (3, 4))[0], data[1, 1:4, 2:6])
     np.testing.assert_array_equal(np.asarray(worker_stack.data.compute())[:, 0], data)
+
+
+# == what held up =====================================================================================================
+# -- a dask.distributed cluster of worker processes ------------------------------------------------------------------
+_CLUSTER = r"""
+import pickle, shutil, signal, tempfile, threading, time
+import numpy as np, tifffile, zarr
+from dask.distributed import Client, LocalCluster
+
+def read_npy(path, **kwargs):
+    return np.load(path)
+
+def slow_npy(path, **kwargs):
+    time.sleep(0.2)
+    return np.load(path)
+
+d = sys.argv[1]
+data = np.arange(2 * 40 * 50, dtype=np.uint16).reshape(2, 40, 50)
+for name, fmt, extra in (("v2", 2, {}), ("v3", 3, {}), ("sh", 3, {"shards": (1, 16, 16)})):
+    z = zarr.create_array(f"{d}/{name}.zarr", shape=data.shape, chunks=(1, 8, 8) if extra else (1, 16, 16),
+                          dtype=data.dtype, zarr_format=fmt, **extra)
+    z[:] = data
+tifffile.imwrite(f"{d}/a.tif", data, tile=(16, 16))
+np.save(f"{d}/a.npy", data)
+for name in ("gone.zarr", "changed.zarr"):
+    shutil.copytree(f"{d}/v3.zarr", f"{d}/{name}")
+np.save(f"{d}/changed.npy", data)
+tifffile.imwrite(f"{d}/gone.tif", data)
+stacks = {
+    "zarr v2": lazystack.load_zarrs(f"{d}/v2.zarr", "SYX")[0],
+    "zarr v3": lazystack.load_zarrs(f"{d}/v3.zarr", "SYX")[0],
+    "zarr sharded": lazystack.load_zarrs(f"{d}/sh.zarr", "SYX")[0],
+    "tiff": lazystack.load_tiffs(f"{d}/a.tif", "SYX")[0],
+    "custom": lazystack.load_custom_file(f"{d}/a.npy", "SYX", read_func=read_npy)[0],
+    "numpy": lazystack.load_arrays(data, "SYX")[0],
+}
+try:
+    from pylibCZIrw import czi as pyczi
+    with pyczi.create_czi(f"{d}/a.czi", exist_ok=True) as w:
+        for t in range(2):
+            w.write(np.ascontiguousarray(data[t]), plane={"T": t, "Z": 0, "C": 0})
+    stacks["czi"] = lazystack.load_czis(f"{d}/a.czi", "SCYX")[0]
+except ImportError:
+    pass
+cluster = LocalCluster(processes=True, n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+client = Client(cluster)
+try:
+    finite = data.astype(np.float64)
+    for name, stack in stacks.items():
+        got = np.asarray(stack.data[:, :, 3:30, 5:44].compute())
+        stats = lazystack.channel_statistics(stack)
+        out = lazystack.write_ome_zarr(stack, f"{d}/out-{name.replace(' ', '-')}.zarr", levels=2)
+        back = np.stack([np.asarray(s.data.compute()) for s in lazystack.load(out, levels=0)])
+        corner = lambda s, i: s.extract_patch(i, None, (-3, 40), (8, 16))
+        patches = client.gather(client.map(corner, [stack] * 2, [0, 1]))
+        ref = np.zeros((2, 8, 16), np.float32)
+        ref[:, 3:, :10] = data[:, :5, 40:]
+        report(lambda: {
+            "name": name,
+            "data": bool(np.array_equal(got[:, 0], data[:, 3:30, 5:44])),
+            "stats": bool(np.allclose(stats.mean, finite.mean()) and np.allclose(stats.std, finite.std())
+                          and np.allclose(stats.percentiles[50.0], np.median(finite))),
+            "write": bool(np.array_equal(back.reshape(data.shape), data)),
+            "patches": bool(all(np.array_equal(p[0], r) for p, r in zip(patches, ref))),
+        })
+    # sources deleted or rewritten between building a graph and computing it: an error on the client
+    graphs = {
+        "gone zarr": lazystack.load_zarrs(f"{d}/gone.zarr", "SYX")[0].data.sum(),
+        "gone tiff": lazystack.load_tiffs(f"{d}/gone.tif", "SYX")[0].data.sum(),
+        "changed zarr": lazystack.load_zarrs(f"{d}/changed.zarr", "SYX")[0].data.sum(),
+        "changed custom": lazystack.load_custom_file(f"{d}/changed.npy", "SYX", read_func=read_npy)[0].data.sum(),
+    }
+    shutil.rmtree(f"{d}/gone.zarr")
+    os.remove(f"{d}/gone.tif")
+    z = zarr.create_array(f"{d}/changed.zarr", shape=(2, 20, 25), chunks=(1, 16, 16), dtype=np.uint16, overwrite=True)
+    z[:] = 7
+    time.sleep(0.01)
+    np.save(f"{d}/changed.npy", data + 1)
+    for name, graph in graphs.items():
+        report(lambda: (name, graph.compute()))
+    # a worker killed mid-compute: the lost tasks run again elsewhere, the result is right
+    for i in range(8):
+        np.save(f"{d}/f{i}.npy", np.full((16, 16), i, np.uint16))
+    slow = lazystack.load_custom_file([f"{d}/f{i}.npy" for i in range(8)], "YX", read_func=slow_npy)
+    import dask.array as da
+    future = client.compute(da.stack([s.data for s in slow]).sum())
+    time.sleep(0.5)
+    os.kill(next(iter(cluster.workers.values())).process.pid, signal.SIGKILL)
+    report(lambda: ("killed", int(future.result(timeout=60))))
+finally:
+    client.close(timeout=20)
+    cluster.close(timeout=20)
+"""
+
+
+def test_stacks_on_a_dask_cluster_of_processes(tmp_path: Path) -> None:
+    """Zarr v2/v3/sharded, TIFF, custom, numpy and CZI stacks computed by a two-process ``LocalCluster``: data,
+    statistics, ``write_ome_zarr`` and ``extract_patch`` in workers equal numpy; a source deleted or rewritten after
+    the graph was built raises a lazystack error on the client (no zeros, no other data); a worker killed
+    mid-compute is replaced and the result is right."""
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    results = run_child(_CLUSTER.replace("sys.argv[1]", repr(str(tmp_path))), timeout=200)
+    rows = [r["returned"] for r in results if "returned" in r and r["returned"].startswith("{")]
+    assert len(rows) >= 6, results
+    for row in rows:
+        assert "False" not in row, row
+    errors = [r for r in results if "raised" in r]
+    assert [e["lazystack"] for e in errors] == [True] * 4, errors
+    assert "gone.zarr" in errors[0]["message"], errors
+    assert "not found: " in errors[1]["message"], errors
+    assert "changed after the stack was opened" in errors[2]["message"], errors
+    assert "changed.npy" in errors[3]["message"], errors
+    assert "changed since" in errors[3]["message"], errors
+    assert results[-1] == {"returned": "('killed', 7168)"}, results
