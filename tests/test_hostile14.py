@@ -21,7 +21,7 @@ import pytest
 from test_hostile11 import run_child
 
 import lazystack
-from lazystack import SourceReadError, UnsupportedSourceError
+from lazystack import LazyImageStack, SourceReadError, UnsupportedSourceError
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -446,3 +446,68 @@ def test_stacks_on_a_dask_cluster_of_processes(tmp_path: Path) -> None:
     assert "changed.npy" in errors[3]["message"], errors
     assert "changed since" in errors[3]["message"], errors
     assert results[-1] == {"returned": "('killed', 7168)"}, results
+
+
+# -- normalisation and statistics options ------------------------------------------------------------------------------
+def _two_channels() -> LazyImageStack:
+    return lazystack.load_arrays(np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8), "CYX")[0]
+
+
+def test_normalized_takes_a_mapping_of_the_keys_its_method_reads() -> None:
+    """``normalized(stack, {"mean": [...], "std": [...]})`` (what a CAREamics config holds as image_means /
+    image_stds) raised a bare ``KeyError: 'min'``: the mapping had to be a whole ``to_dict()``."""
+    stack = _two_channels()
+    data = np.arange(2 * 8 * 8, dtype=np.float64).reshape(2, 8, 8)
+    norm = lazystack.normalized(stack, {"mean": [1.0, 2.0], "std": [2.0, 4.0]})
+    ref = (data - np.array([1.0, 2.0])[:, None, None]) / np.array([2.0, 4.0])[:, None, None]
+    np.testing.assert_allclose(norm.extract_patch(0, None, (0, 0), (8, 8)), ref.astype(np.float32))
+    norm = lazystack.normalized(stack, {"min": [0, 64], "max": [63, 127]}, method="minmax")
+    np.testing.assert_allclose(norm.extract_patch(0, [1], (7, 7), (1, 1)), [[[1.0]]])
+    full = lazystack.channel_statistics(stack).to_dict()  # the whole dict still works
+    np.testing.assert_allclose(
+        lazystack.normalized(stack, full).extract_patch(0, None, (0, 0), (2, 2)),
+        lazystack.normalized(stack, lazystack.channel_statistics(stack)).extract_patch(0, None, (0, 0), (2, 2)),
+    )
+    with pytest.raises(ValueError, match=r"reads \['mean', 'std'\].*no \['std'\].*keys: \['mean'\]"):
+        lazystack.normalized(stack, {"mean": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"statistics\['mean'\] must be numbers.*'a'"):
+        lazystack.normalized(stack, {"mean": ["a", 2.0], "std": [1.0, 1.0]})
+
+
+@pytest.mark.parametrize(
+    ("stats", "options", "match"),
+    [
+        ({"mean": [0.0, 0.0], "std": [-1.0, 1.0]}, {}, r"channel\(s\) \[0\] have a negative spread \(std = \[-1.0\]\)"),
+        ({"min": [5.0, 0.0], "max": [1.0, 1.0]}, {"method": "minmax"}, r"negative spread \(max - min = \[-4.0\]\)"),
+        (None, {"method": "percentile", "lower": 99.0, "upper": 1.0}, r"lower=99.0 must be below upper=1.0"),
+    ],
+)
+def test_normalisation_that_would_flip_a_channel_is_refused(
+    stats: dict[str, Any] | None, options: dict[str, Any], match: str
+) -> None:
+    """``lower=99, upper=1`` (or a negative std, or max below min) gave a negative scale: every value of the channel
+    came out with its sign flipped, silently."""
+    stack = _two_channels()
+    with pytest.raises(ValueError, match=match):
+        lazystack.normalized(stack, stats if stats is not None else lazystack.channel_statistics(stack), **options)
+
+
+@pytest.mark.parametrize("bins", [2**40, 2.5, True])
+def test_channel_statistics_bins_out_of_range_are_refused(bins: Any) -> None:
+    """``bins=2**40`` tried to allocate an 8 TiB histogram (MemoryError, or swapping where memory overcommits);
+    ``bins=2.5`` ran with 2 bins."""
+    stack = lazystack.load_arrays(np.linspace(0, 1, 64).reshape(1, 8, 8), "CYX")[0]
+    with pytest.raises(ValueError, match=rf"bins must be an integer from 2 to 16777216 .*got {bins!r}"):
+        lazystack.channel_statistics(stack, bins=bins)
+
+
+def test_custom_file_through_link_dotdot_reads_what_the_system_opens(tmp_path: Path) -> None:
+    """The absolute path kept for workers resolves ``link/..`` as the system does (the parent of the link's
+    target), not textually as ``os.path.abspath`` would (the folder beside the link): another file."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    np.save(tmp_path / "a" / "x.npy", np.full((4, 4), 7, np.uint8))
+    np.save(tmp_path / "x.npy", np.full((4, 4), 9, np.uint8))
+    stack = lazystack.load_custom_file(f"{tmp_path}/link/../x.npy", "YX", read_func=read_npy)[0]
+    lazystack.sources.custom.clear_cache()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).extract_patch(0, None, (0, 0), (2, 2)), 7)

@@ -51,7 +51,7 @@ from ..core.errors import (
     import_optional,
 )
 from ..io.chunked import normalize_key
-from ..io.handles import check_regular_file, split_source
+from ..io.handles import check_regular_file, split_source, system_path
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi import rounded_size
@@ -282,7 +282,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
         token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
         # an absolute path in the reader (the source keeps the user's spelling): a worker elsewhere reads it too
-        absolute = os.path.abspath(path)
+        absolute = system_path(os.path.join(os.getcwd(), path))  # ``link/..`` as the system resolves it
         reader = BioioSceneReader(absolute, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
         coords: dict[str, Any] = {}
         try:

@@ -60,7 +60,7 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.cache import ChunkCache, parse_size
-from ..io.handles import check_mapped_size, check_regular_file, check_stamp, file_stamp, mapping_of
+from ..io.handles import check_mapped_size, check_regular_file, check_stamp, file_stamp, mapping_of, system_path
 from ..io.process import FileManager, at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
@@ -385,7 +385,8 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     eager = isinstance(result, np.ndarray) and not isinstance(result, np.memmap)  # the file was read whole
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
-        os.path.abspath(path) if os.path.exists(path) else path,  # a worker in another working folder: same file
+        # a worker in another working folder reads the same file (``link/..`` as the system resolves it)
+        system_path(os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
         read_func,
         dict(read_kwargs),
         shape=shape,
