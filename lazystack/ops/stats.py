@@ -66,6 +66,8 @@ from .progress import compute
 
 __all__ = ["ChannelStatistics", "channel_statistics"]
 
+#: Most histogram bins per channel (``channel_statistics(bins=...)``): 128 MiB of counts per channel and task.
+MAX_BINS = 1 << 24
 #: Values handled at once per channel when computing moments (bounds float64 temporaries to 32 MiB).
 _SLICE = 1 << 22
 #: Dtypes whose every value gets its own histogram bin in the first pass.
@@ -481,8 +483,9 @@ def _validate_options(percentiles: Sequence[float], sample_fraction: float | Non
     if sample_fraction is not None and not 0 < sample_fraction <= 1:
         msg = f"sample_fraction must be in (0, 1] or None (all chunks), got {sample_fraction!r}"
         raise ValueError(msg)
-    if int(bins) < 2:
-        msg = f"bins must be an integer >= 2, got {bins!r}"
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 2 <= bins <= MAX_BINS:
+        # 2**40 bins: an 8 TiB histogram per channel and task (a MemoryError at best); 2.5: silently 2
+        msg = f"bins must be an integer from 2 to {MAX_BINS} (2**24), got {bins!r}"
         raise ValueError(msg)
     return levels
 
@@ -517,8 +520,8 @@ def channel_statistics(
     progress : bool
         Show a progress bar (see `lazystack.ops.progress`).
     bins : int
-        Number of histogram bins per channel for floating-point percentiles;
-        the error bound is ``(max - min) / bins``.
+        Number of histogram bins per channel for floating-point percentiles
+        (2 to ``2**24``); the error bound is ``(max - min) / bins``.
     split_every : int
         Partial results merged per task in the reduction tree.
     levels : "finest", "all", int or sequence of int
