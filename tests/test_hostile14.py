@@ -511,3 +511,11 @@ def test_custom_file_through_link_dotdot_reads_what_the_system_opens(tmp_path: P
     stack = lazystack.load_custom_file(f"{tmp_path}/link/../x.npy", "YX", read_func=read_npy)[0]
     lazystack.sources.custom.clear_cache()
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).extract_patch(0, None, (0, 0), (2, 2)), 7)
+
+
+@pytest.mark.parametrize(("source", "named"), [(None, "NoneType: None"), ({"a": 1}, "dict: {'a': 1}"), ("abc", "str")])
+def test_load_arrays_names_a_source_that_is_no_array_nor_sequence(source: Any, named: str) -> None:
+    """``load_arrays(None, "YX")``: a bare "'NoneType' object is not iterable"; a dict was iterated as its keys
+    ("item 0 is a str")."""
+    with pytest.raises(UnsupportedSourceError, match=rf"load_arrays expects an array-like .*got {named}.*accepted"):
+        lazystack.load_arrays(source, "YX")
