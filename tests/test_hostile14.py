@@ -519,3 +519,42 @@ def test_load_arrays_names_a_source_that_is_no_array_nor_sequence(source: Any, n
     ("item 0 is a str")."""
     with pytest.raises(UnsupportedSourceError, match=rf"load_arrays expects an array-like .*got {named}.*accepted"):
         lazystack.load_arrays(source, "YX")
+
+
+# -- write_ome_zarr options --------------------------------------------------------------------------------------------
+def _czyx() -> tuple[LazyImageStack, np.ndarray]:
+    data = np.arange(2 * 3 * 20 * 30, dtype=np.uint16).reshape(2, 3, 20, 30)
+    return lazystack.load_arrays(data, "CZYX")[0], data
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"chunks": "auto"}, r"chunks must be None, an int .*got 'auto'"),  # was "axis 'C' ... got 'a'"
+        ({"levels": True}, r"levels must be an int >= 1 .*got True"),  # was one level, silently
+        ({"compressors": "gzipx"}, r"compressors='gzipx' \(TypeError: .*accepted 'auto', None"),
+        ({"compressors": 5}, r"compressors=5 \(TypeError: 'int' object is not iterable\).*accepted"),
+    ],
+)
+def test_write_ome_zarr_options_are_named_when_wrong(tmp_path: Path, options: dict[str, Any], match: str) -> None:
+    """``chunks="auto"`` was read as the tuple ``('a', 'u', 't', 'o')`` ("chunk size for axis 'C' ... got 'a'");
+    a compressor zarr refuses surfaced as zarr's bare TypeError ("Expected a BytesBytesCodec")."""
+    stack, _ = _czyx()
+    with pytest.raises(ValueError, match=match):
+        lazystack.write_ome_zarr(stack, tmp_path / "o.zarr", **options)
+    assert [p.name for p in tmp_path.iterdir()] == []  # no partial store left
+
+
+def test_write_ome_zarr_takes_numpy_integers(tmp_path: Path) -> None:
+    """``levels=np.int64(2)`` / ``downscale=np.int64(2)`` / ``chunks=np.int64(8)`` (computed with numpy) were
+    refused as "must be an int"."""
+    stack, data = _czyx()
+    out = lazystack.write_ome_zarr(
+        stack, tmp_path / "o.zarr", levels=np.int64(2), downscale=np.int64(2), chunks=np.int64(8)
+    )
+    levels = lazystack.load(out)
+    assert [s.original_data_shape for s in levels] == [(2, 3, 20, 30), (2, 3, 10, 15)]
+    np.testing.assert_array_equal(np.asarray(levels[0].data.compute()).reshape(data.shape), data)
+    import zarr
+
+    assert zarr.open_array(f"{out}/0", mode="r").chunks == (1, 3, 8, 8)
