@@ -558,3 +558,23 @@ def test_write_ome_zarr_takes_numpy_integers(tmp_path: Path) -> None:
     import zarr
 
     assert zarr.open_array(f"{out}/0", mode="r").chunks == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("how", ["load", "load_arrays"])
+def test_memory_mapped_file_replaced_after_opening_is_not_read_as_the_same_file(tmp_path: Path, how: str) -> None:
+    """``load("a.npy")`` (or ``load_arrays(np.load(..., mmap_mode="r"))``), then ``a.npy`` replaced by a new file
+    (``os.replace``, as writers that save atomically do): the client's mapping kept showing the old values while a
+    dask worker (a process unpickling the stack) mapped and read the new file."""
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((4, 4), np.uint16))
+    source = path if how == "load" else np.load(path, mmap_mode="r")
+    stack = lazystack.load(source, "YX")[0] if how == "load" else lazystack.load_arrays(source, "YX")[0]
+    shipped = pickle.dumps(stack)
+    np.save(tmp_path / "b.npy", np.ones((4, 4), np.uint16))
+    os.replace(tmp_path / "b.npy", path)
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (2, 2)), 0)  # the client: the old file
+    with pytest.raises(SourceReadError, match=r"memory-mapped file .*a\.npy.*changed since the stack was opened"):
+        pickle.loads(shipped).extract_patch(0, None, (0, 0), (2, 2))
+    path.unlink()
+    with pytest.raises(lazystack.SourceNotFoundError, match=r"memory-mapped file .*a\.npy.* not found"):
+        pickle.loads(shipped).extract_patch(0, None, (0, 0), (2, 2))
