@@ -22,6 +22,7 @@ from test_hostile11 import run_child
 
 import lazystack
 from lazystack import LazyImageStack, SourceReadError, UnsupportedSourceError
+from lazystack.sources import custom as custom_source
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -85,7 +86,7 @@ def test_custom_file_rewritten_after_opening_is_not_read_as_the_same_file(tmp_pa
     stack = lazystack.load_custom_file([path], "SYX", read_func=reader)[0]
     shipped = pickle.dumps(stack)  # what a dask graph carries to a worker
     _rewrite(path, data + 1)
-    lazystack.sources.custom.clear_cache()  # a worker process: nothing cached
+    custom_source.clear_cache()  # a worker process: nothing cached
     worker_stack = pickle.loads(shipped)
     with pytest.raises(SourceReadError, match=r"a\.npy.*changed since the stack was opened") as info:
         worker_stack.extract_patch(0, None, (0, 0), (2, 2))
@@ -98,7 +99,7 @@ def test_custom_file_not_rewritten_still_reads_in_a_fresh_process_state(tmp_path
     data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
     np.save(path, data)
     stack = lazystack.load_custom_file([path], "SYX", read_func=read_npy)[0]
-    lazystack.sources.custom.clear_cache()
+    custom_source.clear_cache()
     got = pickle.loads(pickle.dumps(stack)).extract_patch(1, None, (2, 3), (4, 4))
     np.testing.assert_array_equal(got[0], data[1, 2:6, 3:7].astype(np.float32))
     # a folder read by read_func (a custom format stored as a folder) carries no stamp: its mtime changes with
@@ -109,7 +110,7 @@ def test_custom_file_not_rewritten_still_reads_in_a_fresh_process_state(tmp_path
     fstack = lazystack.load_custom_file([folder], "SYX", read_func=_read_folder)[0]
     (folder / "other.txt").write_text("x")
     time.sleep(0.01)
-    lazystack.sources.custom.clear_cache()
+    custom_source.clear_cache()
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(fstack)).extract_patch(0, None, (0, 0), (8, 8))[0], data[0])
 
 
@@ -131,7 +132,7 @@ def test_reader_returning_another_shape_on_an_unchanged_file_is_refused(tmp_path
     path = tmp_path / "a.bin"
     path.write_bytes(b"x")
     stack = lazystack.load_custom_file([path], "YX", read_func=read_growing)[0]
-    lazystack.sources.custom.clear_cache()
+    custom_source.clear_cache()
     with pytest.raises(SourceReadError, match=r"returned shape \(8, 10\).*\(8, 9\)"):
         stack.extract_patch(0, None, (0, 0), (2, 2))
 
@@ -328,7 +329,7 @@ def test_stack_opened_by_a_relative_path_reads_in_another_working_folder(
     assert str(stack.source).split("@")[0] in ("a.npy", "a.tif", "a.czi", "a.ome.tif")
     shipped = pickle.dumps(stack)
     monkeypatch.chdir(tmp_path / "work")
-    lazystack.sources.custom.clear_cache()
+    custom_source.clear_cache()
     worker_stack = pickle.loads(shipped)
     np.testing.assert_array_equal(worker_stack.extract_patch(1, None, (1, 2), (3, 4))[0], data[1, 1:4, 2:6])
     np.testing.assert_array_equal(np.asarray(worker_stack.data.compute())[:, 0], data)
@@ -509,7 +510,7 @@ def test_custom_file_through_link_dotdot_reads_what_the_system_opens(tmp_path: P
     np.save(tmp_path / "a" / "x.npy", np.full((4, 4), 7, np.uint8))
     np.save(tmp_path / "x.npy", np.full((4, 4), 9, np.uint8))
     stack = lazystack.load_custom_file(f"{tmp_path}/link/../x.npy", "YX", read_func=read_npy)[0]
-    lazystack.sources.custom.clear_cache()
+    custom_source.clear_cache()
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).extract_patch(0, None, (0, 0), (2, 2)), 7)
 
 
@@ -578,3 +579,22 @@ def test_memory_mapped_file_replaced_after_opening_is_not_read_as_the_same_file(
     path.unlink()
     with pytest.raises(lazystack.SourceNotFoundError, match=r"memory-mapped file .*a\.npy.* not found"):
         pickle.loads(shipped).extract_patch(0, None, (0, 0), (2, 2))
+
+
+def test_bioio_file_replaced_after_opening_is_not_read_as_the_same_file(tmp_path: Path) -> None:
+    """``load_bioio("a.ome.tif")``, then the file replaced by another of the same shape: bioio's plugin reopens the
+    path, so the stack silently read the new file's values (in the creating process and in dask workers)."""
+    import tifffile
+
+    pytest.importorskip("bioio_ome_tiff", reason="bioio's OME-TIFF plugin is not installed")
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint8), ome=True)
+    stack = lazystack.load_bioio(path, "YX")[0]
+    np.testing.assert_array_equal(stack.extract_patch(0, None, (0, 0), (2, 2)), 0)
+    shipped = pickle.dumps(stack)
+    tifffile.imwrite(tmp_path / "b.ome.tif", np.ones((4, 4), np.uint8), ome=True)
+    os.replace(tmp_path / "b.ome.tif", path)
+    lazystack.get_chunk_cache().clear()
+    for reader in (stack, pickle.loads(shipped)):
+        with pytest.raises(SourceReadError, match=r"a\.ome\.tif.*changed since the stack was opened"):
+            reader.extract_patch(0, None, (0, 0), (2, 2))
