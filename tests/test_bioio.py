@@ -233,5 +233,6 @@ def test_read_error_names_the_file_and_scene(ome: Any, tmp_path: Path) -> None:
     with pytest.raises(SourceReadError, match=r"cut\.ome\.tif' scene 0"):
         stack.compute()
     stack.close()
-    with pytest.raises(SourceFormatError, match=r"cut\.ome\.tif"):  # and reopening it fails clearly too
+    # and reading after reopening fails clearly too (the file's stamp: it changed since the stack was opened)
+    with pytest.raises((SourceFormatError, SourceReadError), match=r"cut\.ome\.tif"):
         stack.compute()

@@ -238,7 +238,7 @@ def test_file_changed_after_creation(tmp_path: Path) -> None:
     (stack,) = load_custom_file(path, "YX", read_func=read_npy)
     custom.clear_cache()
     np.save(path, np.zeros((9, 8), np.uint8))
-    with pytest.raises(SourceReadError, match=r"returned shape \(9, 8\).*\(8, 8\)"):
+    with pytest.raises(SourceReadError, match=r"x\.npy.*changed since the stack was opened"):  # its stamp
         stack.extract_patch(0, None, (0, 0), (2, 2))
 
 

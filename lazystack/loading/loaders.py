@@ -175,6 +175,14 @@ def load_arrays(source: Any, axes: str) -> StackList:
     (1, 16, 16)
     """
     axes = validate_axes(axes)
+    if not is_array_like(source) and (
+        isinstance(source, (str, bytes, Mapping)) or not isinstance(source, Iterable)
+    ):  # list(None): a bare "'NoneType' object is not iterable"; a dict or str: its keys or letters as items
+        msg = (
+            f"load_arrays expects an array-like or a sequence of array-likes, got {type(source).__name__}: "
+            f"{source!r:.80}; accepted: numpy/dask/zarr/h5py arrays, np.memmap, xarray.DataArray (or a list of them)"
+        )
+        raise UnsupportedSourceError(msg)
     items = [source] if is_array_like(source) else list(source)
     if not items:
         msg = "load_arrays got no arrays: pass a non-empty sequence of array-likes"

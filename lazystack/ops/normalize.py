@@ -111,7 +111,10 @@ def normalization_parameters(
     Parameters
     ----------
     stats : ChannelStatistics or mapping
-        Statistics (or their [`to_dict()`][lazystack.ChannelStatistics.to_dict]).
+        Statistics, their [`to_dict()`][lazystack.ChannelStatistics.to_dict], or a
+        mapping of only the keys ``method`` reads, one value per channel
+        (``{"mean": [...], "std": [...]}`` for ``zscore``, ``min`` / ``max`` for
+        ``minmax``, ``{"percentiles": {level: [...]}}`` for ``percentile``).
     method : {"zscore", "minmax", "percentile"}
         ``zscore``: ``(x - mean) / std``; ``minmax``: ``(x - min) / (max - min)``;
         ``percentile``: ``(x - p[lower]) / (p[upper] - p[lower])``.
@@ -136,14 +139,20 @@ def normalization_parameters(
     Raises
     ------
     ValueError
-        For an unknown method.
+        For an unknown method, ``lower >= upper``, a mapping without the keys
+        ``method`` reads or with values that are not numbers, or a negative
+        spread (``std < 0``, ``max < min``).
     KeyError
         If a percentile level was not computed.
     """
-    from .stats import ChannelStatistics
-
+    if method not in METHODS:
+        msg = f"unknown normalisation method {method!r}; accepted: {', '.join(METHODS)}"
+        raise ValueError(msg)
+    if method == "percentile" and not float(lower) < float(upper):  # p[upper] - p[lower] <= 0: inverted or flat
+        msg = f"normalization_parameters('percentile'): lower={lower!r} must be below upper={upper!r}"
+        raise ValueError(msg)
     if isinstance(stats, Mapping):
-        stats = ChannelStatistics.from_dict(stats)
+        stats = _stats_of_mapping(stats, method)
     if method == "zscore":
         offset, spread = stats.mean, stats.std
     elif method == "minmax":
@@ -151,11 +160,18 @@ def normalization_parameters(
     elif method == "percentile":
         lo, hi = stats.percentile(lower), stats.percentile(upper)
         offset, spread = lo, hi - lo
-    else:
-        msg = f"unknown normalisation method {method!r}; accepted: {', '.join(METHODS)}"
-        raise ValueError(msg)
+    else:  # checked above
+        raise AssertionError(method)
     spread = np.asarray(spread, dtype=np.float64)
     offset = np.asarray(offset, dtype=np.float64)
+    negative = np.flatnonzero(spread < 0).tolist()
+    if negative:  # a negative std, or max below min: the channel would come out flipped
+        what = {"zscore": "std", "minmax": "max - min", "percentile": "p[upper] - p[lower]"}[method]
+        msg = (
+            f"normalization_parameters({method!r}): channel(s) {negative} have a negative spread ({what} = "
+            f"{[float(spread[c]) for c in negative]}); accepted statistics with std >= 0 and min <= max"
+        )
+        raise ValueError(msg)
     missing = np.flatnonzero(~np.isfinite(offset)).tolist()
     if missing:  # no finite value in the channel: (0, 1) would silently leave it unnormalised
         counts = np.broadcast_to(np.asarray(stats.count), offset.shape)
@@ -170,6 +186,58 @@ def normalization_parameters(
     scale = np.where(ok, 1.0 / np.where(ok, spread, 1.0), 1.0)
     offset = np.where(np.isfinite(offset), offset, 0.0)
     return offset, scale
+
+
+#: The keys of a statistics mapping each method reads.
+_NEEDS = {"zscore": ("mean", "std"), "minmax": ("min", "max"), "percentile": ("percentiles",)}
+
+
+def _per_channel(stats: Mapping[str, Any], key: str) -> np.ndarray:
+    """``stats[key]`` as a float64 array, one value per channel (a scalar is one channel; None is NaN)."""
+    raw = stats[key]
+    values = [raw] if np.ndim(raw) == 0 else list(np.asarray(raw, dtype=object).reshape(-1))
+    try:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        msg = f"statistics[{key!r}] must be numbers, one per channel, got {raw!r}"
+        raise ValueError(msg) from None
+
+
+def _stats_of_mapping(stats: Mapping[str, Any], method: str) -> ChannelStatistics:
+    """Statistics from a mapping: ``to_dict()`` output, or only the keys ``method`` reads (``{"mean", "std"}``)."""
+    from .stats import ChannelStatistics
+
+    missing = [k for k in _NEEDS[method] if k not in stats]
+    if missing:
+        msg = (
+            f"normalization_parameters({method!r}) reads {list(_NEEDS[method])} from the statistics; the mapping "
+            f"given has no {missing} (its keys: {sorted(map(str, stats))}); pass channel_statistics() output or "
+            "its to_dict()"
+        )
+        raise ValueError(msg)
+    arrays = {k: _per_channel(stats, k) for k in ("mean", "std", "min", "max") if k in stats}
+    percentiles = {}
+    if "percentiles" in stats:
+        if not isinstance(stats["percentiles"], Mapping):
+            msg = f"statistics['percentiles'] must map levels to per-channel values, got {stats['percentiles']!r}"
+            raise ValueError(msg)
+        percentiles = {float(q): _per_channel(stats["percentiles"], q) for q in stats["percentiles"]}
+    sizes = {len(v) for v in [*arrays.values(), *percentiles.values()]}
+    if len(sizes) > 1:
+        msg = f"the statistics' per-channel values differ in length ({sorted(sizes)}): one value per channel each"
+        raise ValueError(msg)
+    n = sizes.pop() if sizes else 0
+    nan = np.full(n, np.nan)
+    count = np.asarray(stats.get("count", [0] * n), dtype=np.int64).reshape(-1)
+    return ChannelStatistics(
+        mean=arrays.get("mean", nan),
+        std=arrays.get("std", nan),
+        min=arrays.get("min", nan),
+        max=arrays.get("max", nan),
+        count=count if count.shape == (n,) else np.zeros(n, np.int64),
+        percentiles=percentiles,
+        percentile_error=np.zeros(n),
+    )
 
 
 def normalized(

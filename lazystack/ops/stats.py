@@ -66,6 +66,8 @@ from .progress import compute
 
 __all__ = ["ChannelStatistics", "channel_statistics"]
 
+#: Most histogram bins per channel (``channel_statistics(bins=...)``): 128 MiB of counts per channel and task.
+MAX_BINS = 1 << 24
 #: Values handled at once per channel when computing moments (bounds float64 temporaries to 32 MiB).
 _SLICE = 1 << 22
 #: Dtypes whose every value gets its own histogram bin in the first pass.
@@ -221,7 +223,9 @@ def _chan(na: Any, ma: Any, m2a: Any, nb: Any, mb: Any, m2b: Any) -> tuple[Any, 
         delta = mb - ma
         frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
         mean = ma + delta * frac
-        m2 = m2a + m2b + delta * delta * na * frac
+        # (delta * frac) * (delta * na), not delta * delta first: |delta| > 1e154 squared is inf, and inf * 0 (an
+        # empty partial merged into one of mean 1e300) was NaN
+        m2 = m2a + m2b + np.where(na > 0, (delta * frac) * (delta * na), 0.0)
     if np.ndim(n) == 0:
         return int(n), float(mean), float(m2)
     return n, mean, m2
@@ -378,6 +382,12 @@ def _check_channels(stacks: list[Any]) -> int:
         if kind not in "biuf":
             msg = f"channel_statistics supports bool, integer and float data; {s.source!r} has dtype {s.data_dtype}"
             raise UnsupportedSourceError(msg)
+    if counts[0] == 0:  # no channel to give statistics for (numpy's "cannot reshape array of size 0" otherwise)
+        msg = (
+            f"channel_statistics got stacks with 0 channels ({stacks[0].source!r}, shape {tuple(stacks[0].data_shape)}"
+            "): accepted stacks with at least one channel"
+        )
+        raise ShapeMismatchError(msg)
     return counts[0]
 
 
@@ -473,8 +483,9 @@ def _validate_options(percentiles: Sequence[float], sample_fraction: float | Non
     if sample_fraction is not None and not 0 < sample_fraction <= 1:
         msg = f"sample_fraction must be in (0, 1] or None (all chunks), got {sample_fraction!r}"
         raise ValueError(msg)
-    if int(bins) < 2:
-        msg = f"bins must be an integer >= 2, got {bins!r}"
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 2 <= bins <= MAX_BINS:
+        # 2**40 bins: an 8 TiB histogram per channel and task (a MemoryError at best); 2.5: silently 2
+        msg = f"bins must be an integer from 2 to {MAX_BINS} (2**24), got {bins!r}"
         raise ValueError(msg)
     return levels
 
@@ -509,8 +520,8 @@ def channel_statistics(
     progress : bool
         Show a progress bar (see `lazystack.ops.progress`).
     bins : int
-        Number of histogram bins per channel for floating-point percentiles;
-        the error bound is ``(max - min) / bins``.
+        Number of histogram bins per channel for floating-point percentiles
+        (2 to ``2**24``); the error bound is ``(max - min) / bins``.
     split_every : int
         Partial results merged per task in the reduction tree.
     levels : "finest", "all", int or sequence of int

@@ -90,10 +90,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import numpy as np
 
-from ..core.errors import UnsupportedSourceError
+from ..core.errors import ShapeMismatchError, UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
 from ..io.handles import split_source, system_path
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
@@ -150,8 +151,8 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
             f"{path!r}" + (" (decode bytes with os.fsdecode())" if isinstance(path, (bytes, os.PathLike)) else "")
         )
         raise TypeError(msg)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
+    if text[: len("file://")].lower() == "file://":
+        text = _file_url_path(text)
     elif "://" in text:
         msg = (
             f"write_ome_zarr writes to local paths only (renaming a finished store is what keeps it crash-safe); "
@@ -171,6 +172,24 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
     # ``..`` resolved as the system does (``link/..`` is the parent of the link's target), and collapsed:
     # ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
     return Path(system_path(text))
+
+
+def _file_url_path(url: str) -> str:
+    """The local path of a ``file://`` URL: percent-decoded, ``localhost`` dropped, another host refused.
+
+    ``file:///data/a%20b.zarr`` is the folder ``/data/a b.zarr`` (as the loaders read it), not a folder
+    named ``a%20b.zarr``; ``file://out.zarr`` names the host ``out.zarr``, not a relative path.
+    """
+    rest = url[len("file://") :]
+    if rest[: len("localhost/")].lower() == "localhost/":
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        msg = (
+            f"write_ome_zarr writes to local paths only, not to a file:// URL naming a host: got {url!r}; "
+            "accepted a local path or a file:// URL of an absolute path ('file:///data/out.zarr')"
+        )
+        raise UnsupportedSourceError(msg)
+    return unquote(rest)
 
 
 def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
@@ -238,18 +257,22 @@ def _check_not_a_source(final: Path, stacks: Sequence[LazyImageStack], who: str 
         raise UnsupportedSourceError(msg)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _target_chunks(written: str, shape: tuple[int, ...], chunks: Any) -> tuple[int, ...]:
     if chunks is None:
         sizes = dict(_DEFAULT_CHUNKS)
-    elif isinstance(chunks, int) and not isinstance(chunks, bool):
-        sizes = dict(_DEFAULT_CHUNKS, Y=chunks, X=chunks)
+    elif isinstance(chunks, (int, np.integer)) and not isinstance(chunks, (bool, np.bool_)):
+        sizes = dict(_DEFAULT_CHUNKS, Y=int(chunks), X=int(chunks))
     elif isinstance(chunks, Mapping):
         bad = [k for k in chunks if str(k).upper() not in written + "S"]  # S: one image per sample
         if bad:
             msg = f"chunks names axis {bad[0]!r}, which the written image (axes {written!r}) does not have"
             raise ValueError(msg)
         sizes = dict(_DEFAULT_CHUNKS, **{str(k).upper(): v for k, v in chunks.items()})
-    elif isinstance(chunks, Sequence) and len(chunks) == len(written):
+    elif isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)) and len(chunks) == len(written):
         sizes = dict(zip(written, chunks, strict=True))
     else:
         msg = (
@@ -348,6 +371,13 @@ def _images(stacks: Sequence[LazyImageStack]) -> list[tuple[LazyImageStack, int 
     """The images to write: (stack, sample index) per sample of a stack with ``S``, (stack, None) otherwise."""
     out: list[tuple[LazyImageStack, int | None]] = []
     for stack in stacks:
+        if 0 in tuple(stack.axes_model.shape):  # zarr's or numpy's bare "axes don't match array" otherwise
+            msg = (
+                f"write_ome_zarr cannot write the stack {stack.source!r}: it has no pixels (axes "
+                f"{stack.axes_model.axes!r}, shape {tuple(stack.axes_model.shape)}); accepted stacks with at least "
+                "one element along every axis"
+            )
+            raise ShapeMismatchError(msg)
         axes = stack.axes_model.axes
         n = int(stack.axes_model.shape[axes.index("S")]) if "S" in axes else 0
         out += [(stack, s) for s in range(n)] if n > 1 else [(stack, 0 if n == 1 else None)]
@@ -406,17 +436,28 @@ def _plan_image(
     sources, targets = [], []
     for level, data in enumerate(_pyramid(x, written, levels, downscale)):
         level_chunks = tuple(min(c, n) for c, n in zip(target_chunks, data.shape, strict=True))
-        array = zarr.create_array(
-            group.store,
-            name=f"{group.path}/{level}" if group.path else str(level),
-            shape=data.shape,
-            chunks=level_chunks,
-            dtype=data.dtype,
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=[a.lower() for a in written],
-            zarr_format=3,
-        )
+        try:
+            array = zarr.create_array(
+                group.store,
+                name=f"{group.path}/{level}" if group.path else str(level),
+                shape=data.shape,
+                chunks=level_chunks,
+                dtype=data.dtype,
+                compressors=compressors,
+                fill_value=0,
+                dimension_names=[a.lower() for a in written],
+                zarr_format=3,
+            )
+        except (TypeError, ValueError) as exc:
+            if compressors is None or (isinstance(compressors, str) and compressors == "auto"):
+                raise
+            # zarr's own words ("Expected a BytesBytesCodec. Got <class 'str'>", "'int' object is not iterable")
+            msg = (
+                f"write_ome_zarr: zarr refused compressors={compressors!r} ({type(exc).__name__}: {exc}); accepted "
+                "'auto', None, or a Zarr v3 bytes-to-bytes codec or a sequence of them "
+                "(e.g. zarr.codecs.BloscCodec(), zarr.codecs.ZstdCodec(level=3))"
+            )
+            raise ValueError(msg) from exc
         sources.append(data.rechunk(level_chunks))
         targets.append(array)
     many_samples = sample is not None and int(stack.axes_model.shape[stack.axes_model.axes.index("S")]) > 1
@@ -515,12 +556,13 @@ def write_ome_zarr(
     if bad:
         msg = f"write_ome_zarr expects lazystack stacks, got {type(bad[0]).__name__}"
         raise UnsupportedSourceError(msg)
-    if not (isinstance(levels, int) and levels >= 1):
+    if not (_is_int(levels) and levels >= 1):  # numpy ints too; True is no level count
         msg = f"levels must be an int >= 1 (1 = full resolution only), got {levels!r}"
         raise ValueError(msg)
-    if not (isinstance(downscale, int) and downscale >= 2):
+    if not (_is_int(downscale) and downscale >= 2):
         msg = f"downscale must be an int >= 2, got {downscale!r}"
         raise ValueError(msg)
+    levels, downscale = int(levels), int(downscale)
 
     final = _local_path(path, write=True)
     _clean_partials(final)  # first: it may move back a store an interrupted overwrite had moved aside

@@ -5,7 +5,11 @@ in-memory numpy array pickles with its data, which is expected. A top-level
 ``np.memmap`` (as returned by ``np.memmap(...)`` or ``np.load(path,
 mmap_mode="r")``) is wrapped so that a stack pickles as ``(filename, dtype,
 offset, shape, order)`` and re-maps the file read-only in the process that
-unpickles it.
+unpickles it. The file's ``(inode, size, mtime)`` when the stack was made is
+part of that recipe: mapping again a file replaced or rewritten since (in a
+dask worker, or after ``close()``) raises
+[`SourceReadError`][lazystack.SourceReadError] instead of reading other data
+than the creating process, whose mapping still shows the old file.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..io.handles import check_mapped_size, check_regular_file, mapping_of
+from ..io.handles import check_mapped_size, check_regular_file, check_stamp, file_stamp, mapping_of
 from ..io.reader import Reader, ReaderCapabilities
 
 __all__ = ["MemmapReader", "as_reader", "propose_axes"]
@@ -43,6 +47,9 @@ class MemmapReader(Reader):
         self._array: np.memmap[Any, Any] | None = None
         self._end = self.offset + self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
         stat = os.stat(filename)
+        #: The file when the stack was made: a process mapping it again (a dask worker, after ``close()``)
+        #: refuses a file replaced or rewritten since, as the creating process still reads the old one.
+        self.stamp = file_stamp(stat)
         self.token = f"memmap-{filename}-{stat.st_mtime_ns}-{stat.st_size}-{offset}-{self.dtype.str}-{shape}"
         self.capabilities = ReaderCapabilities(memory_mapped=True, compressed=False)
 
@@ -59,6 +66,9 @@ class MemmapReader(Reader):
         """The mapping (opened read-only on first use in each process)."""
         array = self._array  # one read: close() in another thread may reset the attribute at any time
         if array is None:
+            what = f"memory-mapped file {self.filename!r}"
+            st = check_regular_file(self.filename, what, "the .npy / raw file the stack was made from")
+            check_stamp(what, getattr(self, "stamp", None), st)
             array = np.memmap(
                 self.filename, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=self.order
             )
@@ -70,8 +80,11 @@ class MemmapReader(Reader):
 
         Raises
         ------
+        SourceNotFoundError
+            If the file is gone when it is mapped again (another process).
         SourceReadError
-            If the file was truncated since it was mapped (reading the lost
+            If the file was replaced or rewritten since the stack was made and
+            is mapped again, or was truncated since it was mapped (reading the lost
             pages would kill the interpreter with SIGBUS).
         """
         array = self.array

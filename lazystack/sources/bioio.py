@@ -51,7 +51,7 @@ from ..core.errors import (
     import_optional,
 )
 from ..io.chunked import normalize_key
-from ..io.handles import check_regular_file, split_source
+from ..io.handles import check_regular_file, check_stamp, file_stamp, split_source, system_path
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi import rounded_size
@@ -107,6 +107,11 @@ class BioioSceneReader(Reader):
         bioio's chunks, in the user's axes.
     token : str
         Identifies the data.
+    stamp : tuple of int, optional
+        The file's ``(inode, size, mtime_ns)`` when it was opened (None for a
+        folder): every read first checks the file is still that one, since
+        bioio's plugins reopen the path (a replaced file was read as new data,
+        by the creating process and by dask workers alike).
     """
 
     shape: tuple[int, ...]
@@ -125,8 +130,10 @@ class BioioSceneReader(Reader):
         dtype: np.dtype[Any],
         chunks: tuple[tuple[int, ...], ...],
         token: str,
+        stamp: tuple[int, int, int] | None = None,
     ) -> None:
         self.path = path
+        self.stamp = stamp
         self.scene = scene
         self._dims = dims
         self._plan = plan
@@ -151,6 +158,9 @@ class BioioSceneReader(Reader):
         naming the file and the scene.
         """
         region, drop = normalize_key(key, self.shape)
+        if getattr(self, "stamp", None) is not None:  # one stat per read: bioio's own reads cost far more
+            what = f"image file {self.path!r} scene {self.scene} (read by bioio)"
+            check_stamp(what, self.stamp, check_regular_file(self.path, what, "the file the stack was opened on"))
         bioio_key: list[int | slice] = [0] * len(self._dims)  # bioio dims the axes leave out are singletons
         for r, dim in zip(region, self._plan, strict=True):
             if dim is not None:  # None: the S singleton, no bioio dim
@@ -281,7 +291,12 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         source = path if len(scenes) == 1 else f"{path}@{i}"
         text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
         token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
-        reader = BioioSceneReader(path, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token)
+        # an absolute path in the reader (the source keeps the user's spelling): a worker elsewhere reads it too
+        absolute = system_path(os.path.join(os.getcwd(), path))  # ``link/..`` as the system resolves it
+        stamp = None if os.path.isdir(path) else file_stamp(st)
+        reader = BioioSceneReader(
+            absolute, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token, stamp=stamp
+        )
         coords: dict[str, Any] = {}
         try:
             names = image.channel_names

@@ -30,6 +30,14 @@ and calls ``read_func`` again in the process that unpickles it, so
 pools, spawn DataLoader workers and dask clusters. Thread or fork workers have
 no such limit.
 
+A file replaced or rewritten after the stack was created (its inode, size or
+modification time changed) is not read as if it were the same file: the next
+call of ``read_func`` on it (in a dask worker, a process that unpickled the
+stack, after the cached result was evicted) raises
+[`SourceReadError`][lazystack.SourceReadError] ("changed since the stack was
+opened"); load it again to read the new file. A result already held by this
+process (a cached whole-file array, a live memory map) is not re-checked.
+
 Errors: a ``read_func`` that raises is reported as
 [`SourceReadError`][lazystack.SourceReadError] (or [`SourceNotFoundError`][lazystack.SourceNotFoundError]
 for a ``FileNotFoundError``) naming the file and the function, the original
@@ -43,6 +51,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+import stat
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -51,7 +60,7 @@ import numpy as np
 
 from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourceError
 from ..io.cache import ChunkCache, parse_size
-from ..io.handles import check_mapped_size, check_regular_file, mapping_of
+from ..io.handles import check_mapped_size, check_regular_file, check_stamp, file_stamp, mapping_of, system_path
 from ..io.process import FileManager, at_fork
 from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
 
@@ -128,11 +137,17 @@ def cache_info() -> dict[str, int]:
 
 # -- lazy results: kept per process as an "open file" ---------------------------------------------------
 class _Recipe(NamedTuple):
-    """What one call of ``read_func`` needs (the lazy handle's opener argument)."""
+    """What one call of ``read_func`` needs (the lazy handle's opener argument).
+
+    ``stamp``: the file's [`file_stamp()`][lazystack.io.handles.file_stamp] when the stack was created (None
+    for a folder, a path that is no file, or the first call): a later call on a file replaced or rewritten
+    since raises instead of reading other data than the stack was opened on.
+    """
 
     path: str
     read_func: Any
     read_kwargs: dict[str, Any]
+    stamp: tuple[int, int, int] | None = None
 
 
 def _func_name(func: Any) -> str:
@@ -145,7 +160,10 @@ def _call(recipe: _Recipe) -> Any:
     """Call ``read_func`` and check its result is array-like."""
     where = f"read_func {_func_name(recipe.read_func)} on {recipe.path!r}"
     if os.path.exists(recipe.path) and not os.path.isdir(recipe.path):  # a folder may be a custom format's file
-        check_regular_file(recipe.path, "file", "a regular file (or a folder) for read_func")  # not a FIFO: blocks
+        st = check_regular_file(recipe.path, "file", "a regular file (or a folder) for read_func")  # not a FIFO
+        # a file replaced or rewritten since the stack was created: a worker, a fresh process or an evicted
+        # cache entry would read the new file while the creating process still serves the old one
+        check_stamp(f"file {recipe.path!r} (read by read_func {_func_name(recipe.read_func)})", recipe.stamp, st)
     try:
         result = recipe.read_func(Path(recipe.path), **recipe.read_kwargs)
     except FileNotFoundError as exc:
@@ -209,6 +227,7 @@ class CustomReader(Reader):
         chunks: tuple[tuple[int, ...], ...],
         eager: bool,
         token: str,
+        stamp: tuple[int, int, int] | None = None,
     ) -> None:
         self.path = path
         self.read_func = read_func
@@ -218,12 +237,14 @@ class CustomReader(Reader):
         self.chunks = chunks
         self.eager = eager
         self.token = token
-        self._recipe = _Recipe(path, read_func, self.read_kwargs)
+        self.stamp = None if stamp is None else (int(stamp[0]), int(stamp[1]), int(stamp[2]))
+        self._recipe = _Recipe(path, read_func, self.read_kwargs, self.stamp)
         self._manager = None if eager else FileManager(_LazyHandle, self._recipe)
 
     def __reduce__(self) -> tuple[Any, ...]:
         recipe = {"shape": self.shape, "dtype": self.dtype.str, "chunks": self.chunks, "eager": self.eager}
-        return (partial(CustomReader, **recipe, token=self.token), (self.path, self.read_func, self.read_kwargs))
+        reader = partial(CustomReader, **recipe, token=self.token, stamp=self.stamp)
+        return (reader, (self.path, self.read_func, self.read_kwargs))
 
     def __repr__(self) -> str:
         how = "whole-file, cached" if self.eager else "lazy"
@@ -269,12 +290,48 @@ class CustomReader(Reader):
                 array = _call(self._recipe)
             if isinstance(array, np.memmap):
                 _check_memmap(array, self.path)
-            return read_numpy(array, key if isinstance(key, tuple) else (key,))
+            key = key if isinstance(key, tuple) else (key,)
+            return self._check_region(read_numpy(array, key), key, array)
+
+    def _check_region(self, out: np.ndarray, key: tuple[Any, ...], array: Any) -> np.ndarray:
+        """The region the lazy array-like returned, checked against the shape and dtype it declares.
+
+        An object whose ``__getitem__`` returns another shape failed deep inside numpy or dask ("could not
+        broadcast", "cannot reshape"); one returning another dtype than its ``dtype`` attribute made
+        ``stack.data.compute()`` disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
+        (``safe`` casting, e.g. Python ints read as ``int64`` for a declared ``uint16`` are not) is cast.
+        """
+        want = np.broadcast_to(np.empty((), self.dtype), self.shape)[key].shape  # no memory: a zero-stride view
+        what = f"read_func {_func_name(self.read_func)}'s {type(array).__name__} for {self.path!r}"
+        if out.shape != want:
+            msg = (
+                f"{what} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
+                f"the region asked for (it declares shape {self.shape})"
+            )
+            raise SourceReadError(msg)
+        if out.dtype != self.dtype:
+            if not np.can_cast(out.dtype, self.dtype, casting="safe"):
+                msg = (
+                    f"{what} returned dtype {out.dtype} for the region {key!r}, but declares dtype {self.dtype}: "
+                    f"accepted a region of the declared dtype (or one it holds exactly)"
+                )
+                raise SourceReadError(msg)
+            out = out.astype(self.dtype)
+        return out
 
     def close(self) -> None:
         """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
         if self._manager is not None:
             self._manager.close()
+
+
+def _regular_file_stamp(path: str) -> tuple[int, int, int] | None:
+    """The file's stamp, or None for a folder (a custom format's "file") or a path that is no local file."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return file_stamp(st) if stat.S_ISREG(st.st_mode) else None
 
 
 def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
@@ -316,7 +373,9 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
         raise UnsupportedSourceError(msg)
     path = os.fspath(path)
     recipe = _Recipe(path, read_func, dict(read_kwargs))
+    before = _regular_file_stamp(path)
     result = _call(recipe)
+    stamp = before if before is not None and before == _regular_file_stamp(path) else None  # not mid-rewrite
     shape = tuple(int(n) for n in result.shape)
     check_rank(axes, shape, f"the array read_func {_func_name(read_func)} returned for {path!r}")
     dtype = np.dtype(result.dtype)
@@ -326,7 +385,8 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     eager = isinstance(result, np.ndarray) and not isinstance(result, np.memmap)  # the file was read whole
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
-        path,
+        # a worker in another working folder reads the same file (``link/..`` as the system resolves it)
+        system_path(os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
         read_func,
         dict(read_kwargs),
         shape=shape,
@@ -334,6 +394,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
         chunks=chunks,
         eager=eager,
         token=_token(path, read_func, dict(read_kwargs)),
+        stamp=stamp,
     )
     reader._seed(result)
     return OpenedSource(

@@ -99,7 +99,7 @@ from ..core.errors import (
 )
 from ..io.cache import get_chunk_cache
 from ..io.chunked import FunctionChunkedReader, normalize_key
-from ..io.handles import check_regular_file, check_stamp, file_stamp, split_source
+from ..io.handles import check_regular_file, check_stamp, file_stamp, split_source, system_path
 from ..io.process import FileManager
 from ..io.reader import OpenedSource, Reader
 from .czi_check import check_czi_structure
@@ -722,7 +722,11 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     path, wanted, wanted_level = split_source(given)
     check_regular_file(path, "CZI file", "a .czi file", selector="scene")  # a FIFO named x.czi would block the open
     check_czi_structure(path)  # the ZISRAWFILE header, declared sizes and offsets, before libCZI trusts them
-    manager = FileManager(_CziHandle, path)
+    # the reader's path is absolute (the source keeps the user's spelling): a dask worker or a process whose
+    # working folder differs reads the same file, not a missing or another one (``link/..`` as the system
+    # resolves it, not removed textually as os.path.abspath does)
+    absolute = system_path(os.path.join(os.getcwd(), path))
+    manager = FileManager(_CziHandle, absolute)
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
     if wanted is not None and wanted not in info.scenes:
@@ -769,7 +773,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
             factor = factors[level]
             reader = CziSceneReader(
                 manager,
-                path,
+                absolute,
                 scene,
                 rect,
                 reader_axes,
