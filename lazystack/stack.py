@@ -593,6 +593,14 @@ class LazyImageStack:
         except TypeError:
             msg = f"channels must be None or a sequence of integers in range({n}), got {channels!r}"
             raise ChannelIndexError(msg) from None
+        if any(isinstance(c, (bool, np.bool_)) for c in channels):  # type: ignore[union-attr]
+            # operator.index(True) is 1: a mask [True, False, True] would read channels 1, 0, 1 (CAREamics'
+            # numpy indexing reads 0 and 2), so a boolean is refused rather than read as either
+            msg = (
+                f"channels must be channel indices in range({n}), got {list(channels)!r} (booleans): "  # type: ignore[arg-type]
+                "for a mask, pass numpy.flatnonzero(mask)"
+            )
+            raise ChannelIndexError(msg)
         if not chans:
             msg = f"channels must not be empty: give None for all {n} channel(s) or indices in range({n})"
             raise ChannelIndexError(msg)
@@ -623,7 +631,8 @@ class LazyImageStack:
         sample_idx : int
             Canonical sample index, in ``range(n_samples)``.
         channels : sequence of int or None
-            Channels to read, in the order wanted; None means all.
+            Channels to read, in the order wanted; None means all. Booleans
+            are refused (pass ``numpy.flatnonzero(mask)`` for a mask).
         coords : sequence of int
             Top-left corner of the patch in the spatial dims (``(Z)YX``).
         patch_size : sequence of int
@@ -632,14 +641,17 @@ class LazyImageStack:
         Returns
         -------
         numpy.ndarray
-            ``float32`` array of shape ``(n_channels_requested, *patch_size)``.
+            ``float32`` array of shape ``(n_channels_requested, *patch_size)``:
+            the stored values cast by numpy, so integers above ``2**24`` (``uint32``,
+            ``int64``) lose precision and ``float64`` values beyond ``float32``'s
+            range become ``inf``, as in CAREamics.
 
         Raises
         ------
         SampleIndexError
             If ``sample_idx`` is out of range.
         ChannelIndexError
-            If a channel index is out of range.
+            If a channel index is out of range, or a boolean.
         PatchError
             If ``coords`` / ``patch_size`` do not match the spatial dims or a
             size is not positive.

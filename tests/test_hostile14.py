@@ -212,11 +212,6 @@ def test_custom_lazy_region_of_another_dtype_is_refused_or_cast_exactly(tmp_path
     np.testing.assert_array_equal(narrow.extract_patch(0, None, (1, 1), (2, 2))[0], [[9, 10], [17, 18]])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix in stack.py / io/reader.py (fast14's files): check the region an array-like given to load_arrays "
-    "returns against its declared shape and dtype, as CustomReader now does",
-)
 def test_array_like_region_of_the_wrong_shape_names_the_array(tmp_path: Path) -> None:
     """``load_arrays(obj)`` with the same lying ``__getitem__``: a bare numpy ValueError ("could not broadcast")."""
     stack = lazystack.load_arrays(_WrongRegionShape(), "YX")[0]
@@ -225,11 +220,6 @@ def test_array_like_region_of_the_wrong_shape_names_the_array(tmp_path: Path) ->
 
 
 # -- the CAREamics protocol ------------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix in stack.py LazyImageStack._channel_list (fast14's file): refuse bool entries in channels "
-    "(operator.index(True) == 1) naming the value and np.flatnonzero(mask) as the way to pass a mask",
-)
 def test_channels_given_as_a_boolean_mask_are_refused() -> None:
     """``channels=[True, False, True, False]`` read channels [1, 0, 1, 0] (``operator.index(True) == 1``).
 
@@ -306,14 +296,7 @@ def _relative_stack(kind: str, tmp_path: Path) -> tuple[Any, np.ndarray]:
         "custom",
         "czi",
         "bioio",
-        pytest.param(
-            "tiff",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="fix in sources/tiff.py (fix14's file): keep the absolute path in the TIFF reader's recipe "
-                "(the source keeps the user's spelling), as CziSceneReader and CustomReader now do",
-            ),
-        ),
+        "tiff",
     ],
 )
 def test_stack_opened_by_a_relative_path_reads_in_another_working_folder(

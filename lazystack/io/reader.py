@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.errors import UnsupportedSourceError
+from ..core.errors import SourceReadError, UnsupportedSourceError
 
 if TYPE_CHECKING:
     import dask.array
@@ -31,6 +31,7 @@ __all__ = [
     "Reader",
     "ReaderCapabilities",
     "as_reader",
+    "check_region",
     "dask_chunks",
     "float32_is_exact",
     "is_array_like",
@@ -200,14 +201,25 @@ class ArrayReader(Reader):
         return self._array
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """``array[key]`` as a numpy array (a dask result computed in place)."""
-        return read_numpy(self._array, key)
+        """``array[key]`` as a numpy array (a dask result computed in place).
+
+        Raises
+        ------
+        SourceReadError
+            If an array-like other than numpy or dask returns another shape
+            than the region asked for, or a dtype its declared one does not
+            hold exactly (see [`check_region`][check_region]).
+        """
+        out = read_numpy(self._array, key)
+        if self._is_numpy or self._is_dask:
+            return out
+        return check_region(out, key, self.shape, self.dtype, f"the {type(self._array).__name__} given as a source")
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """``array[region]`` as a numpy array (a view for numpy arrays)."""
         if self._is_numpy:
             return self._array[region]
-        return read_numpy(self._array, region)
+        return self[region]
 
     def as_dask(self) -> dask.array.Array | None:
         """The wrapped dask array (None for other arrays)."""
@@ -266,6 +278,58 @@ def as_reader(obj: Any) -> Reader | None:
             ".detach().cpu())"
         )
         raise UnsupportedSourceError(msg) from exc
+
+
+def check_region(out: np.ndarray, key: Any, shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> np.ndarray:
+    """A region an array-like returned, checked against the shape and dtype it declares.
+
+    An object whose ``__getitem__`` returns another shape than asked failed
+    deep inside numpy or dask ("could not broadcast", "cannot reshape"); one
+    returning another dtype than its ``dtype`` made ``stack.data.compute()``
+    disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
+    (numpy's ``safe`` casting) is cast.
+
+    Parameters
+    ----------
+    out : numpy.ndarray
+        What ``__getitem__`` returned, as a numpy array.
+    key : tuple
+        The region asked for.
+    shape : tuple of int
+        The declared shape of the whole array.
+    dtype : numpy.dtype
+        The declared dtype.
+    what : str
+        Names the array-like in a message.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``, cast to ``dtype`` where it held another dtype exactly.
+
+    Raises
+    ------
+    SourceReadError
+        If ``out`` has another shape than ``key`` selects, or a dtype that
+        ``dtype`` does not hold exactly.
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    want = np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # no memory: a zero-stride view
+    if out.shape != want:
+        msg = (
+            f"{what} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
+            f"the region asked for (it declares shape {shape})"
+        )
+        raise SourceReadError(msg)
+    if out.dtype != dtype:
+        if not np.can_cast(out.dtype, dtype, casting="safe"):
+            msg = (
+                f"{what} returned dtype {out.dtype} for the region {key!r}, but declares dtype {dtype}: "
+                "accepted a region of the declared dtype (or one it holds exactly)"
+            )
+            raise SourceReadError(msg)
+        out = out.astype(dtype)
+    return out
 
 
 def is_array_like(obj: object) -> bool:

@@ -123,6 +123,7 @@ from ..io.handles import (
     check_stamp,
     file_stamp,
     split_source,
+    system_path,
 )
 from ..io.process import FileManager, current_pid
 from ..io.reader import OpenedSource, Reader, ReaderCapabilities
@@ -1458,7 +1459,9 @@ def _open_series(
         chunks = _dask_chunks(shape, native, dtype.itemsize, memmap is not None, _yaxis(shape, series.keyframe))
         mode = "memmap" if memmap is not None else "segments"
     reader = TiffReader(
-        file_path,
+        # absolute, as the system resolves it (the source keeps the user's spelling): a dask worker or an
+        # unpickled stack in another working folder reads the same file, not a missing or another one
+        system_path(os.path.join(os.getcwd(), file_path)),
         i,
         shape=shape,
         dtype=dtype.str,
