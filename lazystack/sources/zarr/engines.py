@@ -326,8 +326,12 @@ class ZarrPythonEngine(ZarrEngine):
     name = "zarr"
 
     def __init__(self, array: Any) -> None:
-        if isinstance(array, ArrayLayout):
-            raise _unsupported("the zarr engine reads a zarr array, not a layout")  # pragma: no cover - never asked
+        if isinstance(array, ArrayLayout):  # auto's last resort for a layout neither other engine reads, or asked for
+            msg = (
+                f"zarr engine: it reads the zarr.Array, not the ArrayLayout of {array.store_path!r}: "
+                "open the array (zarr.open_array(..., mode='r')) or use the 'auto', 'direct' or 'tensorstore' engine"
+            )
+            raise NotImplementedError(msg)
         super().__init__(array)
         blosc = bool(array.compressors) and _is_blosc(array.compressors[-1])  # the stored bytes are a blosc frame
         sharded = getattr(array, "shards", None) is not None
@@ -1620,8 +1624,9 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
 
     Parameters
     ----------
-    array : zarr.Array
-        The array, opened read-only.
+    array : zarr.Array or ArrayLayout
+        The array, opened read-only, or the [`ArrayLayout`][ArrayLayout] of a local one (read by the
+        ``direct`` and ``tensorstore`` engines; the ``zarr`` engine refuses it).
     name : str, optional
         ``"auto"``, ``"direct"``, ``"tensorstore"`` or ``"zarr"``. An engine named here that cannot
         read the array raises; the process-wide setting (``name=None``) is a preference: arrays its
@@ -1640,7 +1645,8 @@ def make_engine(array: Any, name: str | None = None, *, retry: RetryPolicy | Non
     MissingDependencyError
         If ``"tensorstore"`` is asked for and not installed.
     NotImplementedError
-        If the engine asked for cannot read this array (``auto`` never raises this).
+        If the engine asked for cannot read this array (``auto`` never raises this for a ``zarr.Array``; for an
+        [`ArrayLayout`][ArrayLayout] neither the direct engine nor tensorstore can read, it does).
     """
     choice = _check_engine(name) if name is not None else get_zarr_engine()
     if choice == "tensorstore" and _tensorstore_forked():
@@ -1734,7 +1740,7 @@ class ZarrArrayReader(ChunkedReader):
 
     Notes
     -----
-    Pickles as the zarr array (store and metadata, no handle); the engine is rebuilt lazily in each
+    Pickles as the zarr array (store and metadata, no handle) or the layout; the engine is rebuilt lazily in each
     process, so a reader used after ``fork`` never shares tensorstore or event-loop state.
 
     Examples
@@ -1786,7 +1792,7 @@ class ZarrArrayReader(ChunkedReader):
 
     @property
     def array(self) -> Any:
-        """The wrapped ``zarr.Array``."""
+        """The wrapped ``zarr.Array`` (or [`ArrayLayout`][ArrayLayout])."""
         return self._array
 
     @property
