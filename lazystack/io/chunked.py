@@ -389,7 +389,9 @@ class ChunkGrid:
             regular grid: this runs on every read of several chunks.
         """
         if self.regular:
-            return self._regular_pieces(region)
+            one = self._one_chunk_piece(region)
+            if one is not None:
+                return one
         # per axis: the chunk numbers, and each one's part as slices of the chunk and of the region;
         # the pieces are their products, taken alike (C order) and zipped
         idxs: list[list[int]] = []
@@ -414,48 +416,26 @@ class ChunkGrid:
         product = itertools.product
         return list(zip(product(*idxs), product(*srcs), product(*dsts), strict=True))
 
-    def _regular_pieces(self, region: Sequence[slice]) -> list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]]:
-        """[`pieces()`][pieces] on a regular grid: the common region in one chunk per axis built without products."""
+    def _one_chunk_piece(
+        self, region: Sequence[slice]
+    ) -> list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]] | None:
+        """[`pieces()`][pieces] on a regular grid for a region inside one chunk per axis (most patches), without
+        products; None when it spans several chunks."""
         idx: list[int] = []
         src: list[slice] = []
         dst: list[slice] = []
-        multi = False
         for s, c in zip(region, self.chunk_shape, strict=True):
             start, stop = s.start, s.stop
             if stop <= start:
                 return []
             first = start // c
             if first != (stop - 1) // c:
-                multi = True
-                break
+                return None
             lo = first * c
             idx.append(first)
             src.append(slice(start - lo, stop - lo))
             dst.append(slice(0, stop - start))
-        if not multi:
-            return [(tuple(idx), tuple(src), tuple(dst))]
-        idxs: list[list[int]] = []
-        srcs: list[list[slice]] = []
-        dsts: list[list[slice]] = []
-        for s, c in zip(region, self.chunk_shape, strict=True):
-            start, stop = s.start, s.stop
-            if stop <= start:
-                return []
-            ia: list[int] = []
-            sa: list[slice] = []
-            da: list[slice] = []
-            for i in range(start // c, (stop - 1) // c + 1):
-                lo = i * c
-                first = start if start > lo else lo
-                last = stop if stop < lo + c else lo + c
-                ia.append(i)
-                sa.append(slice(first - lo, last - lo))
-                da.append(slice(first - start, last - start))
-            idxs.append(ia)
-            srcs.append(sa)
-            dsts.append(da)
-        product = itertools.product
-        return list(zip(product(*idxs), product(*srcs), product(*dsts), strict=True))
+        return [(tuple(idx), tuple(src), tuple(dst))]
 
     def chunk_region(self, idx: ChunkIndex) -> tuple[slice, ...]:
         """The region of the array chunk ``idx`` covers (cut at the array's edge)."""
