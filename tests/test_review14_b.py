@@ -1,0 +1,61 @@
+"""Review of fix14 (reviewer revB): each test failed on the merge of fix14 (509ce3a) before its fix.
+
+References are independent of lazystack (NumPy's own casting rule, hand-written expectations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lazystack import GridSampler, LazyImageStack, Stitcher
+from lazystack.sampling.tiling import tile_starts
+
+
+def _grid() -> GridSampler:
+    return GridSampler([LazyImageStack(np.zeros((1, 1, 20, 20), np.float32), "SCYX")], 12, overlap=4)
+
+
+# -- Stitcher: a 0-d boolean tensor is not a tile index ---------------------------------------------------------------
+def test_stitcher_refuses_a_0d_boolean_tensor_as_a_tile_index_or_size() -> None:
+    """c4cd5bd refused Python / NumPy booleans only: ``add(torch.tensor(True))`` wrote tile 1 (a bool mask's items)."""
+    torch = pytest.importorskip("torch")
+    tile = np.ones((1, 12, 12), np.float32)
+    stitcher = Stitcher(_grid(), 1)
+    with pytest.raises(TypeError, match=r"index must be an integer, got tensor\(True\) \(a boolean\)"):
+        stitcher.add(torch.tensor(True), tile)
+    with pytest.raises(TypeError, match=r"index must be an integer, got tensor\(True\) \(a boolean\)"):
+        stitcher.add_batch(torch.tensor([True, False]), torch.ones(2, 1, 12, 12))  # a mask taken for indices
+    with pytest.raises(TypeError, match=r"index must be an integer, got array\(True\) \(a boolean\)"):
+        stitcher.add(np.array(True), tile)
+    assert not stitcher.outputs[0].any()  # nothing written
+    with pytest.raises(TypeError, match=r"overlap must be an integer, got tensor\(False\) \(a boolean\)"):
+        tile_starts(20, 12, torch.tensor(False))
+    assert stitcher.add(torch.tensor(1), tile) is None  # a 0-d integer tensor still is an index
+    assert stitcher.outputs[0].any()
+
+
+# -- Stitcher: the refusal names the reason of the cast it refuses ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("pred", "out", "casting", "reason"),
+    [
+        ("int64", "uint8", "same_kind", r"signed integer.*unsigned"),  # torch's argmax into a label image
+        ("float32", "uint16", "same_kind", r"float.*integer.*truncated"),
+        ("float64", "float32", "safe", r"precision or range"),
+        ("uint8", "bool", "same_kind", r"boolean"),
+    ],
+)
+def test_stitcher_refusal_names_the_reason_of_the_cast(pred: str, out: str, casting: str, reason: str) -> None:
+    """aea35ce's message said 'a float into an integer would be truncated' and 'Round ...' for every refusal:
+    int64 labels (``argmax``) into a uint8 output were refused with a float's reason."""
+    assert not np.can_cast(np.dtype(pred), np.dtype(out), casting=casting)  # NumPy refuses it too
+    target = np.zeros((1, 1, 20, 20), out)
+    stitcher = Stitcher(_grid(), 1, out=[target], casting=casting)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rf"{pred}.*{out}.*{reason}") as info:
+        stitcher.add(0, np.ones((1, 12, 12), pred))
+    message = str(info.value)
+    assert f".astype({out})" in message  # what to do, in the output's dtype
+    if np.dtype(pred).kind != "f":
+        assert "float" not in message
+        assert "Round" not in message
+    assert not target.any()
