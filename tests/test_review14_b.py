@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lazystack import GridSampler, LazyImageStack, Stitcher
+from lazystack import GridSampler, LazyImageStack, RandomSampler, Stitcher
 from lazystack.sampling.tiling import tile_starts
 
 
@@ -59,3 +59,21 @@ def test_stitcher_refusal_names_the_reason_of_the_cast(pred: str, out: str, cast
         assert "float" not in message
         assert "Round" not in message
     assert not target.any()
+
+
+# -- torch.py: read_ahead / per_chunk refuse 0-d boolean tensors as they refuse True ----------------------------------
+def test_read_ahead_and_per_chunk_refuse_a_0d_boolean_tensor_as_they_refuse_true() -> None:
+    """0842c80 refused 0-d bool tensors as seeds / epochs / ranks / indices, but read_ahead=torch.tensor(True)
+    read one batch ahead and per_chunk=torch.tensor(True) made groups of one (True itself is refused)."""
+    torch = pytest.importorskip("torch")
+    from lazystack.torch import ChunkLocalSampler, PatchDataset
+
+    stacks = [LazyImageStack(np.zeros((2, 24, 32), np.float32), "SYX")]
+    base = RandomSampler(stacks, 8, 4)
+    for flag in (True, np.True_, torch.tensor(True)):
+        with pytest.raises((ValueError, TypeError), match=r"read_ahead .*True"):
+            PatchDataset(stacks, base, read_ahead=flag)  # type: ignore[arg-type]
+        with pytest.raises((ValueError, TypeError), match=r"per_chunk .*True"):
+            ChunkLocalSampler(base, stacks, per_chunk=flag, window=8)  # type: ignore[arg-type]
+    assert PatchDataset(stacks, base, read_ahead=torch.tensor(2)).read_ahead == 2
+    assert ChunkLocalSampler(base, stacks, per_chunk=np.int64(3), window=8).per_chunk == 3
