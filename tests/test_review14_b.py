@@ -5,6 +5,8 @@ References are independent of lazystack (NumPy's own casting rule, hand-written 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,29 @@ def test_read_ahead_and_per_chunk_refuse_a_0d_boolean_tensor_as_they_refuse_true
             ChunkLocalSampler(base, stacks, per_chunk=flag, window=8)  # type: ignore[arg-type]
     assert PatchDataset(stacks, base, read_ahead=torch.tensor(2)).read_ahead == 2
     assert ChunkLocalSampler(base, stacks, per_chunk=np.int64(3), window=8).per_chunk == 3
+
+
+# -- manifests: 0-d boolean tensors and 0-d arrays ---------------------------------------------------------------------
+def test_manifest_refuses_0d_boolean_tensors_and_0d_arrays_naming_them(tmp_path: Path) -> None:
+    """7c618f4 refused True / np.True_ but recorded epochs=[torch.tensor(True)] as epoch 1 and read_manifest(
+    epoch=torch.tensor(True)) selected epoch 1; a 0-d array as epochs failed with NumPy's 'iteration over a 0-d
+    array', naming neither the parameter nor the value."""
+    torch = pytest.importorskip("torch")
+    from lazystack.sampling.manifest import read_manifest, write_manifest
+
+    stacks = [LazyImageStack(np.zeros((2, 24, 32), np.float32), "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=2)
+    out = tmp_path / "m.csv"
+    for kwargs, match in (
+        ({"epochs": [torch.tensor(True)]}, r"epochs item must be a non-negative integer, got tensor\(True\)"),
+        ({"indices": [0, torch.tensor(True)]}, r"indices item must be a non-negative integer, got tensor\(True\)"),
+        ({"epochs": np.array(3)}, r"epochs must be a sequence of non-negative integers, got array\(3\)"),
+        ({"indices": torch.tensor(2)}, r"indices must be a sequence of non-negative integers, got tensor\(2\)"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            write_manifest(out, sampler, stacks, **kwargs)
+        assert not out.exists()
+    write_manifest(out, sampler, stacks, epochs=torch.tensor([0, 1]), indices=np.array([4, 1]))
+    assert read_manifest(out, stacks, epoch=torch.tensor(1)).epoch_specs(0) == sampler.epoch_specs(1, [4, 1])
+    with pytest.raises(TypeError, match=r"epoch must be a non-negative integer, got tensor\(True\)"):
+        read_manifest(out, stacks, epoch=torch.tensor(True))
