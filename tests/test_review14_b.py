@@ -196,3 +196,26 @@ def test_persistent_workers_serve_the_replaced_sampler_or_refuse() -> None:
     specs = dataset.sampler.epoch_specs(0)
     expected = [image[s.sample, s.coords[0] : s.coords[0] + 8, s.coords[1] : s.coords[1] + 8] for s in specs]
     np.testing.assert_array_equal(got, np.stack(expected))
+
+
+# -- Stitcher: casting= holds for a tensorstore output too -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("pred", "out", "casting"), [("float64", "float32", "same_kind"), ("float32", "int16", "unsafe")]
+)
+def test_stitcher_casting_holds_for_a_tensorstore_output(tmp_path: Path, pred: str, out: str, casting: str) -> None:
+    """aea35ce checked casting= against a tensorstore output's dtype, then let tensorstore's assignment cast, which
+    casts 'safe'ly only: float64 predictions into a float32 output failed with 'Cannot cast ... according to the rule
+    safe' (not naming the tile), and casting='unsafe' did nothing. The output gets what np.copyto writes."""
+    ts = pytest.importorskip("tensorstore")
+    image = (np.random.default_rng(3).random((1, 1, 20, 20)) * 300 - 20).astype(pred)
+    grid = GridSampler([LazyImageStack(image, "SCYX")], 12, overlap=4)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "o")}}
+    target = ts.open(spec, create=True, dtype=getattr(ts, out), shape=[1, 1, 20, 20]).result()
+    stitcher = Stitcher(grid, 1, out=[target], casting=casting)  # type: ignore[arg-type]
+    for tile in range(len(grid)):
+        s = grid.epoch_specs(0, [tile])[0]
+        stitcher.add(tile, image[s.sample, :, s.coords[0] : s.coords[0] + 12, s.coords[1] : s.coords[1] + 12])
+    assert stitcher.complete
+    expected = np.zeros((1, 1, 20, 20), out)
+    np.copyto(expected, image, casting=casting)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(target.read().result(), expected)

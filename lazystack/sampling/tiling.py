@@ -243,8 +243,10 @@ class Stitcher:
         default, ``"same_kind"``, writes float predictions into float
         outputs of any precision and refuses them into an integer output
         (which would truncate them without a word): round and cast the
-        predictions first, or pass ``"unsafe"`` to let the output's slice
-        assignment cast them (truncation, wrap-around). As in NumPy, it also
+        predictions first, or pass ``"unsafe"`` to cast them as
+        ``np.copyto`` does (truncation, wrap-around). The prediction is cast
+        to the output's dtype before it is written, so a tensorstore output
+        (whose assignment casts only safely) gets the same. As in NumPy, it also
         refuses signed integer predictions into an unsigned output (labels
         from torch's ``argmax``, ``int64``, into a ``uint8`` image): cast them
         to the output's dtype first. Complex predictions
@@ -368,7 +370,10 @@ class Stitcher:
                 f"{np.result_type(pred.dtype, out_dtype)}, or pass Stitcher(..., casting='unsafe')"
             )
             raise TypeError(msg)
-        out[(tile.spec.sample, slice(None), *tile.image_region)] = pred[(slice(None), *tile.patch_region)]
+        part = pred[(slice(None), *tile.patch_region)]
+        if out_dtype is not None and part.dtype != out_dtype:  # cast here: tensorstore's assignment casts 'safe'ly only
+            part = part.astype(out_dtype, casting=self.casting)  # type: ignore[call-overload]
+        out[(tile.spec.sample, slice(None), *tile.image_region)] = part
         self._added.add(int(index))
 
     def add_batch(self, indices: Sequence[int], predictions: Any) -> None:
