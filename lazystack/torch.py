@@ -152,11 +152,12 @@ class PatchDataset:
     Raises
     ------
     ValueError
-        For a negative ``epoch`` or ``read_ahead``, or a ``read_ahead_bytes``
-        that is not a size.
+        For a negative ``epoch`` or ``read_ahead``, a boolean ``read_ahead``
+        (``True``, a 0-d boolean tensor), or a ``read_ahead_bytes`` that is
+        not a size.
     TypeError
-        For an ``epoch`` or ``read_ahead`` that is not an integer (a boolean
-        is not one), a ``ragged`` or ``return_spec`` that is not a boolean, a
+        For an ``epoch`` that is not an integer (a boolean is not one), a
+        ``read_ahead`` that is not an integer, a ``ragged`` or ``return_spec`` that is not a boolean, a
         ``transform`` that is not callable, or a ``sampler`` that is not a
         lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's).
     ChannelIndexError
@@ -261,7 +262,7 @@ class PatchDataset:
         self.ragged = _flag("ragged", ragged)
         self.epoch = _non_negative("epoch", epoch)
         self.read_ahead = _as_int("read_ahead", read_ahead)
-        if self.read_ahead < 0 or isinstance(read_ahead, bool):
+        if self.read_ahead < 0 or _is_bool(read_ahead):
             msg = f"read_ahead must be a number of batches >= 0, got {read_ahead!r}"
             raise ValueError(msg)
         self.read_ahead_bytes = parse_size(read_ahead_bytes, "read_ahead_bytes")
@@ -765,11 +766,12 @@ class ChunkLocalSampler(Sampler):
     Raises
     ------
     ValueError
-        For ``per_chunk < 1``, a negative ``seed``, a window of the wrong
+        For ``per_chunk < 1`` or a boolean ``per_chunk``, a negative ``seed``, a window of the wrong
         length or not positive, stacks other than those of ``base`` (when it
         tells them), or a stack whose chunk shape is unknown (give ``window``).
     TypeError
-        For a ``per_chunk`` or ``seed`` that is not an integer (a boolean is not one).
+        For a ``per_chunk`` that is not an integer, or a ``seed`` that is
+        not one (a boolean is not one).
 
     Notes
     -----
@@ -814,7 +816,7 @@ class ChunkLocalSampler(Sampler):
     ) -> None:
         self.base = base
         self.per_chunk = _as_int("per_chunk", per_chunk)
-        if self.per_chunk < 1 or isinstance(per_chunk, bool):
+        if self.per_chunk < 1 or _is_bool(per_chunk):
             msg = f"per_chunk must be an integer >= 1 (patches per group), got {per_chunk!r}"
             raise ValueError(msg)
         self.seed = _non_negative("seed", seed)

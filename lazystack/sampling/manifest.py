@@ -267,8 +267,8 @@ def _check_spec(spec: PatchSpec, geometries: Sequence[StackGeometry], stacks: Se
 def _number(name: str, value: Any) -> int:
     """A non-negative integer (epoch, index) to record: not a boolean, which a CSV would hold as ``True``."""
     try:
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError
+        if isinstance(value, (bool, np.bool_)) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+            raise TypeError  # a 0-d boolean array or tensor too: operator.index takes some for 0 / 1
         number = operator.index(value)
     except TypeError:
         msg = f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__})"
@@ -281,7 +281,7 @@ def _number(name: str, value: Any) -> int:
 
 def _numbers(name: str, values: Any) -> list[int]:
     """A sequence of [`_number()`][_number] values (a single number or a string is refused, naming it)."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or getattr(values, "ndim", None) == 0:
         msg = f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__})"
         raise TypeError(msg)
     return [_number(f"{name} item", v) for v in values]

@@ -92,8 +92,11 @@ def tile_starts(extent: int, size: int, overlap: int) -> list[tuple[int, int, in
 
 
 def _index(name: str, value: Any) -> int:
-    """An integer (a tile index, a length): not a boolean, which ``operator.index`` takes for 0 or 1."""
-    if isinstance(value, (bool, np.bool_)):
+    """An integer (a tile index, a length): not a boolean, which ``operator.index`` takes for 0 or 1.
+
+    Also not a 0-d boolean array or tensor (the items of a boolean mask).
+    """
+    if isinstance(value, (bool, np.bool_)) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
         msg = f"{name} must be an integer, got {value!r} (a boolean)"
         raise TypeError(msg)
     return _as_int(name, value)
@@ -112,6 +115,17 @@ def _numpy_dtype(out: Any) -> np.dtype[Any] | None:
         return np.dtype(getattr(dtype, "numpy_dtype", dtype))
     except TypeError:
         return None
+
+
+def _cast_reason(src: np.dtype[Any], dst: np.dtype[Any]) -> str:
+    """Why a cast of ``src`` values into ``dst`` can change them (for a refusal's message)."""
+    if dst.kind == "b":
+        return f"a {src} into a boolean keeps only zero / non-zero"
+    if src.kind == "f" and dst.kind in "iu":
+        return "a float into an integer would be truncated"
+    if src.kind == "i" and dst.kind == "u":
+        return "a signed integer into an unsigned one would wrap negative values"
+    return f"{dst} cannot hold every value of {src}: it would lose precision or range"
 
 
 class GridSampler(Sampler):
@@ -229,8 +243,13 @@ class Stitcher:
         default, ``"same_kind"``, writes float predictions into float
         outputs of any precision and refuses them into an integer output
         (which would truncate them without a word): round and cast the
-        predictions first, or pass ``"unsafe"`` to let the output's slice
-        assignment cast them (truncation, wrap-around). Complex predictions
+        predictions first, or pass ``"unsafe"`` to cast them as
+        ``np.copyto`` does (truncation, wrap-around). The prediction is cast
+        to the output's dtype before it is written, so a tensorstore output
+        (whose assignment casts only safely) gets the same. As in NumPy, it also
+        refuses signed integer predictions into an unsigned output (labels
+        from torch's ``argmax``, ``int64``, into a ``uint8`` image): cast them
+        to the output's dtype first. Complex predictions
         into a real output are refused whatever ``casting`` says. An
         output whose dtype NumPy cannot tell casts as it does.
 
@@ -344,13 +363,17 @@ class Stitcher:
         if out_dtype is not None and not np.can_cast(pred.dtype, out_dtype, casting=self.casting):  # type: ignore[arg-type]
             msg = (
                 f"prediction of tile {index} has dtype {pred.dtype} and out[{tile.spec.stack}] has dtype "
-                f"{out_dtype}: casting={self.casting!r} refuses that cast (NumPy's np.can_cast rule; a float "
-                f"into an integer would be truncated); accepted: predictions that cast to {out_dtype} under "
-                f"{self.casting!r}. Round and cast the predictions first, use an output of dtype "
+                f"{out_dtype}: casting={self.casting!r} refuses that cast (NumPy's np.can_cast rule; "
+                f"{_cast_reason(pred.dtype, out_dtype)}); accepted: predictions that cast to {out_dtype} under "
+                f"{self.casting!r}. {'Round and cast' if pred.dtype.kind == 'f' else 'Cast'} the predictions "
+                f"first (.astype({out_dtype}), or .to() of a tensor), use an output of dtype "
                 f"{np.result_type(pred.dtype, out_dtype)}, or pass Stitcher(..., casting='unsafe')"
             )
             raise TypeError(msg)
-        out[(tile.spec.sample, slice(None), *tile.image_region)] = pred[(slice(None), *tile.patch_region)]
+        part = pred[(slice(None), *tile.patch_region)]
+        if out_dtype is not None and part.dtype != out_dtype:  # cast here: tensorstore's assignment casts 'safe'ly only
+            part = part.astype(out_dtype, casting=self.casting)  # type: ignore[call-overload]
+        out[(tile.spec.sample, slice(None), *tile.image_region)] = part
         self._added.add(int(index))
 
     def add_batch(self, indices: Sequence[int], predictions: Any) -> None:

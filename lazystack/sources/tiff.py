@@ -1000,17 +1000,23 @@ def _other_stamps(tif: Any, file_path: str, st: os.stat_result) -> tuple[tuple[s
 
     Keyed as tifffile names the files it opens (``FileHandle.path``: the
     real path), so a read knows which stamp the file it reads had when the
-    stack was opened.
+    stack was opened. Read from ``tif``, the open file (no second open of
+    it); the master itself, which most OME-XML lists too (Bio-Formats lists
+    every file of the set), is not another file.
     """
-    if not tif.is_ome or "FileName" not in (tif.ome_metadata or ""):
+    text = tif.ome_metadata if tif.is_ome else None
+    if not text or "FileName" not in text:
         return ()
-    listed = _ome_listed_names(file_path, file_stamp(st))
+    listed = _listed_names(text, tif.filehandle.dirname)
     if listed is None:
         return ()
     folder, names = listed
+    master = os.path.realpath(file_path)
     stamps = []
     for name in names:
         other = os.path.realpath(os.path.join(folder, name))
+        if other == master:  # tifffile reads those planes through the master's own handle
+            continue
         try:
             other_st = os.stat(other)
         except OSError:  # missing: tifffile fills its planes
@@ -1023,18 +1029,24 @@ def _other_stamps(tif: Any, file_path: str, st: os.stat_result) -> tuple[tuple[s
 @lru_cache(maxsize=64)
 def _ome_listed_names(file_path: str, stamp: tuple[int, int, int]) -> tuple[str, tuple[str, ...]] | None:
     """``(folder, sorted FileNames)`` the OME-XML of a TIFF file lists, None without any (cached per file version)."""
-    import xml.etree.ElementTree as ET
-
     import tifffile
 
     try:
         with tifffile.TiffFile(file_path, mode="r") as tif:
             text = tif.ome_metadata if tif.is_ome else None
             folder = tif.filehandle.dirname  # the folder of the file a symlink names: where tifffile looks
-        root = ET.fromstring(text) if text else None
-    except Exception:  # not a TIFF, or OME-XML tifffile ignores too: the file alone
+    except Exception:  # not a TIFF: the file alone
         return None
-    if root is None:
+    return _listed_names(text, folder) if text else None
+
+
+def _listed_names(text: str, folder: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(folder, sorted FileNames)`` of OME-XML ``text``, None without any (or for OME-XML tifffile ignores too)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text)
+    except Exception:
         return None
     names = {str(e.get("FileName")) for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "UUID" and e.get("FileName")}
     return (str(folder), tuple(sorted(names))) if names else None
