@@ -351,9 +351,18 @@ def _as_int(name: str, value: Any) -> int:
         raise TypeError(msg) from None
 
 
+def _is_bool(value: Any) -> bool:
+    """A Python, NumPy or torch boolean (a 0-d bool array or tensor too): ``operator.index`` takes some for 0 / 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
+
+
 def _as_index(value: Any, n: int) -> int:
     """A spec index as an ``int``: an integer, not a bool (``True`` is no index), with an error naming the value."""
-    if isinstance(value, (bool, np.bool_)):
+    if type(value) is int:  # the common case first
+        return value
+    if _is_bool(value):
         msg = (
             f"index must be an integer, got {value!r} ({type(value).__name__}): a bool is no index; "
             f"accepted integers 0 to {n - 1}"
@@ -363,6 +372,9 @@ def _as_index(value: Any, n: int) -> int:
 
 
 def _check_seed(name: str, value: int) -> int:
+    if type(value) is not int and _is_bool(value):  # operator.index(True) is 1: True as an epoch is a mistake
+        msg = f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__}): a bool is no number"
+        raise TypeError(msg)
     v = _as_int(name, value)
     if v < 0:
         msg = f"{name} must be a non-negative integer, got {value!r}"
