@@ -322,3 +322,15 @@ def test_an_open_stack_over_a_rewritten_store_never_mixes_versions_in_a_patch(tm
     for (_, s, _, (y, x), _), patch in zip(batch, got, strict=True):
         versions = [v[s, y : y + 20, x : x + 20] for v in (old, new)]
         assert any(np.array_equal(patch[0], v) for v in versions), (s, y, x)
+
+
+@pytest.mark.parametrize("indices", [[0, True], (2, np.True_), [False, 3]], ids=repr)
+def test_epoch_specs_refuses_a_bool_among_int_indices(indices: Any) -> None:
+    # np.asarray([0, True]) is an int64 array: fast14's check (a bool dtype) let True through as 1
+    from lazystack import RandomSampler
+
+    stack = LazyImageStack(np.zeros((2, 64, 64), np.uint8), "SYX")
+    sampler = RandomSampler([stack], 16, 10, seed=3)
+    with pytest.raises(TypeError, match=r"(True|False).*bool.*accepted integers 0 to 9"):
+        sampler.epoch_specs(0, indices)
+    assert sampler.epoch_specs(0, [0, 1, np.int64(2)]) == [sampler.spec(i) for i in range(3)]

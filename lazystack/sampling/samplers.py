@@ -245,7 +245,13 @@ def _below(u: np.ndarray, n: np.ndarray) -> np.ndarray:
 def _index_array(indices: Any, n: int) -> np.ndarray:
     """Indices as an ``int64`` array, each checked to be an integer in ``range(n)`` (errors name the first bad one)."""
     arr = np.asarray(indices)
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
+    if (
+        arr.ndim != 1
+        or (arr.size and arr.dtype.kind not in "iu")
+        or arr.dtype == bool
+        # a list mixing ints and bools is an int array: True would be taken as 1
+        or (isinstance(indices, (list, tuple)) and any(type(i) is not int and _is_bool(i) for i in indices))
+    ):
         ints = [_as_index(i, n) for i in indices]  # raises for a non-integer or a bool
         for i in ints:  # before int64: an index past 2**63 would overflow there (not name itself)
             if not 0 <= i < n:
