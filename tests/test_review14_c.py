@@ -334,3 +334,40 @@ def test_epoch_specs_refuses_a_bool_among_int_indices(indices: Any) -> None:
     with pytest.raises(TypeError, match=r"(True|False).*bool.*accepted integers 0 to 9"):
         sampler.epoch_specs(0, indices)
     assert sampler.epoch_specs(0, [0, 1, np.int64(2)]) == [sampler.spec(i) for i in range(3)]
+
+
+class ShortReader(MemReader):
+    """Returns chunk (0, 1, 1) one row short: an error naming the chunk, never a broadcast or a half-filled patch."""
+
+    def fetch_chunk(self, idx: ChunkIndex) -> np.ndarray:
+        out = super().fetch_chunk(idx)
+        return out[:, :-1] if idx == (0, 1, 1) else out
+
+
+@pytest.mark.parametrize("cache", [0, 64 * 2**20])
+def test_a_chunk_too_small_for_its_cell_mid_batch_raises_naming_it(cache: int) -> None:
+    data = np.arange(2 * 48 * 48, dtype=np.uint16).reshape(2, 48, 48)
+    stack = LazyImageStack(ShortReader(data, (1, 16, 16)), "SYX")
+    batch = [(stack, s, None, (y, x), (16, 16)) for s in range(2) for y in (0, 8, 16, 32) for x in (0, 8, 16, 32)]
+    with chunk_cache_size(cache):
+        get_chunk_cache().clear()
+        with pytest.raises(ValueError, match=r"chunk \(0, 1, 1\) has shape \(1, 15, 16\), too small"):
+            extract_patches(batch)
+        ok = [r for r in batch if r[1] == 1]
+        _check(ok, [_want(data, "SYX", *r[1:]) for r in ok], extract_patches(ok))
+
+
+def test_a_truncated_tiff_mid_batch_raises_naming_the_file(tmp_path: Path, cache_bytes: int) -> None:
+    from lazystack import SourceReadError
+
+    data = np.random.default_rng(9).integers(0, 60000, (3, 96, 80), dtype=np.uint16)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, data, tile=(16, 16), photometric="minisblack", compression="zlib")
+    (stack,) = lazystack.load_tiffs(path, "SYX")
+    batch = [(stack, s, None, (y, x), (20, 20)) for s in range(3) for y in (0, 30, 76) for x in (0, 30, 60)]
+    _check(batch[:9], [_want(data, "SYX", *r[1:]) for r in batch[:9]], extract_patches(batch[:9]))
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size * 2 // 3)
+    with pytest.raises(SourceReadError, match=r"t\.tif"):
+        extract_patches(batch)
