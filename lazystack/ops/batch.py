@@ -376,11 +376,13 @@ class _Batch:
     def _scatter(self, reader: ChunkedReader, indices: list[int]) -> None:
         """Serve fast-path requests chunk by chunk: each chunk read once and copied into every patch it feeds.
 
-        The chunks are read in grid order, one contiguous share per core
-        (raw chunks, a memory copy, in the calling thread), each copied
-        (cast to ``float32``) straight into the patches and then dropped:
-        one decoded chunk per core is alive at a time, and no request goes
-        through a read of its own.
+        The cache is looked up once per chunk, in the calling thread; the
+        chunks it lacks are decoded first, in grid order, then the ones it
+        holds follow, all dealt one at a time over the cores. Each chunk is
+        copied (cast to ``float32``) straight into the patches it feeds and
+        then dropped: besides the chunks the cache holds, one decoded chunk
+        per core is alive at a time, and no request goes through a read of
+        its own.
         """
         grid = reader.chunk_grid
         dtype = reader.dtype

@@ -245,7 +245,13 @@ def _below(u: np.ndarray, n: np.ndarray) -> np.ndarray:
 def _index_array(indices: Any, n: int) -> np.ndarray:
     """Indices as an ``int64`` array, each checked to be an integer in ``range(n)`` (errors name the first bad one)."""
     arr = np.asarray(indices)
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or arr.dtype == bool:
+    if (
+        arr.ndim != 1
+        or (arr.size and arr.dtype.kind not in "iu")
+        or arr.dtype == bool
+        # a list mixing ints and bools is an int array: True would be taken as 1
+        or (isinstance(indices, (list, tuple)) and any(type(i) is not int and _is_bool(i) for i in indices))
+    ):
         ints = [_as_index(i, n) for i in indices]  # raises for a non-integer or a bool
         for i in ints:  # before int64: an index past 2**63 would overflow there (not name itself)
             if not 0 <= i < n:
@@ -351,9 +357,18 @@ def _as_int(name: str, value: Any) -> int:
         raise TypeError(msg) from None
 
 
+def _is_bool(value: Any) -> bool:
+    """A Python, NumPy or torch boolean (a 0-d bool array or tensor too): ``operator.index`` takes some for 0 / 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
+
+
 def _as_index(value: Any, n: int) -> int:
     """A spec index as an ``int``: an integer, not a bool (``True`` is no index), with an error naming the value."""
-    if isinstance(value, (bool, np.bool_)):
+    if type(value) is int:  # the common case first
+        return value
+    if _is_bool(value):
         msg = (
             f"index must be an integer, got {value!r} ({type(value).__name__}): a bool is no index; "
             f"accepted integers 0 to {n - 1}"
@@ -363,6 +378,9 @@ def _as_index(value: Any, n: int) -> int:
 
 
 def _check_seed(name: str, value: int) -> int:
+    if type(value) is not int and _is_bool(value):  # operator.index(True) is 1: True as an epoch is a mistake
+        msg = f"{name} must be a non-negative integer, got {value!r} ({type(value).__name__}): a bool is no number"
+        raise TypeError(msg)
     v = _as_int(name, value)
     if v < 0:
         msg = f"{name} must be a non-negative integer, got {value!r}"
