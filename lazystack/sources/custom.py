@@ -330,9 +330,15 @@ class CustomReader(Reader):
 
 def _region_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape numpy gives ``array[key]`` for an array of ``shape`` (computed, not read: this runs per read)."""
-    if len(key) <= len(shape) and all(isinstance(k, (slice, int, np.integer)) for k in key):
-        sizes = [len(range(*k.indices(n))) for k, n in zip(key, shape, strict=False) if isinstance(k, slice)]
-        return (*sizes, *shape[len(key) :])
+    sizes: list[int] = []
+    for k, n in zip(key, shape, strict=False):
+        if type(k) is slice:
+            sizes.append(len(range(*k.indices(n))))
+        elif not isinstance(k, (int, np.integer)):
+            break
+    else:
+        if len(key) <= len(shape):
+            return (*sizes, *shape[len(key) :])
     return np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # other keys: numpy's rule (a zero-stride view)
 
 
