@@ -129,6 +129,23 @@ def test_write_ome_zarr_to_a_single_slash_file_url_writes_the_absolute_path(
     np.testing.assert_array_equal(lazystack.load(str(target))[0].data.compute()[0, 0], np.arange(48).reshape(6, 8))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="fix in lazystack/sources/zarr (spawn14's file): a file://localhost/abs URL is the local /abs (as "
+    "write_ome_zarr, load_tiffs and load('x.tif') read it), not the relative ./localhost/abs",
+)
+def test_zarr_store_written_to_a_localhost_file_url_loads_from_the_same_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_ome_zarr('file://localhost/abs/o.zarr') writes /abs/o.zarr; load() of the same URL looked for
+    ./localhost/abs/o.zarr under the working folder (SourceNotFoundError, or another store if one is there)."""
+    monkeypatch.chdir(tmp_path)
+    data = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    url = f"file://localhost{tmp_path}/o.zarr"
+    lazystack.write_ome_zarr(lazystack.load_arrays(data, "YX")[0], url, levels=1)
+    np.testing.assert_array_equal(lazystack.load(url)[0].data.compute()[0, 0], data)
+
+
 # -- what held up ------------------------------------------------------------------------------------------------------
 def test_constant_channels_still_normalise_from_statistics_and_their_json() -> None:
     """std 0 and min == max (a constant channel) give scale 1 as before, from the statistics object, its to_dict()
