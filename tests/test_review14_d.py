@@ -6,6 +6,7 @@ fix it needs elsewhere); the last part keeps the variants that held up.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -144,6 +145,38 @@ def test_zarr_store_written_to_a_localhost_file_url_loads_from_the_same_url(
     url = f"file://localhost{tmp_path}/o.zarr"
     lazystack.write_ome_zarr(lazystack.load_arrays(data, "YX")[0], url, levels=1)
     np.testing.assert_array_equal(lazystack.load(url)[0].data.compute()[0, 0], data)
+
+
+# -- absolute paths kept by the readers: a working folder that no longer exists ---------------------------------------
+def read_npy(path: Path, **kwargs: Any) -> np.ndarray:
+    return np.load(path)
+
+
+def test_absolute_paths_load_when_the_working_folder_was_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_czi_dir: Path
+) -> None:
+    """hostile14 made CZI, bioio and custom readers keep ``system_path(os.path.join(os.getcwd(), path))``:
+    ``os.getcwd()`` raises in a removed working folder (a notebook started in a deleted temporary folder), so an
+    *absolute* path that loaded on 2cd0904 failed with a bare ``FileNotFoundError`` naming nothing
+    (``write_ome_zarr`` to an absolute path failed the same way before)."""
+    data = np.arange(6 * 8, dtype=np.uint16).reshape(6, 8)
+    np.save(tmp_path / "a.npy", data)
+    czi = sorted(shared_czi_dir.glob("*.czi"))[0]
+    ref_czi = lazystack.load(str(czi))[0].data.compute()  # read from an existing working folder
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "b.ome.tif", data, ome=True)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    stack = lazystack.load_custom_file([tmp_path / "a.npy"], "YX", read_func=read_npy)[0]
+    np.testing.assert_array_equal(stack.data.compute()[0, 0], data)
+    np.testing.assert_array_equal(lazystack.load(str(czi))[0].data.compute(), ref_czi)
+    if importlib.util.find_spec("bioio_ome_tiff") is not None:
+        bio = lazystack.load_bioio(str(tmp_path / "b.ome.tif"), "YX")[0]
+        np.testing.assert_array_equal(bio.data.compute()[0, 0], tifffile.imread(tmp_path / "b.ome.tif"))
+    lazystack.write_ome_zarr(stack, tmp_path / "o.zarr", levels=1)
+    np.testing.assert_array_equal(lazystack.load(str(tmp_path / "o.zarr"))[0].data.compute()[0, 0], data)
 
 
 # -- what held up ------------------------------------------------------------------------------------------------------

@@ -414,7 +414,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
         # a worker in another working folder reads the same file (``link/..`` as the system resolves it)
-        system_path(os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
+        system_path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
         read_func,
         dict(read_kwargs),
         shape=shape,
