@@ -179,6 +179,30 @@ def test_absolute_paths_load_when_the_working_folder_was_removed(
     np.testing.assert_array_equal(lazystack.load(str(tmp_path / "o.zarr"))[0].data.compute()[0, 0], data)
 
 
+# -- memory maps: the user's own writable mapping ------------------------------------------------------------------
+def test_writable_memmap_written_by_its_owner_reads_the_same_in_another_process(tmp_path: Path) -> None:
+    """``load_arrays(np.lib.format.open_memmap(..., mode='w+'))`` filled in place after the stack was made: the
+    creating process reads the new values through its shared mapping, and so did a process mapping the file again
+    (2cd0904); hostile14's stamp refused it there (the owner's writes changed the mtime). A file replaced (new
+    inode) is still refused."""
+    path = tmp_path / "w.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(6, 8))
+    mm[:] = 1
+    mm.flush()
+    stack = lazystack.load_arrays(mm, "YX")[0]
+    st = os.stat(path)
+    mm[:] = np.arange(48, dtype=np.float32).reshape(6, 8)
+    mm.flush()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # what the kernel does on write, made certain
+    np.testing.assert_array_equal(stack.data.compute()[0, 0], np.arange(48).reshape(6, 8))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(stack)).data.compute()[0, 0], np.arange(48).reshape(6, 8))
+    replaced = tmp_path / "new.npy"
+    np.save(replaced, np.zeros((6, 8), np.float32))
+    os.replace(replaced, path)
+    with pytest.raises(SourceReadError, match=r"changed since the stack was opened \(inode"):
+        pickle.loads(pickle.dumps(stack)).data.compute()
+
+
 # -- what held up ------------------------------------------------------------------------------------------------------
 def test_constant_channels_still_normalise_from_statistics_and_their_json() -> None:
     """std 0 and min == max (a constant channel) give scale 1 as before, from the statistics object, its to_dict()
