@@ -232,3 +232,56 @@ def test_memmap_and_custom_files_touched_without_change_are_read_in_the_creating
     np.testing.assert_array_equal(lazy.data.compute()[0, 0], data)
     with pytest.raises(SourceReadError, match=r"changed since the stack was opened \(mtime_ns"):
         pickle.loads(pickle.dumps(mm)).data.compute()
+
+
+class _Returns:
+    """Declares ``declared``; every region is ``values`` cast to ``got``."""
+
+    def __init__(self, declared: str, got: str, values: list[Any]) -> None:
+        self.shape = (1, len(values))
+        self.dtype = np.dtype(declared)
+        self._data = np.array([values]).astype(got)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._data[key]
+
+
+def read_returns(path: Path, *, declared: str, got: str, values: list[Any]) -> Any:
+    return _Returns(declared, got, values)
+
+
+@pytest.mark.parametrize(
+    ("declared", "got", "values", "cast"),
+    [
+        ("u2", "u1", [0, 255], True),
+        ("i2", "u1", [0, 255], True),
+        (">u2", "<u2", [1, 65535], True),
+        ("<u2", ">u2", [1, 65535], True),
+        ("f4", "?", [True, False], True),
+        ("f4", "i2", [-32768, 32767], True),
+        ("f8", "u4", [0, 2**32 - 1], True),
+        ("f8", "f4", [np.nan, np.inf, 1.5], True),
+        ("u1", "i1", [-1, 5], False),
+        ("u2", "i8", [1, 2], False),
+        ("?", "u1", [0, 1], False),
+        ("f4", "f8", [np.nan, 0.1], False),
+        ("f4", "i4", [2**24 + 1, 0], False),
+        ("u2", "f4", [1.0, 2.0], False),
+    ],
+)
+def test_custom_region_dtype_rule_casts_only_what_the_declared_dtype_holds(
+    tmp_path: Path, declared: str, got: str, values: list[Any], cast: bool
+) -> None:
+    """Signed into unsigned, floats or NaN into ints, bools from ints and 32-bit ints into float32 are refused;
+    narrower, byte-swapped and bool-into-float regions are cast, values kept (NaN and inf included)."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x")
+    kwargs = {"declared": declared, "got": got, "values": values}
+    stack = lazystack.load_custom_file([path], "YX", read_func=read_returns, read_kwargs=kwargs)[0]
+    if cast:
+        out = stack.data.compute()[0, 0]
+        assert out.dtype == np.dtype(declared)
+        np.testing.assert_array_equal(out, np.array([values]).astype(got).astype(declared))
+    else:
+        with pytest.raises(SourceReadError, match=rf"returned dtype {np.dtype(got)} .*declares dtype"):
+            stack.data.compute()
