@@ -247,7 +247,8 @@ def system_path(path: str) -> str:
     >>> system_path("/data/images/../x.tif")  # no symlink on the way: as abspath
     '/data/x.tif'
     """
-    full = os.path.join(os.getcwd(), os.path.expanduser(path))
+    path = os.path.expanduser(path)
+    full = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)  # getcwd() raises in a removed folder
     parts = full.split(os.sep)
     if ".." not in parts:
         return os.path.abspath(full)

@@ -153,6 +153,8 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
         raise TypeError(msg)
     if text[: len("file://")].lower() == "file://":
         text = _file_url_path(text)
+    elif text[: len("file:/")].lower() == "file:/":  # RFC 8089's short form: not the relative folder "file:"
+        text = unquote(text[len("file:") :])
     elif "://" in text:
         msg = (
             f"write_ome_zarr writes to local paths only (renaming a finished store is what keeps it crash-safe); "
@@ -486,7 +488,10 @@ def write_ome_zarr(
         A stack with several samples (``S`` axis) gives one image per sample
         (a group, as for a sequence): NGFF images have at most five axes.
     path : str or os.PathLike
-        Local folder to create (``.zarr`` by convention; ``file://`` accepted).
+        Local folder to create (``.zarr`` by convention). A ``file:`` URL of an
+        absolute path is accepted, percent-decoded (``file:///data/a%20b.zarr``,
+        ``file://localhost/data/x.zarr``, ``file:/data/x.zarr``); one naming
+        another host is refused.
         A ``..`` is resolved as the system resolves it (``link/..`` is the
         parent of the folder the symbolic link ``link`` names). A ``bytes``
         path is refused: decode it with ``os.fsdecode()``.

@@ -9,7 +9,10 @@ unpickles it. The file's ``(inode, size, mtime)`` when the stack was made is
 part of that recipe: mapping again a file replaced or rewritten since (in a
 dask worker, or after ``close()``) raises
 [`SourceReadError`][lazystack.SourceReadError] instead of reading other data
-than the creating process, whose mapping still shows the old file.
+than the creating process, whose mapping still shows the old file. A
+writable memory map (``mode="r+"`` or ``"w+"``) is written through by its
+owner, whose writes every process mapping the file sees: only a file replaced
+(new inode) or resized is refused there.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class MemmapReader(Reader):
         #: The file when the stack was made: a process mapping it again (a dask worker, after ``close()``)
         #: refuses a file replaced or rewritten since, as the creating process still reads the old one.
         self.stamp = file_stamp(stat)
+        #: True for a user's writable memory map (see from_memmap): its mtime is not part of the check.
+        self.written_through = False
         self.token = f"memmap-{filename}-{stat.st_mtime_ns}-{stat.st_size}-{offset}-{self.dtype.str}-{shape}"
         self.capabilities = ReaderCapabilities(memory_mapped=True, compressed=False)
 
@@ -59,6 +64,9 @@ class MemmapReader(Reader):
         order: Literal["C", "F"] = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
         reader = cls(str(arr.filename), arr.dtype, arr.shape, arr.offset, order)
         reader._array = arr
+        # a writable shared mapping ("r+", "w+"): its owner's writes change the file's mtime, and a process mapping
+        # it again sees them as this one does, so only a file replaced (inode) or resized is refused there
+        reader.written_through = getattr(arr, "mode", "r") in ("r+", "w+")
         return reader
 
     @property
@@ -68,7 +76,10 @@ class MemmapReader(Reader):
         if array is None:
             what = f"memory-mapped file {self.filename!r}"
             st = check_regular_file(self.filename, what, "the .npy / raw file the stack was made from")
-            check_stamp(what, getattr(self, "stamp", None), st)
+            stamp = getattr(self, "stamp", None)
+            if stamp is not None and getattr(self, "written_through", False):
+                stamp = (stamp[0], stamp[1], int(st.st_mtime_ns))
+            check_stamp(what, stamp, st)
             array = np.memmap(
                 self.filename, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=self.order
             )

@@ -292,7 +292,8 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
         token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
         # an absolute path in the reader (the source keeps the user's spelling): a worker elsewhere reads it too
-        absolute = system_path(os.path.join(os.getcwd(), path))  # ``link/..`` as the system resolves it
+        # ``link/..`` as the system resolves it; os.getcwd() only for a relative path (a removed working folder)
+        absolute = system_path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
         stamp = None if os.path.isdir(path) else file_stamp(st)
         reader = BioioSceneReader(
             absolute, i, reader_options, dims, plan, user_shape, data.dtype, chunks, token, stamp=stamp

@@ -299,30 +299,58 @@ class CustomReader(Reader):
         An object whose ``__getitem__`` returns another shape failed deep inside numpy or dask ("could not
         broadcast", "cannot reshape"); one returning another dtype than its ``dtype`` attribute made
         ``stack.data.compute()`` disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
-        (``safe`` casting, e.g. Python ints read as ``int64`` for a declared ``uint16`` are not) is cast.
+        (``_holds_exactly``: ``uint8`` in ``uint16``, ``int32`` in ``float64``; not ``int64`` in ``float64``,
+        nor Python ints read as ``int64`` for a declared ``uint16``) is cast.
         """
-        want = np.broadcast_to(np.empty((), self.dtype), self.shape)[key].shape  # no memory: a zero-stride view
-        what = f"read_func {_func_name(self.read_func)}'s {type(array).__name__} for {self.path!r}"
+        want = _region_shape(key, self.shape)
         if out.shape != want:
             msg = (
-                f"{what} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
-                f"the region asked for (it declares shape {self.shape})"
+                f"{self._what(array)} returned shape {out.shape} for the region {key!r}, not {want}: its "
+                f"__getitem__ must return the region asked for (it declares shape {self.shape})"
             )
             raise SourceReadError(msg)
         if out.dtype != self.dtype:
-            if not np.can_cast(out.dtype, self.dtype, casting="safe"):
+            if not _holds_exactly(self.dtype, out.dtype):
                 msg = (
-                    f"{what} returned dtype {out.dtype} for the region {key!r}, but declares dtype {self.dtype}: "
-                    f"accepted a region of the declared dtype (or one it holds exactly)"
+                    f"{self._what(array)} returned dtype {out.dtype} for the region {key!r}, but declares dtype "
+                    f"{self.dtype}: accepted a region of the declared dtype (or one it holds exactly)"
                 )
                 raise SourceReadError(msg)
             out = out.astype(self.dtype)
         return out
 
+    def _what(self, array: Any) -> str:
+        return f"read_func {_func_name(self.read_func)}'s {type(array).__name__} for {self.path!r}"
+
     def close(self) -> None:
         """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
         if self._manager is not None:
             self._manager.close()
+
+
+def _region_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape numpy gives ``array[key]`` for an array of ``shape`` (computed, not read: this runs per read)."""
+    sizes: list[int] = []
+    for k, n in zip(key, shape, strict=False):
+        if type(k) is slice:
+            sizes.append(len(range(*k.indices(n))))
+        elif not isinstance(k, (int, np.integer)):
+            break
+    else:
+        if len(key) <= len(shape):
+            return (*sizes, *shape[len(key) :])
+    return np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # other keys: numpy's rule (a zero-stride view)
+
+
+def _holds_exactly(declared: np.dtype[Any], got: np.dtype[Any]) -> bool:
+    """Whether every value of ``got`` is a value of ``declared`` (numpy's ``safe`` casting allows int64 -> float64,
+    which rounds 2**53 + 1)."""
+    if not np.can_cast(got, declared, casting="safe"):
+        return False
+    if got.kind in "iu" and declared.kind in "fc":
+        mantissa = np.finfo(declared).nmant + 1
+        return np.iinfo(got).bits - (got.kind == "i") <= mantissa
+    return True
 
 
 def _regular_file_stamp(path: str) -> tuple[int, int, int] | None:
@@ -386,7 +414,7 @@ def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[
     chunks = tuple((n,) for n in shape) if eager else reader_chunks(result)
     reader = CustomReader(
         # a worker in another working folder reads the same file (``link/..`` as the system resolves it)
-        system_path(os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
+        system_path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path)) if os.path.exists(path) else path,
         read_func,
         dict(read_kwargs),
         shape=shape,

@@ -725,7 +725,7 @@ def open_czi(path: str, axes: str, levels: tuple[int, ...] | None = None) -> lis
     # the reader's path is absolute (the source keeps the user's spelling): a dask worker or a process whose
     # working folder differs reads the same file, not a missing or another one (``link/..`` as the system
     # resolves it, not removed textually as os.path.abspath does)
-    absolute = system_path(os.path.join(os.getcwd(), path))
+    absolute = system_path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
     manager = FileManager(_CziHandle, absolute)
     with _live_handle(manager, path) as handle:
         info = _read_info(path, handle)
