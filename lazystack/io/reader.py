@@ -23,6 +23,8 @@ import numpy as np
 from ..core.errors import SourceReadError, UnsupportedSourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import dask.array
 
 __all__ = [
@@ -213,13 +215,16 @@ class ArrayReader(Reader):
         out = read_numpy(self._array, key)
         if self._is_numpy or self._is_dask:
             return out
-        return check_region(out, key, self.shape, self.dtype, f"the {type(self._array).__name__} given as a source")
+        return check_region(out, key, self.shape, self.dtype, self._what)
 
     def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
         """``array[region]`` as a numpy array (a view for numpy arrays)."""
         if self._is_numpy:
             return self._array[region]
         return self[region]
+
+    def _what(self) -> str:
+        return f"the {type(self._array).__name__} given as a source"
 
     def as_dask(self) -> dask.array.Array | None:
         """The wrapped dask array (None for other arrays)."""
@@ -280,14 +285,18 @@ def as_reader(obj: Any) -> Reader | None:
         raise UnsupportedSourceError(msg) from exc
 
 
-def check_region(out: np.ndarray, key: Any, shape: tuple[int, ...], dtype: np.dtype[Any], what: str) -> np.ndarray:
+def check_region(
+    out: np.ndarray, key: Any, shape: tuple[int, ...], dtype: np.dtype[Any], what: Callable[[], str]
+) -> np.ndarray:
     """A region an array-like returned, checked against the shape and dtype it declares.
 
     An object whose ``__getitem__`` returns another shape than asked failed
     deep inside numpy or dask ("could not broadcast", "cannot reshape"); one
     returning another dtype than its ``dtype`` made ``stack.data.compute()``
     disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
-    (numpy's ``safe`` casting) is cast.
+    (``uint8`` in ``uint16``, ``int32`` in ``float64``; not ``int64`` in
+    ``float64``, which numpy's ``safe`` casting allows and which rounds
+    ``2**53 + 1``) is cast.
 
     Parameters
     ----------
@@ -299,8 +308,8 @@ def check_region(out: np.ndarray, key: Any, shape: tuple[int, ...], dtype: np.dt
         The declared shape of the whole array.
     dtype : numpy.dtype
         The declared dtype.
-    what : str
-        Names the array-like in a message.
+    what : callable
+        Names the array-like in a message (called only when a check fails: this runs on every read).
 
     Returns
     -------
@@ -314,22 +323,47 @@ def check_region(out: np.ndarray, key: Any, shape: tuple[int, ...], dtype: np.dt
         ``dtype`` does not hold exactly.
     """
     key = key if isinstance(key, tuple) else (key,)
-    want = np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # no memory: a zero-stride view
+    want = _region_shape(key, shape)
     if out.shape != want:
         msg = (
-            f"{what} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
+            f"{what()} returned shape {out.shape} for the region {key!r}, not {want}: its __getitem__ must return "
             f"the region asked for (it declares shape {shape})"
         )
         raise SourceReadError(msg)
     if out.dtype != dtype:
-        if not np.can_cast(out.dtype, dtype, casting="safe"):
+        if not _holds_exactly(dtype, out.dtype):
             msg = (
-                f"{what} returned dtype {out.dtype} for the region {key!r}, but declares dtype {dtype}: "
+                f"{what()} returned dtype {out.dtype} for the region {key!r}, but declares dtype {dtype}: "
                 "accepted a region of the declared dtype (or one it holds exactly)"
             )
             raise SourceReadError(msg)
         out = out.astype(dtype)
     return out
+
+
+def _region_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape numpy gives ``array[key]`` for an array of ``shape`` (computed, not read: this runs per read)."""
+    sizes: list[int] = []
+    for k, n in zip(key, shape, strict=False):
+        if type(k) is slice:
+            sizes.append(len(range(*k.indices(n))))
+        elif not isinstance(k, (int, np.integer)):
+            break
+    else:
+        if len(key) <= len(shape):
+            return (*sizes, *shape[len(key) :])
+    return np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # other keys: numpy's rule (a zero-stride view)
+
+
+def _holds_exactly(declared: np.dtype[Any], got: np.dtype[Any]) -> bool:
+    """Whether every value of ``got`` is a value of ``declared`` (numpy's ``safe`` casting allows int64 -> float64,
+    which rounds 2**53 + 1)."""
+    if not np.can_cast(got, declared, casting="safe"):
+        return False
+    if got.kind in "iu" and declared.kind in "fc":
+        mantissa = np.finfo(declared).nmant + 1
+        return np.iinfo(got).bits - (got.kind == "i") <= mantissa
+    return True
 
 
 def is_array_like(obj: object) -> bool:

@@ -62,7 +62,7 @@ from ..core.errors import SourceNotFoundError, SourceReadError, UnsupportedSourc
 from ..io.cache import ChunkCache, parse_size
 from ..io.handles import check_mapped_size, check_regular_file, check_stamp, file_stamp, mapping_of, system_path
 from ..io.process import FileManager, at_fork
-from ..io.reader import OpenedSource, Reader, is_array_like, read_numpy, reader_chunks
+from ..io.reader import OpenedSource, Reader, check_region, is_array_like, read_numpy, reader_chunks
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -291,33 +291,7 @@ class CustomReader(Reader):
             if isinstance(array, np.memmap):
                 _check_memmap(array, self.path)
             key = key if isinstance(key, tuple) else (key,)
-            return self._check_region(read_numpy(array, key), key, array)
-
-    def _check_region(self, out: np.ndarray, key: tuple[Any, ...], array: Any) -> np.ndarray:
-        """The region the lazy array-like returned, checked against the shape and dtype it declares.
-
-        An object whose ``__getitem__`` returns another shape failed deep inside numpy or dask ("could not
-        broadcast", "cannot reshape"); one returning another dtype than its ``dtype`` attribute made
-        ``stack.data.compute()`` disagree with ``stack.data.dtype``. A dtype the declared one holds exactly
-        (``_holds_exactly``: ``uint8`` in ``uint16``, ``int32`` in ``float64``; not ``int64`` in ``float64``,
-        nor Python ints read as ``int64`` for a declared ``uint16``) is cast.
-        """
-        want = _region_shape(key, self.shape)
-        if out.shape != want:
-            msg = (
-                f"{self._what(array)} returned shape {out.shape} for the region {key!r}, not {want}: its "
-                f"__getitem__ must return the region asked for (it declares shape {self.shape})"
-            )
-            raise SourceReadError(msg)
-        if out.dtype != self.dtype:
-            if not _holds_exactly(self.dtype, out.dtype):
-                msg = (
-                    f"{self._what(array)} returned dtype {out.dtype} for the region {key!r}, but declares dtype "
-                    f"{self.dtype}: accepted a region of the declared dtype (or one it holds exactly)"
-                )
-                raise SourceReadError(msg)
-            out = out.astype(self.dtype)
-        return out
+            return check_region(read_numpy(array, key), key, self.shape, self.dtype, lambda: self._what(array))
 
     def _what(self, array: Any) -> str:
         return f"read_func {_func_name(self.read_func)}'s {type(array).__name__} for {self.path!r}"
@@ -326,31 +300,6 @@ class CustomReader(Reader):
         """Release this process's lazy array (an ``h5py`` file is closed); the whole-file cache is shared."""
         if self._manager is not None:
             self._manager.close()
-
-
-def _region_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape numpy gives ``array[key]`` for an array of ``shape`` (computed, not read: this runs per read)."""
-    sizes: list[int] = []
-    for k, n in zip(key, shape, strict=False):
-        if type(k) is slice:
-            sizes.append(len(range(*k.indices(n))))
-        elif not isinstance(k, (int, np.integer)):
-            break
-    else:
-        if len(key) <= len(shape):
-            return (*sizes, *shape[len(key) :])
-    return np.broadcast_to(np.empty((), np.uint8), shape)[key].shape  # other keys: numpy's rule (a zero-stride view)
-
-
-def _holds_exactly(declared: np.dtype[Any], got: np.dtype[Any]) -> bool:
-    """Whether every value of ``got`` is a value of ``declared`` (numpy's ``safe`` casting allows int64 -> float64,
-    which rounds 2**53 + 1)."""
-    if not np.can_cast(got, declared, casting="safe"):
-        return False
-    if got.kind in "iu" and declared.kind in "fc":
-        mantissa = np.finfo(declared).nmant + 1
-        return np.iinfo(got).bits - (got.kind == "i") <= mantissa
-    return True
 
 
 def _regular_file_stamp(path: str) -> tuple[int, int, int] | None:
