@@ -130,11 +130,6 @@ def test_write_ome_zarr_to_a_single_slash_file_url_writes_the_absolute_path(
     np.testing.assert_array_equal(lazystack.load(str(target))[0].data.compute()[0, 0], np.arange(48).reshape(6, 8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix in lazystack/sources/zarr (spawn14's file): a file://localhost/abs URL is the local /abs (as "
-    "write_ome_zarr, load_tiffs and load('x.tif') read it), not the relative ./localhost/abs",
-)
 def test_zarr_store_written_to_a_localhost_file_url_loads_from_the_same_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

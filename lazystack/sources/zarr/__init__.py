@@ -296,6 +296,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     match = _SCHEME.match(source)
     if match is None or match.group(1).lower() == "file":
         raw = source[len(match.group(0)) :] if match else source
+        if match and raw[: len("localhost/")].lower() == "localhost/":  # file://localhost/abs is the local /abs
+            raw = raw[len("localhost") :]
         return _parse_local(raw, source)
     protocol = match.group(1).lower()
     _check_protocol(protocol, source)
