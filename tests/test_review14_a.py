@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import pickle
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import run_python
+from test_spawn14 import _data, _write
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 
 import lazystack
@@ -53,18 +53,6 @@ for name, stacks, requests in cases:
     out[name] = [p.tolist() for p in single] + [p.tolist() for p in batch]
 json.dump({"zarr": "zarr" in sys.modules, "patches": out}, open(sys.argv[2], "w"))
 """
-
-
-def _write(path: Path, data: np.ndarray, **kwargs: Any) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numcodecs codecs in v3 arrays: "not in the Zarr version 3 specification"
-        z = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, **kwargs)
-        z[...] = data
-    return str(path)
-
-
-def _data(shape: tuple[int, ...], dtype: str = "uint16") -> np.ndarray:
-    return np.random.default_rng(sum(shape)).integers(0, 4000, shape).astype(dtype)
 
 
 def _patch(image: np.ndarray, corner: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
