@@ -347,7 +347,7 @@ def _region_shape(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ..
     for k, n in zip(key, shape, strict=False):
         if type(k) is slice:
             sizes.append(len(range(*k.indices(n))))
-        elif not isinstance(k, (int, np.integer)):
+        elif not isinstance(k, (int, np.integer)) or isinstance(k, bool):  # numpy: a boolean key adds an axis
             break
     else:
         if len(key) <= len(shape):

@@ -331,9 +331,21 @@ def resolve_channels(
             )
             raise ChannelIndexError(msg)
         return None
-    if isinstance(channels, (int, np.integer)):
+    if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
         channels = (int(channels),)
-    chans = tuple(operator.index(c) for c in channels)
+    try:
+        given = tuple(channels)  # type: ignore[arg-type]
+        chans = tuple(operator.index(c) for c in given if not isinstance(c, (bool, np.bool_)))
+    except TypeError:
+        msg = f"channels must be None or a sequence of channel indices, got {channels!r}"
+        raise ChannelIndexError(msg) from None
+    if len(chans) != len(given):
+        # operator.index(True) is 1: a mask [True, False, True] would read channels 1, 0, 1
+        msg = (
+            f"channels must be channel indices, got {list(given)!r} (booleans): "
+            "for a mask, pass numpy.flatnonzero(mask)"
+        )
+        raise ChannelIndexError(msg)
     if not chans:
         msg = "channels must not be empty: give None for all channels or a sequence of indices"
         raise ChannelIndexError(msg)
