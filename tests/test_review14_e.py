@@ -62,3 +62,20 @@ def test_array_reader_region_check_follows_numpy(key):
     got = ArrayReader(_Plain(a))[key]
     np.testing.assert_array_equal(got, a[key])
     assert got.shape == a[key].shape
+
+
+def test_tiff_absolute_path_loads_from_a_removed_working_folder(tmp_path, monkeypatch):
+    # f3178cd joined os.getcwd() to every path: in a removed working folder an absolute path raised a bare
+    # FileNotFoundError from getcwd() (system_path joins the current folder only to a relative path)
+    tifffile = pytest.importorskip("tifffile")
+    from lazystack import load_tiffs
+
+    data = np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8)
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, data)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    (stack,) = load_tiffs([str(path)], "SYX")
+    np.testing.assert_array_equal(stack.extract_patch(1, None, (2, 3), (4, 4)), data[1:2, 2:6, 3:7].astype(np.float32))

@@ -1473,7 +1473,7 @@ def _open_series(
     reader = TiffReader(
         # absolute, as the system resolves it (the source keeps the user's spelling): a dask worker or an
         # unpickled stack in another working folder reads the same file, not a missing or another one
-        system_path(os.path.join(os.getcwd(), file_path)),
+        system_path(file_path),  # joined to the current folder only when relative (getcwd() raises in a removed one)
         i,
         shape=shape,
         dtype=dtype.str,
