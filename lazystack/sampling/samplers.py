@@ -316,7 +316,8 @@ def resolve_channels(
     Raises
     ------
     ChannelIndexError
-        For an index out of range in some stack, or (no selection) different channel counts.
+        For an index out of range in some stack, a boolean or a non-integer, or (no selection) different
+        channel counts.
     """
     if channels is None:
         counts = {g.n_channels for g in geoms}
