@@ -250,7 +250,8 @@ class ChunkCache:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays held now."""
-        return self._nbytes
+        with self._lock:  # a put() adds a chunk's bytes before it evicts down to the bound
+            return self._nbytes
 
     @property
     def hits(self) -> int:
@@ -362,31 +363,35 @@ class ChunkCache:
         """
         if self._max_bytes <= 0:
             return
+        with self._lock:
+            self._put_locked(key, array)
+
+    def _put_locked(self, key: Hashable, array: Any) -> None:
+        """[`put()`][put] with the lock held."""
         view = np.asarray(array).view()
         view.flags.writeable = False
         size = int(view.nbytes)
-        with self._lock:
-            if size > self._max_bytes:
-                return
-            if (old := self._main.pop(key, None)) is not None:
-                self._nbytes -= int(old.nbytes)
-                self._main[key] = view
-            elif (old := self._probation.pop(key, None)) is not None:
-                self._nbytes -= int(old.nbytes)
-                self._probation_nbytes += size - int(old.nbytes)
-                self._probation[key] = view
-            elif not self._two_q:
-                self._main[key] = view
-            elif key in self._ghost:  # read again soon after it left probation
-                self._ghost_nbytes -= self._ghost.pop(key)
-                self._main[key] = view
-                self._promotions += 1
-            else:
-                self._probation[key] = view
-                self._probation_nbytes += size
-            self._nbytes += size
-            # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
-            self._evict_locked(keep_newest_main=key in self._main)
+        if size > self._max_bytes:
+            return
+        if (old := self._main.pop(key, None)) is not None:
+            self._nbytes -= int(old.nbytes)
+            self._main[key] = view
+        elif (old := self._probation.pop(key, None)) is not None:
+            self._nbytes -= int(old.nbytes)
+            self._probation_nbytes += size - int(old.nbytes)
+            self._probation[key] = view
+        elif not self._two_q:
+            self._main[key] = view
+        elif key in self._ghost:  # read again soon after it left probation
+            self._ghost_nbytes -= self._ghost.pop(key)
+            self._main[key] = view
+            self._promotions += 1
+        else:
+            self._probation[key] = view
+            self._probation_nbytes += size
+        self._nbytes += size
+        # a chunk just put in the main part outlives the chunks on probation (as the newest on probation does)
+        self._evict_locked(keep_newest_main=key in self._main)
 
     def put_if_seen(self, key: Hashable, array: Any) -> bool:
         """[`put()`][put] a chunk read again soon, only remember the key of one read for the first time.
@@ -415,14 +420,15 @@ class ChunkCache:
         size = int(np.asarray(array).nbytes)
         if self._max_bytes <= 0 or size > self._max_bytes:  # put() would not keep it
             return False
-        if self._two_q:
-            with self._lock:
-                if key not in self._ghost and key not in self._main and key not in self._probation:
-                    self._ghost[key] = size
-                    self._ghost_nbytes += size
-                    self._trim_ghost_locked()
-                    return False
-        self.put(key, array)
+        # one lock for the check and the store: another thread's ghost trim between them would put the
+        # chunk on probation, which put_if_seen never does
+        with self._lock:
+            if self._two_q and key not in self._ghost and key not in self._main and key not in self._probation:
+                self._ghost[key] = size
+                self._ghost_nbytes += size
+                self._trim_ghost_locked()
+                return False
+            self._put_locked(key, array)
         return True
 
     def _drop_probation_locked(self) -> None:
