@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from numcodecs.abc import Codec
+from zarr_helpers import dated_now
 
 import lazystack
 import lazystack.sampling.manifest
@@ -76,7 +77,8 @@ def _rewrite_metadata(path: Path) -> None:
 
 
 def _rewrite_chunks(path: Path) -> None:
-    zarr.open_array(path, mode="r+")[...] = 3
+    with dated_now(path):  # a later modification time than the opening, whatever the file system's clock
+        zarr.open_array(path, mode="r+")[...] = 3
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")

@@ -18,6 +18,7 @@ import pytest
 import test_zarr13
 import zarr
 from test_zarr13 import _compressed
+from zarr_helpers import dated_now
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
@@ -38,8 +39,8 @@ def rewrite_after_the_file_check(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     def check_then_rewrite(self: Any, indices: Any) -> None:
         original(self, indices)
         for path in targets:
-            time.sleep(0.02)  # a modification time after the opening whatever the file system's granularity
-            zarr.open_array(path, mode="r+")[...] = 7
+            with dated_now(path):  # a modification time after the opening whatever the file system's clock
+                zarr.open_array(path, mode="r+")[...] = 7
         targets.clear()
 
     monkeypatch.setattr(engines.TensorstoreEngine, "_check_files", check_then_rewrite)
@@ -90,8 +91,8 @@ def test_a_rewritten_big_chunk_gives_one_message_on_every_path(tmp_path: Path, e
         (stack,) = lazystack.load_zarrs([path], "SYX")
         assert stack.reader.as_chunked().engine_name == engine
         stack.extract_patch(0, None, (0, 0), (8, 8))
-        time.sleep(0.02)
-        zarr.open_array(path, mode="r+")[...] = 3
+        with dated_now(path):
+            zarr.open_array(path, mode="r+")[...] = 3
         messages = {}
         with chunk_cache_size("64 MiB" if cache == "cache-on" else 0):
             for kind, read in {
@@ -148,8 +149,8 @@ def test_a_pickled_stack_gives_the_same_stale_chunk_message(tmp_path: Path) -> N
     path = _compressed(tmp_path / "a.zarr")
     (stack,) = lazystack.load_zarrs([path], "SYX")
     copy = pickle.loads(pickle.dumps(stack))
-    time.sleep(0.02)
-    zarr.open_array(path, mode="r+")[...] = 4
+    with dated_now(path):
+        zarr.open_array(path, mode="r+")[...] = 4
     messages = []
     for s in (stack, copy):
         with pytest.raises(lazystack.SourceReadError) as info:

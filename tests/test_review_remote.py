@@ -122,9 +122,9 @@ def test_a_remote_batch_in_many_rounds_fetches_a_chunk_once_per_run_of_rounds_ne
 # -- a stale chunk on the batch path, across a process boundary ---------------------------------------------
 def _rewritten_stack(root: Path) -> Any:
     """A Zarr stack read once, then every chunk rewritten (a later modification time than the opening)."""
-    import time
 
     import zarr
+    from zarr_helpers import dated_now
 
     from lazystack import load_zarrs
 
@@ -132,8 +132,8 @@ def _rewritten_stack(root: Path) -> Any:
     array[...] = 1
     (stack,) = load_zarrs(root / "a.zarr", "SYX")
     stack.extract_patch(0, None, (0, 0), (8, 8))
-    time.sleep(0.01)
-    zarr.open_array(root / "a.zarr", mode="r+")[...] = 2
+    with dated_now(root / "a.zarr"):  # a later modification time than the opening, whatever the clock
+        zarr.open_array(root / "a.zarr", mode="r+")[...] = 2
     get_chunk_cache().clear()
     return stack
 

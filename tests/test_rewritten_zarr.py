@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr_helpers import dated_now
 
 import lazystack
 from lazystack.io.cache import get_chunk_cache
@@ -35,7 +36,8 @@ def _store(path: Path) -> zarr.Array:
 def _update(path: Path) -> None:
     """Rewrite every chunk as zarr does (new files renamed in place); the metadata document stays as it was."""
     before = os.stat(path / "zarr.json")
-    zarr.open_array(path, mode="r+")[...] = 2
+    with dated_now(path):  # a date after the opening, whatever the file system's clock
+        zarr.open_array(path, mode="r+")[...] = 2
     after = os.stat(path / "zarr.json")
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -86,7 +88,8 @@ def test_a_rewritten_shard_of_an_open_stack_raises(tmp_path: Path) -> None:
     array[...] = 1
     (stack,) = lazystack.load_zarrs([path], "YX")
     assert stack.extract_patch(0, None, (0, 0), (8, 8)).max() == 1  # shard (0, 0)'s index and chunk cached
-    zarr.open_array(path, mode="r+")[...] = 2
+    with dated_now(path):
+        zarr.open_array(path, mode="r+")[...] = 2
     with pytest.raises(lazystack.SourceReadError, match=r"(?s)s\.zarr.*c/0/0.*reopen"):
         stack.extract_patch(0, None, (16, 0), (8, 8))  # another inner chunk of the same, rewritten, shard
 
@@ -153,8 +156,8 @@ def test_a_rewritten_chunk_names_the_array_the_file_the_key_and_reopen_on_every_
     path = _group_array(tmp_path / "g.zarr", chunks=(1, 32, 32))
     (stack,) = lazystack.load_zarrs([path], "SYX")
     stack.extract_patch(0, None, (0, 0), (8, 8))
-    time.sleep(0.01)  # a later modification time than the opening, whatever the file system's resolution
-    zarr.open_array(path, mode="r+")[...] = 3
+    with dated_now(path):  # a later modification time than the opening, whatever the file system's clock
+        zarr.open_array(path, mode="r+")[...] = 3
     reads = {
         "single": lambda: stack.extract_patch(1, None, (0, 0), (8, 8)),
         "batch": lambda: extract_patches([(stack, 1, None, (0, 0), (8, 8)), (stack, 1, None, (0, 0), (40, 40))]),

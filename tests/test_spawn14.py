@@ -293,9 +293,9 @@ def test_a_chunk_file_modified_after_the_opening_raises_in_the_spawned_process(t
     chunk = Path(source) / "c" / "1" / "0" / "0"
 
     def touch() -> None:
-        time.sleep(0.01)
         chunk.write_bytes(chunk.read_bytes())  # same bytes, written after the opening
-        os.utime(chunk)
+        now = time.time_ns()  # the fine clock: the file system's (coarse) one can lag the opening's time_ns()
+        os.utime(chunk, ns=(now, now))
 
     report = _child_error(tmp_path, source, touch)
     assert report["error"] == "_StaleChunkError", report

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from zarr_helpers import ServerState, serve_directory
+from zarr_helpers import ServerState, dated_now, serve_directory
 
 import lazystack
 from lazystack.io.cache import chunk_cache_size
@@ -91,8 +91,8 @@ def test_autos_tensorstore_region_reads_check_the_files_modification_too(
     the opening is an error there too (it was checked on chunk fetches only)."""
     path, stack = auto_stack_cache_off
     assert stack.extract_patch(0, None, (0, 0), (32, 32)).max() == 1
-    time.sleep(0.01)
-    zarr.open_array(path, mode="r+")[...] = 2
+    with dated_now(path):  # a later modification time than the opening, whatever the file system's clock
+        zarr.open_array(path, mode="r+")[...] = 2
     with pytest.raises(lazystack.SourceReadError, match=r"(?s)a\.zarr.*c/0/0/0.*reopen"):
         stack.extract_patch(0, None, (0, 0), (32, 32))
 
@@ -105,8 +105,8 @@ def test_a_rewritten_chunk_gives_one_message_on_the_patch_and_the_batch_paths(tm
     path = tmp_path / "g.zarr" / "b"
     (stack,) = lazystack.load_zarrs([path], "SYX")
     stack.extract_patch(0, None, (0, 0), (8, 8))
-    time.sleep(0.01)  # a later modification time than the opening, whatever the file system's resolution
-    zarr.open_array(path, mode="r+")[...] = 3
+    with dated_now(path):  # a later modification time than the opening, whatever the file system's clock
+        zarr.open_array(path, mode="r+")[...] = 3
     messages = {}
     with chunk_cache_size("64 MiB" if cache == "cache-on" else 0):
         for kind, read in {

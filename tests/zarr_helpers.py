@@ -24,6 +24,33 @@ from benchmarks.http_range import LocalHTTPServer
 METADATA_NAMES = ("zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
 
+@contextmanager
+def dated_now(root: Path | str) -> Iterator[None]:
+    """Files under ``root`` that the block creates or changes get ``time.time_ns()`` as modification time.
+
+    A file's modification time comes from the kernel's coarse clock, which can lag ``time.time_ns()`` (what a zarr
+    stack records as its opening time) by a clock tick or more on a loaded machine: a chunk rewritten a few
+    milliseconds after the opening could carry an older date than the opening and not be seen as modified. The
+    fine clock's now is after the opening and not in the future of a later check.
+    """
+    root = Path(root)
+
+    def stamps() -> dict[Path, tuple[int, int, int, bytes]]:  # the bytes too: a rewrite in place can keep the rest
+        return {
+            p: (s.st_ino, s.st_size, s.st_mtime_ns, p.read_bytes())
+            for p in root.rglob("*")
+            if p.is_file()
+            for s in [p.stat()]
+        }
+
+    before = stamps()
+    yield
+    now = time.time_ns()
+    for path, stamp in stamps().items():
+        if before.get(path) != stamp:
+            os.utime(path, ns=(now, now))
+
+
 def is_metadata_request(path: str) -> bool:
     """Whether an HTTP request path asks for Zarr metadata or a directory listing (not a chunk)."""
     path = path.split("?", 1)[0]
