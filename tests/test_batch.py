@@ -265,7 +265,7 @@ class _WaitsForAPoolThread(CountingReader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._both = threading.Barrier(2, timeout=10)
+        self._both = threading.Barrier(2, timeout=60)  # a bound on a hang only
         self._first = threading.local()
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:

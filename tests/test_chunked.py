@@ -287,7 +287,7 @@ def test_several_chunks_are_fetched_in_the_shared_pool(monkeypatch: pytest.Monke
     data = np.arange(1600, dtype=np.int32).reshape(40, 40)
     reader = NumpyChunks(data, (10, 10))
     indices = [(i, j) for i in range(4) for j in range(4)]
-    two = threading.Barrier(2, timeout=10)  # the first two chunks are taken by two threads at once
+    two = threading.Barrier(2, timeout=60)  # the first two chunks are taken by two threads at once
 
     def one(idx: ChunkIndex) -> np.ndarray:
         if idx in indices[:2]:
@@ -309,7 +309,7 @@ def test_cpu_bound_work_is_dealt_to_one_thread_per_core(monkeypatch: pytest.Monk
     monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
     monkeypatch.setattr(chunked, "PARALLEL_MIN_CHUNKS", 4)
     seen: dict[ChunkIndex, str] = {}
-    two = threading.Barrier(2, timeout=10)  # in the first call, the first two indices are taken by two threads at once
+    two = threading.Barrier(2, timeout=60)  # in the first call, the first two indices are taken by two threads at once
     first_done = False
 
     def one(idx: ChunkIndex) -> int:
@@ -338,7 +338,7 @@ def test_cpu_bound_work_is_dealt_to_one_thread_per_core(monkeypatch: pytest.Monk
 
 def test_io_bound_work_gives_every_index_its_own_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunked, "CPU_WORKERS", 1)  # ignored for I/O-bound work
-    barrier = threading.Barrier(4, timeout=10)
+    barrier = threading.Barrier(4, timeout=60)
 
     def one(idx: ChunkIndex) -> int:
         barrier.wait()  # only returns once four indices are being fetched at the same time
@@ -376,12 +376,12 @@ def test_an_error_returns_only_once_the_other_fetches_have_stopped(
 
     def one(idx: ChunkIndex) -> int:
         if threading.current_thread() is caller:
-            assert started.wait(10)
+            assert started.wait(60)
             threading.Timer(0.3, release.set).start()  # released after the error has been raised
             msg = f"chunk {idx} is corrupt"
             raise ValueError(msg)
         started.set()
-        assert release.wait(10)
+        assert release.wait(60)
         finished.append(idx)
         return 0
 

@@ -517,7 +517,7 @@ def test_close_waits_for_the_read_in_flight_and_reads_after_it_reopen(
         closer.join(0.3)
         assert closer.is_alive(), "close() did not wait for the read in flight"
         assert not handle.closed
-    closer.join(10)
+    closer.join(60)
     assert handle.closed
     assert not closer.is_alive()
     # a read that was handed the old handle before close() finds it closed and asks again

@@ -105,7 +105,7 @@ def test_cpu_bound_fetches_are_dealt_one_at_a_time_so_a_stalled_thread_holds_up_
 
     def fetch_one(i: int) -> int:
         if i == 0:
-            assert others_done.wait(timeout=10), "the other items were not taken by the other threads"
+            assert others_done.wait(timeout=60), "the other items were not taken by the other threads"
         with lock:
             done[threading.current_thread().name] += 1
             if sum(done.values()) == n - 1:
