@@ -120,12 +120,16 @@ def test_cpu_bound_fetches_are_dealt_one_at_a_time_so_a_stalled_thread_holds_up_
 
 def test_cpu_bound_fetches_raise_the_first_error_and_stop_taking_items() -> None:
     taken: list[int] = []
+    raising = threading.Event()
 
     def fetch_one(i: int) -> int:
         taken.append(i)
-        time.sleep(0.001)  # lets the other thread see the error between items
         if i == 3:
+            raising.set()
             raise ValueError("chunk 3 is corrupt")
+        if i > 3:  # the other threads go on only once the error is under way, however the OS schedules them
+            assert raising.wait(timeout=60)
+        time.sleep(0.001)  # lets the other thread see the error between items
         return i
 
     with pytest.raises(ValueError, match="chunk 3 is corrupt"):
