@@ -399,8 +399,9 @@ def test_the_caller_does_not_wait_for_a_pool_thread_that_never_started(monkeypat
     monkeypatch.setattr(chunked, "CPU_WORKERS", 2)
     busy = ThreadPoolExecutor(1)
     release = threading.Event()
-    blocker = busy.submit(release.wait, 30)
-    timer = threading.Timer(3, release.set)  # frees the pool's thread later: a caller waiting for it returns after
+    blocker = busy.submit(release.wait, 120)
+    # frees the pool's thread later: a caller waiting for it returns after (60 s: the 8 reads surely end before)
+    timer = threading.Timer(60, release.set)
     timer.start()
     monkeypatch.setattr(chunked, "shared_executor", lambda: busy)
     try:

@@ -236,8 +236,8 @@ def test_read_ahead_gives_the_same_epoch(sources, workers: int, context: str | N
     assert _collect(_epoch(plain, EpochSampler(plain, epoch=2), 0))[0] == rows
 
 
-def _wait_for(condition, attempts: int = 2000) -> None:
-    """Poll ``condition`` until true (a bounded number of times; no time is asserted)."""
+def _wait_for(condition, attempts: int = 12_000) -> None:
+    """Poll ``condition`` until true (a bounded number of times, about 60 s: a loaded machine; no time is asserted)."""
     import time
 
     for _ in range(attempts):
