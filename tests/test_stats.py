@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 
 import dask
 import dask.array as da
@@ -273,17 +272,14 @@ def test_graph_over_100_file_backed_stacks_carries_no_pixel_data(tmp_path) -> No
 
     stacks = _file_stacks(tmp_path, 100)
     pixel_bytes = sum(s.nbytes for s in stacks)
-    t0 = time.perf_counter()
     with raise_if_dask_computes(), dask.config.set({"array.chunk-size": "1B"}):  # one task per storage chunk
         graph = _reduce(_select_blocks(stacks, None, 0), lambda *a: {}, 3, split_every=8)
         tasks = dict(graph.__dask_graph__())
-    build = time.perf_counter() - t0
     size = len(cloudpickle.dumps(tasks))
     n_chunks = 100 * 2 * 3 * 2
     assert n_chunks <= len(tasks) < 1.3 * n_chunks  # one task per chunk, plus the merge tree and the 100 stacks
     assert size < 1_000_000, size
     assert size < pixel_bytes / 5
-    assert build < 10  # generous sanity bound only (measured ~0.1 s)
 
     # the memmap-backed stacks of load_arrays pickle small too (no pixel data)
     path = tmp_path / "m.npy"
