@@ -11,9 +11,20 @@ from pathlib import Path
 
 import dask
 import pytest
+from hypothesis import HealthCheck, settings
 
 #: The checkout whose ``lazystack`` the tests import (a child interpreter is given it first on its path).
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests draw the same examples on every run (a fresh CI clone has no example database, so random draws
+# could fail one run in many on an example no other run tries), with no time limit per example and no health
+# check on slow data generation (both measure wall-clock time, which a loaded CI machine stretches).
+# LAZYSTACK_HYPOTHESIS_PROFILE=explore draws new random examples on every run, for a bug hunt.
+settings.register_profile(
+    "lazystack", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile(os.environ.get("LAZYSTACK_HYPOTHESIS_PROFILE", "lazystack"))
 
 #: Real microscope files written by other software, beside the checkout.
 SHARED_DATA = Path(os.environ.get("LAZYSTACK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -414,7 +414,9 @@ def test_missing_store_objects_come_back_as_fill_value(tmp_path: Path) -> None:
         assert (out == 2.5).all(), engine
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data())
 def test_property_engines_agree(arrays: dict[str, Any], data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(["v3-sharded-missing", "v2-F-bigendian-delta-blosc", "v3-uint8-4d-missing"]))

@@ -29,7 +29,7 @@ _EXAMPLES = int(os.environ.get("LAZYSTACK_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
     max_examples=_EXAMPLES,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=_EXAMPLES <= 30,
 )
 AXES_LETTERS = "STCZYX"

@@ -99,7 +99,9 @@ def _batches(draw: Any) -> Any:
     return axes, reqs
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     batch=_batches(),
     dtype=st.sampled_from(_DTYPES),

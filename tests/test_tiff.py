@@ -798,7 +798,9 @@ def _layouts(draw: st.DrawFn) -> tuple[tuple[int, int, int], dict[str, Any], tup
     return shape, kwargs, tuple(key)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(layout=_layouts())
 def test_property_regions_equal_numpy(tmp_path: Path, layout: tuple[Any, dict[str, Any], tuple[slice, ...]]) -> None:
     shape, kwargs, key = layout
