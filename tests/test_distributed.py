@@ -147,7 +147,11 @@ def test_normalized_and_written_on_the_cluster(client: Any, tmp_path: Path) -> N
 
 
 def _kill_one_worker_during(client: Any, job: Any, *, after_tasks: int) -> tuple[Any, int]:
-    """Run ``job()`` in a thread, SIGKILL one worker process once ``after_tasks`` tasks are done."""
+    """Run ``job()`` in a thread, SIGKILL one worker process once ``after_tasks`` tasks are done.
+
+    (The jobs' chunks are slow enough, seconds in all, that the polling here, starved on a loaded machine, still
+    sees the job running: with 0.08 s per chunk the rest of the job after ``after_tasks`` lasted about 1 s.)
+    """
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -182,7 +186,7 @@ def _kill_one_worker_during(client: Any, job: Any, *, after_tasks: int) -> tuple
 
 
 def test_statistics_survive_a_killed_worker(client: Any, tmp_path: Path) -> None:
-    stacks = npy_stacks(tmp_path, 4, (6, 2, 32, 32), delay=0.08, seed=3)  # 48 slow chunks
+    stacks = npy_stacks(tmp_path, 4, (6, 2, 32, 32), delay=0.25, seed=3)  # 48 slow chunks: 6 s on 2 workers
     with dask.config.set({"array.chunk-size": "1B"}):  # one task per stored chunk, not merged
         stats, _ = _kill_one_worker_during(
             client, lambda: channel_statistics(stacks, percentiles=LEVELS), after_tasks=8
@@ -191,7 +195,7 @@ def test_statistics_survive_a_killed_worker(client: Any, tmp_path: Path) -> None
 
 
 def test_write_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
-    stacks = npy_stacks(tmp_path, 2, (8, 2, 32, 32), delay=0.08, seed=4)  # 32 slow chunks
+    stacks = npy_stacks(tmp_path, 2, (8, 2, 32, 32), delay=0.25, seed=4)  # 32 slow chunks: 4 s on 2 workers
     out = tmp_path / "k.zarr"
     path, _ = _kill_one_worker_during(
         client, lambda: write_ome_zarr(stacks, out, chunks=(1, 1, 32, 32), levels=2), after_tasks=8
