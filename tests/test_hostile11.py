@@ -57,9 +57,11 @@ def describe(fn):
 def report(fn):
     print("RESULT " + json.dumps(describe(fn)), flush=True)
 
-def report_unblocking(fn, warm_up=None, wait=4.0):
+def report_unblocking(fn, warm_up=None, wait=30.0):
     # fn under a watchdog (faulthandler's own C thread: it fires even while a native call blocks holding the GIL,
     # as opening a FIFO does), after warm_up (the same call on an ordinary file: imports done before the clock runs)
+    # wait: a bound on a hang, not a speed check (a first call importing tifffile or dask on a loaded CI machine
+    # took seconds; the watchdog was 4 s)
     if warm_up is not None:
         describe(warm_up)
     faulthandler.dump_traceback_later(wait, exit=True)
@@ -73,7 +75,7 @@ def peak_rss():
 """
 
 
-def run_child(code: str, timeout: float = 90.0) -> list[dict[str, Any]]:
+def run_child(code: str, timeout: float = 150.0) -> list[dict[str, Any]]:
     """Run ``code`` after the prelude in a capped child; its RESULT lines, or fail naming a crash or a hang."""
     proc = run_python(_PRELUDE + textwrap.dedent(code), timeout=timeout)
     if "Timeout (0:" in proc.stderr:  # the watchdog of report_unblocking fired

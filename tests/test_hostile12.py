@@ -614,7 +614,7 @@ def test_propose_axes_on_a_negative_dimension_count_is_an_error_not_a_segfault(t
 @needs_czis
 def test_a_channel_start_of_2_31_is_an_error_not_a_hang(tmp_path: Path) -> None:
     path = _czi_copy(tmp_path, "DAPI_GFP.czi", "C", 4, 2**31 - 1)
-    (result,) = run_child(f"report_unblocking(lambda: lazystack.load_czis([{str(path)!r}], 'SCYX'), wait=10)")
+    (result,) = run_child(f"report_unblocking(lambda: lazystack.load_czis([{str(path)!r}], 'SCYX'))")
     assert_clear(result, "SourceFormatError", str(path))
 
 
