@@ -668,3 +668,31 @@ def test_readers_exposing_as_chunked_are_batched(cache_mode: str) -> None:
     reqs = _requests(np.random.default_rng(7), stack, 40, (20, 20))
     _assert_same(extract_patches([(stack, *r) for r in reqs]), _one_by_one(LazyImageStack(data, "SYX"), reqs))
     assert max(wrapper.inner.decoded.values()) == 1
+
+
+def test_a_failed_source_share_returns_only_once_the_other_sources_shares_have_stopped() -> None:
+    """Two sources' shares run in the batch pool; one fails while the other is mid-read: the error leaves
+    ``extract_patches`` once the other share is over (not with a read still going on behind the caller's back,
+    holding its chunks or a file the caller is about to close)."""
+    started, release = threading.Event(), threading.Event()
+    finished: list[ChunkIndex] = []
+
+    class Failing(CountingReader):
+        def _one(self, idx: ChunkIndex) -> np.ndarray:
+            assert started.wait(60)  # the other source is reading
+            threading.Timer(0.3, release.set).start()  # released after the error has been raised
+            raise ValueError("source A is corrupt")
+
+    class Slow(CountingReader):
+        def _one(self, idx: ChunkIndex) -> np.ndarray:
+            started.set()
+            assert release.wait(60)
+            finished.append(idx)
+            return super()._one(idx)
+
+    data = np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16)
+    a = LazyImageStack(Failing(data, (1, 8, 8)), "SYX")
+    b = LazyImageStack(Slow(data, (1, 8, 8)), "SYX")
+    with chunk_cache_size(0), pytest.raises(Exception, match="source A is corrupt"):
+        extract_patches([(a, 0, None, (0, 0), (12, 12)), (b, 1, None, (2, 2), (12, 12))])
+    assert finished  # the other source's read ended before the error reached us

@@ -58,7 +58,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -645,8 +645,14 @@ def extract_patches(
         batch.serve(*work[0])
     elif work:
         futures = [_pool("batch").submit(batch.serve, reader, items) for reader, items in work]
-        for f in futures:
-            f.result()
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:  # a share failed (or the caller was interrupted): the others may still be reading
+            for f in futures:
+                f.cancel()
+            wait(futures)  # no share goes on, holding its chunks or a file, after the error has left
+            raise
     for i, r in enumerate(reqs):
         if out[i] is None:
             out[i] = r[0].extract_patch(*r[1:])
