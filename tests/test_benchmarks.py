@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,8 @@ def test_bench_loader_reuses_matching_data_and_rewrites_changed(tmp_path: Path) 
     stamp = path.stat().st_mtime_ns
     assert bench_loader.ensure_data("tiff2d", 8, tmp_path) == (path, shape)
     assert path.stat().st_mtime_ns == stamp
+    stamp -= 10**9  # dated a second earlier: a rewrite within the file system's clock tick would keep its date
+    os.utime(path, ns=(stamp, stamp))
     meta = path.parent / "meta.json"
     meta.write_text(meta.read_text().replace('"zstd"', '"zlib"'))
     assert bench_loader.ensure_data("tiff2d", 8, tmp_path) == (path, shape)
