@@ -250,14 +250,14 @@ def test_forked_child_starts_with_an_empty_cache_even_if_the_lock_was_held() -> 
 
         holder = threading.Thread(target=hold_lock)
         holder.start()
-        held.wait(10)
+        assert held.wait(60)  # the lock is held when the child is forked
         ctx = multiprocessing.get_context("fork")
         queue = ctx.Queue()
         proc = ctx.Process(target=_child_report, args=(queue,))
         proc.start()
         release.set()
         holder.join()
-        report = queue.get(timeout=30)
+        report = queue.get(timeout=60)
         proc.join(timeout=30)
         assert proc.exitcode == 0
         assert report == [0, 0, 8 * 2**20, 0, 1]

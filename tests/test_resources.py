@@ -282,7 +282,7 @@ def _run_forked(fmt: str, how: str, path: Path, read_first: bool) -> str:
             result = parent.recv()
         except EOFError:  # the child died before answering
             result = None
-    proc.join(10)
+    proc.join(60)  # a child that answered but does not exit is a hang too (bounded generously: a loaded machine)
     if proc.is_alive():
         proc.kill()
         return "HANG"

@@ -252,7 +252,7 @@ def test_a_failed_write_waits_for_the_writes_still_running(tmp_path: Path) -> No
     started = threading.Barrier(4)
 
     def write(i: int) -> None:
-        started.wait(timeout=10)  # all four tasks are running
+        started.wait(timeout=60)  # all four tasks are running (a bound on a hang only)
         if i == 0:
             raise OSError("disk on fire")
         time.sleep(0.3)
