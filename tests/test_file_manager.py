@@ -321,3 +321,65 @@ def test_the_environment_variable_sets_the_bound_and_a_bad_value_is_named(
     with pytest.raises(ValueError, match=r"LAZYSTACK_MAX_OPEN_FILES='many'.*positive integer"):
         max_open_files()
     monkeypatch.delenv("LAZYSTACK_MAX_OPEN_FILES")  # before the bound fixture restores (and applies) the bound
+
+
+class _FirstOpenFails:
+    """An opener whose first call fails once a second thread waits for it; the second call (the waiting thread's
+    retry) stays open until a third thread enters the opener or 2 s pass; it records the calls inside at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.inside = self.most_inside = 0
+        self.retrying = threading.Event()
+        self.third_inside = threading.Event()
+
+    def __call__(self) -> object:
+        with self.lock:
+            n = self.calls
+            self.calls += 1
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if n == 0:
+                threading.Event().wait(0.3)  # the second thread comes to wait on this open meanwhile
+                raise OSError("the first open fails")
+            if n == 1:
+                self.retrying.set()
+                self.third_inside.wait(2)  # a bound: a third thread entering now would be a second open at once
+            else:
+                self.third_inside.set()
+            return object()
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_after_a_failed_open_the_threads_that_come_later_wait_for_the_retry() -> None:
+    """The failed open dropped its opening lock while another thread still waited on it: a third thread then made
+    a new lock and opened the file at the same time as the second (two handles, one of them never closed)."""
+    opener = _FirstOpenFails()
+    manager = FileManager(opener)
+    got: dict[str, object] = {}
+
+    def acquire(name: str) -> None:
+        try:
+            got[name] = manager.acquire()
+        except OSError as exc:
+            got[name] = exc
+
+    first = threading.Thread(target=acquire, args=("first",))
+    first.start()
+    threading.Event().wait(0.1)
+    second = threading.Thread(target=acquire, args=("second",))
+    second.start()
+    first.join(60)
+    assert opener.retrying.wait(60)  # the second thread opens again
+    third = threading.Thread(target=acquire, args=("third",))
+    third.start()
+    for t in (second, third):
+        t.join(60)
+    manager.close()
+    assert isinstance(got["first"], OSError)
+    assert opener.most_inside == 1  # one open at a time
+    assert got["second"] is got["third"]  # one handle

@@ -261,6 +261,7 @@ def _forget(key: int) -> None:
         return
     try:
         handle = table.handles.pop(key, None)
+        table.opening.pop(key, None)  # left by a failed open
     finally:
         table.lock.release()
     if handle is not None:
@@ -348,16 +349,15 @@ class FileManager:
                 if handle is not _OMIT:
                     table.handles.move_to_end(key)
                     return handle
-            try:
-                handle = self._open()  # outside the table's lock: other files open meanwhile
-            except BaseException:
-                with table.lock:
-                    table.opening.pop(key, None)
-                raise
+            # outside the table's lock: other files open meanwhile. A failed open leaves ``opening`` in the table:
+            # threads waiting on it, and those coming later, still open one at a time (dropped, a thread coming
+            # later made a new lock and opened beside a waiting thread's retry: two handles, one never closed)
+            handle = self._open()
             orphans = []
             with table.lock:
                 table.handles[key] = handle
-                table.opening.pop(key, None)
+                if table.opening.get(key) is opening:
+                    del table.opening[key]
                 while _ORPHANS:
                     orphan = table.handles.pop(_ORPHANS.popleft(), None)
                     if orphan is not None:
