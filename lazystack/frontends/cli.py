@@ -133,7 +133,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="fsspec storage option for remote Zarr stores (repeatable; VALUE parsed as JSON when it can be)",
+        help="fsspec storage option for remote Zarr stores (repeatable; VALUE parsed as JSON when it can be; "
+        "other sources ignore it)",
     )
     parser.add_argument(
         level_option,
@@ -234,8 +235,11 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
 
 def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple[str, bool, list[Any]]:
     from ..core.errors import AxesError
-    from ..loading.auto import load, propose_axes
+    from ..loading.auto import load, propose_axes, source_kind
 
+    if "storage_options" in load_opts and source_kind(source) != "zarr":
+        # --storage-option is for Zarr stores (fsspec); TIFF / CZI / .npy loaders take no such argument (a TypeError)
+        load_opts = {k: v for k, v in load_opts.items() if k != "storage_options"}
     used = axes or propose_axes(source, **load_opts)
     if used is None:
         msg = (
