@@ -284,6 +284,31 @@ def test_plate_metadata_errors_are_named_without_axes(
         load(str(broken))
 
 
+def test_labels_and_layouts_pointing_nowhere_are_named_without_axes(tmp_path: Path) -> None:
+    """A labels group whose first label is missing, a bioformats2raw layout without an image: AxesError
+    ("declares no axes") instead of what is wrong."""
+    import zarr
+
+    ms = [{"axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}], "datasets": [{"path": "0"}]}]
+    image = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=3)
+    image.create_array("0", data=np.ones((4, 4), np.uint8))
+    image.attrs["ome"] = {"version": "0.5", "multiscales": ms}
+    image.require_group("labels").attrs["ome"] = {"version": "0.5", "labels": ["nope"]}
+    with pytest.raises(SourceNotFoundError, match=r"label 'nope' listed first by .*labels' is not a group"):
+        load(str(tmp_path / "img.zarr" / "labels"))
+    layout = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w", zarr_format=3)
+    layout.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    layout.create_array("x", data=np.ones((4, 4), np.uint8))
+    with pytest.raises(SourceFormatError, match=r"declares the bioformats2raw\.layout but none of its numbered"):
+        load(str(tmp_path / "b2r.zarr"))
+    # an image that is not group "0" is found, as the loader finds it
+    image = layout.require_group("3")
+    image.create_array("0", data=np.arange(16, dtype=np.uint8).reshape(4, 4))
+    image.attrs["ome"] = {"version": "0.5", "multiscales": ms}
+    (stack,) = load(str(tmp_path / "b2r.zarr"))
+    np.testing.assert_array_equal(stack.compute().reshape(4, 4), np.arange(16).reshape(4, 4))
+
+
 # -- findings: napari ------------------------------------------------------------------------------------------------
 
 

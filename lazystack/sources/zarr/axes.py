@@ -136,15 +136,39 @@ def _first_image(group: Any, where: str) -> Any:
         return _first_field(well, f"{where.rstrip('/')}/{str(plate['wells'][0]['path']).strip('/')}")
     if isinstance(holder.get("well"), dict):  # a well of a plate: its first field
         return _first_field(group, where)
-    try:
-        if "bioformats2raw.layout" in holder:
-            return group["0"]
-        labels = holder.get("labels")
-        if isinstance(labels, list) and labels:
-            return group[str(labels[0]).strip("/")]
-    except Exception:  # metadata that does not lead to an image: no proposal (opening it says why)
-        return None
+    if "bioformats2raw.layout" in holder:
+        return _first_layout_image(group, where)
+    labels = holder.get("labels")
+    if isinstance(labels, list) and labels:
+        name = str(labels[0]).strip("/")
+        try:
+            return group[name]
+        except KeyError as exc:  # was no proposal: load() asked for axes instead of naming the label
+            msg = f"label {name!r} listed first by the OME-Zarr labels metadata of {where!r} is not a group there"
+            raise SourceNotFoundError(msg) from exc
+        except Exception:  # a path zarr refuses, an unreachable server ...: no proposal (opening it says why)
+            return None
     return None
+
+
+def _first_layout_image(group: Any, where: str) -> Any:
+    """The first numbered group of a ``bioformats2raw.layout`` group that is an OME-Zarr image (as the loader)."""
+    try:
+        names = sorted((str(n) for n in group.group_keys() if str(n).isdigit()), key=int)
+    except Exception:  # no listing (plain HTTP): the first image is "0"
+        names = ["0"]
+    for name in names:
+        try:
+            child = group[name]
+        except Exception:
+            continue
+        if _ngff(child.attrs)[0]:
+            return child
+    msg = (
+        f"Zarr group {where!r} declares the bioformats2raw.layout but none of its numbered groups is an OME-Zarr "
+        f"image (numbered groups: {names[:8]})"
+    )
+    raise SourceFormatError(msg)
 
 
 def _first_field(well: Any, where: str) -> Any:
