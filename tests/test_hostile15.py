@@ -222,6 +222,15 @@ def test_stats_mean_near_the_float64_maximum() -> None:
     assert stats.percentile(50)[0] == 0.0
 
 
+@pytest.mark.parametrize("clip", ["ab", 5, (0, "x"), (None, 1), b"ab"])
+def test_normalized_clip_that_is_no_pair(clip: Any) -> None:
+    """A string or a bare number as ``clip``: TypeError ("must be real number, not str", "object of type 'int' has
+    no len()") naming neither the argument nor what it accepts."""
+    (stack,) = load_arrays([np.arange(32, dtype=np.uint8).reshape(2, 4, 4)], "CYX")
+    with pytest.raises(ValueError, match=r"clip must be a \(low, high\) pair of numbers with low <= high, got"):
+        stack.normalized({"mean": [1.0, 2.0], "std": [1.0, 1.0]}, clip=clip)
+
+
 # -- findings: OME-Zarr metadata ------------------------------------------------------------------------------------
 
 
