@@ -175,6 +175,26 @@ def test_load_a_tiff_with_storage_options(tif: tuple[Path, np.ndarray]) -> None:
         load(str(tif[0]), "CYX", storage_options={"anon": True})
 
 
+def test_demo_keep_never_writes_into_someone_elses_folder(tif: tuple[Path, np.ndarray], capsys: Any) -> None:
+    """``demo --keep`` into an existing store or folder wrote its datasets beside the data there (and replaced any
+    ``zarr/data.zarr``, ``tiff/stack0.tif`` ... of the same names)."""
+    folder = tif[0].parent
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(["demo", "--keep", str(folder), "--size", "32", "--patches", "2", "--patch-size", "8", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "demo folder" in err
+    assert "['a.tif'], which the demo did not write" in err
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert main(["demo", "--keep", str(tif[0]), "--size", "32", "--patches", "2", "--quiet"]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    # a new folder, then the same folder again (an earlier demo's): accepted
+    new = folder / "demo"
+    for _ in range(2):
+        argv = ["demo", "--keep", str(new), "--size", "32", "--patches", "2", "--patch-size", "8", "--quiet"]
+        assert main([*argv, "--format", "tiff"]) == 0
+    assert sorted(p.name for p in new.iterdir()) == ["tiff"]
+
+
 # -- findings: statistics ------------------------------------------------------------------------------------------
 
 
