@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -397,13 +398,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt is: what an interrupted write cleans up, it cleans up."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a batch system's time limit) raises `_Terminated`.
+
+    Python's default for SIGTERM ends the process at once: ``convert`` left its hidden partial store behind
+    (Ctrl-C removed it). In the main thread only; the previous handler is restored.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    Ctrl-C (SIGINT) returns 130, SIGTERM 143, after an output being written is removed.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _terminate_as_interrupt():
+            return handler(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -412,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lazystack {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
