@@ -1,7 +1,8 @@
 """The ``lazystack`` command line.
 
 Exit codes: 0 on success, 2 on usage errors (argparse), 1 on data errors
-(a missing file, bad axes, a corrupt source ...). A data error prints one
+(a missing file, bad axes, a corrupt source ...), 130 on Ctrl-C and 143 on
+SIGTERM (an output being written is removed first). A data error prints one
 line on stderr; ``--debug`` shows the traceback instead.
 """
 
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
         epilog="Run 'lazystack COMMAND --help' for the options of a command. Exit status: 0 on success, "
-        "1 on data errors (one line on stderr per error), 2 on usage errors.",
+        "1 on data errors (one line on stderr per error), 2 on usage errors, 130 / 143 when interrupted / terminated.",
     )
     from ..core.version import __version__
 
