@@ -1,7 +1,8 @@
 """The ``lazystack`` command line.
 
 Exit codes: 0 on success, 2 on usage errors (argparse), 1 on data errors
-(a missing file, bad axes, a corrupt source ...). A data error prints one
+(a missing file, bad axes, a corrupt source ...), 130 on Ctrl-C and 143 on
+SIGTERM (an output being written is removed first). A data error prints one
 line on stderr; ``--debug`` shows the traceback instead.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -133,7 +135,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, many: bool = True, 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="fsspec storage option for remote Zarr stores (repeatable; VALUE parsed as JSON when it can be)",
+        help="fsspec storage option for remote Zarr stores (repeatable; VALUE parsed as JSON when it can be; "
+        "other sources ignore it)",
     )
     parser.add_argument(
         level_option,
@@ -234,8 +237,11 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
 
 def _open_one(source: str, axes: str | None, load_opts: dict[str, Any]) -> tuple[str, bool, list[Any]]:
     from ..core.errors import AxesError
-    from ..loading.auto import load, propose_axes
+    from ..loading.auto import load, propose_axes, source_kind
 
+    if "storage_options" in load_opts and source_kind(source) != "zarr":
+        # --storage-option is for Zarr stores (fsspec); TIFF / CZI / .npy loaders take no such argument (a TypeError)
+        load_opts = {k: v for k, v in load_opts.items() if k != "storage_options"}
     used = axes or propose_axes(source, **load_opts)
     if used is None:
         msg = (
@@ -374,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lazystack",
         description="Lazy, Dask-backed access to microscopy image stacks.",
         epilog="Run 'lazystack COMMAND --help' for the options of a command. Exit status: 0 on success, "
-        "1 on data errors (one line on stderr per error), 2 on usage errors.",
+        "1 on data errors (one line on stderr per error), 2 on usage errors, 130 / 143 when interrupted / terminated.",
     )
     from ..core.version import __version__
 
@@ -393,13 +399,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt is: what an interrupted write cleans up, it cleans up."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (``kill``, a batch system's time limit) raises `_Terminated`.
+
+    Python's default for SIGTERM ends the process at once: ``convert`` left its hidden partial store behind
+    (Ctrl-C removed it). In the main thread only; the previous handler is restored.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    Ctrl-C (SIGINT) returns 130, SIGTERM 143, after an output being written is removed.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _terminate_as_interrupt():
+            return handler(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -408,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lazystack {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

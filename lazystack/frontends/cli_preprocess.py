@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +130,57 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """An argparse type: an integer >= 0 (numpy's seeds; a usage error otherwise, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        msg = f"invalid seed {text!r}: give an integer >= 0"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _check_output_file(given: str, output: Path) -> None:
+    """Fail before any statistic is computed if the JSON file ``output`` cannot be created in its folder."""
+    if output.exists() and not output.is_file():
+        msg = f"--output {given!r} exists and is not a regular file: give a path for a new JSON file"
+        raise UnsupportedSourceError(msg)
+    parent = output.parent
+    if not parent.is_dir():
+        what = "does not exist (No such file or directory)" if not parent.exists() else "is not a folder"
+        msg = f"--output {given!r}: its folder {str(parent)!r} {what}; give a path in an existing folder"
+        raise FileNotFoundError(msg)
+    if not os.access(parent, os.W_OK | os.X_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        msg = f"--output {given!r}: no permission to write {str(output)!r}; give a path you can write"
+        raise PermissionError(msg)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed over it when complete.
+
+    An interrupted write (Ctrl-C, a full disk) leaves ``path`` as it was, never a truncated JSON file.
+    """
+    import tempfile
+
+    text = json.dumps(data, indent=2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if path.exists():  # keep the permissions of the file replaced
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
     """Add the ``stats`` subcommand to ``sub``.
 
@@ -152,7 +204,9 @@ def add_stats_parser(sub: SubParsers) -> argparse.ArgumentParser:
         help="percentile levels (default 0.1,1,50,99,99.9)",
     )
     p.add_argument("--sample-fraction", type=_fraction, metavar="F", help="read only this fraction of the chunks")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --sample-fraction (default 0)")
+    p.add_argument(
+        "--seed", type=_seed, default=0, metavar="N", help="seed of --sample-fraction, an integer >= 0 (default 0)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--output", metavar="FILE", help="also write the statistics as JSON to FILE")
     p.set_defaults(handler=_cmd_stats)
@@ -239,14 +293,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.stats import channel_statistics
     from ..ops.writing import _check_not_a_source
 
+    if args.output == "":  # was taken for "no --output": nothing written, exit status 0
+        msg = "--output '' is an empty path: give the JSON file to write (e.g. --output stats.json)"
+        raise UnsupportedSourceError(msg)
     stacks = _open_sources(args)
     if args.output:  # before the statistics are computed: the output must not be a source
         # ``..`` as the system resolves it (``link/../a.tif`` is beside the link's target): the path written
         output = Path(args.output).expanduser().absolute()
         _check_not_a_source(output, stacks, who="lazystack stats --output")
-        if output.exists() and not output.is_file():
-            msg = f"--output {args.output!r} exists and is not a regular file: give a path for a new JSON file"
-            raise UnsupportedSourceError(msg)
+        _check_output_file(args.output, output)
     with scheduler(args.scheduler):
         stats = channel_statistics(
             stacks,
@@ -259,8 +314,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         )
     note = _level_note(stats.levels_left_out, "--levels")
     if args.output:
-        with open(output, "w", encoding="utf-8") as f:  # the path checked (``~`` expanded)
-            json.dump(stats.to_dict(), f, indent=2)
+        _write_json(output, stats.to_dict())  # the path checked (``~`` expanded)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:

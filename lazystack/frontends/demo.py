@@ -209,6 +209,25 @@ def _extract(
     return n_patches, shape
 
 
+def _check_demo_folder(folder: Path) -> None:
+    """Refuse a ``folder`` the demo would write into someone else's data (it replaces ``data.zarr``, ``stack0.tif``
+    ... in its sub-folders): it must be new, empty, or hold only the sub-folders of an earlier demo."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        msg = f"demo folder {str(folder)!r} exists and is not a folder: give a new or empty folder"
+        raise FileExistsError(msg)
+    own = {name.replace(" ", "_") for name in BUILDERS}
+    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in own or not entry.is_dir())
+    if others:
+        msg = (
+            f"demo folder {str(folder)!r} holds {others[:5]}{' ...' if len(others) > 5 else ''}, which the demo did "
+            "not write: it replaces its datasets in that folder; give a new or empty folder (or one an earlier demo "
+            "wrote)"
+        )
+        raise FileExistsError(msg)
+
+
 def run_demo(
     *,
     size: int = 1024,
@@ -251,6 +270,9 @@ def run_demo(
     ------
     ValueError
         For an unknown format, or a ``size``, ``n_patches``, ``patch`` or ``frames`` below 1.
+    FileExistsError
+        If ``folder`` is a file, or holds anything but the folders an earlier
+        demo wrote there (the demo replaces its datasets: ``data.zarr`` ...).
     """
     from contextlib import nullcontext
 
@@ -268,6 +290,8 @@ def run_demo(
             msg = f"run_demo: {name} must be an integer >= 1, got {value!r}"
             raise ValueError(msg)
     shape = (frames, 2, size, size)
+    if folder is not None:
+        _check_demo_folder(Path(folder))
     tmp = Path(tempfile.mkdtemp(prefix="lazystack-demo-")) if folder is None else Path(folder)
     tmp.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -398,6 +398,18 @@ def _contrast_limits(stack: LazyImageStack, coarsest: Any, c_pos: int, n_channel
         if finite.size == 0:
             limits.append([0.0, 1.0])
             continue
-        lo, hi = float(finite.min()), float(finite.max())
-        limits.append([lo, hi if hi > lo else lo + 1.0])
+        limits.append(_increasing(float(finite.min()), float(finite.max())))
     return limits
+
+
+def _increasing(lo: float, hi: float) -> list[float]:
+    """``[lo, hi]`` widened when flat: napari refuses contrast limits that do not increase.
+
+    A constant plane gets ``[lo, lo + 1]``, or a step relative to ``lo`` where ``lo + 1 == lo`` (``|lo| >= 2**53``,
+    a float32 1e20: ``[lo, lo]`` failed "must be monotonically increasing"), also distinct once napari casts
+    the limits to float32.
+    """
+    if hi > lo:
+        return [lo, hi]
+    step = max(1.0, abs(lo) * 2.0**-20)
+    return [lo, lo + step] if np.isfinite(lo + step) else [lo - step, lo]

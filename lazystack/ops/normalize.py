@@ -240,6 +240,18 @@ def _stats_of_mapping(stats: Mapping[str, Any], method: str) -> ChannelStatistic
     )
 
 
+def _clip_pair(clip: Any) -> bool:
+    """Whether ``clip`` is two real numbers, ``low <= high`` (not NaN). A string or a bare number is not
+    (``len()`` / ``math.isnan()`` of them raised a TypeError naming neither ``clip`` nor what it accepts)."""
+    if isinstance(clip, (str, bytes)) or not hasattr(clip, "__len__") or len(clip) != 2:
+        return False
+    try:
+        low, high = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        return False
+    return not math.isnan(low) and low <= high
+
+
 def normalized(
     stack: LazyImageStack,
     stats: ChannelStatistics | Mapping[str, Any],
@@ -277,7 +289,8 @@ def normalized(
     ShapeMismatchError
         If ``stats`` has a different number of channels from ``stack``.
     ValueError, KeyError
-        See `normalization_parameters()`.
+        See `normalization_parameters()`; a ValueError also for a ``clip``
+        that is not a ``(low, high)`` pair of numbers with ``low <= high``.
 
     Examples
     --------
@@ -298,8 +311,8 @@ def normalized(
             f"{stack.n_channels}; compute statistics over stacks with the same channels"
         )
         raise ShapeMismatchError(msg)
-    if clip is not None and not (len(clip) == 2 and not math.isnan(clip[0]) and clip[0] <= clip[1]):
-        msg = f"clip must be a (low, high) pair with low <= high, got {clip!r}"
+    if clip is not None and not _clip_pair(clip):
+        msg = f"clip must be a (low, high) pair of numbers with low <= high, got {clip!r}"
         raise ValueError(msg)
     reader = NormalizedReader(stack, offset, scale, clip)
     attrs = stack.attrs

@@ -209,9 +209,13 @@ def _moments(values: np.ndarray) -> tuple[int, float, float]:
     for start in range(0, values.size, _SLICE):
         part = values[start : start + _SLICE].astype(np.float64)
         n = part.size
-        mean = float(part.sum()) / n
+        with np.errstate(over="ignore"):
+            mean = float(part.sum()) / n
+        if not math.isfinite(mean):  # the sum of values near the float64 maximum overflowed; their mean did not
+            mean = float((part / n).sum())
         part -= mean
-        m2 = float(np.dot(part, part))
+        with np.errstate(over="ignore"):  # deviations past 1e154: M2 (and the std) is inf, as float64 holds no more
+            m2 = float(np.dot(part, part))
         n_tot, mean_tot, m2_tot = _chan(n_tot, mean_tot, m2_tot, n, mean, m2)
     return n_tot, mean_tot, m2_tot
 
@@ -220,9 +224,11 @@ def _chan(na: Any, ma: Any, m2a: Any, nb: Any, mb: Any, m2b: Any) -> tuple[Any, 
     """Chan et al.'s pairwise merge of (count, mean, M2); works on scalars and arrays."""
     n = na + nb
     with np.errstate(invalid="ignore", divide="ignore"):
-        delta = mb - ma
+        with np.errstate(over="ignore"):
+            delta = mb - ma
         frac = np.where(n > 0, nb / np.maximum(n, 1), 0.0)
-        mean = ma + delta * frac
+        # means of opposite signs near the float64 maximum: their difference overflows, a weighted sum does not
+        mean = np.where(np.isfinite(delta), ma + delta * frac, ma * (1 - frac) + mb * frac)
         # (delta * frac) * (delta * na), not delta * delta first: |delta| > 1e154 squared is inf, and inf * 0 (an
         # empty partial merged into one of mean 1e300) was NaN
         m2 = m2a + m2b + np.where(na > 0, (delta * frac) * (delta * na), 0.0)
@@ -303,13 +309,24 @@ def _block_histogram(
         elif lo[ch] == hi[ch]:
             hists[ch] = (0, np.array([v.size], dtype=np.int64))
         else:
-            n = _finite_bins(float(lo[ch]), float(hi[ch]), bins)
+            f = _span_factor(float(lo[ch]), float(hi[ch]))
+            n = _finite_bins(float(lo[ch]) * f, float(hi[ch]) * f, bins)
             counts = np.zeros(n, dtype=np.int64)
             for start in range(0, v.size, _SLICE):  # float64 edges whatever the data's dtype
-                part = v[start : start + _SLICE].astype(np.float64)
-                counts += np.histogram(part, bins=n, range=(float(lo[ch]), float(hi[ch])))[0]
+                part = v[start : start + _SLICE].astype(np.float64) * f
+                counts += np.histogram(part, bins=n, range=(float(lo[ch]) * f, float(hi[ch]) * f))[0]
             hists[ch] = (0, counts)
     return {"hist": hists}
+
+
+def _span_factor(lo: float, hi: float) -> float:
+    """1.0, or 0.5 when ``hi - lo`` overflows float64 (values of both signs near its maximum).
+
+    The histogram of such a channel is taken over the halved values (exact: a power of two), whose span is finite;
+    ``np.histogram`` over an infinite span indexed its bins with NaN (an IndexError).
+    """
+    with np.errstate(over="ignore"):
+        return 1.0 if math.isfinite(hi - lo) else 0.5
 
 
 @lru_cache(maxsize=256)
@@ -613,8 +630,9 @@ def channel_statistics(
                 if exact or not np.isfinite(lo[ch]) or lo[ch] == hi[ch]:
                     grids.append(lo[ch] + np.arange(counts.size, dtype=np.float64))
                 else:  # counts.size: the bins of _finite_bins
-                    width = (hi[ch] - lo[ch]) / counts.size
-                    edges = np.linspace(lo[ch], hi[ch], counts.size + 1)
+                    f = _span_factor(float(lo[ch]), float(hi[ch]))  # the histogram's scale (0.5: halved values)
+                    width = (hi[ch] * f - lo[ch] * f) / counts.size / f
+                    edges = np.linspace(lo[ch] * f, hi[ch] * f, counts.size + 1) / f
                     grids.append(np.clip(edges[:-1] + width / 2, lo[ch], hi[ch]))
                     error[ch] = width
         table = np.array(
@@ -656,4 +674,8 @@ def _percentiles_from_counts(
     i0 = np.floor(h).astype(np.int64)
     frac = h - i0
     a = order_stat(i0)
-    return np.where(frac == 0, a, a + frac * (order_stat(np.minimum(i0 + 1, total - 1)) - a)).tolist()
+    b = order_stat(np.minimum(i0 + 1, total - 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = b - a  # infinite between values of both signs near the float64 maximum: a weighted sum then
+        between = np.where(np.isfinite(step), a + frac * step, a * (1 - frac) + b * frac)
+    return np.where(frac == 0, a, between).tolist()

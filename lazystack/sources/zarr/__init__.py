@@ -1052,6 +1052,29 @@ def _check_level_count(datasets: list[Any], where: str, k: int) -> None:
         )
 
 
+def _check_level_order(datasets: list[Any], axes: Sequence[str], where: str, k: int) -> None:
+    """Refuse datasets whose scales shrink from one level to the next (NGFF: highest resolution first).
+
+    Level 0 is read as the full resolution (``stats`` / ``convert`` use it alone): a reversed list made a
+    coarse level pass for it.
+    """
+    scales = [_transform_of(d.get("coordinateTransformations"), len(axes)) for d in datasets]
+    for i in range(1, len(scales)):
+        a, b = scales[i - 1], scales[i]
+        if a is None or b is None:
+            continue
+        finer = [n for n, x, y in zip(axes, a, b, strict=True) if 0 < y < x and np.isfinite(x)]
+        if finer:
+            raise _bad_metadata(
+                where,
+                f"multiscales[{k}].datasets",
+                f"are not ordered from the highest resolution to the lowest, as NGFF requires: level {i} "
+                f"(path {datasets[i].get('path')!r}, scale {b}) is finer than level {i - 1} (path "
+                f"{datasets[i - 1].get('path')!r}, scale {a}) along {finer}; list the full resolution first "
+                "(the datasets' order decides which level is the full resolution)",
+            )
+
+
 #: the OME-NGFF versions whose images lazystack reads
 NGFF_VERSIONS = ("0.1", "0.2", "0.3", "0.4", "0.5")
 
@@ -1109,6 +1132,8 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
                     "every dataset needs a 'path' naming its array (e.g. {'path': 's0', ...})"
                 )
                 raise SourceFormatError(msg)
+        if not isinstance(axes, list):  # a string "czyx" was read letter by letter as NGFF 0.3 names
+            raise _bad_metadata(where, f"multiscales[{k}].axes", f"must be a list of axes, got {axes!r:.200}")
         names, types, units = [], [], {}
         for ax in axes:
             if isinstance(ax, Mapping):
@@ -1150,6 +1175,7 @@ def _parse_multiscales(attrs: Mapping[str, Any], where: str) -> list[_Multiscale
         for i, d in enumerate(ms["datasets"]):
             field = f"multiscales[{k}].datasets[{i}].coordinateTransformations"
             _check_transforms(d.get("coordinateTransformations"), names, where, field)
+        _check_level_order(ms["datasets"], names, where, k)
         out.append(
             _Multiscale(
                 version=version or str(ms.get("version", "")),
@@ -1451,7 +1477,8 @@ def _well_fields(
 
     attrs ``plate`` (unless None), ``well``, ``row``, ``column``, ``field`` (index in the well).
     """
-    images = (_ome_holder(well_group.attrs.asdict()).get("well") or {}).get("images")
+    well = _ome_holder(well_group.attrs.asdict()).get("well")
+    images = well.get("images") if isinstance(well, Mapping) else None  # a well that is no object: no images
     if not isinstance(images, list):
         raise _bad_metadata(well_loc.uri(), "well.images", f"must be a list of {{'path': ...}}, got {images!r:.200}")
     row, _, column = well_path.partition("/")

@@ -59,7 +59,7 @@ def propose_axes(source: str | os.PathLike[str], storage_options: Mapping[str, A
         declared = _multiscale_axes(node.attrs)
         if declared is not None:
             return declared
-        first = _first_image(node)  # a plate or a bioformats2raw collection: its first image's axes
+        first = _first_image(node, text)  # a plate or a bioformats2raw collection: its first image's axes
         if first is not None:
             return _multiscale_axes(first.attrs)
         proposals = {_array_dim_axes(a) for _, a in sorted(node.arrays())}
@@ -86,7 +86,7 @@ def _multiscale_axes(attrs: Any) -> str | None:
     if not multiscales or not isinstance(multiscales[0], Mapping):
         return None
     axes = multiscales[0].get("axes")
-    if not axes:
+    if not axes or not isinstance(axes, list):  # a string "czyx" is no NGFF axes list (opening it says so)
         return None
     letters = [_axis_letter(a) for a in axes]
     if any(letter is None for letter in letters):
@@ -103,21 +103,76 @@ def _array_dim_axes(array: Any) -> str | None:
     return axes_or_none("".join(names))
 
 
-def _first_image(group: Any) -> Any:
-    """The first image of a plate (first well, first field), a well, a bioformats2raw layout or a labels group."""
-    holder = _ome_holder(group.attrs)
+def _member(group: Any, entries: Any, field: str, where: str) -> Any:
+    """The group named by ``entries[0]["path"]`` (a plate's first well, a well's first field) of ``group``."""
+    first = entries[0] if isinstance(entries, list) and entries else None
+    path = first.get("path") if isinstance(first, Mapping) else None
+    if not isinstance(path, str) or not path.strip("/"):
+        msg = (
+            f"invalid OME-Zarr metadata in {where!r}: {field} must be a non-empty list of {{'path': ...}} objects, "
+            f"got {entries!r:.200}"
+        )
+        raise SourceFormatError(msg)
     try:
-        plate = holder.get("plate")
-        if isinstance(plate, dict):
-            well = group[str(plate["wells"][0]["path"]).strip("/")]
-            return well[str(_ome_holder(well.attrs)["well"]["images"][0]["path"]).strip("/")]
-        if isinstance(holder.get("well"), dict):  # a well of a plate: its first field
-            return group[str(holder["well"]["images"][0]["path"]).strip("/")]
-        if "bioformats2raw.layout" in holder:
-            return group["0"]
-        labels = holder.get("labels")
-        if isinstance(labels, list) and labels:
-            return group[str(labels[0]).strip("/")]
-    except Exception:  # metadata that does not lead to an image: no proposal (opening it says why)
-        return None
+        return group[str(path).strip("/")]
+    except KeyError as exc:  # zarr's missing member
+        msg = f"{field}[0].path = {path!r} of the OME-Zarr metadata in {where!r} is not a group in the store"
+        raise SourceNotFoundError(msg) from exc
+    except ValueError as exc:  # zarr refuses the path ('..' segments ...)
+        msg = f"invalid OME-Zarr metadata in {where!r}: {field}[0].path = {path!r}: {exc}"
+        raise SourceFormatError(msg) from exc
+
+
+def _first_image(group: Any, where: str) -> Any:
+    """The first image of a plate (first well, first field), a well, a bioformats2raw layout or a labels group.
+
+    A plate or well whose metadata does not lead to a field raises (``SourceFormatError``, ``SourceNotFoundError``
+    naming the field): returning None made ``load()`` ask for axes, hiding what is wrong.
+    """
+    holder = _ome_holder(group.attrs)
+    plate = holder.get("plate")
+    if isinstance(plate, dict):
+        well = _member(group, plate.get("wells"), "plate.wells", where)
+        return _first_field(well, f"{where.rstrip('/')}/{str(plate['wells'][0]['path']).strip('/')}")
+    if isinstance(holder.get("well"), dict):  # a well of a plate: its first field
+        return _first_field(group, where)
+    if "bioformats2raw.layout" in holder:
+        return _first_layout_image(group, where)
+    labels = holder.get("labels")
+    if isinstance(labels, list) and labels:
+        name = str(labels[0]).strip("/")
+        try:
+            return group[name]
+        except KeyError as exc:  # was no proposal: load() asked for axes instead of naming the label
+            msg = f"label {name!r} listed first by the OME-Zarr labels metadata of {where!r} is not a group there"
+            raise SourceNotFoundError(msg) from exc
+        except Exception:  # a path zarr refuses, an unreachable server ...: no proposal (opening it says why)
+            return None
     return None
+
+
+def _first_layout_image(group: Any, where: str) -> Any:
+    """The first numbered group of a ``bioformats2raw.layout`` group that is an OME-Zarr image (as the loader)."""
+    try:
+        names = sorted((str(n) for n in group.group_keys() if str(n).isdigit()), key=int)
+    except Exception:  # no listing (plain HTTP): the first image is "0"
+        names = ["0"]
+    for name in names:
+        try:
+            child = group[name]
+        except Exception:
+            continue
+        if _ngff(child.attrs)[0]:
+            return child
+    msg = (
+        f"Zarr group {where!r} declares the bioformats2raw.layout but none of its numbered groups is an OME-Zarr "
+        f"image (numbered groups: {names[:8]})"
+    )
+    raise SourceFormatError(msg)
+
+
+def _first_field(well: Any, where: str) -> Any:
+    """The first field (image group) of a well group."""
+    spec = _ome_holder(well.attrs).get("well")
+    images = spec.get("images") if isinstance(spec, Mapping) else None
+    return _member(well, images, "well.images", where)
