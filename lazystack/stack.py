@@ -668,7 +668,7 @@ class LazyImageStack:
             return np.zeros((len(chans), *geometry.patch_size), dtype=np.float32)
         lo, hi = min(chans), max(chans) + 1
         by_role: dict[str, int | slice] = {"S": s, "T": t, "C": slice(lo, hi)}
-        block = self.read(tuple(by_role[k] if isinstance(k, str) else geometry.source[k] for k in self._key_plan))
+        block = self._read(tuple(by_role[k] if isinstance(k, str) else geometry.source[k] for k in self._key_plan))
         if self._patch_perm is not None:
             block = block.transpose(self._patch_perm)
         if not self._patch_has_c:
@@ -689,15 +689,63 @@ class LazyImageStack:
         Parameters
         ----------
         key : tuple of int or slice
-            One ``int`` or step-1 ``slice`` (explicit ``start`` and ``stop``)
-            per axis of [`axes_model`][axes_model], inside the bounds; an int drops
-            its axis.
+            One ``int`` or ``slice`` per axis of [`axes_model`][axes_model], as
+            numpy's basic indexing takes them (negative ints count from the
+            end, slice bounds may be omitted or outside the axis, steps may be
+            given); an int drops its axis.
 
         Returns
         -------
         numpy.ndarray
             May be a read-only view of cached data: copy it before writing.
+
+        Raises
+        ------
+        SelectionError
+            A key of another length than the axes, an int outside its axis, a
+            step of zero or below, or an index that is neither int nor slice.
         """
+        key = self._normalised_key(key)
+        if all(not isinstance(k, slice) or k.step is None for k in key):
+            return self._read(key)
+        # a strided slice: read its span with step 1, then take every step-th element
+        span = tuple(
+            k
+            if not isinstance(k, slice) or k.step is None
+            else slice(
+                k.start,
+                k.start + 1 + (len(range(k.start, k.stop, k.step)) - 1) * k.step if k.stop > k.start else k.start,
+            )
+            for k in key
+        )
+        return self._read(span)[tuple(slice(None, None, k.step) for k in key if isinstance(k, slice))]
+
+    def _normalised_key(self, key: tuple[int | slice, ...]) -> tuple[int | slice, ...]:
+        """``key`` with every int inside its axis and every slice of explicit bounds (numpy's rules)."""
+        shape = self._model.shape
+        if not isinstance(key, tuple) or len(key) != len(shape):
+            raise SelectionError(
+                f"read key {key!r}: expected a tuple of {len(shape)} ints or slices, one per axis of "
+                f"{self._model.axes!r} (shape {tuple(shape)})"
+            )
+        out: list[int | slice] = []
+        for axis, k, n in zip(self._model.axes, key, shape, strict=True):
+            if isinstance(k, slice):
+                if k.step is not None and (isinstance(k.step, bool) or operator.index(k.step) <= 0):
+                    raise SelectionError(f"read key {key!r}: axis {axis!r} has step {k.step!r}; steps must be >= 1")
+                start, stop, step = k.indices(n)
+                out.append(slice(start, max(start, stop), step if step != 1 else None))
+            elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+                i = int(k)
+                if not -n <= i < n:
+                    raise SelectionError(f"read key {key!r}: index {i} is outside axis {axis!r} of size {n}")
+                out.append(i % n)
+            else:
+                raise SelectionError(f"read key {key!r}: axis {axis!r} takes an int or a slice, not {k!r}")
+        return tuple(out)
+
+    def _read(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        """[`read()`][read] of a key already inside the bounds (step-1 or strided slices of explicit bounds)."""
         if self._memory is not None:
             return self._memory[key]
         root_key, stride = (key, None) if self._identity else self._compose(key)
@@ -1211,7 +1259,7 @@ class LazyImageStack:
 
     def _read_all(self) -> np.ndarray:
         key = tuple(slice(0, n) for n in self._model.shape)
-        return self.read(key)
+        return self._read(key)
 
     # -- memory and handles ----------------------------------------------------------
     def load(self) -> LazyImageStack:

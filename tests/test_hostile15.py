@@ -368,14 +368,6 @@ def test_constant_channel_of_large_values_opens_in_napari(data: np.ndarray) -> N
 # -- found, not in this helper's files -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/stack.py (LazyImageStack.read) / lazystack/io/chunked.py: a slice without bounds is read "
-    "whole from an in-memory stack but fails on a Zarr stack with TypeError (None // int in "
-    "ChunkedReader._in_one_chunk); proposed: LazyImageStack.read normalises its key (None bounds -> the axis, "
-    "out of bounds -> SelectionError naming the key) before any reader sees it",
-    raises=TypeError,
-)
 def test_read_with_open_slices_on_a_zarr_stack(tmp_path: Path) -> None:
     path = _ome(tmp_path, lambda ome: None)
     stack = load(str(path), levels=0)[0]
