@@ -26,7 +26,7 @@ import operator
 import os
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,13 @@ def _numbers(name: str, values: Any) -> list[int]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or getattr(values, "ndim", None) == 0:
         msg = f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__})"
         raise TypeError(msg)
+    if isinstance(values, (Mapping, Set)):  # iterating takes a dict's keys, a set's order is arbitrary
+        kind = "a mapping (iterating it takes its keys)" if isinstance(values, Mapping) else "an unordered set"
+        msg = (
+            f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__}, {kind}): "
+            f"accepted are a list, tuple, range, array or tensor of integers (e.g. sorted({name}) or list(...))"
+        )
+        raise TypeError(msg)
     return [_number(f"{name} item", v) for v in values]
 
 
@@ -327,7 +334,9 @@ def write_manifest(
     TypeError
         If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
         decode it with ``os.fsdecode()``), or ``epochs`` or ``indices`` is
-        not a sequence of integers (a boolean is not one).
+        not a sequence of integers (a boolean is not one; a mapping, whose
+        iteration gives its keys, and a set, whose order is arbitrary, are
+        not sequences).
     ValueError
         If an epoch or index is negative.
     """
