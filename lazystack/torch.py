@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .core.errors import ChannelIndexError, MissingDependencyError, ShapeMismatchError
+from .core.errors import ChannelIndexError, LazyStackError, MissingDependencyError, ShapeMismatchError
 from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
@@ -95,7 +95,35 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-#: Default byte budget of a dataset's read-ahead (patches read ahead and not yet taken).
+#: Attributes of a PatchDataset whose assignment changes what its indices read (a new sampler generation).
+_STATE = frozenset(("sampler", "stacks", "targets", "masks", "channels", "transform", "return_spec", "ragged"))
+
+#: Numbers the datasets of this process (with the pid: a dataset's identity, kept by its pickled copies).
+_DATASETS = itertools.count()
+
+
+class _EpochKey(tuple[int, int]):
+    """An ``(epoch, index)`` pair (what EpochSampler yields) that also tells the dataset state it was drawn for.
+
+    It is the pair (equal to the plain tuple, indexed and unpacked as one),
+    with a ``token``: the dataset's identity and its generation (how many
+    times its sampler, stacks, channels, transform ... had been replaced)
+    when the epoch started. A persistent worker's copy of the dataset
+    compares it with its own, and refuses an index drawn for another state
+    instead of reading the old sampler's patch.
+    """
+
+    token: tuple[int, int, int]
+
+    def __new__(cls, epoch: int, index: int, token: tuple[int, int, int]) -> _EpochKey:
+        key = super().__new__(cls, (epoch, index))
+        key.token = token
+        return key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_EpochKey, (self[0], self[1], self.token))
+
+
 DEFAULT_READ_AHEAD_BYTES = 256 * 2**20
 
 Item = dict[str, "torch.Tensor"]
@@ -183,7 +211,10 @@ class PatchDataset:
     them), not a pair. With persistent
     workers, use [`EpochSampler`][EpochSampler] and its ``set_epoch``: the workers'
     copies of the dataset do not see [`set_epoch()`][set_epoch] calls made later in
-    the main process.
+    the main process. Nor do they see a new ``sampler`` (or ``stacks``,
+    ``transform`` ...) assigned later: the pairs of an ``EpochSampler`` built
+    over the dataset carry its generation, and a copy at another generation
+    refuses them, naming what to do (see [`EpochSampler`][EpochSampler]).
 
     Read-ahead predicts a worker's next batches from the one it was asked
     for: a batch whose indices step evenly (``EpochSampler``'s in-order
@@ -218,6 +249,9 @@ class PatchDataset:
         ragged: bool = False,
     ) -> None:
         _torch()
+        #: this dataset's identity (kept by its pickled copies, e.g. a DataLoader worker's)
+        self._uid = (current_pid(), next(_DATASETS))
+        self._generation = 0  # bumped by each assignment of a _STATE attribute (see __setattr__)
         if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
             msg = (
                 f"PatchDataset's sampler must be a lazystack Sampler (RandomSampler, GridSampler, a manifest's ...: "
@@ -270,6 +304,39 @@ class PatchDataset:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _STATE:  # what an index reads changes: indices drawn for the old state are refused
+            object.__setattr__(self, "_generation", self.__dict__.get("_generation", 0) + 1)
+        object.__setattr__(self, name, value)
+
+    def _token(self) -> tuple[int, int, int]:
+        """This dataset's identity and generation, which [`EpochSampler`][EpochSampler] gives its indices."""
+        return (*self._uid, self._generation)
+
+    def _check_tokens(self, indices: Sequence[Any]) -> None:
+        """Refuse ``(epoch, index)`` pairs an EpochSampler drew for another state of this dataset (see Notes)."""
+        mine = self._token()
+        for index in indices:
+            if type(index) is _EpochKey and index.token != mine and index.token[:2] == mine[:2]:
+                drawn, what = index.token[2], "sampler (or stacks, targets, masks, channels, transform ...)"
+                if drawn > mine[2]:
+                    msg = (
+                        f"index {tuple(index)} was drawn by an EpochSampler after this PatchDataset's {what} was "
+                        f"replaced (generation {drawn}), but this copy of the dataset is older (generation {mine[2]}) "
+                        "and would read the old one: persistent DataLoader workers (persistent_workers=True) keep "
+                        "the dataset they were started with and never see a replacement. Make a new DataLoader "
+                        "after replacing it (its workers copy the dataset as it is then), or use "
+                        "persistent_workers=False"
+                    )
+                else:
+                    msg = (
+                        f"index {tuple(index)} was drawn by an EpochSampler before this PatchDataset's {what} was "
+                        f"replaced (generation {drawn}, now {mine[2]}): the rest of that epoch follows the old "
+                        "sampler's order and length. Replace it between epochs, and start the next epoch "
+                        "(iter(loader)) after"
+                    )
+                raise LazyStackError(msg)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ahead": None}  # the read-ahead thread and its batches stay in this process
@@ -367,6 +434,7 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
+        self._check_tokens(indices)
         keys = [self._key(i) for i in indices]
         if self.read_ahead and keys:
             specs, patches = self._read_ahead(keys)
@@ -629,7 +697,8 @@ class EpochSampler:
         dataset whose ``sampler`` was replaced (as long as the new epoch is
         iterated from its start). Persistent DataLoader workers keep the
         dataset they were started with: after replacing its sampler, make a
-        new DataLoader.
+        new DataLoader (the workers refuse the indices of an epoch started
+        after the replacement, see Notes).
     rank, world_size : int
         This process's share of the epoch: positions ``rank, rank +
         world_size, ...`` of the epoch's order.
@@ -654,6 +723,21 @@ class EpochSampler:
     TypeError
         For any of them that is not an integer (a boolean is not one), or a
         ``shuffle`` or ``pad`` that is not a boolean.
+
+    Notes
+    -----
+    Built over a [`PatchDataset`][PatchDataset], the pairs it yields are
+    ``tuple`` subclasses (equal to the plain pairs) that also carry the
+    dataset's identity and *generation*, read when an epoch's iteration
+    starts: how many times the dataset's ``sampler`` (or ``stacks``,
+    ``targets``, ``masks``, ``channels``, ``transform``, ``return_spec``,
+    ``ragged``) has been assigned. A copy of that dataset at another
+    generation refuses them with a
+    [`LazyStackError`][lazystack.LazyStackError] instead of reading another
+    sampler's patches: a persistent worker started before a replacement (make
+    a new DataLoader), or the dataset itself when the replacement came in the
+    middle of the epoch. Indices of another dataset, plain integers and
+    pairs are not checked.
     """
 
     def __init__(
@@ -725,7 +809,10 @@ class EpochSampler:
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, n = self.epoch, self.length
         share = range(self.rank, self._padded_length(n), self.world_size)
-        return ((epoch, i) for i in self._ordered(share, n))
+        if not isinstance(self.dataset, PatchDataset):
+            return ((epoch, i) for i in self._ordered(share, n))
+        token = self.dataset._token()  # the dataset's state now: a worker's copy of another state refuses the pairs
+        return (_EpochKey(epoch, i, token) for i in self._ordered(share, n))
 
     def __len__(self) -> int:
         return len(range(self.rank, self._padded_length(self.length), self.world_size))

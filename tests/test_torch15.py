@@ -1,0 +1,156 @@
+"""Session 15, helper torch15: the training pipeline's left-alone list of session 14, then a review as an ML user.
+
+Each test failed on main (1500435) before its fix. References are NumPy slicing and NumPy's own casting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lazystack import GridSampler, LazyImageStack, LazyStackError, RandomSampler, Stitcher
+
+torch = pytest.importorskip("torch")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lazystack.torch import EpochSampler, PatchDataset  # noqa: E402
+
+IMAGE = np.arange(2 * 24 * 32, dtype=np.float32).reshape(2, 24, 32)
+
+
+def _patches(sampler: RandomSampler, epoch: int = 0) -> np.ndarray:
+    """The sampler's patches by NumPy slicing (the reference)."""
+    specs = sampler.epoch_specs(epoch)
+    return np.stack([IMAGE[s.sample, s.coords[0] : s.coords[0] + 8, s.coords[1] : s.coords[1] + 8] for s in specs])
+
+
+# -- 1. a replaced sampler and the indices of an EpochSampler ---------------------------------------------------------
+def test_indices_drawn_for_a_replaced_sampler_are_refused_and_a_new_loader_serves_the_new_one() -> None:
+    """Persistent workers served the old sampler's patches for the new sampler's epoch; the workers now refuse the
+    indices (naming what to do), and a new DataLoader, as the message says, serves the new sampler's patches."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    dataset = PatchDataset(stacks, RandomSampler(stacks, 8, 6, seed=1))
+    kwargs = {"batch_size": 3, "num_workers": 2, "persistent_workers": True}
+    loader = DataLoader(dataset, sampler=EpochSampler(dataset), **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(torch.cat([b["input"] for b in loader]).numpy()[:, 0], _patches(dataset.sampler))
+    new = dataset.sampler = RandomSampler(stacks, 8, 6, seed=2)
+    with pytest.raises(LazyStackError, match=r"(?s)persistent DataLoader workers .*Make a new DataLoader"):
+        next(iter(loader))
+    loader = DataLoader(dataset, sampler=EpochSampler(dataset), **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(torch.cat([b["input"] for b in loader]).numpy()[:, 0], _patches(new))
+
+
+def test_a_replaced_transform_is_refused_mid_epoch_and_served_from_the_next_epoch_in_process() -> None:
+    """In one process the dataset is the sampler's: replacing its transform between epochs just works; an epoch's
+    remaining indices after a replacement (its order is the old sampler's) are refused, not read with another."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    epochs = EpochSampler(dataset)
+    keys = iter(epochs)
+    first = next(keys)
+    assert first == (0, 0)  # still the documented (epoch, index) pair
+    assert tuple(first) == (0, 0)
+    dataset.transform = lambda item: {"input": item["input"] * 2}
+    with pytest.raises(
+        LazyStackError, match=r"before this PatchDataset's sampler .* was replaced .*start the next epoch"
+    ):
+        dataset[[next(keys)]]
+    got = torch.stack([dataset[k]["input"] for k in epochs]).numpy()[:, 0]
+    np.testing.assert_array_equal(got, _patches(sampler) * 2)
+
+
+def test_indices_of_another_dataset_plain_ints_and_a_subset_still_read() -> None:
+    """The check is between copies of one dataset: an EpochSampler built over another dataset of the same length,
+    plain integer indices (of the dataset's epoch) and torch's Subset read as before."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    other = PatchDataset(stacks, RandomSampler(stacks, 8, 6, seed=5))
+    other.sampler = other.sampler  # another generation than dataset's
+    got = torch.stack([dataset[k]["input"] for k in EpochSampler(other)]).numpy()[:, 0]
+    np.testing.assert_array_equal(got, _patches(sampler))
+    subset = torch.utils.data.Subset(dataset, [4, 1])
+    got = torch.stack([item["input"] for item in subset.__getitems__([0, 1])]).numpy()[:, 0]
+    np.testing.assert_array_equal(got, _patches(sampler)[[4, 1]])
+
+
+# -- 2. a torch tensor as the Stitcher's output -----------------------------------------------------------------------
+def _stitch(out: object, predictions: np.ndarray, **kwargs: object) -> Stitcher:
+    grid = GridSampler([LazyImageStack(predictions, "SCYX")], 12, overlap=4)
+    stitcher = Stitcher(grid, 1, out=[out], **kwargs)  # type: ignore[arg-type]
+    for tile in range(len(grid)):
+        s = grid.epoch_specs(0, [tile])[0]
+        y, x = s.coords
+        stitcher.add(tile, torch.from_numpy(predictions[s.sample, :, y : y + 12, x : x + 12]))
+    assert stitcher.complete
+    return stitcher
+
+
+@pytest.mark.parametrize(
+    ("pred", "out", "casting"),
+    [("float32", "float32", "same_kind"), ("float64", "float16", "same_kind"), ("float32", "int16", "unsafe")],
+)
+def test_stitcher_writes_into_a_cpu_tensor_in_place_as_into_a_numpy_output(pred: str, out: str, casting: str) -> None:
+    """Stitcher(out=[torch.empty(...)]) failed at the first tile with torch's 'can't assign a numpy.ndarray to a
+    torch.FloatTensor'. A CPU tensor is written in place, with the numpy outputs' casting rule."""
+    image = (np.random.default_rng(3).random((2, 1, 20, 20)) * 300 - 20).astype(pred)
+    target = torch.zeros((2, 1, 20, 20), dtype=getattr(torch, out))
+    stitcher = _stitch(target, image, casting=casting)
+    assert stitcher.outputs[0] is target
+    expected = np.zeros((2, 1, 20, 20), out)
+    np.copyto(expected, image, casting=casting)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(target.numpy(), expected)
+
+
+def test_stitcher_refuses_tensor_outputs_it_cannot_write_before_any_tile() -> None:
+    """A tensor NumPy cannot write through (another device, bfloat16) is refused when the Stitcher is made, naming
+    the output and what is accepted; a cast the casting rule refuses is refused as for a numpy output."""
+    grid = GridSampler([LazyImageStack(np.zeros((1, 1, 20, 20), np.float32), "SCYX")], 12, overlap=4)
+    for out, match in (
+        (torch.empty((1, 1, 20, 20), device="meta"), r"out\[0\] is a torch tensor of dtype torch.float32 on meta"),
+        (torch.zeros((1, 1, 20, 20), dtype=torch.bfloat16), r"out\[0\] .*bfloat16.*NumPy cannot view it"),
+    ):
+        with pytest.raises(TypeError, match=match) as info:
+            Stitcher(grid, 1, out=[out])
+        assert "accepted are CPU tensors" in str(info.value)
+    target = torch.zeros((1, 1, 20, 20), dtype=torch.int16)
+    stitcher = Stitcher(grid, 1, out=[target])
+    with pytest.raises(TypeError, match=r"float32 and out\[0\] has dtype int16: casting='same_kind' refuses"):
+        stitcher.add(0, torch.ones((1, 12, 12)))
+    assert not target.any()
+
+
+# -- 3. complex32 predictions -----------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_stitcher_takes_complex32_predictions_as_complex64() -> None:
+    """torch.complex32 predictions failed inside torch's .numpy() ('Got unsupported ScalarType ComplexHalf'). They
+    are converted to complex64 (which holds every value) as bfloat16 is to float32; a real output refuses them."""
+    grid = GridSampler([LazyImageStack(np.zeros((1, 1, 20, 20), np.float32), "SCYX")], 12, overlap=4)
+    values = (np.arange(144).reshape(1, 12, 12) + 1j * np.arange(144)[::-1].reshape(1, 12, 12)).astype(np.complex64)
+    prediction = torch.from_numpy(values).to(torch.complex32)
+    stitcher = Stitcher(grid, 1, dtype=np.complex64)
+    stitcher.add(0, prediction)
+    expected = values.astype(np.complex64)[:, :10, :10]  # tile 0 keeps its first 10 x 10 pixels
+    assert (np.abs(expected) < 2048).all()  # exact in half precision
+    np.testing.assert_array_equal(stitcher.outputs[0][0, :, :10, :10], expected)
+    with pytest.raises(TypeError, match=r"dtype complex64: accepted are bool, integer and float predictions"):
+        Stitcher(grid, 1).add(0, prediction)
+
+
+# -- 4. write_manifest's epochs / indices: no mapping, no set ---------------------------------------------------------
+@pytest.mark.parametrize("value", [{0: 1}, {2, 0}, frozenset({1}), {3: 0}.keys()])
+def test_write_manifest_refuses_a_mapping_or_a_set(tmp_path: Path, value: object) -> None:
+    """write_manifest(epochs={0: 1}) recorded the dict's keys (epoch 0, not epoch 1); a set's order is arbitrary."""
+    from lazystack.sampling.manifest import write_manifest
+
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=2)
+    for name in ("epochs", "indices"):
+        with pytest.raises(TypeError, match=rf"{name} must be a sequence of non-negative integers, got .*: accepted"):
+            write_manifest(tmp_path / "m.csv", sampler, stacks, **{name: value})  # type: ignore[arg-type]
+        assert not (tmp_path / "m.csv").exists()
+    write_manifest(tmp_path / "m.csv", sampler, stacks, epochs={0: 1}.values())  # ordered: accepted
