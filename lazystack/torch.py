@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -714,6 +714,14 @@ class EpochSampler:
         otherwise the last ranks may get one fewer.
     epoch : int
         Starting epoch.
+    indices : sequence of int, optional
+        The dataset's indices an epoch visits (default: all of them), e.g. a
+        training split: what ``torch.utils.data.Subset`` and ``random_split``
+        do, for the dataset itself (whose ``__getitems__`` takes the pairs,
+        which torch's ``Subset`` and ``ConcatDataset`` do not):
+        ``DataLoader(dataset, sampler=EpochSampler(dataset,
+        indices=part.indices))``. The epoch's length is then theirs;
+        ``shuffle``, ``pad`` and the ranks apply to them.
 
     Raises
     ------
@@ -721,8 +729,13 @@ class EpochSampler:
         For a negative ``length``, ``seed`` or ``epoch``, or a ``rank`` not in
         ``range(world_size)``.
     TypeError
-        For any of them that is not an integer (a boolean is not one), or a
-        ``shuffle`` or ``pad`` that is not a boolean.
+        For any of them that is not an integer (a boolean is not one), a
+        ``shuffle`` or ``pad`` that is not a boolean, ``indices`` that are
+        not a sequence of integers (a set, a mapping), or a
+        ``torch.utils.data.Subset`` or ``ConcatDataset`` as ``length`` (they
+        index with plain integers: the message says what to do instead).
+    IndexError
+        For an index of ``indices`` outside ``range(length)``.
 
     Notes
     -----
@@ -750,11 +763,24 @@ class EpochSampler:
         seed: int = 0,
         pad: bool = True,
         epoch: int = 0,
+        indices: Sequence[int] | None = None,
     ) -> None:
         #: the dataset whose current ``len()`` is the epoch's length (None: ``length`` was a number)
         sized = hasattr(length, "__len__") and not hasattr(length, "__index__") and not _is_bool(length)
+        if sized:
+            _check_not_a_torch_wrapper(length)
         self.dataset: Any = length if sized else None
+        #: the dataset's indices an epoch visits (None: all)
+        self.indices: np.ndarray | None = None
         self._length = _check_length(_integer("length", length)) if self.dataset is None else self.length
+        if indices is not None:
+            if isinstance(indices, (str, bytes, Mapping, Set)) or not hasattr(indices, "__len__"):
+                msg = (
+                    f"indices must be a sequence of integers (the dataset's indices an epoch visits), got "
+                    f"{indices!r} ({type(indices).__name__}): accepted are a list, tuple, range or array"
+                )
+                raise TypeError(msg)
+            self.indices = _index_array(list(indices) if not hasattr(indices, "dtype") else indices, self.length)
         self.rank = _integer("rank", rank)
         self.world_size = _integer("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -767,14 +793,16 @@ class EpochSampler:
 
     @property
     def length(self) -> int:
-        """Indices per epoch: the dataset's current ``len()``, or the number given."""
+        """Indices per epoch: the number of ``indices`` given, else the dataset's current ``len()`` or the number."""
+        if self.indices is not None:
+            return len(self.indices)
         if self.dataset is not None:
             self._length = _check_length(len(self.dataset))
         return self._length
 
     @length.setter
     def length(self, value: int) -> None:
-        self.dataset = None  # a number given now: no longer follows the dataset
+        self.dataset = self.indices = None  # a number given now: no longer follows the dataset or the indices
         self._length = _check_length(_integer("length", value))
 
     def set_epoch(self, epoch: int) -> None:
@@ -802,6 +830,11 @@ class EpochSampler:
     def _ordered(self, positions: range, n: int) -> Iterator[int]:
         """The indices at some positions of the padded order of ``n``, lazily (the shuffle is drawn now, eagerly)."""
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else None
+        if self.indices is not None:
+            chosen = self.indices.tolist()
+            if perm is None:
+                return (chosen[p % n] for p in positions)
+            return (chosen[int(perm[p % n])] for p in positions)
         if perm is None:
             return (p % n for p in positions)  # padding repeats the order from its start
         return (int(perm[p % n]) for p in positions)
@@ -816,6 +849,29 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return len(range(self.rank, self._padded_length(self.length), self.world_size))
+
+
+def _check_not_a_torch_wrapper(dataset: Any) -> None:
+    """Refuse torch's ``Subset`` / ``ConcatDataset``: they index with plain integers, not EpochSampler's pairs."""
+    if not type(dataset).__module__.startswith("torch.utils.data"):
+        return
+    data = _torch().utils.data
+    if isinstance(dataset, data.Subset):
+        msg = (
+            f"EpochSampler got a torch.utils.data.Subset (of {type(dataset.dataset).__name__}; random_split's "
+            "parts are Subsets too): its (epoch, index) pairs cannot pass through a Subset, which indexes a list "
+            "with them. Give the DataLoader the dataset itself and this sampler the subset's indices: "
+            "DataLoader(dataset, sampler=EpochSampler(dataset, indices=subset.indices))"
+        )
+        raise TypeError(msg)
+    if isinstance(dataset, data.ConcatDataset):
+        msg = (
+            f"EpochSampler got a torch.utils.data.ConcatDataset of {len(dataset.datasets)} datasets: its (epoch, "
+            "index) pairs cannot pass through a ConcatDataset, which compares them with integers. Build one "
+            "PatchDataset over all the stacks (its sampler over stacks_a + stacks_b), or use plain integer indices "
+            "(DataLoader's default sampler) with each dataset's set_epoch() and persistent_workers=False"
+        )
+        raise TypeError(msg)
 
 
 class ChunkLocalSampler(Sampler):

@@ -154,3 +154,41 @@ def test_write_manifest_refuses_a_mapping_or_a_set(tmp_path: Path, value: object
             write_manifest(tmp_path / "m.csv", sampler, stacks, **{name: value})  # type: ignore[arg-type]
         assert not (tmp_path / "m.csv").exists()
     write_manifest(tmp_path / "m.csv", sampler, stacks, epochs={0: 1}.values())  # ordered: accepted
+
+
+# -- 5. review: a split of the dataset (Subset, random_split, ConcatDataset) with EpochSampler ------------------------
+def test_epoch_sampler_refuses_torch_subsets_and_concat_datasets_naming_what_to_do() -> None:
+    """EpochSampler(Subset) / (ConcatDataset) failed only at the first batch, inside torch ('list indices must be
+    integers or slices, not tuple', "'<' not supported between instances of 'tuple' and 'int'")."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    dataset = PatchDataset(stacks, RandomSampler(stacks, 8, 6, seed=1))
+    part, _ = torch.utils.data.random_split(dataset, [4, 2], generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"Subset .*EpochSampler\(dataset, indices=subset.indices\)"):
+        EpochSampler(part)
+    with pytest.raises(TypeError, match=r"ConcatDataset of 2 datasets.*one PatchDataset over all the stacks"):
+        EpochSampler(torch.utils.data.ConcatDataset([dataset, dataset]))
+    for bad, error in (({1, 2}, TypeError), ({0: 1}, TypeError), ([1, 6], IndexError), ([True, 1], TypeError)):
+        with pytest.raises(error, match=r"indices|index"):
+            EpochSampler(dataset, indices=bad)  # type: ignore[arg-type]
+
+
+def test_a_random_split_reaches_persistent_workers_epoch_after_epoch_and_over_ranks() -> None:
+    """A training split (random_split's indices) read by persistent workers: each epoch's patches are the sampler's
+    of that epoch at the split's indices (a Subset with plain indices gave epoch 0's every epoch: the workers' copies
+    never see dataset.set_epoch), and two DDP ranks' shares make up the split."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    part, _ = torch.utils.data.random_split(dataset, [4, 2], generator=torch.Generator().manual_seed(0))
+    chosen = list(part.indices)
+    epochs = EpochSampler(dataset, indices=chosen)
+    loader = DataLoader(dataset, batch_size=2, sampler=epochs, num_workers=2, persistent_workers=True)
+    for epoch in (0, 3):  # resumed at epoch 3: the same batches as an uninterrupted run's
+        epochs.set_epoch(epoch)
+        got = torch.cat([b["input"] for b in loader]).numpy()[:, 0]
+        specs = sampler.epoch_specs(epoch, chosen)
+        expected = [IMAGE[s.sample, s.coords[0] : s.coords[0] + 8, s.coords[1] : s.coords[1] + 8] for s in specs]
+        np.testing.assert_array_equal(got, np.stack(expected))
+    shares = [list(EpochSampler(dataset, indices=chosen, rank=r, world_size=2, shuffle=True)) for r in (0, 1)]
+    assert sorted(i for share in shares for _, i in share) == sorted(chosen)
+    assert len(shares[0]) == len(shares[1]) == 2
