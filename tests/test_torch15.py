@@ -192,3 +192,19 @@ def test_a_random_split_reaches_persistent_workers_epoch_after_epoch_and_over_ra
     shares = [list(EpochSampler(dataset, indices=chosen, rank=r, world_size=2, shuffle=True)) for r in (0, 1)]
     assert sorted(i for share in shares for _, i in share) == sorted(chosen)
     assert len(shares[0]) == len(shares[1]) == 2
+
+
+# -- 5. review: resuming from a manifest at an epoch it does not record -----------------------------------------------
+def test_read_manifest_of_an_epoch_not_recorded_names_the_recorded_ones(tmp_path: Path) -> None:
+    """read_manifest(epoch=3) of a file recording epochs 0 and 1 gave an empty FixedSampler: a resumed run trained on
+    nothing (a DataLoader of 0 batches), without a word."""
+    from lazystack.sampling.manifest import ManifestMismatchError, read_manifest, write_manifest
+
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=2)
+    path = write_manifest(tmp_path / "m.csv", sampler, stacks, epochs=[0, 1])
+    with pytest.raises(ManifestMismatchError, match=r"records no row of epoch 3: it records epoch\(s\) 0, 1"):
+        read_manifest(path, stacks, epoch=3)
+    assert read_manifest(path, stacks, epoch=1).epoch_specs(0) == sampler.epoch_specs(1)
+    empty = write_manifest(tmp_path / "e.csv", sampler, stacks, indices=[])
+    assert len(read_manifest(empty, stacks, epoch=0)) == 0  # a file of no rows: nothing recorded, nothing refused
