@@ -369,7 +369,12 @@ class PatchDataset:
     def _key(self, index: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(index, (tuple, list)):
             if len(index) != 2:
-                msg = f"index {index!r}: accepted are an int or an (epoch, index) pair"
+                msg = f"index {index!r}: accepted are an int or an (epoch, index) pair" + (
+                    " (a PatchSpec is what a lazystack sampler yields: give it to PatchDataset, and the DataLoader "
+                    "sampler=EpochSampler(dataset))"
+                    if isinstance(index, PatchSpec)
+                    else ""
+                )
                 raise TypeError(msg)
             return _integer("epoch", index[0]), _integer("index", index[1])
         return self.epoch, _integer("index", index)
@@ -434,6 +439,13 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
+        if type(indices) is _EpochKey:  # torch's fetcher hands a batch sampler's item over as the batch
+            msg = (
+                f"got one (epoch, index) pair {tuple(indices)} as a batch of indices: an EpochSampler is the "
+                "DataLoader's sampler=, not its batch_sampler= (which would read a batch of the two as indices). "
+                "Pass DataLoader(dataset, sampler=EpochSampler(dataset), batch_size=...)"
+            )
+            raise TypeError(msg)
         self._check_tokens(indices)
         keys = [self._key(i) for i in indices]
         if self.read_ahead and keys:

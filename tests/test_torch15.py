@@ -208,3 +208,19 @@ def test_read_manifest_of_an_epoch_not_recorded_names_the_recorded_ones(tmp_path
     assert read_manifest(path, stacks, epoch=1).epoch_specs(0) == sampler.epoch_specs(1)
     empty = write_manifest(tmp_path / "e.csv", sampler, stacks, indices=[])
     assert len(read_manifest(empty, stacks, epoch=0)) == 0  # a file of no rows: nothing recorded, nothing refused
+
+
+# -- 5. review: the lazystack sampler or EpochSampler in the wrong DataLoader argument --------------------------------
+def test_samplers_in_the_wrong_dataloader_argument_are_named() -> None:
+    """DataLoader(dataset, batch_sampler=EpochSampler(dataset)) read each (epoch, index) pair as a batch of two
+    indices of the dataset's epoch (index `epoch` and index `index`): a batch of two wrong patches, without a word.
+    A lazystack sampler as the DataLoader's sampler= was refused without saying where it goes."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    with pytest.raises(TypeError, match=r"one \(epoch, index\) pair \(0, 0\) as a batch.*not its batch_sampler="):
+        next(iter(DataLoader(dataset, batch_sampler=EpochSampler(dataset))))
+    with pytest.raises(TypeError, match=r"PatchSpec is what a lazystack sampler yields.*sampler=EpochSampler"):
+        next(iter(DataLoader(dataset, sampler=sampler)))  # type: ignore[arg-type]
+    got = next(iter(DataLoader(dataset, sampler=EpochSampler(dataset), batch_size=None)))["input"].numpy()[0]
+    np.testing.assert_array_equal(got, _patches(sampler)[0])  # batch_size=None: one item a pair, as before
