@@ -306,7 +306,9 @@ class PatchDataset:
         return len(self.sampler)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _STATE:  # what an index reads changes: indices drawn for the old state are refused
+        # what an index reads changes: indices drawn for the old state are refused. Not in a DataLoader worker,
+        # whose worker_init_fn may set up its own copy: the copy keeps the generation it was made at
+        if name in _STATE and _torch().utils.data.get_worker_info() is None:
             object.__setattr__(self, "_generation", self.__dict__.get("_generation", 0) + 1)
         object.__setattr__(self, name, value)
 
@@ -756,7 +758,8 @@ class EpochSampler:
     dataset's identity and *generation*, read when an epoch's iteration
     starts: how many times the dataset's ``sampler`` (or ``stacks``,
     ``targets``, ``masks``, ``channels``, ``transform``, ``return_spec``,
-    ``ragged``) has been assigned. A copy of that dataset at another
+    ``ragged``) has been assigned (outside DataLoader workers: a
+    ``worker_init_fn`` may set up its worker's copy). A copy of that dataset at another
     generation refuses them with a
     [`LazyStackError`][lazystack.LazyStackError] instead of reading another
     sampler's patches: a persistent worker started before a replacement (make

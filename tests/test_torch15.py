@@ -224,3 +224,25 @@ def test_samplers_in_the_wrong_dataloader_argument_are_named() -> None:
         next(iter(DataLoader(dataset, sampler=sampler)))  # type: ignore[arg-type]
     got = next(iter(DataLoader(dataset, sampler=EpochSampler(dataset), batch_size=None)))["input"].numpy()[0]
     np.testing.assert_array_equal(got, _patches(sampler)[0])  # batch_size=None: one item a pair, as before
+
+
+def _double_in_worker(worker_id: int) -> None:
+    """A worker_init_fn that sets up its worker's copy of the dataset (a transform of its own)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform = lambda item: {"input": item["input"] * 2}
+
+
+def test_a_worker_init_fn_may_assign_to_its_workers_copy() -> None:
+    """The generation counts the assignments made outside DataLoader workers: a worker_init_fn that gives its
+    worker's copy a transform of its own is not taken for a replaced sampler (the indices are served, transformed)."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    epochs = EpochSampler(dataset)
+    loader = DataLoader(
+        dataset, batch_size=3, sampler=epochs, num_workers=2, persistent_workers=True, worker_init_fn=_double_in_worker
+    )
+    for epoch in (0, 1):
+        epochs.set_epoch(epoch)
+        got = torch.cat([b["input"] for b in loader]).numpy()[:, 0]
+        np.testing.assert_array_equal(got, _patches(sampler, epoch) * 2)
