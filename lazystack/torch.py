@@ -187,7 +187,11 @@ class PatchDataset:
         For an ``epoch`` that is not an integer (a boolean is not one), a
         ``read_ahead`` that is not an integer, a ``ragged`` or ``return_spec`` that is not a boolean, a
         ``transform`` that is not callable, or a ``sampler`` that is not a
-        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's).
+        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's);
+        at a batch, for an index that is neither an integer nor a pair (a
+        ``PatchSpec``: the lazystack sampler given to the DataLoader), or one
+        ``EpochSampler`` pair given as the whole batch (an ``EpochSampler``
+        passed as the DataLoader's ``batch_sampler``).
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -197,6 +201,10 @@ class PatchDataset:
         samples and spatial shape other than the sampler's ``geometries``
         (stacks it never draws from, e.g. coarse levels, may be left out
         from the end); at a batch that mixes patch sizes, unless ``ragged``.
+    LazyStackError
+        At a batch of [`EpochSampler`][EpochSampler] pairs drawn for another
+        state of this dataset (a persistent worker's copy made before its
+        ``sampler`` was replaced: see Notes).
 
     Notes
     -----
