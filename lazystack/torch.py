@@ -25,14 +25,14 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .core.errors import ChannelIndexError, MissingDependencyError, ShapeMismatchError
+from .core.errors import ChannelIndexError, LazyStackError, MissingDependencyError, ShapeMismatchError
 from .io.cache import parse_size
 from .io.process import current_pid
 from .ops.batch import extract_patches
@@ -95,7 +95,35 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-#: Default byte budget of a dataset's read-ahead (patches read ahead and not yet taken).
+#: Attributes of a PatchDataset whose assignment changes what its indices read (a new sampler generation).
+_STATE = frozenset(("sampler", "stacks", "targets", "masks", "channels", "transform", "return_spec", "ragged"))
+
+#: Numbers the datasets of this process (with the pid: a dataset's identity, kept by its pickled copies).
+_DATASETS = itertools.count()
+
+
+class _EpochKey(tuple[int, int]):
+    """An ``(epoch, index)`` pair (what EpochSampler yields) that also tells the dataset state it was drawn for.
+
+    It is the pair (equal to the plain tuple, indexed and unpacked as one),
+    with a ``token``: the dataset's identity and its generation (how many
+    times its sampler, stacks, channels, transform ... had been replaced)
+    when the epoch started. A persistent worker's copy of the dataset
+    compares it with its own, and refuses an index drawn for another state
+    instead of reading the old sampler's patch.
+    """
+
+    token: tuple[int, int, int]
+
+    def __new__(cls, epoch: int, index: int, token: tuple[int, int, int]) -> _EpochKey:
+        key = super().__new__(cls, (epoch, index))
+        key.token = token
+        return key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_EpochKey, (self[0], self[1], self.token))
+
+
 DEFAULT_READ_AHEAD_BYTES = 256 * 2**20
 
 Item = dict[str, "torch.Tensor"]
@@ -159,7 +187,11 @@ class PatchDataset:
         For an ``epoch`` that is not an integer (a boolean is not one), a
         ``read_ahead`` that is not an integer, a ``ragged`` or ``return_spec`` that is not a boolean, a
         ``transform`` that is not callable, or a ``sampler`` that is not a
-        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's).
+        lazystack sampler (an [`EpochSampler`][EpochSampler] is the DataLoader's);
+        at a batch, for an index that is neither an integer nor a pair (a
+        ``PatchSpec``: the lazystack sampler given to the DataLoader), or one
+        ``EpochSampler`` pair given as the whole batch (an ``EpochSampler``
+        passed as the DataLoader's ``batch_sampler``).
     ChannelIndexError
         Before any batch, when stacks whose patches would be batched together
         have different channel counts and no channel selection makes them equal.
@@ -169,6 +201,10 @@ class PatchDataset:
         samples and spatial shape other than the sampler's ``geometries``
         (stacks it never draws from, e.g. coarse levels, may be left out
         from the end); at a batch that mixes patch sizes, unless ``ragged``.
+    LazyStackError
+        At a batch of [`EpochSampler`][EpochSampler] pairs drawn for another
+        state of this dataset (a persistent worker's copy made before its
+        ``sampler`` was replaced: see Notes).
 
     Notes
     -----
@@ -183,7 +219,10 @@ class PatchDataset:
     them), not a pair. With persistent
     workers, use [`EpochSampler`][EpochSampler] and its ``set_epoch``: the workers'
     copies of the dataset do not see [`set_epoch()`][set_epoch] calls made later in
-    the main process.
+    the main process. Nor do they see a new ``sampler`` (or ``stacks``,
+    ``transform`` ...) assigned later: the pairs of an ``EpochSampler`` built
+    over the dataset carry its generation, and a copy at another generation
+    refuses them, naming what to do (see [`EpochSampler`][EpochSampler]).
 
     Read-ahead predicts a worker's next batches from the one it was asked
     for: a batch whose indices step evenly (``EpochSampler``'s in-order
@@ -218,6 +257,9 @@ class PatchDataset:
         ragged: bool = False,
     ) -> None:
         _torch()
+        #: this dataset's identity (kept by its pickled copies, e.g. a DataLoader worker's)
+        self._uid = (current_pid(), next(_DATASETS))
+        self._generation = 0  # bumped by each assignment of a _STATE attribute (see __setattr__)
         if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
             msg = (
                 f"PatchDataset's sampler must be a lazystack Sampler (RandomSampler, GridSampler, a manifest's ...: "
@@ -271,6 +313,41 @@ class PatchDataset:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # what an index reads changes: indices drawn for the old state are refused. Not in a DataLoader worker,
+        # whose worker_init_fn may set up its own copy: the copy keeps the generation it was made at
+        if name in _STATE and _torch().utils.data.get_worker_info() is None:
+            object.__setattr__(self, "_generation", self.__dict__.get("_generation", 0) + 1)
+        object.__setattr__(self, name, value)
+
+    def _token(self) -> tuple[int, int, int]:
+        """This dataset's identity and generation, which [`EpochSampler`][EpochSampler] gives its indices."""
+        return (*self._uid, self._generation)
+
+    def _check_tokens(self, indices: Sequence[Any]) -> None:
+        """Refuse ``(epoch, index)`` pairs an EpochSampler drew for another state of this dataset (see Notes)."""
+        mine = self._token()
+        for index in indices:
+            if type(index) is _EpochKey and index.token != mine and index.token[:2] == mine[:2]:
+                drawn, what = index.token[2], "sampler (or stacks, targets, masks, channels, transform ...)"
+                if drawn > mine[2]:
+                    msg = (
+                        f"index {tuple(index)} was drawn by an EpochSampler after this PatchDataset's {what} was "
+                        f"replaced (generation {drawn}), but this copy of the dataset is older (generation {mine[2]}) "
+                        "and would read the old one: persistent DataLoader workers (persistent_workers=True) keep "
+                        "the dataset they were started with and never see a replacement. Make a new DataLoader "
+                        "after replacing it (its workers copy the dataset as it is then), or use "
+                        "persistent_workers=False"
+                    )
+                else:
+                    msg = (
+                        f"index {tuple(index)} was drawn by an EpochSampler before this PatchDataset's {what} was "
+                        f"replaced (generation {drawn}, now {mine[2]}): the rest of that epoch follows the old "
+                        "sampler's order and length. Replace it between epochs, and start the next epoch "
+                        "(iter(loader)) after"
+                    )
+                raise LazyStackError(msg)
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ahead": None}  # the read-ahead thread and its batches stay in this process
 
@@ -302,7 +379,12 @@ class PatchDataset:
     def _key(self, index: int | tuple[int, int]) -> tuple[int, int]:
         if isinstance(index, (tuple, list)):
             if len(index) != 2:
-                msg = f"index {index!r}: accepted are an int or an (epoch, index) pair"
+                msg = f"index {index!r}: accepted are an int or an (epoch, index) pair" + (
+                    " (a PatchSpec is what a lazystack sampler yields: give it to PatchDataset, and the DataLoader "
+                    "sampler=EpochSampler(dataset))"
+                    if isinstance(index, PatchSpec)
+                    else ""
+                )
                 raise TypeError(msg)
             return _integer("epoch", index[0]), _integer("index", index[1])
         return self.epoch, _integer("index", index)
@@ -367,6 +449,14 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Read a batch of items in one [`lazystack.extract_patches()`][lazystack.extract_patches] call."""
+        if type(indices) is _EpochKey:  # torch's fetcher hands a batch sampler's item over as the batch
+            msg = (
+                f"got one (epoch, index) pair {tuple(indices)} as a batch of indices: an EpochSampler is the "
+                "DataLoader's sampler=, not its batch_sampler= (which would read a batch of the two as indices). "
+                "Pass DataLoader(dataset, sampler=EpochSampler(dataset), batch_size=...)"
+            )
+            raise TypeError(msg)
+        self._check_tokens(indices)
         keys = [self._key(i) for i in indices]
         if self.read_ahead and keys:
             specs, patches = self._read_ahead(keys)
@@ -629,7 +719,8 @@ class EpochSampler:
         dataset whose ``sampler`` was replaced (as long as the new epoch is
         iterated from its start). Persistent DataLoader workers keep the
         dataset they were started with: after replacing its sampler, make a
-        new DataLoader.
+        new DataLoader (the workers refuse the indices of an epoch started
+        after the replacement, see Notes).
     rank, world_size : int
         This process's share of the epoch: positions ``rank, rank +
         world_size, ...`` of the epoch's order.
@@ -645,6 +736,14 @@ class EpochSampler:
         otherwise the last ranks may get one fewer.
     epoch : int
         Starting epoch.
+    indices : sequence of int, optional
+        The dataset's indices an epoch visits (default: all of them), e.g. a
+        training split: what ``torch.utils.data.Subset`` and ``random_split``
+        do, for the dataset itself (whose ``__getitems__`` takes the pairs,
+        which torch's ``Subset`` and ``ConcatDataset`` do not):
+        ``DataLoader(dataset, sampler=EpochSampler(dataset,
+        indices=part.indices))``. The epoch's length is then theirs;
+        ``shuffle``, ``pad`` and the ranks apply to them.
 
     Raises
     ------
@@ -652,8 +751,29 @@ class EpochSampler:
         For a negative ``length``, ``seed`` or ``epoch``, or a ``rank`` not in
         ``range(world_size)``.
     TypeError
-        For any of them that is not an integer (a boolean is not one), or a
-        ``shuffle`` or ``pad`` that is not a boolean.
+        For any of them that is not an integer (a boolean is not one), a
+        ``shuffle`` or ``pad`` that is not a boolean, ``indices`` that are
+        not a sequence of integers (a set, a mapping), or a
+        ``torch.utils.data.Subset`` or ``ConcatDataset`` as ``length`` (they
+        index with plain integers: the message says what to do instead).
+    IndexError
+        For an index of ``indices`` outside ``range(length)``.
+
+    Notes
+    -----
+    Built over a [`PatchDataset`][PatchDataset], the pairs it yields are
+    ``tuple`` subclasses (equal to the plain pairs) that also carry the
+    dataset's identity and *generation*, read when an epoch's iteration
+    starts: how many times the dataset's ``sampler`` (or ``stacks``,
+    ``targets``, ``masks``, ``channels``, ``transform``, ``return_spec``,
+    ``ragged``) has been assigned (outside DataLoader workers: a
+    ``worker_init_fn`` may set up its worker's copy). A copy of that dataset at another
+    generation refuses them with a
+    [`LazyStackError`][lazystack.LazyStackError] instead of reading another
+    sampler's patches: a persistent worker started before a replacement (make
+    a new DataLoader), or the dataset itself when the replacement came in the
+    middle of the epoch. Indices of another dataset, plain integers and
+    pairs are not checked.
     """
 
     def __init__(
@@ -666,11 +786,24 @@ class EpochSampler:
         seed: int = 0,
         pad: bool = True,
         epoch: int = 0,
+        indices: Sequence[int] | None = None,
     ) -> None:
         #: the dataset whose current ``len()`` is the epoch's length (None: ``length`` was a number)
         sized = hasattr(length, "__len__") and not hasattr(length, "__index__") and not _is_bool(length)
+        if sized:
+            _check_not_a_torch_wrapper(length)
         self.dataset: Any = length if sized else None
+        #: the dataset's indices an epoch visits (None: all)
+        self.indices: np.ndarray | None = None
         self._length = _check_length(_integer("length", length)) if self.dataset is None else self.length
+        if indices is not None:
+            if isinstance(indices, (str, bytes, Mapping, Set)) or not hasattr(indices, "__len__"):
+                msg = (
+                    f"indices must be a sequence of integers (the dataset's indices an epoch visits), got "
+                    f"{indices!r} ({type(indices).__name__}): accepted are a list, tuple, range or array"
+                )
+                raise TypeError(msg)
+            self.indices = _index_array(list(indices) if not hasattr(indices, "dtype") else indices, self.length)
         self.rank = _integer("rank", rank)
         self.world_size = _integer("world_size", world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -683,14 +816,16 @@ class EpochSampler:
 
     @property
     def length(self) -> int:
-        """Indices per epoch: the dataset's current ``len()``, or the number given."""
+        """Indices per epoch: the number of ``indices`` given, else the dataset's current ``len()`` or the number."""
+        if self.indices is not None:
+            return len(self.indices)
         if self.dataset is not None:
             self._length = _check_length(len(self.dataset))
         return self._length
 
     @length.setter
     def length(self, value: int) -> None:
-        self.dataset = None  # a number given now: no longer follows the dataset
+        self.dataset = self.indices = None  # a number given now: no longer follows the dataset or the indices
         self._length = _check_length(_integer("length", value))
 
     def set_epoch(self, epoch: int) -> None:
@@ -718,6 +853,11 @@ class EpochSampler:
     def _ordered(self, positions: range, n: int) -> Iterator[int]:
         """The indices at some positions of the padded order of ``n``, lazily (the shuffle is drawn now, eagerly)."""
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else None
+        if self.indices is not None:
+            chosen = self.indices.tolist()
+            if perm is None:
+                return (chosen[p % n] for p in positions)
+            return (chosen[int(perm[p % n])] for p in positions)
         if perm is None:
             return (p % n for p in positions)  # padding repeats the order from its start
         return (int(perm[p % n]) for p in positions)
@@ -725,10 +865,36 @@ class EpochSampler:
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, n = self.epoch, self.length
         share = range(self.rank, self._padded_length(n), self.world_size)
-        return ((epoch, i) for i in self._ordered(share, n))
+        if not isinstance(self.dataset, PatchDataset):
+            return ((epoch, i) for i in self._ordered(share, n))
+        token = self.dataset._token()  # the dataset's state now: a worker's copy of another state refuses the pairs
+        return (_EpochKey(epoch, i, token) for i in self._ordered(share, n))
 
     def __len__(self) -> int:
         return len(range(self.rank, self._padded_length(self.length), self.world_size))
+
+
+def _check_not_a_torch_wrapper(dataset: Any) -> None:
+    """Refuse torch's ``Subset`` / ``ConcatDataset``: they index with plain integers, not EpochSampler's pairs."""
+    if not type(dataset).__module__.startswith("torch.utils.data"):
+        return
+    data = _torch().utils.data
+    if isinstance(dataset, data.Subset):
+        msg = (
+            f"EpochSampler got a torch.utils.data.Subset (of {type(dataset.dataset).__name__}; random_split's "
+            "parts are Subsets too): its (epoch, index) pairs cannot pass through a Subset, which indexes a list "
+            "with them. Give the DataLoader the dataset itself and this sampler the subset's indices: "
+            "DataLoader(dataset, sampler=EpochSampler(dataset, indices=subset.indices))"
+        )
+        raise TypeError(msg)
+    if isinstance(dataset, data.ConcatDataset):
+        msg = (
+            f"EpochSampler got a torch.utils.data.ConcatDataset of {len(dataset.datasets)} datasets: its (epoch, "
+            "index) pairs cannot pass through a ConcatDataset, which compares them with integers. Build one "
+            "PatchDataset over all the stacks (its sampler over stacks_a + stacks_b), or use plain integer indices "
+            "(DataLoader's default sampler) with each dataset's set_epoch() and persistent_workers=False"
+        )
+        raise TypeError(msg)
 
 
 class ChunkLocalSampler(Sampler):

@@ -26,7 +26,7 @@ import operator
 import os
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,13 @@ def _numbers(name: str, values: Any) -> list[int]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or getattr(values, "ndim", None) == 0:
         msg = f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__})"
         raise TypeError(msg)
+    if isinstance(values, (Mapping, Set)):  # iterating takes a dict's keys, a set's order is arbitrary
+        kind = "a mapping (iterating it takes its keys)" if isinstance(values, Mapping) else "an unordered set"
+        msg = (
+            f"{name} must be a sequence of non-negative integers, got {values!r} ({type(values).__name__}, {kind}): "
+            f"accepted are a list, tuple, range, array or tensor of integers (e.g. sorted({name}) or list(...))"
+        )
+        raise TypeError(msg)
     return [_number(f"{name} item", v) for v in values]
 
 
@@ -327,7 +334,9 @@ def write_manifest(
     TypeError
         If ``path`` is not a str or os.PathLike of str (a ``bytes`` path:
         decode it with ``os.fsdecode()``), or ``epochs`` or ``indices`` is
-        not a sequence of integers (a boolean is not one).
+        not a sequence of integers (a boolean is not one; a mapping, whose
+        iteration gives its keys, and a set, whose order is arbitrary, are
+        not sequences).
     ValueError
         If an epoch or index is negative.
     """
@@ -388,7 +397,8 @@ def read_manifest(
         If a stack is missing or its source, shape, size, modification time
         or content differs from the record (the message names the source),
         or a row's sample, channels or patch do not fit its stack (with
-        ``check=False`` too).
+        ``check=False`` too), or ``epoch`` is given and the file records
+        other epochs but not that one (the message lists them).
     SourceFormatError
         If the file is not a manifest (not a regular UTF-8 CSV file with the
         columns, or a field that is not a non-negative integer).
@@ -413,6 +423,7 @@ def read_manifest(
     lines = array.array("q")  # each spec's line, for the messages
     recorded: dict[int, dict[str, str]] = {}
     shared: dict[str, tuple[int, ...]] = {}  # the few distinct channels / patch sizes: one tuple each
+    other_epochs: set[int] = set()  # the epochs recorded but not asked for (to name them when none is)
     try:
         with p.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -424,8 +435,11 @@ def read_manifest(
                 raise SourceFormatError(msg)
             for r in reader:  # one row at a time: only the specs are kept
                 where = f"manifest {str(p)!r}, line {reader.line_num}"
-                if epoch is not None and _field(r, "epoch", where) != epoch:
-                    continue
+                if epoch is not None:
+                    row_epoch = _field(r, "epoch", where)
+                    if row_epoch != epoch:
+                        other_epochs.add(row_epoch)
+                        continue
                 k = _field(r, "stack", where)
                 spec = PatchSpec(
                     k,
@@ -444,6 +458,14 @@ def read_manifest(
     except csv.Error as exc:
         msg = f"{str(p)!r} is not a lazystack manifest: not CSV ({exc})"
         raise SourceFormatError(msg) from None
+    if epoch is not None and not specs and other_epochs:  # an empty sampler would train on nothing, silently
+        listed = sorted(other_epochs)
+        shown = ", ".join(map(str, listed[:20])) + (f" ... ({len(listed)} epochs)" if len(listed) > 20 else "")
+        msg = (
+            f"manifest {str(p)!r} records no row of epoch {epoch}: it records epoch(s) {shown}. Pass one of those, "
+            "or epoch=None for all rows (write_manifest(..., epochs=[...]) records the epochs to replay)"
+        )
+        raise ManifestMismatchError(msg)
     if check:
         for k, rec in sorted(recorded.items()):
             if k >= len(stacks):

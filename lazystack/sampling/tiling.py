@@ -117,6 +117,47 @@ def _numpy_dtype(out: Any) -> np.dtype[Any] | None:
         return None
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor (told without importing torch)."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach") and hasattr(value, "numpy")
+
+
+def _tensor_target(i: int, out: Any) -> np.ndarray[Any, Any]:
+    """A NumPy view of the memory of ``out[i]``, a CPU torch tensor: writing into it writes into the tensor in place.
+
+    Refused (before any tile is written) for a tensor that NumPy cannot view: not on the CPU, not strided (sparse),
+    of a dtype NumPy has no equal for (``bfloat16``, ``float8``, ``complex32``), or with its conjugate or negative
+    bit set.
+    """
+    device = getattr(out, "device", None)
+    what = f"out[{i}] is a torch tensor of dtype {out.dtype} on {device}"
+    accepted = (
+        "accepted are CPU tensors of a dtype NumPy has (written in place, with the numpy outputs' casting rule) and "
+        "numpy arrays: pass e.g. torch.empty(..., dtype=torch.float32) and convert the result once stitched "
+        "(.to(device), .to(dtype))"
+    )
+    if getattr(device, "type", None) != "cpu":
+        msg = f"{what}: the Stitcher writes tiles into memory of this process; {accepted}"
+        raise TypeError(msg)
+    reason = ""
+    if str(getattr(out, "layout", "")) != "torch.strided":
+        reason = f"its layout {out.layout} has no NumPy view"
+    elif out.is_conj() or out.is_neg():
+        reason = "its conjugate / negative bit is set (a lazy view NumPy cannot write through)"
+    else:
+        try:
+            view = out.detach().numpy()
+        except (TypeError, RuntimeError) as err:
+            reason = f"NumPy cannot view it ({err})"
+        else:
+            if not view.flags.writeable:  # pragma: no cover - torch's views are writable
+                reason = "its NumPy view is read-only"
+    if reason:
+        msg = f"{what}: {reason}; {accepted}"
+        raise TypeError(msg)
+    return view
+
+
 def _cast_reason(src: np.dtype[Any], dst: np.dtype[Any]) -> str:
     """Why a cast of ``src`` values into ``dst`` can change them (for a refusal's message)."""
     if dst.kind == "b":
@@ -231,8 +272,9 @@ class Stitcher:
         Channels of a prediction (``C(Z)YX`` per tile).
     out : sequence of array-like, optional
         One output per stack, of shape ``(n_samples, n_channels, *spatial)``
-        and accepting slice assignment (numpy, Zarr ...). Default: new
-        ``float32`` numpy arrays. A stack the grid leaves out (its
+        and accepting slice assignment (numpy, Zarr ...), or a CPU torch
+        tensor, written in place through a NumPy view of its memory (same
+        casting rule as a numpy output). Default: new ``float32`` numpy arrays. A stack the grid leaves out (its
         ``levels_left_out``) gets no output: None in
         ``outputs`` (anything given there is ignored).
     dtype : numpy dtype
@@ -259,6 +301,9 @@ class Stitcher:
         If ``n_channels`` is not a positive integer, or ``casting`` is not one of NumPy's.
     ShapeMismatchError
         If ``out`` does not hold one array of the right shape per stack.
+    TypeError
+        If an output is a torch tensor NumPy cannot write through: not on the
+        CPU, sparse, or of a dtype NumPy has none for (``bfloat16``).
 
     Examples
     --------
@@ -316,6 +361,10 @@ class Stitcher:
                 elif tuple(o.shape) != s:
                     msg = f"out[{i}] has shape {tuple(o.shape)}; stack {i}'s predictions need {s}"
                     raise ShapeMismatchError(msg)
+        #: Where each output is written: the output itself, or a NumPy view of a CPU torch tensor's memory.
+        self._targets: list[Any] = [
+            o if o is None or not _is_tensor(o) else _tensor_target(i, o) for i, o in enumerate(self.outputs)
+        ]
         self._added: set[int] = set()
 
     def add(self, index: int, prediction: Any) -> None:
@@ -328,7 +377,8 @@ class Stitcher:
         prediction : array-like
             ``C(Z)YX`` of the tile's size (a torch tensor is converted with
             ``numpy()``; a ``bfloat16`` or ``float8`` one, which NumPy has no
-            dtype for, to ``float32`` first).
+            dtype for, to ``float32`` first, a ``complex32`` one to
+            ``complex64``).
 
         Raises
         ------
@@ -344,13 +394,15 @@ class Stitcher:
             prediction = prediction.detach().cpu()
             if str(prediction.dtype) == "torch.bfloat16" or "float8" in str(prediction.dtype):
                 prediction = prediction.float()  # no NumPy dtype (mixed precision): float32 holds every value
-            prediction = prediction.numpy()
+            elif str(prediction.dtype) == "torch.complex32":  # no NumPy dtype either: complex64 holds every value
+                prediction = prediction.cfloat()
+            prediction = prediction.resolve_conj().resolve_neg().numpy()
         pred = np.asarray(prediction)
         expected = (self.n_channels, *tile.spec.patch_size)
         if pred.shape != expected:
             msg = f"prediction of tile {index} has shape {pred.shape}; expected {expected} (C(Z)YX)"
             raise ShapeMismatchError(msg)
-        out = self.outputs[tile.spec.stack]
+        out = self._targets[tile.spec.stack]
         out_dtype = _numpy_dtype(out)
         complex_ok = out_dtype is None or out_dtype.kind == "c"  # NumPy cannot tell: the output judges
         if pred.dtype.kind not in "biuf" + ("c" if complex_ok else ""):
