@@ -227,3 +227,27 @@ def test_the_zarr_engine_names_the_file_of_a_corrupt_chunk(tmp_path: Path, shard
     message = str(info.value)
     assert f"stored in {str(target)!r}" in message, message
     assert "chunk (1, 2, 0)" in message
+
+
+# -- the direct engine reads an uncompressed chunk before its fstat: what is not a file is still refused ---------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked"])
+def test_an_uncompressed_chunk_that_is_a_fifo_or_a_device_is_refused_naming_it(
+    tmp_path: Path, kind: str, checked: bool
+) -> None:
+    old, _ = _old_new()
+    path = _write(tmp_path / "a.zarr", old, chunks=(1, 32, 32), compressors=None)
+    chunk = path / "c" / "0" / "1" / "0"
+    chunk.unlink()
+    if kind == "fifo":
+        os.mkfifo(chunk)
+    else:
+        if not os.path.exists("/dev/zero"):
+            pytest.skip("no /dev/zero")
+        chunk.symlink_to("/dev/zero")
+    engine = DirectEngine(zarr.open_array(str(path), mode="r"))
+    engine.modified_after = time.time_ns() if checked else None
+    with pytest.raises(lazystack.SourceReadError, match=r"c/0/1/0 is not a regular file"):
+        engine.fetch_one((0, 1, 0))
+    np.testing.assert_array_equal(engine.fetch_one((0, 0, 0)), old[:1, :32, :32])

@@ -280,8 +280,8 @@ class ZarrEngine(ABC):
 
     name = "abstract"
     #: local stores: a chunk (shard) file found modified after this time (ns since the epoch: the opening of the
-    #: array) when a read decodes it raises ``SourceReadError``, at most one ``stat`` per file read (a chunk the
-    #: cache serves is not looked at); None: not checked. [`ZarrArrayReader`][ZarrArrayReader] sets it.
+    #: array) when a read decodes it raises ``SourceReadError``, from one ``stat`` of the file made after the read
+    #: (a chunk the cache serves is not looked at); None: not checked. [`ZarrArrayReader`][ZarrArrayReader] sets it.
     modified_after: int | None = None
     #: how that error names the array (the source's URI; default: its path)
     array_name: str | None = None
@@ -373,7 +373,7 @@ class ZarrPythonEngine(ZarrEngine):
         return key, f"{str(self.array.store_path).rstrip('/')}/{key}"
 
     def _check_read(self, indices: Iterable[ChunkIndex]) -> None:
-        """After a read: raise ``StaleChunkError`` when a local file of ``indices`` (one ``stat`` each, once per
+        """After a read: raise ``_StaleChunkError`` when a local file of ``indices`` (one ``stat`` each, once per
         file) was modified after [`modified_after`][modified_after]. After, not before: a file rewritten (in place
         or renamed over) while zarr read it is seen."""
         opened = self.modified_after
@@ -1855,8 +1855,8 @@ class ZarrArrayReader(ChunkedReader):
     modified_after : int, optional
         For a local store: the time (``time.time_ns()``) the array was opened. A chunk file found
         modified after it when a chunk is read from the store (never on a cache hit) raises
-        ``SourceReadError`` naming the file and the array, whatever the engine (one ``stat`` per file read,
-        after the read but for the direct engine's range reads of a shard index). Default: no check.
+        ``SourceReadError`` naming the file and the array, whatever the engine (from one ``stat`` of each
+        file read, made after the read: a rewrite during the read is seen). Default: no check.
     name : str, optional
         How that error names the array (e.g. the source's URI). Default: its path.
     after_read : callable, optional
