@@ -251,3 +251,42 @@ def test_an_uncompressed_chunk_that_is_a_fifo_or_a_device_is_refused_naming_it(
     with pytest.raises(lazystack.SourceReadError, match=r"c/0/1/0 is not a regular file"):
         engine.fetch_one((0, 1, 0))
     np.testing.assert_array_equal(engine.fetch_one((0, 0, 0)), old[:1, :32, :32])
+
+
+_SPAWNED = """
+import json, pickle, sys
+stack = pickle.load(open(sys.argv[1], "rb"))
+try:
+    stack.extract_patch(0, None, (30, 30), (20, 20))
+except Exception as e:
+    engine = stack.reader.as_chunked().engine_name
+    print(json.dumps({"error": type(e).__name__, "message": str(e), "engine": engine}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+@pytest.mark.parametrize("engine_name", ["zarr", "tensorstore"])
+def test_a_spawned_process_refuses_a_rewritten_chunk_with_the_engine_of_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_name: str
+) -> None:
+    import json
+
+    from conftest import run_python
+
+    if engine_name == "tensorstore":
+        pytest.importorskip("tensorstore")
+    old, new = _old_new()
+    path = _write(tmp_path / "a.zarr", old, chunks=(1, 16, 16))
+    (stack,) = lazystack.load_zarrs([path], "SYX")
+    blob = tmp_path / "stack.pkl"
+    blob.write_bytes(pickle.dumps(stack))
+    _rewrite(path, new)
+    monkeypatch.setenv("LAZYSTACK_ZARR_ENGINE", engine_name)
+    run = run_python(_SPAWNED, str(blob))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["error"] == "_StaleChunkError", report  # before stale15: no error, the new chunk read
+    assert report["engine"] == engine_name, report
+    assert re.search(STALE, report["message"]), report
+    assert str(path / "c") in report["message"]
