@@ -1422,6 +1422,7 @@ class TensorstoreEngine(ZarrEngine):
         #: tensorstore read it is seen (``auto``: the direct engine's
         #: [`DirectEngine.check_file_unmodified()`][DirectEngine.check_file_unmodified]); may raise
         self.check_file: Callable[[tuple[int, ...], int], None] | None = None
+        self._paths: dict[tuple[int, ...], str] = {}  # local file paths by grid coordinates (see _stats)
 
     @staticmethod
     def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -1457,8 +1458,13 @@ class TensorstoreEngine(ZarrEngine):
         files = dict.fromkeys(
             idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
         )
+        paths = self._paths
         for coords in files:
-            path = os.path.join(self._local_dir, self._chunk_key(coords))
+            path = paths.get(coords)
+            if path is None:  # each file's path worked out once (a read stats its files before and after it)
+                if len(paths) >= 65536:
+                    paths.clear()
+                path = paths[coords] = os.path.join(self._local_dir, self._chunk_key(coords))
             try:
                 st = os.stat(path)
             except OSError:
@@ -1493,7 +1499,8 @@ class TensorstoreEngine(ZarrEngine):
         """Raise ``SourceReadError`` when the local chunk (shard) file of grid coordinates ``coords``, modified at
         ``mtime_ns``, changed after the array was opened ([`modified_after`][modified_after]); the check of the
         engine asked for by name (``auto`` uses its direct engine's)."""
-        if self._local_dir is None:
+        opened = self.modified_after
+        if self._local_dir is None or opened is None or mtime_ns <= opened:
             return
         key = self._chunk_key(coords)
         path = os.path.join(self._local_dir, key)
