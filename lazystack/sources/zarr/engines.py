@@ -279,6 +279,12 @@ class ZarrEngine(ABC):
     """
 
     name = "abstract"
+    #: local stores: a chunk (shard) file found modified after this time (ns since the epoch: the opening of the
+    #: array) when a read decodes it raises ``SourceReadError``, from one ``stat`` of the file made after the read
+    #: (a chunk the cache serves is not looked at); None: not checked. [`ZarrArrayReader`][ZarrArrayReader] sets it.
+    modified_after: int | None = None
+    #: how that error names the array (the source's URI; default: its path)
+    array_name: str | None = None
 
     def __init__(self, array: Any) -> None:
         self.array = array
@@ -345,10 +351,41 @@ class ZarrPythonEngine(ZarrEngine):
         self._shards = local if sharded else None
         from zarr.storage import LocalStore
 
+        #: a local array's folder (None for other stores)
+        self._local_dir: str | None = None
+        if isinstance(array.store, LocalStore):
+            self._local_dir = os.path.join(os.fspath(array.store.root), *[p for p in str(array.path).split("/") if p])
         #: an unsharded local array's folder: a chunk file that is a FIFO is refused (zarr would wait on it)
-        self._folder: str | None = None
-        if isinstance(array.store, LocalStore) and not sharded and self._frames is None:
-            self._folder = os.path.join(os.fspath(array.store.root), *[p for p in str(array.path).split("/") if p])
+        self._folder = self._local_dir if not sharded and self._frames is None else None
+        #: inner chunks per shard (a chunk's file is its shard's), None when not sharded
+        self._per_file: tuple[int, ...] | None = None
+        if sharded:
+            self._per_file = tuple(int(s) // c for s, c in zip(array.shards, self.chunk_shape, strict=True))
+
+    def chunk_file(self, idx: ChunkIndex) -> tuple[str, str]:
+        """The store key (relative to the array) and the path or URL of the file holding chunk ``idx`` (its
+        shard's, when sharded), from the array's public chunk key encoding (``metadata.encode_chunk_key``)."""
+        per = self._per_file
+        coords = idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True))
+        key = str(self.array.metadata.encode_chunk_key(coords))
+        if self._local_dir is not None:
+            return key, os.path.join(self._local_dir, key)
+        return key, f"{str(self.array.store_path).rstrip('/')}/{key}"
+
+    def _check_read(self, indices: Iterable[ChunkIndex]) -> None:
+        """After a read: raise ``_StaleChunkError`` when a local file of ``indices`` (one ``stat`` each, once per
+        file) was modified after [`modified_after`][modified_after]. After, not before: a file rewritten (in place
+        or renamed over) while zarr read it is seen."""
+        opened = self.modified_after
+        if opened is None or self._local_dir is None:
+            return
+        files = {self.chunk_file(idx) for idx in indices}
+        for key, path in files:
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:  # not stored (the fill value): nothing was read from it
+                continue
+            _check_mtime(path, key, mtime, opened, self.array_name or self._local_dir)
 
     def _one(self, idx: ChunkIndex) -> np.ndarray:
         if self._folder is not None:
@@ -368,19 +405,36 @@ class ZarrPythonEngine(ZarrEngine):
                     msg = f"chunk {idx} of the zarr array {self.array.store_path}: {e}"
                     raise SourceReadError(msg) from e
         try:
-            return np.asarray(self.array[self.chunk_region(idx)])
+            out = np.asarray(self.array[self.chunk_region(idx)])
         except SourceReadError:
             raise
         except Exception as e:
             if not is_read_failure(e):  # a programming error (a codec's NotImplementedError ...): as it is
                 raise
-            # the store's, a codec's, a checksum's: named with the array, as the engines' errors
-            msg = f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r}: {type(e).__name__}: {e}"
+            # the store's, a codec's, a checksum's: named with the array and the file, as the engines' errors
+            msg = (
+                f"cannot read chunk {idx} of the zarr array {str(self.array.store_path)!r} "
+                f"(stored in {self.chunk_file(idx)[1]!r}): {type(e).__name__}: {e}"
+            )
             raise SourceReadError(msg) from e
+        self._check_read((idx,))
+        return out
 
     def fetch(self, indices: Sequence[ChunkIndex]) -> dict[ChunkIndex, np.ndarray]:
-        """Decode chunks with ``array[region]`` (concurrently when several)."""
+        """Decode chunks with ``array[region]`` (concurrently when several); each local file read is checked after
+        the read when [`modified_after`][modified_after] is set."""
         return fetch_concurrently(indices, self._one)
+
+    def read_region(self, region: tuple[slice, ...]) -> np.ndarray:
+        """``array[region]`` (no cache), the files of the chunks it touches checked after the read."""
+        out = np.asarray(self.array[region])
+        if self.modified_after is not None:
+            self._check_read(
+                itertools.product(
+                    *(range(r.start // c, -(-r.stop // c)) for r, c in zip(region, self.chunk_shape, strict=True))
+                )
+            )
+        return out
 
 
 #: Errors of code, not of stored data (see [`is_read_failure()`][is_read_failure]): never wrapped.
@@ -464,8 +518,10 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
 class _StaleChunkError(SourceReadError):
     """A local chunk (or shard) file was modified after its array was opened: the store changed under a reader.
 
-    Raised on the cold path only (a chunk read from its file), so that a patch never mixes chunks cached
-    before a rewrite with chunks decoded after it. Built from its message alone, as every lazystack error
+    Raised on the cold path only (a chunk read from its file), by every engine, so that a patch never mixes
+    chunks cached before a rewrite with chunks decoded after it. Caught as ``SourceReadError`` (the public
+    class): private like the Zarr source's ``_StoreDeletedError`` and ``_StoreRewrittenError``, its message
+    says all (the chunk file, its key, the array, what to do). Built from its message alone, as every lazystack error
     (unpickled, or re-raised by a DataLoader from a worker as ``type(err)(message)``); [`of()`][of] writes
     the message for a chunk file.
     """
@@ -483,9 +539,20 @@ class _StaleChunkError(SourceReadError):
         what = f"Zarr array {array!r}" if array else "the Zarr array"
         msg = (
             f"{what} changed after it was opened: its chunk file {path!r} (key {key!r}) was modified after "
-            "the opening; reopen the array to read the new data"
+            "the opening; reopen the array (load the stack again) to read the new data"
         )
         return cls(msg, path=path, key=key, array=array)
+
+
+def _check_mtime(path: str, key: str, mtime_ns: int, opened: int | None, array: str | None) -> None:
+    """Raise ``_StaleChunkError`` when the chunk (shard) file ``path`` (store key ``key``), modified at ``mtime_ns``,
+    changed after ``opened`` (None: not checked).
+
+    A modification time in the future of this process's clock (a copy from a machine whose clock runs ahead, an
+    archive) says nothing about a change after the opening: such files are read as they are.
+    """
+    if opened is not None and opened < mtime_ns <= time.time_ns():
+        raise _StaleChunkError.of(path, key, array)
 
 
 def _is_compressed(array: Any) -> bool:
@@ -903,6 +970,8 @@ class DirectEngine(ZarrEngine):
         self._prefix = layout.path
         self.retry = retry if retry is not None else RetryPolicy()
         self._decoder = _ChunkDecoder.of(layout)
+        #: the stored size of an uncompressed chunk (read without asking its file's size first), else None
+        self._raw_size = self._decoder.nbytes if not layout.decode and layout.shards is None else None
         self.chunk_shape = layout.chunks
         self._sharded = layout.shards is not None
         if layout.shards is not None and layout.shard_index is not None:
@@ -959,28 +1028,24 @@ class DirectEngine(ZarrEngine):
     def _read_local(
         self, key: str, byte_range: tuple[int, int] | None = None, suffix: int | None = None, *, sized: bool = False
     ) -> tuple[bytes | None, int | None]:
-        """The bytes of ``key`` (None: not stored) and the file's size (None unless ``sized``, a whole-file or
-        suffix read, or a modification check needed the file's ``fstat``)."""
+        """The bytes of ``key`` (None: not stored) and the file's size (None unless ``sized`` or a suffix read).
+
+        With [`modified_after`][modified_after] set, a chunk's modification time is taken from an ``fstat``
+        made *after* its ``pread``: a file rewritten in place (the same inode: truncated and written again)
+        after the open and before the read is refused, never decoded as if unchanged (a file renamed over the
+        chunk's after the open is not seen: the open file is the old one, read whole, one version). An
+        uncompressed chunk (its size known) and an inner chunk's byte range are read first and ``fstat``'ed
+        after (one ``fstat``); a compressed chunk needs its size first (two: before, and after to check). A
+        shard's index is sized and checked by one ``fstat`` before its read (the inner chunks read from it are
+        checked after theirs). Without the check: one ``fstat`` for a whole file, none for a range.
+        """
         assert self.local_root is not None
         try:
             # non-blocking: a FIFO in a chunk's place opens at once (then fails the pread or the check below)
             # instead of waiting for a writer for ever; no effect on regular files
             fd = os.open(self.local_root + "/" + key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             try:
-                opened = self.modified_after
-                st = os.fstat(fd) if sized or byte_range is None or opened is not None else None
-                # a FIFO, device or socket is refused; a folder reads as not stored (its pread: IsADirectoryError)
-                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                    raise OSError(f"{self.local_root}/{key} is not a regular file (chunks and shards are files)")
-                if opened is not None and st is not None and st.st_mtime_ns > opened:
-                    self._check_modified(key, st.st_mtime_ns)
-                size = None if st is None else st.st_size
-                if byte_range is not None:
-                    start, stop = byte_range
-                else:
-                    assert size is not None
-                    start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
-                return _pread_all(fd, start, stop - start), size
+                return self._read_fd(fd, key, byte_range, suffix, sized)
             finally:
                 os.close(fd)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # not stored: the fill value
@@ -991,14 +1056,61 @@ class DirectEngine(ZarrEngine):
             msg = f"cannot read chunk {key!r} of the zarr array at {self.local_root}: {e}"
             raise SourceReadError(msg) from e
 
+    def _read_fd(
+        self, fd: int, key: str, byte_range: tuple[int, int] | None, suffix: int | None, sized: bool
+    ) -> tuple[bytes, int | None]:
+        """[`_read_local()`][_read_local] on the open file ``fd``."""
+        opened = self.modified_after
+        if sized or suffix is not None:  # a shard's index: the size first (where the index is, its check): one fstat
+            st = self._checked_stat(fd, key)
+            if opened is not None and st.st_mtime_ns > opened:
+                self._check_modified(key, st.st_mtime_ns)
+            size = st.st_size
+            if byte_range is not None:
+                start, stop = byte_range
+            else:
+                start, stop = (max(0, size - suffix), size) if suffix is not None else (0, size)
+            return _pread_all(fd, start, stop - start), size
+        known = self._raw_size if byte_range is None else None
+        before: os.stat_result | None = None
+        if byte_range is not None:
+            start, stop = byte_range
+        elif known is not None:
+            start, stop = 0, known
+        else:  # a compressed chunk: its size first
+            before = self._checked_stat(fd, key)
+            start, stop = 0, before.st_size
+        try:
+            data = _pread_all(fd, start, stop - start)
+        except OSError:
+            self._checked_stat(fd, key)  # a FIFO (ESPIPE), a device: said so
+            raise
+        if opened is None and known is None:  # no check asked, and no guessed size to confirm: no fstat after
+            return data, None
+        after = self._checked_stat(fd, key)  # after the read: a file rewritten in place before it is seen
+        if opened is not None and after.st_mtime_ns > opened:
+            self._check_modified(key, after.st_mtime_ns)
+        if known is not None and after.st_size != len(data):  # not an uncompressed chunk's size: read it whole,
+            data = _pread_all(fd, 0, after.st_size)  # and the decoder says how much it holds
+        elif before is not None and (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            # changed during the read (a time stamp in the future, or one the clock's resolution hides)
+            raise _StaleChunkError.of(self._where(key), key, self.array_name or self._array_where())
+        return data, None
+
+    def _checked_stat(self, fd: int, key: str) -> os.stat_result:
+        """``fstat`` of ``fd``, refusing a FIFO, device or socket (a folder passes: its read fails, as not stored)."""
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise OSError(f"{self.local_root}/{key} is not a regular file (chunks and shards are files)")
+        return st
+
     def _check_modified(self, key: str, mtime_ns: int) -> None:
         """Raise ``SourceReadError``: the file of ``key`` is newer than the array's opening.
 
         A modification time in the future of this process's clock (a copy from a machine whose clock runs
         ahead, an archive) says nothing about a change after the opening: such files are read as they are.
         """
-        if mtime_ns <= time.time_ns():
-            raise _StaleChunkError.of(self._where(key), key, self.array_name or self._array_where())
+        _check_mtime(self._where(key), key, mtime_ns, self.modified_after, self.array_name or self._array_where())
 
     def check_file_unmodified(self, coords: tuple[int, ...], mtime_ns: int) -> None:
         """For a file read by another engine (tensorstore, in ``auto``), from the ``stat`` that engine made: raise
@@ -1310,6 +1422,7 @@ class TensorstoreEngine(ZarrEngine):
         #: tensorstore read it is seen (``auto``: the direct engine's
         #: [`DirectEngine.check_file_unmodified()`][DirectEngine.check_file_unmodified]); may raise
         self.check_file: Callable[[tuple[int, ...], int], None] | None = None
+        self._paths: dict[tuple[int, ...], str] = {}  # local file paths by grid coordinates (see _stats)
 
     @staticmethod
     def check_usable(array: Any, chunk_shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -1345,8 +1458,13 @@ class TensorstoreEngine(ZarrEngine):
         files = dict.fromkeys(
             idx if per is None else tuple(i // c for i, c in zip(idx, per, strict=True)) for idx in indices
         )
+        paths = self._paths
         for coords in files:
-            path = os.path.join(self._local_dir, self._chunk_key(coords))
+            path = paths.get(coords)
+            if path is None:  # each file's path worked out once (a read stats its files before and after it)
+                if len(paths) >= 65536:
+                    paths.clear()
+                path = paths[coords] = os.path.join(self._local_dir, self._chunk_key(coords))
             try:
                 st = os.stat(path)
             except OSError:
@@ -1371,9 +1489,22 @@ class TensorstoreEngine(ZarrEngine):
         writes) between it and tensorstore's open."""
         check = self.check_file
         if check is None:
-            return
+            if self.modified_after is None:
+                return
+            check = self.check_file_unmodified
         for coords, _, st in self._stats(indices):
             check(coords, st.st_mtime_ns)
+
+    def check_file_unmodified(self, coords: tuple[int, ...], mtime_ns: int) -> None:
+        """Raise ``SourceReadError`` when the local chunk (shard) file of grid coordinates ``coords``, modified at
+        ``mtime_ns``, changed after the array was opened ([`modified_after`][modified_after]); the check of the
+        engine asked for by name (``auto`` uses its direct engine's)."""
+        opened = self.modified_after
+        if self._local_dir is None or opened is None or mtime_ns <= opened:
+            return
+        key = self._chunk_key(coords)
+        path = os.path.join(self._local_dir, key)
+        _check_mtime(path, key, mtime_ns, self.modified_after, self.array_name or self._local_dir.rstrip("/"))
 
     @staticmethod
     def _region_indices(region: tuple[slice, ...], chunk_shape: tuple[int, ...]) -> Iterator[ChunkIndex]:
@@ -1731,7 +1862,8 @@ class ZarrArrayReader(ChunkedReader):
     modified_after : int, optional
         For a local store: the time (``time.time_ns()``) the array was opened. A chunk file found
         modified after it when a chunk is read from the store (never on a cache hit) raises
-        ``SourceReadError``, with the ``auto`` and ``direct`` engines. Default: no check.
+        ``SourceReadError`` naming the file and the array, whatever the engine (from one ``stat`` of each
+        file read, made after the read: a rewrite during the read is seen). Default: no check.
     name : str, optional
         How that error names the array (e.g. the source's URI). Default: its path.
     after_read : callable, optional
@@ -1804,10 +1936,10 @@ class ZarrArrayReader(ChunkedReader):
             with self._engine_lock:
                 if self._engine is None or self._engine_pid != pid:
                     built = make_engine(self._array, self._engine_name, retry=self._retry)
-                    direct = built.direct if isinstance(built, AutoEngine) else built
-                    if isinstance(direct, DirectEngine):
-                        direct.modified_after = self._modified_after
-                        direct.array_name = self._name
+                    # every engine checks the local files it reads (auto: its direct engine, for tensorstore too)
+                    for target in (built, built.direct) if isinstance(built, AutoEngine) else (built,):
+                        target.modified_after = self._modified_after
+                        target.array_name = self._name
                     self._engine = built
                     self._engine_pid = pid
                 engine = self._engine
