@@ -27,6 +27,7 @@ from ..core.errors import (
     UnsupportedSourceError,
 )
 from ..core.levels import Levels, parse_levels, select_levels
+from ..io.handles import is_file_url, local_path
 from ..io.overwrite import interrupted_overwrite_note
 from ..io.reader import is_array_like
 from ..stack import LazyImageStack
@@ -118,14 +119,16 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     'zarr'
     """
     text = _path_text(source, "source_kind")
-    m = _SCHEME.match(text)
+    local = local_path(text, who="load", selector=True)  # a path or file: URL, as every loader reads it
+    if local is not None and is_file_url(text):  # a file: URL: by its extension (a Zarr store need not exist yet)
+        kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(local)[0]).suffix.lower())
+        return kind if kind in ("tiff", "czi", "npy") else "zarr"
+    m = _SCHEME.match(text) if local is None else None
     if m is not None:
         scheme = m.group(1).lower()
         if scheme in ACCEPTED_SCHEMES:
             kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(text)[0]).suffix.lower())
             if kind in ("tiff", "czi", "npy"):
-                if scheme == "file":
-                    return kind
                 msg = (
                     f"{text!r} is a remote {kind.upper() if kind != 'npy' else '.npy'} file: URIs are read as "
                     f"Zarr stores only; copy the file to a local path first (or convert it to OME-Zarr with "
@@ -136,7 +139,7 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
         msg = f"unsupported URI scheme {scheme!r} in {text!r}; {_accepted()}"
         raise UnsupportedSourceError(msg)
     try:
-        return _local_kind(text)
+        return _local_kind(local if local is not None else text)
     except LazyStackError:
         raise
     except OSError as exc:  # a stat the system refuses (permission denied on a folder, a name too long)
@@ -291,9 +294,7 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
 
 
 def _local(text: str) -> str:
-    """A ``file://`` URL's local path, percent-encoded or not, as ``load_tiffs`` / ``load_czis`` read it."""
-    if not text.lower().startswith("file://"):
-        return text
+    """The local path of a path or ``file:`` URL, as ``load_tiffs`` / ``load_czis`` read it (``~`` expanded)."""
     from .loaders import local_files
 
     return local_files(text, "paths", "load")[0]
