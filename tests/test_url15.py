@@ -21,7 +21,7 @@ import pytest
 import tifffile
 
 import lazystack
-from lazystack.core.errors import SourceNotFoundError, UnsupportedSourceError
+from lazystack.core.errors import SourceFormatError, SourceNotFoundError, UnsupportedSourceError
 from lazystack.io.handles import local_path, split_source
 from lazystack.loading.auto import source_kind
 
@@ -302,3 +302,61 @@ def test_a_level_selector_fragment_is_refused_where_no_selector_is_taken(home: P
     _zarr(home / "y.zarr")
     with pytest.raises(UnsupportedSourceError, match="has a fragment"):
         lazystack.load_zarrs(f"file://{home}/y.zarr#level=1", "TYX")
+
+
+# -- load() on odd local inputs: a clear error or the right answer ----------------------------------------------------
+def test_load_names_what_a_folder_of_sources_holds(tmp_path: Path) -> None:
+    """A folder of TIFF files and Zarr stores (not itself a store) said only "(directory)"."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        _tiff(folder / name)
+    _zarr(folder / "c.zarr")
+    with pytest.raises(
+        UnsupportedSourceError, match=r"holding 2 \.tif and 1 \.zarr: load its sources as a list"
+    ) as info:
+        lazystack.load(folder, "ZYX")
+    assert repr(str(folder)) in str(info.value)
+    hint = f"sorted(glob.glob({str(folder / '*.tif')!r}))"
+    assert hint in str(info.value)
+    assert len(lazystack.load(sorted(folder.glob("*.tif")), "ZYX")) == 2  # what the hint says works
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UnsupportedSourceError, match=r"a directory that is not a Zarr store\); accepted"):
+        lazystack.load(empty, "YX")
+
+
+def test_load_says_a_path_is_a_symbolic_link_loop_or_dangling(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.tif"
+    loop.symlink_to(loop)
+    with pytest.raises(SourceNotFoundError, match=r"loop\.tif' \(Too many levels of symbolic links\)"):
+        lazystack.load(loop, "YX")
+    with pytest.raises(SourceNotFoundError, match=r"Too many levels of symbolic links"):
+        lazystack.load(tmp_path / "loop.tif" / "x.zarr" / "0", "YX")
+    dangling = tmp_path / "gone.tif"
+    dangling.symlink_to(tmp_path / "nowhere.tif")
+    with pytest.raises(SourceNotFoundError, match=r"a symbolic link to '.*nowhere\.tif', which does not exist"):
+        lazystack.load(dangling, "YX")
+
+
+def test_load_refuses_a_node_inside_a_zarr_that_is_a_file(tmp_path: Path) -> None:
+    """``f.zarr/0`` with ``f.zarr`` a file said "no such array or group ... in Zarr store 'f.zarr'"."""
+    (tmp_path / "f.zarr").write_bytes(b"not a store")
+    for source in (tmp_path / "f.zarr", tmp_path / "f.zarr" / "0"):
+        with pytest.raises(SourceFormatError, match=r"f\.zarr' is a file, not a Zarr store"):
+            lazystack.load(source, "YX")
+
+
+def test_load_of_a_tif_folder_and_of_trailing_slashes(tmp_path: Path) -> None:
+    (tmp_path / "t.tif").mkdir()
+    with pytest.raises(SourceFormatError, match=r"t\.tif' is a directory, not a regular file"):
+        lazystack.load(tmp_path / "t.tif", "YX")
+    reference = _tiff(tmp_path / "x.tif")
+    with pytest.raises(SourceNotFoundError, match=r"x\.tif/' \(Not a directory\)"):  # POSIX: '/' asks for a folder
+        lazystack.load(f"{tmp_path}/x.tif/", "ZYX")
+    zdata = _zarr(tmp_path / "s.zarr")
+    for source in (f"{tmp_path}/s.zarr/", f"{tmp_path}/s.zarr//", f"file://{tmp_path}/s.zarr/"):
+        (stack,) = lazystack.load(source, "TYX")
+        assert stack.source == f"file://{tmp_path}/s.zarr"
+        np.testing.assert_array_equal(_read_all(stack), zdata)
+    np.testing.assert_array_equal(_read_all(lazystack.load(tmp_path / "x.tif", "ZYX")[0]), reference)
