@@ -360,3 +360,11 @@ def test_load_of_a_tif_folder_and_of_trailing_slashes(tmp_path: Path) -> None:
         assert stack.source == f"file://{tmp_path}/s.zarr"
         np.testing.assert_array_equal(_read_all(stack), zdata)
     np.testing.assert_array_equal(_read_all(lazystack.load(tmp_path / "x.tif", "ZYX")[0]), reference)
+
+
+def test_source_disk_bytes_expands_a_tilde_as_the_loaders_do(home: Path) -> None:
+    """``lazystack info ~/x.tif`` (quoted) read the file but showed its size as unknown."""
+    from lazystack.loading.stacklist import source_disk_bytes
+
+    _tiff(home / "x.tif")
+    assert source_disk_bytes("~/x.tif") == (home / "x.tif").stat().st_size
