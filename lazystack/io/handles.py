@@ -1,4 +1,9 @@
-"""What file back ends share: the stamp of an opened file and a guard for memory maps.
+"""What file back ends share: local paths of sources, the stamp of an opened file and a guard for memory maps.
+
+[`local_path()`][local_path] is the one place a path or a ``file:`` URL
+becomes the local path every loader and the writer open (``~`` expanded,
+``file:/``, ``file:///``, ``file://localhost/`` and percent-encoding as the
+standard library reads them; a host, a query or a fragment refused).
 
 Per-process file handles are [`FileManager`][lazystack.io.process.FileManager]s.
 
@@ -14,22 +19,35 @@ import os
 import re
 import stat
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 
-from ..core.errors import SourceFormatError, SourceNotFoundError, SourceReadError
+from ..core.errors import SourceFormatError, SourceNotFoundError, SourceReadError, UnsupportedSourceError
 
 __all__ = [
     "check_mapped_size",
     "check_regular_file",
     "check_stamp",
     "file_stamp",
+    "is_file_url",
+    "local_path",
     "mapping_of",
     "selector_hint",
     "split_source",
     "system_path",
 ]
 
+#: a URL of another scheme than ``file`` (``s3://``, ``zip://...::file:///a.zip``): not a local path
+_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+#: a fragment that is a pyramid level selector (``file:///a.czi@1#level=2``)
+_LEVEL = re.compile(r"^level=\d+$")
+#: what every refusal of a file: URL says is accepted
+_ACCEPTED = (
+    "accepted: a local path ('~' expanded) or a file: URL of an absolute path on this machine, percent-encoded "
+    "('file:///data/a%20b.tif', 'file://localhost/data/x.zarr', 'file:/data/x.zarr')"
+)
 _SUFFIX = re.compile(r"^(?P<path>.+?)(?:@(?P<index>\d+))?(?:#level=(?P<level>\d+))?$")
 
 
@@ -255,3 +273,127 @@ def system_path(path: str) -> str:
     last = len(parts) - 1 - parts[::-1].index("..")
     head = os.path.realpath(os.sep.join(parts[: last + 1]) or os.sep)
     return os.path.abspath(os.path.join(head, *parts[last + 1 :]))
+
+
+def is_file_url(text: str) -> bool:
+    """Whether ``text`` is a ``file:`` URL: ``file:`` (any case) followed by ``/``.
+
+    ``file:/abs``, ``file:///abs`` and ``file://host/abs`` are URLs (RFC 8089);
+    ``file:x`` (no ``/``) is not one: it is the relative path ``file:x``.
+
+    Parameters
+    ----------
+    text : str
+        A path or a URL.
+
+    Returns
+    -------
+    bool
+        True for a ``file:`` URL.
+    """
+    return text[: len("file:/")].lower() == "file:/"
+
+
+def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", selector: bool = False) -> str | None:
+    """The local path ``source`` names: a path (``~`` expanded) or a ``file:`` URL; None for a remote URL.
+
+    Every loader and [`write_ome_zarr()`][lazystack.write_ome_zarr] read
+    their paths here, so one string names one file everywhere:
+
+    * a ``file:`` URL ([`is_file_url()`][is_file_url]) is read as the
+      standard library reads it: ``urllib.parse.urlsplit`` then
+      ``urllib.request.url2pathname`` of its path, so ``file:/abs``,
+      ``file:///abs`` and ``file://localhost/abs`` are ``/abs`` and
+      ``%20`` is a space (a ``%`` in a file name is written ``%25``). No
+      ``~`` expansion in a URL (``file:///~/x`` is ``/~/x``).
+    * a plain path is expanded as ``os.path.expanduser`` does (``~/x.tif``
+      is ``$HOME/x.tif``), as fsspec and pandas do; tifffile and
+      ``zarr.storage.LocalStore`` do not expand, but lazystack's Zarr source
+      and writer always have, so every loader now does. Nothing else of a
+      plain path is interpreted (``a%20b.tif`` is that name).
+    * a URL of another scheme (``s3://``, ``https://``, a chained
+      ``zip://...::file:///a.zip``) gives None: the caller handles it.
+
+    ``..`` is kept as written ([`system_path()`][system_path] resolves it).
+
+    Parameters
+    ----------
+    source : str or os.PathLike of str
+        The path or URL.
+    who : str
+        The function asking, named in messages (``"load_tiffs"``).
+    selector : bool
+        Whether the caller takes a ``#level=K`` pyramid level selector: a
+        URL's fragment ``level=K`` is then kept at the end of the path
+        (``file:///a.czi@1#level=2`` -> ``/a.czi@1#level=2``); any other
+        fragment is refused.
+
+    Returns
+    -------
+    str or None
+        The local path, or None for a URL of another scheme.
+
+    Raises
+    ------
+    UnsupportedSourceError
+        For an empty path, or a ``file:`` URL naming a host other than
+        ``localhost``, holding a query (``?q=1``), a fragment (``#x``; a
+        ``#level=K`` selector is taken when ``selector``), no path, a tab or
+        a newline (which URL parsing drops) or a NUL character (``%00``).
+    TypeError
+        If ``source`` is not a str or an os.PathLike of str.
+
+    Examples
+    --------
+    >>> local_path("file:///data/a%20b.zarr"), local_path("file://localhost/data/x.tif")
+    ('/data/a b.zarr', '/data/x.tif')
+    >>> local_path("s3://bucket/x.zarr") is None
+    True
+    """
+    text = os.fspath(source)
+    if not isinstance(text, str):
+        msg = f"{who} expects a path as str or os.PathLike of str, got {type(source).__name__}: {source!r}"
+        raise TypeError(msg)
+    if not text:
+        msg = f"{who} got an empty path: give a file or folder; {_ACCEPTED}"
+        raise UnsupportedSourceError(msg)
+    if not is_file_url(text):
+        return None if _REMOTE.match(text) else os.path.expanduser(text)
+    bad = sorted({c for c in text if c in "\t\r\n"})
+    if bad:  # urlsplit drops them silently: file:///a<TAB>b would be /ab
+        msg = (
+            f"{who}: the file: URL {text!r} holds {' and '.join(map(repr, bad))}, which a URL cannot hold: "
+            f"percent-encode it (%09 tab, %0A newline, %0D carriage return); {_ACCEPTED}"
+        )
+        raise UnsupportedSourceError(msg)
+    parts = urlsplit(text)
+    if parts.netloc and parts.netloc.lower() != "localhost":
+        msg = (
+            f"{who} takes local paths only, not a file: URL naming a host: got {text!r} (host {parts.netloc!r}); "
+            f"{_ACCEPTED}; copy a remote file to a local path first"
+        )
+        raise UnsupportedSourceError(msg)
+    if parts.query or "?" in text.partition("#")[0]:
+        msg = (
+            f"{who}: the file: URL {text!r} has a query ({'?' + parts.query!r}), which names no local path "
+            f"(a '?' in a file name is written %3F); {_ACCEPTED}"
+        )
+        raise UnsupportedSourceError(msg)
+    suffix = ""
+    if parts.fragment or "#" in text:
+        if not (selector and _LEVEL.match(parts.fragment)):
+            takes = f" ({who} takes a '#level=K' pyramid level selector there)" if selector else ""
+            msg = (
+                f"{who}: the file: URL {text!r} has a fragment ({'#' + parts.fragment!r}), which names no local "
+                f"path{takes} (a '#' in a file name is written %23); {_ACCEPTED}"
+            )
+            raise UnsupportedSourceError(msg)
+        suffix = "#" + parts.fragment
+    path = url2pathname(parts.path)
+    if not path:
+        msg = f"{who}: the file: URL {text!r} names no path; {_ACCEPTED}"
+        raise UnsupportedSourceError(msg)
+    if "\0" in path:
+        msg = f"{who}: the file: URL {text!r} holds a NUL character (%00), which no path can hold; {_ACCEPTED}"
+        raise UnsupportedSourceError(msg)
+    return path + suffix

@@ -22,11 +22,13 @@ from ..core.errors import (
     AxesError,
     LazyStackError,
     MissingDependencyError,
+    SourceFormatError,
     SourceNotFoundError,
     SourceReadError,
     UnsupportedSourceError,
 )
 from ..core.levels import Levels, parse_levels, select_levels
+from ..io.handles import is_file_url, local_path
 from ..io.overwrite import interrupted_overwrite_note
 from ..io.reader import is_array_like
 from ..stack import LazyImageStack
@@ -105,10 +107,14 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     ------
     SourceNotFoundError
         If ``source`` is a local path that does not exist.
+    SourceFormatError
+        If a path goes into a ``.zarr`` that is a file (``f.zarr/0``).
     SourceReadError
         If the system refuses to look at the path (permission denied on a folder, a name too long).
     UnsupportedSourceError
-        If neither the extension nor the scheme is one lazystack reads, or
+        If neither the extension nor the scheme is one lazystack reads (a
+        folder of sources names what it holds: load them as a list), a
+        ``file:`` URL is refused by `lazystack.io.handles.local_path()`, or
         ``source`` is not a str or os.PathLike of str (a ``bytes`` path:
         decode it with ``os.fsdecode()``).
 
@@ -118,14 +124,16 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     'zarr'
     """
     text = _path_text(source, "source_kind")
-    m = _SCHEME.match(text)
+    local = local_path(text, who="load", selector=True)  # a path or file: URL, as every loader reads it
+    if local is not None and is_file_url(text):  # a file: URL: by its extension (a Zarr store need not exist yet)
+        kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(local)[0]).suffix.lower())
+        return kind if kind in ("tiff", "czi", "npy") else "zarr"
+    m = _SCHEME.match(text) if local is None else None
     if m is not None:
         scheme = m.group(1).lower()
         if scheme in ACCEPTED_SCHEMES:
             kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(text)[0]).suffix.lower())
             if kind in ("tiff", "czi", "npy"):
-                if scheme == "file":
-                    return kind
                 msg = (
                     f"{text!r} is a remote {kind.upper() if kind != 'npy' else '.npy'} file: URIs are read as "
                     f"Zarr stores only; copy the file to a local path first (or convert it to OME-Zarr with "
@@ -136,7 +144,7 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
         msg = f"unsupported URI scheme {scheme!r} in {text!r}; {_accepted()}"
         raise UnsupportedSourceError(msg)
     try:
-        return _local_kind(text)
+        return _local_kind(local if local is not None else text)
     except LazyStackError:
         raise
     except OSError as exc:  # a stat the system refuses (permission denied on a folder, a name too long)
@@ -155,23 +163,64 @@ def _local_kind(text: str) -> Kind:
     if _zarr_root_in(base):
         root = base[: base.lower().rfind(".zarr") + len(".zarr")]
         if not Path(root).exists():
-            msg = f"no such Zarr store: {root!r} (from source {text!r}){interrupted_overwrite_note(base)}"
-            raise SourceNotFoundError(msg)
+            msg = f"no such Zarr store: {root!r} (from source {text!r}){_why_missing(root)}"
+            raise SourceNotFoundError(msg + interrupted_overwrite_note(base))
         if not path.exists():
-            msg = f"no such array or group {base!r} in Zarr store {root!r}"
+            if not Path(root).is_dir():  # ``f.zarr/0`` with ``f.zarr`` a file: not a store to look into
+                msg = (
+                    f"{root!r} is a file, not a Zarr store (source {text!r}): a Zarr store is a directory "
+                    "holding zarr.json (Zarr v3) or .zgroup/.zarray (Zarr v2), or a .zip archive of one"
+                )
+                raise SourceFormatError(msg)
+            msg = f"no such array or group {base!r} in Zarr store {root!r}{_why_missing(base)}"
             raise SourceNotFoundError(msg)
         return "zarr"
     if not path.exists():
-        msg = f"no such file or directory: {base!r}{interrupted_overwrite_note(base)}"
+        msg = f"no such file or directory: {base!r}{_why_missing(base)}{interrupted_overwrite_note(base)}"
         raise SourceNotFoundError(msg)
     kind = ACCEPTED_EXTENSIONS.get(path.suffix.lower())
     if kind is not None:
         return kind
     if _is_zarr_dir(path):
         return "zarr"
-    what = "directory" if path.is_dir() else f"extension {path.suffix!r}" if path.suffix else "file without extension"
+    if path.is_dir():
+        msg = f"cannot tell the format of {text!r} (a directory that is not a Zarr store{_folder_hint(base)}); "
+        raise UnsupportedSourceError(msg + _accepted())
+    what = f"extension {path.suffix!r}" if path.suffix else "file without extension"
     msg = f"cannot tell the format of {text!r} ({what}); {_accepted()}"
     raise UnsupportedSourceError(msg)
+
+
+def _why_missing(path: str) -> str:
+    """Why a path the system cannot stat does not exist, when it is not simply absent (a looping or dangling link)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f" (a symbolic link to {os.readlink(path)!r}, which does not exist)"
+        return ""
+    except OSError as exc:  # ELOOP (a symbolic link loop), ENOTDIR (a path through a file) ...
+        return f" ({exc.strerror})"
+    return ""
+
+
+def _folder_hint(folder: str) -> str:
+    """``", holding 2 .tif and 1 .zarr: pass them as a list ..."`` for a folder of sources (the first 10000 names)."""
+    import itertools
+    from collections import Counter
+
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in itertools.islice(entries, 10000)]
+    except OSError:
+        return ""
+    counts = Counter(ext for ext in (Path(n).suffix.lower() for n in names) if ext in ACCEPTED_EXTENSIONS)
+    if not counts:
+        return ""
+    held = " and ".join(f"{n} {ext}" for ext, n in sorted(counts.items()))
+    ext = max(sorted(counts), key=lambda e: counts[e])
+    example = f"sorted(glob.glob({os.path.join(folder, '*' + ext)!r}))"
+    return f", holding {held}: load its sources as a list, e.g. load({example}, ...)"
 
 
 def _as_sources(source: Any) -> list[Any]:
@@ -291,9 +340,7 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
 
 
 def _local(text: str) -> str:
-    """A ``file://`` URL's local path, percent-encoded or not, as ``load_tiffs`` / ``load_czis`` read it."""
-    if not text.lower().startswith("file://"):
-        return text
+    """The local path of a path or ``file:`` URL, as ``load_tiffs`` / ``load_czis`` read it (``~`` expanded)."""
     from .loaders import local_files
 
     return local_files(text, "paths", "load")[0]
@@ -302,7 +349,6 @@ def _local(text: str) -> str:
 def _load_npy(path: str, axes: str) -> LazyImageStack:
     import numpy as np
 
-    from ..core.errors import SourceFormatError
     from ..io.handles import check_regular_file
 
     check_regular_file(path, ".npy file", "a .npy file")  # np.load would block on a FIFO

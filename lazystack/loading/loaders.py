@@ -11,15 +11,13 @@ wraps what it returns in [`LazyImageStack`][lazystack.LazyImageStack].
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 from ..core.axes import validate_axes
 from ..core.errors import AxesError, UnsupportedSourceError
 from ..core.levels import Levels, parse_levels
-from ..io.handles import split_source, system_path
+from ..io.handles import local_path, system_path
 from ..io.reader import OpenedSource, is_array_like
 from ..sources.array import as_reader
 from ..stack import LazyImageStack
@@ -36,8 +34,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.DOTALL)
 
 
 def _stacks(opened: Iterable[OpenedSource]) -> StackList:
@@ -83,13 +79,13 @@ def as_source_list(source: PathLike | Sequence[PathLike], what: str = "paths") -
 
 
 def local_files(source: PathLike | Sequence[PathLike], what: str, loader: str) -> list[str]:
-    """``as_source_list()`` of local files: a ``file://`` URL becomes its path, other URLs are refused.
+    """``as_source_list()`` of local files, each read by `lazystack.io.handles.local_path()`.
 
-    ``file:///abs/x.tif`` (or ``file://localhost/abs/x.tif``, percent-encoded
-    or not, with an ``@N`` / ``#level=K`` selector or not) is the local file
-    ``/abs/x.tif``, as [`lazystack.load()`][lazystack.load] and
-    [`load_zarrs()`][load_zarrs] read it. A path that exists as given is kept
-    as it is.
+    ``file:///abs/x.tif`` (or ``file://localhost/abs/x.tif``, ``file:/abs/x.tif``,
+    percent-encoded or not, with an ``@N`` / ``#level=K`` selector or not) is
+    the local file ``/abs/x.tif``, and ``~/x.tif`` is ``$HOME/x.tif``, as
+    [`lazystack.load()`][lazystack.load], [`load_zarrs()`][load_zarrs] and
+    [`write_ome_zarr()`][lazystack.write_ome_zarr] read them.
 
     Parameters
     ----------
@@ -108,29 +104,21 @@ def local_files(source: PathLike | Sequence[PathLike], what: str, loader: str) -
     Raises
     ------
     UnsupportedSourceError
-        If an item is not a path, is a URL of another scheme than ``file``
-        (these loaders read local files only), or a ``file://`` URL naming a
-        host.
+        If an item is not a path, is empty, is a URL of another scheme than
+        ``file`` (these loaders read local files only), or a ``file:`` URL
+        naming a host or holding a query or a fragment other than ``#level=K``.
     """
     out = []
     for text in as_source_list(source, what):
-        m = _SCHEME.match(text)
-        if m is None or os.path.exists(text):
-            out.append(text)
-            continue
-        scheme, rest = m.group(1).lower(), m.group(2)
-        if scheme == "file" and rest[: len("localhost/")].lower() == "localhost/":
-            rest = rest[len("localhost") :]
-        if scheme != "file" or not rest.startswith("/"):
-            why = f"URLs of scheme {scheme!r}" if scheme != "file" else "a file:// URL naming a host"
+        local = local_path(text, who=loader, selector=True)
+        if local is None:
+            scheme = text.partition(":")[0].lower()
             msg = (
-                f"{loader} reads local files only, not {why}: got {text!r}; accepted a local path or a file:// URL "
-                "of an absolute path ('file:///data/x'); copy a remote file to a local path first"
+                f"{loader} reads local files only, not URLs of scheme {scheme!r}: got {text!r}; accepted a local "
+                "path or a file:// URL of an absolute path ('file:///data/x'); copy a remote file to a local path first"
             )
             raise UnsupportedSourceError(msg)
-        if "%" in rest and not os.path.exists(split_source(rest)[0]) and os.path.exists(split_source(unquote(rest))[0]):
-            rest = unquote(rest)
-        out.append(rest)
+        out.append(local)
     return out
 
 
@@ -405,20 +393,12 @@ def load_zarrs(
 
 
 def _system_zarr_path(text: str) -> str:
-    """A local Zarr path (or ``file://`` URL) with ``..`` resolved as the system does (``link/..``)."""
-    prefix = "file://" if text[: len("file://")].lower() == "file://" else ""
-    rest = text[len(prefix) :]
-    if ("://" in rest if not prefix else not rest.startswith("/")) or ".." not in rest.replace(os.sep, "/").split("/"):
-        return text
-    if prefix and "%" in rest:  # a percent-encoded URL: the decoded path's ``..`` is the one the system resolves
-
-        def head(path: str) -> str:  # up to the last ``..``: what must exist for the system to resolve it
-            return path[: path.replace(os.sep, "/").rfind("/..") + len("/..")]
-
-        decoded = unquote(rest)
-        if not os.path.exists(head(rest)) and os.path.exists(head(decoded)):
-            rest = decoded
-    return prefix + system_path(rest)
+    """A Zarr path or ``file:`` URL as its local path (``..`` resolved as the system does: ``link/..``); a remote
+    URL as given."""
+    local = local_path(text, who="load_zarrs")
+    if local is None or ".." not in local.replace(os.sep, "/").split("/"):
+        return text  # parse_zarr_source() reads it with the same local_path(), naming the source as given
+    return system_path(local)
 
 
 def load_czis(source: PathLike | Sequence[PathLike], axes: str, *, levels: Levels = 0) -> StackList:
@@ -468,7 +448,8 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
     Parameters
     ----------
     source : path or sequence of paths
-        Files (OME-TIFF, ND2, LIF ... whatever plugins are installed).
+        Files (OME-TIFF, ND2, LIF ... whatever plugins are installed);
+        ``file://`` URLs accepted, as for [`load_tiffs()`][load_tiffs].
     axes : str
         Axes of each scene, applied to the reader's dims with the same rules
         as [`load_arrays()`][load_arrays].
@@ -483,4 +464,5 @@ def load_bioio(source: PathLike | Sequence[PathLike], axes: str, **reader_option
     axes = validate_axes(axes)
     from ..sources import bioio as bioio_source
 
-    return _stacks(o for path in as_source_list(source) for o in bioio_source.open_bioio(path, axes, reader_options))
+    paths = local_files(source, "paths", "load_bioio")
+    return _stacks(o for path in paths for o in bioio_source.open_bioio(path, axes, reader_options))

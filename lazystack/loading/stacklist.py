@@ -66,10 +66,12 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     are ignored: the size is the file's.
     """
     text = os.fspath(source)
-    if text.lower().startswith("file://"):
+    if text.lower().startswith("file://"):  # a stack's own source: ``file://`` + the store's path as it is
         text = text[len("file://") :]
     elif "://" in text:
         return None
+    else:
+        text = os.path.expanduser(text)  # ``~/x.tif`` as every loader reads it (io.handles.local_path)
     path = Path(split_source(text)[0])
     if path.is_file():
         return path.stat().st_size

@@ -90,13 +90,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import numpy as np
 
 from ..core.errors import ShapeMismatchError, UnsupportedSourceError
 from ..core.units import UNIT_SYMBOLS
-from ..io.handles import split_source, system_path
+from ..io.handles import local_path, split_source, system_path
 from ..io.overwrite import OLD_STORE, WRITER_MARKER
 from ..stack import short_name
 from .progress import compute
@@ -151,16 +150,14 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
             f"{path!r}" + (" (decode bytes with os.fsdecode())" if isinstance(path, (bytes, os.PathLike)) else "")
         )
         raise TypeError(msg)
-    if text[: len("file://")].lower() == "file://":
-        text = _file_url_path(text)
-    elif text[: len("file:/")].lower() == "file:/":  # RFC 8089's short form: not the relative folder "file:"
-        text = unquote(text[len("file:") :])
-    elif "://" in text:
+    local = local_path(text, who="write_ome_zarr")  # a file: URL's path, ``~`` expanded; a bad one refused
+    if local is None:
         msg = (
             f"write_ome_zarr writes to local paths only (renaming a finished store is what keeps it crash-safe); "
             f"got {text!r}: write locally, then copy"
         )
         raise UnsupportedSourceError(msg)
+    text = local
     if write and text.lower().endswith(".zip"):  # only a write: what an earlier write there left stays listable
         msg = (
             f"write_ome_zarr writes a folder store, not a zip file; got {text!r}: write to a folder "
@@ -168,30 +165,9 @@ def _local_path(path: str | os.PathLike[str], write: bool = False) -> Path:
             f"(cd {text[:-4]} && zip -r -0 ../{Path(text).name} .), which load() reads"
         )
         raise UnsupportedSourceError(msg)
-    if write and not text:
-        msg = "write_ome_zarr got an empty path: give the folder to create (e.g. 'out.zarr')"
-        raise UnsupportedSourceError(msg)
     # ``..`` resolved as the system does (``link/..`` is the parent of the link's target), and collapsed:
     # ``a.zarr/../a.zarr`` is ``a.zarr`` (its parent must not be reached through itself)
     return Path(system_path(text))
-
-
-def _file_url_path(url: str) -> str:
-    """The local path of a ``file://`` URL: percent-decoded, ``localhost`` dropped, another host refused.
-
-    ``file:///data/a%20b.zarr`` is the folder ``/data/a b.zarr`` (as the loaders read it), not a folder
-    named ``a%20b.zarr``; ``file://out.zarr`` names the host ``out.zarr``, not a relative path.
-    """
-    rest = url[len("file://") :]
-    if rest[: len("localhost/")].lower() == "localhost/":
-        rest = rest[len("localhost") :]
-    if not rest.startswith("/"):
-        msg = (
-            f"write_ome_zarr writes to local paths only, not to a file:// URL naming a host: got {url!r}; "
-            "accepted a local path or a file:// URL of an absolute path ('file:///data/out.zarr')"
-        )
-        raise UnsupportedSourceError(msg)
-    return unquote(rest)
 
 
 def _source_paths(stacks: Sequence[LazyImageStack]) -> list[tuple[str, Path]]:
@@ -491,7 +467,8 @@ def write_ome_zarr(
         Local folder to create (``.zarr`` by convention). A ``file:`` URL of an
         absolute path is accepted, percent-decoded (``file:///data/a%20b.zarr``,
         ``file://localhost/data/x.zarr``, ``file:/data/x.zarr``); one naming
-        another host is refused.
+        another host, a query or a fragment is refused, and ``~`` is expanded
+        in a plain path (as every loader reads it: `lazystack.io.handles.local_path()`).
         A ``..`` is resolved as the system resolves it (``link/..`` is the
         parent of the folder the symbolic link ``link`` names). A ``bytes``
         path is refused: decode it with ``os.fsdecode()``.
@@ -525,7 +502,8 @@ def write_ome_zarr(
         If ``path`` exists and ``overwrite`` is False, or ``path`` is a file
         or a folder that is not a Zarr store.
     UnsupportedSourceError
-        For a remote URI (write locally, then copy), a ``.zip`` path (write a
+        For a remote URI (write locally, then copy), a ``file:`` URL naming a
+        host or holding a query or a fragment, an empty path, a ``.zip`` path (write a
         folder, then zip it), an item that is not a stack, or a ``path`` that
         is, holds or lies inside a local source of the stacks (symlinks
         resolved): a write never touches its sources.

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote
 
 import numpy as np
 
@@ -42,6 +41,7 @@ from ...core.errors import (
     UnsupportedSourceError,
 )
 from ...core.units import unit_name
+from ...io.handles import local_path
 from ...io.overwrite import interrupted_overwrite_note
 from ...io.process import current_pid
 from ...io.reader import OpenedSource, Reader, ReaderCapabilities
@@ -258,7 +258,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     Parameters
     ----------
     source : str
-        Local path, ``file://`` URI or fsspec URI; the store is the path up to
+        Local path (``~`` expanded), ``file:`` URL (read by
+        `lazystack.io.handles.local_path()`) or fsspec URI; the store is the path up to
         the first component ending in ``.zarr`` (the whole path when none does;
         ``zip::file:///data/x.zip`` is ``zip://::file:///data/x.zip``, the archive's root).
     storage_options : mapping, optional
@@ -271,7 +272,8 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
     Raises
     ------
     UnsupportedSourceError
-        For a URI scheme fsspec does not know, or a chained URL whose first segment is a
+        For a URI scheme fsspec does not know, a ``file:`` URL naming a host or
+        holding a query or a fragment, an empty path, or a chained URL whose first segment is a
         bare protocol other than an archive's (``simplecache::http://...``).
     MissingDependencyError
         For a known scheme whose implementation is not installed.
@@ -293,12 +295,11 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
             )
             raise UnsupportedSourceError(msg)
         source = f"{bare.group(1)}://{source[bare.end() - 2 :]}"  # zip::file:///x.zip: the archive's root
+    local = local_path(source, who="load_zarrs")  # a path or file: URL (one parser for every loader); None: remote
+    if local is not None:
+        return _parse_local(local, source)
     match = _SCHEME.match(source)
-    if match is None or match.group(1).lower() == "file":
-        raw = source[len(match.group(0)) :] if match else source
-        if match and raw[: len("localhost/")].lower() == "localhost/":  # file://localhost/abs is the local /abs
-            raw = raw[len("localhost") :]
-        return _parse_local(raw, source)
+    assert match is not None  # local_path() gives None for a scheme:// URL only
     protocol = match.group(1).lower()
     _check_protocol(protocol, source)
     first, sep, rest = source.partition("::")
@@ -414,19 +415,10 @@ def zip_archive_of(path: str) -> tuple[str, str] | None:
 
 
 def _parse_local(raw: str, source: str) -> ZarrLocation:
-    candidates = [raw]
-    if "%" in raw:
-        candidates.append(unquote(raw))
-    location = None
-    for candidate in candidates:
-        full = os.path.abspath(os.path.expanduser(candidate))
-        parts = full.replace(os.sep, "/").split("/")
-        cut = _split_at_store(parts)
-        root = "/".join(parts[:cut]) or "/"
-        location = ZarrLocation("file", root, "/".join(p for p in parts[cut:] if p))
-        if os.path.exists(root):
-            break
-    assert location is not None  # candidates is never empty
+    full = os.path.abspath(os.path.expanduser(raw))  # a plain path is literal: no percent-decoding
+    parts = full.replace(os.sep, "/").split("/")
+    cut = _split_at_store(parts)
+    location = ZarrLocation("file", "/".join(parts[:cut]) or "/", "/".join(p for p in parts[cut:] if p))
     zipped = zip_archive_of(raw)
     if zipped is not None:  # a zipped store given by its local path: zip://<inner>::file://<archive>
         return ZarrLocation("zip", "zip://", zipped[1], "::file://" + zipped[0])
