@@ -10,7 +10,6 @@ up.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -29,7 +28,7 @@ import tifffile
 
 import lazystack
 from lazystack import load, load_arrays
-from lazystack.core.errors import LazyStackError, SourceFormatError, SourceNotFoundError
+from lazystack.core.errors import LazyStackError, SourceFormatError, SourceNotFoundError, UnsupportedSourceError
 from lazystack.frontends.cli import main
 from lazystack.ops.stats import channel_statistics
 
@@ -163,16 +162,17 @@ def test_storage_option_beside_a_tiff(tif: tuple[Path, np.ndarray], capsys: Any)
     assert captured.err == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/loading/auto.py: load() passes storage_options= to load_tiffs / load_czis / .npy, which take "
-    "none (TypeError: unexpected keyword argument); proposed: drop it for non-Zarr sources (the CLI now does), or "
-    "raise an UnsupportedSourceError naming the option and the source",
-    raises=TypeError,
-)
-def test_load_a_tiff_with_storage_options(tif: tuple[Path, np.ndarray]) -> None:
-    with contextlib.suppress(LazyStackError):
-        load(str(tif[0]), "CYX", storage_options={"anon": True})
+def test_load_a_tiff_with_storage_options(tif: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    # storage_options is for Zarr stores: a TIFF, an array and a .npy in the same call ignore it
+    (stack,) = load(str(tif[0]), "CYX", storage_options={"anon": True})
+    np.testing.assert_array_equal(stack.compute()[0], tif[1])
+    (arr,) = load(tif[1], "CYX", storage_options={"anon": True})
+    np.testing.assert_array_equal(arr.compute()[0], tif[1])
+    np.save(tmp_path / "a.npy", tif[1])
+    (npy,) = load(str(tmp_path / "a.npy"), "CYX", storage_options={"anon": True})
+    np.testing.assert_array_equal(npy.compute()[0], tif[1])
+    with pytest.raises(UnsupportedSourceError, match=r"a\.npy.*takes no options: got \['scene'\]"):
+        load(str(tmp_path / "a.npy"), "CYX", scene=0)
 
 
 def test_demo_keep_never_writes_into_someone_elses_folder(tif: tuple[Path, np.ndarray], capsys: Any) -> None:

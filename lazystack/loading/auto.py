@@ -262,6 +262,8 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         `lazystack.core.levels`.
     **options
         Passed to the loader (``storage_options=`` for Zarr ...).
+        ``storage_options`` is used by Zarr sources only: the other kinds
+        (local files and array-likes) ignore it, so one call may mix them.
 
     Returns
     -------
@@ -297,12 +299,13 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
         axes = validate_axes(axes)
     chosen = parse_levels(levels)
     stacks: list[LazyImageStack] = StackList()
+    local_options = {k: v for k, v in options.items() if k != "storage_options"}  # for what is not a Zarr store
     for item in _as_sources(source):
         if is_array_like(item):
             if axes is None:
                 msg = f"axes are required for an array of shape {tuple(item.shape)}: give letters of {VALID_AXES!r}"
                 raise AxesError(msg)
-            stacks.extend(select_levels(loaders.load_arrays([item], axes, **options), chosen))
+            stacks.extend(select_levels(loaders.load_arrays([item], axes, **local_options), chosen))
             continue
         if not isinstance(item, (str, os.PathLike)) or not isinstance(os.fspath(item), str):
             hint = (
@@ -328,8 +331,11 @@ def load(source: Any, axes: str | None = None, *, levels: Levels = None, **optio
             elif kind in ("tiff", "czi"):  # their loaders default to full resolution (CAREamics'); here: all
                 load_kind = loaders.load_tiffs if kind == "tiff" else loaders.load_czis
                 every = "all" if chosen is None else chosen
-                stacks.extend(load_kind([_local(text)], item_axes, levels=every, **options))
+                stacks.extend(load_kind([_local(text)], item_axes, levels=every, **local_options))
             else:  # npy: one stack over a read-only memory map
+                if local_options:
+                    msg = f"{text!r} is a .npy file, which takes no options: got {sorted(local_options)}"
+                    raise UnsupportedSourceError(msg)
                 stacks.extend(select_levels([_load_npy(_local(text), item_axes)], chosen))
         except MissingDependencyError:
             raise
