@@ -1,0 +1,79 @@
+"""Session 15, reviewer revC: an independent review of torch15 (EpochSampler generations, Stitcher tensor outputs).
+
+Each test failed on the merge of torch15 before its fix (or is a strict xfail naming why it is left).
+References are NumPy slicing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from lazystack import LazyImageStack, LazyStackError, RandomSampler
+
+torch = pytest.importorskip("torch")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lazystack.torch import EpochSampler, PatchDataset  # noqa: E402
+
+IMAGE = np.arange(2 * 24 * 32, dtype=np.float32).reshape(2, 24, 32)
+
+
+def _patches(sampler: RandomSampler, epoch: int = 0) -> np.ndarray:
+    """The sampler's patches by NumPy slicing (the reference)."""
+    specs = sampler.epoch_specs(epoch)
+    return np.stack([IMAGE[s.sample, s.coords[0] : s.coords[0] + 8, s.coords[1] : s.coords[1] + 8] for s in specs])
+
+
+def _double(item: dict) -> dict:
+    return {"input": item["input"] * 2}
+
+
+def test_a_transform_assigned_mid_epoch_without_workers_applies_at_once() -> None:
+    """num_workers=0 and a transform changed in the middle of an epoch (an augmentation schedule stepped by a
+    callback, a hook run after the loader fetched its first batch): the next batches were refused with a
+    LazyStackError although they index the same patches and the new transform is seen at once (it always was)."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    loader = DataLoader(dataset, sampler=EpochSampler(dataset), batch_size=2)  # type: ignore[arg-type]
+    batches = iter(loader)
+    first = next(batches)["input"].numpy()[:, 0]
+    dataset.transform = _double
+    rest = torch.cat([b["input"] for b in batches]).numpy()[:, 0]
+    expected = _patches(sampler)
+    np.testing.assert_array_equal(first, expected[:2])
+    np.testing.assert_array_equal(rest, expected[2:] * 2)
+
+
+def test_a_copy_with_another_transform_reads_a_shared_epoch_samplers_pairs() -> None:
+    """Test-time augmentation: a copy of the dataset with another transform, read in the same order as the dataset
+    through one EpochSampler. The copy keeps the dataset's identity, so its pairs were refused as 'drawn before the
+    sampler was replaced'."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    sampler = RandomSampler(stacks, 8, 6, seed=1)
+    dataset = PatchDataset(stacks, sampler)
+    flipped = copy.copy(dataset)
+    flipped.transform = _double
+    order = EpochSampler(dataset)
+    got = torch.stack([flipped[k]["input"] for k in order]).numpy()[:, 0]
+    np.testing.assert_array_equal(got, _patches(sampler) * 2)
+
+
+def test_a_sampler_replaced_mid_epoch_is_still_refused_in_process() -> None:
+    """The refusal the fix above keeps: the rest of an epoch drawn from the old sampler's order is not read from a
+    new sampler (its length and patches are others), and the next epoch reads the new one."""
+    stacks = [LazyImageStack(IMAGE, "SYX")]
+    dataset = PatchDataset(stacks, RandomSampler(stacks, 8, 6, seed=1))
+    order = EpochSampler(dataset)
+    keys = iter(order)
+    dataset[[next(keys)]]
+    new = dataset.sampler = RandomSampler(stacks, 8, 6, seed=2)
+    dataset.transform = _double  # a later transform does not hide the earlier replacement
+    with pytest.raises(LazyStackError, match=r"before this PatchDataset's sampler \(or stacks, targets, masks\)"):
+        dataset[[next(keys)]]
+    got = torch.stack([dataset[k]["input"] for k in order]).numpy()[:, 0]
+    np.testing.assert_array_equal(got, _patches(new) * 2)
