@@ -77,3 +77,40 @@ def test_a_sampler_replaced_mid_epoch_is_still_refused_in_process() -> None:
         dataset[[next(keys)]]
     got = torch.stack([dataset[k]["input"] for k in order]).numpy()[:, 0]
     np.testing.assert_array_equal(got, _patches(new) * 2)
+
+
+def _stitch_into(out: object) -> object:
+    """Stitch IMAGE's grid tiles (torch predictions) into ``out``; the Stitcher's output."""
+    from lazystack import GridSampler, Stitcher
+
+    stack = LazyImageStack(IMAGE, "SYX")
+    grid = GridSampler([stack], 8, overlap=2)
+    stitcher = Stitcher(grid, n_channels=1, out=[out])
+    for i in range(len(grid)):
+        stitcher.add(i, torch.from_numpy(stack.extract_patch(*grid.spec(i)[1:])))
+    return stitcher.outputs[0]
+
+
+def test_stitcher_refuses_a_tensor_out_whose_elements_share_memory() -> None:
+    """out=torch.empty(1, ...).expand(n, ...) (stride 0): its NumPy view is writable, so each sample's tiles
+    overwrote the previous sample's and every sample held the last one: silently wrong. torch itself refuses
+    in-place writes into such a tensor; the Stitcher now does, before any tile, naming the strides."""
+    shared = torch.zeros(1, 1, 24, 32).expand(2, 1, 24, 32)
+    with pytest.raises(TypeError, match=r"out\[0\] is a torch tensor .*share memory \(strides \(0, "):
+        _stitch_into(shared)
+
+
+@pytest.mark.parametrize("kind", ["transposed", "view of a larger tensor", "stepped", "shared memory", "grad"])
+def test_stitcher_writes_in_place_into_strided_tensor_outputs(kind: str) -> None:
+    """What held up: tensors that are not contiguous or do not own their storage are written in place."""
+    base = torch.zeros(4, 1, 32, 24)
+    out = {
+        "transposed": base[:2].transpose(2, 3),
+        "view of a larger tensor": torch.zeros(3, 1, 24, 32)[1:],
+        "stepped": torch.zeros(4, 1, 24, 32)[::2],
+        "shared memory": torch.zeros(2, 1, 24, 32).share_memory_(),
+        "grad": torch.zeros(2, 1, 24, 32, requires_grad=True),
+    }[kind]
+    got = _stitch_into(out)
+    assert got is out
+    np.testing.assert_array_equal(out.detach().numpy(), IMAGE[:, None])
