@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -100,9 +101,6 @@ _STATE = frozenset(("sampler", "stacks", "targets", "masks", "channels", "transf
 
 #: Those of them that change which patch an index is (the rest, e.g. ``transform``, change how it is delivered).
 _REINDEX = frozenset(("sampler", "stacks", "targets", "masks"))
-
-#: Numbers the datasets of this process (with the pid: a dataset's identity, kept by its pickled copies).
-_DATASETS = itertools.count()
 
 
 class _EpochKey(tuple[int, int]):
@@ -261,7 +259,9 @@ class PatchDataset:
     ) -> None:
         _torch()
         #: this dataset's identity (kept by its pickled copies, e.g. a DataLoader worker's)
-        self._uid = (current_pid(), next(_DATASETS))
+        # (random, not a per-process count: a restarted job often has the same pid, e.g. 1 in a container, and an
+        # EpochSampler or dataset restored from its checkpoint would pass for the new run's dataset)
+        self._uid = (current_pid(), int.from_bytes(os.urandom(8), "little"))
         self._generation = 0  # bumped by each assignment of a _STATE attribute (see __setattr__)
         if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
             msg = (

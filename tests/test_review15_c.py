@@ -7,6 +7,8 @@ References are NumPy slicing.
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +116,52 @@ def test_stitcher_writes_in_place_into_strided_tensor_outputs(kind: str) -> None
     got = _stitch_into(out)
     assert got is out
     np.testing.assert_array_equal(out.detach().numpy(), IMAGE[:, None])
+
+
+_RUN = """
+import pickle, sys
+import numpy as np
+from lazystack import LazyImageStack, RandomSampler
+from lazystack.torch import EpochSampler, PatchDataset
+
+image = np.arange(2 * 24 * 32, dtype=np.float32).reshape(2, 24, 32)
+stacks = [LazyImageStack(image, "SYX")]
+dataset = PatchDataset(stacks, RandomSampler(stacks, 8, 6, seed=1))
+import os
+print(os.getpid())
+if sys.argv[1] == "save":
+    dataset.transform = None  # a setting assigned before the checkpoint (a new generation)
+    with open(sys.argv[2], "wb") as f:
+        pickle.dump(EpochSampler(dataset), f)
+else:
+    with open(sys.argv[2], "rb") as f:
+        order = pickle.load(f)
+    got = np.stack([dataset[k]["input"].numpy()[0] for k in order])
+    want = np.stack([image[s.sample, s.coords[0]:s.coords[0] + 8, s.coords[1]:s.coords[1] + 8]
+                     for s in dataset.sampler.epoch_specs(0)])
+    print(bool(np.array_equal(got, want)))
+"""
+
+
+def test_a_restarted_run_with_the_same_pid_reads_a_restored_epoch_sampler(tmp_path: Path) -> None:
+    """A job restarted in a container has the same pid (1 here, in a new pid namespace), so its first dataset had
+    the identity (pid, 0) of the previous run's: an EpochSampler restored from the checkpoint (pickled with its
+    dataset, one generation ahead) passed for the new dataset's and its pairs were refused as 'drawn after this
+    PatchDataset's sampler was replaced ... persistent DataLoader workers'. The identity is now random."""
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare (util-linux) to run two processes with the same pid")
+    cmd = [unshare, "-Urpf", sys.executable, "-c", _RUN]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    saved = subprocess.run([*cmd, "save", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env)
+    if saved.returncode != 0 and "unshare" in saved.stderr:
+        pytest.skip(f"no user / pid namespace here ({saved.stderr.strip()})")
+    assert saved.returncode == 0, saved.stderr
+    loaded = subprocess.run([*cmd, "load", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-800:]
+    assert saved.stdout.split()[0] == loaded.stdout.split()[0] == "1"
+    assert loaded.stdout.split()[1] == "True"
