@@ -165,3 +165,16 @@ def test_a_restarted_run_with_the_same_pid_reads_a_restored_epoch_sampler(tmp_pa
     assert loaded.returncode == 0, loaded.stderr[-800:]
     assert saved.stdout.split()[0] == loaded.stdout.split()[0] == "1"
     assert loaded.stdout.split()[1] == "True"
+
+
+class _MetaTensor(torch.Tensor):
+    """A tensor subclass from outside torch (as MONAI's MetaTensor, which CAREamics-style pipelines pass around)."""
+
+
+def test_stitcher_writes_into_a_tensor_subclass_out_in_place() -> None:
+    """A torch.Tensor subclass defined outside torch (type(out).__module__ is not torch's) was not taken for a tensor:
+    the first tile failed inside torch ('can't assign a numpy.ndarray to a torch.FloatTensor')."""
+    out = torch.zeros(2, 1, 24, 32).as_subclass(_MetaTensor)
+    got = _stitch_into(out)
+    assert got is out
+    np.testing.assert_array_equal(out.detach().numpy(), IMAGE[:, None])

@@ -118,8 +118,8 @@ def _numpy_dtype(out: Any) -> np.dtype[Any] | None:
 
 
 def _is_tensor(value: Any) -> bool:
-    """A torch tensor (told without importing torch)."""
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach") and hasattr(value, "numpy")
+    """A torch tensor, or one of a subclass (MONAI's ``MetaTensor``, a ``Parameter``): told without importing torch."""
+    return any(c.__module__.split(".")[0] == "torch" and c.__name__ == "Tensor" for c in type(value).__mro__)
 
 
 def _overlapping(view: np.ndarray[Any, Any]) -> bool:
