@@ -157,11 +157,15 @@ def test_a_restarted_run_with_the_same_pid_reads_a_restored_epoch_sampler(tmp_pa
         pytest.skip("needs unshare (util-linux) to run two processes with the same pid")
     cmd = [unshare, "-Urpf", sys.executable, "-c", _RUN]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    saved = subprocess.run([*cmd, "save", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env)
+    saved = subprocess.run(
+        [*cmd, "save", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env, timeout=900
+    )
     if saved.returncode != 0 and "unshare" in saved.stderr:
         pytest.skip(f"no user / pid namespace here ({saved.stderr.strip()})")
     assert saved.returncode == 0, saved.stderr
-    loaded = subprocess.run([*cmd, "load", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env)
+    loaded = subprocess.run(
+        [*cmd, "load", str(tmp_path / "s.pkl")], capture_output=True, text=True, env=env, timeout=900
+    )
     assert loaded.returncode == 0, loaded.stderr[-800:]
     assert saved.stdout.split()[0] == loaded.stdout.split()[0] == "1"
     assert loaded.stdout.split()[1] == "True"
