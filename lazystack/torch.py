@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -98,8 +99,8 @@ def _flag(name: str, value: Any) -> bool:
 #: Attributes of a PatchDataset whose assignment changes what its indices read (a new sampler generation).
 _STATE = frozenset(("sampler", "stacks", "targets", "masks", "channels", "transform", "return_spec", "ragged"))
 
-#: Numbers the datasets of this process (with the pid: a dataset's identity, kept by its pickled copies).
-_DATASETS = itertools.count()
+#: Those of them that change which patch an index is (the rest, e.g. ``transform``, change how it is delivered).
+_REINDEX = frozenset(("sampler", "stacks", "targets", "masks"))
 
 
 class _EpochKey(tuple[int, int]):
@@ -258,7 +259,9 @@ class PatchDataset:
     ) -> None:
         _torch()
         #: this dataset's identity (kept by its pickled copies, e.g. a DataLoader worker's)
-        self._uid = (current_pid(), next(_DATASETS))
+        # (random, not a per-process count: a restarted job often has the same pid, e.g. 1 in a container, and an
+        # EpochSampler or dataset restored from its checkpoint would pass for the new run's dataset)
+        self._uid = (current_pid(), int.from_bytes(os.urandom(8), "little"))
         self._generation = 0  # bumped by each assignment of a _STATE attribute (see __setattr__)
         if not callable(getattr(sampler, "epoch_specs", None)) or not hasattr(sampler, "__len__"):
             msg = (
@@ -317,7 +320,10 @@ class PatchDataset:
         # what an index reads changes: indices drawn for the old state are refused. Not in a DataLoader worker,
         # whose worker_init_fn may set up its own copy: the copy keeps the generation it was made at
         if name in _STATE and _torch().utils.data.get_worker_info() is None:
-            object.__setattr__(self, "_generation", self.__dict__.get("_generation", 0) + 1)
+            generation = self.__dict__.get("_generation", 0) + 1
+            object.__setattr__(self, "_generation", generation)
+            if name in _REINDEX:  # the generation from which an epoch's earlier indices mean other patches
+                object.__setattr__(self, "_reindexed", generation)
         object.__setattr__(self, name, value)
 
     def _token(self) -> tuple[int, int, int]:
@@ -340,6 +346,9 @@ class PatchDataset:
                         "persistent_workers=False"
                     )
                 else:
+                    if drawn >= self.__dict__.get("_reindexed", 0):
+                        continue  # only a transform, channels ... since: this copy applies them at once, as before
+                    what = "sampler (or stacks, targets, masks)"
                     msg = (
                         f"index {tuple(index)} was drawn by an EpochSampler before this PatchDataset's {what} was "
                         f"replaced (generation {drawn}, now {mine[2]}): the rest of that epoch follows the old "
@@ -771,9 +780,12 @@ class EpochSampler:
     generation refuses them with a
     [`LazyStackError`][lazystack.LazyStackError] instead of reading another
     sampler's patches: a persistent worker started before a replacement (make
-    a new DataLoader), or the dataset itself when the replacement came in the
-    middle of the epoch. Indices of another dataset, plain integers and
-    pairs are not checked.
+    a new DataLoader), or the dataset itself when its ``sampler``, ``stacks``,
+    ``targets`` or ``masks`` were replaced in the middle of the epoch (its
+    remaining indices follow the old sampler). A ``transform``, ``channels``,
+    ``return_spec`` or ``ragged`` assigned in the middle of an epoch applies
+    at once in the process that assigned it (``num_workers=0``), as it always
+    did. Indices of another dataset, plain integers and pairs are not checked.
     """
 
     def __init__(

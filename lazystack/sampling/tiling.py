@@ -118,16 +118,26 @@ def _numpy_dtype(out: Any) -> np.dtype[Any] | None:
 
 
 def _is_tensor(value: Any) -> bool:
-    """A torch tensor (told without importing torch)."""
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach") and hasattr(value, "numpy")
+    """A torch tensor, or one of a subclass (MONAI's ``MetaTensor``, a ``Parameter``): told without importing torch."""
+    return any(c.__module__.split(".")[0] == "torch" and c.__name__ == "Tensor" for c in type(value).__mro__)
+
+
+def _overlapping(view: np.ndarray[Any, Any]) -> bool:
+    """Whether two elements of ``view`` may share memory (a stride 0 of ``expand()``; strides too small to nest)."""
+    reach = view.itemsize  # bytes spanned by the dimensions of smaller strides
+    for stride, size in sorted((abs(st), n) for n, st in zip(view.shape, view.strides, strict=True) if n > 1):
+        if stride < reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def _tensor_target(i: int, out: Any) -> np.ndarray[Any, Any]:
     """A NumPy view of the memory of ``out[i]``, a CPU torch tensor: writing into it writes into the tensor in place.
 
     Refused (before any tile is written) for a tensor that NumPy cannot view: not on the CPU, not strided (sparse),
-    of a dtype NumPy has no equal for (``bfloat16``, ``float8``, ``complex32``), or with its conjugate or negative
-    bit set.
+    of a dtype NumPy has no equal for (``bfloat16``, ``float8``, ``complex32``), with its conjugate or negative
+    bit set, or whose elements share memory (``expand()``).
     """
     device = getattr(out, "device", None)
     what = f"out[{i}] is a torch tensor of dtype {out.dtype} on {device}"
@@ -152,6 +162,11 @@ def _tensor_target(i: int, out: Any) -> np.ndarray[Any, Any]:
         else:
             if not view.flags.writeable:  # pragma: no cover - torch's views are writable
                 reason = "its NumPy view is read-only"
+            elif _overlapping(view):
+                reason = (
+                    f"its elements share memory (strides {tuple(out.stride())}: an expand()ed or as_strided tensor), "
+                    "so one tile would overwrite another's values"
+                )
     if reason:
         msg = f"{what}: {reason}; {accepted}"
         raise TypeError(msg)
@@ -303,7 +318,8 @@ class Stitcher:
         If ``out`` does not hold one array of the right shape per stack.
     TypeError
         If an output is a torch tensor NumPy cannot write through: not on the
-        CPU, sparse, or of a dtype NumPy has none for (``bfloat16``).
+        CPU, sparse, of a dtype NumPy has none for (``bfloat16``), or whose
+        elements share memory (an ``expand()``-ed tensor).
 
     Examples
     --------
