@@ -370,7 +370,10 @@ class ZarrPythonEngine(ZarrEngine):
         key = str(self.array.metadata.encode_chunk_key(coords))
         if self._local_dir is not None:
             return key, os.path.join(self._local_dir, key)
-        return key, f"{str(self.array.store_path).rstrip('/')}/{key}"
+        base = getattr(self.array.store, "path", None)  # a remote store's URL (its str() is the store's repr)
+        if not isinstance(base, str):
+            return key, f"{str(self.array.store_path).rstrip('/')}/{key}"
+        return key, "/".join([base.rstrip("/"), *[p for p in str(self.array.path).split("/") if p], key])
 
     def _check_read(self, indices: Iterable[ChunkIndex]) -> None:
         """After a read: raise ``_StaleChunkError`` when a local file of ``indices`` (one ``stat`` each, once per
