@@ -7,6 +7,7 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from lazystack.io import process
@@ -156,3 +157,42 @@ def test_a_handle_seeded_while_the_file_opens_is_kept_and_the_new_one_closed() -
         manager.close()
     assert seeded.closed
     assert all(h.closed for h in opened), "the opened handle was neither kept nor closed"
+
+
+def test_a_failed_source_share_stops_the_other_sources_shares_and_its_error_leaves() -> None:
+    """flake15 made a failed share wait for the others, which then read every chunk of their shares (a 400-chunk
+    share of another source: the error came out only once all of it was read, seconds or, remote, minutes
+    later; an interrupt waited as long). They now leave at their next chunk, request or round, and the failure
+    that stopped them is the error raised (not the stop of a share looked at first)."""
+    from test_batch import CountingReader
+
+    from lazystack import LazyImageStack
+    from lazystack.io import chunked
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.ops.batch import extract_patches
+
+    b_reading, a_failed = threading.Event(), threading.Event()
+    after: list[Any] = []
+
+    class Failing(CountingReader):
+        def _one(self, idx: Any) -> Any:
+            assert b_reading.wait(60)  # the other source is reading
+            a_failed.set()
+            raise ValueError("source A is corrupt")
+
+    class Slow(CountingReader):
+        def _one(self, idx: Any) -> Any:
+            b_reading.set()
+            assert a_failed.wait(60)
+            after.append(idx)
+            threading.Event().wait(0.02)  # 400 chunks on 2 threads: 4 s of reading left when A fails
+            return super()._one(idx)
+
+    a = LazyImageStack(Failing(np.zeros((1, 8, 8), np.uint16), (1, 8, 8)), "SYX")
+    b = LazyImageStack(Slow(np.zeros((1, 400, 400), np.uint16), (1, 20, 20)), "SYX")
+    reqs = [(b, 0, None, (y, x), (20, 20)) for y in range(0, 400, 20) for x in range(0, 400, 20)]
+    with pytest.MonkeyPatch.context() as mp, chunk_cache_size(0):
+        mp.setattr(chunked, "CPU_WORKERS", 2)
+        with pytest.raises(ValueError, match="source A is corrupt"):
+            extract_patches([*reqs, (a, 0, None, (0, 0), (8, 8))])  # B's share is looked at first
+    assert len(after) < 400, "the other source's share read all its chunks after the failure"
