@@ -26,13 +26,14 @@ class _Closable:
 
 class _Gate:
     """An opening lock planted in the table: it numbers the threads entering it and holds the second one (after it
-    got the lock) until told to go on."""
+    got the lock: a third one cannot take it first) until told to go on."""
 
     def __init__(self) -> None:
         self._real = threading.Lock()
         self._count = threading.Lock()
         self.entries = 0
         self.second_waiting = threading.Event()
+        self.second_holds = threading.Event()
         self.third_came = threading.Event()
         self.go_second = threading.Event()
 
@@ -46,6 +47,7 @@ class _Gate:
             self.third_came.set()
         self._real.acquire()
         if n == 2:
+            self.second_holds.set()
             assert self.go_second.wait(60)  # a bound on a hang only
         return self
 
@@ -101,6 +103,7 @@ def test_a_handle_closed_while_a_thread_waits_to_open_gives_one_open_at_a_time_a
     assert a_inside.wait(60)
     threads["B"].start()
     threads["A"].join(60)
+    assert gate.second_holds.wait(60)  # B has the opening lock (else C could take it first and wait for B in vain)
     manager.close()  # A's handle closed before B gets the opening lock
     threads["C"].start()
     assert gate.third_came.wait(60)  # C waits on the opening lock, or is in the opener
