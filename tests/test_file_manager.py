@@ -331,6 +331,7 @@ class _FirstOpenFails:
         self.lock = threading.Lock()
         self.calls = 0
         self.inside = self.most_inside = 0
+        self.first_inside = threading.Event()
         self.retrying = threading.Event()
         self.third_inside = threading.Event()
 
@@ -342,6 +343,7 @@ class _FirstOpenFails:
             self.most_inside = max(self.most_inside, self.inside)
         try:
             if n == 0:
+                self.first_inside.set()
                 threading.Event().wait(0.3)  # the second thread comes to wait on this open meanwhile
                 raise OSError("the first open fails")
             if n == 1:
@@ -370,7 +372,8 @@ def test_after_a_failed_open_the_threads_that_come_later_wait_for_the_retry() ->
 
     first = threading.Thread(target=acquire, args=("first",))
     first.start()
-    threading.Event().wait(0.1)
+    assert opener.first_inside.wait(60)  # the first thread's open is the first call (a sleep here was not enough
+    # on a loaded machine: the second thread could get there first, its open failed and the first one's succeeded)
     second = threading.Thread(target=acquire, args=("second",))
     second.start()
     first.join(60)

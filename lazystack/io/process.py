@@ -203,7 +203,7 @@ class _Table:
     def __init__(self, inherited: int = 0) -> None:
         self.lock = threading.Lock()
         self.handles: OrderedDict[int, Any] = OrderedDict()  # least recently used first
-        self.opening: dict[int, threading.Lock] = {}
+        self.opening: dict[int, list[Any]] = {}  # [lock, threads holding or waiting]
         self.inherited = inherited
 
     def bound(self) -> int:
@@ -261,7 +261,6 @@ def _forget(key: int) -> None:
         return
     try:
         handle = table.handles.pop(key, None)
-        table.opening.pop(key, None)  # left by a failed open
     finally:
         table.lock.release()
     if handle is not None:
@@ -337,31 +336,44 @@ class FileManager:
         """This process's open handle, i.e. what the opener returned (opened now if it is not)."""
         table = _STATE
         key = self._key
+        orphans: list[Any] = []
         with table.lock:
             handle = table.handles.get(key, _OMIT)
             if handle is not _OMIT:
                 table.handles.move_to_end(key)
                 return handle
-            opening = table.opening.setdefault(key, threading.Lock())
-        with opening:  # one thread opens; the others wait for its handle
+            # one opening lock per file while a thread opens it or waits to: dropped by the last of them (dropped
+            # earlier, by a failed or a successful open, a thread coming later made a new lock and opened the file
+            # beside a waiting thread: two opens at once, one handle overwritten and never closed)
+            entry = table.opening.get(key)
+            if entry is None:
+                entry = table.opening[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:  # one thread opens; the others wait for its handle
+                with table.lock:
+                    handle = table.handles.get(key, _OMIT)
+                    if handle is not _OMIT:
+                        table.handles.move_to_end(key)
+                        return handle
+                handle = self._open()  # outside the table's lock: other files open meanwhile
+                with table.lock:
+                    stored = table.handles.get(key, _OMIT)
+                    if stored is _OMIT:
+                        table.handles[key] = handle
+                    else:  # seeded meanwhile: that one is kept (not overwritten, never closed), ours closed
+                        orphans.append(handle)
+                        handle = stored
+                        table.handles.move_to_end(key)
+                    while _ORPHANS:
+                        orphan = table.handles.pop(_ORPHANS.popleft(), None)
+                        if orphan is not None:
+                            orphans.append(orphan)
+        finally:
             with table.lock:
-                handle = table.handles.get(key, _OMIT)
-                if handle is not _OMIT:
-                    table.handles.move_to_end(key)
-                    return handle
-            # outside the table's lock: other files open meanwhile. A failed open leaves ``opening`` in the table:
-            # threads waiting on it, and those coming later, still open one at a time (dropped, a thread coming
-            # later made a new lock and opened beside a waiting thread's retry: two handles, one never closed)
-            handle = self._open()
-            orphans = []
-            with table.lock:
-                table.handles[key] = handle
-                if table.opening.get(key) is opening:
+                entry[1] -= 1
+                if not entry[1] and table.opening.get(key) is entry:
                     del table.opening[key]
-                while _ORPHANS:
-                    orphan = table.handles.pop(_ORPHANS.popleft(), None)
-                    if orphan is not None:
-                        orphans.append(orphan)
         _close_all(orphans + table.shrink())  # closed without the lock: a closing handle may wait for a read
         return handle
 

@@ -179,6 +179,10 @@ def _split(
         yield group
 
 
+class _StoppedError(Exception):
+    """Another source's share of the batch failed (or the caller was interrupted): this share leaves."""
+
+
 _Item = tuple[int, list[ChunkIndex]]
 """A request's position in the batch and the chunks it touches."""
 
@@ -269,6 +273,13 @@ class _Batch:
         self.sizes: dict[int, list[int]] = {}  # requests on the stack's fast path
         self._touched: dict[int, list[ChunkIndex]] = {}
         self._pieces: dict[int, list[tuple[ChunkIndex, tuple[slice, ...], tuple[slice, ...]]]] = {}
+        #: Set once a source's share failed: the other shares leave at their next chunk, request or round.
+        self.stop = threading.Event()
+
+    def go_on(self) -> None:
+        """Raise ``_StoppedError`` if another source's share of the batch failed."""
+        if self.stop.is_set():
+            raise _StoppedError
 
     def plan(self, i: int) -> None:
         """Work out (and check) the source region of request ``i``."""
@@ -306,6 +317,14 @@ class _Batch:
         if view is None:
             view = views[(id(stack), id(proxy))] = stack.with_reader(proxy)  # its reads go to ``proxy``
         self.out[i] = view.extract_patch(*self.reqs[i][1:])
+
+    def serve_share(self, reader: ChunkedReader, indices: list[int]) -> None:
+        """``serve()`` in a pool thread, one source's share of several: a failure stops the other shares."""
+        try:
+            self.serve(reader, indices)
+        except BaseException:
+            self.stop.set()
+            raise
 
     def serve(self, reader: ChunkedReader, indices: list[int]) -> None:
         """Serve the requests ``indices``, all on the source ``reader``."""
@@ -414,6 +433,7 @@ class _Batch:
                 order = [idx for idx in order if idx not in held] + list(held)
 
         def place(idx: ChunkIndex) -> None:
+            self.go_on()
             chunk = held.get(idx)
             if chunk is None:
                 chunk = reader.fetch_chunk(idx)
@@ -440,9 +460,13 @@ class _Batch:
         shares = _shares(items, _chunked.CPU_WORKERS)  # read here: tests patch the one name
         bound = max(1, self.max_bytes // len(shares))
 
+        def extract(i: int, proxy: ChunkedReader, views: dict[tuple[int, int], Any]) -> None:
+            self.go_on()
+            self.extract(i, proxy, views)
+
         def run(j: int) -> None:
             views: dict[tuple[int, int], Any] = {}
-            _stream(reader, shares[j], lambda i, proxy: self.extract(i, proxy, views), bound)
+            _stream(reader, shares[j], lambda i, proxy: extract(i, proxy, views), bound)
 
         fetch_concurrently(range(len(shares)), run, min_parallel=2)
 
@@ -455,6 +479,7 @@ class _Batch:
         chunk decoded once, while tensorstore reads the lone regions in its
         own threads.
         """
+        self.go_on()  # not once the region reads are started: their results are all taken
         lone, shared = self._split_shared(reader, indices)
         started: list[int] = []
         for i in lone:
@@ -497,6 +522,7 @@ class _Batch:
             self._pipeline_rounds(reader, list(_split(items, nbytes, self.max_bytes)))
             return
         for group in _split(items, nbytes, self.max_bytes):
+            self.go_on()
             wanted = list(dict.fromkeys(c for _, touched in group for c in touched))
             chunks = reader.read_chunks(wanted) if wanted else {}
             # fast-path requests: each chunk piece cast once, straight into its float32 patch (as _scatter does);
@@ -555,6 +581,7 @@ class _Batch:
                 pending.append(_pool("round").submit(fetch, 1))
             chunks = fetch(0)
             for k, group in enumerate(groups):
+                self.go_on()
                 proxy = _PrefetchedReader(reader, chunks)
                 views: dict[tuple[int, int], Any] = {}
                 for i, _ in group:
@@ -644,14 +671,20 @@ def extract_patches(
     if len(work) == 1:
         batch.serve(*work[0])
     elif work:
-        futures = [_pool("batch").submit(batch.serve, reader, items) for reader, items in work]
+        futures = [_pool("batch").submit(batch.serve_share, reader, items) for reader, items in work]
         try:
             for f in futures:
                 f.result()
-        except BaseException:  # a share failed (or the caller was interrupted): the others may still be reading
+        except BaseException as exc:  # a share failed (or the caller was interrupted): the others may still be reading
+            batch.stop.set()  # they leave at their next chunk, request or round
             for f in futures:
                 f.cancel()
             wait(futures)  # no share goes on, holding its chunks or a file, after the error has left
+            if isinstance(exc, _StoppedError):  # a share stopped by another one's failure: that failure is the error
+                for f in futures:
+                    error = None if f.cancelled() else f.exception()
+                    if error is not None and not isinstance(error, _StoppedError):
+                        raise error from None
             raise
     for i, r in enumerate(reqs):
         if out[i] is None:
