@@ -77,3 +77,23 @@ def test_a_percent_named_store_is_not_read_as_its_decoded_twin(tmp_path: Path) -
     (stack,) = lazystack.load_zarrs(str(tmp_path / "a%20b" / "s.zarr"), "ZYX")
     (again,) = lazystack.load_zarrs(stack.source, "ZYX")
     np.testing.assert_array_equal(np.asarray(again.data).reshape(reference.shape), reference)
+
+
+@pytest.mark.parametrize("name", ["x#1", "p%2541"])
+def test_a_manifest_replays_over_stacks_loaded_from_its_recorded_sources(tmp_path: Path, name: str) -> None:
+    """A manifest records ``stack.source``: re-loading those sources gives stacks the manifest accepts."""
+    import csv
+
+    from lazystack import RandomSampler
+    from lazystack.sampling.manifest import read_manifest, write_manifest
+
+    (tmp_path / name).mkdir()
+    _store(tmp_path / name / "s.zarr", 2)
+    stacks = lazystack.load_zarrs(str(tmp_path / name / "s.zarr"), "ZYX")
+    sampler = RandomSampler(stacks, 2, 2, seed=0)
+    write_manifest(tmp_path / "m.csv", sampler, stacks)
+    with (tmp_path / "m.csv").open(newline="", encoding="utf-8") as f:
+        sources = list(dict.fromkeys(row["source"] for row in csv.DictReader(f)))
+    assert sources == [stacks[0].source]
+    again = lazystack.load_zarrs(sources, "ZYX")
+    assert read_manifest(tmp_path / "m.csv", again).epoch_specs(0) == sampler.epoch_specs(0)
