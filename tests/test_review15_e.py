@@ -97,3 +97,27 @@ def test_a_manifest_replays_over_stacks_loaded_from_its_recorded_sources(tmp_pat
     assert sources == [stacks[0].source]
     again = lazystack.load_zarrs(sources, "ZYX")
     assert read_manifest(tmp_path / "m.csv", again).epoch_specs(0) == sampler.epoch_specs(0)
+
+
+def test_disk_size_of_a_file_url_is_the_size_of_the_store_it_loads(tmp_path: Path) -> None:
+    """``lazystack info file:///d/a%20b/s.zarr`` loads ``a b/s.zarr`` but showed its disk size as unknown ('-'):
+    source_disk_bytes stripped ``file://`` without reading the URL (``file:/abs``, ``file://localhost/abs`` too)."""
+    from urllib.parse import quote
+
+    from lazystack.loading.stacklist import source_disk_bytes
+
+    (tmp_path / "a b").mkdir()
+    _store(tmp_path / "a b" / "s.zarr", 4)
+    plain = str(tmp_path / "a b" / "s.zarr")
+    size = source_disk_bytes(plain)
+    assert size is not None
+    assert size > 0
+    (stack,) = lazystack.load_zarrs(plain, "ZYX")
+    encoded = quote(plain)
+    for url in (stack.source, "file://" + encoded, "file://localhost" + encoded, "file:" + encoded):
+        assert source_disk_bytes(url) == size, url
+    (tmp_path / "x#1").mkdir()
+    _store(tmp_path / "x#1" / "s.zarr", 4)
+    (hashed,) = lazystack.load_zarrs(str(tmp_path / "x#1" / "s.zarr"), "ZYX")
+    assert source_disk_bytes(hashed.source) == size  # a stack's own source, unencoded
+    assert source_disk_bytes("file://otherhost/x.zarr") is None  # not a local path: unknown, not an error
