@@ -19,7 +19,7 @@ from lazystack.core.errors import UnsupportedSourceError
 from lazystack.loading.auto import source_kind
 
 #: folder names a URL would encode, each re-opened from ``stack.source``
-NAMES = ["x#1", "q?1", "p%2541", "p%41", "a%b", "a b", "ü"]
+NAMES = ["x#1", "q?1", "p%2541", "p%41", "a%b", "a b", "ü", "t\tb", "n\nl"]
 
 
 def _store(path: Path, value: int) -> np.ndarray:
@@ -121,3 +121,12 @@ def test_disk_size_of_a_file_url_is_the_size_of_the_store_it_loads(tmp_path: Pat
     (hashed,) = lazystack.load_zarrs(str(tmp_path / "x#1" / "s.zarr"), "ZYX")
     assert source_disk_bytes(hashed.source) == size  # a stack's own source, unencoded
     assert source_disk_bytes("file://otherhost/x.zarr") is None  # not a local path: unknown, not an error
+
+
+def test_disk_size_of_an_empty_path_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Path("")`` is the current folder: an empty source measured the whole current folder."""
+    from lazystack.loading.stacklist import source_disk_bytes
+
+    (tmp_path / "big.bin").write_bytes(b"0" * 100)
+    monkeypatch.chdir(tmp_path)
+    assert source_disk_bytes("") is None
