@@ -18,8 +18,9 @@ import mmap
 import os
 import re
 import stat
+import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import numpy as np
@@ -306,7 +307,9 @@ def local_path(
       standard library reads it: ``urllib.parse.urlsplit`` then
       ``urllib.request.url2pathname`` of its path, so ``file:/abs``,
       ``file:///abs`` and ``file://localhost/abs`` are ``/abs`` and
-      ``%20`` is a space (a ``%`` in a file name is written ``%25``). No
+      ``%20`` is a space (a ``%`` in a file name is written ``%25``; on
+      POSIX an escape that is not UTF-8, ``%FF``, is that byte of the name,
+      as Python 3.14's ``url2pathname`` reads it). No
       ``~`` expansion in a URL (``file:///~/x`` is ``/~/x``).
     * a plain path is expanded as ``os.path.expanduser`` does (``~/x.tif``
       is ``$HOME/x.tif``), as fsspec and pandas do; tifffile and
@@ -425,7 +428,10 @@ def _url_path(text: str, who: str, selector: bool) -> str:
             )
             raise UnsupportedSourceError(msg)
         suffix = "#" + parts.fragment
-    path = url2pathname(parts.path)
+    if os.name == "nt":
+        path = url2pathname(parts.path)
+    else:  # url2pathname as Python 3.14 reads it: %FF is the byte 0xFF of a file name (3.11 made it U+FFFD)
+        path = unquote(parts.path, encoding=sys.getfilesystemencoding(), errors="surrogateescape")
     if not path:
         msg = f"{who}: the file: URL {text!r} names no path; {_ACCEPTED}"
         raise UnsupportedSourceError(msg)
