@@ -18,8 +18,9 @@ import mmap
 import os
 import re
 import stat
+import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import numpy as np
@@ -294,7 +295,9 @@ def is_file_url(text: str) -> bool:
     return text[: len("file:/")].lower() == "file:/"
 
 
-def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", selector: bool = False) -> str | None:
+def local_path(
+    source: str | os.PathLike[str], *, who: str = "lazystack", selector: bool = False, reading: bool = False
+) -> str | None:
     """The local path ``source`` names: a path (``~`` expanded) or a ``file:`` URL; None for a remote URL.
 
     Every loader and [`write_ome_zarr()`][lazystack.write_ome_zarr] read
@@ -304,7 +307,9 @@ def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", select
       standard library reads it: ``urllib.parse.urlsplit`` then
       ``urllib.request.url2pathname`` of its path, so ``file:/abs``,
       ``file:///abs`` and ``file://localhost/abs`` are ``/abs`` and
-      ``%20`` is a space (a ``%`` in a file name is written ``%25``). No
+      ``%20`` is a space (a ``%`` in a file name is written ``%25``; on
+      POSIX an escape that is not UTF-8, ``%FF``, is that byte of the name,
+      as Python 3.14's ``url2pathname`` reads it). No
       ``~`` expansion in a URL (``file:///~/x`` is ``/~/x``).
     * a plain path is expanded as ``os.path.expanduser`` does (``~/x.tif``
       is ``$HOME/x.tif``), as fsspec and pandas do; tifffile and
@@ -327,6 +332,16 @@ def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", select
         URL's fragment ``level=K`` is then kept at the end of the path
         (``file:///a.czi@1#level=2`` -> ``/a.czi@1#level=2``); any other
         fragment is refused.
+    reading : bool
+        Whether the caller opens an existing source (every loader; not the
+        writer). A local Zarr stack names its source ``"file://"`` + its path
+        as it is, not percent-encoded (``file:///d/x#1/s.zarr``,
+        ``file:///d/p%41/s.zarr``), and manifests record it: so that a stack's
+        own source re-opens that stack, a ``file:///`` URL whose standard
+        reading names nothing that exists (or is refused for a ``?``, a ``#``,
+        a tab or a NUL) but whose text after ``file://`` names an existing
+        file or Zarr store is read as that text. When both readings exist,
+        the standard one is taken.
 
     Returns
     -------
@@ -359,6 +374,30 @@ def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", select
         raise UnsupportedSourceError(msg)
     if not is_file_url(text):
         return None if _REMOTE.match(text) else os.path.expanduser(text)
+    literal = text[len("file://") :] if reading and text[: len("file:///")].lower() == "file:///" else ""
+    try:
+        path = _url_path(text, who, selector)
+    except UnsupportedSourceError:
+        if literal and _names_something(literal, selector):  # a stack's own source: "file://" + its path as it is
+            return literal
+        raise
+    if literal and literal != path and not _names_something(path, selector) and _names_something(literal, selector):
+        return literal
+    return path
+
+
+def _names_something(path: str, selector: bool) -> bool:
+    """Whether a local path (a selector removed if the caller takes one) names an existing file, folder or the
+    Zarr store it goes into."""
+    base = split_source(path)[0] if selector else path
+    if os.path.lexists(base):
+        return True
+    end = base.lower().find(".zarr/")
+    return end >= 0 and os.path.isdir(base[: end + len(".zarr")])
+
+
+def _url_path(text: str, who: str, selector: bool) -> str:
+    """[`local_path()`][local_path] of a ``file:`` URL as the standard library reads it (a bad one refused)."""
     bad = sorted({c for c in text if c in "\t\r\n"})
     if bad:  # urlsplit drops them silently: file:///a<TAB>b would be /ab
         msg = (
@@ -389,7 +428,10 @@ def local_path(source: str | os.PathLike[str], *, who: str = "lazystack", select
             )
             raise UnsupportedSourceError(msg)
         suffix = "#" + parts.fragment
-    path = url2pathname(parts.path)
+    if os.name == "nt":
+        path = url2pathname(parts.path)
+    else:  # url2pathname as Python 3.14 reads it: %FF is the byte 0xFF of a file name (3.11 made it U+FFFD)
+        path = unquote(parts.path, encoding=sys.getfilesystemencoding(), errors="surrogateescape")
     if not path:
         msg = f"{who}: the file: URL {text!r} names no path; {_ACCEPTED}"
         raise UnsupportedSourceError(msg)

@@ -124,7 +124,7 @@ def source_kind(source: str | os.PathLike[str]) -> Kind:
     'zarr'
     """
     text = _path_text(source, "source_kind")
-    local = local_path(text, who="load", selector=True)  # a path or file: URL, as every loader reads it
+    local = local_path(text, who="load", selector=True, reading=True)  # a path or file: URL, as every loader reads it
     if local is not None and is_file_url(text):  # a file: URL: by its extension (a Zarr store need not exist yet)
         kind = ACCEPTED_EXTENSIONS.get(Path(_split_index(local)[0]).suffix.lower())
         return kind if kind in ("tiff", "czi", "npy") else "zarr"

@@ -110,7 +110,7 @@ def local_files(source: PathLike | Sequence[PathLike], what: str, loader: str) -
     """
     out = []
     for text in as_source_list(source, what):
-        local = local_path(text, who=loader, selector=True)
+        local = local_path(text, who=loader, selector=True, reading=True)
         if local is None:
             scheme = text.partition(":")[0].lower()
             msg = (
@@ -395,7 +395,7 @@ def load_zarrs(
 def _system_zarr_path(text: str) -> str:
     """A Zarr path or ``file:`` URL as its local path (``..`` resolved as the system does: ``link/..``); a remote
     URL as given."""
-    local = local_path(text, who="load_zarrs")
+    local = local_path(text, who="load_zarrs", reading=True)
     if local is None or ".." not in local.replace(os.sep, "/").split("/"):
         return text  # parse_zarr_source() reads it with the same local_path(), naming the source as given
     return system_path(local)

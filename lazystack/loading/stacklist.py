@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
+from ..core.errors import UnsupportedSourceError
 from ..core.units import format_sizes
-from ..io.handles import split_source
+from ..io.handles import local_path, split_source
 
 if TYPE_CHECKING:
     from ..stack import LazyImageStack
@@ -63,15 +64,16 @@ def source_disk_bytes(source: str | os.PathLike[str]) -> int | None:
     """Bytes a local file or directory (a Zarr store) takes on disk, None for remote sources.
 
     A ``path@N`` (scene / series) and a ``#level=k`` (pyramid level) suffix
-    are ignored: the size is the file's.
+    are ignored: the size is the file's. The path is read as the loaders read
+    it (`lazystack.io.handles.local_path()`): ``~`` expanded,
+    a ``file:`` URL decoded; None for a URL naming no local path.
     """
-    text = os.fspath(source)
-    if text.lower().startswith("file://"):  # a stack's own source: ``file://`` + the store's path as it is
-        text = text[len("file://") :]
-    elif "://" in text:
+    try:  # a path (``~`` expanded) or a file: URL as every loader reads it, a stack's own source included
+        text = local_path(source, who="source_disk_bytes", selector=True, reading=True)
+    except UnsupportedSourceError:  # another host, a query ...: not a local path
         return None
-    else:
-        text = os.path.expanduser(text)  # ``~/x.tif`` as every loader reads it (io.handles.local_path)
+    if text is None:  # a remote URL
+        return None
     path = Path(split_source(text)[0])
     if path.is_file():
         return path.stat().st_size

@@ -295,7 +295,7 @@ def parse_zarr_source(source: str, storage_options: Mapping[str, Any] | None = N
             )
             raise UnsupportedSourceError(msg)
         source = f"{bare.group(1)}://{source[bare.end() - 2 :]}"  # zip::file:///x.zip: the archive's root
-    local = local_path(source, who="load_zarrs")  # a path or file: URL (one parser for every loader); None: remote
+    local = local_path(source, who="load_zarrs", reading=True)  # a path or file: URL (one parser); None: remote
     if local is not None:
         return _parse_local(local, source)
     match = _SCHEME.match(source)
