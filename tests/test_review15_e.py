@@ -157,12 +157,6 @@ def test_a_file_url_escape_of_a_non_utf8_byte_names_that_byte(tmp_path: Path) ->
     np.testing.assert_array_equal(np.asarray(stack.data).reshape(reference.shape), reference)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="sources/tiff.py _token() encodes the path as strict UTF-8: a TIFF whose name is not UTF-8 cannot be "
-    "opened at all, by path or URL (not a file url15 touched; fix: text.encode('utf-8', 'surrogateescape'))",
-)
 def test_a_tiff_with_a_non_utf8_name_opens(tmp_path: Path) -> None:
     import tifffile
 
@@ -170,4 +164,13 @@ def test_a_tiff_with_a_non_utf8_name_opens(tmp_path: Path) -> None:
     data = np.arange(16, dtype=np.uint8).reshape(4, 4)
     tifffile.imwrite(folder / "a.tif", data)
     (stack,) = lazystack.load_tiffs(folder / "a.tif", "YX")
+    np.testing.assert_array_equal(np.asarray(stack.data).reshape(data.shape), data)
+
+
+def test_a_npy_custom_file_with_a_non_utf8_name_opens(tmp_path: Path) -> None:
+    """The custom, CZI and bioio sources hashed their path as strict UTF-8 too (the same fix: os.fsencode)."""
+    folder = _non_utf8_dir(tmp_path)
+    data = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    np.save(folder / "a.npy", data)
+    (stack,) = lazystack.load_custom_file(folder / "a.npy", "YX", read_func=np.load)
     np.testing.assert_array_equal(np.asarray(stack.data).reshape(data.shape), data)

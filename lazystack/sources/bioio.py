@@ -290,7 +290,7 @@ def open_bioio(path: str, axes: str, reader_options: dict[str, Any]) -> list[Ope
         chunks = tuple((1,) if d is None else tuple(int(c) for c in chunk_of[d]) for d in plan)
         source = path if len(scenes) == 1 else f"{path}@{i}"
         text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{i}|{axes}|{sorted(reader_options)}"
-        token = "bioio-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+        token = "bioio-" + hashlib.sha1(os.fsencode(text)).hexdigest()[:20]
         # an absolute path in the reader (the source keeps the user's spelling): a worker elsewhere reads it too
         # ``link/..`` as the system resolves it; os.getcwd() only for a relative path (a removed working folder)
         absolute = system_path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))

@@ -322,7 +322,7 @@ def _token(path: str, read_func: Any, read_kwargs: dict[str, Any]) -> str:
         # lambdas, local functions, partials, callable objects: their name does not identify them
         name = f"{name}@{id(read_func):x}|{read_func!r}"
     text = f"{os.path.realpath(path)}|{stamp}|{name}|{sorted(read_kwargs.items())!r}"
-    return f"custom-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
+    return f"custom-{hashlib.sha1(os.fsencode(text)).hexdigest()[:20]}"
 
 
 def open_custom(path: str, axes: str, *, read_func: ReadFunc, read_kwargs: dict[str, Any]) -> OpenedSource:

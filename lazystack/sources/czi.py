@@ -635,7 +635,7 @@ def _token(path: str, scene: int | None, axes: str, factor: int = 1) -> str:
     text = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{scene}|{axes}" + (
         f"|zoom1/{factor}" if factor != 1 else ""
     )
-    return "czi-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+    return "czi-" + hashlib.sha1(os.fsencode(text)).hexdigest()[:20]
 
 
 def _cache_block(tile: tuple[int, int] | None) -> tuple[int, int]:

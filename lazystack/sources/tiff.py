@@ -1183,7 +1183,7 @@ def _token(path: str, series: int, mode: str, st: os.stat_result, level: int = 0
     text = f"{os.path.realpath(path)}|{st.st_mtime_ns}|{st.st_size}|{series}|{mode}"
     text += f"|level{level}" if level else ""
     text += f"|{others}" if others else ""  # another file of a multi-file OME-TIFF rewritten: other pixels
-    return f"tiff-{hashlib.sha1(text.encode()).hexdigest()[:20]}"
+    return f"tiff-{hashlib.sha1(os.fsencode(text)).hexdigest()[:20]}"
 
 
 def _dask_chunks(
