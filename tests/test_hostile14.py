@@ -405,9 +405,12 @@ try:
     time.sleep(0.5)
     os.kill(next(iter(cluster.workers.values())).process.pid, signal.SIGKILL)
     report(lambda: ("killed", int(future.result(timeout=60))))
-finally:
-    client.close(timeout=20)
-    cluster.close(timeout=20)
+finally:  # cleanup, not what is tested: a close that is slow on a loaded machine (the lowest distributed) is said
+    for close in (client.close, cluster.close):
+        try:
+            close(timeout=90)
+        except Exception as exc:
+            print(f"cleanup: {close.__qualname__}: {exc!r}", file=sys.stderr)
 """
 
 
@@ -417,7 +420,7 @@ def test_stacks_on_a_dask_cluster_of_processes(tmp_path: Path) -> None:
     the graph was built raises a lazystack error on the client (no zeros, no other data); a worker killed
     mid-compute is replaced and the result is right."""
     pytest.importorskip("distributed", reason="dask.distributed is not installed")
-    results = run_child(_CLUSTER.replace("sys.argv[1]", repr(str(tmp_path))), timeout=200)
+    results = run_child(_CLUSTER.replace("sys.argv[1]", repr(str(tmp_path))), timeout=400)
     rows = [r["returned"] for r in results if "returned" in r and r["returned"].startswith("{")]
     assert len(rows) >= 6, results
     for row in rows:
