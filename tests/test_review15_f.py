@@ -106,3 +106,40 @@ def test_f_an_interrupt_between_the_waiter_count_and_its_try_leaves_no_opening_l
     gc.collect()
     assert handle.closed
     assert key not in table.opening, "a collected manager's opening lock entry stays in the table for good"
+
+
+def test_f_a_failed_batch_leaves_no_stop_behind_for_the_next_batch_on_the_same_stacks() -> None:
+    """Held up: the stop is the batch's own (one per ``extract_patches`` call), so after a batch over two sources
+    failed, the next batch over the same stacks, and a single-source batch, give every patch (numpy reference)."""
+    from test_batch import CountingReader
+
+    from lazystack import LazyImageStack
+    from lazystack.io.cache import chunk_cache_size
+    from lazystack.ops.batch import extract_patches
+
+    fail = [True]
+
+    class FailingOnce(CountingReader):
+        def _one(self, idx: Any) -> Any:
+            if fail[0]:
+                raise ValueError("source A is corrupt")
+            return super()._one(idx)
+
+    rng = np.random.default_rng(15)
+    da = rng.integers(0, 60000, (1, 40, 40), dtype=np.uint16)
+    db = rng.integers(0, 60000, (1, 100, 100), dtype=np.uint16)
+    a = LazyImageStack(FailingOnce(da, (1, 8, 8)), "SYX")
+    b = LazyImageStack(CountingReader(db, (1, 20, 20)), "SYX")
+    reqs = [(b, 0, None, (y, x), (20, 20)) for y in range(0, 100, 20) for x in range(0, 100, 20)]
+    reqs.append((a, 0, None, (3, 5), (16, 16)))
+    with chunk_cache_size(0):
+        with pytest.raises(ValueError, match="source A is corrupt"):
+            extract_patches(reqs)
+        fail[0] = False
+        got = extract_patches(reqs)
+        single = extract_patches(reqs[:-1])
+    for (stack, _, _, (y, x), (h, w)), patch in zip(reqs, got, strict=True):
+        data = da if stack is a else db
+        np.testing.assert_array_equal(patch, data[:, y : y + h, x : x + w].astype(np.float32))
+    for want, patch in zip(got[:-1], single, strict=True):
+        np.testing.assert_array_equal(patch, want)
