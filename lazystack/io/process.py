@@ -261,6 +261,9 @@ def _forget(key: int) -> None:
         return
     try:
         handle = table.handles.pop(key, None)
+        # no thread is in a collected manager's acquire(): an opening lock entry left (its count one up after
+        # an interrupt between the count and its try/finally) goes with it
+        table.opening.pop(key, None)
     finally:
         table.lock.release()
     if handle is not None:
@@ -366,7 +369,9 @@ class FileManager:
                         handle = stored
                         table.handles.move_to_end(key)
                     while _ORPHANS:
-                        orphan = table.handles.pop(_ORPHANS.popleft(), None)
+                        gone = _ORPHANS.popleft()
+                        table.opening.pop(gone, None)  # as _forget() does
+                        orphan = table.handles.pop(gone, None)
                         if orphan is not None:
                             orphans.append(orphan)
         finally:

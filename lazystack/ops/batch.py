@@ -672,6 +672,7 @@ def extract_patches(
         batch.serve(*work[0])
     elif work:
         futures = [_pool("batch").submit(batch.serve_share, reader, items) for reader, items in work]
+        failure: BaseException | None = None
         try:
             for f in futures:
                 f.result()
@@ -680,12 +681,16 @@ def extract_patches(
             for f in futures:
                 f.cancel()
             wait(futures)  # no share goes on, holding its chunks or a file, after the error has left
-            if isinstance(exc, _StoppedError):  # a share stopped by another one's failure: that failure is the error
-                for f in futures:
-                    error = None if f.cancelled() else f.exception()
-                    if error is not None and not isinstance(error, _StoppedError):
-                        raise error from None
-            raise
+            if not isinstance(exc, _StoppedError):
+                raise
+            # a share stopped by another one's failure: that failure is the error, raised below, outside this
+            # handler, as it was raised (``raise ... from None`` here wiped its ``__cause__`` and hid its context)
+            errors = [f.exception() for f in futures if not f.cancelled()]
+            failure = next((e for e in errors if e is not None and not isinstance(e, _StoppedError)), exc)
+            if failure is exc:
+                raise
+        if failure is not None:
+            raise failure
     for i, r in enumerate(reqs):
         if out[i] is None:
             out[i] = r[0].extract_patch(*r[1:])
