@@ -245,9 +245,9 @@ def _clip_pair(clip: Any) -> bool:
     (``len()`` / ``math.isnan()`` of them raised a TypeError naming neither ``clip`` nor what it accepts)."""
     if isinstance(clip, (str, bytes)) or not hasattr(clip, "__len__") or len(clip) != 2:
         return False
-    try:
-        low, high = (float(v) for v in clip)
-    except (TypeError, ValueError):
+    try:  # clip[0], clip[1] as the reader takes them (a set has a length but no items; a dict's keys are not them)
+        low, high = float(clip[0]), float(clip[1])
+    except (TypeError, ValueError, LookupError):
         return False
     return not math.isnan(low) and low <= high
 
