@@ -171,3 +171,27 @@ def test_main_called_from_code_restores_the_sigterm_handler(tif: tuple[Path, np.
     finally:
         signal.signal(signal.SIGTERM, previous)
     capsys.readouterr()
+
+
+def test_an_ignored_sigterm_stays_ignored(
+    tif: tuple[Path, np.ndarray], capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``main()`` replaced an ignored SIGTERM (a parent's ``trap '' TERM``, a supervisor that ignores it for its
+    children) with its handler: a SIGTERM meant to be ignored ended the run with exit status 143. Python itself
+    leaves an ignored SIGINT ignored."""
+    import lazystack.ops.stats as stats_module
+
+    compute = stats_module.channel_statistics
+
+    def terminated_midway(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGTERM)  # handlers run before raise_signal returns
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(stats_module, "channel_statistics", terminated_midway)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert main(["stats", str(tif[0]), "--axes", "CYX", "--quiet", "--json"]) == 0
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == ""
