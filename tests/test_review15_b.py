@@ -80,12 +80,14 @@ def test_stats_output_through_a_symbolic_link_writes_its_target(
     assert sorted(p.name for p in target_dir.iterdir()) == ["stats.json"]  # no temporary file left
 
 
-def test_normalized_clip_of_two_items_that_cannot_be_indexed() -> None:
+@pytest.mark.parametrize("clip", [{0, 1}, np.array(5.0)])
+def test_normalized_clip_of_two_items_that_cannot_be_indexed(clip: Any) -> None:
     """hostile15's check iterated ``clip`` while the reader indexes it: a set ``{0, 1}`` passed the check, then
-    raised TypeError ("'set' object is not subscriptable") naming neither clip nor what it accepts."""
+    raised TypeError ("'set' object is not subscriptable"); a 0-d array (a bare number) raised TypeError from
+    ``len()`` ("len() of unsized object"): neither named clip nor what it accepts."""
     (stack,) = load_arrays([np.arange(32, dtype=np.uint8).reshape(2, 4, 4)], "CYX")
-    with pytest.raises(ValueError, match=r"clip must be a \(low, high\) pair of numbers with low <= high, got \{"):
-        stack.normalized({"mean": [1.0, 2.0], "std": [1.0, 1.0]}, clip={0, 1})
+    with pytest.raises(ValueError, match=r"clip must be a \(low, high\) pair of numbers with low <= high, got"):
+        stack.normalized({"mean": [1.0, 2.0], "std": [1.0, 1.0]}, clip=clip)
     # a numpy pair and numeric strings, as the reader takes them (float()), still work
     out = stack.normalized({"mean": [1.0, 2.0], "std": [1.0, 1.0]}, clip=np.array([0.0, 3.0])).compute()
     assert float(out.max()) == 3.0
