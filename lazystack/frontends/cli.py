@@ -408,12 +408,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM (``kill``, a batch system's time limit) raises `_Terminated`.
 
     Python's default for SIGTERM ends the process at once: ``convert`` left its hidden partial store behind
-    (Ctrl-C removed it). In the main thread only; the previous handler is restored.
+    (Ctrl-C removed it). In the main thread only; the previous handler is restored. A SIGTERM ignored by whoever
+    started the process (``trap '' TERM``, a supervisor) stays ignored, as Python leaves an ignored SIGINT.
     """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield
         return
 

@@ -147,7 +147,7 @@ def _check_output_file(given: str, output: Path) -> None:
     if output.exists() and not output.is_file():
         msg = f"--output {given!r} exists and is not a regular file: give a path for a new JSON file"
         raise UnsupportedSourceError(msg)
-    parent = output.parent
+    parent = Path(os.path.realpath(output)).parent  # a symbolic link is written through: its target's folder
     if not parent.is_dir():
         what = "does not exist (No such file or directory)" if not parent.exists() else "is not a folder"
         msg = f"--output {given!r}: its folder {str(parent)!r} {what}; give a path in an existing folder"
@@ -160,10 +160,12 @@ def _check_output_file(given: str, output: Path) -> None:
 def _write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, renamed over it when complete.
 
-    An interrupted write (Ctrl-C, a full disk) leaves ``path`` as it was, never a truncated JSON file.
+    An interrupted write (Ctrl-C, a full disk) leaves ``path`` as it was, never a truncated JSON file. A symbolic
+    link is written through (its target replaced), as ``open(path, "w")`` does, not replaced by a file.
     """
     import tempfile
 
+    path = Path(os.path.realpath(path))
     text = json.dumps(data, indent=2)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:

@@ -169,7 +169,7 @@ def _build_ome_zarr(folder: Path, shape: tuple[int, ...]) -> tuple[list[Path], l
 
     p = folder / "image.ome.zarr"
     (base,) = load_arrays([_synthetic(shape, 7)], "TCYX")
-    write_ome_zarr(base, p, chunks=128, levels=2)
+    write_ome_zarr(base, p, chunks=128, levels=2, overwrite=True)  # a second demo in the same --keep folder
     return [p], load_zarrs([p], "TCYX")
 
 

@@ -243,11 +243,13 @@ def _stats_of_mapping(stats: Mapping[str, Any], method: str) -> ChannelStatistic
 def _clip_pair(clip: Any) -> bool:
     """Whether ``clip`` is two real numbers, ``low <= high`` (not NaN). A string or a bare number is not
     (``len()`` / ``math.isnan()`` of them raised a TypeError naming neither ``clip`` nor what it accepts)."""
-    if isinstance(clip, (str, bytes)) or not hasattr(clip, "__len__") or len(clip) != 2:
+    if isinstance(clip, (str, bytes)):
         return False
-    try:
-        low, high = (float(v) for v in clip)
-    except (TypeError, ValueError):
+    try:  # clip[0], clip[1] as the reader takes them (a set has a length but no items; a dict's keys are not them)
+        if len(clip) != 2:  # a 0-d numpy array has __len__, and len() of it raises TypeError
+            return False
+        low, high = float(clip[0]), float(clip[1])
+    except (TypeError, ValueError, LookupError):
         return False
     return not math.isnan(low) and low <= high
 
