@@ -199,13 +199,6 @@ def test_an_ignored_sigterm_stays_ignored(
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lazystack/ops/writing.py (write_ome_zarr): on Ctrl-C / SIGTERM the partial folder is removed while a "
-    "write zarr's I/O thread has in flight still runs; that write recreates the folder (zarr.json, 0/zarr.json: "
-    "what test_hostile15's test_convert_interrupted_leaves_no_store[SIGTERM] found left once under load). "
-    "Proposed: after the interrupt, wait for the in-flight writes (or remove the folder again once they ended)",
-)
 def test_an_interrupted_write_leaves_no_partial_folder_while_a_write_is_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

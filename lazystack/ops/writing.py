@@ -85,11 +85,11 @@ import shutil
 import socket
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -113,6 +113,8 @@ __all__ = [
     "stale_partial_outputs",
     "write_ome_zarr",
 ]
+
+T = TypeVar("T")
 
 #: Order of axes in a written image (NGFF: time, then channel, then space; samples become separate images).
 NGFF_ORDER = "TCZYX"
@@ -563,14 +565,15 @@ def write_ome_zarr(
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
 
-    try:
+    images = _images(items)
+    many = many or len(images) > 1
+
+    def plan() -> tuple[Any, list[Any], list[Any], list[tuple[Any, dict[str, Any]]]]:
         root = zarr.open_group(str(partial), mode="w-", zarr_format=3)
         (partial / MARKER).write_text(json.dumps(_writer_marker()), encoding="utf-8")
         sources: list[Any] = []
         targets: list[Any] = []
         metadata: list[tuple[Any, dict[str, Any]]] = []
-        images = _images(items)
-        many = many or len(images) > 1
         for i, (stack, sample) in enumerate(images):
             group = root.create_group(str(i)) if many else root
             src, tgt, meta = _plan_image(
@@ -585,14 +588,20 @@ def write_ome_zarr(
             sources += src
             targets += tgt
             metadata.append((group, meta))
-        stored = da.store(sources, targets, lock=False, compute=False)
-        _compute_and_wait(stored, progress)
-        # metadata last: only now does the store describe an image
+        return root, sources, targets, metadata
+
+    def describe() -> None:  # metadata last: only now does the store describe an image
         for group, meta in metadata:
             group.attrs.update({"ome": meta})
         if many:
             root.attrs.update({"ome": {"version": "0.5", "bioformats2raw.layout": 3}})
         (partial / MARKER).unlink()
+
+    try:
+        root, sources, targets, metadata = _to_the_end(plan)
+        stored = da.store(sources, targets, lock=False, compute=False)
+        _compute_and_wait(stored, progress)
+        _to_the_end(describe)
         _replace(partial, final, overwrite)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -722,6 +731,24 @@ def stale_partial_outputs(path: str | os.PathLike[str]) -> list[PartialOutput]:
             abandoned, reason = True, "the new store of an overwrite whose writer is gone (never renamed in)"
         found.append(PartialOutput(folder, abandoned, reason))
     return found
+
+
+def _to_the_end(work: Callable[[], T]) -> T:
+    """Run ``work`` (zarr metadata writes) in a thread; an interrupt of the caller waits for it before it leaves.
+
+    zarr's synchronous calls wait for a coroutine on zarr's I/O thread: a
+    Ctrl-C or SIGTERM in the waiting thread leaves, but the coroutine goes on
+    and recreated ``zarr.json`` files after the interrupted write removed its
+    partial folder. Signals reach the main thread only, so ``work`` runs to
+    its end (a few small files) and the cleanup comes after it.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="lazystack-write") as pool:
+        future = pool.submit(work)
+        try:
+            return future.result()
+        except BaseException:
+            wait([future])  # an interrupt: let the writes in flight end before the partial folder is removed
+            raise
 
 
 def _compute_and_wait(stored: Any, progress: bool) -> None:
