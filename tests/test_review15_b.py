@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from test_hostile15 import _ome  # an OME-Zarr 0.5 image of 2 levels (scales 1 then 2), its ``ome`` changed
 
 import lazystack
 from lazystack import load, load_arrays
@@ -30,17 +31,6 @@ def tif(tmp_path: Path) -> tuple[Path, np.ndarray]:
     path = tmp_path / "a.tif"
     tifffile.imwrite(path, data)
     return path, data
-
-
-def _ome(tmp_path: Path, mutate: Any, name: str = "img.zarr") -> Path:
-    """An OME-Zarr 0.5 image of 2 levels (scales 1 then 2 in y, x) written by lazystack, its ``ome`` changed."""
-    (stack,) = load_arrays([np.arange(2 * 3 * 16 * 16, dtype=np.uint16).reshape(2, 3, 16, 16)], "CZYX")
-    path = tmp_path / name
-    lazystack.write_ome_zarr(stack, path, levels=2, progress=False)
-    doc = json.loads((path / "zarr.json").read_text())
-    mutate(doc["attributes"]["ome"])
-    (path / "zarr.json").write_text(json.dumps(doc))
-    return path
 
 
 # -- findings ------------------------------------------------------------------------------------------------------
